@@ -1,0 +1,5 @@
+"""`python -m edgeadapt` runs the CLI."""
+
+from edgeadapt.cli import main
+
+main()

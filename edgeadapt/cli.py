@@ -1,0 +1,72 @@
+"""The `edgeadapt` command line: a thin layer that parses, calls the Python API, prints.
+
+Each module in `edgeadapt.commands` defines its click commands and lists them in a
+module-level ``COMMANDS``; they are discovered here, so adding a command never touches
+this file. Command modules import heavy libraries (onnx, onnxruntime, torch) inside the
+command function, so `edgeadapt --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from typing import Any
+
+import click
+
+from edgeadapt import __version__
+from edgeadapt.errors import EdgeadaptError
+
+
+def _discover() -> dict[str, click.Command]:
+    import edgeadapt.commands as pkg
+
+    found: dict[str, click.Command] = {}
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for cmd in getattr(module, "COMMANDS", ()):
+            if cmd.name in found:
+                raise RuntimeError(f"command {cmd.name!r} is defined twice")
+            found[cmd.name] = cmd
+    return found
+
+
+class _Group(click.Group):
+    """Lists the discovered commands; turns EdgeadaptError into a one-line error, exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_discover())
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return _discover().get(cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeadaptError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeadapt")
+def cli() -> None:
+    """edgeadapt: adaptive inference for the edge.
+
+    Export a model into states of rising cost (a bundle), measure what each state
+    costs on this device (profile), score every state on labelled data (evaluate),
+    compute how much any adaptive policy could save (bound, subset), pick states and
+    thresholds (plan), and run the result under a latency budget (run).
+
+    Start with `edgeadapt demo`. Every command has --help; most take --json.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="edgeadapt", standalone_mode=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""CLI commands, one module per area; each module lists its commands in ``COMMANDS``."""

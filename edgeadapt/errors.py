@@ -1,0 +1,36 @@
+"""Exceptions that carry a user-facing message naming the file and field at fault."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class EdgeadaptError(Exception):
+    """Base class for errors edgeadapt reports to users (the CLI exits with code 2)."""
+
+
+class InputError(EdgeadaptError, ValueError):
+    """A value, file or field handed to edgeadapt is invalid.
+
+    `source` names the file (or CLI option) and `field` the JSON path, npz key, CSV row
+    or column, so the one-line message tells the user exactly where to look.
+    """
+
+    def __init__(
+        self, message: str, *, source: str | PathLike[str] | None = None, field: str | None = None
+    ) -> None:
+        self.source = None if source is None else str(source)
+        self.field = field
+        where = ": ".join(p for p in (self.source, field) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class MissingExtraError(EdgeadaptError, ImportError):
+    """An optional backend or feature needs a package that is not installed."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        super().__init__(
+            f"{feature} needs the '{package}' package: pip install 'edgeadapt[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

@@ -1,0 +1,175 @@
+"""Strict JSON I/O for every edgeadapt format: atomic writes, validated reads.
+
+Every document carries ``format`` and ``version``; NaN and Infinity are rejected both
+ways; read errors name the file and the JSON path (``$.states[2].file``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from edgeadapt.errors import InputError
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dumps(obj: Any) -> str:
+    """Serialise `obj` as indented JSON; NaN/Infinity raise instead of writing invalid JSON."""
+    return json.dumps(obj, indent=2, allow_nan=False, sort_keys=False) + "\n"
+
+
+def write_json(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
+    """Atomically write a format document (must hold ``format`` and ``version``)."""
+    if "format" not in obj or "version" not in obj:
+        raise ValueError("edgeadapt JSON documents must carry 'format' and 'version'")
+    try:
+        text = dumps(obj)
+    except ValueError as e:  # NaN / Infinity
+        raise InputError(f"cannot write non-finite number ({e})", source=path) from e
+    atomic_write_bytes(path, text.encode())
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def read_json(path: str | os.PathLike[str], *, fmt: str, versions: Iterable[int]) -> dict[str, Any]:
+    """Read a format document, checking it is JSON, finite, and of a known format/version."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("file not found", source=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read: {e}", source=path) from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:
+        raise InputError(f"invalid JSON: {e}", source=path) from None
+    if not isinstance(doc, dict):
+        raise InputError("expected a JSON object", source=path, field="$")
+    got = doc.get("format")
+    if got != fmt:
+        raise InputError(f"expected format {fmt!r}, got {got!r}", source=path, field="$.format")
+    known = list(versions)
+    ver = doc.get("version")
+    if not isinstance(ver, int) or isinstance(ver, bool) or ver not in known:
+        raise InputError(
+            f"unsupported version {ver!r} (this edgeadapt reads {known})",
+            source=path,
+            field="$.version",
+        )
+    return doc
+
+
+class Fields:
+    """Typed accessors over a parsed JSON object that report the file and JSON path.
+
+    >>> f = Fields(doc, source="manifest.json")
+    >>> f.get("states", list)            # error: manifest.json: $.states: ...
+    >>> f.child("input").get("name", str)
+    """
+
+    def __init__(self, obj: Any, *, source: str | os.PathLike[str], path: str = "$") -> None:
+        self.source = str(source)
+        self.path = path
+        if not isinstance(obj, dict):
+            self.fail("expected an object")
+        self.obj: dict[str, Any] = obj
+
+    def fail(self, message: str, key: str | int | None = None) -> Any:
+        """Raise an InputError at this path (or at `key` below it)."""
+        raise InputError(message, source=self.source, field=self._at(key))
+
+    def _at(self, key: str | int | None) -> str:
+        if key is None:
+            return self.path
+        return f"{self.path}[{key}]" if isinstance(key, int) else f"{self.path}.{key}"
+
+    def get(
+        self,
+        key: str,
+        typ: type | tuple[type, ...],
+        default: Any = ...,
+        *,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        """Return obj[key] checked against `typ` (bool is never an int or float here)."""
+        if key not in self.obj:
+            if default is not ...:
+                return default
+            self.fail("missing required field", key)
+        value = self.obj[key]
+        return check_value(value, typ, self.source, self._at(key), check)
+
+    def number(
+        self,
+        key: str,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        default: Any = ...,
+    ) -> float:
+        """Return a finite number within [minimum, maximum]."""
+        value = self.get(key, (int, float), default)
+        if value is default and default is not ...:
+            return value
+        if not math.isfinite(value):
+            self.fail("must be a finite number", key)
+        if minimum is not None and value < minimum:
+            self.fail(f"must be >= {minimum}, got {value}", key)
+        if maximum is not None and value > maximum:
+            self.fail(f"must be <= {maximum}, got {value}", key)
+        return float(value)
+
+    def child(self, key: str) -> Fields:
+        """Fields over the object at obj[key]."""
+        return Fields(self.get(key, dict), source=self.source, path=self._at(key))
+
+    def items(self, key: str) -> list[Fields]:
+        """Fields over each object of the list at obj[key]."""
+        values = self.get(key, list)
+        at = self._at(key)
+        return [Fields(v, source=self.source, path=f"{at}[{i}]") for i, v in enumerate(values)]
+
+
+def check_value(
+    value: Any,
+    typ: type | tuple[type, ...],
+    source: str,
+    field: str,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """Check one JSON value's type (rejecting bool where a number is wanted) and `check`."""
+    types = typ if isinstance(typ, tuple) else (typ,)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        names = " or ".join(t.__name__ for t in types)
+        raise InputError(
+            f"expected {names}, got {type(value).__name__}", source=source, field=field
+        )
+    if check is not None:
+        problem = check(value)
+        if problem:
+            raise InputError(problem, source=source, field=field)
+    return value
