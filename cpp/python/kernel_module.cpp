@@ -1,10 +1,328 @@
 // pybind11 module edgeadapt._kernel: the Python face of the decision kernel.
+//
+// Zero-copy on C-contiguous, aligned, native float32 logits; anything else is a
+// TypeError (wrong dtype or layout) or ValueError (wrong rank, empty batch, C < 2, NaN
+// threshold or budget). The GIL is released while a batch is processed.
+#include <pybind11/native_enum.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "edgeadapt/kernel.hpp"
 
 namespace py = pybind11;
+namespace ea = edgeadapt;
+
+namespace {
+
+struct Logits {
+    const float* data;
+    std::int64_t batch;
+    std::int64_t classes;
+};
+
+constexpr int kCStyle = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kAligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+
+std::string text(py::handle h) { return py::repr(h).cast<std::string>(); }
+
+template <typename T>
+bool has_dtype(const py::array& a) {
+    return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(),
+                                                          py::dtype::of<T>().ptr());
+}
+
+py::array as_array(py::handle obj, const char* name, const char* dtype) {
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + dtype + ", got " +
+                             text(py::type::handle_of(obj)));
+    return py::reinterpret_borrow<py::array>(obj);
+}
+
+Logits check_logits(py::handle obj) {
+    py::array a = as_array(obj, "logits", "float32");
+    if (!has_dtype<float>(a))
+        throw py::type_error("logits must have dtype float32 (native byte order), got " +
+                             text(a.dtype()) +
+                             "; convert once with np.ascontiguousarray(logits, dtype=np.float32)");
+    if (a.ndim() != 2)
+        throw py::value_error("logits must be 2-D [batch, classes], got " +
+                              std::to_string(a.ndim()) + "-D shape " + text(a.attr("shape")));
+    if ((a.flags() & (kCStyle | kAligned)) != (kCStyle | kAligned))
+        throw py::type_error(
+            "logits must be C-contiguous and aligned (zero-copy); convert once with "
+            "np.ascontiguousarray(logits)");
+    const auto batch = static_cast<std::int64_t>(a.shape(0));
+    const auto classes = static_cast<std::int64_t>(a.shape(1));
+    if (batch < 1) throw py::value_error("logits has an empty batch (shape[0] == 0)");
+    if (classes < 2)
+        throw py::value_error("logits needs at least 2 classes, got shape[1] == " +
+                              std::to_string(classes));
+    return {static_cast<const float*>(a.data()), batch, classes};
+}
+
+template <typename T>
+T* check_out(py::handle obj, const char* name, const char* dtype, std::int64_t batch) {
+    py::array a = as_array(obj, name, dtype);
+    if (!has_dtype<T>(a))
+        throw py::type_error(std::string(name) + " must have dtype " + dtype + ", got " +
+                             text(a.dtype()));
+    if (a.ndim() != 1 || a.shape(0) < batch)
+        throw py::value_error(std::string(name) + " must be 1-D with at least " +
+                              std::to_string(batch) + " entries, got shape " +
+                              text(a.attr("shape")));
+    if ((a.flags() & (kCStyle | kAligned | kWriteable)) != (kCStyle | kAligned | kWriteable))
+        throw py::type_error(std::string(name) + " must be C-contiguous, aligned and writeable");
+    return static_cast<T*>(a.mutable_data());
+}
+
+ea::Measure parse_measure(const std::string& m) {
+    if (m == "maxprob") return ea::Measure::MaxProb;
+    if (m == "margin") return ea::Measure::Margin;
+    if (m == "entropy") return ea::Measure::Entropy;
+    throw py::value_error("measure must be 'maxprob', 'margin' or 'entropy', got '" + m + "'");
+}
+
+const char* measure_name(ea::Measure m) {
+    switch (m) {
+        case ea::Measure::Margin: return "margin";
+        case ea::Measure::Entropy: return "entropy";
+        default: return "maxprob";
+    }
+}
+
+void check_threshold(double threshold) {
+    if (std::isnan(threshold)) throw py::value_error("threshold must be a number, got NaN");
+}
+
+double check_budget(std::optional<double> budget_ms) {
+    if (!budget_ms) return ea::kNoBudget;
+    if (std::isnan(*budget_ms) || *budget_ms < 0.0)
+        throw py::value_error("budget_ms must be >= 0 (or None for no deadline), got " +
+                              std::to_string(*budget_ms));
+    return *budget_ms;
+}
+
+void check_elapsed(double elapsed_ms) {
+    if (!std::isfinite(elapsed_ms) || elapsed_ms < 0.0)
+        throw py::value_error("elapsed_ms must be finite and >= 0, got " +
+                              std::to_string(elapsed_ms));
+}
+
+void check_index(const ea::Policy& p, std::int64_t i, const char* what) {
+    if (i < 0 || i >= p.num_states())
+        throw py::index_error(std::string(what) + " " + std::to_string(i) + " is outside 0.." +
+                              std::to_string(p.num_states() - 1));
+}
+
+// The kernel's own validation backs up the checks above; any status left is a bug.
+void ensure_ok(ea::Status s) {
+    if (s != ea::Status::Ok) throw std::runtime_error(ea::status_string(s));
+}
+
+py::array_t<float> confidence(py::handle logits, const std::string& measure) {
+    const Logits x = check_logits(logits);
+    const ea::Measure m = parse_measure(measure);
+    py::array_t<float> conf(x.batch);
+    float* out = conf.mutable_data();
+    ea::Status s;
+    {
+        py::gil_scoped_release nogil;
+        s = ea::confidence(x.data, x.batch, x.classes, m, out);
+    }
+    ensure_ok(s);
+    return conf;
+}
+
+py::tuple decide(py::handle logits, double threshold, const std::string& measure) {
+    const Logits x = check_logits(logits);
+    check_threshold(threshold);
+    const ea::Measure m = parse_measure(measure);
+    py::array_t<std::int64_t> pred(x.batch);
+    py::array_t<float> conf(x.batch);
+    py::array_t<bool> exit_mask(x.batch);
+    py::array_t<std::int64_t> idx(x.batch);
+    std::int64_t* p = pred.mutable_data();
+    float* c = conf.mutable_data();
+    auto* e = reinterpret_cast<std::uint8_t*>(exit_mask.mutable_data());
+    std::int64_t* i = idx.mutable_data();
+    std::int64_t k = 0;
+    ea::Status s;
+    {
+        py::gil_scoped_release nogil;
+        s = ea::decide(x.data, x.batch, x.classes, m, threshold, p, c, e, i, &k);
+    }
+    ensure_ok(s);
+    if (k != x.batch) idx.resize({k});
+    return py::make_tuple(std::move(pred), std::move(conf), std::move(exit_mask), std::move(idx));
+}
+
+std::int64_t decide_into(py::handle logits, double threshold, py::handle pred, py::handle conf,
+                         py::handle exit_mask, py::handle continue_idx,
+                         const std::string& measure) {
+    const Logits x = check_logits(logits);
+    check_threshold(threshold);
+    const ea::Measure m = parse_measure(measure);
+    auto* p = check_out<std::int64_t>(pred, "pred", "int64", x.batch);
+    auto* c = check_out<float>(conf, "conf", "float32", x.batch);
+    auto* e = reinterpret_cast<std::uint8_t*>(check_out<bool>(exit_mask, "exit_mask", "bool", x.batch));
+    auto* i = check_out<std::int64_t>(continue_idx, "continue_idx", "int64", x.batch);
+    std::int64_t k = 0;
+    ea::Status s;
+    {
+        py::gil_scoped_release nogil;
+        s = ea::decide(x.data, x.batch, x.classes, m, threshold, p, c, e, i, &k);
+    }
+    ensure_ok(s);
+    return k;
+}
+
+ea::Policy make_policy(const std::vector<double>& thresholds,
+                       const std::vector<double>& step_costs_ms, double ewma,
+                       const std::string& measure,
+                       const std::optional<std::vector<double>>& accuracies, bool cumulative) {
+    const std::size_t n = step_costs_ms.size();
+    if (n == 0) throw py::value_error("step_costs_ms must hold one cost per step, got none");
+    if (thresholds.size() != n - 1)
+        throw py::value_error("thresholds must hold one value per state but the last (" +
+                              std::to_string(n - 1) + " for " + std::to_string(n) +
+                              " steps), got " + std::to_string(thresholds.size()));
+    for (std::size_t i = 0; i < thresholds.size(); ++i)
+        if (std::isnan(thresholds[i]))
+            throw py::value_error("thresholds[" + std::to_string(i) + "] is NaN");
+    for (std::size_t i = 0; i < n; ++i)
+        if (!std::isfinite(step_costs_ms[i]) || step_costs_ms[i] < 0.0)
+            throw py::value_error("step_costs_ms[" + std::to_string(i) +
+                                  "] must be finite and >= 0, got " +
+                                  std::to_string(step_costs_ms[i]));
+    if (!(ewma > 0.0 && ewma <= 1.0))
+        throw py::value_error("ewma must be in (0, 1], got " + std::to_string(ewma));
+    if (accuracies) {
+        if (accuracies->size() != n)
+            throw py::value_error("accuracies must hold one value per state (" + std::to_string(n) +
+                                  "), got " + std::to_string(accuracies->size()));
+        for (std::size_t i = 0; i < n; ++i)
+            if (!((*accuracies)[i] >= 0.0 && (*accuracies)[i] <= 1.0))
+                throw py::value_error("accuracies[" + std::to_string(i) + "] must be in [0, 1], got " +
+                                      std::to_string((*accuracies)[i]));
+    }
+    ea::Policy p;
+    ensure_ok(ea::Policy::create(thresholds.data(), thresholds.size(), step_costs_ms.data(), n, ewma,
+                                 parse_measure(measure), accuracies ? accuracies->data() : nullptr,
+                                 cumulative, p));
+    return p;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_kernel, m) {
     m.doc() = "edgeadapt decision kernel (C++)";
     m.def("version", [] { return std::string(EDGEADAPT_VERSION); },
           "Version of the compiled kernel (matches the package version).");
+
+    m.def("confidence", &confidence, py::arg("logits"), py::arg("measure") = "maxprob",
+          "Confidence per row of float32 logits [B, C]; NaN for a row holding NaN or Inf.");
+    m.def("decide", &decide, py::arg("logits"), py::arg("threshold"),
+          py::arg("measure") = "maxprob",
+          "(pred int64[B], conf float32[B], exit_mask bool[B], continue_idx int64[K]).");
+    m.def("decide_into", &decide_into, py::arg("logits"), py::arg("threshold"), py::arg("pred"),
+          py::arg("conf"), py::arg("exit_mask"), py::arg("continue_idx"),
+          py::arg("measure") = "maxprob",
+          "decide() writing into caller-provided arrays; returns K, the rows that continue.");
+
+    py::native_enum<ea::Action>(m, "Action", "enum.IntEnum",
+                                "What the policy says after a state produced its answer.")
+        .value("EXIT", ea::Action::Exit)
+        .value("CONTINUE", ea::Action::Continue)
+        .value("EXIT_BUDGET", ea::Action::ExitBudget)
+        .finalize();
+
+    py::class_<ea::Policy>(m, "Policy", "Latency-aware exit policy over N states.")
+        .def(py::init(&make_policy), py::arg("thresholds"), py::arg("step_costs_ms"),
+             py::kw_only(), py::arg("ewma") = 0.2, py::arg("measure") = "maxprob",
+             py::arg("accuracies") = py::none(), py::arg("cumulative") = true)
+        .def_property_readonly("num_states", &ea::Policy::num_states)
+        .def_property_readonly("measure", [](const ea::Policy& p) { return measure_name(p.measure()); })
+        .def_property_readonly("ewma", &ea::Policy::ewma)
+        .def_property_readonly("cumulative", &ea::Policy::cumulative)
+        .def_property_readonly("thresholds", &ea::Policy::thresholds)
+        .def_property_readonly("costs_ms", &ea::Policy::costs_ms)
+        .def_property_readonly("accuracies",
+                               [](const ea::Policy& p) -> std::optional<std::vector<double>> {
+                                   if (p.accuracies().empty()) return std::nullopt;
+                                   return p.accuracies();
+                               })
+        .def("threshold",
+             [](const ea::Policy& p, std::int64_t state) {
+                 check_index(p, state, "state");
+                 double v = 0.0;
+                 ensure_ok(p.threshold(state, &v));
+                 return v;
+             },
+             py::arg("state"))
+        .def("predicted_ms",
+             [](const ea::Policy& p, std::int64_t step) {
+                 check_index(p, step, "step");
+                 double v = 0.0;
+                 ensure_ok(p.predicted_ms(step, &v));
+                 return v;
+             },
+             py::arg("step"))
+        .def("state_ms",
+             [](const ea::Policy& p, std::int64_t state) {
+                 check_index(p, state, "state");
+                 double v = 0.0;
+                 ensure_ok(p.state_ms(state, &v));
+                 return v;
+             },
+             py::arg("state"))
+        .def("observe",
+             [](ea::Policy& p, std::int64_t step, double measured_ms) {
+                 check_index(p, step, "step");
+                 if (!std::isfinite(measured_ms) || measured_ms < 0.0)
+                     throw py::value_error("measured_ms must be finite and >= 0, got " +
+                                           std::to_string(measured_ms));
+                 ensure_ok(p.observe(step, measured_ms));
+             },
+             py::arg("step"), py::arg("measured_ms"))
+        .def("fits",
+             [](const ea::Policy& p, std::int64_t next_step, double elapsed_ms,
+                std::optional<double> budget_ms) {
+                 check_index(p, next_step, "next_step");
+                 check_elapsed(elapsed_ms);
+                 bool v = false;
+                 ensure_ok(p.fits(next_step, elapsed_ms, check_budget(budget_ms), &v));
+                 return v;
+             },
+             py::arg("next_step"), py::arg("elapsed_ms"), py::arg("budget_ms") = py::none())
+        .def("next",
+             [](const ea::Policy& p, std::int64_t state, double confidence, double elapsed_ms,
+                std::optional<double> budget_ms) {
+                 check_index(p, state, "state");
+                 check_elapsed(elapsed_ms);
+                 ea::Action a = ea::Action::Exit;
+                 ensure_ok(p.next(state, confidence, elapsed_ms, check_budget(budget_ms), &a));
+                 return a;
+             },
+             py::arg("state"), py::arg("confidence"), py::arg("elapsed_ms"),
+             py::arg("budget_ms") = py::none())
+        .def("lookup",
+             [](const ea::Policy& p, double budget_ms) -> std::optional<std::int64_t> {
+                 std::int64_t s = -1;
+                 ensure_ok(p.lookup(check_budget(budget_ms), &s));
+                 if (s < 0) return std::nullopt;
+                 return s;
+             },
+             py::arg("budget_ms"))
+        .def("__repr__", [](const ea::Policy& p) {
+            return "Policy(num_states=" + std::to_string(p.num_states()) + ", measure='" +
+                   measure_name(p.measure()) + "', ewma=" + std::to_string(p.ewma()) + ")";
+        });
 }

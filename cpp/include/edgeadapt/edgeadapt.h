@@ -1,0 +1,110 @@
+/* edgeadapt C ABI: the decision kernel for C and other languages (FFI).
+ *
+ * Every function returns an edgeadapt_status (0 = EDGEADAPT_OK) and writes results
+ * through out-pointers; nothing throws across this boundary. edgeadapt_last_error()
+ * gives a message for the last failed call on the calling thread. Semantics are those
+ * of the C++ header <edgeadapt/kernel.hpp>.
+ */
+#ifndef EDGEADAPT_H
+#define EDGEADAPT_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(EDGEADAPT_C_BUILD)
+#define EDGEADAPT_API __declspec(dllexport)
+#else
+#define EDGEADAPT_API __declspec(dllimport)
+#endif
+#else
+#define EDGEADAPT_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum edgeadapt_status {
+    EDGEADAPT_OK = 0,
+    EDGEADAPT_E_NULL = 1,        /* a required pointer is NULL */
+    EDGEADAPT_E_SHAPE = 2,       /* batch < 1, classes < 2, or lengths that do not match */
+    EDGEADAPT_E_VALUE = 3,       /* NaN threshold, negative/NaN budget or cost, bad EWMA weight */
+    EDGEADAPT_E_RANGE = 4,       /* state or step index outside the policy */
+    EDGEADAPT_E_MEASURE = 5,     /* unknown confidence measure */
+    EDGEADAPT_E_NO_MEMORY = 6    /* allocation failed (policy creation only) */
+} edgeadapt_status;
+
+typedef enum edgeadapt_measure {
+    EDGEADAPT_MAXPROB = 0, /* max softmax probability */
+    EDGEADAPT_MARGIN = 1,  /* top-1 minus top-2 probability */
+    EDGEADAPT_ENTROPY = 2  /* negative entropy (higher = more confident) */
+} edgeadapt_measure;
+
+typedef enum edgeadapt_action {
+    EDGEADAPT_EXIT = 0,       /* confident enough, or the last state */
+    EDGEADAPT_CONTINUE = 1,   /* run the next step */
+    EDGEADAPT_EXIT_BUDGET = 2 /* next step would overrun the budget: keep this answer */
+} edgeadapt_action;
+
+/* Budget value meaning "no deadline" (+infinity). */
+#define EDGEADAPT_NO_BUDGET HUGE_VAL
+
+EDGEADAPT_API const char* edgeadapt_version(void);
+EDGEADAPT_API const char* edgeadapt_status_string(edgeadapt_status status);
+/* Message for the last failed call on this thread ("" when none failed yet). */
+EDGEADAPT_API const char* edgeadapt_last_error(void);
+
+/* conf[b] = confidence of row b of row-major float logits[batch][classes]; a row holding
+ * NaN or +-Inf gets NaN. */
+EDGEADAPT_API edgeadapt_status edgeadapt_confidence(const float* logits, int64_t batch,
+                                                    int64_t classes, edgeadapt_measure measure,
+                                                    float* conf);
+
+/* Batch exit decision; every output has room for `batch` entries. pred[b] = argmax
+ * (first on ties, -1 for a NaN/Inf row), conf[b], exit_mask[b] = conf >= threshold (0/1),
+ * continue_idx[0..*n_continue) = rows that do not exit, in order. */
+EDGEADAPT_API edgeadapt_status edgeadapt_decide(const float* logits, int64_t batch,
+                                                int64_t classes, edgeadapt_measure measure,
+                                                double threshold, int64_t* pred, float* conf,
+                                                uint8_t* exit_mask, int64_t* continue_idx,
+                                                int64_t* n_continue);
+
+/* Opaque latency-aware policy over N states (see kernel.hpp, class Policy). */
+typedef struct edgeadapt_policy edgeadapt_policy;
+
+/* thresholds: N - 1 values (the last state always exits); step_costs_ms: N values;
+ * accuracies: N values in [0, 1] or NULL; cumulative: nonzero for early-exit bundles. */
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_create(
+    const double* thresholds, size_t n_thresholds, const double* step_costs_ms, size_t n_steps,
+    double ewma, edgeadapt_measure measure, const double* accuracies, int cumulative,
+    edgeadapt_policy** out);
+EDGEADAPT_API void edgeadapt_policy_destroy(edgeadapt_policy* policy);
+
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_num_states(const edgeadapt_policy* policy,
+                                                           int64_t* out);
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_threshold(const edgeadapt_policy* policy,
+                                                          int64_t state, double* out);
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_predicted_ms(const edgeadapt_policy* policy,
+                                                             int64_t step, double* out);
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_state_ms(const edgeadapt_policy* policy,
+                                                         int64_t state, double* out);
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t step,
+                                                        double measured_ms);
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_fits(const edgeadapt_policy* policy,
+                                                     int64_t next_step, double elapsed_ms,
+                                                     double budget_ms, int* out);
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_next(const edgeadapt_policy* policy,
+                                                     int64_t state, double confidence,
+                                                     double elapsed_ms, double budget_ms,
+                                                     edgeadapt_action* out);
+/* *state = most accurate state whose predicted cost fits, or -1 when none does. */
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_lookup(const edgeadapt_policy* policy,
+                                                       double budget_ms, int64_t* state);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGEADAPT_H */

@@ -1,0 +1,522 @@
+// edgeadapt decision kernel: header-only C++17, no dependencies.
+//
+// What runs on every inference: the confidence of a row of logits, the batch exit
+// decision with compaction of the rows that continue, and the latency-aware policy
+// (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table).
+//
+// Numerics (the readable specification is edgeadapt/kernel_ref.py):
+//   t_i = x_i - max(x)                      float32
+//   e_i = exp_neg(t_i)                      float32, Cephes-style polynomial, 0 below -80
+//   Z   = sum_i e_i                         accumulated in double
+//   maxprob = 1 / Z
+//   margin  = (1 - e_(2)) / Z               e_(2): exp of the second-largest logit
+//   entropy = (sum_i e_i t_i) / Z - log Z   the negative entropy (higher = more confident)
+// each rounded once to float32. The prediction is the first index of the maximum.
+// A row holding NaN or +-Inf is invalid: prediction -1, confidence NaN, never exits.
+// With the compiler not contracting a*b+c into FMA (the default on x86-64), exp_neg is
+// bit-identical to the numpy reference; otherwise it differs by at most an ulp or two.
+//
+// No exceptions, no allocation on the hot path: every function reports a Status; only
+// Policy::create allocates (its std::vector members) and may throw std::bad_alloc.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace edgeadapt {
+
+enum class Status : int {
+    Ok = 0,
+    NullPointer = 1,  // a required pointer is null
+    BadShape = 2,     // batch < 1 or classes < 2, or a length that does not match
+    BadValue = 3,     // NaN threshold, negative/NaN budget or cost, EWMA weight outside (0, 1]
+    OutOfRange = 4,   // state or step index outside the policy
+    BadMeasure = 5,   // unknown confidence measure
+};
+
+enum class Measure : int { MaxProb = 0, Margin = 1, Entropy = 2 };
+
+enum class Action : int {
+    Exit = 0,        // confident enough (or last state): return this state's answer
+    Continue = 1,    // run the next step
+    ExitBudget = 2,  // the next step cannot finish inside the budget: return this answer
+};
+
+inline const char* status_string(Status s) noexcept {
+    switch (s) {
+        case Status::Ok: return "ok";
+        case Status::NullPointer: return "null pointer";
+        case Status::BadShape: return "bad shape (batch must be >= 1, classes >= 2)";
+        case Status::BadValue: return "bad value (NaN, negative or out-of-range number)";
+        case Status::OutOfRange: return "state or step index out of range";
+        case Status::BadMeasure: return "unknown confidence measure";
+    }
+    return "unknown status";
+}
+
+// Prediction and confidence of one row.
+struct RowResult {
+    std::int64_t pred;
+    float conf;
+};
+
+namespace detail {
+
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: (y + kRound) - kRound == rint(y)
+constexpr float kCutoff = -80.0f;      // exp(-80) ~ 1.8e-35: below it a term is 0
+constexpr float kP0 = 1.9875691500e-4f;
+constexpr float kP1 = 1.3981999507e-3f;
+constexpr float kP2 = 8.3334519073e-3f;
+constexpr float kP3 = 4.1665795894e-2f;
+constexpr float kP4 = 1.6666665459e-1f;
+constexpr float kP5 = 5.0000001201e-1f;
+
+// exp(t) for finite t <= 0; 0 below kCutoff. Same operations, in the same order, as
+// kernel_ref.exp_neg.
+inline float exp_neg(float t) noexcept {
+    const float tc = t > kCutoff ? t : kCutoff;
+    const float k = (tc * kLog2e + kRound) - kRound;
+    float r = tc - k * kLn2Hi;
+    r = r - k * kLn2Lo;
+    float p = kP0;
+    p = p * r + kP1;
+    p = p * r + kP2;
+    p = p * r + kP3;
+    p = p * r + kP4;
+    p = p * r + kP5;
+    p = (p * (r * r) + r) + 1.0f;
+    const std::int32_t bits = (static_cast<std::int32_t>(k) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return t < kCutoff ? 0.0f : p * scale;
+}
+
+// Sums of e_i (and of e_i * t_i when Entropy) over a row, given its maximum m.
+struct Sums {
+    double z;
+    double zt;
+};
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EDGEADAPT_VECTOR 1
+typedef float f4 __attribute__((vector_size(16)));
+typedef std::int32_t i4 __attribute__((vector_size(16)));
+typedef double d2 __attribute__((vector_size(16)));
+
+inline f4 load4(const float* p) noexcept {
+    f4 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline f4 splat(float x) noexcept { return f4{x, x, x, x}; }
+
+inline f4 select(i4 mask, f4 a, f4 b) noexcept {
+    i4 ai, bi;
+    std::memcpy(&ai, &a, sizeof ai);
+    std::memcpy(&bi, &b, sizeof bi);
+    const i4 ri = (ai & mask) | (bi & ~mask);
+    f4 r;
+    std::memcpy(&r, &ri, sizeof r);
+    return r;
+}
+
+// Four lanes of exp_neg, operation for operation.
+inline f4 exp_neg4(f4 t) noexcept {
+    const f4 cut = splat(kCutoff);
+    const f4 tc = select(t > cut, t, cut);
+    const f4 k = (tc * splat(kLog2e) + splat(kRound)) - splat(kRound);
+    f4 r = tc - k * splat(kLn2Hi);
+    r = r - k * splat(kLn2Lo);
+    f4 p = splat(kP0);
+    p = p * r + splat(kP1);
+    p = p * r + splat(kP2);
+    p = p * r + splat(kP3);
+    p = p * r + splat(kP4);
+    p = p * r + splat(kP5);
+    p = (p * (r * r) + r) + splat(1.0f);
+    const i4 bits = (__builtin_convertvector(k, i4) + 127) << 23;
+    f4 scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return select(t < cut, splat(0.0f), p * scale);
+}
+
+inline d2 lo2(f4 v) noexcept { return d2{v[0], v[1]}; }
+inline d2 hi2(f4 v) noexcept { return d2{v[2], v[3]}; }
+
+// x[0..r) (0 < r < 4) in the low lanes, `pad` in the others.
+inline f4 load_tail(const float* x, std::int64_t r, float pad) noexcept {
+    return f4{x[0], r > 1 ? x[1] : pad, r > 2 ? x[2] : pad, pad};
+}
+#endif
+
+constexpr float kLowest = -std::numeric_limits<float>::max();
+
+// Maximum and first index of it over x[0..n) (n >= 1); `finite` is false when a value
+// is NaN or +-Inf (x * 0 is then NaN), and the other fields are meaningless.
+struct RowMax {
+    float max;
+    std::int64_t arg;
+    bool finite;
+};
+
+inline RowMax row_max(const float* x, std::int64_t n) noexcept {
+#ifdef EDGEADAPT_VECTOR
+    f4 mv = splat(kLowest), zero = splat(0.0f);
+    i4 iv = i4{0, 0, 0, 0}, lane = i4{0, 1, 2, 3};
+    std::int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const f4 v = load4(x + i);
+        const i4 gt = v > mv;
+        mv = select(gt, v, mv);
+        iv = (gt & (lane + static_cast<std::int32_t>(i))) | (~gt & iv);
+        zero += v * splat(0.0f);
+    }
+    if (i < n) {
+        const f4 v = load_tail(x + i, n - i, kLowest);
+        const i4 gt = v > mv;
+        mv = select(gt, v, mv);
+        iv = (gt & (lane + static_cast<std::int32_t>(i))) | (~gt & iv);
+        zero += v * splat(0.0f);
+    }
+    float m = mv[0];
+    std::int64_t arg = iv[0];
+    for (int l = 1; l < 4; ++l) {
+        if (mv[l] > m || (mv[l] == m && iv[l] < arg)) {
+            m = mv[l];
+            arg = iv[l];
+        }
+    }
+    return {m, arg, ((zero[0] + zero[1]) + (zero[2] + zero[3])) == 0.0f};
+#else
+    float m = x[0], zero = 0.0f;
+    std::int64_t arg = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (x[i] > m) {
+            m = x[i];
+            arg = i;
+        }
+        zero += x[i] * 0.0f;
+    }
+    return {m, arg, zero == 0.0f};
+#endif
+}
+
+template <bool kWithT>
+inline Sums row_sums(const float* x, std::int64_t n, float m) noexcept {
+    std::int64_t i = 0;
+    double z = 0.0, zt = 0.0;
+#ifdef EDGEADAPT_VECTOR
+    d2 za = {0.0, 0.0}, zb = {0.0, 0.0}, ta = {0.0, 0.0}, tb = {0.0, 0.0};
+    const f4 cut = splat(kCutoff);
+    const auto add = [&](f4 t) {
+        const f4 e = exp_neg4(t);
+        za += lo2(e);
+        zb += hi2(e);
+        if constexpr (kWithT) {
+            const f4 tc = select(t > cut, t, cut);
+            ta += lo2(e) * lo2(tc);
+            tb += hi2(e) * hi2(tc);
+        }
+    };
+    for (; i + 4 <= n; i += 4) add(load4(x + i) - splat(m));
+    if (i < n) {  // padded lanes get t = 2 * kCutoff, so e = 0
+        const std::int64_t r = n - i;
+        const float pad = 2.0f * kCutoff;
+        add(f4{x[i] - m, r > 1 ? x[i + 1] - m : pad, r > 2 ? x[i + 2] - m : pad, pad});
+    }
+    z = (za[0] + zb[0]) + (za[1] + zb[1]);
+    zt = (ta[0] + tb[0]) + (ta[1] + tb[1]);
+#else
+    for (; i < n; ++i) {
+        const float t = x[i] - m;
+        const float e = exp_neg(t);
+        z += static_cast<double>(e);
+        if constexpr (kWithT) {
+            const float tc = t > kCutoff ? t : kCutoff;
+            zt += static_cast<double>(e) * static_cast<double>(tc);
+        }
+    }
+#endif
+    return {z, zt};
+}
+
+// Largest value of x[0..n) other than the one at index `skip` (-inf when n == 1).
+inline float second_max(const float* x, std::int64_t n, std::int64_t skip) noexcept {
+    float m = -std::numeric_limits<float>::infinity();
+    if (skip > 0) m = row_max(x, skip).max;
+    if (skip + 1 < n) {
+        const float after = row_max(x + skip + 1, n - skip - 1).max;
+        m = after > m ? after : m;
+    }
+    return m;
+}
+
+template <Measure M>
+inline RowResult row(const float* x, std::int64_t n) noexcept {
+    const RowMax rm = row_max(x, n);
+    if (!rm.finite) return {-1, std::numeric_limits<float>::quiet_NaN()};
+    const float m = rm.max;
+    const std::int64_t arg = rm.arg;
+    const Sums s = row_sums<M == Measure::Entropy>(x, n, m);
+    double c;
+    if constexpr (M == Measure::MaxProb) {
+        c = 1.0 / s.z;
+    } else if constexpr (M == Measure::Margin) {
+        c = (1.0 - static_cast<double>(exp_neg(second_max(x, n, arg) - m))) / s.z;
+    } else {
+        c = s.zt / s.z - std::log(s.z);
+    }
+    return {arg, static_cast<float>(c)};
+}
+
+inline bool valid_measure(Measure m) noexcept {
+    return m == Measure::MaxProb || m == Measure::Margin || m == Measure::Entropy;
+}
+
+inline Status check_batch(const float* logits, std::int64_t batch, std::int64_t classes) noexcept {
+    if (logits == nullptr) return Status::NullPointer;
+    if (batch < 1 || classes < 2 || classes > std::numeric_limits<std::int32_t>::max())
+        return Status::BadShape;
+    return Status::Ok;
+}
+
+template <Measure M>
+inline void confidence_rows(const float* logits, std::int64_t batch, std::int64_t classes,
+                            float* conf) noexcept {
+    for (std::int64_t b = 0; b < batch; ++b) conf[b] = row<M>(logits + b * classes, classes).conf;
+}
+
+template <Measure M>
+inline std::int64_t decide_rows(const float* logits, std::int64_t batch, std::int64_t classes,
+                                double threshold, std::int64_t* pred, float* conf,
+                                std::uint8_t* exit_mask, std::int64_t* continue_idx) noexcept {
+    std::int64_t k = 0;
+    for (std::int64_t b = 0; b < batch; ++b) {
+        const RowResult r = row<M>(logits + b * classes, classes);
+        const bool leave = static_cast<double>(r.conf) >= threshold;  // false for NaN
+        pred[b] = r.pred;
+        conf[b] = r.conf;
+        exit_mask[b] = static_cast<std::uint8_t>(leave);
+        continue_idx[k] = b;
+        k += static_cast<std::int64_t>(!leave);
+    }
+    return k;
+}
+
+}  // namespace detail
+
+// Prediction and confidence of one row of `classes` (>= 2) logits.
+inline RowResult row_confidence(const float* row, std::int64_t classes, Measure measure) noexcept {
+    switch (measure) {
+        case Measure::Margin: return detail::row<Measure::Margin>(row, classes);
+        case Measure::Entropy: return detail::row<Measure::Entropy>(row, classes);
+        default: return detail::row<Measure::MaxProb>(row, classes);
+    }
+}
+
+// conf[b] = confidence of row b of the row-major [batch, classes] logits.
+inline Status confidence(const float* logits, std::int64_t batch, std::int64_t classes,
+                         Measure measure, float* conf) noexcept {
+    if (const Status s = detail::check_batch(logits, batch, classes); s != Status::Ok) return s;
+    if (conf == nullptr) return Status::NullPointer;
+    switch (measure) {
+        case Measure::MaxProb: detail::confidence_rows<Measure::MaxProb>(logits, batch, classes, conf); break;
+        case Measure::Margin: detail::confidence_rows<Measure::Margin>(logits, batch, classes, conf); break;
+        case Measure::Entropy: detail::confidence_rows<Measure::Entropy>(logits, batch, classes, conf); break;
+        default: return Status::BadMeasure;
+    }
+    return Status::Ok;
+}
+
+// Batch exit decision. Every output holds `batch` entries (caller-provided): pred[b]
+// (argmax, -1 for an invalid row), conf[b], exit_mask[b] = conf[b] >= threshold, and
+// continue_idx[0..*n_continue) = the rows that do not exit, in order.
+inline Status decide(const float* logits, std::int64_t batch, std::int64_t classes,
+                     Measure measure, double threshold, std::int64_t* pred, float* conf,
+                     std::uint8_t* exit_mask, std::int64_t* continue_idx,
+                     std::int64_t* n_continue) noexcept {
+    if (const Status s = detail::check_batch(logits, batch, classes); s != Status::Ok) return s;
+    if (!pred || !conf || !exit_mask || !continue_idx || !n_continue) return Status::NullPointer;
+    if (std::isnan(threshold)) return Status::BadValue;
+    switch (measure) {
+        case Measure::MaxProb:
+            *n_continue = detail::decide_rows<Measure::MaxProb>(logits, batch, classes, threshold,
+                                                                 pred, conf, exit_mask, continue_idx);
+            break;
+        case Measure::Margin:
+            *n_continue = detail::decide_rows<Measure::Margin>(logits, batch, classes, threshold,
+                                                                pred, conf, exit_mask, continue_idx);
+            break;
+        case Measure::Entropy:
+            *n_continue = detail::decide_rows<Measure::Entropy>(logits, batch, classes, threshold,
+                                                                 pred, conf, exit_mask, continue_idx);
+            break;
+        default: return Status::BadMeasure;
+    }
+    return Status::Ok;
+}
+
+// Budget meaning "no deadline".
+constexpr double kNoBudget = std::numeric_limits<double>::infinity();
+
+// The run-time policy over N states reached by N steps.
+//
+// thresholds: N - 1 values, one per state but the last (the last state always exits).
+// step_costs_ms: N predicted step latencies, seeded from a profile; observe() moves
+// them toward measured latencies, cost <- (1 - ewma) * cost + ewma * measured, so
+// contention raises the prediction. cumulative: state i costs steps 0..i (early-exit
+// bundle) when true, step i alone (ensemble run by direct selection) when false; used
+// by state_ms() and lookup(). accuracies (optional, N values in [0, 1]): validation
+// accuracy per state for lookup(); without them, a later state counts as more accurate.
+// Budgets are in ms, >= 0; kNoBudget (+inf) is the deadline-free mode.
+// Not thread-safe: observe() mutates the cost table.
+class Policy {
+  public:
+    static Status create(const double* thresholds, std::size_t n_thresholds,
+                         const double* step_costs_ms, std::size_t n_steps, double ewma,
+                         Measure measure, const double* accuracies, bool cumulative,
+                         Policy& out) {
+        if (n_steps < 1) return Status::BadShape;
+        if (n_thresholds != n_steps - 1) return Status::BadShape;
+        if (step_costs_ms == nullptr || (n_thresholds > 0 && thresholds == nullptr))
+            return Status::NullPointer;
+        if (!detail::valid_measure(measure)) return Status::BadMeasure;
+        if (!(ewma > 0.0 && ewma <= 1.0)) return Status::BadValue;
+        for (std::size_t i = 0; i < n_thresholds; ++i)
+            if (std::isnan(thresholds[i])) return Status::BadValue;
+        for (std::size_t i = 0; i < n_steps; ++i)
+            if (!std::isfinite(step_costs_ms[i]) || step_costs_ms[i] < 0.0) return Status::BadValue;
+        if (accuracies != nullptr)
+            for (std::size_t i = 0; i < n_steps; ++i)
+                if (!(accuracies[i] >= 0.0 && accuracies[i] <= 1.0)) return Status::BadValue;
+        Policy p;
+        p.thresholds_.assign(thresholds, thresholds + n_thresholds);
+        p.costs_.assign(step_costs_ms, step_costs_ms + n_steps);
+        if (accuracies != nullptr) p.accuracies_.assign(accuracies, accuracies + n_steps);
+        p.ewma_ = ewma;
+        p.measure_ = measure;
+        p.cumulative_ = cumulative;
+        out = std::move(p);
+        return Status::Ok;
+    }
+
+    std::int64_t num_states() const noexcept { return static_cast<std::int64_t>(costs_.size()); }
+    Measure measure() const noexcept { return measure_; }
+    double ewma() const noexcept { return ewma_; }
+    bool cumulative() const noexcept { return cumulative_; }
+    const std::vector<double>& thresholds() const noexcept { return thresholds_; }
+    const std::vector<double>& costs_ms() const noexcept { return costs_; }
+    const std::vector<double>& accuracies() const noexcept { return accuracies_; }
+
+    // Threshold of `state`; -inf for the last state (it always exits).
+    Status threshold(std::int64_t state, double* out) const noexcept {
+        if (out == nullptr) return Status::NullPointer;
+        if (!has_state(state)) return Status::OutOfRange;
+        *out = state + 1 == num_states() ? -std::numeric_limits<double>::infinity()
+                                         : thresholds_[static_cast<std::size_t>(state)];
+        return Status::Ok;
+    }
+
+    // Predicted latency of one step.
+    Status predicted_ms(std::int64_t step, double* out) const noexcept {
+        if (out == nullptr) return Status::NullPointer;
+        if (!has_state(step)) return Status::OutOfRange;
+        *out = costs_[static_cast<std::size_t>(step)];
+        return Status::Ok;
+    }
+
+    // Predicted cost of reaching `state` from scratch (see `cumulative`).
+    Status state_ms(std::int64_t state, double* out) const noexcept {
+        if (out == nullptr) return Status::NullPointer;
+        if (!has_state(state)) return Status::OutOfRange;
+        *out = state_cost(static_cast<std::size_t>(state));
+        return Status::Ok;
+    }
+
+    // Fold one measured latency of `step` into its prediction (EWMA).
+    Status observe(std::int64_t step, double measured_ms) noexcept {
+        if (!has_state(step)) return Status::OutOfRange;
+        if (!std::isfinite(measured_ms) || measured_ms < 0.0) return Status::BadValue;
+        double& c = costs_[static_cast<std::size_t>(step)];
+        c = (1.0 - ewma_) * c + ewma_ * measured_ms;
+        return Status::Ok;
+    }
+
+    // Whether `next_step` is predicted to finish inside the budget, `elapsed_ms` spent.
+    Status fits(std::int64_t next_step, double elapsed_ms, double budget_ms, bool* out) const noexcept {
+        if (out == nullptr) return Status::NullPointer;
+        if (!has_state(next_step)) return Status::OutOfRange;
+        if (!valid_time(elapsed_ms) || !valid_budget(budget_ms)) return Status::BadValue;
+        *out = elapsed_ms + costs_[static_cast<std::size_t>(next_step)] <= budget_ms;
+        return Status::Ok;
+    }
+
+    // What to do after `state` produced `confidence`, `elapsed_ms` into the sample:
+    // Exit at the last state or when confidence >= threshold (NaN never is); else
+    // ExitBudget when the next step does not fit the budget; else Continue.
+    Status next(std::int64_t state, double confidence, double elapsed_ms, double budget_ms,
+                Action* out) const noexcept {
+        if (out == nullptr) return Status::NullPointer;
+        if (!has_state(state)) return Status::OutOfRange;
+        if (!valid_time(elapsed_ms) || !valid_budget(budget_ms)) return Status::BadValue;
+        const auto s = static_cast<std::size_t>(state);
+        if (state + 1 == num_states() || confidence >= thresholds_[s]) {
+            *out = Action::Exit;
+        } else if (elapsed_ms + costs_[s + 1] > budget_ms) {
+            *out = Action::ExitBudget;
+        } else {
+            *out = Action::Continue;
+        }
+        return Status::Ok;
+    }
+
+    // AdaInf's content-agnostic lookup table: the most accurate state whose predicted
+    // cost fits the budget (ties: the cheaper one); -1 when none fits.
+    Status lookup(double budget_ms, std::int64_t* state) const noexcept {
+        if (state == nullptr) return Status::NullPointer;
+        if (!valid_budget(budget_ms)) return Status::BadValue;
+        std::int64_t best = -1;
+        double best_acc = -1.0, best_cost = 0.0;
+        for (std::size_t i = 0; i < costs_.size(); ++i) {
+            const double cost = state_cost(i);
+            if (cost > budget_ms) continue;
+            const double acc = accuracies_.empty() ? static_cast<double>(i) : accuracies_[i];
+            if (acc > best_acc || (acc == best_acc && cost < best_cost)) {
+                best = static_cast<std::int64_t>(i);
+                best_acc = acc;
+                best_cost = cost;
+            }
+        }
+        *state = best;
+        return Status::Ok;
+    }
+
+  private:
+    bool has_state(std::int64_t i) const noexcept { return i >= 0 && i < num_states(); }
+    static bool valid_time(double ms) noexcept { return std::isfinite(ms) && ms >= 0.0; }
+    static bool valid_budget(double ms) noexcept { return !std::isnan(ms) && ms >= 0.0; }
+
+    double state_cost(std::size_t state) const noexcept {
+        if (!cumulative_) return costs_[state];
+        double total = 0.0;
+        for (std::size_t i = 0; i <= state; ++i) total += costs_[i];
+        return total;
+    }
+
+    std::vector<double> thresholds_;
+    std::vector<double> costs_;
+    std::vector<double> accuracies_;
+    double ewma_ = 0.2;
+    Measure measure_ = Measure::MaxProb;
+    bool cumulative_ = true;
+};
+
+}  // namespace edgeadapt

@@ -1,0 +1,149 @@
+// The C ABI (edgeadapt.h) over the header-only kernel: status codes, no exceptions out.
+#include "edgeadapt/edgeadapt.h"
+
+#include <new>
+#include <string>
+
+#include "edgeadapt/kernel.hpp"
+
+struct edgeadapt_policy {
+    edgeadapt::Policy policy;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+edgeadapt_status report(edgeadapt::Status s, const char* where) noexcept {
+    if (s != edgeadapt::Status::Ok) {
+        try {
+            last_error = std::string(where) + ": " + edgeadapt::status_string(s);
+        } catch (...) {
+            last_error.clear();
+        }
+    }
+    return static_cast<edgeadapt_status>(s);
+}
+
+edgeadapt_status null_policy(const char* where) noexcept {
+    return report(edgeadapt::Status::NullPointer, where);
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* edgeadapt_version(void) { return EDGEADAPT_VERSION; }
+
+const char* edgeadapt_status_string(edgeadapt_status status) {
+    if (status == EDGEADAPT_E_NO_MEMORY) return "out of memory";
+    return edgeadapt::status_string(static_cast<edgeadapt::Status>(status));
+}
+
+const char* edgeadapt_last_error(void) { return last_error.c_str(); }
+
+edgeadapt_status edgeadapt_confidence(const float* logits, int64_t batch, int64_t classes,
+                                      edgeadapt_measure measure, float* conf) {
+    return report(edgeadapt::confidence(logits, batch, classes,
+                                        static_cast<edgeadapt::Measure>(measure), conf),
+                  "edgeadapt_confidence");
+}
+
+edgeadapt_status edgeadapt_decide(const float* logits, int64_t batch, int64_t classes,
+                                  edgeadapt_measure measure, double threshold, int64_t* pred,
+                                  float* conf, uint8_t* exit_mask, int64_t* continue_idx,
+                                  int64_t* n_continue) {
+    return report(edgeadapt::decide(logits, batch, classes,
+                                    static_cast<edgeadapt::Measure>(measure), threshold, pred,
+                                    conf, exit_mask, continue_idx, n_continue),
+                  "edgeadapt_decide");
+}
+
+edgeadapt_status edgeadapt_policy_create(const double* thresholds, size_t n_thresholds,
+                                         const double* step_costs_ms, size_t n_steps, double ewma,
+                                         edgeadapt_measure measure, const double* accuracies,
+                                         int cumulative, edgeadapt_policy** out) {
+    if (out == nullptr) return null_policy("edgeadapt_policy_create");
+    *out = nullptr;
+    try {
+        auto* handle = new edgeadapt_policy;
+        const auto s = edgeadapt::Policy::create(
+            thresholds, n_thresholds, step_costs_ms, n_steps, ewma,
+            static_cast<edgeadapt::Measure>(measure), accuracies, cumulative != 0, handle->policy);
+        if (s != edgeadapt::Status::Ok) {
+            delete handle;
+            return report(s, "edgeadapt_policy_create");
+        }
+        *out = handle;
+        return EDGEADAPT_OK;
+    } catch (const std::bad_alloc&) {
+        last_error = "edgeadapt_policy_create: out of memory";
+        return EDGEADAPT_E_NO_MEMORY;
+    }
+}
+
+void edgeadapt_policy_destroy(edgeadapt_policy* policy) { delete policy; }
+
+edgeadapt_status edgeadapt_policy_num_states(const edgeadapt_policy* policy, int64_t* out) {
+    if (policy == nullptr || out == nullptr) return null_policy("edgeadapt_policy_num_states");
+    *out = policy->policy.num_states();
+    return EDGEADAPT_OK;
+}
+
+edgeadapt_status edgeadapt_policy_threshold(const edgeadapt_policy* policy, int64_t state,
+                                            double* out) {
+    if (policy == nullptr) return null_policy("edgeadapt_policy_threshold");
+    return report(policy->policy.threshold(state, out), "edgeadapt_policy_threshold");
+}
+
+edgeadapt_status edgeadapt_policy_predicted_ms(const edgeadapt_policy* policy, int64_t step,
+                                               double* out) {
+    if (policy == nullptr) return null_policy("edgeadapt_policy_predicted_ms");
+    return report(policy->policy.predicted_ms(step, out), "edgeadapt_policy_predicted_ms");
+}
+
+edgeadapt_status edgeadapt_policy_state_ms(const edgeadapt_policy* policy, int64_t state,
+                                           double* out) {
+    if (policy == nullptr) return null_policy("edgeadapt_policy_state_ms");
+    return report(policy->policy.state_ms(state, out), "edgeadapt_policy_state_ms");
+}
+
+edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t step,
+                                          double measured_ms) {
+    if (policy == nullptr) return null_policy("edgeadapt_policy_observe");
+    return report(policy->policy.observe(step, measured_ms), "edgeadapt_policy_observe");
+}
+
+edgeadapt_status edgeadapt_policy_fits(const edgeadapt_policy* policy, int64_t next_step,
+                                       double elapsed_ms, double budget_ms, int* out) {
+    if (policy == nullptr || out == nullptr) return null_policy("edgeadapt_policy_fits");
+    bool fits = false;
+    const auto s = policy->policy.fits(next_step, elapsed_ms, budget_ms, &fits);
+    if (s == edgeadapt::Status::Ok) *out = fits ? 1 : 0;
+    return report(s, "edgeadapt_policy_fits");
+}
+
+edgeadapt_status edgeadapt_policy_next(const edgeadapt_policy* policy, int64_t state,
+                                       double confidence, double elapsed_ms, double budget_ms,
+                                       edgeadapt_action* out) {
+    if (policy == nullptr || out == nullptr) return null_policy("edgeadapt_policy_next");
+    edgeadapt::Action action = edgeadapt::Action::Exit;
+    const auto s = policy->policy.next(state, confidence, elapsed_ms, budget_ms, &action);
+    if (s == edgeadapt::Status::Ok) *out = static_cast<edgeadapt_action>(action);
+    return report(s, "edgeadapt_policy_next");
+}
+
+edgeadapt_status edgeadapt_policy_lookup(const edgeadapt_policy* policy, double budget_ms,
+                                         int64_t* state) {
+    if (policy == nullptr) return null_policy("edgeadapt_policy_lookup");
+    return report(policy->policy.lookup(budget_ms, state), "edgeadapt_policy_lookup");
+}
+
+}  // extern "C"
+
+static_assert(static_cast<int>(edgeadapt::Status::BadMeasure) == EDGEADAPT_E_MEASURE,
+              "C and C++ status codes must agree");
+static_assert(static_cast<int>(edgeadapt::Action::ExitBudget) == EDGEADAPT_EXIT_BUDGET,
+              "C and C++ actions must agree");
+static_assert(static_cast<int>(edgeadapt::Measure::Entropy) == EDGEADAPT_ENTROPY,
+              "C and C++ measures must agree");

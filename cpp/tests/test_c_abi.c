@@ -1,0 +1,68 @@
+/* ctest: the C ABI from plain C: a decision, a policy round trip, error codes. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "edgeadapt/edgeadapt.h"
+
+static int failures = 0;
+#define CHECK(cond)                                                          \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            ++failures;                                                      \
+        }                                                                    \
+    } while (0)
+
+int main(void) {
+    const float logits[2][3] = {{0.0f, 10.0f, 0.0f}, {1.0f, 1.0f, 1.0f}};
+    int64_t pred[2], idx[2], k = -1;
+    float conf[2];
+    uint8_t mask[2];
+    CHECK(edgeadapt_decide(&logits[0][0], 2, 3, EDGEADAPT_MAXPROB, 0.5, pred, conf, mask, idx, &k) ==
+          EDGEADAPT_OK);
+    CHECK(pred[0] == 1 && mask[0] == 1 && mask[1] == 0 && k == 1 && idx[0] == 1);
+    CHECK(fabsf(conf[1] - 1.0f / 3.0f) < 1e-6f);
+    CHECK(edgeadapt_confidence(&logits[0][0], 2, 3, EDGEADAPT_MARGIN, conf) == EDGEADAPT_OK);
+    CHECK(conf[1] == 0.0f);
+
+    CHECK(edgeadapt_decide(&logits[0][0], 0, 3, EDGEADAPT_MAXPROB, 0.5, pred, conf, mask, idx, &k) ==
+          EDGEADAPT_E_SHAPE);
+    CHECK(strstr(edgeadapt_last_error(), "edgeadapt_decide") != NULL);
+    CHECK(edgeadapt_decide(&logits[0][0], 2, 3, EDGEADAPT_MAXPROB, NAN, pred, conf, mask, idx, &k) ==
+          EDGEADAPT_E_VALUE);
+    CHECK(edgeadapt_confidence(NULL, 2, 3, EDGEADAPT_MAXPROB, conf) == EDGEADAPT_E_NULL);
+    CHECK(edgeadapt_confidence(&logits[0][0], 2, 3, (edgeadapt_measure)9, conf) == EDGEADAPT_E_MEASURE);
+
+    const double th[1] = {0.9};
+    const double cost[2] = {1.0, 3.0};
+    edgeadapt_policy* p = NULL;
+    CHECK(edgeadapt_policy_create(th, 1, cost, 2, 0.5, EDGEADAPT_MAXPROB, NULL, 1, &p) == EDGEADAPT_OK);
+    edgeadapt_action a = EDGEADAPT_EXIT;
+    CHECK(edgeadapt_policy_next(p, 0, 0.3, 1.0, EDGEADAPT_NO_BUDGET, &a) == EDGEADAPT_OK &&
+          a == EDGEADAPT_CONTINUE);
+    CHECK(edgeadapt_policy_next(p, 0, 0.3, 1.0, 3.5, &a) == EDGEADAPT_OK && a == EDGEADAPT_EXIT_BUDGET);
+    CHECK(edgeadapt_policy_observe(p, 1, 1.0) == EDGEADAPT_OK);
+    double ms = 0.0;
+    CHECK(edgeadapt_policy_predicted_ms(p, 1, &ms) == EDGEADAPT_OK && ms == 2.0);
+    CHECK(edgeadapt_policy_state_ms(p, 1, &ms) == EDGEADAPT_OK && ms == 3.0);
+    int fits = 0;
+    CHECK(edgeadapt_policy_fits(p, 1, 1.0, 3.0, &fits) == EDGEADAPT_OK && fits == 1);
+    int64_t state = -2, n = 0;
+    CHECK(edgeadapt_policy_lookup(p, 2.0, &state) == EDGEADAPT_OK && state == 0);
+    CHECK(edgeadapt_policy_num_states(p, &n) == EDGEADAPT_OK && n == 2);
+    CHECK(edgeadapt_policy_next(p, 0, 0.3, 1.0, -1.0, &a) == EDGEADAPT_E_VALUE);
+    CHECK(edgeadapt_policy_next(p, 5, 0.3, 1.0, 1.0, &a) == EDGEADAPT_E_RANGE);
+    CHECK(edgeadapt_policy_lookup(p, NAN, &state) == EDGEADAPT_E_VALUE);
+    CHECK(edgeadapt_policy_next(NULL, 0, 0.3, 1.0, 1.0, &a) == EDGEADAPT_E_NULL);
+    edgeadapt_policy_destroy(p);
+
+    edgeadapt_policy* q = (edgeadapt_policy*)&failures;
+    CHECK(edgeadapt_policy_create(th, 1, cost, 2, 1.5, EDGEADAPT_MAXPROB, NULL, 1, &q) ==
+          EDGEADAPT_E_VALUE);
+    CHECK(q == NULL);
+    CHECK(strcmp(edgeadapt_status_string(EDGEADAPT_OK), "ok") == 0);
+    CHECK(strlen(edgeadapt_version()) > 0);
+    if (failures == 0) printf("c_abi: all checks passed\n");
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,169 @@
+// ctest: the header-only kernel on hand-checked cases, edge rows and bad input.
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <vector>
+
+#include "edgeadapt/kernel.hpp"
+
+namespace ea = edgeadapt;
+
+static int failures = 0;
+#define CHECK(cond)                                                      \
+    do {                                                                 \
+        if (!(cond)) {                                                   \
+            std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            ++failures;                                                  \
+        }                                                                \
+    } while (0)
+
+static bool near(double a, double b, double tol = 1e-6) { return std::fabs(a - b) <= tol; }
+
+static void exp_accuracy() {
+    CHECK(ea::detail::exp_neg(0.0f) == 1.0f);
+    CHECK(ea::detail::exp_neg(-81.0f) == 0.0f);
+    CHECK(ea::detail::exp_neg(-std::numeric_limits<float>::infinity()) == 0.0f);
+    for (float t = -79.9f; t <= 0.0f; t += 0.0137f) {
+        const double want = std::exp(static_cast<double>(t));
+        CHECK(std::fabs(ea::detail::exp_neg(t) - want) <= 3e-7 * want);
+    }
+}
+
+static void confidence_values() {
+    const float x[3] = {1.0f, 2.0f, 3.0f};
+    const double z = std::exp(-2.0) + std::exp(-1.0) + 1.0;
+    ea::RowResult r = ea::row_confidence(x, 3, ea::Measure::MaxProb);
+    CHECK(r.pred == 2 && near(r.conf, 1.0 / z));
+    r = ea::row_confidence(x, 3, ea::Measure::Margin);
+    CHECK(r.pred == 2 && near(r.conf, (1.0 - std::exp(-1.0)) / z));
+    double neg_h = 0.0;
+    for (float v : x) {
+        const double p = std::exp(v - 3.0) / z;
+        neg_h += p * std::log(p);
+    }
+    r = ea::row_confidence(x, 3, ea::Measure::Entropy);
+    CHECK(r.pred == 2 && near(r.conf, neg_h));
+
+    // ties: first index wins, margin 0, uniform row gives 1/C and -log C
+    const float tie[5] = {7.0f, 9.0f, 9.0f, 9.0f, 9.0f};
+    CHECK(ea::row_confidence(tie, 5, ea::Measure::Margin).pred == 1);
+    CHECK(ea::row_confidence(tie, 5, ea::Measure::Margin).conf == 0.0f);
+    const std::vector<float> flat(10, -3.3e38f);
+    CHECK(ea::row_confidence(flat.data(), 10, ea::Measure::MaxProb).conf == 0.1f);
+    CHECK(near(ea::row_confidence(flat.data(), 10, ea::Measure::Entropy).conf, -std::log(10.0)));
+
+    // huge magnitudes: no overflow, a clear winner is certain
+    const float huge[4] = {-3.4e38f, 3.4e38f, 0.0f, -1.0f};
+    r = ea::row_confidence(huge, 4, ea::Measure::Entropy);
+    CHECK(r.pred == 1 && r.conf == 0.0f);
+    CHECK(ea::row_confidence(huge, 4, ea::Measure::MaxProb).conf == 1.0f);
+
+    // NaN / Inf rows are invalid
+    const float inf = std::numeric_limits<float>::infinity();
+    const float bad[3][3] = {{0.0f, std::nanf(""), 1.0f}, {inf, 0.0f, 1.0f}, {-inf, 0.0f, 1.0f}};
+    for (const auto& row : bad) {
+        r = ea::row_confidence(row, 3, ea::Measure::MaxProb);
+        CHECK(r.pred == -1 && std::isnan(r.conf));
+    }
+}
+
+static void decide_batch() {
+    // rows: confident, unsure, NaN, confident (C = 9 exercises the vector body and tail)
+    std::vector<float> x(4 * 9, 0.0f);
+    x[0 * 9 + 4] = 20.0f;
+    x[2 * 9 + 1] = std::nanf("");
+    x[3 * 9 + 8] = 30.0f;
+    std::vector<std::int64_t> pred(4), idx(4);
+    std::vector<float> conf(4);
+    std::vector<std::uint8_t> mask(4);
+    std::int64_t k = -1;
+    CHECK(ea::decide(x.data(), 4, 9, ea::Measure::MaxProb, 0.9, pred.data(), conf.data(),
+                     mask.data(), idx.data(), &k) == ea::Status::Ok);
+    CHECK(pred[0] == 4 && pred[1] == 0 && pred[2] == -1 && pred[3] == 8);
+    CHECK(mask[0] == 1 && mask[1] == 0 && mask[2] == 0 && mask[3] == 1);
+    CHECK(k == 2 && idx[0] == 1 && idx[1] == 2);
+    CHECK(near(conf[1], 1.0 / 9.0));
+
+    // -inf threshold: every valid row exits, NaN rows still continue
+    CHECK(ea::decide(x.data(), 4, 9, ea::Measure::Entropy, -std::numeric_limits<double>::infinity(),
+                     pred.data(), conf.data(), mask.data(), idx.data(), &k) == ea::Status::Ok);
+    CHECK(k == 1 && idx[0] == 2);
+
+    // bad input
+    CHECK(ea::decide(x.data(), 0, 9, ea::Measure::MaxProb, 0.5, pred.data(), conf.data(),
+                     mask.data(), idx.data(), &k) == ea::Status::BadShape);
+    CHECK(ea::decide(x.data(), 4, 1, ea::Measure::MaxProb, 0.5, pred.data(), conf.data(),
+                     mask.data(), idx.data(), &k) == ea::Status::BadShape);
+    CHECK(ea::decide(x.data(), 4, 9, ea::Measure::MaxProb, std::nan(""), pred.data(), conf.data(),
+                     mask.data(), idx.data(), &k) == ea::Status::BadValue);
+    CHECK(ea::decide(nullptr, 4, 9, ea::Measure::MaxProb, 0.5, pred.data(), conf.data(),
+                     mask.data(), idx.data(), &k) == ea::Status::NullPointer);
+    CHECK(ea::decide(x.data(), 4, 9, static_cast<ea::Measure>(7), 0.5, pred.data(), conf.data(),
+                     mask.data(), idx.data(), &k) == ea::Status::BadMeasure);
+    CHECK(ea::confidence(x.data(), 4, 9, ea::Measure::MaxProb, nullptr) == ea::Status::NullPointer);
+}
+
+static void policy() {
+    const double th[2] = {0.8, 0.9};
+    const double cost[3] = {1.0, 2.0, 4.0};
+    const double acc[3] = {0.6, 0.8, 0.75};
+    ea::Policy p;
+    CHECK(ea::Policy::create(th, 2, cost, 3, 0.5, ea::Measure::MaxProb, nullptr, true, p) ==
+          ea::Status::Ok);
+    ea::Action a;
+    CHECK(p.next(0, 0.85, 1.0, ea::kNoBudget, &a) == ea::Status::Ok && a == ea::Action::Exit);
+    CHECK(p.next(0, 0.5, 1.0, ea::kNoBudget, &a) == ea::Status::Ok && a == ea::Action::Continue);
+    CHECK(p.next(0, std::nan(""), 1.0, 10.0, &a) == ea::Status::Ok && a == ea::Action::Continue);
+    CHECK(p.next(0, 0.5, 1.0, 3.0, &a) == ea::Status::Ok && a == ea::Action::Continue);
+    CHECK(p.next(0, 0.5, 1.0, 2.9, &a) == ea::Status::Ok && a == ea::Action::ExitBudget);
+    CHECK(p.next(2, 0.0, 50.0, 1.0, &a) == ea::Status::Ok && a == ea::Action::Exit);
+    double v = 0.0;
+    CHECK(p.threshold(2, &v) == ea::Status::Ok && std::isinf(v) && v < 0);
+
+    // EWMA: contention raises the predicted cost until the step no longer fits
+    CHECK(p.observe(1, 6.0) == ea::Status::Ok);
+    CHECK(p.predicted_ms(1, &v) == ea::Status::Ok && v == 4.0);
+    CHECK(p.next(0, 0.5, 1.0, 3.0, &a) == ea::Status::Ok && a == ea::Action::ExitBudget);
+    bool fits = true;
+    CHECK(p.fits(1, 1.0, 5.0, &fits) == ea::Status::Ok && fits);
+    CHECK(p.fits(1, 1.5, 5.0, &fits) == ea::Status::Ok && !fits);
+
+    // lookup: cumulative costs 1, 5, 9
+    std::int64_t s = 99;
+    CHECK(p.lookup(0.5, &s) == ea::Status::Ok && s == -1);
+    CHECK(p.lookup(5.0, &s) == ea::Status::Ok && s == 1);
+    CHECK(p.lookup(ea::kNoBudget, &s) == ea::Status::Ok && s == 2);
+    ea::Policy q;
+    CHECK(ea::Policy::create(th, 2, cost, 3, 0.2, ea::Measure::Margin, acc, false, q) == ea::Status::Ok);
+    CHECK(q.lookup(100.0, &s) == ea::Status::Ok && s == 1);  // most accurate, not the last
+    CHECK(q.state_ms(2, &v) == ea::Status::Ok && v == 4.0);
+
+    // bad input
+    CHECK(p.next(3, 0.5, 1.0, 3.0, &a) == ea::Status::OutOfRange);
+    CHECK(p.next(0, 0.5, 1.0, -1.0, &a) == ea::Status::BadValue);
+    CHECK(p.next(0, 0.5, 1.0, std::nan(""), &a) == ea::Status::BadValue);
+    CHECK(p.next(0, 0.5, -1.0, 3.0, &a) == ea::Status::BadValue);
+    CHECK(p.lookup(-2.0, &s) == ea::Status::BadValue);
+    CHECK(p.observe(0, std::nan("")) == ea::Status::BadValue);
+    CHECK(p.observe(-1, 1.0) == ea::Status::OutOfRange);
+    const double nan_th[2] = {std::nan(""), 0.5};
+    ea::Policy r;
+    CHECK(ea::Policy::create(nan_th, 2, cost, 3, 0.2, ea::Measure::MaxProb, nullptr, true, r) ==
+          ea::Status::BadValue);
+    CHECK(ea::Policy::create(th, 1, cost, 3, 0.2, ea::Measure::MaxProb, nullptr, true, r) ==
+          ea::Status::BadShape);
+    CHECK(ea::Policy::create(th, 2, cost, 3, 0.0, ea::Measure::MaxProb, nullptr, true, r) ==
+          ea::Status::BadValue);
+    const double neg_cost[3] = {1.0, -2.0, 4.0};
+    CHECK(ea::Policy::create(th, 2, neg_cost, 3, 0.2, ea::Measure::MaxProb, nullptr, true, r) ==
+          ea::Status::BadValue);
+}
+
+int main() {
+    exp_accuracy();
+    confidence_values();
+    decide_batch();
+    policy();
+    if (failures == 0) std::printf("kernel: all checks passed\n");
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,66 @@
+"""Type stub of the compiled decision kernel (cpp/python/kernel_module.cpp)."""
+
+import enum
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+def version() -> str: ...
+def confidence(
+    logits: npt.NDArray[np.float32], measure: str = "maxprob"
+) -> npt.NDArray[np.float32]: ...
+def decide(
+    logits: npt.NDArray[np.float32], threshold: float, measure: str = "maxprob"
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.int64]
+]: ...
+def decide_into(
+    logits: npt.NDArray[np.float32],
+    threshold: float,
+    pred: npt.NDArray[np.int64],
+    conf: npt.NDArray[np.float32],
+    exit_mask: npt.NDArray[np.bool_],
+    continue_idx: npt.NDArray[np.int64],
+    measure: str = "maxprob",
+) -> int: ...
+
+class Action(enum.IntEnum):
+    EXIT = 0
+    CONTINUE = 1
+    EXIT_BUDGET = 2
+
+class Policy:
+    def __init__(
+        self,
+        thresholds: Sequence[float],
+        step_costs_ms: Sequence[float],
+        *,
+        ewma: float = 0.2,
+        measure: str = "maxprob",
+        accuracies: Sequence[float] | None = None,
+        cumulative: bool = True,
+    ) -> None: ...
+    @property
+    def num_states(self) -> int: ...
+    @property
+    def measure(self) -> str: ...
+    @property
+    def ewma(self) -> float: ...
+    @property
+    def cumulative(self) -> bool: ...
+    @property
+    def thresholds(self) -> list[float]: ...
+    @property
+    def costs_ms(self) -> list[float]: ...
+    @property
+    def accuracies(self) -> list[float] | None: ...
+    def threshold(self, state: int) -> float: ...
+    def predicted_ms(self, step: int) -> float: ...
+    def state_ms(self, state: int) -> float: ...
+    def observe(self, step: int, measured_ms: float) -> None: ...
+    def fits(self, next_step: int, elapsed_ms: float, budget_ms: float | None = None) -> bool: ...
+    def next(
+        self, state: int, confidence: float, elapsed_ms: float, budget_ms: float | None = None
+    ) -> Action: ...
+    def lookup(self, budget_ms: float) -> int | None: ...

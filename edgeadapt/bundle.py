@@ -1,0 +1,685 @@
+"""Bundle format v1: the step (or member) ONNX files of a model's states plus a manifest.
+
+A bundle is a directory holding ``manifest.json`` and one ONNX file per state (and any
+external-data files those reference). ``kind`` is
+
+- ``early-exit``: state i runs steps 0..i. Step 0 reads the model input; step i > 0
+  reads the activation output of step i-1 (and may also read the model input). Every
+  step but the last has two outputs, ``activation`` (for the next step) and ``logits``
+  (state i's prediction); the last has logits only.
+- ``ensemble``: state i is an independent model that reads the model input and outputs
+  logits; for uniformity it is stored as ``steps[i]`` with no activation.
+
+The manifest records the input spec (its first axis is the dynamic batch axis
+``"batch"``), the class count, per step its file, I/O names, per-sample FLOPs/MACs
+(split into the stage's and the head's shares) and parameter count, the sha256 of
+every file, and the producer. `write_bundle` writes the whole directory atomically;
+`load_bundle` validates the schema, the paths (everything stays inside the bundle),
+the hashes and that the steps chain.
+
+    >>> b = load_bundle("bundle/")
+    >>> b.kind, b.num_classes, b.flops        # flops: what each state's prediction costs
+    >>> b.steps[0].path, b.steps[0].activation, b.steps[0].logits
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import onnx
+
+from edgeadapt import __version__
+from edgeadapt.errors import InputError
+from edgeadapt.flops import ancestors, count_flops, count_params
+from edgeadapt.jsonio import Fields, dumps, read_json
+
+FORMAT = "edgeadapt-bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("early-exit", "ensemble")
+BATCH = "batch"
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+#: A step whose serialised size exceeds this is written with its weights in a
+#: ``<step>.data`` external-data file (protobuf cannot serialise 2 GB).
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TMP_PREFIX = ".edgeadapt-tmp-"
+
+
+class BundleError(InputError):
+    """A bundle cannot be written or is invalid, tampered with, incomplete or unsafe."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input: `shape[0]` is the dynamic batch axis ``"batch"``, the rest static."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step to write: `model` outputs `logits` (and `activation` unless it is the
+    last step). `head_input` is the tensor where the exit head starts; the nodes it and
+    the activation depend on are the stage's share of the FLOPs, the rest the head's."""
+
+    model: onnx.ModelProto
+    logits: str
+    activation: str | None = None
+    head_input: str | None = None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One step (or ensemble member) of a loaded bundle; `path` is absolute."""
+
+    index: int
+    file: str
+    path: Path
+    sha256: str
+    inputs: tuple[str, ...]
+    activation: str | None
+    logits: str
+    flops: int
+    macs: int
+    stage_flops: int
+    stage_macs: int
+    head_flops: int
+    head_macs: int
+    params: int
+    unknown_ops: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    """One state: its name, the files its prediction needs, its cost and parameters."""
+
+    name: str
+    files: tuple[str, ...]
+    flops: int
+    macs: int
+    params: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle. `steps[i]` produces state i's logits (see the module docstring);
+    `states[i].flops` is what state i's prediction costs (cascade sum for early-exit)."""
+
+    path: Path
+    kind: str
+    num_classes: int
+    input: InputSpec
+    states: tuple[StateInfo, ...]
+    steps: tuple[StepInfo, ...]
+    files: dict[str, str]
+    producer: dict[str, Any]
+    extra: dict[str, Any]
+    manifest_sha256: str
+    verified: bool = field(default=False)
+
+    @property
+    def flops(self) -> list[int]:
+        return [s.flops for s in self.states]
+
+    @property
+    def params(self) -> list[int]:
+        return [s.params for s in self.states]
+
+    @property
+    def step_flops(self) -> list[int]:
+        return [s.flops for s in self.steps]
+
+    @property
+    def stage_flops(self) -> list[int]:
+        return [s.stage_flops for s in self.steps]
+
+    @property
+    def head_flops(self) -> list[int]:
+        return [s.head_flops for s in self.steps]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _graph_io(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    return inputs, [o.name for o in model.graph.output]
+
+
+def _check_input(spec: InputSpec) -> None:
+    if not spec.name:
+        raise BundleError("the input needs a name", field="input.name")
+    if not spec.shape or spec.shape[0] != BATCH:
+        raise BundleError(f"shape[0] must be {BATCH!r}, got {spec.shape!r}", field="input.shape")
+    for d in spec.shape[1:]:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise BundleError(
+                f"dimensions after the batch axis must be positive integers, got {spec.shape!r}",
+                field="input.shape",
+            )
+    if spec.dtype not in DTYPES:
+        raise BundleError(f"dtype must be one of {DTYPES}, got {spec.dtype!r}", field="input.dtype")
+
+
+def _entry(
+    i: int,
+    step: Step,
+    kind: str,
+    last: bool,
+    spec: InputSpec,
+    num_classes: int,
+    previous: list[str],
+) -> dict[str, Any]:
+    """Check one step against the chain rules and describe it for the manifest."""
+    where = f"steps[{i}]"
+    try:
+        onnx.checker.check_model(step.model)
+    except onnx.checker.ValidationError as e:
+        raise BundleError(f"invalid ONNX model: {e}", field=where) from None
+    inputs, outputs = _graph_io(step.model)
+    allowed = {spec.name} if kind == "ensemble" or i == 0 else {spec.name, *previous}
+    bad = [n for n in inputs if n not in allowed]
+    if bad or (i == 0 and spec.name not in inputs):
+        raise BundleError(
+            f"inputs {inputs} do not chain: allowed are {sorted(allowed)}", field=f"{where}.inputs"
+        )
+    want = [step.logits] if last or kind == "ensemble" else [step.activation, step.logits]
+    if (step.activation is None) != (last or kind == "ensemble"):
+        raise BundleError(
+            "every early-exit step but the last needs an activation output; the last and "
+            "ensemble members have none",
+            field=f"{where}.activation",
+        )
+    if sorted(outputs) != sorted(n for n in want if n):
+        raise BundleError(f"outputs {outputs} must be exactly {want}", field=f"{where}.outputs")
+    _check_logits(step.model, step.logits, num_classes, where)
+    cost = count_flops(step.model)
+    stage_roots = [n for n in (step.activation, step.head_input) if n]
+    stage_nodes = (
+        ancestors(step.model, stage_roots)
+        if stage_roots
+        else set(range(len(step.model.graph.node)))
+    )
+    stage_flops, stage_macs = cost.subset(stage_nodes)
+    return {
+        "file": f"step{i}.onnx" if kind == "early-exit" else f"model{i}.onnx",
+        "inputs": inputs,
+        "activation": step.activation,
+        "logits": step.logits,
+        "flops": cost.flops,
+        "macs": cost.macs,
+        "stage_flops": stage_flops,
+        "stage_macs": stage_macs,
+        "head_flops": cost.flops - stage_flops,
+        "head_macs": cost.macs - stage_macs,
+        "params": count_params(step.model),
+        "unknown_ops": cost.unknown_ops,
+    }
+
+
+def _check_logits(model: onnx.ModelProto, logits: str, num_classes: int, where: str) -> None:
+    out = next(o for o in model.graph.output if o.name == logits)
+    dims = out.type.tensor_type.shape.dim
+    if len(dims) != 2:
+        raise BundleError(
+            f"logits {logits!r} must be [batch, classes], got rank {len(dims)}", field=where
+        )
+    if dims[1].HasField("dim_value") and dims[1].dim_value != num_classes:
+        raise BundleError(
+            f"logits {logits!r} have {dims[1].dim_value} classes, the bundle {num_classes}",
+            field=where,
+        )
+
+
+def _save_model(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Save one step; return the files written (relative names)."""
+    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        data = f"{path.name}.data"
+        onnx.save_model(model, str(path), save_as_external_data=True, location=data)
+        return [path.name, data]
+    path.write_bytes(model.SerializeToString())
+    return [path.name]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _clean_stale(parent: Path, name: str) -> None:
+    """Remove temp dirs left beside `name` by writers that were killed."""
+    for p in parent.glob(f"{_TMP_PREFIX}{name}-*"):
+        pid = p.name[len(f"{_TMP_PREFIX}{name}-") :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(p, ignore_errors=True)
+            except PermissionError:
+                continue
+
+
+def _commit(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished temp dir to `out`, atomically replacing an existing bundle."""
+    if not out.exists() and not out.is_symlink():
+        os.rename(tmp, out)
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise BundleError("exists and is not a directory", source=out)
+    entries = list(out.iterdir())
+    if entries and not (out / MANIFEST).is_file():
+        raise BundleError(
+            "exists and is not an edgeadapt bundle; refusing to replace it", source=out
+        )
+    if entries and (out / MANIFEST).read_bytes() == (tmp / MANIFEST).read_bytes():
+        shutil.rmtree(tmp)  # the very same bundle is already there
+        return
+    if entries and not force:
+        raise BundleError(
+            "already holds a different bundle; use --force (force=True) to replace it",
+            source=out,
+        )
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp)
+        return
+    old = out.with_name(f"{tmp.name}-old")
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old)
+
+
+def write_bundle(
+    out_dir: str | os.PathLike[str],
+    *,
+    kind: str,
+    input: InputSpec,
+    num_classes: int,
+    steps: Sequence[Step] | None = None,
+    models: Sequence[onnx.ModelProto] | None = None,
+    state_names: Sequence[str] | None = None,
+    producer: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Bundle:
+    """Write a bundle to `out_dir` atomically and return it loaded and verified.
+
+    Early-exit bundles take `steps` (in state order); ensembles take `models` (one per
+    state, each reading the input and outputting logits only). `producer` should name
+    the ``exporter`` and the ``source_sha256`` of the source model; the edgeadapt
+    version is added. `out_dir` may be absent, empty, or hold the very same bundle; an
+    existing different bundle is replaced only with `force`. A writer killed midway
+    leaves the previous bundle intact (the new one is built in a temp dir beside it).
+    """
+    if kind not in KINDS:
+        raise BundleError(f"kind must be one of {KINDS}, got {kind!r}", field="kind")
+    _check_input(input)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise BundleError(f"must be an integer >= 2, got {num_classes!r}", field="num_classes")
+    if kind == "early-exit":
+        if models is not None or not steps:
+            raise BundleError("early-exit bundles take a non-empty `steps` and no `models`")
+        parts = list(steps)
+    else:
+        if steps is not None or not models:
+            raise BundleError("ensemble bundles take a non-empty `models` and no `steps`")
+        parts = [
+            Step(m, logits=_graph_io(m)[1][0] if len(m.graph.output) == 1 else "") for m in models
+        ]
+        for i, m in enumerate(models):
+            if len(m.graph.output) != 1:
+                raise BundleError(
+                    "an ensemble member must have exactly one output (logits)", field=f"models[{i}]"
+                )
+    names = (
+        list(state_names) if state_names is not None else [f"state{i}" for i in range(len(parts))]
+    )
+    if len(names) != len(parts) or len(set(names)) != len(names) or not all(names):
+        raise BundleError(
+            f"need {len(parts)} distinct non-empty names, got {names}", field="state_names"
+        )
+
+    entries: list[dict[str, Any]] = []
+    previous: list[str] = []
+    for i, s in enumerate(parts):
+        entries.append(_entry(i, s, kind, i == len(parts) - 1, input, num_classes, previous))
+        previous = _graph_io(s.model)[1]
+
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out.parent, out.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent))
+    try:
+        files: dict[str, str] = {}
+        for e, s in zip(entries, parts, strict=True):
+            for name in _save_model(s.model, tmp / e["file"]):
+                _fsync(tmp / name)
+                files[name] = _sha256(tmp / name)
+            e["sha256"] = files[e["file"]]
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": kind,
+            "input": input.to_json(),
+            "num_classes": num_classes,
+            "states": [{"name": n, **e} for n, e in zip(names, entries, strict=True)],
+            "files": files,
+            "producer": {"edgeadapt": __version__, **producer},
+            "extra": extra or {},
+        }
+        try:
+            text = dumps(manifest)
+        except ValueError as e:
+            raise BundleError(f"cannot write non-finite number in the manifest ({e})") from None
+        (tmp / MANIFEST).write_text(text, encoding="utf-8")
+        _fsync(tmp / MANIFEST)
+        _fsync(tmp)
+        _commit(tmp, out, force)
+        _fsync(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_bundle(out)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _safe_path(root: Path, rel: Any, source: Path, field_: str) -> Path:
+    """The absolute path of bundle file `rel`, refusing anything that leaves `root`."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError("expected a non-empty relative path", source=source, field=field_)
+    if (
+        PurePosixPath(rel).is_absolute()
+        or PureWindowsPath(rel).is_absolute()
+        or PureWindowsPath(rel).drive
+        or "\\" in rel
+    ):
+        raise BundleError(f"absolute path {rel!r} is not allowed", source=source, field=field_)
+    if ".." in PurePosixPath(rel).parts:
+        raise BundleError(f"path {rel!r} leaves the bundle ('..')", source=source, field=field_)
+    path = root / rel
+    probe = path
+    while probe != root:
+        if probe.is_symlink():
+            raise BundleError(
+                f"path {rel!r} is a symlink; bundle files must be regular files",
+                source=source,
+                field=field_,
+            )
+        probe = probe.parent
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"path {rel!r} leaves the bundle", source=source, field=field_)
+    return path
+
+
+def _nonneg(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _parse_input(f: Fields) -> InputSpec:
+    name = f.get("name", str, check=lambda v: None if v else "must not be empty")
+    shape = f.get("shape", list)
+    if not shape or shape[0] != BATCH:
+        f.fail(f"the first axis must be {BATCH!r} (the dynamic batch axis)", "shape")
+    for k, d in enumerate(shape[1:], 1):
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise BundleError(
+                "must be a positive integer", source=f.source, field=f"{f.path}.shape[{k}]"
+            )
+    dtype = f.get("dtype", str, check=lambda v: None if v in DTYPES else f"must be one of {DTYPES}")
+    return InputSpec(name, tuple(shape), dtype)
+
+
+def _str_list(f: Fields, key: str) -> tuple[str, ...]:
+    values = f.get(key, list)
+    for k, v in enumerate(values):
+        if not isinstance(v, str) or not v:
+            raise BundleError(
+                "expected a non-empty string", source=f.source, field=f"{f.path}.{key}[{k}]"
+            )
+    return tuple(values)
+
+
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    """Every external-data location of the model's tensors, subgraphs included."""
+    found: list[str] = []
+
+    def visit(g: onnx.GraphProto) -> None:
+        tensors = list(g.initializer)
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    tensors.append(a.t)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        visit(sub)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                loc = {e.key: e.value for e in t.external_data}.get("location", "")
+                found.append(loc)
+
+    visit(model.graph)
+    return found
+
+
+def _verify_files(bundle: Bundle, source: Path) -> None:
+    for rel, digest in bundle.files.items():
+        if _sha256(bundle.path / rel) != digest:
+            raise BundleError(
+                f"sha256 mismatch for {rel!r}: the file was altered",
+                source=source,
+                field=f"$.files.{rel}",
+            )
+
+
+def verify_bundle(bundle: Bundle) -> Bundle:
+    """Check every file's hash and each step's ONNX I/O and external data against the
+    manifest; return the bundle marked verified, or raise BundleError."""
+    source = bundle.path / MANIFEST
+    _verify_files(bundle, source)
+    for s in bundle.steps:
+        where = f"$.states[{s.index}]"
+        try:
+            model = onnx.load(str(s.path), load_external_data=False)
+        except Exception as e:  # protobuf raises its own DecodeError
+            raise BundleError(
+                f"{s.file!r} is not a readable ONNX model ({e})", source=source, field=where
+            ) from None
+        for loc in _external_locations(model):
+            rel = str(PurePosixPath(s.file).parent / loc) if loc else loc
+            _safe_path(bundle.path, rel, source, f"{where}.file ({s.file} external data)")
+            if rel not in bundle.files:
+                raise BundleError(
+                    f"{s.file!r} references external data {loc!r} that the manifest does not list",
+                    source=source,
+                    field=where,
+                )
+        inputs, outputs = _graph_io(model)
+        want_out = [n for n in (s.activation, s.logits) if n]
+        if tuple(inputs) != s.inputs or sorted(outputs) != sorted(want_out):
+            raise BundleError(
+                f"{s.file!r} has inputs {inputs} and outputs {outputs}; the manifest says "
+                f"{list(s.inputs)} and {want_out}",
+                source=source,
+                field=where,
+            )
+    return Bundle(**{**bundle.__dict__, "verified": True})
+
+
+def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
+    """Load and validate a bundle directory (or its manifest.json).
+
+    The schema, the paths (no ``..``, absolute paths or symlinks) and the chaining of
+    the steps are always checked; with `verify`, also every file's sha256 and each
+    ONNX file's I/O names and external-data locations.
+    """
+    try:
+        return _load(Path(path), verify)
+    except BundleError:
+        raise
+    except InputError as e:  # schema errors from jsonio: same message, as a BundleError
+        err = BundleError(str(e))
+        err.source, err.field = e.source, e.field
+        raise err from None
+
+
+def _load(root: Path, verify: bool) -> Bundle:
+    if root.name == MANIFEST and root.is_file():
+        root = root.parent
+    root = root.absolute()
+    source = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError("no such bundle directory", source=root)
+    raw = source.read_bytes() if source.is_file() else b""
+    doc = read_json(source, fmt=FORMAT, versions=[VERSION])
+    f = Fields(doc, source=source)
+    kind = f.get("kind", str, check=lambda v: None if v in KINDS else f"must be one of {KINDS}")
+    spec = _parse_input(f.child("input"))
+    num_classes = f.get("num_classes", int, check=lambda v: None if v >= 2 else "must be >= 2")
+
+    files_obj = f.get("files", dict)
+    files: dict[str, str] = {}
+    for rel, digest in files_obj.items():
+        at = f"$.files.{rel}"
+        _safe_path(root, rel, source, at)
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise BundleError("expected a lowercase hex sha256", source=source, field=at)
+        if not (root / rel).is_file():
+            raise BundleError(f"file {rel!r} is missing from the bundle", source=source, field=at)
+        files[rel] = digest
+
+    state_fields = f.items("states")
+    if not state_fields:
+        f.fail("a bundle needs at least one state", "states")
+    steps: list[StepInfo] = []
+    names: list[str] = []
+    for i, s in enumerate(state_fields):
+        name = s.get("name", str, check=lambda v: None if v else "must not be empty")
+        if name in names:
+            s.fail(f"duplicate state name {name!r}", "name")
+        names.append(name)
+        rel = s.get("file", str)
+        file_path = _safe_path(root, rel, source, f"{s.path}.file")
+        if rel not in files:
+            s.fail(f"{rel!r} is not listed in $.files", "file")
+        digest = s.get("sha256", str)
+        if digest != files[rel]:
+            s.fail("does not match $.files", "sha256")
+        ints = {
+            k: int(s.get(k, int, check=_nonneg))
+            for k in (
+                "flops",
+                "macs",
+                "stage_flops",
+                "stage_macs",
+                "head_flops",
+                "head_macs",
+                "params",
+            )
+        }
+        if ints["stage_flops"] + ints["head_flops"] != ints["flops"]:
+            s.fail("stage_flops + head_flops must equal flops", "flops")
+        activation = s.get("activation", (str, type(None)))
+        inputs = _str_list(s, "inputs")
+        last = i == len(state_fields) - 1
+        if kind == "ensemble" or i == 0:
+            allowed = {spec.name}
+        else:
+            prev = steps[-1]
+            allowed = {spec.name, *(n for n in (prev.activation, prev.logits) if n)}
+        if (
+            not inputs
+            or any(n not in allowed for n in inputs)
+            or (i == 0 and spec.name not in inputs)
+        ):
+            s.fail(f"inputs {list(inputs)} do not chain: allowed are {sorted(allowed)}", "inputs")
+        if kind == "early-exit" and (activation is None) != last:
+            s.fail(
+                "every early-exit step but the last has an activation; the last has none",
+                "activation",
+            )
+        if kind == "ensemble" and activation is not None:
+            s.fail("ensemble members have no activation", "activation")
+        steps.append(
+            StepInfo(
+                index=i,
+                file=rel,
+                path=file_path,
+                sha256=digest,
+                inputs=inputs,
+                activation=activation,
+                logits=s.get("logits", str),
+                unknown_ops=_str_list(s, "unknown_ops"),
+                **ints,
+            )
+        )
+    states = []
+    for i, st in enumerate(steps):
+        chain = steps[: i + 1] if kind == "early-exit" else [st]
+        states.append(
+            StateInfo(
+                name=names[i],
+                files=tuple(c.file for c in chain),
+                flops=sum(c.flops for c in chain),
+                macs=sum(c.macs for c in chain),
+                params=sum(c.params for c in chain),
+            )
+        )
+    bundle = Bundle(
+        path=root,
+        kind=kind,
+        num_classes=num_classes,
+        input=spec,
+        states=tuple(states),
+        steps=tuple(steps),
+        files=files,
+        producer=f.get("producer", dict),
+        extra=f.get("extra", dict),
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    return verify_bundle(bundle) if verify else bundle

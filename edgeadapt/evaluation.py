@@ -1,0 +1,242 @@
+"""The evaluation format: per-sample results of every state on a labelled set (``.npz``).
+
+Keys: ``labels`` int64 ``[N]``, ``pred`` int64 ``[N, S]``, ``conf`` float32 ``[N, S]``
+(optional: absent when only predictions are known), ``states`` unicode ``[S]`` (state
+names, the columns of ``pred``/``conf``). Loaded without pickles; shapes and dtypes are
+checked with errors that name the file and the key. `edgeadapt evaluate` and
+`edgeadapt import-predictions` write it; `bound`, `subset` and the planner read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeadapt.errors import InputError
+from edgeadapt.npzio import ArraySpec, load_npz, save_npz
+
+__all__ = [
+    "Evaluation",
+    "from_prediction_csvs",
+    "from_predictions_npz",
+    "load_evaluation",
+    "save_evaluation",
+]
+
+SPEC = {
+    "labels": ArraySpec("iu", 1),
+    "pred": ArraySpec("iu", 2),
+    "conf": ArraySpec("f", 2, optional=True),
+    "states": ArraySpec("U", 1),
+}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-sample results of S states on N labelled samples (see the module docstring).
+
+    Construction checks the shapes and names; `source` names the file in errors.
+    """
+
+    labels: np.ndarray
+    pred: np.ndarray
+    states: np.ndarray
+    conf: np.ndarray | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        src = self.source
+        labels = np.asarray(self.labels)
+        pred = np.asarray(self.pred)
+        states = np.asarray(self.states)
+        if labels.ndim != 1 or labels.size == 0 or labels.dtype.kind not in "iu":
+            raise InputError(
+                f"expected a non-empty integer [N] array, got {labels.dtype} {labels.shape}",
+                source=src,
+                field="labels",
+            )
+        n = labels.shape[0]
+        if states.ndim != 1 or states.size == 0 or states.dtype.kind != "U":
+            raise InputError(
+                f"expected a non-empty unicode [S] array, got {states.dtype} {states.shape}",
+                source=src,
+                field="states",
+            )
+        names = [str(x) for x in states]
+        if any(not x for x in names):
+            raise InputError("empty state name", source=src, field="states")
+        dup = sorted({x for x in names if names.count(x) > 1})
+        if dup:
+            raise InputError(f"duplicate state names: {', '.join(dup)}", source=src, field="states")
+        s = states.shape[0]
+        if pred.dtype.kind not in "iu" or pred.shape != (n, s):
+            raise InputError(
+                f"expected integer [{n}, {s}] (samples x states), got {pred.dtype} {pred.shape}",
+                source=src,
+                field="pred",
+            )
+        object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
+        object.__setattr__(self, "pred", pred.astype(np.int64, copy=False))
+        object.__setattr__(self, "states", states)
+        if self.conf is not None:
+            conf = np.asarray(self.conf)
+            if conf.dtype.kind != "f" or conf.shape != (n, s):
+                raise InputError(
+                    f"expected float [{n}, {s}], got {conf.dtype} {conf.shape}",
+                    source=src,
+                    field="conf",
+                )
+            if not np.all(np.isfinite(conf)):
+                raise InputError("confidences must be finite", source=src, field="conf")
+            object.__setattr__(self, "conf", conf.astype(np.float32, copy=False))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """State names, in column order."""
+        return tuple(str(x) for x in self.states)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """bool ``[N, S]``: state j predicted sample i's label."""
+        return self.pred == self.labels[:, None]
+
+    @property
+    def accuracies(self) -> np.ndarray:
+        """Top-1 accuracy of each state."""
+        return self.correct.mean(axis=0)
+
+    def select(self, names: Sequence[str]) -> Evaluation:
+        """The columns of the named states, in that order."""
+        index = {name: j for j, name in enumerate(self.names)}
+        missing = [name for name in names if name not in index]
+        if missing:
+            raise InputError(
+                f"unknown state(s) {', '.join(missing)} (has: {', '.join(self.names)})",
+                source=self.source,
+                field="states",
+            )
+        cols = [index[name] for name in names]
+        return Evaluation(
+            self.labels,
+            self.pred[:, cols],
+            self.states[cols],
+            None if self.conf is None else self.conf[:, cols],
+            self.source,
+        )
+
+
+def load_evaluation(path: str | os.PathLike[str]) -> Evaluation:
+    """Read and check an evaluation ``.npz`` (never unpickles)."""
+    arrays = load_npz(path, SPEC)
+    return Evaluation(
+        arrays["labels"], arrays["pred"], arrays["states"], arrays.get("conf"), source=str(path)
+    )
+
+
+def save_evaluation(path: str | os.PathLike[str], evaluation: Evaluation) -> None:
+    """Write an evaluation atomically in the documented dtypes."""
+    arrays = {
+        "labels": evaluation.labels.astype(np.int64),
+        "pred": evaluation.pred.astype(np.int64),
+        "states": evaluation.states.astype(str),
+    }
+    if evaluation.conf is not None:
+        arrays["conf"] = evaluation.conf.astype(np.float32)
+    save_npz(path, **arrays)
+
+
+def from_predictions_npz(path: str | os.PathLike[str]) -> Evaluation:
+    """An evaluation from an npz of predictions: ``pred`` ``[N, S]``, ``labels`` ``[N]``
+    and the state names in ``models`` (as in `examples/imagenet-val-predictions`) or
+    ``states``; other keys are ignored."""
+    arrays = load_npz(
+        path,
+        {
+            "pred": ArraySpec("iu", 2),
+            "labels": ArraySpec("iu", 1),
+            "models": ArraySpec("U", 1, optional=True),
+            "states": ArraySpec("U", 1, optional=True),
+        },
+    )
+    names = arrays.get("states", arrays.get("models"))
+    if names is None:
+        raise InputError("missing array: need 'models' or 'states'", source=path, field="models")
+    return Evaluation(arrays["labels"], arrays["pred"], names, source=str(path))
+
+
+def _read_prediction_csv(path: Path) -> dict[str, tuple[int, int]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError("file not found", source=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read: {e}", source=path) from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip().lower() for h in next(reader, [])]
+    missing = [c for c in ("file", "predicted", "truth") if c not in header]
+    if missing:
+        raise InputError(
+            f"missing column(s) {', '.join(missing)} (want file,predicted,truth)",
+            source=path,
+            field="line 1",
+        )
+    f, p, t = (header.index(c) for c in ("file", "predicted", "truth"))
+    rows: dict[str, tuple[int, int]] = {}
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise InputError(
+                f"{len(row)} fields, header has {len(header)}", source=path, field=f"line {line}"
+            )
+        key = row[f].strip()
+        if key in rows:
+            raise InputError(f"file {key!r} listed twice", source=path, field=f"line {line}")
+        try:
+            rows[key] = (int(row[p]), int(row[t]))
+        except ValueError:
+            raise InputError(
+                f"predicted and truth must be integers, got {row[p]!r}, {row[t]!r}",
+                source=path,
+                field=f"line {line}",
+            ) from None
+    if not rows:
+        raise InputError("no rows", source=path)
+    return rows
+
+
+def from_prediction_csvs(sources: Mapping[str, str | os.PathLike[str]]) -> Evaluation:
+    """An evaluation from one CSV per state (``{state name: path}``), each with columns
+    ``file,predicted,truth``; rows are matched by ``file`` and sorted by it. Every CSV
+    must list the same files with the same truth."""
+    if not sources:
+        raise InputError("no prediction files given")
+    tables = {name: _read_prediction_csv(Path(p)) for name, p in sources.items()}
+    names = list(tables)
+    first_name = names[0]
+    files = sorted(tables[first_name])
+    truth = np.array([tables[first_name][k][1] for k in files], dtype=np.int64)
+    pred = np.empty((len(files), len(names)), dtype=np.int64)
+    for j, name in enumerate(names):
+        rows = tables[name]
+        if rows.keys() != tables[first_name].keys():
+            odd = sorted(rows.keys() ^ tables[first_name].keys())[0]
+            raise InputError(
+                f"lists other files than {sources[first_name]} (e.g. {odd!r})",
+                source=sources[name],
+            )
+        pairs = np.array([rows[k] for k in files], dtype=np.int64)
+        bad = np.flatnonzero(pairs[:, 1] != truth)
+        if bad.size:
+            raise InputError(
+                f"truth of {files[bad[0]]!r} differs from {sources[first_name]}",
+                source=sources[name],
+            )
+        pred[:, j] = pairs[:, 0]
+    return Evaluation(truth, pred, np.array(names, dtype=str))

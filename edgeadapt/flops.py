@@ -1,0 +1,223 @@
+"""Analytic FLOPs/MACs of an ONNX graph, per sample, from its inferred shapes.
+
+One multiply-accumulate is one MAC and two FLOPs. Counts are per sample: every
+symbolic dimension (the batch axis) is taken as 1 before shape inference. Nodes whose
+operator is not known here count as zero and are listed in `GraphCost.unknown_ops`, so a
+report never hides that part of the graph was not counted. Ops that only move or
+reinterpret data (Reshape, Transpose, Concat, ...) are known and cost zero.
+
+Per-op conventions (output elements `E`, input elements `I`):
+Conv `E * (C_in / groups) * prod(kernel)` MACs (+ `E` bias adds; dilation and strides
+enter through the inferred output shape); ConvTranspose `I * (C_out / groups) *
+prod(kernel)` MACs; Gemm `M*N*K` MACs (+ `M*N` for C); MatMul `E * K` MACs; MaxPool and
+AveragePool `E * prod(kernel)` FLOPs; global pooling and reductions `I` FLOPs;
+BatchNormalization `2E`; Layer/Instance/GroupNormalization `5E`; Softmax `3E`;
+elementwise ops `E`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+from onnx import shape_inference
+
+
+def _ops(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+_ELEMENTWISE = _ops(
+    """Abs Acos Acosh Add And Asin Asinh Atan Atanh BitShift Ceil Celu Clip Cos Cosh Div Elu
+    Equal Erf Exp Floor Gelu Greater GreaterOrEqual HardSigmoid HardSwish LeakyRelu Less
+    LessOrEqual Log Max Mean Min Mish Mod Mul Neg Not Or PRelu Pow Reciprocal Relu Round
+    Selu Sigmoid Sign Sin Sinh Softplus Softsign Sqrt Sub Sum Tan Tanh ThresholdedRelu
+    Where Xor IsNaN IsInf QuantizeLinear DequantizeLinear"""
+)
+_REDUCE = _ops(
+    """GlobalAveragePool GlobalMaxPool GlobalLpPool ReduceMean ReduceSum ReduceMax ReduceMin
+    ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare ArgMax
+    ArgMin"""
+)
+_FREE = _ops(
+    """Reshape Flatten Transpose Squeeze Unsqueeze Concat Split Slice Gather GatherElements
+    GatherND Identity Shape Size Constant ConstantOfShape Cast CastLike Dropout Pad Expand
+    Tile DepthToSpace SpaceToDepth Range NonZero TopK ScatterND ScatterElements Trilu
+    OneHot EyeLike"""
+)
+_NORM5 = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization"})
+_SOFTMAX = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """The cost of one node of the main graph (index into `graph.node`)."""
+
+    index: int
+    op_type: str
+    flops: int
+    macs: int
+    known: bool
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """Per-node costs of a graph; `flops`/`macs` are totals, `unknown_ops` the op types
+    counted as zero because this counter does not know them (or lacked their shapes)."""
+
+    nodes: tuple[NodeCost, ...]
+
+    @property
+    def flops(self) -> int:
+        return sum(n.flops for n in self.nodes)
+
+    @property
+    def macs(self) -> int:
+        return sum(n.macs for n in self.nodes)
+
+    @property
+    def unknown_ops(self) -> list[str]:
+        return sorted({n.op_type for n in self.nodes if not n.known})
+
+    def subset(self, indices: Iterable[int]) -> tuple[int, int]:
+        """(flops, macs) of the nodes with these indices."""
+        chosen = set(indices)
+        picked = [n for n in self.nodes if n.index in chosen]
+        return sum(n.flops for n in picked), sum(n.macs for n in picked)
+
+
+def _per_sample(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose symbolic input dimensions are fixed to 1, with shapes inferred."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    initializers = {t.name for t in fixed.graph.initializer}
+    for vi in fixed.graph.input:
+        if vi.name in initializers or not vi.type.HasField("tensor_type"):
+            continue
+        for dim in vi.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = 1
+    del fixed.graph.value_info[:]
+    for out in fixed.graph.output:  # drop stale output shapes that name the old batch
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+    return shape_inference.infer_shapes(fixed, data_prop=True)
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor that has one (initializers included)."""
+    out: dict[str, tuple[int, ...]] = {}
+    g = model.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            dims = tt.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                out[vi.name] = tuple(int(d.dim_value) for d in dims)
+    for t in g.initializer:
+        out[t.name] = tuple(int(d) for d in t.dims)
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _node_cost(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int] | None:
+    """(flops, macs) of one node, or None when the op or a needed shape is unknown."""
+    op = node.op_type
+    if op in _FREE:
+        return 0, 0
+    ins = [shapes.get(n) if n else None for n in node.input]
+    outs = [shapes.get(n) if n else None for n in node.output]
+    out = outs[0] if outs else None
+    first = ins[0] if ins else None
+    if out is None:
+        return None
+    e = math.prod(out)
+    if op in _ELEMENTWISE:
+        return e, 0
+    if op in _SOFTMAX:
+        return 3 * e, 0
+    if op == "BatchNormalization":
+        return 2 * e, 0
+    if op in _NORM5:
+        return 5 * e, 0
+    if op in _REDUCE:
+        return None if first is None else (math.prod(first), 0)
+    if op in ("MaxPool", "AveragePool", "LpPool"):
+        kernel = _attr(node, "kernel_shape", None)
+        return None if kernel is None else (e * math.prod(kernel), 0)
+    if op == "Conv":
+        w = ins[1] if len(ins) > 1 else None
+        if w is None:
+            return None
+        macs = e * w[1] * math.prod(w[2:])  # w: [C_out, C_in/groups, *kernel]
+        bias = e if len(node.input) > 2 and node.input[2] else 0
+        return 2 * macs + bias, macs
+    if op == "ConvTranspose":
+        w = ins[1] if len(ins) > 1 else None
+        if w is None or first is None:
+            return None
+        macs = math.prod(first) * w[1] * math.prod(w[2:])  # w: [C_in, C_out/groups, *kernel]
+        bias = e if len(node.input) > 2 and node.input[2] else 0
+        return 2 * macs + bias, macs
+    if op == "Gemm":
+        a = first
+        if a is None or len(a) != 2:
+            return None
+        k = a[0] if _attr(node, "transA", 0) else a[1]
+        macs = e * k
+        bias = e if len(node.input) > 2 and node.input[2] else 0
+        return 2 * macs + bias, macs
+    if op == "MatMul":
+        if first is None:
+            return None
+        macs = e * first[-1]
+        return 2 * macs, macs
+    return None
+
+
+def count_flops(model: onnx.ModelProto) -> GraphCost:
+    """Per-sample FLOPs and MACs of every node of `model`'s main graph.
+
+    Nodes inside control-flow bodies (If/Loop/Scan) are not expanded: the control-flow
+    node itself is listed as unknown.
+    """
+    inferred = _per_sample(model)
+    shapes = _shapes(inferred)
+    nodes = []
+    for i, node in enumerate(inferred.graph.node):
+        cost = _node_cost(node, shapes)
+        known = cost is not None
+        flops, macs = cost if cost is not None else (0, 0)
+        nodes.append(NodeCost(i, node.op_type, int(flops), int(macs), known))
+    return GraphCost(tuple(nodes))
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Number of parameter elements: the initializers of the main graph."""
+    return sum(math.prod(t.dims) for t in model.graph.initializer)
+
+
+def ancestors(model: onnx.ModelProto, outputs: Iterable[str], stop: Iterable[str] = ()) -> set[int]:
+    """Indices of the main-graph nodes that `outputs` depend on (not walking past `stop`)."""
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
+    stop_set = set(stop)
+    seen: set[int] = set()
+    stack = [o for o in outputs if o not in stop_set]
+    while stack:
+        name = stack.pop()
+        i = producer.get(name)
+        if i is None or i in seen:
+            continue
+        seen.add(i)
+        stack.extend(n for n in model.graph.node[i].input if n and n not in stop_set)
+    return seen

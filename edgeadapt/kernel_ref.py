@@ -1,0 +1,175 @@
+"""Pure-numpy reference of the decision kernel: the readable specification.
+
+The C++ kernel (`cpp/include/edgeadapt/kernel.hpp`, exposed as `edgeadapt.kernel`)
+computes exactly this, only faster. Per row of float32 logits x:
+
+    t_i = x_i - max(x)                    (float32)
+    e_i = exp_neg(t_i)                    (float32 polynomial below; 0 below -80)
+    Z   = sum_i e_i                       (float64)
+    maxprob = 1 / Z
+    margin  = (1 - exp_neg(x_(2) - max(x))) / Z     x_(2): second-largest logit
+    entropy = sum_i e_i t_i / Z - log Z   (negative entropy: higher = more confident)
+
+each rounded once to float32. The prediction is the first index of the maximum. A row
+holding NaN or +-Inf is invalid: prediction -1, confidence NaN, and it never exits.
+A row exits when its confidence >= threshold (compared in float64).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+MEASURES = ("maxprob", "margin", "entropy")
+
+_F = np.float32
+_LOG2E = _F(1.44269504088896341)
+_LN2_HI = _F(0.693359375)
+_LN2_LO = _F(-2.12194440e-4)
+_CUTOFF = _F(-80.0)
+_POLY = tuple(
+    _F(c)
+    for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1)
+)
+_P5 = _F(5.0000001201e-1)
+
+
+def exp_neg(t: np.ndarray) -> np.ndarray:
+    """exp(t) for finite float32 t <= 0, as the kernel computes it (Cephes expf).
+
+    Cody-Waite range reduction t = k ln2 + r with k = rint(t log2 e), a degree-6
+    polynomial in r, then scaling by 2^k; terms below exp(-80) are 0.
+    """
+    t = np.asarray(t, dtype=_F)
+    tc = np.maximum(t, _CUTOFF)
+    k = np.rint(tc * _LOG2E)
+    r = tc - k * _LN2_HI
+    r = r - k * _LN2_LO
+    p = _POLY[0]
+    for c in (*_POLY[1:], _P5):
+        p = p * r + c
+    p = (p * (r * r) + r) + _F(1.0)
+    e = np.ldexp(p, k.astype(np.int32))
+    return np.where(t < _CUTOFF, _F(0.0), e).astype(_F)
+
+
+def _check_logits(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits)
+    if x.dtype != np.float32:
+        raise TypeError(f"logits must have dtype float32, got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"logits must be 2-D [batch, classes], got shape {x.shape}")
+    if x.shape[0] < 1:
+        raise ValueError("logits has an empty batch (shape[0] == 0)")
+    if x.shape[1] < 2:
+        raise ValueError(f"logits needs at least 2 classes, got shape[1] == {x.shape[1]}")
+    return x
+
+
+def predict_confidence(
+    logits: np.ndarray, measure: str = "maxprob"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pred int64[B], conf float32[B]) of float32 logits [B, C]."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    x = _check_logits(logits)
+    valid = np.isfinite(x).all(axis=1)
+    xs = np.where(valid[:, None], x, _F(0.0))
+    m = xs.max(axis=1)
+    pred = xs.argmax(axis=1).astype(np.int64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = (xs - m[:, None]).astype(_F)
+    e = exp_neg(t)
+    z = e.astype(np.float64).sum(axis=1)
+    if measure == "maxprob":
+        conf = 1.0 / z
+    elif measure == "margin":
+        rest = xs.copy()
+        rest[np.arange(len(rest)), pred] = -np.inf
+        with np.errstate(over="ignore", invalid="ignore"):
+            second = (rest.max(axis=1) - m).astype(_F)
+        conf = (1.0 - exp_neg(second).astype(np.float64)) / z
+    else:
+        tc = np.maximum(t, _CUTOFF).astype(np.float64)
+        conf = (e.astype(np.float64) * tc).sum(axis=1) / z - np.log(z)
+    conf32 = np.where(valid, conf, np.nan).astype(_F)
+    return np.where(valid, pred, -1), conf32
+
+
+def confidence(logits: np.ndarray, measure: str = "maxprob") -> np.ndarray:
+    """Confidence per row: float32[B]; NaN for a row holding NaN or Inf."""
+    return predict_confidence(logits, measure)[1]
+
+
+def decide(
+    logits: np.ndarray, threshold: float, measure: str = "maxprob"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pred int64[B], conf float32[B], exit_mask bool[B], continue_idx int64[K])."""
+    if math.isnan(threshold):
+        raise ValueError("threshold must be a number, got NaN")
+    pred, conf = predict_confidence(logits, measure)
+    exit_mask = conf.astype(np.float64) >= threshold
+    return pred, conf, exit_mask, np.flatnonzero(~exit_mask).astype(np.int64)
+
+
+EXIT, CONTINUE, EXIT_BUDGET = 0, 1, 2
+
+
+class Policy:
+    """Reference of `edgeadapt.kernel.Policy` (same arguments, same answers)."""
+
+    def __init__(
+        self,
+        thresholds: Sequence[float],
+        step_costs_ms: Sequence[float],
+        *,
+        ewma: float = 0.2,
+        accuracies: Sequence[float] | None = None,
+        cumulative: bool = True,
+    ) -> None:
+        if len(thresholds) != len(step_costs_ms) - 1:
+            raise ValueError("thresholds must hold one value per state but the last")
+        self.thresholds = [float(v) for v in thresholds]
+        self.costs_ms = [float(v) for v in step_costs_ms]
+        self.ewma = ewma
+        self.accuracies = None if accuracies is None else [float(v) for v in accuracies]
+        self.cumulative = cumulative
+
+    def observe(self, step: int, measured_ms: float) -> None:
+        """cost <- (1 - ewma) * cost + ewma * measured."""
+        self.costs_ms[step] = (1.0 - self.ewma) * self.costs_ms[step] + self.ewma * measured_ms
+
+    def state_ms(self, state: int) -> float:
+        """Cost of reaching `state`: steps 0..state (cumulative) or step `state` alone."""
+        if not self.cumulative:
+            return self.costs_ms[state]
+        total = 0.0  # summed in order, as the kernel does
+        for c in self.costs_ms[: state + 1]:
+            total += c
+        return total
+
+    def next(
+        self, state: int, confidence: float, elapsed_ms: float, budget_ms: float | None
+    ) -> int:
+        """EXIT at the last state or when confident; EXIT_BUDGET when the next step overruns."""
+        budget = math.inf if budget_ms is None else budget_ms
+        if state == len(self.costs_ms) - 1 or confidence >= self.thresholds[state]:
+            return EXIT
+        if elapsed_ms + self.costs_ms[state + 1] > budget:
+            return EXIT_BUDGET
+        return CONTINUE
+
+    def lookup(self, budget_ms: float) -> int | None:
+        """Most accurate state whose cost fits (ties: cheaper); None when none fits."""
+        best: int | None = None
+        best_key = (-1.0, 0.0)
+        for i in range(len(self.costs_ms)):
+            cost = self.state_ms(i)
+            if cost > budget_ms:
+                continue
+            acc = float(i) if self.accuracies is None else self.accuracies[i]
+            if acc > best_key[0] or (acc == best_key[0] and cost < best_key[1]):
+                best, best_key = i, (acc, cost)
+        return best

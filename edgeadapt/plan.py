@@ -1,0 +1,338 @@
+"""The plan file (``plan.json``, format ``edgeadapt-plan`` version 1): what runs on a device.
+
+A plan names the states kept from a bundle, the exit thresholds of the policy and the
+AdaInf budget table, plus the figures that justify them. A runner (Python
+`AdaptiveModel` or the native C++ runner) needs only the first block below; the rest is
+the record of how well the plan did and is shown by reports.
+
+```
+{
+  "format": "edgeadapt-plan", "version": 1,
+  "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble",
+             "states": ["exit0", ...]},           # every state of the bundle, in order
+  "measure": "maxprob" | "margin" | "entropy",   # as edgeadapt.kernel_ref computes it
+  "states": [0, 2, 5],                           # kept states: increasing bundle indices
+  "state_names": ["exit0", "exit2", "exit5"],    # = bundle.states[i] for each kept i
+  "thresholds": [0.93, 0.88],                    # one per kept state but the last
+  "cost_ms": [0.11, 0.35, 0.80],                 # cost of exiting at each kept state
+  "budget": [{"budget_ms": 0.11, "state": 0, "accuracy": 0.61}, ...],
+  ---- the record ----
+  "reference": {"state": 5, "accuracy": 0.93, "max_drop": 0.005},
+  "calibration": {"n", "accuracy", "reference_accuracy", "drop", "cost_ms"},
+  "heldout": {"n", "accuracy", "reference_accuracy", "drop", "cost_ms",
+              "drop_bound", "delta"},
+  "oracle": {"r_oracle", "a_oracle", "r_n", "a_n"},
+  "gap_closure": 0.71 | null,
+  "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12}
+}
+```
+
+Confidences are higher when surer: maxprob and margin lie in [0, 1], entropy is the
+negative entropy in [-log C, 0]; thresholds must lie in the measure's range.
+
+The policy: for each sample run the kept states in order and exit at the first one whose
+confidence is ``>= threshold`` (compared in float32 or float64 alike: thresholds are
+confidences seen in calibration); the last kept state always answers. Budget table: with
+a budget of B ms, run the state of the last row whose ``budget_ms <= B`` (rows rise in
+cost and in accuracy); below the first row, run the first row's state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from edgeadapt.jsonio import Fields, check_value, read_json, write_json
+
+FORMAT = "edgeadapt-plan"
+VERSION = 1
+# Confidence range of each measure (lowest, highest); thresholds are checked against it.
+MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
+    "maxprob": (0.0, 1.0),
+    "margin": (0.0, 1.0),
+    "entropy": (None, 0.0),
+}
+MEASURES = tuple(MEASURE_RANGES)
+KINDS = ("early-exit", "ensemble")
+SEARCH_METHODS = ("exhaustive",)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """With a budget of at least `budget_ms`, run bundle state `state` (accuracy seen)."""
+
+    budget_ms: float
+    state: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class SplitFigures:
+    """The policy on one split, against the reference state on the same split."""
+
+    n: int
+    accuracy: float
+    reference_accuracy: float
+    drop: float
+    cost_ms: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One device's plan; see the module docstring for the file it is saved as."""
+
+    manifest_sha256: str
+    kind: str
+    bundle_states: tuple[str, ...]
+    measure: str
+    states: tuple[int, ...]
+    thresholds: tuple[float, ...]
+    cost_ms: tuple[float, ...]
+    budget: tuple[BudgetRow, ...]
+    reference_state: int
+    max_drop: float
+    calibration: SplitFigures
+    heldout: SplitFigures
+    drop_bound: float
+    delta: float
+    r_oracle: float
+    a_oracle: float
+    r_n: float
+    a_n: float
+    gap_closure: float | None
+    search_method: str
+    max_states: int
+    subsets_evaluated: int
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the kept states."""
+        return tuple(self.bundle_states[i] for i in self.states)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures `edgeadapt plan --json` prints (held-out operating point)."""
+        return {
+            "states": list(self.state_names),
+            "thresholds": list(self.thresholds),
+            "measure": self.measure,
+            "accuracy": self.heldout.accuracy,
+            "cost": self.heldout.cost_ms,
+            "drop": self.heldout.drop,
+            "drop_bound": self.drop_bound,
+            "delta": self.delta,
+            "max_drop": self.max_drop,
+            "reference": self.bundle_states[self.reference_state],
+            "oracle": {"r_oracle": self.r_oracle, "a_oracle": self.a_oracle},
+            "r_n": self.r_n,
+            "gap_closure": self.gap_closure,
+        }
+
+
+def _figures_doc(f: SplitFigures) -> dict[str, Any]:
+    return {
+        "n": f.n,
+        "accuracy": f.accuracy,
+        "reference_accuracy": f.reference_accuracy,
+        "drop": f.drop,
+        "cost_ms": f.cost_ms,
+    }
+
+
+def plan_to_doc(plan: Plan) -> dict[str, Any]:
+    """The JSON document of a plan (see the module docstring)."""
+    heldout = _figures_doc(plan.heldout)
+    heldout.update(drop_bound=plan.drop_bound, delta=plan.delta)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "bundle": {
+            "manifest_sha256": plan.manifest_sha256,
+            "kind": plan.kind,
+            "states": list(plan.bundle_states),
+        },
+        "measure": plan.measure,
+        "states": list(plan.states),
+        "state_names": list(plan.state_names),
+        "thresholds": list(plan.thresholds),
+        "cost_ms": list(plan.cost_ms),
+        "budget": [
+            {"budget_ms": r.budget_ms, "state": r.state, "accuracy": r.accuracy}
+            for r in plan.budget
+        ],
+        "reference": {
+            "state": plan.reference_state,
+            "accuracy": plan.calibration.reference_accuracy,
+            "max_drop": plan.max_drop,
+        },
+        "calibration": _figures_doc(plan.calibration),
+        "heldout": heldout,
+        "oracle": {
+            "r_oracle": plan.r_oracle,
+            "a_oracle": plan.a_oracle,
+            "r_n": plan.r_n,
+            "a_n": plan.a_n,
+        },
+        "gap_closure": plan.gap_closure,
+        "search": {
+            "method": plan.search_method,
+            "max_states": plan.max_states,
+            "subsets_evaluated": plan.subsets_evaluated,
+        },
+    }
+
+
+def _numbers(
+    f: Fields, key: str, length: int, *, minimum: float | None, maximum: float | None = None
+) -> tuple[float, ...]:
+    """A list of `length` finite numbers within [minimum, maximum] (None: unbounded)."""
+    values = f.get(key, list)
+    if len(values) != length:
+        f.fail(f"expected {length} numbers, got {len(values)}", key)
+
+    def check(v: float) -> str | None:
+        low_ok = minimum is None or v >= minimum
+        if math.isfinite(v) and low_ok and (maximum is None or v <= maximum):
+            return None
+        limits = [f">= {minimum}"] * (minimum is not None) + [f"<= {maximum}"] * (
+            maximum is not None
+        )
+        return f"must be finite and {' and '.join(limits)}, got {v}"
+
+    return tuple(
+        float(check_value(v, (int, float), f.source, f"{f.path}.{key}[{j}]", check))
+        for j, v in enumerate(values)
+    )
+
+
+def _int(f: Fields, key: str, *, minimum: int, maximum: int | None = None) -> int:
+    def check(v: int) -> str | None:
+        if v < minimum or (maximum is not None and v > maximum):
+            return f"must be in [{minimum}, {maximum if maximum is not None else 'inf'}], got {v}"
+        return None
+
+    return int(f.get(key, int, check=check))
+
+
+def _figures(f: Fields) -> SplitFigures:
+    return SplitFigures(
+        n=_int(f, "n", minimum=1),
+        accuracy=f.number("accuracy", minimum=0.0, maximum=1.0),
+        reference_accuracy=f.number("reference_accuracy", minimum=0.0, maximum=1.0),
+        drop=f.number("drop", minimum=-1.0, maximum=1.0),
+        cost_ms=f.number("cost_ms", minimum=0.0),
+    )
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    return lambda v: None if v in choices else f"must be one of {list(choices)}, got {v!r}"
+
+
+def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Plan:
+    """Validate a parsed plan document; errors name `source` and the JSON path."""
+    f = Fields(doc, source=source)
+    bundle = f.child("bundle")
+    sha = bundle.get(
+        "manifest_sha256",
+        str,
+        check=lambda v: None if _SHA256.fullmatch(v) else "must be 64 lowercase hex digits",
+    )
+    kind = bundle.get("kind", str, check=_one_of(KINDS))
+    names = bundle.get("states", list)
+    for j, name in enumerate(names):
+        check_value(
+            name,
+            str,
+            f.source,
+            f"$.bundle.states[{j}]",
+            lambda v: None if v else "must not be empty",
+        )
+    if not names or len(set(names)) != len(names):
+        bundle.fail("must be a non-empty list of unique names", "states")
+
+    states = f.get("states", list)
+    if not states:
+        f.fail("must keep at least one state", "states")
+    for j, s in enumerate(states):
+        check_value(s, int, f.source, f"$.states[{j}]")
+        if not 0 <= s < len(names):
+            f.fail(f"state index {s} is out of range for a bundle of {len(names)} states", "states")
+        if j and s <= states[j - 1]:
+            f.fail("state indices must be strictly increasing", "states")
+    kept_names = f.get("state_names", list)
+    if kept_names != [names[s] for s in states]:
+        f.fail(f"must be {[names[s] for s in states]} (bundle.states at $.states)", "state_names")
+
+    measure = f.get("measure", str, check=_one_of(MEASURES))
+    low, high = MEASURE_RANGES[measure]
+    thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
+    cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0)
+
+    budget = []
+    for row in f.items("budget"):
+        state = row.get(
+            "state",
+            int,
+            check=lambda v: None if v in states else f"state {v} is not kept ($.states)",
+        )
+        budget.append(
+            BudgetRow(
+                budget_ms=row.number("budget_ms", minimum=0.0),
+                state=state,
+                accuracy=row.number("accuracy", minimum=0.0, maximum=1.0),
+            )
+        )
+    if not budget:
+        f.fail("must hold at least one row", "budget")
+    for j in range(1, len(budget)):
+        if budget[j].budget_ms <= budget[j - 1].budget_ms:
+            f.fail("budget_ms must be strictly increasing", f"budget[{j}]")
+
+    reference = f.child("reference")
+    heldout_f = f.child("heldout")
+    oracle = f.child("oracle")
+    search = f.child("search")
+    gap = f.get("gap_closure", (int, float, type(None)))
+    if gap is not None and not math.isfinite(gap):
+        f.fail("must be a finite number or null", "gap_closure")
+    return Plan(
+        manifest_sha256=sha,
+        kind=kind,
+        bundle_states=tuple(names),
+        measure=measure,
+        states=tuple(states),
+        thresholds=thresholds,
+        cost_ms=cost_ms,
+        budget=tuple(budget),
+        reference_state=_int(reference, "state", minimum=0, maximum=len(names) - 1),
+        max_drop=reference.number("max_drop", minimum=0.0, maximum=1.0),
+        calibration=_figures(f.child("calibration")),
+        heldout=_figures(heldout_f),
+        drop_bound=heldout_f.number("drop_bound", minimum=0.0, maximum=1.0),
+        delta=heldout_f.get(
+            "delta", float, check=lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"
+        ),
+        r_oracle=oracle.number("r_oracle", minimum=0.0),
+        a_oracle=oracle.number("a_oracle", minimum=0.0, maximum=1.0),
+        r_n=oracle.number("r_n", minimum=0.0),
+        a_n=oracle.number("a_n", minimum=0.0, maximum=1.0),
+        gap_closure=None if gap is None else float(gap),
+        search_method=search.get("method", str, check=_one_of(SEARCH_METHODS)),
+        max_states=_int(search, "max_states", minimum=1),
+        subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
+    )
+
+
+def save_plan(path: str | os.PathLike[str], plan: Plan) -> None:
+    """Validate `plan` as a reader would, then write it atomically."""
+    doc = plan_to_doc(plan)
+    plan_from_doc(doc, source=path)
+    write_json(path, doc)
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    """Read and validate a plan file."""
+    return plan_from_doc(read_json(path, fmt=FORMAT, versions=[VERSION]), source=path)

@@ -1,0 +1,344 @@
+"""Choose a device's plan: the states to keep, their thresholds, and the budget table.
+
+`make_plan` works on two splits of an evaluation (per-sample correctness and confidence
+of every state) and the per-state costs measured on the device:
+
+1. Reference: the best single state on the calibration split (its accuracy minus
+   `max_drop` is the accuracy every candidate must keep on that split).
+2. Subsets: **every** subset of at most `max_states` states is a candidate (not only those
+   holding the last state: the constraint decides). They are visited in the order of a
+   lower bound on the expected cost any thresholds could reach (each sample pays at
+   least the first state's cost; the `need` correct samples pay at least their cheapest
+   correct state), subsets whose oracle accuracy misses the target are dropped, and the
+   search stops once the bound exceeds the cheapest calibrated cost found: exact, as
+   far as the calibrator is, and fast, as few subsets survive the bound. Candidates are
+   screened with single-move calibration; the cheapest few are then calibrated fully
+   (`edgeadapt.calibrate`). Ties go to fewer states.
+3. States whose calibrated threshold never fires are dropped from the winner (their
+   outcomes are unchanged; an ensemble no longer pays for them).
+4. The held-out split gives the figures the plan reports: accuracy, drop against the
+   same reference state, a Clopper-Pearson bound on the drop at confidence 1 - delta,
+   the expected cost, the exact oracle over all states, and the oracle gap closure
+   ``(R_N - R_policy) / (R_N - R_oracle)``.
+
+Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
+cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
+subset (steps are fused: skipped states' steps still run); for ``kind="ensemble"`` each
+model's own cost, and a sample exiting at the j-th kept state pays the sum over kept
+states up to j. The oracle and the budget table use the state's own cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edgeadapt.calibrate import Calibration, calibrate, required_correct, simulate
+from edgeadapt.errors import InputError
+from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
+from edgeadapt.stats import drop_upper_bound
+
+_FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
+_TOL = 1e-9
+
+
+class EvaluationLike(Protocol):
+    """What the planner reads from an evaluation (issue 3's format)."""
+
+    labels: np.ndarray
+    pred: np.ndarray
+    conf: np.ndarray | None
+    states: np.ndarray
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Per-sample results of every state on one split: `correct` bool and `conf` float32
+    ``[N, S]``, states named in bundle (cost) order."""
+
+    names: tuple[str, ...]
+    correct: np.ndarray
+    conf: np.ndarray
+
+    def __post_init__(self) -> None:
+        n_states = len(self.names)
+        if n_states == 0 or len(set(self.names)) != n_states:
+            raise InputError("state names must be a non-empty list of unique names", field="states")
+        if self.correct.dtype != np.bool_ or self.correct.ndim != 2:
+            raise InputError("expected a bool [N, S] array", field="correct")
+        if self.correct.shape[1] != n_states or self.correct.shape[0] == 0:
+            raise InputError(
+                f"expected shape [N>0, {n_states}], got {self.correct.shape}", field="correct"
+            )
+        if self.conf.shape != self.correct.shape or self.conf.dtype.kind != "f":
+            raise InputError(f"expected a float array of shape {self.correct.shape}", field="conf")
+        if not np.isfinite(self.conf).all():
+            raise InputError("confidences must be finite", field="conf")
+
+    @classmethod
+    def from_evaluation(cls, evaluation: EvaluationLike) -> Outcomes:
+        """Correctness (``pred == labels``) and confidences of an evaluation."""
+        if evaluation.conf is None:
+            raise InputError("planning needs confidences; this evaluation has none", field="conf")
+        return cls(
+            names=tuple(str(s) for s in evaluation.states),
+            correct=np.asarray(evaluation.pred) == np.asarray(evaluation.labels)[:, None],
+            conf=np.asarray(evaluation.conf, dtype=np.float32),
+        )
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return int(self.correct.shape[0])
+
+    def take(self, rows: np.ndarray) -> Outcomes:
+        """The samples at `rows`."""
+        return Outcomes(self.names, self.correct[rows], self.conf[rows])
+
+    def split(self, heldout: float = 0.5, seed: int = 0) -> tuple[Outcomes, Outcomes]:
+        """A random (calibration, held-out) split; `heldout` is the held-out share."""
+        if not 0.0 < heldout < 1.0:
+            raise InputError(f"must be in (0, 1), got {heldout}", field="heldout")
+        rows = np.random.default_rng(seed).permutation(self.n)
+        cut = self.n - round(heldout * self.n)
+        if cut < 1 or cut >= self.n:
+            raise InputError(f"{self.n} samples are too few to split", field="heldout")
+        return self.take(np.sort(rows[:cut])), self.take(np.sort(rows[cut:]))
+
+
+@dataclass(frozen=True)
+class SubsetChoice:
+    """The winning subset (bundle state indices) and its calibration."""
+
+    states: tuple[int, ...]
+    calibration: Calibration
+    evaluated: int
+
+
+def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: str) -> np.ndarray:
+    """What a sample exiting at each kept state pays (see the module docstring)."""
+    own = np.asarray(state_costs, dtype=np.float64)[list(states)]
+    return own if kind == "early-exit" else np.cumsum(own)
+
+
+def exact_oracle(correct: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
+    """(R_oracle, A_oracle) of eq. 4/5: each sample pays its cheapest correct state's
+    cost, the cheapest state's cost when none is correct."""
+    per_sample = np.where(correct, cost, np.inf).min(axis=1)
+    hit = np.isfinite(per_sample)
+    return float(np.where(hit, per_sample, cost.min()).mean()), float(hit.mean())
+
+
+def gap_closure(r_n: float, r_policy: float, r_oracle: float) -> float | None:
+    """Share of the oracle's cost saving the policy achieves; None when the oracle saves
+    nothing (R_N == R_oracle)."""
+    gap = r_n - r_oracle
+    return None if gap <= _TOL * max(1.0, abs(r_n)) else (r_n - r_policy) / gap
+
+
+def budget_table(
+    state_costs: np.ndarray, accuracy: np.ndarray, states: Sequence[int]
+) -> tuple[BudgetRow, ...]:
+    """AdaInf lookup table over the kept states: by rising cost, each row the most
+    accurate state whose own cost fits the budget (dominated states get no row)."""
+    rows: list[BudgetRow] = []
+    for s in sorted(states, key=lambda s: (state_costs[s], -accuracy[s])):
+        if rows and accuracy[s] <= rows[-1].accuracy:
+            continue
+        row = BudgetRow(budget_ms=float(state_costs[s]), state=int(s), accuracy=float(accuracy[s]))
+        if rows and row.budget_ms <= rows[-1].budget_ms:
+            rows[-1] = row  # same cost, more accurate
+        else:
+            rows.append(row)
+    return tuple(rows)
+
+
+def budget_state(budget: Sequence[BudgetRow], budget_ms: float) -> int:
+    """Bundle state to run under `budget_ms` (the first row's state below every row)."""
+    fits = [r.state for r in budget if r.budget_ms <= budget_ms]
+    return fits[-1] if fits else budget[0].state
+
+
+def search_subsets(
+    calib: Outcomes,
+    state_costs: np.ndarray,
+    *,
+    kind: str,
+    max_states: int,
+    max_drop: float,
+    reference_accuracy: float,
+) -> SubsetChoice:
+    """The cheapest calibrated subset of at most `max_states` states meeting the target."""
+    n, n_states = calib.correct.shape
+    need = required_correct(reference_accuracy, n, max_drop)
+    bounds = []
+    for k in range(1, min(max_states, n_states) + 1):
+        for states in itertools.combinations(range(n_states), k):
+            correct = calib.correct[:, states]
+            if np.count_nonzero(correct.any(axis=1)) < need:
+                continue  # even the oracle on these states misses the target
+            costs = subset_costs(state_costs, states, kind)
+            cheapest = np.where(correct, costs, np.inf).min(axis=1)
+            paid = np.partition(cheapest, need - 1)[:need].sum() if need else 0.0
+            bound = (paid + (n - need) * costs[0]) / n
+            bounds.append((bound, k, states))
+    bounds.sort()
+
+    screened: list[tuple[float, int, tuple[int, ...]]] = []
+    best = math.inf
+    evaluated = 0
+    for bound, k, states in bounds:
+        if bound > best + _TOL:
+            break
+        evaluated += 1
+        cal = _calibrate(calib, state_costs, states, kind, max_drop, reference_accuracy, False)
+        if cal.feasible:
+            screened.append((cal.expected_cost, k, states))
+            best = min(best, cal.expected_cost)
+    screened.sort()
+    finalists = []
+    for _, _, states in screened[:_FINALISTS]:
+        cal = _calibrate(calib, state_costs, states, kind, max_drop, reference_accuracy, True)
+        finalists.append((round(cal.expected_cost / _TOL) * _TOL, len(states), states, cal))
+    _, _, states, cal = min(finalists, key=lambda f: f[:3])
+    return SubsetChoice(states=states, calibration=cal, evaluated=evaluated)
+
+
+def _calibrate(
+    calib: Outcomes,
+    state_costs: np.ndarray,
+    states: tuple[int, ...],
+    kind: str,
+    max_drop: float,
+    reference_accuracy: float,
+    polish: bool,
+) -> Calibration:
+    cols = list(states)
+    return calibrate(
+        calib.conf[:, cols],
+        calib.correct[:, cols],
+        subset_costs(state_costs, states, kind),
+        max_drop=max_drop,
+        reference_accuracy=reference_accuracy,
+        polish=polish,
+    )
+
+
+def _check_args(
+    calib: Outcomes,
+    heldout: Outcomes,
+    costs: np.ndarray,
+    manifest_sha256: str,
+    kind: str,
+    max_states: int,
+    max_drop: float,
+    measure: str,
+    delta: float,
+) -> None:
+    if heldout.names != calib.names:
+        raise InputError(
+            f"states {heldout.names} differ from the calibration split's {calib.names}",
+            field="heldout",
+        )
+    if costs.shape != (len(calib.names),):
+        raise InputError(
+            f"expected {len(calib.names)} costs (one per state), got shape {costs.shape}",
+            field="state_costs_ms",
+        )
+    if not (np.isfinite(costs).all() and (costs >= 0).all()):
+        raise InputError("costs must be finite and >= 0", field="state_costs_ms")
+    if not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256):
+        raise InputError("must be 64 lowercase hex digits", field="manifest_sha256")
+    if kind not in KINDS:
+        raise InputError(f"must be one of {list(KINDS)}, got {kind!r}", field="kind")
+    if measure not in MEASURES:
+        raise InputError(f"must be one of {list(MEASURES)}, got {measure!r}", field="measure")
+    low, high = MEASURE_RANGES[measure]
+    for name, split in (("calibration", calib), ("heldout", heldout)):
+        if (low is not None and split.conf.min() < low) or split.conf.max() > high:
+            raise InputError(
+                f"confidences span [{split.conf.min()}, {split.conf.max()}], outside the "
+                f"{measure} range [{low if low is not None else '-inf'}, {high}]",
+                field=name,
+            )
+    if max_states < 1:
+        raise InputError(f"must be >= 1, got {max_states}", field="max_states")
+    if not 0.0 <= max_drop <= 1.0:
+        raise InputError(f"must be in [0, 1], got {max_drop}", field="max_drop")
+    if not 0.0 < delta < 1.0:
+        raise InputError(f"must be in (0, 1), got {delta}", field="delta")
+
+
+def make_plan(
+    calib: Outcomes,
+    heldout: Outcomes,
+    state_costs_ms: Sequence[float] | np.ndarray,
+    *,
+    manifest_sha256: str,
+    kind: str = "early-exit",
+    max_states: int = 4,
+    max_drop: float = 0.005,
+    measure: str = "maxprob",
+    delta: float = 0.05,
+) -> Plan:
+    """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring)."""
+    costs = np.asarray(state_costs_ms, dtype=np.float64)
+    _check_args(calib, heldout, costs, manifest_sha256, kind, max_states, max_drop, measure, delta)
+    calib_acc = calib.correct.mean(axis=0)
+    reference = int(np.argmax(calib_acc))
+    choice = search_subsets(
+        calib,
+        costs,
+        kind=kind,
+        max_states=max_states,
+        max_drop=max_drop,
+        reference_accuracy=float(calib_acc[reference]),
+    )
+    fires = np.append(np.isfinite(choice.calibration.thresholds), True)
+    states = tuple(s for s, keep in zip(choice.states, fires, strict=True) if keep)
+    thresholds = choice.calibration.thresholds[fires[:-1]]
+    cols = list(states)
+    cost_ms = subset_costs(costs, states, kind)
+
+    def figures(split: Outcomes) -> tuple[SplitFigures, np.ndarray]:
+        run = simulate(split.conf[:, cols], split.correct[:, cols], cost_ms, thresholds)
+        policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
+        ref = float(split.correct[:, reference].mean())
+        return SplitFigures(
+            split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost
+        ), policy_correct
+
+    calib_figures, _ = figures(calib)
+    held_figures, held_correct = figures(heldout)
+    r_oracle, a_oracle = exact_oracle(heldout.correct, costs)
+    r_n = float(costs[-1])
+    return Plan(
+        manifest_sha256=manifest_sha256,
+        kind=kind,
+        bundle_states=calib.names,
+        measure=measure,
+        states=states,
+        thresholds=tuple(float(t) for t in thresholds),
+        cost_ms=tuple(float(c) for c in cost_ms),
+        budget=budget_table(costs, calib_acc, states),
+        reference_state=reference,
+        max_drop=max_drop,
+        calibration=calib_figures,
+        heldout=held_figures,
+        drop_bound=drop_upper_bound(heldout.correct[:, reference], held_correct, delta),
+        delta=delta,
+        r_oracle=r_oracle,
+        a_oracle=a_oracle,
+        r_n=r_n,
+        a_n=float(heldout.correct[:, -1].mean()),
+        gap_closure=gap_closure(r_n, held_figures.cost_ms, r_oracle),
+        search_method="exhaustive",
+        max_states=max_states,
+        subsets_evaluated=choice.evaluated,
+    )

@@ -1,0 +1,110 @@
+"""The state table: a CSV with a header and columns ``name,cost,accuracy``.
+
+One row per state, in any order; cost in any unit (GFLOPs, ms); accuracy a fraction in
+[0, 1]. Other columns (a source, a note) are kept out of the way; lines starting with
+``#`` are comments. Errors name the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeadapt.errors import InputError
+
+__all__ = ["COLUMNS", "StateTable", "load_state_table"]
+
+COLUMNS = ("name", "cost", "accuracy")
+
+
+@dataclass(frozen=True)
+class StateTable:
+    """The rows of a state table, in file order."""
+
+    names: tuple[str, ...]
+    costs: tuple[float, ...]
+    accuracies: tuple[float, ...]
+    source: str
+
+
+def _number(text: str, path: Path, line: int, column: str) -> float:
+    where = f"line {line}, column {column}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"not a number: {text!r}", source=path, field=where) from None
+    if not math.isfinite(value):
+        raise InputError(f"must be finite, got {text!r}", source=path, field=where)
+    return value
+
+
+def load_state_table(path: str | os.PathLike[str]) -> StateTable:
+    """Read and check a state table (see the module docstring)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError("file not found", source=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read: {e}", source=path) from None
+    numbered = [
+        (i, line)
+        for i, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not numbered:
+        raise InputError("empty table: need a header 'name,cost,accuracy' and rows", source=path)
+    rows = [next(csv.reader([line])) for _, line in numbered]
+    header = [h.strip().lower() for h in rows[0]]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise InputError(
+            f"missing column(s) {', '.join(missing)} (header: {','.join(header)})",
+            source=path,
+            field=f"line {numbered[0][0]}",
+        )
+    dup = sorted({h for h in header if header.count(h) > 1 and h in COLUMNS})
+    if dup:
+        raise InputError(f"column(s) {', '.join(dup)} given twice", source=path)
+    col = {c: header.index(c) for c in COLUMNS}
+    if len(rows) == 1:
+        raise InputError("empty table: a header but no states", source=path)
+    names: list[str] = []
+    costs: list[float] = []
+    accs: list[float] = []
+    first_line: dict[str, int] = {}
+    for (line, _), row in zip(numbered[1:], rows[1:], strict=True):
+        if len(row) != len(header):
+            raise InputError(
+                f"{len(row)} fields, header has {len(header)}", source=path, field=f"line {line}"
+            )
+        name = row[col["name"]].strip()
+        if not name:
+            raise InputError("empty name", source=path, field=f"line {line}, column name")
+        if name in first_line:
+            raise InputError(
+                f"duplicate state name {name!r} (first on line {first_line[name]})",
+                source=path,
+                field=f"line {line}, column name",
+            )
+        first_line[name] = line
+        cost = _number(row[col["cost"]].strip(), path, line, "cost")
+        if cost < 0:
+            raise InputError(
+                f"cost must be >= 0, got {cost}", source=path, field=f"line {line}, column cost"
+            )
+        acc = _number(row[col["accuracy"]].strip(), path, line, "accuracy")
+        if not 0.0 <= acc <= 1.0:
+            hint = " (give a fraction: 0.8395, not 83.95)" if 1.0 < acc <= 100.0 else ""
+            raise InputError(
+                f"accuracy must be in [0, 1], got {acc}{hint}",
+                source=path,
+                field=f"line {line}, column accuracy",
+            )
+        names.append(name)
+        costs.append(cost)
+        accs.append(acc)
+    return StateTable(tuple(names), tuple(costs), tuple(accs), str(path))

@@ -1,0 +1,269 @@
+"""Graph helpers shared by the ONNX and family exporters: loading a source model,
+giving it a dynamic batch axis, shape inference, name lookups and ONNX Runtime runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from edgeadapt.bundle import BATCH, InputSpec
+from edgeadapt.errors import InputError
+
+#: Source models larger than this (protobuf's 2 GB limit) are refused: shape inference,
+#: the Extractor and ONNX Runtime sessions from bytes all need the model in one proto.
+MAX_MODEL_BYTES = (2 << 30) - 1
+RTOL = 1e-3
+ATOL = 1e-5
+_NP_DTYPES: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_source(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load a source model with its external data; refuse one that cannot be held in
+    one protobuf (> 2 GB) with a message saying so."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", source=path)
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as e:  # protobuf DecodeError, missing external data files, ...
+        raise InputError(f"not a readable ONNX model ({e})", source=path) from None
+    size = model.ByteSize()
+    if size > MAX_MODEL_BYTES:
+        raise InputError(
+            f"the model with its external data is {size / 2**30:.1f} GiB; models over 2 GB "
+            "cannot be split in memory by this exporter (shape inference and the Extractor "
+            "need a single protobuf). Export smaller parts of the network instead.",
+            source=path,
+        )
+    return model
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs of the main graph (initializers that are also listed excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def with_dynamic_batch(model: onnx.ModelProto, source: str | os.PathLike[str]) -> onnx.ModelProto:
+    """A copy whose single input has the dynamic batch axis ``batch``, shapes inferred."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inputs = graph_inputs(out)
+    if len(inputs) != 1:
+        names = [i.name for i in inputs]
+        raise InputError(f"expected a model with exactly one input, got {names}", source=source)
+    tt = inputs[0].type.tensor_type
+    if not inputs[0].type.HasField("tensor_type") or not tt.HasField("shape") or not tt.shape.dim:
+        raise InputError(f"input {inputs[0].name!r} has no shape", source=source)
+    if tt.shape.dim[0].dim_param != BATCH:
+        tt.shape.dim[0].Clear()
+        tt.shape.dim[0].dim_param = BATCH
+        del out.graph.value_info[:]
+        for o in out.graph.output:
+            dims = o.type.tensor_type.shape.dim
+            if dims:
+                dims[0].Clear()
+                dims[0].dim_param = BATCH
+    return infer(out, source)
+
+
+def infer(model: onnx.ModelProto, source: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Strict shape inference with data propagation; errors name the source model."""
+    try:
+        return shape_inference.infer_shapes(
+            model, check_type=True, strict_mode=True, data_prop=True
+        )
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        raise InputError(f"shape inference failed: {e}", source=source) from None
+
+
+def input_spec(model: onnx.ModelProto, source: str | os.PathLike[str]) -> InputSpec:
+    """The bundle input spec of a model prepared by `with_dynamic_batch`."""
+    vi = graph_inputs(model)[0]
+    tt = vi.type.tensor_type
+    dims: list[int | str] = [BATCH]
+    for k, d in enumerate(tt.shape.dim[1:], 1):
+        if not d.HasField("dim_value"):
+            raise InputError(
+                f"input {vi.name!r} axis {k} is not static ({d.dim_param or '?'}); only the "
+                "batch axis may be dynamic",
+                source=source,
+            )
+        dims.append(int(d.dim_value))
+    if tt.elem_type not in _NP_DTYPES:
+        raise InputError(f"input {vi.name!r} has an unsupported element type", source=source)
+    return InputSpec(vi.name, tuple(dims), _NP_DTYPES[tt.elem_type])
+
+
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    g = model.graph
+    return {vi.name: vi for vi in [*g.value_info, *g.input, *g.output]}
+
+
+def static_tail(vi: onnx.ValueInfoProto | None) -> tuple[int, ...] | None:
+    """The per-sample shape (axes after the batch axis) if all of it is static."""
+    if vi is None or not vi.type.HasField("tensor_type"):
+        return None
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape") or len(tt.shape.dim) < 2:
+        return None
+    tail = tt.shape.dim[1:]
+    if not all(d.HasField("dim_value") for d in tail):
+        return None
+    return tuple(int(d.dim_value) for d in tail)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out: list[onnx.GraphProto] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def _body_names(g: onnx.GraphProto) -> tuple[set[str], set[str]]:
+    """(names defined in body `g` and its nested bodies, names it reads)."""
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+    used: set[str] = set()
+    for n in g.node:
+        used.update(x for x in n.input if x)
+        defined.update(x for x in n.output if x)
+        for sub in _subgraphs(n):
+            d, u = _body_names(sub)
+            defined |= d
+            used |= u
+    return defined, used
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs including the outer-scope names its control-flow bodies read."""
+    names = [x for x in node.input if x]
+    for sub in _subgraphs(node):
+        defined, used = _body_names(sub)
+        names.extend(sorted(used - defined))
+    return names
+
+
+def body_tensors(model: onnx.ModelProto) -> dict[str, str]:
+    """Tensor names defined only inside control-flow bodies -> the node that owns them."""
+    out: dict[str, str] = {}
+    for i, node in enumerate(model.graph.node):
+        for sub in _subgraphs(node):
+            defined, _ = _body_names(sub)
+            for name in defined:
+                out.setdefault(name, f"{node.op_type} node {node.name or f'#{i}'!r}")
+    return out
+
+
+def ancestors(model: onnx.ModelProto, outputs: Iterable[str], stop: Iterable[str]) -> set[int]:
+    """Main-graph node indices `outputs` depend on, through control-flow bodies' outer-scope
+    reads too, not walking past the names in `stop`."""
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
+    stop_set = set(stop)
+    seen: set[int] = set()
+    stack = [o for o in outputs if o not in stop_set]
+    while stack:
+        i = producer.get(stack.pop())
+        if i is None or i in seen:
+            continue
+        seen.add(i)
+        stack.extend(n for n in node_inputs(model.graph.node[i]) if n not in stop_set)
+    return seen
+
+
+def rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename the graph input `old` to `new` everywhere it is read (bodies included)."""
+
+    def visit(g: onnx.GraphProto) -> None:
+        if any(i.name == old for i in g.input if g is not model.graph):
+            return  # shadowed by a body input of the same name
+        for n in g.node:
+            for k, x in enumerate(n.input):
+                if x == old:
+                    n.input[k] = new
+            for sub in _subgraphs(n):
+                visit(sub)
+
+    for vi in model.graph.input:
+        if vi.name == old:
+            vi.name = new
+    visit(model.graph)
+
+
+def session(model: onnx.ModelProto):  # -> onnxruntime.InferenceSession
+    """A single-threaded CPU ONNX Runtime session over an in-memory model."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of an inferred model that also outputs the tensors `names`."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    infos = value_infos(model)
+    present = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in present:
+            out.graph.output.append(infos[name])
+            present.add(name)
+    return out
+
+
+def run_batched(
+    sess, feed_name: str, x: np.ndarray, outputs: Sequence[str], batch: int = 256
+) -> list[np.ndarray]:
+    """Run `sess` over `x` in batches; concatenate each output."""
+    parts: list[list[np.ndarray]] = [[] for _ in outputs]
+    for start in range(0, len(x), batch):
+        res = sess.run(list(outputs), {feed_name: x[start : start + batch]})
+        for acc, r in zip(parts, res, strict=True):
+            acc.append(r)
+    return [np.concatenate(p) for p in parts]
+
+
+def worst_error(got: np.ndarray, want: np.ndarray) -> tuple[float, bool]:
+    """(max abs error, whether all elements are within RTOL/ATOL)."""
+    if got.shape != want.shape:
+        return float("inf"), False
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    ok = bool(np.all(err <= ATOL + RTOL * np.abs(want.astype(np.float64))))
+    return float(err.max()) if err.size else 0.0, ok
+
+
+def example_inputs(spec: InputSpec, seed: int = 0) -> list[np.ndarray]:
+    """Random inputs of batch 1 and 7 for parity checks."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(d) for d in spec.shape[1:])
+    return [rng.standard_normal((b, *shape)).astype(spec.dtype) for b in (1, 7)]

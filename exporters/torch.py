@@ -1,0 +1,392 @@
+"""PyTorch exporter: a multi-exit network (stages + exit heads) or a model family -> a bundle.
+
+Each step is stage i followed by head i, traced into one ONNX graph with the
+TorchScript exporter (`torch.onnx.export(..., dynamo=False)`: fast, no onnxscript, and
+it folds BatchNorm into the preceding convolution in eval mode). Step i reads the
+model input (i = 0) or ``activation{i-1}`` and outputs ``activation{i}`` and
+``logits{i}``; the last step outputs logits only. The batch axis is dynamic.
+
+A trace that torch flags (`TracerWarning`: data-dependent control flow, Python values
+baked in) or an exporter fallback is an error, not a warning: such a graph may compute
+something else on other inputs. Before anything is written, every state of the ONNX
+bundle is run on ONNX Runtime on random inputs of batch 1 and 7 and compared with the
+torch model (rtol 1e-3, atol 1e-5); the worst absolute error goes into the manifest.
+
+torch is an optional extra (``pip install 'edgeadapt[torch]'``); it is imported on
+first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from edgeadapt.bundle import BATCH, Bundle, InputSpec, Step, write_bundle
+from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.exporters import _graph
+from edgeadapt.flops import count_flops
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_OPSET = 17
+#: Deprecation notices the TorchScript exporter always emits; anything else is kept.
+_KNOWN_NOTICES = (
+    "You are using the legacy TorchScript-based ONNX export",
+    "The feature will be removed. Please remove usage of this function",
+)
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise MissingExtraError("torch", "torch", "the PyTorch exporter") from e
+    return torch
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def model_sha256(modules: Sequence[torch.nn.Module]) -> str:
+    """A hash of the modules' parameters and buffers (names, dtypes, shapes, values)."""
+    h = hashlib.sha256()
+    for k, m in enumerate(modules):
+        for name, t in m.state_dict().items():
+            arr = t.detach().cpu().contiguous().numpy()
+            h.update(f"{k}.{name}:{arr.dtype}:{arr.shape};".encode())
+            h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _raise_on_trace_warnings(caught: list[warnings.WarningMessage], where: str) -> None:
+    """TracerWarnings and exporter fallbacks are errors; other warnings are re-issued."""
+    torch = _torch()
+    for w in caught:
+        text = str(w.message)
+        if issubclass(w.category, torch.jit.TracerWarning) or "fallback" in text.lower():
+            raise InputError(
+                f"the trace may not match the model on other inputs ({w.category.__name__}: "
+                f"{text.strip()}); make the forward pass free of data-dependent Python "
+                "control flow and tensor-to-Python conversions",
+                field=where,
+            )
+        if issubclass(w.category, DeprecationWarning) and text.startswith(_KNOWN_NOTICES):
+            continue
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _drop_identities(model: onnx.ModelProto) -> None:
+    """Remove Identity nodes that only alias an initializer (left by the tracer)."""
+    g = model.graph
+    alias = {t.name: t.name for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    kept = []
+    for node in g.node:
+        if node.op_type == "Identity" and node.input[0] in alias and node.output[0] not in outputs:
+            alias[node.output[0]] = alias[node.input[0]]
+            continue
+        kept.append(node)
+    for node in kept:
+        for k, name in enumerate(node.input):
+            if name in alias:
+                node.input[k] = alias[name]
+    del g.node[:]
+    g.node.extend(kept)
+
+
+def _trace(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    input_name: str,
+    outputs: Sequence[str],
+    opset: int,
+    where: str,
+) -> onnx.ModelProto:
+    """Trace `module` on `x` into an ONNX model with a dynamic batch axis everywhere."""
+    torch = _torch()
+    buf = io.BytesIO()
+    axes = {n: {0: BATCH} for n in (input_name, *outputs)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(
+                module,
+                (x,),
+                buf,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[input_name],
+                output_names=list(outputs),
+                dynamic_axes=axes,
+                do_constant_folding=True,
+                training=torch.onnx.TrainingMode.EVAL,
+            )
+        except Exception as e:  # torch raises many types for unsupported ops
+            raise InputError(f"torch.onnx.export failed: {e}", field=where) from None
+    _raise_on_trace_warnings(caught, where)
+    model = onnx.load_from_string(buf.getvalue())
+    _drop_identities(model)
+    return _graph.infer(model, where)
+
+
+def _step_module(stage: torch.nn.Module, head: torch.nn.Module) -> torch.nn.Module:
+    """Stage then head as one module returning (activation, logits)."""
+
+    class _Step(_torch().nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.stage, self.head = stage, head
+
+        def forward(self, a: Any) -> tuple[Any, Any]:
+            z = self.stage(a)
+            return z, self.head(z)
+
+    return _Step().eval()
+
+
+def _strip_output(model: onnx.ModelProto, name: str) -> None:
+    keep = [o for o in model.graph.output if o.name != name]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+
+
+@contextlib.contextmanager
+def _eval_mode(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Put the modules in eval mode without gradients; restore their modes afterwards."""
+    torch = _torch()
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+
+
+def _check_modules(modules: Sequence[Any], what: str) -> None:
+    torch = _torch()
+    for k, m in enumerate(modules):
+        if not isinstance(m, torch.nn.Module):
+            raise InputError(
+                f"expected a torch.nn.Module, got {type(m).__name__}", field=f"{what}[{k}]"
+            )
+
+
+def _check_example(x: Any) -> InputSpec:
+    torch = _torch()
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] < 1:
+        raise InputError("expected a tensor with a leading batch axis", field="example_input")
+    if not x.is_floating_point():
+        raise InputError(
+            f"expected a floating-point tensor (random parity inputs), got {x.dtype}",
+            field="example_input",
+        )
+    return InputSpec("x", (BATCH, *(int(d) for d in x.shape[1:])), _dtype_name(x))
+
+
+def _parity(
+    sessions: Sequence[Any],
+    feeds: Callable[[int, list[np.ndarray], np.ndarray], dict[str, np.ndarray]],
+    reference: Callable[[torch.Tensor], list[torch.Tensor]],
+    spec: InputSpec,
+    outputs: Sequence[Sequence[str]],
+) -> list[float]:
+    """Run each session (in chain order) on random batches; compare state logits with
+    `reference` (called under `_eval_mode`). Returns the worst absolute error per state; raises past tolerance."""
+    torch = _torch()
+    worst = [0.0] * len(sessions)
+    for x in _graph.example_inputs(spec):
+        want = [t.detach().cpu().numpy() for t in reference(torch.from_numpy(x))]
+        previous: list[np.ndarray] = []
+        for i, sess in enumerate(sessions):
+            previous = sess.run(list(outputs[i]), feeds(i, previous, x))
+            err, ok = _graph.worst_error(previous[-1], want[i])
+            worst[i] = max(worst[i], err)
+            if not ok:
+                raise InputError(
+                    f"parity check failed: state {i} differs from the torch model on a batch "
+                    f"of {len(x)} (max abs error {err:.3g}, rtol {_graph.RTOL}, atol {_graph.ATOL})"
+                )
+    return worst
+
+
+def export_torch(
+    stages: Sequence[torch.nn.Module],
+    heads: Sequence[torch.nn.Module],
+    example_input: torch.Tensor,
+    out_dir: str | os.PathLike[str],
+    *,
+    input_name: str = "x",
+    state_names: Sequence[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Bundle:
+    """Export a multi-exit network as an early-exit bundle in `out_dir`.
+
+    State i runs `stages[0..i]` and then `heads[i]`; head i maps stage i's output to
+    ``[batch, classes]`` logits. `example_input` fixes the per-sample shape and dtype
+    (its batch size does not matter). `extra` is merged into the manifest's ``extra``.
+    """
+    torch = _torch()
+    stages, heads = list(stages), list(heads)
+    if not stages or len(stages) != len(heads):
+        raise InputError(f"need as many heads as stages (>= 1), got {len(stages)} and {len(heads)}")
+    _check_modules(stages, "stages")
+    _check_modules(heads, "heads")
+    if opset < DEFAULT_OPSET:
+        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", field="opset")
+    spec = _check_example(example_input)
+    spec = InputSpec(input_name, spec.shape, spec.dtype)
+    with _eval_mode([*stages, *heads]):
+        steps: list[Step] = []
+        a = example_input.detach()
+        feed_name = input_name
+        for i, (stage, head) in enumerate(zip(stages, heads, strict=True)):
+            last = i == len(stages) - 1
+            act, logits = f"activation{i}", f"logits{i}"
+            model = _trace(
+                _step_module(stage, head), a, feed_name, (act, logits), opset, f"steps[{i}]"
+            )
+            if last:
+                _strip_output(model, act)
+            steps.append(
+                Step(model, logits=logits, activation=None if last else act, head_input=act)
+            )
+            a = stage(a)
+            feed_name = act
+
+        def reference(x: Any) -> list[Any]:
+            out = []
+            for stage, head in zip(stages, heads, strict=True):
+                x = stage(x)
+                out.append(head(x))
+            return out
+
+        def feeds(i: int, previous: list[np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
+            return {input_name: x} if i == 0 else {f"activation{i - 1}": previous[0]}
+
+        sessions = [_graph.session(s.model) for s in steps]
+        outputs = [[n for n in (s.activation, s.logits) if n] for s in steps]
+        worst = _parity(sessions, feeds, reference, spec, outputs)
+        num_classes = int(reference(example_input[:1])[-1].shape[-1])
+    return write_bundle(
+        out_dir,
+        kind="early-exit",
+        input=spec,
+        num_classes=num_classes,
+        steps=steps,
+        state_names=state_names or [f"exit{i}" for i in range(len(steps))],
+        producer={
+            "exporter": "edgeadapt.exporters.torch",
+            "torch": torch.__version__,
+            "opset": opset,
+            "source_sha256": model_sha256([*stages, *heads]),
+        },
+        extra={**(extra or {}), "parity": _parity_record(worst)},
+        force=force,
+    )
+
+
+def export_torch_model(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    out_dir: str | os.PathLike[str],
+    **kwargs: Any,
+) -> Bundle:
+    """`export_torch` for a model exposing ``stages`` and ``heads`` (e.g. ModuleLists)."""
+    if not hasattr(model, "stages") or not hasattr(model, "heads"):
+        raise InputError(
+            f"{type(model).__name__} has no `stages` and `heads`; call export_torch with them"
+        )
+    stages, heads = getattr(model, "stages"), getattr(model, "heads")  # noqa: B009
+    return export_torch(stages, heads, example_input, out_dir, **kwargs)
+
+
+def export_torch_family(
+    models: Sequence[torch.nn.Module],
+    example_input: torch.Tensor,
+    out_dir: str | os.PathLike[str],
+    *,
+    input_name: str = "x",
+    state_names: Sequence[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Bundle:
+    """Export independent classifiers (a model family) as an ensemble bundle.
+
+    Every model maps the input to ``[batch, classes]`` logits. States are ordered by
+    FLOPs, cheapest first (ties keep the given order); `state_names` follow the given
+    order of `models` (default ``model0``, ``model1``, ...).
+    """
+    torch = _torch()
+    models = list(models)
+    if len(models) < 2:
+        raise InputError(f"a family needs at least two models, got {len(models)}")
+    _check_modules(models, "models")
+    names = (
+        list(state_names) if state_names is not None else [f"model{k}" for k in range(len(models))]
+    )
+    if len(names) != len(models):
+        raise InputError(f"{len(names)} names for {len(models)} models", field="state_names")
+    if opset < DEFAULT_OPSET:
+        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", field="opset")
+    spec = _check_example(example_input)
+    spec = InputSpec(input_name, spec.shape, spec.dtype)
+    with _eval_mode(models):
+        onnx_models = [
+            _trace(m, example_input.detach(), input_name, ("logits",), opset, f"models[{k}]")
+            for k, m in enumerate(models)
+        ]
+        order = sorted(range(len(models)), key=lambda k: count_flops(onnx_models[k]).flops)
+        models, onnx_models = [models[k] for k in order], [onnx_models[k] for k in order]
+        names = [names[k] for k in order]
+        worst = _parity(
+            [_graph.session(m) for m in onnx_models],
+            lambda i, previous, x: {input_name: x},
+            lambda x: [m(x) for m in models],
+            spec,
+            [["logits"]] * len(models),
+        )
+        classes = {int(m(example_input[:1]).shape[-1]) for m in models}
+    if len(classes) != 1:
+        raise InputError(f"the models disagree on the class count: {sorted(classes)}")
+    return write_bundle(
+        out_dir,
+        kind="ensemble",
+        input=spec,
+        num_classes=classes.pop(),
+        models=onnx_models,
+        state_names=names,
+        producer={
+            "exporter": "edgeadapt.exporters.torch",
+            "torch": torch.__version__,
+            "opset": opset,
+            "source_sha256": model_sha256(models),
+        },
+        extra={**(extra or {}), "parity": _parity_record(worst)},
+        force=force,
+    )
+
+
+def _parity_record(worst: list[float]) -> dict[str, Any]:
+    return {
+        "max_abs_error": max(worst),
+        "per_state": worst,
+        "rtol": _graph.RTOL,
+        "atol": _graph.ATOL,
+        "batches": [1, 7],
+    }

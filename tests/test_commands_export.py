@@ -1,0 +1,119 @@
+"""`edgeadapt export onnx|family` and `edgeadapt inspect` through the CLI."""
+
+import json
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgeadapt.cli import cli
+from tests.models import family, multi_exit_cnn
+
+ONNX_ARGS = [
+    "--cut",
+    "conv1_relu",
+    "--cut",
+    "conv2_relu",
+    "--head",
+    "conv1_relu=exit0",
+    "--head",
+    "conv2_relu=exit1",
+]
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "net.onnx"
+    onnx.save(multi_exit_cnn(), path)
+    return path
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_export_onnx_then_inspect_json(tmp_path, source):
+    out = tmp_path / "b"
+    result = _run("export", "onnx", source, *ONNX_ARGS, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "exit0" in result.output
+    assert "final" in result.output
+    result = _run("inspect", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert {"kind", "num_classes", "input", "states", "steps", "verified"} <= set(doc)
+    assert doc["kind"] == "early-exit"
+    assert doc["num_classes"] == 10
+    assert doc["verified"] is True
+    assert doc["input"] == {"name": "x", "shape": ["batch", 1, 40], "dtype": "float32"}
+    assert [set(s) >= {"name", "files", "flops", "params"} for s in doc["states"]] == [True] * 3
+    flops = [s["flops"] for s in doc["states"]]
+    assert flops == sorted(flops)
+    assert flops[-1] == sum(s["flops"] for s in doc["steps"])
+    for s in doc["steps"]:
+        assert s["stage_flops"] + s["head_flops"] == s["flops"]
+    assert doc["states"][1]["files"] == ["step0.onnx", "step1.onnx"]
+
+
+def test_inspect_table_and_tampered_bundle(tmp_path, source):
+    out = tmp_path / "b"
+    assert _run("export", "onnx", source, *ONNX_ARGS, "-o", out).exit_code == 0
+    result = _run("inspect", out)
+    assert result.exit_code == 0
+    assert "verified: yes" in result.output
+    assert "stage" in result.output
+    (out / "step0.onnx").write_bytes((out / "step0.onnx").read_bytes()[:-1])
+    result = _run("inspect", out, "--json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["verified"] is False
+    assert "sha256 mismatch" in doc["problem"]
+
+
+def test_existing_different_bundle_needs_force(tmp_path, source):
+    out = tmp_path / "b"
+    assert _run("export", "onnx", source, *ONNX_ARGS, "-o", out).exit_code == 0
+    again = _run("export", "onnx", source, *ONNX_ARGS, "-o", out)
+    assert again.exit_code == 0, again.output  # the very same bundle: nothing to do
+    other = ["--cut", "conv1_relu", "--head", "conv1_relu=exit0", "--logits", "logits"]
+    refused = _run("export", "onnx", source, *other, "-o", out)
+    assert refused.exit_code == 2
+    assert "already holds a different bundle; use --force" in refused.output
+    forced = _run("export", "onnx", source, *other, "-o", out, "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert len(json.loads(forced.stdout)["states"]) == 2
+
+
+def test_export_family_json(tmp_path):
+    paths = []
+    for name, model in family().items():
+        paths.append(tmp_path / f"{name}.onnx")
+        onnx.save(model, paths[-1])
+    result = _run("export", "family", *paths, "-o", tmp_path / "fam", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["kind"] == "ensemble"
+    assert doc["verified"] is True
+    assert [s["name"] for s in doc["states"]] == ["linear", "mlp", "cnn"]
+    assert doc["steps"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cut", "conv1_relu", "--head", "conv1_relu"], "--head: expected CUT=OUTPUT"),
+        (["--cut", "nope", "--logits", "logits"], "no tensor named 'nope'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, source, args, message):
+    result = _run("export", "onnx", source, *args, "-o", tmp_path / "b")
+    assert result.exit_code == 2
+    assert "error: " in result.output
+    assert message in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_inspect_missing_bundle(tmp_path):
+    result = _run("inspect", tmp_path / "nothing")
+    assert result.exit_code == 2
+    assert "no such bundle directory" in result.output

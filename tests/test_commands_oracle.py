@@ -1,0 +1,168 @@
+"""`edgeadapt bound`, `subset`, `import-predictions`: output, JSON keys, exit code 2."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeadapt.cli import cli
+from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EFFNET = EXAMPLES / "efficientnet-torchvision.csv"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def ok_json(*args):
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A 3-state table and a matching evaluation (200 samples)."""
+    table = tmp_path / "t.csv"
+    table.write_text("name,cost,accuracy\nbig,8,0.9\nsmall,1,0.5\nmid,2,0.7\nextra,3,0.7\n")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 200)
+    pred = np.where(
+        rng.random((200, 3)) < [0.5, 0.7, 0.9], labels[:, None], (labels[:, None] + 1) % 5
+    )
+    ev = tmp_path / "e.npz"
+    save_evaluation(ev, Evaluation(labels, pred, np.array(["small", "mid", "big"])))
+    return table, ev
+
+
+def test_bound_on_example_table_prints_a_table():
+    result = run("bound", "--table", EFFNET, "--classes", "1000")
+    assert result.exit_code == 0, result.output
+    assert "efficientnet_b7" in result.output
+    assert "alpha=1 (eq. 9)" in result.output
+    assert "smallest-state test" in result.output
+
+
+def test_bound_json_keys_and_alpha():
+    out = ok_json("bound", "--table", EFFNET)
+    assert out["method"] == "alpha=1"
+    assert {"r_oracle", "a_oracle", "delta_r", "r_ratio", "delta_a", "continuous"} <= out.keys()
+    assert {"r_oracle", "r_ratio"} <= out["continuous"].keys()
+    assert out["r_ratio"] == pytest.approx(out["r_n"] / out["r_oracle"])
+    out = ok_json("bound", "--table", EFFNET, "--alpha", "0.58")
+    assert out["method"] == "constant-alpha"
+    assert out["a_oracle"] == pytest.approx(1 - 0.58 * (1 - 0.84122))
+
+
+def test_bound_with_evaluation(small):
+    table, ev = small
+    out = ok_json("bound", "--table", table, "--evaluation", ev)
+    assert out["method"] == "exact"
+    assert len(out["alphas"]) == 2
+    assert {"r_oracle", "a_oracle", "r_ratio"} <= out["exact"].keys()
+    assert out["ignored"] == ["extra"]
+    assert [s["name"] for s in out["states"]] == ["small", "mid", "big"]
+    text = run("bound", "--table", table, "--evaluation", ev).output
+    assert "exact oracle (eq. 4/5)" in text
+    assert "alpha_i" in text
+
+
+def test_subset_k_and_curve(small):
+    table, ev = small
+    out = ok_json("subset", "--table", table, "--k", "2", "--envelope")
+    assert out["k"] == 2
+    assert out["states"][-1] == "big"
+    assert "curve" not in out
+    out = ok_json("subset", "--table", table, "--evaluation", ev)
+    assert [e["k"] for e in out["curve"]] == [1, 2, 3]
+    assert out["states"] == ["small", "mid", "big"]
+    for e in out["curve"]:
+        assert e["r_ratio"] == pytest.approx(8 / e["r_oracle"])
+    text = run("subset", "--table", EFFNET).output
+    assert "states (cost order)" in text
+
+
+def test_import_predictions_csv_and_npz(tmp_path):
+    for name, preds in (("a", (1, 2)), ("b", (1, 0))):
+        rows = "".join(f"{f},{p},{t}\n" for f, p, t in zip(("x", "y"), preds, (1, 0), strict=True))
+        (tmp_path / f"{name}.csv").write_text("file,predicted,truth\n" + rows)
+    out = tmp_path / "e.npz"
+    result = run("import-predictions", tmp_path / "a.csv", f"big={tmp_path / 'b.csv'}", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert load_evaluation(out).names == ("a", "big")
+    result = run(
+        "import-predictions",
+        EXAMPLES / "imagenet-val-predictions" / "predictions.npz",
+        "-o",
+        out,
+        "--states",
+        "vit_tiny_patch16_224,vit_small_patch16_224",
+    )
+    assert result.exit_code == 0, result.output
+    assert load_evaluation(out).pred.shape == (50000, 2)
+
+
+def bad_table(tmp_path, text):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "empty table"),
+        ("name,cost\na,1\n", "missing column"),
+        ("name,cost,accuracy\na,nan,0.5\n", "line 2, column cost"),
+        ("name,cost,accuracy\na,-1,0.5\n", "line 2, column cost"),
+        ("name,cost,accuracy\na,1,1.5\n", "line 2, column accuracy"),
+        ("name,cost,accuracy\na,1,0.5\na,2,0.6\n", "duplicate state name"),
+        ("name,cost,accuracy\na,1,0.6\nb,2,0.5\n", "dominated states: b"),
+    ],
+)
+def test_bad_tables_exit_2_with_one_line(tmp_path, text, match):
+    result = run("bound", "--table", bad_table(tmp_path, text))
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ")
+    assert match in lines[0]
+    assert "bad.csv" in lines[0]
+
+
+def test_unknown_state_in_evaluation_exits_2(tmp_path, small):
+    _, ev = small
+    table = bad_table(tmp_path, "name,cost,accuracy\nsmall,1,0.5\nbig,8,0.9\n")
+    result = run("bound", "--table", table, "--evaluation", ev)
+    assert result.exit_code == 2
+    assert "e.npz: states: state 'mid' is not in the table" in result.output
+
+
+def test_object_arrays_exit_2(tmp_path, small):
+    table, _ = small
+    ev = tmp_path / "obj.npz"
+    np.savez(ev, labels=np.zeros(2, int), pred=np.zeros((2, 1), object), states=np.array(["a"]))
+    result = run("bound", "--table", table, "--evaluation", ev)
+    assert result.exit_code == 2
+    assert "pred: cannot load without pickle" in result.output
+
+
+@pytest.mark.parametrize("k", ["9", "0"])
+def test_k_out_of_range_exits_2(small, k):
+    table, ev = small
+    result = run("subset", "--table", table, "--k", k, "--evaluation", ev)
+    assert result.exit_code == 2
+    assert "--k: must be in 1..3" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "match"), [(["--alpha", "1.5"], "--alpha"), (["--classes", "1"], "--classes")]
+)
+def test_bad_options_exit_2(args, match):
+    result = run("bound", "--table", EFFNET, *args)
+    assert result.exit_code == 2
+    assert match in result.output

@@ -1,0 +1,223 @@
+"""The compiled kernel equals the numpy reference, and refuses bad input cleanly."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeadapt import kernel, kernel_ref
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@st.composite
+def logits_batches(draw):
+    """Random [B, C] float32 logits with extreme scales, ties, NaN/Inf and huge rows."""
+    batch, classes = draw(st.integers(1, 4096)), draw(st.integers(2, 1000))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-6, 1.0, 8.0, 100.0, 1e20, 3e38]))
+    x = np.clip(rng.standard_normal((batch, classes)) * scale, -F32_MAX, F32_MAX).astype(np.float32)
+    if draw(st.booleans()):
+        x = np.round(x)  # many ties
+    for kind in draw(
+        st.lists(st.sampled_from(["nan", "inf", "-inf", "flat", "dup", "huge"]), max_size=6)
+    ):
+        r = int(rng.integers(batch))
+        if kind in ("nan", "inf", "-inf"):
+            x[r, int(rng.integers(classes))] = float(kind)
+        elif kind == "flat":
+            x[r] = np.float32(np.clip(rng.standard_normal() * scale, -F32_MAX, F32_MAX))
+        elif kind == "dup":
+            x[r, int(rng.integers(classes))] = x[r].max()
+        else:
+            x[r] = rng.choice(np.float32([-F32_MAX, F32_MAX, 0.0]), size=classes)
+    return x
+
+
+@settings(max_examples=40)
+@given(logits_batches(), st.sampled_from(kernel.MEASURES), st.data())
+def test_decide_equals_reference(x, measure, data):
+    _ref_pred, ref_conf = kernel_ref.predict_confidence(x, measure)
+    finite = ref_conf[~np.isnan(ref_conf)]
+    threshold = data.draw(
+        st.one_of(
+            st.floats(-10.0, 1.5),
+            st.sampled_from([0.0, 0.5, 1.0, -math.inf, math.inf]),
+            st.sampled_from(finite.tolist() or [0.5]),  # exactly on a row's confidence
+        )
+    )
+    pred, conf, mask, cont = kernel.decide(x, threshold, measure)
+    r_pred, r_conf, r_mask, r_cont = kernel_ref.decide(x, threshold, measure)
+    assert np.array_equal(pred, r_pred)
+    np.testing.assert_allclose(conf, r_conf, rtol=0, atol=1e-6, equal_nan=True)
+    assert np.array_equal(mask, r_mask)
+    assert np.array_equal(cont, r_cont)
+    assert np.array_equal(kernel.confidence(x, measure), conf, equal_nan=True)
+    assert not mask[np.isnan(conf)].any()  # a NaN/Inf row never exits
+
+
+def test_outputs_types_and_zero_copy_views():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)[1:]  # C-contiguous view, not a copy
+    pred, conf, mask, cont = kernel.decide(x, 0.99)
+    assert (pred.dtype, conf.dtype, mask.dtype, cont.dtype) == (
+        np.int64,
+        np.float32,
+        np.bool_,
+        np.int64,
+    )
+    assert pred.tolist() == [2, 2, 2]
+    assert cont.tolist() == [0, 1, 2]
+
+
+def test_decide_into_reuses_buffers():
+    rng = np.random.default_rng(1)
+    bufs = kernel.decide_buffers(64)
+    for batch in (64, 17, 1):
+        x = (rng.standard_normal((batch, 10)) * 4).astype(np.float32)
+        k = kernel.decide_into(x, 0.6, *bufs, measure="entropy" if batch == 17 else "maxprob")
+        ref = kernel_ref.decide(x, 0.6, "entropy" if batch == 17 else "maxprob")
+        assert np.array_equal(bufs[0][:batch], ref[0])
+        assert np.array_equal(bufs[2][:batch], ref[2])
+        assert k == len(ref[3])
+        assert np.array_equal(bufs[3][:k], ref[3])
+
+
+GOOD = np.zeros((2, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("logits", "threshold", "measure", "error", "match"),
+    [
+        (GOOD.astype(np.float64), 0.5, "maxprob", TypeError, "float32"),
+        (GOOD.astype(np.float16), 0.5, "maxprob", TypeError, "float32"),
+        (GOOD.astype(">f4"), 0.5, "maxprob", TypeError, "float32"),
+        (GOOD.tolist(), 0.5, "maxprob", TypeError, "numpy.ndarray"),
+        (np.zeros((3, 2), np.float32).T, 0.5, "maxprob", TypeError, "C-contiguous"),
+        (np.zeros((2, 6), np.float32)[:, ::2], 0.5, "maxprob", TypeError, "C-contiguous"),
+        (np.zeros(3, np.float32), 0.5, "maxprob", ValueError, "2-D"),
+        (np.zeros((1, 2, 3), np.float32), 0.5, "maxprob", ValueError, "2-D"),
+        (np.zeros((0, 3), np.float32), 0.5, "maxprob", ValueError, "empty batch"),
+        (np.zeros((2, 1), np.float32), 0.5, "maxprob", ValueError, "at least 2 classes"),
+        (GOOD, math.nan, "maxprob", ValueError, "NaN"),
+        (GOOD, 0.5, "softmax", ValueError, "measure"),
+    ],
+)
+def test_bad_input_is_a_clear_error(logits, threshold, measure, error, match):
+    with pytest.raises(error, match=match):
+        kernel.decide(logits, threshold, measure)
+    if not (isinstance(threshold, float) and math.isnan(threshold)):
+        with pytest.raises(error, match=match):
+            kernel.confidence(logits, measure)
+
+
+def test_decide_into_rejects_bad_buffers():
+    pred, conf, mask, cont = kernel.decide_buffers(2)
+    with pytest.raises(ValueError, match="at least 2"):
+        kernel.decide_into(GOOD, 0.5, pred[:1], conf, mask, cont)
+    with pytest.raises(TypeError, match="dtype bool"):
+        kernel.decide_into(GOOD, 0.5, pred, conf, mask.astype(np.uint8), cont)
+    ro = cont.copy()
+    ro.flags.writeable = False
+    with pytest.raises(TypeError, match="writeable"):
+        kernel.decide_into(GOOD, 0.5, pred, conf, mask, ro)
+    with pytest.raises(ValueError, match="batch"):
+        kernel.decide_buffers(0)
+
+
+@given(
+    st.lists(st.floats(0.0, 20.0), min_size=1, max_size=6).flatmap(
+        lambda costs: st.tuples(
+            st.just(costs),
+            st.lists(st.floats(0.0, 1.0), min_size=len(costs) - 1, max_size=len(costs) - 1),
+            st.lists(st.floats(0.0, 1.0), min_size=len(costs), max_size=len(costs)),
+        )
+    ),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(0, 5), st.floats(0.0, 50.0)), max_size=8),
+    st.floats(0.0, 80.0),
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 30.0),
+)
+def test_policy_equals_reference(spec, cumulative, observed, budget, conf, elapsed):
+    costs, thresholds, accuracies = spec
+    acc = accuracies if cumulative else None
+    pol = kernel.Policy(thresholds, costs, ewma=0.3, accuracies=acc, cumulative=cumulative)
+    ref = kernel_ref.Policy(thresholds, costs, ewma=0.3, accuracies=acc, cumulative=cumulative)
+    for step, ms in observed:
+        if step < len(costs):
+            pol.observe(step, ms)
+            ref.observe(step, ms)
+    assert pol.costs_ms == ref.costs_ms
+    assert pol.lookup(budget) == ref.lookup(budget)
+    for s in range(len(costs)):
+        assert pol.state_ms(s) == ref.state_ms(s)
+        for b in (budget, None):
+            assert int(pol.next(s, conf, elapsed, b)) == ref.next(s, conf, elapsed, b)
+        if s + 1 < len(costs):
+            assert pol.fits(s + 1, elapsed, budget) == (elapsed + ref.costs_ms[s + 1] <= budget)
+
+
+def test_policy_budget_and_ewma_story():
+    pol = kernel.Policy([0.9, 0.9], [1.0, 2.0, 4.0], ewma=0.5, measure="margin")
+    assert pol.num_states == 3
+    assert pol.measure == "margin"
+    assert pol.threshold(2) == -math.inf
+    assert pol.next(0, 0.5, 1.0) is kernel.Action.CONTINUE  # deadline-free
+    assert pol.next(0, math.nan, 1.0, 3.0) is kernel.Action.CONTINUE  # NaN never exits
+    assert pol.next(0, 0.95, 1.0, 3.0) is kernel.Action.EXIT
+    assert pol.next(2, 0.0, 99.0, 1.0) is kernel.Action.EXIT  # last state
+    pol.observe(1, 6.0)  # contention: step 1 now predicted at 4 ms
+    assert pol.predicted_ms(1) == 4.0
+    assert pol.next(0, 0.5, 1.0, 3.0) is kernel.Action.EXIT_BUDGET
+    assert pol.lookup(5.0) == 1
+    assert pol.lookup(0.5) is None
+    assert pol.lookup(math.inf) == 2
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: kernel.Policy([0.5], [1.0, 2.0, 3.0]),
+            ValueError,
+            "one value per state but the last",
+        ),
+        (lambda: kernel.Policy([], []), ValueError, "one cost per step"),
+        (lambda: kernel.Policy([math.nan], [1.0, 2.0]), ValueError, r"thresholds\[0\] is NaN"),
+        (lambda: kernel.Policy([0.5], [1.0, -2.0]), ValueError, r"step_costs_ms\[1\]"),
+        (lambda: kernel.Policy([0.5], [1.0, math.inf]), ValueError, r"step_costs_ms\[1\]"),
+        (lambda: kernel.Policy([0.5], [1.0, 2.0], ewma=0.0), ValueError, "ewma"),
+        (lambda: kernel.Policy([0.5], [1.0, 2.0], measure="x"), ValueError, "measure"),
+        (lambda: kernel.Policy([0.5], [1.0, 2.0], accuracies=[0.5]), ValueError, "accuracies"),
+        (lambda: kernel.Policy([0.5], [1.0, 2.0], accuracies=[0.5, 1.5]), ValueError, "accuracies"),
+    ],
+)
+def test_policy_rejects_bad_construction(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "error", "match"),
+    [
+        ("next", (0, 0.5, 1.0, -1.0), ValueError, "budget_ms"),
+        ("next", (0, 0.5, 1.0, math.nan), ValueError, "budget_ms"),
+        ("next", (0, 0.5, -1.0, 5.0), ValueError, "elapsed_ms"),
+        ("next", (0, 0.5, math.nan, 5.0), ValueError, "elapsed_ms"),
+        ("next", (2, 0.5, 1.0, 5.0), IndexError, "state 2"),
+        ("fits", (1, 0.0, -0.5), ValueError, "budget_ms"),
+        ("fits", (-1, 0.0, 1.0), IndexError, "next_step"),
+        ("lookup", (math.nan,), ValueError, "budget_ms"),
+        ("lookup", (-3.0,), ValueError, "budget_ms"),
+        ("observe", (0, math.nan), ValueError, "measured_ms"),
+        ("observe", (0, -1.0), ValueError, "measured_ms"),
+        ("observe", (5, 1.0), IndexError, "step 5"),
+        ("predicted_ms", (2,), IndexError, "step 2"),
+    ],
+)
+def test_policy_rejects_bad_calls(method, args, error, match):
+    pol = kernel.Policy([0.5], [1.0, 2.0])
+    with pytest.raises(error, match=match):
+        getattr(pol, method)(*args)

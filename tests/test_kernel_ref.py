@@ -1,0 +1,79 @@
+"""The numpy reference (the kernel's specification) against float64 softmax math."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeadapt import kernel_ref
+
+
+def _softmax64(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_exp_neg_within_two_ulp_of_exp():
+    t = np.linspace(-80.0, 0.0, 200_001, dtype=np.float32)
+    want = np.exp(t.astype(np.float64))
+    got = kernel_ref.exp_neg(t).astype(np.float64)
+    assert np.all(
+        np.abs(got - want) <= 2.5 * np.spacing(want.astype(np.float32)).astype(np.float64)
+    )
+    assert kernel_ref.exp_neg(np.float32([0.0]))[0] == 1.0
+    assert kernel_ref.exp_neg(np.float32([-80.5, -np.inf])).tolist() == [0.0, 0.0]
+
+
+@given(
+    st.integers(1, 64),
+    st.integers(2, 300),
+    st.sampled_from([1e-3, 1.0, 10.0, 60.0]),
+    st.integers(0, 2**32 - 1),
+)
+def test_measures_match_float64_softmax(batch, classes, scale, seed):
+    x = (np.random.default_rng(seed).standard_normal((batch, classes)) * scale).astype(np.float32)
+    p = _softmax64(x)
+    top = np.sort(p, axis=1)[:, ::-1]
+    pred, conf = kernel_ref.predict_confidence(x, "maxprob")
+    assert np.array_equal(pred, x.argmax(axis=1))
+    np.testing.assert_allclose(conf, top[:, 0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        kernel_ref.confidence(x, "margin"), top[:, 0] - top[:, 1], rtol=0, atol=1e-6
+    )
+    with np.errstate(divide="ignore"):
+        neg_h = np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    np.testing.assert_allclose(kernel_ref.confidence(x, "entropy"), neg_h, rtol=1e-6, atol=1e-6)
+
+
+def test_invalid_rows_and_ties():
+    x = np.array(
+        [[1, np.nan, 0], [np.inf, 0, 0], [-np.inf, 0, 0], [2, 2, 1], [5, 5, 5]], np.float32
+    )
+    pred, conf, mask, cont = kernel_ref.decide(x, 0.0, "margin")
+    assert pred.tolist() == [-1, -1, -1, 0, 0]
+    assert np.isnan(conf[:3]).all()
+    assert conf[3:].tolist() == [0.0, 0.0]
+    assert mask.tolist() == [False, False, False, True, True]
+    assert cont.tolist() == [0, 1, 2]
+
+
+def test_reference_policy_rules():
+    p = kernel_ref.Policy([0.8, 0.9], [1.0, 2.0, 4.0], ewma=0.5, accuracies=[0.5, 0.9, 0.8])
+    assert p.next(0, 0.85, 1.0, None) == kernel_ref.EXIT
+    assert p.next(0, math.nan, 1.0, 2.9) == kernel_ref.EXIT_BUDGET
+    assert p.next(0, 0.1, 1.0, 3.0) == kernel_ref.CONTINUE
+    assert p.lookup(100.0) == 1
+    assert p.lookup(0.5) is None
+    p.observe(0, 3.0)
+    assert p.costs_ms[0] == 2.0
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((2, 3)), np.zeros(3, np.float32), np.zeros((0, 3), np.float32)]
+)
+def test_reference_rejects_bad_logits(bad):
+    with pytest.raises((TypeError, ValueError)):
+        kernel_ref.confidence(bad)

@@ -1,0 +1,130 @@
+"""The plan file: round trip, and every fault named by file and JSON path."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeadapt.errors import InputError
+from edgeadapt.plan import load_plan, plan_to_doc, save_plan
+from edgeadapt.planner import Outcomes, make_plan
+
+
+@pytest.fixture(scope="module")
+def plan():
+    rng = np.random.default_rng(0)
+    difficulty = rng.random(600)
+    skill = np.array([0.4, 0.6, 0.75, 0.9])
+    correct = difficulty[:, None] < skill
+    conf = (
+        1 / (1 + np.exp(-4 * (skill - difficulty[:, None]) - rng.normal(size=(600, 4))))
+    ).astype(np.float32)
+    data = Outcomes(("s0", "s1", "s2", "s3"), correct, conf)
+    calib, held = data.split(0.5, 0)
+    return make_plan(
+        calib, held, [0.1, 0.2, 0.3, 0.4], manifest_sha256="0" * 64, max_states=3, max_drop=0.01
+    )
+
+
+def test_round_trip(tmp_path, plan):
+    path = tmp_path / "plan.json"
+    save_plan(path, plan)
+    assert load_plan(path) == plan
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "edgeadapt-plan"
+    assert doc["version"] == 1
+    assert doc["state_names"] == [plan.bundle_states[i] for i in plan.states]
+
+
+def test_summary_keys(plan):
+    summary = plan.summary()
+    assert {"states", "thresholds", "accuracy", "cost", "oracle", "gap_closure"} <= summary.keys()
+    json.dumps(summary, allow_nan=False)
+
+
+def edit(doc, path, value):
+    *parents, last = path
+    for key in parents:
+        doc = doc[key]
+    if value is KeyError:
+        del doc[last]
+    else:
+        doc[last] = value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where"),
+    [
+        (["version"], 2, r"\$\.version"),
+        (["format"], "edgeadapt-profile", r"\$\.format"),
+        (["thresholds", 0], 1.5, r"\$\.thresholds\[0\]"),
+        (["thresholds", 0], -0.1, r"\$\.thresholds\[0\]"),
+        (["thresholds", 0], "0.5", r"\$\.thresholds\[0\]: expected int or float"),
+        (["thresholds", 0], True, r"\$\.thresholds\[0\]: expected int or float"),
+        (["thresholds"], [], r"\$\.thresholds: expected \d numbers"),
+        (["states"], [2, 1], r"\$\.states: .*increasing"),
+        (["states"], [0, 9], r"\$\.states: .*out of range"),
+        (["states"], [], r"\$\.states: must keep"),
+        (["states"], "0,1", r"\$\.states: expected list"),
+        (["states", 0], 0.0, r"\$\.states\[0\]: expected int"),
+        (["state_names", 0], "other", r"\$\.state_names"),
+        (["cost_ms", 0], -1.0, r"\$\.cost_ms\[0\]"),
+        (["measure"], "logits", r"\$\.measure: must be one of"),
+        (["bundle", "kind"], "tree", r"\$\.bundle\.kind"),
+        (["bundle", "manifest_sha256"], "abc", r"\$\.bundle\.manifest_sha256"),
+        (["bundle", "states"], ["a", "a", "b", "c"], r"\$\.bundle\.states"),
+        (["budget"], [], r"\$\.budget: must hold"),
+        (["budget", 0, "state"], 99, r"\$\.budget\[0\]\.state: state 99 is not kept"),
+        (
+            ["budget", 0, "budget_ms"],
+            1e9,
+            r"\$\.budget\[1\]: budget_ms must be strictly increasing",
+        ),
+        (["heldout", "delta"], 0.0, r"\$\.heldout\.delta"),
+        (["heldout", "n"], 0, r"\$\.heldout\.n"),
+        (["calibration", "accuracy"], 1.2, r"\$\.calibration\.accuracy"),
+        (["gap_closure"], "high", r"\$\.gap_closure"),
+        (["oracle"], KeyError, r"\$\.oracle: missing required field"),
+        (["search", "method"], "greedy", r"\$\.search\.method"),
+    ],
+)
+def test_faults_name_file_and_path(tmp_path, plan, path, value, where):
+    doc = plan_to_doc(plan)
+    assert len(doc["budget"]) >= 2 or "budget_ms" not in path
+    edit(doc, path, value)
+    bad = tmp_path / "bad-plan.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=where) as info:
+        load_plan(bad)
+    assert "bad-plan.json" in str(info.value)
+
+
+def test_nan_threshold_is_refused_on_read_and_write(tmp_path, plan):
+    doc = plan_to_doc(plan)
+    text = json.dumps(doc).replace(json.dumps(doc["thresholds"][0]), "NaN", 1)
+    bad = tmp_path / "nan.json"
+    bad.write_text(text)
+    with pytest.raises(InputError, match="NaN is not allowed"):
+        load_plan(bad)
+    nan_plan = type(plan)(**{**plan.__dict__, "thresholds": (float("nan"),) * len(plan.thresholds)})
+    with pytest.raises(InputError, match=r"\$\.thresholds\[0\]: must be finite"):
+        save_plan(tmp_path / "out.json", nan_plan)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_plan(tmp_path / "none.json")
+
+
+def test_threshold_range_follows_the_measure(tmp_path, plan):
+    doc = plan_to_doc(plan)
+    doc["measure"] = "entropy"  # negative entropy: thresholds <= 0
+    doc["thresholds"] = [-0.5] * len(doc["thresholds"])
+    ok = tmp_path / "entropy.json"
+    ok.write_text(json.dumps(doc))
+    assert load_plan(ok).thresholds == (-0.5,) * len(doc["thresholds"])
+    doc["thresholds"][0] = 0.5
+    ok.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"\$\.thresholds\[0\]: must be finite and <= 0.0"):
+        load_plan(ok)

@@ -1,0 +1,189 @@
+"""Planner: subset search, calibration on one split, figures on the other, budget table."""
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeadapt.calibrate import calibrate, simulate
+from edgeadapt.errors import InputError
+from edgeadapt.planner import (
+    Outcomes,
+    budget_state,
+    budget_table,
+    exact_oracle,
+    gap_closure,
+    make_plan,
+    subset_costs,
+)
+
+SHA = "ab" * 32
+
+
+def outcomes(n, s, seed, noise=1.0):
+    """Nested correctness, confidences correlated with it, rising cascade costs."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.random(n)
+    skill = np.sort(rng.uniform(0.2, 1.0, s))
+    correct = difficulty[:, None] < skill[None, :]
+    logit = 4 * (skill[None, :] - difficulty[:, None]) + noise * rng.normal(size=(n, s))
+    conf = (1 / (1 + np.exp(-logit))).astype(np.float32)
+    cost = np.cumsum(rng.uniform(0.1, 1.0, s))
+    return Outcomes(tuple(f"exit{i}" for i in range(s)), correct, conf), cost
+
+
+plans = st.tuples(
+    st.integers(40, 300),
+    st.integers(2, 5),
+    st.integers(0, 2**31),
+    st.integers(1, 4),
+    st.sampled_from([0.0, 0.01, 0.05]),
+    st.sampled_from(["early-exit", "ensemble"]),
+)
+
+
+@given(plans)
+def test_plan_keeps_the_drop_on_calibration_and_reports_heldout(args):
+    n, s, seed, k, max_drop, kind = args
+    data, cost = outcomes(n, s, seed)
+    calib, held = data.split(0.5, seed)
+    plan = make_plan(
+        calib, held, cost, manifest_sha256=SHA, kind=kind, max_states=k, max_drop=max_drop
+    )
+    assert plan.calibration.drop <= max_drop + 1e-12
+    assert 1 <= len(plan.states) <= k
+    assert list(plan.states) == sorted(set(plan.states))
+    assert len(plan.thresholds) == len(plan.states) - 1
+    # held-out figures are the simulated policy on the held-out split
+    cols = list(plan.states)
+    run = simulate(
+        held.conf[:, cols], held.correct[:, cols], np.array(plan.cost_ms), np.array(plan.thresholds)
+    )
+    assert plan.heldout.accuracy == pytest.approx(run.accuracy)
+    assert plan.heldout.cost_ms == pytest.approx(run.expected_cost)
+    assert plan.heldout.reference_accuracy == held.correct[:, plan.reference_state].mean()
+    assert plan.drop_bound >= plan.heldout.drop - 1e-12
+    assert (plan.r_oracle, plan.a_oracle) == exact_oracle(held.correct, cost)
+    # the budget table rises in cost and accuracy over kept states
+    assert {r.state for r in plan.budget} <= set(plan.states)
+    assert all(
+        a.budget_ms < b.budget_ms and a.accuracy < b.accuracy
+        for a, b in itertools.pairwise(plan.budget)
+    )
+
+
+@settings(max_examples=25)
+@given(
+    st.integers(30, 120),
+    st.integers(2, 4),
+    st.integers(0, 2**31),
+    st.sampled_from(["early-exit", "ensemble"]),
+)
+def test_search_is_no_worse_than_any_subset(n, s, seed, kind):
+    data, cost = outcomes(n, s, seed)
+    plan = make_plan(data, data, cost, manifest_sha256=SHA, kind=kind, max_states=s, max_drop=0.02)
+    ref = data.correct.mean(axis=0).max()
+    best = np.inf
+    for k in range(1, s + 1):
+        for states in itertools.combinations(range(s), k):
+            cols = list(states)
+            cal = calibrate(
+                data.conf[:, cols],
+                data.correct[:, cols],
+                subset_costs(cost, states, kind),
+                max_drop=0.02,
+                reference_accuracy=ref,
+                polish=False,
+            )
+            if cal.feasible:
+                best = min(best, cal.expected_cost)
+    assert plan.calibration.cost_ms <= best + 1e-9
+
+
+def test_gap_closure_is_one_when_the_policy_is_the_oracle():
+    data, cost = outcomes(400, 4, 5)
+    correct = data.correct
+    hopeless = ~correct.any(axis=1)
+    # confidence says exactly "this state is right"; hopeless samples are sure at once
+    conf = correct.astype(np.float32)
+    conf[hopeless, 0] = 1.0
+    perfect = Outcomes(data.names, correct, conf)
+    plan = make_plan(perfect, perfect, cost, manifest_sha256=SHA, max_states=4, max_drop=0.0)
+    assert plan.heldout.cost_ms == pytest.approx(plan.r_oracle)
+    assert plan.gap_closure == pytest.approx(1.0)
+
+
+def test_gap_closure_values():
+    assert gap_closure(10.0, 10.0, 4.0) == 0.0
+    assert gap_closure(10.0, 7.0, 4.0) == pytest.approx(0.5)
+    assert gap_closure(10.0, 7.0, 10.0) is None
+
+
+def test_exact_oracle_matches_a_loop():
+    data, cost = outcomes(200, 4, 3, noise=3.0)
+    correct = data.correct.copy()
+    correct[::7, 0] = True  # break nesting so the oracle beats the last state
+    r, a = exact_oracle(correct, cost)
+    per = [cost[row.argmax()] if row.any() else cost.min() for row in correct]
+    assert r == pytest.approx(np.mean(per))
+    assert a == correct.any(axis=1).mean()
+
+
+def test_budget_table_and_lookup():
+    costs = np.array([1.0, 2.0, 3.0, 4.0])
+    accuracy = np.array([0.5, 0.7, 0.6, 0.9])
+    table = budget_table(costs, accuracy, [0, 1, 2, 3])
+    assert [(r.budget_ms, r.state) for r in table] == [(1.0, 0), (2.0, 1), (4.0, 3)]
+    assert [budget_state(table, b) for b in (0.5, 1.0, 2.5, 3.9, 4.0, 99)] == [0, 0, 1, 1, 3, 3]
+
+
+def test_from_evaluation_and_split():
+    ev = SimpleNamespace(
+        labels=np.array([0, 1, 2, 1]),
+        pred=np.array([[0, 0], [1, 1], [0, 2], [2, 1]]),
+        conf=np.full((4, 2), 0.5, np.float32),
+        states=np.array(["a", "b"]),
+    )
+    o = Outcomes.from_evaluation(ev)
+    assert o.correct.tolist() == [[True, True], [True, True], [False, True], [False, True]]
+    calib, held = o.split(0.5, seed=1)
+    assert calib.n == held.n == 2
+    with pytest.raises(InputError, match="confidences"):
+        Outcomes.from_evaluation(SimpleNamespace(**{**ev.__dict__, "conf": None}))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_states": 0}, "max_states"),
+        ({"max_drop": -0.1}, "max_drop"),
+        ({"measure": "logits"}, "measure"),
+        ({"kind": "tree"}, "kind"),
+        ({"delta": 1.0}, "delta"),
+        ({"manifest_sha256": "xyz"}, "manifest_sha256"),
+        ({"state_costs_ms": [1.0, 2.0]}, "state_costs_ms"),
+        ({"state_costs_ms": [1.0, np.nan, 3.0]}, "state_costs_ms"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    data, cost = outcomes(50, 3, 0)
+    args = {"manifest_sha256": SHA, "state_costs_ms": cost, **kwargs}
+    costs = args.pop("state_costs_ms")
+    with pytest.raises(InputError, match=match):
+        make_plan(data, data, costs, **args)
+
+
+def test_confidences_must_fit_the_measure():
+    data, cost = outcomes(50, 3, 0)
+    with pytest.raises(InputError, match="entropy range"):
+        make_plan(data, data, cost, manifest_sha256=SHA, measure="entropy")
+
+
+def test_split_names_must_agree():
+    data, cost = outcomes(50, 3, 0)
+    other = Outcomes(("x", "y", "z"), data.correct, data.conf)
+    with pytest.raises(InputError, match="heldout"):
+        make_plan(data, other, cost, manifest_sha256=SHA)
