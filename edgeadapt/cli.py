@@ -59,7 +59,8 @@ def cli() -> None:
     compute how much any adaptive policy could save (bound, subset), pick states and
     thresholds (plan), and run the result under a latency budget (run).
 
-    Start with `edgeadapt demo`. Every command has --help; most take --json.
+    Try `edgeadapt bound --table examples/efficientnet-torchvision.csv`.
+    Every command has --help; most take --json.
     """
 
 

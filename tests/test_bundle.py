@@ -245,7 +245,8 @@ def test_killed_writer_leaves_previous_bundle(tmp_path):
     first = _ensemble(out, seed=0)
     script = textwrap.dedent(
         f"""
-        import os, signal
+        import os, signal, sys
+        sys.path.append({str(Path(__file__).resolve().parent.parent)!r})  # after the install
         import edgeadapt.bundle as b
         from tests.test_bundle import _ensemble
         real = b._save_model
@@ -256,8 +257,7 @@ def test_killed_writer_leaves_previous_bundle(tmp_path):
         _ensemble({str(out)!r}, seed=1, force=True)
         """
     )
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-c", script], cwd=root, check=False)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=False)
     assert proc.returncode == -9
     assert load_bundle(out).manifest_sha256 == first.manifest_sha256
     leftovers = [p for p in tmp_path.iterdir() if p.name != "fam"]

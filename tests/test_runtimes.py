@@ -101,12 +101,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 # --- registry and lazy imports ------------------------------------------------------
 
 
-def test_import_is_lazy() -> None:
+def test_import_is_lazy(tmp_path) -> None:
     code = (
         "import sys, edgeadapt.runtimes as r; r.runtime_names(); "
         "print([m for m in ('onnxruntime', 'openvino', 'tensorrt') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # cwd away from the checkout, so the installed package (not the source tree) is imported
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -27,6 +27,22 @@ def export() -> None:
     """Export a model into a bundle of states (per-exit ONNX steps + manifest)."""
 
 
+output_option = click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Bundle directory to write.",
+)
+force_option = click.option(
+    "--force", is_flag=True, help="Replace a different bundle already in the output directory."
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the bundle summary as JSON."
+)
+
+
 def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     heads: dict[str, str] = {}
     for v in values:
@@ -86,18 +102,9 @@ def _report(bundle_path: Path, as_json: bool) -> None:
     show_default=True,
     help="Trained heads: global average pooling or flatten (auto: flatten small activations).",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Bundle directory to write.",
-)
-@click.option(
-    "--force", is_flag=True, help="Replace a different bundle already in the output directory."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as JSON.")
+@output_option
+@force_option
+@json_option
 def export_onnx_cmd(
     model: Path,
     cuts: tuple[str, ...],
@@ -141,24 +148,15 @@ def export_onnx_cmd(
 
 @export.command("family")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Bundle directory to write.",
-)
+@output_option
 @click.option(
     "--name",
     "names",
     multiple=True,
     help="State name for each model, in the order given (default: file stems).",
 )
-@click.option(
-    "--force", is_flag=True, help="Replace a different bundle already in the output directory."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as JSON.")
+@force_option
+@json_option
 def export_family_cmd(
     models: tuple[Path, ...], out: Path, names: tuple[str, ...], force: bool, as_json: bool
 ) -> None:

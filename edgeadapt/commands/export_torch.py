@@ -17,7 +17,13 @@ from typing import Any
 
 import click
 
-from edgeadapt.commands.export import bundle_summary, export
+from edgeadapt.commands.export import (
+    bundle_summary,
+    export,
+    force_option,
+    json_option,
+    output_option,
+)
 from edgeadapt.errors import InputError
 
 #: Registered on the `export` group above, so nothing is top-level here.
@@ -94,18 +100,9 @@ def export_from_factory(factory: Any, out: Path, *, force: bool) -> Any:
     help="Python callable returning (stages, heads, example_input), (model, example_input) "
     "for a model with .stages/.heads, or ([models], example_input) for a family.",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Bundle directory to write.",
-)
-@click.option(
-    "--force", is_flag=True, help="Replace a different bundle already in the output directory."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the bundle summary as JSON.")
+@output_option
+@force_option
+@json_option
 def export_torch_cmd(factory: str, out: Path, force: bool, as_json: bool) -> None:
     """Export a PyTorch multi-exit model (or model family) built by --factory."""
     bundle = export_from_factory(load_factory(factory), out, force=force)
