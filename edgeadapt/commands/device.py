@@ -1,0 +1,215 @@
+"""`edgeadapt profile` and `edgeadapt evaluate`: the on-device measurement CLI.
+
+Thin: parse options, call `edgeadapt.profile` / `edgeadapt.evaluate`, show a progress
+bar on stderr, print an aligned table or (``--json``) one JSON object.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeadapt.errors import InputError
+
+_DIR = click.Path(file_okay=False, exists=True, path_type=Path)
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def _batches(value: str) -> list[int]:
+    """Parse ``1,8`` into distinct positive batch sizes."""
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(
+            f"expected comma-separated integers, got {value!r}", source="--batch"
+        ) from None
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise InputError(f"expected distinct positive integers, got {value!r}", source="--batch")
+    return sizes
+
+
+@contextmanager
+def _bar(label: str, total: int, show: bool) -> Iterator[Callable[[int, int], None]]:
+    """A click progress bar on stderr fed by `(done, total)` callbacks."""
+    if not show:
+
+        def ignore(done: int, total: int) -> None:
+            return None
+
+        yield ignore
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+
+        def update(done: int, _total: int) -> None:
+            bar.update(done - bar.pos)
+
+        yield update
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in lines
+    )
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    from edgeadapt.jsonio import dumps
+
+    click.echo(dumps(obj), nl=False)
+
+
+@click.command("profile")
+@click.argument("bundle_dir", metavar="BUNDLE", type=_DIR)
+@click.option("--runtime", default="onnxruntime", show_default=True, help="Backend to time.")
+@click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Backend threads."
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Untimed calls per step.",
+)
+@click.option(
+    "--iters", type=click.IntRange(min=1), default=None, help="Timed calls per step (fixed count)."
+)
+@click.option(
+    "--min-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Time each step for at least this long (default 0.5 s when --iters is not given).",
+)
+@click.option("-o", "--output", type=_FILE, help="Profile file [BUNDLE/profiles/<device>.json].")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as one JSON object.")
+def profile_cmd(
+    bundle_dir: Path,
+    runtime: str,
+    batch: str,
+    threads: int,
+    warmup: int,
+    iters: int | None,
+    min_seconds: float | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Time every step of BUNDLE on this device and write its profile (R_i table)."""
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import (
+        MIN_SAMPLES,
+        default_profile_path,
+        profile_bundle,
+        save_profile,
+        state_costs,
+    )
+
+    if iters is not None and min_seconds is not None:
+        raise InputError("give --iters or --min-seconds, not both", source="--iters")
+    if iters is not None and iters < MIN_SAMPLES:
+        raise InputError(f"must be >= {MIN_SAMPLES}, got {iters}", source="--iters")
+    batches = _batches(batch)
+    bundle = load_bundle(bundle_dir)
+    total = len(batches) * len(bundle.steps)
+    with _bar("profiling", total, show=not as_json) as progress:
+        prof = profile_bundle(
+            bundle,
+            runtime=runtime,
+            batches=batches,
+            threads=threads,
+            warmup=warmup,
+            iters=iters,
+            min_seconds=0.5 if min_seconds is None else min_seconds,
+            progress=progress,
+        )
+    path = output if output is not None else default_profile_path(bundle)
+    save_profile(path, prof)
+    if as_json:
+        _emit_json({**prof.to_json(), "path": str(path)})
+        return
+    rt = prof.device.get("runtime", {})
+    click.echo(
+        f"device {prof.device_id}: {prof.device['cpu']}, {rt.get('backend')} "
+        f"{rt.get('version')}, {threads} thread(s)"
+    )
+    rows = []
+    for b in prof.batches:
+        costs = state_costs(prof, bundle, batch=b)
+        for i, s in enumerate(prof.step_stats(b)):
+            rows.append(
+                [
+                    prof.states[i],
+                    str(b),
+                    *(f"{v:.4f}" for v in (s.p50, s.p90, s.p99, s.mean, s.std)),
+                    str(s.n),
+                    f"{costs[i]:.4f}",
+                ]
+            )
+    headers = ["state", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "n", "R_i ms"]
+    click.echo(_table(headers, rows))
+    if prof.noisy:
+        click.echo("noisy: " + "; ".join(prof.noise_reasons))
+    click.echo(f"wrote {path}")
+
+
+@click.command("evaluate")
+@click.argument("bundle_dir", metavar="BUNDLE", type=_DIR)
+@click.option("--data", "data", type=_FILE, required=True, help="npz with x (float) and y (int).")
+@click.option("--runtime", default="onnxruntime", show_default=True, help="Backend to run.")
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Samples per call."
+)
+@click.option("-o", "--output", type=_FILE, help="Evaluation file [BUNDLE/evaluation.npz].")
+@click.option("--json", "as_json", is_flag=True, help="Print the accuracies as one JSON object.")
+def evaluate_cmd(
+    bundle_dir: Path,
+    data: Path,
+    runtime: str,
+    batch: int,
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Run every state of BUNDLE on a labelled set and write the evaluation (.npz)."""
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.evaluate import evaluate_bundle, load_dataset
+    from edgeadapt.evaluation import save_evaluation
+
+    bundle = load_bundle(bundle_dir)
+    x, y = load_dataset(data, bundle)
+    with _bar("evaluating", int(x.shape[0]), show=not as_json) as progress:
+        ev = evaluate_bundle(
+            bundle, x, y, runtime=runtime, batch=batch, progress=progress, source=str(data)
+        )
+    path = output if output is not None else bundle.path / "evaluation.npz"
+    save_evaluation(path, ev)
+    accs = [float(a) for a in ev.accuracies]
+    oracle = float(ev.correct.any(axis=1).mean())
+    if as_json:
+        _emit_json(
+            {
+                "path": str(path),
+                "samples": int(ev.labels.shape[0]),
+                "states": list(ev.names),
+                "accuracy": accs,
+                "oracle_accuracy": oracle,
+            }
+        )
+        return
+    rows = [[n, f"{100 * a:.2f}%"] for n, a in zip(ev.names, accs, strict=True)]
+    click.echo(_table(["state", "accuracy"], rows))
+    click.echo(f"{ev.labels.shape[0]} samples; any state correct: {100 * oracle:.2f}%")
+    click.echo(f"wrote {path}")
+
+
+COMMANDS = [profile_cmd, evaluate_cmd]

@@ -1,0 +1,112 @@
+"""The evaluator: every state of a bundle on every sample of a labelled set.
+
+Runs the bundle batch by batch on a runtime (early-exit: step i reads the activation of
+step i-1, so one pass yields every state; ensemble: each member reads the input) and
+records per sample and state the predicted class (argmax of the logits) and the
+confidence (the largest softmax probability), as an `Evaluation`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edgeadapt.bundle import Bundle
+from edgeadapt.errors import InputError
+from edgeadapt.evaluation import Evaluation
+from edgeadapt.npzio import ArraySpec, load_npz
+
+__all__ = ["evaluate_bundle", "load_dataset", "softmax_confidence"]
+
+Progress = Callable[[int, int], None]
+
+
+def softmax_confidence(logits: np.ndarray) -> np.ndarray:
+    """The largest softmax probability of each row, computed stably in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (1.0 / e.sum(axis=1)).astype(np.float32)
+
+
+def _check_inputs(bundle: Bundle, x: np.ndarray, y: np.ndarray, source: str | None) -> None:
+    want = tuple(int(d) for d in bundle.input.shape[1:])
+    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+        raise InputError(
+            f"expected shape [N, {', '.join(map(str, want))}] (the bundle's input), got {x.shape}",
+            source=source,
+            field="x",
+        )
+    if x.shape[0] == 0:
+        raise InputError("no samples", source=source, field="x")
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.kind not in "iu":
+        raise InputError(
+            f"expected integer labels [{x.shape[0]}], got {y.dtype} {y.shape}",
+            source=source,
+            field="y",
+        )
+    if y.min() < 0 or y.max() >= bundle.num_classes:
+        raise InputError(
+            f"labels must lie in 0..{bundle.num_classes - 1}, got {y.min()}..{y.max()}",
+            source=source,
+            field="y",
+        )
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise InputError("contains NaN or infinity", source=source, field="x")
+
+
+def load_dataset(path: str | os.PathLike[str], bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled set for `bundle` from an npz: ``x`` float ``[N, *input shape]`` and ``y``
+    integer ``[N]``; errors name the file and the key."""
+    arrays = load_npz(path, {"x": ArraySpec("f", len(bundle.input.shape)), "y": ArraySpec("iu", 1)})
+    _check_inputs(bundle, arrays["x"], arrays["y"], str(path))
+    return arrays["x"], arrays["y"]
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    x: np.ndarray,
+    y: np.ndarray,
+    runtime: str = "onnxruntime",
+    batch: int = 256,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    source: str | None = None,
+) -> Evaluation:
+    """Run every state of `bundle` on `x` in batches of `batch`; `y` are the labels.
+
+    `progress(done, total)` is called after each batch with the samples done so far.
+    `source` names the data file in errors about `x` and `y`.
+    """
+    from edgeadapt.runtimes import get_runtime
+
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise InputError(f"must be a positive integer, got {batch!r}", source="batch")
+    x, y = np.asarray(x), np.asarray(y)
+    _check_inputs(bundle, x, y, source)
+    x = x.astype(np.dtype(bundle.input.dtype), copy=False)
+    options: dict[str, Any] = {} if threads is None else {"threads": threads}
+    rt = get_runtime(runtime, **options)
+    n, s = x.shape[0], len(bundle.steps)
+    pred = np.empty((n, s), dtype=np.int64)
+    conf = np.empty((n, s), dtype=np.float32)
+    sessions = [rt.load(step.path) for step in bundle.steps]
+    try:
+        for lo in range(0, n, int(batch)):
+            hi = min(lo + int(batch), n)
+            tensors: dict[str, np.ndarray] = {bundle.input.name: np.ascontiguousarray(x[lo:hi])}
+            for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
+                tensors.update(session.run({k: tensors[k] for k in step.inputs}))
+                logits = tensors[step.logits]
+                pred[lo:hi, i] = logits.argmax(axis=1)
+                conf[lo:hi, i] = softmax_confidence(logits)
+            if progress is not None:
+                progress(hi, n)
+    finally:
+        for session in sessions:
+            session.close()
+    names = np.array([st.name for st in bundle.states], dtype=str)
+    return Evaluation(y.astype(np.int64), pred, names, conf)

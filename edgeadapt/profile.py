@@ -1,0 +1,432 @@
+"""The profiler: what every step of a bundle costs on this device, and the profile format.
+
+`profile_bundle` loads each step in the chosen runtime, feeds it the real activation of
+the previous step (computed once from a random input of the bundle's input shape, so
+input generation stays outside the timed loop), warms it up, then times each call with
+`time.perf_counter_ns` (a fixed number of iterations, or until `min_seconds` have
+passed). The profile holds, per batch size and step, p50/p90/p99/mean/std/n in ms, the
+device fingerprint with temperatures and clocks before and after, a noise flag, and the
+sha256 of the bundle's manifest, so it is refused for any other bundle.
+
+File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
+
+    {"bundle": {"manifest_sha256", "kind", "states": [names]},
+     "device": fingerprint (see edgeadapt.device), "measured_at": ISO time,
+     "settings": {"runtime", "threads", "warmup", "iters", "min_seconds"},
+     "before"/"after": {"temperatures", "clock"}, "noise": {"noisy", "reasons"},
+     "batches": [{"batch": 1, "steps": [{"p50_ms", "p90_ms", "p99_ms", "mean_ms",
+                                          "std_ms", "min_ms", "n"}, ...]}, ...]}
+
+`state_costs` turns a profile into the `R_i` of each state (the cascade sum for
+early-exit bundles, the member's own cost for ensembles); `flops_costs` gives the
+device-independent view from the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeadapt.bundle import Bundle
+from edgeadapt.device import clock_state, device_id, fingerprint, temperatures
+from edgeadapt.errors import InputError
+from edgeadapt.jsonio import Fields, read_json, write_json
+
+__all__ = [
+    "MIN_SAMPLES",
+    "DeviceMismatchWarning",
+    "Profile",
+    "StepStats",
+    "default_profile_path",
+    "flops_costs",
+    "load_profile",
+    "profile_bundle",
+    "save_profile",
+    "state_costs",
+]
+
+FORMAT = "edgeadapt-profile"
+VERSION = 1
+#: Fewer timed calls than this per step give percentiles too rough to plan on.
+MIN_SAMPLES = 10
+#: A step whose p90 exceeds its p50 by this factor marks the profile noisy.
+SPREAD_LIMIT = 1.5
+#: A clock that moved by more than this share between start and end marks it noisy.
+CLOCK_LIMIT = 0.10
+STATS = ("p50", "p90", "p99", "mean", "std", "min")
+VIEWS = ("cascade", "step")
+
+Progress = Callable[[int, int], None]
+
+
+class DeviceMismatchWarning(UserWarning):
+    """A profile measured on another device was loaded here."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Timing statistics of one step at one batch size, in milliseconds."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    n: int
+
+    @classmethod
+    def from_ns(cls, samples_ns: np.ndarray) -> StepStats:
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        # rounded to the nanosecond, the timer's resolution, so a saved profile reads back equal
+        values = (p50, p90, p99, ms.mean(), ms.std(), ms.min())
+        return cls(**{k: round(float(v), 6) for k, v in zip(STATS, values, strict=True)}, n=ms.size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f"{k}_ms": getattr(self, k) for k in STATS} | {"n": self.n}
+
+    def get(self, stat: str) -> float:
+        if stat not in STATS:
+            raise InputError(f"must be one of {', '.join(STATS)}, got {stat!r}", source="stat")
+        return float(getattr(self, stat))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A measured cost table of one bundle on one device/backend (see the module docstring)."""
+
+    manifest_sha256: str
+    kind: str
+    states: tuple[str, ...]
+    device: dict[str, Any]
+    measured_at: str
+    settings: dict[str, Any]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    noisy: bool
+    noise_reasons: tuple[str, ...]
+    steps: dict[int, tuple[StepStats, ...]]
+    source: str | None = None
+
+    @property
+    def device_id(self) -> str:
+        return str(self.device.get("device_id", "unknown"))
+
+    @property
+    def batches(self) -> tuple[int, ...]:
+        return tuple(sorted(self.steps))
+
+    def step_stats(self, batch: int = 1) -> tuple[StepStats, ...]:
+        """The statistics of every step at `batch` (an `InputError` if it was not measured)."""
+        if batch not in self.steps:
+            raise InputError(
+                f"batch {batch} was not profiled (has {list(self.batches)})",
+                source=self.source,
+                field="batches",
+            )
+        return self.steps[batch]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "bundle": {
+                "manifest_sha256": self.manifest_sha256,
+                "kind": self.kind,
+                "states": list(self.states),
+            },
+            "device": self.device,
+            "measured_at": self.measured_at,
+            "settings": self.settings,
+            "before": self.before,
+            "after": self.after,
+            "noise": {"noisy": self.noisy, "reasons": list(self.noise_reasons)},
+            "batches": [
+                {"batch": b, "steps": [s.to_json() for s in self.steps[b]]} for b in self.batches
+            ],
+        }
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def _positive(value: Any, option: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"must be an integer >= {minimum}, got {value!r}", source=option)
+    return int(value)
+
+
+def _random_input(bundle: Bundle, batch: int, rng: np.random.Generator) -> np.ndarray:
+    shape = (batch, *(int(d) for d in bundle.input.shape[1:]))
+    dtype = np.dtype(bundle.input.dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    return rng.integers(0, 2, size=shape).astype(dtype)
+
+
+def _time_step(
+    run: Callable[[], Any], warmup: int, iters: int | None, min_seconds: float
+) -> np.ndarray:
+    """Warm up, then time `run` per call: `iters` calls, or until `min_seconds` have passed
+    (and at least MIN_SAMPLES calls)."""
+    for _ in range(warmup):
+        run()
+    clock = time.perf_counter_ns
+    if iters is not None:
+        out = np.empty(iters, dtype=np.int64)
+        for k in range(iters):
+            t0 = clock()
+            run()
+            out[k] = clock() - t0
+        return out
+    samples: list[int] = []
+    deadline = clock() + int(min_seconds * 1e9)
+    while len(samples) < MIN_SAMPLES or clock() < deadline:
+        t0 = clock()
+        run()
+        samples.append(clock() - t0)
+    return np.asarray(samples, dtype=np.int64)
+
+
+def _noise(
+    steps: dict[int, tuple[StepStats, ...]], before: dict[str, Any], after: dict[str, Any]
+) -> list[str]:
+    reasons = []
+    for batch, stats in steps.items():
+        for i, s in enumerate(stats):
+            if s.p50 > 0 and s.p90 / s.p50 > SPREAD_LIMIT:
+                reasons.append(
+                    f"step {i} at batch {batch}: p90/p50 = {s.p90 / s.p50:.2f} > {SPREAD_LIMIT}"
+                )
+    c0, c1 = before["clock"], after["clock"]
+    if c0.get("governor") != c1.get("governor"):
+        reasons.append(f"governor changed: {c0.get('governor')} -> {c1.get('governor')}")
+    f0, f1 = c0.get("cur_mhz"), c1.get("cur_mhz")
+    if f0 and f1 and abs(f1 - f0) / f0 > CLOCK_LIMIT:
+        reasons.append(f"clock moved: {f0:.0f} -> {f1:.0f} MHz")
+    return reasons
+
+
+def _snapshot() -> dict[str, Any]:
+    return {"temperatures": temperatures(), "clock": clock_state()}
+
+
+def profile_bundle(
+    bundle: Bundle,
+    runtime: str = "onnxruntime",
+    batches: Sequence[int] = (1,),
+    threads: int = 1,
+    warmup: int = 20,
+    iters: int | None = None,
+    min_seconds: float = 0.5,
+    progress: Progress | None = None,
+    seed: int = 0,
+) -> Profile:
+    """Time every step of `bundle` at each batch size on `runtime` with `threads` threads.
+
+    Each step gets `warmup` untimed calls, then `iters` timed calls (at least
+    MIN_SAMPLES), or with `iters=None` as many as fit in `min_seconds` (at least
+    MIN_SAMPLES). `progress(done, total)` is called after each (batch, step).
+    """
+    from edgeadapt.runtimes import get_runtime
+
+    batch_list = [_positive(b, "batch") for b in batches]
+    if not batch_list or len(set(batch_list)) != len(batch_list):
+        raise InputError(f"need distinct batch sizes, got {list(batches)}", source="batch")
+    threads = _positive(threads, "threads")
+    warmup = _positive(warmup, "warmup", minimum=0)
+    if iters is not None:
+        iters = _positive(iters, "iters", minimum=MIN_SAMPLES)
+    if isinstance(min_seconds, bool) or not isinstance(min_seconds, (int, float)):
+        raise InputError(f"must be a number, got {min_seconds!r}", source="min_seconds")
+    if not (min_seconds > 0 and np.isfinite(min_seconds)):
+        raise InputError(f"must be a positive number, got {min_seconds!r}", source="min_seconds")
+
+    rt = get_runtime(runtime, threads=threads)
+    rng = np.random.default_rng(seed)
+    before = _snapshot()
+    measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    total, done = len(batch_list) * len(bundle.steps), 0
+    sessions = [rt.load(s.path) for s in bundle.steps]
+    try:
+        results: dict[int, tuple[StepStats, ...]] = {}
+        for batch in batch_list:
+            tensors: dict[str, np.ndarray] = {bundle.input.name: _random_input(bundle, batch, rng)}
+            stats = []
+            for step, session in zip(bundle.steps, sessions, strict=True):
+                feeds = {name: tensors[name] for name in step.inputs}
+                tensors.update(session.run(feeds, check=True))
+                samples = _time_step(
+                    partial(session.run, feeds, check=False), warmup, iters, min_seconds
+                )
+                stats.append(StepStats.from_ns(samples))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            results[batch] = tuple(stats)
+    finally:
+        for session in sessions:
+            session.close()
+    after = _snapshot()
+    reasons = _noise(results, before, after)
+    return Profile(
+        manifest_sha256=bundle.manifest_sha256,
+        kind=bundle.kind,
+        states=tuple(s.name for s in bundle.states),
+        device=fingerprint(rt.describe()),
+        measured_at=measured_at,
+        settings={
+            "runtime": runtime,
+            "threads": threads,
+            "warmup": warmup,
+            "iters": iters,
+            "min_seconds": None if iters is not None else float(min_seconds),
+            "seed": seed,
+        },
+        before=before,
+        after=after,
+        noisy=bool(reasons),
+        noise_reasons=tuple(reasons),
+        steps=results,
+    )
+
+
+# ------------------------------------------------------------------ costs
+
+
+def state_costs(
+    profile: Profile, bundle: Bundle, batch: int = 1, stat: str = "p50", view: str = "cascade"
+) -> list[float]:
+    """`R_i` of each state in ms: ``cascade`` (the default) is what a sequential run pays,
+    steps 0..i for early-exit bundles and the member alone for ensembles; ``step`` is each
+    step alone."""
+    check_profile(profile, bundle)
+    if view not in VIEWS:
+        raise InputError(f"must be one of {', '.join(VIEWS)}, got {view!r}", source="view")
+    per_step = [s.get(stat) for s in profile.step_stats(batch)]
+    if view == "step" or bundle.kind == "ensemble":
+        return per_step
+    return [float(x) for x in np.cumsum(per_step)]
+
+
+def flops_costs(bundle: Bundle, view: str = "cascade") -> list[float]:
+    """Device-independent state costs from the manifest's FLOPs: ``cascade`` (steps 0..i)
+    or the paper's ``direct`` view (stages 0..i plus head i only); ensembles: own FLOPs."""
+    if view not in ("cascade", "direct"):
+        raise InputError(f"must be cascade or direct, got {view!r}", source="view")
+    if bundle.kind == "ensemble" or view == "cascade":
+        return [float(f) for f in bundle.flops]
+    stages = np.cumsum(bundle.stage_flops)
+    return [float(stages[i] + s.head_flops) for i, s in enumerate(bundle.steps)]
+
+
+# ------------------------------------------------------------------ the file
+
+
+def default_profile_path(bundle: Bundle) -> Path:
+    """``BUNDLE/profiles/<device-id>.json``."""
+    return bundle.path / "profiles" / f"{device_id()}.json"
+
+
+def save_profile(path: str | os.PathLike[str], profile: Profile) -> None:
+    """Write a profile atomically."""
+    write_json(path, profile.to_json())
+
+
+def check_profile(profile: Profile, bundle: Bundle) -> None:
+    """Refuse a profile measured for another bundle (manifest sha256 or step count differ)."""
+    if profile.manifest_sha256 != bundle.manifest_sha256:
+        raise InputError(
+            f"was measured for another bundle (manifest sha256 {profile.manifest_sha256[:12]}..., "
+            f"{bundle.path} has {bundle.manifest_sha256[:12]}...); profile this bundle again",
+            source=profile.source,
+            field="$.bundle.manifest_sha256",
+        )
+    if len(profile.states) != len(bundle.steps):
+        raise InputError(
+            f"has {len(profile.states)} states, the bundle {len(bundle.steps)}",
+            source=profile.source,
+            field="$.bundle.states",
+        )
+
+
+def _stats(f: Fields) -> StepStats:
+    values = {k: f.number(f"{k}_ms", minimum=0.0) for k in STATS}
+    n = f.get("n", int)
+    if n < MIN_SAMPLES:
+        f.fail(f"too few samples: {n} < {MIN_SAMPLES}; profile again with more --iters", "n")
+    return StepStats(n=n, **values)
+
+
+def _parse(doc: dict[str, Any], source: str) -> Profile:
+    f = Fields(doc, source=source)
+    b = f.child("bundle")
+    sha = b.get("manifest_sha256", str)
+    kind = b.get("kind", str)
+    states = b.get("states", list)
+    if not states or not all(isinstance(s, str) for s in states):
+        b.fail("expected a non-empty list of state names", "states")
+    device = f.get("device", dict)
+    steps: dict[int, tuple[StepStats, ...]] = {}
+    entries = f.items("batches")
+    if not entries:
+        f.fail("no batch sizes measured", "batches")
+    for e in entries:
+        batch = e.get("batch", int, check=lambda v: None if v >= 1 else "must be >= 1")
+        if batch in steps:
+            e.fail(f"batch {batch} listed twice", "batch")
+        stats = e.items("steps")
+        if len(stats) != len(states):
+            e.fail(f"has {len(stats)} steps, the bundle {len(states)}", "steps")
+        steps[batch] = tuple(_stats(s) for s in stats)
+    noise = f.child("noise")
+    reasons = noise.get("reasons", list)
+    return Profile(
+        manifest_sha256=sha,
+        kind=kind,
+        states=tuple(states),
+        device=device,
+        measured_at=f.get("measured_at", str),
+        settings=f.get("settings", dict),
+        before=f.get("before", dict),
+        after=f.get("after", dict),
+        noisy=noise.get("noisy", bool),
+        noise_reasons=tuple(str(r) for r in reasons),
+        steps=steps,
+        source=source,
+    )
+
+
+def load_profile(
+    path: str | os.PathLike[str], bundle: Bundle | None = None, *, check_device: bool = True
+) -> Profile:
+    """Read and validate a profile; with `bundle`, refuse one measured for another bundle.
+
+    Steps with fewer than MIN_SAMPLES timed calls are refused. A profile from another
+    device is accepted with a `DeviceMismatchWarning` naming both devices.
+    """
+    profile = _parse(read_json(path, fmt=FORMAT, versions=[VERSION]), str(path))
+    if bundle is not None:
+        check_profile(profile, bundle)
+    here = device_id()
+    if check_device and profile.device_id != here:
+        warnings.warn(
+            f"{path}: profile measured on device {profile.device_id!r} "
+            f"({profile.device.get('cpu', '?')}), this device is {here!r}; "
+            "its costs may not hold here",
+            DeviceMismatchWarning,
+            stacklevel=2,
+        )
+    return profile

@@ -1,0 +1,132 @@
+"""`edgeadapt profile` and `edgeadapt evaluate`: files written, output, exit code 2."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeadapt.bundle import load_bundle
+from edgeadapt.cli import cli
+from edgeadapt.device import device_id
+from edgeadapt.evaluation import load_evaluation
+from edgeadapt.profile import load_profile
+
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+MULTIEXIT = BUNDLES / "mnist1d-multiexit"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    """A private copy of the shipped bundle, so default outputs land in tmp_path."""
+    return Path(
+        shutil.copytree(
+            MULTIEXIT, tmp_path / "b", ignore=shutil.ignore_patterns("profiles", "*.npz")
+        )
+    )
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=rng.standard_normal((40, 1, 40)).astype(np.float32), y=rng.integers(0, 10, 40))
+    return path
+
+
+def test_profile_writes_a_valid_file_at_the_default_place(bundle_dir):
+    result = run("profile", bundle_dir, "--iters", 10, "--warmup", 1, "--batch", "1,2", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    path = bundle_dir / "profiles" / f"{device_id()}.json"
+    assert doc["path"] == str(path)
+    assert doc["format"] == "edgeadapt-profile"
+    assert [b["batch"] for b in doc["batches"]] == [1, 2]
+    prof = load_profile(path, load_bundle(bundle_dir))
+    assert prof.batches == (1, 2)
+    assert all(s.n == 10 for s in prof.step_stats(2))
+
+
+def test_profile_prints_a_table(bundle_dir, tmp_path):
+    out = tmp_path / "p.json"
+    result = run("profile", bundle_dir, "--iters", 10, "--warmup", 0, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "p50 ms" in result.output
+    assert "R_i ms" in result.output
+    for name in ("exit0", "exit1", "exit2", "exit3"):
+        assert name in result.output
+    assert f"wrote {out}" in result.output
+    load_profile(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch", "0"], "--batch"),
+        (["--batch", "1,x"], "--batch"),
+        (["--batch", "2,2"], "--batch"),
+        (["--threads", "-1"], "--threads"),
+        (["--threads", "0"], "--threads"),
+        (["--warmup", "-1"], "--warmup"),
+        (["--iters", "5"], "--iters"),
+        (["--iters", "10", "--min-seconds", "1"], "--iters"),
+        (["--min-seconds", "0"], "--min-seconds"),
+        (["--runtime", "nope", "--iters", "10"], "nope"),
+    ],
+)
+def test_profile_bad_values_exit_2(bundle_dir, args, message):
+    result = run("profile", bundle_dir, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (bundle_dir / "profiles").exists()
+
+
+def test_evaluate_writes_the_evaluation(bundle_dir, data, tmp_path):
+    out = tmp_path / "e.npz"
+    result = run("evaluate", bundle_dir, "--data", data, "--batch", 16, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    ev = load_evaluation(out)
+    assert ev.pred.shape == (40, 4)
+    assert doc["states"] == list(ev.names)
+    assert doc["accuracy"] == pytest.approx(list(ev.accuracies))
+    assert doc["samples"] == 40
+
+
+def test_evaluate_human_output_and_default_path(bundle_dir, data):
+    result = run("evaluate", bundle_dir, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output
+    assert load_evaluation(bundle_dir / "evaluation.npz").pred.shape == (40, 4)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "key"),
+    [
+        ({"x": np.zeros((4, 1, 40), np.float32)}, "y"),
+        ({"y": np.zeros(4, int)}, "x"),
+        ({"x": np.zeros((4, 1, 40), int), "y": np.zeros(4, int)}, "x"),
+        ({"x": np.zeros((4, 1, 41), np.float32), "y": np.zeros(4, int)}, "x"),
+        ({"x": np.zeros((4, 1, 40), np.float32), "y": np.zeros(5, int)}, "y"),
+        ({"x": np.zeros((4, 1, 40), np.float32), "y": np.full(4, 99)}, "y"),
+    ],
+)
+def test_evaluate_bad_data_names_the_key(bundle_dir, tmp_path, arrays, key):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    result = run("evaluate", bundle_dir, "--data", path)
+    assert result.exit_code == 2, result.output
+    assert f"{path}: {key}:" in result.output
+
+
+def test_evaluate_bad_batch_and_missing_file_exit_2(bundle_dir, data, tmp_path):
+    assert run("evaluate", bundle_dir, "--data", data, "--batch", 0).exit_code == 2
+    result = run("evaluate", bundle_dir, "--data", tmp_path / "none.npz")
+    assert result.exit_code == 2
+    assert "file not found" in result.output

@@ -1,0 +1,98 @@
+"""The evaluator: every state on every sample, matching a direct ONNX Runtime run."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from edgeadapt.bundle import load_bundle
+from edgeadapt.errors import InputError
+from edgeadapt.evaluate import evaluate_bundle, softmax_confidence
+
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+
+
+def direct_logits(bundle, x):
+    """Each state's logits from plain ORT sessions over the whole set at once."""
+    tensors = {bundle.input.name: x}
+    logits = []
+    for step in bundle.steps:
+        sess = ort.InferenceSession(str(step.path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        out = sess.run(names, {k: tensors[k] for k in step.inputs})
+        tensors.update(zip(names, out, strict=True))
+        logits.append(tensors[step.logits])
+    return logits
+
+
+@pytest.mark.parametrize("name", ["mnist1d-multiexit", "mnist1d-family"])
+def test_every_state_matches_a_direct_run(name):
+    bundle = load_bundle(BUNDLES / name)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 1, 40)).astype(np.float32)
+    y = rng.integers(0, bundle.num_classes, 50)
+    seen = []
+    ev = evaluate_bundle(bundle, x, y, batch=16, progress=lambda d, t: seen.append((d, t)))
+    s = len(bundle.states)
+    assert ev.pred.shape == ev.conf.shape == (50, s)
+    assert list(ev.names) == [st.name for st in bundle.states]
+    np.testing.assert_array_equal(ev.labels, y)
+    assert seen == [(16, 50), (32, 50), (48, 50), (50, 50)]
+    for i, logits in enumerate(direct_logits(bundle, x)):
+        np.testing.assert_array_equal(ev.pred[:, i], logits.argmax(axis=1))
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(
+            ev.conf[:, i], (e / e.sum(axis=1, keepdims=True)).max(axis=1), rtol=1e-5
+        )
+    assert np.all((ev.conf > 1.0 / bundle.num_classes - 1e-6) & (ev.conf <= 1.0 + 1e-6))
+
+
+@pytest.fixture(scope="module")
+def multiexit():
+    return load_bundle(BUNDLES / "mnist1d-multiexit")
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "where"),
+    [
+        (np.zeros((4, 40), np.float32), np.zeros(4, int), "x"),
+        (np.zeros((4, 1, 39), np.float32), np.zeros(4, int), "x"),
+        (np.zeros((0, 1, 40), np.float32), np.zeros(0, int), "x"),
+        (np.full((2, 1, 40), np.nan, np.float32), np.zeros(2, int), "x"),
+        (np.zeros((4, 1, 40), np.float32), np.zeros(3, int), "y"),
+        (np.zeros((4, 1, 40), np.float32), np.full(4, 10), "y"),
+        (np.zeros((4, 1, 40), np.float32), np.full(4, -1), "y"),
+        (np.zeros((4, 1, 40), np.float32), np.zeros(4, np.float32), "y"),
+    ],
+)
+def test_bad_data_names_the_key(multiexit, x, y, where):
+    with pytest.raises(InputError, match=rf"data\.npz: {where}:"):
+        evaluate_bundle(multiexit, x, y, source="data.npz")
+
+
+@pytest.mark.parametrize("batch", [0, -3, True])
+def test_bad_batch_is_refused(multiexit, batch):
+    x = np.zeros((2, 1, 40), np.float32)
+    with pytest.raises(InputError, match="batch"):
+        evaluate_bundle(multiexit, x, np.zeros(2, int), batch=batch)
+
+
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 5), st.integers(2, 12)),
+        elements=st.floats(-1e4, 1e4, width=32),
+    )
+)
+def test_softmax_confidence_is_the_top_probability(logits):
+    conf = softmax_confidence(logits)
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(conf, p.max(axis=1), rtol=1e-6)
+    assert np.all(conf >= 1.0 / logits.shape[1] - 1e-6)
+    assert np.all(conf <= 1.0)

@@ -1,0 +1,239 @@
+"""The profiler and the profile format: statistics, costs, validation, device warnings."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeadapt.bundle import load_bundle
+from edgeadapt.device import device_id, fingerprint, temperatures
+from edgeadapt.errors import InputError
+from edgeadapt.profile import (
+    MIN_SAMPLES,
+    DeviceMismatchWarning,
+    StepStats,
+    default_profile_path,
+    flops_costs,
+    load_profile,
+    profile_bundle,
+    save_profile,
+    state_costs,
+)
+
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+
+
+@pytest.fixture(scope="module")
+def multiexit():
+    return load_bundle(BUNDLES / "mnist1d-multiexit")
+
+
+@pytest.fixture(scope="module")
+def family():
+    return load_bundle(BUNDLES / "mnist1d-family")
+
+
+@pytest.fixture(scope="module")
+def prof(multiexit):
+    return profile_bundle(multiexit, batches=(1, 3), warmup=2, iters=MIN_SAMPLES)
+
+
+@pytest.fixture
+def saved(prof, tmp_path):
+    path = tmp_path / "p.json"
+    save_profile(path, prof)
+    return path
+
+
+def edit(path, change):
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_profile_measures_every_step_and_batch(prof, multiexit):
+    assert prof.batches == (1, 3)
+    assert prof.manifest_sha256 == multiexit.manifest_sha256
+    assert prof.states == tuple(s.name for s in multiexit.states)
+    for b in prof.batches:
+        stats = prof.step_stats(b)
+        assert len(stats) == len(multiexit.steps)
+        for s in stats:
+            assert s.n == MIN_SAMPLES
+            assert 0 < s.min <= s.p50 <= s.p90 <= s.p99
+            assert s.std >= 0
+    assert prof.device["device_id"] == device_id()
+    assert prof.device["runtime"]["backend"] == "onnxruntime"
+    assert prof.device["runtime"]["threads"] == 1
+    assert set(prof.before) == set(prof.after) == {"temperatures", "clock"}
+    assert prof.noisy == bool(prof.noise_reasons)
+
+
+def test_min_seconds_mode_takes_at_least_min_samples(multiexit):
+    p = profile_bundle(multiexit, warmup=0, min_seconds=0.001)
+    assert all(s.n >= MIN_SAMPLES for s in p.step_stats(1))
+    assert p.settings["iters"] is None
+    assert p.settings["min_seconds"] == 0.001
+
+
+def test_progress_reports_every_step(multiexit):
+    seen = []
+    profile_bundle(
+        multiexit,
+        batches=(1, 2),
+        warmup=0,
+        iters=MIN_SAMPLES,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert seen == [(i, 8) for i in range(1, 9)]
+
+
+def test_round_trip(prof, saved, multiexit):
+    back = load_profile(saved, multiexit)
+    assert back.steps == prof.steps
+    assert back.device == prof.device
+    assert back.noisy == prof.noisy
+    assert back.source == str(saved)
+
+
+def test_refused_for_another_bundle(saved, family):
+    with pytest.raises(
+        InputError, match=r"another bundle.*manifest_sha256|manifest_sha256.*another"
+    ):
+        load_profile(saved, family)
+
+
+def test_refused_with_too_few_samples(saved, multiexit):
+    def few(doc):
+        doc["batches"][0]["steps"][2]["n"] = MIN_SAMPLES - 1
+
+    with pytest.raises(InputError, match=r"\$\.batches\[0\]\.steps\[2\]\.n.*too few samples"):
+        load_profile(edit(saved, few), multiexit)
+
+
+def test_other_device_warns_naming_both(saved, multiexit):
+    def elsewhere(doc):
+        doc["device"]["device_id"] = "aarch64-jetson-orin-0000"
+
+    with pytest.warns(DeviceMismatchWarning, match="aarch64-jetson-orin-0000") as rec:
+        load_profile(edit(saved, elsewhere), multiexit)
+    assert device_id() in str(rec[0].message)
+
+
+def test_same_device_loads_without_warning(saved, multiexit):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_profile(saved, multiexit)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda d: d.pop("bundle"), r"\$\.bundle"),
+        (lambda d: d["batches"][0]["steps"][0].update(p50_ms=-1.0), r"p50_ms"),
+        (lambda d: d["batches"][0]["steps"].pop(), r"\$\.batches\[0\]\.steps"),
+        (lambda d: d["batches"].append(d["batches"][0]), r"\$\.batches\[2\]\.batch"),
+        (lambda d: d["batches"][0].update(batch=0), r"\$\.batches\[0\]\.batch"),
+        (lambda d: d["noise"].update(noisy="no"), r"\$\.noise\.noisy"),
+        (lambda d: d.update(format="edgeadapt-plan"), r"\$\.format"),
+    ],
+)
+def test_faulty_files_name_the_field(saved, change, where):
+    with pytest.raises(InputError, match=where):
+        load_profile(edit(saved, change))
+
+
+def test_state_costs_cascade_and_step(prof, multiexit):
+    steps = [s.p50 for s in prof.step_stats(1)]
+    assert state_costs(prof, multiexit) == pytest.approx(np.cumsum(steps))
+    assert state_costs(prof, multiexit, view="step") == pytest.approx(steps)
+    p90 = state_costs(prof, multiexit, batch=3, stat="p90")
+    assert p90 == pytest.approx(np.cumsum([s.p90 for s in prof.step_stats(3)]))
+    with pytest.raises(InputError, match="batch 8 was not profiled"):
+        state_costs(prof, multiexit, batch=8)
+    with pytest.raises(InputError, match="stat"):
+        state_costs(prof, multiexit, stat="p75")
+    with pytest.raises(InputError, match="view"):
+        state_costs(prof, multiexit, view="direct")
+
+
+def test_state_costs_refuse_another_bundle(prof, family):
+    with pytest.raises(InputError, match="another bundle"):
+        state_costs(prof, family)
+
+
+def test_ensemble_costs_are_each_members_own(family):
+    p = profile_bundle(family, warmup=0, iters=MIN_SAMPLES)
+    assert state_costs(p, family) == pytest.approx([s.p50 for s in p.step_stats(1)])
+
+
+def test_flops_costs(multiexit, family):
+    assert flops_costs(multiexit) == [float(f) for f in multiexit.flops]
+    direct = flops_costs(multiexit, "direct")
+    stages = np.cumsum(multiexit.stage_flops)
+    assert direct == [stages[i] + s.head_flops for i, s in enumerate(multiexit.steps)]
+    assert all(d <= c for d, c in zip(direct, flops_costs(multiexit), strict=True))
+    assert flops_costs(family, "direct") == [float(f) for f in family.flops]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batches": (0,)},
+        {"batches": (1, 1)},
+        {"batches": ()},
+        {"threads": 0},
+        {"threads": True},
+        {"warmup": -1},
+        {"iters": MIN_SAMPLES - 1},
+        {"min_seconds": 0.0},
+        {"min_seconds": float("nan")},
+        {"runtime": "nope"},
+    ],
+)
+def test_bad_arguments_are_refused(multiexit, kwargs):
+    with pytest.raises(InputError):
+        profile_bundle(multiexit, **{"iters": MIN_SAMPLES, **kwargs})
+
+
+def test_default_path_is_in_the_bundle(multiexit):
+    path = default_profile_path(multiexit)
+    assert path == multiexit.path / "profiles" / f"{device_id()}.json"
+
+
+def test_fingerprint_is_stable_and_json_safe():
+    assert device_id() == device_id()
+    fp = fingerprint({"backend": "x"})
+    assert fp["device_id"] == device_id()
+    assert fp["cores"]["logical"] >= fp["cores"]["usable"] >= 1
+    assert fp["runtime"] == {"backend": "x"}
+    json.dumps(fp, allow_nan=False)
+    assert all(isinstance(v, float) for v in temperatures().values())
+
+
+@given(st.lists(st.integers(min_value=1, max_value=10**9), min_size=1, max_size=200))
+def test_step_stats_are_ordered(samples):
+    s = StepStats.from_ns(np.array(samples))
+    eps = 1e-9
+    assert s.n == len(samples)
+    assert min(samples) / 1e6 - eps <= s.min <= s.p50 + eps
+    assert s.p50 <= s.p90 + eps <= s.p99 + 2 * eps
+    assert s.p99 <= max(samples) / 1e6 + eps
+    assert s.min - eps <= s.mean <= max(samples) / 1e6 + eps
+
+
+def test_noise_flags_spread_and_clock():
+    from edgeadapt.profile import _noise
+
+    calm = StepStats(1.0, 1.1, 1.2, 1.0, 0.1, 0.9, 20)
+    wild = StepStats(1.0, 2.0, 3.0, 1.5, 0.5, 0.9, 20)
+    same = {"clock": {"governor": "performance", "cur_mhz": 2000.0}}
+    moved = {"clock": {"governor": "performance", "cur_mhz": 1200.0}}
+    assert _noise({1: (calm,)}, same, same) == []
+    assert "p90/p50" in _noise({1: (calm, wild)}, same, same)[0]
+    assert "clock moved" in _noise({1: (calm,)}, same, moved)[0]
