@@ -51,10 +51,14 @@ _TOL = 1e-9
 class EvaluationLike(Protocol):
     """What the planner reads from an evaluation (issue 3's format)."""
 
-    labels: np.ndarray
-    pred: np.ndarray
-    conf: np.ndarray | None
-    states: np.ndarray
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def pred(self) -> np.ndarray: ...
+    @property
+    def conf(self) -> np.ndarray | None: ...
+    @property
+    def states(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

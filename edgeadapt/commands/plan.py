@@ -1,0 +1,134 @@
+"""`edgeadapt plan`: pick states and calibrate thresholds for one device (a thin layer
+over `edgeadapt.planner.make_plan`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("plan")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Profile of this bundle on the target device (edgeadapt profile).",
+)
+@click.option(
+    "--evaluation",
+    "evaluation_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Per-sample results of every state (edgeadapt evaluate), with confidences.",
+)
+@click.option(
+    "--max-states",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Most states the plan may keep.",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0, 1),
+    default=0.005,
+    show_default=True,
+    help="Accuracy drop allowed against the best single state (0.005 = 0.5 points).",
+)
+@click.option(
+    "--heldout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of the evaluation kept out of calibration to report on.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option(
+    "--delta",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="The drop bound holds with probability 1 - delta.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write plan.json (default: BUNDLE/plan.json).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan's figures as JSON.")
+def plan_cmd(
+    bundle: Path,
+    profile_path: Path,
+    evaluation_path: Path,
+    max_states: int,
+    max_drop: float,
+    heldout: float,
+    seed: int,
+    delta: float,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Choose the states to keep on this device and calibrate their exit thresholds.
+
+    Thresholds minimise the expected cost (the profile's p50 at batch 1) subject to an
+    accuracy drop of at most --max-drop on a calibration split; the figures are
+    reported on the held-out split, with a Clopper-Pearson bound on the drop and the
+    oracle gap closure (R_N - R_policy) / (R_N - R_oracle). The evaluation's
+    confidences are max softmax probabilities, so the plan's measure is maxprob.
+    """
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.evaluation import load_evaluation
+    from edgeadapt.jsonio import dumps
+    from edgeadapt.plan import save_plan
+    from edgeadapt.planner import Outcomes, make_plan
+    from edgeadapt.profile import load_profile, state_costs
+
+    loaded = load_bundle(bundle)
+    costs = state_costs(load_profile(profile_path, loaded), loaded)
+    names = [s.name for s in loaded.states]
+    evaluation = load_evaluation(evaluation_path).select(names)
+    calib, held = Outcomes.from_evaluation(evaluation).split(heldout=heldout, seed=seed)
+    plan = make_plan(
+        calib,
+        held,
+        costs,
+        manifest_sha256=loaded.manifest_sha256,
+        kind=loaded.kind,
+        max_states=max_states,
+        max_drop=max_drop,
+        measure="maxprob",
+        delta=delta,
+    )
+    target = out if out is not None else loaded.path / "plan.json"
+    save_plan(target, plan)
+    summary = {**plan.summary(), "path": str(target)}
+    if as_json:
+        click.echo(dumps(summary), nl=False)
+        return
+    click.echo(f"states: {', '.join(summary['states'])}")
+    click.echo(
+        f"thresholds ({summary['measure']}): "
+        + ", ".join(f"{t:.4f}" for t in summary["thresholds"])
+    )
+    click.echo(
+        f"held-out: accuracy {summary['accuracy']:.2%}, drop {summary['drop']:+.2%} "
+        f"(<= {summary['drop_bound']:.2%} with probability {1 - summary['delta']:.0%}) "
+        f"against {summary['reference']}"
+    )
+    click.echo(
+        f"expected cost {summary['cost']:.4f} ms vs R_N {summary['r_n']:.4f} ms; "
+        f"oracle {summary['oracle']['r_oracle']:.4f} ms at {summary['oracle']['a_oracle']:.2%}"
+    )
+    gap = summary["gap_closure"]
+    click.echo(
+        "oracle gap closure: " + ("n/a (the oracle saves nothing)" if gap is None else f"{gap:.1%}")
+    )
+    click.echo(f"wrote {target}")
+
+
+COMMANDS = [plan_cmd]
