@@ -1,0 +1,149 @@
+"""`edgeadapt run`: table, --json keys, -o npz, --batch, thresholds forms, clear errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeadapt.cli import cli
+
+BUNDLE = (
+    Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["run", *(str(a) for a in args)])
+
+
+@pytest.fixture
+def xfile(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((10, 1, 40)).astype(np.float32))
+    return path
+
+
+def test_json_output_matches_the_api(xfile):
+    from edgeadapt.cascade import AdaptiveModel
+
+    result = run(BUNDLE, "--input", xfile, "--thresholds", "0.5,0.6,0.7", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert set(doc) == {"pred", "exit_state", "conf", "budget_exit", "latency_ms"}
+    with AdaptiveModel.load(BUNDLE, thresholds=[0.5, 0.6, 0.7]) as m:
+        want = m.predict(np.load(xfile))
+    assert doc["pred"] == want.pred.tolist()
+    assert doc["exit_state"] == want.exit_state.tolist()
+    np.testing.assert_allclose(doc["conf"], want.conf, rtol=1e-6)
+    assert doc["latency_ms"]["rows"] == want.latency_ms["rows"]
+    assert doc["latency_ms"]["batches"] == 1
+
+
+def test_batches_and_npz_output(xfile, tmp_path):
+    out = tmp_path / "out.npz"
+    result = run(BUNDLE, "--input", xfile, "--thresholds", "0.5", "--batch", "3", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "10 samples" in result.output
+    assert "4 batch(es)" in result.output
+    with np.load(out, allow_pickle=False) as z:
+        assert z["pred"].dtype == np.int64
+        assert z["pred"].shape == (10,)
+        whole = json.loads(run(BUNDLE, "--input", xfile, "--thresholds", "0.5", "--json").output)
+        assert z["pred"].tolist() == whole["pred"]
+        assert z["exit_state"].tolist() == whole["exit_state"]
+
+
+def test_table_lists_every_sample(xfile):
+    result = run(BUNDLE, "--input", xfile, "--thresholds", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["sample", "pred", "exit", "conf"]
+    assert len(lines) == 12
+    assert all(" exit3 " in line for line in lines[1:11])
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--thresholds", "0.5", "--budget-ms", "5"], "needs predicted step costs"),
+        (["--thresholds", "0.5", "--budget-ms", "0"], "budget_ms"),
+        (["--thresholds", "0.5", "--budget-ms", "nan"], "budget_ms"),
+        (["--thresholds", "abc"], "--thresholds"),
+        (["--thresholds", "0.5,0.5"], "got 2"),
+        ([], "exactly one of --thresholds and --plan"),
+        (["--thresholds", "0.5", "--runtime", "nope"], "unknown runtime"),
+        (["--thresholds", "0.5", "--measure", "bogus"], "measure"),
+    ],
+)
+def test_bad_options_are_clear_errors(xfile, args, match):
+    result = run(BUNDLE, "--input", xfile, *args)
+    assert result.exit_code == 2
+    assert match in result.output
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: np.save(p, np.zeros((3, 1, 40))), "dtype float32"),
+        (lambda p: np.save(p, np.zeros((3, 40), np.float32)), "shape"),
+        (lambda p: np.save(p, np.zeros((0, 1, 40), np.float32)), "empty batch"),
+        (lambda p: np.save(p, np.full((2, 1, 40), np.nan, np.float32)), "NaN"),
+        (lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "not a readable"),
+        (lambda p: p.write_text("garbage"), "not a readable"),
+        (lambda p: None, "no such file"),
+    ],
+    ids=["float64", "rank", "empty", "nan", "pickle", "garbage", "missing"],
+)
+def test_bad_input_files_are_clear_errors(tmp_path, make, match):
+    path = tmp_path / "bad.npy"
+    make(path)
+    result = run(BUNDLE, "--input", path, "--thresholds", "0.5")
+    assert result.exit_code == 2, result.output
+    assert match in result.output
+
+
+def test_plan_file_restricts_states_and_gives_budget_costs(xfile, tmp_path):
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.plan import BudgetRow, Plan, SplitFigures, save_plan
+
+    b = load_bundle(BUNDLE)
+    fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)
+    plan = Plan(
+        manifest_sha256=b.manifest_sha256,
+        kind=b.kind,
+        bundle_states=tuple(s.name for s in b.states),
+        measure="maxprob",
+        states=(1, 2),
+        thresholds=(1.0,),
+        cost_ms=(1.0, 2.0),
+        budget=(BudgetRow(budget_ms=1.0, state=1, accuracy=0.5),),
+        reference_state=2,
+        max_drop=0.01,
+        calibration=fig,
+        heldout=fig,
+        drop_bound=0.01,
+        delta=0.05,
+        r_oracle=1.0,
+        a_oracle=1.0,
+        r_n=1.0,
+        a_n=1.0,
+        gap_closure=None,
+        search_method="exhaustive",
+        max_states=4,
+        subsets_evaluated=1,
+    )
+    path = tmp_path / "plan.json"
+    save_plan(path, plan)
+    doc = json.loads(run(BUNDLE, "--input", xfile, "--plan", path, "--json").output)
+    assert set(doc["exit_state"]) == {2}
+    assert doc["latency_ms"]["rows"] == [10, 10, 10]
+    doc = json.loads(
+        run(BUNDLE, "--input", xfile, "--plan", path, "--budget-ms", "0.001", "--json").output
+    )
+    assert set(doc["exit_state"]) == {1}
+    assert all(doc["budget_exit"])
+    both = run(BUNDLE, "--input", xfile, "--plan", path, "--thresholds", "0.5")
+    assert both.exit_code == 2
+    assert "exactly one" in both.output
