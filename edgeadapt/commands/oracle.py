@@ -148,14 +148,17 @@ def _bound_text(summary: dict[str, Any], ignored: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-@click.command("bound")
-@click.option(
+table_option = click.option(
     "--table",
     "table_path",
     type=_FILE,
     required=True,
     help="CSV with columns name,cost,accuracy (one row per state).",
 )
+
+
+@click.command("bound")
+@table_option
 @click.option(
     "--alpha",
     type=float,
@@ -233,13 +236,7 @@ def _subset_entry(choice: Any, names: Sequence[str]) -> dict[str, Any]:
 
 
 @click.command("subset")
-@click.option(
-    "--table",
-    "table_path",
-    type=_FILE,
-    required=True,
-    help="CSV with columns name,cost,accuracy (one row per state).",
-)
+@table_option
 @click.option(
     "--k", "k", type=int, default=None, help="Subset size (default: the whole R_ratio-vs-k curve)."
 )
