@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeadapt.errors import InputError
+from edgeadapt.jsonio import read_text
 from edgeadapt.npzio import ArraySpec, load_npz, save_npz
 
 __all__ = [
@@ -171,12 +172,7 @@ def from_predictions_npz(path: str | os.PathLike[str]) -> Evaluation:
 
 
 def _read_prediction_csv(path: Path) -> dict[str, tuple[int, int]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError("file not found", source=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read: {e}", source=path) from None
+    text = read_text(path, encoding="utf-8-sig")
     reader = csv.reader(io.StringIO(text))
     header = [h.strip().lower() for h in next(reader, [])]
     missing = [c for c in ("file", "predicted", "truth") if c not in header]

@@ -53,15 +53,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def read_json(path: str | os.PathLike[str], *, fmt: str, versions: Iterable[int]) -> dict[str, Any]:
-    """Read a format document, checking it is JSON, finite, and of a known format/version."""
-    path = Path(path)
+def read_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> str:
+    """Read a user's text file; a missing or unreadable file is an InputError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding=encoding)
     except FileNotFoundError:
         raise InputError("file not found", source=path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read: {e}", source=path) from None
+
+
+def read_json(path: str | os.PathLike[str], *, fmt: str, versions: Iterable[int]) -> dict[str, Any]:
+    """Read a format document, checking it is JSON, finite, and of a known format/version."""
+    path = Path(path)
+    text = read_text(path)
     try:
         doc = json.loads(text, parse_constant=_reject_constant)
     except ValueError as e:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeadapt.errors import InputError
+from edgeadapt.jsonio import read_text
 
 __all__ = ["COLUMNS", "StateTable", "load_state_table"]
 
@@ -44,12 +45,7 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
 def load_state_table(path: str | os.PathLike[str]) -> StateTable:
     """Read and check a state table (see the module docstring)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError("file not found", source=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read: {e}", source=path) from None
+    text = read_text(path, encoding="utf-8-sig")  # -sig: spreadsheets write a BOM
     numbered = [
         (i, line)
         for i, line in enumerate(text.splitlines(), start=1)
