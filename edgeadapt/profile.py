@@ -12,7 +12,8 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
 
     {"bundle": {"manifest_sha256", "kind", "states": [names]},
      "device": fingerprint (see edgeadapt.device), "measured_at": ISO time,
-     "settings": {"runtime", "threads", "warmup", "iters", "min_seconds"},
+     "settings": {"runtime", "preset", "threads", "options", "warmup", "iters",
+                  "min_seconds", "seed"},
      "before"/"after": {"temperatures", "clock"}, "noise": {"noisy", "reasons"},
      "batches": [{"batch": 1, "steps": [{"p50_ms", "p90_ms", "p99_ms", "mean_ms",
                                           "std_ms", "min_ms", "n"}, ...]}, ...]}
@@ -28,7 +29,7 @@ import datetime
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,7 @@ from edgeadapt.bundle import Bundle
 from edgeadapt.device import clock_state, device_id, fingerprint, temperatures
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import Fields, read_json, write_json
+from edgeadapt.presets import Preset, load_preset, resolve_runtime
 
 __all__ = [
     "MIN_SAMPLES",
@@ -225,27 +227,35 @@ def _snapshot() -> dict[str, Any]:
 
 def profile_bundle(
     bundle: Bundle,
-    runtime: str = "onnxruntime",
+    runtime: str | None = None,
     batches: Sequence[int] = (1,),
-    threads: int = 1,
+    threads: int | None = None,
     warmup: int = 20,
     iters: int | None = None,
     min_seconds: float = 0.5,
     progress: Progress | None = None,
     seed: int = 0,
+    *,
+    preset: Preset | str | None = None,
+    precision: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Profile:
-    """Time every step of `bundle` at each batch size on `runtime` with `threads` threads.
+    """Time every step of `bundle` at each batch size on a runtime.
 
-    Each step gets `warmup` untimed calls, then `iters` timed calls (at least
-    MIN_SAMPLES), or with `iters=None` as many as fit in `min_seconds` (at least
-    MIN_SAMPLES). `progress(done, total)` is called after each (batch, step).
+    The runtime and its options come from `preset` (a `Preset` or a preset name or
+    file, see `edgeadapt.presets`), overridden by `runtime`, `threads`, `precision` and
+    `options`; with neither, ONNX Runtime on 1 thread. Each step gets `warmup` untimed
+    calls, then `iters` timed calls (at least MIN_SAMPLES), or with `iters=None` as
+    many as fit in `min_seconds` (at least MIN_SAMPLES). `progress(done, total)` is
+    called after each (batch, step).
     """
     from edgeadapt.runtimes import get_runtime
 
     batch_list = [_positive(b, "batch") for b in batches]
     if not batch_list or len(set(batch_list)) != len(batch_list):
         raise InputError(f"need distinct batch sizes, got {list(batches)}", source="batch")
-    threads = _positive(threads, "threads")
+    if threads is not None:
+        threads = _positive(threads, "threads")
     warmup = _positive(warmup, "warmup", minimum=0)
     if iters is not None:
         iters = _positive(iters, "iters", minimum=MIN_SAMPLES)
@@ -253,8 +263,20 @@ def profile_bundle(
         raise InputError(f"must be a number, got {min_seconds!r}", source="min_seconds")
     if not (min_seconds > 0 and np.isfinite(min_seconds)):
         raise InputError(f"must be a positive number, got {min_seconds!r}", source="min_seconds")
-
-    rt = get_runtime(runtime, threads=threads)
+    chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
+    runtime, runtime_options = resolve_runtime(
+        chosen, runtime=runtime, threads=threads, precision=precision, options=options
+    )
+    try:
+        rt = get_runtime(runtime, **runtime_options)
+    except InputError as e:
+        if chosen is None:
+            raise
+        raise InputError(
+            f"preset {chosen.name!r} does not fit runtime {runtime!r}: {e}",
+            source=chosen.source,
+            field="$.options",
+        ) from None
     rng = np.random.default_rng(seed)
     before = _snapshot()
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -289,7 +311,9 @@ def profile_bundle(
         measured_at=measured_at,
         settings={
             "runtime": runtime,
-            "threads": threads,
+            "preset": None if chosen is None else chosen.name,
+            "threads": runtime_options.get("threads"),
+            "options": {k: v for k, v in runtime_options.items() if k != "threads"},
             "warmup": warmup,
             "iters": iters,
             "min_seconds": None if iters is not None else float(min_seconds),
@@ -335,9 +359,11 @@ def flops_costs(bundle: Bundle, view: str = "cascade") -> list[float]:
 # ------------------------------------------------------------------ the file
 
 
-def default_profile_path(bundle: Bundle) -> Path:
-    """``BUNDLE/profiles/<device-id>.json``."""
-    return bundle.path / "profiles" / f"{device_id()}.json"
+def default_profile_path(bundle: Bundle, preset: str | None = None) -> Path:
+    """``BUNDLE/profiles/<device-id>.json``, or ``<device-id>-<preset>.json`` for a preset
+    (so profiles of one device on several presets sit side by side)."""
+    name = device_id() if preset is None else f"{device_id()}-{preset}"
+    return bundle.path / "profiles" / f"{name}.json"
 
 
 def save_profile(path: str | os.PathLike[str], profile: Profile) -> None:

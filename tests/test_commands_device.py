@@ -65,6 +65,32 @@ def test_profile_prints_a_table(bundle_dir, tmp_path):
     load_profile(out)
 
 
+def test_profile_device_list_needs_no_bundle():
+    result = run("profile", "--device", "list")
+    assert result.exit_code == 0, result.output
+    for name in ("x86-ort-1t", "x86-ort-2t", "x86-openvino", "jetson-orin-trt-fp16"):
+        assert name in result.output
+    assert "as-exported" in result.output
+    help_text = run("profile", "--help").output
+    assert "x86-ort-1t" in help_text
+
+
+def test_profile_with_a_device_preset_and_an_override(bundle_dir):
+    result = run("profile", bundle_dir, "--device", "x86-ort-2t", "--iters", 10, "--warmup", 0)
+    assert result.exit_code == 0, result.output
+    assert "threads 2" in result.output
+    assert "(preset x86-ort-2t)" in result.output
+    path = bundle_dir / "profiles" / f"{device_id()}-x86-ort-2t.json"
+    assert load_profile(path).settings["threads"] == 2
+    out = bundle_dir / "one.json"
+    args = ["--device", "x86-ort-2t", "--threads", 1, "--iters", 10, "-o", out, "--json"]
+    result = run("profile", bundle_dir, *args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["settings"]["preset"] == "x86-ort-2t"
+    assert doc["device"]["runtime"]["threads"] == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -78,6 +104,8 @@ def test_profile_prints_a_table(bundle_dir, tmp_path):
         (["--iters", "10", "--min-seconds", "1"], "--iters"),
         (["--min-seconds", "0"], "--min-seconds"),
         (["--runtime", "nope", "--iters", "10"], "nope"),
+        (["--device", "nope"], "unknown device preset 'nope'"),
+        (["--device", "x86-ort-1t", "--runtime", "openvino", "--iters", "10"], "is for runtime"),
     ],
 )
 def test_profile_bad_values_exit_2(bundle_dir, args, message):

@@ -204,6 +204,8 @@ def test_bad_arguments_are_refused(multiexit, kwargs):
 def test_default_path_is_in_the_bundle(multiexit):
     path = default_profile_path(multiexit)
     assert path == multiexit.path / "profiles" / f"{device_id()}.json"
+    with_preset = default_profile_path(multiexit, "x86-ort-1t")
+    assert with_preset == multiexit.path / "profiles" / f"{device_id()}-x86-ort-1t.json"
 
 
 def test_fingerprint_is_stable_and_json_safe():

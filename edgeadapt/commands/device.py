@@ -69,13 +69,51 @@ def _emit_json(obj: dict[str, Any]) -> None:
     click.echo(dumps(obj), nl=False)
 
 
+def _list_presets(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`--device list`: print the shipped presets and stop."""
+    if value == "list" and not ctx.resilient_parsing:
+        from edgeadapt.presets import load_preset, preset_names
+
+        presets = [load_preset(name) for name in preset_names()]
+        width = max((len(p.description) for p in presets), default=0)
+        rows = [
+            [
+                p.name,
+                p.runtime,
+                p.precision,
+                "runtime's" if p.threads is None else str(p.threads),
+                p.description.ljust(width),
+            ]
+            for p in presets
+        ]
+        headers = ["preset", "runtime", "precision", "threads", "description".ljust(width)]
+        click.echo("\n".join(line.rstrip() for line in _table(headers, rows).splitlines()))
+        ctx.exit(0)
+    return value
+
+
+def _device_help() -> str:
+    from edgeadapt.presets import preset_names
+
+    names = ", ".join(preset_names()) or "none shipped"
+    return (
+        f"Device preset (runtime, precision, threads, options): {names}; or a preset .json; "
+        "'list' shows them. Explicit --runtime/--threads/--precision override it."
+    )
+
+
 @click.command("profile")
 @click.argument("bundle_dir", metavar="BUNDLE", type=_DIR)
-@click.option("--runtime", default="onnxruntime", show_default=True, help="Backend to time.")
+@click.option("--device", "device", is_eager=True, callback=_list_presets, help=_device_help())
+@click.option("--runtime", default=None, help="Backend to time [the preset's, else onnxruntime].")
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8.")
 @click.option(
-    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Backend threads."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Backend threads [the preset's, else 1].",
 )
+@click.option("--precision", default=None, help="Runtime precision, e.g. fp16 [the preset's].")
 @click.option(
     "--warmup",
     type=click.IntRange(min=0),
@@ -92,13 +130,20 @@ def _emit_json(obj: dict[str, Any]) -> None:
     default=None,
     help="Time each step for at least this long (default 0.5 s when --iters is not given).",
 )
-@click.option("-o", "--output", type=_FILE, help="Profile file [BUNDLE/profiles/<device>.json].")
+@click.option(
+    "-o",
+    "--output",
+    type=_FILE,
+    help="Profile file [BUNDLE/profiles/<device>.json, <device>-<preset>.json with --device].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as one JSON object.")
 def profile_cmd(
     bundle_dir: Path,
-    runtime: str,
+    device: str | None,
+    runtime: str | None,
     batch: str,
-    threads: int,
+    threads: int | None,
+    precision: str | None,
     warmup: int,
     iters: int | None,
     min_seconds: float | None,
@@ -107,6 +152,7 @@ def profile_cmd(
 ) -> None:
     """Time every step of BUNDLE on this device and write its profile (R_i table)."""
     from edgeadapt.bundle import load_bundle
+    from edgeadapt.presets import load_preset
     from edgeadapt.profile import (
         MIN_SAMPLES,
         default_profile_path,
@@ -120,6 +166,7 @@ def profile_cmd(
     if iters is not None and iters < MIN_SAMPLES:
         raise InputError(f"must be >= {MIN_SAMPLES}, got {iters}", source="--iters")
     batches = _batches(batch)
+    preset = None if device is None else load_preset(device)
     bundle = load_bundle(bundle_dir)
     total = len(batches) * len(bundle.steps)
     with _bar("profiling", total, show=not as_json) as progress:
@@ -132,16 +179,20 @@ def profile_cmd(
             iters=iters,
             min_seconds=0.5 if min_seconds is None else min_seconds,
             progress=progress,
+            preset=preset,
+            precision=precision,
         )
-    path = output if output is not None else default_profile_path(bundle)
-    save_profile(path, prof)
+    if output is None:
+        output = default_profile_path(bundle, None if preset is None else preset.name)
+    save_profile(output, prof)
     if as_json:
-        _emit_json({**prof.to_json(), "path": str(path)})
+        _emit_json({**prof.to_json(), "path": str(output)})
         return
     rt = prof.device.get("runtime", {})
+    via = "" if preset is None else f" (preset {preset.name})"
     click.echo(
         f"device {prof.device_id}: {prof.device['cpu']}, {rt.get('backend')} "
-        f"{rt.get('version')}, {threads} thread(s)"
+        f"{rt.get('version')}, threads {rt.get('threads')}, precision {rt.get('precision')}{via}"
     )
     rows = []
     for b in prof.batches:
@@ -160,7 +211,7 @@ def profile_cmd(
     click.echo(_table(headers, rows))
     if prof.noisy:
         click.echo("noisy: " + "; ".join(prof.noise_reasons))
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {output}")
 
 
 @click.command("evaluate")

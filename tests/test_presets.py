@@ -1,0 +1,175 @@
+"""Device presets: the shipped files, validation on read, merging with explicit choices."""
+
+import importlib
+import inspect
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from edgeadapt.bundle import load_bundle
+from edgeadapt.errors import InputError
+from edgeadapt.presets import (
+    AS_EXPORTED,
+    Preset,
+    load_preset,
+    preset_names,
+    resolve_runtime,
+)
+from edgeadapt.profile import MIN_SAMPLES, profile_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ("jetson-orin-trt-fp16", "x86-openvino", "x86-ort-1t", "x86-ort-2t")
+RUNTIME_CLASSES = {
+    "onnxruntime": ("edgeadapt.runtimes.onnxruntime", "OnnxRuntime"),
+    "openvino": ("edgeadapt.runtimes.openvino", "OpenVinoRuntime"),
+    "tensorrt": ("edgeadapt.runtimes.tensorrt", "TensorRtRuntime"),
+}
+
+
+def test_shipped_presets_are_installed_with_the_package():
+    assert set(SHIPPED) <= set(preset_names())
+    folder = resources.files("edgeadapt.profiles").joinpath("presets")
+    installed = sorted(p.name for p in folder.iterdir() if p.name.endswith(".json"))
+    in_repo = sorted(p.name for p in (ROOT / "profiles" / "presets").glob("*.json"))
+    assert installed == in_repo
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_each_shipped_preset_fits_its_runtime(name):
+    preset = load_preset(name)
+    assert preset.name == name  # the file name is the preset's name
+    assert preset.description
+    runtime, options = resolve_runtime(preset)
+    assert runtime == preset.runtime
+    module, cls = RUNTIME_CLASSES[runtime]
+    # the backend module imports its package lazily, so this runs without the backend
+    signature = inspect.signature(getattr(importlib.import_module(module), cls))
+    signature.bind(**options)  # raises TypeError on an option the runtime does not take
+
+
+def test_x86_presets_say_what_they_run():
+    one, two, ov = (load_preset(n) for n in ("x86-ort-1t", "x86-ort-2t", "x86-openvino"))
+    assert (one.runtime, one.threads, one.precision) == ("onnxruntime", 1, AS_EXPORTED)
+    assert (two.runtime, two.threads) == ("onnxruntime", 2)
+    assert (ov.runtime, ov.threads, ov.precision) == ("openvino", 1, "fp32")
+    trt = load_preset("jetson-orin-trt-fp16")
+    assert (trt.runtime, trt.threads, trt.precision) == ("tensorrt", None, "fp16")
+
+
+def test_unknown_name_lists_the_shipped_presets():
+    with pytest.raises(InputError, match=r"unknown device preset 'nope'.*x86-ort-1t"):
+        load_preset("nope")
+
+
+GOOD = {
+    "format": "edgeadapt-device-preset",
+    "version": 1,
+    "name": "my-board",
+    "description": "a board",
+    "runtime": "onnxruntime",
+    "precision": "as-exported",
+    "threads": 3,
+    "options": {"spin": False},
+}
+
+
+def write(tmp_path, doc, text=None):
+    path = tmp_path / "preset.json"
+    path.write_text(text if text is not None else json.dumps(doc))
+    return path
+
+
+def test_a_preset_file_by_path(tmp_path):
+    preset = load_preset(write(tmp_path, GOOD))
+    assert preset == Preset(
+        "my-board", "a board", "onnxruntime", "as-exported", 3, {"spin": False}, preset.source
+    )
+    assert preset.source == str(tmp_path / "preset.json")
+    assert load_preset(str(tmp_path / "preset.json")) == preset
+
+
+@pytest.mark.parametrize(
+    ("change", "where", "message"),
+    [
+        ({"format": "edgeadapt-profile"}, "$.format", "expected format"),
+        ({"version": 9}, "$.version", "unsupported version"),
+        ({"runtime": None}, "$.runtime", "expected str"),
+        ({"runtime": "tflite"}, "$.runtime", "unknown runtime 'tflite'"),
+        ({"name": "My Board"}, "$.name", "lowercase"),
+        ({"precision": ""}, "$.precision", "must not be empty"),
+        ({"threads": 0}, "$.threads", "must be >= 1"),
+        ({"threads": "2"}, "$.threads", "expected int or NoneType"),
+        ({"threads": True}, "$.threads", "expected int or NoneType"),
+        ({"options": []}, "$.options", "expected dict"),
+        ({"options": {"spin": [1]}}, "$.options.spin", "JSON scalar"),
+        ({"options": {"threads": 2}}, "$.options", "top level"),
+    ],
+)
+def test_bad_preset_names_file_and_field(tmp_path, change, where, message):
+    path = write(tmp_path, {**GOOD, **change})
+    with pytest.raises(InputError, match=message) as e:
+        load_preset(path)
+    assert e.value.source == str(path)
+    assert e.value.field == where
+
+
+def test_missing_field_and_broken_json_name_the_file(tmp_path):
+    doc = {k: v for k, v in GOOD.items() if k != "precision"}
+    with pytest.raises(InputError, match=r"preset.json: \$\.precision: missing required"):
+        load_preset(write(tmp_path, doc))
+    with pytest.raises(InputError, match="invalid JSON"):
+        load_preset(write(tmp_path, None, text='{"format": '))
+    with pytest.raises(InputError, match="file not found"):
+        load_preset(tmp_path / "absent.json")
+
+
+def test_resolve_explicit_choices_win():
+    preset = load_preset("x86-ort-2t")
+    assert resolve_runtime(preset) == (
+        "onnxruntime",
+        {"device": "cpu", "spin": True, "optimization": "all", "threads": 2},
+    )
+    _, options = resolve_runtime(preset, threads=1, options={"spin": False})
+    assert options["threads"] == 1
+    assert options["spin"] is False
+    ov = load_preset("x86-openvino")
+    assert resolve_runtime(ov)[1]["precision"] == "fp32"
+    assert resolve_runtime(ov, precision="bf16")[1]["precision"] == "bf16"
+    with pytest.raises(InputError, match="is for runtime 'onnxruntime', not 'openvino'") as e:
+        resolve_runtime(preset, runtime="openvino")
+    assert e.value.field == "$.runtime"
+
+
+def test_resolve_without_a_preset_keeps_the_old_defaults():
+    assert resolve_runtime(None) == ("onnxruntime", {"threads": 1})
+    assert resolve_runtime(None, runtime="openvino") == ("openvino", {"threads": 1})
+    assert resolve_runtime(None, runtime="tensorrt", precision="fp16") == (
+        "tensorrt",
+        {"precision": "fp16"},
+    )
+    assert resolve_runtime(None, threads=4) == ("onnxruntime", {"threads": 4})
+
+
+@pytest.fixture(scope="module")
+def multiexit():
+    return load_bundle(ROOT / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit")
+
+
+def test_profile_with_a_preset_records_it(multiexit):
+    prof = profile_bundle(multiexit, preset="x86-ort-2t", warmup=1, iters=MIN_SAMPLES)
+    assert prof.settings["preset"] == "x86-ort-2t"
+    assert prof.settings["threads"] == 2
+    assert prof.settings["options"] == {"device": "cpu", "spin": True, "optimization": "all"}
+    assert prof.device["runtime"]["threads"] == 2
+    over = profile_bundle(multiexit, preset="x86-ort-2t", threads=1, warmup=1, iters=MIN_SAMPLES)
+    assert over.device["runtime"]["threads"] == 1
+
+
+def test_profile_refuses_a_preset_its_runtime_rejects(multiexit, tmp_path):
+    path = write(tmp_path, {**GOOD, "options": {"bogus": 1}})
+    with pytest.raises(InputError, match="does not fit runtime 'onnxruntime'.*bogus") as e:
+        profile_bundle(multiexit, preset=path, iters=MIN_SAMPLES)
+    assert e.value.source == str(path)
+    assert e.value.field == "$.options"
