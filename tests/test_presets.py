@@ -169,7 +169,7 @@ def test_profile_with_a_preset_records_it(multiexit):
 
 def test_profile_refuses_a_preset_its_runtime_rejects(multiexit, tmp_path):
     path = write(tmp_path, {**GOOD, "options": {"bogus": 1}})
-    with pytest.raises(InputError, match="does not fit runtime 'onnxruntime'.*bogus") as e:
+    with pytest.raises(InputError, match=r"does not fit runtime 'onnxruntime'.*bogus") as e:
         profile_bundle(multiexit, preset=path, iters=MIN_SAMPLES)
     assert e.value.source == str(path)
     assert e.value.field == "$.options"
