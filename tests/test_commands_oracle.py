@@ -1,6 +1,7 @@
 """`edgeadapt bound`, `subset`, `import-predictions`: output, JSON keys, exit code 2."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,90 @@ def test_bad_options_exit_2(args, match):
     result = run("bound", "--table", EFFNET, *args)
     assert result.exit_code == 2
     assert match in result.output
+
+
+# ------------------------------------------------------------- bound BUNDLE
+
+
+@pytest.fixture
+def device_files(tmp_path):
+    """A private copy of the multi-exit bundle, a known profile and evaluation of it."""
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import save_profile
+    from tests.device_inputs import copy_multiexit, known_evaluation, known_profile
+
+    bundle = copy_multiexit(tmp_path)
+    profile, ev = tmp_path / "p.json", tmp_path / "device.npz"
+    save_profile(profile, known_profile(load_bundle(bundle)))
+    save_evaluation(ev, known_evaluation())
+    return bundle, profile, ev
+
+
+def test_bound_bundle_json_is_bundle_bound(device_files):
+    from edgeadapt.analysis import bundle_bound
+
+    bundle, profile, ev = device_files
+    out = ok_json("bound", bundle, "--profile", profile, "--evaluation", ev)
+    assert out == json.loads(json.dumps(bundle_bound(bundle, profile=profile, evaluation=ev)))
+    assert out["cost"]["unit"] == "ms"
+    assert out["states"][-1]["cost"] == pytest.approx(1.0)
+    assert {"r_oracle", "a_oracle", "r_ratio"} <= out["exact"].keys()
+    assert set(out["views"]) == {"cascade_ms", "cascade_flops", "direct_flops"}
+
+
+def test_bound_bundle_text_names_sources_bounds_and_views(device_files):
+    bundle, profile, ev = device_files
+    result = run("bound", bundle, "--profile", profile, "--evaluation", ev)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "costs: ms, profile p50 at batch 1, cascade" in text
+    assert f"profile {profile}" in text
+    assert "exact oracle (eq. 4/5)" in text
+    assert "alpha_i" in text
+    assert "direct_flops" in text
+    assert "smallest-state test (C=10)" in text
+
+
+def test_bound_bundle_cost_defaults(device_files):
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import default_profile_path
+
+    bundle, profile, ev = device_files
+    assert ok_json("bound", bundle, "--evaluation", ev)["cost"]["unit"] == "flops"
+    result = run("bound", bundle, "--evaluation", ev, "--cost", "ms")
+    assert result.exit_code == 2
+    assert "--cost: no profile given and none at" in result.output
+    default = default_profile_path(load_bundle(bundle))
+    default.parent.mkdir()
+    default.write_bytes(profile.read_bytes())
+    out = ok_json("bound", bundle, "--evaluation", ev)
+    assert out["cost"]["unit"] == "ms"
+    assert out["profile"]["path"] == str(default)
+    assert ok_json("bound", bundle, "--evaluation", ev, "--cost", "flops")["cost"]["unit"] == (
+        "flops"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ([], "give exactly one of BUNDLE or --table"),
+        (["BUNDLE", "--table", EFFNET], "give exactly one of BUNDLE or --table"),
+        (["--table", EFFNET, "--cost", "ms"], "--profile and --cost need BUNDLE"),
+        (["BUNDLE", "--profile", "PROFILE"], "--evaluation: bound .* needs per-sample results"),
+    ],
+)
+def test_bound_bundle_bad_forms_exit_2(device_files, args, match):
+    bundle, profile, _ = device_files
+    args = [{"BUNDLE": bundle, "PROFILE": profile}.get(a, a) for a in args]
+    result = run("bound", *args)
+    assert result.exit_code == 2
+    assert re.search(match, result.output), result.output
+
+
+def test_bound_bundle_refuses_an_evaluation_of_other_states(device_files, small):
+    bundle, profile, _ = device_files
+    _, other = small
+    result = run("bound", bundle, "--profile", profile, "--evaluation", other)
+    assert result.exit_code == 2
+    assert "e.npz: states: states differ from the bundle" in result.output

@@ -148,17 +148,100 @@ def _bound_text(summary: dict[str, Any], ignored: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-table_option = click.option(
-    "--table",
-    "table_path",
-    type=_FILE,
-    required=True,
-    help="CSV with columns name,cost,accuracy (one row per state).",
-)
+def _table_option(required: bool) -> Any:
+    return click.option(
+        "--table",
+        "table_path",
+        type=_FILE,
+        required=required,
+        help="CSV with columns name,cost,accuracy (one row per state).",
+    )
+
+
+def _bundle_header(summary: dict[str, Any]) -> str:
+    """Where `bound BUNDLE`'s costs and accuracies come from."""
+    b, cost, ev = summary["bundle"], summary["cost"], summary["evaluation"]
+    lines = [
+        f"bundle {b['path']} ({b['kind']}, {len(b['states'])} states)",
+        f"costs: {cost['unit']}, {cost['origin']}",
+    ]
+    p = summary.get("profile")
+    if p:
+        noisy = " (flagged noisy)" if p["noisy"] else ""
+        lines.append(
+            f"profile {p['path']}: device {p['device_id']}, {p['runtime']}, "
+            f"{p['threads']} thread(s), measured {p['measured_at']}{noisy}"
+        )
+    lines.append(f"evaluation {ev['path']}: {ev['samples']} samples")
+    return "\n".join(lines)
+
+
+def _views_text(views: dict[str, Any]) -> str:
+    rows = [
+        [name, v["unit"], _num(v["r_oracle"]), _num(v["r_n"]), _ratio(v["r_ratio"])]
+        for name, v in views.items()
+    ]
+    table = _render(["view", "unit", "R_oracle", "R_N", "R_ratio"], rows, left=(0, 1))
+    return (
+        "exact oracle per cost view (cascade: steps 0..i, what a sequential run pays; "
+        "direct: stages 0..i + head i, the paper's view)\n" + table
+    )
+
+
+def _bound_bundle(
+    bundle: Path,
+    profile_path: Path | None,
+    evaluation_path: Path | None,
+    cost: str | None,
+    **options: Any,
+) -> dict[str, Any]:
+    """`bound BUNDLE`: the profile defaults to BUNDLE/profiles/<device>.json when it
+    exists; the cost unit to ms with a profile, FLOPs without."""
+    from edgeadapt.analysis import bundle_bound
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import default_profile_path
+
+    loaded = load_bundle(bundle)
+    if profile_path is None and cost != "flops":
+        default = default_profile_path(loaded)
+        profile_path = default if default.is_file() else None
+        if profile_path is None and cost == "ms":
+            raise InputError(
+                f"no profile given and none at {default}: run edgeadapt profile {bundle} "
+                "or pass --profile (or --cost flops)",
+                source="--cost",
+            )
+    if cost is None:
+        cost = "flops" if profile_path is None else "ms"
+    if evaluation_path is None:
+        raise InputError(
+            f"bound {bundle} needs per-sample results: pass --evaluation "
+            f"(edgeadapt evaluate {bundle} --data D.npz)",
+            source="--evaluation",
+        )
+    return bundle_bound(
+        loaded, profile=profile_path, evaluation=evaluation_path, cost=cost, **options
+    )
 
 
 @click.command("bound")
-@table_option
+@click.argument(
+    "bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@_table_option(required=False)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=_FILE,
+    default=None,
+    help="With BUNDLE: profile of the bundle on this device [BUNDLE/profiles/<device>.json].",
+)
+@click.option(
+    "--cost",
+    type=click.Choice(["ms", "flops"]),
+    default=None,
+    help="With BUNDLE: state costs in measured ms (default with a profile) or manifest FLOPs.",
+)
 @click.option(
     "--alpha",
     type=float,
@@ -173,7 +256,10 @@ table_option = click.option(
     help="Evaluation .npz: exact oracle and alphas from per-sample results.",
 )
 @click.option(
-    "--classes", type=int, default=None, help="Number of classes C: run the smallest-state test."
+    "--classes",
+    type=int,
+    default=None,
+    help="Number of classes C: run the smallest-state test (BUNDLE: its class count).",
 )
 @click.option(
     "--envelope",
@@ -182,7 +268,10 @@ table_option = click.option(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bound_command(
-    table_path: Path,
+    bundle: Path | None,
+    table_path: Path | None,
+    profile_path: Path | None,
+    cost: str | None,
     alpha: float | None,
     evaluation_path: Path | None,
     classes: int | None,
@@ -193,30 +282,36 @@ def bound_command(
 
     Prints the adaptive oracle's expected cost R_oracle and accuracy A_oracle with the
     gains dR = R_N - R_oracle, R_ratio = R_N / R_oracle and dA = A_oracle - A_N
-    (Hor et al. 2024). With --evaluation the exact oracle and every alpha_i come from
-    the per-sample results, and the table supplies the costs by state name.
+    (Hor et al. 2024). Give either --table (a CSV of states) or BUNDLE. With
+    --evaluation the exact oracle and every alpha_i come from the per-sample results;
+    the table supplies the costs by state name, a BUNDLE its profile's measured
+    cascade costs (--cost ms) or its manifest's FLOPs (--cost flops).
     """
     from edgeadapt.oracle import bound_summary
 
-    names, costs, accs, correct, ignored = _states_costs(table_path, evaluation_path)
+    if bundle is None and (profile_path is not None or cost is not None):
+        raise InputError("--profile and --cost need BUNDLE, not --table", source="bound")
     if alpha is not None and not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
         raise InputError(f"must be in [0, 1], got {alpha}", source="--alpha")
     if classes is not None and classes < 2:
         raise InputError(f"must be >= 2, got {classes}", source="--classes")
-    summary = bound_summary(
-        names,
-        costs,
-        accs,
-        correct=correct,
-        alpha=alpha,
-        classes=classes,
-        envelope=envelope,
-        source=str(evaluation_path or table_path),
-    )
+    ignored: list[str] = []
+    options: dict[str, Any] = {"alpha": alpha, "classes": classes, "envelope": envelope}
+    if table_path is not None and bundle is None:
+        names, costs, accs, correct, ignored = _states_costs(table_path, evaluation_path)
+        source = str(evaluation_path or table_path)
+        summary = bound_summary(names, costs, accs, correct=correct, source=source, **options)
+    elif bundle is not None and table_path is None:
+        summary = _bound_bundle(bundle, profile_path, evaluation_path, cost, **options)
+    else:
+        raise InputError("give exactly one of BUNDLE or --table", source="bound")
     if ignored:
         summary["ignored"] = ignored
     if as_json:
         _emit_json(summary)
+    elif bundle is not None:
+        parts = [_bundle_header(summary), _bound_text(summary, ignored)]
+        click.echo("\n\n".join([*parts, _views_text(summary["views"])]))
     else:
         click.echo(_bound_text(summary, ignored))
 
@@ -236,7 +331,7 @@ def _subset_entry(choice: Any, names: Sequence[str]) -> dict[str, Any]:
 
 
 @click.command("subset")
-@table_option
+@_table_option(required=True)
 @click.option(
     "--k", "k", type=int, default=None, help="Subset size (default: the whole R_ratio-vs-k curve)."
 )

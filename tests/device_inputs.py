@@ -1,0 +1,66 @@
+"""Known inputs for the oracle on a bundle: a profile with chosen step times and an
+evaluation with chosen per-state accuracies, for the shipped multi-exit bundle."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgeadapt.bundle import Bundle, load_bundle
+from edgeadapt.device import device_id
+from edgeadapt.evaluation import Evaluation
+from edgeadapt.profile import MIN_SAMPLES, Profile, StepStats
+
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+MULTIEXIT = BUNDLES / "mnist1d-multiexit"
+#: Step times (ms) of the known profile: cascade costs 0.1, 0.3, 0.6, 1.0.
+STEP_MS = (0.1, 0.2, 0.3, 0.4)
+
+
+def multiexit() -> Bundle:
+    return load_bundle(MULTIEXIT)
+
+
+def copy_multiexit(tmp_path: Path) -> Path:
+    """A private copy of the shipped bundle (tests may write profiles and plans into it)."""
+    return Path(shutil.copytree(MULTIEXIT, tmp_path / "bundle"))
+
+
+def known_profile(bundle: Bundle, step_ms=STEP_MS, device: str | None = None) -> Profile:
+    """A profile of `bundle` whose every statistic of step i is `step_ms[i]`."""
+    stats = tuple(StepStats(t, t, t, t, 0.0, t, MIN_SAMPLES) for t in step_ms)
+    return Profile(
+        manifest_sha256=bundle.manifest_sha256,
+        kind=bundle.kind,
+        states=tuple(s.name for s in bundle.states),
+        device={"device_id": device or device_id(), "cpu": "test"},
+        measured_at="2025-01-01T00:00:00+00:00",
+        settings={"runtime": "onnxruntime", "threads": 1},
+        before={},
+        after={},
+        noisy=False,
+        noise_reasons=(),
+        steps={1: stats},
+    )
+
+
+def known_evaluation(
+    names=("exit0", "exit1", "exit2", "exit3"), rates=(0.5, 0.8, 0.9, 0.95), n=400, seed=0
+) -> Evaluation:
+    """Random labels; state j right with probability `rates[j]`, wrong answers one class off."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    right = rng.random((n, len(names))) < np.asarray(rates)
+    pred = np.where(right, labels[:, None], (labels[:, None] + 1) % 10)
+    conf = np.where(right, rng.uniform(0.5, 1.0, right.shape), rng.uniform(0.1, 0.7, right.shape))
+    return Evaluation(labels, pred, np.array(names), conf.astype(np.float32))
+
+
+def brute_oracle(correct: np.ndarray, costs) -> tuple[float, float]:
+    """(R_oracle, A_oracle) of eq. 4/5 by a loop over samples (states in cost order)."""
+    total, hits = 0.0, 0
+    for row in correct:
+        right = np.flatnonzero(row)
+        total += costs[right[0]] if right.size else costs[0]
+        hits += bool(right.size)
+    return total / len(correct), hits / len(correct)
