@@ -3,7 +3,10 @@
 Runs the bundle batch by batch on a runtime (early-exit: step i reads the activation of
 step i-1, so one pass yields every state; ensemble: each member reads the input) and
 records per sample and state the predicted class (argmax of the logits) and the
-confidence (the largest softmax probability), as an `Evaluation`.
+confidence in every measure the decision kernel supports (maxprob, margin, negative
+entropy), computed by the kernel itself (`edgeadapt.kernel`, float32, specified by
+`edgeadapt.kernel_ref`), so a plan calibrated on these confidences exits exactly the
+rows `AdaptiveModel` exits on the same logits. The result is an `Evaluation`.
 """
 
 from __future__ import annotations
@@ -16,20 +19,12 @@ import numpy as np
 
 from edgeadapt.bundle import Bundle
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import Evaluation
+from edgeadapt.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.npzio import ArraySpec, load_npz
 
-__all__ = ["evaluate_bundle", "load_dataset", "softmax_confidence"]
+__all__ = ["evaluate_bundle", "load_dataset"]
 
 Progress = Callable[[int, int], None]
-
-
-def softmax_confidence(logits: np.ndarray) -> np.ndarray:
-    """The largest softmax probability of each row, computed stably in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (1.0 / e.sum(axis=1)).astype(np.float32)
 
 
 def _check_inputs(bundle: Bundle, x: np.ndarray, y: np.ndarray, source: str | None) -> None:
@@ -81,6 +76,7 @@ def evaluate_bundle(
     `progress(done, total)` is called after each batch with the samples done so far.
     `source` names the data file in errors about `x` and `y`.
     """
+    from edgeadapt.kernel import confidence
     from edgeadapt.runtimes import get_runtime
 
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
@@ -92,7 +88,7 @@ def evaluate_bundle(
     rt = get_runtime(runtime, **options)
     n, s = x.shape[0], len(bundle.steps)
     pred = np.empty((n, s), dtype=np.int64)
-    conf = np.empty((n, s), dtype=np.float32)
+    confs = {key: np.empty((n, s), dtype=np.float32) for key in CONF_KEYS.values()}
     sessions = [rt.load(step.path) for step in bundle.steps]
     try:
         for lo in range(0, n, int(batch)):
@@ -100,13 +96,21 @@ def evaluate_bundle(
             tensors: dict[str, np.ndarray] = {bundle.input.name: np.ascontiguousarray(x[lo:hi])}
             for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
                 tensors.update(session.run({k: tensors[k] for k in step.inputs}))
-                logits = tensors[step.logits]
+                logits = np.ascontiguousarray(tensors[step.logits], dtype=np.float32)
                 pred[lo:hi, i] = logits.argmax(axis=1)
-                conf[lo:hi, i] = softmax_confidence(logits)
+                for measure, key in CONF_KEYS.items():
+                    confs[key][lo:hi, i] = confidence(logits, measure)
             if progress is not None:
                 progress(hi, n)
     finally:
         for session in sessions:
             session.close()
     names = np.array([st.name for st in bundle.states], dtype=str)
-    return Evaluation(y.astype(np.int64), pred, names, conf)
+    return Evaluation(
+        y.astype(np.int64),
+        pred,
+        names,
+        confs["conf"],
+        conf_margin=confs["conf_margin"],
+        conf_entropy=confs["conf_entropy"],
+    )

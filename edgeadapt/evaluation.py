@@ -1,10 +1,14 @@
 """The evaluation format: per-sample results of every state on a labelled set (``.npz``).
 
-Keys: ``labels`` int64 ``[N]``, ``pred`` int64 ``[N, S]``, ``conf`` float32 ``[N, S]``
-(optional: absent when only predictions are known), ``states`` unicode ``[S]`` (state
-names, the columns of ``pred``/``conf``). Loaded without pickles; shapes and dtypes are
-checked with errors that name the file and the key. `edgeadapt evaluate` and
-`edgeadapt import-predictions` write it; `bound`, `subset` and the planner read it.
+Keys: ``labels`` int64 ``[N]``, ``pred`` int64 ``[N, S]``, ``states`` unicode ``[S]``
+(state names, the columns of ``pred`` and of the confidences) and, optionally, the
+confidence of each state in each measure of the decision kernel, float32 ``[N, S]``:
+``conf`` (maxprob), ``conf_margin`` (margin) and ``conf_entropy`` (negative entropy).
+Evaluations written before the margin and entropy keys existed hold ``conf`` only and
+still load; predictions imported without logits hold none. Loaded without pickles;
+shapes and dtypes are checked with errors that name the file and the key.
+`edgeadapt evaluate` and `edgeadapt import-predictions` write it; `bound`, `subset` and
+the planner read it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from edgeadapt.jsonio import read_text
 from edgeadapt.npzio import ArraySpec, load_npz, save_npz
 
 __all__ = [
+    "CONF_KEYS",
     "Evaluation",
     "from_prediction_csvs",
     "from_predictions_npz",
@@ -30,11 +35,13 @@ __all__ = [
     "save_evaluation",
 ]
 
+#: The key holding each measure's confidences.
+CONF_KEYS = {"maxprob": "conf", "margin": "conf_margin", "entropy": "conf_entropy"}
 SPEC = {
     "labels": ArraySpec("iu", 1),
     "pred": ArraySpec("iu", 2),
-    "conf": ArraySpec("f", 2, optional=True),
     "states": ArraySpec("U", 1),
+    **{key: ArraySpec("f", 2, optional=True) for key in CONF_KEYS.values()},
 }
 
 
@@ -42,7 +49,9 @@ SPEC = {
 class Evaluation:
     """Per-sample results of S states on N labelled samples (see the module docstring).
 
-    Construction checks the shapes and names; `source` names the file in errors.
+    `conf`, `conf_margin` and `conf_entropy` are the maxprob, margin and entropy
+    confidences (each optional). Construction checks the shapes and names; `source`
+    names the file in errors.
     """
 
     labels: np.ndarray
@@ -50,6 +59,8 @@ class Evaluation:
     states: np.ndarray
     conf: np.ndarray | None = None
     source: str | None = None
+    conf_margin: np.ndarray | None = None
+    conf_entropy: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         src = self.source
@@ -85,17 +96,37 @@ class Evaluation:
         object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
         object.__setattr__(self, "pred", pred.astype(np.int64, copy=False))
         object.__setattr__(self, "states", states)
-        if self.conf is not None:
-            conf = np.asarray(self.conf)
+        for key in CONF_KEYS.values():
+            if getattr(self, key) is None:
+                continue
+            conf = np.asarray(getattr(self, key))
             if conf.dtype.kind != "f" or conf.shape != (n, s):
                 raise InputError(
                     f"expected float [{n}, {s}], got {conf.dtype} {conf.shape}",
                     source=src,
-                    field="conf",
+                    field=key,
                 )
             if not np.all(np.isfinite(conf)):
-                raise InputError("confidences must be finite", source=src, field="conf")
-            object.__setattr__(self, "conf", conf.astype(np.float32, copy=False))
+                raise InputError("confidences must be finite", source=src, field=key)
+            object.__setattr__(self, key, conf.astype(np.float32, copy=False))
+
+    def confidence(self, measure: str = "maxprob") -> np.ndarray:
+        """The float32 ``[N, S]`` confidences of `measure` (maxprob, margin or entropy);
+        an `InputError` naming the key when this evaluation lacks them."""
+        if measure not in CONF_KEYS:
+            raise InputError(
+                f"must be one of {', '.join(CONF_KEYS)}, got {measure!r}", field="measure"
+            )
+        key = CONF_KEYS[measure]
+        values: np.ndarray | None = getattr(self, key)
+        if values is None:
+            raise InputError(
+                f"has no {measure} confidences; write it again with edgeadapt evaluate "
+                "(it stores every measure)",
+                source=self.source,
+                field=key,
+            )
+        return values
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -123,12 +154,12 @@ class Evaluation:
                 field="states",
             )
         cols = [index[name] for name in names]
+        confs = {
+            key: None if getattr(self, key) is None else getattr(self, key)[:, cols]
+            for key in CONF_KEYS.values()
+        }
         return Evaluation(
-            self.labels,
-            self.pred[:, cols],
-            self.states[cols],
-            None if self.conf is None else self.conf[:, cols],
-            self.source,
+            self.labels, self.pred[:, cols], self.states[cols], source=self.source, **confs
         )
 
 
@@ -136,7 +167,11 @@ def load_evaluation(path: str | os.PathLike[str]) -> Evaluation:
     """Read and check an evaluation ``.npz`` (never unpickles)."""
     arrays = load_npz(path, SPEC)
     return Evaluation(
-        arrays["labels"], arrays["pred"], arrays["states"], arrays.get("conf"), source=str(path)
+        arrays["labels"],
+        arrays["pred"],
+        arrays["states"],
+        source=str(path),
+        **{key: arrays.get(key) for key in CONF_KEYS.values()},
     )
 
 
@@ -147,8 +182,10 @@ def save_evaluation(path: str | os.PathLike[str], evaluation: Evaluation) -> Non
         "pred": evaluation.pred.astype(np.int64),
         "states": evaluation.states.astype(str),
     }
-    if evaluation.conf is not None:
-        arrays["conf"] = evaluation.conf.astype(np.float32)
+    for key in CONF_KEYS.values():
+        conf = getattr(evaluation, key)
+        if conf is not None:
+            arrays[key] = conf.astype(np.float32)
     save_npz(path, **arrays)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from edgeadapt.calibrate import Calibration, calibrate, required_correct, simulate
 from edgeadapt.errors import InputError
+from edgeadapt.evaluation import CONF_KEYS
 from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
 from edgeadapt.stats import drop_upper_bound
 
@@ -64,11 +65,13 @@ class EvaluationLike(Protocol):
 @dataclass(frozen=True)
 class Outcomes:
     """Per-sample results of every state on one split: `correct` bool and `conf` float32
-    ``[N, S]``, states named in bundle (cost) order."""
+    ``[N, S]``, states named in bundle (cost) order; `measure` names the confidences
+    (None: not said, maxprob by default)."""
 
     names: tuple[str, ...]
     correct: np.ndarray
     conf: np.ndarray
+    measure: str | None = None
 
     def __post_init__(self) -> None:
         n_states = len(self.names)
@@ -84,16 +87,31 @@ class Outcomes:
             raise InputError(f"expected a float array of shape {self.correct.shape}", field="conf")
         if not np.isfinite(self.conf).all():
             raise InputError("confidences must be finite", field="conf")
+        if self.measure is not None and self.measure not in MEASURES:
+            raise InputError(
+                f"must be one of {list(MEASURES)}, got {self.measure!r}", field="measure"
+            )
 
     @classmethod
-    def from_evaluation(cls, evaluation: EvaluationLike) -> Outcomes:
-        """Correctness (``pred == labels``) and confidences of an evaluation."""
-        if evaluation.conf is None:
-            raise InputError("planning needs confidences; this evaluation has none", field="conf")
+    def from_evaluation(cls, evaluation: EvaluationLike, measure: str = "maxprob") -> Outcomes:
+        """Correctness (``pred == labels``) and the `measure` confidences of an evaluation
+        (``conf``, ``conf_margin`` or ``conf_entropy``, see `edgeadapt.evaluation`)."""
+        if measure not in CONF_KEYS:
+            raise InputError(f"must be one of {list(CONF_KEYS)}, got {measure!r}", field="measure")
+        key = CONF_KEYS[measure]
+        conf = getattr(evaluation, key, None)
+        if conf is None:
+            raise InputError(
+                f"planning on {measure} needs {measure} confidences; this evaluation has "
+                "none (write it again with edgeadapt evaluate, which stores every measure)",
+                source=getattr(evaluation, "source", None),
+                field=key,
+            )
         return cls(
             names=tuple(str(s) for s in evaluation.states),
             correct=np.asarray(evaluation.pred) == np.asarray(evaluation.labels)[:, None],
-            conf=np.asarray(evaluation.conf, dtype=np.float32),
+            conf=np.asarray(conf, dtype=np.float32),
+            measure=measure,
         )
 
     @property
@@ -103,7 +121,7 @@ class Outcomes:
 
     def take(self, rows: np.ndarray) -> Outcomes:
         """The samples at `rows`."""
-        return Outcomes(self.names, self.correct[rows], self.conf[rows])
+        return Outcomes(self.names, self.correct[rows], self.conf[rows], self.measure)
 
     def split(self, heldout: float = 0.5, seed: int = 0) -> tuple[Outcomes, Outcomes]:
         """A random (calibration, held-out) split; `heldout` is the held-out share."""
@@ -234,6 +252,18 @@ def _calibrate(
     )
 
 
+def _measure(calib: Outcomes, heldout: Outcomes, measure: str | None) -> str:
+    """The one measure of both splits and the caller's choice."""
+    said = {m for m in (calib.measure, heldout.measure, measure) if m is not None}
+    if len(said) > 1:
+        raise InputError(
+            f"confidences of different measures: calibration {calib.measure}, held-out "
+            f"{heldout.measure}, asked {measure}",
+            field="measure",
+        )
+    return said.pop() if said else "maxprob"
+
+
 def _check_args(
     calib: Outcomes,
     heldout: Outcomes,
@@ -288,11 +318,17 @@ def make_plan(
     kind: str = "early-exit",
     max_states: int = 4,
     max_drop: float = 0.005,
-    measure: str = "maxprob",
+    measure: str | None = None,
     delta: float = 0.05,
 ) -> Plan:
-    """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring)."""
+    """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
+
+    `measure` names the confidence measure of the splits (the plan records it); it
+    defaults to the splits' own (`Outcomes.measure`), else maxprob, and must agree
+    with it.
+    """
     costs = np.asarray(state_costs_ms, dtype=np.float64)
+    measure = _measure(calib, heldout, measure)
     _check_args(calib, heldout, costs, manifest_sha256, kind, max_states, max_drop, measure, delta)
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))

@@ -8,10 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from edgeadapt.bundle import load_bundle
+from edgeadapt.calibrate import exit_states
+from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.cli import cli
 from edgeadapt.evaluate import evaluate_bundle
-from edgeadapt.evaluation import save_evaluation
+from edgeadapt.evaluation import load_evaluation, save_evaluation
 from edgeadapt.plan import load_plan
+from edgeadapt.planner import Outcomes
 from edgeadapt.profile import profile_bundle, save_profile
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
@@ -29,11 +32,11 @@ def artefacts(tmp_path_factory):
     first = evaluate_bundle(bundle, x, np.zeros(600, np.int64))
     evaluation = evaluate_bundle(bundle, x, first.pred[:, -1].astype(np.int64))
     save_evaluation(tmp / "eval.npz", evaluation)
-    return bundle, profile, tmp / "eval.npz", tmp
+    return bundle, profile, tmp / "eval.npz", tmp, x
 
 
 def test_plan_writes_a_valid_plan(artefacts):
-    bundle, profile, evaluation, tmp = artefacts
+    bundle, profile, evaluation, tmp, _ = artefacts
     out = tmp / "plan.json"
     args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
     result = CliRunner().invoke(cli, [*args, "--max-drop", "0.02", "-o", str(out), "--json"])
@@ -49,7 +52,7 @@ def test_plan_writes_a_valid_plan(artefacts):
 
 
 def test_plan_refuses_another_bundles_profile(artefacts, tmp_path):
-    _, profile, evaluation, _ = artefacts
+    _, profile, evaluation, _, _ = artefacts
     family = str(BUNDLES / "mnist1d-family")
     result = CliRunner().invoke(
         cli, ["plan", family, "--profile", str(profile), "--evaluation", str(evaluation)]
@@ -60,10 +63,54 @@ def test_plan_refuses_another_bundles_profile(artefacts, tmp_path):
 
 
 def test_plan_names_a_missing_evaluation(artefacts, tmp_path):
-    bundle, profile, _, _ = artefacts
+    bundle, profile, _, _, _ = artefacts
     missing = tmp_path / "none.npz"
     result = CliRunner().invoke(
         cli, ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(missing)]
     )
     assert result.exit_code == 2
     assert "none.npz" in result.output
+
+
+@pytest.mark.parametrize("measure", ["margin", "entropy"])
+def test_a_measure_plan_exits_the_rows_the_planner_simulated(artefacts, measure):
+    """The plan's thresholds, run through AdaptiveModel (the C++ kernel) on the same
+    samples, exit exactly the rows the planner's simulation exited, so the held-out
+    accuracy the plan reports is what the cascade achieves."""
+    bundle, profile, evaluation, tmp, x = artefacts
+    out = tmp / f"plan-{measure}.json"
+    args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
+    result = CliRunner().invoke(
+        cli, [*args, "--measure", measure, "--max-drop", "0.02", "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["measure"] == measure
+    plan = load_plan(out)
+    assert plan.measure == measure
+    assert len(plan.states) >= 2  # some rows exit early: the comparison is not vacuous
+
+    outcomes = Outcomes.from_evaluation(load_evaluation(evaluation), measure)
+    kept = list(plan.states)
+    simulated = np.asarray(kept)[exit_states(outcomes.conf[:, kept], np.array(plan.thresholds))]
+    assert len(np.unique(simulated)) >= 2
+    with AdaptiveModel.load(bundle, plan=out) as model:
+        ran = model.predict(x)
+    np.testing.assert_array_equal(ran.exit_state, simulated)
+
+    rows = np.random.default_rng(0).permutation(outcomes.n)  # the CLI's split (seed 0)
+    heldout = np.sort(rows[outcomes.n - round(0.5 * outcomes.n) :])
+    labels = load_evaluation(evaluation).labels
+    accuracy = float((ran.pred[heldout] == labels[heldout]).mean())
+    assert accuracy == pytest.approx(plan.heldout.accuracy, abs=1e-12)
+
+
+def test_plan_on_an_evaluation_without_the_measure_names_the_key(artefacts, tmp_path):
+    bundle, profile, evaluation, _, _ = artefacts
+    old = load_evaluation(evaluation)
+    path = tmp_path / "old.npz"
+    np.savez(path, labels=old.labels, pred=old.pred, states=old.states, conf=old.conf)
+    args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(path)]
+    result = CliRunner().invoke(cli, [*args, "--measure", "margin", "-o", str(tmp_path / "p")])
+    assert result.exit_code == 2
+    assert "old.npz: conf_margin" in result.output
+    assert "needs margin confidences" in result.output

@@ -5,13 +5,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
+from edgeadapt import kernel_ref
 from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
-from edgeadapt.evaluate import evaluate_bundle, softmax_confidence
+from edgeadapt.evaluate import evaluate_bundle
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
 
@@ -48,6 +46,16 @@ def test_every_state_matches_a_direct_run(name):
         np.testing.assert_allclose(
             ev.conf[:, i], (e / e.sum(axis=1, keepdims=True)).max(axis=1), rtol=1e-5
         )
+        for measure in kernel_ref.MEASURES:  # as the kernel's numpy specification computes it
+            np.testing.assert_allclose(
+                ev.confidence(measure)[:, i],
+                kernel_ref.confidence(logits, measure),
+                rtol=0,
+                atol=1e-6,
+            )
+    assert ev.conf_margin.dtype == ev.conf_entropy.dtype == np.float32
+    assert np.all((ev.conf_margin >= 0) & (ev.conf_margin <= ev.conf))
+    assert np.all((ev.conf_entropy <= 0) & (ev.conf_entropy >= -np.log(bundle.num_classes) - 1e-5))
     assert np.all((ev.conf > 1.0 / bundle.num_classes - 1e-6) & (ev.conf <= 1.0 + 1e-6))
 
 
@@ -81,18 +89,12 @@ def test_bad_batch_is_refused(multiexit, batch):
         evaluate_bundle(multiexit, x, np.zeros(2, int), batch=batch)
 
 
-@given(
-    arrays(
-        np.float32,
-        st.tuples(st.integers(1, 5), st.integers(2, 12)),
-        elements=st.floats(-1e4, 1e4, width=32),
-    )
-)
-def test_softmax_confidence_is_the_top_probability(logits):
-    conf = softmax_confidence(logits)
-    z = logits.astype(np.float64)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(conf, p.max(axis=1), rtol=1e-6)
-    assert np.all(conf >= 1.0 / logits.shape[1] - 1e-6)
-    assert np.all(conf <= 1.0)
+def test_confidences_are_the_kernels_own(multiexit):
+    """Bit for bit what `AdaptiveModel` computes from the same logits."""
+    from edgeadapt.kernel import confidence
+
+    x = np.random.default_rng(1).standard_normal((20, 1, 40)).astype(np.float32)
+    ev = evaluate_bundle(multiexit, x, np.zeros(20, int), batch=20)
+    last = direct_logits(multiexit, x)[-1]
+    for measure in kernel_ref.MEASURES:
+        np.testing.assert_array_equal(ev.confidence(measure)[:, -1], confidence(last, measure))

@@ -39,6 +39,47 @@ def test_round_trip(tmp_path, conf):
     np.testing.assert_allclose(ev.accuracies, [0.5, 0.75])
 
 
+def test_every_measure_round_trips_and_selects(tmp_path):
+    base = make()
+    margin = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]], np.float32)
+    entropy = -margin
+    ev = Evaluation(
+        base.labels, base.pred, base.states, base.conf, conf_margin=margin, conf_entropy=entropy
+    )
+    p = tmp_path / "e.npz"
+    save_evaluation(p, ev)
+    with np.load(p) as raw:
+        assert sorted(raw.files) == [
+            "conf",
+            "conf_entropy",
+            "conf_margin",
+            "labels",
+            "pred",
+            "states",
+        ]
+    back = load_evaluation(p)
+    np.testing.assert_array_equal(back.confidence("maxprob"), base.conf)
+    np.testing.assert_array_equal(back.confidence("margin"), margin)
+    np.testing.assert_array_equal(back.confidence("entropy"), entropy)
+    swapped = back.select(["big", "small"])
+    np.testing.assert_array_equal(swapped.confidence("margin"), margin[:, ::-1])
+    np.testing.assert_array_equal(swapped.confidence("entropy"), entropy[:, ::-1])
+
+
+def test_an_old_evaluation_has_maxprob_only(tmp_path):
+    p = tmp_path / "old.npz"
+    old = make()
+    np.savez(p, labels=old.labels, pred=old.pred, states=old.states, conf=old.conf)
+    ev = load_evaluation(p)
+    np.testing.assert_array_equal(ev.confidence(), old.conf)
+    with pytest.raises(InputError, match="has no margin confidences") as info:
+        ev.confidence("margin")
+    assert info.value.source == str(p)
+    assert info.value.field == "conf_margin"
+    with pytest.raises(InputError, match="must be one of maxprob, margin, entropy"):
+        ev.confidence("logit")
+
+
 def test_select_reorders_and_rejects_unknown():
     ev = make().select(["big", "small"])
     assert ev.names == ("big", "small")
@@ -92,6 +133,33 @@ def test_select_reorders_and_rejects_unknown():
                 "conf": np.zeros((2, 2), np.float32),
             },
             r"conf: expected float \[2, 1\]",
+        ),
+        (
+            {
+                "labels": np.zeros(2, int),
+                "pred": np.zeros((2, 1), int),
+                "states": np.array(["a"]),
+                "conf_margin": np.zeros((2, 2), np.float32),
+            },
+            r"conf_margin: expected float \[2, 1\]",
+        ),
+        (
+            {
+                "labels": np.zeros(2, int),
+                "pred": np.zeros((2, 1), int),
+                "states": np.array(["a"]),
+                "conf_entropy": np.array([[0.0], [np.inf]], np.float32),
+            },
+            "conf_entropy: confidences must be finite",
+        ),
+        (
+            {
+                "labels": np.zeros(2, int),
+                "pred": np.zeros((2, 1), int),
+                "states": np.array(["a"]),
+                "conf_margin": np.zeros((2, 1), int),
+            },
+            "conf_margin: dtype int64",
         ),
         (
             {"labels": np.zeros(0, int), "pred": np.zeros((0, 1), int), "states": np.array(["a"])},

@@ -153,6 +153,42 @@ def test_from_evaluation_and_split():
     assert calib.n == held.n == 2
     with pytest.raises(InputError, match="confidences"):
         Outcomes.from_evaluation(SimpleNamespace(**{**ev.__dict__, "conf": None}))
+    assert o.measure == calib.measure == held.measure == "maxprob"
+
+
+def test_from_evaluation_picks_the_measure():
+    margin = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]], np.float32)
+    ev = SimpleNamespace(
+        labels=np.array([0, 1, 2, 1]),
+        pred=np.array([[0, 0], [1, 1], [0, 2], [2, 1]]),
+        conf=np.full((4, 2), 0.5, np.float32),
+        conf_margin=margin,
+        states=np.array(["a", "b"]),
+        source="e.npz",
+    )
+    o = Outcomes.from_evaluation(ev, "margin")
+    assert o.measure == "margin"
+    np.testing.assert_array_equal(o.conf, margin)
+    with pytest.raises(InputError, match="needs entropy confidences") as info:
+        Outcomes.from_evaluation(ev, "entropy")
+    assert (info.value.source, info.value.field) == ("e.npz", "conf_entropy")
+    with pytest.raises(InputError, match="must be one of"):
+        Outcomes.from_evaluation(ev, "logits")
+
+
+def test_plan_records_the_splits_measure_and_refuses_a_mix():
+    data, cost = outcomes(200, 3, 0)
+    entropy = Outcomes(data.names, data.correct, data.conf - 1.0, "entropy")
+    calib, held = entropy.split(0.5, seed=0)
+    plan = make_plan(calib, held, cost, manifest_sha256=SHA, max_drop=0.05)
+    assert plan.measure == "entropy"
+    assert all(t <= 0 for t in plan.thresholds)
+    with pytest.raises(InputError, match="different measures") as info:
+        make_plan(calib, held, cost, manifest_sha256=SHA, measure="margin")
+    assert info.value.field == "measure"
+    maxprob = Outcomes(data.names, data.correct, data.conf, "maxprob").split(0.5, seed=0)[1]
+    with pytest.raises(InputError, match="different measures"):
+        make_plan(calib, maxprob, cost, manifest_sha256=SHA)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edgeadapt.plan import MEASURES
+
 
 @click.command("plan")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -47,6 +49,13 @@ import click
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
 @click.option(
+    "--measure",
+    type=click.Choice(MEASURES),
+    default="maxprob",
+    show_default=True,
+    help="Confidence measure the policy thresholds (the evaluation must hold it).",
+)
+@click.option(
     "--delta",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.05,
@@ -69,6 +78,7 @@ def plan_cmd(
     max_drop: float,
     heldout: float,
     seed: int,
+    measure: str,
     delta: float,
     out: Path | None,
     as_json: bool,
@@ -78,8 +88,9 @@ def plan_cmd(
     Thresholds minimise the expected cost (the profile's p50 at batch 1) subject to an
     accuracy drop of at most --max-drop on a calibration split; the figures are
     reported on the held-out split, with a Clopper-Pearson bound on the drop and the
-    oracle gap closure (R_N - R_policy) / (R_N - R_oracle). The evaluation's
-    confidences are max softmax probabilities, so the plan's measure is maxprob.
+    oracle gap closure (R_N - R_policy) / (R_N - R_oracle). --measure picks the
+    confidences (maxprob, margin or negative entropy, as the decision kernel computes
+    them) from the evaluation; the plan records it and AdaptiveModel runs it.
     """
     from edgeadapt.bundle import load_bundle
     from edgeadapt.evaluation import load_evaluation
@@ -92,7 +103,7 @@ def plan_cmd(
     costs = state_costs(load_profile(profile_path, loaded), loaded)
     names = [s.name for s in loaded.states]
     evaluation = load_evaluation(evaluation_path).select(names)
-    calib, held = Outcomes.from_evaluation(evaluation).split(heldout=heldout, seed=seed)
+    calib, held = Outcomes.from_evaluation(evaluation, measure).split(heldout=heldout, seed=seed)
     plan = make_plan(
         calib,
         held,
@@ -101,7 +112,7 @@ def plan_cmd(
         kind=loaded.kind,
         max_states=max_states,
         max_drop=max_drop,
-        measure="maxprob",
+        measure=measure,
         delta=delta,
     )
     target = out if out is not None else loaded.path / "plan.json"
