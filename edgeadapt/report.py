@@ -1,0 +1,470 @@
+"""The device report: one self-contained HTML page (and its PNGs) of policy vs oracle.
+
+`write_report` joins a bundle, its profile on the device and an evaluation (checked by
+`edgeadapt.analysis.load_inputs`), and optionally the plan made from them, and draws:
+
+- accuracy vs measured cost of every state with the alpha = 1 and constant-alpha
+  (alpha_min) bounds and the shaded opportunity area between the states and the
+  optimistic bound (paper Fig. 3/4), the exact oracle, the threshold policy swept with
+  one shared threshold over the evaluation (`edgeadapt.calibrate.sweep`), and the
+  plan's held-out operating point;
+- alpha_i per state (Fig. 2);
+- the best k-subset's exact-oracle R_ratio for k = 1..N (Fig. 6, `edgeadapt.subset`).
+
+The HTML embeds the PNGs as base64 data URIs (readable without a server) next to tables
+of the states, the bounds, the subset curve and the plan; every file is written
+atomically. matplotlib (the ``plot`` extra) is imported only here, through its
+object-oriented API with the Agg canvas, so no global backend state is touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeadapt.analysis import Inputs, bundle_bound, load_inputs
+from edgeadapt.bundle import Bundle
+from edgeadapt.calibrate import Sweep, simulate, sweep
+from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.evaluation import Evaluation
+from edgeadapt.jsonio import atomic_write_bytes
+from edgeadapt.plan import Plan, load_plan
+from edgeadapt.planner import subset_costs
+from edgeadapt.profile import Profile
+from edgeadapt.subset import SubsetChoice, subset_curve_exact
+
+__all__ = ["FIGURES", "ReportData", "render_report", "report_data", "write_report"]
+
+PathLike = str | os.PathLike[str]
+
+#: Figure key -> (PNG name suffix, caption).
+FIGURES = {
+    "accuracy-cost": (
+        "accuracy-cost",
+        "Accuracy vs measured cost: states, oracle bounds, policy sweep and plan (paper Fig. 3/4)",
+    ),
+    "alphas": ("alphas", "alpha_i per state (paper Fig. 2)"),
+    "rratio": ("rratio", "R_ratio of the best k-subset vs number of states k (paper Fig. 6)"),
+}
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the report shows, computed once (costs in ms)."""
+
+    inputs: Inputs
+    bound: dict[str, Any]
+    curve: list[SubsetChoice]
+    sweep: Sweep | None  # None: the evaluation has no confidences
+    sweep_states: tuple[int, ...]  # bundle states the sweep runs
+    plan: Plan | None
+    plan_here: tuple[float, float] | None  # plan's thresholds on this evaluation: (acc, cost)
+
+
+def _plan(plan: Plan | PathLike, bundle: Bundle) -> Plan:
+    source = None if isinstance(plan, Plan) else str(plan)
+    loaded = plan if isinstance(plan, Plan) else load_plan(plan)
+    if loaded.manifest_sha256 != bundle.manifest_sha256:
+        raise InputError(
+            f"was made for another bundle (manifest sha256 {loaded.manifest_sha256[:12]}..., "
+            f"{bundle.path} has {bundle.manifest_sha256[:12]}...); plan this bundle again",
+            source=source,
+            field="$.bundle.manifest_sha256",
+        )
+    return loaded
+
+
+def report_data(
+    bundle: Bundle | PathLike,
+    *,
+    profile: Profile | PathLike,
+    evaluation: Evaluation | PathLike,
+    plan: Plan | PathLike | None = None,
+) -> ReportData:
+    """Load, cross-check and compute the report's figures (no plotting)."""
+    inputs = load_inputs(bundle, profile=profile, evaluation=evaluation, cost="ms")
+    b, ev = inputs.bundle, inputs.evaluation
+    # the envelope keeps the analytic bounds defined when a costlier state is less accurate
+    bound = bundle_bound(b, profile=inputs.profile, evaluation=ev, cost="ms", envelope=True)
+    correct = ev.correct
+    order = np.argsort(inputs.costs, kind="stable")
+    curve = [
+        SubsetChoice(
+            tuple(int(order[i]) for i in c.states), c.r_oracle, c.a_oracle, c.r_ratio, c.method
+        )
+        for c in subset_curve_exact(correct[:, order], inputs.costs[order], r_n=bound["r_n"])
+    ]
+    chosen = None if plan is None else _plan(plan, b)
+    states = tuple(range(len(inputs.names))) if chosen is None else chosen.states
+    cols = list(states)
+    pay = subset_costs(inputs.costs, states, b.kind)
+    swept = None if ev.conf is None else sweep(ev.conf[:, cols], correct[:, cols], pay)
+    here = None
+    if chosen is not None and ev.conf is not None:
+        run = simulate(ev.conf[:, cols], correct[:, cols], pay, np.asarray(chosen.thresholds))
+        here = (run.accuracy, run.expected_cost)
+    return ReportData(inputs, bound, curve, swept, states, chosen, here)
+
+
+# ------------------------------------------------------------------ plots
+
+
+def _figure(width: float = 7.5, height: float = 4.8) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise MissingExtraError("matplotlib", "plot", "edgeadapt report") from e
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _frontier(r1: float, a1: float, point: dict[str, Any], r_n: float) -> tuple[list, list]:
+    """The bound's frontier: from state 1 to the bound point, then flat to R_N."""
+    xs = [r1, point["r_oracle"], max(r_n, point["r_oracle"])]
+    ys = [a1, point["a_oracle"], point["a_oracle"]]
+    return xs, [100 * y for y in ys]
+
+
+def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
+    """Draw every series of Fig. 3/4 on `ax`; return the accuracies (%) of the top points."""
+    bound = data.bound
+    costs = np.array([s["cost"] for s in bound["states"]])
+    accs = np.array([s["accuracy"] for s in bound["states"]]) * 100
+    r1, a1, r_n = costs[0], accs[0] / 100, bound["r_n"]
+    optimistic = bound.get("constant_alpha_min", bound["alpha1"])
+    ox, oy = _frontier(r1, a1, optimistic, r_n)
+    area_x = [*costs, ox[2], ox[1], ox[0]]
+    area_y = [*accs, oy[2], oy[1], oy[0]]
+    ax.fill(area_x, area_y, color="tab:green", alpha=0.15, lw=0, label="opportunity area")
+    ax.plot(costs, accs, "o--", color="0.35", label="states (one state per input)", zorder=3)
+    for name, x, y in zip((s["name"] for s in bound["states"]), costs, accs, strict=True):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.plot(
+        *_frontier(r1, a1, bound["alpha1"], r_n), "-", color="tab:blue", label="alpha = 1 bound"
+    )
+    if "constant_alpha_min" in bound:
+        label = f"constant-alpha bound (alpha_min = {bound['alpha_min']:.2f})"
+        ax.plot(ox, oy, "-", color="tab:green", label=label)
+    ex = bound["exact"]
+    ax.plot(ex["r_oracle"], 100 * ex["a_oracle"], "*", ms=14, color="tab:red", label="exact oracle")
+    top = [100 * bound["a_n"], 100 * ex["a_oracle"], oy[1]]
+    if data.sweep is not None:
+        names = ", ".join(data.inputs.names[i] for i in data.sweep_states)
+        ax.plot(
+            data.sweep.expected_cost,
+            100 * data.sweep.accuracy,
+            ".-",
+            color="tab:orange",
+            ms=4,
+            label=f"policy, one shared threshold swept\n({names})",
+        )
+    if data.plan is not None:
+        held = data.plan.heldout
+        ax.plot(
+            held.cost_ms,
+            100 * held.accuracy,
+            "D",
+            ms=9,
+            color="tab:purple",
+            label=f"plan (held-out, {held.n} samples)",
+            zorder=5,
+        )
+        top.append(100 * held.accuracy)
+    ax.grid(alpha=0.3)
+    return top
+
+
+def plot_accuracy_cost(data: ReportData) -> bytes:
+    """Fig. 3/4 on this device: the whole range, and a zoom on the most accurate points."""
+    fig = _figure(12.0, 5.0)
+    full, zoom = fig.subplots(1, 2, sharex=True)
+    _draw_accuracy_cost(full, data)
+    top = _draw_accuracy_cost(zoom, data)
+    zoom.set_ylim(min(top) - 2.0, min(100.0, max(top) + 0.5))
+    full.set_title("Accuracy vs measured cost on this device")
+    zoom.set_title("Zoom on the top")
+    for ax in (full, zoom):
+        ax.set_xlabel(f"expected cost per sample (ms; {data.bound['cost']['origin']})")
+    full.set_ylabel("top-1 accuracy (%)")
+    full.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def plot_alphas(data: ReportData) -> bytes:
+    """alpha_i = P(states 1..i-1 all wrong | state i wrong) for i >= 2 (Fig. 2)."""
+    bound = data.bound
+    names = [s["name"] for s in bound["states"]][1:]
+    values = [np.nan if a is None else a for a in bound["alphas"]]
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(range(len(names)), values, "o-", color="tab:blue", label="alpha_i (exact)")
+    if bound.get("alpha_min") is not None:
+        ax.axhline(
+            bound["alpha_min"],
+            ls="--",
+            color="tab:green",
+            label=f"alpha_min = {bound['alpha_min']:.3f}",
+        )
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("state i (cost order)")
+    ax.set_ylabel("alpha_i = P(states before i all wrong | i wrong)")
+    ax.set_title("alpha_i per state")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_rratio(data: ReportData) -> bytes:
+    """Exact-oracle R_ratio of the best k-subset for k = 1..N (Fig. 6)."""
+    ks = [c.k for c in data.curve]
+    ratios = [c.r_ratio for c in data.curve]
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(
+        ks,
+        ratios,
+        "o-",
+        color="tab:red",
+        label="best k-subset (exact oracle), {bundle state indices}",
+    )
+    for c in data.curve:
+        text = "{" + ",".join(str(i) for i in c.states) + "}"
+        ax.annotate(text, (c.k, c.r_ratio), textcoords="offset points", xytext=(4, -12), fontsize=7)
+    ax.set_xticks(ks)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("number of states k")
+    ax.set_ylabel(f"R_ratio = R_N / R_oracle (x, R_N = {data.bound['baseline']})")
+    ax.set_title("Efficiency gain vs number of states")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+# ------------------------------------------------------------------- HTML
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _states_table(data: ReportData) -> str:
+    bound, b = data.bound, data.inputs.bundle
+    alphas = [None, *bound["alphas"]]
+    flops = {s.name: s.flops for s in b.states}
+    rows = [
+        [
+            s["name"],
+            _fmt(s["cost"]),
+            f"{flops[s['name']] / 1e6:.2f}",
+            _pct(s["accuracy"]),
+            _fmt(a, 3),
+        ]
+        for s, a in zip(bound["states"], alphas, strict=True)
+    ]
+    headers = ["state", "cost (ms)", "MFLOPs (manifest)", "accuracy", "alpha_i"]
+    return _table(headers, rows)
+
+
+def _bounds_table(data: ReportData) -> str:
+    bound = data.bound
+    rows = []
+
+    def add(label: str, p: dict[str, Any]) -> None:
+        rows.append(
+            [
+                label,
+                _fmt(p["r_oracle"]),
+                _pct(p["a_oracle"]),
+                _fmt(p["delta_r"]),
+                _ratio(p.get("r_ratio")),
+                f"{100 * p['delta_a']:+.2f}%",
+            ]
+        )
+
+    add("exact oracle (eq. 4/5)", bound["exact"])
+    add("alpha = 1 (eq. 9)", bound["alpha1"])
+    if "constant_alpha_min" in bound:
+        add(f"alpha_min = {bound['alpha_min']:.3f} (eq. 8)", bound["constant_alpha_min"])
+    add("continuous (eq. 13)", bound["continuous"])
+    headers = ["bound", "R_oracle (ms)", "A_oracle", "dR (ms)", "R_ratio", "dA"]
+    dominated = bound.get("dominated")
+    note = (
+        "<p>Pareto envelope: the analytic bounds drop "
+        + html.escape(", ".join(dominated))
+        + " (less accurate than a cheaper state).</p>"
+        if dominated
+        else ""
+    )
+    views = []
+    for name, v in bound["views"].items():
+        scale, unit = (1e6, "MFLOPs") if v["unit"] == "flops" else (1.0, v["unit"])
+        r_oracle, r_n = _fmt(v["r_oracle"] / scale), _fmt(v["r_n"] / scale)
+        views.append([name, unit, r_oracle, r_n, _ratio(v["r_ratio"])])
+    return (
+        _table(headers, rows)
+        + note
+        + f"<p>Baseline R_N = {_fmt(bound['r_n'])} ms, A_N = {_pct(bound['a_n'])} "
+        f"({html.escape(bound['baseline'])}).</p>"
+        + "<p>Exact oracle per cost view (cascade: steps 0..i, what a sequential run "
+        "pays; direct: stages 0..i + head i, the paper's view):</p>"
+        + _table(["view", "unit", "R_oracle", "R_N", "R_ratio"], views)
+    )
+
+
+def _curve_table(data: ReportData) -> str:
+    names = data.inputs.names
+    rows = [
+        [
+            str(c.k),
+            ", ".join(names[i] for i in c.states),
+            _fmt(c.r_oracle),
+            _pct(c.a_oracle),
+            _ratio(c.r_ratio),
+        ]
+        for c in data.curve
+    ]
+    return _table(["k", "states", "R_oracle (ms)", "A_oracle", "R_ratio"], rows)
+
+
+def _plan_section(data: ReportData) -> str:
+    plan = data.plan
+    if plan is None:
+        return "<p>No plan given (edgeadapt plan BUNDLE ...).</p>"
+    held = plan.heldout
+    gap = "n/a" if plan.gap_closure is None else f"{100 * plan.gap_closure:.1f}%"
+    rows = [
+        ["states", ", ".join(plan.state_names)],
+        [f"thresholds ({plan.measure})", ", ".join(f"{t:.4f}" for t in plan.thresholds)],
+        ["held-out samples", str(held.n)],
+        ["held-out accuracy", _pct(held.accuracy)],
+        [
+            "held-out drop",
+            f"{100 * held.drop:+.2f} points vs {plan.bundle_states[plan.reference_state]} "
+            f"(<= {100 * plan.drop_bound:.2f} with probability {1 - plan.delta:.0%}; "
+            f"max drop {100 * plan.max_drop:.2f})",
+        ],
+        ["expected cost (plan.json)", f"{_fmt(held.cost_ms)} ms vs R_N {_fmt(plan.r_n)} ms"],
+        ["oracle (plan.json)", f"{_fmt(plan.r_oracle)} ms at {_pct(plan.a_oracle)}"],
+        ["oracle gap closure", gap],
+    ]
+    if data.plan_here is not None:
+        acc, cost = data.plan_here
+        n = data.inputs.evaluation.labels.size
+        rows.append(
+            [
+                "plan's thresholds on this evaluation and profile",
+                f"{_pct(acc)} at {_fmt(cost)} ms ({n} samples)",
+            ]
+        )
+    return _table(["plan", "value"], rows)
+
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 60em; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; }
+figcaption { font-size: 0.9em; color: #555; }
+"""
+
+
+def _html(data: ReportData, images: dict[str, bytes]) -> str:
+    bound, b = data.bound, data.inputs.bundle
+    prof, ev = bound["profile"], bound["evaluation"]
+    esc = html.escape
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    figures = "".join(
+        f'<figure><img alt="{esc(FIGURES[key][1])}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        f"<figcaption>{esc(FIGURES[key][1])}</figcaption></figure>"
+        for key, png in images.items()
+    )
+    noisy = " <strong>(profile flagged noisy)</strong>" if prof["noisy"] else ""
+    sweep_note = (
+        "<p>The evaluation has no confidences: no policy sweep.</p>" if data.sweep is None else ""
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>edgeadapt report: {esc(b.path.name)}</title><style>{_STYLE}</style></head>
+<body>
+<h1>edgeadapt report: {esc(b.path.name)}</h1>
+<p>Bundle {esc(str(b.path))} ({esc(b.kind)}, {len(data.inputs.names)} states,
+{b.num_classes} classes). Costs: ms, {esc(bound["cost"]["origin"])}, from profile
+{esc(str(prof["path"]))} (device {esc(prof["device_id"])}, {esc(str(prof["runtime"]))},
+{esc(str(prof["threads"]))} thread(s), measured {esc(prof["measured_at"])}){noisy}.
+Accuracies: evaluation {esc(str(ev["path"]))} ({ev["samples"]} samples). Written {when}.</p>
+<h2>States</h2>{_states_table(data)}
+<h2>Oracle bounds</h2>{_bounds_table(data)}
+<h2>Plan</h2>{_plan_section(data)}
+<h2>Best k-subsets</h2>{_curve_table(data)}
+<h2>Figures</h2>{sweep_note}{figures}
+</body></html>
+"""
+
+
+def render_report(data: ReportData, out: PathLike) -> list[Path]:
+    """Draw and write the report of `data` (see `write_report`)."""
+    out = Path(out)
+    images = {
+        "accuracy-cost": plot_accuracy_cost(data),
+        "alphas": plot_alphas(data),
+        "rratio": plot_rratio(data),
+    }
+    written = []
+    for key, png in images.items():
+        path = out.with_name(f"{out.stem}-{FIGURES[key][0]}.png")
+        atomic_write_bytes(path, png)
+        written.append(path)
+    atomic_write_bytes(out, _html(data, images).encode("utf-8"))
+    written.append(out)
+    return written
+
+
+def write_report(
+    bundle: Bundle | PathLike,
+    *,
+    profile: Profile | PathLike,
+    evaluation: Evaluation | PathLike,
+    plan: Plan | PathLike | None = None,
+    out: PathLike,
+) -> list[Path]:
+    """Write the HTML report to `out` and its PNGs next to it (``<stem>-accuracy-cost.png``,
+    ``<stem>-alphas.png``, ``<stem>-rratio.png``); return every path written (HTML last).
+    Bundle, profile, evaluation and plan may be loaded objects or paths."""
+    data = report_data(bundle, profile=profile, evaluation=evaluation, plan=plan)
+    return render_report(data, out)

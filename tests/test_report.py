@@ -1,0 +1,253 @@
+"""`write_report` and `edgeadapt report`: files, embedded images, figures that agree with
+`bundle_bound`, and clear refusals of inputs made for something else."""
+
+import base64
+import html
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeadapt.analysis import bundle_bound
+from edgeadapt.cli import cli
+from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.evaluation import Evaluation, save_evaluation
+from edgeadapt.plan import save_plan
+from edgeadapt.profile import default_profile_path, save_profile
+from edgeadapt.report import FIGURES, report_data, write_report
+from tests.device_inputs import copy_multiexit, multiexit
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def device(tmp_path_factory):
+    """The shipped multi-exit bundle with a real (short) profile on this machine, an
+    evaluation on 400 MNIST-1D samples, and a plan made from them, saved as files."""
+    from edgeadapt.datasets import mnist1d_splits
+    from edgeadapt.evaluate import evaluate_bundle
+    from edgeadapt.planner import Outcomes, make_plan
+    from edgeadapt.profile import profile_bundle, state_costs
+
+    bundle = multiexit()
+    root = tmp_path_factory.mktemp("device")
+    profile = profile_bundle(bundle, warmup=2, iters=10)
+    data = mnist1d_splits(42, n_train=10, n_calibration=400, n_test=10).calibration
+    evaluation = evaluate_bundle(bundle, data.x, data.y)
+    calib, held = Outcomes.from_evaluation(evaluation).split()
+    plan = make_plan(
+        calib, held, state_costs(profile, bundle), manifest_sha256=bundle.manifest_sha256
+    )
+    paths = {"profile": root / "p.json", "evaluation": root / "e.npz", "plan": root / "plan.json"}
+    save_profile(paths["profile"], profile)
+    save_evaluation(paths["evaluation"], evaluation)
+    save_plan(paths["plan"], plan)
+    return bundle, paths
+
+
+@pytest.fixture(scope="session")
+def written(device, tmp_path_factory):
+    bundle, paths = device
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    return write_report(bundle, **paths, out=out)
+
+
+def rows(page: str) -> dict[str, list[str]]:
+    """Every table row of the page, keyed by its first cell."""
+    found = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", page):
+        cells = [html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", row)]
+        found[cells[0]] = cells[1:]
+    return found
+
+
+def pct(cell: str) -> float:
+    return float(cell.rstrip("%")) / 100
+
+
+def test_report_writes_the_pngs_and_a_self_contained_html(written):
+    stems = ["report-accuracy-cost.png", "report-alphas.png", "report-rratio.png", "report.html"]
+    assert [p.name for p in written] == stems
+    page = written[-1].read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3
+    for png, encoded in zip(written[:-1], images, strict=True):
+        data = png.read_bytes()
+        assert data.startswith(PNG)
+        assert base64.b64decode(encoded) == data
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from elsewhere
+    for name in ("exit0", "exit1", "exit2", "exit3"):
+        assert f"<td>{name}</td>" in page
+    for _, caption in FIGURES.values():
+        assert html.escape(caption) in page
+
+
+def test_report_numbers_agree_with_bundle_bound(device, written):
+    bundle, paths = device
+    bound = bundle_bound(
+        bundle, profile=paths["profile"], evaluation=paths["evaluation"], envelope=True
+    )
+    table = rows(written[-1].read_text())
+    for state, alpha in zip(bound["states"], [None, *bound["alphas"]], strict=True):
+        cost, _, acc, alpha_cell = table[state["name"]]
+        assert float(cost) == pytest.approx(state["cost"], rel=1e-3)
+        assert pct(acc) == pytest.approx(state["accuracy"], abs=5e-5)
+        if alpha is not None:
+            assert float(alpha_cell) == pytest.approx(alpha, rel=1e-2)
+    labels = {
+        "exact oracle (eq. 4/5)": bound["exact"],
+        "alpha = 1 (eq. 9)": bound["alpha1"],
+        f"alpha_min = {bound['alpha_min']:.3f} (eq. 8)": bound["constant_alpha_min"],
+        "continuous (eq. 13)": bound["continuous"],
+    }
+    for label, point in labels.items():
+        r_oracle, a_oracle, _, ratio, _ = table[label]
+        assert float(r_oracle) == pytest.approx(point["r_oracle"], rel=1e-3)
+        assert pct(a_oracle) == pytest.approx(point["a_oracle"], abs=5e-5)
+        assert float(ratio.rstrip("x")) == pytest.approx(point["r_ratio"], abs=5e-3)
+    for name, view in bound["views"].items():
+        assert float(table[name][-1].rstrip("x")) == pytest.approx(view["r_ratio"], abs=5e-3)
+
+
+def test_report_shows_the_plan_and_the_subset_curve(device, written):
+    from edgeadapt.plan import load_plan
+
+    bundle, paths = device
+    plan = load_plan(paths["plan"])
+    table = rows(written[-1].read_text())
+    assert table["states"] == [", ".join(plan.state_names)]
+    assert pct(table["held-out accuracy"][0]) == pytest.approx(plan.heldout.accuracy, abs=5e-5)
+    data = report_data(bundle, **paths)
+    bound = data.bound
+    # k = N is the exact oracle of every state; k = 1 the most accurate state (the
+    # cheapest among equals) alone
+    assert data.curve[-1].r_oracle == pytest.approx(bound["exact"]["r_oracle"])
+    accuracy = data.inputs.evaluation.correct.mean(axis=0)
+    assert data.curve[0].states == (int(np.argmax(accuracy)),)
+    assert table[str(len(data.curve))][0] == ", ".join(bound["bundle"]["states"])
+
+
+def test_sweep_runs_from_the_first_kept_state_alone_to_the_last(device):
+    bundle, paths = device
+    data = report_data(bundle, **paths)
+    ev, costs = data.inputs.evaluation, data.inputs.costs
+    first, last = data.sweep_states[0], data.sweep_states[-1]
+    cheap = int(np.argmin(data.sweep.expected_cost))
+    assert data.sweep.expected_cost[cheap] == pytest.approx(costs[first])
+    assert data.sweep.accuracy[cheap] == pytest.approx(ev.correct[:, first].mean())
+    assert np.isinf(data.sweep.levels[-1])
+    assert data.sweep.expected_cost[-1] == pytest.approx(costs[last])
+    assert data.sweep.accuracy[-1] == pytest.approx(ev.correct[:, last].mean())
+
+
+def test_report_without_plan_or_confidences(device, tmp_path):
+    bundle, paths = device
+    ev = Evaluation(*(np.load(paths["evaluation"])[k] for k in ("labels", "pred", "states")))
+    save_evaluation(tmp_path / "noconf.npz", ev)
+    out = write_report(
+        bundle,
+        profile=paths["profile"],
+        evaluation=tmp_path / "noconf.npz",
+        out=tmp_path / "r.html",
+    )
+    page = out[-1].read_text()
+    assert "No plan given" in page
+    assert "no confidences: no policy sweep" in page
+    assert page.count("data:image/png;base64,") == 3
+
+
+def _edited(path, tmp_path, change):
+    doc = json.loads(path.read_text())
+    change(doc)
+    target = tmp_path / path.name
+    target.write_text(json.dumps(doc))
+    return target
+
+
+def _other_sha(doc):
+    doc["bundle"]["manifest_sha256"] = "0" * 64
+
+
+def test_inputs_made_for_something_else_are_refused_and_leave_the_old_report(device, tmp_path):
+    bundle, paths = device
+    out = tmp_path / "r.html"
+    write_report(bundle, **paths, out=out)
+    before = out.read_bytes()
+    bad_profile = _edited(paths["profile"], tmp_path, _other_sha)
+    with pytest.raises(InputError, match=r"p\.json: \$\.bundle\.manifest_sha256: .*another bundle"):
+        write_report(bundle, **{**paths, "profile": bad_profile}, out=out)
+    bad_plan = _edited(paths["plan"], tmp_path, _other_sha)
+    with pytest.raises(InputError, match=r"plan\.json: \$\.bundle\.manifest_sha256: .*another"):
+        write_report(bundle, **{**paths, "plan": bad_plan}, out=out)
+    ev = np.load(paths["evaluation"])
+    other = tmp_path / "other.npz"
+    save_evaluation(other, Evaluation(ev["labels"], ev["pred"][:, :3], ev["states"][:3]))
+    with pytest.raises(InputError, match=r"other\.npz: states: .*missing exit3"):
+        write_report(bundle, **{**paths, "evaluation": other}, out=out)
+    assert out.read_bytes() == before
+
+
+def test_missing_matplotlib_names_the_plot_extra(device, tmp_path, monkeypatch):
+    bundle, paths = device
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(MissingExtraError, match=r"edgeadapt\[plot\]"):
+        write_report(bundle, **paths, out=tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_report_json(device, tmp_path):
+    bundle, paths = device
+    out = tmp_path / "cli.html"
+    result = invoke(
+        "report",
+        bundle.path,
+        "--profile",
+        paths["profile"],
+        "--evaluation",
+        paths["evaluation"],
+        "--plan",
+        paths["plan"],
+        "-o",
+        out,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["html"] == str(out)
+    assert [p.rsplit("/", 1)[1] for p in summary["images"]] == [
+        "cli-accuracy-cost.png",
+        "cli-alphas.png",
+        "cli-rratio.png",
+    ]
+    bound = bundle_bound(bundle, profile=paths["profile"], evaluation=paths["evaluation"])
+    assert summary["exact"] == pytest.approx(bound["exact"])
+    assert summary["policy"]["gap_closure"] is not None
+
+
+def test_cli_report_finds_the_bundle_defaults(device, tmp_path):
+    from edgeadapt.bundle import load_bundle
+
+    _, paths = device
+    copy = copy_multiexit(tmp_path)
+    result = invoke("report", copy, "-o", tmp_path / "r.html")
+    assert result.exit_code == 2
+    assert "--profile: not given and" in result.output
+    default = default_profile_path(load_bundle(copy))
+    default.parent.mkdir()
+    default.write_bytes(paths["profile"].read_bytes())
+    (copy / "evaluation.npz").write_bytes(paths["evaluation"].read_bytes())
+    (copy / "plan.json").write_bytes(paths["plan"].read_bytes())
+    result = invoke("report", copy, "-o", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert "oracle gap closure" in result.output
+    assert f"wrote {tmp_path / 'r.html'}" in result.output
