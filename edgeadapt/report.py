@@ -36,7 +36,7 @@ from edgeadapt.analysis import Inputs, bundle_bound, load_inputs
 from edgeadapt.bundle import Bundle
 from edgeadapt.calibrate import Sweep, simulate, sweep
 from edgeadapt.errors import InputError, MissingExtraError
-from edgeadapt.evaluation import Evaluation
+from edgeadapt.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.jsonio import atomic_write_bytes
 from edgeadapt.plan import Plan, load_plan
 from edgeadapt.planner import subset_costs
@@ -69,6 +69,7 @@ class ReportData:
     sweep_states: tuple[int, ...]  # bundle states the sweep runs
     plan: Plan | None
     plan_here: tuple[float, float] | None  # plan's thresholds on this evaluation: (acc, cost)
+    measure: str  # confidence measure of the sweep: the plan's, else maxprob
 
 
 def _plan(plan: Plan | PathLike, bundle: Bundle) -> Plan:
@@ -108,12 +109,14 @@ def report_data(
     states = tuple(range(len(inputs.names))) if chosen is None else chosen.states
     cols = list(states)
     pay = subset_costs(inputs.costs, states, b.kind)
-    swept = None if ev.conf is None else sweep(ev.conf[:, cols], correct[:, cols], pay)
+    measure = "maxprob" if chosen is None else chosen.measure
+    conf = getattr(ev, CONF_KEYS[measure])
+    swept = None if conf is None else sweep(conf[:, cols], correct[:, cols], pay)
     here = None
-    if chosen is not None and ev.conf is not None:
-        run = simulate(ev.conf[:, cols], correct[:, cols], pay, np.asarray(chosen.thresholds))
+    if chosen is not None and conf is not None:
+        run = simulate(conf[:, cols], correct[:, cols], pay, np.asarray(chosen.thresholds))
         here = (run.accuracy, run.expected_cost)
-    return ReportData(inputs, bound, curve, swept, states, chosen, here)
+    return ReportData(inputs, bound, curve, swept, states, chosen, here, measure)
 
 
 # ------------------------------------------------------------------ plots
@@ -171,7 +174,7 @@ def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
             ".-",
             color="tab:orange",
             ms=4,
-            label=f"policy, one shared threshold swept\n({names})",
+            label=f"policy, one shared {data.measure} threshold swept\n({names})",
         )
     if data.plan is not None:
         held = data.plan.heldout
@@ -416,7 +419,9 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
     )
     noisy = " <strong>(profile flagged noisy)</strong>" if prof["noisy"] else ""
     sweep_note = (
-        "<p>The evaluation has no confidences: no policy sweep.</p>" if data.sweep is None else ""
+        f"<p>The evaluation has no {data.measure} confidences: no policy sweep.</p>"
+        if data.sweep is None
+        else ""
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

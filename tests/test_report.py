@@ -143,6 +143,27 @@ def test_sweep_runs_from_the_first_kept_state_alone_to_the_last(device):
     assert data.sweep.accuracy[-1] == pytest.approx(ev.correct[:, last].mean())
 
 
+@pytest.mark.parametrize("measure", ["maxprob", "margin"])
+def test_the_plan_on_the_whole_evaluation_joins_its_two_splits(device, measure):
+    """The report re-runs the plan's thresholds, with the plan's confidence measure, on the
+    evaluation the plan was split from: its figures must be the size-weighted mean of the
+    plan's calibration and held-out figures."""
+    from edgeadapt.evaluation import load_evaluation
+    from edgeadapt.planner import Outcomes, make_plan
+
+    bundle, paths = device
+    outcomes = Outcomes.from_evaluation(load_evaluation(paths["evaluation"]), measure)
+    costs = report_data(bundle, **{**paths, "plan": None}).inputs.costs
+    plan = make_plan(*outcomes.split(), costs, manifest_sha256=bundle.manifest_sha256)
+    data = report_data(bundle, **{**paths, "plan": plan})
+    assert data.measure == measure
+    calib, held = plan.calibration, plan.heldout
+    n = calib.n + held.n
+    accuracy, cost = data.plan_here
+    assert accuracy == pytest.approx((calib.n * calib.accuracy + held.n * held.accuracy) / n)
+    assert cost == pytest.approx((calib.n * calib.cost_ms + held.n * held.cost_ms) / n)
+
+
 def test_report_without_plan_or_confidences(device, tmp_path):
     bundle, paths = device
     ev = Evaluation(*(np.load(paths["evaluation"])[k] for k in ("labels", "pred", "states")))
@@ -155,7 +176,7 @@ def test_report_without_plan_or_confidences(device, tmp_path):
     )
     page = out[-1].read_text()
     assert "No plan given" in page
-    assert "no confidences: no policy sweep" in page
+    assert "no maxprob confidences: no policy sweep" in page
     assert page.count("data:image/png;base64,") == 3
 
 
