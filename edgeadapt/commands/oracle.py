@@ -177,10 +177,11 @@ def _bundle_header(summary: dict[str, Any]) -> str:
 
 
 def _views_text(views: dict[str, Any]) -> str:
-    rows = [
-        [name, v["unit"], _num(v["r_oracle"]), _num(v["r_n"]), _ratio(v["r_ratio"])]
-        for name, v in views.items()
-    ]
+    rows = []
+    for name, v in views.items():
+        scale, unit = (1e6, "MFLOPs") if v["unit"] == "flops" else (1.0, v["unit"])
+        r_oracle, r_n = _num(v["r_oracle"] / scale), _num(v["r_n"] / scale)
+        rows.append([name, unit, r_oracle, r_n, _ratio(v["r_ratio"])])
     table = _render(["view", "unit", "R_oracle", "R_N", "R_ratio"], rows, left=(0, 1))
     return (
         "exact oracle per cost view (cascade: steps 0..i, what a sequential run pays; "
