@@ -1,0 +1,224 @@
+// edgeadapt::runner: run a bundle's states as an adaptive cascade from C++.
+//
+// The native counterpart of the Python `AdaptiveModel` (edgeadapt/cascade.py), with the
+// same semantics: load a bundle (manifest.json, every file's sha256 and path checked as
+// edgeadapt/bundle.py does) and a plan (plan.json, edgeadapt/plan.py) or plain
+// thresholds; walk the kept states in order, run the steps on the rows still active,
+// let the decision kernel (kernel.hpp) decide which rows exit, and carry on only with
+// the rows that continue (batch compaction). Skipped early-exit states still run their
+// steps (they produce the activation) but do not decide. A row whose logits hold NaN
+// never exits early; at the last state it answers with pred -1 and conf NaN. Budget:
+// the first kept state always runs; a later one starts only if its predicted cost fits
+// what is left, else every active row keeps its answer from the last completed state.
+//
+// Errors: every public function is noexcept and returns an Error (code + message that
+// names the file and JSON path at fault); nothing throws across this interface.
+//
+//     edgeadapt::runner::Bundle bundle;
+//     if (auto e = edgeadapt::runner::load_bundle("bundle/", bundle)) { puts(e.message.c_str()); }
+//     std::shared_ptr<edgeadapt::runner::Backend> backend;
+//     edgeadapt::runner::make_backend("openvino", {}, backend);
+//     std::unique_ptr<edgeadapt::runner::Runner> runner;
+//     edgeadapt::runner::Runner::create(bundle, plan, backend, {}, runner);
+//     edgeadapt::runner::Result out;
+//     runner->predict(x, batch, edgeadapt::kNoBudget, out);   // out.pred, out.exit_state, ...
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edgeadapt/kernel.hpp"
+
+namespace edgeadapt::runner {
+
+enum class Code : int {
+    Ok = 0,
+    Io = 1,           // a file is missing or unreadable
+    Format = 2,       // invalid JSON, wrong format/version, a field of the wrong type or value
+    Integrity = 3,    // a file's sha256 does not match the manifest
+    UnsafePath = 4,   // a path leaves the bundle ('..', absolute, symlink)
+    Mismatch = 5,     // a plan made for another bundle
+    Input = 6,        // bad arguments or input data
+    Backend = 7,      // the inference runtime failed
+    Unavailable = 8,  // the backend was not compiled into this build
+};
+
+const char* code_string(Code code) noexcept;
+
+// Ok when `code` is Ok; converts to true when something failed.
+struct Error {
+    Code code = Code::Ok;
+    std::string message;
+
+    explicit operator bool() const noexcept { return code != Code::Ok; }
+};
+
+// The model input: `dims` are the static dimensions after the dynamic batch axis.
+struct InputSpec {
+    std::string name;
+    std::vector<std::int64_t> dims;
+    std::string dtype;
+    std::int64_t row_elements() const noexcept;
+};
+
+// One step (early-exit) or member (ensemble); `activation` is empty when it has none.
+struct Step {
+    std::string file;
+    std::filesystem::path path;
+    std::vector<std::string> inputs;
+    std::string activation;
+    std::string logits;
+};
+
+struct Bundle {
+    std::filesystem::path path;
+    std::string kind;  // "early-exit" or "ensemble"
+    std::int64_t num_classes = 0;
+    InputSpec input;
+    std::vector<std::string> state_names;
+    std::vector<Step> steps;
+    std::string manifest_sha256;
+};
+
+// Load and validate a bundle directory (or its manifest.json): the schema, the paths
+// (no '..', absolute paths or symlinks), the chaining of the steps and, with `verify`,
+// every listed file's sha256. Each step's ONNX I/O names are checked when a backend
+// loads it (Runner::create).
+Error load_bundle(const std::filesystem::path& path, Bundle& out, bool verify = true) noexcept;
+
+struct BudgetRow {
+    double budget_ms = 0.0;
+    std::int64_t state = 0;
+    double accuracy = 0.0;
+};
+
+// The part of plan.json a runner needs (the record of how the plan did is not read).
+struct Plan {
+    std::string manifest_sha256;
+    std::string kind;
+    std::vector<std::string> bundle_states;
+    Measure measure = Measure::MaxProb;
+    std::vector<std::int64_t> states;
+    std::vector<double> thresholds;
+    std::vector<double> cost_ms;
+    std::vector<BudgetRow> budget;
+};
+
+Error load_plan(const std::filesystem::path& path, Plan& out) noexcept;
+
+// "maxprob", "margin" or "entropy".
+Error parse_measure(const std::string& name, Measure& out) noexcept;
+
+// A float32 tensor the backend owns: valid until the session's next run.
+struct TensorView {
+    const float* data = nullptr;
+    std::int64_t rows = 0;
+    std::int64_t row_elements = 0;
+};
+
+// One compiled step with its reused request and tensors. Inputs and outputs are
+// addressed by their position in the names given to Backend::load.
+class Session {
+  public:
+    virtual ~Session() = default;
+    // Feed input `index` with `rows` rows of `row_elements` floats (C order).
+    virtual void set_input(std::size_t index, const float* data, std::int64_t rows,
+                           std::int64_t row_elements) = 0;
+    virtual void infer() = 0;
+    virtual TensorView output(std::size_t index) const = 0;
+};
+
+// An inference runtime that compiles steps into sessions; its methods may throw.
+class Backend {
+  public:
+    virtual ~Backend() = default;
+    virtual std::string name() const = 0;
+    // Compile `onnx`; its inputs and outputs must be exactly these names, all float32.
+    virtual std::unique_ptr<Session> load(const std::filesystem::path& onnx,
+                                          const std::vector<std::string>& inputs,
+                                          const std::vector<std::string>& outputs) = 0;
+};
+
+struct BackendOptions {
+    std::string device;  // "" = the backend's default ("CPU" for OpenVINO, GPU 0 for TensorRT)
+    int threads = 0;     // CPU inference threads; 0 = the backend's choice
+};
+
+// "openvino" or "tensorrt" (Code::Unavailable when not compiled into this build).
+Error make_backend(const std::string& name, const BackendOptions& options,
+                   std::shared_ptr<Backend>& out) noexcept;
+
+// Per-sample results of one predict call. `exit_state` is the bundle state that
+// answered; `step_ms`/`step_rows`/`step_index` list every step run, in order.
+struct Result {
+    std::vector<std::int64_t> pred;
+    std::vector<std::int64_t> exit_state;
+    std::vector<float> conf;
+    std::vector<std::uint8_t> budget_exit;
+    double total_ms = 0.0;
+    std::vector<double> step_ms;
+    std::vector<std::int64_t> step_rows;
+    std::vector<std::int64_t> step_index;
+};
+
+struct RunnerOptions {
+    // Predicted latency of each bundle step for the budget (ms); empty = the plan's
+    // cost_ms, and without a plan a budget is refused.
+    std::vector<double> step_costs_ms;
+    double ewma = 0.2;
+};
+
+class Runner {
+  public:
+    // Run the plan's states under its thresholds and measure. The plan must have been
+    // made for this bundle (its manifest sha256).
+    static Error create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Backend> backend,
+                        const RunnerOptions& options, std::unique_ptr<Runner>& out) noexcept;
+    // Run every state: one threshold for every exit, or one per state but the last.
+    static Error create(const Bundle& bundle, const std::vector<double>& thresholds,
+                        Measure measure, std::shared_ptr<Backend> backend,
+                        const RunnerOptions& options, std::unique_ptr<Runner>& out) noexcept;
+
+    // Run the cascade on `x`: float32 [batch, *input dims], C order, finite. `budget_ms`
+    // > 0, or kNoBudget. `out` is reused: its vectors keep their capacity.
+    Error predict(const float* x, std::int64_t batch, double budget_ms, Result& out) noexcept;
+
+    const Bundle& bundle() const noexcept { return bundle_; }
+    // Bundle indices of the states that decide, in order.
+    std::vector<std::int64_t> states() const;
+    const Policy& policy() const noexcept { return policy_; }
+
+    Runner(const Runner&) = delete;
+    Runner& operator=(const Runner&) = delete;
+    ~Runner();
+
+  private:
+    struct Stage;
+    struct StepRun;
+    Runner();
+    static void build(const Bundle& bundle, std::vector<std::int64_t> kept,
+                       std::vector<double> thresholds, Measure measure,
+                       std::vector<double> stage_costs, bool costs_known,
+                       std::shared_ptr<Backend> backend, const RunnerOptions& options,
+                       std::unique_ptr<Runner>& out);
+    void run(const float* x, std::int64_t batch, double budget_ms, Result& out);
+    const float* rows_of_input(const float* x);
+
+    Bundle bundle_;
+    Policy policy_;
+    bool costs_known_ = false;
+    std::shared_ptr<Backend> backend_;
+    std::vector<Stage> stages_;
+    std::vector<StepRun> steps_;
+    // reused across calls: decision outputs, active rows, gathered rows, best answers
+    std::vector<std::int64_t> pred_, keep_, rows_, next_rows_, best_pred_;
+    std::vector<float> conf_, best_conf_, gathered_x_;
+    std::vector<std::uint8_t> exit_mask_;
+    std::vector<std::vector<float>> gathered_;
+    bool x_gathered_ = false;
+};
+
+}  // namespace edgeadapt::runner

@@ -1,0 +1,188 @@
+// Bundle loading: the same checks, in the same order, as edgeadapt/bundle.py `load_bundle`.
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <set>
+
+#include "detail.hpp"
+
+namespace edgeadapt::runner {
+
+namespace fs = std::filesystem;
+using detail::fail;
+using detail::Fields;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+const std::set<std::string> kKinds = {"early-exit", "ensemble"};
+const std::set<std::string> kDtypes = {"float32", "float16", "float64", "int64",
+                                       "int32",   "int8",    "uint8",   "bool"};
+
+// The absolute path of bundle file `rel`, refusing anything that leaves `root`
+// (bundle.py `_safe_path`).
+fs::path safe_path(const fs::path& root, const std::string& rel, const std::string& source,
+                   const std::string& field) {
+    if (rel.empty()) fail(Code::Format, source, field, "expected a non-empty relative path");
+    const bool drive = rel.size() >= 2 && std::isalpha(static_cast<unsigned char>(rel[0])) &&
+                       rel[1] == ':';
+    if (rel.front() == '/' || drive || rel.find('\\') != std::string::npos) {
+        fail(Code::UnsafePath, source, field, "absolute path '" + rel + "' is not allowed");
+    }
+    for (const auto& part : fs::path(rel)) {
+        if (part == "..")
+            fail(Code::UnsafePath, source, field, "path '" + rel + "' leaves the bundle ('..')");
+    }
+    const fs::path path = root / rel;
+    std::error_code ec;
+    for (fs::path probe = path; probe != root && probe.has_relative_path();
+         probe = probe.parent_path()) {
+        if (fs::is_symlink(fs::symlink_status(probe, ec))) {
+            fail(Code::UnsafePath, source, field,
+                 "path '" + rel + "' is a symlink; bundle files must be regular files");
+        }
+    }
+    const fs::path real_root = fs::weakly_canonical(root, ec);
+    const fs::path real = fs::weakly_canonical(path, ec);
+    const auto mismatch = std::mismatch(real_root.begin(), real_root.end(), real.begin(), real.end());
+    if (mismatch.first != real_root.end())
+        fail(Code::UnsafePath, source, field, "path '" + rel + "' leaves the bundle");
+    return path;
+}
+
+InputSpec parse_input(const Fields& f) {
+    InputSpec spec;
+    spec.name = f.str("name");
+    const detail::Json& shape = f.list("shape");
+    if (shape.empty() || shape[0] != "batch")
+        f.fail("the first axis must be 'batch' (the dynamic batch axis)", "shape");
+    for (std::size_t k = 1; k < shape.size(); ++k) {
+        const std::string at = f.at("shape", k);
+        if (!shape[k].is_number_integer() || detail::json_integer(shape[k], f.source(), at) < 1)
+            f.fail_at(at, "must be a positive integer");
+        spec.dims.push_back(shape[k].get<std::int64_t>());
+    }
+    spec.dtype = f.str("dtype");
+    if (!kDtypes.count(spec.dtype)) f.fail("must be one of the bundle dtypes", "dtype");
+    return spec;
+}
+
+std::vector<std::string> str_list(const Fields& f, const std::string& key) {
+    std::vector<std::string> out;
+    const detail::Json& values = f.list(key);
+    for (std::size_t k = 0; k < values.size(); ++k) {
+        if (!values[k].is_string() || values[k].get<std::string>().empty())
+            f.fail_at(f.at(key, k), "expected a non-empty string");
+        out.push_back(values[k].get<std::string>());
+    }
+    return out;
+}
+
+void load(const fs::path& given, Bundle& out, bool verify) {
+    fs::path root = given;
+    std::error_code ec;
+    if (root.filename() == kManifest && fs::is_regular_file(root, ec)) root = root.parent_path();
+    root = fs::absolute(root, ec);
+    if (!fs::is_directory(root, ec)) fail(Code::Io, root.string(), "", "no such bundle directory");
+    const fs::path manifest = root / kManifest;
+    const std::string source = manifest.string();
+    const std::string raw = detail::read_bytes(manifest);
+    const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1});
+    const Fields f(doc, source);
+
+    Bundle b;
+    b.path = root;
+    b.kind = f.str("kind");
+    if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble", "kind");
+    b.input = parse_input(f.child("input"));
+    b.num_classes = f.integer("num_classes");
+    if (b.num_classes < 2) f.fail("must be >= 2", "num_classes");
+
+    std::vector<std::pair<std::string, std::string>> files;  // (relative path, sha256)
+    for (const auto& [rel, digest] : f.object("files").items()) {
+        const std::string at = "$.files." + rel;
+        const fs::path path = safe_path(root, rel, source, at);
+        if (!digest.is_string() || !detail::is_sha256_hex(digest.get<std::string>()))
+            fail(Code::Format, source, at, "expected a lowercase hex sha256");
+        if (!fs::is_regular_file(path, ec))
+            fail(Code::Io, source, at, "file '" + rel + "' is missing from the bundle");
+        files.emplace_back(rel, digest.get<std::string>());
+    }
+    const auto listed = [&files](const std::string& rel) -> const std::string* {
+        for (const auto& [r, d] : files)
+            if (r == rel) return &d;
+        return nullptr;
+    };
+
+    const detail::Json& states = f.list("states");
+    if (states.empty()) f.fail("a bundle needs at least one state", "states");
+    for (std::size_t i = 0; i < states.size(); ++i) {
+        const Fields s = f.item("states", i);
+        const std::string name = s.str("name");
+        if (std::count(b.state_names.begin(), b.state_names.end(), name))
+            s.fail("duplicate state name '" + name + "'", "name");
+        b.state_names.push_back(name);
+        Step step;
+        step.file = s.str("file", false);
+        step.path = safe_path(root, step.file, source, s.at("file"));
+        const std::string* digest = listed(step.file);
+        if (digest == nullptr) s.fail("'" + step.file + "' is not listed in $.files", "file");
+        if (s.str("sha256", false) != *digest) s.fail("does not match $.files", "sha256");
+        std::map<std::string, std::int64_t> ints;
+        for (const char* key :
+             {"flops", "macs", "stage_flops", "stage_macs", "head_flops", "head_macs", "params"}) {
+            ints[key] = s.integer(key);
+            if (ints[key] < 0) s.fail("must be >= 0", key);
+        }
+        if (ints["stage_flops"] + ints["head_flops"] != ints["flops"]) s.fail("stage_flops + head_flops must equal flops", "flops");
+        step.activation = s.optional_str("activation");
+        step.inputs = str_list(s, "inputs");
+        const bool last = i + 1 == states.size();
+        std::set<std::string> allowed = {b.input.name};
+        if (b.kind == "early-exit" && i > 0) {
+            const Step& prev = b.steps.back();
+            if (!prev.activation.empty()) allowed.insert(prev.activation);
+            allowed.insert(prev.logits);
+        }
+        const bool chained =
+            !step.inputs.empty() &&
+            std::all_of(step.inputs.begin(), step.inputs.end(),
+                        [&](const std::string& n) { return allowed.count(n) > 0; }) &&
+            (i > 0 || std::count(step.inputs.begin(), step.inputs.end(), b.input.name));
+        if (!chained) {
+            std::string names;
+            for (const auto& n : allowed) names += (names.empty() ? "'" : ", '") + n + "'";
+            s.fail("inputs do not chain: allowed are [" + names + "]", "inputs");
+        }
+        if (b.kind == "early-exit" && step.activation.empty() != last)
+            s.fail("every early-exit step but the last has an activation; the last has none",
+                   "activation");
+        if (b.kind == "ensemble" && !step.activation.empty())
+            s.fail("ensemble members have no activation", "activation");
+        step.logits = s.str("logits");
+        b.steps.push_back(std::move(step));
+    }
+    if (verify) {
+        for (const auto& [rel, digest] : files) {
+            if (detail::sha256_file(root / rel) != digest)
+                fail(Code::Integrity, source, "$.files." + rel,
+                     "sha256 mismatch for '" + rel + "': the file was altered");
+        }
+    }
+    b.manifest_sha256 = detail::sha256_hex(raw);
+    out = std::move(b);
+}
+
+}  // namespace
+
+std::int64_t InputSpec::row_elements() const noexcept {
+    std::int64_t n = 1;
+    for (std::int64_t d : dims) n *= d;
+    return n;
+}
+
+Error load_bundle(const fs::path& path, Bundle& out, bool verify) noexcept {
+    return detail::guard(Code::Io, path.string(), [&] { load(path, out, verify); });
+}
+
+}  // namespace edgeadapt::runner

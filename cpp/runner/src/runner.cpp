@@ -1,0 +1,335 @@
+// The cascade: edgeadapt/cascade.py `AdaptiveModel.predict`, step for step, over a Backend.
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "detail.hpp"
+
+namespace edgeadapt::runner {
+
+using detail::fail;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Copy rows `idx[0..k)` of a [*, row] float matrix into `dst` (resized as needed).
+const float* gather(const float* src, std::int64_t row, const std::int64_t* idx, std::int64_t k,
+                    std::vector<float>& dst) {
+    const auto need = static_cast<std::size_t>(k * row);
+    if (dst.size() < need) dst.resize(need);
+    const auto bytes = static_cast<std::size_t>(row) * sizeof(float);
+    for (std::int64_t j = 0; j < k; ++j) std::memcpy(dst.data() + j * row, src + idx[j] * row, bytes);
+    return dst.data();
+}
+
+}  // namespace
+
+// One kept state: the bundle steps it runs (the segment since the previous kept state).
+struct Runner::Stage {
+    std::int64_t state = 0;
+    std::vector<std::size_t> steps;
+    double threshold = 0.0;
+};
+
+// One loaded step. input_src[j] is -1 for the model input, else the index of the
+// previous step's output that feeds input j; outputs are (activation?, logits).
+struct Runner::StepRun {
+    std::unique_ptr<Session> session;
+    std::vector<int> input_src;
+    std::size_t logits_out = 0;
+};
+
+Runner::Runner() = default;
+Runner::~Runner() = default;
+
+std::vector<std::int64_t> Runner::states() const {
+    std::vector<std::int64_t> out;
+    for (const Stage& s : stages_) out.push_back(s.state);
+    return out;
+}
+
+Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Backend> backend,
+                     const RunnerOptions& options, std::unique_ptr<Runner>& out) noexcept {
+    return detail::guard(Code::Backend, bundle.path.string(), [&] {
+        if (plan.manifest_sha256 != bundle.manifest_sha256)
+            fail(Code::Mismatch, "plan", "$.bundle.manifest_sha256",
+                 "was made for another bundle (manifest sha256 " + plan.manifest_sha256.substr(0, 12) +
+                     "..., " + bundle.path.string() + " has " + bundle.manifest_sha256.substr(0, 12) +
+                     "...)");
+        if (plan.bundle_states.size() != bundle.steps.size())
+            fail(Code::Mismatch, "plan", "$.bundle.states",
+                 "names " + std::to_string(plan.bundle_states.size()) + " states, the bundle has " +
+                     std::to_string(bundle.steps.size()));
+        for (std::int64_t s : plan.states)
+            if (s < 0 || s >= static_cast<std::int64_t>(bundle.steps.size()))
+                fail(Code::Input, "plan", "$.states", "state index out of range");
+        if (plan.thresholds.size() + 1 != plan.states.size() || plan.cost_ms.size() != plan.states.size())
+            fail(Code::Input, "plan", "", "needs one threshold per kept state but the last and one cost each");
+        // the cost of each kept state beyond the previous one, as np.diff(cost_ms).clip(0)
+        std::vector<double> stage_costs;
+        for (std::size_t j = 0; j < plan.cost_ms.size(); ++j)
+            stage_costs.push_back(std::max(0.0, plan.cost_ms[j] - (j ? plan.cost_ms[j - 1] : 0.0)));
+        build(bundle, plan.states, plan.thresholds, plan.measure, std::move(stage_costs), true,
+              std::move(backend), options, out);
+    });
+}
+
+Error Runner::create(const Bundle& bundle, const std::vector<double>& thresholds, Measure measure,
+                     std::shared_ptr<Backend> backend, const RunnerOptions& options,
+                     std::unique_ptr<Runner>& out) noexcept {
+    return detail::guard(Code::Backend, bundle.path.string(), [&] {
+        const std::size_t n = bundle.steps.size();
+        std::vector<double> t = thresholds;
+        if (t.size() == 1) t.assign(n - 1, thresholds[0]);
+        if (t.size() != n - 1)
+            fail(Code::Input, "thresholds", "",
+                 "expected one value or " + std::to_string(n - 1) +
+                     " (one per state but the last), got " + std::to_string(thresholds.size()));
+        for (std::size_t j = 0; j < thresholds.size(); ++j)
+            if (std::isnan(thresholds[j]))
+                fail(Code::Input, "thresholds", "[" + std::to_string(j) + "]", "must not be NaN");
+        std::vector<std::int64_t> kept;
+        for (std::size_t i = 0; i < n; ++i) kept.push_back(static_cast<std::int64_t>(i));
+        build(bundle, std::move(kept), std::move(t), measure, std::vector<double>(n, 0.0), false,
+              std::move(backend), options, out);
+    });
+}
+
+void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
+                    std::vector<double> thresholds, Measure measure,
+                    std::vector<double> stage_costs, bool costs_known,
+                    std::shared_ptr<Backend> backend, const RunnerOptions& options,
+                    std::unique_ptr<Runner>& out) {
+    if (!backend) fail(Code::Input, "backend", "", "no backend given");
+    if (bundle.steps.empty()) fail(Code::Input, bundle.path.string(), "", "the bundle has no steps");
+    if (bundle.input.dtype != "float32")
+        fail(Code::Input, bundle.path.string(), "$.input.dtype",
+             "the native runner reads float32 inputs, this bundle's input is " + bundle.input.dtype);
+    std::unique_ptr<Runner> r(new Runner());
+    r->bundle_ = bundle;
+    const bool early_exit = bundle.kind == "early-exit";
+    std::size_t start = 0;
+    for (std::size_t j = 0; j < kept.size(); ++j) {
+        Stage st;
+        st.state = kept[j];
+        const auto s = static_cast<std::size_t>(kept[j]);
+        for (std::size_t i = early_exit ? start : s; i <= s; ++i) st.steps.push_back(i);
+        start = s + 1;
+        r->stages_.push_back(std::move(st));
+    }
+    const std::vector<double>& step_costs = options.step_costs_ms;
+    if (!step_costs.empty()) {
+        if (step_costs.size() != bundle.steps.size())
+            fail(Code::Input, "step_costs_ms", "",
+                 "expected " + std::to_string(bundle.steps.size()) + " values (one per step), got " +
+                     std::to_string(step_costs.size()));
+        for (std::size_t j = 0; j < r->stages_.size(); ++j) {
+            stage_costs[j] = 0.0;
+            for (std::size_t i : r->stages_[j].steps) stage_costs[j] += step_costs[i];
+        }
+        costs_known = true;
+    }
+    const Status s = Policy::create(thresholds.data(), thresholds.size(), stage_costs.data(),
+                                    stage_costs.size(), options.ewma, measure, nullptr, true,
+                                    r->policy_);
+    if (s != Status::Ok) fail(Code::Input, "policy", "", status_string(s));
+    for (std::size_t j = 0; j < r->stages_.size(); ++j)
+        r->policy_.threshold(static_cast<std::int64_t>(j), &r->stages_[j].threshold);
+    r->costs_known_ = costs_known;
+    r->backend_ = std::move(backend);
+
+    r->steps_.resize(bundle.steps.size());
+    std::vector<bool> needed(bundle.steps.size(), false);
+    for (const Stage& st : r->stages_)
+        for (std::size_t i : st.steps) needed[i] = true;
+    for (std::size_t i = 0; i < bundle.steps.size(); ++i) {
+        if (!needed[i]) continue;
+        const Step& step = bundle.steps[i];
+        std::vector<std::string> outputs;
+        if (!step.activation.empty()) outputs.push_back(step.activation);
+        outputs.push_back(step.logits);
+        StepRun& run = r->steps_[i];
+        run.logits_out = outputs.size() - 1;
+        for (const std::string& name : step.inputs) {
+            int src = -1;
+            if (name != bundle.input.name) {
+                const Step& prev = bundle.steps[i - 1];  // load_bundle checked the chain
+                src = name == prev.activation || prev.activation.empty() ? 0 : 1;
+            }
+            run.input_src.push_back(src);
+        }
+        try {
+            run.session = r->backend_->load(step.path, step.inputs, outputs);
+        } catch (const detail::Failure&) {
+            throw;
+        } catch (const std::exception& e) {
+            fail(Code::Backend, step.path.string(), "", r->backend_->name() + ": " + e.what());
+        }
+    }
+    out = std::move(r);
+}
+
+const float* Runner::rows_of_input(const float* x) {
+    if (!x_gathered_) {
+        gather(x, bundle_.input.row_elements(), rows_.data(), static_cast<std::int64_t>(rows_.size()),
+               gathered_x_);
+        x_gathered_ = true;
+    }
+    return gathered_x_.data();
+}
+
+Error Runner::predict(const float* x, std::int64_t batch, double budget_ms, Result& out) noexcept {
+    return detail::guard(Code::Backend, bundle_.path.string(), [&] {
+        if (x == nullptr) fail(Code::Input, "input", "", "null input pointer");
+        if (batch < 1) fail(Code::Input, "input", "", "empty batch (" + std::to_string(batch) + " rows)");
+        const std::int64_t row = bundle_.input.row_elements();
+        std::int64_t bad = 0, first = -1;
+        for (std::int64_t b = 0; b < batch; ++b) {
+            bool finite = true;
+            for (std::int64_t e = 0; e < row; ++e) finite = finite && std::isfinite(x[b * row + e]);
+            if (!finite && bad++ == 0) first = b;
+        }
+        if (bad)
+            fail(Code::Input, "input", "",
+                 "holds NaN or infinity in " + std::to_string(bad) + " row(s), first row " +
+                     std::to_string(first));
+        if (budget_ms != kNoBudget) {
+            if (!(budget_ms > 0.0 && budget_ms < kNoBudget))
+                fail(Code::Input, "budget_ms", "", "must be a finite number > 0 (or kNoBudget)");
+            if (!costs_known_)
+                fail(Code::Input, "budget_ms", "",
+                     "a budget needs predicted step costs: give step_costs_ms or a plan");
+        }
+        run(x, batch, budget_ms, out);
+    });
+}
+
+void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& out) {
+    const Clock::time_point start = Clock::now();
+    const auto B = static_cast<std::size_t>(batch);
+    out.pred.assign(B, -1);
+    out.exit_state.assign(B, -1);
+    out.conf.assign(B, std::numeric_limits<float>::quiet_NaN());
+    out.budget_exit.assign(B, 0);
+    out.step_ms.clear();
+    out.step_rows.clear();
+    out.step_index.clear();
+    gathered_.resize(2);
+    if (pred_.size() < B) {
+        pred_.resize(B);
+        keep_.resize(B);
+        next_rows_.resize(B);
+        best_pred_.resize(B);
+        conf_.resize(B);
+        best_conf_.resize(B);
+        exit_mask_.resize(B);
+    }
+    const bool budget = budget_ms != kNoBudget;
+    bool all = true;  // every row is active, in order (rows_ is then the identity)
+    std::int64_t active = batch;
+    rows_.clear();
+    x_gathered_ = false;
+    TensorView prev[2];
+    const std::size_t last = stages_.size() - 1;
+    const auto row_of = [&](std::int64_t b) { return all ? b : rows_[static_cast<std::size_t>(b)]; };
+
+    for (std::size_t pos = 0; pos < stages_.size(); ++pos) {
+        const Stage& stage = stages_[pos];
+        if (budget && pos > 0) {
+            bool fits = false;
+            policy_.fits(static_cast<std::int64_t>(pos), ms_since(start), budget_ms, &fits);
+            if (!fits) {
+                for (std::int64_t b = 0; b < active; ++b) {
+                    const auto r = static_cast<std::size_t>(row_of(b));
+                    out.pred[r] = best_pred_[r];
+                    out.conf[r] = best_conf_[r];
+                    out.exit_state[r] = stages_[pos - 1].state;
+                    out.budget_exit[r] = 1;
+                }
+                break;
+            }
+        }
+        const Clock::time_point t0 = Clock::now();
+        for (std::size_t i : stage.steps) {
+            StepRun& s = steps_[i];
+            const Clock::time_point ts = Clock::now();
+            for (std::size_t j = 0; j < s.input_src.size(); ++j) {
+                const int src = s.input_src[j];
+                if (src < 0) {
+                    s.session->set_input(j, all ? x : rows_of_input(x), active,
+                                         bundle_.input.row_elements());
+                } else {
+                    const TensorView& v = prev[src];
+                    s.session->set_input(j, v.data, v.rows, v.row_elements);
+                }
+            }
+            s.session->infer();
+            const std::size_t n_out = s.logits_out + 1;
+            for (std::size_t k = 0; k < n_out; ++k) prev[k] = s.session->output(k);
+            out.step_ms.push_back(ms_since(ts));
+            out.step_rows.push_back(active);
+            out.step_index.push_back(static_cast<std::int64_t>(i));
+        }
+        policy_.observe(static_cast<std::int64_t>(pos), ms_since(t0));
+        const StepRun& tail = steps_[stage.steps.back()];
+        const TensorView logits = prev[tail.logits_out];
+        if (logits.rows != active)
+            fail(Code::Backend, bundle_.steps[stage.steps.back()].file, "",
+                 "logits have " + std::to_string(logits.rows) + " rows for " + std::to_string(active) +
+                     " inputs");
+        std::int64_t k = 0;
+        const Status st = decide(logits.data, active, logits.row_elements, policy_.measure(),
+                                 stage.threshold, pred_.data(), conf_.data(), exit_mask_.data(),
+                                 keep_.data(), &k);
+        if (st != Status::Ok)
+            fail(Code::Backend, bundle_.steps[stage.steps.back()].file, "",
+                 std::string("cannot decide on its logits: ") + status_string(st));
+        if (pos == last || k == 0) {  // every active row answers here
+            for (std::int64_t b = 0; b < active; ++b) {
+                const auto r = static_cast<std::size_t>(row_of(b));
+                out.pred[r] = pred_[b];
+                out.conf[r] = conf_[b];
+                out.exit_state[r] = stage.state;
+            }
+            break;
+        }
+        if (budget) {  // the answer of the rows that continue, should the budget stop them
+            for (std::int64_t j = 0; j < k; ++j) {
+                const auto r = static_cast<std::size_t>(row_of(keep_[j]));
+                best_pred_[r] = pred_[keep_[j]];
+                best_conf_[r] = conf_[keep_[j]];
+            }
+        }
+        if (k < active) {
+            for (std::int64_t b = 0; b < active; ++b) {
+                if (!exit_mask_[b]) continue;
+                const auto r = static_cast<std::size_t>(row_of(b));
+                out.pred[r] = pred_[b];
+                out.conf[r] = conf_[b];
+                out.exit_state[r] = stage.state;
+            }
+            for (std::int64_t j = 0; j < k; ++j) next_rows_[j] = row_of(keep_[j]);
+            rows_.assign(next_rows_.begin(), next_rows_.begin() + k);
+            // carry only the rows that continue of what the next stage's first step reads
+            const StepRun& next = steps_[stages_[pos + 1].steps.front()];
+            for (int src : next.input_src) {
+                if (src < 0) continue;
+                TensorView& v = prev[src];
+                v.data = gather(v.data, v.row_elements, keep_.data(), k, gathered_[src]);
+                v.rows = k;
+            }
+            all = false;
+            active = k;
+            x_gathered_ = false;
+        }
+    }
+    out.total_ms = ms_since(start);
+}
+
+}  // namespace edgeadapt::runner

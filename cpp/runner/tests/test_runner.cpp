@@ -1,0 +1,325 @@
+// ctest: the runner's loaders refuse bad bundles, plans and .npy files with an error code
+// and a message naming the file and field (never a crash), and the cascade runs the
+// shipped bundles: with thresholds, a plan, a budget, compaction and bad inputs.
+//
+//   test_runner MULTIEXIT_BUNDLE FAMILY_BUNDLE SCRATCH_DIR
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "edgeadapt/runner.hpp"
+#include "npy.hpp"
+
+namespace fs = std::filesystem;
+namespace ea = edgeadapt::runner;
+
+namespace {
+
+int failures = 0;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (!(cond)) {                                                                  \
+            std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);        \
+            ++failures;                                                                 \
+        }                                                                               \
+    } while (0)
+
+// The error has `code` and its message contains every one of `parts`.
+bool is_error(const ea::Error& e, ea::Code code, std::initializer_list<const char*> parts) {
+    bool ok = e.code == code;
+    for (const char* p : parts) ok = ok && e.message.find(p) != std::string::npos;
+    if (!ok)
+        std::printf("  got code %d (want %d): %s\n", static_cast<int>(e.code),
+                    static_cast<int>(code), e.message.c_str());
+    return ok;
+}
+
+std::string read(const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void write(const fs::path& p, const std::string& text) {
+    std::ofstream f(p, std::ios::binary | std::ios::trunc);
+    f << text;
+}
+
+void replace(const fs::path& p, const std::string& from, const std::string& to) {
+    std::string text = read(p);
+    const std::size_t at = text.find(from);
+    if (at == std::string::npos) {
+        std::printf("  '%s' not in %s\n", from.c_str(), p.c_str());
+        ++failures;
+        return;
+    }
+    write(p, text.replace(at, from.size(), to));
+}
+
+// A fresh copy of `bundle` under scratch/name.
+fs::path copy(const fs::path& bundle, const fs::path& scratch, const std::string& name) {
+    const fs::path dst = scratch / name;
+    fs::remove_all(dst);
+    fs::create_directories(dst);
+    fs::copy(bundle, dst, fs::copy_options::recursive);
+    return dst;
+}
+
+// A plan for `b` keeping `states` as plan.json in `dir`; returns its path.
+fs::path write_plan(const ea::Bundle& b, const fs::path& dir, const std::string& states,
+                    const std::string& thresholds, const std::string& cost_ms,
+                    const std::string& version = "1") {
+    std::string names, kept;
+    for (const auto& n : b.state_names) names += (names.empty() ? "\"" : ", \"") + n + "\"";
+    std::string s = states;
+    for (char& c : s)
+        if (c == ',') c = ' ';
+    std::istringstream in(s);
+    for (std::size_t i; in >> i;) {
+        const std::string name = i < b.state_names.size() ? b.state_names[i] : "?";
+        kept += (kept.empty() ? "\"" : ", \"") + name + "\"";
+    }
+    const fs::path p = dir / "plan.json";
+    write(p, "{\"format\": \"edgeadapt-plan\", \"version\": " + version +
+                 ", \"bundle\": {\"manifest_sha256\": \"" + b.manifest_sha256 + "\", \"kind\": \"" +
+                 b.kind + "\", \"states\": [" + names + "]}, \"measure\": \"maxprob\", \"states\": [" +
+                 states + "], \"state_names\": [" + kept + "], \"thresholds\": [" + thresholds +
+                 "], \"cost_ms\": [" + cost_ms +
+                 "], \"budget\": [{\"budget_ms\": 0.1, \"state\": 0, \"accuracy\": 0.5}]}");
+    return p;
+}
+
+void bundle_faults(const fs::path& src, const fs::path& scratch) {
+    ea::Bundle b;
+    CHECK(!ea::load_bundle(src, b));
+    CHECK(b.kind == "early-exit" && b.steps.size() == 4 && b.num_classes == 10);
+    CHECK(b.manifest_sha256.size() == 64);
+    CHECK(!ea::load_bundle(src / "manifest.json", b));
+
+    CHECK(is_error(ea::load_bundle(scratch / "nowhere", b), ea::Code::Io, {"no such bundle"}));
+    fs::path d = copy(src, scratch, "no-manifest");
+    fs::remove(d / "manifest.json");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Io, {"manifest.json", "file not found"}));
+
+    d = copy(src, scratch, "missing");
+    fs::remove(d / "step2.onnx");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Io, {"$.files.step2.onnx", "missing"}));
+
+    d = copy(src, scratch, "tampered");
+    std::ofstream(d / "step1.onnx", std::ios::app | std::ios::binary) << '\0';
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Integrity, {"step1.onnx", "altered"}));
+    CHECK(!ea::load_bundle(d, b, /*verify=*/false));  // the hashes only with verify
+
+    d = copy(src, scratch, "version");
+    replace(d / "manifest.json", "\"version\": 1", "\"version\": 2");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "unsupported version 2"}));
+
+    d = copy(src, scratch, "format");
+    replace(d / "manifest.json", "edgeadapt-bundle", "edgeadapt-plan");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.format"}));
+
+    d = copy(src, scratch, "json");
+    write(d / "manifest.json", read(d / "manifest.json").substr(0, 200));
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"invalid JSON"}));
+
+    d = copy(src, scratch, "nan");
+    replace(d / "manifest.json", "\"num_classes\": 10", "\"num_classes\": NaN");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"invalid JSON"}));
+
+    d = copy(src, scratch, "type");
+    replace(d / "manifest.json", "\"num_classes\": 10", "\"num_classes\": true");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.num_classes", "integer"}));
+
+    d = copy(src, scratch, "dotdot");
+    replace(d / "manifest.json", "\"step3.onnx\": \"", "\"../step3.onnx\": \"");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::UnsafePath, {"$.files.../step3.onnx", "'..'"}));
+
+    d = copy(src, scratch, "absolute");
+    replace(d / "manifest.json", "\"file\": \"step0.onnx\"", "\"file\": \"/etc/passwd\"");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::UnsafePath, {"$.states[0].file", "absolute"}));
+
+    d = copy(src, scratch, "symlink");
+    fs::rename(d / "step0.onnx", scratch / "outside.onnx");
+    fs::create_symlink(scratch / "outside.onnx", d / "step0.onnx");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::UnsafePath, {"step0.onnx", "symlink"}));
+
+    d = copy(src, scratch, "chain");
+    replace(d / "manifest.json", "\"activation0\"\n      ]", "\"nothing\"\n      ]");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.states[1].inputs", "chain"}));
+
+    d = copy(src, scratch, "flops");
+    replace(d / "manifest.json", "\"flops\": 4513930", "\"flops\": 4513931");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.states[0].flops"}));
+}
+
+void plan_faults(const fs::path& src, const fs::path& scratch) {
+    ea::Bundle b;
+    CHECK(!ea::load_bundle(src, b));
+    const fs::path dir = scratch / "plans";
+    fs::create_directories(dir);
+    ea::Plan plan;
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 2, 3", "0.9, 0.8", "0.1, 0.2, 0.3"), plan));
+    CHECK(plan.states.size() == 3 && plan.thresholds[1] == 0.8 && plan.cost_ms[2] == 0.3);
+    CHECK(is_error(ea::load_plan(dir / "none.json", plan), ea::Code::Io, {"none.json", "not found"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "7"), plan),
+                   ea::Code::Format, {"plan.json", "$.version"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "NaN", "0.1, 0.3"), plan),
+                   ea::Code::Format, {"plan.json", "invalid JSON"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "1.5", "0.1, 0.3"), plan),
+                   ea::Code::Format, {"$.thresholds[0]"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.5, 0.5", "0.1, 0.3"), plan),
+                   ea::Code::Format, {"$.thresholds", "expected 1 numbers"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "3, 0", "0.5", "0.1, 0.3"), plan),
+                   ea::Code::Format, {"$.states", "increasing"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 9", "0.5", "0.1, 0.3"), plan),
+                   ea::Code::Format, {"$.states", "out of range"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.5", "0.1, -1"), plan),
+                   ea::Code::Format, {"$.cost_ms[1]"}));
+
+    // a plan made for another bundle
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.5", "0.1, 0.3"), plan));
+    plan.manifest_sha256 = std::string(64, '0');
+    std::shared_ptr<ea::Backend> backend;
+    std::unique_ptr<ea::Runner> runner;
+    CHECK(is_error(ea::Runner::create(b, plan, backend, {}, runner), ea::Code::Mismatch,
+                   {"another bundle"}));
+    CHECK(is_error(ea::Runner::create(b, {NAN}, edgeadapt::Measure::MaxProb, backend, {}, runner),
+                   ea::Code::Input, {"thresholds", "NaN"}));
+    CHECK(is_error(ea::Runner::create(b, {0.5, 0.5}, edgeadapt::Measure::MaxProb, backend, {}, runner),
+                   ea::Code::Input, {"thresholds", "expected one value or 3"}));
+    CHECK(is_error(ea::make_backend("cuda-magic", {}, backend), ea::Code::Input, {"unknown backend"}));
+}
+
+void npy_faults(const fs::path& scratch) {
+    edgeadapt::examples::NpyArray a;
+    const fs::path p = scratch / "x.npy";
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+    header.resize(118, ' ');
+    header += '\n';
+    const std::string magic = std::string("\x93NUMPY\x01\x00", 8) + char(header.size()) + char(0);
+    const std::string data(24, '\0');
+    write(p, magic + header + data);
+    CHECK(!edgeadapt::examples::read_npy(p, a));
+    CHECK(a.shape.size() == 2 && a.shape[0] == 2 && a.shape[1] == 3 && a.data.size() == 6);
+    write(p, magic + header + data.substr(4));
+    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"x.npy", "data bytes"}));
+    std::string f8 = header;
+    f8.replace(f8.find("<f4"), 3, "<f8");
+    write(p, magic + f8 + data);
+    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"float32"}));
+    std::string fortran = header;
+    fortran.replace(fortran.find("False"), 5, "True ");
+    write(p, magic + fortran + data);
+    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"C order"}));
+    write(p, "not numpy at all");
+    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"magic"}));
+    CHECK(is_error(edgeadapt::examples::read_npy(scratch / "none.npy", a), ea::Code::Io, {"none.npy"}));
+}
+
+std::vector<float> random_inputs(std::int64_t rows, std::int64_t row, unsigned seed) {
+    std::vector<float> x(static_cast<std::size_t>(rows * row));
+    std::mt19937 gen(seed);
+    std::normal_distribution<float> normal;
+    for (float& v : x) v = normal(gen);
+    return x;
+}
+
+void runs(const fs::path& multiexit, const fs::path& family, const fs::path& scratch) {
+    std::shared_ptr<ea::Backend> backend;
+    ea::BackendOptions bo;
+    bo.threads = 1;
+    const ea::Error be = ea::make_backend("openvino", bo, backend);
+    if (be.code == ea::Code::Unavailable) {
+        std::printf("runs: skipped (%s)\n", be.message.c_str());
+        return;
+    }
+    CHECK(!be);
+    CHECK(is_error(ea::make_backend("openvino", {"NO-SUCH-DEVICE", 0}, backend), ea::Code::Input,
+                   {"not available"}));
+    CHECK(!ea::make_backend("openvino", bo, backend));
+    for (const fs::path& path : {multiexit, family}) {
+        ea::Bundle b;
+        CHECK(!ea::load_bundle(path, b));
+        const std::int64_t n = 48, row = b.input.row_elements();
+        const auto last = static_cast<std::int64_t>(b.steps.size()) - 1;
+        const std::string kept = "0, " + std::to_string(last);
+        const std::vector<float> x = random_inputs(n, row, 1);
+        std::unique_ptr<ea::Runner> all, first, mixed;
+        ea::Result out;
+        // thresholds above any confidence: the last state answers every row
+        CHECK(!ea::Runner::create(b, {2.0}, edgeadapt::Measure::MaxProb, backend, {}, all));
+        CHECK(!all->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        const std::vector<std::int64_t> last_pred = out.pred;
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == last && out.pred[i] >= 0);
+        CHECK(out.step_rows.size() == b.steps.size() && out.step_rows.back() == n);
+        // thresholds 0: the first state answers every row, later steps never run
+        CHECK(!ea::Runner::create(b, {0.0}, edgeadapt::Measure::Margin, backend, {}, first));
+        CHECK(!first->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        CHECK(out.step_rows.size() == 1);
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == 0 && out.conf[i] >= 0.0f);
+        // a plan with compaction: rows leave at state 0, the rest carry on, and a row
+        // that reaches the last kept state answers as the all-states run did
+        const fs::path dir = scratch / ("plan-" + b.kind);
+        fs::create_directories(dir);
+        ea::Plan plan;
+        CHECK(!ea::load_plan(write_plan(b, dir, kept, "0.5", "0.1, 0.3"), plan));
+        CHECK(!ea::Runner::create(b, plan, backend, {}, mixed));
+        CHECK(!mixed->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        std::int64_t early = 0;
+        for (std::int64_t i = 0; i < n; ++i) {
+            CHECK(out.exit_state[i] == 0 || out.exit_state[i] == last);
+            if (out.exit_state[i] == 0) {
+                ++early;
+                CHECK(out.conf[i] >= 0.5f);
+            } else {
+                CHECK(out.pred[i] == last_pred[i]);
+            }
+        }
+        CHECK(early > 0 && early < n);
+        CHECK(out.step_rows.front() == n && out.step_rows.back() == n - early);
+        // budget: below the plan's cost of the second kept state, every row leaves at the
+        // first with its answer there; the runner reuses `out`
+        CHECK(!mixed->predict(x.data(), n, 1e-6, out));
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == 0);
+        CHECK(out.step_rows.size() == 1);
+        // bad inputs and budgets
+        std::vector<float> bad = x;
+        bad[row * 5 + 2] = NAN;
+        CHECK(is_error(mixed->predict(bad.data(), n, edgeadapt::kNoBudget, out), ea::Code::Input,
+                       {"NaN or infinity in 1 row(s), first row 5"}));
+        CHECK(is_error(mixed->predict(nullptr, n, edgeadapt::kNoBudget, out), ea::Code::Input, {"null"}));
+        CHECK(is_error(mixed->predict(x.data(), 0, edgeadapt::kNoBudget, out), ea::Code::Input, {"empty"}));
+        CHECK(is_error(mixed->predict(x.data(), n, -1.0, out), ea::Code::Input, {"budget_ms"}));
+        CHECK(is_error(all->predict(x.data(), n, 1.0, out), ea::Code::Input, {"step costs"}));
+    }
+    // a manifest whose I/O names do not match the ONNX file: refused when loaded
+    const fs::path d = copy(multiexit, scratch, "io-names");
+    replace(d / "manifest.json", "\"logits\": \"logits1\"", "\"logits\": \"other\"");
+    ea::Bundle b;
+    CHECK(!ea::load_bundle(d, b));
+    std::unique_ptr<ea::Runner> runner;
+    CHECK(is_error(ea::Runner::create(b, {0.5}, edgeadapt::Measure::MaxProb, backend, {}, runner),
+                   ea::Code::Format, {"step1.onnx", "'other'"}));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 4) {
+        std::printf("usage: test_runner MULTIEXIT_BUNDLE FAMILY_BUNDLE SCRATCH_DIR\n");
+        return 2;
+    }
+    const fs::path scratch = argv[3];
+    fs::remove_all(scratch);
+    fs::create_directories(scratch);
+    bundle_faults(argv[1], scratch);
+    plan_faults(argv[1], scratch);
+    npy_faults(scratch);
+    runs(argv[1], argv[2], scratch);
+    if (failures == 0) std::printf("runner: all checks passed\n");
+    return failures == 0 ? 0 : 1;
+}
