@@ -1,0 +1,478 @@
+"""The demo pipeline: data, profile, evaluate, bound, plan, run and report, with caching.
+
+Every artefact lands under ``OUT/<runtime>-<threads>t/<bundle>-<sha8>/`` in the formats
+the separate commands read and write (``profile.json``, ``evaluation-calibration.npz``,
+``evaluation-test.npz``, ``plan.json``, ``report.html``), so ``edgeadapt bound`` and
+``edgeadapt plan`` run on the same files give the same figures. A re-run reuses each
+artefact that still loads and still belongs to the bundle (and rebuilds what depends on
+anything rebuilt); ``force`` rebuilds everything. The run of the plan on the test split
+is measured anew every time: it is the figure the demo is about.
+
+The plan's achieved latency is measured against the *static model*: the bundle's best
+state on the calibration split as one plain model (for an early-exit bundle its
+backbone and its own head only, without the earlier heads), called directly on the same
+runtime, interleaved sample by sample with the adaptive run so machine noise hits both.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter, perf_counter_ns
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from edgeadapt.bundle import Bundle, load_bundle
+from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+
+DEFAULT_OUT = Path("edgeadapt-demo")
+#: The shipped bundles, in the order the demo shows them.
+BUNDLES = ("mnist1d-multiexit", "mnist1d-family")
+#: Untimed calls of each model before the measured run.
+WARMUP = 20
+
+T = TypeVar("T")
+Progress = Callable[[int, int], None]
+
+
+class UI(Protocol):
+    """Where the demo reports progress (the CLI shows lines and bars on stderr)."""
+
+    def log(self, message: str) -> None:
+        """One line of progress."""
+
+    def bar(self, label: str, total: int) -> AbstractContextManager[Progress]:
+        """A progress bar fed by ``(done, total)`` callbacks."""
+
+
+class QuietUI:
+    """Reports nothing: the default for callers of the API."""
+
+    def log(self, message: str) -> None:
+        return None
+
+    def bar(self, label: str, total: int) -> AbstractContextManager[Progress]:
+        return _silent()
+
+
+@contextmanager
+def _silent() -> Iterator[Progress]:
+    yield lambda done, total: None
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """The plan run for real on the test split, next to the static model."""
+
+    samples: int
+    accuracy: float
+    static_accuracy: float
+    mean_ms: float
+    static_mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    static_p50_ms: float
+    exits: list[int]
+    expected_cost_ms: float
+    oracle_r: float
+    oracle_a: float
+    gap_closure: float | None
+
+    @property
+    def speedup(self) -> float:
+        return self.static_mean_ms / self.mean_ms
+
+    @property
+    def drop(self) -> float:
+        return self.static_accuracy - self.accuracy
+
+
+@dataclass
+class BundleResult:
+    """Everything the demo found for one bundle (paths, figures, the plan)."""
+
+    name: str
+    bundle: Bundle
+    work: Path
+    state_names: list[str]
+    test_accuracy: list[float]
+    p50_ms: list[float]
+    cost_ms: list[float]
+    bounds: dict[str, Any]
+    plan: dict[str, Any]
+    run: RunFigures
+    report: Path
+    device: dict[str, Any]
+    reused: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.run
+        return {
+            "bundle": self.name,
+            "kind": self.bundle.kind,
+            "path": str(self.bundle.path),
+            "work": str(self.work),
+            "states": [
+                {"name": n, "test_accuracy": a, "p50_ms": p, "cost_ms": c}
+                for n, a, p, c in zip(
+                    self.state_names, self.test_accuracy, self.p50_ms, self.cost_ms, strict=True
+                )
+            ],
+            "bound": self.bounds,
+            "plan": self.plan,
+            "run": {
+                "samples": r.samples,
+                "accuracy": r.accuracy,
+                "static_accuracy": r.static_accuracy,
+                "drop": r.drop,
+                "mean_ms": r.mean_ms,
+                "p50_ms": r.p50_ms,
+                "p99_ms": r.p99_ms,
+                "static_mean_ms": r.static_mean_ms,
+                "static_p50_ms": r.static_p50_ms,
+                "speedup": r.speedup,
+                "exits": r.exits,
+                "expected_cost_ms": r.expected_cost_ms,
+                "oracle": {"r_oracle": r.oracle_r, "a_oracle": r.oracle_a},
+                "gap_closure": r.gap_closure,
+            },
+            "report": str(self.report),
+            "reused": self.reused,
+        }
+
+
+@dataclass
+class DemoResult:
+    """The demo's figures for every bundle, and where its files are."""
+
+    out: Path
+    runtime: str
+    threads: int
+    device: dict[str, Any]
+    bundles: list[BundleResult]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "runtime": self.runtime,
+            "threads": self.threads,
+            "device": self.device,
+            "seconds": self.seconds,
+            "bundles": [b.to_json() for b in self.bundles],
+        }
+
+
+# ------------------------------------------------------------------ caching
+
+
+@dataclass
+class _Cache(Generic[T]):
+    """Load an artefact if it is there and valid, else make and save it."""
+
+    ui: UI
+    force: bool
+    reused: list[str]
+
+    def get(
+        self,
+        path: Path,
+        load: Callable[[Path], T],
+        make: Callable[[], T],
+        save: Callable[[Path, T], None],
+        *,
+        stale: bool = False,
+    ) -> tuple[T, bool]:
+        """The artefact and whether it was (re)built."""
+        if path.exists() and not (self.force or stale):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # e.g. a profile from another device
+                    value = load(path)
+            except (EdgeadaptError, Warning) as e:
+                self.ui.log(f"  {path.name}: not reusable ({e}); rebuilding")
+            else:
+                self.reused.append(path.name)
+                return value, False
+        value = make()
+        save(path, value)
+        return value, True
+
+
+# ------------------------------------------------------------------ steps
+
+
+def _data(out: Path, ui: UI, force: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The calibration and test splits of MNIST-1D (seed of the shipped bundles), cached."""
+    from edgeadapt.datasets import DEFAULT_SEED, mnist1d_splits
+    from edgeadapt.npzio import ArraySpec, load_npz, save_npz
+
+    names = ("calibration", "test")
+    paths = {n: out / "data" / f"mnist1d-seed{DEFAULT_SEED}-{n}.npz" for n in names}
+    spec = {"x": ArraySpec("f", 3), "y": ArraySpec("iu", 1)}
+    if not force and all(p.exists() for p in paths.values()):
+        try:
+            loaded = {n: load_npz(p, spec) for n, p in paths.items()}
+            return {n: (a["x"], a["y"]) for n, a in loaded.items()}
+        except EdgeadaptError as e:
+            ui.log(f"cached data not reusable ({e}); regenerating")
+    ui.log(f"generating MNIST-1D (seed {DEFAULT_SEED}) ...")
+    splits = mnist1d_splits(DEFAULT_SEED)
+    data = {"calibration": splits.calibration, "test": splits.test}
+    for n, p in paths.items():
+        save_npz(p, x=data[n].x, y=data[n].y)
+    return {n: (s.x, s.y) for n, s in data.items()}
+
+
+def _bundles(out: Path, retrain: bool, ui: UI) -> list[Bundle]:
+    """The shipped bundles, or with `retrain` the same models trained anew from the seed."""
+    if not retrain:
+        root = Path(__file__).resolve().parents[1] / "data" / "bundles"
+        return [load_bundle(root / name) for name in BUNDLES]
+    try:
+        from edgeadapt.demo.train import train_and_export
+    except ImportError as e:
+        raise MissingExtraError("torch", "torch", "edgeadapt demo --retrain") from e
+    ui.log("retraining the demo models from the seed (needs a few minutes) ...")
+    trained = train_and_export(out / "bundles", force=True, log=ui.log)
+    return [load_bundle(trained[name].path) for name in BUNDLES]
+
+
+def _measure_run(
+    bundle: Bundle,
+    plan: Any,
+    runtime: str,
+    threads: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    reference: int,
+    ui: UI,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per test sample at batch 1: the plan's prediction, exit state and latency, and the
+    static model's prediction and latency, interleaved."""
+    import tempfile
+
+    import onnx
+
+    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.exporters.compose import whole_model
+    from edgeadapt.runtimes import get_runtime
+
+    options = {"threads": threads}
+    with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
+        static_path = Path(tmp) / "static.onnx"
+        onnx.save(whole_model(bundle, reference), str(static_path))
+        static = get_runtime(runtime, **options).load(static_path)
+    logits_name = static.outputs[0].name
+    input_name = bundle.input.name
+    n = x.shape[0]
+    pred = np.empty(n, np.int64)
+    exits = np.empty(n, np.int64)
+    lat = np.empty(n)
+    static_pred = np.empty(n, np.int64)
+    static_lat = np.empty(n)
+    with static, AdaptiveModel.load(bundle, runtime, plan=plan, runtime_options=options) as model:
+        for i in range(min(WARMUP, n)):
+            model.predict(x[i : i + 1])
+            static.run({input_name: x[i : i + 1]}, check=False)
+        with ui.bar("running the plan", n) as progress:
+            for i in range(n):
+                xi = x[i : i + 1]
+                t0 = perf_counter_ns()
+                out = model.predict(xi)
+                t1 = perf_counter_ns()
+                logits = static.run({input_name: xi}, check=False)[logits_name]
+                t2 = perf_counter_ns()
+                pred[i], exits[i], lat[i] = out.pred[0], out.exit_state[0], (t1 - t0) / 1e6
+                static_pred[i], static_lat[i] = int(np.argmax(logits[0])), (t2 - t1) / 1e6
+                if i % 50 == 49 or i == n - 1:
+                    progress(i + 1, n)
+    return pred, exits, lat, static_pred, static_lat
+
+
+def _run_figures(
+    bundle: Bundle,
+    plan: Any,
+    costs: list[float],
+    evaluation_test: Any,
+    measured: tuple[np.ndarray, ...],
+    y: np.ndarray,
+) -> RunFigures:
+    from edgeadapt.planner import exact_oracle, gap_closure
+
+    pred, exits, lat, static_pred, static_lat = measured
+    n = y.shape[0]
+    kept_cost = dict(zip(plan.states, plan.cost_ms, strict=True))
+    expected = float(np.mean([kept_cost[int(s)] for s in exits]))
+    correct = evaluation_test.correct[:n]
+    r_oracle, a_oracle = exact_oracle(correct, np.asarray(costs))
+    return RunFigures(
+        samples=n,
+        accuracy=float(np.mean(pred == y)),
+        static_accuracy=float(np.mean(static_pred == y)),
+        mean_ms=float(lat.mean()),
+        static_mean_ms=float(static_lat.mean()),
+        p50_ms=float(np.percentile(lat, 50)),
+        p99_ms=float(np.percentile(lat, 99)),
+        static_p50_ms=float(np.percentile(static_lat, 50)),
+        exits=[int(np.sum(exits == s)) for s in range(len(bundle.states))],
+        expected_cost_ms=expected,
+        oracle_r=r_oracle,
+        oracle_a=a_oracle,
+        gap_closure=gap_closure(float(costs[-1]), expected, r_oracle),
+    )
+
+
+def _demo_bundle(
+    bundle: Bundle,
+    work: Path,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    runtime: str,
+    threads: int,
+    force: bool,
+    samples: int | None,
+    min_seconds: float,
+    ui: UI,
+) -> BundleResult:
+    from edgeadapt.analysis import bundle_bound
+    from edgeadapt.evaluate import evaluate_bundle
+    from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
+    from edgeadapt.plan import Plan, load_plan, save_plan
+    from edgeadapt.planner import Outcomes, make_plan
+    from edgeadapt.profile import Profile, load_profile, profile_bundle, save_profile, state_costs
+    from edgeadapt.report import write_report
+
+    names = [s.name for s in bundle.states]
+    reused: list[str] = []
+    cache: _Cache[Any] = _Cache(ui, force, reused)
+
+    def make_profile() -> Profile:
+        with ui.bar(f"profiling {bundle.path.name}", len(bundle.steps)) as progress:
+            return profile_bundle(
+                bundle, runtime, threads=threads, min_seconds=min_seconds, progress=progress
+            )
+
+    profile, rebuilt = cache.get(
+        work / "profile.json", lambda p: load_profile(p, bundle), make_profile, save_profile
+    )
+
+    def evaluation(split: str) -> Evaluation:
+        x, y = data[split]
+
+        def make() -> Evaluation:
+            with ui.bar(f"evaluating on {split}", len(y)) as progress:
+                return evaluate_bundle(bundle, x, y, runtime, threads=threads, progress=progress)
+
+        def load(path: Path) -> Evaluation:
+            ev = load_evaluation(path)
+            if ev.names != tuple(names) or not np.array_equal(ev.labels, y):
+                raise InputError("made for other states or other data", source=path)
+            return ev
+
+        ev, _ = cache.get(work / f"evaluation-{split}.npz", load, make, save_evaluation)
+        return ev
+
+    ev_calib, ev_test = evaluation("calibration"), evaluation("test")
+    costs = state_costs(profile, bundle)
+    bounds = bundle_bound(bundle, profile=profile, evaluation=ev_calib)
+
+    def make_plan_() -> Plan:
+        calib, held = Outcomes.from_evaluation(ev_calib).split(heldout=0.5, seed=0)
+        return make_plan(
+            calib,
+            held,
+            costs,
+            manifest_sha256=bundle.manifest_sha256,
+            kind=bundle.kind,
+        )
+
+    def load_plan_(path: Path) -> Plan:
+        p = load_plan(path)
+        if p.manifest_sha256 != bundle.manifest_sha256:
+            raise InputError("made for another bundle", source=path)
+        return p
+
+    plan, _ = cache.get(work / "plan.json", load_plan_, make_plan_, save_plan, stale=rebuilt)
+
+    x, y = data["test"]
+    if samples is not None:
+        x, y = x[:samples], y[:samples]
+    measured = _measure_run(bundle, plan, runtime, threads, x, y, plan.reference_state, ui)
+    run = _run_figures(bundle, plan, costs, ev_test, measured, y)
+
+    ui.log(f"  writing the report for {bundle.path.name} ...")
+    report = work / "report.html"
+    write_report(bundle, profile=profile, evaluation=ev_calib, plan=plan, out=report)
+    return BundleResult(
+        name=bundle.path.name,
+        bundle=bundle,
+        work=work,
+        state_names=names,
+        test_accuracy=[float(a) for a in ev_test.accuracies],
+        p50_ms=[s.p50 for s in profile.step_stats(1)],
+        cost_ms=[float(c) for c in costs],
+        bounds=bounds,
+        plan={**plan.summary(), "path": str(work / "plan.json")},
+        run=run,
+        report=report,
+        device=profile.device,
+        reused=reused,
+    )
+
+
+def run_demo(
+    out: str | Path = DEFAULT_OUT,
+    *,
+    runtime: str = "onnxruntime",
+    threads: int = 1,
+    retrain: bool = False,
+    force: bool = False,
+    samples: int | None = None,
+    min_seconds: float = 0.5,
+    ui: UI | None = None,
+) -> DemoResult:
+    """Run the whole pipeline on MNIST-1D for each demo bundle (module docstring).
+
+    `samples` limits the measured run to the first test samples (default: all 2,500);
+    `min_seconds` is how long the profiler times each step.
+    """
+    from edgeadapt.device import device_id
+
+    ui = ui or QuietUI()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"must be a positive integer, got {threads!r}", source="threads")
+    if samples is not None and (isinstance(samples, bool) or samples < 1):
+        raise InputError(f"must be a positive integer, got {samples!r}", source="samples")
+    start = perf_counter()
+    out = Path(out)
+    data = _data(out, ui, force)
+    results = []
+    for bundle in _bundles(out, retrain, ui):
+        work = out / f"{runtime}-{threads}t" / f"{bundle.path.name}-{bundle.manifest_sha256[:8]}"
+        ui.log(f"{bundle.path.name}: {bundle.kind}, {len(bundle.states)} states -> {work}")
+        results.append(
+            _demo_bundle(
+                bundle,
+                work,
+                data,
+                runtime=runtime,
+                threads=threads,
+                force=force or retrain,
+                samples=samples,
+                min_seconds=min_seconds,
+                ui=ui,
+            )
+        )
+    return DemoResult(
+        out=out,
+        runtime=runtime,
+        threads=threads,
+        device={"id": device_id(), **results[0].device},
+        bundles=results,
+        seconds=perf_counter() - start,
+    )

@@ -1,0 +1,179 @@
+"""`edgeadapt demo` / `run_demo`: the whole pipeline on MNIST-1D, on a short run.
+
+One run per module (MNIST-1D generation and profiling take seconds); the checks compare
+its figures with the separate commands on the same files and with the runtime itself.
+"""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cli import cli
+from edgeadapt.demo import run_demo
+from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.evaluation import load_evaluation
+from edgeadapt.npzio import ArraySpec, load_npz
+from edgeadapt.plan import load_plan
+
+SAMPLES = 120
+
+
+class Recorder:
+    """A UI that keeps the log lines and the bars' labels and last positions."""
+
+    def __init__(self):
+        self.lines, self.bars = [], {}
+
+    def log(self, message):
+        self.lines.append(message)
+
+    def bar(self, label, total):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bar():
+            yield lambda done, _total: self.bars.__setitem__(label, (done, total))
+
+        return bar()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    ui = Recorder()
+    result = run_demo(out, samples=SAMPLES, min_seconds=0.05, ui=ui)
+    return out, result, ui
+
+
+def _cli(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _test_split(out):
+    (path,) = (out / "data").glob("*-test.npz")
+    arrays = load_npz(path, {"x": ArraySpec("f", 3), "y": ArraySpec("iu", 1)})
+    return arrays["x"][:SAMPLES], arrays["y"][:SAMPLES]
+
+
+def test_writes_every_artefact_and_shows_progress(demo):
+    _, result, ui = demo
+    assert [b.name for b in result.bundles] == ["mnist1d-multiexit", "mnist1d-family"]
+    for b in result.bundles:
+        for name in ("profile.json", "evaluation-calibration.npz", "evaluation-test.npz"):
+            assert (b.work / name).is_file()
+        assert load_plan(b.work / "plan.json").manifest_sha256 == b.bundle.manifest_sha256
+        html = b.report.read_text()
+        assert "data:image/png;base64," in html
+        assert all(name in html for name in b.state_names)
+    assert any("generating MNIST-1D" in line for line in ui.lines)
+    assert ui.bars["running the plan"] == (SAMPLES, SAMPLES)
+
+
+def test_bounds_agree_with_the_bound_command(demo):
+    _, result, _ = demo
+    b = result.bundles[0]
+    printed = json.loads(
+        _cli(
+            "bound",
+            b.bundle.path,
+            "--profile",
+            b.work / "profile.json",
+            "--evaluation",
+            b.work / "evaluation-calibration.npz",
+            "--json",
+        )
+    )
+    for key in ("exact", "alpha1", "continuous", "constant_alpha_min"):
+        assert printed[key] == pytest.approx(b.bounds[key])
+    assert printed["r_n"] == pytest.approx(b.cost_ms[-1])
+
+
+def test_plan_agrees_with_the_plan_command(demo, tmp_path):
+    _, result, _ = demo
+    b = result.bundles[0]
+    printed = json.loads(
+        _cli(
+            "plan",
+            b.bundle.path,
+            "--profile",
+            b.work / "profile.json",
+            "--evaluation",
+            b.work / "evaluation-calibration.npz",
+            "-o",
+            tmp_path / "plan.json",
+            "--json",
+        )
+    )
+    for key in ("states", "thresholds", "accuracy", "cost", "gap_closure", "drop_bound"):
+        assert printed[key] == pytest.approx(b.plan[key]), key
+
+
+def test_run_figures_are_what_the_runtime_gives(demo):
+    out, result, _ = demo
+    x, y = _test_split(out)
+    for b in result.bundles:
+        r = b.run
+        assert r.samples == SAMPLES
+        assert sum(r.exits) == SAMPLES
+        plan = load_plan(b.work / "plan.json")
+        with AdaptiveModel.load(b.bundle, plan=plan) as model:
+            pred = model.predict(x).pred
+        assert r.accuracy == pytest.approx(float(np.mean(pred == y)))
+        # the static model is the reference state alone: same answers as its evaluation
+        test = load_evaluation(b.work / "evaluation-test.npz")
+        ref = plan.reference_state
+        assert r.static_accuracy == pytest.approx(float(test.correct[:SAMPLES, ref].mean()))
+        assert r.mean_ms > 0
+        assert r.static_mean_ms > 0
+        assert r.speedup == pytest.approx(r.static_mean_ms / r.mean_ms)
+        kept = dict(zip(plan.states, plan.cost_ms, strict=True))
+        expected = sum(kept[s] * n for s, n in enumerate(r.exits) if n) / SAMPLES
+        assert r.expected_cost_ms == pytest.approx(expected)
+
+
+def test_rerun_reuses_artefacts_and_rebuilds_a_broken_one(demo):
+    out, first, _ = demo
+    plan_path = first.bundles[0].work / "plan.json"
+    profile_bytes = (first.bundles[0].work / "profile.json").read_bytes()
+    plan_path.write_text("{not json")
+    ui = Recorder()
+    again = run_demo(out, samples=20, min_seconds=0.05, ui=ui)
+    b = again.bundles[0]
+    assert {"profile.json", "evaluation-calibration.npz", "evaluation-test.npz"} <= set(b.reused)
+    assert "plan.json" not in b.reused
+    assert any("plan.json: not reusable" in line for line in ui.lines)
+    assert (b.work / "profile.json").read_bytes() == profile_bytes
+    assert list(load_plan(plan_path).state_names) == first.bundles[0].plan["states"]
+    assert set(again.bundles[1].reused) >= {"profile.json", "plan.json"}
+
+
+def test_cli_prints_summary_and_json(demo):
+    out, _, _ = demo
+    text = _cli("demo", "--out", out, "--samples", 20)
+    for words in ("oracle bounds", "exact oracle (eq. 4/5)", "alpha=1 (eq. 9)", "plan: keep"):
+        assert words in text
+    for words in ("speedup", "oracle gap closure", "report:"):
+        assert words in text
+    doc = json.loads(_cli("demo", "--out", out, "--samples", 20, "--json"))
+    assert [b["bundle"] for b in doc["bundles"]] == ["mnist1d-multiexit", "mnist1d-family"]
+    assert doc["bundles"][0]["run"]["samples"] == 20
+
+
+@pytest.mark.parametrize(("option", "value"), [("threads", 0), ("samples", 0), ("threads", True)])
+def test_bad_options_are_refused(tmp_path, option, value):
+    with pytest.raises(InputError, match=option):
+        run_demo(tmp_path, **{option: value})
+    assert not any(tmp_path.iterdir())
+
+
+def test_retrain_without_torch_names_the_extra(tmp_path, monkeypatch, demo):
+    out, _, _ = demo
+    monkeypatch.setitem(sys.modules, "edgeadapt.demo.train", None)
+    with pytest.raises(MissingExtraError, match=r"edgeadapt\[torch\]"):
+        run_demo(out, retrain=True)
