@@ -430,9 +430,9 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
 <h1>edgeadapt report: {esc(b.path.name)}</h1>
 <p>Bundle {esc(str(b.path))} ({esc(b.kind)}, {len(data.inputs.names)} states,
 {b.num_classes} classes). Costs: ms, {esc(bound["cost"]["origin"])}, from profile
-{esc(str(prof["path"]))} (device {esc(prof["device_id"])}, {esc(str(prof["runtime"]))},
+{esc(prof["path"] or "(not saved)")} (device {esc(prof["device_id"])}, {esc(str(prof["runtime"]))},
 {esc(str(prof["threads"]))} thread(s), measured {esc(prof["measured_at"])}){noisy}.
-Accuracies: evaluation {esc(str(ev["path"]))} ({ev["samples"]} samples). Written {when}.</p>
+Accuracies: evaluation {esc(ev["path"] or "(not saved)")} ({ev["samples"]} samples). Written {when}.</p>
 <h2>States</h2>{_states_table(data)}
 <h2>Oracle bounds</h2>{_bounds_table(data)}
 <h2>Plan</h2>{_plan_section(data)}

@@ -175,6 +175,7 @@ def test_report_without_plan_or_confidences(device, tmp_path):
         out=tmp_path / "r.html",
     )
     page = out[-1].read_text()
+    assert f"evaluation {tmp_path / 'noconf.npz'} (" in page
     assert "No plan given" in page
     assert "no maxprob confidences: no policy sweep" in page
     assert page.count("data:image/png;base64,") == 3
@@ -190,6 +191,28 @@ def _edited(path, tmp_path, change):
 
 def _other_sha(doc):
     doc["bundle"]["manifest_sha256"] = "0" * 64
+
+
+def test_report_from_objects_in_memory(device, tmp_path):
+    from edgeadapt.evaluation import load_evaluation
+    from edgeadapt.plan import load_plan
+    from edgeadapt.profile import load_profile
+
+    bundle, paths = device
+    ev = load_evaluation(paths["evaluation"])
+    unsaved = Evaluation(ev.labels, ev.pred, ev.states, ev.conf)
+    out = write_report(
+        bundle,
+        profile=load_profile(paths["profile"]),
+        evaluation=unsaved,
+        plan=load_plan(paths["plan"]),
+        out=tmp_path / "mem.html",
+    )
+    page = out[-1].read_text()
+    assert "evaluation (not saved) (" in page
+    assert rows(page) == rows(
+        write_report(bundle, **paths, out=tmp_path / "f.html")[-1].read_text()
+    )
 
 
 def test_inputs_made_for_something_else_are_refused_and_leave_the_old_report(device, tmp_path):
