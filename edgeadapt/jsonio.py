@@ -17,12 +17,22 @@ from typing import Any
 from edgeadapt.errors import InputError
 
 
+def _file_mode() -> int:
+    """The mode `open()` would give a new file under the current umask (mkstemp uses 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a part."""
+    """Write `data` to `path` so readers see the old file or the new one, never a part.
+
+    The file gets the permissions a plain `open()` would give it, not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -1,6 +1,8 @@
 """Strict JSON: atomic writes, NaN rejected both ways, errors that name file and path."""
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -57,3 +59,12 @@ def test_fields_name_the_path():
         f.get("n", int)
     with pytest.raises(InputError, match=r"\$\.missing: missing required field"):
         f.get("missing", str)
+
+
+def test_written_files_follow_the_umask_not_mkstemp(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"format": "x", "version": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
