@@ -86,6 +86,7 @@ def test_bounds_agree_with_the_bound_command(demo):
             b.work / "profile.json",
             "--evaluation",
             b.work / "evaluation-calibration.npz",
+            "--envelope",
             "--json",
         )
     )

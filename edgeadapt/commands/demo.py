@@ -50,6 +50,12 @@ def render_bundle(b: dict[str, Any]) -> str:
         f"baseline R_N = {bounds['r_n']:.4f} ms, {bounds['baseline']}):"
     )
     lines.append(_render(["bound", "R_oracle ms", "A_oracle", "R_ratio"], _bound_rows(bounds)))
+    if bounds.get("dominated"):
+        lines.append(
+            "(analytic bounds on the Pareto envelope, without the dominated "
+            + ", ".join(bounds["dominated"])
+            + ")"
+        )
     plan = b["plan"]
     lines.append("")
     lines.append(
@@ -115,7 +121,7 @@ def render(result: dict[str, Any]) -> str:
     parts.append(
         "same figures from the separate commands:\n"
         f"  edgeadapt bound {first['path']} --profile {work}/profile.json "
-        f"--evaluation {work}/evaluation-calibration.npz\n"
+        f"--evaluation {work}/evaluation-calibration.npz --envelope\n"
         f"  edgeadapt plan {first['path']} --profile {work}/profile.json "
         f"--evaluation {work}/evaluation-calibration.npz -o {work}/plan-again.json\n"
         f"done in {result['seconds']:.0f} s; files under {result['out']}"
