@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["clock_state", "device_id", "fingerprint", "temperatures"]
+__all__ = ["clock_state", "device_id", "fingerprint", "load_average", "temperatures"]
 
 _SYS_CPU = Path("/sys/devices/system/cpu")
 _THERMAL = Path("/sys/class/thermal")
@@ -77,6 +77,15 @@ def temperatures() -> dict[str, float]:
             name = f"{name}:{zone.name}"
         temps[name] = int(raw) / 1000.0
     return temps
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (runnable threads), where readable: on a
+    machine shared with other work they say how busy it was around a measurement."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _jetson() -> dict[str, Any]:

@@ -14,7 +14,8 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
      "device": fingerprint (see edgeadapt.device), "measured_at": ISO time,
      "settings": {"runtime", "preset", "threads", "options", "warmup", "iters",
                   "min_seconds", "seed"},
-     "before"/"after": {"temperatures", "clock"}, "noise": {"noisy", "reasons"},
+     "before"/"after": {"temperatures", "clock", "load": [1, 5, 15 min load averages]},
+     "noise": {"noisy", "reasons"},
      "batches": [{"batch": 1, "steps": [{"p50_ms", "p90_ms", "p99_ms", "mean_ms",
                                           "std_ms", "min_ms", "n"}, ...]}, ...]}
 
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.bundle import Bundle
-from edgeadapt.device import clock_state, device_id, fingerprint, temperatures
+from edgeadapt.device import clock_state, device_id, fingerprint, load_average, temperatures
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import Fields, read_json, write_json
 from edgeadapt.presets import Preset, load_preset, resolve_runtime
@@ -222,7 +223,7 @@ def _noise(
 
 
 def _snapshot() -> dict[str, Any]:
-    return {"temperatures": temperatures(), "clock": clock_state()}
+    return {"temperatures": temperatures(), "clock": clock_state(), "load": load_average()}
 
 
 def profile_bundle(

@@ -1,7 +1,9 @@
 """Device presets: the shipped files, validation on read, merging with explicit choices."""
 
+import datetime
 import importlib
 import inspect
+import itertools
 import json
 from importlib import resources
 from pathlib import Path
@@ -15,9 +17,10 @@ from edgeadapt.presets import (
     Preset,
     load_preset,
     preset_names,
+    reference_profiles,
     resolve_runtime,
 )
-from edgeadapt.profile import MIN_SAMPLES, profile_bundle
+from edgeadapt.profile import MIN_SAMPLES, load_profile, profile_bundle, state_costs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("jetson-orin-trt-fp16", "x86-openvino", "x86-ort-1t", "x86-ort-2t")
@@ -173,3 +176,34 @@ def test_profile_refuses_a_preset_its_runtime_rejects(multiexit, tmp_path):
         profile_bundle(multiexit, preset=path, iters=MIN_SAMPLES)
     assert e.value.source == str(path)
     assert e.value.field == "$.options"
+
+
+REFERENCE = {"x86-ort-1t": "onnxruntime", "x86-ort-2t": "onnxruntime", "x86-openvino": "openvino"}
+
+
+def test_reference_profiles_are_shipped_for_each_x86_preset():
+    names = {p.name for p in reference_profiles()}
+    assert {f"mnist1d-multiexit-{preset}.json" for preset in REFERENCE} <= names
+    in_repo = {p.name for p in (ROOT / "profiles" / "reference").glob("*.json")}
+    assert names == in_repo
+
+
+@pytest.mark.parametrize("path", reference_profiles(), ids=lambda p: p.stem)
+def test_reference_profile_fits_the_shipped_bundle(path, multiexit):
+    """Accepted for the shipped bundle (manifest sha256 matches) wherever the test runs;
+    it states where (fingerprint) and when (measured_at) it was measured."""
+    prof = load_profile(path, multiexit, check_device=False)
+    preset = prof.settings["preset"]
+    assert path.name == f"mnist1d-multiexit-{preset}.json"
+    assert prof.device["runtime"]["backend"] == REFERENCE[preset]
+    assert prof.device["runtime"]["threads"] == load_preset(preset).threads
+    assert prof.device["device_id"]
+    assert prof.device["cpu"]
+    assert prof.device["cores"]["logical"] >= 1
+    assert prof.device["runtime"]["version"]
+    assert datetime.datetime.fromisoformat(prof.measured_at).tzinfo is not None
+    assert prof.batches == (1, 8)
+    assert min(s.n for b in prof.batches for s in prof.step_stats(b)) >= 1000
+    assert prof.noisy == bool(prof.noise_reasons)
+    costs = state_costs(prof, multiexit)
+    assert all(b > a for a, b in itertools.pairwise([0.0, *costs]))  # cascade sums rise

@@ -70,7 +70,10 @@ def test_profile_measures_every_step_and_batch(prof, multiexit):
     assert prof.device["device_id"] == device_id()
     assert prof.device["runtime"]["backend"] == "onnxruntime"
     assert prof.device["runtime"]["threads"] == 1
-    assert set(prof.before) == set(prof.after) == {"temperatures", "clock"}
+    assert set(prof.before) == set(prof.after) == {"temperatures", "clock", "load"}
+    for load in (prof.before["load"], prof.after["load"]):  # Linux has /proc/loadavg
+        assert len(load) == 3
+        assert min(load) >= 0
     assert prof.noisy == bool(prof.noise_reasons)
 
 
