@@ -1,0 +1,281 @@
+"""The native runner (cpp/runner): ctest on a release build and on an AddressSanitizer +
+UBSan build, the `classify` example's error codes on bad files, and parity with
+`AdaptiveModel` on OpenVINO: same predictions, exit states, confidences and budget exits
+on every sample of the shipped bundles, with a plan, with plain thresholds and with a
+budget. Both builds are made once per session (about a minute each on 2 cores)."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeadapt.bundle import load_bundle
+from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.datasets import mnist1d_splits
+from edgeadapt.plan import BudgetRow, Plan, SplitFigures, save_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "edgeadapt" / "data" / "bundles"
+MULTIEXIT = BUNDLES / "mnist1d-multiexit"
+FAMILY = BUNDLES / "mnist1d-family"
+CMAKE = shutil.which("cmake")
+CTEST = shutil.which("ctest")
+CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+GENERATOR = ["-G", "Ninja"] if shutil.which("ninja") else []
+TARGETS = ["test_runner", "classify", "c_abi"]
+OV = {"threads": 1}
+# TBB inside OpenVINO dlopens with RTLD_DEEPBIND unless told it runs under sanitizers.
+SANITIZER_ENV = {"TBB_ENABLE_SANITIZERS": "1", "UBSAN_OPTIONS": "halt_on_error=1"}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        None in (CMAKE, CTEST, CXX), reason="needs cmake, ctest and a C++ compiler on PATH"
+    ),
+]
+
+
+def _openvino_cmake_dir() -> str:
+    ov = pytest.importorskip("openvino", reason="needs the openvino package (C++ API + CMake)")
+    path = Path(ov.utils.get_cmake_path())
+    if not (path / "OpenVINOConfig.cmake").is_file():
+        pytest.skip(f"the openvino package has no OpenVINOConfig.cmake under {path}")
+    return str(path)
+
+
+def _run(cmd: list, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+def _build(build: Path, *options: str) -> Path:
+    """Configure and build the runner's test targets; skip when a dependency is absent."""
+    done = _run(
+        [
+            CMAKE,
+            "-S",
+            ROOT / "cpp" / "runner",
+            "-B",
+            build,
+            *GENERATOR,
+            "-DOpenVINO_DIR=" + _openvino_cmake_dir(),
+            *options,
+        ]
+    )
+    if done.returncode != 0:
+        missing = [ln for ln in done.stderr.splitlines() if "edgeadapt-runner: missing" in ln]
+        if missing:
+            pytest.skip(missing[0].strip())
+        pytest.fail(f"cmake configure failed:\n{done.stdout}\n{done.stderr}")
+    if "edgeadapt-runner: backends:" not in done.stdout or "openvino" not in done.stdout:
+        pytest.skip("the runner was configured without its OpenVINO backend")
+    done = _run([CMAKE, "--build", build, "--parallel", "2", "--target", *TARGETS])
+    assert done.returncode == 0, f"build failed:\n{done.stdout}\n{done.stderr}"
+    return build
+
+
+@pytest.fixture(scope="session")
+def native(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("native") / "build", "-DCMAKE_BUILD_TYPE=Release")
+
+
+@pytest.fixture(scope="session")
+def native_asan(tmp_path_factory) -> Path:
+    return _build(
+        tmp_path_factory.mktemp("native-asan") / "build",
+        "-DCMAKE_BUILD_TYPE=Debug",
+        "-DEDGEADAPT_RUNNER_SANITIZE=ON",
+    )
+
+
+def _ctest(build: Path) -> str:
+    done = _run([CTEST, "--test-dir", build, "--output-on-failure"], env=SANITIZER_ENV)
+    assert done.returncode == 0, f"ctest failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_ctest_passes(native):
+    assert "100% tests passed, 0 tests failed out of 2" in _ctest(native)
+
+
+def test_ctest_passes_under_address_and_ub_sanitizers(native_asan):
+    out = _ctest(native_asan)
+    assert "100% tests passed, 0 tests failed out of 2" in out
+
+
+# --------------------------------------------------------------------------- parity
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """300 MNIST-1D test samples and 60 random ones, as a .npy file."""
+    x = mnist1d_splits(n_train=10, n_calibration=10, n_test=300).test.x
+    noise = np.random.default_rng(0).standard_normal((60, *x.shape[1:])).astype(np.float32)
+    path = tmp_path_factory.mktemp("inputs") / "x.npy"
+    np.save(path, np.concatenate([x, noise]))
+    return path
+
+
+def _plan(path: Path, states, thresholds, measure, cost_ms) -> Plan:
+    b = load_bundle(path)
+    fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)
+    return Plan(
+        manifest_sha256=b.manifest_sha256,
+        kind=b.kind,
+        bundle_states=tuple(s.name for s in b.states),
+        measure=measure,
+        states=tuple(states),
+        thresholds=tuple(thresholds),
+        cost_ms=tuple(cost_ms),
+        budget=(BudgetRow(budget_ms=cost_ms[0], state=states[0], accuracy=0.5),),
+        reference_state=states[-1],
+        max_drop=0.01,
+        calibration=fig,
+        heldout=fig,
+        drop_bound=0.01,
+        delta=0.05,
+        r_oracle=1.0,
+        a_oracle=1.0,
+        r_n=1.0,
+        a_n=1.0,
+        gap_closure=None,
+        search_method="exhaustive",
+        max_states=4,
+        subsets_evaluated=1,
+    )
+
+
+# (bundle, how the policy is given, budget_ms); plans skip states and use each measure
+CASES = {
+    "early-exit-plan": (MULTIEXIT, ("plan", [0, 2, 3], [0.9, 0.8], "maxprob"), None),
+    "early-exit-plan-skips-first": (MULTIEXIT, ("plan", [1, 3], [0.6], "margin"), None),
+    "early-exit-thresholds": (MULTIEXIT, ("thresholds", 0.95, "maxprob"), None),
+    "early-exit-entropy": (MULTIEXIT, ("thresholds", [-0.5, -0.3, -0.1], "entropy"), None),
+    "ensemble-plan": (FAMILY, ("plan", [0, 2], [0.85], "maxprob"), None),
+    "ensemble-thresholds": (FAMILY, ("thresholds", 0.7, "margin"), None),
+    "early-exit-budget-too-small": (MULTIEXIT, ("plan", [0, 2, 3], [0.9, 0.8], "maxprob"), 1e-6),
+    "early-exit-budget-ample": (MULTIEXIT, ("plan", [0, 2, 3], [0.9, 0.8], "maxprob"), 1e6),
+    "ensemble-budget-too-small": (FAMILY, ("plan", [0, 1, 2], [0.9, 0.9], "margin"), 1e-6),
+}
+
+
+def _python(bundle: Path, policy: tuple, budget, x: np.ndarray, batch: int, plan: Path | None):
+    kind = policy[0]
+    kwargs = {"plan": plan} if kind == "plan" else {"thresholds": policy[1], "measure": policy[2]}
+    with AdaptiveModel.load(bundle, "openvino", runtime_options=OV, **kwargs) as m:
+        outs = [m.predict(x[i : i + batch], budget_ms=budget) for i in range(0, len(x), batch)]
+    return {
+        k: np.concatenate([getattr(o, k) for o in outs])
+        for k in ("pred", "exit_state", "conf", "budget_exit")
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_native_matches_adaptive_model_on_every_sample(native, inputs, tmp_path, case):
+    bundle, policy, budget = CASES[case]
+    x = np.load(inputs)
+    batch = 64
+    cmd: list = [native / "examples" / "classify", bundle, inputs, "--threads", "1"]
+    cmd += ["--batch", str(batch), "--json", tmp_path / "out.json", "--quiet"]
+    plan_path = None
+    if policy[0] == "plan":
+        _, states, thresholds, measure = policy
+        plan_path = tmp_path / "plan.json"
+        costs = [0.1 * (j + 1) for j in range(len(states))]
+        save_plan(plan_path, _plan(bundle, states, thresholds, measure, costs))
+        cmd += ["--plan", plan_path]
+    else:
+        _, thresholds, measure = policy
+        values = thresholds if isinstance(thresholds, list) else [thresholds]
+        cmd += ["--thresholds", ",".join(map(str, values)), "--measure", measure]
+    if budget is not None:
+        cmd += ["--budget-ms", str(budget)]
+    done = _run(cmd)
+    assert done.returncode == 0, done.stderr
+    native_out = json.loads((tmp_path / "out.json").read_text())
+    want = _python(bundle, policy, budget, x, batch, plan_path)
+
+    np.testing.assert_array_equal(native_out["exit_state"], want["exit_state"])
+    np.testing.assert_array_equal(native_out["pred"], want["pred"])
+    np.testing.assert_array_equal(native_out["budget_exit"], want["budget_exit"])
+    conf = np.array([np.nan if c is None else c for c in native_out["conf"]], dtype=np.float32)
+    np.testing.assert_array_equal(conf, want["conf"])  # bit for bit (NaN where NaN)
+    exits = np.unique(want["exit_state"])
+    if budget == 1e-6:  # only the first kept state ever fits
+        assert (want["budget_exit"][want["exit_state"] == policy[1][0]]).any()
+        assert exits.tolist() == [policy[1][0]]
+    else:
+        assert len(exits) > 1, "the case should exit at several states"
+        assert not want["budget_exit"].any()
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def _tampered(tmp_path: Path) -> Path:
+    d = tmp_path / "tampered"
+    shutil.copytree(MULTIEXIT, d)
+    with (d / "step2.onnx").open("ab") as f:
+        f.write(b"\0")
+    return d
+
+
+def _escaping(tmp_path: Path) -> Path:
+    d = tmp_path / "escaping"
+    shutil.copytree(MULTIEXIT, d)
+    manifest = d / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"step3.onnx": "', '"../step3.onnx": "'))
+    return d
+
+
+def _nan_plan(tmp_path: Path) -> Path:
+    path = tmp_path / "plan.json"
+    save_plan(path, _plan(MULTIEXIT, [0, 3], [0.9], "maxprob", [0.1, 0.2]))
+    path.write_text(path.read_text().replace("0.9", "NaN", 1))
+    return path
+
+
+BAD = {
+    # name: (bundle maker, plan maker, exit code, message parts)
+    "missing-bundle": (lambda t: t / "nowhere", None, 1, ["nowhere", "no such bundle"]),
+    "tampered-step": (_tampered, None, 3, ["step2.onnx", "sha256 mismatch"]),
+    "path-escape": (_escaping, None, 4, ["$.files.../step3.onnx", "leaves the bundle"]),
+    "nan-threshold-plan": (lambda t: MULTIEXIT, _nan_plan, 2, ["plan.json", "invalid JSON"]),
+}
+
+
+@pytest.mark.parametrize("build", ["native", "native_asan"])
+@pytest.mark.parametrize("bad", BAD, ids=list(BAD))
+def test_classify_reports_bad_files_with_a_code(request, inputs, tmp_path, build, bad):
+    make_bundle, make_plan, code, parts = BAD[bad]
+    exe = request.getfixturevalue(build) / "examples" / "classify"
+    cmd: list = [exe, make_bundle(tmp_path), inputs, "--quiet", "--threads", "1"]
+    cmd += ["--plan", make_plan(tmp_path)] if make_plan else ["--thresholds", "0.9"]
+    done = _run(cmd, env=SANITIZER_ENV)
+    assert done.returncode == code, done.stderr
+    assert all(p in done.stderr for p in parts), done.stderr
+    assert "ERROR: AddressSanitizer" not in done.stderr
+    assert "runtime error" not in done.stderr
+
+
+def test_classify_under_sanitizers_matches_the_release_build(native, native_asan, inputs, tmp_path):
+    out = {}
+    for name, build in (("release", native), ("asan", native_asan)):
+        path = tmp_path / f"{name}.json"
+        cmd: list = [build / "examples" / "classify", MULTIEXIT, inputs, "--thresholds", "0.9"]
+        done = _run(
+            [*cmd, "--batch", "50", "--threads", "1", "--json", path, "--quiet"], env=SANITIZER_ENV
+        )
+        assert done.returncode == 0, done.stderr
+        out[name] = json.loads(path.read_text())
+    assert out["asan"]["pred"] == out["release"]["pred"]
+    assert out["asan"]["exit_state"] == out["release"]["exit_state"]
