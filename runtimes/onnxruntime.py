@@ -4,7 +4,9 @@ Fast path (`fast=True`, the default), chosen per call by the size of the outputs
 halves measured by `bench/runtimes.py` on a 2-core CPU:
 - small outputs (up to `COPY_BYTES` in all): IOBinding with the outputs bound once; ORT
   allocates them and `copy_outputs_to_cpu` copies them into caller-owned arrays. At batch 1
-  this is the cheapest call (about 3 us under `InferenceSession.run`).
+  this is the cheapest call (about 3 us under `InferenceSession.run`). Per call it uses
+  the compiled binding and `_sess.run_with_iobinding` behind the public wrappers, whose
+  Python checks concern only WebGPU graph capture.
 - larger outputs: the session's compiled `_sess.run`, skipping `InferenceSession.run`'s
   per-call Python validation (our checks in `Session.run` replace it); its outputs are
   numpy arrays wrapping ORT's own buffers, with no copy. IOBinding would copy them
@@ -74,35 +76,42 @@ class OnnxRuntimeSession(Session):
         self._names = list(self.output_names)
         # `_sess` is the compiled session behind the public wrapper (see module docstring).
         self._call = session._sess.run if fast else session.run
-        self._binding = None
+        self._binding: Any = None
         self._row_bytes = 0
         if fast and self.dynamic_batch and all(None not in s.shape[1:] for s in self.outputs):
             self._row_bytes = sum(
                 math.prod(d for d in s.shape[1:] if d is not None) * s.dtype.itemsize
                 for s in self.outputs
             )
-            self._binding = session.io_binding()
+            # the compiled binding per call, the public `IOBinding` to rebind outputs
+            self._io = session.io_binding()
+            self._binding = self._io._iobinding
             self._first = self.input_names[0]
+        self._run_bound = session._sess.run_with_iobinding
         self._bound_rows = -1
+        self._bound: Mapping[str, np.ndarray] = {}
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = self._binding
-        rows = feeds[self._first].shape[0] if binding is not None else 0
-        if binding is not None and rows * self._row_bytes <= COPY_BYTES:
-            if rows != self._bound_rows:
-                # ORT keeps the outputs it allocated bound; a new batch needs fresh ones
-                binding.clear_binding_outputs()
-                for name in self._names:
-                    binding.bind_output(name)
-                self._bound_rows = rows
-            for name in self.input_names:
-                binding.bind_cpu_input(name, feeds[name])
-            self._session.run_with_iobinding(binding)
-            return dict(zip(self._names, binding.copy_outputs_to_cpu(), strict=True))
+        if binding is not None:
+            rows = feeds[self._first].shape[0]
+            if rows * self._row_bytes <= COPY_BYTES:
+                if rows != self._bound_rows:
+                    # ORT keeps the outputs it allocated bound; a new batch needs fresh ones
+                    self._io.clear_binding_outputs()
+                    for name in self._names:
+                        self._io.bind_output(name)
+                    self._bound_rows = rows
+                for name in self.input_names:
+                    binding.bind_input(name, feeds[name])
+                self._bound = feeds  # ORT reads the arrays' memory: keep them alive
+                self._run_bound(binding, None)
+                return dict(zip(self._names, binding.copy_outputs_to_cpu(), strict=True))
         return dict(zip(self._names, self._call(self._names, feeds, None), strict=True))
 
     def _close(self) -> None:
-        del self._call, self._session, self._binding
+        del self._call, self._session, self._binding, self._run_bound, self._bound
+        self.__dict__.pop("_io", None)
 
 
 class OnnxRuntime(Runtime):

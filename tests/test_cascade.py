@@ -315,3 +315,42 @@ def test_profile_seeds_the_policy_costs():
     assert (out.exit_state == 3).all()
     with pytest.raises(InputError, match="not both"):
         AdaptiveModel.load(bundle, thresholds=2.0, profile=profile, step_costs_ms=p50)
+
+
+def test_budget_exit_after_compaction_keeps_each_rows_last_answer():
+    """Rows that exit by threshold keep their state; the rest, stopped by the budget before
+    state 2, answer with state 1 (both the scattered and the in-place answer paths)."""
+    x = _x(40, seed=5)
+    logits = state_logits(MULTIEXIT, x)
+    conf = [confidence(z) for z in logits]
+    t0, t1 = float(np.median(conf[0])), float(np.median(conf[1]))
+    want = np.where(conf[0] >= t0, 0, 1)
+    with AdaptiveModel.load(
+        MULTIEXIT, thresholds=[t0, t1, 2.0], step_costs_ms=[0, 0, 1000, 0]
+    ) as m:
+        out = m.predict(x, budget_ms=500.0)
+    np.testing.assert_array_equal(out.exit_state, want)
+    rows = np.arange(len(x))
+    np.testing.assert_array_equal(
+        out.pred, np.stack([z.argmax(axis=1) for z in logits], axis=1)[rows, want]
+    )
+    np.testing.assert_allclose(out.conf, np.stack(conf, axis=1)[rows, want], rtol=1e-6)
+    stopped = (conf[0] < t0) & (conf[1] < t1)
+    np.testing.assert_array_equal(out.budget_exit, stopped)
+    assert stopped.any() and (~stopped & (want == 1)).any() and (want == 0).any()
+    assert out.latency_ms["rows"] == [40, int((conf[0] < t0).sum())]
+
+
+def test_input_fast_path_agrees_with_the_complete_check(model):
+    x = _x(64, seed=6)  # 2560 elements: the numpy sum
+    want = model.predict(x)
+    wide = np.repeat(x, 2, axis=2)[:, :, ::2]  # the same values, not contiguous
+    np.testing.assert_array_equal(model.predict(wide).pred, want.pred)
+    huge = np.full((2, 1, 40), 3e38, np.float32)  # finite, but the sum overflows
+    assert model.predict(huge).pred.shape == (2,)
+    for n in (1, 64):  # the Python sum and the numpy sum
+        for bad in (np.nan, np.inf, -np.inf):
+            x = _x(n, seed=7)
+            x[n - 1, 0, 39] = bad
+            with pytest.raises(InputError, match="NaN or infinity"):
+                model.predict(x)
