@@ -205,7 +205,7 @@ class AdaptiveModel:
         self._measure = policy.measure
         spec = bundle.input
         self._in_dtype = np.dtype(spec.dtype)
-        self._in_shape = tuple(spec.shape[1:])
+        self._in_shape = tuple(int(d) for d in spec.shape[1:])
         self._in_rank = len(spec.shape)
 
     @classmethod
@@ -220,14 +220,18 @@ class AdaptiveModel:
         profile: Profile | str | os.PathLike[str] | None = None,
         step_costs_ms: Sequence[float] | None = None,
         runtime_options: dict[str, Any] | None = None,
+        warmup: int = 0,
     ) -> AdaptiveModel:
         """Load `bundle` into `runtime` under `thresholds` (one for every exit, or one per
         state but the last) or a `plan` (its states, thresholds, measure and costs).
 
         `measure` defaults to the plan's, else ``maxprob``. Step costs for the budget
         come from `step_costs_ms` (one per bundle step), else a `profile` (batch 1, p50),
-        else the plan; without any, `predict` refuses a budget.
+        else the plan; without any, `predict` refuses a budget. `warmup` runs
+        `warm_up(warmup)` before returning, so the first `predict` is not a cold one.
         """
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise InputError(f"must be an integer >= 0, got {warmup!r}", source="warmup")
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle)
         n = len(bundle.states)
@@ -282,7 +286,32 @@ class AdaptiveModel:
                     s.close()
             raise
         known = per_step is not None or plan is not None
-        return cls(bundle, sessions, stages, policy, known)
+        model = cls(bundle, sessions, stages, policy, known)
+        try:
+            model.warm_up(warmup)
+        except BaseException:
+            model.close()
+            raise
+        return model
+
+    def warm_up(self, rounds: int = 1) -> None:
+        """Run every loaded step `rounds` times on a batch-1 input of zeros (activations
+        chained along an early-exit bundle) and the kernel on its logits, so that the
+        backends' first-call costs (allocations, kernel selection, caches) are paid here
+        rather than by the first `predict`. The policy's learned costs are left alone."""
+        bundle = self.bundle
+        zeros = np.zeros((1, *self._in_shape), dtype=self._in_dtype)
+        pbuf, cbuf, mbuf, kbuf = self._buffers
+        for _ in range(rounds):
+            env = {bundle.input.name: zeros}
+            for step, session in zip(bundle.steps, self.sessions, strict=True):
+                if session is None:  # a plan's ensemble member that is never run
+                    continue
+                out = session.run({name: env[name] for name in step.inputs}, check=False)
+                if bundle.kind == "early-exit":
+                    env.update(out)
+                logits = np.ascontiguousarray(out[step.logits])
+                decide_into(logits, 2.0, pbuf[:1], cbuf[:1], mbuf[:1], kbuf[:1], self._measure)
 
     def close(self) -> None:
         """Release every step's session."""

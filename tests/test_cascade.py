@@ -356,3 +356,39 @@ def test_input_fast_path_agrees_with_the_complete_check(model):
             x[n - 1, 0, 39] = bad
             with pytest.raises(InputError, match="NaN or infinity"):
                 model.predict(x)
+
+
+@pytest.mark.parametrize(
+    ("path", "plan_states"),
+    [(MULTIEXIT, None), (FAMILY, None), (FAMILY, [0, 2])],
+    ids=["early-exit", "ensemble", "ensemble-plan"],
+)
+def test_warmup_runs_every_loaded_step_and_leaves_the_policy_alone(monkeypatch, path, plan_states):
+    from edgeadapt.runtimes.onnxruntime import OnnxRuntimeSession
+
+    calls: list[tuple[str, int]] = []
+    real = OnnxRuntimeSession._run
+
+    def counting(self, feeds):
+        calls.append((self.path.name, next(iter(feeds.values())).shape[0]))
+        return real(self, feeds)
+
+    monkeypatch.setattr(OnnxRuntimeSession, "_run", counting)
+    costs = [1.0, 2.0, 3.0, 4.0][: len(load_bundle(path).steps)]
+    if plan_states is None:
+        kwargs: dict = {"thresholds": 2.0, "step_costs_ms": costs}
+    else:
+        kwargs, costs = {"plan": _plan(path, plan_states, [2.0], [1.0, 3.0])}, [1.0, 2.0]
+    with AdaptiveModel.load(path, runtime_options=ORT, warmup=3, **kwargs) as m:
+        assert m.policy.costs_ms == pytest.approx(costs)  # warm-up times are not learned
+        loaded = [s.path.name for s in m.sessions if s is not None]
+        assert sorted(calls) == sorted((name, 1) for name in loaded for _ in range(3))
+        x = _x(6, seed=8)
+        out = m.predict(x)
+    np.testing.assert_array_equal(out.pred, state_logits(path, x)[-1].argmax(axis=1))
+
+
+@pytest.mark.parametrize("warmup", [-1, 1.5, True, "2"])
+def test_bad_warmup_is_refused(warmup):
+    with pytest.raises(InputError, match="warmup"):
+        AdaptiveModel.load(MULTIEXIT, thresholds=0.5, warmup=warmup)
