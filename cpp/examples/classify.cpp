@@ -2,10 +2,13 @@
 //
 //   classify BUNDLE INPUTS.npy (--plan PLAN.json | --thresholds T[,T...]) [--measure M]
 //            [--budget-ms B] [--step-costs-ms C0,C1,...] [--backend openvino]
-//            [--device CPU] [--threads N] [--batch N] [--json OUT.json] [--quiet]
+//            [--device CPU] [--threads N] [--batch N] [--warmup N] [--json OUT.json] [--quiet]
 //
 // INPUTS.npy is float32, C order, [N, *bundle input shape]. The samples run in batches
-// of --batch (default: all at once). Prints one line per sample (exit state, prediction,
+// of --batch (default: all at once), after --warmup untimed passes over them without a
+// budget: OpenVINO compiles kernels for each new shape on first use (~5 ms here), and
+// the policy folds every measured step time into its cost table, so a cold first call
+// would otherwise keep a state predicted not to fit (and never measured again). Prints one line per sample (exit state, prediction,
 // confidence; '*' marks a budget exit) and a latency summary; --json writes the
 // per-sample results and timings. On an error it prints the message and exits with
 // the runner's error code (1 file, 2 format, 3 sha256, 4 path, 5 plan/bundle mismatch,
@@ -34,7 +37,7 @@ struct Args {
     std::vector<double> thresholds, step_costs;
     double budget_ms = edgeadapt::kNoBudget;
     ea::BackendOptions backend_options;
-    std::int64_t batch = 0;
+    std::int64_t batch = 0, warmup = 0;
     bool quiet = false;
 };
 
@@ -42,7 +45,7 @@ int usage(const std::string& why) {
     std::fprintf(stderr,
                  "classify: %s\nusage: classify BUNDLE INPUTS.npy (--plan PLAN.json | --thresholds "
                  "T[,T...]) [--measure M] [--budget-ms B] [--step-costs-ms C0,C1,...] "
-                 "[--backend openvino|tensorrt] [--device D] [--threads N] [--batch N] "
+                 "[--backend openvino|tensorrt] [--device D] [--threads N] [--batch N] [--warmup N] "
                  "[--json OUT.json] [--quiet]\n",
                  why.c_str());
     return kUsage;
@@ -95,13 +98,13 @@ int parse(int argc, char** argv, Args& a) {
             a.backend = v;
         } else if (opt == "--device") {
             a.backend_options.device = v;
-        } else if (opt == "--threads" || opt == "--batch") {
+        } else if (opt == "--threads" || opt == "--batch" || opt == "--warmup") {
             if (!parse_number(v, num) || num < 0 || num != std::floor(num))
                 return usage(opt + ": expected a whole number, got " + v);
             if (opt == "--threads") {
                 a.backend_options.threads = static_cast<int>(num);
             } else {
-                a.batch = static_cast<std::int64_t>(num);
+                (opt == "--batch" ? a.batch : a.warmup) = static_cast<std::int64_t>(num);
             }
         } else if (opt == "--json") {
             a.json = v;
@@ -158,6 +161,10 @@ int main(int argc, char** argv) {
         for (auto d : dims) want += ", " + std::to_string(d);
         return report({ea::Code::Input, a.inputs + ": expected shape " + want + "] with N >= 1"});
     }
+    const std::int64_t n = x.shape[0];
+    const std::int64_t row = bundle.input.row_elements();
+    const std::int64_t batch = a.batch > 0 ? std::min(a.batch, n) : n;
+    a.backend_options.max_batch = static_cast<int>(batch);
     std::shared_ptr<ea::Backend> backend;
     if (auto e = ea::make_backend(a.backend, a.backend_options, backend)) return report(e);
     ea::RunnerOptions options;
@@ -174,13 +181,17 @@ int main(int argc, char** argv) {
             return report(e);
     }
 
-    const std::int64_t n = x.shape[0];
-    const std::int64_t row = bundle.input.row_elements();
-    const std::int64_t batch = a.batch > 0 ? std::min(a.batch, n) : n;
     nlohmann::json pred, exit_state, conf, budget_exit, calls = nlohmann::json::array();
     std::vector<double> call_ms;
     std::vector<std::int64_t> runs(bundle.steps.size(), 0);
     ea::Result out;
+    for (std::int64_t w = 0; w < a.warmup; ++w) {
+        for (std::int64_t first = 0; first < n; first += batch) {
+            const std::int64_t b = std::min(batch, n - first);
+            if (auto e = runner->predict(x.data.data() + first * row, b, edgeadapt::kNoBudget, out))
+                return report(e);
+        }
+    }
     if (!a.quiet) std::printf("%8s %6s %5s %10s\n", "sample", "state", "pred", "conf");
     for (std::int64_t first = 0; first < n; first += batch) {
         const std::int64_t b = std::min(batch, n - first);

@@ -145,6 +145,7 @@ class Backend {
 struct BackendOptions {
     std::string device;  // "" = the backend's default ("CPU" for OpenVINO, GPU 0 for TensorRT)
     int threads = 0;     // CPU inference threads; 0 = the backend's choice
+    int max_batch = 64;  // TensorRT: the largest batch its engines are built for
 };
 
 // "openvino" or "tensorrt" (Code::Unavailable when not compiled into this build).
