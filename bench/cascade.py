@@ -21,7 +21,8 @@ path minus steps alone) <= max(10 %, 3 us per step) on both.
 
 Then batch 64 on the demo bundle with the first threshold at the median first-exit
 confidence (about half the rows exit there): each step's time and rows against the same
-step with all 64 rows, interleaved the same way. Prints what it measured on this machine.
+step with all 64 rows, interleaved the same way. Last, the first `predict` after `load`
+with and without `warmup`. Prints what it measured on this machine.
 
     python bench/cascade.py [--rounds 200] [--heavy-rounds 15] [--size 224] [--no-heavy]
 """
@@ -211,6 +212,37 @@ def batch64_table(rounds: int) -> None:
             print(f"{runtime:<12} {j:4d} {rows[j]:5d} {h[j]:15.1f} {f[j]:12.1f} {h[j] / f[j]:6.2f}")
 
 
+def first_call_table(loads: int, warmup: int = 3) -> None:
+    """The first `predict` after `load`, without and with a warm-up, alternating loads."""
+    bundle = load_bundle(DEMO)
+    x = np.random.default_rng(2).standard_normal((1, 1, 40)).astype(np.float32)
+    print(
+        f"\n{DEMO.name}: first predict after load, batch 1, median of {loads} loads each "
+        f"(warm-up: {warmup} rounds); a later call for scale"
+    )
+    print(f"{'runtime':<12} {'cold ms':>8} {'warmed-up ms':>13} {'10th call ms':>13}")
+    for runtime, opts in RUNTIMES.items():
+        got: dict[int, list[float]] = {0: [], warmup: []}
+        later = []
+        for _ in range(loads):
+            for w in (0, warmup):
+                with AdaptiveModel.load(
+                    bundle, runtime, thresholds=2.0, runtime_options=opts, warmup=w
+                ) as m:
+                    t = perf_counter_ns()
+                    m.predict(x)
+                    got[w].append((perf_counter_ns() - t) / 1e6)
+                    if w == 0:
+                        for _ in range(9):
+                            t = perf_counter_ns()
+                            m.predict(x)
+                        later.append((perf_counter_ns() - t) / 1e6)
+        print(
+            f"{runtime:<12} {np.median(got[0]):8.3f} {np.median(got[warmup]):13.3f} "
+            f"{np.median(later):13.3f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=200, help="rounds for the demo bundle")
@@ -233,6 +265,7 @@ def main() -> None:
             onnx.save(whole_model(bundle), path)
             batch1_table(label, bundle, path, rounds, block)
     batch64_table(max(20, args.rounds // 2))
+    first_call_table(loads=9)
 
 
 if __name__ == "__main__":

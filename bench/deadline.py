@@ -1,0 +1,129 @@
+"""Deadline misses under a latency budget, with and without a CPU-hogging neighbour.
+
+The shipped MNIST-1D demo bundle runs on ONNX Runtime CPU (1 thread) with one threshold
+for every exit, its policy seeded by a profile measured at the start of the run (batch 1,
+p50 per step, `edgeadapt.profile.profile_bundle`). For a few budgets between the first
+state's cost and the full path's (and one well above it), `predict(x, budget_ms=B)` runs
+on MNIST-1D test samples one at a time (batch 1); a call misses its deadline when its
+measured total latency (wall time around `predict`) exceeds B. Each condition gets a
+freshly loaded, warmed-up model, so the policy starts from the same profile.
+
+The neighbour is a subprocess that spins on the same core as the benchmark (both pinned
+to it where the OS allows), started before and stopped after each hogged condition, and
+bounded in time by its own deadline in case the benchmark dies. Prints, per budget and
+condition: miss rate, accuracy, mean exit state, share of budget exits, p50/p99 latency
+and, at the end, the policy's learned (EWMA) cost of the full path.
+
+    python bench/deadline.py [--samples 1000] [--threshold 0.9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from time import perf_counter_ns
+
+import numpy as np
+
+from edgeadapt.bundle import load_bundle
+from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.datasets import DEFAULT_SEED, mnist1d_splits
+from edgeadapt.profile import profile_bundle
+
+DEMO = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+OPTIONS = {"threads": 1}
+SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextmanager
+def hog(core: int | None, seconds: float) -> Iterator[None]:
+    """A process spinning on `core` (any core when None) for at most `seconds`."""
+    proc = subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)])
+    try:
+        if core is not None:
+            os.sched_setaffinity(proc.pid, {core})
+        time.sleep(0.2)  # let it start spinning
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def run_condition(
+    bundle_costs: list[float], x: np.ndarray, y: np.ndarray, threshold: float, budget: float
+) -> dict[str, float]:
+    with AdaptiveModel.load(
+        DEMO, thresholds=threshold, step_costs_ms=bundle_costs, runtime_options=OPTIONS, warmup=5
+    ) as m:
+        lat = np.empty(len(x))
+        pred = np.empty(len(x), dtype=np.int64)
+        state = np.empty(len(x), dtype=np.int64)
+        stopped = np.empty(len(x), dtype=np.bool_)
+        for i in range(len(x)):
+            row = x[i : i + 1]
+            t = perf_counter_ns()
+            out = m.predict(row, budget_ms=budget)
+            lat[i] = (perf_counter_ns() - t) / 1e6
+            pred[i], state[i], stopped[i] = out.pred[0], out.exit_state[0], out.budget_exit[0]
+        learned = float(sum(m.policy.costs_ms))
+    return {
+        "miss": float((lat > budget).mean()),
+        "acc": float((pred == y).mean()),
+        "state": float(state.mean()),
+        "budget_exit": float(stopped.mean()),
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "learned": learned,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1000, help="test samples per condition")
+    ap.add_argument("--threshold", type=float, default=0.9, help="exit threshold, every exit")
+    args = ap.parse_args()
+
+    try:  # pin to one core so that the neighbour competes for exactly that core
+        core: int | None = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+    except (AttributeError, OSError):
+        core = None
+    test = mnist1d_splits(DEFAULT_SEED).test
+    x, y = test.x[: args.samples], test.y[: args.samples]
+    bundle = load_bundle(DEMO)
+    profile = profile_bundle(bundle, threads=1, iters=200, warmup=20)
+    costs = [float(s.get("p50")) for s in profile.step_stats(1)]
+    cum = np.cumsum(costs)
+    budgets = [1.25 * c for c in cum] + [3.0 * cum[-1]]
+    print(
+        f"{DEMO.name}, onnxruntime 1 thread, threshold {args.threshold} at every exit, "
+        f"{len(x)} MNIST-1D test samples at batch 1 per condition; pinned to core {core}"
+    )
+    print("profiled state costs (ms, cumulative p50): " + ", ".join(f"{c:.3f}" for c in cum))
+    print(
+        f"{'budget ms':>9} {'neighbour':>9} {'miss %':>7} {'acc %':>6} {'mean state':>10} "
+        f"{'budget exits %':>14} {'p50 ms':>7} {'p99 ms':>7} {'learned full ms':>15}"
+    )
+    seconds = 60.0 + 0.01 * len(x)  # far above one condition's run time
+    for budget in budgets:
+        for hogged in (False, True):
+            if hogged:
+                with hog(core, seconds):
+                    r = run_condition(costs, x, y, args.threshold, budget)
+            else:
+                r = run_condition(costs, x, y, args.threshold, budget)
+            print(
+                f"{budget:9.3f} {'spinning' if hogged else 'none':>9} {100 * r['miss']:7.1f} "
+                f"{100 * r['acc']:6.1f} {r['state']:10.2f} {100 * r['budget_exit']:14.1f} "
+                f"{r['p50']:7.3f} {r['p99']:7.3f} {r['learned']:15.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
