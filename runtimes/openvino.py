@@ -4,7 +4,9 @@ Fast path (`fast=True`, the default): a small input (up to `SHARE_BYTES`) is wri
 the request's own input tensor (resize + one memcpy, ~2 us here), a large one is wrapped
 in an `ov.Tensor` sharing the numpy array's memory (no copy, but ~12 us to build and set
 the tensor on this machine). The request reuses its output memory on the next call, so
-outputs are copied once into arrays the caller owns. The plain path (`fast=False`) is
+small outputs are copied once into arrays the caller owns; a large one (over
+`SHARE_BYTES`, static beyond the batch axis) is written by OpenVINO straight into a fresh
+array handed to the request as a shared output tensor, with no copy. The plain path (`fast=False`) is
 `InferRequest.infer(feeds)` with OpenVINO's default copying of inputs and outputs;
 `bench/runtimes.py` measures both.
 
@@ -14,6 +16,7 @@ GPUs OpenVINO otherwise lowers precision by itself, which breaks parity with ONN
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,16 @@ class OpenVinoSession(Session):
         self._own = [self._request.get_input_tensor(i) for i, _ in self._in_ports]
         self._shared = [False] * len(self._own)
         self._out = list(zip(self.output_names, compiled.outputs, strict=True))
+        # outputs OpenVINO may write straight into a caller-owned array (static beyond the
+        # batch axis): index, name, per-row shape, dtype and bytes, and the request's own
+        # output tensor, put back when a later call copies (the array is the caller's)
+        self._direct = [
+            (i, s.name, s.shape[1:], s.dtype, s.dtype.itemsize * math.prod(s.shape[1:]))
+            for i, s in enumerate(self.outputs)
+            if self.dynamic_batch and None not in s.shape[1:]
+        ]
+        self._own_out = [self._request.get_output_tensor(i) for i, *_ in self._direct]
+        self._out_shared = [False] * len(self._direct)
         self._run_impl = self._run_fast if fast else self._run_plain
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -103,15 +116,29 @@ class OpenVinoSession(Session):
                 self._shared[index] = False
             own.shape = array.shape
             own.data[...] = array
+        rows = feeds[self._in_ports[0][1]].shape[0]
+        direct = {}
+        for k, (index, name, rest, dtype, row_bytes) in enumerate(self._direct):
+            if rows * row_bytes > SHARE_BYTES:  # written in place: no copy afterwards
+                array = np.empty((rows, *rest), dtype=dtype)
+                request.set_output_tensor(index, self._tensor(array, shared_memory=True))
+                self._out_shared[k] = True
+                direct[name] = array
+            elif self._out_shared[k]:
+                request.set_output_tensor(index, self._own_out[k])
+                self._out_shared[k] = False
         request.infer()
-        return {name: request.get_tensor(port).data.copy() for name, port in self._out}
+        return {
+            name: direct[name] if name in direct else request.get_tensor(port).data.copy()
+            for name, port in self._out
+        }
 
     def _run_plain(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._request.infer({index: feeds[name] for index, name in self._in_ports})
         return {name: result[port] for name, port in self._out}
 
     def _close(self) -> None:
-        del self._request, self._compiled, self._run_impl, self._own
+        del self._request, self._compiled, self._run_impl, self._own, self._own_out
 
 
 class OpenVinoRuntime(Runtime):

@@ -392,3 +392,25 @@ def test_warmup_runs_every_loaded_step_and_leaves_the_policy_alone(monkeypatch, 
 def test_bad_warmup_is_refused(warmup):
     with pytest.raises(InputError, match="warmup"):
         AdaptiveModel.load(MULTIEXIT, thresholds=0.5, warmup=warmup)
+
+
+def test_openvino_outputs_stay_the_callers_across_shared_and_copied_calls():
+    """Large outputs are written in place into fresh arrays, small ones copied: no call
+    may write into an array an earlier call returned."""
+    bundle = load_bundle(MULTIEXIT)
+    step = bundle.steps[0]  # activation0: 15 KB per row, shared from a few rows up
+    ov = get_runtime("openvino", threads=1).load(step.path)
+    ref = get_runtime("onnxruntime", **ORT).load(step.path)
+    first, small, second = _x(64, seed=9), _x(1, seed=10), _x(64, seed=11)
+    with ov, ref:
+        kept = ov.run({"x": first})
+        snapshot = {k: v.copy() for k, v in kept.items()}
+        got_small = ov.run({"x": small})
+        got_second = ov.run({"x": second})
+        assert not np.shares_memory(kept[step.activation], got_second[step.activation])
+        for k in kept:
+            np.testing.assert_array_equal(kept[k], snapshot[k])
+        for x, got in ((first, kept), (small, got_small), (second, got_second)):
+            want = ref.run({"x": x})
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
