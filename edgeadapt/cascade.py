@@ -414,6 +414,7 @@ class AdaptiveModel:
                 and pos > 0
                 and not policy.fits(pos, (perf_counter_ns() - start) / 1e6, budget)
             ):
+                policy.decay(pos)  # skipped, so unmeasured: drift back toward the prior
                 done: Any = slice(None) if rows is None else rows
                 exit_state[done] = self._route[pos - 1].state
                 budget_exit[done] = True

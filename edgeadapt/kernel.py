@@ -22,6 +22,7 @@ while a batch is processed.
 - ``Policy(thresholds, step_costs_ms, *, ewma=0.2, measure="maxprob", accuracies=None,
   cumulative=True)``: per-state thresholds (one per state but the last), an EWMA cost
   table per step, ``next(...) -> Action``, ``fits(...)``, ``observe(...)``,
+  ``decay(step)`` (for a step skipped for the budget: back toward its initial cost),
   ``predicted_ms(step)``, ``state_ms(state)`` and the AdaInf lookup table
   ``lookup(budget_ms) -> state | None``.
 """

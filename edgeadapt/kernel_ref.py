@@ -133,6 +133,7 @@ class Policy:
             raise ValueError("thresholds must hold one value per state but the last")
         self.thresholds = [float(v) for v in thresholds]
         self.costs_ms = [float(v) for v in step_costs_ms]
+        self.priors_ms = list(self.costs_ms)
         self.ewma = ewma
         self.accuracies = None if accuracies is None else [float(v) for v in accuracies]
         self.cumulative = cumulative
@@ -140,6 +141,12 @@ class Policy:
     def observe(self, step: int, measured_ms: float) -> None:
         """cost <- (1 - ewma) * cost + ewma * measured."""
         self.costs_ms[step] = (1.0 - self.ewma) * self.costs_ms[step] + self.ewma * measured_ms
+
+    def decay(self, step: int) -> None:
+        """cost <- (1 - ewma) * cost + ewma * prior: a step skipped for the budget drifts
+        back toward its initial cost, so one slow run cannot lock it out for good."""
+        prior = self.priors_ms[step]
+        self.costs_ms[step] = (1.0 - self.ewma) * self.costs_ms[step] + self.ewma * prior
 
     def state_ms(self, state: int) -> float:
         """Cost of reaching `state`: steps 0..state (cumulative) or step `state` alone."""

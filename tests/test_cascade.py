@@ -145,6 +145,20 @@ def test_budget_stops_before_a_step_that_cannot_fit_and_learns_costs():
         assert m.policy.predicted_ms(0) > 0  # the measured latency was folded in
 
 
+def test_a_step_inflated_by_one_slow_run_is_tried_again():
+    # one preempted run (1 s) inflates step 1's prediction far past the budget; the
+    # skipped step drifts back toward its prior (EWMA 0.2) until it runs again
+    with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, step_costs_ms=[0.01] * 4) as m:
+        m.policy.observe(1, 1000.0)  # predicted 200 ms
+        skipped = 0
+        while m.predict(_x(1), budget_ms=50.0).budget_exit[0]:
+            skipped += 1
+            assert skipped < 20, m.policy.costs_ms
+        # 200 * 0.8^k + 0.2 * 0.01 * (1 - 0.8^k) <= 50 - elapsed first at k = 7
+        assert skipped == 7
+        assert m.policy.predicted_ms(1) < 50.0
+
+
 def _plan(path: Path, states, thresholds, cost_ms) -> Plan:
     b = load_bundle(path)
     fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)

@@ -149,6 +149,8 @@ def test_policy_equals_reference(spec, cumulative, observed, budget, conf, elaps
         if step < len(costs):
             pol.observe(step, ms)
             ref.observe(step, ms)
+            pol.decay(step)
+            ref.decay(step)
     assert pol.costs_ms == ref.costs_ms
     assert pol.lookup(budget) == ref.lookup(budget)
     for s in range(len(costs)):
@@ -171,6 +173,10 @@ def test_policy_budget_and_ewma_story():
     pol.observe(1, 6.0)  # contention: step 1 now predicted at 4 ms
     assert pol.predicted_ms(1) == 4.0
     assert pol.next(0, 0.5, 1.0, 3.0) is kernel.Action.EXIT_BUDGET
+    pol.decay(1)  # skipped for the budget: back toward the prior 2 ms
+    assert pol.predicted_ms(1) == 3.0
+    pol.decay(1)
+    assert pol.next(0, 0.5, 1.0, 3.5) is kernel.Action.CONTINUE  # 1 + 2.5 ms fits again
     assert pol.lookup(5.0) == 1
     assert pol.lookup(0.5) is None
     assert pol.lookup(math.inf) == 2
@@ -214,6 +220,7 @@ def test_policy_rejects_bad_construction(call, error, match):
         ("observe", (0, math.nan), ValueError, "measured_ms"),
         ("observe", (0, -1.0), ValueError, "measured_ms"),
         ("observe", (5, 1.0), IndexError, "step 5"),
+        ("decay", (5,), IndexError, "step 5"),
         ("predicted_ms", (2,), IndexError, "step 2"),
     ],
 )

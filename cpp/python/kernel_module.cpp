@@ -292,6 +292,12 @@ PYBIND11_MODULE(_kernel, m) {
                  ensure_ok(p.observe(step, measured_ms));
              },
              py::arg("step"), py::arg("measured_ms"))
+        .def("decay",
+             [](ea::Policy& p, std::int64_t step) {
+                 check_index(p, step, "step");
+                 ensure_ok(p.decay(step));
+             },
+             py::arg("step"))
         .def("fits",
              [](const ea::Policy& p, std::int64_t next_step, double elapsed_ms,
                 std::optional<double> budget_ms) {

@@ -114,6 +114,11 @@ edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t step
     return report(policy->policy.observe(step, measured_ms), "edgeadapt_policy_observe");
 }
 
+edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t step) {
+    if (policy == nullptr) return null_policy("edgeadapt_policy_decay");
+    return report(policy->policy.decay(step), "edgeadapt_policy_decay");
+}
+
 edgeadapt_status edgeadapt_policy_fits(const edgeadapt_policy* policy, int64_t next_step,
                                        double elapsed_ms, double budget_ms, int* out) {
     if (policy == nullptr || out == nullptr) return null_policy("edgeadapt_policy_fits");

@@ -46,6 +46,11 @@ int main(void) {
     double ms = 0.0;
     CHECK(edgeadapt_policy_predicted_ms(p, 1, &ms) == EDGEADAPT_OK && ms == 2.0);
     CHECK(edgeadapt_policy_state_ms(p, 1, &ms) == EDGEADAPT_OK && ms == 3.0);
+    CHECK(edgeadapt_policy_decay(p, 1) == EDGEADAPT_OK); /* 2.0 -> back toward 3.0 */
+    CHECK(edgeadapt_policy_predicted_ms(p, 1, &ms) == EDGEADAPT_OK && ms == 2.5);
+    CHECK(edgeadapt_policy_decay(p, 7) == EDGEADAPT_E_RANGE);
+    CHECK(edgeadapt_policy_decay(NULL, 0) == EDGEADAPT_E_NULL);
+    CHECK(edgeadapt_policy_observe(p, 1, 1.5) == EDGEADAPT_OK); /* 2.0 again */
     int fits = 0;
     CHECK(edgeadapt_policy_fits(p, 1, 1.0, 3.0, &fits) == EDGEADAPT_OK && fits == 1);
     int64_t state = -2, n = 0;

@@ -128,6 +128,14 @@ static void policy() {
     CHECK(p.fits(1, 1.0, 5.0, &fits) == ea::Status::Ok && fits);
     CHECK(p.fits(1, 1.5, 5.0, &fits) == ea::Status::Ok && !fits);
 
+    // decay: a skipped step drifts back toward its prior (4 -> 3 -> 2.5 with ewma 0.5)
+    CHECK(p.decay(1) == ea::Status::Ok);
+    CHECK(p.predicted_ms(1, &v) == ea::Status::Ok && v == 3.0);
+    CHECK(p.decay(1) == ea::Status::Ok);
+    CHECK(p.predicted_ms(1, &v) == ea::Status::Ok && v == 2.5);
+    CHECK(p.decay(3) == ea::Status::OutOfRange);
+    CHECK(p.observe(1, 2.0) == ea::Status::Ok);  // back to the prior: lookup below holds
+
     // lookup: cumulative costs 1, 5, 9
     std::int64_t s = 99;
     CHECK(p.lookup(0.5, &s) == ea::Status::Ok && s == -1);

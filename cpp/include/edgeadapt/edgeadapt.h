@@ -92,6 +92,9 @@ EDGEADAPT_API edgeadapt_status edgeadapt_policy_state_ms(const edgeadapt_policy*
                                                          int64_t state, double* out);
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t step,
                                                         double measured_ms);
+/* Move step's prediction one EWMA step back toward its initial cost: call it for a step
+   skipped for the budget, so one slow run cannot lock the step out for good. */
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t step);
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_fits(const edgeadapt_policy* policy,
                                                      int64_t next_step, double elapsed_ms,
                                                      double budget_ms, int* out);

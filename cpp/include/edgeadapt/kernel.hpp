@@ -400,6 +400,7 @@ class Policy {
         Policy p;
         p.thresholds_.assign(thresholds, thresholds + n_thresholds);
         p.costs_.assign(step_costs_ms, step_costs_ms + n_steps);
+        p.priors_ = p.costs_;
         if (accuracies != nullptr) p.accuracies_.assign(accuracies, accuracies + n_steps);
         p.ewma_ = ewma;
         p.measure_ = measure;
@@ -447,6 +448,17 @@ class Policy {
         if (!std::isfinite(measured_ms) || measured_ms < 0.0) return Status::BadValue;
         double& c = costs_[static_cast<std::size_t>(step)];
         c = (1.0 - ewma_) * c + ewma_ * measured_ms;
+        return Status::Ok;
+    }
+
+    // Move the prediction of `step` one EWMA step back toward its prior (the cost given
+    // at creation). Call it when a step was skipped for the budget: a step is measured
+    // only when it runs, so without this one slow run (a preempted call) could inflate
+    // its prediction and keep it from ever running, and so from being measured, again.
+    Status decay(std::int64_t step) noexcept {
+        if (!has_state(step)) return Status::OutOfRange;
+        const auto s = static_cast<std::size_t>(step);
+        costs_[s] = (1.0 - ewma_) * costs_[s] + ewma_ * priors_[s];
         return Status::Ok;
     }
 
@@ -513,6 +525,7 @@ class Policy {
 
     std::vector<double> thresholds_;
     std::vector<double> costs_;
+    std::vector<double> priors_;
     std::vector<double> accuracies_;
     double ewma_ = 0.2;
     Measure measure_ = Measure::MaxProb;

@@ -245,6 +245,8 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
             bool fits = false;
             policy_.fits(static_cast<std::int64_t>(pos), ms_since(start), budget_ms, &fits);
             if (!fits) {
+                // skipped, so unmeasured: drift back toward the prior (as AdaptiveModel)
+                policy_.decay(static_cast<std::int64_t>(pos));
                 for (std::int64_t b = 0; b < active; ++b) {
                     const auto r = static_cast<std::size_t>(row_of(b));
                     out.pred[r] = best_pred_[r];
