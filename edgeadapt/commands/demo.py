@@ -94,9 +94,14 @@ def render_bundle(b: dict[str, Any]) -> str:
     )
     exits = ", ".join(f"{s['name']} {n}" for s, n in zip(states, r["exits"], strict=True))
     lines.append(
-        f"  speedup {r['speedup']:.2f}x at an accuracy drop of {100 * r['drop']:.2f} points; "
-        f"exits: {exits}"
+        f"  speedup {r['speedup']:.2f}x measured ({r['predicted_speedup']:.2f}x predicted by the profile) at "
+        f"an accuracy drop of {100 * r['drop']:.2f} points; exits: {exits}"
     )
+    if len(plan["states"]) == 1:
+        lines.append(
+            "  (one state kept: the plan is the static model run through AdaptiveModel, so the "
+            "difference is the cascade's own per-call cost)"
+        )
     rgap = r["gap_closure"]
     lines.append(
         f"  oracle gap closure on the test split: {'n/a' if rgap is None else f'{rgap:.1%}'} "

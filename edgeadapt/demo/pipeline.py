@@ -80,6 +80,7 @@ class RunFigures:
     static_p50_ms: float
     exits: list[int]
     expected_cost_ms: float
+    static_cost_ms: float
     oracle_r: float
     oracle_a: float
     gap_closure: float | None
@@ -87,6 +88,11 @@ class RunFigures:
     @property
     def speedup(self) -> float:
         return self.static_mean_ms / self.mean_ms
+
+    @property
+    def predicted_speedup(self) -> float:
+        """What the profile predicts: the static state's cost over the plan's expected."""
+        return self.static_cost_ms / self.expected_cost_ms
 
     @property
     def drop(self) -> float:
@@ -137,6 +143,7 @@ class BundleResult:
                 "static_mean_ms": r.static_mean_ms,
                 "static_p50_ms": r.static_p50_ms,
                 "speedup": r.speedup,
+                "predicted_speedup": r.predicted_speedup,
                 "exits": r.exits,
                 "expected_cost_ms": r.expected_cost_ms,
                 "oracle": {"r_oracle": r.oracle_r, "a_oracle": r.oracle_a},
@@ -333,6 +340,7 @@ def _run_figures(
         static_p50_ms=float(np.percentile(static_lat, 50)),
         exits=[int(np.sum(exits == s)) for s in range(len(bundle.states))],
         expected_cost_ms=expected,
+        static_cost_ms=float(costs[plan.reference_state]),
         oracle_r=r_oracle,
         oracle_a=a_oracle,
         gap_closure=gap_closure(float(costs[-1]), expected, r_oracle),
