@@ -57,9 +57,10 @@ def cli() -> None:
     Export a model into states of rising cost (a bundle), measure what each state
     costs on this device (profile), score every state on labelled data (evaluate),
     compute how much any adaptive policy could save (bound, subset), pick states and
-    thresholds (plan), and run the result under a latency budget (run).
+    thresholds (plan), run the result under a latency budget (run) and see it all
+    (report).
 
-    Try `edgeadapt bound --table examples/efficientnet-torchvision.csv`.
+    Try `edgeadapt demo`: the whole pipeline on MNIST-1D, on this machine.
     Every command has --help; most take --json.
     """
 
