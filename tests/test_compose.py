@@ -121,3 +121,29 @@ def test_control_flow_reading_outer_scope_is_refused(tmp_path):
     )
     with pytest.raises(InputError, match=r"step0.onnx: If node .*outer-scope"):
         whole_model(bundle)
+
+
+@pytest.mark.parametrize("state", [0, 1, 2])
+def test_whole_model_of_one_state_keeps_only_its_own_head(state):
+    bundle = load_bundle(MULTIEXIT)
+    x = _x(3, seed=state)
+    plain = whole_model(bundle, state)
+    assert [o.name for o in plain.graph.output] == [bundle.steps[state].logits]
+    steps = [onnx.load(str(s.path)) for s in bundle.steps[: state + 1]]
+    assert _ops(plain, "Conv") == sum(_ops(m, "Conv") for m in steps)
+    assert _ops(plain, "Gemm") == _ops(steps[-1], "Gemm")
+    (logits,) = _run(plain, x)
+    np.testing.assert_allclose(logits, run_bundle(bundle, x)[state], rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_state_is_that_member():
+    bundle = load_bundle(FAMILY)
+    x = _x(2, seed=4)
+    (got,) = _run(whole_model(bundle, 1), x)
+    np.testing.assert_array_equal(got, run_bundle(bundle, x)[1])
+
+
+@pytest.mark.parametrize("state", [-1, 4])
+def test_state_out_of_range_is_refused(state):
+    with pytest.raises(InputError, match=r"state: must be a state index in \[0, 4\)"):
+        whole_model(load_bundle(MULTIEXIT), state)
