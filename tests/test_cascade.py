@@ -15,8 +15,9 @@ from edgeadapt.bundle import InputSpec, load_bundle, write_bundle
 from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.kernel import confidence
-from edgeadapt.plan import Plan, SplitFigures
+from edgeadapt.plan import Plan
 from edgeadapt.runtimes import get_runtime
+from tests.plans import runner_plan
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
 MULTIEXIT = BUNDLES / "mnist1d-multiexit"
@@ -160,32 +161,7 @@ def test_a_step_inflated_by_one_slow_run_is_tried_again():
 
 
 def _plan(path: Path, states, thresholds, cost_ms) -> Plan:
-    b = load_bundle(path)
-    fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)
-    return Plan(
-        manifest_sha256=b.manifest_sha256,
-        kind=b.kind,
-        bundle_states=tuple(s.name for s in b.states),
-        measure="maxprob",
-        states=tuple(states),
-        thresholds=tuple(thresholds),
-        cost_ms=tuple(cost_ms),
-        budget=(),
-        reference_state=states[-1],
-        max_drop=0.01,
-        calibration=fig,
-        heldout=fig,
-        drop_bound=0.01,
-        delta=0.05,
-        r_oracle=1.0,
-        a_oracle=1.0,
-        r_n=1.0,
-        a_n=1.0,
-        gap_closure=None,
-        search_method="exhaustive",
-        max_states=4,
-        subsets_evaluated=1,
-    )
+    return runner_plan(load_bundle(path), states, thresholds, cost_ms, budget=False)
 
 
 def test_early_exit_plan_runs_skipped_steps_without_deciding():

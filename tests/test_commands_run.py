@@ -106,34 +106,10 @@ def test_bad_input_files_are_clear_errors(tmp_path, make, match):
 
 def test_plan_file_restricts_states_and_gives_budget_costs(xfile, tmp_path):
     from edgeadapt.bundle import load_bundle
-    from edgeadapt.plan import BudgetRow, Plan, SplitFigures, save_plan
+    from edgeadapt.plan import save_plan
+    from tests.plans import runner_plan
 
-    b = load_bundle(BUNDLE)
-    fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)
-    plan = Plan(
-        manifest_sha256=b.manifest_sha256,
-        kind=b.kind,
-        bundle_states=tuple(s.name for s in b.states),
-        measure="maxprob",
-        states=(1, 2),
-        thresholds=(1.0,),
-        cost_ms=(1.0, 2.0),
-        budget=(BudgetRow(budget_ms=1.0, state=1, accuracy=0.5),),
-        reference_state=2,
-        max_drop=0.01,
-        calibration=fig,
-        heldout=fig,
-        drop_bound=0.01,
-        delta=0.05,
-        r_oracle=1.0,
-        a_oracle=1.0,
-        r_n=1.0,
-        a_n=1.0,
-        gap_closure=None,
-        search_method="exhaustive",
-        max_states=4,
-        subsets_evaluated=1,
-    )
+    plan = runner_plan(load_bundle(BUNDLE), [1, 2], [1.0], [1.0, 2.0])
     path = tmp_path / "plan.json"
     save_plan(path, plan)
     doc = json.loads(run(BUNDLE, "--input", xfile, "--plan", path, "--json").output)

@@ -16,7 +16,8 @@ import pytest
 from edgeadapt.bundle import load_bundle
 from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.datasets import mnist1d_splits
-from edgeadapt.plan import BudgetRow, Plan, SplitFigures, save_plan
+from edgeadapt.plan import Plan, save_plan
+from tests.plans import runner_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "edgeadapt" / "data" / "bundles"
@@ -126,32 +127,7 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def _plan(path: Path, states, thresholds, measure, cost_ms) -> Plan:
-    b = load_bundle(path)
-    fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)
-    return Plan(
-        manifest_sha256=b.manifest_sha256,
-        kind=b.kind,
-        bundle_states=tuple(s.name for s in b.states),
-        measure=measure,
-        states=tuple(states),
-        thresholds=tuple(thresholds),
-        cost_ms=tuple(cost_ms),
-        budget=(BudgetRow(budget_ms=cost_ms[0], state=states[0], accuracy=0.5),),
-        reference_state=states[-1],
-        max_drop=0.01,
-        calibration=fig,
-        heldout=fig,
-        drop_bound=0.01,
-        delta=0.05,
-        r_oracle=1.0,
-        a_oracle=1.0,
-        r_n=1.0,
-        a_n=1.0,
-        gap_closure=None,
-        search_method="exhaustive",
-        max_states=4,
-        subsets_evaluated=1,
-    )
+    return runner_plan(load_bundle(path), states, thresholds, cost_ms, measure=measure)
 
 
 # (bundle, how the policy is given, budget_ms); plans skip states and use each measure

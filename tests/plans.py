@@ -1,0 +1,47 @@
+"""Plans made by hand for the cascade, `run` and native-runner tests: the runner block
+(states, thresholds, measure, costs, budget table) as asked; the record is filler."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edgeadapt.bundle import Bundle
+from edgeadapt.plan import BudgetRow, Plan, SplitFigures
+
+
+def runner_plan(
+    bundle: Bundle,
+    states: Sequence[int],
+    thresholds: Sequence[float],
+    cost_ms: Sequence[float],
+    *,
+    measure: str = "maxprob",
+    budget: bool = True,
+) -> Plan:
+    """A plan keeping `states` of `bundle`; `budget` adds a one-row budget table."""
+    fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)
+    rows = (BudgetRow(budget_ms=cost_ms[0], state=states[0], accuracy=0.5),) if budget else ()
+    return Plan(
+        manifest_sha256=bundle.manifest_sha256,
+        kind=bundle.kind,
+        bundle_states=tuple(s.name for s in bundle.states),
+        measure=measure,
+        states=tuple(states),
+        thresholds=tuple(thresholds),
+        cost_ms=tuple(cost_ms),
+        budget=rows,
+        reference_state=states[-1],
+        max_drop=0.01,
+        calibration=fig,
+        heldout=fig,
+        drop_bound=0.01,
+        delta=0.05,
+        r_oracle=1.0,
+        a_oracle=1.0,
+        r_n=1.0,
+        a_n=1.0,
+        gap_closure=None,
+        search_method="exhaustive",
+        max_states=4,
+        subsets_evaluated=1,
+    )
