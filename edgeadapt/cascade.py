@@ -35,7 +35,7 @@ import numpy as np
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.kernel import MEASURES, Policy, decide_buffers, decide_into
-from edgeadapt.plan import Plan, load_plan
+from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session, get_runtime
 
@@ -169,22 +169,6 @@ def _route(
     return hops
 
 
-def _check_plan(plan: Plan, bundle: Bundle, source: str) -> None:
-    if plan.manifest_sha256 != bundle.manifest_sha256:
-        raise InputError(
-            f"was made for another bundle (manifest sha256 {plan.manifest_sha256[:12]}..., "
-            f"{bundle.path} has {bundle.manifest_sha256[:12]}...)",
-            source=source,
-            field="$.bundle.manifest_sha256",
-        )
-    if len(plan.bundle_states) != len(bundle.states):
-        raise InputError(
-            f"names {len(plan.bundle_states)} states, the bundle has {len(bundle.states)}",
-            source=source,
-            field="$.bundle.states",
-        )
-
-
 class AdaptiveModel:
     """A bundle loaded into a runtime with its policy; `predict` runs the cascade."""
 
@@ -243,7 +227,7 @@ class AdaptiveModel:
         if plan is not None:
             if thresholds is not None:
                 raise InputError("give thresholds or a plan, not both", source="thresholds")
-            _check_plan(plan, bundle, plan_source)
+            check_plan(plan, bundle, plan_source)
             if measure is not None and measure != plan.measure:
                 raise InputError(
                     f"the plan was made for measure {plan.measure!r}, got {measure!r}",

@@ -43,9 +43,13 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edgeadapt.errors import InputError
 from edgeadapt.jsonio import Fields, check_value, read_json, write_json
+
+if TYPE_CHECKING:
+    from edgeadapt.bundle import Bundle
 
 FORMAT = "edgeadapt-plan"
 VERSION = 1
@@ -336,3 +340,21 @@ def save_plan(path: str | os.PathLike[str], plan: Plan) -> None:
 def load_plan(path: str | os.PathLike[str]) -> Plan:
     """Read and validate a plan file."""
     return plan_from_doc(read_json(path, fmt=FORMAT, versions=[VERSION]), source=path)
+
+
+def check_plan(plan: Plan, bundle: Bundle, source: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a plan made for another bundle (its manifest sha256 or its states differ);
+    `source` names the plan file in the error."""
+    if plan.manifest_sha256 != bundle.manifest_sha256:
+        raise InputError(
+            f"was made for another bundle (manifest sha256 {plan.manifest_sha256[:12]}..., "
+            f"{bundle.path} has {bundle.manifest_sha256[:12]}...); plan this bundle again",
+            source=source,
+            field="$.bundle.manifest_sha256",
+        )
+    if len(plan.bundle_states) != len(bundle.states):
+        raise InputError(
+            f"names {len(plan.bundle_states)} states, the bundle has {len(bundle.states)}",
+            source=source,
+            field="$.bundle.states",
+        )

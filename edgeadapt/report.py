@@ -35,10 +35,10 @@ import numpy as np
 from edgeadapt.analysis import Inputs, bundle_bound, load_inputs
 from edgeadapt.bundle import Bundle
 from edgeadapt.calibrate import Sweep, simulate, sweep
-from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.errors import MissingExtraError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.jsonio import atomic_write_bytes
-from edgeadapt.plan import Plan, load_plan
+from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.planner import subset_costs
 from edgeadapt.profile import Profile
 from edgeadapt.subset import SubsetChoice, subset_curve_exact
@@ -75,13 +75,7 @@ class ReportData:
 def _plan(plan: Plan | PathLike, bundle: Bundle) -> Plan:
     source = None if isinstance(plan, Plan) else str(plan)
     loaded = plan if isinstance(plan, Plan) else load_plan(plan)
-    if loaded.manifest_sha256 != bundle.manifest_sha256:
-        raise InputError(
-            f"was made for another bundle (manifest sha256 {loaded.manifest_sha256[:12]}..., "
-            f"{bundle.path} has {bundle.manifest_sha256[:12]}...); plan this bundle again",
-            source=source,
-            field="$.bundle.manifest_sha256",
-        )
+    check_plan(loaded, bundle, source)
     return loaded
 
 

@@ -362,7 +362,7 @@ def _demo_bundle(
     from edgeadapt.analysis import bundle_bound
     from edgeadapt.evaluate import evaluate_bundle
     from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
-    from edgeadapt.plan import Plan, load_plan, save_plan
+    from edgeadapt.plan import Plan, check_plan, load_plan, save_plan
     from edgeadapt.planner import Outcomes, make_plan
     from edgeadapt.profile import Profile, load_profile, profile_bundle, save_profile, state_costs
     from edgeadapt.report import write_report
@@ -415,8 +415,7 @@ def _demo_bundle(
 
     def load_plan_(path: Path) -> Plan:
         p = load_plan(path)
-        if p.manifest_sha256 != bundle.manifest_sha256:
-            raise InputError("made for another bundle", source=path)
+        check_plan(p, bundle, path)
         return p
 
     plan, _ = cache.get(work / "plan.json", load_plan_, make_plan_, save_plan, stale=rebuilt)
