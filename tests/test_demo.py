@@ -179,3 +179,27 @@ def test_retrain_without_torch_names_the_extra(tmp_path, monkeypatch, demo):
     monkeypatch.setitem(sys.modules, "edgeadapt.demo.train", None)
     with pytest.raises(MissingExtraError, match=r"edgeadapt\[torch\]"):
         run_demo(out, retrain=True)
+
+
+def test_retrain_runs_the_pipeline_on_the_retrained_bundles(monkeypatch, demo):
+    import shutil
+
+    import edgeadapt.demo.train as train
+    from edgeadapt.bundle import load_bundle
+
+    out, first, _ = demo
+    calls = []
+
+    def fake_train_and_export(out_dir, *, force, log):  # the same models, without torch's minute
+        calls.append((out_dir, force))
+        return {
+            b.name: load_bundle(shutil.copytree(b.bundle.path, out_dir / b.name))
+            for b in first.bundles
+        }
+
+    monkeypatch.setattr(train, "train_and_export", fake_train_and_export)
+    result = run_demo(out, retrain=True, samples=10, min_seconds=0.05)
+    assert calls == [(out / "bundles", True)]
+    for b in result.bundles:
+        assert b.bundle.path == out / "bundles" / b.name
+        assert b.reused == []  # retraining rebuilds every artefact
