@@ -4,7 +4,11 @@
 the previous step (computed once from a random input of the bundle's input shape, so
 input generation stays outside the timed loop), warms it up, then times each call with
 `time.perf_counter_ns` (a fixed number of iterations, or until `min_seconds` have
-passed). The profile holds, per batch size and step, p50/p90/p99/mean/std/n in ms, the
+passed). With ``order="chain"`` the steps are instead called in turn, every step once per
+round, as a cascade that runs every state calls them: each then also pays for refilling
+the caches after the steps before it, which a step timed alone (``order="step"``, the
+default, what `benchmark_app` measures) does not. The profile holds, per batch size and
+step, p50/p90/p99/mean/std/n in ms, the
 device fingerprint with temperatures and clocks before and after, a noise flag, and the
 sha256 of the bundle's manifest, so it is refused for any other bundle.
 
@@ -13,7 +17,7 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
     {"bundle": {"manifest_sha256", "kind", "states": [names]},
      "device": fingerprint (see edgeadapt.device), "measured_at": ISO time,
      "settings": {"runtime", "preset", "threads", "options", "warmup", "iters",
-                  "min_seconds", "seed"},
+                  "min_seconds", "seed", "order"},
      "before"/"after": {"temperatures", "clock", "load": [1, 5, 15 min load averages]},
      "noise": {"noisy", "reasons"},
      "batches": [{"batch": 1, "steps": [{"p50_ms", "p90_ms", "p99_ms", "mean_ms",
@@ -67,6 +71,8 @@ SPREAD_LIMIT = 1.5
 CLOCK_LIMIT = 0.10
 STATS = ("p50", "p90", "p99", "mean", "std", "min")
 VIEWS = ("cascade", "step")
+#: How the profiler calls the steps: each alone, repeatedly, or all in turn.
+ORDERS = ("step", "chain")
 
 Progress = Callable[[int, int], None]
 
@@ -203,6 +209,27 @@ def _time_step(
     return np.asarray(samples, dtype=np.int64)
 
 
+def _time_chain(
+    runs: Sequence[Callable[[], Any]], warmup: int, iters: int | None, min_seconds: float
+) -> list[np.ndarray]:
+    """`_time_step` for the steps called in turn: `warmup` untimed rounds, then rounds of
+    one timed call per step (`iters` rounds, or until every step had `min_seconds`)."""
+    for _ in range(warmup):
+        for run in runs:
+            run()
+    clock = time.perf_counter_ns
+    samples: list[list[int]] = [[] for _ in runs]
+    rounds = 0
+    deadline = clock() + int(min_seconds * len(runs) * 1e9)
+    while (rounds < iters) if iters is not None else (rounds < MIN_SAMPLES or clock() < deadline):
+        for run, out in zip(runs, samples, strict=True):
+            t0 = clock()
+            run()
+            out.append(clock() - t0)
+        rounds += 1
+    return [np.asarray(s, dtype=np.int64) for s in samples]
+
+
 def _noise(
     steps: dict[int, tuple[StepStats, ...]], before: dict[str, Any], after: dict[str, Any]
 ) -> list[str]:
@@ -240,6 +267,7 @@ def profile_bundle(
     preset: Preset | str | None = None,
     precision: str | None = None,
     options: Mapping[str, Any] | None = None,
+    order: str = "step",
 ) -> Profile:
     """Time every step of `bundle` at each batch size on a runtime.
 
@@ -247,8 +275,9 @@ def profile_bundle(
     file, see `edgeadapt.presets`), overridden by `runtime`, `threads`, `precision` and
     `options`; with neither, ONNX Runtime on 1 thread. Each step gets `warmup` untimed
     calls, then `iters` timed calls (at least MIN_SAMPLES), or with `iters=None` as
-    many as fit in `min_seconds` (at least MIN_SAMPLES). `progress(done, total)` is
-    called after each (batch, step).
+    many as fit in `min_seconds` (at least MIN_SAMPLES). `order` is ``step`` (each step
+    timed alone, repeatedly) or ``chain`` (the steps called in turn, see the module
+    docstring). `progress(done, total)` is called after each (batch, step).
     """
     from edgeadapt.runtimes import get_runtime
 
@@ -264,6 +293,8 @@ def profile_bundle(
         raise InputError(f"must be a number, got {min_seconds!r}", source="min_seconds")
     if not (min_seconds > 0 and np.isfinite(min_seconds)):
         raise InputError(f"must be a positive number, got {min_seconds!r}", source="min_seconds")
+    if order not in ORDERS:
+        raise InputError(f"must be one of {', '.join(ORDERS)}, got {order!r}", source="order")
     chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
     runtime, runtime_options = resolve_runtime(
         chosen, runtime=runtime, threads=threads, precision=precision, options=options
@@ -287,18 +318,24 @@ def profile_bundle(
         results: dict[int, tuple[StepStats, ...]] = {}
         for batch in batch_list:
             tensors: dict[str, np.ndarray] = {bundle.input.name: _random_input(bundle, batch, rng)}
-            stats = []
+            runs = []
             for step, session in zip(bundle.steps, sessions, strict=True):
                 feeds = {name: tensors[name] for name in step.inputs}
                 tensors.update(session.run(feeds, check=True))
-                samples = _time_step(
-                    partial(session.run, feeds, check=False), warmup, iters, min_seconds
-                )
-                stats.append(StepStats.from_ns(samples))
-                done += 1
+                runs.append(partial(session.run, feeds, check=False))
+            if order == "chain":
+                timed = _time_chain(runs, warmup, iters, min_seconds)
+                done += len(runs)
                 if progress is not None:
                     progress(done, total)
-            results[batch] = tuple(stats)
+            else:
+                timed = []
+                for run in runs:
+                    timed.append(_time_step(run, warmup, iters, min_seconds))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+            results[batch] = tuple(StepStats.from_ns(t) for t in timed)
     finally:
         for session in sessions:
             session.close()
@@ -319,6 +356,7 @@ def profile_bundle(
             "iters": iters,
             "min_seconds": None if iters is not None else float(min_seconds),
             "seed": seed,
+            "order": order,
         },
         before=before,
         after=after,

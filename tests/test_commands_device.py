@@ -65,6 +65,16 @@ def test_profile_prints_a_table(bundle_dir, tmp_path):
     load_profile(out)
 
 
+def test_profile_chain_order_is_recorded(bundle_dir, tmp_path):
+    out = tmp_path / "chain.json"
+    result = run("profile", bundle_dir, "--iters", 10, "--order", "chain", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert load_profile(out).settings["order"] == "chain"
+    bad = run("profile", bundle_dir, "--order", "random")
+    assert bad.exit_code == 2
+    assert "--order" in bad.output
+
+
 def test_profile_device_list_needs_no_bundle():
     result = run("profile", "--device", "list")
     assert result.exit_code == 0, result.output

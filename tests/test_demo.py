@@ -18,6 +18,7 @@ from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.evaluation import load_evaluation
 from edgeadapt.npzio import ArraySpec, load_npz
 from edgeadapt.plan import load_plan
+from edgeadapt.profile import load_profile
 
 SAMPLES = 120
 
@@ -68,6 +69,8 @@ def test_writes_every_artefact_and_shows_progress(demo):
         for name in ("profile.json", "evaluation-calibration.npz", "evaluation-test.npz"):
             assert (b.work / name).is_file()
         assert load_plan(b.work / "plan.json").manifest_sha256 == b.bundle.manifest_sha256
+        # profiled as the cascade calls the steps, in turn
+        assert load_profile(b.work / "profile.json", b.bundle).settings["order"] == "chain"
         html = b.report.read_text()
         assert "data:image/png;base64," in html
         assert all(name in html for name in b.state_names)

@@ -84,6 +84,52 @@ def test_min_seconds_mode_takes_at_least_min_samples(multiexit):
     assert p.settings["min_seconds"] == 0.001
 
 
+class _Recording:
+    """A runtime that logs which step file each timed or untimed call runs."""
+
+    def __init__(self, runtime, log):
+        self.runtime, self.log = runtime, log
+
+    def load(self, path):
+        session = self.runtime.load(path)
+        run = session.run
+
+        def logged(feeds, check=True):
+            self.log.append(path.name)
+            return run(feeds, check=check)
+
+        session.run = logged
+        return session
+
+    def describe(self):
+        return self.runtime.describe()
+
+
+@pytest.mark.parametrize("order", ["step", "chain"])
+def test_order_decides_how_the_steps_are_called(multiexit, monkeypatch, order):
+    import edgeadapt.runtimes as runtimes
+
+    log = []
+    real = runtimes.get_runtime
+    monkeypatch.setattr(runtimes, "get_runtime", lambda *a, **k: _Recording(real(*a, **k), log))
+    p = profile_bundle(multiexit, warmup=1, iters=MIN_SAMPLES, order=order)
+    names = [s.path.name for s in multiexit.steps]
+    feed = names  # one checked call per step, in order, to compute the activations
+    if order == "chain":  # then whole rounds: the warm-up one and the timed ones
+        assert log == feed + names * (1 + MIN_SAMPLES)
+    else:  # then each step alone: warm-up and timed calls back to back
+        assert log == feed + [n for n in names for _ in range(1 + MIN_SAMPLES)]
+    assert [s.n for s in p.step_stats(1)] == [MIN_SAMPLES] * len(names)
+    assert p.settings["order"] == order
+
+
+def test_chain_order_with_min_seconds_gives_every_step_the_time(multiexit):
+    p = profile_bundle(multiexit, warmup=0, min_seconds=0.01, order="chain")
+    counts = {s.n for s in p.step_stats(1)}
+    assert len(counts) == 1  # one call of every step per round
+    assert counts.pop() >= MIN_SAMPLES
+
+
 def test_progress_reports_every_step(multiexit):
     seen = []
     profile_bundle(
@@ -197,6 +243,7 @@ def test_flops_costs(multiexit, family):
         {"min_seconds": 0.0},
         {"min_seconds": float("nan")},
         {"runtime": "nope"},
+        {"order": "random"},
     ],
 )
 def test_bad_arguments_are_refused(multiexit, kwargs):

@@ -46,7 +46,8 @@ def render_bundle(b: dict[str, Any]) -> str:
     bounds = b["bound"]
     lines.append("")
     lines.append(
-        "oracle bounds (calibration split; R_i measured here, cascade cost: steps 0..i; "
+        "oracle bounds (calibration split; R_i measured here with the steps called in turn, "
+        "cascade cost: steps 0..i; "
         f"baseline R_N = {bounds['r_n']:.4f} ms, {bounds['baseline']}):"
     )
     lines.append(_render(["bound", "R_oracle ms", "A_oracle", "R_ratio"], _bound_rows(bounds)))

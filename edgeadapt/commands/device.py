@@ -131,6 +131,14 @@ def _device_help() -> str:
     help="Time each step for at least this long (default 0.5 s when --iters is not given).",
 )
 @click.option(
+    "--order",
+    type=click.Choice(["step", "chain"]),
+    default="step",
+    show_default=True,
+    help="step: time each step alone, repeatedly (as benchmark_app); chain: call the steps "
+    "in turn, as a cascade does, so each also pays the cache refills after the others.",
+)
+@click.option(
     "-o",
     "--output",
     type=_FILE,
@@ -147,6 +155,7 @@ def profile_cmd(
     warmup: int,
     iters: int | None,
     min_seconds: float | None,
+    order: str,
     output: Path | None,
     as_json: bool,
 ) -> None:
@@ -181,6 +190,7 @@ def profile_cmd(
             progress=progress,
             preset=preset,
             precision=precision,
+            order=order,
         )
     if output is None:
         output = default_profile_path(bundle, None if preset is None else preset.name)
