@@ -35,7 +35,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -44,6 +44,10 @@ from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
 from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
 from edgeadapt.stats import drop_upper_bound
+
+if TYPE_CHECKING:
+    from edgeadapt.bundle import Bundle
+    from edgeadapt.evaluation import Evaluation
 
 _FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
 _TOL = 1e-9
@@ -381,4 +385,34 @@ def make_plan(
         search_method="exhaustive",
         max_states=max_states,
         subsets_evaluated=choice.evaluated,
+    )
+
+
+def plan_bundle(
+    bundle: Bundle,
+    evaluation: Evaluation,
+    state_costs_ms: Sequence[float] | np.ndarray,
+    *,
+    heldout: float = 0.5,
+    seed: int = 0,
+    measure: str = "maxprob",
+    max_states: int = 4,
+    max_drop: float = 0.005,
+    delta: float = 0.05,
+) -> Plan:
+    """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
+    state order) split into a calibration and a held-out part, then `make_plan`."""
+    names = [s.name for s in bundle.states]
+    outcomes = Outcomes.from_evaluation(evaluation.select(names), measure)
+    calib, held = outcomes.split(heldout=heldout, seed=seed)
+    return make_plan(
+        calib,
+        held,
+        state_costs_ms,
+        manifest_sha256=bundle.manifest_sha256,
+        kind=bundle.kind,
+        max_states=max_states,
+        max_drop=max_drop,
+        measure=measure,
+        delta=delta,
     )

@@ -56,6 +56,12 @@ def _cli(*args):
     return result.output
 
 
+def _artefacts(b):
+    """The bundle, profile and calibration evaluation the demo made, as CLI arguments."""
+    profile, evaluation = b.work / "profile.json", b.work / "evaluation-calibration.npz"
+    return [b.bundle.path, "--profile", profile, "--evaluation", evaluation]
+
+
 def _test_split(out):
     (path,) = (out / "data").glob("*-test.npz")
     arrays = load_npz(path, {"x": ArraySpec("f", 3), "y": ArraySpec("iu", 1)})
@@ -81,18 +87,7 @@ def test_writes_every_artefact_and_shows_progress(demo):
 def test_bounds_agree_with_the_bound_command(demo):
     _, result, _ = demo
     b = result.bundles[0]
-    printed = json.loads(
-        _cli(
-            "bound",
-            b.bundle.path,
-            "--profile",
-            b.work / "profile.json",
-            "--evaluation",
-            b.work / "evaluation-calibration.npz",
-            "--envelope",
-            "--json",
-        )
-    )
+    printed = json.loads(_cli("bound", *_artefacts(b), "--envelope", "--json"))
     for key in ("exact", "alpha1", "continuous", "constant_alpha_min"):
         assert printed[key] == pytest.approx(b.bounds[key])
     assert printed["r_n"] == pytest.approx(b.cost_ms[-1])
@@ -101,19 +96,7 @@ def test_bounds_agree_with_the_bound_command(demo):
 def test_plan_agrees_with_the_plan_command(demo, tmp_path):
     _, result, _ = demo
     b = result.bundles[0]
-    printed = json.loads(
-        _cli(
-            "plan",
-            b.bundle.path,
-            "--profile",
-            b.work / "profile.json",
-            "--evaluation",
-            b.work / "evaluation-calibration.npz",
-            "-o",
-            tmp_path / "plan.json",
-            "--json",
-        )
-    )
+    printed = json.loads(_cli("plan", *_artefacts(b), "-o", tmp_path / "plan.json", "--json"))
     for key in ("states", "thresholds", "accuracy", "cost", "gap_closure", "drop_bound"):
         assert printed[key] == pytest.approx(b.plan[key]), key
 
@@ -156,6 +139,15 @@ def test_rerun_reuses_artefacts_and_rebuilds_a_broken_one(demo):
     assert (b.work / "profile.json").read_bytes() == profile_bytes
     assert list(load_plan(plan_path).state_names) == first.bundles[0].plan["states"]
     assert set(again.bundles[1].reused) >= {"profile.json", "plan.json"}
+
+
+def test_a_rebuilt_evaluation_rebuilds_the_plan(demo):
+    out, first, _ = demo
+    (first.bundles[0].work / "evaluation-calibration.npz").write_bytes(b"not an npz")
+    b = run_demo(out, samples=10, min_seconds=0.05).bundles[0]
+    assert "profile.json" in b.reused
+    assert "evaluation-calibration.npz" not in b.reused
+    assert "plan.json" not in b.reused  # made from the evaluation, so made again
 
 
 def test_cli_prints_summary_and_json(demo):

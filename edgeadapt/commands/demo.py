@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgeadapt.commands.device import _bar
 from edgeadapt.commands.oracle import _emit_json, _num, _pct, _ratio, _render
 
 
@@ -145,13 +145,8 @@ class _CliUI:
         if self.show:
             click.echo(message, err=True)
 
-    @contextmanager
-    def bar(self, label: str, total: int) -> Iterator[Callable[[int, int], None]]:
-        if not self.show:
-            yield lambda done, total: None
-            return
-        with click.progressbar(length=total, label=f"  {label}", file=sys.stderr) as bar:
-            yield lambda done, _total: bar.update(done - bar.pos)
+    def bar(self, label: str, total: int) -> AbstractContextManager[Callable[[int, int], None]]:
+        return _bar(f"  {label}", total, self.show)
 
 
 @click.command("demo")

@@ -96,23 +96,20 @@ def plan_cmd(
     from edgeadapt.evaluation import load_evaluation
     from edgeadapt.jsonio import dumps
     from edgeadapt.plan import save_plan
-    from edgeadapt.planner import Outcomes, make_plan
+    from edgeadapt.planner import plan_bundle
     from edgeadapt.profile import load_profile, state_costs
 
     loaded = load_bundle(bundle)
     costs = state_costs(load_profile(profile_path, loaded), loaded)
-    names = [s.name for s in loaded.states]
-    evaluation = load_evaluation(evaluation_path).select(names)
-    calib, held = Outcomes.from_evaluation(evaluation, measure).split(heldout=heldout, seed=seed)
-    plan = make_plan(
-        calib,
-        held,
+    plan = plan_bundle(
+        loaded,
+        load_evaluation(evaluation_path),
         costs,
-        manifest_sha256=loaded.manifest_sha256,
-        kind=loaded.kind,
+        heldout=heldout,
+        seed=seed,
+        measure=measure,
         max_states=max_states,
         max_drop=max_drop,
-        measure=measure,
         delta=delta,
     )
     target = out if out is not None else loaded.path / "plan.json"

@@ -368,7 +368,7 @@ def _demo_bundle(
     from edgeadapt.evaluate import evaluate_bundle
     from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
     from edgeadapt.plan import Plan, check_plan, load_plan, save_plan
-    from edgeadapt.planner import Outcomes, make_plan
+    from edgeadapt.planner import plan_bundle
     from edgeadapt.profile import Profile, load_profile, profile_bundle, save_profile, state_costs
     from edgeadapt.report import write_report
 
@@ -393,9 +393,9 @@ def _demo_bundle(
             raise InputError(f"must be profiled in {PROFILE_ORDER} order", source=path)
         return p
 
-    profile, rebuilt = cache.get(work / "profile.json", load_profile_, make_profile, save_profile)
+    profile, stale = cache.get(work / "profile.json", load_profile_, make_profile, save_profile)
 
-    def evaluation(split: str) -> Evaluation:
+    def evaluation(split: str) -> tuple[Evaluation, bool]:
         x, y = data[split]
 
         def make() -> Evaluation:
@@ -408,31 +408,27 @@ def _demo_bundle(
                 raise InputError("made for other states or other data", source=path)
             return ev
 
-        ev, _ = cache.get(work / f"evaluation-{split}.npz", load, make, save_evaluation)
-        return ev
+        return cache.get(work / f"evaluation-{split}.npz", load, make, save_evaluation)
 
-    ev_calib, ev_test = evaluation("calibration"), evaluation("test")
+    (ev_calib, calib_rebuilt), (ev_test, _) = evaluation("calibration"), evaluation("test")
+    stale = stale or calib_rebuilt  # the plan is made from the profile and this evaluation
     costs = state_costs(profile, bundle)
     # on the Pareto envelope: a retrained or re-split model may have a costlier state
     # that is less accurate, which the analytic bounds would otherwise refuse
     bounds = bundle_bound(bundle, profile=profile, evaluation=ev_calib, envelope=True)
-
-    def make_plan_() -> Plan:
-        calib, held = Outcomes.from_evaluation(ev_calib).split(heldout=0.5, seed=0)
-        return make_plan(
-            calib,
-            held,
-            costs,
-            manifest_sha256=bundle.manifest_sha256,
-            kind=bundle.kind,
-        )
 
     def load_plan_(path: Path) -> Plan:
         p = load_plan(path)
         check_plan(p, bundle, path)
         return p
 
-    plan, _ = cache.get(work / "plan.json", load_plan_, make_plan_, save_plan, stale=rebuilt)
+    plan, _ = cache.get(
+        work / "plan.json",
+        load_plan_,
+        lambda: plan_bundle(bundle, ev_calib, costs),  # as `edgeadapt plan` with its defaults
+        save_plan,
+        stale=stale,
+    )
 
     x, y = data["test"]
     if samples is not None:
