@@ -180,3 +180,87 @@ class Policy:
             if acc > best_key[0] or (acc == best_key[0] and cost < best_key[1]):
                 best, best_key = i, (acc, cost)
         return best
+
+
+# ---- learned exit gates -------------------------------------------------------------
+
+#: The features a gate reads at kept state j, in the order of its weights.
+GATE_FEATURES = ("maxprob", "margin", "entropy", "agreement", "previous")
+_GATE_CLAMP = 80.0  # |z| past this rounds the float32 score to 0 or 1 (and exp(-z) stays finite)
+
+
+def gate_score(
+    maxprob: np.ndarray,
+    margin: np.ndarray,
+    entropy: np.ndarray,
+    agreement: np.ndarray,
+    previous: np.ndarray,
+    weights: Sequence[float],
+    bias: float,
+) -> np.ndarray:
+    """A gate's score per row, float32: the logistic of a linear model of its features.
+
+    In float64, in this order (the kernel does the same, without FMA contraction):
+
+        z = bias
+        z = z + w[k] * f_k        for k = 0..4: maxprob, margin, entropy, agreement, previous
+        z = clamp(z, -80, 80)     (NaN stays NaN)
+        s = 1 / (1 + exp(-z))
+
+    rounded once to float32. The confidences come in as float32 (as `predict_confidence`
+    gives them) and are widened exactly; `agreement` (a share, float64) and `previous`
+    (the previous gate's float32 score) likewise. A NaN feature gives a NaN score,
+    which never exits.
+    """
+    w = [float(v) for v in weights]
+    if len(w) != len(GATE_FEATURES):
+        raise ValueError(f"a gate has {len(GATE_FEATURES)} weights, got {len(w)}")
+    feats = (maxprob, margin, entropy, agreement, previous)
+    z = np.full(np.shape(maxprob), float(bias), dtype=np.float64)
+    for wk, fk in zip(w, feats, strict=True):
+        z = z + wk * np.asarray(fk, dtype=np.float64)
+    z = np.clip(z, -_GATE_CLAMP, _GATE_CLAMP)
+    return (1.0 / (1.0 + np.exp(-z))).astype(_F)
+
+
+def agreement(pred: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """Share of the earlier exits' argmax (`history` ``[B, j]``) equal to `pred` ``[B]``;
+    0 when there is none (j == 0). Counted in integers, divided once in float64."""
+    pred = np.asarray(pred)
+    history = np.asarray(history)
+    if history.shape[1] == 0:
+        return np.zeros(pred.shape[0], dtype=np.float64)
+    agree = np.count_nonzero(history == pred[:, None], axis=1)
+    return agree.astype(np.float64) / float(history.shape[1])
+
+
+def gate_decide(
+    logits: np.ndarray,
+    weights: Sequence[float],
+    bias: float,
+    threshold: float,
+    history: np.ndarray,
+    previous: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The gate decision at kept state j = ``history.shape[1]`` for a batch of logits.
+
+    `history` int64 ``[B, j]`` holds each row's argmax at the earlier kept exits,
+    `previous` float32 ``[B]`` the previous gate's score (read only when j > 0).
+    Returns (pred int64[B], score float32[B], exit_mask bool[B] = score >= threshold,
+    continue_idx int64[K], history of the rows that continue ``[K, j + 1]`` (this
+    state's argmax appended), their scores ``[K]``: the next gate's `previous`).
+    """
+    if math.isnan(threshold):
+        raise ValueError("threshold must be a number, got NaN")
+    x = _check_logits(logits)
+    history = np.asarray(history, dtype=np.int64).reshape(x.shape[0], -1)
+    pred, maxprob = predict_confidence(x, "maxprob")
+    margin = predict_confidence(x, "margin")[1]
+    entropy = predict_confidence(x, "entropy")[1]
+    j = history.shape[1]
+    prev = np.asarray(previous, dtype=_F) if j else np.zeros(x.shape[0], dtype=_F)
+    score = gate_score(maxprob, margin, entropy, agreement(pred, history), prev, weights, bias)
+    exit_mask = score.astype(np.float64) >= threshold
+    keep = np.flatnonzero(~exit_mask).astype(np.int64)
+    grown = np.concatenate([history, pred[:, None]], axis=1)
+    return pred, score, exit_mask, keep, grown[keep], score[keep]

@@ -1,4 +1,4 @@
-"""The plan file (``plan.json``, format ``edgeadapt-plan`` version 1): what runs on a device.
+"""The plan file (``plan.json``, format ``edgeadapt-plan`` version 2): what runs on a device.
 
 A plan names the states kept from a bundle, the exit thresholds of the policy and the
 AdaInf budget table, plus the figures that justify them. A runner (Python
@@ -7,7 +7,7 @@ the record of how well the plan did and is shown by reports.
 
 ```
 {
-  "format": "edgeadapt-plan", "version": 1,
+  "format": "edgeadapt-plan", "version": 1 | 2,
   "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble",
              "states": ["exit0", ...]},           # every state of the bundle, in order
   "measure": "maxprob" | "margin" | "entropy",   # as edgeadapt.kernel_ref computes it
@@ -16,6 +16,9 @@ the record of how well the plan did and is shown by reports.
   "thresholds": [0.93, 0.88],                    # one per kept state but the last
   "cost_ms": [0.11, 0.35, 0.80],                 # cost of exiting at each kept state
   "budget": [{"budget_ms": 0.11, "state": 0, "accuracy": 0.61}, ...],
+  "policy": {"kind": "threshold"}                # version 2 only (optional; a version 1
+          | {"kind": "gate",                     #   file is a threshold plan)
+             "gates": [{"weights": [w0, ..., w4], "bias": b}, ...]},
   ---- the record ----
   "reference": {"state": 5, "accuracy": 0.93, "max_drop": 0.005},
   "calibration": {"n", "accuracy", "reference_accuracy", "drop", "cost_ms"},
@@ -28,6 +31,11 @@ the record of how well the plan did and is shown by reports.
               "required_n", "holds", "method", "assumption"}    # risk-controlled plans
 }
 ```
+
+Policy ``gate`` (`edgeadapt.gates`): one learned gate per kept state but the last, its
+weights over the features of `edgeadapt.kernel_ref.GATE_FEATURES`; the thresholds then
+apply to the gates' scores (in [0, 1]) and `measure` names only the confidence reported
+at the last state. Version 1 files (no ``policy``) read as the threshold policy.
 
 Confidences are higher when surer: maxprob and margin lie in [0, 1], entropy is the
 negative entropy in [-log C, 0]; thresholds must lie in the measure's range.
@@ -49,13 +57,19 @@ from typing import TYPE_CHECKING, Any
 
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import Fields, check_value, read_json, write_json
+from edgeadapt.gates import GATE_FEATURES, Gate
 from edgeadapt.risk import Promise
 
 if TYPE_CHECKING:
     from edgeadapt.bundle import Bundle
 
 FORMAT = "edgeadapt-plan"
-VERSION = 1
+# Threshold plans are still written as version 1 (no policy block), so every version 1
+# reader keeps running them; only a gate plan needs version 2, which such a reader
+# refuses by its version rather than misreading gate thresholds as confidences.
+VERSION = 2
+VERSIONS = (1, 2)  # files of every listed version read
+POLICY_KINDS = ("threshold", "gate")
 # Confidence range of each measure (lowest, highest); thresholds are checked against it.
 MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
     "maxprob": (0.0, 1.0),
@@ -115,6 +129,12 @@ class Plan:
     max_states: int
     subsets_evaluated: int
     promise: Promise | None = None
+    gates: tuple[Gate, ...] | None = None  # None: the threshold policy
+
+    @property
+    def policy(self) -> str:
+        """The policy kind: ``threshold`` or ``gate``."""
+        return "threshold" if self.gates is None else "gate"
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -138,6 +158,7 @@ class Plan:
             "r_n": self.r_n,
             "gap_closure": self.gap_closure,
             "promise": None if self.promise is None else self.promise.to_json(),
+            "policy": _policy_doc(self),
         }
 
 
@@ -151,6 +172,27 @@ def _figures_doc(f: SplitFigures) -> dict[str, Any]:
     }
 
 
+def _policy_doc(plan: Plan) -> dict[str, Any]:
+    if plan.gates is None:
+        return {"kind": "threshold"}
+    return {"kind": "gate", "gates": [g.to_json() for g in plan.gates]}
+
+
+def _policy(f: Fields, n_states: int) -> tuple[Gate, ...] | None:
+    """The ``policy`` block: None for the threshold policy, else one gate per kept
+    state but the last."""
+    kind = f.get("kind", str, check=_one_of(POLICY_KINDS))
+    if kind == "threshold":
+        return None
+    gates = []
+    for g in f.items("gates"):
+        weights = _numbers(g, "weights", len(GATE_FEATURES), minimum=None)
+        gates.append(Gate(weights=weights, bias=g.number("bias")))
+    if len(gates) != n_states - 1:
+        f.fail(f"expected {n_states - 1} gates (one per kept state but the last)", "gates")
+    return tuple(gates)
+
+
 def plan_to_doc(plan: Plan) -> dict[str, Any]:
     """The JSON document of a plan (see the module docstring)."""
     heldout = _figures_doc(plan.heldout)
@@ -158,7 +200,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     promise = {} if plan.promise is None else {"promise": plan.promise.to_json()}
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 1 if plan.gates is None else VERSION,
         "bundle": {
             "manifest_sha256": plan.manifest_sha256,
             "kind": plan.kind,
@@ -173,6 +215,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
             {"budget_ms": r.budget_ms, "state": r.state, "accuracy": r.accuracy}
             for r in plan.budget
         ],
+        **({} if plan.gates is None else {"policy": _policy_doc(plan)}),
         "reference": {
             "state": plan.reference_state,
             "accuracy": plan.calibration.reference_accuracy,
@@ -278,7 +321,8 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         f.fail(f"must be {[names[s] for s in states]} (bundle.states at $.states)", "state_names")
 
     measure = f.get("measure", str, check=_one_of(MEASURES))
-    low, high = MEASURE_RANGES[measure]
+    gates = _policy(f.child("policy"), len(states)) if "policy" in f.obj else None
+    low, high = MEASURE_RANGES[measure] if gates is None else (0.0, 1.0)
     thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
     cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0)
 
@@ -335,6 +379,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         max_states=_int(search, "max_states", minimum=1),
         subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
+        gates=gates,
     )
 
 
@@ -369,12 +414,26 @@ def save_plan(path: str | os.PathLike[str], plan: Plan) -> None:
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:
     """Read and validate a plan file."""
-    return plan_from_doc(read_json(path, fmt=FORMAT, versions=[VERSION]), source=path)
+    return plan_from_doc(read_json(path, fmt=FORMAT, versions=list(VERSIONS)), source=path)
 
 
-def check_plan(plan: Plan, bundle: Bundle, source: str | os.PathLike[str] | None = None) -> None:
-    """Refuse a plan made for another bundle (its manifest sha256 or its states differ);
-    `source` names the plan file in the error."""
+def check_plan(
+    plan: Plan,
+    bundle: Bundle,
+    source: str | os.PathLike[str] | None = None,
+    *,
+    policies: tuple[str, ...] = ("threshold",),
+) -> None:
+    """Refuse a plan made for another bundle (its manifest sha256 or its states differ),
+    or one whose policy the caller cannot run (`policies`: the kinds it runs; a runner
+    that thresholds confidences must not read gate thresholds as such); `source` names
+    the plan file in the error."""
+    if plan.policy not in policies:
+        raise InputError(
+            f"uses the {plan.policy} policy; this runner runs {', '.join(policies)} plans only",
+            source=source,
+            field="$.policy.kind",
+        )
     if plan.manifest_sha256 != bundle.manifest_sha256:
         raise InputError(
             f"was made for another bundle (manifest sha256 {plan.manifest_sha256[:12]}..., "

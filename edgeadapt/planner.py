@@ -50,8 +50,9 @@ import numpy as np
 from edgeadapt.calibrate import Calibration, calibrate, required_correct, simulate
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
+from edgeadapt.gates import Gate, GateInputs, fit_gates, policy_confidences
 from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
-from edgeadapt.risk import Promise, RiskControlled, risk_control
+from edgeadapt.risk import Promise, RiskControlled, learn_path, risk_control
 from edgeadapt.stats import drop_upper_bound
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
 _FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
 CALIBRATIONS = ("risk", "empirical")
+POLICIES = ("threshold", "gate")
 _TOL = 1e-9
 
 
@@ -80,12 +82,14 @@ class EvaluationLike(Protocol):
 class Outcomes:
     """Per-sample results of every state on one split: `correct` bool and `conf` float32
     ``[N, S]``, states named in bundle (cost) order; `measure` names the confidences
-    (None: not said, maxprob by default)."""
+    (None: not said, maxprob by default); `gate_inputs`, what learned gates read (every
+    measure and the argmax), when known."""
 
     names: tuple[str, ...]
     correct: np.ndarray
     conf: np.ndarray
     measure: str | None = None
+    gate_inputs: GateInputs | None = None
 
     def __post_init__(self) -> None:
         n_states = len(self.names)
@@ -105,6 +109,10 @@ class Outcomes:
             raise InputError(
                 f"must be one of {list(MEASURES)}, got {self.measure!r}", field="measure"
             )
+        if self.gate_inputs is not None and self.gate_inputs.pred.shape != self.correct.shape:
+            raise InputError(
+                f"expected gate inputs of shape {self.correct.shape}", field="gate_inputs"
+            )
 
     @classmethod
     def from_evaluation(cls, evaluation: EvaluationLike, measure: str = "maxprob") -> Outcomes:
@@ -121,11 +129,18 @@ class Outcomes:
                 source=getattr(evaluation, "source", None),
                 field=key,
             )
+        confs = [getattr(evaluation, CONF_KEYS[m], None) for m in ("maxprob", "margin", "entropy")]
+        gate_inputs = (
+            None
+            if any(c is None for c in confs)
+            else GateInputs(np.asarray(evaluation.pred), *(np.asarray(c) for c in confs))
+        )
         return cls(
             names=tuple(str(s) for s in evaluation.states),
             correct=np.asarray(evaluation.pred) == np.asarray(evaluation.labels)[:, None],
             conf=np.asarray(conf, dtype=np.float32),
             measure=measure,
+            gate_inputs=gate_inputs,
         )
 
     @property
@@ -135,7 +150,8 @@ class Outcomes:
 
     def take(self, rows: np.ndarray) -> Outcomes:
         """The samples at `rows`."""
-        return Outcomes(self.names, self.correct[rows], self.conf[rows], self.measure)
+        gates = None if self.gate_inputs is None else self.gate_inputs.take(rows)
+        return Outcomes(self.names, self.correct[rows], self.conf[rows], self.measure, gates)
 
     def split(self, heldout: float = 0.5, seed: int = 0) -> tuple[Outcomes, Outcomes]:
         """A random (calibration, held-out) split; `heldout` is the held-out share."""
@@ -289,7 +305,19 @@ def _check_args(
     measure: str,
     delta: float,
     calibration: str,
+    policy: str,
 ) -> None:
+    if policy not in POLICIES:
+        raise InputError(f"must be one of {list(POLICIES)}, got {policy!r}", field="policy")
+    if policy == "gate":
+        for name, split in (("calibration", calib), ("heldout", heldout)):
+            if split.gate_inputs is None:
+                raise InputError(
+                    f"the {name} split lacks what gates read (the argmax and the maxprob, "
+                    "margin and entropy confidences); write the evaluation again with "
+                    "edgeadapt evaluate, which stores every measure",
+                    field="gate_inputs",
+                )
     if heldout.names != calib.names:
         raise InputError(
             f"states {heldout.names} differ from the calibration split's {calib.names}",
@@ -346,8 +374,13 @@ def make_plan(
     measure: str | None = None,
     delta: float = 0.05,
     calibration: str = "risk",
+    policy: str = "threshold",
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
+
+    `policy` ``"gate"`` fits a learned gate per kept state but the last on `calib`
+    (`edgeadapt.gates`) and thresholds the gates' scores instead of the confidences;
+    the splits need every measure's confidences (`Outcomes.gate_inputs`).
 
     `measure` names the confidence measure of the splits (the plan records it); it
     defaults to the splits' own (`Outcomes.measure`), else maxprob, and must agree
@@ -366,6 +399,7 @@ def make_plan(
         measure,
         delta,
         calibration,
+        policy,
     )
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
@@ -380,20 +414,35 @@ def make_plan(
     promise: Promise | None = None
     thresholds = choice.calibration.thresholds
     kept = choice.states
+    gates: tuple[Gate, ...] | None = None
+    if policy == "gate":
+        kept, gates, thresholds = _gated_states(
+            calib, costs, kept, kind, reference, max_drop, calibration
+        )
     if calibration == "risk":
-        controlled = _risk_controlled(calib, heldout, costs, kept, kind, reference, max_drop, delta)
+        controlled = _risk_controlled(
+            calib, heldout, costs, kept, kind, reference, max_drop, delta, gates
+        )
         promise = controlled.promise
         thresholds = controlled.thresholds
         if not promise.holds:
             kept, thresholds = (reference,), np.empty(0)
     fires = np.append(np.isfinite(thresholds), True)
+    if gates is not None and not fires.all():
+        # Gates are fitted on the features of every kept state, so a gated state cannot be
+        # dropped on its own; `_gated_states` leaves all firing or none (the static model).
+        fires[:] = False
+        fires[-1] = True
     states = tuple(s for s, keep in zip(kept, fires, strict=True) if keep)
     thresholds = thresholds[fires[:-1]]
+    if gates is not None:
+        gates = gates[: len(states) - 1]
     cols = list(states)
     cost_ms = subset_costs(costs, states, kind)
 
     def figures(split: Outcomes) -> tuple[SplitFigures, np.ndarray]:
-        run = simulate(split.conf[:, cols], split.correct[:, cols], cost_ms, thresholds)
+        conf = _policy_conf(split, cols, gates)
+        run = simulate(conf, split.correct[:, cols], cost_ms, thresholds)
         policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
         ref = float(split.correct[:, reference].mean())
         return SplitFigures(
@@ -432,7 +481,55 @@ def make_plan(
         max_states=max_states,
         subsets_evaluated=choice.evaluated,
         promise=promise,
+        gates=gates,
     )
+
+
+def _policy_conf(split: Outcomes, cols: list[int], gates: tuple[Gate, ...] | None) -> np.ndarray:
+    """What the policy thresholds at the kept columns: the split's confidences, or the
+    gates' scores (a last column of zeros: the last state always answers)."""
+    if gates is None:
+        return split.conf[:, cols]
+    if split.gate_inputs is None:
+        raise InputError("a gate policy needs every measure's confidences", field="gate_inputs")
+    return policy_confidences(gates, split.gate_inputs.select(cols))
+
+
+def _gated_states(
+    calib: Outcomes,
+    costs: np.ndarray,
+    states: tuple[int, ...],
+    kind: str,
+    reference: int,
+    max_drop: float,
+    calibration: str,
+) -> tuple[tuple[int, ...], tuple[Gate, ...], np.ndarray]:
+    """Gates for the kept `states`, fitted on `calib`, and their calibration-split
+    thresholds (the empirical ones, or the learned path's target for risk control).
+
+    A state whose gate never fires there is dropped and the gates are fitted again on
+    the rest (its features would otherwise still feed the later gates), until every
+    gate fires or none does. Only the calibration split is read, so the held-out test
+    stays a single test.
+    """
+    while True:
+        cols = list(states)
+        assert calib.gate_inputs is not None  # checked by _check_args
+        inputs = calib.gate_inputs.select(cols)
+        correct, ref = calib.correct[:, cols], calib.correct[:, reference]
+        gates = fit_gates(inputs, correct, ref)
+        conf = policy_confidences(gates, inputs)
+        cost = subset_costs(costs, states, kind)
+        if calibration == "risk":
+            t = learn_path(conf, correct, cost, ref, max_drop=max_drop)[-1]
+        else:
+            t = calibrate(
+                conf, correct, cost, max_drop=max_drop, reference_accuracy=float(ref.mean())
+            ).thresholds
+        fires = np.isfinite(t)
+        if fires.all() or not fires.any():
+            return states, gates, t
+        states = tuple(s for s, f in zip(states, [*fires, True], strict=True) if f)
 
 
 def _risk_controlled(
@@ -444,13 +541,18 @@ def _risk_controlled(
     reference: int,
     max_drop: float,
     delta: float,
+    gates: tuple[Gate, ...] | None = None,
 ) -> RiskControlled:
-    """Learn-then-Test thresholds for the kept `states`: learned on `calib`, tested on
-    `heldout`, drop against the `reference` state."""
+    """Learn-then-Test thresholds for the kept `states` (on the `gates`' scores when
+    given): learned on `calib`, tested on `heldout`, drop against the `reference` state."""
     cols = list(states)
     return risk_control(
-        (calib.conf[:, cols], calib.correct[:, cols], calib.correct[:, reference]),
-        (heldout.conf[:, cols], heldout.correct[:, cols], heldout.correct[:, reference]),
+        (_policy_conf(calib, cols, gates), calib.correct[:, cols], calib.correct[:, reference]),
+        (
+            _policy_conf(heldout, cols, gates),
+            heldout.correct[:, cols],
+            heldout.correct[:, reference],
+        ),
         subset_costs(costs, states, kind),
         max_drop=max_drop,
         delta=delta,
@@ -469,6 +571,7 @@ def plan_bundle(
     max_drop: float = 0.005,
     delta: float = 0.05,
     calibration: str = "risk",
+    policy: str = "threshold",
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
@@ -486,4 +589,5 @@ def plan_bundle(
         measure=measure,
         delta=delta,
         calibration=calibration,
+        policy=policy,
     )

@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -184,6 +185,97 @@ std::int64_t decide_into(py::handle logits, double threshold, py::handle pred, p
     return k;
 }
 
+ea::Gate make_gate(const std::vector<double>& weights, double bias) {
+    if (weights.size() != static_cast<std::size_t>(ea::kGateFeatures))
+        throw py::value_error("a gate has " + std::to_string(ea::kGateFeatures) +
+                              " weights (maxprob, margin, entropy, agreement, previous), got " +
+                              std::to_string(weights.size()));
+    ea::Gate g{};
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+        if (!std::isfinite(weights[k]))
+            throw py::value_error("weights[" + std::to_string(k) + "] must be finite");
+        g.weights[k] = weights[k];
+    }
+    if (!std::isfinite(bias)) throw py::value_error("bias must be finite");
+    g.bias = bias;
+    return g;
+}
+
+// The running features: int64 [rows >= batch, stride > position], C-contiguous, writeable.
+std::int64_t* check_history(py::handle obj, std::int64_t batch, std::int64_t position,
+                            std::int64_t* stride) {
+    py::array a = as_array(obj, "history", "int64");
+    if (!has_dtype<std::int64_t>(a))
+        throw py::type_error("history must have dtype int64, got " + text(a.dtype()));
+    if (a.ndim() != 2 || a.shape(0) < batch || a.shape(1) <= position)
+        throw py::value_error("history must be 2-D with at least " + std::to_string(batch) +
+                              " rows and more than " + std::to_string(position) +
+                              " columns, got shape " + text(a.attr("shape")));
+    if ((a.flags() & (kCStyle | kAligned | kWriteable)) != (kCStyle | kAligned | kWriteable))
+        throw py::type_error("history must be C-contiguous, aligned and writeable");
+    *stride = static_cast<std::int64_t>(a.shape(1));
+    return static_cast<std::int64_t*>(a.mutable_data());
+}
+
+std::int64_t gate_decide_into(py::handle logits, const ea::Gate& gate, double threshold,
+                              std::int64_t position, py::handle history, py::handle previous,
+                              py::handle pred, py::handle score, py::handle exit_mask,
+                              py::handle continue_idx) {
+    const Logits x = check_logits(logits);
+    check_threshold(threshold);
+    if (position < 0) throw py::value_error("position must be >= 0, got " + std::to_string(position));
+    std::int64_t stride = 0;
+    auto* h = check_history(history, x.batch, position, &stride);
+    auto* prev = check_out<float>(previous, "previous", "float32", x.batch);
+    auto* p = check_out<std::int64_t>(pred, "pred", "int64", x.batch);
+    auto* c = check_out<float>(score, "score", "float32", x.batch);
+    auto* e = reinterpret_cast<std::uint8_t*>(check_out<bool>(exit_mask, "exit_mask", "bool", x.batch));
+    auto* i = check_out<std::int64_t>(continue_idx, "continue_idx", "int64", x.batch);
+    std::int64_t k = 0;
+    ea::Status s;
+    {
+        py::gil_scoped_release nogil;
+        s = ea::gate_decide(x.data, x.batch, x.classes, gate, threshold, position, h, stride, prev,
+                            p, c, e, i, &k);
+    }
+    ensure_ok(s);
+    return k;
+}
+
+py::tuple gate_decide(py::handle logits, const ea::Gate& gate, double threshold,
+                      py::handle history, py::handle previous) {
+    const Logits x = check_logits(logits);
+    check_threshold(threshold);
+    py::array hist_in = as_array(history, "history", "int64");
+    if (!has_dtype<std::int64_t>(hist_in) || hist_in.ndim() != 2 || hist_in.shape(0) != x.batch)
+        throw py::value_error("history must be int64 [batch, position], got " +
+                              text(hist_in.dtype()) + " " + text(hist_in.attr("shape")));
+    const auto j = static_cast<std::int64_t>(hist_in.shape(1));
+    py::array_t<std::int64_t> hist({x.batch, j + 1});
+    auto hin = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(hist_in);
+    std::int64_t* hd = hist.mutable_data();
+    for (std::int64_t b = 0; b < x.batch; ++b)
+        for (std::int64_t c = 0; c < j; ++c) hd[b * (j + 1) + c] = hin.data()[b * j + c];
+    py::array_t<float> prev(x.batch);
+    if (j > 0) {
+        auto pin = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(previous);
+        if (!pin || pin.ndim() != 1 || pin.shape(0) != x.batch)
+            throw py::value_error("previous must be float32 [batch]");
+        std::memcpy(prev.mutable_data(), pin.data(), static_cast<std::size_t>(x.batch) * sizeof(float));
+    } else {
+        std::fill(prev.mutable_data(), prev.mutable_data() + x.batch, 0.0f);
+    }
+    py::array_t<std::int64_t> pred(x.batch), idx(x.batch);
+    py::array_t<float> score(x.batch);
+    py::array_t<bool> exit_mask(x.batch);
+    std::int64_t k = gate_decide_into(logits, gate, threshold, j, hist, prev, pred, score,
+                                      exit_mask, idx);
+    if (k != x.batch) idx.resize({k});
+    py::object keep = py::slice(0, k, 1);
+    return py::make_tuple(std::move(pred), std::move(score), std::move(exit_mask), std::move(idx),
+                          hist[keep].attr("copy")(), prev[keep].attr("copy")());
+}
+
 ea::Policy make_policy(const std::vector<double>& thresholds,
                        const std::vector<double>& step_costs_ms, double ewma,
                        const std::string& measure,
@@ -236,6 +328,29 @@ PYBIND11_MODULE(_kernel, m) {
           py::arg("conf"), py::arg("exit_mask"), py::arg("continue_idx"),
           py::arg("measure") = "maxprob",
           "decide() writing into caller-provided arrays; returns K, the rows that continue.");
+
+    py::class_<ea::Gate>(m, "Gate", "A learned exit gate: weights over (maxprob, margin, "
+                                    "entropy, agreement, previous) and a bias.")
+        .def(py::init(&make_gate), py::arg("weights"), py::arg("bias"))
+        .def_property_readonly("weights",
+                               [](const ea::Gate& g) {
+                                   return std::vector<double>(g.weights, g.weights + ea::kGateFeatures);
+                               })
+        .def_property_readonly("bias", [](const ea::Gate& g) { return g.bias; })
+        .def("__repr__", [](const ea::Gate& g) {
+            std::string w;
+            for (double v : g.weights) w += (w.empty() ? "" : ", ") + std::to_string(v);
+            return "Gate(weights=[" + w + "], bias=" + std::to_string(g.bias) + ")";
+        });
+    m.def("gate_decide", &gate_decide, py::arg("logits"), py::arg("gate"), py::arg("threshold"),
+          py::arg("history"), py::arg("previous"),
+          "Gate decision at position history.shape[1]: (pred, score, exit_mask, continue_idx, "
+          "history [K, j + 1], previous [K]) of the rows that continue.");
+    m.def("gate_decide_into", &gate_decide_into, py::arg("logits"), py::arg("gate"),
+          py::arg("threshold"), py::arg("position"), py::arg("history"), py::arg("previous"),
+          py::arg("pred"), py::arg("score"), py::arg("exit_mask"), py::arg("continue_idx"),
+          "gate_decide() into caller-provided arrays; history and previous are compacted in "
+          "place; returns K, the rows that continue.");
 
     py::native_enum<ea::Action>(m, "Action", "enum.IntEnum",
                                 "What the policy says after a state produced its answer.")

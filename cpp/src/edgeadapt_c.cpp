@@ -59,6 +59,39 @@ edgeadapt_status edgeadapt_decide(const float* logits, int64_t batch, int64_t cl
                   "edgeadapt_decide");
 }
 
+namespace {
+
+edgeadapt::Gate to_gate(const edgeadapt_gate& g) noexcept {
+    edgeadapt::Gate out{};
+    for (int k = 0; k < EDGEADAPT_GATE_FEATURES; ++k) out.weights[k] = g.weights[k];
+    out.bias = g.bias;
+    return out;
+}
+
+}  // namespace
+
+edgeadapt_status edgeadapt_gate_score(const float* row, int64_t classes, const edgeadapt_gate* gate,
+                                      const int64_t* history, int64_t position, float previous,
+                                      int64_t* pred, float* score) {
+    if (gate == nullptr) return report(edgeadapt::Status::NullPointer, "edgeadapt_gate_score");
+    return report(edgeadapt::gate_score(row, classes, to_gate(*gate), history, position, previous,
+                                        pred, score),
+                  "edgeadapt_gate_score");
+}
+
+edgeadapt_status edgeadapt_gate_decide(const float* logits, int64_t batch, int64_t classes,
+                                       const edgeadapt_gate* gate, double threshold,
+                                       int64_t position, int64_t* history, int64_t stride,
+                                       float* previous, int64_t* pred, float* score,
+                                       uint8_t* exit_mask, int64_t* continue_idx,
+                                       int64_t* n_continue) {
+    if (gate == nullptr) return report(edgeadapt::Status::NullPointer, "edgeadapt_gate_decide");
+    return report(edgeadapt::gate_decide(logits, batch, classes, to_gate(*gate), threshold,
+                                         position, history, stride, previous, pred, score,
+                                         exit_mask, continue_idx, n_continue),
+                  "edgeadapt_gate_decide");
+}
+
 edgeadapt_status edgeadapt_policy_create(const double* thresholds, size_t n_thresholds,
                                          const double* step_costs_ms, size_t n_steps, double ewma,
                                          edgeadapt_measure measure, const double* accuracies,
@@ -150,5 +183,7 @@ static_assert(static_cast<int>(edgeadapt::Status::BadMeasure) == EDGEADAPT_E_MEA
               "C and C++ status codes must agree");
 static_assert(static_cast<int>(edgeadapt::Action::ExitBudget) == EDGEADAPT_EXIT_BUDGET,
               "C and C++ actions must agree");
+static_assert(edgeadapt::kGateFeatures == EDGEADAPT_GATE_FEATURES,
+              "C and C++ gates must have the same features");
 static_assert(static_cast<int>(edgeadapt::Measure::Entropy) == EDGEADAPT_ENTROPY,
               "C and C++ measures must agree");

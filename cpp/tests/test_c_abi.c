@@ -34,6 +34,24 @@ int main(void) {
     CHECK(edgeadapt_confidence(NULL, 2, 3, EDGEADAPT_MAXPROB, conf) == EDGEADAPT_E_NULL);
     CHECK(edgeadapt_confidence(&logits[0][0], 2, 3, (edgeadapt_measure)9, conf) == EDGEADAPT_E_MEASURE);
 
+    /* a gate that exits on agreement with the earlier exit: row 0 agrees, row 1 does not */
+    const edgeadapt_gate gate = {{0.0, 0.0, 0.0, 10.0, 0.0}, -5.0};
+    int64_t hist[4] = {1, 77, 2, 77}; /* [2][2]: column 0 is the earlier argmax */
+    float prev[2] = {0.5f, 0.5f}, score[2];
+    CHECK(edgeadapt_gate_decide(&logits[0][0], 2, 3, &gate, 0.5, 1, hist, 2, prev, pred, score,
+                                mask, idx, &k) == EDGEADAPT_OK);
+    CHECK(mask[0] == 1 && mask[1] == 0 && k == 1 && idx[0] == 1);
+    CHECK(hist[0] == 2 && hist[1] == 0 && prev[0] == score[1]); /* row 1 compacted to row 0 */
+    float one = 0.0f;
+    CHECK(edgeadapt_gate_score(&logits[0][0], 3, &gate, hist, 1, 0.0f, &pred[0], &one) ==
+          EDGEADAPT_OK);
+    CHECK(pred[0] == 1 && one < 0.01f);
+    CHECK(edgeadapt_gate_score(&logits[0][0], 3, NULL, hist, 1, 0.0f, &pred[0], &one) ==
+          EDGEADAPT_E_NULL);
+    CHECK(edgeadapt_gate_decide(&logits[0][0], 2, 3, &gate, 0.5, 2, hist, 2, prev, pred, score,
+                                mask, idx, &k) == EDGEADAPT_E_SHAPE);
+    CHECK(strstr(edgeadapt_last_error(), "edgeadapt_gate_decide") != NULL);
+
     const double th[1] = {0.9};
     const double cost[2] = {1.0, 3.0};
     edgeadapt_policy* p = NULL;

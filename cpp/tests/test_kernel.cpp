@@ -167,10 +167,89 @@ static void policy() {
           ea::Status::BadValue);
 }
 
+// The gate score written out from its definition (kernel.hpp, "Learned exit gates").
+static double gate_by_hand(const float* x, std::int64_t c, const ea::Gate& g,
+                           const std::int64_t* hist, std::int64_t j, float prev) {
+    const ea::RowResult mp = ea::row_confidence(x, c, ea::Measure::MaxProb);
+    const double f[5] = {mp.conf, ea::row_confidence(x, c, ea::Measure::Margin).conf,
+                         ea::row_confidence(x, c, ea::Measure::Entropy).conf, 0.0,
+                         j > 0 ? static_cast<double>(prev) : 0.0};
+    double agree = 0.0;
+    for (std::int64_t i = 0; i < j; ++i) agree += hist[i] == mp.pred ? 1.0 : 0.0;
+    const double fa[5] = {f[0], f[1], f[2], j > 0 ? agree / static_cast<double>(j) : 0.0, f[4]};
+    double z = g.bias;
+    for (int k = 0; k < 5; ++k) z = z + g.weights[k] * fa[k];
+    z = std::fmin(80.0, std::fmax(-80.0, z));
+    return 1.0 / (1.0 + std::exp(-z));
+}
+
+static void gates() {
+    const ea::Gate g{{2.0, 1.5, 0.5, 1.0, -0.7}, -1.25};
+    const float x[5] = {0.3f, 2.0f, -1.0f, 1.9f, 0.0f};
+    const std::int64_t hist[3] = {1, 3, 1};
+    std::int64_t p = -7;
+    float sc = 0.0f;
+    CHECK(ea::gate_score(x, 5, g, hist, 3, 0.4f, &p, &sc) == ea::Status::Ok);
+    CHECK(p == 1 && sc == static_cast<float>(gate_by_hand(x, 5, g, hist, 3, 0.4f)));
+    CHECK(ea::gate_score(x, 5, g, nullptr, 0, std::nanf(""), &p, &sc) == ea::Status::Ok);
+    CHECK(sc == static_cast<float>(gate_by_hand(x, 5, g, nullptr, 0, 0.0f)));  // previous unread
+    // saturation: the clamp keeps exp finite, the float32 score is exactly 1 or tiny
+    const ea::Gate big{{1e6, 0, 0, 0, 0}, 0.0}, neg{{-1e6, 0, 0, 0, 0}, 0.0};
+    CHECK(ea::gate_score(x, 5, big, nullptr, 0, 0.0f, &p, &sc) == ea::Status::Ok && sc == 1.0f);
+    CHECK(ea::gate_score(x, 5, neg, nullptr, 0, 0.0f, &p, &sc) == ea::Status::Ok);
+    CHECK(sc == static_cast<float>(1.0 / (1.0 + std::exp(80.0))) && sc > 0.0f);
+
+    // batch: rows 0 and 2 agree with their history and exit; row 1 NaN; row 3 disagrees
+    const ea::Gate agree{{0, 0, 0, 10.0, 0}, -5.0};
+    std::vector<float> lx(4 * 6, 0.0f);
+    lx[0 * 6 + 2] = 5.0f;
+    lx[1 * 6 + 0] = std::nanf("");
+    lx[2 * 6 + 4] = 5.0f;
+    lx[3 * 6 + 1] = 5.0f;
+    // stride 3, position 1: column 0 holds the earlier argmax
+    std::vector<std::int64_t> h = {2, 9, 9, 0, 9, 9, 4, 9, 9, 5, 9, 9};
+    std::vector<float> prev = {0.1f, 0.2f, 0.3f, 0.4f};
+    std::vector<std::int64_t> pred(4), idx(4);
+    std::vector<float> score(4);
+    std::vector<std::uint8_t> mask(4);
+    std::int64_t k = -1;
+    CHECK(ea::gate_decide(lx.data(), 4, 6, agree, 0.5, 1, h.data(), 3, prev.data(), pred.data(),
+                          score.data(), mask.data(), idx.data(), &k) == ea::Status::Ok);
+    CHECK(pred[0] == 2 && pred[1] == -1 && pred[2] == 4 && pred[3] == 1);
+    CHECK(mask[0] == 1 && mask[1] == 0 && mask[2] == 1 && mask[3] == 0);
+    CHECK(std::isnan(score[1]) && score[0] > 0.99f && score[3] < 0.01f);
+    CHECK(k == 2 && idx[0] == 1 && idx[1] == 3);
+    // compacted in place: rows 1 and 3 moved up, this argmax appended, this score kept
+    CHECK(h[0] == 0 && h[1] == -1 && h[3] == 5 && h[4] == 1);
+    CHECK(std::isnan(prev[0]) && prev[1] == score[3]);
+    for (std::int64_t b = 0; b < 4; ++b) {
+        const std::int64_t before[4] = {2, 0, 4, 5};
+        if (b == 1) continue;
+        CHECK(score[b] == static_cast<float>(gate_by_hand(&lx[b * 6], 6, agree, &before[b], 1,
+                                                          0.1f * static_cast<float>(b + 1))));
+    }
+
+    // bad input
+    CHECK(ea::gate_decide(lx.data(), 4, 6, agree, 0.5, 3, h.data(), 3, prev.data(), pred.data(),
+                          score.data(), mask.data(), idx.data(), &k) == ea::Status::BadShape);
+    CHECK(ea::gate_decide(lx.data(), 4, 6, agree, std::nan(""), 0, h.data(), 3, prev.data(),
+                          pred.data(), score.data(), mask.data(), idx.data(), &k) ==
+          ea::Status::BadValue);
+    const ea::Gate inf_gate{{0, std::numeric_limits<double>::infinity(), 0, 0, 0}, 0.0};
+    CHECK(ea::gate_decide(lx.data(), 4, 6, inf_gate, 0.5, 0, h.data(), 3, prev.data(),
+                          pred.data(), score.data(), mask.data(), idx.data(), &k) ==
+          ea::Status::BadValue);
+    CHECK(ea::gate_decide(lx.data(), 4, 6, agree, 0.5, 0, nullptr, 3, prev.data(), pred.data(),
+                          score.data(), mask.data(), idx.data(), &k) == ea::Status::NullPointer);
+    CHECK(ea::gate_score(x, 5, g, nullptr, 2, 0.0f, &p, &sc) == ea::Status::NullPointer);
+    CHECK(ea::gate_score(x, 5, g, hist, -1, 0.0f, &p, &sc) == ea::Status::BadShape);
+}
+
 int main() {
     exp_accuracy();
     confidence_values();
     decide_batch();
+    gates();
     policy();
     if (failures == 0) std::printf("kernel: all checks passed\n");
     return failures == 0 ? 0 : 1;

@@ -30,7 +30,8 @@ typedef enum edgeadapt_status {
     EDGEADAPT_OK = 0,
     EDGEADAPT_E_NULL = 1,        /* a required pointer is NULL */
     EDGEADAPT_E_SHAPE = 2,       /* batch < 1, classes < 2, or lengths that do not match */
-    EDGEADAPT_E_VALUE = 3,       /* NaN threshold, negative/NaN budget or cost, bad EWMA weight */
+    EDGEADAPT_E_VALUE = 3,       /* NaN threshold, negative/NaN budget or cost, bad EWMA weight,
+                                    non-finite gate weight */
     EDGEADAPT_E_RANGE = 4,       /* state or step index outside the policy */
     EDGEADAPT_E_MEASURE = 5,     /* unknown confidence measure */
     EDGEADAPT_E_NO_MEMORY = 6    /* allocation failed (policy creation only) */
@@ -70,6 +71,33 @@ EDGEADAPT_API edgeadapt_status edgeadapt_decide(const float* logits, int64_t bat
                                                 double threshold, int64_t* pred, float* conf,
                                                 uint8_t* exit_mask, int64_t* continue_idx,
                                                 int64_t* n_continue);
+
+/* Learned exit gate (kernel.hpp, "Learned exit gates"): weights over the features
+ * maxprob, margin, negative entropy, agreement with the earlier kept exits' argmax, and
+ * the previous gate's score, in that order; all finite. */
+#define EDGEADAPT_GATE_FEATURES 5
+typedef struct edgeadapt_gate {
+    double weights[EDGEADAPT_GATE_FEATURES];
+    double bias;
+} edgeadapt_gate;
+
+/* Gate score of one row of `classes` logits at kept position `position`: history[0..
+ * position) holds the row's argmax at the earlier kept exits (NULL allowed at position
+ * 0), previous the previous gate's score (ignored at position 0); NaN for a NaN/Inf row. */
+EDGEADAPT_API edgeadapt_status edgeadapt_gate_score(const float* row, int64_t classes,
+                                                    const edgeadapt_gate* gate,
+                                                    const int64_t* history, int64_t position,
+                                                    float previous, int64_t* pred, float* score);
+
+/* Batch gate decision: outputs as edgeadapt_decide (score in place of conf). history is
+ * row-major [batch][stride] (stride > position) with each row's earlier argmax in columns
+ * 0..position-1, previous[batch] the previous gate's scores; both are compacted in place:
+ * afterwards rows 0..*n_continue-1 hold the continuing rows, with this argmax appended in
+ * column `position` and this score, ready for the next kept state. */
+EDGEADAPT_API edgeadapt_status edgeadapt_gate_decide(
+    const float* logits, int64_t batch, int64_t classes, const edgeadapt_gate* gate,
+    double threshold, int64_t position, int64_t* history, int64_t stride, float* previous,
+    int64_t* pred, float* score, uint8_t* exit_mask, int64_t* continue_idx, int64_t* n_continue);
 
 /* Opaque latency-aware policy over N states (see kernel.hpp, class Policy). */
 typedef struct edgeadapt_policy edgeadapt_policy;

@@ -1,7 +1,8 @@
 // edgeadapt decision kernel: header-only C++17, no dependencies.
 //
 // What runs on every inference: the confidence of a row of logits, the batch exit
-// decision with compaction of the rows that continue, and the latency-aware policy
+// decision with compaction of the rows that continue, learned exit gates (gate_score,
+// gate_decide: numerics below, at their definition), and the latency-aware policy
 // (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table).
 //
 // Numerics (the readable specification is edgeadapt/kernel_ref.py):
@@ -32,8 +33,9 @@ namespace edgeadapt {
 enum class Status : int {
     Ok = 0,
     NullPointer = 1,  // a required pointer is null
-    BadShape = 2,     // batch < 1 or classes < 2, or a length that does not match
-    BadValue = 3,     // NaN threshold, negative/NaN budget or cost, EWMA weight outside (0, 1]
+    BadShape = 2,     // batch < 1 or classes < 2, or a length that does not match (or stride)
+    BadValue = 3,     // NaN threshold, negative/NaN budget or cost, EWMA weight outside (0, 1],
+                      // a gate weight or bias that is not finite
     OutOfRange = 4,   // state or step index outside the policy
     BadMeasure = 5,   // unknown confidence measure
 };
@@ -361,6 +363,129 @@ inline Status decide(const float* logits, std::int64_t batch, std::int64_t class
             break;
         default: return Status::BadMeasure;
     }
+    return Status::Ok;
+}
+
+// ---- Learned exit gates -------------------------------------------------------------
+//
+// A gate at kept state j (all but the last) scores a row from the features of every
+// exit seen so far, in this order: this exit's maxprob, margin and negative entropy
+// (each the float32 value row_confidence gives), the agreement of this exit's argmax
+// with the row's argmax at the j earlier kept exits (agreeing count / j in double, 0
+// when j == 0) and the previous gate's float32 score (0 when j == 0). In double:
+//   z = bias;  z = z + w[k] * f_k for k = 0..4, in order (no FMA contraction)
+//   z = clamp(z, -80, 80)       (NaN stays NaN)
+//   score = 1 / (1 + exp(-z))   rounded once to float32
+// (edgeadapt/kernel_ref.py gate_score). The only libm call is exp in double, so the
+// score equals the numpy reference's bit for bit unless exp's last-place rounding
+// differs there and the double lies next to a float32 rounding boundary: at most 1
+// float32 ulp apart. An invalid row (NaN or +-Inf logits) scores NaN and never exits,
+// nor do its later gates (their `previous` is NaN).
+
+constexpr std::int64_t kGateFeatures = 5;
+
+// One gate: weights over the features above, and a bias. All finite.
+struct Gate {
+    double weights[kGateFeatures];
+    double bias;
+};
+
+namespace detail {
+
+constexpr double kGateClamp = 80.0;
+
+inline bool valid_gate(const Gate& g) noexcept {
+    for (double w : g.weights)
+        if (!std::isfinite(w)) return false;
+    return std::isfinite(g.bias);
+}
+
+// Score of one row at position j; *pred gets the row's argmax (-1 when invalid).
+inline float gate_row(const float* x, std::int64_t classes, const Gate& g,
+                      const std::int64_t* history, std::int64_t j, float previous,
+                      std::int64_t* pred) noexcept {
+    const RowMax rm = row_max(x, classes);
+    if (!rm.finite) {
+        *pred = -1;
+        return std::numeric_limits<float>::quiet_NaN();
+    }
+    const float m = rm.max;
+    const Sums s = row_sums<true>(x, classes, m);
+    const float maxprob = static_cast<float>(1.0 / s.z);
+    const float margin = static_cast<float>(
+        (1.0 - static_cast<double>(exp_neg(second_max(x, classes, rm.arg) - m))) / s.z);
+    const float entropy = static_cast<float>(s.zt / s.z - std::log(s.z));
+    std::int64_t agree = 0;
+    for (std::int64_t i = 0; i < j; ++i) agree += static_cast<std::int64_t>(history[i] == rm.arg);
+    const double agreement = j > 0 ? static_cast<double>(agree) / static_cast<double>(j) : 0.0;
+    const double prev = j > 0 ? static_cast<double>(previous) : 0.0;
+    double z = g.bias;
+    z = z + g.weights[0] * static_cast<double>(maxprob);
+    z = z + g.weights[1] * static_cast<double>(margin);
+    z = z + g.weights[2] * static_cast<double>(entropy);
+    z = z + g.weights[3] * agreement;
+    z = z + g.weights[4] * prev;
+    z = z < -kGateClamp ? -kGateClamp : (z > kGateClamp ? kGateClamp : z);
+    *pred = rm.arg;
+    return static_cast<float>(1.0 / (1.0 + std::exp(-z)));
+}
+
+}  // namespace detail
+
+// Gate score of one row of `classes` logits at kept position `position` (>= 0):
+// `history` holds the row's argmax at the `position` earlier kept exits (may be null
+// when position == 0), `previous` the previous gate's score (ignored at position 0).
+inline Status gate_score(const float* row, std::int64_t classes, const Gate& gate,
+                         const std::int64_t* history, std::int64_t position, float previous,
+                         std::int64_t* pred, float* score) noexcept {
+    if (const Status s = detail::check_batch(row, 1, classes); s != Status::Ok) return s;
+    if (!pred || !score || (position > 0 && history == nullptr)) return Status::NullPointer;
+    if (position < 0) return Status::BadShape;
+    if (!detail::valid_gate(gate)) return Status::BadValue;
+    *score = detail::gate_row(row, classes, gate, history, position, previous, pred);
+    return Status::Ok;
+}
+
+// Batch gate decision at kept position `position`, with the same outputs as decide()
+// (pred, score in place of conf, exit_mask = score >= threshold, continue_idx and
+// *n_continue) plus the running per-row features, updated and compacted in place:
+// `history` is row-major [batch, stride] (stride > position), columns 0..position-1
+// holding each row's earlier argmax; `previous` [batch] the previous gate's scores
+// (read only when position > 0). Afterwards rows 0..*n_continue-1 of both hold the
+// rows that continue, in order, with this state's argmax in column `position` and this
+// gate's score: exactly what the next kept state reads. Rows that exit are dropped
+// from them, as the caller drops their activations.
+inline Status gate_decide(const float* logits, std::int64_t batch, std::int64_t classes,
+                          const Gate& gate, double threshold, std::int64_t position,
+                          std::int64_t* history, std::int64_t stride, float* previous,
+                          std::int64_t* pred, float* score, std::uint8_t* exit_mask,
+                          std::int64_t* continue_idx, std::int64_t* n_continue) noexcept {
+    if (const Status s = detail::check_batch(logits, batch, classes); s != Status::Ok) return s;
+    if (!history || !previous || !pred || !score || !exit_mask || !continue_idx || !n_continue)
+        return Status::NullPointer;
+    if (position < 0 || stride <= position) return Status::BadShape;
+    if (std::isnan(threshold) || !detail::valid_gate(gate)) return Status::BadValue;
+    std::int64_t k = 0;
+    for (std::int64_t b = 0; b < batch; ++b) {
+        const std::int64_t* h = history + b * stride;
+        std::int64_t p = -1;
+        const float sc = detail::gate_row(logits + b * classes, classes, gate, h, position,
+                                          previous[b], &p);
+        const bool leave = static_cast<double>(sc) >= threshold;  // false for NaN
+        pred[b] = p;
+        score[b] = sc;
+        exit_mask[b] = static_cast<std::uint8_t>(leave);
+        if (!leave) {
+            // k <= b: row k was read already, so moving row b onto it loses nothing.
+            std::int64_t* dst = history + k * stride;
+            if (k != b) std::memmove(dst, h, static_cast<std::size_t>(position) * sizeof *dst);
+            dst[position] = p;
+            previous[k] = sc;
+            continue_idx[k] = b;
+            ++k;
+        }
+    }
+    *n_continue = k;
     return Status::Ok;
 }
 
