@@ -25,6 +25,40 @@ def decide_into(
     measure: str = "maxprob",
 ) -> int: ...
 
+class Gate:
+    def __init__(self, weights: Sequence[float], bias: float) -> None: ...
+    @property
+    def weights(self) -> list[float]: ...
+    @property
+    def bias(self) -> float: ...
+
+def gate_decide(
+    logits: npt.NDArray[np.float32],
+    gate: Gate,
+    threshold: float,
+    history: npt.NDArray[np.int64],
+    previous: npt.NDArray[np.float32],
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.bool_],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float32],
+]: ...
+def gate_decide_into(
+    logits: npt.NDArray[np.float32],
+    gate: Gate,
+    threshold: float,
+    position: int,
+    history: npt.NDArray[np.int64],
+    previous: npt.NDArray[np.float32],
+    pred: npt.NDArray[np.int64],
+    score: npt.NDArray[np.float32],
+    exit_mask: npt.NDArray[np.bool_],
+    continue_idx: npt.NDArray[np.int64],
+) -> int: ...
+
 class Action(enum.IntEnum):
     EXIT = 0
     CONTINUE = 1

@@ -82,7 +82,9 @@ class GateInputs:
 
     def take(self, rows: np.ndarray) -> GateInputs:
         """The samples at `rows`."""
-        return GateInputs(self.pred[rows], self.maxprob[rows], self.margin[rows], self.entropy[rows])
+        return GateInputs(
+            self.pred[rows], self.maxprob[rows], self.margin[rows], self.entropy[rows]
+        )
 
     def select(self, cols: Sequence[int]) -> GateInputs:
         """The states at `cols`, in that order."""
@@ -92,18 +94,20 @@ class GateInputs:
         )
 
 
-def features(inputs: GateInputs, j: int, previous: np.ndarray) -> list[np.ndarray]:
+def features(
+    inputs: GateInputs, j: int, previous: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The gate features at state column j (`GATE_FEATURES` order), given the previous
     gate's float32 scores (ignored at j == 0)."""
     n = inputs.pred.shape[0]
     prev = np.asarray(previous, dtype=np.float32) if j else np.zeros(n, dtype=np.float32)
-    return [
+    return (
         inputs.maxprob[:, j],
         inputs.margin[:, j],
         inputs.entropy[:, j],
         agreement(inputs.pred[:, j], inputs.pred[:, :j]),
         prev,
-    ]
+    )
 
 
 def scores(gates: Sequence[Gate], inputs: GateInputs) -> np.ndarray:
@@ -111,8 +115,7 @@ def scores(gates: Sequence[Gate], inputs: GateInputs) -> np.ndarray:
     computes them along the cascade (gate j reads gate j - 1's score)."""
     if len(gates) > inputs.pred.shape[1] - 1:
         raise InputError(
-            f"{len(gates)} gates need at least {len(gates) + 1} states, "
-            f"got {inputs.pred.shape[1]}",
+            f"{len(gates)} gates need at least {len(gates) + 1} states, got {inputs.pred.shape[1]}",
             field="gates",
         )
     n = inputs.pred.shape[0]

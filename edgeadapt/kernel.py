@@ -25,24 +25,46 @@ while a batch is processed.
   ``decay(step)`` (for a step skipped for the budget: back toward its initial cost),
   ``predicted_ms(step)``, ``state_ms(state)`` and the AdaInf lookup table
   ``lookup(budget_ms) -> state | None``.
+- Learned exit gates (`edgeadapt.gates`; numerics in `edgeadapt.kernel_ref.gate_score`):
+  ``Gate(weights, bias)``; ``gate_decide(logits, gate, threshold, history, previous)``
+  at position ``history.shape[1]`` -> ``(pred, score, exit_mask, continue_idx,
+  history, previous)`` of the rows that continue; ``gate_decide_into(...)`` the same
+  into caller-owned arrays, compacting the running features in place; `GateRun`, the
+  per-call state a cascade keeps to run a gate plan one kept state at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from edgeadapt._kernel import Action, Policy, confidence, decide, decide_into, version
+from edgeadapt._kernel import (
+    Action,
+    Gate,
+    Policy,
+    confidence,
+    decide,
+    decide_into,
+    gate_decide,
+    gate_decide_into,
+    version,
+)
 
 MEASURES = ("maxprob", "margin", "entropy")
 
 __all__ = [
     "MEASURES",
     "Action",
+    "Gate",
+    "GateRun",
     "Policy",
     "confidence",
     "decide",
     "decide_buffers",
     "decide_into",
+    "gate_decide",
+    "gate_decide_into",
     "version",
 ]
 
@@ -57,3 +79,77 @@ def decide_buffers(batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         np.empty(batch, dtype=np.bool_),
         np.empty(batch, dtype=np.int64),
     )
+
+
+class GateRun:
+    """A gate plan's decisions along one cascade call, one kept state at a time.
+
+    It holds the running per-row features the gates read (each active row's argmax at
+    the earlier kept states and the previous gate's score), compacted by the kernel as
+    rows exit, so a caller handles only its own activations. Use it where the threshold
+    cascade calls `decide_into`:
+
+        run = GateRun(gates)           # once, at load: one gate per kept state but the last
+        run.start(batch)               # at the start of each predict call
+        k = run.decide_into(logits, threshold, pred, conf, exit_mask, continue_idx)
+
+    called once per kept state in order on the logits of the rows still active (in the
+    order ``continue_idx`` left them); outputs as `decide_into`, with the gate's score as
+    ``conf``. At the last kept state every row answers: it gives the `measure`
+    confidence and ``continue_idx`` as `decide_into` with `threshold` would.
+    """
+
+    def __init__(self, gates: Sequence[Gate], measure: str = "maxprob", batch: int = 1) -> None:
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+        self.gates = tuple(gates)
+        self.measure = measure
+        self._history = np.zeros((0, max(1, len(self.gates))), dtype=np.int64)
+        self._previous = np.zeros(0, dtype=np.float32)
+        self._position = 0
+        self.start(batch)
+
+    @property
+    def position(self) -> int:
+        """The kept state the next `decide_into` decides for."""
+        return self._position
+
+    def start(self, batch: int) -> None:
+        """Begin a call on `batch` rows (grows the buffers when needed)."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if self._previous.shape[0] < batch:
+            self._history = np.zeros((batch, self._history.shape[1]), dtype=np.int64)
+            self._previous = np.zeros(batch, dtype=np.float32)
+        self._position = 0
+
+    def decide_into(
+        self,
+        logits: np.ndarray,
+        threshold: float,
+        pred: np.ndarray,
+        conf: np.ndarray,
+        exit_mask: np.ndarray,
+        continue_idx: np.ndarray,
+    ) -> int:
+        """Decide the active rows at the next kept state; returns K, the rows that continue."""
+        pos = self._position
+        if pos > len(self.gates):
+            raise ValueError(f"the plan has {len(self.gates) + 1} kept states; call start() first")
+        if pos == len(self.gates):
+            k = decide_into(logits, threshold, pred, conf, exit_mask, continue_idx, self.measure)
+        else:
+            k = gate_decide_into(
+                logits,
+                self.gates[pos],
+                threshold,
+                pos,
+                self._history,
+                self._previous,
+                pred,
+                conf,
+                exit_mask,
+                continue_idx,
+            )
+        self._position = pos + 1
+        return k

@@ -56,8 +56,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import Fields, check_value, read_json, write_json
 from edgeadapt.gates import GATE_FEATURES, Gate
+from edgeadapt.jsonio import Fields, check_value, read_json, write_json
 from edgeadapt.risk import Promise
 
 if TYPE_CHECKING:

@@ -47,7 +47,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from edgeadapt.calibrate import Calibration, calibrate, required_correct, simulate
+from edgeadapt.calibrate import (
+    Calibration,
+    CascadeResult,
+    calibrate,
+    required_correct,
+    simulate,
+)
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
 from edgeadapt.gates import Gate, GateInputs, fit_gates, policy_confidences
@@ -590,4 +596,22 @@ def plan_bundle(
         delta=delta,
         calibration=calibration,
         policy=policy,
+    )
+
+
+def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
+    """The plan's policy run on `split` (outcomes of every bundle state, in bundle order,
+    in the plan's measure): accuracy, expected cost, and the kept-state index each
+    sample exits at. What the plan's figures are computed with, and what a runner must
+    reproduce row for row."""
+    if split.names != plan.bundle_states:
+        raise InputError(
+            f"states {split.names} differ from the plan's {plan.bundle_states}", field="states"
+        )
+    cols = list(plan.states)
+    return simulate(
+        _policy_conf(split, cols, plan.gates),
+        split.correct[:, cols],
+        np.asarray(plan.cost_ms, dtype=np.float64),
+        np.asarray(plan.thresholds, dtype=np.float64),
     )

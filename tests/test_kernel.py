@@ -228,3 +228,133 @@ def test_policy_rejects_bad_calls(method, args, error, match):
     pol = kernel.Policy([0.5], [1.0, 2.0])
     with pytest.raises(error, match=match):
         getattr(pol, method)(*args)
+
+
+@st.composite
+def gate_cases(draw):
+    """A gate, logits (with NaN/Inf rows), a history of earlier argmax and scores."""
+    x = draw(logits_batches())
+    batch, classes = x.shape
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([0.1, 3.0, 1e4]))  # 1e4: saturated, clamped scores
+    weights = [float(w) for w in rng.standard_normal(5) * scale]
+    position = draw(st.integers(0, 5))
+    history = rng.integers(-1, min(classes, 4), size=(batch, position)).astype(np.int64)
+    previous = rng.random(batch).astype(np.float32)
+    if batch > 1 and position:
+        previous[0] = np.nan  # an earlier invalid row: its later gates never exit
+    return x, kernel.Gate(weights, float(rng.standard_normal())), history, previous
+
+
+# Parity tolerance: the score may differ from the reference by 1 float32 ulp (exp in
+# float64 is the only libm call; the rest is bit-identical); everything else is exact.
+@settings(max_examples=40)
+@given(gate_cases(), st.floats(0.0, 1.0))
+def test_gate_decide_equals_reference(case, threshold):
+    x, gate, history, previous = case
+    got = kernel.gate_decide(x, gate, threshold, history, previous)
+    want = kernel_ref.gate_decide(x, gate.weights, gate.bias, threshold, history, previous)
+    np.testing.assert_array_equal(got[0], want[0])  # pred
+    valid = np.isfinite(want[1])
+    np.testing.assert_array_equal(np.isfinite(got[1]), valid)
+    np.testing.assert_array_max_ulp(got[1][valid], want[1][valid], maxulp=1)
+    mismatch = got[2] != want[2]  # only where a 1-ulp score difference crosses the threshold
+    assert np.all(np.abs(got[1][mismatch].astype(np.float64) - threshold) <= 1e-7)
+    if not mismatch.any():
+        for g, w in zip(got[3:], want[3:], strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_gate_decide_into_compacts_the_running_features_in_place():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((64, 10)) * 4).astype(np.float32)
+    gate = kernel.Gate([3.0, 1.0, 0.5, 2.0, 1.0], -3.0)
+    history = np.zeros((64, 3), dtype=np.int64)  # room for 3 kept exits
+    history[:, 0] = rng.integers(0, 10, 64)
+    history[:, 1:] = 99  # not read at position 1
+    previous = rng.random(64).astype(np.float32)
+    hist0, prev0 = history[:, :1].copy(), previous.copy()
+    pred, score, mask, idx = kernel.decide_buffers(64)
+    k = kernel.gate_decide_into(x, gate, 0.5, 1, history, previous, pred, score, mask, idx)
+    want = kernel_ref.gate_decide(x, gate.weights, gate.bias, 0.5, hist0, prev0)
+    assert k == want[3].size
+    assert 0 < k < 64
+    np.testing.assert_array_equal(idx[:k], want[3])
+    np.testing.assert_array_equal(history[:k, :2], want[4])
+    np.testing.assert_array_equal(previous[:k], want[5])
+    np.testing.assert_array_equal(score, want[1])
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: kernel.Gate([1.0] * 4, 0.0), ValueError, "5 weights"),
+        (lambda: kernel.Gate([1.0, math.inf, 0, 0, 0], 0.0), ValueError, r"weights\[1\]"),
+        (lambda: kernel.Gate([1.0] * 5, math.nan), ValueError, "bias"),
+        (
+            lambda: kernel.gate_decide_into(
+                np.zeros((2, 3), np.float32),
+                kernel.Gate([0] * 5, 0),
+                0.5,
+                2,
+                np.zeros((2, 2), np.int64),
+                *(np.zeros(2, np.float32),),
+                *kernel.decide_buffers(2),
+            ),
+            ValueError,
+            "more than 2 columns",
+        ),
+        (
+            lambda: kernel.gate_decide_into(
+                np.zeros((2, 3), np.float32),
+                kernel.Gate([0] * 5, 0),
+                0.5,
+                0,
+                np.zeros((2, 2), np.int32),
+                np.zeros(2, np.float32),
+                *kernel.decide_buffers(2),
+            ),
+            TypeError,
+            "history must have dtype int64",
+        ),
+        (
+            lambda: kernel.gate_decide(
+                np.zeros((2, 3), np.float32),
+                kernel.Gate([0] * 5, 0),
+                math.nan,
+                np.zeros((2, 0), np.int64),
+                np.zeros(2, np.float32),
+            ),
+            ValueError,
+            "NaN",
+        ),
+    ],
+)
+def test_gate_rejects_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_gate_run_walks_the_kept_states():
+    """GateRun over three kept states equals the reference decisions chained by hand."""
+    rng = np.random.default_rng(5)
+    logits = [(rng.standard_normal((50, 6)) * 3).astype(np.float32) for _ in range(3)]
+    gates = [kernel.Gate([2.0, 1.0, 0.3, 1.5, 0.5], -2.5), kernel.Gate([1.0, 1, 1, 2, 2], -3.0)]
+    run = kernel.GateRun(gates, measure="margin", batch=8)
+    run.start(50)
+    pred, conf, mask, idx = kernel.decide_buffers(50)
+    rows = np.arange(50)
+    hist, prev = np.zeros((50, 0), np.int64), np.zeros(50, np.float32)
+    for pos in range(3):
+        x = np.ascontiguousarray(logits[pos][rows])
+        k = run.decide_into(x, 0.6, pred, conf, mask, idx)
+        if pos < 2:
+            want = kernel_ref.gate_decide(x, gates[pos].weights, gates[pos].bias, 0.6, hist, prev)
+            np.testing.assert_array_equal(conf[: rows.size], want[1])
+            np.testing.assert_array_equal(idx[:k], want[3])
+            rows, hist, prev = rows[want[3]], want[4], want[5]
+        else:
+            np.testing.assert_array_equal(conf[: rows.size], kernel_ref.confidence(x, "margin"))
+    assert run.position == 3
+    with pytest.raises(ValueError, match="start"):
+        run.decide_into(logits[0], 0.6, pred, conf, mask, idx)

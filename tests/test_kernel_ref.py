@@ -77,3 +77,40 @@ def test_reference_policy_rules():
 def test_reference_rejects_bad_logits(bad):
     with pytest.raises((TypeError, ValueError)):
         kernel_ref.confidence(bad)
+
+
+def test_gate_score_is_the_logistic_of_its_features():
+    rng = np.random.default_rng(0)
+    f = [rng.random(100).astype(np.float32) for _ in range(3)]
+    agree, prev = rng.integers(0, 4, 100) / 3.0, rng.random(100).astype(np.float32)
+    w, b = [1.5, -2.0, 0.7, 3.0, -1.0], 0.25
+    z = b + sum(
+        wk * np.asarray(fk, np.float64) for wk, fk in zip(w, [*f, agree, prev], strict=True)
+    )
+    got = kernel_ref.gate_score(*f, agree, prev, w, b)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, 1.0 / (1.0 + np.exp(-z)), rtol=1e-7)
+    # the clamp: no overflow (warnings are errors here), saturated scores
+    huge = kernel_ref.gate_score(*f, agree, prev, [1e300, 0, 0, 0, 0], 0.0)
+    assert np.all(huge == 1.0)
+    tiny = kernel_ref.gate_score(*f, agree, prev, [-1e300, 0, 0, 0, 0], 0.0)
+    assert np.all((tiny > 0) & (tiny < 1e-34))
+    nan = kernel_ref.gate_score(*f, agree, np.full(100, np.nan, np.float32), w, b)
+    assert np.isnan(nan).all()
+
+
+def test_gate_agreement_and_decision():
+    assert kernel_ref.agreement(np.array([1, 2]), np.zeros((2, 0), np.int64)).tolist() == [0, 0]
+    hist = np.array([[1, 1, 3], [0, 2, 2]])
+    assert kernel_ref.agreement(np.array([1, 2]), hist).tolist() == [2 / 3, 2 / 3]
+    x = np.array([[0.0, 9.0, 0.0], [5.0, 0.0, 0.0], [np.nan, 0.0, 0.0]], np.float32)
+    only_agreement = [0.0, 0.0, 0.0, 10.0, 0.0]
+    pred, score, mask, keep, grown, prev = kernel_ref.gate_decide(
+        x, only_agreement, -5.0, 0.5, np.array([[1], [1], [0]]), np.full(3, 0.5, np.float32)
+    )
+    assert pred.tolist() == [1, 0, -1]
+    assert mask.tolist() == [True, False, False]
+    assert keep.tolist() == [1, 2]
+    assert grown.tolist() == [[1, 0], [0, -1]]
+    assert np.isnan(score[2])
+    assert prev[0] == score[1]

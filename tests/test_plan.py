@@ -101,7 +101,7 @@ def edit(doc, path, value):
 @pytest.mark.parametrize(
     ("path", "value", "where"),
     [
-        (["version"], 2, r"\$\.version"),
+        (["version"], 3, r"\$\.version"),
         (["format"], "edgeadapt-profile", r"\$\.format"),
         (["thresholds", 0], 1.5, r"\$\.thresholds\[0\]"),
         (["thresholds", 0], -0.1, r"\$\.thresholds\[0\]"),

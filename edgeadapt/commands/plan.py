@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgeadapt.plan import MEASURES
-from edgeadapt.planner import CALIBRATIONS
+from edgeadapt.planner import CALIBRATIONS, POLICIES
 
 
 @click.command("plan")
@@ -72,6 +72,16 @@ from edgeadapt.planner import CALIBRATIONS
     "when none can be made); empirical: meet --max-drop on the calibration split only.",
 )
 @click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default="threshold",
+    show_default=True,
+    help="threshold: exit where a state's confidence passes its threshold; gate: a small "
+    "learned model per kept state (its max-prob, margin, entropy, agreement with the earlier "
+    "exits, the previous gate's score) fitted on the calibration split, its scores "
+    "thresholded by the same calibration. Gate plans are plan format version 2.",
+)
+@click.option(
     "-o",
     "--output",
     "out",
@@ -90,6 +100,7 @@ def plan_cmd(
     measure: str,
     delta: float,
     calibration: str,
+    policy: str,
     out: Path | None,
     as_json: bool,
 ) -> None:
@@ -125,6 +136,7 @@ def plan_cmd(
         max_drop=max_drop,
         delta=delta,
         calibration=calibration,
+        policy=policy,
     )
     target = out if out is not None else loaded.path / "plan.json"
     save_plan(target, plan)
@@ -133,10 +145,9 @@ def plan_cmd(
         click.echo(dumps(summary), nl=False)
         return
     click.echo(f"states: {', '.join(summary['states'])}")
-    click.echo(
-        f"thresholds ({summary['measure']}): "
-        + ", ".join(f"{t:.4f}" for t in summary["thresholds"])
-    )
+    click.echo(f"policy: {plan.policy}")
+    on = "gate scores" if plan.gates is not None else summary["measure"]
+    click.echo(f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in summary["thresholds"]))
     click.echo(
         f"held-out: accuracy {summary['accuracy']:.2%}, drop {summary['drop']:+.2%} "
         f"against {summary['reference']}"
