@@ -101,8 +101,8 @@ def plan_cmd(
     from edgeadapt.evaluation import load_evaluation
     from edgeadapt.jsonio import dumps
     from edgeadapt.plan import save_plan
-    from edgeadapt.profile import load_profile
     from edgeadapt.planner import plan_bundle, profile_costs
+    from edgeadapt.profile import load_profile
 
     loaded = load_bundle(bundle)
     costs = profile_costs(load_profile(profile_path, loaded), loaded)
