@@ -462,3 +462,34 @@ def test_a_whole_model_that_is_not_onnx_names_the_file(multiexit, tmp_path):
     assert str(path) in str(e.value)
     with pytest.raises(InputError, match="cannot read") as e:
         profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "absent.onnx")
+
+
+def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
+    import edgeadapt.runtimes as runtimes
+    from edgeadapt.presets import load_preset
+
+    seen = []
+    real = runtimes.get_runtime
+
+    def recording(*args, **kwargs):
+        rt = real(*args, **kwargs)
+        load = rt.load
+
+        def logged(path):
+            session = load(path)
+            options = session._session.get_session_options()
+            seen.append(options.get_session_config_entry("session.intra_op.allow_spinning"))
+            return session
+
+        rt.load = logged
+        return rt
+
+    monkeypatch.setattr(runtimes, "get_runtime", recording)
+    p = profile_bundle(multiexit, preset="x86-ort-2t", warmup=0, iters=MIN_SAMPLES)
+    assert seen == ["0"] * (len(multiexit.steps) + 1)  # the steps and the whole model
+    assert p.device["runtime"]["spin"] is False
+    seen.clear()
+    preset = load_preset("x86-ort-2t")
+    p = profile_bundle(multiexit, preset=preset, options={"spin": True}, iters=MIN_SAMPLES)
+    assert seen == ["1"] * (len(multiexit.steps) + 1)
+    assert p.settings["options"]["spin"] is True
