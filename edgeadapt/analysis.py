@@ -36,13 +36,15 @@ from edgeadapt.profile import (
     static_cost,
 )
 
-__all__ = ["COSTS", "Inputs", "bundle_bound", "load_inputs", "static_baseline"]
+__all__ = ["COSTS", "R_N_WHAT", "Inputs", "bundle_bound", "load_inputs", "static_baseline"]
 
 #: Cost units: measured ms from a profile, or FLOPs from the manifest.
 COSTS = ("ms", "flops")
 #: Profile statistic and batch size the state costs are taken from (as `edgeadapt plan`).
 STAT = "p50"
 BATCH = 1
+#: What R_N is, per bundle kind (for labels): what running the costliest state pays.
+R_N_WHAT = {"early-exit": "the sum of the steps", "ensemble": "the last member alone"}
 
 PathLike = str | os.PathLike[str]
 
@@ -190,7 +192,8 @@ def bundle_bound(
     ``evaluation`` (where the figures come from), ``views``: the exact oracle on
     ``cascade_ms`` (with a profile), ``cascade_flops`` and ``direct_flops``, and
     ``static``: the headline oracle against the measured whole model (`static_baseline`;
-    None with FLOPs costs or a profile without it). Bundle, profile and evaluation may be
+    None with FLOPs costs or a profile without it), and ``r_n_what``: what R_N is for this
+    bundle's kind (`R_N_WHAT`), for labels. Bundle, profile and evaluation may be
     loaded objects or paths.
     """
     inputs = load_inputs(bundle, profile=profile, evaluation=evaluation, cost=cost)
@@ -231,6 +234,7 @@ def bundle_bound(
         }
     summary["evaluation"] = {"path": ev.source, "samples": int(ev.labels.size)}
     summary["views"] = views
+    summary["r_n_what"] = R_N_WHAT.get(b.kind, "the costliest state")
     summary["static"] = (
         static_baseline(inputs.profile, b, float(summary["r_n"]), float(summary["r_oracle"]))
         if inputs.unit == "ms"

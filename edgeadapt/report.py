@@ -13,7 +13,8 @@
 
 The HTML embeds the PNGs as base64 data URIs (readable without a server) next to tables
 of the states, the bounds, the subset curve and the plan, each saving stated against both
-baselines (R_N, the sum of the steps, and the measured static model, the whole model
+baselines (R_N, for an early-exit bundle the sum of the steps, and the measured static
+model, the whole model
 from the profile, drawn as a vertical line when there is one); every file is written
 atomically. matplotlib (the ``plot`` extra) is imported only here, through its
 object-oriented API with the Agg canvas, so no global backend state is touched.
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.analysis import Inputs, bundle_bound, load_inputs
+from edgeadapt.analysis import R_N_WHAT, Inputs, bundle_bound, load_inputs
 from edgeadapt.bundle import Bundle
 from edgeadapt.calibrate import Sweep, simulate, sweep
 from edgeadapt.errors import MissingExtraError
@@ -354,11 +355,12 @@ def _bounds_table(data: ReportData) -> str:
 
 
 def _baselines_table(bound: dict[str, Any]) -> str:
-    """The headline oracle against R_N (the sum of the steps) and the static model."""
+    """The headline oracle against R_N (the sum of the steps for an early-exit bundle) and
+    the static model."""
     r_oracle = bound["r_oracle"]
     rows = [
         [
-            f"R_N: sum of the steps ({bound['baseline']}, full path)",
+            f"R_N: {bound['r_n_what']} ({bound['baseline']})",
             _fmt(bound["r_n"]),
             _fmt(bound["r_n"] - r_oracle),
             _ratio(bound["r_n"] / r_oracle if r_oracle > 0 else None),
@@ -426,7 +428,7 @@ def _plan_section(data: ReportData) -> str:
             f"max drop {100 * plan.max_drop:.2f})",
         ],
         ["expected cost (plan.json)", f"{_fmt(held.cost_ms)} ms"],
-        ["vs R_N, the sum of the steps", _versus(held.cost_ms, plan.r_n)],
+        [f"vs R_N, {R_N_WHAT[plan.kind]}", _versus(held.cost_ms, plan.r_n)],
         [
             "vs the static model (measured whole model)",
             "not measured"

@@ -114,3 +114,25 @@ def test_plan_on_an_evaluation_without_the_measure_names_the_key(artefacts, tmp_
     assert result.exit_code == 2
     assert "old.npz: conf_margin" in result.output
     assert "needs margin confidences" in result.output
+
+
+def test_plan_states_its_saving_against_both_baselines(artefacts):
+    bundle, profile, evaluation, tmp, _ = artefacts
+    from edgeadapt.profile import load_profile, static_cost
+
+    args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
+    out = tmp / "plan-static.json"
+    result = CliRunner().invoke(cli, [*args, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    static = static_cost(load_profile(profile), bundle)
+    assert static is not None  # the profiler times the whole model by default
+    assert summary["static_ms"] == static
+    assert load_plan(out).static_ms == static
+    assert summary["saving_vs_static"] == pytest.approx(1 - summary["cost"] / static)
+    assert summary["beats_static"] is (summary["cost"] < static)
+    assert summary["profile_order"] == "chain"
+    text = CliRunner().invoke(cli, [*args, "-o", str(out)]).output
+    assert "vs R_N, the sum of the steps:" in text
+    assert "vs the static model, the measured whole model:" in text
+    assert "note:" not in text  # chain-order costs: nothing to warn about

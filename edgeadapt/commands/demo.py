@@ -51,9 +51,10 @@ def render_bundle(b: dict[str, Any]) -> str:
     )
     bounds = b["bound"]
     static = bounds.get("static")
+    whole = "backbone and last head" if b["kind"] == "early-exit" else "the last member"
     if static is not None:
         lines.append(
-            f"static model (the whole model, backbone and last head, profiled the same way): "
+            f"static model (the whole model: {whole}, profiled the same way): "
             f"{static['cost_ms']:.4f} ms; the full path R_N costs "
             f"{_ratio(static['full_path_ratio'])} that"
         )
@@ -61,7 +62,7 @@ def render_bundle(b: dict[str, Any]) -> str:
     lines.append(
         "oracle bounds (calibration split; R_i measured here with the steps called in turn, "
         "cascade cost: steps 0..i; "
-        f"baseline R_N = {bounds['r_n']:.4f} ms, the sum of the steps, {bounds['baseline']}):"
+        f"baseline R_N = {bounds['r_n']:.4f} ms, {bounds['r_n_what']}, {bounds['baseline']}):"
     )
     lines.append(_render(["bound", "R_oracle ms", "A_oracle", "R_ratio"], _bound_rows(bounds)))
     if static is not None:
@@ -89,7 +90,7 @@ def render_bundle(b: dict[str, Any]) -> str:
         f"oracle gap closure {'n/a' if gap is None else f'{gap:.1%}'}"
     )
     lines.append(
-        f"  expected cost against R_N, the sum of the steps ({plan['r_n']:.4f} ms): "
+        f"  expected cost against R_N, {bounds['r_n_what']} ({plan['r_n']:.4f} ms): "
         f"{_saving(plan['saving_vs_r_n'])}; against the static model "
         + (
             "(not measured)"

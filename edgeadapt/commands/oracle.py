@@ -177,13 +177,13 @@ def _bundle_header(summary: dict[str, Any]) -> str:
 
 
 def _baselines_text(summary: dict[str, Any]) -> str:
-    """The headline oracle against both baselines: R_N (the sum of the steps) and the
-    measured static model (the whole model from the profile)."""
+    """The headline oracle against both baselines: R_N (for an early-exit bundle the sum
+    of the steps) and the measured static model (the whole model from the profile)."""
     r_oracle = summary["r_oracle"]
     unit = summary["cost"]["unit"]
     rows = [
         [
-            f"R_N: sum of the steps ({summary['baseline']}, full path)",
+            f"R_N: {summary['r_n_what']} ({summary['baseline']})",
             _num(summary["r_n"]),
             _num(summary["r_n"] - r_oracle),
             _ratio(summary["r_n"] / r_oracle if r_oracle > 0 else None),

@@ -92,11 +92,12 @@ def plan_cmd(
     confidences (maxprob, margin or negative entropy, as the decision kernel computes
     them) from the evaluation; the plan records it and AdaptiveModel runs it.
 
-    The expected cost is stated against two baselines: R_N, the sum of the steps (every
-    state run in turn), and the measured static model (the whole model timed in the
+    The expected cost is stated against two baselines: R_N (for an early-exit bundle the
+    sum of the steps, every state run in turn), and the measured static model (the whole model timed in the
     profile), the plain network the plan must beat to be worth deploying. Plan on a
     profile taken in chain order (the profiler's default), the costs the cascade pays.
     """
+    from edgeadapt.analysis import R_N_WHAT
     from edgeadapt.bundle import load_bundle
     from edgeadapt.evaluation import load_evaluation
     from edgeadapt.jsonio import dumps
@@ -139,7 +140,7 @@ def plan_cmd(
         f"at {summary['oracle']['a_oracle']:.2%}"
     )
     click.echo(
-        f"  vs R_N, the sum of the steps: {summary['r_n']:.4f} ms "
+        f"  vs R_N, {R_N_WHAT[plan.kind]}: {summary['r_n']:.4f} ms "
         f"({_saving(summary['saving_vs_r_n'])})"
     )
     if plan.static_ms is None:

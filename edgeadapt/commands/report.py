@@ -116,7 +116,7 @@ def report_cmd(
     )
     click.echo(
         f"exact oracle: {ex['r_oracle']:.4f} ms at {ex['a_oracle']:.2%} "
-        f"(R_N, the sum of the steps, {bound['r_n']:.4f} ms, R_ratio {ratio}; {against_static})"
+        f"(R_N, {bound['r_n_what']}, {bound['r_n']:.4f} ms, R_ratio {ratio}; {against_static})"
     )
     if data.plan is not None:
         gap = data.plan.gap_closure
