@@ -309,7 +309,7 @@ class _Whole:
 
 def _bundle_inputs(bundle: Bundle) -> dict[str, Any]:
     """The bundle's model inputs by name (the tensors a whole model must read)."""
-    return {bundle.input.name: bundle.input}
+    return {spec.name: spec for spec in bundle.inputs}
 
 
 def _prepare_whole(
