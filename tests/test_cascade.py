@@ -429,3 +429,17 @@ def test_cascade_sessions_do_not_spin_idle_workers_by_default():
     _, options = resolve_runtime(load_preset("x86-ort-2t"), options={"spin": True})
     with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
         assert {_spinning(s) for s in m.sessions} == {("1", "1")}
+
+
+def test_a_preset_of_ones_own_can_turn_spinning_on(tmp_path):
+    import json
+
+    from edgeadapt.presets import load_preset, resolve_runtime
+
+    doc = json.loads(Path(load_preset("x86-ort-2t").source).read_text())
+    doc.update(name="my-board", options={**doc["options"], "spin": True})
+    path = tmp_path / "my-board.json"
+    path.write_text(json.dumps(doc))
+    _, options = resolve_runtime(load_preset(path))
+    with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
+        assert {_spinning(s) for s in m.sessions} == {("1", "1")}
