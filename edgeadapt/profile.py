@@ -49,7 +49,6 @@ manifest.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import re
 import tempfile
@@ -68,6 +67,7 @@ from edgeadapt.device import clock_state, device_id, fingerprint, load_average, 
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import Fields, read_json, write_json
 from edgeadapt.presets import Preset, load_preset, resolve_runtime
+from edgeadapt.whole import WholeModel, load_whole, prepare_whole, whole_run
 
 __all__ = [
     "MIN_SAMPLES",
@@ -98,7 +98,7 @@ VIEWS = ("cascade", "step")
 ORDERS = ("step", "chain")
 #: The order the profiler uses unless told otherwise: the one the cascade pays.
 DEFAULT_ORDER = "chain"
-#: Where the timed whole model came from.
+#: Where the timed whole model came from (see edgeadapt.whole).
 WHOLE_ORIGINS = ("composed", "file")
 
 Progress = Callable[[int, int], None]
@@ -297,128 +297,6 @@ def _noise(
     return reasons
 
 
-class _Whole:
-    """The whole model to time beside the steps: its file, provenance and session."""
-
-    def __init__(self, path: Path, provenance: dict[str, Any]) -> None:
-        self.path = path
-        self.provenance = provenance
-        self.session: Any = None
-        self.logits = ""
-
-
-def _bundle_inputs(bundle: Bundle) -> dict[str, Any]:
-    """The bundle's model inputs by name (the tensors a whole model must read)."""
-    return {spec.name: spec for spec in bundle.inputs}
-
-
-def _prepare_whole(
-    bundle: Bundle, whole: bool | str | os.PathLike[str], tmp: Path
-) -> _Whole | None:
-    """The file to time as the whole model: composed from the bundle into `tmp`, or the
-    user's; None with ``whole=False``."""
-    if whole is False:
-        return None
-    last = bundle.states[-1].name
-    if whole is True:
-        from edgeadapt.exporters.compose import whole_model
-
-        try:
-            data = whole_model(bundle).SerializeToString()
-        except InputError as e:
-            raise InputError(
-                f"cannot compose the whole model to time beside the steps ({e}); "
-                "give the original model (--whole MODEL.onnx) or skip it (--no-whole)",
-                source=e.source,
-                field=e.field,
-            ) from None
-        path = tmp / "whole.onnx"
-        path.write_bytes(data)
-        origin, shown = "composed", None
-    else:
-        path = Path(whole)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise InputError(f"cannot read the whole model: {e.strerror}", source=path) from None
-        origin, shown = "file", str(path)
-    sha = hashlib.sha256(data).hexdigest()
-    return _Whole(path, {"origin": origin, "path": shown, "sha256": sha, "state": last})
-
-
-def _load_whole(rt: Any, bundle: Bundle, whole: _Whole) -> None:
-    """Load the whole model and check it reads the bundle's inputs and gives the last
-    state's logits; errors name the file."""
-    from edgeadapt.errors import EdgeadaptError
-
-    path = whole.path
-    try:
-        session = rt.load(path)
-    except (EdgeadaptError, OSError) as e:
-        raise InputError(f"cannot load the whole model: {e}", source=path) from None
-    whole.session = session
-    wanted = _bundle_inputs(bundle)
-    got = {t.name: t for t in session.inputs}
-    if set(got) != set(wanted):
-        raise InputError(
-            f"whole model reads {sorted(got)}, the bundle's model inputs are {sorted(wanted)}",
-            source=path,
-            field="inputs",
-        )
-    for name, spec in wanted.items():
-        t = got[name]
-        rest = tuple(int(d) for d in spec.shape[1:])
-        if t.dtype != np.dtype(spec.dtype) or len(t.shape) != 1 + len(rest):
-            raise InputError(
-                f"input {t} does not fit the bundle's {name}: {spec.dtype}[batch, "
-                f"{', '.join(map(str, rest))}]",
-                source=path,
-                field=f"inputs.{name}",
-            )
-        if any(d is not None and d != r for d, r in zip(t.shape[1:], rest, strict=True)):
-            raise InputError(
-                f"input {t} does not fit the bundle's {name}: [batch, {', '.join(map(str, rest))}]",
-                source=path,
-                field=f"inputs.{name}",
-            )
-    logits = bundle.steps[-1].logits
-    outputs = {t.name: t for t in session.outputs}
-    if logits not in outputs and len(outputs) != 1:
-        raise InputError(
-            f"whole model has outputs {sorted(outputs)}: expected the last state's logits "
-            f"{logits!r} or a single output",
-            source=path,
-            field="outputs",
-        )
-    out = outputs.get(logits) or next(iter(outputs.values()))
-    classes = bundle.num_classes
-    if len(out.shape) != 2 or out.shape[1] not in (None, classes):
-        raise InputError(
-            f"output {out} is not [batch, {classes}] logits like the bundle's last state",
-            source=path,
-            field=f"outputs.{out.name}",
-        )
-    whole.logits = out.name
-
-
-def _whole_run(whole: _Whole, tensors: Mapping[str, np.ndarray], batch: int) -> Callable[[], Any]:
-    """The untimed first call of the whole model at `batch` (checked), then its timed call."""
-    from edgeadapt.errors import EdgeadaptError
-
-    feeds = {t.name: tensors[t.name] for t in whole.session.inputs}
-    try:
-        got = whole.session.run(feeds, check=True)[whole.logits]
-    except EdgeadaptError as e:
-        raise InputError(f"whole model fails at batch {batch}: {e}", source=whole.path) from None
-    if got.shape[0] != batch:
-        raise InputError(
-            f"whole model gives {got.shape[0]} rows of logits at batch {batch}",
-            source=whole.path,
-            field=f"outputs.{whole.logits}",
-        )
-    return partial(whole.session.run, feeds, check=False)
-
-
 def _whole_noise(whole: dict[int, StepStats]) -> list[str]:
     return [
         f"whole model at batch {batch}: p90/p50 = {s.p90 / s.p50:.2f} > {SPREAD_LIMIT}"
@@ -494,7 +372,7 @@ def profile_bundle(
     rng = np.random.default_rng(seed)
     tmp = tempfile.TemporaryDirectory(prefix="edgeadapt-whole-")
     try:
-        whole_model = _prepare_whole(bundle, whole, Path(tmp.name))
+        whole_model = prepare_whole(bundle, whole, Path(tmp.name))
     except BaseException:
         tmp.cleanup()
         raise
@@ -506,7 +384,7 @@ def profile_bundle(
     try:
         sessions.extend(rt.load(s.path) for s in bundle.steps)
         if whole_model is not None:
-            _load_whole(rt, bundle, whole_model)
+            load_whole(rt, bundle, whole_model)
         results: dict[int, tuple[StepStats, ...]] = {}
         for batch in batch_list:
             tensors: dict[str, np.ndarray] = {bundle.input.name: _random_input(bundle, batch, rng)}
@@ -577,7 +455,7 @@ def profile_calls(bundle: Bundle, batches: Sequence[int], whole: bool = True) ->
 
 
 def _time_whole(
-    whole: _Whole,
+    whole: WholeModel,
     tensors: Mapping[str, np.ndarray],
     batch: int,
     warmup: int,
@@ -586,7 +464,7 @@ def _time_whole(
 ) -> StepStats:
     """The whole model at `batch`, timed alone call after call (as it runs deployed)."""
     return StepStats.from_ns(
-        _time_step(_whole_run(whole, tensors, batch), warmup, iters, min_seconds)
+        _time_step(whole_run(whole, tensors, batch), warmup, iters, min_seconds)
     )
 
 

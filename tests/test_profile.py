@@ -402,68 +402,6 @@ def test_ensemble_whole_model_is_its_last_member(family):
     assert static_cost(p, family) > 0
 
 
-def _model(tmp_path, in_name="x", in_type="float", in_shape=("B", 1, 40), outputs=(("l", 10),)):
-    """Input -> Cast to float -> Flatten -> the first k columns, as each named output."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    types = {"float": TensorProto.FLOAT, "double": TensorProto.DOUBLE}
-    nodes = [
-        helper.make_node("Cast", [in_name], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("Flatten", ["f"], ["flat"]),
-    ]
-    for k, (name, width) in enumerate(outputs):
-        consts = {f"start{k}": 0, f"end{k}": width, f"axis{k}": 1}
-        nodes += [
-            helper.make_node("Constant", [], [c], value=numpy_helper.from_array(np.array([v])))
-            for c, v in consts.items()
-        ]
-        nodes.append(helper.make_node("Slice", ["flat", *consts], [name]))
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info(in_name, types[in_type], list(in_shape))],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", w]) for n, w in outputs],
-    )
-    path = tmp_path / "bad.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"in_name": "image"}, r"reads \['image'\], the bundle's model inputs are \['x'\]"),
-        ({"in_type": "double"}, "does not fit the bundle's x: float32"),
-        ({"in_shape": ("B", 2, 40)}, r"does not fit the bundle's x: \[batch, 1, 40\]"),
-        ({"outputs": (("l", 7),)}, r"is not \[batch, 10\] logits"),
-        ({"outputs": (("a", 10), ("b", 10))}, "expected the last state's logits 'logits3'"),
-    ],
-)
-def test_a_whole_model_that_does_not_fit_names_the_file(multiexit, tmp_path, kwargs, match):
-    path = _model(tmp_path, **kwargs)
-    with pytest.raises(InputError, match=match) as e:
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path)
-    assert e.value.source == str(path)
-    assert str(path) in str(e.value)
-
-
-def test_a_whole_model_that_fits_is_timed(multiexit, tmp_path):
-    """The checks accept any model with the bundle's input and [batch, classes] logits."""
-    p = profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=_model(tmp_path))
-    assert p.whole_model["origin"] == "file"
-
-
-def test_a_whole_model_that_is_not_onnx_names_the_file(multiexit, tmp_path):
-    path = tmp_path / "garbage.onnx"
-    path.write_bytes(b"not a model")
-    with pytest.raises(InputError, match="cannot load the whole model") as e:
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path)
-    assert str(path) in str(e.value)
-    with pytest.raises(InputError, match="cannot read") as e:
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "absent.onnx")
-
-
 def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
     import edgeadapt.runtimes as runtimes
     from edgeadapt.presets import load_preset
