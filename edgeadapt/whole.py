@@ -87,7 +87,8 @@ def load_whole(rt: Any, bundle: Bundle, whole: WholeModel) -> None:
     except InputError as e:
         if e.source != str(path):
             raise
-        raise InputError(f"cannot load the whole model ({e.args[0]})", source=path) from None
+        said = str(e).removeprefix(f"{path}: ")
+        raise InputError(f"cannot load the whole model ({said})", source=path) from None
     whole.session = session
     wanted = _bundle_inputs(bundle)
     got = {t.name: t for t in session.inputs}
