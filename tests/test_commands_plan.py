@@ -136,3 +136,20 @@ def test_plan_states_its_saving_against_both_baselines(artefacts):
     assert "vs R_N, the sum of the steps:" in text
     assert "vs the static model, the measured whole model:" in text
     assert "note:" not in text  # chain-order costs: nothing to warn about
+
+
+def test_plan_notes_a_profile_timed_each_step_alone(artefacts, tmp_path):
+    bundle, _, evaluation, _, _ = artefacts
+    profile = tmp_path / "step.json"
+    save_profile(profile, profile_bundle(bundle, iters=10, order="step", whole=False))
+    args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plan.json")])
+    assert result.exit_code == 0, result.output
+    assert "note: the profile timed each step alone (step order)" in result.output
+    assert "vs the static model: not measured" in result.output
+    summary = json.loads(
+        CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plan.json"), "--json"]).output
+    )
+    assert summary["profile_order"] == "step"
+    assert summary["static_ms"] is None
+    assert summary["beats_static"] is None
