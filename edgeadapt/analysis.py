@@ -44,7 +44,11 @@ COSTS = ("ms", "flops")
 STAT = "p50"
 BATCH = 1
 #: What R_N is, per bundle kind (for labels): what running the costliest state pays.
-R_N_WHAT = {"early-exit": "the sum of the steps", "ensemble": "the last member alone"}
+R_N_WHAT = {
+    "early-exit": "the sum of the steps",
+    "ensemble": "the last member alone",
+    "branches": "the last branch alone",
+}
 
 PathLike = str | os.PathLike[str]
 

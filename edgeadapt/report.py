@@ -428,7 +428,10 @@ def _plan_section(data: ReportData) -> str:
             f"max drop {100 * plan.max_drop:.2f})",
         ],
         ["expected cost (plan.json)", f"{_fmt(held.cost_ms)} ms"],
-        [f"vs R_N, {R_N_WHAT[plan.kind]}", _versus(held.cost_ms, plan.r_n)],
+        [
+            f"vs R_N, {R_N_WHAT.get(plan.kind, 'the costliest state')}",
+            _versus(held.cost_ms, plan.r_n),
+        ],
         [
             "vs the static model (measured whole model)",
             "not measured"

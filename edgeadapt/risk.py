@@ -15,9 +15,9 @@ alike, in any order); nothing about the model or the confidences.
 How:
 
 1. *Learn* (on a split the test never sees): a path of threshold vectors from the most
-   cautious (never exit early: the last state alone) to ever more aggressive ones, each
-   the cheapest thresholds whose loss rate (below) on the learning split is at most
-   ``max_drop * k / K`` (`edgeadapt.calibrate`).
+   cautious (never exit early: the last state alone) in small nested steps to the
+   cheapest thresholds whose loss rate (below) on the learning split is at most
+   max_drop (`learn_path`).
 2. *Test* (on the testing split): for each point, the null hypothesis "its drop exceeds
    max_drop" gets a p-value; fixed-sequence testing walks the path in order at level
    delta and stops at the first point it cannot reject. Every rejected point controls
@@ -42,8 +42,8 @@ from edgeadapt.calibrate import NEVER, calibrate, exit_states
 from edgeadapt.errors import InputError
 from edgeadapt.stats import binom_cdf
 
-#: Points on the learned path besides "never exit early" (targets max_drop * k / K).
-PATH_POINTS = 10
+#: Steps of the learned path from "never exit early" to its target.
+PATH_POINTS = 20
 METHOD = "learn-then-test, fixed-sequence, binomial p-value"
 ASSUMPTION = "the testing split and new data are exchangeable (drawn from one distribution)"
 
@@ -74,6 +74,25 @@ class Promise:
     @property
     def holds(self) -> bool:
         return self.passed > 0
+
+    def describe(self) -> str:
+        """One line for people: what is promised, or why nothing could be."""
+        if self.holds:
+            return (
+                f"promise: accuracy drop <= {self.max_drop:.2%} on new data with probability "
+                f">= {1 - self.delta:.0%} (Learn then Test on {self.n} held-out samples, "
+                f"p = {self.p_value:.3g}; assumes {self.assumption})"
+            )
+        if self.n < self.required_n:
+            return (
+                f"no promise: {self.n} held-out samples cannot show a drop <= "
+                f"{self.max_drop:.2%} at probability {1 - self.delta:.0%}; it needs at least "
+                f"{self.required_n}. The plan keeps the static model."
+            )
+        return (
+            f"no promise: no cheaper thresholds passed the test on {self.n} held-out samples "
+            f"(p = {self.p_value:.3g} > delta = {self.delta}). The plan keeps the static model."
+        )
 
     def to_json(self) -> dict[str, float | int | str | bool]:
         return {
@@ -121,24 +140,34 @@ def learn_path(
     max_drop: float,
     points: int = PATH_POINTS,
 ) -> list[np.ndarray]:
-    """Threshold vectors from "never exit early" to ever cheaper ones on this (learning)
-    split: point k is the cheapest whose loss rate (reference right, policy wrong) is at
-    most ``max_drop * k / points``, the quantity the test bounds; repeats are dropped."""
+    """Threshold vectors from "never exit early" to a target point, learned on this split.
+
+    The target is the cheapest thresholds whose loss rate (reference right, policy
+    wrong: what the test bounds) is at most `max_drop` here (`edgeadapt.calibrate`).
+    Point k of `points` lets exit i take the ``k / points`` share of the samples the
+    target exits there, most confident first, so the path grows from the static model
+    in small, nested steps: fixed-sequence testing stops at the first step it cannot
+    pass, and a path that jumped straight to the target would fail on noise alone.
+    Repeated points are dropped.
+    """
     s = conf.shape[1]
+    never = np.full(s - 1, NEVER)
     # A sample where the reference is wrong cannot be a loss: count it as never wrong.
     not_lost = correct | ~np.asarray(reference_correct, dtype=bool)[:, None]
-    path = [np.full(s - 1, NEVER)]
+    target = calibrate(
+        conf, not_lost, cost, max_drop=max_drop, reference_accuracy=1.0, polish=False
+    ).thresholds
+    ranked = -np.sort(-conf[:, :-1], axis=0)  # each exit's confidences, falling
+    exits = [int(np.count_nonzero(conf[:, i] >= target[i])) for i in range(s - 1)]
+    path = [never]
     for k in range(1, points + 1):
-        cal = calibrate(
-            conf,
-            not_lost,
-            cost,
-            max_drop=max_drop * k / points,
-            reference_accuracy=1.0,
-            polish=False,
-        )
-        if cal.feasible and not any(np.array_equal(cal.thresholds, t) for t in path):
-            path.append(cal.thresholds)
+        t = never.copy()
+        for i, m in enumerate(exits):
+            take = math.ceil(m * k / points)
+            if take:
+                t[i] = ranked[take - 1, i]
+        if not any(np.array_equal(t, p) for p in path):
+            path.append(t)
     return path
 
 
