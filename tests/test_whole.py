@@ -99,3 +99,25 @@ def test_a_model_fixed_at_batch_one_is_refused_at_another_batch(multiexit, tmp_p
     with pytest.raises(InputError, match="whole model fails at batch 2") as e:
         profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path, batches=(1, 2))
     assert e.value.source == str(path)
+
+
+def test_a_branches_bundle_is_timed_against_its_source_model(tmp_path):
+    """For execution branches the static model is the original network: composed, the
+    last (full) branch; or the source ONNX itself with ``whole=PATH``."""
+    import onnx
+
+    from edgeadapt.exporters.branches import export_branches
+    from tests.test_export_branches import L, residual_cnn
+
+    source = tmp_path / "rescnn.onnx"
+    onnx.save(residual_cnn(), source)
+    x = np.random.default_rng(1).standard_normal((60, 1, L)).astype(np.float32)
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=x, y=np.zeros(60, np.int64))
+    bundle = export_branches(source, tmp_path / "b", calibration=calibration, max_branches=2)
+    composed = profile_bundle(bundle, warmup=0, iters=MIN_SAMPLES)
+    assert composed.whole_model["origin"] == "composed"
+    assert composed.whole_model["state"] == bundle.states[-1].name
+    given = profile_bundle(bundle, warmup=0, iters=MIN_SAMPLES, whole=source)
+    assert given.whole_model["path"] == str(source)
+    assert given.whole_stats(1).p50 > 0
