@@ -4,6 +4,7 @@ shrinking budgets to shallower branches, each the most accurate that fits."""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -108,8 +109,8 @@ def test_branches_evaluate_profile_and_plan_a_budget_table(trained):
         calib_half, held, costs, manifest_sha256=bundle.manifest_sha256, kind="branches"
     )
     rows = plan.budget
-    assert all(a.budget_ms < b.budget_ms for a, b in zip(rows, rows[1:], strict=False))
-    assert all(a.accuracy < b.accuracy for a, b in zip(rows, rows[1:], strict=False))
+    assert all(a.budget_ms < b.budget_ms for a, b in itertools.pairwise(rows))
+    assert all(a.accuracy < b.accuracy for a, b in itertools.pairwise(rows))
     from edgeadapt.planner import budget_state
 
     # A budget below the cheapest kept branch runs the first row; the largest budget
