@@ -525,6 +525,26 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
         "best k-subsets by `edgeadapt subset --evaluation` (highest oracle accuracy, ties by cost)\n"
         + _table(["k", "view", "R_oracle", "A_oracle %", "models"], arows)
     )
+    erows = []
+    for k in ks:
+        for view in ("gmacs", "ms-direct"):
+            curve = views[view]["subset_alpha1_envelope"]["curve"]
+            e = next((c for c in curve if c["k"] == k), None)
+            if e is not None:
+                erows.append(
+                    [
+                        str(k),
+                        view,
+                        f"{e['r_oracle']:.4g}",
+                        f"{100 * e['a_oracle']:.2f}",
+                        _fmt_set(e["states"]),
+                    ]
+                )
+    parts.append(
+        "best k-subsets by `edgeadapt subset --envelope` (alpha = 1, eq. 9, on each cost's "
+        "Pareto envelope; keeps its top model)\n"
+        + _table(["k", "view", "R_oracle", "A_oracle %", "models"], erows)
+    )
     diffs = []
     for k in ks:
         picks = {v: views[v]["subset_keep_top"][str(k)]["states"] for v in views}
@@ -538,6 +558,16 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
             diffs.append(
                 f"  k={k} (accuracy first): "
                 + "; ".join(f"{v}: {_fmt_set(p)}" for v, p in acc.items())
+            )
+    for k in ks:
+        env = {}
+        for v in ("gmacs", "ms-direct"):
+            curve = views[v]["subset_alpha1_envelope"]["curve"]
+            env[v] = next((c["states"] for c in curve if c["k"] == k), None)
+        if None not in env.values() and len({tuple(sorted(p)) for p in env.values()}) > 1:
+            diffs.append(
+                f"  k={k} (alpha=1, envelope): "
+                + "; ".join(f"{v}: {_fmt_set(p)}" for v, p in env.items())
             )
     parts.append(
         "where the choice differs between cost views:\n"
