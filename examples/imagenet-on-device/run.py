@@ -212,6 +212,22 @@ def _fmt_set(names: Sequence[str]) -> str:
 # ------------------------------------------------------------------ the pipeline
 
 
+def _profile(bundle_dir: Path, device: str, seconds: float, path: Path, log: Log) -> None:
+    edgeadapt(
+        [
+            "profile",
+            bundle_dir,
+            "--device",
+            device,
+            "--seconds-per-state",
+            seconds,
+            "-o",
+            path,
+        ],
+        log,
+    )
+
+
 def run_pipeline(
     members: Sequence[Member],
     predictions: Path,
@@ -223,6 +239,7 @@ def run_pipeline(
     ks: Sequence[int] = KS,
     log: Log = print,
     report: bool = True,
+    reuse_profile: bool = False,
 ) -> dict[str, Any]:
     """Export, bundle, profile, attach predictions, bound/subset/report; returns the
     summary (also written to OUT/summary.json) and logs the tables."""
@@ -268,21 +285,12 @@ def run_pipeline(
     bundle = load_bundle(bundle_dir)
     states = [s.name for s in bundle.states]
 
-    stage(3, f"profile on preset {device}, {seconds_per_state:g} s per state")
     profile_path = out / "profile.json"
-    edgeadapt(
-        [
-            "profile",
-            bundle_dir,
-            "--device",
-            device,
-            "--seconds-per-state",
-            seconds_per_state,
-            "-o",
-            profile_path,
-        ],
-        log,
-    )
+    if reuse_profile and profile_path.is_file():
+        stage(3, f"profile: {profile_path} exists, kept (--reuse-profile)")
+    else:
+        stage(3, f"profile on preset {device}, {seconds_per_state:g} s per state")
+        _profile(bundle_dir, device, seconds_per_state, profile_path, log)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prof = load_profile(profile_path, bundle)
@@ -378,6 +386,8 @@ def run_pipeline(
                 "card_gmacs": gmacs[i],
                 "counted_gmacs": counted[i],
                 "params_m": bundle.states[i].params / 1e6,
+                # nodes whose shapes inference left unknown count zero (see edgeadapt.flops)
+                "counted_complete": not bundle.steps[i].unknown_ops,
                 "p50_ms": ms[i],
                 "p90_ms": p90[i],
                 "accuracy": accs[i],
@@ -430,7 +440,7 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
             s["name"],
             str(s["input"]),
             f"{s['card_gmacs']:.2f}",
-            f"{s['counted_gmacs']:.2f}",
+            f"{s['counted_gmacs']:.2f}" + ("" if s["counted_complete"] else "*"),
             f"{s['p50_ms']:.2f}",
             f"{s['p90_ms']:.2f}",
             f"{s['p50_ms'] / s['card_gmacs']:.1f}",
@@ -450,6 +460,24 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
             rows,
         ),
     ]
+    if not all(s["counted_complete"] for s in st):
+        head.append(
+            "* the graph count is incomplete: shape inference left some nodes without "
+            "shapes, and they count zero (the manifest lists them as unknown_ops)"
+        )
+    twins: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for s in st:
+        twins.setdefault((s["counted_gmacs"], s["params_m"]), []).append(s)
+    pairs = [g for g in twins.values() if len(g) > 1]
+    if pairs:
+        head.append(
+            "same architecture, other weights (the spread is this machine's noise): "
+            + "; ".join(
+                " vs ".join(f"{s['name']} {s['p50_ms']:.2f} ms" for s in g)
+                + f" ({max(s['p50_ms'] for s in g) / min(s['p50_ms'] for s in g):.2f}x)"
+                for g in pairs
+            )
+        )
     parts = ["\n".join(head)]
     views = summary["views"]
     lines = ["Pareto envelope (each model on it is more accurate than every cheaper one):"]
@@ -585,6 +613,7 @@ def plot_views(summary: dict[str, Any], path: Path) -> Path | None:
     envelope drawn; None when matplotlib (the ``plot`` extra) is absent."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return None
     states = summary["states"]
@@ -620,9 +649,10 @@ def plot_views(summary: dict[str, Any], path: Path) -> Path | None:
             label="exact oracle, all 15",
         )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper right")
     axes[0].set_ylabel("ImageNet val top-1 %")
     fig.savefig(path, dpi=110)
     return path
@@ -657,6 +687,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seconds-per-state", type=float, default=6.0, help="Profiling budget per model [6]."
     )
     parser.add_argument(
+        "--reuse-profile",
+        action="store_true",
+        help="Keep OUT/profile.json when it exists (analyse again without measuring).",
+    )
+    parser.add_argument(
         "--models", default=None, help="Comma-separated subset of the 15 models (default: all)."
     )
     args = parser.parse_args(argv)
@@ -682,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         seconds_per_state=args.seconds_per_state,
         log=lambda s: print(s, flush=True),
+        reuse_profile=args.reuse_profile,
     )
     return 0
 
