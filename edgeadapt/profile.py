@@ -5,9 +5,10 @@ the previous step (computed once from a random input of the bundle's input shape
 input generation stays outside the timed loop), warms it up, then times each call with
 `time.perf_counter_ns` (a fixed number of iterations, until `min_seconds` have
 passed, or within a time budget per state, warm-up included: `seconds_per_state`, for
-models whose calls take tenths of a second, where a fixed count costs minutes). With ``order="chain"`` the steps are instead called in turn, every step once per
-round, as a cascade that runs every state calls them: each then also pays for refilling
-the caches after the steps before it, which a step timed alone (``order="step"``, the
+models whose calls take tenths of a second, where a fixed count costs minutes). With
+``order="chain"`` the steps are instead called in turn, every step once per round, as
+a cascade that runs every state calls them: each then also pays for refilling the
+caches after the steps before it, which a step timed alone (``order="step"``, the
 default, what `benchmark_app` measures) does not. The profile holds, per batch size and
 step, p50/p90/p99/mean/std/n in ms, the
 device fingerprint with temperatures and clocks before and after, a noise flag, and the
