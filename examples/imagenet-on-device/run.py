@@ -187,7 +187,9 @@ def best_subsets(
 # ------------------------------------------------------------------ tables
 
 
-def write_table(path: Path, names: Sequence[str], costs: Sequence[float], accs: Sequence[float]):
+def write_table(
+    path: Path, names: Sequence[str], costs: Sequence[float], accs: Sequence[float]
+) -> None:
     """A state table (name,cost,accuracy) for `bound --table` / `subset --table`."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -274,7 +276,7 @@ def run_pipeline(
         paths.append(path)
 
     bundle_dir = out / "bundle"
-    stage(2, "one family bundle (states ordered by counted FLOPs; parity-checked on ORT)")
+    stage(2, "one family bundle, every member parity-checked on ORT (minutes; silent until done)")
     if (bundle_dir / "manifest.json").is_file():
         log(f"  {bundle_dir} exists, kept")
     else:
