@@ -13,8 +13,8 @@ name a subset). `export_branches` enumerates skip sets: all ``2^k`` for ``k <= 1
 blocks, else the greedy path (repeatedly drop the block whose removal costs least
 calibration accuracy per saved FLOP) plus a seeded random sample. Every candidate branch
 is run on the labelled calibration data; the branches on the accuracy/FLOPs Pareto
-front (at most `max_branches`, spread along it) become the states of a bundle of kind
-``branches``, each one ONNX file. Their weights are shared on disk: one
+front (at most `max_branches`, spread along it), and always the unmodified model as the
+last, become the states of a bundle of kind ``branches``, each one ONNX file. Their weights are shared on disk: one
 ``weights.bin`` holds every large initializer once and each branch references it as
 ONNX external data, so a bundle of eight branches costs about one model.
 """
@@ -297,7 +297,10 @@ def export_branches(
         return branch
 
     candidates, enumeration = _skip_sets(found, evaluate, seed)
+    full = next(b for b in candidates if not b.skipped)
     front = pareto(candidates, max_branches)
+    if front[-1] is not full:  # keep the unmodified model as the last state, always
+        front = [*front[: max_branches - 1], full]
     order = {b.add: k for k, b in enumerate(found)}
     names = [_branch_name(b, order) for b in front]
     return write_bundle(
