@@ -71,7 +71,7 @@ def check_batch(
                 f"missing {missing}, unexpected {unexpected}",
                 source=source,
             )
-        items = [(s, x[s.name], s.name) for s in specs]
+        items: list[tuple[InputSpec, Any, str | None]] = [(s, x[s.name], s.name) for s in specs]
     elif len(specs) == 1:
         items = [(specs[0], x, array_field)]
     else:
@@ -97,9 +97,7 @@ def check_batch(
     return out
 
 
-def _check_one(
-    spec: InputSpec, x: Any, source: Any, field: str | None, cast: bool
-) -> np.ndarray:
+def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bool) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise InputError(
             f"expected a numpy array, got {type(x).__name__}", source=source, field=field
@@ -183,9 +181,7 @@ def _read(
                     f"the input, not {X_KEY!r}"
                 )
         raise InputError(f"{what} (has: {sorted(keys)})", source=path, field=missing[0])
-    wanted = {
-        key_of[s.name]: ArraySpec(_kinds(np.dtype(s.dtype)), len(s.shape)) for s in specs
-    }
+    wanted = {key_of[s.name]: ArraySpec(_kinds(np.dtype(s.dtype)), len(s.shape)) for s in specs}
     if labels:
         wanted["y"] = ArraySpec("iu", 1)
     arrays = load_npz(path, wanted)

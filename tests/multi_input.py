@@ -67,8 +67,16 @@ def _layer(w: _Weights, tag: str, h: str, masked: bool, out: str) -> list[onnx.N
         nodes += [
             n("Cast", ["attention_mask"], [f"{tag}_m"], to=TensorProto.FLOAT),
             n("Unsqueeze", [f"{tag}_m", w.const(f"{tag}.axis", np.array([1]))], [f"{tag}_m3"]),
-            n("Sub", [w.const(f"{tag}.one", np.array(1.0, np.float32)), f"{tag}_m3"], [f"{tag}_off"]),
-            n("Mul", [f"{tag}_off", w.const(f"{tag}.neg", np.array(-1e4, np.float32))], [f"{tag}_bias"]),
+            n(
+                "Sub",
+                [w.const(f"{tag}.one", np.array(1.0, np.float32)), f"{tag}_m3"],
+                [f"{tag}_off"],
+            ),
+            n(
+                "Mul",
+                [f"{tag}_off", w.const(f"{tag}.neg", np.array(-1e4, np.float32))],
+                [f"{tag}_bias"],
+            ),
             n("Add", [scores, f"{tag}_bias"], [f"{tag}_masked"]),
         ]
         scores = f"{tag}_masked"
@@ -139,9 +147,7 @@ def step_models(masked: Sequence[bool] = (True, True, True), seed: int = 0) -> l
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = 8
         onnx.checker.check_model(model, full_check=True)
-        steps.append(
-            Step(model, f"logits{i}", activation=None if last else act, head_input=act)
-        )
+        steps.append(Step(model, f"logits{i}", activation=None if last else act, head_input=act))
     return steps
 
 
@@ -180,7 +186,13 @@ def run_steps(bundle: Bundle, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     for step in bundle.steps:
         sess = ort.InferenceSession(str(step.path), providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        out = dict(zip(names, sess.run(names, {i.name: env[i.name] for i in sess.get_inputs()}), strict=True))
+        out = dict(
+            zip(
+                names,
+                sess.run(names, {i.name: env[i.name] for i in sess.get_inputs()}),
+                strict=True,
+            )
+        )
         env.update(out)
         logits.append(out[step.logits])
     return logits

@@ -53,7 +53,7 @@ def test_a_single_npy_array_is_not_an_npz(tmp_path):
     np.save(p, np.zeros(3))
     with pytest.raises(InputError, match=r"one\.npy: expected an \.npz archive"):
         load_npz(p, SPEC)
-    with pytest.raises(InputError, match="expected an .npz archive"):
+    with pytest.raises(InputError, match=r"expected an \.npz archive"):
         npz_keys(p)
 
 

@@ -444,7 +444,8 @@ def test_tensorrt_narrows_int64_ids_only_where_they_fit(tmp_path: Path) -> None:
 
     ids = np.array([[0, 5, 2**31 - 1]], np.int64)
     out = narrowed(ids, np.dtype(np.int32), tmp_path / "s.onnx", "input_ids")
-    assert out.dtype == np.int32 and out.flags.c_contiguous
+    assert out.dtype == np.int32
+    assert out.flags.c_contiguous
     np.testing.assert_array_equal(out, ids)
     with pytest.raises(InputError, match=r"input 'input_ids': values 1\.\.2147483648 do not fit"):
         narrowed(ids + 1, np.dtype(np.int32), tmp_path / "s.onnx", "input_ids")
