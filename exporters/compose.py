@@ -7,7 +7,9 @@ depend on, which prunes the intermediate heads. For an ensemble bundle it is the
 member as it is. Benchmarks run it as the baseline the cascade's full path is held to.
 
 Each step after the first gets the prefix ``step{i}/`` on its internal names (they repeat
-from step to step); the result keeps the bundle's input name and the last logits name.
+from step to step); a model input it reads again (a transformer's ``attention_mask``) is
+the whole model's one input of that name. The result keeps the bundle's input names and
+the last logits name.
 Known limit (the Extractor's): it follows only a node's listed inputs, not the outer-scope
 tensors a control-flow body (If, Loop, Scan) reads, so a step with such a body is refused
 with a message rather than composed wrongly.
@@ -51,6 +53,18 @@ def _rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
             vi.name = new
 
 
+def _share_input(model: onnx.ModelProto, copy: str, name: str) -> None:
+    """Make the nodes that read graph input `copy` (a later step's prefixed copy of a
+    model input, such as ``step1/attention_mask``) read the model input `name` itself."""
+    for node in model.graph.node:
+        for k, x in enumerate(node.input):
+            if x == copy:
+                node.input[k] = name
+    kept = [vi for vi in model.graph.input if vi.name != copy]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+
+
 def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
     """The bundle's whole model: every step chained, only the last state's logits out.
 
@@ -63,13 +77,15 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
     if bundle.kind != "early-exit":
         return _load(bundle, last)
     merged = _load(bundle, 0)
+    model_inputs = set(bundle.input_names)
     for i in range(1, last + 1):
         activation = bundle.steps[i - 1].activation
         step = bundle.steps[i]
-        if activation is None or step.inputs != (activation,):
+        shared = [n for n in step.inputs if n in model_inputs]
+        if activation is None or sorted(step.inputs) != sorted([activation, *shared]):
             raise InputError(
                 f"step {i} reads {list(step.inputs)}, not step {i - 1}'s activation "
-                f"{activation!r}: not a chain",
+                f"{activation!r} (and model inputs): not a chain",
                 source=bundle.path,
                 field=f"$.states[{i}].inputs",
             )
@@ -82,8 +98,10 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
             raise InputError(
                 f"cannot chain step {i} onto the steps before it: {e}", source=step.path
             ) from None
+        for name in shared:
+            _share_input(merged, f"step{i}/{name}", name)
     logits = f"step{last}/{bundle.steps[last].logits}" if last else bundle.steps[last].logits
-    whole = Extractor(merged).extract_model([bundle.input.name], [logits])
+    whole = Extractor(merged).extract_model(list(bundle.input_names), [logits])
     _rename_output(whole, logits, bundle.steps[last].logits)
     opsets = {o.domain: o.version for o in whole.opset_import}  # merging repeats them
     del whole.opset_import[:]

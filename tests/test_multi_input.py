@@ -383,3 +383,20 @@ def test_profile_times_every_step_of_a_multi_input_bundle(bundle, runtime, order
         stats = prof.step_stats(b)
         assert len(stats) == 3
         assert all(s.n == MIN_SAMPLES and s.p50 > 0 for s in stats)
+
+
+# --- the whole model ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["bundle", "gapped"])
+def test_whole_model_reads_each_model_input_once(request, data, which, tmp_path):
+    import onnxruntime as ort
+
+    from edgeadapt.exporters.compose import whole_model
+
+    b = request.getfixturevalue(which)
+    whole = whole_model(b)
+    assert [i.name for i in whole.graph.input] == ["input_ids", "attention_mask"]
+    sess = ort.InferenceSession(whole.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, data)
+    np.testing.assert_allclose(got, run_steps(b, data)[-1], rtol=1e-5, atol=1e-5)
