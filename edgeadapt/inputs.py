@@ -213,7 +213,10 @@ def token_ranges(bundle: Bundle) -> dict[str, int]:
     for step in bundle.steps:
         if not ints & set(step.inputs):
             continue
-        graph = onnx.load(str(step.path), load_external_data=False).graph
+        try:
+            graph = onnx.load(str(step.path), load_external_data=False).graph
+        except Exception as e:  # protobuf DecodeError, unreadable file
+            raise InputError(f"not a readable ONNX model ({e})", source=step.path) from None
         tables = {t.name: tuple(t.dims) for t in graph.initializer}
         for node in graph.node:
             if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in ints:
@@ -234,10 +237,10 @@ def random_batch(bundle: Bundle, batch: int, rng: np.random.Generator) -> dict[s
     for spec in bundle.inputs:
         shape = (batch, *(int(d) for d in spec.shape[1:]))
         dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            out[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif is_mask(spec.name):
+        if is_mask(spec.name):
             out[spec.name] = np.ones(shape, dtype=dtype)
+        elif dtype.kind == "f":
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":
             out[spec.name] = rng.random(shape) < 0.5
         else:
