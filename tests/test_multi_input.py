@@ -400,3 +400,20 @@ def test_whole_model_reads_each_model_input_once(request, data, which, tmp_path)
     sess = ort.InferenceSession(whole.SerializeToString(), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, data)
     np.testing.assert_allclose(got, run_steps(b, data)[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_one_input_npz_may_use_x_or_the_inputs_name(tmp_path):
+    from edgeadapt.bundle import InputSpec
+    from edgeadapt.inputs import read_batch
+
+    spec = [InputSpec("signal", ("batch", 3), "float32")]
+    x = np.ones((2, 3), np.float64)
+    for key in ("x", "signal"):
+        save_npz(tmp_path / f"{key}.npz", **{key: x})
+        with pytest.raises(InputError, match=rf"{key}\.npz: {key}: expected dtype float32"):
+            read_batch(tmp_path / f"{key}.npz", spec)
+        got = read_batch(tmp_path / f"{key}.npz", spec, cast=True)
+        assert got["signal"].dtype == np.float32
+    save_npz(tmp_path / "both.npz", x=x, signal=x)
+    with pytest.raises(InputError, match="holds both 'x' and 'signal'"):
+        read_batch(tmp_path / "both.npz", spec)
