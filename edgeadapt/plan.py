@@ -8,7 +8,7 @@ the record of how well the plan did and is shown by reports.
 ```
 {
   "format": "edgeadapt-plan", "version": 1 | 2,
-  "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble",
+  "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble" | "branches",
              "states": ["exit0", ...]},           # every state of the bundle, in order
   "measure": "maxprob" | "margin" | "entropy",   # as edgeadapt.kernel_ref computes it
   "states": [0, 2, 5],                           # kept states: increasing bundle indices
@@ -28,7 +28,9 @@ the record of how well the plan did and is shown by reports.
   "gap_closure": 0.71 | null,
   "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12},
   "promise": {"max_drop", "delta", "n", "tested", "passed", "p_value", "losses",
-              "required_n", "holds", "method", "assumption"}    # risk-controlled plans
+              "required_n", "holds", "method", "assumption"},   # risk-controlled plans
+  "static": {"cost_ms": 0.74},                   # optional: the measured whole model
+  "fallback": "no plan of several states ..."    # optional: why only the static model
 }
 ```
 
@@ -36,6 +38,11 @@ Policy ``gate`` (`edgeadapt.gates`): one learned gate per kept state but the las
 weights over the features of `edgeadapt.kernel_ref.GATE_FEATURES`; the thresholds then
 apply to the gates' scores (in [0, 1]) and `measure` names only the confidence reported
 at the last state. Version 1 files (no ``policy``) read as the threshold policy.
+
+``static`` is the measured whole model (the unsplit network, from the profile), the
+baseline a plan must beat to be worth deploying; plans made from a profile without it
+omit the key. ``cost_ms`` of ``heldout`` against it and against ``oracle.r_n`` (the
+sum of the steps) are the plan's two savings.
 
 Confidences are higher when surer: maxprob and margin lie in [0, 1], entropy is the
 negative entropy in [-log C, 0]; thresholds must lie in the measure's range.
@@ -77,7 +84,7 @@ MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
     "entropy": (None, 0.0),
 }
 MEASURES = tuple(MEASURE_RANGES)
-KINDS = ("early-exit", "ensemble")
+KINDS = ("early-exit", "ensemble", "branches")
 SEARCH_METHODS = ("exhaustive",)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -128,7 +135,11 @@ class Plan:
     search_method: str
     max_states: int
     subsets_evaluated: int
+    #: The measured whole model's cost (ms), None when the profile did not time it.
+    static_ms: float | None = None
     promise: Promise | None = None
+    #: Why the plan keeps the static model alone, when it does for a reason.
+    fallback: str | None = None
     gates: tuple[Gate, ...] | None = None  # None: the threshold policy
 
     @property
@@ -157,9 +168,25 @@ class Plan:
             "oracle": {"r_oracle": self.r_oracle, "a_oracle": self.a_oracle},
             "r_n": self.r_n,
             "gap_closure": self.gap_closure,
+            "static_ms": self.static_ms,
+            "saving_vs_r_n": _saving(self.heldout.cost_ms, self.r_n),
+            "saving_vs_static": _saving(self.heldout.cost_ms, self.static_ms),
+            "beats_static": self.beats_static,
             "promise": None if self.promise is None else self.promise.to_json(),
+            "fallback": self.fallback,
             "policy": _policy_doc(self),
         }
+
+    @property
+    def beats_static(self) -> bool | None:
+        """Whether the held-out expected cost is below the measured static model's (None
+        without one)."""
+        return None if self.static_ms is None else self.heldout.cost_ms < self.static_ms
+
+
+def _saving(cost: float, baseline: float | None) -> float | None:
+    """The share of `baseline` a cost of `cost` saves (negative: it costs more)."""
+    return None if baseline is None or baseline <= 0 else 1.0 - cost / baseline
 
 
 def _figures_doc(f: SplitFigures) -> dict[str, Any]:
@@ -198,7 +225,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     heldout = _figures_doc(plan.heldout)
     heldout.update(drop_bound=plan.drop_bound, delta=plan.delta)
     promise = {} if plan.promise is None else {"promise": plan.promise.to_json()}
-    return {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "version": 1 if plan.gates is None else VERSION,
         "bundle": {
@@ -237,6 +264,11 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         },
         **promise,
     }
+    if plan.static_ms is not None:
+        doc["static"] = {"cost_ms": plan.static_ms}
+    if plan.fallback is not None:
+        doc["fallback"] = plan.fallback
+    return doc
 
 
 def _numbers(
@@ -350,6 +382,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     heldout_f = f.child("heldout")
     oracle = f.child("oracle")
     search = f.child("search")
+    static = f.child("static").number("cost_ms", minimum=0.0) if "static" in f.obj else None
     gap = f.get("gap_closure", (int, float, type(None)))
     if gap is not None and not math.isfinite(gap):
         f.fail("must be a finite number or null", "gap_closure")
@@ -378,7 +411,9 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         search_method=search.get("method", str, check=_one_of(SEARCH_METHODS)),
         max_states=_int(search, "max_states", minimum=1),
         subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
+        static_ms=static,
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
+        fallback=f.get("fallback", str, None),
         gates=gates,
     )
 

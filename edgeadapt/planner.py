@@ -27,7 +27,13 @@ of every state) and the per-state costs measured on the device:
    same reference state, a bound on the drop at confidence 1 - delta (the promised
    max_drop for risk-controlled plans; a Clopper-Pearson bound for empirical ones),
    the expected cost, the exact oracle over all states, and the oracle gap closure
-   ``(R_N - R_policy) / (R_N - R_oracle)``.
+   ``(R_N - R_policy) / (R_N - R_oracle)``; with the measured whole model's cost
+   (`static_ms`), the plan also records it, so its expected cost is held to the static
+   model a user would otherwise deploy as well as to R_N (`Plan.beats_static`).
+
+The costs should be the ones the cascade pays: a profile taken in ``chain`` order (the
+profiler's default). `profile_costs` reads both baselines from a profile and says when
+its step costs were timed each step alone.
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
@@ -64,6 +70,7 @@ from edgeadapt.stats import drop_upper_bound
 if TYPE_CHECKING:
     from edgeadapt.bundle import Bundle
     from edgeadapt.evaluation import Evaluation
+    from edgeadapt.profile import Profile
 
 _FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
 CALIBRATIONS = ("risk", "empirical")
@@ -379,11 +386,13 @@ def make_plan(
     max_drop: float = 0.005,
     measure: str | None = None,
     delta: float = 0.05,
+    static_ms: float | None = None,
     calibration: str = "risk",
     policy: str = "threshold",
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
 
+    `static_ms` is the measured whole model's cost, recorded as the plan's static baseline.
     `policy` ``"gate"`` fits a learned gate per kept state but the last on `calib`
     (`edgeadapt.gates`) and thresholds the gates' scores instead of the confidences;
     the splits need every measure's confidences (`Outcomes.gate_inputs`).
@@ -407,6 +416,8 @@ def make_plan(
         calibration,
         policy,
     )
+    if static_ms is not None and not (math.isfinite(static_ms) and static_ms >= 0):
+        raise InputError(f"must be finite and >= 0, got {static_ms}", field="static_ms")
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
     choice = search_subsets(
@@ -418,6 +429,7 @@ def make_plan(
         reference_accuracy=float(calib_acc[reference]),
     )
     promise: Promise | None = None
+    fallback: str | None = None
     thresholds = choice.calibration.thresholds
     kept = choice.states
     gates: tuple[Gate, ...] | None = None
@@ -433,6 +445,7 @@ def make_plan(
         thresholds = controlled.thresholds
         if not promise.holds:
             kept, thresholds = (reference,), np.empty(0)
+            fallback = promise.describe()
     fires = np.append(np.isfinite(thresholds), True)
     if gates is not None and not fires.all():
         # Gates are fitted on the features of every kept state, so a gated state cannot be
@@ -443,20 +456,38 @@ def make_plan(
     thresholds = thresholds[fires[:-1]]
     if gates is not None:
         gates = gates[: len(states) - 1]
-    cols = list(states)
-    cost_ms = subset_costs(costs, states, kind)
 
-    def figures(split: Outcomes) -> tuple[SplitFigures, np.ndarray]:
-        conf = _policy_conf(split, cols, gates)
-        run = simulate(conf, split.correct[:, cols], cost_ms, thresholds)
+    def figures(
+        split: Outcomes,
+        states: tuple[int, ...],
+        thresholds: np.ndarray,
+        gates: tuple[Gate, ...] | None,
+    ) -> tuple[SplitFigures, np.ndarray]:
+        cols = list(states)
+        run = simulate(
+            _policy_conf(split, cols, gates),
+            split.correct[:, cols],
+            subset_costs(costs, states, kind),
+            thresholds,
+        )
         policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
         ref = float(split.correct[:, reference].mean())
         return SplitFigures(
             split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost
         ), policy_correct
 
-    calib_figures, _ = figures(calib)
-    held_figures, held_correct = figures(heldout)
+    held_figures, held_correct = figures(heldout, states, thresholds, gates)
+    if static_ms is not None and len(states) > 1 and held_figures.cost_ms >= static_ms:
+        fallback = (
+            f"no plan of several states beats the measured static model: expected "
+            f"{held_figures.cost_ms:.4g} ms against {static_ms:.4g} ms; the plan keeps "
+            "the static model"
+        )
+        states, thresholds = (reference,), np.empty(0)
+        gates = None if gates is None else ()
+        held_figures, held_correct = figures(heldout, states, thresholds, gates)
+    calib_figures, _ = figures(calib, states, thresholds, gates)
+    cost_ms = subset_costs(costs, states, kind)
     r_oracle, a_oracle = exact_oracle(heldout.correct, costs)
     r_n = float(costs[-1])
     return Plan(
@@ -472,11 +503,7 @@ def make_plan(
         max_drop=max_drop,
         calibration=calib_figures,
         heldout=held_figures,
-        drop_bound=(
-            drop_upper_bound(heldout.correct[:, reference], held_correct, delta)
-            if promise is None
-            else (max_drop if promise.holds else 0.0)
-        ),
+        drop_bound=_drop_bound(heldout, reference, held_correct, delta, promise, fallback),
         delta=delta,
         r_oracle=r_oracle,
         a_oracle=a_oracle,
@@ -487,8 +514,27 @@ def make_plan(
         max_states=max_states,
         subsets_evaluated=choice.evaluated,
         promise=promise,
+        static_ms=None if static_ms is None else float(static_ms),
+        fallback=fallback,
         gates=gates,
     )
+
+
+def _drop_bound(
+    heldout: Outcomes,
+    reference: int,
+    policy_correct: np.ndarray,
+    delta: float,
+    promise: Promise | None,
+    fallback: str | None,
+) -> float:
+    """The drop the plan is bounded by at confidence 1 - delta: 0 for the reference state
+    alone, the promised max_drop for a risk-controlled plan, else Clopper-Pearson."""
+    if fallback is not None:
+        return 0.0
+    if promise is not None:
+        return promise.max_drop
+    return drop_upper_bound(heldout.correct[:, reference], policy_correct, delta)
 
 
 def _policy_conf(split: Outcomes, cols: list[int], gates: tuple[Gate, ...] | None) -> np.ndarray:
@@ -576,6 +622,7 @@ def plan_bundle(
     max_states: int = 4,
     max_drop: float = 0.005,
     delta: float = 0.05,
+    static_ms: float | None = None,
     calibration: str = "risk",
     policy: str = "threshold",
 ) -> Plan:
@@ -594,6 +641,7 @@ def plan_bundle(
         max_drop=max_drop,
         measure=measure,
         delta=delta,
+        static_ms=static_ms,
         calibration=calibration,
         policy=policy,
     )
@@ -614,4 +662,37 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
         split.correct[:, cols],
         np.asarray(plan.cost_ms, dtype=np.float64),
         np.asarray(plan.thresholds, dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class ProfileCosts:
+    """What the planner takes from a profile: each state's cost (p50 at batch 1, ms),
+    the measured whole model's (None when not timed), and the order the steps were
+    timed in."""
+
+    state_ms: tuple[float, ...]
+    static_ms: float | None
+    order: str
+
+    @property
+    def note(self) -> str | None:
+        """A caveat to show the user, None when the costs are the cascade's."""
+        if self.order == "chain":
+            return None
+        return (
+            f"the profile timed each step alone ({self.order} order): the cascade pays "
+            "more (cache refills between steps); profile with --order chain to plan on "
+            "what it pays"
+        )
+
+
+def profile_costs(profile: Profile, bundle: Bundle) -> ProfileCosts:
+    """The state costs and the static baseline of `profile` for `bundle` (checked)."""
+    from edgeadapt.profile import state_costs, static_cost
+
+    return ProfileCosts(
+        state_ms=tuple(state_costs(profile, bundle)),
+        static_ms=static_cost(profile, bundle),
+        order=profile.order,
     )
