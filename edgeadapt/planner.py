@@ -54,9 +54,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edgeadapt.calibrate import (
+    NEVER,
     Calibration,
     CascadeResult,
     calibrate,
+    exit_states,
     required_correct,
     simulate,
 )
@@ -64,7 +66,7 @@ from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
 from edgeadapt.gates import Gate, GateInputs, fit_gates, policy_confidences
 from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
-from edgeadapt.risk import Promise, RiskControlled, learn_path, risk_control
+from edgeadapt.risk import Promise, RiskControlled, risk_control, shared_path
 from edgeadapt.stats import drop_upper_bound
 
 if TYPE_CHECKING:
@@ -557,7 +559,9 @@ def _gated_states(
     calibration: str,
 ) -> tuple[tuple[int, ...], tuple[Gate, ...], np.ndarray]:
     """Gates for the kept `states`, fitted on `calib`, and their calibration-split
-    thresholds (the empirical ones, or the learned path's target for risk control).
+    thresholds (the empirical ones, or the end of the shared-threshold path for risk
+    control: gate scores all estimate one probability, so one threshold serves every
+    gate, `edgeadapt.risk.shared_path`).
 
     A state whose gate never fires there is dropped and the gates are fitted again on
     the rest (its features would otherwise still feed the later gates), until every
@@ -573,14 +577,15 @@ def _gated_states(
         conf = policy_confidences(gates, inputs)
         cost = subset_costs(costs, states, kind)
         if calibration == "risk":
-            t = learn_path(conf, correct, cost, ref, max_drop=max_drop)[-1]
+            t = shared_path(conf, correct, ref, max_drop=max_drop)[-1]
         else:
             t = calibrate(
                 conf, correct, cost, max_drop=max_drop, reference_accuracy=float(ref.mean())
             ).thresholds
-        fires = np.isfinite(t)
+        exits = np.bincount(exit_states(conf, t), minlength=len(states))[:-1]
+        fires = np.isfinite(t) & (exits > 0)
         if fires.all() or not fires.any():
-            return states, gates, t
+            return states, gates, np.where(fires, t, NEVER)
         states = tuple(s for s, f in zip(states, [*fires, True], strict=True) if f)
 
 
@@ -608,6 +613,7 @@ def _risk_controlled(
         subset_costs(costs, states, kind),
         max_drop=max_drop,
         delta=delta,
+        shared=gates is not None,
     )
 
 

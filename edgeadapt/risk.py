@@ -171,6 +171,57 @@ def learn_path(
     return path
 
 
+#: Shared-threshold candidates (quantiles of the learning split's scores) that
+#: `shared_path` scans for its end point.
+SHARED_GRID = 400
+
+
+def shared_path(
+    conf: np.ndarray,
+    correct: np.ndarray,
+    reference_correct: np.ndarray,
+    *,
+    max_drop: float,
+    points: int = PATH_POINTS,
+    grid: int = SHARED_GRID,
+) -> list[np.ndarray]:
+    """Threshold vectors that give every exit one shared threshold, learned on this split.
+
+    For scores that estimate the same probability at every exit (learned gates: the
+    chance that exiting is not a loss), one threshold is the natural policy: exit
+    wherever that chance is high enough. The path falls from "never exit early"
+    through `points` shared thresholds, evenly spaced in the share of scores they pass,
+    down to the lowest one whose loss rate here is still at most `max_drop` (the scan
+    stops at the first that exceeds it). Repeated points are dropped.
+    """
+    n, s = conf.shape
+    never = np.full(s - 1, NEVER)
+    if s == 1:
+        return [never]
+    ref = np.asarray(reference_correct, dtype=bool)
+    pooled = np.sort(conf[:, :-1].ravel())[::-1]
+    rows = np.arange(n)
+    end = 0
+    levels = [
+        float(pooled[min(pooled.size, math.ceil(k * pooled.size / grid)) - 1])
+        for k in range(1, grid + 1)
+    ]
+    for k, tau in enumerate(levels, start=1):
+        state = exit_states(conf, np.full(s - 1, tau))
+        if np.count_nonzero(ref & ~correct[rows, state]) > max_drop * n:
+            break
+        end = k
+    path = [never]
+    for i in range(1, points + 1):
+        k = math.ceil(end * i / points)
+        if k == 0:
+            continue
+        t = np.full(s - 1, levels[k - 1])
+        if not any(np.array_equal(t, p) for p in path):
+            path.append(t)
+    return path
+
+
 def fixed_sequence(
     path: list[np.ndarray],
     conf: np.ndarray,
@@ -229,17 +280,22 @@ def risk_control(
     max_drop: float,
     delta: float,
     points: int = PATH_POINTS,
+    shared: bool = False,
 ) -> RiskControlled:
     """Learn a path on `learn`, test it on `test` (module docstring).
 
     Each split is ``(conf, correct, reference_correct)``: confidences and correctness
     ``[N, S]`` of the kept states in cost order (the last one always answers), and the
     reference state's correctness ``[N]``, the state the drop is measured against.
-    `cost` is what exiting at each kept state pays.
+    `cost` is what exiting at each kept state pays. `shared` learns a `shared_path`
+    (one threshold for every exit) instead of the per-exit `learn_path`.
     """
     conf_l, correct_l, ref_l = learn
     conf_t, correct_t, ref_t = test
-    path = learn_path(conf_l, correct_l, cost, ref_l, max_drop=max_drop, points=points)
+    if shared:
+        path = shared_path(conf_l, correct_l, ref_l, max_drop=max_drop, points=points)
+    else:
+        path = learn_path(conf_l, correct_l, cost, ref_l, max_drop=max_drop, points=points)
     return fixed_sequence(path, conf_t, correct_t, cost, ref_t, max_drop=max_drop, delta=delta)
 
 

@@ -24,6 +24,7 @@ from edgeadapt.risk import (
     loss_p_value,
     required_samples,
     risk_control,
+    shared_path,
 )
 from edgeadapt.stats import binom_cdf, binom_sf
 
@@ -71,7 +72,7 @@ def _violation_limit(trials: int, delta: float) -> int:
     return k
 
 
-def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta):
+def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, shared=False):
     conf, correct = pool
     cost = np.array([1.0, 2.0, 3.0, 4.0])[: conf.shape[1]]
     learn = rng.integers(0, len(conf), n_learn)
@@ -83,6 +84,7 @@ def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta):
         max_drop=max_drop,
         delta=delta,
         points=6,
+        shared=shared,
     )
     both = np.concatenate([learn, test])
     empirical = calibrate(
@@ -103,16 +105,21 @@ def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("pool_name", "n_learn", "n_test", "max_drop", "delta"),
-    [("synthetic", 800, 1200, 0.02, 0.1), ("mnist1d", 1000, 1500, 0.01, 0.1)],
+    ("pool_name", "n_learn", "n_test", "max_drop", "delta", "shared"),
+    [
+        ("synthetic", 800, 1200, 0.02, 0.1, False),
+        ("synthetic", 800, 1200, 0.02, 0.1, True),
+        ("mnist1d", 1000, 1500, 0.01, 0.1, False),
+    ],
 )
 def test_promise_holds_over_resamples_and_empirical_calibration_breaks_it(
-    pool_name, n_learn, n_test, max_drop, delta
+    pool_name, n_learn, n_test, max_drop, delta, shared
 ):
     pool = _synthetic_pool() if pool_name == "synthetic" else _mnist1d_pool()
     rng = np.random.default_rng(7)
     trials = [
-        _resample_trial(pool, rng, n_learn, n_test, max_drop, delta) for _ in range(RESAMPLES)
+        _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, shared)
+        for _ in range(RESAMPLES)
     ]
     promised = np.array([t[0] for t in trials])
     empirical = np.array([t[1] for t in trials])
@@ -169,6 +176,24 @@ def test_learned_path_starts_at_the_static_model_and_gets_cheaper():
     costs = [cost[exit_states(conf, t)].mean() for t in path]
     assert costs[0] == 3.0
     assert costs[-1] < costs[0]
+
+
+def test_shared_path_gives_every_exit_one_falling_threshold():
+    conf, correct = _synthetic_pool(4000)
+    cost = np.array([1.0, 2.0, 3.0])
+    path = shared_path(conf, correct, correct[:, -1], max_drop=0.03, points=8)
+    assert np.isinf(path[0]).all()
+    assert 2 < len(path) <= 9
+    levels = [float(t[0]) for t in path[1:]]
+    assert all(np.all(t == t[0]) for t in path[1:])
+    assert levels == sorted(levels, reverse=True)
+    costs = [cost[exit_states(conf, t)].mean() for t in path]
+    assert costs[-1] < costs[1] < costs[0] == 3.0
+    state = exit_states(conf, path[-1])
+    lost = correct[:, -1] & ~correct[np.arange(len(state)), state]
+    assert lost.mean() <= 0.03
+    (alone,) = shared_path(conf[:, :1], correct[:, :1], correct[:, 0], max_drop=0.03)
+    assert alone.size == 0
 
 
 @settings(max_examples=60, deadline=None)
