@@ -36,6 +36,7 @@ while a batch is processed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -81,6 +82,13 @@ def decide_buffers(batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     )
 
 
+class _GateLike(Protocol):
+    @property
+    def weights(self) -> Sequence[float]: ...
+    @property
+    def bias(self) -> float: ...
+
+
 class GateRun:
     """A gate plan's decisions along one cascade call, one kept state at a time.
 
@@ -89,7 +97,7 @@ class GateRun:
     rows exit, so a caller handles only its own activations. Use it where the threshold
     cascade calls `decide_into`:
 
-        run = GateRun(gates)           # once, at load: one gate per kept state but the last
+        run = GateRun(plan.gates, plan.measure)   # once, at load
         run.start(batch)               # at the start of each predict call
         k = run.decide_into(logits, threshold, pred, conf, exit_mask, continue_idx)
 
@@ -99,10 +107,15 @@ class GateRun:
     confidence and ``continue_idx`` as `decide_into` with `threshold` would.
     """
 
-    def __init__(self, gates: Sequence[Gate], measure: str = "maxprob", batch: int = 1) -> None:
+    def __init__(
+        self, gates: Sequence[Gate | _GateLike], measure: str = "maxprob", batch: int = 1
+    ) -> None:
         if measure not in MEASURES:
             raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
-        self.gates = tuple(gates)
+        # A plan's gates (edgeadapt.gates.Gate) are taken as they are: weights and bias.
+        self.gates = tuple(
+            g if isinstance(g, Gate) else Gate(list(g.weights), float(g.bias)) for g in gates
+        )
         self.measure = measure
         self._history = np.zeros((0, max(1, len(self.gates))), dtype=np.int64)
         self._previous = np.zeros(0, dtype=np.float32)

@@ -228,8 +228,7 @@ def test_kernel_runs_a_gate_plan_as_the_planner_simulated_it():
     want = simulate_plan(plan, outcomes)
     assert 0 < np.count_nonzero(want.exit_state < len(plan.states) - 1) < 800
 
-    gates = [kernel.Gate(list(g.weights), g.bias) for g in plan.gates]
-    run = kernel.GateRun(gates)
+    run = kernel.GateRun(plan.gates, plan.measure)
     run.start(800)
     pred_buf, conf_buf, mask_buf, idx_buf = kernel.decide_buffers(800)
     exit_at = np.full(800, -1)
