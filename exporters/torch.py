@@ -10,7 +10,9 @@ A trace that torch flags (`TracerWarning`: data-dependent control flow, Python v
 baked in) or an exporter fallback is an error, not a warning: such a graph may compute
 something else on other inputs. Before anything is written, every state of the ONNX
 bundle is run on ONNX Runtime on random inputs of batch 1 and 7 and compared with the
-torch model (rtol 1e-3, atol 1e-5); the worst absolute error goes into the manifest.
+torch model (tolerance ``max(parity_atol, parity_rtol * max |logit|)``, by default
+rtol 1e-3 and atol 1e-5); the worst absolute error goes into the manifest. States are
+named ``exit0`` .. ``exit{N-1}`` as the ONNX exporter names them.
 
 torch is an optional extra (``pip install 'edgeadapt[torch]'``); it is imported on
 first use.
@@ -202,9 +204,12 @@ def _parity(
     reference: Callable[[torch.Tensor], list[torch.Tensor]],
     spec: InputSpec,
     outputs: Sequence[Sequence[str]],
+    rtol: float,
+    atol: float,
 ) -> list[float]:
     """Run each session (in chain order) on random batches; compare state logits with
-    `reference` (called under `_eval_mode`). Returns the worst absolute error per state; raises past tolerance."""
+    `reference` (called under `_eval_mode`). Returns the worst absolute error per state;
+    raises past the tolerance ``max(atol, rtol * max |logit|)``."""
     torch = _torch()
     worst = [0.0] * len(sessions)
     for x in _graph.example_inputs(spec):
@@ -212,12 +217,15 @@ def _parity(
         previous: list[np.ndarray] = []
         for i, sess in enumerate(sessions):
             previous = sess.run(list(outputs[i]), feeds(i, previous, x))
-            err, ok = _graph.worst_error(previous[-1], want[i])
+            err, ok = _graph.worst_error(previous[-1], want[i], rtol, atol)
             worst[i] = max(worst[i], err)
             if not ok:
+                tol = _graph.tolerance(want[i], rtol, atol)
                 raise InputError(
                     f"parity check failed: state {i} differs from the torch model on a batch "
-                    f"of {len(x)} (max abs error {err:.3g}, rtol {_graph.RTOL}, atol {_graph.ATOL})"
+                    f"of {len(x)} (max abs error {err:.3g}; tolerance {tol:.3g} = max(atol "
+                    f"{atol:g}, rtol {rtol:g} x max |logit| {float(np.max(np.abs(want[i]))):.3g})"
+                    "; raise parity_rtol/parity_atol to accept it)"
                 )
     return worst
 
@@ -232,6 +240,8 @@ def export_torch(
     state_names: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     extra: dict[str, Any] | None = None,
+    parity_rtol: float = _graph.RTOL,
+    parity_atol: float = _graph.ATOL,
     force: bool = False,
 ) -> Bundle:
     """Export a multi-exit network as an early-exit bundle in `out_dir`.
@@ -280,7 +290,7 @@ def export_torch(
 
         sessions = [_graph.session(s.model) for s in steps]
         outputs = [[n for n in (s.activation, s.logits) if n] for s in steps]
-        worst = _parity(sessions, feeds, reference, spec, outputs)
+        worst = _parity(sessions, feeds, reference, spec, outputs, parity_rtol, parity_atol)
         num_classes = int(reference(example_input[:1])[-1].shape[-1])
     return write_bundle(
         out_dir,
@@ -295,7 +305,7 @@ def export_torch(
             "opset": opset,
             "source_sha256": model_sha256([*stages, *heads]),
         },
-        extra={**(extra or {}), "parity": _parity_record(worst)},
+        extra={**(extra or {}), "parity": _parity_record(worst, parity_rtol, parity_atol)},
         force=force,
     )
 
@@ -324,6 +334,8 @@ def export_torch_family(
     state_names: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     extra: dict[str, Any] | None = None,
+    parity_rtol: float = _graph.RTOL,
+    parity_atol: float = _graph.ATOL,
     force: bool = False,
 ) -> Bundle:
     """Export independent classifiers (a model family) as an ensemble bundle.
@@ -360,6 +372,8 @@ def export_torch_family(
             lambda x: [m(x) for m in models],
             spec,
             [["logits"]] * len(models),
+            parity_rtol,
+            parity_atol,
         )
         classes = {int(m(example_input[:1]).shape[-1]) for m in models}
     if len(classes) != 1:
@@ -377,16 +391,16 @@ def export_torch_family(
             "opset": opset,
             "source_sha256": model_sha256(models),
         },
-        extra={**(extra or {}), "parity": _parity_record(worst)},
+        extra={**(extra or {}), "parity": _parity_record(worst, parity_rtol, parity_atol)},
         force=force,
     )
 
 
-def _parity_record(worst: list[float]) -> dict[str, Any]:
+def _parity_record(worst: list[float], rtol: float, atol: float) -> dict[str, Any]:
     return {
         "max_abs_error": max(worst),
         "per_state": worst,
-        "rtol": _graph.RTOL,
-        "atol": _graph.ATOL,
+        "rtol": rtol,
+        "atol": atol,
         "batches": [1, 7],
     }
