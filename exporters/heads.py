@@ -60,6 +60,7 @@ class LinearHead:
     ridge: float
     temperature: float
     mask: str | None = None  # the graph input masking tokens for pool "mean"
+    prefix: int = 0  # tokens before the masked ones ([CLS] prepended), always counted
 
     @property
     def overfit(self) -> bool:
@@ -101,15 +102,21 @@ def choose_pool(tail: tuple[int, ...], pool: str, *, tokens: bool = False) -> st
     return pool
 
 
-def features(act: np.ndarray, pool: str, mask: np.ndarray | None = None) -> np.ndarray:
-    """The head's input features (float64), computed as the ONNX head computes them."""
+def features(
+    act: np.ndarray, pool: str, mask: np.ndarray | None = None, prefix: int = 0
+) -> np.ndarray:
+    """The head's input features (float64), computed as the ONNX head computes them.
+
+    For ``mean`` with a `mask` ``[B, T - prefix]``, the first `prefix` tokens (a
+    prepended [CLS]) always count."""
     act = np.asarray(act, dtype=np.float64)
     if pool == "cls":
         return act[:, 0, :]
     if pool == "mean":
         if mask is None:
             return act.mean(axis=1)
-        m = np.asarray(mask, dtype=np.float64).reshape(len(act), 1, -1)
+        m = np.asarray(mask, dtype=np.float64).reshape(len(act), -1)
+        m = np.concatenate([np.ones((len(act), prefix)), m], axis=1).reshape(len(act), 1, -1)
         total = (m @ act).reshape(len(act), -1)
         count = np.maximum(m.sum(axis=2), 1.0)
         return total / count
@@ -323,16 +330,20 @@ def head_graph(
     elif head.pool == "mean":
         tokens = act_shape[1]
         inputs.append(
-            helper.make_tensor_value_info("mask", onnx.TensorProto.INT64, [BATCH, tokens])
+            helper.make_tensor_value_info(
+                "mask", onnx.TensorProto.INT64, [BATCH, int(tokens) - head.prefix]
+            )
         )
         inits += [
+            numpy_helper.from_array(np.array([0, head.prefix, 0, 0], np.int64), "prefix_pads"),
             numpy_helper.from_array(np.array([0, 1, -1], np.int64), "row_shape"),
             numpy_helper.from_array(np.ones((int(tokens), 1), np.float32), "ones"),
             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
         ]
         nodes += [
             helper.make_node("Cast", ["mask"], ["mask_f"], to=onnx.TensorProto.FLOAT),
-            helper.make_node("Reshape", ["mask_f", "row_shape"], ["mask_row"]),
+            helper.make_node("Pad", ["mask_f", "prefix_pads", "one"], ["mask_full"]),
+            helper.make_node("Reshape", ["mask_full", "row_shape"], ["mask_row"]),
             helper.make_node("MatMul", ["mask_row", src], ["masked_sum"]),
             helper.make_node("MatMul", ["mask_row", "ones"], ["mask_count"]),
             helper.make_node("Max", ["mask_count", "one"], ["mask_count1"]),

@@ -269,12 +269,14 @@ def _extract(
     return step
 
 
-def _run_error(e: Exception, source: Path, what: str) -> InputError:
+def _run_error(e: Exception, source: Path, what: str, batch: bool = False) -> InputError:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not batch:
+        return InputError(f"ONNX Runtime cannot run {what}: {text}", source=source)
     return InputError(
-        f"ONNX Runtime cannot run {what} at another batch size: {text} (this model cannot "
-        "run at another batch size: its graph probably fixes the batch, e.g. a Reshape to a "
-        "constant shape; export it with a dynamic batch axis)",
+        f"this model cannot run at another batch size: ONNX Runtime fails on {what} at "
+        f"batch 2 ({text}); its graph probably fixes the batch, e.g. a Reshape to a "
+        "constant shape: export it with a dynamic batch axis",
         source=source,
     )
 
@@ -287,7 +289,7 @@ def _check_batch(
     try:
         got = _graph.session(model).run([final], feeds)[0]
     except Exception as e:  # onnxruntime raises its own exception types
-        raise _run_error(e, source, "the model") from None
+        raise _run_error(e, source, "the model", batch=True) from None
     if got.shape[:1] != (2,):
         raise InputError(
             f"this model cannot run at another batch size: for a batch of 2 its logits "
@@ -335,7 +337,8 @@ def _parity(
                 if isinstance(want, LinearHead):
                     assert step.activation is not None
                     mask = feed[want.mask] if want.mask else None
-                    target = want.predict(features(env[step.activation], want.pool, mask))
+                    feats = features(env[step.activation], want.pool, mask, want.prefix)
+                    target = want.predict(feats)
                     label = f"trained head of step {i}"
                 else:
                     target, label = ref[want], f"source tensor {want!r}"
@@ -380,6 +383,7 @@ def _train_heads(
     cuts: Sequence[str],
     pools: Mapping[str, str],
     masks: Mapping[str, str],
+    prefixes: Mapping[str, int],
     num_classes: int,
     batch_size: int,
     seed: int,
@@ -400,14 +404,15 @@ def _train_heads(
             raise _run_error(e, source, "the model on the calibration set") from None
         for cut, act in zip(cuts, acts, strict=True):
             mask = feeds[masks[cut]] if cut in masks else None
-            fitters[cut].add(features(act, pools[cut], mask), y)
+            fitters[cut].add(features(act, pools[cut], mask, prefixes.get(cut, 0)), y)
         if not sample:
             sample.append({k: v[:64] for k, v in feeds.items()})
         tick("calibration forward pass")
     heads = {}
     for cut in cuts:
         head = fitters[cut].fit()
-        heads[cut] = LinearHead(**{**head.__dict__, "mask": masks.get(cut)})
+        fields = {"mask": masks.get(cut), "prefix": prefixes.get(cut, 0)}
+        heads[cut] = LinearHead(**{**head.__dict__, **fields})
         tick(f"trained head at {cut}")
     return heads, sample
 
@@ -510,6 +515,7 @@ def export_onnx(
     integer_input = any(np.dtype(s.dtype).kind != "f" for s in specs)
     pools: dict[str, str] = {}
     masks: dict[str, str] = {}
+    prefixes: dict[str, int] = {}
     for cut in untrained:
         tokens = is_token_sequence(tails[cut], len(specs[0].shape), integer_input)
         try:
@@ -518,14 +524,17 @@ def export_onnx(
             raise InputError(f"cut {cut!r}: {e}", source=source, field="pool") from None
         if pools[cut] == "mean" and mask_name is not None:
             mask_spec = next(s for s in specs if s.name == mask_name)
-            if tuple(mask_spec.shape[1:]) != tails[cut][:1]:
+            extra_tokens = tails[cut][0] - int(mask_spec.shape[1])
+            if len(mask_spec.shape) != 2 or not 0 <= extra_tokens <= 2:
                 raise InputError(
                     f"mask input {mask_name!r} has per-sample shape {list(mask_spec.shape[1:])}"
-                    f" but cut {cut!r} has {tails[cut][0]} tokens",
+                    f" but cut {cut!r} has {tails[cut][0]} tokens (up to 2 prepended tokens "
+                    "such as [CLS] are allowed)",
                     source=source,
                     field="mask",
                 )
             masks[cut] = mask_name
+            prefixes[cut] = extra_tokens
     if pool in TOKEN_POOLS and not untrained:
         raise InputError(f"pool {pool!r} applies to trained heads; no cut has one", field="pool")
     plans = _plan(model, specs, cuts, heads, final, mask_name, masks, source)
@@ -545,7 +554,17 @@ def export_onnx(
     sample: list[dict[str, np.ndarray]] = []
     if calib is not None:
         trained, sample = _train_heads(
-            model, calib, untrained, pools, masks, num_classes, batch_size, seed, source, tick
+            model,
+            calib,
+            untrained,
+            pools,
+            masks,
+            prefixes,
+            num_classes,
+            batch_size,
+            seed,
+            source,
+            tick,
         )
 
     steps: list[Step] = []
@@ -583,6 +602,7 @@ def export_onnx(
                 "kind": "trained-linear",
                 "pool": h.pool,
                 "mask": h.mask,
+                "mask_prefix_tokens": h.prefix,
                 "features": int(h.weight.shape[0]),
                 "train_accuracy": round(h.train_accuracy, 6),
                 "heldout_accuracy": round(h.heldout_accuracy, 6),
@@ -603,11 +623,10 @@ def export_onnx(
     }
     if notes:
         extra["warnings"] = notes
-    io: dict[str, Any] = {"input": specs[0]} if len(specs) == 1 else {"inputs": specs}
     return write_bundle(
         out_dir,
         kind="early-exit",
-        **io,
+        inputs=specs,
         num_classes=num_classes,
         steps=steps,
         state_names=[f"exit{i}" for i in range(len(steps))],

@@ -37,7 +37,7 @@ def test_export_onnx_then_inspect_json(tmp_path, source):
     result = _run("export", "onnx", source, *ONNX_ARGS, "-o", out)
     assert result.exit_code == 0, result.output
     assert "exit0" in result.output
-    assert "final" in result.output
+    assert "exit2" in result.output
     result = _run("inspect", out, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
