@@ -253,19 +253,26 @@ def _model(nodes: list, inputs: list, outputs: list, inits: list) -> onnx.ModelP
     return model
 
 
-def shared_constant_chain(width: int = 16, layers: int = 3, constant: int = 1) -> onnx.ModelProto:
+def shared_constant_chain(
+    width: int = 16, layers: int = 3, vector: bool = False
+) -> onnx.ModelProto:
     """``x [B, width]`` -> `layers` x (Gemm, Mul by one shared Constant, Relu) -> logits
-    ``[B, 10]``: the Constant (of `constant` float values) is read by every layer, as a
-    torch export's shared ``/Constant``; cuts at ``relu{i}``."""
+    ``[B, 10]``: the Constant (a scalar, or `vector`: ``width`` floats) is read by every
+    layer, as a torch export's shared ``/Constant``; cuts at ``relu{i}``."""
     rng = np.random.default_rng(0)
-    inits, nodes = [], [
-        helper.make_node(
-            "Constant",
-            [],
-            ["shared"],
-            value=numpy_helper.from_array(np.full(constant, 0.5, np.float32), "shared"),
-        )
-    ]
+    inits, nodes = (
+        [],
+        [
+            helper.make_node(
+                "Constant",
+                [],
+                ["shared"],
+                value=numpy_helper.from_array(
+                    np.full((width,) if vector else (), 0.5, np.float32), "shared"
+                ),
+            )
+        ],
+    )
     src = "x"
     for i in range(layers):
         w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
@@ -276,9 +283,7 @@ def shared_constant_chain(width: int = 16, layers: int = 3, constant: int = 1) -
             helper.make_node("Relu", [f"m{i}"], [f"relu{i}"]),
         ]
         src = f"relu{i}"
-    inits.append(
-        numpy_helper.from_array(rng.standard_normal((width, 10)).astype(np.float32), "fc")
-    )
+    inits.append(numpy_helper.from_array(rng.standard_normal((width, 10)).astype(np.float32), "fc"))
     nodes.append(helper.make_node("Gemm", [src, "fc"], ["logits"]))
     return _model(
         nodes,
