@@ -295,12 +295,13 @@ def test_residual_bn_cnn_bundle_equals_the_model(tmp_path, cnn_onnx):
         tmp_path / "b",
         cuts=cuts,
         calibration=tmp_path / "c.npz",
+        pool="gap",
         batch_size=10,
         progress=lambda label, done, total: seen.append(label),
     )
     assert seen.count("calibration forward pass") == 10  # one tick per batch of 10
     assert [s.name for s in bundle.states] == ["exit0", "exit1", "exit2"]
-    assert [h["pool"] for h in bundle.extra["heads"]] == ["flatten", "flatten"]  # <= 4096
+    assert [h["pool"] for h in bundle.extra["heads"]] == ["gap", "gap"]
     for h in bundle.extra["heads"]:
         assert h["train_samples"] + h["heldout_samples"] == 96
         assert 0 <= h["heldout_accuracy"] <= 1
