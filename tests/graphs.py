@@ -152,7 +152,8 @@ def text_encoder(num_classes: int = TEXT_CLASSES, layers: int = 2) -> Any:
 
         def forward(self, h: Any, bias: Any) -> Any:
             b, t, _ = h.shape
-            q, k, v = self.qkv(h).reshape(b, t, 3, HEADS, HIDDEN // HEADS).permute(2, 0, 3, 1, 4)
+            qkv = self.qkv(h).reshape(b, t, 3, HEADS, HIDDEN // HEADS).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
             scores = q @ k.transpose(-1, -2) / (HIDDEN // HEADS) ** 0.5 + bias
             ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, HIDDEN)
             h = self.ln1(h + self.out(ctx))
@@ -338,3 +339,66 @@ def run_model(path: Path, feeds: dict[str, np.ndarray], output: str = "logits") 
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run([output], feeds)[0]
+
+
+def cnn_stages(net: Any) -> tuple[list[Any], list[Any]]:
+    """`residual_cnn` as stages (stem + layer1, layer2, layer3) and exit heads (random
+    pooled linear heads, then the network's own pool + fc): the full path is `net`."""
+    torch = _torch()
+    nn = torch.nn
+    torch.manual_seed(1)
+
+    class Pool(nn.Module):  # type: ignore[misc]
+        def __init__(self, fc: Any) -> None:
+            super().__init__()
+            self.fc = fc
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(x.mean(dim=(2, 3)))
+
+    width = net.stem[0].out_channels
+    stages = [nn.Sequential(net.stem, net.layer1), net.layer2, net.layer3]
+    heads = [Pool(nn.Linear(width, 10)), Pool(nn.Linear(2 * width, 10)), Pool(net.fc)]
+    return stages, heads
+
+
+def text_stages(net: Any) -> tuple[list[Any], list[Any]]:
+    """`text_encoder` as stages (embeddings + layer 0, layer 1) that take the attention
+    mask, and heads on the [CLS] token (a random one, then the encoder's own)."""
+    torch = _torch()
+    nn = torch.nn
+    torch.manual_seed(2)
+
+    def bias(attention_mask: Any, dtype: Any) -> Any:
+        keep = torch.cat([torch.ones_like(attention_mask[:, :1]), attention_mask], dim=1)
+        return (1.0 - keep[:, None, None, :].to(dtype)) * -10000.0
+
+    class First(nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            h = self.net.embed(input_ids)
+            h = torch.cat([self.net.cls.expand(h.shape[0], -1, -1), h], dim=1) + self.net.pos
+            return self.net.layers[0](h, bias(attention_mask, h.dtype))
+
+    class Later(nn.Module):  # type: ignore[misc]
+        def __init__(self, layer: Any) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, h: Any, attention_mask: Any) -> Any:
+            return self.layer(h, bias(attention_mask, h.dtype))
+
+    class Cls(nn.Module):  # type: ignore[misc]
+        def __init__(self, fc: Any) -> None:
+            super().__init__()
+            self.fc = fc
+
+        def forward(self, h: Any) -> Any:
+            return self.fc(h[:, 0])
+
+    stages = [First(), *[Later(layer) for layer in net.layers[1:]]]
+    heads = [Cls(nn.Linear(HIDDEN, TEXT_CLASSES)) for _ in net.layers[1:]] + [Cls(net.head)]
+    return stages, heads
