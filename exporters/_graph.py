@@ -68,7 +68,7 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def with_dynamic_batch(
-    model: onnx.ModelProto, source: str | os.PathLike[str], *, single: bool = False
+    model: onnx.ModelProto, source: str | os.PathLike[str], *, single: bool = True
 ) -> onnx.ModelProto:
     """A copy whose inputs have the dynamic batch axis ``batch``, shapes inferred
     (`single`: refuse a model with more than one input)."""
@@ -263,6 +263,18 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
             out.graph.output.append(infos[name])
             present.add(name)
     return out
+
+
+def run_batched(
+    sess, feed_name: str, x: np.ndarray, outputs: Sequence[str], batch: int = 256
+) -> list[np.ndarray]:
+    """Run `sess` over `x` in batches; concatenate each output."""
+    parts: list[list[np.ndarray]] = [[] for _ in outputs]
+    for start in range(0, len(x), batch):
+        res = sess.run(list(outputs), {feed_name: x[start : start + batch]})
+        for acc, r in zip(parts, res, strict=True):
+            acc.append(r)
+    return [np.concatenate(p) for p in parts]
 
 
 def tolerance(want: np.ndarray, rtol: float, atol: float) -> float:

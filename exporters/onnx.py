@@ -474,7 +474,7 @@ def export_onnx(
                 field="heads",
             )
     raw = _graph.load_source(source)
-    model = _graph.with_dynamic_batch(raw, source)
+    model = _graph.with_dynamic_batch(raw, source, single=False)
     specs = _graph.input_specs(model, source)
     for k, cut in enumerate(cuts):
         _check_cut(model, cut, source, f"cuts[{k}]")
