@@ -246,7 +246,7 @@ def session(model: onnx.ModelProto):  # -> onnxruntime.InferenceSession
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures are re-raised with a message of our own
     return ort.InferenceSession(
         model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
     )

@@ -185,3 +185,32 @@ def test_inspect_warns_about_ops_it_cannot_count(tmp_path):
     assert "warning: step0.onnx: FLOPs leave out ops the counter cannot count: Mystery" in (
         result.stderr
     )
+
+
+def test_export_onnx_two_input_text_model(tmp_path):
+    torch = pytest.importorskip("torch", reason="the test graph is exported from torch")
+    from tests import graphs
+
+    ids, mask = graphs.text_inputs(4)
+    names = ["input_ids", "attention_mask"]
+    source = graphs.export_legacy(
+        graphs.text_encoder(),
+        (torch.from_numpy(ids), torch.from_numpy(mask)),
+        names,
+        tmp_path / "text.onnx",
+    )
+    cut = graphs.tensor_names(source, "LayerNormalization")[1]
+    ids, mask = graphs.text_inputs(100, seed=1)
+    y = np.random.default_rng(0).integers(0, graphs.TEXT_CLASSES, 100)
+    save_npz(tmp_path / "c.npz", input_ids=ids, attention_mask=mask, y=y)
+    out = tmp_path / "b"
+    args = ["--cut", cut, "--calibration", tmp_path / "c.npz", "--pool", "mean"]
+    result = _run("export", "onnx", source, *args, "--mask", "attention_mask", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [i["name"] for i in doc["inputs"]] == names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["heads"][0]["mask"] == "attention_mask"
+    bad = _run("export", "onnx", source, *args, "--mask", "nope", "-o", tmp_path / "b2")
+    assert bad.exit_code == 2
+    assert "mask: 'nope' is not a model input" in bad.output
