@@ -146,10 +146,18 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        # The steps of `SymbolicShapeInference.infer_shapes`, which on a partial result
+        # writes ``sym_shape_infer_temp.onnx`` into the working directory and raises;
+        # here a partial result is kept (the rest stays unknown) and nothing is written.
+        sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        sym._preprocess(model)
+        while sym.run_:
+            sym._infer_impl()
+        sym._update_output_from_vi()
+        inferred = sym.out_mp_
     except Exception:  # a missing or failing optional tool only leaves shapes unknown
         return {}
-    return {} if inferred is None else _shapes(inferred, symbolic_as_one=True)
+    return _shapes(inferred, symbolic_as_one=True)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:

@@ -295,3 +295,17 @@ def test_torch_text_encoder_macs_by_hand(tmp_path):
     cost = count_flops(onnx.load(str(path)))
     assert cost.unknown_ops == []
     assert cost.macs == 2 * per_layer + h * graphs.TEXT_CLASSES
+
+
+def test_partial_symbolic_inference_writes_no_file(tmp_path, monkeypatch):
+    """An op no shape inference knows stays unknown; counting writes nothing to the cwd."""
+    monkeypatch.chdir(tmp_path)
+    nodes = [
+        helper.make_node("Mystery", ["x"], ["m"], domain="custom"),
+        helper.make_node("Relu", ["x"], ["y"]),
+    ]
+    model = _graph(nodes, {"x": (4,)}, opsets=(("", 17), ("custom", 1)))
+    cost = count_flops(model)
+    assert cost.unknown_ops == ["Mystery"]
+    assert cost.flops == 4
+    assert list(tmp_path.iterdir()) == []
