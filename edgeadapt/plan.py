@@ -159,7 +159,20 @@ class Plan:
             "beats_static": self.beats_static,
             "promise": None if self.promise is None else self.promise.to_json(),
             "fallback": self.fallback,
+            "statement": self.statement,
         }
+
+    @property
+    def statement(self) -> str:
+        """What the plan promises, or why it keeps the static model, in one line."""
+        if self.fallback is not None:
+            return self.fallback
+        if self.promise is not None:
+            return self.promise.describe()
+        return (
+            f"no promise (empirical calibration); Clopper-Pearson drop bound "
+            f"{self.drop_bound:.2%} at probability {1 - self.delta:.0%} on the held-out split"
+        )
 
     @property
     def beats_static(self) -> bool | None:
