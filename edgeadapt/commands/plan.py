@@ -64,6 +64,15 @@ from edgeadapt.planner import CALIBRATIONS, POLICIES
     help="The promise (drop <= --max-drop on new data) holds with probability 1 - delta.",
 )
 @click.option(
+    "--cost-percentile",
+    "cost_stat",
+    type=click.Choice(["p50", "p90", "p99"]),
+    default="p50",
+    show_default=True,
+    help="Profile percentile the plan's costs and budget table use: p90 or p99 leave "
+    "room for slow calls, so budgets are missed less often.",
+)
+@click.option(
     "--calibration",
     type=click.Choice(CALIBRATIONS),
     default="risk",
@@ -101,6 +110,7 @@ def plan_cmd(
     delta: float,
     calibration: str,
     policy: str,
+    cost_stat: str,
     out: Path | None,
     as_json: bool,
 ) -> None:
@@ -131,7 +141,7 @@ def plan_cmd(
     from edgeadapt.profile import load_profile
 
     loaded = load_bundle(bundle)
-    costs = profile_costs(load_profile(profile_path, loaded), loaded)
+    costs = profile_costs(load_profile(profile_path, loaded), loaded, stat=cost_stat)
     plan = plan_bundle(
         loaded,
         load_evaluation(evaluation_path),
@@ -145,6 +155,7 @@ def plan_cmd(
         delta=delta,
         calibration=calibration,
         policy=policy,
+        cost_stat=cost_stat,
     )
     target = out if out is not None else loaded.path / "plan.json"
     save_plan(target, plan)
@@ -160,15 +171,7 @@ def plan_cmd(
         f"held-out: accuracy {summary['accuracy']:.2%}, drop {summary['drop']:+.2%} "
         f"against {summary['reference']}"
     )
-    if plan.fallback is not None:
-        click.echo(plan.fallback)
-    elif plan.promise is not None:
-        click.echo(plan.promise.describe())
-    else:
-        click.echo(
-            f"no promise (empirical calibration); Clopper-Pearson drop bound "
-            f"{summary['drop_bound']:.2%} at probability {1 - summary['delta']:.0%}"
-        )
+    click.echo(plan.statement)
     click.echo(
         f"expected cost {summary['cost']:.4f} ms; oracle {summary['oracle']['r_oracle']:.4f} ms "
         f"at {summary['oracle']['a_oracle']:.2%}"
