@@ -10,6 +10,7 @@ state (default: the shipped x86 onnxruntime reference profile); gap closure depe
 their ratios only.
 
     python bench/gates.py [--max-drop 0.005 0.01 0.02] [--seeds 5] [--profile PATH]
+                          [--calibration risk|empirical]
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def main() -> None:
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--seeds", type=int, default=5, help="calibration/held-out cuts per setting")
     ap.add_argument("--profile", type=Path, default=PROFILE)
+    ap.add_argument(
+        "--calibration",
+        choices=["risk", "empirical"],
+        default="risk",
+        help="empirical: thresholds meet max_drop on the calibration half only (no promise)",
+    )
     args = ap.parse_args()
 
     bundle = load_bundle(BUNDLE)
@@ -69,6 +76,7 @@ def main() -> None:
                     kind=bundle.kind,
                     max_drop=max_drop,
                     delta=args.delta,
+                    calibration=args.calibration,
                     policy=policy,
                 )
                 run = simulate_plan(plan, test)
