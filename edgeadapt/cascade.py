@@ -17,7 +17,8 @@ target, the most accurate kept state whose predicted cost fits B (the kernel's
 tight picks a cheaper state). An early-exit plan then runs the cascade up to that
 state, which always answers; an ensemble or branches plan runs that one member alone
 (AdaInf's direct selection of a branch). When nothing fits, or without a plan, the
-cascade walks every kept state. Either way the first state of the route always runs (there is no answer
+cascade walks every kept state. A branches plan without a budget runs its most accurate
+branch alone. Either way the first state of the route always runs (there is no answer
 before it); when the next one is predicted not to fit what is left, every remaining row
 exits with its answer at the last completed state (``budget_exit`` marks them).
 Predicted costs come from `step_costs_ms`, a profile (at the plan's cost percentile) or
@@ -439,11 +440,12 @@ class AdaptiveModel:
         """`check_inputs` for a one-input bundle's bare array: the validated array."""
         return self.check_inputs(x)[self.bundle.input.name]
 
-    def _predict_one(self, inputs: dict[str, np.ndarray]) -> Prediction:
-        """A plan of one state: its one call (the whole model, for early-exit) and the
-        kernel's answer, nothing else; a budget cannot change what runs."""
+    def _predict_one(self, inputs: dict[str, np.ndarray], hop: _Hop) -> Prediction:
+        """One kept state alone, `hop` (a plan of one state, whose budget cannot change
+        what runs, or a branch): its one call (the whole model, for a one-state
+        early-exit plan) and the kernel's answer, nothing else."""
         start = perf_counter_ns()
-        state, slot, _, logits_name, calls, _, _ = self._route[0]
+        state, slot, _, logits_name, calls, _, _ = hop
         ((session, feeds),) = calls
         out = session.run({name: inputs[name] for name, _ in feeds}, check=False)
         self.policy.observe(slot, session.last_run_ns / 1e6)
@@ -501,8 +503,8 @@ class AdaptiveModel:
         """
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
-        if len(self._route) == 1:
-            return self._predict_one(inputs)
+        if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):
+            return self._predict_one(inputs, self._route[-1])
         start = perf_counter_ns()
         b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
@@ -519,6 +521,8 @@ class AdaptiveModel:
             target = policy.lookup(budget)
             if target is not None:  # else nothing fits: the first state, then out
                 route = self._targets[target]
+        elif self.bundle.kind == "branches":  # no budget: the most accurate branch alone
+            route = route[-1:]
         last = len(route) - 1
         # `rows`: original indices of the active rows, None while every row is active;
         # pred/conf always hold each active row's answer at the last completed state.
