@@ -38,6 +38,7 @@ from edgeadapt.kernel import MEASURES, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session, get_runtime
+from edgeadapt.stepcheck import check_logits, check_rows, check_step
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,8 @@ class AdaptiveModel:
         chained along an early-exit bundle) and the kernel on its logits, so that the
         backends' first-call costs (allocations, kernel selection, caches) are paid here
         rather than by the first `predict`. The policy's learned costs are left alone."""
+        if rounds < 1:
+            return
         bundle = self.bundle
         zeros = np.zeros((1, *self._in_shape), dtype=self._in_dtype)
         pbuf, cbuf, mbuf, kbuf = self._buffers
@@ -293,6 +296,7 @@ class AdaptiveModel:
                 if session is None:  # a plan's ensemble member that is never run
                     continue
                 out = session.run({name: env[name] for name in step.inputs}, check=False)
+                check_step(out, 1, step.logits, bundle.num_classes, session.path)
                 if bundle.kind == "early-exit":
                     env.update(out)
                 logits = np.ascontiguousarray(out[step.logits])
@@ -413,10 +417,12 @@ class AdaptiveModel:
                         {name: xs if is_input else prev[name] for name, is_input in feeds},
                         check=False,
                     )
+                check_rows(prev, n, session.path)
                 step_ms.append(session.last_run_ns / 1e6)
                 step_rows.append(n)
             policy.observe(pos, (perf_counter_ns() - t0) / 1e6)
             logits = prev[logits_name]
+            check_logits(logits, n, self.bundle.num_classes, calls[-1][0].path, logits_name)
             if rows is None:
                 try:
                     k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)

@@ -6,6 +6,7 @@ Thin: parse options, call `edgeadapt.cascade.AdaptiveModel`, print per-sample re
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def _load_input(path: Path) -> Any:
     import numpy as np
 
     try:
-        x = np.load(path, allow_pickle=False)
+        x = np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:
         raise InputError("no such file", source=path) from None
     except (ValueError, OSError) as e:
@@ -39,23 +40,6 @@ def _load_input(path: Path) -> Any:
     if not isinstance(x, np.ndarray):
         raise InputError("expected one .npy array, got an .npz archive", source=path)
     return x
-
-
-def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the per-batch latency dicts (steps aligned by run order)."""
-    width = max(len(d["steps"]) for d in latencies)
-    steps = [0.0] * width
-    rows = [0] * width
-    for d in latencies:
-        for j, (ms, n) in enumerate(zip(d["steps"], d["rows"], strict=True)):
-            steps[j] += ms
-            rows[j] += n
-    return {
-        "total": sum(d["total"] for d in latencies),
-        "steps": steps,
-        "rows": rows,
-        "batches": len(latencies),
-    }
 
 
 @click.command("run")
@@ -67,7 +51,14 @@ def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
 @click.option("--profile", "profile_path", type=_FILE, help="Profile (step costs for a budget).")
 @click.option("--measure", help="Confidence measure: maxprob, margin or entropy.")
 @click.option("--budget-ms", type=float, help="Latency budget per batch, in ms.")
-@click.option("--batch", type=click.IntRange(min=1), help="Rows per predict call (default all).")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Rows per predict call: memory is bounded by it, not by the input's size.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar (shown on a terminal's stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", type=_FILE, help="Write pred/exit_state/conf to this .npz.")
 def run_command(
@@ -79,15 +70,18 @@ def run_command(
     profile_path: Path | None,
     measure: str | None,
     budget_ms: float | None,
-    batch: int | None,
+    batch: int,
+    quiet: bool,
     as_json: bool,
     output: Path | None,
 ) -> None:
     """Run BUNDLE's cascade on the samples in --input and print or save the results."""
     import numpy as np
 
+    from edgeadapt.batches import predict_batches
     from edgeadapt.bundle import load_bundle
     from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.commands.device import _bar
     from edgeadapt.jsonio import dumps
     from edgeadapt.npzio import save_npz
 
@@ -103,15 +97,14 @@ def run_command(
         plan=plan_path,
         profile=profile_path,
     )
-    with model:
-        model.check_input(x)
-        size = batch or x.shape[0]
-        parts = [model.predict(x[i : i + size], budget_ms) for i in range(0, x.shape[0], size)]
-    pred = np.concatenate([p.pred for p in parts])
-    exit_state = np.concatenate([p.exit_state for p in parts])
-    conf = np.concatenate([p.conf for p in parts])
-    budget_exit = np.concatenate([p.budget_exit for p in parts])
-    latency = _merge([p.latency_ms for p in parts])
+    show = not (quiet or as_json) and sys.stderr.isatty()  # a bar is for a person watching
+    with model, _bar("running", int(x.shape[0]), show=show) as progress:
+        res, latency = predict_batches(
+            model, x, batch, budget_ms, progress=progress, source=input_path
+        )
+    pred, exit_state, conf, budget_exit = (
+        res[k] for k in ("pred", "exit_state", "conf", "budget_exit")
+    )
     if output is not None:
         save_npz(output, pred=pred, exit_state=exit_state, conf=conf, budget_exit=budget_exit)
     if as_json:
