@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -557,26 +557,53 @@ def _str_list(f: Fields, key: str) -> tuple[str, ...]:
 
 
 def _external_locations(model: onnx.ModelProto) -> list[str]:
-    """Every external-data location of the model's tensors, subgraphs included."""
+    """The location of every tensor that points at external data ("" when it names
+    none): initializers, sparse initializers, tensor and sparse-tensor attributes (a
+    Constant's ``value`` or ``sparse_value``), subgraphs, functions and training graphs,
+    every place ONNX allows a tensor. cpp/runner/src/onnx_scan.cpp walks the same ones."""
     found: list[str] = []
+    attr = onnx.AttributeProto
 
-    def visit(g: onnx.GraphProto) -> None:
-        tensors = list(g.initializer)
-        for node in g.node:
+    def tensor(t: onnx.TensorProto) -> None:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            found.append({e.key: e.value for e in t.external_data}.get("location", ""))
+
+    def sparse(t: onnx.SparseTensorProto) -> None:
+        tensor(t.values)
+        tensor(t.indices)
+
+    def nodes(ns: Iterable[onnx.NodeProto]) -> None:
+        for node in ns:
             for a in node.attribute:
-                if a.type == onnx.AttributeProto.TENSOR:
-                    tensors.append(a.t)
-                elif a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
+                if a.type == attr.TENSOR:
+                    tensor(a.t)
+                elif a.type == attr.TENSORS:
+                    for t in a.tensors:
+                        tensor(t)
+                elif a.type == attr.SPARSE_TENSOR:
+                    sparse(a.sparse_tensor)
+                elif a.type == attr.SPARSE_TENSORS:
+                    for st in a.sparse_tensors:
+                        sparse(st)
+                elif a.type == attr.GRAPH:
+                    graph(a.g)
+                elif a.type == attr.GRAPHS:
                     for sub in a.graphs:
-                        visit(sub)
-        for t in tensors:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                loc = {e.key: e.value for e in t.external_data}.get("location", "")
-                found.append(loc)
+                        graph(sub)
 
-    visit(model.graph)
+    def graph(g: onnx.GraphProto) -> None:
+        for t in g.initializer:
+            tensor(t)
+        for st in g.sparse_initializer:
+            sparse(st)
+        nodes(g.node)
+
+    graph(model.graph)
+    for f in model.functions:
+        nodes(f.node)
+    for info in model.training_info:
+        graph(info.initialization)
+        graph(info.algorithm)
     return found
 
 

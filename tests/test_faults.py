@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from edgeadapt.batches import MAX_BATCH, predict_batches
+from edgeadapt.bundle import BundleError, load_bundle
 from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
 from edgeadapt.evaluate import evaluate_bundle
-from tests.tiny import BAD, tiny_bundle, tiny_inputs
+from tests.tiny import BAD, UNLISTED, tiny_bundle, tiny_inputs, with_unlisted_data
 
 MULTIEXIT = (
     Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
@@ -131,3 +132,11 @@ def test_run_command_batches_by_default(tmp_path):
     big = CliRunner().invoke(cli, [*args[:-1], "--batch", str(MAX_BATCH + 1)])
     assert big.exit_code == 2
     assert "--batch" in big.output
+
+
+@pytest.mark.parametrize("where", UNLISTED)
+def test_verify_refuses_external_data_the_manifest_does_not_list(tmp_path, where):
+    d = with_unlisted_data(tiny_bundle(tmp_path / "b").path, where)
+    assert load_bundle(d, verify=False).steps[1].file == "step1.onnx"  # the schema holds
+    with pytest.raises(BundleError, match=r"references external data 'evil\.bin'"):
+        load_bundle(d)

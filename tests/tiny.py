@@ -106,3 +106,55 @@ def tiny_bundle(out: Path, bad: str | None = None, features: int = FEATURES) -> 
 def tiny_inputs(rows: int, seed: int = 0, features: int = FEATURES) -> np.ndarray:
     """`rows` random float32 inputs for the tiny bundle."""
     return np.random.default_rng(seed).standard_normal((rows, features)).astype(np.float32)
+
+
+#: the places `with_unlisted_data` can point a tensor at a file the manifest does not list
+UNLISTED = ("initializer", "sparse-initializer", "constant-sparse-value", "constant-tensors")
+
+
+def _external(t: TensorProto, location: str) -> None:
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    t.ClearField("int64_data")
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", location
+
+
+def with_unlisted_data(bundle_dir: Path, where: str) -> Path:
+    """Point one tensor of step 1 at external data in ``evil.bin`` (present in the bundle
+    but not listed in the manifest), then rehash step 1 so every listed hash holds."""
+    import hashlib
+    import json
+
+    import onnx
+
+    path = bundle_dir / "step1.onnx"
+    model = onnx.load(str(path))
+    g = model.graph
+    (bundle_dir / "evil.bin").write_bytes(np.zeros(64, np.float32).tobytes())
+    values = numpy_helper.from_array(np.ones(2, np.float32), "sv")
+    indices = numpy_helper.from_array(np.array([0, 1], np.int64), "si")
+    if where == "initializer":
+        _external(g.initializer[0], "evil.bin")
+    elif where == "sparse-initializer":
+        _external(values, "evil.bin")
+        g.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
+    elif where == "constant-sparse-value":
+        _external(values, "evil.bin")
+        sparse = helper.make_sparse_tensor(values, indices, [4])
+        g.node.append(helper.make_node("Constant", [], ["unused"], sparse_value=sparse))
+    elif where == "constant-tensors":  # a TENSORS attribute, on a node of another domain
+        _external(values, "evil.bin")
+        node = helper.make_node("Custom", [], ["unused2"], domain="test.unused")
+        node.attribute.append(helper.make_attribute("ts", [values]))
+        g.node.append(node)
+    else:
+        raise ValueError(f"where must be one of {UNLISTED}, got {where!r}")
+    path.write_bytes(model.SerializeToString())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = bundle_dir / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["files"]["step1.onnx"] = doc["states"][1]["sha256"] = digest
+    manifest.write_text(json.dumps(doc, indent=2))
+    return bundle_dir

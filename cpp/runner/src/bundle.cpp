@@ -86,6 +86,9 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     if (!fs::is_directory(root, ec)) fail(Code::Io, root.string(), "", "no such bundle directory");
     const fs::path manifest = root / kManifest;
     const std::string source = manifest.string();
+    if (fs::is_symlink(fs::symlink_status(manifest, ec)))
+        fail(Code::UnsafePath, source, "",
+             "is a symlink; a bundle's manifest must be a regular file inside it");
     const std::string raw = detail::read_bytes(manifest);
     const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2});
     const Fields f(doc, source);
@@ -105,6 +108,8 @@ void load(const fs::path& given, Bundle& out, bool verify) {
                    "inputs");
         b.input = parse_input(f.item("inputs", 0));
     }
+    f.object("producer");  // not read here, but of the type bundle.py requires
+    f.object("extra");
     b.num_classes = f.integer("num_classes");
     if (b.num_classes < 2) f.fail("must be >= 2", "num_classes");
 
@@ -177,6 +182,22 @@ void load(const fs::path& given, Bundle& out, bool verify) {
             if (detail::sha256_file(root / rel) != digest)
                 fail(Code::Integrity, source, "$.files." + rel,
                      "sha256 mismatch for '" + rel + "': the file was altered");
+        }
+        // a backend reads external data beside the ONNX file: it must be listed (hashed)
+        for (std::size_t i = 0; i < b.steps.size(); ++i) {
+            const Step& step = b.steps[i];
+            const std::string at = "$.states[" + std::to_string(i) + "]";
+            const std::string bytes = detail::read_bytes(step.path);
+            for (const std::string& loc : detail::onnx_external_locations(bytes, step.path.string())) {
+                const std::string joined = (fs::path(step.file).parent_path() / loc).generic_string();
+                const std::string field = at + ".file (" + step.file + " external data)";
+                safe_path(root, loc.empty() ? std::string() : joined, source, field);
+                const std::string rel = fs::path(joined).lexically_normal().generic_string();
+                if (!listed(rel))
+                    fail(Code::Integrity, source, at,
+                         "'" + step.file + "' references external data '" + loc +
+                             "' that the manifest does not list");
+            }
         }
     }
     b.manifest_sha256 = detail::sha256_hex(raw);
