@@ -73,7 +73,7 @@ def predict_batches(
     except InputError as e:
         raise InputError(str(e).removeprefix("input: "), source=where) from None
     total = int(x.shape[0])
-    out = {
+    out: dict[str, np.ndarray] = {
         "pred": np.empty(total, dtype=np.int64),
         "exit_state": np.empty(total, dtype=np.int64),
         "conf": np.empty(total, dtype=np.float32),

@@ -26,14 +26,16 @@ the hashes and that the steps chain.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -43,7 +45,7 @@ import onnx
 from edgeadapt import __version__
 from edgeadapt.errors import InputError
 from edgeadapt.flops import ancestors, count_flops, count_params
-from edgeadapt.jsonio import Fields, dumps, read_json
+from edgeadapt.jsonio import Fields, check_path, dumps, read_json
 
 FORMAT = "edgeadapt-bundle"
 VERSION = 2
@@ -343,17 +345,37 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def _clean_stale(parent: Path, name: str) -> None:
-    """Remove temp dirs left beside `name` by writers that were killed."""
-    for p in parent.glob(f"{_TMP_PREFIX}{name}-*"):
-        pid = p.name[len(f"{_TMP_PREFIX}{name}-") :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                shutil.rmtree(p, ignore_errors=True)
-            except PermissionError:
-                continue
+_STALE = re.compile(rf"^{re.escape(_TMP_PREFIX)}.+-(\d+)-[a-z0-9_]{{8}}(-old)?$")
+
+
+def _clean_stale(parent: Path) -> list[Path]:
+    """Remove the temp dirs that writers killed midway left in `parent` (whatever bundle
+    they were writing: the pid in the name is no longer running); return them."""
+    removed = []
+    for p in parent.glob(f"{_TMP_PREFIX}*"):
+        m = _STALE.match(p.name)
+        if m is None or not p.is_dir() or p.is_symlink() or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        except (PermissionError, OverflowError):
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def _writers_lock(folder: Path) -> Iterator[None]:
+    """Serialise the writers committing into `folder`: a writer swaps its bundle in and
+    re-reads it under the lock, so another writer's swap cannot pass for tampering."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _commit(tmp: Path, out: Path, force: bool) -> None:
@@ -444,9 +466,30 @@ def write_bundle(
         entries.append(_entry(i, s, kind, i == len(parts) - 1, model_inputs, num_classes, previous))
         previous = _graph_io(s.model)[1]
 
-    out = Path(out_dir).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out.parent, out.name)
+    out = check_path(out_dir).absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(out.parent)
+        return _write(out, entries, parts, names, kind, specs, num_classes, producer, extra, force)
+    except OSError as e:
+        raise BundleError(
+            f"cannot write: {e.strerror or e} (an existing bundle there is left as it was)",
+            source=out,
+        ) from None
+
+
+def _write(
+    out: Path,
+    entries: list[dict[str, Any]],
+    parts: Sequence[Step],
+    names: Sequence[str],
+    kind: str,
+    specs: Sequence[InputSpec],
+    num_classes: int,
+    producer: dict[str, Any],
+    extra: dict[str, Any] | None,
+    force: bool,
+) -> Bundle:
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent))
     try:
         files: dict[str, str] = {}
@@ -473,12 +516,13 @@ def write_bundle(
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
         _fsync(tmp / MANIFEST)
         _fsync(tmp)
-        _commit(tmp, out, force)
-        _fsync(out.parent)
+        with _writers_lock(out.parent):
+            _commit(tmp, out, force)
+            _fsync(out.parent)
+            return load_bundle(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return load_bundle(out)
 
 
 # --------------------------------------------------------------------------- loading
@@ -671,10 +715,14 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
 def _load(root: Path, verify: bool) -> Bundle:
     if root.name == MANIFEST and root.is_file():
         root = root.parent
-    root = root.absolute()
+    root = check_path(root).absolute()
     source = root / MANIFEST
     if not root.is_dir():
         raise BundleError("no such bundle directory", source=root)
+    if source.is_symlink():
+        raise BundleError(
+            "is a symlink; a bundle's manifest must be a regular file inside it", source=source
+        )
     raw = source.read_bytes() if source.is_file() else b""
     doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
     f = Fields(doc, source=source)

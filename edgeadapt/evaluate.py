@@ -83,8 +83,10 @@ def evaluate_bundle(
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise InputError(f"must be a positive integer, got {batch!r}", source="batch")
     x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind in "fiu":  # cast first: float64 data can overflow float32 to infinity
+        with np.errstate(over="ignore"):
+            x = x.astype(np.dtype(bundle.input.dtype), copy=False)
     _check_inputs(bundle, x, y, source)
-    x = x.astype(np.dtype(bundle.input.dtype), copy=False)
     options: dict[str, Any] = {} if threads is None else {"threads": threads}
     rt = get_runtime(runtime, **options)
     n, s = x.shape[0], len(bundle.steps)

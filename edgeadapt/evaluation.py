@@ -73,6 +73,12 @@ class Evaluation:
                 source=src,
                 field="labels",
             )
+        if labels.min() < 0:
+            raise InputError(
+                f"labels must be class indices >= 0, got {int(labels.min())}",
+                source=src,
+                field="labels",
+            )
         n = labels.shape[0]
         if states.ndim != 1 or states.size == 0 or states.dtype.kind != "U":
             raise InputError(
@@ -106,9 +112,13 @@ class Evaluation:
                     source=src,
                     field=key,
                 )
+            with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf
+                conf = conf.astype(np.float32, copy=False)
             if not np.all(np.isfinite(conf)):
-                raise InputError("confidences must be finite", source=src, field=key)
-            object.__setattr__(self, key, conf.astype(np.float32, copy=False))
+                raise InputError(
+                    "confidences must be finite (and within float32's range)", source=src, field=key
+                )
+            object.__setattr__(self, key, conf)
 
     def confidence(self, measure: str = "maxprob") -> np.ndarray:
         """The float32 ``[N, S]`` confidences of `measure` (maxprob, margin or entropy);

@@ -11,7 +11,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,34 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a part.
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above `path`; return them, deepest first, so that a
+    writer that fails can remove what it created."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+    return missing
 
-    The file gets the permissions a plain `open()` would give it, not mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def _write_error(path: Path, e: OSError) -> InputError:
+    why = e.strerror or str(e)
+    return InputError(f"cannot write: {why} (nothing was written)", source=path)
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """Write `data` to a synced temp file beside `path`; return its name."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _file_mode())
@@ -38,9 +60,48 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a part.
+
+    The file gets the permissions a plain `open()` would give it, not mkstemp's 0600.
+    A full disk, a read-only folder or a bad path is an InputError naming `path`, and
+    leaves neither a temp file nor the folders this call created."""
+    atomic_write_many({path: data})
+
+
+def atomic_write_many(files: Mapping[Any, bytes]) -> None:
+    """Write several files as one unit: every file's bytes go to a synced temp file
+    first (where a full disk fails), and only then are they renamed into place, in the
+    order given (put the file that refers to the others last). On failure nothing new
+    is left: temps, and folders this call created, are removed."""
+    paths = [(check_path(p), data) for p, data in files.items()]
+    created: list[Path] = []
+    temps: list[tuple[str, Path]] = []
+    current = paths[0][0] if paths else Path()
+    try:
+        for path, data in paths:
+            current = path
+            created += _make_parents(path)
+            temps.append((_write_temp(path, data), path))
+        while temps:
+            tmp, current = temps[0]
+            os.replace(tmp, current)
+            temps.pop(0)
+    except OSError as e:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        _remove_empty(created)
+        raise _write_error(current, e) from None
+    except BaseException:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        _remove_empty(created)
         raise
 
 

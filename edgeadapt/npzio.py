@@ -85,7 +85,7 @@ def load_npz(path: str | os.PathLike[str], spec: dict[str, ArraySpec]) -> dict[s
     """Load the keys of `spec` from `path`, with errors that name the file and the key."""
     path = check_npz_file(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
             present = set(npz.files)
             out: dict[str, np.ndarray] = {}
             for key, want in spec.items():

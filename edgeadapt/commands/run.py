@@ -31,6 +31,10 @@ def _parse_thresholds(text: str) -> float | list[float]:
 def _load_input(path: Path) -> Any:
     import numpy as np
 
+    from edgeadapt.jsonio import check_regular
+
+    if path.exists():
+        check_regular(path)  # before opening: a FIFO would block
     try:
         x = np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:
