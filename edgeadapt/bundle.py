@@ -31,10 +31,12 @@ import ctypes
 import ctypes.util
 import fcntl
 import hashlib
+import math
 import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -459,6 +461,9 @@ def write_bundle(
         raise BundleError(
             f"need {len(parts)} distinct non-empty names, got {names}", field="state_names"
         )
+    for j, n in enumerate(names):
+        if (problem := _state_name_problem(n)) is not None:
+            raise BundleError(problem, field=f"state_names[{j}]")
 
     entries: list[dict[str, Any]] = []
     previous: list[str] = []
@@ -560,6 +565,21 @@ def _nonneg(v: Any) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+#: the most values one input row may hold (cpp/runner refuses the same)
+MAX_ROW_ELEMENTS = 2**31 - 1
+
+
+def _state_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a state, or None: it is printed in tables and reports, so
+    control characters (newlines, ANSI escapes) are refused."""
+    if not name:
+        return "must not be empty"
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"must not contain control characters, got {name!r}"
+    return None
+
+
 def _parse_input(f: Fields) -> InputSpec:
     name = f.get("name", str, check=lambda v: None if v else "must not be empty")
     shape = f.get("shape", list)
@@ -570,6 +590,8 @@ def _parse_input(f: Fields) -> InputSpec:
             raise BundleError(
                 "must be a positive integer", source=f.source, field=f"{f.path}.shape[{k}]"
             )
+    if math.prod(shape[1:]) > MAX_ROW_ELEMENTS:
+        f.fail(f"a row of {math.prod(shape[1:])} values exceeds {MAX_ROW_ELEMENTS}", "shape")
     dtype = f.get("dtype", str, check=lambda v: None if v in DTYPES else f"must be one of {DTYPES}")
     return InputSpec(name, tuple(shape), dtype)
 
@@ -651,6 +673,65 @@ def _external_locations(model: onnx.ModelProto) -> list[str]:
     return found
 
 
+_ONNX_DTYPES = {
+    "float32": onnx.TensorProto.FLOAT,
+    "float16": onnx.TensorProto.FLOAT16,
+    "float64": onnx.TensorProto.DOUBLE,
+    "int64": onnx.TensorProto.INT64,
+    "int32": onnx.TensorProto.INT32,
+    "int8": onnx.TensorProto.INT8,
+    "uint8": onnx.TensorProto.UINT8,
+    "bool": onnx.TensorProto.BOOL,
+}
+
+
+def _check_facts(
+    bundle: Bundle, s: StepInfo, model: onnx.ModelProto, source: Path, where: str
+) -> None:
+    """The manifest's facts hold for the ONNX file: each model input it reads has the
+    manifest's dtype and static dimensions, and its logits are float32 [batch, num_classes]
+    (where the file declares them); axis 0 is never fixed (rows are compacted)."""
+    specs = {i.name: i for i in bundle.inputs}
+
+    def refuse(message: str) -> None:
+        raise BundleError(f"{s.file!r}: {message}", source=source, field=where)
+
+    def dims(v: onnx.ValueInfoProto) -> list[int | None] | None:
+        t = v.type.tensor_type
+        if not t.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+
+    for v in model.graph.input:
+        spec = specs.get(v.name)
+        if spec is None:
+            continue
+        if v.type.tensor_type.elem_type != _ONNX_DTYPES[spec.dtype]:
+            refuse(f"input {v.name!r} is not {spec.dtype}, the manifest's dtype")
+        d = dims(v)
+        if d is None:
+            continue
+        if len(d) != len(spec.shape):
+            refuse(f"input {v.name!r} has rank {len(d)}, the manifest's shape {list(spec.shape)}")
+        if d[0] is not None:
+            refuse(f"input {v.name!r} has a fixed batch axis of {d[0]}; axis 0 must be dynamic")
+        for k, (got, want) in enumerate(zip(d[1:], spec.shape[1:], strict=True), 1):
+            if got is not None and got != want:
+                refuse(f"input {v.name!r} has {got} on axis {k}, the manifest's shape {want}")
+    for v in model.graph.output:
+        d = dims(v)
+        if d is not None and d and d[0] is not None:
+            refuse(f"output {v.name!r} has a fixed batch axis of {d[0]}; axis 0 must be dynamic")
+        if v.name != s.logits:
+            continue
+        if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            refuse(f"logits {v.name!r} are not float32")
+        if d is not None and (len(d) != 2 or d[1] not in (None, bundle.num_classes)):
+            refuse(
+                f"logits {v.name!r} have shape {d}; the manifest says [batch, {bundle.num_classes}]"
+            )
+
+
 def _verify_files(bundle: Bundle, source: Path) -> None:
     for rel, digest in bundle.files.items():
         if _sha256(bundle.path / rel) != digest:
@@ -684,6 +765,7 @@ def verify_bundle(bundle: Bundle) -> Bundle:
                     field=where,
                 )
         inputs, outputs = _graph_io(model)
+        _check_facts(bundle, s, model, source, where)
         want_out = [n for n in (s.activation, s.logits) if n]
         if tuple(inputs) != s.inputs or sorted(outputs) != sorted(want_out):
             raise BundleError(
@@ -748,7 +830,7 @@ def _load(root: Path, verify: bool) -> Bundle:
     steps: list[StepInfo] = []
     names: list[str] = []
     for i, s in enumerate(state_fields):
-        name = s.get("name", str, check=lambda v: None if v else "must not be empty")
+        name = s.get("name", str, check=_state_name_problem)
         if name in names:
             s.fail(f"duplicate state name {name!r}", "name")
         names.append(name)

@@ -29,6 +29,13 @@ MESSAGE = {
 }
 
 
+# what verification (load_bundle) says of the faults it can see in the graph's declarations
+VERIFY = {
+    "logits-float64": "logits 'l0' are not float32",
+    "logits-int64": "logits 'l0' are not float32",
+}
+
+
 @pytest.fixture(scope="module", params=BAD)
 def bad_bundle(request, tmp_path_factory):
     return request.param, tiny_bundle(tmp_path_factory.mktemp(request.param) / "b", request.param)
@@ -78,8 +85,17 @@ def test_run_command_refuses_bad_step_outputs(bad_bundle, tmp_path):
         cli, ["run", str(b.path), "--input", str(path), "--thresholds", "0.6"]
     )
     assert result.exit_code == 2, result.output
-    assert MESSAGE[bad] in result.output
+    assert VERIFY.get(bad, MESSAGE[bad]) in result.output
     assert "Traceback" not in result.output
+
+
+def test_verify_refuses_what_the_graph_declares(bad_bundle):
+    bad, b = bad_bundle
+    if bad not in VERIFY:
+        assert load_bundle(b.path).verified  # declared [batch, ...] float32: runtime checks
+        return
+    with pytest.raises(BundleError, match=VERIFY[bad]):
+        load_bundle(b.path)
 
 
 def test_run_on_a_large_input_keeps_memory_flat(tmp_path):

@@ -7,6 +7,7 @@ of killed exports and concurrent `export --force` into one folder."""
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -330,3 +331,24 @@ def test_concurrent_forced_exports_never_report_a_false_mismatch(tmp_path):
     assert errors == []
     assert load_bundle(out).verified
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+# ------------------------------------------------------------------ manifest facts against the files
+
+FACTS = {
+    "num-classes": (b'"num_classes": 10', b'"num_classes": 12', "the manifest says [batch, 12]"),
+    "input-shape": (b"40\n", b"41\n", "has 40 on axis 2, the manifest's shape 41"),
+    "input-dtype": (b'"dtype": "float32"', b'"dtype": "float16"', "is not float16"),
+    "huge-row": (b"40\n", b"1000000000000\n", "exceeds 2147483647"),
+    "ansi-state-name": (b'"name": "exit0"', b'"name": "exit0\\u001b[31m"', "control characters"),
+    "newline-state-name": (b'"name": "exit0"', b'"name": "exit0\\nfake"', "control characters"),
+}
+
+
+@pytest.mark.parametrize("case", FACTS, ids=list(FACTS))
+def test_manifest_facts_are_checked_against_the_onnx_files(tmp_path, case):
+    old, new, match = FACTS[case]
+    d = _edited(tmp_path, lambda b: b.replace(old, new, 1))
+    assert (d / "manifest.json").read_bytes() != (MULTIEXIT / "manifest.json").read_bytes()
+    with pytest.raises(BundleError, match=re.escape(match)):
+        load_bundle(d)

@@ -87,20 +87,42 @@ def _step1(features: int) -> Step:
     return Step(model, logits="l1")
 
 
+def _rehash(bundle_dir: Path, index: int, data: bytes) -> None:
+    """Replace step `index`'s file with `data` and update its hashes in the manifest."""
+    import hashlib
+    import json
+
+    rel = f"step{index}.onnx"
+    (bundle_dir / rel).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = bundle_dir / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["files"][rel] = doc["states"][index]["sha256"] = digest
+    manifest.write_text(json.dumps(doc, indent=2))
+
+
 def tiny_bundle(out: Path, bad: str | None = None, features: int = FEATURES) -> Bundle:
-    """Write the tiny bundle (step 0 with fault `bad`, one of `BAD`, or sound) to `out`;
-    `features` widens the input (a large input in few rows)."""
+    """Write the tiny bundle to `out`; `features` widens the input (a large input in few
+    rows). With fault `bad` (one of `BAD`) step 0 is swapped for the faulty graph after
+    writing, hashes kept consistent, and the bundle is returned unverified (verification
+    refuses the faults it can see in the graph; the runtime checks catch the rest)."""
+    from edgeadapt.bundle import load_bundle
+
     if bad is not None and bad not in BAD:
         raise ValueError(f"bad must be one of {BAD}, got {bad!r}")
-    return write_bundle(
+    b = write_bundle(
         out,
         kind="early-exit",
         input=InputSpec("x", ("batch", features)),
         num_classes=CLASSES,
-        steps=[_step0(bad, features), _step1(features)],
+        steps=[_step0(None, features), _step1(features)],
         state_names=["early", "final"],
         producer={"exporter": "tests.tiny"},
     )
+    if bad is None:
+        return b
+    _rehash(b.path, 0, _step0(bad, features).model.SerializeToString())
+    return load_bundle(b.path, verify=False)
 
 
 def tiny_inputs(rows: int, seed: int = 0, features: int = FEATURES) -> np.ndarray:
@@ -124,9 +146,6 @@ def _external(t: TensorProto, location: str) -> None:
 def with_unlisted_data(bundle_dir: Path, where: str) -> Path:
     """Point one tensor of step 1 at external data in ``evil.bin`` (present in the bundle
     but not listed in the manifest), then rehash step 1 so every listed hash holds."""
-    import hashlib
-    import json
-
     import onnx
 
     path = bundle_dir / "step1.onnx"
@@ -151,10 +170,5 @@ def with_unlisted_data(bundle_dir: Path, where: str) -> Path:
         g.node.append(node)
     else:
         raise ValueError(f"where must be one of {UNLISTED}, got {where!r}")
-    path.write_bytes(model.SerializeToString())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    manifest = bundle_dir / "manifest.json"
-    doc = json.loads(manifest.read_text())
-    doc["files"]["step1.onnx"] = doc["states"][1]["sha256"] = digest
-    manifest.write_text(json.dumps(doc, indent=2))
+    _rehash(bundle_dir, 1, model.SerializeToString())
     return bundle_dir
