@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import tempfile
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -569,13 +568,25 @@ def _nonneg(v: Any) -> str | None:
 MAX_ROW_ELEMENTS = 2**31 - 1
 
 
+def _is_control(c: str) -> bool:
+    """C0, DEL and C1 controls, line/paragraph separators, zero-width and bidi controls:
+    the set cpp/runner/src/bundle.cpp `has_control` refuses."""
+    o = ord(c)
+    return (
+        o < 0x20
+        or 0x7F <= o <= 0x9F
+        or 0x200B <= o <= 0x200F
+        or o in (0x2028, 0x2029)
+        or 0x202A <= o <= 0x202E
+    )
+
+
 def _state_name_problem(name: str) -> str | None:
     """Why `name` cannot name a state, or None: it is printed in tables and reports, so
     control characters (newlines, ANSI escapes) are refused."""
     if not name:
         return "must not be empty"
-    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
-    if bad is not None:
+    if any(_is_control(c) for c in name):
         return f"must not contain control characters, got {name!r}"
     return None
 

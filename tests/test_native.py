@@ -28,7 +28,7 @@ CMAKE = shutil.which("cmake")
 CTEST = shutil.which("ctest")
 CXX = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 GENERATOR = ["-G", "Ninja"] if shutil.which("ninja") else []
-TARGETS = ["test_runner", "classify", "c_abi"]
+TARGETS = ["test_runner", "fuzz_readers", "classify", "c_abi"]
 OV = {"threads": 1}
 # TBB inside OpenVINO dlopens with RTLD_DEEPBIND unless told it runs under sanitizers.
 SANITIZER_ENV = {"TBB_ENABLE_SANITIZERS": "1", "UBSAN_OPTIONS": "halt_on_error=1"}
@@ -106,12 +106,12 @@ def _ctest(build: Path) -> str:
 
 
 def test_ctest_passes(native):
-    assert "100% tests passed, 0 tests failed out of 2" in _ctest(native)
+    assert "100% tests passed, 0 tests failed out of 3" in _ctest(native)
 
 
 def test_ctest_passes_under_address_and_ub_sanitizers(native_asan):
     out = _ctest(native_asan)
-    assert "100% tests passed, 0 tests failed out of 2" in out
+    assert "100% tests passed, 0 tests failed out of 3" in out
 
 
 # --------------------------------------------------------------------------- parity
