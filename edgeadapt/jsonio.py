@@ -125,9 +125,9 @@ def write_json(path: str | os.PathLike[str], obj: dict[str, Any]) -> None:
 MAX_DEPTH = 256
 #: integers a document may hold: int64, what the native runner reads
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-#: the longest time (ms) a document may record, a day: sums and ratios of costs stay
-#: finite, where 1e308 would overflow them to infinity downstream (plan, bound, report)
-MAX_MS = 86_400_000.0
+#: the longest time (ms) a document may record, about 30 years: sums and ratios of costs
+#: stay finite, where 1e308 would overflow them to infinity downstream (plan, bound, report)
+MAX_MS = 1e12
 #: the largest text file read whole (manifests, plans, profiles are kilobytes)
 MAX_TEXT_BYTES = 64 << 20
 

@@ -360,5 +360,5 @@ def test_absurd_latencies_are_refused_by_the_profile_and_plan_readers(tmp_path):
     src = ROOT / "profiles" / "reference" / "mnist1d-multiexit-x86-ort-1t.json"
     p = tmp_path / "p.json"
     p.write_text(re.sub(r'"p50_ms": [0-9.e-]+', '"p50_ms": 1e308', src.read_text(), count=1))
-    with pytest.raises(InputError, match=r"p50_ms: must be <= 86400000"):
+    with pytest.raises(InputError, match=r"p50_ms: must be <= 1000000000000"):
         load_profile(p, check_device=False)
