@@ -45,6 +45,9 @@ std::string sha256_file(const std::filesystem::path& path);
 
 bool is_sha256_hex(const std::string& s) noexcept;
 
+// The longest time (ms) a plan may record (edgeadapt/jsonio.py MAX_MS).
+constexpr double kMaxMs = 1e12;
+
 // The deepest nesting of objects and lists a format document may have.
 constexpr std::size_t kMaxJsonDepth = 256;
 
