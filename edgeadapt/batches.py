@@ -9,7 +9,7 @@ per-sample answers (a few bytes a row) are kept, so the memory a run needs is se
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,31 +48,43 @@ def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
 
 def predict_batches(
     model: AdaptiveModel,
-    x: np.ndarray,
+    x: np.ndarray | Mapping[str, np.ndarray],
     batch: int = DEFAULT_BATCH,
     budget_ms: float | None = None,
     *,
     progress: Progress | None = None,
     source: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Predict every row of `x` (an array or a read-only memory map) `batch` rows at a
-    time; returns ``{pred, exit_state, conf, budget_exit}`` over all rows and the merged
-    latency (``batches`` counts the calls). `progress(done, total)` follows each batch;
-    `source` names the data in errors."""
+    """Predict every row of `x` (``{input name: array}``, or one array for a one-input
+    bundle; arrays or read-only memory maps) `batch` rows at a time; returns ``{pred,
+    exit_state, conf, budget_exit}`` over all rows and the merged latency (``batches``
+    counts the calls). `progress(done, total)` follows each batch; `source` names the
+    data in errors."""
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
         raise InputError(f"must be an integer, got {batch!r}", source="--batch")
     if not 1 <= batch <= MAX_BATCH:
         raise InputError(f"must lie in 1..{MAX_BATCH}, got {batch}", source="--batch")
     where = "input" if source is None else str(source)
-    if not isinstance(x, np.ndarray):
-        raise InputError(f"expected a numpy array, got {type(x).__name__}", source=where)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise InputError(f"empty batch (shape {list(x.shape)})", source=where)
-    try:  # dtype and shape once, on one row, before any work
-        model.check_input(np.ascontiguousarray(x[:1]))
+    arrays = dict(x) if isinstance(x, Mapping) else {model.bundle.input.name: x}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise InputError(
+                f"expected a numpy array, got {type(a).__name__}", source=where, field=name
+            )
+        if a.ndim == 0 or a.shape[0] == 0:
+            raise InputError(f"empty batch (shape {list(a.shape)})", source=where, field=name)
+    total = int(next(iter(arrays.values())).shape[0])
+    for name, a in arrays.items():
+        if a.shape[0] != total:
+            raise InputError(
+                f"has {a.shape[0]} rows, another input {total}: every input needs the same rows",
+                source=where,
+                field=name,
+            )
+    try:  # names, dtypes and shapes once, on one row, before any work
+        model.check_inputs({k: np.ascontiguousarray(a[:1]) for k, a in arrays.items()})
     except InputError as e:
         raise InputError(str(e).removeprefix("input: "), source=where) from None
-    total = int(x.shape[0])
     out: dict[str, np.ndarray] = {
         "pred": np.empty(total, dtype=np.int64),
         "exit_state": np.empty(total, dtype=np.int64),
@@ -82,14 +94,16 @@ def predict_batches(
     latencies = []
     for lo in range(0, total, int(batch)):
         hi = min(lo + int(batch), total)
-        chunk = np.ascontiguousarray(x[lo:hi])
-        if chunk.dtype.kind == "f":
-            bad = ~np.isfinite(chunk.reshape(hi - lo, -1)).all(axis=1)
-            if bad.any():
-                raise InputError(
-                    f"holds NaN or infinity, first in row {lo + int(np.flatnonzero(bad)[0])}",
-                    source=where,
-                )
+        chunk = {k: np.ascontiguousarray(a[lo:hi]) for k, a in arrays.items()}
+        for name, c in chunk.items():
+            if c.dtype.kind == "f":
+                bad = ~np.isfinite(c.reshape(hi - lo, -1)).all(axis=1)
+                if bad.any():
+                    first = lo + int(np.flatnonzero(bad)[0])
+                    field = name if len(chunk) > 1 else None
+                    raise InputError(
+                        f"holds NaN or infinity, first in row {first}", source=where, field=field
+                    )
         p = model.predict(chunk, budget_ms)
         for key in out:
             out[key][lo:hi] = getattr(p, key)

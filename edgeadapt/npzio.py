@@ -40,7 +40,7 @@ def check_npz_file(path: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise InputError(f"cannot read: {e}", source=path) from None
     if head.startswith(_NPY_MAGIC):
-        raise InputError("is a single .npy array; expected an .npz archive", source=path)
+        raise InputError("expected an .npz archive, got a single .npy array", source=path)
     if not head.startswith(_ZIP_MAGIC):
         raise InputError("not a readable .npz file (no zip archive header)", source=path)
     return path
@@ -81,49 +81,65 @@ def check_npz_member(npz: Any, key: str, path: Path) -> None:
         )
 
 
+def _open(path: Path) -> np.lib.npyio.NpzFile:
+    """Open an npz without pickles; a missing, non-regular, unreadable or non-npz file
+    (an .npy included) is an InputError. The file handle is the NpzFile's to close, also
+    when numpy fails to open the archive."""
+    path = check_npz_file(path)
+    fh = path.open("rb")
+    try:
+        loaded = np.load(fh, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
+        fh.close()
+        raise InputError(f"not a readable .npz file ({e})", source=path) from None
+    except BaseException:
+        fh.close()
+        raise
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        fh.close()
+        raise InputError("expected an .npz archive, got a single .npy array", source=path)
+    loaded.fid = fh  # type: ignore[assignment]  # closed with the archive
+    return loaded
+
+
+def npz_keys(path: str | os.PathLike[str]) -> set[str]:
+    """The names of the arrays in the npz at `path` (none is read)."""
+    with _open(Path(path)) as npz:
+        return set(npz.files)
+
+
 def load_npz(path: str | os.PathLike[str], spec: dict[str, ArraySpec]) -> dict[str, np.ndarray]:
     """Load the keys of `spec` from `path`, with errors that name the file and the key."""
-    path = check_npz_file(path)
-    try:
-        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            present = set(npz.files)
-            out: dict[str, np.ndarray] = {}
-            for key, want in spec.items():
-                if key not in present:
-                    if want.optional:
-                        continue
-                    raise InputError(
-                        f"missing array (has: {sorted(present)})", source=path, field=key
-                    )
-                check_npz_member(npz, key, path)
-                try:
-                    arr = npz[key]
-                except (ValueError, EOFError, zlib.error) as e:
-                    raise InputError(
-                        f"corrupt or truncated array ({e})", source=path, field=key
-                    ) from None
-                if arr.dtype.kind not in want.kinds:
-                    raise InputError(
-                        f"dtype {arr.dtype} not accepted (want kind {'/'.join(want.kinds)})",
-                        source=path,
-                        field=key,
-                    )
-                if arr.ndim != want.ndim:
-                    raise InputError(
-                        f"expected {want.ndim} dimensions, got shape {arr.shape}",
-                        source=path,
-                        field=key,
-                    )
-                out[key] = arr
-            return out
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError("file not found", source=path) from None
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-        raise InputError(f"not a readable .npz file ({e})", source=path) from None
-    except ValueError as e:
-        raise InputError(f"not a readable .npz file ({e})", source=path) from None
+    path = Path(path)
+    with _open(path) as npz:
+        present = set(npz.files)
+        out: dict[str, np.ndarray] = {}
+        for key, want in spec.items():
+            if key not in present:
+                if want.optional:
+                    continue
+                raise InputError(f"missing array (has: {sorted(present)})", source=path, field=key)
+            check_npz_member(npz, key, path)
+            try:
+                arr = npz[key]
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as e:
+                raise InputError(
+                    f"corrupt or truncated array ({e})", source=path, field=key
+                ) from None
+            if arr.dtype.kind not in want.kinds:
+                raise InputError(
+                    f"dtype {arr.dtype} not accepted (want kind {'/'.join(want.kinds)})",
+                    source=path,
+                    field=key,
+                )
+            if arr.ndim != want.ndim:
+                raise InputError(
+                    f"expected {want.ndim} dimensions, got shape {arr.shape}",
+                    source=path,
+                    field=key,
+                )
+            out[key] = arr
+        return out
 
 
 def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:

@@ -8,7 +8,7 @@ the record of how well the plan did and is shown by reports.
 ```
 {
   "format": "edgeadapt-plan", "version": 1,
-  "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble",
+  "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble" | "branches",
              "states": ["exit0", ...]},           # every state of the bundle, in order
   "measure": "maxprob" | "margin" | "entropy",   # as edgeadapt.kernel_ref computes it
   "states": [0, 2, 5],                           # kept states: increasing bundle indices
@@ -23,9 +23,18 @@ the record of how well the plan did and is shown by reports.
               "drop_bound", "delta"},
   "oracle": {"r_oracle", "a_oracle", "r_n", "a_n"},
   "gap_closure": 0.71 | null,
-  "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12}
+  "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12},
+  "promise": {"max_drop", "delta", "n", "tested", "passed", "p_value", "losses",
+              "required_n", "holds", "method", "assumption"},   # risk-controlled plans
+  "static": {"cost_ms": 0.74},                   # optional: the measured whole model
+  "fallback": "no plan of several states ..."    # optional: why only the static model
 }
 ```
+
+``static`` is the measured whole model (the unsplit network, from the profile), the
+baseline a plan must beat to be worth deploying; plans made from a profile without it
+omit the key. ``cost_ms`` of ``heldout`` against it and against ``oracle.r_n`` (the
+sum of the steps) are the plan's two savings.
 
 Confidences are higher when surer: maxprob and margin lie in [0, 1], entropy is the
 negative entropy in [-log C, 0]; thresholds must lie in the measure's range.
@@ -47,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import MAX_MS, Fields, check_value, read_json, write_json
+from edgeadapt.risk import Promise
 
 if TYPE_CHECKING:
     from edgeadapt.bundle import Bundle
@@ -60,7 +70,7 @@ MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
     "entropy": (None, 0.0),
 }
 MEASURES = tuple(MEASURE_RANGES)
-KINDS = ("early-exit", "ensemble")
+KINDS = ("early-exit", "ensemble", "branches")
 SEARCH_METHODS = ("exhaustive",)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -111,6 +121,11 @@ class Plan:
     search_method: str
     max_states: int
     subsets_evaluated: int
+    #: The measured whole model's cost (ms), None when the profile did not time it.
+    static_ms: float | None = None
+    promise: Promise | None = None
+    #: Why the plan keeps the static model alone, when it does for a reason.
+    fallback: str | None = None
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -133,7 +148,24 @@ class Plan:
             "oracle": {"r_oracle": self.r_oracle, "a_oracle": self.a_oracle},
             "r_n": self.r_n,
             "gap_closure": self.gap_closure,
+            "static_ms": self.static_ms,
+            "saving_vs_r_n": _saving(self.heldout.cost_ms, self.r_n),
+            "saving_vs_static": _saving(self.heldout.cost_ms, self.static_ms),
+            "beats_static": self.beats_static,
+            "promise": None if self.promise is None else self.promise.to_json(),
+            "fallback": self.fallback,
         }
+
+    @property
+    def beats_static(self) -> bool | None:
+        """Whether the held-out expected cost is below the measured static model's (None
+        without one)."""
+        return None if self.static_ms is None else self.heldout.cost_ms < self.static_ms
+
+
+def _saving(cost: float, baseline: float | None) -> float | None:
+    """The share of `baseline` a cost of `cost` saves (negative: it costs more)."""
+    return None if baseline is None or baseline <= 0 else 1.0 - cost / baseline
 
 
 def _figures_doc(f: SplitFigures) -> dict[str, Any]:
@@ -150,7 +182,8 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     """The JSON document of a plan (see the module docstring)."""
     heldout = _figures_doc(plan.heldout)
     heldout.update(drop_bound=plan.drop_bound, delta=plan.delta)
-    return {
+    promise = {} if plan.promise is None else {"promise": plan.promise.to_json()}
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "bundle": {
@@ -186,7 +219,13 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
             "max_states": plan.max_states,
             "subsets_evaluated": plan.subsets_evaluated,
         },
+        **promise,
     }
+    if plan.static_ms is not None:
+        doc["static"] = {"cost_ms": plan.static_ms}
+    if plan.fallback is not None:
+        doc["fallback"] = plan.fallback
+    return doc
 
 
 def _numbers(
@@ -299,6 +338,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     heldout_f = f.child("heldout")
     oracle = f.child("oracle")
     search = f.child("search")
+    static = f.child("static").number("cost_ms", minimum=0.0) if "static" in f.obj else None
     gap = f.get("gap_closure", (int, float, type(None)))
     if gap is not None and not math.isfinite(gap):
         f.fail("must be a finite number or null", "gap_closure")
@@ -327,7 +367,32 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         search_method=search.get("method", str, check=_one_of(SEARCH_METHODS)),
         max_states=_int(search, "max_states", minimum=1),
         subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
+        static_ms=static,
+        promise=_promise(f.child("promise")) if "promise" in f.obj else None,
+        fallback=f.get("fallback", str, None),
     )
+
+
+def _promise(f: Fields) -> Promise:
+    level = {"check": lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"}
+    n = _int(f, "n", minimum=1)
+    tested = _int(f, "tested", minimum=1)
+    passed = _int(f, "passed", minimum=0, maximum=tested)
+    promise = Promise(
+        max_drop=f.get("max_drop", float, **level),
+        delta=f.get("delta", float, **level),
+        n=n,
+        tested=tested,
+        passed=passed,
+        p_value=f.number("p_value", minimum=0.0, maximum=1.0),
+        losses=_int(f, "losses", minimum=0, maximum=n),
+        required_n=_int(f, "required_n", minimum=1),
+        method=f.get("method", str),
+        assumption=f.get("assumption", str),
+    )
+    if f.get("holds", bool) != promise.holds:
+        f.fail("must say whether any tested point passed (passed > 0)", "holds")
+    return promise
 
 
 def save_plan(path: str | os.PathLike[str], plan: Plan) -> None:

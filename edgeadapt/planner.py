@@ -16,10 +16,24 @@ of every state) and the per-state costs measured on the device:
    (`edgeadapt.calibrate`). Ties go to fewer states.
 3. States whose calibrated threshold never fires are dropped from the winner (their
    outcomes are unchanged; an ensemble no longer pays for them).
-4. The held-out split gives the figures the plan reports: accuracy, drop against the
-   same reference state, a Clopper-Pearson bound on the drop at confidence 1 - delta,
+4. Thresholds (``calibration="risk"``, the default): the subset's thresholds are
+   chosen by Learn then Test (`edgeadapt.risk`): a path learned on the calibration
+   split, tested in order on the held-out split, so that P(drop on new data >
+   max_drop) <= delta. When nothing can be promised (too few held-out samples, or no
+   point passes) the plan keeps the reference state alone: the static model.
+   ``calibration="empirical"`` keeps the thresholds that meet max_drop on the
+   calibration split, with no promise.
+5. The held-out split gives the figures the plan reports: accuracy, drop against the
+   same reference state, a bound on the drop at confidence 1 - delta (the promised
+   max_drop for risk-controlled plans; a Clopper-Pearson bound for empirical ones),
    the expected cost, the exact oracle over all states, and the oracle gap closure
-   ``(R_N - R_policy) / (R_N - R_oracle)``.
+   ``(R_N - R_policy) / (R_N - R_oracle)``; with the measured whole model's cost
+   (`static_ms`), the plan also records it, so its expected cost is held to the static
+   model a user would otherwise deploy as well as to R_N (`Plan.beats_static`).
+
+The costs should be the ones the cascade pays: a profile taken in ``chain`` order (the
+profiler's default). `profile_costs` reads both baselines from a profile and says when
+its step costs were timed each step alone.
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
@@ -43,13 +57,16 @@ from edgeadapt.calibrate import Calibration, calibrate, required_correct, simula
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
 from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
+from edgeadapt.risk import Promise, RiskControlled, risk_control
 from edgeadapt.stats import drop_upper_bound
 
 if TYPE_CHECKING:
     from edgeadapt.bundle import Bundle
     from edgeadapt.evaluation import Evaluation
+    from edgeadapt.profile import Profile
 
 _FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
+CALIBRATIONS = ("risk", "empirical")
 _TOL = 1e-9
 
 
@@ -278,6 +295,7 @@ def _check_args(
     max_drop: float,
     measure: str,
     delta: float,
+    calibration: str,
 ) -> None:
     if heldout.names != calib.names:
         raise InputError(
@@ -311,6 +329,16 @@ def _check_args(
         raise InputError(f"must be in [0, 1], got {max_drop}", field="max_drop")
     if not 0.0 < delta < 1.0:
         raise InputError(f"must be in (0, 1), got {delta}", field="delta")
+    if calibration not in CALIBRATIONS:
+        raise InputError(
+            f"must be one of {list(CALIBRATIONS)}, got {calibration!r}", field="calibration"
+        )
+    if calibration == "risk" and not 0.0 < max_drop < 1.0:
+        raise InputError(
+            f"a risk-controlled plan needs max_drop in (0, 1), got {max_drop}; "
+            "use calibration='empirical' for a zero-drop plan",
+            field="max_drop",
+        )
 
 
 def make_plan(
@@ -324,8 +352,12 @@ def make_plan(
     max_drop: float = 0.005,
     measure: str | None = None,
     delta: float = 0.05,
+    static_ms: float | None = None,
+    calibration: str = "risk",
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
+
+    `static_ms` is the measured whole model's cost, recorded as the plan's static baseline.
 
     `measure` names the confidence measure of the splits (the plan records it); it
     defaults to the splits' own (`Outcomes.measure`), else maxprob, and must agree
@@ -333,7 +365,20 @@ def make_plan(
     """
     costs = np.asarray(state_costs_ms, dtype=np.float64)
     measure = _measure(calib, heldout, measure)
-    _check_args(calib, heldout, costs, manifest_sha256, kind, max_states, max_drop, measure, delta)
+    _check_args(
+        calib,
+        heldout,
+        costs,
+        manifest_sha256,
+        kind,
+        max_states,
+        max_drop,
+        measure,
+        delta,
+        calibration,
+    )
+    if static_ms is not None and not (math.isfinite(static_ms) and static_ms >= 0):
+        raise InputError(f"must be finite and >= 0, got {static_ms}", field="static_ms")
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
     choice = search_subsets(
@@ -344,22 +389,48 @@ def make_plan(
         max_drop=max_drop,
         reference_accuracy=float(calib_acc[reference]),
     )
-    fires = np.append(np.isfinite(choice.calibration.thresholds), True)
-    states = tuple(s for s, keep in zip(choice.states, fires, strict=True) if keep)
-    thresholds = choice.calibration.thresholds[fires[:-1]]
-    cols = list(states)
-    cost_ms = subset_costs(costs, states, kind)
+    promise: Promise | None = None
+    fallback: str | None = None
+    thresholds = choice.calibration.thresholds
+    kept = choice.states
+    if calibration == "risk":
+        controlled = _risk_controlled(calib, heldout, costs, kept, kind, reference, max_drop, delta)
+        promise = controlled.promise
+        thresholds = controlled.thresholds
+        if not promise.holds:
+            kept, thresholds = (reference,), np.empty(0)
+            fallback = promise.describe()
+    fires = np.append(np.isfinite(thresholds), True)
+    states = tuple(s for s, keep in zip(kept, fires, strict=True) if keep)
+    thresholds = thresholds[fires[:-1]]
 
-    def figures(split: Outcomes) -> tuple[SplitFigures, np.ndarray]:
-        run = simulate(split.conf[:, cols], split.correct[:, cols], cost_ms, thresholds)
+    def figures(
+        split: Outcomes, states: tuple[int, ...], thresholds: np.ndarray
+    ) -> tuple[SplitFigures, np.ndarray]:
+        cols = list(states)
+        run = simulate(
+            split.conf[:, cols],
+            split.correct[:, cols],
+            subset_costs(costs, states, kind),
+            thresholds,
+        )
         policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
         ref = float(split.correct[:, reference].mean())
         return SplitFigures(
             split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost
         ), policy_correct
 
-    calib_figures, _ = figures(calib)
-    held_figures, held_correct = figures(heldout)
+    held_figures, held_correct = figures(heldout, states, thresholds)
+    if static_ms is not None and len(states) > 1 and held_figures.cost_ms >= static_ms:
+        fallback = (
+            f"no plan of several states beats the measured static model: expected "
+            f"{held_figures.cost_ms:.4g} ms against {static_ms:.4g} ms; the plan keeps "
+            "the static model"
+        )
+        states, thresholds = (reference,), np.empty(0)
+        held_figures, held_correct = figures(heldout, states, thresholds)
+    calib_figures, _ = figures(calib, states, thresholds)
+    cost_ms = subset_costs(costs, states, kind)
     r_oracle, a_oracle = exact_oracle(heldout.correct, costs)
     r_n = float(costs[-1])
     return Plan(
@@ -375,7 +446,7 @@ def make_plan(
         max_drop=max_drop,
         calibration=calib_figures,
         heldout=held_figures,
-        drop_bound=drop_upper_bound(heldout.correct[:, reference], held_correct, delta),
+        drop_bound=_drop_bound(heldout, reference, held_correct, delta, promise, fallback),
         delta=delta,
         r_oracle=r_oracle,
         a_oracle=a_oracle,
@@ -385,6 +456,48 @@ def make_plan(
         search_method="exhaustive",
         max_states=max_states,
         subsets_evaluated=choice.evaluated,
+        promise=promise,
+        static_ms=None if static_ms is None else float(static_ms),
+        fallback=fallback,
+    )
+
+
+def _drop_bound(
+    heldout: Outcomes,
+    reference: int,
+    policy_correct: np.ndarray,
+    delta: float,
+    promise: Promise | None,
+    fallback: str | None,
+) -> float:
+    """The drop the plan is bounded by at confidence 1 - delta: 0 for the reference state
+    alone, the promised max_drop for a risk-controlled plan, else Clopper-Pearson."""
+    if fallback is not None:
+        return 0.0
+    if promise is not None:
+        return promise.max_drop
+    return drop_upper_bound(heldout.correct[:, reference], policy_correct, delta)
+
+
+def _risk_controlled(
+    calib: Outcomes,
+    heldout: Outcomes,
+    costs: np.ndarray,
+    states: tuple[int, ...],
+    kind: str,
+    reference: int,
+    max_drop: float,
+    delta: float,
+) -> RiskControlled:
+    """Learn-then-Test thresholds for the kept `states`: learned on `calib`, tested on
+    `heldout`, drop against the `reference` state."""
+    cols = list(states)
+    return risk_control(
+        (calib.conf[:, cols], calib.correct[:, cols], calib.correct[:, reference]),
+        (heldout.conf[:, cols], heldout.correct[:, cols], heldout.correct[:, reference]),
+        subset_costs(costs, states, kind),
+        max_drop=max_drop,
+        delta=delta,
     )
 
 
@@ -399,6 +512,8 @@ def plan_bundle(
     max_states: int = 4,
     max_drop: float = 0.005,
     delta: float = 0.05,
+    static_ms: float | None = None,
+    calibration: str = "risk",
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
@@ -415,4 +530,39 @@ def plan_bundle(
         max_drop=max_drop,
         measure=measure,
         delta=delta,
+        static_ms=static_ms,
+        calibration=calibration,
+    )
+
+
+@dataclass(frozen=True)
+class ProfileCosts:
+    """What the planner takes from a profile: each state's cost (p50 at batch 1, ms),
+    the measured whole model's (None when not timed), and the order the steps were
+    timed in."""
+
+    state_ms: tuple[float, ...]
+    static_ms: float | None
+    order: str
+
+    @property
+    def note(self) -> str | None:
+        """A caveat to show the user, None when the costs are the cascade's."""
+        if self.order == "chain":
+            return None
+        return (
+            f"the profile timed each step alone ({self.order} order): the cascade pays "
+            "more (cache refills between steps); profile with --order chain to plan on "
+            "what it pays"
+        )
+
+
+def profile_costs(profile: Profile, bundle: Bundle) -> ProfileCosts:
+    """The state costs and the static baseline of `profile` for `bundle` (checked)."""
+    from edgeadapt.profile import state_costs, static_cost
+
+    return ProfileCosts(
+        state_ms=tuple(state_costs(profile, bundle)),
+        static_ms=static_cost(profile, bundle),
+        order=profile.order,
     )

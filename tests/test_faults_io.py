@@ -161,7 +161,7 @@ def test_npy_where_npz_expected(tmp_path):
     p = tmp_path / "d.npz"
     with p.open("wb") as f:
         np.save(f, np.zeros(3))
-    with pytest.raises(InputError, match=r"single \.npy array; expected an \.npz"):
+    with pytest.raises(InputError, match=r"expected an \.npz archive, got a single \.npy array"):
         load_npz(p, {"x": ArraySpec("f", 1)})
 
 
@@ -362,3 +362,16 @@ def test_absurd_latencies_are_refused_by_the_profile_and_plan_readers(tmp_path):
     p.write_text(re.sub(r'"p50_ms": [0-9.e-]+', '"p50_ms": 1e308', src.read_text(), count=1))
     with pytest.raises(InputError, match=r"p50_ms: must be <= 1000000000000"):
         load_profile(p, check_device=False)
+
+
+def test_evaluate_on_data_overflowing_float32_names_the_data_file(tmp_path):
+    from edgeadapt.evaluate import load_dataset
+
+    p = tmp_path / "data.npz"
+    x = np.zeros((4, 1, 40))
+    x[2, 0, 5] = 1e300  # finite as float64, infinite as float32
+    np.savez(p, x=x, y=np.arange(4))
+    with pytest.raises(
+        InputError, match=r"data\.npz: x: holds NaN or infinity in 1 row\(s\), first row 2"
+    ):
+        load_dataset(p, load_bundle(MULTIEXIT))

@@ -1,4 +1,4 @@
-"""`edgeadapt run`: run a bundle's adaptive cascade on inputs from a .npy file.
+"""`edgeadapt run`: run a bundle's adaptive cascade on inputs from an .npz or .npy file.
 
 Thin: parse options, call `edgeadapt.cascade.AdaptiveModel`, print per-sample results
 (a table, or ``--json``) or write them to an .npz (``-o``).
@@ -28,27 +28,48 @@ def _parse_thresholds(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-def _load_input(path: Path) -> Any:
+def _load_input(path: Path, bundle: Any) -> dict[str, Any]:
+    """The model inputs in `path`: an .npz with one array per input, named as the input
+    (a one-input bundle may name it ``x``), or for a one-input bundle an .npy array,
+    memory-mapped (it is checked and copied a batch at a time by `predict_batches`)."""
+    import zipfile
+
     import numpy as np
 
+    from edgeadapt.inputs import read_batch
     from edgeadapt.jsonio import check_regular
 
-    if path.exists():
-        check_regular(path)  # before opening: a FIFO would block
+    if not path.exists():
+        raise InputError("no such file", source=path)
+    check_regular(path)  # before opening: a FIFO would block
+    if zipfile.is_zipfile(path):
+        return read_batch(path, bundle.inputs)
+    if len(bundle.inputs) != 1:
+        names = ", ".join(bundle.input_names)
+        raise InputError(
+            f"the bundle has {len(bundle.inputs)} inputs ({names}): give an .npz holding "
+            "one array per input, named as the input",
+            source=path,
+        )
     try:
         x = np.load(path, allow_pickle=False, mmap_mode="r")
-    except FileNotFoundError:
-        raise InputError("no such file", source=path) from None
     except (ValueError, OSError) as e:
         raise InputError(f"not a readable .npy array: {e}", source=path) from None
     if not isinstance(x, np.ndarray):
         raise InputError("expected one .npy array, got an .npz archive", source=path)
-    return x
+    return {bundle.input.name: x}
 
 
 @click.command("run")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--input", "input_path", type=_FILE, required=True, help="Input .npy array.")
+@click.option(
+    "--input",
+    "input_path",
+    type=_FILE,
+    required=True,
+    help="Inputs: an .npz with one array per model input, named as the input (x for a "
+    "one-input bundle also works), or an .npy array for a one-input bundle.",
+)
 @click.option("--runtime", default="onnxruntime", show_default=True, help="Backend name.")
 @click.option("--thresholds", help="T (every exit) or T1,T2,... (one per state but the last).")
 @click.option("--plan", "plan_path", type=_FILE, help="Plan file (states and thresholds).")
@@ -91,8 +112,8 @@ def run_command(
 
     if (thresholds is None) == (plan_path is None):
         raise InputError("give exactly one of --thresholds and --plan", source="--thresholds")
-    x = _load_input(input_path)
     b = load_bundle(bundle)
+    loaded = _load_input(input_path, b)
     model = AdaptiveModel.load(
         b,
         runtime,
@@ -101,10 +122,11 @@ def run_command(
         plan=plan_path,
         profile=profile_path,
     )
+    n = int(next(iter(loaded.values())).shape[0])
     show = not (quiet or as_json) and sys.stderr.isatty()  # a bar is for a person watching
-    with model, _bar("running", int(x.shape[0]), show=show) as progress:
+    with model, _bar("running", n, show=show) as progress:
         res, latency = predict_batches(
-            model, x, batch, budget_ms, progress=progress, source=input_path
+            model, loaded, batch, budget_ms, progress=progress, source=input_path
         )
     pred, exit_state, conf, budget_exit = (
         res[k] for k in ("pred", "exit_state", "conf", "budget_exit")
