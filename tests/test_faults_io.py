@@ -375,3 +375,12 @@ def test_evaluate_on_data_overflowing_float32_names_the_data_file(tmp_path):
         InputError, match=r"data\.npz: x: holds NaN or infinity in 1 row\(s\), first row 2"
     ):
         load_dataset(p, load_bundle(MULTIEXIT))
+
+
+def test_the_demo_on_a_full_disk_leaves_no_empty_data_folder(tmp_path, monkeypatch):
+    from edgeadapt.demo.pipeline import QuietUI, _data
+
+    _fail_fsync(monkeypatch, errno.ENOSPC)
+    with pytest.raises(InputError, match="No space left"):
+        _data(tmp_path / "demo", QuietUI(), force=True)
+    assert list(tmp_path.iterdir()) == []
