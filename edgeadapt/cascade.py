@@ -49,6 +49,7 @@ from edgeadapt.kernel import MEASURES, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session, get_runtime
+from edgeadapt.stepcheck import check_logits, check_rows, check_step
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,8 @@ class AdaptiveModel:
         and the kernel on its logits, so that the
         backends' first-call costs (allocations, kernel selection, caches) are paid here
         rather than by the first `predict`. The policy's learned costs are left alone."""
+        if rounds < 1:
+            return
         bundle = self.bundle
         batch = warmup_batch(bundle)
         pbuf, cbuf, mbuf, kbuf = self._buffers
@@ -376,6 +379,7 @@ class AdaptiveModel:
                 if session is None:  # a plan's ensemble member that is never run
                     continue
                 out = session.run({name: env[name] for name in step.inputs}, check=False)
+                check_step(out, 1, step.logits, bundle.num_classes, session.path)
                 if bundle.kind == "early-exit":
                     env.update(out)
                 logits = np.ascontiguousarray(out[step.logits])
@@ -550,10 +554,12 @@ class AdaptiveModel:
                         {name: xs[name] if is_input else prev[name] for name, is_input in feeds},
                         check=False,
                     )
+                check_rows(prev, n, session.path)
                 step_ms.append(session.last_run_ns / 1e6)
                 step_rows.append(n)
             policy.observe(slot, (perf_counter_ns() - t0) / 1e6)
             logits = prev[logits_name]
+            check_logits(logits, n, self.bundle.num_classes, calls[-1][0].path, logits_name)
             if rows is None:
                 try:
                     k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)
