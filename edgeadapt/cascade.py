@@ -319,6 +319,8 @@ class AdaptiveModel:
         per_step = _step_costs(bundle, step_costs_ms, profile, stat)
         if per_step is not None:
             stage_costs = [sum(per_step[i] for i in st.steps) for st in stages]
+        elif plan is not None and bundle.kind == "branches":  # each branch's own cost
+            stage_costs = list(plan.cost_ms)
         elif plan is not None:
             stage_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
         else:

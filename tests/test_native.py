@@ -16,7 +16,7 @@ import pytest
 from edgeadapt.bundle import load_bundle
 from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.datasets import mnist1d_splits
-from edgeadapt.plan import Plan, save_plan
+from edgeadapt.plan import BudgetRow, Plan, save_plan
 from tests.plans import runner_plan
 from tests.tiny import UNLISTED
 
@@ -128,7 +128,12 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def _plan(path: Path, states, thresholds, measure, cost_ms) -> Plan:
-    return runner_plan(load_bundle(path), states, thresholds, cost_ms, measure=measure)
+    """A plan whose budget table has a row per kept state, each more accurate."""
+    table = [
+        BudgetRow(budget_ms=c, state=s, accuracy=0.5 + 0.1 * j)
+        for j, (s, c) in enumerate(zip(states, cost_ms, strict=True))
+    ]
+    return runner_plan(load_bundle(path), states, thresholds, cost_ms, measure=measure, table=table)
 
 
 # (bundle, how the policy is given, budget_ms); plans skip states and use each measure
@@ -141,6 +146,10 @@ CASES = {
     "ensemble-thresholds": (FAMILY, ("thresholds", 0.7, "margin"), None),
     "early-exit-budget-too-small": (MULTIEXIT, ("plan", [0, 2, 3], [0.9, 0.8], "maxprob"), 1e-6),
     "early-exit-budget-ample": (MULTIEXIT, ("plan", [0, 2, 3], [0.9, 0.8], "maxprob"), 1e6),
+    # the table picks kept state 1 (cost 0.2 <= 0.25): the cascade stops there
+    "early-exit-budget-table": (MULTIEXIT, ("plan", [0, 2, 3], [0.9, 0.8], "maxprob"), 250.0),
+    # each member alone costs 100: the table picks the most accurate, run alone
+    "ensemble-budget-table": (FAMILY, ("plan", [0, 1, 2], [0.9, 0.9], "margin"), 250.0),
     "ensemble-budget-too-small": (FAMILY, ("plan", [0, 1, 2], [0.9, 0.9], "margin"), 1e-6),
 }
 
@@ -167,7 +176,9 @@ def test_native_matches_adaptive_model_on_every_sample(native, inputs, tmp_path,
     if policy[0] == "plan":
         _, states, thresholds, measure = policy
         plan_path = tmp_path / "plan.json"
-        costs = [0.1 * (j + 1) for j in range(len(states))]
+        # table cases: costs far above the steps' real ones, so the table decides
+        scale = 1000.0 if "table" in case else 1.0
+        costs = [0.1 * scale * (j + 1) for j in range(len(states))]
         save_plan(plan_path, _plan(bundle, states, thresholds, measure, costs))
         cmd += ["--plan", plan_path]
     else:
@@ -190,6 +201,13 @@ def test_native_matches_adaptive_model_on_every_sample(native, inputs, tmp_path,
     if budget == 1e-6:  # only the first kept state ever fits
         assert (want["budget_exit"][want["exit_state"] == policy[1][0]]).any()
         assert exits.tolist() == [policy[1][0]]
+    elif case == "early-exit-budget-table":
+        # the first batch runs the cascade up to kept state 1 (bundle state 2) only; the
+        # measured costs (far below the plan's) then let later batches go further
+        assert set(want["exit_state"][:batch].tolist()) <= {0, 2}
+        assert len(exits) > 1
+    elif case == "ensemble-budget-table":
+        assert (want["exit_state"][:batch] == 2).all()  # the most accurate member, alone
     else:
         assert len(exits) > 1, "the case should exit at several states"
         assert not want["budget_exit"].any()

@@ -15,7 +15,7 @@ using detail::Fields;
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
-const std::set<std::string> kKinds = {"early-exit", "ensemble"};
+const std::set<std::string> kKinds = {"early-exit", "ensemble", "branches"};
 const std::set<std::string> kDtypes = {"float32", "float16", "float64", "int64",
                                        "int32",   "int8",    "uint8",   "bool"};
 
@@ -121,7 +121,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     Bundle b;
     b.path = root;
     b.kind = f.str("kind");
-    if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble", "kind");
+    if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble, branches", "kind");
     // Version 1 holds one `input` object, version 2 a list `inputs`.
     if (doc["version"].get<std::int64_t>() == 1) {
         b.input = parse_input(f.child("input"));
@@ -198,8 +198,8 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         if (b.kind == "early-exit" && step.activation.empty() != last)
             s.fail("every early-exit step but the last has an activation; the last has none",
                    "activation");
-        if (b.kind == "ensemble" && !step.activation.empty())
-            s.fail("ensemble members have no activation", "activation");
+        if (b.kind != "early-exit" && !step.activation.empty())
+            s.fail("ensemble members and branches have no activation", "activation");
         step.logits = s.str("logits");
         b.steps.push_back(std::move(step));
     }

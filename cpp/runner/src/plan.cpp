@@ -49,8 +49,8 @@ void load(const std::filesystem::path& path, Plan& out) {
     if (!detail::is_sha256_hex(p.manifest_sha256))
         bundle.fail("must be 64 lowercase hex digits", "manifest_sha256");
     p.kind = bundle.str("kind");
-    if (p.kind != "early-exit" && p.kind != "ensemble")
-        bundle.fail("must be one of early-exit, ensemble", "kind");
+    if (p.kind != "early-exit" && p.kind != "ensemble" && p.kind != "branches")
+        bundle.fail("must be one of early-exit, ensemble, branches", "kind");
     const detail::Json& names = bundle.list("states");
     for (std::size_t j = 0; j < names.size(); ++j) {
         if (!names[j].is_string() || names[j].get<std::string>().empty())

@@ -205,8 +205,8 @@ class Runner {
     static void build(const Bundle& bundle, std::vector<std::int64_t> kept,
                        std::vector<double> thresholds, Measure measure,
                        std::vector<double> stage_costs, bool costs_known,
-                       std::shared_ptr<Backend> backend, const RunnerOptions& options,
-                       std::unique_ptr<Runner>& out);
+                       std::vector<double> accuracies, std::shared_ptr<Backend> backend,
+                       const RunnerOptions& options, std::unique_ptr<Runner>& out);
     void run(const float* x, std::int64_t batch, double budget_ms, Result& out);
     const float* rows_of_input(const float* x);
     void check_outputs(std::size_t step, const TensorView* views, std::size_t count,
@@ -215,6 +215,7 @@ class Runner {
     Bundle bundle_;
     Policy policy_;
     bool costs_known_ = false;
+    bool table_ = false;  // the plan's budget table picks the route under a budget
     std::shared_ptr<Backend> backend_;
     std::vector<Stage> stages_;
     std::vector<StepRun> steps_;
