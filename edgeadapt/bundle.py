@@ -1,17 +1,19 @@
-"""Bundle format v1: the step (or member) ONNX files of a model's states plus a manifest.
+"""Bundle format v2 (v1 still reads): the step (or member) ONNX files of a model's states plus a manifest.
 
 A bundle is a directory holding ``manifest.json`` and one ONNX file per state (and any
 external-data files those reference). ``kind`` is
 
-- ``early-exit``: state i runs steps 0..i. Step 0 reads the model input; step i > 0
-  reads the activation output of step i-1 (and may also read the model input). Every
+- ``early-exit``: state i runs steps 0..i. Step 0 reads model inputs; step i > 0
+  reads the activation output of step i-1 and any model inputs it needs (such as a
+  transformer's ``attention_mask``). Every
   step but the last has two outputs, ``activation`` (for the next step) and ``logits``
   (state i's prediction); the last has logits only.
 - ``ensemble``: state i is an independent model that reads the model input and outputs
   logits; for uniformity it is stored as ``steps[i]`` with no activation.
 
-The manifest records the input spec (its first axis is the dynamic batch axis
-``"batch"``), the class count, per step its file, I/O names, per-sample FLOPs/MACs
+The manifest records the model inputs (name, shape, dtype; each shape's first axis is
+the dynamic batch axis ``"batch"``; version 1 manifests hold a single ``input``,
+version 2 a list ``inputs``), the class count, per step its file, I/O names, per-sample FLOPs/MACs
 (split into the stage's and the head's shares) and parameter count, the sha256 of
 every file, and the producer. `write_bundle` writes the whole directory atomically;
 `load_bundle` validates the schema, the paths (everything stays inside the bundle),
@@ -44,7 +46,9 @@ from edgeadapt.flops import ancestors, count_flops, count_params
 from edgeadapt.jsonio import Fields, dumps, read_json
 
 FORMAT = "edgeadapt-bundle"
-VERSION = 1
+VERSION = 2
+#: Versions `load_bundle` reads: 1 holds one ``input`` object, 2 a list of ``inputs``.
+VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 KINDS = ("early-exit", "ensemble")
 BATCH = "batch"
@@ -125,7 +129,7 @@ class Bundle:
     path: Path
     kind: str
     num_classes: int
-    input: InputSpec
+    inputs: tuple[InputSpec, ...]
     states: tuple[StateInfo, ...]
     steps: tuple[StepInfo, ...]
     files: dict[str, str]
@@ -133,6 +137,23 @@ class Bundle:
     extra: dict[str, Any]
     manifest_sha256: str
     verified: bool = field(default=False)
+
+    @property
+    def input(self) -> InputSpec:
+        """The model input of a one-input bundle; refused for several, so that no caller
+        silently feeds only the first of them."""
+        if len(self.inputs) != 1:
+            raise BundleError(
+                f"the bundle has {len(self.inputs)} inputs "
+                f"({', '.join(i.name for i in self.inputs)}); use `inputs`",
+                source=self.path / MANIFEST,
+                field="$.inputs",
+            )
+        return self.inputs[0]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
 
     @property
     def flops(self) -> list[int]:
@@ -164,19 +185,44 @@ def _graph_io(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return inputs, [o.name for o in model.graph.output]
 
 
-def _check_input(spec: InputSpec) -> None:
-    if not spec.name:
-        raise BundleError("the input needs a name", field="input.name")
-    if not spec.shape or spec.shape[0] != BATCH:
-        raise BundleError(f"shape[0] must be {BATCH!r}, got {spec.shape!r}", field="input.shape")
-    for d in spec.shape[1:]:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+def _check_inputs(specs: Sequence[InputSpec]) -> None:
+    if not specs:
+        raise BundleError("a bundle needs at least one input", field="inputs")
+    seen: set[str] = set()
+    for k, spec in enumerate(specs):
+        at = f"inputs[{k}]"
+        if not isinstance(spec, InputSpec):
+            raise BundleError(f"expected an InputSpec, got {type(spec).__name__}", field=at)
+        if not spec.name:
+            raise BundleError("the input needs a name", field=f"{at}.name")
+        if spec.name in seen:
+            raise BundleError(f"duplicate input name {spec.name!r}", field=f"{at}.name")
+        seen.add(spec.name)
+        if not spec.shape or spec.shape[0] != BATCH:
             raise BundleError(
-                f"dimensions after the batch axis must be positive integers, got {spec.shape!r}",
-                field="input.shape",
+                f"shape[0] must be {BATCH!r}, got {spec.shape!r}", field=f"{at}.shape"
             )
-    if spec.dtype not in DTYPES:
-        raise BundleError(f"dtype must be one of {DTYPES}, got {spec.dtype!r}", field="input.dtype")
+        for d in spec.shape[1:]:
+            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                raise BundleError(
+                    "dimensions after the batch axis must be positive integers, "
+                    f"got {spec.shape!r}",
+                    field=f"{at}.shape",
+                )
+        if spec.dtype not in DTYPES:
+            raise BundleError(
+                f"dtype must be one of {DTYPES}, got {spec.dtype!r}", field=f"{at}.dtype"
+            )
+
+
+def _resolve_inputs(
+    input: InputSpec | None, inputs: Sequence[InputSpec] | None
+) -> tuple[InputSpec, ...]:
+    if (input is None) == (inputs is None):
+        raise BundleError("give exactly one of `input` and `inputs`", field="inputs")
+    specs = (input,) if input is not None else tuple(inputs or ())
+    _check_inputs(specs)
+    return specs
 
 
 def _entry(
@@ -184,7 +230,7 @@ def _entry(
     step: Step,
     kind: str,
     last: bool,
-    spec: InputSpec,
+    model_inputs: set[str],
     num_classes: int,
     previous: list[str],
 ) -> dict[str, Any]:
@@ -195,12 +241,9 @@ def _entry(
     except onnx.checker.ValidationError as e:
         raise BundleError(f"invalid ONNX model: {e}", field=where) from None
     inputs, outputs = _graph_io(step.model)
-    allowed = {spec.name} if kind == "ensemble" or i == 0 else {spec.name, *previous}
-    bad = [n for n in inputs if n not in allowed]
-    if bad or (i == 0 and spec.name not in inputs):
-        raise BundleError(
-            f"inputs {inputs} do not chain: allowed are {sorted(allowed)}", field=f"{where}.inputs"
-        )
+    bad = _chain_error(inputs, model_inputs, kind == "ensemble" or i == 0, previous)
+    if bad:
+        raise BundleError(bad, field=f"{where}.inputs")
     want = [step.logits] if last or kind == "ensemble" else [step.activation, step.logits]
     if (step.activation is None) != (last or kind == "ensemble"):
         raise BundleError(
@@ -233,6 +276,17 @@ def _entry(
         "params": count_params(step.model),
         "unknown_ops": cost.unknown_ops,
     }
+
+
+def _chain_error(
+    inputs: Sequence[str], model_inputs: set[str], first: bool, previous: Sequence[str]
+) -> str | None:
+    """Why a step reading `inputs` does not chain, or None: step 0 and ensemble members
+    read model inputs only, a later step model inputs and the previous step's outputs."""
+    allowed = model_inputs if first else {*model_inputs, *previous}
+    if not inputs or any(n not in allowed for n in inputs):
+        return f"inputs {list(inputs)} do not chain: allowed are {sorted(allowed)}"
+    return None
 
 
 def _check_logits(model: onnx.ModelProto, logits: str, num_classes: int, where: str) -> None:
@@ -335,7 +389,8 @@ def write_bundle(
     out_dir: str | os.PathLike[str],
     *,
     kind: str,
-    input: InputSpec,
+    input: InputSpec | None = None,
+    inputs: Sequence[InputSpec] | None = None,
     num_classes: int,
     steps: Sequence[Step] | None = None,
     models: Sequence[onnx.ModelProto] | None = None,
@@ -346,8 +401,9 @@ def write_bundle(
 ) -> Bundle:
     """Write a bundle to `out_dir` atomically and return it loaded and verified.
 
-    Early-exit bundles take `steps` (in state order); ensembles take `models` (one per
-    state, each reading the input and outputting logits only). `producer` should name
+    The model inputs are `inputs` (or, for one input, `input`). Early-exit bundles take
+    `steps` (in state order); ensembles take `models` (one per state, each reading model
+    inputs and outputting logits only). `producer` should name
     the ``exporter`` and the ``source_sha256`` of the source model; the edgeadapt
     version is added. `out_dir` may be absent, empty, or hold the very same bundle; an
     existing different bundle is replaced only with `force`. A writer killed midway
@@ -355,7 +411,8 @@ def write_bundle(
     """
     if kind not in KINDS:
         raise BundleError(f"kind must be one of {KINDS}, got {kind!r}", field="kind")
-    _check_input(input)
+    specs = _resolve_inputs(input, inputs)
+    model_inputs = {i.name for i in specs}
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise BundleError(f"must be an integer >= 2, got {num_classes!r}", field="num_classes")
     if kind == "early-exit":
@@ -384,7 +441,7 @@ def write_bundle(
     entries: list[dict[str, Any]] = []
     previous: list[str] = []
     for i, s in enumerate(parts):
-        entries.append(_entry(i, s, kind, i == len(parts) - 1, input, num_classes, previous))
+        entries.append(_entry(i, s, kind, i == len(parts) - 1, model_inputs, num_classes, previous))
         previous = _graph_io(s.model)[1]
 
     out = Path(out_dir).absolute()
@@ -402,7 +459,7 @@ def write_bundle(
             "format": FORMAT,
             "version": VERSION,
             "kind": kind,
-            "input": input.to_json(),
+            "inputs": [i.to_json() for i in specs],
             "num_classes": num_classes,
             "states": [{"name": n, **e} for n, e in zip(names, entries, strict=True)],
             "files": files,
@@ -471,6 +528,22 @@ def _parse_input(f: Fields) -> InputSpec:
             )
     dtype = f.get("dtype", str, check=lambda v: None if v in DTYPES else f"must be one of {DTYPES}")
     return InputSpec(name, tuple(shape), dtype)
+
+
+def _parse_inputs(f: Fields, version: int) -> tuple[InputSpec, ...]:
+    """Version 1: one ``input`` object; version 2: a non-empty list ``inputs``."""
+    if version == 1:
+        return (_parse_input(f.child("input")),)
+    items = f.items("inputs")
+    if not items:
+        f.fail("a bundle needs at least one input", "inputs")
+    specs: list[InputSpec] = []
+    for item in items:
+        spec = _parse_input(item)
+        if any(spec.name == s.name for s in specs):
+            item.fail(f"duplicate input name {spec.name!r}", "name")
+        specs.append(spec)
+    return tuple(specs)
 
 
 def _str_list(f: Fields, key: str) -> tuple[str, ...]:
@@ -576,10 +649,11 @@ def _load(root: Path, verify: bool) -> Bundle:
     if not root.is_dir():
         raise BundleError("no such bundle directory", source=root)
     raw = source.read_bytes() if source.is_file() else b""
-    doc = read_json(source, fmt=FORMAT, versions=[VERSION])
+    doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
     f = Fields(doc, source=source)
     kind = f.get("kind", str, check=lambda v: None if v in KINDS else f"must be one of {KINDS}")
-    spec = _parse_input(f.child("input"))
+    specs = _parse_inputs(f, doc["version"])
+    model_inputs = {i.name for i in specs}
     num_classes = f.get("num_classes", int, check=lambda v: None if v >= 2 else "must be >= 2")
 
     files_obj = f.get("files", dict)
@@ -627,17 +701,11 @@ def _load(root: Path, verify: bool) -> Bundle:
         activation = s.get("activation", (str, type(None)))
         inputs = _str_list(s, "inputs")
         last = i == len(state_fields) - 1
-        if kind == "ensemble" or i == 0:
-            allowed = {spec.name}
-        else:
-            prev = steps[-1]
-            allowed = {spec.name, *(n for n in (prev.activation, prev.logits) if n)}
-        if (
-            not inputs
-            or any(n not in allowed for n in inputs)
-            or (i == 0 and spec.name not in inputs)
-        ):
-            s.fail(f"inputs {list(inputs)} do not chain: allowed are {sorted(allowed)}", "inputs")
+        first = kind == "ensemble" or i == 0
+        previous = [] if first else [n for n in (steps[-1].activation, steps[-1].logits) if n]
+        bad = _chain_error(inputs, model_inputs, first, previous)
+        if bad:
+            s.fail(bad, "inputs")
         if kind == "early-exit" and (activation is None) != last:
             s.fail(
                 "every early-exit step but the last has an activation; the last has none",
@@ -674,7 +742,7 @@ def _load(root: Path, verify: bool) -> Bundle:
         path=root,
         kind=kind,
         num_classes=num_classes,
-        input=spec,
+        inputs=specs,
         states=tuple(states),
         steps=tuple(steps),
         files=files,

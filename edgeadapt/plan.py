@@ -23,7 +23,9 @@ the record of how well the plan did and is shown by reports.
               "drop_bound", "delta"},
   "oracle": {"r_oracle", "a_oracle", "r_n", "a_n"},
   "gap_closure": 0.71 | null,
-  "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12}
+  "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12},
+  "promise": {"max_drop", "delta", "n", "tested", "passed", "p_value", "losses",
+              "required_n", "holds", "method", "assumption"}    # risk-controlled plans
 }
 ```
 
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import Fields, check_value, read_json, write_json
+from edgeadapt.risk import Promise
 
 if TYPE_CHECKING:
     from edgeadapt.bundle import Bundle
@@ -111,6 +114,7 @@ class Plan:
     search_method: str
     max_states: int
     subsets_evaluated: int
+    promise: Promise | None = None
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -133,6 +137,7 @@ class Plan:
             "oracle": {"r_oracle": self.r_oracle, "a_oracle": self.a_oracle},
             "r_n": self.r_n,
             "gap_closure": self.gap_closure,
+            "promise": None if self.promise is None else self.promise.to_json(),
         }
 
 
@@ -150,6 +155,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     """The JSON document of a plan (see the module docstring)."""
     heldout = _figures_doc(plan.heldout)
     heldout.update(drop_bound=plan.drop_bound, delta=plan.delta)
+    promise = {} if plan.promise is None else {"promise": plan.promise.to_json()}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -186,6 +192,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
             "max_states": plan.max_states,
             "subsets_evaluated": plan.subsets_evaluated,
         },
+        **promise,
     }
 
 
@@ -327,7 +334,30 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         search_method=search.get("method", str, check=_one_of(SEARCH_METHODS)),
         max_states=_int(search, "max_states", minimum=1),
         subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
+        promise=_promise(f.child("promise")) if "promise" in f.obj else None,
     )
+
+
+def _promise(f: Fields) -> Promise:
+    level = {"check": lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"}
+    n = _int(f, "n", minimum=1)
+    tested = _int(f, "tested", minimum=1)
+    passed = _int(f, "passed", minimum=0, maximum=tested)
+    promise = Promise(
+        max_drop=f.get("max_drop", float, **level),
+        delta=f.get("delta", float, **level),
+        n=n,
+        tested=tested,
+        passed=passed,
+        p_value=f.number("p_value", minimum=0.0, maximum=1.0),
+        losses=_int(f, "losses", minimum=0, maximum=n),
+        required_n=_int(f, "required_n", minimum=1),
+        method=f.get("method", str),
+        assumption=f.get("assumption", str),
+    )
+    if f.get("holds", bool) != promise.holds:
+        f.fail("must say whether any tested point passed (passed > 0)", "holds")
+    return promise
 
 
 def save_plan(path: str | os.PathLike[str], plan: Plan) -> None:

@@ -16,8 +16,16 @@ of every state) and the per-state costs measured on the device:
    (`edgeadapt.calibrate`). Ties go to fewer states.
 3. States whose calibrated threshold never fires are dropped from the winner (their
    outcomes are unchanged; an ensemble no longer pays for them).
-4. The held-out split gives the figures the plan reports: accuracy, drop against the
-   same reference state, a Clopper-Pearson bound on the drop at confidence 1 - delta,
+4. Thresholds (``calibration="risk"``, the default): the subset's thresholds are
+   chosen by Learn then Test (`edgeadapt.risk`): a path learned on the calibration
+   split, tested in order on the held-out split, so that P(drop on new data >
+   max_drop) <= delta. When nothing can be promised (too few held-out samples, or no
+   point passes) the plan keeps the reference state alone: the static model.
+   ``calibration="empirical"`` keeps the thresholds that meet max_drop on the
+   calibration split, with no promise.
+5. The held-out split gives the figures the plan reports: accuracy, drop against the
+   same reference state, a bound on the drop at confidence 1 - delta (the promised
+   max_drop for risk-controlled plans; a Clopper-Pearson bound for empirical ones),
    the expected cost, the exact oracle over all states, and the oracle gap closure
    ``(R_N - R_policy) / (R_N - R_oracle)``.
 
@@ -43,6 +51,7 @@ from edgeadapt.calibrate import Calibration, calibrate, required_correct, simula
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
 from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
+from edgeadapt.risk import Promise, RiskControlled, risk_control
 from edgeadapt.stats import drop_upper_bound
 
 if TYPE_CHECKING:
@@ -50,6 +59,7 @@ if TYPE_CHECKING:
     from edgeadapt.evaluation import Evaluation
 
 _FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
+CALIBRATIONS = ("risk", "empirical")
 _TOL = 1e-9
 
 
@@ -278,6 +288,7 @@ def _check_args(
     max_drop: float,
     measure: str,
     delta: float,
+    calibration: str,
 ) -> None:
     if heldout.names != calib.names:
         raise InputError(
@@ -311,6 +322,16 @@ def _check_args(
         raise InputError(f"must be in [0, 1], got {max_drop}", field="max_drop")
     if not 0.0 < delta < 1.0:
         raise InputError(f"must be in (0, 1), got {delta}", field="delta")
+    if calibration not in CALIBRATIONS:
+        raise InputError(
+            f"must be one of {list(CALIBRATIONS)}, got {calibration!r}", field="calibration"
+        )
+    if calibration == "risk" and not 0.0 < max_drop < 1.0:
+        raise InputError(
+            f"a risk-controlled plan needs max_drop in (0, 1), got {max_drop}; "
+            "use calibration='empirical' for a zero-drop plan",
+            field="max_drop",
+        )
 
 
 def make_plan(
@@ -324,6 +345,7 @@ def make_plan(
     max_drop: float = 0.005,
     measure: str | None = None,
     delta: float = 0.05,
+    calibration: str = "risk",
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
 
@@ -333,7 +355,18 @@ def make_plan(
     """
     costs = np.asarray(state_costs_ms, dtype=np.float64)
     measure = _measure(calib, heldout, measure)
-    _check_args(calib, heldout, costs, manifest_sha256, kind, max_states, max_drop, measure, delta)
+    _check_args(
+        calib,
+        heldout,
+        costs,
+        manifest_sha256,
+        kind,
+        max_states,
+        max_drop,
+        measure,
+        delta,
+        calibration,
+    )
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
     choice = search_subsets(
@@ -344,9 +377,18 @@ def make_plan(
         max_drop=max_drop,
         reference_accuracy=float(calib_acc[reference]),
     )
-    fires = np.append(np.isfinite(choice.calibration.thresholds), True)
-    states = tuple(s for s, keep in zip(choice.states, fires, strict=True) if keep)
-    thresholds = choice.calibration.thresholds[fires[:-1]]
+    promise: Promise | None = None
+    thresholds = choice.calibration.thresholds
+    kept = choice.states
+    if calibration == "risk":
+        controlled = _risk_controlled(calib, heldout, costs, kept, kind, reference, max_drop, delta)
+        promise = controlled.promise
+        thresholds = controlled.thresholds
+        if not promise.holds:
+            kept, thresholds = (reference,), np.empty(0)
+    fires = np.append(np.isfinite(thresholds), True)
+    states = tuple(s for s, keep in zip(kept, fires, strict=True) if keep)
+    thresholds = thresholds[fires[:-1]]
     cols = list(states)
     cost_ms = subset_costs(costs, states, kind)
 
@@ -375,7 +417,11 @@ def make_plan(
         max_drop=max_drop,
         calibration=calib_figures,
         heldout=held_figures,
-        drop_bound=drop_upper_bound(heldout.correct[:, reference], held_correct, delta),
+        drop_bound=(
+            drop_upper_bound(heldout.correct[:, reference], held_correct, delta)
+            if promise is None
+            else (max_drop if promise.holds else 0.0)
+        ),
         delta=delta,
         r_oracle=r_oracle,
         a_oracle=a_oracle,
@@ -385,6 +431,29 @@ def make_plan(
         search_method="exhaustive",
         max_states=max_states,
         subsets_evaluated=choice.evaluated,
+        promise=promise,
+    )
+
+
+def _risk_controlled(
+    calib: Outcomes,
+    heldout: Outcomes,
+    costs: np.ndarray,
+    states: tuple[int, ...],
+    kind: str,
+    reference: int,
+    max_drop: float,
+    delta: float,
+) -> RiskControlled:
+    """Learn-then-Test thresholds for the kept `states`: learned on `calib`, tested on
+    `heldout`, drop against the `reference` state."""
+    cols = list(states)
+    return risk_control(
+        (calib.conf[:, cols], calib.correct[:, cols], calib.correct[:, reference]),
+        (heldout.conf[:, cols], heldout.correct[:, cols], heldout.correct[:, reference]),
+        subset_costs(costs, states, kind),
+        max_drop=max_drop,
+        delta=delta,
     )
 
 
@@ -399,6 +468,7 @@ def plan_bundle(
     max_states: int = 4,
     max_drop: float = 0.005,
     delta: float = 0.05,
+    calibration: str = "risk",
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
@@ -415,4 +485,5 @@ def plan_bundle(
         max_drop=max_drop,
         measure=measure,
         delta=delta,
+        calibration=calibration,
     )

@@ -1,4 +1,4 @@
-"""Bundle format v1: round trip, verification, and every fault ending in a clear error."""
+"""Bundle format: round trip, verification, and every fault ending in a clear error."""
 
 import hashlib
 import json
@@ -155,13 +155,18 @@ def test_external_data_escaping_the_bundle_is_refused(bundle_dir):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(version=2), r"\$\.version: unsupported version 2"),
+        (lambda d: d.update(version=3), r"\$\.version: unsupported version 3"),
         (lambda d: d.update(format="other"), r"\$\.format"),
         (lambda d: d.update(kind="tree"), r"\$\.kind: must be one of"),
         (lambda d: d.update(num_classes=True), r"\$\.num_classes: expected int"),
         (
-            lambda d: d["input"].update(shape=[1, 1, 40]),
-            r"\$\.input\.shape: the first axis must be 'batch'",
+            lambda d: d["inputs"][0].update(shape=[1, 1, 40]),
+            r"\$\.inputs\[0\]\.shape: the first axis must be 'batch'",
+        ),
+        (lambda d: d.update(inputs=[]), r"\$\.inputs: a bundle needs at least one input"),
+        (
+            lambda d: d.update(inputs=[d["inputs"][0], d["inputs"][0]]),
+            r"\$\.inputs\[1\]\.name: duplicate input name 'x'",
         ),
         (
             lambda d: d["states"][1].update(inputs=["x", "exit0_other"]),
@@ -324,3 +329,96 @@ def test_large_steps_use_external_data_inside_the_bundle(tmp_path, monkeypatch):
     os.remove(tmp_path / "fam" / "model1.onnx.data")
     with pytest.raises(BundleError, match="missing"):
         load_bundle(tmp_path / "fam")
+
+
+def _masked_steps():
+    """Two steps of a toy two-input model: step 0 reads `ids` and `mask`, step 1 reads
+    the activation and `mask` again, as a transformer's later layers do."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def vi(name, shape, dtype=TensorProto.FLOAT):
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    w = numpy_helper.from_array(np.ones((4, 10), np.float32), "w")
+    step0 = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Mul", ["ids", "mask"], ["act"]),
+                helper.make_node("MatMul", ["act", "w"], ["logits0"]),
+            ],
+            "s0",
+            [vi("ids", ["batch", 4]), vi("mask", ["batch", 4])],
+            [vi("act", ["batch", 4]), vi("logits0", ["batch", 10])],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    step1 = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Add", ["act", "mask"], ["h"]),
+                helper.make_node("MatMul", ["h", "w"], ["logits1"]),
+            ],
+            "s1",
+            [vi("act", ["batch", 4]), vi("mask", ["batch", 4])],
+            [vi("logits1", ["batch", 10])],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    return [Step(step0, logits="logits0", activation="act"), Step(step1, logits="logits1")]
+
+
+MASKED_INPUTS = [InputSpec("ids", ("batch", 4)), InputSpec("mask", ("batch", 4))]
+
+
+def test_multi_input_bundle_round_trip(tmp_path):
+    b = write_bundle(
+        tmp_path / "b",
+        kind="early-exit",
+        inputs=MASKED_INPUTS,
+        num_classes=10,
+        steps=_masked_steps(),
+        producer={"exporter": "test"},
+    )
+    assert b.inputs == tuple(MASKED_INPUTS)
+    assert b.input_names == ("ids", "mask")
+    assert b.steps[1].inputs == ("act", "mask")
+    doc = _manifest(tmp_path / "b")
+    assert doc["version"] == 2
+    assert [i["name"] for i in doc["inputs"]] == ["ids", "mask"]
+    with pytest.raises(BundleError, match=r"2 inputs \(ids, mask\); use `inputs`"):
+        _ = b.input
+
+
+def test_multi_input_step_reading_an_unknown_tensor_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="do not chain"):
+        write_bundle(
+            tmp_path / "b",
+            kind="early-exit",
+            inputs=MASKED_INPUTS[:1],
+            num_classes=10,
+            steps=_masked_steps(),
+            producer={"exporter": "test"},
+        )
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(BundleError, match="exactly one of `input` and `inputs`"):
+        write_bundle(
+            tmp_path / "c",
+            kind="early-exit",
+            input=MASKED_INPUTS[0],
+            inputs=MASKED_INPUTS,
+            num_classes=10,
+            steps=_masked_steps(),
+            producer={},
+        )
+
+
+def test_version_1_manifest_with_one_input_still_loads(bundle_dir):
+    doc = _manifest(bundle_dir)
+    doc["version"] = 1
+    doc["input"] = doc.pop("inputs")[0]
+    _write_manifest(bundle_dir, doc)
+    b = load_bundle(bundle_dir)
+    assert b.inputs == (SPEC,)
+    assert b.input == SPEC

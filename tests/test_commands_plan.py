@@ -81,7 +81,19 @@ def test_a_measure_plan_exits_the_rows_the_planner_simulated(artefacts, measure)
     out = tmp / f"plan-{measure}.json"
     args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
     result = CliRunner().invoke(
-        cli, [*args, "--measure", measure, "--max-drop", "0.02", "-o", str(out), "--json"]
+        cli,
+        [
+            *args,
+            "--measure",
+            measure,
+            "--max-drop",
+            "0.02",
+            "--calibration",
+            "empirical",
+            "-o",
+            str(out),
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["measure"] == measure

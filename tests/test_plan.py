@@ -10,20 +10,66 @@ from edgeadapt.plan import load_plan, plan_to_doc, save_plan
 from edgeadapt.planner import Outcomes, make_plan
 
 
-@pytest.fixture(scope="module")
-def plan():
+def _plan(n, calibration, max_drop):
     rng = np.random.default_rng(0)
-    difficulty = rng.random(600)
+    difficulty = rng.random(n)
     skill = np.array([0.4, 0.6, 0.75, 0.9])
     correct = difficulty[:, None] < skill
-    conf = (
-        1 / (1 + np.exp(-4 * (skill - difficulty[:, None]) - rng.normal(size=(600, 4))))
-    ).astype(np.float32)
+    conf = (1 / (1 + np.exp(-4 * (skill - difficulty[:, None]) - rng.normal(size=(n, 4))))).astype(
+        np.float32
+    )
     data = Outcomes(("s0", "s1", "s2", "s3"), correct, conf)
     calib, held = data.split(0.5, 0)
     return make_plan(
-        calib, held, [0.1, 0.2, 0.3, 0.4], manifest_sha256="0" * 64, max_states=3, max_drop=0.01
+        calib,
+        held,
+        [0.1, 0.2, 0.3, 0.4],
+        manifest_sha256="0" * 64,
+        max_states=3,
+        max_drop=max_drop,
+        calibration=calibration,
     )
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return _plan(600, "empirical", 0.01)
+
+
+@pytest.fixture(scope="module")
+def promised():
+    plan = _plan(4000, "risk", 0.03)
+    assert plan.promise is not None
+    assert plan.promise.holds
+    return plan
+
+
+def test_round_trip_keeps_the_promise(tmp_path, promised):
+    path = tmp_path / "plan.json"
+    save_plan(path, promised)
+    assert load_plan(path) == promised
+    doc = json.loads(path.read_text())
+    assert doc["promise"]["holds"] is True
+    assert doc["promise"]["max_drop"] == 0.03
+    assert "exchangeable" in doc["promise"]["assumption"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "where"),
+    [
+        ("holds", False, r"\$\.promise\.holds"),
+        ("passed", 99, r"\$\.promise\.passed"),
+        ("delta", 1.5, r"\$\.promise\.delta"),
+        ("n", 0, r"\$\.promise\.n"),
+    ],
+)
+def test_promise_faults_name_file_and_path(tmp_path, promised, key, value, where):
+    doc = plan_to_doc(promised)
+    doc["promise"][key] = value
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=where):
+        load_plan(path)
 
 
 def test_round_trip(tmp_path, plan):

@@ -19,6 +19,7 @@ from edgeadapt.planner import (
     make_plan,
     subset_costs,
 )
+from edgeadapt.risk import required_samples
 
 SHA = "ab" * 32
 
@@ -51,8 +52,16 @@ def test_plan_keeps_the_drop_on_calibration_and_reports_heldout(args):
     data, cost = outcomes(n, s, seed)
     calib, held = data.split(0.5, seed)
     plan = make_plan(
-        calib, held, cost, manifest_sha256=SHA, kind=kind, max_states=k, max_drop=max_drop
+        calib,
+        held,
+        cost,
+        manifest_sha256=SHA,
+        kind=kind,
+        max_states=k,
+        max_drop=max_drop,
+        calibration="empirical",
     )
+    assert plan.promise is None
     assert plan.calibration.drop <= max_drop + 1e-12
     assert 1 <= len(plan.states) <= k
     assert list(plan.states) == sorted(set(plan.states))
@@ -84,7 +93,16 @@ def test_plan_keeps_the_drop_on_calibration_and_reports_heldout(args):
 )
 def test_search_is_no_worse_than_any_subset(n, s, seed, kind):
     data, cost = outcomes(n, s, seed)
-    plan = make_plan(data, data, cost, manifest_sha256=SHA, kind=kind, max_states=s, max_drop=0.02)
+    plan = make_plan(
+        data,
+        data,
+        cost,
+        manifest_sha256=SHA,
+        kind=kind,
+        max_states=s,
+        max_drop=0.02,
+        calibration="empirical",
+    )
     ref = data.correct.mean(axis=0).max()
     best = np.inf
     for k in range(1, s + 1):
@@ -111,9 +129,55 @@ def test_gap_closure_is_one_when_the_policy_is_the_oracle():
     conf = correct.astype(np.float32)
     conf[hopeless, 0] = 1.0
     perfect = Outcomes(data.names, correct, conf)
-    plan = make_plan(perfect, perfect, cost, manifest_sha256=SHA, max_states=4, max_drop=0.0)
+    plan = make_plan(
+        perfect,
+        perfect,
+        cost,
+        manifest_sha256=SHA,
+        max_states=4,
+        max_drop=0.0,
+        calibration="empirical",
+    )
     assert plan.heldout.cost_ms == pytest.approx(plan.r_oracle)
     assert plan.gap_closure == pytest.approx(1.0)
+
+
+@settings(max_examples=25)
+@given(
+    st.integers(40, 1500),
+    st.integers(2, 4),
+    st.integers(0, 2**31),
+    st.sampled_from(["early-exit", "ensemble"]),
+)
+def test_risk_controlled_plan_promises_or_keeps_the_static_model(n, s, seed, kind):
+    data, cost = outcomes(n, s, seed)
+    calib, held = data.split(0.5, seed)
+    plan = make_plan(calib, held, cost, manifest_sha256=SHA, kind=kind, max_drop=0.02, delta=0.1)
+    promise = plan.promise
+    assert promise is not None
+    assert (promise.max_drop, promise.delta, promise.n) == (0.02, 0.1, held.n)
+    assert promise.required_n == required_samples(0.02, 0.1)
+    if promise.holds:
+        assert promise.p_value <= 0.1
+        assert plan.drop_bound == 0.02
+        cols = list(plan.states)
+        run = simulate(
+            held.conf[:, cols],
+            held.correct[:, cols],
+            np.array(plan.cost_ms),
+            np.array(plan.thresholds),
+        )
+        ref = held.correct[:, plan.reference_state]
+        lost = np.count_nonzero(
+            ref & ~held.correct[np.arange(held.n), np.array(cols)[run.exit_state]]
+        )
+        assert lost == promise.losses
+    else:
+        assert plan.states == (plan.reference_state,)
+        assert plan.thresholds == ()
+        assert plan.heldout.drop == 0.0
+    if held.n < promise.required_n:
+        assert not promise.holds
 
 
 def test_gap_closure_values():

@@ -174,7 +174,8 @@ def bundle_summary(bundle: Any, problem: str | None = None) -> dict[str, Any]:
         "path": str(bundle.path),
         "kind": bundle.kind,
         "num_classes": bundle.num_classes,
-        "input": bundle.input.to_json(),
+        "inputs": [i.to_json() for i in bundle.inputs],
+        **({"input": bundle.inputs[0].to_json()} if len(bundle.inputs) == 1 else {}),
         "states": [
             {
                 "name": s.name,
@@ -235,8 +236,8 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(f"{summary['path']}: {summary['kind']} bundle, {summary['num_classes']} classes")
-        spec = summary["input"]
-        click.echo(f"  input {spec['name']} {spec['shape']} {spec['dtype']}")
+        for spec in summary["inputs"]:
+            click.echo(f"  input {spec['name']} {spec['shape']} {spec['dtype']}")
         _print_table(summary)
         for s in summary["steps"]:
             click.echo(

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgeadapt.plan import MEASURES
+from edgeadapt.planner import CALIBRATIONS
 
 
 @click.command("plan")
@@ -60,7 +61,15 @@ from edgeadapt.plan import MEASURES
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.05,
     show_default=True,
-    help="The drop bound holds with probability 1 - delta.",
+    help="The promise (drop <= --max-drop on new data) holds with probability 1 - delta.",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(CALIBRATIONS),
+    default="risk",
+    show_default=True,
+    help="risk: Learn-then-Test thresholds with a promise on new data (the static model "
+    "when none can be made); empirical: meet --max-drop on the calibration split only.",
 )
 @click.option(
     "-o",
@@ -80,15 +89,19 @@ def plan_cmd(
     seed: int,
     measure: str,
     delta: float,
+    calibration: str,
     out: Path | None,
     as_json: bool,
 ) -> None:
     """Choose the states to keep on this device and calibrate their exit thresholds.
 
-    Thresholds minimise the expected cost (the profile's p50 at batch 1) subject to an
-    accuracy drop of at most --max-drop on a calibration split; the figures are
-    reported on the held-out split, with a Clopper-Pearson bound on the drop and the
-    oracle gap closure (R_N - R_policy) / (R_N - R_oracle). --measure picks the
+    States are chosen on a calibration split to minimise the expected cost (the
+    profile's p50 at batch 1). With --calibration risk (the default) the thresholds
+    are then tested on the held-out split so that, with probability >= 1 - delta, the
+    accuracy drop on new data drawn like it is at most --max-drop (Learn then Test);
+    when the data cannot support that, the plan keeps the static model and says how
+    many samples it would need. The figures are reported on the held-out split with
+    the oracle gap closure (R_N - R_policy) / (R_N - R_oracle). --measure picks the
     confidences (maxprob, margin or negative entropy, as the decision kernel computes
     them) from the evaluation; the plan records it and AdaptiveModel runs it.
     """
@@ -111,6 +124,7 @@ def plan_cmd(
         max_states=max_states,
         max_drop=max_drop,
         delta=delta,
+        calibration=calibration,
     )
     target = out if out is not None else loaded.path / "plan.json"
     save_plan(target, plan)
@@ -125,9 +139,15 @@ def plan_cmd(
     )
     click.echo(
         f"held-out: accuracy {summary['accuracy']:.2%}, drop {summary['drop']:+.2%} "
-        f"(<= {summary['drop_bound']:.2%} with probability {1 - summary['delta']:.0%}) "
         f"against {summary['reference']}"
     )
+    if plan.promise is not None:
+        click.echo(plan.promise.describe())
+    else:
+        click.echo(
+            f"no promise (empirical calibration); Clopper-Pearson drop bound "
+            f"{summary['drop_bound']:.2%} at probability {1 - summary['delta']:.0%}"
+        )
     click.echo(
         f"expected cost {summary['cost']:.4f} ms vs R_N {summary['r_n']:.4f} ms; "
         f"oracle {summary['oracle']['r_oracle']:.4f} ms at {summary['oracle']['a_oracle']:.2%}"

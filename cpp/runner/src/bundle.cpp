@@ -87,14 +87,24 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     const fs::path manifest = root / kManifest;
     const std::string source = manifest.string();
     const std::string raw = detail::read_bytes(manifest);
-    const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1});
+    const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2});
     const Fields f(doc, source);
 
     Bundle b;
     b.path = root;
     b.kind = f.str("kind");
     if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble", "kind");
-    b.input = parse_input(f.child("input"));
+    // Version 1 holds one `input` object, version 2 a list `inputs`.
+    if (doc["version"].get<std::int64_t>() == 1) {
+        b.input = parse_input(f.child("input"));
+    } else {
+        const detail::Json& inputs = f.list("inputs");
+        if (inputs.size() != 1)
+            f.fail("the native runner runs bundles with exactly one input, this one has " +
+                       std::to_string(inputs.size()),
+                   "inputs");
+        b.input = parse_input(f.item("inputs", 0));
+    }
     b.num_classes = f.integer("num_classes");
     if (b.num_classes < 2) f.fail("must be >= 2", "num_classes");
 

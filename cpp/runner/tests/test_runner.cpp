@@ -115,8 +115,18 @@ void bundle_faults(const fs::path& src, const fs::path& scratch) {
     CHECK(!ea::load_bundle(d, b, /*verify=*/false));  // the hashes only with verify
 
     d = copy(src, scratch, "version");
+    replace(d / "manifest.json", "\"version\": 1", "\"version\": 3");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "unsupported version 3"}));
+
+    d = copy(src, scratch, "version2");  // version 2 holds a list of inputs
     replace(d / "manifest.json", "\"version\": 1", "\"version\": 2");
-    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "unsupported version 2"}));
+    replace(d / "manifest.json", "\"input\": {", "\"inputs\": [{");
+    replace(d / "manifest.json", "},\n  \"num_classes\"", "}],\n  \"num_classes\"");
+    CHECK(!ea::load_bundle(d, b));
+    replace(d / "manifest.json", "}],\n  \"num_classes\"",
+            "}, {\"name\": \"m\", \"shape\": [\"batch\", 4], \"dtype\": \"float32\"}],\n"
+            "  \"num_classes\"");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.inputs", "exactly one input"}));
 
     d = copy(src, scratch, "format");
     replace(d / "manifest.json", "edgeadapt-bundle", "edgeadapt-plan");

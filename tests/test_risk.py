@@ -1,0 +1,192 @@
+"""Learn then Test: the drop promise is checked over many resamples of data it never saw.
+
+Each resample draws a learning and a testing split i.i.d. (with replacement) from a
+finite pool, so the pool *is* the distribution: a plan's true drop is its drop over the
+whole pool, computed exactly. The promise P(true drop > eps) <= delta must hold over the
+resamples (up to binomial slack on the violation count); the old empirical calibration,
+run on the same draws, is shown to break it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeadapt.calibrate import NEVER, calibrate, exit_states
+from edgeadapt.errors import InputError
+from edgeadapt.risk import (
+    fixed_sequence,
+    learn_path,
+    loss_p_value,
+    required_samples,
+    risk_control,
+)
+from edgeadapt.stats import binom_cdf, binom_sf
+
+RESAMPLES = 200
+
+
+def _synthetic_pool(m: int = 40_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three states of rising accuracy whose confidences track correctness, noisily."""
+    rng = np.random.default_rng(seed)
+    hardness = rng.uniform(size=m)
+    skill = np.array([0.55, 0.78, 0.9])
+    correct = hardness[:, None] + 0.08 * rng.standard_normal((m, 3)) < skill
+    logit = 6.0 * (skill - hardness[:, None]) + 1.2 * rng.standard_normal((m, 3))
+    conf = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    return conf, correct
+
+
+def _mnist1d_pool() -> tuple[np.ndarray, np.ndarray]:
+    """Every state of the shipped multi-exit bundle on 5,000 MNIST-1D samples."""
+    pytest.importorskip("mnist1d", reason="the MNIST-1D pool needs the mnist1d package")
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.datasets import mnist1d_splits
+    from edgeadapt.evaluate import evaluate_bundle
+
+    root = resources.files("edgeadapt") / "data" / "bundles" / "mnist1d-multiexit"
+    bundle = load_bundle(str(root))
+    splits = mnist1d_splits(n_train=10, n_calibration=2500, n_test=2500)
+    x = np.concatenate([splits.calibration.x, splits.test.x])
+    y = np.concatenate([splits.calibration.y, splits.test.y])
+    ev = evaluate_bundle(bundle, x, y)
+    return ev.conf.astype(np.float32), ev.pred == y[:, None]
+
+
+def _true_drop(conf, correct, thresholds) -> float:
+    state = exit_states(conf, thresholds)
+    policy = correct[np.arange(len(state)), state]
+    return float(correct[:, -1].mean() - policy.mean())
+
+
+def _violation_limit(trials: int, delta: float) -> int:
+    """Most violations a correct promise shows in `trials` with probability >= 0.999."""
+    k = 0
+    while binom_sf(k + 1, trials, delta) > 1e-3:
+        k += 1
+    return k
+
+
+def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta):
+    conf, correct = pool
+    cost = np.array([1.0, 2.0, 3.0, 4.0])[: conf.shape[1]]
+    learn = rng.integers(0, len(conf), n_learn)
+    test = rng.integers(0, len(conf), n_test)
+    chosen = risk_control(
+        (conf[learn], correct[learn], correct[learn, -1]),
+        (conf[test], correct[test], correct[test, -1]),
+        cost,
+        max_drop=max_drop,
+        delta=delta,
+        points=6,
+    )
+    both = np.concatenate([learn, test])
+    empirical = calibrate(
+        conf[both],
+        correct[both],
+        cost,
+        max_drop=max_drop,
+        reference_accuracy=float(correct[both, -1].mean()),
+        polish=False,
+    )
+    return (
+        _true_drop(conf, correct, chosen.thresholds),
+        _true_drop(conf, correct, empirical.thresholds),
+        chosen,
+        float(cost[exit_states(conf, chosen.thresholds)].mean()),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("pool_name", "n_learn", "n_test", "max_drop", "delta"),
+    [("synthetic", 800, 1200, 0.02, 0.1), ("mnist1d", 1000, 1500, 0.01, 0.1)],
+)
+def test_promise_holds_over_resamples_and_empirical_calibration_breaks_it(
+    pool_name, n_learn, n_test, max_drop, delta
+):
+    pool = _synthetic_pool() if pool_name == "synthetic" else _mnist1d_pool()
+    rng = np.random.default_rng(7)
+    trials = [
+        _resample_trial(pool, rng, n_learn, n_test, max_drop, delta) for _ in range(RESAMPLES)
+    ]
+    promised = np.array([t[0] for t in trials])
+    empirical = np.array([t[1] for t in trials])
+    limit = _violation_limit(RESAMPLES, delta)
+    assert np.count_nonzero(promised > max_drop) <= limit
+    # Calibrating to the empirical drop spends the split's noise: it overshoots often.
+    assert np.count_nonzero(empirical > max_drop) > limit
+    # The promise is not vacuous: most resamples keep thresholds that save cost.
+    full_cost = float(pool[0].shape[1])
+    saving = np.array([t[3] < full_cost - 1e-9 for t in trials])
+    assert saving.mean() > 0.9
+    assert all(t[2].promise.holds == (t[2].promise.passed > 0) for t in trials)
+
+
+def test_too_few_testing_samples_promise_nothing_and_say_how_many_are_needed():
+    conf, correct = _synthetic_pool(3000)
+    need = required_samples(0.01, 0.05)
+    assert need == 299  # (1 - 0.01)^n <= 0.05 first at n = 299
+    assert (1 - 0.01) ** need <= 0.05 < (1 - 0.01) ** (need - 1)
+    small = slice(0, need - 1)
+    cost = np.array([1.0, 2.0, 3.0])
+    got = risk_control(
+        (conf, correct, correct[:, -1]),
+        (conf[small], correct[small], correct[small, -1]),
+        cost,
+        max_drop=0.01,
+        delta=0.05,
+    )
+    assert not got.promise.holds
+    assert got.promise.required_n == need
+    assert np.isinf(got.thresholds).all()  # the static model: never exit early
+
+
+def test_fixed_sequence_stops_at_the_first_failure():
+    n = 1000
+    ref = np.ones(n, bool)
+    conf = np.tile(np.linspace(0, 1, n, dtype=np.float32)[:, None], (1, 2))
+    correct = np.ones((n, 2), bool)
+    correct[:30, 0] = False  # exiting at state 0 below conf 0.03 loses 30 samples
+    cost = np.array([1.0, 2.0])
+    path = [np.array([NEVER]), np.array([0.5]), np.array([0.0]), np.array([0.6])]
+    got = fixed_sequence(path, conf, correct, cost, ref, max_drop=0.01, delta=0.05)
+    # inf and 0.5 pass (0 losses), 0.0 fails (30 losses > 1%), so 0.6 is never tested.
+    assert got.promise.tested == 3
+    assert got.promise.passed == 2
+    assert got.thresholds.tolist() == [0.5]
+
+
+def test_learned_path_starts_at_the_static_model_and_gets_cheaper():
+    conf, correct = _synthetic_pool(4000)
+    cost = np.array([1.0, 2.0, 3.0])
+    path = learn_path(conf, correct, cost, correct[:, -1], max_drop=0.03)
+    assert np.isinf(path[0]).all()
+    costs = [cost[exit_states(conf, t)].mean() for t in path]
+    assert costs[0] == 3.0
+    assert costs[-1] < costs[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 400),
+    losses=st.integers(0, 400),
+    eps=st.floats(0.001, 0.5),
+)
+def test_p_value_is_the_binomial_lower_tail_and_monotone(n, losses, eps):
+    losses = min(losses, n)
+    p = loss_p_value(losses, n, eps)
+    assert p == pytest.approx(binom_cdf(losses, n, eps))
+    if losses < n:
+        assert loss_p_value(losses + 1, n, eps) >= p
+    assert loss_p_value(losses, n, min(0.9, eps * 1.5)) <= p + 1e-12
+
+
+@pytest.mark.parametrize(("max_drop", "delta"), [(0.0, 0.1), (1.0, 0.1), (0.01, 0.0), (0.01, 1)])
+def test_levels_out_of_range_are_refused(max_drop, delta):
+    with pytest.raises(InputError):
+        required_samples(max_drop, delta)
