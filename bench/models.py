@@ -237,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     args.batches = [int(x) for x in args.batches.split(",") if x]
     if args.quick:
         args.rounds, args.calls, args.calibration = 3, 5, 64
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

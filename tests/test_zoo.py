@@ -112,3 +112,33 @@ def test_full_path_equals_the_original_model(name: str, tmp_path: Path) -> None:
     )
     (again,) = whole.run(None, test)
     np.testing.assert_allclose(again, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+
+
+def test_bench_models_quick_measures_ratios(tmp_path: Path) -> None:
+    """bench/models.py --quick on one model and one setting: it exports in a child
+    process, times both paths and writes figures that agree with its own verdicts."""
+    pytest.importorskip("torch", reason="the zoo's models need the torch extra")
+    import importlib.util
+    import json
+    import math
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", path)
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--models", "resnet18", "--settings", "ort-1t", "--batches", "1,2"]
+    assert bench.main([*args, "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["export"]["error"] is None
+    assert row["export"]["seconds"] > 0
+    assert row["export"]["peak_rss_mb"] > 10  # the child's own high-water mark
+    assert [(s["setting"], s["batch"]) for s in row["settings"]] == [("ort-1t", 1), ("ort-1t", 2)]
+    for s in row["settings"]:
+        assert math.isfinite(s["ratio"])
+        assert s["ratio"] > 0
+        assert s["ratio_range"][0] <= s["ratio"] <= s["ratio_range"][1]
+        assert s["target"] == 1.05
+        assert s["hit"] == (s["ratio"] <= 1.05)
