@@ -12,7 +12,9 @@ before it runs.
 
 The data are random inputs labelled with the whole model's own top-1 class (teacher
 labels): accuracies read as agreement with the whole model, not as accuracy on any real
-task, and with random weights the exits agree with it only loosely. The point is the
+task, and with random weights the exits agree with it only loosely. A random transformer
+often answers one class for every input; then the labels are uniformly random instead
+(`--labels` chooses), and every state is at chance level. The point is the
 pipeline and the measured costs, which do not depend on the weights. With a trained
 model and real data the same commands apply unchanged (docs/bring-your-own-model.md).
 
@@ -66,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="the reduced graph (seconds, not minutes)")
     p.add_argument("--out", type=Path, default=None, help="work directory [zoo-<model>]")
     p.add_argument("--calibration", type=int, default=512, help="calibration samples")
-    p.add_argument("--test", type=int, default=512, help="test samples (evaluate, plan, run)")
+    p.add_argument("--test", type=int, default=1200, help="test samples (evaluate, plan, run)")
+    p.add_argument(
+        "--labels",
+        choices=("auto", "teacher", "random"),
+        default="auto",
+        help="teacher: the whole model's top-1; random: uniform; auto: teacher unless the "
+        "model answers a single class",
+    )
     p.add_argument("--runtime", default="onnxruntime", help="backend to profile and run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -92,21 +101,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  inputs: {inputs}; output: {zoo.LOGITS} [batch, {m.num_classes}]")
 
     t0 = time.perf_counter()
+    sets = {}
     for name, n, seed in (
         ("calib", args.calibration, args.seed + 100),
         ("test", args.test, args.seed + 200),
     ):
         data = zoo.random_inputs(m, n, seed=seed)
-        y = zoo.teacher_labels(source, data)
+        sets[name] = (data, zoo.teacher_labels(source, data))
+    labels = args.labels
+    distinct = len(np.unique(sets["calib"][1]))
+    if labels == "auto":
+        # A randomly initialised transformer often answers one class for every input;
+        # teacher labels then make every state 100% right and the plan trivial.
+        labels = "teacher" if distinct >= 2 else "random"
+    rng = np.random.default_rng(args.seed + 300)
+    for name, (data, y) in sets.items():
+        if labels == "random":
+            y = rng.integers(0, m.num_classes, size=len(y))
         zoo.write_data(out / f"{name}.npz", data, y)
-        if name == "test" and len(m.inputs) == 1:  # `run --input` takes an array
+        if name == "test" and len(m.inputs) == 1:  # `run --input` also takes an array
             np.save(out / "test-x.npy", data[m.inputs[0].name])
-    counts = np.bincount(y, minlength=m.num_classes)
+    what = {
+        "teacher": "the whole model's own top-1 class (accuracy = agreement with it)",
+        "random": "uniformly random classes (accuracy is chance level for every state)",
+    }[labels]
     print(
         f"synthetic data: {out / 'calib.npz'} ({args.calibration}), {out / 'test.npz'} "
-        f"({args.test}); labels = the whole model's top-1 ({int((counts > 0).sum())} distinct "
-        f"classes in the test set), written in {time.perf_counter() - t0:.1f} s"
+        f"({args.test}), written in {time.perf_counter() - t0:.1f} s; labels: {what}"
     )
+    if args.labels == "auto" and labels == "random":
+        print(f"  (the whole model answers {distinct} class(es) on the calibration inputs)")
 
     cuts = zoo.cut_tensors(source, m.cuts)
     print("\ncuts (module -> tensor in the ONNX graph):")
