@@ -8,6 +8,9 @@ external-data files those reference). ``kind`` is
   transformer's ``attention_mask``). Every
   step but the last has two outputs, ``activation`` (for the next step) and ``logits``
   (state i's prediction); the last has logits only.
+- ``branches``: like ``ensemble``, each state one model; the states are execution
+  branches of one network (residual blocks skipped, `edgeadapt.exporters.branches`),
+  whose weights may live in one shared external-data file.
 - ``ensemble``: state i is an independent model that reads the model input and outputs
   logits; for uniformity it is stored as ``steps[i]`` with no activation.
 
@@ -50,7 +53,9 @@ VERSION = 2
 #: Versions `load_bundle` reads: 1 holds one ``input`` object, 2 a list of ``inputs``.
 VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-KINDS = ("early-exit", "ensemble")
+KINDS = ("early-exit", "ensemble", "branches")
+#: Kinds whose states are independent models, each reading the model inputs.
+INDEPENDENT_KINDS = ("ensemble", "branches")
 BATCH = "batch"
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 #: A step whose serialised size exceeds this is written with its weights in a
@@ -241,11 +246,12 @@ def _entry(
     except onnx.checker.ValidationError as e:
         raise BundleError(f"invalid ONNX model: {e}", field=where) from None
     inputs, outputs = _graph_io(step.model)
-    bad = _chain_error(inputs, model_inputs, kind == "ensemble" or i == 0, previous)
+    independent = kind in INDEPENDENT_KINDS
+    bad = _chain_error(inputs, model_inputs, independent or i == 0, previous)
     if bad:
         raise BundleError(bad, field=f"{where}.inputs")
-    want = [step.logits] if last or kind == "ensemble" else [step.activation, step.logits]
-    if (step.activation is None) != (last or kind == "ensemble"):
+    want = [step.logits] if last or independent else [step.activation, step.logits]
+    if (step.activation is None) != (last or independent):
         raise BundleError(
             "every early-exit step but the last needs an activation output; the last and "
             "ensemble members have none",
@@ -263,7 +269,9 @@ def _entry(
     )
     stage_flops, stage_macs = cost.subset(stage_nodes)
     return {
-        "file": f"step{i}.onnx" if kind == "early-exit" else f"model{i}.onnx",
+        "file": {"early-exit": f"step{i}.onnx", "branches": f"branch{i}.onnx"}.get(
+            kind, f"model{i}.onnx"
+        ),
         "inputs": inputs,
         "activation": step.activation,
         "logits": step.logits,
@@ -301,6 +309,47 @@ def _check_logits(model: onnx.ModelProto, logits: str, num_classes: int, where: 
             f"logits {logits!r} have {dims[1].dim_value} classes, the bundle {num_classes}",
             field=where,
         )
+
+
+#: Initializers at least this large go to a shared weights file.
+SHARED_MIN_BYTES = 1024
+
+
+def share_weights(
+    models: Sequence[onnx.ModelProto], location: str
+) -> tuple[list[onnx.ModelProto], bytes]:
+    """Copies of `models` whose large initializers point, as ONNX external data, into one
+    blob at `location` that holds each (by name) once; initializers of one name must be
+    equal in every model."""
+    from onnx import numpy_helper
+
+    blob = bytearray()
+    where: dict[str, tuple[int, bytes]] = {}
+    shared: list[onnx.ModelProto] = []
+    for model in models:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        for t in out.graph.initializer:
+            raw = numpy_helper.to_array(t).tobytes()
+            if len(raw) < SHARED_MIN_BYTES:
+                continue
+            if t.name not in where:
+                blob.extend(b"\0" * (-len(blob) % 64))  # 64-byte aligned, for mmap
+                where[t.name] = (len(blob), raw)
+                blob.extend(raw)
+            offset, first = where[t.name]
+            if first != raw:
+                raise BundleError(f"initializer {t.name!r} differs between models")
+            dims, dtype, name = list(t.dims), t.data_type, t.name
+            t.Clear()
+            t.name, t.data_type = name, dtype
+            t.dims.extend(dims)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", offset), ("length", len(raw))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, str(value)
+        shared.append(out)
+    return shared, bytes(blob)
 
 
 def _save_model(model: onnx.ModelProto, path: Path) -> list[str]:
@@ -397,13 +446,17 @@ def write_bundle(
     state_names: Sequence[str] | None = None,
     producer: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    shared_weights: str | None = None,
     force: bool = False,
 ) -> Bundle:
     """Write a bundle to `out_dir` atomically and return it loaded and verified.
 
     The model inputs are `inputs` (or, for one input, `input`). Early-exit bundles take
     `steps` (in state order); ensembles take `models` (one per state, each reading model
-    inputs and outputting logits only). `producer` should name
+    inputs and outputting logits only; so do branch bundles). With `shared_weights` (a
+    file name), every large initializer is stored once in that file and each model
+    references it as ONNX external data: branches of one network then cost about one
+    model on disk. `producer` should name
     the ``exporter`` and the ``source_sha256`` of the source model; the edgeadapt
     version is added. `out_dir` may be absent, empty, or hold the very same bundle; an
     existing different bundle is replaced only with `force`. A writer killed midway
@@ -421,7 +474,7 @@ def write_bundle(
         parts = list(steps)
     else:
         if steps is not None or not models:
-            raise BundleError("ensemble bundles take a non-empty `models` and no `steps`")
+            raise BundleError(f"{kind} bundles take a non-empty `models` and no `steps`")
         parts = [
             Step(m, logits=_graph_io(m)[1][0] if len(m.graph.output) == 1 else "") for m in models
         ]
@@ -450,6 +503,19 @@ def write_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent))
     try:
         files: dict[str, str] = {}
+        if shared_weights is not None:
+            if (tmp / shared_weights).parent != tmp or shared_weights in ("", MANIFEST):
+                raise BundleError(
+                    f"{shared_weights!r} is not a plain file name", field="shared_weights"
+                )
+            models_out, blob = share_weights([p.model for p in parts], shared_weights)
+            parts = [
+                Step(m, p.logits, p.activation, p.head_input)
+                for m, p in zip(models_out, parts, strict=True)
+            ]
+            (tmp / shared_weights).write_bytes(blob)
+            _fsync(tmp / shared_weights)
+            files[shared_weights] = _sha256(tmp / shared_weights)
         for e, s in zip(entries, parts, strict=True):
             for name in _save_model(s.model, tmp / e["file"]):
                 _fsync(tmp / name)
@@ -701,7 +767,7 @@ def _load(root: Path, verify: bool) -> Bundle:
         activation = s.get("activation", (str, type(None)))
         inputs = _str_list(s, "inputs")
         last = i == len(state_fields) - 1
-        first = kind == "ensemble" or i == 0
+        first = kind in INDEPENDENT_KINDS or i == 0
         previous = [] if first else [n for n in (steps[-1].activation, steps[-1].logits) if n]
         bad = _chain_error(inputs, model_inputs, first, previous)
         if bad:
@@ -711,7 +777,7 @@ def _load(root: Path, verify: bool) -> Bundle:
                 "every early-exit step but the last has an activation; the last has none",
                 "activation",
             )
-        if kind == "ensemble" and activation is not None:
+        if kind in INDEPENDENT_KINDS and activation is not None:
             s.fail("ensemble members have no activation", "activation")
         steps.append(
             StepInfo(

@@ -8,7 +8,7 @@ the record of how well the plan did and is shown by reports.
 ```
 {
   "format": "edgeadapt-plan", "version": 1,
-  "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble",
+  "bundle": {"manifest_sha256": "<64 hex>", "kind": "early-exit" | "ensemble" | "branches",
              "states": ["exit0", ...]},           # every state of the bundle, in order
   "measure": "maxprob" | "margin" | "entropy",   # as edgeadapt.kernel_ref computes it
   "states": [0, 2, 5],                           # kept states: increasing bundle indices
@@ -63,7 +63,7 @@ MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
     "entropy": (None, 0.0),
 }
 MEASURES = tuple(MEASURE_RANGES)
-KINDS = ("early-exit", "ensemble")
+KINDS = ("early-exit", "ensemble", "branches")
 SEARCH_METHODS = ("exhaustive",)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -379,7 +379,7 @@ def state_costs(
     if view not in VIEWS:
         raise InputError(f"must be one of {', '.join(VIEWS)}, got {view!r}", source="view")
     per_step = [s.get(stat) for s in profile.step_stats(batch)]
-    if view == "step" or bundle.kind == "ensemble":
+    if view == "step" or bundle.kind != "early-exit":
         return per_step
     return [float(x) for x in np.cumsum(per_step)]
 
@@ -389,7 +389,7 @@ def flops_costs(bundle: Bundle, view: str = "cascade") -> list[float]:
     or the paper's ``direct`` view (stages 0..i plus head i only); ensembles: own FLOPs."""
     if view not in ("cascade", "direct"):
         raise InputError(f"must be cascade or direct, got {view!r}", source="view")
-    if bundle.kind == "ensemble" or view == "cascade":
+    if bundle.kind != "early-exit" or view == "cascade":
         return [float(f) for f in bundle.flops]
     stages = np.cumsum(bundle.stage_flops)
     return [float(stages[i] + s.head_flops) for i, s in enumerate(bundle.steps)]

@@ -1,0 +1,101 @@
+"""`edgeadapt export branches MODEL.onnx --calibration C.npz -o BUNDLE` (one ONNX model ->
+execution branches that skip residual blocks; see `edgeadapt.exporters.branches`).
+
+Registered on the `export` group of `edgeadapt.commands.export`, like `export torch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeadapt.commands.export import (
+    _report,
+    export,
+    force_option,
+    json_option,
+    output_option,
+)
+
+#: Registered on the `export` group above, so nothing is top-level here.
+COMMANDS: list[click.Command] = []
+
+
+@export.command("branches")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="npz with x (inputs) and y (labels): every candidate branch is scored on it.",
+)
+@click.option(
+    "--block",
+    "blocks",
+    multiple=True,
+    metavar="ADD_NODE",
+    help="Name of the Add node of a residual block that may be skipped (repeat; "
+    "default: every skippable block).",
+)
+@click.option(
+    "--max-branches",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
+    help="Most branches kept (spread along the accuracy/FLOPs Pareto front).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the sampled skip sets."
+)
+@output_option
+@force_option
+@json_option
+def export_branches_cmd(
+    model: Path,
+    calibration: Path,
+    blocks: tuple[str, ...],
+    max_branches: int,
+    seed: int,
+    out: Path,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write execution branches of the ONNX classifier MODEL as a `branches` bundle.
+
+    A branch is MODEL with some residual blocks bypassed (y = x + f(x) becomes y = x;
+    blocks that change shape are never skipped). With up to 10 skippable blocks every
+    subset is scored on --calibration, else the greedy path (drop the block costing the
+    least accuracy per saved FLOP) and 64 seeded random subsets; the Pareto-optimal
+    branches become the bundle's states, sharing one weights file. Then profile,
+    evaluate, bound and plan the bundle as any other.
+    """
+    from edgeadapt.exporters.branches import export_branches
+
+    with contextlib.ExitStack() as stack:
+        bar: Any = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal bar
+            if not sys.stderr.isatty():
+                return
+            if bar is None:
+                bar = stack.enter_context(
+                    click.progressbar(length=total, label="scoring branches", file=sys.stderr)
+                )
+            bar.update(1)
+
+        export_branches(
+            model,
+            out,
+            calibration=calibration,
+            blocks=blocks or None,
+            max_branches=max_branches,
+            seed=seed,
+            force=force,
+            progress=progress,
+        )
+    _report(out, as_json)

@@ -1,0 +1,338 @@
+"""Branch exporter: one ONNX model -> execution branches that skip residual blocks.
+
+AdaInf's execution branches: the same network with some residual blocks bypassed, each
+branch a point of accuracy against cost. A *residual block* is an ``Add`` whose one
+input is the block's input ``x`` and whose other is a body computed from ``x``
+(``y = x + f(x)``); bypassing it replaces ``y`` by ``x``. A block is skippable only when
+``x`` and ``y`` have the same shape (blocks that change shape, such as a ResNet stage's
+first block with its projection shortcut, never are) and the body's tensors feed nothing
+but the body and its ``Add``.
+
+`find_blocks` lists the skippable blocks (by the name of their ``Add`` node; users may
+name a subset). `export_branches` enumerates skip sets: all ``2^k`` for ``k <= 10``
+blocks, else the greedy path (repeatedly drop the block whose removal costs least
+calibration accuracy per saved FLOP) plus a seeded random sample. Every candidate branch
+is run on the labelled calibration data; the branches on the accuracy/FLOPs Pareto
+front (at most `max_branches`, spread along it), and always the unmodified model as the
+last, become the states of a bundle of kind ``branches``, each one ONNX file. Their weights are shared on disk: one
+``weights.bin`` holds every large initializer once and each branch references it as
+ONNX external data, so a bundle of eight branches costs about one model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeadapt.bundle import Bundle, write_bundle
+from edgeadapt.errors import InputError
+from edgeadapt.exporters import _graph
+from edgeadapt.flops import count_flops
+
+#: Up to this many skippable blocks every subset is a candidate branch.
+EXHAUSTIVE_BLOCKS = 10
+#: Random skip sets tried beside the greedy path when there are more blocks.
+SAMPLED_BRANCHES = 64
+WEIGHTS_FILE = "weights.bin"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A skippable residual block: `add` is the name of its Add node, `input` the tensor
+    the block reads (and the bypass forwards), `output` the Add's output, `nodes` the
+    indices of the body's nodes in the source graph."""
+
+    add: str
+    input: str
+    output: str
+    nodes: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One candidate: the blocks it skips, its model, FLOPs per sample, accuracy."""
+
+    skipped: tuple[str, ...]
+    model: onnx.ModelProto
+    flops: int
+    accuracy: float
+
+
+def _shape(infos: dict[str, onnx.ValueInfoProto], name: str) -> tuple[int | str, ...] | None:
+    vi = infos.get(name)
+    if vi is None or not vi.type.HasField("tensor_type"):
+        return None
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in tt.shape.dim)
+
+
+def find_blocks(model: onnx.ModelProto) -> list[Block]:
+    """The skippable residual blocks of a shape-inferred model, in graph order.
+
+    For an ``Add(x, b)`` the body is every node on a path from ``x`` to ``b``; tensors
+    the body reads that do not depend on ``x`` (an attention mask, constants) stay when
+    the block is bypassed. Unnamed Add nodes are not considered (name them first:
+    `name_nodes`)."""
+    g = model.graph
+    infos = _graph.value_infos(model)
+    consumers: dict[str, set[int]] = {}
+    for i, node in enumerate(g.node):
+        for name in _graph.node_inputs(node):
+            consumers.setdefault(name, set()).add(i)
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
+    outputs = {o.name for o in g.output}
+    blocks: list[Block] = []
+    taken: set[int] = set()
+    for i, node in enumerate(g.node):
+        if node.op_type != "Add" or len(node.input) != 2 or not node.name:
+            continue
+        for skip, body_out in (tuple(node.input), tuple(node.input)[::-1]):
+            body = _graph.ancestors(model, [body_out], stop=[skip])
+            body &= _descendants(model, skip, consumers)
+            if producer.get(body_out) not in body:
+                continue  # b does not depend on x: not a residual of x
+            internal = {o for k in body for o in g.node[k].output if o}
+            leaks = any(o in outputs or consumers.get(o, set()) - body - {i} for o in internal)
+            shape = _shape(infos, skip)
+            if leaks or shape is None or shape != _shape(infos, node.output[0]) or body & taken:
+                continue
+            blocks.append(Block(node.name, skip, node.output[0], frozenset(body)))
+            taken |= body | {i}
+            break
+    return blocks
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a name, ``<op>_<index>``, so blocks can be named."""
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def _descendants(model: onnx.ModelProto, name: str, consumers: dict[str, set[int]]) -> set[int]:
+    seen: set[int] = set()
+    stack = list(consumers.get(name, ()))
+    while stack:
+        k = stack.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        for o in model.graph.node[k].output:
+            stack.extend(consumers.get(o, ()))
+    return seen
+
+
+def skip_blocks(model: onnx.ModelProto, blocks: Sequence[Block]) -> onnx.ModelProto:
+    """A copy of `model` with each block's output replaced by its input, the dead body
+    pruned (onnx's Extractor keeps only what the outputs still need)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    rename = {b.output: b.input for b in blocks}
+    for node in out.graph.node:
+        for k, x in enumerate(node.input):
+            while x in rename:
+                x = rename[x]
+            node.input[k] = x
+    graph_outputs = [o.name for o in out.graph.output]
+    if any(o in rename for o in graph_outputs):
+        raise InputError("a residual block that produces a model output cannot be skipped")
+    inputs = [i.name for i in _graph.graph_inputs(out)]
+    del out.graph.value_info[:]
+    pruned = onnx.utils.Extractor(out).extract_model(inputs, graph_outputs)
+    pruned.graph.name = model.graph.name
+    return pruned
+
+
+def _accuracy(model: onnx.ModelProto, name: str, x: np.ndarray, y: np.ndarray) -> float:
+    logits = _graph.run_batched(_graph.session(model), name, x, [model.graph.output[0].name])[0]
+    return float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def _skip_sets(
+    blocks: Sequence[Block], evaluate: Callable[[tuple[str, ...]], Branch], seed: int
+) -> tuple[list[Branch], str]:
+    """Every skip set for few blocks; else the greedy path and a seeded sample."""
+    names = [b.add for b in blocks]
+    if len(names) <= EXHAUSTIVE_BLOCKS:
+        sets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
+        return [evaluate(s) for s in sets], f"all {len(sets)} subsets of {len(names)} blocks"
+    seen: dict[tuple[str, ...], Branch] = {(): evaluate(())}
+    current: tuple[str, ...] = ()
+    while len(current) < len(names):
+        trials = [
+            seen.setdefault(tuple(sorted((*current, n))), evaluate(tuple(sorted((*current, n)))))
+            for n in names
+            if n not in current
+        ]
+        base = seen[current]
+
+        def price(b: Branch, base: Branch = base) -> float:
+            saved = max(base.flops - b.flops, 1)
+            return (base.accuracy - b.accuracy) / saved
+
+        current = min(trials, key=price).skipped
+    rng = np.random.default_rng(seed)
+    for _ in range(SAMPLED_BRANCHES):
+        pick = tuple(sorted(n for n in names if rng.random() < 0.5))
+        if pick not in seen:
+            seen[pick] = evaluate(pick)
+    return list(seen.values()), (
+        f"the greedy path and {SAMPLED_BRANCHES} seeded random subsets of {len(names)} blocks "
+        f"({len(seen)} distinct branches)"
+    )
+
+
+def pareto(branches: Sequence[Branch], max_branches: int) -> list[Branch]:
+    """Branches no other is both cheaper (or as cheap) and more accurate than, cheapest
+    first; at most `max_branches`, spread evenly along the front (its ends kept)."""
+    front: list[Branch] = []
+    for b in sorted(branches, key=lambda b: (b.flops, -b.accuracy)):
+        if not front or b.accuracy > front[-1].accuracy:
+            front.append(b)
+    if len(front) > max_branches:
+        keep = np.unique(np.round(np.linspace(0, len(front) - 1, max_branches)).astype(int))
+        front = [front[k] for k in keep]
+    return front
+
+
+def _load_calibration(path: Path, spec_name: str, shape: tuple[int, ...], dtype: str):
+    from edgeadapt.npzio import ArraySpec, load_npz
+
+    arrays = load_npz(path, {"x": ArraySpec("f", 1 + len(shape)), "y": ArraySpec("iu", 1)})
+    x, y = arrays["x"], arrays["y"]
+    if tuple(x.shape[1:]) != shape:
+        raise InputError(
+            f"x has per-sample shape {tuple(x.shape[1:])}, the model's input {spec_name!r} "
+            f"takes {shape}",
+            source=path,
+            field="x",
+        )
+    if len(y) != len(x) or len(x) == 0:
+        raise InputError(f"x has {len(x)} rows and y {len(y)}; they must match", source=path)
+    return x.astype(dtype, copy=False), y.astype(np.int64, copy=False)
+
+
+def export_branches(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    calibration: str | os.PathLike[str],
+    blocks: Sequence[str] | None = None,
+    max_branches: int = 8,
+    seed: int = 0,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Bundle:
+    """Write the Pareto-optimal execution branches of the ONNX classifier `source`.
+
+    `calibration` is an npz with ``x`` (inputs) and ``y`` (labels) that every candidate
+    branch is scored on; `blocks` names the Add nodes of the residual blocks that may be
+    skipped (default: every skippable one). `progress(done, total)` is called as
+    candidate branches are scored.
+    """
+    path = Path(source)
+    if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
+        raise InputError(f"must be an integer >= 2, got {max_branches!r}", field="max_branches")
+    model = _graph.with_dynamic_batch(_graph.load_source(path), path)
+    name_nodes(model)
+    spec = _graph.input_spec(model, path)
+    if len(model.graph.output) != 1:
+        raise InputError("the model must have one output (its logits)", source=path)
+    tail = _graph.static_tail(model.graph.output[0])
+    if tail is None or len(tail) != 1:
+        raise InputError(f"the output must be [batch, classes], got {tail}", source=path)
+    found = find_blocks(model)
+    if blocks is not None:
+        by_name = {b.add: b for b in found}
+        adds = {n.name for n in model.graph.node if n.op_type == "Add"}
+        for name in blocks:
+            if name not in by_name:
+                why = (
+                    "is an Add but not a skippable residual block (its body leaks, or it "
+                    "changes shape)"
+                    if name in adds
+                    else "is not an Add node of the model"
+                )
+                raise InputError(f"{name!r} {why}", source=path, field="blocks")
+        found = [by_name[n] for n in dict.fromkeys(blocks)]
+    if not found:
+        raise InputError(
+            "found no skippable residual block (an Add of a tensor and a body computed "
+            "from it, with matching shapes)",
+            source=path,
+        )
+    x, y = _load_calibration(
+        Path(calibration), spec.name, tuple(int(d) for d in spec.shape[1:]), spec.dtype
+    )
+    by_add = {b.add: b for b in found}
+    total = 2 ** len(found) if len(found) <= EXHAUSTIVE_BLOCKS else None
+    done = 0
+
+    def evaluate(skipped: tuple[str, ...]) -> Branch:
+        nonlocal done
+        branch_model = skip_blocks(model, [by_add[n] for n in skipped])
+        branch_model = _graph.infer(branch_model, path)
+        branch = Branch(
+            skipped=skipped,
+            model=branch_model,
+            flops=count_flops(branch_model).flops,
+            accuracy=_accuracy(branch_model, spec.name, x, y),
+        )
+        done += 1
+        if progress is not None:
+            progress(done, total or done)
+        return branch
+
+    candidates, enumeration = _skip_sets(found, evaluate, seed)
+    full = next(b for b in candidates if not b.skipped)
+    front = pareto(candidates, max_branches)
+    if front[-1] is not full:  # keep the unmodified model as the last state, always
+        front = [*front[: max_branches - 1], full]
+    order = {b.add: k for k, b in enumerate(found)}
+    names = [_branch_name(b, order) for b in front]
+    return write_bundle(
+        out_dir,
+        kind="branches",
+        input=spec,
+        num_classes=tail[0],
+        models=[b.model for b in front],
+        state_names=names,
+        shared_weights=WEIGHTS_FILE,
+        producer={
+            "exporter": "edgeadapt.exporters.branches",
+            "source": path.name,
+            "source_sha256": _graph.file_sha256(path),
+        },
+        extra={
+            "branches": {
+                "blocks": [b.add for b in found],
+                "enumeration": enumeration,
+                "candidates": len(candidates),
+                "calibration_samples": len(x),
+                "states": [
+                    {"skipped": list(b.skipped), "calibration_accuracy": b.accuracy} for b in front
+                ],
+            }
+        },
+        force=force,
+    )
+
+
+def _branch_name(branch: Branch, order: dict[str, int]) -> str:
+    """``full``, or ``skip-2-5``: the 1-based indices of the skipped blocks."""
+    if not branch.skipped:
+        return "full"
+    return "skip-" + "-".join(str(order[n] + 1) for n in sorted(branch.skipped, key=order.get))

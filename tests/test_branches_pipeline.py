@@ -1,0 +1,123 @@
+"""Execution branches end to end on a residual CNN trained here on MNIST-1D: export the
+branches, evaluate and profile them like any bundle, and plan: the budget table maps
+shrinking budgets to shallower branches, each the most accurate that fits."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training the residual CNN needs torch")
+pytest.importorskip("mnist1d", reason="the MNIST-1D data needs the mnist1d package")
+
+
+def _residual_cnn():
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv1d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm1d(c),
+                nn.ReLU(),
+                nn.Conv1d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm1d(c),
+            )
+
+        def forward(self, x):
+            return torch.relu(x + self.body(x))
+
+    return nn.Sequential(
+        nn.Conv1d(1, 32, 5, padding=2),
+        nn.ReLU(),
+        *[Block(32) for _ in range(4)],
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from edgeadapt.datasets import mnist1d_splits
+
+    tmp = tmp_path_factory.mktemp("branches")
+    torch.manual_seed(0)
+    splits = mnist1d_splits(n_train=4000, n_calibration=1000, n_test=1000)
+    model = _residual_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
+    model.train()
+    for _ in range(12):
+        for idx in torch.randperm(len(x)).split(128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    path = tmp / "rescnn.onnx"
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(model, x, path)
+    calib = tmp / "calib.npz"
+    np.savez(calib, x=splits.calibration.x, y=splits.calibration.y)
+    return tmp, path, calib, splits
+
+
+def _export(model, x, path):
+    torch.onnx.export(
+        model,
+        (x[:1],),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+
+
+@pytest.mark.slow
+def test_branches_evaluate_profile_and_plan_a_budget_table(trained):
+    from edgeadapt.evaluate import evaluate_bundle
+    from edgeadapt.exporters.branches import export_branches
+    from edgeadapt.planner import Outcomes, make_plan
+    from edgeadapt.profile import profile_bundle, state_costs
+
+    tmp, path, calib, splits = trained
+    bundle = export_branches(path, tmp / "bundle", calibration=calib, max_branches=6)
+    info = bundle.extra["branches"]
+    assert len(info["blocks"]) == 4
+    assert info["candidates"] == 16
+    assert bundle.states[-1].name == "full"
+    assert bundle.flops == sorted(bundle.flops)
+
+    ev = evaluate_bundle(bundle, splits.test.x, splits.test.y)
+    test_acc = (ev.pred == splits.test.y[:, None]).mean(axis=0)
+    assert test_acc[-1] > 0.8  # the trained full network
+    assert test_acc[-1] > test_acc[0] + 0.05  # skipping blocks costs accuracy
+
+    profile = profile_bundle(bundle, batches=(1,), warmup=5, min_seconds=0.05)
+    costs = np.asarray(state_costs(profile, bundle))
+    assert costs[-1] > costs[0]  # the full branch runs more blocks
+
+    outcomes = Outcomes.from_evaluation(ev)
+    calib_half, held = outcomes.split(0.5, 0)
+    plan = make_plan(
+        calib_half, held, costs, manifest_sha256=bundle.manifest_sha256, kind="branches"
+    )
+    rows = plan.budget
+    assert all(a.budget_ms < b.budget_ms for a, b in itertools.pairwise(rows))
+    assert all(a.accuracy < b.accuracy for a, b in itertools.pairwise(rows))
+    from edgeadapt.planner import budget_state
+
+    # A budget below the cheapest kept branch runs the first row; the largest budget
+    # runs the most accurate row; each row is the most accurate kept branch that fits.
+    assert budget_state(rows, 0.0) == rows[0].state
+    assert budget_state(rows, float(costs.max()) * 10) == rows[-1].state
+    for row in rows:
+        fits = [s for s in plan.states if costs[s] <= row.budget_ms]
+        best = max(fits, key=lambda s: calib_half.correct[:, s].mean())
+        assert calib_half.correct[:, best].mean() == pytest.approx(row.accuracy)
