@@ -142,3 +142,29 @@ def test_bench_models_quick_measures_ratios(tmp_path: Path) -> None:
         assert s["ratio_range"][0] <= s["ratio"] <= s["ratio_range"][1]
         assert s["target"] == 1.05
         assert s["hit"] == (s["ratio"] <= 1.05)
+
+
+@pytest.mark.slow
+def test_example_pipeline_runs_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/zoo_pipeline.py --tiny: every command it prints runs and succeeds."""
+    pytest.importorskip("torch", reason="the zoo's models need the torch extra")
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "zoo_pipeline.py"
+    spec = importlib.util.spec_from_file_location("zoo_pipeline", path)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules.pop("zoo_pipeline", None)
+    spec.loader.exec_module(example)
+    argv = ["--model", "resnet18", "--tiny", "--out", str(tmp_path), "--calibration", "64"]
+    assert example.main([*argv, "--test", "64"]) == 0
+    printed = capsys.readouterr().out
+    for command in ("export onnx", "inspect", "profile", "evaluate", "bound", "plan", "run"):
+        assert f"\n$ edgeadapt {command} " in printed
+    assert (tmp_path / "bundle" / "manifest.json").is_file()
+    assert (tmp_path / "plan.json").is_file()
+    assert (tmp_path / "run.npz").is_file()
