@@ -3,10 +3,12 @@
 `profile_bundle` loads each step in the chosen runtime, feeds it the real activation of
 the previous step (computed once from a random input of the bundle's input shape, so
 input generation stays outside the timed loop), warms it up, then times each call with
-`time.perf_counter_ns` (a fixed number of iterations, or until `min_seconds` have
-passed). With ``order="chain"`` the steps are instead called in turn, every step once per
-round, as a cascade that runs every state calls them: each then also pays for refilling
-the caches after the steps before it, which a step timed alone (``order="step"``, the
+`time.perf_counter_ns` (a fixed number of iterations, until `min_seconds` have
+passed, or within a time budget per state, warm-up included: `seconds_per_state`, for
+models whose calls take tenths of a second, where a fixed count costs minutes). With
+``order="chain"`` the steps are instead called in turn, every step once per round, as
+a cascade that runs every state calls them: each then also pays for refilling the
+caches after the steps before it, which a step timed alone (``order="step"``, the
 default, what `benchmark_app` measures) does not. The profile holds, per batch size and
 step, p50/p90/p99/mean/std/n in ms, the
 device fingerprint with temperatures and clocks before and after, a noise flag, and the
@@ -17,7 +19,7 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
     {"bundle": {"manifest_sha256", "kind", "states": [names]},
      "device": fingerprint (see edgeadapt.device), "measured_at": ISO time,
      "settings": {"runtime", "preset", "threads", "options", "warmup", "iters",
-                  "min_seconds", "seed", "order"},
+                  "min_seconds", "seconds_per_state", "seed", "order"},
      "before"/"after": {"temperatures", "clock", "load": [1, 5, 15 min load averages]},
      "noise": {"noisy", "reasons"},
      "batches": [{"batch": 1, "steps": [{"p50_ms", "p90_ms", "p99_ms", "mean_ms",
@@ -73,6 +75,8 @@ STATS = ("p50", "p90", "p99", "mean", "std", "min")
 VIEWS = ("cascade", "step")
 #: How the profiler calls the steps: each alone, repeatedly, or all in turn.
 ORDERS = ("step", "chain")
+#: Under a time budget, warm-up stops after this share of the budget (or `warmup` calls).
+WARMUP_SHARE = 0.2
 
 Progress = Callable[[int, int], None]
 
@@ -175,6 +179,17 @@ def _positive(value: Any, option: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def _budget(seconds: Any, iters: int | None) -> float:
+    """Validate a per-state time budget (exclusive with a fixed iteration count)."""
+    if iters is not None:
+        raise InputError("give iters or seconds_per_state, not both", source="seconds_per_state")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise InputError(f"must be a number, got {seconds!r}", source="seconds_per_state")
+    if not (seconds > 0 and np.isfinite(seconds)):
+        raise InputError(f"must be a positive number, got {seconds!r}", source="seconds_per_state")
+    return float(seconds)
+
+
 def _random_input(bundle: Bundle, batch: int, rng: np.random.Generator) -> np.ndarray:
     shape = (batch, *(int(d) for d in bundle.input.shape[1:]))
     dtype = np.dtype(bundle.input.dtype)
@@ -230,6 +245,37 @@ def _time_chain(
     return [np.asarray(s, dtype=np.int64) for s in samples]
 
 
+def _time_budget(
+    runs: Sequence[Callable[[], Any]], warmup: int, seconds: float
+) -> list[np.ndarray]:
+    """Time `runs` (one step, or the steps of a chain called in turn) within `seconds`
+    per run, warm-up included.
+
+    Warm-up rounds stop after `warmup` rounds or WARMUP_SHARE of the budget, whichever
+    comes first (at least one round when `warmup` > 0, so a first call's one-off costs
+    stay out of the samples); timed rounds go on until the budget is spent, and at least
+    MIN_SAMPLES of them are taken, so a call slower than the budget allows still gets
+    usable percentiles (and overruns the budget: the floor wins).
+    """
+    clock = time.perf_counter_ns
+    start = clock()
+    budget_ns = int(seconds * len(runs) * 1e9)
+    warm_until = start + int(WARMUP_SHARE * budget_ns)
+    for k in range(warmup):
+        if k > 0 and clock() >= warm_until:
+            break
+        for run in runs:
+            run()
+    deadline = start + budget_ns
+    samples: list[list[int]] = [[] for _ in runs]
+    while len(samples[0]) < MIN_SAMPLES or clock() < deadline:
+        for run, out in zip(runs, samples, strict=True):
+            t0 = clock()
+            run()
+            out.append(clock() - t0)
+    return [np.asarray(s, dtype=np.int64) for s in samples]
+
+
 def _noise(
     steps: dict[int, tuple[StepStats, ...]], before: dict[str, Any], after: dict[str, Any]
 ) -> list[str]:
@@ -268,6 +314,7 @@ def profile_bundle(
     precision: str | None = None,
     options: Mapping[str, Any] | None = None,
     order: str = "step",
+    seconds_per_state: float | None = None,
 ) -> Profile:
     """Time every step of `bundle` at each batch size on a runtime.
 
@@ -277,7 +324,9 @@ def profile_bundle(
     calls, then `iters` timed calls (at least MIN_SAMPLES), or with `iters=None` as
     many as fit in `min_seconds` (at least MIN_SAMPLES). `order` is ``step`` (each step
     timed alone, repeatedly) or ``chain`` (the steps called in turn, see the module
-    docstring). `progress(done, total)` is called after each (batch, step).
+    docstring). With `seconds_per_state`, each step (each round of the chain: that many
+    seconds per step) gets a time budget instead, warm-up included (see `_time_budget`);
+    `iters` must then be None. `progress(done, total)` is called after each (batch, step).
     """
     from edgeadapt.runtimes import get_runtime
 
@@ -295,6 +344,8 @@ def profile_bundle(
         raise InputError(f"must be a positive number, got {min_seconds!r}", source="min_seconds")
     if order not in ORDERS:
         raise InputError(f"must be one of {', '.join(ORDERS)}, got {order!r}", source="order")
+    if seconds_per_state is not None:
+        seconds_per_state = _budget(seconds_per_state, iters)
     chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
     runtime, runtime_options = resolve_runtime(
         chosen, runtime=runtime, threads=threads, precision=precision, options=options
@@ -323,7 +374,19 @@ def profile_bundle(
                 feeds = {name: tensors[name] for name in step.inputs}
                 tensors.update(session.run(feeds, check=True))
                 runs.append(partial(session.run, feeds, check=False))
-            if order == "chain":
+            if seconds_per_state is not None and order == "chain":
+                timed = _time_budget(runs, warmup, seconds_per_state)
+                done += len(runs)
+                if progress is not None:
+                    progress(done, total)
+            elif seconds_per_state is not None:
+                timed = []
+                for run in runs:
+                    timed.extend(_time_budget([run], warmup, seconds_per_state))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+            elif order == "chain":
                 timed = _time_chain(runs, warmup, iters, min_seconds)
                 done += len(runs)
                 if progress is not None:
@@ -354,7 +417,10 @@ def profile_bundle(
             "options": {k: v for k, v in runtime_options.items() if k != "threads"},
             "warmup": warmup,
             "iters": iters,
-            "min_seconds": None if iters is not None else float(min_seconds),
+            "min_seconds": (
+                None if iters is not None or seconds_per_state is not None else float(min_seconds)
+            ),
+            "seconds_per_state": seconds_per_state,
             "seed": seed,
             "order": order,
         },

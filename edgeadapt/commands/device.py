@@ -102,6 +102,23 @@ def _device_help() -> str:
     )
 
 
+def _check_timing(
+    iters: int | None, min_seconds: float | None, seconds_per_state: float | None
+) -> None:
+    """At most one of the three ways to decide how long each step is timed."""
+    given = [
+        name
+        for name, value in (
+            ("--iters", iters),
+            ("--min-seconds", min_seconds),
+            ("--seconds-per-state", seconds_per_state),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise InputError(f"give only one of {', '.join(given)}", source=given[0])
+
+
 @click.command("profile")
 @click.argument("bundle_dir", metavar="BUNDLE", type=_DIR)
 @click.option("--device", "device", is_eager=True, callback=_list_presets, help=_device_help())
@@ -131,6 +148,14 @@ def _device_help() -> str:
     help="Time each step for at least this long (default 0.5 s when --iters is not given).",
 )
 @click.option(
+    "--seconds-per-state",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Time budget per state, warm-up included (warm-up stops after a fifth of it or "
+    "--warmup calls): for models of tenths of a second per call, where a fixed --iters "
+    "costs minutes. At least 10 timed calls are taken even when they overrun it.",
+)
+@click.option(
     "--order",
     type=click.Choice(["step", "chain"]),
     default="step",
@@ -155,6 +180,7 @@ def profile_cmd(
     warmup: int,
     iters: int | None,
     min_seconds: float | None,
+    seconds_per_state: float | None,
     order: str,
     output: Path | None,
     as_json: bool,
@@ -170,8 +196,7 @@ def profile_cmd(
         state_costs,
     )
 
-    if iters is not None and min_seconds is not None:
-        raise InputError("give --iters or --min-seconds, not both", source="--iters")
+    _check_timing(iters, min_seconds, seconds_per_state)
     if iters is not None and iters < MIN_SAMPLES:
         raise InputError(f"must be >= {MIN_SAMPLES}, got {iters}", source="--iters")
     batches = _batches(batch)
@@ -191,6 +216,7 @@ def profile_cmd(
             preset=preset,
             precision=precision,
             order=order,
+            seconds_per_state=seconds_per_state,
         )
     if output is None:
         output = default_profile_path(bundle, None if preset is None else preset.name)
