@@ -98,8 +98,9 @@ def _ort_loop(bundle: Bundle, options: dict[str, Any], warmup: int, iters: int) 
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        spin = "1" if options.get("spin", True) else "0"
+        spin = "1" if options.get("spin", False) else "0"  # the runtime's default
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         sess = ort.InferenceSession(str(step.path), so, providers=["CPUExecutionProvider"])
         out.append(_median_us(lambda s=sess, f=feeds: s.run(None, f), warmup, iters))
     return out

@@ -8,6 +8,11 @@ evaluation (which samples each state gets right) and hands them to the oracle en
 *direct* one (stages 0..i plus head i only), so the gap between what the paper's view
 promises and what the device pays is visible. `load_inputs` is the shared, checked
 loading step (the report uses it too).
+
+Two baselines: ``r_n`` is the sum of the steps (the full path, every state run in turn,
+what the paper's gains are against), and ``static`` the measured whole model from the
+profile (the unsplit network a user would otherwise deploy; `static_baseline`). A
+saving against R_N that does not hold against the static model is no saving.
 """
 
 from __future__ import annotations
@@ -22,15 +27,28 @@ from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import Evaluation, load_evaluation
 from edgeadapt.oracle import bound_summary
-from edgeadapt.profile import Profile, check_profile, flops_costs, load_profile, state_costs
+from edgeadapt.profile import (
+    Profile,
+    check_profile,
+    flops_costs,
+    load_profile,
+    state_costs,
+    static_cost,
+)
 
-__all__ = ["COSTS", "Inputs", "bundle_bound", "load_inputs"]
+__all__ = ["COSTS", "R_N_WHAT", "Inputs", "bundle_bound", "load_inputs", "static_baseline"]
 
 #: Cost units: measured ms from a profile, or FLOPs from the manifest.
 COSTS = ("ms", "flops")
 #: Profile statistic and batch size the state costs are taken from (as `edgeadapt plan`).
 STAT = "p50"
 BATCH = 1
+#: What R_N is, per bundle kind (for labels): what running the costliest state pays.
+R_N_WHAT = {
+    "early-exit": "the sum of the steps",
+    "ensemble": "the last member alone",
+    "branches": "the last branch alone",
+}
 
 PathLike = str | os.PathLike[str]
 
@@ -134,6 +152,32 @@ def _view(
     return {"unit": unit, "costs": [float(c) for c in costs]} | {k: s[k] for k in keys}
 
 
+def static_baseline(
+    profile: Profile | None, bundle: Bundle, r_n: float, r_oracle: float
+) -> dict[str, Any] | None:
+    """The measured whole model as a baseline: its cost (p50 at batch 1, ms), where it
+    came from, and the oracle's saving against it next to R_N's; None when the profile
+    did not time it."""
+    if profile is None:
+        return None
+    cost = static_cost(profile, bundle, batch=BATCH, stat=STAT)
+    if cost is None:
+        return None
+    wm = profile.whole_model or {}
+    return {
+        "what": "measured whole model (static, unsplit), "
+        + ("composed from the bundle" if wm.get("origin") == "composed" else str(wm.get("path"))),
+        "cost_ms": cost,
+        "origin": wm.get("origin"),
+        "path": wm.get("path"),
+        "sha256": wm.get("sha256"),
+        "state": wm.get("state"),
+        "delta_r": cost - r_oracle,
+        "r_ratio": cost / r_oracle if r_oracle > 0 else None,
+        "full_path_ratio": r_n / cost if cost > 0 else None,
+    }
+
+
 def bundle_bound(
     bundle: Bundle | PathLike,
     *,
@@ -149,9 +193,12 @@ def bundle_bound(
     The dict is `edgeadapt.oracle.bound_summary`'s (exact oracle under ``exact``, the
     alphas, eq. 8/9/13, the smallest-state test with `classes`, default the bundle's
     class count) plus ``bundle``, ``cost`` (unit and origin), ``profile`` and
-    ``evaluation`` (where the figures come from) and ``views``: the exact oracle on
-    ``cascade_ms`` (with a profile), ``cascade_flops`` and ``direct_flops``. Bundle,
-    profile and evaluation may be loaded objects or paths.
+    ``evaluation`` (where the figures come from), ``views``: the exact oracle on
+    ``cascade_ms`` (with a profile), ``cascade_flops`` and ``direct_flops``, and
+    ``static``: the headline oracle against the measured whole model (`static_baseline`;
+    None with FLOPs costs or a profile without it), and ``r_n_what``: what R_N is for this
+    bundle's kind (`R_N_WHAT`), for labels. Bundle, profile and evaluation may be
+    loaded objects or paths.
     """
     inputs = load_inputs(bundle, profile=profile, evaluation=evaluation, cost=cost)
     b, ev = inputs.bundle, inputs.evaluation
@@ -191,4 +238,10 @@ def bundle_bound(
         }
     summary["evaluation"] = {"path": ev.source, "samples": int(ev.labels.size)}
     summary["views"] = views
+    summary["r_n_what"] = R_N_WHAT.get(b.kind, "the costliest state")
+    summary["static"] = (
+        static_baseline(inputs.profile, b, float(summary["r_n"]), float(summary["r_oracle"]))
+        if inputs.unit == "ms"
+        else None
+    )
     return summary

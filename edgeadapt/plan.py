@@ -25,9 +25,15 @@ the record of how well the plan did and is shown by reports.
   "gap_closure": 0.71 | null,
   "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12},
   "promise": {"max_drop", "delta", "n", "tested", "passed", "p_value", "losses",
-              "required_n", "holds", "method", "assumption"}    # risk-controlled plans
+              "required_n", "holds", "method", "assumption"},   # risk-controlled plans
+  "static": {"cost_ms": 0.74}                    # optional: the measured whole model
 }
 ```
+
+``static`` is the measured whole model (the unsplit network, from the profile), the
+baseline a plan must beat to be worth deploying; plans made from a profile without it
+omit the key. ``cost_ms`` of ``heldout`` against it and against ``oracle.r_n`` (the
+sum of the steps) are the plan's two savings.
 
 Confidences are higher when surer: maxprob and margin lie in [0, 1], entropy is the
 negative entropy in [-log C, 0]; thresholds must lie in the measure's range.
@@ -114,6 +120,8 @@ class Plan:
     search_method: str
     max_states: int
     subsets_evaluated: int
+    #: The measured whole model's cost (ms), None when the profile did not time it.
+    static_ms: float | None = None
     promise: Promise | None = None
 
     @property
@@ -137,8 +145,23 @@ class Plan:
             "oracle": {"r_oracle": self.r_oracle, "a_oracle": self.a_oracle},
             "r_n": self.r_n,
             "gap_closure": self.gap_closure,
+            "static_ms": self.static_ms,
+            "saving_vs_r_n": _saving(self.heldout.cost_ms, self.r_n),
+            "saving_vs_static": _saving(self.heldout.cost_ms, self.static_ms),
+            "beats_static": self.beats_static,
             "promise": None if self.promise is None else self.promise.to_json(),
         }
+
+    @property
+    def beats_static(self) -> bool | None:
+        """Whether the held-out expected cost is below the measured static model's (None
+        without one)."""
+        return None if self.static_ms is None else self.heldout.cost_ms < self.static_ms
+
+
+def _saving(cost: float, baseline: float | None) -> float | None:
+    """The share of `baseline` a cost of `cost` saves (negative: it costs more)."""
+    return None if baseline is None or baseline <= 0 else 1.0 - cost / baseline
 
 
 def _figures_doc(f: SplitFigures) -> dict[str, Any]:
@@ -156,7 +179,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     heldout = _figures_doc(plan.heldout)
     heldout.update(drop_bound=plan.drop_bound, delta=plan.delta)
     promise = {} if plan.promise is None else {"promise": plan.promise.to_json()}
-    return {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "bundle": {
@@ -194,6 +217,9 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         },
         **promise,
     }
+    if plan.static_ms is not None:
+        doc["static"] = {"cost_ms": plan.static_ms}
+    return doc
 
 
 def _numbers(
@@ -306,6 +332,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     heldout_f = f.child("heldout")
     oracle = f.child("oracle")
     search = f.child("search")
+    static = f.child("static").number("cost_ms", minimum=0.0) if "static" in f.obj else None
     gap = f.get("gap_closure", (int, float, type(None)))
     if gap is not None and not math.isfinite(gap):
         f.fail("must be a finite number or null", "gap_closure")
@@ -334,6 +361,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         search_method=search.get("method", str, check=_one_of(SEARCH_METHODS)),
         max_states=_int(search, "max_states", minimum=1),
         subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
+        static_ms=static,
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
     )
 

@@ -27,7 +27,13 @@ of every state) and the per-state costs measured on the device:
    same reference state, a bound on the drop at confidence 1 - delta (the promised
    max_drop for risk-controlled plans; a Clopper-Pearson bound for empirical ones),
    the expected cost, the exact oracle over all states, and the oracle gap closure
-   ``(R_N - R_policy) / (R_N - R_oracle)``.
+   ``(R_N - R_policy) / (R_N - R_oracle)``; with the measured whole model's cost
+   (`static_ms`), the plan also records it, so its expected cost is held to the static
+   model a user would otherwise deploy as well as to R_N (`Plan.beats_static`).
+
+The costs should be the ones the cascade pays: a profile taken in ``chain`` order (the
+profiler's default). `profile_costs` reads both baselines from a profile and says when
+its step costs were timed each step alone.
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
@@ -57,6 +63,7 @@ from edgeadapt.stats import drop_upper_bound
 if TYPE_CHECKING:
     from edgeadapt.bundle import Bundle
     from edgeadapt.evaluation import Evaluation
+    from edgeadapt.profile import Profile
 
 _FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
 CALIBRATIONS = ("risk", "empirical")
@@ -345,9 +352,12 @@ def make_plan(
     max_drop: float = 0.005,
     measure: str | None = None,
     delta: float = 0.05,
+    static_ms: float | None = None,
     calibration: str = "risk",
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
+
+    `static_ms` is the measured whole model's cost, recorded as the plan's static baseline.
 
     `measure` names the confidence measure of the splits (the plan records it); it
     defaults to the splits' own (`Outcomes.measure`), else maxprob, and must agree
@@ -367,6 +377,8 @@ def make_plan(
         delta,
         calibration,
     )
+    if static_ms is not None and not (math.isfinite(static_ms) and static_ms >= 0):
+        raise InputError(f"must be finite and >= 0, got {static_ms}", field="static_ms")
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
     choice = search_subsets(
@@ -432,6 +444,7 @@ def make_plan(
         max_states=max_states,
         subsets_evaluated=choice.evaluated,
         promise=promise,
+        static_ms=None if static_ms is None else float(static_ms),
     )
 
 
@@ -468,6 +481,7 @@ def plan_bundle(
     max_states: int = 4,
     max_drop: float = 0.005,
     delta: float = 0.05,
+    static_ms: float | None = None,
     calibration: str = "risk",
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
@@ -485,5 +499,39 @@ def plan_bundle(
         max_drop=max_drop,
         measure=measure,
         delta=delta,
+        static_ms=static_ms,
         calibration=calibration,
+    )
+
+
+@dataclass(frozen=True)
+class ProfileCosts:
+    """What the planner takes from a profile: each state's cost (p50 at batch 1, ms),
+    the measured whole model's (None when not timed), and the order the steps were
+    timed in."""
+
+    state_ms: tuple[float, ...]
+    static_ms: float | None
+    order: str
+
+    @property
+    def note(self) -> str | None:
+        """A caveat to show the user, None when the costs are the cascade's."""
+        if self.order == "chain":
+            return None
+        return (
+            f"the profile timed each step alone ({self.order} order): the cascade pays "
+            "more (cache refills between steps); profile with --order chain to plan on "
+            "what it pays"
+        )
+
+
+def profile_costs(profile: Profile, bundle: Bundle) -> ProfileCosts:
+    """The state costs and the static baseline of `profile` for `bundle` (checked)."""
+    from edgeadapt.profile import state_costs, static_cost
+
+    return ProfileCosts(
+        state_ms=tuple(state_costs(profile, bundle)),
+        static_ms=static_cost(profile, bundle),
+        order=profile.order,
     )

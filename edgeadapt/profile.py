@@ -6,13 +6,23 @@ input generation stays outside the timed loop), warms it up, then times each cal
 `time.perf_counter_ns` (a fixed number of iterations, until `min_seconds` have
 passed, or within a time budget per state, warm-up included: `seconds_per_state`, for
 models whose calls take tenths of a second, where a fixed count costs minutes). With
-``order="chain"`` the steps are instead called in turn, every step once per round, as
-a cascade that runs every state calls them: each then also pays for refilling the
-caches after the steps before it, which a step timed alone (``order="step"``, the
-default, what `benchmark_app` measures) does not. The profile holds, per batch size and
-step, p50/p90/p99/mean/std/n in ms, the
-device fingerprint with temperatures and clocks before and after, a noise flag, and the
-sha256 of the bundle's manifest, so it is refused for any other bundle.
+``order="chain"`` (the default) the steps are called in turn, every step once per
+round, as a cascade that runs every state calls them: each then also pays for refilling
+the caches after the steps before it, which a step timed alone (``order="step"``, what
+`benchmark_app` measures) does not, and which is what the planner should be fed.
+
+Beside the steps it times the **whole model** under the same runtime settings: the
+unsplit network a user would otherwise deploy, the static baseline every saving is held
+to. By default that is `edgeadapt.exporters.compose.whole_model` (the backbone and the
+last head only, or an ensemble's last member); ``whole=PATH`` times the user's original
+ONNX instead (checked against the bundle's inputs and last logits); ``whole=False``
+skips it. The whole model is timed alone, call after call, as it runs deployed (under
+`seconds_per_state`, with the same budget as a state).
+
+The profile holds, per batch size and step, p50/p90/p99/mean/std/n in ms, the same for
+the whole model, the device fingerprint with temperatures and clocks before and after,
+a noise flag, and the sha256 of the bundle's manifest, so it is refused for any other
+bundle.
 
 File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
 
@@ -22,22 +32,32 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
                   "min_seconds", "seconds_per_state", "seed", "order"},
      "before"/"after": {"temperatures", "clock", "load": [1, 5, 15 min load averages]},
      "noise": {"noisy", "reasons"},
+     "whole_model": {"origin": "composed" | "file", "path": str | null,
+                     "sha256": of the ONNX timed, "state": last state's name},
      "batches": [{"batch": 1, "steps": [{"p50_ms", "p90_ms", "p99_ms", "mean_ms",
-                                          "std_ms", "min_ms", "n"}, ...]}, ...]}
+                                          "std_ms", "min_ms", "n"}, ...],
+                  "whole": {same keys as a step}}, ...]}
+
+``whole_model`` and each batch's ``whole`` are optional (profiles written before the
+whole model was timed, or with ``whole=False``, lack them); a missing ``settings.order``
+reads as ``step``.
 
 `state_costs` turns a profile into the `R_i` of each state (the cascade sum for
-early-exit bundles, the member's own cost for ensembles); `flops_costs` gives the
-device-independent view from the manifest.
+early-exit bundles, the member's own cost for ensembles); `static_cost` gives the
+measured whole model's; `flops_costs` gives the device-independent view from the
+manifest.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,6 +69,7 @@ from edgeadapt.device import clock_state, device_id, fingerprint, load_average, 
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import Fields, read_json, write_json
 from edgeadapt.presets import Preset, load_preset, resolve_runtime
+from edgeadapt.whole import WholeModel, load_whole, prepare_whole, whole_run
 
 __all__ = [
     "MIN_SAMPLES",
@@ -59,8 +80,10 @@ __all__ = [
     "flops_costs",
     "load_profile",
     "profile_bundle",
+    "profile_calls",
     "save_profile",
     "state_costs",
+    "static_cost",
 ]
 
 FORMAT = "edgeadapt-profile"
@@ -75,6 +98,10 @@ STATS = ("p50", "p90", "p99", "mean", "std", "min")
 VIEWS = ("cascade", "step")
 #: How the profiler calls the steps: each alone, repeatedly, or all in turn.
 ORDERS = ("step", "chain")
+#: The order the profiler uses unless told otherwise: the one the cascade pays.
+DEFAULT_ORDER = "chain"
+#: Where the timed whole model came from (see edgeadapt.whole).
+WHOLE_ORIGINS = ("composed", "file")
 #: Under a time budget, warm-up stops after this share of the budget (or `warmup` calls).
 WARMUP_SHARE = 0.2
 
@@ -130,6 +157,15 @@ class Profile:
     noise_reasons: tuple[str, ...]
     steps: dict[int, tuple[StepStats, ...]]
     source: str | None = None
+    #: The whole model's timing per batch (empty when it was not timed).
+    whole: dict[int, StepStats] = field(default_factory=dict)
+    #: Where the timed whole model came from: origin, path, sha256, state (or None).
+    whole_model: dict[str, Any] | None = None
+
+    @property
+    def order(self) -> str:
+        """How the steps were called: ``chain`` or ``step`` (older profiles: ``step``)."""
+        return str(self.settings.get("order", "step"))
 
     @property
     def device_id(self) -> str:
@@ -149,8 +185,13 @@ class Profile:
             )
         return self.steps[batch]
 
+    def whole_stats(self, batch: int = 1) -> StepStats | None:
+        """The whole model's statistics at `batch`, None when it was not timed."""
+        self.step_stats(batch)
+        return self.whole.get(batch)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "bundle": {
@@ -164,10 +205,17 @@ class Profile:
             "before": self.before,
             "after": self.after,
             "noise": {"noisy": self.noisy, "reasons": list(self.noise_reasons)},
-            "batches": [
-                {"batch": b, "steps": [s.to_json() for s in self.steps[b]]} for b in self.batches
-            ],
+            "batches": [self._batch_json(b) for b in self.batches],
         }
+        if self.whole_model is not None:
+            doc["whole_model"] = dict(self.whole_model)
+        return doc
+
+    def _batch_json(self, batch: int) -> dict[str, Any]:
+        entry: dict[str, Any] = {"batch": batch, "steps": [s.to_json() for s in self.steps[batch]]}
+        if batch in self.whole:
+            entry["whole"] = self.whole[batch].to_json()
+        return entry
 
 
 # ------------------------------------------------------------------ measuring
@@ -295,6 +343,14 @@ def _noise(
     return reasons
 
 
+def _whole_noise(whole: dict[int, StepStats]) -> list[str]:
+    return [
+        f"whole model at batch {batch}: p90/p50 = {s.p90 / s.p50:.2f} > {SPREAD_LIMIT}"
+        for batch, s in whole.items()
+        if s.p50 > 0 and s.p90 / s.p50 > SPREAD_LIMIT
+    ]
+
+
 def _snapshot() -> dict[str, Any]:
     return {"temperatures": temperatures(), "clock": clock_state(), "load": load_average()}
 
@@ -313,7 +369,8 @@ def profile_bundle(
     preset: Preset | str | None = None,
     precision: str | None = None,
     options: Mapping[str, Any] | None = None,
-    order: str = "step",
+    order: str = DEFAULT_ORDER,
+    whole: bool | str | os.PathLike[str] = True,
     seconds_per_state: float | None = None,
 ) -> Profile:
     """Time every step of `bundle` at each batch size on a runtime.
@@ -322,11 +379,14 @@ def profile_bundle(
     file, see `edgeadapt.presets`), overridden by `runtime`, `threads`, `precision` and
     `options`; with neither, ONNX Runtime on 1 thread. Each step gets `warmup` untimed
     calls, then `iters` timed calls (at least MIN_SAMPLES), or with `iters=None` as
-    many as fit in `min_seconds` (at least MIN_SAMPLES). `order` is ``step`` (each step
-    timed alone, repeatedly) or ``chain`` (the steps called in turn, see the module
-    docstring). With `seconds_per_state`, each step (each round of the chain: that many
+    many as fit in `min_seconds` (at least MIN_SAMPLES). `order` is ``chain`` (the steps
+    called in turn, see the module docstring) or ``step`` (each step timed alone,
+    repeatedly). With `seconds_per_state`, each step (each round of the chain: that many
     seconds per step) gets a time budget instead, warm-up included (see `_time_budget`);
-    `iters` must then be None. `progress(done, total)` is called after each (batch, step).
+    `iters` must then be None. `whole` is True (time `exporters.compose.whole_model` of
+    the bundle), a path to the original ONNX model, or False (no whole model); it is
+    timed the same way after the steps. `progress(done, total)` is called after each
+    (batch, step) and after each batch's whole model (`profile_calls` gives the total).
     """
     from edgeadapt.runtimes import get_runtime
 
@@ -361,11 +421,21 @@ def profile_bundle(
             field="$.options",
         ) from None
     rng = np.random.default_rng(seed)
+    tmp = tempfile.TemporaryDirectory(prefix="edgeadapt-whole-")
+    try:
+        whole_model = prepare_whole(bundle, whole, Path(tmp.name))
+    except BaseException:
+        tmp.cleanup()
+        raise
     before = _snapshot()
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    total, done = len(batch_list) * len(bundle.steps), 0
-    sessions = [rt.load(s.path) for s in bundle.steps]
+    total, done = profile_calls(bundle, batch_list, whole_model is not None), 0
+    sessions: list[Any] = []
+    whole_times: dict[int, StepStats] = {}
     try:
+        sessions.extend(rt.load(s.path) for s in bundle.steps)
+        if whole_model is not None:
+            load_whole(rt, bundle, whole_model)
         results: dict[int, tuple[StepStats, ...]] = {}
         for batch in batch_list:
             tensors: dict[str, np.ndarray] = {bundle.input.name: _random_input(bundle, batch, rng)}
@@ -399,11 +469,21 @@ def profile_bundle(
                     if progress is not None:
                         progress(done, total)
             results[batch] = tuple(StepStats.from_ns(t) for t in timed)
+            if whole_model is not None:
+                whole_times[batch] = _time_whole(
+                    whole_model, tensors, batch, warmup, iters, min_seconds, seconds_per_state
+                )
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     finally:
         for session in sessions:
             session.close()
+        if whole_model is not None and whole_model.session is not None:
+            whole_model.session.close()
+        tmp.cleanup()
     after = _snapshot()
-    reasons = _noise(results, before, after)
+    reasons = _noise(results, before, after) + _whole_noise(whole_times)
     return Profile(
         manifest_sha256=bundle.manifest_sha256,
         kind=bundle.kind,
@@ -429,7 +509,32 @@ def profile_bundle(
         noisy=bool(reasons),
         noise_reasons=tuple(reasons),
         steps=results,
+        whole=whole_times,
+        whole_model=None if whole_model is None else whole_model.provenance,
     )
+
+
+def profile_calls(bundle: Bundle, batches: Sequence[int], whole: bool = True) -> int:
+    """How many `progress` calls `profile_bundle` makes: one per (batch, step), plus one
+    per batch for the whole model."""
+    return len(batches) * (len(bundle.steps) + bool(whole))
+
+
+def _time_whole(
+    whole: WholeModel,
+    tensors: Mapping[str, np.ndarray],
+    batch: int,
+    warmup: int,
+    iters: int | None,
+    min_seconds: float,
+    seconds_per_state: float | None,
+) -> StepStats:
+    """The whole model at `batch`, timed alone call after call (as it runs deployed),
+    under the same budget as a state when there is one."""
+    run = whole_run(whole, tensors, batch)
+    if seconds_per_state is not None:
+        return StepStats.from_ns(_time_budget([run], warmup, seconds_per_state)[0])
+    return StepStats.from_ns(_time_step(run, warmup, iters, min_seconds))
 
 
 # ------------------------------------------------------------------ costs
@@ -448,6 +553,16 @@ def state_costs(
     if view == "step" or bundle.kind != "early-exit":
         return per_step
     return [float(x) for x in np.cumsum(per_step)]
+
+
+def static_cost(
+    profile: Profile, bundle: Bundle, batch: int = 1, stat: str = "p50"
+) -> float | None:
+    """What the measured whole model (the static baseline) costs in ms; None when the
+    profile did not time it."""
+    check_profile(profile, bundle)
+    stats = profile.whole_stats(batch)
+    return None if stats is None else stats.get(stat)
 
 
 def flops_costs(bundle: Bundle, view: str = "cascade") -> list[float]:
@@ -511,6 +626,7 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         b.fail("expected a non-empty list of state names", "states")
     device = f.get("device", dict)
     steps: dict[int, tuple[StepStats, ...]] = {}
+    whole: dict[int, StepStats] = {}
     entries = f.items("batches")
     if not entries:
         f.fail("no batch sizes measured", "batches")
@@ -522,6 +638,16 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         if len(stats) != len(states):
             e.fail(f"has {len(stats)} steps, the bundle {len(states)}", "steps")
         steps[batch] = tuple(_stats(s) for s in stats)
+        if "whole" in e.obj:
+            whole[batch] = _stats(e.child("whole"))
+    whole_model = _whole_provenance(f) if "whole_model" in f.obj else None
+    if (whole_model is None) != (not whole):
+        f.fail("whole_model and each batch's whole timing come together", "whole_model")
+    if whole and set(whole) != set(steps):
+        f.fail(
+            f"the whole model was timed at batches {sorted(whole)}, steps at {sorted(steps)}",
+            "batches",
+        )
     noise = f.child("noise")
     reasons = noise.get("reasons", list)
     return Profile(
@@ -537,7 +663,25 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         noise_reasons=tuple(str(r) for r in reasons),
         steps=steps,
         source=source,
+        whole=whole,
+        whole_model=whole_model,
     )
+
+
+def _whole_provenance(f: Fields) -> dict[str, Any]:
+    w = f.child("whole_model")
+    origin = w.get(
+        "origin",
+        str,
+        check=lambda v: None if v in WHOLE_ORIGINS else f"must be one of {list(WHOLE_ORIGINS)}",
+    )
+    sha = w.get(
+        "sha256",
+        str,
+        check=lambda v: None if re.fullmatch(r"[0-9a-f]{64}", v) else "must be 64 hex digits",
+    )
+    path = w.get("path", (str, type(None)))
+    return {"origin": origin, "path": path, "sha256": sha, "state": w.get("state", str)}
 
 
 def load_profile(

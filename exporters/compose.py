@@ -7,13 +7,17 @@ depend on, which prunes the intermediate heads. For an ensemble bundle it is the
 member as it is. Benchmarks run it as the baseline the cascade's full path is held to.
 
 Each step after the first gets the prefix ``step{i}/`` on its internal names (they repeat
-from step to step); the result keeps the bundle's input name and the last logits name.
+from step to step); the result keeps the bundle's input names and the last logits name.
+A later step may read model inputs besides the activation (a transformer's
+``attention_mask``): those edges are pointed back at the one graph input of that name.
 Known limit (the Extractor's): it follows only a node's listed inputs, not the outer-scope
 tensors a control-flow body (If, Loop, Scan) reads, so a step with such a body is refused
 with a message rather than composed wrongly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import onnx
 from onnx import compose
@@ -51,6 +55,30 @@ def _rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
             vi.name = new
 
 
+def _share_model_inputs(model: onnx.ModelProto, prefix: str, names: Sequence[str]) -> None:
+    """Point the prefixed copies of model inputs (``step{i}/attention_mask``) that merging
+    made back at the graph input of the plain name, adding it where no earlier step
+    read it."""
+    graph = model.graph
+    renamed = {f"{prefix}{n}": n for n in names}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+    have = {vi.name for vi in graph.input}
+    kept = []
+    for vi in graph.input:
+        plain = renamed.get(vi.name)
+        if plain is None:
+            kept.append(vi)
+        elif plain not in have:
+            vi.name = plain
+            have.add(plain)
+            kept.append(vi)
+    del graph.input[:]
+    graph.input.extend(kept)
+
+
 def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
     """The bundle's whole model: every step chained, only the last state's logits out.
 
@@ -62,14 +90,20 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
     last = count - 1 if state is None else state
     if bundle.kind != "early-exit":
         return _load(bundle, last)
+    model_inputs = [spec.name for spec in bundle.inputs]
     merged = _load(bundle, 0)
     for i in range(1, last + 1):
         activation = bundle.steps[i - 1].activation
         step = bundle.steps[i]
-        if activation is None or step.inputs != (activation,):
+        extra = [n for n in step.inputs if n != activation]
+        if (
+            activation is None
+            or activation not in step.inputs
+            or not set(extra) <= set(model_inputs)
+        ):
             raise InputError(
                 f"step {i} reads {list(step.inputs)}, not step {i - 1}'s activation "
-                f"{activation!r}: not a chain",
+                f"{activation!r} (and model inputs): not a chain",
                 source=bundle.path,
                 field=f"$.states[{i}].inputs",
             )
@@ -82,8 +116,10 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
             raise InputError(
                 f"cannot chain step {i} onto the steps before it: {e}", source=step.path
             ) from None
+        _share_model_inputs(merged, f"step{i}/", extra)
     logits = f"step{last}/{bundle.steps[last].logits}" if last else bundle.steps[last].logits
-    whole = Extractor(merged).extract_model([bundle.input.name], [logits])
+    read = {vi.name for vi in merged.graph.input}
+    whole = Extractor(merged).extract_model([n for n in model_inputs if n in read], [logits])
     _rename_output(whole, logits, bundle.steps[last].logits)
     opsets = {o.domain: o.version for o in whole.opset_import}  # merging repeats them
     del whole.opset_import[:]

@@ -26,21 +26,42 @@ def copy_multiexit(tmp_path: Path) -> Path:
     return Path(shutil.copytree(MULTIEXIT, tmp_path / "bundle"))
 
 
-def known_profile(bundle: Bundle, step_ms=STEP_MS, device: str | None = None) -> Profile:
-    """A profile of `bundle` whose every statistic of step i is `step_ms[i]`."""
-    stats = tuple(StepStats(t, t, t, t, 0.0, t, MIN_SAMPLES) for t in step_ms)
+def _stats(t: float) -> StepStats:
+    return StepStats(t, t, t, t, 0.0, t, MIN_SAMPLES)
+
+
+def known_profile(
+    bundle: Bundle,
+    step_ms=STEP_MS,
+    device: str | None = None,
+    whole_ms: float | None = None,
+    order: str | None = None,
+) -> Profile:
+    """A profile of `bundle` whose every statistic of step i is `step_ms[i]`; with
+    `whole_ms`, the whole model (composed) timed at that; `order` the settings' order."""
+    stats = tuple(_stats(t) for t in step_ms)
+    settings = {"runtime": "onnxruntime", "threads": 1} | ({"order": order} if order else {})
     return Profile(
         manifest_sha256=bundle.manifest_sha256,
         kind=bundle.kind,
         states=tuple(s.name for s in bundle.states),
         device={"device_id": device or device_id(), "cpu": "test"},
         measured_at="2025-01-01T00:00:00+00:00",
-        settings={"runtime": "onnxruntime", "threads": 1},
+        settings=settings,
         before={},
         after={},
         noisy=False,
         noise_reasons=(),
         steps={1: stats},
+        whole={} if whole_ms is None else {1: _stats(whole_ms)},
+        whole_model=None
+        if whole_ms is None
+        else {
+            "origin": "composed",
+            "path": None,
+            "sha256": "0" * 64,
+            "state": bundle.states[-1].name,
+        },
     )
 
 

@@ -159,3 +159,27 @@ def test_profile_of_another_bundle_is_refused(bundle, evaluation, files):
 def test_missing_or_bad_arguments_fail_clearly(bundle, evaluation, kwargs, match):
     with pytest.raises(InputError, match=match):
         bundle_bound(bundle, **{"evaluation": evaluation, **kwargs})
+
+
+def test_static_baseline_is_the_profiles_whole_model(bundle, evaluation):
+    out = bundle_bound(bundle, profile=known_profile(bundle, whole_ms=0.8), evaluation=evaluation)
+    static = out["static"]
+    r_oracle = out["r_oracle"]
+    assert static["cost_ms"] == 0.8
+    assert static["origin"] == "composed"
+    assert static["state"] == "exit3"
+    assert static["delta_r"] == pytest.approx(0.8 - r_oracle)
+    assert static["r_ratio"] == pytest.approx(0.8 / r_oracle)
+    assert static["full_path_ratio"] == pytest.approx(CASCADE_MS[-1] / 0.8)
+    assert out["r_n"] == pytest.approx(CASCADE_MS[-1])  # R_N stays the sum of the steps
+    json.dumps(out, allow_nan=False)
+
+
+def test_no_static_baseline_without_the_whole_model_or_in_flops(bundle, evaluation):
+    assert (
+        bundle_bound(bundle, profile=known_profile(bundle), evaluation=evaluation)["static"] is None
+    )
+    flops = bundle_bound(
+        bundle, profile=known_profile(bundle, whole_ms=0.8), evaluation=evaluation, cost="flops"
+    )
+    assert flops["static"] is None

@@ -404,3 +404,42 @@ def test_openvino_outputs_stay_the_callers_across_shared_and_copied_calls():
             want = ref.run({"x": x})
             for k in want:
                 np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+
+
+def _spinning(session) -> tuple[str, str]:
+    """The spin entries of the ONNX Runtime session behind one of our sessions."""
+    options = session._session.get_session_options()
+    return tuple(
+        options.get_session_config_entry(f"session.{pool}.allow_spinning")
+        for pool in ("intra_op", "inter_op")
+    )
+
+
+def test_cascade_sessions_do_not_spin_idle_workers_by_default():
+    """Each session has its own thread pool: spinning workers of one step would take the
+    cores the next step needs."""
+    from edgeadapt.presets import load_preset, resolve_runtime
+
+    with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options={"threads": 2}) as m:
+        assert [_spinning(s) for s in m.sessions] == [("0", "0")] * len(m.sessions)
+    _, options = resolve_runtime(load_preset("x86-ort-2t"))
+    with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
+        assert {_spinning(s) for s in m.sessions} == {("0", "0")}
+    # the user can still ask for spinning, directly or through a preset's options
+    _, options = resolve_runtime(load_preset("x86-ort-2t"), options={"spin": True})
+    with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
+        assert {_spinning(s) for s in m.sessions} == {("1", "1")}
+
+
+def test_a_preset_of_ones_own_can_turn_spinning_on(tmp_path):
+    import json
+
+    from edgeadapt.presets import load_preset, resolve_runtime
+
+    doc = json.loads(Path(load_preset("x86-ort-2t").source).read_text())
+    doc.update(name="my-board", options={**doc["options"], "spin": True})
+    path = tmp_path / "my-board.json"
+    path.write_text(json.dumps(doc))
+    _, options = resolve_runtime(load_preset(path))
+    with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
+        assert {_spinning(s) for s in m.sessions} == {("1", "1")}

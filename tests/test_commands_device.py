@@ -1,6 +1,7 @@
 """`edgeadapt profile` and `edgeadapt evaluate`: files written, output, exit code 2."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,56 @@ def test_evaluate_bad_batch_and_missing_file_exit_2(bundle_dir, data, tmp_path):
     result = run("evaluate", bundle_dir, "--data", tmp_path / "none.npz")
     assert result.exit_code == 2
     assert "file not found" in result.output
+
+
+def test_profile_times_the_whole_model_and_says_so(bundle_dir, tmp_path):
+    out = tmp_path / "p.json"
+    result = run("profile", bundle_dir, "--iters", 10, "--warmup", 0, "--batch", "1,2", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "steps timed in chain order" in result.output  # the default
+    assert len(re.findall(r"^whole model +[12] ", result.output, re.M)) == 2
+    assert "whole model (static baseline): composed from the bundle" in result.output
+    assert "full path R_N / whole" in result.output
+    prof = load_profile(out)
+    assert prof.order == "chain"
+    assert set(prof.whole) == {1, 2}
+    assert prof.whole_model["origin"] == "composed"
+
+
+def test_profile_whole_from_a_file_and_without(bundle_dir, tmp_path):
+    import onnx
+
+    from edgeadapt.exporters.compose import whole_model
+
+    original = tmp_path / "original.onnx"
+    onnx.save(whole_model(load_bundle(bundle_dir)), original)
+    out = tmp_path / "p.json"
+    doc = json.loads(
+        run("profile", bundle_dir, "--iters", 10, "--whole", original, "-o", out, "--json").output
+    )
+    assert doc["whole_model"]["origin"] == "file"
+    assert doc["whole_model"]["path"] == str(original)
+    assert "whole" in doc["batches"][0]
+    result = run("profile", bundle_dir, "--iters", 10, "--no-whole", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert "whole_model" not in json.loads(result.output)
+    both = run("profile", bundle_dir, "--whole", original, "--no-whole")
+    assert both.exit_code == 2
+    assert "--whole" in both.output
+
+
+def test_profile_refuses_a_whole_model_of_other_inputs(bundle_dir, tmp_path):
+    import onnx
+
+    from edgeadapt.exporters.compose import whole_model
+
+    family = load_bundle(BUNDLES / "mnist1d-family")
+    model = whole_model(family)
+    model.graph.input[0].name = "pixels"
+    for node in model.graph.node:
+        node.input[:] = ["pixels" if n == family.input.name else n for n in node.input]
+    other = tmp_path / "other.onnx"
+    onnx.save(model, other)
+    result = run("profile", bundle_dir, "--iters", 10, "--whole", other)
+    assert result.exit_code == 2
+    assert f"{other}: inputs: whole model reads ['pixels']" in result.output

@@ -254,3 +254,22 @@ def test_bound_bundle_refuses_an_evaluation_of_other_states(device_files, small)
     result = run("bound", bundle, "--profile", profile, "--evaluation", other)
     assert result.exit_code == 2
     assert "e.npz: states: states differ from the bundle" in result.output
+
+
+def test_bound_bundle_states_both_baselines(tmp_path, device_files):
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import save_profile
+    from tests.device_inputs import known_profile
+
+    bundle, _, ev = device_files
+    profile = tmp_path / "whole.json"
+    save_profile(profile, known_profile(load_bundle(bundle), whole_ms=0.8))
+    out = ok_json("bound", bundle, "--profile", profile, "--evaluation", ev)
+    assert out["static"]["cost_ms"] == 0.8
+    assert out["static"]["r_ratio"] == pytest.approx(0.8 / out["exact"]["r_oracle"])
+    text = run("bound", bundle, "--profile", profile, "--evaluation", ev).output
+    assert re.search(r"R_N: the sum of the steps \(exit3\) +1 ", text)
+    assert re.search(r"static: measured whole model \(composed\) +0\.8 ", text)
+    assert "the full path costs 1.25x the static model" in text
+    no_whole = run("bound", bundle, "--profile", device_files[1], "--evaluation", ev).output
+    assert "no static baseline: the profile did not time the whole model" in no_whole

@@ -126,3 +126,42 @@ def test_plan_on_an_evaluation_without_the_measure_names_the_key(artefacts, tmp_
     assert result.exit_code == 2
     assert "old.npz: conf_margin" in result.output
     assert "needs margin confidences" in result.output
+
+
+def test_plan_states_its_saving_against_both_baselines(artefacts):
+    bundle, profile, evaluation, tmp, _ = artefacts
+    from edgeadapt.profile import load_profile, static_cost
+
+    args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
+    out = tmp / "plan-static.json"
+    result = CliRunner().invoke(cli, [*args, "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    static = static_cost(load_profile(profile), bundle)
+    assert static is not None  # the profiler times the whole model by default
+    assert summary["static_ms"] == static
+    assert load_plan(out).static_ms == static
+    assert summary["saving_vs_static"] == pytest.approx(1 - summary["cost"] / static)
+    assert summary["beats_static"] is (summary["cost"] < static)
+    assert summary["profile_order"] == "chain"
+    text = CliRunner().invoke(cli, [*args, "-o", str(out)]).output
+    assert "vs R_N, the sum of the steps:" in text
+    assert "vs the static model, the measured whole model:" in text
+    assert "note:" not in text  # chain-order costs: nothing to warn about
+
+
+def test_plan_notes_a_profile_timed_each_step_alone(artefacts, tmp_path):
+    bundle, _, evaluation, _, _ = artefacts
+    profile = tmp_path / "step.json"
+    save_profile(profile, profile_bundle(bundle, iters=10, order="step", whole=False))
+    args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plan.json")])
+    assert result.exit_code == 0, result.output
+    assert "note: the profile timed each step alone (step order)" in result.output
+    assert "vs the static model: not measured" in result.output
+    summary = json.loads(
+        CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plan.json"), "--json"]).output
+    )
+    assert summary["profile_order"] == "step"
+    assert summary["static_ms"] is None
+    assert summary["beats_static"] is None

@@ -147,3 +147,70 @@ def test_ensemble_state_is_that_member():
 def test_state_out_of_range_is_refused(state):
     with pytest.raises(InputError, match=r"state: must be a state index in \[0, 4\)"):
         whole_model(load_bundle(MULTIEXIT), state)
+
+
+def _masked_bundle(tmp_path: Path, first_reads_mask: bool):
+    """Two steps over inputs ``ids`` and ``mask``; step 1 reads the activation and
+    ``mask`` (as a transformer's later layers read the attention mask)."""
+    w = onnx.numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32), "w"
+    )
+
+    def vi(name, shape):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    first_inputs = ["ids", "mask"] if first_reads_mask else ["ids"]
+    step0 = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Mul" if first_reads_mask else "Relu", first_inputs, ["act"]),
+                helper.make_node("MatMul", ["act", "w"], ["logits0"]),
+            ],
+            "s0",
+            [vi(n, ["batch", 4]) for n in first_inputs],
+            [vi("act", ["batch", 4]), vi("logits0", ["batch", 10])],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    step1 = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Mul", ["act", "mask"], ["h"]),
+                helper.make_node("MatMul", ["h", "w"], ["logits1"]),
+            ],
+            "s1",
+            [vi("act", ["batch", 4]), vi("mask", ["batch", 4])],
+            [vi("logits1", ["batch", 10])],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    return write_bundle(
+        tmp_path / f"masked{int(first_reads_mask)}",
+        kind="early-exit",
+        inputs=[InputSpec("ids", ("batch", 4)), InputSpec("mask", ("batch", 4))],
+        num_classes=10,
+        steps=[Step(step0, "logits0", activation="act"), Step(step1, "logits1")],
+        producer={"exporter": "test"},
+    )
+
+
+@pytest.mark.parametrize("first_reads_mask", [True, False])
+def test_later_steps_reading_model_inputs_share_one_graph_input(tmp_path, first_reads_mask):
+    bundle = _masked_bundle(tmp_path, first_reads_mask)
+    whole = whole_model(bundle)
+    assert [i.name for i in whole.graph.input] == ["ids", "mask"]
+    assert [o.name for o in whole.graph.output] == ["logits1"]
+    rng = np.random.default_rng(1)
+    feeds = {n: rng.standard_normal((3, 4)).astype(np.float32) for n in ("ids", "mask")}
+    sess = ort.InferenceSession(whole.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, feeds)
+    act = feeds["ids"] * feeds["mask"] if first_reads_mask else np.maximum(feeds["ids"], 0)
+    w = onnx.numpy_helper.to_array(bundle_initializer(bundle, "w"))
+    np.testing.assert_allclose(got, (act * feeds["mask"]) @ w, rtol=1e-5, atol=1e-6)
+
+
+def bundle_initializer(bundle, name):
+    (init,) = [i for i in onnx.load(str(bundle.steps[1].path)).graph.initializer if i.name == name]
+    return init

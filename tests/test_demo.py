@@ -75,8 +75,11 @@ def test_writes_every_artefact_and_shows_progress(demo):
         for name in ("profile.json", "evaluation-calibration.npz", "evaluation-test.npz"):
             assert (b.work / name).is_file()
         assert load_plan(b.work / "plan.json").manifest_sha256 == b.bundle.manifest_sha256
-        # profiled as the cascade calls the steps, in turn
-        assert load_profile(b.work / "profile.json", b.bundle).settings["order"] == "chain"
+        # profiled as the cascade calls the steps, in turn, and with the whole model
+        profile = load_profile(b.work / "profile.json", b.bundle)
+        assert profile.settings["order"] == "chain"
+        assert b.static_ms == profile.whole_stats(1).p50
+        assert load_plan(b.work / "plan.json").static_ms == b.static_ms
         html = b.report.read_text()
         assert "data:image/png;base64," in html
         assert all(name in html for name in b.state_names)
@@ -157,9 +160,24 @@ def test_cli_prints_summary_and_json(demo):
         assert words in text
     for words in ("speedup", "oracle gap closure", "report:"):
         assert words in text
+    # both baselines: the sum of the steps and the measured static model
+    for words in (
+        "static model (the whole model: backbone and last head, profiled the same way)",
+        "baseline R_N = ",
+        "the sum of the steps",
+        "exact oracle against the static model",
+        "expected cost against R_N, the sum of the steps",
+        "; against the static model (",
+    ):
+        assert words in text, words
     doc = json.loads(_cli("demo", "--out", out, "--samples", 20, "--json"))
     assert [b["bundle"] for b in doc["bundles"]] == ["mnist1d-multiexit", "mnist1d-family"]
     assert doc["bundles"][0]["run"]["samples"] == 20
+    first = doc["bundles"][0]
+    assert first["static_ms"] > 0
+    assert first["bound"]["static"]["cost_ms"] == first["static_ms"]
+    assert first["plan"]["static_ms"] == first["static_ms"]
+    assert first["plan"]["beats_static"] in (True, False)
 
 
 @pytest.mark.parametrize(("option", "value"), [("threads", 0), ("samples", 0), ("threads", True)])

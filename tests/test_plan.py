@@ -174,3 +174,28 @@ def test_threshold_range_follows_the_measure(tmp_path, plan):
     ok.write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"\$\.thresholds\[0\]: must be finite and <= 0.0"):
         load_plan(ok)
+
+
+def test_static_baseline_round_trips_and_is_optional(tmp_path, plan):
+    from dataclasses import replace
+
+    assert plan.static_ms is None
+    assert plan.beats_static is None
+    assert "static" not in plan_to_doc(plan)  # plans without one read as before
+    with_static = replace(plan, static_ms=0.25)
+    path = tmp_path / "plan.json"
+    save_plan(path, with_static)
+    assert json.loads(path.read_text())["static"] == {"cost_ms": 0.25}
+    assert load_plan(path) == with_static
+    summary = with_static.summary()
+    cost = plan.heldout.cost_ms
+    assert summary["static_ms"] == 0.25
+    assert summary["saving_vs_static"] == pytest.approx(1 - cost / 0.25)
+    assert summary["saving_vs_r_n"] == pytest.approx(1 - cost / plan.r_n)
+    assert summary["beats_static"] is (cost < 0.25)
+    assert replace(plan, static_ms=cost / 2).beats_static is False
+    doc = plan_to_doc(with_static)
+    doc["static"]["cost_ms"] = -1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"\$\.static\.cost_ms"):
+        load_plan(path)

@@ -287,3 +287,30 @@ def test_split_names_must_agree():
     other = Outcomes(("x", "y", "z"), data.correct, data.conf)
     with pytest.raises(InputError, match="heldout"):
         make_plan(data, other, cost, manifest_sha256=SHA)
+
+
+def test_plan_records_the_static_baseline():
+    data, cost = outcomes(300, 4, 5)
+    calib, held = data.split(0.5, 0)
+    plan = make_plan(calib, held, cost, manifest_sha256=SHA, static_ms=float(cost[-1]) * 0.9)
+    assert plan.static_ms == pytest.approx(cost[-1] * 0.9)
+    assert plan.beats_static is (plan.heldout.cost_ms < plan.static_ms)
+    assert make_plan(calib, held, cost, manifest_sha256=SHA).static_ms is None
+    with pytest.raises(InputError, match="static_ms"):
+        make_plan(calib, held, cost, manifest_sha256=SHA, static_ms=float("nan"))
+
+
+def test_profile_costs_read_both_baselines_and_the_order():
+    from edgeadapt.planner import profile_costs
+    from tests.device_inputs import known_profile, multiexit
+
+    bundle = multiexit()
+    chain = profile_costs(known_profile(bundle, whole_ms=0.8, order="chain"), bundle)
+    assert chain.state_ms == pytest.approx((0.1, 0.3, 0.6, 1.0))
+    assert chain.static_ms == 0.8
+    assert chain.order == "chain"
+    assert chain.note is None
+    old = profile_costs(known_profile(bundle), bundle)  # no order recorded: step order
+    assert old.static_ms is None
+    assert old.order == "step"
+    assert "--order chain" in old.note

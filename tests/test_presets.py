@@ -132,11 +132,11 @@ def test_resolve_explicit_choices_win():
     preset = load_preset("x86-ort-2t")
     assert resolve_runtime(preset) == (
         "onnxruntime",
-        {"device": "cpu", "spin": True, "optimization": "all", "threads": 2},
+        {"device": "cpu", "spin": False, "optimization": "all", "threads": 2},
     )
-    _, options = resolve_runtime(preset, threads=1, options={"spin": False})
+    _, options = resolve_runtime(preset, threads=1, options={"spin": True})
     assert options["threads"] == 1
-    assert options["spin"] is False
+    assert options["spin"] is True
     ov = load_preset("x86-openvino")
     assert resolve_runtime(ov)[1]["precision"] == "fp32"
     assert resolve_runtime(ov, precision="bf16")[1]["precision"] == "bf16"
@@ -164,7 +164,8 @@ def test_profile_with_a_preset_records_it(multiexit):
     prof = profile_bundle(multiexit, preset="x86-ort-2t", warmup=1, iters=MIN_SAMPLES)
     assert prof.settings["preset"] == "x86-ort-2t"
     assert prof.settings["threads"] == 2
-    assert prof.settings["options"] == {"device": "cpu", "spin": True, "optimization": "all"}
+    assert prof.settings["options"] == {"device": "cpu", "spin": False, "optimization": "all"}
+    assert prof.device["runtime"]["spin"] is False
     assert prof.device["runtime"]["threads"] == 2
     over = profile_bundle(multiexit, preset="x86-ort-2t", threads=1, warmup=1, iters=MIN_SAMPLES)
     assert over.device["runtime"]["threads"] == 1

@@ -20,8 +20,10 @@ from edgeadapt.profile import (
     flops_costs,
     load_profile,
     profile_bundle,
+    profile_calls,
     save_profile,
     state_costs,
+    static_cost,
 )
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
@@ -115,10 +117,12 @@ def test_order_decides_how_the_steps_are_called(multiexit, monkeypatch, order):
     p = profile_bundle(multiexit, warmup=1, iters=MIN_SAMPLES, order=order)
     names = [s.path.name for s in multiexit.steps]
     feed = names  # one checked call per step, in order, to compute the activations
+    # after the steps, the whole model alone: one checked call, warm-up, timed calls
+    whole = ["whole.onnx"] * (1 + 1 + MIN_SAMPLES)
     if order == "chain":  # then whole rounds: the warm-up one and the timed ones
-        assert log == feed + names * (1 + MIN_SAMPLES)
+        assert log == feed + names * (1 + MIN_SAMPLES) + whole
     else:  # then each step alone: warm-up and timed calls back to back
-        assert log == feed + [n for n in names for _ in range(1 + MIN_SAMPLES)]
+        assert log == feed + [n for n in names for _ in range(1 + MIN_SAMPLES)] + whole
     assert [s.n for s in p.step_stats(1)] == [MIN_SAMPLES] * len(names)
     assert p.settings["order"] == order
 
@@ -138,8 +142,12 @@ def test_progress_reports_every_step(multiexit):
         warmup=0,
         iters=MIN_SAMPLES,
         progress=lambda d, t: seen.append((d, t)),
+        order="step",
     )
-    assert seen == [(i, 8) for i in range(1, 9)]
+    # four steps and the whole model per batch
+    assert seen == [(i, 10) for i in range(1, 11)]
+    assert profile_calls(multiexit, (1, 2)) == 10
+    assert profile_calls(multiexit, (1, 2), whole=False) == 8
 
 
 def test_round_trip(prof, saved, multiexit):
@@ -190,6 +198,11 @@ def test_same_device_loads_without_warning(saved, multiexit):
         (lambda d: d["batches"][0].update(batch=0), r"\$\.batches\[0\]\.batch"),
         (lambda d: d["noise"].update(noisy="no"), r"\$\.noise\.noisy"),
         (lambda d: d.update(format="edgeadapt-plan"), r"\$\.format"),
+        (lambda d: d["batches"][0]["whole"].update(p90_ms="x"), r"\$\.batches\[0\]\.whole"),
+        (lambda d: d["batches"][0].pop("whole"), r"\$\.batches"),
+        (lambda d: d.pop("whole_model"), r"\$\.whole_model"),
+        (lambda d: d["whole_model"].update(sha256="abc"), r"\$\.whole_model\.sha256"),
+        (lambda d: d["whole_model"].update(origin="guess"), r"\$\.whole_model\.origin"),
     ],
 )
 def test_faulty_files_name_the_field(saved, change, where):
@@ -297,3 +310,124 @@ def test_two_profiles_of_one_bundle_agree_loosely(multiexit):
     first, second = (profile_bundle(multiexit, warmup=20, iters=200) for _ in range(2))
     for a, b in zip(first.step_stats(1), second.step_stats(1), strict=True):
         assert 0.5 < b.p50 / a.p50 < 2.0
+
+
+# ------------------------------------------------------------------ the whole model
+
+
+def test_profile_times_the_composed_whole_model(prof, saved, multiexit):
+    import hashlib
+
+    from edgeadapt.exporters.compose import whole_model
+
+    assert prof.settings["order"] == "chain"  # the default: what the cascade pays
+    assert prof.whole_model["origin"] == "composed"
+    assert prof.whole_model["path"] is None
+    assert prof.whole_model["state"] == multiexit.states[-1].name
+    composed = whole_model(multiexit).SerializeToString()
+    assert prof.whole_model["sha256"] == hashlib.sha256(composed).hexdigest()
+    assert set(prof.whole) == set(prof.batches)
+    for b in prof.batches:
+        w = prof.whole_stats(b)
+        assert w.n == MIN_SAMPLES
+        assert 0 < w.min <= w.p50 <= w.p90 <= w.p99
+        assert static_cost(prof, multiexit, batch=b) == w.p50
+    assert static_cost(prof, multiexit, stat="p90") == prof.whole_stats(1).p90
+    doc = json.loads(saved.read_text())
+    assert doc["whole_model"] == prof.whole_model
+    assert doc["batches"][0]["whole"]["p50_ms"] == prof.whole_stats(1).p50
+    again = load_profile(saved, multiexit)
+    assert again.whole == prof.whole
+    assert again.whole_model == prof.whole_model
+
+
+def test_whole_model_is_refused_for_another_bundle(saved, family):
+    loaded = load_profile(saved)
+    with pytest.raises(InputError, match="another bundle"):
+        static_cost(loaded, family)
+    with pytest.raises(InputError, match="another bundle"):
+        load_profile(saved, family)
+
+
+def test_profile_without_the_whole_model(multiexit, tmp_path):
+    p = profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=False)
+    assert p.whole == {}
+    assert p.whole_model is None
+    assert p.whole_stats(1) is None
+    assert static_cost(p, multiexit) is None
+    path = tmp_path / "p.json"
+    save_profile(path, p)
+    doc = json.loads(path.read_text())
+    assert "whole_model" not in doc
+    assert "whole" not in doc["batches"][0]
+    assert load_profile(path, multiexit).whole == {}
+
+
+def test_profile_of_an_older_format_still_loads(saved, multiexit):
+    """Profiles written before the whole model and the order were recorded."""
+
+    def old(doc):
+        doc.pop("whole_model")
+        for entry in doc["batches"]:
+            entry.pop("whole")
+        doc["settings"].pop("order")
+
+    p = load_profile(edit(saved, old), multiexit)
+    assert p.order == "step"
+    assert static_cost(p, multiexit) is None
+
+
+def test_profile_times_a_given_whole_model(multiexit, tmp_path):
+    import hashlib
+
+    import onnx
+
+    from edgeadapt.exporters.compose import whole_model
+
+    path = tmp_path / "original.onnx"
+    onnx.save(whole_model(multiexit), path)
+    p = profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path, batches=(1, 2))
+    assert p.whole_model == {
+        "origin": "file",
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "state": multiexit.states[-1].name,
+    }
+    assert set(p.whole) == {1, 2}
+
+
+def test_ensemble_whole_model_is_its_last_member(family):
+    p = profile_bundle(family, warmup=0, iters=MIN_SAMPLES)
+    assert p.whole_model["state"] == family.states[-1].name
+    assert static_cost(p, family) > 0
+
+
+def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
+    import edgeadapt.runtimes as runtimes
+    from edgeadapt.presets import load_preset
+
+    seen = []
+    real = runtimes.get_runtime
+
+    def recording(*args, **kwargs):
+        rt = real(*args, **kwargs)
+        load = rt.load
+
+        def logged(path):
+            session = load(path)
+            options = session._session.get_session_options()
+            seen.append(options.get_session_config_entry("session.intra_op.allow_spinning"))
+            return session
+
+        rt.load = logged
+        return rt
+
+    monkeypatch.setattr(runtimes, "get_runtime", recording)
+    p = profile_bundle(multiexit, preset="x86-ort-2t", warmup=0, iters=MIN_SAMPLES)
+    assert seen == ["0"] * (len(multiexit.steps) + 1)  # the steps and the whole model
+    assert p.device["runtime"]["spin"] is False
+    seen.clear()
+    preset = load_preset("x86-ort-2t")
+    p = profile_bundle(multiexit, preset=preset, options={"spin": True}, iters=MIN_SAMPLES)
+    assert seen == ["1"] * (len(multiexit.steps) + 1)
+    assert p.settings["options"]["spin"] is True

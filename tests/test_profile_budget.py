@@ -151,3 +151,26 @@ def test_noise_flag_on_the_few_samples_of_a_budget():
     reasons = profile_mod._noise({1: (three_slow,)}, same, same)
     assert len(reasons) == 1
     assert "p90/p50 = 2.00" in reasons[0]
+
+
+def test_the_whole_model_gets_the_same_budget_as_a_state(multiexit, monkeypatch):
+    import edgeadapt.profile as profile
+
+    budgets, steps = [], []
+    real_budget, real_step = profile._time_budget, profile._time_step
+
+    def budget(runs, warmup, seconds):
+        budgets.append((len(runs), seconds))
+        return real_budget(runs, warmup, seconds)
+
+    def step(*args):
+        steps.append(args)
+        return real_step(*args)
+
+    monkeypatch.setattr(profile, "_time_budget", budget)
+    monkeypatch.setattr(profile, "_time_step", step)
+    p = profile_bundle(multiexit, warmup=1, seconds_per_state=0.01, order="chain")
+    # the chain of four steps, then the whole model alone, each at 0.01 s per run
+    assert budgets == [(len(multiexit.steps), 0.01), (1, 0.01)]
+    assert steps == []
+    assert p.whole_stats(1).n >= MIN_SAMPLES

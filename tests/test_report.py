@@ -30,7 +30,7 @@ def device(tmp_path_factory):
     from edgeadapt.datasets import mnist1d_splits
     from edgeadapt.evaluate import evaluate_bundle
     from edgeadapt.planner import Outcomes, make_plan
-    from edgeadapt.profile import profile_bundle, state_costs
+    from edgeadapt.profile import profile_bundle, state_costs, static_cost
 
     bundle = multiexit()
     root = tmp_path_factory.mktemp("device")
@@ -39,7 +39,11 @@ def device(tmp_path_factory):
     evaluation = evaluate_bundle(bundle, data.x, data.y)
     calib, held = Outcomes.from_evaluation(evaluation).split()
     plan = make_plan(
-        calib, held, state_costs(profile, bundle), manifest_sha256=bundle.manifest_sha256
+        calib,
+        held,
+        state_costs(profile, bundle),
+        manifest_sha256=bundle.manifest_sha256,
+        static_ms=static_cost(profile, bundle),
     )
     paths = {"profile": root / "p.json", "evaluation": root / "e.npz", "plan": root / "plan.json"}
     save_profile(paths["profile"], profile)
@@ -128,6 +132,27 @@ def test_report_shows_the_plan_and_the_subset_curve(device, written):
     accuracy = data.inputs.evaluation.correct.mean(axis=0)
     assert data.curve[0].states == (int(np.argmax(accuracy)),)
     assert table[str(len(data.curve))][0] == ", ".join(bound["bundle"]["states"])
+
+
+def test_report_states_both_baselines(device, written):
+    from edgeadapt.plan import load_plan
+
+    bundle, paths = device
+    page = written[-1].read_text()
+    table = rows(page)
+    bound = report_data(bundle, **paths).bound
+    static = bound["static"]
+    r_n_row = table[f"R_N: the sum of the steps ({bound['baseline']})"]
+    assert float(r_n_row[0]) == pytest.approx(bound["r_n"], rel=1e-3)
+    static_row = table["static: measured whole model (composed)"]
+    assert float(static_row[0]) == pytest.approx(static["cost_ms"], rel=1e-3)
+    assert float(static_row[-1].rstrip("x")) == pytest.approx(static["r_ratio"], abs=5e-3)
+    assert f"The full path costs {static['full_path_ratio']:.2f}x the static model." in page
+    plan = load_plan(paths["plan"])
+    assert table["vs R_N, the sum of the steps"][0].startswith(f"{plan.r_n:.4g} ms (")
+    against = table["vs the static model (measured whole model)"][0]
+    assert against.startswith(f"{plan.static_ms:.4g} ms (")
+    assert ("does NOT beat it" in against) is (not plan.beats_static)
 
 
 def test_sweep_runs_from_the_first_kept_state_alone_to_the_last(device):

@@ -30,6 +30,12 @@ def _bound_rows(bounds: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _saving(share: float | None) -> str:
+    if share is None:
+        return "n/a"
+    return f"saves {share:.1%}" if share >= 0 else f"costs {-share:.1%} more"
+
+
 def render_bundle(b: dict[str, Any]) -> str:
     """The summary of one bundle from `BundleResult.to_json()`."""
     states = b["states"]
@@ -44,13 +50,26 @@ def render_bundle(b: dict[str, Any]) -> str:
         )
     )
     bounds = b["bound"]
+    static = bounds.get("static")
+    whole = "backbone and last head" if b["kind"] == "early-exit" else "the last member"
+    if static is not None:
+        lines.append(
+            f"static model (the whole model: {whole}, profiled the same way): "
+            f"{static['cost_ms']:.4f} ms; the full path R_N costs "
+            f"{_ratio(static['full_path_ratio'])} that"
+        )
     lines.append("")
     lines.append(
         "oracle bounds (calibration split; R_i measured here with the steps called in turn, "
         "cascade cost: steps 0..i; "
-        f"baseline R_N = {bounds['r_n']:.4f} ms, {bounds['baseline']}):"
+        f"baseline R_N = {bounds['r_n']:.4f} ms, {bounds['r_n_what']}, {bounds['baseline']}):"
     )
     lines.append(_render(["bound", "R_oracle ms", "A_oracle", "R_ratio"], _bound_rows(bounds)))
+    if static is not None:
+        lines.append(
+            f"exact oracle against the static model ({static['cost_ms']:.4f} ms): R_ratio "
+            f"{_ratio(static['r_ratio'])}"
+        )
     if bounds.get("dominated"):
         lines.append(
             "(analytic bounds on the Pareto envelope, without the dominated "
@@ -69,6 +88,16 @@ def render_bundle(b: dict[str, Any]) -> str:
         f"{_pct(plan['drop'], signed=True)} (<= {_pct(plan['drop_bound'])} with probability "
         f"{1 - plan['delta']:.0%}) vs {plan['reference']}; expected {plan['cost']:.4f} ms; "
         f"oracle gap closure {'n/a' if gap is None else f'{gap:.1%}'}"
+    )
+    lines.append(
+        f"  expected cost against R_N, {bounds['r_n_what']} ({plan['r_n']:.4f} ms): "
+        f"{_saving(plan['saving_vs_r_n'])}; against the static model "
+        + (
+            "(not measured)"
+            if plan.get("static_ms") is None
+            else f"({plan['static_ms']:.4f} ms): {_saving(plan['saving_vs_static'])}"
+            + ("" if plan["beats_static"] else " (the plan does NOT beat the static model)")
+        )
     )
     r = b["run"]
     reference = plan["reference"]

@@ -157,11 +157,26 @@ def _check_timing(
 )
 @click.option(
     "--order",
-    type=click.Choice(["step", "chain"]),
-    default="step",
+    type=click.Choice(["chain", "step"]),
+    default="chain",
     show_default=True,
-    help="step: time each step alone, repeatedly (as benchmark_app); chain: call the steps "
-    "in turn, as a cascade does, so each also pays the cache refills after the others.",
+    help="chain: call the steps in turn, as a cascade does, so each also pays the cache "
+    "refills after the others (the costs the planner should use); step: time each step "
+    "alone, repeatedly (as benchmark_app).",
+)
+@click.option(
+    "--whole",
+    "whole_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The original (unsplit) ONNX model to time as the static baseline "
+    "[the bundle's steps composed back into one graph, backbone and last head].",
+)
+@click.option(
+    "--no-whole",
+    is_flag=True,
+    help="Do not time the whole model (bound and plan then "
+    "compare against the sum of the steps only).",
 )
 @click.option(
     "-o",
@@ -182,16 +197,24 @@ def profile_cmd(
     min_seconds: float | None,
     seconds_per_state: float | None,
     order: str,
+    whole_path: Path | None,
+    no_whole: bool,
     output: Path | None,
     as_json: bool,
 ) -> None:
-    """Time every step of BUNDLE on this device and write its profile (R_i table)."""
+    """Time every step of BUNDLE on this device and write its profile (R_i table).
+
+    The whole model (the static baseline a user would otherwise deploy) is timed too,
+    under the same runtime settings: the bundle's steps composed back into one graph,
+    or the original model given with --whole.
+    """
     from edgeadapt.bundle import load_bundle
     from edgeadapt.presets import load_preset
     from edgeadapt.profile import (
         MIN_SAMPLES,
         default_profile_path,
         profile_bundle,
+        profile_calls,
         save_profile,
         state_costs,
     )
@@ -199,10 +222,13 @@ def profile_cmd(
     _check_timing(iters, min_seconds, seconds_per_state)
     if iters is not None and iters < MIN_SAMPLES:
         raise InputError(f"must be >= {MIN_SAMPLES}, got {iters}", source="--iters")
+    if no_whole and whole_path is not None:
+        raise InputError("give --whole or --no-whole, not both", source="--whole")
     batches = _batches(batch)
     preset = None if device is None else load_preset(device)
     bundle = load_bundle(bundle_dir)
-    total = len(batches) * len(bundle.steps)
+    whole: bool | Path = False if no_whole else (whole_path or True)
+    total = profile_calls(bundle, batches, whole is not False)
     with _bar("profiling", total, show=not as_json) as progress:
         prof = profile_bundle(
             bundle,
@@ -216,6 +242,7 @@ def profile_cmd(
             preset=preset,
             precision=precision,
             order=order,
+            whole=whole,
             seconds_per_state=seconds_per_state,
         )
     if output is None:
@@ -243,8 +270,25 @@ def profile_cmd(
                     f"{costs[i]:.4f}",
                 ]
             )
+        w = prof.whole_stats(b)
+        if w is not None:
+            stats = (w.p50, w.p90, w.p99, w.mean, w.std)
+            rows.append(["whole model", str(b), *(f"{v:.4f}" for v in stats), str(w.n), "-"])
     headers = ["state", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "n", "R_i ms"]
+    click.echo(f"steps timed in {prof.order} order")
     click.echo(_table(headers, rows))
+    if prof.whole_model is not None:
+        wm = prof.whole_model
+        what = "composed from the bundle" if wm["origin"] == "composed" else wm["path"]
+        click.echo(
+            f"whole model (static baseline): {what}, sha256 {wm['sha256'][:12]}...; "
+            f"full path R_N / whole = "
+            + ", ".join(
+                f"{state_costs(prof, bundle, batch=b)[-1] / prof.whole[b].p50:.2f}x at batch {b}"
+                for b in prof.batches
+                if prof.whole[b].p50 > 0
+            )
+        )
     if prof.noisy:
         click.echo("noisy: " + "; ".join(prof.noise_reasons))
     click.echo(f"wrote {output}")

@@ -176,6 +176,39 @@ def _bundle_header(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _baselines_text(summary: dict[str, Any]) -> str:
+    """The headline oracle against both baselines: R_N (for an early-exit bundle the sum
+    of the steps) and the measured static model (the whole model from the profile)."""
+    r_oracle = summary["r_oracle"]
+    unit = summary["cost"]["unit"]
+    rows = [
+        [
+            f"R_N: {summary['r_n_what']} ({summary['baseline']})",
+            _num(summary["r_n"]),
+            _num(summary["r_n"] - r_oracle),
+            _ratio(summary["r_n"] / r_oracle if r_oracle > 0 else None),
+        ]
+    ]
+    static = summary.get("static")
+    if static is not None:
+        rows.append(
+            [
+                f"static: measured whole model ({static['origin']})",
+                _num(static["cost_ms"]),
+                _num(static["delta_r"]),
+                _ratio(static["r_ratio"]),
+            ]
+        )
+    table = _render(["baseline", f"cost ({unit})", "dR", "R_ratio"], rows)
+    if static is None:
+        why = "costs in FLOPs" if unit == "flops" else "the profile did not time the whole model"
+        return f"savings of the {summary['method']} oracle against each baseline\n{table}\n(no static baseline: {why})"
+    return (
+        f"savings of the {summary['method']} oracle against each baseline\n{table}\n"
+        f"(the full path costs {_ratio(static['full_path_ratio'])} the static model)"
+    )
+
+
 def _views_text(views: dict[str, Any]) -> str:
     rows = []
     for name, v in views.items():
@@ -311,7 +344,7 @@ def bound_command(
     if as_json:
         _emit_json(summary)
     elif bundle is not None:
-        parts = [_bundle_header(summary), _bound_text(summary, ignored)]
+        parts = [_bundle_header(summary), _bound_text(summary, ignored), _baselines_text(summary)]
         click.echo("\n\n".join([*parts, _views_text(summary["views"])]))
     else:
         click.echo(_bound_text(summary, ignored))

@@ -90,6 +90,7 @@ def report_cmd(
         "plan": None if plan is None else str(plan),
         "exact": bound["exact"],
         "r_n": bound["r_n"],
+        "static": bound["static"],
         "alpha_min": bound["alpha_min"],
         "policy": None
         if data.plan is None
@@ -97,6 +98,8 @@ def report_cmd(
             "accuracy": data.plan.heldout.accuracy,
             "cost": data.plan.heldout.cost_ms,
             "gap_closure": data.plan.gap_closure,
+            "static_ms": data.plan.static_ms,
+            "beats_static": data.plan.beats_static,
         },
     }
     if as_json:
@@ -104,9 +107,16 @@ def report_cmd(
         return
     ex = bound["exact"]
     ratio = "-" if ex["r_ratio"] is None else f"{ex['r_ratio']:.2f}x"
+    static = bound["static"]
+    against_static = (
+        "no static model measured"
+        if static is None
+        else f"static model {static['cost_ms']:.4f} ms, R_ratio "
+        + ("-" if static["r_ratio"] is None else f"{static['r_ratio']:.2f}x")
+    )
     click.echo(
         f"exact oracle: {ex['r_oracle']:.4f} ms at {ex['a_oracle']:.2%} "
-        f"(R_N {bound['r_n']:.4f} ms, R_ratio {ratio})"
+        f"(R_N, {bound['r_n_what']}, {bound['r_n']:.4f} ms, R_ratio {ratio}; {against_static})"
     )
     if data.plan is not None:
         gap = data.plan.gap_closure
@@ -114,6 +124,11 @@ def report_cmd(
             f"plan {plan}: {data.plan.heldout.cost_ms:.4f} ms at "
             f"{data.plan.heldout.accuracy:.2%} held-out, oracle gap closure "
             + ("n/a" if gap is None else f"{gap:.1%}")
+            + (
+                ""
+                if data.plan.beats_static is None
+                else f"; {'beats' if data.plan.beats_static else 'does NOT beat'} the static model"
+            )
         )
     for path in paths:
         click.echo(f"wrote {path}")

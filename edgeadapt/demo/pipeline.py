@@ -9,7 +9,10 @@ anything rebuilt); ``force`` rebuilds everything. The run of the plan on the tes
 is measured anew every time: it is the figure the demo is about.
 
 Steps are profiled in ``chain`` order (called in turn, as the cascade calls them), so the
-costs the plan is made on include the cache refills a sequential run pays.
+costs the plan is made on include the cache refills a sequential run pays; the profile
+also times the whole model (backbone and last head), so the bound and the plan state
+their savings against that measured static model as well as against R_N, the sum of the
+steps.
 
 The plan's achieved latency is measured against the *static model*: the bundle's best
 state on the calibration split as one plain model (for an early-exit bundle its
@@ -115,6 +118,7 @@ class BundleResult:
     test_accuracy: list[float]
     p50_ms: list[float]
     cost_ms: list[float]
+    static_ms: float | None  # the profile's whole model (p50, batch 1)
     bounds: dict[str, Any]
     plan: dict[str, Any]
     run: RunFigures
@@ -135,6 +139,7 @@ class BundleResult:
                     self.state_names, self.test_accuracy, self.p50_ms, self.cost_ms, strict=True
                 )
             ],
+            "static_ms": self.static_ms,
             "bound": self.bounds,
             "plan": self.plan,
             "run": {
@@ -368,8 +373,14 @@ def _demo_bundle(
     from edgeadapt.evaluate import evaluate_bundle
     from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
     from edgeadapt.plan import Plan, check_plan, load_plan, save_plan
-    from edgeadapt.planner import plan_bundle
-    from edgeadapt.profile import Profile, load_profile, profile_bundle, save_profile, state_costs
+    from edgeadapt.planner import plan_bundle, profile_costs
+    from edgeadapt.profile import (
+        Profile,
+        load_profile,
+        profile_bundle,
+        profile_calls,
+        save_profile,
+    )
     from edgeadapt.report import write_report
 
     names = [s.name for s in bundle.states]
@@ -377,7 +388,7 @@ def _demo_bundle(
     cache: _Cache[Any] = _Cache(ui, force, reused)
 
     def make_profile() -> Profile:
-        with ui.bar(f"profiling {bundle.path.name}", len(bundle.steps)) as progress:
+        with ui.bar(f"profiling {bundle.path.name}", profile_calls(bundle, (1,))) as progress:
             return profile_bundle(
                 bundle,
                 runtime,
@@ -389,8 +400,10 @@ def _demo_bundle(
 
     def load_profile_(path: Path) -> Profile:
         p = load_profile(path, bundle)
-        if p.settings.get("order") != PROFILE_ORDER:
+        if p.order != PROFILE_ORDER:
             raise InputError(f"must be profiled in {PROFILE_ORDER} order", source=path)
+        if p.whole_model is None:
+            raise InputError("was profiled without the whole model", source=path)
         return p
 
     profile, stale = cache.get(work / "profile.json", load_profile_, make_profile, save_profile)
@@ -412,7 +425,8 @@ def _demo_bundle(
 
     (ev_calib, calib_rebuilt), (ev_test, _) = evaluation("calibration"), evaluation("test")
     stale = stale or calib_rebuilt  # the plan is made from the profile and this evaluation
-    costs = state_costs(profile, bundle)
+    measured = profile_costs(profile, bundle)
+    costs = list(measured.state_ms)
     # on the Pareto envelope: a retrained or re-split model may have a costlier state
     # that is less accurate, which the analytic bounds would otherwise refuse
     bounds = bundle_bound(bundle, profile=profile, evaluation=ev_calib, envelope=True)
@@ -420,12 +434,15 @@ def _demo_bundle(
     def load_plan_(path: Path) -> Plan:
         p = load_plan(path)
         check_plan(p, bundle, path)
+        if p.static_ms != measured.static_ms:
+            raise InputError("made without this profile's static model", source=path)
         return p
 
     plan, _ = cache.get(
         work / "plan.json",
         load_plan_,
-        lambda: plan_bundle(bundle, ev_calib, costs),  # as `edgeadapt plan` with its defaults
+        # as `edgeadapt plan` with its defaults
+        lambda: plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms),
         save_plan,
         stale=stale,
     )
@@ -433,8 +450,8 @@ def _demo_bundle(
     x, y = data["test"]
     if samples is not None:
         x, y = x[:samples], y[:samples]
-    measured = _measure_run(bundle, plan, runtime, threads, x, y, plan.reference_state, ui)
-    run = _run_figures(bundle, plan, costs, ev_test, measured, y)
+    timed = _measure_run(bundle, plan, runtime, threads, x, y, plan.reference_state, ui)
+    run = _run_figures(bundle, plan, costs, ev_test, timed, y)
 
     ui.log(f"  writing the report for {bundle.path.name} ...")
     report = work / "report.html"
@@ -447,6 +464,7 @@ def _demo_bundle(
         test_accuracy=[float(a) for a in ev_test.accuracies],
         p50_ms=[s.p50 for s in profile.step_stats(1)],
         cost_ms=[float(c) for c in costs],
+        static_ms=measured.static_ms,
         bounds=bounds,
         plan={**plan.summary(), "path": str(work / "plan.json")},
         run=run,
