@@ -5,7 +5,8 @@ each kept state after the first, the policy checks that its predicted cost fits 
 left of the budget; then the steps that produce the state's logits run on the rows still
 active, the kernel decides which rows exit, and only the rows that continue go on
 (compaction): early-exit bundles carry the activation rows ``act[continue_idx]`` along
-the chain, ensemble members re-read the input rows ``x[rows]``. For an early-exit plan
+the chain, and every model input a later step reads (ensemble members' inputs, a
+transformer's ``attention_mask``) is gathered to the surviving rows ``x[rows]``. For an early-exit plan
 that skips states, the skipped states' steps still run (they produce the activation)
 but do not decide. A row whose logits hold NaN never exits early; at the last state it
 gets ``pred = -1`` and ``conf = NaN``.
@@ -18,6 +19,7 @@ completed kept state (``budget_exit`` marks them). Predicted costs come from
 
     >>> m = AdaptiveModel.load("bundle/", thresholds=0.9)
     >>> out = m.predict(x)            # x: float32 [B, *input shape]
+    >>> out = m.predict({"input_ids": ids, "attention_mask": mask})  # several inputs
     >>> out.pred, out.exit_state, out.conf, out.latency_ms["total"]
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any, NamedTuple
@@ -34,6 +36,7 @@ import numpy as np
 
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import InputError
+from edgeadapt.inputs import check_batch, warmup_batch
 from edgeadapt.kernel import MEASURES, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.profile import Profile, check_profile, load_profile
@@ -139,33 +142,34 @@ _Feeds = tuple[tuple[str, bool], ...]
 class _Hop(NamedTuple):
     """One kept state as `predict` walks it, resolved once at load so the hot path only
     unpacks tuples: the `calls` are each step's session and feeds (``(name, True)`` for
-    the bundle input, else an output of the step before); `carried` are the activations
-    the next kept state reads and `refeed` whether it reads the bundle input (what
-    compaction must gather)."""
+    a model input, else an output of the step before); `carried` are the activations
+    the next kept state reads and `refeed` the model inputs any later kept state reads
+    (what compaction must gather: a later state may be reached without another
+    compaction, when no row exits in between)."""
 
     state: int
     threshold: float
     logits: str
     calls: tuple[tuple[Session, _Feeds], ...]
     carried: tuple[str, ...]
-    refeed: bool
+    refeed: tuple[str, ...]
 
 
 def _route(
     bundle: Bundle, sessions: Sequence[Session], stages: Sequence[_Stage], policy: Policy
 ) -> list[_Hop]:
-    name = bundle.input.name
+    names = bundle.input_names
     hops = []
     for pos, st in enumerate(stages):
         calls = tuple(
-            (sessions[i], tuple((n, n == name) for n in bundle.steps[i].inputs)) for i in st.steps
+            (sessions[i], tuple((n, n in names) for n in bundle.steps[i].inputs)) for i in st.steps
         )
         following = bundle.steps[stages[pos + 1].steps[0]].inputs if pos + 1 < len(stages) else ()
-        carried = tuple(n for n in following if n != name)
+        carried = tuple(n for n in following if n not in names)
+        later = {n for st2 in stages[pos + 1 :] for i in st2.steps for n in bundle.steps[i].inputs}
+        refeed = tuple(n for n in names if n in later)
         logits = bundle.steps[st.steps[-1]].logits
-        hops.append(
-            _Hop(st.state, policy.threshold(pos), logits, calls, carried, name in following)
-        )
+        hops.append(_Hop(st.state, policy.threshold(pos), logits, calls, carried, refeed))
     return hops
 
 
@@ -188,10 +192,13 @@ class AdaptiveModel:
         self._buffers = decide_buffers(1)
         self._route = tuple(_route(bundle, self.sessions, self.stages, policy))
         self._measure = policy.measure
-        spec = bundle.input
-        self._in_dtype = np.dtype(spec.dtype)
-        self._in_shape = tuple(int(d) for d in spec.shape[1:])
-        self._in_rank = len(spec.shape)
+        # (name, dtype, shape after the batch axis, rank) of every model input, for the
+        # fast acceptance in `check_inputs`
+        self._specs = tuple(
+            (s.name, np.dtype(s.dtype), tuple(int(d) for d in s.shape[1:]), len(s.shape))
+            for s in bundle.inputs
+        )
+        self._single = self._specs[0] if len(self._specs) == 1 else None
 
     @classmethod
     def load(
@@ -280,15 +287,16 @@ class AdaptiveModel:
         return model
 
     def warm_up(self, rounds: int = 1) -> None:
-        """Run every loaded step `rounds` times on a batch-1 input of zeros (activations
-        chained along an early-exit bundle) and the kernel on its logits, so that the
+        """Run every loaded step `rounds` times on a batch-1 input (zeros, masks all ones:
+        `edgeadapt.inputs.warmup_batch`; activations chained along an early-exit bundle)
+        and the kernel on its logits, so that the
         backends' first-call costs (allocations, kernel selection, caches) are paid here
         rather than by the first `predict`. The policy's learned costs are left alone."""
         bundle = self.bundle
-        zeros = np.zeros((1, *self._in_shape), dtype=self._in_dtype)
+        batch = warmup_batch(bundle)
         pbuf, cbuf, mbuf, kbuf = self._buffers
         for _ in range(rounds):
-            env = {bundle.input.name: zeros}
+            env = dict(batch)
             for step, session in zip(bundle.steps, self.sessions, strict=True):
                 if session is None:  # a plan's ensemble member that is never run
                     continue
@@ -310,46 +318,52 @@ class AdaptiveModel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check_input(self, x: Any) -> np.ndarray:
-        """Validate `x` against the bundle input (dtype, rank, shape, non-empty, finite).
+    def check_inputs(self, x: Any) -> dict[str, np.ndarray]:
+        """Validate a batch against the bundle's inputs and return it as ``{name: array}``.
 
-        Fast acceptance first, for a plain C-contiguous array of the right dtype and shape
-        with no NaN or infinity (a small one: its sum is finite); an input that fails it,
-        including a small finite one whose sum overflows, takes the complete check, which
-        also words the error.
+        `x` is a mapping holding every model input (each with its dtype, shape
+        ``[B, *input shape]`` and the same ``B``), or for a one-input bundle the bare array.
+        Nothing is converted: int64 token ids stay int64, and a wrong dtype is an error.
+        Fast acceptance first, for plain C-contiguous arrays of the right dtype and shape
+        with no NaN or infinity (a small one: its sum is finite); anything it cannot vouch
+        for, including a small finite one whose sum overflows, takes the complete check
+        (`edgeadapt.inputs.check_batch`), which also words the error.
         """
-        if (
-            type(x) is np.ndarray
-            and x.dtype is self._in_dtype
-            and x.shape[1:] == self._in_shape
-            and x.ndim == self._in_rank
-            and x.shape[0] > 0
-            and x.flags.c_contiguous
-            and (x.dtype.kind != "f" or _finite(x))
-        ):
-            return x
-        spec = self.bundle.input
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"expected a numpy array, got {type(x).__name__}", source="input")
-        if x.dtype != np.dtype(spec.dtype):
-            raise InputError(
-                f"expected dtype {spec.dtype}, got {x.dtype} (convert explicitly, e.g. "
-                f"x.astype(np.{spec.dtype}))",
-                source="input",
-            )
-        want = tuple(spec.shape[1:])
-        if x.ndim != len(spec.shape) or x.shape[1:] != want:
-            shape = ", ".join(str(d) for d in ("B", *want))
-            raise InputError(f"expected shape [{shape}], got {list(x.shape)}", source="input")
-        if x.shape[0] == 0:
-            raise InputError("empty batch (0 rows)", source="input")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
-            raise InputError(
-                f"holds NaN or infinity in {bad.size} row(s), first row {int(bad[0])}",
-                source="input",
-            )
-        return np.ascontiguousarray(x)
+        single = self._single
+        if single is not None and type(x) is np.ndarray:
+            name, dtype, shape, rank = single
+            if (
+                x.dtype is dtype
+                and x.shape[1:] == shape
+                and x.ndim == rank
+                and x.shape[0] > 0
+                and x.flags.c_contiguous
+                and (x.dtype.kind != "f" or _finite(x))
+            ):
+                return {name: x}
+        elif type(x) is dict and len(x) == len(self._specs):
+            rows = -1
+            for name, dtype, shape, rank in self._specs:
+                a = x.get(name)
+                if (
+                    type(a) is not np.ndarray
+                    or a.dtype is not dtype
+                    or a.shape[1:] != shape
+                    or a.ndim != rank
+                    or not a.flags.c_contiguous
+                    or (rows != -1 and a.shape[0] != rows)
+                    or (a.dtype.kind == "f" and not _finite(a))
+                ):
+                    break
+                rows = a.shape[0]
+            else:
+                if rows > 0:
+                    return x
+        return check_batch(self.bundle.inputs, x, source="input")
+
+    def check_input(self, x: Any) -> np.ndarray:
+        """`check_inputs` for a one-input bundle's bare array: the validated array."""
+        return self.check_inputs(x)[self.bundle.input.name]
 
     def _check_budget(self, budget_ms: Any) -> float | None:
         if budget_ms is None:
@@ -365,18 +379,23 @@ class AdaptiveModel:
             )
         return float(budget_ms)
 
-    def predict(self, x: np.ndarray, budget_ms: float | None = None) -> Prediction:
-        """Run the cascade on `x` (the bundle's input dtype, shape [B, *input shape]).
+    def predict(
+        self, x: np.ndarray | Mapping[str, np.ndarray], budget_ms: float | None = None
+    ) -> Prediction:
+        """Run the cascade on the batch `x`: for a one-input bundle an array of the input's
+        dtype and shape ``[B, *input shape]``, else a mapping ``{input name: array}`` of
+        every model input (see `check_inputs`). Each step is fed the model inputs and
+        activations its manifest entry lists, on the rows still active.
 
         Hot path: until some row exits, the kernel writes every row's answer straight
         into the returned `pred` and `conf`, so a batch where nobody exits early (always
         the case at batch 1) never gathers or scatters; after the first early exit the
         surviving rows are compacted and their answers scattered back.
         """
-        x = self.check_input(x)
+        inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
         start = perf_counter_ns()
-        b = x.shape[0]
+        b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
             self._buffers = decide_buffers(b)
         pbuf, cbuf, mbuf, kbuf = self._buffers
@@ -390,7 +409,7 @@ class AdaptiveModel:
         # `rows`: original indices of the active rows, None while every row is active;
         # pred/conf always hold each active row's answer at the last completed state.
         rows: np.ndarray | None = None
-        xs, n = x, b  # the input rows of the active rows, and how many
+        xs, n = inputs, b  # the model inputs' rows of the active rows, and how many
         prev: dict[str, np.ndarray] = {}
         for pos, (state, threshold, logits_name, calls, carried, refeed) in enumerate(self._route):
             if (
@@ -407,10 +426,10 @@ class AdaptiveModel:
             for session, feeds in calls:
                 if len(feeds) == 1:  # a dict display: cheaper than the comprehension
                     ((name, is_input),) = feeds
-                    prev = session.run({name: xs if is_input else prev[name]}, check=False)
+                    prev = session.run({name: xs[name] if is_input else prev[name]}, check=False)
                 else:
                     prev = session.run(
-                        {name: xs if is_input else prev[name] for name, is_input in feeds},
+                        {name: xs[name] if is_input else prev[name] for name, is_input in feeds},
                         check=False,
                     )
                 step_ms.append(session.last_run_ns / 1e6)
@@ -451,7 +470,7 @@ class AdaptiveModel:
                     pred[rows], conf[rows] = p[keep], c[keep]
             n = k
             if refeed:
-                xs = x[rows]
+                xs = {name: inputs[name][rows] for name in refeed}
             prev = {name: prev[name][keep] for name in carried}
         total = (perf_counter_ns() - start) / 1e6
         return Prediction(

@@ -1,7 +1,8 @@
 """The evaluator: every state of a bundle on every sample of a labelled set.
 
 Runs the bundle batch by batch on a runtime (early-exit: step i reads the activation of
-step i-1, so one pass yields every state; ensemble: each member reads the input) and
+step i-1 and any model inputs it needs, so one pass yields every state; ensemble: each
+member reads the model inputs) and
 records per sample and state the predicted class (argmax of the logits) and the
 confidence in every measure the decision kernel supports (maxprob, margin, negative
 entropy), computed by the kernel itself (`edgeadapt.kernel`, float32, specified by
@@ -12,7 +13,7 @@ rows `AdaptiveModel` exits on the same logits. The result is an `Evaluation`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,26 +21,26 @@ import numpy as np
 from edgeadapt.bundle import Bundle
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
-from edgeadapt.npzio import ArraySpec, load_npz
+from edgeadapt.inputs import X_KEY, check_batch, read_labelled
 
 __all__ = ["evaluate_bundle", "load_dataset"]
 
 Progress = Callable[[int, int], None]
 
 
-def _check_inputs(bundle: Bundle, x: np.ndarray, y: np.ndarray, source: str | None) -> None:
-    want = tuple(int(d) for d in bundle.input.shape[1:])
-    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+Inputs = np.ndarray | Mapping[str, np.ndarray]
+
+
+def _check_data(
+    bundle: Bundle, x: Inputs, y: np.ndarray, source: str | os.PathLike[str] | None
+) -> dict[str, np.ndarray]:
+    """The model inputs as ``{name: array}`` (widths cast where no value changes) and the
+    labels checked against them; errors name `source` and the array."""
+    inputs = check_batch(bundle.inputs, x, source=source, array_field=X_KEY, cast=True)
+    n = next(iter(inputs.values())).shape[0]
+    if y.ndim != 1 or y.shape[0] != n or y.dtype.kind not in "iu":
         raise InputError(
-            f"expected shape [N, {', '.join(map(str, want))}] (the bundle's input), got {x.shape}",
-            source=source,
-            field="x",
-        )
-    if x.shape[0] == 0:
-        raise InputError("no samples", source=source, field="x")
-    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.kind not in "iu":
-        raise InputError(
-            f"expected integer labels [{x.shape[0]}], got {y.dtype} {y.shape}",
+            f"expected integer labels [{n}], got {y.dtype} {y.shape}",
             source=source,
             field="y",
         )
@@ -49,21 +50,24 @@ def _check_inputs(bundle: Bundle, x: np.ndarray, y: np.ndarray, source: str | No
             source=source,
             field="y",
         )
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise InputError("contains NaN or infinity", source=source, field="x")
+    return inputs
 
 
-def load_dataset(path: str | os.PathLike[str], bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
-    """A labelled set for `bundle` from an npz: ``x`` float ``[N, *input shape]`` and ``y``
-    integer ``[N]``; errors name the file and the key."""
-    arrays = load_npz(path, {"x": ArraySpec("f", len(bundle.input.shape)), "y": ArraySpec("iu", 1)})
-    _check_inputs(bundle, arrays["x"], arrays["y"], str(path))
-    return arrays["x"], arrays["y"]
+def load_dataset(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Inputs, np.ndarray]:
+    """A labelled set for `bundle` from an npz: one array ``[N, *input shape]`` per model
+    input, named as the input (a one-input bundle may name it ``x``), and integer ``y``
+    ``[N]``; errors name the file and the array. A one-input bundle's inputs come back as
+    the bare array, a multi-input bundle's as ``{name: array}``."""
+    inputs, y = read_labelled(path, bundle.inputs)
+    _check_data(bundle, inputs, y, path)
+    if len(bundle.inputs) == 1:
+        return inputs[bundle.inputs[0].name], y
+    return inputs, y
 
 
 def evaluate_bundle(
     bundle: Bundle,
-    x: np.ndarray,
+    x: Inputs,
     y: np.ndarray,
     runtime: str = "onnxruntime",
     batch: int = 256,
@@ -73,6 +77,8 @@ def evaluate_bundle(
 ) -> Evaluation:
     """Run every state of `bundle` on `x` in batches of `batch`; `y` are the labels.
 
+    `x` is one array for a one-input bundle, else ``{input name: array}`` holding every
+    model input with the same number of rows; each step is fed the inputs it reads.
     `progress(done, total)` is called after each batch with the samples done so far.
     `source` names the data file in errors about `x` and `y`.
     """
@@ -81,19 +87,18 @@ def evaluate_bundle(
 
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise InputError(f"must be a positive integer, got {batch!r}", source="batch")
-    x, y = np.asarray(x), np.asarray(y)
-    _check_inputs(bundle, x, y, source)
-    x = x.astype(np.dtype(bundle.input.dtype), copy=False)
+    y = np.asarray(y)
+    inputs = _check_data(bundle, x, y, source)
     options: dict[str, Any] = {} if threads is None else {"threads": threads}
     rt = get_runtime(runtime, **options)
-    n, s = x.shape[0], len(bundle.steps)
+    n, s = y.shape[0], len(bundle.steps)
     pred = np.empty((n, s), dtype=np.int64)
     confs = {key: np.empty((n, s), dtype=np.float32) for key in CONF_KEYS.values()}
     sessions = [rt.load(step.path) for step in bundle.steps]
     try:
         for lo in range(0, n, int(batch)):
             hi = min(lo + int(batch), n)
-            tensors: dict[str, np.ndarray] = {bundle.input.name: np.ascontiguousarray(x[lo:hi])}
+            tensors = {name: np.ascontiguousarray(a[lo:hi]) for name, a in inputs.items()}
             for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
                 tensors.update(session.run({k: tensors[k] for k in step.inputs}))
                 logits = np.ascontiguousarray(tensors[step.logits], dtype=np.float32)

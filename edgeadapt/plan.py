@@ -26,7 +26,8 @@ the record of how well the plan did and is shown by reports.
   "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12},
   "promise": {"max_drop", "delta", "n", "tested", "passed", "p_value", "losses",
               "required_n", "holds", "method", "assumption"},   # risk-controlled plans
-  "static": {"cost_ms": 0.74}                    # optional: the measured whole model
+  "static": {"cost_ms": 0.74},                   # optional: the measured whole model
+  "fallback": "no plan of several states ..."    # optional: why only the static model
 }
 ```
 
@@ -123,6 +124,8 @@ class Plan:
     #: The measured whole model's cost (ms), None when the profile did not time it.
     static_ms: float | None = None
     promise: Promise | None = None
+    #: Why the plan keeps the static model alone, when it does for a reason.
+    fallback: str | None = None
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -150,6 +153,7 @@ class Plan:
             "saving_vs_static": _saving(self.heldout.cost_ms, self.static_ms),
             "beats_static": self.beats_static,
             "promise": None if self.promise is None else self.promise.to_json(),
+            "fallback": self.fallback,
         }
 
     @property
@@ -219,6 +223,8 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     }
     if plan.static_ms is not None:
         doc["static"] = {"cost_ms": plan.static_ms}
+    if plan.fallback is not None:
+        doc["fallback"] = plan.fallback
     return doc
 
 
@@ -363,6 +369,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
         static_ms=static,
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
+        fallback=f.get("fallback", str, None),
     )
 
 

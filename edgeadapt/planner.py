@@ -390,6 +390,7 @@ def make_plan(
         reference_accuracy=float(calib_acc[reference]),
     )
     promise: Promise | None = None
+    fallback: str | None = None
     thresholds = choice.calibration.thresholds
     kept = choice.states
     if calibration == "risk":
@@ -398,22 +399,38 @@ def make_plan(
         thresholds = controlled.thresholds
         if not promise.holds:
             kept, thresholds = (reference,), np.empty(0)
+            fallback = promise.describe()
     fires = np.append(np.isfinite(thresholds), True)
     states = tuple(s for s, keep in zip(kept, fires, strict=True) if keep)
     thresholds = thresholds[fires[:-1]]
-    cols = list(states)
-    cost_ms = subset_costs(costs, states, kind)
 
-    def figures(split: Outcomes) -> tuple[SplitFigures, np.ndarray]:
-        run = simulate(split.conf[:, cols], split.correct[:, cols], cost_ms, thresholds)
+    def figures(
+        split: Outcomes, states: tuple[int, ...], thresholds: np.ndarray
+    ) -> tuple[SplitFigures, np.ndarray]:
+        cols = list(states)
+        run = simulate(
+            split.conf[:, cols],
+            split.correct[:, cols],
+            subset_costs(costs, states, kind),
+            thresholds,
+        )
         policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
         ref = float(split.correct[:, reference].mean())
         return SplitFigures(
             split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost
         ), policy_correct
 
-    calib_figures, _ = figures(calib)
-    held_figures, held_correct = figures(heldout)
+    held_figures, held_correct = figures(heldout, states, thresholds)
+    if static_ms is not None and len(states) > 1 and held_figures.cost_ms >= static_ms:
+        fallback = (
+            f"no plan of several states beats the measured static model: expected "
+            f"{held_figures.cost_ms:.4g} ms against {static_ms:.4g} ms; the plan keeps "
+            "the static model"
+        )
+        states, thresholds = (reference,), np.empty(0)
+        held_figures, held_correct = figures(heldout, states, thresholds)
+    calib_figures, _ = figures(calib, states, thresholds)
+    cost_ms = subset_costs(costs, states, kind)
     r_oracle, a_oracle = exact_oracle(heldout.correct, costs)
     r_n = float(costs[-1])
     return Plan(
@@ -429,11 +446,7 @@ def make_plan(
         max_drop=max_drop,
         calibration=calib_figures,
         heldout=held_figures,
-        drop_bound=(
-            drop_upper_bound(heldout.correct[:, reference], held_correct, delta)
-            if promise is None
-            else (max_drop if promise.holds else 0.0)
-        ),
+        drop_bound=_drop_bound(heldout, reference, held_correct, delta, promise, fallback),
         delta=delta,
         r_oracle=r_oracle,
         a_oracle=a_oracle,
@@ -445,7 +458,25 @@ def make_plan(
         subsets_evaluated=choice.evaluated,
         promise=promise,
         static_ms=None if static_ms is None else float(static_ms),
+        fallback=fallback,
     )
+
+
+def _drop_bound(
+    heldout: Outcomes,
+    reference: int,
+    policy_correct: np.ndarray,
+    delta: float,
+    promise: Promise | None,
+    fallback: str | None,
+) -> float:
+    """The drop the plan is bounded by at confidence 1 - delta: 0 for the reference state
+    alone, the promised max_drop for a risk-controlled plan, else Clopper-Pearson."""
+    if fallback is not None:
+        return 0.0
+    if promise is not None:
+        return promise.max_drop
+    return drop_upper_bound(heldout.correct[:, reference], policy_correct, delta)
 
 
 def _risk_controlled(

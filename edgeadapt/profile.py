@@ -1,7 +1,8 @@
 """The profiler: what every step of a bundle costs on this device, and the profile format.
 
 `profile_bundle` loads each step in the chosen runtime, feeds it the real activation of
-the previous step (computed once from a random input of the bundle's input shape, so
+the previous step (computed once from random model inputs of the bundle's shapes and
+dtypes, token ids within their embedding table and masks all ones, so
 input generation stays outside the timed loop), warms it up, then times each call with
 `time.perf_counter_ns` (a fixed number of iterations, until `min_seconds` have
 passed, or within a time budget per state, warm-up included: `seconds_per_state`, for
@@ -238,14 +239,12 @@ def _budget(seconds: Any, iters: int | None) -> float:
     return float(seconds)
 
 
-def _random_input(bundle: Bundle, batch: int, rng: np.random.Generator) -> np.ndarray:
-    shape = (batch, *(int(d) for d in bundle.input.shape[1:]))
-    dtype = np.dtype(bundle.input.dtype)
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.random(shape) < 0.5
-    return rng.integers(0, 2, size=shape).astype(dtype)
+def _random_inputs(bundle: Bundle, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every model input, random with its dtype (`edgeadapt.inputs.random_batch`: token
+    ids within the embedding table, masks all ones), made once outside the timed loop."""
+    from edgeadapt.inputs import random_batch
+
+    return random_batch(bundle, batch, rng)
 
 
 def _time_step(
@@ -438,7 +437,7 @@ def profile_bundle(
             load_whole(rt, bundle, whole_model)
         results: dict[int, tuple[StepStats, ...]] = {}
         for batch in batch_list:
-            tensors: dict[str, np.ndarray] = {bundle.input.name: _random_input(bundle, batch, rng)}
+            tensors: dict[str, np.ndarray] = _random_inputs(bundle, batch, rng)
             runs = []
             for step, session in zip(bundle.steps, sessions, strict=True):
                 feeds = {name: tensors[name] for name in step.inputs}

@@ -67,6 +67,34 @@ def gpu_missing_reason() -> str | None:
     return None
 
 
+def _onnx_input_dtypes(path: Path) -> dict[str, np.dtype[Any]]:
+    """The element type each graph input of the ONNX file declares."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        v.name: np.dtype(tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+        for v in graph.input
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
+    }
+
+
+def narrowed(array: np.ndarray, dtype: np.dtype[Any], path: Path, name: str) -> np.ndarray:
+    """`array` (integers) as the narrower integer `dtype` an engine holds; a value that
+    does not fit is an `InputError` rather than a silent wrap-around."""
+    if array.size:
+        info = np.iinfo(dtype)
+        lo, hi = int(array.min()), int(array.max())
+        if lo < info.min or hi > info.max:
+            raise InputError(
+                f"values {lo}..{hi} do not fit the engine's {dtype} input",
+                source=path,
+                field=f"input {name!r}",
+            )
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -112,6 +140,10 @@ class TensorRtSession(Session):
     ) -> None:
         inputs: list[TensorSpec] = []
         outputs: list[TensorSpec] = []
+        declared = _onnx_input_dtypes(path)
+        # inputs the engine holds narrower than the ONNX graph declares (int64 ids that a
+        # parser before TensorRT 10 turned into int32): fed as declared, narrowed per call
+        self._narrow: dict[str, np.dtype[Any]] = {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             shape = tuple(None if d < 0 else int(d) for d in engine.get_tensor_shape(name))
@@ -119,6 +151,10 @@ class TensorRtSession(Session):
             if None in shape[1:]:
                 raise ValueError(f"tensor {name!r} has a dynamic axis beyond the batch: {spec}")
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            want = declared.get(name)
+            if is_input and want == np.int64 and spec.dtype == np.int32:
+                self._narrow[name] = spec.dtype
+                spec = TensorSpec(name, shape, want)
             (inputs if is_input else outputs).append(spec)
         super().__init__(path, inputs, outputs, check_finite=check_finite)
         self.engine_source = source
@@ -134,7 +170,8 @@ class TensorRtSession(Session):
         for spec in (*self.inputs, *self.outputs):
             rows = max_batch if spec.shape and spec.shape[0] is None else 1
             fixed = [d for d in spec.shape if d is not None]
-            nbytes = rows * int(np.prod(fixed, dtype=np.int64)) * spec.dtype.itemsize
+            itemsize = self._narrow.get(spec.name, spec.dtype).itemsize
+            nbytes = rows * int(np.prod(fixed, dtype=np.int64)) * itemsize
             ptr = _cuda(cudart, cudart.cudaMalloc(max(nbytes, 1)))
             self._buffers[spec.name] = int(ptr)
             self._context.set_tensor_address(spec.name, int(ptr))
@@ -147,6 +184,8 @@ class TensorRtSession(Session):
         staged = []
         for name in self.input_names:
             array = np.ascontiguousarray(feeds[name])
+            if name in self._narrow:
+                array = narrowed(array, self._narrow[name], self.path, name)
             if self._dynamic[name] and array.shape[0] > self.max_batch:
                 raise InputError(
                     f"batch of {array.shape[0]} rows exceeds the engine's max_batch "

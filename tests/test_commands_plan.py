@@ -46,7 +46,7 @@ def test_plan_writes_a_valid_plan(artefacts):
     assert summary["states"] == list(plan.state_names)
     assert summary["states"][-1] in {s.name for s in bundle.states}
     assert len(summary["thresholds"]) == len(summary["states"]) - 1
-    assert 0 < summary["cost"] <= summary["r_n"]
+    assert 0 < summary["cost"] <= summary["r_n"] * (1 + 1e-12)  # a mean of equal costs rounds
     assert summary["oracle"]["r_oracle"] <= summary["cost"]
     assert set(summary) >= {"accuracy", "cost", "oracle", "gap_closure", "drop_bound"}
 

@@ -123,3 +123,20 @@ def test_plan_file_restricts_states_and_gives_budget_costs(xfile, tmp_path):
     both = run(BUNDLE, "--input", xfile, "--plan", path, "--thresholds", "0.5")
     assert both.exit_code == 2
     assert "exactly one" in both.output
+
+
+def test_an_npz_input_for_a_one_input_bundle(xfile, tmp_path):
+    """`x` in an npz (other arrays, such as labels, ignored) gives what the .npy gives."""
+    path = tmp_path / "x.npz"
+    np.savez(path, x=np.load(xfile), y=np.zeros(10, np.int64))
+    args = ["--thresholds", "0.5", "--json"]
+    from_npz = run(BUNDLE, "--input", path, *args)
+    assert from_npz.exit_code == 0, from_npz.output
+    assert (
+        json.loads(from_npz.output)["pred"]
+        == json.loads(run(BUNDLE, "--input", xfile, *args).output)["pred"]
+    )
+    np.savez(path, inputs=np.load(xfile))
+    result = run(BUNDLE, "--input", path, "--thresholds", "0.5")
+    assert result.exit_code == 2
+    assert "x.npz: x: missing array 'x'" in result.output

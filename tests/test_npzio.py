@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgeadapt.errors import InputError
-from edgeadapt.npzio import ArraySpec, load_npz, save_npz
+from edgeadapt.npzio import ArraySpec, load_npz, npz_keys, save_npz
 
 SPEC = {"x": ArraySpec("f", 2), "y": ArraySpec("i", 1), "w": ArraySpec("f", 1, optional=True)}
 
@@ -46,3 +46,20 @@ def test_save_refuses_object_arrays(tmp_path):
     with pytest.raises(ValueError, match="object"):
         save_npz(tmp_path / "o.npz", a=np.array([None], dtype=object))
     assert not list(tmp_path.iterdir())
+
+
+def test_a_single_npy_array_is_not_an_npz(tmp_path):
+    p = tmp_path / "one.npy"
+    np.save(p, np.zeros(3))
+    with pytest.raises(InputError, match=r"one\.npy: expected an \.npz archive"):
+        load_npz(p, SPEC)
+    with pytest.raises(InputError, match=r"expected an \.npz archive"):
+        npz_keys(p)
+
+
+def test_keys_without_reading_arrays(tmp_path):
+    p = tmp_path / "d.npz"
+    save_npz(p, input_ids=np.zeros((2, 3), np.int64), y=np.arange(2))
+    assert npz_keys(p) == {"input_ids", "y"}
+    with pytest.raises(InputError, match="file not found"):
+        npz_keys(tmp_path / "none.npz")

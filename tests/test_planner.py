@@ -314,3 +314,37 @@ def test_profile_costs_read_both_baselines_and_the_order():
     assert old.static_ms is None
     assert old.order == "step"
     assert "--order chain" in old.note
+
+
+def test_a_plan_that_cannot_beat_the_static_model_keeps_it_and_says_why():
+    data, cost = outcomes(2000, 3, 4)
+    calib, held = data.split(0.5, 0)
+    free = make_plan(calib, held, cost, manifest_sha256=SHA, max_drop=0.05, calibration="empirical")
+    assert len(free.states) > 1
+    # A static model cheaper than the cascade's expected cost wins.
+    slow = make_plan(
+        calib,
+        held,
+        cost,
+        manifest_sha256=SHA,
+        max_drop=0.05,
+        calibration="empirical",
+        static_ms=free.heldout.cost_ms * 0.99,
+    )
+    assert slow.states == (slow.reference_state,)
+    assert slow.thresholds == ()
+    assert slow.fallback is not None
+    assert "beats the measured static model" in slow.fallback
+    # One just above it does not.
+    fast = make_plan(
+        calib,
+        held,
+        cost,
+        manifest_sha256=SHA,
+        max_drop=0.05,
+        calibration="empirical",
+        static_ms=free.heldout.cost_ms * 1.01,
+    )
+    assert fast.states == free.states
+    assert fast.fallback is None
+    assert fast.beats_static

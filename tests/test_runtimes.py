@@ -356,3 +356,96 @@ def test_onnxruntime_and_openvino_agree(steps: dict[str, Path], name: str) -> No
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(a["logits"].argmax(1), b["logits"].argmax(1))
+
+
+# --- several inputs, integer inputs ---------------------------------------------------
+
+VOCAB, TOKENS = 7, 5
+TABLE = RNG.standard_normal((VOCAB, CLASSES)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ids int64 [B,5] and mask int64 [B,5] -> logits [B,10]: the masked sum of the ids'
+    embedding rows, plus a float input x [B,10] added (three inputs, two dtypes)."""
+    d = tmp_path_factory.mktemp("two")
+    return _save(
+        d / "masked.onnx",
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e"]),
+            helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["m", "axis"], ["m3"]),
+            helper.make_node("Mul", ["e", "m3"], ["em"]),
+            helper.make_node("ReduceSum", ["em", "one"], ["s"], keepdims=0),
+            helper.make_node("Add", ["s", "x"], ["logits"]),
+        ],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", TOKENS]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", TOKENS]),
+            _f32("x", "batch", CLASSES),
+        ],
+        [_f32("logits", "batch", CLASSES)],
+        [
+            numpy_helper.from_array(TABLE, "table"),
+            numpy_helper.from_array(np.array([2], np.int64), "axis"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+        ],
+    )
+
+
+def _token_feeds(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "ids": rng.integers(0, VOCAB, (n, TOKENS)).astype(np.int64),
+        "mask": (rng.random((n, TOKENS)) < 0.6).astype(np.int64),
+        "x": rng.standard_normal((n, CLASSES)).astype(np.float32),
+    }
+
+
+def _masked_reference(f: dict[str, np.ndarray]) -> np.ndarray:
+    return (TABLE[f["ids"]] * f["mask"][..., None]).sum(axis=1) + f["x"]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_several_inputs_of_several_dtypes(backend: str, two_inputs: Path, fast: bool) -> None:
+    """Every input is bound on each call, at batch sizes that take the copying and the
+    zero-copy paths and change from call to call (IOBinding rebinding included)."""
+    with get_runtime(backend, fast=fast).load(two_inputs) as step:
+        assert [(s.name, s.dtype) for s in step.inputs] == [
+            ("ids", np.dtype(np.int64)),
+            ("mask", np.dtype(np.int64)),
+            ("x", np.dtype(np.float32)),
+        ]
+        kept = []
+        for n in (1, 3, 1, 900, 2):
+            f = _token_feeds(n, seed=n)
+            out = step.run(f)["logits"]
+            np.testing.assert_allclose(out, _masked_reference(f), rtol=1e-5, atol=1e-5)
+            kept.append((f, out))
+        for f, out in kept:  # earlier outputs stayed the caller's
+            np.testing.assert_allclose(out, _masked_reference(f), rtol=1e-5, atol=1e-5)
+
+
+def test_integer_inputs_are_checked_not_cast(backend: str, two_inputs: Path) -> None:
+    f = _token_feeds(2)
+    with get_runtime(backend).load(two_inputs) as step:
+        with pytest.raises(InputError, match=r"input 'ids': expected dtype int64, got float32"):
+            step.run({**f, "ids": f["ids"].astype(np.float32)})
+        with pytest.raises(InputError, match=r"input 'mask': expected dtype int64, got int32"):
+            step.run({**f, "mask": f["mask"].astype(np.int32)})
+        with pytest.raises(InputError, match=r"missing \['mask'\]"):
+            step.run({"ids": f["ids"], "x": f["x"]})
+
+
+def test_tensorrt_narrows_int64_ids_only_where_they_fit(tmp_path: Path) -> None:
+    """An engine holding int32 where the graph says int64 gets the ids narrowed per call;
+    a value past int32 is an error naming the input, not a wrap-around (no GPU needed)."""
+    from edgeadapt.runtimes.tensorrt import narrowed
+
+    ids = np.array([[0, 5, 2**31 - 1]], np.int64)
+    out = narrowed(ids, np.dtype(np.int32), tmp_path / "s.onnx", "input_ids")
+    assert out.dtype == np.int32
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, ids)
+    with pytest.raises(InputError, match=r"input 'input_ids': values 1\.\.2147483648 do not fit"):
+        narrowed(ids + 1, np.dtype(np.int32), tmp_path / "s.onnx", "input_ids")

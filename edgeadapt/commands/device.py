@@ -296,7 +296,14 @@ def profile_cmd(
 
 @click.command("evaluate")
 @click.argument("bundle_dir", metavar="BUNDLE", type=_DIR)
-@click.option("--data", "data", type=_FILE, required=True, help="npz with x (float) and y (int).")
+@click.option(
+    "--data",
+    "data",
+    type=_FILE,
+    required=True,
+    help="npz with one array per model input, named as the input (or x for a one-input "
+    "bundle), and integer labels y.",
+)
 @click.option("--runtime", default="onnxruntime", show_default=True, help="Backend to run.")
 @click.option(
     "--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Samples per call."
@@ -318,7 +325,7 @@ def evaluate_cmd(
 
     bundle = load_bundle(bundle_dir)
     x, y = load_dataset(data, bundle)
-    with _bar("evaluating", int(x.shape[0]), show=not as_json) as progress:
+    with _bar("evaluating", int(y.shape[0]), show=not as_json) as progress:
         ev = evaluate_bundle(
             bundle, x, y, runtime=runtime, batch=batch, progress=progress, source=str(data)
         )

@@ -149,7 +149,9 @@ def plan_cmd(
         f"held-out: accuracy {summary['accuracy']:.2%}, drop {summary['drop']:+.2%} "
         f"against {summary['reference']}"
     )
-    if plan.promise is not None:
+    if plan.fallback is not None:
+        click.echo(plan.fallback)
+    elif plan.promise is not None:
         click.echo(plan.promise.describe())
     else:
         click.echo(

@@ -1,4 +1,4 @@
-"""`edgeadapt run`: run a bundle's adaptive cascade on inputs from a .npy file.
+"""`edgeadapt run`: run a bundle's adaptive cascade on inputs from an .npz or .npy file.
 
 Thin: parse options, call `edgeadapt.cascade.AdaptiveModel`, print per-sample results
 (a table, or ``--json``) or write them to an .npz (``-o``).
@@ -27,18 +27,31 @@ def _parse_thresholds(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-def _load_input(path: Path) -> Any:
+def _load_input(path: Path, bundle: Any) -> dict[str, Any]:
+    """The model inputs in `path`: an .npz with one array per input, named as the input
+    (a one-input bundle may name it ``x``), or for a one-input bundle an .npy array."""
+    import zipfile
+
     import numpy as np
 
+    from edgeadapt.inputs import check_batch, read_batch
+
+    if not path.is_file():
+        raise InputError("no such file", source=path)
+    if zipfile.is_zipfile(path):
+        return read_batch(path, bundle.inputs)
+    if len(bundle.inputs) != 1:
+        names = ", ".join(bundle.input_names)
+        raise InputError(
+            f"the bundle has {len(bundle.inputs)} inputs ({names}): give an .npz holding "
+            "one array per input, named as the input",
+            source=path,
+        )
     try:
         x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError("no such file", source=path) from None
     except (ValueError, OSError) as e:
         raise InputError(f"not a readable .npy array: {e}", source=path) from None
-    if not isinstance(x, np.ndarray):
-        raise InputError("expected one .npy array, got an .npz archive", source=path)
-    return x
+    return check_batch(bundle.inputs, x, source=path)
 
 
 def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
@@ -60,7 +73,14 @@ def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
 
 @click.command("run")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--input", "input_path", type=_FILE, required=True, help="Input .npy array.")
+@click.option(
+    "--input",
+    "input_path",
+    type=_FILE,
+    required=True,
+    help="Inputs: an .npz with one array per model input, named as the input (x for a "
+    "one-input bundle also works), or an .npy array for a one-input bundle.",
+)
 @click.option("--runtime", default="onnxruntime", show_default=True, help="Backend name.")
 @click.option("--thresholds", help="T (every exit) or T1,T2,... (one per state but the last).")
 @click.option("--plan", "plan_path", type=_FILE, help="Plan file (states and thresholds).")
@@ -93,8 +113,8 @@ def run_command(
 
     if (thresholds is None) == (plan_path is None):
         raise InputError("give exactly one of --thresholds and --plan", source="--thresholds")
-    x = _load_input(input_path)
     b = load_bundle(bundle)
+    loaded = _load_input(input_path, b)
     model = AdaptiveModel.load(
         b,
         runtime,
@@ -104,9 +124,13 @@ def run_command(
         profile=profile_path,
     )
     with model:
-        model.check_input(x)
-        size = batch or x.shape[0]
-        parts = [model.predict(x[i : i + size], budget_ms) for i in range(0, x.shape[0], size)]
+        inputs = model.check_inputs(loaded)
+        n = next(iter(inputs.values())).shape[0]
+        size = batch or n
+        parts = [
+            model.predict({k: a[i : i + size] for k, a in inputs.items()}, budget_ms)
+            for i in range(0, n, size)
+        ]
     pred = np.concatenate([p.pred for p in parts])
     exit_state = np.concatenate([p.exit_state for p in parts])
     conf = np.concatenate([p.conf for p in parts])

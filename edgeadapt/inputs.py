@@ -1,0 +1,262 @@
+"""A bundle's model inputs as data: check a batch against the `InputSpec`s, read one from
+an npz, make one for timing.
+
+A batch is a mapping ``{input name: array}`` holding every model input with the same
+number of rows; a one-input bundle also takes the bare array. Arrays are checked against
+their spec (dtype, shape after the batch axis, non-empty, finite floats) and never
+converted silently: with ``cast=True`` (labelled data sets) a float array may change float
+width and an integer array integer width where every value fits, but integer token ids
+never become floats and floats never become ids.
+
+An npz for a bundle holds one array per model input, named as the input (a one-input
+bundle also accepts ``x``), plus ``y`` for labels where labels are wanted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeadapt.bundle import Bundle, InputSpec
+from edgeadapt.errors import InputError
+from edgeadapt.npzio import ArraySpec, load_npz, npz_keys
+
+__all__ = [
+    "X_KEY",
+    "check_batch",
+    "is_mask",
+    "random_batch",
+    "read_batch",
+    "read_labelled",
+    "token_ranges",
+    "warmup_batch",
+]
+
+#: The npz key a one-input bundle's data may use instead of the input's name.
+X_KEY = "x"
+
+
+def _kinds(dtype: np.dtype[Any]) -> str:
+    """The npz dtype kinds that may hold values for an input of `dtype`."""
+    return {"f": "f", "b": "b"}.get(dtype.kind, "iu")
+
+
+def _names(specs: Sequence[InputSpec]) -> str:
+    return ", ".join(s.name for s in specs)
+
+
+def check_batch(
+    specs: Sequence[InputSpec],
+    x: Any,
+    *,
+    source: str | os.PathLike[str] | None = "input",
+    array_field: str | None = None,
+    cast: bool = False,
+) -> dict[str, np.ndarray]:
+    """`x` (a mapping of every input, or one array for a one-input bundle) checked
+    against `specs`, as ``{name: C-contiguous array}`` in spec order.
+
+    Errors are `InputError`s naming `source` and the input (`array_field` names a bare
+    array); with `cast`, widths change where no value changes (see the module docstring).
+    """
+    if isinstance(x, Mapping):
+        missing = [s.name for s in specs if s.name not in x]
+        unexpected = [str(k) for k in x if all(k != s.name for s in specs)]
+        if missing or unexpected:
+            raise InputError(
+                f"the inputs do not match the bundle's ({_names(specs)}): "
+                f"missing {missing}, unexpected {unexpected}",
+                source=source,
+            )
+        items: list[tuple[InputSpec, Any, str | None]] = [(s, x[s.name], s.name) for s in specs]
+    elif len(specs) == 1:
+        items = [(specs[0], x, array_field)]
+    else:
+        raise InputError(
+            f"the bundle has {len(specs)} inputs ({_names(specs)}): pass a mapping "
+            f"{{name: array}} holding each, not {type(x).__name__}",
+            source=source,
+        )
+    out: dict[str, np.ndarray] = {}
+    rows: tuple[str, int] | None = None
+    for spec, array, field in items:
+        array = _check_one(spec, array, source, field, cast)
+        if rows is None:
+            rows = (spec.name, array.shape[0])
+        elif array.shape[0] != rows[1]:
+            raise InputError(
+                f"has {array.shape[0]} rows, {rows[0]!r} has {rows[1]}: every input "
+                "needs the same batch size",
+                source=source,
+                field=field,
+            )
+        out[spec.name] = array
+    return out
+
+
+def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bool) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise InputError(
+            f"expected a numpy array, got {type(x).__name__}", source=source, field=field
+        )
+    want = np.dtype(spec.dtype)
+    if x.dtype != want:
+        if not cast or x.dtype.kind not in _kinds(want):
+            raise InputError(
+                f"expected dtype {want}, got {x.dtype} (convert explicitly, e.g. "
+                f"x.astype(np.{want}))",
+                source=source,
+                field=field,
+            )
+        if want.kind in "iu" and x.size:
+            info = np.iinfo(want)
+            lo, hi = int(x.min()), int(x.max())
+            if lo < info.min or hi > info.max:
+                raise InputError(
+                    f"values {lo}..{hi} do not fit the input's dtype {want}",
+                    source=source,
+                    field=field,
+                )
+        x = x.astype(want)
+    shape = tuple(int(d) for d in spec.shape[1:])
+    if x.ndim != len(spec.shape) or x.shape[1:] != shape:
+        dims = ", ".join(str(d) for d in ("B", *shape))
+        raise InputError(
+            f"expected shape [{dims}], got {list(x.shape)}", source=source, field=field
+        )
+    if x.shape[0] == 0:
+        raise InputError("empty batch (0 rows)", source=source, field=field)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
+        raise InputError(
+            f"holds NaN or infinity in {bad.size} row(s), first row {int(bad[0])}",
+            source=source,
+            field=field,
+        )
+    return np.ascontiguousarray(x)
+
+
+def read_batch(
+    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, cast: bool = False
+) -> dict[str, np.ndarray]:
+    """The model inputs held in the npz at `path` (see the module docstring), checked as
+    `check_batch` does; other arrays in the file are ignored."""
+    return _read(path, specs, labels=False, cast=cast)[0]
+
+
+def read_labelled(
+    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, cast: bool = True
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`read_batch` plus the file's integer labels ``y`` (rank 1; their count and range
+    are the caller's to check against the inputs and the classes)."""
+    inputs, y = _read(path, specs, labels=True, cast=cast)
+    return inputs, y
+
+
+def _read(
+    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, labels: bool, cast: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    keys = npz_keys(path)
+    if len(specs) == 1:
+        name = specs[0].name
+        if name != X_KEY and name in keys and X_KEY in keys:
+            raise InputError(
+                f"holds both {X_KEY!r} and {name!r}; keep one array for the input", source=path
+            )
+        key_of = {name: name if name in keys else X_KEY}
+    else:
+        key_of = {s.name: s.name for s in specs}
+    missing = [key for key in key_of.values() if key not in keys]
+    if missing:
+        if len(specs) == 1:
+            what = f"missing array {X_KEY!r} (or {specs[0].name!r}, the input's name)"
+        else:
+            what = f"missing array(s) {missing} for the bundle's inputs ({_names(specs)})"
+            if X_KEY in keys:
+                what += (
+                    f"; a bundle with several inputs reads one array per input, named as "
+                    f"the input, not {X_KEY!r}"
+                )
+        raise InputError(f"{what} (has: {sorted(keys)})", source=path, field=missing[0])
+    wanted = {key_of[s.name]: ArraySpec(_kinds(np.dtype(s.dtype)), len(s.shape)) for s in specs}
+    if labels:
+        wanted["y"] = ArraySpec("iu", 1)
+    arrays = load_npz(path, wanted)
+    if len(specs) == 1:
+        key = key_of[specs[0].name]
+        batch = check_batch(specs, arrays[key], source=path, array_field=key, cast=cast)
+    else:
+        batch = check_batch(specs, {s.name: arrays[s.name] for s in specs}, source=path, cast=cast)
+    return batch, arrays["y"] if labels else np.empty(0, np.int64)
+
+
+# ------------------------------------------------------------------ synthetic batches
+
+
+def is_mask(name: str) -> bool:
+    """Whether an input is named as an attention/padding mask (fed all ones: every token
+    counts, which is the cost a real, unpadded input pays)."""
+    return "mask" in name.lower()
+
+
+def token_ranges(bundle: Bundle) -> dict[str, int]:
+    """For each integer model input that directly indexes a constant table (a ``Gather``
+    whose data is an initializer, as an embedding does), the table's size along the
+    gathered axis: the ids that input may hold are ``0..size-1``."""
+    import onnx
+
+    ints = {s.name for s in bundle.inputs if np.dtype(s.dtype).kind in "iu"}
+    sizes: dict[str, int] = {}
+    for step in bundle.steps:
+        if not ints & set(step.inputs):
+            continue
+        try:
+            graph = onnx.load(str(step.path), load_external_data=False).graph
+        except Exception as e:  # protobuf DecodeError, unreadable file
+            raise InputError(f"not a readable ONNX model ({e})", source=step.path) from None
+        tables = {t.name: tuple(t.dims) for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in ints:
+                continue
+            dims = tables.get(node.input[0])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                name = node.input[1]
+                sizes[name] = min(sizes.get(name, dims[axis]), int(dims[axis]))
+    return sizes
+
+
+def random_batch(bundle: Bundle, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A random batch of every model input: floats standard normal; integer ids in the
+    range `token_ranges` finds (else 0..1); masks all ones; other booleans random."""
+    ranges: dict[str, int] | None = None
+    out: dict[str, np.ndarray] = {}
+    for spec in bundle.inputs:
+        shape = (batch, *(int(d) for d in spec.shape[1:]))
+        dtype = np.dtype(spec.dtype)
+        if is_mask(spec.name):
+            out[spec.name] = np.ones(shape, dtype=dtype)
+        elif dtype.kind == "f":
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            out[spec.name] = rng.random(shape) < 0.5
+        else:
+            if ranges is None:
+                ranges = token_ranges(bundle)
+            high = min(ranges.get(spec.name, 2), int(np.iinfo(dtype).max) + 1)
+            out[spec.name] = rng.integers(0, high, size=shape).astype(dtype)
+    return out
+
+
+def warmup_batch(bundle: Bundle, batch: int = 1) -> dict[str, np.ndarray]:
+    """A batch that is valid for any model without reading its graphs: zeros (id 0 is in
+    every table), masks all ones."""
+    out = {}
+    for spec in bundle.inputs:
+        shape = (batch, *(int(d) for d in spec.shape[1:]))
+        fill = 1 if is_mask(spec.name) else 0
+        out[spec.name] = np.full(shape, fill, dtype=np.dtype(spec.dtype))
+    return out
