@@ -215,31 +215,38 @@ def time_settings(
                 out.append(res)
 
 
-def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def print_header(args: argparse.Namespace) -> None:
     print(
-        f"\nfull path (AdaptiveModel, no early exit) / whole model (original ONNX); "
+        f"full path (AdaptiveModel, no early exit) / whole model (original ONNX); "
         f"{args.rounds} rotating rounds of {args.calls} calls, median ratio; steps = the "
         "steps called bare, so ratio = steps/whole (split) x full/steps (cascade)"
     )
     print(
         f"{'model':<20}{'setting':<13}{'batch':>5}{'whole ms':>10}{'steps ms':>10}"
-        f"{'full ms':>10}{'ratio':>8}  {'range':<12}{'split':>7}{'cascade':>9}{'target':>8}  result"
+        f"{'full ms':>10}{'ratio':>8}  {'range':<12}{'split':>7}{'cascade':>9}{'target':>8}  result",
+        flush=True,
     )
-    for row in rows:
-        for s in row.get("settings", []):
-            if "skipped" in s:
-                print(f"{row['model']:<20}{s['setting']:<13}skipped: {s['skipped']}")
-                continue
-            lo, hi = s["ratio_range"]
-            verdict = "hit" if s["hit"] else f"MISS ({limiter(s)})"
-            print(
-                f"{row['model']:<20}{s['setting']:<13}{s['batch']:>5}{s['whole_ms']:>10.3f}"
-                f"{s['steps_ms']:>10.3f}{s['full_ms']:>10.3f}{s['ratio']:>7.3f}x  "
-                f"{lo:.2f}-{hi:.2f}x{'':<2}{s['steps_ratio']:>6.3f}x{s['cascade_ratio']:>8.3f}x"
-                f"{s['target']:>7.2f}x  {verdict}"
-            )
-        if "error" in row:
-            print(f"{row['model']:<20}{row['error']}")
+
+
+def print_row(row: dict[str, Any]) -> None:
+    for s in row.get("settings", []):
+        if "skipped" in s:
+            print(f"{row['model']:<20}{s['setting']:<13}skipped: {s['skipped']}")
+            continue
+        lo, hi = s["ratio_range"]
+        verdict = "hit" if s["hit"] else f"MISS ({limiter(s)})"
+        print(
+            f"{row['model']:<20}{s['setting']:<13}{s['batch']:>5}{s['whole_ms']:>10.3f}"
+            f"{s['steps_ms']:>10.3f}{s['full_ms']:>10.3f}{s['ratio']:>7.3f}x  "
+            f"{lo:.2f}-{hi:.2f}x{'':<2}{s['steps_ratio']:>6.3f}x{s['cascade_ratio']:>8.3f}x"
+            f"{s['target']:>7.2f}x  {verdict}"
+        )
+    if "error" in row:
+        print(f"{row['model']:<20}{row['error']}")
+    sys.stdout.flush()
+
+
+def print_exports(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
         f"\nexport (edgeadapt export onnx, child process, {args.calibration} calibration samples)"
     )
@@ -274,15 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     args.batches = [int(x) for x in args.batches.split(",") if x]
     if args.quick:
         args.rounds, args.calls, args.calibration = 3, 5, 64
-    rows = []
+    rows: list[dict[str, Any]] = []
+    print_header(args)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            print(f"{name}: exporting and timing ...", flush=True)
             rows.append(bench_model(name, args, Path(tmp)))
-    print_table(rows, args)
-    if args.json is not None:
-        doc = {"format": "edgeadapt-bench-models", "version": 1, "quick": args.quick, "rows": rows}
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+            print_row(rows[-1])
+            if args.json is not None:  # after every model, so a cut-short run keeps its rows
+                doc = {"format": "edgeadapt-bench-models", "version": 1, "quick": args.quick}
+                tmp_json = args.json.with_name(args.json.name + ".tmp")
+                tmp_json.write_text(json.dumps(doc | {"rows": rows}, indent=2) + "\n")
+                os.replace(tmp_json, args.json)
+    print_exports(rows, args)
     return 0
 
 
