@@ -11,11 +11,17 @@ that skips states, the skipped states' steps still run (they produce the activat
 but do not decide. A row whose logits hold NaN never exits early; at the last state it
 gets ``pred = -1`` and ``conf = NaN``.
 
-Budget (``predict(x, budget_ms=B)``): the first kept state always runs (there is no
-answer before it), so a budget below its cost returns the first exit. When the next
-state is predicted not to fit, every remaining row exits with its answer at the last
-completed kept state (``budget_exit`` marks them). Predicted costs come from
-`step_costs_ms`, a profile or the plan, and measured ones are folded in (EWMA).
+Budget (``predict(x, budget_ms=B)``): with a plan, its budget table first picks the
+target, the most accurate kept state whose predicted cost fits B (the kernel's
+`Policy.lookup`, on the EWMA-corrected costs, so a budget that contention has made
+tight picks a cheaper state). An early-exit plan then runs the cascade up to that
+state, which always answers; an ensemble or branches plan runs that one member alone
+(AdaInf's direct selection of a branch). When nothing fits, or without a plan, the
+cascade walks every kept state. Either way the first state of the route always runs (there is no answer
+before it); when the next one is predicted not to fit what is left, every remaining row
+exits with its answer at the last completed state (``budget_exit`` marks them).
+Predicted costs come from `step_costs_ms`, a profile (at the plan's cost percentile) or
+the plan, and measured ones are folded in (EWMA).
 
     >>> m = AdaptiveModel.load("bundle/", thresholds=0.9)
     >>> out = m.predict(x)            # x: float32 [B, *input shape]
@@ -97,15 +103,16 @@ def _step_costs(
     bundle: Bundle,
     step_costs_ms: Sequence[float] | None,
     profile: Profile | str | os.PathLike[str] | None,
+    stat: str = "p50",
 ) -> list[float] | None:
-    """Per-step predicted latency from explicit costs or a profile (batch 1, p50)."""
+    """Per-step predicted latency from explicit costs or a profile (batch 1, `stat`)."""
     if step_costs_ms is not None and profile is not None:
         raise InputError("give step_costs_ms or a profile, not both", source="step_costs_ms")
     if profile is not None:
         if not isinstance(profile, Profile):
             profile = load_profile(profile, bundle)
         check_profile(profile, bundle)
-        return [s.get("p50") for s in profile.step_stats(1)]
+        return [s.get(stat) for s in profile.step_stats(1)]
     if step_costs_ms is None:
         return None
     costs = list(step_costs_ms)
@@ -141,13 +148,15 @@ _Feeds = tuple[tuple[str, bool], ...]
 
 class _Hop(NamedTuple):
     """One kept state as `predict` walks it, resolved once at load so the hot path only
-    unpacks tuples: the `calls` are each step's session and feeds (``(name, True)`` for
+    unpacks tuples: `slot` is its position among the kept states (the policy's index),
+    the `calls` are each step's session and feeds (``(name, True)`` for
     a model input, else an output of the step before); `carried` are the activations
     the next kept state reads and `refeed` the model inputs any later kept state reads
     (what compaction must gather: a later state may be reached without another
     compaction, when no row exits in between)."""
 
     state: int
+    slot: int
     threshold: float
     logits: str
     calls: tuple[tuple[Session, _Feeds], ...]
@@ -169,8 +178,16 @@ def _route(
         later = {n for st2 in stages[pos + 1 :] for i in st2.steps for n in bundle.steps[i].inputs}
         refeed = tuple(n for n in names if n in later)
         logits = bundle.steps[st.steps[-1]].logits
-        hops.append(_Hop(st.state, policy.threshold(pos), logits, calls, carried, refeed))
+        hops.append(_Hop(st.state, pos, policy.threshold(pos), logits, calls, carried, refeed))
     return hops
+
+
+def _budget_routes(bundle: Bundle, route: Sequence[_Hop]) -> tuple[tuple[_Hop, ...], ...]:
+    """The route `predict` walks for each target slot a budget table picks: the cascade
+    up to it (early-exit), or the target alone (ensemble, branches)."""
+    if bundle.kind == "early-exit":
+        return tuple(tuple(route[: t + 1]) for t in range(len(route)))
+    return tuple((hop,) for hop in route)
 
 
 class AdaptiveModel:
@@ -191,6 +208,11 @@ class AdaptiveModel:
         self.costs_known = costs_known
         self._buffers = decide_buffers(1)
         self._route = tuple(_route(bundle, self.sessions, self.stages, policy))
+        # With a budget table (the policy knows each kept state's accuracy), a budget
+        # picks one of these routes; without one it walks the whole route.
+        self._targets = (
+            _budget_routes(bundle, self._route) if policy.accuracies is not None else None
+        )
         self._measure = policy.measure
         # (name, dtype, shape after the batch axis, rank) of every model input, for the
         # fast acceptance in `check_inputs`
@@ -257,14 +279,26 @@ class AdaptiveModel:
         else:
             stages = [_Stage(s, (s,)) for s in kept]
 
-        per_step = _step_costs(bundle, step_costs_ms, profile)
+        stat = plan.cost_stat if plan is not None else "p50"
+        per_step = _step_costs(bundle, step_costs_ms, profile, stat)
         if per_step is not None:
             stage_costs = [sum(per_step[i] for i in st.steps) for st in stages]
         elif plan is not None:
             stage_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
         else:
             stage_costs = [0.0] * len(stages)
-        policy = Policy(kept_thresholds, stage_costs, measure=measure, cumulative=True)
+        accuracies = None
+        if plan is not None and plan.budget:
+            # Kept states without a row are dominated: never the most accurate that fits.
+            table = {row.state: row.accuracy for row in plan.budget}
+            accuracies = [table.get(st.state, 0.0) for st in stages]
+        policy = Policy(
+            kept_thresholds,
+            stage_costs,
+            measure=measure,
+            accuracies=accuracies,
+            cumulative=bundle.kind == "early-exit",
+        )
 
         rt = get_runtime(runtime, **(runtime_options or {}))
         needed = sorted({i for st in stages for i in st.steps})
@@ -405,21 +439,26 @@ class AdaptiveModel:
         budget_exit = np.zeros(b, dtype=np.bool_)
         step_ms: list[float] = []
         step_rows: list[int] = []
-        policy, measure, last = self.policy, self._measure, len(self._route) - 1
+        policy, measure, route = self.policy, self._measure, self._route
+        if budget is not None and self._targets is not None:
+            target = policy.lookup(budget)
+            if target is not None:  # else nothing fits: the first state, then out
+                route = self._targets[target]
+        last = len(route) - 1
         # `rows`: original indices of the active rows, None while every row is active;
         # pred/conf always hold each active row's answer at the last completed state.
         rows: np.ndarray | None = None
         xs, n = inputs, b  # the model inputs' rows of the active rows, and how many
         prev: dict[str, np.ndarray] = {}
-        for pos, (state, threshold, logits_name, calls, carried, refeed) in enumerate(self._route):
+        for pos, (state, slot, threshold, logits_name, calls, carried, refeed) in enumerate(route):
             if (
                 budget is not None
                 and pos > 0
-                and not policy.fits(pos, (perf_counter_ns() - start) / 1e6, budget)
+                and not policy.fits(slot, (perf_counter_ns() - start) / 1e6, budget)
             ):
-                policy.decay(pos)  # skipped, so unmeasured: drift back toward the prior
+                policy.decay(slot)  # skipped, so unmeasured: drift back toward the prior
                 done: Any = slice(None) if rows is None else rows
-                exit_state[done] = self._route[pos - 1].state
+                exit_state[done] = route[pos - 1].state
                 budget_exit[done] = True
                 break
             t0 = perf_counter_ns()
@@ -434,7 +473,7 @@ class AdaptiveModel:
                     )
                 step_ms.append(session.last_run_ns / 1e6)
                 step_rows.append(n)
-            policy.observe(pos, (perf_counter_ns() - t0) / 1e6)
+            policy.observe(slot, (perf_counter_ns() - t0) / 1e6)
             logits = prev[logits_name]
             if rows is None:
                 try:

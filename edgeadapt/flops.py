@@ -1,18 +1,27 @@
 """Analytic FLOPs/MACs of an ONNX graph, per sample, from its inferred shapes.
 
 One multiply-accumulate is one MAC and two FLOPs. Counts are per sample: every
-symbolic dimension (the batch axis) is taken as 1 before shape inference. Nodes whose
-operator is not known here count as zero and are listed in `GraphCost.unknown_ops`, so a
-report never hides that part of the graph was not counted. Ops that only move or
+symbolic dimension (the batch axis) is taken as 1 before shape inference. Shapes come
+from onnx's shape inference with data propagation; where it leaves a tensor without a
+static shape (shape arithmetic it cannot fold, as in many transformer exports), ONNX
+Runtime's symbolic shape inference fills it in. Nodes whose operator is not known here,
+or whose shapes stay unknown, count as zero and are listed in `GraphCost.unknown_ops`,
+so a report never hides that part of the graph was not counted. Ops that only move or
 reinterpret data (Reshape, Transpose, Concat, ...) are known and cost zero.
 
 Per-op conventions (output elements `E`, input elements `I`):
 Conv `E * (C_in / groups) * prod(kernel)` MACs (+ `E` bias adds; dilation and strides
 enter through the inferred output shape); ConvTranspose `I * (C_out / groups) *
-prod(kernel)` MACs; Gemm `M*N*K` MACs (+ `M*N` for C); MatMul `E * K` MACs; MaxPool and
-AveragePool `E * prod(kernel)` FLOPs; global pooling and reductions `I` FLOPs;
-BatchNormalization `2E`; Layer/Instance/GroupNormalization `5E`; Softmax `3E`;
-elementwise ops `E`.
+prod(kernel)` MACs; Gemm `M*N*K` MACs (+ `M*N` for C); MatMul (batched, broadcast) `E *
+K` MACs; Einsum the product of every index's size (two-operand contractions); attention
+as MatMul QK^T + Softmax + MatMul V counts through those nodes; the fused
+``com.microsoft`` Attention (`S*D_in*3D` projection MACs + `2*S^2*D`) and
+MultiHeadAttention / ai.onnx Attention (`S*L*(D_qk + D_v)` MACs) count the same
+products and a `3 * heads * S * L` softmax; MaxPool and AveragePool `E * prod(kernel)`
+FLOPs; global pooling and reductions `I` FLOPs; BatchNormalization `2E`;
+Layer/Instance/GroupNormalization `5E`, RMS/SimplifiedLayerNormalization `4E`,
+SkipLayerNormalization `7E`; Softmax `3E`; elementwise ops (Add, Mul, Div, Sub, Pow,
+Sqrt, Tanh, Erf, Gelu, ...) `E`, FastGelu/BiasGelu `2E`.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ _ELEMENTWISE = _ops(
     Equal Erf Exp Floor Gelu Greater GreaterOrEqual HardSigmoid HardSwish LeakyRelu Less
     LessOrEqual Log Max Mean Min Mish Mod Mul Neg Not Or PRelu Pow Reciprocal Relu Round
     Selu Sigmoid Sign Sin Sinh Softplus Softsign Sqrt Sub Sum Tan Tanh ThresholdedRelu
-    Where Xor IsNaN IsInf QuantizeLinear DequantizeLinear"""
+    Where Xor IsNaN IsInf QuantizeLinear DequantizeLinear QuickGelu Swish CumSum BitwiseAnd
+    BitwiseOr BitwiseXor BitwiseNot Shrink"""
 )
 _REDUCE = _ops(
     """GlobalAveragePool GlobalMaxPool GlobalLpPool ReduceMean ReduceSum ReduceMax ReduceMin
@@ -46,9 +56,12 @@ _FREE = _ops(
     """Reshape Flatten Transpose Squeeze Unsqueeze Concat Split Slice Gather GatherElements
     GatherND Identity Shape Size Constant ConstantOfShape Cast CastLike Dropout Pad Expand
     Tile DepthToSpace SpaceToDepth Range NonZero TopK ScatterND ScatterElements Trilu
-    OneHot EyeLike"""
+    OneHot EyeLike Optional OptionalGetElement OptionalHasElement"""
 )
 _NORM5 = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization"})
+_NORM4 = frozenset({"RMSNormalization", "SimplifiedLayerNormalization"})
+_NORM7 = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
+_BIAS_ACT = frozenset({"FastGelu", "BiasGelu", "BiasAdd"})
 _SOFTMAX = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
@@ -108,8 +121,9 @@ def _per_sample(model: onnx.ModelProto) -> onnx.ModelProto:
     return shape_inference.infer_shapes(fixed, data_prop=True)
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every tensor that has one (initializers included)."""
+def _shapes(model: onnx.ModelProto, symbolic_as_one: bool = False) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor that has one (initializers included);
+    `symbolic_as_one`: a symbolic dimension counts as 1 (the per-sample batch axis)."""
     out: dict[str, tuple[int, ...]] = {}
     g = model.graph
     for vi in [*g.input, *g.value_info, *g.output]:
@@ -118,9 +132,32 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
             dims = tt.shape.dim
             if all(d.HasField("dim_value") for d in dims):
                 out[vi.name] = tuple(int(d.dim_value) for d in dims)
+            elif symbolic_as_one and all(d.HasField("dim_value") or d.dim_param for d in dims):
+                out[vi.name] = tuple(
+                    int(d.dim_value) if d.HasField("dim_value") else 1 for d in dims
+                )
     for t in g.initializer:
         out[t.name] = tuple(int(d) for d in t.dims)
     return out
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Shapes from ONNX Runtime's symbolic shape inference ({} when it cannot run)."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        # The steps of `SymbolicShapeInference.infer_shapes`, which on a partial result
+        # writes ``sym_shape_infer_temp.onnx`` into the working directory and raises;
+        # here a partial result is kept (the rest stays unknown) and nothing is written.
+        sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        sym._preprocess(model)
+        while sym.run_:
+            sym._infer_impl()
+        sym._update_output_from_vi()
+        inferred = sym.out_mp_
+    except Exception:  # a missing or failing optional tool only leaves shapes unknown
+        return {}
+    return _shapes(inferred, symbolic_as_one=True)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -150,6 +187,16 @@ def _node_cost(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> tupl
         return 2 * e, 0
     if op in _NORM5:
         return 5 * e, 0
+    if op in _NORM4:
+        return 4 * e, 0
+    if op in _NORM7:
+        return 7 * e, 0
+    if op in _BIAS_ACT:
+        return 2 * e, 0
+    if op == "Einsum":
+        return _einsum(node, ins)
+    if op in ("Attention", "MultiHeadAttention"):
+        return _attention(node, ins, out)
     if op in _REDUCE:
         return None if first is None else (math.prod(first), 0)
     if op in ("MaxPool", "AveragePool", "LpPool"):
@@ -177,12 +224,70 @@ def _node_cost(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> tupl
         macs = e * k
         bias = e if len(node.input) > 2 and node.input[2] else 0
         return 2 * macs + bias, macs
-    if op == "MatMul":
-        if first is None:
+    if op in ("MatMul", "MatMulInteger", "FusedMatMul"):
+        second = ins[1] if len(ins) > 1 else None
+        if first is not None:
+            k = first[-1]
+        elif second is not None and len(second) >= 2:
+            k = second[-2]
+        elif second is not None:
+            k = second[0]
+        else:
             return None
-        macs = e * first[-1]
+        macs = e * k
         return 2 * macs, macs
     return None
+
+
+def _einsum(node: onnx.NodeProto, ins: list[tuple[int, ...] | None]) -> tuple[int, int] | None:
+    """A contraction's MACs: the product of the sizes of every index it names."""
+    raw = _attr(node, "equation", b"")
+    equation = raw.decode() if isinstance(raw, bytes) else str(raw)
+    lhs = equation.replace(" ", "").split("->")[0]
+    terms = lhs.split(",")
+    if "." in lhs or len(terms) != len(ins) or any(i is None for i in ins):
+        return None
+    sizes: dict[str, int] = {}
+    for term, shape in zip(terms, ins, strict=True):
+        assert shape is not None
+        if len(term) != len(shape):
+            return None
+        for letter, dim in zip(term, shape, strict=True):
+            sizes[letter] = max(sizes.get(letter, 1), dim)
+    macs = math.prod(sizes.values())
+    return (2 * macs, macs) if len(terms) > 1 else (macs, 0)
+
+
+def _attention(
+    node: onnx.NodeProto, ins: list[tuple[int, ...] | None], out: tuple[int, ...]
+) -> tuple[int, int] | None:
+    """Fused attention: QK^T and AV products plus a softmax over every score."""
+    q = ins[0] if ins else None
+    if q is None:
+        return None
+    if node.domain == "com.microsoft" and node.op_type == "Attention":
+        w = ins[1] if len(ins) > 1 else None  # [D_in, 3 * D] packed QKV weights
+        if w is None or len(q) != 3:
+            return None
+        s, d = q[1], w[1] // 3
+        heads = int(_attr(node, "num_heads", 1))
+        macs = s * q[2] * w[1] + 2 * s * s * d
+        return 2 * macs + w[1] * s + 3 * heads * s * s, macs
+    k = ins[1] if len(ins) > 1 else None
+    v = ins[2] if len(ins) > 2 else None
+    if k is None or v is None or len(q) != len(k):
+        return None
+    if len(q) == 4:  # [B, heads, S, E] (ai.onnx Attention)
+        heads, s, e = q[1], q[2], q[3]
+        length, ev = k[2], v[3]
+        macs = heads * s * length * (e + ev)
+    elif len(q) == 3:  # [B, S, heads * E]
+        heads = int(_attr(node, "num_heads", _attr(node, "q_num_heads", 1)))
+        s, length = q[1], k[1]
+        macs = s * length * (q[2] + v[2])
+    else:
+        return None
+    return 2 * macs + 3 * heads * s * length, macs
 
 
 def count_flops(model: onnx.ModelProto) -> GraphCost:
@@ -193,6 +298,9 @@ def count_flops(model: onnx.ModelProto) -> GraphCost:
     """
     inferred = _per_sample(model)
     shapes = _shapes(inferred)
+    produced = [o for n in inferred.graph.node for o in n.output if o]
+    if any(o not in shapes for o in produced):
+        shapes = {**_symbolic_shapes(inferred), **shapes}
     nodes = []
     for i, node in enumerate(inferred.graph.node):
         cost = _node_cost(node, shapes)

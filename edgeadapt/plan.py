@@ -27,7 +27,8 @@ the record of how well the plan did and is shown by reports.
   "promise": {"max_drop", "delta", "n", "tested", "passed", "p_value", "losses",
               "required_n", "holds", "method", "assumption"},   # risk-controlled plans
   "static": {"cost_ms": 0.74},                   # optional: the measured whole model
-  "fallback": "no plan of several states ..."    # optional: why only the static model
+  "fallback": "no plan of several states ...",   # optional: why only the static model
+  "cost_stat": "p90"                             # optional (default p50): cost percentile
 }
 ```
 
@@ -72,6 +73,8 @@ MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
 MEASURES = tuple(MEASURE_RANGES)
 KINDS = ("early-exit", "ensemble", "branches")
 SEARCH_METHODS = ("exhaustive",)
+#: Profile percentiles a plan's costs may be taken at (``cost_stat``, default p50).
+COST_STATS = ("p50", "p90", "p99")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -126,6 +129,8 @@ class Plan:
     promise: Promise | None = None
     #: Why the plan keeps the static model alone, when it does for a reason.
     fallback: str | None = None
+    #: The profile percentile the costs (and so the budget table) are taken at.
+    cost_stat: str = "p50"
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -225,6 +230,8 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         doc["static"] = {"cost_ms": plan.static_ms}
     if plan.fallback is not None:
         doc["fallback"] = plan.fallback
+    if plan.cost_stat != "p50":
+        doc["cost_stat"] = plan.cost_stat
     return doc
 
 
@@ -370,6 +377,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         static_ms=static,
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
         fallback=f.get("fallback", str, None),
+        cost_stat=f.get("cost_stat", str, "p50", check=_one_of(COST_STATS)),
     )
 
 

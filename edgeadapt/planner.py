@@ -56,7 +56,15 @@ import numpy as np
 from edgeadapt.calibrate import Calibration, calibrate, required_correct, simulate
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
-from edgeadapt.plan import KINDS, MEASURE_RANGES, MEASURES, BudgetRow, Plan, SplitFigures
+from edgeadapt.plan import (
+    COST_STATS,
+    KINDS,
+    MEASURE_RANGES,
+    MEASURES,
+    BudgetRow,
+    Plan,
+    SplitFigures,
+)
 from edgeadapt.risk import Promise, RiskControlled, risk_control
 from edgeadapt.stats import drop_upper_bound
 
@@ -354,6 +362,7 @@ def make_plan(
     delta: float = 0.05,
     static_ms: float | None = None,
     calibration: str = "risk",
+    cost_stat: str = "p50",
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
 
@@ -365,6 +374,8 @@ def make_plan(
     """
     costs = np.asarray(state_costs_ms, dtype=np.float64)
     measure = _measure(calib, heldout, measure)
+    if cost_stat not in COST_STATS:
+        raise InputError(f"must be one of {list(COST_STATS)}, got {cost_stat!r}", field="cost_stat")
     _check_args(
         calib,
         heldout,
@@ -459,6 +470,7 @@ def make_plan(
         promise=promise,
         static_ms=None if static_ms is None else float(static_ms),
         fallback=fallback,
+        cost_stat=cost_stat,
     )
 
 
@@ -514,6 +526,7 @@ def plan_bundle(
     delta: float = 0.05,
     static_ms: float | None = None,
     calibration: str = "risk",
+    cost_stat: str = "p50",
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
@@ -532,6 +545,7 @@ def plan_bundle(
         delta=delta,
         static_ms=static_ms,
         calibration=calibration,
+        cost_stat=cost_stat,
     )
 
 
@@ -544,6 +558,7 @@ class ProfileCosts:
     state_ms: tuple[float, ...]
     static_ms: float | None
     order: str
+    stat: str = "p50"
 
     @property
     def note(self) -> str | None:
@@ -557,12 +572,17 @@ class ProfileCosts:
         )
 
 
-def profile_costs(profile: Profile, bundle: Bundle) -> ProfileCosts:
-    """The state costs and the static baseline of `profile` for `bundle` (checked)."""
+def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> ProfileCosts:
+    """The state costs and the static baseline of `profile` for `bundle` (checked), at
+    batch 1 and the percentile `stat` (p50, p90 or p99: a plan made on p90 costs keeps
+    budgets with fewer misses)."""
     from edgeadapt.profile import state_costs, static_cost
 
+    if stat not in COST_STATS:
+        raise InputError(f"must be one of {list(COST_STATS)}, got {stat!r}", field="cost_stat")
     return ProfileCosts(
-        state_ms=tuple(state_costs(profile, bundle)),
-        static_ms=static_cost(profile, bundle),
+        state_ms=tuple(state_costs(profile, bundle, stat=stat)),
+        static_ms=static_cost(profile, bundle, stat=stat),
         order=profile.order,
+        stat=stat,
     )

@@ -67,27 +67,44 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def with_dynamic_batch(model: onnx.ModelProto, source: str | os.PathLike[str]) -> onnx.ModelProto:
-    """A copy whose single input has the dynamic batch axis ``batch``, shapes inferred."""
+def with_dynamic_batch(
+    model: onnx.ModelProto, source: str | os.PathLike[str], *, single: bool = True
+) -> onnx.ModelProto:
+    """A copy whose inputs have the dynamic batch axis ``batch``, shapes inferred
+    (`single`: refuse a model with more than one input)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inputs = graph_inputs(out)
-    if len(inputs) != 1:
+    if not inputs or (single and len(inputs) != 1):
         names = [i.name for i in inputs]
         raise InputError(f"expected a model with exactly one input, got {names}", source=source)
-    tt = inputs[0].type.tensor_type
-    if not inputs[0].type.HasField("tensor_type") or not tt.HasField("shape") or not tt.shape.dim:
-        raise InputError(f"input {inputs[0].name!r} has no shape", source=source)
-    if tt.shape.dim[0].dim_param != BATCH:
-        tt.shape.dim[0].Clear()
-        tt.shape.dim[0].dim_param = BATCH
+    changed = False
+    for vi in inputs:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape") or not tt.shape.dim:
+            raise InputError(f"input {vi.name!r} has no shape", source=source)
+        if tt.shape.dim[0].dim_param != BATCH:
+            tt.shape.dim[0].Clear()
+            tt.shape.dim[0].dim_param = BATCH
+            changed = True
+    if changed:
         del out.graph.value_info[:]
         for o in out.graph.output:
             dims = o.type.tensor_type.shape.dim
             if dims:
                 dims[0].Clear()
                 dims[0].dim_param = BATCH
-    return infer(out, source)
+    try:
+        return infer(out, source)
+    except InputError as e:
+        if not changed:
+            raise
+        raise InputError(
+            f"this model cannot run at another batch size: {e} (its graph fixes the batch "
+            "size, e.g. a Reshape to a constant shape; export it with a dynamic batch axis: "
+            "torch.onnx.export(..., dynamic_axes=...) or dynamic_shapes=...)",
+            source=source,
+        ) from None
 
 
 def infer(model: onnx.ModelProto, source: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -100,22 +117,29 @@ def infer(model: onnx.ModelProto, source: str | os.PathLike[str]) -> onnx.ModelP
         raise InputError(f"shape inference failed: {e}", source=source) from None
 
 
+def input_specs(model: onnx.ModelProto, source: str | os.PathLike[str]) -> list[InputSpec]:
+    """The bundle input specs of a model prepared by `with_dynamic_batch`."""
+    specs = []
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        dims: list[int | str] = [BATCH]
+        for k, d in enumerate(tt.shape.dim[1:], 1):
+            if not d.HasField("dim_value"):
+                raise InputError(
+                    f"input {vi.name!r} axis {k} is not static ({d.dim_param or '?'}); only "
+                    "the batch axis may be dynamic",
+                    source=source,
+                )
+            dims.append(int(d.dim_value))
+        if tt.elem_type not in _NP_DTYPES:
+            raise InputError(f"input {vi.name!r} has an unsupported element type", source=source)
+        specs.append(InputSpec(vi.name, tuple(dims), _NP_DTYPES[tt.elem_type]))
+    return specs
+
+
 def input_spec(model: onnx.ModelProto, source: str | os.PathLike[str]) -> InputSpec:
-    """The bundle input spec of a model prepared by `with_dynamic_batch`."""
-    vi = graph_inputs(model)[0]
-    tt = vi.type.tensor_type
-    dims: list[int | str] = [BATCH]
-    for k, d in enumerate(tt.shape.dim[1:], 1):
-        if not d.HasField("dim_value"):
-            raise InputError(
-                f"input {vi.name!r} axis {k} is not static ({d.dim_param or '?'}); only the "
-                "batch axis may be dynamic",
-                source=source,
-            )
-        dims.append(int(d.dim_value))
-    if tt.elem_type not in _NP_DTYPES:
-        raise InputError(f"input {vi.name!r} has an unsupported element type", source=source)
-    return InputSpec(vi.name, tuple(dims), _NP_DTYPES[tt.elem_type])
+    """The input spec of a one-input model prepared by `with_dynamic_batch`."""
+    return input_specs(model, source)[0]
 
 
 def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -222,7 +246,7 @@ def session(model: onnx.ModelProto):  # -> onnxruntime.InferenceSession
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures are re-raised with a message of our own
     return ort.InferenceSession(
         model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
     )
@@ -253,13 +277,22 @@ def run_batched(
     return [np.concatenate(p) for p in parts]
 
 
-def worst_error(got: np.ndarray, want: np.ndarray) -> tuple[float, bool]:
-    """(max abs error, whether all elements are within RTOL/ATOL)."""
+def tolerance(want: np.ndarray, rtol: float, atol: float) -> float:
+    """The absolute tolerance for a comparison with `want`: `rtol` times the largest
+    magnitude in `want`, at least `atol` (logits near zero get the scale of the others)."""
+    peak = float(np.max(np.abs(want))) if want.size else 0.0
+    return max(atol, rtol * peak)
+
+
+def worst_error(
+    got: np.ndarray, want: np.ndarray, rtol: float = RTOL, atol: float = ATOL
+) -> tuple[float, bool]:
+    """(max abs error, whether it is within `tolerance(want, rtol, atol)`)."""
     if got.shape != want.shape:
         return float("inf"), False
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    ok = bool(np.all(err <= ATOL + RTOL * np.abs(want.astype(np.float64))))
-    return float(err.max()) if err.size else 0.0, ok
+    worst = float(err.max()) if err.size else 0.0
+    return worst, bool(np.all(np.isfinite(err))) and worst <= tolerance(want, rtol, atol)
 
 
 def example_inputs(spec: InputSpec, seed: int = 0) -> list[np.ndarray]:
@@ -267,3 +300,43 @@ def example_inputs(spec: InputSpec, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     shape = tuple(int(d) for d in spec.shape[1:])
     return [rng.standard_normal((b, *shape)).astype(spec.dtype) for b in (1, 7)]
+
+
+def _index_bound(model: onnx.ModelProto, name: str) -> int:
+    """Exclusive upper bound for random values of an integer input: the smallest table
+    it indexes with Gather (a vocabulary), else 2 (a 0/1 mask or type id)."""
+    sizes = {t.name: list(t.dims) for t in model.graph.initializer}
+    bounds = []
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
+            dims = sizes.get(node.input[0])
+            if dims:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                bounds.append(int(dims[axis]))
+    return min(bounds) if bounds else 2
+
+
+def example_feeds(
+    model: onnx.ModelProto, specs: Sequence[InputSpec], seed: int = 0, batches=(1, 7)
+) -> list[dict[str, np.ndarray]]:
+    """Random feeds for every input at each batch size in `batches`: floats are normal,
+    integer inputs lie below the table they index; a ``*mask*`` input keeps a random
+    prefix of at least one token."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in batches:
+        feeds = {}
+        for spec in specs:
+            shape = (b, *(int(d) for d in spec.shape[1:]))
+            kind = np.dtype(spec.dtype).kind
+            if kind == "f":
+                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            elif "mask" in spec.name.lower() and len(shape) == 2:
+                keep = rng.integers(1, shape[1] + 1, size=b)
+                mask = np.arange(shape[1])[None, :] < keep[:, None]
+                feeds[spec.name] = mask.astype(spec.dtype)
+            else:
+                high = _index_bound(model, spec.name)
+                feeds[spec.name] = rng.integers(0, high, size=shape).astype(spec.dtype)
+        out.append(feeds)
+    return out

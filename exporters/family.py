@@ -72,7 +72,7 @@ def export_family(
     first = None
     for path in paths:
         original = _graph.load_source(path)
-        model = _graph.with_dynamic_batch(original, path)
+        model = _graph.with_dynamic_batch(original, path, single=True)
         spec = _graph.input_spec(model, path)
         if len(model.graph.output) != 1:
             outs = [o.name for o in model.graph.output]

@@ -1,13 +1,22 @@
-"""Trained linear exit heads: pooled or flattened activations -> softmax regression.
+"""Trained linear exit heads: pooled activations -> standardised ridge-regression logits.
 
-A head is trained with numpy on the activations at a cut (computed with ONNX Runtime
-from a calibration set), then built as a small ONNX graph (GlobalAveragePool or
-Flatten, then Gemm) and composed into the step with `onnx.compose` under a name prefix,
-so the step outputs both the activation and the head's logits.
+A head is fitted from the activations at a cut, which the exporter streams through in
+batches: each batch is pooled to a feature vector per sample and folded into float64
+sufficient statistics (sums, ``X^T X``, per-class sums), so memory stays bounded by the
+feature count, not by the calibration set. A held-out part of the calibration samples
+(kept as features) chooses the ridge strength and a softmax temperature, and gives the
+head's held-out accuracy next to its training accuracy.
+
+The head is built as a small ONNX graph (pooling, then ``(features - mean) * scale``,
+then Gemm) and appended to the step under a name prefix (`onnx.compose.add_prefix`). The
+standardisation stays a separate affine op instead of being folded into the weights: a
+feature with a tiny spread would otherwise get a huge weight, and float32 inference
+would drift from the float64 fit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,38 +26,253 @@ from onnx import compose, helper, numpy_helper
 
 from edgeadapt.bundle import BATCH
 
-#: With ``pool="auto"``, activations with at most this many values per sample are
-#: flattened (keeping position information); larger ones are globally average-pooled.
-FLATTEN_MAX_FEATURES = 4096
-POOLS = ("auto", "gap", "flatten")
+#: With ``pool="auto"``, per-channel activations with at most this many values per
+#: sample are flattened (keeping position information); larger ones are average-pooled.
+#: The fit costs O(features^3) (an eigendecomposition: ~2 s at 2048 on one core, ~30 s
+#: at 4096), so flattening stays at moderate sizes.
+FLATTEN_MAX_FEATURES = 2048
+POOLS = ("auto", "gap", "flatten", "cls", "mean")
+#: Pools for token sequences ``[batch, tokens, hidden]``.
+TOKEN_POOLS = ("cls", "mean")
+#: Ridge strengths tried (relative to the unit variance of standardised features).
+RIDGE_GRID = tuple(float(v) for v in np.logspace(-4, 3, 15))
+#: Share of the calibration samples held out to choose the ridge strength.
+HELDOUT_FRACTION = 0.2
+#: At most this many samples are held out (kept as features); the rest train.
+MAX_HELDOUT = 5000
+#: Training accuracy is measured on at most this many training samples (kept as features).
+MAX_TRAIN_KEPT = 4096
+#: Training accuracy above held-out accuracy by more than this is reported as overfitting.
+OVERFIT_GAP = 0.15
 
 
 @dataclass(frozen=True)
 class LinearHead:
-    """A trained head: ``logits = features(act) @ weight + bias``."""
+    """A trained head: ``logits = ((features(act) - mean) * scale) @ weight + bias``."""
 
-    pool: str  # "gap" or "flatten"
+    pool: str  # "gap", "flatten", "cls" or "mean"
+    mean: np.ndarray  # [features], float32
+    scale: np.ndarray  # [features], float32
     weight: np.ndarray  # [features, classes], float32
     bias: np.ndarray  # [classes], float32
     train_accuracy: float
+    heldout_accuracy: float
+    train_samples: int
+    heldout_samples: int
+    ridge: float
+    temperature: float
+    mask: str | None = None  # the graph input masking tokens for pool "mean"
+    prefix: int = 0  # tokens before the masked ones ([CLS] prepended), always counted
+
+    @property
+    def overfit(self) -> bool:
+        return self.train_accuracy - self.heldout_accuracy > OVERFIT_GAP
+
+    def predict(self, feats: np.ndarray) -> np.ndarray:
+        """float64 logits of feature rows, as the ONNX head computes them."""
+        z = (feats.astype(np.float64) - self.mean) * self.scale
+        return z @ self.weight.astype(np.float64) + self.bias
 
 
-def choose_pool(tail: tuple[int, ...], pool: str) -> str:
-    """The pooling for an activation of per-sample shape `tail`."""
+def is_token_sequence(tail: tuple[int, ...], input_rank: int, integer_input: bool) -> bool:
+    """Whether an activation of per-sample shape `tail` is ``[tokens, hidden]``: a rank-3
+    activation of a token-id model, or one whose rank differs from a float input's (a
+    ViT's ``[B, T, H]`` from ``[B, C, H, W]`` images); a CNN keeps its input's rank."""
+    if len(tail) != 2:
+        return False
+    return integer_input or input_rank != 3
+
+
+def choose_pool(tail: tuple[int, ...], pool: str, *, tokens: bool = False) -> str:
+    """The pooling for an activation of per-sample shape `tail` (``tokens``: it is a
+    ``[tokens, hidden]`` sequence, pooled by ``auto`` as a mean over tokens)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if pool in TOKEN_POOLS:
+        if len(tail) != 2:
+            raise ValueError(
+                f"pool {pool!r} needs a [batch, tokens, hidden] activation, got per-sample "
+                f"shape {list(tail)}"
+            )
+        return pool
     if len(tail) < 2:
         return "flatten"
     if pool == "auto":
+        if tokens:
+            return "mean"
         return "flatten" if int(np.prod(tail)) <= FLATTEN_MAX_FEATURES else "gap"
     return pool
 
 
-def features(act: np.ndarray, pool: str) -> np.ndarray:
-    """The head's input features, computed exactly as the ONNX head computes them."""
+def features(
+    act: np.ndarray, pool: str, mask: np.ndarray | None = None, prefix: int = 0
+) -> np.ndarray:
+    """The head's input features (float64), computed as the ONNX head computes them.
+
+    For ``mean`` with a `mask` ``[B, T - prefix]``, the first `prefix` tokens (a
+    prepended [CLS]) always count."""
+    act = np.asarray(act, dtype=np.float64)
+    if pool == "cls":
+        return act[:, 0, :]
+    if pool == "mean":
+        if mask is None:
+            return act.mean(axis=1)
+        m = np.asarray(mask, dtype=np.float64).reshape(len(act), -1)
+        m = np.concatenate([np.ones((len(act), prefix)), m], axis=1).reshape(len(act), 1, -1)
+        total = (m @ act).reshape(len(act), -1)
+        count = np.maximum(m.sum(axis=2), 1.0)
+        return total / count
     if act.ndim > 2 and pool == "gap":
         act = act.mean(axis=tuple(range(2, act.ndim)))
     return act.reshape(len(act), -1)
+
+
+class HeadFitter:
+    """Accumulates one cut's features batch by batch; `fit` returns the trained head.
+
+    `heldout` marks, per calibration sample (in stream order), the samples held out.
+    """
+
+    def __init__(self, num_classes: int, pool: str, heldout: np.ndarray) -> None:
+        self.num_classes = num_classes
+        self.pool = pool
+        self.heldout = np.asarray(heldout, dtype=bool)
+        self._n = 0
+        self._sum: np.ndarray | None = None
+        self._gram: np.ndarray | None = None
+        self._class_sum: np.ndarray | None = None
+        self._counts = np.zeros(num_classes, dtype=np.int64)
+        self._held_x: list[np.ndarray] = []
+        self._held_y: list[np.ndarray] = []
+        self._kept_x: list[np.ndarray] = []
+        self._kept_y: list[np.ndarray] = []
+        self._kept = 0
+        self._seen = 0
+
+    def add(self, feats: np.ndarray, y: np.ndarray) -> None:
+        """Fold the next batch (features `feats` [b, d], labels `y` [b]) in."""
+        feats = np.asarray(feats, dtype=np.float64)
+        held = self.heldout[self._seen : self._seen + len(feats)]
+        self._seen += len(feats)
+        if held.any():
+            self._held_x.append(feats[held].astype(np.float32))
+            self._held_y.append(y[held])
+        x, yt = feats[~held], y[~held]
+        if not len(x):
+            return
+        if self._sum is None:
+            d = x.shape[1]
+            self._sum = np.zeros(d)
+            self._gram = np.zeros((d, d))
+            self._class_sum = np.zeros((d, self.num_classes))
+        assert self._gram is not None
+        assert self._class_sum is not None
+        self._n += len(x)
+        self._sum += x.sum(axis=0)
+        self._gram += x.T @ x
+        onehot = np.zeros((len(x), self.num_classes))
+        onehot[np.arange(len(x)), yt] = 1.0
+        self._class_sum += x.T @ onehot
+        self._counts += np.bincount(yt, minlength=self.num_classes)
+        room = MAX_TRAIN_KEPT - self._kept
+        if room > 0:
+            self._kept_x.append(x[:room].astype(np.float32))
+            self._kept_y.append(yt[:room])
+            self._kept += min(room, len(x))
+
+    def fit(self) -> LinearHead:
+        """Choose the ridge strength on the held-out samples, refit on all samples,
+        fit a softmax temperature on the held-out predictions."""
+        if self._sum is None or not self._held_x:
+            raise ValueError("a head needs training and held-out samples")
+        assert self._gram is not None
+        assert self._class_sum is not None
+        hx = np.concatenate(self._held_x).astype(np.float64)
+        hy = np.concatenate(self._held_y)
+        n, s, g, cs, counts = self._n, self._sum, self._gram, self._class_sum, self._counts
+        mean, scale, corr, target, prior = _standardised(n, s, g, cs, counts)
+        vals, vecs = np.linalg.eigh(corr)
+        vals = np.clip(vals, 0.0, None)
+        p = ((hx - mean) * scale) @ vecs
+        q = vecs.T @ target
+        scores = []
+        for lam in RIDGE_GRID:
+            pred = (p / (vals + lam)) @ q + prior
+            scores.append(float(np.mean(pred.argmax(axis=1) == hy)))
+        best = max(scores)
+        # Among equally accurate strengths, the strongest: the least overfitted.
+        k = max(i for i, sc in enumerate(scores) if sc == best)
+        lam = RIDGE_GRID[k]
+        temperature = _temperature((p / (vals + lam)) @ q + prior, hy)
+        # Refit on every sample with the chosen strength.
+        onehot = np.zeros((len(hx), self.num_classes))
+        onehot[np.arange(len(hx)), hy] = 1.0
+        n_all = n + len(hx)
+        counts_all = counts + np.bincount(hy, minlength=self.num_classes)
+        mean, scale, corr, target, prior = _standardised(
+            n_all, s + hx.sum(axis=0), g + hx.T @ hx, cs + hx.T @ onehot, counts_all
+        )
+        w = np.linalg.solve(corr + lam * np.eye(len(corr)), target)
+        weight = (temperature * w).astype(np.float32)
+        bias = (temperature * prior).astype(np.float32)
+        mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
+        head = LinearHead(
+            self.pool,
+            mean32,
+            scale32,
+            weight,
+            bias,
+            train_accuracy=0.0,
+            heldout_accuracy=best,
+            train_samples=n,
+            heldout_samples=len(hx),
+            ridge=lam,
+            temperature=temperature,
+        )
+        kx, ky = np.concatenate(self._kept_x), np.concatenate(self._kept_y)
+        train_acc = float(np.mean(head.predict(kx).argmax(axis=1) == ky))
+        return LinearHead(**{**head.__dict__, "train_accuracy": train_acc})
+
+
+def _standardised(
+    n: int, s: np.ndarray, gram: np.ndarray, class_sum: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From sufficient statistics: (mean, scale, the standardised covariance (the
+    features' correlation matrix), standardised class cross-covariance, class priors)."""
+    mean = s / n
+    cov = gram / n - np.outer(mean, mean)
+    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    # A feature that barely varies would get a huge scale; clamp its spread to a small
+    # share of the typical one so standardised values stay O(1).
+    floor = max(1e-3 * float(np.sqrt(np.mean(sd**2))), 1e-12)
+    scale = 1.0 / np.maximum(sd, floor)
+    corr = cov * np.outer(scale, scale)
+    prior = counts / n
+    target = (class_sum / n - np.outer(mean, prior)) * scale[:, None]
+    return mean, scale, (corr + corr.T) / 2, target, prior
+
+
+def _temperature(pred: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature (a scale on the ridge outputs) with the least held-out
+    negative log-likelihood, so exit confidences are probabilities, not raw scores."""
+    best, best_nll = 1.0, math.inf
+    for t in np.logspace(-1, 3, 81):
+        z = t * pred
+        z -= z.max(axis=1, keepdims=True)
+        nll = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+        if nll < best_nll:
+            best, best_nll = float(t), nll
+    return best
+
+
+def heldout_mask(n: int, seed: int = 0) -> np.ndarray:
+    """Which of `n` calibration samples are held out: a seeded random share."""
+    if n < 2:
+        raise ValueError("need at least 2 samples to hold some out")
+    k = min(max(1, round(HELDOUT_FRACTION * n)), MAX_HELDOUT, n - 1)
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n)[:k]] = True
+    return mask
 
 
 def train_linear_head(
@@ -57,68 +281,94 @@ def train_linear_head(
     num_classes: int,
     pool: str,
     *,
-    l2: float = 1e-2,
-    steps: int = 100,
-    lr: float = 0.05,
+    mask: np.ndarray | None = None,
+    seed: int = 0,
 ) -> LinearHead:
-    """Fit multinomial logistic regression (full-batch Adam, L2) on standardised features;
-    the standardisation is folded into the returned weights."""
-    x = features(act, pool).astype(np.float32)
-    mu = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    sd = x.std(axis=0, dtype=np.float64).astype(np.float32) + np.float32(1e-6)
-    z = (x - mu) / sd
-    n, d = z.shape
-    onehot = np.eye(num_classes, dtype=np.float32)[y]
-    w = np.zeros((d, num_classes), dtype=np.float32)
-    b = np.zeros(num_classes, dtype=np.float32)
-    mw, vw, mb, vb = np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)
-    beta1, beta2 = 0.9, 0.999
-    for t in range(1, steps + 1):
-        logits = z @ w + b
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        g = (p - onehot) / n
-        gw = z.T @ g + l2 * w
-        gb = g.sum(axis=0)
-        mw = beta1 * mw + (1 - beta1) * gw
-        vw = beta2 * vw + (1 - beta2) * gw**2
-        mb = beta1 * mb + (1 - beta1) * gb
-        vb = beta2 * vb + (1 - beta2) * gb**2
-        c1, c2 = 1 - beta1**t, 1 - beta2**t
-        w -= lr * (mw / c1) / (np.sqrt(vw / c2) + 1e-8)
-        b -= lr * (mb / c1) / (np.sqrt(vb / c2) + 1e-8)
-    weight = w / sd[:, None]
-    bias = b - (mu / sd) @ w
-    acc = float(np.mean(np.argmax(x @ weight + bias, axis=1) == y))
-    return LinearHead(pool, weight.astype(np.float32), bias.astype(np.float32), acc)
+    """Fit a head on activations held in memory (the exporter streams `HeadFitter`)."""
+    fitter = HeadFitter(num_classes, pool, heldout_mask(len(act), seed))
+    fitter.add(features(act, pool, mask), np.asarray(y, dtype=np.int64))
+    return fitter.fit()
+
+
+def overfit_message(head: LinearHead, where: str) -> str | None:
+    """A warning text when `head` is overfitted (training accuracy well above held-out)."""
+    if not head.overfit:
+        return None
+    return (
+        f"the trained head at {where!r} may be overfitted: training accuracy "
+        f"{head.train_accuracy:.3f} vs held-out {head.heldout_accuracy:.3f} "
+        f"({head.train_samples} training, {head.heldout_samples} held-out samples); "
+        "give more calibration samples or use a pooled head (pool)"
+    )
 
 
 def head_graph(
-    head: LinearHead, rank: int, opset: Sequence[onnx.OperatorSetIdProto], ir_version: int
+    head: LinearHead,
+    act_shape: Sequence[int | str],
+    opset: Sequence[onnx.OperatorSetIdProto],
+    ir_version: int,
 ) -> onnx.ModelProto:
-    """The head as its own model: input ``act`` of rank `rank`, output ``logits``."""
+    """The head as its own model: input ``act`` of shape `act_shape` (and ``mask``
+    ``[batch, tokens]`` for a masked mean), output ``logits``."""
+    rank = len(act_shape)
     nodes = []
+    inits = [
+        numpy_helper.from_array(head.mean, "mean"),
+        numpy_helper.from_array(head.scale, "scale"),
+        numpy_helper.from_array(head.weight, "weight"),
+        numpy_helper.from_array(head.bias, "bias"),
+    ]
+    inputs = [helper.make_tensor_value_info("act", onnx.TensorProto.FLOAT, list(act_shape))]
     src = "act"
-    if rank > 2 and head.pool == "gap":
+    if head.pool == "cls":
+        inits.append(numpy_helper.from_array(np.array(0, np.int64), "first"))
+        nodes.append(helper.make_node("Gather", [src, "first"], ["pooled"], axis=1))
+        src = "pooled"
+    elif head.pool == "mean" and head.mask is None:
+        # Mean over tokens as a global average pool over [batch, hidden, tokens]:
+        # opset-independent (ReduceMean's axes moved from attribute to input).
+        nodes.append(helper.make_node("Transpose", [src], ["tokens_last"], perm=[0, 2, 1]))
+        nodes.append(helper.make_node("GlobalAveragePool", ["tokens_last"], ["pooled"]))
+        src = "pooled"
+    elif head.pool == "mean":
+        tokens = act_shape[1]
+        inputs.append(
+            helper.make_tensor_value_info(
+                "mask", onnx.TensorProto.INT64, [BATCH, int(tokens) - head.prefix]
+            )
+        )
+        inits += [
+            numpy_helper.from_array(np.array([0, head.prefix, 0, 0], np.int64), "prefix_pads"),
+            numpy_helper.from_array(np.array([0, 1, -1], np.int64), "row_shape"),
+            numpy_helper.from_array(np.ones((int(tokens), 1), np.float32), "ones"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        ]
+        nodes += [
+            helper.make_node("Cast", ["mask"], ["mask_f"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Pad", ["mask_f", "prefix_pads", "one"], ["mask_full"]),
+            helper.make_node("Reshape", ["mask_full", "row_shape"], ["mask_row"]),
+            helper.make_node("MatMul", ["mask_row", src], ["masked_sum"]),
+            helper.make_node("MatMul", ["mask_row", "ones"], ["mask_count"]),
+            helper.make_node("Max", ["mask_count", "one"], ["mask_count1"]),
+            helper.make_node("Div", ["masked_sum", "mask_count1"], ["pooled"]),
+        ]
+        src = "pooled"
+    elif rank > 2 and head.pool == "gap":
         nodes.append(helper.make_node("GlobalAveragePool", [src], ["pooled"]))
         src = "pooled"
-    nodes.append(helper.make_node("Flatten", [src], ["features"], axis=1))
-    nodes.append(helper.make_node("Gemm", ["features", "weight", "bias"], ["logits"]))
+    nodes += [
+        helper.make_node("Flatten", [src], ["features"], axis=1),
+        helper.make_node("Sub", ["features", "mean"], ["centred"]),
+        helper.make_node("Mul", ["centred", "scale"], ["standardised"]),
+        helper.make_node("Gemm", ["standardised", "weight", "bias"], ["logits"]),
+    ]
     classes = head.weight.shape[1]
     graph = helper.make_graph(
         nodes,
         "exit_head",
-        [
-            helper.make_tensor_value_info(
-                "act", onnx.TensorProto.FLOAT, [BATCH, *["d"] * (rank - 1)]
-            )
-        ],
+        inputs,
         [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [BATCH, classes])],
-        initializer=[
-            numpy_helper.from_array(head.weight, "weight"),
-            numpy_helper.from_array(head.bias, "bias"),
-        ],
+        initializer=inits,
     )
     return helper.make_model(graph, opset_imports=list(opset), ir_version=ir_version)
 
@@ -126,15 +376,31 @@ def head_graph(
 def attach_head(
     stage: onnx.ModelProto, cut: str, head: LinearHead, prefix: str
 ) -> tuple[onnx.ModelProto, str]:
-    """Compose `head` onto the stage's output `cut`; return the step and its logits name.
+    """Append `head` to the stage's output `cut`; return the step and its logits name.
 
     The head's names get `prefix` so they cannot collide with the stage's; the step
-    keeps `cut` as an output for the next step.
+    keeps `cut` as an output for the next step. A masked-mean head reads the stage's
+    input `head.mask`, which the stage must list among its inputs.
     """
-    rank = len(next(o for o in stage.graph.output if o.name == cut).type.tensor_type.shape.dim)
+    out = next(o for o in stage.graph.output if o.name == cut)
+    shape: list[int | str] = [
+        int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or f"d{k}")
+        for k, d in enumerate(out.type.tensor_type.shape.dim)
+    ]
+    shape[0] = BATCH
     ai_onnx = [o for o in stage.opset_import if o.domain in ("", "ai.onnx")]
-    graph = head_graph(head, rank, ai_onnx, stage.ir_version)
-    graph = compose.add_prefix(graph, prefix)
-    logits = f"{prefix}logits"
-    step = compose.merge_models(stage, graph, io_map=[(cut, f"{prefix}act")], outputs=[cut, logits])
-    return step, logits
+    graph = compose.add_prefix(head_graph(head, shape, ai_onnx, stage.ir_version), prefix)
+    rename = {f"{prefix}act": cut}
+    if head.mask is not None:
+        if head.mask not in {i.name for i in stage.graph.input}:
+            raise ValueError(f"the stage does not read the mask input {head.mask!r}")
+        rename[f"{prefix}mask"] = head.mask
+    step = onnx.ModelProto()
+    step.CopyFrom(stage)
+    for node in graph.graph.node:
+        for k, name in enumerate(node.input):
+            node.input[k] = rename.get(name, name)
+    step.graph.node.extend(graph.graph.node)
+    step.graph.initializer.extend(graph.graph.initializer)
+    step.graph.output.extend(graph.graph.output)
+    return step, f"{prefix}logits"

@@ -3,14 +3,18 @@
 Each step is stage i followed by head i, traced into one ONNX graph with the
 TorchScript exporter (`torch.onnx.export(..., dynamo=False)`: fast, no onnxscript, and
 it folds BatchNorm into the preceding convolution in eval mode). Step i reads the
-model input (i = 0) or ``activation{i-1}`` and outputs ``activation{i}`` and
-``logits{i}``; the last step outputs logits only. The batch axis is dynamic.
+model inputs (i = 0) or ``activation{i-1}`` plus the model inputs its stage and head
+name in their ``forward`` (a transformer's ``attention_mask``), and outputs
+``activation{i}`` and ``logits{i}``; the last step outputs logits only. The batch axis
+is dynamic.
 
 A trace that torch flags (`TracerWarning`: data-dependent control flow, Python values
 baked in) or an exporter fallback is an error, not a warning: such a graph may compute
 something else on other inputs. Before anything is written, every state of the ONNX
 bundle is run on ONNX Runtime on random inputs of batch 1 and 7 and compared with the
-torch model (rtol 1e-3, atol 1e-5); the worst absolute error goes into the manifest.
+torch model (tolerance ``max(parity_atol, parity_rtol * max |logit|)``, by default
+rtol 1e-3 and atol 1e-5); the worst absolute error goes into the manifest. States are
+named ``exit0`` .. ``exit{N-1}`` as the ONNX exporter names them.
 
 torch is an optional extra (``pip install 'edgeadapt[torch]'``); it is imported on
 first use.
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from edgeadapt.bundle import BATCH, Bundle, InputSpec, Step, write_bundle
+from edgeadapt.bundle import BATCH, DTYPES, Bundle, InputSpec, Step, write_bundle
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.exporters import _graph
 from edgeadapt.flops import count_flops
@@ -106,26 +110,26 @@ def _drop_identities(model: onnx.ModelProto) -> None:
 
 def _trace(
     module: torch.nn.Module,
-    x: torch.Tensor,
-    input_name: str,
+    args: Sequence[torch.Tensor],
+    input_names: Sequence[str],
     outputs: Sequence[str],
     opset: int,
     where: str,
 ) -> onnx.ModelProto:
-    """Trace `module` on `x` into an ONNX model with a dynamic batch axis everywhere."""
+    """Trace `module` on `args` into an ONNX model with a dynamic batch axis everywhere."""
     torch = _torch()
     buf = io.BytesIO()
-    axes = {n: {0: BATCH} for n in (input_name, *outputs)}
+    axes = {n: {0: BATCH} for n in (*input_names, *outputs)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             torch.onnx.export(
                 module,
-                (x,),
+                tuple(args),
                 buf,
                 dynamo=False,
                 opset_version=opset,
-                input_names=[input_name],
+                input_names=list(input_names),
                 output_names=list(outputs),
                 dynamic_axes=axes,
                 do_constant_folding=True,
@@ -139,17 +143,56 @@ def _trace(
     return _graph.infer(model, where)
 
 
-def _step_module(stage: torch.nn.Module, head: torch.nn.Module) -> torch.nn.Module:
-    """Stage then head as one module returning (activation, logits)."""
+def _aux_inputs(module: Any, names: Sequence[str], where: str) -> list[str]:
+    """The model inputs a stage or head reads besides the activation: the parameters
+    of its ``forward`` after the first, named as model inputs."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    out = []
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name in names:
+            out.append(p.name)
+        elif p.default is p.empty:
+            raise InputError(
+                f"forward parameter {p.name!r} is neither the activation nor a model input "
+                f"(inputs: {list(names)})",
+                field=where,
+            )
+    return out
+
+
+def _step_module(
+    stage: torch.nn.Module,
+    head: torch.nn.Module,
+    first: bool,
+    names: Sequence[str],
+    stage_aux: Sequence[str],
+    head_aux: Sequence[str],
+) -> torch.nn.Module:
+    """Stage then head as one module returning (activation, logits). It takes the model
+    inputs `names` (`first`) or the activation followed by `names`; the stage gets all
+    model inputs (`first`) or the activation and `stage_aux`, the head the activation
+    and `head_aux`."""
 
     class _Step(_torch().nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.stage, self.head = stage, head
 
-        def forward(self, a: Any) -> tuple[Any, Any]:
-            z = self.stage(a)
-            return z, self.head(z)
+        def forward(self, *args: Any) -> tuple[Any, Any]:
+            if first:
+                env = dict(zip(names, args, strict=True))
+                z = self.stage(*args)
+            else:
+                env = dict(zip(names, args[1:], strict=True))
+                z = self.stage(args[0], *[env[n] for n in stage_aux])
+            return z, self.head(z, *[env[n] for n in head_aux])
 
     return _Step().eval()
 
@@ -162,17 +205,18 @@ def _strip_output(model: onnx.ModelProto, name: str) -> None:
 
 @contextlib.contextmanager
 def _eval_mode(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
-    """Put the modules in eval mode without gradients; restore their modes afterwards."""
+    """Put the modules in eval mode without gradients; restore every submodule's own
+    mode afterwards (a container's ``train()`` would set all its children alike)."""
     torch = _torch()
-    modes = [m.training for m in modules]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
     for m in modules:
         m.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
+        for sub, mode in modes:
+            sub.training = mode
 
 
 def _check_modules(modules: Sequence[Any], what: str) -> None:
@@ -184,40 +228,64 @@ def _check_modules(modules: Sequence[Any], what: str) -> None:
             )
 
 
-def _check_example(x: Any) -> InputSpec:
+def _check_example(x: Any, input_name: str) -> tuple[list[InputSpec], list[Any]]:
+    """The model inputs: one tensor (named `input_name`) or a dict of named tensors,
+    each with a leading batch axis."""
     torch = _torch()
-    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] < 1:
-        raise InputError("expected a tensor with a leading batch axis", field="example_input")
-    if not x.is_floating_point():
-        raise InputError(
-            f"expected a floating-point tensor (random parity inputs), got {x.dtype}",
-            field="example_input",
-        )
-    return InputSpec("x", (BATCH, *(int(d) for d in x.shape[1:])), _dtype_name(x))
+    items = list(x.items()) if isinstance(x, dict) else [(input_name, x)]
+    if not items:
+        raise InputError("expected at least one input tensor", field="example_input")
+    specs, tensors = [], []
+    for name, t in items:
+        where = "example_input" if not isinstance(x, dict) else f"example_input[{name!r}]"
+        if not isinstance(name, str) or not name:
+            raise InputError(f"input names must be non-empty strings, got {name!r}", field=where)
+        if not isinstance(t, torch.Tensor) or t.ndim < 1 or t.shape[0] < 1:
+            raise InputError("expected a tensor with a leading batch axis", field=where)
+        if _dtype_name(t) not in DTYPES:
+            raise InputError(f"unsupported dtype {t.dtype} (supported: {DTYPES})", field=where)
+        specs.append(InputSpec(name, (BATCH, *(int(d) for d in t.shape[1:])), _dtype_name(t)))
+        tensors.append(t.detach())
+    return specs, tensors
 
 
 def _parity(
     sessions: Sequence[Any],
-    feeds: Callable[[int, list[np.ndarray], np.ndarray], dict[str, np.ndarray]],
-    reference: Callable[[torch.Tensor], list[torch.Tensor]],
-    spec: InputSpec,
+    feeds: Callable[[int, list[np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]],
+    reference: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+    examples: Sequence[dict[str, np.ndarray]],
     outputs: Sequence[Sequence[str]],
+    rtol: float,
+    atol: float,
 ) -> list[float]:
-    """Run each session (in chain order) on random batches; compare state logits with
-    `reference` (called under `_eval_mode`). Returns the worst absolute error per state; raises past tolerance."""
+    """Run each session (in chain order) on the `examples` feeds; compare state logits
+    with `reference` (called under `_eval_mode`). Returns the worst absolute error per
+    state; raises past the tolerance ``max(atol, rtol * max |logit|)``."""
     torch = _torch()
     worst = [0.0] * len(sessions)
-    for x in _graph.example_inputs(spec):
-        want = [t.detach().cpu().numpy() for t in reference(torch.from_numpy(x))]
+    for example in examples:
+        tensors = [torch.from_numpy(v) for v in example.values()]
+        want = [t.detach().cpu().numpy() for t in reference(tensors)]
+        batch = len(next(iter(example.values())))
         previous: list[np.ndarray] = []
         for i, sess in enumerate(sessions):
-            previous = sess.run(list(outputs[i]), feeds(i, previous, x))
-            err, ok = _graph.worst_error(previous[-1], want[i])
+            try:
+                previous = sess.run(list(outputs[i]), feeds(i, previous, example))
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise InputError(
+                    f"ONNX Runtime cannot run step {i} at batch {batch}: "
+                    f"{str(e).strip().splitlines()[0]} (does the model fix its batch size?)",
+                    field=f"steps[{i}]",
+                ) from None
+            err, ok = _graph.worst_error(previous[-1], want[i], rtol, atol)
             worst[i] = max(worst[i], err)
             if not ok:
+                tol = _graph.tolerance(want[i], rtol, atol)
                 raise InputError(
                     f"parity check failed: state {i} differs from the torch model on a batch "
-                    f"of {len(x)} (max abs error {err:.3g}, rtol {_graph.RTOL}, atol {_graph.ATOL})"
+                    f"of {batch} (max abs error {err:.3g}; tolerance {tol:.3g} = max(atol "
+                    f"{atol:g}, rtol {rtol:g} x max |logit| {float(np.max(np.abs(want[i]))):.3g})"
+                    "; raise parity_rtol/parity_atol to accept it)"
                 )
     return worst
 
@@ -225,20 +293,27 @@ def _parity(
 def export_torch(
     stages: Sequence[torch.nn.Module],
     heads: Sequence[torch.nn.Module],
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | dict[str, torch.Tensor],
     out_dir: str | os.PathLike[str],
     *,
     input_name: str = "x",
     state_names: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     extra: dict[str, Any] | None = None,
+    parity_rtol: float = _graph.RTOL,
+    parity_atol: float = _graph.ATOL,
     force: bool = False,
 ) -> Bundle:
     """Export a multi-exit network as an early-exit bundle in `out_dir`.
 
     State i runs `stages[0..i]` and then `heads[i]`; head i maps stage i's output to
-    ``[batch, classes]`` logits. `example_input` fixes the per-sample shape and dtype
-    (its batch size does not matter). `extra` is merged into the manifest's ``extra``.
+    ``[batch, classes]`` logits. `example_input` fixes the per-sample shapes and dtypes
+    (its batch size does not matter): one tensor (the input `input_name`) or a dict of
+    named tensors for a model with several inputs (``{"input_ids": ...,
+    "attention_mask": ...}``). Stage 0 is called with every input in that order; a
+    later stage or a head is called with the activation and then the model inputs its
+    ``forward`` names after it (``def forward(self, h, attention_mask)``), which its
+    step then reads. `extra` is merged into the manifest's ``extra``.
     """
     torch = _torch()
     stages, heads = list(stages), list(heads)
@@ -248,44 +323,59 @@ def export_torch(
     _check_modules(heads, "heads")
     if opset < DEFAULT_OPSET:
         raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", field="opset")
-    spec = _check_example(example_input)
-    spec = InputSpec(input_name, spec.shape, spec.dtype)
+    specs, tensors = _check_example(example_input, input_name)
+    names = [s.name for s in specs]
+    stage_aux = [[]] + [_aux_inputs(m, names, f"stages[{k}]") for k, m in enumerate(stages[1:], 1)]
+    head_aux = [_aux_inputs(m, names, f"heads[{k}]") for k, m in enumerate(heads)]
+    step_aux = [
+        names if i == 0 else [n for n in names if n in {*stage_aux[i], *head_aux[i]}]
+        for i in range(len(stages))
+    ]
     with _eval_mode([*stages, *heads]):
         steps: list[Step] = []
-        a = example_input.detach()
-        feed_name = input_name
+        a: Any = None
         for i, (stage, head) in enumerate(zip(stages, heads, strict=True)):
             last = i == len(stages) - 1
             act, logits = f"activation{i}", f"logits{i}"
-            model = _trace(
-                _step_module(stage, head), a, feed_name, (act, logits), opset, f"steps[{i}]"
-            )
+            env = dict(zip(names, tensors, strict=True))
+            if i == 0:
+                args, in_names = list(tensors), list(names)
+            else:
+                args = [a, *[env[n] for n in step_aux[i]]]
+                in_names = [f"activation{i - 1}", *step_aux[i]]
+            module = _step_module(stage, head, i == 0, step_aux[i], stage_aux[i], head_aux[i])
+            model = _trace(module, args, in_names, (act, logits), opset, f"steps[{i}]")
             if last:
                 _strip_output(model, act)
             steps.append(
                 Step(model, logits=logits, activation=None if last else act, head_input=act)
             )
-            a = stage(a)
-            feed_name = act
+            a = stage(*args)
 
-        def reference(x: Any) -> list[Any]:
-            out = []
-            for stage, head in zip(stages, heads, strict=True):
-                x = stage(x)
-                out.append(head(x))
+        def reference(xs: list[Any]) -> list[Any]:
+            env = dict(zip(names, xs, strict=True))
+            out, h = [], None
+            for k, (stage, head) in enumerate(zip(stages, heads, strict=True)):
+                h = stage(*xs) if k == 0 else stage(h, *[env[n] for n in stage_aux[k]])
+                out.append(head(h, *[env[n] for n in head_aux[k]]))
             return out
 
-        def feeds(i: int, previous: list[np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
-            return {input_name: x} if i == 0 else {f"activation{i - 1}": previous[0]}
+        def feeds(
+            i: int, previous: list[np.ndarray], example: dict[str, np.ndarray]
+        ) -> dict[str, np.ndarray]:
+            if i == 0:
+                return dict(example)
+            return {f"activation{i - 1}": previous[0], **{n: example[n] for n in step_aux[i]}}
 
         sessions = [_graph.session(s.model) for s in steps]
         outputs = [[n for n in (s.activation, s.logits) if n] for s in steps]
-        worst = _parity(sessions, feeds, reference, spec, outputs)
-        num_classes = int(reference(example_input[:1])[-1].shape[-1])
+        examples = _graph.example_feeds(steps[0].model, specs)
+        worst = _parity(sessions, feeds, reference, examples, outputs, parity_rtol, parity_atol)
+        num_classes = int(reference([t[:1] for t in tensors])[-1].shape[-1])
     return write_bundle(
         out_dir,
         kind="early-exit",
-        input=spec,
+        inputs=specs,
         num_classes=num_classes,
         steps=steps,
         state_names=state_names or [f"exit{i}" for i in range(len(steps))],
@@ -295,7 +385,7 @@ def export_torch(
             "opset": opset,
             "source_sha256": model_sha256([*stages, *heads]),
         },
-        extra={**(extra or {}), "parity": _parity_record(worst)},
+        extra={**(extra or {}), "parity": _parity_record(worst, parity_rtol, parity_atol)},
         force=force,
     )
 
@@ -317,13 +407,15 @@ def export_torch_model(
 
 def export_torch_family(
     models: Sequence[torch.nn.Module],
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | dict[str, torch.Tensor],
     out_dir: str | os.PathLike[str],
     *,
     input_name: str = "x",
     state_names: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     extra: dict[str, Any] | None = None,
+    parity_rtol: float = _graph.RTOL,
+    parity_atol: float = _graph.ATOL,
     force: bool = False,
 ) -> Bundle:
     """Export independent classifiers (a model family) as an ensemble bundle.
@@ -344,11 +436,11 @@ def export_torch_family(
         raise InputError(f"{len(names)} names for {len(models)} models", field="state_names")
     if opset < DEFAULT_OPSET:
         raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", field="opset")
-    spec = _check_example(example_input)
-    spec = InputSpec(input_name, spec.shape, spec.dtype)
+    specs, tensors = _check_example(example_input, input_name)
+    inputs = [s.name for s in specs]
     with _eval_mode(models):
         onnx_models = [
-            _trace(m, example_input.detach(), input_name, ("logits",), opset, f"models[{k}]")
+            _trace(m, tensors, inputs, ("logits",), opset, f"models[{k}]")
             for k, m in enumerate(models)
         ]
         order = sorted(range(len(models)), key=lambda k: count_flops(onnx_models[k]).flops)
@@ -356,18 +448,20 @@ def export_torch_family(
         names = [names[k] for k in order]
         worst = _parity(
             [_graph.session(m) for m in onnx_models],
-            lambda i, previous, x: {input_name: x},
-            lambda x: [m(x) for m in models],
-            spec,
+            lambda i, previous, example: dict(example),
+            lambda xs: [m(*xs) for m in models],
+            _graph.example_feeds(onnx_models[0], specs),
             [["logits"]] * len(models),
+            parity_rtol,
+            parity_atol,
         )
-        classes = {int(m(example_input[:1]).shape[-1]) for m in models}
+        classes = {int(m(*[t[:1] for t in tensors]).shape[-1]) for m in models}
     if len(classes) != 1:
         raise InputError(f"the models disagree on the class count: {sorted(classes)}")
     return write_bundle(
         out_dir,
         kind="ensemble",
-        input=spec,
+        inputs=specs,
         num_classes=classes.pop(),
         models=onnx_models,
         state_names=names,
@@ -377,16 +471,16 @@ def export_torch_family(
             "opset": opset,
             "source_sha256": model_sha256(models),
         },
-        extra={**(extra or {}), "parity": _parity_record(worst)},
+        extra={**(extra or {}), "parity": _parity_record(worst, parity_rtol, parity_atol)},
         force=force,
     )
 
 
-def _parity_record(worst: list[float]) -> dict[str, Any]:
+def _parity_record(worst: list[float], rtol: float, atol: float) -> dict[str, Any]:
     return {
         "max_abs_error": max(worst),
         "per_state": worst,
-        "rtol": _graph.RTOL,
-        "atol": _graph.ATOL,
+        "rtol": rtol,
+        "atol": atol,
         "batches": [1, 7],
     }

@@ -17,10 +17,15 @@ def runner_plan(
     *,
     measure: str = "maxprob",
     budget: bool = True,
+    table: Sequence[BudgetRow] | None = None,
+    cost_stat: str = "p50",
 ) -> Plan:
-    """A plan keeping `states` of `bundle`; `budget` adds a one-row budget table."""
+    """A plan keeping `states` of `bundle`; `budget` adds a one-row budget table, or
+    `table` the rows given."""
     fig = SplitFigures(n=10, accuracy=0.5, reference_accuracy=0.5, drop=0.0, cost_ms=1.0)
     rows = (BudgetRow(budget_ms=cost_ms[0], state=states[0], accuracy=0.5),) if budget else ()
+    if table is not None:
+        rows = tuple(table)
     return Plan(
         manifest_sha256=bundle.manifest_sha256,
         kind=bundle.kind,
@@ -44,4 +49,5 @@ def runner_plan(
         search_method="exhaustive",
         max_states=4,
         subsets_evaluated=1,
+        cost_stat=cost_stat,
     )

@@ -70,7 +70,7 @@ def test_round_trip_early_exit(bundle_dir):
     assert b.kind == "early-exit"
     assert b.num_classes == 10
     assert b.input == SPEC
-    assert [s.name for s in b.states] == ["exit0", "exit1", "final"]
+    assert [s.name for s in b.states] == ["exit0", "exit1", "exit2"]
     assert b.states[2].files == ("step0.onnx", "step1.onnx", "step2.onnx")
     assert b.flops == list(np.cumsum(b.step_flops))
     assert b.flops == sorted(b.flops)

@@ -1,12 +1,17 @@
 """`edgeadapt export onnx|family` and `edgeadapt inspect` through the CLI."""
 
 import json
+import re
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
 
+from edgeadapt.bundle import InputSpec, Step, write_bundle
 from edgeadapt.cli import cli
+from edgeadapt.npzio import save_npz
 from tests.models import family, multi_exit_cnn
 
 ONNX_ARGS = [
@@ -37,7 +42,7 @@ def test_export_onnx_then_inspect_json(tmp_path, source):
     result = _run("export", "onnx", source, *ONNX_ARGS, "-o", out)
     assert result.exit_code == 0, result.output
     assert "exit0" in result.output
-    assert "final" in result.output
+    assert "exit2" in result.output
     result = _run("inspect", out, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -117,3 +122,95 @@ def test_inspect_missing_bundle(tmp_path):
     result = _run("inspect", tmp_path / "nothing")
     assert result.exit_code == 2
     assert "no such bundle directory" in result.output
+
+
+def test_export_onnx_trained_heads_report_accuracies(tmp_path, source):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 1, 40)).astype(np.float32)
+    y = (x[:, 0, :20].sum(axis=1) > 0).astype(np.int64)  # a learnable two-class rule
+    save_npz(tmp_path / "c.npz", x=x, y=y)
+    out = tmp_path / "b"
+    args = ["--cut", "conv1_relu", "--logits", "logits", "--calibration", tmp_path / "c.npz"]
+    result = _run(
+        "export",
+        "onnx",
+        source,
+        *args,
+        "--batch-size",
+        25,
+        "--parity-rtol",
+        0.01,
+        "--pool",
+        "gap",
+        "-o",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(
+        r"head at conv1_relu: gap pooling, 8 features, accuracy 0\.\d{3} training / "
+        r"0\.\d{3} held-out \(24 samples\)",
+        result.output,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["parity"]["rtol"] == 0.01
+    bad = _run("export", "onnx", source, *args, "--batch-size", 0, "-o", tmp_path / "b2")
+    assert bad.exit_code == 2
+    assert "--batch-size" in bad.output
+
+
+def test_inspect_warns_about_ops_it_cannot_count(tmp_path):
+    nodes = [
+        helper.make_node("Mystery", ["x"], ["m"], domain="custom"),
+        helper.make_node("Flatten", ["m"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)]
+    )
+    write_bundle(
+        tmp_path / "b",
+        kind="early-exit",
+        inputs=[InputSpec("x", ("batch", 10))],
+        num_classes=10,
+        steps=[Step(model, logits="logits")],
+        producer={"exporter": "test"},
+    )
+    result = _run("inspect", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert "warning: step0.onnx: FLOPs leave out ops the counter cannot count: Mystery" in (
+        result.stderr
+    )
+
+
+def test_export_onnx_two_input_text_model(tmp_path):
+    torch = pytest.importorskip("torch", reason="the test graph is exported from torch")
+    from tests import graphs
+
+    ids, mask = graphs.text_inputs(4)
+    names = ["input_ids", "attention_mask"]
+    source = graphs.export_legacy(
+        graphs.text_encoder(),
+        (torch.from_numpy(ids), torch.from_numpy(mask)),
+        names,
+        tmp_path / "text.onnx",
+    )
+    cut = graphs.tensor_names(source, "LayerNormalization")[1]
+    ids, mask = graphs.text_inputs(100, seed=1)
+    y = np.random.default_rng(0).integers(0, graphs.TEXT_CLASSES, 100)
+    save_npz(tmp_path / "c.npz", input_ids=ids, attention_mask=mask, y=y)
+    out = tmp_path / "b"
+    args = ["--cut", cut, "--calibration", tmp_path / "c.npz", "--pool", "mean"]
+    result = _run("export", "onnx", source, *args, "--mask", "attention_mask", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [i["name"] for i in doc["inputs"]] == names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["heads"][0]["mask"] == "attention_mask"
+    bad = _run("export", "onnx", source, *args, "--mask", "nope", "-o", tmp_path / "b2")
+    assert bad.exit_code == 2
+    assert "mask: 'nope' is not a model input" in bad.output

@@ -10,9 +10,9 @@ from edgeadapt.bundle import load_bundle
 from edgeadapt.datasets import mnist1d_splits
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
-from edgeadapt.exporters.heads import features, train_linear_head
 from edgeadapt.exporters.onnx import export_onnx
 from edgeadapt.npzio import save_npz
+from tests import graphs
 from tests.models import control_flow, multi_exit_cnn, run_bundle, skip_connection
 
 CUTS = ["conv1_relu", "conv2_relu"]
@@ -80,18 +80,6 @@ def test_trained_heads_beat_chance_on_mnist1d(tmp_path, source, mnist1d):
     exits = run_bundle(bundle, tx)[:2]
     accuracy = [float(np.mean(e.argmax(1) == ty)) for e in exits]
     assert min(accuracy) > 0.25, accuracy  # chance is 0.10
-
-
-def test_trained_head_matches_its_numpy_fit_and_gap_pooling():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 300)
-    act = rng.standard_normal((300, 4, 6)).astype(np.float32)
-    act[np.arange(300), y, :] += 2.0  # channel y carries the class
-    head = train_linear_head(act, y, 3, "gap")
-    assert head.weight.shape == (4, 3)
-    assert head.train_accuracy > 0.9
-    pred = features(act, "gap") @ head.weight + head.bias
-    assert np.mean(pred.argmax(1) == y) == head.train_accuracy
 
 
 def test_static_batch_model_gets_a_dynamic_batch_axis(tmp_path):
@@ -189,11 +177,14 @@ def test_cut_without_shape_information(tmp_path):
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"cuts": []}, "at least one --cut"),
+        ({"cuts": []}, "cuts: give at least one cut"),
         ({"cuts": ["conv1_relu", "conv1_relu"]}, "repeat"),
         ({"cuts": ["conv1_relu"]}, "cannot tell which output is the final logits"),
-        ({"cuts": ["conv1_relu"], "logits": "logits"}, r"have no exit head.*--calibration"),
-        ({"cuts": ["conv1_relu"], "heads": {"conv2_relu": "exit1"}}, "not a --cut"),
+        ({"cuts": ["conv1_relu"], "logits": "logits"}, r"calibration: cuts .* have no exit head"),
+        (
+            {"cuts": ["conv1_relu"], "heads": {"conv2_relu": "exit1"}},
+            "heads: .*not one of the cuts",
+        ),
         (
             {"cuts": ["conv1_relu"], "heads": {"conv1_relu": "conv2_relu"}, "logits": "logits"},
             r"must have shape \[batch, classes\]",
@@ -203,7 +194,10 @@ def test_cut_without_shape_information(tmp_path):
             {"cuts": ["logits"], "heads": {"logits": "exit0"}, "logits": "logits"},
             "is the final logits",
         ),
-        ({"cuts": ["conv1_relu"], "heads": {"conv1_relu": "exit0"}, "pool": "max"}, "--pool"),
+        (
+            {"cuts": ["conv1_relu"], "heads": {"conv1_relu": "exit0"}, "pool": "max"},
+            "pool: must be",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, kw, match):
@@ -238,3 +232,231 @@ def test_bad_calibration_files(tmp_path, arrays, match):
     with pytest.raises(InputError, match=match):
         export_onnx(path, tmp_path / "b", cuts=CUTS, logits="logits", calibration=calib)
     assert not (tmp_path / "b").exists()
+
+
+# --- real-model-shaped graphs (tests/graphs.py) ----------------------------------------
+
+
+def _assert_full_path_equals(bundle, source, feeds):
+    got = graphs.run_chain(bundle, feeds)[-1]
+    want = graphs.run_model(source, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.abs(want).max() > 0.1  # logits are not ~0: the comparison means something
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(tmp_path_factory):
+    torch = pytest.importorskip("torch", reason="the test graphs are exported from torch")
+    path = tmp_path_factory.mktemp("cnn") / "cnn.onnx"
+    return graphs.export_legacy(graphs.residual_cnn(), (torch.zeros(2, 3, 16, 16),), ["x"], path)
+
+
+@pytest.fixture(scope="module")
+def text_onnx(tmp_path_factory):
+    torch = pytest.importorskip("torch", reason="the test graphs are exported from torch")
+    ids, mask = graphs.text_inputs(4)
+    path = tmp_path_factory.mktemp("text") / "text.onnx"
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))
+    return graphs.export_legacy(graphs.text_encoder(), args, TEXT_INPUTS, path)
+
+
+@pytest.fixture(scope="module")
+def text_dynamo_onnx(tmp_path_factory):
+    torch = pytest.importorskip("torch", reason="the test graphs are exported from torch")
+    pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript")
+    ids, mask = graphs.text_inputs(4)
+    path = tmp_path_factory.mktemp("dynamo") / "text.onnx"
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))
+    return graphs.export_dynamo(graphs.text_encoder(), args, TEXT_INPUTS, path)
+
+
+TEXT_INPUTS = ["input_ids", "attention_mask"]
+
+
+def _text_calibration(path, n=200, names=TEXT_INPUTS):
+    ids, mask = graphs.text_inputs(n, seed=1)
+    y = np.random.default_rng(0).integers(0, graphs.TEXT_CLASSES, n)
+    save_npz(path, **dict(zip(names, (ids, mask), strict=False)), y=y)
+    return path
+
+
+def test_residual_bn_cnn_bundle_equals_the_model(tmp_path, cnn_onnx):
+    cuts = graphs.tensor_names(cnn_onnx, "Relu")
+    cuts = [cuts[2], cuts[4]]  # the outputs of layer1 and layer2 (after the residual add)
+    rng = np.random.default_rng(0)
+    save_npz(
+        tmp_path / "c.npz",
+        x=rng.standard_normal((96, 3, 16, 16)).astype(np.float32),
+        y=rng.integers(0, 10, 96),
+    )
+    seen = []
+    bundle = export_onnx(
+        cnn_onnx,
+        tmp_path / "b",
+        cuts=cuts,
+        calibration=tmp_path / "c.npz",
+        pool="gap",
+        batch_size=10,
+        progress=lambda label, done, total: seen.append(label),
+    )
+    assert seen.count("calibration forward pass") == 10  # one tick per batch of 10
+    assert [s.name for s in bundle.states] == ["exit0", "exit1", "exit2"]
+    assert [h["pool"] for h in bundle.extra["heads"]] == ["gap", "gap"]
+    for h in bundle.extra["heads"]:
+        assert h["train_samples"] + h["heldout_samples"] == 96
+        assert 0 <= h["heldout_accuracy"] <= 1
+    for batch in (1, 5):
+        x = rng.standard_normal((batch, 3, 16, 16)).astype(np.float32)
+        _assert_full_path_equals(bundle, cnn_onnx, {"x": x})
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_masked_text_encoder_bundle_has_two_inputs_and_equals_the_model(tmp_path, text_onnx, pool):
+    cuts = graphs.tensor_names(text_onnx, "LayerNormalization")[1::2]  # after each layer
+    bundle = export_onnx(
+        text_onnx,
+        tmp_path / "b",
+        cuts=cuts[:1],
+        calibration=_text_calibration(tmp_path / "c.npz"),
+        pool=pool,
+    )
+    loaded = load_bundle(tmp_path / "b")
+    assert [i.name for i in loaded.inputs] == TEXT_INPUTS
+    assert loaded.inputs[0].dtype == "int64"
+    assert loaded.steps[0].inputs == tuple(TEXT_INPUTS)
+    # layer 2 rebuilds its attention bias from the mask: the step reads it again
+    assert loaded.steps[1].inputs == (cuts[0], "attention_mask")
+    head = bundle.extra["heads"][0]
+    assert head["pool"] == pool
+    assert head["mask"] == ("attention_mask" if pool == "mean" else None)
+    assert head["mask_prefix_tokens"] == (1 if pool == "mean" else 0)
+    for batch in (1, 6):
+        ids, mask = graphs.text_inputs(batch, seed=batch)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        _assert_full_path_equals(bundle, text_onnx, feeds)
+        exit0 = graphs.run_chain(bundle, feeds)[0]
+        assert exit0.shape == (batch, graphs.TEXT_CLASSES)
+
+
+def test_dynamo_exported_text_encoder(tmp_path, text_dynamo_onnx):
+    cuts = graphs.tensor_names(text_dynamo_onnx, "LayerNormalization")[1::2]
+    bundle = export_onnx(
+        text_dynamo_onnx,
+        tmp_path / "b",
+        cuts=cuts[:1],
+        calibration=_text_calibration(tmp_path / "c.npz"),
+    )
+    assert bundle.extra["heads"][0]["pool"] == "mean"  # auto on a token sequence
+    ids, mask = graphs.text_inputs(3, seed=5)
+    _assert_full_path_equals(bundle, text_dynamo_onnx, {"input_ids": ids, "attention_mask": mask})
+
+
+def test_model_fixed_to_one_batch_size_is_refused_clearly(tmp_path, text_onnx):
+    torch = pytest.importorskip("torch")
+    ids, mask = graphs.text_inputs(4)
+    static = graphs.export_legacy(
+        graphs.text_encoder(),
+        (torch.from_numpy(ids), torch.from_numpy(mask)),
+        TEXT_INPUTS,
+        tmp_path / "static.onnx",
+        dynamic=False,
+    )
+    cut = graphs.tensor_names(static, "LayerNormalization")[1]
+    with pytest.raises(InputError, match=r"static\.onnx: this model cannot run at another batch"):
+        export_onnx(static, tmp_path / "b", cuts=[cut], calibration="unused.npz")
+    assert not (tmp_path / "b").exists()
+
+
+def test_helper_graph_fixed_to_one_batch_size(tmp_path):
+    _refused(
+        tmp_path,
+        graphs.fixed_batch_reshape(),
+        "this model cannot run at another batch size",
+        cuts=["r"],
+        calibration="unused.npz",
+    )
+
+
+def test_calibration_missing_an_input_array(tmp_path, text_onnx):
+    cut = graphs.tensor_names(text_onnx, "LayerNormalization")[1]
+    calib = _text_calibration(tmp_path / "c.npz", names=["input_ids"])
+    with pytest.raises(InputError, match=r"c.npz: attention_mask: missing array 'attention_mask'"):
+        export_onnx(text_onnx, tmp_path / "b", cuts=[cut], calibration=calib)
+    assert not (tmp_path / "b").exists()
+
+
+def test_token_pool_on_a_cnn_activation_names_pool(tmp_path, cnn_onnx):
+    cut = graphs.tensor_names(cnn_onnx, "Relu")[2]
+    with pytest.raises(InputError, match=r"pool: cut .*needs a \[batch, tokens, hidden\]"):
+        export_onnx(cnn_onnx, tmp_path / "b", cuts=[cut], calibration="unused.npz", pool="cls")
+
+
+def test_small_shared_constant_is_copied_into_each_step(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(graphs.shared_constant_chain(), path)
+    rng = np.random.default_rng(0)
+    save_npz(
+        tmp_path / "c.npz",
+        x=rng.standard_normal((60, 16)).astype(np.float32),
+        y=rng.integers(0, 10, 60),
+    )
+    bundle = export_onnx(
+        path, tmp_path / "b", cuts=["relu0", "relu1"], calibration=tmp_path / "c.npz"
+    )
+    for step in bundle.steps:
+        model = onnx.load(str(step.path))
+        assert "Constant" in {n.op_type for n in model.graph.node}
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    _assert_full_path_equals(bundle, path, {"x": x})
+
+
+def test_large_shared_constant_is_refused(tmp_path):
+    _refused(
+        tmp_path,
+        graphs.shared_constant_chain(width=512, vector=True),
+        r"cuts\[0\]: cut 'relu0' does not separate the graph: step 1 needs the constant "
+        r"'shared' \(Constant node 'shared', 2048 bytes\)",
+        cuts=["relu0"],
+        calibration="unused.npz",
+    )
+
+
+def test_large_weight_read_on_both_sides_of_a_cut_is_refused(tmp_path):
+    model = graphs.shared_constant_chain(width=32)
+    for node in model.graph.node:
+        if node.op_type == "Gemm" and node.input[1] == "w1":
+            node.input[1] = "w0"  # tied weights: layer 1 reuses layer 0's
+    _refused(
+        tmp_path,
+        model,
+        r"cuts\[0\]: the weight 'w0' \(4096 bytes\) is read by steps 0 and 1: cut 'relu0'",
+        cuts=["relu0"],
+        calibration="unused.npz",
+    )
+
+
+def test_parity_tolerance_is_stated_and_overridable(tmp_path, source, mnist1d):
+    (cx, cy), _ = mnist1d
+    save_npz(tmp_path / "c.npz", x=cx[:200], y=cy[:200])
+    kw = {"cuts": ["conv1_relu"], "logits": "logits", "calibration": tmp_path / "c.npz"}
+    with pytest.raises(InputError, match=r"tolerance 0 = max\(atol 0, rtol 0 x max \|value\|"):
+        export_onnx(source, tmp_path / "b", parity_rtol=0.0, parity_atol=0.0, **kw)
+    assert not (tmp_path / "b").exists()
+    bundle = export_onnx(source, tmp_path / "b", parity_rtol=1e-2, **kw)
+    assert bundle.extra["parity"]["rtol"] == 1e-2
+    with pytest.raises(InputError, match="parity_rtol: must be a finite number"):
+        export_onnx(source, tmp_path / "b2", parity_rtol=float("nan"), **kw)
+
+
+def test_compressed_calibration_is_streamed(tmp_path, source, mnist1d):
+    (cx, cy), _ = mnist1d
+    np.savez_compressed(tmp_path / "c.npz", x=cx[:100], y=cy[:100])
+    bundle = export_onnx(
+        source,
+        tmp_path / "b",
+        cuts=["conv1_relu"],
+        logits="logits",
+        calibration=tmp_path / "c.npz",
+        batch_size=7,
+    )
+    assert bundle.extra["heads"][0]["train_samples"] == 80

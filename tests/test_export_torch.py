@@ -184,7 +184,8 @@ def test_parity_failure_refuses(tmp_path):
             r"stages\[0\]: expected a torch.nn.Module",
         ),
         ([nn.Identity()], [_head(1)], np.ones((1, 1, 40)), "example_input"),
-        ([nn.Identity()], [_head(1)], torch.ones(1, 1, 40, dtype=torch.int64), "floating-point"),
+        ([nn.Identity()], [_head(1)], {"x": np.ones((1, 40))}, r"example_input\['x'\]"),
+        ([nn.Identity()], [_head(1)], torch.ones(1, 40, dtype=torch.complex64), "unsupported"),
     ],
 )
 def test_bad_arguments(tmp_path, stages, heads, example, match):
@@ -244,3 +245,69 @@ def test_cli_factory(tmp_path, monkeypatch):
         r = runner.invoke(cli, ["export", "torch", "--factory", spec, "-o", "x"])
         assert r.exit_code == 2, r.output
         assert message in r.output
+
+
+def test_residual_bn_cnn_stages_full_path_equals_the_model(tmp_path):
+    from tests import graphs
+
+    net = graphs.residual_cnn()
+    stages, heads = graphs.cnn_stages(net)
+    bundle = export_torch(stages, heads, torch.zeros(2, 3, 16, 16), tmp_path / "b")
+    assert [s.name for s in bundle.states] == ["exit0", "exit1", "exit2"]
+    x = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = graphs.run_chain(bundle, {"x": x})[-1]
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_masked_text_encoder_with_two_inputs(tmp_path):
+    from tests import graphs
+
+    net = graphs.text_encoder()
+    stages, heads = graphs.text_stages(net)
+    ids, mask = graphs.text_inputs(3)
+    example = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    bundle = export_torch(stages, heads, example, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    assert [i.name for i in loaded.inputs] == ["input_ids", "attention_mask"]
+    assert loaded.steps[0].inputs == ("input_ids", "attention_mask")
+    assert loaded.steps[1].inputs == ("activation0", "attention_mask")
+    for batch in (1, 6):
+        ids, mask = graphs.text_inputs(batch, seed=batch)
+        with torch.no_grad():
+            want = net(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        got = graphs.run_chain(bundle, {"input_ids": ids, "attention_mask": mask})
+        assert got[0].shape == (batch, graphs.TEXT_CLASSES)
+        np.testing.assert_allclose(got[-1], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_stage_forward_naming_an_unknown_input_is_refused(tmp_path):
+    class Odd(nn.Module):
+        def forward(self, h, token_type_ids):
+            return h
+
+    with pytest.raises(InputError, match=r"stages\[1\]: forward parameter 'token_type_ids'"):
+        export_torch(
+            [nn.Identity(), Odd()], [_head(1), _head(1)], torch.ones(1, 1, 40), tmp_path / "b"
+        )
+
+
+def test_parity_tolerance_is_overridable(tmp_path):
+    with pytest.raises(InputError, match=r"tolerance .* = max\(atol 1e-05, rtol 0\.001"):
+        export_torch([nn.Identity()], [Wrong()], torch.ones(1, 1, 40), tmp_path / "b")
+    bundle = export_torch(
+        [nn.Identity()], [Wrong()], torch.ones(1, 1, 40), tmp_path / "b", parity_rtol=1.0
+    )
+    assert bundle.extra["parity"]["rtol"] == 1.0
+
+
+def test_export_restores_each_submodule_mode(tmp_path):
+    """A fresh container (in training mode) around eval-mode layers must not switch
+    those layers to training mode when the export restores modes."""
+    m = SmallMultiExit().eval()
+    stages = [nn.Sequential(m.stages[0]), m.stages[1], m.stages[2]]
+    export_torch(stages, m.heads, torch.zeros(2, 1, 40), tmp_path / "b")
+    assert not any(x.training for x in m.modules())
+    assert stages[0].training

@@ -1,7 +1,9 @@
 """FLOPs/MACs counter against hand-computed values."""
 
 import numpy as np
-from hypothesis import given
+import onnx
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -119,3 +121,191 @@ def test_conv1d_macs_match_formula(
     )
     out_len = (length + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     assert count_flops(m).macs == c_out * out_len * per_group_in * k
+
+
+def _graph(nodes, inputs, inits=(), opsets=(("", 17),), output="y"):
+    """A model of `nodes`; `inputs` maps names to shapes (first axis 'batch')."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *s])
+            for n, s in inputs.items()
+        ],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+        initializer=list(inits),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+
+
+def _init(name, arr):
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.lists(st.integers(1, 3), min_size=0, max_size=2),
+    m=st.integers(1, 6),
+    k=st.integers(1, 6),
+    n=st.integers(1, 6),
+    broadcast=st.booleans(),
+)
+def test_batched_matmul_macs(batch, m, k, n, broadcast):
+    """[1, *batch, m, k] @ [*batch, k, n] (or a broadcast [k, n]) = prod(batch)*m*n*k MACs."""
+    w = np.zeros((k, n) if broadcast else (*batch, k, n), np.float32)
+    model = _graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], {"x": (*batch, m, k)}, [_init("w", w)]
+    )
+    cost = count_flops(model)
+    macs = int(np.prod(batch, dtype=np.int64)) * m * n * k
+    assert (cost.macs, cost.flops, cost.unknown_ops) == (macs, 2 * macs, [])
+
+
+def test_attention_pattern_by_hand():
+    """Scaled dot-product attention over q, k, v [B, heads 2, S 5, E 4]."""
+    h, s, e = 2, 5, 4
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+        helper.make_node("Div", ["scores", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    model = _graph(
+        nodes,
+        {"q": (h, s, e), "k": (h, s, e), "v": (h, s, e), "bias": (1, 1, s)},
+        [_init("scale", np.float32(2.0))],
+    )
+    cost = count_flops(model)
+    qk = av = h * s * s * e
+    assert cost.macs == qk + av
+    assert cost.flops == 2 * (qk + av) + 2 * h * s * s + 3 * h * s * s  # Div, Add, Softmax
+    assert cost.unknown_ops == []
+
+
+@pytest.mark.parametrize(
+    ("op", "per_element", "opset"),
+    [
+        ("Add", 1, 17),
+        ("Mul", 1, 17),
+        ("Div", 1, 17),
+        ("Sub", 1, 17),
+        ("Pow", 1, 17),
+        ("Sqrt", 1, 17),
+        ("Tanh", 1, 17),
+        ("Erf", 1, 17),
+        ("Gelu", 1, 20),
+    ],
+)
+def test_elementwise_ops_cost_one_flop_per_output(op, per_element, opset):
+    arity = 2 if op in ("Add", "Mul", "Div", "Sub", "Pow") else 1
+    ins = ["x", "x"][:arity]
+    model = _graph([helper.make_node(op, ins, ["y"])], {"x": (3, 7)}, opsets=(("", opset),))
+    cost = count_flops(model)
+    assert (cost.flops, cost.unknown_ops) == (21 * per_element, [])
+
+
+def test_layernorm_reducemean_gemm_by_hand():
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], axis=-1),
+        helper.make_node("ReduceMean", ["ln"], ["y"], axes=[1], keepdims=0),
+    ]
+    model = _graph(
+        nodes,
+        {"x": (6, 8)},
+        [_init("g", np.ones(8, np.float32)), _init("b", np.zeros(8, np.float32))],
+    )
+    cost = count_flops(model)
+    assert cost.flops == 5 * 48 + 48
+    gemm = _one("Gemm", (8,), {"w": (8, 3)})
+    assert count_flops(gemm).macs == 24
+
+
+def test_fused_contrib_attention_ops():
+    s, d_in, d, heads = 6, 8, 8, 2
+    attention = helper.make_node(
+        "Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", num_heads=heads
+    )
+    model = _graph(
+        [attention],
+        {"x": (s, d_in)},
+        [_init("w", np.zeros((d_in, 3 * d), np.float32)), _init("b", np.zeros(3 * d, np.float32))],
+        opsets=(("", 17), ("com.microsoft", 1)),
+    )
+    # com.microsoft ops have no onnx shape inference: shapes come from ORT's symbolic one
+    cost = count_flops(model)
+    macs = s * d_in * 3 * d + 2 * s * s * d
+    assert cost.macs == macs
+    assert cost.flops == 2 * macs + 3 * d * s + 3 * heads * s * s
+    mha = helper.make_node(
+        "MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", num_heads=heads
+    )
+    model = _graph(
+        [mha], {"q": (s, d), "k": (4, d), "v": (4, d)}, opsets=(("", 17), ("com.microsoft", 1))
+    )
+    cost = count_flops(model)
+    assert cost.macs == s * 4 * (d + d)
+    assert cost.unknown_ops == []
+
+
+def test_einsum_contraction():
+    model = _graph(
+        [helper.make_node("Einsum", ["x", "w"], ["y"], equation="bij,jk->bik")],
+        {"x": (5, 3)},
+        [_init("w", np.zeros((3, 4), np.float32))],
+    )
+    assert count_flops(model).macs == 5 * 3 * 4
+
+
+def test_shapes_onnx_cannot_fold_come_from_symbolic_inference():
+    """Reshape to [-1, prod(shape[1:3])]: onnx's data propagation stops at ReduceProd."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "start", "end"], ["tail"]),
+        helper.make_node("ReduceProd", ["tail"], ["n"], keepdims=1),
+        helper.make_node("Concat", ["minus1", "n"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["y"]),
+    ]
+    inits = [
+        _init("start", np.array([1], np.int64)),
+        _init("end", np.array([3], np.int64)),
+        _init("minus1", np.array([-1], np.int64)),
+        _init("w", np.zeros((24, 5), np.float32)),
+    ]
+    cost = count_flops(_graph(nodes, {"x": (4, 6)}, inits))
+    assert cost.unknown_ops == []
+    assert cost.macs == 24 * 5
+
+
+def test_torch_text_encoder_macs_by_hand(tmp_path):
+    torch = pytest.importorskip("torch", reason="the test graph is exported from torch")
+    from tests import graphs
+
+    ids, mask = graphs.text_inputs(2)
+    path = graphs.export_legacy(
+        graphs.text_encoder(),
+        (torch.from_numpy(ids), torch.from_numpy(mask)),
+        ["input_ids", "attention_mask"],
+        tmp_path / "t.onnx",
+    )
+    t, h = graphs.TOKENS + 1, graphs.HIDDEN
+    per_layer = t * h * 3 * h + t * h * h + 2 * t * h * 2 * h + 2 * t * t * h
+    cost = count_flops(onnx.load(str(path)))
+    assert cost.unknown_ops == []
+    assert cost.macs == 2 * per_layer + h * graphs.TEXT_CLASSES
+
+
+def test_partial_symbolic_inference_writes_no_file(tmp_path, monkeypatch):
+    """An op no shape inference knows stays unknown; counting writes nothing to the cwd."""
+    monkeypatch.chdir(tmp_path)
+    nodes = [
+        helper.make_node("Mystery", ["x"], ["m"], domain="custom"),
+        helper.make_node("Relu", ["x"], ["y"]),
+    ]
+    model = _graph(nodes, {"x": (4,)}, opsets=(("", 17), ("custom", 1)))
+    cost = count_flops(model)
+    assert cost.unknown_ops == ["Mystery"]
+    assert cost.flops == 4
+    assert list(tmp_path.iterdir()) == []

@@ -41,6 +41,21 @@ force_option = click.option(
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the bundle summary as JSON."
 )
+parity_rtol_option = click.option(
+    "--parity-rtol",
+    type=click.FloatRange(min=0),
+    default=1e-3,
+    show_default=True,
+    help="Parity check: relative tolerance, times the largest |value| of each compared "
+    "tensor (so near-zero logits get the scale of the others).",
+)
+parity_atol_option = click.option(
+    "--parity-atol",
+    type=click.FloatRange(min=0),
+    default=1e-5,
+    show_default=True,
+    help="Parity check: the smallest absolute tolerance.",
+)
 
 
 def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
@@ -58,12 +73,23 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
 def _report(bundle_path: Path, as_json: bool) -> None:
     from edgeadapt.bundle import load_bundle
 
-    summary = bundle_summary(load_bundle(bundle_path))
+    bundle = load_bundle(bundle_path)
+    summary = bundle_summary(bundle)
+    for note in bundle.extra.get("warnings", []):
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(f"wrote {bundle_path} ({summary['kind']}, {len(summary['states'])} states)")
-        _print_table(summary)
+        return
+    click.echo(f"wrote {bundle_path} ({summary['kind']}, {len(summary['states'])} states)")
+    _print_table(summary)
+    for h in bundle.extra.get("heads", []):
+        if h.get("kind") == "trained-linear":
+            click.echo(
+                f"  head at {h['cut']}: {h['pool']} pooling, {h['features']} features, "
+                f"accuracy {h['train_accuracy']:.3f} training / {h['heldout_accuracy']:.3f} "
+                f"held-out ({h['heldout_samples']} samples)"
+            )
+    _print_unknown_ops(summary)
 
 
 @export.command("onnx")
@@ -93,15 +119,35 @@ def _report(bundle_path: Path, as_json: bool) -> None:
     "--calibration",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="npz with x and y to train linear heads for cuts without --head.",
+    help="npz to train linear heads for cuts without --head: one array per model input, "
+    "named as the input (or x for a one-input model), plus labels y.",
 )
 @click.option(
     "--pool",
-    type=click.Choice(["auto", "gap", "flatten"]),
+    type=click.Choice(["auto", "gap", "flatten", "cls", "mean"]),
     default="auto",
     show_default=True,
-    help="Trained heads: global average pooling or flatten (auto: flatten small activations).",
+    help="Trained heads' features: gap (mean over the spatial axes of [B,C,...]), flatten, "
+    "cls (token 0 of [B,T,H]), mean (mean over the tokens, the unmasked ones when the model "
+    "has a mask input). auto: mean for token sequences, else flatten small activations and "
+    "gap large ones.",
 )
+@click.option(
+    "--mask",
+    default=None,
+    metavar="INPUT",
+    help="The model input that masks tokens for --pool mean (default: the one integer "
+    "input whose name contains 'mask').",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Calibration samples per forward pass (peak memory grows with it).",
+)
+@parity_rtol_option
+@parity_atol_option
 @output_option
 @force_option
 @json_option
@@ -112,11 +158,25 @@ def export_onnx_cmd(
     logits: str | None,
     calibration: Path | None,
     pool: str,
+    mask: str | None,
+    batch_size: int,
+    parity_rtol: float,
+    parity_atol: float,
     out: Path,
     force: bool,
     as_json: bool,
 ) -> None:
-    """Split the ONNX classifier MODEL at --cut tensors into an early-exit bundle."""
+    """Split the ONNX classifier MODEL at --cut tensors into an early-exit bundle.
+
+    Each step after the first reads the previous activation plus the model inputs it
+    needs (a transformer's attention_mask). Cuts without --head get a linear head fitted
+    on --calibration, streamed in batches of --batch-size; the command prints each head's
+    training and held-out accuracy and warns when they differ a lot.
+
+    \b
+    edgeadapt export onnx resnet18.onnx --cut /layer1/layer1.1/relu_1/Relu_output_0 \\
+        --cut /layer2/layer2.1/relu_1/Relu_output_0 --calibration calib.npz -o bundle/
+    """
     from edgeadapt.exporters.onnx import export_onnx
 
     with contextlib.ExitStack() as stack:
@@ -140,6 +200,10 @@ def export_onnx_cmd(
             logits=logits,
             calibration=calibration,
             pool=pool,
+            mask=mask,
+            batch_size=batch_size,
+            parity_rtol=parity_rtol,
+            parity_atol=parity_atol,
             force=force,
             progress=progress,
         )
@@ -206,6 +270,17 @@ def bundle_summary(bundle: Any, problem: str | None = None) -> dict[str, Any]:
     }
 
 
+def _print_unknown_ops(summary: dict[str, Any]) -> None:
+    """Warn (on stderr) about steps whose FLOPs miss ops the counter cannot count."""
+    for s in summary["steps"]:
+        if s["unknown_ops"]:
+            click.echo(
+                f"warning: {s['file']}: FLOPs leave out ops the counter cannot count: "
+                f"{', '.join(s['unknown_ops'])}",
+                err=True,
+            )
+
+
 def _print_table(summary: dict[str, Any]) -> None:
     rows = [("state", "flops", "params", "files")]
     for s in summary["states"]:
@@ -244,6 +319,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
                 f"  {s['file']}: stage {s['stage_flops']:,} + head {s['head_flops']:,} FLOPs"
             )
         click.echo("  verified: yes" if problem is None else f"  verified: NO ({problem})")
+        _print_unknown_ops(summary)
     if problem is not None:
         raise SystemExit(1)
 

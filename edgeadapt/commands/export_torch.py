@@ -23,6 +23,8 @@ from edgeadapt.commands.export import (
     force_option,
     json_option,
     output_option,
+    parity_atol_option,
+    parity_rtol_option,
 )
 from edgeadapt.errors import InputError
 
@@ -67,24 +69,26 @@ def load_factory(spec: str) -> Any:
     return factory
 
 
-def export_from_factory(factory: Any, out: Path, *, force: bool) -> Any:
+def export_from_factory(factory: Any, out: Path, *, force: bool, **kwargs: Any) -> Any:
     """Call `factory()` and export what it returns:
 
     - ``(stages, heads, example_input)``: an early-exit bundle;
     - ``(model, example_input)`` with ``model.stages`` and ``model.heads``: the same;
     - ``([model, ...], example_input)``: an ensemble bundle of a model family.
+
+    `kwargs` (``parity_rtol``, ``parity_atol``, ...) go to the exporter.
     """
     from edgeadapt.exporters.torch import export_torch, export_torch_family, export_torch_model
 
     made = factory()
     if isinstance(made, tuple) and len(made) == 3:
         stages, heads, example = made
-        return export_torch(stages, heads, example, out, force=force)
+        return export_torch(stages, heads, example, out, force=force, **kwargs)
     if isinstance(made, tuple) and len(made) == 2:
         model, example = made
         if isinstance(model, Sequence):
-            return export_torch_family(model, example, out, force=force)
-        return export_torch_model(model, example, out, force=force)
+            return export_torch_family(model, example, out, force=force, **kwargs)
+        return export_torch_model(model, example, out, force=force, **kwargs)
     raise InputError(
         "the factory must return (stages, heads, example_input), (model, example_input) "
         f"or ([models], example_input); got {type(made).__name__}",
@@ -100,12 +104,18 @@ def export_from_factory(factory: Any, out: Path, *, force: bool) -> Any:
     help="Python callable returning (stages, heads, example_input), (model, example_input) "
     "for a model with .stages/.heads, or ([models], example_input) for a family.",
 )
+@parity_rtol_option
+@parity_atol_option
 @output_option
 @force_option
 @json_option
-def export_torch_cmd(factory: str, out: Path, force: bool, as_json: bool) -> None:
+def export_torch_cmd(
+    factory: str, parity_rtol: float, parity_atol: float, out: Path, force: bool, as_json: bool
+) -> None:
     """Export a PyTorch multi-exit model (or model family) built by --factory."""
-    bundle = export_from_factory(load_factory(factory), out, force=force)
+    bundle = export_from_factory(
+        load_factory(factory), out, force=force, parity_rtol=parity_rtol, parity_atol=parity_atol
+    )
     summary = bundle_summary(bundle)
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -64,6 +64,15 @@ from edgeadapt.planner import CALIBRATIONS
     help="The promise (drop <= --max-drop on new data) holds with probability 1 - delta.",
 )
 @click.option(
+    "--cost-percentile",
+    "cost_stat",
+    type=click.Choice(["p50", "p90", "p99"]),
+    default="p50",
+    show_default=True,
+    help="Profile percentile the plan's costs and budget table use: p90 or p99 leave "
+    "room for slow calls, so budgets are missed less often.",
+)
+@click.option(
     "--calibration",
     type=click.Choice(CALIBRATIONS),
     default="risk",
@@ -90,6 +99,7 @@ def plan_cmd(
     measure: str,
     delta: float,
     calibration: str,
+    cost_stat: str,
     out: Path | None,
     as_json: bool,
 ) -> None:
@@ -120,7 +130,7 @@ def plan_cmd(
     from edgeadapt.profile import load_profile
 
     loaded = load_bundle(bundle)
-    costs = profile_costs(load_profile(profile_path, loaded), loaded)
+    costs = profile_costs(load_profile(profile_path, loaded), loaded, stat=cost_stat)
     plan = plan_bundle(
         loaded,
         load_evaluation(evaluation_path),
@@ -133,6 +143,7 @@ def plan_cmd(
         max_drop=max_drop,
         delta=delta,
         calibration=calibration,
+        cost_stat=cost_stat,
     )
     target = out if out is not None else loaded.path / "plan.json"
     save_plan(target, plan)

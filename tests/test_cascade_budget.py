@@ -1,0 +1,89 @@
+"""The plan's budget table at run time: a budget picks the most accurate kept state
+whose EWMA-corrected cost fits; contention that raises the measured costs picks a
+cheaper one; ensembles and branches run the picked member alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeadapt.bundle import load_bundle
+from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.plan import BudgetRow
+from edgeadapt.profile import profile_bundle
+from tests.plans import runner_plan
+
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+# Cascade cost of exiting at each state, ms: far above what the steps really take, so
+# that a slow call on a loaded machine cannot change which state a budget picks.
+COSTS = (100.0, 200.0, 300.0, 400.0)
+TABLE = tuple(
+    BudgetRow(budget_ms=c, state=s, accuracy=a)
+    for s, c, a in zip(range(4), COSTS, (0.5, 0.8, 0.95, 0.97), strict=True)
+)
+
+
+def _x(n=6):
+    return np.random.default_rng(0).standard_normal((n, 1, 40)).astype(np.float32)
+
+
+@pytest.fixture
+def multiexit():
+    bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
+    # thresholds that never fire: only the budget decides where rows stop
+    plan = runner_plan(bundle, (0, 1, 2, 3), (2.0, 2.0, 2.0), COSTS, table=TABLE)
+    with AdaptiveModel.load(bundle, plan=plan, warmup=3) as m:  # no cold first call
+        yield m
+
+
+@pytest.mark.parametrize(("budget", "state"), [(150.0, 0), (200.0, 1), (390.0, 2), (1e4, 3)])
+def test_the_budget_table_picks_the_most_accurate_state_that_fits(multiexit, budget, state):
+    out = multiexit.predict(_x(), budget_ms=budget)
+    assert (out.exit_state == state).all()
+    assert len(out.latency_ms["steps"]) == state + 1  # deeper steps never ran
+    assert not out.budget_exit.any()
+
+
+def test_a_budget_below_every_state_answers_at_the_first_and_says_so(multiexit):
+    out = multiexit.predict(_x(), budget_ms=50.0)
+    assert (out.exit_state == 0).all()
+    assert out.budget_exit.all()  # none is confident enough: the budget sent them out
+    assert len(out.latency_ms["steps"]) == 1
+
+
+def test_contention_that_raises_measured_costs_picks_a_cheaper_state(multiexit):
+    assert (multiexit.predict(_x(1), budget_ms=350.0).exit_state == 2).all()
+    for _ in range(20):  # a neighbour makes step 1 five times slower than planned
+        multiexit.policy.observe(1, 500.0)
+    assert multiexit.policy.state_ms(1) > 350.0
+    out = multiexit.predict(_x(1), budget_ms=350.0)
+    assert (out.exit_state == 0).all()
+
+
+def test_an_ensemble_plan_runs_the_picked_member_alone():
+    bundle = load_bundle(BUNDLES / "mnist1d-family")
+    own = (20.0, 50.0, 100.0)
+    table = [
+        BudgetRow(budget_ms=c, state=s, accuracy=a)
+        for s, c, a in zip(range(3), own, (0.3, 0.6, 0.9), strict=True)
+    ]
+    plan = runner_plan(bundle, (0, 1, 2), (2.0, 2.0), np.cumsum(own).tolist(), table=table)
+    with AdaptiveModel.load(bundle, plan=plan, warmup=3) as m:
+        out = m.predict(_x(), budget_ms=60.0)  # mlp alone fits (50), not logistic + mlp
+        assert (out.exit_state == 1).all()
+        assert len(out.latency_ms["steps"]) == 1
+        assert m.predict(_x(), budget_ms=500.0).exit_state.tolist() == [2] * 6
+        # without a budget the plan's threshold cascade runs, cheapest member first
+        assert len(m.predict(_x()).latency_ms["steps"]) == 3
+
+
+def test_the_plans_cost_percentile_sets_the_predicted_costs():
+    bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
+    profile = profile_bundle(bundle, warmup=2, iters=30)
+    for stat in ("p50", "p90"):
+        plan = runner_plan(bundle, (0, 1, 2, 3), (2.0, 2.0, 2.0), COSTS, cost_stat=stat)
+        with AdaptiveModel.load(bundle, plan=plan, profile=profile) as m:
+            want = [s.get(stat) for s in profile.step_stats(1)]
+            np.testing.assert_allclose(m.policy.costs_ms, want)
