@@ -17,7 +17,8 @@ target, the most accurate kept state whose predicted cost fits B (the kernel's
 tight picks a cheaper state). An early-exit plan then runs the cascade up to that
 state, which always answers; an ensemble or branches plan runs that one member alone
 (AdaInf's direct selection of a branch). When nothing fits, or without a plan, the
-cascade walks every kept state. Either way the first state of the route always runs (there is no answer
+cascade walks every kept state. A branches plan without a budget runs its most accurate
+branch alone. Either way the first state of the route always runs (there is no answer
 before it); when the next one is predicted not to fit what is left, every remaining row
 exits with its answer at the last completed state (``budget_exit`` marks them).
 Predicted costs come from `step_costs_ms`, a profile (at the plan's cost percentile) or
@@ -35,6 +36,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter_ns
 from typing import Any, NamedTuple
 
@@ -47,6 +49,7 @@ from edgeadapt.kernel import MEASURES, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session, get_runtime
+from edgeadapt.stepcheck import check_logits, check_rows, check_step
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,30 @@ def _route(
     return hops
 
 
+def _static_session(rt: Any, bundle: Bundle, stages: Sequence[_Stage]) -> Session | None:
+    """For a plan that keeps one state of an early-exit bundle, that state as one plain
+    model (`exporters.compose.whole_model`: its steps merged, the other heads pruned), so
+    the deployment costs what the static model does; None otherwise, or when the steps
+    cannot be merged (then they run one by one)."""
+    if bundle.kind != "early-exit" or len(stages) != 1 or len(stages[0].steps) == 1:
+        return None
+    import tempfile
+
+    import onnx
+
+    from edgeadapt.exporters.compose import whole_model
+
+    try:
+        model = whole_model(bundle, stages[0].state)
+    except InputError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
+        path = Path(tmp) / "static.onnx"
+        onnx.save_model(model, str(path))
+        session: Session = rt.load(path)
+    return session
+
+
 def _budget_routes(bundle: Bundle, route: Sequence[_Hop]) -> tuple[tuple[_Hop, ...], ...]:
     """The route `predict` walks for each target slot a budget table picks: the cascade
     up to it (early-exit), or the target alone (ensemble, branches)."""
@@ -200,14 +227,23 @@ class AdaptiveModel:
         stages: Sequence[_Stage],
         policy: Policy,
         costs_known: bool,
+        static: Session | None = None,
     ) -> None:
         self.bundle = bundle
         self.sessions = tuple(sessions)
         self.stages = tuple(stages)
         self.policy = policy
         self.costs_known = costs_known
+        #: The whole model a one-state early-exit plan runs instead of its steps.
+        self.static = static
         self._buffers = decide_buffers(1)
-        self._route = tuple(_route(bundle, self.sessions, self.stages, policy))
+        if static is not None:
+            feeds = tuple((name, True) for name in static.input_names)
+            logits = bundle.steps[stages[0].state].logits
+            hop = _Hop(stages[0].state, 0, policy.threshold(0), logits, ((static, feeds),), (), ())
+            self._route: tuple[_Hop, ...] = (hop,)
+        else:
+            self._route = tuple(_route(bundle, self.sessions, self.stages, policy))
         # With a budget table (the policy knows each kept state's accuracy), a budget
         # picks one of these routes; without one it walks the whole route.
         self._targets = (
@@ -301,7 +337,8 @@ class AdaptiveModel:
         )
 
         rt = get_runtime(runtime, **(runtime_options or {}))
-        needed = sorted({i for st in stages for i in st.steps})
+        static = _static_session(rt, bundle, stages)
+        needed = [] if static is not None else sorted({i for st in stages for i in st.steps})
         sessions: list[Any] = [None] * len(bundle.steps)
         try:
             for i in needed:
@@ -312,7 +349,7 @@ class AdaptiveModel:
                     s.close()
             raise
         known = per_step is not None or plan is not None
-        model = cls(bundle, sessions, stages, policy, known)
+        model = cls(bundle, sessions, stages, policy, known, static)
         try:
             model.warm_up(warmup)
         except BaseException:
@@ -326,15 +363,23 @@ class AdaptiveModel:
         and the kernel on its logits, so that the
         backends' first-call costs (allocations, kernel selection, caches) are paid here
         rather than by the first `predict`. The policy's learned costs are left alone."""
+        if rounds < 1:
+            return
         bundle = self.bundle
         batch = warmup_batch(bundle)
         pbuf, cbuf, mbuf, kbuf = self._buffers
         for _ in range(rounds):
+            if self.static is not None:
+                out = self.static.run({n: batch[n] for n in self.static.input_names}, check=False)
+                logits = np.ascontiguousarray(out[self._route[0].logits])
+                decide_into(logits, 2.0, pbuf[:1], cbuf[:1], mbuf[:1], kbuf[:1], self._measure)
+                continue
             env = dict(batch)
             for step, session in zip(bundle.steps, self.sessions, strict=True):
                 if session is None:  # a plan's ensemble member that is never run
                     continue
                 out = session.run({name: env[name] for name in step.inputs}, check=False)
+                check_step(out, 1, step.logits, bundle.num_classes, session.path)
                 if bundle.kind == "early-exit":
                     env.update(out)
                 logits = np.ascontiguousarray(out[step.logits])
@@ -342,7 +387,7 @@ class AdaptiveModel:
 
     def close(self) -> None:
         """Release every step's session."""
-        for s in self.sessions:
+        for s in (*self.sessions, self.static):
             if s is not None:
                 s.close()
 
@@ -399,6 +444,40 @@ class AdaptiveModel:
         """`check_inputs` for a one-input bundle's bare array: the validated array."""
         return self.check_inputs(x)[self.bundle.input.name]
 
+    def _predict_one(self, inputs: dict[str, np.ndarray], hop: _Hop) -> Prediction:
+        """One kept state alone, `hop` (a plan of one state, whose budget cannot change
+        what runs, or a branch): its one call (the whole model, for a one-state
+        early-exit plan) and the kernel's answer, nothing else."""
+        start = perf_counter_ns()
+        state, slot, _, logits_name, calls, _, _ = hop
+        ((session, feeds),) = calls
+        out = session.run({name: inputs[name] for name, _ in feeds}, check=False)
+        self.policy.observe(slot, session.last_run_ns / 1e6)
+        logits = out[logits_name]
+        b = logits.shape[0]
+        if self._buffers[0].shape[0] < b:
+            self._buffers = decide_buffers(b)
+        _, _, mbuf, kbuf = self._buffers
+        pred = np.empty(b, dtype=np.int64)
+        conf = np.empty(b, dtype=np.float32)
+        try:
+            decide_into(logits, -math.inf, pred, conf, mbuf, kbuf, self._measure)
+        except TypeError:  # not C-contiguous: the kernel reads logits in place
+            decide_into(
+                np.ascontiguousarray(logits), -math.inf, pred, conf, mbuf, kbuf, self._measure
+            )
+        return Prediction(
+            pred=pred,
+            exit_state=np.full(b, state, dtype=np.int64),
+            conf=conf,
+            budget_exit=np.zeros(b, dtype=np.bool_),
+            latency_ms={
+                "total": (perf_counter_ns() - start) / 1e6,
+                "steps": [session.last_run_ns / 1e6],
+                "rows": [b],
+            },
+        )
+
     def _check_budget(self, budget_ms: Any) -> float | None:
         if budget_ms is None:
             return None
@@ -428,6 +507,8 @@ class AdaptiveModel:
         """
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
+        if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):
+            return self._predict_one(inputs, self._route[-1])
         start = perf_counter_ns()
         b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
@@ -444,6 +525,8 @@ class AdaptiveModel:
             target = policy.lookup(budget)
             if target is not None:  # else nothing fits: the first state, then out
                 route = self._targets[target]
+        elif self.bundle.kind == "branches":  # no budget: the most accurate branch alone
+            route = route[-1:]
         last = len(route) - 1
         # `rows`: original indices of the active rows, None while every row is active;
         # pred/conf always hold each active row's answer at the last completed state.
@@ -471,10 +554,12 @@ class AdaptiveModel:
                         {name: xs[name] if is_input else prev[name] for name, is_input in feeds},
                         check=False,
                     )
+                check_rows(prev, n, session.path)
                 step_ms.append(session.last_run_ns / 1e6)
                 step_rows.append(n)
             policy.observe(slot, (perf_counter_ns() - t0) / 1e6)
             logits = prev[logits_name]
+            check_logits(logits, n, self.bundle.num_classes, calls[-1][0].path, logits_name)
             if rows is None:
                 try:
                     k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import Fields, check_value, read_json, write_json
+from edgeadapt.jsonio import MAX_MS, Fields, check_value, read_json, write_json
 from edgeadapt.risk import Promise
 
 if TYPE_CHECKING:
@@ -159,7 +159,20 @@ class Plan:
             "beats_static": self.beats_static,
             "promise": None if self.promise is None else self.promise.to_json(),
             "fallback": self.fallback,
+            "statement": self.statement,
         }
+
+    @property
+    def statement(self) -> str:
+        """What the plan promises, or why it keeps the static model, in one line."""
+        if self.fallback is not None:
+            return self.fallback
+        if self.promise is not None:
+            return self.promise.describe()
+        return (
+            f"no promise (empirical calibration); Clopper-Pearson drop bound "
+            f"{self.drop_bound:.2%} at probability {1 - self.delta:.0%} on the held-out split"
+        )
 
     @property
     def beats_static(self) -> bool | None:
@@ -273,7 +286,7 @@ def _figures(f: Fields) -> SplitFigures:
         accuracy=f.number("accuracy", minimum=0.0, maximum=1.0),
         reference_accuracy=f.number("reference_accuracy", minimum=0.0, maximum=1.0),
         drop=f.number("drop", minimum=-1.0, maximum=1.0),
-        cost_ms=f.number("cost_ms", minimum=0.0),
+        cost_ms=f.number("cost_ms", minimum=0.0, maximum=MAX_MS),
     )
 
 
@@ -319,7 +332,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     measure = f.get("measure", str, check=_one_of(MEASURES))
     low, high = MEASURE_RANGES[measure]
     thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
-    cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0)
+    cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0, maximum=MAX_MS)
 
     budget = []
     for row in f.items("budget"):
@@ -330,7 +343,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         )
         budget.append(
             BudgetRow(
-                budget_ms=row.number("budget_ms", minimum=0.0),
+                budget_ms=row.number("budget_ms", minimum=0.0, maximum=MAX_MS),
                 state=state,
                 accuracy=row.number("accuracy", minimum=0.0, maximum=1.0),
             )

@@ -87,3 +87,22 @@ def test_the_plans_cost_percentile_sets_the_predicted_costs():
         with AdaptiveModel.load(bundle, plan=plan, profile=profile) as m:
             want = [s.get(stat) for s in profile.step_stats(1)]
             np.testing.assert_allclose(m.policy.costs_ms, want)
+
+
+def test_a_plan_of_one_state_deploys_the_static_model():
+    bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
+    x = np.random.default_rng(5).standard_normal((9, 1, 40)).astype(np.float32)
+    one = runner_plan(bundle, (2,), (), (0.3,))
+    with AdaptiveModel.load(bundle, plan=one, warmup=1) as m:
+        assert m.static is not None
+        assert all(s is None for s in m.sessions)  # no step session is loaded
+        got = m.predict(x, budget_ms=1e-3)  # a budget cannot change what runs
+        assert len(got.latency_ms["steps"]) == 1
+    chain = runner_plan(bundle, (0, 1, 2), (2.0, 2.0), (0.1, 0.2, 0.3))
+    with AdaptiveModel.load(bundle, plan=chain) as m:
+        assert m.static is None
+        want = m.predict(x)
+    np.testing.assert_array_equal(got.pred, want.pred)
+    np.testing.assert_allclose(got.conf, want.conf, rtol=1e-5)
+    assert (got.exit_state == 2).all()
+    assert not got.budget_exit.any()

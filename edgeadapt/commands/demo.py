@@ -85,10 +85,10 @@ def render_bundle(b: dict[str, Any]) -> str:
     gap = plan["gap_closure"]
     lines.append(
         f"  held-out calibration half: accuracy {_pct(plan['accuracy'])}, drop "
-        f"{_pct(plan['drop'], signed=True)} (<= {_pct(plan['drop_bound'])} with probability "
-        f"{1 - plan['delta']:.0%}) vs {plan['reference']}; expected {plan['cost']:.4f} ms; "
-        f"oracle gap closure {'n/a' if gap is None else f'{gap:.1%}'}"
+        f"{_pct(plan['drop'], signed=True)} vs {plan['reference']}; expected "
+        f"{plan['cost']:.4f} ms; oracle gap closure {'n/a' if gap is None else f'{gap:.1%}'}"
     )
+    lines.append(f"  {plan['statement']}")
     lines.append(
         f"  expected cost against R_N, {bounds['r_n_what']} ({plan['r_n']:.4f} ms): "
         f"{_saving(plan['saving_vs_r_n'])}; against the static model "
@@ -129,8 +129,8 @@ def render_bundle(b: dict[str, Any]) -> str:
     )
     if len(plan["states"]) == 1:
         lines.append(
-            "  (one state kept: the plan is the static model run through AdaptiveModel, so the "
-            "difference is the cascade's own per-call cost)"
+            "  (one state kept: AdaptiveModel deploys that state as one plain model, the "
+            "static model itself, so the difference is its own per-call cost)"
         )
     rgap = r["gap_closure"]
     lines.append(

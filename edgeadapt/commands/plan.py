@@ -160,15 +160,7 @@ def plan_cmd(
         f"held-out: accuracy {summary['accuracy']:.2%}, drop {summary['drop']:+.2%} "
         f"against {summary['reference']}"
     )
-    if plan.fallback is not None:
-        click.echo(plan.fallback)
-    elif plan.promise is not None:
-        click.echo(plan.promise.describe())
-    else:
-        click.echo(
-            f"no promise (empirical calibration); Clopper-Pearson drop bound "
-            f"{summary['drop_bound']:.2%} at probability {1 - summary['delta']:.0%}"
-        )
+    click.echo(plan.statement)
     click.echo(
         f"expected cost {summary['cost']:.4f} ms; oracle {summary['oracle']['r_oracle']:.4f} ms "
         f"at {summary['oracle']['a_oracle']:.2%}"

@@ -175,6 +175,30 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
     out = std::move(r);
 }
 
+// Every output of a step keeps the rows of its input (a fixed batch of 1 would be read
+// past its end when rows are compacted) and the logits are [rows, num_classes]: as
+// edgeadapt/stepcheck.py.
+void Runner::check_outputs(std::size_t step, const TensorView* views, std::size_t count,
+                           std::size_t logits, std::int64_t rows) const {
+    const Step& s = bundle_.steps[step];
+    for (std::size_t k = 0; k < count; ++k) {
+        const TensorView& v = views[k];
+        const std::string& name = k == logits ? s.logits : s.activation;
+        if (v.rank < 1 || v.rows != rows)
+            fail(Code::Backend, s.path.string(), "output '" + name + "'",
+                 "has " + std::to_string(v.rows) + " row(s) (rank " + std::to_string(v.rank) +
+                     ") for an input of " + std::to_string(rows) +
+                     " row(s): every output of a step must keep the batch axis (axis 0) of its input");
+    }
+    const TensorView& v = views[logits];
+    if (v.rank != 2 || v.row_elements != bundle_.num_classes)
+        fail(Code::Backend, s.path.string(), "output '" + s.logits + "'",
+             "logits have rank " + std::to_string(v.rank) + " and " +
+                 std::to_string(v.row_elements) + " values a row; expected float32 [" +
+                 std::to_string(rows) + ", " + std::to_string(bundle_.num_classes) +
+                 "] (batch rows by the bundle's num_classes)");
+}
+
 const float* Runner::rows_of_input(const float* x) {
     if (!x_gathered_) {
         gather(x, bundle_.input.row_elements(), rows_.data(), static_cast<std::int64_t>(rows_.size()),
@@ -274,6 +298,7 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
             s.session->infer();
             const std::size_t n_out = s.logits_out + 1;
             for (std::size_t k = 0; k < n_out; ++k) prev[k] = s.session->output(k);
+            check_outputs(i, prev, n_out, s.logits_out, active);
             out.step_ms.push_back(ms_since(ts));
             out.step_rows.push_back(active);
             out.step_index.push_back(static_cast<std::int64_t>(i));
@@ -281,10 +306,6 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
         policy_.observe(static_cast<std::int64_t>(pos), ms_since(t0));
         const StepRun& tail = steps_[stage.steps.back()];
         const TensorView logits = prev[tail.logits_out];
-        if (logits.rows != active)
-            fail(Code::Backend, bundle_.steps[stage.steps.back()].file, "",
-                 "logits have " + std::to_string(logits.rows) + " rows for " + std::to_string(active) +
-                     " inputs");
         std::int64_t k = 0;
         const Status st = decide(logits.data, active, logits.row_elements, policy_.measure(),
                                  stage.threshold, pred_.data(), conf_.data(), exit_mask_.data(),
