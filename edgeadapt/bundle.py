@@ -29,14 +29,17 @@ the hashes and that the steps chain.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
+import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -46,7 +49,7 @@ import onnx
 from edgeadapt import __version__
 from edgeadapt.errors import InputError
 from edgeadapt.flops import ancestors, count_flops, count_params
-from edgeadapt.jsonio import Fields, dumps, read_json
+from edgeadapt.jsonio import Fields, check_path, dumps, read_json
 
 FORMAT = "edgeadapt-bundle"
 VERSION = 2
@@ -392,17 +395,37 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def _clean_stale(parent: Path, name: str) -> None:
-    """Remove temp dirs left beside `name` by writers that were killed."""
-    for p in parent.glob(f"{_TMP_PREFIX}{name}-*"):
-        pid = p.name[len(f"{_TMP_PREFIX}{name}-") :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                shutil.rmtree(p, ignore_errors=True)
-            except PermissionError:
-                continue
+_STALE = re.compile(rf"^{re.escape(_TMP_PREFIX)}.+-(\d+)-[a-z0-9_]{{8}}(-old)?$")
+
+
+def _clean_stale(parent: Path) -> list[Path]:
+    """Remove the temp dirs that writers killed midway left in `parent` (whatever bundle
+    they were writing: the pid in the name is no longer running); return them."""
+    removed = []
+    for p in parent.glob(f"{_TMP_PREFIX}*"):
+        m = _STALE.match(p.name)
+        if m is None or not p.is_dir() or p.is_symlink() or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        except (PermissionError, OverflowError):
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def _writers_lock(folder: Path) -> Iterator[None]:
+    """Serialise the writers committing into `folder`: a writer swaps its bundle in and
+    re-reads it under the lock, so another writer's swap cannot pass for tampering."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _commit(tmp: Path, out: Path, force: bool) -> None:
@@ -490,6 +513,9 @@ def write_bundle(
         raise BundleError(
             f"need {len(parts)} distinct non-empty names, got {names}", field="state_names"
         )
+    for j, n in enumerate(names):
+        if (problem := _state_name_problem(n)) is not None:
+            raise BundleError(problem, field=f"state_names[{j}]")
 
     entries: list[dict[str, Any]] = []
     previous: list[str] = []
@@ -497,9 +523,43 @@ def write_bundle(
         entries.append(_entry(i, s, kind, i == len(parts) - 1, model_inputs, num_classes, previous))
         previous = _graph_io(s.model)[1]
 
-    out = Path(out_dir).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out.parent, out.name)
+    out = check_path(out_dir).absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(out.parent)
+        return _write(
+            out,
+            entries,
+            parts,
+            names,
+            kind,
+            specs,
+            num_classes,
+            producer,
+            extra,
+            force,
+            shared_weights,
+        )
+    except OSError as e:
+        raise BundleError(
+            f"cannot write: {e.strerror or e} (an existing bundle there is left as it was)",
+            source=out,
+        ) from None
+
+
+def _write(
+    out: Path,
+    entries: list[dict[str, Any]],
+    parts: Sequence[Step],
+    names: Sequence[str],
+    kind: str,
+    specs: Sequence[InputSpec],
+    num_classes: int,
+    producer: dict[str, Any],
+    extra: dict[str, Any] | None,
+    force: bool,
+    shared_weights: str | None,
+) -> Bundle:
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent))
     try:
         files: dict[str, str] = {}
@@ -539,12 +599,13 @@ def write_bundle(
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
         _fsync(tmp / MANIFEST)
         _fsync(tmp)
-        _commit(tmp, out, force)
-        _fsync(out.parent)
+        with _writers_lock(out.parent):
+            _commit(tmp, out, force)
+            _fsync(out.parent)
+            return load_bundle(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return load_bundle(out)
 
 
 # --------------------------------------------------------------------------- loading
@@ -582,6 +643,33 @@ def _nonneg(v: Any) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+#: the most values one input row may hold (cpp/runner refuses the same)
+MAX_ROW_ELEMENTS = 2**31 - 1
+
+
+def _is_control(c: str) -> bool:
+    """C0, DEL and C1 controls, line/paragraph separators, zero-width and bidi controls:
+    the set cpp/runner/src/bundle.cpp `has_control` refuses."""
+    o = ord(c)
+    return (
+        o < 0x20
+        or 0x7F <= o <= 0x9F
+        or 0x200B <= o <= 0x200F
+        or o in (0x2028, 0x2029)
+        or 0x202A <= o <= 0x202E
+    )
+
+
+def _state_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a state, or None: it is printed in tables and reports, so
+    control characters (newlines, ANSI escapes) are refused."""
+    if not name:
+        return "must not be empty"
+    if any(_is_control(c) for c in name):
+        return f"must not contain control characters, got {name!r}"
+    return None
+
+
 def _parse_input(f: Fields) -> InputSpec:
     name = f.get("name", str, check=lambda v: None if v else "must not be empty")
     shape = f.get("shape", list)
@@ -592,6 +680,8 @@ def _parse_input(f: Fields) -> InputSpec:
             raise BundleError(
                 "must be a positive integer", source=f.source, field=f"{f.path}.shape[{k}]"
             )
+    if math.prod(shape[1:]) > MAX_ROW_ELEMENTS:
+        f.fail(f"a row of {math.prod(shape[1:])} values exceeds {MAX_ROW_ELEMENTS}", "shape")
     dtype = f.get("dtype", str, check=lambda v: None if v in DTYPES else f"must be one of {DTYPES}")
     return InputSpec(name, tuple(shape), dtype)
 
@@ -623,27 +713,113 @@ def _str_list(f: Fields, key: str) -> tuple[str, ...]:
 
 
 def _external_locations(model: onnx.ModelProto) -> list[str]:
-    """Every external-data location of the model's tensors, subgraphs included."""
+    """The location of every tensor that points at external data ("" when it names
+    none): initializers, sparse initializers, tensor and sparse-tensor attributes (a
+    Constant's ``value`` or ``sparse_value``), subgraphs, functions and training graphs,
+    every place ONNX allows a tensor. cpp/runner/src/onnx_scan.cpp walks the same ones."""
     found: list[str] = []
+    attr = onnx.AttributeProto
 
-    def visit(g: onnx.GraphProto) -> None:
-        tensors = list(g.initializer)
-        for node in g.node:
+    def tensor(t: onnx.TensorProto) -> None:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            found.append({e.key: e.value for e in t.external_data}.get("location", ""))
+
+    def sparse(t: onnx.SparseTensorProto) -> None:
+        tensor(t.values)
+        tensor(t.indices)
+
+    def nodes(ns: Iterable[onnx.NodeProto]) -> None:
+        for node in ns:
             for a in node.attribute:
-                if a.type == onnx.AttributeProto.TENSOR:
-                    tensors.append(a.t)
-                elif a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
+                if a.type == attr.TENSOR:
+                    tensor(a.t)
+                elif a.type == attr.TENSORS:
+                    for t in a.tensors:
+                        tensor(t)
+                elif a.type == attr.SPARSE_TENSOR:
+                    sparse(a.sparse_tensor)
+                elif a.type == attr.SPARSE_TENSORS:
+                    for st in a.sparse_tensors:
+                        sparse(st)
+                elif a.type == attr.GRAPH:
+                    graph(a.g)
+                elif a.type == attr.GRAPHS:
                     for sub in a.graphs:
-                        visit(sub)
-        for t in tensors:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                loc = {e.key: e.value for e in t.external_data}.get("location", "")
-                found.append(loc)
+                        graph(sub)
 
-    visit(model.graph)
+    def graph(g: onnx.GraphProto) -> None:
+        for t in g.initializer:
+            tensor(t)
+        for st in g.sparse_initializer:
+            sparse(st)
+        nodes(g.node)
+
+    graph(model.graph)
+    for f in model.functions:
+        nodes(f.node)
+    for info in model.training_info:
+        graph(info.initialization)
+        graph(info.algorithm)
     return found
+
+
+_ONNX_DTYPES = {
+    "float32": onnx.TensorProto.FLOAT,
+    "float16": onnx.TensorProto.FLOAT16,
+    "float64": onnx.TensorProto.DOUBLE,
+    "int64": onnx.TensorProto.INT64,
+    "int32": onnx.TensorProto.INT32,
+    "int8": onnx.TensorProto.INT8,
+    "uint8": onnx.TensorProto.UINT8,
+    "bool": onnx.TensorProto.BOOL,
+}
+
+
+def _check_facts(
+    bundle: Bundle, s: StepInfo, model: onnx.ModelProto, source: Path, where: str
+) -> None:
+    """The manifest's facts hold for the ONNX file: each model input it reads has the
+    manifest's dtype and static dimensions, and its logits are float32 [batch, num_classes]
+    (where the file declares them); axis 0 is never fixed (rows are compacted)."""
+    specs = {i.name: i for i in bundle.inputs}
+
+    def refuse(message: str) -> None:
+        raise BundleError(f"{s.file!r}: {message}", source=source, field=where)
+
+    def dims(v: onnx.ValueInfoProto) -> list[int | None] | None:
+        t = v.type.tensor_type
+        if not t.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+
+    for v in model.graph.input:
+        spec = specs.get(v.name)
+        if spec is None:
+            continue
+        if v.type.tensor_type.elem_type != _ONNX_DTYPES[spec.dtype]:
+            refuse(f"input {v.name!r} is not {spec.dtype}, the manifest's dtype")
+        d = dims(v)
+        if d is None:
+            continue
+        if len(d) != len(spec.shape):
+            refuse(f"input {v.name!r} has rank {len(d)}, the manifest's shape {list(spec.shape)}")
+        if d[0] is not None:
+            refuse(f"input {v.name!r} has a fixed batch axis of {d[0]}; axis 0 must be dynamic")
+        for k, (got, want) in enumerate(zip(d[1:], spec.shape[1:], strict=True), 1):
+            if got is not None and got != want:
+                refuse(f"input {v.name!r} has {got} on axis {k}, the manifest's shape {want}")
+    for v in model.graph.output:
+        d = dims(v)
+        if d is not None and d and d[0] is not None:
+            refuse(f"output {v.name!r} has a fixed batch axis of {d[0]}; axis 0 must be dynamic")
+        if v.name != s.logits:
+            continue
+        if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            refuse(f"logits {v.name!r} are not float32")
+        if d is not None and (len(d) != 2 or d[1] not in (None, bundle.num_classes)):
+            refuse(
+                f"logits {v.name!r} have shape {d}; the manifest says [batch, {bundle.num_classes}]"
+            )
 
 
 def _verify_files(bundle: Bundle, source: Path) -> None:
@@ -679,6 +855,7 @@ def verify_bundle(bundle: Bundle) -> Bundle:
                     field=where,
                 )
         inputs, outputs = _graph_io(model)
+        _check_facts(bundle, s, model, source, where)
         want_out = [n for n in (s.activation, s.logits) if n]
         if tuple(inputs) != s.inputs or sorted(outputs) != sorted(want_out):
             raise BundleError(
@@ -710,10 +887,14 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
 def _load(root: Path, verify: bool) -> Bundle:
     if root.name == MANIFEST and root.is_file():
         root = root.parent
-    root = root.absolute()
+    root = check_path(root).absolute()
     source = root / MANIFEST
     if not root.is_dir():
         raise BundleError("no such bundle directory", source=root)
+    if source.is_symlink():
+        raise BundleError(
+            "is a symlink; a bundle's manifest must be a regular file inside it", source=source
+        )
     raw = source.read_bytes() if source.is_file() else b""
     doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
     f = Fields(doc, source=source)
@@ -739,7 +920,7 @@ def _load(root: Path, verify: bool) -> Bundle:
     steps: list[StepInfo] = []
     names: list[str] = []
     for i, s in enumerate(state_fields):
-        name = s.get("name", str, check=lambda v: None if v else "must not be empty")
+        name = s.get("name", str, check=_state_name_problem)
         if name in names:
             s.fail(f"duplicate state name {name!r}", "name")
         names.append(name)

@@ -17,7 +17,8 @@ target, the most accurate kept state whose predicted cost fits B (the kernel's
 tight picks a cheaper state). An early-exit plan then runs the cascade up to that
 state, which always answers; an ensemble or branches plan runs that one member alone
 (AdaInf's direct selection of a branch). When nothing fits, or without a plan, the
-cascade walks every kept state. Either way the first state of the route always runs (there is no answer
+cascade walks every kept state. A branches plan without a budget runs its most accurate
+branch alone. Either way the first state of the route always runs (there is no answer
 before it); when the next one is predicted not to fit what is left, every remaining row
 exits with its answer at the last completed state (``budget_exit`` marks them).
 Predicted costs come from `step_costs_ms`, a profile (at the plan's cost percentile) or
@@ -48,6 +49,7 @@ from edgeadapt.kernel import MEASURES, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session, get_runtime
+from edgeadapt.stepcheck import check_logits, check_rows, check_step
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,8 @@ class AdaptiveModel:
         per_step = _step_costs(bundle, step_costs_ms, profile, stat)
         if per_step is not None:
             stage_costs = [sum(per_step[i] for i in st.steps) for st in stages]
+        elif plan is not None and bundle.kind == "branches":  # each branch's own cost
+            stage_costs = list(plan.cost_ms)
         elif plan is not None:
             stage_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
         else:
@@ -361,6 +365,8 @@ class AdaptiveModel:
         and the kernel on its logits, so that the
         backends' first-call costs (allocations, kernel selection, caches) are paid here
         rather than by the first `predict`. The policy's learned costs are left alone."""
+        if rounds < 1:
+            return
         bundle = self.bundle
         batch = warmup_batch(bundle)
         pbuf, cbuf, mbuf, kbuf = self._buffers
@@ -375,6 +381,7 @@ class AdaptiveModel:
                 if session is None:  # a plan's ensemble member that is never run
                     continue
                 out = session.run({name: env[name] for name in step.inputs}, check=False)
+                check_step(out, 1, step.logits, bundle.num_classes, session.path)
                 if bundle.kind == "early-exit":
                     env.update(out)
                 logits = np.ascontiguousarray(out[step.logits])
@@ -439,11 +446,12 @@ class AdaptiveModel:
         """`check_inputs` for a one-input bundle's bare array: the validated array."""
         return self.check_inputs(x)[self.bundle.input.name]
 
-    def _predict_one(self, inputs: dict[str, np.ndarray]) -> Prediction:
-        """A plan of one state: its one call (the whole model, for early-exit) and the
-        kernel's answer, nothing else; a budget cannot change what runs."""
+    def _predict_one(self, inputs: dict[str, np.ndarray], hop: _Hop) -> Prediction:
+        """One kept state alone, `hop` (a plan of one state, whose budget cannot change
+        what runs, or a branch): its one call (the whole model, for a one-state
+        early-exit plan) and the kernel's answer, nothing else."""
         start = perf_counter_ns()
-        state, slot, _, logits_name, calls, _, _ = self._route[0]
+        state, slot, _, logits_name, calls, _, _ = hop
         ((session, feeds),) = calls
         out = session.run({name: inputs[name] for name, _ in feeds}, check=False)
         self.policy.observe(slot, session.last_run_ns / 1e6)
@@ -501,8 +509,8 @@ class AdaptiveModel:
         """
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
-        if len(self._route) == 1:
-            return self._predict_one(inputs)
+        if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):
+            return self._predict_one(inputs, self._route[-1])
         start = perf_counter_ns()
         b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
@@ -519,6 +527,8 @@ class AdaptiveModel:
             target = policy.lookup(budget)
             if target is not None:  # else nothing fits: the first state, then out
                 route = self._targets[target]
+        elif self.bundle.kind == "branches":  # no budget: the most accurate branch alone
+            route = route[-1:]
         last = len(route) - 1
         # `rows`: original indices of the active rows, None while every row is active;
         # pred/conf always hold each active row's answer at the last completed state.
@@ -546,10 +556,12 @@ class AdaptiveModel:
                         {name: xs[name] if is_input else prev[name] for name, is_input in feeds},
                         check=False,
                     )
+                check_rows(prev, n, session.path)
                 step_ms.append(session.last_run_ns / 1e6)
                 step_rows.append(n)
             policy.observe(slot, (perf_counter_ns() - t0) / 1e6)
             logits = prev[logits_name]
+            check_logits(logits, n, self.bundle.num_classes, calls[-1][0].path, logits_name)
             if rows is None:
                 try:
                     k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)

@@ -33,7 +33,8 @@ def _discover() -> dict[str, click.Command]:
 
 
 class _Group(click.Group):
-    """Lists the discovered commands; turns EdgeadaptError into a one-line error, exit 2."""
+    """Lists the discovered commands; turns EdgeadaptError and OSError into a one-line
+    error, exit 2."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_discover())
@@ -46,6 +47,15 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgeadaptError as e:
             click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except ValueError as e:  # click's Path type stats the value: os.stat refuses NUL
+            if "null byte" not in str(e):
+                raise
+            click.echo("error: a path must not contain a NUL byte", err=True)
+            ctx.exit(2)
+        except OSError as e:  # a full disk, a read-only folder: what failed, not a traceback
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
             ctx.exit(2)
 
 

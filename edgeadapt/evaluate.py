@@ -22,6 +22,7 @@ from edgeadapt.bundle import Bundle
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.inputs import X_KEY, check_batch, read_labelled
+from edgeadapt.stepcheck import check_step
 
 __all__ = ["evaluate_bundle", "load_dataset"]
 
@@ -100,8 +101,9 @@ def evaluate_bundle(
             hi = min(lo + int(batch), n)
             tensors = {name: np.ascontiguousarray(a[lo:hi]) for name, a in inputs.items()}
             for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
-                tensors.update(session.run({k: tensors[k] for k in step.inputs}))
-                logits = np.ascontiguousarray(tensors[step.logits], dtype=np.float32)
+                out = session.run({k: tensors[k] for k in step.inputs})
+                tensors.update(check_step(out, hi - lo, step.logits, bundle.num_classes, step.path))
+                logits = np.ascontiguousarray(tensors[step.logits])
                 pred[lo:hi, i] = logits.argmax(axis=1)
                 for measure, key in CONF_KEYS.items():
                     confs[key][lo:hi, i] = confidence(logits, measure)

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,12 @@ class Evaluation:
                 source=src,
                 field="labels",
             )
+        if labels.min() < 0:
+            raise InputError(
+                f"labels must be class indices >= 0, got {int(labels.min())}",
+                source=src,
+                field="labels",
+            )
         n = labels.shape[0]
         if states.ndim != 1 or states.size == 0 or states.dtype.kind != "U":
             raise InputError(
@@ -106,9 +113,13 @@ class Evaluation:
                     source=src,
                     field=key,
                 )
+            with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf
+                conf = conf.astype(np.float32, copy=False)
             if not np.all(np.isfinite(conf)):
-                raise InputError("confidences must be finite", source=src, field=key)
-            object.__setattr__(self, key, conf.astype(np.float32, copy=False))
+                raise InputError(
+                    "confidences must be finite (and within float32's range)", source=src, field=key
+                )
+            object.__setattr__(self, key, conf)
 
     def confidence(self, measure: str = "maxprob") -> np.ndarray:
         """The float32 ``[N, S]`` confidences of `measure` (maxprob, margin or entropy);
@@ -220,6 +231,34 @@ def _read_prediction_csv(path: Path) -> dict[str, tuple[int, int]]:
             field="line 1",
         )
     f, p, t = (header.index(c) for c in ("file", "predicted", "truth"))
+    try:
+        return _prediction_rows(reader, header, (f, p, t), path)
+    except csv.Error as e:  # e.g. a field past csv's 131,072-character limit
+        raise InputError(
+            f"not a readable CSV: {e}", source=path, field=f"line {reader.line_num}"
+        ) from None
+
+
+#: class indices an imported prediction may hold (int64, as the evaluation stores them)
+_MAX_CLASS = 2**63 - 1
+
+
+def _class_index(text: str, path: Path, line: int) -> int:
+    s = text.strip()
+    if not s.isdigit() or len(s) > 19 or int(s) > _MAX_CLASS:
+        shown = s if len(s) <= 24 else f"{s[:24]}... ({len(s)} characters)"
+        raise InputError(
+            f"predicted and truth must be integers (class indices 0..{_MAX_CLASS}), got {shown!r}",
+            source=path,
+            field=f"line {line}",
+        )
+    return int(s)
+
+
+def _prediction_rows(
+    reader: Any, header: list[str], cols: tuple[int, int, int], path: Path
+) -> dict[str, tuple[int, int]]:
+    f, p, t = cols
     rows: dict[str, tuple[int, int]] = {}
     for line, row in enumerate(reader, start=2):
         if not row:
@@ -231,14 +270,8 @@ def _read_prediction_csv(path: Path) -> dict[str, tuple[int, int]]:
         key = row[f].strip()
         if key in rows:
             raise InputError(f"file {key!r} listed twice", source=path, field=f"line {line}")
-        try:
-            rows[key] = (int(row[p]), int(row[t]))
-        except ValueError:
-            raise InputError(
-                f"predicted and truth must be integers, got {row[p]!r}, {row[t]!r}",
-                source=path,
-                field=f"line {line}",
-            ) from None
+        pair = (_class_index(row[p], path, line), _class_index(row[t], path, line))
+        rows[key] = pair
     if not rows:
         raise InputError("no rows", source=path)
     return rows

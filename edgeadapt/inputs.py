@@ -120,7 +120,8 @@ def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bo
                     source=source,
                     field=field,
                 )
-        x = x.astype(want)
+        with np.errstate(over="ignore"):  # past float32's range: inf, refused below
+            x = x.astype(want)
     shape = tuple(int(d) for d in spec.shape[1:])
     if x.ndim != len(spec.shape) or x.shape[1:] != shape:
         dims = ", ".join(str(d) for d in ("B", *shape))

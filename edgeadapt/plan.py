@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeadapt.errors import InputError
 from edgeadapt.gates import GATE_FEATURES, Gate
-from edgeadapt.jsonio import Fields, check_value, read_json, write_json
+from edgeadapt.jsonio import MAX_MS, Fields, check_value, read_json, write_json
 from edgeadapt.risk import Promise
 
 if TYPE_CHECKING:
@@ -329,7 +329,7 @@ def _figures(f: Fields) -> SplitFigures:
         accuracy=f.number("accuracy", minimum=0.0, maximum=1.0),
         reference_accuracy=f.number("reference_accuracy", minimum=0.0, maximum=1.0),
         drop=f.number("drop", minimum=-1.0, maximum=1.0),
-        cost_ms=f.number("cost_ms", minimum=0.0),
+        cost_ms=f.number("cost_ms", minimum=0.0, maximum=MAX_MS),
     )
 
 
@@ -376,7 +376,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     gates = _policy(f.child("policy"), len(states)) if "policy" in f.obj else None
     low, high = MEASURE_RANGES[measure] if gates is None else (0.0, 1.0)
     thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
-    cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0)
+    cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0, maximum=MAX_MS)
 
     budget = []
     for row in f.items("budget"):
@@ -387,7 +387,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         )
         budget.append(
             BudgetRow(
-                budget_ms=row.number("budget_ms", minimum=0.0),
+                budget_ms=row.number("budget_ms", minimum=0.0, maximum=MAX_MS),
                 state=state,
                 accuracy=row.number("accuracy", minimum=0.0, maximum=1.0),
             )

@@ -35,6 +35,11 @@ The costs should be the ones the cascade pays: a profile taken in ``chain`` orde
 profiler's default). `profile_costs` reads both baselines from a profile and says when
 its step costs were timed each step alone.
 
+Branch bundles (``kind="branches"``, AdaInf's execution branches) are not cascaded: the
+plan keeps the device's Pareto set of branches (measured cost against calibration
+accuracy) and its budget table; without a budget the most accurate branch answers alone,
+with one the table picks the branch (their thresholds are unused placeholders).
+
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
 subset (steps are fused: skipped states' steps still run); for ``kind="ensemble"`` each
@@ -199,7 +204,16 @@ class SubsetChoice:
 def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: str) -> np.ndarray:
     """What a sample exiting at each kept state pays (see the module docstring)."""
     own = np.asarray(state_costs, dtype=np.float64)[list(states)]
-    return own if kind == "early-exit" else np.cumsum(own)
+    return np.cumsum(own) if kind == "ensemble" else own
+
+
+def pareto_states(state_costs: np.ndarray, accuracy: np.ndarray) -> tuple[int, ...]:
+    """States no other is both as cheap and more accurate than, by rising cost."""
+    kept: list[int] = []
+    for s in sorted(range(len(accuracy)), key=lambda s: (state_costs[s], -accuracy[s])):
+        if not kept or accuracy[s] > accuracy[kept[-1]]:
+            kept.append(s)
+    return tuple(sorted(kept))
 
 
 def exact_oracle(correct: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
@@ -332,6 +346,12 @@ def _check_args(
 ) -> None:
     if policy not in POLICIES:
         raise InputError(f"must be one of {list(POLICIES)}, got {policy!r}", field="policy")
+    if policy == "gate" and kind == "branches":
+        raise InputError(
+            "branches are picked by budget, not cascaded: there is nothing for gates to "
+            "decide; plan them with the threshold policy",
+            field="policy",
+        )
     if policy == "gate":
         for name, split in (("calibration", calib), ("heldout", heldout)):
             if split.gate_inputs is None:
@@ -450,7 +470,12 @@ def make_plan(
         kept, gates, thresholds = _gated_states(
             calib, costs, kept, kind, reference, max_drop, calibration
         )
-    if calibration == "risk":
+    if kind == "branches":
+        # AdaInf's branches are picked by budget, not cascaded: keep the device's Pareto
+        # set; without a budget the most accurate (the reference) answers alone.
+        kept = pareto_states(costs, calib_acc)
+        thresholds = np.full(len(kept) - 1, math.inf)
+    elif calibration == "risk":
         controlled = _risk_controlled(
             calib, heldout, costs, kept, kind, reference, max_drop, delta, gates
         )
@@ -459,16 +484,19 @@ def make_plan(
         if not promise.holds:
             kept, thresholds = (reference,), np.empty(0)
             fallback = promise.describe()
-    fires = np.append(np.isfinite(thresholds), True)
-    if gates is not None and not fires.all():
-        # Gates are fitted on the features of every kept state, so a gated state cannot be
-        # dropped on its own; `_gated_states` leaves all firing or none (the static model).
-        fires[:] = False
-        fires[-1] = True
-    states = tuple(s for s, keep in zip(kept, fires, strict=True) if keep)
-    thresholds = thresholds[fires[:-1]]
-    if gates is not None:
-        gates = gates[: len(states) - 1]
+    if kind == "branches":
+        states = kept
+    else:
+        fires = np.append(np.isfinite(thresholds), True)
+        if gates is not None and not fires.all():
+            # Gates are fitted on the features of every kept state, so a gated state cannot
+            # be dropped on its own; `_gated_states` leaves all firing or none.
+            fires[:] = False
+            fires[-1] = True
+        states = tuple(s for s, keep in zip(kept, fires, strict=True) if keep)
+        thresholds = thresholds[fires[:-1]]
+        if gates is not None:
+            gates = gates[: len(states) - 1]
 
     def figures(
         split: Outcomes,
@@ -509,7 +537,11 @@ def make_plan(
         bundle_states=calib.names,
         measure=measure,
         states=states,
-        thresholds=tuple(float(t) for t in thresholds),
+        # branches plans never exit on confidence: their thresholds are placeholders
+        thresholds=tuple(
+            float(MEASURE_RANGES[measure][1]) if kind == "branches" else float(t)
+            for t in thresholds
+        ),
         cost_ms=tuple(float(c) for c in cost_ms),
         budget=budget_table(costs, calib_acc, states),
         reference_state=reference,

@@ -68,7 +68,7 @@ import numpy as np
 from edgeadapt.bundle import Bundle
 from edgeadapt.device import clock_state, device_id, fingerprint, load_average, temperatures
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import Fields, read_json, write_json
+from edgeadapt.jsonio import MAX_MS, Fields, read_json, write_json
 from edgeadapt.presets import Preset, load_preset, resolve_runtime
 from edgeadapt.whole import WholeModel, load_whole, prepare_whole, whole_run
 
@@ -608,7 +608,7 @@ def check_profile(profile: Profile, bundle: Bundle) -> None:
 
 
 def _stats(f: Fields) -> StepStats:
-    values = {k: f.number(f"{k}_ms", minimum=0.0) for k in STATS}
+    values = {k: f.number(f"{k}_ms", minimum=0.0, maximum=MAX_MS) for k in STATS}
     n = f.get("n", int)
     if n < MIN_SAMPLES:
         f.fail(f"too few samples: {n} < {MIN_SAMPLES}; profile again with more --iters", "n")

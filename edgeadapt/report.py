@@ -40,7 +40,7 @@ from edgeadapt.bundle import Bundle
 from edgeadapt.calibrate import Sweep, simulate, sweep
 from edgeadapt.errors import MissingExtraError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
-from edgeadapt.jsonio import atomic_write_bytes
+from edgeadapt.jsonio import atomic_write_many
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.planner import subset_costs
 from edgeadapt.profile import Profile
@@ -508,14 +508,12 @@ def render_report(data: ReportData, out: PathLike) -> list[Path]:
         "alphas": plot_alphas(data),
         "rratio": plot_rratio(data),
     }
-    written = []
-    for key, png in images.items():
-        path = out.with_name(f"{out.stem}-{FIGURES[key][0]}.png")
-        atomic_write_bytes(path, png)
-        written.append(path)
-    atomic_write_bytes(out, _html(data, images).encode("utf-8"))
-    written.append(out)
-    return written
+    files: dict[Path, bytes] = {
+        out.with_name(f"{out.stem}-{FIGURES[key][0]}.png"): png for key, png in images.items()
+    }
+    files[out] = _html(data, images).encode("utf-8")  # last: it shows the PNGs
+    atomic_write_many(files)  # one unit: all of them or, on a full disk, none
+    return list(files)
 
 
 def write_report(

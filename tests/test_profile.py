@@ -306,7 +306,7 @@ def test_noise_flags_spread_and_clock():
 
 def test_two_profiles_of_one_bundle_agree_loosely(multiexit):
     """Repeatability with a bound generous enough for a shared CI machine (the 10 %
-    figure itself is measured by bench/profile.py)."""
+    figure itself is measured by bench/profiler.py)."""
     first, second = (profile_bundle(multiexit, warmup=20, iters=200) for _ in range(2))
     for a, b in zip(first.step_stats(1), second.step_stats(1), strict=True):
         assert 0.5 < b.p50 / a.p50 < 2.0

@@ -13,10 +13,16 @@
 // per-sample results and timings. On an error it prints the message and exits with
 // the runner's error code (1 file, 2 format, 3 sha256, 4 path, 5 plan/bundle mismatch,
 // 6 input, 7 backend, 8 backend not built); 64 for bad usage.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -31,6 +37,8 @@ namespace ea = edgeadapt::runner;
 namespace {
 
 constexpr int kUsage = 64;
+// upper bounds of the integer options (as `edgeadapt profile` and `run` bound theirs)
+constexpr double kMaxThreads = 1024, kMaxBatch = 1 << 20, kMaxWarmup = 1e6;
 
 struct Args {
     std::string bundle, inputs, plan, json, backend = "openvino", measure = "maxprob";
@@ -99,8 +107,11 @@ int parse(int argc, char** argv, Args& a) {
         } else if (opt == "--device") {
             a.backend_options.device = v;
         } else if (opt == "--threads" || opt == "--batch" || opt == "--warmup") {
-            if (!parse_number(v, num) || num < 0 || num != std::floor(num))
-                return usage(opt + ": expected a whole number, got " + v);
+            // bounded before the cast: a double past the integer's range is undefined behaviour
+            const double most = opt == "--threads" ? kMaxThreads : opt == "--batch" ? kMaxBatch : kMaxWarmup;
+            if (!parse_number(v, num) || !(num >= 0 && num <= most) || num != std::floor(num))
+                return usage(opt + ": expected a whole number in 0.." +
+                             std::to_string(static_cast<long long>(most)) + ", got " + v);
             if (opt == "--threads") {
                 a.backend_options.threads = static_cast<int>(num);
             } else {
@@ -133,15 +144,29 @@ double percentile(std::vector<double> v, double q) {
     return v[lo] + (v[hi] - v[lo]) * (at - static_cast<double>(lo));
 }
 
-// Write `text` to `path` atomically: a temp file beside it, then rename.
+// Write `text` to `path` atomically: a temp file of a unique name beside it, synced,
+// then renamed over `path`; on any failure the temp file is removed.
 bool write_atomic(const std::string& path, const std::string& text) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        f << text;
-        if (!f.flush()) return false;
+    std::string tmp = path + ".XXXXXX";
+    const int fd = ::mkstemp(tmp.data());
+    if (fd < 0) return false;
+    const char* p = text.data();
+    std::size_t left = text.size();
+    bool ok = ::fchmod(fd, 0644) == 0;
+    while (ok && left > 0) {
+        const ssize_t n = ::write(fd, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        ok = n > 0;
+        if (ok) {
+            p += n;
+            left -= static_cast<std::size_t>(n);
+        }
     }
-    return std::rename(tmp.c_str(), path.c_str()) == 0;
+    ok = ok && ::fsync(fd) == 0;
+    ok = ::close(fd) == 0 && ok;
+    ok = ok && std::rename(tmp.c_str(), path.c_str()) == 0;
+    if (!ok) ::unlink(tmp.c_str());
+    return ok;
 }
 
 }  // namespace
@@ -164,7 +189,7 @@ int main(int argc, char** argv) {
     const std::int64_t n = x.shape[0];
     const std::int64_t row = bundle.input.row_elements();
     const std::int64_t batch = a.batch > 0 ? std::min(a.batch, n) : n;
-    a.backend_options.max_batch = static_cast<int>(batch);
+    a.backend_options.max_batch = static_cast<int>(std::min<std::int64_t>(batch, 1 << 30));
     std::shared_ptr<ea::Backend> backend;
     if (auto e = ea::make_backend(a.backend, a.backend_options, backend)) return report(e);
     ea::RunnerOptions options;
@@ -234,7 +259,7 @@ int main(int argc, char** argv) {
                                     {"backend", backend->name()},
                                     {"latency_ms", {{"calls", calls}}}};
         if (!write_atomic(a.json, doc.dump(1) + "\n"))
-            return report({ea::Code::Io, a.json + ": cannot write"});
+            return report({ea::Code::Io, a.json + ": cannot write (" + std::strerror(errno) + ")"});
     }
     return 0;
 }

@@ -51,9 +51,14 @@ inline runner::Error read_npy(const std::filesystem::path& path, NpyArray& out) 
         return runner::Error{runner::Code::Format, src + ": " + what};
     };
     try {
+        // checked before opening: opening a FIFO would block until a writer comes
+        std::error_code ec;
+        const auto status = std::filesystem::status(path, ec);
+        if (!std::filesystem::exists(status)) return {runner::Code::Io, src + ": file not found"};
+        if (!std::filesystem::is_regular_file(status))
+            return {runner::Code::Io, src + ": not a regular file"};
         std::ifstream in(path, std::ios::binary);
-        if (!in.is_open() || !std::filesystem::is_regular_file(path))
-            return {runner::Code::Io, src + ": file not found"};
+        if (!in.is_open()) return {runner::Code::Io, src + ": cannot open the file"};
         const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
             return bad("not a .npy file (no \\x93NUMPY magic)");
@@ -95,7 +100,12 @@ inline runner::Error read_npy(const std::filesystem::path& path, NpyArray& out) 
             if (dim.find_first_not_of("0123456789") != std::string::npos || dim.size() > 12)
                 return bad("cannot read shape " + shape);
             a.shape.push_back(std::stoll(dim));
-            count *= static_cast<std::size_t>(a.shape.back());
+            const auto d = static_cast<std::size_t>(a.shape.back());
+            // no product can overflow: beyond the bytes present the file is short anyway
+            if (d != 0 && count > (bytes.size() / sizeof(float)) / d)
+                return bad("shape " + shape + " needs more data than the file's " +
+                           std::to_string(bytes.size()) + " bytes");
+            count *= d;
         }
         const std::size_t data_bytes = bytes.size() - off - len;
         if (data_bytes != count * sizeof(float))

@@ -20,6 +20,10 @@ _DIR = click.Path(file_okay=False, exists=True, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
+#: the largest batch `profile` times (one zero-filled input of it is allocated per size)
+MAX_PROFILE_BATCH = 65_536
+
+
 def _batches(value: str) -> list[int]:
     """Parse ``1,8`` into distinct positive batch sizes."""
     try:
@@ -30,6 +34,10 @@ def _batches(value: str) -> list[int]:
         ) from None
     if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
         raise InputError(f"expected distinct positive integers, got {value!r}", source="--batch")
+    if max(sizes) > MAX_PROFILE_BATCH:
+        raise InputError(
+            f"batch sizes must be at most {MAX_PROFILE_BATCH}, got {max(sizes)}", source="--batch"
+        )
     return sizes
 
 
@@ -126,26 +134,29 @@ def _check_timing(
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8.")
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=1024),
     default=None,
-    help="Backend threads [the preset's, else 1].",
+    help="Backend threads, 1..1024 [the preset's, else 1].",
 )
 @click.option("--precision", default=None, help="Runtime precision, e.g. fp16 [the preset's].")
 @click.option(
     "--warmup",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=100_000),
     default=20,
     show_default=True,
     help="Untimed calls per step.",
 )
 @click.option(
-    "--iters", type=click.IntRange(min=1), default=None, help="Timed calls per step (fixed count)."
+    "--iters",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=None,
+    help="Timed calls per step (fixed count).",
 )
 @click.option(
     "--min-seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=3600),
     default=None,
-    help="Time each step for at least this long (default 0.5 s when --iters is not given).",
+    help="Time each step for at least this long, up to 3600 s (default 0.5 s without --iters).",
 )
 @click.option(
     "--seconds-per-state",
@@ -306,7 +317,11 @@ def profile_cmd(
 )
 @click.option("--runtime", default="onnxruntime", show_default=True, help="Backend to run.")
 @click.option(
-    "--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Samples per call."
+    "--batch",
+    type=click.IntRange(min=1, max=1 << 20),
+    default=256,
+    show_default=True,
+    help="Samples per call.",
 )
 @click.option("-o", "--output", type=_FILE, help="Evaluation file [BUNDLE/evaluation.npz].")
 @click.option("--json", "as_json", is_flag=True, help="Print the accuracies as one JSON object.")

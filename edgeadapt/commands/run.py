@@ -6,6 +6,7 @@ Thin: parse options, call `edgeadapt.cascade.AdaptiveModel`, print per-sample re
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,18 @@ def _parse_thresholds(text: str) -> float | list[float]:
 
 def _load_input(path: Path, bundle: Any) -> dict[str, Any]:
     """The model inputs in `path`: an .npz with one array per input, named as the input
-    (a one-input bundle may name it ``x``), or for a one-input bundle an .npy array."""
+    (a one-input bundle may name it ``x``), or for a one-input bundle an .npy array,
+    memory-mapped (it is checked and copied a batch at a time by `predict_batches`)."""
     import zipfile
 
     import numpy as np
 
-    from edgeadapt.inputs import check_batch, read_batch
+    from edgeadapt.inputs import read_batch
+    from edgeadapt.jsonio import check_regular
 
-    if not path.is_file():
+    if not path.exists():
         raise InputError("no such file", source=path)
+    check_regular(path)  # before opening: a FIFO would block
     if zipfile.is_zipfile(path):
         return read_batch(path, bundle.inputs)
     if len(bundle.inputs) != 1:
@@ -48,27 +52,12 @@ def _load_input(path: Path, bundle: Any) -> dict[str, Any]:
             source=path,
         )
     try:
-        x = np.load(path, allow_pickle=False)
+        x = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError) as e:
         raise InputError(f"not a readable .npy array: {e}", source=path) from None
-    return check_batch(bundle.inputs, x, source=path)
-
-
-def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the per-batch latency dicts (steps aligned by run order)."""
-    width = max(len(d["steps"]) for d in latencies)
-    steps = [0.0] * width
-    rows = [0] * width
-    for d in latencies:
-        for j, (ms, n) in enumerate(zip(d["steps"], d["rows"], strict=True)):
-            steps[j] += ms
-            rows[j] += n
-    return {
-        "total": sum(d["total"] for d in latencies),
-        "steps": steps,
-        "rows": rows,
-        "batches": len(latencies),
-    }
+    if not isinstance(x, np.ndarray):
+        raise InputError("expected one .npy array, got an .npz archive", source=path)
+    return {bundle.input.name: x}
 
 
 @click.command("run")
@@ -87,7 +76,14 @@ def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
 @click.option("--profile", "profile_path", type=_FILE, help="Profile (step costs for a budget).")
 @click.option("--measure", help="Confidence measure: maxprob, margin or entropy.")
 @click.option("--budget-ms", type=float, help="Latency budget per batch, in ms.")
-@click.option("--batch", type=click.IntRange(min=1), help="Rows per predict call (default all).")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Rows per predict call: memory is bounded by it, not by the input's size.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar (shown on a terminal's stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", type=_FILE, help="Write pred/exit_state/conf to this .npz.")
 def run_command(
@@ -99,15 +95,18 @@ def run_command(
     profile_path: Path | None,
     measure: str | None,
     budget_ms: float | None,
-    batch: int | None,
+    batch: int,
+    quiet: bool,
     as_json: bool,
     output: Path | None,
 ) -> None:
     """Run BUNDLE's cascade on the samples in --input and print or save the results."""
     import numpy as np
 
+    from edgeadapt.batches import predict_batches
     from edgeadapt.bundle import load_bundle
     from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.commands.device import _bar
     from edgeadapt.jsonio import dumps
     from edgeadapt.npzio import save_npz
 
@@ -123,19 +122,15 @@ def run_command(
         plan=plan_path,
         profile=profile_path,
     )
-    with model:
-        inputs = model.check_inputs(loaded)
-        n = next(iter(inputs.values())).shape[0]
-        size = batch or n
-        parts = [
-            model.predict({k: a[i : i + size] for k, a in inputs.items()}, budget_ms)
-            for i in range(0, n, size)
-        ]
-    pred = np.concatenate([p.pred for p in parts])
-    exit_state = np.concatenate([p.exit_state for p in parts])
-    conf = np.concatenate([p.conf for p in parts])
-    budget_exit = np.concatenate([p.budget_exit for p in parts])
-    latency = _merge([p.latency_ms for p in parts])
+    n = int(next(iter(loaded.values())).shape[0])
+    show = not (quiet or as_json) and sys.stderr.isatty()  # a bar is for a person watching
+    with model, _bar("running", n, show=show) as progress:
+        res, latency = predict_batches(
+            model, loaded, batch, budget_ms, progress=progress, source=input_path
+        )
+    pred, exit_state, conf, budget_exit = (
+        res[k] for k in ("pred", "exit_state", "conf", "budget_exit")
+    )
     if output is not None:
         save_npz(output, pred=pred, exit_state=exit_state, conf=conf, budget_exit=budget_exit)
     if as_json:

@@ -15,9 +15,30 @@ using detail::Fields;
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
-const std::set<std::string> kKinds = {"early-exit", "ensemble"};
+const std::set<std::string> kKinds = {"early-exit", "ensemble", "branches"};
 const std::set<std::string> kDtypes = {"float32", "float16", "float64", "int64",
                                        "int32",   "int8",    "uint8",   "bool"};
+
+// The most values one input row may hold (bundle.py MAX_ROW_ELEMENTS).
+constexpr std::int64_t kMaxRowElements = 2147483647;
+
+// Whether `name` holds a control character (C0, DEL, C1, or U+2028/U+2029): state names
+// are printed, so a newline or an ANSI escape in one is refused (bundle.py does too).
+bool has_control(const std::string& name) {
+    for (std::size_t i = 0; i < name.size(); ++i) {
+        const auto c = static_cast<unsigned char>(name[i]);
+        if (c < 0x20 || c == 0x7f) return true;
+        const auto next = i + 1 < name.size() ? static_cast<unsigned char>(name[i + 1]) : 0;
+        if (c == 0xc2 && next >= 0x80 && next <= 0x9f) return true;  // C1 controls
+        if (c == 0xe2 && next == 0x80 && i + 2 < name.size()) {
+            const auto third = static_cast<unsigned char>(name[i + 2]);
+            if (third == 0xa8 || third == 0xa9 || (third >= 0x8b && third <= 0x8f) ||
+                (third >= 0xaa && third <= 0xae))
+                return true;  // line/paragraph separators, zero-width and bidi controls
+        }
+    }
+    return false;
+}
 
 // The absolute path of bundle file `rel`, refusing anything that leaves `root`
 // (bundle.py `_safe_path`).
@@ -54,6 +75,7 @@ InputSpec parse_input(const Fields& f) {
     InputSpec spec;
     spec.name = f.str("name");
     const detail::Json& shape = f.list("shape");
+    std::int64_t row = 1;
     if (shape.empty() || shape[0] != "batch")
         f.fail("the first axis must be 'batch' (the dynamic batch axis)", "shape");
     for (std::size_t k = 1; k < shape.size(); ++k) {
@@ -61,6 +83,9 @@ InputSpec parse_input(const Fields& f) {
         if (!shape[k].is_number_integer() || detail::json_integer(shape[k], f.source(), at) < 1)
             f.fail_at(at, "must be a positive integer");
         spec.dims.push_back(shape[k].get<std::int64_t>());
+        if (spec.dims.back() > kMaxRowElements / row)  // divided: the product could overflow
+            f.fail("a row exceeds " + std::to_string(kMaxRowElements) + " values", "shape");
+        row *= spec.dims.back();
     }
     spec.dtype = f.str("dtype");
     if (!kDtypes.count(spec.dtype)) f.fail("must be one of the bundle dtypes", "dtype");
@@ -86,6 +111,9 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     if (!fs::is_directory(root, ec)) fail(Code::Io, root.string(), "", "no such bundle directory");
     const fs::path manifest = root / kManifest;
     const std::string source = manifest.string();
+    if (fs::is_symlink(fs::symlink_status(manifest, ec)))
+        fail(Code::UnsafePath, source, "",
+             "is a symlink; a bundle's manifest must be a regular file inside it");
     const std::string raw = detail::read_bytes(manifest);
     const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2});
     const Fields f(doc, source);
@@ -93,7 +121,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     Bundle b;
     b.path = root;
     b.kind = f.str("kind");
-    if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble", "kind");
+    if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble, branches", "kind");
     // Version 1 holds one `input` object, version 2 a list `inputs`.
     if (doc["version"].get<std::int64_t>() == 1) {
         b.input = parse_input(f.child("input"));
@@ -105,6 +133,8 @@ void load(const fs::path& given, Bundle& out, bool verify) {
                    "inputs");
         b.input = parse_input(f.item("inputs", 0));
     }
+    f.object("producer");  // not read here, but of the type bundle.py requires
+    f.object("extra");
     b.num_classes = f.integer("num_classes");
     if (b.num_classes < 2) f.fail("must be >= 2", "num_classes");
 
@@ -129,6 +159,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     for (std::size_t i = 0; i < states.size(); ++i) {
         const Fields s = f.item("states", i);
         const std::string name = s.str("name");
+        if (has_control(name)) s.fail("must not contain control characters", "name");
         if (std::count(b.state_names.begin(), b.state_names.end(), name))
             s.fail("duplicate state name '" + name + "'", "name");
         b.state_names.push_back(name);
@@ -167,8 +198,8 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         if (b.kind == "early-exit" && step.activation.empty() != last)
             s.fail("every early-exit step but the last has an activation; the last has none",
                    "activation");
-        if (b.kind == "ensemble" && !step.activation.empty())
-            s.fail("ensemble members have no activation", "activation");
+        if (b.kind != "early-exit" && !step.activation.empty())
+            s.fail("ensemble members and branches have no activation", "activation");
         step.logits = s.str("logits");
         b.steps.push_back(std::move(step));
     }
@@ -177,6 +208,22 @@ void load(const fs::path& given, Bundle& out, bool verify) {
             if (detail::sha256_file(root / rel) != digest)
                 fail(Code::Integrity, source, "$.files." + rel,
                      "sha256 mismatch for '" + rel + "': the file was altered");
+        }
+        // a backend reads external data beside the ONNX file: it must be listed (hashed)
+        for (std::size_t i = 0; i < b.steps.size(); ++i) {
+            const Step& step = b.steps[i];
+            const std::string at = "$.states[" + std::to_string(i) + "]";
+            const std::string bytes = detail::read_bytes(step.path);
+            for (const std::string& loc : detail::onnx_external_locations(bytes, step.path.string())) {
+                const std::string joined = (fs::path(step.file).parent_path() / loc).generic_string();
+                const std::string field = at + ".file (" + step.file + " external data)";
+                safe_path(root, loc.empty() ? std::string() : joined, source, field);
+                const std::string rel = fs::path(joined).lexically_normal().generic_string();
+                if (!listed(rel))
+                    fail(Code::Integrity, source, at,
+                         "'" + step.file + "' references external data '" + loc +
+                             "' that the manifest does not list");
+            }
         }
     }
     b.manifest_sha256 = detail::sha256_hex(raw);

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <memory>
 #include <new>
+#include <set>
+#include <vector>
 
 namespace edgeadapt::runner {
 
@@ -129,12 +131,70 @@ bool is_sha256_hex(const std::string& s) noexcept {
     return true;
 }
 
+namespace {
+
+// A first pass over the document that refuses what nlohmann would accept silently but
+// edgeadapt/jsonio.py refuses: an object with a key twice (nlohmann keeps the last) and
+// nesting deeper than kMaxJsonDepth (as Python's RecursionError would).
+class StrictSax final : public nlohmann::json_sax<Json> {
+  public:
+    std::string problem;
+
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override {
+        keys_.emplace_back();
+        return deeper();
+    }
+    bool key(string_t& k) override {
+        if (keys_.back().insert(k).second) return true;
+        problem = "duplicate key '" + k + "' in an object (each key may appear once)";
+        return false;
+    }
+    bool end_object() override {
+        keys_.pop_back();
+        return true;
+    }
+    bool start_array(std::size_t) override {
+        keys_.emplace_back();
+        return deeper();
+    }
+    bool end_array() override {
+        keys_.pop_back();
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+        problem = std::string("invalid JSON: ") + e.what();
+        return false;
+    }
+
+  private:
+    bool deeper() {
+        if (keys_.size() <= kMaxJsonDepth) return true;
+        problem = "nested deeper than " + std::to_string(kMaxJsonDepth) + " levels";
+        return false;
+    }
+    std::vector<std::set<std::string>> keys_;
+};
+
+}  // namespace
+
 Json parse_document(const std::string& bytes, const std::string& source, const std::string& format,
                     std::initializer_list<std::int64_t> versions) {
+    if (bytes.compare(0, 3, "\xEF\xBB\xBF") == 0)
+        fail(Code::Format, source, "", "invalid JSON: starts with a UTF-8 byte order mark");
     Json doc;
     try {
+        StrictSax sax;
+        if (!Json::sax_parse(bytes, &sax))
+            fail(Code::Format, source, "", sax.problem.empty() ? "invalid JSON" : sax.problem);
         doc = Json::parse(bytes);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {  // parse_error, or out_of_range for 1e400
         fail(Code::Format, source, "", std::string("invalid JSON: ") + e.what());
     }
     if (!doc.is_object()) fail(Code::Format, source, "$", "expected a JSON object");

@@ -9,6 +9,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "edgeadapt/runner.hpp"
 
@@ -44,10 +45,21 @@ std::string sha256_file(const std::filesystem::path& path);
 
 bool is_sha256_hex(const std::string& s) noexcept;
 
+// The longest time (ms) a plan may record (edgeadapt/jsonio.py MAX_MS).
+constexpr double kMaxMs = 1e12;
+
+// The deepest nesting of objects and lists a format document may have.
+constexpr std::size_t kMaxJsonDepth = 256;
+
 // Parse a format document: JSON (no NaN/Infinity: they are not JSON), an object, the
 // expected "format" and a "version" in `versions`.
 Json parse_document(const std::string& bytes, const std::string& source, const std::string& format,
                     std::initializer_list<std::int64_t> versions);
+
+// The "location" of every tensor in an ONNX file (`bytes`) that points at external
+// data, subgraphs, functions and sparse tensors included ("" when it names none);
+// Code::Format naming `source` for bytes that are not a readable protobuf.
+std::vector<std::string> onnx_external_locations(const std::string& bytes, const std::string& source);
 
 // Typed accessors over a JSON object that report the file and JSON path (as
 // edgeadapt.jsonio.Fields): a bool is never a number here.

@@ -102,7 +102,8 @@ class OpenVinoSession final : public Session {
         const ov::Shape& shape = t.get_shape();
         const auto rows = static_cast<std::int64_t>(shape.empty() ? 1 : shape[0]);
         const auto total = static_cast<std::int64_t>(t.get_size());
-        return {t.data<const float>(), rows, rows ? total / rows : 0};
+        return {t.data<const float>(), rows, rows ? total / rows : 0,
+                static_cast<std::int64_t>(shape.size())};
     }
 
   private:

@@ -49,8 +49,8 @@ void load(const std::filesystem::path& path, Plan& out) {
     if (!detail::is_sha256_hex(p.manifest_sha256))
         bundle.fail("must be 64 lowercase hex digits", "manifest_sha256");
     p.kind = bundle.str("kind");
-    if (p.kind != "early-exit" && p.kind != "ensemble")
-        bundle.fail("must be one of early-exit, ensemble", "kind");
+    if (p.kind != "early-exit" && p.kind != "ensemble" && p.kind != "branches")
+        bundle.fail("must be one of early-exit, ensemble, branches", "kind");
     const detail::Json& names = bundle.list("states");
     for (std::size_t j = 0; j < names.size(); ++j) {
         if (!names[j].is_string() || names[j].get<std::string>().empty())
@@ -86,7 +86,7 @@ void load(const std::filesystem::path& path, Plan& out) {
     double low = 0.0, high = 0.0;
     measure_range(p.measure, low, high);
     p.thresholds = numbers(f, "thresholds", p.states.size() - 1, low, high);
-    p.cost_ms = numbers(f, "cost_ms", p.states.size(), 0.0, std::numeric_limits<double>::max());
+    p.cost_ms = numbers(f, "cost_ms", p.states.size(), 0.0, detail::kMaxMs);
 
     const detail::Json& rows = f.list("budget");
     if (rows.empty()) f.fail("must hold at least one row", "budget");
@@ -97,7 +97,8 @@ void load(const std::filesystem::path& path, Plan& out) {
         if (std::find(p.states.begin(), p.states.end(), r.state) == p.states.end())
             row.fail("state " + std::to_string(r.state) + " is not kept ($.states)", "state");
         r.budget_ms = row.number("budget_ms");
-        if (r.budget_ms < 0.0) row.fail("must be >= 0", "budget_ms");
+        if (r.budget_ms < 0.0 || r.budget_ms > detail::kMaxMs)
+            row.fail("must be >= 0 and <= 1e12", "budget_ms");
         r.accuracy = row.number("accuracy");
         if (r.accuracy < 0.0 || r.accuracy > 1.0) row.fail("must be within [0, 1]", "accuracy");
         if (j > 0 && r.budget_ms <= p.budget.back().budget_ms)

@@ -71,12 +71,25 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
                 fail(Code::Input, "plan", "$.states", "state index out of range");
         if (plan.thresholds.size() + 1 != plan.states.size() || plan.cost_ms.size() != plan.states.size())
             fail(Code::Input, "plan", "", "needs one threshold per kept state but the last and one cost each");
-        // the cost of each kept state beyond the previous one, as np.diff(cost_ms).clip(0)
+        // the cost of each kept state beyond the previous one, as np.diff(cost_ms).clip(0);
+        // a branch plan's costs are each branch's own
         std::vector<double> stage_costs;
         for (std::size_t j = 0; j < plan.cost_ms.size(); ++j)
-            stage_costs.push_back(std::max(0.0, plan.cost_ms[j] - (j ? plan.cost_ms[j - 1] : 0.0)));
+            stage_costs.push_back(plan.kind == "branches"
+                                      ? plan.cost_ms[j]
+                                      : std::max(0.0, plan.cost_ms[j] - (j ? plan.cost_ms[j - 1] : 0.0)));
+        // the budget table's accuracy per kept state; a state without a row is dominated
+        std::vector<double> accuracies;
+        if (!plan.budget.empty()) {
+            for (std::int64_t s : plan.states) {
+                double acc = 0.0;
+                for (const BudgetRow& row : plan.budget)
+                    if (row.state == s) acc = row.accuracy;
+                accuracies.push_back(acc);
+            }
+        }
         build(bundle, plan.states, plan.thresholds, plan.measure, std::move(stage_costs), true,
-              std::move(backend), options, out);
+              std::move(accuracies), std::move(backend), options, out);
     });
 }
 
@@ -97,15 +110,15 @@ Error Runner::create(const Bundle& bundle, const std::vector<double>& thresholds
         std::vector<std::int64_t> kept;
         for (std::size_t i = 0; i < n; ++i) kept.push_back(static_cast<std::int64_t>(i));
         build(bundle, std::move(kept), std::move(t), measure, std::vector<double>(n, 0.0), false,
-              std::move(backend), options, out);
+              {}, std::move(backend), options, out);
     });
 }
 
 void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
                     std::vector<double> thresholds, Measure measure,
                     std::vector<double> stage_costs, bool costs_known,
-                    std::shared_ptr<Backend> backend, const RunnerOptions& options,
-                    std::unique_ptr<Runner>& out) {
+                    std::vector<double> accuracies, std::shared_ptr<Backend> backend,
+                    const RunnerOptions& options, std::unique_ptr<Runner>& out) {
     if (!backend) fail(Code::Input, "backend", "", "no backend given");
     if (bundle.steps.empty()) fail(Code::Input, bundle.path.string(), "", "the bundle has no steps");
     if (bundle.input.dtype != "float32")
@@ -135,8 +148,10 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
         }
         costs_known = true;
     }
+    r->table_ = !accuracies.empty();
     const Status s = Policy::create(thresholds.data(), thresholds.size(), stage_costs.data(),
-                                    stage_costs.size(), options.ewma, measure, nullptr, true,
+                                    stage_costs.size(), options.ewma, measure,
+                                    r->table_ ? accuracies.data() : nullptr, early_exit,
                                     r->policy_);
     if (s != Status::Ok) fail(Code::Input, "policy", "", status_string(s));
     for (std::size_t j = 0; j < r->stages_.size(); ++j)
@@ -173,6 +188,30 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
         }
     }
     out = std::move(r);
+}
+
+// Every output of a step keeps the rows of its input (a fixed batch of 1 would be read
+// past its end when rows are compacted) and the logits are [rows, num_classes]: as
+// edgeadapt/stepcheck.py.
+void Runner::check_outputs(std::size_t step, const TensorView* views, std::size_t count,
+                           std::size_t logits, std::int64_t rows) const {
+    const Step& s = bundle_.steps[step];
+    for (std::size_t k = 0; k < count; ++k) {
+        const TensorView& v = views[k];
+        const std::string& name = k == logits ? s.logits : s.activation;
+        if (v.rank < 1 || v.rows != rows)
+            fail(Code::Backend, s.path.string(), "output '" + name + "'",
+                 "has " + std::to_string(v.rows) + " row(s) (rank " + std::to_string(v.rank) +
+                     ") for an input of " + std::to_string(rows) +
+                     " row(s): every output of a step must keep the batch axis (axis 0) of its input");
+    }
+    const TensorView& v = views[logits];
+    if (v.rank != 2 || v.row_elements != bundle_.num_classes)
+        fail(Code::Backend, s.path.string(), "output '" + s.logits + "'",
+             "logits have rank " + std::to_string(v.rank) + " and " +
+                 std::to_string(v.row_elements) + " values a row; expected float32 [" +
+                 std::to_string(rows) + ", " + std::to_string(bundle_.num_classes) +
+                 "] (batch rows by the bundle's num_classes)");
 }
 
 const float* Runner::rows_of_input(const float* x) {
@@ -236,12 +275,27 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
     rows_.clear();
     x_gathered_ = false;
     TensorView prev[2];
-    const std::size_t last = stages_.size() - 1;
+    // The route, as AdaptiveModel walks it: with a budget table, the most accurate kept
+    // state that fits (early-exit: the cascade up to it; ensemble and branches: it alone);
+    // a branch plan without a budget: its most accurate branch alone.
+    std::size_t first = 0, end = stages_.size();
+    const bool early_exit = bundle_.kind == "early-exit";
+    if (budget && table_) {
+        std::int64_t target = -1;
+        policy_.lookup(budget_ms, &target);
+        if (target >= 0) {
+            end = static_cast<std::size_t>(target) + 1;
+            if (!early_exit) first = end - 1;
+        }
+    } else if (!budget && bundle_.kind == "branches") {
+        first = end - 1;
+    }
+    const std::size_t last = end - 1;
     const auto row_of = [&](std::int64_t b) { return all ? b : rows_[static_cast<std::size_t>(b)]; };
 
-    for (std::size_t pos = 0; pos < stages_.size(); ++pos) {
+    for (std::size_t pos = first; pos < end; ++pos) {
         const Stage& stage = stages_[pos];
-        if (budget && pos > 0) {
+        if (budget && pos > first) {
             bool fits = false;
             policy_.fits(static_cast<std::int64_t>(pos), ms_since(start), budget_ms, &fits);
             if (!fits) {
@@ -274,6 +328,7 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
             s.session->infer();
             const std::size_t n_out = s.logits_out + 1;
             for (std::size_t k = 0; k < n_out; ++k) prev[k] = s.session->output(k);
+            check_outputs(i, prev, n_out, s.logits_out, active);
             out.step_ms.push_back(ms_since(ts));
             out.step_rows.push_back(active);
             out.step_index.push_back(static_cast<std::int64_t>(i));
@@ -281,10 +336,6 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
         policy_.observe(static_cast<std::int64_t>(pos), ms_since(t0));
         const StepRun& tail = steps_[stage.steps.back()];
         const TensorView logits = prev[tail.logits_out];
-        if (logits.rows != active)
-            fail(Code::Backend, bundle_.steps[stage.steps.back()].file, "",
-                 "logits have " + std::to_string(logits.rows) + " rows for " + std::to_string(active) +
-                     " inputs");
         std::int64_t k = 0;
         const Status st = decide(logits.data, active, logits.row_elements, policy_.measure(),
                                  stage.threshold, pred_.data(), conf_.data(), exit_mask_.data(),

@@ -103,7 +103,7 @@ class TensorRtSession final : public Session {
         views_.resize(outputs_.size());
         for (std::size_t k = 0; k < outputs_.size(); ++k) {
             const nvinfer1::Dims d = context_->getTensorShape(outputs_[k].c_str());
-            views_[k] = {host_[k].data(), d.d[0], row_of(d)};
+            views_[k] = {host_[k].data(), d.d[0], row_of(d), d.nbDims};
             cuda(cudaMemcpyAsync(host_[k].data(), buffers_[inputs_.size() + k]->ptr,
                                  static_cast<std::size_t>(d.d[0] * row_of(d)) * sizeof(float),
                                  cudaMemcpyDeviceToHost, stream_),

@@ -112,11 +112,13 @@ Error load_plan(const std::filesystem::path& path, Plan& out) noexcept;
 // "maxprob", "margin" or "entropy".
 Error parse_measure(const std::string& name, Measure& out) noexcept;
 
-// A float32 tensor the backend owns: valid until the session's next run.
+// A float32 tensor the backend owns: valid until the session's next run. `rows` is the
+// size of axis 0 (1 for a scalar), `rank` the number of axes.
 struct TensorView {
     const float* data = nullptr;
     std::int64_t rows = 0;
     std::int64_t row_elements = 0;
+    std::int64_t rank = 0;
 };
 
 // One compiled step with its reused request and tensors. Inputs and outputs are
@@ -203,14 +205,17 @@ class Runner {
     static void build(const Bundle& bundle, std::vector<std::int64_t> kept,
                        std::vector<double> thresholds, Measure measure,
                        std::vector<double> stage_costs, bool costs_known,
-                       std::shared_ptr<Backend> backend, const RunnerOptions& options,
-                       std::unique_ptr<Runner>& out);
+                       std::vector<double> accuracies, std::shared_ptr<Backend> backend,
+                       const RunnerOptions& options, std::unique_ptr<Runner>& out);
     void run(const float* x, std::int64_t batch, double budget_ms, Result& out);
     const float* rows_of_input(const float* x);
+    void check_outputs(std::size_t step, const TensorView* views, std::size_t count,
+                       std::size_t logits, std::int64_t rows) const;
 
     Bundle bundle_;
     Policy policy_;
     bool costs_known_ = false;
+    bool table_ = false;  // the plan's budget table picks the route under a budget
     std::shared_ptr<Backend> backend_;
     std::vector<Stage> stages_;
     std::vector<StepRun> steps_;

@@ -22,7 +22,7 @@ For the shipped demo bundle at batch 1, on the presets ``x86-ort-1t`` (ONNX Runt
 
 Every figure is measured here, now; ratios compare runs made in this one process.
 
-    python bench/profile.py [--iters 2000] [--warmup 200] [--no-benchmark-app]
+    python bench/profiler.py [--iters 2000] [--warmup 200] [--no-benchmark-app]
 """
 
 from __future__ import annotations

@@ -1,0 +1,188 @@
+"""AdaInf execution branches on this device: accuracy and measured latency of every
+branch, the Pareto set the plan keeps, and a budget sweep with and without a
+CPU-hogging neighbour (deadline-miss rate and accuracy per budget).
+
+A residual 1D CNN (stem, four identity residual blocks, pooling, linear) is trained here
+on MNIST-1D (seed 42, about 20 s), exported to ONNX, and `edgeadapt export branches`
+scores all 16 skip sets of its four blocks on the calibration split. The branches on the
+accuracy/FLOPs front become a `branches` bundle; it is profiled (ONNX Runtime, 1 thread,
+batch 1), evaluated, and planned (`plan_bundle`, kind branches) so that its budget
+table maps a budget to the most accurate branch that fits. Then `predict(x,
+budget_ms=B)` runs the test split one sample at a time for budgets between the
+branches' costs: the table picks a branch by the EWMA-corrected costs, so under
+contention (a neighbour spinning on the same core, `deadline.py`'s) it moves to shallower
+branches. A call misses when its wall time exceeds B. Needs the torch extra.
+
+    python bench/branches.py [--samples 1000] [--percentile p90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from time import perf_counter_ns
+
+import numpy as np
+
+from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.datasets import DEFAULT_SEED, mnist1d_splits
+from edgeadapt.evaluate import evaluate_bundle
+from edgeadapt.exporters.branches import export_branches
+from edgeadapt.planner import plan_bundle, profile_costs
+from edgeadapt.profile import profile_bundle
+
+
+def _hog():  # deadline.py's neighbour; bench/ is not a package
+    spec = importlib.util.spec_from_file_location(
+        "deadline", Path(__file__).with_name("deadline.py")
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.hog
+
+
+def train_residual_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 12):  # -> torch.nn.Module
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv1d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm1d(c),
+                nn.ReLU(),
+                nn.Conv1d(c, c, 3, padding=1, bias=False),
+                nn.BatchNorm1d(c),
+            )
+
+        def forward(self, h):
+            return torch.relu(h + self.body(h))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(1, 64, 5, padding=2),
+        nn.ReLU(),
+        *[Block(64) for _ in range(4)],
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(tx)).split(128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(tx[idx]), ty[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def export(model, example: np.ndarray, path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(example[:1]),),
+            str(path),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+
+
+def sweep(bundle, plan, profile, x, y, budget: float) -> dict[str, float]:
+    with AdaptiveModel.load(
+        bundle, plan=plan, profile=profile, runtime_options={"threads": 1}, warmup=5
+    ) as m:
+        lat = np.empty(len(x))
+        pred = np.empty(len(x), dtype=np.int64)
+        state = np.empty(len(x), dtype=np.int64)
+        for i in range(len(x)):
+            t = perf_counter_ns()
+            out = m.predict(x[i : i + 1], budget_ms=budget)
+            lat[i] = (perf_counter_ns() - t) / 1e6
+            pred[i], state[i] = out.pred[0], out.exit_state[0]
+    return {
+        "miss": float((lat > budget).mean()),
+        "acc": float((pred == y).mean()),
+        "state": float(state.mean()),
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1000, help="test samples per condition")
+    ap.add_argument("--percentile", default="p90", help="cost percentile the plan uses")
+    args = ap.parse_args()
+    try:
+        core: int | None = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+    except (AttributeError, OSError):
+        core = None
+
+    splits = mnist1d_splits(DEFAULT_SEED)
+    tmp = Path(tempfile.mkdtemp(prefix="edgeadapt-branches-"))
+    model = train_residual_cnn(splits.train.x, splits.train.y)
+    export(model, splits.train.x, tmp / "rescnn.onnx")
+    np.savez(tmp / "calib.npz", x=splits.calibration.x, y=splits.calibration.y)
+    bundle = export_branches(tmp / "rescnn.onnx", tmp / "bundle", calibration=tmp / "calib.npz")
+    profile = profile_bundle(bundle, threads=1, warmup=20, iters=200)
+    ev_cal = evaluate_bundle(bundle, splits.calibration.x, splits.calibration.y)
+    ev_test = evaluate_bundle(bundle, splits.test.x, splits.test.y)
+    costs = profile_costs(profile, bundle, stat=args.percentile)
+    plan = plan_bundle(
+        bundle, ev_cal, costs.state_ms, static_ms=costs.static_ms, cost_stat=args.percentile
+    )
+    p50 = profile_costs(profile, bundle).state_ms
+    test_acc = (ev_test.pred == splits.test.y[:, None]).mean(axis=0)
+    info = bundle.extra["branches"]
+    print(
+        f"residual CNN, 4 blocks: {info['enumeration']}; {len(bundle.states)} Pareto branches "
+        f"kept (FLOPs vs calibration accuracy); onnxruntime 1 thread, batch 1, core {core}"
+    )
+    print(f"{'branch':<14} {'MFLOPs':>7} {'calib acc':>9} {'test acc':>8} {'p50 ms':>7}")
+    for s, st, acc_t, ms in zip(bundle.states, info["states"], test_acc, p50, strict=True):
+        print(
+            f"{s.name:<14} {s.flops / 1e6:7.2f} {100 * st['calibration_accuracy']:8.2f}% "
+            f"{100 * acc_t:7.2f}% {ms:7.4f}"
+        )
+    names = [s.name for s in bundle.states]
+    print(
+        f"budget table ({args.percentile} costs): "
+        + ", ".join(f"{r.budget_ms:.3f} ms -> {names[r.state]}" for r in plan.budget)
+    )
+    rows = [r.budget_ms for r in plan.budget]
+    budgets = [1.1 * c for c in rows] + [3.0 * rows[-1]]
+    print(
+        f"{'budget ms':>9} {'neighbour':>9} {'miss %':>7} {'acc %':>6} {'mean branch':>11} "
+        f"{'p50 ms':>7} {'p99 ms':>7}"
+    )
+    x, y = splits.test.x[: args.samples], splits.test.y[: args.samples]
+    for budget in budgets:
+        for hogged in (False, True):
+            if hogged:
+                with _hog()(core, 60.0 + 0.01 * len(x)):
+                    r = sweep(bundle, plan, profile, x, y, budget)
+            else:
+                r = sweep(bundle, plan, profile, x, y, budget)
+            print(
+                f"{budget:9.3f} {'spinning' if hogged else 'none':>9} {100 * r['miss']:7.1f} "
+                f"{100 * r['acc']:6.1f} {r['state']:11.2f} {r['p50']:7.3f} {r['p99']:7.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""Standard architectures with random weights, for the examples, the benchmark and tests.
+
+On an ordinary machine a user takes these from torchvision, timm or transformers; here
+they are written in plain torch.nn (`edgeadapt._zoo_torch`) with the same layer
+structure, so the exported graphs have the same operators and cost. Weights are random
+and BatchNorm statistics are re-estimated on random data before export, so activations
+stay normalised as in a trained network; accuracy on any data is meaningless, latency
+and graph structure are not.
+
+Each `ZooModel` names its inputs, the modules after which a state ends (`cuts`, module
+paths as in the original library: ``layer2``, ``features.3``, ``blocks.5``,
+``encoder.layer.1``) and the pooling its trained exit heads use. `tiny=True` gives a
+reduced version of the same graph (few channels, small inputs) that tests export in
+about a second.
+
+    m = zoo.get("resnet18")
+    net = zoo.build(m)                       # torch module, BatchNorm re-estimated
+    zoo.export(m, net, "resnet18.onnx")      # ONNX, dynamic batch axis, output "logits"
+    cuts = zoo.cut_tensors("resnet18.onnx", m.cuts)
+
+torch is imported only by `build` and `export`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "LOGITS",
+    "ZooInput",
+    "ZooModel",
+    "build",
+    "cut_tensors",
+    "export",
+    "get",
+    "names",
+    "random_inputs",
+    "teacher_labels",
+    "write_data",
+]
+
+#: Name of every zoo model's output in its ONNX export.
+LOGITS = "logits"
+#: The [CLS] token id of the synthetic token inputs (BERT's is 101; any id works).
+CLS_ID = 1
+
+
+@dataclass(frozen=True)
+class ZooInput:
+    """One model input: name, per-sample shape, dtype and what it holds (``image``,
+    ``tokens`` below `vocab`, or ``mask``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+    vocab: int = 0
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One architecture: how to build it and where the exporter cuts it."""
+
+    name: str
+    description: str
+    family: str  # "cnn" or "transformer"
+    inputs: tuple[ZooInput, ...]
+    num_classes: int
+    cuts: tuple[str, ...]
+    pool: str  # the --pool of its trained heads
+    factory: Callable[[], nn.Module] = field(repr=False, compare=False)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+
+def _torch_zoo() -> Any:
+    try:
+        from edgeadapt import _zoo_torch
+    except ImportError as e:
+        raise MissingExtraError("torch", "torch", "building the zoo's models") from e
+    return _zoo_torch
+
+
+def _image(size: int) -> tuple[ZooInput, ...]:
+    return (ZooInput("x", (3, size, size), "float32", "image"),)
+
+
+def _tokens(length: int, vocab: int) -> tuple[ZooInput, ...]:
+    return (
+        ZooInput("input_ids", (length,), "int64", "tokens", vocab),
+        ZooInput("attention_mask", (length,), "int64", "mask"),
+    )
+
+
+def _resnet(tiny: bool) -> ZooModel:
+    layers, width, size, classes = (
+        ((1, 1, 1, 1), 8, 32, 10) if tiny else ((2, 2, 2, 2), 64, 224, 1000)
+    )
+    return ZooModel(
+        "resnet18",
+        "ResNet-18 (torchvision layout: 7x7 stem, 4 layers of 2 basic blocks)",
+        "cnn",
+        _image(size),
+        classes,
+        ("layer1", "layer2", "layer3"),
+        "gap",
+        lambda: _torch_zoo().ResNet(layers, width, classes),
+    )
+
+
+def _mobilenet(tiny: bool) -> ZooModel:
+    size, classes = (32, 10) if tiny else (224, 1000)
+
+    def factory() -> nn.Module:
+        t = _torch_zoo()
+        config = t.MOBILENET_V3_SMALL
+        if tiny:  # same block kinds (SE, hardswish, residuals), a quarter of the width
+            config = tuple(
+                t.BneckConfig(
+                    max(8, c.c_in // 4),
+                    c.kernel,
+                    max(8, c.expanded // 4),
+                    max(8, c.c_out // 4),
+                    c.se,
+                    c.hardswish,
+                    c.stride,
+                )
+                for c in config[:6]
+            )
+        return t.MobileNetV3(config, 64 if tiny else 1024, classes)
+
+    return ZooModel(
+        "mobilenet_v3_small",
+        "MobileNet-V3-small (torchvision layout: inverted residuals, SE, hardswish)",
+        "cnn",
+        _image(size),
+        classes,
+        ("features.3", "features.5") if tiny else ("features.3", "features.8"),
+        "gap",
+        factory,
+    )
+
+
+def _efficientnet(tiny: bool) -> ZooModel:
+    size, classes = (32, 10) if tiny else (224, 1000)
+
+    def factory() -> nn.Module:
+        t = _torch_zoo()
+        config = t.EFFICIENTNET_B0
+        if tiny:
+            config = tuple(
+                t.MBConvConfig(
+                    c.expand, c.kernel, c.stride, max(8, c.c_in // 4), max(8, c.c_out // 4), 1
+                )
+                for c in config[:5]
+            )
+        return t.EfficientNet(config, 64 if tiny else 1280, classes)
+
+    return ZooModel(
+        "efficientnet_b0",
+        "EfficientNet-B0 (torchvision layout: MBConv stages with SE, SiLU)",
+        "cnn",
+        _image(size),
+        classes,
+        ("features.2", "features.4") if tiny else ("features.3", "features.5", "features.6"),
+        "gap",
+        factory,
+    )
+
+
+def _vit(tiny: bool) -> ZooModel:
+    if tiny:
+        size, patch, dim, depth, heads, classes = 32, 8, 32, 2, 2, 10
+    else:  # ViT-Ti/16 (timm vit_tiny_patch16_224)
+        size, patch, dim, depth, heads, classes = 224, 16, 192, 12, 3, 1000
+    return ZooModel(
+        "vit_tiny",
+        f"ViT-Ti/{patch} at {size} px (timm layout: [CLS] token, pre-norm blocks)",
+        "transformer",
+        _image(size),
+        classes,
+        ("blocks.0",) if tiny else ("blocks.2", "blocks.5", "blocks.8"),
+        "cls",
+        lambda: _torch_zoo().ViT(size, patch, dim, depth, heads, 4.0, classes),
+    )
+
+
+def _bert(tiny: bool) -> ZooModel:
+    length = 16 if tiny else 128
+
+    def config() -> Any:
+        t = _torch_zoo()
+        if tiny:
+            return t.BertConfig(100, 32, 2, 2, 64, length, num_labels=4)
+        return t.BertConfig(8000, 256, 4, 4, 1024, length, num_labels=4)
+
+    return ZooModel(
+        "bert_small",
+        "BERT-style classifier from a config (Hugging Face BertForSequenceClassification "
+        f"layout, {'2 layers, hidden 32' if tiny else '4 layers, hidden 256, 4 heads'}, "
+        f"sequence {length})",
+        "transformer",
+        _tokens(length, 100 if tiny else 8000),
+        4,
+        ("encoder.layer.0",) if tiny else ("encoder.layer.0", "encoder.layer.1", "encoder.layer.2"),
+        "cls",
+        lambda: _torch_zoo().BertClassifier(config()),
+    )
+
+
+_MODELS: dict[str, Callable[[bool], ZooModel]] = {
+    "resnet18": _resnet,
+    "mobilenet_v3_small": _mobilenet,
+    "efficientnet_b0": _efficientnet,
+    "vit_tiny": _vit,
+    "bert_small": _bert,
+}
+
+
+def names() -> list[str]:
+    """The zoo's model names."""
+    return list(_MODELS)
+
+
+def get(name: str, *, tiny: bool = False) -> ZooModel:
+    """The zoo model `name` (full size, or its reduced version with `tiny`)."""
+    try:
+        return _MODELS[name](tiny)
+    except KeyError:
+        raise InputError(f"no zoo model {name!r}; one of {', '.join(_MODELS)}") from None
+
+
+def random_inputs(model: ZooModel, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """`n` synthetic samples for every input of `model`: standard-normal images (the
+    scale of normalised ImageNet pixels); token ids starting with [CLS], each sequence
+    padded after a random length of at least a quarter of the maximum, with its mask."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    lengths = None
+    for spec in model.inputs:
+        if spec.kind == "image":
+            out[spec.name] = rng.standard_normal((n, *spec.shape), dtype=np.float32)
+            continue
+        t = spec.shape[0]
+        if lengths is None:
+            lengths = rng.integers(max(2, t // 4), t + 1, size=n)
+        valid = np.arange(t)[None, :] < lengths[:, None]
+        if spec.kind == "tokens":
+            ids = rng.integers(CLS_ID + 1, spec.vocab, size=(n, t))
+            ids[:, 0] = CLS_ID
+            out[spec.name] = np.where(valid, ids, 0).astype(np.int64)
+        else:
+            out[spec.name] = valid.astype(np.int64)
+    return out
+
+
+def build(model: ZooModel, *, seed: int = 0, batches: int = 4, batch_size: int = 16) -> nn.Module:
+    """`model` with random weights (seeded) and BatchNorm statistics re-estimated on
+    `batches` random batches, in eval mode."""
+    t = _torch_zoo()
+    import torch
+
+    torch.manual_seed(seed)
+    net = model.factory()
+    data = [random_inputs(model, batch_size, seed + 1 + k) for k in range(batches)]
+    feeds = [tuple(torch.from_numpy(d[i.name]) for i in model.inputs) for d in data]
+    return t.recalibrate_batchnorm(net, feeds)
+
+
+def export(
+    model: ZooModel, net: nn.Module, path: str | os.PathLike[str], *, opset: int = 17
+) -> Path:
+    """Export `net` to ONNX at `path` with torch's TorchScript exporter: inputs named as
+    `model.inputs`, one output `logits`, a dynamic batch axis everywhere."""
+    import torch
+
+    path = Path(path)
+    example = random_inputs(model, 2, seed=12345)
+    args = tuple(torch.from_numpy(example[i.name]) for i in model.inputs)
+    axes = {n: {0: "batch"} for n in (*model.input_names, LOGITS)}
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its deprecation in favour of dynamo; the
+        # dynamo exporter needs onnxscript and is much slower for the same graph.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            torch.onnx.export(
+                net,
+                args,
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=model.input_names,
+                output_names=[LOGITS],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+    os.replace(tmp, path)
+    return path
+
+
+def _scopes(module: str) -> list[str]:
+    """The node-name prefixes torch's TorchScript exporter may give `module`'s operators.
+    Each level is the attribute name and an index joins its container's label
+    (``features.3`` -> ``/features/features.3/``); a container that is iterated rather
+    than called (a ModuleList) has no level of its own (``encoder.layer.1`` ->
+    ``/encoder/layer.1/``)."""
+    labels: list[str] = []
+    called: list[str] = []
+    parts = module.split(".")
+    for k, part in enumerate(parts):
+        if part.isdigit() and labels:
+            labels.append(f"{labels[-1]}.{part}")
+            called.append(labels[-1])
+        else:
+            labels.append(part)
+            if not (k + 1 < len(parts) and parts[k + 1].isdigit()):
+                called.append(part)
+    return ["/" + "/".join(x) + "/" for x in (labels, called)]
+
+
+def cut_tensors(onnx_path: str | os.PathLike[str], modules: Sequence[str]) -> list[str]:
+    """The output tensor of each module in `modules` in the TorchScript export at
+    `onnx_path`: the output of the last node inside the module's scope (modules run in
+    order, so that is the module's result)."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    out = []
+    for module in modules:
+        prefixes = _scopes(module)
+        for prefix in prefixes:
+            nodes = [n for n in model.graph.node if n.name.startswith(prefix)]
+            if nodes:
+                out.append(nodes[-1].output[0])
+                break
+        else:
+            raise InputError(
+                f"no node of module {module!r} (names starting with "
+                f"{' or '.join(map(repr, prefixes))}) in the graph",
+                source=onnx_path,
+            )
+    return out
+
+
+def teacher_labels(onnx_path: str | os.PathLike[str], data: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The whole model's own top-1 class per sample (ONNX Runtime, batches of 64): labels
+    that make an evaluation read as agreement with the whole model."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise EdgeadaptError(f"{onnx_path}: inputs {missing} are not in the data")
+    n = len(data[names[0]])
+    preds = []
+    for a in range(0, n, 64):
+        (logits,) = sess.run([LOGITS], {k: data[k][a : a + 64] for k in names})
+        preds.append(np.argmax(logits, axis=1))
+    return np.concatenate(preds).astype(np.int64)
+
+
+def write_data(path: str | os.PathLike[str], data: Mapping[str, np.ndarray], y: np.ndarray) -> Path:
+    """Write a data/calibration npz: one array per graph input, named as the input, plus
+    `y` (a one-input image model's input is also stored as `x`, which every command
+    reads). Atomic: a temp file in the same directory, then `os.replace`."""
+    path = Path(path)
+    arrays = dict(data)
+    arrays["y"] = np.asarray(y, dtype=np.int64)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+    return path
