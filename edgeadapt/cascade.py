@@ -45,7 +45,7 @@ import numpy as np
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.inputs import check_batch, warmup_batch
-from edgeadapt.kernel import MEASURES, Policy, decide_buffers, decide_into
+from edgeadapt.kernel import MEASURES, GateRun, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session, get_runtime
@@ -236,6 +236,8 @@ class AdaptiveModel:
         self.costs_known = costs_known
         #: The whole model a one-state early-exit plan runs instead of its steps.
         self.static = static
+        #: A gate plan's learned exit gates (`edgeadapt.kernel.GateRun`), else None.
+        self.gates: GateRun | None = None
         self._buffers = decide_buffers(1)
         if static is not None:
             feeds = tuple((name, True) for name in static.input_names)
@@ -292,7 +294,7 @@ class AdaptiveModel:
         if plan is not None:
             if thresholds is not None:
                 raise InputError("give thresholds or a plan, not both", source="thresholds")
-            check_plan(plan, bundle, plan_source)
+            check_plan(plan, bundle, plan_source, policies=("threshold", "gate"))
             if measure is not None and measure != plan.measure:
                 raise InputError(
                     f"the plan was made for measure {plan.measure!r}, got {measure!r}",
@@ -352,6 +354,8 @@ class AdaptiveModel:
             raise
         known = per_step is not None or plan is not None
         model = cls(bundle, sessions, stages, policy, known, static)
+        if plan is not None and plan.gates is not None:
+            model.gates = GateRun(plan.gates, plan.measure)
         try:
             model.warm_up(warmup)
         except BaseException:
@@ -530,6 +534,11 @@ class AdaptiveModel:
         elif self.bundle.kind == "branches":  # no budget: the most accurate branch alone
             route = route[-1:]
         last = len(route) - 1
+        # Gates read the features of every earlier kept state: they decide only on a route
+        # that starts at the first kept state (a member picked alone answers plainly).
+        gates = self.gates if route[0].slot == 0 else None
+        if gates is not None:
+            gates.start(b)
         # `rows`: original indices of the active rows, None while every row is active;
         # pred/conf always hold each active row's answer at the last completed state.
         rows: np.ndarray | None = None
@@ -563,11 +572,15 @@ class AdaptiveModel:
             logits = prev[logits_name]
             check_logits(logits, n, self.bundle.num_classes, calls[-1][0].path, logits_name)
             if rows is None:
-                try:
-                    k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)
-                except TypeError:  # not C-contiguous: the kernel reads logits in place
+                if gates is not None:
                     logits = np.ascontiguousarray(logits)
-                    k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)
+                    k = gates.decide_into(logits, threshold, pred, conf, mbuf, kbuf)
+                else:
+                    try:
+                        k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)
+                    except TypeError:  # not C-contiguous: the kernel reads logits in place
+                        logits = np.ascontiguousarray(logits)
+                        k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)
                 if pos == last or k == 0:  # every row answers here
                     exit_state.fill(state)
                     break
@@ -578,7 +591,10 @@ class AdaptiveModel:
                 keep = rows
             else:
                 logits = np.ascontiguousarray(logits)
-                k = decide_into(logits, threshold, pbuf, cbuf, mbuf, kbuf, measure)
+                if gates is not None:
+                    k = gates.decide_into(logits, threshold, pbuf, cbuf, mbuf, kbuf)
+                else:
+                    k = decide_into(logits, threshold, pbuf, cbuf, mbuf, kbuf, measure)
                 p, c = pbuf[:n], cbuf[:n]
                 if pos == last or k == 0:
                     pred[rows], conf[rows], exit_state[rows] = p, c, state

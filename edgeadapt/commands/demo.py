@@ -89,6 +89,15 @@ def render_bundle(b: dict[str, Any]) -> str:
         f"{plan['cost']:.4f} ms; oracle gap closure {'n/a' if gap is None else f'{gap:.1%}'}"
     )
     lines.append(f"  {plan['statement']}")
+    gated = b.get("gate_plan")
+    if gated is not None:
+        ggap = gated["gap_closure"]
+        lines.append(
+            f"  with learned exit gates instead (plan --policy gate): keep "
+            f"{', '.join(gated['states'])}; held-out accuracy {_pct(gated['accuracy'])}, "
+            f"expected {gated['cost']:.4f} ms, oracle gap closure "
+            f"{'n/a' if ggap is None else f'{ggap:.1%}'}"
+        )
     lines.append(
         f"  expected cost against R_N, {bounds['r_n_what']} ({plan['r_n']:.4f} ms): "
         f"{_saving(plan['saving_vs_r_n'])}; against the static model "

@@ -125,6 +125,9 @@ class BundleResult:
     report: Path
     device: dict[str, Any]
     reused: list[str] = field(default_factory=list)
+    #: The same plan with learned exit gates instead of thresholds (`plan --policy
+    #: gate`), for comparison; None when no gate plan can be made for the bundle.
+    gate_plan: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.run
@@ -142,6 +145,7 @@ class BundleResult:
             "static_ms": self.static_ms,
             "bound": self.bounds,
             "plan": self.plan,
+            "gate_plan": self.gate_plan,
             "run": {
                 "samples": r.samples,
                 "accuracy": r.accuracy,
@@ -447,6 +451,12 @@ def _demo_bundle(
         stale=stale,
     )
 
+    try:  # the same split and promise, learned exit gates in place of thresholds
+        gated = plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms, policy="gate")
+        gate_plan: dict[str, Any] | None = gated.summary()
+    except InputError:
+        gate_plan = None
+
     x, y = data["test"]
     if samples is not None:
         x, y = x[:samples], y[:samples]
@@ -471,6 +481,7 @@ def _demo_bundle(
         report=report,
         device=profile.device,
         reused=reused,
+        gate_plan=gate_plan,
     )
 
 
