@@ -86,6 +86,7 @@ def export_child(
     source: Path, cuts: list[str], calib: Path, pool: str, out: Path
 ) -> dict[str, Any]:
     """Run `edgeadapt export onnx` in a child process: wall seconds, peak RSS, error."""
+    source, calib, out = source.resolve(), calib.resolve(), out.resolve()
     args = ["export", "onnx", str(source)]
     for c in cuts:
         args += ["--cut", c]
@@ -100,6 +101,9 @@ def export_child(
         text=True,
         env=env,
         check=False,
+        # `-c` puts the current folder first on sys.path: run from a source checkout the
+        # child would import its `edgeadapt/` instead of the installed package
+        cwd=out.parent,
     )
     seconds = time.perf_counter() - t0
     kb = int(hwm.read_text() or 0) if hwm.exists() else 0

@@ -37,12 +37,18 @@ import numpy as np
 from edgeadapt import zoo
 
 
+def _edgeadapt() -> list[str]:
+    """The installed `edgeadapt` command. Not ``python -m edgeadapt``: that puts the current
+    folder first on sys.path, so run from a source checkout it would import the checkout's
+    `edgeadapt/` instead of the installed package (which also holds its data files)."""
+    script = Path(sys.executable).with_name("edgeadapt")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "edgeadapt"]
+
+
 def _cli(args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Print `edgeadapt ARGS` as a user would type it, run it, echo its output."""
     print(f"\n$ edgeadapt {shlex.join(args)}", flush=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "edgeadapt", *args], text=True, capture_output=True, check=False
-    )
+    done = subprocess.run([*_edgeadapt(), *args], text=True, capture_output=True, check=False)
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
     if check and done.returncode != 0:
@@ -54,7 +60,7 @@ def _has_option(command: list[str], option: str) -> bool:
     """Whether `edgeadapt COMMAND --help` lists `option` (options newer than the install
     are left out rather than failing)."""
     done = subprocess.run(
-        [sys.executable, "-m", "edgeadapt", *command, "--help"],
+        [*_edgeadapt(), *command, "--help"],
         text=True,
         capture_output=True,
         check=False,
