@@ -14,27 +14,29 @@ from edgeadapt.cli import cli
 _WIDTH = 100
 
 
-def _help(cmd: click.Command, path: list[str]) -> str:
-    ctx = click.Context(
-        cmd, info_name=" ".join(path), terminal_width=_WIDTH, max_content_width=_WIDTH
-    )
-    return cmd.get_help(ctx)
-
-
-def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
-    found = [(path, cmd)]
+def _walk(cmd: click.Command, ctx: click.Context) -> list[tuple[click.Context, click.Command]]:
+    """Every command below `cmd`, each with a context chained to its parent's, as the
+    CLI itself builds them (so `-h/--help` and the usage line read as a user sees them)."""
+    found = [(ctx, cmd)]
     if isinstance(cmd, click.Group):
-        ctx = click.Context(cmd, info_name=" ".join(path))
         for name in cmd.list_commands(ctx):
             sub = cmd.get_command(ctx, name)
             if sub is not None and not sub.hidden:
-                found += _walk(sub, [*path, name])
+                sub_ctx = click.Context(sub, parent=ctx, info_name=name, **sub.context_settings)
+                found += _walk(sub, sub_ctx)
     return found
 
 
 def render() -> str:
     """Markdown: a table of every command, then each one's --help text verbatim."""
-    commands = _walk(cli, ["edgeadapt"])
+    root = click.Context(
+        cli,
+        info_name="edgeadapt",
+        terminal_width=_WIDTH,
+        max_content_width=_WIDTH,
+        **cli.context_settings,
+    )
+    commands = _walk(cli, root)
     lines = [
         "# Command-line reference",
         "",
@@ -44,10 +46,10 @@ def render() -> str:
         "| command | what it does |",
         "| --- | --- |",
     ]
-    for path, cmd in commands[1:]:
-        lines.append(f"| `{' '.join(path)}` | {cmd.get_short_help_str(limit=_WIDTH)} |")
-    for path, cmd in commands:
-        lines += ["", f"## `{' '.join(path)}`", "", "```", _help(cmd, path).rstrip(), "```"]
+    for ctx, cmd in commands[1:]:
+        lines.append(f"| `{ctx.command_path}` | {cmd.get_short_help_str(limit=_WIDTH)} |")
+    for ctx, cmd in commands:
+        lines += ["", f"## `{ctx.command_path}`", "", "```", cmd.get_help(ctx).rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
