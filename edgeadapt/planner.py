@@ -518,7 +518,13 @@ def make_plan(
         ), policy_correct
 
     held_figures, held_correct = figures(heldout, states, thresholds, gates)
-    if static_ms is not None and len(states) > 1 and held_figures.cost_ms >= static_ms:
+    # (a branch plan without a budget runs its last branch alone: no cascade to refuse)
+    if (
+        kind != "branches"
+        and static_ms is not None
+        and len(states) > 1
+        and held_figures.cost_ms >= static_ms
+    ):
         fallback = (
             f"no plan of several states beats the measured static model: expected "
             f"{held_figures.cost_ms:.4g} ms against {static_ms:.4g} ms; the plan keeps "

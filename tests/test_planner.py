@@ -348,3 +348,17 @@ def test_a_plan_that_cannot_beat_the_static_model_keeps_it_and_says_why():
     assert fast.states == free.states
     assert fast.fallback is None
     assert fast.beats_static
+
+
+def test_a_branch_plan_keeps_the_pareto_branches_even_when_the_full_one_is_the_static_model():
+    data, cost = outcomes(1200, 4, 9)
+    calib, held = data.split(0.5, 0)
+    acc = calib.correct.mean(axis=0)
+    plan = make_plan(
+        calib, held, cost, manifest_sha256=SHA, kind="branches", static_ms=float(cost[-1])
+    )
+    assert plan.fallback is None
+    assert len(plan.budget) > 1
+    assert list(plan.states) == [
+        s for s in range(4) if all(acc[s] > acc[t] for t in range(4) if cost[t] < cost[s])
+    ]
