@@ -58,6 +58,22 @@ parity_atol_option = click.option(
 )
 
 
+def progress_ticker(stack: contextlib.ExitStack, label: str) -> Any:
+    """A `progress(done, total)` callback drawing one bar on stderr (only on a terminal),
+    opened on the first call and closed with `stack`."""
+    bar: Any = None
+
+    def tick(done: int, total: int) -> None:
+        nonlocal bar
+        if not sys.stderr.isatty():
+            return
+        if bar is None:
+            bar = stack.enter_context(click.progressbar(length=total, label=label, file=sys.stderr))
+        bar.update(1)
+
+    return tick
+
+
 def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     heads: dict[str, str] = {}
     for v in values:
@@ -180,17 +196,10 @@ def export_onnx_cmd(
     from edgeadapt.exporters.onnx import export_onnx
 
     with contextlib.ExitStack() as stack:
-        bar: Any = None
+        tick = progress_ticker(stack, "exporting")
 
         def progress(label: str, done: int, total: int) -> None:
-            nonlocal bar
-            if not sys.stderr.isatty():
-                return
-            if bar is None:
-                bar = stack.enter_context(
-                    click.progressbar(length=total, label="exporting", file=sys.stderr)
-                )
-            bar.update(1)
+            tick(done, total)
 
         export_onnx(
             model,

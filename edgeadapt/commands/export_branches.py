@@ -7,9 +7,7 @@ Registered on the `export` group of `edgeadapt.commands.export`, like `export to
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -19,6 +17,7 @@ from edgeadapt.commands.export import (
     force_option,
     json_option,
     output_option,
+    progress_ticker,
 )
 
 #: Registered on the `export` group above, so nothing is top-level here.
@@ -76,18 +75,6 @@ def export_branches_cmd(
     from edgeadapt.exporters.branches import export_branches
 
     with contextlib.ExitStack() as stack:
-        bar: Any = None
-
-        def progress(done: int, total: int) -> None:
-            nonlocal bar
-            if not sys.stderr.isatty():
-                return
-            if bar is None:
-                bar = stack.enter_context(
-                    click.progressbar(length=total, label="scoring branches", file=sys.stderr)
-                )
-            bar.update(1)
-
         export_branches(
             model,
             out,
@@ -96,6 +83,6 @@ def export_branches_cmd(
             max_branches=max_branches,
             seed=seed,
             force=force,
-            progress=progress,
+            progress=progress_ticker(stack, "scoring branches"),
         )
     _report(out, as_json)
