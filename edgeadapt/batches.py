@@ -61,9 +61,9 @@ def predict_batches(
     counts the calls). `progress(done, total)` follows each batch; `source` names the
     data in errors."""
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
-        raise InputError(f"must be an integer, got {batch!r}", source="--batch")
+        raise InputError(f"must be an integer, got {batch!r}", source="batch")
     if not 1 <= batch <= MAX_BATCH:
-        raise InputError(f"must lie in 1..{MAX_BATCH}, got {batch}", source="--batch")
+        raise InputError(f"must lie in 1..{MAX_BATCH}, got {batch}", source="batch")
     where = "input" if source is None else str(source)
     arrays = dict(x) if isinstance(x, Mapping) else {model.bundle.input.name: x}
     for name, a in arrays.items():

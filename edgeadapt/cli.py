@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from edgeadapt import __version__
-from edgeadapt.errors import EdgeadaptError
+from edgeadapt.errors import EdgeadaptError, InputError
 
 
 def _discover() -> dict[str, click.Command]:
@@ -32,6 +32,20 @@ def _discover() -> dict[str, click.Command]:
     return found
 
 
+def _as_flag(error: InputError, ctx: click.Context) -> InputError:
+    """`error` with a source that names a parameter of the command that ran shown as the
+    command's own flag (``cuts`` -> ``--cut``) or argument (``bundle`` -> ``BUNDLE``)."""
+    command = _discover().get(ctx.invoked_subcommand or "")
+    if command is None or error.source is None:
+        return error
+    for param in command.params:
+        if param.name == error.source:
+            if isinstance(param, click.Option):
+                return error.renamed(max(param.opts, key=len))
+            return error.renamed(param.human_readable_name)
+    return error
+
+
 class _Group(click.Group):
     """Lists the discovered commands; turns EdgeadaptError and OSError into a one-line
     error, exit 2."""
@@ -45,6 +59,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except InputError as e:
+            click.echo(f"error: {_as_flag(e, ctx)}", err=True)
+            ctx.exit(2)
         except EdgeadaptError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)

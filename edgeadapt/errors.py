@@ -12,17 +12,24 @@ class EdgeadaptError(Exception):
 class InputError(EdgeadaptError, ValueError):
     """A value, file or field handed to edgeadapt is invalid.
 
-    `source` names the file (or CLI option) and `field` the JSON path, npz key, CSV row
+    `source` names the file or the parameter (by its Python name: the CLI shows the flag
+    that sets it) and `field` the JSON path, npz key, CSV row
     or column, so the one-line message tells the user exactly where to look.
     """
 
     def __init__(
         self, message: str, *, source: str | PathLike[str] | None = None, field: str | None = None
     ) -> None:
+        self.message = message
         self.source = None if source is None else str(source)
         self.field = field
         where = ": ".join(p for p in (self.source, field) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+    def renamed(self, source: str) -> InputError:
+        """The same error with `source` (a parameter's name) replaced, say by the
+        command-line flag that set it."""
+        return type(self)(self.message, source=source, field=self.field)
 
 
 class MissingExtraError(EdgeadaptError, ImportError):

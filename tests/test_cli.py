@@ -24,3 +24,11 @@ def test_help_lists_commands():
 def test_unknown_command_exits_2():
     result = CliRunner().invoke(cli, ["no-such-command"])
     assert result.exit_code == 2
+
+
+def test_input_errors_keep_their_parts_when_renamed():
+    from edgeadapt.errors import InputError
+
+    e = InputError("too big", source="batch", field="$.x").renamed("--batch")
+    assert str(e) == "--batch: $.x: too big"
+    assert (e.message, e.source, e.field) == ("too big", "--batch", "$.x")

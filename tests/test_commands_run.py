@@ -68,8 +68,8 @@ def test_table_lists_every_sample(xfile):
     ("args", "match"),
     [
         (["--thresholds", "0.5", "--budget-ms", "5"], "needs predicted step costs"),
-        (["--thresholds", "0.5", "--budget-ms", "0"], "budget_ms"),
-        (["--thresholds", "0.5", "--budget-ms", "nan"], "budget_ms"),
+        (["--thresholds", "0.5", "--budget-ms", "0"], "--budget-ms: "),
+        (["--thresholds", "0.5", "--budget-ms", "nan"], "--budget-ms: "),
         (["--thresholds", "abc"], "--thresholds"),
         (["--thresholds", "0.5,0.5"], "got 2"),
         ([], "exactly one of --thresholds and --plan"),
@@ -140,3 +140,11 @@ def test_an_npz_input_for_a_one_input_bundle(xfile, tmp_path):
     result = run(BUNDLE, "--input", path, "--thresholds", "0.5")
     assert result.exit_code == 2
     assert "x.npz: x: missing array 'x'" in result.output
+
+
+def test_library_errors_name_the_flag_that_set_the_value(xfile):
+    from edgeadapt.batches import MAX_BATCH
+
+    result = run(BUNDLE, "--input", xfile, "--thresholds", "0.5", "--batch", MAX_BATCH + 1)
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: --batch: must lie in 1..{MAX_BATCH}")

@@ -1,0 +1,67 @@
+"""The options every command spells the same way, declared once.
+
+``-o/--output`` is where a command writes its file or folder, ``--json`` prints one JSON
+object on stdout instead of text, ``--runtime`` and ``--threads`` choose the backend and
+its threads. A command states its own help for ``--output`` (what is written, where by
+default); the rest read the same in every ``--help``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from edgeadapt.jsonio import dumps
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["echo_json", "json_option", "output_option", "runtime_option", "threads_option"]
+
+
+def output_option(help: str, *, dir_okay: bool = False, required: bool = False) -> Callable[[F], F]:
+    """``-o/--output PATH`` (parameter ``output``, a `Path`)."""
+    return click.option(
+        "-o",
+        "--output",
+        "output",
+        type=click.Path(dir_okay=dir_okay, file_okay=not dir_okay, path_type=Path),
+        required=required,
+        help=help,
+    )
+
+
+def json_option(help: str = "Print one JSON object instead of text.") -> Callable[[F], F]:
+    """``--json`` (parameter ``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def runtime_option(
+    default: str | None = "onnxruntime", help: str | None = None
+) -> Callable[[F], F]:
+    """``--runtime NAME``: onnxruntime, openvino or tensorrt."""
+    return click.option(
+        "--runtime",
+        default=default,
+        show_default=default is not None,
+        help=help or "Backend: onnxruntime, openvino or tensorrt.",
+    )
+
+
+def threads_option(default: int | None = None, help: str | None = None) -> Callable[[F], F]:
+    """``--threads N`` (N >= 1)."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        help=help or "Threads the runtime may use.",
+    )
+
+
+def echo_json(doc: Any) -> None:
+    """Print `doc` as strict JSON (NaN and infinities are refused, not written as
+    ``NaN``, which other JSON readers reject)."""
+    click.echo(dumps(doc), nl=False)

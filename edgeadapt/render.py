@@ -1,0 +1,47 @@
+"""Text rendering shared by every command, the demo and the report: one table layout and
+one way to print a number, so the same figure reads the same everywhere."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["num", "pct", "ratio", "table"]
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], left: Sequence[int] = (0,)
+) -> str:
+    """Columns padded to their widest cell, two spaces apart; the columns in `left` are
+    left-aligned, the rest right-aligned (numbers line up). No trailing spaces."""
+    cells = [[str(c) for c in headers], *([str(c) for c in r] for r in rows)]
+    n = len(cells[0])
+    for i, r in enumerate(cells[1:]):
+        if len(r) != n:
+            raise ValueError(f"row {i} has {len(r)} cells, the header {n}")
+    widths = [max(len(r[i]) for r in cells) for i in range(n)]
+    lines = (
+        "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in cells
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    """`x` to `digits` significant digits; ``-`` for a missing or non-finite value."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:,.1f}"
+
+
+def ratio(x: float | None) -> str:
+    """A speedup or cost ratio as ``1.23x``; ``-`` when missing."""
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage (``0.931`` -> ``93.1%``); ``-`` when missing."""
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"

@@ -1,0 +1,34 @@
+"""The shared text table and number formats."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgeadapt.render import num, pct, ratio, table
+
+
+def test_table_aligns_numbers_right_and_names_left() -> None:
+    text = table(["state", "ms"], [["exit0", "1.5"], ["exit10", "12.25"]])
+    assert text.splitlines() == ["state      ms", "exit0     1.5", "exit10  12.25"]
+
+
+def test_table_has_no_trailing_spaces_and_refuses_ragged_rows() -> None:
+    text = table(["a", "b"], [["x", ""]], left=(0, 1))
+    assert all(line == line.rstrip() for line in text.splitlines())
+    with pytest.raises(ValueError, match="row 0 has 1 cells"):
+        table(["a", "b"], [["x"]])
+
+
+@pytest.mark.parametrize("fn", [num, ratio, pct])
+def test_missing_values_print_as_dash(fn) -> None:  # type: ignore[no-untyped-def]
+    assert fn(None) == "-"
+    assert fn(math.nan) == "-"
+
+
+def test_number_formats() -> None:
+    assert num(0.123456) == "0.1235"
+    assert num(123456.0) == "123,456.0"
+    assert ratio(1.234) == "1.23x"
+    assert pct(0.9312) == "93.1%"
