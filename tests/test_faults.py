@@ -131,7 +131,7 @@ def test_predict_batches_names_the_absolute_row_and_bounds_the_batch(tmp_path):
     with AdaptiveModel.load(MULTIEXIT, thresholds=0.9) as m:
         with pytest.raises(InputError, match=r"data\.npy: holds NaN or infinity, first in row 517"):
             predict_batches(m, x, 256, source="data.npy")
-        with pytest.raises(InputError, match="^batch: must lie in"):
+        with pytest.raises(InputError, match=r"^batch: must lie in"):
             predict_batches(m, x, MAX_BATCH + 1)
         with pytest.raises(InputError, match="expected dtype float32"):
             predict_batches(m, x.astype(np.float64), 256)

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from edgeadapt.commands.device import _bar
 from edgeadapt.commands.oracle import _emit_json, _num, _pct, _ratio, _render
+from edgeadapt.commands.progress import progress_bar
 
 
 def _bound_rows(bounds: dict[str, Any]) -> list[list[str]]:
@@ -184,7 +184,7 @@ class _CliUI:
             click.echo(message, err=True)
 
     def bar(self, label: str, total: int) -> AbstractContextManager[Callable[[int, int], None]]:
-        return _bar(f"  {label}", total, self.show)
+        return progress_bar(f"  {label}", total, self.show)
 
 
 @click.command("demo")

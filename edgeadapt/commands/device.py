@@ -6,14 +6,12 @@ bar on stderr, print an aligned table or (``--json``) one JSON object.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgeadapt.commands.progress import progress_bar
 from edgeadapt.errors import InputError
 
 _DIR = click.Path(file_okay=False, exists=True, path_type=Path)
@@ -39,24 +37,6 @@ def _batches(value: str) -> list[int]:
             f"batch sizes must be at most {MAX_PROFILE_BATCH}, got {max(sizes)}", source="--batch"
         )
     return sizes
-
-
-@contextmanager
-def _bar(label: str, total: int, show: bool) -> Iterator[Callable[[int, int], None]]:
-    """A click progress bar on stderr fed by `(done, total)` callbacks."""
-    if not show:
-
-        def ignore(done: int, total: int) -> None:
-            return None
-
-        yield ignore
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-
-        def update(done: int, _total: int) -> None:
-            bar.update(done - bar.pos)
-
-        yield update
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -240,7 +220,7 @@ def profile_cmd(
     bundle = load_bundle(bundle_dir)
     whole: bool | Path = False if no_whole else (whole_path or True)
     total = profile_calls(bundle, batches, whole is not False)
-    with _bar("profiling", total, show=not as_json) as progress:
+    with progress_bar("profiling", total, show=not as_json) as progress:
         prof = profile_bundle(
             bundle,
             runtime=runtime,
@@ -340,7 +320,7 @@ def evaluate_cmd(
 
     bundle = load_bundle(bundle_dir)
     x, y = load_dataset(data, bundle)
-    with _bar("evaluating", int(y.shape[0]), show=not as_json) as progress:
+    with progress_bar("evaluating", int(y.shape[0]), show=not as_json) as progress:
         ev = evaluate_bundle(
             bundle, x, y, runtime=runtime, batch=batch, progress=progress, source=str(data)
         )

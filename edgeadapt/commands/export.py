@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgeadapt.commands.progress import progress_ticker
 from edgeadapt.errors import InputError
 
 
@@ -56,22 +56,6 @@ parity_atol_option = click.option(
     show_default=True,
     help="Parity check: the smallest absolute tolerance.",
 )
-
-
-def progress_ticker(stack: contextlib.ExitStack, label: str) -> Any:
-    """A `progress(done, total)` callback drawing one bar on stderr (only on a terminal),
-    opened on the first call and closed with `stack`."""
-    bar: Any = None
-
-    def tick(done: int, total: int) -> None:
-        nonlocal bar
-        if not sys.stderr.isatty():
-            return
-        if bar is None:
-            bar = stack.enter_context(click.progressbar(length=total, label=label, file=sys.stderr))
-        bar.update(1)
-
-    return tick
 
 
 def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:

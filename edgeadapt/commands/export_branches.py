@@ -17,8 +17,8 @@ from edgeadapt.commands.export import (
     force_option,
     json_option,
     output_option,
-    progress_ticker,
 )
+from edgeadapt.commands.progress import progress_ticker
 
 #: Registered on the `export` group above, so nothing is top-level here.
 COMMANDS: list[click.Command] = []

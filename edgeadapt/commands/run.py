@@ -106,7 +106,7 @@ def run_command(
     from edgeadapt.batches import predict_batches
     from edgeadapt.bundle import load_bundle
     from edgeadapt.cascade import AdaptiveModel
-    from edgeadapt.commands.device import _bar
+    from edgeadapt.commands.progress import progress_bar
     from edgeadapt.jsonio import dumps
     from edgeadapt.npzio import save_npz
 
@@ -124,7 +124,7 @@ def run_command(
     )
     n = int(next(iter(loaded.values())).shape[0])
     show = not (quiet or as_json) and sys.stderr.isatty()  # a bar is for a person watching
-    with model, _bar("running", n, show=show) as progress:
+    with model, progress_bar("running", n, show=show) as progress:
         res, latency = predict_batches(
             model, loaded, batch, budget_ms, progress=progress, source=input_path
         )
