@@ -36,10 +36,12 @@ while a batch is processed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from edgeadapt import _kernel
 from edgeadapt._kernel import (
     Action,
     Gate,
@@ -51,6 +53,7 @@ from edgeadapt._kernel import (
     gate_decide_into,
     version,
 )
+from edgeadapt.errors import EdgeadaptError
 
 MEASURES = ("maxprob", "margin", "entropy")
 
@@ -60,6 +63,7 @@ __all__ = [
     "Gate",
     "GateRun",
     "Policy",
+    "cmake_dir",
     "confidence",
     "decide",
     "decide_buffers",
@@ -68,6 +72,19 @@ __all__ = [
     "gate_decide_into",
     "version",
 ]
+
+
+def cmake_dir() -> Path:
+    """Directory holding edgeadaptConfig.cmake (pass it as -Dedgeadapt_DIR=...), so a
+    native application can `find_package(edgeadapt)` the installed kernel.
+
+    The wheel installs include/, lib/ and share/cmake/edgeadapt/ next to the compiled
+    module, so the module's location finds them in regular and editable installs alike.
+    """
+    path = Path(_kernel.__file__).resolve().parent / "share" / "cmake" / "edgeadapt"
+    if not (path / "edgeadaptConfig.cmake").is_file():
+        raise EdgeadaptError(f"no edgeadaptConfig.cmake under {path}: reinstall edgeadapt")
+    return path
 
 
 def decide_buffers(batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

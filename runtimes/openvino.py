@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeadapt.device import cpu_model
 from edgeadapt.errors import EdgeadaptError
 
-from .base import Runtime, Session, TensorSpec, choice, cpu_name, import_backend, positive_int
+from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
 
 _PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
@@ -193,7 +194,7 @@ class OpenVinoRuntime(Runtime):
         try:
             device_name = str(self._core.get_property(self.device, "FULL_DEVICE_NAME"))
         except RuntimeError:
-            device_name = cpu_name() if self.device.startswith("CPU") else self.device
+            device_name = cpu_model() if self.device.startswith("CPU") else self.device
         return {
             "backend": self.name,
             "version": self._ov.get_version(),
