@@ -19,12 +19,14 @@ while a batch is processed.
 - ``decide_into(logits, threshold, pred, conf, exit_mask, continue_idx,
   measure="maxprob") -> K``: the same into caller-owned arrays (see `decide_buffers`),
   for the cascade's hot path; ``continue_idx[:K]`` holds the rows that continue.
-- ``Policy(thresholds, step_costs_ms, *, ewma=0.2, measure="maxprob", accuracies=None,
-  cumulative=True)``: per-state thresholds (one per state but the last), an EWMA cost
-  table per step, ``next(...) -> Action``, ``fits(...)``, ``observe(...)``,
-  ``decay(step)`` (for a step skipped for the budget: back toward its initial cost),
-  ``predicted_ms(step)``, ``state_ms(state)`` and the AdaInf lookup table
-  ``lookup(budget_ms) -> state | None``.
+- ``Policy(thresholds, hop_costs_ms, *, ewma=0.2, measure="maxprob", accuracies=None,
+  cumulative=True)`` over the kept states: per-state thresholds (one per state but the
+  last) and an EWMA cost table per hop (hop i: the bundle steps that take the cascade
+  from kept state i - 1 to kept state i), ``next(...) -> Action``, ``fits(next_hop,
+  ...)``, ``observe(hop, ms)``, ``decay(hop)`` (for a hop skipped for the budget: back
+  toward its initial cost), ``predicted_ms(hop)``, ``state_ms(state)`` and the AdaInf
+  lookup table ``lookup(budget_ms) -> state | None``. The keywords ``step_costs_ms``,
+  ``step`` and ``next_step`` still work, with a DeprecationWarning.
 - Learned exit gates (`edgeadapt.gates`; numerics in `edgeadapt.kernel_ref.gate_score`):
   ``Gate(weights, bias)``; ``gate_decide(logits, gate, threshold, history, previous)``
   at position ``history.shape[1]`` -> ``(pred, score, exit_mask, continue_idx,
