@@ -135,8 +135,8 @@ def _step_costs(
 
 
 # Up to this many elements `_finite` sums in Python rather than asking numpy: right after
-# a runtime call numpy's machinery is out of the CPU caches and a reduction costs ~9 us
-# on this machine, Python's sum over a few hundred floats ~4 us (measured between steps).
+# a runtime call numpy's machinery is out of the CPU caches and a reduction costs ~9 us,
+# Python's sum over a few hundred floats ~4 us (measured between steps on an x86 VM).
 _PY_SUM_MAX = 512
 
 

@@ -1,9 +1,9 @@
 """OpenVINO backend: `Core.compile_model` with a latency hint and one reused infer request.
 
 Fast path (`fast=True`, the default): a small input (up to `SHARE_BYTES`) is written into
-the request's own input tensor (resize + one memcpy, ~2 us here), a large one is wrapped
+the request's own input tensor (resize + one memcpy, ~2 us), a large one is wrapped
 in an `ov.Tensor` sharing the numpy array's memory (no copy, but ~12 us to build and set
-the tensor on this machine). The request reuses its output memory on the next call, so
+the tensor, measured on an x86 development VM). The request reuses its output memory on the next call, so
 small outputs are copied once into arrays the caller owns; a large one (over
 `SHARE_BYTES`, static beyond the batch axis) is written by OpenVINO straight into a fresh
 array handed to the request as a shared output tensor, with no copy. The plain path (`fast=False`) is
