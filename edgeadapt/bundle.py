@@ -18,9 +18,9 @@ The manifest records the model inputs (name, shape, dtype; each shape's first ax
 the dynamic batch axis ``"batch"``; version 1 manifests hold a single ``input``,
 version 2 a list ``inputs``), the class count, per step its file, I/O names, per-sample FLOPs/MACs
 (split into the stage's and the head's shares) and parameter count, the sha256 of
-every file, and the producer. `write_bundle` writes the whole directory atomically;
-`load_bundle` validates the schema, the paths (everything stays inside the bundle),
-the hashes and that the steps chain.
+every file, and the producer. `write_bundle` writes the whole directory atomically
+(`edgeadapt.atomic`); `load_bundle` validates the schema, the paths (everything stays
+inside the bundle), the hashes and that the steps chain.
 
     >>> b = load_bundle("bundle/")
     >>> b.kind, b.num_classes, b.flops        # flops: what each state's prediction costs
@@ -523,6 +523,8 @@ def _write(
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
         fsync(tmp / MANIFEST)
         fsync(tmp)
+        # Swap and re-read under the lock: another writer's swap in between would make
+        # this bundle's hashes fail and pass for tampering.
         with writers_lock(out.parent):
             if _may_replace(tmp, out, force):
                 replace_directory(tmp, out)
