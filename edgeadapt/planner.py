@@ -79,6 +79,7 @@ from edgeadapt.plan import (
     Plan,
     SplitFigures,
 )
+from edgeadapt.presets import RuntimeConfig
 from edgeadapt.risk import Promise, RiskControlled, risk_control, shared_path
 from edgeadapt.stats import drop_upper_bound
 
@@ -420,6 +421,7 @@ def make_plan(
     calibration: str = "risk",
     policy: str = "threshold",
     cost_stat: str = "p50",
+    runtime: RuntimeConfig | None = None,
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
 
@@ -569,6 +571,7 @@ def make_plan(
         fallback=fallback,
         gates=gates,
         cost_stat=cost_stat,
+        runtime=runtime,
     )
 
 
@@ -682,6 +685,7 @@ def plan_bundle(
     calibration: str = "risk",
     policy: str = "threshold",
     cost_stat: str = "p50",
+    runtime: RuntimeConfig | None = None,
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
@@ -702,6 +706,7 @@ def plan_bundle(
         calibration=calibration,
         policy=policy,
         cost_stat=cost_stat,
+        runtime=runtime,
     )
 
 
@@ -733,6 +738,8 @@ class ProfileCosts:
     static_ms: float | None
     order: str
     stat: str = "p50"
+    #: The runtime configuration the profile was measured under (for the plan).
+    runtime: RuntimeConfig | None = None
 
     @property
     def note(self) -> str | None:
@@ -759,4 +766,5 @@ def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> Profil
         static_ms=static_cost(profile, bundle, stat=stat),
         order=profile.order,
         stat=stat,
+        runtime=profile.runtime_config,
     )

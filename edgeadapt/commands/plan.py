@@ -156,6 +156,7 @@ def plan_cmd(
         calibration=calibration,
         policy=policy,
         cost_stat=cost_stat,
+        runtime=costs.runtime,
     )
     target = out if out is not None else loaded.path / "plan.json"
     save_plan(target, plan)

@@ -34,6 +34,7 @@ import numpy as np
 
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+from edgeadapt.presets import RuntimeConfig
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles, in the order the demo shows them.
@@ -268,8 +269,7 @@ def _bundles(out: Path, retrain: bool, ui: UI) -> list[Bundle]:
 def _measure_run(
     bundle: Bundle,
     plan: Any,
-    runtime: str,
-    threads: int,
+    config: RuntimeConfig,
     x: np.ndarray,
     y: np.ndarray,
     reference: int,
@@ -285,13 +285,11 @@ def _measure_run(
 
     from edgeadapt.cascade import AdaptiveModel
     from edgeadapt.exporters.compose import whole_model
-    from edgeadapt.runtimes import get_runtime
 
-    options = {"threads": threads}
     with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
         static_path = Path(tmp) / "static.onnx"
         onnx.save(whole_model(bundle, reference), str(static_path))
-        static = get_runtime(runtime, **options).load(static_path)
+        static = config.make().load(static_path)
     logits_name = static.outputs[0].name
     input_name = bundle.input.name
     n = x.shape[0]
@@ -315,7 +313,7 @@ def _measure_run(
             static_lat[i] = (perf_counter_ns() - t0) / 1e6
             static_pred[i] = int(np.argmax(logits[0]))
 
-    load = AdaptiveModel.load(bundle, runtime, plan=plan, runtime_options=options, warmup=WARMUP)
+    load = AdaptiveModel.load(bundle, config, plan=plan, warmup=WARMUP)
     with static, load as model:
         plain(range(min(WARMUP, n)))
         with ui.bar("running the plan", n) as progress:
@@ -366,8 +364,7 @@ def _demo_bundle(
     work: Path,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     *,
-    runtime: str,
-    threads: int,
+    config: RuntimeConfig,
     force: bool,
     samples: int | None,
     min_seconds: float,
@@ -395,8 +392,7 @@ def _demo_bundle(
         with ui.bar(f"profiling {bundle.path.name}", profile_calls(bundle, (1,))) as progress:
             return profile_bundle(
                 bundle,
-                runtime,
-                threads=threads,
+                config,
                 min_seconds=min_seconds,
                 progress=progress,
                 order=PROFILE_ORDER,
@@ -417,7 +413,7 @@ def _demo_bundle(
 
         def make() -> Evaluation:
             with ui.bar(f"evaluating on {split}", len(y)) as progress:
-                return evaluate_bundle(bundle, x, y, runtime, threads=threads, progress=progress)
+                return evaluate_bundle(bundle, x, y, config, progress=progress)
 
         def load(path: Path) -> Evaluation:
             ev = load_evaluation(path)
@@ -446,7 +442,9 @@ def _demo_bundle(
         work / "plan.json",
         load_plan_,
         # as `edgeadapt plan` with its defaults
-        lambda: plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms),
+        lambda: plan_bundle(
+            bundle, ev_calib, costs, static_ms=measured.static_ms, runtime=measured.runtime
+        ),
         save_plan,
         stale=stale,
     )
@@ -460,7 +458,7 @@ def _demo_bundle(
     x, y = data["test"]
     if samples is not None:
         x, y = x[:samples], y[:samples]
-    timed = _measure_run(bundle, plan, runtime, threads, x, y, plan.reference_state, ui)
+    timed = _measure_run(bundle, plan, config, x, y, plan.reference_state, ui)
     run = _run_figures(bundle, plan, costs, ev_test, timed, y)
 
     ui.log(f"  writing the report for {bundle.path.name} ...")
@@ -508,6 +506,8 @@ def run_demo(
         raise InputError(f"must be a positive integer, got {threads!r}", source="threads")
     if samples is not None and (isinstance(samples, bool) or samples < 1):
         raise InputError(f"must be a positive integer, got {samples!r}", source="samples")
+    # one configuration for the profile, the evaluations, the plan and the timed run
+    config = RuntimeConfig.resolve(None, runtime=runtime, threads=threads)
     start = perf_counter()
     out = Path(out)
     data = _data(out, ui, force)
@@ -520,8 +520,7 @@ def run_demo(
                 bundle,
                 work,
                 data,
-                runtime=runtime,
-                threads=threads,
+                config=config,
                 force=force or retrain,
                 samples=samples,
                 min_seconds=min_seconds,
