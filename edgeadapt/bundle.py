@@ -48,7 +48,8 @@ import onnx
 
 from edgeadapt import __version__
 from edgeadapt.errors import InputError
-from edgeadapt.flops import ancestors, count_flops, count_params
+from edgeadapt.flops import count_flops, count_params
+from edgeadapt.graphdeps import ancestors
 from edgeadapt.jsonio import Fields, check_path, dumps, read_json
 
 FORMAT = "edgeadapt-bundle"

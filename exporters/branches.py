@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeadapt import graphdeps
 from edgeadapt.bundle import Bundle, write_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
@@ -85,7 +86,7 @@ def find_blocks(model: onnx.ModelProto) -> list[Block]:
     infos = _graph.value_infos(model)
     consumers: dict[str, set[int]] = {}
     for i, node in enumerate(g.node):
-        for name in _graph.node_inputs(node):
+        for name in graphdeps.node_inputs(node):
             consumers.setdefault(name, set()).add(i)
     producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
     outputs = {o.name for o in g.output}
@@ -95,7 +96,7 @@ def find_blocks(model: onnx.ModelProto) -> list[Block]:
         if node.op_type != "Add" or len(node.input) != 2 or not node.name:
             continue
         for skip, body_out in (tuple(node.input), tuple(node.input)[::-1]):
-            body = _graph.ancestors(model, [body_out], stop=[skip])
+            body = graphdeps.ancestors(model, [body_out], stop=[skip])
             body &= _descendants(model, skip, consumers)
             if producer.get(body_out) not in body:
                 continue  # b does not depend on x: not a residual of x

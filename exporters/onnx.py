@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx.utils import Extractor
 
+from edgeadapt import graphdeps
 from edgeadapt.bundle import Bundle, InputSpec, Step, write_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
@@ -69,7 +70,7 @@ def _check_cut(model: onnx.ModelProto, name: str, source: Path, field: str) -> N
     produced = {o for n in model.graph.node for o in n.output if o}
     if name in produced:
         return
-    bodies = _graph.body_tensors(model)
+    bodies = graphdeps.body_tensors(model)
     if name in bodies:
         raise InputError(
             f"{name!r} is defined inside the body of {bodies[name]}; cuts must be tensors "
@@ -125,7 +126,7 @@ def _dependence(model: onnx.ModelProto, data: set[str], aux: set[str]) -> tuple[
     by_value: set[int] = set()
     constant: set[int] = set()
     for i, node in enumerate(model.graph.node):  # nodes are topologically sorted
-        reads = _graph.node_inputs(node)
+        reads = graphdeps.node_inputs(node)
         outs = [o for o in node.output if o]
         if any(x in valued for x in reads) and node.op_type not in ("Shape", "Size"):
             by_value.add(i)
@@ -173,10 +174,10 @@ def _plan(
         wanted = [n for n in (cut, heads.get(cut) if cut else logits) if n]
         field = f"cuts[{i}]" if cut else "logits"
         prev = boundary[-1] if i > 0 else None
-        if prev is not None and producer[prev] not in _graph.ancestors(
+        if prev is not None and producer[prev] not in graphdeps.ancestors(
             model, [wanted[0]], stop=model_inputs
         ):
-            before = _graph.ancestors(model, [prev], stop=model_inputs)
+            before = graphdeps.ancestors(model, [prev], stop=model_inputs)
             order = "comes before" if producer[wanted[0]] in before else "does not depend on"
             raise InputError(
                 f"{wanted[0]!r} {order} the previous cut {prev!r}: cuts must be given in "
@@ -184,7 +185,7 @@ def _plan(
                 source=source,
                 field=field,
             )
-        nodes = _graph.ancestors(model, wanted, stop=boundary)
+        nodes = graphdeps.ancestors(model, wanted, stop=boundary)
         for k in sorted(nodes & taken):
             node = model.graph.node[k]
             what = f"{node.op_type} node {node.name or node.output[0]!r}"
@@ -214,7 +215,7 @@ def _plan(
                 source=source,
                 field=field,
             )
-        reads = {x for k in nodes for x in _graph.node_inputs(model.graph.node[k])}
+        reads = {x for k in nodes for x in graphdeps.node_inputs(model.graph.node[k])}
         if cut in head_masks:
             reads.add(head_masks[cut])
         inputs = [prev] if prev is not None else []
@@ -234,7 +235,7 @@ def _check_shared_initializers(
     sizes = {t.name: t for t in model.graph.initializer}
     first_step: dict[str, int] = {}
     for i, plan in enumerate(plans):
-        names = {x for k in plan.nodes for x in _graph.node_inputs(model.graph.node[k])}
+        names = {x for k in plan.nodes for x in graphdeps.node_inputs(model.graph.node[k])}
         for name in sorted(names & sizes.keys()):
             if name in first_step and first_step[name] != i:
                 t = sizes[name]
