@@ -246,7 +246,7 @@ def export_branches(
     """
     path = Path(source)
     if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
-        raise InputError(f"must be an integer >= 2, got {max_branches!r}", field="max_branches")
+        raise InputError(f"must be an integer >= 2, got {max_branches!r}", source="max_branches")
     model = _graph.with_dynamic_batch(_graph.load_source(path), path)
     name_nodes(model)
     spec = _graph.input_spec(model, path)
@@ -265,9 +265,9 @@ def export_branches(
                     "is an Add but not a skippable residual block (its body leaks, or it "
                     "changes shape)"
                     if name in adds
-                    else "is not an Add node of the model"
+                    else f"is not an Add node of {path}"
                 )
-                raise InputError(f"{name!r} {why}", source=path, field="blocks")
+                raise InputError(f"{name!r} {why}", source="blocks")
         found = [by_name[n] for n in dict.fromkeys(blocks)]
     if not found:
         raise InputError(

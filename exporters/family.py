@@ -66,7 +66,7 @@ def export_family(
     if len(paths) < 2:
         raise InputError("a family needs at least two models")
     if names is not None and len(names) != len(paths):
-        raise InputError(f"{len(names)} names for {len(paths)} models", field="--name")
+        raise InputError(f"{len(names)} names for {len(paths)} models", source="names")
     state_names = list(names) if names is not None else _state_names(paths)
     members = []
     first = None

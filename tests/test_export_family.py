@@ -72,6 +72,9 @@ def test_mismatched_members_are_refused(tmp_path, paths):
         export_family([paths["linear"], _save(tmp_path, "multi", multi_exit_cnn())], tmp_path / "b")
     with pytest.raises(InputError, match="at least two models"):
         export_family([paths["linear"]], tmp_path / "b")
+    with pytest.raises(InputError, match="1 names for 2 models") as e:
+        export_family([paths["linear"], paths["mlp"]], tmp_path / "b", names=["a"])
+    assert e.value.source == "names"
     forty = _flatten(40, 40)
     with pytest.raises(InputError, match=r"40 classes, but linear\.onnx has 10"):
         export_family([paths["linear"], _save(tmp_path, "forty", forty)], tmp_path / "b")
