@@ -156,7 +156,13 @@ def export_onnx_cmd(
 
 
 @export.command("family")
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "model_paths",
+    metavar="MODELS...",
+    nargs=-1,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
 @bundle_output_option()
 @click.option(
     "--name",
@@ -167,7 +173,11 @@ def export_onnx_cmd(
 @force_option
 @summary_json_option()
 def export_family_cmd(
-    models: tuple[Path, ...], output: Path, names: tuple[str, ...], force: bool, as_json: bool
+    model_paths: tuple[Path, ...],
+    output: Path,
+    names: tuple[str, ...],
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Write independent classifiers MODELS as an ensemble bundle, states ordered by FLOPs.
 
@@ -177,7 +187,7 @@ def export_family_cmd(
     """
     from edgeadapt.exporters.family import export_family
 
-    bundle = export_family(models, output, names=names or None, force=force)
+    bundle = export_family(model_paths, output, names=names or None, force=force)
     show_written(bundle, output, as_json)
 
 
