@@ -4,8 +4,8 @@ AdaInf's execution branches: the same network with some residual blocks bypassed
 branch a point of accuracy against cost. A *residual block* is an ``Add`` whose one
 input is the block's input ``x`` and whose other is a body computed from ``x``
 (``y = x + f(x)``); bypassing it replaces ``y`` by ``x``. A block is skippable only when
-``x`` and ``y`` have the same shape (blocks that change shape, such as a ResNet stage's
-first block with its projection shortcut, never are) and the body's tensors feed nothing
+``x`` and ``y`` have the same shape (blocks that change shape, such as the first block
+of a ResNet layer with its projection shortcut, never are) and the body's tensors feed nothing
 but the body and its ``Add``.
 
 `find_blocks` lists the skippable blocks (by the name of their ``Add`` node; users may
@@ -14,8 +14,8 @@ blocks, else the greedy path (repeatedly drop the block whose removal costs leas
 calibration accuracy per saved FLOP) plus a seeded random sample. Every candidate branch
 is run on the labelled calibration data; the branches on the accuracy/FLOPs Pareto
 front (at most `max_branches`, spread along it), and always the unmodified model as the
-last, become the states of a bundle of kind ``branches``, each one ONNX file. Their weights are shared on disk: one
-``weights.bin`` holds every large initializer once and each branch references it as
+last, become the states of a bundle of kind ``branches``, each one step (one ONNX file).
+Their weights are shared on disk: one ``weights.bin`` holds every large initializer once and each branch references it as
 ONNX external data, so a bundle of eight branches costs about one model.
 """
 

@@ -200,3 +200,19 @@ def test_multi_input_members_that_disagree_are_refused_by_name(tmp_path, other, 
         export_family([masked, bad], tmp_path / "b")
     assert e.value.source == str(bad)
     assert not (tmp_path / "b").exists()
+
+
+def test_cli_multi_input_family_json(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeadapt.cli import cli
+
+    masked = _save(tmp_path, "masked", _text_member(1))
+    ids_only = _save(tmp_path, "ids", _text_member(2, masked=False))
+    args = ["export", "family", str(masked), str(ids_only), "-o", str(tmp_path / "b"), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [i["name"] for i in doc["inputs"]] == ["input_ids", "attention_mask"]
+    assert "input" not in doc
+    assert [s["name"] for s in doc["states"]] == ["ids", "masked"]
