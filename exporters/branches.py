@@ -32,6 +32,7 @@ import onnx
 
 from edgeadapt import graphdeps
 from edgeadapt.bundle import Bundle, write_bundle
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.flops import count_flops
@@ -315,7 +316,7 @@ def export_branches(
         producer={
             "exporter": "edgeadapt.exporters.branches",
             "source": path.name,
-            "source_sha256": _graph.file_sha256(path),
+            "source_sha256": file_sha256(path),
         },
         extra={
             "branches": {

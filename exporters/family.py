@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from edgeadapt.bundle import Bundle, InputSpec, write_bundle
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.flops import count_flops
@@ -174,7 +175,7 @@ def export_family(
         producer={
             "exporter": "edgeadapt.exporters.family",
             "sources": [members[k].path.name for k in order],
-            "source_sha256": [_graph.file_sha256(members[k].path) for k in order],
+            "source_sha256": [file_sha256(members[k].path) for k in order],
         },
         force=force,
     )

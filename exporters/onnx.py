@@ -31,6 +31,7 @@ from onnx.utils import Extractor
 
 from edgeadapt import graphdeps
 from edgeadapt.bundle import Bundle, InputSpec, Step, write_bundle
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters._calib import Calibration, open_calibration
@@ -621,7 +622,7 @@ def export_onnx(
         producer={
             "exporter": "edgeadapt.exporters.onnx",
             "source": source.name,
-            "source_sha256": _graph.file_sha256(source),
+            "source_sha256": file_sha256(source),
         },
         extra=extra,
         force=force,
