@@ -472,7 +472,7 @@ def bundle_bound_defaults(
             )
     if evaluation is None:
         raise InputError(
-            f"the bound of {loaded.path} needs per-sample results: give an evaluation "
+            f"bound {loaded.path} needs per-sample results: give an evaluation "
             f"(edgeadapt evaluate {loaded.path} --data D.npz)",
             source="evaluation",
         )

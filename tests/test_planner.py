@@ -10,15 +10,15 @@ from hypothesis import strategies as st
 
 from edgeadapt.calibrate import calibrate, simulate
 from edgeadapt.errors import InputError
+from edgeadapt.oracle import exact_oracle
 from edgeadapt.planner import (
     Outcomes,
     budget_state,
     budget_table,
-    exact_oracle,
     gap_closure,
     make_plan,
-    subset_costs,
 )
+from edgeadapt.subset import subset_costs
 from edgeadapt.risk import required_samples
 
 SHA = "ab" * 32
@@ -75,7 +75,8 @@ def test_plan_keeps_the_drop_on_calibration_and_reports_heldout(args):
     assert plan.heldout.cost_ms == pytest.approx(run.expected_cost)
     assert plan.heldout.reference_accuracy == held.correct[:, plan.reference_state].mean()
     assert plan.drop_bound >= plan.heldout.drop - 1e-12
-    assert (plan.r_oracle, plan.a_oracle) == exact_oracle(held.correct, cost)
+    oracle = exact_oracle(held.correct, cost)
+    assert (plan.r_oracle, plan.a_oracle) == (oracle.r_oracle, oracle.a_oracle)
     # the budget table rises in cost and accuracy over kept states
     assert {r.state for r in plan.budget} <= set(plan.states)
     assert all(
@@ -190,7 +191,8 @@ def test_exact_oracle_matches_a_loop():
     data, cost = outcomes(200, 4, 3, noise=3.0)
     correct = data.correct.copy()
     correct[::7, 0] = True  # break nesting so the oracle beats the last state
-    r, a = exact_oracle(correct, cost)
+    res = exact_oracle(correct, cost)
+    r, a = res.r_oracle, res.a_oracle
     per = [cost[row.argmax()] if row.any() else cost.min() for row in correct]
     assert r == pytest.approx(np.mean(per))
     assert a == correct.any(axis=1).mean()
