@@ -329,7 +329,8 @@ def test_summary_is_typed_and_labels_every_bound_once():
         "continuous (eq. 13)",
     ]
     assert [h for _, _, h in summary.points()] == [True, False, False, False]
-    assert summary.smallest_state is not None and summary.smallest_state.state == "a"
+    assert summary.smallest_state is not None
+    assert summary.smallest_state.state == "a"
     with pytest.raises(AttributeError):
         summary.method = "alpha=1"  # frozen
 

@@ -146,11 +146,13 @@ def test_subset_analysis_json_names_states_and_the_baseline():
     assert curve.names == ("small", "mid", "big")
     assert [c.k for c in curve.choices] == [1, 2, 3]
     doc = curve.to_json()
-    assert doc["baseline"] == "big" and doc["r_n"] == 8.0
+    assert doc["baseline"] == "big"
+    assert doc["r_n"] == 8.0
     assert [e["states"][-1] for e in doc["curve"]] == ["big", "big", "big"]
     assert doc == {**doc["curve"][-1], "baseline": "big", "r_n": 8.0, "curve": doc["curve"]}
     one = subset_analysis(names, costs, accs, k=2)
-    assert "curve" not in one.to_json() and one.best == curve.choices[1]
+    assert "curve" not in one.to_json()
+    assert one.best == curve.choices[1]
 
 
 def test_subset_analysis_refuses_a_bad_k_naming_it():
