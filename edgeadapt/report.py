@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeadapt.atomic import atomic_write_many
 from edgeadapt.bound import (
     VIEWS_CAPTION,
     BundleBound,
@@ -53,7 +54,6 @@ from edgeadapt.bundle import Bundle
 from edgeadapt.calibrate import Sweep, simulate, sweep
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
-from edgeadapt.jsonio import atomic_write_many
 from edgeadapt.oracle import ExactFigures, OraclePoint
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
