@@ -28,13 +28,17 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
 from edgeadapt.presets import RuntimeConfig
+
+if TYPE_CHECKING:
+    from edgeadapt.bound import BundleBound
+    from edgeadapt.planner import PlanSummary
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles, in the order the demo shows them.
@@ -120,15 +124,15 @@ class BundleResult:
     p50_ms: list[float]
     cost_ms: list[float]
     static_ms: float | None  # the profile's whole model (p50, batch 1)
-    bounds: dict[str, Any]
-    plan: dict[str, Any]
+    bounds: BundleBound
+    plan: PlanSummary
     run: RunFigures
     report: Path
     device: dict[str, Any]
     reused: list[str] = field(default_factory=list)
     #: The same plan with learned exit gates instead of thresholds (`plan --policy
     #: gate`), for comparison; None when no gate plan can be made for the bundle.
-    gate_plan: dict[str, Any] | None = None
+    gate_plan: PlanSummary | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.run
@@ -144,9 +148,9 @@ class BundleResult:
                 )
             ],
             "static_ms": self.static_ms,
-            "bound": self.bounds,
-            "plan": self.plan,
-            "gate_plan": self.gate_plan,
+            "bound": self.bounds.to_json(),
+            "plan": self.plan.to_json(),
+            "gate_plan": None if self.gate_plan is None else self.gate_plan.to_json(),
             "run": {
                 "samples": r.samples,
                 "accuracy": r.accuracy,
@@ -333,14 +337,15 @@ def _run_figures(
     measured: tuple[np.ndarray, ...],
     y: np.ndarray,
 ) -> RunFigures:
-    from edgeadapt.planner import exact_oracle, gap_closure
+    from edgeadapt.oracle import exact_oracle
+    from edgeadapt.planner import gap_closure
 
     pred, exits, lat, static_pred, static_lat = measured
     n = y.shape[0]
     kept_cost = dict(zip(plan.states, plan.cost_ms, strict=True))
     expected = float(np.mean([kept_cost[int(s)] for s in exits]))
     correct = evaluation_test.correct[:n]
-    r_oracle, a_oracle = exact_oracle(correct, np.asarray(costs))
+    oracle = exact_oracle(correct, np.asarray(costs))
     return RunFigures(
         samples=n,
         accuracy=float(np.mean(pred == y)),
@@ -353,9 +358,9 @@ def _run_figures(
         exits=[int(np.sum(exits == s)) for s in range(len(bundle.states))],
         expected_cost_ms=expected,
         static_cost_ms=float(costs[plan.reference_state]),
-        oracle_r=r_oracle,
-        oracle_a=a_oracle,
-        gap_closure=gap_closure(float(costs[-1]), expected, r_oracle),
+        oracle_r=oracle.r_oracle,
+        oracle_a=oracle.a_oracle,
+        gap_closure=gap_closure(float(costs[-1]), expected, oracle.r_oracle),
     )
 
 
@@ -370,11 +375,11 @@ def _demo_bundle(
     min_seconds: float,
     ui: UI,
 ) -> BundleResult:
-    from edgeadapt.analysis import bundle_bound
+    from edgeadapt.bound import bundle_bound
     from edgeadapt.evaluate import evaluate_bundle
     from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
     from edgeadapt.plan import Plan, check_plan, load_plan, save_plan
-    from edgeadapt.planner import plan_bundle, profile_costs
+    from edgeadapt.planner import PlanSummary, plan_bundle, profile_costs
     from edgeadapt.profile import (
         Profile,
         load_profile,
@@ -451,7 +456,7 @@ def _demo_bundle(
 
     try:  # the same split and promise, learned exit gates in place of thresholds
         gated = plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms, policy="gate")
-        gate_plan: dict[str, Any] | None = gated.summary()
+        gate_plan: PlanSummary | None = PlanSummary(gated)
     except InputError:
         gate_plan = None
 
@@ -474,7 +479,7 @@ def _demo_bundle(
         cost_ms=[float(c) for c in costs],
         static_ms=measured.static_ms,
         bounds=bounds,
-        plan={**plan.summary(), "path": str(work / "plan.json")},
+        plan=PlanSummary(plan, path=str(work / "plan.json")),
         run=run,
         report=report,
         device=profile.device,
