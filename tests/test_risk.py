@@ -207,7 +207,7 @@ def test_p_value_is_the_binomial_lower_tail_and_monotone(n, losses, eps):
     p = loss_p_value(losses, n, eps)
     assert p == pytest.approx(binom_cdf(losses, n, eps))
     if losses < n:
-        assert loss_p_value(losses + 1, n, eps) >= p
+        assert loss_p_value(losses + 1, n, eps) >= p - 1e-12  # sums of pmf terms round differently
     assert loss_p_value(losses, n, min(0.9, eps * 1.5)) <= p + 1e-12
 
 
