@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.kernel_ref import GATE_FEATURES, agreement, gate_score
+from edgeadapt.kernel_ref import GATE_FEATURES, MEASURES, agreement, gate_score
 
 #: L2 penalty on the weights, in units of the summed log-loss (a prior worth ~1 sample).
 L2 = 1.0
@@ -75,7 +75,7 @@ class GateInputs:
         if pred.ndim != 2 or pred.dtype.kind not in "iu":
             raise InputError(f"expected an integer [N, S] array, got {pred.shape}", field="pred")
         object.__setattr__(self, "pred", pred.astype(np.int64, copy=False))
-        for name in ("maxprob", "margin", "entropy"):
+        for name in MEASURES:
             values = np.asarray(getattr(self, name))
             if values.shape != pred.shape or values.dtype.kind != "f":
                 raise InputError(f"expected a float array of shape {pred.shape}", field=name)

@@ -56,8 +56,7 @@ from edgeadapt._kernel import (
     version,
 )
 from edgeadapt.errors import EdgeadaptError
-
-MEASURES = ("maxprob", "margin", "entropy")
+from edgeadapt.kernel_ref import MEASURES
 
 __all__ = [
     "MEASURES",

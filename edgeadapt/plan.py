@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 from edgeadapt.errors import InputError
 from edgeadapt.gates import GATE_FEATURES, Gate
 from edgeadapt.jsonio import MAX_MS, Fields, check_value, read_json, write_json
+from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.presets import RuntimeConfig
 from edgeadapt.risk import Promise
 
@@ -86,13 +87,13 @@ FORMAT = "edgeadapt-plan"
 VERSION = 2
 VERSIONS = (1, 2)  # files of every listed version read
 POLICY_KINDS = ("threshold", "gate")
-# Confidence range of each measure (lowest, highest); thresholds are checked against it.
+# Confidence range of each of the kernel's MEASURES (lowest, highest); thresholds are
+# checked against it.
 MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
     "maxprob": (0.0, 1.0),
     "margin": (0.0, 1.0),
     "entropy": (None, 0.0),
 }
-MEASURES = tuple(MEASURE_RANGES)
 KINDS = ("early-exit", "ensemble", "branches")
 SEARCH_METHODS = ("exhaustive",)
 #: Profile percentiles a plan's costs may be taken at (``cost_stat``, default p50).

@@ -32,3 +32,22 @@ def test_input_errors_keep_their_parts_when_renamed():
     e = InputError("too big", source="batch", field="$.x").renamed("--batch")
     assert str(e) == "--batch: $.x: too big"
     assert (e.message, e.source, e.field) == ("too big", "--batch", "$.x")
+
+
+def test_json_output_refuses_non_finite_numbers_by_path():
+    import click
+    import pytest
+
+    from edgeadapt.commands.options import echo_json
+    from edgeadapt.errors import EdgeadaptError
+
+    @click.command()
+    def show() -> None:
+        echo_json({"ok": 1.0, "rows": [{"cost": float("nan")}]}, what="the rows")
+
+    result = CliRunner().invoke(show)
+    assert isinstance(result.exception, EdgeadaptError)
+    assert "cannot print the rows as JSON: $.rows[0].cost is nan" in str(result.exception)
+    assert result.output == ""
+    with pytest.raises(EdgeadaptError, match=r"\$\.x is inf"):
+        echo_json({"x": float("inf")})

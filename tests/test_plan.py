@@ -230,3 +230,10 @@ def test_the_runtime_block_round_trips_and_is_optional(tmp_path, plan, gated):
     path.write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"plan\.json: \$\.runtime\.threads"):
         load_plan(path)
+
+
+def test_every_measure_the_kernel_computes_has_a_threshold_range():
+    from edgeadapt.kernel_ref import MEASURES
+    from edgeadapt.plan import MEASURE_RANGES
+
+    assert tuple(MEASURE_RANGES) == MEASURES

@@ -8,7 +8,6 @@ with ``--json`` the `bundle_summary` document.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +15,6 @@ from typing import Any, TypeVar
 import click
 
 from edgeadapt.commands.options import echo_json, json_option, output_option
-from edgeadapt.errors import EdgeadaptError
 from edgeadapt.render import table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,34 +99,9 @@ def bundle_summary(bundle: Any, problem: str | None = None) -> dict[str, Any]:
     }
 
 
-def _non_finite(doc: Any, where: str = "$") -> tuple[str, float] | None:
-    """(JSON path, value) of the first NaN or infinity in `doc`, or None."""
-    if isinstance(doc, float) and not math.isfinite(doc):
-        return where, doc
-    if isinstance(doc, dict):
-        items: Any = ((f"{where}.{k}", v) for k, v in doc.items())
-    elif isinstance(doc, list | tuple):
-        items = ((f"{where}[{i}]", v) for i, v in enumerate(doc))
-    else:
-        return None
-    for path, value in items:
-        found = _non_finite(value, path)
-        if found is not None:
-            return found
-    return None
-
-
 def echo_summary(summary: dict[str, Any]) -> None:
-    """Print `summary` as strict JSON. A non-finite number is refused with a one-line
-    error naming where it is (exit 2), never printed as ``NaN``, which JSON readers
-    reject."""
-    found = _non_finite(summary)
-    if found is not None:
-        where, value = found
-        raise EdgeadaptError(
-            f"cannot print the bundle summary as JSON: {where} is {value}, not a finite number"
-        )
-    echo_json(summary)
+    """Print the bundle summary as strict JSON (`echo_json`)."""
+    echo_json(summary, what="the bundle summary")
 
 
 def _states_table(summary: dict[str, Any]) -> None:

@@ -8,12 +8,14 @@ default); the rest read the same in every ``--help``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from edgeadapt.errors import EdgeadaptError
 from edgeadapt.jsonio import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,7 +63,30 @@ def threads_option(default: int | None = None, help: str | None = None) -> Calla
     )
 
 
-def echo_json(doc: Any) -> None:
-    """Print `doc` as strict JSON (NaN and infinities are refused, not written as
-    ``NaN``, which other JSON readers reject)."""
+def echo_json(doc: Any, what: str = "the result") -> None:
+    """Print `doc` as strict JSON. A NaN or infinity is refused with a one-line error
+    naming where it is (exit 2), never printed as ``NaN``, which JSON readers reject."""
+    found = _non_finite(doc)
+    if found is not None:
+        where, value = found
+        raise EdgeadaptError(
+            f"cannot print {what} as JSON: {where} is {value}, not a finite number"
+        )
     click.echo(dumps(doc), nl=False)
+
+
+def _non_finite(doc: Any, where: str = "$") -> tuple[str, float] | None:
+    """(JSON path, value) of the first NaN or infinity in `doc`, or None."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return where, doc
+    if isinstance(doc, dict):
+        items: Any = ((f"{where}.{k}", v) for k, v in doc.items())
+    elif isinstance(doc, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(doc))
+    else:
+        return None
+    for path, value in items:
+        found = _non_finite(value, path)
+        if found is not None:
+            return found
+    return None
