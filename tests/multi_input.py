@@ -196,3 +196,45 @@ def run_steps(bundle: Bundle, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         env.update(out)
         logits.append(out[step.logits])
     return logits
+
+
+#: The inputs of `masked_steps`: float32 ``ids`` and ``mask`` ``[batch, 4]``.
+MASKED_INPUTS = (InputSpec("ids", ("batch", 4)), InputSpec("mask", ("batch", 4)))
+
+
+def masked_steps(first_reads_mask: bool = True, seed: int = 0) -> list[Step]:
+    """Two toy steps over `MASKED_INPUTS`: step 0 computes ``act = ids * mask`` (or
+    ``relu(ids)`` when not `first_reads_mask`) and ``logits0 = act @ w``; step 1 reads the
+    activation and ``mask`` again, as a transformer's later layers read the attention
+    mask, and gives ``logits1 = (act * mask) @ w``. ``w`` is ``[4, 10]``, seeded."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((4, 10)).astype(np.float32), "w")
+
+    def vi(name: str, width: int = 4) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])
+
+    def model(
+        nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str]
+    ) -> onnx.ModelProto:
+        outs = [vi(n, 10 if n.startswith("logits") else 4) for n in outputs]
+        graph = helper.make_graph(nodes, outputs[-1], [vi(n) for n in inputs], outs, [w])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+    first = ["ids", "mask"] if first_reads_mask else ["ids"]
+    step0 = model(
+        [
+            helper.make_node("Mul" if first_reads_mask else "Relu", first, ["act"]),
+            helper.make_node("MatMul", ["act", "w"], ["logits0"]),
+        ],
+        first,
+        ["act", "logits0"],
+    )
+    step1 = model(
+        [
+            helper.make_node("Mul", ["act", "mask"], ["h"]),
+            helper.make_node("MatMul", ["h", "w"], ["logits1"]),
+        ],
+        ["act", "mask"],
+        ["logits1"],
+    )
+    return [Step(step0, "logits0", activation="act"), Step(step1, "logits1")]

@@ -22,6 +22,7 @@ from edgeadapt.bundle import (
 )
 from edgeadapt.exporters.onnx import export_onnx
 from tests.models import family, multi_exit_cnn
+from tests.multi_input import MASKED_INPUTS, masked_steps
 
 CUTS = ["conv1_relu", "conv2_relu"]
 HEADS = {"conv1_relu": "exit0", "conv2_relu": "exit1"}
@@ -331,54 +332,13 @@ def test_large_steps_use_external_data_inside_the_bundle(tmp_path, monkeypatch):
         load_bundle(tmp_path / "fam")
 
 
-def _masked_steps():
-    """Two steps of a toy two-input model: step 0 reads `ids` and `mask`, step 1 reads
-    the activation and `mask` again, as a transformer's later layers do."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    def vi(name, shape, dtype=TensorProto.FLOAT):
-        return helper.make_tensor_value_info(name, dtype, shape)
-
-    w = numpy_helper.from_array(np.ones((4, 10), np.float32), "w")
-    step0 = helper.make_model(
-        helper.make_graph(
-            [
-                helper.make_node("Mul", ["ids", "mask"], ["act"]),
-                helper.make_node("MatMul", ["act", "w"], ["logits0"]),
-            ],
-            "s0",
-            [vi("ids", ["batch", 4]), vi("mask", ["batch", 4])],
-            [vi("act", ["batch", 4]), vi("logits0", ["batch", 10])],
-            [w],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
-    step1 = helper.make_model(
-        helper.make_graph(
-            [
-                helper.make_node("Add", ["act", "mask"], ["h"]),
-                helper.make_node("MatMul", ["h", "w"], ["logits1"]),
-            ],
-            "s1",
-            [vi("act", ["batch", 4]), vi("mask", ["batch", 4])],
-            [vi("logits1", ["batch", 10])],
-            [w],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
-    return [Step(step0, logits="logits0", activation="act"), Step(step1, logits="logits1")]
-
-
-MASKED_INPUTS = [InputSpec("ids", ("batch", 4)), InputSpec("mask", ("batch", 4))]
-
-
 def test_multi_input_bundle_round_trip(tmp_path):
     b = write_bundle(
         tmp_path / "b",
         kind="early-exit",
         inputs=MASKED_INPUTS,
         num_classes=10,
-        steps=_masked_steps(),
+        steps=masked_steps(),
         producer={"exporter": "test"},
     )
     assert b.inputs == tuple(MASKED_INPUTS)
@@ -398,7 +358,7 @@ def test_multi_input_step_reading_an_unknown_tensor_is_refused(tmp_path):
             kind="early-exit",
             inputs=MASKED_INPUTS[:1],
             num_classes=10,
-            steps=_masked_steps(),
+            steps=masked_steps(),
             producer={"exporter": "test"},
         )
     assert not (tmp_path / "b").exists()
@@ -409,7 +369,7 @@ def test_multi_input_step_reading_an_unknown_tensor_is_refused(tmp_path):
             input=MASKED_INPUTS[0],
             inputs=MASKED_INPUTS,
             num_classes=10,
-            steps=_masked_steps(),
+            steps=masked_steps(),
             producer={},
         )
 

@@ -16,6 +16,7 @@ from edgeadapt.errors import InputError
 from edgeadapt.exporters.compose import whole_model
 from edgeadapt.exporters.onnx import export_onnx
 from tests.models import control_flow, multi_exit_cnn, run_bundle
+from tests.multi_input import MASKED_INPUTS, masked_steps
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
 MULTIEXIT = BUNDLES / "mnist1d-multiexit"
@@ -150,48 +151,12 @@ def test_state_out_of_range_is_refused(state):
 
 
 def _masked_bundle(tmp_path: Path, first_reads_mask: bool):
-    """Two steps over inputs ``ids`` and ``mask``; step 1 reads the activation and
-    ``mask`` (as a transformer's later layers read the attention mask)."""
-    w = onnx.numpy_helper.from_array(
-        np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32), "w"
-    )
-
-    def vi(name, shape):
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-    first_inputs = ["ids", "mask"] if first_reads_mask else ["ids"]
-    step0 = helper.make_model(
-        helper.make_graph(
-            [
-                helper.make_node("Mul" if first_reads_mask else "Relu", first_inputs, ["act"]),
-                helper.make_node("MatMul", ["act", "w"], ["logits0"]),
-            ],
-            "s0",
-            [vi(n, ["batch", 4]) for n in first_inputs],
-            [vi("act", ["batch", 4]), vi("logits0", ["batch", 10])],
-            [w],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
-    step1 = helper.make_model(
-        helper.make_graph(
-            [
-                helper.make_node("Mul", ["act", "mask"], ["h"]),
-                helper.make_node("MatMul", ["h", "w"], ["logits1"]),
-            ],
-            "s1",
-            [vi("act", ["batch", 4]), vi("mask", ["batch", 4])],
-            [vi("logits1", ["batch", 10])],
-            [w],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
     return write_bundle(
         tmp_path / f"masked{int(first_reads_mask)}",
         kind="early-exit",
-        inputs=[InputSpec("ids", ("batch", 4)), InputSpec("mask", ("batch", 4))],
+        inputs=MASKED_INPUTS,
         num_classes=10,
-        steps=[Step(step0, "logits0", activation="act"), Step(step1, "logits1")],
+        steps=masked_steps(first_reads_mask),
         producer={"exporter": "test"},
     )
 

@@ -203,12 +203,12 @@ def _bundle_logits(bundle, x):
     return out
 
 
-def test_kernel_runs_a_gate_plan_as_the_planner_simulated_it():
-    """A gate plan on the shipped multi-exit bundle, run with GateRun over the bundle's
-    logits with compaction as the cascade runs it, exits every row where the planner's
-    simulation says, with the same answer."""
+def _gate_plan_on_multiexit(n: int):
+    """A gate plan for the shipped multi-exit bundle, made on its logits for `n` random
+    inputs (seed 0) labelled by the last state, half calibration and half held out:
+    (evaluation, outcomes, logits per state, plan)."""
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
-    x = np.random.default_rng(0).normal(size=(800, 1, 40)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(n, 1, 40)).astype(np.float32)
     logits = _bundle_logits(bundle, x)
     labels = predict_confidence(logits[-1])[0]  # agreement with the last state
     ev = _evaluation(labels, logits)
@@ -224,6 +224,14 @@ def test_kernel_runs_a_gate_plan_as_the_planner_simulated_it():
         policy="gate",
     )
     assert plan.gates
+    return ev, outcomes, logits, plan
+
+
+def test_kernel_runs_a_gate_plan_as_the_planner_simulated_it():
+    """A gate plan on the shipped multi-exit bundle, run with GateRun over the bundle's
+    logits with compaction as the cascade runs it, exits every row where the planner's
+    simulation says, with the same answer."""
+    ev, outcomes, logits, plan = _gate_plan_on_multiexit(800)
     assert len(plan.states) >= 2
     want = simulate_plan(plan, outcomes)
     assert 0 < np.count_nonzero(want.exit_state < len(plan.states) - 1) < 800
@@ -306,21 +314,7 @@ def test_adaptive_model_runs_a_gate_plan_as_the_planner_simulated_it(batch):
 
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
     x = np.random.default_rng(0).normal(size=(320, 1, 40)).astype(np.float32)
-    logits = _bundle_logits(bundle, x)
-    labels = predict_confidence(logits[-1])[0]
-    ev = _evaluation(labels, logits)
-    outcomes = Outcomes.from_evaluation(ev)
-    calib, held = outcomes.split(heldout=0.5, seed=1)
-    plan = make_plan(
-        calib,
-        held,
-        [0.1, 0.2, 0.3, 0.4],
-        manifest_sha256=bundle.manifest_sha256,
-        max_drop=0.05,
-        calibration="empirical",
-        policy="gate",
-    )
-    assert plan.gates
+    ev, outcomes, _, plan = _gate_plan_on_multiexit(len(x))
     want = simulate_plan(plan, outcomes)
     want_pred = ev.pred[:, list(plan.states)][np.arange(len(x)), want.exit_state]
     with AdaptiveModel.load(bundle, plan=plan) as m:
