@@ -9,20 +9,7 @@ from hypothesis import strategies as st
 
 from edgeadapt.calibrate import NEVER, calibrate, exit_states, required_correct, simulate, sweep
 from edgeadapt.errors import InputError
-
-
-def synthetic(n, s, seed, noise=1.0):
-    """Nested correctness (a state is right wherever a cheaper one is) with confidences
-    that rise with the margin between a state's skill and a sample's difficulty."""
-    rng = np.random.default_rng(seed)
-    difficulty = rng.random(n)
-    skill = np.sort(rng.uniform(0.2, 1.0, s))
-    correct = difficulty[:, None] < skill[None, :]
-    logit = 4 * (skill[None, :] - difficulty[:, None]) + noise * rng.normal(size=(n, s))
-    conf = (1 / (1 + np.exp(-logit))).astype(np.float32)
-    cost = np.cumsum(rng.uniform(0.1, 1.0, s))
-    return conf, correct, cost
-
+from tests.synthetic import nested_outcomes
 
 cases = st.tuples(st.integers(1, 60), st.integers(1, 5), st.integers(0, 2**31))
 
@@ -41,7 +28,7 @@ def brute_force_cost(conf, correct, cost, need):
 
 @given(cases)
 def test_thresholds_above_one_take_the_last_state(case):
-    conf, correct, cost = synthetic(*case)
+    conf, correct, cost = nested_outcomes(*case)
     run = simulate(conf, correct, cost, np.full(case[1] - 1, 1.5))
     assert run.accuracy == correct[:, -1].mean()
     assert run.expected_cost == pytest.approx(cost[-1])
@@ -50,7 +37,7 @@ def test_thresholds_above_one_take_the_last_state(case):
 
 @given(cases)
 def test_thresholds_at_zero_take_the_first_state(case):
-    conf, correct, cost = synthetic(*case)
+    conf, correct, cost = nested_outcomes(*case)
     run = simulate(conf, correct, cost, np.zeros(case[1] - 1))
     assert run.accuracy == correct[:, 0].mean()
     assert run.expected_cost == pytest.approx(cost[0])
@@ -58,7 +45,7 @@ def test_thresholds_at_zero_take_the_first_state(case):
 
 @given(cases, st.data())
 def test_simulate_matches_a_plain_loop(case, data):
-    conf, correct, cost = synthetic(*case)
+    conf, correct, cost = nested_outcomes(*case)
     t = np.array(data.draw(st.lists(st.floats(0, 1), min_size=case[1] - 1, max_size=case[1] - 1)))
     run = simulate(conf, correct, cost, t)
     for j in range(case[0]):
@@ -71,7 +58,7 @@ def test_simulate_matches_a_plain_loop(case, data):
 
 @given(cases, st.sampled_from([0.0, 0.01, 0.05, 0.2]))
 def test_calibration_meets_the_drop_on_its_split(case, max_drop):
-    conf, correct, cost = synthetic(*case)
+    conf, correct, cost = nested_outcomes(*case)
     cal = calibrate(conf, correct, cost, max_drop=max_drop)
     assert cal.feasible  # the best state is the last one here, so never exiting is feasible
     assert cal.drop <= max_drop + 1e-12
@@ -83,7 +70,7 @@ def test_calibration_meets_the_drop_on_its_split(case, max_drop):
 
 @given(st.integers(1, 40), st.integers(0, 2**31), st.sampled_from([0.0, 0.05, 0.2]))
 def test_two_states_are_exact(n, seed, max_drop):
-    conf, correct, cost = synthetic(n, 2, seed)
+    conf, correct, cost = nested_outcomes(n, 2, seed)
     cal = calibrate(conf, correct, cost, max_drop=max_drop)
     need = required_correct(correct.mean(axis=0).max(), n, max_drop)
     assert cal.exact
@@ -93,7 +80,7 @@ def test_two_states_are_exact(n, seed, max_drop):
 @pytest.mark.parametrize(("s", "n"), [(3, 16), (4, 9)])
 @pytest.mark.parametrize("seed", range(8))
 def test_more_states_match_brute_force_on_small_splits(s, n, seed):
-    conf, correct, cost = synthetic(n, s, seed)
+    conf, correct, cost = nested_outcomes(n, s, seed)
     cal = calibrate(conf, correct, cost, max_drop=0.1)
     need = required_correct(correct.mean(axis=0).max(), n, 0.1)
     assert cal.expected_cost == pytest.approx(brute_force_cost(conf, correct, cost, need))
@@ -101,7 +88,7 @@ def test_more_states_match_brute_force_on_small_splits(s, n, seed):
 
 @given(st.integers(20, 80), st.integers(3, 4), st.integers(0, 2**31))
 def test_no_single_threshold_move_helps(n, s, seed):
-    conf, correct, cost = synthetic(n, s, seed)
+    conf, correct, cost = nested_outcomes(n, s, seed)
     cal = calibrate(conf, correct, cost, max_drop=0.02)
     need = required_correct(correct.mean(axis=0).max(), n, 0.02)
     for i in range(s - 1):
@@ -114,7 +101,7 @@ def test_no_single_threshold_move_helps(n, s, seed):
 
 
 def test_thresholds_are_confidences_seen():
-    conf, correct, cost = synthetic(300, 4, 7)
+    conf, correct, cost = nested_outcomes(300, 4, 7)
     cal = calibrate(conf, correct, cost, max_drop=0.02)
     for i, t in enumerate(cal.thresholds):
         assert t == NEVER or t in conf[:, i]
@@ -123,21 +110,21 @@ def test_thresholds_are_confidences_seen():
 
 
 def test_infeasible_reference_is_reported():
-    conf, correct, cost = synthetic(50, 3, 1)
+    conf, correct, cost = nested_outcomes(50, 3, 1)
     cal = calibrate(conf, correct, cost, max_drop=0.0, reference_accuracy=1.0)
     assert not cal.feasible
     assert cal.accuracy == correct[:, -1].mean()  # the most accurate the policy can be here
 
 
 def test_single_state():
-    conf, correct, cost = synthetic(30, 1, 3)
+    conf, correct, cost = nested_outcomes(30, 1, 3)
     cal = calibrate(conf, correct, cost, max_drop=0.0)
     assert cal.thresholds.shape == (0,)
     assert cal.expected_cost == pytest.approx(cost[0])
 
 
 def test_sweep_follows_simulate():
-    conf, correct, cost = synthetic(200, 4, 2)
+    conf, correct, cost = nested_outcomes(200, 4, 2)
     curve = sweep(conf, correct, cost)
     assert curve.levels[-1] == NEVER
     assert curve.accuracy[-1] == correct[:, -1].mean()
@@ -165,13 +152,13 @@ def test_exit_states_single_state():
     ],
 )
 def test_bad_inputs(change, match):
-    conf, correct, cost = synthetic(10, 3, 0)
+    conf, correct, cost = nested_outcomes(10, 3, 0)
     args = change(conf, correct, cost, np.array([0.5, 0.5]))
     with pytest.raises(InputError, match=match):
         simulate(*args)
 
 
 def test_bad_max_drop():
-    conf, correct, cost = synthetic(10, 3, 0)
+    conf, correct, cost = nested_outcomes(10, 3, 0)
     with pytest.raises(InputError, match="max_drop"):
         calibrate(conf, correct, cost, max_drop=1.5)

@@ -20,20 +20,23 @@ from edgeadapt.planner import (
 )
 from edgeadapt.risk import required_samples
 from edgeadapt.subset import subset_costs
+from tests.synthetic import nested_outcomes
 
 SHA = "ab" * 32
 
 
 def outcomes(n, s, seed, noise=1.0):
-    """Nested correctness, confidences correlated with it, rising cascade costs."""
-    rng = np.random.default_rng(seed)
-    difficulty = rng.random(n)
-    skill = np.sort(rng.uniform(0.2, 1.0, s))
-    correct = difficulty[:, None] < skill[None, :]
-    logit = 4 * (skill[None, :] - difficulty[:, None]) + noise * rng.normal(size=(n, s))
-    conf = (1 / (1 + np.exp(-logit))).astype(np.float32)
-    cost = np.cumsum(rng.uniform(0.1, 1.0, s))
+    """`nested_outcomes` as the planner's Outcomes, and the cascade costs."""
+    conf, correct, cost = nested_outcomes(n, s, seed, noise)
     return Outcomes(tuple(f"exit{i}" for i in range(s)), correct, conf), cost
+
+
+def _simulated(plan, data):
+    """The plan's threshold policy simulated on `data` over its kept states."""
+    cols = list(plan.states)
+    return simulate(
+        data.conf[:, cols], data.correct[:, cols], np.array(plan.cost_ms), np.array(plan.thresholds)
+    )
 
 
 plans = st.tuples(
@@ -67,10 +70,7 @@ def test_plan_keeps_the_drop_on_calibration_and_reports_heldout(args):
     assert list(plan.states) == sorted(set(plan.states))
     assert len(plan.thresholds) == len(plan.states) - 1
     # held-out figures are the simulated policy on the held-out split
-    cols = list(plan.states)
-    run = simulate(
-        held.conf[:, cols], held.correct[:, cols], np.array(plan.cost_ms), np.array(plan.thresholds)
-    )
+    run = _simulated(plan, held)
     assert plan.heldout.accuracy == pytest.approx(run.accuracy)
     assert plan.heldout.cost_ms == pytest.approx(run.expected_cost)
     assert plan.heldout.reference_accuracy == held.correct[:, plan.reference_state].mean()
@@ -161,16 +161,10 @@ def test_risk_controlled_plan_promises_or_keeps_the_static_model(n, s, seed, kin
     if promise.holds:
         assert promise.p_value <= 0.1
         assert plan.drop_bound == 0.02
-        cols = list(plan.states)
-        run = simulate(
-            held.conf[:, cols],
-            held.correct[:, cols],
-            np.array(plan.cost_ms),
-            np.array(plan.thresholds),
-        )
+        run = _simulated(plan, held)
         ref = held.correct[:, plan.reference_state]
         lost = np.count_nonzero(
-            ref & ~held.correct[np.arange(held.n), np.array(cols)[run.exit_state]]
+            ref & ~held.correct[np.arange(held.n), np.array(plan.states)[run.exit_state]]
         )
         assert lost == promise.losses
     else:
