@@ -172,6 +172,25 @@ def skip_connection(seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, [_x()], [_logits("logits")], w.inits)
 
 
+def unknown_op(relu_first: bool = False) -> onnx.ModelProto:
+    """``x [batch, 10]`` (through a Relu to ``r`` with `relu_first`) into ``Mystery``, an
+    op of the ``custom`` domain no tool knows, to ``m``, then Flatten to ``logits``:
+    nothing can infer ``m``'s shape or count its FLOPs."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"])] if relu_first else []
+    nodes += [
+        helper.make_node("Mystery", ["r" if relu_first else "x"], ["m"], domain="custom"),
+        helper.make_node("Flatten", ["m"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("custom", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
 def run_bundle(bundle, x: np.ndarray) -> list[np.ndarray]:
     """Every state's logits for input `x`, running the bundle's files on ONNX Runtime
     (early-exit: chaining activations; ensemble: each member on `x`)."""

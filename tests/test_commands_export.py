@@ -7,12 +7,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
 
 from edgeadapt.bundle import InputSpec, Step, write_bundle
 from edgeadapt.cli import cli
 from edgeadapt.npzio import save_npz
-from tests.models import family, multi_exit_cnn
+from tests.models import family, multi_exit_cnn, unknown_op
 
 ONNX_ARGS = [
     "--cut",
@@ -199,19 +198,7 @@ def test_export_onnx_trained_heads_report_accuracies(tmp_path, source):
 
 
 def test_inspect_warns_about_ops_it_cannot_count(tmp_path):
-    nodes = [
-        helper.make_node("Mystery", ["x"], ["m"], domain="custom"),
-        helper.make_node("Flatten", ["m"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)]
-    )
+    model = unknown_op(relu_first=False)
     write_bundle(
         tmp_path / "b",
         kind="early-exit",

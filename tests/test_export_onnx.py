@@ -4,7 +4,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from edgeadapt.bundle import load_bundle
 from edgeadapt.datasets import mnist1d_splits
@@ -13,7 +12,7 @@ from edgeadapt.exporters import _graph
 from edgeadapt.exporters.onnx import export_onnx
 from edgeadapt.npzio import save_npz
 from tests import graphs
-from tests.models import control_flow, multi_exit_cnn, run_bundle, skip_connection
+from tests.models import control_flow, multi_exit_cnn, run_bundle, skip_connection, unknown_op
 
 CUTS = ["conv1_relu", "conv2_relu"]
 HEADS = {"conv1_relu": "exit0", "conv2_relu": "exit1"}
@@ -173,20 +172,7 @@ def test_cuts_out_of_order(tmp_path):
 
 
 def test_cut_without_shape_information(tmp_path):
-    nodes = [
-        helper.make_node("Relu", ["x"], ["r"]),
-        helper.make_node("Mystery", ["r"], ["m"], domain="custom"),
-        helper.make_node("Flatten", ["m"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)]
-    )
+    model = unknown_op(relu_first=True)
     _refused(tmp_path, model, r"cut 'm' has no shape information", cuts=["m"], calibration="c.npz")
 
 

@@ -266,26 +266,7 @@ def test_export_from_factory_dispatches_on_what_it_returns(tmp_path):
 
 
 def test_cli_factory(tmp_path, monkeypatch):
-    (tmp_path / "mymodel.py").write_text(
-        textwrap.dedent(
-            """
-            import torch
-            from torch import nn
-
-            def build():
-                torch.manual_seed(0)
-                stages = [nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU()), nn.Identity()]
-                heads = [nn.Sequential(nn.Flatten(), nn.Linear(160, 10)) for _ in stages]
-                return stages, heads, torch.zeros(1, 1, 40)
-
-            def family():
-                return [nn.Sequential(nn.Flatten(), nn.Linear(40, 10)) for _ in range(2)], torch.zeros(1, 1, 40)
-
-            def broken():
-                return 42
-            """
-        )
-    )
+    (tmp_path / "mymodel.py").write_text(_FACTORIES)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     r = runner.invoke(cli, ["export", "torch", "--factory", "mymodel:build", "-o", "b"])
