@@ -29,7 +29,6 @@ import argparse
 import importlib.util
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
@@ -53,60 +52,6 @@ def _hog():  # deadline.py's neighbour; bench/ is not a package
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.hog
-
-
-def train_residual_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 12):  # -> torch.nn.Module
-    import torch
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, c: int) -> None:
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv1d(c, c, 3, padding=1, bias=False),
-                nn.BatchNorm1d(c),
-                nn.ReLU(),
-                nn.Conv1d(c, c, 3, padding=1, bias=False),
-                nn.BatchNorm1d(c),
-            )
-
-        def forward(self, h):
-            return torch.relu(h + self.body(h))
-
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv1d(1, 64, 5, padding=2),
-        nn.ReLU(),
-        *[Block(64) for _ in range(4)],
-        nn.AdaptiveAvgPool1d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(tx)).split(128):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(tx[idx]), ty[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
-def export(model, example: np.ndarray, path: Path) -> None:
-    import torch
-
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (torch.from_numpy(example[:1]),),
-            str(path),
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
 
 
 def resnet18_data(tmp: Path, n_calib: int, n_test: int) -> Any:
@@ -165,8 +110,10 @@ def main() -> None:
         title = "ResNet-18 (random weights, 224 px), 5 identity blocks"
     else:
         splits = mnist1d_splits(DEFAULT_SEED)
-        model = train_residual_cnn(splits.train.x, splits.train.y)
-        export(model, splits.train.x, tmp / "net.onnx")
+        from edgeadapt.demo.train import export_onnx_model, train_residual_cnn
+
+        model = train_residual_cnn(splits.train)
+        export_onnx_model(model, splits.train.x, tmp / "net.onnx")
         title = "residual CNN on MNIST-1D, 4 blocks"
     np.savez(tmp / "calib.npz", x=splits.calibration.x, y=splits.calibration.y)
     bundle = export_branches(tmp / "net.onnx", tmp / "bundle", calibration=tmp / "calib.npz")

@@ -56,24 +56,8 @@ def resnet18_bundle(out_dir: Path, size: int) -> Bundle:
     import torch
     from torch import nn
 
+    from edgeadapt._zoo_torch import BasicBlock as Block
     from edgeadapt.exporters.torch import export_torch
-
-    class Block(nn.Module):
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(c_out)
-            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(c_out)
-            self.down = (
-                nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-                if stride != 1 or c_in != c_out
-                else nn.Identity()
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
 
     def layer(c_in: int, c_out: int, stride: int) -> nn.Sequential:
         return nn.Sequential(Block(c_in, c_out, stride), Block(c_out, c_out, 1))

@@ -1,5 +1,5 @@
-"""Test graphs shaped like real models: a residual CNN with BatchNorm, a ResNet-18, a
-small transformer encoder classifier with an attention mask and a [CLS] token (all
+"""Test graphs shaped like real models: a residual CNN with BatchNorm (the zoo's
+ResNet basic blocks), a small transformer encoder classifier with an attention mask and a [CLS] token (all
 torch.nn, exported with torch's legacy or dynamo ONNX exporter), and small onnx.helper
 graphs for the exporters' refusals.
 
@@ -47,24 +47,9 @@ def residual_cnn(num_classes: int = 10, width: int = 8) -> Any:
     strided 1x1 downsample), global average pool, linear. Input ``[B, 3, 16, 16]``."""
     torch = _torch()
     nn = torch.nn
+    from edgeadapt._zoo_torch import BasicBlock
+
     torch.manual_seed(0)
-
-    class Block(nn.Module):  # type: ignore[misc]
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(c_out)
-            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(c_out)
-            self.down = (
-                nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-                if stride != 1 or c_in != c_out
-                else nn.Identity()
-            )
-
-        def forward(self, x: Any) -> Any:
-            y = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
 
     class Net(nn.Module):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -72,9 +57,9 @@ def residual_cnn(num_classes: int = 10, width: int = 8) -> Any:
             self.stem = nn.Sequential(
                 nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
             )
-            self.layer1 = Block(width, width, 1)
-            self.layer2 = Block(width, 2 * width, 2)
-            self.layer3 = Block(2 * width, 4 * width, 2)
+            self.layer1 = BasicBlock(width, width, 1)
+            self.layer2 = BasicBlock(width, 2 * width, 2)
+            self.layer3 = BasicBlock(2 * width, 4 * width, 2)
             self.fc = nn.Linear(4 * width, num_classes)
 
         def forward(self, x: Any) -> Any:
@@ -82,52 +67,6 @@ def residual_cnn(num_classes: int = 10, width: int = 8) -> Any:
             return self.fc(x.mean(dim=(2, 3)))
 
     return settle_batchnorm(Net(), torch.zeros(1, 3, 16, 16))
-
-
-def resnet18(num_classes: int = 1000, size: int = 224) -> Any:
-    """torchvision's ResNet-18 architecture written with torch.nn (torchvision does not
-    import beside the CPU build of torch here); random weights, BatchNorm settled."""
-    torch = _torch()
-    nn = torch.nn
-    torch.manual_seed(0)
-
-    class Basic(nn.Module):  # type: ignore[misc]
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(c_out)
-            self.relu = nn.ReLU()
-            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(c_out)
-            self.downsample = (
-                nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-                if stride != 1 or c_in != c_out
-                else None
-            )
-
-        def forward(self, x: Any) -> Any:
-            y = self.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            return self.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-    class ResNet18(nn.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            chans = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
-            for k, (a, b, s) in enumerate(chans, 1):
-                setattr(self, f"layer{k}", nn.Sequential(Basic(a, b, s), Basic(b, b, 1)))
-            self.fc = nn.Linear(512, num_classes)
-
-        def forward(self, x: Any) -> Any:
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(torch.flatten(x.mean(dim=(2, 3), keepdim=True), 1))
-
-    return settle_batchnorm(ResNet18(), torch.zeros(1, 3, size, size), batches=2)
 
 
 def text_encoder(num_classes: int = TEXT_CLASSES, layers: int = 2) -> Any:

@@ -5,7 +5,6 @@ shrinking budgets to shallower branches, each the most accurate that fits."""
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import numpy as np
 import pytest
@@ -14,69 +13,18 @@ torch = pytest.importorskip("torch", reason="training the residual CNN needs tor
 pytest.importorskip("mnist1d", reason="the MNIST-1D data needs the mnist1d package")
 
 
-def _residual_cnn():
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, c: int) -> None:
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv1d(c, c, 3, padding=1, bias=False),
-                nn.BatchNorm1d(c),
-                nn.ReLU(),
-                nn.Conv1d(c, c, 3, padding=1, bias=False),
-                nn.BatchNorm1d(c),
-            )
-
-        def forward(self, x):
-            return torch.relu(x + self.body(x))
-
-    return nn.Sequential(
-        nn.Conv1d(1, 32, 5, padding=2),
-        nn.ReLU(),
-        *[Block(32) for _ in range(4)],
-        nn.AdaptiveAvgPool1d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from edgeadapt.datasets import mnist1d_splits
+    from edgeadapt.demo.train import export_onnx_model, train_residual_cnn
 
     tmp = tmp_path_factory.mktemp("branches")
-    torch.manual_seed(0)
     splits = mnist1d_splits(n_train=4000, n_calibration=1000, n_test=1000)
-    model = _residual_cnn()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
-    model.train()
-    for _ in range(12):
-        for idx in torch.randperm(len(x)).split(128):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    path = tmp / "rescnn.onnx"
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        _export(model, x, path)
+    model = train_residual_cnn(splits.train, width=32)
+    path = export_onnx_model(model, splits.train.x, tmp / "rescnn.onnx")
     calib = tmp / "calib.npz"
     np.savez(calib, x=splits.calibration.x, y=splits.calibration.y)
     return tmp, path, calib, splits
-
-
-def _export(model, x, path):
-    torch.onnx.export(
-        model,
-        (x[:1],),
-        str(path),
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
 
 
 @pytest.mark.slow

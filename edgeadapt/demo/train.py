@@ -18,6 +18,10 @@ kernels, seeded data order):
 - ``mnist1d-family`` (ensemble): logistic regression, an MLP and a small CNN, the
   model family of the adaptive-oracle paper.
 
+`residual_cnn` (a stem, identity residual blocks, pooling, linear) is the network whose
+skip sets the execution-branches benchmark and test export; `train_residual_cnn` and
+`export_onnx_model` train it and write its ONNX file.
+
 Needs the ``torch`` and ``demo`` extras. Prints test accuracy per state and, as a check
 of the design, each step's ONNX Runtime latency at batch 1 on one thread.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,6 +117,73 @@ def family_models() -> dict[str, nn.Module]:
             nn.Linear(25 * 5, NUM_CLASSES),
         ),
     }
+
+
+class ResidualBlock(nn.Module):
+    """An identity residual block: two kernel-3 convolutions with BatchNorm, added to the
+    input, then ReLU (the shape the branches exporter can skip)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.body = nn.Sequential(
+            nn.Conv1d(c, c, 3, padding=1, bias=False),
+            nn.BatchNorm1d(c),
+            nn.ReLU(),
+            nn.Conv1d(c, c, 3, padding=1, bias=False),
+            nn.BatchNorm1d(c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+def residual_cnn(width: int = 64, blocks: int = 4) -> nn.Sequential:
+    """A residual 1D CNN for MNIST-1D: a kernel-5 stem, `blocks` identity residual blocks
+    of `width` channels, global average pooling and a linear layer."""
+    return nn.Sequential(
+        nn.Conv1d(1, width, 5, padding=2),
+        nn.ReLU(),
+        *[ResidualBlock(width) for _ in range(blocks)],
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(width, NUM_CLASSES),
+    )
+
+
+def train_residual_cnn(
+    data: Split, *, width: int = 64, epochs: int = 12, seed: int = 0
+) -> nn.Sequential:
+    """`residual_cnn(width)` trained on `data` with Adam (lr 3e-3, batches of 128, torch
+    seeded with `seed`), in eval mode."""
+    torch.manual_seed(seed)
+    model = residual_cnn(width)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x)).split(128):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def export_onnx_model(model: nn.Module, example: np.ndarray, path: str | Path) -> Path:
+    """`model` as one ONNX file at `path` (torch's TorchScript exporter): input ``x``,
+    output ``logits``, a dynamic batch axis; `example` gives the input's shape."""
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(example[:1]),),
+            str(path),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    return Path(path)
 
 
 def train(
