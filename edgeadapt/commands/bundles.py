@@ -23,6 +23,7 @@ __all__ = [
     "bundle_output_option",
     "bundle_summary",
     "echo_summary",
+    "export_options",
     "force_option",
     "parity_atol_option",
     "parity_rtol_option",
@@ -58,6 +59,21 @@ def bundle_output_option() -> Callable[[F], F]:
 def summary_json_option() -> Callable[[F], F]:
     """``--json``: print the written bundle's `bundle_summary` instead of a table."""
     return json_option("Print the bundle summary as JSON.")
+
+
+def export_options(*, parity: bool = False) -> Callable[[F], F]:
+    """The options every export command ends with, in this order: (with `parity`)
+    ``--parity-rtol`` and ``--parity-atol``, then ``-o/--output DIR``, ``--force`` and
+    ``--json``."""
+    decorators = [parity_rtol_option, parity_atol_option] if parity else []
+    decorators += [bundle_output_option(), force_option, summary_json_option()]
+
+    def apply(f: F) -> F:
+        for decorate in reversed(decorators):
+            f = decorate(f)
+        return f
+
+    return apply
 
 
 def bundle_summary(bundle: Any, problem: str | None = None) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 
 from edgeadapt.commands.options import (
+    batch_option,
     echo_json,
+    file_option,
     json_option,
     output_option,
     runtime_option,
@@ -24,21 +26,17 @@ from edgeadapt.commands.progress import progress_on_first_call
 @click.argument(
     "bundle_dir", metavar="BUNDLE", type=click.Path(file_okay=False, exists=True, path_type=Path)
 )
-@click.option(
+@file_option(
     "--data",
-    "data",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="npz with one array per model input, named as the input (or x for a one-input "
+    "npz with one array per model input, named as the input (or x for a one-input "
     "bundle), and integer labels y.",
+    required=True,
 )
-@click.option(
+@file_option(
     "--profile",
-    "profile_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Profile whose runtime settings to run under [BUNDLE/profiles/<device>.json "
-    "when it exists].",
+    "Profile whose runtime settings to run under [BUNDLE/profiles/<device>.json when it exists].",
+    param="profile_path",
+    exists=True,
 )
 @runtime_option(
     None,
@@ -46,13 +44,7 @@ from edgeadapt.commands.progress import progress_on_first_call
     "Differing from the profile's is reported on stderr.",
 )
 @threads_option(help="Threads the runtime may use [the profile's, else the runtime's].")
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1, max=1 << 20),
-    default=256,
-    show_default=True,
-    help="Samples per call.",
-)
+@batch_option("Samples per call.", most=1 << 20)
 @output_option("Evaluation file [BUNDLE/evaluation.npz].")
 @json_option("Print the accuracies as one JSON object.")
 def evaluate_cmd(

@@ -12,16 +12,10 @@ from pathlib import Path
 import click
 
 from edgeadapt.cli import CommandGroup
-from edgeadapt.commands.bundles import (
-    bundle_output_option,
-    force_option,
-    parity_atol_option,
-    parity_rtol_option,
-    show_written,
-    summary_json_option,
-)
+from edgeadapt.commands.bundles import export_options, show_written
 from edgeadapt.commands.export_branches import export_branches_cmd
 from edgeadapt.commands.export_torch import export_torch_cmd
+from edgeadapt.commands.options import file_option
 from edgeadapt.commands.progress import progress_ticker
 from edgeadapt.errors import InputError
 
@@ -66,11 +60,9 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     metavar="TENSOR",
     help="The final logits (default: the one graph output that is not a head).",
 )
-@click.option(
+@file_option(
     "--calibration",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="npz to train linear heads for cuts without --head: one array per model input, "
+    "npz to train linear heads for cuts without --head: one array per model input, "
     "named as the input (or x for a one-input model), plus labels y.",
 )
 @click.option(
@@ -97,11 +89,7 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Calibration samples per forward pass (peak memory grows with it).",
 )
-@parity_rtol_option
-@parity_atol_option
-@bundle_output_option()
-@force_option
-@summary_json_option()
+@export_options(parity=True)
 def export_onnx_cmd(
     model: Path,
     cuts: tuple[str, ...],
@@ -163,15 +151,13 @@ def export_onnx_cmd(
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
 )
-@bundle_output_option()
 @click.option(
     "--name",
     "names",
     multiple=True,
     help="State name for each model, in the order given (default: file stems).",
 )
-@force_option
-@summary_json_option()
+@export_options()
 def export_family_cmd(
     model_paths: tuple[Path, ...],
     output: Path,

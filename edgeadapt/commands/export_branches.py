@@ -9,22 +9,17 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.bundles import (
-    bundle_output_option,
-    force_option,
-    show_written,
-    summary_json_option,
-)
+from edgeadapt.commands.bundles import export_options, show_written
+from edgeadapt.commands.options import file_option
 from edgeadapt.commands.progress import progress_ticker
 
 
 @click.command("branches")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
+@file_option(
     "--calibration",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "npz with x (inputs) and y (labels): every candidate branch is scored on it.",
     required=True,
-    help="npz with x (inputs) and y (labels): every candidate branch is scored on it.",
 )
 @click.option(
     "--block",
@@ -44,9 +39,7 @@ from edgeadapt.commands.progress import progress_ticker
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the sampled skip sets."
 )
-@bundle_output_option()
-@force_option
-@summary_json_option()
+@export_options()
 def export_branches_cmd(
     model: Path,
     calibration: Path,

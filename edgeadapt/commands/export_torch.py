@@ -7,14 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.bundles import (
-    bundle_output_option,
-    force_option,
-    parity_atol_option,
-    parity_rtol_option,
-    show_written,
-    summary_json_option,
-)
+from edgeadapt.commands.bundles import export_options, show_written
 
 
 @click.command("torch")
@@ -25,11 +18,7 @@ from edgeadapt.commands.bundles import (
     help="Python callable returning (stages, heads, example_input), (model, example_input) "
     "for a model with .stages/.heads, or ([models], example_input) for a family.",
 )
-@parity_rtol_option
-@parity_atol_option
-@bundle_output_option()
-@force_option
-@summary_json_option()
+@export_options(parity=True)
 def export_torch_cmd(
     factory: str, parity_rtol: float, parity_atol: float, output: Path, force: bool, as_json: bool
 ) -> None:

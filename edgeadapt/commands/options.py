@@ -3,7 +3,9 @@
 ``-o/--output`` is where a command writes its file or folder, ``--json`` prints one JSON
 object on stdout instead of text, ``--runtime`` and ``--threads`` choose the backend and
 its threads. A command states its own help for ``--output`` (what is written, where by
-default); the rest read the same in every ``--help``.
+default) and for the files it reads (``file_option``: ``--profile``, ``--evaluation``,
+``--plan``, ``--input`` ..., one path type everywhere); the rest read the same in every
+``--help``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from edgeadapt.jsonio import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["echo_json", "json_option", "output_option", "runtime_option", "threads_option"]
+__all__ = [
+    "batch_option",
+    "echo_json",
+    "file_option",
+    "json_option",
+    "output_option",
+    "runtime_option",
+    "threads_option",
+]
 
 
 def output_option(help: str, *, dir_okay: bool = False, required: bool = False) -> Callable[[F], F]:
@@ -31,6 +41,38 @@ def output_option(help: str, *, dir_okay: bool = False, required: bool = False) 
         "output",
         type=click.Path(dir_okay=dir_okay, file_okay=not dir_okay, path_type=Path),
         required=required,
+        help=help,
+    )
+
+
+def file_option(
+    flag: str,
+    help: str,
+    *,
+    param: str | None = None,
+    required: bool = False,
+    exists: bool = False,
+) -> Callable[[F], F]:
+    """``FLAG PATH``, a file the command reads (a `Path`; parameter `param`, by default
+    the flag's name). With `exists`, click refuses a missing file before the command runs;
+    without it, the library names the missing file in its own error."""
+    names = [flag] if param is None else [flag, param]
+    return click.option(
+        *names,
+        type=click.Path(dir_okay=False, exists=exists, path_type=Path),
+        required=required,
+        default=None,
+        help=help,
+    )
+
+
+def batch_option(help: str, *, most: int | None = None) -> Callable[[F], F]:
+    """``--batch N`` (1 <= N <= `most`, default 256): rows per runtime call."""
+    return click.option(
+        "--batch",
+        type=click.IntRange(min=1, max=most),
+        default=256,
+        show_default=True,
         help=help,
     )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgeadapt.commands.options import echo_json, json_option, output_option
+from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
 from edgeadapt.errors import InputError
 from edgeadapt.render import num, pct, ratio, table
 
@@ -110,12 +110,11 @@ def _views_text(views: dict[str, CostView]) -> str:
 
 
 def _table_option(required: bool) -> Any:
-    return click.option(
+    return file_option(
         "--table",
-        "table_path",
-        type=_FILE,
+        "CSV with columns name,cost,accuracy (one row per state).",
+        param="table_path",
         required=required,
-        help="CSV with columns name,cost,accuracy (one row per state).",
     )
 
 
@@ -124,11 +123,9 @@ def _table_option(required: bool) -> Any:
     "bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @_table_option(required=False)
-@click.option(
+@file_option(
     "--profile",
-    type=_FILE,
-    default=None,
-    help="With BUNDLE: profile of the bundle on this device [BUNDLE/profiles/<device>.json].",
+    "With BUNDLE: profile of the bundle on this device [BUNDLE/profiles/<device>.json].",
 )
 @click.option(
     "--cost",
@@ -142,12 +139,7 @@ def _table_option(required: bool) -> Any:
     default=None,
     help="Constant alpha in [0, 1] for eq. 8 (default: alpha = 1, eq. 9).",
 )
-@click.option(
-    "--evaluation",
-    type=_FILE,
-    default=None,
-    help="Evaluation .npz: exact oracle and alphas from per-sample results.",
-)
+@file_option("--evaluation", "Evaluation .npz: exact oracle and alphas from per-sample results.")
 @click.option(
     "--classes",
     type=int,
@@ -235,12 +227,7 @@ def _subset_text(analysis: SubsetAnalysis) -> str:
 @click.option(
     "--k", "k", type=int, default=None, help="Subset size (default: the whole R_ratio-vs-k curve)."
 )
-@click.option(
-    "--evaluation",
-    type=_FILE,
-    default=None,
-    help="Evaluation .npz: search by the exact oracle instead of alpha = 1.",
-)
+@file_option("--evaluation", "Evaluation .npz: search by the exact oracle instead of alpha = 1.")
 @click.option("--envelope", is_flag=True, help="Search only the Pareto envelope.")
 @json_option()
 def subset_command(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.options import echo_json, json_option, output_option
+from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
 from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.plan import COST_STATS
 from edgeadapt.planner import CALIBRATIONS, POLICIES, PlanSummary
@@ -16,17 +16,13 @@ from edgeadapt.render import pct, saving
 
 @click.command("plan")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--profile",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Profile of this bundle on the target device (edgeadapt profile).",
+@file_option(
+    "--profile", "Profile of this bundle on the target device (edgeadapt profile).", required=True
 )
-@click.option(
+@file_option(
     "--evaluation",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "Per-sample results of every state (edgeadapt evaluate), with confidences.",
     required=True,
-    help="Per-sample results of every state (edgeadapt evaluate), with confidences.",
 )
 @click.option(
     "--max-states",

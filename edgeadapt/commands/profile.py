@@ -13,6 +13,7 @@ import click
 
 from edgeadapt.commands.options import (
     echo_json,
+    file_option,
     json_option,
     output_option,
     runtime_option,
@@ -140,13 +141,12 @@ def _check_timing(
     "refills after the others (the costs the planner should use); step: time each step "
     "alone, repeatedly (as benchmark_app).",
 )
-@click.option(
+@file_option(
     "--whole",
-    "whole_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="The original (unsplit) ONNX model to time as the static baseline "
+    "The original (unsplit) ONNX model to time as the static baseline "
     "[the bundle's steps composed back into one graph, backbone and last head].",
+    param="whole_path",
+    exists=True,
 )
 @click.option(
     "--no-whole",

@@ -7,32 +7,15 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.options import echo_json, json_option, output_option
+from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
 from edgeadapt.render import pct, ratio, table
-
-_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 @click.command("report")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--profile",
-    type=_FILE,
-    default=None,
-    help="Profile of the bundle on this device [BUNDLE/profiles/<device>.json].",
-)
-@click.option(
-    "--evaluation",
-    type=_FILE,
-    default=None,
-    help="Per-sample results of every state [BUNDLE/evaluation.npz].",
-)
-@click.option(
-    "--plan",
-    type=_FILE,
-    default=None,
-    help="Plan to show against the oracle [BUNDLE/plan.json when it exists].",
-)
+@file_option("--profile", "Profile of the bundle on this device [BUNDLE/profiles/<device>.json].")
+@file_option("--evaluation", "Per-sample results of every state [BUNDLE/evaluation.npz].")
+@file_option("--plan", "Plan to show against the oracle [BUNDLE/plan.json when it exists].")
 @output_option("HTML file; PNGs go next to it.", required=True)
 @json_option("Print the paths and headline figures.")
 def report_cmd(

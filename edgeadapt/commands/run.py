@@ -12,15 +12,15 @@ from pathlib import Path
 import click
 
 from edgeadapt.commands.options import (
+    batch_option,
     echo_json,
+    file_option,
     json_option,
     output_option,
     runtime_option,
     threads_option,
 )
 from edgeadapt.errors import InputError
-
-_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 def _parse_thresholds(text: str) -> float | list[float]:
@@ -36,13 +36,12 @@ def _parse_thresholds(text: str) -> float | list[float]:
 
 @click.command("run")
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
+@file_option(
     "--input",
-    "input_path",
-    type=_FILE,
-    required=True,
-    help="Inputs: an .npz with one array per model input, named as the input (x for a "
+    "Inputs: an .npz with one array per model input, named as the input (x for a "
     "one-input bundle also works), or an .npy array for a one-input bundle.",
+    param="input_path",
+    required=True,
 )
 @runtime_option(
     None,
@@ -51,22 +50,15 @@ def _parse_thresholds(text: str) -> float | list[float]:
 )
 @threads_option(help="Threads the runtime may use [the plan's, else the runtime's].")
 @click.option("--thresholds", help="T (every exit) or T1,T2,... (one per state but the last).")
-@click.option(
+@file_option(
     "--plan",
-    "plan_path",
-    type=_FILE,
-    help="Plan file (states, thresholds and the runtime settings it was measured under).",
+    "Plan file (states, thresholds and the runtime settings it was measured under).",
+    param="plan_path",
 )
-@click.option("--profile", "profile_path", type=_FILE, help="Profile (step costs for a budget).")
+@file_option("--profile", "Profile (step costs for a budget).", param="profile_path")
 @click.option("--measure", help="Confidence measure: maxprob, margin or entropy.")
 @click.option("--budget-ms", type=float, help="Latency budget per batch, in ms.")
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Rows per predict call: memory is bounded by it, not by the input's size.",
-)
+@batch_option("Rows per predict call: memory is bounded by it, not by the input's size.")
 @click.option("--quiet", is_flag=True, help="No progress bar (shown on a terminal's stderr).")
 @json_option()
 @output_option("Write pred/exit_state/conf/budget_exit to this .npz.")
