@@ -2,9 +2,7 @@
 subset search against a per-sample reference."""
 
 import csv
-import importlib.util
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +10,15 @@ import pytest
 
 from edgeadapt.bundle import load_bundle
 from edgeadapt.profile import load_profile
+from tests.scripts import script_module
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "imagenet-on-device"
 
 
 @pytest.fixture(scope="module")
 def example():
-    name = "imagenet_on_device_run"
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with script_module("examples/imagenet-on-device/run.py", "imagenet_on_device_run") as module:
         yield module
-    finally:
-        del sys.modules[name]
 
 
 # ------------------------------------------------------------------ the subset search

@@ -14,6 +14,7 @@ import pytest
 
 from edgeadapt import zoo
 from edgeadapt.errors import InputError
+from tests.scripts import script_module
 
 
 def test_scopes_follow_torchscript_naming() -> None:
@@ -118,19 +119,13 @@ def test_bench_models_quick_measures_ratios(tmp_path: Path) -> None:
     """bench/models.py --quick on one model and one setting: it exports in a child
     process, times both paths and writes figures that agree with its own verdicts."""
     pytest.importorskip("torch", reason="the zoo's models need the torch extra")
-    import importlib.util
     import json
     import math
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "models.py"
-    spec = importlib.util.spec_from_file_location("bench_models", path)
-    assert spec is not None
-    assert spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     args = ["--quick", "--models", "resnet18", "--settings", "ort-1t", "--batches", "1,2"]
-    assert bench.main([*args, "--json", str(out)]) == 0
+    with script_module("bench/models.py", "bench_models") as bench:
+        assert bench.main([*args, "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["export"]["error"] is None
     assert row["export"]["seconds"] > 0
@@ -150,18 +145,9 @@ def test_example_pipeline_runs_every_command(
 ) -> None:
     """examples/zoo_pipeline.py --tiny: every command it prints runs and succeeds."""
     pytest.importorskip("torch", reason="the zoo's models need the torch extra")
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "zoo_pipeline.py"
-    spec = importlib.util.spec_from_file_location("zoo_pipeline", path)
-    assert spec is not None
-    assert spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    sys.modules.pop("zoo_pipeline", None)
-    spec.loader.exec_module(example)
     argv = ["--model", "resnet18", "--tiny", "--out", str(tmp_path), "--calibration", "64"]
-    assert example.main([*argv, "--test", "64"]) == 0
+    with script_module("examples/zoo_pipeline.py", "zoo_pipeline") as example:
+        assert example.main([*argv, "--test", "64"]) == 0
     printed = capsys.readouterr().out
     for command in ("export onnx", "inspect", "profile", "evaluate", "bound", "plan", "run"):
         assert f"\n$ edgeadapt {command} " in printed

@@ -13,6 +13,7 @@ import click
 from edgeadapt.commands.options import (
     batch_option,
     echo_json,
+    echo_note,
     file_option,
     json_option,
     output_option,
@@ -76,8 +77,7 @@ def evaluate_cmd(
             batch=batch,
             progress=progress,
         )
-    if done.runtime_note is not None:
-        click.echo(f"note: {done.runtime_note}", err=True)
+    echo_note(done.runtime_note)
     if as_json:
         echo_json(done.to_json())
         return

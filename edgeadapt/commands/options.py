@@ -25,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = [
     "batch_option",
     "echo_json",
+    "echo_note",
     "file_option",
     "json_option",
     "output_option",
@@ -103,6 +104,14 @@ def threads_option(default: int | None = None, help: str | None = None) -> Calla
         show_default=default is not None,
         help=help or "Threads the runtime may use.",
     )
+
+
+def echo_note(note: str | None) -> None:
+    """Print `note` (e.g. that the runtime differs from the one a profile or plan was
+    measured under) as ``note: ...`` on stderr, so that ``--json`` output stays one object;
+    nothing when it is None."""
+    if note is not None:
+        click.echo(f"note: {note}", err=True)
 
 
 def echo_json(doc: Any, what: str = "the result") -> None:

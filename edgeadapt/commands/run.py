@@ -14,6 +14,7 @@ import click
 from edgeadapt.commands.options import (
     batch_option,
     echo_json,
+    echo_note,
     file_option,
     json_option,
     output_option,
@@ -103,8 +104,7 @@ def run_command(
             output=output,
             progress=progress,
         )
-    if res.runtime_note is not None:
-        click.echo(f"note: {res.runtime_note}", err=True)
+    echo_note(res.runtime_note)
     if as_json:
         echo_json(res.to_json())
         return
