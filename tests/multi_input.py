@@ -238,3 +238,23 @@ def masked_steps(first_reads_mask: bool = True, seed: int = 0) -> list[Step]:
         ["logits1"],
     )
     return [Step(step0, "logits0", activation="act"), Step(step1, "logits1")]
+
+
+def assert_median_threshold_split(
+    bundle: Bundle, feeds: dict[str, np.ndarray], logits: Sequence[np.ndarray]
+) -> None:
+    """Run the two-state `bundle` with state 0's threshold at the median of its
+    confidence on `feeds`: each row's answer is state 0's (`logits[0]`) where it passes
+    and state 1's otherwise, and both states answer some rows."""
+    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.kernel import confidence
+
+    c0 = confidence(logits[0])
+    t0 = float(np.median(c0))
+    with AdaptiveModel.load(bundle, thresholds=t0) as m:
+        out = m.predict(feeds)
+    passes = c0 >= t0
+    np.testing.assert_array_equal(
+        out.pred, np.where(passes, logits[0].argmax(1), logits[1].argmax(1))
+    )
+    assert 0 < int(passes.sum()) < len(passes)

@@ -12,6 +12,7 @@ from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.exporters.family import export_family
 from tests.models import family, multi_exit_cnn, run_bundle
+from tests.multi_input import assert_median_threshold_split
 
 
 @pytest.fixture
@@ -141,9 +142,7 @@ def _text_batch(n, seed=0):
 
 
 def test_multi_input_family_runs_through_the_cascade(tmp_path):
-    from edgeadapt.cascade import AdaptiveModel
     from edgeadapt.inputs import read_batch
-    from edgeadapt.kernel import confidence
     from edgeadapt.npzio import save_npz
 
     masked = _save(tmp_path, "masked", _text_member(1))
@@ -169,14 +168,7 @@ def test_multi_input_family_runs_through_the_cascade(tmp_path):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         want.append(sess.run(None, {k: feeds[k] for k in names})[0])
-    c0 = confidence(want[0])
-    t0 = float(np.median(c0))
-    with AdaptiveModel.load(loaded, thresholds=t0) as m:
-        out = m.predict(feeds)
-    np.testing.assert_array_equal(
-        out.pred, np.where(c0 >= t0, want[0].argmax(1), want[1].argmax(1))
-    )
-    assert 0 < int((c0 >= t0).sum()) < 40  # both states answered some rows
+    assert_median_threshold_split(loaded, feeds, want)
 
 
 @pytest.mark.parametrize(

@@ -17,12 +17,13 @@ from edgeadapt.evaluate import evaluate_bundle, load_dataset
 from edgeadapt.inputs import random_batch, token_ranges
 from edgeadapt.kernel import confidence
 from edgeadapt.npzio import save_npz
-from edgeadapt.runtimes import available_runtimes
+from tests.backends import CPU_RUNTIMES
 from tests.multi_input import (
     INPUTS,
     NUM_CLASSES,
     TOKENS,
     VOCAB,
+    assert_median_threshold_split,
     run_steps,
     step_models,
     token_batch,
@@ -30,15 +31,7 @@ from tests.multi_input import (
 )
 from tests.plans import runner_plan
 
-RUNTIMES = [
-    "onnxruntime",
-    pytest.param(
-        "openvino",
-        marks=pytest.mark.skipif(
-            available_runtimes()["openvino"] is not None, reason="openvino is not installed"
-        ),
-    ),
-]
+RUNTIMES = CPU_RUNTIMES
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +143,7 @@ def test_ensemble_members_read_the_surviving_rows_of_every_input(tmp_path, data)
         models=members,
         producer={"exporter": "tests", "source_sha256": "0" * 64},
     )
-    logits = run_steps(ens, data)
-    c0 = confidence(logits[0])
-    t0 = float(np.median(c0))
-    with AdaptiveModel.load(ens, thresholds=t0) as m:
-        out = m.predict(data)
-    np.testing.assert_array_equal(
-        out.pred, np.where(c0 >= t0, logits[0].argmax(1), logits[1].argmax(1))
-    )
+    assert_median_threshold_split(ens, data, run_steps(ens, data))
 
 
 def test_single_rows_and_warm_up(bundle, data):

@@ -15,17 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
 from edgeadapt.runtimes import available_runtimes, get_runtime, runtime_names
+from tests.backends import CPU_RUNTIMES, NEEDS_OPENVINO
 
 FEAT, HID, CLASSES = 16, 32, 10
-CPU_BACKENDS = [
-    "onnxruntime",
-    pytest.param(
-        "openvino",
-        marks=pytest.mark.skipif(
-            available_runtimes()["openvino"] is not None, reason="openvino is not installed"
-        ),
-    ),
-]
+CPU_BACKENDS = CPU_RUNTIMES
 
 
 def _save(path: Path, nodes, inputs, outputs, inits) -> Path:
@@ -161,9 +154,7 @@ def test_missing_backend_package_names_what_to_install(
             "openvino",
             {"precision": "int4"},
             "precision",
-            marks=pytest.mark.skipif(
-                available_runtimes()["openvino"] is not None, reason="openvino is not installed"
-            ),
+            marks=NEEDS_OPENVINO,
         ),
     ],
 )
