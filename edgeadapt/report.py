@@ -58,7 +58,7 @@ from edgeadapt.oracle import ExactFigures, OraclePoint
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
 from edgeadapt.profile import Profile
-from edgeadapt.render import num, pct, ratio, saving
+from edgeadapt.render import num, oracle_cells, pct, ratio, saving
 from edgeadapt.subset import SubsetChoice, subset_costs, subset_curve_exact
 
 __all__ = [
@@ -326,17 +326,7 @@ def _states_table(data: ReportData) -> str:
 def _bounds_table(data: ReportData) -> str:
     bound = data.bound
     summary = bound.summary
-    rows = [
-        [
-            label,
-            num(p.r_oracle),
-            pct(p.a_oracle, 2),
-            num(p.delta_r),
-            ratio(p.r_ratio),
-            pct(p.delta_a, 2, signed=True),
-        ]
-        for label, p, _ in summary.points()
-    ]
+    rows = [[label, *oracle_cells(p)] for label, p, _ in summary.points()]
     headers = ["bound", "R_oracle (ms)", "A_oracle", "dR (ms)", "R_ratio", "dA"]
     dominated = summary.dominated
     note = (

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from edgeadapt.render import num, pct, ratio, saving, table
+from edgeadapt.oracle import OraclePoint
+from edgeadapt.render import num, oracle_cells, pct, ratio, saving, table
 
 
 def test_table_aligns_numbers_right_and_names_left() -> None:
@@ -40,3 +41,9 @@ def test_saving_in_words() -> None:
     assert saving(0.123) == "saves 12.3%"
     assert saving(-0.045) == "costs 4.5% more"
     assert saving(None) == "n/a"
+
+
+def test_oracle_cells_in_column_order() -> None:
+    point = OraclePoint(r_oracle=1.25, a_oracle=0.9, delta_r=3.75, r_ratio=4.0, delta_a=0.02)
+    assert oracle_cells(point) == ["1.25", "90.00%", "3.75", "4.00x", "+2.00%"]
+    assert oracle_cells(OraclePoint(0.0, 0.9, 5.0, None, 0.0))[3] == "-"

@@ -14,7 +14,7 @@ import click
 
 from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
 from edgeadapt.errors import InputError
-from edgeadapt.render import num, pct, ratio, table
+from edgeadapt.render import num, oracle_cells, pct, ratio, table
 
 if TYPE_CHECKING:
     from edgeadapt.bound import BundleBound, CostView
@@ -43,14 +43,7 @@ def bound_text(summary: BoundSummary, ignored: tuple[str, ...] = ()) -> str:
     if ignored:
         parts.append("table rows not in the evaluation (ignored): " + ", ".join(ignored))
     rows = [
-        [
-            ("* " if headline else "  ") + label,
-            num(p.r_oracle),
-            pct(p.a_oracle, 2),
-            num(p.delta_r),
-            ratio(p.r_ratio),
-            pct(p.delta_a, 2, signed=True),
-        ]
+        [("* " if headline else "  ") + label, *oracle_cells(p)]
         for label, p, headline in summary.points()
     ]
     parts.append(
