@@ -84,6 +84,22 @@ T* check_out(py::handle obj, const char* name, const char* dtype, std::int64_t b
     return static_cast<T*>(a.mutable_data());
 }
 
+// The four caller-owned outputs of a batch decision, each checked as `check_out` does.
+struct DecideOut {
+    std::int64_t* pred;
+    float* score;
+    std::uint8_t* exit_mask;
+    std::int64_t* continue_idx;
+};
+
+DecideOut check_decide_out(py::handle pred, py::handle score, const char* score_name,
+                           py::handle exit_mask, py::handle continue_idx, std::int64_t batch) {
+    return {check_out<std::int64_t>(pred, "pred", "int64", batch),
+            check_out<float>(score, score_name, "float32", batch),
+            reinterpret_cast<std::uint8_t*>(check_out<bool>(exit_mask, "exit_mask", "bool", batch)),
+            check_out<std::int64_t>(continue_idx, "continue_idx", "int64", batch)};
+}
+
 ea::Measure parse_measure(const std::string& m) {
     if (m == "maxprob") return ea::Measure::MaxProb;
     if (m == "margin") return ea::Measure::Margin;
@@ -171,15 +187,13 @@ std::int64_t decide_into(py::handle logits, double threshold, py::handle pred, p
     const Logits x = check_logits(logits);
     check_threshold(threshold);
     const ea::Measure m = parse_measure(measure);
-    auto* p = check_out<std::int64_t>(pred, "pred", "int64", x.batch);
-    auto* c = check_out<float>(conf, "conf", "float32", x.batch);
-    auto* e = reinterpret_cast<std::uint8_t*>(check_out<bool>(exit_mask, "exit_mask", "bool", x.batch));
-    auto* i = check_out<std::int64_t>(continue_idx, "continue_idx", "int64", x.batch);
+    const DecideOut out = check_decide_out(pred, conf, "conf", exit_mask, continue_idx, x.batch);
     std::int64_t k = 0;
     ea::Status s;
     {
         py::gil_scoped_release nogil;
-        s = ea::decide(x.data, x.batch, x.classes, m, threshold, p, c, e, i, &k);
+        s = ea::decide(x.data, x.batch, x.classes, m, threshold, out.pred, out.score, out.exit_mask,
+                       out.continue_idx, &k);
     }
     ensure_ok(s);
     return k;
@@ -227,16 +241,13 @@ std::int64_t gate_decide_into(py::handle logits, const ea::Gate& gate, double th
     std::int64_t stride = 0;
     auto* h = check_history(history, x.batch, position, &stride);
     auto* prev = check_out<float>(previous, "previous", "float32", x.batch);
-    auto* p = check_out<std::int64_t>(pred, "pred", "int64", x.batch);
-    auto* c = check_out<float>(score, "score", "float32", x.batch);
-    auto* e = reinterpret_cast<std::uint8_t*>(check_out<bool>(exit_mask, "exit_mask", "bool", x.batch));
-    auto* i = check_out<std::int64_t>(continue_idx, "continue_idx", "int64", x.batch);
+    const DecideOut out = check_decide_out(pred, score, "score", exit_mask, continue_idx, x.batch);
     std::int64_t k = 0;
     ea::Status s;
     {
         py::gil_scoped_release nogil;
         s = ea::gate_decide(x.data, x.batch, x.classes, gate, threshold, position, h, stride, prev,
-                            p, c, e, i, &k);
+                            out.pred, out.score, out.exit_mask, out.continue_idx, &k);
     }
     ensure_ok(s);
     return k;
