@@ -211,6 +211,12 @@ def _fmt_set(names: Sequence[str]) -> str:
     return ", ".join(names)
 
 
+def _subset_row(k: int, view: str, choice: dict[str, Any]) -> list[str]:
+    """One row of the best-k-subsets tables: k, cost view, R_oracle, A_oracle %, models."""
+    r, a = choice["r_oracle"], choice["a_oracle"]
+    return [str(k), view, f"{r:.4g}", f"{100 * a:.2f}", _fmt_set(choice["states"])]
+
+
 # ------------------------------------------------------------------ the pipeline
 
 
@@ -551,15 +557,7 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
     for k in ks:
         for view in ("gmacs", "ms-direct"):
             e = next(c for c in views[view]["subset_accuracy_first"]["curve"] if c["k"] == k)
-            arows.append(
-                [
-                    str(k),
-                    view,
-                    f"{e['r_oracle']:.4g}",
-                    f"{100 * e['a_oracle']:.2f}",
-                    _fmt_set(e["states"]),
-                ]
-            )
+            arows.append(_subset_row(k, view, e))
     parts.append(
         "best k-subsets by `edgeadapt subset --evaluation` (highest oracle accuracy, ties by cost)\n"
         + _table(["k", "view", "R_oracle", "A_oracle %", "models"], arows)
@@ -570,15 +568,7 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
             curve = views[view]["subset_alpha1_envelope"]["curve"]
             e = next((c for c in curve if c["k"] == k), None)
             if e is not None:
-                erows.append(
-                    [
-                        str(k),
-                        view,
-                        f"{e['r_oracle']:.4g}",
-                        f"{100 * e['a_oracle']:.2f}",
-                        _fmt_set(e["states"]),
-                    ]
-                )
+                erows.append(_subset_row(k, view, e))
     parts.append(
         "best k-subsets by `edgeadapt subset --envelope` (alpha = 1, eq. 9, on each cost's "
         "Pareto envelope; keeps its top model)\n"
