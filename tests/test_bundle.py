@@ -286,38 +286,25 @@ def test_write_refuses_steps_that_do_not_chain(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_write_refuses_wrong_class_count_and_bad_spec(tmp_path):
-    fam = family()
-    with pytest.raises(BundleError, match="have 10 classes, the bundle 5"):
-        write_bundle(
-            tmp_path / "b",
-            kind="ensemble",
-            input=SPEC,
-            num_classes=5,
-            models=[fam["linear"]],
-            producer={},
-        )
-    with pytest.raises(BundleError, match="shape"):
-        write_bundle(
-            tmp_path / "b",
-            kind="ensemble",
-            input=InputSpec("x", (1, 1, 40)),
-            num_classes=10,
-            models=[fam["linear"]],
-            producer={},
-        )
-    with pytest.raises(BundleError, match="non-finite"):
-        write_bundle(
-            tmp_path / "b",
-            kind="ensemble",
-            input=SPEC,
-            num_classes=10,
-            models=[fam["linear"]],
-            producer={},
-            extra={"e": float("nan")},
-        )
-    assert not (tmp_path / "b").exists()
-    assert list(tmp_path.iterdir()) == []
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"num_classes": 5}, "have 10 classes, the bundle 5"),
+        ({"input": InputSpec("x", (1, 1, 40))}, "shape"),
+        ({"extra": {"e": float("nan")}}, "non-finite"),
+    ],
+)
+def test_write_refuses_wrong_class_count_and_bad_spec(tmp_path, changes, match):
+    args = {
+        "kind": "ensemble",
+        "input": SPEC,
+        "num_classes": 10,
+        "models": [family()["linear"]],
+        "producer": {},
+    }
+    with pytest.raises(BundleError, match=match):
+        write_bundle(tmp_path / "b", **(args | changes))
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
 
 
 def test_large_steps_use_external_data_inside_the_bundle(tmp_path, monkeypatch):
