@@ -4,14 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgeadapt.cli import cli
 from edgeadapt.evaluation import load_evaluation
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+from tests.clirun import invoke as run
 
 
 def test_evaluate_writes_the_evaluation(multiexit_copy, mnist1d_npz, tmp_path):

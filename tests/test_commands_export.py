@@ -6,11 +6,10 @@ import re
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 from edgeadapt.bundle import InputSpec, Step, write_bundle
-from edgeadapt.cli import cli
 from edgeadapt.npzio import save_npz
+from tests.clirun import invoke as _run
 from tests.models import family, multi_exit_cnn, unknown_op
 
 ONNX_ARGS = [
@@ -30,10 +29,6 @@ def source(tmp_path):
     path = tmp_path / "net.onnx"
     onnx.save(multi_exit_cnn(), path)
     return path
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_export_onnx_then_inspect_json(tmp_path, source):

@@ -6,17 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgeadapt.cli import cli
 from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
+from tests.clirun import invoke as run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EFFNET = EXAMPLES / "efficientnet-torchvision.csv"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def ok_json(*args):

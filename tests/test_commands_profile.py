@@ -5,18 +5,13 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgeadapt.bundle import load_bundle
-from edgeadapt.cli import cli
 from edgeadapt.device import device_id
 from edgeadapt.profile import load_profile
+from tests.clirun import invoke as run
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_profile_writes_a_valid_file_at_the_default_place(multiexit_copy):

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgeadapt.cli import cli
+from tests.clirun import invoke
 
 BUNDLE = (
     Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
@@ -15,7 +14,7 @@ BUNDLE = (
 
 
 def run(*args):
-    return CliRunner().invoke(cli, ["run", *(str(a) for a in args)])
+    return invoke("run", *args)
 
 
 @pytest.fixture

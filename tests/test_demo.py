@@ -9,16 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeadapt.cascade import AdaptiveModel
-from edgeadapt.cli import cli
 from edgeadapt.demo import run_demo
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.evaluation import load_evaluation
 from edgeadapt.npzio import ArraySpec, load_npz
 from edgeadapt.plan import load_plan
 from edgeadapt.profile import load_profile
+from tests.clirun import invoke
 
 SAMPLES = 120
 
@@ -51,7 +50,7 @@ def demo(tmp_path_factory):
 
 
 def _cli(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     return result.output
 

@@ -9,15 +9,14 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from edgeadapt.bound import bundle_bound
-from edgeadapt.cli import cli
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.evaluation import Evaluation, save_evaluation
 from edgeadapt.plan import save_plan
 from edgeadapt.profile import default_profile_path, save_profile
 from edgeadapt.report import FIGURES, report_data, write_report
+from tests.clirun import invoke
 from tests.device_inputs import copy_multiexit, multiexit
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -275,10 +274,6 @@ def test_missing_matplotlib_names_the_plot_extra(device, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- CLI
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_cli_report_json(device, tmp_path):
