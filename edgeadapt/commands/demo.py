@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgeadapt.commands.options import echo_json, json_option
+from edgeadapt.commands.options import echo_json, json_option, runtime_option, threads_option
 from edgeadapt.commands.progress import progress_bar
 from edgeadapt.render import num, pct, ratio, saving, table
 
@@ -177,14 +177,16 @@ class _CliUI:
 
 @click.command("demo")
 @click.option(
-    "--out",
+    "-o",
+    "--output",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("edgeadapt-demo"),
     show_default=True,
     help="Directory for the data, profiles, evaluations, plans and reports.",
 )
-@click.option("--runtime", default="onnxruntime", show_default=True, help="Backend to run on.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", "output", type=click.Path(file_okay=False, path_type=Path), hidden=True)
+@runtime_option()
+@threads_option(default=1)
 @click.option(
     "--samples",
     type=click.IntRange(min=1),
@@ -202,7 +204,7 @@ class _CliUI:
 @click.option("--force", is_flag=True, help="Rebuild every artefact instead of reusing it.")
 @json_option("Print every figure as one JSON object.")
 def demo_cmd(
-    out: Path,
+    output: Path,
     runtime: str,
     threads: int,
     samples: int | None,
@@ -222,7 +224,7 @@ def demo_cmd(
     from edgeadapt.demo import run_demo
 
     result = run_demo(
-        out,
+        output,
         runtime=runtime,
         threads=threads,
         retrain=retrain,
