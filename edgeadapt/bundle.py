@@ -417,6 +417,19 @@ def _state_names(state_names: Sequence[str] | None, n: int) -> list[str]:
     return names
 
 
+def _entries(
+    parts: Sequence[Step], kind: str, model_inputs: set[str], num_classes: int
+) -> list[dict[str, Any]]:
+    """The manifest entry of each step, each checked against the outputs of the one
+    before it."""
+    entries: list[dict[str, Any]] = []
+    previous: list[str] = []
+    for i, s in enumerate(parts):
+        entries.append(_entry(i, s, kind, i == len(parts) - 1, model_inputs, num_classes, previous))
+        previous = _graph_io(s.model)[1]
+    return entries
+
+
 def write_bundle(
     out_dir: str | os.PathLike[str],
     *,
@@ -453,12 +466,7 @@ def write_bundle(
         raise BundleError(f"must be an integer >= 2, got {num_classes!r}", field="num_classes")
     parts = _parts(kind, steps, models)
     names = _state_names(state_names, len(parts))
-    entries: list[dict[str, Any]] = []
-    previous: list[str] = []
-    for i, s in enumerate(parts):
-        entries.append(_entry(i, s, kind, i == len(parts) - 1, model_inputs, num_classes, previous))
-        previous = _graph_io(s.model)[1]
-
+    entries = _entries(parts, kind, model_inputs, num_classes)
     out = check_path(out_dir).absolute()
     try:
         return _write(

@@ -518,8 +518,8 @@ def bound_summary(
         raise InputError(f"must be in [0, 1], got {alpha}", source="alpha")
     if classes is not None and classes < 2:
         raise InputError(f"must be >= 2, got {classes}", source="classes")
-    if correct is not None:
-        c = _correctness(correct, len(names))
+    c = None if correct is None else _correctness(correct, len(names))
+    if c is not None:
         accuracies = c.mean(axis=0)
     elif accuracies is None:
         raise InputError("need accuracies or a correctness matrix")
@@ -532,12 +532,13 @@ def bound_summary(
     alpha1 = OraclePoint.against(bound_alpha1(analytic.costs, analytic.accuracies), r_n, a_n)
     headline, method = alpha1, "alpha=1"
     exact = None
-    if correct is not None:
+    if c is not None:
         exact = _exact_figures(c, costs, analytic, r_n, a_n)
         headline, method = exact.point, "exact"
     if alpha is not None:
         at = bound_constant_alpha(analytic.costs, analytic.accuracies, alpha)
         headline, method = OraclePoint.against(at, r_n, a_n), "constant-alpha"
+    continuous = continuous_bound(analytic.costs, analytic.accuracies)
     test = _smallest_state(analytic, classes)
     return BoundSummary(
         states=_state_rows(space),
@@ -547,9 +548,7 @@ def bound_summary(
         r_n=r_n,
         a_n=a_n,
         alpha1=alpha1,
-        continuous=OraclePoint.against(
-            continuous_bound(analytic.costs, analytic.accuracies), r_n, a_n
-        ),
+        continuous=OraclePoint.against(continuous, r_n, a_n),
         headline=headline,
         dominated=tuple(dominated) if envelope else None,
         exact=exact,

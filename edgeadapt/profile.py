@@ -540,6 +540,19 @@ def _measure(
     return results, whole_times
 
 
+def _whole_in_tmp(
+    bundle: Bundle, whole: bool | str | os.PathLike[str]
+) -> tuple[tempfile.TemporaryDirectory[str], WholeModel | None]:
+    """The whole model to time (see `prepare_whole`), written into a temporary directory
+    the caller cleans up."""
+    tmp = tempfile.TemporaryDirectory(prefix="edgeadapt-whole-")
+    try:
+        return tmp, prepare_whole(bundle, whole, Path(tmp.name))
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+
 def _settings(config: RuntimeConfig, timing: _Timing, seed: int) -> dict[str, Any]:
     """The profile's ``settings``: the runtime configuration and how it was timed."""
     runtime_options = config.backend_options()
@@ -603,12 +616,7 @@ def profile_bundle(
     config = _resolve_config(runtime, chosen, threads, precision, options)
     rt = _open_runtime(config, chosen)
     rng = np.random.default_rng(seed)
-    tmp = tempfile.TemporaryDirectory(prefix="edgeadapt-whole-")
-    try:
-        whole_model = prepare_whole(bundle, whole, Path(tmp.name))
-    except BaseException:
-        tmp.cleanup()
-        raise
+    tmp, whole_model = _whole_in_tmp(bundle, whole)
     before = _snapshot()
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     advance = _counter(progress, profile_calls(bundle, batch_list, whole_model is not None))

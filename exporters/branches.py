@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -340,19 +341,27 @@ def export_branches(
             "source": path.name,
             "source_sha256": file_sha256(path),
         },
-        extra={
-            "branches": {
-                "blocks": [b.add for b in found],
-                "enumeration": enumeration,
-                "candidates": len(candidates),
-                "calibration_samples": len(x),
-                "states": [
-                    {"skipped": list(b.skipped), "calibration_accuracy": b.accuracy} for b in front
-                ],
-            }
-        },
+        extra={"branches": _record(found, enumeration, len(candidates), len(x), front)},
         force=force,
     )
+
+
+def _record(
+    found: Sequence[Block],
+    enumeration: str,
+    candidates: int,
+    samples: int,
+    front: Sequence[Branch],
+) -> dict[str, Any]:
+    """The manifest's ``extra.branches``: the blocks, how the skip sets were enumerated
+    and scored, and each kept branch."""
+    return {
+        "blocks": [b.add for b in found],
+        "enumeration": enumeration,
+        "candidates": candidates,
+        "calibration_samples": samples,
+        "states": [{"skipped": list(b.skipped), "calibration_accuracy": b.accuracy} for b in front],
+    }
 
 
 def _branch_name(branch: Branch, order: dict[str, int]) -> str:

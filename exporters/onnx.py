@@ -151,6 +151,59 @@ def _nbytes(model: onnx.ModelProto, name: str) -> int | None:
     )
 
 
+def _check_order(
+    model: onnx.ModelProto,
+    producer: Mapping[str, int],
+    prev: str,
+    first: str,
+    model_inputs: Sequence[str],
+    param: str,
+) -> None:
+    """The tensor `first` of a step must be computed from the previous cut `prev`."""
+    if producer[prev] in graphdeps.ancestors(model, [first], stop=model_inputs):
+        return
+    before = graphdeps.ancestors(model, [prev], stop=model_inputs)
+    order = "comes before" if producer[first] in before else "does not depend on"
+    raise InputError(
+        f"{first!r} {order} the previous cut {prev!r}: cuts must be given in "
+        "order from input to output, each depending on the one before",
+        source=param,
+    )
+
+
+def _check_crossing(
+    model: onnx.ModelProto,
+    k: int,
+    by_value: set[int],
+    constants: set[int],
+    prev: str | None,
+    i: int,
+    wanted: list[str],
+) -> None:
+    """Node `k`, computed before the cut `prev`, is also needed by step `i`: refuse it
+    unless it is a small constant that can be copied into the step."""
+    node = model.graph.node[k]
+    what = f"{node.op_type} node {node.name or node.output[0]!r}"
+    if k in by_value:
+        raise InputError(
+            f"cut {prev!r} does not separate the graph: step {i} ({wanted}) would need "
+            f"{what}, which lies before it (a skip connection crosses the cut?)",
+            source="cuts",
+        )
+    if k in constants:
+        for o in (o for o in node.output if o):
+            size = _nbytes(model, o)
+            if size is None or size > MAX_SHARED_BYTES:
+                how = "of unknown size" if size is None else f"{size} bytes"
+                raise InputError(
+                    f"cut {prev!r} does not separate the graph: step {i} needs the "
+                    f"constant {o!r} ({what}, {how}) computed before the cut; only "
+                    f"constants up to {MAX_SHARED_BYTES} bytes are copied into each "
+                    "step",
+                    source="cuts",
+                )
+
+
 def _plan(
     model: onnx.ModelProto,
     specs: Sequence[InputSpec],
@@ -174,38 +227,11 @@ def _plan(
         wanted = [n for n in (cut, heads.get(cut) if cut else logits) if n]
         param = "cuts" if cut else "logits"
         prev = boundary[-1] if i > 0 else None
-        if prev is not None and producer[prev] not in graphdeps.ancestors(
-            model, [wanted[0]], stop=model_inputs
-        ):
-            before = graphdeps.ancestors(model, [prev], stop=model_inputs)
-            order = "comes before" if producer[wanted[0]] in before else "does not depend on"
-            raise InputError(
-                f"{wanted[0]!r} {order} the previous cut {prev!r}: cuts must be given in "
-                "order from input to output, each depending on the one before",
-                source=param,
-            )
+        if prev is not None:
+            _check_order(model, producer, prev, wanted[0], model_inputs, param)
         nodes = graphdeps.ancestors(model, wanted, stop=boundary)
         for k in sorted(nodes & taken):
-            node = model.graph.node[k]
-            what = f"{node.op_type} node {node.name or node.output[0]!r}"
-            if k in by_value:
-                raise InputError(
-                    f"cut {prev!r} does not separate the graph: step {i} ({wanted}) would need "
-                    f"{what}, which lies before it (a skip connection crosses the cut?)",
-                    source="cuts",
-                )
-            if k in constants:
-                for o in (o for o in node.output if o):
-                    size = _nbytes(model, o)
-                    if size is None or size > MAX_SHARED_BYTES:
-                        how = "of unknown size" if size is None else f"{size} bytes"
-                        raise InputError(
-                            f"cut {prev!r} does not separate the graph: step {i} needs the "
-                            f"constant {o!r} ({what}, {how}) computed before the cut; only "
-                            f"constants up to {MAX_SHARED_BYTES} bytes are copied into each "
-                            "step",
-                            source="cuts",
-                        )
+            _check_crossing(model, k, by_value, constants, prev, i, wanted)
         if not nodes:
             raise InputError(
                 f"step {i} would be an empty graph ({wanted} is {prev!r})",
@@ -376,9 +402,7 @@ def _train_heads(
     model: onnx.ModelProto,
     calib: Calibration,
     cuts: Sequence[str],
-    pools: Mapping[str, str],
-    masks: Mapping[str, str],
-    prefixes: Mapping[str, int],
+    hi: _HeadInputs,
     num_classes: int,
     batch_size: int,
     seed: int,
@@ -388,6 +412,7 @@ def _train_heads(
     """Stream the calibration set through the model in batches, fold each cut's features
     into its head's statistics, fit the heads; also return a first batch of up to 64
     samples for the parity check."""
+    pools, masks, prefixes = hi.pools, hi.masks, hi.prefixes
     held = heldout_mask(calib.n, seed)
     fitters = {c: HeadFitter(num_classes, pools[c], held) for c in cuts}
     sess = _graph.session(_graph.with_outputs(model, list(cuts)))
@@ -529,6 +554,15 @@ def _head_inputs(
     return _HeadInputs(mask_name, pools, masks, prefixes)
 
 
+def _no_calibration(untrained: list[str]) -> InputError:
+    """The error for cuts that need a trained head when no calibration set is given."""
+    return InputError(
+        f"cuts {untrained} have no exit head: map each to an existing output (heads) or "
+        "give a calibration npz (calibration) to train linear heads",
+        source="calibration",
+    )
+
+
 def _ticker(progress: Progress | None, total: int) -> Callable[[str], None]:
     """A callback that counts finished pieces of work and reports them to `progress`."""
     done = 0
@@ -645,18 +679,13 @@ def export_onnx(
     heads = dict(heads or {})
     cuts = list(cuts)
     _check_args(cuts, heads, pool, batch_size, parity_rtol, parity_atol)
-    raw = _graph.load_source(source)
-    model = _graph.with_dynamic_batch(raw, source, single=False)
+    model = _graph.with_dynamic_batch(_graph.load_source(source), source, single=False)
     specs = _graph.input_specs(model, source)
     final, num_classes = _check_exits(model, cuts, heads, logits, source)
     tails = _cut_tails(model, cuts, source)
     untrained = [c for c in cuts if c not in heads]
     if untrained and calibration is None:
-        raise InputError(
-            f"cuts {untrained} have no exit head: map each to an existing output (heads) or "
-            "give a calibration npz (calibration) to train linear heads",
-            source="calibration",
-        )
+        raise _no_calibration(untrained)
     hi = _head_inputs(specs, untrained, tails, pool, mask, source)
     plans = _plan(model, specs, cuts, heads, final, hi.mask_name, hi.masks, source)
     _check_batch(model, specs, final, source)
@@ -667,31 +696,48 @@ def export_onnx(
     sample: list[dict[str, np.ndarray]] = []
     if calib is not None:
         trained, sample = _train_heads(
-            model,
-            calib,
-            untrained,
-            hi.pools,
-            hi.masks,
-            hi.prefixes,
-            num_classes,
-            batch_size,
-            seed,
-            source,
-            tick,
+            model, calib, untrained, hi, num_classes, batch_size, seed, source, tick
         )
     steps, checks = _build_steps(model, plans, final, trained, source, tick)
     feeds = _graph.example_feeds(model, specs, seed) + sample
     worst = _parity(model, steps, checks, feeds, source, parity_rtol, parity_atol)
     tick("checked parity")
+    extra = _manifest_extra(cuts, heads, trained, final, worst, parity_rtol, parity_atol)
+    return _write_split(out_dir, source, specs, num_classes, steps, extra, force)
+
+
+def _manifest_extra(
+    cuts: list[str],
+    heads: Mapping[str, str],
+    trained: Mapping[str, LinearHead],
+    final: str,
+    worst: float,
+    rtol: float,
+    atol: float,
+) -> dict[str, Any]:
+    """The manifest's ``extra``: the cuts, the heads, the parity check and any warnings."""
     head_info, notes = _head_records(cuts, heads, trained)
     extra: dict[str, Any] = {
         "cuts": cuts,
         "logits": final,
         "heads": head_info,
-        "parity": {"max_abs_error": worst, "rtol": parity_rtol, "atol": parity_atol},
+        "parity": {"max_abs_error": worst, "rtol": rtol, "atol": atol},
     }
     if notes:
         extra["warnings"] = notes
+    return extra
+
+
+def _write_split(
+    out_dir: str | os.PathLike[str],
+    source: Path,
+    specs: Sequence[InputSpec],
+    num_classes: int,
+    steps: Sequence[Step],
+    extra: dict[str, Any],
+    force: bool,
+) -> Bundle:
+    """Write the steps as an early-exit bundle that names its source model."""
     return write_bundle(
         out_dir,
         kind="early-exit",

@@ -457,6 +457,18 @@ def export_torch_model(
     return export_torch(stages, heads, example_input, out_dir, **kwargs)
 
 
+def _trace_family(
+    models: list[Any], names: list[str], tensors: list[Any], inputs: list[str], opset: int
+) -> tuple[list[Any], list[onnx.ModelProto], list[str]]:
+    """Trace every model; return the models, their ONNX graphs and their names ordered
+    by FLOPs, cheapest first (ties keep the given order)."""
+    onnx_models = [
+        _trace(m, tensors, inputs, ("logits",), opset, f"models[{k}]") for k, m in enumerate(models)
+    ]
+    order = sorted(range(len(models)), key=lambda k: count_flops(onnx_models[k]).flops)
+    return [models[k] for k in order], [onnx_models[k] for k in order], [names[k] for k in order]
+
+
 def export_torch_family(
     models: Sequence[torch.nn.Module],
     example_input: torch.Tensor | dict[str, torch.Tensor],
@@ -491,13 +503,7 @@ def export_torch_family(
     specs, tensors = _check_example(example_input, input_name)
     inputs = [s.name for s in specs]
     with _eval_mode(models):
-        onnx_models = [
-            _trace(m, tensors, inputs, ("logits",), opset, f"models[{k}]")
-            for k, m in enumerate(models)
-        ]
-        order = sorted(range(len(models)), key=lambda k: count_flops(onnx_models[k]).flops)
-        models, onnx_models = [models[k] for k in order], [onnx_models[k] for k in order]
-        names = [names[k] for k in order]
+        models, onnx_models, names = _trace_family(models, names, tensors, inputs, opset)
         worst = _parity(
             [_graph.session(m) for m in onnx_models],
             lambda i, previous, example: dict(example),
