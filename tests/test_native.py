@@ -375,6 +375,58 @@ def test_native_two_input_bundle_under_a_budget_table(native, transformer, tmp_p
     assert set(want["exit_state"][:50].tolist()) <= {0, 1}
 
 
+@pytest.fixture(scope="module")
+def exported_text(tmp_path_factory) -> tuple[Path, Path]:
+    """A torch BERT-style encoder (graphs.text_encoder: [CLS] token, 2 masked layers)
+    exported to ONNX and cut after its first layer by `exporters.onnx.export_onnx` with a
+    trained head pooling the unmasked tokens; 150 token rows as an .npz."""
+    torch = pytest.importorskip("torch", reason="the encoder is exported from torch")
+    from exporters.onnx import export_onnx
+    from tests import graphs
+
+    d = tmp_path_factory.mktemp("exported")
+    names = ["input_ids", "attention_mask"]
+    ids, mask = graphs.text_inputs(4)
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))
+    source = graphs.export_legacy(graphs.text_encoder(), args, names, d / "text.onnx")
+    ids, mask = graphs.text_inputs(200, seed=1)
+    y = np.random.default_rng(0).integers(0, graphs.TEXT_CLASSES, 200)
+    np.savez(d / "calib.npz", input_ids=ids, attention_mask=mask, y=y)
+    cut = graphs.tensor_names(source, "LayerNormalization")[1]  # after layer 1
+    bundle = export_onnx(source, d / "bundle", cuts=[cut], calibration=d / "calib.npz", pool="mean")
+    assert [list(s.inputs) for s in bundle.steps] == [names, [cut, "attention_mask"]]
+    ids, mask = graphs.text_inputs(150, seed=7)
+    np.savez(d / "tokens.npz", input_ids=ids, attention_mask=mask)
+    return bundle.path, d / "tokens.npz"
+
+
+def test_native_runs_a_cut_exported_text_encoder_as_adaptive_model_does(
+    native, exported_text, tmp_path
+):
+    bundle, data = exported_text
+    x = dict(np.load(data))
+    # a threshold between the first exit's confidences, so rows leave at both states
+    with AdaptiveModel.load(bundle, "openvino", thresholds=0.0, runtime_options=OV) as m:
+        first = m.predict(x).conf
+    threshold = float(np.median(first))
+    with AdaptiveModel.load(bundle, "openvino", thresholds=threshold, runtime_options=OV) as m:
+        want = _python_rows(m, x, 40)
+    got = _classify(
+        native,
+        bundle,
+        data,
+        tmp_path / "o.json",
+        "--thresholds",
+        repr(threshold),
+        "--threads",
+        "1",
+        "--batch",
+        "40",
+    )
+    _assert_same(got, want)
+    assert 0 < np.count_nonzero(want["exit_state"] == 0) < len(want["exit_state"])
+
+
 def _bad_tokens(tmp_path: Path, kind: str) -> Path:
     x = token_batch(8)
     path = tmp_path / f"{kind}.npz"
