@@ -447,7 +447,7 @@ def _bad_tokens(tmp_path: Path, kind: str) -> Path:
 
 
 TOKENS_BAD = {
-    "missing-mask": (6, ["missing.npz", "attention_mask", "missing array"]),
+    "missing-mask": (6, ["missing-mask.npz", "attention_mask", "missing array"]),
     "float-ids": (6, ["float-ids.npz: input_ids", "expected dtype int64, got float32"]),
     "rows-differ": (6, ["attention_mask", "has 5 rows", "same number of rows"]),
     "compressed": (2, ["compressed.npz", "savez_compressed"]),
