@@ -1,4 +1,4 @@
-"""Oracle engine speed against the issue's targets, with same-process baselines.
+"""Oracle engine speed against its targets, with same-process baselines.
 
 1. Exact oracle + every alpha_i on 1,000,000 samples x 16 states (target < 1 s),
    against a hand-written numpy baseline (``np.where(correct, cost, inf).min``, then

@@ -18,9 +18,9 @@ The manifest records the model inputs (name, shape, dtype; each shape's first ax
 the dynamic batch axis ``"batch"``; version 1 manifests hold a single ``input``,
 version 2 a list ``inputs``), the class count, per step its file, I/O names, per-sample FLOPs/MACs
 (split into the stage's and the head's shares) and parameter count, the sha256 of
-every file, and the producer. `write_bundle` writes the whole directory atomically;
-`load_bundle` validates the schema, the paths (everything stays inside the bundle),
-the hashes and that the steps chain.
+every file, and the producer. `write_bundle` writes the whole directory atomically
+(`edgeadapt.atomic`); `load_bundle` validates the schema, the paths (everything stays
+inside the bundle), the hashes and that the steps chain.
 
     >>> b = load_bundle("bundle/")
     >>> b.kind, b.num_classes, b.flops        # flops: what each state's prediction costs
@@ -29,17 +29,10 @@ the hashes and that the steps chain.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import fcntl
-import hashlib
 import math
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -47,9 +40,11 @@ from typing import Any
 import onnx
 
 from edgeadapt import __version__
+from edgeadapt.atomic import check_path, fsync, replace_directory, staged_directory, writers_lock
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.flops import ancestors, count_flops, count_params
-from edgeadapt.jsonio import Fields, check_path, dumps, read_json
+from edgeadapt.jsonio import Fields, dumps, read_json
 
 FORMAT = "edgeadapt-bundle"
 VERSION = 2
@@ -66,7 +61,6 @@ DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "b
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TMP_PREFIX = ".edgeadapt-tmp-"
 
 
 class BundleError(InputError):
@@ -365,96 +359,29 @@ def _save_model(model: onnx.ModelProto, path: Path) -> list[str]:
     return [path.name]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return rc == 0
-
-
-_STALE = re.compile(rf"^{re.escape(_TMP_PREFIX)}.+-(\d+)-[a-z0-9_]{{8}}(-old)?$")
-
-
-def _clean_stale(parent: Path) -> list[Path]:
-    """Remove the temp dirs that writers killed midway left in `parent` (whatever bundle
-    they were writing: the pid in the name is no longer running); return them."""
-    removed = []
-    for p in parent.glob(f"{_TMP_PREFIX}*"):
-        m = _STALE.match(p.name)
-        if m is None or not p.is_dir() or p.is_symlink() or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-        except (PermissionError, OverflowError):
-            continue
-    return removed
-
-
-@contextlib.contextmanager
-def _writers_lock(folder: Path) -> Iterator[None]:
-    """Serialise the writers committing into `folder`: a writer swaps its bundle in and
-    re-reads it under the lock, so another writer's swap cannot pass for tampering."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished temp dir to `out`, atomically replacing an existing bundle."""
+def _may_replace(tmp: Path, out: Path, force: bool) -> bool:
+    """Whether the finished bundle in `tmp` is to replace what `out` holds: yes when `out`
+    is absent or empty; no when it already holds the very same bundle; an existing
+    different bundle only with `force`, and never a directory that is not a bundle."""
     if not out.exists() and not out.is_symlink():
-        os.rename(tmp, out)
-        return
+        return True
     if out.is_symlink() or not out.is_dir():
         raise BundleError("exists and is not a directory", source=out)
     entries = list(out.iterdir())
-    if entries and not (out / MANIFEST).is_file():
+    if not entries:
+        return True
+    if not (out / MANIFEST).is_file():
         raise BundleError(
             "exists and is not an edgeadapt bundle; refusing to replace it", source=out
         )
-    if entries and (out / MANIFEST).read_bytes() == (tmp / MANIFEST).read_bytes():
-        shutil.rmtree(tmp)  # the very same bundle is already there
-        return
-    if entries and not force:
+    if (out / MANIFEST).read_bytes() == (tmp / MANIFEST).read_bytes():
+        return False  # the very same bundle is already there
+    if not force:
         raise BundleError(
             "already holds a different bundle; use --force (force=True) to replace it",
             source=out,
         )
-    if _exchange(tmp, out):
-        shutil.rmtree(tmp)
-        return
-    old = out.with_name(f"{tmp.name}-old")
-    os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old)
+    return True
 
 
 def write_bundle(
@@ -525,8 +452,6 @@ def write_bundle(
 
     out = check_path(out_dir).absolute()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(out.parent)
         return _write(
             out,
             entries,
@@ -560,8 +485,7 @@ def _write(
     force: bool,
     shared_weights: str | None,
 ) -> Bundle:
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent))
-    try:
+    with staged_directory(out) as tmp:
         files: dict[str, str] = {}
         if shared_weights is not None:
             if (tmp / shared_weights).parent != tmp or shared_weights in ("", MANIFEST):
@@ -574,12 +498,12 @@ def _write(
                 for m, p in zip(models_out, parts, strict=True)
             ]
             (tmp / shared_weights).write_bytes(blob)
-            _fsync(tmp / shared_weights)
-            files[shared_weights] = _sha256(tmp / shared_weights)
+            fsync(tmp / shared_weights)
+            files[shared_weights] = file_sha256(tmp / shared_weights)
         for e, s in zip(entries, parts, strict=True):
             for name in _save_model(s.model, tmp / e["file"]):
-                _fsync(tmp / name)
-                files[name] = _sha256(tmp / name)
+                fsync(tmp / name)
+                files[name] = file_sha256(tmp / name)
             e["sha256"] = files[e["file"]]
         manifest = {
             "format": FORMAT,
@@ -597,15 +521,14 @@ def _write(
         except ValueError as e:
             raise BundleError(f"cannot write non-finite number in the manifest ({e})") from None
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
-        _fsync(tmp / MANIFEST)
-        _fsync(tmp)
-        with _writers_lock(out.parent):
-            _commit(tmp, out, force)
-            _fsync(out.parent)
+        fsync(tmp / MANIFEST)
+        fsync(tmp)
+        # Swap and re-read under the lock: another writer's swap in between would make
+        # this bundle's hashes fail and pass for tampering.
+        with writers_lock(out.parent):
+            if _may_replace(tmp, out, force):
+                replace_directory(tmp, out)
             return load_bundle(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- loading
@@ -824,7 +747,7 @@ def _check_facts(
 
 def _verify_files(bundle: Bundle, source: Path) -> None:
     for rel, digest in bundle.files.items():
-        if _sha256(bundle.path / rel) != digest:
+        if file_sha256(bundle.path / rel) != digest:
             raise BundleError(
                 f"sha256 mismatch for {rel!r}: the file was altered",
                 source=source,
@@ -895,7 +818,6 @@ def _load(root: Path, verify: bool) -> Bundle:
         raise BundleError(
             "is a symlink; a bundle's manifest must be a regular file inside it", source=source
         )
-    raw = source.read_bytes() if source.is_file() else b""
     doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
     f = Fields(doc, source=source)
     kind = f.get("kind", str, check=lambda v: None if v in KINDS else f"must be one of {KINDS}")
@@ -995,6 +917,6 @@ def _load(root: Path, verify: bool) -> Bundle:
         files=files,
         producer=f.get("producer", dict),
         extra=f.get("extra", dict),
-        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        manifest_sha256=file_sha256(source),
     )
     return verify_bundle(bundle) if verify else bundle

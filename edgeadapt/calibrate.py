@@ -8,8 +8,8 @@ whose confidence is ``>= t_i``; a sample that never exits takes the last state. 
 Calibration minimises the expected cost on a calibration split subject to
 ``accuracy >= reference - max_drop`` (counted in whole samples). The reference is the
 best single state's accuracy on the same split unless the caller names another figure
-(the planner passes the best state of the whole bundle, as issue 7 asks: drop "against
-the best single state").
+(the planner passes the best state of the whole bundle: the drop is "against the best
+single state").
 
 How it searches, and what is exact:
 

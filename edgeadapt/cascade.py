@@ -1,9 +1,10 @@
 """`AdaptiveModel`: run a bundle's states as a batched cascade under the decision kernel.
 
-The cascade walks the kept states in order (all of the bundle's, or a plan's). Before
-each kept state after the first, the policy checks that its predicted cost fits what is
-left of the budget; then the steps that produce the state's logits run on the rows still
-active, the kernel decides which rows exit, and only the rows that continue go on
+The cascade walks the kept states in order (all of the bundle's, or a plan's), one hop
+each: a hop is the run of bundle steps that reaches a kept state from the previous one.
+Before each hop after the first, the policy checks that its predicted cost fits what is
+left of the budget; then the hop's steps run on the rows still active, the kernel
+decides on the kept state's logits which rows exit, and only the rows that continue go on
 (compaction): early-exit bundles carry the activation rows ``act[continue_idx]`` along
 the chain, and every model input a later step reads (ensemble members' inputs, a
 transformer's ``attention_mask``) is gathered to the surviving rows ``x[rows]``. For an early-exit plan
@@ -21,8 +22,9 @@ cascade walks every kept state. A branches plan without a budget runs its most a
 branch alone. Either way the first state of the route always runs (there is no answer
 before it); when the next one is predicted not to fit what is left, every remaining row
 exits with its answer at the last completed state (``budget_exit`` marks them).
-Predicted costs come from `step_costs_ms`, a profile (at the plan's cost percentile) or
-the plan, and measured ones are folded in (EWMA).
+Predicted hop costs come from `step_costs_ms` (one per bundle step, summed over each
+hop's steps), a profile (at the plan's cost percentile) or the plan, and measured ones
+are folded in (EWMA).
 
     >>> m = AdaptiveModel.load("bundle/", thresholds=0.9)
     >>> out = m.predict(x)            # x: float32 [B, *input shape]
@@ -69,9 +71,9 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class _Stage:
-    """One kept state: the bundle steps it runs (the segment since the previous kept
-    state) and the state it decides for."""
+class _Hop:
+    """A hop: one kept state and the run of bundle steps that reaches it (those since the
+    previous kept state; one member for an ensemble or branches bundle)."""
 
     state: int
     steps: tuple[int, ...]
@@ -133,8 +135,8 @@ def _step_costs(
 
 
 # Up to this many elements `_finite` sums in Python rather than asking numpy: right after
-# a runtime call numpy's machinery is out of the CPU caches and a reduction costs ~9 us
-# on this machine, Python's sum over a few hundred floats ~4 us (measured between steps).
+# a runtime call numpy's machinery is out of the CPU caches and a reduction costs ~9 us,
+# Python's sum over a few hundred floats ~4 us (measured between steps on an x86 VM).
 _PY_SUM_MAX = 512
 
 
@@ -149,9 +151,9 @@ def _finite(x: np.ndarray) -> bool:
 _Feeds = tuple[tuple[str, bool], ...]
 
 
-class _Hop(NamedTuple):
-    """One kept state as `predict` walks it, resolved once at load so the hot path only
-    unpacks tuples: `slot` is its position among the kept states (the policy's index),
+class _ResolvedHop(NamedTuple):
+    """A hop as `predict` walks it, resolved once at load so the hot path only unpacks
+    tuples: `slot` is its position among the kept states (the policy's hop index),
     the `calls` are each step's session and feeds (``(name, True)`` for
     a model input, else an output of the step before); `carried` are the activations
     the next kept state reads and `refeed` the model inputs any later kept state reads
@@ -168,29 +170,31 @@ class _Hop(NamedTuple):
 
 
 def _route(
-    bundle: Bundle, sessions: Sequence[Session], stages: Sequence[_Stage], policy: Policy
-) -> list[_Hop]:
+    bundle: Bundle, sessions: Sequence[Session], hops: Sequence[_Hop], policy: Policy
+) -> list[_ResolvedHop]:
     names = bundle.input_names
-    hops = []
-    for pos, st in enumerate(stages):
+    resolved = []
+    for pos, hop in enumerate(hops):
         calls = tuple(
-            (sessions[i], tuple((n, n in names) for n in bundle.steps[i].inputs)) for i in st.steps
+            (sessions[i], tuple((n, n in names) for n in bundle.steps[i].inputs)) for i in hop.steps
         )
-        following = bundle.steps[stages[pos + 1].steps[0]].inputs if pos + 1 < len(stages) else ()
+        following = bundle.steps[hops[pos + 1].steps[0]].inputs if pos + 1 < len(hops) else ()
         carried = tuple(n for n in following if n not in names)
-        later = {n for st2 in stages[pos + 1 :] for i in st2.steps for n in bundle.steps[i].inputs}
+        later = {n for h in hops[pos + 1 :] for i in h.steps for n in bundle.steps[i].inputs}
         refeed = tuple(n for n in names if n in later)
-        logits = bundle.steps[st.steps[-1]].logits
-        hops.append(_Hop(st.state, pos, policy.threshold(pos), logits, calls, carried, refeed))
-    return hops
+        logits = bundle.steps[hop.steps[-1]].logits
+        resolved.append(
+            _ResolvedHop(hop.state, pos, policy.threshold(pos), logits, calls, carried, refeed)
+        )
+    return resolved
 
 
-def _static_session(rt: Any, bundle: Bundle, stages: Sequence[_Stage]) -> Session | None:
+def _static_session(rt: Any, bundle: Bundle, hops: Sequence[_Hop]) -> Session | None:
     """For a plan that keeps one state of an early-exit bundle, that state as one plain
     model (`exporters.compose.whole_model`: its steps merged, the other heads pruned), so
     the deployment costs what the static model does; None otherwise, or when the steps
     cannot be merged (then they run one by one)."""
-    if bundle.kind != "early-exit" or len(stages) != 1 or len(stages[0].steps) == 1:
+    if bundle.kind != "early-exit" or len(hops) != 1 or len(hops[0].steps) == 1:
         return None
     import tempfile
 
@@ -199,7 +203,7 @@ def _static_session(rt: Any, bundle: Bundle, stages: Sequence[_Stage]) -> Sessio
     from edgeadapt.exporters.compose import whole_model
 
     try:
-        model = whole_model(bundle, stages[0].state)
+        model = whole_model(bundle, hops[0].state)
     except InputError:
         return None
     with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
@@ -209,7 +213,9 @@ def _static_session(rt: Any, bundle: Bundle, stages: Sequence[_Stage]) -> Sessio
     return session
 
 
-def _budget_routes(bundle: Bundle, route: Sequence[_Hop]) -> tuple[tuple[_Hop, ...], ...]:
+def _budget_routes(
+    bundle: Bundle, route: Sequence[_ResolvedHop]
+) -> tuple[tuple[_ResolvedHop, ...], ...]:
     """The route `predict` walks for each target slot a budget table picks: the cascade
     up to it (early-exit), or the target alone (ensemble, branches)."""
     if bundle.kind == "early-exit":
@@ -224,14 +230,15 @@ class AdaptiveModel:
         self,
         bundle: Bundle,
         sessions: Sequence[Session],
-        stages: Sequence[_Stage],
+        hops: Sequence[_Hop],
         policy: Policy,
         costs_known: bool,
         static: Session | None = None,
     ) -> None:
         self.bundle = bundle
         self.sessions = tuple(sessions)
-        self.stages = tuple(stages)
+        #: The kept states' hops, in order (the policy's hop i reaches kept state i).
+        self.hops = tuple(hops)
         self.policy = policy
         self.costs_known = costs_known
         #: The whole model a one-state early-exit plan runs instead of its steps.
@@ -241,11 +248,13 @@ class AdaptiveModel:
         self._buffers = decide_buffers(1)
         if static is not None:
             feeds = tuple((name, True) for name in static.input_names)
-            logits = bundle.steps[stages[0].state].logits
-            hop = _Hop(stages[0].state, 0, policy.threshold(0), logits, ((static, feeds),), (), ())
-            self._route: tuple[_Hop, ...] = (hop,)
+            logits = bundle.steps[hops[0].state].logits
+            hop = _ResolvedHop(
+                hops[0].state, 0, policy.threshold(0), logits, ((static, feeds),), (), ()
+            )
+            self._route: tuple[_ResolvedHop, ...] = (hop,)
         else:
-            self._route = tuple(_route(bundle, self.sessions, self.stages, policy))
+            self._route = tuple(_route(bundle, self.sessions, self.hops, policy))
         # With a budget table (the policy knows each kept state's accuracy), a budget
         # picks one of these routes; without one it walks the whole route.
         self._targets = (
@@ -313,36 +322,36 @@ class AdaptiveModel:
 
         if bundle.kind == "early-exit":
             starts = [0, *(s + 1 for s in kept[:-1])]
-            stages = [_Stage(s, tuple(range(a, s + 1))) for a, s in zip(starts, kept, strict=True)]
+            hops = [_Hop(s, tuple(range(a, s + 1))) for a, s in zip(starts, kept, strict=True)]
         else:
-            stages = [_Stage(s, (s,)) for s in kept]
+            hops = [_Hop(s, (s,)) for s in kept]
 
         stat = plan.cost_stat if plan is not None else "p50"
         per_step = _step_costs(bundle, step_costs_ms, profile, stat)
         if per_step is not None:
-            stage_costs = [sum(per_step[i] for i in st.steps) for st in stages]
+            hop_costs = [sum(per_step[i] for i in hop.steps) for hop in hops]
         elif plan is not None and bundle.kind == "branches":  # each branch's own cost
-            stage_costs = list(plan.cost_ms)
+            hop_costs = list(plan.cost_ms)
         elif plan is not None:
-            stage_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
+            hop_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
         else:
-            stage_costs = [0.0] * len(stages)
+            hop_costs = [0.0] * len(hops)
         accuracies = None
         if plan is not None and plan.budget:
             # Kept states without a row are dominated: never the most accurate that fits.
             table = {row.state: row.accuracy for row in plan.budget}
-            accuracies = [table.get(st.state, 0.0) for st in stages]
+            accuracies = [table.get(hop.state, 0.0) for hop in hops]
         policy = Policy(
             kept_thresholds,
-            stage_costs,
+            hop_costs,
             measure=measure,
             accuracies=accuracies,
             cumulative=bundle.kind == "early-exit",
         )
 
         rt = get_runtime(runtime, **(runtime_options or {}))
-        static = _static_session(rt, bundle, stages)
-        needed = [] if static is not None else sorted({i for st in stages for i in st.steps})
+        static = _static_session(rt, bundle, hops)
+        needed = [] if static is not None else sorted({i for hop in hops for i in hop.steps})
         sessions: list[Any] = [None] * len(bundle.steps)
         try:
             for i in needed:
@@ -353,7 +362,7 @@ class AdaptiveModel:
                     s.close()
             raise
         known = per_step is not None or plan is not None
-        model = cls(bundle, sessions, stages, policy, known, static)
+        model = cls(bundle, sessions, hops, policy, known, static)
         if plan is not None and plan.gates is not None:
             model.gates = GateRun(plan.gates, plan.measure)
         try:
@@ -450,7 +459,7 @@ class AdaptiveModel:
         """`check_inputs` for a one-input bundle's bare array: the validated array."""
         return self.check_inputs(x)[self.bundle.input.name]
 
-    def _predict_one(self, inputs: dict[str, np.ndarray], hop: _Hop) -> Prediction:
+    def _predict_one(self, inputs: dict[str, np.ndarray], hop: _ResolvedHop) -> Prediction:
         """One kept state alone, `hop` (a plan of one state, whose budget cannot change
         what runs, or a branch): its one call (the whole model, for a one-state
         early-exit plan) and the kernel's answer, nothing else."""

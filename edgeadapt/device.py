@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["clock_state", "device_id", "fingerprint", "load_average", "temperatures"]
+__all__ = ["clock_state", "cpu_model", "device_id", "fingerprint", "load_average", "temperatures"]
 
 _SYS_CPU = Path("/sys/devices/system/cpu")
 _THERMAL = Path("/sys/class/thermal")

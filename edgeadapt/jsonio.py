@@ -1,4 +1,5 @@
-"""Strict JSON I/O for every edgeadapt format: atomic writes, validated reads.
+"""Strict JSON I/O for every edgeadapt format: atomic writes (`edgeadapt.atomic`),
+validated reads.
 
 Every document carries ``format`` and ``version``; NaN and Infinity are rejected both
 ways; read errors name the file and the JSON path (``$.states[2].file``).
@@ -10,99 +11,12 @@ import json
 import math
 import os
 import stat
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from edgeadapt.atomic import atomic_write_bytes, check_path
 from edgeadapt.errors import InputError
-
-
-def _file_mode() -> int:
-    """The mode `open()` would give a new file under the current umask (mkstemp uses 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _make_parents(path: Path) -> list[Path]:
-    """Create the missing folders above `path`; return them, deepest first, so that a
-    writer that fails can remove what it created."""
-    missing = []
-    for parent in path.parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-    return missing
-
-
-def _remove_empty(folders: Iterable[Path]) -> None:
-    for d in folders:
-        try:
-            d.rmdir()
-        except OSError:
-            break
-
-
-def _write_error(path: Path, e: OSError) -> InputError:
-    why = e.strerror or str(e)
-    return InputError(f"cannot write: {why} (nothing was written)", source=path)
-
-
-def _write_temp(path: Path, data: bytes) -> str:
-    """Write `data` to a synced temp file beside `path`; return its name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a part.
-
-    The file gets the permissions a plain `open()` would give it, not mkstemp's 0600.
-    A full disk, a read-only folder or a bad path is an InputError naming `path`, and
-    leaves neither a temp file nor the folders this call created."""
-    atomic_write_many({path: data})
-
-
-def atomic_write_many(files: Mapping[Any, bytes]) -> None:
-    """Write several files as one unit: every file's bytes go to a synced temp file
-    first (where a full disk fails), and only then are they renamed into place, in the
-    order given (put the file that refers to the others last). On failure nothing new
-    is left: temps, and folders this call created, are removed."""
-    paths = [(check_path(p), data) for p, data in files.items()]
-    created: list[Path] = []
-    temps: list[tuple[str, Path]] = []
-    current = paths[0][0] if paths else Path()
-    try:
-        for path, data in paths:
-            current = path
-            created += _make_parents(path)
-            temps.append((_write_temp(path, data), path))
-        while temps:
-            tmp, current = temps[0]
-            os.replace(tmp, current)
-            temps.pop(0)
-    except OSError as e:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
-        _remove_empty(created)
-        raise _write_error(current, e) from None
-    except BaseException:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
-        _remove_empty(created)
-        raise
 
 
 def dumps(obj: Any) -> str:
@@ -170,15 +84,6 @@ def _depth(doc: Any) -> int:
             if d <= MAX_DEPTH:
                 stack.extend((c, d + 1) for c in v if isinstance(c, (dict, list)))
     return deepest
-
-
-def check_path(path: str | os.PathLike[str]) -> Path:
-    """A path that can be handed to the OS: no NUL byte (which `open` refuses with a
-    ValueError, not an OSError)."""
-    text = os.fspath(path)
-    if "\0" in str(text):
-        raise InputError("a path must not contain a NUL byte", source=repr(str(text)))
-    return Path(path)
 
 
 def check_regular(path: str | os.PathLike[str]) -> Path:

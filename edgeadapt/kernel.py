@@ -19,12 +19,14 @@ while a batch is processed.
 - ``decide_into(logits, threshold, pred, conf, exit_mask, continue_idx,
   measure="maxprob") -> K``: the same into caller-owned arrays (see `decide_buffers`),
   for the cascade's hot path; ``continue_idx[:K]`` holds the rows that continue.
-- ``Policy(thresholds, step_costs_ms, *, ewma=0.2, measure="maxprob", accuracies=None,
-  cumulative=True)``: per-state thresholds (one per state but the last), an EWMA cost
-  table per step, ``next(...) -> Action``, ``fits(...)``, ``observe(...)``,
-  ``decay(step)`` (for a step skipped for the budget: back toward its initial cost),
-  ``predicted_ms(step)``, ``state_ms(state)`` and the AdaInf lookup table
-  ``lookup(budget_ms) -> state | None``.
+- ``Policy(thresholds, hop_costs_ms, *, ewma=0.2, measure="maxprob", accuracies=None,
+  cumulative=True)`` over the kept states: per-state thresholds (one per state but the
+  last) and an EWMA cost table per hop (hop i: the bundle steps that take the cascade
+  from kept state i - 1 to kept state i), ``next(...) -> Action``, ``fits(next_hop,
+  ...)``, ``observe(hop, ms)``, ``decay(hop)`` (for a hop skipped for the budget: back
+  toward its initial cost), ``predicted_ms(hop)``, ``state_ms(state)`` and the AdaInf
+  lookup table ``lookup(budget_ms) -> state | None``. The keywords ``step_costs_ms``,
+  ``step`` and ``next_step`` still work, with a DeprecationWarning.
 - Learned exit gates (`edgeadapt.gates`; numerics in `edgeadapt.kernel_ref.gate_score`):
   ``Gate(weights, bias)``; ``gate_decide(logits, gate, threshold, history, previous)``
   at position ``history.shape[1]`` -> ``(pred, score, exit_mask, continue_idx,
@@ -36,10 +38,12 @@ while a batch is processed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from edgeadapt import _kernel
 from edgeadapt._kernel import (
     Action,
     Gate,
@@ -51,6 +55,7 @@ from edgeadapt._kernel import (
     gate_decide_into,
     version,
 )
+from edgeadapt.errors import EdgeadaptError
 
 MEASURES = ("maxprob", "margin", "entropy")
 
@@ -60,6 +65,7 @@ __all__ = [
     "Gate",
     "GateRun",
     "Policy",
+    "cmake_dir",
     "confidence",
     "decide",
     "decide_buffers",
@@ -68,6 +74,19 @@ __all__ = [
     "gate_decide_into",
     "version",
 ]
+
+
+def cmake_dir() -> Path:
+    """Directory holding edgeadaptConfig.cmake (pass it as -Dedgeadapt_DIR=...), so a
+    native application can `find_package(edgeadapt)` the installed kernel.
+
+    The wheel installs include/, lib/ and share/cmake/edgeadapt/ next to the compiled
+    module, so the module's location finds them in regular and editable installs alike.
+    """
+    path = Path(_kernel.__file__).resolve().parent / "share" / "cmake" / "edgeadapt"
+    if not (path / "edgeadaptConfig.cmake").is_file():
+        raise EdgeadaptError(f"no edgeadaptConfig.cmake under {path}: reinstall edgeadapt")
+    return path
 
 
 def decide_buffers(batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

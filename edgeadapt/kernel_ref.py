@@ -123,33 +123,33 @@ class Policy:
     def __init__(
         self,
         thresholds: Sequence[float],
-        step_costs_ms: Sequence[float],
+        hop_costs_ms: Sequence[float],
         *,
         ewma: float = 0.2,
         accuracies: Sequence[float] | None = None,
         cumulative: bool = True,
     ) -> None:
-        if len(thresholds) != len(step_costs_ms) - 1:
+        if len(thresholds) != len(hop_costs_ms) - 1:
             raise ValueError("thresholds must hold one value per state but the last")
         self.thresholds = [float(v) for v in thresholds]
-        self.costs_ms = [float(v) for v in step_costs_ms]
+        self.costs_ms = [float(v) for v in hop_costs_ms]
         self.priors_ms = list(self.costs_ms)
         self.ewma = ewma
         self.accuracies = None if accuracies is None else [float(v) for v in accuracies]
         self.cumulative = cumulative
 
-    def observe(self, step: int, measured_ms: float) -> None:
+    def observe(self, hop: int, measured_ms: float) -> None:
         """cost <- (1 - ewma) * cost + ewma * measured."""
-        self.costs_ms[step] = (1.0 - self.ewma) * self.costs_ms[step] + self.ewma * measured_ms
+        self.costs_ms[hop] = (1.0 - self.ewma) * self.costs_ms[hop] + self.ewma * measured_ms
 
-    def decay(self, step: int) -> None:
-        """cost <- (1 - ewma) * cost + ewma * prior: a step skipped for the budget drifts
+    def decay(self, hop: int) -> None:
+        """cost <- (1 - ewma) * cost + ewma * prior: a hop skipped for the budget drifts
         back toward its initial cost, so one slow run cannot lock it out for good."""
-        prior = self.priors_ms[step]
-        self.costs_ms[step] = (1.0 - self.ewma) * self.costs_ms[step] + self.ewma * prior
+        prior = self.priors_ms[hop]
+        self.costs_ms[hop] = (1.0 - self.ewma) * self.costs_ms[hop] + self.ewma * prior
 
     def state_ms(self, state: int) -> float:
-        """Cost of reaching `state`: steps 0..state (cumulative) or step `state` alone."""
+        """Cost of reaching `state`: hops 0..state (cumulative) or hop `state` alone."""
         if not self.cumulative:
             return self.costs_ms[state]
         total = 0.0  # summed in order, as the kernel does
@@ -160,7 +160,7 @@ class Policy:
     def next(
         self, state: int, confidence: float, elapsed_ms: float, budget_ms: float | None
     ) -> int:
-        """EXIT at the last state or when confident; EXIT_BUDGET when the next step overruns."""
+        """EXIT at the last state or when confident; EXIT_BUDGET when the next hop overruns."""
         budget = math.inf if budget_ms is None else budget_ms
         if state == len(self.costs_ms) - 1 or confidence >= self.thresholds[state]:
             return EXIT

@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.analysis import R_N_WHAT, Inputs, bundle_bound, load_inputs
+from edgeadapt.atomic import atomic_write_many
 from edgeadapt.bundle import Bundle
 from edgeadapt.calibrate import Sweep, simulate, sweep
 from edgeadapt.errors import MissingExtraError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
-from edgeadapt.jsonio import atomic_write_many
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.planner import subset_costs
 from edgeadapt.profile import Profile

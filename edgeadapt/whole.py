@@ -12,7 +12,6 @@ timed, the state it stands for) next to the timings.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.bundle import Bundle
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import EdgeadaptError, InputError
 
 __all__ = ["WholeModel", "load_whole", "prepare_whole", "whole_run"]
@@ -69,12 +69,11 @@ def prepare_whole(
         origin, shown = "composed", None
     else:
         path = Path(whole)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise InputError(f"cannot read the whole model: {e.strerror}", source=path) from None
         origin, shown = "file", str(path)
-    sha = hashlib.sha256(data).hexdigest()
+    try:
+        sha = file_sha256(path)
+    except OSError as e:
+        raise InputError(f"cannot read the whole model: {e.strerror}", source=path) from None
     return WholeModel(path, {"origin": origin, "path": shown, "sha256": sha, "state": last})
 
 

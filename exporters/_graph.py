@@ -3,7 +3,6 @@ giving it a dynamic batch axis, shape inference, name lookups and ONNX Runtime r
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,14 +29,6 @@ _NP_DTYPES: dict[int, str] = {
     onnx.TensorProto.UINT8: "uint8",
     onnx.TensorProto.BOOL: "bool",
 }
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_source(path: str | os.PathLike[str]) -> onnx.ModelProto:

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 
 from edgeadapt.bundle import Bundle, write_bundle
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.flops import count_flops
@@ -314,7 +315,7 @@ def export_branches(
         producer={
             "exporter": "edgeadapt.exporters.branches",
             "source": path.name,
-            "source_sha256": _graph.file_sha256(path),
+            "source_sha256": file_sha256(path),
         },
         extra={
             "branches": {

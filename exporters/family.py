@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from edgeadapt.bundle import Bundle, write_bundle
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.flops import count_flops
@@ -113,7 +114,7 @@ def export_family(
         producer={
             "exporter": "edgeadapt.exporters.family",
             "sources": [members[k][2].name for k in order],
-            "source_sha256": [_graph.file_sha256(members[k][2]) for k in order],
+            "source_sha256": [file_sha256(members[k][2]) for k in order],
         },
         force=force,
     )

@@ -30,6 +30,7 @@ import onnx
 from onnx.utils import Extractor
 
 from edgeadapt.bundle import Bundle, InputSpec, Step, write_bundle
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters._calib import Calibration, open_calibration
@@ -633,7 +634,7 @@ def export_onnx(
         producer={
             "exporter": "edgeadapt.exporters.onnx",
             "source": source.name,
-            "source_sha256": _graph.file_sha256(source),
+            "source_sha256": file_sha256(source),
         },
         extra=extra,
         force=force,

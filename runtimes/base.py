@@ -60,21 +60,6 @@ def import_backend(package: str, *, extra: str | None, feature: str) -> ModuleTy
         raise MissingExtraError(package.split(".")[0], extra, feature) from e
 
 
-def cpu_name() -> str:
-    """The CPU model name (from /proc/cpuinfo on Linux), for a profile's device fingerprint."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def positive_int(value: Any, option: str) -> int:
     """Validate an integer option such as a thread count (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

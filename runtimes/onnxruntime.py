@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeadapt.device import cpu_model
 from edgeadapt.errors import EdgeadaptError
 
-from .base import Runtime, Session, TensorSpec, choice, cpu_name, import_backend, positive_int
+from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -183,7 +184,7 @@ class OnnxRuntime(Runtime):
             "backend": self.name,
             "version": self._ort.__version__,
             "device": self.device,
-            "device_name": cpu_name() if self.device == "cpu" else self.device,
+            "device_name": cpu_model() if self.device == "cpu" else self.device,
             "threads": self.threads if self.threads is not None else "default",
             "precision": "as-exported",
             "spin": self.spin,

@@ -1,9 +1,9 @@
 """OpenVINO backend: `Core.compile_model` with a latency hint and one reused infer request.
 
 Fast path (`fast=True`, the default): a small input (up to `SHARE_BYTES`) is written into
-the request's own input tensor (resize + one memcpy, ~2 us here), a large one is wrapped
+the request's own input tensor (resize + one memcpy, ~2 us), a large one is wrapped
 in an `ov.Tensor` sharing the numpy array's memory (no copy, but ~12 us to build and set
-the tensor on this machine). The request reuses its output memory on the next call, so
+the tensor, measured on an x86 development VM). The request reuses its output memory on the next call, so
 small outputs are copied once into arrays the caller owns; a large one (over
 `SHARE_BYTES`, static beyond the batch axis) is written by OpenVINO straight into a fresh
 array handed to the request as a shared output tensor, with no copy. The plain path (`fast=False`) is
@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeadapt.device import cpu_model
 from edgeadapt.errors import EdgeadaptError
 
-from .base import Runtime, Session, TensorSpec, choice, cpu_name, import_backend, positive_int
+from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
 
 _PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
@@ -193,7 +194,7 @@ class OpenVinoRuntime(Runtime):
         try:
             device_name = str(self._core.get_property(self.device, "FULL_DEVICE_NAME"))
         except RuntimeError:
-            device_name = cpu_name() if self.device.startswith("CPU") else self.device
+            device_name = cpu_model() if self.device.startswith("CPU") else self.device
         return {
             "backend": self.name,
             "version": self._ov.get_version(),

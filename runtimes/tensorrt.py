@@ -15,7 +15,6 @@ the outputs back into fresh numpy arrays the caller owns.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeadapt.atomic import atomic_write_bytes
+from edgeadapt.digest import file_sha256
 from edgeadapt.errors import EdgeadaptError, InputError
-from edgeadapt.jsonio import atomic_write_bytes
 
 from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
 
@@ -93,14 +93,6 @@ def narrowed(array: np.ndarray, dtype: np.dtype[Any], path: Path, name: str) -> 
                 field=f"input {name!r}",
             )
     return np.ascontiguousarray(array, dtype=dtype)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pack(key: dict[str, Any], engine: bytes) -> bytes:
@@ -282,7 +274,7 @@ class TensorRtRuntime(Runtime):
     def engine_path(self, onnx_path: str | os.PathLike[str]) -> Path:
         """Where the engine of this step is cached (the same name on every device)."""
         path = Path(onnx_path)
-        sha = _sha256(path)[:16]
+        sha = file_sha256(path)[:16]
         name = f"{path.stem}-{sha}-{self.precision}-b{self.opt_batch}-{self.max_batch}.engine"
         return self.cache_dir / name
 
@@ -341,7 +333,7 @@ class TensorRtRuntime(Runtime):
         return engine, None
 
     def _load(self, path: Path) -> TensorRtSession:
-        key = self._key(_sha256(path))
+        key = self._key(file_sha256(path))
         engine_file = self.engine_path(path)
         engine, refused = self._cached(engine_file, key)
         source = "cache"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeadapt.commands.kernel import cmake_dir
+from edgeadapt.kernel import cmake_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CMAKE = shutil.which("cmake")

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edgeadapt.atomic import atomic_write_bytes, atomic_write_many
 from edgeadapt.bundle import BundleError, InputSpec, load_bundle, write_bundle
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import Evaluation
-from edgeadapt.jsonio import MAX_DEPTH, atomic_write_bytes, atomic_write_many, read_json
+from edgeadapt.jsonio import MAX_DEPTH, read_json
 from edgeadapt.npzio import ArraySpec, load_npz, save_npz
 from edgeadapt.plan import load_plan
 from tests.models import family

@@ -145,12 +145,12 @@ def test_policy_equals_reference(spec, cumulative, observed, budget, conf, elaps
     acc = accuracies if cumulative else None
     pol = kernel.Policy(thresholds, costs, ewma=0.3, accuracies=acc, cumulative=cumulative)
     ref = kernel_ref.Policy(thresholds, costs, ewma=0.3, accuracies=acc, cumulative=cumulative)
-    for step, ms in observed:
-        if step < len(costs):
-            pol.observe(step, ms)
-            ref.observe(step, ms)
-            pol.decay(step)
-            ref.decay(step)
+    for hop, ms in observed:
+        if hop < len(costs):
+            pol.observe(hop, ms)
+            ref.observe(hop, ms)
+            pol.decay(hop)
+            ref.decay(hop)
     assert pol.costs_ms == ref.costs_ms
     assert pol.lookup(budget) == ref.lookup(budget)
     for s in range(len(costs)):
@@ -170,7 +170,7 @@ def test_policy_budget_and_ewma_story():
     assert pol.next(0, math.nan, 1.0, 3.0) is kernel.Action.CONTINUE  # NaN never exits
     assert pol.next(0, 0.95, 1.0, 3.0) is kernel.Action.EXIT
     assert pol.next(2, 0.0, 99.0, 1.0) is kernel.Action.EXIT  # last state
-    pol.observe(1, 6.0)  # contention: step 1 now predicted at 4 ms
+    pol.observe(1, 6.0)  # contention: hop 1 now predicted at 4 ms
     assert pol.predicted_ms(1) == 4.0
     assert pol.next(0, 0.5, 1.0, 3.0) is kernel.Action.EXIT_BUDGET
     pol.decay(1)  # skipped for the budget: back toward the prior 2 ms
@@ -190,10 +190,10 @@ def test_policy_budget_and_ewma_story():
             ValueError,
             "one value per state but the last",
         ),
-        (lambda: kernel.Policy([], []), ValueError, "one cost per step"),
+        (lambda: kernel.Policy([], []), ValueError, "one cost per hop"),
         (lambda: kernel.Policy([math.nan], [1.0, 2.0]), ValueError, r"thresholds\[0\] is NaN"),
-        (lambda: kernel.Policy([0.5], [1.0, -2.0]), ValueError, r"step_costs_ms\[1\]"),
-        (lambda: kernel.Policy([0.5], [1.0, math.inf]), ValueError, r"step_costs_ms\[1\]"),
+        (lambda: kernel.Policy([0.5], [1.0, -2.0]), ValueError, r"hop_costs_ms\[1\]"),
+        (lambda: kernel.Policy([0.5], [1.0, math.inf]), ValueError, r"hop_costs_ms\[1\]"),
         (lambda: kernel.Policy([0.5], [1.0, 2.0], ewma=0.0), ValueError, "ewma"),
         (lambda: kernel.Policy([0.5], [1.0, 2.0], measure="x"), ValueError, "measure"),
         (lambda: kernel.Policy([0.5], [1.0, 2.0], accuracies=[0.5]), ValueError, "accuracies"),
@@ -214,20 +214,58 @@ def test_policy_rejects_bad_construction(call, error, match):
         ("next", (0, 0.5, math.nan, 5.0), ValueError, "elapsed_ms"),
         ("next", (2, 0.5, 1.0, 5.0), IndexError, "state 2"),
         ("fits", (1, 0.0, -0.5), ValueError, "budget_ms"),
-        ("fits", (-1, 0.0, 1.0), IndexError, "next_step"),
+        ("fits", (-1, 0.0, 1.0), IndexError, "next_hop"),
         ("lookup", (math.nan,), ValueError, "budget_ms"),
         ("lookup", (-3.0,), ValueError, "budget_ms"),
         ("observe", (0, math.nan), ValueError, "measured_ms"),
         ("observe", (0, -1.0), ValueError, "measured_ms"),
-        ("observe", (5, 1.0), IndexError, "step 5"),
-        ("decay", (5,), IndexError, "step 5"),
-        ("predicted_ms", (2,), IndexError, "step 2"),
+        ("observe", (5, 1.0), IndexError, "hop 5"),
+        ("decay", (5,), IndexError, "hop 5"),
+        ("predicted_ms", (2,), IndexError, "hop 2"),
     ],
 )
 def test_policy_rejects_bad_calls(method, args, error, match):
     pol = kernel.Policy([0.5], [1.0, 2.0])
     with pytest.raises(error, match=match):
         getattr(pol, method)(*args)
+
+
+def test_policy_keywords_by_their_hop_names():
+    pol = kernel.Policy([0.5], hop_costs_ms=[1.0, 2.0], ewma=0.5)
+    pol.observe(hop=1, measured_ms=4.0)
+    assert pol.predicted_ms(hop=1) == 3.0
+    pol.decay(hop=1)
+    assert pol.predicted_ms(1) == 2.5
+    assert pol.fits(next_hop=1, elapsed_ms=0.5, budget_ms=3.0)
+    assert not pol.fits(next_hop=1, elapsed_ms=1.0, budget_ms=3.0)
+
+
+def test_policy_old_step_keywords_still_work_and_warn():
+    """Callers that named the hop arguments by their former names keep working, each
+    told once per call what to write instead; the answers are the new names' own."""
+    new = kernel.Policy([0.5], [1.0, 2.0], ewma=0.5)
+    with pytest.warns(
+        DeprecationWarning, match="'step_costs_ms' is deprecated; use 'hop_costs_ms'"
+    ):
+        old = kernel.Policy([0.5], step_costs_ms=[1.0, 2.0], ewma=0.5)
+    assert old.costs_ms == new.costs_ms
+    assert old.ewma == new.ewma
+    with pytest.warns(DeprecationWarning, match="'step' is deprecated; use 'hop'"):
+        old.observe(step=1, measured_ms=4.0)
+    new.observe(1, 4.0)
+    with pytest.warns(DeprecationWarning, match="'step' is deprecated; use 'hop'"):
+        assert old.predicted_ms(step=1) == new.predicted_ms(1) == 3.0
+    with pytest.warns(DeprecationWarning, match="'step' is deprecated; use 'hop'"):
+        old.decay(step=1)
+    new.decay(1)
+    assert old.costs_ms == new.costs_ms
+    with pytest.warns(DeprecationWarning, match="'next_step' is deprecated; use 'next_hop'"):
+        assert old.fits(next_step=1, elapsed_ms=0.5, budget_ms=3.0) == new.fits(1, 0.5, 3.0)
+    with pytest.warns(DeprecationWarning, match="'step'"), pytest.raises(IndexError, match="hop 5"):
+        old.observe(step=5, measured_ms=1.0)  # the same checks behind the old name
+    bad = pytest.raises(ValueError, match=r"hop_costs_ms\[1\]")
+    with bad, pytest.warns(DeprecationWarning, match="'step_costs_ms'"):
+        kernel.Policy([0.5], step_costs_ms=[1.0, -2.0])
 
 
 @st.composite

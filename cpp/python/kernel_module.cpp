@@ -277,23 +277,23 @@ py::tuple gate_decide(py::handle logits, const ea::Gate& gate, double threshold,
 }
 
 ea::Policy make_policy(const std::vector<double>& thresholds,
-                       const std::vector<double>& step_costs_ms, double ewma,
+                       const std::vector<double>& hop_costs_ms, double ewma,
                        const std::string& measure,
                        const std::optional<std::vector<double>>& accuracies, bool cumulative) {
-    const std::size_t n = step_costs_ms.size();
-    if (n == 0) throw py::value_error("step_costs_ms must hold one cost per step, got none");
+    const std::size_t n = hop_costs_ms.size();
+    if (n == 0) throw py::value_error("hop_costs_ms must hold one cost per hop, got none");
     if (thresholds.size() != n - 1)
         throw py::value_error("thresholds must hold one value per state but the last (" +
                               std::to_string(n - 1) + " for " + std::to_string(n) +
-                              " steps), got " + std::to_string(thresholds.size()));
+                              " hops), got " + std::to_string(thresholds.size()));
     for (std::size_t i = 0; i < thresholds.size(); ++i)
         if (std::isnan(thresholds[i]))
             throw py::value_error("thresholds[" + std::to_string(i) + "] is NaN");
     for (std::size_t i = 0; i < n; ++i)
-        if (!std::isfinite(step_costs_ms[i]) || step_costs_ms[i] < 0.0)
-            throw py::value_error("step_costs_ms[" + std::to_string(i) +
+        if (!std::isfinite(hop_costs_ms[i]) || hop_costs_ms[i] < 0.0)
+            throw py::value_error("hop_costs_ms[" + std::to_string(i) +
                                   "] must be finite and >= 0, got " +
-                                  std::to_string(step_costs_ms[i]));
+                                  std::to_string(hop_costs_ms[i]));
     if (!(ewma > 0.0 && ewma <= 1.0))
         throw py::value_error("ewma must be in (0, 1], got " + std::to_string(ewma));
     if (accuracies) {
@@ -306,10 +306,48 @@ ea::Policy make_policy(const std::vector<double>& thresholds,
                                       std::to_string((*accuracies)[i]));
     }
     ea::Policy p;
-    ensure_ok(ea::Policy::create(thresholds.data(), thresholds.size(), step_costs_ms.data(), n, ewma,
+    ensure_ok(ea::Policy::create(thresholds.data(), thresholds.size(), hop_costs_ms.data(), n, ewma,
                                  parse_measure(measure), accuracies ? accuracies->data() : nullptr,
                                  cumulative, p));
     return p;
+}
+
+// The keywords the Policy took before a kept state's run of steps was named a hop
+// still work, with a DeprecationWarning, so that callers passing them by name keep
+// running; positional calls never reach these overloads.
+void warn_renamed(const char* old_name, const char* new_name) {
+    const std::string message = std::string("Policy keyword '") + old_name + "' is deprecated; use '" +
+                                new_name + "' (the same value)";
+    if (PyErr_WarnEx(PyExc_DeprecationWarning, message.c_str(), 1) < 0) throw py::error_already_set();
+}
+
+double predicted_ms(const ea::Policy& p, std::int64_t hop) {
+    check_index(p, hop, "hop");
+    double v = 0.0;
+    ensure_ok(p.predicted_ms(hop, &v));
+    return v;
+}
+
+void observe(ea::Policy& p, std::int64_t hop, double measured_ms) {
+    check_index(p, hop, "hop");
+    if (!std::isfinite(measured_ms) || measured_ms < 0.0)
+        throw py::value_error("measured_ms must be finite and >= 0, got " +
+                              std::to_string(measured_ms));
+    ensure_ok(p.observe(hop, measured_ms));
+}
+
+void decay(ea::Policy& p, std::int64_t hop) {
+    check_index(p, hop, "hop");
+    ensure_ok(p.decay(hop));
+}
+
+bool fits(const ea::Policy& p, std::int64_t next_hop, double elapsed_ms,
+          std::optional<double> budget_ms) {
+    check_index(p, next_hop, "next_hop");
+    check_elapsed(elapsed_ms);
+    bool v = false;
+    ensure_ok(p.fits(next_hop, elapsed_ms, check_budget(budget_ms), &v));
+    return v;
 }
 
 }  // namespace
@@ -360,9 +398,21 @@ PYBIND11_MODULE(_kernel, m) {
         .finalize();
 
     py::class_<ea::Policy>(m, "Policy", "Latency-aware exit policy over N states.")
-        .def(py::init(&make_policy), py::arg("thresholds"), py::arg("step_costs_ms"),
+        .def(py::init(&make_policy), py::arg("thresholds"), py::arg("hop_costs_ms"),
              py::kw_only(), py::arg("ewma") = 0.2, py::arg("measure") = "maxprob",
              py::arg("accuracies") = py::none(), py::arg("cumulative") = true)
+        .def(py::init([](const std::vector<double>& thresholds,
+                         const std::vector<double>& step_costs_ms, double ewma,
+                         const std::string& measure,
+                         const std::optional<std::vector<double>>& accuracies, bool cumulative) {
+                 warn_renamed("step_costs_ms", "hop_costs_ms");
+                 return make_policy(thresholds, step_costs_ms, ewma, measure, accuracies,
+                                    cumulative);
+             }),
+             py::arg("thresholds"), py::kw_only(), py::arg("step_costs_ms"),
+             py::arg("ewma") = 0.2, py::arg("measure") = "maxprob",
+             py::arg("accuracies") = py::none(), py::arg("cumulative") = true,
+             "Deprecated keyword: step_costs_ms (now hop_costs_ms).")
         .def_property_readonly("num_states", &ea::Policy::num_states)
         .def_property_readonly("measure", [](const ea::Policy& p) { return measure_name(p.measure()); })
         .def_property_readonly("ewma", &ea::Policy::ewma)
@@ -382,14 +432,13 @@ PYBIND11_MODULE(_kernel, m) {
                  return v;
              },
              py::arg("state"))
+        .def("predicted_ms", &predicted_ms, py::arg("hop"))
         .def("predicted_ms",
              [](const ea::Policy& p, std::int64_t step) {
-                 check_index(p, step, "step");
-                 double v = 0.0;
-                 ensure_ok(p.predicted_ms(step, &v));
-                 return v;
+                 warn_renamed("step", "hop");
+                 return predicted_ms(p, step);
              },
-             py::arg("step"))
+             py::kw_only(), py::arg("step"), "Deprecated keyword: step (now hop).")
         .def("state_ms",
              [](const ea::Policy& p, std::int64_t state) {
                  check_index(p, state, "state");
@@ -398,31 +447,31 @@ PYBIND11_MODULE(_kernel, m) {
                  return v;
              },
              py::arg("state"))
+        .def("observe", &observe, py::arg("hop"), py::arg("measured_ms"))
         .def("observe",
              [](ea::Policy& p, std::int64_t step, double measured_ms) {
-                 check_index(p, step, "step");
-                 if (!std::isfinite(measured_ms) || measured_ms < 0.0)
-                     throw py::value_error("measured_ms must be finite and >= 0, got " +
-                                           std::to_string(measured_ms));
-                 ensure_ok(p.observe(step, measured_ms));
+                 warn_renamed("step", "hop");
+                 observe(p, step, measured_ms);
              },
-             py::arg("step"), py::arg("measured_ms"))
+             py::kw_only(), py::arg("step"), py::arg("measured_ms"),
+             "Deprecated keyword: step (now hop).")
+        .def("decay", &decay, py::arg("hop"))
         .def("decay",
              [](ea::Policy& p, std::int64_t step) {
-                 check_index(p, step, "step");
-                 ensure_ok(p.decay(step));
+                 warn_renamed("step", "hop");
+                 decay(p, step);
              },
-             py::arg("step"))
+             py::kw_only(), py::arg("step"), "Deprecated keyword: step (now hop).")
+        .def("fits", &fits, py::arg("next_hop"), py::arg("elapsed_ms"),
+             py::arg("budget_ms") = py::none())
         .def("fits",
              [](const ea::Policy& p, std::int64_t next_step, double elapsed_ms,
                 std::optional<double> budget_ms) {
-                 check_index(p, next_step, "next_step");
-                 check_elapsed(elapsed_ms);
-                 bool v = false;
-                 ensure_ok(p.fits(next_step, elapsed_ms, check_budget(budget_ms), &v));
-                 return v;
+                 warn_renamed("next_step", "next_hop");
+                 return fits(p, next_step, elapsed_ms, budget_ms);
              },
-             py::arg("next_step"), py::arg("elapsed_ms"), py::arg("budget_ms") = py::none())
+             py::kw_only(), py::arg("next_step"), py::arg("elapsed_ms"),
+             py::arg("budget_ms") = py::none(), "Deprecated keyword: next_step (now next_hop).")
         .def("next",
              [](const ea::Policy& p, std::int64_t state, double confidence, double elapsed_ms,
                 std::optional<double> budget_ms) {

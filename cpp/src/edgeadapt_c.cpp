@@ -93,7 +93,7 @@ edgeadapt_status edgeadapt_gate_decide(const float* logits, int64_t batch, int64
 }
 
 edgeadapt_status edgeadapt_policy_create(const double* thresholds, size_t n_thresholds,
-                                         const double* step_costs_ms, size_t n_steps, double ewma,
+                                         const double* hop_costs_ms, size_t n_hops, double ewma,
                                          edgeadapt_measure measure, const double* accuracies,
                                          int cumulative, edgeadapt_policy** out) {
     if (out == nullptr) return null_policy("edgeadapt_policy_create");
@@ -101,7 +101,7 @@ edgeadapt_status edgeadapt_policy_create(const double* thresholds, size_t n_thre
     try {
         auto* handle = new edgeadapt_policy;
         const auto s = edgeadapt::Policy::create(
-            thresholds, n_thresholds, step_costs_ms, n_steps, ewma,
+            thresholds, n_thresholds, hop_costs_ms, n_hops, ewma,
             static_cast<edgeadapt::Measure>(measure), accuracies, cumulative != 0, handle->policy);
         if (s != edgeadapt::Status::Ok) {
             delete handle;
@@ -129,10 +129,10 @@ edgeadapt_status edgeadapt_policy_threshold(const edgeadapt_policy* policy, int6
     return report(policy->policy.threshold(state, out), "edgeadapt_policy_threshold");
 }
 
-edgeadapt_status edgeadapt_policy_predicted_ms(const edgeadapt_policy* policy, int64_t step,
+edgeadapt_status edgeadapt_policy_predicted_ms(const edgeadapt_policy* policy, int64_t hop,
                                                double* out) {
     if (policy == nullptr) return null_policy("edgeadapt_policy_predicted_ms");
-    return report(policy->policy.predicted_ms(step, out), "edgeadapt_policy_predicted_ms");
+    return report(policy->policy.predicted_ms(hop, out), "edgeadapt_policy_predicted_ms");
 }
 
 edgeadapt_status edgeadapt_policy_state_ms(const edgeadapt_policy* policy, int64_t state,
@@ -141,22 +141,22 @@ edgeadapt_status edgeadapt_policy_state_ms(const edgeadapt_policy* policy, int64
     return report(policy->policy.state_ms(state, out), "edgeadapt_policy_state_ms");
 }
 
-edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t step,
+edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t hop,
                                           double measured_ms) {
     if (policy == nullptr) return null_policy("edgeadapt_policy_observe");
-    return report(policy->policy.observe(step, measured_ms), "edgeadapt_policy_observe");
+    return report(policy->policy.observe(hop, measured_ms), "edgeadapt_policy_observe");
 }
 
-edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t step) {
+edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t hop) {
     if (policy == nullptr) return null_policy("edgeadapt_policy_decay");
-    return report(policy->policy.decay(step), "edgeadapt_policy_decay");
+    return report(policy->policy.decay(hop), "edgeadapt_policy_decay");
 }
 
-edgeadapt_status edgeadapt_policy_fits(const edgeadapt_policy* policy, int64_t next_step,
+edgeadapt_status edgeadapt_policy_fits(const edgeadapt_policy* policy, int64_t next_hop,
                                        double elapsed_ms, double budget_ms, int* out) {
     if (policy == nullptr || out == nullptr) return null_policy("edgeadapt_policy_fits");
     bool fits = false;
-    const auto s = policy->policy.fits(next_step, elapsed_ms, budget_ms, &fits);
+    const auto s = policy->policy.fits(next_hop, elapsed_ms, budget_ms, &fits);
     if (s == edgeadapt::Status::Ok) *out = fits ? 1 : 0;
     return report(s, "edgeadapt_policy_fits");
 }

@@ -120,7 +120,7 @@ static void policy() {
     double v = 0.0;
     CHECK(p.threshold(2, &v) == ea::Status::Ok && std::isinf(v) && v < 0);
 
-    // EWMA: contention raises the predicted cost until the step no longer fits
+    // EWMA: contention raises the predicted cost until the hop no longer fits
     CHECK(p.observe(1, 6.0) == ea::Status::Ok);
     CHECK(p.predicted_ms(1, &v) == ea::Status::Ok && v == 4.0);
     CHECK(p.next(0, 0.5, 1.0, 3.0, &a) == ea::Status::Ok && a == ea::Action::ExitBudget);
@@ -128,7 +128,7 @@ static void policy() {
     CHECK(p.fits(1, 1.0, 5.0, &fits) == ea::Status::Ok && fits);
     CHECK(p.fits(1, 1.5, 5.0, &fits) == ea::Status::Ok && !fits);
 
-    // decay: a skipped step drifts back toward its prior (4 -> 3 -> 2.5 with ewma 0.5)
+    // decay: a skipped hop drifts back toward its prior (4 -> 3 -> 2.5 with ewma 0.5)
     CHECK(p.decay(1) == ea::Status::Ok);
     CHECK(p.predicted_ms(1, &v) == ea::Status::Ok && v == 3.0);
     CHECK(p.decay(1) == ea::Status::Ok);

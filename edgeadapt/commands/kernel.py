@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from edgeadapt.errors import EdgeadaptError
-
-
-def cmake_dir() -> Path:
-    """Directory holding edgeadaptConfig.cmake (pass it as -Dedgeadapt_DIR=...).
-
-    The wheel installs include/, lib/ and share/cmake/edgeadapt/ next to the compiled
-    module, so the module's location finds them in regular and editable installs alike.
-    """
-    from edgeadapt import _kernel
-
-    path = Path(_kernel.__file__).resolve().parent / "share" / "cmake" / "edgeadapt"
-    if not (path / "edgeadaptConfig.cmake").is_file():
-        raise EdgeadaptError(f"no edgeadaptConfig.cmake under {path}: reinstall edgeadapt")
-    return path
+from edgeadapt.kernel import cmake_dir
 
 
 @click.command("cmake-dir")

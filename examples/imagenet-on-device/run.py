@@ -196,7 +196,7 @@ def write_table(
     w.writerow(["name", "cost", "accuracy"])
     for n, c, a in zip(names, costs, accs, strict=True):
         w.writerow([n, f"{c:.6g}", f"{a:.6f}"])
-    from edgeadapt.jsonio import atomic_write_bytes
+    from edgeadapt.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue().encode())
 

@@ -32,7 +32,7 @@ typedef enum edgeadapt_status {
     EDGEADAPT_E_SHAPE = 2,       /* batch < 1, classes < 2, or lengths that do not match */
     EDGEADAPT_E_VALUE = 3,       /* NaN threshold, negative/NaN budget or cost, bad EWMA weight,
                                     non-finite gate weight */
-    EDGEADAPT_E_RANGE = 4,       /* state or step index outside the policy */
+    EDGEADAPT_E_RANGE = 4,       /* state or hop index outside the policy */
     EDGEADAPT_E_MEASURE = 5,     /* unknown confidence measure */
     EDGEADAPT_E_NO_MEMORY = 6    /* allocation failed (policy creation only) */
 } edgeadapt_status;
@@ -45,8 +45,8 @@ typedef enum edgeadapt_measure {
 
 typedef enum edgeadapt_action {
     EDGEADAPT_EXIT = 0,       /* confident enough, or the last state */
-    EDGEADAPT_CONTINUE = 1,   /* run the next step */
-    EDGEADAPT_EXIT_BUDGET = 2 /* next step would overrun the budget: keep this answer */
+    EDGEADAPT_CONTINUE = 1,   /* run the next hop */
+    EDGEADAPT_EXIT_BUDGET = 2 /* next hop would overrun the budget: keep this answer */
 } edgeadapt_action;
 
 /* Budget value meaning "no deadline" (+infinity). */
@@ -99,13 +99,14 @@ EDGEADAPT_API edgeadapt_status edgeadapt_gate_decide(
     double threshold, int64_t position, int64_t* history, int64_t stride, float* previous,
     int64_t* pred, float* score, uint8_t* exit_mask, int64_t* continue_idx, int64_t* n_continue);
 
-/* Opaque latency-aware policy over N states (see kernel.hpp, class Policy). */
+/* Opaque latency-aware policy over N kept states (see kernel.hpp, class Policy). Hop i
+ * is what runs to reach kept state i: the bundle steps since kept state i - 1. */
 typedef struct edgeadapt_policy edgeadapt_policy;
 
-/* thresholds: N - 1 values (the last state always exits); step_costs_ms: N values;
+/* thresholds: N - 1 values (the last state always exits); hop_costs_ms: N values;
  * accuracies: N values in [0, 1] or NULL; cumulative: nonzero for early-exit bundles. */
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_create(
-    const double* thresholds, size_t n_thresholds, const double* step_costs_ms, size_t n_steps,
+    const double* thresholds, size_t n_thresholds, const double* hop_costs_ms, size_t n_hops,
     double ewma, edgeadapt_measure measure, const double* accuracies, int cumulative,
     edgeadapt_policy** out);
 EDGEADAPT_API void edgeadapt_policy_destroy(edgeadapt_policy* policy);
@@ -115,16 +116,16 @@ EDGEADAPT_API edgeadapt_status edgeadapt_policy_num_states(const edgeadapt_polic
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_threshold(const edgeadapt_policy* policy,
                                                           int64_t state, double* out);
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_predicted_ms(const edgeadapt_policy* policy,
-                                                             int64_t step, double* out);
+                                                             int64_t hop, double* out);
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_state_ms(const edgeadapt_policy* policy,
                                                          int64_t state, double* out);
-EDGEADAPT_API edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t step,
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t hop,
                                                         double measured_ms);
-/* Move step's prediction one EWMA step back toward its initial cost: call it for a step
-   skipped for the budget, so one slow run cannot lock the step out for good. */
-EDGEADAPT_API edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t step);
+/* Move hop's prediction one EWMA update back toward its initial cost: call it for a hop
+   skipped for the budget, so one slow run cannot lock the hop out for good. */
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t hop);
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_fits(const edgeadapt_policy* policy,
-                                                     int64_t next_step, double elapsed_ms,
+                                                     int64_t next_hop, double elapsed_ms,
                                                      double budget_ms, int* out);
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_next(const edgeadapt_policy* policy,
                                                      int64_t state, double confidence,

@@ -36,7 +36,7 @@ enum class Status : int {
     BadShape = 2,     // batch < 1 or classes < 2, or a length that does not match (or stride)
     BadValue = 3,     // NaN threshold, negative/NaN budget or cost, EWMA weight outside (0, 1],
                       // a gate weight or bias that is not finite
-    OutOfRange = 4,   // state or step index outside the policy
+    OutOfRange = 4,   // state or hop index outside the policy
     BadMeasure = 5,   // unknown confidence measure
 };
 
@@ -44,8 +44,8 @@ enum class Measure : int { MaxProb = 0, Margin = 1, Entropy = 2 };
 
 enum class Action : int {
     Exit = 0,        // confident enough (or last state): return this state's answer
-    Continue = 1,    // run the next step
-    ExitBudget = 2,  // the next step cannot finish inside the budget: return this answer
+    Continue = 1,    // run the next hop
+    ExitBudget = 2,  // the next hop cannot finish inside the budget: return this answer
 };
 
 inline const char* status_string(Status s) noexcept {
@@ -54,7 +54,7 @@ inline const char* status_string(Status s) noexcept {
         case Status::NullPointer: return "null pointer";
         case Status::BadShape: return "bad shape (batch must be >= 1, classes >= 2)";
         case Status::BadValue: return "bad value (NaN, negative or out-of-range number)";
-        case Status::OutOfRange: return "state or step index out of range";
+        case Status::OutOfRange: return "state or hop index out of range";
         case Status::BadMeasure: return "unknown confidence measure";
     }
     return "unknown status";
@@ -492,13 +492,15 @@ inline Status gate_decide(const float* logits, std::int64_t batch, std::int64_t 
 // Budget meaning "no deadline".
 constexpr double kNoBudget = std::numeric_limits<double>::infinity();
 
-// The run-time policy over N states reached by N steps.
+// The run-time policy over N kept states reached by N hops. Hop i is what the cascade
+// runs to reach kept state i: the bundle steps since kept state i - 1 (one step when
+// every state is kept, several when a plan skips states; one member for an ensemble).
 //
 // thresholds: N - 1 values, one per state but the last (the last state always exits).
-// step_costs_ms: N predicted step latencies, seeded from a profile; observe() moves
+// hop_costs_ms: N predicted hop latencies, seeded from a profile; observe() moves
 // them toward measured latencies, cost <- (1 - ewma) * cost + ewma * measured, so
-// contention raises the prediction. cumulative: state i costs steps 0..i (early-exit
-// bundle) when true, step i alone (ensemble run by direct selection) when false; used
+// contention raises the prediction. cumulative: state i costs hops 0..i (early-exit
+// bundle) when true, hop i alone (ensemble run by direct selection) when false; used
 // by state_ms() and lookup(). accuracies (optional, N values in [0, 1]): validation
 // accuracy per state for lookup(); without them, a later state counts as more accurate.
 // Budgets are in ms, >= 0; kNoBudget (+inf) is the deadline-free mode.
@@ -506,27 +508,27 @@ constexpr double kNoBudget = std::numeric_limits<double>::infinity();
 class Policy {
   public:
     static Status create(const double* thresholds, std::size_t n_thresholds,
-                         const double* step_costs_ms, std::size_t n_steps, double ewma,
+                         const double* hop_costs_ms, std::size_t n_hops, double ewma,
                          Measure measure, const double* accuracies, bool cumulative,
                          Policy& out) {
-        if (n_steps < 1) return Status::BadShape;
-        if (n_thresholds != n_steps - 1) return Status::BadShape;
-        if (step_costs_ms == nullptr || (n_thresholds > 0 && thresholds == nullptr))
+        if (n_hops < 1) return Status::BadShape;
+        if (n_thresholds != n_hops - 1) return Status::BadShape;
+        if (hop_costs_ms == nullptr || (n_thresholds > 0 && thresholds == nullptr))
             return Status::NullPointer;
         if (!detail::valid_measure(measure)) return Status::BadMeasure;
         if (!(ewma > 0.0 && ewma <= 1.0)) return Status::BadValue;
         for (std::size_t i = 0; i < n_thresholds; ++i)
             if (std::isnan(thresholds[i])) return Status::BadValue;
-        for (std::size_t i = 0; i < n_steps; ++i)
-            if (!std::isfinite(step_costs_ms[i]) || step_costs_ms[i] < 0.0) return Status::BadValue;
+        for (std::size_t i = 0; i < n_hops; ++i)
+            if (!std::isfinite(hop_costs_ms[i]) || hop_costs_ms[i] < 0.0) return Status::BadValue;
         if (accuracies != nullptr)
-            for (std::size_t i = 0; i < n_steps; ++i)
+            for (std::size_t i = 0; i < n_hops; ++i)
                 if (!(accuracies[i] >= 0.0 && accuracies[i] <= 1.0)) return Status::BadValue;
         Policy p;
         p.thresholds_.assign(thresholds, thresholds + n_thresholds);
-        p.costs_.assign(step_costs_ms, step_costs_ms + n_steps);
+        p.costs_.assign(hop_costs_ms, hop_costs_ms + n_hops);
         p.priors_ = p.costs_;
-        if (accuracies != nullptr) p.accuracies_.assign(accuracies, accuracies + n_steps);
+        if (accuracies != nullptr) p.accuracies_.assign(accuracies, accuracies + n_hops);
         p.ewma_ = ewma;
         p.measure_ = measure;
         p.cumulative_ = cumulative;
@@ -551,11 +553,11 @@ class Policy {
         return Status::Ok;
     }
 
-    // Predicted latency of one step.
-    Status predicted_ms(std::int64_t step, double* out) const noexcept {
+    // Predicted latency of one hop.
+    Status predicted_ms(std::int64_t hop, double* out) const noexcept {
         if (out == nullptr) return Status::NullPointer;
-        if (!has_state(step)) return Status::OutOfRange;
-        *out = costs_[static_cast<std::size_t>(step)];
+        if (!has_state(hop)) return Status::OutOfRange;
+        *out = costs_[static_cast<std::size_t>(hop)];
         return Status::Ok;
     }
 
@@ -567,38 +569,38 @@ class Policy {
         return Status::Ok;
     }
 
-    // Fold one measured latency of `step` into its prediction (EWMA).
-    Status observe(std::int64_t step, double measured_ms) noexcept {
-        if (!has_state(step)) return Status::OutOfRange;
+    // Fold one measured latency of `hop` into its prediction (EWMA).
+    Status observe(std::int64_t hop, double measured_ms) noexcept {
+        if (!has_state(hop)) return Status::OutOfRange;
         if (!std::isfinite(measured_ms) || measured_ms < 0.0) return Status::BadValue;
-        double& c = costs_[static_cast<std::size_t>(step)];
+        double& c = costs_[static_cast<std::size_t>(hop)];
         c = (1.0 - ewma_) * c + ewma_ * measured_ms;
         return Status::Ok;
     }
 
-    // Move the prediction of `step` one EWMA step back toward its prior (the cost given
-    // at creation). Call it when a step was skipped for the budget: a step is measured
+    // Move the prediction of `hop` one EWMA update back toward its prior (the cost given
+    // at creation). Call it when a hop was skipped for the budget: a hop is measured
     // only when it runs, so without this one slow run (a preempted call) could inflate
     // its prediction and keep it from ever running, and so from being measured, again.
-    Status decay(std::int64_t step) noexcept {
-        if (!has_state(step)) return Status::OutOfRange;
-        const auto s = static_cast<std::size_t>(step);
+    Status decay(std::int64_t hop) noexcept {
+        if (!has_state(hop)) return Status::OutOfRange;
+        const auto s = static_cast<std::size_t>(hop);
         costs_[s] = (1.0 - ewma_) * costs_[s] + ewma_ * priors_[s];
         return Status::Ok;
     }
 
-    // Whether `next_step` is predicted to finish inside the budget, `elapsed_ms` spent.
-    Status fits(std::int64_t next_step, double elapsed_ms, double budget_ms, bool* out) const noexcept {
+    // Whether `next_hop` is predicted to finish inside the budget, `elapsed_ms` spent.
+    Status fits(std::int64_t next_hop, double elapsed_ms, double budget_ms, bool* out) const noexcept {
         if (out == nullptr) return Status::NullPointer;
-        if (!has_state(next_step)) return Status::OutOfRange;
+        if (!has_state(next_hop)) return Status::OutOfRange;
         if (!valid_time(elapsed_ms) || !valid_budget(budget_ms)) return Status::BadValue;
-        *out = elapsed_ms + costs_[static_cast<std::size_t>(next_step)] <= budget_ms;
+        *out = elapsed_ms + costs_[static_cast<std::size_t>(next_hop)] <= budget_ms;
         return Status::Ok;
     }
 
     // What to do after `state` produced `confidence`, `elapsed_ms` into the sample:
     // Exit at the last state or when confidence >= threshold (NaN never is); else
-    // ExitBudget when the next step does not fit the budget; else Continue.
+    // ExitBudget when the next hop does not fit the budget; else Continue.
     Status next(std::int64_t state, double confidence, double elapsed_ms, double budget_ms,
                 Action* out) const noexcept {
         if (out == nullptr) return Status::NullPointer;
