@@ -24,7 +24,8 @@ import numpy as np
 from edgeadapt.bundle import load_bundle
 from edgeadapt.datasets import mnist1d_splits
 from edgeadapt.evaluate import evaluate_bundle
-from edgeadapt.planner import Outcomes, exact_oracle, gap_closure, make_plan, simulate_plan
+from edgeadapt.oracle import exact_oracle
+from edgeadapt.planner import Outcomes, gap_closure, make_plan, simulate_plan
 from edgeadapt.profile import load_profile, state_costs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def main() -> None:
         for name, split in (("calibration", splits.calibration), ("test", splits.test))
     }
     test = evaluation["test"]
-    r_oracle_test, _ = exact_oracle(test.correct, costs)
+    r_oracle_test = exact_oracle(test.correct, costs).r_oracle
     print(f"state accuracy (test): {np.round(test.correct.mean(axis=0), 4).tolist()}")
     print(f"state cost ms: {np.round(costs, 4).tolist()}")
     print(

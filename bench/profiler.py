@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.presets import load_preset, resolve_runtime
+from edgeadapt.presets import RuntimeConfig, load_preset
 from edgeadapt.profile import Profile, profile_bundle
 
 BUNDLE = (
@@ -174,7 +174,8 @@ def main() -> None:
     summary = []
     for name in PRESETS:
         preset = load_preset(name)
-        runtime, options = resolve_runtime(preset)
+        config = RuntimeConfig.resolve(preset)
+        runtime, options = config.runtime, config.backend_options()
 
         def profile(preset_name: str = name) -> Profile:
             return profile_bundle(bundle, preset=preset_name, warmup=args.warmup, iters=args.iters)

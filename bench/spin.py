@@ -46,13 +46,14 @@ def measure(bundle_dir: Path, whole_path: Path, spin: bool, threads: int, rounds
 
     from edgeadapt.bundle import load_bundle
     from edgeadapt.cascade import AdaptiveModel
-    from edgeadapt.presets import load_preset, resolve_runtime
+    from edgeadapt.presets import RuntimeConfig, load_preset
     from edgeadapt.profile import profile_bundle, state_costs, static_cost
     from edgeadapt.runtimes import get_runtime
 
     bundle = load_bundle(bundle_dir)
     preset = load_preset("x86-ort-2t")
-    _, options = resolve_runtime(preset, threads=threads, options={"spin": spin})
+    config = RuntimeConfig.resolve(preset, threads=threads, options={"spin": spin})
+    options = config.backend_options()
     shape = (1, *(int(d) for d in bundle.input.shape[1:]))
     x = np.random.default_rng(0).standard_normal(shape).astype(bundle.input.dtype)
     with (

@@ -43,7 +43,8 @@ from edgeadapt import __version__
 from edgeadapt.atomic import check_path, fsync, replace_directory, staged_directory, writers_lock
 from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
-from edgeadapt.flops import ancestors, count_flops, count_params
+from edgeadapt.flops import count_flops, count_params
+from edgeadapt.graphdeps import ancestors
 from edgeadapt.jsonio import Fields, dumps, read_json
 
 FORMAT = "edgeadapt-bundle"

@@ -49,8 +49,9 @@ from edgeadapt.errors import InputError
 from edgeadapt.inputs import check_batch, warmup_batch
 from edgeadapt.kernel import MEASURES, GateRun, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
+from edgeadapt.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.profile import Profile, check_profile, load_profile
-from edgeadapt.runtimes import Session, get_runtime
+from edgeadapt.runtimes import Session
 from edgeadapt.stepcheck import check_logits, check_rows, check_step
 
 
@@ -245,6 +246,10 @@ class AdaptiveModel:
         self.static = static
         #: A gate plan's learned exit gates (`edgeadapt.kernel.GateRun`), else None.
         self.gates: GateRun | None = None
+        #: The runtime configuration the steps run under, and why it differs from the
+        #: plan's when the caller overrode it (see `load`).
+        self.runtime: RuntimeConfig | None = None
+        self.runtime_note: str | None = None
         self._buffers = decide_buffers(1)
         if static is not None:
             feeds = tuple((name, True) for name in static.input_names)
@@ -273,14 +278,15 @@ class AdaptiveModel:
     def load(
         cls,
         bundle: Bundle | str | os.PathLike[str],
-        runtime: str = "onnxruntime",
+        runtime: str | RuntimeConfig | None = None,
         *,
         thresholds: float | Sequence[float] | None = None,
         measure: str | None = None,
         plan: Plan | str | os.PathLike[str] | None = None,
         profile: Profile | str | os.PathLike[str] | None = None,
         step_costs_ms: Sequence[float] | None = None,
-        runtime_options: dict[str, Any] | None = None,
+        runtime_options: Mapping[str, Any] | None = None,
+        threads: int | None = None,
         warmup: int = 0,
     ) -> AdaptiveModel:
         """Load `bundle` into `runtime` under `thresholds` (one for every exit, or one per
@@ -290,6 +296,13 @@ class AdaptiveModel:
         come from `step_costs_ms` (one per bundle step), else a `profile` (batch 1, p50),
         else the plan; without any, `predict` refuses a budget. `warmup` runs
         `warm_up(warmup)` before returning, so the first `predict` is not a cold one.
+
+        The steps run under the plan's runtime configuration (`Plan.runtime`, what its
+        costs were measured under) unless `runtime` (a name or a `RuntimeConfig`),
+        `runtime_options` (the backend's keyword options for `runtime`) or `threads` say
+        otherwise; then `runtime_note` says what differs (`edgeadapt.presets.
+        inherit_runtime`). Without a recorded configuration: `runtime` (default
+        onnxruntime) with the runtime's own defaults. `runtime` holds what ran.
         """
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise InputError(f"must be an integer >= 0, got {warmup!r}", source="warmup")
@@ -349,7 +362,16 @@ class AdaptiveModel:
             cumulative=bundle.kind == "early-exit",
         )
 
-        rt = get_runtime(runtime, **(runtime_options or {}))
+        recorded = plan.runtime if plan is not None else None
+        if runtime_options is not None:
+            if isinstance(runtime, RuntimeConfig):
+                raise InputError(
+                    "give a RuntimeConfig or runtime_options, not both", source="runtime_options"
+                )
+            name = runtime or (recorded.runtime if recorded is not None else "onnxruntime")
+            runtime = RuntimeConfig.from_backend_options(name, runtime_options)
+        choice = inherit_runtime(recorded, runtime=runtime, threads=threads)
+        rt = choice.config.make()
         static = _static_session(rt, bundle, hops)
         needed = [] if static is not None else sorted({i for hop in hops for i in hop.steps})
         sessions: list[Any] = [None] * len(bundle.steps)
@@ -365,6 +387,7 @@ class AdaptiveModel:
         model = cls(bundle, sessions, hops, policy, known, static)
         if plan is not None and plan.gates is not None:
             model.gates = GateRun(plan.gates, plan.measure)
+        model.runtime, model.runtime_note = choice.config, choice.note
         try:
             model.warm_up(warmup)
         except BaseException:

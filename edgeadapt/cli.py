@@ -32,10 +32,26 @@ def _discover() -> dict[str, click.Command]:
     return found
 
 
+_RAN = "edgeadapt.command"
+
+
+class CommandGroup(click.Group):
+    """A group that records the subcommand it runs in the context's shared `meta`, so
+    an error from a nested command (``export onnx``) maps to that command's flags."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            ctx.meta[_RAN] = cmd
+        return name, cmd, rest
+
+
 def _as_flag(error: InputError, ctx: click.Context) -> InputError:
     """`error` with a source that names a parameter of the command that ran shown as the
     command's own flag (``cuts`` -> ``--cut``) or argument (``bundle`` -> ``BUNDLE``)."""
-    command = _discover().get(ctx.invoked_subcommand or "")
+    command = ctx.meta.get(_RAN)
     if command is None or error.source is None:
         return error
     for param in command.params:
@@ -46,7 +62,7 @@ def _as_flag(error: InputError, ctx: click.Context) -> InputError:
     return error
 
 
-class _Group(click.Group):
+class _Group(CommandGroup):
     """Lists the discovered commands; turns EdgeadaptError and OSError into a one-line
     error, exit 2."""
 

@@ -8,12 +8,18 @@ confidence in every measure the decision kernel supports (maxprob, margin, negat
 entropy), computed by the kernel itself (`edgeadapt.kernel`, float32, specified by
 `edgeadapt.kernel_ref`), so a plan calibrated on these confidences exits exactly the
 rows `AdaptiveModel` exits on the same logits. The result is an `Evaluation`.
+
+`evaluate_to_file` is `edgeadapt evaluate`: it runs under the runtime configuration of
+the bundle's profile on this device (the one its costs were measured under) unless told
+otherwise, and saves the evaluation.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +28,10 @@ from edgeadapt.bundle import Bundle
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.inputs import X_KEY, check_batch, read_labelled
+from edgeadapt.presets import RuntimeConfig
 from edgeadapt.stepcheck import check_step
 
-__all__ = ["evaluate_bundle", "load_dataset"]
+__all__ = ["EvaluateRun", "evaluate_bundle", "evaluate_to_file", "load_dataset"]
 
 Progress = Callable[[int, int], None]
 
@@ -70,7 +77,7 @@ def evaluate_bundle(
     bundle: Bundle,
     x: Inputs,
     y: np.ndarray,
-    runtime: str = "onnxruntime",
+    runtime: str | RuntimeConfig = "onnxruntime",
     batch: int = 256,
     threads: int | None = None,
     progress: Progress | None = None,
@@ -81,17 +88,21 @@ def evaluate_bundle(
     `x` is one array for a one-input bundle, else ``{input name: array}`` holding every
     model input with the same number of rows; each step is fed the inputs it reads.
     `progress(done, total)` is called after each batch with the samples done so far.
-    `source` names the data file in errors about `x` and `y`.
+    `source` names the data file in errors about `x` and `y`. `runtime` is a runtime
+    name (its own defaults, `threads` if given) or a `RuntimeConfig` (`threads`, if
+    given, replaces its threads).
     """
     from edgeadapt.kernel import confidence
-    from edgeadapt.runtimes import get_runtime
 
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise InputError(f"must be a positive integer, got {batch!r}", source="batch")
     y = np.asarray(y)
     inputs = _check_data(bundle, x, y, source)
-    options: dict[str, Any] = {} if threads is None else {"threads": threads}
-    rt = get_runtime(runtime, **options)
+    if isinstance(runtime, RuntimeConfig):
+        config = runtime if threads is None else replace(runtime, threads=threads)
+    else:
+        config = RuntimeConfig(runtime, threads=threads)
+    rt = config.make()
     n, s = y.shape[0], len(bundle.steps)
     pred = np.empty((n, s), dtype=np.int64)
     confs = {key: np.empty((n, s), dtype=np.float32) for key in CONF_KEYS.values()}
@@ -121,3 +132,67 @@ def evaluate_bundle(
         conf_margin=confs["conf_margin"],
         conf_entropy=confs["conf_entropy"],
     )
+
+
+@dataclass(frozen=True)
+class EvaluateRun:
+    """An evaluation made and saved (`evaluate_to_file`), the runtime configuration it
+    ran under, and a line saying how that differs from the profile's (None: it does not,
+    or there was no profile)."""
+
+    evaluation: Evaluation
+    path: Path
+    runtime: RuntimeConfig
+    runtime_note: str | None = None
+
+    @property
+    def oracle_accuracy(self) -> float:
+        """The share of samples some state gets right."""
+        return float(self.evaluation.correct.any(axis=1).mean())
+
+    def to_json(self) -> dict[str, Any]:
+        ev = self.evaluation
+        return {
+            "path": str(self.path),
+            "samples": int(ev.labels.shape[0]),
+            "states": list(ev.names),
+            "accuracy": [float(a) for a in ev.accuracies],
+            "oracle_accuracy": self.oracle_accuracy,
+        }
+
+
+def evaluate_to_file(
+    bundle: Bundle | str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    profile: str | os.PathLike[str] | None = None,
+    runtime: str | None = None,
+    threads: int | None = None,
+    batch: int = 256,
+    progress: Progress | None = None,
+) -> EvaluateRun:
+    """`edgeadapt evaluate`: every state of `bundle` on the labelled npz `data`, saved
+    to `output` (default ``BUNDLE/evaluation.npz``).
+
+    The runtime configuration is the `profile`'s (default: this device's profile of the
+    bundle, `edgeadapt.profile.find_profile`, when there is one) unless `runtime` or
+    `threads` override it, and then `EvaluateRun.runtime_note` says so; without a
+    profile, `runtime` (default onnxruntime) with its own defaults.
+    """
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.evaluation import save_evaluation
+    from edgeadapt.presets import inherit_runtime
+    from edgeadapt.profile import find_profile, load_profile
+
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    found = find_profile(loaded, profile)
+    recorded = None if found is None else load_profile(found, loaded).runtime_config
+    choice = inherit_runtime(recorded, runtime=runtime, threads=threads, what="profile")
+    x, y = load_dataset(data, loaded)
+    ev = evaluate_bundle(
+        loaded, x, y, runtime=choice.config, batch=batch, progress=progress, source=str(data)
+    )
+    path = Path(output) if output is not None else loaded.path / "evaluation.npz"
+    save_evaluation(path, ev)
+    return EvaluateRun(ev, path, choice.config, choice.note)

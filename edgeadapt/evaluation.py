@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import read_text
+from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.npzio import ArraySpec, load_npz, save_npz
 
 __all__ = [
@@ -32,12 +33,13 @@ __all__ = [
     "Evaluation",
     "from_prediction_csvs",
     "from_predictions_npz",
+    "import_predictions",
     "load_evaluation",
     "save_evaluation",
 ]
 
-#: The key holding each measure's confidences.
-CONF_KEYS = {"maxprob": "conf", "margin": "conf_margin", "entropy": "conf_entropy"}
+#: The key holding each measure's confidences (maxprob keeps the first format's ``conf``).
+CONF_KEYS = {m: "conf" if m == "maxprob" else f"conf_{m}" for m in MEASURES}
 SPEC = {
     "labels": ArraySpec("iu", 1),
     "pred": ArraySpec("iu", 2),
@@ -306,3 +308,24 @@ def from_prediction_csvs(sources: Mapping[str, str | os.PathLike[str]]) -> Evalu
             )
         pred[:, j] = pairs[:, 0]
     return Evaluation(truth, pred, np.array(names, dtype=str))
+
+
+def import_predictions(sources: Sequence[str], states: Sequence[str] | None = None) -> Evaluation:
+    """An evaluation from per-sample predictions: one ``.npz`` (`from_predictions_npz`),
+    or one CSV per state given as ``PATH.csv`` (the state named after the file) or
+    ``NAME=PATH.csv`` (`from_prediction_csvs`); `states` keeps those states, in order."""
+    if len(sources) == 1 and sources[0].lower().endswith(".npz"):
+        evaluation = from_predictions_npz(sources[0])
+    else:
+        named: dict[str, str] = {}
+        for item in sources:
+            name, sep, path = item.partition("=")
+            if not sep:
+                name, path = Path(item).stem, item
+            if not path.lower().endswith(".csv"):
+                raise InputError("expected a .csv file (or a single .npz)", source=item)
+            if name in named:
+                raise InputError(f"state name {name!r} given twice", source=item)
+            named[name] = path
+        evaluation = from_prediction_csvs(named)
+    return evaluation if states is None else evaluation.select(list(states))

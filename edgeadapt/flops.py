@@ -313,19 +313,3 @@ def count_flops(model: onnx.ModelProto) -> GraphCost:
 def count_params(model: onnx.ModelProto) -> int:
     """Number of parameter elements: the initializers of the main graph."""
     return sum(math.prod(t.dims) for t in model.graph.initializer)
-
-
-def ancestors(model: onnx.ModelProto, outputs: Iterable[str], stop: Iterable[str] = ()) -> set[int]:
-    """Indices of the main-graph nodes that `outputs` depend on (not walking past `stop`)."""
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
-    stop_set = set(stop)
-    seen: set[int] = set()
-    stack = [o for o in outputs if o not in stop_set]
-    while stack:
-        name = stack.pop()
-        i = producer.get(name)
-        if i is None or i in seen:
-            continue
-        seen.add(i)
-        stack.extend(n for n in model.graph.node[i].input if n and n not in stop_set)
-    return seen

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: The confidence measures, in the order every module lists them (one definition).
 MEASURES = ("maxprob", "margin", "entropy")
 
 _F = np.float32
@@ -170,16 +171,27 @@ class Policy:
 
     def lookup(self, budget_ms: float) -> int | None:
         """Most accurate state whose cost fits (ties: cheaper); None when none fits."""
-        best: int | None = None
-        best_key = (-1.0, 0.0)
-        for i in range(len(self.costs_ms)):
-            cost = self.state_ms(i)
-            if cost > budget_ms:
-                continue
-            acc = float(i) if self.accuracies is None else self.accuracies[i]
-            if acc > best_key[0] or (acc == best_key[0] and cost < best_key[1]):
-                best, best_key = i, (acc, cost)
-        return best
+        return lookup(
+            [self.state_ms(i) for i in range(len(self.costs_ms))], self.accuracies, budget_ms
+        )
+
+
+def lookup(
+    state_ms: Sequence[float], accuracies: Sequence[float] | None, budget_ms: float
+) -> int | None:
+    """AdaInf's content-agnostic lookup, as `Policy::lookup` in the C++ kernel: the most
+    accurate state whose cost (`state_ms[i]`, the cost of reaching state i) fits
+    `budget_ms`, the cheaper one on a tie; None when none fits. Without `accuracies` a
+    later state counts as more accurate."""
+    best: int | None = None
+    best_key = (-1.0, 0.0)
+    for i, cost in enumerate(state_ms):
+        if cost > budget_ms:
+            continue
+        acc = float(i) if accuracies is None else float(accuracies[i])
+        if acc > best_key[0] or (acc == best_key[0] and cost < best_key[1]):
+            best, best_key = i, (acc, float(cost))
+    return best
 
 
 # ---- learned exit gates -------------------------------------------------------------

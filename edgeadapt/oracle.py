@@ -9,7 +9,8 @@ the paper's equations as plain functions over arrays in cost order:
 - `smallest_state_test` (appendix A.2.3, with ``R_2``), `gains` (dR, R_ratio, dA);
 - `state_space` / `pareto_envelope`: input checks, and the envelope offered when the
   accuracies break the paper's assumption ``A_1 <= ... <= A_N``;
-- `bound_summary`: everything `edgeadapt bound --json` prints, as one dict.
+- `bound_summary`: every bound of one state space, as a `BoundSummary` (its
+  `to_json()` is what `edgeadapt bound --json` prints).
 
 Costs are in any unit (GFLOPs, ms); only their ratios and differences matter.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,13 @@ from edgeadapt.errors import InputError
 
 __all__ = [
     "Bound",
+    "BoundSummary",
+    "ExactFigures",
     "Gains",
+    "OraclePoint",
     "OracleResult",
     "SmallestStateTest",
+    "StateRow",
     "StateSpace",
     "alphas",
     "bound_alpha1",
@@ -128,6 +133,17 @@ class SmallestStateTest:
     threshold: float
     passes: bool
     margin: float  # R_oracle - R'_oracle (negative: state 1 pays off)
+    state: str | None = None  # state 1's name, when known
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "classes": self.classes,
+            "state": self.state,
+            "r_1": self.r_1,
+            "r_2": self.r_2,
+            "threshold": self.threshold,
+            "passes": self.passes,
+        }
 
 
 # ---------------------------------------------------------------- input checks
@@ -341,15 +357,138 @@ def alphas(correct: Any) -> np.ndarray:
 # ------------------------------------------------------------------ summary
 
 
-def _point(bound: Bound, r_n: float, a_n: float) -> dict[str, float | None]:
-    g = gains(r_n, a_n, bound)
-    return {
-        "r_oracle": bound.r_oracle,
-        "a_oracle": bound.a_oracle,
-        "delta_r": g.delta_r,
-        "r_ratio": g.r_ratio if math.isfinite(g.r_ratio) else None,
-        "delta_a": g.delta_a,
-    }
+@dataclass(frozen=True)
+class OraclePoint:
+    """An oracle operating point with its gains against the baseline ``S_N``
+    (`r_ratio` None when ``R_oracle`` is 0)."""
+
+    r_oracle: float
+    a_oracle: float
+    delta_r: float
+    r_ratio: float | None
+    delta_a: float
+
+    @classmethod
+    def against(cls, bound: Bound, r_n: float, a_n: float) -> OraclePoint:
+        """`bound` with its gains against a baseline costing `r_n` at accuracy `a_n`."""
+        g = gains(r_n, a_n, bound)
+        ratio = g.r_ratio if math.isfinite(g.r_ratio) else None
+        return cls(bound.r_oracle, bound.a_oracle, g.delta_r, ratio, g.delta_a)
+
+    def to_json(self) -> dict[str, float | None]:
+        return {
+            "r_oracle": self.r_oracle,
+            "a_oracle": self.a_oracle,
+            "delta_r": self.delta_r,
+            "r_ratio": self.r_ratio,
+            "delta_a": self.delta_a,
+        }
+
+
+@dataclass(frozen=True)
+class StateRow:
+    """One state of a summary, in cost order."""
+
+    name: str
+    cost: float
+    accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "cost": self.cost, "accuracy": self.accuracy}
+
+
+@dataclass(frozen=True)
+class ExactFigures:
+    """What per-sample results add to a summary: the exact oracle, every alpha_i (None
+    where undefined), and eq. 8 at the smallest alpha (None without one)."""
+
+    point: OraclePoint
+    alphas: tuple[float | None, ...]
+    alpha_min: float | None
+    constant_alpha_min: OraclePoint | None
+
+
+@dataclass(frozen=True)
+class BoundSummary:
+    """Every bound of one state space (what `edgeadapt bound --json` prints).
+
+    `headline` is the point `method` names (``exact``, ``alpha=1`` or
+    ``constant-alpha``, then `alpha` is set); `dominated` is None unless the analytic
+    bounds were computed on the Pareto envelope; `exact` is None without per-sample
+    results; `smallest_state` None without a class count (or with one state).
+    """
+
+    states: tuple[StateRow, ...]
+    method: str
+    r_1: float
+    baseline: str
+    r_n: float
+    a_n: float
+    alpha1: OraclePoint
+    continuous: OraclePoint
+    headline: OraclePoint
+    dominated: tuple[str, ...] | None = None
+    exact: ExactFigures | None = None
+    alpha: float | None = None
+    smallest_state: SmallestStateTest | None = None
+
+    @property
+    def r_oracle(self) -> float:
+        """The headline R_oracle."""
+        return self.headline.r_oracle
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """State names in cost order."""
+        return tuple(s.name for s in self.states)
+
+    @property
+    def optimistic(self) -> OraclePoint:
+        """The most optimistic analytic bound: eq. 8 at alpha_min, else alpha = 1."""
+        if self.exact is not None and self.exact.constant_alpha_min is not None:
+            return self.exact.constant_alpha_min
+        return self.alpha1
+
+    def points(self) -> list[tuple[str, OraclePoint, bool]]:
+        """(label, point, is the headline) of every bound, in the order every view
+        shows them: exact oracle, alpha = 1, the constant alpha asked, alpha_min, continuous."""
+        rows = []
+        if self.exact is not None:
+            rows.append(("exact oracle (eq. 4/5)", self.exact.point, self.method == "exact"))
+        rows.append(("alpha=1 (eq. 9)", self.alpha1, self.method == "alpha=1"))
+        if self.alpha is not None:
+            rows.append((f"alpha={self.alpha:g} (eq. 8)", self.headline, True))
+        if self.exact is not None and self.exact.constant_alpha_min is not None:
+            label = f"alpha_min={self.exact.alpha_min:.3f} (eq. 8)"
+            rows.append((label, self.exact.constant_alpha_min, False))
+        rows.append(("continuous (eq. 13)", self.continuous, False))
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "states": [s.to_json() for s in self.states],
+            "method": self.method,
+            "r_1": self.r_1,
+            "baseline": self.baseline,
+            "r_n": self.r_n,
+            "a_n": self.a_n,
+            "alpha1": self.alpha1.to_json(),
+            "continuous": self.continuous.to_json(),
+        }
+        if self.dominated is not None:
+            out["dominated"] = list(self.dominated)
+        if self.exact is not None:
+            out["alphas"] = list(self.exact.alphas)
+            out["alpha_min"] = self.exact.alpha_min
+            out["exact"] = self.exact.point.to_json()
+            if self.exact.constant_alpha_min is not None:
+                out["constant_alpha_min"] = self.exact.constant_alpha_min.to_json()
+        if self.alpha is not None:
+            out["alpha"] = self.alpha
+        out.update(self.headline.to_json())
+        if self.smallest_state is not None:
+            out["smallest_state"] = self.smallest_state.to_json()
+        return out
 
 
 def bound_summary(
@@ -362,19 +501,23 @@ def bound_summary(
     classes: int | None = None,
     envelope: bool = False,
     source: str | None = None,
-) -> dict[str, Any]:
-    """Everything `edgeadapt bound --json` prints, as one JSON-ready dict.
+) -> BoundSummary:
+    """Every bound of the states (see `BoundSummary`).
 
     `correct` (bool ``[samples, states]``, columns in the order of `names`) switches on
     the exact oracle; the accuracies then come from it. `method` names the headline
-    figures (r_oracle ... delta_a): ``constant-alpha`` when `alpha` is given, else
-    ``exact`` with `correct`, else ``alpha=1``. The paper's analytic bounds (eq. 8, 9,
-    13) need accuracies that do not decrease with cost; `envelope` computes them on the
-    Pareto envelope instead (listed in ``dominated``). The exact oracle and the alphas
-    always use every state. Gains are against the baseline ``S_N`` (named in
-    ``baseline``): the top of the Pareto envelope, i.e. the most accurate state, which is
-    the costliest one when accuracies rise with cost as the paper assumes.
+    figures: ``constant-alpha`` when `alpha` is given, else ``exact`` with `correct`,
+    else ``alpha=1``. The paper's analytic bounds (eq. 8, 9, 13) need accuracies that do
+    not decrease with cost; `envelope` computes them on the Pareto envelope instead
+    (listed in ``dominated``). The exact oracle and the alphas always use every state.
+    Gains are against the baseline ``S_N`` (named in ``baseline``): the top of the
+    Pareto envelope, i.e. the most accurate state, which is the costliest one when
+    accuracies rise with cost as the paper assumes.
     """
+    if alpha is not None and not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise InputError(f"must be in [0, 1], got {alpha}", source="alpha")
+    if classes is not None and classes < 2:
+        raise InputError(f"must be >= 2, got {classes}", source="classes")
     if correct is not None:
         c = _correctness(correct, len(names))
         accuracies = c.mean(axis=0)
@@ -387,49 +530,50 @@ def bound_summary(
     if not envelope:
         require_monotone(space, source=source)
 
-    out: dict[str, Any] = {
-        "states": [
-            {"name": n, "cost": float(r), "accuracy": float(a)}
-            for n, r, a in zip(space.names, space.costs, space.accuracies, strict=True)
-        ],
-        "method": "alpha=1",
-        "r_1": float(space.costs[0]),
-        "baseline": front.names[-1],
-        "r_n": r_n,
-        "a_n": a_n,
-    }
-    headline = bound_alpha1(analytic.costs, analytic.accuracies)
-    out["alpha1"] = _point(headline, r_n, a_n)
-    cont = continuous_bound(analytic.costs, analytic.accuracies)
-    out["continuous"] = _point(cont, r_n, a_n)
-    if envelope:
-        out["dominated"] = dominated
+    def point(bound: Bound) -> OraclePoint:
+        return OraclePoint.against(bound, r_n, a_n)
+
+    alpha1 = point(bound_alpha1(analytic.costs, analytic.accuracies))
+    headline, method = alpha1, "alpha=1"
+    exact = None
     if correct is not None:
-        exact = exact_oracle(c, np.asarray(costs, dtype=np.float64))
-        out["alphas"] = [None if not math.isfinite(x) else float(x) for x in exact.alphas]
-        out["alpha_min"] = exact.alpha_min
-        out["exact"] = _point(Bound(exact.r_oracle, exact.a_oracle), r_n, a_n)
-        if exact.alpha_min is not None:
-            out["constant_alpha_min"] = _point(
-                bound_constant_alpha(analytic.costs, analytic.accuracies, exact.alpha_min),
-                r_n,
-                a_n,
-            )
-        headline = Bound(exact.r_oracle, exact.a_oracle)
-        out["method"] = "exact"
+        res = exact_oracle(c, np.asarray(costs, dtype=np.float64))
+        at_min = (
+            None
+            if res.alpha_min is None
+            else point(bound_constant_alpha(analytic.costs, analytic.accuracies, res.alpha_min))
+        )
+        exact = ExactFigures(
+            point(Bound(res.r_oracle, res.a_oracle)),
+            tuple(None if not math.isfinite(x) else float(x) for x in res.alphas),
+            res.alpha_min,
+            at_min,
+        )
+        headline, method = exact.point, "exact"
     if alpha is not None:
-        headline = bound_constant_alpha(analytic.costs, analytic.accuracies, alpha)
-        out["method"] = "constant-alpha"
-        out["alpha"] = float(alpha)
-    out.update(_point(headline, r_n, a_n))
+        headline = point(bound_constant_alpha(analytic.costs, analytic.accuracies, alpha))
+        method = "constant-alpha"
+    test = None
     if classes is not None and len(analytic) >= 2:
-        t = smallest_state_test(analytic.costs, analytic.accuracies, classes)
-        out["smallest_state"] = {
-            "classes": t.classes,
-            "state": analytic.names[0],
-            "r_1": t.r_1,
-            "r_2": t.r_2,
-            "threshold": t.threshold,
-            "passes": t.passes,
-        }
-    return out
+        test = replace(
+            smallest_state_test(analytic.costs, analytic.accuracies, classes),
+            state=analytic.names[0],
+        )
+    return BoundSummary(
+        states=tuple(
+            StateRow(n, float(r), float(a))
+            for n, r, a in zip(space.names, space.costs, space.accuracies, strict=True)
+        ),
+        method=method,
+        r_1=float(space.costs[0]),
+        baseline=front.names[-1],
+        r_n=r_n,
+        a_n=a_n,
+        alpha1=alpha1,
+        continuous=point(continuous_bound(analytic.costs, analytic.accuracies)),
+        headline=headline,
+        dominated=tuple(dominated) if envelope else None,
+        exact=exact,
+        alpha=None if alpha is None else float(alpha),
+        smallest_state=test,
+    )

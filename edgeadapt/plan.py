@@ -31,9 +31,16 @@ the record of how well the plan did and is shown by reports.
               "required_n", "holds", "method", "assumption"},   # risk-controlled plans
   "static": {"cost_ms": 0.74},                   # optional: the measured whole model
   "fallback": "no plan of several states ...",   # optional: why only the static model
-  "cost_stat": "p90"                             # optional (default p50): cost percentile
-}
+  "cost_stat": "p90",                            # optional (default p50): cost percentile
+  "runtime": {"runtime": "onnxruntime", "preset": null, "precision": "as-exported",
+              "threads": 1, "options": {}}        # optional: what the costs were measured
+}                                                 #   under (edgeadapt.presets.RuntimeConfig)
 ```
+
+``runtime`` is the profile's runtime configuration, copied into plans made from it, so
+a runner runs the plan under the settings its costs were measured with (unless told
+otherwise); plans without it (older ones, or made from bare costs) leave it to the
+runner. Both versions accept it.
 
 Policy ``gate`` (`edgeadapt.gates`): one learned gate per kept state but the last, its
 weights over the features of `edgeadapt.kernel_ref.GATE_FEATURES`; the thresholds then
@@ -66,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 from edgeadapt.errors import InputError
 from edgeadapt.gates import GATE_FEATURES, Gate
 from edgeadapt.jsonio import MAX_MS, Fields, check_value, read_json, write_json
+from edgeadapt.presets import RuntimeConfig
 from edgeadapt.risk import Promise
 
 if TYPE_CHECKING:
@@ -146,6 +154,8 @@ class Plan:
     #: The profile percentile the costs (and so the budget table) are taken at.
     cost_stat: str = "p50"
     gates: tuple[Gate, ...] | None = None  # None: the threshold policy
+    #: The runtime configuration the costs were measured under (None: not recorded).
+    runtime: RuntimeConfig | None = None
 
     @property
     def policy(self) -> str:
@@ -288,6 +298,8 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         doc["fallback"] = plan.fallback
     if plan.cost_stat != "p50":
         doc["cost_stat"] = plan.cost_stat
+    if plan.runtime is not None:
+        doc["runtime"] = plan.runtime.to_json()
     return doc
 
 
@@ -436,6 +448,11 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         fallback=f.get("fallback", str, None),
         gates=gates,
         cost_stat=f.get("cost_stat", str, "p50", check=_one_of(COST_STATS)),
+        runtime=(
+            RuntimeConfig.from_json(f.obj["runtime"], f.source, "$.runtime")
+            if "runtime" in f.obj
+            else None
+        ),
     )
 
 

@@ -6,14 +6,10 @@ of every state) and the per-state costs measured on the device:
 1. Reference: the best single state on the calibration split (its accuracy minus
    `max_drop` is the accuracy every candidate must keep on that split).
 2. Subsets: **every** subset of at most `max_states` states is a candidate (not only those
-   holding the last state: the constraint decides). They are visited in the order of a
-   lower bound on the expected cost any thresholds could reach (each sample pays at
-   least the first state's cost; the `need` correct samples pay at least their cheapest
-   correct state), subsets whose oracle accuracy misses the target are dropped, and the
-   search stops once the bound exceeds the cheapest calibrated cost found: exact, as
-   far as the calibrator is, and fast, as few subsets survive the bound. Candidates are
-   screened with single-move calibration; the cheapest few are then calibrated fully
-   (`edgeadapt.calibrate`). Ties go to fewer states.
+   holding the last state: the constraint decides); `edgeadapt.subset.search_subsets`
+   finds the cheapest whose calibrated thresholds keep the target, pruned by a lower
+   bound on the expected cost (exact, as far as the calibrator is). Ties go to fewer
+   states.
 3. States whose calibrated threshold never fires are dropped from the winner (their
    outcomes are unchanged; an ensemble no longer pays for them).
 4. Thresholds (``calibration="risk"``, the default): the subset's thresholds are
@@ -49,52 +45,40 @@ states up to j. The oracle and the budget table use the state's own cost.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgeadapt.calibrate import (
-    NEVER,
-    Calibration,
-    CascadeResult,
-    calibrate,
-    exit_states,
-    required_correct,
-    simulate,
-)
+from edgeadapt.calibrate import NEVER, CascadeResult, calibrate, exit_states, simulate
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import CONF_KEYS
 from edgeadapt.gates import Gate, GateInputs, fit_gates, policy_confidences
-from edgeadapt.plan import (
-    COST_STATS,
-    KINDS,
-    MEASURE_RANGES,
-    MEASURES,
-    BudgetRow,
-    Plan,
-    SplitFigures,
-)
+from edgeadapt.kernel_ref import MEASURES, lookup
+from edgeadapt.oracle import exact_oracle
+from edgeadapt.plan import COST_STATS, KINDS, MEASURE_RANGES, BudgetRow, Plan, SplitFigures
+from edgeadapt.presets import RuntimeConfig
 from edgeadapt.risk import Promise, RiskControlled, risk_control, shared_path
 from edgeadapt.stats import drop_upper_bound
+from edgeadapt.subset import search_subsets, subset_costs
 
 if TYPE_CHECKING:
+    import os
+
     from edgeadapt.bundle import Bundle
     from edgeadapt.evaluation import Evaluation
     from edgeadapt.profile import Profile
 
-_FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
 CALIBRATIONS = ("risk", "empirical")
 POLICIES = ("threshold", "gate")
 _TOL = 1e-9
 
 
 class EvaluationLike(Protocol):
-    """What the planner reads from an evaluation (issue 3's format)."""
+    """What the planner reads from an evaluation (`edgeadapt.evaluation`'s format)."""
 
     @property
     def labels(self) -> np.ndarray: ...
@@ -157,7 +141,7 @@ class Outcomes:
                 source=getattr(evaluation, "source", None),
                 field=key,
             )
-        confs = [getattr(evaluation, CONF_KEYS[m], None) for m in ("maxprob", "margin", "entropy")]
+        confs = [getattr(evaluation, CONF_KEYS[m], None) for m in MEASURES]
         gate_inputs = (
             None
             if any(c is None for c in confs)
@@ -192,21 +176,6 @@ class Outcomes:
         return self.take(np.sort(rows[:cut])), self.take(np.sort(rows[cut:]))
 
 
-@dataclass(frozen=True)
-class SubsetChoice:
-    """The winning subset (bundle state indices) and its calibration."""
-
-    states: tuple[int, ...]
-    calibration: Calibration
-    evaluated: int
-
-
-def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: str) -> np.ndarray:
-    """What a sample exiting at each kept state pays (see the module docstring)."""
-    own = np.asarray(state_costs, dtype=np.float64)[list(states)]
-    return np.cumsum(own) if kind == "ensemble" else own
-
-
 def pareto_states(state_costs: np.ndarray, accuracy: np.ndarray) -> tuple[int, ...]:
     """States no other is both as cheap and more accurate than, by rising cost."""
     kept: list[int] = []
@@ -214,14 +183,6 @@ def pareto_states(state_costs: np.ndarray, accuracy: np.ndarray) -> tuple[int, .
         if not kept or accuracy[s] > accuracy[kept[-1]]:
             kept.append(s)
     return tuple(sorted(kept))
-
-
-def exact_oracle(correct: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
-    """(R_oracle, A_oracle) of eq. 4/5: each sample pays its cheapest correct state's
-    cost, the cheapest state's cost when none is correct."""
-    per_sample = np.where(correct, cost, np.inf).min(axis=1)
-    hit = np.isfinite(per_sample)
-    return float(np.where(hit, per_sample, cost.min()).mean()), float(hit.mean())
 
 
 def gap_closure(r_n: float, r_policy: float, r_oracle: float) -> float | None:
@@ -249,74 +210,10 @@ def budget_table(
 
 
 def budget_state(budget: Sequence[BudgetRow], budget_ms: float) -> int:
-    """Bundle state to run under `budget_ms` (the first row's state below every row)."""
-    fits = [r.state for r in budget if r.budget_ms <= budget_ms]
-    return fits[-1] if fits else budget[0].state
-
-
-def search_subsets(
-    calib: Outcomes,
-    state_costs: np.ndarray,
-    *,
-    kind: str,
-    max_states: int,
-    max_drop: float,
-    reference_accuracy: float,
-) -> SubsetChoice:
-    """The cheapest calibrated subset of at most `max_states` states meeting the target."""
-    n, n_states = calib.correct.shape
-    need = required_correct(reference_accuracy, n, max_drop)
-    bounds = []
-    for k in range(1, min(max_states, n_states) + 1):
-        for states in itertools.combinations(range(n_states), k):
-            correct = calib.correct[:, states]
-            if np.count_nonzero(correct.any(axis=1)) < need:
-                continue  # even the oracle on these states misses the target
-            costs = subset_costs(state_costs, states, kind)
-            cheapest = np.where(correct, costs, np.inf).min(axis=1)
-            paid = np.partition(cheapest, need - 1)[:need].sum() if need else 0.0
-            bound = (paid + (n - need) * costs[0]) / n
-            bounds.append((bound, k, states))
-    bounds.sort()
-
-    screened: list[tuple[float, int, tuple[int, ...]]] = []
-    best = math.inf
-    evaluated = 0
-    for bound, k, states in bounds:
-        if bound > best + _TOL:
-            break
-        evaluated += 1
-        cal = _calibrate(calib, state_costs, states, kind, max_drop, reference_accuracy, False)
-        if cal.feasible:
-            screened.append((cal.expected_cost, k, states))
-            best = min(best, cal.expected_cost)
-    screened.sort()
-    finalists = []
-    for _, _, states in screened[:_FINALISTS]:
-        cal = _calibrate(calib, state_costs, states, kind, max_drop, reference_accuracy, True)
-        finalists.append((round(cal.expected_cost / _TOL) * _TOL, len(states), states, cal))
-    _, _, states, cal = min(finalists, key=lambda f: f[:3])
-    return SubsetChoice(states=states, calibration=cal, evaluated=evaluated)
-
-
-def _calibrate(
-    calib: Outcomes,
-    state_costs: np.ndarray,
-    states: tuple[int, ...],
-    kind: str,
-    max_drop: float,
-    reference_accuracy: float,
-    polish: bool,
-) -> Calibration:
-    cols = list(states)
-    return calibrate(
-        calib.conf[:, cols],
-        calib.correct[:, cols],
-        subset_costs(state_costs, states, kind),
-        max_drop=max_drop,
-        reference_accuracy=reference_accuracy,
-        polish=polish,
-    )
+    """Bundle state to run under `budget_ms`: the kernel's lookup over the table's rows
+    (`edgeadapt.kernel_ref.lookup`), the first row's state below every row."""
+    row = lookup([r.budget_ms for r in budget], [r.accuracy for r in budget], budget_ms)
+    return budget[0].state if row is None else budget[row].state
 
 
 def _measure(calib: Outcomes, heldout: Outcomes, measure: str | None) -> str:
@@ -420,6 +317,7 @@ def make_plan(
     calibration: str = "risk",
     policy: str = "threshold",
     cost_stat: str = "p50",
+    runtime: RuntimeConfig | None = None,
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
 
@@ -454,7 +352,8 @@ def make_plan(
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
     choice = search_subsets(
-        calib,
+        calib.conf,
+        calib.correct,
         costs,
         kind=kind,
         max_states=max_states,
@@ -535,7 +434,7 @@ def make_plan(
         held_figures, held_correct = figures(heldout, states, thresholds, gates)
     calib_figures, _ = figures(calib, states, thresholds, gates)
     cost_ms = subset_costs(costs, states, kind)
-    r_oracle, a_oracle = exact_oracle(heldout.correct, costs)
+    oracle = exact_oracle(heldout.correct, costs)
     r_n = float(costs[-1])
     return Plan(
         manifest_sha256=manifest_sha256,
@@ -556,11 +455,11 @@ def make_plan(
         heldout=held_figures,
         drop_bound=_drop_bound(heldout, reference, held_correct, delta, promise, fallback),
         delta=delta,
-        r_oracle=r_oracle,
-        a_oracle=a_oracle,
+        r_oracle=oracle.r_oracle,
+        a_oracle=oracle.a_oracle,
         r_n=r_n,
         a_n=float(heldout.correct[:, -1].mean()),
-        gap_closure=gap_closure(r_n, held_figures.cost_ms, r_oracle),
+        gap_closure=gap_closure(r_n, held_figures.cost_ms, oracle.r_oracle),
         search_method="exhaustive",
         max_states=max_states,
         subsets_evaluated=choice.evaluated,
@@ -569,6 +468,7 @@ def make_plan(
         fallback=fallback,
         gates=gates,
         cost_stat=cost_stat,
+        runtime=runtime,
     )
 
 
@@ -682,6 +582,7 @@ def plan_bundle(
     calibration: str = "risk",
     policy: str = "threshold",
     cost_stat: str = "p50",
+    runtime: RuntimeConfig | None = None,
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
@@ -702,6 +603,7 @@ def plan_bundle(
         calibration=calibration,
         policy=policy,
         cost_stat=cost_stat,
+        runtime=runtime,
     )
 
 
@@ -733,6 +635,8 @@ class ProfileCosts:
     static_ms: float | None
     order: str
     stat: str = "p50"
+    #: The runtime configuration the profile was measured under (for the plan).
+    runtime: RuntimeConfig | None = None
 
     @property
     def note(self) -> str | None:
@@ -759,4 +663,134 @@ def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> Profil
         static_ms=static_cost(profile, bundle, stat=stat),
         order=profile.order,
         stat=stat,
+        runtime=profile.runtime_config,
     )
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What ``edgeadapt plan`` prints: the plan's figures (`Plan.summary`), the order the
+    profile timed the steps in (`costs`, None when not from a profile) and where the
+    plan was written (None when not saved)."""
+
+    plan: Plan
+    costs: ProfileCosts | None = None
+    path: str | None = None
+
+    @property
+    def saving_vs_r_n(self) -> float | None:
+        """Share of R_N the held-out expected cost saves (negative: costs more)."""
+        return self.plan.summary()["saving_vs_r_n"]
+
+    @property
+    def saving_vs_static(self) -> float | None:
+        """Share of the static model's cost it saves (None when not measured)."""
+        return self.plan.summary()["saving_vs_static"]
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.plan.summary()
+        if self.costs is not None:
+            out["profile_order"] = self.costs.order
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+
+def write_plan(
+    bundle: Bundle | str | os.PathLike[str],
+    *,
+    profile: Profile | str | os.PathLike[str],
+    evaluation: Evaluation | str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    cost_stat: str = "p50",
+    **options: Any,
+) -> PlanSummary:
+    """What ``edgeadapt plan`` does: plan `bundle` on the `profile`'s costs at `cost_stat`
+    and the `evaluation` (`plan_bundle`, which takes `options`), and save the plan to
+    `output` (default ``BUNDLE/plan.json``)."""
+    from pathlib import Path
+
+    from edgeadapt.bundle import Bundle, load_bundle
+    from edgeadapt.evaluation import Evaluation, load_evaluation
+    from edgeadapt.plan import save_plan
+    from edgeadapt.profile import Profile, check_profile, load_profile
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if isinstance(profile, Profile):
+        check_profile(profile, b)
+        prof = profile
+    else:
+        prof = load_profile(profile, b)
+    ev = evaluation if isinstance(evaluation, Evaluation) else load_evaluation(evaluation)
+    costs = profile_costs(prof, b, stat=cost_stat)
+    plan = plan_bundle(
+        b,
+        ev,
+        costs.state_ms,
+        static_ms=costs.static_ms,
+        cost_stat=cost_stat,
+        runtime=costs.runtime,
+        **options,
+    )
+    target = Path(output) if output is not None else b.path / "plan.json"
+    save_plan(target, plan)
+    return PlanSummary(plan, costs, str(target))
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """One policy planned for comparison: its plan, or why none could be made."""
+
+    policy: str
+    plan: Plan | None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.plan is None:
+            return {"policy": self.policy, "plan": None, "reason": self.reason}
+        p = self.plan
+        return {
+            "policy": self.policy,
+            "states": list(p.state_names),
+            "accuracy": p.heldout.accuracy,
+            "cost": p.heldout.cost_ms,
+            "gap_closure": p.gap_closure,
+            "beats_static": p.beats_static,
+            "statement": p.statement,
+        }
+
+
+def plan_options(plan: Plan) -> dict[str, Any]:
+    """The `plan_bundle` options `plan` was made with, as far as the plan records them
+    (the held-out share from its split sizes; the seed is not recorded: the default)."""
+    held, calib = plan.heldout.n, plan.calibration.n
+    return {
+        "heldout": held / (held + calib),
+        "measure": plan.measure,
+        "max_states": plan.max_states,
+        "max_drop": plan.max_drop,
+        "delta": plan.delta,
+        "calibration": "empirical" if plan.promise is None else "risk",
+        "cost_stat": plan.cost_stat,
+    }
+
+
+def compare_policies(
+    bundle: Bundle,
+    evaluation: Evaluation,
+    state_costs_ms: Sequence[float] | np.ndarray,
+    **options: Any,
+) -> tuple[PolicyOutcome, ...]:
+    """Every policy (`POLICIES`) planned by `plan_bundle` from the same inputs and
+    `options`, so they can be shown side by side; a policy the inputs cannot support
+    (an evaluation without every measure's confidences has no gates; a branch bundle is
+    not cascaded) comes with the reason instead of a plan."""
+    out = []
+    for policy in POLICIES:
+        try:
+            plan = plan_bundle(bundle, evaluation, state_costs_ms, policy=policy, **options)
+        except InputError as e:
+            out.append(PolicyOutcome(policy, None, e.message))
+        else:
+            out.append(PolicyOutcome(policy, plan))
+    return tuple(out)

@@ -30,7 +30,8 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
     {"bundle": {"manifest_sha256", "kind", "states": [names]},
      "device": fingerprint (see edgeadapt.device), "measured_at": ISO time,
      "settings": {"runtime", "preset", "threads", "options", "warmup", "iters",
-                  "min_seconds", "seconds_per_state", "seed", "order"},
+                  "min_seconds", "seconds_per_state", "seed", "order",
+                  "runtime_config": see edgeadapt.presets.RuntimeConfig},
      "before"/"after": {"temperatures", "clock", "load": [1, 5, 15 min load averages]},
      "noise": {"noisy", "reasons"},
      "whole_model": {"origin": "composed" | "file", "path": str | null,
@@ -41,7 +42,9 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
 
 ``whole_model`` and each batch's ``whole`` are optional (profiles written before the
 whole model was timed, or with ``whole=False``, lack them); a missing ``settings.order``
-reads as ``step``.
+reads as ``step``; a missing ``settings.runtime_config`` is derived from ``runtime``,
+``preset``, ``threads`` and ``options`` (which then hold the precision, as a backend
+takes it).
 
 `state_costs` turns a profile into the `R_i` of each state (the cascade sum for
 early-exit bundles, the member's own cost for ensembles); `static_cost` gives the
@@ -69,19 +72,22 @@ from edgeadapt.bundle import Bundle
 from edgeadapt.device import clock_state, device_id, fingerprint, load_average, temperatures
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import MAX_MS, Fields, read_json, write_json
-from edgeadapt.presets import Preset, load_preset, resolve_runtime
+from edgeadapt.presets import Preset, RuntimeConfig, load_preset
 from edgeadapt.whole import WholeModel, load_whole, prepare_whole, whole_run
 
 __all__ = [
     "MIN_SAMPLES",
     "DeviceMismatchWarning",
     "Profile",
+    "ProfileRun",
     "StepStats",
     "default_profile_path",
+    "find_profile",
     "flops_costs",
     "load_profile",
     "profile_bundle",
     "profile_calls",
+    "profile_to_file",
     "save_profile",
     "state_costs",
     "static_cost",
@@ -167,6 +173,11 @@ class Profile:
     def order(self) -> str:
         """How the steps were called: ``chain`` or ``step`` (older profiles: ``step``)."""
         return str(self.settings.get("order", "step"))
+
+    @property
+    def runtime_config(self) -> RuntimeConfig:
+        """The runtime configuration the steps were timed under."""
+        return _runtime_config(self.settings, self.source or "profile")
 
     @property
     def device_id(self) -> str:
@@ -356,7 +367,7 @@ def _snapshot() -> dict[str, Any]:
 
 def profile_bundle(
     bundle: Bundle,
-    runtime: str | None = None,
+    runtime: str | RuntimeConfig | None = None,
     batches: Sequence[int] = (1,),
     threads: int | None = None,
     warmup: int = 20,
@@ -374,9 +385,11 @@ def profile_bundle(
 ) -> Profile:
     """Time every step of `bundle` at each batch size on a runtime.
 
-    The runtime and its options come from `preset` (a `Preset` or a preset name or
-    file, see `edgeadapt.presets`), overridden by `runtime`, `threads`, `precision` and
-    `options`; with neither, ONNX Runtime on 1 thread. Each step gets `warmup` untimed
+    The runtime and its options are `runtime` when it is a `RuntimeConfig`; else they
+    come from `preset` (a `Preset` or a preset name or file, see `edgeadapt.presets`),
+    overridden by `runtime`, `threads`, `precision` and `options`; with neither, ONNX
+    Runtime on 1 thread. The profile records the configuration
+    (`Profile.runtime_config`). Each step gets `warmup` untimed
     calls, then `iters` timed calls (at least MIN_SAMPLES), or with `iters=None` as
     many as fit in `min_seconds` (at least MIN_SAMPLES). `order` is ``chain`` (the steps
     called in turn, see the module docstring) or ``step`` (each step timed alone,
@@ -406,16 +419,26 @@ def profile_bundle(
     if seconds_per_state is not None:
         seconds_per_state = _budget(seconds_per_state, iters)
     chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
-    runtime, runtime_options = resolve_runtime(
-        chosen, runtime=runtime, threads=threads, precision=precision, options=options
-    )
+    if isinstance(runtime, RuntimeConfig):
+        given = [k for k, v in (("preset", chosen), ("threads", threads)) if v is not None]
+        given += [k for k, v in (("precision", precision), ("options", options)) if v is not None]
+        if given:
+            raise InputError(
+                f"give a RuntimeConfig or {', '.join(given)}, not both", source="runtime"
+            )
+        config = runtime
+    else:
+        config = RuntimeConfig.resolve(
+            chosen, runtime=runtime, threads=threads, precision=precision, options=options
+        )
+    runtime_options = config.backend_options()
     try:
-        rt = get_runtime(runtime, **runtime_options)
+        rt = get_runtime(config.runtime, **runtime_options)
     except InputError as e:
         if chosen is None:
             raise
         raise InputError(
-            f"preset {chosen.name!r} does not fit runtime {runtime!r}: {e}",
+            f"preset {chosen.name!r} does not fit runtime {config.runtime!r}: {e}",
             source=chosen.source,
             field="$.options",
         ) from None
@@ -490,8 +513,8 @@ def profile_bundle(
         device=fingerprint(rt.describe()),
         measured_at=measured_at,
         settings={
-            "runtime": runtime,
-            "preset": None if chosen is None else chosen.name,
+            "runtime": config.runtime,
+            "preset": config.preset,
             "threads": runtime_options.get("threads"),
             "options": {k: v for k, v in runtime_options.items() if k != "threads"},
             "warmup": warmup,
@@ -502,6 +525,7 @@ def profile_bundle(
             "seconds_per_state": seconds_per_state,
             "seed": seed,
             "order": order,
+            "runtime_config": config.to_json(),
         },
         before=before,
         after=after,
@@ -511,6 +535,69 @@ def profile_bundle(
         whole=whole_times,
         whole_model=None if whole_model is None else whole_model.provenance,
     )
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """A profile measured and saved (`profile_to_file`): the profile, the file, and each
+    profiled batch's state costs `R_i` (ms, p50, the cascade view)."""
+
+    profile: Profile
+    path: Path
+    state_costs: dict[int, tuple[float, ...]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The profile file's document plus where it was written."""
+        return {**self.profile.to_json(), "path": str(self.path)}
+
+
+def profile_to_file(
+    bundle: Bundle | str | os.PathLike[str],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    device: Preset | str | os.PathLike[str] | None = None,
+    runtime: str | None = None,
+    batches: Sequence[int] = (1,),
+    threads: int | None = None,
+    precision: str | None = None,
+    warmup: int = 20,
+    iters: int | None = None,
+    min_seconds: float = 0.5,
+    seconds_per_state: float | None = None,
+    order: str = DEFAULT_ORDER,
+    whole: bool | str | os.PathLike[str] = True,
+    progress: Progress | None = None,
+) -> ProfileRun:
+    """`edgeadapt profile`: `profile_bundle` under the `device` preset (a `Preset`, a
+    shipped name or a preset file) and the explicit choices, saved to `output` (default
+    `default_profile_path`, per preset)."""
+    from edgeadapt.bundle import load_bundle
+
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    preset = load_preset(device) if isinstance(device, (str, os.PathLike)) else device
+    prof = profile_bundle(
+        loaded,
+        runtime=runtime,
+        batches=batches,
+        threads=threads,
+        warmup=warmup,
+        iters=iters,
+        min_seconds=min_seconds,
+        progress=progress,
+        preset=preset,
+        precision=precision,
+        order=order,
+        whole=whole,
+        seconds_per_state=seconds_per_state,
+    )
+    path = (
+        Path(output)
+        if output is not None
+        else default_profile_path(loaded, None if preset is None else preset.name)
+    )
+    save_profile(path, prof)
+    costs = {b: tuple(state_costs(prof, loaded, batch=b)) for b in prof.batches}
+    return ProfileRun(prof, path, costs)
 
 
 def profile_calls(bundle: Bundle, batches: Sequence[int], whole: bool = True) -> int:
@@ -585,6 +672,17 @@ def default_profile_path(bundle: Bundle, preset: str | None = None) -> Path:
     return bundle.path / "profiles" / f"{name}.json"
 
 
+def find_profile(
+    bundle: Bundle, path: str | os.PathLike[str] | None = None, preset: str | None = None
+) -> Path | None:
+    """The profile to use for `bundle`: `path` when given, else this device's default
+    (`default_profile_path`) when it exists, else None."""
+    if path is not None:
+        return Path(path)
+    default = default_profile_path(bundle, preset)
+    return default if default.is_file() else None
+
+
 def save_profile(path: str | os.PathLike[str], profile: Profile) -> None:
     """Write a profile atomically."""
     write_json(path, profile.to_json())
@@ -647,6 +745,8 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
             f"the whole model was timed at batches {sorted(whole)}, steps at {sorted(steps)}",
             "batches",
         )
+    settings = f.get("settings", dict)
+    _runtime_config(settings, source)  # refused on read, not when first used
     noise = f.child("noise")
     reasons = noise.get("reasons", list)
     return Profile(
@@ -655,7 +755,7 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         states=tuple(states),
         device=device,
         measured_at=f.get("measured_at", str),
-        settings=f.get("settings", dict),
+        settings=settings,
         before=f.get("before", dict),
         after=f.get("after", dict),
         noisy=noise.get("noisy", bool),
@@ -665,6 +765,24 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         whole=whole,
         whole_model=whole_model,
     )
+
+
+def _runtime_config(settings: Mapping[str, Any], source: str) -> RuntimeConfig:
+    """`settings.runtime_config`, or for a profile written before it was recorded, the
+    configuration its ``runtime``/``preset``/``threads``/``options`` describe."""
+    if "runtime_config" in settings:
+        return RuntimeConfig.from_json(
+            settings["runtime_config"], source, "$.settings.runtime_config"
+        )
+    f = Fields(dict(settings), source=source, path="$.settings")
+    runtime = f.get("runtime", str, "onnxruntime")
+    threads = f.get("threads", (int, type(None)), None)
+    options = dict(f.get("options", dict, {}))
+    if threads is not None:
+        options["threads"] = threads
+    derived = RuntimeConfig.from_backend_options(runtime, options)
+    doc = {**derived.to_json(), "preset": f.get("preset", (str, type(None)), None)}
+    return RuntimeConfig.from_json(doc, source, "$.settings")
 
 
 def _whole_provenance(f: Fields) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["num", "pct", "ratio", "table"]
+__all__ = ["num", "pct", "ratio", "saving", "table"]
 
 
 def table(
@@ -42,6 +42,17 @@ def ratio(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
 
 
-def pct(x: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage (``0.931`` -> ``93.1%``); ``-`` when missing."""
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
+def pct(x: float | None, digits: int = 1, *, signed: bool = False) -> str:
+    """A fraction as a percentage (``0.931`` -> ``93.1%``; `signed`: ``+93.1%``, for a
+    change); ``-`` when missing."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{100 * x:+.{digits}f}%" if signed else f"{100 * x:.{digits}f}%"
+
+
+def saving(share: float | None) -> str:
+    """A share of a baseline's cost saved, in words (``saves 12.3%``; negative: ``costs
+    4.5% more``); ``n/a`` when there is no baseline."""
+    if share is None:
+        return "n/a"
+    return f"saves {pct(share)}" if share >= 0 else f"costs {pct(-share)} more"

@@ -1,7 +1,7 @@
 """The device report: one self-contained HTML page (and its PNGs) of policy vs oracle.
 
 `write_report` joins a bundle, its profile on the device and an evaluation (checked by
-`edgeadapt.analysis.load_inputs`), and optionally the plan made from them, and draws:
+`edgeadapt.bound.load_inputs`), and optionally the plan made from them, and draws:
 
 - accuracy vs measured cost of every state with the alpha = 1 and constant-alpha
   (alpha_min) bounds and the shaded opportunity area between the states and the
@@ -10,6 +10,12 @@
   plan's held-out operating point;
 - alpha_i per state (Fig. 2);
 - the best k-subset's exact-oracle R_ratio for k = 1..N (Fig. 6, `edgeadapt.subset`).
+
+Next to the plan it shows both policies, the confidence thresholds and the learned exit
+gates, planned from the same profile and evaluation with the plan's options
+(`edgeadapt.planner.compare_policies`): held-out accuracy, expected cost and oracle gap
+closure side by side, or why a policy cannot be planned (an evaluation without every
+measure's confidences has no gate policy).
 
 The HTML embeds the PNGs as base64 data URIs (readable without a server) next to tables
 of the states, the bounds, the subset curve and the plan, each saving stated against both
@@ -26,7 +32,6 @@ import base64
 import datetime
 import html
 import io
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,18 +40,38 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.analysis import R_N_WHAT, Inputs, bundle_bound, load_inputs
 from edgeadapt.atomic import atomic_write_many
+from edgeadapt.bound import (
+    VIEWS_CAPTION,
+    BundleBound,
+    Inputs,
+    bundle_bound,
+    load_inputs,
+    r_n_what,
+    view_cells,
+)
 from edgeadapt.bundle import Bundle
 from edgeadapt.calibrate import Sweep, simulate, sweep
-from edgeadapt.errors import MissingExtraError
+from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.oracle import ExactFigures, OraclePoint
 from edgeadapt.plan import Plan, check_plan, load_plan
-from edgeadapt.planner import subset_costs
+from edgeadapt.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
 from edgeadapt.profile import Profile
-from edgeadapt.subset import SubsetChoice, subset_curve_exact
+from edgeadapt.render import num, pct, ratio, saving
+from edgeadapt.subset import SubsetChoice, subset_costs, subset_curve_exact
 
-__all__ = ["FIGURES", "ReportData", "render_report", "report_data", "write_report"]
+__all__ = [
+    "FIGURES",
+    "POLICY_HEADERS",
+    "ReportData",
+    "ReportFiles",
+    "policy_rows",
+    "render_report",
+    "report_data",
+    "report_files",
+    "write_report",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -66,13 +91,15 @@ class ReportData:
     """Everything the report shows, computed once (costs in ms)."""
 
     inputs: Inputs
-    bound: dict[str, Any]
+    bound: BundleBound
     curve: list[SubsetChoice]
     sweep: Sweep | None  # None: the evaluation has no confidences
     sweep_states: tuple[int, ...]  # bundle states the sweep runs
     plan: Plan | None
     plan_here: tuple[float, float] | None  # plan's thresholds on this evaluation: (acc, cost)
     measure: str  # confidence measure of the sweep: the plan's, else maxprob
+    #: Both policies planned from this profile and evaluation (`compare_policies`).
+    policies: tuple[PolicyOutcome, ...] = ()
 
 
 def _plan(plan: Plan | PathLike, bundle: Bundle) -> Plan:
@@ -97,10 +124,8 @@ def report_data(
     correct = ev.correct
     order = np.argsort(inputs.costs, kind="stable")
     curve = [
-        SubsetChoice(
-            tuple(int(order[i]) for i in c.states), c.r_oracle, c.a_oracle, c.r_ratio, c.method
-        )
-        for c in subset_curve_exact(correct[:, order], inputs.costs[order], r_n=bound["r_n"])
+        c.relabel(order)
+        for c in subset_curve_exact(correct[:, order], inputs.costs[order], r_n=bound.summary.r_n)
     ]
     chosen = None if plan is None else _plan(plan, b)
     states = tuple(range(len(inputs.names))) if chosen is None else chosen.states
@@ -113,7 +138,13 @@ def report_data(
     if chosen is not None and conf is not None:
         run = simulate(conf[:, cols], correct[:, cols], pay, np.asarray(chosen.thresholds))
         here = (run.accuracy, run.expected_cost)
-    return ReportData(inputs, bound, curve, swept, states, chosen, here, measure)
+    options = {} if chosen is None else plan_options(chosen)
+    assert inputs.profile is not None  # cost="ms" needs one
+    costs = profile_costs(inputs.profile, b, stat=options.pop("cost_stat", "p50"))
+    policies = compare_policies(
+        b, ev, costs.state_ms, static_ms=costs.static_ms, cost_stat=costs.stat, **options
+    )
+    return ReportData(inputs, bound, curve, swept, states, chosen, here, measure, policies)
 
 
 # ------------------------------------------------------------------ plots
@@ -133,44 +164,42 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _frontier(r1: float, a1: float, point: dict[str, Any], r_n: float) -> tuple[list, list]:
+def _frontier(r1: float, a1: float, point: OraclePoint, r_n: float) -> tuple[list, list]:
     """The bound's frontier: from state 1 to the bound point, then flat to R_N."""
-    xs = [r1, point["r_oracle"], max(r_n, point["r_oracle"])]
-    ys = [a1, point["a_oracle"], point["a_oracle"]]
+    xs = [r1, point.r_oracle, max(r_n, point.r_oracle)]
+    ys = [a1, point.a_oracle, point.a_oracle]
     return xs, [100 * y for y in ys]
 
 
 def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
     """Draw every series of Fig. 3/4 on `ax`; return the accuracies (%) of the top points."""
-    bound = data.bound
-    costs = np.array([s["cost"] for s in bound["states"]])
-    accs = np.array([s["accuracy"] for s in bound["states"]]) * 100
-    r1, a1, r_n = costs[0], accs[0] / 100, bound["r_n"]
-    optimistic = bound.get("constant_alpha_min", bound["alpha1"])
-    ox, oy = _frontier(r1, a1, optimistic, r_n)
+    bound = data.bound.summary
+    exact = _exact(data)
+    costs = np.array([s.cost for s in bound.states])
+    accs = np.array([s.accuracy for s in bound.states]) * 100
+    r1, a1, r_n = costs[0], accs[0] / 100, bound.r_n
+    ox, oy = _frontier(r1, a1, bound.optimistic, r_n)
     area_x = [*costs, ox[2], ox[1], ox[0]]
     area_y = [*accs, oy[2], oy[1], oy[0]]
     ax.fill(area_x, area_y, color="tab:green", alpha=0.15, lw=0, label="opportunity area")
     ax.plot(costs, accs, "o--", color="0.35", label="states (one state per input)", zorder=3)
-    for name, x, y in zip((s["name"] for s in bound["states"]), costs, accs, strict=True):
+    for name, x, y in zip(bound.names, costs, accs, strict=True):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
-    ax.plot(
-        *_frontier(r1, a1, bound["alpha1"], r_n), "-", color="tab:blue", label="alpha = 1 bound"
-    )
-    if "constant_alpha_min" in bound:
-        label = f"constant-alpha bound (alpha_min = {bound['alpha_min']:.2f})"
+    ax.plot(*_frontier(r1, a1, bound.alpha1, r_n), "-", color="tab:blue", label="alpha = 1 bound")
+    if exact.constant_alpha_min is not None:
+        label = f"constant-alpha bound (alpha_min = {exact.alpha_min:.2f})"
         ax.plot(ox, oy, "-", color="tab:green", label=label)
-    ex = bound["exact"]
-    ax.plot(ex["r_oracle"], 100 * ex["a_oracle"], "*", ms=14, color="tab:red", label="exact oracle")
-    static = bound.get("static")
+    ex = exact.point
+    ax.plot(ex.r_oracle, 100 * ex.a_oracle, "*", ms=14, color="tab:red", label="exact oracle")
+    static = data.bound.static
     if static is not None:
         ax.axvline(
-            static["cost_ms"],
+            static.cost_ms,
             ls=":",
             color="black",
-            label=f"static model (measured whole model, {static['cost_ms']:.4g} ms)",
+            label=f"static model (measured whole model, {static.cost_ms:.4g} ms)",
         )
-    top = [100 * bound["a_n"], 100 * ex["a_oracle"], oy[1]]
+    top = [100 * bound.a_n, 100 * ex.a_oracle, oy[1]]
     if data.sweep is not None:
         names = ", ".join(data.inputs.names[i] for i in data.sweep_states)
         ax.plot(
@@ -197,6 +226,13 @@ def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
     return top
 
 
+def _exact(data: ReportData) -> ExactFigures:
+    """The exact oracle's figures (the report's evaluation always gives them)."""
+    exact = data.bound.summary.exact
+    assert exact is not None  # bound on per-sample results
+    return exact
+
+
 def plot_accuracy_cost(data: ReportData) -> bytes:
     """Fig. 3/4 on this device: the whole range, and a zoom on the most accurate points."""
     fig = _figure(12.0, 5.0)
@@ -207,7 +243,7 @@ def plot_accuracy_cost(data: ReportData) -> bytes:
     full.set_title("Accuracy vs measured cost on this device")
     zoom.set_title("Zoom on the top")
     for ax in (full, zoom):
-        ax.set_xlabel(f"expected cost per sample (ms; {data.bound['cost']['origin']})")
+        ax.set_xlabel(f"expected cost per sample (ms; {data.bound.origin})")
     full.set_ylabel("top-1 accuracy (%)")
     full.legend(loc="lower right", fontsize=8)
     return _png(fig)
@@ -215,18 +251,18 @@ def plot_accuracy_cost(data: ReportData) -> bytes:
 
 def plot_alphas(data: ReportData) -> bytes:
     """alpha_i = P(states 1..i-1 all wrong | state i wrong) for i >= 2 (Fig. 2)."""
-    bound = data.bound
-    names = [s["name"] for s in bound["states"]][1:]
-    values = [np.nan if a is None else a for a in bound["alphas"]]
+    exact = _exact(data)
+    names = list(data.bound.summary.names[1:])
+    values = [np.nan if a is None else a for a in exact.alphas]
     fig = _figure(6.0, 4.0)
     ax = fig.add_subplot()
     ax.plot(range(len(names)), values, "o-", color="tab:blue", label="alpha_i (exact)")
-    if bound.get("alpha_min") is not None:
+    if exact.alpha_min is not None:
         ax.axhline(
-            bound["alpha_min"],
+            exact.alpha_min,
             ls="--",
             color="tab:green",
-            label=f"alpha_min = {bound['alpha_min']:.3f}",
+            label=f"alpha_min = {exact.alpha_min:.3f}",
         )
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1.05)
@@ -257,7 +293,7 @@ def plot_rratio(data: ReportData) -> bytes:
     ax.set_xticks(ks)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("number of states k")
-    ax.set_ylabel(f"R_ratio = R_N / R_oracle (x, R_N = {data.bound['baseline']})")
+    ax.set_ylabel(f"R_ratio = R_N / R_oracle (x, R_N = {data.bound.summary.baseline})")
     ax.set_title("Efficiency gain vs number of states")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -265,20 +301,6 @@ def plot_rratio(data: ReportData) -> bytes:
 
 
 # ------------------------------------------------------------------- HTML
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:.{digits}g}"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def _ratio(x: float | None) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -290,18 +312,12 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _states_table(data: ReportData) -> str:
-    bound, b = data.bound, data.inputs.bundle
-    alphas = [None, *bound["alphas"]]
+    summary, b = data.bound.summary, data.inputs.bundle
+    alphas = [None, *_exact(data).alphas]
     flops = {s.name: s.flops for s in b.states}
     rows = [
-        [
-            s["name"],
-            _fmt(s["cost"]),
-            f"{flops[s['name']] / 1e6:.2f}",
-            _pct(s["accuracy"]),
-            _fmt(a, 3),
-        ]
-        for s, a in zip(bound["states"], alphas, strict=True)
+        [s.name, num(s.cost), f"{flops[s.name] / 1e6:.2f}", pct(s.accuracy, 2), num(a, 3)]
+        for s, a in zip(summary.states, alphas, strict=True)
     ]
     headers = ["state", "cost (ms)", "MFLOPs (manifest)", "accuracy", "alpha_i"]
     return _table(headers, rows)
@@ -309,27 +325,20 @@ def _states_table(data: ReportData) -> str:
 
 def _bounds_table(data: ReportData) -> str:
     bound = data.bound
-    rows = []
-
-    def add(label: str, p: dict[str, Any]) -> None:
-        rows.append(
-            [
-                label,
-                _fmt(p["r_oracle"]),
-                _pct(p["a_oracle"]),
-                _fmt(p["delta_r"]),
-                _ratio(p.get("r_ratio")),
-                f"{100 * p['delta_a']:+.2f}%",
-            ]
-        )
-
-    add("exact oracle (eq. 4/5)", bound["exact"])
-    add("alpha = 1 (eq. 9)", bound["alpha1"])
-    if "constant_alpha_min" in bound:
-        add(f"alpha_min = {bound['alpha_min']:.3f} (eq. 8)", bound["constant_alpha_min"])
-    add("continuous (eq. 13)", bound["continuous"])
+    summary = bound.summary
+    rows = [
+        [
+            label,
+            num(p.r_oracle),
+            pct(p.a_oracle, 2),
+            num(p.delta_r),
+            ratio(p.r_ratio),
+            pct(p.delta_a, 2, signed=True),
+        ]
+        for label, p, _ in summary.points()
+    ]
     headers = ["bound", "R_oracle (ms)", "A_oracle", "dR (ms)", "R_ratio", "dA"]
-    dominated = bound.get("dominated")
+    dominated = summary.dominated
     note = (
         "<p>Pareto envelope: the analytic bounds drop "
         + html.escape(", ".join(dominated))
@@ -337,51 +346,28 @@ def _bounds_table(data: ReportData) -> str:
         if dominated
         else ""
     )
-    views = []
-    for name, v in bound["views"].items():
-        scale, unit = (1e6, "MFLOPs") if v["unit"] == "flops" else (1.0, v["unit"])
-        r_oracle, r_n = _fmt(v["r_oracle"] / scale), _fmt(v["r_n"] / scale)
-        views.append([name, unit, r_oracle, r_n, _ratio(v["r_ratio"])])
     return (
         _table(headers, rows)
         + note
-        + f"<p>Baseline R_N = {_fmt(bound['r_n'])} ms, A_N = {_pct(bound['a_n'])} "
-        f"({html.escape(bound['baseline'])}).</p>"
+        + f"<p>Baseline R_N = {num(summary.r_n)} ms, A_N = {pct(summary.a_n, 2)} "
+        f"({html.escape(summary.baseline)}).</p>"
         + _baselines_table(bound)
-        + "<p>Exact oracle per cost view (cascade: steps 0..i, what a sequential run "
-        "pays; direct: stages 0..i + head i, the paper's view):</p>"
-        + _table(["view", "unit", "R_oracle", "R_N", "R_ratio"], views)
+        + f"<p>{html.escape(VIEWS_CAPTION[0].upper() + VIEWS_CAPTION[1:])}:</p>"
+        + _table(["view", "unit", "R_oracle", "R_N", "R_ratio"], view_cells(bound.views))
     )
 
 
-def _baselines_table(bound: dict[str, Any]) -> str:
+def _baselines_table(bound: BundleBound) -> str:
     """The headline oracle against R_N (the sum of the steps for an early-exit bundle) and
     the static model."""
-    r_oracle = bound["r_oracle"]
-    rows = [
-        [
-            f"R_N: {bound['r_n_what']} ({bound['baseline']})",
-            _fmt(bound["r_n"]),
-            _fmt(bound["r_n"] - r_oracle),
-            _ratio(bound["r_n"] / r_oracle if r_oracle > 0 else None),
-        ]
-    ]
-    static = bound.get("static")
-    if static is not None:
-        rows.append(
-            [
-                f"static: measured whole model ({static['origin']})",
-                _fmt(static["cost_ms"]),
-                _fmt(static["delta_r"]),
-                _ratio(static["r_ratio"]),
-            ]
-        )
-        note = f"The full path costs {_ratio(static['full_path_ratio'])} the static model."
+    rows = [[label, num(c), num(dr), ratio(rr)] for label, c, dr, rr in bound.baselines()]
+    if bound.static is not None:
+        note = f"The full path costs {ratio(bound.static.full_path_ratio)} the static model."
     else:
         note = "No static baseline: the profile did not time the whole model."
     table = _table(["baseline", "cost (ms)", "dR (ms)", "R_ratio"], rows)
     return (
-        f"<p>Savings of the {html.escape(bound['method'])} oracle against each baseline:</p>"
+        f"<p>Savings of the {html.escape(bound.summary.method)} oracle against each baseline:</p>"
         + table
         + f"<p>{note}</p>"
     )
@@ -393,9 +379,9 @@ def _curve_table(data: ReportData) -> str:
         [
             str(c.k),
             ", ".join(names[i] for i in c.states),
-            _fmt(c.r_oracle),
-            _pct(c.a_oracle),
-            _ratio(c.r_ratio),
+            num(c.r_oracle),
+            pct(c.a_oracle, 2),
+            ratio(c.r_ratio),
         ]
         for c in data.curve
     ]
@@ -404,10 +390,8 @@ def _curve_table(data: ReportData) -> str:
 
 def _versus(cost: float, baseline: float) -> str:
     if baseline <= 0:
-        return f"{_fmt(baseline)} ms"
-    share = 1.0 - cost / baseline
-    what = f"saves {100 * share:.1f}%" if share >= 0 else f"costs {-100 * share:.1f}% more"
-    return f"{_fmt(baseline)} ms ({what})"
+        return f"{num(baseline)} ms"
+    return f"{num(baseline)} ms ({saving(1.0 - cost / baseline)})"
 
 
 def _plan_section(data: ReportData) -> str:
@@ -415,23 +399,20 @@ def _plan_section(data: ReportData) -> str:
     if plan is None:
         return "<p>No plan given (edgeadapt plan BUNDLE ...).</p>"
     held = plan.heldout
-    gap = "n/a" if plan.gap_closure is None else f"{100 * plan.gap_closure:.1f}%"
+    gap = "n/a" if plan.gap_closure is None else pct(plan.gap_closure)
     rows = [
         ["states", ", ".join(plan.state_names)],
         [f"thresholds ({plan.measure})", ", ".join(f"{t:.4f}" for t in plan.thresholds)],
         ["held-out samples", str(held.n)],
-        ["held-out accuracy", _pct(held.accuracy)],
+        ["held-out accuracy", pct(held.accuracy, 2)],
         [
             "held-out drop",
             f"{100 * held.drop:+.2f} points vs {plan.bundle_states[plan.reference_state]} "
-            f"(<= {100 * plan.drop_bound:.2f} with probability {1 - plan.delta:.0%}; "
+            f"(<= {100 * plan.drop_bound:.2f} with probability {pct(1 - plan.delta, 0)}; "
             f"max drop {100 * plan.max_drop:.2f})",
         ],
-        ["expected cost (plan.json)", f"{_fmt(held.cost_ms)} ms"],
-        [
-            f"vs R_N, {R_N_WHAT.get(plan.kind, 'the costliest state')}",
-            _versus(held.cost_ms, plan.r_n),
-        ],
+        ["expected cost (plan.json)", f"{num(held.cost_ms)} ms"],
+        [f"vs R_N, {r_n_what(plan.kind)}", _versus(held.cost_ms, plan.r_n)],
         [
             "vs the static model (measured whole model)",
             "not measured"
@@ -439,7 +420,7 @@ def _plan_section(data: ReportData) -> str:
             else _versus(held.cost_ms, plan.static_ms)
             + ("" if plan.beats_static else " (the plan does NOT beat it)"),
         ],
-        ["oracle (plan.json)", f"{_fmt(plan.r_oracle)} ms at {_pct(plan.a_oracle)}"],
+        ["oracle (plan.json)", f"{num(plan.r_oracle)} ms at {pct(plan.a_oracle, 2)}"],
         ["oracle gap closure", gap],
     ]
     if data.plan_here is not None:
@@ -448,10 +429,65 @@ def _plan_section(data: ReportData) -> str:
         rows.append(
             [
                 "plan's thresholds on this evaluation and profile",
-                f"{_pct(acc)} at {_fmt(cost)} ms ({n} samples)",
+                f"{pct(acc, 2)} at {num(cost)} ms ({n} samples)",
             ]
         )
     return _table(["plan", "value"], rows)
+
+
+def policy_rows(policies: Sequence[PolicyOutcome]) -> list[list[str]]:
+    """One row per planned policy: kept states, held-out accuracy, expected cost (ms),
+    oracle gap closure, against the static model (`POLICY_HEADERS`); the policies that
+    could not be planned are left out (`PolicyOutcome.reason` says why)."""
+    rows = []
+    for p in policies:
+        plan = p.plan
+        if plan is None:
+            continue
+        static = (
+            "-"
+            if plan.beats_static is None
+            else ("beats" if plan.beats_static else "does NOT beat")
+        )
+        rows.append(
+            [
+                p.policy,
+                ", ".join(plan.state_names),
+                pct(plan.heldout.accuracy, 2),
+                num(plan.heldout.cost_ms),
+                "n/a" if plan.gap_closure is None else pct(plan.gap_closure),
+                static,
+            ]
+        )
+    return rows
+
+
+POLICY_HEADERS = (
+    "policy",
+    "states",
+    "held-out accuracy",
+    "expected cost (ms)",
+    "oracle gap closure",
+    "static model",
+)
+
+
+def _policies_section(data: ReportData) -> str:
+    if not data.policies:
+        return ""
+    rows = policy_rows(data.policies)
+    missing = "".join(
+        f"<p>{html.escape(p.policy)}: not planned: {html.escape(p.reason or '')}</p>"
+        for p in data.policies
+        if p.plan is None
+    )
+    return (
+        "<p>Both policies planned from this profile and evaluation"
+        + (" with the plan's options" if data.plan is not None else "")
+        + " (edgeadapt plan --policy threshold|gate):</p>"
+        + (_table(POLICY_HEADERS, rows) if rows else "")
+        + missing
+    )
 
 
 _STYLE = """
@@ -466,7 +502,8 @@ figcaption { font-size: 0.9em; color: #555; }
 
 def _html(data: ReportData, images: dict[str, bytes]) -> str:
     bound, b = data.bound, data.inputs.bundle
-    prof, ev = bound["profile"], bound["evaluation"]
+    prof = bound.profile
+    assert prof is not None  # the report's costs are measured
     esc = html.escape
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     figures = "".join(
@@ -475,7 +512,7 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
         f"<figcaption>{esc(FIGURES[key][1])}</figcaption></figure>"
         for key, png in images.items()
     )
-    noisy = " <strong>(profile flagged noisy)</strong>" if prof["noisy"] else ""
+    noisy = " <strong>(profile flagged noisy)</strong>" if prof.noisy else ""
     sweep_note = (
         f"<p>The evaluation has no {data.measure} confidences: no policy sweep.</p>"
         if data.sweep is None
@@ -487,13 +524,13 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
 <body>
 <h1>edgeadapt report: {esc(b.path.name)}</h1>
 <p>Bundle {esc(str(b.path))} ({esc(b.kind)}, {len(data.inputs.names)} states,
-{b.num_classes} classes). Costs: ms, {esc(bound["cost"]["origin"])}, from profile
-{esc(prof["path"] or "(not saved)")} (device {esc(prof["device_id"])}, {esc(str(prof["runtime"]))},
-{esc(str(prof["threads"]))} thread(s), measured {esc(prof["measured_at"])}){noisy}.
-Accuracies: evaluation {esc(ev["path"] or "(not saved)")} ({ev["samples"]} samples). Written {when}.</p>
+{b.num_classes} classes). Costs: ms, {esc(bound.origin)}, from profile
+{esc(prof.path or "(not saved)")} (device {esc(prof.device_id)}, {esc(str(prof.runtime))},
+{esc(str(prof.threads))} thread(s), measured {esc(prof.measured_at)}){noisy}.
+Accuracies: evaluation {esc(bound.evaluation_path or "(not saved)")} ({bound.samples} samples). Written {when}.</p>
 <h2>States</h2>{_states_table(data)}
 <h2>Oracle bounds</h2>{_bounds_table(data)}
-<h2>Plan</h2>{_plan_section(data)}
+<h2>Plan</h2>{_plan_section(data)}{_policies_section(data)}
 <h2>Best k-subsets</h2>{_curve_table(data)}
 <h2>Figures</h2>{sweep_note}{figures}
 </body></html>
@@ -529,3 +566,82 @@ def write_report(
     Bundle, profile, evaluation and plan may be loaded objects or paths."""
     data = report_data(bundle, profile=profile, evaluation=evaluation, plan=plan)
     return render_report(data, out)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """A written report (`report_files`): what it was made from, the files written (HTML
+    last) and its figures; `to_json()` is what ``edgeadapt report --json`` prints."""
+
+    data: ReportData
+    paths: tuple[Path, ...]
+    profile: Path
+    evaluation: Path
+    plan: Path | None
+
+    def to_json(self) -> dict[str, Any]:
+        summary = self.data.bound.summary
+        exact = summary.exact
+        plan = self.data.plan
+        static = self.data.bound.static
+        return {
+            "html": str(self.paths[-1]),
+            "images": [str(p) for p in self.paths[:-1]],
+            "profile": str(self.profile),
+            "evaluation": str(self.evaluation),
+            "plan": None if self.plan is None else str(self.plan),
+            "exact": None if exact is None else exact.point.to_json(),
+            "r_n": summary.r_n,
+            "static": None if static is None else static.to_json(),
+            "alpha_min": None if exact is None else exact.alpha_min,
+            "policy": None
+            if plan is None
+            else {
+                "accuracy": plan.heldout.accuracy,
+                "cost": plan.heldout.cost_ms,
+                "gap_closure": plan.gap_closure,
+                "static_ms": plan.static_ms,
+                "beats_static": plan.beats_static,
+            },
+            "policies": [p.to_json() for p in self.data.policies],
+        }
+
+
+def _default(path: PathLike | None, default: Path, name: str, how: str) -> Path:
+    """`path`, else `default` when it exists, else an error naming the parameter."""
+    if path is not None:
+        return Path(path)
+    if default.is_file():
+        return default
+    raise InputError(f"not given and {default} does not exist; {how}", source=name)
+
+
+def report_files(
+    bundle: Bundle | PathLike,
+    *,
+    profile: PathLike | None = None,
+    evaluation: PathLike | None = None,
+    plan: PathLike | None = None,
+    output: PathLike,
+) -> ReportFiles:
+    """What ``edgeadapt report`` does: `write_report` with the bundle's own files by
+    default (the profile ``BUNDLE/profiles/<device>.json``, the evaluation
+    ``BUNDLE/evaluation.npz``, the plan ``BUNDLE/plan.json`` when it exists)."""
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import default_profile_path
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    profile_path = _default(
+        profile, default_profile_path(b), "profile", f"run edgeadapt profile {b.path}"
+    )
+    evaluation_path = _default(
+        evaluation,
+        b.path / "evaluation.npz",
+        "evaluation",
+        f"run edgeadapt evaluate {b.path} --data D.npz",
+    )
+    default_plan = b.path / "plan.json"
+    plan_path = Path(plan) if plan is not None else default_plan if default_plan.is_file() else None
+    data = report_data(b, profile=profile_path, evaluation=evaluation_path, plan=plan_path)
+    paths = render_report(data, output)
+    return ReportFiles(data, tuple(paths), profile_path, evaluation_path, plan_path)

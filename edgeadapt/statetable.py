@@ -3,6 +3,9 @@
 One row per state, in any order; cost in any unit (GFLOPs, ms); accuracy a fraction in
 [0, 1]. Other columns (a source, a note) are kept out of the way; lines starting with
 ``#`` are comments. Errors name the file, the line and the column.
+
+`table_states` joins a table with an evaluation (per-sample results of the same states,
+by name): the evaluation's states, costs from the table, accuracies from the results.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgeadapt.errors import InputError
 from edgeadapt.jsonio import read_text
 
-__all__ = ["COLUMNS", "StateTable", "load_state_table"]
+__all__ = ["COLUMNS", "StateTable", "TableStates", "load_state_table", "table_states"]
 
 COLUMNS = ("name", "cost", "accuracy")
 
@@ -104,3 +109,48 @@ def load_state_table(path: str | os.PathLike[str]) -> StateTable:
         costs.append(cost)
         accs.append(acc)
     return StateTable(tuple(names), tuple(costs), tuple(accs), str(path))
+
+
+@dataclass(frozen=True)
+class TableStates:
+    """States with costs and accuracies, and per-sample correctness when an evaluation
+    gave them (None otherwise); `ignored` lists the table rows the evaluation lacks,
+    `source` the file the figures come from (the evaluation, else the table)."""
+
+    names: tuple[str, ...]
+    costs: np.ndarray
+    accuracies: np.ndarray
+    correct: np.ndarray | None
+    ignored: tuple[str, ...]
+    source: str
+
+
+def table_states(
+    table: str | os.PathLike[str], evaluation: str | os.PathLike[str] | None = None
+) -> TableStates:
+    """The states of a state table, or with `evaluation` the evaluation's states with
+    their costs taken from the table by name (every state must be in the table)."""
+    from edgeadapt.evaluation import load_evaluation
+
+    rows = load_state_table(table)
+    if evaluation is None:
+        return TableStates(
+            rows.names, np.array(rows.costs), np.array(rows.accuracies), None, (), rows.source
+        )
+    ev = load_evaluation(evaluation)
+    cost_of = dict(zip(rows.names, rows.costs, strict=True))
+    for name in ev.names:
+        if name not in cost_of:
+            raise InputError(
+                f"state {name!r} is not in the table {table}", source=evaluation, field="states"
+            )
+    names = tuple(ev.names)
+    correct = ev.correct
+    return TableStates(
+        names,
+        np.array([cost_of[n] for n in names]),
+        correct.mean(axis=0),
+        correct,
+        tuple(n for n in rows.names if n not in set(names)),
+        str(evaluation),
+    )

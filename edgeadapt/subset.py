@@ -1,6 +1,7 @@
-"""Best subset of k states (paper section 4.2.1), exact, and the R_ratio-vs-k curve.
+"""Subsets of states: the best k for the oracle (paper section 4.2.1) and for a policy.
 
-Two objectives:
+Oracle subsets: the best subset of k states, exact, and the R_ratio-vs-k curve, with two
+objectives:
 
 - **alpha = 1** (eq. 9, from costs and accuracies only): the least ``R_oracle`` among
   subsets of k states that keep the top state, so ``A_oracle = A_N``. Writing eq. 9 for
@@ -19,32 +20,55 @@ Two objectives:
 
 ``R_ratio = R_N / R_oracle`` with ``R_N`` the baseline's cost: by default the costliest
 state given; pass `r_n` to measure against another baseline (the CLI uses the most
-accurate state).
+accurate state). `subset_analysis` is what ``edgeadapt subset`` prints: the curve on a
+state table, the baseline and the states it leaves out.
+
+Policy subsets (`search_subsets`, what the planner keeps): the cheapest subset of at most
+`max_states` states whose calibrated thresholds meet an accuracy target. Every subset is
+a candidate; they are visited in the order of a lower bound on the expected cost any
+thresholds could reach (each sample pays at least the first state's cost; the `need`
+correct samples pay at least their cheapest correct state), subsets whose oracle
+accuracy misses the target are dropped, and the search stops once the bound exceeds the
+cheapest calibrated cost found. Candidates are screened with single-move calibration;
+the cheapest few are calibrated fully (`edgeadapt.calibrate`). Ties go to fewer states.
+`subset_costs` is what a sample exiting at each kept state pays.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edgeadapt.calibrate import Calibration, calibrate, required_correct
 from edgeadapt.errors import InputError
+from edgeadapt.oracle import pareto_envelope, require_monotone, state_space
 
 __all__ = [
     "MAX_ENUMERATED",
     "MAX_TABLE_STATES",
+    "CalibratedSubset",
+    "SubsetAnalysis",
     "SubsetChoice",
     "best_subset_alpha1",
     "best_subset_exact",
+    "search_subsets",
+    "subset_analysis",
+    "subset_costs",
     "subset_curve_alpha1",
     "subset_curve_exact",
+    "table_subsets",
 ]
 
 MAX_TABLE_STATES = 20  # 2^20 subsets scored at once (~40 MB of tables)
 MAX_ENUMERATED = 50_000  # k-subsets scored one by one above MAX_TABLE_STATES
+_FINALISTS = 3  # screened policy subsets that get the full (pair-move) calibration
+_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,28 @@ class SubsetChoice:
     def k(self) -> int:
         """Subset size."""
         return len(self.states)
+
+    def to_json(self, names: Sequence[str]) -> dict[str, Any]:
+        """The entry ``edgeadapt subset --json`` prints, states named by `names`."""
+        return {
+            "k": self.k,
+            "states": [names[i] for i in self.states],
+            "r_oracle": self.r_oracle,
+            "a_oracle": self.a_oracle,
+            "r_ratio": self.r_ratio if math.isfinite(self.r_ratio) else None,
+            "method": self.method,
+        }
+
+    def relabel(self, order: Sequence[int] | np.ndarray) -> SubsetChoice:
+        """The same choice with state positions mapped through `order` (cost order back
+        to the caller's order, say)."""
+        return SubsetChoice(
+            tuple(int(order[i]) for i in self.states),
+            self.r_oracle,
+            self.a_oracle,
+            self.r_ratio,
+            self.method,
+        )
 
 
 def _check_k(k: int, n: int) -> None:
@@ -287,3 +333,191 @@ def subset_curve_exact(
 def best_subset_exact(correct: Any, costs: Any, k: int, r_n: float | None = None) -> SubsetChoice:
     """Best k states by the exact oracle (see `subset_curve_exact`)."""
     return subset_curve_exact(correct, costs, [k], r_n)[0]
+
+
+# --------------------------------------------------------- the subset analysis
+
+
+@dataclass(frozen=True)
+class SubsetAnalysis:
+    """What ``edgeadapt subset`` prints: the best subset of each size asked (`choices`,
+    positions into `names`, the states in cost order), against the baseline ``S_N``.
+
+    `curve` says the whole curve k = 1..N was asked (else one k); `dominated` lists the
+    states left out by the Pareto envelope, `ignored` the table rows the evaluation has
+    no results for.
+    """
+
+    names: tuple[str, ...]
+    choices: tuple[SubsetChoice, ...]
+    baseline: str
+    r_n: float
+    curve: bool
+    dominated: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def best(self) -> SubsetChoice:
+        """The largest subset asked (the one of size k when one k was asked)."""
+        return self.choices[-1]
+
+    def to_json(self) -> dict[str, Any]:
+        entries = [c.to_json(self.names) for c in self.choices]
+        out: dict[str, Any] = {**entries[-1], "baseline": self.baseline, "r_n": self.r_n}
+        if self.curve:
+            out["curve"] = entries
+        if self.dominated:
+            out["dominated"] = list(self.dominated)
+        if self.ignored:
+            out["ignored"] = list(self.ignored)
+        return out
+
+
+def subset_analysis(
+    names: Sequence[str],
+    costs: Sequence[float] | np.ndarray,
+    accuracies: Sequence[float] | np.ndarray,
+    correct: np.ndarray | None = None,
+    *,
+    k: int | None = None,
+    envelope: bool = False,
+    source: str | None = None,
+    ignored: Sequence[str] = (),
+) -> SubsetAnalysis:
+    """The best subset of size `k` (default: every size) of the states: by alpha = 1
+    without `correct` (bool ``[samples, states]``, columns in the order of `names`), by
+    the exact oracle with it. R_ratio is against the most accurate state (the costliest
+    when accuracy rises with cost); `envelope` searches only the Pareto envelope."""
+    space = state_space(names, costs, accuracies, source=source)
+    front, _ = pareto_envelope(space)
+    r_n, baseline = float(front.costs[-1]), front.names[-1]
+    dominated: list[str] = []
+    if envelope:
+        space, dominated = pareto_envelope(space)
+    elif correct is None:
+        require_monotone(space, source=source)
+    if k is not None and not 1 <= k <= len(space):
+        raise InputError(f"must be in 1..{len(space)} (the number of states), got {k}", source="k")
+    if correct is None:
+        full = subset_curve_alpha1(space.costs, space.accuracies, r_n)
+        curve = full if k is None else [full[k - 1]]
+    else:
+        ks = None if k is None else [k]
+        curve = subset_curve_exact(correct[:, space.order], space.costs, ks, r_n)
+    return SubsetAnalysis(
+        space.names, tuple(curve), baseline, r_n, k is None, tuple(dominated), tuple(ignored)
+    )
+
+
+def table_subsets(
+    table: str | os.PathLike[str],
+    evaluation: str | os.PathLike[str] | None = None,
+    *,
+    k: int | None = None,
+    envelope: bool = False,
+) -> SubsetAnalysis:
+    """`subset_analysis` of a state table (`edgeadapt.statetable.table_states`): by the
+    exact oracle when an evaluation gives per-sample results."""
+    from edgeadapt.statetable import table_states
+
+    states = table_states(table, evaluation)
+    return subset_analysis(
+        states.names,
+        states.costs,
+        states.accuracies,
+        states.correct,
+        k=k,
+        envelope=envelope,
+        source=states.source,
+        ignored=states.ignored,
+    )
+
+
+# ------------------------------------------------------------- policy subsets
+
+
+@dataclass(frozen=True)
+class CalibratedSubset:
+    """The policy subset a search keeps (bundle state indices), its calibration, and how
+    many subsets were calibrated to find it."""
+
+    states: tuple[int, ...]
+    calibration: Calibration
+    evaluated: int
+
+
+def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: str) -> np.ndarray:
+    """What a sample exiting at each kept state pays: the state's own cost (an early-exit
+    state's cost already holds steps 0..i), or for an ensemble the sum of the kept
+    members' costs up to it."""
+    own = np.asarray(state_costs, dtype=np.float64)[list(states)]
+    return np.cumsum(own) if kind == "ensemble" else own
+
+
+def _calibrate(
+    conf: np.ndarray,
+    correct: np.ndarray,
+    state_costs: np.ndarray,
+    states: tuple[int, ...],
+    kind: str,
+    max_drop: float,
+    reference_accuracy: float,
+    polish: bool,
+) -> Calibration:
+    cols = list(states)
+    return calibrate(
+        conf[:, cols],
+        correct[:, cols],
+        subset_costs(state_costs, states, kind),
+        max_drop=max_drop,
+        reference_accuracy=reference_accuracy,
+        polish=polish,
+    )
+
+
+def search_subsets(
+    conf: np.ndarray,
+    correct: np.ndarray,
+    state_costs: np.ndarray,
+    *,
+    kind: str,
+    max_states: int,
+    max_drop: float,
+    reference_accuracy: float,
+) -> CalibratedSubset:
+    """The cheapest calibrated subset of at most `max_states` states meeting the target
+    (module docstring), on a calibration split's confidences and correctness ``[N, S]``."""
+    n, n_states = correct.shape
+    need = required_correct(reference_accuracy, n, max_drop)
+    bounds = []
+    for k in range(1, min(max_states, n_states) + 1):
+        for states in itertools.combinations(range(n_states), k):
+            sub = correct[:, states]
+            if np.count_nonzero(sub.any(axis=1)) < need:
+                continue  # even the oracle on these states misses the target
+            costs = subset_costs(state_costs, states, kind)
+            cheapest = np.where(sub, costs, np.inf).min(axis=1)
+            paid = np.partition(cheapest, need - 1)[:need].sum() if need else 0.0
+            bound = (paid + (n - need) * costs[0]) / n
+            bounds.append((bound, k, states))
+    bounds.sort()
+
+    screened: list[tuple[float, int, tuple[int, ...]]] = []
+    best = math.inf
+    evaluated = 0
+    args = (kind, max_drop, reference_accuracy)
+    for bound, k, states in bounds:
+        if bound > best + _TOL:
+            break
+        evaluated += 1
+        cal = _calibrate(conf, correct, state_costs, states, *args, False)
+        if cal.feasible:
+            screened.append((cal.expected_cost, k, states))
+            best = min(best, cal.expected_cost)
+    screened.sort()
+    finalists = []
+    for _, _, states in screened[:_FINALISTS]:
+        cal = _calibrate(conf, correct, state_costs, states, *args, True)
+        finalists.append((round(cal.expected_cost / _TOL) * _TOL, len(states), states, cal))
+    _, _, states, cal = min(finalists, key=lambda f: f[:3])
+    return CalibratedSubset(states=states, calibration=cal, evaluated=evaluated)

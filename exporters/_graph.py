@@ -4,7 +4,7 @@ giving it a dynamic batch axis, shape inference, name lookups and ONNX Runtime r
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ from onnx import shape_inference
 
 from edgeadapt.bundle import BATCH, InputSpec
 from edgeadapt.errors import InputError
+from edgeadapt.graphdeps import subgraphs
 
 #: Source models larger than this (protobuf's 2 GB limit) are refused: shape inference,
 #: the Extractor and ONNX Runtime sessions from bytes all need the model in one proto.
@@ -68,7 +69,8 @@ def with_dynamic_batch(
     inputs = graph_inputs(out)
     if not inputs or (single and len(inputs) != 1):
         names = [i.name for i in inputs]
-        raise InputError(f"expected a model with exactly one input, got {names}", source=source)
+        want = "exactly one input" if single else "at least one input"
+        raise InputError(f"expected a model with {want}, got {names}", source=source)
     changed = False
     for vi in inputs:
         tt = vi.type.tensor_type
@@ -151,66 +153,6 @@ def static_tail(vi: onnx.ValueInfoProto | None) -> tuple[int, ...] | None:
     return tuple(int(d.dim_value) for d in tail)
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    out: list[onnx.GraphProto] = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            out.append(a.g)
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            out.extend(a.graphs)
-    return out
-
-
-def _body_names(g: onnx.GraphProto) -> tuple[set[str], set[str]]:
-    """(names defined in body `g` and its nested bodies, names it reads)."""
-    defined = {i.name for i in g.input} | {t.name for t in g.initializer}
-    used: set[str] = set()
-    for n in g.node:
-        used.update(x for x in n.input if x)
-        defined.update(x for x in n.output if x)
-        for sub in _subgraphs(n):
-            d, u = _body_names(sub)
-            defined |= d
-            used |= u
-    return defined, used
-
-
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """A node's inputs including the outer-scope names its control-flow bodies read."""
-    names = [x for x in node.input if x]
-    for sub in _subgraphs(node):
-        defined, used = _body_names(sub)
-        names.extend(sorted(used - defined))
-    return names
-
-
-def body_tensors(model: onnx.ModelProto) -> dict[str, str]:
-    """Tensor names defined only inside control-flow bodies -> the node that owns them."""
-    out: dict[str, str] = {}
-    for i, node in enumerate(model.graph.node):
-        for sub in _subgraphs(node):
-            defined, _ = _body_names(sub)
-            for name in defined:
-                out.setdefault(name, f"{node.op_type} node {node.name or f'#{i}'!r}")
-    return out
-
-
-def ancestors(model: onnx.ModelProto, outputs: Iterable[str], stop: Iterable[str]) -> set[int]:
-    """Main-graph node indices `outputs` depend on, through control-flow bodies' outer-scope
-    reads too, not walking past the names in `stop`."""
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
-    stop_set = set(stop)
-    seen: set[int] = set()
-    stack = [o for o in outputs if o not in stop_set]
-    while stack:
-        i = producer.get(stack.pop())
-        if i is None or i in seen:
-            continue
-        seen.add(i)
-        stack.extend(n for n in node_inputs(model.graph.node[i]) if n not in stop_set)
-    return seen
-
-
 def rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
     """Rename the graph input `old` to `new` everywhere it is read (bodies included)."""
 
@@ -221,7 +163,7 @@ def rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
             for k, x in enumerate(n.input):
                 if x == old:
                     n.input[k] = new
-            for sub in _subgraphs(n):
+            for sub in subgraphs(n):
                 visit(sub)
 
     for vi in model.graph.input:
@@ -284,13 +226,6 @@ def worst_error(
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
     worst = float(err.max()) if err.size else 0.0
     return worst, bool(np.all(np.isfinite(err))) and worst <= tolerance(want, rtol, atol)
-
-
-def example_inputs(spec: InputSpec, seed: int = 0) -> list[np.ndarray]:
-    """Random inputs of batch 1 and 7 for parity checks."""
-    rng = np.random.default_rng(seed)
-    shape = tuple(int(d) for d in spec.shape[1:])
-    return [rng.standard_normal((b, *shape)).astype(spec.dtype) for b in (1, 7)]
 
 
 def _index_bound(model: onnx.ModelProto, name: str) -> int:

@@ -4,8 +4,8 @@ AdaInf's execution branches: the same network with some residual blocks bypassed
 branch a point of accuracy against cost. A *residual block* is an ``Add`` whose one
 input is the block's input ``x`` and whose other is a body computed from ``x``
 (``y = x + f(x)``); bypassing it replaces ``y`` by ``x``. A block is skippable only when
-``x`` and ``y`` have the same shape (blocks that change shape, such as a ResNet stage's
-first block with its projection shortcut, never are) and the body's tensors feed nothing
+``x`` and ``y`` have the same shape (blocks that change shape, such as the first block
+of a ResNet layer with its projection shortcut, never are) and the body's tensors feed nothing
 but the body and its ``Add``.
 
 `find_blocks` lists the skippable blocks (by the name of their ``Add`` node; users may
@@ -14,8 +14,8 @@ blocks, else the greedy path (repeatedly drop the block whose removal costs leas
 calibration accuracy per saved FLOP) plus a seeded random sample. Every candidate branch
 is run on the labelled calibration data; the branches on the accuracy/FLOPs Pareto
 front (at most `max_branches`, spread along it), and always the unmodified model as the
-last, become the states of a bundle of kind ``branches``, each one ONNX file. Their weights are shared on disk: one
-``weights.bin`` holds every large initializer once and each branch references it as
+last, become the states of a bundle of kind ``branches``, each one step (one ONNX file).
+Their weights are shared on disk: one ``weights.bin`` holds every large initializer once and each branch references it as
 ONNX external data, so a bundle of eight branches costs about one model.
 """
 
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeadapt import graphdeps
 from edgeadapt.bundle import Bundle, write_bundle
 from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
@@ -86,7 +87,7 @@ def find_blocks(model: onnx.ModelProto) -> list[Block]:
     infos = _graph.value_infos(model)
     consumers: dict[str, set[int]] = {}
     for i, node in enumerate(g.node):
-        for name in _graph.node_inputs(node):
+        for name in graphdeps.node_inputs(node):
             consumers.setdefault(name, set()).add(i)
     producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
     outputs = {o.name for o in g.output}
@@ -96,7 +97,7 @@ def find_blocks(model: onnx.ModelProto) -> list[Block]:
         if node.op_type != "Add" or len(node.input) != 2 or not node.name:
             continue
         for skip, body_out in (tuple(node.input), tuple(node.input)[::-1]):
-            body = _graph.ancestors(model, [body_out], stop=[skip])
+            body = graphdeps.ancestors(model, [body_out], stop=[skip])
             body &= _descendants(model, skip, consumers)
             if producer.get(body_out) not in body:
                 continue  # b does not depend on x: not a residual of x
@@ -246,7 +247,7 @@ def export_branches(
     """
     path = Path(source)
     if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
-        raise InputError(f"must be an integer >= 2, got {max_branches!r}", field="max_branches")
+        raise InputError(f"must be an integer >= 2, got {max_branches!r}", source="max_branches")
     model = _graph.with_dynamic_batch(_graph.load_source(path), path)
     name_nodes(model)
     spec = _graph.input_spec(model, path)
@@ -265,9 +266,9 @@ def export_branches(
                     "is an Add but not a skippable residual block (its body leaks, or it "
                     "changes shape)"
                     if name in adds
-                    else "is not an Add node of the model"
+                    else f"is not an Add node of {path}"
                 )
-                raise InputError(f"{name!r} {why}", source=path, field="blocks")
+                raise InputError(f"{name!r} {why}", source="blocks")
         found = [by_name[n] for n in dict.fromkeys(blocks)]
     if not found:
         raise InputError(

@@ -23,9 +23,9 @@ import onnx
 from onnx import compose
 from onnx.utils import Extractor
 
+from edgeadapt import graphdeps
 from edgeadapt.bundle import Bundle
 from edgeadapt.errors import InputError
-from edgeadapt.exporters import _graph
 
 
 def _load(bundle: Bundle, i: int) -> onnx.ModelProto:
@@ -35,7 +35,7 @@ def _load(bundle: Bundle, i: int) -> onnx.ModelProto:
     except Exception as e:  # protobuf DecodeError, missing external data files, ...
         raise InputError(f"not a readable ONNX model ({e})", source=step.path) from None
     for node in model.graph.node:
-        if len(_graph.node_inputs(node)) > sum(1 for x in node.input if x):
+        if len(graphdeps.node_inputs(node)) > sum(1 for x in node.input if x):
             raise InputError(
                 f"{node.op_type} node {node.name!r} has a body reading outer-scope tensors, "
                 "which onnx.utils.Extractor does not follow: cannot compose the whole model",

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx.utils import Extractor
 
+from edgeadapt import graphdeps
 from edgeadapt.bundle import Bundle, InputSpec, Step, write_bundle
 from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
@@ -65,28 +66,28 @@ class _Plan:
     nodes: set[int]
 
 
-def _check_cut(model: onnx.ModelProto, name: str, source: Path, field: str) -> None:
-    """A cut (or head output) must be a tensor computed in the main graph."""
+def _check_cut(model: onnx.ModelProto, name: str, source: Path, param: str) -> None:
+    """A cut (or head output) must be a tensor computed in the main graph; errors name
+    the parameter `param` that gave it (cuts, heads, logits)."""
     produced = {o for n in model.graph.node for o in n.output if o}
     if name in produced:
         return
-    bodies = _graph.body_tensors(model)
+    bodies = graphdeps.body_tensors(model)
     if name in bodies:
         raise InputError(
             f"{name!r} is defined inside the body of {bodies[name]}; cuts must be tensors "
             "of the main graph, not of If/Loop/Scan bodies",
-            source=source,
-            field=field,
+            source=param,
         )
     if name in {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}:
         raise InputError(
-            f"{name!r} is a graph input or a weight; cut at a tensor the graph computes",
-            source=source,
-            field=field,
+            f"{name!r} is a graph input or a weight of {source}; cut at a tensor the graph "
+            "computes",
+            source=param,
         )
     close = difflib.get_close_matches(name, sorted(produced), n=3)
     hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-    raise InputError(f"no tensor named {name!r} in the model{hint}", source=source, field=field)
+    raise InputError(f"no tensor named {name!r} in {source}{hint}", source=param)
 
 
 def _final_logits(
@@ -99,9 +100,8 @@ def _final_logits(
     rest = [o for o in outputs if o not in set(heads.values())]
     if len(rest) != 1:
         raise InputError(
-            f"cannot tell which output is the final logits among {rest}; name it (logits)",
-            source=source,
-            field="logits",
+            f"cannot tell which output is the final logits among {rest} in {source}; name it",
+            source="logits",
         )
     return rest[0]
 
@@ -126,7 +126,7 @@ def _dependence(model: onnx.ModelProto, data: set[str], aux: set[str]) -> tuple[
     by_value: set[int] = set()
     constant: set[int] = set()
     for i, node in enumerate(model.graph.node):  # nodes are topologically sorted
-        reads = _graph.node_inputs(node)
+        reads = graphdeps.node_inputs(node)
         outs = [o for o in node.output if o]
         if any(x in valued for x in reads) and node.op_type not in ("Shape", "Size"):
             by_value.add(i)
@@ -172,20 +172,19 @@ def _plan(
     ends = [*cuts, None]
     for i, cut in enumerate(ends):
         wanted = [n for n in (cut, heads.get(cut) if cut else logits) if n]
-        field = f"cuts[{i}]" if cut else "logits"
+        param = "cuts" if cut else "logits"
         prev = boundary[-1] if i > 0 else None
-        if prev is not None and producer[prev] not in _graph.ancestors(
+        if prev is not None and producer[prev] not in graphdeps.ancestors(
             model, [wanted[0]], stop=model_inputs
         ):
-            before = _graph.ancestors(model, [prev], stop=model_inputs)
+            before = graphdeps.ancestors(model, [prev], stop=model_inputs)
             order = "comes before" if producer[wanted[0]] in before else "does not depend on"
             raise InputError(
                 f"{wanted[0]!r} {order} the previous cut {prev!r}: cuts must be given in "
                 "order from input to output, each depending on the one before",
-                source=source,
-                field=field,
+                source=param,
             )
-        nodes = _graph.ancestors(model, wanted, stop=boundary)
+        nodes = graphdeps.ancestors(model, wanted, stop=boundary)
         for k in sorted(nodes & taken):
             node = model.graph.node[k]
             what = f"{node.op_type} node {node.name or node.output[0]!r}"
@@ -193,8 +192,7 @@ def _plan(
                 raise InputError(
                     f"cut {prev!r} does not separate the graph: step {i} ({wanted}) would need "
                     f"{what}, which lies before it (a skip connection crosses the cut?)",
-                    source=source,
-                    field=f"cuts[{i - 1}]",
+                    source="cuts",
                 )
             if k in constants:
                 for o in (o for o in node.output if o):
@@ -206,16 +204,14 @@ def _plan(
                             f"constant {o!r} ({what}, {how}) computed before the cut; only "
                             f"constants up to {MAX_SHARED_BYTES} bytes are copied into each "
                             "step",
-                            source=source,
-                            field=f"cuts[{i - 1}]",
+                            source="cuts",
                         )
         if not nodes:
             raise InputError(
                 f"step {i} would be an empty graph ({wanted} is {prev!r})",
-                source=source,
-                field=field,
+                source=param,
             )
-        reads = {x for k in nodes for x in _graph.node_inputs(model.graph.node[k])}
+        reads = {x for k in nodes for x in graphdeps.node_inputs(model.graph.node[k])}
         if cut in head_masks:
             reads.add(head_masks[cut])
         inputs = [prev] if prev is not None else []
@@ -235,7 +231,7 @@ def _check_shared_initializers(
     sizes = {t.name: t for t in model.graph.initializer}
     first_step: dict[str, int] = {}
     for i, plan in enumerate(plans):
-        names = {x for k in plan.nodes for x in _graph.node_inputs(model.graph.node[k])}
+        names = {x for k in plan.nodes for x in graphdeps.node_inputs(model.graph.node[k])}
         for name in sorted(names & sizes.keys()):
             if name in first_step and first_step[name] != i:
                 t = sizes[name]
@@ -246,8 +242,7 @@ def _check_shared_initializers(
                         f"{first_step[name]} and {i}: cut {cuts[i - 1]!r} does not separate "
                         f"the graph; only tensors up to {MAX_SHARED_BYTES} bytes are copied "
                         "into each step",
-                        source=source,
-                        field=f"cuts[{i - 1}]",
+                        source="cuts",
                     )
             first_step.setdefault(name, i)
 
@@ -365,9 +360,8 @@ def _mask_input(specs: Sequence[InputSpec], mask: str | None, source: Path) -> s
     if mask is not None:
         if mask not in names:
             raise InputError(
-                f"{mask!r} is not a model input (inputs: {sorted(names)})",
-                source=source,
-                field="mask",
+                f"{mask!r} is not an input of {source} (inputs: {sorted(names)})",
+                source="mask",
             )
         return mask
     found = [
@@ -457,51 +451,47 @@ def export_onnx(
     heads = dict(heads or {})
     cuts = list(cuts)
     if not cuts:
-        raise InputError("give at least one cut", source=source, field="cuts")
+        raise InputError("give at least one cut", source="cuts")
     if len(set(cuts)) != len(cuts):
-        raise InputError(f"cuts repeat a tensor: {cuts}", source=source, field="cuts")
+        raise InputError(f"a tensor is repeated: {cuts}", source="cuts")
     if pool not in POOLS:
-        raise InputError(f"must be one of {POOLS}, got {pool!r}", field="pool")
+        raise InputError(f"must be one of {POOLS}, got {pool!r}", source="pool")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"must be a positive integer, got {batch_size!r}", field="batch_size")
+        raise InputError(f"must be a positive integer, got {batch_size!r}", source="batch_size")
     for name, v in (("parity_rtol", parity_rtol), ("parity_atol", parity_atol)):
         if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
-            raise InputError(f"must be a finite number >= 0, got {v!r}", field=name)
+            raise InputError(f"must be a finite number >= 0, got {v!r}", source=name)
     for cut in heads:
         if cut not in cuts:
             raise InputError(
-                f"head given for {cut!r}, which is not one of the cuts",
-                source=source,
-                field="heads",
+                f"head given for {cut!r}, which is not one of the cuts", source="heads"
             )
     raw = _graph.load_source(source)
     model = _graph.with_dynamic_batch(raw, source, single=False)
     specs = _graph.input_specs(model, source)
-    for k, cut in enumerate(cuts):
-        _check_cut(model, cut, source, f"cuts[{k}]")
-    for cut, out in heads.items():
-        _check_cut(model, out, source, f"heads[{cut!r}]")
+    for cut in cuts:
+        _check_cut(model, cut, source, "cuts")
+    for out in heads.values():
+        _check_cut(model, out, source, "heads")
     final = _final_logits(model, heads, logits, source)
     if final in cuts:
-        raise InputError(
-            f"{final!r} is the final logits; cut before it", source=source, field="cuts"
-        )
+        raise InputError(f"{final!r} is the final logits; cut before it", source="cuts")
     num_classes = _classes(model, final, source, "the final logits")
     for cut, out in heads.items():
         if _classes(model, out, source, f"head output of {cut!r}") != num_classes:
             raise InputError(
-                f"head {out!r} has a different class count than {final!r}", source=source
+                f"head {out!r} has a different class count than {final!r} in {source}",
+                source="heads",
             )
     infos = _graph.value_infos(model)
     tails = {}
-    for k, cut in enumerate(cuts):
+    for cut in cuts:
         tail = _graph.static_tail(infos.get(cut))
         if tail is None:
             raise InputError(
                 f"cut {cut!r} has no shape information (or a dynamic axis after the batch "
-                "axis) after shape inference; cut at a tensor with a known shape",
-                source=source,
-                field=f"cuts[{k}]",
+                f"axis) after shape inference of {source}; cut at a tensor with a known shape",
+                source="cuts",
             )
         tails[cut] = tail
     untrained = [c for c in cuts if c not in heads]
@@ -509,8 +499,7 @@ def export_onnx(
         raise InputError(
             f"cuts {untrained} have no exit head: map each to an existing output (heads) or "
             "give a calibration npz (calibration) to train linear heads",
-            source=source,
-            field="calibration",
+            source="calibration",
         )
     mask_name = _mask_input(specs, mask, source)
     integer_input = any(np.dtype(s.dtype).kind != "f" for s in specs)
@@ -522,7 +511,7 @@ def export_onnx(
         try:
             pools[cut] = choose_pool(tails[cut], pool, tokens=tokens)
         except ValueError as e:
-            raise InputError(f"cut {cut!r}: {e}", source=source, field="pool") from None
+            raise InputError(f"cut {cut!r}: {e}", source="pool") from None
         if pools[cut] == "mean" and mask_name is not None:
             mask_spec = next(s for s in specs if s.name == mask_name)
             extra_tokens = tails[cut][0] - int(mask_spec.shape[1])
@@ -531,13 +520,12 @@ def export_onnx(
                     f"mask input {mask_name!r} has per-sample shape {list(mask_spec.shape[1:])}"
                     f" but cut {cut!r} has {tails[cut][0]} tokens (up to 2 prepended tokens "
                     "such as [CLS] are allowed)",
-                    source=source,
-                    field="mask",
+                    source="mask",
                 )
             masks[cut] = mask_name
             prefixes[cut] = extra_tokens
     if pool in TOKEN_POOLS and not untrained:
-        raise InputError(f"pool {pool!r} applies to trained heads; no cut has one", field="pool")
+        raise InputError(f"{pool!r} applies to trained heads; no cut has one", source="pool")
     plans = _plan(model, specs, cuts, heads, final, mask_name, masks, source)
     _check_batch(model, specs, final, source)
     calib = open_calibration(calibration, specs, num_classes) if untrained else None

@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -234,7 +238,7 @@ def _check_example(x: Any, input_name: str) -> tuple[list[InputSpec], list[Any]]
     torch = _torch()
     items = list(x.items()) if isinstance(x, dict) else [(input_name, x)]
     if not items:
-        raise InputError("expected at least one input tensor", field="example_input")
+        raise InputError("expected at least one input tensor", source="example_input")
     specs, tensors = [], []
     for name, t in items:
         where = "example_input" if not isinstance(x, dict) else f"example_input[{name!r}]"
@@ -322,7 +326,7 @@ def export_torch(
     _check_modules(stages, "stages")
     _check_modules(heads, "heads")
     if opset < DEFAULT_OPSET:
-        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", field="opset")
+        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", source="opset")
     specs, tensors = _check_example(example_input, input_name)
     names = [s.name for s in specs]
     stage_aux = [[]] + [_aux_inputs(m, names, f"stages[{k}]") for k, m in enumerate(stages[1:], 1)]
@@ -433,9 +437,9 @@ def export_torch_family(
         list(state_names) if state_names is not None else [f"model{k}" for k in range(len(models))]
     )
     if len(names) != len(models):
-        raise InputError(f"{len(names)} names for {len(models)} models", field="state_names")
+        raise InputError(f"{len(names)} names for {len(models)} models", source="state_names")
     if opset < DEFAULT_OPSET:
-        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", field="opset")
+        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", source="opset")
     specs, tensors = _check_example(example_input, input_name)
     inputs = [s.name for s in specs]
     with _eval_mode(models):
@@ -473,6 +477,79 @@ def export_torch_family(
         },
         extra={**(extra or {}), "parity": _parity_record(worst, parity_rtol, parity_atol)},
         force=force,
+    )
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+    """The callable named by ``package.module:function`` or ``path/to/file.py:function``.
+
+    A dotted module is imported with the current directory on `sys.path`, as a user
+    running the command from their project expects. Errors name the parameter
+    ``factory``.
+    """
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise InputError(
+            f"expected MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}", source="factory"
+        )
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise InputError(f"file not found: {path}", source="factory")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            if module_spec is None or module_spec.loader is None:
+                raise InputError(f"not a loadable Python file: {path}", source="factory")
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")
+            module = importlib.import_module(where)
+    except InputError:
+        raise
+    except Exception as e:  # whatever the user's module raises on import
+        raise InputError(
+            f"cannot import {where!r}: {type(e).__name__}: {e}", source="factory"
+        ) from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise InputError(f"{where!r} has no callable {name!r}", source="factory")
+    return factory
+
+
+def export_from_factory(
+    factory: str | Callable[[], Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    **kwargs: Any,
+) -> Bundle:
+    """Call `factory()` (a callable, or a spec for `load_factory`) and export what it
+    returns:
+
+    - ``(stages, heads, example_input)``: an early-exit bundle (`export_torch`);
+    - ``(model, example_input)`` with ``model.stages`` and ``model.heads``: the same
+      (`export_torch_model`);
+    - ``([model, ...], example_input)``: an ensemble bundle of a model family
+      (`export_torch_family`).
+
+    `kwargs` (``parity_rtol``, ``parity_atol``, ...) go to the exporter.
+    """
+    build = load_factory(factory) if isinstance(factory, str) else factory
+    made = build()
+    if isinstance(made, tuple) and len(made) == 3:
+        stages, heads, example = made
+        return export_torch(stages, heads, example, out_dir, force=force, **kwargs)
+    if isinstance(made, tuple) and len(made) == 2:
+        model, example = made
+        if isinstance(model, Sequence):
+            return export_torch_family(model, example, out_dir, force=force, **kwargs)
+        return export_torch_model(model, example, out_dir, force=force, **kwargs)
+    raise InputError(
+        "the factory must return (stages, heads, example_input), (model, example_input) "
+        f"or ([models], example_input); got {type(made).__name__}",
+        source="factory",
     )
 
 

@@ -418,15 +418,17 @@ def _spinning(session) -> tuple[str, str]:
 def test_cascade_sessions_do_not_spin_idle_workers_by_default():
     """Each session has its own thread pool: spinning workers of one step would take the
     cores the next step needs."""
-    from edgeadapt.presets import load_preset, resolve_runtime
+    from edgeadapt.presets import RuntimeConfig, load_preset
 
     with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options={"threads": 2}) as m:
         assert [_spinning(s) for s in m.sessions] == [("0", "0")] * len(m.sessions)
-    _, options = resolve_runtime(load_preset("x86-ort-2t"))
+    options = RuntimeConfig.resolve(load_preset("x86-ort-2t")).backend_options()
     with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
         assert {_spinning(s) for s in m.sessions} == {("0", "0")}
     # the user can still ask for spinning, directly or through a preset's options
-    _, options = resolve_runtime(load_preset("x86-ort-2t"), options={"spin": True})
+    options = RuntimeConfig.resolve(
+        load_preset("x86-ort-2t"), options={"spin": True}
+    ).backend_options()
     with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
         assert {_spinning(s) for s in m.sessions} == {("1", "1")}
 
@@ -434,12 +436,12 @@ def test_cascade_sessions_do_not_spin_idle_workers_by_default():
 def test_a_preset_of_ones_own_can_turn_spinning_on(tmp_path):
     import json
 
-    from edgeadapt.presets import load_preset, resolve_runtime
+    from edgeadapt.presets import RuntimeConfig, load_preset
 
     doc = json.loads(Path(load_preset("x86-ort-2t").source).read_text())
     doc.update(name="my-board", options={**doc["options"], "spin": True})
     path = tmp_path / "my-board.json"
     path.write_text(json.dumps(doc))
-    _, options = resolve_runtime(load_preset(path))
+    options = RuntimeConfig.resolve(load_preset(path)).backend_options()
     with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options=options) as m:
         assert {_spinning(s) for s in m.sessions} == {("1", "1")}

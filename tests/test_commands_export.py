@@ -107,7 +107,13 @@ def test_export_family_json(tmp_path):
     ("args", "message"),
     [
         (["--cut", "conv1_relu", "--head", "conv1_relu"], "--head: expected CUT=OUTPUT"),
-        (["--cut", "nope", "--logits", "logits"], "no tensor named 'nope'"),
+        (["--cut", "nope", "--logits", "logits"], "--cut: no tensor named 'nope' in "),
+        (["--cut", "conv1_relu", "--logits", "logits"], "--calibration: cuts ['conv1_relu']"),
+        (
+            ["--cut", "conv1_relu", "--head", "conv2_relu=exit1", "--logits", "logits"],
+            "--head: head given for 'conv2_relu', which is not one of the cuts",
+        ),
+        (["--cut", "conv1_relu", "--cut", "conv1_relu"], "--cut: a tensor is repeated"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(tmp_path, source, args, message):
@@ -116,6 +122,40 @@ def test_user_errors_are_one_line_exit_2(tmp_path, source, args, message):
     assert "error: " in result.output
     assert message in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_export_family_names_flag_in_errors(tmp_path):
+    paths = []
+    for name, model in list(family().items())[:2]:
+        paths.append(tmp_path / f"{name}.onnx")
+        onnx.save(model, paths[-1])
+    result = _run("export", "family", *paths, "--name", "only", "-o", tmp_path / "fam")
+    assert result.exit_code == 2
+    assert "error: --name: 1 names for 2 models" in result.output
+    assert not (tmp_path / "fam").exists()
+
+
+def test_summary_with_a_non_finite_number_is_refused_not_printed(tmp_path, source, monkeypatch):
+    import edgeadapt.commands.bundles as shown
+
+    real = shown.bundle_summary
+
+    def with_nan(bundle, problem=None):
+        doc = real(bundle, problem)
+        doc["states"][1]["flops"] = float("nan")
+        return doc
+
+    monkeypatch.setattr(shown, "bundle_summary", with_nan)
+    result = _run("export", "onnx", source, *ONNX_ARGS, "-o", tmp_path / "b", "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "error: cannot print the bundle summary as JSON: $.states[1].flops is nan" in (
+        result.stderr
+    )
+    result = _run("inspect", tmp_path / "b", "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "$.states[1].flops is nan, not a finite number" in result.stderr
 
 
 def test_inspect_missing_bundle(tmp_path):
@@ -213,4 +253,4 @@ def test_export_onnx_two_input_text_model(tmp_path):
     assert manifest["extra"]["heads"][0]["mask"] == "attention_mask"
     bad = _run("export", "onnx", source, *args, "--mask", "nope", "-o", tmp_path / "b2")
     assert bad.exit_code == 2
-    assert "mask: 'nope' is not a model input" in bad.output
+    assert "error: --mask: 'nope' is not an input of " in bad.output

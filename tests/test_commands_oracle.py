@@ -107,6 +107,23 @@ def test_import_predictions_csv_and_npz(tmp_path):
     assert load_evaluation(out).pred.shape == (50000, 2)
 
 
+@pytest.mark.parametrize("flag", ["-o", "--output", "--out"])
+def test_import_predictions_output_spellings(tmp_path, flag):
+    (tmp_path / "a.csv").write_text("file,predicted,truth\nx,1,1\ny,2,0\n")
+    out = tmp_path / "e.npz"
+    result = run("import-predictions", tmp_path / "a.csv", flag, out)
+    assert result.exit_code == 0, result.output
+    assert load_evaluation(out).names == ("a",)
+
+
+def test_import_predictions_needs_an_output(tmp_path):
+    (tmp_path / "a.csv").write_text("file,predicted,truth\nx,1,1\n")
+    result = run("import-predictions", tmp_path / "a.csv")
+    assert result.exit_code == 2
+    assert "--output" in result.output
+    assert "--out " not in run("import-predictions", "--help").output  # the old spelling is hidden
+
+
 def bad_table(tmp_path, text):
     p = tmp_path / "bad.csv"
     p.write_text(text)
@@ -187,11 +204,13 @@ def device_files(tmp_path):
 
 
 def test_bound_bundle_json_is_bundle_bound(device_files):
-    from edgeadapt.analysis import bundle_bound
+    from edgeadapt.bound import bundle_bound
 
     bundle, profile, ev = device_files
     out = ok_json("bound", bundle, "--profile", profile, "--evaluation", ev)
-    assert out == json.loads(json.dumps(bundle_bound(bundle, profile=profile, evaluation=ev)))
+    assert out == json.loads(
+        json.dumps(bundle_bound(bundle, profile=profile, evaluation=ev).to_json())
+    )
     assert out["cost"]["unit"] == "ms"
     assert out["states"][-1]["cost"] == pytest.approx(1.0)
     assert {"r_oracle", "a_oracle", "r_ratio"} <= out["exact"].keys()

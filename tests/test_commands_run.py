@@ -148,3 +148,41 @@ def test_library_errors_name_the_flag_that_set_the_value(xfile):
     result = run(BUNDLE, "--input", xfile, "--thresholds", "0.5", "--batch", MAX_BATCH + 1)
     assert result.exit_code == 2
     assert result.output.startswith(f"error: --batch: must lie in 1..{MAX_BATCH}")
+
+
+def _plan_file(tmp_path, runtime):
+    from dataclasses import replace
+
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.plan import save_plan
+    from tests.plans import runner_plan
+
+    path = tmp_path / "plan.json"
+    save_plan(
+        path, replace(runner_plan(load_bundle(BUNDLE), [1, 3], [0.9], [1.0, 2.0]), runtime=runtime)
+    )
+    return path
+
+
+def test_a_plan_runs_under_its_runtime_settings_unless_overridden(xfile, tmp_path):
+    from edgeadapt.presets import RuntimeConfig
+
+    path = _plan_file(tmp_path, RuntimeConfig(threads=2))
+    inherited = run(BUNDLE, "--input", xfile, "--plan", path, "--json")
+    assert inherited.exit_code == 0, inherited.output
+    assert "note:" not in inherited.stderr
+    overridden = run(BUNDLE, "--input", xfile, "--plan", path, "--threads", 1, "--json")
+    assert overridden.exit_code == 0, overridden.output
+    assert overridden.stderr.count("\n") == 1  # one line says so
+    assert overridden.stderr.startswith("note: runtime settings differ from the plan's")
+    assert "threads 1 (plan: 2)" in overridden.stderr
+    # the answers do not depend on the threads; stdout stays one JSON object
+    assert json.loads(overridden.stdout)["pred"] == json.loads(inherited.stdout)["pred"]
+
+
+def test_an_old_plan_without_runtime_settings_runs_as_before(xfile, tmp_path):
+    path = _plan_file(tmp_path, None)
+    for args in ([], ["--threads", 2], ["--runtime", "onnxruntime"]):
+        result = run(BUNDLE, "--input", xfile, "--plan", path, *args, "--json")
+        assert result.exit_code == 0, result.output
+        assert result.stderr == ""

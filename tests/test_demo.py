@@ -92,7 +92,7 @@ def test_bounds_agree_with_the_bound_command(demo):
     b = result.bundles[0]
     printed = json.loads(_cli("bound", *_artefacts(b), "--envelope", "--json"))
     for key in ("exact", "alpha1", "continuous", "constant_alpha_min"):
-        assert printed[key] == pytest.approx(b.bounds[key])
+        assert printed[key] == pytest.approx(b.bounds.to_json()[key])
     assert printed["r_n"] == pytest.approx(b.cost_ms[-1])
 
 
@@ -101,7 +101,7 @@ def test_plan_agrees_with_the_plan_command(demo, tmp_path):
     b = result.bundles[0]
     printed = json.loads(_cli("plan", *_artefacts(b), "-o", tmp_path / "plan.json", "--json"))
     for key in ("states", "thresholds", "accuracy", "cost", "gap_closure", "drop_bound"):
-        assert printed[key] == pytest.approx(b.plan[key]), key
+        assert printed[key] == pytest.approx(b.plan.to_json()[key]), key
 
 
 def test_run_figures_are_what_the_runtime_gives(demo):
@@ -140,7 +140,7 @@ def test_rerun_reuses_artefacts_and_rebuilds_a_broken_one(demo):
     assert "plan.json" not in b.reused
     assert any("plan.json: not reusable" in line for line in ui.lines)
     assert (b.work / "profile.json").read_bytes() == profile_bytes
-    assert list(load_plan(plan_path).state_names) == first.bundles[0].plan["states"]
+    assert load_plan(plan_path).state_names == first.bundles[0].plan.plan.state_names
     assert set(again.bundles[1].reused) >= {"profile.json", "plan.json"}
 
 
@@ -158,6 +158,20 @@ def test_cli_prints_summary_and_json(demo):
     text = _cli("demo", "--out", out, "--samples", 20)
     for words in ("oracle bounds", "exact oracle (eq. 4/5)", "alpha=1 (eq. 9)", "plan: keep"):
         assert words in text
+    # the demo labels its bounds as `edgeadapt bound` does, one row per bound
+    first = json.loads(_cli("demo", "--out", out, "--samples", 20, "--json"))["bundles"][0]
+    bound_text = _cli(
+        "bound",
+        first["path"],
+        "--profile",
+        f"{first['work']}/profile.json",
+        "--evaluation",
+        f"{first['work']}/evaluation-calibration.npz",
+        "--envelope",
+    )
+    for label in ("exact oracle (eq. 4/5)", "alpha=1 (eq. 9)", "continuous (eq. 13)"):
+        assert label in bound_text
+        assert text.count(label) == 2  # once per bundle
     for words in ("speedup", "oracle gap closure", "report:"):
         assert words in text
     # both baselines: the sum of the steps and the measured static model

@@ -180,7 +180,7 @@ def test_named_blocks_and_bad_names(tmp_path, source, calibration):
     assert [s.name for s in bundle.states] == ["skip-1", "full"]
     with pytest.raises(InputError, match="'down' is an Add but not a skippable") as e:
         export_branches(source, tmp_path / "c", calibration=calibration, blocks=["down"])
-    assert e.value.field == "blocks"
+    assert e.value.source == "blocks"
     with pytest.raises(InputError, match="'fc' is not an Add node"):
         export_branches(source, tmp_path / "c", calibration=calibration, blocks=["fc"])
     with pytest.raises(InputError, match="max_branches"):

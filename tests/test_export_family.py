@@ -1,10 +1,12 @@
 """Family exporter: three classifiers -> an ensemble bundle ordered by FLOPs."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
@@ -72,6 +74,9 @@ def test_mismatched_members_are_refused(tmp_path, paths):
         export_family([paths["linear"], _save(tmp_path, "multi", multi_exit_cnn())], tmp_path / "b")
     with pytest.raises(InputError, match="at least two models"):
         export_family([paths["linear"]], tmp_path / "b")
+    with pytest.raises(InputError, match="1 names for 2 models") as e:
+        export_family([paths["linear"], paths["mlp"]], tmp_path / "b", names=["a"])
+    assert e.value.source == "names"
     forty = _flatten(40, 40)
     with pytest.raises(InputError, match=r"40 classes, but linear\.onnx has 10"):
         export_family([paths["linear"], _save(tmp_path, "forty", forty)], tmp_path / "b")
@@ -81,3 +86,133 @@ def test_mismatched_members_are_refused(tmp_path, paths):
     with pytest.raises(InputError, match="not a readable ONNX model"):
         export_family([paths["linear"], tmp_path / "junk.onnx"], tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+# --- members with several inputs (BERT-style input_ids + attention_mask) ----------------
+
+VOCAB, TOKENS, HIDDEN, CLASSES = 13, 5, 6, 4
+
+
+def _text_member(seed, masked=True, mask_dtype=TensorProto.INT64, tokens=TOKENS):
+    """Token classifier: embed input_ids, average over the tokens (the unmasked ones when
+    `masked`, reading attention_mask), then a linear layer."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32), "emb"),
+        numpy_helper.from_array(rng.standard_normal((HIDDEN, CLASSES)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(CLASSES).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+    ]
+    n = helper.make_node
+    nodes = [n("Gather", ["emb", "input_ids"], ["e"])]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", tokens])]
+    if masked:
+        inputs.append(
+            helper.make_tensor_value_info("attention_mask", mask_dtype, ["batch", tokens])
+        )
+        nodes += [
+            n("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+            n("Unsqueeze", ["m", "axis2"], ["m3"]),
+            n("Mul", ["e", "m3"], ["em"]),
+            n("ReduceSum", ["em", "axis1"], ["s"], keepdims=0),
+            n("ReduceSum", ["m3", "axis1"], ["c"], keepdims=0),
+            n("Div", ["s", "c"], ["pooled"]),
+        ]
+    else:
+        nodes.append(n("ReduceMean", ["e"], ["pooled"], axes=[1], keepdims=0))
+    nodes += [n("MatMul", ["pooled", "w"], ["z"]), n("Add", ["z", "b"], ["logits"])]
+    graph = helper.make_graph(
+        nodes,
+        "text",
+        inputs,
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _text_batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, VOCAB, size=(n, TOKENS)).astype(np.int64)
+    keep = rng.integers(1, TOKENS + 1, size=n)
+    mask = (np.arange(TOKENS)[None, :] < keep[:, None]).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_multi_input_family_runs_through_the_cascade(tmp_path):
+    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.inputs import read_batch
+    from edgeadapt.kernel import confidence
+    from edgeadapt.npzio import save_npz
+
+    masked = _save(tmp_path, "masked", _text_member(1))
+    ids_only = _save(tmp_path, "ids", _text_member(2, masked=False))
+    bundle = export_family([masked, ids_only], tmp_path / "b")
+    assert [s.name for s in bundle.states] == ["ids", "masked"]  # by FLOPs
+    assert [(i.name, i.shape, i.dtype) for i in bundle.inputs] == [
+        ("input_ids", ("batch", TOKENS), "int64"),
+        ("attention_mask", ("batch", TOKENS), "int64"),
+    ]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["version"] == 2
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
+    assert "input" not in manifest
+    loaded = load_bundle(tmp_path / "b")
+    assert loaded.verified
+
+    data = _text_batch(40)
+    save_npz(tmp_path / "data.npz", **data)
+    feeds = read_batch(tmp_path / "data.npz", loaded.inputs)
+    want = []
+    for path in (ids_only, masked):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        want.append(sess.run(None, {k: feeds[k] for k in names})[0])
+    c0 = confidence(want[0])
+    t0 = float(np.median(c0))
+    with AdaptiveModel.load(loaded, thresholds=t0) as m:
+        out = m.predict(feeds)
+    np.testing.assert_array_equal(
+        out.pred, np.where(c0 >= t0, want[0].argmax(1), want[1].argmax(1))
+    )
+    assert 0 < int((c0 >= t0).sum()) < 40  # both states answered some rows
+
+
+@pytest.mark.parametrize(
+    ("other", "match"),
+    [
+        (
+            lambda: _text_member(2, mask_dtype=TensorProto.INT32),
+            r"input 'attention_mask' is \['batch', 5\] int32, but \['batch', 5\] int64 in "
+            r"masked\.onnx",
+        ),
+        (
+            lambda: _text_member(2, tokens=TOKENS + 1),
+            r"input 'input_ids' is \['batch', 6\] int64, but \['batch', 5\] int64 in masked\.onnx",
+        ),
+    ],
+)
+def test_multi_input_members_that_disagree_are_refused_by_name(tmp_path, other, match):
+    masked = _save(tmp_path, "masked", _text_member(1))
+    bad = _save(tmp_path, "bad", other())
+    with pytest.raises(InputError, match=match) as e:
+        export_family([masked, bad], tmp_path / "b")
+    assert e.value.source == str(bad)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_multi_input_family_json(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeadapt.cli import cli
+
+    masked = _save(tmp_path, "masked", _text_member(1))
+    ids_only = _save(tmp_path, "ids", _text_member(2, masked=False))
+    args = ["export", "family", str(masked), str(ids_only), "-o", str(tmp_path / "b"), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [i["name"] for i in doc["inputs"]] == ["input_ids", "attention_mask"]
+    assert "input" not in doc
+    assert [s["name"] for s in doc["states"]] == ["ids", "masked"]

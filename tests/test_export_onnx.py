@@ -117,6 +117,22 @@ def _refused(tmp_path, model, match, **kw):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_parameter_errors_name_the_parameter(tmp_path, source):
+    with pytest.raises(InputError, match=r"^cuts: no tensor named 'nope' in .*net\.onnx") as e:
+        export_onnx(source, tmp_path / "b", cuts=["nope"], logits="logits")
+    assert (e.value.source, e.value.field) == ("cuts", None)
+    with pytest.raises(InputError, match="which is not one of the cuts") as e:
+        export_onnx(source, tmp_path / "b", cuts=CUTS, heads={"x": "exit0"})
+    assert e.value.source == "heads"
+    with pytest.raises(InputError, match="must be one of") as e:
+        export_onnx(source, tmp_path / "b", cuts=CUTS, heads=HEADS, pool="max")
+    assert e.value.source == "pool"
+    with pytest.raises(InputError, match="no exit head") as e:
+        export_onnx(source, tmp_path / "b", cuts=CUTS, logits="logits")
+    assert e.value.source == "calibration"
+    assert not (tmp_path / "b").exists()
+
+
 def test_unknown_cut_names_a_close_match(tmp_path):
     _refused(
         tmp_path,
@@ -414,7 +430,7 @@ def test_large_shared_constant_is_refused(tmp_path):
     _refused(
         tmp_path,
         graphs.shared_constant_chain(width=512, vector=True),
-        r"cuts\[0\]: cut 'relu0' does not separate the graph: step 1 needs the constant "
+        r"cuts: cut 'relu0' does not separate the graph: step 1 needs the constant "
         r"'shared' \(Constant node 'shared', 2048 bytes\)",
         cuts=["relu0"],
         calibration="unused.npz",
@@ -429,7 +445,7 @@ def test_large_weight_read_on_both_sides_of_a_cut_is_refused(tmp_path):
     _refused(
         tmp_path,
         model,
-        r"cuts\[0\]: the weight 'w0' \(4096 bytes\) is read by steps 0 and 1: cut 'relu0'",
+        r"cuts: the weight 'w0' \(4096 bytes\) is read by steps 0 and 1: cut 'relu0'",
         cuts=["relu0"],
         calibration="unused.npz",
     )

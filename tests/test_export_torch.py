@@ -19,9 +19,11 @@ nn = torch.nn
 
 from edgeadapt.exporters import torch as torch_exporter  # noqa: E402
 from edgeadapt.exporters.torch import (  # noqa: E402
+    export_from_factory,
     export_torch,
     export_torch_family,
     export_torch_model,
+    load_factory,
 )
 
 
@@ -204,6 +206,65 @@ def test_missing_torch(monkeypatch):
         torch_exporter._torch()
 
 
+_FACTORIES = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def build():
+        torch.manual_seed(0)
+        stages = [nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU()), nn.Identity()]
+        heads = [nn.Sequential(nn.Flatten(), nn.Linear(160, 10)) for _ in stages]
+        return stages, heads, torch.zeros(1, 1, 40)
+
+    def family():
+        return [nn.Sequential(nn.Flatten(), nn.Linear(40, 10)) for _ in range(2)], torch.zeros(1, 1, 40)
+
+    def broken():
+        return 42
+
+    not_callable = 3
+    """
+)
+
+
+def test_load_factory_from_a_file_or_a_module(tmp_path, monkeypatch):
+    (tmp_path / "facmod.py").write_text(_FACTORIES)
+    by_file = load_factory(f"{tmp_path / 'facmod.py'}:build")
+    assert by_file.__name__ == "build"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "facmod", raising=False)
+    assert load_factory("facmod:family").__name__ == "family"
+    (tmp_path / "raises.py").write_text("raise RuntimeError('boom')\n")
+    for spec, message in [
+        ("nocolon", "expected MODULE:FUNCTION"),
+        ("facmod:1bad", "expected MODULE:FUNCTION"),
+        ("missing.py:f", "file not found: missing.py"),
+        ("facmod:nope", "no callable 'nope'"),
+        ("facmod:not_callable", "no callable 'not_callable'"),
+        ("raises.py:f", "cannot import 'raises.py': RuntimeError: boom"),
+    ]:
+        with pytest.raises(InputError, match=message) as e:
+            load_factory(spec)
+        assert e.value.source == "factory"
+
+
+def test_export_from_factory_dispatches_on_what_it_returns(tmp_path):
+    (tmp_path / "facmod.py").write_text(_FACTORIES)
+    where = tmp_path / "facmod.py"
+    early = export_from_factory(f"{where}:build", tmp_path / "b")
+    assert (early.kind, [s.name for s in early.states]) == ("early-exit", ["exit0", "exit1"])
+    fam = export_from_factory(load_factory(f"{where}:family"), tmp_path / "f")
+    assert fam.kind == "ensemble"
+    model = SmallMultiExit()
+    whole = export_from_factory(lambda: (model, torch.zeros(1, 1, 40)), tmp_path / "m")
+    assert len(whole.states) == 3
+    with pytest.raises(InputError, match="the factory must return") as e:
+        export_from_factory(f"{where}:broken", tmp_path / "x")
+    assert e.value.source == "factory"
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_factory(tmp_path, monkeypatch):
     (tmp_path / "mymodel.py").write_text(
         textwrap.dedent(
@@ -240,7 +301,7 @@ def test_cli_factory(tmp_path, monkeypatch):
         ("mymodel:broken", "the factory must return"),
         ("mymodel:nope", "no callable 'nope'"),
         ("missing.py:f", "file not found"),
-        ("nocolon", "expected MODULE:FUNCTION"),
+        ("nocolon", "--factory: expected MODULE:FUNCTION"),
     ]:
         r = runner.invoke(cli, ["export", "torch", "--factory", spec, "-o", "x"])
         assert r.exit_code == 2, r.output

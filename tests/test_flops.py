@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.flops import ancestors, count_flops, count_params
+from edgeadapt.flops import count_flops, count_params
+from edgeadapt.graphdeps import ancestors
 from tests.models import multi_exit_cnn
 
 

@@ -114,3 +114,38 @@ def test_gate_agreement_and_decision():
     assert grown.tolist() == [[1, 0], [0, -1]]
     assert np.isnan(score[2])
     assert prev[0] == score[1]
+
+
+# A few values only, so that equal costs and equal accuracies (the tie rules) come up often.
+_COSTS = st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.5, 4.0])
+_ACCS = st.sampled_from([0.0, 0.25, 0.5, 0.5, 0.9, 1.0])
+
+
+@given(
+    st.integers(1, 6).flatmap(
+        lambda n: st.tuples(
+            st.lists(_COSTS, min_size=n, max_size=n),
+            st.none() | st.lists(_ACCS, min_size=n, max_size=n),
+        )
+    ),
+    st.booleans(),
+    st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5, 7.0, math.inf]) | st.floats(0.0, 20.0),
+)
+def test_lookup_agrees_with_the_compiled_kernel(spec, cumulative, budget):
+    from edgeadapt import kernel
+
+    costs, accuracies = spec
+    thresholds = [0.5] * (len(costs) - 1)
+    compiled = kernel.Policy(thresholds, costs, accuracies=accuracies, cumulative=cumulative)
+    state_ms = [compiled.state_ms(i) for i in range(len(costs))]
+    expected = compiled.lookup(budget)
+    assert kernel_ref.lookup(state_ms, accuracies, budget) == expected
+    ref = kernel_ref.Policy(thresholds, costs, accuracies=accuracies, cumulative=cumulative)
+    assert ref.lookup(budget) == expected
+
+
+def test_lookup_prefers_accuracy_then_the_cheaper_state():
+    assert kernel_ref.lookup([1.0, 2.0, 3.0], [0.5, 0.9, 0.9], 10.0) == 1  # tie: cheaper
+    assert kernel_ref.lookup([1.0, 2.0, 3.0], [0.5, 0.9, 0.8], 10.0) == 1  # most accurate
+    assert kernel_ref.lookup([1.0, 2.0, 3.0], None, 2.5) == 1  # later counts as better
+    assert kernel_ref.lookup([1.0, 2.0], None, 0.5) is None

@@ -282,7 +282,7 @@ def test_classes_must_be_at_least_two():
 
 
 def test_summary_alpha1_keys_and_values():
-    out = bound_summary(["s", "m", "l"], [1.0, 2.0, 10.0], [0.6, 0.7, 0.8], classes=10)
+    out = bound_summary(["s", "m", "l"], [1.0, 2.0, 10.0], [0.6, 0.7, 0.8], classes=10).to_json()
     assert out["method"] == "alpha=1"
     assert out["r_oracle"] == pytest.approx(1 + (2 - 1) * 0.1 + (10 - 1) * 0.1)
     assert out["r_ratio"] == pytest.approx(10 / out["r_oracle"])
@@ -296,20 +296,47 @@ def test_summary_alpha1_keys_and_values():
 def test_summary_exact_and_constant_alpha():
     rng = np.random.default_rng(0)
     correct = rng.random((500, 3)) < [0.5, 0.6, 0.8]
-    out = bound_summary(["a", "b", "c"], [1.0, 2.0, 4.0], correct=correct)
+    out = bound_summary(["a", "b", "c"], [1.0, 2.0, 4.0], correct=correct).to_json()
     res = exact_oracle(correct, [1.0, 2.0, 4.0])
     assert out["method"] == "exact"
     assert out["r_oracle"] == out["exact"]["r_oracle"] == pytest.approx(res.r_oracle)
     assert out["alphas"] == pytest.approx(list(res.alphas))
     assert out["alpha_min"] == pytest.approx(res.alpha_min)
     assert "constant_alpha_min" in out
-    out = bound_summary(["a", "b", "c"], [1.0, 2.0, 4.0], correct=correct, alpha=0.5)
+    out = bound_summary(["a", "b", "c"], [1.0, 2.0, 4.0], correct=correct, alpha=0.5).to_json()
     assert out["method"] == "constant-alpha"
     assert out["a_oracle"] == pytest.approx(1 - 0.5 * (1 - correct[:, 2].mean()))
 
 
 def test_summary_envelope_baseline_is_most_accurate():
-    out = bound_summary(["a", "b", "c"], [1.0, 2.0, 9.0], [0.5, 0.8, 0.6], envelope=True)
+    out = bound_summary(["a", "b", "c"], [1.0, 2.0, 9.0], [0.5, 0.8, 0.6], envelope=True).to_json()
     assert out["dominated"] == ["c"]
     assert out["baseline"] == "b"
     assert out["r_n"] == 2.0
+
+
+def test_summary_is_typed_and_labels_every_bound_once():
+    rng = np.random.default_rng(0)
+    correct = rng.random((500, 3)) < [0.5, 0.6, 0.8]
+    summary = bound_summary(["a", "b", "c"], [1.0, 2.0, 4.0], correct=correct, classes=3)
+    assert summary.exact is not None
+    assert summary.headline == summary.exact.point
+    labels = [label for label, _, _ in summary.points()]
+    assert labels[0] == "exact oracle (eq. 4/5)"
+    assert labels[1:] == [
+        "alpha=1 (eq. 9)",
+        f"alpha_min={summary.exact.alpha_min:.3f} (eq. 8)",
+        "continuous (eq. 13)",
+    ]
+    assert [h for _, _, h in summary.points()] == [True, False, False, False]
+    assert summary.smallest_state is not None
+    assert summary.smallest_state.state == "a"
+    with pytest.raises(AttributeError):
+        summary.method = "alpha=1"  # frozen
+
+
+@pytest.mark.parametrize(("option", "value"), [("alpha", 1.5), ("alpha", math.nan), ("classes", 1)])
+def test_summary_refuses_bad_options_naming_the_parameter(option, value):
+    with pytest.raises(InputError) as err:
+        bound_summary(["a", "b"], [1.0, 2.0], [0.5, 0.6], **{option: value})
+    assert err.value.source == option

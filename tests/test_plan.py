@@ -199,3 +199,34 @@ def test_static_baseline_round_trips_and_is_optional(tmp_path, plan):
     path.write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"\$\.static\.cost_ms"):
         load_plan(path)
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["version 1", "version 2"])
+def test_the_runtime_block_round_trips_and_is_optional(tmp_path, plan, gated):
+    from dataclasses import replace
+
+    from edgeadapt.gates import GATE_FEATURES, Gate
+    from edgeadapt.presets import RuntimeConfig
+
+    if gated:
+        gates = tuple(Gate(weights=(0.0,) * len(GATE_FEATURES), bias=0.0) for _ in plan.thresholds)
+        plan = replace(plan, gates=gates, thresholds=tuple(0.5 for _ in plan.thresholds))
+    assert plan.runtime is None
+    assert "runtime" not in plan_to_doc(plan)  # plans without one read as before
+    config = RuntimeConfig("onnxruntime", "x86-ort-2t", "as-exported", 2, {"spin": False})
+    path = tmp_path / "plan.json"
+    save_plan(path, replace(plan, runtime=config))
+    doc = json.loads(path.read_text())
+    assert doc["version"] == (2 if gated else 1)
+    assert doc["runtime"] == {
+        "runtime": "onnxruntime",
+        "preset": "x86-ort-2t",
+        "precision": "as-exported",
+        "threads": 2,
+        "options": {"spin": False},
+    }
+    assert load_plan(path).runtime == config
+    doc["runtime"]["threads"] = -1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"plan\.json: \$\.runtime\.threads"):
+        load_plan(path)

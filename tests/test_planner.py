@@ -10,16 +10,16 @@ from hypothesis import strategies as st
 
 from edgeadapt.calibrate import calibrate, simulate
 from edgeadapt.errors import InputError
+from edgeadapt.oracle import exact_oracle
 from edgeadapt.planner import (
     Outcomes,
     budget_state,
     budget_table,
-    exact_oracle,
     gap_closure,
     make_plan,
-    subset_costs,
 )
 from edgeadapt.risk import required_samples
+from edgeadapt.subset import subset_costs
 
 SHA = "ab" * 32
 
@@ -75,7 +75,8 @@ def test_plan_keeps_the_drop_on_calibration_and_reports_heldout(args):
     assert plan.heldout.cost_ms == pytest.approx(run.expected_cost)
     assert plan.heldout.reference_accuracy == held.correct[:, plan.reference_state].mean()
     assert plan.drop_bound >= plan.heldout.drop - 1e-12
-    assert (plan.r_oracle, plan.a_oracle) == exact_oracle(held.correct, cost)
+    oracle = exact_oracle(held.correct, cost)
+    assert (plan.r_oracle, plan.a_oracle) == (oracle.r_oracle, oracle.a_oracle)
     # the budget table rises in cost and accuracy over kept states
     assert {r.state for r in plan.budget} <= set(plan.states)
     assert all(
@@ -190,7 +191,8 @@ def test_exact_oracle_matches_a_loop():
     data, cost = outcomes(200, 4, 3, noise=3.0)
     correct = data.correct.copy()
     correct[::7, 0] = True  # break nesting so the oracle beats the last state
-    r, a = exact_oracle(correct, cost)
+    res = exact_oracle(correct, cost)
+    r, a = res.r_oracle, res.a_oracle
     per = [cost[row.argmax()] if row.any() else cost.min() for row in correct]
     assert r == pytest.approx(np.mean(per))
     assert a == correct.any(axis=1).mean()
@@ -362,3 +364,48 @@ def test_a_branch_plan_keeps_the_pareto_branches_even_when_the_full_one_is_the_s
     assert list(plan.states) == [
         s for s in range(4) if all(acc[s] > acc[t] for t in range(4) if cost[t] < cost[s])
     ]
+
+
+def test_plan_summary_json_is_the_plans_summary_with_where_it_came_from():
+    from edgeadapt.planner import PlanSummary, ProfileCosts
+
+    data, cost = outcomes(400, 3, 0)
+    calib, held = data.split()
+    plan = make_plan(calib, held, cost, manifest_sha256=SHA, calibration="empirical")
+    assert PlanSummary(plan).to_json() == plan.summary()
+    costs = ProfileCosts(tuple(cost), None, "chain")
+    doc = PlanSummary(plan, costs, "p.json").to_json()
+    assert doc == {**plan.summary(), "profile_order": "chain", "path": "p.json"}
+    assert PlanSummary(plan).saving_vs_r_n == plan.summary()["saving_vs_r_n"]
+
+
+def test_plan_options_replan_the_same_plan():
+    from edgeadapt.planner import plan_options
+
+    data, cost = outcomes(400, 3, 1)
+    calib, held = data.split()
+    plan = make_plan(calib, held, cost, manifest_sha256=SHA, max_drop=0.02, max_states=2)
+    options = plan_options(plan)
+    assert options["heldout"] == 0.5
+    assert options["calibration"] == "risk"
+    assert (options["max_drop"], options["max_states"]) == (0.02, 2)
+    again = make_plan(
+        calib,
+        held,
+        cost,
+        manifest_sha256=SHA,
+        **{k: v for k, v in options.items() if k != "heldout"},
+    )
+    assert again == plan
+
+
+def test_budget_state_looks_up_through_the_kernel_reference():
+    from edgeadapt import kernel_ref
+
+    costs = np.array([1.0, 2.0, 2.0, 5.0])
+    accuracy = np.array([0.5, 0.7, 0.8, 0.9])
+    table = budget_table(costs, accuracy, [0, 1, 2, 3])
+    for budget in (0.0, 1.0, 1.9, 2.0, 4.9, 5.0, 50.0):
+        row = kernel_ref.lookup([r.budget_ms for r in table], [r.accuracy for r in table], budget)
+        assert budget_state(table, budget) == (table[0] if row is None else table[row]).state
+    assert [r.state for r in table] == [0, 2, 3]  # equal cost: the more accurate kept

@@ -15,10 +15,11 @@ from edgeadapt.errors import InputError
 from edgeadapt.presets import (
     AS_EXPORTED,
     Preset,
+    RuntimeConfig,
+    inherit_runtime,
     load_preset,
     preset_names,
     reference_profiles,
-    resolve_runtime,
 )
 from edgeadapt.profile import MIN_SAMPLES, load_profile, profile_bundle, state_costs
 
@@ -44,7 +45,8 @@ def test_each_shipped_preset_fits_its_runtime(name):
     preset = load_preset(name)
     assert preset.name == name  # the file name is the preset's name
     assert preset.description
-    runtime, options = resolve_runtime(preset)
+    config = RuntimeConfig.resolve(preset)
+    runtime, options = config.runtime, config.backend_options()
     assert runtime == preset.runtime
     module, cls = RUNTIME_CLASSES[runtime]
     # the backend module imports its package lazily, so this runs without the backend
@@ -128,31 +130,103 @@ def test_missing_field_and_broken_json_name_the_file(tmp_path):
         load_preset(tmp_path / "absent.json")
 
 
+def resolved(preset, **choices):
+    config = RuntimeConfig.resolve(preset, **choices)
+    return config.runtime, config.backend_options()
+
+
 def test_resolve_explicit_choices_win():
     preset = load_preset("x86-ort-2t")
-    assert resolve_runtime(preset) == (
+    assert resolved(preset) == (
         "onnxruntime",
         {"device": "cpu", "spin": False, "optimization": "all", "threads": 2},
     )
-    _, options = resolve_runtime(preset, threads=1, options={"spin": True})
+    _, options = resolved(preset, threads=1, options={"spin": True})
     assert options["threads"] == 1
     assert options["spin"] is True
     ov = load_preset("x86-openvino")
-    assert resolve_runtime(ov)[1]["precision"] == "fp32"
-    assert resolve_runtime(ov, precision="bf16")[1]["precision"] == "bf16"
+    assert resolved(ov)[1]["precision"] == "fp32"
+    assert resolved(ov, precision="bf16")[1]["precision"] == "bf16"
     with pytest.raises(InputError, match="is for runtime 'onnxruntime', not 'openvino'") as e:
-        resolve_runtime(preset, runtime="openvino")
+        RuntimeConfig.resolve(preset, runtime="openvino")
     assert e.value.field == "$.runtime"
 
 
 def test_resolve_without_a_preset_keeps_the_old_defaults():
-    assert resolve_runtime(None) == ("onnxruntime", {"threads": 1})
-    assert resolve_runtime(None, runtime="openvino") == ("openvino", {"threads": 1})
-    assert resolve_runtime(None, runtime="tensorrt", precision="fp16") == (
+    assert resolved(None) == ("onnxruntime", {"threads": 1})
+    assert resolved(None, runtime="openvino") == ("openvino", {"threads": 1})
+    assert resolved(None, runtime="tensorrt", precision="fp16") == (
         "tensorrt",
         {"precision": "fp16"},
     )
-    assert resolve_runtime(None, threads=4) == ("onnxruntime", {"threads": 4})
+    assert resolved(None, threads=4) == ("onnxruntime", {"threads": 4})
+
+
+def test_a_runtime_config_names_its_preset_and_round_trips_through_json():
+    config = RuntimeConfig.resolve(load_preset("x86-openvino"), threads=2)
+    assert (config.runtime, config.preset, config.precision, config.threads) == (
+        "openvino",
+        "x86-openvino",
+        "fp32",
+        2,
+    )
+    assert config.options == {"device": "CPU", "hint": "LATENCY"}
+    doc = json.loads(json.dumps(config.to_json()))
+    assert set(doc) == {"runtime", "preset", "precision", "threads", "options"}
+    assert RuntimeConfig.from_json(doc, "plan.json") == config
+    # backend options as a runtime takes them, and back
+    back = RuntimeConfig.from_backend_options("openvino", config.backend_options())
+    assert back.backend_options() == config.backend_options()
+    assert back.preset is None
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"runtime": "tflite"}, r"\$\.runtime\.runtime"),
+        ({"threads": 0}, r"\$\.runtime\.threads"),
+        ({"threads": "2"}, r"\$\.runtime\.threads"),
+        ({"precision": ""}, r"\$\.runtime\.precision"),
+        ({"options": {"threads": 2}}, r"\$\.runtime\.options"),
+        ({"options": {"spin": [1]}}, r"\$\.runtime\.options\.spin"),
+    ],
+)
+def test_a_bad_runtime_config_names_the_file_and_field(change, where):
+    doc = {**RuntimeConfig(threads=1).to_json(), **change}
+    with pytest.raises(InputError, match=rf"plan\.json: {where}"):
+        RuntimeConfig.from_json(doc, "plan.json", "$.runtime")
+
+
+def test_inherit_keeps_the_recorded_config_unless_overridden():
+    recorded = RuntimeConfig.resolve(load_preset("x86-ort-2t"))
+    same = inherit_runtime(recorded)
+    assert same.config == recorded
+    assert same.note is None
+    # the same backend settings however they are spelled are not an override
+    spelled = RuntimeConfig.from_backend_options("onnxruntime", recorded.backend_options())
+    assert inherit_runtime(recorded, runtime=spelled) == same
+    assert inherit_runtime(recorded, threads=2) == same
+    fewer = inherit_runtime(recorded, threads=1)
+    assert fewer.config.threads == 1
+    assert fewer.config.options == recorded.options  # only the threads change
+    assert fewer.note is not None
+    assert "threads 1 (plan: 2)" in fewer.note
+    other = inherit_runtime(recorded, runtime="openvino", what="profile")
+    assert other.config == RuntimeConfig("openvino")  # the recorded options are ORT's
+    assert other.note is not None
+    assert "runtime openvino (profile: onnxruntime)" in other.note
+    preset = inherit_runtime(recorded, preset="x86-ort-1t")
+    assert (preset.config.preset, preset.config.threads) == ("x86-ort-1t", 1)
+
+
+def test_inherit_without_a_recorded_config_keeps_the_runtime_defaults():
+    assert inherit_runtime(None) == inherit_runtime(None, runtime="onnxruntime")
+    assert inherit_runtime(None).config.backend_options() == {}
+    assert inherit_runtime(None).note is None
+    assert inherit_runtime(None, threads=3).config.backend_options() == {"threads": 3}
+    with pytest.raises(InputError, match="must be an integer >= 1") as e:
+        inherit_runtime(None, threads=0)
+    assert e.value.source == "threads"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The profiler and the profile format: statistics, costs, validation, device warnings."""
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -203,6 +204,14 @@ def test_same_device_loads_without_warning(saved, multiexit):
         (lambda d: d.pop("whole_model"), r"\$\.whole_model"),
         (lambda d: d["whole_model"].update(sha256="abc"), r"\$\.whole_model\.sha256"),
         (lambda d: d["whole_model"].update(origin="guess"), r"\$\.whole_model\.origin"),
+        (
+            lambda d: d["settings"]["runtime_config"].update(threads=0),
+            r"\$\.settings\.runtime_config\.threads",
+        ),
+        (
+            lambda d: d["settings"]["runtime_config"].update(runtime="tflite"),
+            r"\$\.settings\.runtime_config\.runtime",
+        ),
     ],
 )
 def test_faulty_files_name_the_field(saved, change, where):
@@ -431,3 +440,76 @@ def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
     p = profile_bundle(multiexit, preset=preset, options={"spin": True}, iters=MIN_SAMPLES)
     assert seen == ["1"] * (len(multiexit.steps) + 1)
     assert p.settings["options"]["spin"] is True
+
+
+def test_the_profile_records_its_runtime_config(prof, saved, multiexit):
+    from edgeadapt.presets import RuntimeConfig
+
+    # no preset: ONNX Runtime on 1 thread, the model's own dtypes
+    assert prof.runtime_config == RuntimeConfig("onnxruntime", None, "as-exported", 1, {})
+    assert prof.settings["runtime_config"] == prof.runtime_config.to_json()
+    assert load_profile(saved).runtime_config == prof.runtime_config
+    preset = profile_bundle(
+        multiexit, warmup=0, iters=MIN_SAMPLES, whole=False, preset="x86-ort-2t"
+    )
+    config = preset.runtime_config
+    assert (config.preset, config.threads, config.options["spin"]) == ("x86-ort-2t", 2, False)
+    # the keys written before the configuration was recorded are still there
+    assert preset.settings["preset"] == "x86-ort-2t"
+    assert preset.settings["threads"] == 2
+    assert preset.settings["options"] == config.options
+    assert preset.device["runtime"]["threads"] == 2  # what the runtime reports it ran on
+
+
+def test_a_runtime_config_is_profiled_as_given(multiexit):
+    from edgeadapt.presets import RuntimeConfig
+
+    config = RuntimeConfig(threads=2, options={"spin": False})
+    prof = profile_bundle(multiexit, config, warmup=0, iters=MIN_SAMPLES, whole=False)
+    assert prof.runtime_config == config
+    assert prof.device["runtime"]["threads"] == 2
+    with pytest.raises(InputError, match="give a RuntimeConfig or threads, not both") as e:
+        profile_bundle(multiexit, config, threads=1)
+    assert e.value.source == "runtime"
+
+
+def test_an_old_profile_derives_its_runtime_config_from_its_settings(saved):
+    from edgeadapt.presets import RuntimeConfig
+
+    def old(d):
+        del d["settings"]["runtime_config"]
+        d["settings"].update(
+            runtime="openvino",
+            preset="x86-openvino",
+            threads=1,
+            options={"device": "CPU", "hint": "LATENCY", "precision": "fp32"},
+        )
+
+    config = load_profile(edit(saved, old)).runtime_config
+    assert config == RuntimeConfig(
+        "openvino", "x86-openvino", "fp32", 1, {"device": "CPU", "hint": "LATENCY"}
+    )
+
+
+def test_the_shipped_reference_profiles_read_their_runtime_config():
+    from edgeadapt.presets import reference_profiles
+
+    for path in reference_profiles():
+        prof = load_profile(path, check_device=False)
+        assert prof.runtime_config.runtime == prof.settings["runtime"]
+        assert prof.runtime_config.threads == prof.settings["threads"]
+
+
+def test_find_profile_prefers_the_given_path_then_the_default(multiexit, tmp_path):
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import find_profile
+
+    copy = load_bundle(shutil.copytree(multiexit.path, tmp_path / "b"))
+    shutil.rmtree(copy.path / "profiles", ignore_errors=True)
+    assert find_profile(copy) is None
+    assert find_profile(copy, tmp_path / "given.json") == tmp_path / "given.json"
+    default = default_profile_path(copy)
+    default.parent.mkdir()
+    default.write_text("{}")
+    assert find_profile(copy) == default
+    assert find_profile(copy, preset="x86-ort-2t") is None

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from edgeadapt.render import num, pct, ratio, table
+from edgeadapt.render import num, pct, ratio, saving, table
 
 
 def test_table_aligns_numbers_right_and_names_left() -> None:
@@ -32,3 +32,11 @@ def test_number_formats() -> None:
     assert num(123456.0) == "123,456.0"
     assert ratio(1.234) == "1.23x"
     assert pct(0.9312) == "93.1%"
+    assert pct(0.0825, 2, signed=True) == "+8.25%"
+    assert pct(-0.007, 2, signed=True) == "-0.70%"
+
+
+def test_saving_in_words() -> None:
+    assert saving(0.123) == "saves 12.3%"
+    assert saving(-0.045) == "costs 4.5% more"
+    assert saving(None) == "n/a"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeadapt.analysis import bundle_bound
+from edgeadapt.bound import bundle_bound
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.evaluation import Evaluation, save_evaluation
@@ -93,7 +93,7 @@ def test_report_numbers_agree_with_bundle_bound(device, written):
     bundle, paths = device
     bound = bundle_bound(
         bundle, profile=paths["profile"], evaluation=paths["evaluation"], envelope=True
-    )
+    ).to_json()
     table = rows(written[-1].read_text())
     for state, alpha in zip(bound["states"], [None, *bound["alphas"]], strict=True):
         cost, _, acc, alpha_cell = table[state["name"]]
@@ -103,8 +103,8 @@ def test_report_numbers_agree_with_bundle_bound(device, written):
             assert float(alpha_cell) == pytest.approx(alpha, rel=1e-2)
     labels = {
         "exact oracle (eq. 4/5)": bound["exact"],
-        "alpha = 1 (eq. 9)": bound["alpha1"],
-        f"alpha_min = {bound['alpha_min']:.3f} (eq. 8)": bound["constant_alpha_min"],
+        "alpha=1 (eq. 9)": bound["alpha1"],
+        f"alpha_min={bound['alpha_min']:.3f} (eq. 8)": bound["constant_alpha_min"],
         "continuous (eq. 13)": bound["continuous"],
     }
     for label, point in labels.items():
@@ -125,7 +125,7 @@ def test_report_shows_the_plan_and_the_subset_curve(device, written):
     assert table["states"] == [", ".join(plan.state_names)]
     assert pct(table["held-out accuracy"][0]) == pytest.approx(plan.heldout.accuracy, abs=5e-5)
     data = report_data(bundle, **paths)
-    bound = data.bound
+    bound = data.bound.to_json()
     # k = N is the exact oracle of every state; k = 1 the most accurate state (the
     # cheapest among equals) alone
     assert data.curve[-1].r_oracle == pytest.approx(bound["exact"]["r_oracle"])
@@ -140,7 +140,7 @@ def test_report_states_both_baselines(device, written):
     bundle, paths = device
     page = written[-1].read_text()
     table = rows(page)
-    bound = report_data(bundle, **paths).bound
+    bound = report_data(bundle, **paths).bound.to_json()
     static = bound["static"]
     r_n_row = table[f"R_N: the sum of the steps ({bound['baseline']})"]
     assert float(r_n_row[0]) == pytest.approx(bound["r_n"], rel=1e-3)
@@ -225,7 +225,14 @@ def test_report_from_objects_in_memory(device, tmp_path):
 
     bundle, paths = device
     ev = load_evaluation(paths["evaluation"])
-    unsaved = Evaluation(ev.labels, ev.pred, ev.states, ev.conf)
+    unsaved = Evaluation(
+        ev.labels,
+        ev.pred,
+        ev.states,
+        ev.conf,
+        conf_margin=ev.conf_margin,
+        conf_entropy=ev.conf_entropy,
+    )
     out = write_report(
         bundle,
         profile=load_profile(paths["profile"]),
@@ -299,7 +306,8 @@ def test_cli_report_json(device, tmp_path):
         "cli-rratio.png",
     ]
     bound = bundle_bound(bundle, profile=paths["profile"], evaluation=paths["evaluation"])
-    assert summary["exact"] == pytest.approx(bound["exact"])
+    assert summary["exact"] == pytest.approx(bound.to_json()["exact"])
+    assert [p["policy"] for p in summary["policies"]] == ["threshold", "gate"]
     assert summary["policy"]["gap_closure"] is not None
 
 
@@ -319,4 +327,58 @@ def test_cli_report_finds_the_bundle_defaults(device, tmp_path):
     result = invoke("report", copy, "-o", tmp_path / "r.html")
     assert result.exit_code == 0, result.output
     assert "oracle gap closure" in result.output
+    assert "both policies planned from this profile and evaluation:" in result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("threshold  ") for line in lines)
+    assert any(line.startswith(("gate  ", "gate: not planned")) for line in lines)
     assert f"wrote {tmp_path / 'r.html'}" in result.output
+
+
+def test_report_compares_both_policies_planned_from_its_inputs(device, written):
+    from edgeadapt.evaluation import load_evaluation
+    from edgeadapt.plan import load_plan
+    from edgeadapt.planner import plan_bundle, plan_options
+    from edgeadapt.profile import load_profile, state_costs, static_cost
+
+    bundle, paths = device
+    data = report_data(bundle, **paths)
+    assert [p.policy for p in data.policies] == ["threshold", "gate"]
+    plan = load_plan(paths["plan"])
+    profile = load_profile(paths["profile"])
+    costs, static = state_costs(profile, bundle), static_cost(profile, bundle)
+    ev = load_evaluation(paths["evaluation"])
+    options = plan_options(plan)
+    for outcome in data.policies:
+        assert outcome.plan is not None, outcome.reason
+        # the same plan `edgeadapt plan --policy P` makes from these files and options
+        again = plan_bundle(bundle, ev, costs, static_ms=static, policy=outcome.policy, **options)
+        assert outcome.plan.policy == outcome.policy
+        assert outcome.plan.heldout == again.heldout
+        assert outcome.plan.gap_closure == again.gap_closure
+    # the plan given is the threshold policy made from the same split: the same figures
+    assert data.policies[0].plan.heldout == plan.heldout
+    table = rows(written[-1].read_text())
+    for outcome in data.policies:
+        p = outcome.plan
+        states, acc, cost, gap, _ = table[outcome.policy]
+        assert states == ", ".join(p.state_names)
+        assert pct(acc) == pytest.approx(p.heldout.accuracy, abs=5e-5)
+        assert float(cost) == pytest.approx(p.heldout.cost_ms, rel=1e-3)
+        assert gap == ("n/a" if p.gap_closure is None else f"{100 * p.gap_closure:.1f}%")
+
+
+def test_report_says_why_a_policy_cannot_be_planned(device, tmp_path):
+    from edgeadapt.evaluation import load_evaluation
+
+    bundle, paths = device
+    ev = load_evaluation(paths["evaluation"])
+    maxprob_only = Evaluation(ev.labels, ev.pred, ev.states, ev.conf)
+    data = report_data(bundle, profile=paths["profile"], evaluation=maxprob_only)
+    threshold, gate = data.policies
+    assert threshold.plan is not None
+    assert gate.plan is None
+    assert "lacks what gates read" in gate.reason
+    page = write_report(
+        bundle, profile=paths["profile"], evaluation=maxprob_only, out=tmp_path / "r.html"
+    )[-1].read_text()
+    assert "gate: not planned: the calibration split lacks what gates read" in html.unescape(page)

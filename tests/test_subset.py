@@ -136,3 +136,44 @@ def test_rejects_bad_inputs():
         subset_curve_exact(np.ones((2, 2), bool), [2, 1])
     with pytest.raises(InputError, match="bool"):
         subset_curve_exact(np.ones((2, 2)), [1, 2])
+
+
+def test_subset_analysis_json_names_states_and_the_baseline():
+    from edgeadapt.subset import subset_analysis
+
+    names, costs, accs = ["big", "small", "mid"], [8.0, 1.0, 2.0], [0.9, 0.5, 0.7]
+    curve = subset_analysis(names, costs, accs)
+    assert curve.names == ("small", "mid", "big")
+    assert [c.k for c in curve.choices] == [1, 2, 3]
+    doc = curve.to_json()
+    assert doc["baseline"] == "big"
+    assert doc["r_n"] == 8.0
+    assert [e["states"][-1] for e in doc["curve"]] == ["big", "big", "big"]
+    assert doc == {**doc["curve"][-1], "baseline": "big", "r_n": 8.0, "curve": doc["curve"]}
+    one = subset_analysis(names, costs, accs, k=2)
+    assert "curve" not in one.to_json()
+    assert one.best == curve.choices[1]
+
+
+def test_subset_analysis_refuses_a_bad_k_naming_it():
+    from edgeadapt.subset import subset_analysis
+
+    with pytest.raises(InputError) as err:
+        subset_analysis(["a", "b"], [1.0, 2.0], [0.5, 0.6], k=3)
+    assert err.value.source == "k"
+
+
+def test_table_subsets_use_the_evaluation_by_name(tmp_path):
+    from edgeadapt.evaluation import Evaluation, save_evaluation
+    from edgeadapt.subset import table_subsets
+
+    table = tmp_path / "t.csv"
+    table.write_text("name,cost,accuracy\nbig,8,0.9\nsmall,1,0.5\nextra,3,0.7\n")
+    labels = np.arange(12) % 3
+    pred = np.stack([np.where(labels == 0, labels, 9), labels], axis=1)
+    ev = tmp_path / "e.npz"
+    save_evaluation(ev, Evaluation(labels, pred, np.array(["small", "big"])))
+    result = table_subsets(table, ev)
+    assert result.ignored == ("extra",)
+    assert {c.method for c in result.choices} == {"exact"}
+    assert result.best.a_oracle == 1.0

@@ -1,61 +1,34 @@
-"""`edgeadapt export onnx|family` (model -> bundle) and `edgeadapt inspect BUNDLE`.
+"""`edgeadapt export onnx|family|torch|branches` (model -> bundle).
 
-Other exporters add a subcommand to the same group from their own module in
-`edgeadapt.commands` (every module there is imported by the CLI):
-
-    from edgeadapt.commands.export import export
-
-    @export.command("torch")
-    def export_torch(...): ...
+The `export` group holds `onnx` and `family` from here and the subcommands of
+`export_torch` and `export_branches`, added below by name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
-from typing import Any
 
 import click
 
+from edgeadapt.cli import CommandGroup
+from edgeadapt.commands.bundles import (
+    bundle_output_option,
+    force_option,
+    parity_atol_option,
+    parity_rtol_option,
+    show_written,
+    summary_json_option,
+)
+from edgeadapt.commands.export_branches import export_branches_cmd
+from edgeadapt.commands.export_torch import export_torch_cmd
 from edgeadapt.commands.progress import progress_ticker
 from edgeadapt.errors import InputError
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def export() -> None:
     """Export a model into a bundle of states (per-exit ONNX steps + manifest)."""
-
-
-output_option = click.option(
-    "-o",
-    "--output",
-    "out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Bundle directory to write.",
-)
-force_option = click.option(
-    "--force", is_flag=True, help="Replace a different bundle already in the output directory."
-)
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print the bundle summary as JSON."
-)
-parity_rtol_option = click.option(
-    "--parity-rtol",
-    type=click.FloatRange(min=0),
-    default=1e-3,
-    show_default=True,
-    help="Parity check: relative tolerance, times the largest |value| of each compared "
-    "tensor (so near-zero logits get the scale of the others).",
-)
-parity_atol_option = click.option(
-    "--parity-atol",
-    type=click.FloatRange(min=0),
-    default=1e-5,
-    show_default=True,
-    help="Parity check: the smallest absolute tolerance.",
-)
 
 
 def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
@@ -63,33 +36,11 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     for v in values:
         cut, sep, out = v.partition("=")
         if not sep or not cut or not out:
-            raise InputError(f"expected CUT=OUTPUT, got {v!r}", field="--head")
+            raise InputError(f"expected CUT=OUTPUT, got {v!r}", source="heads")
         if cut in heads:
-            raise InputError(f"{cut!r} is given twice", field="--head")
+            raise InputError(f"{cut!r} is given twice", source="heads")
         heads[cut] = out
     return heads
-
-
-def _report(bundle_path: Path, as_json: bool) -> None:
-    from edgeadapt.bundle import load_bundle
-
-    bundle = load_bundle(bundle_path)
-    summary = bundle_summary(bundle)
-    for note in bundle.extra.get("warnings", []):
-        click.echo(f"warning: {note}", err=True)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    click.echo(f"wrote {bundle_path} ({summary['kind']}, {len(summary['states'])} states)")
-    _print_table(summary)
-    for h in bundle.extra.get("heads", []):
-        if h.get("kind") == "trained-linear":
-            click.echo(
-                f"  head at {h['cut']}: {h['pool']} pooling, {h['features']} features, "
-                f"accuracy {h['train_accuracy']:.3f} training / {h['heldout_accuracy']:.3f} "
-                f"held-out ({h['heldout_samples']} samples)"
-            )
-    _print_unknown_ops(summary)
 
 
 @export.command("onnx")
@@ -148,9 +99,9 @@ def _report(bundle_path: Path, as_json: bool) -> None:
 )
 @parity_rtol_option
 @parity_atol_option
-@output_option
+@bundle_output_option()
 @force_option
-@json_option
+@summary_json_option()
 def export_onnx_cmd(
     model: Path,
     cuts: tuple[str, ...],
@@ -162,7 +113,7 @@ def export_onnx_cmd(
     batch_size: int,
     parity_rtol: float,
     parity_atol: float,
-    out: Path,
+    output: Path,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -179,17 +130,18 @@ def export_onnx_cmd(
     """
     from edgeadapt.exporters.onnx import export_onnx
 
+    head_map = _parse_heads(heads)
     with contextlib.ExitStack() as stack:
         tick = progress_ticker(stack, "exporting")
 
         def progress(label: str, done: int, total: int) -> None:
             tick(done, total)
 
-        export_onnx(
+        bundle = export_onnx(
             model,
-            out,
+            output,
             cuts=cuts,
-            heads=_parse_heads(heads),
+            heads=head_map,
             logits=logits,
             calibration=calibration,
             pool=pool,
@@ -200,12 +152,18 @@ def export_onnx_cmd(
             force=force,
             progress=progress,
         )
-    _report(out, as_json)
+    show_written(bundle, output, as_json)
 
 
 @export.command("family")
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@output_option
+@click.argument(
+    "model_paths",
+    metavar="MODELS...",
+    nargs=-1,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@bundle_output_option()
 @click.option(
     "--name",
     "names",
@@ -213,108 +171,27 @@ def export_onnx_cmd(
     help="State name for each model, in the order given (default: file stems).",
 )
 @force_option
-@json_option
+@summary_json_option()
 def export_family_cmd(
-    models: tuple[Path, ...], out: Path, names: tuple[str, ...], force: bool, as_json: bool
+    model_paths: tuple[Path, ...],
+    output: Path,
+    names: tuple[str, ...],
+    force: bool,
+    as_json: bool,
 ) -> None:
-    """Write independent classifiers MODELS (same input and classes) as an ensemble bundle,
-    states ordered by FLOPs."""
+    """Write independent classifiers MODELS as an ensemble bundle, states ordered by FLOPs.
+
+    Every member outputs [batch, classes] logits with the same class count and reads
+    model inputs of the same names, shapes and dtypes (a member may read a subset, e.g.
+    input_ids without attention_mask); a one-input member may name its input differently.
+    """
     from edgeadapt.exporters.family import export_family
 
-    export_family(models, out, names=names or None, force=force)
-    _report(out, as_json)
+    bundle = export_family(model_paths, output, names=names or None, force=force)
+    show_written(bundle, output, as_json)
 
 
-def bundle_summary(bundle: Any, problem: str | None = None) -> dict[str, Any]:
-    """The `inspect --json` document of a loaded bundle."""
-    return {
-        "path": str(bundle.path),
-        "kind": bundle.kind,
-        "num_classes": bundle.num_classes,
-        "inputs": [i.to_json() for i in bundle.inputs],
-        **({"input": bundle.inputs[0].to_json()} if len(bundle.inputs) == 1 else {}),
-        "states": [
-            {
-                "name": s.name,
-                "files": list(s.files),
-                "flops": s.flops,
-                "macs": s.macs,
-                "params": s.params,
-            }
-            for s in bundle.states
-        ],
-        "steps": [
-            {
-                "file": s.file,
-                "flops": s.flops,
-                "stage_flops": s.stage_flops,
-                "head_flops": s.head_flops,
-                "params": s.params,
-                "unknown_ops": list(s.unknown_ops),
-            }
-            for s in bundle.steps
-        ]
-        if bundle.kind == "early-exit"
-        else [],
-        "producer": bundle.producer,
-        "manifest_sha256": bundle.manifest_sha256,
-        "verified": bundle.verified,
-        "problem": problem,
-    }
+export.add_command(export_torch_cmd)
+export.add_command(export_branches_cmd)
 
-
-def _print_unknown_ops(summary: dict[str, Any]) -> None:
-    """Warn (on stderr) about steps whose FLOPs miss ops the counter cannot count."""
-    for s in summary["steps"]:
-        if s["unknown_ops"]:
-            click.echo(
-                f"warning: {s['file']}: FLOPs leave out ops the counter cannot count: "
-                f"{', '.join(s['unknown_ops'])}",
-                err=True,
-            )
-
-
-def _print_table(summary: dict[str, Any]) -> None:
-    rows = [("state", "flops", "params", "files")]
-    for s in summary["states"]:
-        rows.append((s["name"], f"{s['flops']:,}", f"{s['params']:,}", " ".join(s["files"])))
-    widths = [max(len(r[k]) for r in rows) for k in range(3)]
-    for r in rows:
-        click.echo(f"  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
-
-
-@click.command("inspect")
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
-def inspect_cmd(bundle: Path, as_json: bool) -> None:
-    """Show a bundle's states, files, FLOPs and parameters, and verify its files.
-
-    Exits 1 when the bundle loads but fails verification (altered files).
-    """
-    from edgeadapt.bundle import BundleError, load_bundle, verify_bundle
-
-    loaded = load_bundle(bundle, verify=False)
-    problem = None
-    try:
-        loaded = verify_bundle(loaded)
-    except BundleError as e:
-        problem = str(e)
-    summary = bundle_summary(loaded, problem)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(f"{summary['path']}: {summary['kind']} bundle, {summary['num_classes']} classes")
-        for spec in summary["inputs"]:
-            click.echo(f"  input {spec['name']} {spec['shape']} {spec['dtype']}")
-        _print_table(summary)
-        for s in summary["steps"]:
-            click.echo(
-                f"  {s['file']}: stage {s['stage_flops']:,} + head {s['head_flops']:,} FLOPs"
-            )
-        click.echo("  verified: yes" if problem is None else f"  verified: NO ({problem})")
-        _print_unknown_ops(summary)
-    if problem is not None:
-        raise SystemExit(1)
-
-
-COMMANDS = [export, inspect_cmd]
+COMMANDS = [export]

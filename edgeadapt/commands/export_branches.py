@@ -1,8 +1,6 @@
 """`edgeadapt export branches MODEL.onnx --calibration C.npz -o BUNDLE` (one ONNX model ->
-execution branches that skip residual blocks; see `edgeadapt.exporters.branches`).
-
-Registered on the `export` group of `edgeadapt.commands.export`, like `export torch`.
-"""
+execution branches that skip residual blocks; see `edgeadapt.exporters.branches`), a
+subcommand of `export` (added there)."""
 
 from __future__ import annotations
 
@@ -11,20 +9,16 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.export import (
-    _report,
-    export,
+from edgeadapt.commands.bundles import (
+    bundle_output_option,
     force_option,
-    json_option,
-    output_option,
+    show_written,
+    summary_json_option,
 )
 from edgeadapt.commands.progress import progress_ticker
 
-#: Registered on the `export` group above, so nothing is top-level here.
-COMMANDS: list[click.Command] = []
 
-
-@export.command("branches")
+@click.command("branches")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--calibration",
@@ -50,16 +44,16 @@ COMMANDS: list[click.Command] = []
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the sampled skip sets."
 )
-@output_option
+@bundle_output_option()
 @force_option
-@json_option
+@summary_json_option()
 def export_branches_cmd(
     model: Path,
     calibration: Path,
     blocks: tuple[str, ...],
     max_branches: int,
     seed: int,
-    out: Path,
+    output: Path,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -75,9 +69,9 @@ def export_branches_cmd(
     from edgeadapt.exporters.branches import export_branches
 
     with contextlib.ExitStack() as stack:
-        export_branches(
+        bundle = export_branches(
             model,
-            out,
+            output,
             calibration=calibration,
             blocks=blocks or None,
             max_branches=max_branches,
@@ -85,4 +79,4 @@ def export_branches_cmd(
             force=force,
             progress=progress_ticker(stack, "scoring branches"),
         )
-    _report(out, as_json)
+    show_written(bundle, output, as_json)

@@ -7,22 +7,23 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.plan import MEASURES
-from edgeadapt.planner import CALIBRATIONS, POLICIES
+from edgeadapt.commands.options import echo_json, json_option, output_option
+from edgeadapt.kernel_ref import MEASURES
+from edgeadapt.plan import COST_STATS
+from edgeadapt.planner import CALIBRATIONS, POLICIES, PlanSummary
+from edgeadapt.render import pct, saving
 
 
 @click.command("plan")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--profile",
-    "profile_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
     help="Profile of this bundle on the target device (edgeadapt profile).",
 )
 @click.option(
     "--evaluation",
-    "evaluation_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
     help="Per-sample results of every state (edgeadapt evaluate), with confidences.",
@@ -66,7 +67,7 @@ from edgeadapt.planner import CALIBRATIONS, POLICIES
 @click.option(
     "--cost-percentile",
     "cost_stat",
-    type=click.Choice(["p50", "p90", "p99"]),
+    type=click.Choice(COST_STATS),
     default="p50",
     show_default=True,
     help="Profile percentile the plan's costs and budget table use: p90 or p99 leave "
@@ -90,18 +91,12 @@ from edgeadapt.planner import CALIBRATIONS, POLICIES
     "exits, the previous gate's score) fitted on the calibration split, its scores "
     "thresholded by the same calibration. Gate plans are plan format version 2.",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write plan.json (default: BUNDLE/plan.json).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the plan's figures as JSON.")
+@output_option("Where to write plan.json (default: BUNDLE/plan.json).")
+@json_option("Print the plan's figures as JSON.")
 def plan_cmd(
     bundle: Path,
-    profile_path: Path,
-    evaluation_path: Path,
+    profile: Path,
+    evaluation: Path,
     max_states: int,
     max_drop: float,
     heldout: float,
@@ -111,7 +106,7 @@ def plan_cmd(
     calibration: str,
     policy: str,
     cost_stat: str,
-    out: Path | None,
+    output: Path | None,
     as_json: bool,
 ) -> None:
     """Choose the states to keep on this device and calibrate their exit thresholds.
@@ -132,21 +127,14 @@ def plan_cmd(
     deploying. Plan on a profile taken in chain order (the profiler's default): the
     costs the cascade pays.
     """
-    from edgeadapt.analysis import R_N_WHAT
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.evaluation import load_evaluation
-    from edgeadapt.jsonio import dumps
-    from edgeadapt.plan import save_plan
-    from edgeadapt.planner import plan_bundle, profile_costs
-    from edgeadapt.profile import load_profile
+    from edgeadapt.planner import write_plan
 
-    loaded = load_bundle(bundle)
-    costs = profile_costs(load_profile(profile_path, loaded), loaded, stat=cost_stat)
-    plan = plan_bundle(
-        loaded,
-        load_evaluation(evaluation_path),
-        costs.state_ms,
-        static_ms=costs.static_ms,
+    summary = write_plan(
+        bundle,
+        profile=profile,
+        evaluation=evaluation,
+        output=output,
+        cost_stat=cost_stat,
         heldout=heldout,
         seed=seed,
         measure=measure,
@@ -155,52 +143,48 @@ def plan_cmd(
         delta=delta,
         calibration=calibration,
         policy=policy,
-        cost_stat=cost_stat,
     )
-    target = out if out is not None else loaded.path / "plan.json"
-    save_plan(target, plan)
-    summary = {**plan.summary(), "profile_order": costs.order, "path": str(target)}
     if as_json:
-        click.echo(dumps(summary), nl=False)
-        return
-    click.echo(f"states: {', '.join(summary['states'])}")
-    click.echo(f"policy: {plan.policy}")
-    on = "gate scores" if plan.gates is not None else summary["measure"]
-    click.echo(f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in summary["thresholds"]))
-    click.echo(
-        f"held-out: accuracy {summary['accuracy']:.2%}, drop {summary['drop']:+.2%} "
-        f"against {summary['reference']}"
-    )
-    click.echo(plan.statement)
-    click.echo(
-        f"expected cost {summary['cost']:.4f} ms; oracle {summary['oracle']['r_oracle']:.4f} ms "
-        f"at {summary['oracle']['a_oracle']:.2%}"
-    )
-    click.echo(
-        f"  vs R_N, {R_N_WHAT.get(plan.kind, 'the costliest state')}: {summary['r_n']:.4f} ms "
-        f"({_saving(summary['saving_vs_r_n'])})"
-    )
+        echo_json(summary.to_json())
+    else:
+        click.echo(plan_text(summary))
+
+
+def plan_text(summary: PlanSummary) -> str:
+    """The plan's figures as `edgeadapt plan` prints them."""
+    from edgeadapt.bound import r_n_what
+
+    plan = summary.plan
+    held = plan.heldout
+    on = "gate scores" if plan.gates is not None else plan.measure
+    lines = [
+        f"states: {', '.join(plan.state_names)}",
+        f"policy: {plan.policy}",
+        f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in plan.thresholds),
+        f"held-out: accuracy {pct(held.accuracy, 2)}, drop {pct(held.drop, 2, signed=True)} "
+        f"against {plan.bundle_states[plan.reference_state]}",
+        plan.statement,
+        f"expected cost {held.cost_ms:.4f} ms; oracle {plan.r_oracle:.4f} ms "
+        f"at {pct(plan.a_oracle, 2)}",
+        f"  vs R_N, {r_n_what(plan.kind)}: {plan.r_n:.4f} ms ({saving(summary.saving_vs_r_n)})",
+    ]
     if plan.static_ms is None:
-        click.echo("  vs the static model: not measured (profile without the whole model)")
+        lines.append("  vs the static model: not measured (profile without the whole model)")
     else:
         verdict = "beats it" if plan.beats_static else "does NOT beat it"
-        click.echo(
+        lines.append(
             f"  vs the static model, the measured whole model: {plan.static_ms:.4f} ms "
-            f"({_saving(summary['saving_vs_static'])}; the plan {verdict})"
+            f"({saving(summary.saving_vs_static)}; the plan {verdict})"
         )
-    if costs.note is not None:
-        click.echo(f"note: {costs.note}")
-    gap = summary["gap_closure"]
-    click.echo(
-        "oracle gap closure: " + ("n/a (the oracle saves nothing)" if gap is None else f"{gap:.1%}")
+    if summary.costs is not None and summary.costs.note is not None:
+        lines.append(f"note: {summary.costs.note}")
+    gap = plan.gap_closure
+    lines.append(
+        "oracle gap closure: " + ("n/a (the oracle saves nothing)" if gap is None else pct(gap))
     )
-    click.echo(f"wrote {target}")
-
-
-def _saving(share: float | None) -> str:
-    if share is None:
-        return "n/a"
-    return f"saves {share:.1%}" if share >= 0 else f"costs {-share:.1%} more"
+    if summary.path is not None:
+        lines.append(f"wrote {summary.path}")
+    return "\n".join(lines)
 
 
 COMMANDS = [plan_cmd]

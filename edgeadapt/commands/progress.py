@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-__all__ = ["progress_bar", "progress_ticker"]
+__all__ = ["progress_bar", "progress_on_first_call", "progress_ticker"]
 
 
 @contextlib.contextmanager
@@ -46,3 +46,23 @@ def progress_ticker(stack: contextlib.ExitStack, label: str) -> Any:
         bar.update(1)
 
     return tick
+
+
+@contextlib.contextmanager
+def progress_on_first_call(label: str, show: bool) -> Iterator[Callable[[int, int], None]]:
+    """`progress_bar` for a library call that learns the total itself: the bar opens on
+    the first ``progress(done, total)`` call and follows `done`."""
+    with contextlib.ExitStack() as stack:
+        bar: Any = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if not show:
+                return
+            if bar is None:
+                bar = stack.enter_context(
+                    click.progressbar(length=total, label=label, file=sys.stderr)
+                )
+            bar.update(done - bar.pos)
+
+        yield update

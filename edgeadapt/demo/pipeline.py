@@ -28,12 +28,17 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+from edgeadapt.presets import RuntimeConfig
+
+if TYPE_CHECKING:
+    from edgeadapt.bound import BundleBound
+    from edgeadapt.planner import PlanSummary
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles, in the order the demo shows them.
@@ -119,15 +124,15 @@ class BundleResult:
     p50_ms: list[float]
     cost_ms: list[float]
     static_ms: float | None  # the profile's whole model (p50, batch 1)
-    bounds: dict[str, Any]
-    plan: dict[str, Any]
+    bounds: BundleBound
+    plan: PlanSummary
     run: RunFigures
     report: Path
     device: dict[str, Any]
     reused: list[str] = field(default_factory=list)
     #: The same plan with learned exit gates instead of thresholds (`plan --policy
     #: gate`), for comparison; None when no gate plan can be made for the bundle.
-    gate_plan: dict[str, Any] | None = None
+    gate_plan: PlanSummary | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.run
@@ -143,9 +148,9 @@ class BundleResult:
                 )
             ],
             "static_ms": self.static_ms,
-            "bound": self.bounds,
-            "plan": self.plan,
-            "gate_plan": self.gate_plan,
+            "bound": self.bounds.to_json(),
+            "plan": self.plan.to_json(),
+            "gate_plan": None if self.gate_plan is None else self.gate_plan.to_json(),
             "run": {
                 "samples": r.samples,
                 "accuracy": r.accuracy,
@@ -268,8 +273,7 @@ def _bundles(out: Path, retrain: bool, ui: UI) -> list[Bundle]:
 def _measure_run(
     bundle: Bundle,
     plan: Any,
-    runtime: str,
-    threads: int,
+    config: RuntimeConfig,
     x: np.ndarray,
     y: np.ndarray,
     reference: int,
@@ -285,13 +289,11 @@ def _measure_run(
 
     from edgeadapt.cascade import AdaptiveModel
     from edgeadapt.exporters.compose import whole_model
-    from edgeadapt.runtimes import get_runtime
 
-    options = {"threads": threads}
     with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
         static_path = Path(tmp) / "static.onnx"
         onnx.save(whole_model(bundle, reference), str(static_path))
-        static = get_runtime(runtime, **options).load(static_path)
+        static = config.make().load(static_path)
     logits_name = static.outputs[0].name
     input_name = bundle.input.name
     n = x.shape[0]
@@ -315,7 +317,7 @@ def _measure_run(
             static_lat[i] = (perf_counter_ns() - t0) / 1e6
             static_pred[i] = int(np.argmax(logits[0]))
 
-    load = AdaptiveModel.load(bundle, runtime, plan=plan, runtime_options=options, warmup=WARMUP)
+    load = AdaptiveModel.load(bundle, config, plan=plan, warmup=WARMUP)
     with static, load as model:
         plain(range(min(WARMUP, n)))
         with ui.bar("running the plan", n) as progress:
@@ -335,14 +337,15 @@ def _run_figures(
     measured: tuple[np.ndarray, ...],
     y: np.ndarray,
 ) -> RunFigures:
-    from edgeadapt.planner import exact_oracle, gap_closure
+    from edgeadapt.oracle import exact_oracle
+    from edgeadapt.planner import gap_closure
 
     pred, exits, lat, static_pred, static_lat = measured
     n = y.shape[0]
     kept_cost = dict(zip(plan.states, plan.cost_ms, strict=True))
     expected = float(np.mean([kept_cost[int(s)] for s in exits]))
     correct = evaluation_test.correct[:n]
-    r_oracle, a_oracle = exact_oracle(correct, np.asarray(costs))
+    oracle = exact_oracle(correct, np.asarray(costs))
     return RunFigures(
         samples=n,
         accuracy=float(np.mean(pred == y)),
@@ -355,9 +358,9 @@ def _run_figures(
         exits=[int(np.sum(exits == s)) for s in range(len(bundle.states))],
         expected_cost_ms=expected,
         static_cost_ms=float(costs[plan.reference_state]),
-        oracle_r=r_oracle,
-        oracle_a=a_oracle,
-        gap_closure=gap_closure(float(costs[-1]), expected, r_oracle),
+        oracle_r=oracle.r_oracle,
+        oracle_a=oracle.a_oracle,
+        gap_closure=gap_closure(float(costs[-1]), expected, oracle.r_oracle),
     )
 
 
@@ -366,18 +369,17 @@ def _demo_bundle(
     work: Path,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     *,
-    runtime: str,
-    threads: int,
+    config: RuntimeConfig,
     force: bool,
     samples: int | None,
     min_seconds: float,
     ui: UI,
 ) -> BundleResult:
-    from edgeadapt.analysis import bundle_bound
+    from edgeadapt.bound import bundle_bound
     from edgeadapt.evaluate import evaluate_bundle
     from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
     from edgeadapt.plan import Plan, check_plan, load_plan, save_plan
-    from edgeadapt.planner import plan_bundle, profile_costs
+    from edgeadapt.planner import PlanSummary, plan_bundle, profile_costs
     from edgeadapt.profile import (
         Profile,
         load_profile,
@@ -395,8 +397,7 @@ def _demo_bundle(
         with ui.bar(f"profiling {bundle.path.name}", profile_calls(bundle, (1,))) as progress:
             return profile_bundle(
                 bundle,
-                runtime,
-                threads=threads,
+                config,
                 min_seconds=min_seconds,
                 progress=progress,
                 order=PROFILE_ORDER,
@@ -417,7 +418,7 @@ def _demo_bundle(
 
         def make() -> Evaluation:
             with ui.bar(f"evaluating on {split}", len(y)) as progress:
-                return evaluate_bundle(bundle, x, y, runtime, threads=threads, progress=progress)
+                return evaluate_bundle(bundle, x, y, config, progress=progress)
 
         def load(path: Path) -> Evaluation:
             ev = load_evaluation(path)
@@ -446,21 +447,23 @@ def _demo_bundle(
         work / "plan.json",
         load_plan_,
         # as `edgeadapt plan` with its defaults
-        lambda: plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms),
+        lambda: plan_bundle(
+            bundle, ev_calib, costs, static_ms=measured.static_ms, runtime=measured.runtime
+        ),
         save_plan,
         stale=stale,
     )
 
     try:  # the same split and promise, learned exit gates in place of thresholds
         gated = plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms, policy="gate")
-        gate_plan: dict[str, Any] | None = gated.summary()
+        gate_plan: PlanSummary | None = PlanSummary(gated)
     except InputError:
         gate_plan = None
 
     x, y = data["test"]
     if samples is not None:
         x, y = x[:samples], y[:samples]
-    timed = _measure_run(bundle, plan, runtime, threads, x, y, plan.reference_state, ui)
+    timed = _measure_run(bundle, plan, config, x, y, plan.reference_state, ui)
     run = _run_figures(bundle, plan, costs, ev_test, timed, y)
 
     ui.log(f"  writing the report for {bundle.path.name} ...")
@@ -476,7 +479,7 @@ def _demo_bundle(
         cost_ms=[float(c) for c in costs],
         static_ms=measured.static_ms,
         bounds=bounds,
-        plan={**plan.summary(), "path": str(work / "plan.json")},
+        plan=PlanSummary(plan, path=str(work / "plan.json")),
         run=run,
         report=report,
         device=profile.device,
@@ -508,6 +511,8 @@ def run_demo(
         raise InputError(f"must be a positive integer, got {threads!r}", source="threads")
     if samples is not None and (isinstance(samples, bool) or samples < 1):
         raise InputError(f"must be a positive integer, got {samples!r}", source="samples")
+    # one configuration for the profile, the evaluations, the plan and the timed run
+    config = RuntimeConfig.resolve(None, runtime=runtime, threads=threads)
     start = perf_counter()
     out = Path(out)
     data = _data(out, ui, force)
@@ -520,8 +525,7 @@ def run_demo(
                 bundle,
                 work,
                 data,
-                runtime=runtime,
-                threads=threads,
+                config=config,
                 force=force or retrain,
                 samples=samples,
                 min_seconds=min_seconds,

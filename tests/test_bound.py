@@ -1,11 +1,12 @@
-"""`bundle_bound`: the oracle on a bundle's measured or FLOPs state costs, and its checks."""
+"""`edgeadapt.bound`: the oracle on a bundle's measured or FLOPs state costs, and its checks."""
 
 import json
 
 import numpy as np
 import pytest
 
-from edgeadapt.analysis import bundle_bound
+from edgeadapt.bound import bundle_bound
+from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.evaluation import Evaluation, save_evaluation
 from edgeadapt.oracle import alphas
@@ -18,6 +19,11 @@ from tests.device_inputs import (
 )
 
 CASCADE_MS = np.cumsum([0.1, 0.2, 0.3, 0.4])
+
+
+def bound_json(*args, **kwargs):
+    """`bundle_bound`'s result as `edgeadapt bound --json` prints it."""
+    return bundle_bound(*args, **kwargs).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,7 @@ def files(tmp_path, bundle, evaluation):
 
 
 def test_ms_costs_are_the_profile_cascade_and_exact_oracle_matches_brute_force(bundle, evaluation):
-    out = bundle_bound(bundle, profile=known_profile(bundle), evaluation=evaluation)
+    out = bound_json(bundle, profile=known_profile(bundle), evaluation=evaluation)
     assert out["cost"]["unit"] == "ms"
     assert [s["cost"] for s in out["states"]] == pytest.approx(CASCADE_MS)
     r, a = brute_oracle(evaluation.correct, CASCADE_MS)
@@ -58,7 +64,7 @@ def test_ms_costs_are_the_profile_cascade_and_exact_oracle_matches_brute_force(b
 
 
 def test_views_hold_the_exact_oracle_on_cascade_and_direct_flops(bundle, evaluation):
-    out = bundle_bound(bundle, profile=known_profile(bundle), evaluation=evaluation)
+    out = bound_json(bundle, profile=known_profile(bundle), evaluation=evaluation)
     views = out["views"]
     assert list(views) == ["cascade_ms", "cascade_flops", "direct_flops"]
     assert views["cascade_ms"]["r_oracle"] == pytest.approx(out["exact"]["r_oracle"])
@@ -74,7 +80,7 @@ def test_views_hold_the_exact_oracle_on_cascade_and_direct_flops(bundle, evaluat
 
 
 def test_flops_costs_need_no_profile(bundle, evaluation):
-    out = bundle_bound(bundle, evaluation=evaluation, cost="flops")
+    out = bound_json(bundle, evaluation=evaluation, cost="flops")
     assert out["cost"]["unit"] == "flops"
     assert [s["cost"] for s in out["states"]] == [float(f) for f in bundle.flops]
     assert "profile" not in out
@@ -83,9 +89,9 @@ def test_flops_costs_need_no_profile(bundle, evaluation):
 
 def test_paths_and_any_column_order_give_the_same_figures(bundle, evaluation, files):
     profile, ev = files
-    from_paths = bundle_bound(bundle.path, profile=profile, evaluation=ev)
+    from_paths = bound_json(bundle.path, profile=profile, evaluation=ev)
     shuffled = evaluation.select(["exit2", "exit0", "exit3", "exit1"])
-    from_objects = bundle_bound(bundle, profile=known_profile(bundle), evaluation=shuffled)
+    from_objects = bound_json(bundle, profile=known_profile(bundle), evaluation=shuffled)
     for key in ("exact", "alpha1", "constant_alpha_min", "alphas", "states", "views"):
         assert from_paths[key] == from_objects[key]
     assert from_paths["profile"]["path"] == str(profile)
@@ -93,7 +99,7 @@ def test_paths_and_any_column_order_give_the_same_figures(bundle, evaluation, fi
 
 
 def test_alpha_and_classes_pass_through(bundle, evaluation):
-    out = bundle_bound(
+    out = bound_json(
         bundle, profile=known_profile(bundle), evaluation=evaluation, alpha=0.5, classes=3
     )
     assert out["method"] == "constant-alpha"
@@ -104,8 +110,8 @@ def test_alpha_and_classes_pass_through(bundle, evaluation):
 def test_accuracy_dip_needs_the_envelope(bundle):
     ev = known_evaluation(rates=(0.5, 0.9, 0.8, 0.95))
     with pytest.raises(InputError, match="dominated states: exit2"):
-        bundle_bound(bundle, profile=known_profile(bundle), evaluation=ev)
-    out = bundle_bound(bundle, profile=known_profile(bundle), evaluation=ev, envelope=True)
+        bound_json(bundle, profile=known_profile(bundle), evaluation=ev)
+    out = bound_json(bundle, profile=known_profile(bundle), evaluation=ev, envelope=True)
     assert out["dominated"] == ["exit2"]
 
 
@@ -126,7 +132,7 @@ def test_evaluation_with_other_states_is_refused(bundle, tmp_path, names, match)
     path = tmp_path / "other.npz"
     save_evaluation(path, base)
     with pytest.raises(InputError, match=match) as err:
-        bundle_bound(bundle, profile=known_profile(bundle), evaluation=path)
+        bound_json(bundle, profile=known_profile(bundle), evaluation=path)
     assert "other.npz: states:" in str(err.value)
 
 
@@ -136,7 +142,7 @@ def test_labels_outside_the_bundle_classes_are_refused(bundle, tmp_path, evaluat
     with pytest.raises(
         InputError, match=r"labels\.npz: labels: .* outside the bundle.s 10 classes"
     ):
-        bundle_bound(bundle, profile=known_profile(bundle), evaluation=path)
+        bound_json(bundle, profile=known_profile(bundle), evaluation=path)
 
 
 def test_profile_of_another_bundle_is_refused(bundle, evaluation, files):
@@ -145,7 +151,7 @@ def test_profile_of_another_bundle_is_refused(bundle, evaluation, files):
     doc["bundle"]["manifest_sha256"] = "0" * 64
     profile.write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"p\.json: \$\.bundle\.manifest_sha256: .*another bundle"):
-        bundle_bound(bundle, profile=profile, evaluation=evaluation)
+        bound_json(bundle, profile=profile, evaluation=evaluation)
 
 
 @pytest.mark.parametrize(
@@ -158,11 +164,11 @@ def test_profile_of_another_bundle_is_refused(bundle, evaluation, files):
 )
 def test_missing_or_bad_arguments_fail_clearly(bundle, evaluation, kwargs, match):
     with pytest.raises(InputError, match=match):
-        bundle_bound(bundle, **{"evaluation": evaluation, **kwargs})
+        bound_json(bundle, **{"evaluation": evaluation, **kwargs})
 
 
 def test_static_baseline_is_the_profiles_whole_model(bundle, evaluation):
-    out = bundle_bound(bundle, profile=known_profile(bundle, whole_ms=0.8), evaluation=evaluation)
+    out = bound_json(bundle, profile=known_profile(bundle, whole_ms=0.8), evaluation=evaluation)
     static = out["static"]
     r_oracle = out["r_oracle"]
     assert static["cost_ms"] == 0.8
@@ -177,9 +183,64 @@ def test_static_baseline_is_the_profiles_whole_model(bundle, evaluation):
 
 def test_no_static_baseline_without_the_whole_model_or_in_flops(bundle, evaluation):
     assert (
-        bundle_bound(bundle, profile=known_profile(bundle), evaluation=evaluation)["static"] is None
+        bound_json(bundle, profile=known_profile(bundle), evaluation=evaluation)["static"] is None
     )
-    flops = bundle_bound(
+    flops = bound_json(
         bundle, profile=known_profile(bundle, whole_ms=0.8), evaluation=evaluation, cost="flops"
     )
     assert flops["static"] is None
+
+
+def test_result_is_typed_and_its_json_holds_every_part(bundle, evaluation):
+    bound = bundle_bound(bundle, profile=known_profile(bundle, whole_ms=0.8), evaluation=evaluation)
+    assert bound.summary.method == "exact"
+    assert bound.static is not None
+    assert bound.static.cost_ms == pytest.approx(0.8)
+    assert set(bound.views) == {"cascade_ms", "cascade_flops", "direct_flops"}
+    doc = bound.to_json()
+    assert doc["views"]["cascade_ms"] == bound.views["cascade_ms"].to_json()
+    assert doc["static"] == bound.static.to_json()
+    assert doc["exact"] == bound.summary.exact.point.to_json()
+    labels = [row[0] for row in bound.baselines()]
+    assert labels == [
+        f"R_N: the sum of the steps ({bound.summary.baseline})",
+        "static: measured whole model (composed)",
+    ]
+
+
+def test_defaults_find_the_bundles_profile_and_name_parameters(tmp_path, evaluation):
+    from edgeadapt.bound import bundle_bound_defaults
+    from edgeadapt.profile import default_profile_path
+    from tests.device_inputs import copy_multiexit
+
+    path = copy_multiexit(tmp_path)
+    ev = tmp_path / "e.npz"
+    save_evaluation(ev, evaluation)
+    assert bundle_bound_defaults(path, evaluation=ev).unit == "flops"  # no profile yet
+    with pytest.raises(InputError) as err:
+        bundle_bound_defaults(path, evaluation=ev, cost="ms")
+    assert err.value.source == "cost"
+    with pytest.raises(InputError) as err:
+        bundle_bound_defaults(path, cost="flops")
+    assert err.value.source == "evaluation"
+    b = multiexit()
+    target = default_profile_path(load_bundle(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_profile(target, known_profile(b))
+    assert bundle_bound_defaults(path, evaluation=ev).unit == "ms"
+
+
+def test_table_bound_joins_the_evaluation_by_name(tmp_path):
+    from edgeadapt.bound import table_bound
+
+    table = tmp_path / "t.csv"
+    table.write_text("name,cost,accuracy\nbig,8,0.9\nsmall,1,0.5\nextra,3,0.7\n")
+    ev = tmp_path / "e.npz"
+    labels = np.arange(10) % 3
+    pred = np.stack([np.where(labels == 0, labels, 9), labels], axis=1)
+    save_evaluation(ev, Evaluation(labels, pred, np.array(["small", "big"])))
+    result = table_bound(table, ev)
+    assert result.ignored == ("extra",)
+    assert result.summary.names == ("small", "big")
+    assert result.to_json()["ignored"] == ["extra"]
+    assert "ignored" not in table_bound(table).to_json()

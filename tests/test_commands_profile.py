@@ -1,4 +1,4 @@
-"""`edgeadapt profile` and `edgeadapt evaluate`: files written, output, exit code 2."""
+"""`edgeadapt profile`: files written, output, exit code 2."""
 
 import json
 import re
@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from edgeadapt.bundle import load_bundle
 from edgeadapt.cli import cli
 from edgeadapt.device import device_id
-from edgeadapt.evaluation import load_evaluation
 from edgeadapt.profile import load_profile
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
@@ -124,51 +123,6 @@ def test_profile_bad_values_exit_2(bundle_dir, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (bundle_dir / "profiles").exists()
-
-
-def test_evaluate_writes_the_evaluation(bundle_dir, data, tmp_path):
-    out = tmp_path / "e.npz"
-    result = run("evaluate", bundle_dir, "--data", data, "--batch", 16, "-o", out, "--json")
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
-    ev = load_evaluation(out)
-    assert ev.pred.shape == (40, 4)
-    assert doc["states"] == list(ev.names)
-    assert doc["accuracy"] == pytest.approx(list(ev.accuracies))
-    assert doc["samples"] == 40
-
-
-def test_evaluate_human_output_and_default_path(bundle_dir, data):
-    result = run("evaluate", bundle_dir, "--data", data)
-    assert result.exit_code == 0, result.output
-    assert "accuracy" in result.output
-    assert load_evaluation(bundle_dir / "evaluation.npz").pred.shape == (40, 4)
-
-
-@pytest.mark.parametrize(
-    ("arrays", "key"),
-    [
-        ({"x": np.zeros((4, 1, 40), np.float32)}, "y"),
-        ({"y": np.zeros(4, int)}, "x"),
-        ({"x": np.zeros((4, 1, 40), int), "y": np.zeros(4, int)}, "x"),
-        ({"x": np.zeros((4, 1, 41), np.float32), "y": np.zeros(4, int)}, "x"),
-        ({"x": np.zeros((4, 1, 40), np.float32), "y": np.zeros(5, int)}, "y"),
-        ({"x": np.zeros((4, 1, 40), np.float32), "y": np.full(4, 99)}, "y"),
-    ],
-)
-def test_evaluate_bad_data_names_the_key(bundle_dir, tmp_path, arrays, key):
-    path = tmp_path / "bad.npz"
-    np.savez(path, **arrays)
-    result = run("evaluate", bundle_dir, "--data", path)
-    assert result.exit_code == 2, result.output
-    assert f"{path}: {key}:" in result.output
-
-
-def test_evaluate_bad_batch_and_missing_file_exit_2(bundle_dir, data, tmp_path):
-    assert run("evaluate", bundle_dir, "--data", data, "--batch", 0).exit_code == 2
-    result = run("evaluate", bundle_dir, "--data", tmp_path / "none.npz")
-    assert result.exit_code == 2
-    assert "file not found" in result.output
 
 
 def test_profile_times_the_whole_model_and_says_so(bundle_dir, tmp_path):

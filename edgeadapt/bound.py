@@ -1,0 +1,513 @@
+"""The oracle bound of one bundle on one device, or of a state table: what `edgeadapt bound`
+computes.
+
+`bundle_bound` joins a bundle, its profile (what each state costs on the device) and an
+evaluation (which samples each state gets right) and hands them to the oracle engine
+(`edgeadapt.oracle.bound_summary`); `bundle_bound_defaults` first finds the profile and
+the cost unit as `edgeadapt bound BUNDLE` does; `table_bound` bounds a state table. State costs are the profile's cascade costs in ms
+(steps 0..i: what a sequential run pays) or the manifest's FLOPs. Next to the headline,
+``views`` holds the exact oracle on the FLOPs views, the cascade one and the paper's
+*direct* one (stages 0..i plus head i only), so the gap between what the paper's view
+promises and what the device pays is visible. `load_inputs` is the shared, checked
+loading step (the report uses it too).
+
+Two baselines: ``r_n`` is the sum of the steps (the full path, every state run in turn,
+what the paper's gains are against), and ``static`` the measured whole model from the
+profile (the unsplit network a user would otherwise deploy; `static_baseline`). A
+saving against R_N that does not hold against the static model is no saving.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeadapt.bundle import Bundle, load_bundle
+from edgeadapt.errors import InputError
+from edgeadapt.evaluation import Evaluation, load_evaluation
+from edgeadapt.oracle import BoundSummary, bound_summary
+from edgeadapt.profile import (
+    Profile,
+    check_profile,
+    flops_costs,
+    load_profile,
+    state_costs,
+    static_cost,
+)
+
+__all__ = [
+    "COSTS",
+    "R_N_WHAT",
+    "VIEWS_CAPTION",
+    "BundleBound",
+    "CostView",
+    "Inputs",
+    "ProfileSource",
+    "StaticBaseline",
+    "TableBound",
+    "bundle_bound",
+    "bundle_bound_defaults",
+    "load_inputs",
+    "r_n_what",
+    "static_baseline",
+    "table_bound",
+    "view_cells",
+]
+
+#: Cost units: measured ms from a profile, or FLOPs from the manifest.
+COSTS = ("ms", "flops")
+#: Profile statistic and batch size the state costs are taken from (as `edgeadapt plan`).
+STAT = "p50"
+BATCH = 1
+#: What R_N is, per bundle kind (for labels): what running the costliest state pays.
+R_N_WHAT = {
+    "early-exit": "the sum of the steps",
+    "ensemble": "the last member alone",
+    "branches": "the last branch alone",
+}
+
+PathLike = str | os.PathLike[str]
+
+
+def r_n_what(kind: str) -> str:
+    """What R_N is for a bundle of `kind` (`R_N_WHAT`), for labels."""
+    return R_N_WHAT.get(kind, "the costliest state")
+
+
+#: What the cost views are, in words (the caption of every table of them).
+VIEWS_CAPTION = (
+    "exact oracle per cost view (cascade: steps 0..i, what a sequential run pays; "
+    "direct: stages 0..i + head i, the paper's view)"
+)
+
+
+def view_cells(views: dict[str, CostView]) -> list[list[str]]:
+    """One row of cells per cost view: name, unit (FLOPs shown as MFLOPs), R_oracle, R_N,
+    R_ratio (`edgeadapt.render` formats)."""
+    from edgeadapt.render import num, ratio
+
+    rows = []
+    for name, v in views.items():
+        scale, unit = (1e6, "MFLOPs") if v.unit == "flops" else (1.0, v.unit)
+        rows.append([name, unit, num(v.r_oracle / scale), num(v.r_n / scale), ratio(v.r_ratio)])
+    return rows
+
+
+@dataclass(frozen=True)
+class CostView:
+    """The exact oracle on one view of the state costs (`BoundSummary`'s headline)."""
+
+    unit: str
+    costs: tuple[float, ...]
+    method: str
+    r_oracle: float
+    a_oracle: float
+    delta_r: float
+    r_ratio: float | None
+    delta_a: float
+    r_n: float
+    baseline: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "costs": list(self.costs),
+            "method": self.method,
+            "r_oracle": self.r_oracle,
+            "a_oracle": self.a_oracle,
+            "delta_r": self.delta_r,
+            "r_ratio": self.r_ratio,
+            "delta_a": self.delta_a,
+            "r_n": self.r_n,
+            "baseline": self.baseline,
+        }
+
+
+@dataclass(frozen=True)
+class StaticBaseline:
+    """The measured whole model as a baseline: its cost (p50 at batch 1, ms), where it
+    came from, and the oracle's saving against it next to R_N's."""
+
+    what: str
+    cost_ms: float
+    origin: str | None
+    path: str | None
+    sha256: str | None
+    state: str | None
+    delta_r: float
+    r_ratio: float | None
+    full_path_ratio: float | None  # R_N / the static model's cost
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "cost_ms": self.cost_ms,
+            "origin": self.origin,
+            "path": self.path,
+            "sha256": self.sha256,
+            "state": self.state,
+            "delta_r": self.delta_r,
+            "r_ratio": self.r_ratio,
+            "full_path_ratio": self.full_path_ratio,
+        }
+
+
+@dataclass(frozen=True)
+class ProfileSource:
+    """Where a bound's measured costs come from."""
+
+    path: str | None
+    device_id: str
+    measured_at: str
+    runtime: Any
+    threads: Any
+    noisy: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "device_id": self.device_id,
+            "measured_at": self.measured_at,
+            "runtime": self.runtime,
+            "threads": self.threads,
+            "noisy": self.noisy,
+        }
+
+
+@dataclass(frozen=True)
+class BundleBound:
+    """Every oracle bound of a bundle on its measured or FLOPs costs (`bundle_bound`).
+
+    `summary` is `edgeadapt.oracle.bound_summary`'s; `views` the exact oracle on
+    ``cascade_ms`` (with a profile), ``cascade_flops`` and ``direct_flops``; `static` the
+    headline oracle against the measured whole model (None with FLOPs costs or a
+    profile without it).
+    """
+
+    summary: BoundSummary
+    bundle_path: str
+    kind: str
+    states: tuple[str, ...]  # bundle order
+    unit: str
+    origin: str  # where the costs come from, in words
+    profile: ProfileSource | None
+    evaluation_path: str | None
+    samples: int
+    views: dict[str, CostView]
+    static: StaticBaseline | None
+
+    @property
+    def r_n_what(self) -> str:
+        """What R_N is for this bundle's kind."""
+        return r_n_what(self.kind)
+
+    def baselines(self) -> list[tuple[str, float, float, float | None]]:
+        """(label, cost, dR, R_ratio) of the headline oracle against each baseline: R_N
+        (for an early-exit bundle the sum of the steps) and the measured static model."""
+        s = self.summary
+        r_ratio = s.r_n / s.r_oracle if s.r_oracle > 0 else None
+        rows = [(f"R_N: {self.r_n_what} ({s.baseline})", s.r_n, s.r_n - s.r_oracle, r_ratio)]
+        if self.static is not None:
+            st = self.static
+            label = f"static: measured whole model ({st.origin})"
+            rows.append((label, st.cost_ms, st.delta_r, st.r_ratio))
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.summary.to_json()
+        out["bundle"] = {"path": self.bundle_path, "kind": self.kind, "states": list(self.states)}
+        out["cost"] = {"unit": self.unit, "origin": self.origin}
+        if self.profile is not None:
+            out["profile"] = self.profile.to_json()
+        out["evaluation"] = {"path": self.evaluation_path, "samples": self.samples}
+        out["views"] = {name: v.to_json() for name, v in self.views.items()}
+        out["r_n_what"] = self.r_n_what
+        out["static"] = None if self.static is None else self.static.to_json()
+        return out
+
+
+@dataclass(frozen=True)
+class TableBound:
+    """The bounds of a state table (`table_bound`), and the table rows the evaluation
+    has no results for (left out)."""
+
+    summary: BoundSummary
+    ignored: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.summary.to_json()
+        if self.ignored:
+            out["ignored"] = list(self.ignored)
+        return out
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A bundle with its checked profile (or None) and evaluation, columns in bundle order."""
+
+    bundle: Bundle
+    profile: Profile | None
+    evaluation: Evaluation
+    costs: np.ndarray  # per state, in `unit`
+    unit: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.bundle.states)
+
+
+def _bundle(bundle: Bundle | PathLike) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+def _profile(profile: Profile | PathLike, bundle: Bundle) -> Profile:
+    if isinstance(profile, Profile):
+        check_profile(profile, bundle)
+        return profile
+    return load_profile(profile, bundle)
+
+
+def _evaluation(evaluation: Evaluation | PathLike, bundle: Bundle) -> Evaluation:
+    """The evaluation with its columns in bundle order; refused when its states differ."""
+    ev = evaluation if isinstance(evaluation, Evaluation) else load_evaluation(evaluation)
+    names = [s.name for s in bundle.states]
+    missing = [n for n in names if n not in ev.names]
+    extra = [n for n in ev.names if n not in names]
+    if missing or extra:
+        parts = [f"missing {', '.join(missing)}"] * bool(missing)
+        parts += [f"not in the bundle: {', '.join(extra)}"] * bool(extra)
+        raise InputError(
+            f"states differ from the bundle {bundle.path} ({'; '.join(parts)}; "
+            f"the bundle has {', '.join(names)}); evaluate this bundle again",
+            source=ev.source,
+            field="states",
+        )
+    labels = ev.labels
+    if labels.min() < 0 or labels.max() >= bundle.num_classes:
+        raise InputError(
+            f"labels span [{labels.min()}, {labels.max()}], outside the bundle's "
+            f"{bundle.num_classes} classes",
+            source=ev.source,
+            field="labels",
+        )
+    return ev.select(names)
+
+
+def load_inputs(
+    bundle: Bundle | PathLike,
+    *,
+    profile: Profile | PathLike | None,
+    evaluation: Evaluation | PathLike | None,
+    cost: str = "ms",
+) -> Inputs:
+    """Load and cross-check a bundle, profile and evaluation (objects or paths).
+
+    ``cost="ms"`` takes each state's cascade cost (p50 at batch 1) from the profile and
+    needs one; ``cost="flops"`` takes the manifest's FLOPs (a profile is still checked).
+    """
+    if cost not in COSTS:
+        raise InputError(f"must be one of {', '.join(COSTS)}, got {cost!r}", source="cost")
+    b = _bundle(bundle)
+    prof = None if profile is None else _profile(profile, b)
+    if evaluation is None:
+        raise InputError(
+            "the oracle needs each state's per-sample results: give an evaluation "
+            "(edgeadapt evaluate BUNDLE --data D.npz)",
+            source="evaluation",
+        )
+    ev = _evaluation(evaluation, b)
+    if cost == "ms":
+        if prof is None:
+            raise InputError(
+                "cost 'ms' needs a profile of this bundle (edgeadapt profile BUNDLE), "
+                "or use cost 'flops'",
+                source="profile",
+            )
+        costs = state_costs(prof, b, batch=BATCH, stat=STAT)
+    else:
+        costs = flops_costs(b, "cascade")
+    return Inputs(b, prof, ev, np.asarray(costs, dtype=np.float64), cost)
+
+
+def _view(inputs: Inputs, costs: np.ndarray, unit: str, envelope: bool, source: str) -> CostView:
+    """The exact oracle (headline of `bound_summary`) on one cost view."""
+    s = bound_summary(
+        inputs.names, costs, correct=inputs.evaluation.correct, envelope=envelope, source=source
+    )
+    h = s.headline
+    return CostView(
+        unit,
+        tuple(float(c) for c in costs),
+        s.method,
+        h.r_oracle,
+        h.a_oracle,
+        h.delta_r,
+        h.r_ratio,
+        h.delta_a,
+        s.r_n,
+        s.baseline,
+    )
+
+
+def static_baseline(
+    profile: Profile | None, bundle: Bundle, r_n: float, r_oracle: float
+) -> StaticBaseline | None:
+    """The measured whole model as a baseline (`StaticBaseline`); None when the profile
+    did not time it."""
+    if profile is None:
+        return None
+    cost = static_cost(profile, bundle, batch=BATCH, stat=STAT)
+    if cost is None:
+        return None
+    wm = profile.whole_model or {}
+    return StaticBaseline(
+        what="measured whole model (static, unsplit), "
+        + ("composed from the bundle" if wm.get("origin") == "composed" else str(wm.get("path"))),
+        cost_ms=cost,
+        origin=wm.get("origin"),
+        path=wm.get("path"),
+        sha256=wm.get("sha256"),
+        state=wm.get("state"),
+        delta_r=cost - r_oracle,
+        r_ratio=cost / r_oracle if r_oracle > 0 else None,
+        full_path_ratio=r_n / cost if cost > 0 else None,
+    )
+
+
+def bundle_bound(
+    bundle: Bundle | PathLike,
+    *,
+    profile: Profile | PathLike | None = None,
+    evaluation: Evaluation | PathLike | None = None,
+    cost: str = "ms",
+    alpha: float | None = None,
+    classes: int | None = None,
+    envelope: bool = False,
+) -> BundleBound:
+    """Every oracle bound of `bundle` on its measured (``ms``) or FLOPs state costs
+    (`BundleBound`): the exact oracle, the alphas, eq. 8/9/13, the smallest-state test
+    with `classes` (default the bundle's class count), the cost views and the static
+    baseline. Bundle, profile and evaluation may be loaded objects or paths.
+    """
+    inputs = load_inputs(bundle, profile=profile, evaluation=evaluation, cost=cost)
+    b, ev = inputs.bundle, inputs.evaluation
+    source = str(ev.source or b.path)
+    summary = bound_summary(
+        inputs.names,
+        inputs.costs,
+        correct=ev.correct,
+        alpha=alpha,
+        classes=b.num_classes if classes is None else classes,
+        envelope=envelope,
+        source=source,
+    )
+    views: dict[str, CostView] = {}
+    if inputs.profile is not None:
+        ms = np.asarray(state_costs(inputs.profile, b, batch=BATCH, stat=STAT))
+        views["cascade_ms"] = _view(inputs, ms, "ms", envelope, source)
+    for view in ("cascade", "direct"):
+        flops = np.asarray(flops_costs(b, view), dtype=np.float64)
+        views[f"{view}_flops"] = _view(inputs, flops, "flops", envelope, source)
+    origin = (
+        f"profile {STAT} at batch {BATCH}, cascade (steps 0..i)"
+        if inputs.unit == "ms"
+        else "manifest FLOPs, cascade (steps 0..i)"
+    )
+    p = inputs.profile
+    return BundleBound(
+        summary=summary,
+        bundle_path=str(b.path),
+        kind=b.kind,
+        states=inputs.names,
+        unit=inputs.unit,
+        origin=origin,
+        profile=None
+        if p is None
+        else ProfileSource(
+            p.source,
+            p.device_id,
+            p.measured_at,
+            p.settings.get("runtime"),
+            p.settings.get("threads"),
+            p.noisy,
+        ),
+        evaluation_path=ev.source,
+        samples=int(ev.labels.size),
+        views=views,
+        static=static_baseline(p, b, summary.r_n, summary.r_oracle)
+        if inputs.unit == "ms"
+        else None,
+    )
+
+
+def bundle_bound_defaults(
+    bundle: Bundle | PathLike,
+    *,
+    profile: PathLike | None = None,
+    evaluation: PathLike | None = None,
+    cost: str | None = None,
+    alpha: float | None = None,
+    classes: int | None = None,
+    envelope: bool = False,
+) -> BundleBound:
+    """`bundle_bound` as ``edgeadapt bound BUNDLE`` runs it: the profile defaults to
+    ``BUNDLE/profiles/<device>.json`` when that exists (unless ``cost="flops"``), the
+    cost unit to ms with a profile and FLOPs without."""
+    from edgeadapt.profile import default_profile_path
+
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if cost is not None and cost not in COSTS:
+        raise InputError(f"must be one of {', '.join(COSTS)}, got {cost!r}", source="cost")
+    if profile is None and cost != "flops":
+        default = default_profile_path(loaded)
+        profile = default if default.is_file() else None
+        if profile is None and cost == "ms":
+            raise InputError(
+                f"no profile given and none at {default}: run edgeadapt profile "
+                f"{loaded.path} or give a profile (or cost flops)",
+                source="cost",
+            )
+    if evaluation is None:
+        raise InputError(
+            f"bound {loaded.path} needs per-sample results: give an evaluation "
+            f"(edgeadapt evaluate {loaded.path} --data D.npz)",
+            source="evaluation",
+        )
+    return bundle_bound(
+        loaded,
+        profile=profile,
+        evaluation=evaluation,
+        cost=cost or ("flops" if profile is None else "ms"),
+        alpha=alpha,
+        classes=classes,
+        envelope=envelope,
+    )
+
+
+def table_bound(
+    table: PathLike,
+    evaluation: PathLike | None = None,
+    *,
+    alpha: float | None = None,
+    classes: int | None = None,
+    envelope: bool = False,
+) -> TableBound:
+    """Every bound of a state table (`edgeadapt.statetable`); with an evaluation, the
+    exact oracle on its per-sample results and the table's costs by state name."""
+    from edgeadapt.statetable import table_states
+
+    states = table_states(table, evaluation)
+    summary = bound_summary(
+        states.names,
+        states.costs,
+        states.accuracies,
+        correct=states.correct,
+        alpha=alpha,
+        classes=classes,
+        envelope=envelope,
+        source=states.source,
+    )
+    return TableBound(summary, states.ignored)

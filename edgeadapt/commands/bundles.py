@@ -1,0 +1,210 @@
+"""What the export commands share, and `edgeadapt inspect BUNDLE`.
+
+The export commands (``export onnx|family|torch|branches``) take the same bundle options
+(``-o/--output``, ``--force``, ``--parity-rtol``/``--parity-atol``) and show the bundle
+they wrote as `inspect` shows one: a table of states, the trained heads, warnings, or
+with ``--json`` the `bundle_summary` document.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from edgeadapt.commands.options import echo_json, json_option, output_option
+from edgeadapt.errors import EdgeadaptError
+from edgeadapt.render import table
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = [
+    "bundle_output_option",
+    "bundle_summary",
+    "echo_summary",
+    "force_option",
+    "parity_atol_option",
+    "parity_rtol_option",
+    "show_written",
+    "summary_json_option",
+]
+
+force_option = click.option(
+    "--force", is_flag=True, help="Replace a different bundle already in the output directory."
+)
+parity_rtol_option = click.option(
+    "--parity-rtol",
+    type=click.FloatRange(min=0),
+    default=1e-3,
+    show_default=True,
+    help="Parity check: relative tolerance, times the largest |value| of each compared "
+    "tensor (so near-zero logits get the scale of the others).",
+)
+parity_atol_option = click.option(
+    "--parity-atol",
+    type=click.FloatRange(min=0),
+    default=1e-5,
+    show_default=True,
+    help="Parity check: the smallest absolute tolerance.",
+)
+
+
+def bundle_output_option() -> Callable[[F], F]:
+    """``-o/--output DIR``: the bundle directory an export command writes (required)."""
+    return output_option("Bundle directory to write.", dir_okay=True, required=True)
+
+
+def summary_json_option() -> Callable[[F], F]:
+    """``--json``: print the written bundle's `bundle_summary` instead of a table."""
+    return json_option("Print the bundle summary as JSON.")
+
+
+def bundle_summary(bundle: Any, problem: str | None = None) -> dict[str, Any]:
+    """The `inspect --json` document of a loaded bundle (`problem`: why verification
+    failed, or None)."""
+    return {
+        "path": str(bundle.path),
+        "kind": bundle.kind,
+        "num_classes": bundle.num_classes,
+        "inputs": [i.to_json() for i in bundle.inputs],
+        **({"input": bundle.inputs[0].to_json()} if len(bundle.inputs) == 1 else {}),
+        "states": [
+            {
+                "name": s.name,
+                "files": list(s.files),
+                "flops": s.flops,
+                "macs": s.macs,
+                "params": s.params,
+            }
+            for s in bundle.states
+        ],
+        "steps": [
+            {
+                "file": s.file,
+                "flops": s.flops,
+                "stage_flops": s.stage_flops,
+                "head_flops": s.head_flops,
+                "params": s.params,
+                "unknown_ops": list(s.unknown_ops),
+            }
+            for s in bundle.steps
+        ]
+        if bundle.kind == "early-exit"
+        else [],
+        "producer": bundle.producer,
+        "manifest_sha256": bundle.manifest_sha256,
+        "verified": bundle.verified,
+        "problem": problem,
+    }
+
+
+def _non_finite(doc: Any, where: str = "$") -> tuple[str, float] | None:
+    """(JSON path, value) of the first NaN or infinity in `doc`, or None."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return where, doc
+    if isinstance(doc, dict):
+        items: Any = ((f"{where}.{k}", v) for k, v in doc.items())
+    elif isinstance(doc, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(doc))
+    else:
+        return None
+    for path, value in items:
+        found = _non_finite(value, path)
+        if found is not None:
+            return found
+    return None
+
+
+def echo_summary(summary: dict[str, Any]) -> None:
+    """Print `summary` as strict JSON. A non-finite number is refused with a one-line
+    error naming where it is (exit 2), never printed as ``NaN``, which JSON readers
+    reject."""
+    found = _non_finite(summary)
+    if found is not None:
+        where, value = found
+        raise EdgeadaptError(
+            f"cannot print the bundle summary as JSON: {where} is {value}, not a finite number"
+        )
+    echo_json(summary)
+
+
+def _states_table(summary: dict[str, Any]) -> None:
+    rows = [
+        (s["name"], f"{s['flops']:,}", f"{s['params']:,}", " ".join(s["files"]))
+        for s in summary["states"]
+    ]
+    text = table(("state", "flops", "params", "files"), rows, left=(0, 3))
+    click.echo("\n".join(f"  {line}" for line in text.splitlines()))
+
+
+def _unknown_ops(summary: dict[str, Any]) -> None:
+    """Warn (on stderr) about steps whose FLOPs miss ops the counter cannot count."""
+    for s in summary["steps"]:
+        if s["unknown_ops"]:
+            click.echo(
+                f"warning: {s['file']}: FLOPs leave out ops the counter cannot count: "
+                f"{', '.join(s['unknown_ops'])}",
+                err=True,
+            )
+
+
+def show_written(bundle: Any, output: Path, as_json: bool) -> None:
+    """Show the bundle an export command wrote to `output`: its warnings (stderr), then
+    the summary as JSON, or a line, the states table, the trained heads' accuracies and
+    the ops the FLOPs leave out."""
+    summary = bundle_summary(bundle)
+    for note in bundle.extra.get("warnings", []):
+        click.echo(f"warning: {note}", err=True)
+    if as_json:
+        echo_summary(summary)
+        return
+    click.echo(f"wrote {output} ({summary['kind']}, {len(summary['states'])} states)")
+    _states_table(summary)
+    for h in bundle.extra.get("heads", []):
+        if h.get("kind") == "trained-linear":
+            click.echo(
+                f"  head at {h['cut']}: {h['pool']} pooling, {h['features']} features, "
+                f"accuracy {h['train_accuracy']:.3f} training / {h['heldout_accuracy']:.3f} "
+                f"held-out ({h['heldout_samples']} samples)"
+            )
+    _unknown_ops(summary)
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@json_option("Print a JSON document instead of a table.")
+def inspect_cmd(bundle: Path, as_json: bool) -> None:
+    """Show a bundle's states, files, FLOPs and parameters, and verify its files.
+
+    Exits 1 when the bundle loads but fails verification (altered files).
+    """
+    from edgeadapt.bundle import BundleError, load_bundle, verify_bundle
+
+    loaded = load_bundle(bundle, verify=False)
+    problem = None
+    try:
+        loaded = verify_bundle(loaded)
+    except BundleError as e:
+        problem = str(e)
+    summary = bundle_summary(loaded, problem)
+    if as_json:
+        echo_summary(summary)
+    else:
+        click.echo(f"{summary['path']}: {summary['kind']} bundle, {summary['num_classes']} classes")
+        for spec in summary["inputs"]:
+            click.echo(f"  input {spec['name']} {spec['shape']} {spec['dtype']}")
+        _states_table(summary)
+        for s in summary["steps"]:
+            click.echo(
+                f"  {s['file']}: stage {s['stage_flops']:,} + head {s['head_flops']:,} FLOPs"
+            )
+        click.echo("  verified: yes" if problem is None else f"  verified: NO ({problem})")
+        _unknown_ops(summary)
+    if problem is not None:
+        raise SystemExit(1)
+
+
+COMMANDS = [inspect_cmd]

@@ -1,0 +1,99 @@
+"""`edgeadapt evaluate`: every state of a bundle on a labelled set (`edgeadapt.evaluate`).
+
+Parse the options, call `edgeadapt.evaluate.evaluate_to_file`, show a progress bar on
+stderr, print a table or (``--json``) one JSON object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeadapt.commands.options import (
+    echo_json,
+    json_option,
+    output_option,
+    runtime_option,
+    threads_option,
+)
+from edgeadapt.commands.progress import progress_on_first_call
+
+
+@click.command("evaluate")
+@click.argument(
+    "bundle_dir", metavar="BUNDLE", type=click.Path(file_okay=False, exists=True, path_type=Path)
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="npz with one array per model input, named as the input (or x for a one-input "
+    "bundle), and integer labels y.",
+)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Profile whose runtime settings to run under [BUNDLE/profiles/<device>.json "
+    "when it exists].",
+)
+@runtime_option(
+    None,
+    "Backend: onnxruntime, openvino or tensorrt [the profile's, else onnxruntime]. "
+    "Differing from the profile's is reported on stderr.",
+)
+@threads_option(help="Threads the runtime may use [the profile's, else the runtime's].")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1, max=1 << 20),
+    default=256,
+    show_default=True,
+    help="Samples per call.",
+)
+@output_option("Evaluation file [BUNDLE/evaluation.npz].")
+@json_option("Print the accuracies as one JSON object.")
+def evaluate_cmd(
+    bundle_dir: Path,
+    data: Path,
+    profile_path: Path | None,
+    runtime: str | None,
+    threads: int | None,
+    batch: int,
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Run every state of BUNDLE on a labelled set and write the evaluation (.npz).
+
+    It runs under the runtime settings of the bundle's profile on this device (the ones
+    its costs were measured under) unless --runtime or --threads say otherwise.
+    """
+    from edgeadapt.evaluate import evaluate_to_file
+    from edgeadapt.render import pct, table
+
+    with progress_on_first_call("evaluating", show=not as_json) as progress:
+        done = evaluate_to_file(
+            bundle_dir,
+            data,
+            output=output,
+            profile=profile_path,
+            runtime=runtime,
+            threads=threads,
+            batch=batch,
+            progress=progress,
+        )
+    if done.runtime_note is not None:
+        click.echo(f"note: {done.runtime_note}", err=True)
+    if as_json:
+        echo_json(done.to_json())
+        return
+    ev = done.evaluation
+    rows = [[n, pct(float(a), 2)] for n, a in zip(ev.names, ev.accuracies, strict=True)]
+    click.echo(table(["state", "accuracy"], rows))
+    click.echo(f"{ev.labels.shape[0]} samples; any state correct: {pct(done.oracle_accuracy, 2)}")
+    click.echo(f"wrote {done.path}")
+
+
+COMMANDS = [evaluate_cmd]
