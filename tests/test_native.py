@@ -517,6 +517,32 @@ def test_classify_takes_threads_from_the_plans_runtime_block(native, inputs, tmp
     assert got["pred"] == plain["pred"]  # same model, same answers
 
 
+def test_a_plan_measured_on_openvino_runs_under_its_settings_in_both_runners(
+    native, inputs, tmp_path
+):
+    """A plan saved by the Python side with an OpenVINO runtime configuration: classify
+    and AdaptiveModel (no runtime given) both run it with its 1 thread and hint, and
+    agree on every row."""
+    import dataclasses
+
+    from edgeadapt.presets import RuntimeConfig
+
+    config = RuntimeConfig("openvino", None, "as-exported", 1, {"hint": "LATENCY"})
+    plan = dataclasses.replace(
+        _plan(MULTIEXIT, [0, 2, 3], [0.9, 0.8], "maxprob", [0.1, 0.2, 0.3]), runtime=config
+    )
+    path = tmp_path / "plan.json"
+    save_plan(path, plan)
+    assert json.loads(path.read_text())["runtime"]["threads"] == 1
+    got = _classify(native, MULTIEXIT, inputs, tmp_path / "o.json", "--plan", path, "--batch", "64")
+    assert got["threads"] == 1
+    assert "note" not in got["stderr"]
+    with AdaptiveModel.load(MULTIEXIT, plan=path) as m:
+        assert m.runtime == config
+        want = _python_rows(m, np.load(inputs), 64)
+    _assert_same(got, want)
+
+
 def test_classify_threads_option_overrides_the_plan_and_says_so(native, inputs, tmp_path):
     got = _classify(
         native,
