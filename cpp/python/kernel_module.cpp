@@ -144,6 +144,15 @@ void ensure_ok(ea::Status s) {
     if (s != ea::Status::Ok) throw std::runtime_error(ea::status_string(s));
 }
 
+// A per-state figure of the policy (its threshold, its cost), the index checked first.
+template <ea::Status (ea::Policy::*Get)(std::int64_t, double*) const noexcept>
+double state_figure(const ea::Policy& p, std::int64_t state) {
+    check_index(p, state, "state");
+    double v = 0.0;
+    ensure_ok((p.*Get)(state, &v));
+    return v;
+}
+
 py::array_t<float> confidence(py::handle logits, const std::string& measure) {
     const Logits x = check_logits(logits);
     const ea::Measure m = parse_measure(measure);
@@ -435,14 +444,7 @@ PYBIND11_MODULE(_kernel, m) {
                                    if (p.accuracies().empty()) return std::nullopt;
                                    return p.accuracies();
                                })
-        .def("threshold",
-             [](const ea::Policy& p, std::int64_t state) {
-                 check_index(p, state, "state");
-                 double v = 0.0;
-                 ensure_ok(p.threshold(state, &v));
-                 return v;
-             },
-             py::arg("state"))
+        .def("threshold", &state_figure<&ea::Policy::threshold>, py::arg("state"))
         .def("predicted_ms", &predicted_ms, py::arg("hop"))
         .def("predicted_ms",
              [](const ea::Policy& p, std::int64_t step) {
@@ -450,14 +452,7 @@ PYBIND11_MODULE(_kernel, m) {
                  return predicted_ms(p, step);
              },
              py::kw_only(), py::arg("step"), "Deprecated keyword: step (now hop).")
-        .def("state_ms",
-             [](const ea::Policy& p, std::int64_t state) {
-                 check_index(p, state, "state");
-                 double v = 0.0;
-                 ensure_ok(p.state_ms(state, &v));
-                 return v;
-             },
-             py::arg("state"))
+        .def("state_ms", &state_figure<&ea::Policy::state_ms>, py::arg("state"))
         .def("observe", &observe, py::arg("hop"), py::arg("measured_ms"))
         .def("observe",
              [](ea::Policy& p, std::int64_t step, double measured_ms) {
