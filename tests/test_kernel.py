@@ -222,6 +222,8 @@ def test_policy_rejects_bad_construction(call, error, match):
         ("observe", (5, 1.0), IndexError, "hop 5"),
         ("decay", (5,), IndexError, "hop 5"),
         ("predicted_ms", (2,), IndexError, "hop 2"),
+        ("threshold", (2,), IndexError, "state 2"),
+        ("state_ms", (-1,), IndexError, "state -1"),
     ],
 )
 def test_policy_rejects_bad_calls(method, args, error, match):
