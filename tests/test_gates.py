@@ -19,6 +19,7 @@ from edgeadapt.plan import check_plan, load_plan, plan_to_doc, save_plan
 from edgeadapt.planner import Outcomes, make_plan, simulate_plan
 from edgeadapt.profile import profile_bundle, save_profile
 from edgeadapt.runtimes import get_runtime
+from tests.plans import gate_plan
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
 SHA = "0" * 64
@@ -213,18 +214,7 @@ def _gate_plan_on_multiexit(n: int):
     labels = predict_confidence(logits[-1])[0]  # agreement with the last state
     ev = _evaluation(labels, logits)
     outcomes = Outcomes.from_evaluation(ev)
-    calib, held = outcomes.split(heldout=0.5, seed=1)
-    plan = make_plan(
-        calib,
-        held,
-        [0.1, 0.2, 0.3, 0.4],
-        manifest_sha256=bundle.manifest_sha256,
-        max_drop=0.05,
-        calibration="empirical",
-        policy="gate",
-    )
-    assert plan.gates
-    return ev, outcomes, logits, plan
+    return ev, outcomes, logits, gate_plan(bundle, outcomes)
 
 
 def test_kernel_runs_a_gate_plan_as_the_planner_simulated_it():
