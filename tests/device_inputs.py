@@ -2,6 +2,7 @@
 evaluation with chosen per-state accuracies, for the shipped multi-exit bundle."""
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ def multiexit() -> Bundle:
 def copy_multiexit(tmp_path: Path) -> Path:
     """A private copy of the shipped bundle (tests may write profiles and plans into it)."""
     return Path(shutil.copytree(MULTIEXIT, tmp_path / "bundle"))
+
+
+def edited_multiexit(tmp_path: Path, edit: Callable[[bytes], bytes], name: str = "edited") -> Path:
+    """A copy of the shipped bundle at ``tmp_path/name`` whose manifest bytes are
+    `edit` of the shipped ones (a hand-edited or corrupted manifest)."""
+    d = Path(shutil.copytree(MULTIEXIT, tmp_path / name))
+    manifest = d / "manifest.json"
+    manifest.write_bytes(edit(manifest.read_bytes()))
+    return d
 
 
 def _stats(t: float) -> StepStats:

@@ -26,6 +26,7 @@ from edgeadapt.evaluation import Evaluation
 from edgeadapt.jsonio import MAX_DEPTH, read_json
 from edgeadapt.npzio import ArraySpec, load_npz, save_npz
 from edgeadapt.plan import load_plan
+from tests.device_inputs import edited_multiexit
 from tests.models import family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,14 +45,6 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
-
-
-def _edited(tmp_path: Path, edit) -> Path:
-    d = tmp_path / "b"
-    shutil.copytree(MULTIEXIT, d)
-    m = d / "manifest.json"
-    m.write_bytes(edit(m.read_bytes()))
-    return d
 
 
 # ------------------------------------------------------------------ strict JSON
@@ -91,7 +84,7 @@ JSON_CASES = {
 def test_manifest_json_faults_are_clear_errors(tmp_path, case):
     edit, match = JSON_CASES[case]
     with pytest.raises(BundleError) as e:
-        load_bundle(_edited(tmp_path, edit), verify=False)
+        load_bundle(edited_multiexit(tmp_path, edit), verify=False)
     assert match in str(e.value)
     assert "manifest.json" in str(e.value)
 
@@ -349,7 +342,7 @@ FACTS = {
 @pytest.mark.parametrize("case", FACTS, ids=list(FACTS))
 def test_manifest_facts_are_checked_against_the_onnx_files(tmp_path, case):
     old, new, match = FACTS[case]
-    d = _edited(tmp_path, lambda b: b.replace(old, new, 1))
+    d = edited_multiexit(tmp_path, lambda b: b.replace(old, new, 1))
     assert (d / "manifest.json").read_bytes() != (MULTIEXIT / "manifest.json").read_bytes()
     with pytest.raises(BundleError, match=re.escape(match)):
         load_bundle(d)
