@@ -21,7 +21,9 @@ from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.datasets import mnist1d_splits
 from edgeadapt.evaluate import evaluate_bundle
 from edgeadapt.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
-from edgeadapt.planner import Outcomes, make_plan
+from edgeadapt.planner import Outcomes
+from tests import plans
+from tests.device_inputs import edited_multiexit
 from tests.multi_input import token_batch, transformer_bundle
 from tests.plans import runner_plan
 from tests.tiny import UNLISTED
@@ -261,17 +263,7 @@ def gate_plan(tmp_path_factory) -> Path:
     bundle = load_bundle(MULTIEXIT)
     split = mnist1d_splits(n_train=10, n_calibration=600, n_test=10).calibration
     ev = evaluate_bundle(bundle, split.x, split.y, runtime="onnxruntime", threads=1)
-    calib, held = Outcomes.from_evaluation(ev).split(heldout=0.5, seed=1)
-    plan = make_plan(
-        calib,
-        held,
-        [0.1, 0.2, 0.3, 0.4],
-        manifest_sha256=bundle.manifest_sha256,
-        max_drop=0.05,
-        calibration="empirical",
-        policy="gate",
-    )
-    assert plan.gates
+    plan = plans.gate_plan(bundle, Outcomes.from_evaluation(ev))
     assert len(plan.states) >= 2
     path = tmp_path_factory.mktemp("gate") / "plan.json"
     save_plan(path, plan)
@@ -643,14 +635,6 @@ def test_classify_under_sanitizers_matches_the_release_build(native, native_asan
 # --------------------------------------------------------------------------- hardening
 
 
-def _manifest_edit(tmp_path: Path, edit) -> Path:
-    d = tmp_path / "edited"
-    shutil.copytree(MULTIEXIT, d)
-    path = d / "manifest.json"
-    path.write_bytes(edit(path.read_bytes()))
-    return d
-
-
 def _symlinked_manifest(tmp_path: Path) -> Path:
     d = tmp_path / "linked"
     shutil.copytree(MULTIEXIT, d)
@@ -693,14 +677,14 @@ HARD = {
     "logits-rank3": (lambda t: _tiny(t, "logits-rank3"), _tiny_inputs, [], 7, ["rank 3"]),
     "logits-float64": (lambda t: _tiny(t, "logits-float64"), _tiny_inputs, [], 2, ["float32"]),
     "bom-manifest": (
-        lambda t: _manifest_edit(t, lambda b: b"\xef\xbb\xbf" + b),
+        lambda t: edited_multiexit(t, lambda b: b"\xef\xbb\xbf" + b),
         None,
         [],
         2,
         ["byte order mark"],
     ),
     "duplicate-key": (
-        lambda t: _manifest_edit(
+        lambda t: edited_multiexit(
             t, lambda b: b.replace(b'"kind":', b'"kind": "ensemble", "kind":', 1)
         ),
         None,
@@ -709,7 +693,7 @@ HARD = {
         ["duplicate key 'kind'"],
     ),
     "deep-nesting": (
-        lambda t: _manifest_edit(
+        lambda t: edited_multiexit(
             t,
             lambda b: b.replace(
                 b'"extra": {', b'"deep": ' + b"[" * 5000 + b"]" * 5000 + b', "extra": {', 1
@@ -721,7 +705,7 @@ HARD = {
         ["nested deeper than 256"],
     ),
     "huge-number": (
-        lambda t: _manifest_edit(
+        lambda t: edited_multiexit(
             t, lambda b: b.replace(b'"num_classes": 10', b'"num_classes": 1e400', 1)
         ),
         None,
@@ -730,7 +714,7 @@ HARD = {
         ["invalid JSON"],
     ),
     "producer-not-object": (
-        lambda t: _manifest_edit(
+        lambda t: edited_multiexit(
             t, lambda b: b.replace(b'"producer": {', b'"producer": 3, "was": {', 1)
         ),
         None,
@@ -740,14 +724,14 @@ HARD = {
     ),
     "symlinked-manifest": (_symlinked_manifest, None, [], 4, ["manifest.json", "symlink"]),
     "ansi-state-name": (
-        lambda t: _manifest_edit(t, lambda b: b.replace(b'"exit0"', b'"exit0\\u001b[31m"', 1)),
+        lambda t: edited_multiexit(t, lambda b: b.replace(b'"exit0"', b'"exit0\\u001b[31m"', 1)),
         None,
         [],
         2,
         ["$.states[0].name", "control characters"],
     ),
     "huge-row": (
-        lambda t: _manifest_edit(t, lambda b: b.replace(b"40\n", b"1000000000000\n", 1)),
+        lambda t: edited_multiexit(t, lambda b: b.replace(b"40\n", b"1000000000000\n", 1)),
         None,
         [],
         2,
