@@ -673,3 +673,111 @@ class AdaptiveModel:
             budget_exit,
             {"total": total, "steps": step_ms, "rows": step_rows},
         )
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What `AdaptiveModel.predict` itself costs on a device, beside the runtime calls.
+
+    `call_ms` is one call's own cost when one kept state answers alone (the fast path:
+    input check, the kernel's answer, the `Prediction`), which the static model
+    deployed through `AdaptiveModel` pays too; `hop_ms` what each hop of a cascade adds
+    on top of that (a session call's wrapper, the checks of its outputs, the kernel,
+    compaction, the bookkeeping), measured over `hops` hops at batch 1. The planner
+    charges a plan `hop_ms` per hop run (`edgeadapt.planner.make_plan`); `call_ms`
+    cancels out against the static model's.
+    """
+
+    hop_ms: float
+    call_ms: float
+    hops: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hop_ms": self.hop_ms, "call_ms": self.call_ms, "hops": self.hops}
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str | os.PathLike[str], field: str) -> Overhead:
+        """Read `to_json`'s form; errors name `source` and `field`."""
+        if not isinstance(doc, dict) or set(doc) != {"hop_ms", "call_ms", "hops"}:
+            raise InputError(
+                "expected an object with hop_ms, call_ms and hops", source=source, field=field
+            )
+        for key in ("hop_ms", "call_ms"):
+            v = doc[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise InputError(
+                    f"must be a finite number >= 0, got {v!r}",
+                    source=source,
+                    field=f"{field}.{key}",
+                )
+        hops = doc["hops"]
+        if isinstance(hops, bool) or not isinstance(hops, int) or hops < 1:
+            raise InputError(
+                f"must be an integer >= 1, got {hops!r}", source=source, field=f"{field}.hops"
+            )
+        return cls(float(doc["hop_ms"]), float(doc["call_ms"]), hops)
+
+
+_BLOCK = 5
+
+
+def measure_overhead(
+    bundle: Bundle, runtime: str | RuntimeConfig | None = None, *, calls: int = 40
+) -> Overhead | None:
+    """`Overhead` of `bundle` on `runtime`, measured at batch 1: the cascade of every
+    state with no early exit (``N`` hops) and the last state alone (the fast path; the
+    merged static model for an early-exit bundle), about `calls` times each after a
+    warm-up, in alternating rounds of a few calls. Each call's own cost is its wall time minus its runtime calls' time
+    (`Prediction.latency_ms` ``steps``), so the models' own latency, and its noise, do
+    not enter; medians. ``hop_ms = (cascade - alone) / N``: the fixed part the
+    cascade's call pays beyond the fast path's is spread over its hops (a slight
+    overstatement, the conservative side for a plan against the static model).
+
+    None for a branches bundle (its branches answer alone: there is no cascade).
+    """
+    if bundle.kind == "branches":
+        return None
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise InputError(f"must be an integer >= 1, got {calls!r}", source="calls")
+    n = len(bundle.states)
+    high = 2.0  # above every maxprob: no row exits before the last state
+    batch = warmup_batch(bundle)
+    x: Any = batch[bundle.input.name] if len(batch) == 1 else batch
+    with AdaptiveModel.load(bundle, runtime, thresholds=high, warmup=3) as full:
+        assert full.runtime is not None
+        with _alone_model(bundle, full.runtime, n - 1) as alone:
+            alone.warm_up(3)
+            got: dict[str, list[int]] = {"full": [], "alone": []}
+            # rounds of a few calls of one model, as an application calls it; the first
+            # of each round (caches the other model left) is not counted
+            for _ in range(max(1, calls // _BLOCK)):
+                for name, model in (("full", full), ("alone", alone)):
+                    for k in range(_BLOCK + 1):
+                        t = perf_counter_ns()
+                        out = model.predict(x)
+                        wall = perf_counter_ns() - t
+                        if k:
+                            got[name].append(wall - round(1e6 * sum(out.latency_ms["steps"])))
+    cascade_ms = float(np.median(got["full"])) / 1e6
+    call_ms = max(0.0, float(np.median(got["alone"])) / 1e6)
+    return Overhead(hop_ms=max(0.0, (cascade_ms - call_ms) / n), call_ms=call_ms, hops=n)
+
+
+def _alone_model(bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveModel:
+    """`state` of `bundle` as a one-state plan deploys it (the merged static model for an
+    early-exit bundle, else the member alone), with no costs known."""
+    steps = tuple(range(state + 1)) if bundle.kind == "early-exit" else (state,)
+    hops = [_Hop(state, steps)]
+    policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
+    rt = config.make()
+    static = _static_session(rt, bundle, hops)
+    sessions: list[Any] = [None] * len(bundle.steps)
+    try:
+        for i in () if static is not None else steps:
+            sessions[i] = rt.load(bundle.steps[i].path)
+    except BaseException:
+        for s in sessions:
+            if s is not None:
+                s.close()
+        raise
+    return AdaptiveModel(bundle, sessions, hops, policy, False, static)
