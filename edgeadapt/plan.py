@@ -194,6 +194,7 @@ class Plan:
             "r_n": self.r_n,
             "gap_closure": self.gap_closure,
             "static_ms": self.static_ms,
+            "hop_overhead_ms": self.hop_overhead_ms,
             "saving_vs_r_n": _saving(self.heldout.cost_ms, self.r_n),
             "saving_vs_static": _saving(self.heldout.cost_ms, self.static_ms),
             "beats_static": self.beats_static,

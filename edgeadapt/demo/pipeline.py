@@ -441,6 +441,8 @@ def _demo_bundle(
         check_plan(p, bundle, path)
         if p.static_ms != measured.static_ms:
             raise InputError("made without this profile's static model", source=path)
+        if p.hop_overhead_ms != measured.hop_overhead_ms:
+            raise InputError("made without this profile's cascade overhead", source=path)
         return p
 
     plan, _ = cache.get(
@@ -448,14 +450,26 @@ def _demo_bundle(
         load_plan_,
         # as `edgeadapt plan` with its defaults
         lambda: plan_bundle(
-            bundle, ev_calib, costs, static_ms=measured.static_ms, runtime=measured.runtime
+            bundle,
+            ev_calib,
+            costs,
+            static_ms=measured.static_ms,
+            runtime=measured.runtime,
+            hop_overhead_ms=measured.hop_overhead_ms,
         ),
         save_plan,
         stale=stale,
     )
 
     try:  # the same split and promise, learned exit gates in place of thresholds
-        gated = plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms, policy="gate")
+        gated = plan_bundle(
+            bundle,
+            ev_calib,
+            costs,
+            static_ms=measured.static_ms,
+            policy="gate",
+            hop_overhead_ms=measured.hop_overhead_ms,
+        )
         gate_plan: PlanSummary | None = PlanSummary(gated)
     except InputError:
         gate_plan = None
