@@ -472,10 +472,10 @@ class AdaptiveModel:
         `x` is a mapping holding every model input (each with its dtype, shape
         ``[B, *input shape]`` and the same ``B``), or for a one-input bundle the bare array.
         Nothing is converted: int64 token ids stay int64, and a wrong dtype is an error.
-        Fast acceptance first, for plain C-contiguous arrays of the right dtype and shape
-        with no NaN or infinity (a small one: its sum is finite); anything it cannot vouch
-        for, including a small finite one whose sum overflows, takes the complete check
-        (`edgeadapt.inputs.check_batch`), which also words the error.
+        Quick acceptance first (`edgeadapt.inputs.BatchCheck`: plain C-contiguous arrays
+        of the right dtype and shape with no NaN or infinity); anything it cannot vouch
+        for takes the complete check (`edgeadapt.inputs.check_batch`), which also words
+        the error.
         """
         return self._check(x)
 

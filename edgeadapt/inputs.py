@@ -14,10 +14,10 @@ bundle also accepts ``x``), plus ``y`` for labels where labels are wanted.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -142,27 +142,48 @@ def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bo
     return np.ascontiguousarray(x)
 
 
-# Up to this many elements a quick finiteness test sums in Python rather than asking
-# numpy: right after a runtime call numpy's machinery is out of the CPU caches and a
-# reduction costs ~9 us, Python's sum over a few hundred floats ~4 us (measured between
-# steps on an x86 VM).
-_PY_SUM_MAX = 512
+# Up to this many elements the quick finiteness test works on the array's bytes in
+# Python rather than asking numpy: right after a runtime call numpy's machinery is out of
+# the CPU caches and a reduction costs ~9 us; the bit test below costs ~0.4 us on 40
+# float32 values and ~3.5 us on 784 (measured on an x86 VM).
+_PY_MAX = 512
 
-_Format = Literal["f", "d"]
-#: memoryview formats of the float widths Python can sum from the buffer directly
-_FORMATS: dict[int, _Format] = {4: "f", 8: "d"}
+#: mantissa bits of each IEEE float width (bytes): float16, float32, float64
+_MANTISSA = {2: 10, 4: 23, 8: 52}
 
 
-def _finite(x: np.ndarray, fmt: _Format | None) -> bool:
-    """Whether a C-contiguous floating array holds no NaN or infinity; a small one may
-    also say False when its finite values sum past the float range (the caller then
-    checks in full). `fmt` is the array's memoryview format (float32, float64), which
-    Python sums without building a list; None (float16) goes through ``tolist``."""
-    if x.size <= _PY_SUM_MAX:
-        if fmt is not None:
-            return math.isfinite(sum(x.data.cast("B").cast(fmt)))
-        return math.isfinite(sum(x.reshape(-1).tolist()))
-    return bool(np.isfinite(x).all())
+def _finite_test(dtype: np.dtype[Any]) -> Callable[[np.ndarray], bool]:
+    """An exact test that a C-contiguous array of the native float `dtype` holds no NaN
+    or infinity.
+
+    Up to `_PY_MAX` values it reads the array's bytes as one Python integer whose lanes
+    are the values' bit patterns: a value is NaN or infinite when its exponent bits are
+    all ones. With ``E`` the exponent mask in every lane, ``t = (v & E) ^ E`` has a lane
+    all zero exactly there; setting each lane's sign bit (``H``) and subtracting one
+    exponent unit per lane (``L``) clears the sign bit of exactly those lanes, and never
+    borrows across lanes (each lane is at least ``H > L``). Larger arrays: numpy. The
+    masks for the last size seen are kept.
+    """
+    size = dtype.itemsize
+    if size not in _MANTISSA:
+        return lambda x: bool(np.isfinite(x).all())
+    bits, mant = 8 * size, _MANTISSA[size]
+    lanes = (((1 << (bits - 1 - mant)) - 1) << mant, 1 << (bits - 1), 1 << mant)
+    uint = np.dtype(f"u{size}")
+    order = sys.byteorder
+    cache: list[Any] = [-1, 0, 0, 0]  # size, E, H, L
+
+    def finite(x: np.ndarray) -> bool:
+        n = x.size
+        if n > _PY_MAX:
+            return bool(np.isfinite(x).all())
+        if n != cache[0]:
+            cache[:] = [n, *(int.from_bytes(np.full(n, m, uint).tobytes(), order) for m in lanes)]
+        _, e, h, low = cache
+        t = (int.from_bytes(x.tobytes(), order) & e) ^ e
+        return ((t | h) - low) & h == h
+
+    return finite
 
 
 class BatchCheck:
@@ -170,9 +191,9 @@ class BatchCheck:
     acceptance first: what can be worked out per spec (dtype, shape after the batch
     axis, rank, how to test finiteness) is worked out once, so a plain C-contiguous
     array of the right dtype and shape with no NaN or infinity costs a few attribute
-    tests and one sum. Anything the quick test cannot vouch for (a wrong dtype, a view,
-    a small finite array whose sum overflows) takes `check_batch`, which also words
-    the error: the errors are `check_batch`'s, word for word.
+    tests and one bit test (`_finite_test`). Anything the quick test cannot vouch for
+    (a wrong dtype, a view, NaN) takes `check_batch`, which also words the error: the
+    errors are `check_batch`'s, word for word.
     """
 
     def __init__(self, specs: Sequence[InputSpec], source: str = "input") -> None:
@@ -181,16 +202,12 @@ class BatchCheck:
         quick = []
         for s in self.specs:
             dtype = np.dtype(s.dtype)
-            fmt = _FORMATS.get(dtype.itemsize) if dtype.kind == "f" else None
-            quick.append((s.name, dtype, tuple(int(d) for d in s.shape[1:]), len(s.shape), fmt))
+            finite = _finite_test(dtype) if dtype.kind == "f" else None
+            quick.append((s.name, dtype, tuple(int(d) for d in s.shape[1:]), len(s.shape), finite))
         self._quick = tuple(quick)
-        #: The one input's (name, dtype, shape after the batch axis, rank, float format
-        #: or None for an input that is not float32/float64, is_float), else None.
-        self.single = (
-            (*self._quick[0], np.dtype(self.specs[0].dtype).kind == "f")
-            if len(self._quick) == 1
-            else None
-        )
+        #: The one input's (name, dtype, shape after the batch axis, rank, finiteness
+        #: test or None for a non-float input), else None.
+        self.single = self._quick[0] if len(self._quick) == 1 else None
 
     def array(self, x: Any) -> np.ndarray | None:
         """`x` itself when the quick test accepts it as the one input's batch, else None
@@ -198,14 +215,14 @@ class BatchCheck:
         single = self.single
         if single is None or type(x) is not np.ndarray:
             return None
-        _, dtype, shape, rank, fmt, floating = single
+        _, dtype, shape, rank, finite = single
         if (
             x.dtype is dtype
             and x.ndim == rank
             and x.shape[1:] == shape
             and x.shape[0] > 0
             and x.flags.c_contiguous
-            and (not floating or _finite(x, fmt))
+            and (finite is None or finite(x))
         ):
             return x
         return None
@@ -218,7 +235,7 @@ class BatchCheck:
                 return {self.single[0]: a}
         elif type(x) is dict and len(x) == len(self._quick):
             rows = -1
-            for name, dtype, shape, rank, fmt in self._quick:
+            for name, dtype, shape, rank, finite in self._quick:
                 a = x.get(name)
                 if (
                     type(a) is not np.ndarray
@@ -227,7 +244,7 @@ class BatchCheck:
                     or a.ndim != rank
                     or not a.flags.c_contiguous
                     or (rows != -1 and a.shape[0] != rows)
-                    or (a.dtype.kind == "f" and not _finite(a, fmt))
+                    or (finite is not None and not finite(a))
                 ):
                     break
                 rows = a.shape[0]

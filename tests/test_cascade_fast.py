@@ -11,7 +11,7 @@ import pytest
 from edgeadapt.bundle import load_bundle
 from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.errors import InputError
-from edgeadapt.inputs import BatchCheck, check_batch
+from edgeadapt.inputs import BatchCheck, _finite_test, check_batch
 from tests.plans import runner_plan
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
@@ -133,11 +133,33 @@ def test_batch_check_accepts_what_check_batch_accepts(family):
     x = _x(5)
     assert check.array(x) is x
     assert check(x)[bundle.input.name] is x
-    # a small float64 batch whose finite values sum past the float range: the quick
-    # test cannot vouch for it, the complete check decides (and refuses the dtype)
+    # a float64 batch of the largest finite values (a sum would overflow): finite
     huge = np.full((1, 1, 40), np.finfo(np.float64).max)
-    assert BatchCheck([_float64_spec(bundle)]).array(huge) is None
-    np.testing.assert_array_equal(BatchCheck([_float64_spec(bundle)])(huge)["x"], huge)
+    check64 = BatchCheck([_float64_spec(bundle)])
+    assert check64.array(huge) is huge
+    huge[0, 0, 7] = np.inf
+    assert check64.array(huge) is None
+    with pytest.raises(InputError, match="NaN or infinity"):
+        check64(huge)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 3, 40, 511, 512, 513, 2000])
+def test_the_finiteness_bit_test_agrees_with_numpy(dtype, size):
+    rng = np.random.default_rng(size)
+    info = np.finfo(dtype)
+    special = np.array(
+        [0.0, -0.0, info.max, -info.max, info.tiny, info.smallest_subnormal, -info.eps, 1.0],
+        dtype=dtype,
+    )
+    test = _finite_test(np.dtype(dtype))
+    for trial in range(30):
+        x = rng.standard_normal(size).astype(dtype)
+        x[rng.random(size) < 0.3] = rng.choice(special)
+        if trial % 3:
+            x[rng.integers(size)] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype))
+        assert test(x) == bool(np.isfinite(x).all()), (trial, x)
+        assert test(x.reshape(1, 1, size)) == bool(np.isfinite(x).all())
 
 
 def _float64_spec(bundle):
