@@ -2,7 +2,6 @@
 branch answering alone): the same answers as the general cascade row for row, the same
 refusals word for word as `edgeadapt.inputs.check_batch`, and arrays the caller owns."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from edgeadapt.bundle import load_bundle
 from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.errors import InputError
-from edgeadapt.inputs import BatchCheck, _finite_test, check_batch
+from edgeadapt.inputs import check_batch
 from tests.plans import runner_plan
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
@@ -125,45 +124,6 @@ def test_bad_inputs_are_refused_with_the_complete_checks_words(family, case):
             model.predict(bad)
         assert str(got.value) == str(want.value)
         assert (got.value.source, got.value.field) == (want.value.source, want.value.field)
-
-
-def test_batch_check_accepts_what_check_batch_accepts(family):
-    bundle, _, _ = family
-    check = BatchCheck(bundle.inputs)
-    x = _x(5)
-    assert check.array(x) is x
-    assert check(x)[bundle.input.name] is x
-    # a float64 batch of the largest finite values (a sum would overflow): finite
-    huge = np.full((1, 1, 40), np.finfo(np.float64).max)
-    check64 = BatchCheck([_float64_spec(bundle)])
-    assert check64.array(huge) is huge
-    huge[0, 0, 7] = np.inf
-    assert check64.array(huge) is None
-    with pytest.raises(InputError, match="NaN or infinity"):
-        check64(huge)
-
-
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("size", [1, 3, 40, 511, 512, 513, 2000])
-def test_the_finiteness_bit_test_agrees_with_numpy(dtype, size):
-    rng = np.random.default_rng(size)
-    info = np.finfo(dtype)
-    special = np.array(
-        [0.0, -0.0, info.max, -info.max, info.tiny, info.smallest_subnormal, -info.eps, 1.0],
-        dtype=dtype,
-    )
-    test = _finite_test(np.dtype(dtype))
-    for trial in range(30):
-        x = rng.standard_normal(size).astype(dtype)
-        x[rng.random(size) < 0.3] = rng.choice(special)
-        if trial % 3:
-            x[rng.integers(size)] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=dtype))
-        assert test(x) == bool(np.isfinite(x).all()), (trial, x)
-        assert test(x.reshape(1, 1, size)) == bool(np.isfinite(x).all())
-
-
-def _float64_spec(bundle):
-    return replace(bundle.input, dtype="float64")
 
 
 def test_multiexit_one_state_runs_the_merged_model_and_answers_as_the_cascade():
