@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -385,6 +385,51 @@ def _may_replace(tmp: Path, out: Path, force: bool) -> bool:
     return True
 
 
+def _parts(
+    kind: str, steps: Sequence[Step] | None, models: Sequence[onnx.ModelProto] | None
+) -> list[Step]:
+    """The steps to write: `steps` for an early-exit bundle, else one step per model
+    (which must have exactly one output, its logits)."""
+    if kind == "early-exit":
+        if models is not None or not steps:
+            raise BundleError("early-exit bundles take a non-empty `steps` and no `models`")
+        return list(steps)
+    if steps is not None or not models:
+        raise BundleError(f"{kind} bundles take a non-empty `models` and no `steps`")
+    parts = [Step(m, logits=_graph_io(m)[1][0] if len(m.graph.output) == 1 else "") for m in models]
+    for i, m in enumerate(models):
+        if len(m.graph.output) != 1:
+            raise BundleError(
+                "an ensemble member must have exactly one output (logits)", field=f"models[{i}]"
+            )
+    return parts
+
+
+def _state_names(state_names: Sequence[str] | None, n: int) -> list[str]:
+    """`state_names` checked (n distinct names, each usable as a file name), or
+    ``state0``, ``state1``, ... when none are given."""
+    names = list(state_names) if state_names is not None else [f"state{i}" for i in range(n)]
+    if len(names) != n or len(set(names)) != len(names) or not all(names):
+        raise BundleError(f"need {n} distinct non-empty names, got {names}", field="state_names")
+    for j, name in enumerate(names):
+        if (problem := _state_name_problem(name)) is not None:
+            raise BundleError(problem, field=f"state_names[{j}]")
+    return names
+
+
+def _entries(
+    parts: Sequence[Step], kind: str, model_inputs: set[str], num_classes: int
+) -> list[dict[str, Any]]:
+    """The manifest entry of each step, each checked against the outputs of the one
+    before it."""
+    entries: list[dict[str, Any]] = []
+    previous: list[str] = []
+    for i, s in enumerate(parts):
+        entries.append(_entry(i, s, kind, i == len(parts) - 1, model_inputs, num_classes, previous))
+        previous = _graph_io(s.model)[1]
+    return entries
+
+
 def write_bundle(
     out_dir: str | os.PathLike[str],
     *,
@@ -419,38 +464,9 @@ def write_bundle(
     model_inputs = {i.name for i in specs}
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise BundleError(f"must be an integer >= 2, got {num_classes!r}", field="num_classes")
-    if kind == "early-exit":
-        if models is not None or not steps:
-            raise BundleError("early-exit bundles take a non-empty `steps` and no `models`")
-        parts = list(steps)
-    else:
-        if steps is not None or not models:
-            raise BundleError(f"{kind} bundles take a non-empty `models` and no `steps`")
-        parts = [
-            Step(m, logits=_graph_io(m)[1][0] if len(m.graph.output) == 1 else "") for m in models
-        ]
-        for i, m in enumerate(models):
-            if len(m.graph.output) != 1:
-                raise BundleError(
-                    "an ensemble member must have exactly one output (logits)", field=f"models[{i}]"
-                )
-    names = (
-        list(state_names) if state_names is not None else [f"state{i}" for i in range(len(parts))]
-    )
-    if len(names) != len(parts) or len(set(names)) != len(names) or not all(names):
-        raise BundleError(
-            f"need {len(parts)} distinct non-empty names, got {names}", field="state_names"
-        )
-    for j, n in enumerate(names):
-        if (problem := _state_name_problem(n)) is not None:
-            raise BundleError(problem, field=f"state_names[{j}]")
-
-    entries: list[dict[str, Any]] = []
-    previous: list[str] = []
-    for i, s in enumerate(parts):
-        entries.append(_entry(i, s, kind, i == len(parts) - 1, model_inputs, num_classes, previous))
-        previous = _graph_io(s.model)[1]
-
+    parts = _parts(kind, steps, models)
+    names = _state_names(state_names, len(parts))
+    entries = _entries(parts, kind, model_inputs, num_classes)
     out = check_path(out_dir).absolute()
     try:
         return _write(
@@ -808,7 +824,9 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         raise err from None
 
 
-def _load(root: Path, verify: bool) -> Bundle:
+def _manifest_of(root: Path) -> tuple[Path, Path]:
+    """The bundle directory `root` names (it or its manifest) and its manifest, which
+    must be a regular file."""
     if root.name == MANIFEST and root.is_file():
         root = root.parent
     root = check_path(root).absolute()
@@ -819,13 +837,11 @@ def _load(root: Path, verify: bool) -> Bundle:
         raise BundleError(
             "is a symlink; a bundle's manifest must be a regular file inside it", source=source
         )
-    doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
-    f = Fields(doc, source=source)
-    kind = f.get("kind", str, check=lambda v: None if v in KINDS else f"must be one of {KINDS}")
-    specs = _parse_inputs(f, doc["version"])
-    model_inputs = {i.name for i in specs}
-    num_classes = f.get("num_classes", int, check=lambda v: None if v >= 2 else "must be >= 2")
+    return root, source
 
+
+def _parse_files(f: Fields, root: Path, source: Path) -> dict[str, str]:
+    """``$.files``: each path safe, present in the bundle, with a sha256."""
     files_obj = f.get("files", dict)
     files: dict[str, str] = {}
     for rel, digest in files_obj.items():
@@ -836,66 +852,66 @@ def _load(root: Path, verify: bool) -> Bundle:
         if not (root / rel).is_file():
             raise BundleError(f"file {rel!r} is missing from the bundle", source=source, field=at)
         files[rel] = digest
+    return files
 
-    state_fields = f.items("states")
-    if not state_fields:
-        f.fail("a bundle needs at least one state", "states")
-    steps: list[StepInfo] = []
-    names: list[str] = []
-    for i, s in enumerate(state_fields):
-        name = s.get("name", str, check=_state_name_problem)
-        if name in names:
-            s.fail(f"duplicate state name {name!r}", "name")
-        names.append(name)
-        rel = s.get("file", str)
-        file_path = _safe_path(root, rel, source, f"{s.path}.file")
-        if rel not in files:
-            s.fail(f"{rel!r} is not listed in $.files", "file")
-        digest = s.get("sha256", str)
-        if digest != files[rel]:
-            s.fail("does not match $.files", "sha256")
-        ints = {
-            k: int(s.get(k, int, check=_nonneg))
-            for k in (
-                "flops",
-                "macs",
-                "stage_flops",
-                "stage_macs",
-                "head_flops",
-                "head_macs",
-                "params",
-            )
-        }
-        if ints["stage_flops"] + ints["head_flops"] != ints["flops"]:
-            s.fail("stage_flops + head_flops must equal flops", "flops")
-        activation = s.get("activation", (str, type(None)))
-        inputs = _str_list(s, "inputs")
-        last = i == len(state_fields) - 1
-        first = kind in INDEPENDENT_KINDS or i == 0
-        previous = [] if first else [n for n in (steps[-1].activation, steps[-1].logits) if n]
-        bad = _chain_error(inputs, model_inputs, first, previous)
-        if bad:
-            s.fail(bad, "inputs")
-        if kind == "early-exit" and (activation is None) != last:
-            s.fail(
-                "every early-exit step but the last has an activation; the last has none",
-                "activation",
-            )
-        if kind in INDEPENDENT_KINDS and activation is not None:
-            s.fail("ensemble members have no activation", "activation")
-        steps.append(
-            StepInfo(
-                index=i,
-                file=rel,
-                path=file_path,
-                sha256=digest,
-                inputs=inputs,
-                activation=activation,
-                logits=s.get("logits", str),
-                unknown_ops=_str_list(s, "unknown_ops"),
-                **ints,
-            )
+
+_COST_FIELDS = ("flops", "macs", "stage_flops", "stage_macs", "head_flops", "head_macs", "params")
+
+
+def _parse_step(
+    s: Fields,
+    i: int,
+    last: bool,
+    kind: str,
+    root: Path,
+    source: Path,
+    files: Mapping[str, str],
+    model_inputs: set[str],
+    before: StepInfo | None,
+) -> StepInfo:
+    """One ``$.states[i]`` entry (its name already read): file, digest, costs, and how
+    it chains to `before`, the step before it."""
+    rel = s.get("file", str)
+    file_path = _safe_path(root, rel, source, f"{s.path}.file")
+    if rel not in files:
+        s.fail(f"{rel!r} is not listed in $.files", "file")
+    digest = s.get("sha256", str)
+    if digest != files[rel]:
+        s.fail("does not match $.files", "sha256")
+    ints = {k: int(s.get(k, int, check=_nonneg)) for k in _COST_FIELDS}
+    if ints["stage_flops"] + ints["head_flops"] != ints["flops"]:
+        s.fail("stage_flops + head_flops must equal flops", "flops")
+    activation = s.get("activation", (str, type(None)))
+    inputs = _str_list(s, "inputs")
+    first = kind in INDEPENDENT_KINDS or i == 0
+    previous = (
+        [] if first or before is None else [n for n in (before.activation, before.logits) if n]
+    )
+    bad = _chain_error(inputs, model_inputs, first, previous)
+    if bad:
+        s.fail(bad, "inputs")
+    if kind == "early-exit" and (activation is None) != last:
+        s.fail(
+            "every early-exit step but the last has an activation; the last has none",
+            "activation",
         )
+    if kind in INDEPENDENT_KINDS and activation is not None:
+        s.fail("ensemble members have no activation", "activation")
+    return StepInfo(
+        index=i,
+        file=rel,
+        path=file_path,
+        sha256=digest,
+        inputs=inputs,
+        activation=activation,
+        logits=s.get("logits", str),
+        unknown_ops=_str_list(s, "unknown_ops"),
+        **ints,
+    )
+
+
+def _state_infos(steps: Sequence[StepInfo], names: Sequence[str], kind: str) -> list[StateInfo]:
+    """Each state's files and summed costs: steps 0..i for early-exit, else its own."""
     states = []
     for i, st in enumerate(steps):
         chain = steps[: i + 1] if kind == "early-exit" else [st]
@@ -908,12 +924,37 @@ def _load(root: Path, verify: bool) -> Bundle:
                 params=sum(c.params for c in chain),
             )
         )
+    return states
+
+
+def _load(root: Path, verify: bool) -> Bundle:
+    root, source = _manifest_of(root)
+    doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
+    f = Fields(doc, source=source)
+    kind = f.get("kind", str, check=lambda v: None if v in KINDS else f"must be one of {KINDS}")
+    specs = _parse_inputs(f, doc["version"])
+    model_inputs = {i.name for i in specs}
+    num_classes = f.get("num_classes", int, check=lambda v: None if v >= 2 else "must be >= 2")
+    files = _parse_files(f, root, source)
+    state_fields = f.items("states")
+    if not state_fields:
+        f.fail("a bundle needs at least one state", "states")
+    steps: list[StepInfo] = []
+    names: list[str] = []
+    for i, s in enumerate(state_fields):
+        name = s.get("name", str, check=_state_name_problem)
+        if name in names:
+            s.fail(f"duplicate state name {name!r}", "name")
+        names.append(name)
+        last = i == len(state_fields) - 1
+        before = steps[-1] if steps else None
+        steps.append(_parse_step(s, i, last, kind, root, source, files, model_inputs, before))
     bundle = Bundle(
         path=root,
         kind=kind,
         num_classes=num_classes,
         inputs=specs,
-        states=tuple(states),
+        states=tuple(_state_infos(steps, names, kind)),
         steps=tuple(steps),
         files=files,
         producer=f.get("producer", dict),

@@ -518,8 +518,8 @@ def bound_summary(
         raise InputError(f"must be in [0, 1], got {alpha}", source="alpha")
     if classes is not None and classes < 2:
         raise InputError(f"must be >= 2, got {classes}", source="classes")
-    if correct is not None:
-        c = _correctness(correct, len(names))
+    c = None if correct is None else _correctness(correct, len(names))
+    if c is not None:
         accuracies = c.mean(axis=0)
     elif accuracies is None:
         raise InputError("need accuracies or a correctness matrix")
@@ -529,51 +529,72 @@ def bound_summary(
     analytic = front if envelope else space
     if not envelope:
         require_monotone(space, source=source)
-
-    def point(bound: Bound) -> OraclePoint:
-        return OraclePoint.against(bound, r_n, a_n)
-
-    alpha1 = point(bound_alpha1(analytic.costs, analytic.accuracies))
+    alpha1 = OraclePoint.against(bound_alpha1(analytic.costs, analytic.accuracies), r_n, a_n)
     headline, method = alpha1, "alpha=1"
     exact = None
-    if correct is not None:
-        res = exact_oracle(c, np.asarray(costs, dtype=np.float64))
-        at_min = (
-            None
-            if res.alpha_min is None
-            else point(bound_constant_alpha(analytic.costs, analytic.accuracies, res.alpha_min))
-        )
-        exact = ExactFigures(
-            point(Bound(res.r_oracle, res.a_oracle)),
-            tuple(None if not math.isfinite(x) else float(x) for x in res.alphas),
-            res.alpha_min,
-            at_min,
-        )
+    if c is not None:
+        exact = _exact_figures(c, costs, analytic, r_n, a_n)
         headline, method = exact.point, "exact"
     if alpha is not None:
-        headline = point(bound_constant_alpha(analytic.costs, analytic.accuracies, alpha))
-        method = "constant-alpha"
-    test = None
-    if classes is not None and len(analytic) >= 2:
-        test = replace(
-            smallest_state_test(analytic.costs, analytic.accuracies, classes),
-            state=analytic.names[0],
-        )
+        at = bound_constant_alpha(analytic.costs, analytic.accuracies, alpha)
+        headline, method = OraclePoint.against(at, r_n, a_n), "constant-alpha"
+    continuous = continuous_bound(analytic.costs, analytic.accuracies)
+    test = _smallest_state(analytic, classes)
     return BoundSummary(
-        states=tuple(
-            StateRow(n, float(r), float(a))
-            for n, r, a in zip(space.names, space.costs, space.accuracies, strict=True)
-        ),
+        states=_state_rows(space),
         method=method,
         r_1=float(space.costs[0]),
         baseline=front.names[-1],
         r_n=r_n,
         a_n=a_n,
         alpha1=alpha1,
-        continuous=point(continuous_bound(analytic.costs, analytic.accuracies)),
+        continuous=OraclePoint.against(continuous, r_n, a_n),
         headline=headline,
         dominated=tuple(dominated) if envelope else None,
         exact=exact,
         alpha=None if alpha is None else float(alpha),
         smallest_state=test,
+    )
+
+
+def _exact_figures(
+    correct: np.ndarray,
+    costs: Sequence[float] | np.ndarray,
+    analytic: StateSpace,
+    r_n: float,
+    a_n: float,
+) -> ExactFigures:
+    """The exact oracle of the correctness matrix, its alphas, and the constant-alpha
+    bound at the smallest alpha that reaches it."""
+    res = exact_oracle(correct, np.asarray(costs, dtype=np.float64))
+    at_min = (
+        None
+        if res.alpha_min is None
+        else OraclePoint.against(
+            bound_constant_alpha(analytic.costs, analytic.accuracies, res.alpha_min), r_n, a_n
+        )
+    )
+    return ExactFigures(
+        OraclePoint.against(Bound(res.r_oracle, res.a_oracle), r_n, a_n),
+        tuple(None if not math.isfinite(x) else float(x) for x in res.alphas),
+        res.alpha_min,
+        at_min,
+    )
+
+
+def _smallest_state(analytic: StateSpace, classes: int | None) -> SmallestStateTest | None:
+    """The test that the cheapest state beats chance, when the class count is known."""
+    if classes is None or len(analytic) < 2:
+        return None
+    return replace(
+        smallest_state_test(analytic.costs, analytic.accuracies, classes),
+        state=analytic.names[0],
+    )
+
+
+def _state_rows(space: StateSpace) -> tuple[StateRow, ...]:
+    """One row (name, cost, accuracy) per state, in the order given."""
+    return tuple(
+        StateRow(n, float(r), float(a))
+        for n, r, a in zip(space.names, space.costs, space.accuracies, strict=True)
     )

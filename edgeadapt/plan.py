@@ -362,9 +362,8 @@ def _one_of(choices: tuple[str, ...]) -> Any:
     return lambda v: None if v in choices else f"must be one of {list(choices)}, got {v!r}"
 
 
-def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Plan:
-    """Validate a parsed plan document; errors name `source` and the JSON path."""
-    f = Fields(doc, source=source)
+def _bundle_fields(f: Fields) -> tuple[str, str, list[str]]:
+    """``$.bundle``: the manifest's sha256, the bundle kind and its state names."""
     bundle = f.child("bundle")
     sha = bundle.get(
         "manifest_sha256",
@@ -383,7 +382,12 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         )
     if not names or len(set(names)) != len(names):
         bundle.fail("must be a non-empty list of unique names", "states")
+    return sha, kind, names
 
+
+def _kept_states(f: Fields, names: list[str]) -> list[int]:
+    """``$.states``: strictly increasing indices into the bundle's states, named in
+    ``$.state_names``."""
     states = f.get("states", list)
     if not states:
         f.fail("must keep at least one state", "states")
@@ -396,13 +400,11 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     kept_names = f.get("state_names", list)
     if kept_names != [names[s] for s in states]:
         f.fail(f"must be {[names[s] for s in states]} (bundle.states at $.states)", "state_names")
+    return states
 
-    measure = f.get("measure", str, check=_one_of(MEASURES))
-    gates = _policy(f.child("policy"), len(states)) if "policy" in f.obj else None
-    low, high = MEASURE_RANGES[measure] if gates is None else (0.0, 1.0)
-    thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
-    cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0, maximum=MAX_MS)
 
+def _budget_rows(f: Fields, states: list[int]) -> list[BudgetRow]:
+    """``$.budget``: rows of strictly increasing budgets, each naming a kept state."""
     budget = []
     for row in f.items("budget"):
         state = row.get(
@@ -422,7 +424,50 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     for j in range(1, len(budget)):
         if budget[j].budget_ms <= budget[j - 1].budget_ms:
             f.fail("budget_ms must be strictly increasing", f"budget[{j}]")
+    return budget
 
+
+def _heldout_fields(f: Fields) -> dict[str, Any]:
+    """``$.heldout``: the held-out figures and the drop bound at confidence `delta`."""
+    return {
+        "heldout": _figures(f),
+        "drop_bound": f.number("drop_bound", minimum=0.0, maximum=1.0),
+        "delta": f.get(
+            "delta", float, check=lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"
+        ),
+    }
+
+
+def _oracle_fields(f: Fields) -> dict[str, Any]:
+    """``$.oracle``: the oracle's and the last state's cost and accuracy."""
+    return {
+        "r_oracle": f.number("r_oracle", minimum=0.0),
+        "a_oracle": f.number("a_oracle", minimum=0.0, maximum=1.0),
+        "r_n": f.number("r_n", minimum=0.0),
+        "a_n": f.number("a_n", minimum=0.0, maximum=1.0),
+    }
+
+
+def _search_fields(f: Fields) -> dict[str, Any]:
+    """``$.search``: how the kept states were chosen."""
+    return {
+        "search_method": f.get("method", str, check=_one_of(SEARCH_METHODS)),
+        "max_states": _int(f, "max_states", minimum=1),
+        "subsets_evaluated": _int(f, "subsets_evaluated", minimum=0),
+    }
+
+
+def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Plan:
+    """Validate a parsed plan document; errors name `source` and the JSON path."""
+    f = Fields(doc, source=source)
+    sha, kind, names = _bundle_fields(f)
+    states = _kept_states(f, names)
+    measure = f.get("measure", str, check=_one_of(MEASURES))
+    gates = _policy(f.child("policy"), len(states)) if "policy" in f.obj else None
+    low, high = MEASURE_RANGES[measure] if gates is None else (0.0, 1.0)
+    thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
+    cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0, maximum=MAX_MS)
+    budget = _budget_rows(f, states)
     reference = f.child("reference")
     heldout_f = f.child("heldout")
     oracle = f.child("oracle")
@@ -443,19 +488,10 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         reference_state=_int(reference, "state", minimum=0, maximum=len(names) - 1),
         max_drop=reference.number("max_drop", minimum=0.0, maximum=1.0),
         calibration=_figures(f.child("calibration")),
-        heldout=_figures(heldout_f),
-        drop_bound=heldout_f.number("drop_bound", minimum=0.0, maximum=1.0),
-        delta=heldout_f.get(
-            "delta", float, check=lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"
-        ),
-        r_oracle=oracle.number("r_oracle", minimum=0.0),
-        a_oracle=oracle.number("a_oracle", minimum=0.0, maximum=1.0),
-        r_n=oracle.number("r_n", minimum=0.0),
-        a_n=oracle.number("a_n", minimum=0.0, maximum=1.0),
+        **_heldout_fields(heldout_f),
+        **_oracle_fields(oracle),
         gap_closure=None if gap is None else float(gap),
-        search_method=search.get("method", str, check=_one_of(SEARCH_METHODS)),
-        max_states=_int(search, "max_states", minimum=1),
-        subsets_evaluated=_int(search, "subsets_evaluated", minimum=0),
+        **_search_fields(search),
         static_ms=static,
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
         fallback=f.get("fallback", str, None),

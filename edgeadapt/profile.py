@@ -378,6 +378,215 @@ def _snapshot() -> dict[str, Any]:
     return {"temperatures": temperatures(), "clock": clock_state(), "load": load_average()}
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """How each step is timed: the checked warm-up, count, duration and order."""
+
+    warmup: int
+    iters: int | None
+    min_seconds: float
+    seconds_per_state: float | None
+    order: str
+
+
+def _check_timing(
+    batches: Sequence[int],
+    threads: int | None,
+    warmup: int,
+    iters: int | None,
+    min_seconds: float,
+    order: str,
+    seconds_per_state: float | None,
+) -> tuple[list[int], int | None, _Timing]:
+    """Refuse bad batch sizes, thread counts and timing arguments; return the batch
+    sizes, the thread count and the timing."""
+    batch_list = [_positive(b, "batch") for b in batches]
+    if not batch_list or len(set(batch_list)) != len(batch_list):
+        raise InputError(f"need distinct batch sizes, got {list(batches)}", source="batch")
+    if threads is not None:
+        threads = _positive(threads, "threads")
+    warmup = _positive(warmup, "warmup", minimum=0)
+    if iters is not None:
+        iters = _positive(iters, "iters", minimum=MIN_SAMPLES)
+    if isinstance(min_seconds, bool) or not isinstance(min_seconds, (int, float)):
+        raise InputError(f"must be a number, got {min_seconds!r}", source="min_seconds")
+    if not (min_seconds > 0 and np.isfinite(min_seconds)):
+        raise InputError(f"must be a positive number, got {min_seconds!r}", source="min_seconds")
+    if order not in ORDERS:
+        raise InputError(f"must be one of {', '.join(ORDERS)}, got {order!r}", source="order")
+    if seconds_per_state is not None:
+        seconds_per_state = _budget(seconds_per_state, iters)
+    return batch_list, threads, _Timing(warmup, iters, min_seconds, seconds_per_state, order)
+
+
+def _resolve_config(
+    runtime: str | RuntimeConfig | None,
+    chosen: Preset | None,
+    threads: int | None,
+    precision: str | None,
+    options: Mapping[str, Any] | None,
+) -> RuntimeConfig:
+    """`runtime` itself when it is a RuntimeConfig (then nothing else may be given), else
+    the preset overridden by the other arguments."""
+    if isinstance(runtime, RuntimeConfig):
+        given = [k for k, v in (("preset", chosen), ("threads", threads)) if v is not None]
+        given += [k for k, v in (("precision", precision), ("options", options)) if v is not None]
+        if given:
+            raise InputError(
+                f"give a RuntimeConfig or {', '.join(given)}, not both", source="runtime"
+            )
+        return runtime
+    return RuntimeConfig.resolve(
+        chosen, runtime=runtime, threads=threads, precision=precision, options=options
+    )
+
+
+def _open_runtime(config: RuntimeConfig, chosen: Preset | None) -> Any:
+    """The runtime backend `config` names; an option it refuses is blamed on the preset
+    that set it, when there is one."""
+    from edgeadapt.runtimes import get_runtime
+
+    try:
+        return get_runtime(config.runtime, **config.backend_options())
+    except InputError as e:
+        if chosen is None:
+            raise
+        raise InputError(
+            f"preset {chosen.name!r} does not fit runtime {config.runtime!r}: {e}",
+            source=chosen.source,
+            field="$.options",
+        ) from None
+
+
+def _counter(progress: Progress | None, total: int) -> Callable[[int], None]:
+    """A callback that adds finished calls to a count and reports it to `progress`."""
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    return advance
+
+
+def _step_runs(
+    bundle: Bundle, sessions: Sequence[Any], tensors: dict[str, np.ndarray]
+) -> list[Callable[[], Any]]:
+    """Run the chain once on `tensors` (adding each step's outputs to it, checked) and
+    return one unchecked call per step on those real activations, for timing."""
+    runs: list[Callable[[], Any]] = []
+    for step, session in zip(bundle.steps, sessions, strict=True):
+        feeds = {name: tensors[name] for name in step.inputs}
+        tensors.update(session.run(feeds, check=True))
+        runs.append(partial(session.run, feeds, check=False))
+    return runs
+
+
+def _time_runs(
+    runs: Sequence[Callable[[], Any]], timing: _Timing, advance: Callable[[int], None]
+) -> list[np.ndarray]:
+    """Time the step calls of one batch as `timing` says: in turn (chain) or one by one,
+    by count, duration or budget; report progress after each timed unit."""
+    t = timing
+    if t.seconds_per_state is not None and t.order == "chain":
+        timed = _time_budget(runs, t.warmup, t.seconds_per_state)
+        advance(len(runs))
+        return timed
+    if t.seconds_per_state is not None:
+        timed = []
+        for run in runs:
+            timed.extend(_time_budget([run], t.warmup, t.seconds_per_state))
+            advance(1)
+        return timed
+    if t.order == "chain":
+        timed = _time_chain(runs, t.warmup, t.iters, t.min_seconds)
+        advance(len(runs))
+        return timed
+    timed = []
+    for run in runs:
+        timed.append(_time_step(run, t.warmup, t.iters, t.min_seconds))
+        advance(1)
+    return timed
+
+
+def _measure(
+    bundle: Bundle,
+    rt: Any,
+    whole_model: WholeModel | None,
+    batch_list: Sequence[int],
+    timing: _Timing,
+    rng: np.random.Generator,
+    advance: Callable[[int], None],
+) -> tuple[dict[int, tuple[StepStats, ...]], dict[int, StepStats]]:
+    """Load every step (and the whole model) in `rt` and time them at each batch size;
+    the sessions are closed however it ends."""
+    sessions: list[Any] = []
+    whole_times: dict[int, StepStats] = {}
+    try:
+        sessions.extend(rt.load(s.path) for s in bundle.steps)
+        if whole_model is not None:
+            load_whole(rt, bundle, whole_model)
+        results: dict[int, tuple[StepStats, ...]] = {}
+        for batch in batch_list:
+            tensors: dict[str, np.ndarray] = _random_inputs(bundle, batch, rng)
+            runs = _step_runs(bundle, sessions, tensors)
+            timed = _time_runs(runs, timing, advance)
+            results[batch] = tuple(StepStats.from_ns(t) for t in timed)
+            if whole_model is not None:
+                whole_times[batch] = _time_whole(
+                    whole_model,
+                    tensors,
+                    batch,
+                    timing.warmup,
+                    timing.iters,
+                    timing.min_seconds,
+                    timing.seconds_per_state,
+                )
+                advance(1)
+    finally:
+        for session in sessions:
+            session.close()
+        if whole_model is not None and whole_model.session is not None:
+            whole_model.session.close()
+    return results, whole_times
+
+
+def _whole_in_tmp(
+    bundle: Bundle, whole: bool | str | os.PathLike[str]
+) -> tuple[tempfile.TemporaryDirectory[str], WholeModel | None]:
+    """The whole model to time (see `prepare_whole`), written into a temporary directory
+    the caller cleans up."""
+    tmp = tempfile.TemporaryDirectory(prefix="edgeadapt-whole-")
+    try:
+        return tmp, prepare_whole(bundle, whole, Path(tmp.name))
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+
+def _settings(config: RuntimeConfig, timing: _Timing, seed: int) -> dict[str, Any]:
+    """The profile's ``settings``: the runtime configuration and how it was timed."""
+    runtime_options = config.backend_options()
+    t = timing
+    return {
+        "runtime": config.runtime,
+        "preset": config.preset,
+        "threads": runtime_options.get("threads"),
+        "options": {k: v for k, v in runtime_options.items() if k != "threads"},
+        "warmup": t.warmup,
+        "iters": t.iters,
+        "min_seconds": (
+            None if t.iters is not None or t.seconds_per_state is not None else float(t.min_seconds)
+        ),
+        "seconds_per_state": t.seconds_per_state,
+        "seed": seed,
+        "order": t.order,
+        "runtime_config": config.to_json(),
+    }
+
+
 def profile_bundle(
     bundle: Bundle,
     runtime: str | RuntimeConfig | None = None,
@@ -417,112 +626,23 @@ def profile_bundle(
     `AdaptiveModel.predict` itself costs on this device (a fraction of a second at batch
     1; ``settings.cascade_overhead``, which the planner counts per hop).
     """
-    from edgeadapt.runtimes import get_runtime
-
-    batch_list = [_positive(b, "batch") for b in batches]
-    if not batch_list or len(set(batch_list)) != len(batch_list):
-        raise InputError(f"need distinct batch sizes, got {list(batches)}", source="batch")
-    if threads is not None:
-        threads = _positive(threads, "threads")
-    warmup = _positive(warmup, "warmup", minimum=0)
-    if iters is not None:
-        iters = _positive(iters, "iters", minimum=MIN_SAMPLES)
-    if isinstance(min_seconds, bool) or not isinstance(min_seconds, (int, float)):
-        raise InputError(f"must be a number, got {min_seconds!r}", source="min_seconds")
-    if not (min_seconds > 0 and np.isfinite(min_seconds)):
-        raise InputError(f"must be a positive number, got {min_seconds!r}", source="min_seconds")
-    if order not in ORDERS:
-        raise InputError(f"must be one of {', '.join(ORDERS)}, got {order!r}", source="order")
-    if seconds_per_state is not None:
-        seconds_per_state = _budget(seconds_per_state, iters)
-    chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
-    if isinstance(runtime, RuntimeConfig):
-        given = [k for k, v in (("preset", chosen), ("threads", threads)) if v is not None]
-        given += [k for k, v in (("precision", precision), ("options", options)) if v is not None]
-        if given:
-            raise InputError(
-                f"give a RuntimeConfig or {', '.join(given)}, not both", source="runtime"
-            )
-        config = runtime
-    else:
-        config = RuntimeConfig.resolve(
-            chosen, runtime=runtime, threads=threads, precision=precision, options=options
-        )
-    runtime_options = config.backend_options()
-    try:
-        rt = get_runtime(config.runtime, **runtime_options)
-    except InputError as e:
-        if chosen is None:
-            raise
-        raise InputError(
-            f"preset {chosen.name!r} does not fit runtime {config.runtime!r}: {e}",
-            source=chosen.source,
-            field="$.options",
-        ) from None
-    rng = np.random.default_rng(seed)
-    tmp = tempfile.TemporaryDirectory(prefix="edgeadapt-whole-")
-    try:
-        whole_model = prepare_whole(bundle, whole, Path(tmp.name))
-    except BaseException:
-        tmp.cleanup()
-        raise
-    before = _snapshot()
-    measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    total, done = profile_calls(bundle, batch_list, whole_model is not None), 0
-    sessions: list[Any] = []
-    whole_times: dict[int, StepStats] = {}
-    try:
-        sessions.extend(rt.load(s.path) for s in bundle.steps)
-        if whole_model is not None:
-            load_whole(rt, bundle, whole_model)
-        results: dict[int, tuple[StepStats, ...]] = {}
-        for batch in batch_list:
-            tensors: dict[str, np.ndarray] = _random_inputs(bundle, batch, rng)
-            runs = []
-            for step, session in zip(bundle.steps, sessions, strict=True):
-                feeds = {name: tensors[name] for name in step.inputs}
-                tensors.update(session.run(feeds, check=True))
-                runs.append(partial(session.run, feeds, check=False))
-            if seconds_per_state is not None and order == "chain":
-                timed = _time_budget(runs, warmup, seconds_per_state)
-                done += len(runs)
-                if progress is not None:
-                    progress(done, total)
-            elif seconds_per_state is not None:
-                timed = []
-                for run in runs:
-                    timed.extend(_time_budget([run], warmup, seconds_per_state))
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-            elif order == "chain":
-                timed = _time_chain(runs, warmup, iters, min_seconds)
-                done += len(runs)
-                if progress is not None:
-                    progress(done, total)
-            else:
-                timed = []
-                for run in runs:
-                    timed.append(_time_step(run, warmup, iters, min_seconds))
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-            results[batch] = tuple(StepStats.from_ns(t) for t in timed)
-            if whole_model is not None:
-                whole_times[batch] = _time_whole(
-                    whole_model, tensors, batch, warmup, iters, min_seconds, seconds_per_state
-                )
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    finally:
-        for session in sessions:
-            session.close()
-        if whole_model is not None and whole_model.session is not None:
-            whole_model.session.close()
-        tmp.cleanup()
     from edgeadapt.cascade import measure_overhead  # the cascade reads profiles
 
+    batch_list, threads, timing = _check_timing(
+        batches, threads, warmup, iters, min_seconds, order, seconds_per_state
+    )
+    chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
+    config = _resolve_config(runtime, chosen, threads, precision, options)
+    rt = _open_runtime(config, chosen)
+    rng = np.random.default_rng(seed)
+    tmp, whole_model = _whole_in_tmp(bundle, whole)
+    before = _snapshot()
+    measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    advance = _counter(progress, profile_calls(bundle, batch_list, whole_model is not None))
+    try:
+        results, whole_times = _measure(bundle, rt, whole_model, batch_list, timing, rng, advance)
+    finally:
+        tmp.cleanup()
     measured = measure_overhead(bundle, config) if overhead else None
     after = _snapshot()
     reasons = _noise(results, before, after) + _whole_noise(whole_times)
@@ -532,22 +652,8 @@ def profile_bundle(
         states=tuple(s.name for s in bundle.states),
         device=fingerprint(rt.describe()),
         measured_at=measured_at,
-        settings={
-            "runtime": config.runtime,
-            "preset": config.preset,
-            "threads": runtime_options.get("threads"),
-            "options": {k: v for k, v in runtime_options.items() if k != "threads"},
-            "warmup": warmup,
-            "iters": iters,
-            "min_seconds": (
-                None if iters is not None or seconds_per_state is not None else float(min_seconds)
-            ),
-            "seconds_per_state": seconds_per_state,
-            "seed": seed,
-            "order": order,
-            "runtime_config": config.to_json(),
-            **({} if measured is None else {"cascade_overhead": measured.to_json()}),
-        },
+        settings=_settings(config, timing, seed)
+        | ({} if measured is None else {"cascade_overhead": measured.to_json()}),
         before=before,
         after=after,
         noisy=bool(reasons),

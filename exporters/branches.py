@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -227,6 +228,65 @@ def _load_calibration(path: Path, spec_name: str, shape: tuple[int, ...], dtype:
     return x.astype(dtype, copy=False), y.astype(np.int64, copy=False)
 
 
+def _chosen_blocks(model: onnx.ModelProto, blocks: Sequence[str] | None, path: Path) -> list[Block]:
+    """The residual blocks a branch may skip: those named in `blocks` (each checked to be
+    a skippable block), or every skippable one."""
+    found = find_blocks(model)
+    if blocks is not None:
+        by_name = {b.add: b for b in found}
+        adds = {n.name for n in model.graph.node if n.op_type == "Add"}
+        for name in blocks:
+            if name not in by_name:
+                why = (
+                    "is an Add but not a skippable residual block (its body leaks, or it "
+                    "changes shape)"
+                    if name in adds
+                    else f"is not an Add node of {path}"
+                )
+                raise InputError(f"{name!r} {why}", source="blocks")
+        found = [by_name[n] for n in dict.fromkeys(blocks)]
+    if not found:
+        raise InputError(
+            "found no skippable residual block (an Add of a tensor and a body computed "
+            "from it, with matching shapes)",
+            source=path,
+        )
+    return found
+
+
+def _scorer(
+    model: onnx.ModelProto,
+    found: Sequence[Block],
+    spec_name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    path: Path,
+    progress: Callable[[int, int], None] | None,
+) -> Callable[[tuple[str, ...]], Branch]:
+    """A function that builds the branch skipping the given blocks and scores its
+    FLOPs and calibration accuracy, reporting each scored candidate to `progress`."""
+    by_add = {b.add: b for b in found}
+    total = 2 ** len(found) if len(found) <= EXHAUSTIVE_BLOCKS else None
+    done = 0
+
+    def evaluate(skipped: tuple[str, ...]) -> Branch:
+        nonlocal done
+        branch_model = skip_blocks(model, [by_add[n] for n in skipped])
+        branch_model = _graph.infer(branch_model, path)
+        branch = Branch(
+            skipped=skipped,
+            model=branch_model,
+            flops=count_flops(branch_model).flops,
+            accuracy=_accuracy(branch_model, spec_name, x, y),
+        )
+        done += 1
+        if progress is not None:
+            progress(done, total or done)
+        return branch
+
+    return evaluate
+
+
 def export_branches(
     source: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -256,48 +316,11 @@ def export_branches(
     tail = _graph.static_tail(model.graph.output[0])
     if tail is None or len(tail) != 1:
         raise InputError(f"the output must be [batch, classes], got {tail}", source=path)
-    found = find_blocks(model)
-    if blocks is not None:
-        by_name = {b.add: b for b in found}
-        adds = {n.name for n in model.graph.node if n.op_type == "Add"}
-        for name in blocks:
-            if name not in by_name:
-                why = (
-                    "is an Add but not a skippable residual block (its body leaks, or it "
-                    "changes shape)"
-                    if name in adds
-                    else f"is not an Add node of {path}"
-                )
-                raise InputError(f"{name!r} {why}", source="blocks")
-        found = [by_name[n] for n in dict.fromkeys(blocks)]
-    if not found:
-        raise InputError(
-            "found no skippable residual block (an Add of a tensor and a body computed "
-            "from it, with matching shapes)",
-            source=path,
-        )
+    found = _chosen_blocks(model, blocks, path)
     x, y = _load_calibration(
         Path(calibration), spec.name, tuple(int(d) for d in spec.shape[1:]), spec.dtype
     )
-    by_add = {b.add: b for b in found}
-    total = 2 ** len(found) if len(found) <= EXHAUSTIVE_BLOCKS else None
-    done = 0
-
-    def evaluate(skipped: tuple[str, ...]) -> Branch:
-        nonlocal done
-        branch_model = skip_blocks(model, [by_add[n] for n in skipped])
-        branch_model = _graph.infer(branch_model, path)
-        branch = Branch(
-            skipped=skipped,
-            model=branch_model,
-            flops=count_flops(branch_model).flops,
-            accuracy=_accuracy(branch_model, spec.name, x, y),
-        )
-        done += 1
-        if progress is not None:
-            progress(done, total or done)
-        return branch
-
+    evaluate = _scorer(model, found, spec.name, x, y, path, progress)
     candidates, enumeration = _skip_sets(found, evaluate, seed)
     full = next(b for b in candidates if not b.skipped)
     front = pareto(candidates, max_branches)
@@ -318,19 +341,27 @@ def export_branches(
             "source": path.name,
             "source_sha256": file_sha256(path),
         },
-        extra={
-            "branches": {
-                "blocks": [b.add for b in found],
-                "enumeration": enumeration,
-                "candidates": len(candidates),
-                "calibration_samples": len(x),
-                "states": [
-                    {"skipped": list(b.skipped), "calibration_accuracy": b.accuracy} for b in front
-                ],
-            }
-        },
+        extra={"branches": _record(found, enumeration, len(candidates), len(x), front)},
         force=force,
     )
+
+
+def _record(
+    found: Sequence[Block],
+    enumeration: str,
+    candidates: int,
+    samples: int,
+    front: Sequence[Branch],
+) -> dict[str, Any]:
+    """The manifest's ``extra.branches``: the blocks, how the skip sets were enumerated
+    and scored, and each kept branch."""
+    return {
+        "blocks": [b.add for b in found],
+        "enumeration": enumeration,
+        "candidates": candidates,
+        "calibration_samples": samples,
+        "states": [{"skipped": list(b.skipped), "calibration_accuracy": b.accuracy} for b in front],
+    }
 
 
 def _branch_name(branch: Branch, order: dict[str, int]) -> str:

@@ -151,6 +151,59 @@ def _nbytes(model: onnx.ModelProto, name: str) -> int | None:
     )
 
 
+def _check_order(
+    model: onnx.ModelProto,
+    producer: Mapping[str, int],
+    prev: str,
+    first: str,
+    model_inputs: Sequence[str],
+    param: str,
+) -> None:
+    """The tensor `first` of a step must be computed from the previous cut `prev`."""
+    if producer[prev] in graphdeps.ancestors(model, [first], stop=model_inputs):
+        return
+    before = graphdeps.ancestors(model, [prev], stop=model_inputs)
+    order = "comes before" if producer[first] in before else "does not depend on"
+    raise InputError(
+        f"{first!r} {order} the previous cut {prev!r}: cuts must be given in "
+        "order from input to output, each depending on the one before",
+        source=param,
+    )
+
+
+def _check_crossing(
+    model: onnx.ModelProto,
+    k: int,
+    by_value: set[int],
+    constants: set[int],
+    prev: str | None,
+    i: int,
+    wanted: list[str],
+) -> None:
+    """Node `k`, computed before the cut `prev`, is also needed by step `i`: refuse it
+    unless it is a small constant that can be copied into the step."""
+    node = model.graph.node[k]
+    what = f"{node.op_type} node {node.name or node.output[0]!r}"
+    if k in by_value:
+        raise InputError(
+            f"cut {prev!r} does not separate the graph: step {i} ({wanted}) would need "
+            f"{what}, which lies before it (a skip connection crosses the cut?)",
+            source="cuts",
+        )
+    if k in constants:
+        for o in (o for o in node.output if o):
+            size = _nbytes(model, o)
+            if size is None or size > MAX_SHARED_BYTES:
+                how = "of unknown size" if size is None else f"{size} bytes"
+                raise InputError(
+                    f"cut {prev!r} does not separate the graph: step {i} needs the "
+                    f"constant {o!r} ({what}, {how}) computed before the cut; only "
+                    f"constants up to {MAX_SHARED_BYTES} bytes are copied into each "
+                    "step",
+                    source="cuts",
+                )
+
+
 def _plan(
     model: onnx.ModelProto,
     specs: Sequence[InputSpec],
@@ -174,38 +227,11 @@ def _plan(
         wanted = [n for n in (cut, heads.get(cut) if cut else logits) if n]
         param = "cuts" if cut else "logits"
         prev = boundary[-1] if i > 0 else None
-        if prev is not None and producer[prev] not in graphdeps.ancestors(
-            model, [wanted[0]], stop=model_inputs
-        ):
-            before = graphdeps.ancestors(model, [prev], stop=model_inputs)
-            order = "comes before" if producer[wanted[0]] in before else "does not depend on"
-            raise InputError(
-                f"{wanted[0]!r} {order} the previous cut {prev!r}: cuts must be given in "
-                "order from input to output, each depending on the one before",
-                source=param,
-            )
+        if prev is not None:
+            _check_order(model, producer, prev, wanted[0], model_inputs, param)
         nodes = graphdeps.ancestors(model, wanted, stop=boundary)
         for k in sorted(nodes & taken):
-            node = model.graph.node[k]
-            what = f"{node.op_type} node {node.name or node.output[0]!r}"
-            if k in by_value:
-                raise InputError(
-                    f"cut {prev!r} does not separate the graph: step {i} ({wanted}) would need "
-                    f"{what}, which lies before it (a skip connection crosses the cut?)",
-                    source="cuts",
-                )
-            if k in constants:
-                for o in (o for o in node.output if o):
-                    size = _nbytes(model, o)
-                    if size is None or size > MAX_SHARED_BYTES:
-                        how = "of unknown size" if size is None else f"{size} bytes"
-                        raise InputError(
-                            f"cut {prev!r} does not separate the graph: step {i} needs the "
-                            f"constant {o!r} ({what}, {how}) computed before the cut; only "
-                            f"constants up to {MAX_SHARED_BYTES} bytes are copied into each "
-                            "step",
-                            source="cuts",
-                        )
+            _check_crossing(model, k, by_value, constants, prev, i, wanted)
         if not nodes:
             raise InputError(
                 f"step {i} would be an empty graph ({wanted} is {prev!r})",
@@ -376,9 +402,7 @@ def _train_heads(
     model: onnx.ModelProto,
     calib: Calibration,
     cuts: Sequence[str],
-    pools: Mapping[str, str],
-    masks: Mapping[str, str],
-    prefixes: Mapping[str, int],
+    hi: _HeadInputs,
     num_classes: int,
     batch_size: int,
     seed: int,
@@ -388,6 +412,7 @@ def _train_heads(
     """Stream the calibration set through the model in batches, fold each cut's features
     into its head's statistics, fit the heads; also return a first batch of up to 64
     samples for the parity check."""
+    pools, masks, prefixes = hi.pools, hi.masks, hi.prefixes
     held = heldout_mask(calib.n, seed)
     fitters = {c: HeadFitter(num_classes, pools[c], held) for c in cuts}
     sess = _graph.session(_graph.with_outputs(model, list(cuts)))
@@ -410,6 +435,209 @@ def _train_heads(
         heads[cut] = LinearHead(**{**head.__dict__, **fields})
         tick(f"trained head at {cut}")
     return heads, sample
+
+
+def _check_args(
+    cuts: list[str],
+    heads: Mapping[str, str],
+    pool: str,
+    batch_size: int,
+    parity_rtol: float,
+    parity_atol: float,
+) -> None:
+    """Refuse bad arguments before the model is read."""
+    if not cuts:
+        raise InputError("give at least one cut", source="cuts")
+    if len(set(cuts)) != len(cuts):
+        raise InputError(f"a tensor is repeated: {cuts}", source="cuts")
+    if pool not in POOLS:
+        raise InputError(f"must be one of {POOLS}, got {pool!r}", source="pool")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"must be a positive integer, got {batch_size!r}", source="batch_size")
+    for name, v in (("parity_rtol", parity_rtol), ("parity_atol", parity_atol)):
+        if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
+            raise InputError(f"must be a finite number >= 0, got {v!r}", source=name)
+    for cut in heads:
+        if cut not in cuts:
+            raise InputError(
+                f"head given for {cut!r}, which is not one of the cuts", source="heads"
+            )
+
+
+def _check_exits(
+    model: onnx.ModelProto,
+    cuts: list[str],
+    heads: Mapping[str, str],
+    logits: str | None,
+    source: Path,
+) -> tuple[str, int]:
+    """Check every cut and own head against the graph; return the final logits and the
+    class count every exit must share."""
+    for cut in cuts:
+        _check_cut(model, cut, source, "cuts")
+    for out in heads.values():
+        _check_cut(model, out, source, "heads")
+    final = _final_logits(model, heads, logits, source)
+    if final in cuts:
+        raise InputError(f"{final!r} is the final logits; cut before it", source="cuts")
+    num_classes = _classes(model, final, source, "the final logits")
+    for cut, out in heads.items():
+        if _classes(model, out, source, f"head output of {cut!r}") != num_classes:
+            raise InputError(
+                f"head {out!r} has a different class count than {final!r} in {source}",
+                source="heads",
+            )
+    return final, num_classes
+
+
+def _cut_tails(model: onnx.ModelProto, cuts: list[str], source: Path) -> dict[str, tuple[int, ...]]:
+    """The static per-sample shape of each cut's tensor."""
+    infos = _graph.value_infos(model)
+    tails = {}
+    for cut in cuts:
+        tail = _graph.static_tail(infos.get(cut))
+        if tail is None:
+            raise InputError(
+                f"cut {cut!r} has no shape information (or a dynamic axis after the batch "
+                f"axis) after shape inference of {source}; cut at a tensor with a known shape",
+                source="cuts",
+            )
+        tails[cut] = tail
+    return tails
+
+
+@dataclass(frozen=True)
+class _HeadInputs:
+    """What each trained head reads at its cut: pooling, mask input and prefix tokens."""
+
+    mask_name: str | None
+    pools: dict[str, str]
+    masks: dict[str, str]
+    prefixes: dict[str, int]
+
+
+def _head_inputs(
+    specs: Sequence[InputSpec],
+    untrained: list[str],
+    tails: Mapping[str, tuple[int, ...]],
+    pool: str,
+    mask: str | None,
+    source: Path,
+) -> _HeadInputs:
+    """Choose each trained head's pooling and, for ``mean`` over tokens, the mask input
+    and how many tokens the model prepends to it."""
+    mask_name = _mask_input(specs, mask, source)
+    integer_input = any(np.dtype(s.dtype).kind != "f" for s in specs)
+    pools: dict[str, str] = {}
+    masks: dict[str, str] = {}
+    prefixes: dict[str, int] = {}
+    for cut in untrained:
+        tokens = is_token_sequence(tails[cut], len(specs[0].shape), integer_input)
+        try:
+            pools[cut] = choose_pool(tails[cut], pool, tokens=tokens)
+        except ValueError as e:
+            raise InputError(f"cut {cut!r}: {e}", source="pool") from None
+        if pools[cut] == "mean" and mask_name is not None:
+            mask_spec = next(s for s in specs if s.name == mask_name)
+            extra_tokens = tails[cut][0] - int(mask_spec.shape[1])
+            if len(mask_spec.shape) != 2 or not 0 <= extra_tokens <= 2:
+                raise InputError(
+                    f"mask input {mask_name!r} has per-sample shape {list(mask_spec.shape[1:])}"
+                    f" but cut {cut!r} has {tails[cut][0]} tokens (up to 2 prepended tokens "
+                    "such as [CLS] are allowed)",
+                    source="mask",
+                )
+            masks[cut] = mask_name
+            prefixes[cut] = extra_tokens
+    if pool in TOKEN_POOLS and not untrained:
+        raise InputError(f"{pool!r} applies to trained heads; no cut has one", source="pool")
+    return _HeadInputs(mask_name, pools, masks, prefixes)
+
+
+def _no_calibration(untrained: list[str]) -> InputError:
+    """The error for cuts that need a trained head when no calibration set is given."""
+    return InputError(
+        f"cuts {untrained} have no exit head: map each to an existing output (heads) or "
+        "give a calibration npz (calibration) to train linear heads",
+        source="calibration",
+    )
+
+
+def _ticker(progress: Progress | None, total: int) -> Callable[[str], None]:
+    """A callback that counts finished pieces of work and reports them to `progress`."""
+    done = 0
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(label, done, total)
+
+    return tick
+
+
+def _build_steps(
+    model: onnx.ModelProto,
+    plans: Sequence[_Plan],
+    final: str,
+    trained: Mapping[str, LinearHead],
+    source: Path,
+    tick: Callable[[str], None],
+) -> tuple[list[Step], list[list[tuple[str, str | LinearHead]]]]:
+    """Extract each planned step (attaching its trained head, if any); also return, per
+    step, the (step output, source tensor or head) pairs the parity check compares."""
+    steps: list[Step] = []
+    checks: list[list[tuple[str, str | LinearHead]]] = []
+    for i, plan in enumerate(plans):
+        if plan.activation is None:
+            step_model = _extract(model, plan, [final], i, source)
+            steps.append(Step(step_model, logits=final))
+            checks.append([(final, final)])
+        elif plan.head is not None:
+            step_model = _extract(model, plan, [plan.activation, plan.head], i, source)
+            steps.append(Step(step_model, plan.head, plan.activation, head_input=plan.activation))
+            checks.append([(plan.activation, plan.activation), (plan.head, plan.head)])
+        else:
+            stage = _extract(model, plan, [plan.activation], i, source)
+            head = trained[plan.activation]
+            step_model, head_logits = attach_head(stage, plan.activation, head, f"exit{i}/")
+            steps.append(Step(step_model, head_logits, plan.activation, head_input=plan.activation))
+            checks.append([(plan.activation, plan.activation), (head_logits, head)])
+        tick(f"extracted step {i}")
+    return steps, checks
+
+
+def _head_records(
+    cuts: Sequence[str], heads: Mapping[str, str], trained: Mapping[str, LinearHead]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The manifest's record of each exit head, and the overfitting warnings."""
+    head_info: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for cut in cuts:
+        if cut in heads:
+            head_info.append({"cut": cut, "kind": "own", "output": heads[cut]})
+            continue
+        h = trained[cut]
+        head_info.append(
+            {
+                "cut": cut,
+                "kind": "trained-linear",
+                "pool": h.pool,
+                "mask": h.mask,
+                "mask_prefix_tokens": h.prefix,
+                "features": int(h.weight.shape[0]),
+                "train_accuracy": round(h.train_accuracy, 6),
+                "heldout_accuracy": round(h.heldout_accuracy, 6),
+                "train_samples": h.train_samples,
+                "heldout_samples": h.heldout_samples,
+                "ridge": h.ridge,
+                "temperature": h.temperature,
+            }
+        )
+        msg = overfit_message(h, cut)
+        if msg:
+            notes.append(msg)
+    return head_info, notes
 
 
 def export_onnx(
@@ -450,168 +678,66 @@ def export_onnx(
     source = Path(model_path)
     heads = dict(heads or {})
     cuts = list(cuts)
-    if not cuts:
-        raise InputError("give at least one cut", source="cuts")
-    if len(set(cuts)) != len(cuts):
-        raise InputError(f"a tensor is repeated: {cuts}", source="cuts")
-    if pool not in POOLS:
-        raise InputError(f"must be one of {POOLS}, got {pool!r}", source="pool")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"must be a positive integer, got {batch_size!r}", source="batch_size")
-    for name, v in (("parity_rtol", parity_rtol), ("parity_atol", parity_atol)):
-        if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
-            raise InputError(f"must be a finite number >= 0, got {v!r}", source=name)
-    for cut in heads:
-        if cut not in cuts:
-            raise InputError(
-                f"head given for {cut!r}, which is not one of the cuts", source="heads"
-            )
-    raw = _graph.load_source(source)
-    model = _graph.with_dynamic_batch(raw, source, single=False)
+    _check_args(cuts, heads, pool, batch_size, parity_rtol, parity_atol)
+    model = _graph.with_dynamic_batch(_graph.load_source(source), source, single=False)
     specs = _graph.input_specs(model, source)
-    for cut in cuts:
-        _check_cut(model, cut, source, "cuts")
-    for out in heads.values():
-        _check_cut(model, out, source, "heads")
-    final = _final_logits(model, heads, logits, source)
-    if final in cuts:
-        raise InputError(f"{final!r} is the final logits; cut before it", source="cuts")
-    num_classes = _classes(model, final, source, "the final logits")
-    for cut, out in heads.items():
-        if _classes(model, out, source, f"head output of {cut!r}") != num_classes:
-            raise InputError(
-                f"head {out!r} has a different class count than {final!r} in {source}",
-                source="heads",
-            )
-    infos = _graph.value_infos(model)
-    tails = {}
-    for cut in cuts:
-        tail = _graph.static_tail(infos.get(cut))
-        if tail is None:
-            raise InputError(
-                f"cut {cut!r} has no shape information (or a dynamic axis after the batch "
-                f"axis) after shape inference of {source}; cut at a tensor with a known shape",
-                source="cuts",
-            )
-        tails[cut] = tail
+    final, num_classes = _check_exits(model, cuts, heads, logits, source)
+    tails = _cut_tails(model, cuts, source)
     untrained = [c for c in cuts if c not in heads]
     if untrained and calibration is None:
-        raise InputError(
-            f"cuts {untrained} have no exit head: map each to an existing output (heads) or "
-            "give a calibration npz (calibration) to train linear heads",
-            source="calibration",
-        )
-    mask_name = _mask_input(specs, mask, source)
-    integer_input = any(np.dtype(s.dtype).kind != "f" for s in specs)
-    pools: dict[str, str] = {}
-    masks: dict[str, str] = {}
-    prefixes: dict[str, int] = {}
-    for cut in untrained:
-        tokens = is_token_sequence(tails[cut], len(specs[0].shape), integer_input)
-        try:
-            pools[cut] = choose_pool(tails[cut], pool, tokens=tokens)
-        except ValueError as e:
-            raise InputError(f"cut {cut!r}: {e}", source="pool") from None
-        if pools[cut] == "mean" and mask_name is not None:
-            mask_spec = next(s for s in specs if s.name == mask_name)
-            extra_tokens = tails[cut][0] - int(mask_spec.shape[1])
-            if len(mask_spec.shape) != 2 or not 0 <= extra_tokens <= 2:
-                raise InputError(
-                    f"mask input {mask_name!r} has per-sample shape {list(mask_spec.shape[1:])}"
-                    f" but cut {cut!r} has {tails[cut][0]} tokens (up to 2 prepended tokens "
-                    "such as [CLS] are allowed)",
-                    source="mask",
-                )
-            masks[cut] = mask_name
-            prefixes[cut] = extra_tokens
-    if pool in TOKEN_POOLS and not untrained:
-        raise InputError(f"{pool!r} applies to trained heads; no cut has one", source="pool")
-    plans = _plan(model, specs, cuts, heads, final, mask_name, masks, source)
+        raise _no_calibration(untrained)
+    hi = _head_inputs(specs, untrained, tails, pool, mask, source)
+    plans = _plan(model, specs, cuts, heads, final, hi.mask_name, hi.masks, source)
     _check_batch(model, specs, final, source)
     calib = open_calibration(calibration, specs, num_classes) if untrained else None
     n_batches = -(-calib.n // batch_size) if calib is not None else 0
-    total = n_batches + len(untrained) + len(plans) + 1
-    done = 0
-
-    def tick(label: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(label, done, total)
-
+    tick = _ticker(progress, n_batches + len(untrained) + len(plans) + 1)
     trained: dict[str, LinearHead] = {}
     sample: list[dict[str, np.ndarray]] = []
     if calib is not None:
         trained, sample = _train_heads(
-            model,
-            calib,
-            untrained,
-            pools,
-            masks,
-            prefixes,
-            num_classes,
-            batch_size,
-            seed,
-            source,
-            tick,
+            model, calib, untrained, hi, num_classes, batch_size, seed, source, tick
         )
-
-    steps: list[Step] = []
-    checks: list[list[tuple[str, str | LinearHead]]] = []
-    for i, plan in enumerate(plans):
-        if plan.activation is None:
-            step_model = _extract(model, plan, [final], i, source)
-            steps.append(Step(step_model, logits=final))
-            checks.append([(final, final)])
-        elif plan.head is not None:
-            step_model = _extract(model, plan, [plan.activation, plan.head], i, source)
-            steps.append(Step(step_model, plan.head, plan.activation, head_input=plan.activation))
-            checks.append([(plan.activation, plan.activation), (plan.head, plan.head)])
-        else:
-            stage = _extract(model, plan, [plan.activation], i, source)
-            head = trained[plan.activation]
-            step_model, head_logits = attach_head(stage, plan.activation, head, f"exit{i}/")
-            steps.append(Step(step_model, head_logits, plan.activation, head_input=plan.activation))
-            checks.append([(plan.activation, plan.activation), (head_logits, head)])
-        tick(f"extracted step {i}")
-
+    steps, checks = _build_steps(model, plans, final, trained, source, tick)
     feeds = _graph.example_feeds(model, specs, seed) + sample
     worst = _parity(model, steps, checks, feeds, source, parity_rtol, parity_atol)
     tick("checked parity")
-    head_info: list[dict[str, Any]] = []
-    notes: list[str] = []
-    for cut in cuts:
-        if cut in heads:
-            head_info.append({"cut": cut, "kind": "own", "output": heads[cut]})
-            continue
-        h = trained[cut]
-        head_info.append(
-            {
-                "cut": cut,
-                "kind": "trained-linear",
-                "pool": h.pool,
-                "mask": h.mask,
-                "mask_prefix_tokens": h.prefix,
-                "features": int(h.weight.shape[0]),
-                "train_accuracy": round(h.train_accuracy, 6),
-                "heldout_accuracy": round(h.heldout_accuracy, 6),
-                "train_samples": h.train_samples,
-                "heldout_samples": h.heldout_samples,
-                "ridge": h.ridge,
-                "temperature": h.temperature,
-            }
-        )
-        msg = overfit_message(h, cut)
-        if msg:
-            notes.append(msg)
+    extra = _manifest_extra(cuts, heads, trained, final, worst, parity_rtol, parity_atol)
+    return _write_split(out_dir, source, specs, num_classes, steps, extra, force)
+
+
+def _manifest_extra(
+    cuts: list[str],
+    heads: Mapping[str, str],
+    trained: Mapping[str, LinearHead],
+    final: str,
+    worst: float,
+    rtol: float,
+    atol: float,
+) -> dict[str, Any]:
+    """The manifest's ``extra``: the cuts, the heads, the parity check and any warnings."""
+    head_info, notes = _head_records(cuts, heads, trained)
     extra: dict[str, Any] = {
         "cuts": cuts,
         "logits": final,
         "heads": head_info,
-        "parity": {"max_abs_error": worst, "rtol": parity_rtol, "atol": parity_atol},
+        "parity": {"max_abs_error": worst, "rtol": rtol, "atol": atol},
     }
     if notes:
         extra["warnings"] = notes
+    return extra
+
+
+def _write_split(
+    out_dir: str | os.PathLike[str],
+    source: Path,
+    specs: Sequence[InputSpec],
+    num_classes: int,
+    steps: Sequence[Step],
+    extra: dict[str, Any],
+    force: bool,
+) -> Bundle:
+    """Write the steps as an early-exit bundle that names its source model."""
     return write_bundle(
         out_dir,
         kind="early-exit",

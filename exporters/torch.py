@@ -31,6 +31,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -294,6 +295,94 @@ def _parity(
     return worst
 
 
+@dataclass(frozen=True)
+class _Aux:
+    """The model inputs each stage, head and step reads beside the activation."""
+
+    stage: list[list[str]]
+    head: list[list[str]]
+    step: list[list[str]]
+
+
+def _aux(stages: Sequence[Any], heads: Sequence[Any], names: list[str]) -> _Aux:
+    """Read from each module's ``forward`` which model inputs it takes after the
+    activation; step 0 reads every input."""
+    stage_aux = [[]] + [_aux_inputs(m, names, f"stages[{k}]") for k, m in enumerate(stages[1:], 1)]
+    head_aux = [_aux_inputs(m, names, f"heads[{k}]") for k, m in enumerate(heads)]
+    step_aux = [
+        names if i == 0 else [n for n in names if n in {*stage_aux[i], *head_aux[i]}]
+        for i in range(len(stages))
+    ]
+    return _Aux(stage_aux, head_aux, step_aux)
+
+
+def _trace_steps(
+    stages: Sequence[Any],
+    heads: Sequence[Any],
+    names: list[str],
+    tensors: list[Any],
+    aux: _Aux,
+    opset: int,
+) -> list[Step]:
+    """Trace each (stage, head) pair into one step, feeding each the previous stage's
+    output on the example."""
+    steps: list[Step] = []
+    a: Any = None
+    for i, (stage, head) in enumerate(zip(stages, heads, strict=True)):
+        last = i == len(stages) - 1
+        act, logits = f"activation{i}", f"logits{i}"
+        env = dict(zip(names, tensors, strict=True))
+        if i == 0:
+            args, in_names = list(tensors), list(names)
+        else:
+            args = [a, *[env[n] for n in aux.step[i]]]
+            in_names = [f"activation{i - 1}", *aux.step[i]]
+        module = _step_module(stage, head, i == 0, aux.step[i], aux.stage[i], aux.head[i])
+        model = _trace(module, args, in_names, (act, logits), opset, f"steps[{i}]")
+        if last:
+            _strip_output(model, act)
+        steps.append(Step(model, logits=logits, activation=None if last else act, head_input=act))
+        a = stage(*args)
+    return steps
+
+
+def _check_steps(
+    stages: Sequence[Any],
+    heads: Sequence[Any],
+    steps: list[Step],
+    specs: Sequence[InputSpec],
+    names: list[str],
+    tensors: list[Any],
+    aux: _Aux,
+    rtol: float,
+    atol: float,
+) -> tuple[list[float], int]:
+    """Compare the chained steps with the torch modules; return each state's worst
+    error and the class count."""
+
+    def reference(xs: list[Any]) -> list[Any]:
+        env = dict(zip(names, xs, strict=True))
+        out, h = [], None
+        for k, (stage, head) in enumerate(zip(stages, heads, strict=True)):
+            h = stage(*xs) if k == 0 else stage(h, *[env[n] for n in aux.stage[k]])
+            out.append(head(h, *[env[n] for n in aux.head[k]]))
+        return out
+
+    def feeds(
+        i: int, previous: list[np.ndarray], example: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        if i == 0:
+            return dict(example)
+        return {f"activation{i - 1}": previous[0], **{n: example[n] for n in aux.step[i]}}
+
+    sessions = [_graph.session(s.model) for s in steps]
+    outputs = [[n for n in (s.activation, s.logits) if n] for s in steps]
+    examples = _graph.example_feeds(steps[0].model, specs)
+    worst = _parity(sessions, feeds, reference, examples, outputs, rtol, atol)
+    num_classes = int(reference([t[:1] for t in tensors])[-1].shape[-1])
+    return worst, num_classes
+
+
 def export_torch(
     stages: Sequence[torch.nn.Module],
     heads: Sequence[torch.nn.Module],
@@ -329,53 +418,12 @@ def export_torch(
         raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", source="opset")
     specs, tensors = _check_example(example_input, input_name)
     names = [s.name for s in specs]
-    stage_aux = [[]] + [_aux_inputs(m, names, f"stages[{k}]") for k, m in enumerate(stages[1:], 1)]
-    head_aux = [_aux_inputs(m, names, f"heads[{k}]") for k, m in enumerate(heads)]
-    step_aux = [
-        names if i == 0 else [n for n in names if n in {*stage_aux[i], *head_aux[i]}]
-        for i in range(len(stages))
-    ]
+    aux = _aux(stages, heads, names)
     with _eval_mode([*stages, *heads]):
-        steps: list[Step] = []
-        a: Any = None
-        for i, (stage, head) in enumerate(zip(stages, heads, strict=True)):
-            last = i == len(stages) - 1
-            act, logits = f"activation{i}", f"logits{i}"
-            env = dict(zip(names, tensors, strict=True))
-            if i == 0:
-                args, in_names = list(tensors), list(names)
-            else:
-                args = [a, *[env[n] for n in step_aux[i]]]
-                in_names = [f"activation{i - 1}", *step_aux[i]]
-            module = _step_module(stage, head, i == 0, step_aux[i], stage_aux[i], head_aux[i])
-            model = _trace(module, args, in_names, (act, logits), opset, f"steps[{i}]")
-            if last:
-                _strip_output(model, act)
-            steps.append(
-                Step(model, logits=logits, activation=None if last else act, head_input=act)
-            )
-            a = stage(*args)
-
-        def reference(xs: list[Any]) -> list[Any]:
-            env = dict(zip(names, xs, strict=True))
-            out, h = [], None
-            for k, (stage, head) in enumerate(zip(stages, heads, strict=True)):
-                h = stage(*xs) if k == 0 else stage(h, *[env[n] for n in stage_aux[k]])
-                out.append(head(h, *[env[n] for n in head_aux[k]]))
-            return out
-
-        def feeds(
-            i: int, previous: list[np.ndarray], example: dict[str, np.ndarray]
-        ) -> dict[str, np.ndarray]:
-            if i == 0:
-                return dict(example)
-            return {f"activation{i - 1}": previous[0], **{n: example[n] for n in step_aux[i]}}
-
-        sessions = [_graph.session(s.model) for s in steps]
-        outputs = [[n for n in (s.activation, s.logits) if n] for s in steps]
-        examples = _graph.example_feeds(steps[0].model, specs)
-        worst = _parity(sessions, feeds, reference, examples, outputs, parity_rtol, parity_atol)
-        num_classes = int(reference([t[:1] for t in tensors])[-1].shape[-1])
+        steps = _trace_steps(stages, heads, names, tensors, aux, opset)
+        worst, num_classes = _check_steps(
+            stages, heads, steps, specs, names, tensors, aux, parity_rtol, parity_atol
+        )
     return write_bundle(
         out_dir,
         kind="early-exit",
@@ -407,6 +455,18 @@ def export_torch_model(
         )
     stages, heads = getattr(model, "stages"), getattr(model, "heads")  # noqa: B009
     return export_torch(stages, heads, example_input, out_dir, **kwargs)
+
+
+def _trace_family(
+    models: list[Any], names: list[str], tensors: list[Any], inputs: list[str], opset: int
+) -> tuple[list[Any], list[onnx.ModelProto], list[str]]:
+    """Trace every model; return the models, their ONNX graphs and their names ordered
+    by FLOPs, cheapest first (ties keep the given order)."""
+    onnx_models = [
+        _trace(m, tensors, inputs, ("logits",), opset, f"models[{k}]") for k, m in enumerate(models)
+    ]
+    order = sorted(range(len(models)), key=lambda k: count_flops(onnx_models[k]).flops)
+    return [models[k] for k in order], [onnx_models[k] for k in order], [names[k] for k in order]
 
 
 def export_torch_family(
@@ -443,13 +503,7 @@ def export_torch_family(
     specs, tensors = _check_example(example_input, input_name)
     inputs = [s.name for s in specs]
     with _eval_mode(models):
-        onnx_models = [
-            _trace(m, tensors, inputs, ("logits",), opset, f"models[{k}]")
-            for k, m in enumerate(models)
-        ]
-        order = sorted(range(len(models)), key=lambda k: count_flops(onnx_models[k]).flops)
-        models, onnx_models = [models[k] for k in order], [onnx_models[k] for k in order]
-        names = [names[k] for k in order]
+        models, onnx_models, names = _trace_family(models, names, tensors, inputs, opset)
         worst = _parity(
             [_graph.session(m) for m in onnx_models],
             lambda i, previous, example: dict(example),

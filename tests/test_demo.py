@@ -155,7 +155,7 @@ def test_a_rebuilt_evaluation_rebuilds_the_plan(demo):
 
 def test_cli_prints_summary_and_json(demo):
     out, _, _ = demo
-    text = _cli("demo", "--out", out, "--samples", 20)
+    text = _cli("demo", "-o", out, "--samples", 20)
     for words in ("oracle bounds", "exact oracle (eq. 4/5)", "alpha=1 (eq. 9)", "plan: keep"):
         assert words in text
     # the demo labels its bounds as `edgeadapt bound` does, one row per bound
@@ -184,7 +184,7 @@ def test_cli_prints_summary_and_json(demo):
         "; against the static model (",
     ):
         assert words in text, words
-    doc = json.loads(_cli("demo", "--out", out, "--samples", 20, "--json"))
+    doc = json.loads(_cli("demo", "--output", out, "--samples", 20, "--json"))
     assert [b["bundle"] for b in doc["bundles"]] == ["mnist1d-multiexit", "mnist1d-family"]
     assert doc["bundles"][0]["run"]["samples"] == 20
     first = doc["bundles"][0]

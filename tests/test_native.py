@@ -2,7 +2,10 @@
 UBSan build, the `classify` example's error codes on bad files, and parity with
 `AdaptiveModel` on OpenVINO: same predictions, exit states, confidences and budget exits
 on every sample of the shipped bundles, with a plan, with plain thresholds and with a
-budget. Both builds are made once per session (about a minute each on 2 cores)."""
+budget; of a gate plan made by the planner; and of a BERT-style bundle with two int64
+inputs read from an .npz. A plan's runtime block sets the runner's threads unless
+`--threads` overrides it. Both builds are made once per session (about a minute each on
+2 cores)."""
 
 import json
 import os
@@ -16,7 +19,10 @@ import pytest
 from edgeadapt.bundle import load_bundle
 from edgeadapt.cascade import AdaptiveModel
 from edgeadapt.datasets import mnist1d_splits
-from edgeadapt.plan import BudgetRow, Plan, save_plan
+from edgeadapt.evaluate import evaluate_bundle
+from edgeadapt.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
+from edgeadapt.planner import Outcomes, make_plan
+from tests.multi_input import token_batch, transformer_bundle
 from tests.plans import runner_plan
 from tests.tiny import UNLISTED
 
@@ -211,6 +217,364 @@ def test_native_matches_adaptive_model_on_every_sample(native, inputs, tmp_path,
     else:
         assert len(exits) > 1, "the case should exit at several states"
         assert not want["budget_exit"].any()
+
+
+def _classify(native: Path, bundle: Path, data: Path, out: Path, *args) -> dict:
+    done = _run([native / "examples" / "classify", bundle, data, "--json", out, "--quiet", *args])
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    doc["stderr"] = done.stderr
+    return doc
+
+
+def _assert_same(native_out: dict, want: dict) -> None:
+    """Every sample: same exit state, prediction, budget exit and float32 confidence."""
+    np.testing.assert_array_equal(native_out["exit_state"], want["exit_state"])
+    np.testing.assert_array_equal(native_out["pred"], want["pred"])
+    np.testing.assert_array_equal(native_out["budget_exit"], want["budget_exit"])
+    conf = np.array([np.nan if c is None else c for c in native_out["conf"]], dtype=np.float32)
+    np.testing.assert_array_equal(conf, want["conf"])  # bit for bit (NaN where NaN)
+
+
+def _python_rows(model: AdaptiveModel, x, batch: int, budget=None) -> dict:
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    outs = []
+    for i in range(0, n, batch):
+        part = (
+            {k: v[i : i + batch] for k, v in x.items()} if isinstance(x, dict) else x[i : i + batch]
+        )
+        outs.append(model.predict(part, budget_ms=budget))
+    return {
+        k: np.concatenate([getattr(o, k) for o in outs])
+        for k in ("pred", "exit_state", "conf", "budget_exit")
+    }
+
+
+# --------------------------------------------------------------------------- gate plans
+
+
+@pytest.fixture(scope="module")
+def gate_plan(tmp_path_factory) -> Path:
+    """A gate plan (format version 2) the planner made for the demo bundle from its
+    evaluation on 600 MNIST-1D calibration samples, with a budget table row per kept
+    state."""
+    bundle = load_bundle(MULTIEXIT)
+    split = mnist1d_splits(n_train=10, n_calibration=600, n_test=10).calibration
+    ev = evaluate_bundle(bundle, split.x, split.y, runtime="onnxruntime", threads=1)
+    calib, held = Outcomes.from_evaluation(ev).split(heldout=0.5, seed=1)
+    plan = make_plan(
+        calib,
+        held,
+        [0.1, 0.2, 0.3, 0.4],
+        manifest_sha256=bundle.manifest_sha256,
+        max_drop=0.05,
+        calibration="empirical",
+        policy="gate",
+    )
+    assert plan.gates
+    assert len(plan.states) >= 2
+    path = tmp_path_factory.mktemp("gate") / "plan.json"
+    save_plan(path, plan)
+    assert json.loads(path.read_text())["version"] == 2
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("budget", [None, 1e-6, 1e6])
+def test_native_runs_a_gate_plan_as_adaptive_model_does(
+    native, inputs, gate_plan, tmp_path, batch, budget
+):
+    x = np.load(inputs)
+    args = ["--plan", gate_plan, "--threads", "1", "--batch", str(batch)]
+    if budget is not None:
+        args += ["--budget-ms", str(budget)]
+    got = _classify(native, MULTIEXIT, inputs, tmp_path / "out.json", *args)
+    assert got["policy"] == "gate"
+    with AdaptiveModel.load(MULTIEXIT, "openvino", plan=gate_plan, runtime_options=OV) as m:
+        assert m.gates is not None
+        want = _python_rows(m, x, batch, budget)
+    _assert_same(got, want)
+    plan = load_plan(gate_plan)
+    if budget == 1e-6:  # the budget table's first row: the first kept state, alone
+        assert set(want["exit_state"].tolist()) == {plan.states[0]}
+    else:
+        assert len(np.unique(want["exit_state"])) > 1, (
+            "the gates should exit rows at several states"
+        )
+    if budget != 1e-6:  # a row leaves early when its gate's score reaches the threshold
+        early = want["exit_state"] == plan.states[0]
+        assert early.any()
+        assert (want["conf"][early] >= plan.thresholds[0]).all()
+
+
+def test_native_refuses_a_gate_plan_with_a_missing_gate(native, inputs, gate_plan, tmp_path):
+    doc = json.loads(gate_plan.read_text())
+    doc["policy"]["gates"].pop()
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps(doc))
+    done = _run([native / "examples" / "classify", MULTIEXIT, inputs, "--plan", bad, "--quiet"])
+    assert done.returncode == 2, done.stderr
+    assert str(bad) in done.stderr
+    assert "$.policy.gates" in done.stderr
+
+
+# ------------------------------------------------------------------- several inputs
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory) -> tuple[Path, Path]:
+    """A BERT-style bundle (int64 input_ids and attention_mask; the middle step does not
+    read the mask, the last reads it again) and 200 token rows as an .npz."""
+    d = tmp_path_factory.mktemp("transformer")
+    bundle = transformer_bundle(d / "bundle", masked=(True, False, True))
+    assert [list(s.inputs) for s in bundle.steps] == [
+        ["input_ids", "attention_mask"],
+        ["h1"],
+        ["h2", "attention_mask"],
+    ]
+    np.savez(d / "tokens.npz", **token_batch(200, seed=3))
+    return bundle.path, d / "tokens.npz"
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_native_runs_a_two_input_bundle_as_adaptive_model_does(
+    native, transformer, tmp_path, batch
+):
+    bundle, data = transformer
+    x = dict(np.load(data))
+    got = _classify(
+        native,
+        bundle,
+        data,
+        tmp_path / "o.json",
+        "--thresholds",
+        "0.6",
+        "--threads",
+        "1",
+        "--batch",
+        str(batch),
+    )
+    with AdaptiveModel.load(bundle, "openvino", thresholds=0.6, runtime_options=OV) as m:
+        want = _python_rows(m, x, batch)
+    _assert_same(got, want)
+    counts = np.bincount(want["exit_state"], minlength=3)
+    assert (counts > 0).all(), f"every state should answer some rows: {counts}"
+
+
+def test_native_two_input_bundle_under_a_budget_table(native, transformer, tmp_path):
+    bundle, data = transformer
+    x = dict(np.load(data))
+    plan = tmp_path / "plan.json"
+    # the table picks kept state 1 under 250 ms (costs far above the steps' real ones)
+    save_plan(plan, _plan(bundle, [0, 1, 2], [0.6, 0.6], "maxprob", [100.0, 200.0, 300.0]))
+    args = ["--plan", plan, "--threads", "1", "--batch", "50", "--budget-ms", "250"]
+    got = _classify(native, bundle, data, tmp_path / "o.json", *args)
+    with AdaptiveModel.load(bundle, "openvino", plan=plan, runtime_options=OV) as m:
+        want = _python_rows(m, x, 50, 250.0)
+    _assert_same(got, want)
+    assert set(want["exit_state"][:50].tolist()) <= {0, 1}
+
+
+@pytest.fixture(scope="module")
+def exported_text(tmp_path_factory) -> tuple[Path, Path]:
+    """A torch BERT-style encoder (graphs.text_encoder: [CLS] token, 2 masked layers)
+    exported to ONNX and cut after its first layer by `exporters.onnx.export_onnx` with a
+    trained head pooling the unmasked tokens; 150 token rows as an .npz."""
+    torch = pytest.importorskip("torch", reason="the encoder is exported from torch")
+    from exporters.onnx import export_onnx
+    from tests import graphs
+
+    d = tmp_path_factory.mktemp("exported")
+    names = ["input_ids", "attention_mask"]
+    ids, mask = graphs.text_inputs(4)
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))
+    source = graphs.export_legacy(graphs.text_encoder(), args, names, d / "text.onnx")
+    ids, mask = graphs.text_inputs(200, seed=1)
+    y = np.random.default_rng(0).integers(0, graphs.TEXT_CLASSES, 200)
+    np.savez(d / "calib.npz", input_ids=ids, attention_mask=mask, y=y)
+    cut = graphs.tensor_names(source, "LayerNormalization")[1]  # after layer 1
+    bundle = export_onnx(source, d / "bundle", cuts=[cut], calibration=d / "calib.npz", pool="mean")
+    assert [list(s.inputs) for s in bundle.steps] == [names, [cut, "attention_mask"]]
+    ids, mask = graphs.text_inputs(150, seed=7)
+    np.savez(d / "tokens.npz", input_ids=ids, attention_mask=mask)
+    return bundle.path, d / "tokens.npz"
+
+
+def test_native_runs_a_cut_exported_text_encoder_as_adaptive_model_does(
+    native, exported_text, tmp_path
+):
+    bundle, data = exported_text
+    x = dict(np.load(data))
+    # a threshold between the first exit's confidences, so rows leave at both states
+    with AdaptiveModel.load(bundle, "openvino", thresholds=0.0, runtime_options=OV) as m:
+        first = m.predict(x).conf
+    threshold = float(np.median(first))
+    with AdaptiveModel.load(bundle, "openvino", thresholds=threshold, runtime_options=OV) as m:
+        want = _python_rows(m, x, 40)
+    got = _classify(
+        native,
+        bundle,
+        data,
+        tmp_path / "o.json",
+        "--thresholds",
+        repr(threshold),
+        "--threads",
+        "1",
+        "--batch",
+        "40",
+    )
+    _assert_same(got, want)
+    assert 0 < np.count_nonzero(want["exit_state"] == 0) < len(want["exit_state"])
+
+
+def _bad_tokens(tmp_path: Path, kind: str) -> Path:
+    x = token_batch(8)
+    path = tmp_path / f"{kind}.npz"
+    if kind == "missing-mask":
+        np.savez(path, input_ids=x["input_ids"])
+    elif kind == "float-ids":
+        np.savez(
+            path, input_ids=x["input_ids"].astype(np.float32), attention_mask=x["attention_mask"]
+        )
+    elif kind == "rows-differ":
+        np.savez(path, input_ids=x["input_ids"], attention_mask=x["attention_mask"][:5])
+    elif kind == "compressed":
+        np.savez_compressed(path, **x)
+    elif kind == "bare-npy":
+        path = tmp_path / "ids.npy"
+        np.save(path, x["input_ids"])
+    return path
+
+
+TOKENS_BAD = {
+    "missing-mask": (6, ["missing-mask.npz", "attention_mask", "missing array"]),
+    "float-ids": (6, ["float-ids.npz: input_ids", "expected dtype int64, got float32"]),
+    "rows-differ": (6, ["attention_mask", "has 5 rows", "same number of rows"]),
+    "compressed": (2, ["compressed.npz", "savez_compressed"]),
+    "bare-npy": (6, ["ids.npy", "2 inputs", ".npz"]),
+}
+
+
+@pytest.mark.parametrize("build", ["native", "native_asan"])
+@pytest.mark.parametrize("kind", TOKENS_BAD, ids=list(TOKENS_BAD))
+def test_classify_refuses_bad_token_files(request, transformer, tmp_path, build, kind):
+    code, parts = TOKENS_BAD[kind]
+    exe = request.getfixturevalue(build) / "examples" / "classify"
+    done = _run(
+        [exe, transformer[0], _bad_tokens(tmp_path, kind), "--thresholds", "0.6", "--quiet"],
+        env=SANITIZER_ENV,
+    )
+    assert done.returncode == code, done.stderr
+    assert all(p in done.stderr for p in parts), done.stderr
+    assert "ERROR: AddressSanitizer" not in done.stderr
+
+
+# ------------------------------------------------------------------- runtime block
+
+
+def _with_runtime(tmp_path: Path, block: dict | None) -> Path:
+    path = tmp_path / "plan.json"
+    doc = plan_to_doc(_plan(MULTIEXIT, [0, 3], [0.9], "maxprob", [0.1, 0.2]))
+    if block is not None:
+        doc["runtime"] = block
+    path.write_text(json.dumps(doc))
+    return path
+
+
+ORT_2T = {
+    "runtime": "onnxruntime",
+    "preset": "x86-ort-2t",
+    "precision": "as-exported",
+    "threads": 2,
+    "options": {"device": "cpu", "spin": False, "optimization": "all"},
+}
+
+
+def test_classify_takes_threads_from_the_plans_runtime_block(native, inputs, tmp_path):
+    plain = _classify(
+        native, MULTIEXIT, inputs, tmp_path / "a.json", "--plan", _with_runtime(tmp_path, None)
+    )
+    assert plain["threads"] == 0
+    assert "note" not in plain["stderr"]
+    ort = _classify(
+        native, MULTIEXIT, inputs, tmp_path / "b.json", "--plan", _with_runtime(tmp_path, ORT_2T)
+    )
+    assert ort["threads"] == 2
+    assert "measured on onnxruntime" in ort["stderr"]
+    assert "spin=false" in ort["stderr"]
+    ov = {
+        "runtime": "openvino",
+        "preset": None,
+        "precision": "fp32",
+        "threads": 1,
+        "options": {"hint": "LATENCY", "fast": True},
+    }
+    got = _classify(
+        native, MULTIEXIT, inputs, tmp_path / "c.json", "--plan", _with_runtime(tmp_path, ov)
+    )
+    assert got["threads"] == 1
+    assert "Python runtime reads" in got["stderr"]
+    assert got["pred"] == plain["pred"]  # same model, same answers
+
+
+def test_a_plan_measured_on_openvino_runs_under_its_settings_in_both_runners(
+    native, inputs, tmp_path
+):
+    """A plan saved by the Python side with an OpenVINO runtime configuration: classify
+    and AdaptiveModel (no runtime given) both run it with its 1 thread and hint, and
+    agree on every row."""
+    import dataclasses
+
+    from edgeadapt.presets import RuntimeConfig
+
+    config = RuntimeConfig("openvino", None, "as-exported", 1, {"hint": "LATENCY"})
+    plan = dataclasses.replace(
+        _plan(MULTIEXIT, [0, 2, 3], [0.9, 0.8], "maxprob", [0.1, 0.2, 0.3]), runtime=config
+    )
+    path = tmp_path / "plan.json"
+    save_plan(path, plan)
+    assert json.loads(path.read_text())["runtime"]["threads"] == 1
+    got = _classify(native, MULTIEXIT, inputs, tmp_path / "o.json", "--plan", path, "--batch", "64")
+    assert got["threads"] == 1
+    assert "note" not in got["stderr"]
+    with AdaptiveModel.load(MULTIEXIT, plan=path) as m:
+        assert m.runtime == config
+        want = _python_rows(m, np.load(inputs), 64)
+    _assert_same(got, want)
+
+
+def test_classify_threads_option_overrides_the_plan_and_says_so(native, inputs, tmp_path):
+    got = _classify(
+        native,
+        MULTIEXIT,
+        inputs,
+        tmp_path / "o.json",
+        "--plan",
+        _with_runtime(tmp_path, ORT_2T),
+        "--threads",
+        "1",
+    )
+    assert got["threads"] == 1
+    assert "the given threads (1) override the plan's runtime setting (2 threads)" in got["stderr"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        ({"options": {"allow_magic": True}}, "$.runtime.options.allow_magic"),
+        ({"threads": 0}, "$.runtime.threads"),
+        ({"runtime": "tvm"}, "$.runtime.runtime"),
+        ({"options": {"spin": [1]}}, "$.runtime.options.spin"),
+    ],
+)
+def test_classify_refuses_a_bad_runtime_block_naming_the_field(
+    native, inputs, tmp_path, edit, field
+):
+    plan = _with_runtime(tmp_path, {**ORT_2T, **edit})
+    done = _run([native / "examples" / "classify", MULTIEXIT, inputs, "--plan", plan, "--quiet"])
+    assert done.returncode == 2, done.stderr
+    assert str(plan) in done.stderr, done.stderr
+    assert field in done.stderr, done.stderr
 
 
 # --------------------------------------------------------------------------- bad files

@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
         outputs.push_back(s.logits);
         sessions.push_back(backend->load(s.path, s.inputs, outputs));
     }
-    const std::int64_t row = bundle.input.row_elements();
+    const std::int64_t row = bundle.inputs[0].row_elements();
     std::vector<float> x(static_cast<std::size_t>(row));
     std::mt19937 gen(0);
     std::normal_distribution<float> normal;
@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
             const ea::Step& s = bundle.steps[i];
             const Clock::time_point ts = Clock::now();
             for (std::size_t j = 0; j < s.inputs.size(); ++j) {
-                if (s.inputs[j] == bundle.input.name) {
+                if (s.inputs[j] == bundle.inputs[0].name) {
                     sessions[i]->set_input(j, x.data(), 1, row);
                 } else {
                     const ea::TensorView& v = prev[s.inputs[j] == bundle.steps[i - 1].activation ? 0 : 1];

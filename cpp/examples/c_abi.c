@@ -3,7 +3,8 @@
  * The loop of a native app, sketched: for each frame, run the states in order, let
  * edgeadapt_decide give the prediction and confidence of the state's logits, ask
  * edgeadapt_policy_next whether to exit, continue or stop for the budget, and fold the
- * state's latency into the policy's cost table (edgeadapt_policy_observe). Here fixed
+ * latency of the state's hop (its steps) into the policy's cost table
+ * (edgeadapt_policy_observe). Here fixed
  * logits stand in for the model and each state takes its predicted time, so the run is
  * deterministic; it checks its own decisions and exits 1 if one differs.
  *
@@ -52,14 +53,14 @@ int main(void) {
             float conf;
             uint8_t exit_mask;
             int64_t keep, n_keep;
-            double step_ms;
+            double hop_ms;
             if (!check(edgeadapt_decide(logits[f][state], 1, CLASSES, EDGEADAPT_MAXPROB,
                                         state + 1 < STATES ? thresholds[state] : 0.0, &pred,
                                         &conf, &exit_mask, &keep, &n_keep)) ||
-                !check(edgeadapt_policy_predicted_ms(policy, state, &step_ms)))
+                !check(edgeadapt_policy_predicted_ms(policy, state, &hop_ms)))
                 return 1;
-            elapsed += step_ms; /* a real app measures the state's latency here */
-            if (!check(edgeadapt_policy_observe(policy, state, step_ms)) ||
+            elapsed += hop_ms; /* a real app measures the hop's latency here */
+            if (!check(edgeadapt_policy_observe(policy, state, hop_ms)) ||
                 !check(edgeadapt_policy_next(policy, state, conf, elapsed, budget[f], &action)))
                 return 1;
             if (action != EDGEADAPT_CONTINUE) {

@@ -1,10 +1,16 @@
-// classify: run a bundle's adaptive cascade on the samples of a .npy file.
+// classify: run a bundle's adaptive cascade on the samples of a .npy or .npz file.
 //
-//   classify BUNDLE INPUTS.npy (--plan PLAN.json | --thresholds T[,T...]) [--measure M]
+//   classify BUNDLE INPUTS.(npy|npz) (--plan PLAN.json | --thresholds T[,T...]) [--measure M]
 //            [--budget-ms B] [--step-costs-ms C0,C1,...] [--backend openvino]
 //            [--device CPU] [--threads N] [--batch N] [--warmup N] [--json OUT.json] [--quiet]
 //
-// INPUTS.npy is float32, C order, [N, *bundle input shape]. The samples run in batches
+// INPUTS holds the bundle's model inputs as `edgeadapt run --input` reads them: an .npz
+// (numpy.savez) with one array per input named as the input, [N, *input shape] of its
+// dtype (float32, or int64 token ids and masks); a one-input bundle also takes a bare
+// .npy or an .npz key `x`. A plan may be a threshold or a gate plan (version 1 or 2);
+// its runtime block, when present, sets the backend's threads and the options it
+// understands (see edgeadapt::runner::apply_runtime) unless --threads or --device is
+// given, and every setting not applied is noted on stderr. The samples run in batches
 // of --batch (default: all at once), after --warmup untimed passes over them without a
 // budget: OpenVINO compiles kernels for each new shape on first use (~5 ms here), and
 // the policy folds every measured step time into its cost table, so a cold first call
@@ -45,13 +51,14 @@ struct Args {
     std::vector<double> thresholds, step_costs;
     double budget_ms = edgeadapt::kNoBudget;
     ea::BackendOptions backend_options;
+    ea::GivenSettings given;
     std::int64_t batch = 0, warmup = 0;
     bool quiet = false;
 };
 
 int usage(const std::string& why) {
     std::fprintf(stderr,
-                 "classify: %s\nusage: classify BUNDLE INPUTS.npy (--plan PLAN.json | --thresholds "
+                 "classify: %s\nusage: classify BUNDLE INPUTS.(npy|npz) (--plan PLAN.json | --thresholds "
                  "T[,T...]) [--measure M] [--budget-ms B] [--step-costs-ms C0,C1,...] "
                  "[--backend openvino|tensorrt] [--device D] [--threads N] [--batch N] [--warmup N] "
                  "[--json OUT.json] [--quiet]\n",
@@ -106,6 +113,7 @@ int parse(int argc, char** argv, Args& a) {
             a.backend = v;
         } else if (opt == "--device") {
             a.backend_options.device = v;
+            a.given.device = true;
         } else if (opt == "--threads" || opt == "--batch" || opt == "--warmup") {
             // bounded before the cast: a double past the integer's range is undefined behaviour
             const double most = opt == "--threads" ? kMaxThreads : opt == "--batch" ? kMaxBatch : kMaxWarmup;
@@ -114,6 +122,7 @@ int parse(int argc, char** argv, Args& a) {
                              std::to_string(static_cast<long long>(most)) + ", got " + v);
             if (opt == "--threads") {
                 a.backend_options.threads = static_cast<int>(num);
+                a.given.threads = true;
             } else {
                 (opt == "--batch" ? a.batch : a.warmup) = static_cast<std::int64_t>(num);
             }
@@ -123,7 +132,7 @@ int parse(int argc, char** argv, Args& a) {
             return usage("unknown option " + opt);
         }
     }
-    if (positional.size() != 2) return usage("expected BUNDLE and INPUTS.npy");
+    if (positional.size() != 2) return usage("expected BUNDLE and INPUTS (.npy or .npz)");
     a.bundle = positional[0];
     a.inputs = positional[1];
     if (a.plan.empty() == a.thresholds.empty()) return usage("give --plan or --thresholds");
@@ -177,27 +186,36 @@ int main(int argc, char** argv) {
 
     ea::Bundle bundle;
     if (auto e = ea::load_bundle(a.bundle, bundle)) return report(e);
-    edgeadapt::examples::NpyArray x;
-    if (auto e = edgeadapt::examples::read_npy(a.inputs, x)) return report(e);
-    const std::vector<std::int64_t>& dims = bundle.input.dims;
-    if (x.shape.size() != dims.size() + 1 || !std::equal(dims.begin(), dims.end(), x.shape.begin() + 1) ||
-        x.shape[0] < 1) {
-        std::string want = "[N";
-        for (auto d : dims) want += ", " + std::to_string(d);
-        return report({ea::Code::Input, a.inputs + ": expected shape " + want + "] with N >= 1"});
-    }
-    const std::int64_t n = x.shape[0];
-    const std::int64_t row = bundle.input.row_elements();
+    edgeadapt::examples::InputArrays x;
+    if (auto e = edgeadapt::examples::read_inputs(a.inputs, bundle.inputs, x)) return report(e);
+    const std::int64_t n = x.rows;
+    // bytes of one row of each input, to point each batch at its first row
+    std::vector<std::int64_t> row_bytes;
+    for (std::size_t k = 0; k < bundle.inputs.size(); ++k)
+        row_bytes.push_back(bundle.inputs[k].row_elements() *
+                            static_cast<std::int64_t>(ea::dtype_size(x.arrays[k].dtype)));
+    std::vector<const void*> feed(bundle.inputs.size());
+    const auto rows_from = [&](std::int64_t first) -> const std::vector<const void*>& {
+        for (std::size_t k = 0; k < feed.size(); ++k)
+            feed[k] = static_cast<const unsigned char*>(x.arrays[k].raw()) + first * row_bytes[k];
+        return feed;
+    };
     const std::int64_t batch = a.batch > 0 ? std::min(a.batch, n) : n;
     a.backend_options.max_batch = static_cast<int>(std::min<std::int64_t>(batch, 1 << 30));
+    ea::Plan plan;
+    if (!a.plan.empty()) {
+        if (auto e = ea::load_plan(a.plan, plan)) return report(e);
+        std::vector<std::string> notes;
+        if (auto e = ea::apply_runtime(plan, a.backend, a.given, a.backend_options, notes))
+            return report(e);
+        for (const std::string& note : notes) std::fprintf(stderr, "classify: note: %s\n", note.c_str());
+    }
     std::shared_ptr<ea::Backend> backend;
     if (auto e = ea::make_backend(a.backend, a.backend_options, backend)) return report(e);
     ea::RunnerOptions options;
     options.step_costs_ms = a.step_costs;
     std::unique_ptr<ea::Runner> runner;
     if (!a.plan.empty()) {
-        ea::Plan plan;
-        if (auto e = ea::load_plan(a.plan, plan)) return report(e);
         if (auto e = ea::Runner::create(bundle, plan, backend, options, runner)) return report(e);
     } else {
         edgeadapt::Measure measure;
@@ -213,14 +231,14 @@ int main(int argc, char** argv) {
     for (std::int64_t w = 0; w < a.warmup; ++w) {
         for (std::int64_t first = 0; first < n; first += batch) {
             const std::int64_t b = std::min(batch, n - first);
-            if (auto e = runner->predict(x.data.data() + first * row, b, edgeadapt::kNoBudget, out))
+            if (auto e = runner->predict(rows_from(first), b, edgeadapt::kNoBudget, out))
                 return report(e);
         }
     }
     if (!a.quiet) std::printf("%8s %6s %5s %10s\n", "sample", "state", "pred", "conf");
     for (std::int64_t first = 0; first < n; first += batch) {
         const std::int64_t b = std::min(batch, n - first);
-        if (auto e = runner->predict(x.data.data() + first * row, b, a.budget_ms, out)) return report(e);
+        if (auto e = runner->predict(rows_from(first), b, a.budget_ms, out)) return report(e);
         call_ms.push_back(out.total_ms);
         calls.push_back({{"rows", b}, {"total", out.total_ms}, {"steps", out.step_ms},
                          {"step_rows", out.step_rows}, {"step_index", out.step_index}});
@@ -257,6 +275,8 @@ int main(int argc, char** argv) {
                                     {"budget_exit", budget_exit},
                                     {"states", runner->states()},
                                     {"backend", backend->name()},
+                                    {"policy", runner->gated() ? "gate" : "threshold"},
+                                    {"threads", a.backend_options.threads},
                                     {"latency_ms", {{"calls", calls}}}};
         if (!write_atomic(a.json, doc.dump(1) + "\n"))
             return report({ea::Code::Io, a.json + ": cannot write (" + std::strerror(errno) + ")"});

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgeadapt.commands.options import echo_json, json_option
+from edgeadapt.commands.options import echo_json, json_option, runtime_option, threads_option
 from edgeadapt.commands.progress import progress_bar
 from edgeadapt.render import num, pct, ratio, saving, table
 
@@ -27,10 +27,10 @@ def _bound_rows(summary: BoundSummary) -> list[list[str]]:
     ]
 
 
-def render_bundle(b: BundleResult) -> str:
-    """The summary of one bundle."""
-    lines = [f"== {b.name}: {b.bundle.kind}, {len(b.state_names)} states =="]
-    lines.append(
+def _states_lines(b: BundleResult) -> list[str]:
+    """The heading and the per-state table."""
+    return [
+        f"== {b.name}: {b.bundle.kind}, {len(b.state_names)} states ==",
         table(
             ["state", "test accuracy", "p50 ms", "R_i ms"],
             [
@@ -39,8 +39,13 @@ def render_bundle(b: BundleResult) -> str:
                     b.state_names, b.test_accuracy, b.p50_ms, b.cost_ms, strict=True
                 )
             ],
-        )
-    )
+        ),
+    ]
+
+
+def _bound_lines(b: BundleResult) -> list[str]:
+    """The static model and the oracle bounds."""
+    lines: list[str] = []
     bounds = b.bounds.summary
     static = b.bounds.static
     whole = "backbone and last head" if b.bundle.kind == "early-exit" else "the last member"
@@ -68,10 +73,15 @@ def render_bundle(b: BundleResult) -> str:
             + ", ".join(bounds.dominated)
             + ")"
         )
+    return lines
+
+
+def _plan_lines(b: BundleResult) -> list[str]:
+    """The plan, its held-out figures and its saving."""
     plan = b.plan.plan
     held = plan.heldout
     reference = plan.bundle_states[plan.reference_state]
-    lines.append("")
+    lines = [""]
     lines.append(
         f"plan: keep {', '.join(plan.state_names)}; thresholds ({plan.measure}) "
         + (", ".join(f"{t:.4f}" for t in plan.thresholds) or "none")
@@ -102,9 +112,15 @@ def render_bundle(b: BundleResult) -> str:
             + ("" if plan.beats_static else " (the plan does NOT beat the static model)")
         )
     )
+    return lines
+
+
+def _run_lines(b: BundleResult) -> list[str]:
+    """The run of the plan on the test split against the static model."""
+    plan = b.plan.plan
+    reference = plan.bundle_states[plan.reference_state]
     r = b.run
-    lines.append("")
-    lines.append(f"run on the test split ({r.samples} samples, batch 1, measured here):")
+    lines = ["", f"run on the test split ({r.samples} samples, batch 1, measured here):"]
     lines.append(
         table(
             ["", "accuracy", "mean ms", "p50 ms"],
@@ -135,6 +151,12 @@ def render_bundle(b: BundleResult) -> str:
         f"(expected cost {r.expected_cost_ms:.4f} ms from the profile; oracle "
         f"{r.oracle_r:.4f} ms at {pct(r.oracle_a, 2)})"
     )
+    return lines
+
+
+def render_bundle(b: BundleResult) -> str:
+    """The summary of one bundle."""
+    lines = [*_states_lines(b), *_bound_lines(b), *_plan_lines(b), *_run_lines(b)]
     lines.append(f"report: {b.report}")
     return "\n".join(lines)
 
@@ -177,14 +199,16 @@ class _CliUI:
 
 @click.command("demo")
 @click.option(
-    "--out",
+    "-o",
+    "--output",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("edgeadapt-demo"),
     show_default=True,
     help="Directory for the data, profiles, evaluations, plans and reports.",
 )
-@click.option("--runtime", default="onnxruntime", show_default=True, help="Backend to run on.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--out", "output", type=click.Path(file_okay=False, path_type=Path), hidden=True)
+@runtime_option()
+@threads_option(default=1)
 @click.option(
     "--samples",
     type=click.IntRange(min=1),
@@ -202,7 +226,7 @@ class _CliUI:
 @click.option("--force", is_flag=True, help="Rebuild every artefact instead of reusing it.")
 @json_option("Print every figure as one JSON object.")
 def demo_cmd(
-    out: Path,
+    output: Path,
     runtime: str,
     threads: int,
     samples: int | None,
@@ -222,7 +246,7 @@ def demo_cmd(
     from edgeadapt.demo import run_demo
 
     result = run_demo(
-        out,
+        output,
         runtime=runtime,
         threads=threads,
         retrain=retrain,

@@ -38,7 +38,10 @@ from edgeadapt.presets import RuntimeConfig
 
 if TYPE_CHECKING:
     from edgeadapt.bound import BundleBound
+    from edgeadapt.evaluation import Evaluation
+    from edgeadapt.plan import Plan
     from edgeadapt.planner import PlanSummary
+    from edgeadapt.profile import Profile
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles, in the order the demo shows them.
@@ -364,34 +367,16 @@ def _run_figures(
     )
 
 
-def _demo_bundle(
+def _cached_profile(
     bundle: Bundle,
     work: Path,
-    data: dict[str, tuple[np.ndarray, np.ndarray]],
-    *,
+    cache: _Cache[Any],
     config: RuntimeConfig,
-    force: bool,
-    samples: int | None,
     min_seconds: float,
     ui: UI,
-) -> BundleResult:
-    from edgeadapt.bound import bundle_bound
-    from edgeadapt.evaluate import evaluate_bundle
-    from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
-    from edgeadapt.plan import Plan, check_plan, load_plan, save_plan
-    from edgeadapt.planner import PlanSummary, plan_bundle, profile_costs
-    from edgeadapt.profile import (
-        Profile,
-        load_profile,
-        profile_bundle,
-        profile_calls,
-        save_profile,
-    )
-    from edgeadapt.report import write_report
-
-    names = [s.name for s in bundle.states]
-    reused: list[str] = []
-    cache: _Cache[Any] = _Cache(ui, force, reused)
+) -> tuple[Profile, bool]:
+    """The bundle's chain-order profile with the whole model, reused when valid."""
+    from edgeadapt.profile import load_profile, profile_bundle, profile_calls, save_profile
 
     def make_profile() -> Profile:
         with ui.bar(f"profiling {bundle.path.name}", profile_calls(bundle, (1,))) as progress:
@@ -411,30 +396,52 @@ def _demo_bundle(
             raise InputError("was profiled without the whole model", source=path)
         return p
 
-    profile, stale = cache.get(work / "profile.json", load_profile_, make_profile, save_profile)
+    return cache.get(work / "profile.json", load_profile_, make_profile, save_profile)
 
-    def evaluation(split: str) -> tuple[Evaluation, bool]:
-        x, y = data[split]
 
-        def make() -> Evaluation:
-            with ui.bar(f"evaluating on {split}", len(y)) as progress:
-                return evaluate_bundle(bundle, x, y, config, progress=progress)
+def _cached_evaluation(
+    bundle: Bundle,
+    work: Path,
+    cache: _Cache[Any],
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    split: str,
+    config: RuntimeConfig,
+    ui: UI,
+) -> tuple[Evaluation, bool]:
+    """The bundle's evaluation on one data split, reused when made for these states and
+    labels."""
+    from edgeadapt.evaluate import evaluate_bundle
+    from edgeadapt.evaluation import load_evaluation, save_evaluation
 
-        def load(path: Path) -> Evaluation:
-            ev = load_evaluation(path)
-            if ev.names != tuple(names) or not np.array_equal(ev.labels, y):
-                raise InputError("made for other states or other data", source=path)
-            return ev
+    names = [s.name for s in bundle.states]
+    x, y = data[split]
 
-        return cache.get(work / f"evaluation-{split}.npz", load, make, save_evaluation)
+    def make() -> Evaluation:
+        with ui.bar(f"evaluating on {split}", len(y)) as progress:
+            return evaluate_bundle(bundle, x, y, config, progress=progress)
 
-    (ev_calib, calib_rebuilt), (ev_test, _) = evaluation("calibration"), evaluation("test")
-    stale = stale or calib_rebuilt  # the plan is made from the profile and this evaluation
-    measured = profile_costs(profile, bundle)
-    costs = list(measured.state_ms)
-    # on the Pareto envelope: a retrained or re-split model may have a costlier state
-    # that is less accurate, which the analytic bounds would otherwise refuse
-    bounds = bundle_bound(bundle, profile=profile, evaluation=ev_calib, envelope=True)
+    def load(path: Path) -> Evaluation:
+        ev = load_evaluation(path)
+        if ev.names != tuple(names) or not np.array_equal(ev.labels, y):
+            raise InputError("made for other states or other data", source=path)
+        return ev
+
+    return cache.get(work / f"evaluation-{split}.npz", load, make, save_evaluation)
+
+
+def _cached_plan(
+    bundle: Bundle,
+    work: Path,
+    cache: _Cache[Any],
+    ev_calib: Evaluation,
+    costs: list[float],
+    measured: Any,
+    stale: bool,
+) -> Plan:
+    """The plan `edgeadapt plan` makes with its defaults, reused unless its inputs were
+    rebuilt."""
+    from edgeadapt.plan import check_plan, load_plan, save_plan
+    from edgeadapt.planner import plan_bundle
 
     def load_plan_(path: Path) -> Plan:
         p = load_plan(path)
@@ -460,8 +467,17 @@ def _demo_bundle(
         save_plan,
         stale=stale,
     )
+    return plan
 
-    try:  # the same split and promise, learned exit gates in place of thresholds
+
+def _gate_plan(
+    bundle: Bundle, ev_calib: Evaluation, costs: list[float], measured: Any
+) -> PlanSummary | None:
+    """The same split and promise with learned exit gates in place of thresholds, when
+    the planner finds one."""
+    from edgeadapt.planner import PlanSummary, plan_bundle
+
+    try:
         gated = plan_bundle(
             bundle,
             ev_calib,
@@ -470,16 +486,47 @@ def _demo_bundle(
             policy="gate",
             hop_overhead_ms=measured.hop_overhead_ms,
         )
-        gate_plan: PlanSummary | None = PlanSummary(gated)
+        return PlanSummary(gated)
     except InputError:
-        gate_plan = None
+        return None
 
+
+def _demo_bundle(
+    bundle: Bundle,
+    work: Path,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    config: RuntimeConfig,
+    force: bool,
+    samples: int | None,
+    min_seconds: float,
+    ui: UI,
+) -> BundleResult:
+    from edgeadapt.bound import bundle_bound
+    from edgeadapt.planner import PlanSummary, profile_costs
+    from edgeadapt.report import write_report
+
+    names = [s.name for s in bundle.states]
+    reused: list[str] = []
+    cache: _Cache[Any] = _Cache(ui, force, reused)
+    profile, stale = _cached_profile(bundle, work, cache, config, min_seconds, ui)
+    ev_calib, calib_rebuilt = _cached_evaluation(
+        bundle, work, cache, data, "calibration", config, ui
+    )
+    ev_test, _ = _cached_evaluation(bundle, work, cache, data, "test", config, ui)
+    stale = stale or calib_rebuilt  # the plan is made from the profile and this evaluation
+    measured = profile_costs(profile, bundle)
+    costs = list(measured.state_ms)
+    # on the Pareto envelope: a retrained or re-split model may have a costlier state
+    # that is less accurate, which the analytic bounds would otherwise refuse
+    bounds = bundle_bound(bundle, profile=profile, evaluation=ev_calib, envelope=True)
+    plan = _cached_plan(bundle, work, cache, ev_calib, costs, measured, stale)
+    gate_plan = _gate_plan(bundle, ev_calib, costs, measured)
     x, y = data["test"]
     if samples is not None:
         x, y = x[:samples], y[:samples]
     timed = _measure_run(bundle, plan, config, x, y, plan.reference_state, ui)
     run = _run_figures(bundle, plan, costs, ev_test, timed, y)
-
     ui.log(f"  writing the report for {bundle.path.name} ...")
     report = work / "report.html"
     write_report(bundle, profile=profile, evaluation=ev_calib, plan=plan, out=report)

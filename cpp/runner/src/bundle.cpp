@@ -124,15 +124,21 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble, branches", "kind");
     // Version 1 holds one `input` object, version 2 a list `inputs`.
     if (doc["version"].get<std::int64_t>() == 1) {
-        b.input = parse_input(f.child("input"));
+        b.inputs.push_back(parse_input(f.child("input")));
     } else {
         const detail::Json& inputs = f.list("inputs");
-        if (inputs.size() != 1)
-            f.fail("the native runner runs bundles with exactly one input, this one has " +
-                       std::to_string(inputs.size()),
-                   "inputs");
-        b.input = parse_input(f.item("inputs", 0));
+        if (inputs.empty()) f.fail("a bundle needs at least one input", "inputs");
+        for (std::size_t k = 0; k < inputs.size(); ++k) {
+            const Fields item = f.item("inputs", k);
+            InputSpec spec = parse_input(item);
+            for (const InputSpec& seen : b.inputs)
+                if (seen.name == spec.name)
+                    item.fail("duplicate input name '" + spec.name + "'", "name");
+            b.inputs.push_back(std::move(spec));
+        }
     }
+    std::set<std::string> model_inputs;
+    for (const InputSpec& spec : b.inputs) model_inputs.insert(spec.name);
     f.object("producer");  // not read here, but of the type bundle.py requires
     f.object("extra");
     b.num_classes = f.integer("num_classes");
@@ -179,7 +185,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         step.activation = s.optional_str("activation");
         step.inputs = str_list(s, "inputs");
         const bool last = i + 1 == states.size();
-        std::set<std::string> allowed = {b.input.name};
+        std::set<std::string> allowed = model_inputs;
         if (b.kind == "early-exit" && i > 0) {
             const Step& prev = b.steps.back();
             if (!prev.activation.empty()) allowed.insert(prev.activation);
@@ -188,8 +194,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         const bool chained =
             !step.inputs.empty() &&
             std::all_of(step.inputs.begin(), step.inputs.end(),
-                        [&](const std::string& n) { return allowed.count(n) > 0; }) &&
-            (i > 0 || std::count(step.inputs.begin(), step.inputs.end(), b.input.name));
+                        [&](const std::string& n) { return allowed.count(n) > 0; });
         if (!chained) {
             std::string names;
             for (const auto& n : allowed) names += (names.empty() ? "'" : ", '") + n + "'";

@@ -50,7 +50,7 @@ class OpenVinoSession final : public Session {
         }
         for (const auto& n : inputs) {
             const ov::Output<const ov::Node> port = compiled_.input(n);
-            check_port(port, path);
+            check_port(port, path, true);
             const ov::PartialShape shape = port.get_partial_shape();
             ov::Shape dims(shape.size(), 1);
             for (std::size_t d = 1; d < shape.size(); ++d) {
@@ -60,17 +60,21 @@ class OpenVinoSession final : public Session {
                 dims[d] = static_cast<std::size_t>(shape[d].get_length());
             }
             in_ports_.push_back(port);
+            in_types_.push_back(port.get_element_type() == ov::element::i64 ? DType::Int64
+                                                                            : DType::Float32);
             in_shapes_.push_back(dims);
             own_.push_back(request_.get_tensor(port));
             shared_.push_back(false);
         }
         for (const auto& n : outputs) {
             out_ports_.push_back(compiled_.output(n));
-            check_port(out_ports_.back(), path);
+            check_port(out_ports_.back(), path, false);
         }
     }
 
-    void set_input(std::size_t index, const float* data, std::int64_t rows,
+    DType input_type(std::size_t index) const override { return in_types_.at(index); }
+
+    void set_input(std::size_t index, const void* data, std::int64_t rows,
                    std::int64_t row_elements) override {
         ov::Shape& shape = in_shapes_[index];
         shape[0] = 1;
@@ -79,10 +83,12 @@ class OpenVinoSession final : public Session {
                                      std::to_string(ov::shape_size(shape)) +
                                      " values per row, got " + std::to_string(row_elements));
         shape[0] = static_cast<std::size_t>(rows);
-        const std::size_t bytes = ov::shape_size(shape) * sizeof(float);
+        const DType type = in_types_[index];
+        const std::size_t bytes = ov::shape_size(shape) * dtype_size(type);
         if (bytes > kShareBytes) {
             request_.set_tensor(in_ports_[index],
-                                ov::Tensor(ov::element::f32, shape, const_cast<float*>(data)));
+                                ov::Tensor(type == DType::Int64 ? ov::element::i64 : ov::element::f32,
+                                           shape, const_cast<void*>(data)));
             shared_[index] = true;
             return;
         }
@@ -92,7 +98,7 @@ class OpenVinoSession final : public Session {
         }
         ov::Tensor& own = own_[index];
         own.set_shape(shape);
-        std::memcpy(own.data<float>(), data, bytes);
+        std::memcpy(own.data(), data, bytes);
     }
 
     void infer() override { request_.infer(); }
@@ -107,12 +113,15 @@ class OpenVinoSession final : public Session {
     }
 
   private:
-    static void check_port(const ov::Output<const ov::Node>& port, const std::filesystem::path& path) {
-        if (port.get_element_type() != ov::element::f32)
+    // Outputs are float32; inputs float32 or int64 (token ids, masks).
+    static void check_port(const ov::Output<const ov::Node>& port, const std::filesystem::path& path,
+                           bool input) {
+        const ov::element::Type type = port.get_element_type();
+        if (type != ov::element::f32 && !(input && type == ov::element::i64))
             detail::fail(Code::Format, path.string(), "",
-                         "tensor '" + port.get_any_name() + "' is " +
-                             port.get_element_type().get_type_name() +
-                             "; the native runner handles float32 tensors");
+                         "tensor '" + port.get_any_name() + "' is " + type.get_type_name() +
+                             (input ? "; the native runner feeds float32 and int64 inputs"
+                                    : "; the native runner handles float32 tensors"));
         if (port.get_partial_shape().rank().is_dynamic())
             detail::fail(Code::Format, path.string(), "",
                          "tensor '" + port.get_any_name() + "' has a dynamic rank");
@@ -122,6 +131,7 @@ class OpenVinoSession final : public Session {
     mutable ov::InferRequest request_;
     std::vector<ov::Output<const ov::Node>> in_ports_, out_ports_;
     std::vector<ov::Shape> in_shapes_;
+    std::vector<DType> in_types_;
     std::vector<ov::Tensor> own_;
     std::vector<bool> shared_;
 };
@@ -139,8 +149,21 @@ class OpenVinoBackend final : public Backend {
                          "OpenVINO device '" + device_ + "' is not available here (found " +
                              names(available) + ")");
         }
-        config_.emplace(ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY));
-        config_.emplace(ov::hint::inference_precision(ov::element::f32));
+        const std::string& hint = options.hint;
+        if (hint != "LATENCY" && hint != "THROUGHPUT" && hint != "CUMULATIVE_THROUGHPUT")
+            detail::fail(Code::Input, "hint", "",
+                         "must be LATENCY, THROUGHPUT or CUMULATIVE_THROUGHPUT, got '" + hint + "'");
+        config_.emplace(ov::hint::performance_mode(
+            hint == "LATENCY"      ? ov::hint::PerformanceMode::LATENCY
+            : hint == "THROUGHPUT" ? ov::hint::PerformanceMode::THROUGHPUT
+                                   : ov::hint::PerformanceMode::CUMULATIVE_THROUGHPUT));
+        const std::string& precision = options.precision;
+        if (precision != "fp32" && precision != "fp16" && precision != "bf16")
+            detail::fail(Code::Input, "precision", "",
+                         "must be fp32, fp16 or bf16, got '" + precision + "'");
+        config_.emplace(ov::hint::inference_precision(precision == "fp32"   ? ov::element::f32
+                                                      : precision == "fp16" ? ov::element::f16
+                                                                            : ov::element::bf16));
         if (options.threads > 0 && device_.rfind("CPU", 0) == 0)
             config_.emplace(ov::inference_num_threads(options.threads));
     }

@@ -1,5 +1,7 @@
-// Plan loading: the runner's block of plan.json, checked as edgeadapt/plan.py
-// `plan_from_doc` checks it (the record of how the plan did is not read here).
+// Plan loading: the runner's block of plan.json (versions 1 and 2: the policy, gates
+// included, and the optional runtime block), checked as edgeadapt/plan.py
+// `plan_from_doc` and edgeadapt/presets.py `RuntimeConfig.from_json` check it (the
+// record of how the plan did is not read here).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -38,12 +40,86 @@ std::vector<double> numbers(const Fields& f, const std::string& key, std::size_t
     return out;
 }
 
+// The runtimes a plan's costs may have been measured on (edgeadapt.runtimes).
+const std::set<std::string> kRuntimes = {"onnxruntime", "openvino", "tensorrt"};
+
+// The largest thread count a runtime block may hold (as classify bounds --threads).
+constexpr std::int64_t kMaxThreads = 1024;
+
+// The "policy" block: no gates for the threshold policy, else one per kept state but
+// the last, each five finite weights (kernel_ref.GATE_FEATURES order) and a bias.
+std::vector<Gate> parse_policy(const Fields& f, std::size_t n_states) {
+    const std::string kind = f.str("kind");
+    if (kind != "threshold" && kind != "gate")
+        f.fail("must be one of threshold, gate, got '" + kind + "'", "kind");
+    std::vector<Gate> gates;
+    if (kind == "threshold") return gates;
+    const detail::Json& list = f.list("gates");
+    for (std::size_t j = 0; j < list.size(); ++j) {
+        const Fields g = f.item("gates", j);
+        const detail::Json& w = g.list("weights");
+        if (w.size() != static_cast<std::size_t>(kGateFeatures))
+            g.fail("expected " + std::to_string(kGateFeatures) + " numbers (maxprob, margin, " +
+                       "entropy, agreement, previous), got " + std::to_string(w.size()),
+                   "weights");
+        Gate gate{};
+        for (std::size_t k = 0; k < w.size(); ++k)
+            gate.weights[k] = detail::finite_number(w[k], g.source(), g.at("weights", k));
+        gate.bias = g.number("bias");
+        gates.push_back(gate);
+    }
+    if (gates.size() + 1 != n_states)
+        f.fail("expected " + std::to_string(n_states - 1) +
+                   " gates (one per kept state but the last)",
+               "gates");
+    return gates;
+}
+
+RuntimeConfig parse_runtime(const Fields& f) {
+    RuntimeConfig rc;
+    rc.runtime = f.str("runtime");
+    if (!kRuntimes.count(rc.runtime))
+        f.fail("unknown runtime '" + rc.runtime + "'; choose one of onnxruntime, openvino, tensorrt",
+               "runtime");
+    const detail::Json& preset = f.get("preset");
+    if (!preset.is_null() && !preset.is_string())
+        f.fail("expected a string or null, got " + preset.dump(), "preset");
+    if (preset.is_string()) rc.preset = preset.get<std::string>();
+    rc.precision = f.str("precision");
+    const detail::Json& threads = f.get("threads");
+    if (!threads.is_null()) {
+        const std::int64_t t = detail::json_integer(threads, f.source(), f.at("threads"));
+        if (t < 1 || t > kMaxThreads)
+            f.fail("must be null or 1.." + std::to_string(kMaxThreads) + ", got " + threads.dump(),
+                   "threads");
+        rc.threads = static_cast<int>(t);
+    }
+    if (f.has("options")) {
+        for (const auto& [key, value] : f.object("options").items()) {
+            const std::string at = f.at("options") + "." + key;
+            if (key == "threads" || key == "precision")
+                f.fail_at(f.at("options"), "set '" + key + "' at the top level, not in options");
+            if (value.is_object() || value.is_array())
+                f.fail_at(at, "expected a JSON scalar (string, number, bool or null), got " +
+                                  value.dump());
+            if (value.is_number_float()) detail::finite_number(value, f.source(), at);
+            OptionValue v;
+            v.json = value.dump();
+            v.is_string = value.is_string();
+            if (v.is_string) v.text = value.get<std::string>();
+            rc.options.emplace_back(key, std::move(v));
+        }
+    }
+    return rc;
+}
+
 void load(const std::filesystem::path& path, Plan& out) {
     const std::string source = path.string();
     const detail::Json doc =
-        detail::parse_document(detail::read_bytes(path), source, "edgeadapt-plan", {1});
+        detail::parse_document(detail::read_bytes(path), source, "edgeadapt-plan", {1, 2});
     const Fields f(doc, source);
     Plan p;
+    p.source = source;
     const Fields bundle = f.child("bundle");
     p.manifest_sha256 = bundle.str("manifest_sha256");
     if (!detail::is_sha256_hex(p.manifest_sha256))
@@ -83,8 +159,10 @@ void load(const std::filesystem::path& path, Plan& out) {
     const std::string measure = f.str("measure");
     if (parse_measure(measure, p.measure))
         f.fail("must be one of maxprob, margin, entropy, got '" + measure + "'", "measure");
+    if (f.has("policy")) p.gates = parse_policy(f.child("policy"), p.states.size());
     double low = 0.0, high = 0.0;
     measure_range(p.measure, low, high);
+    if (!p.gates.empty()) low = 0.0, high = 1.0;  // gate scores
     p.thresholds = numbers(f, "thresholds", p.states.size() - 1, low, high);
     p.cost_ms = numbers(f, "cost_ms", p.states.size(), 0.0, detail::kMaxMs);
 
@@ -104,6 +182,10 @@ void load(const std::filesystem::path& path, Plan& out) {
         if (j > 0 && r.budget_ms <= p.budget.back().budget_ms)
             f.fail("budget_ms must be strictly increasing", "budget[" + std::to_string(j) + "]");
         p.budget.push_back(r);
+    }
+    if (f.has("runtime")) {
+        p.runtime = parse_runtime(f.child("runtime"));
+        p.has_runtime = true;
     }
     out = std::move(p);
 }

@@ -28,20 +28,55 @@ const float* gather(const float* src, std::int64_t row, const std::int64_t* idx,
     return dst.data();
 }
 
+// The same over rows of `row_bytes` bytes (a model input of any dtype).
+const void* gather_bytes(const void* src, std::int64_t row_bytes, const std::int64_t* idx,
+                         std::int64_t k, std::vector<unsigned char>& dst) {
+    const auto need = static_cast<std::size_t>(k * row_bytes);
+    if (dst.size() < need) dst.resize(need);
+    const auto* from = static_cast<const unsigned char*>(src);
+    const auto bytes = static_cast<std::size_t>(row_bytes);
+    for (std::int64_t j = 0; j < k; ++j)
+        std::memcpy(dst.data() + j * row_bytes, from + idx[j] * row_bytes, bytes);
+    return dst.data();
+}
+
+bool parse_dtype(const std::string& name, DType& out) {
+    if (name == "float32") {
+        out = DType::Float32;
+    } else if (name == "int64") {
+        out = DType::Int64;
+    } else {
+        return false;
+    }
+    return true;
+}
+
 }  // namespace
 
-// One kept state: the bundle steps it runs (the segment since the previous kept state).
-struct Runner::Stage {
+const char* dtype_name(DType type) noexcept {
+    return type == DType::Int64 ? "int64" : "float32";
+}
+
+std::size_t dtype_size(DType type) noexcept { return type == DType::Int64 ? 8 : 4; }
+
+// One kept state's hop: the bundle steps it runs (those since the previous kept state).
+struct Runner::Hop {
     std::int64_t state = 0;
     std::vector<std::size_t> steps;
     double threshold = 0.0;
 };
 
-// One loaded step. input_src[j] is -1 for the model input, else the index of the
-// previous step's output that feeds input j; outputs are (activation?, logits).
+// One step's feed j: model input `index` when `model_input`, else output `index` of the
+// previous step (0 = its activation, or its logits when it has none; 1 = its logits).
+struct Feed {
+    bool model_input = false;
+    std::size_t index = 0;
+};
+
+// One loaded step; outputs are (activation?, logits).
 struct Runner::StepRun {
     std::unique_ptr<Session> session;
-    std::vector<int> input_src;
+    std::vector<Feed> feeds;
     std::size_t logits_out = 0;
 };
 
@@ -50,7 +85,7 @@ Runner::~Runner() = default;
 
 std::vector<std::int64_t> Runner::states() const {
     std::vector<std::int64_t> out;
-    for (const Stage& s : stages_) out.push_back(s.state);
+    for (const Hop& h : hops_) out.push_back(h.state);
     return out;
 }
 
@@ -71,11 +106,13 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
                 fail(Code::Input, "plan", "$.states", "state index out of range");
         if (plan.thresholds.size() + 1 != plan.states.size() || plan.cost_ms.size() != plan.states.size())
             fail(Code::Input, "plan", "", "needs one threshold per kept state but the last and one cost each");
-        // the cost of each kept state beyond the previous one, as np.diff(cost_ms).clip(0);
-        // a branch plan's costs are each branch's own
-        std::vector<double> stage_costs;
+        if (!plan.gates.empty() && plan.gates.size() + 1 != plan.states.size())
+            fail(Code::Input, "plan", "$.policy.gates", "needs one gate per kept state but the last");
+        // the cost of each kept state's hop beyond the previous one, as
+        // np.diff(cost_ms).clip(0); a branch plan's costs are each branch's own
+        std::vector<double> hop_costs;
         for (std::size_t j = 0; j < plan.cost_ms.size(); ++j)
-            stage_costs.push_back(plan.kind == "branches"
+            hop_costs.push_back(plan.kind == "branches"
                                       ? plan.cost_ms[j]
                                       : std::max(0.0, plan.cost_ms[j] - (j ? plan.cost_ms[j - 1] : 0.0)));
         // the budget table's accuracy per kept state; a state without a row is dominated
@@ -88,8 +125,8 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
                 accuracies.push_back(acc);
             }
         }
-        build(bundle, plan.states, plan.thresholds, plan.measure, std::move(stage_costs), true,
-              std::move(accuracies), std::move(backend), options, out);
+        build(bundle, plan.states, plan.thresholds, plan.measure, std::move(hop_costs), true,
+              std::move(accuracies), plan.gates, std::move(backend), options, out);
     });
 }
 
@@ -110,31 +147,40 @@ Error Runner::create(const Bundle& bundle, const std::vector<double>& thresholds
         std::vector<std::int64_t> kept;
         for (std::size_t i = 0; i < n; ++i) kept.push_back(static_cast<std::int64_t>(i));
         build(bundle, std::move(kept), std::move(t), measure, std::vector<double>(n, 0.0), false,
-              {}, std::move(backend), options, out);
+              {}, {}, std::move(backend), options, out);
     });
 }
 
 void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
-                    std::vector<double> thresholds, Measure measure,
-                    std::vector<double> stage_costs, bool costs_known,
-                    std::vector<double> accuracies, std::shared_ptr<Backend> backend,
-                    const RunnerOptions& options, std::unique_ptr<Runner>& out) {
+                   std::vector<double> thresholds, Measure measure, std::vector<double> hop_costs,
+                   bool costs_known, std::vector<double> accuracies, std::vector<Gate> gates,
+                   std::shared_ptr<Backend> backend, const RunnerOptions& options,
+                   std::unique_ptr<Runner>& out) {
     if (!backend) fail(Code::Input, "backend", "", "no backend given");
     if (bundle.steps.empty()) fail(Code::Input, bundle.path.string(), "", "the bundle has no steps");
-    if (bundle.input.dtype != "float32")
-        fail(Code::Input, bundle.path.string(), "$.input.dtype",
-             "the native runner reads float32 inputs, this bundle's input is " + bundle.input.dtype);
+    if (bundle.inputs.empty()) fail(Code::Input, bundle.path.string(), "", "the bundle has no inputs");
     std::unique_ptr<Runner> r(new Runner());
+    const std::string manifest = (bundle.path / "manifest.json").string();
+    for (std::size_t k = 0; k < bundle.inputs.size(); ++k) {
+        const InputSpec& spec = bundle.inputs[k];
+        DType type = DType::Float32;
+        if (!parse_dtype(spec.dtype, type))
+            fail(Code::Input, manifest, "$.inputs[" + std::to_string(k) + "].dtype",
+                 "the native runner feeds float32 and int64 inputs, input '" + spec.name +
+                     "' is " + spec.dtype);
+        r->input_types_.push_back(type);
+        r->input_bytes_.push_back(spec.row_elements() * static_cast<std::int64_t>(dtype_size(type)));
+    }
     r->bundle_ = bundle;
     const bool early_exit = bundle.kind == "early-exit";
     std::size_t start = 0;
     for (std::size_t j = 0; j < kept.size(); ++j) {
-        Stage st;
-        st.state = kept[j];
+        Hop hop;
+        hop.state = kept[j];
         const auto s = static_cast<std::size_t>(kept[j]);
-        for (std::size_t i = early_exit ? start : s; i <= s; ++i) st.steps.push_back(i);
+        for (std::size_t i = early_exit ? start : s; i <= s; ++i) hop.steps.push_back(i);
         start = s + 1;
-        r->stages_.push_back(std::move(st));
+        r->hops_.push_back(std::move(hop));
     }
     const std::vector<double>& step_costs = options.step_costs_ms;
     if (!step_costs.empty()) {
@@ -142,27 +188,35 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
             fail(Code::Input, "step_costs_ms", "",
                  "expected " + std::to_string(bundle.steps.size()) + " values (one per step), got " +
                      std::to_string(step_costs.size()));
-        for (std::size_t j = 0; j < r->stages_.size(); ++j) {
-            stage_costs[j] = 0.0;
-            for (std::size_t i : r->stages_[j].steps) stage_costs[j] += step_costs[i];
+        for (std::size_t j = 0; j < r->hops_.size(); ++j) {
+            hop_costs[j] = 0.0;
+            for (std::size_t i : r->hops_[j].steps) hop_costs[j] += step_costs[i];
         }
         costs_known = true;
     }
     r->table_ = !accuracies.empty();
-    const Status s = Policy::create(thresholds.data(), thresholds.size(), stage_costs.data(),
-                                    stage_costs.size(), options.ewma, measure,
+    const Status s = Policy::create(thresholds.data(), thresholds.size(), hop_costs.data(),
+                                    hop_costs.size(), options.ewma, measure,
                                     r->table_ ? accuracies.data() : nullptr, early_exit,
                                     r->policy_);
     if (s != Status::Ok) fail(Code::Input, "policy", "", status_string(s));
-    for (std::size_t j = 0; j < r->stages_.size(); ++j)
-        r->policy_.threshold(static_cast<std::int64_t>(j), &r->stages_[j].threshold);
+    for (std::size_t j = 0; j < r->hops_.size(); ++j)
+        r->policy_.threshold(static_cast<std::int64_t>(j), &r->hops_[j].threshold);
+    for (std::size_t j = 0; j < gates.size(); ++j) {
+        for (double w : gates[j].weights)
+            if (!std::isfinite(w))
+                fail(Code::Input, "plan", "$.policy.gates[" + std::to_string(j) + "]", "must be finite");
+        if (!std::isfinite(gates[j].bias))
+            fail(Code::Input, "plan", "$.policy.gates[" + std::to_string(j) + "]", "must be finite");
+    }
+    r->gates_ = std::move(gates);
     r->costs_known_ = costs_known;
     r->backend_ = std::move(backend);
 
     r->steps_.resize(bundle.steps.size());
     std::vector<bool> needed(bundle.steps.size(), false);
-    for (const Stage& st : r->stages_)
-        for (std::size_t i : st.steps) needed[i] = true;
+    for (const Hop& hop : r->hops_)
+        for (std::size_t i : hop.steps) needed[i] = true;
     for (std::size_t i = 0; i < bundle.steps.size(); ++i) {
         if (!needed[i]) continue;
         const Step& step = bundle.steps[i];
@@ -171,22 +225,39 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
         outputs.push_back(step.logits);
         StepRun& run = r->steps_[i];
         run.logits_out = outputs.size() - 1;
+        std::vector<DType> want;
         for (const std::string& name : step.inputs) {
-            int src = -1;
-            if (name != bundle.input.name) {
+            Feed feed;
+            const auto model = std::find_if(bundle.inputs.begin(), bundle.inputs.end(),
+                                            [&](const InputSpec& in) { return in.name == name; });
+            if (model != bundle.inputs.end()) {
+                feed.model_input = true;
+                feed.index = static_cast<std::size_t>(model - bundle.inputs.begin());
+                want.push_back(r->input_types_[feed.index]);
+            } else {
                 const Step& prev = bundle.steps[i - 1];  // load_bundle checked the chain
-                src = name == prev.activation || prev.activation.empty() ? 0 : 1;
+                feed.index = name == prev.activation || prev.activation.empty() ? 0 : 1;
+                want.push_back(DType::Float32);
             }
-            run.input_src.push_back(src);
+            run.feeds.push_back(feed);
         }
         try {
             run.session = r->backend_->load(step.path, step.inputs, outputs);
+            for (std::size_t j = 0; j < want.size(); ++j) {
+                const DType got = run.session->input_type(j);
+                if (got != want[j])
+                    fail(Code::Format, step.path.string(), "input '" + step.inputs[j] + "'",
+                         std::string("is ") + dtype_name(got) + " in the ONNX file; the manifest " +
+                             "feeds it " + dtype_name(want[j]));
+            }
         } catch (const detail::Failure&) {
             throw;
         } catch (const std::exception& e) {
             fail(Code::Backend, step.path.string(), "", r->backend_->name() + ": " + e.what());
         }
     }
+    r->gathered_inputs_.resize(bundle.inputs.size());
+    r->input_gathered_.assign(bundle.inputs.size(), false);
     out = std::move(r);
 }
 
@@ -214,30 +285,48 @@ void Runner::check_outputs(std::size_t step, const TensorView* views, std::size_
                  "] (batch rows by the bundle's num_classes)");
 }
 
-const float* Runner::rows_of_input(const float* x) {
-    if (!x_gathered_) {
-        gather(x, bundle_.input.row_elements(), rows_.data(), static_cast<std::int64_t>(rows_.size()),
-               gathered_x_);
-        x_gathered_ = true;
+const void* Runner::rows_of_input(std::size_t input, const void* x) {
+    if (!input_gathered_[input]) {
+        gather_bytes(x, input_bytes_[input], rows_.data(), static_cast<std::int64_t>(rows_.size()),
+                     gathered_inputs_[input]);
+        input_gathered_[input] = true;
     }
-    return gathered_x_.data();
+    return gathered_inputs_[input].data();
 }
 
 Error Runner::predict(const float* x, std::int64_t batch, double budget_ms, Result& out) noexcept {
+    if (bundle_.inputs.size() != 1 || input_types_[0] != DType::Float32)
+        return {Code::Input, "input: the bundle has " + std::to_string(bundle_.inputs.size()) +
+                                 " input(s), not one float32 input: pass one pointer per input"};
+    one_input_.assign(1, x);
+    return predict(one_input_, batch, budget_ms, out);
+}
+
+Error Runner::predict(const std::vector<const void*>& inputs, std::int64_t batch, double budget_ms,
+                      Result& out) noexcept {
     return detail::guard(Code::Backend, bundle_.path.string(), [&] {
-        if (x == nullptr) fail(Code::Input, "input", "", "null input pointer");
-        if (batch < 1) fail(Code::Input, "input", "", "empty batch (" + std::to_string(batch) + " rows)");
-        const std::int64_t row = bundle_.input.row_elements();
-        std::int64_t bad = 0, first = -1;
-        for (std::int64_t b = 0; b < batch; ++b) {
-            bool finite = true;
-            for (std::int64_t e = 0; e < row; ++e) finite = finite && std::isfinite(x[b * row + e]);
-            if (!finite && bad++ == 0) first = b;
-        }
-        if (bad)
+        if (inputs.size() != bundle_.inputs.size())
             fail(Code::Input, "input", "",
-                 "holds NaN or infinity in " + std::to_string(bad) + " row(s), first row " +
-                     std::to_string(first));
+                 "expected " + std::to_string(bundle_.inputs.size()) +
+                     " input(s), one per bundle input, got " + std::to_string(inputs.size()));
+        if (batch < 1) fail(Code::Input, "input", "", "empty batch (" + std::to_string(batch) + " rows)");
+        for (std::size_t k = 0; k < inputs.size(); ++k) {
+            const std::string& name = bundle_.inputs[k].name;
+            if (inputs[k] == nullptr) fail(Code::Input, "input", name, "null input pointer");
+            if (input_types_[k] != DType::Float32) continue;
+            const auto* x = static_cast<const float*>(inputs[k]);
+            const std::int64_t row = bundle_.inputs[k].row_elements();
+            std::int64_t bad = 0, first = -1;
+            for (std::int64_t b = 0; b < batch; ++b) {
+                bool finite = true;
+                for (std::int64_t e = 0; e < row; ++e) finite = finite && std::isfinite(x[b * row + e]);
+                if (!finite && bad++ == 0) first = b;
+            }
+            if (bad)
+                fail(Code::Input, "input", bundle_.inputs.size() > 1 ? name : "",
+                     "holds NaN or infinity in " + std::to_string(bad) + " row(s), first row " +
+                         std::to_string(first));
+        }
         if (budget_ms != kNoBudget) {
             if (!(budget_ms > 0.0 && budget_ms < kNoBudget))
                 fail(Code::Input, "budget_ms", "", "must be a finite number > 0 (or kNoBudget)");
@@ -245,11 +334,12 @@ Error Runner::predict(const float* x, std::int64_t batch, double budget_ms, Resu
                 fail(Code::Input, "budget_ms", "",
                      "a budget needs predicted step costs: give step_costs_ms or a plan");
         }
-        run(x, batch, budget_ms, out);
+        run(inputs, batch, budget_ms, out);
     });
 }
 
-void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& out) {
+void Runner::run(const std::vector<const void*>& inputs, std::int64_t batch, double budget_ms,
+                 Result& out) {
     const Clock::time_point start = Clock::now();
     const auto B = static_cast<std::size_t>(batch);
     out.pred.assign(B, -1);
@@ -273,12 +363,12 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
     bool all = true;  // every row is active, in order (rows_ is then the identity)
     std::int64_t active = batch;
     rows_.clear();
-    x_gathered_ = false;
+    input_gathered_.assign(inputs.size(), false);
     TensorView prev[2];
     // The route, as AdaptiveModel walks it: with a budget table, the most accurate kept
     // state that fits (early-exit: the cascade up to it; ensemble and branches: it alone);
     // a branch plan without a budget: its most accurate branch alone.
-    std::size_t first = 0, end = stages_.size();
+    std::size_t first = 0, end = hops_.size();
     const bool early_exit = bundle_.kind == "early-exit";
     if (budget && table_) {
         std::int64_t target = -1;
@@ -291,10 +381,18 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
         first = end - 1;
     }
     const std::size_t last = end - 1;
+    // Gates read the features of every earlier kept state: they decide only on a route
+    // that starts at the first kept state (a member picked alone answers plainly).
+    const bool gated = !gates_.empty() && first == 0;
+    const auto stride = static_cast<std::int64_t>(std::max<std::size_t>(1, gates_.size()));
+    if (gated && history_.size() < B * static_cast<std::size_t>(stride)) {
+        history_.resize(B * static_cast<std::size_t>(stride));
+        previous_.resize(B);
+    }
     const auto row_of = [&](std::int64_t b) { return all ? b : rows_[static_cast<std::size_t>(b)]; };
 
     for (std::size_t pos = first; pos < end; ++pos) {
-        const Stage& stage = stages_[pos];
+        const Hop& hop = hops_[pos];
         if (budget && pos > first) {
             bool fits = false;
             policy_.fits(static_cast<std::int64_t>(pos), ms_since(start), budget_ms, &fits);
@@ -305,23 +403,24 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
                     const auto r = static_cast<std::size_t>(row_of(b));
                     out.pred[r] = best_pred_[r];
                     out.conf[r] = best_conf_[r];
-                    out.exit_state[r] = stages_[pos - 1].state;
+                    out.exit_state[r] = hops_[pos - 1].state;
                     out.budget_exit[r] = 1;
                 }
                 break;
             }
         }
         const Clock::time_point t0 = Clock::now();
-        for (std::size_t i : stage.steps) {
+        for (std::size_t i : hop.steps) {
             StepRun& s = steps_[i];
             const Clock::time_point ts = Clock::now();
-            for (std::size_t j = 0; j < s.input_src.size(); ++j) {
-                const int src = s.input_src[j];
-                if (src < 0) {
-                    s.session->set_input(j, all ? x : rows_of_input(x), active,
-                                         bundle_.input.row_elements());
+            for (std::size_t j = 0; j < s.feeds.size(); ++j) {
+                const Feed& feed = s.feeds[j];
+                if (feed.model_input) {
+                    const std::size_t k = feed.index;
+                    s.session->set_input(j, all ? inputs[k] : rows_of_input(k, inputs[k]), active,
+                                         bundle_.inputs[k].row_elements());
                 } else {
-                    const TensorView& v = prev[src];
+                    const TensorView& v = prev[feed.index];
                     s.session->set_input(j, v.data, v.rows, v.row_elements);
                 }
             }
@@ -334,21 +433,28 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
             out.step_index.push_back(static_cast<std::int64_t>(i));
         }
         policy_.observe(static_cast<std::int64_t>(pos), ms_since(t0));
-        const StepRun& tail = steps_[stage.steps.back()];
+        const StepRun& tail = steps_[hop.steps.back()];
         const TensorView logits = prev[tail.logits_out];
         std::int64_t k = 0;
-        const Status st = decide(logits.data, active, logits.row_elements, policy_.measure(),
-                                 stage.threshold, pred_.data(), conf_.data(), exit_mask_.data(),
-                                 keep_.data(), &k);
+        Status st = Status::Ok;
+        if (gated && pos < gates_.size()) {
+            st = gate_decide(logits.data, active, logits.row_elements, gates_[pos], hop.threshold,
+                             static_cast<std::int64_t>(pos), history_.data(), stride,
+                             previous_.data(), pred_.data(), conf_.data(), exit_mask_.data(),
+                             keep_.data(), &k);
+        } else {
+            st = decide(logits.data, active, logits.row_elements, policy_.measure(), hop.threshold,
+                        pred_.data(), conf_.data(), exit_mask_.data(), keep_.data(), &k);
+        }
         if (st != Status::Ok)
-            fail(Code::Backend, bundle_.steps[stage.steps.back()].file, "",
+            fail(Code::Backend, bundle_.steps[hop.steps.back()].file, "",
                  std::string("cannot decide on its logits: ") + status_string(st));
         if (pos == last || k == 0) {  // every active row answers here
             for (std::int64_t b = 0; b < active; ++b) {
                 const auto r = static_cast<std::size_t>(row_of(b));
                 out.pred[r] = pred_[b];
                 out.conf[r] = conf_[b];
-                out.exit_state[r] = stage.state;
+                out.exit_state[r] = hop.state;
             }
             break;
         }
@@ -365,21 +471,21 @@ void Runner::run(const float* x, std::int64_t batch, double budget_ms, Result& o
                 const auto r = static_cast<std::size_t>(row_of(b));
                 out.pred[r] = pred_[b];
                 out.conf[r] = conf_[b];
-                out.exit_state[r] = stage.state;
+                out.exit_state[r] = hop.state;
             }
             for (std::int64_t j = 0; j < k; ++j) next_rows_[j] = row_of(keep_[j]);
             rows_.assign(next_rows_.begin(), next_rows_.begin() + k);
-            // carry only the rows that continue of what the next stage's first step reads
-            const StepRun& next = steps_[stages_[pos + 1].steps.front()];
-            for (int src : next.input_src) {
-                if (src < 0) continue;
-                TensorView& v = prev[src];
-                v.data = gather(v.data, v.row_elements, keep_.data(), k, gathered_[src]);
+            // carry only the rows that continue of what the next hop's first step reads
+            const StepRun& next = steps_[hops_[pos + 1].steps.front()];
+            for (const Feed& feed : next.feeds) {
+                if (feed.model_input) continue;
+                TensorView& v = prev[feed.index];
+                v.data = gather(v.data, v.row_elements, keep_.data(), k, gathered_[feed.index]);
                 v.rows = k;
             }
             all = false;
             active = k;
-            x_gathered_ = false;
+            input_gathered_.assign(inputs.size(), false);
         }
     }
     out.total_ms = ms_since(start);

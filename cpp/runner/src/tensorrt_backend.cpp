@@ -80,7 +80,10 @@ class TensorRtSession final : public Session {
 
     ~TensorRtSession() override { cudaStreamDestroy(stream_); }
 
-    void set_input(std::size_t index, const float* data, std::int64_t rows,
+    // Every tensor is float32 (checked at load).
+    DType input_type(std::size_t) const override { return DType::Float32; }
+
+    void set_input(std::size_t index, const void* data, std::int64_t rows,
                    std::int64_t row_elements) override {
         if (rows > max_batch_)
             throw std::runtime_error("batch of " + std::to_string(rows) +

@@ -1,7 +1,8 @@
 // ctest: a bounded random-mutation run over the runner's readers. Each case mutates a
-// valid seed (the shipped bundle's manifest.json, a plan made for it, a float32 .npy)
-// with byte flips, insertions, deletions, duplicated spans and JSON-hostile tokens, and
-// hands it to load_bundle / load_plan / read_npy. A case passes when the reader returns
+// valid seed (the shipped bundle's manifest.json, a gate plan with a runtime block made
+// for it, a float32 .npy, a two-input .npz of int64 arrays) with byte flips,
+// insertions, deletions, duplicated spans and JSON-hostile tokens, and hands it to
+// load_bundle / load_plan (+ apply_runtime) / read_npy / read_inputs. A case passes when the reader returns
 // (Ok, or an Error with a known code and a message); a crash, a hang or a sanitizer
 // report fails the test. Prints the number of cases tried per reader.
 //
@@ -17,6 +18,7 @@
 
 #include "edgeadapt/runner.hpp"
 #include "npy.hpp"
+#include "zip_writer.hpp"
 
 namespace fs = std::filesystem;
 namespace ea = edgeadapt::runner;
@@ -115,10 +117,29 @@ int main(int argc, char** argv) {
         "]}, \"measure\": \"maxprob\", \"states\": [0, 2, 3], \"state_names\": [\"" +
         b.state_names[0] + "\", \"" + b.state_names[2] + "\", \"" + b.state_names[3] +
         "\"], \"thresholds\": [0.9, 0.8], \"cost_ms\": [0.1, 0.2, 0.3], \"budget\": "
-        "[{\"budget_ms\": 0.1, \"state\": 0, \"accuracy\": 0.5}]}";
+        "[{\"budget_ms\": 0.1, \"state\": 0, \"accuracy\": 0.5}], \"policy\": {\"kind\": \"gate\", "
+        "\"gates\": [{\"weights\": [1, 2, 3, 4, 5], \"bias\": 0}, {\"weights\": [1, 2, 3, 4, 5], "
+        "\"bias\": -1}]}, \"runtime\": {\"runtime\": \"onnxruntime\", \"preset\": null, "
+        "\"precision\": \"as-exported\", \"threads\": 2, \"options\": {\"spin\": false, "
+        "\"device\": \"cpu\"}}}";
     const std::string npy = npy_seed();
+    namespace ex = edgeadapt::examples;
+    const std::string ints(2 * 6 * 8, '\1');
+    const std::string npz = ex::testing::zip_bytes(
+        {{"input_ids.npy", ex::testing::npy_bytes("<i8", "(2, 6)", ints)},
+         {"attention_mask.npy", ex::testing::npy_bytes("<i8", "(2, 6)", ints)}});
+    const std::vector<ea::InputSpec> specs = {{"input_ids", {6}, "int64"},
+                                              {"attention_mask", {6}, "int64"}};
+    {
+        ex::InputArrays seed;
+        write(scratch / "x.npz", npz);
+        if (ex::read_inputs(scratch / "x.npz", specs, seed)) {
+            std::fprintf(stderr, "fuzz_readers: the seed npz does not read\n");
+            return 1;
+        }
+    }
 
-    long tried[3] = {0, 0, 0}, accepted[3] = {0, 0, 0}, insane = 0;
+    long tried[4] = {0, 0, 0, 0}, accepted[4] = {0, 0, 0, 0}, insane = 0;
     const auto start = std::chrono::steady_clock::now();
     for (long i = 0; i < cases; ++i) {
         write(bundle / "manifest.json", mutate(manifest, rng));
@@ -134,6 +155,11 @@ int main(int argc, char** argv) {
         ++tried[1];
         accepted[1] += !pe;
         insane += !sane(pe);
+        if (!pe) {
+            ea::BackendOptions bo;
+            std::vector<std::string> notes;
+            insane += !sane(ea::apply_runtime(p, "openvino", {}, bo, notes));
+        }
 
         const fs::path x = scratch / "x.npy";
         write(x, mutate(npy, rng));
@@ -142,13 +168,24 @@ int main(int argc, char** argv) {
         ++tried[2];
         accepted[2] += !ne;
         insane += !sane(ne);
+
+        const fs::path z = scratch / "x.npz";
+        write(z, mutate(npz, rng));
+        ex::InputArrays in;
+        const ea::Error ze = ex::read_inputs(z, specs, in);
+        ++tried[3];
+        accepted[3] += !ze;
+        insane += !sane(ze);
+        std::vector<ex::NpzMember> members;
+        insane += !sane(ex::read_npz(z, {}, members));
     }
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("fuzz_readers: %ld cases in %.1f s: bundle %ld (%ld accepted), plan %ld (%ld "
-                "accepted), npy %ld (%ld accepted); %ld without a code and message\n",
-                tried[0] + tried[1] + tried[2], s, tried[0], accepted[0], tried[1], accepted[1],
-                tried[2], accepted[2], insane);
+                "accepted), npy %ld (%ld accepted), npz %ld (%ld accepted); %ld without a code "
+                "and message\n",
+                tried[0] + tried[1] + tried[2] + tried[3], s, tried[0], accepted[0], tried[1],
+                accepted[1], tried[2], accepted[2], tried[3], accepted[3], insane);
     fs::remove_all(scratch);
     return insane == 0 ? 0 : 1;
 }

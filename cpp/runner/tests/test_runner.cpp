@@ -1,6 +1,8 @@
-// ctest: the runner's loaders refuse bad bundles, plans and .npy files with an error code
-// and a message naming the file and field (never a crash), and the cascade runs the
-// shipped bundles: with thresholds, a plan, a budget, compaction and bad inputs.
+// ctest: the runner's loaders refuse bad bundles, plans (gate policies and runtime
+// blocks included) and .npy/.npz files with an error code and a message naming the file
+// and field (never a crash), a plan's runtime block sets the backend's options, and the
+// cascade runs the shipped bundles: with thresholds, a plan, a gate plan, a budget,
+// compaction and bad inputs.
 //
 //   test_runner MULTIEXIT_BUNDLE FAMILY_BUNDLE SCRATCH_DIR
 #include <cmath>
@@ -13,6 +15,7 @@
 
 #include "edgeadapt/runner.hpp"
 #include "npy.hpp"
+#include "zip_writer.hpp"
 
 namespace fs = std::filesystem;
 namespace ea = edgeadapt::runner;
@@ -72,7 +75,7 @@ fs::path copy(const fs::path& bundle, const fs::path& scratch, const std::string
 // A plan for `b` keeping `states` as plan.json in `dir`; returns its path.
 fs::path write_plan(const ea::Bundle& b, const fs::path& dir, const std::string& states,
                     const std::string& thresholds, const std::string& cost_ms,
-                    const std::string& version = "1") {
+                    const std::string& version = "1", const std::string& extra = "") {
     std::string names, kept;
     for (const auto& n : b.state_names) names += (names.empty() ? "\"" : ", \"") + n + "\"";
     std::string s = states;
@@ -89,7 +92,8 @@ fs::path write_plan(const ea::Bundle& b, const fs::path& dir, const std::string&
                  b.kind + "\", \"states\": [" + names + "]}, \"measure\": \"maxprob\", \"states\": [" +
                  states + "], \"state_names\": [" + kept + "], \"thresholds\": [" + thresholds +
                  "], \"cost_ms\": [" + cost_ms +
-                 "], \"budget\": [{\"budget_ms\": 0.1, \"state\": 0, \"accuracy\": 0.5}]}");
+                 "], \"budget\": [{\"budget_ms\": 0.1, \"state\": 0, \"accuracy\": 0.5}]" + extra +
+                 "}");
     return p;
 }
 
@@ -124,9 +128,17 @@ void bundle_faults(const fs::path& src, const fs::path& scratch) {
     replace(d / "manifest.json", "},\n  \"num_classes\"", "}],\n  \"num_classes\"");
     CHECK(!ea::load_bundle(d, b));
     replace(d / "manifest.json", "}],\n  \"num_classes\"",
-            "}, {\"name\": \"m\", \"shape\": [\"batch\", 4], \"dtype\": \"float32\"}],\n"
+            "}, {\"name\": \"m\", \"shape\": [\"batch\", 4], \"dtype\": \"int64\"}],\n"
             "  \"num_classes\"");
-    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.inputs", "exactly one input"}));
+    CHECK(!ea::load_bundle(d, b));  // several inputs
+    CHECK(b.inputs.size() == 2 && b.inputs[1].name == "m" && b.inputs[1].dtype == "int64" &&
+          b.inputs[1].row_elements() == 4);
+    replace(d / "manifest.json", "\"activation0\"\n      ]", "\"activation0\", \"m\"\n      ]");
+    CHECK(!ea::load_bundle(d, b));  // a later step may read a model input
+    replace(d / "manifest.json", "\"dtype\": \"int64\"", "\"dtype\": \"complex\"");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.inputs[1].dtype"}));
+    replace(d / "manifest.json", "\"inputs\": [{", "\"inputs\": [], \"was\": [{");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.inputs", "at least one input"}));
 
     d = copy(src, scratch, "format");
     replace(d / "manifest.json", "edgeadapt-bundle", "edgeadapt-plan");
@@ -190,6 +202,120 @@ void plan_faults(const fs::path& src, const fs::path& scratch) {
     CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.5", "0.1, -1"), plan),
                    ea::Code::Format, {"$.cost_ms[1]"}));
 
+    // version 2: a gate policy (one gate per kept state but the last), thresholds on the
+    // gates' scores in [0, 1]; the threshold policy spelt out; the runtime block
+    const std::string gate = "{\"weights\": [1, 0.5, 0.25, -1, 2], \"bias\": -0.5}";
+    const std::string gates = ", \"policy\": {\"kind\": \"gate\", \"gates\": [" + gate + ", " + gate + "]}";
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 2, 3", "0.9, 0.8", "0.1, 0.2, 0.3", "2", gates), plan));
+    CHECK(plan.gates.size() == 2 && plan.gates[1].weights[4] == 2.0 && plan.gates[0].bias == -0.5);
+    CHECK(!plan.has_runtime);
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "2",
+                                    ", \"policy\": {\"kind\": \"threshold\"}"),
+                         plan));
+    CHECK(plan.gates.empty());
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 2, 3", "0.9, 0.8", "0.1, 0.2, 0.3", "2",
+                                            ", \"policy\": {\"kind\": \"gate\", \"gates\": [" + gate + "]}"),
+                                 plan),
+                   ea::Code::Format, {"$.policy.gates", "expected 2 gates"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "2",
+                                            ", \"policy\": {\"kind\": \"gate\", \"gates\": [{\"weights\": [1, 2], \"bias\": 0}]}"),
+                                 plan),
+                   ea::Code::Format, {"$.policy.gates[0].weights", "expected 5 numbers"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "2",
+                                            ", \"policy\": {\"kind\": \"gate\", \"gates\": [{\"weights\": [1, 2, 3, 4, true], \"bias\": 0}]}"),
+                                 plan),
+                   ea::Code::Format, {"$.policy.gates[0].weights[4]"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "2",
+                                            ", \"policy\": {\"kind\": \"gate\", \"gates\": [{\"weights\": [1, 2, 3, 4, 5]}]}"),
+                                 plan),
+                   ea::Code::Format, {"$.policy.gates[0].bias", "missing"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "2",
+                                            ", \"policy\": {\"kind\": \"learned\"}"),
+                                 plan),
+                   ea::Code::Format, {"$.policy.kind"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 2, 3", "-0.5, 0.8", "0.1, 0.2, 0.3", "2", gates), plan),
+                   ea::Code::Format, {"$.thresholds[0]"}));  // gate scores lie in [0, 1]
+
+    const auto runtime = [](const std::string& body) { return ", \"runtime\": {" + body + "}"; };
+    const std::string ort = "\"runtime\": \"onnxruntime\", \"preset\": \"x86-ort-2t\", "
+                            "\"precision\": \"as-exported\", \"threads\": 2";
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                    runtime(ort + ", \"options\": {\"spin\": false, \"optimization\": "
+                                                  "\"all\", \"fast\": true}")),
+                         plan));
+    CHECK(plan.has_runtime && plan.runtime.runtime == "onnxruntime" && plan.runtime.threads == 2 &&
+          plan.runtime.preset == "x86-ort-2t" && plan.runtime.options.size() == 3);
+    {
+        ea::BackendOptions bo;
+        std::vector<std::string> notes;
+        CHECK(!ea::apply_runtime(plan, "openvino", {}, bo, notes));
+        CHECK(bo.threads == 2 && notes.size() == 2);
+        CHECK(notes[0].find("spin=false, optimization=\"all\"") != std::string::npos);
+        CHECK(notes[1].find("fast") != std::string::npos);
+        ea::BackendOptions given;
+        given.threads = 1;
+        notes.clear();
+        CHECK(!ea::apply_runtime(plan, "openvino", {true, false}, given, notes));
+        CHECK(given.threads == 1 && notes[0].find("override") != std::string::npos);
+    }
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                    runtime("\"runtime\": \"openvino\", \"preset\": null, \"precision\": "
+                                            "\"fp16\", \"threads\": null, \"options\": {\"hint\": "
+                                            "\"THROUGHPUT\", \"device\": \"CPU\"}")),
+                         plan));
+    {
+        ea::BackendOptions bo;
+        std::vector<std::string> notes;
+        CHECK(!ea::apply_runtime(plan, "openvino", {}, bo, notes));
+        CHECK(bo.threads == 0 && bo.hint == "THROUGHPUT" && bo.precision == "fp16" && bo.device == "CPU");
+        CHECK(notes.empty());
+    }
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                    runtime(ort + ", \"options\": {\"allow_magic\": 1}")),
+                         plan));
+    {
+        ea::BackendOptions bo;
+        std::vector<std::string> notes;
+        CHECK(is_error(ea::apply_runtime(plan, "openvino", {}, bo, notes), ea::Code::Format,
+                       {"plan.json", "$.runtime.options.allow_magic", "unknown onnxruntime option"}));
+    }
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                    runtime("\"runtime\": \"openvino\", \"preset\": null, \"precision\": "
+                                            "\"int4\", \"threads\": 1")),
+                         plan));
+    {
+        ea::BackendOptions bo;
+        std::vector<std::string> notes;
+        CHECK(is_error(ea::apply_runtime(plan, "openvino", {}, bo, notes), ea::Code::Format,
+                       {"plan.json", "$.runtime.precision"}));
+    }
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                            runtime("\"runtime\": \"tvm\", \"preset\": null, "
+                                                    "\"precision\": \"as-exported\", \"threads\": 1")),
+                                 plan),
+                   ea::Code::Format, {"plan.json", "$.runtime.runtime", "unknown runtime"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                            runtime("\"runtime\": \"openvino\", \"preset\": null, "
+                                                    "\"precision\": \"fp32\", \"threads\": 0")),
+                                 plan),
+                   ea::Code::Format, {"plan.json", "$.runtime.threads"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                            runtime("\"runtime\": \"openvino\", \"preset\": null, "
+                                                    "\"precision\": \"fp32\", \"threads\": 1, "
+                                                    "\"options\": {\"hint\": [1]}")),
+                                 plan),
+                   ea::Code::Format, {"plan.json", "$.runtime.options.hint", "scalar"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                            runtime("\"runtime\": \"openvino\", \"preset\": 3, "
+                                                    "\"precision\": \"fp32\", \"threads\": 1")),
+                                 plan),
+                   ea::Code::Format, {"plan.json", "$.runtime.preset"}));
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                            runtime("\"runtime\": \"openvino\", \"preset\": null, "
+                                                    "\"threads\": 1")),
+                                 plan),
+                   ea::Code::Format, {"plan.json", "$.runtime.precision", "missing"}));
+
     // a plan made for another bundle
     CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.5", "0.1, 0.3"), plan));
     plan.manifest_sha256 = std::string(64, '0');
@@ -230,6 +356,60 @@ void npy_faults(const fs::path& scratch) {
     CHECK(is_error(edgeadapt::examples::read_npy(scratch / "none.npy", a), ea::Code::Io, {"none.npy"}));
 }
 
+void npz_faults(const fs::path& scratch) {
+    namespace ex = edgeadapt::examples;
+    using ex::testing::npy_bytes;
+    using ex::testing::zip_bytes;
+    std::string ids_data, mask_data, x_data(3 * 4 * sizeof(float), '\0');
+    for (std::int64_t v : {1, 2, 3, 4, 5, 6}) ids_data.append(reinterpret_cast<const char*>(&v), 8);
+    for (std::int64_t v : {1, 1, 1, 1, 0, 0}) mask_data.append(reinterpret_cast<const char*>(&v), 8);
+    const std::string ids = npy_bytes("<i8", "(2, 3)", ids_data);
+    const std::string mask = npy_bytes("<i8", "(2, 3)", mask_data);
+    const std::vector<ea::InputSpec> specs = {{"input_ids", {3}, "int64"}, {"attention_mask", {3}, "int64"}};
+    const fs::path p = scratch / "data.npz";
+    ex::InputArrays in;
+    write(p, zip_bytes({{"input_ids.npy", ids}, {"attention_mask.npy", mask}, {"y.npy", ids}}));
+    CHECK(!ex::read_inputs(p, specs, in));
+    CHECK(in.rows == 2 && in.arrays.size() == 2 && in.arrays[0].ints[5] == 6 && in.arrays[1].ints[4] == 0);
+    // the order of the manifest, whatever the archive's
+    write(p, zip_bytes({{"attention_mask.npy", mask}, {"input_ids.npy", ids}}));
+    CHECK(!ex::read_inputs(p, specs, in));
+    CHECK(in.arrays[0].ints[0] == 1 && in.arrays[1].ints[5] == 0);
+    write(p, zip_bytes({{"input_ids.npy", ids}}));
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Input, {"data.npz", "attention_mask", "missing"}));
+    write(p, zip_bytes({{"input_ids.npy", ids}, {"attention_mask.npy", npy_bytes("<f4", "(2, 3)", x_data.substr(0, 24))}}));
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Input, {"data.npz: attention_mask", "expected dtype int64"}));
+    write(p, zip_bytes({{"input_ids.npy", ids}, {"attention_mask.npy", npy_bytes("<i8", "(3, 2)", mask_data)}}));
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Input, {"attention_mask", "expected shape [N, 3]"}));
+    write(p, zip_bytes({{"input_ids.npy", ids}, {"attention_mask.npy", npy_bytes("<i8", "(1, 3)", mask_data.substr(0, 24))}}));
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Input, {"attention_mask", "same number of rows"}));
+    write(p, zip_bytes({{"input_ids.npy", ids}, {"input_ids.npy", ids}}));
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Format, {"input_ids", "twice"}));
+    std::string corrupt = zip_bytes({{"input_ids.npy", ids}, {"attention_mask.npy", mask}});
+    corrupt[corrupt.find("\x93NUMPY", 100) + 70] ^= 1;  // a data byte of the second member
+    write(p, corrupt);
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Format, {"attention_mask", "CRC-32"}));
+    std::string deflated = zip_bytes({{"input_ids.npy", ids}, {"attention_mask.npy", mask}});
+    deflated[8] = 8;  // the local header's method: deflate
+    const std::size_t central = deflated.find("PK\x01\x02");
+    deflated[central + 10] = 8;
+    write(p, deflated);
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Format, {"input_ids", "savez_compressed"}));
+    write(p, zip_bytes({{"input_ids.npy", ids}, {"attention_mask.npy", mask}}).substr(0, 200));
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Format, {"data.npz"}));
+    write(p, ids);  // a bare .npy for a bundle of two inputs
+    CHECK(is_error(ex::read_inputs(p, specs, in), ea::Code::Input, {"2 inputs", "npz"}));
+    // a one-input bundle: the input's name, or `x`, or a bare .npy
+    const std::vector<ea::InputSpec> one = {{"input", {4}, "float32"}};
+    write(p, zip_bytes({{"x.npy", npy_bytes("<f4", "(3, 4)", x_data)}}));
+    CHECK(!ex::read_inputs(p, one, in) && in.rows == 3 && in.arrays[0].data.size() == 12);
+    write(p, zip_bytes({{"x.npy", npy_bytes("<f4", "(3, 4)", x_data)}, {"input.npy", npy_bytes("<f4", "(3, 4)", x_data)}}));
+    CHECK(is_error(ex::read_inputs(p, one, in), ea::Code::Input, {"both 'x' and 'input'"}));
+    write(p, npy_bytes("<f4", "(3, 4)", x_data));
+    CHECK(!ex::read_inputs(p, one, in) && in.rows == 3);
+    CHECK(is_error(ex::read_inputs(scratch / "none.npz", one, in), ea::Code::Io, {"none.npz", "not found"}));
+}
+
 std::vector<float> random_inputs(std::int64_t rows, std::int64_t row, unsigned seed) {
     std::vector<float> x(static_cast<std::size_t>(rows * row));
     std::mt19937 gen(seed);
@@ -254,7 +434,7 @@ void runs(const fs::path& multiexit, const fs::path& family, const fs::path& scr
     for (const fs::path& path : {multiexit, family}) {
         ea::Bundle b;
         CHECK(!ea::load_bundle(path, b));
-        const std::int64_t n = 48, row = b.input.row_elements();
+        const std::int64_t n = 48, row = b.inputs[0].row_elements();
         const auto last = static_cast<std::int64_t>(b.steps.size()) - 1;
         const std::string kept = "0, " + std::to_string(last);
         const std::vector<float> x = random_inputs(n, row, 1);
@@ -305,6 +485,26 @@ void runs(const fs::path& multiexit, const fs::path& family, const fs::path& scr
         CHECK(is_error(mixed->predict(x.data(), 0, edgeadapt::kNoBudget, out), ea::Code::Input, {"empty"}));
         CHECK(is_error(mixed->predict(x.data(), n, -1.0, out), ea::Code::Input, {"budget_ms"}));
         CHECK(is_error(all->predict(x.data(), n, 1.0, out), ea::Code::Input, {"step costs"}));
+        CHECK(is_error(all->predict(std::vector<const void*>{x.data(), x.data()}, n, edgeadapt::kNoBudget, out),
+                       ea::Code::Input, {"expected 1 input(s)"}));
+        // a gate plan: a gate sure of every row (score 1) sends all out at the first kept
+        // state; one sure of none leaves them to the last, which answers with its measure
+        const auto gate_plan = [&](const char* bias) {
+            const std::string g = std::string("{\"weights\": [0, 0, 0, 0, 0], \"bias\": ") + bias + "}";
+            ea::Plan gp;
+            CHECK(!ea::load_plan(write_plan(b, dir, kept, "0.5", "0.1, 0.3", "2",
+                                            ", \"policy\": {\"kind\": \"gate\", \"gates\": [" + g + "]}"),
+                                 gp));
+            return gp;
+        };
+        std::unique_ptr<ea::Runner> gated;
+        CHECK(!ea::Runner::create(b, gate_plan("80"), backend, {}, gated));
+        CHECK(gated->gated());
+        CHECK(!gated->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == 0 && out.conf[i] == 1.0f);
+        CHECK(!ea::Runner::create(b, gate_plan("-80"), backend, {}, gated));
+        CHECK(!gated->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == last && out.pred[i] == last_pred[i]);
     }
     // a manifest whose I/O names do not match the ONNX file: refused when loaded
     const fs::path d = copy(multiexit, scratch, "io-names");
@@ -329,6 +529,7 @@ int main(int argc, char** argv) {
     bundle_faults(argv[1], scratch);
     plan_faults(argv[1], scratch);
     npy_faults(scratch);
+    npz_faults(scratch);
     runs(argv[1], argv[2], scratch);
     if (failures == 0) std::printf("runner: all checks passed\n");
     return failures == 0 ? 0 : 1;

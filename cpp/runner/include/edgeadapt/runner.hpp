@@ -3,13 +3,17 @@
 // The native counterpart of the Python `AdaptiveModel` (edgeadapt/cascade.py), with the
 // same semantics: load a bundle (manifest.json, every file's sha256 and path checked as
 // edgeadapt/bundle.py does) and a plan (plan.json, edgeadapt/plan.py) or plain
-// thresholds; walk the kept states in order, run the steps on the rows still active,
-// let the decision kernel (kernel.hpp) decide which rows exit, and carry on only with
-// the rows that continue (batch compaction). Skipped early-exit states still run their
-// steps (they produce the activation) but do not decide. A row whose logits hold NaN
-// never exits early; at the last state it answers with pred -1 and conf NaN. Budget:
-// the first kept state always runs; a later one starts only if its predicted cost fits
-// what is left, else every active row keeps its answer from the last completed state.
+// thresholds; walk the kept states in order, each kept state's hop (its run of steps
+// since the previous kept state) on the rows still active, let the decision kernel
+// (kernel.hpp) decide which rows exit, by a confidence threshold or a plan's learned
+// gates, and carry on only with the rows that continue (batch compaction). Skipped
+// early-exit states still run their steps (they produce the activation) but do not
+// decide. Each step is fed exactly the tensors its manifest entry lists: model inputs
+// by name (float32 or int64) and, along an early-exit bundle, the previous step's
+// outputs. A row whose logits hold NaN never exits early; at the last state it answers
+// with pred -1 and conf NaN. Budget: the first hop always runs; a later one starts only
+// if its predicted cost fits what is left, else every active row keeps its answer from
+// the last completed hop.
 //
 // Errors: every public function is noexcept and returns an Error (code + message that
 // names the file and JSON path at fault); nothing throws across this interface.
@@ -56,7 +60,14 @@ struct Error {
     explicit operator bool() const noexcept { return code != Code::Ok; }
 };
 
-// The model input: `dims` are the static dimensions after the dynamic batch axis.
+// The element types a session is fed: float32 tensors and int64 token ids or masks.
+enum class DType : int { Float32 = 0, Int64 = 1 };
+
+const char* dtype_name(DType type) noexcept;
+std::size_t dtype_size(DType type) noexcept;
+
+// One model input: `dims` are the static dimensions after the dynamic batch axis;
+// `dtype` is the manifest's name for its element type.
 struct InputSpec {
     std::string name;
     std::vector<std::int64_t> dims;
@@ -75,9 +86,9 @@ struct Step {
 
 struct Bundle {
     std::filesystem::path path;
-    std::string kind;  // "early-exit" or "ensemble"
+    std::string kind;  // "early-exit", "ensemble" or "branches"
     std::int64_t num_classes = 0;
-    InputSpec input;
+    std::vector<InputSpec> inputs;  // every model input, in the manifest's order
     std::vector<std::string> state_names;
     std::vector<Step> steps;
     std::string manifest_sha256;
@@ -95,7 +106,26 @@ struct BudgetRow {
     double accuracy = 0.0;
 };
 
+// One scalar of a runtime block's options: its JSON text ("true", "2", "\"LATENCY\"").
+struct OptionValue {
+    std::string json;
+    bool is_string = false;
+    std::string text;  // the string, when is_string
+};
+
+// plan.json's optional "runtime" block: the runtime settings the plan was measured
+// under (edgeadapt/presets.py RuntimeConfig). threads 0 = null (the runtime's choice).
+struct RuntimeConfig {
+    std::string runtime;
+    std::string preset;  // "" = null
+    std::string precision;
+    int threads = 0;
+    std::vector<std::pair<std::string, OptionValue>> options;
+};
+
 // The part of plan.json a runner needs (the record of how the plan did is not read).
+// `gates` is empty for the threshold policy, else one per kept state but the last
+// (plan version 2, policy "gate"): the thresholds then apply to the gates' scores.
 struct Plan {
     std::string manifest_sha256;
     std::string kind;
@@ -105,6 +135,10 @@ struct Plan {
     std::vector<double> thresholds;
     std::vector<double> cost_ms;
     std::vector<BudgetRow> budget;
+    std::vector<Gate> gates;  // kernel.hpp Gate
+    bool has_runtime = false;
+    RuntimeConfig runtime;
+    std::string source;  // the file it was read from
 };
 
 Error load_plan(const std::filesystem::path& path, Plan& out) noexcept;
@@ -126,8 +160,11 @@ struct TensorView {
 class Session {
   public:
     virtual ~Session() = default;
-    // Feed input `index` with `rows` rows of `row_elements` floats (C order).
-    virtual void set_input(std::size_t index, const float* data, std::int64_t rows,
+    // The element type the step's ONNX file declares for input `index`.
+    virtual DType input_type(std::size_t index) const = 0;
+    // Feed input `index` with `rows` rows of `row_elements` values of its input_type
+    // (C order).
+    virtual void set_input(std::size_t index, const void* data, std::int64_t rows,
                            std::int64_t row_elements) = 0;
     virtual void infer() = 0;
     virtual TensorView output(std::size_t index) const = 0;
@@ -138,7 +175,8 @@ class Backend {
   public:
     virtual ~Backend() = default;
     virtual std::string name() const = 0;
-    // Compile `onnx`; its inputs and outputs must be exactly these names, all float32.
+    // Compile `onnx`; its inputs and outputs must be exactly these names, the outputs
+    // float32 (inputs float32, or int64 where the backend feeds int64).
     virtual std::unique_ptr<Session> load(const std::filesystem::path& onnx,
                                           const std::vector<std::string>& inputs,
                                           const std::vector<std::string>& outputs) = 0;
@@ -148,11 +186,30 @@ struct BackendOptions {
     std::string device;  // "" = the backend's default ("CPU" for OpenVINO, GPU 0 for TensorRT)
     int threads = 0;     // CPU inference threads; 0 = the backend's choice
     int max_batch = 64;  // TensorRT: the largest batch its engines are built for
+    std::string hint = "LATENCY";  // OpenVINO PERFORMANCE_HINT
+    std::string precision = "fp32";  // OpenVINO inference precision: fp32, fp16 or bf16
 };
 
 // "openvino" or "tensorrt" (Code::Unavailable when not compiled into this build).
 Error make_backend(const std::string& name, const BackendOptions& options,
                    std::shared_ptr<Backend>& out) noexcept;
+
+// The settings the user gave on the command line, which win over a plan's.
+struct GivenSettings {
+    bool threads = false;
+    bool device = false;
+};
+
+// Apply a plan's runtime block to the options of `backend`: its threads (the CPU
+// threads the plan's costs were measured with) unless given, and the options the
+// native backend understands (OpenVINO: device, hint, precision). Options that only
+// the Python runtimes read, and the options of a runtime this build has no native
+// backend for (onnxruntime's spin, optimization, device), are listed in `notes`, as
+// is every override by a given setting; an unknown option, or a value the backend
+// cannot take, is a Format error naming the plan file and field. Without a runtime
+// block nothing changes.
+Error apply_runtime(const Plan& plan, const std::string& backend, const GivenSettings& given,
+                    BackendOptions& options, std::vector<std::string>& notes) noexcept;
 
 // Per-sample results of one predict call. `exit_state` is the bundle state that
 // answered; `step_ms`/`step_rows`/`step_index` list every step run, in order.
@@ -185,30 +242,39 @@ class Runner {
                         Measure measure, std::shared_ptr<Backend> backend,
                         const RunnerOptions& options, std::unique_ptr<Runner>& out) noexcept;
 
-    // Run the cascade on `x`: float32 [batch, *input dims], C order, finite. `budget_ms`
-    // > 0, or kNoBudget. `out` is reused: its vectors keep their capacity.
+    // Run the cascade on `x`: float32 [batch, *input dims], C order, finite, for a bundle
+    // with one float32 input. `budget_ms` > 0, or kNoBudget. `out` is reused: its
+    // vectors keep their capacity.
     Error predict(const float* x, std::int64_t batch, double budget_ms, Result& out) noexcept;
+    // The same for any bundle: `inputs[k]` holds bundle input k ([batch, *its dims] of
+    // its dtype, C order; floats finite), one pointer per input in the manifest's order.
+    Error predict(const std::vector<const void*>& inputs, std::int64_t batch, double budget_ms,
+                  Result& out) noexcept;
 
     const Bundle& bundle() const noexcept { return bundle_; }
     // Bundle indices of the states that decide, in order.
     std::vector<std::int64_t> states() const;
     const Policy& policy() const noexcept { return policy_; }
+    // Whether the plan's learned gates decide (a gate plan) rather than thresholds.
+    bool gated() const noexcept { return !gates_.empty(); }
 
     Runner(const Runner&) = delete;
     Runner& operator=(const Runner&) = delete;
     ~Runner();
 
   private:
-    struct Stage;
+    struct Hop;
     struct StepRun;
     Runner();
     static void build(const Bundle& bundle, std::vector<std::int64_t> kept,
-                       std::vector<double> thresholds, Measure measure,
-                       std::vector<double> stage_costs, bool costs_known,
-                       std::vector<double> accuracies, std::shared_ptr<Backend> backend,
-                       const RunnerOptions& options, std::unique_ptr<Runner>& out);
-    void run(const float* x, std::int64_t batch, double budget_ms, Result& out);
-    const float* rows_of_input(const float* x);
+                      std::vector<double> thresholds, Measure measure,
+                      std::vector<double> hop_costs, bool costs_known,
+                      std::vector<double> accuracies, std::vector<Gate> gates,
+                      std::shared_ptr<Backend> backend, const RunnerOptions& options,
+                      std::unique_ptr<Runner>& out);
+    void run(const std::vector<const void*>& inputs, std::int64_t batch, double budget_ms,
+             Result& out);
+    const void* rows_of_input(std::size_t input, const void* x);
     void check_outputs(std::size_t step, const TensorView* views, std::size_t count,
                        std::size_t logits, std::int64_t rows) const;
 
@@ -216,15 +282,21 @@ class Runner {
     Policy policy_;
     bool costs_known_ = false;
     bool table_ = false;  // the plan's budget table picks the route under a budget
+    std::vector<Gate> gates_;  // a gate plan's gates, one per kept state but the last
     std::shared_ptr<Backend> backend_;
-    std::vector<Stage> stages_;
+    std::vector<Hop> hops_;
     std::vector<StepRun> steps_;
-    // reused across calls: decision outputs, active rows, gathered rows, best answers
-    std::vector<std::int64_t> pred_, keep_, rows_, next_rows_, best_pred_;
-    std::vector<float> conf_, best_conf_, gathered_x_;
+    std::vector<DType> input_types_;         // of each model input
+    std::vector<std::int64_t> input_bytes_;  // bytes of one row of each model input
+    // reused across calls: decision outputs, active rows, gathered rows, best answers,
+    // and a gate plan's running features (earlier argmax per row, previous score)
+    std::vector<std::int64_t> pred_, keep_, rows_, next_rows_, best_pred_, history_;
+    std::vector<float> conf_, best_conf_, previous_;
     std::vector<std::uint8_t> exit_mask_;
     std::vector<std::vector<float>> gathered_;
-    bool x_gathered_ = false;
+    std::vector<std::vector<unsigned char>> gathered_inputs_;
+    std::vector<bool> input_gathered_;
+    std::vector<const void*> one_input_;
 };
 
 }  // namespace edgeadapt::runner
