@@ -229,10 +229,10 @@ class BatchCheck:
 
     def __call__(self, x: Any) -> dict[str, np.ndarray]:
         """`x` checked as `check_batch` does, as ``{name: array}``."""
-        if self.single is not None:
+        if type(x) is np.ndarray:
             a = self.array(x)
             if a is not None:
-                return {self.single[0]: a}
+                return {self._quick[0][0]: a}
         elif type(x) is dict and len(x) == len(self._quick):
             rows = -1
             for name, dtype, shape, rank, finite in self._quick:

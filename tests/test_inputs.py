@@ -84,3 +84,15 @@ def test_batch_check_of_several_inputs_accepts_or_words_the_error_as_check_batch
         with pytest.raises(InputError) as got:
             check(x)
         assert str(got.value) == str(want.value)
+
+
+def test_a_mapping_for_a_one_input_bundle_is_accepted_as_it_is():
+    bundle = load_bundle(BUNDLES / "mnist1d-family")
+    check = BatchCheck(bundle.inputs)
+    x = {bundle.input.name: _x(2)}
+    assert check(x) is x
+    view = {bundle.input.name: _x(4)[::2]}  # not contiguous: the complete check copies
+    got = check(view)
+    assert got is not view
+    assert got[bundle.input.name].flags.c_contiguous
+    np.testing.assert_array_equal(got[bundle.input.name], view[bundle.input.name])
