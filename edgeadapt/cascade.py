@@ -552,7 +552,10 @@ class AdaptiveModel:
         Hot path: until some row exits, the kernel writes every row's answer straight
         into the returned `pred` and `conf`, so a batch where nobody exits early (always
         the case at batch 1) never gathers or scatters; after the first early exit the
-        surviving rows are compacted and their answers scattered back.
+        surviving rows are compacted and their answers scattered back. When one hop
+        answers alone (a one-state plan, a branches plan without a budget) and `x` is
+        the one input's array, the quick input check leads straight to its call and the
+        kernel's answer.
         """
         fast = self._fast
         if fast is not None and budget_ms is None and type(x) is np.ndarray:

@@ -36,7 +36,8 @@ on that cost, and a plan that then does not beat the static model keeps the stat
 model (``fallback`` says why). A plan of one state deploys one plain model, whose call
 overhead the static model pays too: none is added. Without an overhead (``None``: an
 older profile, or bare costs) nothing is added, as before; the plan records what it
-counted (`Plan.hop_overhead_ms`).
+counted (`Plan.hop_overhead_ms`). The oracle pays none (it is a bound on what the
+states can do), so the gap closure then also charges the policy its overhead.
 
 The costs should be the ones the cascade pays: a profile taken in ``chain`` order (the
 profiler's default). `profile_costs` reads both baselines from a profile and says when
