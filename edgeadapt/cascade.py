@@ -46,7 +46,7 @@ import numpy as np
 
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import InputError
-from edgeadapt.inputs import check_batch, warmup_batch
+from edgeadapt.inputs import BatchCheck, warmup_batch
 from edgeadapt.kernel import MEASURES, GateRun, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.presets import RuntimeConfig, inherit_runtime
@@ -62,6 +62,11 @@ class Prediction:
     `exit_state` is the bundle state index that answered; `budget_exit` marks rows sent
     out by the budget. `latency_ms` holds ``total`` (the whole call), ``steps`` (each
     step's backend time, in the order run) and ``rows`` (how many rows each step ran on).
+
+    When one kept state answers alone (a one-state plan, a branch), every row has the
+    same `exit_state` and no `budget_exit`: those two are then read-only arrays shared
+    by the calls of one batch size (copy them to change them); `pred` and `conf` are
+    always the caller's own.
     """
 
     pred: np.ndarray
@@ -69,6 +74,31 @@ class Prediction:
     conf: np.ndarray
     budget_exit: np.ndarray
     latency_ms: dict[str, Any]
+
+
+_new = object.__new__
+
+
+def _prediction(
+    pred: np.ndarray,
+    exit_state: np.ndarray,
+    conf: np.ndarray,
+    budget_exit: np.ndarray,
+    latency_ms: dict[str, Any],
+) -> Prediction:
+    """A `Prediction`, its fields written straight into the instance dict: what the
+    frozen dataclass's `__init__` does, without one `object.__setattr__` call per field
+    (half a microsecond of a batch-1 call)."""
+    p = _new(Prediction)
+    d = p.__dict__
+    d["pred"], d["exit_state"], d["conf"] = pred, exit_state, conf
+    d["budget_exit"], d["latency_ms"] = budget_exit, latency_ms
+    return p
+
+
+#: Placeholders for the one-state path's cached arrays before its first call.
+_EMPTY_I64 = np.empty(0, dtype=np.int64)
+_EMPTY_BOOL = np.empty(0, dtype=np.bool_)
 
 
 @dataclass(frozen=True)
@@ -133,20 +163,6 @@ def _step_costs(
                 f"must be a finite number >= 0, got {c!r}", source="step_costs_ms", field=f"[{j}]"
             )
     return [float(c) for c in costs]
-
-
-# Up to this many elements `_finite` sums in Python rather than asking numpy: right after
-# a runtime call numpy's machinery is out of the CPU caches and a reduction costs ~9 us,
-# Python's sum over a few hundred floats ~4 us (measured between steps on an x86 VM).
-_PY_SUM_MAX = 512
-
-
-def _finite(x: np.ndarray) -> bool:
-    """Whether a floating array holds no NaN or infinity; a small one may also say False
-    when its finite values sum past the float range (the caller then checks in full)."""
-    if x.size <= _PY_SUM_MAX:
-        return math.isfinite(sum(x.reshape(-1).tolist()))
-    return bool(np.isfinite(x).all())
 
 
 _Feeds = tuple[tuple[str, bool], ...]
@@ -266,13 +282,28 @@ class AdaptiveModel:
             _budget_routes(bundle, self._route) if policy.accuracies is not None else None
         )
         self._measure = policy.measure
-        # (name, dtype, shape after the batch axis, rank) of every model input, for the
-        # fast acceptance in `check_inputs`
-        self._specs = tuple(
-            (s.name, np.dtype(s.dtype), tuple(int(d) for d in s.shape[1:]), len(s.shape))
-            for s in bundle.inputs
-        )
-        self._single = self._specs[0] if len(self._specs) == 1 else None
+        self._check = BatchCheck(bundle.inputs, source="input")
+        # The one hop a call without a budget runs alone (a one-state plan, or a branches
+        # plan's most accurate branch), resolved for `predict`'s fast path when it is one
+        # call fed the bundle's one input: (session, input name, logits name, slot,
+        # state); else None.
+        self._fast: tuple[Session, str, str, int, int] | None = None
+        alone = self._alone(bundle, self._route)
+        if alone is not None and self._check.single is not None:
+            ((session, feeds),) = alone.calls
+            name = self._check.single[0]
+            if feeds == ((name, True),):
+                self._fast = (session, name, alone.logits, alone.slot, alone.state)
+        # read-only exit_state / budget_exit of the last batch size the fast path saw
+        self._constant: tuple[int, np.ndarray, np.ndarray] = (0, _EMPTY_I64, _EMPTY_BOOL)
+
+    @staticmethod
+    def _alone(bundle: Bundle, route: Sequence[_ResolvedHop]) -> _ResolvedHop | None:
+        """The hop that answers alone without a budget: a route of one, or a branches
+        plan's most accurate branch; None when the cascade walks several."""
+        if len(route) == 1 or bundle.kind == "branches":
+            return route[-1]
+        return None
 
     @classmethod
     def load(
@@ -441,42 +472,12 @@ class AdaptiveModel:
         `x` is a mapping holding every model input (each with its dtype, shape
         ``[B, *input shape]`` and the same ``B``), or for a one-input bundle the bare array.
         Nothing is converted: int64 token ids stay int64, and a wrong dtype is an error.
-        Fast acceptance first, for plain C-contiguous arrays of the right dtype and shape
-        with no NaN or infinity (a small one: its sum is finite); anything it cannot vouch
-        for, including a small finite one whose sum overflows, takes the complete check
-        (`edgeadapt.inputs.check_batch`), which also words the error.
+        Quick acceptance first (`edgeadapt.inputs.BatchCheck`: plain C-contiguous arrays
+        of the right dtype and shape with no NaN or infinity); anything it cannot vouch
+        for takes the complete check (`edgeadapt.inputs.check_batch`), which also words
+        the error.
         """
-        single = self._single
-        if single is not None and type(x) is np.ndarray:
-            name, dtype, shape, rank = single
-            if (
-                x.dtype is dtype
-                and x.shape[1:] == shape
-                and x.ndim == rank
-                and x.shape[0] > 0
-                and x.flags.c_contiguous
-                and (x.dtype.kind != "f" or _finite(x))
-            ):
-                return {name: x}
-        elif type(x) is dict and len(x) == len(self._specs):
-            rows = -1
-            for name, dtype, shape, rank in self._specs:
-                a = x.get(name)
-                if (
-                    type(a) is not np.ndarray
-                    or a.dtype is not dtype
-                    or a.shape[1:] != shape
-                    or a.ndim != rank
-                    or not a.flags.c_contiguous
-                    or (rows != -1 and a.shape[0] != rows)
-                    or (a.dtype.kind == "f" and not _finite(a))
-                ):
-                    break
-                rows = a.shape[0]
-            else:
-                if rows > 0:
-                    return x
-        return check_batch(self.bundle.inputs, x, source="input")
+        return self._check(x)
 
     def check_input(self, x: Any) -> np.ndarray:
         """`check_inputs` for a one-input bundle's bare array: the validated array."""
@@ -487,34 +488,44 @@ class AdaptiveModel:
         what runs, or a branch): its one call (the whole model, for a one-state
         early-exit plan) and the kernel's answer, nothing else."""
         start = perf_counter_ns()
-        state, slot, _, logits_name, calls, _, _ = hop
-        ((session, feeds),) = calls
+        ((session, feeds),) = hop.calls
         out = session.run({name: inputs[name] for name, _ in feeds}, check=False)
-        self.policy.observe(slot, session.last_run_ns / 1e6)
+        return self._answer(start, session, out, hop.logits, hop.slot, hop.state)
+
+    def _answer(
+        self,
+        start: int,
+        session: Session,
+        out: dict[str, np.ndarray],
+        logits_name: str,
+        slot: int,
+        state: int,
+    ) -> Prediction:
+        """The `Prediction` of a hop that answered alone: the kernel's answer for every
+        row (threshold -inf: everyone exits), into the two arrays the caller keeps; the
+        every-row-alike `exit_state` and `budget_exit` are shared read-only arrays."""
+        run_ms = session.last_run_ns / 1e6
+        self.policy.observe(slot, run_ms)
         logits = out[logits_name]
         b = logits.shape[0]
-        if self._buffers[0].shape[0] < b:
-            self._buffers = decide_buffers(b)
-        _, _, mbuf, kbuf = self._buffers
+        buffers = self._buffers
+        if buffers[0].shape[0] < b:
+            self._buffers = buffers = decide_buffers(b)
         pred = np.empty(b, dtype=np.int64)
         conf = np.empty(b, dtype=np.float32)
         try:
-            decide_into(logits, -math.inf, pred, conf, mbuf, kbuf, self._measure)
+            decide_into(logits, -math.inf, pred, conf, buffers[2], buffers[3], self._measure)
         except TypeError:  # not C-contiguous: the kernel reads logits in place
-            decide_into(
-                np.ascontiguousarray(logits), -math.inf, pred, conf, mbuf, kbuf, self._measure
-            )
-        return Prediction(
-            pred=pred,
-            exit_state=np.full(b, state, dtype=np.int64),
-            conf=conf,
-            budget_exit=np.zeros(b, dtype=np.bool_),
-            latency_ms={
-                "total": (perf_counter_ns() - start) / 1e6,
-                "steps": [session.last_run_ns / 1e6],
-                "rows": [b],
-            },
-        )
+            logits = np.ascontiguousarray(logits)
+            decide_into(logits, -math.inf, pred, conf, buffers[2], buffers[3], self._measure)
+        constant = self._constant
+        if constant[0] != b:
+            exit_state = np.full(b, state, dtype=np.int64)
+            budget_exit = np.zeros(b, dtype=np.bool_)
+            exit_state.flags.writeable = budget_exit.flags.writeable = False
+            self._constant = constant = (b, exit_state, budget_exit)
+        latency = {"total": (perf_counter_ns() - start) / 1e6, "steps": [run_ms], "rows": [b]}
+        return _prediction(pred, constant[1], conf, constant[2], latency)
 
     def _check_budget(self, budget_ms: Any) -> float | None:
         if budget_ms is None:
@@ -541,8 +552,19 @@ class AdaptiveModel:
         Hot path: until some row exits, the kernel writes every row's answer straight
         into the returned `pred` and `conf`, so a batch where nobody exits early (always
         the case at batch 1) never gathers or scatters; after the first early exit the
-        surviving rows are compacted and their answers scattered back.
+        surviving rows are compacted and their answers scattered back. When one hop
+        answers alone (a one-state plan, a branches plan without a budget) and `x` is
+        the one input's array, the quick input check leads straight to its call and the
+        kernel's answer.
         """
+        fast = self._fast
+        if fast is not None and budget_ms is None and type(x) is np.ndarray:
+            a = self._check.array(x)
+            if a is not None:  # else the complete check below accepts or words the error
+                start = perf_counter_ns()
+                session, name, logits_name, slot, state = fast
+                out = session.run({name: a}, check=False)
+                return self._answer(start, session, out, logits_name, slot, state)
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
         if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):
@@ -647,10 +669,118 @@ class AdaptiveModel:
                 xs = {name: inputs[name][rows] for name in refeed}
             prev = {name: prev[name][keep] for name in carried}
         total = (perf_counter_ns() - start) / 1e6
-        return Prediction(
-            pred=pred,
-            exit_state=exit_state,
-            conf=conf,
-            budget_exit=budget_exit,
-            latency_ms={"total": total, "steps": step_ms, "rows": step_rows},
+        return _prediction(
+            pred,
+            exit_state,
+            conf,
+            budget_exit,
+            {"total": total, "steps": step_ms, "rows": step_rows},
         )
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What `AdaptiveModel.predict` itself costs on a device, beside the runtime calls.
+
+    `call_ms` is one call's own cost when one kept state answers alone (the fast path:
+    input check, the kernel's answer, the `Prediction`), which the static model
+    deployed through `AdaptiveModel` pays too; `hop_ms` what each hop of a cascade adds
+    on top of that (a session call's wrapper, the checks of its outputs, the kernel,
+    compaction, the bookkeeping), measured over `hops` hops at batch 1. The planner
+    charges a plan `hop_ms` per hop run (`edgeadapt.planner.make_plan`); `call_ms`
+    cancels out against the static model's.
+    """
+
+    hop_ms: float
+    call_ms: float
+    hops: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hop_ms": self.hop_ms, "call_ms": self.call_ms, "hops": self.hops}
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str | os.PathLike[str], field: str) -> Overhead:
+        """Read `to_json`'s form; errors name `source` and `field`."""
+        if not isinstance(doc, dict) or set(doc) != {"hop_ms", "call_ms", "hops"}:
+            raise InputError(
+                "expected an object with hop_ms, call_ms and hops", source=source, field=field
+            )
+        for key in ("hop_ms", "call_ms"):
+            v = doc[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise InputError(
+                    f"must be a finite number >= 0, got {v!r}",
+                    source=source,
+                    field=f"{field}.{key}",
+                )
+        hops = doc["hops"]
+        if isinstance(hops, bool) or not isinstance(hops, int) or hops < 1:
+            raise InputError(
+                f"must be an integer >= 1, got {hops!r}", source=source, field=f"{field}.hops"
+            )
+        return cls(float(doc["hop_ms"]), float(doc["call_ms"]), hops)
+
+
+_BLOCK = 5
+
+
+def measure_overhead(
+    bundle: Bundle, runtime: str | RuntimeConfig | None = None, *, calls: int = 40
+) -> Overhead | None:
+    """`Overhead` of `bundle` on `runtime`, measured at batch 1: the cascade of every
+    state with no early exit (``N`` hops) and the last state alone (the fast path; the
+    merged static model for an early-exit bundle), about `calls` times each after a
+    warm-up, in alternating rounds of a few calls. Each call's own cost is its wall time minus its runtime calls' time
+    (`Prediction.latency_ms` ``steps``), so the models' own latency, and its noise, do
+    not enter; medians. ``hop_ms = (cascade - alone) / N``: the fixed part the
+    cascade's call pays beyond the fast path's is spread over its hops (a slight
+    overstatement, the conservative side for a plan against the static model).
+
+    None for a branches bundle (its branches answer alone: there is no cascade).
+    """
+    if bundle.kind == "branches":
+        return None
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise InputError(f"must be an integer >= 1, got {calls!r}", source="calls")
+    n = len(bundle.states)
+    high = 2.0  # above every maxprob: no row exits before the last state
+    batch = warmup_batch(bundle)
+    x: Any = batch[bundle.input.name] if len(batch) == 1 else batch
+    with AdaptiveModel.load(bundle, runtime, thresholds=high, warmup=3) as full:
+        assert full.runtime is not None
+        with _alone_model(bundle, full.runtime, n - 1) as alone:
+            alone.warm_up(3)
+            got: dict[str, list[int]] = {"full": [], "alone": []}
+            # rounds of a few calls of one model, as an application calls it; the first
+            # of each round (caches the other model left) is not counted
+            for _ in range(max(1, calls // _BLOCK)):
+                for name, model in (("full", full), ("alone", alone)):
+                    for k in range(_BLOCK + 1):
+                        t = perf_counter_ns()
+                        out = model.predict(x)
+                        wall = perf_counter_ns() - t
+                        if k:
+                            got[name].append(wall - round(1e6 * sum(out.latency_ms["steps"])))
+    cascade_ms = float(np.median(got["full"])) / 1e6
+    call_ms = max(0.0, float(np.median(got["alone"])) / 1e6)
+    return Overhead(hop_ms=max(0.0, (cascade_ms - call_ms) / n), call_ms=call_ms, hops=n)
+
+
+def _alone_model(bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveModel:
+    """`state` of `bundle` as a one-state plan deploys it (the merged static model for an
+    early-exit bundle, else the member alone), with no costs known."""
+    steps = tuple(range(state + 1)) if bundle.kind == "early-exit" else (state,)
+    hops = [_Hop(state, steps)]
+    policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
+    rt = config.make()
+    static = _static_session(rt, bundle, hops)
+    sessions: list[Any] = [None] * len(bundle.steps)
+    try:
+        for i in () if static is not None else steps:
+            sessions[i] = rt.load(bundle.steps[i].path)
+    except BaseException:
+        for s in sessions:
+            if s is not None:
+                s.close()
+        raise
+    return AdaptiveModel(bundle, sessions, hops, policy, False, static)

@@ -15,7 +15,8 @@ bundle also accepts ``x``), plus ``y`` for labels where labels are wanted.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from edgeadapt.npzio import ArraySpec, load_npz, npz_keys
 
 __all__ = [
     "X_KEY",
+    "BatchCheck",
     "check_batch",
     "is_mask",
     "random_batch",
@@ -138,6 +140,118 @@ def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bo
             field=field,
         )
     return np.ascontiguousarray(x)
+
+
+# Up to this many elements the quick finiteness test works on the array's bytes in
+# Python rather than asking numpy: right after a runtime call numpy's machinery is out of
+# the CPU caches and a reduction costs ~9 us; the bit test below costs ~0.4 us on 40
+# float32 values and ~3.5 us on 784 (measured on an x86 VM).
+_PY_MAX = 512
+
+#: mantissa bits of each IEEE float width (bytes): float16, float32, float64
+_MANTISSA = {2: 10, 4: 23, 8: 52}
+
+
+def _finite_test(dtype: np.dtype[Any]) -> Callable[[np.ndarray], bool]:
+    """An exact test that a C-contiguous array of the native float `dtype` holds no NaN
+    or infinity.
+
+    Up to `_PY_MAX` values it reads the array's bytes as one Python integer whose lanes
+    are the values' bit patterns: a value is NaN or infinite when its exponent bits are
+    all ones. With ``E`` the exponent mask in every lane, ``t = (v & E) ^ E`` has a lane
+    all zero exactly there; setting each lane's sign bit (``H``) and subtracting one
+    exponent unit per lane (``L``) clears the sign bit of exactly those lanes, and never
+    borrows across lanes (each lane is at least ``H > L``). Larger arrays: numpy. The
+    masks for the last size seen are kept.
+    """
+    size = dtype.itemsize
+    if size not in _MANTISSA:
+        return lambda x: bool(np.isfinite(x).all())
+    bits, mant = 8 * size, _MANTISSA[size]
+    lanes = (((1 << (bits - 1 - mant)) - 1) << mant, 1 << (bits - 1), 1 << mant)
+    uint = np.dtype(f"u{size}")
+    order = sys.byteorder
+    cache: list[Any] = [-1, 0, 0, 0]  # size, E, H, L
+
+    def finite(x: np.ndarray) -> bool:
+        n = x.size
+        if n > _PY_MAX:
+            return bool(np.isfinite(x).all())
+        if n != cache[0]:
+            cache[:] = [n, *(int.from_bytes(np.full(n, m, uint).tobytes(), order) for m in lanes)]
+        _, e, h, low = cache
+        t = (int.from_bytes(x.tobytes(), order) & e) ^ e
+        return ((t | h) - low) & h == h
+
+    return finite
+
+
+class BatchCheck:
+    """`check_batch` for one fixed list of specs (a loaded model's inputs), with a quick
+    acceptance first: what can be worked out per spec (dtype, shape after the batch
+    axis, rank, how to test finiteness) is worked out once, so a plain C-contiguous
+    array of the right dtype and shape with no NaN or infinity costs a few attribute
+    tests and one bit test (`_finite_test`). Anything the quick test cannot vouch for
+    (a wrong dtype, a view, NaN) takes `check_batch`, which also words the error: the
+    errors are `check_batch`'s, word for word.
+    """
+
+    def __init__(self, specs: Sequence[InputSpec], source: str = "input") -> None:
+        self.specs = tuple(specs)
+        self.source = source
+        quick = []
+        for s in self.specs:
+            dtype = np.dtype(s.dtype)
+            finite = _finite_test(dtype) if dtype.kind == "f" else None
+            quick.append((s.name, dtype, tuple(int(d) for d in s.shape[1:]), len(s.shape), finite))
+        self._quick = tuple(quick)
+        #: The one input's (name, dtype, shape after the batch axis, rank, finiteness
+        #: test or None for a non-float input), else None.
+        self.single = self._quick[0] if len(self._quick) == 1 else None
+
+    def array(self, x: Any) -> np.ndarray | None:
+        """`x` itself when the quick test accepts it as the one input's batch, else None
+        (then `__call__` decides, and words any error)."""
+        single = self.single
+        if single is None or type(x) is not np.ndarray:
+            return None
+        _, dtype, shape, rank, finite = single
+        if (
+            x.dtype is dtype
+            and x.ndim == rank
+            and x.shape[1:] == shape
+            and x.shape[0] > 0
+            and x.flags.c_contiguous
+            and (finite is None or finite(x))
+        ):
+            return x
+        return None
+
+    def __call__(self, x: Any) -> dict[str, np.ndarray]:
+        """`x` checked as `check_batch` does, as ``{name: array}``."""
+        if type(x) is np.ndarray:
+            a = self.array(x)
+            if a is not None:
+                return {self._quick[0][0]: a}
+        elif type(x) is dict and len(x) == len(self._quick):
+            rows = -1
+            for name, dtype, shape, rank, finite in self._quick:
+                a = x.get(name)
+                if (
+                    type(a) is not np.ndarray
+                    or a.dtype is not dtype
+                    or a.shape[1:] != shape
+                    or a.ndim != rank
+                    or not a.flags.c_contiguous
+                    or (rows != -1 and a.shape[0] != rows)
+                    or (finite is not None and not finite(a))
+                ):
+                    break
+                rows = a.shape[0]
+            else:
+                if rows > 0:
+                    return x
+        return check_batch(self.specs, x, source=self.source)
 
 
 def read_batch(

@@ -32,6 +32,7 @@ the record of how well the plan did and is shown by reports.
   "static": {"cost_ms": 0.74},                   # optional: the measured whole model
   "fallback": "no plan of several states ...",   # optional: why only the static model
   "cost_stat": "p90",                            # optional (default p50): cost percentile
+  "hop_overhead_ms": 0.006,                      # optional: the cascade's own cost per hop
   "runtime": {"runtime": "onnxruntime", "preset": null, "precision": "as-exported",
               "threads": 1, "options": {}}        # optional: what the costs were measured
 }                                                 #   under (edgeadapt.presets.RuntimeConfig)
@@ -46,6 +47,12 @@ Policy ``gate`` (`edgeadapt.gates`): one learned gate per kept state but the las
 weights over the features of `edgeadapt.kernel_ref.GATE_FEATURES`; the thresholds then
 apply to the gates' scores (in [0, 1]) and `measure` names only the confidence reported
 at the last state. Version 1 files (no ``policy``) read as the threshold policy.
+
+``hop_overhead_ms`` is what `AdaptiveModel.predict` itself adds per hop on the device
+(the profile's `edgeadapt.cascade.Overhead`): a plan of several states has it counted in
+its expected costs (``calibration``/``heldout`` ``cost_ms``, one per hop run, beside
+the steps' ``cost_ms``) and is kept only if that still beats the static model. Plans
+without it (older ones, or made from costs with no measured overhead) count none.
 
 ``static`` is the measured whole model (the unsplit network, from the profile), the
 baseline a plan must beat to be worth deploying; plans made from a profile without it
@@ -157,6 +164,8 @@ class Plan:
     gates: tuple[Gate, ...] | None = None  # None: the threshold policy
     #: The runtime configuration the costs were measured under (None: not recorded).
     runtime: RuntimeConfig | None = None
+    #: The cascade's own cost per hop counted in the expected costs (None: none counted).
+    hop_overhead_ms: float | None = None
 
     @property
     def policy(self) -> str:
@@ -185,6 +194,7 @@ class Plan:
             "r_n": self.r_n,
             "gap_closure": self.gap_closure,
             "static_ms": self.static_ms,
+            "hop_overhead_ms": self.hop_overhead_ms,
             "saving_vs_r_n": _saving(self.heldout.cost_ms, self.r_n),
             "saving_vs_static": _saving(self.heldout.cost_ms, self.static_ms),
             "beats_static": self.beats_static,
@@ -301,6 +311,8 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         doc["cost_stat"] = plan.cost_stat
     if plan.runtime is not None:
         doc["runtime"] = plan.runtime.to_json()
+    if plan.hop_overhead_ms is not None:
+        doc["hop_overhead_ms"] = plan.hop_overhead_ms
     return doc
 
 
@@ -488,6 +500,11 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         runtime=(
             RuntimeConfig.from_json(f.obj["runtime"], f.source, "$.runtime")
             if "runtime" in f.obj
+            else None
+        ),
+        hop_overhead_ms=(
+            f.number("hop_overhead_ms", minimum=0.0, maximum=MAX_MS)
+            if "hop_overhead_ms" in f.obj
             else None
         ),
     )

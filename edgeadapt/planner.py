@@ -27,6 +27,18 @@ of every state) and the per-state costs measured on the device:
    (`static_ms`), the plan also records it, so its expected cost is held to the static
    model a user would otherwise deploy as well as to R_N (`Plan.beats_static`).
 
+Per-hop overhead (`hop_overhead_ms`, the profile's `edgeadapt.cascade.Overhead`): what
+`AdaptiveModel.predict` itself adds per hop of a cascade on the device, beside the
+runtime calls. A plan of several states has it added to each kept state's exit cost
+(``(j + 1) * hop_overhead_ms`` at the j-th kept state: one per hop run), so its expected
+cost is what the cascade pays; the subset search compares its best subset of each size
+on that cost, and a plan that then does not beat the static model keeps the static
+model (``fallback`` says why). A plan of one state deploys one plain model, whose call
+overhead the static model pays too: none is added. Without an overhead (``None``: an
+older profile, or bare costs) nothing is added, as before; the plan records what it
+counted (`Plan.hop_overhead_ms`). The oracle pays none (it is a bound on what the
+states can do), so the gap closure then also charges the policy its overhead.
+
 The costs should be the ones the cascade pays: a profile taken in ``chain`` order (the
 profiler's default). `profile_costs` reads both baselines from a profile and says when
 its step costs were timed each step alone.
@@ -48,7 +60,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -63,7 +75,7 @@ from edgeadapt.plan import COST_STATS, KINDS, MEASURE_RANGES, BudgetRow, Plan, S
 from edgeadapt.presets import RuntimeConfig
 from edgeadapt.risk import Promise, RiskControlled, risk_control, shared_path
 from edgeadapt.stats import drop_upper_bound
-from edgeadapt.subset import search_subsets, subset_costs
+from edgeadapt.subset import CalibratedSubset, search_subsets, subset_costs
 
 if TYPE_CHECKING:
     import os
@@ -216,6 +228,59 @@ def budget_state(budget: Sequence[BudgetRow], budget_ms: float) -> int:
     return budget[0].state if row is None else budget[row].state
 
 
+def exit_costs(
+    state_costs: np.ndarray, states: Sequence[int], kind: str, hop_ms: float | None = None
+) -> np.ndarray:
+    """What a sample exiting at each kept state pays (`edgeadapt.subset.subset_costs`)
+    plus, for a cascade of several states, `hop_ms` per hop run to reach it."""
+    return _add_hops(subset_costs(state_costs, states, kind), hop_ms, kind)
+
+
+def _add_hops(cost: np.ndarray, hop_ms: float | None, kind: str) -> np.ndarray:
+    if not hop_ms or len(cost) < 2 or kind == "branches":
+        return cost
+    return cost + hop_ms * np.arange(1, len(cost) + 1)
+
+
+def _search(
+    calib: Outcomes,
+    costs: np.ndarray,
+    kind: str,
+    max_states: int,
+    max_drop: float,
+    reference_accuracy: float,
+    hop_ms: float | None,
+) -> CalibratedSubset:
+    """`search_subsets`; with a per-hop overhead, the cheapest of its best subsets of at
+    most 1, 2, ... `max_states` states once the hops are counted (a cascade of more states
+    pays more hops), ties to fewer states."""
+    sizes = range(1, max_states + 1) if hop_ms and kind != "branches" else (max_states,)
+    best: tuple[float, CalibratedSubset] | None = None
+    evaluated = 0
+    for m in sizes:
+        choice = search_subsets(
+            calib.conf,
+            calib.correct,
+            costs,
+            kind=kind,
+            max_states=m,
+            max_drop=max_drop,
+            reference_accuracy=reference_accuracy,
+        )
+        evaluated += choice.evaluated
+        cols = list(choice.states)
+        cost = simulate(
+            calib.conf[:, cols],
+            calib.correct[:, cols],
+            exit_costs(costs, choice.states, kind, hop_ms),
+            choice.calibration.thresholds,
+        ).expected_cost
+        if best is None or cost < best[0] - _TOL * max(1.0, abs(best[0])):
+            best = (cost, choice)
+    assert best is not None
+    return replace(best[1], evaluated=evaluated)
+
+
 def _measure(calib: Outcomes, heldout: Outcomes, measure: str | None) -> str:
     """The one measure of both splits and the caller's choice."""
     said = {m for m in (calib.measure, heldout.measure, measure) if m is not None}
@@ -318,8 +383,12 @@ def make_plan(
     policy: str = "threshold",
     cost_stat: str = "p50",
     runtime: RuntimeConfig | None = None,
+    hop_overhead_ms: float | None = None,
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
+
+    `hop_overhead_ms` is the cascade's own cost per hop on the device (module docstring:
+    per-hop overhead); None counts none.
 
     `static_ms` is the measured whole model's cost, recorded as the plan's static baseline.
     `policy` ``"gate"`` fits a learned gate per kept state but the last on `calib`
@@ -349,17 +418,18 @@ def make_plan(
     )
     if static_ms is not None and not (math.isfinite(static_ms) and static_ms >= 0):
         raise InputError(f"must be finite and >= 0, got {static_ms}", field="static_ms")
+    if hop_overhead_ms is not None and (
+        isinstance(hop_overhead_ms, bool)
+        or not isinstance(hop_overhead_ms, (int, float))
+        or not (math.isfinite(hop_overhead_ms) and hop_overhead_ms >= 0)
+    ):
+        raise InputError(
+            f"must be a finite number >= 0, got {hop_overhead_ms!r}", field="hop_overhead_ms"
+        )
+    hop_ms = None if hop_overhead_ms is None else float(hop_overhead_ms)
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
-    choice = search_subsets(
-        calib.conf,
-        calib.correct,
-        costs,
-        kind=kind,
-        max_states=max_states,
-        max_drop=max_drop,
-        reference_accuracy=float(calib_acc[reference]),
-    )
+    choice = _search(calib, costs, kind, max_states, max_drop, float(calib_acc[reference]), hop_ms)
     promise: Promise | None = None
     fallback: str | None = None
     thresholds = choice.calibration.thresholds
@@ -367,7 +437,7 @@ def make_plan(
     gates: tuple[Gate, ...] | None = None
     if policy == "gate":
         kept, gates, thresholds = _gated_states(
-            calib, costs, kept, kind, reference, max_drop, calibration
+            calib, costs, kept, kind, reference, max_drop, calibration, hop_ms
         )
     if kind == "branches":
         # AdaInf's branches are picked by budget, not cascaded: keep the device's Pareto
@@ -376,7 +446,7 @@ def make_plan(
         thresholds = np.full(len(kept) - 1, math.inf)
     elif calibration == "risk":
         controlled = _risk_controlled(
-            calib, heldout, costs, kept, kind, reference, max_drop, delta, gates
+            calib, heldout, costs, kept, kind, reference, max_drop, delta, gates, hop_ms
         )
         promise = controlled.promise
         thresholds = controlled.thresholds
@@ -407,7 +477,7 @@ def make_plan(
         run = simulate(
             _policy_conf(split, cols, gates),
             split.correct[:, cols],
-            subset_costs(costs, states, kind),
+            exit_costs(costs, states, kind, hop_ms),
             thresholds,
         )
         policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
@@ -424,10 +494,11 @@ def make_plan(
         and len(states) > 1
         and held_figures.cost_ms >= static_ms
     ):
+        counted = f" (the cascade's own {hop_ms:.4g} ms per hop included)" if hop_ms else ""
         fallback = (
             f"no plan of several states beats the measured static model: expected "
-            f"{held_figures.cost_ms:.4g} ms against {static_ms:.4g} ms; the plan keeps "
-            "the static model"
+            f"{held_figures.cost_ms:.4g} ms{counted} against {static_ms:.4g} ms; the plan "
+            "keeps the static model"
         )
         states, thresholds = (reference,), np.empty(0)
         gates = None if gates is None else ()
@@ -469,6 +540,7 @@ def make_plan(
         gates=gates,
         cost_stat=cost_stat,
         runtime=runtime,
+        hop_overhead_ms=hop_ms,
     )
 
 
@@ -507,6 +579,7 @@ def _gated_states(
     reference: int,
     max_drop: float,
     calibration: str,
+    hop_ms: float | None = None,
 ) -> tuple[tuple[int, ...], tuple[Gate, ...], np.ndarray]:
     """Gates for the kept `states`, fitted on `calib`, and their calibration-split
     thresholds (the empirical ones, or the end of the shared-threshold path for risk
@@ -525,7 +598,7 @@ def _gated_states(
         correct, ref = calib.correct[:, cols], calib.correct[:, reference]
         gates = fit_gates(inputs, correct, ref)
         conf = policy_confidences(gates, inputs)
-        cost = subset_costs(costs, states, kind)
+        cost = exit_costs(costs, states, kind, hop_ms)
         if calibration == "risk":
             t = shared_path(conf, correct, ref, max_drop=max_drop)[-1]
         else:
@@ -549,6 +622,7 @@ def _risk_controlled(
     max_drop: float,
     delta: float,
     gates: tuple[Gate, ...] | None = None,
+    hop_ms: float | None = None,
 ) -> RiskControlled:
     """Learn-then-Test thresholds for the kept `states` (on the `gates`' scores when
     given): learned on `calib`, tested on `heldout`, drop against the `reference` state."""
@@ -560,7 +634,7 @@ def _risk_controlled(
             heldout.correct[:, cols],
             heldout.correct[:, reference],
         ),
-        subset_costs(costs, states, kind),
+        exit_costs(costs, states, kind, hop_ms),
         max_drop=max_drop,
         delta=delta,
         shared=gates is not None,
@@ -583,6 +657,7 @@ def plan_bundle(
     policy: str = "threshold",
     cost_stat: str = "p50",
     runtime: RuntimeConfig | None = None,
+    hop_overhead_ms: float | None = None,
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
@@ -604,6 +679,7 @@ def plan_bundle(
         policy=policy,
         cost_stat=cost_stat,
         runtime=runtime,
+        hop_overhead_ms=hop_overhead_ms,
     )
 
 
@@ -611,7 +687,8 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
     """The plan's policy run on `split` (outcomes of every bundle state, in bundle order,
     in the plan's measure): accuracy, expected cost, and the kept-state index each
     sample exits at. What the plan's figures are computed with, and what a runner must
-    reproduce row for row."""
+    reproduce row for row; the expected cost counts the per-hop overhead the plan
+    counted (`Plan.hop_overhead_ms`)."""
     if split.names != plan.bundle_states:
         raise InputError(
             f"states {split.names} differ from the plan's {plan.bundle_states}", field="states"
@@ -620,7 +697,7 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
     return simulate(
         _policy_conf(split, cols, plan.gates),
         split.correct[:, cols],
-        np.asarray(plan.cost_ms, dtype=np.float64),
+        _add_hops(np.asarray(plan.cost_ms, dtype=np.float64), plan.hop_overhead_ms, plan.kind),
         np.asarray(plan.thresholds, dtype=np.float64),
     )
 
@@ -637,6 +714,8 @@ class ProfileCosts:
     stat: str = "p50"
     #: The runtime configuration the profile was measured under (for the plan).
     runtime: RuntimeConfig | None = None
+    #: The cascade's own cost per hop the profile measured (None: not measured).
+    hop_overhead_ms: float | None = None
 
     @property
     def note(self) -> str | None:
@@ -658,12 +737,14 @@ def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> Profil
 
     if stat not in COST_STATS:
         raise InputError(f"must be one of {list(COST_STATS)}, got {stat!r}", field="cost_stat")
+    overhead = profile.cascade_overhead
     return ProfileCosts(
         state_ms=tuple(state_costs(profile, bundle, stat=stat)),
         static_ms=static_cost(profile, bundle, stat=stat),
         order=profile.order,
         stat=stat,
         runtime=profile.runtime_config,
+        hop_overhead_ms=None if overhead is None else overhead.hop_ms,
     )
 
 
@@ -707,7 +788,8 @@ def write_plan(
 ) -> PlanSummary:
     """What ``edgeadapt plan`` does: plan `bundle` on the `profile`'s costs at `cost_stat`
     and the `evaluation` (`plan_bundle`, which takes `options`), and save the plan to
-    `output` (default ``BUNDLE/plan.json``)."""
+    `output` (default ``BUNDLE/plan.json``). The per-hop overhead is the profile's
+    (`Profile.cascade_overhead`) unless `options` hold ``hop_overhead_ms``."""
     from pathlib import Path
 
     from edgeadapt.bundle import Bundle, load_bundle
@@ -723,6 +805,7 @@ def write_plan(
         prof = load_profile(profile, b)
     ev = evaluation if isinstance(evaluation, Evaluation) else load_evaluation(evaluation)
     costs = profile_costs(prof, b, stat=cost_stat)
+    options.setdefault("hop_overhead_ms", costs.hop_overhead_ms)
     plan = plan_bundle(
         b,
         ev,
@@ -772,6 +855,7 @@ def plan_options(plan: Plan) -> dict[str, Any]:
         "delta": plan.delta,
         "calibration": "empirical" if plan.promise is None else "risk",
         "cost_stat": plan.cost_stat,
+        "hop_overhead_ms": plan.hop_overhead_ms,
     }
 
 

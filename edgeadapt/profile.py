@@ -31,7 +31,8 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
      "device": fingerprint (see edgeadapt.device), "measured_at": ISO time,
      "settings": {"runtime", "preset", "threads", "options", "warmup", "iters",
                   "min_seconds", "seconds_per_state", "seed", "order",
-                  "runtime_config": see edgeadapt.presets.RuntimeConfig},
+                  "runtime_config": see edgeadapt.presets.RuntimeConfig,
+                  "cascade_overhead": {"hop_ms", "call_ms", "hops"}},
      "before"/"after": {"temperatures", "clock", "load": [1, 5, 15 min load averages]},
      "noise": {"noisy", "reasons"},
      "whole_model": {"origin": "composed" | "file", "path": str | null,
@@ -42,7 +43,10 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
 
 ``whole_model`` and each batch's ``whole`` are optional (profiles written before the
 whole model was timed, or with ``whole=False``, lack them); a missing ``settings.order``
-reads as ``step``; a missing ``settings.runtime_config`` is derived from ``runtime``,
+reads as ``step``; ``settings.cascade_overhead`` (`edgeadapt.cascade.Overhead`, what
+`AdaptiveModel.predict` costs beside the runtime calls, for the planner) is absent in
+older profiles and for branches bundles (then plans count no overhead); a missing
+``settings.runtime_config`` is derived from ``runtime``,
 ``preset``, ``threads`` and ``options`` (which then hold the precision, as a backend
 takes it).
 
@@ -64,7 +68,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -74,6 +78,9 @@ from edgeadapt.errors import InputError
 from edgeadapt.jsonio import MAX_MS, Fields, read_json, write_json
 from edgeadapt.presets import Preset, RuntimeConfig, load_preset
 from edgeadapt.whole import WholeModel, load_whole, prepare_whole, whole_run
+
+if TYPE_CHECKING:
+    from edgeadapt.cascade import Overhead
 
 __all__ = [
     "MIN_SAMPLES",
@@ -173,6 +180,12 @@ class Profile:
     def order(self) -> str:
         """How the steps were called: ``chain`` or ``step`` (older profiles: ``step``)."""
         return str(self.settings.get("order", "step"))
+
+    @property
+    def cascade_overhead(self) -> Overhead | None:
+        """What `AdaptiveModel.predict` costs beside the runtime calls on this device
+        (`edgeadapt.cascade.Overhead`); None for an older profile or a branches bundle."""
+        return _cascade_overhead(self.settings, self.source or "profile")
 
     @property
     def runtime_config(self) -> RuntimeConfig:
@@ -591,6 +604,7 @@ def profile_bundle(
     order: str = DEFAULT_ORDER,
     whole: bool | str | os.PathLike[str] = True,
     seconds_per_state: float | None = None,
+    overhead: bool = True,
 ) -> Profile:
     """Time every step of `bundle` at each batch size on a runtime.
 
@@ -608,7 +622,12 @@ def profile_bundle(
     the bundle), a path to the original ONNX model, or False (no whole model); it is
     timed the same way after the steps. `progress(done, total)` is called after each
     (batch, step) and after each batch's whole model (`profile_calls` gives the total).
+    With `overhead`, last, `edgeadapt.cascade.measure_overhead` times what
+    `AdaptiveModel.predict` itself costs on this device (a fraction of a second at batch
+    1; ``settings.cascade_overhead``, which the planner counts per hop).
     """
+    from edgeadapt.cascade import measure_overhead  # the cascade reads profiles
+
     batch_list, threads, timing = _check_timing(
         batches, threads, warmup, iters, min_seconds, order, seconds_per_state
     )
@@ -624,6 +643,7 @@ def profile_bundle(
         results, whole_times = _measure(bundle, rt, whole_model, batch_list, timing, rng, advance)
     finally:
         tmp.cleanup()
+    measured = measure_overhead(bundle, config) if overhead else None
     after = _snapshot()
     reasons = _noise(results, before, after) + _whole_noise(whole_times)
     return Profile(
@@ -632,7 +652,8 @@ def profile_bundle(
         states=tuple(s.name for s in bundle.states),
         device=fingerprint(rt.describe()),
         measured_at=measured_at,
-        settings=_settings(config, timing, seed),
+        settings=_settings(config, timing, seed)
+        | ({} if measured is None else {"cascade_overhead": measured.to_json()}),
         before=before,
         after=after,
         noisy=bool(reasons),
@@ -853,6 +874,7 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         )
     settings = f.get("settings", dict)
     _runtime_config(settings, source)  # refused on read, not when first used
+    _cascade_overhead(settings, source)
     noise = f.child("noise")
     reasons = noise.get("reasons", list)
     return Profile(
@@ -871,6 +893,15 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         whole=whole,
         whole_model=whole_model,
     )
+
+
+def _cascade_overhead(settings: Mapping[str, Any], source: str) -> Overhead | None:
+    """`settings.cascade_overhead`, None when the profile did not measure it."""
+    from edgeadapt.cascade import Overhead  # the cascade reads profiles
+
+    if "cascade_overhead" not in settings:
+        return None
+    return Overhead.from_json(settings["cascade_overhead"], source, "$.settings.cascade_overhead")
 
 
 def _runtime_config(settings: Mapping[str, Any], source: str) -> RuntimeConfig:

@@ -75,6 +75,7 @@ class OnnxRuntimeSession(Session):
         )
         self._session = session
         self._names = list(self.output_names)
+        self._one_out = self._names[0] if len(self._names) == 1 else None
         # `_sess` is the compiled session behind the public wrapper (see module docstring).
         self._call = session._sess.run if fast else session.run
         self._binding: Any = None
@@ -107,8 +108,16 @@ class OnnxRuntimeSession(Session):
                     binding.bind_input(name, feeds[name])
                 self._bound = feeds  # ORT reads the arrays' memory: keep them alive
                 self._run_bound(binding, None)
-                return dict(zip(self._names, binding.copy_outputs_to_cpu(), strict=True))
-        return dict(zip(self._names, self._call(self._names, feeds, None), strict=True))
+                outs = binding.copy_outputs_to_cpu()
+            else:
+                outs = self._call(self._names, feeds, None)
+        else:
+            outs = self._call(self._names, feeds, None)
+        # ORT returns exactly the outputs asked for, in order: one output (a plain
+        # model's logits) is a dict display, cheaper than zipping
+        if self._one_out is not None:
+            return {self._one_out: outs[0]}
+        return dict(zip(self._names, outs, strict=True))
 
     def _close(self) -> None:
         del self._call, self._session, self._binding, self._run_bound, self._bound

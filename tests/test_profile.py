@@ -115,7 +115,8 @@ def test_order_decides_how_the_steps_are_called(multiexit, monkeypatch, order):
     log = []
     real = runtimes.get_runtime
     monkeypatch.setattr(runtimes, "get_runtime", lambda *a, **k: _Recording(real(*a, **k), log))
-    p = profile_bundle(multiexit, warmup=1, iters=MIN_SAMPLES, order=order)
+    # (overhead=False: the cascade's overhead measurement would add its own calls)
+    p = profile_bundle(multiexit, warmup=1, iters=MIN_SAMPLES, order=order, overhead=False)
     names = [s.path.name for s in multiexit.steps]
     feed = names  # one checked call per step, in order, to compute the activations
     # after the steps, the whole model alone: one checked call, warm-up, timed calls
@@ -433,12 +434,15 @@ def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
 
     monkeypatch.setattr(runtimes, "get_runtime", recording)
     p = profile_bundle(multiexit, preset="x86-ort-2t", warmup=0, iters=MIN_SAMPLES)
-    assert seen == ["0"] * (len(multiexit.steps) + 1)  # the steps and the whole model
+    # the steps and the whole model, then the overhead measurement's cascade and its
+    # merged static model, all under the profile's settings
+    calls = 2 * (len(multiexit.steps) + 1)
+    assert seen == ["0"] * calls
     assert p.device["runtime"]["spin"] is False
     seen.clear()
     preset = load_preset("x86-ort-2t")
     p = profile_bundle(multiexit, preset=preset, options={"spin": True}, iters=MIN_SAMPLES)
-    assert seen == ["1"] * (len(multiexit.steps) + 1)
+    assert seen == ["1"] * calls
     assert p.settings["options"]["spin"] is True
 
 

@@ -448,6 +448,8 @@ def _cached_plan(
         check_plan(p, bundle, path)
         if p.static_ms != measured.static_ms:
             raise InputError("made without this profile's static model", source=path)
+        if p.hop_overhead_ms != measured.hop_overhead_ms:
+            raise InputError("made without this profile's cascade overhead", source=path)
         return p
 
     plan, _ = cache.get(
@@ -455,7 +457,12 @@ def _cached_plan(
         load_plan_,
         # as `edgeadapt plan` with its defaults
         lambda: plan_bundle(
-            bundle, ev_calib, costs, static_ms=measured.static_ms, runtime=measured.runtime
+            bundle,
+            ev_calib,
+            costs,
+            static_ms=measured.static_ms,
+            runtime=measured.runtime,
+            hop_overhead_ms=measured.hop_overhead_ms,
         ),
         save_plan,
         stale=stale,
@@ -471,7 +478,14 @@ def _gate_plan(
     from edgeadapt.planner import PlanSummary, plan_bundle
 
     try:
-        gated = plan_bundle(bundle, ev_calib, costs, static_ms=measured.static_ms, policy="gate")
+        gated = plan_bundle(
+            bundle,
+            ev_calib,
+            costs,
+            static_ms=measured.static_ms,
+            policy="gate",
+            hop_overhead_ms=measured.hop_overhead_ms,
+        )
         return PlanSummary(gated)
     except InputError:
         return None
