@@ -107,7 +107,9 @@ class RunFigures:
 
     @property
     def predicted_speedup(self) -> float:
-        """What the profile predicts: the static state's cost over the plan's expected."""
+        """What the profile predicts for the same comparison as `speedup`: the static
+        model's profiled cost (the whole model; the reference state's cascade cost when
+        the profile has no whole model) over the plan's expected cost."""
         return self.static_cost_ms / self.expected_cost_ms
 
     @property
@@ -360,7 +362,9 @@ def _run_figures(
         static_p50_ms=float(np.percentile(static_lat, 50)),
         exits=[int(np.sum(exits == s)) for s in range(len(bundle.states))],
         expected_cost_ms=expected,
-        static_cost_ms=float(costs[plan.reference_state]),
+        static_cost_ms=float(
+            costs[plan.reference_state] if plan.static_ms is None else plan.static_ms
+        ),
         oracle_r=oracle.r_oracle,
         oracle_a=oracle.a_oracle,
         gap_closure=gap_closure(float(costs[-1]), expected, oracle.r_oracle),
