@@ -61,6 +61,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -367,6 +368,71 @@ def _check_args(
         )
 
 
+@dataclass(frozen=True)
+class _Chosen:
+    """The kept states so far, their thresholds (one per state but the last), their gates
+    (None: the threshold policy), the promise tested on them and why the plan fell back
+    to the static model (None: it did not)."""
+
+    states: tuple[int, ...]
+    thresholds: np.ndarray
+    gates: tuple[Gate, ...] | None
+    promise: Promise | None
+    fallback: str | None
+
+
+def _check_costs(static_ms: float | None, hop_overhead_ms: float | None) -> float | None:
+    """Refuse a bad static cost or per-hop overhead; the overhead as a float (or None)."""
+    if static_ms is not None and not (math.isfinite(static_ms) and static_ms >= 0):
+        raise InputError(f"must be finite and >= 0, got {static_ms}", field="static_ms")
+    if hop_overhead_ms is not None and (
+        isinstance(hop_overhead_ms, bool)
+        or not isinstance(hop_overhead_ms, (int, float))
+        or not (math.isfinite(hop_overhead_ms) and hop_overhead_ms >= 0)
+    ):
+        raise InputError(
+            f"must be a finite number >= 0, got {hop_overhead_ms!r}", field="hop_overhead_ms"
+        )
+    return None if hop_overhead_ms is None else float(hop_overhead_ms)
+
+
+def _firing(chosen: _Chosen) -> _Chosen:
+    """`chosen` without the states whose threshold can never fire (they only cost)."""
+    fires = np.append(np.isfinite(chosen.thresholds), True)
+    if chosen.gates is not None and not fires.all():
+        # Gates are fitted on the features of every kept state, so a gated state cannot
+        # be dropped on its own; `_gated_states` leaves all firing or none.
+        fires[:] = False
+        fires[-1] = True
+    states = tuple(s for s, keep in zip(chosen.states, fires, strict=True) if keep)
+    gates = None if chosen.gates is None else chosen.gates[: len(states) - 1]
+    return _Chosen(states, chosen.thresholds[fires[:-1]], gates, chosen.promise, chosen.fallback)
+
+
+def _split_figures(
+    split: Outcomes,
+    chosen: _Chosen,
+    *,
+    costs: np.ndarray,
+    kind: str,
+    reference: int,
+    hop_ms: float | None,
+) -> tuple[SplitFigures, np.ndarray]:
+    """The policy of `chosen` simulated on `split`: its figures and which rows it gets
+    right."""
+    cols = list(chosen.states)
+    run = simulate(
+        _policy_conf(split, cols, chosen.gates),
+        split.correct[:, cols],
+        exit_costs(costs, chosen.states, kind, hop_ms),
+        chosen.thresholds,
+    )
+    policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
+    ref = float(split.correct[:, reference].mean())
+    figures = SplitFigures(split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost)
+    return figures, policy_correct
+
+
 def make_plan(
     calib: Outcomes,
     heldout: Outcomes,
@@ -416,94 +482,62 @@ def make_plan(
         calibration,
         policy,
     )
-    if static_ms is not None and not (math.isfinite(static_ms) and static_ms >= 0):
-        raise InputError(f"must be finite and >= 0, got {static_ms}", field="static_ms")
-    if hop_overhead_ms is not None and (
-        isinstance(hop_overhead_ms, bool)
-        or not isinstance(hop_overhead_ms, (int, float))
-        or not (math.isfinite(hop_overhead_ms) and hop_overhead_ms >= 0)
-    ):
-        raise InputError(
-            f"must be a finite number >= 0, got {hop_overhead_ms!r}", field="hop_overhead_ms"
-        )
-    hop_ms = None if hop_overhead_ms is None else float(hop_overhead_ms)
+    hop_ms = _check_costs(static_ms, hop_overhead_ms)
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
     choice = _search(calib, costs, kind, max_states, max_drop, float(calib_acc[reference]), hop_ms)
-    promise: Promise | None = None
-    fallback: str | None = None
-    thresholds = choice.calibration.thresholds
-    kept = choice.states
-    gates: tuple[Gate, ...] | None = None
+    chosen = _Chosen(choice.states, choice.calibration.thresholds, None, None, None)
     if policy == "gate":
-        kept, gates, thresholds = _gated_states(
-            calib, costs, kept, kind, reference, max_drop, calibration, hop_ms
+        kept, gated, gate_thresholds = _gated_states(
+            calib, costs, chosen.states, kind, reference, max_drop, calibration, hop_ms
         )
+        chosen = _Chosen(kept, gate_thresholds, gated, None, None)
     if kind == "branches":
         # AdaInf's branches are picked by budget, not cascaded: keep the device's Pareto
         # set; without a budget the most accurate (the reference) answers alone.
         kept = pareto_states(costs, calib_acc)
-        thresholds = np.full(len(kept) - 1, math.inf)
+        chosen = _Chosen(kept, np.full(len(kept) - 1, math.inf), chosen.gates, None, None)
     elif calibration == "risk":
         controlled = _risk_controlled(
-            calib, heldout, costs, kept, kind, reference, max_drop, delta, gates, hop_ms
+            calib,
+            heldout,
+            costs,
+            chosen.states,
+            kind,
+            reference,
+            max_drop,
+            delta,
+            chosen.gates,
+            hop_ms,
         )
-        promise = controlled.promise
-        thresholds = controlled.thresholds
-        if not promise.holds:
-            kept, thresholds = (reference,), np.empty(0)
-            fallback = promise.describe()
-    if kind == "branches":
-        states = kept
-    else:
-        fires = np.append(np.isfinite(thresholds), True)
-        if gates is not None and not fires.all():
-            # Gates are fitted on the features of every kept state, so a gated state cannot
-            # be dropped on its own; `_gated_states` leaves all firing or none.
-            fires[:] = False
-            fires[-1] = True
-        states = tuple(s for s, keep in zip(kept, fires, strict=True) if keep)
-        thresholds = thresholds[fires[:-1]]
-        if gates is not None:
-            gates = gates[: len(states) - 1]
-
-    def figures(
-        split: Outcomes,
-        states: tuple[int, ...],
-        thresholds: np.ndarray,
-        gates: tuple[Gate, ...] | None,
-    ) -> tuple[SplitFigures, np.ndarray]:
-        cols = list(states)
-        run = simulate(
-            _policy_conf(split, cols, gates),
-            split.correct[:, cols],
-            exit_costs(costs, states, kind, hop_ms),
-            thresholds,
-        )
-        policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
-        ref = float(split.correct[:, reference].mean())
-        return SplitFigures(
-            split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost
-        ), policy_correct
-
-    held_figures, held_correct = figures(heldout, states, thresholds, gates)
+        tested = controlled.promise
+        if tested.holds:
+            chosen = _Chosen(chosen.states, controlled.thresholds, chosen.gates, tested, None)
+        else:
+            chosen = _Chosen((reference,), np.empty(0), chosen.gates, tested, tested.describe())
+    if kind != "branches":
+        chosen = _firing(chosen)
+    figures = partial(_split_figures, costs=costs, kind=kind, reference=reference, hop_ms=hop_ms)
+    held_figures, held_correct = figures(heldout, chosen)
     # (a branch plan without a budget runs its last branch alone: no cascade to refuse)
     if (
         kind != "branches"
         and static_ms is not None
-        and len(states) > 1
+        and len(chosen.states) > 1
         and held_figures.cost_ms >= static_ms
     ):
         counted = f" (the cascade's own {hop_ms:.4g} ms per hop included)" if hop_ms else ""
-        fallback = (
+        why = (
             f"no plan of several states beats the measured static model: expected "
             f"{held_figures.cost_ms:.4g} ms{counted} against {static_ms:.4g} ms; the plan "
             "keeps the static model"
         )
-        states, thresholds = (reference,), np.empty(0)
-        gates = None if gates is None else ()
-        held_figures, held_correct = figures(heldout, states, thresholds, gates)
-    calib_figures, _ = figures(calib, states, thresholds, gates)
+        no_gates = None if chosen.gates is None else ()
+        chosen = _Chosen((reference,), np.empty(0), no_gates, chosen.promise, why)
+        held_figures, held_correct = figures(heldout, chosen)
+    calib_figures, _ = figures(calib, chosen)
+    states, thresholds, gates = chosen.states, chosen.thresholds, chosen.gates
+    promise, fallback = chosen.promise, chosen.fallback
     cost_ms = subset_costs(costs, states, kind)
     oracle = exact_oracle(heldout.correct, costs)
     r_n = float(costs[-1])
