@@ -405,15 +405,7 @@ class AdaptiveModel:
         rt = choice.config.make()
         static = _static_session(rt, bundle, hops)
         needed = [] if static is not None else sorted({i for hop in hops for i in hop.steps})
-        sessions: list[Any] = [None] * len(bundle.steps)
-        try:
-            for i in needed:
-                sessions[i] = rt.load(bundle.steps[i].path)
-        except BaseException:
-            for s in sessions:
-                if s is not None:
-                    s.close()
-            raise
+        sessions = _open_sessions(rt, bundle, needed)
         known = per_step is not None or plan is not None
         model = cls(bundle, sessions, hops, policy, known, static)
         if plan is not None and plan.gates is not None:
@@ -766,6 +758,21 @@ def measure_overhead(
     return Overhead(hop_ms=max(0.0, (cascade_ms - call_ms) / n), call_ms=call_ms, hops=n)
 
 
+def _open_sessions(rt: Any, bundle: Bundle, steps: Sequence[int]) -> list[Any]:
+    """One session per bundle step, loaded for the `steps` named and None for the rest;
+    if one fails to load, the ones already loaded are closed."""
+    sessions: list[Any] = [None] * len(bundle.steps)
+    try:
+        for i in steps:
+            sessions[i] = rt.load(bundle.steps[i].path)
+    except BaseException:
+        for s in sessions:
+            if s is not None:
+                s.close()
+        raise
+    return sessions
+
+
 def _alone_model(bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveModel:
     """`state` of `bundle` as a one-state plan deploys it (the merged static model for an
     early-exit bundle, else the member alone), with no costs known."""
@@ -774,13 +781,5 @@ def _alone_model(bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveM
     policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
     rt = config.make()
     static = _static_session(rt, bundle, hops)
-    sessions: list[Any] = [None] * len(bundle.steps)
-    try:
-        for i in () if static is not None else steps:
-            sessions[i] = rt.load(bundle.steps[i].path)
-    except BaseException:
-        for s in sessions:
-            if s is not None:
-                s.close()
-        raise
+    sessions = _open_sessions(rt, bundle, () if static is not None else steps)
     return AdaptiveModel(bundle, sessions, hops, policy, False, static)

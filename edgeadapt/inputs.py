@@ -30,6 +30,7 @@ __all__ = [
     "BatchCheck",
     "check_batch",
     "is_mask",
+    "out_of_range",
     "random_batch",
     "read_batch",
     "read_labelled",
@@ -39,6 +40,16 @@ __all__ = [
 
 #: The npz key a one-input bundle's data may use instead of the input's name.
 X_KEY = "x"
+
+
+def out_of_range(x: np.ndarray, dtype: np.dtype[Any]) -> tuple[int, int] | None:
+    """The (min, max) of the integers `x` when they do not all fit integer `dtype`;
+    None when they do (or `x` is empty)."""
+    if not x.size:
+        return None
+    info = np.iinfo(dtype)
+    lo, hi = int(x.min()), int(x.max())
+    return (lo, hi) if lo < info.min or hi > info.max else None
 
 
 def _kinds(dtype: np.dtype[Any]) -> str:
@@ -113,12 +124,11 @@ def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bo
                 source=source,
                 field=field,
             )
-        if want.kind in "iu" and x.size:
-            info = np.iinfo(want)
-            lo, hi = int(x.min()), int(x.max())
-            if lo < info.min or hi > info.max:
+        if want.kind in "iu":
+            beyond = out_of_range(x, want)
+            if beyond is not None:
                 raise InputError(
-                    f"values {lo}..{hi} do not fit the input's dtype {want}",
+                    f"values {beyond[0]}..{beyond[1]} do not fit the input's dtype {want}",
                     source=source,
                     field=field,
                 )

@@ -29,6 +29,7 @@ import numpy as np
 from edgeadapt.atomic import atomic_write_bytes
 from edgeadapt.digest import file_sha256
 from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.inputs import out_of_range
 
 from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
 
@@ -83,15 +84,13 @@ def _onnx_input_dtypes(path: Path) -> dict[str, np.dtype[Any]]:
 def narrowed(array: np.ndarray, dtype: np.dtype[Any], path: Path, name: str) -> np.ndarray:
     """`array` (integers) as the narrower integer `dtype` an engine holds; a value that
     does not fit is an `InputError` rather than a silent wrap-around."""
-    if array.size:
-        info = np.iinfo(dtype)
-        lo, hi = int(array.min()), int(array.max())
-        if lo < info.min or hi > info.max:
-            raise InputError(
-                f"values {lo}..{hi} do not fit the engine's {dtype} input",
-                source=path,
-                field=f"input {name!r}",
-            )
+    beyond = out_of_range(array, dtype)
+    if beyond is not None:
+        raise InputError(
+            f"values {beyond[0]}..{beyond[1]} do not fit the engine's {dtype} input",
+            source=path,
+            field=f"input {name!r}",
+        )
     return np.ascontiguousarray(array, dtype=dtype)
 
 

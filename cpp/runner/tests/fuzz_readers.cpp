@@ -76,16 +76,8 @@ bool sane(const ea::Error& e) {
 }
 
 std::string npy_seed() {
-    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 1, 40), }";
-    header.append(64 - (10 + header.size() + 1) % 64, ' ');
-    header += '\n';
-    std::string out = "\x93NUMPY\x01";
-    out += '\0';
-    out += static_cast<char>(header.size() & 0xff);
-    out += static_cast<char>(header.size() >> 8);
-    out += header;
-    out.append(4 * 40 * sizeof(float), '\0');
-    return out;
+    return edgeadapt::examples::testing::npy_bytes(
+        "<f4", "(4, 1, 40)", std::string(4 * 40 * sizeof(float), '\0'));
 }
 
 }  // namespace
