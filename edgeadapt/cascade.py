@@ -24,7 +24,9 @@ before it); when the next one is predicted not to fit what is left, every remain
 exits with its answer at the last completed state (``budget_exit`` marks them).
 Predicted hop costs come from `step_costs_ms` (one per bundle step, summed over each
 hop's steps), a profile (at the plan's cost percentile) or the plan, and measured ones
-are folded in (EWMA).
+are folded in: costs from a profile or a plan keep tracking their percentile of the
+measured costs (a p90 plan stays a p90 plan, and one preempted call moves it one bounded
+step), costs given as numbers their EWMA mean.
 
     >>> m = AdaptiveModel.load("bundle/", thresholds=0.9)
     >>> out = m.predict(x)            # x: float32 [B, *input shape]
@@ -48,7 +50,7 @@ from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.inputs import BatchCheck, warmup_batch
 from edgeadapt.kernel import MEASURES, GateRun, OneCall, Policy, decide_buffers, decide_into
-from edgeadapt.plan import Plan, check_plan, load_plan
+from edgeadapt.plan import COST_QUANTILES, Plan, check_plan, load_plan
 from edgeadapt.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session
@@ -399,12 +401,16 @@ class AdaptiveModel:
             # Kept states without a row are dominated: never the most accurate that fits.
             table = {row.state: row.accuracy for row in plan.budget}
             accuracies = [table.get(hop.state, 0.0) for hop in hops]
+        # Costs at a profile percentile (the plan's, or a profile's p50) keep tracking that
+        # percentile of the measured costs; costs given as numbers, their mean.
+        seeded = step_costs_ms is None and (profile is not None or plan is not None)
         policy = Policy(
             kept_thresholds,
             hop_costs,
             measure=measure,
             accuracies=accuracies,
             cumulative=bundle.kind == "early-exit",
+            quantile=COST_QUANTILES[stat] if seeded else None,
         )
 
         recorded = plan.runtime if plan is not None else None

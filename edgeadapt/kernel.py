@@ -20,8 +20,10 @@ while a batch is processed.
   measure="maxprob") -> K``: the same into caller-owned arrays (see `decide_buffers`),
   for the cascade's hot path; ``continue_idx[:K]`` holds the rows that continue.
 - ``Policy(thresholds, hop_costs_ms, *, ewma=0.2, measure="maxprob", accuracies=None,
-  cumulative=True)`` over the kept states: per-state thresholds (one per state but the
-  last) and an EWMA cost table per hop (hop i: the bundle steps that take the cascade
+  cumulative=True, quantile=None)`` over the kept states: per-state thresholds (one per
+  state but the last) and a cost table per hop that follows the measured costs (their
+  EWMA mean, or with ``quantile=q`` their q-quantile: a plan made on p90 costs keeps
+  tracking a p90) (hop i: the bundle steps that take the cascade
   from kept state i - 1 to kept state i), ``next(...) -> Action``, ``fits(next_hop,
   ...)``, ``observe(hop, ms)``, ``decay(hop)`` (for a hop skipped for the budget: back
   toward its initial cost), ``predicted_ms(hop)``, ``state_ms(state)`` and the AdaInf

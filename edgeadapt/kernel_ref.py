@@ -129,6 +129,7 @@ class Policy:
         ewma: float = 0.2,
         accuracies: Sequence[float] | None = None,
         cumulative: bool = True,
+        quantile: float | None = None,
     ) -> None:
         if len(thresholds) != len(hop_costs_ms) - 1:
             raise ValueError("thresholds must hold one value per state but the last")
@@ -138,10 +139,21 @@ class Policy:
         self.ewma = ewma
         self.accuracies = None if accuracies is None else [float(v) for v in accuracies]
         self.cumulative = cumulative
+        if quantile is not None and not 0.0 < quantile < 1.0:
+            raise ValueError("quantile must be in (0, 1)")
+        self.quantile = quantile
 
     def observe(self, hop: int, measured_ms: float) -> None:
-        """cost <- (1 - ewma) * cost + ewma * measured."""
-        self.costs_ms[hop] = (1.0 - self.ewma) * self.costs_ms[hop] + self.ewma * measured_ms
+        """Mean (no quantile): cost <- (1 - ewma) * cost + ewma * measured. Quantile q:
+        cost *= 1 + ewma * q above it, else cost *= 1 - ewma * (1 - q), which settles
+        where P(measured <= cost) = q; a zero cost takes the mean's step."""
+        c, q = self.costs_ms[hop], self.quantile
+        if q is None or c <= 0.0:
+            self.costs_ms[hop] = (1.0 - self.ewma) * c + self.ewma * measured_ms
+        elif measured_ms > c:
+            self.costs_ms[hop] = c * (1.0 + self.ewma * q)
+        else:
+            self.costs_ms[hop] = c * (1.0 - self.ewma * (1.0 - q))
 
     def decay(self, hop: int) -> None:
         """cost <- (1 - ewma) * cost + ewma * prior: a hop skipped for the budget drifts

@@ -105,6 +105,8 @@ KINDS = ("early-exit", "ensemble", "branches")
 SEARCH_METHODS = ("exhaustive",)
 #: Profile percentiles a plan's costs may be taken at (``cost_stat``, default p50).
 COST_STATS = ("p50", "p90", "p99")
+#: The quantile each of them is: what a policy seeded with such costs keeps tracking.
+COST_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -4,6 +4,7 @@ cheaper one; ensembles and branches run the picked member alone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,16 @@ def test_a_plan_of_one_state_deploys_the_static_model():
     np.testing.assert_allclose(got.conf, want.conf, rtol=1e-5)
     assert (got.exit_state == 2).all()
     assert not got.budget_exit.any()
+
+
+@pytest.mark.parametrize(("stat", "quantile"), [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)])
+def test_a_plans_costs_keep_tracking_its_percentile(stat, quantile):
+    bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
+    plan = replace(runner_plan(bundle, (0, 3), (2.0,), (100.0, 400.0), table=TABLE), cost_stat=stat)
+    with AdaptiveModel.load(bundle, plan=plan) as m:
+        assert m.policy.quantile == quantile
+        before = m.policy.predicted_ms(1)
+        m.predict(_x(1))  # both hops far below their planned cost: one step down each
+        assert m.policy.predicted_ms(1) == pytest.approx(before * (1 - 0.2 * (1 - quantile)))
+    with AdaptiveModel.load(bundle, plan=plan, step_costs_ms=[1.0] * 4) as m:
+        assert m.policy.quantile is None  # costs given as numbers: their mean

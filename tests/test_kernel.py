@@ -139,12 +139,15 @@ def test_decide_into_rejects_bad_buffers():
     st.floats(0.0, 80.0),
     st.floats(0.0, 1.0),
     st.floats(0.0, 30.0),
+    st.sampled_from([None, 0.5, 0.9, 0.99]),
 )
-def test_policy_equals_reference(spec, cumulative, observed, budget, conf, elapsed):
+def test_policy_equals_reference(spec, cumulative, observed, budget, conf, elapsed, quantile):
     costs, thresholds, accuracies = spec
     acc = accuracies if cumulative else None
-    pol = kernel.Policy(thresholds, costs, ewma=0.3, accuracies=acc, cumulative=cumulative)
-    ref = kernel_ref.Policy(thresholds, costs, ewma=0.3, accuracies=acc, cumulative=cumulative)
+    kw = {"ewma": 0.3, "accuracies": acc, "cumulative": cumulative, "quantile": quantile}
+    pol = kernel.Policy(thresholds, costs, **kw)
+    ref = kernel_ref.Policy(thresholds, costs, **kw)
+    assert pol.quantile == quantile
     for hop, ms in observed:
         if hop < len(costs):
             pol.observe(hop, ms)
@@ -159,6 +162,34 @@ def test_policy_equals_reference(spec, cumulative, observed, budget, conf, elaps
             assert int(pol.next(s, conf, elapsed, b)) == ref.next(s, conf, elapsed, b)
         if s + 1 < len(costs):
             assert pol.fits(s + 1, elapsed, budget) == (elapsed + ref.costs_ms[s + 1] <= budget)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.99])
+def test_a_quantile_policy_settles_at_that_quantile_of_what_it_measures(q):
+    """Lognormal costs with 3% preempted calls 40x as long: the tracked cost ends near
+    the q-quantile of the costs (the share of later costs at or below it is about q),
+    where the mean is dragged far above the p50 and p90 by the outliers."""
+    rng = np.random.default_rng(7)
+    x = 0.1 * np.exp(0.2 * rng.standard_normal(40_000))
+    x[rng.random(x.size) < 0.03] *= 40
+    pol = kernel.Policy([], [0.1], ewma=0.05, quantile=q)
+    mean = kernel.Policy([], [0.1], ewma=0.05)
+    tracked, means = [], []
+    for v in x:
+        tracked.append(pol.predicted_ms(0))
+        means.append(mean.predicted_ms(0))
+        pol.observe(0, float(v))
+        mean.observe(0, float(v))
+    share = float(np.mean(x[10_000:] <= np.asarray(tracked[10_000:])))
+    assert abs(share - q) < (0.02 if q < 0.99 else 0.005)
+    if q < 0.99:  # the mean is no such quantile
+        assert np.mean(means[10_000:]) > 1.3 * np.quantile(x, q)
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, -0.5, 1.5, math.nan])
+def test_a_quantile_outside_0_1_is_refused(q):
+    with pytest.raises(ValueError, match="quantile"):
+        kernel.Policy([], [1.0], quantile=q)
 
 
 def test_policy_budget_and_ewma_story():

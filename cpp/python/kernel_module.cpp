@@ -300,7 +300,8 @@ py::tuple gate_decide(py::handle logits, const ea::Gate& gate, double threshold,
 ea::Policy make_policy(const std::vector<double>& thresholds,
                        const std::vector<double>& hop_costs_ms, double ewma,
                        const std::string& measure,
-                       const std::optional<std::vector<double>>& accuracies, bool cumulative) {
+                       const std::optional<std::vector<double>>& accuracies, bool cumulative,
+                       std::optional<double> quantile = std::nullopt) {
     const std::size_t n = hop_costs_ms.size();
     if (n == 0) throw py::value_error("hop_costs_ms must hold one cost per hop, got none");
     if (thresholds.size() != n - 1)
@@ -330,6 +331,10 @@ ea::Policy make_policy(const std::vector<double>& thresholds,
     ensure_ok(ea::Policy::create(thresholds.data(), thresholds.size(), hop_costs_ms.data(), n, ewma,
                                  parse_measure(measure), accuracies ? accuracies->data() : nullptr,
                                  cumulative, p));
+    if (quantile && !(*quantile > 0.0 && *quantile < 1.0))
+        throw py::value_error("quantile must be in (0, 1) (or None for the mean), got " +
+                              std::to_string(*quantile));
+    if (quantile) ensure_ok(p.set_quantile(*quantile));
     return p;
 }
 
@@ -674,7 +679,8 @@ PYBIND11_MODULE(_kernel, m) {
     py::class_<ea::Policy>(m, "Policy", "Latency-aware exit policy over N states.")
         .def(py::init(&make_policy), py::arg("thresholds"), py::arg("hop_costs_ms"),
              py::kw_only(), py::arg("ewma") = 0.2, py::arg("measure") = "maxprob",
-             py::arg("accuracies") = py::none(), py::arg("cumulative") = true)
+             py::arg("accuracies") = py::none(), py::arg("cumulative") = true,
+             py::arg("quantile") = py::none())
         .def(py::init([](const std::vector<double>& thresholds,
                          const std::vector<double>& step_costs_ms, double ewma,
                          const std::string& measure,
@@ -690,6 +696,11 @@ PYBIND11_MODULE(_kernel, m) {
         .def_property_readonly("num_states", &ea::Policy::num_states)
         .def_property_readonly("measure", [](const ea::Policy& p) { return measure_name(p.measure()); })
         .def_property_readonly("ewma", &ea::Policy::ewma)
+        .def_property_readonly("quantile",
+                               [](const ea::Policy& p) -> std::optional<double> {
+                                   if (p.quantile() == 0.0) return std::nullopt;
+                                   return p.quantile();
+                               })
         .def_property_readonly("cumulative", &ea::Policy::cumulative)
         .def_property_readonly("thresholds", &ea::Policy::thresholds)
         .def_property_readonly("costs_ms", &ea::Policy::costs_ms)

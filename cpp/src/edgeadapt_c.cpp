@@ -147,6 +147,17 @@ edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t hop,
     return report(policy->policy.observe(hop, measured_ms), "edgeadapt_policy_observe");
 }
 
+edgeadapt_status edgeadapt_policy_set_quantile(edgeadapt_policy* policy, double q) {
+    if (policy == nullptr) return null_policy("edgeadapt_policy_set_quantile");
+    return report(policy->policy.set_quantile(q), "edgeadapt_policy_set_quantile");
+}
+
+edgeadapt_status edgeadapt_policy_quantile(const edgeadapt_policy* policy, double* out) {
+    if (policy == nullptr || out == nullptr) return null_policy("edgeadapt_policy_quantile");
+    *out = policy->policy.quantile();
+    return EDGEADAPT_OK;
+}
+
 edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t hop) {
     if (policy == nullptr) return null_policy("edgeadapt_policy_decay");
     return report(policy->policy.decay(hop), "edgeadapt_policy_decay");

@@ -69,6 +69,19 @@ int main(void) {
     CHECK(edgeadapt_policy_decay(p, 7) == EDGEADAPT_E_RANGE);
     CHECK(edgeadapt_policy_decay(NULL, 0) == EDGEADAPT_E_NULL);
     CHECK(edgeadapt_policy_observe(p, 1, 1.5) == EDGEADAPT_OK); /* 2.0 again */
+    double quant = -1.0;
+    CHECK(edgeadapt_policy_quantile(p, &quant) == EDGEADAPT_OK && quant == 0.0); /* the mean */
+    CHECK(edgeadapt_policy_set_quantile(p, 1.0) == EDGEADAPT_E_VALUE);
+    CHECK(edgeadapt_policy_set_quantile(NULL, 0.5) == EDGEADAPT_E_NULL);
+    CHECK(edgeadapt_policy_set_quantile(p, 0.5) == EDGEADAPT_OK);
+    CHECK(edgeadapt_policy_quantile(p, &quant) == EDGEADAPT_OK && quant == 0.5);
+    CHECK(edgeadapt_policy_observe(p, 1, 9.0) == EDGEADAPT_OK); /* above: 2.0 * 1.25 */
+    CHECK(edgeadapt_policy_predicted_ms(p, 1, &ms) == EDGEADAPT_OK && ms == 2.5);
+    CHECK(edgeadapt_policy_observe(p, 1, 0.0) == EDGEADAPT_OK); /* below: 2.5 * 0.75 */
+    CHECK(edgeadapt_policy_predicted_ms(p, 1, &ms) == EDGEADAPT_OK && ms == 1.875);
+    CHECK(edgeadapt_policy_observe(p, 1, 1.875) == EDGEADAPT_OK); /* equal counts as below */
+    CHECK(edgeadapt_policy_set_quantile(p, 0.0) == EDGEADAPT_OK);
+    CHECK(edgeadapt_policy_observe(p, 1, 2.0) == EDGEADAPT_OK); /* the mean's step again */
     int fits = 0;
     CHECK(edgeadapt_policy_fits(p, 1, 1.0, 3.0, &fits) == EDGEADAPT_OK && fits == 1);
     int64_t state = -2, n = 0;

@@ -121,6 +121,11 @@ EDGEADAPT_API edgeadapt_status edgeadapt_policy_state_ms(const edgeadapt_policy*
                                                          int64_t state, double* out);
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_observe(edgeadapt_policy* policy, int64_t hop,
                                                         double measured_ms);
+/* Track the q-quantile of each hop's measured cost instead of its mean: q in (0, 1), or
+   0 for the mean (the default). A plan made on p90 costs tracks q = 0.9. */
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_set_quantile(edgeadapt_policy* policy, double q);
+EDGEADAPT_API edgeadapt_status edgeadapt_policy_quantile(const edgeadapt_policy* policy,
+                                                         double* out);
 /* Move hop's prediction one EWMA update back toward its initial cost: call it for a hop
    skipped for the budget, so one slow run cannot lock the hop out for good. */
 EDGEADAPT_API edgeadapt_status edgeadapt_policy_decay(edgeadapt_policy* policy, int64_t hop);

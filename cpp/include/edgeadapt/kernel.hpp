@@ -595,12 +595,31 @@ class Policy {
         return Status::Ok;
     }
 
-    // Fold one measured latency of `hop` into its prediction (EWMA).
+    // Track the `q`-quantile of each hop's measured cost instead of its mean (q in (0, 1);
+    // 0 goes back to the mean): what a plan made on p90 costs needs, since a mean drifts
+    // from the p90 it was seeded with, and one preempted call drags a mean up by its
+    // whole size but a quantile by one bounded step.
+    Status set_quantile(double q) noexcept {
+        if (!(q == 0.0 || (q > 0.0 && q < 1.0))) return Status::BadValue;
+        quantile_ = q;
+        return Status::Ok;
+    }
+    double quantile() const noexcept { return quantile_; }
+
+    // Fold one measured latency of `hop` into its prediction. Mean (quantile 0): the EWMA
+    // c = (1 - ewma) c + ewma x. Quantile q: c *= 1 + ewma q when x > c, else
+    // c *= 1 - ewma (1 - q); at rest P(x > c) q = P(x <= c) (1 - q), so P(x <= c) = q.
+    // A zero prediction (nothing to scale) moves ewma of the way to x instead.
     Status observe(std::int64_t hop, double measured_ms) noexcept {
         if (!has_state(hop)) return Status::OutOfRange;
         if (!std::isfinite(measured_ms) || measured_ms < 0.0) return Status::BadValue;
         double& c = costs_[static_cast<std::size_t>(hop)];
-        c = (1.0 - ewma_) * c + ewma_ * measured_ms;
+        if (quantile_ == 0.0 || c <= 0.0)
+            c = (1.0 - ewma_) * c + ewma_ * measured_ms;
+        else if (measured_ms > c)
+            c *= 1.0 + ewma_ * quantile_;
+        else
+            c *= 1.0 - ewma_ * (1.0 - quantile_);
         return Status::Ok;
     }
 
@@ -681,6 +700,7 @@ class Policy {
     std::vector<double> priors_;
     std::vector<double> accuracies_;
     double ewma_ = 0.2;
+    double quantile_ = 0.0;
     Measure measure_ = Measure::MaxProb;
     bool cumulative_ = true;
 };

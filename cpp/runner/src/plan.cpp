@@ -165,6 +165,13 @@ void load(const std::filesystem::path& path, Plan& out) {
     if (!p.gates.empty()) low = 0.0, high = 1.0;  // gate scores
     p.thresholds = numbers(f, "thresholds", p.states.size() - 1, low, high);
     p.cost_ms = numbers(f, "cost_ms", p.states.size(), 0.0, detail::kMaxMs);
+    if (f.has("cost_stat")) {
+        const std::string stat = f.str("cost_stat");
+        if (stat == "p50") p.cost_quantile = 0.5;
+        else if (stat == "p90") p.cost_quantile = 0.9;
+        else if (stat == "p99") p.cost_quantile = 0.99;
+        else f.fail("must be one of p50, p90, p99, got '" + stat + "'", "cost_stat");
+    }
 
     const detail::Json& rows = f.list("budget");
     if (rows.empty()) f.fail("must hold at least one row", "budget");

@@ -126,7 +126,8 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
             }
         }
         build(bundle, plan.states, plan.thresholds, plan.measure, std::move(hop_costs), true,
-              std::move(accuracies), plan.gates, std::move(backend), options, out);
+              plan.cost_quantile, std::move(accuracies), plan.gates, std::move(backend), options,
+              out);
     });
 }
 
@@ -147,13 +148,14 @@ Error Runner::create(const Bundle& bundle, const std::vector<double>& thresholds
         std::vector<std::int64_t> kept;
         for (std::size_t i = 0; i < n; ++i) kept.push_back(static_cast<std::int64_t>(i));
         build(bundle, std::move(kept), std::move(t), measure, std::vector<double>(n, 0.0), false,
-              {}, {}, std::move(backend), options, out);
+              0.0, {}, {}, std::move(backend), options, out);
     });
 }
 
 void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
                    std::vector<double> thresholds, Measure measure, std::vector<double> hop_costs,
-                   bool costs_known, std::vector<double> accuracies, std::vector<Gate> gates,
+                   bool costs_known, double quantile, std::vector<double> accuracies,
+                   std::vector<Gate> gates,
                    std::shared_ptr<Backend> backend, const RunnerOptions& options,
                    std::unique_ptr<Runner>& out) {
     if (!backend) fail(Code::Input, "backend", "", "no backend given");
@@ -200,6 +202,8 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
                                     r->table_ ? accuracies.data() : nullptr, early_exit,
                                     r->policy_);
     if (s != Status::Ok) fail(Code::Input, "policy", "", status_string(s));
+    // costs at a plan's percentile keep tracking it; costs given as numbers, their mean
+    if (step_costs.empty() && quantile > 0.0) r->policy_.set_quantile(quantile);
     for (std::size_t j = 0; j < r->hops_.size(); ++j)
         r->policy_.threshold(static_cast<std::int64_t>(j), &r->hops_[j].threshold);
     for (std::size_t j = 0; j < gates.size(); ++j) {

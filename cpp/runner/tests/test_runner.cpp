@@ -201,6 +201,14 @@ void plan_faults(const fs::path& src, const fs::path& scratch) {
                    ea::Code::Format, {"$.states", "out of range"}));
     CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.5", "0.1, -1"), plan),
                    ea::Code::Format, {"$.cost_ms[1]"}));
+    // the percentile of the costs: p50 unless the plan says
+    CHECK(plan.cost_quantile == 0.5);
+    CHECK(!ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1", ", \"cost_stat\": \"p90\""), plan));
+    CHECK(plan.cost_quantile == 0.9);
+    CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 3", "0.9", "0.1, 0.3", "1",
+                                            ", \"cost_stat\": \"p75\""),
+                                 plan),
+                   ea::Code::Format, {"$.cost_stat", "p75"}));
 
     // version 2: a gate policy (one gate per kept state but the last), thresholds on the
     // gates' scores in [0, 1]; the threshold policy spelt out; the runtime block
@@ -458,6 +466,16 @@ void runs(const fs::path& multiexit, const fs::path& family, const fs::path& scr
         ea::Plan plan;
         CHECK(!ea::load_plan(write_plan(b, dir, kept, "0.5", "0.1, 0.3"), plan));
         CHECK(!ea::Runner::create(b, plan, backend, {}, mixed));
+        // the plan's costs keep tracking their percentile (p50 here), given ones their mean
+        CHECK(mixed->policy().quantile() == 0.5);
+        CHECK(all->policy().quantile() == 0.0);
+        {
+            ea::RunnerOptions given;
+            given.step_costs_ms.assign(b.steps.size(), 0.1);
+            std::unique_ptr<ea::Runner> numbers;
+            CHECK(!ea::Runner::create(b, plan, backend, given, numbers));
+            CHECK(numbers->policy().quantile() == 0.0);
+        }
         CHECK(!mixed->predict(x.data(), n, edgeadapt::kNoBudget, out));
         std::int64_t early = 0;
         for (std::int64_t i = 0; i < n; ++i) {

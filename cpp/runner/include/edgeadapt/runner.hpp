@@ -134,6 +134,7 @@ struct Plan {
     std::vector<std::int64_t> states;
     std::vector<double> thresholds;
     std::vector<double> cost_ms;
+    double cost_quantile = 0.5;  // the percentile cost_ms is at ($.cost_stat, p50 by default)
     std::vector<BudgetRow> budget;
     std::vector<Gate> gates;  // kernel.hpp Gate
     bool has_runtime = false;
@@ -226,7 +227,8 @@ struct Result {
 
 struct RunnerOptions {
     // Predicted latency of each bundle step for the budget (ms); empty = the plan's
-    // cost_ms, and without a plan a budget is refused.
+    // cost_ms, and without a plan a budget is refused. The plan's costs keep tracking
+    // their percentile of the measured costs; these, their EWMA mean.
     std::vector<double> step_costs_ms;
     double ewma = 0.2;
 };
@@ -268,7 +270,7 @@ class Runner {
     Runner();
     static void build(const Bundle& bundle, std::vector<std::int64_t> kept,
                       std::vector<double> thresholds, Measure measure,
-                      std::vector<double> hop_costs, bool costs_known,
+                      std::vector<double> hop_costs, bool costs_known, double quantile,
                       std::vector<double> accuracies, std::vector<Gate> gates,
                       std::shared_ptr<Backend> backend, const RunnerOptions& options,
                       std::unique_ptr<Runner>& out);
