@@ -253,6 +253,7 @@ class AdaptiveModel:
         policy: Policy,
         costs_known: bool,
         static: Session | None = None,
+        hop_overhead_ms: float = 0.0,
     ) -> None:
         self.bundle = bundle
         self.sessions = tuple(sessions)
@@ -284,6 +285,9 @@ class AdaptiveModel:
             _budget_routes(bundle, self._route) if policy.accuracies is not None else None
         )
         self._measure = policy.measure
+        # What each hop adds beyond its runtime calls (the kernel, compaction, the result),
+        # as the plan's profile measured it: a hop fits a budget only with it included.
+        self._hop_overhead_ms = hop_overhead_ms
         self._check = BatchCheck(bundle.inputs, source="input")
         # The one hop a call without a budget runs alone (a one-state plan, or a branches
         # plan's most accurate branch), as one native call (input check, run, answer,
@@ -427,7 +431,8 @@ class AdaptiveModel:
         needed = [] if static is not None else sorted({i for hop in hops for i in hop.steps})
         sessions = _open_sessions(rt, bundle, needed)
         known = per_step is not None or plan is not None
-        model = cls(bundle, sessions, hops, policy, known, static)
+        overhead = (plan.hop_overhead_ms if plan is not None else None) or 0.0
+        model = cls(bundle, sessions, hops, policy, known, static, overhead)
         if plan is not None and plan.gates is not None:
             model.gates = GateRun(plan.gates, plan.measure)
         model.runtime, model.runtime_note = choice.config, choice.note
@@ -587,11 +592,11 @@ class AdaptiveModel:
                 start = perf_counter_ns() - elapsed_ns
                 return self._answer(start, run_ns, out, hop.logits, hop.slot, hop.state)
             # else the complete check below accepts the batch or words the error
+        start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
         if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):
             return self._predict_one(inputs, self._route[-1])
-        start = perf_counter_ns()
         b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
             self._buffers = decide_buffers(b)
@@ -624,7 +629,9 @@ class AdaptiveModel:
             if (
                 budget is not None
                 and pos > 0
-                and not policy.fits(slot, (perf_counter_ns() - start) / 1e6, budget)
+                and not policy.fits(
+                    slot, (perf_counter_ns() - start) / 1e6 + self._hop_overhead_ms, budget
+                )
             ):
                 policy.decay(slot)  # skipped, so unmeasured: drift back toward the prior
                 done: Any = slice(None) if rows is None else rows

@@ -120,3 +120,18 @@ def test_a_plans_costs_keep_tracking_its_percentile(stat, quantile):
         assert m.policy.predicted_ms(1) == pytest.approx(before * (1 - 0.2 * (1 - quantile)))
     with AdaptiveModel.load(bundle, plan=plan, step_costs_ms=[1.0] * 4) as m:
         assert m.policy.quantile is None  # costs given as numbers: their mean
+
+
+def test_the_plans_hop_overhead_counts_against_the_budget():
+    """A hop fits only with what the cascade adds per hop (the plan's `hop_overhead_ms`)
+    on top of its predicted runtime cost."""
+    bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
+    plan = runner_plan(bundle, (0, 1, 2, 3), (2.0, 2.0, 2.0), COSTS, table=TABLE)
+    budget = 250.0  # the table picks state 1 (200 ms): hop 1 predicted at 100 ms
+    for overhead, state, stopped in ((None, 1, False), (200.0, 0, True)):
+        with AdaptiveModel.load(
+            bundle, plan=replace(plan, hop_overhead_ms=overhead), warmup=1
+        ) as m:
+            out = m.predict(_x(2), budget_ms=budget)
+        assert (out.exit_state == state).all()
+        assert bool(out.budget_exit.all()) is stopped
