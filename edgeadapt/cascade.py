@@ -140,15 +140,13 @@ def _thresholds(value: float | Sequence[float], count: int) -> tuple[float, ...]
 def _step_costs(
     bundle: Bundle,
     step_costs_ms: Sequence[float] | None,
-    profile: Profile | str | os.PathLike[str] | None,
+    profile: Profile | None,
     stat: str = "p50",
 ) -> list[float] | None:
     """Per-step predicted latency from explicit costs or a profile (batch 1, `stat`)."""
     if step_costs_ms is not None and profile is not None:
         raise InputError("give step_costs_ms or a profile, not both", source="step_costs_ms")
     if profile is not None:
-        if not isinstance(profile, Profile):
-            profile = load_profile(profile, bundle)
         check_profile(profile, bundle)
         return [s.get(stat) for s in profile.step_stats(1)]
     if step_costs_ms is None:
@@ -336,6 +334,7 @@ class AdaptiveModel:
         plan: Plan | str | os.PathLike[str] | None = None,
         profile: Profile | str | os.PathLike[str] | None = None,
         step_costs_ms: Sequence[float] | None = None,
+        cost_stat: str | None = None,
         runtime_options: Mapping[str, Any] | None = None,
         threads: int | None = None,
         warmup: int = 0,
@@ -344,9 +343,14 @@ class AdaptiveModel:
         state but the last) or a `plan` (its states, thresholds, measure and costs).
 
         `measure` defaults to the plan's, else ``maxprob``. Step costs for the budget
-        come from `step_costs_ms` (one per bundle step), else a `profile` (batch 1, p50),
-        else the plan; without any, `predict` refuses a budget. `warmup` runs
-        `warm_up(warmup)` before returning, so the first `predict` is not a cold one.
+        come from `step_costs_ms` (one per bundle step), else a `profile` (batch 1, at
+        the percentile `cost_stat`: p50, p90 or p99, default the plan's, else p50), else
+        the plan; without any, `predict` refuses a budget. Costs from a profile or a plan
+        keep tracking their percentile of the measured costs; `step_costs_ms`, their
+        mean. Each hop's share of the cascade's own overhead (the plan's
+        ``hop_overhead_ms``, else the profile's measured one) counts against a budget.
+        `warmup` runs `warm_up(warmup)` before returning, so the first `predict` is not
+        a cold one.
 
         The steps run under the plan's runtime configuration (`Plan.runtime`, what its
         costs were measured under) unless `runtime` (a name or a `RuntimeConfig`),
@@ -390,7 +394,14 @@ class AdaptiveModel:
         else:
             hops = [_Hop(s, (s,)) for s in kept]
 
-        stat = plan.cost_stat if plan is not None else "p50"
+        if cost_stat is not None and cost_stat not in COST_QUANTILES:
+            raise InputError(
+                f"must be one of {', '.join(COST_QUANTILES)}, got {cost_stat!r}",
+                source="cost_stat",
+            )
+        stat = cost_stat or (plan.cost_stat if plan is not None else "p50")
+        if profile is not None and not isinstance(profile, Profile):
+            profile = load_profile(profile, bundle)
         per_step = _step_costs(bundle, step_costs_ms, profile, stat)
         if per_step is not None:
             hop_costs = [sum(per_step[i] for i in hop.steps) for hop in hops]
@@ -431,8 +442,11 @@ class AdaptiveModel:
         needed = [] if static is not None else sorted({i for hop in hops for i in hop.steps})
         sessions = _open_sessions(rt, bundle, needed)
         known = per_step is not None or plan is not None
-        overhead = (plan.hop_overhead_ms if plan is not None else None) or 0.0
-        model = cls(bundle, sessions, hops, policy, known, static, overhead)
+        overhead = plan.hop_overhead_ms if plan is not None else None
+        if overhead is None and isinstance(profile, Profile):
+            measured = profile.cascade_overhead
+            overhead = measured.hop_ms if measured is not None else None
+        model = cls(bundle, sessions, hops, policy, known, static, overhead or 0.0)
         if plan is not None and plan.gates is not None:
             model.gates = GateRun(plan.gates, plan.measure)
         model.runtime, model.runtime_note = choice.config, choice.note

@@ -12,6 +12,7 @@ import pytest
 
 from edgeadapt.bundle import load_bundle
 from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.errors import InputError
 from edgeadapt.plan import BudgetRow
 from edgeadapt.profile import profile_bundle
 from tests.plans import runner_plan
@@ -135,3 +136,26 @@ def test_the_plans_hop_overhead_counts_against_the_budget():
             out = m.predict(_x(2), budget_ms=budget)
         assert (out.exit_state == state).all()
         assert bool(out.budget_exit.all()) is stopped
+
+
+def test_a_profile_gives_costs_at_the_asked_percentile_and_its_overhead():
+    bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
+    profile = profile_bundle(bundle, threads=1, iters=10, warmup=1, overhead=False)
+    p90 = [s.get("p90") for s in profile.step_stats(1)]
+    with AdaptiveModel.load(bundle, thresholds=0.9, profile=profile, cost_stat="p90") as m:
+        assert m.policy.quantile == 0.9
+        assert m.policy.costs_ms == pytest.approx(p90)
+        assert m._hop_overhead_ms == 0.0  # this profile did not measure the overhead
+    measured = replace(
+        profile,
+        settings={
+            **profile.settings,
+            "cascade_overhead": {"hop_ms": 0.5, "call_ms": 0.1, "hops": 4},
+        },
+    )
+    with AdaptiveModel.load(bundle, thresholds=0.9, profile=measured) as m:
+        assert m.policy.quantile == 0.5  # a profile's costs default to p50
+        assert m._hop_overhead_ms == 0.5
+    with pytest.raises(InputError, match="p75") as e:
+        AdaptiveModel.load(bundle, thresholds=0.9, profile=profile, cost_stat="p75")
+    assert e.value.source == "cost_stat"
