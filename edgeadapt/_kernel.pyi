@@ -1,7 +1,8 @@
 """Type stub of the compiled decision kernel (cpp/python/kernel_module.cpp)."""
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -10,6 +11,7 @@ def version() -> str: ...
 def confidence(
     logits: npt.NDArray[np.float32], measure: str = "maxprob"
 ) -> npt.NDArray[np.float32]: ...
+def all_finite(x: np.ndarray) -> bool: ...
 def decide(
     logits: npt.NDArray[np.float32], threshold: float, measure: str = "maxprob"
 ) -> tuple[
@@ -24,6 +26,24 @@ def decide_into(
     continue_idx: npt.NDArray[np.int64],
     measure: str = "maxprob",
 ) -> int: ...
+
+class OneCall:
+    def __init__(
+        self,
+        run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+        input: str,
+        dtype: np.dtype[Any],
+        shape: Sequence[int],
+        logits: str,
+        classes: int,
+        measure: str,
+        *,
+        policy: Policy,
+        hop: int,
+        state: int,
+        result: type,
+    ) -> None: ...
+    def __call__(self, x: object) -> object: ...
 
 class Gate:
     def __init__(self, weights: Sequence[float], bias: float) -> None: ...

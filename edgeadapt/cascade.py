@@ -40,14 +40,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.errors import InputError
+from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.inputs import BatchCheck, warmup_batch
-from edgeadapt.kernel import MEASURES, GateRun, Policy, decide_buffers, decide_into
+from edgeadapt.kernel import MEASURES, GateRun, OneCall, Policy, decide_buffers, decide_into
 from edgeadapt.plan import Plan, check_plan, load_plan
 from edgeadapt.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.profile import Profile, check_profile, load_profile
@@ -284,16 +284,30 @@ class AdaptiveModel:
         self._measure = policy.measure
         self._check = BatchCheck(bundle.inputs, source="input")
         # The one hop a call without a budget runs alone (a one-state plan, or a branches
-        # plan's most accurate branch), resolved for `predict`'s fast path when it is one
-        # call fed the bundle's one input: (session, input name, logits name, slot,
-        # state); else None.
-        self._fast: tuple[Session, str, str, int, int] | None = None
+        # plan's most accurate branch), as one native call (input check, run, answer,
+        # cost, result) when it is one call fed the bundle's one input: (OneCall,
+        # session); else None.
+        self._one: tuple[OneCall, Session] | None = None
         alone = self._alone(bundle, self._route)
-        if alone is not None and self._check.single is not None:
+        single = self._check.single
+        if alone is not None and single is not None:
             ((session, feeds),) = alone.calls
-            name = self._check.single[0]
+            name, dtype, shape = single[:3]
             if feeds == ((name, True),):
-                self._fast = (session, name, alone.logits, alone.slot, alone.state)
+                one = OneCall(
+                    session.unchecked_run,
+                    name,
+                    dtype,
+                    shape,
+                    alone.logits,
+                    bundle.num_classes,
+                    policy.measure,
+                    policy=policy,
+                    hop=alone.slot,
+                    state=alone.state,
+                    result=Prediction,
+                )
+                self._one = (one, session)
         # read-only exit_state / budget_exit of the last batch size the fast path saw
         self._constant: tuple[int, np.ndarray, np.ndarray] = (0, _EMPTY_I64, _EMPTY_BOOL)
 
@@ -448,6 +462,7 @@ class AdaptiveModel:
 
     def close(self) -> None:
         """Release every step's session."""
+        self._one = None  # a closed session is never called natively
         for s in (*self.sessions, self.static):
             if s is not None:
                 s.close()
@@ -482,22 +497,21 @@ class AdaptiveModel:
         start = perf_counter_ns()
         ((session, feeds),) = hop.calls
         out = session.run({name: inputs[name] for name, _ in feeds}, check=False)
-        return self._answer(start, session, out, hop.logits, hop.slot, hop.state)
+        return self._answer(start, session.last_run_ns, out, hop.logits, hop.slot, hop.state)
 
     def _answer(
         self,
         start: int,
-        session: Session,
-        out: dict[str, np.ndarray],
+        run_ns: int,
+        out: Mapping[str, np.ndarray],
         logits_name: str,
         slot: int,
         state: int,
     ) -> Prediction:
-        """The `Prediction` of a hop that answered alone: the kernel's answer for every
-        row (threshold -inf: everyone exits), into the two arrays the caller keeps; the
-        every-row-alike `exit_state` and `budget_exit` are shared read-only arrays."""
-        run_ms = session.last_run_ns / 1e6
-        self.policy.observe(slot, run_ms)
+        """The `Prediction` of a hop that answered alone with `out` in `run_ns`: the
+        kernel's answer for every row (threshold -inf: everyone exits) into the caller's
+        `pred` and `conf`; the every-row-alike `exit_state` and `budget_exit` are shared
+        read-only arrays."""
         logits = out[logits_name]
         b = logits.shape[0]
         buffers = self._buffers
@@ -510,6 +524,8 @@ class AdaptiveModel:
         except TypeError:  # not C-contiguous: the kernel reads logits in place
             logits = np.ascontiguousarray(logits)
             decide_into(logits, -math.inf, pred, conf, buffers[2], buffers[3], self._measure)
+        run_ms = run_ns / 1e6
+        self.policy.observe(slot, run_ms)
         constant = self._constant
         if constant[0] != b:
             exit_state = np.full(b, state, dtype=np.int64)
@@ -546,17 +562,25 @@ class AdaptiveModel:
         the case at batch 1) never gathers or scatters; after the first early exit the
         surviving rows are compacted and their answers scattered back. When one hop
         answers alone (a one-state plan, a branches plan without a budget) and `x` is
-        the one input's array, the quick input check leads straight to its call and the
-        kernel's answer.
+        the one input's array, one native call (`edgeadapt.kernel.OneCall`) accepts the
+        batch, runs the hop and answers every row.
         """
-        fast = self._fast
-        if fast is not None and budget_ms is None and type(x) is np.ndarray:
-            a = self._check.array(x)
-            if a is not None:  # else the complete check below accepts or words the error
-                start = perf_counter_ns()
-                session, name, logits_name, slot, state = fast
-                out = session.run({name: a}, check=False)
-                return self._answer(start, session, out, logits_name, slot, state)
+        one = self._one
+        if one is not None and budget_ms is None:
+            try:
+                got = one[0](x)
+            except EdgeadaptError:
+                raise
+            except Exception as e:
+                raise one[1].run_error(e) from e
+            if type(got) is Prediction:
+                return got
+            if got is not None:  # logits the kernel cannot read in place
+                out, run_ns, elapsed_ns = cast(tuple[Mapping[str, np.ndarray], int, int], got)
+                hop = self._route[-1]
+                start = perf_counter_ns() - elapsed_ns
+                return self._answer(start, run_ns, out, hop.logits, hop.slot, hop.state)
+            # else the complete check below accepts the batch or words the error
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
         if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):

@@ -33,6 +33,13 @@ while a batch is processed.
   history, previous)`` of the rows that continue; ``gate_decide_into(...)`` the same
   into caller-owned arrays, compacting the running features in place; `GateRun`, the
   per-call state a cascade keeps to run a gate plan one kept state at a time.
+- ``all_finite(x) -> bool``: whether a C-contiguous native float16/32/64 array holds no
+  NaN or infinity (an exact bit test on the exponent bits).
+- ``OneCall(run, input, dtype, shape, logits, classes, measure="maxprob")``: a hop that
+  answers alone (a one-state plan) as one call: ``one(x)`` accepts a plain C-contiguous
+  batch of the input's dtype and shape with no NaN or infinity, calls ``run({input:
+  x})`` and answers every row, ``(pred, conf, run_ns)``; None for a batch it cannot
+  vouch for, ``(None, outputs, run_ns)`` for logits it cannot read in place.
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ from edgeadapt import _kernel
 from edgeadapt._kernel import (
     Action,
     Gate,
+    OneCall,
     Policy,
+    all_finite,
     confidence,
     decide,
     decide_into,
@@ -63,7 +72,9 @@ __all__ = [
     "Action",
     "Gate",
     "GateRun",
+    "OneCall",
     "Policy",
+    "all_finite",
     "cmake_dir",
     "confidence",
     "decide",

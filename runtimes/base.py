@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter_ns
@@ -129,8 +129,20 @@ class Session(ABC):
         except EdgeadaptError:
             raise
         except Exception as e:
-            raise EdgeadaptError(f"{self.path}: {self.backend} failed to run: {e}") from e
+            raise self.run_error(e) from e
         return out
+
+    @property
+    def unchecked_run(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """The backend's call behind `run`, with no check, timing or error wording: for
+        a caller that does those itself in native code (`edgeadapt.kernel.OneCall`),
+        words a failure with `run_error` and never calls it once the session is closed."""
+        return self._run
+
+    def run_error(self, e: Exception) -> EdgeadaptError:
+        """The error `run` raises from `e`, an error of the backend's call that is not an
+        `EdgeadaptError` (those pass through as they are)."""
+        return EdgeadaptError(f"{self.path}: {self.backend} failed to run: {e}")
 
     def check(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Check names, array type, dtype, rank, fixed dimensions, non-empty batch, finiteness.

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel
-from edgeadapt.errors import InputError
+from edgeadapt.cascade import AdaptiveModel, Prediction
+from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.inputs import check_batch
+from edgeadapt.kernel import OneCall
 from tests.plans import runner_plan
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
@@ -37,9 +38,80 @@ def family():
 
 def test_the_fast_path_is_taken(family):
     bundle, one, full = family
-    assert one._fast is not None
-    assert full._fast is None
-    assert one._fast[4] == len(bundle.states) - 1
+    assert one._one is not None
+    assert full._one is None
+    call, _ = one._one
+    got = call(_x(2))  # the native call answers by itself
+    assert isinstance(got, Prediction)
+    assert got.exit_state.tolist() == [len(bundle.states) - 1] * 2
+    assert call(_x(2)[:, :, ::2]) is None  # a batch it cannot vouch for goes back
+
+
+def test_a_failing_run_is_worded_as_the_session_words_it(family, monkeypatch):
+    bundle, one, _ = family
+    _, session = one._one
+
+    def broken(feeds):
+        raise RuntimeError("device lost")
+
+    native = OneCall(
+        broken,
+        bundle.input.name,
+        np.dtype(np.float32),
+        [1, 40],
+        one._route[-1].logits,
+        bundle.num_classes,
+        "maxprob",
+        policy=one.policy,
+        hop=0,
+        state=0,
+        result=Prediction,
+    )
+    monkeypatch.setattr(one, "_one", (native, session))
+    with pytest.raises(EdgeadaptError, match=r"failed to run: device lost") as e:
+        one.predict(_x(1))
+    assert str(session.path) in str(e.value)
+
+
+def test_logits_the_kernel_cannot_read_in_place_take_the_python_answer(family, monkeypatch):
+    bundle, one, full = family
+    _, session = one._one
+    name = one._route[-1].logits
+
+    def transposed(feeds):  # the logits as a Fortran-ordered view
+        out = session.unchecked_run(feeds)
+        return {name: np.asfortranarray(out[name])}
+
+    native = OneCall(
+        transposed,
+        bundle.input.name,
+        np.dtype(np.float32),
+        [1, 40],
+        name,
+        bundle.num_classes,
+        "maxprob",
+        policy=one.policy,
+        hop=0,
+        state=len(bundle.states) - 1,
+        result=Prediction,
+    )
+    monkeypatch.setattr(one, "_one", (native, session))
+    x = _x(5, seed=9)
+    got, want = one.predict(x), full.predict(x)
+    np.testing.assert_array_equal(got.pred, want.pred)
+    np.testing.assert_array_equal(got.conf, want.conf)
+    np.testing.assert_array_equal(got.exit_state, want.exit_state)
+    assert got.latency_ms["total"] >= got.latency_ms["steps"][0] > 0
+
+
+def test_a_closed_model_refuses_rather_than_calling_natively():
+    bundle = load_bundle(BUNDLES / "mnist1d-family")
+    plan = runner_plan(bundle, [0], [], [1.0], budget=False)
+    m = AdaptiveModel.load(bundle, "onnxruntime", plan=plan, runtime_options=ORT)
+    m.predict(_x(1))
+    m.close()
+    with pytest.raises(EdgeadaptError, match="closed"):
+        m.predict(_x(1))
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64, 700])
@@ -136,7 +208,7 @@ def test_multiexit_one_state_runs_the_merged_model_and_answers_as_the_cascade():
         AdaptiveModel.load(bundle, "onnxruntime", thresholds=2.0, runtime_options=ORT) as full,
     ):
         assert one.static is not None
-        assert one._fast is not None
+        assert one._one is not None
         got, want = one.predict(x), full.predict(x)
     np.testing.assert_array_equal(got.pred, want.pred)
     np.testing.assert_array_equal(got.exit_state, want.exit_state)

@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -370,6 +371,240 @@ bool fits(const ea::Policy& p, std::int64_t next_hop, double elapsed_ms,
     return v;
 }
 
+// ---- One hop that answers alone ------------------------------------------------------
+//
+// A plan that keeps one state deploys one model, and each predict is: accept the batch,
+// run the model, answer every row, record its cost, build the result. From Python that
+// is a dozen Python-to-C calls of a few tenths of a microsecond each; `OneCall` makes it
+// one. It never raises for a batch or an output it cannot vouch for: it returns None
+// (the batch goes to the complete input check, which words any error) or hands the
+// outputs back (their check words it).
+
+// Whether none of the `n` values at `data` is NaN or infinite: a value is when its
+// exponent bits (`mask`) are all ones. Chunked so a bad value ends the scan soon.
+template <typename U>
+bool all_finite(const char* data, std::size_t n, U mask) noexcept {
+    constexpr std::size_t kChunk = 256;
+    for (std::size_t i = 0; i < n;) {
+        const std::size_t end = std::min(n, i + kChunk);
+        U bad = 0;
+        for (; i < end; ++i) {
+            U v;
+            std::memcpy(&v, data + i * sizeof(U), sizeof(U));
+            bad |= static_cast<U>((v & mask) == mask);
+        }
+        if (bad) return false;
+    }
+    return true;
+}
+
+// Whether a dtype's byte order character names this machine's order.
+bool native_order(char order) {
+    if (order == '=' || order == '|') return true;
+    const std::uint16_t one = 1;
+    unsigned char first = 0;
+    std::memcpy(&first, &one, 1);
+    return order == (first == 1 ? '<' : '>');
+}
+
+// The byte width of a native IEEE float16/32/64 dtype, else 0.
+int float_width(const py::dtype& d) {
+    const auto size = d.itemsize();
+    if (d.kind() != 'f' || !native_order(d.byteorder())) return 0;
+    return size == 2 || size == 4 || size == 8 ? static_cast<int>(size) : 0;
+}
+
+// Whether the `n` values of `width` bytes at `data` are all finite, without the GIL for
+// a large array.
+bool finite_values(const char* data, std::size_t n, int width) {
+    constexpr std::size_t kReleaseGil = 1 << 16;  // values; below, releasing costs more
+    std::optional<py::gil_scoped_release> nogil;
+    if (n >= kReleaseGil) nogil.emplace();
+    switch (width) {
+        case 2: return all_finite<std::uint16_t>(data, n, 0x7C00u);
+        case 4: return all_finite<std::uint32_t>(data, n, 0x7F800000u);
+        default: return all_finite<std::uint64_t>(data, n, 0x7FF0000000000000ull);
+    }
+}
+
+bool all_finite_array(py::handle obj) {
+    py::array a = as_array(obj, "x", "float16, float32 or float64");
+    const int width = float_width(a.dtype());
+    if (width == 0)
+        throw py::type_error("x must have a native float16, float32 or float64 dtype, got " +
+                             text(a.dtype()));
+    if ((a.flags() & (kCStyle | kAligned)) != (kCStyle | kAligned))
+        throw py::type_error("x must be C-contiguous and aligned (zero-copy)");
+    return finite_values(static_cast<const char*>(a.data()), static_cast<std::size_t>(a.size()),
+                         width);
+}
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t ns_since(Clock::time_point t0) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+}
+
+// A fresh 1-D array of `n` values of `descr` (numpy's own allocation, without the
+// generic array constructor's shape and stride vectors).
+py::object vector(const py::detail::npy_api& api, const py::dtype& descr, py::ssize_t n) {
+    const Py_intptr_t dims[1] = {static_cast<Py_intptr_t>(n)};
+    Py_INCREF(descr.ptr());  // NewFromDescr steals it
+    PyObject* a = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr.ptr(), 1, dims, nullptr,
+                                            nullptr, 0, nullptr);
+    if (a == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(a);
+}
+
+// numpy's builtin descriptors are singletons: the pointer test settles the usual case,
+// EquivTypes (a cast lookup in numpy 2, ~0.1 us) the rest.
+bool same_dtype(const py::detail::npy_api& api, PyObject* descr, const py::dtype& want) {
+    return descr == want.ptr() || api.PyArray_EquivTypes_(descr, want.ptr());
+}
+
+template <typename T>
+T* data_of(const py::object& a) {
+    return reinterpret_cast<T*>(py::detail::array_proxy(a.ptr())->data);
+}
+
+class OneCall {
+public:
+    OneCall(py::object run, const std::string& input, const py::dtype& dtype,
+            const std::vector<std::int64_t>& shape, const std::string& logits,
+            std::int64_t classes, const std::string& measure, py::object policy,
+            std::int64_t hop, std::int64_t state, py::object result)
+        : run_(std::move(run)), input_(input), dtype_(dtype), logits_(logits),
+          f32_(py::dtype::of<float>()), i64_(py::dtype::of<std::int64_t>()),
+          bool_(py::dtype::of<bool>()), policy_(std::move(policy)),
+          result_(std::move(result)), classes_(classes), measure_(parse_measure(measure)),
+          hop_(hop), state_(state) {
+        if (!PyCallable_Check(run_.ptr())) throw py::type_error("run must be callable");
+        if (classes < 2) throw py::value_error("classes must be >= 2");
+        if (!py::isinstance<ea::Policy>(policy_))
+            throw py::type_error("policy must be a Policy, got " +
+                                 text(py::type::handle_of(policy_)));
+        policy_ref_ = &policy_.cast<ea::Policy&>();
+        check_index(*policy_ref_, hop, "hop");
+        if (!PyType_Check(result_.ptr())) throw py::type_error("result must be a class");
+        for (std::int64_t d : shape) {
+            if (d < 0) throw py::value_error("shape holds a negative size");
+            shape_.push_back(static_cast<py::ssize_t>(d));
+        }
+        if (dtype.kind() == 'f') {
+            finite_bytes_ = float_width(dtype);
+            accepts_ = finite_bytes_ != 0;
+        }
+    }
+
+    // None; a `result` (pred, exit_state, conf, budget_exit, latency_ms); or (outputs,
+    // run_ns, elapsed_ns) when the logits need the caller's checks. An error of `run`
+    // propagates.
+    py::object call(py::handle x) {
+        const auto t0 = Clock::now();
+        const auto& api = py::detail::npy_api::get();
+        if (!accepts_ || Py_TYPE(x.ptr()) != api.PyArray_Type_) return py::none();
+        const auto* a = py::detail::array_proxy(x.ptr());
+        if (a->nd != static_cast<int>(shape_.size()) + 1 || a->dimensions[0] < 1 ||
+            (a->flags & (kCStyle | kAligned)) != (kCStyle | kAligned) ||
+            !same_dtype(api, a->descr, dtype_))
+            return py::none();
+        std::size_t n = static_cast<std::size_t>(a->dimensions[0]);
+        for (std::size_t k = 0; k < shape_.size(); ++k) {
+            if (a->dimensions[k + 1] != shape_[k]) return py::none();
+            n *= static_cast<std::size_t>(shape_[k]);
+        }
+        if (finite_bytes_ != 0 && !finite_values(a->data, n, finite_bytes_)) return py::none();
+        const py::ssize_t batch = a->dimensions[0];
+
+        py::dict feeds;
+        feeds[input_] = x;
+        const auto t1 = Clock::now();
+        PyObject* got = PyObject_CallOneArg(run_.ptr(), feeds.ptr());
+        const std::int64_t run_ns = ns_since(t1);
+        if (got == nullptr) throw py::error_already_set();
+        py::object out = py::reinterpret_steal<py::object>(got);
+        PyObject* lg = PyDict_CheckExact(out.ptr()) ? PyDict_GetItem(out.ptr(), logits_.ptr())
+                                                    : nullptr;
+        const auto* l = lg != nullptr && Py_TYPE(lg) == api.PyArray_Type_
+                            ? py::detail::array_proxy(lg)
+                            : nullptr;
+        if (l == nullptr || l->nd != 2 || l->dimensions[0] != batch ||
+            l->dimensions[1] != classes_ ||
+            (l->flags & (kCStyle | kAligned)) != (kCStyle | kAligned) ||
+            !same_dtype(api, l->descr, f32_))
+            return py::make_tuple(std::move(out), run_ns, ns_since(t0));
+
+        py::object pred = vector(api, i64_, batch);
+        py::object conf = vector(api, f32_, batch);
+        ensure_ok(ea::answer(reinterpret_cast<const float*>(l->data), batch, classes_, measure_,
+                             data_of<std::int64_t>(pred), data_of<float>(conf)));
+        const double run_ms = static_cast<double>(run_ns) / 1e6;
+        ensure_ok(policy_ref_->observe(hop_, run_ms));
+        if (batch != cached_batch_) cache(api, batch);
+
+        py::list steps(1), rows(1);
+        steps[0] = py::float_(run_ms);
+        rows[0] = py::int_(batch);
+        py::dict latency;
+        latency[key_total_] = py::none();  // first key; the figure is the last thing done
+        latency[key_steps_] = std::move(steps);
+        latency[key_rows_] = std::move(rows);
+        py::object p = py::reinterpret_steal<py::object>(
+            reinterpret_cast<PyTypeObject*>(result_.ptr())
+                ->tp_alloc(reinterpret_cast<PyTypeObject*>(result_.ptr()), 0));
+        if (!p) throw py::error_already_set();
+        set(p, key_pred_, pred);
+        set(p, key_exit_state_, exit_state_);
+        set(p, key_conf_, conf);
+        set(p, key_budget_exit_, budget_exit_);
+        set(p, key_latency_, latency);
+        latency[key_total_] = py::float_(static_cast<double>(ns_since(t0)) / 1e6);
+        return p;
+    }
+
+private:
+    // The every-row-alike exit_state and budget_exit of `batch` rows, read-only: shared by
+    // every result of that batch size.
+    void cache(const py::detail::npy_api& api, py::ssize_t batch) {
+        py::object es = vector(api, i64_, batch);
+        py::object be = vector(api, bool_, batch);
+        std::fill_n(data_of<std::int64_t>(es), batch, state_);
+        std::fill_n(data_of<bool>(be), batch, false);
+        py::detail::array_proxy(es.ptr())->flags &= ~kWriteable;
+        py::detail::array_proxy(be.ptr())->flags &= ~kWriteable;
+        exit_state_ = std::move(es);
+        budget_exit_ = std::move(be);
+        cached_batch_ = batch;
+    }
+
+    // An attribute of the result written into its instance dict, as object.__setattr__
+    // does (the frozen dataclass's own __setattr__ refuses).
+    static void set(const py::object& obj, const py::str& name, const py::object& value) {
+        if (PyObject_GenericSetAttr(obj.ptr(), name.ptr(), value.ptr()) != 0)
+            throw py::error_already_set();
+    }
+
+    py::object run_;
+    py::str input_;
+    py::dtype dtype_;
+    py::str logits_;
+    py::dtype f32_, i64_, bool_;
+    py::object policy_;
+    ea::Policy* policy_ref_ = nullptr;
+    py::object result_;
+    std::vector<py::ssize_t> shape_;
+    std::int64_t classes_;
+    ea::Measure measure_;
+    std::int64_t hop_, state_;
+    int finite_bytes_ = 0;  // 0: not a float input, no finiteness test
+    bool accepts_ = true;   // false for a float type the test does not know (Python decides)
+    py::ssize_t cached_batch_ = 0;
+    py::object exit_state_, budget_exit_;
+    py::str key_pred_{"pred"}, key_exit_state_{"exit_state"}, key_conf_{"conf"},
+        key_budget_exit_{"budget_exit"}, key_latency_{"latency_ms"}, key_total_{"total"},
+        key_steps_{"steps"}, key_rows_{"rows"};
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_kernel, m) {
@@ -379,6 +614,9 @@ PYBIND11_MODULE(_kernel, m) {
 
     m.def("confidence", &confidence, py::arg("logits"), py::arg("measure") = "maxprob",
           "Confidence per row of float32 logits [B, C]; NaN for a row holding NaN or Inf.");
+    m.def("all_finite", &all_finite_array, py::arg("x"),
+          "Whether a C-contiguous native float16/32/64 array holds no NaN or infinity (an "
+          "exact bit test; the GIL is released for a large array).");
     m.def("decide", &decide, py::arg("logits"), py::arg("threshold"),
           py::arg("measure") = "maxprob",
           "(pred int64[B], conf float32[B], exit_mask bool[B], continue_idx int64[K]).");
@@ -386,6 +624,22 @@ PYBIND11_MODULE(_kernel, m) {
           py::arg("conf"), py::arg("exit_mask"), py::arg("continue_idx"),
           py::arg("measure") = "maxprob",
           "decide() writing into caller-provided arrays; returns K, the rows that continue.");
+
+    py::class_<OneCall>(m, "OneCall",
+                        "One hop that answers alone: accept a batch, run it, answer every row, "
+                        "record its cost and build the result, in one call.")
+        .def(py::init<py::object, const std::string&, const py::dtype&,
+                      const std::vector<std::int64_t>&, const std::string&, std::int64_t,
+                      const std::string&, py::object, std::int64_t, std::int64_t,
+                      py::object>(),
+             py::arg("run"), py::arg("input"), py::arg("dtype"), py::arg("shape"),
+             py::arg("logits"), py::arg("classes"), py::arg("measure"), py::kw_only(),
+             py::arg("policy"), py::arg("hop"), py::arg("state"), py::arg("result"))
+        .def("__call__", &OneCall::call, py::arg("x"),
+             "None when `x` is not a plain C-contiguous batch of the input's dtype and shape "
+             "with no NaN or infinity; else `run({input: x})` answered: a `result` instance, "
+             "or (outputs, run_ns, elapsed_ns) when its logits are not a C-contiguous "
+             "float32 [B, classes] array.");
 
     py::class_<ea::Gate>(m, "Gate", "A learned exit gate: weights over (maxprob, margin, "
                                     "entropy, agreement, previous) and a bias.")

@@ -1,5 +1,6 @@
 // ctest: the header-only kernel on hand-checked cases, edge rows and bad input.
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <limits>
 #include <vector>
@@ -101,6 +102,25 @@ static void decide_batch() {
     CHECK(ea::decide(x.data(), 4, 9, static_cast<ea::Measure>(7), 0.5, pred.data(), conf.data(),
                      mask.data(), idx.data(), &k) == ea::Status::BadMeasure);
     CHECK(ea::confidence(x.data(), 4, 9, ea::Measure::MaxProb, nullptr) == ea::Status::NullPointer);
+
+    // answer: decide's pred and conf for every row, for each measure
+    for (ea::Measure m : {ea::Measure::MaxProb, ea::Measure::Margin, ea::Measure::Entropy}) {
+        std::vector<std::int64_t> apred(4, -7);
+        std::vector<float> aconf(4, -7.0f);
+        CHECK(ea::answer(x.data(), 4, 9, m, apred.data(), aconf.data()) == ea::Status::Ok);
+        CHECK(ea::decide(x.data(), 4, 9, m, 0.5, pred.data(), conf.data(), mask.data(), idx.data(),
+                         &k) == ea::Status::Ok);
+        for (int b = 0; b < 4; ++b) {
+            CHECK(apred[b] == pred[b]);
+            CHECK(std::memcmp(&aconf[b], &conf[b], sizeof(float)) == 0);  // NaN row included
+        }
+    }
+    CHECK(ea::answer(x.data(), 0, 9, ea::Measure::MaxProb, pred.data(), conf.data()) ==
+          ea::Status::BadShape);
+    CHECK(ea::answer(x.data(), 4, 9, ea::Measure::MaxProb, nullptr, conf.data()) ==
+          ea::Status::NullPointer);
+    CHECK(ea::answer(x.data(), 4, 9, static_cast<ea::Measure>(7), pred.data(), conf.data()) ==
+          ea::Status::BadMeasure);
 }
 
 static void policy() {

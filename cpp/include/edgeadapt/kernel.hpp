@@ -313,6 +313,16 @@ inline std::int64_t decide_rows(const float* logits, std::int64_t batch, std::in
     return k;
 }
 
+template <Measure M>
+inline void answer_rows(const float* logits, std::int64_t batch, std::int64_t classes,
+                        std::int64_t* pred, float* conf) noexcept {
+    for (std::int64_t b = 0; b < batch; ++b) {
+        const RowResult r = row<M>(logits + b * classes, classes);
+        pred[b] = r.pred;
+        conf[b] = r.conf;
+    }
+}
+
 }  // namespace detail
 
 // Prediction and confidence of one row of `classes` (>= 2) logits.
@@ -333,6 +343,22 @@ inline Status confidence(const float* logits, std::int64_t batch, std::int64_t c
         case Measure::MaxProb: detail::confidence_rows<Measure::MaxProb>(logits, batch, classes, conf); break;
         case Measure::Margin: detail::confidence_rows<Measure::Margin>(logits, batch, classes, conf); break;
         case Measure::Entropy: detail::confidence_rows<Measure::Entropy>(logits, batch, classes, conf); break;
+        default: return Status::BadMeasure;
+    }
+    return Status::Ok;
+}
+
+// pred[b] and conf[b] of every row of the row-major [batch, classes] logits: what
+// decide() gives when every row exits (a state that answers alone), without the exit
+// mask and the continue list.
+inline Status answer(const float* logits, std::int64_t batch, std::int64_t classes,
+                     Measure measure, std::int64_t* pred, float* conf) noexcept {
+    if (const Status s = detail::check_batch(logits, batch, classes); s != Status::Ok) return s;
+    if (!pred || !conf) return Status::NullPointer;
+    switch (measure) {
+        case Measure::MaxProb: detail::answer_rows<Measure::MaxProb>(logits, batch, classes, pred, conf); break;
+        case Measure::Margin: detail::answer_rows<Measure::Margin>(logits, batch, classes, pred, conf); break;
+        case Measure::Entropy: detail::answer_rows<Measure::Entropy>(logits, batch, classes, pred, conf); break;
         default: return Status::BadMeasure;
     }
     return Status::Ok;
