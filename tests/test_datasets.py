@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeadapt.bundle import load_bundle
 from edgeadapt.datasets import (
     CALIBRATION_SEED,
     DEFAULT_SEED,
@@ -18,7 +19,6 @@ from edgeadapt.datasets import (
     mnist1d_calibration,
     mnist1d_splits,
 )
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError, MissingExtraError
 
 pytest.importorskip("mnist1d", reason="MNIST-1D needs the demo extra")
@@ -102,7 +102,8 @@ def test_extra_calibration_draw_is_deterministic_and_typed():
     b = mnist1d_calibration(30)
     np.testing.assert_array_equal(a.x, b.x)
     np.testing.assert_array_equal(a.y, b.y)
-    assert a.x.shape == (30, 1, 40) and a.x.dtype == np.float32
+    assert a.x.shape == (30, 1, 40)
+    assert a.x.dtype == np.float32
     assert a.y.dtype == np.int64
     assert not np.array_equal(a.x, mnist1d_calibration(30, seed=CALIBRATION_SEED + 1).x)
     with pytest.raises(InputError, match="n"):

@@ -91,6 +91,7 @@ def test_risk_plan_ends_at_the_reference_state(pool):
             max_drop=max_drop,
             policy=policy,
         )
-        assert plan.promise is not None and plan.promise.holds
+        assert plan.promise is not None
+        assert plan.promise.holds
         assert plan.reference_state == 2
         assert plan.states[-1] == plan.reference_state
