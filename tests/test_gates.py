@@ -74,7 +74,7 @@ def test_gates_use_agreement_and_the_previous_score():
 def synthetic():
     labels, logits = gate_logits(3000, 4, 6, 2)
     ev = gate_evaluation(labels, logits)
-    calib, held = Outcomes.fromgate_evaluation(ev).split(heldout=0.5, seed=0)
+    calib, held = Outcomes.from_evaluation(ev).split(heldout=0.5, seed=0)
     return ev, logits, calib, held
 
 
@@ -159,7 +159,7 @@ def test_check_plan_refuses_a_policy_the_runner_cannot_run(synthetic):
         check_plan(plan, object(), "plan.json")  # refused before the bundle is read
 
 
-def _bundlegate_logits(bundle, x):
+def _bundle_logits(bundle, x):
     """Each step's logits on `x` (the early-exit chain run by hand)."""
     rt = get_runtime("onnxruntime", threads=1)
     sessions = [rt.load(step.path) for step in bundle.steps]
@@ -181,10 +181,10 @@ def _gate_plan_on_multiexit(n: int):
     (evaluation, outcomes, logits per state, plan)."""
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
     x = np.random.default_rng(0).normal(size=(n, 1, 40)).astype(np.float32)
-    logits = _bundlegate_logits(bundle, x)
+    logits = _bundle_logits(bundle, x)
     labels = predict_confidence(logits[-1])[0]  # agreement with the last state
     ev = gate_evaluation(labels, logits)
-    outcomes = Outcomes.fromgate_evaluation(ev)
+    outcomes = Outcomes.from_evaluation(ev)
     return ev, outcomes, logits, gate_plan(bundle, outcomes)
 
 
@@ -228,7 +228,7 @@ def test_kernel_runs_a_gate_plan_as_the_planner_simulated_it():
 def test_plan_command_gate_policy(tmp_path):
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
     x = np.random.default_rng(1).normal(size=(600, 1, 40)).astype(np.float32)
-    logits = _bundlegate_logits(bundle, x)
+    logits = _bundle_logits(bundle, x)
     ev = gate_evaluation(predict_confidence(logits[-1])[0], logits)
     ev = Evaluation(
         ev.labels,
