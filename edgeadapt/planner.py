@@ -409,6 +409,22 @@ def _firing(chosen: _Chosen) -> _Chosen:
     return _Chosen(states, chosen.thresholds[fires[:-1]], gates, chosen.promise, chosen.fallback)
 
 
+def _ending_at_reference(chosen: _Chosen, reference: int) -> _Chosen:
+    """`chosen`'s states before the reference state, then the reference state itself.
+
+    Risk control tests a path that starts at "never exit early": the last kept state
+    alone. Ending at the reference, that start loses nothing against it, so the first
+    test passes on any data; a subset ending at a cheaper state that was merely as
+    accurate on the calibration split starts with that state's losses, and one
+    failing start keeps the static model. Cheaper endings stay reachable: the path
+    learns to exit there. (The thresholds are placeholders: risk control chooses them.)
+    """
+    if chosen.states[-1] == reference:
+        return chosen
+    states = (*(s for s in chosen.states if s < reference), reference)
+    return _Chosen(states, np.full(len(states) - 1, NEVER), None, None, None)
+
+
 def _split_figures(
     split: Outcomes,
     chosen: _Chosen,
@@ -487,6 +503,8 @@ def make_plan(
     reference = int(np.argmax(calib_acc))
     choice = _search(calib, costs, kind, max_states, max_drop, float(calib_acc[reference]), hop_ms)
     chosen = _Chosen(choice.states, choice.calibration.thresholds, None, None, None)
+    if calibration == "risk" and kind != "branches":
+        chosen = _ending_at_reference(chosen, reference)
     if policy == "gate":
         kept, gated, gate_thresholds = _gated_states(
             calib, costs, chosen.states, kind, reference, max_drop, calibration, hop_ms

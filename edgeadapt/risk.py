@@ -42,8 +42,10 @@ from edgeadapt.calibrate import NEVER, calibrate, exit_states
 from edgeadapt.errors import InputError
 from edgeadapt.stats import binom_cdf
 
-#: Steps of the learned path from "never exit early" to its target.
-PATH_POINTS = 20
+#: Steps of the learned path from "never exit early" to its target. Fixed-sequence
+#: testing pays nothing for a longer path (each point is tested at delta itself), so a
+#: fine path only stops nearer the cheapest point the test can pass.
+PATH_POINTS = 100
 METHOD = "learn-then-test, fixed-sequence, binomial p-value"
 ASSUMPTION = "the testing split and new data are exchangeable (drawn from one distribution)"
 

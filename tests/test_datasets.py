@@ -5,15 +5,25 @@ from __future__ import annotations
 import random
 import socket
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgeadapt.datasets import mnist1d_splits
+from edgeadapt.bundle import load_bundle
+from edgeadapt.datasets import (
+    CALIBRATION_SEED,
+    DEFAULT_SEED,
+    DEMO_CALIBRATION,
+    calibration_samples,
+    mnist1d_calibration,
+    mnist1d_splits,
+)
 from edgeadapt.errors import InputError, MissingExtraError
 
 pytest.importorskip("mnist1d", reason="MNIST-1D needs the demo extra")
 
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
 SMALL = {"n_train": 60, "n_calibration": 25, "n_test": 33}
 
 
@@ -85,3 +95,45 @@ def test_missing_mnist1d(monkeypatch):
     monkeypatch.setitem(sys.modules, "mnist1d.data", None)
     with pytest.raises(MissingExtraError, match=r"edgeadapt\[demo\]"):
         mnist1d_splits(0, n_train=10, n_calibration=10, n_test=10)
+
+
+def test_extra_calibration_draw_is_deterministic_and_typed():
+    a = mnist1d_calibration(30)
+    b = mnist1d_calibration(30)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert a.x.shape == (30, 1, 40)
+    assert a.x.dtype == np.float32
+    assert a.y.dtype == np.int64
+    assert not np.array_equal(a.x, mnist1d_calibration(30, seed=CALIBRATION_SEED + 1).x)
+    with pytest.raises(InputError, match="n"):
+        mnist1d_calibration(0)
+
+
+def _rows(x: np.ndarray) -> set[bytes]:
+    return {r.tobytes() for r in x.reshape(len(x), -1)}
+
+
+def test_demo_calibration_holds_no_training_or_test_sample():
+    """The samples the demo calibrates the shipped bundles on: none of them is one the
+    bundles were trained on (their seed's full train split), nor a test sample."""
+    splits = mnist1d_splits(DEFAULT_SEED)
+    calib = calibration_samples(splits)
+    assert len(calib.y) == DEMO_CALIBRATION
+    np.testing.assert_array_equal(calib.x[:2500], splits.calibration.x)
+    rows = _rows(calib.x)
+    assert len(rows) == DEMO_CALIBRATION  # no sample twice
+    assert not rows & _rows(splits.train.x)
+    assert not rows & _rows(splits.test.x)
+    # these are the splits the shipped bundles were trained on
+    for name in ("mnist1d-multiexit", "mnist1d-family"):
+        training = load_bundle(BUNDLES / name).extra["training"]
+        assert (training["seed"], training["train_samples"]) == (splits.seed, len(splits.train.y))
+
+
+def test_calibration_samples_cut_to_n(splits):
+    few = calibration_samples(splits, 10)
+    np.testing.assert_array_equal(few.x, splits.calibration.x[:10])
+    more = calibration_samples(splits, 40)
+    np.testing.assert_array_equal(more.x[:25], splits.calibration.x)
+    np.testing.assert_array_equal(more.x[25:], mnist1d_calibration(15).x)

@@ -20,6 +20,7 @@ from edgeadapt.planner import Outcomes, make_plan, simulate_plan
 from edgeadapt.profile import profile_bundle, save_profile
 from edgeadapt.runtimes import get_runtime
 from tests.plans import gate_plan
+from tests.synthetic import gate_evaluation, gate_logits
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
 SHA = "0" * 64
@@ -42,39 +43,9 @@ def test_fit_logistic_recovers_known_weights_and_is_stationary():
     assert ones_b > 5
 
 
-def _logits(n, s, c, seed):
-    """Logits of s states that grow surer (and more often right) along the cascade."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, c, n)
-    out = []
-    for j in range(s):
-        x = rng.standard_normal((n, c)).astype(np.float32)
-        strength = rng.random(n) * (1.0 + 2.0 * j)
-        x[np.arange(n), labels] += strength.astype(np.float32) * 2.0
-        out.append(x)
-    return labels, out
-
-
-def _evaluation(labels, logits):
-    preds, confs = [], {m: [] for m in ("maxprob", "margin", "entropy")}
-    for x in logits:
-        preds.append(predict_confidence(x)[0])
-        for m in confs:
-            confs[m].append(kernel.confidence(x, m))
-    names = np.array([f"s{j}" for j in range(len(logits))])
-    return Evaluation(
-        labels,
-        np.stack(preds, axis=1),
-        names,
-        np.stack(confs["maxprob"], axis=1),
-        conf_margin=np.stack(confs["margin"], axis=1),
-        conf_entropy=np.stack(confs["entropy"], axis=1),
-    )
-
-
 def test_gates_use_agreement_and_the_previous_score():
-    labels, logits = _logits(4000, 3, 5, 1)
-    ev = _evaluation(labels, logits)
+    labels, logits = gate_logits(4000, 3, 5, 1)
+    ev = gate_evaluation(labels, logits)
     inputs = GateInputs(ev.pred, ev.conf, ev.conf_margin, ev.conf_entropy)
     gates = fit_gates(inputs, ev.correct, ev.correct[:, -1])
     assert len(gates) == 2
@@ -101,8 +72,8 @@ def test_gates_use_agreement_and_the_previous_score():
 
 @pytest.fixture(scope="module")
 def synthetic():
-    labels, logits = _logits(3000, 4, 6, 2)
-    ev = _evaluation(labels, logits)
+    labels, logits = gate_logits(3000, 4, 6, 2)
+    ev = gate_evaluation(labels, logits)
     calib, held = Outcomes.from_evaluation(ev).split(heldout=0.5, seed=0)
     return ev, logits, calib, held
 
@@ -212,7 +183,7 @@ def _gate_plan_on_multiexit(n: int):
     x = np.random.default_rng(0).normal(size=(n, 1, 40)).astype(np.float32)
     logits = _bundle_logits(bundle, x)
     labels = predict_confidence(logits[-1])[0]  # agreement with the last state
-    ev = _evaluation(labels, logits)
+    ev = gate_evaluation(labels, logits)
     outcomes = Outcomes.from_evaluation(ev)
     return ev, outcomes, logits, gate_plan(bundle, outcomes)
 
@@ -258,7 +229,7 @@ def test_plan_command_gate_policy(tmp_path):
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
     x = np.random.default_rng(1).normal(size=(600, 1, 40)).astype(np.float32)
     logits = _bundle_logits(bundle, x)
-    ev = _evaluation(predict_confidence(logits[-1])[0], logits)
+    ev = gate_evaluation(predict_confidence(logits[-1])[0], logits)
     ev = Evaluation(
         ev.labels,
         ev.pred,

@@ -20,7 +20,9 @@ kernels, seeded data order):
 
 `residual_cnn` (a stem, identity residual blocks, pooling, linear) is the network whose
 skip sets the execution-branches benchmark and test export; `train_residual_cnn` and
-`export_onnx_model` train it and write its ONNX file.
+`export_onnx_model` train it and write its ONNX file. `ResidualMultiExit` is the same
+network with an exit after each block (the ResNet-style bundle `bench/gates.py`
+measures gates on).
 
 Needs the ``torch`` and ``demo`` extras. Prints test accuracy per state and, as a check
 of the design, each step's ONNX Runtime latency at batch 1 on one thread.
@@ -149,6 +151,40 @@ def residual_cnn(width: int = 64, blocks: int = 4) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(width, NUM_CLASSES),
     )
+
+
+class ResidualMultiExit(nn.Module):
+    """`residual_cnn`'s stem and identity residual blocks with an exit head (pooling and
+    a linear layer) after each block: a ResNet-style early-exit network, every exit
+    trained with the backbone (`train_residual_multiexit`)."""
+
+    def __init__(self, width: int = 64, blocks: int = 4) -> None:
+        super().__init__()
+        stem = [nn.Conv1d(1, width, 5, padding=2), nn.ReLU()]
+        self.stages = nn.ModuleList(
+            [nn.Sequential(*stem, ResidualBlock(width))]
+            + [nn.Sequential(ResidualBlock(width)) for _ in range(blocks - 1)]
+        )
+        self.heads = nn.ModuleList([_head(width) for _ in range(blocks)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every exit."""
+        out = []
+        for stage, head in zip(self.stages, self.heads, strict=True):
+            x = stage(x)
+            out.append(head(x))
+        return out
+
+
+def train_residual_multiexit(
+    data: Split, *, width: int = 64, epochs: int = 8, seed: int = 0
+) -> ResidualMultiExit:
+    """`ResidualMultiExit(width)` trained on `data` on the sum of its exits' losses
+    (`train`, lr 3e-3, seeded), in eval mode."""
+    torch.manual_seed(seed)
+    model = ResidualMultiExit(width)
+    train(model, data, _sum_of_losses, epochs=epochs, lr=3e-3, seed=seed)
+    return model
 
 
 def train_residual_cnn(

@@ -1,0 +1,97 @@
+"""The planner's promise over resamples: `make_plan` end to end (subset search, gates
+fitted on the calibration split, the path learned there and tested on the held-out
+split), for both policies, on data it never saw.
+
+As in `tests/test_risk.py`, each resample draws its calibration and held-out splits
+i.i.d. from a finite pool, so the pool is the distribution and a plan's true drop (its
+reference state's accuracy over the pool minus the policy's) is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeadapt.planner import Outcomes, make_plan, simulate_plan
+from edgeadapt.stats import binom_sf
+from tests.synthetic import gate_evaluation, gate_logits
+
+RESAMPLES = 200
+SHA = "0" * 64
+
+
+def _violation_limit(trials: int, delta: float) -> int:
+    """Most violations a correct promise shows in `trials` with probability >= 0.999."""
+    k = 0
+    while binom_sf(k + 1, trials, delta) > 1e-3:
+        k += 1
+    return k
+
+
+@pytest.fixture(scope="module")
+def pool() -> Outcomes:
+    labels, logits = gate_logits(20_000, 3, 6, 11)
+    return Outcomes.from_evaluation(gate_evaluation(labels, logits))
+
+
+def _true_drop(plan, pool: Outcomes) -> float:
+    run = simulate_plan(plan, pool)
+    return float(pool.correct[:, plan.reference_state].mean() - run.accuracy)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["gate", "threshold"])
+def test_plan_promise_holds_over_resamples(pool, policy):
+    max_drop, delta = 0.02, 0.1
+    rng = np.random.default_rng(3)
+    drops, saved = [], []
+    for _ in range(RESAMPLES):
+        calib = pool.take(rng.integers(0, pool.n, 1000))
+        held = pool.take(rng.integers(0, pool.n, 1500))
+        plan = make_plan(
+            calib,
+            held,
+            [1.0, 2.0, 3.0],
+            manifest_sha256=SHA,
+            max_drop=max_drop,
+            delta=delta,
+            policy=policy,
+        )
+        assert plan.promise is not None
+        drops.append(_true_drop(plan, pool))
+        saved.append(simulate_plan(plan, pool).expected_cost < 3.0 - 1e-9)
+    assert np.count_nonzero(np.array(drops) > max_drop) <= _violation_limit(RESAMPLES, delta)
+    # not vacuous: nearly every resample keeps a plan that saves
+    assert np.mean(saved) > 0.9
+
+
+def test_risk_plan_ends_at_the_reference_state(pool):
+    """A subset that ends before the reference state (as accurate on the calibration
+    split, so the empirical search keeps it) starts the tested path with its losses;
+    the risk-controlled plan ends at the reference instead, so its first point passes."""
+    calib, held = pool.take(np.arange(4000)), pool.take(np.arange(4000, 8000))
+    acc = calib.correct.mean(axis=0)
+    # a max_drop wide enough that the empirical search may stop before the last state
+    max_drop = float(acc[2] - acc[1]) + 0.01
+    empirical = make_plan(
+        calib,
+        held,
+        [1.0, 2.0, 30.0],
+        manifest_sha256=SHA,
+        max_drop=max_drop,
+        calibration="empirical",
+    )
+    assert empirical.states[-1] != empirical.reference_state
+    for policy in ("threshold", "gate"):
+        plan = make_plan(
+            calib,
+            held,
+            [1.0, 2.0, 30.0],
+            manifest_sha256=SHA,
+            max_drop=max_drop,
+            policy=policy,
+        )
+        assert plan.promise is not None
+        assert plan.promise.holds
+        assert plan.reference_state == 2
+        assert plan.states[-1] == plan.reference_state
