@@ -8,12 +8,17 @@ Runtime with 1 thread, in one process:
 
 - ORT: the bare `onnxruntime.InferenceSession.run` of the same model (the baseline);
 - Session: our `Session.run(check=False)` (ORT's compiled fast path);
-- predict: `AdaptiveModel.predict(x)` under the one-state plan (input check, the call,
-  the answer, the `Prediction`).
+- predict: `AdaptiveModel.predict(x)` under the one-state plan (one native call: the
+  input check, the call, the answer, the `Prediction`);
+- ORT + one `np.empty(1)`: the bare call and one small numpy allocation after it, which
+  shows what code run between two calls costs once a large model has filled the caches.
 
 Each is timed around the public call (`perf_counter_ns`), in interleaved rounds (the
 order rotating) of a few calls each, the first call of each block left out; medians.
-Prints microseconds, predict's overhead over ORT and over Session, and the ratios.
+Prints microseconds, predict's overhead over ORT (the difference of the medians, and
+the median of the differences paired within each round, which the machine's drift
+between rounds does not enter: the steadier figure for a model whose own time is
+hundreds of microseconds) and over Session, and the ratios.
 
     python bench/overhead.py [--rounds 400] [--block 10]
 """
@@ -75,18 +80,25 @@ def _timed(fn: Callable[[], object]) -> Callable[[], float]:
     return run
 
 
-def _rounds(fns: dict[str, Callable[[], float]], rounds: int, block: int) -> dict[str, float]:
+def _rounds(
+    fns: dict[str, Callable[[], float]], rounds: int, block: int
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Median (ns) of each function over `rounds` interleaved rounds of `block` calls, the
-    first call of each block left out; the order within a round rotates."""
+    first call of each block left out; the order within a round rotates. Also each
+    round's block median per function, for differences paired within a round (the
+    machine's drift between rounds cancels there)."""
     names = list(fns)
     got: dict[str, list[float]] = {n: [] for n in names}
+    per_round: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds + WARMUP):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             values = [fns[name]() for _ in range(block)]
             if r >= WARMUP:
                 got[name].extend(values[1:])
-    return {n: float(np.median(v)) for n, v in got.items()}
+                per_round[name].append(float(np.median(values[1:])))
+    medians = {n: float(np.median(v)) for n, v in got.items()}
+    return medians, {n: np.asarray(v) for n, v in per_round.items()}
 
 
 def one_state(name: str, rounds: int, block: int) -> tuple[str, list[float]]:
@@ -99,18 +111,22 @@ def one_state(name: str, rounds: int, block: int) -> tuple[str, list[float]]:
         ort = session._session  # the InferenceSession our Session wraps
         feeds = {bundle.input.name: x}
         outs = [o.name for o in ort.get_outputs()]
-        med = _rounds(
+        med, per_round = _rounds(
             {
                 "ort": _timed(lambda: ort.run(outs, feeds)),
                 "session": _timed(lambda: session.run(feeds, check=False)),
                 "predict": _timed(lambda: m.predict(x)),
+                "ort+alloc": _timed(lambda: (ort.run(outs, feeds), np.empty(1))),
             },
             rounds,
             block,
         )
     o, s, p = (med[k] / 1e3 for k in ("ort", "session", "predict"))
+    paired = float(np.median(per_round["predict"] - per_round["ort"])) / 1e3
+    alloc = float(np.median(per_round["ort+alloc"] - per_round["ort"])) / 1e3
     what = "merged static model" if m.static is not None else "member alone"
-    return f"{name} [{bundle.states[state].name}, {what}]", [o, s, p, p - o, p - s, p / o]
+    label = f"{name} [{bundle.states[state].name}, {what}]"
+    return label, [o, s, p, p - o, paired, p - s, p / o, alloc]
 
 
 def main() -> None:
@@ -125,11 +141,25 @@ def main() -> None:
     )
     print(
         table(
-            ["plan", "ORT run", "Session.run", "predict", "predict-ORT", "predict-Session", "/ORT"],
-            [[label, *(f"{v:.2f}" for v in us[:5]), f"{us[5]:.3f}x"] for label, us in rows],
+            [
+                "plan",
+                "ORT run",
+                "Session.run",
+                "predict",
+                "predict-ORT",
+                "paired",
+                "predict-Session",
+                "/ORT",
+            ],
+            [[label, *(f"{v:.2f}" for v in us[:6]), f"{us[6]:.3f}x"] for label, us in rows],
         )
     )
     print("target: predict - ORT run < 2 us")
+    print(
+        "one np.empty(1) right after the call (paired, us): "
+        + ", ".join(f"{label.split(' ')[0]} {us[7]:.2f}" for label, us in rows)
+        + " (what any code run between two calls pays once the model has filled the caches)"
+    )
 
 
 if __name__ == "__main__":
