@@ -45,6 +45,27 @@ class OneCall:
     ) -> None: ...
     def __call__(self, x: object) -> object: ...
 
+class CascadeCall:
+    def __init__(
+        self,
+        route: Sequence[Sequence[Any]],
+        targets: Sequence[Sequence[int]] | None,
+        input: str,
+        dtype: np.dtype[Any],
+        shape: Sequence[int],
+        classes: int,
+        measure: str,
+        *,
+        policy: Policy,
+        result: type,
+        hop_overhead_ms: float,
+        costs_known: bool,
+        walk: bool,
+    ) -> None: ...
+    def __call__(self, x: object, budget_ms: object = None) -> object: ...
+    @property
+    def failed(self) -> Any: ...
+
 class Gate:
     def __init__(self, weights: Sequence[float], bias: float) -> None: ...
     @property

@@ -49,7 +49,15 @@ import numpy as np
 from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.inputs import BatchCheck, warmup_batch
-from edgeadapt.kernel import MEASURES, GateRun, OneCall, Policy, decide_buffers, decide_into
+from edgeadapt.kernel import (
+    MEASURES,
+    CascadeCall,
+    GateRun,
+    OneCall,
+    Policy,
+    decide_buffers,
+    decide_into,
+)
 from edgeadapt.plan import COST_QUANTILES, Plan, check_plan, load_plan
 from edgeadapt.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.profile import Profile, check_profile, load_profile
@@ -312,6 +320,27 @@ class AdaptiveModel:
                     result=Prediction,
                 )
                 self._one = (one, session)
+        # A cascade of several hops fed the bundle's one input, at batch 1 with the threshold
+        # policy, as one native call that walks the route (budget checks, runs, output
+        # checks, costs, decisions, result); None otherwise. It hands back anything it
+        # cannot vouch for, and the Python loop of `predict` runs that batch.
+        self._cascade: CascadeCall | None = None
+        if len(self._route) > 1 and single is not None:
+            targets = self._targets
+            self._cascade = CascadeCall(
+                self._route,
+                None if targets is None else [[hop.slot for hop in t] for t in targets],
+                single[0],
+                single[1],
+                single[2],
+                bundle.num_classes,
+                policy.measure,
+                policy=policy,
+                result=Prediction,
+                hop_overhead_ms=hop_overhead_ms,
+                costs_known=costs_known,
+                walk=bundle.kind != "branches",
+            )
         # read-only exit_state / budget_exit of the last batch size the fast path saw
         self._constant: tuple[int, np.ndarray, np.ndarray] = (0, _EMPTY_I64, _EMPTY_BOOL)
 
@@ -487,7 +516,7 @@ class AdaptiveModel:
 
     def close(self) -> None:
         """Release every step's session."""
-        self._one = None  # a closed session is never called natively
+        self._one = self._cascade = None  # a closed session is never called natively
         for s in (*self.sessions, self.static):
             if s is not None:
                 s.close()
@@ -588,7 +617,10 @@ class AdaptiveModel:
         surviving rows are compacted and their answers scattered back. When one hop
         answers alone (a one-state plan, a branches plan without a budget) and `x` is
         the one input's array, one native call (`edgeadapt.kernel.OneCall`) accepts the
-        batch, runs the hop and answers every row.
+        batch, runs the hop and answers every row. A cascade of several hops fed a
+        one-input bundle's array runs a batch of one row as one native call too
+        (`edgeadapt.kernel.CascadeCall`, threshold policy only): the same answers, costs
+        and budget exits as the loop, which runs every other batch.
         """
         one = self._one
         if one is not None and budget_ms is None:
@@ -606,6 +638,20 @@ class AdaptiveModel:
                 start = perf_counter_ns() - elapsed_ns
                 return self._answer(start, run_ns, out, hop.logits, hop.slot, hop.state)
             # else the complete check below accepts the batch or words the error
+        cascade = self._cascade
+        if cascade is not None and self.gates is None:
+            try:
+                native = cascade(x, budget_ms)
+            except EdgeadaptError:
+                raise
+            except Exception as e:
+                failed = cascade.failed
+                if failed is None:
+                    raise
+                raise failed.run_error(e) from e
+            if native is not None:
+                return cast(Prediction, native)
+            # else the loop below runs the batch and words any error
         start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)

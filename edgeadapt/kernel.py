@@ -37,11 +37,23 @@ while a batch is processed.
   per-call state a cascade keeps to run a gate plan one kept state at a time.
 - ``all_finite(x) -> bool``: whether a C-contiguous native float16/32/64 array holds no
   NaN or infinity (an exact bit test on the exponent bits).
-- ``OneCall(run, input, dtype, shape, logits, classes, measure="maxprob")``: a hop that
-  answers alone (a one-state plan) as one call: ``one(x)`` accepts a plain C-contiguous
-  batch of the input's dtype and shape with no NaN or infinity, calls ``run({input:
-  x})`` and answers every row, ``(pred, conf, run_ns)``; None for a batch it cannot
-  vouch for, ``(None, outputs, run_ns)`` for logits it cannot read in place.
+- ``OneCall(run, input, dtype, shape, logits, classes, measure, *, policy, hop, state,
+  result)``: a hop that answers alone (a one-state plan) as one call: ``one(x)`` accepts
+  a plain C-contiguous batch of the input's dtype and shape with no NaN or infinity,
+  calls ``run({input: x})``, answers every row, records the run's cost in ``policy`` and
+  returns a ``result`` instance (`edgeadapt.cascade.Prediction`); None for a batch it
+  cannot vouch for, ``(outputs, run_ns, elapsed_ns)`` for logits it cannot read in place.
+- ``CascadeCall(route, targets, input, dtype, shape, classes, measure, *, policy, result,
+  hop_overhead_ms, costs_known, walk)``: a threshold cascade of several hops at batch 1
+  as one call: ``cascade(x, budget_ms=None)`` accepts one row as `OneCall` accepts a
+  batch, walks the route (`route`: the cascade's hops, each ``(state, slot, threshold,
+  logits, calls, ...)`` with ``calls`` its ``(session, feeds)``; with a budget and
+  `targets`, the route `Policy.lookup` picks) with the budget checks, runs
+  (``session.unchecked_run``), output checks, costs and decisions of
+  `edgeadapt.cascade.AdaptiveModel.predict`'s loop, and returns a ``result`` instance;
+  None for a row, a budget or an output it cannot vouch for (then the loop runs the
+  batch and words any error). An error of a session's call propagates; ``failed``
+  names the session.
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ import numpy as np
 from edgeadapt import _kernel
 from edgeadapt._kernel import (
     Action,
+    CascadeCall,
     Gate,
     OneCall,
     Policy,
@@ -72,6 +85,7 @@ from edgeadapt.kernel_ref import MEASURES
 __all__ = [
     "MEASURES",
     "Action",
+    "CascadeCall",
     "Gate",
     "GateRun",
     "OneCall",

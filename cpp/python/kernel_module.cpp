@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -472,25 +473,27 @@ T* data_of(const py::object& a) {
     return reinterpret_cast<T*>(py::detail::array_proxy(a.ptr())->data);
 }
 
-class OneCall {
+// An attribute of a result written into its instance dict, as object.__setattr__ does
+// (a frozen dataclass's own __setattr__ refuses).
+void set(const py::object& obj, const py::str& name, const py::object& value) {
+    if (PyObject_GenericSetAttr(obj.ptr(), name.ptr(), value.ptr()) != 0)
+        throw py::error_already_set();
+}
+
+// A fresh instance of the class `result`, its __init__ not run (`set` fills it).
+py::object instance_of(const py::object& result) {
+    auto* type = reinterpret_cast<PyTypeObject*>(result.ptr());
+    py::object p = py::reinterpret_steal<py::object>(type->tp_alloc(type, 0));
+    if (!p) throw py::error_already_set();
+    return p;
+}
+
+// The quick input acceptance of `edgeadapt.inputs.BatchCheck` for one input: a plain
+// C-contiguous, aligned ndarray of the input's dtype and shape with a non-empty batch
+// and, for a float input, no NaN or infinity.
+class Accept {
 public:
-    OneCall(py::object run, const std::string& input, const py::dtype& dtype,
-            const std::vector<std::int64_t>& shape, const std::string& logits,
-            std::int64_t classes, const std::string& measure, py::object policy,
-            std::int64_t hop, std::int64_t state, py::object result)
-        : run_(std::move(run)), input_(input), dtype_(dtype), logits_(logits),
-          f32_(py::dtype::of<float>()), i64_(py::dtype::of<std::int64_t>()),
-          bool_(py::dtype::of<bool>()), policy_(std::move(policy)),
-          result_(std::move(result)), classes_(classes), measure_(parse_measure(measure)),
-          hop_(hop), state_(state) {
-        if (!PyCallable_Check(run_.ptr())) throw py::type_error("run must be callable");
-        if (classes < 2) throw py::value_error("classes must be >= 2");
-        if (!py::isinstance<ea::Policy>(policy_))
-            throw py::type_error("policy must be a Policy, got " +
-                                 text(py::type::handle_of(policy_)));
-        policy_ref_ = &policy_.cast<ea::Policy&>();
-        check_index(*policy_ref_, hop, "hop");
-        if (!PyType_Check(result_.ptr())) throw py::type_error("result must be a class");
+    Accept(const py::dtype& dtype, const std::vector<std::int64_t>& shape) : dtype_(dtype) {
         for (std::int64_t d : shape) {
             if (d < 0) throw py::value_error("shape holds a negative size");
             shape_.push_back(static_cast<py::ssize_t>(d));
@@ -501,25 +504,65 @@ public:
         }
     }
 
+    // The batch size of `x` when it passes, else 0; with `only` > 0, a batch of any
+    // other size is 0 before its values are read.
+    py::ssize_t rows(const py::detail::npy_api& api, py::handle x, py::ssize_t only = 0) const {
+        if (!accepts_ || Py_TYPE(x.ptr()) != api.PyArray_Type_) return 0;
+        const auto* a = py::detail::array_proxy(x.ptr());
+        if (a->nd != static_cast<int>(shape_.size()) + 1 || a->dimensions[0] < 1 ||
+            (only > 0 && a->dimensions[0] != only) ||
+            (a->flags & (kCStyle | kAligned)) != (kCStyle | kAligned) ||
+            !same_dtype(api, a->descr, dtype_))
+            return 0;
+        std::size_t n = static_cast<std::size_t>(a->dimensions[0]);
+        for (std::size_t k = 0; k < shape_.size(); ++k) {
+            if (a->dimensions[k + 1] != shape_[k]) return 0;
+            n *= static_cast<std::size_t>(shape_[k]);
+        }
+        if (finite_bytes_ != 0 && !finite_values(a->data, n, finite_bytes_)) return 0;
+        return a->dimensions[0];
+    }
+
+private:
+    py::dtype dtype_;
+    std::vector<py::ssize_t> shape_;
+    int finite_bytes_ = 0;  // 0: not a float input, no finiteness test
+    bool accepts_ = true;   // false for a float type the test does not know (Python decides)
+};
+
+// The policy behind a Python Policy object, which the caller keeps alive.
+ea::Policy* policy_of(const py::object& policy) {
+    if (!py::isinstance<ea::Policy>(policy))
+        throw py::type_error("policy must be a Policy, got " + text(py::type::handle_of(policy)));
+    return &policy.cast<ea::Policy&>();
+}
+
+class OneCall {
+public:
+    OneCall(py::object run, const std::string& input, const py::dtype& dtype,
+            const std::vector<std::int64_t>& shape, const std::string& logits,
+            std::int64_t classes, const std::string& measure, py::object policy,
+            std::int64_t hop, std::int64_t state, py::object result)
+        : run_(std::move(run)), input_(input), accept_(dtype, shape), logits_(logits),
+          f32_(py::dtype::of<float>()), i64_(py::dtype::of<std::int64_t>()),
+          bool_(py::dtype::of<bool>()), policy_(std::move(policy)),
+          result_(std::move(result)), classes_(classes), measure_(parse_measure(measure)),
+          hop_(hop), state_(state) {
+        if (!PyCallable_Check(run_.ptr())) throw py::type_error("run must be callable");
+        if (classes < 2) throw py::value_error("classes must be >= 2");
+        policy_ref_ = policy_of(policy_);
+        check_index(*policy_ref_, hop, "hop");
+        if (!PyType_Check(result_.ptr())) throw py::type_error("result must be a class");
+    }
+
     // None; a `result` (pred, exit_state, conf, budget_exit, latency_ms); or (outputs,
     // run_ns, elapsed_ns) when the logits need the caller's checks. An error of `run`
     // propagates.
     py::object call(py::handle x) {
         const auto t0 = Clock::now();
         const auto& api = py::detail::npy_api::get();
-        if (!accepts_ || Py_TYPE(x.ptr()) != api.PyArray_Type_) return py::none();
-        const auto* a = py::detail::array_proxy(x.ptr());
-        if (a->nd != static_cast<int>(shape_.size()) + 1 || a->dimensions[0] < 1 ||
-            (a->flags & (kCStyle | kAligned)) != (kCStyle | kAligned) ||
-            !same_dtype(api, a->descr, dtype_))
-            return py::none();
-        std::size_t n = static_cast<std::size_t>(a->dimensions[0]);
-        for (std::size_t k = 0; k < shape_.size(); ++k) {
-            if (a->dimensions[k + 1] != shape_[k]) return py::none();
-            n *= static_cast<std::size_t>(shape_[k]);
-        }
-        if (finite_bytes_ != 0 && !finite_values(a->data, n, finite_bytes_)) return py::none();
-        const py::ssize_t batch = a->dimensions[0];
+        const py::ssize_t batch = accept_.rows(api, x);
+        if (batch == 0) return py::none();
 
         py::dict feeds;
         feeds[input_] = x;
@@ -554,10 +597,7 @@ public:
         latency[key_total_] = py::none();  // first key; the figure is the last thing done
         latency[key_steps_] = std::move(steps);
         latency[key_rows_] = std::move(rows);
-        py::object p = py::reinterpret_steal<py::object>(
-            reinterpret_cast<PyTypeObject*>(result_.ptr())
-                ->tp_alloc(reinterpret_cast<PyTypeObject*>(result_.ptr()), 0));
-        if (!p) throw py::error_already_set();
+        py::object p = instance_of(result_);
         set(p, key_pred_, pred);
         set(p, key_exit_state_, exit_state_);
         set(p, key_conf_, conf);
@@ -582,29 +622,271 @@ private:
         cached_batch_ = batch;
     }
 
-    // An attribute of the result written into its instance dict, as object.__setattr__
-    // does (the frozen dataclass's own __setattr__ refuses).
-    static void set(const py::object& obj, const py::str& name, const py::object& value) {
-        if (PyObject_GenericSetAttr(obj.ptr(), name.ptr(), value.ptr()) != 0)
-            throw py::error_already_set();
-    }
-
     py::object run_;
     py::str input_;
-    py::dtype dtype_;
+    Accept accept_;
     py::str logits_;
     py::dtype f32_, i64_, bool_;
     py::object policy_;
     ea::Policy* policy_ref_ = nullptr;
     py::object result_;
-    std::vector<py::ssize_t> shape_;
     std::int64_t classes_;
     ea::Measure measure_;
     std::int64_t hop_, state_;
-    int finite_bytes_ = 0;  // 0: not a float input, no finiteness test
-    bool accepts_ = true;   // false for a float type the test does not know (Python decides)
     py::ssize_t cached_batch_ = 0;
     py::object exit_state_, budget_exit_;
+    py::str key_pred_{"pred"}, key_exit_state_{"exit_state"}, key_conf_{"conf"},
+        key_budget_exit_{"budget_exit"}, key_latency_{"latency_ms"}, key_total_{"total"},
+        key_steps_{"steps"}, key_rows_{"rows"};
+};
+
+// ---- The cascade of several hops at batch 1 -------------------------------------------
+//
+// At batch 1 every hop of a threshold cascade is: feed the step, run it, check its
+// outputs, record the hop's cost, decide on one row, go on or stop; with a budget, first
+// check that the next hop fits what is left. From Python each of those is a call into C
+// that runs with the caches the step's runtime call left cold; `CascadeCall` walks the
+// whole route in one call. Like `OneCall` it never raises for a batch or an output it
+// cannot vouch for: it returns None and the caller runs the batch its own way (whose
+// checks word any error); an error of a step's call propagates, and `failed` names the
+// session it came from.
+class CascadeCall {
+public:
+    CascadeCall(const py::sequence& route, const py::object& targets, const std::string& input,
+                const py::dtype& dtype, const std::vector<std::int64_t>& shape,
+                std::int64_t classes, const std::string& measure, py::object policy,
+                py::object result, double hop_overhead_ms, bool costs_known, bool walk)
+        : input_(input), accept_(dtype, shape), f32_(py::dtype::of<float>()),
+          i64_(py::dtype::of<std::int64_t>()), bool_(py::dtype::of<bool>()),
+          policy_(std::move(policy)), result_(std::move(result)), classes_(classes),
+          measure_(parse_measure(measure)), hop_overhead_ms_(hop_overhead_ms),
+          costs_known_(costs_known), walk_(walk), row_(static_cast<std::size_t>(std::max<std::int64_t>(classes, 0))) {
+        if (classes < 2) throw py::value_error("classes must be >= 2");
+        policy_ref_ = policy_of(policy_);
+        if (!PyType_Check(result_.ptr())) throw py::type_error("result must be a class");
+        if (!std::isfinite(hop_overhead_ms) || hop_overhead_ms < 0.0)
+            throw py::value_error("hop_overhead_ms must be finite and >= 0");
+        for (py::handle item : route) {
+            py::sequence h = py::reinterpret_borrow<py::sequence>(item);
+            if (h.size() < 5)
+                throw py::value_error("a hop is (state, slot, threshold, logits, calls, ...)");
+            Hop hop;
+            hop.state = h[0].cast<std::int64_t>();
+            hop.slot = h[1].cast<std::int64_t>();
+            check_index(*policy_ref_, hop.slot, "hop");
+            hop.threshold = h[2].cast<double>();
+            check_threshold(hop.threshold);
+            hop.logits = py::str(h[3]);
+            for (py::handle c : py::reinterpret_borrow<py::sequence>(h[4])) {
+                py::sequence sc = py::reinterpret_borrow<py::sequence>(c);
+                if (sc.size() != 2) throw py::value_error("a call is (session, feeds)");
+                Call call;
+                call.session = py::reinterpret_borrow<py::object>(sc[0]);
+                call.run = call.session.attr("unchecked_run");
+                if (!PyCallable_Check(call.run.ptr()))
+                    throw py::type_error("a session's unchecked_run must be callable");
+                for (py::handle f : py::reinterpret_borrow<py::sequence>(sc[1])) {
+                    py::sequence sf = py::reinterpret_borrow<py::sequence>(f);
+                    if (sf.size() != 2) throw py::value_error("a feed is (name, is_input)");
+                    const bool is_input = sf[1].cast<bool>();
+                    py::str name(sf[0]);
+                    if (is_input && !name.equal(input_))
+                        throw py::value_error("the only model input is " + std::string(input));
+                    call.feeds.emplace_back(std::move(name), is_input);
+                }
+                hop.calls.push_back(std::move(call));
+            }
+            if (hop.calls.empty()) throw py::value_error("a hop runs at least one call");
+            hops_.push_back(std::move(hop));
+        }
+        if (hops_.empty()) throw py::value_error("route holds no hop");
+        for (std::size_t i = 0; i < hops_.size(); ++i) all_.push_back(i);
+        if (!targets.is_none()) {
+            for (py::handle t : py::reinterpret_borrow<py::sequence>(targets)) {
+                std::vector<std::size_t> r;
+                for (py::handle i : py::reinterpret_borrow<py::sequence>(t)) {
+                    const auto pos = i.cast<std::int64_t>();
+                    if (pos < 0 || pos >= static_cast<std::int64_t>(hops_.size()))
+                        throw py::index_error("a target route names hop " + std::to_string(pos) +
+                                              " of " + std::to_string(hops_.size()));
+                    r.push_back(static_cast<std::size_t>(pos));
+                }
+                if (r.empty()) throw py::value_error("a target route holds no hop");
+                targets_.push_back(std::move(r));
+            }
+            if (static_cast<std::int64_t>(targets_.size()) != policy_ref_->num_states())
+                throw py::value_error("targets must hold one route per kept state");
+        }
+    }
+
+    // None, or a `result` (pred, exit_state, conf, budget_exit, latency_ms) of the batch
+    // of one row `x` run along the route under `budget_ms` (None: no budget).
+    py::object call(py::handle x, py::handle budget_ms) {
+        const auto t0 = Clock::now();
+        failed_ = py::none();
+        const auto& api = py::detail::npy_api::get();
+        double budget = 0.0;
+        const bool has_budget = !budget_ms.is_none();
+        if (has_budget) {
+            PyObject* b = budget_ms.ptr();
+            if (!costs_known_) return py::none();
+            if (PyFloat_Check(b)) {
+                budget = PyFloat_AS_DOUBLE(b);
+            } else if (PyLong_CheckExact(b)) {
+                budget = PyLong_AsDouble(b);
+                if (budget == -1.0 && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    return py::none();
+                }
+            } else {
+                return py::none();
+            }
+            if (!(budget > 0.0 && budget < std::numeric_limits<double>::infinity()))
+                return py::none();
+        } else if (!walk_) {
+            return py::none();
+        }
+        if (accept_.rows(api, x, 1) != 1) return py::none();
+
+        const std::vector<std::size_t>* route = &all_;
+        if (has_budget && !targets_.empty()) {
+            std::int64_t target = -1;
+            ensure_ok(policy_ref_->lookup(budget, &target));
+            if (target >= 0) route = &targets_[static_cast<std::size_t>(target)];
+        }
+        py::list steps, rows;
+        py::int_ one(1);
+        std::int64_t pred = -1, exit_state = 0;
+        float conf = std::numeric_limits<float>::quiet_NaN();
+        bool budget_exit = false;
+        py::object prev;
+        const std::size_t last = route->size() - 1;
+        for (std::size_t pos = 0; pos <= last; ++pos) {
+            const Hop& hop = hops_[(*route)[pos]];
+            if (has_budget && pos > 0) {
+                const double elapsed = static_cast<double>(ns_since(t0)) / 1e6 + hop_overhead_ms_;
+                bool fits = false;
+                ensure_ok(policy_ref_->fits(hop.slot, elapsed, budget, &fits));
+                if (!fits) {  // skipped, so unmeasured: drift back toward the prior
+                    ensure_ok(policy_ref_->decay(hop.slot));
+                    exit_state = hops_[(*route)[pos - 1]].state;
+                    budget_exit = true;
+                    break;
+                }
+            }
+            const auto h0 = Clock::now();
+            for (const Call& c : hop.calls) {
+                py::dict feeds;
+                for (const auto& [name, is_input] : c.feeds) {
+                    PyObject* v = is_input ? x.ptr() : PyDict_GetItem(prev.ptr(), name.ptr());
+                    if (v == nullptr) return py::none();
+                    if (PyDict_SetItem(feeds.ptr(), name.ptr(), v) != 0)
+                        throw py::error_already_set();
+                }
+                const auto t1 = Clock::now();
+                PyObject* got = PyObject_CallOneArg(c.run.ptr(), feeds.ptr());
+                const std::int64_t run_ns = ns_since(t1);
+                if (got == nullptr) {
+                    failed_ = c.session;
+                    throw py::error_already_set();
+                }
+                prev = py::reinterpret_steal<py::object>(got);
+                if (!one_row_each(api, prev)) return py::none();
+                steps.append(py::float_(static_cast<double>(run_ns) / 1e6));
+                rows.append(one);
+            }
+            ensure_ok(policy_ref_->observe(hop.slot, static_cast<double>(ns_since(h0)) / 1e6));
+            const float* row = logits_row(api, PyDict_GetItem(prev.ptr(), hop.logits.ptr()));
+            if (row == nullptr) return py::none();
+            const ea::RowResult r = ea::row_confidence(row, classes_, measure_);
+            pred = r.pred;
+            conf = r.conf;
+            if (pos == last || static_cast<double>(r.conf) >= hop.threshold) {  // NaN never
+                exit_state = hop.state;
+                break;
+            }
+        }
+
+        py::object p_pred = vector(api, i64_, 1), p_conf = vector(api, f32_, 1);
+        py::object p_exit = vector(api, i64_, 1), p_budget = vector(api, bool_, 1);
+        *data_of<std::int64_t>(p_pred) = pred;
+        *data_of<float>(p_conf) = conf;
+        *data_of<std::int64_t>(p_exit) = exit_state;
+        *data_of<bool>(p_budget) = budget_exit;
+        py::dict latency;
+        latency[key_total_] = py::none();  // first key; the figure is the last thing done
+        latency[key_steps_] = std::move(steps);
+        latency[key_rows_] = std::move(rows);
+        py::object p = instance_of(result_);
+        set(p, key_pred_, p_pred);
+        set(p, key_exit_state_, p_exit);
+        set(p, key_conf_, p_conf);
+        set(p, key_budget_exit_, p_budget);
+        set(p, key_latency_, latency);
+        latency[key_total_] = py::float_(static_cast<double>(ns_since(t0)) / 1e6);
+        return p;
+    }
+
+    // The session whose call raised the error the last `call` propagated; else None.
+    py::object failed() const { return failed_; }
+
+private:
+    struct Call {
+        py::object session, run;
+        std::vector<std::pair<py::str, bool>> feeds;
+    };
+    struct Hop {
+        std::int64_t state = 0, slot = 0;
+        double threshold = 0.0;
+        py::str logits;
+        std::vector<Call> calls;
+    };
+
+    // Whether `out` is a dict of arrays that each keep the batch axis of one row (what
+    // `edgeadapt.stepcheck.check_rows` accepts, narrowed to plain arrays).
+    static bool one_row_each(const py::detail::npy_api& api, const py::object& out) {
+        if (!PyDict_CheckExact(out.ptr())) return false;
+        PyObject *key = nullptr, *value = nullptr;
+        Py_ssize_t i = 0;
+        while (PyDict_Next(out.ptr(), &i, &key, &value)) {
+            if (Py_TYPE(value) != api.PyArray_Type_) return false;
+            const auto* a = py::detail::array_proxy(value);
+            if (a->nd < 1 || a->dimensions[0] != 1) return false;
+        }
+        return true;
+    }
+
+    // The one row of float32 [1, classes] logits `obj`, read in place when contiguous
+    // and aligned, else copied; nullptr for anything else.
+    const float* logits_row(const py::detail::npy_api& api, PyObject* obj) {
+        if (obj == nullptr || Py_TYPE(obj) != api.PyArray_Type_) return nullptr;
+        const auto* l = py::detail::array_proxy(obj);
+        if (l->nd != 2 || l->dimensions[0] != 1 || l->dimensions[1] != classes_ ||
+            !same_dtype(api, l->descr, f32_))
+            return nullptr;
+        if ((l->flags & (kCStyle | kAligned)) == (kCStyle | kAligned))
+            return reinterpret_cast<const float*>(l->data);
+        const py::ssize_t stride = l->strides[1];
+        for (std::int64_t c = 0; c < classes_; ++c)
+            std::memcpy(&row_[static_cast<std::size_t>(c)], l->data + c * stride, sizeof(float));
+        return row_.data();
+    }
+
+    py::str input_;
+    Accept accept_;
+    py::dtype f32_, i64_, bool_;
+    py::object policy_;
+    ea::Policy* policy_ref_ = nullptr;
+    py::object result_;
+    std::int64_t classes_;
+    ea::Measure measure_;
+    double hop_overhead_ms_;
+    bool costs_known_, walk_;
+    std::vector<float> row_;
+    std::vector<Hop> hops_;
+    std::vector<std::size_t> all_;
+    std::vector<std::vector<std::size_t>> targets_;
+    py::object failed_ = py::none();
     py::str key_pred_{"pred"}, key_exit_state_{"exit_state"}, key_conf_{"conf"},
         key_budget_exit_{"budget_exit"}, key_latency_{"latency_ms"}, key_total_{"total"},
         key_steps_{"steps"}, key_rows_{"rows"};
@@ -645,6 +927,25 @@ PYBIND11_MODULE(_kernel, m) {
              "with no NaN or infinity; else `run({input: x})` answered: a `result` instance, "
              "or (outputs, run_ns, elapsed_ns) when its logits are not a C-contiguous "
              "float32 [B, classes] array.");
+
+    py::class_<CascadeCall>(m, "CascadeCall",
+                            "A cascade of several hops at batch 1: accept the row, walk the "
+                            "route (budget checks, runs, output checks, costs, decisions) and "
+                            "build the result, in one call.")
+        .def(py::init<const py::sequence&, const py::object&, const std::string&,
+                      const py::dtype&, const std::vector<std::int64_t>&, std::int64_t,
+                      const std::string&, py::object, py::object, double, bool, bool>(),
+             py::arg("route"), py::arg("targets"), py::arg("input"), py::arg("dtype"),
+             py::arg("shape"), py::arg("classes"), py::arg("measure"), py::kw_only(),
+             py::arg("policy"), py::arg("result"), py::arg("hop_overhead_ms"),
+             py::arg("costs_known"), py::arg("walk"))
+        .def("__call__", &CascadeCall::call, py::arg("x"), py::arg("budget_ms") = py::none(),
+             "None when `x` is not one plain C-contiguous row of the input's dtype and shape "
+             "with no NaN or infinity, `budget_ms` not None or a number in (0, inf) the "
+             "costs can answer, or a step's outputs are not what the cascade reads; else a "
+             "`result` instance.")
+        .def_property_readonly("failed", &CascadeCall::failed,
+                               "The session whose call raised the last error; else None.");
 
     py::class_<ea::Gate>(m, "Gate", "A learned exit gate: weights over (maxprob, margin, "
                                     "entropy, agreement, previous) and a bias.")
