@@ -48,7 +48,8 @@ while a batch is processed.
   as one call: ``cascade(x, budget_ms=None)`` accepts one row as `OneCall` accepts a
   batch, walks the route (`route`: the cascade's hops, each ``(state, slot, threshold,
   logits, calls, ...)`` with ``calls`` its ``(session, feeds)``; with a budget and
-  `targets`, the route `Policy.lookup` picks) with the budget checks, runs
+  `targets`, the route `Policy.lookup` picks; else with `walk` false its last hop
+  alone, a branches bundle's most accurate branch) with the budget checks, runs
   (``session.unchecked_run``), output checks, costs and decisions of
   `edgeadapt.cascade.AdaptiveModel.predict`'s loop, and returns a ``result`` instance;
   None for a row, a budget or an output it cannot vouch for (then the loop runs the

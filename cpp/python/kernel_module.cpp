@@ -701,6 +701,7 @@ public:
         }
         if (hops_.empty()) throw py::value_error("route holds no hop");
         for (std::size_t i = 0; i < hops_.size(); ++i) all_.push_back(i);
+        last_.push_back(hops_.size() - 1);
         if (!targets.is_none()) {
             for (py::handle t : py::reinterpret_borrow<py::sequence>(targets)) {
                 std::vector<std::size_t> r;
@@ -720,7 +721,10 @@ public:
     }
 
     // None, or a `result` (pred, exit_state, conf, budget_exit, latency_ms) of the batch
-    // of one row `x` run along the route under `budget_ms` (None: no budget).
+    // of one row `x` run along the route under `budget_ms` (None: no budget). The route:
+    // with a budget and targets, the one `lookup` picks (every hop when none fits); else
+    // every hop, or with `walk` false the last hop alone (a branches bundle's most
+    // accurate branch).
     py::object call(py::handle x, py::handle budget_ms) {
         const auto t0 = Clock::now();
         failed_ = py::none();
@@ -743,8 +747,6 @@ public:
             }
             if (!(budget > 0.0 && budget < std::numeric_limits<double>::infinity()))
                 return py::none();
-        } else if (!walk_) {
-            return py::none();
         }
         if (accept_.rows(api, x, 1) != 1) return py::none();
 
@@ -753,6 +755,8 @@ public:
             std::int64_t target = -1;
             ensure_ok(policy_ref_->lookup(budget, &target));
             if (target >= 0) route = &targets_[static_cast<std::size_t>(target)];
+        } else if (!walk_) {
+            route = &last_;
         }
         py::list steps, rows;
         py::int_ one(1);
@@ -884,7 +888,7 @@ private:
     bool costs_known_, walk_;
     std::vector<float> row_;
     std::vector<Hop> hops_;
-    std::vector<std::size_t> all_;
+    std::vector<std::size_t> all_, last_;
     std::vector<std::vector<std::size_t>> targets_;
     py::object failed_ = py::none();
     py::str key_pred_{"pred"}, key_exit_state_{"exit_state"}, key_conf_{"conf"},
