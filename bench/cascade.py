@@ -7,12 +7,16 @@ weights), on ONNX Runtime CPU and OpenVINO CPU with 1 thread each, at batch 1:
 - whole model: the backbone plus the last head only (`exporters.compose.whole_model`),
   one bare session call;
 - full path: `AdaptiveModel.predict` with every threshold above 1, so every step runs
-  (input check, decisions and bookkeeping included);
+  (input check, decisions and bookkeeping included): at batch 1 the one native call of
+  `edgeadapt.kernel.CascadeCall`;
+- loop: the same `predict` with the native cascade turned off, the Python loop that
+  runs every other batch size and gate plans;
 - steps alone: the sum of the steps' own latencies, each a bare session call.
 
-Every figure is the wall time of the public call (`perf_counter_ns` around it).
+Every figure is the wall time of the public call (`perf_counter_ns` around it); the
+overhead columns are the full path (and the loop) minus the steps alone, per step.
 
-The three are measured in interleaved rounds (their order rotating) so that the load
+The four are measured in interleaved rounds (their order rotating) so that the load
 other processes put on the machine hits all of them alike; each round runs one of them a
 few times in a row, as an application would, and the first call of each run, made with
 the caches the others left, is not counted; each figure is a median.
@@ -137,29 +141,34 @@ def batch1_table(label: str, bundle: Bundle, whole_path: Path, rounds: int, bloc
     )
     print(
         f"{'runtime':<12} {'whole us':>10} {'full path us':>13} {'steps alone us':>15} "
-        f"{'full/whole':>11} {'overhead':>9} {'/step us':>9} {'target':>7}"
+        f"{'full/whole':>11} {'overhead':>9} {'/step us':>9} {'target':>7} "
+        f"{'loop us':>9} {'loop /step us':>14}"
     )
     for runtime, opts in RUNTIMES.items():
         rt = get_runtime(runtime, **opts)
         with (
             AdaptiveModel.load(bundle, runtime, thresholds=2.0, runtime_options=opts) as m,
+            AdaptiveModel.load(bundle, runtime, thresholds=2.0, runtime_options=opts) as loop,
             rt.load(whole_path) as whole,
         ):
+            loop._cascade = None  # the Python loop, as every other batch size runs
             med = _rounds(
                 {
                     "whole": _timed(lambda: whole.run({bundle.input.name: x}, check=False)),
                     "full": _timed(lambda: m.predict(x)),
+                    "loop": _timed(lambda: loop.predict(x)),
                     "steps": _steps_alone(m, x),
                 },
                 rounds,
                 block,
             )
-        w, f, s = (med[k] / 1e3 for k in ("whole", "full", "steps"))
+        w, f, s, lp = (med[k] / 1e3 for k in ("whole", "full", "steps", "loop"))
         over = f - s
         allowed = max(0.10 * s, 3.0 * n)
         print(
             f"{runtime:<12} {w:10.1f} {f:13.1f} {s:15.1f} {f / w:10.3f}x "
-            f"{100 * over / s:8.1f}% {over / n:9.1f} {'met' if over <= allowed else 'MISSED':>7}"
+            f"{100 * over / s:8.1f}% {over / n:9.1f} {'met' if over <= allowed else 'MISSED':>7} "
+            f"{lp:9.1f} {(lp - s) / n:14.1f}"
         )
 
 
