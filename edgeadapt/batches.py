@@ -199,6 +199,7 @@ def run_file(
     thresholds: float | Sequence[float] | None = None,
     plan: str | os.PathLike[str] | None = None,
     profile: str | os.PathLike[str] | None = None,
+    cost_stat: str | None = None,
     measure: str | None = None,
     runtime: str | None = None,
     threads: int | None = None,
@@ -208,7 +209,8 @@ def run_file(
     progress: Progress | None = None,
 ) -> RunResult:
     """`edgeadapt run`: the cascade of `bundle` (`AdaptiveModel.load` with `thresholds`
-    or a `plan`, and its runtime settings) on the inputs in `input_path`, `batch` rows
+    or a `plan`, and its runtime settings; a budget's costs from the plan or `profile` at
+    `cost_stat`) on the inputs in `input_path`, `batch` rows
     at a time; with `output`, ``pred``/``exit_state``/``conf``/``budget_exit`` are also
     saved there as an .npz."""
     from edgeadapt.bundle import load_bundle
@@ -224,6 +226,7 @@ def run_file(
         measure=measure,
         plan=plan,
         profile=profile,
+        cost_stat=cost_stat,
         threads=threads,
     )
     with model:

@@ -185,3 +185,20 @@ def test_an_old_plan_without_runtime_settings_runs_as_before(xfile, tmp_path):
         result = run(BUNDLE, "--input", xfile, "--plan", path, *args, "--json")
         assert result.exit_code == 0, result.output
         assert result.stderr == ""
+
+
+def test_a_budget_takes_the_profiles_costs_at_the_asked_percentile(xfile, tmp_path):
+    from edgeadapt.bundle import load_bundle
+    from edgeadapt.profile import profile_bundle, save_profile
+
+    profile = profile_bundle(load_bundle(BUNDLE), threads=1, iters=10, warmup=1, overhead=False)
+    path = tmp_path / "profile.json"
+    save_profile(path, profile)
+    args = ["--input", xfile, "--thresholds", "2", "--profile", path, "--json"]
+    for stat in ("p50", "p99"):
+        result = run(BUNDLE, *args, "--budget-ms", "1000", "--cost-percentile", stat)
+        assert result.exit_code == 0, result.output
+        assert set(json.loads(result.output)["exit_state"]) == {3}  # a budget that fits all
+    bad = run(BUNDLE, *args, "--cost-percentile", "p75")
+    assert bad.exit_code == 2
+    assert "p75" in bad.output

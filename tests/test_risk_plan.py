@@ -39,6 +39,10 @@ def _true_drop(plan, pool: Outcomes) -> float:
     return float(pool.correct[:, plan.reference_state].mean() - run.accuracy)
 
 
+def _plan(calib, held, costs, **options):
+    return make_plan(calib, held, costs, manifest_sha256=SHA, **options)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["gate", "threshold"])
 def test_plan_promise_holds_over_resamples(pool, policy):
@@ -48,15 +52,7 @@ def test_plan_promise_holds_over_resamples(pool, policy):
     for _ in range(RESAMPLES):
         calib = pool.take(rng.integers(0, pool.n, 1000))
         held = pool.take(rng.integers(0, pool.n, 1500))
-        plan = make_plan(
-            calib,
-            held,
-            [1.0, 2.0, 3.0],
-            manifest_sha256=SHA,
-            max_drop=max_drop,
-            delta=delta,
-            policy=policy,
-        )
+        plan = _plan(calib, held, [1.0, 2.0, 3.0], max_drop=max_drop, delta=delta, policy=policy)
         assert plan.promise is not None
         drops.append(_true_drop(plan, pool))
         saved.append(simulate_plan(plan, pool).expected_cost < 3.0 - 1e-9)
@@ -73,24 +69,10 @@ def test_risk_plan_ends_at_the_reference_state(pool):
     acc = calib.correct.mean(axis=0)
     # a max_drop wide enough that the empirical search may stop before the last state
     max_drop = float(acc[2] - acc[1]) + 0.01
-    empirical = make_plan(
-        calib,
-        held,
-        [1.0, 2.0, 30.0],
-        manifest_sha256=SHA,
-        max_drop=max_drop,
-        calibration="empirical",
-    )
+    empirical = _plan(calib, held, [1.0, 2.0, 30.0], max_drop=max_drop, calibration="empirical")
     assert empirical.states[-1] != empirical.reference_state
     for policy in ("threshold", "gate"):
-        plan = make_plan(
-            calib,
-            held,
-            [1.0, 2.0, 30.0],
-            manifest_sha256=SHA,
-            max_drop=max_drop,
-            policy=policy,
-        )
+        plan = _plan(calib, held, [1.0, 2.0, 30.0], max_drop=max_drop, policy=policy)
         assert plan.promise is not None
         assert plan.promise.holds
         assert plan.reference_state == 2

@@ -22,6 +22,7 @@ from edgeadapt.commands.options import (
     threads_option,
 )
 from edgeadapt.errors import InputError
+from edgeadapt.plan import COST_STATS
 
 
 def _parse_thresholds(text: str) -> float | list[float]:
@@ -57,6 +58,13 @@ def _parse_thresholds(text: str) -> float | list[float]:
     param="plan_path",
 )
 @file_option("--profile", "Profile (step costs for a budget).", param="profile_path")
+@click.option(
+    "--cost-percentile",
+    "cost_stat",
+    type=click.Choice(COST_STATS),
+    help="Profile percentile a budget's costs are taken at, and tracked at as calls are "
+    "measured [the plan's, else p50].",
+)
 @click.option("--measure", help="Confidence measure: maxprob, margin or entropy.")
 @click.option("--budget-ms", type=float, help="Latency budget per batch, in ms.")
 @batch_option("Rows per predict call: memory is bounded by it, not by the input's size.")
@@ -71,6 +79,7 @@ def run_command(
     thresholds: str | None,
     plan_path: Path | None,
     profile_path: Path | None,
+    cost_stat: str | None,
     measure: str | None,
     budget_ms: float | None,
     batch: int,
@@ -96,6 +105,7 @@ def run_command(
             thresholds=None if thresholds is None else _parse_thresholds(thresholds),
             plan=plan_path,
             profile=profile_path,
+            cost_stat=cost_stat,
             measure=measure,
             runtime=runtime,
             threads=threads,
