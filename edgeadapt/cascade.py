@@ -774,8 +774,9 @@ class Overhead:
     `call_ms` is one call's own cost when one kept state answers alone (the fast path:
     input check, the kernel's answer, the `Prediction`), which the static model
     deployed through `AdaptiveModel` pays too; `hop_ms` what each hop of a cascade adds
-    on top of that (a session call's wrapper, the checks of its outputs, the kernel,
-    compaction, the bookkeeping), measured over `hops` hops at batch 1. The planner
+    on top of that (feeding a session call, the checks of its outputs, the kernel, the
+    bookkeeping), measured over `hops` hops at batch 1, where the cascade is one native
+    call (`edgeadapt.kernel.CascadeCall`; a larger batch also pays compaction). The planner
     charges a plan `hop_ms` per hop run (`edgeadapt.planner.make_plan`); `call_ms`
     cancels out against the static model's.
     """
