@@ -16,6 +16,7 @@ from edgeadapt.cascade import AdaptiveModel, Prediction
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.kernel import CascadeCall, confidence
 from edgeadapt.plan import BudgetRow
+from tests.backends import CPU_RUNTIMES
 from tests.plans import runner_plan
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
@@ -108,6 +109,19 @@ def test_native_cascade_answers_as_the_python_loop(rows, name, measure, kind):
             assert len(exits) > 1  # the thresholds spread the rows over several exits
 
 
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
+@pytest.mark.parametrize("budget", [None, TINY, HUGE])
+def test_each_runtime_answers_natively_as_its_python_loop(rows, runtime, budget):
+    """Each CPU runtime's outputs are ones the native cascade reads itself (it never
+    hands a batch of one row back), with the loop's answers."""
+    with _plan_model("mnist1d-multiexit", table=True, thresholds=0.6, runtime=runtime) as m:
+        for i in range(0, len(rows), 2):
+            x = rows[i : i + 1]
+            got = m._cascade(x, budget)
+            assert type(got) is Prediction
+            _same(got, _python(m, x, budget))
+
+
 def test_arrays_are_fresh_and_writeable_per_call(rows):
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
     with AdaptiveModel.load(bundle, "onnxruntime", thresholds=2.0, runtime_options=ORT) as m:
@@ -149,7 +163,9 @@ def test_nan_logits_never_exit_and_end_as_the_loop_ends(tmp_path, measure):
                 assert got.exit_state.tolist() == [0]
 
 
-def _plan_model(name: str, *, table: bool, thresholds: float = 2.0, **plan_fields):
+def _plan_model(
+    name: str, *, table: bool, thresholds: float = 2.0, runtime: str = "onnxruntime", **plan_fields
+):
     bundle = load_bundle(BUNDLES / name)
     n = len(bundle.states)
     costs = tuple(100.0 * (s + 1) for s in range(n))  # ms to each state: far above the steps
@@ -165,7 +181,7 @@ def _plan_model(name: str, *, table: bool, thresholds: float = 2.0, **plan_field
     )
     if plan_fields:
         plan = replace(plan, **plan_fields)
-    return AdaptiveModel.load(bundle, "onnxruntime", plan=plan, runtime_options=ORT, warmup=2)
+    return AdaptiveModel.load(bundle, runtime, plan=plan, runtime_options=ORT, warmup=2)
 
 
 @pytest.mark.parametrize("name", ["mnist1d-multiexit", "mnist1d-family"])
