@@ -480,13 +480,40 @@ void set(const py::object& obj, const py::str& name, const py::object& value) {
         throw py::error_already_set();
 }
 
-// A fresh instance of the class `result`, its __init__ not run (`set` fills it).
-py::object instance_of(const py::object& result) {
-    auto* type = reinterpret_cast<PyTypeObject*>(result.ptr());
-    py::object p = py::reinterpret_steal<py::object>(type->tp_alloc(type, 0));
-    if (!p) throw py::error_already_set();
-    return p;
-}
+// Builds the `result` class's instances (edgeadapt.cascade.Prediction: pred,
+// exit_state, conf, budget_exit, latency_ms) without running its __init__.
+class Results {
+public:
+    explicit Results(py::object cls) : cls_(std::move(cls)) {
+        if (!PyType_Check(cls_.ptr())) throw py::type_error("result must be a class");
+    }
+
+    // The result; latency_ms is {"total": ms since t0, "steps": steps, "rows": rows}, the
+    // total taken last.
+    py::object make(const py::object& pred, const py::object& exit_state, const py::object& conf,
+                    const py::object& budget_exit, py::list steps, py::list rows,
+                    Clock::time_point t0) const {
+        py::dict latency;
+        latency[total_] = py::none();  // first key; the figure is the last thing done
+        latency[steps_] = std::move(steps);
+        latency[rows_] = std::move(rows);
+        auto* type = reinterpret_cast<PyTypeObject*>(cls_.ptr());
+        py::object p = py::reinterpret_steal<py::object>(type->tp_alloc(type, 0));
+        if (!p) throw py::error_already_set();
+        set(p, pred_, pred);
+        set(p, exit_state_, exit_state);
+        set(p, conf_, conf);
+        set(p, budget_exit_, budget_exit);
+        set(p, latency_, latency);
+        latency[total_] = py::float_(static_cast<double>(ns_since(t0)) / 1e6);
+        return p;
+    }
+
+private:
+    py::object cls_;
+    py::str pred_{"pred"}, exit_state_{"exit_state"}, conf_{"conf"}, budget_exit_{"budget_exit"},
+        latency_{"latency_ms"}, total_{"total"}, steps_{"steps"}, rows_{"rows"};
+};
 
 // The quick input acceptance of `edgeadapt.inputs.BatchCheck` for one input: a plain
 // C-contiguous, aligned ndarray of the input's dtype and shape with a non-empty batch
@@ -552,7 +579,6 @@ public:
         if (classes < 2) throw py::value_error("classes must be >= 2");
         policy_ref_ = policy_of(policy_);
         check_index(*policy_ref_, hop, "hop");
-        if (!PyType_Check(result_.ptr())) throw py::type_error("result must be a class");
     }
 
     // None; a `result` (pred, exit_state, conf, budget_exit, latency_ms); or (outputs,
@@ -593,18 +619,8 @@ public:
         py::list steps(1), rows(1);
         steps[0] = py::float_(run_ms);
         rows[0] = py::int_(batch);
-        py::dict latency;
-        latency[key_total_] = py::none();  // first key; the figure is the last thing done
-        latency[key_steps_] = std::move(steps);
-        latency[key_rows_] = std::move(rows);
-        py::object p = instance_of(result_);
-        set(p, key_pred_, pred);
-        set(p, key_exit_state_, exit_state_);
-        set(p, key_conf_, conf);
-        set(p, key_budget_exit_, budget_exit_);
-        set(p, key_latency_, latency);
-        latency[key_total_] = py::float_(static_cast<double>(ns_since(t0)) / 1e6);
-        return p;
+        return result_.make(pred, exit_state_, conf, budget_exit_, std::move(steps),
+                            std::move(rows), t0);
     }
 
 private:
@@ -629,15 +645,12 @@ private:
     py::dtype f32_, i64_, bool_;
     py::object policy_;
     ea::Policy* policy_ref_ = nullptr;
-    py::object result_;
+    Results result_;
     std::int64_t classes_;
     ea::Measure measure_;
     std::int64_t hop_, state_;
     py::ssize_t cached_batch_ = 0;
     py::object exit_state_, budget_exit_;
-    py::str key_pred_{"pred"}, key_exit_state_{"exit_state"}, key_conf_{"conf"},
-        key_budget_exit_{"budget_exit"}, key_latency_{"latency_ms"}, key_total_{"total"},
-        key_steps_{"steps"}, key_rows_{"rows"};
 };
 
 // ---- The cascade of several hops at batch 1 -------------------------------------------
@@ -663,7 +676,6 @@ public:
           costs_known_(costs_known), walk_(walk), row_(static_cast<std::size_t>(std::max<std::int64_t>(classes, 0))) {
         if (classes < 2) throw py::value_error("classes must be >= 2");
         policy_ref_ = policy_of(policy_);
-        if (!PyType_Check(result_.ptr())) throw py::type_error("result must be a class");
         if (!std::isfinite(hop_overhead_ms) || hop_overhead_ms < 0.0)
             throw py::value_error("hop_overhead_ms must be finite and >= 0");
         for (py::handle item : route) {
@@ -817,18 +829,8 @@ public:
         *data_of<float>(p_conf) = conf;
         *data_of<std::int64_t>(p_exit) = exit_state;
         *data_of<bool>(p_budget) = budget_exit;
-        py::dict latency;
-        latency[key_total_] = py::none();  // first key; the figure is the last thing done
-        latency[key_steps_] = std::move(steps);
-        latency[key_rows_] = std::move(rows);
-        py::object p = instance_of(result_);
-        set(p, key_pred_, p_pred);
-        set(p, key_exit_state_, p_exit);
-        set(p, key_conf_, p_conf);
-        set(p, key_budget_exit_, p_budget);
-        set(p, key_latency_, latency);
-        latency[key_total_] = py::float_(static_cast<double>(ns_since(t0)) / 1e6);
-        return p;
+        return result_.make(p_pred, p_exit, p_conf, p_budget, std::move(steps), std::move(rows),
+                            t0);
     }
 
     // The session whose call raised the error the last `call` propagated; else None.
@@ -881,7 +883,7 @@ private:
     py::dtype f32_, i64_, bool_;
     py::object policy_;
     ea::Policy* policy_ref_ = nullptr;
-    py::object result_;
+    Results result_;
     std::int64_t classes_;
     ea::Measure measure_;
     double hop_overhead_ms_;
@@ -891,9 +893,6 @@ private:
     std::vector<std::size_t> all_, last_;
     std::vector<std::vector<std::size_t>> targets_;
     py::object failed_ = py::none();
-    py::str key_pred_{"pred"}, key_exit_state_{"exit_state"}, key_conf_{"conf"},
-        key_budget_exit_{"budget_exit"}, key_latency_{"latency_ms"}, key_total_{"total"},
-        key_steps_{"steps"}, key_rows_{"rows"};
 };
 
 }  // namespace
