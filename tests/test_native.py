@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel
-from edgeadapt.datasets import mnist1d_splits
-from edgeadapt.evaluate import evaluate_bundle
-from edgeadapt.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
-from edgeadapt.planner import Outcomes
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.data.mnist1d import mnist1d_splits
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
+from edgeadapt.measure.evaluate import evaluate_bundle
+from edgeadapt.planning.planner import Outcomes
 from tests import plans
 from tests.device_inputs import edited_multiexit
 from tests.multi_input import token_batch, transformer_bundle
@@ -29,7 +29,7 @@ from tests.plans import runner_plan
 from tests.tiny import UNLISTED
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = ROOT / "edgeadapt" / "data" / "bundles"
+BUNDLES = ROOT / "edgeadapt" / "demo" / "bundles"
 MULTIEXIT = BUNDLES / "mnist1d-multiexit"
 FAMILY = BUNDLES / "mnist1d-family"
 CMAKE = shutil.which("cmake")
@@ -517,7 +517,7 @@ def test_a_plan_measured_on_openvino_runs_under_its_settings_in_both_runners(
     agree on every row."""
     import dataclasses
 
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.presets import RuntimeConfig
 
     config = RuntimeConfig("openvino", None, "as-exported", 1, {"hint": "LATENCY"})
     plan = dataclasses.replace(

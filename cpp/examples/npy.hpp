@@ -1,7 +1,7 @@
 // Small readers for the array files the examples take: a .npy (format versions 1-3,
 // C order, float32 '<f4' or int64 '<i8') and an .npz (an uncompressed zip of .npy
 // members, as numpy.savez writes it), and `read_inputs`, which reads a bundle's model
-// inputs from either as `edgeadapt run --input` does (edgeadapt/inputs.py): one array
+// inputs from either as `edgeadapt run --input` does (edgeadapt/data/inputs.py): one array
 // per model input named as the input (a one-input bundle also takes `x`, or a bare
 // .npy), each of the input's dtype and shape, all with the same number of rows. Every
 // size is checked against the bytes present before anything is allocated; errors name
@@ -310,7 +310,7 @@ struct InputArrays {
 };
 
 // Read the model inputs of `inputs` (a bundle's) from the .npy or .npz at `path` (told
-// apart by their magic bytes), checked as edgeadapt/inputs.py `read_batch` checks
+// apart by their magic bytes), checked as edgeadapt/data/inputs.py `read_batch` checks
 // them: names, exact dtypes (int64 token ids stay int64), shapes after the batch axis
 // and one common, non-zero row count. Finiteness is the runner's check.
 inline runner::Error read_inputs(const std::filesystem::path& path,

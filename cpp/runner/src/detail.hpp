@@ -1,6 +1,6 @@
 // Internal to the runner library: the exception that carries an Error inside the
 // library (converted at the noexcept boundary), strict JSON reading with errors that
-// name the file and JSON path (as edgeadapt/jsonio.py does), and sha256 via OpenSSL.
+// name the file and JSON path (as edgeadapt/formats/jsonio.py does), and sha256 via OpenSSL.
 #pragma once
 
 #include <cstdint>
@@ -45,7 +45,7 @@ std::string sha256_file(const std::filesystem::path& path);
 
 bool is_sha256_hex(const std::string& s) noexcept;
 
-// The longest time (ms) a plan may record (edgeadapt/jsonio.py MAX_MS).
+// The longest time (ms) a plan may record (edgeadapt/formats/jsonio.py MAX_MS).
 constexpr double kMaxMs = 1e12;
 
 // The deepest nesting of objects and lists a format document may have.
@@ -62,7 +62,7 @@ Json parse_document(const std::string& bytes, const std::string& source, const s
 std::vector<std::string> onnx_external_locations(const std::string& bytes, const std::string& source);
 
 // Typed accessors over a JSON object that report the file and JSON path (as
-// edgeadapt.jsonio.Fields): a bool is never a number here.
+// edgeadapt.formats.jsonio.Fields): a bool is never a number here.
 class Fields {
   public:
     Fields(const Json& obj, std::string source, std::string path = "$");
