@@ -198,18 +198,6 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return out
 
 
-def run_batched(
-    sess, feed_name: str, x: np.ndarray, outputs: Sequence[str], batch: int = 256
-) -> list[np.ndarray]:
-    """Run `sess` over `x` in batches; concatenate each output."""
-    parts: list[list[np.ndarray]] = [[] for _ in outputs]
-    for start in range(0, len(x), batch):
-        res = sess.run(list(outputs), {feed_name: x[start : start + batch]})
-        for acc, r in zip(parts, res, strict=True):
-            acc.append(r)
-    return [np.concatenate(p) for p in parts]
-
-
 def tolerance(want: np.ndarray, rtol: float, atol: float) -> float:
     """The absolute tolerance for a comparison with `want`: `rtol` times the largest
     magnitude in `want`, at least `atol` (logits near zero get the scale of the others)."""

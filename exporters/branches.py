@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeadapt.data.memory import BatchChoice, choose_batch, sample_bytes
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
+from edgeadapt.exporters._calib import Calibration, open_calibration
 from edgeadapt.formats.bundle import Bundle, write_bundle
 from edgeadapt.formats.digest import file_sha256
 from edgeadapt.graph import deps as graphdeps
@@ -159,9 +161,14 @@ def skip_blocks(model: onnx.ModelProto, blocks: Sequence[Block]) -> onnx.ModelPr
     return pruned
 
 
-def _accuracy(model: onnx.ModelProto, name: str, x: np.ndarray, y: np.ndarray) -> float:
-    logits = _graph.run_batched(_graph.session(model), name, x, [model.graph.output[0].name])[0]
-    return float(np.mean(np.argmax(logits, axis=1) == y))
+def _accuracy(model: onnx.ModelProto, calib: Calibration, batch: int) -> float:
+    """The share of the calibration samples `model` classifies right, `batch` at a time."""
+    sess = _graph.session(model)
+    outputs = [model.graph.output[0].name]
+    right = 0
+    for feeds, y in calib.batches(batch):
+        right += int(np.sum(np.argmax(sess.run(outputs, feeds)[0], axis=1) == y))
+    return right / calib.n
 
 
 def _skip_sets(
@@ -211,23 +218,6 @@ def pareto(branches: Sequence[Branch], max_branches: int) -> list[Branch]:
     return front
 
 
-def _load_calibration(path: Path, spec_name: str, shape: tuple[int, ...], dtype: str):
-    from edgeadapt.formats.npzio import ArraySpec, load_npz
-
-    arrays = load_npz(path, {"x": ArraySpec("f", 1 + len(shape)), "y": ArraySpec("iu", 1)})
-    x, y = arrays["x"], arrays["y"]
-    if tuple(x.shape[1:]) != shape:
-        raise InputError(
-            f"x has per-sample shape {tuple(x.shape[1:])}, the model's input {spec_name!r} "
-            f"takes {shape}",
-            source=path,
-            field="x",
-        )
-    if len(y) != len(x) or len(x) == 0:
-        raise InputError(f"x has {len(x)} rows and y {len(y)}; they must match", source=path)
-    return x.astype(dtype, copy=False), y.astype(np.int64, copy=False)
-
-
 def _chosen_blocks(model: onnx.ModelProto, blocks: Sequence[str] | None, path: Path) -> list[Block]:
     """The residual blocks a branch may skip: those named in `blocks` (each checked to be
     a skippable block), or every skippable one."""
@@ -257,14 +247,14 @@ def _chosen_blocks(model: onnx.ModelProto, blocks: Sequence[str] | None, path: P
 def _scorer(
     model: onnx.ModelProto,
     found: Sequence[Block],
-    spec_name: str,
-    x: np.ndarray,
-    y: np.ndarray,
+    calib: Calibration,
+    batch: int,
     path: Path,
     progress: Callable[[int, int], None] | None,
 ) -> Callable[[tuple[str, ...]], Branch]:
     """A function that builds the branch skipping the given blocks and scores its
-    FLOPs and calibration accuracy, reporting each scored candidate to `progress`."""
+    FLOPs and calibration accuracy (`batch` samples a call), reporting each scored
+    candidate to `progress`."""
     by_add = {b.add: b for b in found}
     total = 2 ** len(found) if len(found) <= EXHAUSTIVE_BLOCKS else None
     done = 0
@@ -277,7 +267,7 @@ def _scorer(
             skipped=skipped,
             model=branch_model,
             flops=count_flops(branch_model).flops,
-            accuracy=_accuracy(branch_model, spec_name, x, y),
+            accuracy=_accuracy(branch_model, calib, batch),
         )
         done += 1
         if progress is not None:
@@ -297,13 +287,17 @@ def export_branches(
     seed: int = 0,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    batch: int | None = None,
+    memory: int | str | None = None,
 ) -> Bundle:
     """Write the Pareto-optimal execution branches of the ONNX classifier `source`.
 
-    `calibration` is an npz with ``x`` (inputs) and ``y`` (labels) that every candidate
-    branch is scored on; `blocks` names the Add nodes of the residual blocks that may be
-    skipped (default: every skippable one). `progress(done, total)` is called as
-    candidate branches are scored.
+    `calibration` is an npz with ``x`` (inputs; or the array named as the model's input)
+    and ``y`` (labels) that every candidate branch is scored on, streamed `batch` samples
+    at a time, else as many as `memory` holds (`edgeadapt.data.memory.choose_batch`; the
+    manifest's ``extra["branches"]["batch"]`` says which); `blocks` names the Add nodes
+    of the residual blocks that may be skipped (default: every skippable one).
+    `progress(done, total)` is called as candidate branches are scored.
     """
     path = Path(source)
     if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
@@ -317,10 +311,9 @@ def export_branches(
     if tail is None or len(tail) != 1:
         raise InputError(f"the output must be [batch, classes], got {tail}", source=path)
     found = _chosen_blocks(model, blocks, path)
-    x, y = _load_calibration(
-        Path(calibration), spec.name, tuple(int(d) for d in spec.shape[1:]), spec.dtype
-    )
-    evaluate = _scorer(model, found, spec.name, x, y, path, progress)
+    calib = open_calibration(calibration, [spec], tail[0])
+    size = choose_batch(lambda: sample_bytes([model]), batch=batch, memory=memory)
+    evaluate = _scorer(model, found, calib, size.batch, path, progress)
     candidates, enumeration = _skip_sets(found, evaluate, seed)
     full = next(b for b in candidates if not b.skipped)
     front = pareto(candidates, max_branches)
@@ -341,7 +334,7 @@ def export_branches(
             "source": path.name,
             "source_sha256": file_sha256(path),
         },
-        extra={"branches": _record(found, enumeration, len(candidates), len(x), front)},
+        extra={"branches": _record(found, enumeration, len(candidates), calib.n, size, front)},
         force=force,
     )
 
@@ -351,15 +344,17 @@ def _record(
     enumeration: str,
     candidates: int,
     samples: int,
+    size: BatchChoice,
     front: Sequence[Branch],
 ) -> dict[str, Any]:
     """The manifest's ``extra.branches``: the blocks, how the skip sets were enumerated
-    and scored, and each kept branch."""
+    and scored (on how many samples, in what batches), and each kept branch."""
     return {
         "blocks": [b.add for b in found],
         "enumeration": enumeration,
         "candidates": candidates,
         "calibration_samples": samples,
+        "batch": size.to_json(),
         "states": [{"skipped": list(b.skipped), "calibration_accuracy": b.accuracy} for b in front],
     }
 

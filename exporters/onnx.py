@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx.utils import Extractor
 
+from edgeadapt.data.memory import choose_batch, sample_bytes
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters._calib import Calibration, open_calibration
@@ -52,7 +53,6 @@ from edgeadapt.graph import deps as graphdeps
 Progress = Callable[[str, int, int], None]
 #: Constant tensors up to this size are copied into every step that reads them.
 MAX_SHARED_BYTES = 1024
-DEFAULT_BATCH_SIZE = 32
 _ITEMSIZE = {1: 4, 10: 2, 11: 8, 7: 8, 6: 4, 3: 1, 2: 1, 9: 1, 16: 2}
 
 
@@ -410,8 +410,8 @@ def _train_heads(
     tick: Callable[[str], None],
 ) -> tuple[dict[str, LinearHead], list[dict[str, np.ndarray]]]:
     """Stream the calibration set through the model in batches, fold each cut's features
-    into its head's statistics, fit the heads; also return a first batch of up to 64
-    samples for the parity check."""
+    into its head's statistics, fit the heads; also return up to 64 samples of the
+    first batch for the parity check."""
     pools, masks, prefixes = hi.pools, hi.masks, hi.prefixes
     held = heldout_mask(calib.n, seed)
     fitters = {c: HeadFitter(num_classes, pools[c], held) for c in cuts}
@@ -441,7 +441,7 @@ def _check_args(
     cuts: list[str],
     heads: Mapping[str, str],
     pool: str,
-    batch_size: int,
+    batch_size: int | None,
     parity_rtol: float,
     parity_atol: float,
 ) -> None:
@@ -452,7 +452,7 @@ def _check_args(
         raise InputError(f"a tensor is repeated: {cuts}", source="cuts")
     if pool not in POOLS:
         raise InputError(f"must be one of {POOLS}, got {pool!r}", source="pool")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"must be a positive integer, got {batch_size!r}", source="batch_size")
     for name, v in (("parity_rtol", parity_rtol), ("parity_atol", parity_atol)):
         if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
@@ -650,7 +650,8 @@ def export_onnx(
     calibration: str | os.PathLike[str] | None = None,
     pool: str = "auto",
     mask: str | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
+    memory: int | str | None = None,
     parity_rtol: float = _graph.RTOL,
     parity_atol: float = _graph.ATOL,
     force: bool = False,
@@ -662,7 +663,9 @@ def export_onnx(
     `heads` maps a cut to an existing tensor that is that exit's logits; cuts without
     one get a trained linear head fitted on the `calibration` npz (one array per model
     input, named as the input, or ``x`` for a one-input model; labels ``y``), streamed in
-    batches of `batch_size`. `pool` chooses the head's features: ``gap`` (mean over the
+    batches of `batch_size`, else of as many samples as `memory` holds
+    (`edgeadapt.data.memory.choose_batch`; the manifest's ``extra["calibration_batch"]``
+    says which). `pool` chooses the head's features: ``gap`` (mean over the
     spatial axes of ``[B, C, ...]``), ``flatten``, ``cls`` (token 0 of ``[B, T, H]``),
     ``mean`` (mean over the tokens, over the unmasked ones when the model has a mask
     input: `mask`, default the one integer ``*mask*`` input) or ``auto`` (``mean`` for
@@ -690,19 +693,27 @@ def export_onnx(
     plans = _plan(model, specs, cuts, heads, final, hi.mask_name, hi.masks, source)
     _check_batch(model, specs, final, source)
     calib = open_calibration(calibration, specs, num_classes) if untrained else None
-    n_batches = -(-calib.n // batch_size) if calib is not None else 0
+    size = choose_batch(
+        lambda: sample_bytes([model], keep=untrained),
+        batch=batch_size,
+        memory=memory,
+        source="batch_size",
+    )
+    n_batches = -(-calib.n // size.batch) if calib is not None else 0
     tick = _ticker(progress, n_batches + len(untrained) + len(plans) + 1)
     trained: dict[str, LinearHead] = {}
     sample: list[dict[str, np.ndarray]] = []
     if calib is not None:
         trained, sample = _train_heads(
-            model, calib, untrained, hi, num_classes, batch_size, seed, source, tick
+            model, calib, untrained, hi, num_classes, size.batch, seed, source, tick
         )
     steps, checks = _build_steps(model, plans, final, trained, source, tick)
     feeds = _graph.example_feeds(model, specs, seed) + sample
     worst = _parity(model, steps, checks, feeds, source, parity_rtol, parity_atol)
     tick("checked parity")
     extra = _manifest_extra(cuts, heads, trained, final, worst, parity_rtol, parity_atol)
+    if calib is not None:
+        extra["calibration_batch"] = size.to_json()
     return _write_split(out_dir, source, specs, num_classes, steps, extra, force)
 
 

@@ -30,7 +30,10 @@ def test_json_output_matches_the_api(xfile):
     result = run(BUNDLE, "--input", xfile, "--thresholds", "0.5,0.6,0.7", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert set(doc) == {"pred", "exit_state", "conf", "budget_exit", "latency_ms"}
+    assert set(doc) == {"pred", "exit_state", "conf", "budget_exit", "latency_ms", "batch", "casts"}
+    assert doc["batch"]["given"] is False
+    assert doc["batch"]["batch"] * doc["batch"]["bytes_per_sample"] <= doc["batch"]["memory"]
+    assert doc["casts"] == []
     with AdaptiveModel.load(BUNDLE, thresholds=[0.5, 0.6, 0.7]) as m:
         want = m.predict(np.load(xfile))
     assert doc["pred"] == want.pred.tolist()
@@ -57,7 +60,8 @@ def test_batches_and_npz_output(xfile, tmp_path):
 def test_table_lists_every_sample(xfile):
     result = run(BUNDLE, "--input", xfile, "--thresholds", "2")
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    assert result.stderr.startswith("note: batch 256 (the most chosen): about ")
+    lines = result.stdout.splitlines()
     assert lines[0].split() == ["sample", "pred", "exit", "conf"]
     assert len(lines) == 12
     assert all(" exit3 " in line for line in lines[1:11])
@@ -85,15 +89,15 @@ def test_bad_options_are_clear_errors(xfile, args, match):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda p: np.save(p, np.zeros((3, 1, 40))), "dtype float32"),
+        (lambda p: np.save(p, np.zeros((3, 1, 40), np.int64)), "dtype int64 not accepted"),
         (lambda p: np.save(p, np.zeros((3, 40), np.float32)), "shape"),
         (lambda p: np.save(p, np.zeros((0, 1, 40), np.float32)), "empty batch"),
         (lambda p: np.save(p, np.full((2, 1, 40), np.nan, np.float32)), "NaN"),
-        (lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "not a readable"),
+        (lambda p: np.save(p, np.array([{"a": 1}], dtype=object)), "object arrays are not"),
         (lambda p: p.write_text("garbage"), "not a readable"),
         (lambda p: None, "no such file"),
     ],
-    ids=["float64", "rank", "empty", "nan", "pickle", "garbage", "missing"],
+    ids=["int64", "rank", "empty", "nan", "pickle", "garbage", "missing"],
 )
 def test_bad_input_files_are_clear_errors(tmp_path, make, match):
     path = tmp_path / "bad.npy"

@@ -142,7 +142,7 @@ def _text_batch(n, seed=0):
 
 
 def test_multi_input_family_runs_through_the_cascade(tmp_path):
-    from edgeadapt.data.inputs import read_batch
+    from edgeadapt.data.batches import read_batch
     from edgeadapt.formats.npzio import save_npz
 
     masked = _save(tmp_path, "masked", _text_member(1))

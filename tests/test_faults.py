@@ -129,12 +129,17 @@ def test_predict_batches_names_the_absolute_row_and_bounds_the_batch(tmp_path):
     x = np.zeros((600, 1, 40), dtype=np.float32)
     x[517, 0, 3] = np.nan
     with AdaptiveModel.load(MULTIEXIT, thresholds=0.9) as m:
-        with pytest.raises(InputError, match=r"data\.npy: holds NaN or infinity, first in row 517"):
+        with pytest.raises(InputError, match=r"data\.npy: x: holds NaN .* first row 517$"):
             predict_batches(m, x, 256, source="data.npy")
         with pytest.raises(InputError, match=r"^batch: must lie in"):
             predict_batches(m, x, MAX_BATCH + 1)
-        with pytest.raises(InputError, match="expected dtype float32"):
-            predict_batches(m, x.astype(np.float64), 256)
+        with pytest.raises(InputError, match="expected dtype float32, got int64"):
+            predict_batches(m, np.zeros(x.shape, np.int64), 256)
+        x[517] = 0.5
+        wide, _ = predict_batches(m, x.astype(np.float64), 256)  # read as float32, as evaluate
+        narrow, _ = predict_batches(m, x, 256)
+        for key, value in narrow.items():
+            np.testing.assert_array_equal(wide[key], value)
 
 
 def test_run_command_batches_by_default(tmp_path):

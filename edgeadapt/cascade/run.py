@@ -1,9 +1,10 @@
 """Run a cascade over an input of any size in bounded batches, with memory kept flat.
 
-`edgeadapt run` reads its input memory-mapped and hands the cascade `batch` rows at a
-time: each batch is copied out of the map, checked and predicted, and only the
+`edgeadapt run` reads its input a batch at a time (`edgeadapt.data.batches`) and hands
+the cascade `batch` rows at a time, the batch chosen from a memory budget unless given
+(`edgeadapt.data.memory`): each batch is read, checked and predicted, and only the
 per-sample answers (a few bytes a row) are kept, so the memory a run needs is set by
-`batch` and not by the file's size. Errors about the data name the absolute row.
+the batch and not by the file's size. Errors about the data name the absolute row.
 
 `run_file` is `edgeadapt run`: the input file read (`read_input`), the cascade loaded
 (under the plan's runtime configuration unless told otherwise) and run batch by batch,
@@ -20,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeadapt.data.batches import Inputs, array_inputs, open_inputs
+from edgeadapt.data.budget import MAX_BATCH
+from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch
 from edgeadapt.errors import InputError
 
 if TYPE_CHECKING:
@@ -28,18 +32,12 @@ if TYPE_CHECKING:
     from edgeadapt.formats.presets import RuntimeConfig
 
 __all__ = [
-    "DEFAULT_BATCH",
     "MAX_BATCH",
     "RunResult",
     "predict_batches",
     "read_input",
     "run_file",
 ]
-
-#: rows per predict call when the caller does not say
-DEFAULT_BATCH = 256
-#: the largest batch accepted: beyond it one call's activations alone can exhaust memory
-MAX_BATCH = 1 << 20
 
 Progress = Callable[[int, int], None]
 
@@ -63,43 +61,28 @@ def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
 
 def predict_batches(
     model: AdaptiveModel,
-    x: np.ndarray | Mapping[str, np.ndarray],
-    batch: int = DEFAULT_BATCH,
+    x: np.ndarray | Mapping[str, np.ndarray] | Inputs,
+    batch: int | None = None,
     budget_ms: float | None = None,
     *,
+    memory: int | str | None = None,
     progress: Progress | None = None,
     source: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Predict every row of `x` (``{input name: array}``, or one array for a one-input
-    bundle; arrays or read-only memory maps) `batch` rows at a time; returns ``{pred,
-    exit_state, conf, budget_exit}`` over all rows and the merged latency (``batches``
-    counts the calls). `progress(done, total)` follows each batch; `source` names the
-    data in errors."""
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
-        raise InputError(f"must be an integer, got {batch!r}", source="batch")
-    if not 1 <= batch <= MAX_BATCH:
-        raise InputError(f"must lie in 1..{MAX_BATCH}, got {batch}", source="batch")
-    where = "input" if source is None else str(source)
-    arrays = dict(x) if isinstance(x, Mapping) else {model.bundle.input.name: x}
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray):
-            raise InputError(
-                f"expected a numpy array, got {type(a).__name__}", source=where, field=name
-            )
-        if a.ndim == 0 or a.shape[0] == 0:
-            raise InputError(f"empty batch (shape {list(a.shape)})", source=where, field=name)
-    total = int(next(iter(arrays.values())).shape[0])
-    for name, a in arrays.items():
-        if a.shape[0] != total:
-            raise InputError(
-                f"has {a.shape[0]} rows, another input {total}: every input needs the same rows",
-                source=where,
-                field=name,
-            )
-    try:  # names, dtypes and shapes once, on one row, before any work
-        model.check_inputs({k: np.ascontiguousarray(a[:1]) for k, a in arrays.items()})
-    except InputError as e:
-        raise InputError(str(e).removeprefix("input: "), source=where) from None
+    bundle; arrays or read-only memory maps; or `Inputs` read from a file) `batch` rows
+    at a time, else as many as `memory` holds (`edgeadapt.data.memory.choose_batch`);
+    returns ``{pred, exit_state, conf, budget_exit}`` over all rows and the merged latency
+    (``batches`` counts the calls). Each batch is checked and read as the model's dtypes
+    (`edgeadapt.data.batches`). `progress(done, total)` follows each batch; `source` names
+    the data in errors."""
+    size = choose_batch(lambda: bundle_sample_bytes(model.bundle), batch=batch, memory=memory)
+    if isinstance(x, Inputs):
+        inputs = x
+    else:
+        where = "input" if source is None else str(source)
+        inputs = array_inputs(model.bundle.inputs, x, source=where)
+    total = inputs.rows
     out: dict[str, np.ndarray] = {
         "pred": np.empty(total, dtype=np.int64),
         "exit_state": np.empty(total, dtype=np.int64),
@@ -107,19 +90,9 @@ def predict_batches(
         "budget_exit": np.empty(total, dtype=np.bool_),
     }
     latencies = []
-    for lo in range(0, total, int(batch)):
-        hi = min(lo + int(batch), total)
-        chunk = {k: np.ascontiguousarray(a[lo:hi]) for k, a in arrays.items()}
-        for name, c in chunk.items():
-            if c.dtype.kind == "f":
-                bad = ~np.isfinite(c.reshape(hi - lo, -1)).all(axis=1)
-                if bad.any():
-                    first = lo + int(np.flatnonzero(bad)[0])
-                    field = name if len(chunk) > 1 else None
-                    raise InputError(
-                        f"holds NaN or infinity, first in row {first}", source=where, field=field
-                    )
+    for lo, chunk in inputs.batches(size.batch):
         p = model.predict(chunk, budget_ms)
+        hi = lo + p.pred.shape[0]
         for key in out:
             out[key][lo:hi] = getattr(p, key)
         latencies.append(p.latency_ms)
@@ -128,35 +101,15 @@ def predict_batches(
     return out, _merge(latencies)
 
 
-def read_input(path: str | os.PathLike[str], bundle: Bundle) -> dict[str, np.ndarray]:
+def read_input(path: str | os.PathLike[str], bundle: Bundle) -> Inputs:
     """The model inputs in `path`: an .npz with one array per input, named as the input
-    (a one-input bundle may name it ``x``), or for a one-input bundle an .npy array,
-    memory-mapped (it is checked and copied a batch at a time by `predict_batches`)."""
-    import zipfile
-
-    from edgeadapt.data.inputs import read_batch
-    from edgeadapt.formats.jsonio import check_regular
-
+    (a one-input bundle may name it ``x``), or for a one-input bundle an .npy array;
+    checked from the arrays' headers and read a batch at a time by `predict_batches`
+    (`edgeadapt.data.batches.open_inputs`)."""
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", source=path)
-    check_regular(path)  # before opening: a FIFO would block
-    if zipfile.is_zipfile(path):
-        return read_batch(path, bundle.inputs)
-    if len(bundle.inputs) != 1:
-        names = ", ".join(bundle.input_names)
-        raise InputError(
-            f"the bundle has {len(bundle.inputs)} inputs ({names}): give an .npz holding "
-            "one array per input, named as the input",
-            source=path,
-        )
-    try:
-        x = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError) as e:
-        raise InputError(f"not a readable .npy array: {e}", source=path) from None
-    if not isinstance(x, np.ndarray):
-        raise InputError("expected one .npy array, got an .npz archive", source=path)
-    return {bundle.input.name: x}
+    return open_inputs(path, bundle.inputs)
 
 
 @dataclass(frozen=True)
@@ -164,7 +117,8 @@ class RunResult:
     """What `run_file` computed: per sample the prediction, the state it exited at, its
     confidence and whether the budget cut it short; the merged latency; the names of
     the bundle's states; the runtime configuration the steps ran under and, when it
-    differs from the plan's because the caller overrode it, a line saying so."""
+    differs from the plan's because the caller overrode it, a line saying so; the batch
+    and why; the input arrays read as another dtype than they hold."""
 
     pred: np.ndarray
     exit_state: np.ndarray
@@ -174,6 +128,16 @@ class RunResult:
     state_names: tuple[str, ...]
     runtime: RuntimeConfig | None = None
     runtime_note: str | None = None
+    batch: BatchChoice | None = None
+    casts: tuple[str, ...] = ()
+
+    @property
+    def notes(self) -> list[str]:
+        """The lines to show beside the result: runtime, batch, casts."""
+        notes = [] if self.runtime_note is None else [self.runtime_note]
+        if self.batch is not None:
+            notes.append(self.batch.note)
+        return notes + list(self.casts)
 
     @property
     def exits(self) -> dict[str, int]:
@@ -189,6 +153,8 @@ class RunResult:
             "conf": [None if c != c else float(c) for c in self.conf.tolist()],
             "budget_exit": self.budget_exit.tolist(),
             "latency_ms": self.latency_ms,
+            "batch": None if self.batch is None else self.batch.to_json(),
+            "casts": list(self.casts),
         }
 
 
@@ -204,21 +170,23 @@ def run_file(
     runtime: str | None = None,
     threads: int | None = None,
     budget_ms: float | None = None,
-    batch: int = DEFAULT_BATCH,
+    batch: int | None = None,
+    memory: int | str | None = None,
     output: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
     """`edgeadapt run`: the cascade of `bundle` (`AdaptiveModel.load` with `thresholds`
     or a `plan`, and its runtime settings; a budget's costs from the plan or `profile` at
-    `cost_stat`) on the inputs in `input_path`, `batch` rows
-    at a time; with `output`, ``pred``/``exit_state``/``conf``/``budget_exit`` are also
-    saved there as an .npz."""
+    `cost_stat`) on the inputs in `input_path`, read and run `batch` rows at a time, else
+    as many as `memory` holds (`RunResult.batch` says which); with `output`,
+    ``pred``/``exit_state``/``conf``/``budget_exit`` are also saved there as an .npz."""
     from edgeadapt.cascade.model import AdaptiveModel
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.npzio import save_npz
 
     loaded = load_bundle(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
-    arrays = read_input(input_path, loaded)
+    inputs = read_input(input_path, loaded)
+    size = choose_batch(lambda: bundle_sample_bytes(loaded), batch=batch, memory=memory)
     model = AdaptiveModel.load(
         loaded,
         runtime,
@@ -230,9 +198,7 @@ def run_file(
         threads=threads,
     )
     with model:
-        res, latency = predict_batches(
-            model, arrays, batch, budget_ms, progress=progress, source=input_path
-        )
+        res, latency = predict_batches(model, inputs, size.batch, budget_ms, progress=progress)
     if output is not None:
         save_npz(output, **res)
     return RunResult(
@@ -244,4 +210,6 @@ def run_file(
         tuple(s.name for s in loaded.states),
         model.runtime,
         model.runtime_note,
+        size,
+        inputs.casts,
     )

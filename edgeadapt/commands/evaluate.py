@@ -16,6 +16,7 @@ from edgeadapt.commands.options import (
     echo_note,
     file_option,
     json_option,
+    memory_option,
     output_option,
     runtime_option,
     threads_option,
@@ -45,7 +46,8 @@ from edgeadapt.commands.progress import progress_on_first_call
     "Differing from the profile's is reported on stderr.",
 )
 @threads_option(help="Threads the runtime may use [the profile's, else the runtime's].")
-@batch_option("Samples per call.", most=1 << 20)
+@batch_option("Samples per call.")
+@memory_option()
 @output_option("Evaluation file [BUNDLE/evaluation.npz].")
 @json_option("Print the accuracies as one JSON object.")
 def evaluate_cmd(
@@ -54,14 +56,17 @@ def evaluate_cmd(
     profile_path: Path | None,
     runtime: str | None,
     threads: int | None,
-    batch: int,
+    batch: int | None,
+    memory: str | None,
     output: Path | None,
     as_json: bool,
 ) -> None:
     """Run every state of BUNDLE on a labelled set and write the evaluation (.npz).
 
     It runs under the runtime settings of the bundle's profile on this device (the ones
-    its costs were measured under) unless --runtime or --threads say otherwise.
+    its costs were measured under) unless --runtime or --threads say otherwise. The data
+    is read a batch at a time; the batch, unless given, is the most --memory holds, and a
+    note on stderr says which it is.
     """
     from edgeadapt.measure.evaluate import evaluate_to_file
     from edgeadapt.render import pct, table
@@ -75,9 +80,10 @@ def evaluate_cmd(
             runtime=runtime,
             threads=threads,
             batch=batch,
+            memory=memory,
             progress=progress,
         )
-    echo_note(done.runtime_note)
+    echo_note(done.runtime_note if as_json else done.notes)  # JSON holds the rest
     if as_json:
         echo_json(done.to_json())
         return

@@ -15,7 +15,7 @@ from edgeadapt.commands.bundles import export_options, show_written
 from edgeadapt.commands.export_branches import export_branches_cmd
 from edgeadapt.commands.export_torch import export_torch_cmd
 from edgeadapt.commands.group import CommandGroup
-from edgeadapt.commands.options import file_option
+from edgeadapt.commands.options import batch_option, echo_note, file_option, memory_option
 from edgeadapt.commands.progress import progress_ticker
 from edgeadapt.errors import InputError
 
@@ -82,13 +82,8 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     help="The model input that masks tokens for --pool mean (default: the one integer "
     "input whose name contains 'mask').",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Calibration samples per forward pass (peak memory grows with it).",
-)
+@batch_option("Calibration samples per forward pass.", flag="--batch-size", param="batch_size")
+@memory_option()
 @export_options(parity=True)
 def export_onnx_cmd(
     model: Path,
@@ -98,7 +93,8 @@ def export_onnx_cmd(
     calibration: Path | None,
     pool: str,
     mask: str | None,
-    batch_size: int,
+    batch_size: int | None,
+    memory: str | None,
     parity_rtol: float,
     parity_atol: float,
     output: Path,
@@ -109,13 +105,15 @@ def export_onnx_cmd(
 
     Each step after the first reads the previous activation plus the model inputs it
     needs (a transformer's attention_mask). Cuts without --head get a linear head fitted
-    on --calibration, streamed in batches of --batch-size; the command prints each head's
-    training and held-out accuracy and warns when they differ a lot.
+    on --calibration, streamed in batches of --batch-size (else of the most --memory
+    holds, said in a note); the command prints each head's training and held-out
+    accuracy and warns when they differ a lot.
 
     \b
     edgeadapt export onnx resnet18.onnx --cut /layer1/layer1.1/relu_1/Relu_output_0 \\
         --cut /layer2/layer2.1/relu_1/Relu_output_0 --calibration calib.npz -o bundle/
     """
+    from edgeadapt.data.memory import BatchChoice
     from edgeadapt.exporters.onnx import export_onnx
 
     head_map = _parse_heads(heads)
@@ -135,11 +133,14 @@ def export_onnx_cmd(
             pool=pool,
             mask=mask,
             batch_size=batch_size,
+            memory=memory,
             parity_rtol=parity_rtol,
             parity_atol=parity_atol,
             force=force,
             progress=progress,
         )
+    if "calibration_batch" in bundle.extra and not as_json:
+        echo_note(BatchChoice.from_json(bundle.extra["calibration_batch"]).note)
     show_written(bundle, output, as_json)
 
 

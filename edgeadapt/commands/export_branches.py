@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from edgeadapt.commands.bundles import export_options, show_written
-from edgeadapt.commands.options import file_option
+from edgeadapt.commands.options import batch_option, echo_note, file_option, memory_option
 from edgeadapt.commands.progress import progress_ticker
 
 
@@ -21,6 +21,8 @@ from edgeadapt.commands.progress import progress_ticker
     "npz with x (inputs) and y (labels): every candidate branch is scored on it.",
     required=True,
 )
+@batch_option("Calibration samples per forward pass.")
+@memory_option()
 @click.option(
     "--block",
     "blocks",
@@ -46,6 +48,8 @@ def export_branches_cmd(
     blocks: tuple[str, ...],
     max_branches: int,
     seed: int,
+    batch: int | None,
+    memory: str | None,
     output: Path,
     force: bool,
     as_json: bool,
@@ -59,6 +63,7 @@ def export_branches_cmd(
     branches become the bundle's states, sharing one weights file. Then profile,
     evaluate, bound and plan the bundle as any other.
     """
+    from edgeadapt.data.memory import BatchChoice
     from edgeadapt.exporters.branches import export_branches
 
     with contextlib.ExitStack() as stack:
@@ -71,5 +76,9 @@ def export_branches_cmd(
             seed=seed,
             force=force,
             progress=progress_ticker(stack, "scoring branches"),
+            batch=batch,
+            memory=memory,
         )
+    if not as_json:  # the manifest's extra records it
+        echo_note(BatchChoice.from_json(bundle.extra["branches"]["batch"]).note)
     show_written(bundle, output, as_json)

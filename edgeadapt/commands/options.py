@@ -2,7 +2,8 @@
 
 ``-o/--output`` is where a command writes its file or folder, ``--json`` prints one JSON
 object on stdout instead of text, ``--runtime`` and ``--threads`` choose the backend and
-its threads. A command states its own help for ``--output`` (what is written, where by
+its threads, ``--batch`` and ``--memory`` the rows per runtime call or the memory budget
+they are chosen from. A command states its own help for ``--output`` (what is written, where by
 default) and for the files it reads (``file_option``: ``--profile``, ``--evaluation``,
 ``--plan``, ``--input`` ..., one path type everywhere); the rest read the same in every
 ``--help``.
@@ -11,12 +12,13 @@ default) and for the files it reads (``file_option``: ``--profile``, ``--evaluat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from edgeadapt.data.budget import DEFAULT_MEMORY, MAX_AUTO_BATCH, format_bytes
 from edgeadapt.errors import EdgeadaptError
 from edgeadapt.formats.jsonio import dumps
 
@@ -28,6 +30,7 @@ __all__ = [
     "echo_note",
     "file_option",
     "json_option",
+    "memory_option",
     "output_option",
     "runtime_option",
     "threads_option",
@@ -67,14 +70,29 @@ def file_option(
     )
 
 
-def batch_option(help: str, *, most: int | None = None) -> Callable[[F], F]:
-    """``--batch N`` (1 <= N <= `most`, default 256): rows per runtime call."""
+def batch_option(help: str, *, flag: str = "--batch", param: str = "batch") -> Callable[[F], F]:
+    """``--batch N`` (N >= 1; the library bounds it by `MAX_BATCH`): rows per runtime
+    call; unset, the command chooses it from ``--memory`` (`memory_option`) and says
+    what it chose."""
     return click.option(
-        "--batch",
-        type=click.IntRange(min=1, max=most),
-        default=256,
-        show_default=True,
-        help=help,
+        flag,
+        param,
+        type=click.IntRange(min=1),
+        default=None,
+        help=f"{help} [the most --memory holds, at most {MAX_AUTO_BATCH}]",
+    )
+
+
+def memory_option() -> Callable[[F], F]:
+    """``--memory SIZE`` (parameter ``memory``, a string the library reads with
+    `edgeadapt.data.memory.parse_bytes`): the budget the batch is chosen from."""
+    return click.option(
+        "--memory",
+        metavar="SIZE",
+        default=None,
+        help="Memory for one batch's inputs and activations (the weights come on top), "
+        "e.g. 512MiB or 2GB: the batch is the most it holds by an estimate from the "
+        f"model's tensor shapes, unless the batch is given. [{format_bytes(DEFAULT_MEMORY)}]",
     )
 
 
@@ -106,12 +124,12 @@ def threads_option(default: int | None = None, help: str | None = None) -> Calla
     )
 
 
-def echo_note(note: str | None) -> None:
+def echo_note(note: str | Sequence[str] | None) -> None:
     """Print `note` (e.g. that the runtime differs from the one a profile or plan was
-    measured under) as ``note: ...`` on stderr, so that ``--json`` output stays one object;
-    nothing when it is None."""
-    if note is not None:
-        click.echo(f"note: {note}", err=True)
+    measured under, or the batch chosen), or each of several, as ``note: ...`` on stderr,
+    so that ``--json`` output stays one object; nothing when it is None."""
+    for line in [note] if isinstance(note, str) else note or ():
+        click.echo(f"note: {line}", err=True)
 
 
 def echo_json(doc: Any, what: str = "the result") -> None:

@@ -17,6 +17,7 @@ from edgeadapt.commands.options import (
     echo_note,
     file_option,
     json_option,
+    memory_option,
     output_option,
     runtime_option,
     threads_option,
@@ -68,6 +69,7 @@ def _parse_thresholds(text: str) -> float | list[float]:
 @click.option("--measure", help="Confidence measure: maxprob, margin or entropy.")
 @click.option("--budget-ms", type=float, help="Latency budget per batch, in ms.")
 @batch_option("Rows per predict call: memory is bounded by it, not by the input's size.")
+@memory_option()
 @click.option("--quiet", is_flag=True, help="No progress bar (shown on a terminal's stderr).")
 @json_option()
 @output_option("Write pred/exit_state/conf/budget_exit to this .npz.")
@@ -82,7 +84,8 @@ def run_command(
     cost_stat: str | None,
     measure: str | None,
     budget_ms: float | None,
-    batch: int,
+    batch: int | None,
+    memory: str | None,
     quiet: bool,
     as_json: bool,
     output: Path | None,
@@ -90,7 +93,9 @@ def run_command(
     """Run BUNDLE's cascade on the samples in --input and print or save the results.
 
     With --plan it runs under the runtime settings the plan's costs were measured with
-    unless --runtime or --threads say otherwise.
+    unless --runtime or --threads say otherwise. The input is read a batch at a time;
+    the batch, unless given, is the most --memory holds, and a note on stderr says which
+    it is.
     """
     from edgeadapt.cascade.run import run_file
     from edgeadapt.commands.progress import progress_on_first_call
@@ -111,10 +116,11 @@ def run_command(
             threads=threads,
             budget_ms=budget_ms,
             batch=batch,
+            memory=memory,
             output=output,
             progress=progress,
         )
-    echo_note(res.runtime_note)
+    echo_note(res.runtime_note if as_json else res.notes)  # JSON holds the rest
     if as_json:
         echo_json(res.to_json())
         return

@@ -1,15 +1,13 @@
-"""A bundle's model inputs as data: check a batch against the `InputSpec`s, read one from
-an npz, make one for timing.
+"""A bundle's model inputs as data: check a batch against the `InputSpec`s, make one for
+timing (`edgeadapt.data.batches` reads them from files).
 
 A batch is a mapping ``{input name: array}`` holding every model input with the same
 number of rows; a one-input bundle also takes the bare array. Arrays are checked against
-their spec (dtype, shape after the batch axis, non-empty, finite floats) and never
-converted silently: with ``cast=True`` (labelled data sets) a float array may change float
-width and an integer array integer width where every value fits, but integer token ids
-never become floats and floats never become ids.
-
-An npz for a bundle holds one array per model input, named as the input (a one-input
-bundle also accepts ``x``), plus ``y`` for labels where labels are wanted.
+their spec (dtype, shape after the batch axis, non-empty, finite floats). With
+``cast=True`` (data read by `run`, `evaluate` and export calibration, from files or
+arrays) a float array may change float width and an integer array integer width where
+every value fits, but integer token ids never become floats and floats never become
+ids; without it (`AdaptiveModel.predict`) the dtype must be the input's own.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, InputSpec
-from edgeadapt.formats.npzio import ArraySpec, load_npz, npz_keys
 from edgeadapt.kernel import all_finite
 
 __all__ = [
@@ -30,10 +27,9 @@ __all__ = [
     "BatchCheck",
     "check_batch",
     "is_mask",
+    "kinds_for",
     "out_of_range",
     "random_batch",
-    "read_batch",
-    "read_labelled",
     "token_ranges",
     "warmup_batch",
 ]
@@ -52,8 +48,8 @@ def out_of_range(x: np.ndarray, dtype: np.dtype[Any]) -> tuple[int, int] | None:
     return (lo, hi) if lo < info.min or hi > info.max else None
 
 
-def _kinds(dtype: np.dtype[Any]) -> str:
-    """The npz dtype kinds that may hold values for an input of `dtype`."""
+def kinds_for(dtype: np.dtype[Any]) -> str:
+    """The dtype kinds of data that may be read as an input of `dtype`."""
     return {"f": "f", "b": "b"}.get(dtype.kind, "iu")
 
 
@@ -68,12 +64,14 @@ def check_batch(
     source: str | os.PathLike[str] | None = "input",
     array_field: str | None = None,
     cast: bool = False,
+    first_row: int = 0,
 ) -> dict[str, np.ndarray]:
     """`x` (a mapping of every input, or one array for a one-input bundle) checked
-    against `specs`, as ``{name: C-contiguous array}`` in spec order.
+    against `specs`, as ``{name: C-contiguous aligned array}`` in spec order.
 
     Errors are `InputError`s naming `source` and the input (`array_field` names a bare
-    array); with `cast`, widths change where no value changes (see the module docstring).
+    array) and rows counted from `first_row` (the batch's place in a larger set); with
+    `cast`, widths change where no value changes (see the module docstring).
     """
     if isinstance(x, Mapping):
         missing = [s.name for s in specs if s.name not in x]
@@ -96,7 +94,7 @@ def check_batch(
     out: dict[str, np.ndarray] = {}
     rows: tuple[str, int] | None = None
     for spec, array, field in items:
-        array = _check_one(spec, array, source, field, cast)
+        array = _check_one(spec, array, source, field, cast, first_row)
         if rows is None:
             rows = (spec.name, array.shape[0])
         elif array.shape[0] != rows[1]:
@@ -110,14 +108,16 @@ def check_batch(
     return out
 
 
-def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bool) -> np.ndarray:
+def _check_one(
+    spec: InputSpec, x: Any, source: Any, field: str | None, cast: bool, first_row: int
+) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise InputError(
             f"expected a numpy array, got {type(x).__name__}", source=source, field=field
         )
     want = np.dtype(spec.dtype)
     if x.dtype != want:
-        if not cast or x.dtype.kind not in _kinds(want):
+        if not cast or x.dtype.kind not in kinds_for(want):
             raise InputError(
                 f"expected dtype {want}, got {x.dtype} (convert explicitly, e.g. "
                 f"x.astype(np.{want}))",
@@ -145,11 +145,11 @@ def _check_one(spec: InputSpec, x: Any, source: Any, field: str | None, cast: bo
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
         raise InputError(
-            f"holds NaN or infinity in {bad.size} row(s), first row {int(bad[0])}",
+            f"holds NaN or infinity in {bad.size} row(s), first row {first_row + int(bad[0])}",
             source=source,
             field=field,
         )
-    return np.ascontiguousarray(x)
+    return np.require(x, requirements=("C", "A"))  # the kernel reads aligned C-order data
 
 
 def _finite_test(dtype: np.dtype[Any]) -> Callable[[np.ndarray], bool]:
@@ -168,7 +168,7 @@ class BatchCheck:
     axis, rank, how to test finiteness) is worked out once, so a plain C-contiguous
     array of the right dtype and shape with no NaN or infinity costs a few attribute
     tests and one native bit test (`_finite_test`). Anything the quick test cannot vouch for
-    (a wrong dtype, a view, NaN) takes `check_batch`, which also words the error: the
+    (a wrong dtype, a view, unaligned data, NaN) takes `check_batch`, which also words the error: the
     errors are `check_batch`'s, word for word.
     """
 
@@ -198,6 +198,7 @@ class BatchCheck:
             and x.shape[1:] == shape
             and x.shape[0] > 0
             and x.flags.c_contiguous
+            and x.flags.aligned
             and (finite is None or finite(x))
         ):
             return x
@@ -219,6 +220,7 @@ class BatchCheck:
                     or a.shape[1:] != shape
                     or a.ndim != rank
                     or not a.flags.c_contiguous
+                    or not a.flags.aligned
                     or (rows != -1 and a.shape[0] != rows)
                     or (finite is not None and not finite(a))
                 ):
@@ -228,60 +230,6 @@ class BatchCheck:
                 if rows > 0:
                     return x
         return check_batch(self.specs, x, source=self.source)
-
-
-def read_batch(
-    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, cast: bool = False
-) -> dict[str, np.ndarray]:
-    """The model inputs held in the npz at `path` (see the module docstring), checked as
-    `check_batch` does; other arrays in the file are ignored."""
-    return _read(path, specs, labels=False, cast=cast)[0]
-
-
-def read_labelled(
-    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, cast: bool = True
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """`read_batch` plus the file's integer labels ``y`` (rank 1; their count and range
-    are the caller's to check against the inputs and the classes)."""
-    inputs, y = _read(path, specs, labels=True, cast=cast)
-    return inputs, y
-
-
-def _read(
-    path: str | os.PathLike[str], specs: Sequence[InputSpec], *, labels: bool, cast: bool
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    keys = npz_keys(path)
-    if len(specs) == 1:
-        name = specs[0].name
-        if name != X_KEY and name in keys and X_KEY in keys:
-            raise InputError(
-                f"holds both {X_KEY!r} and {name!r}; keep one array for the input", source=path
-            )
-        key_of = {name: name if name in keys else X_KEY}
-    else:
-        key_of = {s.name: s.name for s in specs}
-    missing = [key for key in key_of.values() if key not in keys]
-    if missing:
-        if len(specs) == 1:
-            what = f"missing array {X_KEY!r} (or {specs[0].name!r}, the input's name)"
-        else:
-            what = f"missing array(s) {missing} for the bundle's inputs ({_names(specs)})"
-            if X_KEY in keys:
-                what += (
-                    f"; a bundle with several inputs reads one array per input, named as "
-                    f"the input, not {X_KEY!r}"
-                )
-        raise InputError(f"{what} (has: {sorted(keys)})", source=path, field=missing[0])
-    wanted = {key_of[s.name]: ArraySpec(_kinds(np.dtype(s.dtype)), len(s.shape)) for s in specs}
-    if labels:
-        wanted["y"] = ArraySpec("iu", 1)
-    arrays = load_npz(path, wanted)
-    if len(specs) == 1:
-        key = key_of[specs[0].name]
-        batch = check_batch(specs, arrays[key], source=path, array_field=key, cast=cast)
-    else:
-        batch = check_batch(specs, {s.name: arrays[s.name] for s in specs}, source=path, cast=cast)
-    return batch, arrays["y"] if labels else np.empty(0, np.int64)
 
 
 # ------------------------------------------------------------------ synthetic batches

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -47,39 +48,152 @@ def check_npz_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class NpyHeader:
+    """What an ``.npy`` header declares: the array's shape, dtype and order, and where
+    its data starts (bytes from the start of the ``.npy``)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fortran: bool
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of data the header declares."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+#: The errors reading a header or the data of an .npy (also inside a zip) may raise.
+READ_ERRORS = (ValueError, TypeError, EOFError, OSError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npy_header(
+    f: IO[bytes], size: int, *, source: str | os.PathLike[str], field: str | None = None
+) -> NpyHeader:
+    """The checked header of the ``.npy`` at `f`'s position, `size` bytes long (a file
+    or a zip member). Versions 1 to 3 are read; a negative dimension, an object or
+    structured dtype, or more declared data than the `size` bytes hold (a truncated file,
+    or a shape of 10^13) is an `InputError` naming `source` and `field`, and nothing is
+    allocated for the data."""
+    fmt = np.lib.format
+    try:
+        start = f.tell()
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell() - start
+    except READ_ERRORS as e:
+        raise InputError(f"corrupt or truncated array ({e})", source=source, field=field) from None
+    if dtype.hasobject:
+        raise InputError(
+            "cannot load without pickle: it holds Python objects; object arrays are not accepted",
+            source=source,
+            field=field,
+        )
+    if dtype.names is not None or dtype.subdtype is not None:
+        raise InputError(
+            f"structured dtype {dtype} not accepted (one plain number type per array)",
+            source=source,
+            field=field,
+        )
+    if any(d < 0 for d in shape):
+        raise InputError(
+            f"corrupt array: shape {list(shape)} has a negative dimension",
+            source=source,
+            field=field,
+        )
+    header = NpyHeader(tuple(int(d) for d in shape), dtype, bool(fortran), offset)
+    have = size - offset
+    if header.nbytes > have:
+        raise InputError(
+            f"corrupt or truncated array: shape {list(shape)} {dtype} needs "
+            f"{header.nbytes} bytes, the file holds {max(have, 0)}",
+            source=source,
+            field=field,
+        )
+    return header
+
+
+def npz_member_header(zf: zipfile.ZipFile, key: str, path: Path) -> NpyHeader:
+    """The checked header (`read_npy_header`) of the array `key` of the open npz `zf`."""
+    name = key if key in zf.namelist() else f"{key}.npy"
+    try:
+        info = zf.getinfo(name)
+        with zf.open(info) as f:
+            return read_npy_header(f, info.file_size, source=path, field=key)
+    except (KeyError, *READ_ERRORS) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"corrupt or truncated array ({e})", source=path, field=key) from None
+
+
 def check_npz_member(npz: Any, key: str, path: Path) -> None:
     """The array `key` of an open npz declares no more data than its member holds: a
     header claiming a huge shape would otherwise make numpy allocate it before finding
     the member short (a MemoryError), and a cut-off member is reported as such."""
     zf = getattr(npz, "zip", None)
-    if zf is None:
-        return
-    name = key if key in zf.namelist() else f"{key}.npy"
-    try:
-        info = zf.getinfo(name)
-        with zf.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            fmt = np.lib.format
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _, dtype = read(f)
-            header = f.tell() if f.seekable() else None
-    except (ValueError, KeyError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as e:
-        raise InputError(f"corrupt or truncated array ({e})", source=path, field=key) from None
-    if dtype.hasobject:
-        raise InputError(
-            "cannot load without pickle: it holds Python objects; object arrays are not accepted",
-            source=path,
-            field=key,
-        )
-    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    have = info.file_size - (header or 0)
-    if need > have:
-        raise InputError(
-            f"corrupt or truncated array: shape {list(shape)} {dtype} needs {need} bytes, "
-            f"the archive member holds {have}",
-            source=path,
-            field=key,
-        )
+    if zf is not None:
+        npz_member_header(zf, key, path)
+
+
+class NpyRows:
+    """The rows of one ``.npy`` array (a file or an npz member) read in order, a batch
+    at a time, each into a fresh aligned C-order array: memory holds one batch, not the
+    file, and data at any offset (an unaligned version-3 file) reads the same.
+
+    `stream` is positioned at the array's data (after `header`); a Fortran-order array,
+    which cannot be read row by row, is read whole by `whole` instead."""
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        header: NpyHeader,
+        *,
+        source: str | os.PathLike[str],
+        field: str | None = None,
+    ) -> None:
+        self.header = header
+        self.source = source
+        self.field = field
+        self._stream = stream
+        self._done = 0
+        self._whole: np.ndarray | None = None
+        if header.fortran:
+            self._whole = np.ascontiguousarray(self._read(header.shape, fortran=True))
+
+    def _read(self, shape: tuple[int, ...], fortran: bool = False) -> np.ndarray:
+        out = np.empty(shape, dtype=self.header.dtype, order="F" if fortran else "C")
+        view = memoryview(out.reshape(-1, order="A")).cast("B")  # type: ignore[arg-type]
+        got = 0
+        try:
+            while got < len(view):
+                n = self._stream.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                got += n
+        except READ_ERRORS as e:
+            raise InputError(
+                f"corrupt or truncated array ({e})", source=self.source, field=self.field
+            ) from None
+        if got != len(view):
+            raise InputError(
+                "corrupt or truncated array: its data ends early",
+                source=self.source,
+                field=self.field,
+            )
+        return out
+
+    def read(self, count: int) -> np.ndarray:
+        """The next `count` rows (fewer at the end of the array)."""
+        rows = self.header.shape[0]
+        lo, hi = self._done, min(self._done + count, rows)
+        self._done = hi
+        if self._whole is not None:
+            return self._whole[lo:hi]
+        return self._read((hi - lo, *self.header.shape[1:]))
 
 
 def _open(path: Path) -> np.lib.npyio.NpzFile:
@@ -123,7 +237,7 @@ def load_npz(path: str | os.PathLike[str], spec: dict[str, ArraySpec]) -> dict[s
             check_npz_member(npz, key, path)
             try:
                 arr = npz[key]
-            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as e:
+            except READ_ERRORS as e:
                 raise InputError(
                     f"corrupt or truncated array ({e})", source=path, field=key
                 ) from None

@@ -24,8 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.data.inputs import X_KEY, check_batch, read_labelled
-from edgeadapt.errors import InputError
+from edgeadapt.data.batches import (
+    Inputs,
+    array_inputs,
+    check_labels,
+    open_inputs,
+    read_labelled,
+    read_labels,
+)
+from edgeadapt.data.inputs import X_KEY
+from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.presets import RuntimeConfig
@@ -36,88 +44,89 @@ __all__ = ["EvaluateRun", "evaluate_bundle", "evaluate_to_file", "load_dataset"]
 Progress = Callable[[int, int], None]
 
 
-Inputs = np.ndarray | Mapping[str, np.ndarray]
+Data = np.ndarray | Mapping[str, np.ndarray]
 
 
-def _check_data(
-    bundle: Bundle, x: Inputs, y: np.ndarray, source: str | os.PathLike[str] | None
-) -> dict[str, np.ndarray]:
-    """The model inputs as ``{name: array}`` (widths cast where no value changes) and the
-    labels checked against them; errors name `source` and the array."""
-    inputs = check_batch(bundle.inputs, x, source=source, array_field=X_KEY, cast=True)
-    n = next(iter(inputs.values())).shape[0]
-    if y.ndim != 1 or y.shape[0] != n or y.dtype.kind not in "iu":
-        raise InputError(
-            f"expected integer labels [{n}], got {y.dtype} {y.shape}",
-            source=source,
-            field="y",
-        )
-    if y.min() < 0 or y.max() >= bundle.num_classes:
-        raise InputError(
-            f"labels must lie in 0..{bundle.num_classes - 1}, got {y.min()}..{y.max()}",
-            source=source,
-            field="y",
-        )
-    return inputs
-
-
-def load_dataset(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Inputs, np.ndarray]:
-    """A labelled set for `bundle` from an npz: one array ``[N, *input shape]`` per model
-    input, named as the input (a one-input bundle may name it ``x``), and integer ``y``
-    ``[N]``; errors name the file and the array. A one-input bundle's inputs come back as
-    the bare array, a multi-input bundle's as ``{name: array}``."""
-    inputs, y = read_labelled(path, bundle.inputs)
-    _check_data(bundle, inputs, y, path)
+def load_dataset(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Data, np.ndarray]:
+    """A labelled set for `bundle` from an npz, in memory: one array ``[N, *input shape]``
+    per model input, named as the input (a one-input bundle may name it ``x``), and
+    integer ``y`` ``[N]``; errors name the file and the array. A one-input bundle's inputs
+    come back as the bare array, a multi-input bundle's as ``{name: array}``.
+    (`evaluate_to_file` reads the file a batch at a time instead.)"""
+    inputs, y = read_labelled(path, bundle.inputs, bundle.num_classes)
     if len(bundle.inputs) == 1:
         return inputs[bundle.inputs[0].name], y
     return inputs, y
 
 
+def _runtime(runtime: str | RuntimeConfig, threads: int | None) -> RuntimeConfig:
+    if isinstance(runtime, RuntimeConfig):
+        return runtime if threads is None else replace(runtime, threads=threads)
+    return RuntimeConfig(runtime, threads=threads)
+
+
 def evaluate_bundle(
     bundle: Bundle,
-    x: Inputs,
+    x: Data | Inputs,
     y: np.ndarray,
     runtime: str | RuntimeConfig = "onnxruntime",
-    batch: int = 256,
+    batch: int | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
     source: str | None = None,
+    memory: int | str | None = None,
 ) -> Evaluation:
-    """Run every state of `bundle` on `x` in batches of `batch`; `y` are the labels.
+    """Run every state of `bundle` on `x` a batch at a time; `y` are the labels.
 
     `x` is one array for a one-input bundle, else ``{input name: array}`` holding every
-    model input with the same number of rows; each step is fed the inputs it reads.
-    `progress(done, total)` is called after each batch with the samples done so far.
-    `source` names the data file in errors about `x` and `y`. `runtime` is a runtime
-    name (its own defaults, `threads` if given) or a `RuntimeConfig` (`threads`, if
-    given, replaces its threads).
+    model input with the same number of rows (or `Inputs` read from a file); each step is
+    fed the inputs it reads. The batch is `batch`, else the most that `memory` (bytes, or
+    a size such as ``"512MiB"``; default `edgeadapt.data.memory.DEFAULT_MEMORY`) holds
+    (`edgeadapt.data.memory.choose_batch`). `progress(done, total)` is called after each
+    batch with the samples done so far. `source` names the data in errors about `x` and
+    `y`. `runtime` is a runtime name (its own defaults, `threads` if given) or a
+    `RuntimeConfig` (`threads`, if given, replaces its threads).
     """
+    choice = choose_batch(lambda: bundle_sample_bytes(bundle), batch=batch, memory=memory)
+    return _evaluate(bundle, x, y, _runtime(runtime, threads), choice.batch, progress, source)
+
+
+def _evaluate(
+    bundle: Bundle,
+    x: Data | Inputs,
+    y: np.ndarray,
+    config: RuntimeConfig,
+    batch: int,
+    progress: Progress | None,
+    source: str | None,
+) -> Evaluation:
     from edgeadapt.kernel import confidence
 
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise InputError(f"must be a positive integer, got {batch!r}", source="batch")
-    y = np.asarray(y)
-    inputs = _check_data(bundle, x, y, source)
-    if isinstance(runtime, RuntimeConfig):
-        config = runtime if threads is None else replace(runtime, threads=threads)
-    else:
-        config = RuntimeConfig(runtime, threads=threads)
+    where = source or "input"
+    inputs = (
+        x
+        if isinstance(x, Inputs)
+        else array_inputs(bundle.inputs, x, source=where, array_field=X_KEY)
+    )
+    y = check_labels(np.asarray(y), inputs.rows, bundle.num_classes, where)
     rt = config.make()
-    n, s = y.shape[0], len(bundle.steps)
+    n, s = inputs.rows, len(bundle.steps)
     pred = np.empty((n, s), dtype=np.int64)
     confs = {key: np.empty((n, s), dtype=np.float32) for key in CONF_KEYS.values()}
+    needed = _last_reads(bundle)
     sessions = [rt.load(step.path) for step in bundle.steps]
     try:
-        for lo in range(0, n, int(batch)):
-            hi = min(lo + int(batch), n)
-            tensors = {name: np.ascontiguousarray(a[lo:hi]) for name, a in inputs.items()}
+        for lo, tensors in inputs.batches(batch):
+            hi = lo + next(iter(tensors.values())).shape[0]
             for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
                 out = session.run({k: tensors[k] for k in step.inputs})
                 tensors.update(check_step(out, hi - lo, step.logits, bundle.num_classes, step.path))
-                logits = np.ascontiguousarray(tensors[step.logits])
+                logits = np.ascontiguousarray(tensors.pop(step.logits))
                 pred[lo:hi, i] = logits.argmax(axis=1)
                 for measure, key in CONF_KEYS.items():
                     confs[key][lo:hi, i] = confidence(logits, measure)
+                for name in [k for k in tensors if needed.get(k, -1) <= i]:
+                    del tensors[name]  # no later step reads it: its memory goes now
             if progress is not None:
                 progress(hi, n)
     finally:
@@ -134,16 +143,36 @@ def evaluate_bundle(
     )
 
 
+def _last_reads(bundle: Bundle) -> dict[str, int]:
+    """For each tensor a step reads, the index of the last step that reads it."""
+    last: dict[str, int] = {}
+    for i, step in enumerate(bundle.steps):
+        for name in step.inputs:
+            last[name] = i
+    return last
+
+
 @dataclass(frozen=True)
 class EvaluateRun:
     """An evaluation made and saved (`evaluate_to_file`), the runtime configuration it
-    ran under, and a line saying how that differs from the profile's (None: it does not,
-    or there was no profile)."""
+    ran under, a line saying how that differs from the profile's (None: it does not, or
+    there was no profile), the batch it ran at and why, and the data arrays it read as
+    another dtype than they hold."""
 
     evaluation: Evaluation
     path: Path
     runtime: RuntimeConfig
     runtime_note: str | None = None
+    batch: BatchChoice | None = None
+    casts: tuple[str, ...] = ()
+
+    @property
+    def notes(self) -> list[str]:
+        """The lines to show beside the result: runtime, batch, casts."""
+        notes = [] if self.runtime_note is None else [self.runtime_note]
+        if self.batch is not None:
+            notes.append(self.batch.note)
+        return notes + list(self.casts)
 
     @property
     def oracle_accuracy(self) -> float:
@@ -158,6 +187,8 @@ class EvaluateRun:
             "states": list(ev.names),
             "accuracy": [float(a) for a in ev.accuracies],
             "oracle_accuracy": self.oracle_accuracy,
+            "batch": None if self.batch is None else self.batch.to_json(),
+            "casts": list(self.casts),
         }
 
 
@@ -169,7 +200,8 @@ def evaluate_to_file(
     profile: str | os.PathLike[str] | None = None,
     runtime: str | None = None,
     threads: int | None = None,
-    batch: int = 256,
+    batch: int | None = None,
+    memory: int | str | None = None,
     progress: Progress | None = None,
 ) -> EvaluateRun:
     """`edgeadapt evaluate`: every state of `bundle` on the labelled npz `data`, saved
@@ -178,7 +210,9 @@ def evaluate_to_file(
     The runtime configuration is the `profile`'s (default: this device's profile of the
     bundle, `edgeadapt.formats.profile.find_profile`, when there is one) unless `runtime` or
     `threads` override it, and then `EvaluateRun.runtime_note` says so; without a
-    profile, `runtime` (default onnxruntime) with its own defaults.
+    profile, `runtime` (default onnxruntime) with its own defaults. The data is read
+    a batch at a time (`edgeadapt.data.batches.open_inputs`), at `batch` or the batch
+    `memory` holds (`evaluate_bundle`); `EvaluateRun.batch` says which.
     """
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.evaluation import save_evaluation
@@ -189,10 +223,10 @@ def evaluate_to_file(
     found = find_profile(loaded, profile)
     recorded = None if found is None else load_profile(found, loaded).runtime_config
     choice = inherit_runtime(recorded, runtime=runtime, threads=threads, what="profile")
-    x, y = load_dataset(data, loaded)
-    ev = evaluate_bundle(
-        loaded, x, y, runtime=choice.config, batch=batch, progress=progress, source=str(data)
-    )
+    inputs = open_inputs(data, loaded.inputs)
+    y = read_labels(data, inputs.rows, loaded.num_classes)
+    size = choose_batch(lambda: bundle_sample_bytes(loaded), batch=batch, memory=memory)
+    ev = _evaluate(loaded, inputs, y, choice.config, size.batch, progress, str(data))
     path = Path(output) if output is not None else loaded.path / "evaluation.npz"
     save_evaluation(path, ev)
-    return EvaluateRun(ev, path, choice.config, choice.note)
+    return EvaluateRun(ev, path, choice.config, choice.note, size, inputs.casts)
