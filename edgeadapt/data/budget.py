@@ -17,7 +17,7 @@ MAX_AUTO_BATCH = 256
 #: The largest batch accepted when given: beyond it one call's activations alone can
 #: exhaust memory.
 MAX_BATCH = 1 << 20
-_MOST = 1 << 60
+_MOST = 1 << 50
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BINARY = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
 
@@ -37,13 +37,13 @@ def parse_bytes(text: str | int, *, source: str = "memory") -> int:
         number = float(m.group(1)) * (_BINARY.get(unit) or _UNITS[unit])
         value = int(min(number, _MOST + 1))
     if not 1 <= value <= _MOST:
-        raise InputError(f"must lie between 1 byte and 1 EiB, got {text!r}", source=source)
+        raise InputError(f"must lie between 1 byte and 1 PiB, got {text!r}", source=source)
     return value
 
 
 def format_bytes(n: int) -> str:
-    """``1 GiB``, ``37.5 MiB``, ``812 KiB``, ``96 B``."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    """``1 GiB``, ``37.5 MiB``, ``812 KiB``, ``96 B`` (4 significant digits at most)."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
-            return f"{n / size:.3g} {unit}"
+            return f"{n / size:.4g} {unit}"
     return f"{n} B"

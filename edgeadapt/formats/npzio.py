@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -64,8 +65,19 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-#: The errors reading a header or the data of an .npy (also inside a zip) may raise.
-READ_ERRORS = (ValueError, TypeError, EOFError, OSError, zipfile.BadZipFile, zlib.error)
+#: The errors reading a header or the data of an .npy (also inside a zip) may raise
+#: (numpy parses a header with `ast.literal_eval`, falling back to `tokenize`).
+READ_ERRORS = (
+    ValueError,
+    TypeError,
+    SyntaxError,
+    RecursionError,
+    tokenize.TokenError,
+    EOFError,
+    OSError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 
 
 def read_npy_header(
