@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeadapt.data.memory import BatchChoice
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters.branches import (
@@ -170,6 +171,20 @@ def test_a_branch_bundle_runs_through_evaluate(tmp_path, source, calibration):
     acc = (ev.pred == data["y"][:, None]).mean(axis=0)
     want = [s["calibration_accuracy"] for s in bundle.extra["branches"]["states"]]
     np.testing.assert_allclose(acc, want)
+
+
+def test_branches_are_scored_in_batches_of_the_budget_or_the_given_size(
+    tmp_path, source, calibration
+):
+    auto = export_branches(source, tmp_path / "a", calibration=calibration, max_branches=3)
+    given = export_branches(
+        source, tmp_path / "g", calibration=calibration, max_branches=3, batch=7
+    )
+    assert given.extra["branches"]["batch"] == BatchChoice(7, True).to_json()
+    chosen = auto.extra["branches"]["batch"]
+    assert not chosen["given"]
+    assert chosen["batch"] * chosen["bytes_per_sample"] <= chosen["memory"]
+    assert given.extra["branches"]["states"] == auto.extra["branches"]["states"]
 
 
 def test_named_blocks_and_bad_names(tmp_path, source, calibration):

@@ -5,6 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from edgeadapt.data.memory import BatchChoice
 from edgeadapt.data.mnist1d import mnist1d_splits
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
@@ -464,3 +465,9 @@ def test_compressed_calibration_is_streamed(tmp_path, source, mnist1d):
         batch_size=7,
     )
     assert bundle.extra["heads"][0]["train_samples"] == 80
+    assert bundle.extra["calibration_batch"] == BatchChoice(7, True).to_json()
+    kw = {"cuts": ["conv1_relu"], "logits": "logits", "calibration": tmp_path / "c.npz"}
+    auto = export_onnx(source, tmp_path / "auto", memory="64KiB", **kw).extra["calibration_batch"]
+    assert not auto["given"]
+    assert auto["memory"] == 64 << 10
+    assert 1 <= auto["batch"] * auto["bytes_per_sample"] <= 64 << 10
