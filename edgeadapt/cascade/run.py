@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeadapt.data.batches import Inputs, array_inputs, open_inputs
 from edgeadapt.data.budget import MAX_BATCH
-from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch
+from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
 from edgeadapt.errors import InputError
 
 if TYPE_CHECKING:
@@ -133,11 +133,8 @@ class RunResult:
 
     @property
     def notes(self) -> list[str]:
-        """The lines to show beside the result: runtime, batch, casts."""
-        notes = [] if self.runtime_note is None else [self.runtime_note]
-        if self.batch is not None:
-            notes.append(self.batch.note)
-        return notes + list(self.casts)
+        """The lines to show beside the result (`run_notes`)."""
+        return run_notes(self.runtime_note, self.batch, self.casts)
 
     @property
     def exits(self) -> dict[str, int]:

@@ -32,14 +32,15 @@ import numpy as np
 from edgeadapt.data.inputs import X_KEY, check_batch, kinds_for
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import InputSpec
-from edgeadapt.formats.jsonio import check_regular
 from edgeadapt.formats.npzio import (
     READ_ERRORS,
     ArraySpec,
     NpyHeader,
     NpyRows,
+    array_file_kind,
     load_npz,
     npz_member_header,
+    npz_member_name,
     read_npy_header,
 )
 
@@ -52,9 +53,6 @@ __all__ = [
     "read_labelled",
     "read_labels",
 ]
-
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class Inputs:
@@ -181,7 +179,7 @@ class _FileReader:
             if self._npz:
                 zf = self._stack.enter_context(zipfile.ZipFile(self._path))
                 for m in self._members:
-                    f = self._stack.enter_context(zf.open(_member_name(zf, m.key)))
+                    f = self._stack.enter_context(zf.open(npz_member_name(zf, m.key)))
                     f.read(m.header.offset)
                     rows[m.spec.name] = NpyRows(f, m.header, source=self._path, field=m.key)
             else:
@@ -201,26 +199,6 @@ class _FileReader:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
-
-
-def _member_name(zf: zipfile.ZipFile, key: str) -> str:
-    return key if key in zf.namelist() else f"{key}.npy"
-
-
-def _file_kind(path: Path) -> str:
-    """``npz`` or ``npy`` by the file's first bytes; anything else is refused by name."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise InputError(f"cannot read: {e}", source=path) from None
-    if head.startswith(_ZIP_MAGIC):
-        return "npz"
-    if head.startswith(_NPY_MAGIC):
-        return "npy"
-    raise InputError(
-        "not a readable .npy or .npz file (no array or zip archive header)", source=path
-    )
 
 
 def _npz_keys(path: Path) -> list[str]:
@@ -286,8 +264,11 @@ def _check_header(spec: InputSpec, h: NpyHeader, path: Path, key: str | None) ->
 def open_inputs(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> Inputs:
     """The model inputs in the .npz or .npy at `path` (see the module docstring),
     checked from the arrays' headers; no sample data is read until `Inputs.batches`."""
-    path = check_regular(path)
-    kind = _file_kind(path)
+    path, kind = array_file_kind(path)
+    if kind == "other":
+        raise InputError(
+            "not a readable .npy or .npz file (no array or zip archive header)", source=path
+        )
     members: list[_Member] = []
     if kind == "npy":
         if len(specs) != 1:

@@ -23,7 +23,7 @@ OpenVINO's was below the live set.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "bundle_sample_bytes",
     "choose_batch",
     "live_bytes",
+    "run_notes",
     "sample_bytes",
 ]
 
@@ -206,6 +207,17 @@ class BatchChoice:
             "bytes_per_sample": self.bytes_per_sample,
             "memory": self.memory,
         }
+
+
+def run_notes(
+    runtime_note: str | None, batch: BatchChoice | None, casts: Sequence[str]
+) -> list[str]:
+    """The lines a command shows beside its result (``note:`` on stderr): how the
+    runtime differs from the recorded one, the batch and why, the arrays cast."""
+    notes = [] if runtime_note is None else [runtime_note]
+    if batch is not None:
+        notes.append(batch.note)
+    return notes + list(casts)
 
 
 def choose_batch(

@@ -33,18 +33,27 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def check_npz_file(path: str | os.PathLike[str]) -> Path:
-    """`path` is a regular file that starts as a zip archive (an .npz); an .npy or any
-    other file is refused by name before numpy reads it."""
+def array_file_kind(path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """The regular file `path` and what its first bytes say it is: ``npz`` (a zip
+    archive), ``npy`` or ``other``; told before numpy reads it."""
     path = check_regular(path)
     try:
         with path.open("rb") as f:
             head = f.read(8)
     except OSError as e:
         raise InputError(f"cannot read: {e}", source=path) from None
-    if head.startswith(_NPY_MAGIC):
+    if head.startswith(_ZIP_MAGIC):
+        return path, "npz"
+    return path, "npy" if head.startswith(_NPY_MAGIC) else "other"
+
+
+def check_npz_file(path: str | os.PathLike[str]) -> Path:
+    """`path` is a regular file that starts as a zip archive (an .npz); an .npy or any
+    other file is refused by name before numpy reads it."""
+    path, kind = array_file_kind(path)
+    if kind == "npy":
         raise InputError("expected an .npz archive, got a single .npy array", source=path)
-    if not head.startswith(_ZIP_MAGIC):
+    if kind != "npz":
         raise InputError("not a readable .npz file (no zip archive header)", source=path)
     return path
 
@@ -129,11 +138,15 @@ def read_npy_header(
     return header
 
 
+def npz_member_name(zf: zipfile.ZipFile, key: str) -> str:
+    """The name of the member of the open npz `zf` that holds the array `key`."""
+    return key if key in zf.namelist() else f"{key}.npy"
+
+
 def npz_member_header(zf: zipfile.ZipFile, key: str, path: Path) -> NpyHeader:
     """The checked header (`read_npy_header`) of the array `key` of the open npz `zf`."""
-    name = key if key in zf.namelist() else f"{key}.npy"
     try:
-        info = zf.getinfo(name)
+        info = zf.getinfo(npz_member_name(zf, key))
         with zf.open(info) as f:
             return read_npy_header(f, info.file_size, source=path, field=key)
     except (KeyError, *READ_ERRORS) as e:

@@ -33,7 +33,7 @@ from edgeadapt.data.batches import (
     read_labels,
 )
 from edgeadapt.data.inputs import X_KEY
-from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch
+from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.presets import RuntimeConfig
@@ -168,11 +168,8 @@ class EvaluateRun:
 
     @property
     def notes(self) -> list[str]:
-        """The lines to show beside the result: runtime, batch, casts."""
-        notes = [] if self.runtime_note is None else [self.runtime_note]
-        if self.batch is not None:
-            notes.append(self.batch.note)
-        return notes + list(self.casts)
+        """The lines to show beside the result (`run_notes`)."""
+        return run_notes(self.runtime_note, self.batch, self.casts)
 
     @property
     def oracle_accuracy(self) -> float:
