@@ -12,8 +12,10 @@ EfficientNet-B0 and ResNet-18 at 224 px (needs the torch extra):
    bundle of the model), each in a fresh child process: peak RSS with the batch chosen
    from the default memory budget, and with ``--batch 256``.
 
-Peak RSS is the child's ``ru_maxrss``, read by a small wrapper process (so the figure
-is the command's own, not this script's).
+A forward pass's peak RSS is its process's ``VmHWM`` (Linux; else ``ru_maxrss``); a
+command's is its ``ru_maxrss``, read by a small wrapper process: ``ru_maxrss`` also
+counts the RSS of the process it was forked from, so this script never forks them
+itself.
 
     python bench/memory.py [MODEL.onnx ...] [--samples 1200]
 """
@@ -56,7 +58,9 @@ else:
     r = ov.Core().compile_model(path, "CPU").create_infer_request()
     for _ in range(2):
         r.infer({0: x})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM is this program's own peak; ru_maxrss would also count the parent's RSS at fork
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(hwm[0].split()[1] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
