@@ -191,7 +191,8 @@ class _FileReader:
             self._stack.close()
             if isinstance(e, InputError):
                 raise
-            raise InputError(f"not readable ({e})", source=self._path) from None
+            kind = ".npz" if self._npz else ".npy"
+            raise InputError(f"not a readable {kind} file ({e})", source=self._path) from None
         except BaseException:
             self._stack.close()
             raise

@@ -4,20 +4,23 @@ Commands that run a model over many samples (`evaluate`, `run`, export calibrati
 `export branches` scoring) take their batch from a budget in bytes for the batch's
 inputs and activations (the weights come on top), unless a batch is given. The rule:
 
-    bytes per sample = RUNTIME_FACTOR x the largest set of per-sample tensors alive
-                       at once in any graph (graph order; a tensor lives from the node
-                       that makes it to the last node that reads it)
+    bytes per sample = RUNTIME_FACTOR x the sum over the graphs of each one's largest
+                       set of per-sample tensors alive at once (graph order; a tensor
+                       lives from the node that makes it to the last node that reads it)
                      + every graph's inputs and outputs (what the caller holds
                        between calls)
+
+A bundle's steps sum because each is its own runtime session, and ONNX Runtime keeps a
+session's arena at its peak after the call returns.
 
     batch = budget // bytes per sample, between 1 and MAX_AUTO_BATCH
 
 Shapes come from onnx shape inference; a tensor it leaves without a static size after
 the batch axis counts as large as the largest of its node's inputs. `RUNTIME_FACTOR`
 covers what ONNX Runtime holds beyond the live tensors (its arena, memory patterns,
-convolution workspaces): its measured peak RSS per sample was 0.95 to 3.9 times the
-live set on nine torchvision graphs at 224 px (`bench/memory.py` measures it);
-OpenVINO's was below the live set.
+convolution workspaces): its measured peak RSS per sample was 0.95 to 4.3 times the
+live set on nine torchvision graphs at 224 px, vit_b_16 the highest (`bench/memory.py`
+measures it); OpenVINO's was below the live set.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 #: The runtime's peak memory per sample over the largest live set (see the docstring).
-RUNTIME_FACTOR = 4
+RUNTIME_FACTOR = 5
 #: Initializers up to this many elements are kept for shape inference (shape operands);
 #: larger ones (weights) are replaced by their type, which is all inference needs.
 _SHAPE_OPERAND = 64
@@ -148,14 +151,14 @@ def live_bytes(model: onnx.ModelProto, keep: Iterable[str] = ()) -> tuple[int, i
 
 
 def sample_bytes(models: Iterable[onnx.ModelProto], keep: Iterable[str] = ()) -> int:
-    """Estimated bytes per sample to run `models` one after another on a batch
-    (`RUNTIME_FACTOR` x the largest live set of any, plus every model's inputs and
-    outputs, `keep` counted among them); at least 1."""
+    """Estimated bytes per sample to run `models`, each in its own session, one after
+    another on a batch (`RUNTIME_FACTOR` x the sum of their largest live sets, plus
+    every model's inputs and outputs, `keep` counted among them); at least 1."""
     keep = tuple(keep)
     peak, ends = 0, 0
     for model in models:
         p, e = live_bytes(model, keep)
-        peak, ends = max(peak, p), ends + e
+        peak, ends = peak + p, ends + e
     return max(1, RUNTIME_FACTOR * peak + ends)
 
 
