@@ -410,8 +410,8 @@ def _train_heads(
     tick: Callable[[str], None],
 ) -> tuple[dict[str, LinearHead], list[dict[str, np.ndarray]]]:
     """Stream the calibration set through the model in batches, fold each cut's features
-    into its head's statistics, fit the heads; also return up to 64 samples of the
-    first batch for the parity check."""
+    into its head's statistics, fit the heads; also return up to 64 samples (half a
+    batch at most) of the first batch for the parity check."""
     pools, masks, prefixes = hi.pools, hi.masks, hi.prefixes
     held = heldout_mask(calib.n, seed)
     fitters = {c: HeadFitter(num_classes, pools[c], held) for c in cuts}
@@ -426,7 +426,10 @@ def _train_heads(
             mask = feeds[masks[cut]] if cut in masks else None
             fitters[cut].add(features(act, pools[cut], mask, prefixes.get(cut, 0)), y)
         if not sample:
-            sample.append({k: v[:64] for k, v in feeds.items()})
+            # the parity check runs the source and every step (each its own session) on
+            # these rows at once: half a batch keeps the two within the memory budget
+            rows = min(64, max(1, batch_size // 2))
+            sample.append({k: v[:rows] for k, v in feeds.items()})
         tick("calibration forward pass")
     heads = {}
     for cut in cuts:

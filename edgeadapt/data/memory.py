@@ -18,7 +18,7 @@ session's arena at its peak after the call returns.
 Shapes come from onnx shape inference; a tensor it leaves without a static size after
 the batch axis counts as large as the largest of its node's inputs. `RUNTIME_FACTOR`
 covers what ONNX Runtime holds beyond the live tensors (its arena, memory patterns,
-convolution workspaces): its measured peak RSS per sample was 0.95 to 4.3 times the
+convolution workspaces): its measured peak RSS per sample was 0.9 to 4.3 times the
 live set on nine torchvision graphs at 224 px, vit_b_16 the highest (`bench/memory.py`
 measures it); OpenVINO's was below the live set.
 """
