@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from edgeadapt._version import __version__
-from edgeadapt.commands.group import CommandGroup, as_flag
+from edgeadapt.commands.group import CommandGroup, as_flag, usage_error
 from edgeadapt.errors import EdgeadaptError, InputError
 
 
@@ -34,8 +34,8 @@ def _discover() -> dict[str, click.Command]:
 
 
 class _Group(CommandGroup):
-    """Lists the discovered commands; turns EdgeadaptError and OSError into a one-line
-    error, exit 2."""
+    """Lists the discovered commands; turns click's usage errors, EdgeadaptError and
+    OSError into a one-line error, exit 2."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_discover())
@@ -46,6 +46,9 @@ class _Group(CommandGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a missing option, a value its type refuses
+            click.echo(f"error: {usage_error(e)}", err=True)
+            ctx.exit(2)
         except InputError as e:
             click.echo(f"error: {as_flag(e, ctx)}", err=True)
             ctx.exit(2)

@@ -25,8 +25,9 @@ import numpy as np
 
 from edgeadapt.errors import EdgeadaptError
 from edgeadapt.formats.device import cpu_model
+from edgeadapt.formats.presets import check_threads
 
-from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
+from .base import Runtime, Session, TensorSpec, choice, import_backend
 
 _PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
@@ -162,7 +163,7 @@ class OpenVinoRuntime(Runtime):
         check_finite: bool = False,
     ) -> None:
         super().__init__(check_finite=check_finite)
-        self.threads = None if threads is None else positive_int(threads, "threads")
+        self.threads = check_threads(threads)
         self.precision = choice(precision, "precision", tuple(_PRECISION))
         self.hint = choice(hint, "hint", ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"))
         self.fast = bool(fast)

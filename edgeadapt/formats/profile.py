@@ -54,7 +54,7 @@ from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.device import device_id
 from edgeadapt.formats.jsonio import MAX_MS, Fields, read_json, write_json
-from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.formats.presets import RuntimeConfig, check_threads
 
 __all__ = [
     "MIN_SAMPLES",
@@ -418,6 +418,7 @@ def _runtime_config(settings: Mapping[str, Any], source: str) -> RuntimeConfig:
     options = dict(f.get("options", dict, {}))
     if threads is not None:
         options["threads"] = threads
+    check_threads(options.get("threads"), source, "$.settings.threads")
     derived = RuntimeConfig.from_backend_options(runtime, options)
     doc = {**derived.to_json(), "preset": f.get("preset", (str, type(None)), None)}
     return RuntimeConfig.from_json(doc, source, "$.settings")
