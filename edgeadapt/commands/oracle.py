@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgeadapt.commands.options import (
+    BUNDLE_DIR,
     INPUT_FILE,
     bundle_argument,
     echo_json,
@@ -270,18 +271,41 @@ def _sources(
 @click.option(
     "--states", "keep", default=None, help="Comma-separated state names to keep, in this order."
 )
-def import_predictions_command(sources: tuple[str, ...], output: Path, keep: str | None) -> None:
+@click.option(
+    "--bundle",
+    "bundle_path",
+    type=BUNDLE_DIR,
+    help="The bundle whose states these are: recorded, so that bound, plan and report "
+    "check the evaluation is of it; its class count bounds labels and predictions.",
+)
+@click.option(
+    "--classes",
+    type=integer(2),
+    help="Number of classes: labels and predictions must lie below it [with --bundle, "
+    "the bundle's].",
+)
+def import_predictions_command(
+    sources: tuple[str, ...],
+    output: Path,
+    keep: str | None,
+    bundle_path: Path | None,
+    classes: int | None,
+) -> None:
     """Convert per-sample predictions into an evaluation .npz.
 
     SOURCES is either one .npz with `pred` [N, S], `labels` [N] and the names in
     `models` (e.g. examples/imagenet-val-predictions/predictions.npz), or one CSV per
     state with columns file,predicted,truth, given as PATH.csv (state named after the
-    file) or NAME=PATH.csv.
+    file) or NAME=PATH.csv. With --bundle the states must be the bundle's (select them
+    with --states) and the evaluation records the bundle; without it, bundle commands
+    read the evaluation with a note that it cannot be checked.
     """
+    from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.evaluation import import_predictions, save_evaluation
 
     names = [s.strip() for s in keep.split(",") if s.strip()] if keep else None
-    evaluation = import_predictions(sources, states=names)
+    bundle = None if bundle_path is None else load_bundle(bundle_path)
+    evaluation = import_predictions(sources, states=names, bundle=bundle, classes=classes)
     save_evaluation(output, evaluation)
     accs = evaluation.accuracies
     rows = [[n, pct(float(a), 2)] for n, a in zip(evaluation.names, accs, strict=True)]
