@@ -16,9 +16,11 @@ GPUs OpenVINO otherwise lowers precision by itself, which breaks parity with ONN
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -143,6 +145,15 @@ class OpenVinoSession(Session):
         del self._request, self._compiled, self._run_impl, self._own, self._own_out
 
 
+@functools.cache
+def _core(ov: ModuleType) -> Any:
+    """The process's one OpenVINO Core. Each Core's CPU plugin puts an alternate signal
+    stack of its own on the thread that creates it and the previous one back when it
+    goes; Cores freed out of order leave the thread on an unmapped stack, where the next
+    signal (Ctrl-C, SIGTERM) crashes the process instead of stopping it cleanly."""
+    return ov.Core()
+
+
 class OpenVinoRuntime(Runtime):
     """OpenVINO on `CPU` (default) or `GPU`, tuned for latency.
 
@@ -168,7 +179,7 @@ class OpenVinoRuntime(Runtime):
         self.hint = choice(hint, "hint", ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"))
         self.fast = bool(fast)
         self._ov = import_backend("openvino", extra="openvino", feature="the openvino runtime")
-        self._core = self._ov.Core()
+        self._core = _core(self._ov)
         available = self._core.available_devices
         if not isinstance(device, str) or not any(
             device in (d, d.split(".")[0]) for d in available

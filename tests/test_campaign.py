@@ -49,6 +49,13 @@ def _calibration(path: Path, classes: int) -> Path:
     return path
 
 
+def _branches(root: Path, opset: int, classes: int) -> list[object]:
+    """`export branches` of the residual model at `opset` on labels of `classes` classes
+    (the model has 3)."""
+    model, calibration = _residual(root / "m.onnx", opset), _calibration(root / "c.npz", classes)
+    return ["export", "branches", model, "--calibration", calibration, "-o", root / "b"]
+
+
 def _huge_initializer_bundle(root: Path) -> Path:
     """The multi-exit bundle whose step 0 holds an unused initializer declaring 2^40
     elements (and no data), re-hashed: ONNX Runtime drops it."""
@@ -151,15 +158,7 @@ REFUSED: dict[str, tuple[Case, str]] = {
         "m.onnx': not a regular file",
     ),
     "export branches on opset 999": (
-        lambda t: [
-            "export",
-            "branches",
-            _residual(t / "m.onnx", 999),
-            "--calibration",
-            _calibration(t / "c.npz", 3),
-            "-o",
-            t / "b",
-        ],
+        lambda t: _branches(t, opset=999, classes=3),
         "m.onnx: opset_import: imports ONNX opset 999",
     ),
     "export onnx on opset 999": (
@@ -188,15 +187,7 @@ REFUSED: dict[str, tuple[Case, str]] = {
         "m.onnx: opset_import: imports ONNX opset 999",
     ),
     "export branches on a label equal to the class count": (
-        lambda t: [
-            "export",
-            "branches",
-            _residual(t / "m.onnx", 17),
-            "--calibration",
-            _calibration(t / "c.npz", 4),
-            "-o",
-            t / "b",
-        ],
+        lambda t: _branches(t, opset=17, classes=4),
         "c.npz: y: class indices must lie in 0..2 (the 3 classes of the model's logits), got 0..3",
     ),
 }

@@ -100,27 +100,9 @@ def test_evaluate_records_the_bundle_and_its_classes(two):
 @pytest.mark.parametrize(
     "command",
     [
-        [
-            "plan",
-            "{bundle}",
-            "--profile",
-            "{profile}",
-            "--evaluation",
-            "{evaluation}",
-            "-o",
-            "{out}/p.json",
-        ],
-        ["bound", "{bundle}", "--profile", "{profile}", "--evaluation", "{evaluation}"],
-        [
-            "report",
-            "{bundle}",
-            "--profile",
-            "{profile}",
-            "--evaluation",
-            "{evaluation}",
-            "-o",
-            "{out}/r.html",
-        ],
+        ["plan", "{bundle}", "-o", "{out}/p.json"],
+        ["bound", "{bundle}"],
+        ["report", "{bundle}", "-o", "{out}/r.html"],
     ],
     ids=["plan", "bound", "report"],
 )

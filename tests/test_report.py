@@ -379,3 +379,8 @@ def test_report_says_why_a_policy_cannot_be_planned(device, tmp_path):
         bundle, profile=paths["profile"], evaluation=maxprob_only, out=tmp_path / "r.html"
     )[-1].read_text()
     assert "gate: not planned: the calibration split lacks what gates read" in html.unescape(page)
+
+
+def test_the_page_names_the_bundle_by_its_identity(device, written):
+    bundle, _ = device
+    assert f"manifest sha256 {bundle.manifest_sha256}" in written[-1].read_text()

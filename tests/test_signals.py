@@ -181,3 +181,27 @@ def test_a_real_sigterm_during_the_report_leaves_no_png(made, tmp_path):
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_after_openvino_runtimes_come_and_go_is_still_caught(tmp_path):
+    """Each OpenVINO Core's CPU plugin swaps the thread's alternate signal stack; Cores
+    freed out of order left it unmapped, and the next Ctrl-C or SIGTERM crashed the
+    process (exit -11) instead of raising. The runtime shares one Core per process."""
+    pytest.importorskip("openvino", reason="needs the openvino extra")
+    script = (
+        "import gc, signal\n"
+        "from edgeadapt.runtimes import get_runtime\n"
+        "first, second = get_runtime('openvino'), get_runtime('openvino')\n"
+        "del first\n"
+        "gc.collect()\n"
+        "del second\n"
+        "gc.collect()\n"
+        "try:\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "caught"), done.stderr
