@@ -115,7 +115,8 @@ def test_an_evaluation_of_another_bundle_with_the_same_states_is_refused(two, tm
         "evaluation": files["negated/evaluation"],
         "out": tmp_path,
     }
-    result = invoke(*(part.format(**fill) for part in command))
+    inputs = ["--profile", "{profile}", "--evaluation", "{evaluation}"]
+    result = invoke(*(part.format(**fill) for part in [*command, *inputs]))
     assert result.exit_code == 2, result.output
     assert (
         "negated-evaluation.npz: bundle_manifest_sha256: was made for another bundle"
