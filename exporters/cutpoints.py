@@ -94,9 +94,7 @@ def find_cuts(model_path: str | os.PathLike[str], *, mask: str | None = None) ->
     source = Path(model_path)
     with tempfile.TemporaryDirectory(prefix="edgeadapt-cuts-") as tmp:
         work = Path(tmp)
-        model = _graph.with_dynamic_batch(
-            _graph.load_external(source, work), source, single=False
-        )
+        model = _graph.with_dynamic_batch(_graph.load_external(source, work), source, single=False)
         specs = _graph.input_specs(model, source)
         masks = {mask} if mask else {s.name for s in specs if "mask" in s.name.lower()}
         data = [s.name for s in specs if np.dtype(s.dtype).kind == "f" and s.name not in masks]

@@ -51,7 +51,7 @@ from edgeadapt.exporters.heads import (
     is_token_sequence,
     overfit_message,
 )
-from edgeadapt.shapeinfer import Batch, Dims
+from edgeadapt.shapeinfer import Dims
 
 #: progress(label, done, total): called as the export advances (for a progress bar).
 Progress = Callable[[str, int, int], None]

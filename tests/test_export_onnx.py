@@ -447,7 +447,9 @@ def test_weight_read_on_both_sides_of_a_cut_is_copied_and_counted(tmp_path, shar
     assert weights["duplicated_bytes"] == 32 * 32 * 4  # w0 is in both steps
     assert weights["shared_file"] is shared
     readers = [
-        s.file for s in bundle.steps if "w0" in {t.name for t in onnx.load(str(s.path)).graph.initializer}
+        s.file
+        for s in bundle.steps
+        if "w0" in {t.name for t in onnx.load(str(s.path)).graph.initializer}
     ]
     assert readers == ["step0.onnx", "step1.onnx"]
     assert ("weights.data" in bundle.files) is shared
