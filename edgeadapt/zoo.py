@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+from edgeadapt.modulepaths import module_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -315,45 +316,34 @@ def export(
     return path
 
 
-def _scopes(module: str) -> list[str]:
-    """The node-name prefixes torch's TorchScript exporter may give `module`'s operators.
-    Each level is the attribute name and an index joins its container's label
-    (``features.3`` -> ``/features/features.3/``); a container that is iterated rather
-    than called (a ModuleList) has no level of its own (``encoder.layer.1`` ->
-    ``/encoder/layer.1/``)."""
-    labels: list[str] = []
-    called: list[str] = []
-    parts = module.split(".")
-    for k, part in enumerate(parts):
-        if part.isdigit() and labels:
-            labels.append(f"{labels[-1]}.{part}")
-            called.append(labels[-1])
-        else:
-            labels.append(part)
-            if not (k + 1 < len(parts) and parts[k + 1].isdigit()):
-                called.append(part)
-    return ["/" + "/".join(x) + "/" for x in (labels, called)]
+def _in_module(node: onnx.NodeProto, module: str) -> bool:
+    path = module_path(node)
+    return path is not None and (path == module or path.startswith(module + "."))
 
 
 def cut_tensors(onnx_path: str | os.PathLike[str], modules: Sequence[str]) -> list[str]:
-    """The output tensor of each module in `modules` in the TorchScript export at
-    `onnx_path`: the output of the last node inside the module's scope (modules run in
-    order, so that is the module's result)."""
+    """The output tensor of each module in `modules` in a torch export at `onnx_path`
+    (TorchScript or dynamo, `edgeadapt.modulepaths`): of the module's nodes, the last one
+    whose output is read outside the module (modules run in order, so that is the
+    module's result)."""
     model = onnx.load(str(onnx_path), load_external_data=False)
+    graph_outputs = {o.name for o in model.graph.output}
     out = []
     for module in modules:
-        prefixes = _scopes(module)
-        for prefix in prefixes:
-            nodes = [n for n in model.graph.node if n.name.startswith(prefix)]
-            if nodes:
-                out.append(nodes[-1].output[0])
-                break
-        else:
+        inside = [n for n in model.graph.node if _in_module(n, module)]
+        own = {o for n in inside for o in n.output}
+        read_outside = graph_outputs | {
+            x for n in model.graph.node if not _in_module(n, module) for x in n.input if x in own
+        }
+        results = [o for n in inside for o in n.output if o in read_outside]
+        if not results:
             raise InputError(
-                f"no node of module {module!r} (names starting with "
-                f"{' or '.join(map(repr, prefixes))}) in the graph",
+                f"no node of module {module!r} (neither TorchScript names such as "
+                f"'/{module.replace('.', '/')}/...' nor dynamo's name_scopes metadata) "
+                "whose output the rest of the graph reads",
                 source=onnx_path,
             )
+        out.append(results[-1])
     return out
 
 
