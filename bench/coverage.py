@@ -28,13 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeadapt import zoo
 from edgeadapt.exporters.cutpoints import find_cuts
 from edgeadapt.npzio import save_npz
 
@@ -93,7 +93,13 @@ HF: dict[str, tuple[str, str, dict[str, Any]]] = {
     "hf_swin": (
         "image",
         "swin",
-        {"image_size": 64, "embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [2, 4, 8, 16], "window_size": 4},
+        {
+            "image_size": 64,
+            "embed_dim": 32,
+            "depths": [1, 1, 2, 1],
+            "num_heads": [2, 4, 8, 16],
+            "window_size": 4,
+        },
     ),
     "hf_levit": ("image", "levit", {"image_size": 64}),
     "hf_efficientnet": (
@@ -160,22 +166,6 @@ def _settle(net: Any, kind: str, size: int) -> Any:
             for seed in range(2):
                 net(torch.from_numpy(_inputs(kind, size, 8, seed)["x"]))
     return net.eval()
-
-
-def _export(net: Any, example: dict[str, np.ndarray], path: Path, dynamo: bool) -> None:
-    import torch
-
-    names = list(example)
-    args = tuple(torch.from_numpy(v) for v in example.values())
-    kw: dict[str, Any] = {"input_names": names, "output_names": ["logits"], "dynamo": dynamo}
-    if dynamo:
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        kw["dynamic_shapes"] = tuple({0: batch} for _ in names)
-    else:
-        kw["dynamic_axes"] = {n: {0: "batch"} for n in (*names, "logits")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, args, str(path), **kw)
 
 
 def _pick(path: Path) -> list[str]:
@@ -253,7 +243,7 @@ def run_one(
         net, kind, size = build()
         net = _settle(net, kind, size)
         path = work / "model.onnx"
-        _export(net, _inputs(kind, size, 2, 1), path, dynamo)
+        zoo.torch_export(net, _inputs(kind, size, 2, 1), path, dynamo=dynamo)
         del net
         gc.collect()
         cuts = _pick(path)
@@ -308,13 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
-    for zoo, test in (
-        ("torchvision", lambda r: not r["model"].startswith("hf_")),
-        ("HF", lambda r: r["model"].startswith("hf_")),
-    ):
-        mine = [r for r in rows if test(r)]
+    for label, hf in (("torchvision", False), ("Hugging Face", True)):
+        mine = [r for r in rows if r["model"].startswith("hf_") == hf]
         if mine:
-            print(f"{zoo}: {sum(r['covered'] for r in mine)} of {len(mine)} export and match")
+            print(f"{label}: {sum(r['covered'] for r in mine)} of {len(mine)} export and match")
     return 0
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "names",
     "random_inputs",
     "teacher_labels",
+    "torch_export",
     "write_data",
 ]
 
@@ -288,31 +289,51 @@ def export(
 ) -> Path:
     """Export `net` to ONNX at `path` with torch's TorchScript exporter: inputs named as
     `model.inputs`, one output `logits`, a dynamic batch axis everywhere."""
+    example = random_inputs(model, 2, seed=12345)
+    return torch_export(net, {i.name: example[i.name] for i in model.inputs}, path, opset=opset)
+
+
+def torch_export(
+    net: nn.Module,
+    example: Mapping[str, np.ndarray],
+    path: str | os.PathLike[str],
+    *,
+    dynamo: bool = False,
+    opset: int | None = None,
+) -> Path:
+    """Export `net` as users do: inputs named as the keys of `example` (its arrays are the
+    example batch), one output ``logits`` (a Hugging Face model should return a tuple:
+    ``config.return_dict = False``), a dynamic batch axis (``dynamic_axes`` for the
+    TorchScript exporter, ``dynamic_shapes`` with `dynamo`). Written atomically."""
     import torch
 
     path = Path(path)
-    example = random_inputs(model, 2, seed=12345)
-    args = tuple(torch.from_numpy(example[i.name]) for i in model.inputs)
-    axes = {n: {0: "batch"} for n in (*model.input_names, LOGITS)}
+    names = list(example)
+    args = tuple(torch.from_numpy(np.asarray(example[n])) for n in names)
+    kw: dict[str, Any] = {"input_names": names, "output_names": [LOGITS], "dynamo": dynamo}
+    if opset is not None:
+        kw["opset_version"] = opset
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        kw["dynamic_shapes"] = tuple({0: batch} for _ in names)
+    else:
+        kw["dynamic_axes"] = {n: {0: "batch"} for n in (*names, LOGITS)}
+        kw["do_constant_folding"] = True
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
-        # The TorchScript exporter announces its deprecation in favour of dynamo; the
-        # dynamo exporter needs onnxscript and is much slower for the same graph.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        with torch.no_grad():
-            torch.onnx.export(
-                net,
-                args,
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=model.input_names,
-                output_names=[LOGITS],
-                dynamic_axes=axes,
-                do_constant_folding=True,
-            )
-    os.replace(tmp, path)
+        # The TorchScript exporter announces its deprecation in favour of dynamo; both
+        # warn about traced control flow that the fixed example shapes settle.
+        warnings.simplefilter("ignore")
+        # not under no_grad: there torch's MultiheadAttention takes a fused fast path
+        # (aten::_native_multi_head_attention) that the TorchScript exporter cannot export
+        torch.onnx.export(net, args, str(tmp), **kw)
+    if dynamo and tmp.with_name(tmp.name + ".data").exists():
+        # dynamo writes large weights beside the model: load them back into one file
+        onnx.save(onnx.load(str(tmp)), str(path))
+        tmp.unlink()
+        tmp.with_name(tmp.name + ".data").unlink()
+    else:
+        os.replace(tmp, path)
     return path
 
 

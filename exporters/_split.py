@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 
 from edgeadapt import graphdeps
 from edgeadapt.errors import InputError
-from edgeadapt.shapeinfer import Batch, Dims
+from edgeadapt.shapeinfer import Batch, Dims, dims_of
 
 #: Ops that apply learned weights: their output, from data, is an activation.
 LAYER_OPS = frozenset(
@@ -310,9 +310,7 @@ def rewrite_shape_read(
     `dims` and element type `elem_type`) computes, without reading that activation."""
     if node.op_type == "CastLike":
         return [helper.make_node("Cast", [node.input[0]], [node.output[0]], to=elem_type)]
-    if batch is None and any(isinstance(d, Batch) for d in dims):
-        raise ValueError("no tensor to read the batch size from")
-    src = batch or ("", 0)
+    src = batch or ("", 0)  # only read for a batch axis, which needs a real `batch`
     if node.op_type == "Shape":
         start, end = _attr(node, "start", 0), _attr(node, "end", None)
         return _shape_vector(dims[start:end], node.output[0], src, tag)
@@ -328,10 +326,13 @@ def value_info(name: str, elem_type: int, dims: Dims) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
-def _batch_source(step_inputs: Sequence[str], dims: Mapping[str, Dims]) -> tuple[str, int] | None:
+def _batch_source(
+    g: Graph, step_inputs: Sequence[str], dims: Mapping[str, Dims]
+) -> tuple[str, int] | None:
     """A step input and its axis that is the batch axis itself."""
     for name in step_inputs:
-        for axis, d in enumerate(dims.get(name, ())):
+        known = dims.get(name) or dims_of(g.infos.get(name)) or ()
+        for axis, d in enumerate(known):
             if d == Batch(1):
                 return name, axis
     return None
@@ -345,7 +346,7 @@ def build_step(
 ) -> onnx.ModelProto:
     """Step `step` as a model: its nodes in source order (shape reads rewritten), the
     initializers they read, its inputs and `outputs` typed from `dims`."""
-    batch = _batch_source(step.inputs, dims)
+    batch = _batch_source(g, step.inputs, dims)
     nodes: list[onnx.NodeProto] = []
     for k in sorted(step.nodes):
         node = g.nodes[k]

@@ -423,18 +423,16 @@ def _ticker(progress: Progress | None, total: int) -> Callable[[str], None]:
 
 
 def _build_steps(
-    g: _split.Graph,
+    src: _Source,
     plans: Sequence[_split.StepPlan],
-    final: str,
     trained: Mapping[str, LinearHead],
-    dims: Mapping[str, Dims],
     parity: _Parity,
-    work: Path,
     tick: Callable[[str], None],
 ) -> list[Step]:
     """Build each planned step (attaching its trained head, if any), check it with the
     ONNX checker and against the source (`parity`), and return the steps with their
-    weights loaded from `work`."""
+    weights loaded from the work directory."""
+    g, final, dims, work = src.graph, src.final, src.dims, src.work
     paths: list[Path] = []
     steps: list[Step] = []
     for plan in plans:
@@ -577,27 +575,30 @@ def export_onnx(
         for p in plans:
             if p.activation in hi.masks and hi.masks[p.activation] not in p.inputs:
                 p.inputs.append(hi.masks[p.activation])
-        steps, worst = _split_steps(
-            model,
-            g,
-            plans,
-            specs,
-            final,
-            outs,
-            dims,
-            hi,
-            num_classes,
-            work,
-            source,
-            _Options(calibration, untrained, batch_size, seed, parity_rtol, parity_atol),
-            progress,
-        )
-        extra = _manifest_extra(cuts, heads, steps.trained, final, worst, parity_rtol, parity_atol)
-        total, dup = _split.duplicated_bytes([s.model for s in steps.steps])
+        src = _Source(source, work, model, g, specs, final, outs, dims)
+        opts = _Options(calibration, untrained, batch_size, seed, parity_rtol, parity_atol)
+        steps, trained, worst = _split_steps(src, plans, hi, num_classes, opts, progress)
+        extra = _manifest_extra(cuts, heads, trained, final, worst, parity_rtol, parity_atol)
+        total, dup = _split.duplicated_bytes([s.model for s in steps])
         extra["weights"] = {"bytes": total, "duplicated_bytes": dup, "shared_file": shared_weights}
         return _write_split(
-            out_dir, source, specs, num_classes, steps.steps, extra, force, shared_weights
+            out_dir, source, specs, num_classes, steps, extra, force, shared_weights
         )
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The source model as the split reads it: the graph (its weights in `work`), its
+    inputs, its final logits, the tensors the steps output and the shapes found."""
+
+    path: Path
+    work: Path
+    model: onnx.ModelProto
+    graph: _split.Graph
+    specs: list[InputSpec]
+    final: str
+    outs: list[str]
+    dims: dict[str, Dims]
 
 
 @dataclass(frozen=True)
@@ -612,32 +613,21 @@ class _Options:
     atol: float
 
 
-@dataclass(frozen=True)
-class _Built:
-    steps: list[Step]
-    trained: dict[str, LinearHead]
-
-
 def _split_steps(
-    model: onnx.ModelProto,
-    g: _split.Graph,
+    src: _Source,
     plans: Sequence[_split.StepPlan],
-    specs: Sequence[InputSpec],
-    final: str,
-    outs: list[str],
-    dims: Mapping[str, Dims],
     hi: _HeadInputs,
     num_classes: int,
-    work: Path,
-    source: Path,
     opts: _Options,
     progress: Progress | None,
-) -> tuple[_Built, float]:
+) -> tuple[list[Step], dict[str, LinearHead], float]:
     """One session over the whole model checks the batch axis, streams the calibration
     set for the heads and computes the reference tensors; then the steps are built and
-    checked one at a time. Returns the steps and the worst parity error."""
-    ref = _graph.session(_graph.with_outputs(model, outs), at=work / "reference.onnx")
-    _check_batch(ref, model, specs, final, source)
+    checked one at a time. Returns the steps, the trained heads and the worst parity
+    error."""
+    model, specs, source = src.model, src.specs, src.path
+    ref = _graph.session(_graph.with_outputs(model, src.outs), at=src.work / "reference.onnx")
+    _check_batch(ref, model, specs, src.final, source)
     calib = (
         open_calibration(opts.calibration, specs, num_classes)
         if opts.untrained and opts.calibration is not None
@@ -652,16 +642,16 @@ def _split_steps(
             ref, calib, opts.untrained, hi, num_classes, opts.batch_size, opts.seed, source, tick
         )
     feeds = _graph.example_feeds(model, specs, opts.seed) + sample
-    names = sorted(set(outs))
+    names = sorted(set(src.outs))
     try:
         refs = [dict(zip(names, ref.run(names, f), strict=True)) for f in feeds]
     except Exception as e:  # onnxruntime raises its own exception types
         raise _run_error(e, source, "the model") from None
     del ref
     parity = _Parity(feeds, refs, opts.rtol, opts.atol, source)
-    steps = _build_steps(g, plans, final, trained, dims, parity, work, tick)
+    steps = _build_steps(src, plans, trained, parity, tick)
     tick("checked parity")
-    return _Built(steps, trained), parity.worst
+    return steps, trained, parity.worst
 
 
 def _manifest_extra(

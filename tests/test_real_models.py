@@ -11,7 +11,7 @@ profile, evaluate and plan.
 These run where torchvision and transformers import (the real-library test command in
 the README: torch 2.14.1 + torchvision 0.29.1 + transformers) and skip, with the reason,
 where they do not (the main test venv's CPU torch 2.13.0 has no torchvision). Inputs are
-small (64 px images, 16 tokens) where the graph has the same shape.
+small (32 px images, 16 tokens) where the graph has the same shape.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from tests.clirun import invoke
 REQUIRED = os.environ.get("EDGEADAPT_REAL_TESTS") == "required"
 torch = pytest.importorskip("torch", reason="the real-library tests need torch")
 CLASSES = 4
-SIZE = 64
+SIZE = 32
 TOKENS = 16
 
 
@@ -186,24 +185,6 @@ def _inputs(case: Case, net: Any, n: int, seed: int) -> dict[str, np.ndarray]:
     return {"x": rng.standard_normal((n, 3, size, size)).astype(np.float32)}
 
 
-def _export(net: Any, example: dict[str, np.ndarray], path: Path, dynamo: bool) -> Path:
-    """torch.onnx.export as a user calls it: named inputs, one output ``logits``, a
-    dynamic batch axis (``dynamic_axes`` for TorchScript, ``dynamic_shapes`` for dynamo)."""
-    names = list(example)
-    args = tuple(torch.from_numpy(example[n]) for n in names)
-    kw: dict[str, Any] = {"input_names": names, "output_names": ["logits"], "dynamo": dynamo}
-    if dynamo:
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        kw["dynamic_shapes"] = tuple({0: batch} for _ in names)
-        kw["verbose"] = False
-    else:
-        kw["dynamic_axes"] = {n: {0: "batch"} for n in (*names, "logits")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, args, str(path), **kw)
-    return path
-
-
 def _settle(net: Any, case: Case) -> Any:
     """Random weights with BatchNorm statistics re-estimated on random inputs; a Hugging
     Face model returns a tuple (its logits first), as exporting it needs."""
@@ -239,7 +220,9 @@ def test_real_model_cuts_runs_and_matches(name, dynamo, built, tmp_path):
         except ImportError:
             _missing("torch's dynamo ONNX exporter needs onnxscript")
     case, net = built(name)
-    source = _export(net, _inputs(case, net, 2, seed=1), tmp_path / "model.onnx", dynamo)
+    source = zoo.torch_export(
+        net, _inputs(case, net, 2, seed=1), tmp_path / "model.onnx", dynamo=dynamo
+    )
     cuts = zoo.cut_tensors(source, case.modules)
     assert len(set(cuts)) == len(case.modules)
     calib, test = _inputs(case, net, 40, seed=2), _inputs(case, net, 24, seed=3)
@@ -272,7 +255,7 @@ def test_real_model_cuts_runs_and_matches(name, dynamo, built, tmp_path):
             "--warmup",
             "1",
             "--iters",
-            "3",
+            "10",
             "--whole",
             source,
             "-o",
