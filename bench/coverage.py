@@ -6,7 +6,7 @@ architectures from small ``*Config``s (random weights, BatchNorm statistics re-e
 each is exported with torch's TorchScript exporter (``--dynamo`` for the dynamo one),
 cut at 2-3 cuts chosen by one generic rule (the valid cuts that `find_cuts` lists nearest
 30%, 55% and 80% of the model's FLOPs), and split by ``edgeadapt export onnx`` with trained
-heads in a child process whose peak RSS is measured (``os.wait4``). A model counts as
+heads in a child process that reports its own peak RSS (``VmHWM``). A model counts as
 covered when the export succeeds and the chained steps give the source's logits (max abs
 error and argmax agreement on 8 inputs the export never saw).
 
@@ -181,21 +181,32 @@ def _pick(path: Path) -> list[str]:
     return sorted(picked, key=order.__getitem__)
 
 
+#: Runs the edgeadapt CLI and prints the process's own peak RSS (VmHWM, which exec resets,
+#: unlike the rusage of a child forked from this large process).
+_CHILD = """
+import atexit, sys
+from edgeadapt.cli import main
+def peak():
+    hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")]
+    print("peak_kb", hwm[0], file=sys.stderr)
+atexit.register(peak)
+sys.argv = ["edgeadapt", *sys.argv[1:]]
+main()
+"""
+
+
 def _split(path: Path, cuts: list[str], calib: Path, out: Path) -> dict[str, Any]:
     """``edgeadapt export onnx`` in a child process: rc, seconds, peak RSS, error line."""
-    cmd = [sys.executable, "-m", "edgeadapt", "export", "onnx", str(path)]
+    cmd = [sys.executable, "-c", _CHILD, "export", "onnx", str(path)]
     for c in cuts:
         cmd += ["--cut", c]
     cmd += ["--calibration", str(calib), "--batch-size", "16", "-o", str(out), "--json"]
     start = time.perf_counter()
-    with open(out.parent / "stderr", "w+") as fe:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fe, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-        seconds = time.perf_counter() - start
-        fe.seek(0)
-        stderr = fe.read()
-    rc = os.waitstatus_to_exitcode(status)
-    peak = usage.ru_maxrss / 1024
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    rc, stderr = proc.returncode, proc.stderr
+    peaks = [int(line.split()[1]) for line in stderr.splitlines() if line.startswith("peak_kb ")]
+    peak = peaks[-1] / 1024 if peaks else float("nan")
     err = [line for line in stderr.splitlines() if line.startswith("error:")]
     return {
         "rc": rc,

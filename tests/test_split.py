@@ -306,3 +306,18 @@ def test_dims_parse_batch_multiples_and_probes():
     assert shapeinfer.probed_dims((1, 12, 5), (2, 24, 5)) == (Batch(1), Batch(12), 5)
     assert shapeinfer.probed_dims((2, 5), (3, 5)) is None
     assert shapeinfer.probed_dims((1,), (2, 1)) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(None, "file not found"), (b"not a protobuf", "not a readable ONNX model")],
+)
+def test_inspect_cuts_of_a_bad_file_is_one_error_line(tmp_path, content, match):
+    path = tmp_path / "m.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    result = invoke("inspect", path, "--cuts")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {path}: {match}")
