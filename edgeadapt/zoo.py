@@ -302,9 +302,9 @@ def torch_export(
     opset: int | None = None,
 ) -> Path:
     """Export `net` as users do: inputs named as the keys of `example` (its arrays are the
-    example batch), one output ``logits`` (a Hugging Face model should return a tuple:
-    ``config.return_dict = False``), a dynamic batch axis (``dynamic_axes`` for the
-    TorchScript exporter, ``dynamic_shapes`` with `dynamo`). Written atomically."""
+    example batch), one output ``logits`` (a Hugging Face model's output object holds only
+    its logits in eval mode without labels), a dynamic batch axis (``dynamic_axes`` for
+    the TorchScript exporter, ``dynamic_shapes`` with `dynamo`). Written atomically."""
     import torch
 
     path = Path(path)

@@ -220,10 +220,7 @@ def _inputs(case: Case, net: Any, n: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def _settle(net: Any, case: Case) -> Any:
-    """Random weights with BatchNorm statistics re-estimated on random inputs; a Hugging
-    Face model returns a tuple (its logits first), as exporting it needs."""
-    if hasattr(net, "config"):
-        net.config.return_dict = False
+    """Random weights with BatchNorm statistics re-estimated on random inputs."""
     if not case.text and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()):
         example = torch.from_numpy(_inputs(case, net, 8, seed=100)["x"])
         graphs.settle_batchnorm(net, example, batches=2)
