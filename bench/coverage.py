@@ -2,7 +2,7 @@
 
 Every torchvision classification builder (but the two largest, vit_h_14 and
 regnet_y_128gf) at 64 px (the graph is the same as at 224; ViTs built for that size,
-maxvit_t at the 224 it fixes, inception_v3 at 96), and 18 Hugging Face
+maxvit_t, alexnet and the VGGs at 224, inception_v3 at 96), and 18 Hugging Face
 architectures from small ``*Config``s (random weights, BatchNorm statistics re-estimated):
 each is exported with torch's TorchScript exporter (``--dynamo`` for the dynamo one),
 cut at 2-3 cuts chosen by one generic rule (the valid cuts that `find_cuts` lists nearest
@@ -45,7 +45,14 @@ TOKENS = 32
 TARGETS = (0.30, 0.55, 0.80)
 LARGEST = ("vit_h_14", "regnet_y_128gf")
 #: Architectures whose builders fix the input size, or need a larger one.
-FIXED_SIZE = {"maxvit_t": 224, "inception_v3": 96}
+#: alexnet's and the VGGs' adaptive pooling to 6x6 / 7x7 exports only from a feature
+#: map whose size it divides, as at 224.
+FIXED_SIZE = {
+    "maxvit_t": 224,
+    "inception_v3": 96,
+    "alexnet": 224,
+    **{f"vgg{d}{bn}": 224 for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+}
 #: Small configs of 18 Hugging Face architectures: (auto class, model type, overrides).
 _TEXT = {
     "hidden_size": 64,
@@ -89,14 +96,19 @@ HF: dict[str, tuple[str, str, dict[str, Any]]] = {
     "hf_albert": ("text", "albert", {**_TEXT, "embedding_size": 32}),
     "hf_mpnet": ("text", "mpnet", _TEXT),
     "hf_vit": ("image", "vit", _VIT),
-    "hf_deit": ("image", "deit", _VIT),
+    # the auto class maps these to two heads: name the one to build
+    "hf_deit": ("image", "deit", {**_VIT, "architectures": ["DeiTForImageClassification"]}),
     "hf_beit": ("image", "beit", {**_VIT, "use_relative_position_bias": True}),
     "hf_swin": (
         "image",
         "swin",
         {"embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [2, 4, 8, 16]},
     ),
-    "hf_levit": ("image", "levit", {"image_size": 64}),
+    "hf_levit": (
+        "image",
+        "levit",
+        {"image_size": 64, "architectures": ["LevitForImageClassification"]},
+    ),
     "hf_efficientnet": (
         "image",
         "efficientnet",
@@ -258,8 +270,7 @@ def run_one(
         cuts = _pick(path)
         row["cuts"] = cuts
         if len(cuts) < 2:
-            row["error"] = f"only {len(cuts)} valid cut(s) between 5% and 95% of the FLOPs"
-            return row
+            raise RuntimeError(f"only {len(cuts)} valid cut(s) between 5% and 95% of the FLOPs")
         calib = work / "calib.npz"
         save_npz(calib, **_inputs(kind, size, 48, 2), y=np.arange(48) % CLASSES)
         out = work / "bundle"
