@@ -359,9 +359,9 @@ def cut_tensors(onnx_path: str | os.PathLike[str], modules: Sequence[str]) -> li
         results = [o for n in inside for o in n.output if o in read_outside]
         if not results:
             raise InputError(
-                f"no node of module {module!r} (neither TorchScript names such as "
-                f"'/{module.replace('.', '/')}/...' nor dynamo's name_scopes metadata) "
-                "whose output the rest of the graph reads",
+                f"no node of module {module!r} whose output the rest of the graph reads "
+                "(module paths come from TorchScript node names and dynamo's name_scopes "
+                "metadata; `edgeadapt inspect MODEL --cuts` shows the ones recorded)",
                 source=onnx_path,
             )
         out.append(results[-1])

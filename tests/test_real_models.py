@@ -200,7 +200,7 @@ CASES = {
             )
         ),
         False,
-        ("vit.encoder.layer.0", "vit.encoder.layer.1", "vit.encoder.layer.2"),
+        ("vit.layers.0", "vit.layers.1", "vit.layers.2"),
     ),
     "minilm_l6_real": Case(
         _minilm, True, ("bert.encoder.layer.1", "bert.encoder.layer.3", "bert.encoder.layer.4")
