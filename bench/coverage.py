@@ -7,7 +7,8 @@ architectures from small ``*Config``s (random weights, BatchNorm statistics re-e
 each is exported with torch's TorchScript exporter (``--dynamo`` for the dynamo one),
 cut at 2-3 cuts chosen by one generic rule (the valid cuts that `find_cuts` lists nearest
 30%, 55% and 80% of the model's FLOPs), and split by ``edgeadapt export onnx`` with trained
-heads in a child process that reports its own peak RSS (``VmHWM``). A model counts as
+heads in a child process that reports its own peak RSS (``VmHWM``); the heads learn the
+source model's own answers on 48 calibration inputs. A model counts as
 covered when the export succeeds and the chained steps give the source's logits (max abs
 error and argmax agreement on 8 inputs the export never saw).
 
@@ -272,7 +273,8 @@ def run_one(
         if len(cuts) < 2:
             raise RuntimeError(f"only {len(cuts)} valid cut(s) between 5% and 95% of the FLOPs")
         calib = work / "calib.npz"
-        save_npz(calib, **_inputs(kind, size, 48, 2), y=np.arange(48) % CLASSES)
+        inputs = _inputs(kind, size, 48, 2)
+        save_npz(calib, **inputs, y=zoo.teacher_labels(path, inputs))  # the model's own answers
         out = work / "bundle"
         row.update(_split(path, cuts, calib, out))
         if row["rc"] == 0:
