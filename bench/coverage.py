@@ -2,7 +2,7 @@
 
 Every torchvision classification builder (but the two largest, vit_h_14 and
 regnet_y_128gf) at 64 px (the graph is the same as at 224; ViTs built for that size,
-maxvit_t, alexnet and the VGGs at 224, inception_v3 at 96), and 18 Hugging Face
+maxvit_t, alexnet and the VGGs at 224, inception_v3 at 160), and 18 Hugging Face
 architectures from small ``*Config``s (random weights, BatchNorm statistics re-estimated):
 each is exported with torch's TorchScript exporter (``--dynamo`` for the dynamo one),
 cut at 2-3 cuts chosen by one generic rule (the valid cuts that `find_cuts` lists nearest
@@ -50,7 +50,7 @@ LARGEST = ("vit_h_14", "regnet_y_128gf")
 #: map whose size it divides, as at 224.
 FIXED_SIZE = {
     "maxvit_t": 224,
-    "inception_v3": 96,
+    "inception_v3": 160,
     "alexnet": 224,
     **{f"vgg{d}{bn}": 224 for d in (11, 13, 16, 19) for bn in ("", "_bn")},
 }
