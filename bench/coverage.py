@@ -38,7 +38,7 @@ import numpy as np
 
 from edgeadapt import zoo
 from edgeadapt.exporters.cutpoints import find_cuts
-from edgeadapt.npzio import save_npz
+from edgeadapt.formats.npzio import save_npz
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CLASSES = 10
@@ -232,7 +232,7 @@ def _chain(bundle_dir: Path, path: Path, feeds: dict[str, np.ndarray]) -> tuple[
     the bundle's last exit against the source."""
     import onnxruntime as ort
 
-    from edgeadapt.bundle import load_bundle
+    from edgeadapt.formats.bundle import load_bundle
 
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         ["logits"], feeds

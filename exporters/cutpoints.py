@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeadapt.exporters import _graph, _split
-from edgeadapt.flops import count_flops
+from edgeadapt.graph.flops import count_flops
 from edgeadapt.graph.modulepaths import module_path
 from edgeadapt.graph.shapes import Batch, Dims
 

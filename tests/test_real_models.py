@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 from edgeadapt import zoo
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.exporters.onnx import export_onnx
-from edgeadapt.npzio import save_npz
+from edgeadapt.formats.npzio import save_npz
 from tests import graphs
 from tests.clirun import invoke
 

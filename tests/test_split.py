@@ -11,14 +11,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph, _split
 from edgeadapt.exporters.cutpoints import find_cuts
 from edgeadapt.exporters.onnx import export_onnx
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.npzio import save_npz
 from edgeadapt.graph import shapes as shapeinfer
 from edgeadapt.graph.shapes import Batch
-from edgeadapt.npzio import save_npz
 from tests import graphs
 from tests.clirun import invoke
 from tests.models import skip_connection
