@@ -100,6 +100,8 @@ class BundleOrModel(click.ParamType):
             path = check_path(value)
         except InputError as e:
             self.fail(e.message, param, ctx)
+        if not path.exists():
+            self.fail(f"{os.fspath(value)!r}: no such bundle directory or model file", param, ctx)
         if path.is_dir() or path.name == MANIFEST:
             return BUNDLE_DIR.convert(value, param, ctx)
         return INPUT_FILE.convert(value, param, ctx)
