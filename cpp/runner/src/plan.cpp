@@ -173,6 +173,12 @@ void load(const std::filesystem::path& path, Plan& out) {
         else f.fail("must be one of p50, p90, p99, got '" + stat + "'", "cost_stat");
     }
 
+    if (f.has("hop_overhead_ms")) {
+        p.hop_overhead_ms = f.number("hop_overhead_ms");
+        if (p.hop_overhead_ms < 0.0 || p.hop_overhead_ms > detail::kMaxMs)
+            f.fail("must be >= 0 and <= 1e12", "hop_overhead_ms");
+    }
+
     const detail::Json& rows = f.list("budget");
     if (rows.empty()) f.fail("must hold at least one row", "budget");
     for (std::size_t j = 0; j < rows.size(); ++j) {
