@@ -1,11 +1,17 @@
-// Where an ONNX file's tensors keep their bytes: a minimal protobuf walk over the
-// messages that can hold a TensorProto (initializers, sparse initializers, Constant and
-// other tensor attributes, subgraphs, functions, training graphs), as bundle.py
-// `_external_locations` does with the onnx package. Every tensor that points at
-// external data (data_location EXTERNAL or any external_data entry) yields its
-// "location" (empty when it names none), so the loader can require that the manifest
-// lists, and so hashes, every file a backend will read.
+// Minimal protobuf walks over an ONNX file, as bundle.py reads it with the onnx package:
+//
+// - where its tensors keep their bytes: the messages that can hold a TensorProto
+//   (initializers, sparse initializers, Constant and other tensor attributes, subgraphs,
+//   functions, training graphs), as `_external_locations`. Every tensor that points at
+//   external data (data_location EXTERNAL or any external_data entry) yields its
+//   "location" (empty when it names none), so the loader can require that the manifest
+//   lists, and so hashes, every file a backend will read;
+// - the main graph's inputs (initializers left out, as `_graph_io`) and outputs with
+//   their declared element type and dimensions, for `_check_facts`. Repeated messages
+//   merge as protobuf merges them (a later scalar wins, repeated fields append).
 #include <cstdint>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -164,7 +170,142 @@ struct Scan {
     }
 };
 
+// ValueInfoProto (name 1, type 2) -> TypeProto (tensor_type 1; sequence 4, map 5,
+// sparse tensor 8, optional 9 replace it: a oneof) -> Tensor (elem_type 1, shape 2) ->
+// TensorShapeProto (dim 1) -> Dimension (dim_value 1 | dim_param 2, a oneof).
+struct IoScan {
+    const std::string& source;
+
+    void dimension(const std::uint8_t* b, std::size_t n, OnnxValue& v) const {
+        Reader r{b, b + n, source};
+        std::uint32_t field = 0;
+        int wire = 0;
+        const std::uint8_t* body = nullptr;
+        std::size_t size = 0;
+        std::optional<std::int64_t> value;
+        const std::uint8_t* before = nullptr;
+        while (true) {
+            before = r.p;
+            if (!r.next(field, wire, body, size)) break;
+            if (field == 1 && wire == 0) {
+                Reader again{before, r.end, source};
+                again.varint();  // the tag
+                value = static_cast<std::int64_t>(again.varint());
+            } else if (field == 2 && wire == 2) {
+                value.reset();
+            }
+        }
+        v.dims.push_back(value);
+    }
+
+    void tensor(const std::uint8_t* b, std::size_t n, OnnxValue& v) const {
+        Reader r{b, b + n, source};
+        std::uint32_t field = 0;
+        int wire = 0;
+        const std::uint8_t* body = nullptr;
+        std::size_t size = 0;
+        const std::uint8_t* before = nullptr;
+        while (true) {
+            before = r.p;
+            if (!r.next(field, wire, body, size)) break;
+            if (field == 1 && wire == 0) {
+                Reader again{before, r.end, source};
+                again.varint();
+                v.elem_type = static_cast<std::int32_t>(again.varint());
+            } else if (field == 2 && wire == 2) {
+                v.has_shape = true;
+                Reader shape{body, body + size, source};
+                std::uint32_t f2 = 0;
+                int w2 = 0;
+                const std::uint8_t* d = nullptr;
+                std::size_t dn = 0;
+                while (shape.next(f2, w2, d, dn))
+                    if (f2 == 1 && w2 == 2) dimension(d, dn, v);
+            }
+        }
+    }
+
+    void type(const std::uint8_t* b, std::size_t n, OnnxValue& v) const {
+        Reader r{b, b + n, source};
+        std::uint32_t field = 0;
+        int wire = 0;
+        const std::uint8_t* body = nullptr;
+        std::size_t size = 0;
+        while (r.next(field, wire, body, size)) {
+            if (wire != 2) continue;
+            if (field == 1) {
+                tensor(body, size, v);
+            } else if (field == 4 || field == 5 || field == 8 || field == 9) {
+                v.elem_type = 0;  // not a tensor: no element type, no shape
+                v.has_shape = false;
+                v.dims.clear();
+            }
+        }
+    }
+
+    OnnxValue value(const std::uint8_t* b, std::size_t n) const {
+        OnnxValue v;
+        Reader r{b, b + n, source};
+        std::uint32_t field = 0;
+        int wire = 0;
+        const std::uint8_t* body = nullptr;
+        std::size_t size = 0;
+        while (r.next(field, wire, body, size)) {
+            if (wire != 2) continue;
+            if (field == 1) v.name.assign(reinterpret_cast<const char*>(body), size);
+            else if (field == 2) type(body, size, v);
+        }
+        return v;
+    }
+
+    // The name (field 8) of a TensorProto.
+    std::string tensor_name(const std::uint8_t* b, std::size_t n) const {
+        Reader r{b, b + n, source};
+        std::uint32_t field = 0;
+        int wire = 0;
+        const std::uint8_t* body = nullptr;
+        std::size_t size = 0;
+        std::string name;
+        while (r.next(field, wire, body, size))
+            if (field == 8 && wire == 2) name.assign(reinterpret_cast<const char*>(body), size);
+        return name;
+    }
+
+    void graph(const std::uint8_t* b, std::size_t n, OnnxIo& io, std::set<std::string>& inits) const {
+        Reader r{b, b + n, source};
+        std::uint32_t field = 0;
+        int wire = 0;
+        const std::uint8_t* body = nullptr;
+        std::size_t size = 0;
+        while (r.next(field, wire, body, size)) {
+            if (wire != 2) continue;
+            if (field == 11) io.inputs.push_back(value(body, size));
+            else if (field == 12) io.outputs.push_back(value(body, size));
+            else if (field == 5) inits.insert(tensor_name(body, size));
+        }
+    }
+};
+
 }  // namespace
+
+OnnxIo onnx_graph_io(const std::string& bytes, const std::string& source) {
+    const auto* b = reinterpret_cast<const std::uint8_t*>(bytes.data());
+    Reader r{b, b + bytes.size(), source};
+    IoScan scan{source};
+    OnnxIo io;
+    std::set<std::string> inits;
+    std::uint32_t field = 0;
+    int wire = 0;
+    const std::uint8_t* body = nullptr;
+    std::size_t size = 0;
+    while (r.next(field, wire, body, size))
+        if (field == 7 && wire == 2) scan.graph(body, size, io, inits);
+    std::vector<OnnxValue> inputs;
+    for (OnnxValue& v : io.inputs)
+        if (!inits.count(v.name)) inputs.push_back(std::move(v));
+    io.inputs = std::move(inputs);
+    return io;
+}
 
 std::vector<std::string> onnx_external_locations(const std::string& bytes, const std::string& source) {
     std::vector<std::string> found;

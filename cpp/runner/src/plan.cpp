@@ -116,7 +116,7 @@ RuntimeConfig parse_runtime(const Fields& f) {
 void load(const std::filesystem::path& path, Plan& out) {
     const std::string source = path.string();
     const detail::Json doc =
-        detail::parse_document(detail::read_bytes(path), source, "edgeadapt-plan", {1, 2});
+        detail::parse_document(detail::read_bytes(path, detail::kMaxTextBytes), source, "edgeadapt-plan", {1, 2});
     const Fields f(doc, source);
     Plan p;
     p.source = source;

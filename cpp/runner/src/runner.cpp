@@ -82,22 +82,23 @@ std::vector<std::int64_t> Runner::states() const { return cascade_.states(); }
 Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Backend> backend,
                      const RunnerOptions& options, std::unique_ptr<Runner>& out) noexcept {
     return detail::guard(Code::Backend, bundle.path.string(), [&] {
+        const std::string source = plan.source.empty() ? "plan" : plan.source;
         if (plan.manifest_sha256 != bundle.manifest_sha256)
-            fail(Code::Mismatch, "plan", "$.bundle.manifest_sha256",
+            fail(Code::Mismatch, source, "$.bundle.manifest_sha256",
                  "was made for another bundle (manifest sha256 " + plan.manifest_sha256.substr(0, 12) +
                      "..., " + bundle.path.string() + " has " + bundle.manifest_sha256.substr(0, 12) +
                      "...)");
         if (plan.bundle_states.size() != bundle.steps.size())
-            fail(Code::Mismatch, "plan", "$.bundle.states",
+            fail(Code::Mismatch, source, "$.bundle.states",
                  "names " + std::to_string(plan.bundle_states.size()) + " states, the bundle has " +
                      std::to_string(bundle.steps.size()));
         for (std::int64_t s : plan.states)
             if (s < 0 || s >= static_cast<std::int64_t>(bundle.steps.size()))
-                fail(Code::Input, "plan", "$.states", "state index out of range");
+                fail(Code::Input, source, "$.states", "state index out of range");
         if (plan.thresholds.size() + 1 != plan.states.size() || plan.cost_ms.size() != plan.states.size())
-            fail(Code::Input, "plan", "", "needs one threshold per kept state but the last and one cost each");
+            fail(Code::Input, source, "", "needs one threshold per kept state but the last and one cost each");
         if (!plan.gates.empty() && plan.gates.size() + 1 != plan.states.size())
-            fail(Code::Input, "plan", "$.policy.gates", "needs one gate per kept state but the last");
+            fail(Code::Input, source, "$.policy.gates", "needs one gate per kept state but the last");
         // the cost of each kept state's hop beyond the previous one, as
         // np.diff(cost_ms).clip(0); a branch plan's costs are each branch's own
         std::vector<double> hop_costs;
