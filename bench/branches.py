@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.cascade import AdaptiveModel
-from edgeadapt.datasets import DEFAULT_SEED, mnist1d_splits
-from edgeadapt.evaluate import evaluate_bundle
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.data.mnist1d import DEFAULT_SEED, mnist1d_splits
 from edgeadapt.exporters.branches import export_branches
-from edgeadapt.planner import plan_bundle, profile_costs
-from edgeadapt.profile import profile_bundle
+from edgeadapt.measure.evaluate import evaluate_bundle
+from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.planning.planner import plan_bundle, profile_costs
 
 
 def _hog():  # deadline.py's neighbour; bench/ is not a package

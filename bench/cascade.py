@@ -42,13 +42,13 @@ from time import perf_counter_ns
 import numpy as np
 import onnx
 
-from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.exporters.compose import whole_model
+from edgeadapt.formats.bundle import Bundle, load_bundle
 from edgeadapt.kernel import confidence
 from edgeadapt.runtimes import get_runtime
 
-DEMO = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+DEMO = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 RUNTIMES = {"onnxruntime": {"threads": 1}, "openvino": {"threads": 1}}
 WARMUP = 10
 

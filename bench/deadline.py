@@ -37,12 +37,13 @@ from time import perf_counter_ns, thread_time_ns
 
 import numpy as np
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel
-from edgeadapt.datasets import DEFAULT_SEED, mnist1d_splits
-from edgeadapt.profile import Profile, profile_bundle
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.data.mnist1d import DEFAULT_SEED, mnist1d_splits
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.profile import Profile
+from edgeadapt.measure.profiler import profile_bundle
 
-DEMO = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+DEMO = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 OPTIONS = {"threads": 1}
 # Wall time beyond the thread's CPU time that marks a call as preempted (the scheduler
 # ran the neighbour in its middle): far above the clock reads' own few microseconds.

@@ -3,7 +3,7 @@
 The bundle (default: the shipped ``mnist1d-multiexit``; ``--model resnet``: a
 ResNet-style early-exit network, `edgeadapt.demo.train.ResidualMultiExit`, trained here
 in ~20 s on the same training split and exported like the shipped one) is evaluated on
-the calibration samples the demo plans on (`edgeadapt.datasets.calibration_samples`:
+the calibration samples the demo plans on (`edgeadapt.data.mnist1d.calibration_samples`:
 the 2,500 of `mnist1d_splits()` and an extra draw of another seed, none of them a
 training sample; ``--calibration-samples``) and on the test split. Each plan is made as
 `edgeadapt plan` makes it: the calibration evaluation cut into a calibration and a
@@ -63,17 +63,29 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.cascade import AdaptiveModel, Prediction, _alone_model
-from edgeadapt.datasets import DEMO_CALIBRATION, MNIST1DSplits, calibration_samples, mnist1d_splits
-from edgeadapt.evaluate import evaluate_bundle
-from edgeadapt.oracle import exact_oracle
-from edgeadapt.plan import Plan
-from edgeadapt.planner import Outcomes, gap_closure, make_plan, profile_costs, simulate_plan
-from edgeadapt.profile import load_profile, profile_bundle, state_costs
+from edgeadapt.cascade.model import AdaptiveModel, Prediction
+from edgeadapt.data.mnist1d import (
+    DEMO_CALIBRATION,
+    MNIST1DSplits,
+    calibration_samples,
+    mnist1d_splits,
+)
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.plan import Plan
+from edgeadapt.formats.profile import load_profile, state_costs
+from edgeadapt.measure.evaluate import evaluate_bundle
+from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.oracle.equations import exact_oracle
+from edgeadapt.planning.planner import (
+    Outcomes,
+    gap_closure,
+    make_plan,
+    profile_costs,
+    simulate_plan,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+BUNDLE = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 PROFILE = ROOT / "profiles" / "reference" / "mnist1d-multiexit-x86-ort-1t.json"
 
 
@@ -264,7 +276,7 @@ def speed_table(
     # the static model as a one-state plan deploys it: the merged whole model, one call
     config = models["threshold"].runtime
     assert config is not None
-    models["static"] = _alone_model(bundle, config, len(bundle.states) - 1)
+    models["static"] = AdaptiveModel.alone(bundle, config, len(bundle.states) - 1)
     # every step loaded, for the steps alone
     steps = AdaptiveModel.load(bundle, "onnxruntime", thresholds=2.0, runtime_options=SPEED_RUNTIME)
     try:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt import zoo
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.runtimes import available_runtimes, get_runtime
 
 #: (label, runtime, threads) of the settings compared.

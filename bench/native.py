@@ -27,11 +27,11 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.formats.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+BUNDLE = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 
 
 def build(build_dir: Path) -> Path:

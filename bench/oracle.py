@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgeadapt.oracle import bound_alpha1, exact_oracle
-from edgeadapt.subset import best_subset_exact, subset_curve_alpha1
+from edgeadapt.oracle.equations import bound_alpha1, exact_oracle
+from edgeadapt.oracle.subset import best_subset_exact, subset_curve_alpha1
 
 
 def best_of(fn: Callable[[], object], runs: int = 3) -> float:

@@ -32,12 +32,12 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.cascade import AdaptiveModel
-from edgeadapt.plan import Plan, SplitFigures
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.plan import Plan, SplitFigures
 from edgeadapt.render import table
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 WARMUP = 10
 
 

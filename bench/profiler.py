@@ -41,12 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.presets import RuntimeConfig, load_preset
-from edgeadapt.profile import Profile, profile_bundle
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.presets import RuntimeConfig, load_preset
+from edgeadapt.formats.profile import Profile
+from edgeadapt.measure.profiler import profile_bundle
 
 BUNDLE = (
-    Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+    Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 )
 PRESETS = ("x86-ort-1t", "x86-openvino")
 REPEAT_TARGET = 0.10

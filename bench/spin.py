@@ -44,10 +44,11 @@ def measure(bundle_dir: Path, whole_path: Path, spin: bool, threads: int, rounds
     sys.path.insert(0, str(HERE))
     from cascade import _rounds, _timed
 
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.cascade import AdaptiveModel
-    from edgeadapt.presets import RuntimeConfig, load_preset
-    from edgeadapt.profile import profile_bundle, state_costs, static_cost
+    from edgeadapt.cascade.model import AdaptiveModel
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.presets import RuntimeConfig, load_preset
+    from edgeadapt.formats.profile import state_costs, static_cost
+    from edgeadapt.measure.profiler import profile_bundle
     from edgeadapt.runtimes import get_runtime
 
     bundle = load_bundle(bundle_dir)

@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from edgeadapt import __version__
+from edgeadapt._version import __version__
+from edgeadapt.commands.group import CommandGroup, as_flag
 from edgeadapt.errors import EdgeadaptError, InputError
 
 
@@ -32,36 +33,6 @@ def _discover() -> dict[str, click.Command]:
     return found
 
 
-_RAN = "edgeadapt.command"
-
-
-class CommandGroup(click.Group):
-    """A group that records the subcommand it runs in the context's shared `meta`, so
-    an error from a nested command (``export onnx``) maps to that command's flags."""
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        name, cmd, rest = super().resolve_command(ctx, args)
-        if cmd is not None:
-            ctx.meta[_RAN] = cmd
-        return name, cmd, rest
-
-
-def _as_flag(error: InputError, ctx: click.Context) -> InputError:
-    """`error` with a source that names a parameter of the command that ran shown as the
-    command's own flag (``cuts`` -> ``--cut``) or argument (``bundle`` -> ``BUNDLE``)."""
-    command = ctx.meta.get(_RAN)
-    if command is None or error.source is None:
-        return error
-    for param in command.params:
-        if param.name == error.source:
-            if isinstance(param, click.Option):
-                return error.renamed(max(param.opts, key=len))
-            return error.renamed(param.human_readable_name)
-    return error
-
-
 class _Group(CommandGroup):
     """Lists the discovered commands; turns EdgeadaptError and OSError into a one-line
     error, exit 2."""
@@ -76,7 +47,7 @@ class _Group(CommandGroup):
         try:
             return super().invoke(ctx)
         except InputError as e:
-            click.echo(f"error: {_as_flag(e, ctx)}", err=True)
+            click.echo(f"error: {as_flag(e, ctx)}", err=True)
             ctx.exit(2)
         except EdgeadaptError as e:
             click.echo(f"error: {e}", err=True)

@@ -29,7 +29,7 @@ while a batch is processed.
   toward its initial cost), ``predicted_ms(hop)``, ``state_ms(state)`` and the AdaInf
   lookup table ``lookup(budget_ms) -> state | None``. The keywords ``step_costs_ms``,
   ``step`` and ``next_step`` still work, with a DeprecationWarning.
-- Learned exit gates (`edgeadapt.gates`; numerics in `edgeadapt.kernel_ref.gate_score`):
+- Learned exit gates (`edgeadapt.planning.gates`; numerics in `edgeadapt.kernel_ref.gate_score`):
   ``Gate(weights, bias)``; ``gate_decide(logits, gate, threshold, history, previous)``
   at position ``history.shape[1]`` -> ``(pred, score, exit_mask, continue_idx,
   history, previous)`` of the rows that continue; ``gate_decide_into(...)`` the same
@@ -41,7 +41,7 @@ while a batch is processed.
   result)``: a hop that answers alone (a one-state plan) as one call: ``one(x)`` accepts
   a plain C-contiguous batch of the input's dtype and shape with no NaN or infinity,
   calls ``run({input: x})``, answers every row, records the run's cost in ``policy`` and
-  returns a ``result`` instance (`edgeadapt.cascade.Prediction`); None for a batch it
+  returns a ``result`` instance (`edgeadapt.cascade.model.Prediction`); None for a batch it
   cannot vouch for, ``(outputs, run_ns, elapsed_ns)`` for logits it cannot read in place.
 - ``CascadeCall(route, input, dtype, shape, classes, *, policy, result, hop_overhead_ms,
   costs_known, last_alone, gates=None)``: a cascade of several hops at batch 1 as one
@@ -53,7 +53,7 @@ while a batch is processed.
   the budget checks, route choice (with a budget and the policy's accuracies, the
   target `Policy.lookup` picks: the hops up to it when the policy is cumulative, else
   it alone; with `last_alone`, no budget table's pick, the last hop alone), runs,
-  output checks, costs and decisions of `edgeadapt.cascade.AdaptiveModel.predict`'s
+  output checks, costs and decisions of `edgeadapt.cascade.model.AdaptiveModel.predict`'s
   loop, thresholds or a gate plan's `gates` (one `Gate` per kept state but the last),
   and returns a ``result`` instance; None for a row, a budget or an output it cannot
   vouch for (then the loop runs the batch and words any error). An error of a
@@ -68,7 +68,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgeadapt import _kernel
+import edgeadapt._kernel as _kernel
 from edgeadapt._kernel import (
     Action,
     CascadeCall,
@@ -161,7 +161,7 @@ class GateRun:
     ) -> None:
         if measure not in MEASURES:
             raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
-        # A plan's gates (edgeadapt.gates.Gate) are taken as they are: weights and bias.
+        # A plan's gates (edgeadapt.formats.plan.Gate) are taken as they are: weights and bias.
         self.gates = tuple(
             g if isinstance(g, Gate) else Gate(list(g.weights), float(g.bias)) for g in gates
         )

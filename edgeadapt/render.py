@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from edgeadapt.oracle import OraclePoint
-
-__all__ = ["num", "oracle_cells", "pct", "ratio", "saving", "table"]
+__all__ = ["num", "pct", "ratio", "saving", "table"]
 
 
 def table(
@@ -60,15 +56,3 @@ def saving(share: float | None) -> str:
     if share is None:
         return "n/a"
     return f"saves {pct(share)}" if share >= 0 else f"costs {pct(-share)} more"
-
-
-def oracle_cells(p: OraclePoint) -> list[str]:
-    """An oracle point's table cells, as `bound` and the report show them: R_oracle,
-    A_oracle, dR, R_ratio, dA."""
-    return [
-        num(p.r_oracle),
-        pct(p.a_oracle, 2),
-        num(p.delta_r),
-        ratio(p.r_ratio),
-        pct(p.delta_a, 2, signed=True),
-    ]

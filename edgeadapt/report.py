@@ -1,19 +1,19 @@
 """The device report: one self-contained HTML page (and its PNGs) of policy vs oracle.
 
 `write_report` joins a bundle, its profile on the device and an evaluation (checked by
-`edgeadapt.bound.load_inputs`), and optionally the plan made from them, and draws:
+`edgeadapt.oracle.bound.load_inputs`), and optionally the plan made from them, and draws:
 
 - accuracy vs measured cost of every state with the alpha = 1 and constant-alpha
   (alpha_min) bounds and the shaded opportunity area between the states and the
   optimistic bound (paper Fig. 3/4), the exact oracle, the threshold policy swept with
-  one shared threshold over the evaluation (`edgeadapt.calibrate.sweep`), and the
+  one shared threshold over the evaluation (`edgeadapt.planning.calibrate.sweep`), and the
   plan's held-out operating point;
 - alpha_i per state (Fig. 2);
-- the best k-subset's exact-oracle R_ratio for k = 1..N (Fig. 6, `edgeadapt.subset`).
+- the best k-subset's exact-oracle R_ratio for k = 1..N (Fig. 6, `edgeadapt.oracle.subset`).
 
 Next to the plan it shows both policies, the confidence thresholds and the learned exit
 gates, planned from the same profile and evaluation with the plan's options
-(`edgeadapt.planner.compare_policies`): held-out accuracy, expected cost and oracle gap
+(`edgeadapt.planning.planner.compare_policies`): held-out accuracy, expected cost and oracle gap
 closure side by side, or why a policy cannot be planned (an evaluation without every
 measure's confidences has no gate policy).
 
@@ -40,26 +40,28 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.atomic import atomic_write_many
-from edgeadapt.bound import (
+from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.formats.atomic import atomic_write_many
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.formats.plan import Plan, check_plan, load_plan
+from edgeadapt.formats.profile import Profile
+from edgeadapt.oracle.bound import (
     VIEWS_CAPTION,
     BundleBound,
     Inputs,
     bundle_bound,
     load_inputs,
+    oracle_cells,
     r_n_what,
     view_cells,
 )
-from edgeadapt.bundle import Bundle
-from edgeadapt.calibrate import Sweep, simulate, sweep
-from edgeadapt.errors import InputError, MissingExtraError
-from edgeadapt.evaluation import CONF_KEYS, Evaluation
-from edgeadapt.oracle import ExactFigures, OraclePoint
-from edgeadapt.plan import Plan, check_plan, load_plan
-from edgeadapt.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
-from edgeadapt.profile import Profile
-from edgeadapt.render import num, oracle_cells, pct, ratio, saving
-from edgeadapt.subset import SubsetChoice, subset_costs, subset_curve_exact
+from edgeadapt.oracle.equations import ExactFigures, OraclePoint
+from edgeadapt.oracle.subset import SubsetChoice, subset_curve_exact
+from edgeadapt.planning.calibrate import Sweep, simulate, sweep
+from edgeadapt.planning.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
+from edgeadapt.planning.search import subset_costs
+from edgeadapt.render import num, pct, ratio, saving
 
 __all__ = [
     "FIGURES",
@@ -617,8 +619,8 @@ def report_files(
     """What ``edgeadapt report`` does: `write_report` with the bundle's own files by
     default (the profile ``BUNDLE/profiles/<device>.json``, the evaluation
     ``BUNDLE/evaluation.npz``, the plan ``BUNDLE/plan.json`` when it exists)."""
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.profile import default_profile_path
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.profile import default_profile_path
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     profile_path = _default(

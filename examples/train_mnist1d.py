@@ -1,4 +1,4 @@
-"""Train the MNIST-1D demo models and export the bundles shipped in `edgeadapt/data/bundles`.
+"""Train the MNIST-1D demo models and export the bundles shipped in `edgeadapt/demo/bundles`.
 
     python examples/train_mnist1d.py [--out DIR] [--seed 42] [--force]
 

@@ -19,9 +19,9 @@ from typing import IO
 
 import numpy as np
 
-from edgeadapt.bundle import InputSpec
 from edgeadapt.errors import InputError
-from edgeadapt.npzio import ArraySpec, load_npz
+from edgeadapt.formats.bundle import InputSpec
+from edgeadapt.formats.npzio import ArraySpec, load_npz
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from edgeadapt.bundle import BATCH, InputSpec
 from edgeadapt.errors import InputError
-from edgeadapt.graphdeps import subgraphs
+from edgeadapt.formats.bundle import BATCH, InputSpec
+from edgeadapt.graph.deps import subgraphs
 
 #: Source models larger than this (protobuf's 2 GB limit) are refused: shape inference,
 #: the Extractor and ONNX Runtime sessions from bytes all need the model in one proto.

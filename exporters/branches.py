@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeadapt import graphdeps
-from edgeadapt.bundle import Bundle, write_bundle
-from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
-from edgeadapt.flops import count_flops
+from edgeadapt.formats.bundle import Bundle, write_bundle
+from edgeadapt.formats.digest import file_sha256
+from edgeadapt.graph import deps as graphdeps
+from edgeadapt.graph.flops import count_flops
 
 #: Up to this many skippable blocks every subset is a candidate branch.
 EXHAUSTIVE_BLOCKS = 10
@@ -212,7 +212,7 @@ def pareto(branches: Sequence[Branch], max_branches: int) -> list[Branch]:
 
 
 def _load_calibration(path: Path, spec_name: str, shape: tuple[int, ...], dtype: str):
-    from edgeadapt.npzio import ArraySpec, load_npz
+    from edgeadapt.formats.npzio import ArraySpec, load_npz
 
     arrays = load_npz(path, {"x": ArraySpec("f", 1 + len(shape)), "y": ArraySpec("iu", 1)})
     x, y = arrays["x"], arrays["y"]

@@ -23,9 +23,9 @@ import onnx
 from onnx import compose
 from onnx.utils import Extractor
 
-from edgeadapt import graphdeps
-from edgeadapt.bundle import Bundle
 from edgeadapt.errors import InputError
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.graph import deps as graphdeps
 
 
 def _load(bundle: Bundle, i: int) -> onnx.ModelProto:

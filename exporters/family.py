@@ -19,11 +19,11 @@ from pathlib import Path
 
 import onnx
 
-from edgeadapt.bundle import Bundle, InputSpec, write_bundle
-from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
-from edgeadapt.flops import count_flops
+from edgeadapt.formats.bundle import Bundle, InputSpec, write_bundle
+from edgeadapt.formats.digest import file_sha256
+from edgeadapt.graph.flops import count_flops
 
 
 @dataclass(frozen=True)

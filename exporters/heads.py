@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import compose, helper, numpy_helper
 
-from edgeadapt.bundle import BATCH
+from edgeadapt.formats.bundle import BATCH
 
 #: With ``pool="auto"``, per-channel activations with at most this many values per
 #: sample are flattened (keeping position information); larger ones are average-pooled.

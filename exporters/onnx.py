@@ -29,9 +29,6 @@ import numpy as np
 import onnx
 from onnx.utils import Extractor
 
-from edgeadapt import graphdeps
-from edgeadapt.bundle import Bundle, InputSpec, Step, write_bundle
-from edgeadapt.digest import file_sha256
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters._calib import Calibration, open_calibration
@@ -47,6 +44,9 @@ from edgeadapt.exporters.heads import (
     is_token_sequence,
     overfit_message,
 )
+from edgeadapt.formats.bundle import Bundle, InputSpec, Step, write_bundle
+from edgeadapt.formats.digest import file_sha256
+from edgeadapt.graph import deps as graphdeps
 
 #: progress(label, done, total): called as the export advances (for a progress bar).
 Progress = Callable[[str, int, int], None]

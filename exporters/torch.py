@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from edgeadapt.bundle import BATCH, DTYPES, Bundle, InputSpec, Step, write_bundle
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.exporters import _graph
-from edgeadapt.flops import count_flops
+from edgeadapt.formats.bundle import BATCH, DTYPES, Bundle, InputSpec, Step, write_bundle
+from edgeadapt.graph.flops import count_flops
 
 if TYPE_CHECKING:
     import torch

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.device import cpu_model
 from edgeadapt.errors import EdgeadaptError
+from edgeadapt.formats.device import cpu_model
 
 from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.atomic import atomic_write_bytes
-from edgeadapt.digest import file_sha256
+from edgeadapt.data.inputs import out_of_range
 from edgeadapt.errors import EdgeadaptError, InputError
-from edgeadapt.inputs import out_of_range
+from edgeadapt.formats.atomic import atomic_write_bytes
+from edgeadapt.formats.digest import file_sha256
 
 from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
 

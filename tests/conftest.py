@@ -16,7 +16,7 @@ settings.register_profile("dev", max_examples=30, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 MULTIEXIT = (
-    Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+    Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 )
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.device import device_id
-from edgeadapt.evaluation import Evaluation
-from edgeadapt.profile import MIN_SAMPLES, Profile, StepStats
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.device import device_id
+from edgeadapt.formats.evaluation import Evaluation
+from edgeadapt.formats.profile import MIN_SAMPLES, Profile, StepStats
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 MULTIEXIT = BUNDLES / "mnist1d-multiexit"
 #: Step times (ms) of the known profile: cascade costs 0.1, 0.3, 0.6, 1.0.
 STEP_MS = (0.1, 0.2, 0.3, 0.4)

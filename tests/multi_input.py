@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.bundle import Bundle, InputSpec, Step, write_bundle
+from edgeadapt.formats.bundle import Bundle, InputSpec, Step, write_bundle
 
 OPSET = 17
 VOCAB = 11
@@ -246,7 +246,7 @@ def assert_median_threshold_split(
     """Run the two-state `bundle` with state 0's threshold at the median of its
     confidence on `feeds`: each row's answer is state 0's (`logits[0]`) where it passes
     and state 1's otherwise, and both states answer some rows."""
-    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.cascade.model import AdaptiveModel
     from edgeadapt.kernel import confidence
 
     c0 = confidence(logits[0])

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edgeadapt.bundle import Bundle
-from edgeadapt.plan import BudgetRow, Plan, SplitFigures
-from edgeadapt.planner import Outcomes, make_plan
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.plan import BudgetRow, Plan, SplitFigures
+from edgeadapt.planning.planner import Outcomes, make_plan
 
 
 def runner_plan(

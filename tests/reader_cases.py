@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.gates import Gate
-from edgeadapt.plan import plan_to_doc
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import Gate, plan_to_doc
 from tests.plans import runner_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+BUNDLE = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 TABLE = json.loads((Path(__file__).with_name("reader_cases.json")).read_text())
 #: the gates of the table's gate plan (one per kept state but the last)
 GATES = (Gate((6.0, 1.0, 0.5, 0.0, 0.0), -4.5), Gate((3.0, 1.0, 0.0, 2.0, 1.5), -4.0))

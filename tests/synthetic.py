@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeadapt.evaluation import Evaluation
+from edgeadapt.formats.evaluation import Evaluation
 
 
 def nested_outcomes(

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from edgeadapt import atomic
+from edgeadapt.formats import atomic
 
 
 def _tree(path, text):

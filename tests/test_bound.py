@@ -1,16 +1,16 @@
-"""`edgeadapt.bound`: the oracle on a bundle's measured or FLOPs state costs, and its checks."""
+"""`edgeadapt.oracle.bound`: the oracle on a bundle's measured or FLOPs state costs, and its checks."""
 
 import json
 
 import numpy as np
 import pytest
 
-from edgeadapt.bound import bundle_bound
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import Evaluation, save_evaluation
-from edgeadapt.oracle import alphas
-from edgeadapt.profile import flops_costs, save_profile
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.evaluation import Evaluation, save_evaluation
+from edgeadapt.formats.profile import flops_costs, save_profile
+from edgeadapt.oracle.bound import bundle_bound
+from edgeadapt.oracle.equations import alphas
 from tests.device_inputs import (
     brute_oracle,
     known_evaluation,
@@ -209,8 +209,8 @@ def test_result_is_typed_and_its_json_holds_every_part(bundle, evaluation):
 
 
 def test_defaults_find_the_bundles_profile_and_name_parameters(tmp_path, evaluation):
-    from edgeadapt.bound import bundle_bound_defaults
-    from edgeadapt.profile import default_profile_path
+    from edgeadapt.formats.profile import default_profile_path
+    from edgeadapt.oracle.bound import bundle_bound_defaults
     from tests.device_inputs import copy_multiexit
 
     path = copy_multiexit(tmp_path)
@@ -231,7 +231,7 @@ def test_defaults_find_the_bundles_profile_and_name_parameters(tmp_path, evaluat
 
 
 def test_table_bound_joins_the_evaluation_by_name(tmp_path):
-    from edgeadapt.bound import table_bound
+    from edgeadapt.oracle.bound import table_bound
 
     table = tmp_path / "t.csv"
     table.write_text("name,cost,accuracy\nbig,8,0.9\nsmall,1,0.5\nextra,3,0.7\n")

@@ -15,7 +15,7 @@ pytest.importorskip("mnist1d", reason="the MNIST-1D data needs the mnist1d packa
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from edgeadapt.datasets import mnist1d_splits
+    from edgeadapt.data.mnist1d import mnist1d_splits
     from edgeadapt.demo.train import export_onnx_model, train_residual_cnn
 
     tmp = tmp_path_factory.mktemp("branches")
@@ -29,10 +29,11 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_branches_evaluate_profile_and_plan_a_budget_table(trained):
-    from edgeadapt.evaluate import evaluate_bundle
     from edgeadapt.exporters.branches import export_branches
-    from edgeadapt.planner import Outcomes, make_plan
-    from edgeadapt.profile import profile_bundle, state_costs
+    from edgeadapt.formats.profile import state_costs
+    from edgeadapt.measure.evaluate import evaluate_bundle
+    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.planning.planner import Outcomes, make_plan
 
     tmp, path, calib, splits = trained
     bundle = export_branches(path, tmp / "bundle", calibration=calib, max_branches=6)
@@ -59,7 +60,7 @@ def test_branches_evaluate_profile_and_plan_a_budget_table(trained):
     rows = plan.budget
     assert all(a.budget_ms < b.budget_ms for a, b in itertools.pairwise(rows))
     assert all(a.accuracy < b.accuracy for a, b in itertools.pairwise(rows))
-    from edgeadapt.planner import budget_state
+    from edgeadapt.planning.planner import budget_state
 
     # A budget below the cheapest kept branch runs the first row; the largest budget
     # runs the most accurate row; each row is the most accurate kept branch that fits.

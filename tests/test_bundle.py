@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeadapt.bundle import (
+from edgeadapt.exporters.onnx import export_onnx
+from edgeadapt.formats.bundle import (
     BundleError,
     InputSpec,
     Step,
@@ -20,7 +21,6 @@ from edgeadapt.bundle import (
     verify_bundle,
     write_bundle,
 )
-from edgeadapt.exporters.onnx import export_onnx
 from tests.models import family, multi_exit_cnn
 from tests.multi_input import MASKED_INPUTS, masked_steps
 
@@ -228,7 +228,7 @@ def test_directory_that_is_not_a_bundle_is_never_replaced(tmp_path):
 def test_interrupted_writer_leaves_previous_bundle(tmp_path, monkeypatch):
     out = tmp_path / "fam"
     first = _ensemble(out, seed=0)
-    import edgeadapt.bundle as bundle_mod
+    import edgeadapt.formats.bundle as bundle_mod
 
     calls = []
     real = bundle_mod._save_model
@@ -253,7 +253,7 @@ def test_killed_writer_leaves_previous_bundle(tmp_path):
         f"""
         import os, signal, sys
         sys.path.append({str(Path(__file__).resolve().parent.parent)!r})  # after the install
-        import edgeadapt.bundle as b
+        import edgeadapt.formats.bundle as b
         from tests.test_bundle import _ensemble
         real = b._save_model
         def save_then_die(model, path):
@@ -308,7 +308,7 @@ def test_write_refuses_wrong_class_count_and_bad_spec(tmp_path, changes, match):
 
 
 def test_large_steps_use_external_data_inside_the_bundle(tmp_path, monkeypatch):
-    import edgeadapt.bundle as bundle_mod
+    import edgeadapt.formats.bundle as bundle_mod
 
     monkeypatch.setattr(bundle_mod, "EXTERNAL_DATA_THRESHOLD", 100)
     b = _ensemble(tmp_path / "fam")

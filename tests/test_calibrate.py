@@ -7,8 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeadapt.calibrate import NEVER, calibrate, exit_states, required_correct, simulate, sweep
 from edgeadapt.errors import InputError
+from edgeadapt.planning.calibrate import (
+    NEVER,
+    calibrate,
+    exit_states,
+    required_correct,
+    simulate,
+    sweep,
+)
 from tests.synthetic import nested_outcomes
 
 cases = st.tuples(st.integers(1, 60), st.integers(1, 5), st.integers(0, 2**31))

@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.bundle import InputSpec, load_bundle, write_bundle
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.formats.bundle import InputSpec, load_bundle, write_bundle
+from edgeadapt.formats.plan import Plan
 from edgeadapt.kernel import confidence
-from edgeadapt.plan import Plan
 from edgeadapt.runtimes import get_runtime
 from tests.plans import runner_plan
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 MULTIEXIT = BUNDLES / "mnist1d-multiexit"
 FAMILY = BUNDLES / "mnist1d-family"
 ORT = {"threads": 1}
@@ -294,7 +294,8 @@ def test_bad_load_arguments_are_clear_errors(kwargs, match):
 
 
 def test_profile_seeds_the_policy_costs():
-    from edgeadapt.profile import MIN_SAMPLES, profile_bundle
+    from edgeadapt.formats.profile import MIN_SAMPLES
+    from edgeadapt.measure.profiler import profile_bundle
 
     bundle = load_bundle(MULTIEXIT)
     profile = profile_bundle(bundle, iters=MIN_SAMPLES, warmup=2)
@@ -418,7 +419,7 @@ def _spinning(session) -> tuple[str, str]:
 def test_cascade_sessions_do_not_spin_idle_workers_by_default():
     """Each session has its own thread pool: spinning workers of one step would take the
     cores the next step needs."""
-    from edgeadapt.presets import RuntimeConfig, load_preset
+    from edgeadapt.formats.presets import RuntimeConfig, load_preset
 
     with AdaptiveModel.load(MULTIEXIT, thresholds=2.0, runtime_options={"threads": 2}) as m:
         assert [_spinning(s) for s in m.sessions] == [("0", "0")] * len(m.sessions)
@@ -436,7 +437,7 @@ def test_cascade_sessions_do_not_spin_idle_workers_by_default():
 def test_a_preset_of_ones_own_can_turn_spinning_on(tmp_path):
     import json
 
-    from edgeadapt.presets import RuntimeConfig, load_preset
+    from edgeadapt.formats.presets import RuntimeConfig, load_preset
 
     doc = json.loads(Path(load_preset("x86-ort-2t").source).read_text())
     doc.update(name="my-board", options={**doc["options"], "spin": True})

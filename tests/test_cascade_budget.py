@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.errors import InputError
-from edgeadapt.plan import BudgetRow
-from edgeadapt.profile import profile_bundle
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import BudgetRow
+from edgeadapt.measure.profiler import profile_bundle
 from tests.plans import runner_plan
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 # Cascade cost of exiting at each state, ms: far above what the steps really take, so
 # that a slow call on a loaded machine cannot change which state a budget picks.
 COSTS = (100.0, 200.0, 300.0, 400.0)

@@ -1,20 +1,20 @@
 """The one-state fast path of `AdaptiveModel.predict` (a plan that keeps one state, a
 branch answering alone): the same answers as the general cascade row for row, the same
-refusals word for word as `edgeadapt.inputs.check_batch`, and arrays the caller owns."""
+refusals word for word as `edgeadapt.data.inputs.check_batch`, and arrays the caller owns."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel, Prediction
+from edgeadapt.cascade.model import AdaptiveModel, Prediction
+from edgeadapt.data.inputs import check_batch
 from edgeadapt.errors import EdgeadaptError, InputError
-from edgeadapt.inputs import check_batch
+from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.kernel import OneCall
 from tests.plans import runner_plan
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 ORT = {"threads": 1}
 
 

@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel, Prediction
+from edgeadapt.cascade.model import AdaptiveModel, Prediction
 from edgeadapt.errors import EdgeadaptError, InputError
-from edgeadapt.gates import Gate as Gate2
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import BudgetRow
+from edgeadapt.formats.plan import Gate as Gate2
 from edgeadapt.kernel import CascadeCall, Gate, confidence
 from edgeadapt.kernel_ref import gate_decide
-from edgeadapt.plan import BudgetRow
 from tests.backends import CPU_RUNTIMES
 from tests.plans import runner_plan
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 ORT = {"threads": 1}
 MEASURES = ("maxprob", "margin", "entropy")
 HUGE, TINY = 1e9, 1e-9
@@ -30,7 +30,7 @@ HUGE, TINY = 1e9, 1e-9
 @pytest.fixture(scope="module")
 def rows() -> np.ndarray:
     """MNIST-1D test rows, random rows and a few extreme ones, float32 [N, 1, 40]."""
-    from edgeadapt.datasets import mnist1d_splits
+    from edgeadapt.data.mnist1d import mnist1d_splits
 
     test = mnist1d_splits(n_train=10, n_calibration=10, n_test=24).test.x
     rng = np.random.default_rng(7)
@@ -138,7 +138,7 @@ def test_arrays_are_fresh_and_writeable_per_call(rows):
 @pytest.mark.parametrize("measure", MEASURES)
 def test_nan_logits_never_exit_and_end_as_the_loop_ends(tmp_path, measure):
     """Rows whose logits are NaN at every state: pred -1 and conf NaN at the last one."""
-    from edgeadapt.bundle import InputSpec, write_bundle
+    from edgeadapt.formats.bundle import InputSpec, write_bundle
     from tests.test_cascade import _log_member
 
     bundle = write_bundle(
@@ -280,7 +280,7 @@ def test_a_branches_bundle_without_a_budget_table_runs_its_last_branch_alone():
             if s is not None:
                 s.close()
         raise
-    from edgeadapt.cascade import _Hop
+    from edgeadapt.cascade.model import _Hop
     from edgeadapt.kernel import Policy
 
     hops = [_Hop(s, (s,)) for s in range(n)]

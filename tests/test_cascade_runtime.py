@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.errors import InputError
-from edgeadapt.plan import save_plan
-from edgeadapt.presets import RuntimeConfig
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import save_plan
+from edgeadapt.formats.presets import RuntimeConfig
 from tests.plans import runner_plan
 
 MULTIEXIT = (
-    Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+    Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 )
 TWO = RuntimeConfig("onnxruntime", None, "as-exported", 2, {"spin": False})
 
@@ -82,9 +82,9 @@ def test_a_plan_made_from_a_profile_carries_its_settings_to_the_runner(bundle, t
     """profile (2 threads) -> plan -> run: the runner takes the profile's settings."""
     import numpy as np
 
-    from edgeadapt.evaluate import evaluate_bundle
-    from edgeadapt.planner import plan_bundle, profile_costs
-    from edgeadapt.profile import profile_bundle
+    from edgeadapt.measure.evaluate import evaluate_bundle
+    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.planning.planner import plan_bundle, profile_costs
 
     prof = profile_bundle(bundle, threads=2, warmup=0, iters=10, whole=False)
     x = np.random.default_rng(0).normal(size=(400, 1, 40)).astype(np.float32)

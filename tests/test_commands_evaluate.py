@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edgeadapt.evaluation import load_evaluation
+from edgeadapt.formats.evaluation import load_evaluation
 from tests.clirun import invoke as run
 
 
@@ -58,8 +58,9 @@ def test_evaluate_bad_batch_and_missing_file_exit_2(multiexit_copy, mnist1d_npz,
 
 def _profile(multiexit_copy, threads):
     """A profile of the bundle on this device at its default place, under `threads`."""
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.profile import default_profile_path, profile_bundle, save_profile
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.profile import default_profile_path, save_profile
+    from edgeadapt.measure.profiler import profile_bundle
 
     bundle = load_bundle(multiexit_copy)
     prof = profile_bundle(bundle, threads=threads, warmup=0, iters=10, whole=False)
@@ -69,7 +70,7 @@ def _profile(multiexit_copy, threads):
 def test_evaluate_runs_under_the_profile_settings_unless_overridden(
     multiexit_copy, mnist1d_npz, tmp_path
 ):
-    from edgeadapt.evaluate import evaluate_to_file
+    from edgeadapt.measure.evaluate import evaluate_to_file
 
     _profile(multiexit_copy, threads=2)
     done = evaluate_to_file(multiexit_copy, mnist1d_npz, output=tmp_path / "e.npz")
@@ -86,8 +87,8 @@ def test_evaluate_runs_under_the_profile_settings_unless_overridden(
 
 
 def test_evaluate_without_a_profile_keeps_the_runtime_defaults(multiexit_copy, mnist1d_npz):
-    from edgeadapt.evaluate import evaluate_to_file
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.presets import RuntimeConfig
+    from edgeadapt.measure.evaluate import evaluate_to_file
 
     done = evaluate_to_file(multiexit_copy, mnist1d_npz)
     assert done.runtime == RuntimeConfig("onnxruntime")

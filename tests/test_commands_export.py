@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeadapt.bundle import InputSpec, Step, write_bundle
-from edgeadapt.npzio import save_npz
+from edgeadapt.formats.bundle import InputSpec, Step, write_bundle
+from edgeadapt.formats.npzio import save_npz
 from tests.clirun import invoke as _run
 from tests.models import family, multi_exit_cnn, unknown_op
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
+from edgeadapt.formats.evaluation import Evaluation, load_evaluation, save_evaluation
 from tests.clirun import invoke as run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -187,8 +187,8 @@ def test_bad_options_exit_2(args, match):
 @pytest.fixture
 def device_files(tmp_path):
     """A private copy of the multi-exit bundle, a known profile and evaluation of it."""
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.profile import save_profile
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.profile import save_profile
     from tests.device_inputs import copy_multiexit, known_evaluation, known_profile
 
     bundle = copy_multiexit(tmp_path)
@@ -199,7 +199,7 @@ def device_files(tmp_path):
 
 
 def test_bound_bundle_json_is_bundle_bound(device_files):
-    from edgeadapt.bound import bundle_bound
+    from edgeadapt.oracle.bound import bundle_bound
 
     bundle, profile, ev = device_files
     out = ok_json("bound", bundle, "--profile", profile, "--evaluation", ev)
@@ -226,8 +226,8 @@ def test_bound_bundle_text_names_sources_bounds_and_views(device_files):
 
 
 def test_bound_bundle_cost_defaults(device_files):
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.profile import default_profile_path
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.profile import default_profile_path
 
     bundle, profile, ev = device_files
     assert ok_json("bound", bundle, "--evaluation", ev)["cost"]["unit"] == "flops"
@@ -271,8 +271,8 @@ def test_bound_bundle_refuses_an_evaluation_of_other_states(device_files, small)
 
 
 def test_bound_bundle_states_both_baselines(tmp_path, device_files):
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.profile import save_profile
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.profile import save_profile
     from tests.device_inputs import known_profile
 
     bundle, _, ev = device_files

@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.calibrate import exit_states
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.cli import cli
-from edgeadapt.evaluate import evaluate_bundle
-from edgeadapt.evaluation import load_evaluation, save_evaluation
-from edgeadapt.plan import load_plan
-from edgeadapt.planner import Outcomes
-from edgeadapt.profile import profile_bundle, save_profile
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.evaluation import load_evaluation, save_evaluation
+from edgeadapt.formats.plan import load_plan
+from edgeadapt.formats.profile import save_profile
+from edgeadapt.measure.evaluate import evaluate_bundle
+from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.planning.calibrate import exit_states
+from edgeadapt.planning.planner import Outcomes
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_plan_on_an_evaluation_without_the_measure_names_the_key(artefacts, tmp_
 
 def test_plan_states_its_saving_against_both_baselines(artefacts):
     bundle, profile, evaluation, tmp, _ = artefacts
-    from edgeadapt.profile import load_profile, static_cost
+    from edgeadapt.formats.profile import load_profile, static_cost
 
     args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
     out = tmp / "plan-static.json"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.device import device_id
-from edgeadapt.profile import load_profile
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.device import device_id
+from edgeadapt.formats.profile import load_profile
 from tests.clirun import invoke as run
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
 
 def test_profile_writes_a_valid_file_at_the_default_place(multiexit_copy):

@@ -9,7 +9,7 @@ import pytest
 from tests.clirun import invoke
 
 BUNDLE = (
-    Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+    Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 )
 
 
@@ -25,7 +25,7 @@ def xfile(tmp_path):
 
 
 def test_json_output_matches_the_api(xfile):
-    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.cascade.model import AdaptiveModel
 
     result = run(BUNDLE, "--input", xfile, "--thresholds", "0.5,0.6,0.7", "--json")
     assert result.exit_code == 0, result.output
@@ -104,8 +104,8 @@ def test_bad_input_files_are_clear_errors(tmp_path, make, match):
 
 
 def test_plan_file_restricts_states_and_gives_budget_costs(xfile, tmp_path):
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.plan import save_plan
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.plan import save_plan
     from tests.plans import runner_plan
 
     plan = runner_plan(load_bundle(BUNDLE), [1, 2], [1.0], [1.0, 2.0])
@@ -142,7 +142,7 @@ def test_an_npz_input_for_a_one_input_bundle(xfile, tmp_path):
 
 
 def test_library_errors_name_the_flag_that_set_the_value(xfile):
-    from edgeadapt.batches import MAX_BATCH
+    from edgeadapt.cascade.run import MAX_BATCH
 
     result = run(BUNDLE, "--input", xfile, "--thresholds", "0.5", "--batch", MAX_BATCH + 1)
     assert result.exit_code == 2
@@ -152,8 +152,8 @@ def test_library_errors_name_the_flag_that_set_the_value(xfile):
 def _plan_file(tmp_path, runtime):
     from dataclasses import replace
 
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.plan import save_plan
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.plan import save_plan
     from tests.plans import runner_plan
 
     path = tmp_path / "plan.json"
@@ -164,7 +164,7 @@ def _plan_file(tmp_path, runtime):
 
 
 def test_a_plan_runs_under_its_runtime_settings_unless_overridden(xfile, tmp_path):
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.presets import RuntimeConfig
 
     path = _plan_file(tmp_path, RuntimeConfig(threads=2))
     inherited = run(BUNDLE, "--input", xfile, "--plan", path, "--json")
@@ -188,8 +188,9 @@ def test_an_old_plan_without_runtime_settings_runs_as_before(xfile, tmp_path):
 
 
 def test_a_budget_takes_the_profiles_costs_at_the_asked_percentile(xfile, tmp_path):
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.profile import profile_bundle, save_profile
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.profile import save_profile
+    from edgeadapt.measure.profiler import profile_bundle
 
     profile = profile_bundle(load_bundle(BUNDLE), threads=1, iters=10, warmup=1, overhead=False)
     path = tmp_path / "profile.json"

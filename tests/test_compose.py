@@ -11,14 +11,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from edgeadapt.bundle import InputSpec, Step, load_bundle, write_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.exporters.compose import whole_model
 from edgeadapt.exporters.onnx import export_onnx
+from edgeadapt.formats.bundle import InputSpec, Step, load_bundle, write_bundle
 from tests.models import control_flow, multi_exit_cnn, run_bundle
 from tests.multi_input import MASKED_INPUTS, masked_steps
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 MULTIEXIT = BUNDLES / "mnist1d-multiexit"
 FAMILY = BUNDLES / "mnist1d-family"
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.datasets import (
+from edgeadapt.data.mnist1d import (
     CALIBRATION_SEED,
     DEFAULT_SEED,
     DEMO_CALIBRATION,
@@ -20,10 +19,11 @@ from edgeadapt.datasets import (
     mnist1d_splits,
 )
 from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.formats.bundle import load_bundle
 
 pytest.importorskip("mnist1d", reason="MNIST-1D needs the demo extra")
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 SMALL = {"n_train": 60, "n_calibration": 25, "n_test": 33}
 
 

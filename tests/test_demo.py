@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.demo import run_demo
 from edgeadapt.errors import InputError, MissingExtraError
-from edgeadapt.evaluation import load_evaluation
-from edgeadapt.npzio import ArraySpec, load_npz
-from edgeadapt.plan import load_plan
-from edgeadapt.profile import load_profile
+from edgeadapt.formats.evaluation import load_evaluation
+from edgeadapt.formats.npzio import ArraySpec, load_npz
+from edgeadapt.formats.plan import load_plan
+from edgeadapt.formats.profile import load_profile
 from tests.clirun import invoke
 
 SAMPLES = 120
@@ -214,7 +214,7 @@ def test_retrain_runs_the_pipeline_on_the_retrained_bundles(monkeypatch, demo):
     import shutil
 
     import edgeadapt.demo.train as train
-    from edgeadapt.bundle import load_bundle
+    from edgeadapt.formats.bundle import load_bundle
 
     out, first, _ = demo
     calls = []

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="the demo models need torch")
 def test_residual_cnn_trains_and_exports_with_a_dynamic_batch(tmp_path):
     import onnxruntime as ort
 
-    from edgeadapt.datasets import Split
+    from edgeadapt.data.mnist1d import Split
     from edgeadapt.demo.train import export_onnx_model, residual_cnn, train_residual_cnn
 
     assert sum(type(m).__name__ == "ResidualBlock" for m in residual_cnn(8, blocks=3)) == 3

@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from edgeadapt import digest
+from edgeadapt.formats import digest
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64])

@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 
 from edgeadapt import kernel_ref
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
-from edgeadapt.evaluate import evaluate_bundle
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.measure.evaluate import evaluate_bundle
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
 
 def direct_logits(bundle, x):

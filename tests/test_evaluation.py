@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import (
+from edgeadapt.formats.evaluation import (
     Evaluation,
     from_prediction_csvs,
     from_predictions_npz,

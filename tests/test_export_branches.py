@@ -8,7 +8,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters.branches import (
@@ -19,6 +18,7 @@ from edgeadapt.exporters.branches import (
     pareto,
     skip_blocks,
 )
+from edgeadapt.formats.bundle import load_bundle
 
 C, L, CLASSES = 16, 16, 10
 
@@ -162,7 +162,7 @@ def test_export_writes_the_pareto_branches_with_shared_weights(tmp_path, source,
 
 
 def test_a_branch_bundle_runs_through_evaluate(tmp_path, source, calibration):
-    from edgeadapt.evaluate import evaluate_bundle
+    from edgeadapt.measure.evaluate import evaluate_bundle
 
     bundle = export_branches(source, tmp_path / "b", calibration=calibration, max_branches=3)
     data = np.load(calibration)

@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
 from edgeadapt.exporters.family import export_family
+from edgeadapt.formats.bundle import load_bundle
 from tests.models import family, multi_exit_cnn, run_bundle
 from tests.multi_input import assert_median_threshold_split
 
@@ -142,8 +142,8 @@ def _text_batch(n, seed=0):
 
 
 def test_multi_input_family_runs_through_the_cascade(tmp_path):
-    from edgeadapt.inputs import read_batch
-    from edgeadapt.npzio import save_npz
+    from edgeadapt.data.inputs import read_batch
+    from edgeadapt.formats.npzio import save_npz
 
     masked = _save(tmp_path, "masked", _text_member(1))
     ids_only = _save(tmp_path, "ids", _text_member(2, masked=False))

@@ -5,12 +5,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.datasets import mnist1d_splits
+from edgeadapt.data.mnist1d import mnist1d_splits
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters.onnx import export_onnx
-from edgeadapt.npzio import save_npz
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.npzio import save_npz
 from tests import graphs
 from tests.models import control_flow, multi_exit_cnn, run_bundle, skip_connection, unknown_op
 

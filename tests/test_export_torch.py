@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from edgeadapt.bundle import load_bundle
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError, MissingExtraError
+from edgeadapt.formats.bundle import load_bundle
 
 torch = pytest.importorskip("torch", reason="the PyTorch exporter needs the torch extra")
 nn = torch.nn

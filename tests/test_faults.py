@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeadapt.batches import MAX_BATCH, predict_batches
-from edgeadapt.bundle import BundleError, load_bundle
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.cascade.run import MAX_BATCH, predict_batches
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
-from edgeadapt.evaluate import evaluate_bundle
+from edgeadapt.formats.bundle import BundleError, load_bundle
+from edgeadapt.measure.evaluate import evaluate_bundle
 from tests.tiny import BAD, UNLISTED, tiny_bundle, tiny_inputs, with_unlisted_data
 
 MULTIEXIT = (
-    Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+    Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 )
 MESSAGE = {
     "act-one-row": "output 'a0': has shape [1, 4] for an input of",

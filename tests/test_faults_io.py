@@ -18,19 +18,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeadapt.atomic import atomic_write_bytes, atomic_write_many
-from edgeadapt.bundle import BundleError, InputSpec, load_bundle, write_bundle
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import Evaluation
-from edgeadapt.jsonio import MAX_DEPTH, read_json
-from edgeadapt.npzio import ArraySpec, load_npz, save_npz
-from edgeadapt.plan import load_plan
+from edgeadapt.formats.atomic import atomic_write_bytes, atomic_write_many
+from edgeadapt.formats.bundle import BundleError, InputSpec, load_bundle, write_bundle
+from edgeadapt.formats.evaluation import Evaluation
+from edgeadapt.formats.jsonio import MAX_DEPTH, read_json
+from edgeadapt.formats.npzio import ArraySpec, load_npz, save_npz
+from edgeadapt.formats.plan import load_plan
 from tests.device_inputs import edited_multiexit
 from tests.models import family
 
 ROOT = Path(__file__).resolve().parents[1]
-MULTIEXIT = ROOT / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+MULTIEXIT = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 
 
 @pytest.fixture
@@ -349,7 +349,7 @@ def test_manifest_facts_are_checked_against_the_onnx_files(tmp_path, case):
 
 
 def test_absurd_latencies_are_refused_by_the_profile_and_plan_readers(tmp_path):
-    from edgeadapt.profile import load_profile
+    from edgeadapt.formats.profile import load_profile
 
     src = ROOT / "profiles" / "reference" / "mnist1d-multiexit-x86-ort-1t.json"
     p = tmp_path / "p.json"
@@ -359,7 +359,7 @@ def test_absurd_latencies_are_refused_by_the_profile_and_plan_readers(tmp_path):
 
 
 def test_evaluate_on_data_overflowing_float32_names_the_data_file(tmp_path):
-    from edgeadapt.evaluate import load_dataset
+    from edgeadapt.measure.evaluate import load_dataset
 
     p = tmp_path / "data.npz"
     x = np.zeros((4, 1, 40))

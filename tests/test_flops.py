@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.flops import count_flops, count_params
-from edgeadapt.graphdeps import ancestors
+from edgeadapt.graph.deps import ancestors
+from edgeadapt.graph.flops import count_flops, count_params
 from tests.models import multi_exit_cnn
 
 

@@ -16,16 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import EdgeadaptError
-from edgeadapt.evaluation import Evaluation, load_evaluation, save_evaluation
-from edgeadapt.jsonio import loads
-from edgeadapt.plan import load_plan, save_plan
-from edgeadapt.profile import load_profile
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.evaluation import Evaluation, load_evaluation, save_evaluation
+from edgeadapt.formats.jsonio import loads
+from edgeadapt.formats.plan import load_plan, save_plan
+from edgeadapt.formats.profile import load_profile
 from tests.plans import runner_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-MULTIEXIT = ROOT / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit"
+MULTIEXIT = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 PROFILE = ROOT / "profiles" / "reference" / "mnist1d-multiexit-x86-ort-1t.json"
 TOKENS = [
     b"[",

@@ -9,20 +9,21 @@ import pytest
 from click.testing import CliRunner
 
 from edgeadapt import kernel
-from edgeadapt.bundle import load_bundle
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import Evaluation, save_evaluation
-from edgeadapt.gates import Gate, GateInputs, fit_gates, fit_logistic, scores
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.evaluation import Evaluation, save_evaluation
+from edgeadapt.formats.plan import Gate, check_plan, load_plan, plan_to_doc, save_plan
+from edgeadapt.formats.profile import save_profile
 from edgeadapt.kernel_ref import gate_score, predict_confidence
-from edgeadapt.plan import check_plan, load_plan, plan_to_doc, save_plan
-from edgeadapt.planner import Outcomes, make_plan, simulate_plan
-from edgeadapt.profile import profile_bundle, save_profile
+from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.planning.gates import GateInputs, fit_gates, fit_logistic, scores
+from edgeadapt.planning.planner import Outcomes, make_plan, simulate_plan
 from edgeadapt.runtimes import get_runtime
 from tests.plans import gate_plan
 from tests.synthetic import gate_evaluation, gate_logits
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 SHA = "0" * 64
 
 
@@ -271,7 +272,7 @@ def test_plan_command_gate_policy(tmp_path):
 def test_adaptive_model_runs_a_gate_plan_as_the_planner_simulated_it(batch):
     """AdaptiveModel loads a gate plan and, at batch 1 and with compaction at batch 64,
     exits every row at the state and with the answer the planner's simulation gives."""
-    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.cascade.model import AdaptiveModel
 
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
     x = np.random.default_rng(0).normal(size=(320, 1, 40)).astype(np.float32)

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.flops import count_flops
-from edgeadapt.graphdeps import ancestors, body_tensors, node_inputs
+from edgeadapt.graph.deps import ancestors, body_tensors, node_inputs
+from edgeadapt.graph.flops import count_flops
 
 
 def _vi(name: str, shape: list[int] | None = None, dtype: int = TensorProto.FLOAT):

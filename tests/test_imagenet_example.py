@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.profile import load_profile
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.profile import load_profile
 from tests.scripts import script_module
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "imagenet-on-device"

@@ -1,4 +1,4 @@
-"""`edgeadapt.inputs.BatchCheck`: the quick acceptance of a batch for a fixed list of
+"""`edgeadapt.data.inputs.BatchCheck`: the quick acceptance of a batch for a fixed list of
 input specs, and its exact finiteness test."""
 
 from dataclasses import replace
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
+from edgeadapt.data.inputs import BatchCheck, _finite_test
 from edgeadapt.errors import InputError
-from edgeadapt.inputs import BatchCheck, _finite_test
+from edgeadapt.formats.bundle import load_bundle
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
 
 def _x(n: int) -> np.ndarray:
@@ -58,8 +58,8 @@ def _float64_spec(bundle):
 
 
 def test_batch_check_of_several_inputs_accepts_or_words_the_error_as_check_batch():
-    from edgeadapt.bundle import InputSpec
-    from edgeadapt.inputs import check_batch
+    from edgeadapt.data.inputs import check_batch
+    from edgeadapt.formats.bundle import InputSpec
 
     specs = [
         InputSpec("input_ids", ("batch", 8), "int64"),

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import Fields, read_json, write_json
+from edgeadapt.formats.jsonio import Fields, read_json, write_json
 
 
 def test_round_trip(tmp_path):

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeadapt.bundle import InputSpec
-from edgeadapt.cascade import Prediction
-from edgeadapt.inputs import BatchCheck, _finite_test
+from edgeadapt.cascade.model import Prediction
+from edgeadapt.data.inputs import BatchCheck, _finite_test
+from edgeadapt.formats.bundle import InputSpec
 from edgeadapt.kernel import OneCall, Policy, all_finite, decide
 
 CLASSES = 7

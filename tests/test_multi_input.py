@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeadapt.bundle import write_bundle
-from edgeadapt.cascade import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.cli import cli
+from edgeadapt.data.inputs import random_batch, token_ranges
 from edgeadapt.errors import InputError
-from edgeadapt.evaluate import evaluate_bundle, load_dataset
-from edgeadapt.inputs import random_batch, token_ranges
+from edgeadapt.formats.bundle import write_bundle
+from edgeadapt.formats.npzio import save_npz
 from edgeadapt.kernel import confidence
-from edgeadapt.npzio import save_npz
+from edgeadapt.measure.evaluate import evaluate_bundle, load_dataset
 from tests.backends import CPU_RUNTIMES
 from tests.multi_input import (
     INPUTS,
@@ -360,7 +360,8 @@ def test_random_inputs_respect_the_embedding_table(bundle):
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("order", ["step", "chain"])
 def test_profile_times_every_step_of_a_multi_input_bundle(bundle, runtime, order):
-    from edgeadapt.profile import MIN_SAMPLES, profile_bundle
+    from edgeadapt.formats.profile import MIN_SAMPLES
+    from edgeadapt.measure.profiler import profile_bundle
 
     prof = profile_bundle(
         bundle, runtime, batches=(1, 4), iters=MIN_SAMPLES, warmup=1, threads=1, order=order
@@ -389,8 +390,8 @@ def test_whole_model_reads_each_model_input_once(request, data, which, tmp_path)
 
 
 def test_a_one_input_npz_may_use_x_or_the_inputs_name(tmp_path):
-    from edgeadapt.bundle import InputSpec
-    from edgeadapt.inputs import read_batch
+    from edgeadapt.data.inputs import read_batch
+    from edgeadapt.formats.bundle import InputSpec
 
     spec = [InputSpec("signal", ("batch", 3), "float32")]
     x = np.ones((2, 3), np.float64)

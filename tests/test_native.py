@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.cascade import AdaptiveModel
-from edgeadapt.datasets import mnist1d_splits
-from edgeadapt.evaluate import evaluate_bundle
-from edgeadapt.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
-from edgeadapt.planner import Outcomes
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.data.mnist1d import mnist1d_splits
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
+from edgeadapt.measure.evaluate import evaluate_bundle
+from edgeadapt.planning.planner import Outcomes
 from tests import plans
 from tests.device_inputs import edited_multiexit
 from tests.multi_input import token_batch, transformer_bundle
@@ -33,7 +33,7 @@ from tests.reader_cases import Case, cases, make, make_inputs, source_of
 from tests.tiny import UNLISTED
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = ROOT / "edgeadapt" / "data" / "bundles"
+BUNDLES = ROOT / "edgeadapt" / "demo" / "bundles"
 MULTIEXIT = BUNDLES / "mnist1d-multiexit"
 FAMILY = BUNDLES / "mnist1d-family"
 CMAKE = shutil.which("cmake")
@@ -572,7 +572,7 @@ def test_a_plan_measured_on_openvino_runs_under_its_settings_in_both_runners(
     """A plan saved by the Python side with an OpenVINO runtime configuration: classify
     and AdaptiveModel (no runtime given) both run it with its 1 thread and hint, and
     agree on every row."""
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.presets import RuntimeConfig
 
     config = RuntimeConfig("openvino", None, "as-exported", 1, {"hint": "LATENCY"})
     plan = dataclasses.replace(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgeadapt.errors import InputError
-from edgeadapt.npzio import ArraySpec, load_npz, npz_keys, save_npz
+from edgeadapt.formats.npzio import ArraySpec, load_npz, npz_keys, save_npz
 
 SPEC = {"x": ArraySpec("f", 2), "y": ArraySpec("i", 1), "w": ArraySpec("f", 1, optional=True)}
 

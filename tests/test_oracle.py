@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from edgeadapt.errors import InputError
-from edgeadapt.oracle import (
+from edgeadapt.oracle.equations import (
     Bound,
     alphas,
     bound_alpha1,

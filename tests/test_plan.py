@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgeadapt.errors import InputError
-from edgeadapt.plan import load_plan, plan_to_doc, save_plan
-from edgeadapt.planner import Outcomes, make_plan
+from edgeadapt.formats.plan import load_plan, plan_to_doc, save_plan
+from edgeadapt.planning.planner import Outcomes, make_plan
 
 
 def _plan(n, calibration, max_drop):
@@ -205,8 +205,9 @@ def test_static_baseline_round_trips_and_is_optional(tmp_path, plan):
 def test_the_runtime_block_round_trips_and_is_optional(tmp_path, plan, gated):
     from dataclasses import replace
 
-    from edgeadapt.gates import GATE_FEATURES, Gate
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.plan import Gate
+    from edgeadapt.formats.presets import RuntimeConfig
+    from edgeadapt.kernel_ref import GATE_FEATURES
 
     if gated:
         gates = tuple(Gate(weights=(0.0,) * len(GATE_FEATURES), bias=0.0) for _ in plan.thresholds)
@@ -233,7 +234,7 @@ def test_the_runtime_block_round_trips_and_is_optional(tmp_path, plan, gated):
 
 
 def test_every_measure_the_kernel_computes_has_a_threshold_range():
+    from edgeadapt.formats.plan import MEASURE_RANGES
     from edgeadapt.kernel_ref import MEASURES
-    from edgeadapt.plan import MEASURE_RANGES
 
     assert tuple(MEASURE_RANGES) == MEASURES

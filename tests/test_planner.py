@@ -8,18 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeadapt.calibrate import calibrate, simulate
 from edgeadapt.errors import InputError
-from edgeadapt.oracle import exact_oracle
-from edgeadapt.planner import (
-    Outcomes,
-    budget_state,
-    budget_table,
-    gap_closure,
-    make_plan,
-)
-from edgeadapt.risk import required_samples
-from edgeadapt.subset import subset_costs
+from edgeadapt.oracle.equations import exact_oracle
+from edgeadapt.planning.calibrate import calibrate, simulate
+from edgeadapt.planning.planner import Outcomes, budget_state, budget_table, gap_closure, make_plan
+from edgeadapt.planning.risk import required_samples
+from edgeadapt.planning.search import subset_costs
 from tests.synthetic import nested_outcomes
 
 SHA = "ab" * 32
@@ -297,7 +291,7 @@ def test_plan_records_the_static_baseline():
 
 
 def test_profile_costs_read_both_baselines_and_the_order():
-    from edgeadapt.planner import profile_costs
+    from edgeadapt.planning.planner import profile_costs
     from tests.device_inputs import known_profile, multiexit
 
     bundle = multiexit()
@@ -361,7 +355,7 @@ def test_a_branch_plan_keeps_the_pareto_branches_even_when_the_full_one_is_the_s
 
 
 def test_plan_summary_json_is_the_plans_summary_with_where_it_came_from():
-    from edgeadapt.planner import PlanSummary, ProfileCosts
+    from edgeadapt.planning.planner import PlanSummary, ProfileCosts
 
     data, cost = outcomes(400, 3, 0)
     calib, held = data.split()
@@ -374,7 +368,7 @@ def test_plan_summary_json_is_the_plans_summary_with_where_it_came_from():
 
 
 def test_plan_options_replan_the_same_plan():
-    from edgeadapt.planner import plan_options
+    from edgeadapt.planning.planner import plan_options
 
     data, cost = outcomes(400, 3, 1)
     calib, held = data.split()

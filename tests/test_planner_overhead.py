@@ -7,14 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.calibrate import simulate
-from edgeadapt.cascade import Overhead, measure_overhead
 from edgeadapt.errors import InputError
-from edgeadapt.plan import load_plan, save_plan
-from edgeadapt.planner import exit_costs, make_plan, profile_costs, simulate_plan
-from edgeadapt.profile import load_profile, save_profile
-from edgeadapt.subset import subset_costs
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import load_plan, save_plan
+from edgeadapt.formats.profile import Overhead, load_profile, save_profile
+from edgeadapt.measure.overhead import measure_overhead
+from edgeadapt.planning.calibrate import simulate
+from edgeadapt.planning.planner import exit_costs, make_plan, profile_costs, simulate_plan
+from edgeadapt.planning.search import subset_costs
 from tests.device_inputs import BUNDLES, known_profile, multiexit
 from tests.test_planner import SHA, outcomes
 
@@ -175,7 +175,7 @@ def test_measure_overhead_on_the_demo_bundles(name):
 
 
 def test_write_plan_takes_the_profiles_overhead(tmp_path):
-    from edgeadapt.planner import write_plan
+    from edgeadapt.planning.planner import write_plan
     from tests.device_inputs import copy_multiexit, known_evaluation
 
     bundle = load_bundle(copy_multiexit(tmp_path))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
-from edgeadapt.presets import (
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.presets import (
     AS_EXPORTED,
     Preset,
     RuntimeConfig,
@@ -21,7 +21,8 @@ from edgeadapt.presets import (
     preset_names,
     reference_profiles,
 )
-from edgeadapt.profile import MIN_SAMPLES, load_profile, profile_bundle, state_costs
+from edgeadapt.formats.profile import MIN_SAMPLES, load_profile, state_costs
+from edgeadapt.measure.profiler import profile_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("jetson-orin-trt-fp16", "x86-openvino", "x86-ort-1t", "x86-ort-2t")
@@ -231,7 +232,7 @@ def test_inherit_without_a_recorded_config_keeps_the_runtime_defaults():
 
 @pytest.fixture(scope="module")
 def multiexit():
-    return load_bundle(ROOT / "edgeadapt" / "data" / "bundles" / "mnist1d-multiexit")
+    return load_bundle(ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit")
 
 
 def test_profile_with_a_preset_records_it(multiexit):

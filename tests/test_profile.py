@@ -10,24 +10,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeadapt.bundle import load_bundle
-from edgeadapt.device import device_id, fingerprint, temperatures
 from edgeadapt.errors import InputError
-from edgeadapt.profile import (
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.device import device_id, fingerprint, temperatures
+from edgeadapt.formats.profile import (
     MIN_SAMPLES,
     DeviceMismatchWarning,
     StepStats,
     default_profile_path,
     flops_costs,
     load_profile,
-    profile_bundle,
-    profile_calls,
     save_profile,
     state_costs,
     static_cost,
 )
+from edgeadapt.measure.profiler import profile_bundle, profile_calls
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +302,7 @@ def test_step_stats_are_ordered(samples):
 
 
 def test_noise_flags_spread_and_clock():
-    from edgeadapt.profile import _noise
+    from edgeadapt.measure.profiler import _noise
 
     calm = StepStats(1.0, 1.1, 1.2, 1.0, 0.1, 0.9, 20)
     wild = StepStats(1.0, 2.0, 3.0, 1.5, 0.5, 0.9, 20)
@@ -414,7 +413,7 @@ def test_ensemble_whole_model_is_its_last_member(family):
 
 def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
     import edgeadapt.runtimes as runtimes
-    from edgeadapt.presets import load_preset
+    from edgeadapt.formats.presets import load_preset
 
     seen = []
     real = runtimes.get_runtime
@@ -447,7 +446,7 @@ def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
 
 
 def test_the_profile_records_its_runtime_config(prof, saved, multiexit):
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.presets import RuntimeConfig
 
     # no preset: ONNX Runtime on 1 thread, the model's own dtypes
     assert prof.runtime_config == RuntimeConfig("onnxruntime", None, "as-exported", 1, {})
@@ -466,7 +465,7 @@ def test_the_profile_records_its_runtime_config(prof, saved, multiexit):
 
 
 def test_a_runtime_config_is_profiled_as_given(multiexit):
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.presets import RuntimeConfig
 
     config = RuntimeConfig(threads=2, options={"spin": False})
     prof = profile_bundle(multiexit, config, warmup=0, iters=MIN_SAMPLES, whole=False)
@@ -478,7 +477,7 @@ def test_a_runtime_config_is_profiled_as_given(multiexit):
 
 
 def test_an_old_profile_derives_its_runtime_config_from_its_settings(saved):
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.formats.presets import RuntimeConfig
 
     def old(d):
         del d["settings"]["runtime_config"]
@@ -496,7 +495,7 @@ def test_an_old_profile_derives_its_runtime_config_from_its_settings(saved):
 
 
 def test_the_shipped_reference_profiles_read_their_runtime_config():
-    from edgeadapt.presets import reference_profiles
+    from edgeadapt.formats.presets import reference_profiles
 
     for path in reference_profiles():
         prof = load_profile(path, check_device=False)
@@ -505,8 +504,8 @@ def test_the_shipped_reference_profiles_read_their_runtime_config():
 
 
 def test_find_profile_prefers_the_given_path_then_the_default(multiexit, tmp_path):
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.profile import find_profile
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.profile import find_profile
 
     copy = load_bundle(shutil.copytree(multiexit.path, tmp_path / "b"))
     shutil.rmtree(copy.path / "profiles", ignore_errors=True)

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import edgeadapt.profile as profile_mod
-from edgeadapt.bundle import load_bundle
+import edgeadapt.measure.profiler as profile_mod
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
-from edgeadapt.profile import MIN_SAMPLES, StepStats, load_profile, profile_bundle
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.profile import MIN_SAMPLES, StepStats, load_profile
+from edgeadapt.measure.profiler import profile_bundle
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_noise_flag_on_the_few_samples_of_a_budget():
 
 
 def test_the_whole_model_gets_the_same_budget_as_a_state(multiexit, monkeypatch):
-    import edgeadapt.profile as profile
+    import edgeadapt.measure.profiler as profile
 
     budgets, steps = [], []
     real_budget, real_step = profile._time_budget, profile._time_step

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from edgeadapt.batches import run_file
-from edgeadapt.bundle import load_bundle
+from edgeadapt.cascade.run import run_file
 from edgeadapt.errors import InputError
-from edgeadapt.plan import check_plan, load_plan
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.plan import check_plan, load_plan
 from tests.reader_cases import BUNDLE, Case, cases, make, source_of
 
 

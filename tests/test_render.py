@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from edgeadapt.oracle import OraclePoint
-from edgeadapt.render import num, oracle_cells, pct, ratio, saving, table
+from edgeadapt.oracle.bound import oracle_cells
+from edgeadapt.oracle.equations import OraclePoint
+from edgeadapt.render import num, pct, ratio, saving, table
 
 
 def test_table_aligns_numbers_right_and_names_left() -> None:

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from edgeadapt.bound import bundle_bound
 from edgeadapt.errors import InputError, MissingExtraError
-from edgeadapt.evaluation import Evaluation, save_evaluation
-from edgeadapt.plan import save_plan
-from edgeadapt.profile import default_profile_path, save_profile
+from edgeadapt.formats.evaluation import Evaluation, save_evaluation
+from edgeadapt.formats.plan import save_plan
+from edgeadapt.formats.profile import default_profile_path, save_profile
+from edgeadapt.oracle.bound import bundle_bound
 from edgeadapt.report import FIGURES, report_data, write_report
 from tests.clirun import invoke
 from tests.device_inputs import copy_multiexit, multiexit
@@ -26,10 +26,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def device(tmp_path_factory):
     """The shipped multi-exit bundle with a real (short) profile on this machine, an
     evaluation on 400 MNIST-1D samples, and a plan made from them, saved as files."""
-    from edgeadapt.datasets import mnist1d_splits
-    from edgeadapt.evaluate import evaluate_bundle
-    from edgeadapt.planner import Outcomes, make_plan
-    from edgeadapt.profile import profile_bundle, state_costs, static_cost
+    from edgeadapt.data.mnist1d import mnist1d_splits
+    from edgeadapt.formats.profile import state_costs, static_cost
+    from edgeadapt.measure.evaluate import evaluate_bundle
+    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.planning.planner import Outcomes, make_plan
 
     bundle = multiexit()
     root = tmp_path_factory.mktemp("device")
@@ -116,7 +117,7 @@ def test_report_numbers_agree_with_bundle_bound(device, written):
 
 
 def test_report_shows_the_plan_and_the_subset_curve(device, written):
-    from edgeadapt.plan import load_plan
+    from edgeadapt.formats.plan import load_plan
 
     bundle, paths = device
     plan = load_plan(paths["plan"])
@@ -134,7 +135,7 @@ def test_report_shows_the_plan_and_the_subset_curve(device, written):
 
 
 def test_report_states_both_baselines(device, written):
-    from edgeadapt.plan import load_plan
+    from edgeadapt.formats.plan import load_plan
 
     bundle, paths = device
     page = written[-1].read_text()
@@ -172,8 +173,8 @@ def test_the_plan_on_the_whole_evaluation_joins_its_two_splits(device, measure):
     """The report re-runs the plan's thresholds, with the plan's confidence measure, on the
     evaluation the plan was split from: its figures must be the size-weighted mean of the
     plan's calibration and held-out figures."""
-    from edgeadapt.evaluation import load_evaluation
-    from edgeadapt.planner import Outcomes, make_plan
+    from edgeadapt.formats.evaluation import load_evaluation
+    from edgeadapt.planning.planner import Outcomes, make_plan
 
     bundle, paths = device
     outcomes = Outcomes.from_evaluation(load_evaluation(paths["evaluation"]), measure)
@@ -218,9 +219,9 @@ def _other_sha(doc):
 
 
 def test_report_from_objects_in_memory(device, tmp_path):
-    from edgeadapt.evaluation import load_evaluation
-    from edgeadapt.plan import load_plan
-    from edgeadapt.profile import load_profile
+    from edgeadapt.formats.evaluation import load_evaluation
+    from edgeadapt.formats.plan import load_plan
+    from edgeadapt.formats.profile import load_profile
 
     bundle, paths = device
     ev = load_evaluation(paths["evaluation"])
@@ -307,7 +308,7 @@ def test_cli_report_json(device, tmp_path):
 
 
 def test_cli_report_finds_the_bundle_defaults(device, tmp_path):
-    from edgeadapt.bundle import load_bundle
+    from edgeadapt.formats.bundle import load_bundle
 
     _, paths = device
     copy = copy_multiexit(tmp_path)
@@ -330,10 +331,10 @@ def test_cli_report_finds_the_bundle_defaults(device, tmp_path):
 
 
 def test_report_compares_both_policies_planned_from_its_inputs(device, written):
-    from edgeadapt.evaluation import load_evaluation
-    from edgeadapt.plan import load_plan
-    from edgeadapt.planner import plan_bundle, plan_options
-    from edgeadapt.profile import load_profile, state_costs, static_cost
+    from edgeadapt.formats.evaluation import load_evaluation
+    from edgeadapt.formats.plan import load_plan
+    from edgeadapt.formats.profile import load_profile, state_costs, static_cost
+    from edgeadapt.planning.planner import plan_bundle, plan_options
 
     bundle, paths = device
     data = report_data(bundle, **paths)
@@ -363,7 +364,7 @@ def test_report_compares_both_policies_planned_from_its_inputs(device, written):
 
 
 def test_report_says_why_a_policy_cannot_be_planned(device, tmp_path):
-    from edgeadapt.evaluation import load_evaluation
+    from edgeadapt.formats.evaluation import load_evaluation
 
     bundle, paths = device
     ev = load_evaluation(paths["evaluation"])

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeadapt.calibrate import NEVER, calibrate, exit_states
 from edgeadapt.errors import InputError
-from edgeadapt.risk import (
+from edgeadapt.planning.calibrate import NEVER, calibrate, exit_states
+from edgeadapt.planning.risk import (
     fixed_sequence,
     learn_path,
     loss_p_value,
@@ -26,7 +26,7 @@ from edgeadapt.risk import (
     risk_control,
     shared_path,
 )
-from edgeadapt.stats import binom_cdf, binom_sf
+from edgeadapt.planning.stats import binom_cdf, binom_sf
 
 RESAMPLES = 200
 
@@ -45,11 +45,11 @@ def _synthetic_pool(m: int = 40_000, seed: int = 0) -> tuple[np.ndarray, np.ndar
 def _mnist1d_pool() -> tuple[np.ndarray, np.ndarray]:
     """Every state of the shipped multi-exit bundle on 5,000 MNIST-1D samples."""
     pytest.importorskip("mnist1d", reason="the MNIST-1D pool needs the mnist1d package")
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.datasets import mnist1d_splits
-    from edgeadapt.evaluate import evaluate_bundle
+    from edgeadapt.data.mnist1d import mnist1d_splits
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.measure.evaluate import evaluate_bundle
 
-    root = resources.files("edgeadapt") / "data" / "bundles" / "mnist1d-multiexit"
+    root = resources.files("edgeadapt") / "demo" / "bundles" / "mnist1d-multiexit"
     bundle = load_bundle(str(root))
     splits = mnist1d_splits(n_train=10, n_calibration=2500, n_test=2500)
     x = np.concatenate([splits.calibration.x, splits.test.x])

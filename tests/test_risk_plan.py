@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeadapt.planner import Outcomes, make_plan, simulate_plan
-from edgeadapt.stats import binom_sf
+from edgeadapt.planning.planner import Outcomes, make_plan, simulate_plan
+from edgeadapt.planning.stats import binom_sf
 from tests.synthetic import gate_evaluation, gate_logits
 
 RESAMPLES = 200

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgeadapt.errors import InputError
-from edgeadapt.statetable import load_state_table
+from edgeadapt.formats.statetable import load_state_table
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeadapt.stats import (
+from edgeadapt.planning.stats import (
     binom_cdf,
     binom_sf,
     clopper_pearson_lower,

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeadapt import subset
 from edgeadapt.errors import InputError
-from edgeadapt.oracle import bound_alpha1, exact_oracle
-from edgeadapt.subset import (
+from edgeadapt.oracle import subset
+from edgeadapt.oracle.equations import bound_alpha1, exact_oracle
+from edgeadapt.oracle.subset import (
     best_subset_alpha1,
     best_subset_exact,
     subset_curve_alpha1,
@@ -139,7 +139,7 @@ def test_rejects_bad_inputs():
 
 
 def test_subset_analysis_json_names_states_and_the_baseline():
-    from edgeadapt.subset import subset_analysis
+    from edgeadapt.oracle.subset import subset_analysis
 
     names, costs, accs = ["big", "small", "mid"], [8.0, 1.0, 2.0], [0.9, 0.5, 0.7]
     curve = subset_analysis(names, costs, accs)
@@ -156,7 +156,7 @@ def test_subset_analysis_json_names_states_and_the_baseline():
 
 
 def test_subset_analysis_refuses_a_bad_k_naming_it():
-    from edgeadapt.subset import subset_analysis
+    from edgeadapt.oracle.subset import subset_analysis
 
     with pytest.raises(InputError) as err:
         subset_analysis(["a", "b"], [1.0, 2.0], [0.5, 0.6], k=3)
@@ -164,8 +164,8 @@ def test_subset_analysis_refuses_a_bad_k_naming_it():
 
 
 def test_table_subsets_use_the_evaluation_by_name(tmp_path):
-    from edgeadapt.evaluation import Evaluation, save_evaluation
-    from edgeadapt.subset import table_subsets
+    from edgeadapt.formats.evaluation import Evaluation, save_evaluation
+    from edgeadapt.oracle.subset import table_subsets
 
     table = tmp_path / "t.csv"
     table.write_text("name,cost,accuracy\nbig,8,0.9\nsmall,1,0.5\nextra,3,0.7\n")

@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.bundle import load_bundle
 from edgeadapt.errors import InputError
-from edgeadapt.profile import MIN_SAMPLES, profile_bundle
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.profile import MIN_SAMPLES
+from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.whole import load_whole, prepare_whole, whole_run
 from edgeadapt.runtimes import get_runtime
-from edgeadapt.whole import load_whole, prepare_whole, whole_run
 
-BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "data" / "bundles"
+BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
 
 @pytest.fixture(scope="module")

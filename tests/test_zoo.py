@@ -54,9 +54,9 @@ def test_unknown_model_lists_the_zoo() -> None:
 
 def _supports(name: str) -> str | None:
     """Why the exporter or the cascade on this branch cannot take `name` yet, if so."""
-    from edgeadapt.bundle import write_bundle
-    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.cascade.model import AdaptiveModel
     from edgeadapt.exporters.heads import POOLS
+    from edgeadapt.formats.bundle import write_bundle
 
     m = zoo.get(name, tiny=True)
     if m.pool not in POOLS:
@@ -75,7 +75,7 @@ def test_full_path_equals_the_original_model(name: str, tmp_path: Path) -> None:
     reason = _supports(name)
     if reason is not None:
         pytest.skip(reason)
-    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.cascade.model import AdaptiveModel
     from edgeadapt.exporters.compose import whole_model
     from edgeadapt.exporters.onnx import export_onnx
 

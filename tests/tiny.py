@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeadapt.bundle import Bundle, InputSpec, Step, write_bundle
+from edgeadapt.formats.bundle import Bundle, InputSpec, Step, write_bundle
 
 FEATURES = 4
 CLASSES = 3
@@ -106,7 +106,7 @@ def tiny_bundle(out: Path, bad: str | None = None, features: int = FEATURES) -> 
     rows). With fault `bad` (one of `BAD`) step 0 is swapped for the faulty graph after
     writing, hashes kept consistent, and the bundle is returned unverified (verification
     refuses the faults it can see in the graph; the runtime checks catch the rest)."""
-    from edgeadapt.bundle import load_bundle
+    from edgeadapt.formats.bundle import load_bundle
 
     if bad is not None and bad not in BAD:
         raise ValueError(f"bad must be one of {BAD}, got {bad!r}")

@@ -2,7 +2,7 @@
 // C or Fortran order, float32 '<f4' or int64 '<i8', its data aligned to its values) and
 // an .npz (an uncompressed zip of .npy members, as numpy.savez writes it), and
 // `read_inputs`, which reads a bundle's model inputs from either as `edgeadapt run
-// --input` does (edgeadapt/inputs.py): one array per model input named as the input (a
+// --input` does (edgeadapt/data/inputs.py): one array per model input named as the input (a
 // one-input bundle also takes `x`, or a bare .npy), each of the input's dtype and
 // shape, all with the same number of rows. Every size is checked against the bytes
 // present before anything is allocated; errors name the file and the member.
@@ -169,7 +169,7 @@ inline runner::Error parse_npy(const std::string& file, std::size_t off, std::si
         return bad("holds " + std::to_string(data_bytes) + " data bytes, shape " + shape + " needs " +
                    std::to_string(count * item));
     // numpy pads the header so the data is aligned; data at an odd offset is not an
-    // array numpy maps as written (edgeadapt/inputs.py refuses it as well)
+    // array numpy maps as written (edgeadapt/data/inputs.py refuses it as well)
     if ((start + len) % item != 0)
         return bad("its data starts at byte " + std::to_string(start + len) + ", not aligned to its " +
                    std::to_string(item) + "-byte values (write it with numpy.save)");
@@ -345,7 +345,7 @@ struct InputArrays {
 };
 
 // Read the model inputs of `inputs` (a bundle's) from the .npy or .npz at `path` (told
-// apart by their magic bytes), checked as edgeadapt/inputs.py `read_batch` checks
+// apart by their magic bytes), checked as edgeadapt/data/inputs.py `read_batch` checks
 // them: names, exact dtypes (int64 token ids stay int64), shapes after the batch axis,
 // one common, non-zero row count and finite floats (a bad row named from the file's first).
 inline runner::Error read_inputs(const std::filesystem::path& path,

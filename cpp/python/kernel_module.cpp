@@ -480,7 +480,7 @@ void set(const py::object& obj, const py::str& name, const py::object& value) {
         throw py::error_already_set();
 }
 
-// Builds the `result` class's instances (edgeadapt.cascade.Prediction: pred,
+// Builds the `result` class's instances (edgeadapt.cascade.model.Prediction: pred,
 // exit_state, conf, budget_exit, latency_ms) without running its __init__.
 class Results {
 public:
@@ -515,7 +515,7 @@ private:
         latency_{"latency_ms"}, total_{"total"}, steps_{"steps"}, rows_{"rows"};
 };
 
-// The quick input acceptance of `edgeadapt.inputs.BatchCheck` for one input: a plain
+// The quick input acceptance of `edgeadapt.data.inputs.BatchCheck` for one input: a plain
 // C-contiguous, aligned ndarray of the input's dtype and shape with a non-empty batch
 // and, for a float input, no NaN or infinity.
 class Accept {
@@ -732,7 +732,7 @@ public:
 
 private:
     // Whether `out` is a dict of arrays that each keep the batch axis of one row (what
-    // `edgeadapt.stepcheck.check_rows` accepts, narrowed to plain arrays).
+    // `edgeadapt.formats.stepcheck.check_rows` accepts, narrowed to plain arrays).
     static bool one_row_each(const py::detail::npy_api& api, const py::object& out) {
         if (!PyDict_CheckExact(out.ptr())) return false;
         PyObject *key = nullptr, *value = nullptr;

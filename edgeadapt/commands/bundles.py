@@ -170,7 +170,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
 
     Exits 1 when the bundle loads but fails verification (altered files).
     """
-    from edgeadapt.bundle import BundleError, load_bundle, verify_bundle
+    from edgeadapt.formats.bundle import BundleError, load_bundle, verify_bundle
 
     loaded = load_bundle(bundle, verify=False)
     problem = None

@@ -16,7 +16,7 @@ from edgeadapt.render import num, pct, ratio, saving, table
 
 if TYPE_CHECKING:
     from edgeadapt.demo import BundleResult, DemoResult
-    from edgeadapt.oracle import BoundSummary
+    from edgeadapt.oracle.equations import BoundSummary
 
 
 def _bound_rows(summary: BoundSummary) -> list[list[str]]:

@@ -1,6 +1,6 @@
-"""`edgeadapt evaluate`: every state of a bundle on a labelled set (`edgeadapt.evaluate`).
+"""`edgeadapt evaluate`: every state of a bundle on a labelled set (`edgeadapt.measure.evaluate`).
 
-Parse the options, call `edgeadapt.evaluate.evaluate_to_file`, show a progress bar on
+Parse the options, call `edgeadapt.measure.evaluate.evaluate_to_file`, show a progress bar on
 stderr, print a table or (``--json``) one JSON object.
 """
 
@@ -63,7 +63,7 @@ def evaluate_cmd(
     It runs under the runtime settings of the bundle's profile on this device (the ones
     its costs were measured under) unless --runtime or --threads say otherwise.
     """
-    from edgeadapt.evaluate import evaluate_to_file
+    from edgeadapt.measure.evaluate import evaluate_to_file
     from edgeadapt.render import pct, table
 
     with progress_on_first_call("evaluating", show=not as_json) as progress:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.cli import CommandGroup
 from edgeadapt.commands.bundles import export_options, show_written
 from edgeadapt.commands.export_branches import export_branches_cmd
 from edgeadapt.commands.export_torch import export_torch_cmd
+from edgeadapt.commands.group import CommandGroup
 from edgeadapt.commands.options import file_option
 from edgeadapt.commands.progress import progress_ticker
 from edgeadapt.errors import InputError

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from edgeadapt.errors import EdgeadaptError
-from edgeadapt.jsonio import dumps
+from edgeadapt.formats.jsonio import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
 

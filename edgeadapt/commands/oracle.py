@@ -1,7 +1,7 @@
 """`edgeadapt bound`, `edgeadapt subset`, `edgeadapt import-predictions`: the oracle CLI.
 
-Thin: parse options, call `edgeadapt.bound` / `edgeadapt.subset` /
-`edgeadapt.evaluation`, print an aligned table (`edgeadapt.render`) or (``--json``) one
+Thin: parse options, call `edgeadapt.oracle.bound` / `edgeadapt.oracle.subset` /
+`edgeadapt.formats.evaluation`, print an aligned table (`edgeadapt.render`) or (``--json``) one
 JSON object.
 """
 
@@ -14,12 +14,13 @@ import click
 
 from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
 from edgeadapt.errors import InputError
-from edgeadapt.render import num, oracle_cells, pct, ratio, table
+from edgeadapt.oracle.bound import oracle_cells
+from edgeadapt.render import num, pct, ratio, table
 
 if TYPE_CHECKING:
-    from edgeadapt.bound import BundleBound, CostView
-    from edgeadapt.oracle import BoundSummary
-    from edgeadapt.subset import SubsetAnalysis
+    from edgeadapt.oracle.bound import BundleBound, CostView
+    from edgeadapt.oracle.equations import BoundSummary
+    from edgeadapt.oracle.subset import SubsetAnalysis
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -96,7 +97,7 @@ def _baselines_text(bound: BundleBound) -> str:
 
 
 def _views_text(views: dict[str, CostView]) -> str:
-    from edgeadapt.bound import VIEWS_CAPTION, view_cells
+    from edgeadapt.oracle.bound import VIEWS_CAPTION, view_cells
 
     headers = ["view", "unit", "R_oracle", "R_N", "R_ratio"]
     return VIEWS_CAPTION + "\n" + table(headers, view_cells(views), left=(0, 1))
@@ -165,7 +166,7 @@ def bound_command(
     the table supplies the costs by state name, a BUNDLE its profile's measured
     cascade costs (--cost ms) or its manifest's FLOPs (--cost flops).
     """
-    from edgeadapt.bound import bundle_bound_defaults, table_bound
+    from edgeadapt.oracle.bound import bundle_bound_defaults, table_bound
 
     if bundle is None and (profile is not None or cost is not None):
         raise InputError("--profile and --cost need BUNDLE, not --table", source="bound")
@@ -238,7 +239,7 @@ def subset_command(
     R_ratio is against the baseline S_N: the table's most accurate state (the costliest
     when accuracy rises with cost).
     """
-    from edgeadapt.subset import table_subsets
+    from edgeadapt.oracle.subset import table_subsets
 
     analysis = table_subsets(table_path, evaluation, k=k, envelope=envelope)
     if as_json:
@@ -267,7 +268,7 @@ def import_predictions_command(
     state with columns file,predicted,truth, given as PATH.csv (state named after the
     file) or NAME=PATH.csv.
     """
-    from edgeadapt.evaluation import import_predictions, save_evaluation
+    from edgeadapt.formats.evaluation import import_predictions, save_evaluation
 
     if output is None:
         raise click.UsageError("Missing option '-o' / '--output'.")

@@ -1,5 +1,5 @@
 """`edgeadapt plan`: pick states and calibrate thresholds for one device (a thin layer
-over `edgeadapt.planner.make_plan`)."""
+over `edgeadapt.planning.planner.make_plan`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
+from edgeadapt.formats.plan import COST_STATS
 from edgeadapt.kernel_ref import MEASURES
-from edgeadapt.plan import COST_STATS
-from edgeadapt.planner import CALIBRATIONS, POLICIES, PlanSummary
+from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanSummary
 from edgeadapt.render import pct, saving
 
 
@@ -123,7 +123,7 @@ def plan_cmd(
     deploying. Plan on a profile taken in chain order (the profiler's default): the
     costs the cascade pays.
     """
-    from edgeadapt.planner import write_plan
+    from edgeadapt.planning.planner import write_plan
 
     summary = write_plan(
         bundle,
@@ -148,7 +148,7 @@ def plan_cmd(
 
 def plan_text(summary: PlanSummary) -> str:
     """The plan's figures as `edgeadapt plan` prints them."""
-    from edgeadapt.bound import r_n_what
+    from edgeadapt.oracle.bound import r_n_what
 
     plan = summary.plan
     held = plan.heldout

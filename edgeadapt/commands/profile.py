@@ -1,6 +1,6 @@
-"""`edgeadapt profile`: time every step of a bundle on this device (`edgeadapt.profile`).
+"""`edgeadapt profile`: time every step of a bundle on this device (`edgeadapt.measure.profiler`).
 
-Parse the options, call `edgeadapt.profile.profile_to_file`, show a progress bar on
+Parse the options, call `edgeadapt.measure.profiler.profile_to_file`, show a progress bar on
 stderr, print a table or (``--json``) one JSON object. ``--device list`` prints the
 shipped presets.
 """
@@ -46,7 +46,7 @@ def _batches(value: str) -> list[int]:
 def _list_presets(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """`--device list`: print the shipped presets and stop."""
     if value == "list" and not ctx.resilient_parsing:
-        from edgeadapt.presets import load_preset, preset_names
+        from edgeadapt.formats.presets import load_preset, preset_names
         from edgeadapt.render import table
 
         rows = [
@@ -66,7 +66,7 @@ def _list_presets(ctx: click.Context, _param: click.Parameter, value: str | None
 
 
 def _device_help() -> str:
-    from edgeadapt.presets import preset_names
+    from edgeadapt.formats.presets import preset_names
 
     names = ", ".join(preset_names()) or "none shipped"
     return (
@@ -182,7 +182,7 @@ def profile_cmd(
     or the original model given with --whole. The profile records the runtime
     settings; evaluate and run use them unless told otherwise.
     """
-    from edgeadapt.profile import profile_to_file
+    from edgeadapt.measure.profiler import profile_to_file
     from edgeadapt.render import table
 
     _check_timing(iters, min_seconds, seconds_per_state)

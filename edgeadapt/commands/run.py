@@ -1,6 +1,6 @@
 """`edgeadapt run`: run a bundle's adaptive cascade on inputs from an .npz or .npy file.
 
-Parse the options, call `edgeadapt.batches.run_file`, print per-sample results (a table,
+Parse the options, call `edgeadapt.cascade.run.run_file`, print per-sample results (a table,
 or ``--json``) or write them to an .npz (``-o``).
 """
 
@@ -22,7 +22,7 @@ from edgeadapt.commands.options import (
     threads_option,
 )
 from edgeadapt.errors import InputError
-from edgeadapt.plan import COST_STATS
+from edgeadapt.formats.plan import COST_STATS
 
 
 def _parse_thresholds(text: str) -> float | list[float]:
@@ -92,7 +92,7 @@ def run_command(
     With --plan it runs under the runtime settings the plan's costs were measured with
     unless --runtime or --threads say otherwise.
     """
-    from edgeadapt.batches import run_file
+    from edgeadapt.cascade.run import run_file
     from edgeadapt.commands.progress import progress_on_first_call
 
     if (thresholds is None) == (plan_path is None):

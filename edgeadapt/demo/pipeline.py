@@ -32,16 +32,16 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
-from edgeadapt.presets import RuntimeConfig
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.presets import RuntimeConfig
 
 if TYPE_CHECKING:
-    from edgeadapt.bound import BundleBound
-    from edgeadapt.evaluation import Evaluation
-    from edgeadapt.plan import Plan
-    from edgeadapt.planner import PlanSummary
-    from edgeadapt.profile import Profile
+    from edgeadapt.formats.evaluation import Evaluation
+    from edgeadapt.formats.plan import Plan
+    from edgeadapt.formats.profile import Profile
+    from edgeadapt.oracle.bound import BundleBound
+    from edgeadapt.planning.planner import PlanSummary
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles, in the order the demo shows them.
@@ -50,7 +50,7 @@ BUNDLES = ("mnist1d-multiexit", "mnist1d-family")
 WARMUP = 20
 #: Samples the plan and the static model run in turn (see `_measure_run`).
 BLOCK = 50
-#: The steps are profiled in turn, as the cascade calls them (`edgeadapt.profile`).
+#: The steps are profiled in turn, as the cascade calls them (`edgeadapt.measure.profiler`).
 PROFILE_ORDER = "chain"
 
 T = TypeVar("T")
@@ -242,16 +242,16 @@ class _Cache(Generic[T]):
 def _data(out: Path, ui: UI, force: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The calibration and test samples of MNIST-1D, cached: the test split of the
     shipped bundles' seed, and its calibration split with an extra draw of another seed
-    (`edgeadapt.datasets.calibration_samples`: a larger held-out half lets the promise
+    (`edgeadapt.data.mnist1d.calibration_samples`: a larger held-out half lets the promise
     tolerate more losses, and none of it is a training sample)."""
-    from edgeadapt.datasets import (
+    from edgeadapt.data.mnist1d import (
         CALIBRATION_SEED,
         DEFAULT_SEED,
         DEMO_CALIBRATION,
         calibration_samples,
         mnist1d_splits,
     )
-    from edgeadapt.npzio import ArraySpec, load_npz, save_npz
+    from edgeadapt.formats.npzio import ArraySpec, load_npz, save_npz
 
     names = ("calibration", "test")
     tags = {
@@ -281,7 +281,7 @@ def _data(out: Path, ui: UI, force: bool) -> dict[str, tuple[np.ndarray, np.ndar
 def _bundles(out: Path, retrain: bool, ui: UI) -> list[Bundle]:
     """The shipped bundles, or with `retrain` the same models trained anew from the seed."""
     if not retrain:
-        root = Path(__file__).resolve().parents[1] / "data" / "bundles"
+        root = Path(__file__).resolve().parent / "bundles"
         return [load_bundle(root / name) for name in BUNDLES]
     try:
         from edgeadapt.demo.train import train_and_export
@@ -309,7 +309,7 @@ def _measure_run(
 
     import onnx
 
-    from edgeadapt.cascade import AdaptiveModel
+    from edgeadapt.cascade.model import AdaptiveModel
     from edgeadapt.exporters.compose import whole_model
 
     with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
@@ -359,8 +359,8 @@ def _run_figures(
     measured: tuple[np.ndarray, ...],
     y: np.ndarray,
 ) -> RunFigures:
-    from edgeadapt.oracle import exact_oracle
-    from edgeadapt.planner import gap_closure
+    from edgeadapt.oracle.equations import exact_oracle
+    from edgeadapt.planning.planner import gap_closure
 
     pred, exits, lat, static_pred, static_lat = measured
     n = y.shape[0]
@@ -397,7 +397,8 @@ def _cached_profile(
     ui: UI,
 ) -> tuple[Profile, bool]:
     """The bundle's chain-order profile with the whole model, reused when valid."""
-    from edgeadapt.profile import load_profile, profile_bundle, profile_calls, save_profile
+    from edgeadapt.formats.profile import load_profile, save_profile
+    from edgeadapt.measure.profiler import profile_bundle, profile_calls
 
     def make_profile() -> Profile:
         with ui.bar(f"profiling {bundle.path.name}", profile_calls(bundle, (1,))) as progress:
@@ -431,8 +432,8 @@ def _cached_evaluation(
 ) -> tuple[Evaluation, bool]:
     """The bundle's evaluation on one data split, reused when made for these states and
     labels."""
-    from edgeadapt.evaluate import evaluate_bundle
-    from edgeadapt.evaluation import load_evaluation, save_evaluation
+    from edgeadapt.formats.evaluation import load_evaluation, save_evaluation
+    from edgeadapt.measure.evaluate import evaluate_bundle
 
     names = [s.name for s in bundle.states]
     x, y = data[split]
@@ -461,8 +462,8 @@ def _cached_plan(
 ) -> Plan:
     """The plan `edgeadapt plan` makes with its defaults, reused unless its inputs were
     rebuilt."""
-    from edgeadapt.plan import check_plan, load_plan, save_plan
-    from edgeadapt.planner import plan_bundle
+    from edgeadapt.formats.plan import check_plan, load_plan, save_plan
+    from edgeadapt.planning.planner import plan_bundle
 
     def load_plan_(path: Path) -> Plan:
         p = load_plan(path)
@@ -496,7 +497,7 @@ def _gate_plan(
 ) -> PlanSummary | None:
     """The same split and promise with learned exit gates in place of thresholds, when
     the planner finds one."""
-    from edgeadapt.planner import PlanSummary, plan_bundle
+    from edgeadapt.planning.planner import PlanSummary, plan_bundle
 
     try:
         gated = plan_bundle(
@@ -523,8 +524,8 @@ def _demo_bundle(
     min_seconds: float,
     ui: UI,
 ) -> BundleResult:
-    from edgeadapt.bound import bundle_bound
-    from edgeadapt.planner import PlanSummary, profile_costs
+    from edgeadapt.oracle.bound import bundle_bound
+    from edgeadapt.planning.planner import PlanSummary, profile_costs
     from edgeadapt.report import write_report
 
     names = [s.name for s in bundle.states]
@@ -586,7 +587,7 @@ def run_demo(
     `samples` limits the measured run to the first test samples (default: all 2,500);
     `min_seconds` is how long the profiler times each step.
     """
-    from edgeadapt.device import device_id
+    from edgeadapt.formats.device import device_id
 
     ui = ui or QuietUI()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:

@@ -1,4 +1,4 @@
-"""Train the MNIST-1D demo models and export the bundles shipped in `edgeadapt/data/bundles`.
+"""Train the MNIST-1D demo models and export the bundles shipped in `edgeadapt/demo/bundles`.
 
     python examples/train_mnist1d.py [--out DIR] [--seed 42] [--force]
     edgeadapt demo --retrain           # trains into the demo's output directory
@@ -42,11 +42,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgeadapt.bundle import Bundle, load_bundle
-from edgeadapt.datasets import DEFAULT_SEED, NUM_CLASSES, SIGNAL_LENGTH, Split, mnist1d_splits
+from edgeadapt.data.mnist1d import DEFAULT_SEED, NUM_CLASSES, SIGNAL_LENGTH, Split, mnist1d_splits
 from edgeadapt.exporters.torch import export_torch_family, export_torch_model
+from edgeadapt.formats.bundle import Bundle, load_bundle
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "bundles"
+DEFAULT_OUT = Path(__file__).resolve().parent / "bundles"
 MULTIEXIT = "mnist1d-multiexit"
 FAMILY = "mnist1d-family"
 #: Fixed so that the trained weights (and so the bundles' bytes) do not depend on the machine.

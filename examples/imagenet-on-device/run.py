@@ -196,7 +196,7 @@ def write_table(
     w.writerow(["name", "cost", "accuracy"])
     for n, c, a in zip(names, costs, accs, strict=True):
         w.writerow([n, f"{c:.6g}", f"{a:.6f}"])
-    from edgeadapt.atomic import atomic_write_bytes
+    from edgeadapt.formats.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue().encode())
 
@@ -251,10 +251,10 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Export, bundle, profile, attach predictions, bound/subset/report; returns the
     summary (also written to OUT/summary.json) and logs the tables."""
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.evaluation import load_evaluation
-    from edgeadapt.jsonio import write_json
-    from edgeadapt.profile import load_profile, state_costs
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.evaluation import load_evaluation
+    from edgeadapt.formats.jsonio import write_json
+    from edgeadapt.formats.profile import load_profile, state_costs
 
     t0 = time.monotonic()
 
@@ -394,7 +394,7 @@ def run_pipeline(
                 "card_gmacs": gmacs[i],
                 "counted_gmacs": counted[i],
                 "params_m": bundle.states[i].params / 1e6,
-                # nodes whose shapes inference left unknown count zero (see edgeadapt.flops)
+                # nodes whose shapes inference left unknown count zero (see edgeadapt.graph.flops)
                 "counted_complete": not bundle.steps[i].unknown_ops,
                 "p50_ms": ms[i],
                 "p90_ms": p90[i],

@@ -3,7 +3,7 @@
 // The one cascade algorithm of the native paths: the Python binding's batch-1 cascade
 // (edgeadapt._kernel.CascadeCall, whose hops call the steps' Python sessions) and the
 // native runner (edgeadapt::runner::Runner, whose hops run OpenVINO or TensorRT
-// requests) both call Cascade::run with their own hop runner. edgeadapt/cascade.py
+// requests) both call Cascade::run with their own hop runner. edgeadapt/cascade/model.py
 // `AdaptiveModel.predict` is the readable reference it follows, and the tests hold the
 // three to the same answers.
 //

@@ -1,4 +1,4 @@
-// Bundle loading: the same checks, in the same order, as edgeadapt/bundle.py `load_bundle`.
+// Bundle loading: the same checks, in the same order, as edgeadapt/formats/bundle.py `load_bundle`.
 #include <algorithm>
 #include <cctype>
 #include <map>

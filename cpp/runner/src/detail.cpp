@@ -146,7 +146,7 @@ bool is_sha256_hex(const std::string& s) noexcept {
 namespace {
 
 // A first pass over the document that refuses what nlohmann would accept silently but
-// edgeadapt/jsonio.py refuses: an object with a key twice (nlohmann keeps the last) and
+// edgeadapt/formats/jsonio.py refuses: an object with a key twice (nlohmann keeps the last) and
 // nesting deeper than kMaxJsonDepth (as Python's RecursionError would).
 class StrictSax final : public nlohmann::json_sax<Json> {
   public:

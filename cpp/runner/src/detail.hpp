@@ -1,6 +1,6 @@
 // Internal to the runner library: the exception that carries an Error inside the
 // library (converted at the noexcept boundary), strict JSON reading with errors that
-// name the file and JSON path (as edgeadapt/jsonio.py does), and sha256 via OpenSSL.
+// name the file and JSON path (as edgeadapt/formats/jsonio.py does), and sha256 via OpenSSL.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +37,7 @@ std::string where(const std::string& source, const std::string& path, const std:
 // Run `body`, turning a Failure into its Error and any other exception into `fallback`.
 Error guard(Code fallback, const std::string& context, const std::function<void()>& body) noexcept;
 
-// The largest JSON document read (edgeadapt/jsonio.py MAX_TEXT_BYTES).
+// The largest JSON document read (edgeadapt/formats/jsonio.py MAX_TEXT_BYTES).
 constexpr std::uintmax_t kMaxTextBytes = std::uintmax_t{64} << 20;
 
 // The whole file; Code::Io naming it when missing or unreadable, Code::Format when it
@@ -51,7 +51,7 @@ std::string sha256_file(const std::filesystem::path& path);
 
 bool is_sha256_hex(const std::string& s) noexcept;
 
-// The longest time (ms) a plan may record (edgeadapt/jsonio.py MAX_MS).
+// The longest time (ms) a plan may record (edgeadapt/formats/jsonio.py MAX_MS).
 constexpr double kMaxMs = 1e12;
 
 // The deepest nesting of objects and lists a format document may have.
@@ -86,7 +86,7 @@ struct OnnxIo {
 OnnxIo onnx_graph_io(const std::string& bytes, const std::string& source);
 
 // Typed accessors over a JSON object that report the file and JSON path (as
-// edgeadapt.jsonio.Fields): a bool is never a number here.
+// edgeadapt.formats.jsonio.Fields): a bool is never a number here.
 class Fields {
   public:
     Fields(const Json& obj, std::string source, std::string path = "$");

@@ -1,6 +1,6 @@
 // Plan loading: the runner's block of plan.json (versions 1 and 2: the policy, gates
-// included, and the optional runtime block), checked as edgeadapt/plan.py
-// `plan_from_doc` and edgeadapt/presets.py `RuntimeConfig.from_json` check it (the
+// included, and the optional runtime block), checked as edgeadapt/formats/plan.py
+// `plan_from_doc` and edgeadapt/formats/presets.py `RuntimeConfig.from_json` check it (the
 // record of how the plan did is not read here).
 #include <algorithm>
 #include <cmath>

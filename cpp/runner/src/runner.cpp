@@ -259,7 +259,7 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
 
 // Every output of a step keeps the rows of its input (a fixed batch of 1 would be read
 // past its end when rows are compacted) and the logits are [rows, num_classes]: as
-// edgeadapt/stepcheck.py.
+// edgeadapt/formats/stepcheck.py.
 void Runner::check_outputs(std::size_t step, const TensorView* views, std::size_t count,
                            std::size_t logits, std::int64_t rows) const {
     const Step& s = bundle_.steps[step];

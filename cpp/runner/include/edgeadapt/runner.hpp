@@ -1,9 +1,9 @@
 // edgeadapt::runner: run a bundle's states as an adaptive cascade from C++.
 //
-// The native counterpart of the Python `AdaptiveModel` (edgeadapt/cascade.py), with the
+// The native counterpart of the Python `AdaptiveModel` (edgeadapt/cascade/model.py), with the
 // same semantics: load a bundle (manifest.json, every file's sha256 and path checked as
-// edgeadapt/bundle.py does) and a plan (plan.json, edgeadapt/plan.py) or plain
-// thresholds, and run the cascade engine (cascade.hpp, the one the Python binding's
+// edgeadapt/formats/bundle.py does) and a plan (plan.json, edgeadapt/formats/plan.py) or
+// plain thresholds, and run the cascade engine (cascade.hpp, the one the Python binding's
 // batch-1 cascade runs too) with a backend's sessions as the hops: each kept state's hop
 // (its run of steps since the previous kept state) runs on the rows still active, the
 // decision kernel decides which rows exit, by a confidence threshold or a plan's learned
@@ -115,7 +115,7 @@ struct OptionValue {
 };
 
 // plan.json's optional "runtime" block: the runtime settings the plan was measured
-// under (edgeadapt/presets.py RuntimeConfig). threads 0 = null (the runtime's choice).
+// under (edgeadapt/formats/presets.py RuntimeConfig). threads 0 = null (the runtime's choice).
 struct RuntimeConfig {
     std::string runtime;
     std::string preset;  // "" = null

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle
+from edgeadapt.data.inputs import X_KEY, check_batch, read_labelled
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import CONF_KEYS, Evaluation
-from edgeadapt.inputs import X_KEY, check_batch, read_labelled
-from edgeadapt.presets import RuntimeConfig
-from edgeadapt.stepcheck import check_step
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.formats.stepcheck import check_step
 
 __all__ = ["EvaluateRun", "evaluate_bundle", "evaluate_to_file", "load_dataset"]
 
@@ -176,14 +176,14 @@ def evaluate_to_file(
     to `output` (default ``BUNDLE/evaluation.npz``).
 
     The runtime configuration is the `profile`'s (default: this device's profile of the
-    bundle, `edgeadapt.profile.find_profile`, when there is one) unless `runtime` or
+    bundle, `edgeadapt.formats.profile.find_profile`, when there is one) unless `runtime` or
     `threads` override it, and then `EvaluateRun.runtime_note` says so; without a
     profile, `runtime` (default onnxruntime) with its own defaults.
     """
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.evaluation import save_evaluation
-    from edgeadapt.presets import inherit_runtime
-    from edgeadapt.profile import find_profile, load_profile
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.evaluation import save_evaluation
+    from edgeadapt.formats.presets import inherit_runtime
+    from edgeadapt.formats.profile import find_profile, load_profile
 
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     found = find_profile(loaded, profile)

@@ -15,10 +15,10 @@ measured against) is wrong too. That target is what the risk control bounds, so 
 also learns to let go of the samples no state gets right.
 
 The scores then stand in for the confidences the threshold policy compares: the same
-risk control (`edgeadapt.risk.risk_control`, fixed-sequence tested on the held-out split)
+risk control (`edgeadapt.planning.risk.risk_control`, fixed-sequence tested on the held-out split)
 picks the gate thresholds, and the promise is unchanged (it needs nothing of the
 confidences). Every gate estimates the same probability, so the path it tests gives all
-gates one shared threshold (`edgeadapt.risk.shared_path`): on the MNIST-1D bundle that
+gates one shared threshold (`edgeadapt.planning.risk.shared_path`): on the MNIST-1D bundle that
 path saves more than per-gate steps do (`bench/gates.py`). Fitting is plain Newton /
 IRLS in float64 with an L2 penalty on the weights (not the bias), a few steps: five
 features leave nothing to tune.
@@ -32,32 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.kernel_ref import GATE_FEATURES, MEASURES, agreement, gate_score
+from edgeadapt.formats.plan import Gate
+from edgeadapt.kernel_ref import MEASURES, agreement, gate_score
 
 #: L2 penalty on the weights, in units of the summed log-loss (a prior worth ~1 sample).
 L2 = 1.0
 NEWTON_STEPS = 25
-
-
-@dataclass(frozen=True)
-class Gate:
-    """One gate: a weight per feature (`GATE_FEATURES` order) and a bias."""
-
-    weights: tuple[float, ...]
-    bias: float
-
-    def __post_init__(self) -> None:
-        if len(self.weights) != len(GATE_FEATURES):
-            raise InputError(
-                f"expected {len(GATE_FEATURES)} weights ({', '.join(GATE_FEATURES)}), "
-                f"got {len(self.weights)}",
-                field="weights",
-            )
-        if not np.isfinite([*self.weights, self.bias]).all():
-            raise InputError("weights and bias must be finite", field="weights")
-
-    def to_json(self) -> dict[str, list[float] | float]:
-        return {"weights": [float(w) for w in self.weights], "bias": float(self.bias)}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ the dynamic batch axis ``"batch"``; version 1 manifests hold a single ``input``,
 version 2 a list ``inputs``), the class count, per step its file, I/O names, per-sample FLOPs/MACs
 (split into the stage's and the head's shares) and parameter count, the sha256 of
 every file, and the producer. `write_bundle` writes the whole directory atomically
-(`edgeadapt.atomic`); `load_bundle` validates the schema, the paths (everything stays
+(`edgeadapt.formats.atomic`); `load_bundle` validates the schema, the paths (everything stays
 inside the bundle), the hashes and that the steps chain.
 
     >>> b = load_bundle("bundle/")
@@ -39,13 +39,19 @@ from typing import Any
 
 import onnx
 
-from edgeadapt import __version__
-from edgeadapt.atomic import check_path, fsync, replace_directory, staged_directory, writers_lock
-from edgeadapt.digest import file_sha256
+from edgeadapt._version import __version__
 from edgeadapt.errors import InputError
-from edgeadapt.flops import count_flops, count_params
-from edgeadapt.graphdeps import ancestors
-from edgeadapt.jsonio import Fields, dumps, read_json
+from edgeadapt.formats.atomic import (
+    check_path,
+    fsync,
+    replace_directory,
+    staged_directory,
+    writers_lock,
+)
+from edgeadapt.formats.digest import file_sha256
+from edgeadapt.formats.jsonio import Fields, dumps, read_json
+from edgeadapt.graph.deps import ancestors
+from edgeadapt.graph.flops import count_flops, count_params
 
 FORMAT = "edgeadapt-bundle"
 VERSION = 2

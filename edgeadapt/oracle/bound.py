@@ -3,7 +3,7 @@ computes.
 
 `bundle_bound` joins a bundle, its profile (what each state costs on the device) and an
 evaluation (which samples each state gets right) and hands them to the oracle engine
-(`edgeadapt.oracle.bound_summary`); `bundle_bound_defaults` first finds the profile and
+(`edgeadapt.oracle.equations.bound_summary`); `bundle_bound_defaults` first finds the profile and
 the cost unit as `edgeadapt bound BUNDLE` does; `table_bound` bounds a state table. State costs are the profile's cascade costs in ms
 (steps 0..i: what a sequential run pays) or the manifest's FLOPs. Next to the headline,
 ``views`` holds the exact oracle on the FLOPs views, the cascade one and the paper's
@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, load_bundle
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import Evaluation, load_evaluation
-from edgeadapt.oracle import BoundSummary, bound_summary
-from edgeadapt.profile import (
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.evaluation import Evaluation, load_evaluation
+from edgeadapt.formats.profile import (
     Profile,
     check_profile,
     flops_costs,
@@ -37,6 +36,8 @@ from edgeadapt.profile import (
     state_costs,
     static_cost,
 )
+from edgeadapt.oracle.equations import BoundSummary, OraclePoint, bound_summary
+from edgeadapt.render import num, pct, ratio
 
 __all__ = [
     "COSTS",
@@ -51,6 +52,7 @@ __all__ = [
     "bundle_bound",
     "bundle_bound_defaults",
     "load_inputs",
+    "oracle_cells",
     "r_n_what",
     "static_baseline",
     "table_bound",
@@ -84,11 +86,21 @@ VIEWS_CAPTION = (
 )
 
 
+def oracle_cells(p: OraclePoint) -> list[str]:
+    """An oracle point's table cells, as `bound` and the report show them: R_oracle,
+    A_oracle, dR, R_ratio, dA."""
+    return [
+        num(p.r_oracle),
+        pct(p.a_oracle, 2),
+        num(p.delta_r),
+        ratio(p.r_ratio),
+        pct(p.delta_a, 2, signed=True),
+    ]
+
+
 def view_cells(views: dict[str, CostView]) -> list[list[str]]:
     """One row of cells per cost view: name, unit (FLOPs shown as MFLOPs), R_oracle, R_N,
     R_ratio (`edgeadapt.render` formats)."""
-    from edgeadapt.render import num, ratio
-
     rows = []
     for name, v in views.items():
         scale, unit = (1e6, "MFLOPs") if v.unit == "flops" else (1.0, v.unit)
@@ -181,7 +193,7 @@ class ProfileSource:
 class BundleBound:
     """Every oracle bound of a bundle on its measured or FLOPs costs (`bundle_bound`).
 
-    `summary` is `edgeadapt.oracle.bound_summary`'s; `views` the exact oracle on
+    `summary` is `edgeadapt.oracle.equations.bound_summary`'s; `views` the exact oracle on
     ``cascade_ms`` (with a profile), ``cascade_flops`` and ``direct_flops``; `static` the
     headline oracle against the measured whole model (None with FLOPs costs or a
     profile without it).
@@ -456,7 +468,7 @@ def bundle_bound_defaults(
     """`bundle_bound` as ``edgeadapt bound BUNDLE`` runs it: the profile defaults to
     ``BUNDLE/profiles/<device>.json`` when that exists (unless ``cost="flops"``), the
     cost unit to ms with a profile and FLOPs without."""
-    from edgeadapt.profile import default_profile_path
+    from edgeadapt.formats.profile import default_profile_path
 
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if cost is not None and cost not in COSTS:
@@ -495,9 +507,9 @@ def table_bound(
     classes: int | None = None,
     envelope: bool = False,
 ) -> TableBound:
-    """Every bound of a state table (`edgeadapt.statetable`); with an evaluation, the
+    """Every bound of a state table (`edgeadapt.formats.statetable`); with an evaluation, the
     exact oracle on its per-sample results and the table's costs by state name."""
-    from edgeadapt.statetable import table_states
+    from edgeadapt.formats.statetable import table_states
 
     states = table_states(table, evaluation)
     summary = bound_summary(

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.atomic import atomic_write_bytes
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import check_regular
+from edgeadapt.formats.atomic import atomic_write_bytes
+from edgeadapt.formats.jsonio import check_regular
 
 
 @dataclass(frozen=True)

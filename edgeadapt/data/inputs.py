@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, InputSpec
 from edgeadapt.errors import InputError
+from edgeadapt.formats.bundle import Bundle, InputSpec
+from edgeadapt.formats.npzio import ArraySpec, load_npz, npz_keys
 from edgeadapt.kernel import all_finite
-from edgeadapt.npzio import ArraySpec, load_npz, npz_keys
 
 __all__ = [
     "X_KEY",

@@ -46,9 +46,13 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle, load_bundle
+from edgeadapt.data.inputs import BatchCheck, warmup_batch
 from edgeadapt.errors import EdgeadaptError, InputError
-from edgeadapt.inputs import BatchCheck, warmup_batch
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.plan import COST_QUANTILES, Plan, check_plan, load_plan
+from edgeadapt.formats.presets import RuntimeConfig, inherit_runtime
+from edgeadapt.formats.profile import Profile, check_profile, load_profile
+from edgeadapt.formats.stepcheck import check_logits, check_rows, check_step
 from edgeadapt.kernel import (
     MEASURES,
     CascadeCall,
@@ -58,11 +62,7 @@ from edgeadapt.kernel import (
     decide_buffers,
     decide_into,
 )
-from edgeadapt.plan import COST_QUANTILES, Plan, check_plan, load_plan
-from edgeadapt.presets import RuntimeConfig, inherit_runtime
-from edgeadapt.profile import Profile, check_profile, load_profile
 from edgeadapt.runtimes import Session
-from edgeadapt.stepcheck import check_logits, check_rows, check_step
 
 
 @dataclass(frozen=True)
@@ -405,7 +405,7 @@ class AdaptiveModel:
         The steps run under the plan's runtime configuration (`Plan.runtime`, what its
         costs were measured under) unless `runtime` (a name or a `RuntimeConfig`),
         `runtime_options` (the backend's keyword options for `runtime`) or `threads` say
-        otherwise; then `runtime_note` says what differs (`edgeadapt.presets.
+        otherwise; then `runtime_note` says what differs (`edgeadapt.formats.presets.
         inherit_runtime`). Without a recorded configuration: `runtime` (default
         onnxruntime) with the runtime's own defaults. `runtime` holds what ran.
         """
@@ -506,9 +506,21 @@ class AdaptiveModel:
             raise
         return model
 
+    @classmethod
+    def alone(cls, bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveModel:
+        """`state` of `bundle` as a one-state plan deploys it (the merged static model for
+        an early-exit bundle, else the member alone), with no costs known."""
+        steps = tuple(range(state + 1)) if bundle.kind == "early-exit" else (state,)
+        hops = [_Hop(state, steps)]
+        policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
+        rt = config.make()
+        static = _static_session(rt, bundle, hops)
+        sessions = _open_sessions(rt, bundle, () if static is not None else steps)
+        return cls(bundle, sessions, hops, policy, False, static)
+
     def warm_up(self, rounds: int = 1) -> None:
         """Run every loaded step `rounds` times on a batch-1 input (zeros, masks all ones:
-        `edgeadapt.inputs.warmup_batch`; activations chained along an early-exit bundle)
+        `edgeadapt.data.inputs.warmup_batch`; activations chained along an early-exit bundle)
         and the kernel on its logits, so that the
         backends' first-call costs (allocations, kernel selection, caches) are paid here
         rather than by the first `predict`. The policy's learned costs are left alone."""
@@ -553,9 +565,9 @@ class AdaptiveModel:
         `x` is a mapping holding every model input (each with its dtype, shape
         ``[B, *input shape]`` and the same ``B``), or for a one-input bundle the bare array.
         Nothing is converted: int64 token ids stay int64, and a wrong dtype is an error.
-        Quick acceptance first (`edgeadapt.inputs.BatchCheck`: plain C-contiguous arrays
+        Quick acceptance first (`edgeadapt.data.inputs.BatchCheck`: plain C-contiguous arrays
         of the right dtype and shape with no NaN or infinity); anything it cannot vouch
-        for takes the complete check (`edgeadapt.inputs.check_batch`), which also words
+        for takes the complete check (`edgeadapt.data.inputs.check_batch`), which also words
         the error.
         """
         return self._check(x)
@@ -788,95 +800,6 @@ class AdaptiveModel:
         )
 
 
-@dataclass(frozen=True)
-class Overhead:
-    """What `AdaptiveModel.predict` itself costs on a device, beside the runtime calls.
-
-    `call_ms` is one call's own cost when one kept state answers alone (the fast path:
-    input check, the kernel's answer, the `Prediction`), which the static model
-    deployed through `AdaptiveModel` pays too; `hop_ms` what each hop of a cascade adds
-    on top of that (feeding a session call, the checks of its outputs, the kernel, the
-    bookkeeping), measured over `hops` hops at batch 1, where the cascade is one native
-    call (`edgeadapt.kernel.CascadeCall`; a larger batch also pays compaction). The planner
-    charges a plan `hop_ms` per hop run (`edgeadapt.planner.make_plan`); `call_ms`
-    cancels out against the static model's.
-    """
-
-    hop_ms: float
-    call_ms: float
-    hops: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"hop_ms": self.hop_ms, "call_ms": self.call_ms, "hops": self.hops}
-
-    @classmethod
-    def from_json(cls, doc: Any, source: str | os.PathLike[str], field: str) -> Overhead:
-        """Read `to_json`'s form; errors name `source` and `field`."""
-        if not isinstance(doc, dict) or set(doc) != {"hop_ms", "call_ms", "hops"}:
-            raise InputError(
-                "expected an object with hop_ms, call_ms and hops", source=source, field=field
-            )
-        for key in ("hop_ms", "call_ms"):
-            v = doc[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-                raise InputError(
-                    f"must be a finite number >= 0, got {v!r}",
-                    source=source,
-                    field=f"{field}.{key}",
-                )
-        hops = doc["hops"]
-        if isinstance(hops, bool) or not isinstance(hops, int) or hops < 1:
-            raise InputError(
-                f"must be an integer >= 1, got {hops!r}", source=source, field=f"{field}.hops"
-            )
-        return cls(float(doc["hop_ms"]), float(doc["call_ms"]), hops)
-
-
-_BLOCK = 5
-
-
-def measure_overhead(
-    bundle: Bundle, runtime: str | RuntimeConfig | None = None, *, calls: int = 40
-) -> Overhead | None:
-    """`Overhead` of `bundle` on `runtime`, measured at batch 1: the cascade of every
-    state with no early exit (``N`` hops) and the last state alone (the fast path; the
-    merged static model for an early-exit bundle), about `calls` times each after a
-    warm-up, in alternating rounds of a few calls. Each call's own cost is its wall time minus its runtime calls' time
-    (`Prediction.latency_ms` ``steps``), so the models' own latency, and its noise, do
-    not enter; medians. ``hop_ms = (cascade - alone) / N``: the fixed part the
-    cascade's call pays beyond the fast path's is spread over its hops (a slight
-    overstatement, the conservative side for a plan against the static model).
-
-    None for a branches bundle (its branches answer alone: there is no cascade).
-    """
-    if bundle.kind == "branches":
-        return None
-    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
-        raise InputError(f"must be an integer >= 1, got {calls!r}", source="calls")
-    n = len(bundle.states)
-    high = 2.0  # above every maxprob: no row exits before the last state
-    batch = warmup_batch(bundle)
-    x: Any = batch[bundle.input.name] if len(batch) == 1 else batch
-    with AdaptiveModel.load(bundle, runtime, thresholds=high, warmup=3) as full:
-        assert full.runtime is not None
-        with _alone_model(bundle, full.runtime, n - 1) as alone:
-            alone.warm_up(3)
-            got: dict[str, list[int]] = {"full": [], "alone": []}
-            # rounds of a few calls of one model, as an application calls it; the first
-            # of each round (caches the other model left) is not counted
-            for _ in range(max(1, calls // _BLOCK)):
-                for name, model in (("full", full), ("alone", alone)):
-                    for k in range(_BLOCK + 1):
-                        t = perf_counter_ns()
-                        out = model.predict(x)
-                        wall = perf_counter_ns() - t
-                        if k:
-                            got[name].append(wall - round(1e6 * sum(out.latency_ms["steps"])))
-    cascade_ms = float(np.median(got["full"])) / 1e6
-    call_ms = max(0.0, float(np.median(got["alone"])) / 1e6)
-    return Overhead(hop_ms=max(0.0, (cascade_ms - call_ms) / n), call_ms=call_ms, hops=n)
-
-
 def _open_sessions(rt: Any, bundle: Bundle, steps: Sequence[int]) -> list[Any]:
     """One session per bundle step, loaded for the `steps` named and None for the rest;
     if one fails to load, the ones already loaded are closed."""
@@ -890,15 +813,3 @@ def _open_sessions(rt: Any, bundle: Bundle, steps: Sequence[int]) -> list[Any]:
                 s.close()
         raise
     return sessions
-
-
-def _alone_model(bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveModel:
-    """`state` of `bundle` as a one-state plan deploys it (the merged static model for an
-    early-exit bundle, else the member alone), with no costs known."""
-    steps = tuple(range(state + 1)) if bundle.kind == "early-exit" else (state,)
-    hops = [_Hop(state, steps)]
-    policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
-    rt = config.make()
-    static = _static_session(rt, bundle, hops)
-    sessions = _open_sessions(rt, bundle, () if static is not None else steps)
-    return AdaptiveModel(bundle, sessions, hops, policy, False, static)

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import read_text
+from edgeadapt.formats.jsonio import read_text
+from edgeadapt.formats.npzio import ArraySpec, load_npz, save_npz
 from edgeadapt.kernel_ref import MEASURES
-from edgeadapt.npzio import ArraySpec, load_npz, save_npz
 
 __all__ = [
     "CONF_KEYS",

@@ -6,7 +6,7 @@ member), or the user's original ONNX file. A user's file is checked against the 
 before it is timed: it must read exactly the bundle's model inputs (names, dtypes, and
 every dimension after the batch) and give the last state's logits (the output of that
 name, or its only output) as ``[batch, classes]``; each refusal names the file and the
-tensor. `edgeadapt.profile` records the provenance (origin, path, sha256 of the bytes
+tensor. `edgeadapt.measure.profiler` records the provenance (origin, path, sha256 of the bytes
 timed, the state it stands for) next to the timings.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.bundle import Bundle
-from edgeadapt.digest import file_sha256
 from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.digest import file_sha256
 
 __all__ = ["WholeModel", "load_whole", "prepare_whole", "whole_run"]
 

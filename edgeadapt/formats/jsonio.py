@@ -1,4 +1,4 @@
-"""Strict JSON I/O for every edgeadapt format: atomic writes (`edgeadapt.atomic`),
+"""Strict JSON I/O for every edgeadapt format: atomic writes (`edgeadapt.formats.atomic`),
 validated reads.
 
 Every document carries ``format`` and ``version``; NaN and Infinity are rejected both
@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from edgeadapt.atomic import atomic_write_bytes, check_path
 from edgeadapt.errors import InputError
+from edgeadapt.formats.atomic import atomic_write_bytes, check_path
 
 
 def dumps(obj: Any) -> str:

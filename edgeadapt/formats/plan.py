@@ -35,7 +35,7 @@ the record of how well the plan did and is shown by reports.
   "hop_overhead_ms": 0.006,                      # optional: the cascade's own cost per hop
   "runtime": {"runtime": "onnxruntime", "preset": null, "precision": "as-exported",
               "threads": 1, "options": {}}        # optional: what the costs were measured
-}                                                 #   under (edgeadapt.presets.RuntimeConfig)
+}                                                 #   under (edgeadapt.formats.presets.RuntimeConfig)
 ```
 
 ``runtime`` is the profile's runtime configuration, copied into plans made from it, so
@@ -43,13 +43,13 @@ a runner runs the plan under the settings its costs were measured with (unless t
 otherwise); plans without it (older ones, or made from bare costs) leave it to the
 runner. Both versions accept it.
 
-Policy ``gate`` (`edgeadapt.gates`): one learned gate per kept state but the last, its
+Policy ``gate`` (`edgeadapt.planning.gates`): one learned gate per kept state but the last, its
 weights over the features of `edgeadapt.kernel_ref.GATE_FEATURES`; the thresholds then
 apply to the gates' scores (in [0, 1]) and `measure` names only the confidence reported
 at the last state. Version 1 files (no ``policy``) read as the threshold policy.
 
 ``hop_overhead_ms`` is what `AdaptiveModel.predict` itself adds per hop on the device
-(the profile's `edgeadapt.cascade.Overhead`): a plan of several states has it counted in
+(the profile's `edgeadapt.formats.profile.Overhead`): a plan of several states has it counted in
 its expected costs (``calibration``/``heldout`` ``cost_ms``, one per hop run, beside
 the steps' ``cost_ms``) and is kept only if that still beats the static model. Plans
 without it (older ones, or made from costs with no measured overhead) count none.
@@ -77,15 +77,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edgeadapt.errors import InputError
-from edgeadapt.gates import GATE_FEATURES, Gate
-from edgeadapt.jsonio import MAX_MS, Fields, check_value, read_json, write_json
-from edgeadapt.kernel_ref import MEASURES
-from edgeadapt.presets import RuntimeConfig
-from edgeadapt.risk import Promise
+from edgeadapt.formats.jsonio import MAX_MS, Fields, check_value, read_json, write_json
+from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.kernel_ref import GATE_FEATURES, MEASURES
 
 if TYPE_CHECKING:
-    from edgeadapt.bundle import Bundle
+    from edgeadapt.formats.bundle import Bundle
 
 FORMAT = "edgeadapt-plan"
 # Threshold plans are still written as version 1 (no policy block), so every version 1
@@ -108,6 +108,94 @@ COST_STATS = ("p50", "p90", "p99")
 #: The quantile each of them is: what a policy seeded with such costs keeps tracking.
 COST_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+#: How a promise was tested, and what it assumes (recorded with every promise).
+METHOD = "learn-then-test, fixed-sequence, binomial p-value"
+ASSUMPTION = "the testing split and new data are exchangeable (drawn from one distribution)"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate: a weight per feature (`GATE_FEATURES` order) and a bias."""
+
+    weights: tuple[float, ...]
+    bias: float
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(GATE_FEATURES):
+            raise InputError(
+                f"expected {len(GATE_FEATURES)} weights ({', '.join(GATE_FEATURES)}), "
+                f"got {len(self.weights)}",
+                field="weights",
+            )
+        if not np.isfinite([*self.weights, self.bias]).all():
+            raise InputError("weights and bias must be finite", field="weights")
+
+    def to_json(self) -> dict[str, list[float] | float]:
+        return {"weights": [float(w) for w in self.weights], "bias": float(self.bias)}
+
+
+@dataclass(frozen=True)
+class Promise:
+    """What a risk-controlled plan promises, and the evidence for it.
+
+    P(drop on new data > `max_drop`) <= `delta`, the drop taken against the reference
+    state, under `assumption`. `n` samples were tested; `tested` path points were
+    tested in order, `passed` of them rejected their null (0: nothing could be promised,
+    the static model is kept); `p_value` is the chosen point's (or the first failed
+    point's, when none passed); `losses` counts its samples where the reference is right
+    and the policy wrong.
+    """
+
+    max_drop: float
+    delta: float
+    n: int
+    tested: int
+    passed: int
+    p_value: float
+    losses: int
+    required_n: int
+    method: str = METHOD
+    assumption: str = ASSUMPTION
+
+    @property
+    def holds(self) -> bool:
+        return self.passed > 0
+
+    def describe(self) -> str:
+        """One line for people: what is promised, or why nothing could be."""
+        if self.holds:
+            return (
+                f"promise: accuracy drop <= {self.max_drop:.2%} on new data with probability "
+                f">= {1 - self.delta:.0%} (Learn then Test on {self.n} held-out samples, "
+                f"p = {self.p_value:.3g}; assumes {self.assumption})"
+            )
+        if self.n < self.required_n:
+            return (
+                f"no promise: {self.n} held-out samples cannot show a drop <= "
+                f"{self.max_drop:.2%} at probability {1 - self.delta:.0%}; it needs at least "
+                f"{self.required_n}. The plan keeps the static model."
+            )
+        return (
+            f"no promise: no cheaper thresholds passed the test on {self.n} held-out samples "
+            f"(p = {self.p_value:.3g} > delta = {self.delta}). The plan keeps the static model."
+        )
+
+    def to_json(self) -> dict[str, float | int | str | bool]:
+        return {
+            "max_drop": self.max_drop,
+            "delta": self.delta,
+            "n": self.n,
+            "tested": self.tested,
+            "passed": self.passed,
+            "p_value": self.p_value,
+            "losses": self.losses,
+            "required_n": self.required_n,
+            "holds": self.holds,
+            "method": self.method,
+            "assumption": self.assumption,
+        }
 
 
 @dataclass(frozen=True)

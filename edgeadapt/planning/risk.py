@@ -38,78 +38,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeadapt.calibrate import NEVER, calibrate, exit_states
 from edgeadapt.errors import InputError
-from edgeadapt.stats import binom_cdf
+from edgeadapt.formats.plan import Promise
+from edgeadapt.planning.calibrate import NEVER, calibrate, exit_states
+from edgeadapt.planning.stats import binom_cdf
 
 #: Steps of the learned path from "never exit early" to its target. Fixed-sequence
 #: testing pays nothing for a longer path (each point is tested at delta itself), so a
 #: fine path only stops nearer the cheapest point the test can pass.
 PATH_POINTS = 100
-METHOD = "learn-then-test, fixed-sequence, binomial p-value"
-ASSUMPTION = "the testing split and new data are exchangeable (drawn from one distribution)"
-
-
-@dataclass(frozen=True)
-class Promise:
-    """What a risk-controlled plan promises, and the evidence for it.
-
-    P(drop on new data > `max_drop`) <= `delta`, the drop taken against the reference
-    state, under `assumption`. `n` samples were tested; `tested` path points were
-    tested in order, `passed` of them rejected their null (0: nothing could be promised,
-    the static model is kept); `p_value` is the chosen point's (or the first failed
-    point's, when none passed); `losses` counts its samples where the reference is right
-    and the policy wrong.
-    """
-
-    max_drop: float
-    delta: float
-    n: int
-    tested: int
-    passed: int
-    p_value: float
-    losses: int
-    required_n: int
-    method: str = METHOD
-    assumption: str = ASSUMPTION
-
-    @property
-    def holds(self) -> bool:
-        return self.passed > 0
-
-    def describe(self) -> str:
-        """One line for people: what is promised, or why nothing could be."""
-        if self.holds:
-            return (
-                f"promise: accuracy drop <= {self.max_drop:.2%} on new data with probability "
-                f">= {1 - self.delta:.0%} (Learn then Test on {self.n} held-out samples, "
-                f"p = {self.p_value:.3g}; assumes {self.assumption})"
-            )
-        if self.n < self.required_n:
-            return (
-                f"no promise: {self.n} held-out samples cannot show a drop <= "
-                f"{self.max_drop:.2%} at probability {1 - self.delta:.0%}; it needs at least "
-                f"{self.required_n}. The plan keeps the static model."
-            )
-        return (
-            f"no promise: no cheaper thresholds passed the test on {self.n} held-out samples "
-            f"(p = {self.p_value:.3g} > delta = {self.delta}). The plan keeps the static model."
-        )
-
-    def to_json(self) -> dict[str, float | int | str | bool]:
-        return {
-            "max_drop": self.max_drop,
-            "delta": self.delta,
-            "n": self.n,
-            "tested": self.tested,
-            "passed": self.passed,
-            "p_value": self.p_value,
-            "losses": self.losses,
-            "required_n": self.required_n,
-            "holds": self.holds,
-            "method": self.method,
-            "assumption": self.assumption,
-        }
 
 
 @dataclass(frozen=True)
@@ -145,7 +82,7 @@ def learn_path(
     """Threshold vectors from "never exit early" to a target point, learned on this split.
 
     The target is the cheapest thresholds whose loss rate (reference right, policy
-    wrong: what the test bounds) is at most `max_drop` here (`edgeadapt.calibrate`).
+    wrong: what the test bounds) is at most `max_drop` here (`edgeadapt.planning.calibrate`).
     Point k of `points` lets exit i take the ``k / points`` share of the samples the
     target exits there, most confident first, so the path grows from the static model
     in small, nested steps: fixed-sequence testing stops at the first step it cannot

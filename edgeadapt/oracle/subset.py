@@ -1,4 +1,4 @@
-"""Subsets of states: the best k for the oracle (paper section 4.2.1) and for a policy.
+"""Subsets of states for the oracle: the best k (paper section 4.2.1) and the curve.
 
 Oracle subsets: the best subset of k states, exact, and the R_ratio-vs-k curve, with two
 objectives:
@@ -22,16 +22,6 @@ objectives:
 state given; pass `r_n` to measure against another baseline (the CLI uses the most
 accurate state). `subset_analysis` is what ``edgeadapt subset`` prints: the curve on a
 state table, the baseline and the states it leaves out.
-
-Policy subsets (`search_subsets`, what the planner keeps): the cheapest subset of at most
-`max_states` states whose calibrated thresholds meet an accuracy target. Every subset is
-a candidate; they are visited in the order of a lower bound on the expected cost any
-thresholds could reach (each sample pays at least the first state's cost; the `need`
-correct samples pay at least their cheapest correct state), subsets whose oracle
-accuracy misses the target are dropped, and the search stops once the bound exceeds the
-cheapest calibrated cost found. Candidates are screened with single-move calibration;
-the cheapest few are calibrated fully (`edgeadapt.calibrate`). Ties go to fewer states.
-`subset_costs` is what a sample exiting at each kept state pays.
 """
 
 from __future__ import annotations
@@ -45,21 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.calibrate import Calibration, calibrate, required_correct
 from edgeadapt.errors import InputError
-from edgeadapt.oracle import pareto_envelope, require_monotone, state_space
+from edgeadapt.oracle.equations import pareto_envelope, require_monotone, state_space
 
 __all__ = [
     "MAX_ENUMERATED",
     "MAX_TABLE_STATES",
-    "CalibratedSubset",
     "SubsetAnalysis",
     "SubsetChoice",
     "best_subset_alpha1",
     "best_subset_exact",
-    "search_subsets",
     "subset_analysis",
-    "subset_costs",
     "subset_curve_alpha1",
     "subset_curve_exact",
     "table_subsets",
@@ -67,7 +53,6 @@ __all__ = [
 
 MAX_TABLE_STATES = 20  # 2^20 subsets scored at once (~40 MB of tables)
 MAX_ENUMERATED = 50_000  # k-subsets scored one by one above MAX_TABLE_STATES
-_FINALISTS = 3  # screened policy subsets that get the full (pair-move) calibration
 _TOL = 1e-9
 
 
@@ -416,9 +401,9 @@ def table_subsets(
     k: int | None = None,
     envelope: bool = False,
 ) -> SubsetAnalysis:
-    """`subset_analysis` of a state table (`edgeadapt.statetable.table_states`): by the
+    """`subset_analysis` of a state table (`edgeadapt.formats.statetable.table_states`): by the
     exact oracle when an evaluation gives per-sample results."""
-    from edgeadapt.statetable import table_states
+    from edgeadapt.formats.statetable import table_states
 
     states = table_states(table, evaluation)
     return subset_analysis(
@@ -431,93 +416,3 @@ def table_subsets(
         source=states.source,
         ignored=states.ignored,
     )
-
-
-# ------------------------------------------------------------- policy subsets
-
-
-@dataclass(frozen=True)
-class CalibratedSubset:
-    """The policy subset a search keeps (bundle state indices), its calibration, and how
-    many subsets were calibrated to find it."""
-
-    states: tuple[int, ...]
-    calibration: Calibration
-    evaluated: int
-
-
-def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: str) -> np.ndarray:
-    """What a sample exiting at each kept state pays: the state's own cost (an early-exit
-    state's cost already holds steps 0..i), or for an ensemble the sum of the kept
-    members' costs up to it."""
-    own = np.asarray(state_costs, dtype=np.float64)[list(states)]
-    return np.cumsum(own) if kind == "ensemble" else own
-
-
-def _calibrate(
-    conf: np.ndarray,
-    correct: np.ndarray,
-    state_costs: np.ndarray,
-    states: tuple[int, ...],
-    kind: str,
-    max_drop: float,
-    reference_accuracy: float,
-    polish: bool,
-) -> Calibration:
-    cols = list(states)
-    return calibrate(
-        conf[:, cols],
-        correct[:, cols],
-        subset_costs(state_costs, states, kind),
-        max_drop=max_drop,
-        reference_accuracy=reference_accuracy,
-        polish=polish,
-    )
-
-
-def search_subsets(
-    conf: np.ndarray,
-    correct: np.ndarray,
-    state_costs: np.ndarray,
-    *,
-    kind: str,
-    max_states: int,
-    max_drop: float,
-    reference_accuracy: float,
-) -> CalibratedSubset:
-    """The cheapest calibrated subset of at most `max_states` states meeting the target
-    (module docstring), on a calibration split's confidences and correctness ``[N, S]``."""
-    n, n_states = correct.shape
-    need = required_correct(reference_accuracy, n, max_drop)
-    bounds = []
-    for k in range(1, min(max_states, n_states) + 1):
-        for states in itertools.combinations(range(n_states), k):
-            sub = correct[:, states]
-            if np.count_nonzero(sub.any(axis=1)) < need:
-                continue  # even the oracle on these states misses the target
-            costs = subset_costs(state_costs, states, kind)
-            cheapest = np.where(sub, costs, np.inf).min(axis=1)
-            paid = np.partition(cheapest, need - 1)[:need].sum() if need else 0.0
-            bound = (paid + (n - need) * costs[0]) / n
-            bounds.append((bound, k, states))
-    bounds.sort()
-
-    screened: list[tuple[float, int, tuple[int, ...]]] = []
-    best = math.inf
-    evaluated = 0
-    args = (kind, max_drop, reference_accuracy)
-    for bound, k, states in bounds:
-        if bound > best + _TOL:
-            break
-        evaluated += 1
-        cal = _calibrate(conf, correct, state_costs, states, *args, False)
-        if cal.feasible:
-            screened.append((cal.expected_cost, k, states))
-            best = min(best, cal.expected_cost)
-    screened.sort()
-    finalists = []
-    for _, _, states in screened[:_FINALISTS]:
-        cal = _calibrate(conf, correct, state_costs, states, *args, True)
-        finalists.append((round(cal.expected_cost / _TOL) * _TOL, len(states), states, cal))
-    _, _, states, cal = min(finalists, key=lambda f: f[:3])
-    return CalibratedSubset(states=states, calibration=cal, evaluated=evaluated)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import Fields, read_json
+from edgeadapt.formats.jsonio import Fields, read_json
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

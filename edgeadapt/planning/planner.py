@@ -6,14 +6,14 @@ of every state) and the per-state costs measured on the device:
 1. Reference: the best single state on the calibration split (its accuracy minus
    `max_drop` is the accuracy every candidate must keep on that split).
 2. Subsets: **every** subset of at most `max_states` states is a candidate (not only those
-   holding the last state: the constraint decides); `edgeadapt.subset.search_subsets`
+   holding the last state: the constraint decides); `edgeadapt.planning.search.search_subsets`
    finds the cheapest whose calibrated thresholds keep the target, pruned by a lower
    bound on the expected cost (exact, as far as the calibrator is). Ties go to fewer
    states.
 3. States whose calibrated threshold never fires are dropped from the winner (their
    outcomes are unchanged; an ensemble no longer pays for them).
 4. Thresholds (``calibration="risk"``, the default): the subset's thresholds are
-   chosen by Learn then Test (`edgeadapt.risk`): a path learned on the calibration
+   chosen by Learn then Test (`edgeadapt.planning.risk`): a path learned on the calibration
    split, tested in order on the held-out split, so that P(drop on new data >
    max_drop) <= delta. When nothing can be promised (too few held-out samples, or no
    point passes) the plan keeps the reference state alone: the static model.
@@ -27,7 +27,7 @@ of every state) and the per-state costs measured on the device:
    (`static_ms`), the plan also records it, so its expected cost is held to the static
    model a user would otherwise deploy as well as to R_N (`Plan.beats_static`).
 
-Per-hop overhead (`hop_overhead_ms`, the profile's `edgeadapt.cascade.Overhead`): what
+Per-hop overhead (`hop_overhead_ms`, the profile's `edgeadapt.formats.profile.Overhead`): what
 `AdaptiveModel.predict` itself adds per hop of a cascade on the device, beside the
 runtime calls. A plan of several states has it added to each kept state's exit cost
 (``(j + 1) * hop_overhead_ms`` at the j-th kept state: one per hop run), so its expected
@@ -66,24 +66,33 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgeadapt.calibrate import NEVER, CascadeResult, calibrate, exit_states, simulate
 from edgeadapt.errors import InputError
-from edgeadapt.evaluation import CONF_KEYS
-from edgeadapt.gates import Gate, GateInputs, fit_gates, policy_confidences
+from edgeadapt.formats.evaluation import CONF_KEYS
+from edgeadapt.formats.plan import (
+    COST_STATS,
+    KINDS,
+    MEASURE_RANGES,
+    BudgetRow,
+    Gate,
+    Plan,
+    Promise,
+    SplitFigures,
+)
+from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.kernel_ref import MEASURES, lookup
-from edgeadapt.oracle import exact_oracle
-from edgeadapt.plan import COST_STATS, KINDS, MEASURE_RANGES, BudgetRow, Plan, SplitFigures
-from edgeadapt.presets import RuntimeConfig
-from edgeadapt.risk import Promise, RiskControlled, risk_control, shared_path
-from edgeadapt.stats import drop_upper_bound
-from edgeadapt.subset import CalibratedSubset, search_subsets, subset_costs
+from edgeadapt.oracle.equations import exact_oracle
+from edgeadapt.planning.calibrate import NEVER, CascadeResult, calibrate, exit_states, simulate
+from edgeadapt.planning.gates import GateInputs, fit_gates, policy_confidences
+from edgeadapt.planning.risk import RiskControlled, risk_control, shared_path
+from edgeadapt.planning.search import CalibratedSubset, search_subsets, subset_costs
+from edgeadapt.planning.stats import drop_upper_bound
 
 if TYPE_CHECKING:
     import os
 
-    from edgeadapt.bundle import Bundle
-    from edgeadapt.evaluation import Evaluation
-    from edgeadapt.profile import Profile
+    from edgeadapt.formats.bundle import Bundle
+    from edgeadapt.formats.evaluation import Evaluation
+    from edgeadapt.formats.profile import Profile
 
 CALIBRATIONS = ("risk", "empirical")
 POLICIES = ("threshold", "gate")
@@ -91,7 +100,7 @@ _TOL = 1e-9
 
 
 class EvaluationLike(Protocol):
-    """What the planner reads from an evaluation (`edgeadapt.evaluation`'s format)."""
+    """What the planner reads from an evaluation (`edgeadapt.formats.evaluation`'s format)."""
 
     @property
     def labels(self) -> np.ndarray: ...
@@ -142,7 +151,7 @@ class Outcomes:
     @classmethod
     def from_evaluation(cls, evaluation: EvaluationLike, measure: str = "maxprob") -> Outcomes:
         """Correctness (``pred == labels``) and the `measure` confidences of an evaluation
-        (``conf``, ``conf_margin`` or ``conf_entropy``, see `edgeadapt.evaluation`)."""
+        (``conf``, ``conf_margin`` or ``conf_entropy``, see `edgeadapt.formats.evaluation`)."""
         if measure not in CONF_KEYS:
             raise InputError(f"must be one of {list(CONF_KEYS)}, got {measure!r}", field="measure")
         key = CONF_KEYS[measure]
@@ -232,7 +241,7 @@ def budget_state(budget: Sequence[BudgetRow], budget_ms: float) -> int:
 def exit_costs(
     state_costs: np.ndarray, states: Sequence[int], kind: str, hop_ms: float | None = None
 ) -> np.ndarray:
-    """What a sample exiting at each kept state pays (`edgeadapt.subset.subset_costs`)
+    """What a sample exiting at each kept state pays (`edgeadapt.planning.search.subset_costs`)
     plus, for a cascade of several states, `hop_ms` per hop run to reach it."""
     return _add_hops(subset_costs(state_costs, states, kind), hop_ms, kind)
 
@@ -474,7 +483,7 @@ def make_plan(
 
     `static_ms` is the measured whole model's cost, recorded as the plan's static baseline.
     `policy` ``"gate"`` fits a learned gate per kept state but the last on `calib`
-    (`edgeadapt.gates`) and thresholds the gates' scores instead of the confidences;
+    (`edgeadapt.planning.gates`) and thresholds the gates' scores instead of the confidences;
     the splits need every measure's confidences (`Outcomes.gate_inputs`).
 
     `measure` names the confidence measure of the splits (the plan records it); it
@@ -636,7 +645,7 @@ def _gated_states(
     """Gates for the kept `states`, fitted on `calib`, and their calibration-split
     thresholds (the empirical ones, or the end of the shared-threshold path for risk
     control: gate scores all estimate one probability, so one threshold serves every
-    gate, `edgeadapt.risk.shared_path`).
+    gate, `edgeadapt.planning.risk.shared_path`).
 
     A state whose gate never fires there is dropped and the gates are fitted again on
     the rest (its features would otherwise still feed the later gates), until every
@@ -785,7 +794,7 @@ def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> Profil
     """The state costs and the static baseline of `profile` for `bundle` (checked), at
     batch 1 and the percentile `stat` (p50, p90 or p99: a plan made on p90 costs keeps
     budgets with fewer misses)."""
-    from edgeadapt.profile import state_costs, static_cost
+    from edgeadapt.formats.profile import state_costs, static_cost
 
     if stat not in COST_STATS:
         raise InputError(f"must be one of {list(COST_STATS)}, got {stat!r}", field="cost_stat")
@@ -844,10 +853,10 @@ def write_plan(
     (`Profile.cascade_overhead`) unless `options` hold ``hop_overhead_ms``."""
     from pathlib import Path
 
-    from edgeadapt.bundle import Bundle, load_bundle
-    from edgeadapt.evaluation import Evaluation, load_evaluation
-    from edgeadapt.plan import save_plan
-    from edgeadapt.profile import Profile, check_profile, load_profile
+    from edgeadapt.formats.bundle import Bundle, load_bundle
+    from edgeadapt.formats.evaluation import Evaluation, load_evaluation
+    from edgeadapt.formats.plan import save_plan
+    from edgeadapt.formats.profile import Profile, check_profile, load_profile
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if isinstance(profile, Profile):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.jsonio import read_text
+from edgeadapt.formats.jsonio import read_text
 
 __all__ = ["COLUMNS", "StateTable", "TableStates", "load_state_table", "table_states"]
 
@@ -130,7 +130,7 @@ def table_states(
 ) -> TableStates:
     """The states of a state table, or with `evaluation` the evaluation's states with
     their costs taken from the table by name (every state must be in the table)."""
-    from edgeadapt.evaluation import load_evaluation
+    from edgeadapt.formats.evaluation import load_evaluation
 
     rows = load_state_table(table)
     if evaluation is None:

@@ -23,9 +23,9 @@ import numpy as np
 from edgeadapt.errors import InputError
 
 if TYPE_CHECKING:
-    from edgeadapt.bundle import Bundle
-    from edgeadapt.cascade import AdaptiveModel
-    from edgeadapt.presets import RuntimeConfig
+    from edgeadapt.cascade.model import AdaptiveModel
+    from edgeadapt.formats.bundle import Bundle
+    from edgeadapt.formats.presets import RuntimeConfig
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -134,8 +134,8 @@ def read_input(path: str | os.PathLike[str], bundle: Bundle) -> dict[str, np.nda
     memory-mapped (it is checked and copied a batch at a time by `predict_batches`)."""
     import zipfile
 
-    from edgeadapt.inputs import read_batch
-    from edgeadapt.jsonio import check_regular
+    from edgeadapt.data.inputs import read_batch
+    from edgeadapt.formats.jsonio import check_regular
 
     path = Path(path)
     if not path.exists():
@@ -213,9 +213,9 @@ def run_file(
     `cost_stat`) on the inputs in `input_path`, `batch` rows
     at a time; with `output`, ``pred``/``exit_state``/``conf``/``budget_exit`` are also
     saved there as an .npz."""
-    from edgeadapt.bundle import load_bundle
-    from edgeadapt.cascade import AdaptiveModel
-    from edgeadapt.npzio import save_npz
+    from edgeadapt.cascade.model import AdaptiveModel
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.formats.npzio import save_npz
 
     loaded = load_bundle(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
     arrays = read_input(input_path, loaded)

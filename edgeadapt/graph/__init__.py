@@ -1,0 +1,1 @@
+"""Reading ONNX graphs: which nodes a tensor depends on, and analytic FLOPs."""
