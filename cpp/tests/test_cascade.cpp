@@ -5,18 +5,10 @@
 #include <limits>
 #include <vector>
 
+#include "check.hpp"
 #include "edgeadapt/cascade.hpp"
 
 namespace ea = edgeadapt;
-
-static int failures = 0;
-#define CHECK(cond)                                                              \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++failures;                                                          \
-        }                                                                        \
-    } while (0)
 
 constexpr std::int64_t kClasses = 3;
 
@@ -261,10 +253,5 @@ int main() {
     budget_table();
     gates();
     declines_and_refusals();
-    if (failures) {
-        std::printf("%d check(s) failed\n", failures);
-        return 1;
-    }
-    std::printf("cascade: all checks passed\n");
-    return 0;
+    return edgeadapt::testing::checks_passed("cascade");
 }

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <string>
 
+#include "check.hpp"
 #include "edgeadapt/runner.hpp"
 #include "npy.hpp"
 #include "zip_writer.hpp"
@@ -22,16 +23,6 @@ namespace fs = std::filesystem;
 namespace ea = edgeadapt::runner;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);        \
-            ++failures;                                                                 \
-        }                                                                               \
-    } while (0)
 
 // The error has `code` and its message contains every one of `parts`.
 bool is_error(const ea::Error& e, ea::Code code, std::initializer_list<const char*> parts) {
@@ -58,7 +49,7 @@ void replace(const fs::path& p, const std::string& from, const std::string& to) 
     const std::size_t at = text.find(from);
     if (at == std::string::npos) {
         std::printf("  '%s' not in %s\n", from.c_str(), p.c_str());
-        ++failures;
+        ++edgeadapt::testing::failures;
         return;
     }
     write(p, text.replace(at, from.size(), to));
@@ -567,6 +558,5 @@ int main(int argc, char** argv) {
     npy_faults(scratch);
     npz_faults(scratch);
     runs(argv[1], argv[2], scratch);
-    if (failures == 0) std::printf("runner: all checks passed\n");
-    return failures == 0 ? 0 : 1;
+    return edgeadapt::testing::checks_passed("runner");
 }
