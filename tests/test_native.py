@@ -797,6 +797,22 @@ HARD = {
     "warmup-1e30": (lambda t: MULTIEXIT, None, ["--warmup", "1e30"], 64, ["--warmup"]),
     "batch-1e30": (lambda t: MULTIEXIT, None, ["--batch", "1e30"], 64, ["--batch"]),
     "threads-1e10": (lambda t: MULTIEXIT, None, ["--threads", "1e10"], 64, ["--threads"]),
+    "thresholds-trailing-comma": (
+        lambda t: MULTIEXIT,
+        None,
+        ["--thresholds", "0.5,"],
+        64,
+        ["--thresholds", "0.5,"],
+    ),
+    "budget-past-double": (
+        lambda t: MULTIEXIT,
+        None,
+        ["--budget-ms", "1e309"],
+        64,
+        ["--budget-ms"],
+    ),
+    "budget-infinite": (lambda t: MULTIEXIT, None, ["--budget-ms", "inf"], 64, ["--budget-ms"]),
+    "budget-nan": (lambda t: MULTIEXIT, None, ["--budget-ms", "nan"], 64, ["--budget-ms"]),
 }
 
 
@@ -807,7 +823,7 @@ def test_classify_refuses_hard_cases_cleanly(request, inputs, tmp_path, build, c
     exe = request.getfixturevalue(build) / "examples" / "classify"
     data = inputs if make_inputs is None else make_inputs(tmp_path)
     extra = [str(_fifo(tmp_path, "plan.json")) if a == "FIFO" else a for a in extra]
-    policy = [] if "--plan" in extra else ["--thresholds", "0.6"]
+    policy = [] if "--plan" in extra or "--thresholds" in extra else ["--thresholds", "0.6"]
     cmd: list = [exe, make_bundle(tmp_path), data, "--quiet", *policy, *extra]
     if "--threads" not in extra:
         cmd += ["--threads", "1"]
@@ -837,6 +853,18 @@ def test_classify_refuses_external_data_the_manifest_does_not_list(request, tmp_
     )
     assert done.returncode == 3, done.stderr
     assert "references external data 'evil.bin'" in done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_classify_reports_output_it_cannot_write(native, tmp_path):
+    exe = native / "examples" / "classify"
+    args = [exe, _tiny(tmp_path), _tiny_inputs(tmp_path), "--thresholds", "0.6"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(a) for a in args], stdout=full, stderr=subprocess.PIPE, text=True, check=False
+        )
+    assert done.returncode == 1, done.stderr
+    assert "stdout: cannot write (No space left on device)" in done.stderr
 
 
 def test_classify_json_leaves_no_temp_file(native, tmp_path):

@@ -3,7 +3,8 @@
 // What runs on every inference: the confidence of a row of logits, the batch exit
 // decision with compaction of the rows that continue, learned exit gates (gate_score,
 // gate_decide: numerics below, at their definition), and the latency-aware policy
-// (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table).
+// (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table). The
+// cascade that walks a bundle's hops with them is cascade.hpp.
 //
 // Numerics (the readable specification is edgeadapt/kernel_ref.py):
 //   t_i = x_i - max(x)                      float32
