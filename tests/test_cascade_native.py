@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.cascade.model import AdaptiveModel, Prediction
+from edgeadapt.cascade.model import AdaptiveModel, Prediction, _Hop
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.plan import BudgetRow
 from edgeadapt.formats.plan import Gate as Gate2
-from edgeadapt.kernel import CascadeCall, Gate, confidence
+from edgeadapt.kernel import CascadeCall, Gate, Policy, confidence
 from edgeadapt.kernel_ref import gate_decide
+from edgeadapt.runtimes import get_runtime
 from tests.backends import CPU_RUNTIMES
 from tests.plans import runner_plan
 
@@ -271,8 +272,6 @@ def test_a_branches_bundle_without_a_budget_table_runs_its_last_branch_alone():
     n = len(bundle.states)
     sessions = [None] * n
     try:
-        from edgeadapt.runtimes import get_runtime
-
         rt = get_runtime("onnxruntime", **ORT)
         sessions = [rt.load(s.path) for s in bundle.steps]
     except Exception:
@@ -280,9 +279,6 @@ def test_a_branches_bundle_without_a_budget_table_runs_its_last_branch_alone():
             if s is not None:
                 s.close()
         raise
-    from edgeadapt.cascade.model import _Hop
-    from edgeadapt.kernel import Policy
-
     hops = [_Hop(s, (s,)) for s in range(n)]
     policy = Policy([2.0] * (n - 1), [1.0] * n, cumulative=False)
     with AdaptiveModel(branches, sessions, hops, policy, True) as m:
@@ -363,6 +359,20 @@ def test_each_runtime_runs_a_gate_plan_natively(rows, runtime):
                 _same(got, _python(m, x, budget))
 
 
+def test_a_policy_whose_costs_do_not_follow_the_bundle_takes_the_loop():
+    """Budget routes come from the policy in the engine and from the bundle's kind in the
+    loop: a policy built by hand whose cumulative flag says otherwise runs the loop."""
+    bundle = load_bundle(BUNDLES / "mnist1d-family")
+    rt = get_runtime("onnxruntime", **ORT)
+    sessions = [rt.load(s.path) for s in bundle.steps]
+    hops = [_Hop(s, (s,)) for s in range(len(sessions))]
+    for cumulative, native in ((False, True), (True, False)):  # an ensemble's costs are not
+        policy = Policy([0.6, 0.6], [1.0, 1.0, 1.0], cumulative=cumulative)
+        m = AdaptiveModel(bundle, sessions, hops, policy, True)
+        assert (m._cascade is not None) == native
+    m.close()
+
+
 # ---- faults: the loop's words -------------------------------------------------------------
 
 
@@ -378,7 +388,7 @@ def _patched(m: AdaptiveModel, step: int, wrap, monkeypatch) -> CascadeCall:
     the Python loop's `Session.run` then makes too."""
     session = m.sessions[step]
     monkeypatch.setattr(session, "_run", wrap(session._run))
-    native = m._native_cascade(m._check.single[:3], costs_known=False)
+    native = m._native_cascade(m._check.single[:3])
     assert native is not None
     return native
 

@@ -326,7 +326,7 @@ class AdaptiveModel:
         # vouch for, and the Python loop of `predict` runs that batch.
         self._cascade: CascadeCall | None = None
         if len(self._route) > 1 and single is not None:
-            self._cascade = self._native_cascade(single[:3], costs_known)
+            self._cascade = self._native_cascade(single[:3])
         # read-only exit_state / budget_exit of the last batch size the fast path saw
         self._constant: tuple[int, np.ndarray, np.ndarray] = (0, _EMPTY_I64, _EMPTY_BOOL)
 
@@ -335,7 +335,7 @@ class AdaptiveModel:
         """A gate plan's learned exit gates (`edgeadapt.kernel.GateRun`), else None."""
         return self._gates
 
-    def _native_cascade(self, single: tuple[Any, ...], costs_known: bool) -> CascadeCall | None:
+    def _native_cascade(self, single: tuple[Any, ...]) -> CascadeCall | None:
         """The batch-1 cascade of this model's route as a `CascadeCall`, or None when the
         policy's costs are not cumulative exactly along an early-exit bundle (the budget
         routes the engine derives from the policy would then differ from the loop's)."""
@@ -360,7 +360,7 @@ class AdaptiveModel:
             policy=policy,
             result=Prediction,
             hop_overhead_ms=self._hop_overhead_ms,
-            costs_known=costs_known,
+            costs_known=self.costs_known,
             last_alone=bundle.kind == "branches",
             gates=None if self._gates is None else self._gates.gates,
         )
