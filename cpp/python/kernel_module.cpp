@@ -684,6 +684,7 @@ public:
         std::vector<Call> calls;
     };
 
+    PyHops() = default;
     PyHops(std::vector<Hop> hops, std::int64_t classes)
         : hops_(std::move(hops)), f32_(py::dtype::of<float>()), classes_(classes),
           row_(static_cast<std::size_t>(classes)) {}
@@ -727,7 +728,6 @@ public:
         return logits_row(api, PyDict_GetItem(prev_.ptr(), h.logits.ptr()));
     }
 
-    std::size_t size() const { return hops_.size(); }
     py::object failed() const { return failed_; }
 
 private:
@@ -763,18 +763,24 @@ private:
 
     std::vector<Hop> hops_;
     py::dtype f32_;
-    std::int64_t classes_;
+    std::int64_t classes_ = 0;
     std::vector<float> row_;
     PyObject* x_ = nullptr;
     py::object prev_;
     py::object failed_ = py::none();
 };
 
-// The hops of a route given as (state, logits, calls), each call (session, feeds, step)
-// and each feed (name, is the model input); `input` is the only model input.
-std::vector<PyHops::Hop> parse_route(const py::sequence& route, const py::str& input,
-                                     std::vector<std::int64_t>& states) {
+// A route: its hops and the bundle state each reaches.
+struct Route {
     std::vector<PyHops::Hop> hops;
+    std::vector<std::int64_t> states;
+};
+
+// The route given as hops (state, logits, calls), each call (session, feeds, step) and
+// each feed (name, is the model input); `input` is the only model input.
+Route parse_route(const py::sequence& route, const py::str& input) {
+    std::vector<PyHops::Hop> hops;
+    std::vector<std::int64_t> states;
     for (py::handle item : route) {
         py::sequence h = py::reinterpret_borrow<py::sequence>(item);
         if (h.size() != 3) throw py::value_error("a hop is (state, logits, calls)");
@@ -805,7 +811,12 @@ std::vector<PyHops::Hop> parse_route(const py::sequence& route, const py::str& i
         hops.push_back(std::move(hop));
     }
     if (hops.empty()) throw py::value_error("route holds no hop");
-    return hops;
+    return {std::move(hops), std::move(states)};
+}
+
+std::int64_t checked_classes(std::int64_t classes) {
+    if (classes < 2) throw py::value_error("classes must be >= 2");
+    return classes;
 }
 
 std::vector<ea::Gate> gate_list(const py::object& gates) {
@@ -823,26 +834,24 @@ public:
                 const py::object& gates)
         : accept_(dtype, shape), i64_(py::dtype::of<std::int64_t>()),
           f32_(py::dtype::of<float>()), bool_(py::dtype::of<bool>()),
-          policy_(std::move(policy)), result_(std::move(result)), costs_known_(costs_known),
-          hops_({}, std::max<std::int64_t>(classes, 0)) {
-        if (classes < 2) throw py::value_error("classes must be >= 2");
-        std::vector<std::int64_t> states;
-        hops_ = PyHops(parse_route(route, py::str(input), states), classes);
+          policy_(std::move(policy)), result_(std::move(result)), costs_known_(costs_known) {
+        Route r = parse_route(route, py::str(input));
+        hops_ = PyHops(std::move(r.hops), checked_classes(classes));
         ea::Policy* p = policy_of(policy_);
-        if (static_cast<std::int64_t>(states.size()) != p->num_states())
+        if (static_cast<std::int64_t>(r.states.size()) != p->num_states())
             throw py::value_error("route must hold one hop per kept state of the policy (" +
                                   std::to_string(p->num_states()) + "), got " +
-                                  std::to_string(states.size()));
+                                  std::to_string(r.states.size()));
         if (!std::isfinite(hop_overhead_ms) || hop_overhead_ms < 0.0)
             throw py::value_error("hop_overhead_ms must be finite and >= 0");
         std::vector<ea::Gate> g = gate_list(gates);
-        if (!g.empty() && g.size() + 1 != states.size())
+        if (!g.empty() && g.size() + 1 != r.states.size())
             throw py::value_error("gates must hold one gate per kept state but the last (" +
-                                  std::to_string(states.size() - 1) + "), got " +
+                                  std::to_string(r.states.size() - 1) + "), got " +
                                   std::to_string(g.size()));
         const auto walk = last_alone ? ea::Cascade::Walk::LastAlone : ea::Cascade::Walk::Cascade;
-        ensure_ok(ea::Cascade::create(p, std::move(states), std::move(g), hop_overhead_ms, classes,
-                                      walk, cascade_));
+        ensure_ok(ea::Cascade::create(p, std::move(r.states), std::move(g), hop_overhead_ms,
+                                      classes, walk, cascade_));
     }
 
     // None, or a `result` (pred, exit_state, conf, budget_exit, latency_ms) of the batch
