@@ -152,17 +152,24 @@ def test_run_figures_are_what_the_runtime_gives(demo):
         assert r.mean_ms > 0
         assert r.static_mean_ms > 0
         assert r.speedup == pytest.approx(r.static_mean_ms / r.mean_ms)
-        kept = dict(zip(plan.states, plan.cost_ms, strict=True))
-        expected = sum(kept[s] * n for s, n in enumerate(r.exits) if n) / SAMPLES
-        assert r.expected_cost_ms == pytest.approx(expected)
         # predicted against what `speedup` measures: the whole model the static run calls
-        assert plan.static_ms is not None
         # (the whole model's cost, for a reference before the last state in its share)
+        assert plan.static_ms is not None
         costs = b.cost_ms
         static = plan.static_ms * costs[ref] / costs[-1]
         assert r.static_cost_ms == pytest.approx(static)
         assert (r.static_cost_ms == plan.static_ms) is (ref == len(costs) - 1)
-        assert r.predicted_speedup == pytest.approx(static / expected)
+        if len(plan.states) == 1:  # one plain model, as the static model runs
+            (state,) = plan.states
+            plain = plan.static_ms * costs[state] / costs[-1]
+            assert r.expected_cost_ms == pytest.approx(plain)
+            if state == ref:  # the static model itself
+                assert r.predicted_speedup == pytest.approx(1.0)
+        else:
+            kept = dict(zip(plan.states, plan.cost_ms, strict=True))
+            expected = sum(kept[s] * n for s, n in enumerate(r.exits) if n) / SAMPLES
+            assert r.expected_cost_ms == pytest.approx(expected)
+            assert r.predicted_speedup == pytest.approx(static / expected)
 
 
 def test_rerun_reuses_artefacts_and_rebuilds_a_broken_one(demo):
@@ -267,3 +274,24 @@ def test_retrain_runs_the_pipeline_on_the_retrained_bundles(monkeypatch, demo):
     for b in result.bundles:
         assert b.bundle.path == out / "bundles" / b.name
         assert b.reused == []  # retraining rebuilds every artefact
+
+
+def test_the_readme_block_is_what_the_demo_printed(demo):
+    """bench/readme_demo.py's block for README.md: the lead bundle's summary as the demo
+    prints it (files under the default directory), the others' plan and run lines, and
+    the figures; README.md holds the markers it writes between."""
+    from edgeadapt.commands.demo import render_bundle
+    from edgeadapt.render import ratio
+    from tests.scripts import ROOT, script_module
+
+    out, result, _ = demo
+    with script_module("bench/readme_demo.py", "bench_readme_demo") as script:
+        text = script.block(result, "load average 1.0 before, 1.0 after")
+        assert script.BLOCK.search((ROOT / "README.md").read_text())
+    lead, family = result.bundles
+    assert str(out) not in text
+    assert render_bundle(lead).replace(str(out), "edgeadapt-demo") in text
+    assert f"== {family.name}: ensemble, 3 states ==" in text
+    assert "plan: keep " in text.split(f"== {family.name}")[1]
+    assert f"runs {ratio(lead.run.speedup)} faster than the static model" in text
+    assert "(load average 1.0 before, 1.0 after)" in text

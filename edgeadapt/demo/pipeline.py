@@ -117,7 +117,8 @@ class RunFigures:
     @property
     def predicted_speedup(self) -> float:
         """What the profile predicts for the same comparison as `speedup`: the static
-        model's profiled cost (`static_cost_ms`) over the plan's expected cost."""
+        model's profiled cost over the plan's expected cost (`plain_cost_ms` for a plan
+        of one state: 1 for the static model itself)."""
         return self.static_cost_ms / self.expected_cost_ms
 
     @property
@@ -364,18 +365,17 @@ def _measure_run(
     return pred, exits, lat, static_pred, static_lat
 
 
-def static_cost_ms(plan: Plan, costs: list[float]) -> float:
-    """The profiled cost of the static model the run calls (the reference state as one
-    plain model): the measured whole model's when the reference is the last state; for
-    another state, which the profile does not time alone, the whole model's in the share
-    of the last state's cost the reference's takes; the reference's own cost when the
-    profile has no whole model."""
-    ref = plan.reference_state
+def plain_cost_ms(plan: Plan, costs: list[float], state: int) -> float:
+    """The profiled cost of `state` as one plain model (how the static model, and a plan
+    of one state, run): the measured whole model's for the last state; for another
+    state, which the profile does not time alone, the whole model's in the share of the
+    last state's cost that state's takes; the state's own cost when the profile has no
+    whole model."""
     if plan.static_ms is None:
-        return float(costs[ref])
-    if ref == len(costs) - 1:
+        return float(costs[state])
+    if state == len(costs) - 1:
         return float(plan.static_ms)
-    return float(plan.static_ms * costs[ref] / costs[-1])
+    return float(plan.static_ms * costs[state] / costs[-1])
 
 
 def _run_figures(
@@ -391,8 +391,11 @@ def _run_figures(
 
     pred, exits, lat, static_pred, static_lat = measured
     n = y.shape[0]
-    kept_cost = dict(zip(plan.states, plan.cost_ms, strict=True))
-    expected = float(np.mean([kept_cost[int(s)] for s in exits]))
+    if len(plan.states) == 1:  # one plain model, as the static model runs
+        expected = plain_cost_ms(plan, costs, plan.states[0])
+    else:
+        kept_cost = dict(zip(plan.states, plan.cost_ms, strict=True))
+        expected = float(np.mean([kept_cost[int(s)] for s in exits]))
     correct = evaluation_test.correct[:n]
     oracle = exact_oracle(correct, np.asarray(costs))
     return RunFigures(
@@ -406,7 +409,7 @@ def _run_figures(
         static_p50_ms=float(np.percentile(static_lat, 50)),
         exits=[int(np.sum(exits == s)) for s in range(len(bundle.states))],
         expected_cost_ms=expected,
-        static_cost_ms=static_cost_ms(plan, costs),
+        static_cost_ms=plain_cost_ms(plan, costs, plan.reference_state),
         oracle_r=oracle.r_oracle,
         oracle_a=oracle.a_oracle,
         gap_closure=gap_closure(float(costs[-1]), expected, oracle.r_oracle),
