@@ -261,8 +261,8 @@ def test_retrain_runs_the_pipeline_on_the_retrained_bundles(monkeypatch, demo):
     out, first, _ = demo
     calls = []
 
-    def fake_train_and_export(out_dir, *, force, log):  # the same models, without torch's minute
-        calls.append((out_dir, force))
+    def fake_train_and_export(out_dir, *, names, force, log):  # the same models, without torch
+        calls.append((out_dir, names, force))
         return {
             b.name: load_bundle(shutil.copytree(b.bundle.path, out_dir / b.name))
             for b in first.bundles
@@ -270,7 +270,7 @@ def test_retrain_runs_the_pipeline_on_the_retrained_bundles(monkeypatch, demo):
 
     monkeypatch.setattr(train, "train_and_export", fake_train_and_export)
     result = run_demo(out, retrain=True, samples=10, min_seconds=0.05)
-    assert calls == [(out / "bundles", True)]
+    assert calls == [(out / "bundles", ("mnist1d-resnet", "mnist1d-family"), True)]
     for b in result.bundles:
         assert b.bundle.path == out / "bundles" / b.name
         assert b.reused == []  # retraining rebuilds every artefact

@@ -301,8 +301,8 @@ def _bundles(out: Path, retrain: bool, ui: UI) -> list[Bundle]:
         from edgeadapt.demo.train import train_and_export
     except ImportError as e:
         raise MissingExtraError("torch", "torch", "edgeadapt demo --retrain") from e
-    ui.log("retraining the demo models from the seed (needs a few minutes) ...")
-    trained = train_and_export(out / "bundles", force=True, log=ui.log)
+    ui.log("retraining the demo models from the seed (needs minutes) ...")
+    trained = train_and_export(out / "bundles", names=BUNDLES, force=True, log=ui.log)
     return [load_bundle(trained[name].path) for name in BUNDLES]
 
 
