@@ -59,6 +59,8 @@ def saving(share: float | None) -> str:
     4.5% more``); ``n/a`` when there is no baseline."""
     if share is None:
         return "n/a"
+    if abs(share) < 0.0005:  # 0.0% either way: no saving, whatever the rounding error's sign
+        return "saves 0.0%"
     return f"saves {pct(share)}" if share >= 0 else f"costs {pct(-share)} more"
 
 
