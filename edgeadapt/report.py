@@ -17,7 +17,9 @@ gates, planned from the same profile and evaluation with the plan's options
 closure side by side, or why a policy cannot be planned (an evaluation without every
 measure's confidences has no gate policy).
 
-The HTML embeds the PNGs as base64 data URIs (readable without a server) next to tables
+The HTML names the bundle by its manifest sha256 (its identity, which the profile, the
+evaluation and the plan are checked against) and embeds the PNGs as base64 data URIs
+(readable without a server) next to tables
 of the states, the bounds, the subset curve and the plan, each saving stated against both
 baselines (R_N, for an early-exit bundle the sum of the steps, and the measured static
 model, the whole model
@@ -61,7 +63,7 @@ from edgeadapt.oracle.subset import SubsetChoice, subset_curve_exact
 from edgeadapt.planning.calibrate import Sweep, simulate, sweep
 from edgeadapt.planning.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
 from edgeadapt.planning.search import subset_costs
-from edgeadapt.render import num, pct, ratio, saving
+from edgeadapt.render import num, pct, ratio, saving, static_verdict, thresholds_text
 
 __all__ = [
     "FIGURES",
@@ -394,7 +396,7 @@ def _plan_section(data: ReportData) -> str:
     gap = "n/a" if plan.gap_closure is None else pct(plan.gap_closure)
     rows = [
         ["states", ", ".join(plan.state_names)],
-        [f"thresholds ({plan.measure})", ", ".join(f"{t:.4f}" for t in plan.thresholds)],
+        thresholds_text(plan).split(": ", 1),
         ["held-out samples", str(held.n)],
         ["held-out accuracy", pct(held.accuracy, 2)],
         [
@@ -409,6 +411,8 @@ def _plan_section(data: ReportData) -> str:
             "vs the static model (measured whole model)",
             "not measured"
             if plan.static_ms is None
+            else f"{num(plan.static_ms)} ms (the plan is the static model)"
+            if plan.keeps_static
             else _versus(held.cost_ms, plan.static_ms)
             + ("" if plan.beats_static else " (the plan does NOT beat it)"),
         ],
@@ -436,11 +440,7 @@ def policy_rows(policies: Sequence[PolicyOutcome]) -> list[list[str]]:
         plan = p.plan
         if plan is None:
             continue
-        static = (
-            "-"
-            if plan.beats_static is None
-            else ("beats" if plan.beats_static else "does NOT beat")
-        )
+        static = "-" if plan.static_ms is None else static_verdict(plan, "").strip()
         rows.append(
             [
                 p.policy,
@@ -516,7 +516,7 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
 <body>
 <h1>edgeadapt report: {esc(b.path.name)}</h1>
 <p>Bundle {esc(str(b.path))} ({esc(b.kind)}, {len(data.inputs.names)} states,
-{b.num_classes} classes). Costs: ms, {esc(bound.origin)}, from profile
+{b.num_classes} classes, manifest sha256 {esc(b.manifest_sha256)}). Costs: ms, {esc(bound.origin)}, from profile
 {esc(prof.path or "(not saved)")} (device {esc(prof.device_id)}, {esc(str(prof.runtime))},
 {esc(str(prof.threads))} thread(s), measured {esc(prof.measured_at)}){noisy}.
 Accuracies: evaluation {esc(bound.evaluation_path or "(not saved)")} ({bound.samples} samples). Written {when}.</p>

@@ -51,7 +51,7 @@ def open_calibration(
     (without reading the sample data); errors name the file and the array."""
     path = Path(path)
     inputs = open_inputs(path, specs)
-    y = read_labels(path, inputs.rows, num_classes)
+    y = read_labels(path, inputs.rows, num_classes, of="the model's logits")
     if inputs.rows < 2:
         raise InputError("needs at least 2 samples", source=path, field="y")
     return Calibration(path, inputs, y.astype(np.int64))

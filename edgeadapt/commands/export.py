@@ -15,9 +15,14 @@ from edgeadapt.commands.bundles import export_options, show_written
 from edgeadapt.commands.export_branches import export_branches_cmd
 from edgeadapt.commands.export_torch import export_torch_cmd
 from edgeadapt.commands.group import CommandGroup
-from edgeadapt.commands.options import batch_option, echo_note, file_option, memory_option
+from edgeadapt.commands.options import (
+    INPUT_FILE,
+    batch_option,
+    echo_note,
+    file_option,
+    memory_option,
+)
 from edgeadapt.commands.progress import progress_ticker
-from edgeadapt.errors import InputError
 
 
 @click.group(cls=CommandGroup)
@@ -25,20 +30,21 @@ def export() -> None:
     """Export a model into a bundle of states (per-exit ONNX steps + manifest)."""
 
 
-def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
+def _heads(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``--head CUT=OUTPUT`` (repeated) as ``{cut: output}``, each cut once."""
     heads: dict[str, str] = {}
     for v in values:
         cut, sep, out = v.partition("=")
         if not sep or not cut or not out:
-            raise InputError(f"expected CUT=OUTPUT, got {v!r}", source="heads")
+            raise click.BadParameter(f"expected CUT=OUTPUT, got {v!r}")
         if cut in heads:
-            raise InputError(f"{cut!r} is given twice", source="heads")
+            raise click.BadParameter(f"{cut!r} is given twice")
         heads[cut] = out
     return heads
 
 
 @export.command("onnx")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=INPUT_FILE)
 @click.option(
     "--cut",
     "cuts",
@@ -51,6 +57,7 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     "--head",
     "heads",
     multiple=True,
+    callback=_heads,
     metavar="CUT=OUTPUT",
     help="Use the existing tensor OUTPUT as the exit logits at CUT (repeat).",
 )
@@ -84,17 +91,24 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
 )
 @batch_option("Calibration samples per forward pass.", flag="--batch-size", param="batch_size")
 @memory_option()
+@click.option(
+    "--shared-weights",
+    is_flag=True,
+    help="Store every weight once, in one external-data file (weights.data) all steps "
+    "read, instead of a copy in each step that reads it.",
+)
 @export_options(parity=True)
 def export_onnx_cmd(
     model: Path,
     cuts: tuple[str, ...],
-    heads: tuple[str, ...],
+    heads: dict[str, str],
     logits: str | None,
     calibration: Path | None,
     pool: str,
     mask: str | None,
     batch_size: int | None,
-    memory: str | None,
+    memory: int | None,
+    shared_weights: bool,
     parity_rtol: float,
     parity_atol: float,
     output: Path,
@@ -104,7 +118,10 @@ def export_onnx_cmd(
     """Split the ONNX classifier MODEL at --cut tensors into an early-exit bundle.
 
     Each step after the first reads the previous activation plus the model inputs it
-    needs (a transformer's attention_mask). Cuts without --head get a linear head fitted
+    needs (a transformer's attention_mask); what it needs from before its cut and can
+    compute again (masks, position ids, shapes, weights read on both sides) is copied
+    into it, and a cut that an activation skips past is refused. `edgeadapt inspect
+    MODEL --cuts` lists the valid cuts. Cuts without --head get a linear head fitted
     on --calibration, streamed in batches of --batch-size (else of the most --memory
     holds, said in a note); the command prints each head's training and held-out
     accuracy and warns when they differ a lot.
@@ -116,7 +133,6 @@ def export_onnx_cmd(
     from edgeadapt.data.memory import BatchChoice
     from edgeadapt.exporters.onnx import export_onnx
 
-    head_map = _parse_heads(heads)
     with contextlib.ExitStack() as stack:
         tick = progress_ticker(stack, "exporting")
 
@@ -127,7 +143,7 @@ def export_onnx_cmd(
             model,
             output,
             cuts=cuts,
-            heads=head_map,
+            heads=heads,
             logits=logits,
             calibration=calibration,
             pool=pool,
@@ -136,6 +152,7 @@ def export_onnx_cmd(
             memory=memory,
             parity_rtol=parity_rtol,
             parity_atol=parity_atol,
+            shared_weights=shared_weights,
             force=force,
             progress=progress,
         )
@@ -150,7 +167,7 @@ def export_onnx_cmd(
     metavar="MODELS...",
     nargs=-1,
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
 )
 @click.option(
     "--name",

@@ -7,15 +7,24 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
+from edgeadapt.commands.options import (
+    bundle_argument,
+    echo_json,
+    file_option,
+    integer,
+    json_option,
+    number,
+    output_option,
+    seed_option,
+)
 from edgeadapt.formats.plan import COST_STATS
 from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanSummary
-from edgeadapt.render import pct, saving
+from edgeadapt.render import pct, saving, static_verdict, thresholds_text
 
 
 @click.command("plan")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@bundle_argument()
 @file_option(
     "--profile", "Profile of this bundle on the target device (edgeadapt profile).", required=True
 )
@@ -26,26 +35,26 @@ from edgeadapt.render import pct, saving
 )
 @click.option(
     "--max-states",
-    type=click.IntRange(min=1),
+    type=integer(1),
     default=4,
     show_default=True,
     help="Most states the plan may keep.",
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(0, 1),
+    type=number(0, 1),
     default=0.005,
     show_default=True,
     help="Accuracy drop allowed against the best single state (0.005 = 0.5 points).",
 )
 @click.option(
     "--heldout",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=number(0, 1, min_open=True, max_open=True),
     default=0.5,
     show_default=True,
     help="Share of the evaluation kept out of calibration to report on.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@seed_option("Seed of the split.")
 @click.option(
     "--measure",
     type=click.Choice(MEASURES),
@@ -55,7 +64,7 @@ from edgeadapt.render import pct, saving
 )
 @click.option(
     "--delta",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=number(0, 1, min_open=True, max_open=True),
     default=0.05,
     show_default=True,
     help="The promise (drop <= --max-drop on new data) holds with probability 1 - delta.",
@@ -152,11 +161,10 @@ def plan_text(summary: PlanSummary) -> str:
 
     plan = summary.plan
     held = plan.heldout
-    on = "gate scores" if plan.gates is not None else plan.measure
     lines = [
         f"states: {', '.join(plan.state_names)}",
         f"policy: {plan.policy}",
-        f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in plan.thresholds),
+        thresholds_text(plan),
         f"held-out: accuracy {pct(held.accuracy, 2)}, drop {pct(held.drop, 2, signed=True)} "
         f"against {plan.bundle_states[plan.reference_state]}",
         plan.statement,
@@ -166,11 +174,15 @@ def plan_text(summary: PlanSummary) -> str:
     ]
     if plan.static_ms is None:
         lines.append("  vs the static model: not measured (profile without the whole model)")
+    elif plan.keeps_static:
+        lines.append(
+            f"  vs the static model, the measured whole model: {plan.static_ms:.4f} ms; the "
+            "plan is the static model (one state, deployed as one plain model)"
+        )
     else:
-        verdict = "beats it" if plan.beats_static else "does NOT beat it"
         lines.append(
             f"  vs the static model, the measured whole model: {plan.static_ms:.4f} ms "
-            f"({saving(summary.saving_vs_static)}; the plan {verdict})"
+            f"({saving(summary.saving_vs_static)}; the plan {static_verdict(plan)})"
         )
     if summary.costs is not None and summary.costs.note is not None:
         lines.append(f"note: {summary.costs.note}")

@@ -32,6 +32,7 @@ import numpy as np
 from edgeadapt.data.inputs import X_KEY, check_batch, kinds_for
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import InputSpec
+from edgeadapt.formats.evaluation import check_classes
 from edgeadapt.formats.npzio import (
     READ_ERRORS,
     ArraySpec,
@@ -312,28 +313,26 @@ def open_inputs(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> Inp
 
 
 def check_labels(
-    y: np.ndarray, rows: int, num_classes: int, source: str | os.PathLike[str]
+    y: np.ndarray, rows: int, num_classes: int, source: str | os.PathLike[str], of: str = ""
 ) -> np.ndarray:
     """`y` checked as labels of `rows` samples: integers ``[rows]``, each a class index
-    ``0..num_classes-1``; errors name `source` and ``y``."""
+    ``0..num_classes-1`` (`check_classes`; `of` says where the class count comes from);
+    errors name `source` and ``y``."""
     if y.ndim != 1 or y.shape[0] != rows or y.dtype.kind not in "iu":
         raise InputError(
             f"expected integer labels [{rows}], got {y.dtype} {y.shape}", source=source, field="y"
         )
-    if rows and (y.min() < 0 or y.max() >= num_classes):
-        raise InputError(
-            f"labels must lie in 0..{num_classes - 1}, got {y.min()}..{y.max()}",
-            source=source,
-            field="y",
-        )
+    check_classes(y, num_classes, source=source, field="y", of=of)
     return y
 
 
-def read_labels(path: str | os.PathLike[str], rows: int, num_classes: int) -> np.ndarray:
+def read_labels(
+    path: str | os.PathLike[str], rows: int, num_classes: int, *, of: str = ""
+) -> np.ndarray:
     """The integer labels ``y`` of the npz at `path`, checked (`check_labels`) against
     its `rows` samples and the `num_classes` classes."""
     y = load_npz(path, {"y": ArraySpec("iu", 1)})["y"]
-    return check_labels(y, rows, num_classes, path)
+    return check_labels(y, rows, num_classes, path, of)
 
 
 def read_batch(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ from edgeadapt.data.inputs import X_KEY
 from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.formats.stepcheck import check_step
 
@@ -140,6 +141,8 @@ def _evaluate(
         confs["conf"],
         conf_margin=confs["conf_margin"],
         conf_entropy=confs["conf_entropy"],
+        num_classes=bundle.num_classes,
+        bundle=BundleIdentity.of(bundle),
     )
 
 

@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.formats.evaluation import CONF_KEYS
+from edgeadapt.formats.evaluation import CONF_KEYS, check_evaluation
 from edgeadapt.formats.plan import (
     COST_STATS,
     KINDS,
@@ -720,10 +720,10 @@ def plan_bundle(
     runtime: RuntimeConfig | None = None,
     hop_overhead_ms: float | None = None,
 ) -> Plan:
-    """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
-    state order) split into a calibration and a held-out part, then `make_plan`."""
-    names = [s.name for s in bundle.states]
-    outcomes = Outcomes.from_evaluation(evaluation.select(names), measure)
+    """The plan `edgeadapt plan` makes: `evaluation` (checked to be of `bundle`, its
+    columns taken in the bundle's state order: `check_evaluation`) split into a
+    calibration and a held-out part, then `make_plan`."""
+    outcomes = Outcomes.from_evaluation(check_evaluation(evaluation, bundle), measure)
     calib, held = outcomes.split(heldout=heldout, seed=seed)
     return make_plan(
         calib,
