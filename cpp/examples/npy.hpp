@@ -1,5 +1,6 @@
 // Small readers for the array files the examples take: a .npy (format versions 1-3,
-// C or Fortran order, float32 '<f4' or int64 '<i8', its data at any offset) and
+// C or Fortran order, float32 'f4', float64 'f8' (read as float32) or int64 'i8' of
+// either byte order, its data at any offset) and
 // an .npz (an uncompressed zip of .npy members, as numpy.savez writes it), and
 // `read_inputs`, which reads a bundle's model inputs from either as `edgeadapt run
 // --input` does (edgeadapt/data/inputs.py): one array per model input named as the input (a
@@ -8,10 +9,12 @@
 // present before anything is allocated; errors name the file and the member.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -100,6 +103,12 @@ inline void copy_c_order(const char* data, const std::vector<std::int64_t>& shap
     }
 }
 
+// Reverse the bytes of each of the `count` values of `item` bytes at `p`.
+inline void swap_bytes(void* p, std::size_t count, std::size_t item) {
+    auto* b = static_cast<unsigned char*>(p);
+    for (std::size_t k = 0; k < count; ++k, b += item) std::reverse(b, b + item);
+}
+
 // Parse the .npy held in bytes[off, off + size); `src` names it in errors.
 inline runner::Error parse_npy(const std::string& file, std::size_t off, std::size_t size,
                                const std::string& src, NpyArray& out) {
@@ -130,14 +139,20 @@ inline runner::Error parse_npy(const std::string& file, std::size_t off, std::si
         !header_value(header, "shape", shape))
         return bad("header lacks descr, fortran_order or shape");
     NpyArray a;
-    if (descr == "'<f4'") {
+    // big-endian ('>') data is swapped to the machine's order after the copy
+    const bool big = descr.size() == 5 && descr[1] == '>';
+    std::string code = descr;
+    if (big) code[1] = '<';
+    const bool wide = code == "'<f8'";  // float64, read as float32 as Python reads it
+    if (code == "'<f4'" || wide) {
         a.dtype = runner::DType::Float32;
-    } else if (descr == "'<i8'") {
+    } else if (code == "'<i8'") {
         a.dtype = runner::DType::Int64;
     } else {
-        return bad("dtype must be float32 ('<f4') or int64 ('<i8'), got " + descr);
+        return bad("dtype must be float32 ('<f4'), float64 ('<f8') or int64 ('<i8'), either byte order, "
+                   "got " + descr);
     }
-    const std::size_t item = runner::dtype_size(a.dtype);
+    const std::size_t item = wide ? sizeof(double) : runner::dtype_size(a.dtype);
     if (order != "False" && order != "True")
         return bad("fortran_order must be True or False, got " + order);
     const bool fortran = order == "True";
@@ -173,9 +188,24 @@ inline runner::Error parse_npy(const std::string& file, std::size_t off, std::si
     if (a.dtype == runner::DType::Int64) {
         a.ints.resize(count);
         if (count) copy_c_order(data, a.shape, item, fortran, a.ints.data());
+        if (big) swap_bytes(a.ints.data(), count, item);
+    } else if (wide) {
+        std::vector<double> values(count);
+        if (count) copy_c_order(data, a.shape, item, fortran, values.data());
+        if (big) swap_bytes(values.data(), count, item);
+        a.data.resize(count);
+        // beyond float32's range a value becomes infinite, which the input check refuses
+        constexpr double most = std::numeric_limits<float>::max();
+        for (std::size_t k = 0; k < count; ++k) {
+            const double v = values[k];
+            a.data[k] = v > most    ? std::numeric_limits<float>::infinity()
+                        : v < -most ? -std::numeric_limits<float>::infinity()
+                                    : static_cast<float>(v);
+        }
     } else {
         a.data.resize(count);
         if (count) copy_c_order(data, a.shape, item, fortran, a.data.data());
+        if (big) swap_bytes(a.data.data(), count, item);
     }
     out = std::move(a);
     return {};

@@ -357,7 +357,18 @@ void npy_faults(const fs::path& scratch) {
     CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"x.npy", "data bytes"}));
     std::string f8 = header;
     f8.replace(f8.find("<f4"), 3, "<f8");
-    write(p, magic + f8 + data);
+    write(p, magic + f8 + data);  // 24 bytes are 3 doubles, not 6
+    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"x.npy", "data bytes"}));
+    std::string wide(48, '\0');  // float64 is read as float32; beyond its range as infinity
+    const double values[6] = {0.5, -1.0, 2.0, 1e300, -1e300, 3.0};
+    std::memcpy(wide.data(), values, sizeof values);
+    write(p, magic + f8 + wide);
+    CHECK(!edgeadapt::examples::read_npy(p, a));
+    CHECK(a.data.size() == 6 && a.data[0] == 0.5f && a.data[2] == 2.0f && std::isinf(a.data[3]) &&
+          a.data[4] < 0 && std::isinf(a.data[4]));
+    std::string i4 = header;
+    i4.replace(i4.find("<f4"), 3, "<i4");
+    write(p, magic + i4 + data);
     CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"float32"}));
     std::string fortran = header;  // the values 0..5 in Fortran order: [[0, 2, 4], [1, 3, 5]]
     fortran.replace(fortran.find("False"), 5, "True ");
