@@ -17,7 +17,14 @@ import pytest
 from click.testing import CliRunner
 
 from edgeadapt.cli import cli
-from edgeadapt.commands.options import BundleOrModel, FiniteFloat, InputDir, InputFile, OutputPath
+from edgeadapt.commands.options import (
+    BundleOrModel,
+    Bytes,
+    FiniteFloat,
+    InputDir,
+    InputFile,
+    OutputPath,
+)
 
 #: Text parameters checked while parsing, with values each must refuse.
 BAD_TEXT: dict[str, list[str]] = {
@@ -115,6 +122,8 @@ def _bad(param: click.Parameter, places: dict[str, str]) -> list[str]:
     if isinstance(t, FiniteFloat):
         high = [] if t.max is None else [str(2 * t.max + 1)]
         return ["nan", "inf", "-inf", "1e309", "-5", *high]
+    if isinstance(t, Bytes):
+        return ["0", "-1MiB", "lots", "2PiB", "nan", "1e3GB"]
     assert t == click.STRING, f"{param.name}: declare its type in edgeadapt.commands.options"
     assert param.name in BAD_TEXT, f"{param.name}: add its bad values to BAD_TEXT or FREE_TEXT"
     return [v.format(**places) for v in BAD_TEXT[param.name]]

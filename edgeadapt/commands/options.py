@@ -48,6 +48,7 @@ __all__ = [
     "BUNDLE_OR_MODEL",
     "INPUT_FILE",
     "INT_MAX",
+    "Bytes",
     "batch_option",
     "bundle_argument",
     "echo_json",
@@ -257,7 +258,7 @@ def batch_option(help: str, *, flag: str = "--batch", param: str = "batch") -> C
     )
 
 
-class _Bytes(click.ParamType):
+class Bytes(click.ParamType):
     """A size such as ``512MiB`` or ``2GB`` read by `parse_bytes`, as bytes."""
 
     name = "size"
@@ -276,7 +277,7 @@ def memory_option() -> Callable[[F], F]:
     from (`edgeadapt.data.memory.choose_batch`)."""
     return click.option(
         "--memory",
-        type=_Bytes(),
+        type=Bytes(),
         metavar="SIZE",
         default=None,
         help="Memory for one batch's inputs and activations (the weights come on top), "
