@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from edgeadapt.cascade.agreement import AgreementRun
 from edgeadapt.data.inputs import BatchCheck, warmup_batch
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import Bundle, load_bundle
@@ -271,6 +272,8 @@ class AdaptiveModel:
         self.static = static
         #: A gate plan's learned exit gates (`edgeadapt.kernel.GateRun`), else None.
         self.gates: GateRun | None = None
+        #: An agreement plan's decisions (`edgeadapt.cascade.agreement.AgreementRun`), else None.
+        self.agreement: AgreementRun | None = None
         #: The runtime configuration the steps run under, and why it differs from the
         #: plan's when the caller overrode it (see `load`).
         self.runtime: RuntimeConfig | None = None
@@ -400,7 +403,7 @@ class AdaptiveModel:
         if plan is not None:
             if thresholds is not None:
                 raise InputError("give thresholds or a plan, not both", source="thresholds")
-            check_plan(plan, bundle, plan_source, policies=("threshold", "gate"))
+            check_plan(plan, bundle, plan_source, policies=("threshold", "gate", "agreement"))
             if measure is not None and measure != plan.measure:
                 raise InputError(
                     f"the plan was made for measure {plan.measure!r}, got {measure!r}",
@@ -434,7 +437,8 @@ class AdaptiveModel:
         per_step = _step_costs(bundle, step_costs_ms, profile, stat)
         if per_step is not None:
             hop_costs = [sum(per_step[i] for i in hop.steps) for hop in hops]
-        elif plan is not None and bundle.kind == "branches":  # each branch's own cost
+        elif plan is not None and bundle.kind == "branches" and not plan.agreement:
+            # each branch's own cost
             hop_costs = list(plan.cost_ms)
         elif plan is not None:
             hop_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
@@ -478,6 +482,10 @@ class AdaptiveModel:
         model = cls(bundle, sessions, hops, policy, known, static, overhead or 0.0)
         if plan is not None and plan.gates is not None:
             model.gates = GateRun(plan.gates, plan.measure)
+        if plan is not None and plan.agreement:
+            # the Python loop walks the route (a branches plan too: not one branch alone)
+            model.agreement = AgreementRun(len(plan.states), plan.measure)
+            model._one = None
         model.runtime, model.runtime_note = choice.config, choice.note
         try:
             model.warm_up(warmup)
@@ -651,7 +659,7 @@ class AdaptiveModel:
                 return self._answer(start, run_ns, out, hop.logits, hop.slot, hop.state)
             # else the complete check below accepts the batch or words the error
         cascade = self._cascade
-        if cascade is not None and self.gates is None:
+        if cascade is not None and self.gates is None and self.agreement is None:
             try:
                 native = cascade(x, budget_ms)
             except EdgeadaptError:
@@ -667,7 +675,8 @@ class AdaptiveModel:
         start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
-        if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):
+        walks = self.bundle.kind != "branches" or self.agreement is not None
+        if len(self._route) == 1 or (budget is None and not walks):
             return self._predict_one(inputs, self._route[-1])
         b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
@@ -684,12 +693,12 @@ class AdaptiveModel:
             target = policy.lookup(budget)
             if target is not None:  # else nothing fits: the first state, then out
                 route = self._targets[target]
-        elif self.bundle.kind == "branches":  # no budget: the most accurate branch alone
+        elif not walks:  # no budget: the most accurate branch alone
             route = route[-1:]
         last = len(route) - 1
-        # Gates read the features of every earlier kept state: they decide only on a route
-        # that starts at the first kept state (a member picked alone answers plainly).
-        gates = self.gates if route[0].slot == 0 else None
+        # Gates (and the agreement policy) read every earlier kept state: they decide only on
+        # a route that starts at the first kept state (a member picked alone answers plainly).
+        gates = (self.gates or self.agreement) if route[0].slot == 0 else None
         if gates is not None:
             gates.start(b)
         # `rows`: original indices of the active rows, None while every row is active;
