@@ -205,8 +205,14 @@ def test_from_evaluation_and_split():
     assert o.correct.tolist() == [[True, True], [True, True], [False, True], [False, True]]
     calib, held = o.split(0.5, seed=1)
     assert calib.n == held.n == 2
+    # predictions alone: the agreement policy plans them, the threshold policy cannot
+    bare = Outcomes.from_evaluation(SimpleNamespace(**{**ev.__dict__, "conf": None}))
+    assert bare.conf is None
+    np.testing.assert_array_equal(bare.scores([0, 1], "agreement"), [[0, 1], [0, 1], [0, 0], [0, 0]])
     with pytest.raises(InputError, match="confidences"):
-        Outcomes.from_evaluation(SimpleNamespace(**{**ev.__dict__, "conf": None}))
+        bare.scores([0, 1])
+    with pytest.raises(InputError, match="confidences"):
+        make_plan(*bare.split(0.5, seed=1), [1.0, 2.0], manifest_sha256="0" * 64)
     assert o.measure == calib.measure == held.measure == "maxprob"
 
 
@@ -223,9 +229,11 @@ def test_from_evaluation_picks_the_measure():
     o = Outcomes.from_evaluation(ev, "margin")
     assert o.measure == "margin"
     np.testing.assert_array_equal(o.conf, margin)
-    with pytest.raises(InputError, match="needs entropy confidences") as info:
-        Outcomes.from_evaluation(ev, "entropy")
-    assert (info.value.source, info.value.field) == ("e.npz", "conf_entropy")
+    bare = Outcomes.from_evaluation(ev, "entropy")
+    assert bare.conf is None and bare.measure == "entropy"
+    with pytest.raises(InputError, match="thresholds entropy confidences") as info:
+        make_plan(*bare.split(0.5, seed=0), [1.0, 2.0], manifest_sha256="0" * 64)
+    assert info.value.field == "conf_entropy"
     with pytest.raises(InputError, match="must be one of"):
         Outcomes.from_evaluation(ev, "logits")
 

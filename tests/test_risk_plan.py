@@ -1,6 +1,6 @@
 """The planner's promise over resamples: `make_plan` end to end (subset search, gates
 fitted on the calibration split, the path learned there and tested on the held-out
-split), for both policies, on data it never saw.
+split), for every policy and promise, on data it never saw.
 
 As in `tests/test_risk.py`, each resample draws its calibration and held-out splits
 i.i.d. from a finite pool, so the pool is the distribution and a plan's true drop (its

@@ -51,7 +51,8 @@ apply to the gates' scores (in [0, 1]) and `measure` names only the confidence r
 at the last state. Policy ``agreement``: the thresholds apply to the share of the
 earlier kept states whose prediction agrees with the state's own
 (`edgeadapt.kernel_ref.agreement_shares`, in [0, 1]); `measure` again names only the
-confidence reported at the last state. Version 1 files (no ``policy``) read as the
+confidence reported at the last state; a state that never exits (it only votes) has the
+threshold ``AGREEMENT_NEVER`` (2). Version 1 files (no ``policy``) read as the
 threshold policy; a reader of version 2 that runs neither gates nor agreement refuses
 such a plan by its ``policy.kind``.
 
@@ -116,6 +117,9 @@ MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
     "entropy": (None, 0.0),
 }
 KINDS = ("early-exit", "ensemble", "branches")
+#: The threshold an agreement plan writes for a kept state that never exits (it still
+#: votes: later states count its prediction). Shares are at most 1.
+AGREEMENT_NEVER = 2.0
 SEARCH_METHODS = ("exhaustive",)
 #: Profile percentiles a plan's costs may be taken at (``cost_stat``, default p50).
 COST_STATS = ("p50", "p90", "p99")
@@ -603,8 +607,10 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     policy, gates = (
         _policy(f.child("policy"), len(states)) if "policy" in f.obj else ("threshold", None)
     )
-    # gate scores and agreement shares lie in [0, 1]
-    low, high = MEASURE_RANGES[measure] if policy == "threshold" else (0.0, 1.0)
+    # gate scores lie in [0, 1], agreement shares too (AGREEMENT_NEVER above: never exit)
+    low, high = {"threshold": MEASURE_RANGES[measure], "gate": (0.0, 1.0)}.get(
+        policy, (0.0, AGREEMENT_NEVER)
+    )
     thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
     cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0, maximum=MAX_MS)
     budget = _budget_rows(f, states)

@@ -148,8 +148,8 @@ def shared_path(
 ) -> list[np.ndarray]:
     """One threshold for every exit (module docstring): `points` shared thresholds,
     evenly spaced in the share of scores they pass, from "never exit early" down to the
-    lowest of `grid` whose drop here is at most `max_drop` (the scan stops at the first
-    that exceeds it). Repeated points are dropped."""
+    lowest of `grid` whose drop here is at most `max_drop` (found by bisection: the drop
+    rises as the threshold falls). Repeated points are dropped."""
     n, s = conf.shape
     never = np.full(s - 1, NEVER)
     if s == 1:
@@ -157,16 +157,22 @@ def shared_path(
     ref = np.asarray(reference_correct, dtype=bool)
     pooled = np.sort(conf[:, :-1].ravel())[::-1]
     rows = np.arange(n)
-    end = 0
     levels = [
         float(pooled[min(pooled.size, math.ceil(k * pooled.size / grid)) - 1])
         for k in range(1, grid + 1)
     ]
-    for k, tau in enumerate(levels, start=1):
-        state = exit_states(conf, np.full(s - 1, tau))
-        if dropped(*drop_counts(ref, correct[rows, state]), promise) > max_drop * n:
-            break
-        end = k
+
+    def within(k: int) -> bool:
+        state = exit_states(conf, np.full(s - 1, levels[k - 1]))
+        return dropped(*drop_counts(ref, correct[rows, state]), promise) <= max_drop * n
+
+    end, hi = 0, grid  # levels 1..end are within max_drop; the first beyond is in (end, hi]
+    while end < hi:
+        mid = (end + hi + 1) // 2
+        if within(mid):
+            end = mid
+        else:
+            hi = mid - 1
     path = [never]
     for i in range(1, points + 1):
         k = math.ceil(end * i / points)

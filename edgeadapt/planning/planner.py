@@ -69,6 +69,7 @@ import numpy as np
 from edgeadapt.errors import InputError
 from edgeadapt.formats.evaluation import CONF_KEYS
 from edgeadapt.formats.plan import (
+    AGREEMENT_NEVER,
     COST_STATS,
     KINDS,
     MEASURE_RANGES,
@@ -606,10 +607,7 @@ def make_plan(
         bundle_states=calib.names,
         measure=measure,
         states=states,
-        # branches plans never exit on confidence: their thresholds are placeholders
-        thresholds=tuple(
-            float(MEASURE_RANGES[measure][1]) if not cascaded else float(t) for t in thresholds
-        ),
+        thresholds=_written(thresholds, measure, policy, cascaded),
         cost_ms=tuple(float(c) for c in cost_ms),
         budget=budget_table(costs, calib_acc, states),
         reference_state=reference,
@@ -635,6 +633,19 @@ def make_plan(
         hop_overhead_ms=hop_ms,
         agreement=policy == "agreement",
     )
+
+
+def _written(
+    thresholds: np.ndarray, measure: str, policy: str, cascaded: bool
+) -> tuple[float, ...]:
+    """The thresholds as the plan file holds them: a branches plan never exits on
+    confidence (placeholders), an agreement plan writes `AGREEMENT_NEVER` for a voter
+    that never exits."""
+    if not cascaded:
+        return tuple(float(MEASURE_RANGES[measure][1]) for _ in thresholds)
+    if policy == "agreement":
+        return tuple(AGREEMENT_NEVER if math.isinf(t) else float(t) for t in thresholds)
+    return tuple(float(t) for t in thresholds)
 
 
 def _drop_bound(
@@ -713,6 +724,15 @@ def plan_bundle(
     """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
     state order) split into a calibration and a held-out part, then `make_plan`."""
     names = [s.name for s in bundle.states]
+    key = CONF_KEYS.get(measure)
+    if policy != "agreement" and key is not None and getattr(evaluation, key, None) is None:
+        raise InputError(
+            f"planning on {measure} needs {measure} confidences; this evaluation has none "
+            "(imported predictions: plan them with --policy agreement; or write it again "
+            "with edgeadapt evaluate, which stores every measure)",
+            source=getattr(evaluation, "source", None),
+            field=key,
+        )
     outcomes = Outcomes.from_evaluation(evaluation.select(names), measure)
     calib, held = outcomes.split(heldout=heldout, seed=seed)
     return make_plan(

@@ -59,6 +59,7 @@ def loss_p_value(losses: int, n: int, max_drop: float) -> float:
     return binom_cdf(losses, n, max_drop)
 
 
+@functools.lru_cache(maxsize=65536)  # a path's points repeat counts
 def net_p_value(losses: int, gains: int, n: int, max_drop: float, delta: float) -> float:
     """p-value of "net drop > max_drop" after `losses` and `gains` in `n` samples (the
     module docstring), for a test at level `delta` (``GAMMA_SHARE * delta`` of it

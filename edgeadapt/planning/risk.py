@@ -21,8 +21,9 @@ How:
    (`edgeadapt.planning.pvalues`: the binomial test of the losses; for the net promise
    also the Berger-Boos test of losses minus gains). `choose` scores every pair by
    cross-fitting on the learning split alone: each path is learned on all but one fold
-   and walked on that fold, its counts scaled to the testing split's size, and the
-   pair whose walk stops at the cheapest point is chosen.
+   and walked on that fold, its counts scaled to the testing split's size (the first
+   failure found by bisection: a prediction), and the pair whose walk stops at the
+   cheapest point is chosen.
 2. *Test* (on the testing split): the chosen path, learned on the whole learning split,
    is walked in order; each point's null "its drop exceeds max_drop" gets the chosen
    test's p-value, and fixed-sequence testing stops at the first point it cannot
@@ -196,6 +197,38 @@ def _folds(n: int, folds: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, folds)]
 
 
+def _point_figures(
+    path: Sequence[np.ndarray], split: Split, cost: np.ndarray
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Each path point's (losses, gains) and mean cost on `split`."""
+    conf, correct, ref = split
+    rows = np.arange(conf.shape[0])
+    counts, costs = [], np.empty(len(path))
+    for i, t in enumerate(path):
+        state = exit_states(conf, t)
+        counts.append(drop_counts(ref, correct[rows, state]))
+        costs[i] = cost[state].mean()
+    return counts, costs
+
+
+def _predicted_stop(
+    counts: Sequence[tuple[int, int]],
+    costs: np.ndarray,
+    reject: Callable[[int, int], tuple[bool, float]],
+) -> float:
+    """The mean cost a walk of these points would keep: the cheapest point before the
+    first one `reject` fails, that point found by bisection (a prediction: it takes
+    the points' drops to rise along the path), the first point's when none passes."""
+    lo, hi = 0, len(counts)  # points [0, lo) pass; the first failure is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reject(*counts[mid])[0]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return float(costs[: max(lo, 1)].min())
+
+
 def _scaled_test(
     test: str, scale: float, n_test: int, max_drop: float, delta: float
 ) -> Callable[[int, int], tuple[bool, float]]:
@@ -244,11 +277,10 @@ def choose(
                 max_drop=max_drop,
                 promise=promise,
             )
+            counts, costs = _point_figures(path, fold, cost)
             for test in tests:
                 reject = _scaled_test(test, scale, n_test, max_drop, delta)
-                best, _, _, _ = _walk(path, fold, cost, reject)
-                state = exit_states(fold[0], path[0] if best is None else best)
-                totals[kind, test] += float(cost[state].mean()) / len(parts)
+                totals[kind, test] += _predicted_stop(counts, costs, reject) / len(parts)
     chosen = (kinds[0], tests[0])
     for pair in ((k, t) for t in tests for k in kinds):
         if totals[pair] < totals[chosen] * (1.0 - MARGIN):
