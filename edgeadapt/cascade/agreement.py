@@ -41,11 +41,6 @@ class AgreementRun:
         self._position = 0
         self.start(batch)
 
-    @property
-    def position(self) -> int:
-        """The kept state the next `decide_into` decides for."""
-        return self._position
-
     def start(self, batch: int) -> None:
         """Begin a call on `batch` rows (grows the buffer when needed)."""
         if batch < 1:

@@ -1,7 +1,8 @@
 """Choose a device's plan: the states to keep, their thresholds, and the budget table.
 
-`make_plan` works on two splits of an evaluation (per-sample correctness and confidence
-of every state) and the per-state costs measured on the device:
+`make_plan` works on two splits of an evaluation (per-sample correctness and confidence,
+or prediction for the agreement policy, of every state: `edgeadapt.planning.outcomes`) and
+the per-state costs measured on the device:
 
 1. Reference: the best single state on the calibration split (its accuracy minus
    `max_drop` is the accuracy every candidate must keep on that split).
@@ -13,10 +14,14 @@ of every state) and the per-state costs measured on the device:
 3. States whose calibrated threshold never fires are dropped from the winner (their
    outcomes are unchanged; an ensemble no longer pays for them).
 4. Thresholds (``calibration="risk"``, the default): the subset's thresholds are
-   chosen by Learn then Test (`edgeadapt.planning.risk`): a path learned on the calibration
-   split, tested in order on the held-out split, so that P(drop on new data >
-   max_drop) <= delta. When nothing can be promised (too few held-out samples, or no
-   point passes) the plan keeps the reference state alone: the static model.
+   chosen by Learn then Test (`edgeadapt.planning.risk`): the calibration split chooses a
+   path (per-exit frontier or one shared threshold) and a test, the path learned there
+   is tested in order on the held-out split, so that P(drop on new data > max_drop)
+   <= delta, the drop the `promise` names (``net``: losses minus gains; ``loss``:
+   losses). An agreement plan's subset is searched at several shares of max_drop
+   (`SEARCH_LEVELS`) and the calibration split picks the one it predicts cheapest once
+   tested. When nothing can be promised (too few held-out samples, or no point passes)
+   the plan keeps the reference state alone: the static model.
    ``calibration="empirical"`` keeps the thresholds that meet max_drop on the
    calibration split, with no promise.
 5. The held-out split gives the figures the plan reports: accuracy, drop against the
@@ -46,7 +51,9 @@ its step costs were timed each step alone.
 Branch bundles (``kind="branches"``, AdaInf's execution branches) are not cascaded: the
 plan keeps the device's Pareto set of branches (measured cost against calibration
 accuracy) and its budget table; without a budget the most accurate branch answers alone,
-with one the table picks the branch (their thresholds are unused placeholders).
+with one the table picks the branch (their thresholds are unused placeholders). Under
+the agreement policy a branches bundle is cascaded as an ensemble is (`cascade_kind`):
+each branch runs from the input, and a sample pays every branch run.
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
