@@ -25,6 +25,7 @@ from edgeadapt.planning.calibrate import exit_states
 from edgeadapt.planning.planner import Outcomes, make_plan, simulate_plan
 from edgeadapt.runtimes import get_runtime
 from tests.plans import runner_plan
+from tests.test_gates import _bundle_logits
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 SHA = "0" * 64
@@ -112,7 +113,8 @@ def _member_logits(bundle, x):
 
 
 def _runs_as_planned(bundle, plan, x, batch):
-    preds = np.stack([predict_confidence(z)[0] for z in _member_logits(bundle, x)], axis=1)
+    logits = _bundle_logits(bundle, x) if bundle.kind == "early-exit" else _member_logits(bundle, x)
+    preds = np.stack([predict_confidence(z)[0] for z in logits], axis=1)
     kept = preds[:, list(plan.states)]
     want = exit_states(agreement_shares(kept), np.asarray(plan.thresholds))
     with AdaptiveModel.load(bundle, plan=plan) as m:
@@ -137,6 +139,17 @@ def test_adaptive_model_runs_an_agreement_plan_of_an_ensemble(batch):
     x = np.random.default_rng(0).normal(size=(128, 1, 40)).astype(np.float32)
     exit_state = _runs_as_planned(bundle, plan, x, batch)
     assert len(np.unique(exit_state)) > 1  # and some do not
+
+
+def test_adaptive_model_runs_an_agreement_plan_of_an_early_exit_bundle():
+    """On the multi-exit bundle the agreement policy exits where the exits agree (as
+    PABEE does), every step still run for its activation."""
+    bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
+    plan = replace(
+        runner_plan(bundle, (0, 1, 2, 3), (2.0, 1.0, 1.0), (0.1, 0.2, 0.3, 0.4)), agreement=True
+    )
+    x = np.random.default_rng(2).normal(size=(96, 1, 40)).astype(np.float32)
+    _runs_as_planned(bundle, plan, x, 32)
 
 
 def test_adaptive_model_runs_an_agreement_plan_of_branches(tmp_path):
