@@ -48,9 +48,11 @@ from edgeadapt.formats.profile import Profile, load_profile, state_costs
 from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.measure.profiler import profile_bundle
 from edgeadapt.oracle.equations import exact_oracle
-from edgeadapt.planning.calibrate import NEVER, exit_states
+from edgeadapt.planning.calibrate import NEVER, calibrate, exit_states
+from edgeadapt.planning.gates import fit_gates
 from edgeadapt.planning.planner import Outcomes, exit_costs, gap_closure, make_plan, simulate_plan
 from edgeadapt.planning.risk import risk_control
+from edgeadapt.planning.stats import binom_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
@@ -221,6 +223,33 @@ def redraw(
     return out
 
 
+def ceiling(
+    pool: Outcomes, costs: np.ndarray, hop: float, kind: str, max_drop: float, n_test: int
+) -> str:
+    """What limits the promise: per-exit thresholds and gates fitted on the whole pool and
+    scored on it (in-sample: optimistic) at the loss rate the binomial test on `n_test`
+    held-out samples can pass at the most."""
+    passable = max(k for k in range(n_test + 1) if binom_cdf(k, n_test, max_drop) <= DELTA) / n_test
+    every = tuple(range(len(costs)))
+    cost = exit_costs(costs, every, kind, hop)
+    ref = pool.correct[:, int(np.argmax(pool.correct.mean(axis=0)))]
+    kept = pool.correct | ~ref[:, None]
+    r_oracle = exact_oracle(pool.correct, costs).r_oracle
+    gaps = []
+    for scores in (
+        pool.conf,
+        pool.scores(every, "gate", fit_gates(pool.gate_inputs, pool.correct, ref)),
+    ):
+        t = calibrate(scores, kept, cost, max_drop=passable, reference_accuracy=1.0).thresholds
+        gaps.append(
+            gap_closure(float(costs[-1]), float(cost[exit_states(scores, t)].mean()), r_oracle)
+        )
+    return (
+        f"in-sample ceiling at the loss rate a {n_test}-sample test passes ({passable:.2%}), "
+        f"fitted and scored on the whole pool: per-exit thresholds {gaps[0]:.3f}, gates {gaps[1]:.3f}"
+    )
+
+
 def evaluate_pool(bundle: Bundle, n: int) -> dict:
     """Every state on `n` fresh MNIST-1D samples: labels, predictions, each measure."""
     data = mnist1d_calibration(n, seed=POOL_SEED)
@@ -288,6 +317,7 @@ def main() -> None:
             f"{name:<48} {a[:, 0].mean():>11.3f} {np.mean(bound > args.max_drop):>10.0%} "
             f"{a[:, 1].mean():>+9.2%}"
         )
+    print(ceiling(pool, costs, hop, bundle.kind, args.max_drop, args.calibration_samples // 2))
     print(f"({time.monotonic() - start:.0f} s)")
 
 
