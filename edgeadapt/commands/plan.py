@@ -99,7 +99,7 @@ from edgeadapt.render import pct, saving
     "calibration split, its scores thresholded by the same calibration; agreement: exit "
     "when enough of the states run so far predict the same class (how many is "
     "calibrated), planned from predictions alone. Gate and agreement plans are plan "
-    "format version 2 and run in the Python loop.",
+    "format version 2; agreement plans run in AdaptiveModel's Python loop.",
 )
 @output_option("Where to write plan.json (default: BUNDLE/plan.json).")
 @json_option("Print the plan's figures as JSON.")
