@@ -11,13 +11,17 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from edgeadapt._version import __version__
-from edgeadapt.commands.group import CommandGroup, as_flag
+from edgeadapt.commands.group import CommandGroup, as_flag, usage_error
 from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.formats.atomic import Terminated, signals_as_exceptions
+from edgeadapt.formats.identity import UncheckedWarning
 
 
 def _discover() -> dict[str, click.Command]:
@@ -33,9 +37,26 @@ def _discover() -> dict[str, click.Command]:
     return found
 
 
+def _notes(show: Callable[..., None]) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints each distinct `UncheckedWarning` once as a
+    ``note:`` line on stderr and hands other warnings to `show`."""
+    shown: set[str] = set()
+
+    def note(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, UncheckedWarning):
+            show(message, category, *args, **kwargs)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            click.echo(f"note: {message}", err=True)
+
+    return note
+
+
 class _Group(CommandGroup):
-    """Lists the discovered commands; turns EdgeadaptError and OSError into a one-line
-    error, exit 2."""
+    """Lists the discovered commands; turns click's usage errors, EdgeadaptError and
+    OSError into a one-line error, exit 2, SIGTERM into an exception that writers clean up
+    after (exit 143), and a file that cannot be checked to be of its bundle
+    (`UncheckedWarning`) into one note."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_discover())
@@ -44,8 +65,22 @@ class _Group(CommandGroup):
         return _discover().get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UncheckedWarning)
+            warnings.showwarning = _notes(warnings.showwarning)
+            try:
+                with signals_as_exceptions():  # SIGTERM: writers clean up, as on SIGINT
+                    return self._invoke(ctx)
+            except Terminated as e:
+                click.echo(f"error: {e}; no file was left half-written", err=True)
+                ctx.exit(128 + e.signum)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a missing option, a value its type refuses
+            click.echo(f"error: {usage_error(e)}", err=True)
+            ctx.exit(2)
         except InputError as e:
             click.echo(f"error: {as_flag(e, ctx)}", err=True)
             ctx.exit(2)

@@ -18,7 +18,9 @@ evaluation with the plan's options
 closure side by side, or why a policy cannot be planned (an evaluation without every
 measure's confidences has no gate policy).
 
-The HTML embeds the PNGs as base64 data URIs (readable without a server) next to tables
+The HTML names the bundle by its manifest sha256 (its identity, which the profile, the
+evaluation and the plan are checked against) and embeds the PNGs as base64 data URIs
+(readable without a server) next to tables
 of the states, the bounds, the subset curve and the plan, each saving stated against both
 baselines (R_N, for an early-exit bundle the sum of the steps, and the measured static
 model, the whole model
@@ -517,7 +519,7 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
 <body>
 <h1>edgeadapt report: {esc(b.path.name)}</h1>
 <p>Bundle {esc(str(b.path))} ({esc(b.kind)}, {len(data.inputs.names)} states,
-{b.num_classes} classes). Costs: ms, {esc(bound.origin)}, from profile
+{b.num_classes} classes, manifest sha256 {esc(b.manifest_sha256)}). Costs: ms, {esc(bound.origin)}, from profile
 {esc(prof.path or "(not saved)")} (device {esc(prof.device_id)}, {esc(str(prof.runtime))},
 {esc(str(prof.threads))} thread(s), measured {esc(prof.measured_at)}){noisy}.
 Accuracies: evaluation {esc(bound.evaluation_path or "(not saved)")} ({bound.samples} samples). Written {when}.</p>

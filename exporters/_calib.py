@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import InputSpec
+from edgeadapt.formats.evaluation import check_classes
 from edgeadapt.formats.npzio import ArraySpec, load_npz
 
 
@@ -146,6 +147,5 @@ def open_calibration(
             )
     if len(y) < 2:
         raise InputError("needs at least 2 samples", source=path, field="y")
-    if y.min() < 0 or y.max() >= num_classes:
-        raise InputError(f"labels must lie in [0, {num_classes})", source=path, field="y")
+    check_classes(y, num_classes, source=path, field="y", of="the model's logits")
     return Calibration(path, tuple(members), y, len(y))

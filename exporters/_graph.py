@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,6 +12,7 @@ from onnx import shape_inference
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import BATCH, InputSpec
+from edgeadapt.formats.jsonio import check_regular
 from edgeadapt.graph.deps import subgraphs
 
 #: Source models larger than this (protobuf's 2 GB limit) are refused: shape inference,
@@ -34,10 +34,9 @@ _NP_DTYPES: dict[int, str] = {
 
 def load_source(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Load a source model with its external data; refuse one that cannot be held in
-    one protobuf (> 2 GB) with a message saying so."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", source=path)
+    one protobuf (> 2 GB), or that imports an ONNX opset newer than this onnx (and so
+    ONNX Runtime) knows, with a message saying so."""
+    path = check_regular(path)
     try:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as e:  # protobuf DecodeError, missing external data files, ...
@@ -50,6 +49,15 @@ def load_source(path: str | os.PathLike[str]) -> onnx.ModelProto:
             "need a single protobuf). Export smaller parts of the network instead.",
             source=path,
         )
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= newest:
+            raise InputError(
+                f"imports ONNX opset {opset.version}; this onnx {onnx.__version__} knows "
+                f"opsets 1..{newest} (re-export the model at a released opset)",
+                source=path,
+                field="opset_import",
+            )
     return model
 
 

@@ -211,7 +211,10 @@ def pareto(branches: Sequence[Branch], max_branches: int) -> list[Branch]:
     return front
 
 
-def _load_calibration(path: Path, spec_name: str, shape: tuple[int, ...], dtype: str):
+def _load_calibration(
+    path: Path, spec_name: str, shape: tuple[int, ...], dtype: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    from edgeadapt.formats.evaluation import check_classes
     from edgeadapt.formats.npzio import ArraySpec, load_npz
 
     arrays = load_npz(path, {"x": ArraySpec("f", 1 + len(shape)), "y": ArraySpec("iu", 1)})
@@ -225,6 +228,7 @@ def _load_calibration(path: Path, spec_name: str, shape: tuple[int, ...], dtype:
         )
     if len(y) != len(x) or len(x) == 0:
         raise InputError(f"x has {len(x)} rows and y {len(y)}; they must match", source=path)
+    check_classes(y, num_classes, source=path, field="y", of="the model's logits")
     return x.astype(dtype, copy=False), y.astype(np.int64, copy=False)
 
 
@@ -318,7 +322,7 @@ def export_branches(
         raise InputError(f"the output must be [batch, classes], got {tail}", source=path)
     found = _chosen_blocks(model, blocks, path)
     x, y = _load_calibration(
-        Path(calibration), spec.name, tuple(int(d) for d in spec.shape[1:]), spec.dtype
+        Path(calibration), spec.name, tuple(int(d) for d in spec.shape[1:]), spec.dtype, tail[0]
     )
     evaluate = _scorer(model, found, spec.name, x, y, path, progress)
     candidates, enumeration = _skip_sets(found, evaluate, seed)

@@ -41,6 +41,13 @@ def _load(bundle: Bundle, i: int) -> onnx.ModelProto:
                 "which onnx.utils.Extractor does not follow: cannot compose the whole model",
                 source=step.path,
             )
+    # Initializers no node reads are dropped, as ONNX Runtime drops them when it loads the
+    # step: the merge checks every tensor it keeps.
+    read = {name for node in model.graph.node for name in graphdeps.node_inputs(node)}
+    read |= {o.name for o in model.graph.output}
+    unused = [t for t in model.graph.initializer if t.name not in read]
+    for t in unused:
+        model.graph.initializer.remove(t)
     return model
 
 

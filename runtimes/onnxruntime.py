@@ -25,8 +25,9 @@ import numpy as np
 
 from edgeadapt.errors import EdgeadaptError
 from edgeadapt.formats.device import cpu_model
+from edgeadapt.formats.presets import check_threads
 
-from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
+from .base import Runtime, Session, TensorSpec, choice, import_backend
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -149,7 +150,7 @@ class OnnxRuntime(Runtime):
     ) -> None:
         super().__init__(check_finite=check_finite)
         self.device = choice(device, "device", tuple(_PROVIDERS))
-        self.threads = None if threads is None else positive_int(threads, "threads")
+        self.threads = check_threads(threads)
         self.spin = bool(spin)
         self.optimization = choice(optimization, "optimization", _OPTIMIZATION)
         self.fast = bool(fast)

@@ -16,17 +16,20 @@ GPUs OpenVINO otherwise lowers precision by itself, which breaks parity with ONN
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from edgeadapt.errors import EdgeadaptError
 from edgeadapt.formats.device import cpu_model
+from edgeadapt.formats.presets import check_threads
 
-from .base import Runtime, Session, TensorSpec, choice, import_backend, positive_int
+from .base import Runtime, Session, TensorSpec, choice, import_backend
 
 _PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
@@ -142,6 +145,15 @@ class OpenVinoSession(Session):
         del self._request, self._compiled, self._run_impl, self._own, self._own_out
 
 
+@functools.cache
+def _core(ov: ModuleType) -> Any:
+    """The process's one OpenVINO Core. Each Core's CPU plugin puts an alternate signal
+    stack of its own on the thread that creates it and the previous one back when it
+    goes; Cores freed out of order leave the thread on an unmapped stack, where the next
+    signal (Ctrl-C, SIGTERM) crashes the process instead of stopping it cleanly."""
+    return ov.Core()
+
+
 class OpenVinoRuntime(Runtime):
     """OpenVINO on `CPU` (default) or `GPU`, tuned for latency.
 
@@ -162,12 +174,12 @@ class OpenVinoRuntime(Runtime):
         check_finite: bool = False,
     ) -> None:
         super().__init__(check_finite=check_finite)
-        self.threads = None if threads is None else positive_int(threads, "threads")
+        self.threads = check_threads(threads)
         self.precision = choice(precision, "precision", tuple(_PRECISION))
         self.hint = choice(hint, "hint", ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"))
         self.fast = bool(fast)
         self._ov = import_backend("openvino", extra="openvino", feature="the openvino runtime")
-        self._core = self._ov.Core()
+        self._core = _core(self._ov)
         available = self._core.available_devices
         if not isinstance(device, str) or not any(
             device in (d, d.split(".")[0]) for d in available

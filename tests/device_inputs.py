@@ -10,6 +10,7 @@ import numpy as np
 from edgeadapt.formats.bundle import Bundle, load_bundle
 from edgeadapt.formats.device import device_id
 from edgeadapt.formats.evaluation import Evaluation
+from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.profile import MIN_SAMPLES, Profile, StepStats
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
@@ -78,13 +79,24 @@ def known_profile(
 def known_evaluation(
     names=("exit0", "exit1", "exit2", "exit3"), rates=(0.5, 0.8, 0.9, 0.95), n=400, seed=0
 ) -> Evaluation:
-    """Random labels; state j right with probability `rates[j]`, wrong answers one class off."""
+    """Random labels; state j right with probability `rates[j]`, wrong answers one class
+    off; made for the shipped multi-exit bundle (its identity and class count recorded)
+    when `names` are its states."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     right = rng.random((n, len(names))) < np.asarray(rates)
     pred = np.where(right, labels[:, None], (labels[:, None] + 1) % 10)
     conf = np.where(right, rng.uniform(0.5, 1.0, right.shape), rng.uniform(0.1, 0.7, right.shape))
-    return Evaluation(labels, pred, np.array(names), conf.astype(np.float32))
+    shipped = multiexit()
+    ours = tuple(names) == tuple(s.name for s in shipped.states)
+    return Evaluation(
+        labels,
+        pred,
+        np.array(names),
+        conf.astype(np.float32),
+        num_classes=10,
+        bundle=BundleIdentity.of(shipped) if ours else None,
+    )
 
 
 def brute_oracle(correct: np.ndarray, costs) -> tuple[float, float]:

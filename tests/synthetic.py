@@ -4,6 +4,8 @@ the margin between a state's skill and a sample's difficulty, and rising cascade
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from edgeadapt.formats.evaluation import Evaluation
@@ -37,9 +39,11 @@ def gate_logits(n: int, s: int, c: int, seed: int) -> tuple[np.ndarray, list[np.
     return labels, out
 
 
-def gate_evaluation(labels: np.ndarray, logits: list[np.ndarray]) -> Evaluation:
-    """An evaluation of those states with every measure's confidences (what gates read),
-    computed by the decision kernel."""
+def gate_evaluation(
+    labels: np.ndarray, logits: list[np.ndarray], names: Sequence[str] | None = None
+) -> Evaluation:
+    """An evaluation of those states (named `names`, else s0, s1, ...) with every
+    measure's confidences (what gates read), computed by the decision kernel."""
     from edgeadapt import kernel
     from edgeadapt.kernel_ref import predict_confidence
 
@@ -48,11 +52,10 @@ def gate_evaluation(labels: np.ndarray, logits: list[np.ndarray]) -> Evaluation:
         preds.append(predict_confidence(x)[0])
         for m in confs:
             confs[m].append(kernel.confidence(x, m))
-    names = np.array([f"s{j}" for j in range(len(logits))])
     return Evaluation(
         labels,
         np.stack(preds, axis=1),
-        names,
+        np.array(names if names is not None else [f"s{j}" for j in range(len(logits))]),
         np.stack(confs["maxprob"], axis=1),
         conf_margin=np.stack(confs["margin"], axis=1),
         conf_entropy=np.stack(confs["entropy"], axis=1),

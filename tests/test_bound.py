@@ -1,6 +1,7 @@
 """`edgeadapt.oracle.bound`: the oracle on a bundle's measured or FLOPs state costs, and its checks."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.evaluation import Evaluation, save_evaluation
+from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.profile import flops_costs, save_profile
 from edgeadapt.oracle.bound import bundle_bound
 from edgeadapt.oracle.equations import alphas
@@ -116,7 +118,13 @@ def test_accuracy_dip_needs_the_envelope(bundle):
 
 
 def _renamed(evaluation: Evaluation, names) -> Evaluation:
-    return Evaluation(evaluation.labels, evaluation.pred, np.array(names), evaluation.conf)
+    return Evaluation(
+        evaluation.labels,
+        evaluation.pred,
+        np.array(names),
+        evaluation.conf,
+        bundle=BundleIdentity.of(multiexit()),
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,7 +138,7 @@ def _renamed(evaluation: Evaluation, names) -> Evaluation:
 def test_evaluation_with_other_states_is_refused(bundle, tmp_path, names, match):
     base = known_evaluation(names=names, rates=[0.5] * len(names))
     path = tmp_path / "other.npz"
-    save_evaluation(path, base)
+    save_evaluation(path, replace(base, bundle=BundleIdentity.of(bundle)))  # columns edited
     with pytest.raises(InputError, match=match) as err:
         bound_json(bundle, profile=known_profile(bundle), evaluation=path)
     assert "other.npz: states:" in str(err.value)
@@ -138,9 +146,12 @@ def test_evaluation_with_other_states_is_refused(bundle, tmp_path, names, match)
 
 def test_labels_outside_the_bundle_classes_are_refused(bundle, tmp_path, evaluation):
     path = tmp_path / "labels.npz"
-    save_evaluation(path, Evaluation(evaluation.labels + 10, evaluation.pred, evaluation.states))
+    shifted = Evaluation(
+        evaluation.labels + 10, evaluation.pred, evaluation.states, bundle=evaluation.bundle
+    )
+    save_evaluation(path, shifted)
     with pytest.raises(
-        InputError, match=r"labels\.npz: labels: .* outside the bundle.s 10 classes"
+        InputError, match=r"labels\.npz: labels: class indices must lie in 0\.\.9 \(the 10"
     ):
         bound_json(bundle, profile=known_profile(bundle), evaluation=path)
 

@@ -164,12 +164,14 @@ def test_object_arrays_exit_2(tmp_path, small):
     assert "pred: cannot load without pickle" in result.output
 
 
-@pytest.mark.parametrize("k", ["9", "0"])
-def test_k_out_of_range_exits_2(small, k):
+@pytest.mark.parametrize(
+    ("k", "message"), [("9", "--k: must be in 1..3"), ("0", "--k: 0 is not in the range 1<=x")]
+)
+def test_k_out_of_range_exits_2(small, k, message):
     table, ev = small
     result = run("subset", "--table", table, "--k", k, "--evaluation", ev)
     assert result.exit_code == 2
-    assert "--k: must be in 1..3" in result.output
+    assert message in result.output
 
 
 @pytest.mark.parametrize(

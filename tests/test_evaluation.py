@@ -56,6 +56,7 @@ def test_every_measure_round_trips_and_selects(tmp_path):
             "labels",
             "pred",
             "states",
+            "version",
         ]
     back = load_evaluation(p)
     np.testing.assert_array_equal(back.confidence("maxprob"), base.conf)

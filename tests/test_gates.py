@@ -13,6 +13,7 @@ from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.evaluation import Evaluation, save_evaluation
+from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.plan import Gate, check_plan, load_plan, plan_to_doc, save_plan
 from edgeadapt.formats.profile import save_profile
 from edgeadapt.kernel_ref import gate_score, predict_confidence
@@ -184,7 +185,7 @@ def _gate_plan_on_multiexit(n: int):
     x = np.random.default_rng(0).normal(size=(n, 1, 40)).astype(np.float32)
     logits = _bundle_logits(bundle, x)
     labels = predict_confidence(logits[-1])[0]  # agreement with the last state
-    ev = gate_evaluation(labels, logits)
+    ev = gate_evaluation(labels, logits, [s.name for s in bundle.states])
     outcomes = Outcomes.from_evaluation(ev)
     return ev, outcomes, logits, gate_plan(bundle, outcomes)
 
@@ -238,6 +239,8 @@ def test_plan_command_gate_policy(tmp_path):
         ev.conf,
         conf_margin=ev.conf_margin,
         conf_entropy=ev.conf_entropy,
+        num_classes=bundle.num_classes,
+        bundle=BundleIdentity.of(bundle),
     )
     save_evaluation(tmp_path / "eval.npz", ev)
     save_profile(tmp_path / "profile.json", profile_bundle(bundle, warmup=1, iters=10))

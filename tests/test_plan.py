@@ -247,10 +247,11 @@ def test_the_runtime_block_round_trips_and_is_optional(tmp_path, plan, gated):
         "options": {"spin": False},
     }
     assert load_plan(path).runtime == config
-    doc["runtime"]["threads"] = -1
-    path.write_text(json.dumps(doc))
-    with pytest.raises(InputError, match=r"plan\.json: \$\.runtime\.threads"):
-        load_plan(path)
+    for threads in (-1, 0, 1025, 100_000):  # the native runner's bounds: 1..1024
+        doc["runtime"]["threads"] = threads
+        path.write_text(json.dumps(doc))
+        with pytest.raises(InputError, match=r"plan\.json: \$\.runtime\.threads: must be"):
+            load_plan(path)
 
 
 def test_every_measure_the_kernel_computes_has_a_threshold_range():

@@ -14,6 +14,7 @@ from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.presets import (
     AS_EXPORTED,
+    MAX_THREADS,
     Preset,
     RuntimeConfig,
     inherit_runtime,
@@ -105,7 +106,8 @@ def test_a_preset_file_by_path(tmp_path):
         ({"runtime": "tflite"}, "$.runtime", "unknown runtime 'tflite'"),
         ({"name": "My Board"}, "$.name", "lowercase"),
         ({"precision": ""}, "$.precision", "must not be empty"),
-        ({"threads": 0}, "$.threads", "must be >= 1"),
+        ({"threads": 0}, "$.threads", "must be an integer in 1..1024"),
+        ({"threads": 1025}, "$.threads", "must be an integer in 1..1024"),
         ({"threads": "2"}, "$.threads", "expected int or NoneType"),
         ({"threads": True}, "$.threads", "expected int or NoneType"),
         ({"options": []}, "$.options", "expected dict"),
@@ -225,9 +227,24 @@ def test_inherit_without_a_recorded_config_keeps_the_runtime_defaults():
     assert inherit_runtime(None).config.backend_options() == {}
     assert inherit_runtime(None).note is None
     assert inherit_runtime(None, threads=3).config.backend_options() == {"threads": 3}
-    with pytest.raises(InputError, match="must be an integer >= 1") as e:
+    with pytest.raises(InputError, match=r"must be an integer in 1\.\.1024") as e:
         inherit_runtime(None, threads=0)
     assert e.value.source == "threads"
+
+
+@pytest.mark.parametrize("threads", [0, -3, 1025, 10_000, True, 2.0])
+def test_threads_are_bounded_wherever_they_are_given(threads):
+    """Past the bound ONNX Runtime fails to create its threads and hangs; the native
+    runner allows 1..1024 too."""
+    from edgeadapt.runtimes import get_runtime
+
+    with pytest.raises(InputError, match=r"threads: must be an integer in 1\.\.1024"):
+        RuntimeConfig("onnxruntime", threads=threads)
+    with pytest.raises(InputError, match=r"threads: must be an integer in 1\.\.1024"):
+        get_runtime("onnxruntime", threads=threads)
+    with pytest.raises(InputError, match=r"threads: must be an integer in 1\.\.1024"):
+        inherit_runtime(None, threads=threads)
+    assert RuntimeConfig("onnxruntime", threads=MAX_THREADS).threads == MAX_THREADS
 
 
 @pytest.fixture(scope="module")

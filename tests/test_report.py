@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeadapt.errors import InputError, MissingExtraError
-from edgeadapt.formats.evaluation import Evaluation, save_evaluation
+from edgeadapt.formats.evaluation import Evaluation, load_evaluation, save_evaluation
 from edgeadapt.formats.plan import save_plan
 from edgeadapt.formats.profile import default_profile_path, save_profile
 from edgeadapt.oracle.bound import bundle_bound
@@ -191,7 +191,8 @@ def test_the_plan_on_the_whole_evaluation_joins_its_two_splits(device, measure):
 
 def test_report_without_plan_or_confidences(device, tmp_path):
     bundle, paths = device
-    ev = Evaluation(*(np.load(paths["evaluation"])[k] for k in ("labels", "pred", "states")))
+    full = load_evaluation(paths["evaluation"])
+    ev = Evaluation(full.labels, full.pred, full.states, bundle=full.bundle)
     save_evaluation(tmp_path / "noconf.npz", ev)
     out = write_report(
         bundle,
@@ -258,9 +259,9 @@ def test_inputs_made_for_something_else_are_refused_and_leave_the_old_report(dev
     bad_plan = _edited(paths["plan"], tmp_path, _other_sha)
     with pytest.raises(InputError, match=r"plan\.json: \$\.bundle\.manifest_sha256: .*another"):
         write_report(bundle, **{**paths, "plan": bad_plan}, out=out)
-    ev = np.load(paths["evaluation"])
+    ev = load_evaluation(paths["evaluation"])
     other = tmp_path / "other.npz"
-    save_evaluation(other, Evaluation(ev["labels"], ev["pred"][:, :3], ev["states"][:3]))
+    save_evaluation(other, ev.select(["exit0", "exit1", "exit2"]))  # of it, edited
     with pytest.raises(InputError, match=r"other\.npz: states: .*missing exit3"):
         write_report(bundle, **{**paths, "evaluation": other}, out=out)
     assert out.read_bytes() == before
@@ -379,3 +380,8 @@ def test_report_says_why_a_policy_cannot_be_planned(device, tmp_path):
         bundle, profile=paths["profile"], evaluation=maxprob_only, out=tmp_path / "r.html"
     )[-1].read_text()
     assert "gate: not planned: the calibration split lacks what gates read" in html.unescape(page)
+
+
+def test_the_page_names_the_bundle_by_its_identity(device, written):
+    bundle, _ = device
+    assert f"manifest sha256 {bundle.manifest_sha256}" in written[-1].read_text()

@@ -79,8 +79,17 @@ def test_a_whole_model_that_is_not_onnx_names_the_file(multiexit, tmp_path):
     with pytest.raises(InputError, match="cannot load the whole model") as e:
         profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path)
     assert str(path) in str(e.value)
-    with pytest.raises(InputError, match="cannot read") as e:
+    with pytest.raises(InputError, match=r"absent\.onnx: file not found"):
         profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "absent.onnx")
+
+
+def test_a_whole_model_that_is_a_fifo_is_refused_before_it_is_opened(multiexit, tmp_path):
+    """Opening (or hashing) a FIFO blocks until a writer comes."""
+    import os
+
+    os.mkfifo(tmp_path / "model.onnx")
+    with pytest.raises(InputError, match=r"model\.onnx: not a regular file"):
+        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "model.onnx")
 
 
 def test_a_fitting_model_runs_at_any_batch(multiexit, tmp_path):

@@ -305,7 +305,7 @@ class AdaptiveModel:
         self._one: tuple[OneCall, Session] | None = None
         alone = self._alone(bundle, self._route)
         single = self._check.single
-        if alone is not None and single is not None:
+        if alone is not None and single is not None and len(alone.calls) == 1:
             ((session, feeds),) = alone.calls
             name, dtype, shape = single[:3]
             if feeds == ((name, True),):

@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 
 import click
 
-from edgeadapt.commands.options import echo_json, json_option, output_option
+from edgeadapt.commands.options import (
+    bundle_argument,
+    echo_json,
+    json_option,
+    number,
+    output_option,
+)
 from edgeadapt.render import table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,7 +42,7 @@ force_option = click.option(
 )
 parity_rtol_option = click.option(
     "--parity-rtol",
-    type=click.FloatRange(min=0),
+    type=number(0),
     default=1e-3,
     show_default=True,
     help="Parity check: relative tolerance, times the largest |value| of each compared "
@@ -44,7 +50,7 @@ parity_rtol_option = click.option(
 )
 parity_atol_option = click.option(
     "--parity-atol",
-    type=click.FloatRange(min=0),
+    type=number(0),
     default=1e-5,
     show_default=True,
     help="Parity check: the smallest absolute tolerance.",
@@ -163,7 +169,7 @@ def show_written(bundle: Any, output: Path, as_json: bool) -> None:
 
 
 @click.command("inspect")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@bundle_argument()
 @json_option("Print a JSON document instead of a table.")
 def inspect_cmd(bundle: Path, as_json: bool) -> None:
     """Show a bundle's states, files, FLOPs and parameters, and verify its files.

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edgeadapt.commands.options import echo_json, json_option, runtime_option, threads_option
+from edgeadapt.commands.options import (
+    echo_json,
+    integer,
+    json_option,
+    number,
+    output_option,
+    runtime_option,
+    threads_option,
+)
 from edgeadapt.commands.progress import progress_bar
 from edgeadapt.render import num, pct, ratio, saving, table
 
@@ -198,26 +206,22 @@ class _CliUI:
 
 
 @click.command("demo")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
+@output_option(
+    "Directory for the data, profiles, evaluations, plans and reports.",
+    dir_okay=True,
     default=Path("edgeadapt-demo"),
-    show_default=True,
-    help="Directory for the data, profiles, evaluations, plans and reports.",
+    old_spelling="--out",
 )
-@click.option("--out", "output", type=click.Path(file_okay=False, path_type=Path), hidden=True)
 @runtime_option()
 @threads_option(default=1)
 @click.option(
     "--samples",
-    type=click.IntRange(min=1),
-    default=None,
+    type=integer(1),
     help="Run the plan on only the first N test samples (default: all 2,500).",
 )
 @click.option(
     "--min-seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=number(0, 3600, min_open=True),
     default=0.5,
     show_default=True,
     help="How long the profiler times each step.",

@@ -12,6 +12,7 @@ import click
 
 from edgeadapt.commands.options import (
     batch_option,
+    bundle_argument,
     echo_json,
     echo_note,
     file_option,
@@ -24,9 +25,7 @@ from edgeadapt.commands.progress import progress_on_first_call
 
 
 @click.command("evaluate")
-@click.argument(
-    "bundle_dir", metavar="BUNDLE", type=click.Path(file_okay=False, exists=True, path_type=Path)
-)
+@bundle_argument("bundle_dir")
 @file_option(
     "--data",
     "npz with one array per model input, named as the input (or x for a one-input "
@@ -37,7 +36,6 @@ from edgeadapt.commands.progress import progress_on_first_call
     "--profile",
     "Profile whose runtime settings to run under [BUNDLE/profiles/<device>.json when it exists].",
     param="profile_path",
-    exists=True,
 )
 @runtime_option(
     None,

@@ -15,9 +15,8 @@ from edgeadapt.commands.bundles import export_options, show_written
 from edgeadapt.commands.export_branches import export_branches_cmd
 from edgeadapt.commands.export_torch import export_torch_cmd
 from edgeadapt.commands.group import CommandGroup
-from edgeadapt.commands.options import file_option
+from edgeadapt.commands.options import INPUT_FILE, file_option, integer
 from edgeadapt.commands.progress import progress_ticker
-from edgeadapt.errors import InputError
 
 
 @click.group(cls=CommandGroup)
@@ -25,20 +24,21 @@ def export() -> None:
     """Export a model into a bundle of states (per-exit ONNX steps + manifest)."""
 
 
-def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
+def _heads(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``--head CUT=OUTPUT`` (repeated) as ``{cut: output}``, each cut once."""
     heads: dict[str, str] = {}
     for v in values:
         cut, sep, out = v.partition("=")
         if not sep or not cut or not out:
-            raise InputError(f"expected CUT=OUTPUT, got {v!r}", source="heads")
+            raise click.BadParameter(f"expected CUT=OUTPUT, got {v!r}")
         if cut in heads:
-            raise InputError(f"{cut!r} is given twice", source="heads")
+            raise click.BadParameter(f"{cut!r} is given twice")
         heads[cut] = out
     return heads
 
 
 @export.command("onnx")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=INPUT_FILE)
 @click.option(
     "--cut",
     "cuts",
@@ -51,6 +51,7 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
     "--head",
     "heads",
     multiple=True,
+    callback=_heads,
     metavar="CUT=OUTPUT",
     help="Use the existing tensor OUTPUT as the exit logits at CUT (repeat).",
 )
@@ -84,7 +85,7 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=integer(1),
     default=32,
     show_default=True,
     help="Calibration samples per forward pass (peak memory grows with it).",
@@ -93,7 +94,7 @@ def _parse_heads(values: tuple[str, ...]) -> dict[str, str]:
 def export_onnx_cmd(
     model: Path,
     cuts: tuple[str, ...],
-    heads: tuple[str, ...],
+    heads: dict[str, str],
     logits: str | None,
     calibration: Path | None,
     pool: str,
@@ -118,7 +119,6 @@ def export_onnx_cmd(
     """
     from edgeadapt.exporters.onnx import export_onnx
 
-    head_map = _parse_heads(heads)
     with contextlib.ExitStack() as stack:
         tick = progress_ticker(stack, "exporting")
 
@@ -129,7 +129,7 @@ def export_onnx_cmd(
             model,
             output,
             cuts=cuts,
-            heads=head_map,
+            heads=heads,
             logits=logits,
             calibration=calibration,
             pool=pool,
@@ -149,7 +149,7 @@ def export_onnx_cmd(
     metavar="MODELS...",
     nargs=-1,
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
 )
 @click.option(
     "--name",

@@ -10,12 +10,12 @@ from pathlib import Path
 import click
 
 from edgeadapt.commands.bundles import export_options, show_written
-from edgeadapt.commands.options import file_option
+from edgeadapt.commands.options import INPUT_FILE, file_option, integer, seed_option
 from edgeadapt.commands.progress import progress_ticker
 
 
 @click.command("branches")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=INPUT_FILE)
 @file_option(
     "--calibration",
     "npz with x (inputs) and y (labels): every candidate branch is scored on it.",
@@ -31,14 +31,12 @@ from edgeadapt.commands.progress import progress_ticker
 )
 @click.option(
     "--max-branches",
-    type=click.IntRange(min=2),
+    type=integer(2),
     default=8,
     show_default=True,
     help="Most branches kept (spread along the accuracy/FLOPs Pareto front).",
 )
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the sampled skip sets."
-)
+@seed_option("Seed of the sampled skip sets.")
 @export_options()
 def export_branches_cmd(
     model: Path,

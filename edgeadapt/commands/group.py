@@ -7,7 +7,7 @@ import click
 
 from edgeadapt.errors import InputError
 
-__all__ = ["CommandGroup", "as_flag"]
+__all__ = ["CommandGroup", "as_flag", "usage_error"]
 
 _RAN = "edgeadapt.command"
 
@@ -37,3 +37,22 @@ def as_flag(error: InputError, ctx: click.Context) -> InputError:
                 return error.renamed(max(param.opts, key=len))
             return error.renamed(param.human_readable_name)
     return error
+
+
+def _flag(param: click.Parameter) -> str:
+    """How a parameter is spelt on the command line: its longest flag, or its metavar."""
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return param.human_readable_name
+
+
+def usage_error(error: click.UsageError) -> str:
+    """Click's usage error as one line: ``--flag: why`` for a value its type refuses,
+    click's own sentence (``Missing option '--data'.``) otherwise, and where to look."""
+    param = getattr(error, "param", None)
+    if type(error) is click.BadParameter and param is not None:
+        text = f"{_flag(param)}: {error.message}"
+    else:
+        text = error.format_message()
+    command = error.ctx.command_path if error.ctx is not None else "edgeadapt"
+    return f"{text} (see {command} --help)"

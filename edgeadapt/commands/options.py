@@ -1,4 +1,4 @@
-"""The options every command spells the same way, declared once.
+"""The options every command spells the same way, and the one parameter layer they share.
 
 ``-o/--output`` is where a command writes its file or folder, ``--json`` prints one JSON
 object on stdout instead of text, ``--runtime`` and ``--threads`` choose the backend and
@@ -6,75 +6,224 @@ its threads. A command states its own help for ``--output`` (what is written, wh
 default) and for the files it reads (``file_option``: ``--profile``, ``--evaluation``,
 ``--plan``, ``--input`` ..., one path type everywhere); the rest read the same in every
 ``--help``.
+
+Every value is checked while click parses it, before a command runs, so that a bad one
+is click's usage error (exit 2) and never a traceback: a file read must be a regular file
+(`INPUT_FILE`, the check of `edgeadapt.formats.jsonio.check_regular`: a FIFO would block
+on open), a bundle an existing folder (`BUNDLE_DIR`), an output no FIFO, device or
+folder where a file goes (`output_path`); integers lie in stated ranges (`integer`,
+at most `INT_MAX`), floats are finite (`number`); a required option has no default
+(click's own ``required`` then holds).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from edgeadapt.errors import EdgeadaptError
-from edgeadapt.formats.jsonio import dumps
+from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.formats.atomic import check_path
+from edgeadapt.formats.bundle import MANIFEST
+from edgeadapt.formats.jsonio import check_regular, dumps
+from edgeadapt.formats.presets import MAX_THREADS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "BUNDLE_DIR",
+    "INPUT_FILE",
+    "INT_MAX",
     "batch_option",
+    "bundle_argument",
     "echo_json",
     "echo_note",
     "file_option",
+    "integer",
     "json_option",
+    "number",
     "output_option",
+    "output_path",
     "runtime_option",
+    "seed_option",
     "threads_option",
 ]
 
+#: The largest integer an option takes unless it states a smaller bound (int32's).
+INT_MAX = 2**31 - 1
 
-def output_option(help: str, *, dir_okay: bool = False, required: bool = False) -> Callable[[F], F]:
-    """``-o/--output PATH`` (parameter ``output``, a `Path`)."""
+
+class InputFile(click.ParamType):
+    """A file the command reads: present, regular (not a FIFO, device or folder), its
+    path without a NUL byte; converted to a `Path`."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        try:
+            return check_regular(value)
+        except InputError as e:
+            self.fail(f"{os.fspath(value)!r}: {e.message}", param, ctx)
+
+
+class InputDir(click.ParamType):
+    """A bundle the command reads: its folder (or its ``manifest.json``, as `load_bundle`
+    takes it), present; converted to a `Path`."""
+
+    name = "directory"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        try:
+            path = check_path(value)
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+        if not path.is_dir() and not (path.name == MANIFEST and path.is_file()):
+            why = "no such bundle directory" if not path.exists() else "not a bundle directory"
+            self.fail(f"{os.fspath(value)!r}: {why}", param, ctx)
+        return path
+
+
+class OutputPath(click.ParamType):
+    """Where a command writes a file (or with `folder`, a folder): its path without a NUL
+    byte and, when something is there already, the same kind of thing (a regular file, or
+    a folder), never a FIFO or a device that a write would replace."""
+
+    def __init__(self, folder: bool = False) -> None:
+        self.folder = folder
+        self.name = "directory" if folder else "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        try:
+            path = check_path(value)
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return path
+        except OSError as e:
+            self.fail(f"{os.fspath(value)!r}: {e.strerror or e}", param, ctx)
+        ok = stat.S_ISDIR(mode) if self.folder else stat.S_ISREG(mode)
+        if not ok:
+            want = "a folder" if self.folder else "a regular file"
+            self.fail(f"{os.fspath(value)!r} exists and is not {want}", param, ctx)
+        return path
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is also finite: click's range lets NaN through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        got = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(got):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(got, param, ctx)
+
+
+#: A file read (see `InputFile`).
+INPUT_FILE = InputFile()
+#: A bundle folder read (see `InputDir`).
+BUNDLE_DIR = InputDir()
+
+
+def output_path(folder: bool = False) -> OutputPath:
+    """The type of a path a command writes (see `OutputPath`)."""
+    return OutputPath(folder)
+
+
+def integer(minimum: int = 0, maximum: int = INT_MAX) -> click.IntRange:
+    """An integer in ``minimum..maximum``."""
+    return click.IntRange(min=minimum, max=maximum)
+
+
+def number(
+    minimum: float = 0.0,
+    maximum: float | None = None,
+    *,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> FiniteFloat:
+    """A finite float in the range (open or closed at each end)."""
+    return FiniteFloat(min=minimum, max=maximum, min_open=min_open, max_open=max_open)
+
+
+def bundle_argument(name: str = "bundle", **kwargs: Any) -> Callable[[F], F]:
+    """``BUNDLE``: the bundle folder a command reads (parameter `name`)."""
+    kwargs.setdefault("metavar", "BUNDLE" if kwargs.get("required", True) else "[BUNDLE]")
+    return click.argument(name, type=BUNDLE_DIR, **kwargs)
+
+
+class _Option(click.Option):
+    """An option some of whose spellings (`hidden_opts`, older names) still work but are
+    left out of ``--help`` and of error messages."""
+
+    def __init__(self, *args: Any, hidden_opts: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_opts = hidden_opts
+
+    def _shown(self) -> list[str]:
+        return [o for o in self.opts if o not in self.hidden_opts]
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        every, self.opts = self.opts, self._shown()
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = every
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return " / ".join(f"'{o}'" for o in self._shown())
+
+
+def output_option(
+    help: str,
+    *,
+    dir_okay: bool = False,
+    required: bool = False,
+    default: Path | None = None,
+    old_spelling: str | None = None,
+) -> Callable[[F], F]:
+    """``-o/--output PATH`` (parameter ``output``, a `Path`; `old_spelling`, e.g.
+    ``--out``, works too but is not shown)."""
+    hidden = () if old_spelling is None else (old_spelling,)
     return click.option(
         "-o",
         "--output",
+        *hidden,
         "output",
-        type=click.Path(dir_okay=dir_okay, file_okay=not dir_okay, path_type=Path),
+        cls=_Option,
+        hidden_opts=hidden,
+        type=output_path(dir_okay),
         required=required,
         help=help,
+        **({} if default is None else {"default": default, "show_default": True}),
     )
 
 
 def file_option(
-    flag: str,
-    help: str,
-    *,
-    param: str | None = None,
-    required: bool = False,
-    exists: bool = False,
+    flag: str, help: str, *, param: str | None = None, required: bool = False
 ) -> Callable[[F], F]:
-    """``FLAG PATH``, a file the command reads (a `Path`; parameter `param`, by default
-    the flag's name). With `exists`, click refuses a missing file before the command runs;
-    without it, the library names the missing file in its own error."""
+    """``FLAG FILE``, a file the command reads (`INPUT_FILE`; parameter `param`, by
+    default the flag's name). It has no default value, so that click enforces
+    `required` (an explicit ``default=None`` satisfies click's check)."""
     names = [flag] if param is None else [flag, param]
-    return click.option(
-        *names,
-        type=click.Path(dir_okay=False, exists=exists, path_type=Path),
-        required=required,
-        default=None,
-        help=help,
-    )
+    return click.option(*names, type=INPUT_FILE, required=required, help=help)
 
 
-def batch_option(help: str, *, most: int | None = None) -> Callable[[F], F]:
+def batch_option(help: str, *, most: int = 1 << 20) -> Callable[[F], F]:
     """``--batch N`` (1 <= N <= `most`, default 256): rows per runtime call."""
+    return click.option("--batch", type=integer(1, most), default=256, show_default=True, help=help)
+
+
+def seed_option(help: str) -> Callable[[F], F]:
+    """``--seed N`` (0..2^32 - 1, default 0): a seed of numpy's generator."""
     return click.option(
-        "--batch",
-        type=click.IntRange(min=1, max=most),
-        default=256,
-        show_default=True,
-        help=help,
+        "--seed", type=integer(0, 2**32 - 1), default=0, show_default=True, help=help
     )
 
 
@@ -83,12 +232,19 @@ def json_option(help: str = "Print one JSON object instead of text.") -> Callabl
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
+def _runtime_names() -> tuple[str, ...]:
+    from edgeadapt.runtimes import runtime_names
+
+    return runtime_names()
+
+
 def runtime_option(
     default: str | None = "onnxruntime", help: str | None = None
 ) -> Callable[[F], F]:
     """``--runtime NAME``: onnxruntime, openvino or tensorrt."""
     return click.option(
         "--runtime",
+        type=click.Choice(_runtime_names()),
         default=default,
         show_default=default is not None,
         help=help or "Backend: onnxruntime, openvino or tensorrt.",
@@ -96,10 +252,10 @@ def runtime_option(
 
 
 def threads_option(default: int | None = None, help: str | None = None) -> Callable[[F], F]:
-    """``--threads N`` (N >= 1)."""
+    """``--threads N`` (1 <= N <= `MAX_THREADS`)."""
     return click.option(
         "--threads",
-        type=click.IntRange(min=1),
+        type=integer(1, MAX_THREADS),
         default=default,
         show_default=default is not None,
         help=help or "Threads the runtime may use.",

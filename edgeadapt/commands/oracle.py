@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
+from edgeadapt.commands.options import (
+    BUNDLE_DIR,
+    INPUT_FILE,
+    bundle_argument,
+    echo_json,
+    file_option,
+    integer,
+    json_option,
+    number,
+    output_option,
+)
 from edgeadapt.errors import InputError
 from edgeadapt.oracle.bound import oracle_cells
 from edgeadapt.render import num, pct, ratio, table
@@ -21,8 +31,6 @@ if TYPE_CHECKING:
     from edgeadapt.oracle.bound import BundleBound, CostView
     from edgeadapt.oracle.equations import BoundSummary
     from edgeadapt.oracle.subset import SubsetAnalysis
-
-_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 # -------------------------------------------------------------------- bound
@@ -113,9 +121,7 @@ def _table_option(required: bool) -> Any:
 
 
 @click.command("bound")
-@click.argument(
-    "bundle", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@bundle_argument(required=False)
 @_table_option(required=False)
 @file_option(
     "--profile",
@@ -129,15 +135,13 @@ def _table_option(required: bool) -> Any:
 )
 @click.option(
     "--alpha",
-    type=float,
-    default=None,
+    type=number(0, 1),
     help="Constant alpha in [0, 1] for eq. 8 (default: alpha = 1, eq. 9).",
 )
 @file_option("--evaluation", "Evaluation .npz: exact oracle and alphas from per-sample results.")
 @click.option(
     "--classes",
-    type=int,
-    default=None,
+    type=integer(2),
     help="Number of classes C: run the smallest-state test (BUNDLE: its class count).",
 )
 @click.option(
@@ -219,7 +223,7 @@ def _subset_text(analysis: SubsetAnalysis) -> str:
 @click.command("subset")
 @_table_option(required=True)
 @click.option(
-    "--k", "k", type=int, default=None, help="Subset size (default: the whole R_ratio-vs-k curve)."
+    "--k", "k", type=integer(1), help="Subset size (default: the whole R_ratio-vs-k curve)."
 )
 @file_option("--evaluation", "Evaluation .npz: search by the exact oracle instead of alpha = 1.")
 @click.option("--envelope", is_flag=True, help="Search only the Pareto envelope.")
@@ -251,29 +255,57 @@ def subset_command(
 # ------------------------------------------------------- import-predictions
 
 
+def _sources(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Each source, ``PATH`` or ``NAME=PATH``, names a regular file."""
+    for item in values:
+        _, sep, path = item.partition("=")
+        INPUT_FILE.convert(path if sep else item, param, ctx)
+    return values
+
+
 @click.command("import-predictions")
-@click.argument("sources", nargs=-1, required=True)
-@output_option("Evaluation .npz to write (required).")
-@click.option("--out", "output", type=_FILE, hidden=True)
+@click.argument("sources", nargs=-1, required=True, callback=_sources)
+@output_option("Evaluation .npz to write.", required=True, old_spelling="--out")
 @click.option(
     "--states", "keep", default=None, help="Comma-separated state names to keep, in this order."
 )
+@click.option(
+    "--bundle",
+    "bundle_path",
+    type=BUNDLE_DIR,
+    help="The bundle whose states these are: recorded, so that bound, plan and report "
+    "check the evaluation is of it; its class count bounds labels and predictions.",
+)
+@click.option(
+    "--classes",
+    type=integer(2),
+    help="Number of classes: labels and predictions must lie below it [with --bundle, "
+    "the bundle's].",
+)
 def import_predictions_command(
-    sources: tuple[str, ...], output: Path | None, keep: str | None
+    sources: tuple[str, ...],
+    output: Path,
+    keep: str | None,
+    bundle_path: Path | None,
+    classes: int | None,
 ) -> None:
     """Convert per-sample predictions into an evaluation .npz.
 
     SOURCES is either one .npz with `pred` [N, S], `labels` [N] and the names in
     `models` (e.g. examples/imagenet-val-predictions/predictions.npz), or one CSV per
     state with columns file,predicted,truth, given as PATH.csv (state named after the
-    file) or NAME=PATH.csv.
+    file) or NAME=PATH.csv. With --bundle the states must be the bundle's (select them
+    with --states) and the evaluation records the bundle; without it, bundle commands
+    read the evaluation with a note that it cannot be checked.
     """
+    from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.evaluation import import_predictions, save_evaluation
 
-    if output is None:
-        raise click.UsageError("Missing option '-o' / '--output'.")
     names = [s.strip() for s in keep.split(",") if s.strip()] if keep else None
-    evaluation = import_predictions(sources, states=names)
+    bundle = None if bundle_path is None else load_bundle(bundle_path)
+    evaluation = import_predictions(sources, states=names, bundle=bundle, classes=classes)
     save_evaluation(output, evaluation)
     accs = evaluation.accuracies
     rows = [[n, pct(float(a), 2)] for n, a in zip(evaluation.names, accs, strict=True)]

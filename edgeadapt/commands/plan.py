@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
+from edgeadapt.commands.options import (
+    bundle_argument,
+    echo_json,
+    file_option,
+    integer,
+    json_option,
+    number,
+    output_option,
+    seed_option,
+)
 from edgeadapt.formats.plan import COST_STATS, PROMISE_KINDS
 from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanSummary
@@ -15,7 +24,7 @@ from edgeadapt.render import pct, saving
 
 
 @click.command("plan")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@bundle_argument()
 @file_option(
     "--profile", "Profile of this bundle on the target device (edgeadapt profile).", required=True
 )
@@ -27,26 +36,26 @@ from edgeadapt.render import pct, saving
 )
 @click.option(
     "--max-states",
-    type=click.IntRange(min=1),
+    type=integer(1),
     default=4,
     show_default=True,
     help="Most states the plan may keep.",
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(0, 1),
+    type=number(0, 1),
     default=0.005,
     show_default=True,
     help="Accuracy drop allowed against the best single state (0.005 = 0.5 points).",
 )
 @click.option(
     "--heldout",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=number(0, 1, min_open=True, max_open=True),
     default=0.5,
     show_default=True,
     help="Share of the evaluation kept out of calibration to report on.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@seed_option("Seed of the split.")
 @click.option(
     "--measure",
     type=click.Choice(MEASURES),
@@ -56,7 +65,7 @@ from edgeadapt.render import pct, saving
 )
 @click.option(
     "--delta",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=number(0, 1, min_open=True, max_open=True),
     default=0.05,
     show_default=True,
     help="The promise (drop <= --max-drop on new data) holds with probability 1 - delta.",

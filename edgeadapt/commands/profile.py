@@ -12,9 +12,12 @@ from pathlib import Path
 import click
 
 from edgeadapt.commands.options import (
+    bundle_argument,
     echo_json,
     file_option,
+    integer,
     json_option,
+    number,
     output_option,
     runtime_option,
     threads_option,
@@ -26,43 +29,48 @@ from edgeadapt.errors import InputError
 MAX_PROFILE_BATCH = 65_536
 
 
-def _batches(value: str) -> list[int]:
-    """Parse ``1,8`` into distinct positive batch sizes."""
+def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    """Parse ``--batch 1,8`` into distinct batch sizes in 1..`MAX_PROFILE_BATCH`."""
     try:
         sizes = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise InputError(
-            f"expected comma-separated integers, got {value!r}", source="batch"
-        ) from None
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
     if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-        raise InputError(f"expected distinct positive integers, got {value!r}", source="batch")
+        raise click.BadParameter(f"expected distinct positive integers, got {value!r}")
     if max(sizes) > MAX_PROFILE_BATCH:
-        raise InputError(
-            f"batch sizes must be at most {MAX_PROFILE_BATCH}, got {max(sizes)}", source="batch"
+        raise click.BadParameter(
+            f"batch sizes must be at most {MAX_PROFILE_BATCH}, got {max(sizes)}"
         )
     return sizes
 
 
-def _list_presets(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """`--device list`: print the shipped presets and stop."""
-    if value == "list" and not ctx.resilient_parsing:
-        from edgeadapt.formats.presets import load_preset, preset_names
-        from edgeadapt.render import table
+def _device(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`--device list`: print the shipped presets and stop; any other value must name a
+    shipped preset or a readable preset file."""
+    from edgeadapt.formats.presets import load_preset, preset_names
+    from edgeadapt.render import table
 
-        rows = [
-            [
-                p.name,
-                p.runtime,
-                p.precision,
-                "runtime's" if p.threads is None else str(p.threads),
-                p.description,
-            ]
-            for p in (load_preset(name) for name in preset_names())
+    if value is None or ctx.resilient_parsing:
+        return value
+    if value != "list":
+        try:
+            load_preset(value)
+        except InputError as e:
+            raise click.BadParameter(str(e)) from None
+        return value
+    rows = [
+        [
+            p.name,
+            p.runtime,
+            p.precision,
+            "runtime's" if p.threads is None else str(p.threads),
+            p.description,
         ]
-        headers = ["preset", "runtime", "precision", "threads", "description"]
-        click.echo(table(headers, rows, left=(0, 4)))
-        ctx.exit(0)
-    return value
+        for p in (load_preset(name) for name in preset_names())
+    ]
+    headers = ["preset", "runtime", "precision", "threads", "description"]
+    click.echo(table(headers, rows, left=(0, 4)))
+    raise click.exceptions.Exit(0)
 
 
 def _device_help() -> str:
@@ -95,39 +103,41 @@ def _check_timing(
 
 
 @click.command("profile")
-@click.argument(
-    "bundle_dir", metavar="BUNDLE", type=click.Path(file_okay=False, exists=True, path_type=Path)
-)
-@click.option("--device", "device", is_eager=True, callback=_list_presets, help=_device_help())
+@bundle_argument("bundle_dir")
+@click.option("--device", "device", is_eager=True, callback=_device, help=_device_help())
 @runtime_option(
     None, "Backend to time: onnxruntime, openvino or tensorrt [the preset's, else onnxruntime]."
 )
-@click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, e.g. 1,8.")
+@click.option(
+    "--batch",
+    "batch",
+    default="1",
+    show_default=True,
+    callback=_batches,
+    help=f"Batch sizes, e.g. 1,8 (each 1..{MAX_PROFILE_BATCH}).",
+)
 @threads_option(help="Backend threads [the preset's, else 1].")
 @click.option("--precision", default=None, help="Runtime precision, e.g. fp16 [the preset's].")
 @click.option(
     "--warmup",
-    type=click.IntRange(min=0, max=100_000),
+    type=integer(0, 100_000),
     default=20,
     show_default=True,
     help="Untimed calls per step.",
 )
 @click.option(
     "--iters",
-    type=click.IntRange(min=1, max=1_000_000),
-    default=None,
+    type=integer(1, 1_000_000),
     help="Timed calls per step (fixed count, at least 10).",
 )
 @click.option(
     "--min-seconds",
-    type=click.FloatRange(min=0, min_open=True, max=3600),
-    default=None,
+    type=number(0, 3600, min_open=True),
     help="Time each step for at least this long, up to 3600 s (default 0.5 s without --iters).",
 )
 @click.option(
     "--seconds-per-state",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
+    type=number(0, 3600, min_open=True),
     help="Time budget per state, warm-up included (warm-up stops after a fifth of it or "
     "--warmup calls): for models of tenths of a second per call, where a fixed --iters "
     "costs minutes. At least 10 timed calls are taken even when they overrun it.",
@@ -146,7 +156,6 @@ def _check_timing(
     "The original (unsplit) ONNX model to time as the static baseline "
     "[the bundle's steps composed back into one graph, backbone and last head].",
     param="whole_path",
-    exists=True,
 )
 @click.option(
     "--no-whole",
@@ -162,7 +171,7 @@ def profile_cmd(
     bundle_dir: Path,
     device: str | None,
     runtime: str | None,
-    batch: str,
+    batch: list[int],
     threads: int | None,
     precision: str | None,
     warmup: int,
@@ -194,7 +203,7 @@ def profile_cmd(
             output=output,
             device=device,
             runtime=runtime,
-            batches=_batches(batch),
+            batches=batch,
             threads=threads,
             precision=precision,
             warmup=warmup,

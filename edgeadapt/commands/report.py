@@ -7,12 +7,18 @@ from pathlib import Path
 
 import click
 
-from edgeadapt.commands.options import echo_json, file_option, json_option, output_option
+from edgeadapt.commands.options import (
+    bundle_argument,
+    echo_json,
+    file_option,
+    json_option,
+    output_option,
+)
 from edgeadapt.render import pct, ratio, table
 
 
 @click.command("report")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@bundle_argument()
 @file_option("--profile", "Profile of the bundle on this device [BUNDLE/profiles/<device>.json].")
 @file_option("--evaluation", "Per-sample results of every state [BUNDLE/evaluation.npz].")
 @file_option("--plan", "Plan to show against the oracle [BUNDLE/plan.json when it exists].")

@@ -6,6 +6,7 @@ or ``--json``) or write them to an .npz (``-o``).
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -13,31 +14,45 @@ import click
 
 from edgeadapt.commands.options import (
     batch_option,
+    bundle_argument,
     echo_json,
     echo_note,
     file_option,
     json_option,
+    number,
     output_option,
     runtime_option,
     threads_option,
 )
 from edgeadapt.errors import InputError
+from edgeadapt.formats.jsonio import MAX_MS
 from edgeadapt.formats.plan import COST_STATS
+from edgeadapt.kernel_ref import MEASURES
 
 
-def _parse_thresholds(text: str) -> float | list[float]:
-    """``T`` (one for every exit) or ``T1,T2,...`` (one per state but the last)."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(
-            f"expected a number or comma-separated numbers, got {text!r}", source="thresholds"
-        ) from None
+def _thresholds(
+    ctx: click.Context, param: click.Parameter, text: str | None
+) -> float | list[float] | None:
+    """``T`` (one for every exit) or ``T1,T2,...`` (one per state but the last), each a
+    finite number."""
+    if text is None:
+        return None
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise click.BadParameter(
+                f"expected a number or comma-separated numbers, got {text!r}"
+            ) from None
+        if not math.isfinite(value):
+            raise click.BadParameter(f"thresholds must be finite numbers, got {text!r}")
+        values.append(value)
     return values[0] if len(values) == 1 else values
 
 
 @click.command("run")
-@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@bundle_argument()
 @file_option(
     "--input",
     "Inputs: an .npz with one array per model input, named as the input (x for a "
@@ -51,7 +66,11 @@ def _parse_thresholds(text: str) -> float | list[float]:
     "Differing from the plan's is reported on stderr.",
 )
 @threads_option(help="Threads the runtime may use [the plan's, else the runtime's].")
-@click.option("--thresholds", help="T (every exit) or T1,T2,... (one per state but the last).")
+@click.option(
+    "--thresholds",
+    callback=_thresholds,
+    help="T (every exit) or T1,T2,... (one per state but the last).",
+)
 @file_option(
     "--plan",
     "Plan file (states, thresholds and the runtime settings it was measured under).",
@@ -65,8 +84,12 @@ def _parse_thresholds(text: str) -> float | list[float]:
     help="Profile percentile a budget's costs are taken at, and tracked at as calls are "
     "measured [the plan's, else p50].",
 )
-@click.option("--measure", help="Confidence measure: maxprob, margin or entropy.")
-@click.option("--budget-ms", type=float, help="Latency budget per batch, in ms.")
+@click.option(
+    "--measure",
+    type=click.Choice(MEASURES),
+    help="Confidence measure: maxprob, margin or entropy [the plan's, else maxprob].",
+)
+@click.option("--budget-ms", type=number(0, MAX_MS), help="Latency budget per batch, in ms.")
 @batch_option("Rows per predict call: memory is bounded by it, not by the input's size.")
 @click.option("--quiet", is_flag=True, help="No progress bar (shown on a terminal's stderr).")
 @json_option()
@@ -76,7 +99,7 @@ def run_command(
     input_path: Path,
     runtime: str | None,
     threads: int | None,
-    thresholds: str | None,
+    thresholds: float | list[float] | None,
     plan_path: Path | None,
     profile_path: Path | None,
     cost_stat: str | None,
@@ -102,7 +125,7 @@ def run_command(
         res = run_file(
             bundle,
             input_path,
-            thresholds=None if thresholds is None else _parse_thresholds(thresholds),
+            thresholds=thresholds,
             plan=plan_path,
             profile=profile_path,
             cost_stat=cost_stat,

@@ -432,7 +432,7 @@ def _cached_evaluation(
 ) -> tuple[Evaluation, bool]:
     """The bundle's evaluation on one data split, reused when made for these states and
     labels."""
-    from edgeadapt.formats.evaluation import load_evaluation, save_evaluation
+    from edgeadapt.formats.evaluation import check_evaluation, load_evaluation, save_evaluation
     from edgeadapt.measure.evaluate import evaluate_bundle
 
     names = [s.name for s in bundle.states]
@@ -443,7 +443,7 @@ def _cached_evaluation(
             return evaluate_bundle(bundle, x, y, config, progress=progress)
 
     def load(path: Path) -> Evaluation:
-        ev = load_evaluation(path)
+        ev = check_evaluation(load_evaluation(path), bundle)
         if ev.names != tuple(names) or not np.array_equal(ev.labels, y):
             raise InputError("made for other states or other data", source=path)
         return ev

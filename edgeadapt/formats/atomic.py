@@ -11,6 +11,13 @@ Two kinds of unit:
   killed midway leaves the previous directory intact and its temp directory, named
   after its pid, is removed by the next writer into the same folder
   (`clean_stale`).
+
+A writer stopped midway by a signal leaves nothing either: every temp file and folder is
+registered while it exists (created with SIGINT and SIGTERM held back, so none escapes
+the registry), the writers remove theirs on any exception, and `signals_as_exceptions`
+(what the CLI runs every command under) turns SIGTERM into a `Terminated` exception, as
+Python does SIGINT, so that this cleanup runs, then removes whatever is still registered
+(`remove_temps`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,16 +40,83 @@ from edgeadapt.errors import InputError
 
 __all__ = [
     "TMP_PREFIX",
+    "Terminated",
     "atomic_write_bytes",
     "atomic_write_many",
     "check_path",
     "clean_stale",
     "exchange",
     "fsync",
+    "remove_temps",
     "replace_directory",
+    "signals_as_exceptions",
     "staged_directory",
     "writers_lock",
 ]
+
+#: The signals that stop a writer: while a temp is created they are held back.
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+#: The temp files and folders this process is writing now.
+_TEMPS: set[Path] = set()
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (`signals_as_exceptions`); a BaseException, as KeyboardInterrupt
+    is, so that only cleanup (``finally``, ``except BaseException``) sees it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the block runs (a temp is created and
+    registered), delivered when it ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def remove_temps() -> list[Path]:
+    """Remove the temp files and folders this process is writing (a writer stopped
+    midway); return them."""
+    removed = []
+    for tmp in list(_TEMPS):
+        _TEMPS.discard(tmp)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists() or tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(tmp)
+    return removed
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM raises `Terminated` where the
+    program is, so that writers remove their temp files as they do on any error; on the
+    way out, by any exception, the temps still registered are removed. The previous
+    SIGTERM handler comes back afterwards. Elsewhere than the main thread, where Python
+    cannot set a handler, only the last part is done."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None
+    try:
+        yield
+    except BaseException:
+        remove_temps()
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def check_path(path: str | os.PathLike[str]) -> Path:
@@ -98,8 +174,11 @@ def _write_error(path: Path, e: OSError) -> InputError:
 
 
 def _write_temp(path: Path, data: bytes) -> str:
-    """Write `data` to a synced temp file beside `path`; return its name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `data` to a synced temp file beside `path` (registered until `_settle`);
+    return its name."""
+    with _held():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _TEMPS.add(Path(tmp))
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -107,9 +186,21 @@ def _write_temp(path: Path, data: bytes) -> str:
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _settle(tmp, None)
         raise
     return tmp
+
+
+def _settle(tmp: str, target: Path | None) -> None:
+    """Rename the temp file `tmp` to `target`, or with None remove it; either way it is
+    no longer registered."""
+    try:
+        if target is None:
+            Path(tmp).unlink(missing_ok=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        _TEMPS.discard(Path(tmp))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -137,17 +228,14 @@ def atomic_write_many(files: Mapping[Any, bytes]) -> None:
             temps.append((_write_temp(path, data), path))
         while temps:
             tmp, current = temps[0]
-            os.replace(tmp, current)
+            _settle(tmp, current)
             temps.pop(0)
-    except OSError as e:
+    except BaseException as e:
         for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
+            _settle(tmp, None)
         _remove_empty(created)
-        raise _write_error(current, e) from None
-    except BaseException:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
-        _remove_empty(created)
+        if isinstance(e, OSError):
+            raise _write_error(current, e) from None
         raise
 
 
@@ -199,12 +287,19 @@ def staged_directory(out: Path) -> Iterator[Path]:
     and the temp dirs of dead writers in it are removed first."""
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent))
+    with _held():
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}-{os.getpid()}-", dir=out.parent)
+        )
+        _TEMPS.add(tmp)
     try:
         yield tmp
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            _TEMPS.discard(tmp)
 
 
 @contextlib.contextmanager

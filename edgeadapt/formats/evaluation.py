@@ -4,11 +4,19 @@ Keys: ``labels`` int64 ``[N]``, ``pred`` int64 ``[N, S]``, ``states`` unicode ``
 (state names, the columns of ``pred`` and of the confidences) and, optionally, the
 confidence of each state in each measure of the decision kernel, float32 ``[N, S]``:
 ``conf`` (maxprob), ``conf_margin`` (margin) and ``conf_entropy`` (negative entropy).
-Evaluations written before the margin and entropy keys existed hold ``conf`` only and
-still load; predictions imported without logits hold none. Loaded without pickles;
-shapes and dtypes are checked with errors that name the file and the key.
-`edgeadapt evaluate` and `edgeadapt import-predictions` write it; `bound`, `subset` and
-the planner read it.
+Version 2 adds ``version`` (int, 2), ``num_classes`` (int, the class count that labels
+and predictions lie below) and the identity of the bundle it scores
+(`edgeadapt.formats.identity`): ``bundle_manifest_sha256`` (text) and ``bundle_states``
+(unicode ``[K]``), both or neither. Files without ``version`` are version 1 and still
+load. Evaluations written before the margin and entropy keys existed hold ``conf`` only;
+predictions imported without logits hold none. Loaded without pickles; shapes and
+dtypes are checked with errors that name the file and the key.
+
+`check_evaluation` is what every reader that has the bundle runs: the identity (a file
+of another bundle is refused, naming both; a file without an identity is read with an
+`UncheckedWarning`), the state names, and labels and predictions against the bundle's
+class count. `edgeadapt evaluate` and `edgeadapt import-predictions` write the format;
+`bound`, `subset`, `report` and the planner read it.
 """
 
 from __future__ import annotations
@@ -17,20 +25,27 @@ import csv
 import io
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeadapt.errors import InputError
+from edgeadapt.formats.identity import BundleIdentity, check_identity
 from edgeadapt.formats.jsonio import read_text
 from edgeadapt.formats.npzio import ArraySpec, load_npz, save_npz
 from edgeadapt.kernel_ref import MEASURES
 
+if TYPE_CHECKING:
+    from edgeadapt.formats.bundle import Bundle
+
 __all__ = [
     "CONF_KEYS",
+    "VERSION",
     "Evaluation",
+    "check_classes",
+    "check_evaluation",
     "from_prediction_csvs",
     "from_predictions_npz",
     "import_predictions",
@@ -40,12 +55,47 @@ __all__ = [
 
 #: The key holding each measure's confidences (maxprob keeps the first format's ``conf``).
 CONF_KEYS = {m: "conf" if m == "maxprob" else f"conf_{m}" for m in MEASURES}
+#: The version `save_evaluation` writes (1: no ``version`` key, no class count, no identity).
+VERSION = 2
 SPEC = {
     "labels": ArraySpec("iu", 1),
     "pred": ArraySpec("iu", 2),
     "states": ArraySpec("U", 1),
     **{key: ArraySpec("f", 2, optional=True) for key in CONF_KEYS.values()},
+    "version": ArraySpec("iu", 0, optional=True),
+    "num_classes": ArraySpec("iu", 0, optional=True),
+    "bundle_manifest_sha256": ArraySpec("U", 0, optional=True),
+    "bundle_states": ArraySpec("U", 1, optional=True),
 }
+#: Why a file of each version without an identity cannot be checked against a bundle.
+_UNRECORDED = {
+    1: "it was written before evaluations recorded the bundle they score",
+    VERSION: "it records no bundle (imported without --bundle, or saved without one)",
+}
+
+
+def check_classes(
+    values: np.ndarray,
+    num_classes: int,
+    *,
+    source: str | os.PathLike[str] | None,
+    field: str,
+    of: str = "",
+) -> None:
+    """Refuse class indices outside ``0..num_classes - 1`` (labels or predictions),
+    naming `source`, `field` and where the class count comes from (`of`, e.g. ``the
+    bundle b/``)."""
+    if values.size == 0:
+        return
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= num_classes:
+        where = f" of {of}" if of else ""
+        raise InputError(
+            f"class indices must lie in 0..{num_classes - 1} (the {num_classes} classes"
+            f"{where}), got {low}..{high}",
+            source=source,
+            field=field,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,8 +103,10 @@ class Evaluation:
     """Per-sample results of S states on N labelled samples (see the module docstring).
 
     `conf`, `conf_margin` and `conf_entropy` are the maxprob, margin and entropy
-    confidences (each optional). Construction checks the shapes and names; `source`
-    names the file in errors.
+    confidences (each optional); `num_classes` the class count labels and predictions
+    lie below, `bundle` the identity of the bundle scored (each None when unknown);
+    `version` the format version it was read as. Construction checks the shapes, names
+    and class indices; `source` names the file in errors.
     """
 
     labels: np.ndarray
@@ -64,6 +116,9 @@ class Evaluation:
     source: str | None = None
     conf_margin: np.ndarray | None = None
     conf_entropy: np.ndarray | None = None
+    num_classes: int | None = None
+    bundle: BundleIdentity | None = None
+    version: int = VERSION
 
     def __post_init__(self) -> None:
         src = self.source
@@ -102,6 +157,21 @@ class Evaluation:
                 source=src,
                 field="pred",
             )
+        if pred.size and pred.min() < 0:
+            raise InputError(
+                f"predictions must be class indices >= 0, got {int(pred.min())}",
+                source=src,
+                field="pred",
+            )
+        if self.num_classes is not None:
+            if isinstance(self.num_classes, bool) or self.num_classes < 2:
+                raise InputError(
+                    f"must be an integer >= 2, got {self.num_classes!r}",
+                    source=src,
+                    field="num_classes",
+                )
+            check_classes(labels, self.num_classes, source=src, field="labels")
+            check_classes(pred, self.num_classes, source=src, field="pred")
         object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
         object.__setattr__(self, "pred", pred.astype(np.int64, copy=False))
         object.__setattr__(self, "states", states)
@@ -167,30 +237,122 @@ class Evaluation:
                 field="states",
             )
         cols = [index[name] for name in names]
-        confs = {
-            key: None if getattr(self, key) is None else getattr(self, key)[:, cols]
-            for key in CONF_KEYS.values()
-        }
-        return Evaluation(
-            self.labels, self.pred[:, cols], self.states[cols], source=self.source, **confs
+
+        def columns(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[:, cols]
+
+        return replace(
+            self,
+            pred=self.pred[:, cols],
+            states=self.states[cols],
+            conf=columns(self.conf),
+            conf_margin=columns(self.conf_margin),
+            conf_entropy=columns(self.conf_entropy),
         )
 
 
+def check_evaluation(evaluation: Evaluation, bundle: Bundle) -> Evaluation:
+    """`evaluation` checked to be of `bundle`, its columns in the bundle's state order.
+
+    Refused, naming the file: one made for another bundle (`check_identity`, both
+    identities named), states other than the bundle's, labels or predictions outside the
+    bundle's classes. A file that records no identity is accepted with an
+    `UncheckedWarning` (an evaluation built in memory without one is the caller's own).
+    """
+    ev = evaluation
+    if ev.bundle is not None or ev.source is not None:
+        check_identity(
+            ev.bundle,
+            bundle,
+            source=ev.source,
+            redo=f"evaluate this bundle again (edgeadapt evaluate {bundle.path} --data D.npz)",
+            fields=("bundle_manifest_sha256", "bundle_states"),
+            unrecorded=_UNRECORDED.get(ev.version, _UNRECORDED[VERSION]),
+        )
+    names = [s.name for s in bundle.states]
+    missing = [n for n in names if n not in ev.names]
+    extra = [n for n in ev.names if n not in names]
+    if missing or extra:
+        parts = [f"missing {', '.join(missing)}"] * bool(missing)
+        parts += [f"not in the bundle: {', '.join(extra)}"] * bool(extra)
+        raise InputError(
+            f"states differ from the bundle {bundle.path} ({'; '.join(parts)}; "
+            f"the bundle has {', '.join(names)}); evaluate this bundle again",
+            source=ev.source,
+            field="states",
+        )
+    if ev.num_classes not in (None, bundle.num_classes):
+        raise InputError(
+            f"records {ev.num_classes} classes, the bundle {bundle.path} has {bundle.num_classes}",
+            source=ev.source,
+            field="num_classes",
+        )
+    for field in ("labels", "pred"):
+        check_classes(
+            getattr(ev, field),
+            bundle.num_classes,
+            source=ev.source,
+            field=field,
+            of=f"the bundle {bundle.path}",
+        )
+    return ev.select(names)
+
+
+def _identity(arrays: Mapping[str, np.ndarray], path: str) -> BundleIdentity | None:
+    """``bundle_manifest_sha256`` and ``bundle_states``, both or neither."""
+    keys = ("bundle_manifest_sha256", "bundle_states")
+    given = [k for k in keys if k in arrays]
+    if not given:
+        return None
+    if len(given) == 1:
+        missing = next(k for k in keys if k not in arrays)
+        raise InputError(f"missing array: {given[0]} needs it", source=path, field=missing)
+    try:
+        return BundleIdentity(
+            str(arrays["bundle_manifest_sha256"]),
+            tuple(str(x) for x in arrays["bundle_states"]),
+        )
+    except InputError as e:
+        raise InputError(e.message, source=path, field=f"bundle_{e.field}") from None
+
+
+def _scalar(arrays: Mapping[str, np.ndarray], key: str) -> int | None:
+    return None if key not in arrays else int(arrays[key])
+
+
 def load_evaluation(path: str | os.PathLike[str]) -> Evaluation:
-    """Read and check an evaluation ``.npz`` (never unpickles)."""
+    """Read and check an evaluation ``.npz`` (never unpickles); version 1 files (without
+    class count and identity) still read."""
     arrays = load_npz(path, SPEC)
+    version = _scalar(arrays, "version") or 1
+    if version not in (1, VERSION):
+        raise InputError(
+            f"unsupported version {version} (this edgeadapt reads 1 and {VERSION})",
+            source=path,
+            field="version",
+        )
+    if version == 1 and any(k in arrays for k in ("num_classes", "bundle_manifest_sha256")):
+        raise InputError(
+            f"needs version {VERSION} for num_classes and the bundle identity",
+            source=path,
+            field="version",
+        )
     return Evaluation(
         arrays["labels"],
         arrays["pred"],
         arrays["states"],
         source=str(path),
         **{key: arrays.get(key) for key in CONF_KEYS.values()},
+        num_classes=_scalar(arrays, "num_classes"),
+        bundle=_identity(arrays, str(path)),
+        version=version,
     )
 
 
 def save_evaluation(path: str | os.PathLike[str], evaluation: Evaluation) -> None:
-    """Write an evaluation atomically in the documented dtypes."""
+    """Write an evaluation atomically, as version `VERSION`, in the documented dtypes."""
     arrays = {
+        "version": np.array(VERSION, dtype=np.int64),
         "labels": evaluation.labels.astype(np.int64),
         "pred": evaluation.pred.astype(np.int64),
         "states": evaluation.states.astype(str),
@@ -199,6 +361,11 @@ def save_evaluation(path: str | os.PathLike[str], evaluation: Evaluation) -> Non
         conf = getattr(evaluation, key)
         if conf is not None:
             arrays[key] = conf.astype(np.float32)
+    if evaluation.num_classes is not None:
+        arrays["num_classes"] = np.array(evaluation.num_classes, dtype=np.int64)
+    if evaluation.bundle is not None:
+        arrays["bundle_manifest_sha256"] = np.array(evaluation.bundle.manifest_sha256)
+        arrays["bundle_states"] = np.array(evaluation.bundle.states, dtype=str)
     save_npz(path, **arrays)
 
 
@@ -310,10 +477,20 @@ def from_prediction_csvs(sources: Mapping[str, str | os.PathLike[str]]) -> Evalu
     return Evaluation(truth, pred, np.array(names, dtype=str))
 
 
-def import_predictions(sources: Sequence[str], states: Sequence[str] | None = None) -> Evaluation:
+def import_predictions(
+    sources: Sequence[str],
+    states: Sequence[str] | None = None,
+    *,
+    bundle: Bundle | None = None,
+    classes: int | None = None,
+) -> Evaluation:
     """An evaluation from per-sample predictions: one ``.npz`` (`from_predictions_npz`),
     or one CSV per state given as ``PATH.csv`` (the state named after the file) or
-    ``NAME=PATH.csv`` (`from_prediction_csvs`); `states` keeps those states, in order."""
+    ``NAME=PATH.csv`` (`from_prediction_csvs`); `states` keeps those states, in order.
+
+    With `bundle`, the predictions are of its states (`check_evaluation`: the same names,
+    labels and predictions within its classes) and the evaluation records its identity
+    and class count; else `classes`, when given, is recorded and checked."""
     if len(sources) == 1 and sources[0].lower().endswith(".npz"):
         evaluation = from_predictions_npz(sources[0])
     else:
@@ -328,4 +505,18 @@ def import_predictions(sources: Sequence[str], states: Sequence[str] | None = No
                 raise InputError(f"state name {name!r} given twice", source=item)
             named[name] = path
         evaluation = from_prediction_csvs(named)
-    return evaluation if states is None else evaluation.select(list(states))
+    if states is not None:
+        evaluation = evaluation.select(list(states))
+    if bundle is not None:
+        if classes not in (None, bundle.num_classes):
+            raise InputError(
+                f"the bundle {bundle.path} has {bundle.num_classes} classes, not {classes}",
+                source="classes",
+            )
+        evaluation = replace(
+            evaluation, bundle=BundleIdentity.of(bundle), num_classes=bundle.num_classes
+        )
+        return check_evaluation(evaluation, bundle)
+    if classes is not None:
+        evaluation = replace(evaluation, num_classes=classes)
+    return evaluation

@@ -87,13 +87,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeadapt.errors import InputError
+from edgeadapt.formats.identity import BundleIdentity, check_identity, read_identity
 from edgeadapt.formats.jsonio import MAX_MS, Fields, check_value, read_json, write_json
 from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.kernel_ref import GATE_FEATURES, MEASURES
@@ -125,7 +125,6 @@ SEARCH_METHODS = ("exhaustive",)
 COST_STATS = ("p50", "p90", "p99")
 #: The quantile each of them is: what a policy seeded with such costs keeps tracking.
 COST_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 #: How a promise is tested: learn then test, the p-value of each test.
@@ -506,24 +505,9 @@ def _one_of(choices: tuple[str, ...]) -> Any:
 def _bundle_fields(f: Fields) -> tuple[str, str, list[str]]:
     """``$.bundle``: the manifest's sha256, the bundle kind and its state names."""
     bundle = f.child("bundle")
-    sha = bundle.get(
-        "manifest_sha256",
-        str,
-        check=lambda v: None if _SHA256.fullmatch(v) else "must be 64 lowercase hex digits",
-    )
+    identity = read_identity(bundle)
     kind = bundle.get("kind", str, check=_one_of(KINDS))
-    names = bundle.get("states", list)
-    for j, name in enumerate(names):
-        check_value(
-            name,
-            str,
-            f.source,
-            f"$.bundle.states[{j}]",
-            lambda v: None if v else "must not be empty",
-        )
-    if not names or len(set(names)) != len(names):
-        bundle.fail("must be a non-empty list of unique names", "states")
-    return sha, kind, names
+    return identity.manifest_sha256, kind, list(identity.states)
 
 
 def _kept_states(f: Fields, names: list[str]) -> list[int]:
@@ -703,7 +687,7 @@ def check_plan(
     *,
     policies: tuple[str, ...] = ("threshold",),
 ) -> None:
-    """Refuse a plan made for another bundle (its manifest sha256 or its states differ),
+    """Refuse a plan made for another bundle (`check_identity`),
     or one whose policy the caller cannot run (`policies`: the kinds it runs; a runner
     that thresholds confidences must not read gate thresholds as such); `source` names
     the plan file in the error."""
@@ -713,16 +697,9 @@ def check_plan(
             source=source,
             field="$.policy.kind",
         )
-    if plan.manifest_sha256 != bundle.manifest_sha256:
-        raise InputError(
-            f"was made for another bundle (manifest sha256 {plan.manifest_sha256[:12]}..., "
-            f"{bundle.path} has {bundle.manifest_sha256[:12]}...); plan this bundle again",
-            source=source,
-            field="$.bundle.manifest_sha256",
-        )
-    if len(plan.bundle_states) != len(bundle.states):
-        raise InputError(
-            f"names {len(plan.bundle_states)} states, the bundle has {len(bundle.states)}",
-            source=source,
-            field="$.bundle.states",
-        )
+    check_identity(
+        BundleIdentity(plan.manifest_sha256, plan.bundle_states),
+        bundle,
+        source=source,
+        redo="plan this bundle again",
+    )

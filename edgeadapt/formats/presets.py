@@ -13,7 +13,9 @@ Preset format (JSON, ``format: edgeadapt-device-preset``, ``version: 1``)::
 
 ``precision: as-exported`` runs the model's own dtypes (ONNX Runtime has no precision
 option); any other value is passed as the runtime's ``precision``. ``threads: null``
-leaves threads to the runtime (TensorRT has none).
+leaves threads to the runtime (TensorRT has none); a thread count is 1..`MAX_THREADS`
+(1024, what the native runner allows) wherever it is given: a preset, a profile, a plan,
+`RuntimeConfig`, a runtime or the CLI (`check_threads`).
 
 A **runtime configuration** (`RuntimeConfig`) is what a preset resolves to: the runtime,
 the preset it came from, the precision, the threads and the other options. A profile
@@ -33,6 +35,7 @@ them.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -49,9 +52,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AS_EXPORTED",
+    "MAX_THREADS",
     "Preset",
     "RuntimeChoice",
     "RuntimeConfig",
+    "check_threads",
     "inherit_runtime",
     "load_preset",
     "preset_names",
@@ -65,6 +70,30 @@ AS_EXPORTED = "as-exported"
 #: Runtimes with a `threads` option; without a preset they are profiled on 1 thread.
 THREADED_RUNTIMES = ("onnxruntime", "openvino")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+#: The most threads a runtime is given: past it thread creation fails (and ONNX Runtime
+#: then hangs) long before a machine has that many cores; the native runner caps the same.
+MAX_THREADS = 1024
+
+
+def _threads_problem(value: Any) -> str | None:
+    """Why `value` is not a thread count (None: it is one, or it is None)."""
+    if value is None:
+        return None
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole or not 1 <= value <= MAX_THREADS:
+        return f"must be an integer in 1..{MAX_THREADS}, got {value!r}"
+    return None
+
+
+def check_threads(
+    value: Any, source: str | os.PathLike[str] = "threads", field: str | None = None
+) -> int | None:
+    """`value` as a thread count (1..`MAX_THREADS`) or None (the runtime's own choice);
+    anything else is an `InputError` naming `source` (and `field`)."""
+    problem = _threads_problem(value)
+    if problem is not None:
+        raise InputError(problem, source=source, field=field)
+    return None if value is None else int(value)
 
 
 @dataclass(frozen=True)
@@ -112,11 +141,7 @@ def _parse(doc: dict[str, Any], source: str) -> Preset:
     precision = f.get("precision", str)
     if not precision:
         f.fail("must not be empty", "precision")
-    threads = f.get(
-        "threads",
-        (int, type(None)),
-        check=lambda v: None if v is None or v >= 1 else "must be >= 1",
-    )
+    threads = f.get("threads", (int, type(None)), check=_threads_problem)
     options = _options(f)
     return Preset(
         name=name,
@@ -164,6 +189,9 @@ class RuntimeConfig:
     threads: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_threads(self.threads)
+
     def backend_options(self) -> dict[str, Any]:
         """The keyword options of ``get_runtime(self.runtime, **options)``."""
         out = dict(self.options)
@@ -210,11 +238,7 @@ class RuntimeConfig:
             )
         preset = f.get("preset", (str, type(None)))
         precision = f.get("precision", str, check=lambda v: None if v else "must not be empty")
-        threads = f.get(
-            "threads",
-            (int, type(None)),
-            check=lambda v: None if v is None or v >= 1 else "must be >= 1",
-        )
+        threads = f.get("threads", (int, type(None)), check=_threads_problem)
         return cls(runtime, preset, precision, threads, _options(f))
 
     @classmethod
@@ -308,10 +332,7 @@ def inherit_runtime(
     other than the recorded one starts from that runtime's defaults (the recorded options
     belong to another backend); a `preset` replaces the recorded configuration.
     """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
-        raise InputError(f"must be an integer >= 1, got {threads!r}", source="threads")
-    if threads is not None and threads < 1:
-        raise InputError(f"must be an integer >= 1, got {threads!r}", source="threads")
+    check_threads(threads)
     if isinstance(runtime, RuntimeConfig):
         config = runtime if threads is None else replace(runtime, threads=threads)
     elif preset is not None:

@@ -53,8 +53,9 @@ import numpy as np
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.device import device_id
+from edgeadapt.formats.identity import BundleIdentity, check_identity, read_identity
 from edgeadapt.formats.jsonio import MAX_MS, Fields, read_json, write_json
-from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.formats.presets import RuntimeConfig, check_threads
 
 __all__ = [
     "MIN_SAMPLES",
@@ -139,6 +140,11 @@ class Profile:
     whole: dict[int, StepStats] = field(default_factory=dict)
     #: Where the timed whole model came from: origin, path, sha256, state (or None).
     whole_model: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> BundleIdentity:
+        """The identity of the bundle it was measured for."""
+        return BundleIdentity(self.manifest_sha256, self.states)
 
     @property
     def order(self) -> str:
@@ -317,20 +323,13 @@ def save_profile(path: str | os.PathLike[str], profile: Profile) -> None:
 
 
 def check_profile(profile: Profile, bundle: Bundle) -> None:
-    """Refuse a profile measured for another bundle (manifest sha256 or step count differ)."""
-    if profile.manifest_sha256 != bundle.manifest_sha256:
-        raise InputError(
-            f"was measured for another bundle (manifest sha256 {profile.manifest_sha256[:12]}..., "
-            f"{bundle.path} has {bundle.manifest_sha256[:12]}...); profile this bundle again",
-            source=profile.source,
-            field="$.bundle.manifest_sha256",
-        )
-    if len(profile.states) != len(bundle.steps):
-        raise InputError(
-            f"has {len(profile.states)} states, the bundle {len(bundle.steps)}",
-            source=profile.source,
-            field="$.bundle.states",
-        )
+    """Refuse a profile measured for another bundle (`check_identity`)."""
+    check_identity(
+        profile.identity,
+        bundle,
+        source=profile.source,
+        redo="profile this bundle again",
+    )
 
 
 def _stats(f: Fields) -> StepStats:
@@ -344,11 +343,9 @@ def _stats(f: Fields) -> StepStats:
 def _parse(doc: dict[str, Any], source: str) -> Profile:
     f = Fields(doc, source=source)
     b = f.child("bundle")
-    sha = b.get("manifest_sha256", str)
+    identity = read_identity(b)
+    sha, states = identity.manifest_sha256, list(identity.states)
     kind = b.get("kind", str)
-    states = b.get("states", list)
-    if not states or not all(isinstance(s, str) for s in states):
-        b.fail("expected a non-empty list of state names", "states")
     device = f.get("device", dict)
     steps: dict[int, tuple[StepStats, ...]] = {}
     whole: dict[int, StepStats] = {}
@@ -418,6 +415,7 @@ def _runtime_config(settings: Mapping[str, Any], source: str) -> RuntimeConfig:
     options = dict(f.get("options", dict, {}))
     if threads is not None:
         options["threads"] = threads
+    check_threads(options.get("threads"), source, "$.settings.threads")
     derived = RuntimeConfig.from_backend_options(runtime, options)
     doc = {**derived.to_json(), "preset": f.get("preset", (str, type(None)), None)}
     return RuntimeConfig.from_json(doc, source, "$.settings")

@@ -126,11 +126,15 @@ class TableStates:
 
 
 def table_states(
-    table: str | os.PathLike[str], evaluation: str | os.PathLike[str] | None = None
+    table: str | os.PathLike[str],
+    evaluation: str | os.PathLike[str] | None = None,
+    classes: int | None = None,
 ) -> TableStates:
     """The states of a state table, or with `evaluation` the evaluation's states with
-    their costs taken from the table by name (every state must be in the table)."""
-    from edgeadapt.formats.evaluation import load_evaluation
+    their costs taken from the table by name (every state must be in the table); with
+    `classes`, its labels and predictions must be class indices below it (and the class
+    count it records, if any, equal)."""
+    from edgeadapt.formats.evaluation import check_classes, load_evaluation
 
     rows = load_state_table(table)
     if evaluation is None:
@@ -138,6 +142,17 @@ def table_states(
             rows.names, np.array(rows.costs), np.array(rows.accuracies), None, (), rows.source
         )
     ev = load_evaluation(evaluation)
+    if classes is not None:
+        if ev.num_classes not in (None, classes):
+            raise InputError(
+                f"records {ev.num_classes} classes, not the {classes} given",
+                source=evaluation,
+                field="num_classes",
+            )
+        for field in ("labels", "pred"):
+            check_classes(
+                getattr(ev, field), classes, source=evaluation, field=field, of="--classes"
+            )
     cost_of = dict(zip(rows.names, rows.costs, strict=True))
     for name in ev.names:
         if name not in cost_of:

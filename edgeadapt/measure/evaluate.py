@@ -28,6 +28,7 @@ from edgeadapt.data.inputs import X_KEY, check_batch, read_labelled
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.formats.stepcheck import check_step
 
@@ -131,6 +132,8 @@ def evaluate_bundle(
         confs["conf"],
         conf_margin=confs["conf_margin"],
         conf_entropy=confs["conf_entropy"],
+        num_classes=bundle.num_classes,
+        bundle=BundleIdentity.of(bundle),
     )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.digest import file_sha256
+from edgeadapt.formats.jsonio import check_regular
 
 __all__ = ["WholeModel", "load_whole", "prepare_whole", "whole_run"]
 
@@ -68,7 +69,7 @@ def prepare_whole(
         path.write_bytes(data)
         origin, shown = "composed", None
     else:
-        path = Path(whole)
+        path = check_regular(whole)  # a FIFO would block the hash below
         origin, shown = "file", str(path)
     try:
         sha = file_sha256(path)

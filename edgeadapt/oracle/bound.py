@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, load_bundle
-from edgeadapt.formats.evaluation import Evaluation, load_evaluation
+from edgeadapt.formats.evaluation import Evaluation, check_evaluation, load_evaluation
 from edgeadapt.formats.profile import (
     Profile,
     check_profile,
@@ -283,29 +283,9 @@ def _profile(profile: Profile | PathLike, bundle: Bundle) -> Profile:
 
 
 def _evaluation(evaluation: Evaluation | PathLike, bundle: Bundle) -> Evaluation:
-    """The evaluation with its columns in bundle order; refused when its states differ."""
+    """The evaluation checked to be of `bundle`, columns in bundle order (`check_evaluation`)."""
     ev = evaluation if isinstance(evaluation, Evaluation) else load_evaluation(evaluation)
-    names = [s.name for s in bundle.states]
-    missing = [n for n in names if n not in ev.names]
-    extra = [n for n in ev.names if n not in names]
-    if missing or extra:
-        parts = [f"missing {', '.join(missing)}"] * bool(missing)
-        parts += [f"not in the bundle: {', '.join(extra)}"] * bool(extra)
-        raise InputError(
-            f"states differ from the bundle {bundle.path} ({'; '.join(parts)}; "
-            f"the bundle has {', '.join(names)}); evaluate this bundle again",
-            source=ev.source,
-            field="states",
-        )
-    labels = ev.labels
-    if labels.min() < 0 or labels.max() >= bundle.num_classes:
-        raise InputError(
-            f"labels span [{labels.min()}, {labels.max()}], outside the bundle's "
-            f"{bundle.num_classes} classes",
-            source=ev.source,
-            field="labels",
-        )
-    return ev.select(names)
+    return check_evaluation(ev, bundle)
 
 
 def load_inputs(
@@ -511,7 +491,7 @@ def table_bound(
     exact oracle on its per-sample results and the table's costs by state name."""
     from edgeadapt.formats.statetable import table_states
 
-    states = table_states(table, evaluation)
+    states = table_states(table, evaluation, classes)
     summary = bound_summary(
         states.names,
         states.costs,

@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.formats.evaluation import CONF_KEYS
+from edgeadapt.formats.evaluation import CONF_KEYS, check_evaluation
 from edgeadapt.formats.plan import (
     AGREEMENT_NEVER,
     COST_STATS,
@@ -728,9 +728,9 @@ def plan_bundle(
     hop_overhead_ms: float | None = None,
     promise: str = "net",
 ) -> Plan:
-    """The plan `edgeadapt plan` makes: `evaluation` (its columns taken in the bundle's
-    state order) split into a calibration and a held-out part, then `make_plan`."""
-    names = [s.name for s in bundle.states]
+    """The plan `edgeadapt plan` makes: `evaluation` (checked to be of `bundle`, its
+    columns taken in the bundle's state order: `check_evaluation`) split into a
+    calibration and a held-out part, then `make_plan`."""
     key = CONF_KEYS.get(measure)
     if policy != "agreement" and key is not None and getattr(evaluation, key, None) is None:
         raise InputError(
@@ -740,7 +740,7 @@ def plan_bundle(
             source=getattr(evaluation, "source", None),
             field=key,
         )
-    outcomes = Outcomes.from_evaluation(evaluation.select(names), measure)
+    outcomes = Outcomes.from_evaluation(check_evaluation(evaluation, bundle), measure)
     calib, held = outcomes.split(heldout=heldout, seed=seed)
     return make_plan(
         calib,

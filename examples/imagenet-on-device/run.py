@@ -308,7 +308,16 @@ def run_pipeline(
     stage(4, "attach the real predictions")
     evaluation_path = out / "evaluation.npz"
     edgeadapt(
-        ["import-predictions", predictions, "-o", evaluation_path, "--states", ",".join(states)],
+        [
+            "import-predictions",
+            predictions,
+            "-o",
+            evaluation_path,
+            "--states",
+            ",".join(states),
+            "--bundle",
+            bundle_dir,
+        ],
         log,
     )
     ev = load_evaluation(evaluation_path)
