@@ -27,11 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter_ns, thread_time_ns
 
@@ -43,6 +39,9 @@ from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.profile import Profile
 from edgeadapt.measure.profiler import profile_bundle
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from spin import hog  # a script beside this one
+
 DEMO = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
 OPTIONS = {"threads": 1}
 # Wall time beyond the thread's CPU time that marks a call as preempted (the scheduler
@@ -51,26 +50,6 @@ PREEMPTED_MS = 0.05
 # The conditions: no neighbour, one spinning at the benchmark's own priority, and one at
 # niceness 19 (how a background job should be run beside a latency-bound one).
 NEIGHBOURS = (("none", 0), ("spinning", 0), ("nice 19", 19))
-SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
-
-
-@contextmanager
-def hog(core: int | None, seconds: float, nice: int = 0) -> Iterator[None]:
-    """A process spinning on `core` (any core when None) for at most `seconds`, at
-    niceness `nice` (19: a background job the OS runs only when nothing else wants the
-    core)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SPIN, str(seconds)],
-        preexec_fn=(lambda: os.nice(nice)) if nice else None,
-    )
-    try:
-        if core is not None:
-            os.sched_setaffinity(proc.pid, {core})
-        time.sleep(0.2)  # let it start spinning
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def run_condition(

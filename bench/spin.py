@@ -1,5 +1,8 @@
 """Idle ONNX Runtime workers: full path against the whole model, spinning or not.
 
+(`hog`, a busy neighbour spinning on one core, is shared with `deadline.py` and the
+profiler's tests under load.)
+
 Every ONNX Runtime session owns its own intra-op thread pool. With spinning on, the
 workers of a step that just finished keep busy-waiting on the cores the next step's
 workers need, so a cascade of several sessions can cost far more than the one session
@@ -27,9 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,26 @@ import onnx
 
 HERE = Path(__file__).resolve().parent
 TARGET = 1.10
+SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextmanager
+def hog(core: int | None, seconds: float, nice: int = 0) -> Iterator[None]:
+    """A busy neighbour: a process spinning on `core` (any core when None) for at most
+    `seconds` (it ends by itself if its caller dies), at niceness `nice` (19: a
+    background job the OS runs only when nothing else wants the core)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPIN, str(seconds)],
+        preexec_fn=(lambda: os.nice(nice)) if nice else None,
+    )
+    try:
+        if core is not None:
+            os.sched_setaffinity(proc.pid, {core})
+        time.sleep(0.2)  # let it start spinning
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def measure(bundle_dir: Path, whole_path: Path, spin: bool, threads: int, rounds: int) -> dict:

@@ -49,18 +49,17 @@ class CascadeCall:
     def __init__(
         self,
         route: Sequence[Sequence[Any]],
-        targets: Sequence[Sequence[int]] | None,
         input: str,
         dtype: np.dtype[Any],
         shape: Sequence[int],
         classes: int,
-        measure: str,
         *,
         policy: Policy,
         result: type,
         hop_overhead_ms: float,
         costs_known: bool,
-        walk: bool,
+        last_alone: bool,
+        gates: Sequence[Gate] | None = None,
     ) -> None: ...
     def __call__(self, x: object, budget_ms: object = None) -> object: ...
     @property

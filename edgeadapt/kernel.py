@@ -43,18 +43,21 @@ while a batch is processed.
   calls ``run({input: x})``, answers every row, records the run's cost in ``policy`` and
   returns a ``result`` instance (`edgeadapt.cascade.model.Prediction`); None for a batch it
   cannot vouch for, ``(outputs, run_ns, elapsed_ns)`` for logits it cannot read in place.
-- ``CascadeCall(route, targets, input, dtype, shape, classes, measure, *, policy, result,
-  hop_overhead_ms, costs_known, walk)``: a threshold cascade of several hops at batch 1
-  as one call: ``cascade(x, budget_ms=None)`` accepts one row as `OneCall` accepts a
-  batch, walks the route (`route`: the cascade's hops, each ``(state, slot, threshold,
-  logits, calls, ...)`` with ``calls`` its ``(session, feeds)``; with a budget and
-  `targets`, the route `Policy.lookup` picks; else with `walk` false its last hop
-  alone, a branches bundle's most accurate branch) with the budget checks, runs
-  (``session.unchecked_run``), output checks, costs and decisions of
-  `edgeadapt.cascade.model.AdaptiveModel.predict`'s loop, and returns a ``result`` instance;
-  None for a row, a budget or an output it cannot vouch for (then the loop runs the
-  batch and words any error). An error of a session's call propagates; ``failed``
-  names the session.
+- ``CascadeCall(route, input, dtype, shape, classes, *, policy, result, hop_overhead_ms,
+  costs_known, last_alone, gates=None)``: a cascade of several hops at batch 1 as one
+  call, run by the cascade engine of the kernel library (``cpp/include/edgeadapt/
+  cascade.hpp``, which the native runner runs too): ``cascade(x, budget_ms=None)``
+  accepts one row as `OneCall` accepts a batch and walks `route` (the kept states'
+  hops, each ``(state, logits, calls)`` with ``calls`` its ``(session, feeds, step)``:
+  ``session.unchecked_run`` is called with the feeds, each ``(name, is_input)``) with
+  the budget checks, route choice (with a budget and the policy's accuracies, the
+  target `Policy.lookup` picks: the hops up to it when the policy is cumulative, else
+  it alone; with `last_alone`, no budget table's pick, the last hop alone), runs,
+  output checks, costs and decisions of `edgeadapt.cascade.model.AdaptiveModel.predict`'s
+  loop, thresholds or a gate plan's `gates` (one `Gate` per kept state but the last),
+  and returns a ``result`` instance; None for a row, a budget or an output it cannot
+  vouch for (then the loop runs the batch and words any error). An error of a
+  session's call propagates; ``failed`` names the session.
 """
 
 from __future__ import annotations

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["num", "pct", "ratio", "saving", "table"]
+if TYPE_CHECKING:
+    from edgeadapt.formats.plan import Plan
+
+__all__ = ["num", "pct", "ratio", "saving", "static_verdict", "table", "thresholds_text"]
 
 
 def table(
@@ -55,4 +59,26 @@ def saving(share: float | None) -> str:
     4.5% more``); ``n/a`` when there is no baseline."""
     if share is None:
         return "n/a"
+    if abs(share) < 0.0005:  # 0.0% either way: no saving, whatever the rounding error's sign
+        return "saves 0.0%"
     return f"saves {pct(share)}" if share >= 0 else f"costs {pct(-share)} more"
+
+
+def thresholds_text(plan: Plan) -> str:
+    """``thresholds (maxprob): 0.2664, 0.6074`` (what they threshold, and their values),
+    or for a plan of one state that it answers alone."""
+    if not plan.thresholds:
+        return "thresholds: none (one state answers every input)"
+    on = {"gate": "gate scores", "agreement": "agreement shares"}.get(plan.policy, plan.measure)
+    return f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in plan.thresholds)
+
+
+def static_verdict(plan: Plan, it: str = "it") -> str:
+    """A plan against the measured static model (`it`) in a few words: ``beats it``,
+    ``does NOT beat it``, ``is the static model`` (one state, the one the whole model
+    stands for: no saving against itself) or ``not measured``."""
+    if plan.static_ms is None:
+        return "not measured"
+    if plan.keeps_static:
+        return "is the static model"
+    return f"beats {it}" if plan.beats_static else f"does NOT beat {it}"

@@ -64,7 +64,7 @@ from edgeadapt.oracle.subset import SubsetChoice, subset_curve_exact
 from edgeadapt.planning.calibrate import Sweep, simulate, sweep
 from edgeadapt.planning.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
 from edgeadapt.planning.search import subset_costs
-from edgeadapt.render import num, pct, ratio, saving
+from edgeadapt.render import num, pct, ratio, saving, static_verdict, thresholds_text
 
 __all__ = [
     "FIGURES",
@@ -397,7 +397,7 @@ def _plan_section(data: ReportData) -> str:
     gap = "n/a" if plan.gap_closure is None else pct(plan.gap_closure)
     rows = [
         ["states", ", ".join(plan.state_names)],
-        [f"thresholds ({plan.measure})", ", ".join(f"{t:.4f}" for t in plan.thresholds)],
+        thresholds_text(plan).split(": ", 1),
         ["held-out samples", str(held.n)],
         ["held-out accuracy", pct(held.accuracy, 2)],
         [
@@ -412,6 +412,8 @@ def _plan_section(data: ReportData) -> str:
             "vs the static model (measured whole model)",
             "not measured"
             if plan.static_ms is None
+            else f"{num(plan.static_ms)} ms (the plan is the static model)"
+            if plan.keeps_static
             else _versus(held.cost_ms, plan.static_ms)
             + ("" if plan.beats_static else " (the plan does NOT beat it)"),
         ],
@@ -439,11 +441,7 @@ def policy_rows(policies: Sequence[PolicyOutcome]) -> list[list[str]]:
         plan = p.plan
         if plan is None:
             continue
-        static = (
-            "-"
-            if plan.beats_static is None
-            else ("beats" if plan.beats_static else "does NOT beat")
-        )
+        static = "-" if plan.static_ms is None else static_verdict(plan, "").strip()
         rows.append(
             [
                 p.policy,

@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+from edgeadapt.graph.modulepaths import module_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,6 +50,7 @@ __all__ = [
     "names",
     "random_inputs",
     "teacher_labels",
+    "torch_export",
     "write_data",
 ]
 
@@ -287,73 +289,82 @@ def export(
 ) -> Path:
     """Export `net` to ONNX at `path` with torch's TorchScript exporter: inputs named as
     `model.inputs`, one output `logits`, a dynamic batch axis everywhere."""
+    example = random_inputs(model, 2, seed=12345)
+    return torch_export(net, {i.name: example[i.name] for i in model.inputs}, path, opset=opset)
+
+
+def torch_export(
+    net: nn.Module,
+    example: Mapping[str, np.ndarray],
+    path: str | os.PathLike[str],
+    *,
+    dynamo: bool = False,
+    opset: int | None = None,
+) -> Path:
+    """Export `net` as users do: inputs named as the keys of `example` (its arrays are the
+    example batch), one output ``logits`` (a Hugging Face model's output object holds only
+    its logits in eval mode without labels), a dynamic batch axis (``dynamic_axes`` for
+    the TorchScript exporter, ``dynamic_shapes`` with `dynamo`). Written atomically."""
     import torch
 
     path = Path(path)
-    example = random_inputs(model, 2, seed=12345)
-    args = tuple(torch.from_numpy(example[i.name]) for i in model.inputs)
-    axes = {n: {0: "batch"} for n in (*model.input_names, LOGITS)}
+    names = list(example)
+    args = tuple(torch.from_numpy(np.asarray(example[n])) for n in names)
+    kw: dict[str, Any] = {"input_names": names, "output_names": [LOGITS], "dynamo": dynamo}
+    if opset is not None:
+        kw["opset_version"] = opset
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        kw["dynamic_shapes"] = tuple({0: batch} for _ in names)
+    else:
+        kw["dynamic_axes"] = {n: {0: "batch"} for n in (*names, LOGITS)}
+        kw["do_constant_folding"] = True
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
-        # The TorchScript exporter announces its deprecation in favour of dynamo; the
-        # dynamo exporter needs onnxscript and is much slower for the same graph.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        with torch.no_grad():
-            torch.onnx.export(
-                net,
-                args,
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=model.input_names,
-                output_names=[LOGITS],
-                dynamic_axes=axes,
-                do_constant_folding=True,
-            )
-    os.replace(tmp, path)
+        # The TorchScript exporter announces its deprecation in favour of dynamo; both
+        # warn about traced control flow that the fixed example shapes settle.
+        warnings.simplefilter("ignore")
+        # not under no_grad: there torch's MultiheadAttention takes a fused fast path
+        # (aten::_native_multi_head_attention) that the TorchScript exporter cannot export
+        torch.onnx.export(net, args, str(tmp), **kw)
+    if dynamo and tmp.with_name(tmp.name + ".data").exists():
+        # dynamo writes large weights beside the model: load them back into one file
+        onnx.save(onnx.load(str(tmp)), str(path))
+        tmp.unlink()
+        tmp.with_name(tmp.name + ".data").unlink()
+    else:
+        os.replace(tmp, path)
     return path
 
 
-def _scopes(module: str) -> list[str]:
-    """The node-name prefixes torch's TorchScript exporter may give `module`'s operators.
-    Each level is the attribute name and an index joins its container's label
-    (``features.3`` -> ``/features/features.3/``); a container that is iterated rather
-    than called (a ModuleList) has no level of its own (``encoder.layer.1`` ->
-    ``/encoder/layer.1/``)."""
-    labels: list[str] = []
-    called: list[str] = []
-    parts = module.split(".")
-    for k, part in enumerate(parts):
-        if part.isdigit() and labels:
-            labels.append(f"{labels[-1]}.{part}")
-            called.append(labels[-1])
-        else:
-            labels.append(part)
-            if not (k + 1 < len(parts) and parts[k + 1].isdigit()):
-                called.append(part)
-    return ["/" + "/".join(x) + "/" for x in (labels, called)]
+def _in_module(node: onnx.NodeProto, module: str) -> bool:
+    path = module_path(node)
+    return path is not None and (path == module or path.startswith(module + "."))
 
 
 def cut_tensors(onnx_path: str | os.PathLike[str], modules: Sequence[str]) -> list[str]:
-    """The output tensor of each module in `modules` in the TorchScript export at
-    `onnx_path`: the output of the last node inside the module's scope (modules run in
-    order, so that is the module's result)."""
+    """The output tensor of each module in `modules` in a torch export at `onnx_path`
+    (TorchScript or dynamo, `edgeadapt.graph.modulepaths`): of the module's nodes, the last one
+    whose output is read outside the module (modules run in order, so that is the
+    module's result)."""
     model = onnx.load(str(onnx_path), load_external_data=False)
+    graph_outputs = {o.name for o in model.graph.output}
     out = []
     for module in modules:
-        prefixes = _scopes(module)
-        for prefix in prefixes:
-            nodes = [n for n in model.graph.node if n.name.startswith(prefix)]
-            if nodes:
-                out.append(nodes[-1].output[0])
-                break
-        else:
+        inside = [n for n in model.graph.node if _in_module(n, module)]
+        own = {o for n in inside for o in n.output}
+        read_outside = graph_outputs | {
+            x for n in model.graph.node if not _in_module(n, module) for x in n.input if x in own
+        }
+        results = [o for n in inside for o in n.output if o in read_outside]
+        if not results:
             raise InputError(
-                f"no node of module {module!r} (names starting with "
-                f"{' or '.join(map(repr, prefixes))}) in the graph",
+                f"no node of module {module!r} whose output the rest of the graph reads "
+                "(module paths come from TorchScript node names and dynamo's name_scopes "
+                "metadata; `edgeadapt inspect MODEL --cuts` shows the ones recorded)",
                 source=onnx_path,
             )
+        out.append(results[-1])
     return out
 
 

@@ -243,9 +243,11 @@ def _standardised(
     cov = gram / n - np.outer(mean, mean)
     sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     # A feature that barely varies would get a huge scale; clamp its spread to a small
-    # share of the typical one so standardised values stay O(1).
+    # share of the typical one so standardised values stay O(1), and to 1e-4 of its own
+    # magnitude: the ONNX head computes in float32 (7 digits), so a spread below that
+    # would standardise rounding errors into the logits.
     floor = max(1e-3 * float(np.sqrt(np.mean(sd**2))), 1e-12)
-    scale = 1.0 / np.maximum(sd, floor)
+    scale = 1.0 / np.maximum(sd, np.maximum(floor, 1e-4 * np.abs(mean)))
     corr = cov * np.outer(scale, scale)
     prior = counts / n
     target = (class_sum / n - np.outer(mean, prior)) * scale[:, None]

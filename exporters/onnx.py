@@ -3,34 +3,38 @@
 Step i is the subgraph from cut i-1 (the model inputs for i = 0) to cut i plus exit
 head i; the last step ends at the model's logits. A step after the first reads the
 previous step's activation plus every model input it still needs (a transformer's
-``attention_mask``); nodes that depend only on model inputs or constants (mask
-preprocessing, shape arithmetic, a scalar Constant shared by every layer) are
-recomputed inside each step that needs them, while a tensor computed from an earlier
-activation, or a large constant, crossing a cut is refused.
+``attention_mask``). What a step needs from before its cut and can compute again (masks,
+position ids, shape arithmetic, the shape of an earlier activation, weights read on both
+sides) is copied into it; an activation that skips past a cut is refused, naming it, the
+node that makes it and the node after the cut that reads it (`exporters._split`).
 
 Each head is either an existing tensor of the graph (the model's own exit output,
 ``heads={cut: output}``) or a linear head trained on the activations at the cut from a
-calibration set, streamed through the model in batches. Subgraphs are taken with
-`onnx.utils.Extractor` after shape inference; every cut is checked up front (exists,
-lies in the main graph, has a static per-sample shape, separates the graph), and the
-chained steps must reproduce the original outputs before anything is written.
+calibration set, streamed through the model in batches. The source's weights are moved to
+an external-data file in a temporary directory first, so the graph in memory, its shape
+inference and the step graphs stay small, and the ONNX Runtime sessions (one over the
+whole model, then one step at a time) read the weights from there. Shapes come from
+onnx's inference, else ONNX Runtime's symbolic inference, else a probe run. Every cut is
+checked up front (exists, lies in the main graph, has a static per-sample shape,
+separates the graph), and the chained steps must reproduce the original outputs before
+anything is written.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx.utils import Extractor
 
 from edgeadapt.errors import InputError
-from edgeadapt.exporters import _graph
+from edgeadapt.exporters import _graph, _split
 from edgeadapt.exporters._calib import Calibration, open_calibration
 from edgeadapt.exporters.heads import (
     POOLS,
@@ -47,23 +51,13 @@ from edgeadapt.exporters.heads import (
 from edgeadapt.formats.bundle import Bundle, InputSpec, Step, write_bundle
 from edgeadapt.formats.digest import file_sha256
 from edgeadapt.graph import deps as graphdeps
+from edgeadapt.graph.shapes import Dims
 
 #: progress(label, done, total): called as the export advances (for a progress bar).
 Progress = Callable[[str, int, int], None]
-#: Constant tensors up to this size are copied into every step that reads them.
-MAX_SHARED_BYTES = 1024
 DEFAULT_BATCH_SIZE = 32
-_ITEMSIZE = {1: 4, 10: 2, 11: 8, 7: 8, 6: 4, 3: 1, 2: 1, 9: 1, 16: 2}
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Where one step starts and ends in the source graph."""
-
-    inputs: list[str]
-    activation: str | None
-    head: str | None  # an existing tensor used as this step's exit (own head)
-    nodes: set[int]
+#: The external-data file that holds every weight once with ``shared_weights``.
+SHARED_WEIGHTS_FILE = "weights.data"
 
 
 def _check_cut(model: onnx.ModelProto, name: str, source: Path, param: str) -> None:
@@ -106,189 +100,16 @@ def _final_logits(
     return rest[0]
 
 
-def _classes(model: onnx.ModelProto, name: str, source: Path, what: str) -> int:
-    tail = _graph.static_tail(_graph.value_infos(model).get(name))
-    if tail is None or len(tail) != 1:
+def _classes(dims: Mapping[str, Dims], name: str, source: Path, what: str) -> int:
+    d = dims.get(name)
+    if d is None or len(d) != 2 or not isinstance(d[1], int):
+        shown = None if d is None else [str(x) for x in d]
         raise InputError(
             f"{what} {name!r} must have shape [batch, classes] with a static class count, "
-            f"got per-sample shape {tail}",
+            f"got {shown}",
             source=source,
         )
-    return tail[0]
-
-
-def _dependence(model: onnx.ModelProto, data: set[str], aux: set[str]) -> tuple[set[int], set[int]]:
-    """(nodes whose values depend on the `data` inputs, nodes that depend on no input).
-
-    Shape and Size read only a tensor's shape, so they end value dependence: shape
-    arithmetic and `aux` inputs (an attention mask) may be recomputed in a later step."""
-    valued, touched = set(data), set(data) | set(aux)
-    by_value: set[int] = set()
-    constant: set[int] = set()
-    for i, node in enumerate(model.graph.node):  # nodes are topologically sorted
-        reads = graphdeps.node_inputs(node)
-        outs = [o for o in node.output if o]
-        if any(x in valued for x in reads) and node.op_type not in ("Shape", "Size"):
-            by_value.add(i)
-            valued.update(outs)
-        if any(x in touched for x in reads):
-            touched.update(outs)
-        else:
-            constant.add(i)
-    return by_value, constant
-
-
-def _nbytes(model: onnx.ModelProto, name: str) -> int | None:
-    """Bytes of a tensor with a fully static shape, else None."""
-    vi = _graph.value_infos(model).get(name)
-    if vi is None or not vi.type.HasField("tensor_type"):
-        return None
-    tt = vi.type.tensor_type
-    if not tt.HasField("shape") or not all(d.HasField("dim_value") for d in tt.shape.dim):
-        return None
-    return int(np.prod([d.dim_value for d in tt.shape.dim], dtype=np.int64)) * _ITEMSIZE.get(
-        tt.elem_type, 8
-    )
-
-
-def _check_order(
-    model: onnx.ModelProto,
-    producer: Mapping[str, int],
-    prev: str,
-    first: str,
-    model_inputs: Sequence[str],
-    param: str,
-) -> None:
-    """The tensor `first` of a step must be computed from the previous cut `prev`."""
-    if producer[prev] in graphdeps.ancestors(model, [first], stop=model_inputs):
-        return
-    before = graphdeps.ancestors(model, [prev], stop=model_inputs)
-    order = "comes before" if producer[first] in before else "does not depend on"
-    raise InputError(
-        f"{first!r} {order} the previous cut {prev!r}: cuts must be given in "
-        "order from input to output, each depending on the one before",
-        source=param,
-    )
-
-
-def _check_crossing(
-    model: onnx.ModelProto,
-    k: int,
-    by_value: set[int],
-    constants: set[int],
-    prev: str | None,
-    i: int,
-    wanted: list[str],
-) -> None:
-    """Node `k`, computed before the cut `prev`, is also needed by step `i`: refuse it
-    unless it is a small constant that can be copied into the step."""
-    node = model.graph.node[k]
-    what = f"{node.op_type} node {node.name or node.output[0]!r}"
-    if k in by_value:
-        raise InputError(
-            f"cut {prev!r} does not separate the graph: step {i} ({wanted}) would need "
-            f"{what}, which lies before it (a skip connection crosses the cut?)",
-            source="cuts",
-        )
-    if k in constants:
-        for o in (o for o in node.output if o):
-            size = _nbytes(model, o)
-            if size is None or size > MAX_SHARED_BYTES:
-                how = "of unknown size" if size is None else f"{size} bytes"
-                raise InputError(
-                    f"cut {prev!r} does not separate the graph: step {i} needs the "
-                    f"constant {o!r} ({what}, {how}) computed before the cut; only "
-                    f"constants up to {MAX_SHARED_BYTES} bytes are copied into each "
-                    "step",
-                    source="cuts",
-                )
-
-
-def _plan(
-    model: onnx.ModelProto,
-    specs: Sequence[InputSpec],
-    cuts: Sequence[str],
-    heads: Mapping[str, str],
-    logits: str,
-    mask: str | None,
-    head_masks: Mapping[str, str],
-    source: Path,
-) -> list[_Plan]:
-    """Node sets of every step, checking that each cut separates the graph."""
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output if o}
-    model_inputs = [s.name for s in specs]
-    data = {n for n in model_inputs if n != mask}
-    by_value, constants = _dependence(model, data, {mask} if mask else set())
-    plans: list[_Plan] = []
-    taken: set[int] = set()
-    boundary = list(model_inputs)
-    ends = [*cuts, None]
-    for i, cut in enumerate(ends):
-        wanted = [n for n in (cut, heads.get(cut) if cut else logits) if n]
-        param = "cuts" if cut else "logits"
-        prev = boundary[-1] if i > 0 else None
-        if prev is not None:
-            _check_order(model, producer, prev, wanted[0], model_inputs, param)
-        nodes = graphdeps.ancestors(model, wanted, stop=boundary)
-        for k in sorted(nodes & taken):
-            _check_crossing(model, k, by_value, constants, prev, i, wanted)
-        if not nodes:
-            raise InputError(
-                f"step {i} would be an empty graph ({wanted} is {prev!r})",
-                source=param,
-            )
-        reads = {x for k in nodes for x in graphdeps.node_inputs(model.graph.node[k])}
-        if cut in head_masks:
-            reads.add(head_masks[cut])
-        inputs = [prev] if prev is not None else []
-        inputs += [n for n in model_inputs if n in reads and n not in inputs]
-        plans.append(_Plan(inputs, cut, heads.get(cut) if cut else None, nodes))
-        taken |= nodes
-        if cut:
-            boundary.append(cut)
-    _check_shared_initializers(model, plans, cuts, source)
-    return plans
-
-
-def _check_shared_initializers(
-    model: onnx.ModelProto, plans: Sequence[_Plan], cuts: Sequence[str], source: Path
-) -> None:
-    """A weight read on both sides of a cut would be stored twice: allowed when small."""
-    sizes = {t.name: t for t in model.graph.initializer}
-    first_step: dict[str, int] = {}
-    for i, plan in enumerate(plans):
-        names = {x for k in plan.nodes for x in graphdeps.node_inputs(model.graph.node[k])}
-        for name in sorted(names & sizes.keys()):
-            if name in first_step and first_step[name] != i:
-                t = sizes[name]
-                nbytes = int(np.prod(t.dims, dtype=np.int64)) * _ITEMSIZE.get(t.data_type, 8)
-                if nbytes > MAX_SHARED_BYTES:
-                    raise InputError(
-                        f"the weight {name!r} ({nbytes} bytes) is read by steps "
-                        f"{first_step[name]} and {i}: cut {cuts[i - 1]!r} does not separate "
-                        f"the graph; only tensors up to {MAX_SHARED_BYTES} bytes are copied "
-                        "into each step",
-                        source="cuts",
-                    )
-            first_step.setdefault(name, i)
-
-
-def _extract(
-    model: onnx.ModelProto, plan: _Plan, outputs: list[str], index: int, source: Path
-) -> onnx.ModelProto:
-    extractor = Extractor(model)
-    step = extractor.extract_model(plan.inputs, outputs)
-    if len(step.graph.node) != len(plan.nodes):
-        raise InputError(
-            f"step {index} contains a control-flow node whose body reads tensors the "
-            "Extractor does not follow; cut after that node instead",
-            source=source,
-        )
-    try:
-        onnx.checker.check_model(step, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise InputError(f"step {index} is not a valid ONNX graph: {e}", source=source) from None
-    return step
+    return d[1]
 
 
 def _run_error(e: Exception, source: Path, what: str, batch: bool = False) -> InputError:
@@ -304,12 +125,13 @@ def _run_error(e: Exception, source: Path, what: str, batch: bool = False) -> In
 
 
 def _check_batch(
-    model: onnx.ModelProto, specs: Sequence[InputSpec], final: str, source: Path
+    ref: Any, model: onnx.ModelProto, specs: Sequence[InputSpec], final: str, source: Path
 ) -> None:
-    """The whole model must run at batch 2 and return logits for 2 samples."""
+    """The whole model (session `ref`) must run at batch 2 and return logits for 2
+    samples."""
     feeds = _graph.example_feeds(model, specs, batches=(2,))[0]
     try:
-        got = _graph.session(model).run([final], feeds)[0]
+        got = ref.run([final], feeds)[0]
     except Exception as e:  # onnxruntime raises its own exception types
         raise _run_error(e, source, "the model", batch=True) from None
     if got.shape[:1] != (2,):
@@ -321,62 +143,62 @@ def _check_batch(
         )
 
 
-def _parity(
-    reference: onnx.ModelProto,
-    steps: list[Step],
-    checks: list[list[tuple[str, str | LinearHead]]],
-    feeds: list[dict[str, np.ndarray]],
-    source: Path,
-    rtol: float,
-    atol: float,
-) -> float:
-    """Run the chained steps against the source model; return the worst abs error.
+@dataclass
+class _Parity:
+    """The chained steps checked against the source model on `feeds` as each step is
+    built (one step's session at a time): `refs` holds the source's tensors per feed,
+    `envs` what the steps have computed so far; `worst` is the largest error seen."""
 
-    `checks[i]` pairs each output of step i with the source tensor it must equal, or
-    with the trained head whose float64 prediction from the step's activation it must
-    equal. The tolerance scales with the compared tensor's magnitude (`_graph.tolerance`).
-    """
-    ref_names = sorted({t for c in checks for _, t in c if isinstance(t, str)})
-    try:
-        ref_sess = _graph.session(_graph.with_outputs(reference, ref_names))
-        sessions = [_graph.session(s.model) for s in steps]
-        outs = []
-        for feed in feeds:
-            ref = dict(zip(ref_names, ref_sess.run(ref_names, feed), strict=True))
-            env = dict(feed)
-            for step, sess in zip(steps, sessions, strict=True):
-                names = [o.name for o in step.model.graph.output]
-                step_feeds = {n.name: env[n.name] for n in sess.get_inputs()}
-                env.update(zip(names, sess.run(names, step_feeds), strict=True))
-            outs.append((feed, ref, env))
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise _run_error(e, source, "the model or its steps") from None
-    worst = 0.0
-    for feed, ref, env in outs:
-        batch = len(next(iter(feed.values())))
-        for i, step in enumerate(steps):
-            for out, want in checks[i]:
+    feeds: list[dict[str, np.ndarray]]
+    refs: list[dict[str, np.ndarray]]
+    rtol: float
+    atol: float
+    source: Path
+    envs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    worst: float = 0.0
+
+    def check(
+        self, i: int, step: Step, sess: Any, checks: list[tuple[str, str | LinearHead]]
+    ) -> None:
+        """Run step `i` on every feed and compare `checks`: each output of the step with
+        the source tensor it must equal, or with the trained head whose float64 prediction
+        from the step's activation it must equal (`_graph.tolerance` scales the bound)."""
+        if not self.envs:
+            self.envs = [dict(f) for f in self.feeds]
+        names = [o.name for o in sess.get_outputs()]
+        try:
+            for env in self.envs:
+                feeds = {n.name: env[n.name] for n in sess.get_inputs()}
+                env.update(zip(names, sess.run(names, feeds), strict=True))
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise _run_error(e, self.source, f"step {i}") from None
+        for feed, ref, env in zip(self.feeds, self.refs, self.envs, strict=True):
+            for out, want in checks:
                 if isinstance(want, LinearHead):
                     assert step.activation is not None
                     mask = feed[want.mask] if want.mask else None
                     feats = features(env[step.activation], want.pool, mask, want.prefix)
-                    target = want.predict(feats)
-                    label = f"trained head of step {i}"
+                    target, label = want.predict(feats), f"trained head of step {i}"
                 else:
                     target, label = ref[want], f"source tensor {want!r}"
-                err, ok = _graph.worst_error(env[out], target, rtol, atol)
-                if not ok:
-                    tol = _graph.tolerance(target, rtol, atol)
-                    raise InputError(
-                        f"parity check failed: step {i} output {out!r} differs from the {label} "
-                        f"(max abs error {err:.3g}, batch {batch}; tolerance {tol:.3g} = "
-                        f"max(atol {atol:g}, rtol {rtol:g} x max |value| "
-                        f"{float(np.max(np.abs(target))):.3g}); raise parity_rtol/parity_atol "
-                        "to accept it)",
-                        source=source,
-                    )
-                worst = max(worst, err)
-    return worst
+                self._compare(i, out, env[out], target, label, len(next(iter(feed.values()))))
+
+    def _compare(
+        self, i: int, out: str, got: np.ndarray, target: np.ndarray, label: str, batch: int
+    ) -> None:
+        rtol, atol = self.rtol, self.atol
+        err, ok = _graph.worst_error(got, target, rtol, atol)
+        if not ok:
+            tol = _graph.tolerance(target, rtol, atol)
+            raise InputError(
+                f"parity check failed: step {i} output {out!r} differs from the {label} "
+                f"(max abs error {err:.3g}, batch {batch}; tolerance {tol:.3g} = "
+                f"max(atol {atol:g}, rtol {rtol:g} x max |value| "
+                f"{float(np.max(np.abs(target))):.3g}); raise parity_rtol/parity_atol "
+                "to accept it)",
+                source=self.source,
+            )
+        self.worst = max(self.worst, err)
 
 
 def _mask_input(specs: Sequence[InputSpec], mask: str | None, source: Path) -> str | None:
@@ -399,7 +221,7 @@ def _mask_input(specs: Sequence[InputSpec], mask: str | None, source: Path) -> s
 
 
 def _train_heads(
-    model: onnx.ModelProto,
+    ref: Any,
     calib: Calibration,
     cuts: Sequence[str],
     hi: _HeadInputs,
@@ -409,17 +231,16 @@ def _train_heads(
     source: Path,
     tick: Callable[[str], None],
 ) -> tuple[dict[str, LinearHead], list[dict[str, np.ndarray]]]:
-    """Stream the calibration set through the model in batches, fold each cut's features
-    into its head's statistics, fit the heads; also return a first batch of up to 64
-    samples for the parity check."""
+    """Stream the calibration set through the model (session `ref`) in batches, fold each
+    cut's features into its head's statistics, fit the heads; also return a first batch
+    of up to 64 samples for the parity check."""
     pools, masks, prefixes = hi.pools, hi.masks, hi.prefixes
     held = heldout_mask(calib.n, seed)
     fitters = {c: HeadFitter(num_classes, pools[c], held) for c in cuts}
-    sess = _graph.session(_graph.with_outputs(model, list(cuts)))
     sample: list[dict[str, np.ndarray]] = []
     for feeds, y in calib.batches(batch_size):
         try:
-            acts = sess.run(list(cuts), feeds)
+            acts = ref.run(list(cuts), feeds)
         except Exception as e:  # onnxruntime raises its own exception types
             raise _run_error(e, source, "the model on the calibration set") from None
         for cut, act in zip(cuts, acts, strict=True):
@@ -470,9 +291,8 @@ def _check_exits(
     heads: Mapping[str, str],
     logits: str | None,
     source: Path,
-) -> tuple[str, int]:
-    """Check every cut and own head against the graph; return the final logits and the
-    class count every exit must share."""
+) -> str:
+    """Check every cut and own head against the graph; return the final logits."""
     for cut in cuts:
         _check_cut(model, cut, source, "cuts")
     for out in heads.values():
@@ -480,30 +300,56 @@ def _check_exits(
     final = _final_logits(model, heads, logits, source)
     if final in cuts:
         raise InputError(f"{final!r} is the final logits; cut before it", source="cuts")
-    num_classes = _classes(model, final, source, "the final logits")
+    return final
+
+
+def _class_count(
+    dims: Mapping[str, Dims], heads: Mapping[str, str], final: str, source: Path
+) -> int:
+    """The class count every exit shares: the final logits' and each own head's."""
+    num_classes = _classes(dims, final, source, "the final logits")
     for cut, out in heads.items():
-        if _classes(model, out, source, f"head output of {cut!r}") != num_classes:
+        if _classes(dims, out, source, f"head output of {cut!r}") != num_classes:
             raise InputError(
                 f"head {out!r} has a different class count than {final!r} in {source}",
                 source="heads",
             )
-    return final, num_classes
+    return num_classes
 
 
-def _cut_tails(model: onnx.ModelProto, cuts: list[str], source: Path) -> dict[str, tuple[int, ...]]:
+def _cut_tails(
+    dims: Mapping[str, Dims], cuts: list[str], source: Path
+) -> dict[str, tuple[int, ...]]:
     """The static per-sample shape of each cut's tensor."""
-    infos = _graph.value_infos(model)
     tails = {}
     for cut in cuts:
-        tail = _graph.static_tail(infos.get(cut))
-        if tail is None:
+        d = dims.get(cut)
+        tail = d[1:] if d else None
+        if tail is None or not tail or not all(isinstance(x, int) for x in tail):
             raise InputError(
                 f"cut {cut!r} has no shape information (or a dynamic axis after the batch "
-                f"axis) after shape inference of {source}; cut at a tensor with a known shape",
+                f"axis) after shape inference of {source} (onnx's, ONNX Runtime's symbolic "
+                "one, and a probe run); cut at a tensor with a known shape",
                 source="cuts",
             )
-        tails[cut] = tail
+        tails[cut] = tuple(int(x) for x in tail)
     return tails
+
+
+def _check_shape_reads(
+    g: _split.Graph, plans: Sequence[_split.StepPlan], dims: Mapping[str, Dims], cuts: list[str]
+) -> None:
+    """Every activation a later step reads the shape of must have a known shape."""
+    for p in plans:
+        for k, read in p.shape_reads.items():
+            if read not in dims:
+                raise InputError(
+                    f"cut {cuts[p.index - 1]!r}: step {p.index} reads the shape of the "
+                    f"activation {read!r} (made by {g.describe(g.producer[read])}) from "
+                    f"before the cut in {g.describe(k)}, and that shape is not known after "
+                    "shape inference and a probe run; cut elsewhere",
+                    source="cuts",
+                )
 
 
 @dataclass(frozen=True)
@@ -577,34 +423,52 @@ def _ticker(progress: Progress | None, total: int) -> Callable[[str], None]:
 
 
 def _build_steps(
-    model: onnx.ModelProto,
-    plans: Sequence[_Plan],
-    final: str,
+    src: _Source,
+    plans: Sequence[_split.StepPlan],
     trained: Mapping[str, LinearHead],
-    source: Path,
+    parity: _Parity,
     tick: Callable[[str], None],
-) -> tuple[list[Step], list[list[tuple[str, str | LinearHead]]]]:
-    """Extract each planned step (attaching its trained head, if any); also return, per
-    step, the (step output, source tensor or head) pairs the parity check compares."""
+) -> list[Step]:
+    """Build each planned step (attaching its trained head, if any), check it with the
+    ONNX checker and against the source (`parity`), and return the steps with their
+    weights loaded from the work directory."""
+    g, final, dims, work = src.graph, src.final, src.dims, src.work
+    paths: list[Path] = []
     steps: list[Step] = []
-    checks: list[list[tuple[str, str | LinearHead]]] = []
-    for i, plan in enumerate(plans):
-        if plan.activation is None:
-            step_model = _extract(model, plan, [final], i, source)
-            steps.append(Step(step_model, logits=final))
-            checks.append([(final, final)])
+    for plan in plans:
+        i, cut = plan.index, plan.activation
+        checks: list[tuple[str, str | LinearHead]]
+        if cut is None:
+            model = _split.build_step(g, plan, [final], dims)
+            step = Step(model, logits=final)
+            checks = [(final, final)]
         elif plan.head is not None:
-            step_model = _extract(model, plan, [plan.activation, plan.head], i, source)
-            steps.append(Step(step_model, plan.head, plan.activation, head_input=plan.activation))
-            checks.append([(plan.activation, plan.activation), (plan.head, plan.head)])
+            model = _split.build_step(g, plan, [cut, plan.head], dims)
+            step = Step(model, plan.head, cut, head_input=cut)
+            checks = [(cut, cut), (plan.head, plan.head)]
         else:
-            stage = _extract(model, plan, [plan.activation], i, source)
-            head = trained[plan.activation]
-            step_model, head_logits = attach_head(stage, plan.activation, head, f"exit{i}/")
-            steps.append(Step(step_model, head_logits, plan.activation, head_input=plan.activation))
-            checks.append([(plan.activation, plan.activation), (head_logits, head)])
+            stage = _split.build_step(g, plan, [cut], dims)
+            model, head_logits = attach_head(stage, cut, trained[cut], f"exit{i}/")
+            step = Step(model, head_logits, cut, head_input=cut)
+            checks = [(cut, cut), (head_logits, trained[cut])]
+        path = work / f"step{i}.onnx"
+        path.write_bytes(model.SerializeToString())
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise InputError(
+                f"step {i} is not a valid ONNX graph: {e}", source=parity.source
+            ) from None
+        sess = _graph.session(model, at=path)
+        parity.check(i, step, sess, checks)
+        del sess
+        paths.append(path)
+        steps.append(step)
         tick(f"extracted step {i}")
-    return steps, checks
+    return [
+        Step(onnx.load(str(p)), s.logits, s.activation, s.head_input)
+        for p, s in zip(paths, steps, strict=True)
+    ]
 
 
 def _head_records(
@@ -653,6 +517,7 @@ def export_onnx(
     batch_size: int = DEFAULT_BATCH_SIZE,
     parity_rtol: float = _graph.RTOL,
     parity_atol: float = _graph.ATOL,
+    shared_weights: bool = False,
     force: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
@@ -669,6 +534,12 @@ def export_onnx(
     token sequences, else flatten small activations and gap large ones). `logits` names
     the final output (default: the one graph output that is not a head).
 
+    What a later step needs from before its cut (masks, position ids, shape arithmetic,
+    weights read on both sides) is copied into it; an activation that skips past a cut is
+    refused (`exporters._split`). The manifest's ``extra["weights"]`` gives the weight
+    bytes and how many of them are copies; `shared_weights` stores each weight once, in
+    one external-data file (``weights.data``) that every step reads.
+
     Parity of the chained steps with the source model is checked on random inputs of
     batch 1 and 7 (and calibration samples); the tolerance is ``max(parity_atol,
     parity_rtol * max |value|)`` per compared tensor. Trained heads whose training
@@ -679,31 +550,108 @@ def export_onnx(
     heads = dict(heads or {})
     cuts = list(cuts)
     _check_args(cuts, heads, pool, batch_size, parity_rtol, parity_atol)
-    model = _graph.with_dynamic_batch(_graph.load_source(source), source, single=False)
-    specs = _graph.input_specs(model, source)
-    final, num_classes = _check_exits(model, cuts, heads, logits, source)
-    tails = _cut_tails(model, cuts, source)
-    untrained = [c for c in cuts if c not in heads]
-    if untrained and calibration is None:
-        raise _no_calibration(untrained)
-    hi = _head_inputs(specs, untrained, tails, pool, mask, source)
-    plans = _plan(model, specs, cuts, heads, final, hi.mask_name, hi.masks, source)
-    _check_batch(model, specs, final, source)
-    calib = open_calibration(calibration, specs, num_classes) if untrained else None
-    n_batches = -(-calib.n // batch_size) if calib is not None else 0
-    tick = _ticker(progress, n_batches + len(untrained) + len(plans) + 1)
+    with tempfile.TemporaryDirectory(prefix="edgeadapt-split-") as tmp:
+        work = Path(tmp)
+        model = _graph.load_external(source, work)
+        model = _graph.with_dynamic_batch(model, source, single=False)
+        specs = _graph.input_specs(model, source)
+        final = _check_exits(model, cuts, heads, logits, source)
+        untrained = [c for c in cuts if c not in heads]
+        if untrained and calibration is None:
+            raise _no_calibration(untrained)
+        mask_name = _mask_input(specs, mask, source)
+        data = [s.name for s in specs if np.dtype(s.dtype).kind == "f" and s.name != mask_name]
+        outs = [*cuts, *heads.values(), final]
+        dims = _graph.resolve_dims(model, outs, specs, work)
+        num_classes = _class_count(dims, heads, final, source)
+        tails = _cut_tails(dims, cuts, source)
+        g = _split.Graph(model, data)
+        plans = _split.plan(g, cuts, heads, final)
+        reads = sorted({r for p in plans for r in p.shape_reads.values()} - set(dims))
+        if reads:
+            dims = {**dims, **_graph.resolve_dims(model, reads, specs, work)}
+        _check_shape_reads(g, plans, dims, cuts)
+        hi = _head_inputs(specs, untrained, tails, pool, mask_name, source)
+        for p in plans:
+            if p.activation in hi.masks and hi.masks[p.activation] not in p.inputs:
+                p.inputs.append(hi.masks[p.activation])
+        src = _Source(source, work, model, g, specs, final, outs, dims)
+        opts = _Options(calibration, untrained, batch_size, seed, parity_rtol, parity_atol)
+        steps, trained, worst = _split_steps(src, plans, hi, num_classes, opts, progress)
+        extra = _manifest_extra(cuts, heads, trained, final, worst, parity_rtol, parity_atol)
+        total, dup = _split.duplicated_bytes([s.model for s in steps])
+        extra["weights"] = {"bytes": total, "duplicated_bytes": dup, "shared_file": shared_weights}
+        return _write_split(
+            out_dir, source, specs, num_classes, steps, extra, force, shared_weights
+        )
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The source model as the split reads it: the graph (its weights in `work`), its
+    inputs, its final logits, the tensors the steps output and the shapes found."""
+
+    path: Path
+    work: Path
+    model: onnx.ModelProto
+    graph: _split.Graph
+    specs: list[InputSpec]
+    final: str
+    outs: list[str]
+    dims: dict[str, Dims]
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What the calibration pass and the parity check are run with."""
+
+    calibration: str | os.PathLike[str] | None
+    untrained: list[str]
+    batch_size: int
+    seed: int
+    rtol: float
+    atol: float
+
+
+def _split_steps(
+    src: _Source,
+    plans: Sequence[_split.StepPlan],
+    hi: _HeadInputs,
+    num_classes: int,
+    opts: _Options,
+    progress: Progress | None,
+) -> tuple[list[Step], dict[str, LinearHead], float]:
+    """One session over the whole model checks the batch axis, streams the calibration
+    set for the heads and computes the reference tensors; then the steps are built and
+    checked one at a time. Returns the steps, the trained heads and the worst parity
+    error."""
+    model, specs, source = src.model, src.specs, src.path
+    ref = _graph.session(_graph.with_outputs(model, src.outs), at=src.work / "reference.onnx")
+    _check_batch(ref, model, specs, src.final, source)
+    calib = (
+        open_calibration(opts.calibration, specs, num_classes)
+        if opts.untrained and opts.calibration is not None
+        else None
+    )
+    n_batches = -(-calib.n // opts.batch_size) if calib is not None else 0
+    tick = _ticker(progress, n_batches + len(opts.untrained) + len(plans) + 1)
     trained: dict[str, LinearHead] = {}
     sample: list[dict[str, np.ndarray]] = []
     if calib is not None:
         trained, sample = _train_heads(
-            model, calib, untrained, hi, num_classes, batch_size, seed, source, tick
+            ref, calib, opts.untrained, hi, num_classes, opts.batch_size, opts.seed, source, tick
         )
-    steps, checks = _build_steps(model, plans, final, trained, source, tick)
-    feeds = _graph.example_feeds(model, specs, seed) + sample
-    worst = _parity(model, steps, checks, feeds, source, parity_rtol, parity_atol)
+    feeds = _graph.example_feeds(model, specs, opts.seed) + sample
+    names = sorted(set(src.outs))
+    try:
+        refs = [dict(zip(names, ref.run(names, f), strict=True)) for f in feeds]
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise _run_error(e, source, "the model") from None
+    del ref
+    parity = _Parity(feeds, refs, opts.rtol, opts.atol, source)
+    steps = _build_steps(src, plans, trained, parity, tick)
     tick("checked parity")
-    extra = _manifest_extra(cuts, heads, trained, final, worst, parity_rtol, parity_atol)
-    return _write_split(out_dir, source, specs, num_classes, steps, extra, force)
+    return steps, trained, parity.worst
 
 
 def _manifest_extra(
@@ -736,8 +684,10 @@ def _write_split(
     steps: Sequence[Step],
     extra: dict[str, Any],
     force: bool,
+    shared_weights: bool = False,
 ) -> Bundle:
-    """Write the steps as an early-exit bundle that names its source model."""
+    """Write the steps as an early-exit bundle that names its source model (with
+    `shared_weights`, every weight once in ``weights.data``)."""
     return write_bundle(
         out_dir,
         kind="early-exit",
@@ -751,5 +701,6 @@ def _write_split(
             "source_sha256": file_sha256(source),
         },
         extra=extra,
+        shared_weights=SHARED_WEIGHTS_FILE if shared_weights else None,
         force=force,
     )

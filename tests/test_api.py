@@ -28,13 +28,15 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         _ = edgeadapt.nope  # type: ignore[attr-defined]
 
 
-def test_importing_the_package_loads_no_runtime_or_onnx() -> None:
+def test_importing_the_package_loads_no_runtime_or_onnx(tmp_path) -> None:
     code = (
         "import sys, edgeadapt; "
         "print(sorted(m for m in ('onnx', 'onnxruntime', 'numpy', 'edgeadapt.cascade') "
         "if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeadapt.cascade.model import AdaptiveModel, Prediction
+from edgeadapt.cascade.model import AdaptiveModel, Prediction, _Hop
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.plan import BudgetRow
-from edgeadapt.kernel import CascadeCall, confidence
+from edgeadapt.formats.plan import Gate as Gate2
+from edgeadapt.kernel import CascadeCall, Gate, Policy, confidence
+from edgeadapt.kernel_ref import gate_decide
+from edgeadapt.runtimes import get_runtime
 from tests.backends import CPU_RUNTIMES
 from tests.plans import runner_plan
 
@@ -269,8 +272,6 @@ def test_a_branches_bundle_without_a_budget_table_runs_its_last_branch_alone():
     n = len(bundle.states)
     sessions = [None] * n
     try:
-        from edgeadapt.runtimes import get_runtime
-
         rt = get_runtime("onnxruntime", **ORT)
         sessions = [rt.load(s.path) for s in bundle.steps]
     except Exception:
@@ -278,9 +279,6 @@ def test_a_branches_bundle_without_a_budget_table_runs_its_last_branch_alone():
             if s is not None:
                 s.close()
         raise
-    from edgeadapt.cascade.model import _Hop
-    from edgeadapt.kernel import Policy
-
     hops = [_Hop(s, (s,)) for s in range(n)]
     policy = Policy([2.0] * (n - 1), [1.0] * n, cumulative=False)
     with AdaptiveModel(branches, sessions, hops, policy, True) as m:
@@ -292,6 +290,87 @@ def test_a_branches_bundle_without_a_budget_table_runs_its_last_branch_alone():
             assert got.exit_state.tolist() == [n - 1]
             assert len(got.latency_ms["steps"]) == 1
             _same(got, _python(m, x, budget))
+
+
+# ---- gate plans ----------------------------------------------------------------------------
+
+#: Gates that let sure rows leave early (maxprob), and rows whose answers agree with the
+#: earlier exits' (agreement, the previous score); thresholds 0.5 on their scores.
+GATES = (
+    Gate2((6.0, 1.0, 0.5, 0.0, 0.0), -4.5),
+    Gate2((3.0, 1.0, 0.0, 2.0, 1.5), -4.0),
+    Gate2((2.0, 0.5, 0.0, 2.5, 2.0), -4.0),
+)
+
+
+def _gate_model(name: str, *, table: bool, runtime: str = "onnxruntime"):
+    n = len(load_bundle(BUNDLES / name).states)
+    return _plan_model(name, table=table, thresholds=0.5, runtime=runtime, gates=GATES[: n - 1])
+
+
+@pytest.mark.parametrize("name", ["mnist1d-multiexit", "mnist1d-family"])
+@pytest.mark.parametrize("table", [False, True])
+@pytest.mark.parametrize("budget", [None, TINY, 250.0, HUGE])
+def test_gate_plans_answer_natively_as_the_python_loop(rows, name, table, budget):
+    """Budgets where the route does not depend on how far the costs have drifted: 250
+    picks kept state 1 from the table (the most accurate, 200 ms) on every call."""
+    with _gate_model(name, table=table) as m:
+        assert m.gates is not None
+        assert m._cascade is not None
+        exits = set()
+        for i in range(len(rows)):
+            x = rows[i : i + 1]
+            got = m._cascade(x, budget)
+            assert type(got) is Prediction
+            _same(got, _python(m, x, budget))
+            exits.add(int(got.exit_state[0]))
+        if budget is None:  # the gates spread the rows over several exits
+            assert len(exits) > 1, exits
+
+
+def test_a_gate_plans_early_exits_are_its_gates_scores(rows):
+    """Rows leave the first kept state when its gate's score reaches the threshold; the
+    conf a row answers with there is that score, as the numpy reference computes it."""
+    with _gate_model("mnist1d-multiexit", table=False) as m:
+        first = m.sessions[0]
+        left = 0
+        for i in range(len(rows)):
+            x = rows[i : i + 1]
+            got = m.predict(x)
+            if got.exit_state[0] != 0:
+                continue
+            left += 1
+            logits = first.run({m.bundle.input.name: x})[m.bundle.steps[0].logits]
+            g = GATES[0]
+            _, score, *_ = gate_decide(logits, g.weights, g.bias, 0.5, np.zeros((1, 0)), None)
+            assert got.conf[0] >= 0.5
+            np.testing.assert_array_max_ulp(got.conf, score, maxulp=1)
+        assert 0 < left < len(rows)
+
+
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES)
+def test_each_runtime_runs_a_gate_plan_natively(rows, runtime):
+    with _gate_model("mnist1d-multiexit", table=True, runtime=runtime) as m:
+        for i in range(0, len(rows), 3):
+            x = rows[i : i + 1]
+            for budget in (None, HUGE):
+                got = m._cascade(x, budget)
+                assert type(got) is Prediction
+                _same(got, _python(m, x, budget))
+
+
+def test_a_policy_whose_costs_do_not_follow_the_bundle_takes_the_loop():
+    """Budget routes come from the policy in the engine and from the bundle's kind in the
+    loop: a policy built by hand whose cumulative flag says otherwise runs the loop."""
+    bundle = load_bundle(BUNDLES / "mnist1d-family")
+    rt = get_runtime("onnxruntime", **ORT)
+    sessions = [rt.load(s.path) for s in bundle.steps]
+    hops = [_Hop(s, (s,)) for s in range(len(sessions))]
+    for cumulative, native in ((False, True), (True, False)):  # an ensemble's costs are not
+        policy = Policy([0.6, 0.6], [1.0, 1.0, 1.0], cumulative=cumulative)
+        m = AdaptiveModel(bundle, sessions, hops, policy, True)
+        assert (m._cascade is not None) == native
+    m.close()
 
 
 # ---- faults: the loop's words -------------------------------------------------------------
@@ -309,11 +388,9 @@ def _patched(m: AdaptiveModel, step: int, wrap, monkeypatch) -> CascadeCall:
     the Python loop's `Session.run` then makes too."""
     session = m.sessions[step]
     monkeypatch.setattr(session, "_run", wrap(session._run))
-    name, dtype, shape = m._check.single[:3]
-    return CascadeCall(
-        m._route, None, name, dtype, shape, m.bundle.num_classes, m.policy.measure,
-        policy=m.policy, result=Prediction, hop_overhead_ms=0.0, costs_known=False, walk=True,
-    )  # fmt: skip
+    native = m._native_cascade(m._check.single[:3])
+    assert native is not None
+    return native
 
 
 def _loop_error(m: AdaptiveModel, x) -> BaseException:
@@ -431,22 +508,26 @@ def test_a_closed_model_refuses_rather_than_calling_natively():
 def test_constructor_refuses_a_route_it_cannot_walk(multiexit):
     m = multiexit
     name, dtype, shape = m._check.single[:3]
+    steps = [(h.state, h.logits, [(s, f, i) for s, f in h.calls]) for i, h in enumerate(m._route)]
 
-    def make(route, targets=None, classes=m.bundle.num_classes):
+    def make(route, classes=m.bundle.num_classes, gates=None):
         return CascadeCall(
-            route, targets, name, dtype, shape, classes, "maxprob", policy=m.policy,
-            result=Prediction, hop_overhead_ms=0.0, costs_known=True, walk=True,
+            route, name, dtype, shape, classes, policy=m.policy, result=Prediction,
+            hop_overhead_ms=0.0, costs_known=True, last_alone=False, gates=gates,
         )  # fmt: skip
 
-    make(m._route)
+    make(steps)
     with pytest.raises(ValueError, match="no hop"):
         make(())
     with pytest.raises(ValueError, match="classes"):
-        make(m._route, classes=1)
-    with pytest.raises(IndexError, match="hop"):
-        make(m._route, targets=[[0], [0, 9], [0], [0]])
-    with pytest.raises(ValueError, match="one route per kept state"):
-        make(m._route, targets=[[0]])
-    bad = m._route[0]._replace(calls=((m.sessions[0], (("other", True),)),))
+        make(steps, classes=1)
+    with pytest.raises(ValueError, match="one hop per kept state"):
+        make(steps[:2])
+    with pytest.raises(ValueError, match="one gate per kept state but the last"):
+        make(steps, gates=[Gate([0.0] * 5, 0.0)])
+    make(steps, gates=[Gate([0.0] * 5, 0.0)] * 3)
+    bad = (steps[0][0], steps[0][1], [(m.sessions[0], (("other", True),), 0)])
     with pytest.raises(ValueError, match="only model input"):
-        make((bad, *m._route[1:]))
+        make((bad, *steps[1:]))
+    with pytest.raises(ValueError, match=r"\(state, logits, calls\)"):
+        make([(0, "logits0"), *steps[1:]])

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeadapt.cli import cli
-from edgeadapt.commands.options import FiniteFloat, InputDir, InputFile, OutputPath
+from edgeadapt.commands.options import BundleOrModel, FiniteFloat, InputDir, InputFile, OutputPath
 
 #: Text parameters checked while parsing, with values each must refuse.
 BAD_TEXT: dict[str, list[str]] = {
@@ -80,7 +80,7 @@ def _good(param: click.Parameter, places: dict[str, str]) -> str:
     t = param.type
     if isinstance(t, InputFile):
         return places["file"]
-    if isinstance(t, InputDir):
+    if isinstance(t, (InputDir, BundleOrModel)):
         return places["folder"]
     if isinstance(t, OutputPath):
         return places["out"]
@@ -104,6 +104,8 @@ def _bad(param: click.Parameter, places: dict[str, str]) -> list[str]:
         return [places["fifo"], places["folder"], places["missing"], "a\0b"]
     if isinstance(t, InputDir):
         return [places["file"], places["fifo"], places["missing"], "a\0b"]
+    if isinstance(t, BundleOrModel):
+        return [places["fifo"], places["missing"], "a\0b"]
     if isinstance(t, OutputPath):
         return [places["fifo"], places["file" if t.folder else "folder"], "a\0b"]
     if isinstance(t, click.Choice):

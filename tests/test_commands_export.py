@@ -155,7 +155,7 @@ def test_summary_with_a_non_finite_number_is_refused_not_printed(tmp_path, sourc
 def test_inspect_missing_bundle(tmp_path):
     result = _run("inspect", tmp_path / "nothing")
     assert result.exit_code == 2
-    assert "no such bundle directory" in result.output
+    assert "no such bundle directory or model file" in result.output
 
 
 def test_export_onnx_trained_heads_report_accuracies(tmp_path, source):

@@ -142,8 +142,13 @@ def test_plan_states_its_saving_against_both_baselines(artefacts):
     assert static is not None  # the profiler times the whole model by default
     assert summary["static_ms"] == static
     assert load_plan(out).static_ms == static
-    assert summary["saving_vs_static"] == pytest.approx(1 - summary["cost"] / static)
-    assert summary["beats_static"] is (summary["cost"] < static)
+    if summary["keeps_static"]:  # the plan is the static model: no saving against itself
+        assert summary["states"] == [bundle.states[-1].name]
+        assert summary["saving_vs_static"] == 0.0
+        assert summary["beats_static"] is False
+    else:
+        assert summary["saving_vs_static"] == pytest.approx(1 - summary["cost"] / static)
+        assert summary["beats_static"] is (summary["cost"] < static)
     assert summary["profile_order"] == "chain"
     text = CliRunner().invoke(cli, [*args, "-o", str(out)]).output
     assert "vs R_N, the sum of the steps:" in text
@@ -166,3 +171,29 @@ def test_plan_notes_a_profile_timed_each_step_alone(artefacts, tmp_path):
     assert summary["profile_order"] == "step"
     assert summary["static_ms"] is None
     assert summary["beats_static"] is None
+
+
+def test_a_plan_of_one_state_prints_no_thresholds_and_no_saving_against_itself():
+    from dataclasses import replace
+
+    from edgeadapt.commands.plan import plan_text
+    from edgeadapt.planning.planner import Outcomes, PlanSummary, make_plan
+
+    rng = np.random.default_rng(1)
+    correct = rng.random((40, 3)) < [0.5, 0.7, 0.9]
+    data = Outcomes(("s0", "s1", "s2"), correct, rng.random((40, 3)).astype(np.float32))
+    calib, held = data.split(0.5, 0)
+    # too few held-out samples for a promise: the plan keeps the last state alone, and
+    # the whole model was timed slower than the sum of the steps (a loaded profile)
+    plan = make_plan(calib, held, [0.1, 0.2, 0.3], manifest_sha256="0" * 64, static_ms=0.6)
+    assert plan.state_names == ("s2",)
+    text = plan_text(PlanSummary(plan))
+    assert "thresholds: none (one state answers every input)" in text
+    assert "thresholds (" not in text
+    assert "the plan is the static model" in text
+    assert "saves" not in text.split("vs the static model")[1]
+    # a cascade still states its saving and verdict
+    cascade = replace(plan, states=(0, 2), thresholds=(0.9,), cost_ms=(0.1, 0.3))
+    text = plan_text(PlanSummary(cascade))
+    assert "thresholds (maxprob): 0.9000" in text
+    assert "; the plan beats it)" in text

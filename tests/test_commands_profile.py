@@ -114,6 +114,12 @@ def test_profile_times_the_whole_model_and_says_so(multiexit_copy, tmp_path):
     prof = load_profile(out)
     assert prof.order == "chain"
     assert set(prof.whole) == {1, 2}
+    # the whole model timed in the steps' rounds: the ratio's spread, per batch
+    for b in (1, 2):
+        r = prof.full_over_whole[b]
+        assert f"x at batch {b} (per round {r.p10:.2f}-{r.p90:.2f}x, {r.rounds} rounds)" in (
+            result.output
+        )
     assert prof.whole_model["origin"] == "composed"
 
 

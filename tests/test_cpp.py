@@ -1,5 +1,6 @@
-"""The C++ side: ctest on a standalone build of cpp/, and a native app built against the
-installed package with find_package(edgeadapt CONFIG)."""
+"""The C++ side: ctest on a standalone build of cpp/ (the kernel, the cascade engine, the
+C ABI), and a native app built against the installed package with
+find_package(edgeadapt CONFIG), the engine's header included."""
 
 import shutil
 import subprocess
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 APP = r"""
 #include <cstdio>
+#include <edgeadapt/cascade.hpp>
 #include <edgeadapt/edgeadapt.h>
-#include <edgeadapt/kernel.hpp>
 
 int main() {
     const float logits[2][3] = {{0.f, 9.f, 1.f}, {1.f, 1.f, 1.f}};

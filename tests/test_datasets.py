@@ -126,7 +126,7 @@ def test_demo_calibration_holds_no_training_or_test_sample():
     assert not rows & _rows(splits.train.x)
     assert not rows & _rows(splits.test.x)
     # these are the splits the shipped bundles were trained on
-    for name in ("mnist1d-multiexit", "mnist1d-family"):
+    for name in ("mnist1d-resnet", "mnist1d-multiexit", "mnist1d-family"):
         training = load_bundle(BUNDLES / name).extra["training"]
         assert (training["seed"], training["train_samples"]) == (splits.seed, len(splits.train.y))
 

@@ -6,10 +6,12 @@ its figures with the separate commands on the same files and with the runtime it
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import edgeadapt.demo
 from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.demo import run_demo
 from edgeadapt.errors import InputError, MissingExtraError
@@ -69,7 +71,7 @@ def _test_split(out):
 
 def test_writes_every_artefact_and_shows_progress(demo):
     _, result, ui = demo
-    assert [b.name for b in result.bundles] == ["mnist1d-multiexit", "mnist1d-family"]
+    assert [b.name for b in result.bundles] == ["mnist1d-resnet", "mnist1d-family"]
     for b in result.bundles:
         for name in ("profile.json", "evaluation-calibration.npz", "evaluation-test.npz"):
             assert (b.work / name).is_file()
@@ -86,13 +88,42 @@ def test_writes_every_artefact_and_shows_progress(demo):
     assert ui.bars["running the plan"] == (SAMPLES, SAMPLES)
 
 
+def test_the_lead_bundle_is_a_small_compute_bound_multi_exit_network():
+    """The residual CNN the demo leads with: four exits, each step's compute (MFLOPs)
+    far above what the runtime's per-call cost stands for, a few MB on disk."""
+    from edgeadapt.demo.pipeline import BUNDLES
+    from edgeadapt.formats.bundle import load_bundle
+
+    bundle = load_bundle(Path(edgeadapt.demo.__file__).parent / "bundles" / BUNDLES[0])
+    assert bundle.kind == "early-exit"
+    assert len(bundle.states) == 4
+    assert all(step.flops > 5e6 for step in bundle.steps)
+    assert sum((bundle.path / f).stat().st_size for f in bundle.files) < 3e6
+
+
+def test_the_lead_plan_cascades_and_beats_the_static_model(demo):
+    """The verdict the demo is about, from its profile and its plan (not a timing): the
+    lead bundle's plan keeps several states and beats the measured static model; its
+    profile timed the whole model in the steps' rounds."""
+    _, result, _ = demo
+    lead = result.bundles[0]
+    plan = lead.plan.plan
+    assert len(plan.states) > 1
+    assert plan.beats_static is True
+    assert not plan.keeps_static
+    assert lead.full_over_whole is not None
+    assert lead.full_over_whole.rounds >= 1
+
+
 def test_bounds_agree_with_the_bound_command(demo):
     _, result, _ = demo
     b = result.bundles[0]
     printed = json.loads(_cli("bound", *_artefacts(b), "--envelope", "--json"))
     for key in ("exact", "alpha1", "continuous", "constant_alpha_min"):
         assert printed[key] == pytest.approx(b.bounds.to_json()[key])
-    assert printed["r_n"] == pytest.approx(b.cost_ms[-1])
+    # R_N: the last state on the Pareto envelope (a retrained last exit may be dominated)
+    assert printed["r_n"] == pytest.approx(b.bounds.summary.r_n)
+    assert b.bounds.summary.r_n in b.cost_ms
 
 
 def test_plan_agrees_with_the_plan_command(demo, tmp_path):
@@ -121,13 +152,24 @@ def test_run_figures_are_what_the_runtime_gives(demo):
         assert r.mean_ms > 0
         assert r.static_mean_ms > 0
         assert r.speedup == pytest.approx(r.static_mean_ms / r.mean_ms)
-        kept = dict(zip(plan.states, plan.cost_ms, strict=True))
-        expected = sum(kept[s] * n for s, n in enumerate(r.exits) if n) / SAMPLES
-        assert r.expected_cost_ms == pytest.approx(expected)
         # predicted against what `speedup` measures: the whole model the static run calls
+        # (the whole model's cost, for a reference before the last state in its share)
         assert plan.static_ms is not None
-        assert r.static_cost_ms == plan.static_ms
-        assert r.predicted_speedup == pytest.approx(plan.static_ms / expected)
+        costs = b.cost_ms
+        static = plan.static_ms * costs[ref] / costs[-1]
+        assert r.static_cost_ms == pytest.approx(static)
+        assert (r.static_cost_ms == plan.static_ms) is (ref == len(costs) - 1)
+        if len(plan.states) == 1:  # one plain model, as the static model runs
+            (state,) = plan.states
+            plain = plan.static_ms * costs[state] / costs[-1]
+            assert r.expected_cost_ms == pytest.approx(plain)
+            if state == ref:  # the static model itself
+                assert r.predicted_speedup == pytest.approx(1.0)
+        else:
+            kept = dict(zip(plan.states, plan.cost_ms, strict=True))
+            expected = sum(kept[s] * n for s, n in enumerate(r.exits) if n) / SAMPLES
+            assert r.expected_cost_ms == pytest.approx(expected)
+            assert r.predicted_speedup == pytest.approx(static / expected)
 
 
 def test_rerun_reuses_artefacts_and_rebuilds_a_broken_one(demo):
@@ -187,7 +229,7 @@ def test_cli_prints_summary_and_json(demo):
     ):
         assert words in text, words
     doc = json.loads(_cli("demo", "--output", out, "--samples", 20, "--json"))
-    assert [b["bundle"] for b in doc["bundles"]] == ["mnist1d-multiexit", "mnist1d-family"]
+    assert [b["bundle"] for b in doc["bundles"]] == ["mnist1d-resnet", "mnist1d-family"]
     assert doc["bundles"][0]["run"]["samples"] == 20
     first = doc["bundles"][0]
     assert first["static_ms"] > 0
@@ -219,8 +261,8 @@ def test_retrain_runs_the_pipeline_on_the_retrained_bundles(monkeypatch, demo):
     out, first, _ = demo
     calls = []
 
-    def fake_train_and_export(out_dir, *, force, log):  # the same models, without torch's minute
-        calls.append((out_dir, force))
+    def fake_train_and_export(out_dir, *, names, force, log):  # the same models, without torch
+        calls.append((out_dir, names, force))
         return {
             b.name: load_bundle(shutil.copytree(b.bundle.path, out_dir / b.name))
             for b in first.bundles
@@ -228,7 +270,28 @@ def test_retrain_runs_the_pipeline_on_the_retrained_bundles(monkeypatch, demo):
 
     monkeypatch.setattr(train, "train_and_export", fake_train_and_export)
     result = run_demo(out, retrain=True, samples=10, min_seconds=0.05)
-    assert calls == [(out / "bundles", True)]
+    assert calls == [(out / "bundles", ("mnist1d-resnet", "mnist1d-family"), True)]
     for b in result.bundles:
         assert b.bundle.path == out / "bundles" / b.name
         assert b.reused == []  # retraining rebuilds every artefact
+
+
+def test_the_readme_block_is_what_the_demo_printed(demo):
+    """bench/readme_demo.py's block for README.md: the lead bundle's summary as the demo
+    prints it (files under the default directory), the others' plan and run lines, and
+    the figures; README.md holds the markers it writes between."""
+    from edgeadapt.commands.demo import render_bundle
+    from edgeadapt.render import ratio
+    from tests.scripts import ROOT, script_module
+
+    out, result, _ = demo
+    with script_module("bench/readme_demo.py", "bench_readme_demo") as script:
+        text = script.block(result, "load average 1.0 before, 1.0 after")
+        assert script.BLOCK.search((ROOT / "README.md").read_text())
+    lead, family = result.bundles
+    assert str(out) not in text
+    assert render_bundle(lead).replace(str(out), "edgeadapt-demo") in text
+    assert f"== {family.name}: ensemble, 3 states ==" in text
+    assert "plan: keep " in text.split(f"== {family.name}")[1]
+    assert f"runs {ratio(lead.run.speedup)} faster than the static model" in text
+    assert "(load average 1.0 before, 1.0 after)" in text

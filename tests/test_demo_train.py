@@ -33,3 +33,13 @@ def test_residual_cnn_trains_and_exports_with_a_dynamic_batch(tmp_path):
     assert got.shape == (5, 10)
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_train_and_export_refuses_an_unknown_bundle_before_training(tmp_path):
+    from edgeadapt.demo.train import TRAINERS, train_and_export
+    from edgeadapt.errors import InputError
+
+    assert set(TRAINERS) == {"mnist1d-resnet", "mnist1d-multiexit", "mnist1d-family"}
+    with pytest.raises(InputError, match=r"unknown demo bundles \['mnist1d-nope'\]"):
+        train_and_export(tmp_path, names=["mnist1d-resnet", "mnist1d-nope"])
+    assert not any(tmp_path.iterdir())

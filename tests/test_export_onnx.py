@@ -412,29 +412,49 @@ def test_small_shared_constant_is_copied_into_each_step(tmp_path):
     _assert_full_path_equals(bundle, path, {"x": x})
 
 
-def test_large_shared_constant_is_refused(tmp_path):
-    _refused(
-        tmp_path,
-        graphs.shared_constant_chain(width=512, vector=True),
-        r"cuts: cut 'relu0' does not separate the graph: step 1 needs the constant "
-        r"'shared' \(Constant node 'shared', 2048 bytes\)",
-        cuts=["relu0"],
-        calibration="unused.npz",
-    )
+def _chain_calibration(path, width, n=60):
+    rng = np.random.default_rng(0)
+    save_npz(path, x=rng.standard_normal((n, width)).astype(np.float32), y=rng.integers(0, 10, n))
+    return path
 
 
-def test_large_weight_read_on_both_sides_of_a_cut_is_refused(tmp_path):
+def test_large_shared_constant_is_copied_into_each_step(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(graphs.shared_constant_chain(width=512, vector=True), path)
+    calib = _chain_calibration(tmp_path / "c.npz", 512)
+    bundle = export_onnx(path, tmp_path / "b", cuts=["relu0", "relu1"], calibration=calib)
+    for step in bundle.steps:
+        model = onnx.load(str(step.path))
+        shared = [n for n in model.graph.node if n.output[0] == "shared"]
+        assert len(shared) == 1  # every step computes the 2048-byte constant itself
+    x = np.random.default_rng(1).standard_normal((3, 512)).astype(np.float32)
+    _assert_full_path_equals(bundle, path, {"x": x})
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_weight_read_on_both_sides_of_a_cut_is_copied_and_counted(tmp_path, shared):
     model = graphs.shared_constant_chain(width=32)
     for node in model.graph.node:
         if node.op_type == "Gemm" and node.input[1] == "w1":
             node.input[1] = "w0"  # tied weights: layer 1 reuses layer 0's
-    _refused(
-        tmp_path,
-        model,
-        r"cuts: the weight 'w0' \(4096 bytes\) is read by steps 0 and 1: cut 'relu0'",
-        cuts=["relu0"],
-        calibration="unused.npz",
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    calib = _chain_calibration(tmp_path / "c.npz", 32)
+    bundle = export_onnx(
+        path, tmp_path / "b", cuts=["relu0"], calibration=calib, shared_weights=shared
     )
+    weights = bundle.extra["weights"]
+    assert weights["duplicated_bytes"] == 32 * 32 * 4  # w0 is in both steps
+    assert weights["shared_file"] is shared
+    readers = [
+        s.file
+        for s in bundle.steps
+        if "w0" in {t.name for t in onnx.load(str(s.path)).graph.initializer}
+    ]
+    assert readers == ["step0.onnx", "step1.onnx"]
+    assert ("weights.data" in bundle.files) is shared
+    x = np.random.default_rng(1).standard_normal((3, 32)).astype(np.float32)
+    _assert_full_path_equals(bundle, path, {"x": x})
 
 
 def test_parity_tolerance_is_stated_and_overridable(tmp_path, source, mnist1d):

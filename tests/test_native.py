@@ -1,12 +1,15 @@
 """The native runner (cpp/runner): ctest on a release build and on an AddressSanitizer +
-UBSan build, the `classify` example's error codes on bad files, and parity with
-`AdaptiveModel` on OpenVINO: same predictions, exit states, confidences and budget exits
-on every sample of the shipped bundles, with a plan, with plain thresholds and with a
-budget; of a gate plan made by the planner; and of a BERT-style bundle with two int64
-inputs read from an .npz. A plan's runtime block sets the runner's threads unless
-`--threads` overrides it. Both builds are made once per session (about a minute each on
-2 cores)."""
+UBSan build, the `classify` example's error codes on bad files and on every case of the
+shared table of reader cases (tests/reader_cases.json, which the Python readers follow
+too), and parity with `AdaptiveModel` on OpenVINO: same predictions, exit states,
+confidences and budget exits on every sample of the shipped bundles, with a plan, with
+plain thresholds and with a budget; of a gate plan made by the planner; of a plan whose
+hop overhead counts against a budget; of a branches bundle; and of a BERT-style bundle
+with two int64 inputs read from an .npz. A plan's runtime block sets the runner's
+threads unless `--threads` overrides it. Both builds are made once per session (about a
+minute each on 2 cores)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +29,7 @@ from tests import plans
 from tests.device_inputs import edited_multiexit
 from tests.multi_input import token_batch, transformer_bundle
 from tests.plans import runner_plan
+from tests.reader_cases import Case, cases, make, make_inputs, source_of
 from tests.tiny import UNLISTED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,6 +314,59 @@ def test_native_refuses_a_gate_plan_with_a_missing_gate(native, inputs, gate_pla
     assert "$.policy.gates" in done.stderr
 
 
+# ------------------------------------------------------------------- the engine's rules
+
+
+@pytest.mark.parametrize("overhead", [None, 4999.95])
+def test_native_counts_a_plans_hop_overhead_against_the_budget(native, inputs, tmp_path, overhead):
+    """Hops of 0.1 ms fit a 5000 ms budget, unless the plan's overhead per hop (the
+    cascade's own cost) leaves no room for them: then every row exits at the first."""
+    plan = _plan(MULTIEXIT, [0, 2, 3], [1.0, 1.0], "maxprob", [0.1, 0.2, 0.3])
+    path = tmp_path / "plan.json"
+    save_plan(path, dataclasses.replace(plan, hop_overhead_ms=overhead))
+    args = ["--plan", path, "--threads", "1", "--batch", "16", "--budget-ms", "5000"]
+    got = _classify(native, MULTIEXIT, inputs, tmp_path / "o.json", *args)
+    with AdaptiveModel.load(MULTIEXIT, "openvino", plan=path, runtime_options=OV) as m:
+        want = _python_rows(m, np.load(inputs), 16, 5000.0)
+    _assert_same(got, want)
+    if overhead is None:
+        assert not want["budget_exit"].any()
+        assert (want["exit_state"] > 0).any()
+    else:
+        assert (want["exit_state"] == 0).all()
+        assert want["budget_exit"].any()
+
+
+@pytest.fixture(scope="module")
+def branches(tmp_path_factory) -> Path:
+    """The shipped family bundle declared as execution branches."""
+    d = tmp_path_factory.mktemp("branches") / "bundle"
+    shutil.copytree(FAMILY, d)
+    manifest = d / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"kind": "ensemble"', '"kind": "branches"'))
+    assert load_bundle(d).kind == "branches"
+    return d
+
+
+@pytest.mark.parametrize("budget", [None, 100.0])
+def test_native_runs_a_branches_bundles_last_branch_alone_as_adaptive_model_does(
+    native, inputs, branches, tmp_path, budget
+):
+    """Without a budget table, with or without a budget, the most accurate branch (the
+    last) answers alone."""
+    args = ["--thresholds", "1,1", "--step-costs-ms", "1,1,1", "--threads", "1", "--batch", "32"]
+    if budget is not None:
+        args += ["--budget-ms", str(budget)]
+    got = _classify(native, branches, inputs, tmp_path / "o.json", *args)
+    with AdaptiveModel.load(
+        branches, "openvino", thresholds=1.0, step_costs_ms=[1.0] * 3, runtime_options=OV
+    ) as m:
+        want = _python_rows(m, np.load(inputs), 32, budget)
+    _assert_same(got, want)
+    assert (want["exit_state"] == 2).all()
+    assert got["latency_ms"]["calls"][0]["step_index"] == [2]
+
+
 # ------------------------------------------------------------------- several inputs
 
 
@@ -515,8 +572,6 @@ def test_a_plan_measured_on_openvino_runs_under_its_settings_in_both_runners(
     """A plan saved by the Python side with an OpenVINO runtime configuration: classify
     and AdaptiveModel (no runtime given) both run it with its 1 thread and hint, and
     agree on every row."""
-    import dataclasses
-
     from edgeadapt.formats.presets import RuntimeConfig
 
     config = RuntimeConfig("openvino", None, "as-exported", 1, {"hint": "LATENCY"})
@@ -742,6 +797,22 @@ HARD = {
     "warmup-1e30": (lambda t: MULTIEXIT, None, ["--warmup", "1e30"], 64, ["--warmup"]),
     "batch-1e30": (lambda t: MULTIEXIT, None, ["--batch", "1e30"], 64, ["--batch"]),
     "threads-1e10": (lambda t: MULTIEXIT, None, ["--threads", "1e10"], 64, ["--threads"]),
+    "thresholds-trailing-comma": (
+        lambda t: MULTIEXIT,
+        None,
+        ["--thresholds", "0.5,"],
+        64,
+        ["--thresholds", "0.5,"],
+    ),
+    "budget-past-double": (
+        lambda t: MULTIEXIT,
+        None,
+        ["--budget-ms", "1e309"],
+        64,
+        ["--budget-ms"],
+    ),
+    "budget-infinite": (lambda t: MULTIEXIT, None, ["--budget-ms", "inf"], 64, ["--budget-ms"]),
+    "budget-nan": (lambda t: MULTIEXIT, None, ["--budget-ms", "nan"], 64, ["--budget-ms"]),
 }
 
 
@@ -752,7 +823,7 @@ def test_classify_refuses_hard_cases_cleanly(request, inputs, tmp_path, build, c
     exe = request.getfixturevalue(build) / "examples" / "classify"
     data = inputs if make_inputs is None else make_inputs(tmp_path)
     extra = [str(_fifo(tmp_path, "plan.json")) if a == "FIFO" else a for a in extra]
-    policy = [] if "--plan" in extra else ["--thresholds", "0.6"]
+    policy = [] if "--plan" in extra or "--thresholds" in extra else ["--thresholds", "0.6"]
     cmd: list = [exe, make_bundle(tmp_path), data, "--quiet", *policy, *extra]
     if "--threads" not in extra:
         cmd += ["--threads", "1"]
@@ -784,6 +855,18 @@ def test_classify_refuses_external_data_the_manifest_does_not_list(request, tmp_
     assert "references external data 'evil.bin'" in done.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_classify_reports_output_it_cannot_write(native, tmp_path):
+    exe = native / "examples" / "classify"
+    args = [exe, _tiny(tmp_path), _tiny_inputs(tmp_path), "--thresholds", "0.6"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(a) for a in args], stdout=full, stderr=subprocess.PIPE, text=True, check=False
+        )
+    assert done.returncode == 1, done.stderr
+    assert "stdout: cannot write (No space left on device)" in done.stderr
+
+
 def test_classify_json_leaves_no_temp_file(native, tmp_path):
     exe = native / "examples" / "classify"
     out = tmp_path / "out" / "o.json"
@@ -796,3 +879,38 @@ def test_classify_json_leaves_no_temp_file(native, tmp_path):
     assert missing.returncode == 1
     assert "cannot write" in missing.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+# --------------------------------------------------------------------------- shared table
+
+
+def _table_params() -> list:
+    return [
+        pytest.param(c, id=f"{c.kind}-{c.id}", marks=pytest.mark.xfail(reason=c.pending["native"]))
+        if "native" in c.pending
+        else pytest.param(c, id=f"{c.kind}-{c.id}")
+        for kind in ("manifest", "plan", "inputs")
+        for c in cases(kind)
+    ]
+
+
+@pytest.mark.parametrize("case", _table_params())
+def test_classify_follows_the_shared_table_of_reader_cases(native, tmp_path, case: Case):
+    made = make(case, tmp_path)
+    rows = make_inputs(cases("inputs")[0], tmp_path)  # four plain float32 rows
+    exe = native / "examples" / "classify"
+    if case.kind == "manifest":
+        cmd: list = [exe, made, rows, "--thresholds", "0.5"]
+    elif case.kind == "plan":
+        cmd = [exe, MULTIEXIT, rows, "--plan", made]
+    else:
+        cmd = [exe, MULTIEXIT, made, "--thresholds", "0.5"]
+    done = _run([*cmd, "--threads", "1", "--quiet"])
+    if not case.refused:
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == case.code, done.stderr
+    assert str(source_of(case, made)) in done.stderr, done.stderr
+    for part in (case.field, case.words):
+        if part is not None:
+            assert part in done.stderr, done.stderr

@@ -259,3 +259,34 @@ def test_every_measure_the_kernel_computes_has_a_threshold_range():
     from edgeadapt.kernel_ref import MEASURES
 
     assert tuple(MEASURE_RANGES) == MEASURES
+
+
+def test_a_plan_of_the_last_state_alone_saves_nothing_against_the_static_model():
+    """The static model is the whole model of the last state: a plan that keeps that state
+    alone deploys it as one plain model, so however the profile timed the two (here the
+    whole model twice the sum of the steps, as a busy neighbour can make it), the plan is
+    the static model and saves nothing against it."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(1)
+    correct = rng.random((40, 4)) < [0.5, 0.6, 0.7, 0.9]
+    data = Outcomes(("s0", "s1", "s2", "s3"), correct, rng.random((40, 4)).astype(np.float32))
+    calib, held = data.split(0.5, 0)
+    costs = [0.1, 0.2, 0.3, 0.4]
+    # 20 held-out samples support no promise: the plan keeps the reference, the last state
+    plan = make_plan(calib, held, costs, manifest_sha256="0" * 64, static_ms=0.8)
+    assert plan.state_names == ("s3",)
+    assert plan.thresholds == ()
+    assert plan.keeps_static
+    assert plan.saving_vs_static == 0.0
+    assert plan.beats_static is False
+    summary = plan.summary()
+    assert (summary["saving_vs_static"], summary["beats_static"]) == (0.0, False)
+    assert summary["keeps_static"] is True
+    # without a measured whole model there is nothing to compare
+    assert replace(plan, static_ms=None).saving_vs_static is None
+    assert replace(plan, static_ms=None).beats_static is None
+    # one state that is not the last is another, cheaper model: compared as before
+    cheaper = replace(plan, states=(2,), cost_ms=(0.3,))
+    assert not cheaper.keeps_static
+    assert cheaper.saving_vs_static == pytest.approx(1 - plan.heldout.cost_ms / 0.8)

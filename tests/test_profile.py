@@ -109,22 +109,28 @@ class _Recording:
 
 @pytest.mark.parametrize("order", ["step", "chain"])
 def test_order_decides_how_the_steps_are_called(multiexit, monkeypatch, order):
+    import edgeadapt.measure.profiler as profiler
     import edgeadapt.runtimes as runtimes
 
     log = []
     real = runtimes.get_runtime
     monkeypatch.setattr(runtimes, "get_runtime", lambda *a, **k: _Recording(real(*a, **k), log))
+    monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)  # one block of every unit
     # (overhead=False: the cascade's overhead measurement would add its own calls)
     p = profile_bundle(multiexit, warmup=1, iters=MIN_SAMPLES, order=order, overhead=False)
     names = [s.path.name for s in multiexit.steps]
-    feed = names  # one checked call per step, in order, to compute the activations
-    # after the steps, the whole model alone: one checked call, warm-up, timed calls
-    whole = ["whole.onnx"] * (1 + 1 + MIN_SAMPLES)
-    if order == "chain":  # then whole rounds: the warm-up one and the timed ones
-        assert log == feed + names * (1 + MIN_SAMPLES) + whole
-    else:  # then each step alone: warm-up and timed calls back to back
-        assert log == feed + [n for n in names for _ in range(1 + MIN_SAMPLES)] + whole
+    whole = ["whole.onnx"]
+    # one checked call per step, in order, to compute the activations, and the whole
+    # model's; then a warm-up round of every unit. Units: the chain called in turn (or
+    # each step alone), and the whole model.
+    units = [names, whole] if order == "chain" else [*([n] for n in names), whole]
+    warm = [n for unit in units for n in unit]
+    # a round: each unit's block, one untimed call (the cache refill) and the timed ones
+    timed = [n for unit in units for n in unit * (1 + MIN_SAMPLES)]
+    assert log == names + whole + warm + timed
     assert [s.n for s in p.step_stats(1)] == [MIN_SAMPLES] * len(names)
+    assert p.whole_stats(1).n == MIN_SAMPLES
+    assert p.full_over_whole[1].rounds == 1
     assert p.settings["order"] == order
 
 
@@ -135,7 +141,7 @@ def test_chain_order_with_min_seconds_gives_every_step_the_time(multiexit):
     assert counts.pop() >= MIN_SAMPLES
 
 
-def test_progress_reports_every_step(multiexit):
+def test_progress_counts_every_step_and_whole_model(multiexit):
     seen = []
     profile_bundle(
         multiexit,
@@ -145,8 +151,12 @@ def test_progress_reports_every_step(multiexit):
         progress=lambda d, t: seen.append((d, t)),
         order="step",
     )
-    # four steps and the whole model per batch
-    assert seen == [(i, 10) for i in range(1, 11)]
+    # four steps and the whole model per batch, timed together in rounds
+    done = [d for d, _ in seen]
+    assert done == sorted(set(done))
+    assert {t for _, t in seen} == {10}
+    assert (5, 10) in seen
+    assert seen[-1] == (10, 10)
     assert profile_calls(multiexit, (1, 2)) == 10
     assert profile_calls(multiexit, (1, 2), whole=False) == 8
 
@@ -204,6 +214,26 @@ def test_same_device_loads_without_warning(saved, multiexit):
         (lambda d: d.pop("whole_model"), r"\$\.whole_model"),
         (lambda d: d["whole_model"].update(sha256="abc"), r"\$\.whole_model\.sha256"),
         (lambda d: d["whole_model"].update(origin="guess"), r"\$\.whole_model\.origin"),
+        (
+            lambda d: d["batches"][0]["full_over_whole"].update(p10=2.0, median=1.0),
+            r"\$\.batches\[0\]\.full_over_whole\.median",
+        ),
+        (
+            lambda d: d["batches"][0]["full_over_whole"].update(p10=0.0),
+            r"\$\.batches\[0\]\.full_over_whole\.median",
+        ),
+        (
+            lambda d: d["batches"][0]["full_over_whole"].update(rounds=0),
+            r"\$\.batches\[0\]\.full_over_whole\.rounds",
+        ),
+        (
+            lambda d: d["batches"][0]["full_over_whole"].pop("p90"),
+            r"\$\.batches\[0\]\.full_over_whole\.p90",
+        ),
+        (
+            lambda d: d["batches"][0].pop("whole") and d["batches"][1].pop("whole"),
+            r"\$\.batches\[0\]\.full_over_whole",
+        ),
         (
             lambda d: d["settings"]["runtime_config"].update(threads=0),
             r"\$\.settings\.runtime_config\.threads",
@@ -379,11 +409,25 @@ def test_profile_of_an_older_format_still_loads(saved, multiexit):
         doc.pop("whole_model")
         for entry in doc["batches"]:
             entry.pop("whole")
+            entry.pop("full_over_whole")
         doc["settings"].pop("order")
 
     p = load_profile(edit(saved, old), multiexit)
     assert p.order == "step"
     assert static_cost(p, multiexit) is None
+    assert p.full_over_whole == {}
+
+
+def test_profile_that_timed_the_whole_model_apart_still_loads(saved, multiexit, prof):
+    """Profiles written before the whole model was timed in the steps' rounds."""
+
+    def apart(doc):
+        for entry in doc["batches"]:
+            entry.pop("full_over_whole")
+
+    p = load_profile(edit(saved, apart), multiexit)
+    assert p.full_over_whole == {}
+    assert p.whole == prof.whole
 
 
 def test_profile_times_a_given_whole_model(multiexit, tmp_path):

@@ -40,10 +40,16 @@ class FakeClock:
         return run
 
 
+def _budget(runs, warmup, seconds):
+    """`_time_rounds` of one unit (`runs` called in turn) under a budget of `seconds` per run."""
+    stop = profile_mod._Stop(None, seconds * len(runs), budget=True)
+    return profile_mod._time_rounds([runs], warmup, stop).samples
+
+
 def test_budget_bounds_warmup_and_timing(monkeypatch):
     clock = FakeClock(monkeypatch)
     # 10 ms calls, 1 s budget: warm-up stops after a fifth of it (20 calls, not 100)
-    (samples,) = profile_mod._time_budget([clock.step(10)], warmup=100, seconds=1.0)
+    (samples,) = _budget([clock.step(10)], warmup=100, seconds=1.0)
     warm = clock.calls - samples.size
     assert warm == 20
     assert samples.size == 80  # the rest of the budget
@@ -54,21 +60,21 @@ def test_budget_bounds_warmup_and_timing(monkeypatch):
 def test_budget_keeps_the_floor_of_samples_for_slow_calls(monkeypatch):
     clock = FakeClock(monkeypatch)
     # 600 ms calls, 2 s budget: one warm-up call, then MIN_SAMPLES timed calls (overrun)
-    (samples,) = profile_mod._time_budget([clock.step(600)], warmup=20, seconds=2.0)
+    (samples,) = _budget([clock.step(600)], warmup=20, seconds=2.0)
     assert clock.calls - samples.size == 1
     assert samples.size == MIN_SAMPLES
 
 
 def test_budget_without_warmup_times_from_the_first_call(monkeypatch):
     clock = FakeClock(monkeypatch)
-    (samples,) = profile_mod._time_budget([clock.step(50)], warmup=0, seconds=1.0)
+    (samples,) = _budget([clock.step(50)], warmup=0, seconds=1.0)
     assert clock.calls == samples.size == 20
 
 
 def test_chain_budget_gives_every_step_the_same_rounds(monkeypatch):
     clock = FakeClock(monkeypatch)
     runs = [clock.step(10), clock.step(30)]
-    samples = profile_mod._time_budget(runs, warmup=0, seconds=0.5)
+    samples = _budget(runs, warmup=0, seconds=0.5)
     # 1 s for the chain (0.5 s per step), 40 ms a round
     assert [s.size for s in samples] == [25, 25]
     assert samples[0][0] == 10_000_000
@@ -157,21 +163,16 @@ def test_noise_flag_on_the_few_samples_of_a_budget():
 def test_the_whole_model_gets_the_same_budget_as_a_state(multiexit, monkeypatch):
     import edgeadapt.measure.profiler as profile
 
-    budgets, steps = [], []
-    real_budget, real_step = profile._time_budget, profile._time_step
+    calls = []
+    real = profile._time_rounds
 
-    def budget(runs, warmup, seconds):
-        budgets.append((len(runs), seconds))
-        return real_budget(runs, warmup, seconds)
+    def rounds(units, warmup, stop, tick):
+        calls.append(([len(u) for u in units], stop))
+        return real(units, warmup, stop, tick)
 
-    def step(*args):
-        steps.append(args)
-        return real_step(*args)
-
-    monkeypatch.setattr(profile, "_time_budget", budget)
-    monkeypatch.setattr(profile, "_time_step", step)
+    monkeypatch.setattr(profile, "_time_rounds", rounds)
     p = profile_bundle(multiexit, warmup=1, seconds_per_state=0.01, order="chain")
-    # the chain of four steps, then the whole model alone, each at 0.01 s per run
-    assert budgets == [(len(multiexit.steps), 0.01), (1, 0.01)]
-    assert steps == []
-    assert p.whole_stats(1).n >= MIN_SAMPLES
+    # the chain of four steps and the whole model in the same rounds, 0.01 s per run
+    steps = len(multiexit.steps)
+    assert calls == [([steps, 1], profile._Stop(None, 0.01 * (steps + 1), budget=True))]
+    assert p.whole_stats(1).n == p.step_stats(1)[0].n >= MIN_SAMPLES

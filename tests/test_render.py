@@ -42,6 +42,8 @@ def test_saving_in_words() -> None:
     assert saving(0.123) == "saves 12.3%"
     assert saving(-0.045) == "costs 4.5% more"
     assert saving(None) == "n/a"
+    # a cost equal to the baseline but for rounding error saves nothing, either sign
+    assert saving(-1e-12) == saving(1e-12) == saving(0.0) == "saves 0.0%"
 
 
 def test_oracle_cells_in_column_order() -> None:

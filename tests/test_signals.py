@@ -177,6 +177,7 @@ def test_a_real_sigterm_during_the_report_leaves_no_png(made, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=root,  # not the checkout: `-c` puts the cwd first on sys.path
     )
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert "Traceback" not in done.stderr

@@ -17,12 +17,6 @@ from edgeadapt.errors import InputError
 from tests.scripts import script_module
 
 
-def test_scopes_follow_torchscript_naming() -> None:
-    assert zoo._scopes("layer2") == ["/layer2/", "/layer2/"]
-    assert zoo._scopes("features.3") == ["/features/features.3/", "/features.3/"]
-    assert zoo._scopes("encoder.layer.1")[1] == "/encoder/layer.1/"
-
-
 def test_cut_tensors_names_the_missing_module(tmp_path: Path) -> None:
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
@@ -32,6 +26,34 @@ def test_cut_tensors_names_the_missing_module(tmp_path: Path) -> None:
     assert zoo.cut_tensors(path, ["layer1"]) == ["y"]
     with pytest.raises(InputError, match="'layer9'"):
         zoo.cut_tensors(path, ["layer9"])
+
+
+def _dynamo_node(op: str, inputs: list[str], out: str, scopes: list[str]) -> onnx.NodeProto:
+    node = onnx.helper.make_node(op, inputs, [out], name=f"node_{out}")
+    onnx.helper.set_metadata_props(node, {"pkg.torch.onnx.name_scopes": repr(scopes)})
+    return node
+
+
+def test_cut_tensors_reads_dynamo_name_scopes(tmp_path: Path) -> None:
+    """dynamo names tensors after the traced code (``add_3``) and records the module in
+    each node's metadata: a block's result is its last node read outside it."""
+    block = ["", "encoder", "encoder.layer.0"]
+    nodes = [
+        _dynamo_node("Relu", ["x"], "relu", [*block, "relu"]),
+        _dynamo_node("Neg", ["relu"], "neg", [*block, "neg"]),
+        _dynamo_node("Add", ["relu", "neg"], "add_3", [*block, "add_3"]),
+        _dynamo_node("Shape", ["add_3"], "shape", [*block, "shape"]),
+        _dynamo_node("Relu", ["add_3"], "y", ["", "encoder", "encoder.layer.1", "relu_1"]),
+    ]
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y])), path)
+    assert zoo.cut_tensors(path, ["encoder.layer.0", "encoder.layer.1", "encoder"]) == [
+        "add_3",
+        "y",
+        "y",
+    ]
 
 
 def test_token_inputs_start_with_cls_and_pad_after_the_mask() -> None:

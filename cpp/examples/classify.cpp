@@ -18,7 +18,9 @@
 // confidence; '*' marks a budget exit) and a latency summary; --json writes the
 // per-sample results and timings. On an error it prints the message and exits with
 // the runner's error code (1 file, 2 format, 3 sha256, 4 path, 5 plan/bundle mismatch,
-// 6 input, 7 backend, 8 backend not built); 64 for bad usage.
+// 6 input, 7 backend, 8 backend not built; 1 too when stdout cannot be written, a full
+// disk); 64 for bad usage. --budget-ms is a finite number > 0; numbers past double's
+// range (1e309) and lists with an empty item ("0.5,") are bad usage.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -66,13 +68,19 @@ int usage(const std::string& why) {
     return kUsage;
 }
 
+// A number, the whole of `s`: not NaN, and not past double's range (strtod's ERANGE,
+// e.g. 1e309; "inf" itself is read).
 bool parse_number(const std::string& s, double& out) {
     char* end = nullptr;
+    errno = 0;
     out = std::strtod(s.c_str(), &end);
-    return !s.empty() && end == s.c_str() + s.size();
+    const bool overflow = errno == ERANGE && std::isinf(out);
+    return !s.empty() && end == s.c_str() + s.size() && !std::isnan(out) && !overflow;
 }
 
+// Comma-separated numbers, every item present ("0.5," and "0.5,,0.6" are refused).
 bool parse_list(const std::string& s, std::vector<double>& out) {
+    if (s.empty() || s.back() == ',') return false;
     std::stringstream in(s);
     std::string item;
     while (std::getline(in, item, ',')) {
@@ -80,7 +88,7 @@ bool parse_list(const std::string& s, std::vector<double>& out) {
         if (!parse_number(item, v)) return false;
         out.push_back(v);
     }
-    return !out.empty();
+    return true;
 }
 
 // Returns 0 when parsed, else the exit status.
@@ -105,10 +113,14 @@ int parse(int argc, char** argv, Args& a) {
             if (!parse_list(v, a.thresholds)) return usage("--thresholds: expected numbers, got " + v);
         } else if (opt == "--step-costs-ms") {
             if (!parse_list(v, a.step_costs)) return usage("--step-costs-ms: expected numbers, got " + v);
+            for (double c : a.step_costs)
+                if (!(c >= 0.0 && std::isfinite(c)))
+                    return usage("--step-costs-ms: expected finite numbers >= 0, got " + v);
         } else if (opt == "--measure") {
             a.measure = v;
         } else if (opt == "--budget-ms") {
-            if (!parse_number(v, a.budget_ms)) return usage("--budget-ms: expected a number, got " + v);
+            if (!parse_number(v, a.budget_ms) || !(a.budget_ms > 0.0 && std::isfinite(a.budget_ms)))
+                return usage("--budget-ms: expected a finite number > 0, got " + v);
         } else if (opt == "--backend") {
             a.backend = v;
         } else if (opt == "--device") {
@@ -281,5 +293,10 @@ int main(int argc, char** argv) {
         if (!write_atomic(a.json, doc.dump(1) + "\n"))
             return report({ea::Code::Io, a.json + ": cannot write (" + std::strerror(errno) + ")"});
     }
+    // the printed results are output too: a full disk or a closed pipe is an error
+    errno = 0;
+    if (std::fflush(stdout) != 0 || std::ferror(stdout))
+        return report({ea::Code::Io, std::string("stdout: cannot write (") +
+                                         std::strerror(errno ? errno : EIO) + ")"});
     return 0;
 }

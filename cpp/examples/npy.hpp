@@ -1,14 +1,15 @@
 // Small readers for the array files the examples take: a .npy (format versions 1-3,
-// C order, float32 '<f4' or int64 '<i8') and an .npz (an uncompressed zip of .npy
-// members, as numpy.savez writes it), and `read_inputs`, which reads a bundle's model
-// inputs from either as `edgeadapt run --input` does (edgeadapt/data/inputs.py): one array
-// per model input named as the input (a one-input bundle also takes `x`, or a bare
-// .npy), each of the input's dtype and shape, all with the same number of rows. Every
-// size is checked against the bytes present before anything is allocated; errors name
-// the file and the member.
+// C or Fortran order, float32 '<f4' or int64 '<i8', its data aligned to its values) and
+// an .npz (an uncompressed zip of .npy members, as numpy.savez writes it), and
+// `read_inputs`, which reads a bundle's model inputs from either as `edgeadapt run
+// --input` does (edgeadapt/data/inputs.py): one array per model input named as the input (a
+// one-input bundle also takes `x`, or a bare .npy), each of the input's dtype and
+// shape, all with the same number of rows. Every size is checked against the bytes
+// present before anything is allocated; errors name the file and the member.
 #pragma once
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -72,6 +73,33 @@ inline runner::Error read_file(const std::filesystem::path& path, std::string& b
     return {};
 }
 
+// Copy the values of an array of `shape` (C order, or Fortran order when `fortran`)
+// to `out` in C order.
+inline void copy_c_order(const char* data, const std::vector<std::int64_t>& shape,
+                         std::size_t item, bool fortran, void* out) {
+    std::size_t count = 1;
+    for (std::int64_t d : shape) count *= static_cast<std::size_t>(d);
+    auto* dst = static_cast<char*>(out);
+    if (!fortran || shape.size() < 2) {
+        std::memcpy(dst, data, count * item);
+        return;
+    }
+    // walk the C-order index like an odometer, keeping the element's Fortran offset
+    const std::size_t rank = shape.size();
+    std::vector<std::size_t> stride(rank, 1), index(rank, 0);
+    for (std::size_t k = 1; k < rank; ++k) stride[k] = stride[k - 1] * static_cast<std::size_t>(shape[k - 1]);
+    std::size_t f = 0;
+    for (std::size_t c = 0; c < count; ++c) {
+        std::memcpy(dst + c * item, data + f * item, item);
+        for (std::size_t k = rank; k-- > 0;) {
+            f += stride[k];
+            if (++index[k] < static_cast<std::size_t>(shape[k])) break;
+            f -= stride[k] * index[k];
+            index[k] = 0;
+        }
+    }
+}
+
 // Parse the .npy held in bytes[off, off + size); `src` names it in errors.
 inline runner::Error parse_npy(const std::string& file, std::size_t off, std::size_t size,
                                const std::string& src, NpyArray& out) {
@@ -110,7 +138,9 @@ inline runner::Error parse_npy(const std::string& file, std::size_t off, std::si
         return bad("dtype must be float32 ('<f4') or int64 ('<i8'), got " + descr);
     }
     const std::size_t item = runner::dtype_size(a.dtype);
-    if (order != "False") return bad("must be in C order (fortran_order is " + order + ")");
+    if (order != "False" && order != "True")
+        return bad("fortran_order must be True or False, got " + order);
+    const bool fortran = order == "True";
     if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')')
         return bad("cannot read shape " + shape);
     std::size_t count = 1;
@@ -138,13 +168,18 @@ inline runner::Error parse_npy(const std::string& file, std::size_t off, std::si
     if (data_bytes != count * item)
         return bad("holds " + std::to_string(data_bytes) + " data bytes, shape " + shape + " needs " +
                    std::to_string(count * item));
+    // numpy pads the header so the data is aligned; data at an odd offset is not an
+    // array numpy maps as written (edgeadapt/data/inputs.py refuses it as well)
+    if ((start + len) % item != 0)
+        return bad("its data starts at byte " + std::to_string(start + len) + ", not aligned to its " +
+                   std::to_string(item) + "-byte values (write it with numpy.save)");
     const char* data = bytes.data() + start + len;
     if (a.dtype == runner::DType::Int64) {
         a.ints.resize(count);
-        if (count) std::memcpy(a.ints.data(), data, data_bytes);
+        if (count) copy_c_order(data, a.shape, item, fortran, a.ints.data());
     } else {
         a.data.resize(count);
-        if (count) std::memcpy(a.data.data(), data, data_bytes);
+        if (count) copy_c_order(data, a.shape, item, fortran, a.data.data());
     }
     out = std::move(a);
     return {};
@@ -311,8 +346,8 @@ struct InputArrays {
 
 // Read the model inputs of `inputs` (a bundle's) from the .npy or .npz at `path` (told
 // apart by their magic bytes), checked as edgeadapt/data/inputs.py `read_batch` checks
-// them: names, exact dtypes (int64 token ids stay int64), shapes after the batch axis
-// and one common, non-zero row count. Finiteness is the runner's check.
+// them: names, exact dtypes (int64 token ids stay int64), shapes after the batch axis,
+// one common, non-zero row count and finite floats (a bad row named from the file's first).
 inline runner::Error read_inputs(const std::filesystem::path& path,
                                  const std::vector<runner::InputSpec>& inputs, InputArrays& out) noexcept {
     const std::string src = path.string();
@@ -386,6 +421,19 @@ inline runner::Error read_inputs(const std::filesystem::path& path,
                                                  inputs[0].name + "' has " + std::to_string(got.rows) +
                                                  ": every input needs the same number of rows"};
             got.rows = a.shape[0];
+            if (a.dtype != runner::DType::Float32) continue;
+            // rows counted from the file's first, as `edgeadapt run` names them
+            const std::int64_t row = spec.row_elements();
+            std::int64_t bad = 0, first = -1;
+            for (std::int64_t b = 0; b < got.rows; ++b) {
+                bool finite = true;
+                for (std::int64_t e = 0; e < row; ++e)
+                    finite = finite && std::isfinite(a.data[static_cast<std::size_t>(b * row + e)]);
+                if (!finite && bad++ == 0) first = b;
+            }
+            if (bad)
+                return {runner::Code::Input, where + "holds NaN or infinity in " + std::to_string(bad) +
+                                                 " row(s), first row " + std::to_string(first)};
         }
         out = std::move(got);
         return {};

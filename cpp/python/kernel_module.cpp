@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "edgeadapt/kernel.hpp"
+#include "edgeadapt/cascade.hpp"
 
 namespace py = pybind11;
 namespace ea = edgeadapt;
@@ -655,199 +655,82 @@ private:
 
 // ---- The cascade of several hops at batch 1 -------------------------------------------
 //
-// At batch 1 every hop of a threshold cascade is: feed the step, run it, check its
-// outputs, record the hop's cost, decide on one row, go on or stop; with a budget, first
-// check that the next hop fits what is left. From Python each of those is a call into C
-// that runs with the caches the step's runtime call left cold; `CascadeCall` walks the
-// whole route in one call. Like `OneCall` it never raises for a batch or an output it
-// cannot vouch for: it returns None and the caller runs the batch its own way (whose
-// checks word any error); an error of a step's call propagates, and `failed` names the
-// session it came from.
-class CascadeCall {
+// At batch 1 a cascade's hops are each: feed the step, run it, check its outputs,
+// record the hop's cost, decide on one row, go on or stop; with a budget, first check
+// that the next hop fits what is left. From Python each of those is a call into C that
+// runs with the caches the step's runtime call left cold; `CascadeCall` makes the whole
+// call one: it accepts the row and the budget, and the cascade engine (cascade.hpp, the
+// native runner's too) walks the route, its hops run by `PyHops` through the steps'
+// Python sessions. Like `OneCall` it never raises for a batch or an output it cannot
+// vouch for: it returns None and the caller runs the batch its own way (whose checks
+// word any error); an error of a step's call propagates, and `failed` names the session
+// it came from.
+
+// The engine's hop runner over Python sessions, one row at a time: a hop calls each of
+// its steps' `unchecked_run` with the feeds it names (the model input, or an output of
+// the call before) and hands back the row of logits of the last; outputs that are not a
+// dict of one-row arrays, or logits that are not float32 [1, classes], decline the call.
+class PyHops {
 public:
-    CascadeCall(const py::sequence& route, const py::object& targets, const std::string& input,
-                const py::dtype& dtype, const std::vector<std::int64_t>& shape,
-                std::int64_t classes, const std::string& measure, py::object policy,
-                py::object result, double hop_overhead_ms, bool costs_known, bool walk)
-        : input_(input), accept_(dtype, shape), f32_(py::dtype::of<float>()),
-          i64_(py::dtype::of<std::int64_t>()), bool_(py::dtype::of<bool>()),
-          policy_(std::move(policy)), result_(std::move(result)), classes_(classes),
-          measure_(parse_measure(measure)), hop_overhead_ms_(hop_overhead_ms),
-          costs_known_(costs_known), walk_(walk), row_(static_cast<std::size_t>(std::max<std::int64_t>(classes, 0))) {
-        if (classes < 2) throw py::value_error("classes must be >= 2");
-        policy_ref_ = policy_of(policy_);
-        if (!std::isfinite(hop_overhead_ms) || hop_overhead_ms < 0.0)
-            throw py::value_error("hop_overhead_ms must be finite and >= 0");
-        for (py::handle item : route) {
-            py::sequence h = py::reinterpret_borrow<py::sequence>(item);
-            if (h.size() < 5)
-                throw py::value_error("a hop is (state, slot, threshold, logits, calls, ...)");
-            Hop hop;
-            hop.state = h[0].cast<std::int64_t>();
-            hop.slot = h[1].cast<std::int64_t>();
-            check_index(*policy_ref_, hop.slot, "hop");
-            hop.threshold = h[2].cast<double>();
-            check_threshold(hop.threshold);
-            hop.logits = py::str(h[3]);
-            for (py::handle c : py::reinterpret_borrow<py::sequence>(h[4])) {
-                py::sequence sc = py::reinterpret_borrow<py::sequence>(c);
-                if (sc.size() != 2) throw py::value_error("a call is (session, feeds)");
-                Call call;
-                call.session = py::reinterpret_borrow<py::object>(sc[0]);
-                call.run = call.session.attr("unchecked_run");
-                if (!PyCallable_Check(call.run.ptr()))
-                    throw py::type_error("a session's unchecked_run must be callable");
-                for (py::handle f : py::reinterpret_borrow<py::sequence>(sc[1])) {
-                    py::sequence sf = py::reinterpret_borrow<py::sequence>(f);
-                    if (sf.size() != 2) throw py::value_error("a feed is (name, is_input)");
-                    const bool is_input = sf[1].cast<bool>();
-                    py::str name(sf[0]);
-                    if (is_input && !name.equal(input_))
-                        throw py::value_error("the only model input is " + std::string(input));
-                    call.feeds.emplace_back(std::move(name), is_input);
-                }
-                hop.calls.push_back(std::move(call));
-            }
-            if (hop.calls.empty()) throw py::value_error("a hop runs at least one call");
-            hops_.push_back(std::move(hop));
-        }
-        if (hops_.empty()) throw py::value_error("route holds no hop");
-        for (std::size_t i = 0; i < hops_.size(); ++i) all_.push_back(i);
-        last_.push_back(hops_.size() - 1);
-        if (!targets.is_none()) {
-            for (py::handle t : py::reinterpret_borrow<py::sequence>(targets)) {
-                std::vector<std::size_t> r;
-                for (py::handle i : py::reinterpret_borrow<py::sequence>(t)) {
-                    const auto pos = i.cast<std::int64_t>();
-                    if (pos < 0 || pos >= static_cast<std::int64_t>(hops_.size()))
-                        throw py::index_error("a target route names hop " + std::to_string(pos) +
-                                              " of " + std::to_string(hops_.size()));
-                    r.push_back(static_cast<std::size_t>(pos));
-                }
-                if (r.empty()) throw py::value_error("a target route holds no hop");
-                targets_.push_back(std::move(r));
-            }
-            if (static_cast<std::int64_t>(targets_.size()) != policy_ref_->num_states())
-                throw py::value_error("targets must hold one route per kept state");
-        }
-    }
+    static constexpr bool kCompacts = false;
 
-    // None, or a `result` (pred, exit_state, conf, budget_exit, latency_ms) of the batch
-    // of one row `x` run along the route under `budget_ms` (None: no budget). The route:
-    // with a budget and targets, the one `lookup` picks (every hop when none fits); else
-    // every hop, or with `walk` false the last hop alone (a branches bundle's most
-    // accurate branch).
-    py::object call(py::handle x, py::handle budget_ms) {
-        const auto t0 = Clock::now();
-        failed_ = py::none();
-        const auto& api = py::detail::npy_api::get();
-        double budget = 0.0;
-        const bool has_budget = !budget_ms.is_none();
-        if (has_budget) {
-            PyObject* b = budget_ms.ptr();
-            if (!costs_known_) return py::none();
-            if (PyFloat_Check(b)) {
-                budget = PyFloat_AS_DOUBLE(b);
-            } else if (PyLong_CheckExact(b)) {
-                budget = PyLong_AsDouble(b);
-                if (budget == -1.0 && PyErr_Occurred()) {
-                    PyErr_Clear();
-                    return py::none();
-                }
-            } else {
-                return py::none();
-            }
-            if (!(budget > 0.0 && budget < std::numeric_limits<double>::infinity()))
-                return py::none();
-        }
-        if (accept_.rows(api, x, 1) != 1) return py::none();
-
-        const std::vector<std::size_t>* route = &all_;
-        if (has_budget && !targets_.empty()) {
-            std::int64_t target = -1;
-            ensure_ok(policy_ref_->lookup(budget, &target));
-            if (target >= 0) route = &targets_[static_cast<std::size_t>(target)];
-        } else if (!walk_) {
-            route = &last_;
-        }
-        py::list steps, rows;
-        py::int_ one(1);
-        std::int64_t pred = -1, exit_state = 0;
-        float conf = std::numeric_limits<float>::quiet_NaN();
-        bool budget_exit = false;
-        py::object prev;
-        const std::size_t last = route->size() - 1;
-        for (std::size_t pos = 0; pos <= last; ++pos) {
-            const Hop& hop = hops_[(*route)[pos]];
-            if (has_budget && pos > 0) {
-                const double elapsed = static_cast<double>(ns_since(t0)) / 1e6 + hop_overhead_ms_;
-                bool fits = false;
-                ensure_ok(policy_ref_->fits(hop.slot, elapsed, budget, &fits));
-                if (!fits) {  // skipped, so unmeasured: drift back toward the prior
-                    ensure_ok(policy_ref_->decay(hop.slot));
-                    exit_state = hops_[(*route)[pos - 1]].state;
-                    budget_exit = true;
-                    break;
-                }
-            }
-            const auto h0 = Clock::now();
-            for (const Call& c : hop.calls) {
-                py::dict feeds;
-                for (const auto& [name, is_input] : c.feeds) {
-                    PyObject* v = is_input ? x.ptr() : PyDict_GetItem(prev.ptr(), name.ptr());
-                    if (v == nullptr) return py::none();
-                    if (PyDict_SetItem(feeds.ptr(), name.ptr(), v) != 0)
-                        throw py::error_already_set();
-                }
-                const auto t1 = Clock::now();
-                PyObject* got = PyObject_CallOneArg(c.run.ptr(), feeds.ptr());
-                const std::int64_t run_ns = ns_since(t1);
-                if (got == nullptr) {
-                    failed_ = c.session;
-                    throw py::error_already_set();
-                }
-                prev = py::reinterpret_steal<py::object>(got);
-                if (!one_row_each(api, prev)) return py::none();
-                steps.append(py::float_(static_cast<double>(run_ns) / 1e6));
-                rows.append(one);
-            }
-            ensure_ok(policy_ref_->observe(hop.slot, static_cast<double>(ns_since(h0)) / 1e6));
-            const float* row = logits_row(api, PyDict_GetItem(prev.ptr(), hop.logits.ptr()));
-            if (row == nullptr) return py::none();
-            const ea::RowResult r = ea::row_confidence(row, classes_, measure_);
-            pred = r.pred;
-            conf = r.conf;
-            if (pos == last || static_cast<double>(r.conf) >= hop.threshold) {  // NaN never
-                exit_state = hop.state;
-                break;
-            }
-        }
-
-        py::object p_pred = vector(api, i64_, 1), p_conf = vector(api, f32_, 1);
-        py::object p_exit = vector(api, i64_, 1), p_budget = vector(api, bool_, 1);
-        *data_of<std::int64_t>(p_pred) = pred;
-        *data_of<float>(p_conf) = conf;
-        *data_of<std::int64_t>(p_exit) = exit_state;
-        *data_of<bool>(p_budget) = budget_exit;
-        return result_.make(p_pred, p_exit, p_conf, p_budget, std::move(steps), std::move(rows),
-                            t0);
-    }
-
-    // The session whose call raised the error the last `call` propagated; else None.
-    py::object failed() const { return failed_; }
-
-private:
     struct Call {
         py::object session, run;
-        std::vector<std::pair<py::str, bool>> feeds;
+        std::vector<std::pair<py::str, bool>> feeds;  // (name, is the model input)
+        std::int64_t step = 0;                        // the bundle step it runs
     };
     struct Hop {
-        std::int64_t state = 0, slot = 0;
-        double threshold = 0.0;
         py::str logits;
         std::vector<Call> calls;
     };
 
+    PyHops() = default;
+    PyHops(std::vector<Hop> hops, std::int64_t classes)
+        : hops_(std::move(hops)), f32_(py::dtype::of<float>()), classes_(classes),
+          row_(static_cast<std::size_t>(classes)) {}
+
+    // Hops run on the row `x` while the returned scope lives; the outputs of the last
+    // call they ran are released with it.
+    struct Scope {
+        PyHops& hops;
+        ~Scope() {
+            hops.x_ = nullptr;
+            hops.prev_ = py::object();
+        }
+    };
+    Scope begin(py::handle x) {
+        x_ = x.ptr();
+        failed_ = py::none();
+        return Scope{*this};
+    }
+
+    const float* run(std::size_t hop, std::int64_t, const std::int64_t*, ea::CascadeResult& out) {
+        const auto& api = py::detail::npy_api::get();
+        const Hop& h = hops_[hop];
+        for (const Call& c : h.calls) {
+            py::dict feeds;
+            for (const auto& [name, is_input] : c.feeds) {
+                PyObject* v = is_input ? x_ : PyDict_GetItem(prev_.ptr(), name.ptr());
+                if (v == nullptr) return nullptr;
+                if (PyDict_SetItem(feeds.ptr(), name.ptr(), v) != 0) throw py::error_already_set();
+            }
+            const auto t1 = Clock::now();
+            PyObject* got = PyObject_CallOneArg(c.run.ptr(), feeds.ptr());
+            const std::int64_t run_ns = ns_since(t1);
+            if (got == nullptr) {
+                failed_ = c.session;
+                throw py::error_already_set();
+            }
+            prev_ = py::reinterpret_steal<py::object>(got);
+            if (!one_row_each(api, prev_)) return nullptr;
+            out.add_step(c.step, static_cast<double>(run_ns) / 1e6, 1);
+        }
+        return logits_row(api, PyDict_GetItem(prev_.ptr(), h.logits.ptr()));
+    }
+
+    py::object failed() const { return failed_; }
+
+private:
     // Whether `out` is a dict of arrays that each keep the batch axis of one row (what
     // `edgeadapt.formats.stepcheck.check_rows` accepts, narrowed to plain arrays).
     static bool one_row_each(const py::detail::npy_api& api, const py::object& out) {
@@ -878,21 +761,159 @@ private:
         return row_.data();
     }
 
-    py::str input_;
-    Accept accept_;
-    py::dtype f32_, i64_, bool_;
-    py::object policy_;
-    ea::Policy* policy_ref_ = nullptr;
-    Results result_;
-    std::int64_t classes_;
-    ea::Measure measure_;
-    double hop_overhead_ms_;
-    bool costs_known_, walk_;
-    std::vector<float> row_;
     std::vector<Hop> hops_;
-    std::vector<std::size_t> all_, last_;
-    std::vector<std::vector<std::size_t>> targets_;
+    py::dtype f32_;
+    std::int64_t classes_ = 0;
+    std::vector<float> row_;
+    PyObject* x_ = nullptr;
+    py::object prev_;
     py::object failed_ = py::none();
+};
+
+// A route: its hops and the bundle state each reaches.
+struct Route {
+    std::vector<PyHops::Hop> hops;
+    std::vector<std::int64_t> states;
+};
+
+// The route given as hops (state, logits, calls), each call (session, feeds, step) and
+// each feed (name, is the model input); `input` is the only model input.
+Route parse_route(const py::sequence& route, const py::str& input) {
+    std::vector<PyHops::Hop> hops;
+    std::vector<std::int64_t> states;
+    for (py::handle item : route) {
+        py::sequence h = py::reinterpret_borrow<py::sequence>(item);
+        if (h.size() != 3) throw py::value_error("a hop is (state, logits, calls)");
+        states.push_back(h[0].cast<std::int64_t>());
+        PyHops::Hop hop;
+        hop.logits = py::str(h[1]);
+        for (py::handle c : py::reinterpret_borrow<py::sequence>(h[2])) {
+            py::sequence sc = py::reinterpret_borrow<py::sequence>(c);
+            if (sc.size() != 3) throw py::value_error("a call is (session, feeds, step)");
+            PyHops::Call call;
+            call.session = py::reinterpret_borrow<py::object>(sc[0]);
+            call.run = call.session.attr("unchecked_run");
+            if (!PyCallable_Check(call.run.ptr()))
+                throw py::type_error("a session's unchecked_run must be callable");
+            for (py::handle f : py::reinterpret_borrow<py::sequence>(sc[1])) {
+                py::sequence sf = py::reinterpret_borrow<py::sequence>(f);
+                if (sf.size() != 2) throw py::value_error("a feed is (name, is_input)");
+                const bool is_input = sf[1].cast<bool>();
+                py::str name(sf[0]);
+                if (is_input && !name.equal(input))
+                    throw py::value_error("the only model input is " + input.cast<std::string>());
+                call.feeds.emplace_back(std::move(name), is_input);
+            }
+            call.step = sc[2].cast<std::int64_t>();
+            hop.calls.push_back(std::move(call));
+        }
+        if (hop.calls.empty()) throw py::value_error("a hop runs at least one call");
+        hops.push_back(std::move(hop));
+    }
+    if (hops.empty()) throw py::value_error("route holds no hop");
+    return {std::move(hops), std::move(states)};
+}
+
+std::int64_t checked_classes(std::int64_t classes) {
+    if (classes < 2) throw py::value_error("classes must be >= 2");
+    return classes;
+}
+
+std::vector<ea::Gate> gate_list(const py::object& gates) {
+    std::vector<ea::Gate> out;
+    if (!gates.is_none())
+        for (py::handle g : py::reinterpret_borrow<py::sequence>(gates)) out.push_back(g.cast<ea::Gate>());
+    return out;
+}
+
+class CascadeCall {
+public:
+    CascadeCall(const py::sequence& route, const std::string& input, const py::dtype& dtype,
+                const std::vector<std::int64_t>& shape, std::int64_t classes, py::object policy,
+                py::object result, double hop_overhead_ms, bool costs_known, bool last_alone,
+                const py::object& gates)
+        : accept_(dtype, shape), i64_(py::dtype::of<std::int64_t>()),
+          f32_(py::dtype::of<float>()), bool_(py::dtype::of<bool>()),
+          policy_(std::move(policy)), result_(std::move(result)), costs_known_(costs_known) {
+        Route r = parse_route(route, py::str(input));
+        hops_ = PyHops(std::move(r.hops), checked_classes(classes));
+        ea::Policy* p = policy_of(policy_);
+        if (static_cast<std::int64_t>(r.states.size()) != p->num_states())
+            throw py::value_error("route must hold one hop per kept state of the policy (" +
+                                  std::to_string(p->num_states()) + "), got " +
+                                  std::to_string(r.states.size()));
+        if (!std::isfinite(hop_overhead_ms) || hop_overhead_ms < 0.0)
+            throw py::value_error("hop_overhead_ms must be finite and >= 0");
+        std::vector<ea::Gate> g = gate_list(gates);
+        if (!g.empty() && g.size() + 1 != r.states.size())
+            throw py::value_error("gates must hold one gate per kept state but the last (" +
+                                  std::to_string(r.states.size() - 1) + "), got " +
+                                  std::to_string(g.size()));
+        const auto walk = last_alone ? ea::Cascade::Walk::LastAlone : ea::Cascade::Walk::Cascade;
+        ensure_ok(ea::Cascade::create(p, std::move(r.states), std::move(g), hop_overhead_ms,
+                                      classes, walk, cascade_));
+    }
+
+    // None, or a `result` (pred, exit_state, conf, budget_exit, latency_ms) of the batch
+    // of one row `x` run by the engine under `budget_ms` (None: no budget).
+    py::object call(py::handle x, py::handle budget_ms) {
+        const auto t0 = Clock::now();
+        double budget = ea::kNoBudget;
+        if (!budget_ms.is_none() && !read_budget(budget_ms, budget)) return py::none();
+        const auto& api = py::detail::npy_api::get();
+        if (accept_.rows(api, x, 1) != 1) return py::none();
+        {
+            const PyHops::Scope scope = hops_.begin(x);
+            if (!cascade_.run(hops_, 1, budget, t0, out_)) return py::none();
+        }
+        py::object pred = vector(api, i64_, 1), conf = vector(api, f32_, 1);
+        py::object exit_state = vector(api, i64_, 1), budget_exit = vector(api, bool_, 1);
+        *data_of<std::int64_t>(pred) = out_.pred[0];
+        *data_of<float>(conf) = out_.conf[0];
+        *data_of<std::int64_t>(exit_state) = out_.exit_state[0];
+        *data_of<bool>(budget_exit) = out_.budget_exit[0] != 0;
+        const std::size_t n = out_.step_ms.size();
+        py::list steps(n), rows(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            PyList_SET_ITEM(steps.ptr(), i, py::float_(out_.step_ms[i]).release().ptr());
+            PyList_SET_ITEM(rows.ptr(), i, one_.inc_ref().ptr());
+        }
+        return result_.make(pred, exit_state, conf, budget_exit, std::move(steps), std::move(rows),
+                            t0);
+    }
+
+    // The session whose call raised the error the last `call` propagated; else None.
+    py::object failed() const { return hops_.failed(); }
+
+private:
+    // A budget the costs can answer: a float or int in (0, inf); false for anything else
+    // (the caller's check words the error).
+    bool read_budget(py::handle budget_ms, double& out) const {
+        if (!costs_known_) return false;
+        PyObject* b = budget_ms.ptr();
+        if (PyFloat_Check(b)) {
+            out = PyFloat_AS_DOUBLE(b);
+        } else if (PyLong_CheckExact(b)) {
+            out = PyLong_AsDouble(b);
+            if (out == -1.0 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return false;
+            }
+        } else {
+            return false;
+        }
+        return out > 0.0 && out < ea::kNoBudget;
+    }
+
+    Accept accept_;
+    py::dtype i64_, f32_, bool_;
+    py::object policy_;  // keeps the engine's policy alive
+    Results result_;
+    bool costs_known_;
+    PyHops hops_;
+    ea::Cascade cascade_;
+    ea::CascadeResult out_;
+    py::int_ one_{1};
 };
 
 }  // namespace
@@ -932,16 +953,17 @@ PYBIND11_MODULE(_kernel, m) {
              "float32 [B, classes] array.");
 
     py::class_<CascadeCall>(m, "CascadeCall",
-                            "A cascade of several hops at batch 1: accept the row, walk the "
-                            "route (budget checks, runs, output checks, costs, decisions) and "
-                            "build the result, in one call.")
-        .def(py::init<const py::sequence&, const py::object&, const std::string&,
-                      const py::dtype&, const std::vector<std::int64_t>&, std::int64_t,
-                      const std::string&, py::object, py::object, double, bool, bool>(),
-             py::arg("route"), py::arg("targets"), py::arg("input"), py::arg("dtype"),
-             py::arg("shape"), py::arg("classes"), py::arg("measure"), py::kw_only(),
-             py::arg("policy"), py::arg("result"), py::arg("hop_overhead_ms"),
-             py::arg("costs_known"), py::arg("walk"))
+                            "A cascade of several hops at batch 1: accept the row and the "
+                            "budget, and the cascade engine walks the route (budget checks, "
+                            "runs, output checks, costs, decisions) and builds the result, in "
+                            "one call.")
+        .def(py::init<const py::sequence&, const std::string&, const py::dtype&,
+                      const std::vector<std::int64_t>&, std::int64_t, py::object, py::object,
+                      double, bool, bool, const py::object&>(),
+             py::arg("route"), py::arg("input"), py::arg("dtype"), py::arg("shape"),
+             py::arg("classes"), py::kw_only(), py::arg("policy"), py::arg("result"),
+             py::arg("hop_overhead_ms"), py::arg("costs_known"), py::arg("last_alone"),
+             py::arg("gates") = py::none())
         .def("__call__", &CascadeCall::call, py::arg("x"), py::arg("budget_ms") = py::none(),
              "None when `x` is not one plain C-contiguous row of the input's dtype and shape "
              "with no NaN or infinity, `budget_ms` not None or a number in (0, inf) the "

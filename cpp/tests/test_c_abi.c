@@ -1,6 +1,7 @@
 /* ctest: the C ABI from plain C: a decision, a policy round trip, error codes. */
 #include <math.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "edgeadapt/edgeadapt.h"
@@ -97,6 +98,18 @@ int main(void) {
     CHECK(edgeadapt_policy_create(th, 1, cost, 2, 1.5, EDGEADAPT_MAXPROB, NULL, 1, &q) ==
           EDGEADAPT_E_VALUE);
     CHECK(q == NULL);
+
+    /* lengths no memory can hold, for 3-element arrays: refused before a value is read */
+    const double three[3] = {0.5, 0.5, 0.5}, acc[3] = {0.1, 0.2, 0.3};
+    const size_t huge[] = {SIZE_MAX, SIZE_MAX - 1, SIZE_MAX / 2, (SIZE_MAX >> 4) + 1,
+                           (size_t)1 << 50};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; ++i) {
+        q = (edgeadapt_policy*)&failures;
+        CHECK(edgeadapt_policy_create(three, huge[i] - 1, three, huge[i], 0.2, EDGEADAPT_MAXPROB,
+                                      acc, 1, &q) == EDGEADAPT_E_NO_MEMORY);
+        CHECK(q == NULL);
+        CHECK(strstr(edgeadapt_last_error(), "out of memory") != NULL);
+    }
     CHECK(strcmp(edgeadapt_status_string(EDGEADAPT_OK), "ok") == 0);
     CHECK(strlen(edgeadapt_version()) > 0);
     if (failures == 0) printf("c_abi: all checks passed\n");

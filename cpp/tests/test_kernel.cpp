@@ -5,18 +5,10 @@
 #include <limits>
 #include <vector>
 
+#include "check.hpp"
 #include "edgeadapt/kernel.hpp"
 
 namespace ea = edgeadapt;
-
-static int failures = 0;
-#define CHECK(cond)                                                      \
-    do {                                                                 \
-        if (!(cond)) {                                                   \
-            std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++failures;                                                  \
-        }                                                                \
-    } while (0)
 
 static bool near(double a, double b, double tol = 1e-6) { return std::fabs(a - b) <= tol; }
 
@@ -271,6 +263,5 @@ int main() {
     decide_batch();
     gates();
     policy();
-    if (failures == 0) std::printf("kernel: all checks passed\n");
-    return failures == 0 ? 0 : 1;
+    return edgeadapt::testing::checks_passed("kernel");
 }

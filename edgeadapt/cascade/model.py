@@ -261,6 +261,7 @@ class AdaptiveModel:
         costs_known: bool,
         static: Session | None = None,
         hop_overhead_ms: float = 0.0,
+        gates: GateRun | None = None,
     ) -> None:
         self.bundle = bundle
         self.sessions = tuple(sessions)
@@ -270,8 +271,7 @@ class AdaptiveModel:
         self.costs_known = costs_known
         #: The whole model a one-state early-exit plan runs instead of its steps.
         self.static = static
-        #: A gate plan's learned exit gates (`edgeadapt.kernel.GateRun`), else None.
-        self.gates: GateRun | None = None
+        self._gates = gates
         #: An agreement plan's decisions (`edgeadapt.cascade.agreement.AgreementRun`), else None.
         self.agreement: AgreementRun | None = None
         #: The runtime configuration the steps run under, and why it differs from the
@@ -323,29 +323,50 @@ class AdaptiveModel:
                     result=Prediction,
                 )
                 self._one = (one, session)
-        # A cascade of several hops fed the bundle's one input, at batch 1 with the threshold
-        # policy, as one native call that walks the route (budget checks, runs, output
-        # checks, costs, decisions, result); None otherwise. It hands back anything it
-        # cannot vouch for, and the Python loop of `predict` runs that batch.
+        # A cascade of several hops fed the bundle's one input, at batch 1, as one native
+        # call: the cascade engine walks the route (budget checks, runs, output checks,
+        # costs, decisions, result); None otherwise. It hands back anything it cannot
+        # vouch for, and the Python loop of `predict` runs that batch.
         self._cascade: CascadeCall | None = None
         if len(self._route) > 1 and single is not None:
-            targets = self._targets
-            self._cascade = CascadeCall(
-                self._route,
-                None if targets is None else [[hop.slot for hop in t] for t in targets],
-                single[0],
-                single[1],
-                single[2],
-                bundle.num_classes,
-                policy.measure,
-                policy=policy,
-                result=Prediction,
-                hop_overhead_ms=hop_overhead_ms,
-                costs_known=costs_known,
-                walk=bundle.kind != "branches",
-            )
+            self._cascade = self._native_cascade(single[:3])
         # read-only exit_state / budget_exit of the last batch size the fast path saw
         self._constant: tuple[int, np.ndarray, np.ndarray] = (0, _EMPTY_I64, _EMPTY_BOOL)
+
+    @property
+    def gates(self) -> GateRun | None:
+        """A gate plan's learned exit gates (`edgeadapt.kernel.GateRun`), else None."""
+        return self._gates
+
+    def _native_cascade(self, single: tuple[Any, ...]) -> CascadeCall | None:
+        """The batch-1 cascade of this model's route as a `CascadeCall`, or None when the
+        policy's costs are not cumulative exactly along an early-exit bundle (the budget
+        routes the engine derives from the policy would then differ from the loop's)."""
+        bundle, policy = self.bundle, self.policy
+        if policy.cumulative != (bundle.kind == "early-exit"):
+            return None
+        route = [
+            (
+                hop.state,
+                hop.logits,
+                [(s, f, i) for (s, f), i in zip(hop.calls, h.steps, strict=True)],
+            )
+            for hop, h in zip(self._route, self.hops, strict=True)
+        ]
+        name, dtype, shape = single
+        return CascadeCall(
+            route,
+            name,
+            dtype,
+            shape,
+            bundle.num_classes,
+            policy=policy,
+            result=Prediction,
+            hop_overhead_ms=self._hop_overhead_ms,
+            costs_known=self.costs_known,
+            last_alone=bundle.kind == "branches",
+            gates=None if self._gates is None else self._gates.gates,
+        )
 
     @staticmethod
     def _alone(bundle: Bundle, route: Sequence[_ResolvedHop]) -> _ResolvedHop | None:
@@ -479,13 +500,12 @@ class AdaptiveModel:
         if overhead is None and isinstance(profile, Profile):
             measured = profile.cascade_overhead
             overhead = measured.hop_ms if measured is not None else None
-        model = cls(bundle, sessions, hops, policy, known, static, overhead or 0.0)
-        if plan is not None and plan.gates is not None:
-            model.gates = GateRun(plan.gates, plan.measure)
+        gates = None if plan is None or plan.gates is None else GateRun(plan.gates, plan.measure)
+        model = cls(bundle, sessions, hops, policy, known, static, overhead or 0.0, gates)
         if plan is not None and plan.agreement:
             # the Python loop walks the route (a branches plan too: not one branch alone)
             model.agreement = AgreementRun(len(plan.states), plan.measure)
-            model._one = None
+            model._one = model._cascade = None
         model.runtime, model.runtime_note = choice.config, choice.note
         try:
             model.warm_up(warmup)
@@ -639,8 +659,9 @@ class AdaptiveModel:
         the one input's array, one native call (`edgeadapt.kernel.OneCall`) accepts the
         batch, runs the hop and answers every row. A cascade of several hops fed a
         one-input bundle's array runs a batch of one row as one native call too
-        (`edgeadapt.kernel.CascadeCall`, threshold policy only): the same answers, costs
-        and budget exits as the loop, which runs every other batch.
+        (`edgeadapt.kernel.CascadeCall`, threshold and gate plans: the cascade engine the
+        native runner runs): the same answers, costs and budget exits as the loop, which
+        runs every other batch.
         """
         one = self._one
         if one is not None and budget_ms is None:
@@ -659,7 +680,7 @@ class AdaptiveModel:
                 return self._answer(start, run_ns, out, hop.logits, hop.slot, hop.state)
             # else the complete check below accepts the batch or words the error
         cascade = self._cascade
-        if cascade is not None and self.gates is None and self.agreement is None:
+        if cascade is not None:
             try:
                 native = cascade(x, budget_ms)
             except EdgeadaptError:
@@ -698,7 +719,7 @@ class AdaptiveModel:
         last = len(route) - 1
         # Gates (and the agreement policy) read every earlier kept state: they decide only on
         # a route that starts at the first kept state (a member picked alone answers plainly).
-        gates = (self.gates or self.agreement) if route[0].slot == 0 else None
+        gates = (self._gates or self.agreement) if route[0].slot == 0 else None
         if gates is not None:
             gates.start(b)
         # `rows`: original indices of the active rows, None while every row is active;

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from edgeadapt.commands.options import (
-    bundle_argument,
+    BUNDLE_OR_MODEL,
     echo_json,
     json_option,
     number,
@@ -168,16 +168,54 @@ def show_written(bundle: Any, output: Path, as_json: bool) -> None:
     _unknown_ops(summary)
 
 
+def _show_cuts(model: Path, as_json: bool) -> None:
+    """Print the valid cut points of an ONNX model (`find_cuts`) as a table or JSON."""
+    from edgeadapt.exporters.cutpoints import find_cuts
+
+    cuts = find_cuts(model)
+    if as_json:
+        echo_json({"model": str(model), "cuts": [c.to_json() for c in cuts]}, what="the cuts")
+        return
+    click.echo(
+        f"{model}: {len(cuts)} valid cut points (one activation crosses; give each as "
+        "--cut to export onnx)"
+    )
+    rows = [
+        (
+            f"{100 * c.flops_share:.1f}%",
+            c.module or "-",
+            c.op_type,
+            "x".join(map(str, c.shape)),
+            c.tensor,
+        )
+        for c in cuts
+    ]
+    text = table(("flops before", "module", "op", "shape", "tensor"), rows, left=(1, 2, 3, 4))
+    click.echo("\n".join(f"  {line}" for line in text.splitlines()))
+
+
 @click.command("inspect")
-@bundle_argument()
+@click.argument("bundle", type=BUNDLE_OR_MODEL, metavar="BUNDLE|MODEL")
+@click.option(
+    "--cuts",
+    "cuts",
+    is_flag=True,
+    help="BUNDLE is an ONNX model: list the tensors it can be cut at (one activation "
+    "crosses, no skip connection), with the share of the FLOPs before each and the "
+    "module the exporter recorded.",
+)
 @json_option("Print a JSON document instead of a table.")
-def inspect_cmd(bundle: Path, as_json: bool) -> None:
+def inspect_cmd(bundle: Path, cuts: bool, as_json: bool) -> None:
     """Show a bundle's states, files, FLOPs and parameters, and verify its files.
 
+    With --cuts, list the valid cut points of an ONNX model instead.
     Exits 1 when the bundle loads but fails verification (altered files).
     """
     from edgeadapt.formats.bundle import BundleError, load_bundle, verify_bundle
 
+    if cuts:
+        _show_cuts(bundle, as_json)
+        return
     loaded = load_bundle(bundle, verify=False)
     problem = None
     try:

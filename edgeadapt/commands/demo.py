@@ -20,7 +20,7 @@ from edgeadapt.commands.options import (
     threads_option,
 )
 from edgeadapt.commands.progress import progress_bar
-from edgeadapt.render import num, pct, ratio, saving, table
+from edgeadapt.render import num, pct, ratio, saving, table, thresholds_text
 
 if TYPE_CHECKING:
     from edgeadapt.demo import BundleResult, DemoResult
@@ -58,10 +58,18 @@ def _bound_lines(b: BundleResult) -> list[str]:
     static = b.bounds.static
     whole = "backbone and last head" if b.bundle.kind == "early-exit" else "the last member"
     if static is not None:
+        spread = b.full_over_whole
+        rounds = (
+            ""
+            if spread is None
+            else f"; timed in the same rounds, all the steps cost {ratio(spread.p10)}-"
+            f"{ratio(spread.p90)} the whole model ({spread.rounds} rounds, 10th-90th "
+            "percentile)"
+        )
         lines.append(
             f"static model (the whole model: {whole}, profiled the same way): "
             f"{static.cost_ms:.4f} ms; the full path R_N costs "
-            f"{ratio(static.full_path_ratio)} that"
+            f"{ratio(static.full_path_ratio)} that{rounds}"
         )
     lines.append("")
     lines.append(
@@ -90,10 +98,7 @@ def _plan_lines(b: BundleResult) -> list[str]:
     held = plan.heldout
     reference = plan.bundle_states[plan.reference_state]
     lines = [""]
-    lines.append(
-        f"plan: keep {', '.join(plan.state_names)}; thresholds ({plan.measure}) "
-        + (", ".join(f"{t:.4f}" for t in plan.thresholds) or "none")
-    )
+    lines.append(f"plan: keep {', '.join(plan.state_names)}; {thresholds_text(plan)}")
     gap = plan.gap_closure
     lines.append(
         f"  held-out calibration half: accuracy {pct(held.accuracy, 2)}, drop "
@@ -110,15 +115,17 @@ def _plan_lines(b: BundleResult) -> list[str]:
             f"expected {gated.heldout.cost_ms:.4f} ms, oracle gap closure "
             f"{'n/a' if ggap is None else pct(ggap)}"
         )
+    if plan.static_ms is None:
+        against_static = "(not measured)"
+    elif plan.keeps_static:
+        against_static = f"({plan.static_ms:.4f} ms): the plan is the static model"
+    else:
+        against_static = f"({plan.static_ms:.4f} ms): {saving(b.plan.saving_vs_static)}" + (
+            "" if plan.beats_static else " (the plan does NOT beat the static model)"
+        )
     lines.append(
         f"  expected cost against R_N, {b.bounds.r_n_what} ({plan.r_n:.4f} ms): "
-        f"{saving(b.plan.saving_vs_r_n)}; against the static model "
-        + (
-            "(not measured)"
-            if plan.static_ms is None
-            else f"({plan.static_ms:.4f} ms): {saving(b.plan.saving_vs_static)}"
-            + ("" if plan.beats_static else " (the plan does NOT beat the static model)")
-        )
+        f"{saving(b.plan.saving_vs_r_n)}; against the static model {against_static}"
     )
     return lines
 
@@ -169,15 +176,19 @@ def render_bundle(b: BundleResult) -> str:
     return "\n".join(lines)
 
 
-def render(result: DemoResult) -> str:
-    """The whole summary of a demo run."""
+def heading(result: DemoResult) -> str:
+    """The first line of the summary: the device and the runtime."""
     dev = result.device
     rt = dev.get("runtime", {})
-    head = (
+    return (
         f"edgeadapt demo on {dev['id']}: {dev.get('cpu')}, {rt.get('backend')} "
         f"{rt.get('version')}, {result.threads} thread(s)"
     )
-    parts = [head, *(render_bundle(b) for b in result.bundles)]
+
+
+def render(result: DemoResult) -> str:
+    """The whole summary of a demo run."""
+    parts = [heading(result), *(render_bundle(b) for b in result.bundles)]
     first = result.bundles[0]
     work = first.work
     parts.append(
@@ -191,7 +202,7 @@ def render(result: DemoResult) -> str:
     return "\n\n".join(parts)
 
 
-class _CliUI:
+class CliUI:
     """Progress on stderr: log lines and click progress bars."""
 
     def __init__(self, show: bool) -> None:
@@ -241,11 +252,11 @@ def demo_cmd(
 ) -> None:
     """The main job on MNIST-1D: profile, evaluate, bound, plan, run and report.
 
-    Uses the two bundles shipped in the package (a 4-exit 1D CNN and a family of
-    logistic regression, MLP and CNN), generates MNIST-1D locally, measures every state
-    on this device, computes the adaptive-oracle bounds, plans states and thresholds,
-    runs the plan on the test split next to the static model, and writes report.html.
-    Re-running reuses what is already built (--force rebuilds).
+    Uses two bundles shipped in the package (a residual 1D CNN with an exit after each
+    block, and a family of logistic regression, MLP and CNN), generates MNIST-1D locally,
+    measures every state on this device, computes the adaptive-oracle bounds, plans
+    states and thresholds, runs the plan on the test split next to the static model, and
+    writes report.html. Re-running reuses what is already built (--force rebuilds).
     """
     from edgeadapt.demo import run_demo
 
@@ -257,7 +268,7 @@ def demo_cmd(
         force=force,
         samples=samples,
         min_seconds=min_seconds,
-        ui=_CliUI(show=not as_json),
+        ui=CliUI(show=not as_json),
     )
     if as_json:
         echo_json(result.to_json())

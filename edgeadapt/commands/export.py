@@ -90,6 +90,12 @@ def _heads(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     show_default=True,
     help="Calibration samples per forward pass (peak memory grows with it).",
 )
+@click.option(
+    "--shared-weights",
+    is_flag=True,
+    help="Store every weight once, in one external-data file (weights.data) all steps "
+    "read, instead of a copy in each step that reads it.",
+)
 @export_options(parity=True)
 def export_onnx_cmd(
     model: Path,
@@ -100,6 +106,7 @@ def export_onnx_cmd(
     pool: str,
     mask: str | None,
     batch_size: int,
+    shared_weights: bool,
     parity_rtol: float,
     parity_atol: float,
     output: Path,
@@ -109,7 +116,10 @@ def export_onnx_cmd(
     """Split the ONNX classifier MODEL at --cut tensors into an early-exit bundle.
 
     Each step after the first reads the previous activation plus the model inputs it
-    needs (a transformer's attention_mask). Cuts without --head get a linear head fitted
+    needs (a transformer's attention_mask); what it needs from before its cut and can
+    compute again (masks, position ids, shapes, weights read on both sides) is copied
+    into it, and a cut that an activation skips past is refused. `edgeadapt inspect
+    MODEL --cuts` lists the valid cuts. Cuts without --head get a linear head fitted
     on --calibration, streamed in batches of --batch-size; the command prints each head's
     training and held-out accuracy and warns when they differ a lot.
 
@@ -137,6 +147,7 @@ def export_onnx_cmd(
             batch_size=batch_size,
             parity_rtol=parity_rtol,
             parity_atol=parity_atol,
+            shared_weights=shared_weights,
             force=force,
             progress=progress,
         )

@@ -37,6 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "BUNDLE_DIR",
+    "BUNDLE_OR_MODEL",
     "INPUT_FILE",
     "INT_MAX",
     "batch_option",
@@ -88,6 +89,24 @@ class InputDir(click.ParamType):
         return path
 
 
+class BundleOrModel(click.ParamType):
+    """A bundle folder (as `InputDir` takes it) or, for the commands that also read one,
+    an ONNX model file (as `InputFile` takes it)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        try:
+            path = check_path(value)
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+        if not path.exists():
+            self.fail(f"{os.fspath(value)!r}: no such bundle directory or model file", param, ctx)
+        if path.is_dir() or path.name == MANIFEST:
+            return BUNDLE_DIR.convert(value, param, ctx)
+        return INPUT_FILE.convert(value, param, ctx)
+
+
 class OutputPath(click.ParamType):
     """Where a command writes a file (or with `folder`, a folder): its path without a NUL
     byte and, when something is there already, the same kind of thing (a regular file, or
@@ -127,6 +146,8 @@ class FiniteFloat(click.FloatRange):
 
 #: A file read (see `InputFile`).
 INPUT_FILE = InputFile()
+#: A bundle folder or an ONNX model read (see `BundleOrModel`).
+BUNDLE_OR_MODEL = BundleOrModel()
 #: A bundle folder read (see `InputDir`).
 BUNDLE_DIR = InputDir()
 

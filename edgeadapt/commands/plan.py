@@ -20,7 +20,7 @@ from edgeadapt.commands.options import (
 from edgeadapt.formats.plan import COST_STATS, PROMISE_KINDS
 from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanSummary
-from edgeadapt.render import pct, saving
+from edgeadapt.render import pct, saving, static_verdict, thresholds_text
 
 
 @click.command("plan")
@@ -179,11 +179,10 @@ def plan_text(summary: PlanSummary) -> str:
 
     plan = summary.plan
     held = plan.heldout
-    on = {"gate": "gate scores", "agreement": "agreement shares"}.get(plan.policy, plan.measure)
     lines = [
         f"states: {', '.join(plan.state_names)}",
         f"policy: {plan.policy}",
-        f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in plan.thresholds),
+        thresholds_text(plan),
         f"held-out: accuracy {pct(held.accuracy, 2)}, drop {pct(held.drop, 2, signed=True)} "
         f"against {plan.bundle_states[plan.reference_state]}",
         plan.statement,
@@ -193,11 +192,15 @@ def plan_text(summary: PlanSummary) -> str:
     ]
     if plan.static_ms is None:
         lines.append("  vs the static model: not measured (profile without the whole model)")
+    elif plan.keeps_static:
+        lines.append(
+            f"  vs the static model, the measured whole model: {plan.static_ms:.4f} ms; the "
+            "plan is the static model (one state, deployed as one plain model)"
+        )
     else:
-        verdict = "beats it" if plan.beats_static else "does NOT beat it"
         lines.append(
             f"  vs the static model, the measured whole model: {plan.static_ms:.4f} ms "
-            f"({saving(summary.saving_vs_static)}; the plan {verdict})"
+            f"({saving(summary.saving_vs_static)}; the plan {static_verdict(plan)})"
         )
     if summary.costs is not None and summary.costs.note is not None:
         lines.append(f"note: {summary.costs.note}")

@@ -8,6 +8,7 @@ shipped presets.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,8 +26,16 @@ from edgeadapt.commands.options import (
 from edgeadapt.commands.progress import progress_on_first_call
 from edgeadapt.errors import InputError
 
+if TYPE_CHECKING:
+    from edgeadapt.formats.profile import Ratio
+
 #: the largest batch `profile` times (one zero-filled input of it is allocated per size)
 MAX_PROFILE_BATCH = 65_536
+
+
+def _spread(r: Ratio | None) -> str:
+    """How the full path over the whole model varied over the interleaved rounds."""
+    return "" if r is None else f" (per round {r.p10:.2f}-{r.p90:.2f}x, {r.rounds} rounds)"
 
 
 def _batches(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -245,6 +254,7 @@ def profile_cmd(
             f"full path R_N / whole = "
             + ", ".join(
                 f"{done.state_costs[b][-1] / prof.whole[b].p50:.2f}x at batch {b}"
+                + _spread(prof.full_over_whole.get(b))
                 for b in prof.batches
                 if prof.whole[b].p50 > 0
             )

@@ -14,7 +14,7 @@ from edgeadapt.commands.options import (
     json_option,
     output_option,
 )
-from edgeadapt.render import pct, ratio, table
+from edgeadapt.render import pct, ratio, static_verdict, table
 
 
 @click.command("report")
@@ -66,8 +66,8 @@ def report_cmd(
             + ("n/a" if gap is None else pct(gap))
             + (
                 ""
-                if chosen.beats_static is None
-                else f"; {'beats' if chosen.beats_static else 'does NOT beat'} the static model"
+                if chosen.static_ms is None
+                else f"; {static_verdict(chosen, 'the static model')}"
             )
         )
     if data.policies:

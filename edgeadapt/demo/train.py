@@ -6,23 +6,26 @@
 The training code lives in the package so that ``edgeadapt demo --retrain`` works from
 an installed wheel; ``examples/train_mnist1d.py`` is a thin wrapper around `main`.
 
-Two bundles, reproduced exactly from the seed (fixed thread count, deterministic
+Three bundles, reproduced exactly from the seed (fixed thread count, deterministic
 kernels, seeded data order):
 
+- ``mnist1d-resnet`` (early-exit, the demo's lead): `ResidualMultiExit`, a residual 1D
+  CNN of `RESNET_WIDTH` channels with an exit head (pooling and a linear layer) after
+  each of its four identity residual blocks, every exit trained with the backbone on
+  the sum of the exits' losses. Each block does about 8 MFLOPs per sample, so its
+  compute, not the runtime's per-call cost, dominates at batch 1, and its first exit is
+  already right on most inputs: the case where an adaptive plan pays.
 - ``mnist1d-multiexit`` (early-exit): a 1D CNN of four stages, each ending in an exit
   head (global average pooling + linear). The backbone is trained end to end through
   the last exit only; exits 0-2 are linear probes trained on detached activations, so
   early exits see features built for the final task and the exits span a real accuracy
-  range. Every step is wide enough that its compute, not the runtime's per-call cost,
-  dominates at batch 1.
+  range (the bundle the tests, benchmarks and native runner examples use).
 - ``mnist1d-family`` (ensemble): logistic regression, an MLP and a small CNN, the
   model family of the adaptive-oracle paper.
 
 `residual_cnn` (a stem, identity residual blocks, pooling, linear) is the network whose
 skip sets the execution-branches benchmark and test export; `train_residual_cnn` and
-`export_onnx_model` train it and write its ONNX file. `ResidualMultiExit` is the same
-network with an exit after each block (the ResNet-style bundle `bench/gates.py`
-measures gates on).
+`export_onnx_model` train it and write its ONNX file.
 
 Needs the ``torch`` and ``demo`` extras. Prints test accuracy per state and, as a check
 of the design, each step's ONNX Runtime latency at batch 1 on one thread.
@@ -34,6 +37,7 @@ import argparse
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +46,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgeadapt.data.mnist1d import DEFAULT_SEED, NUM_CLASSES, SIGNAL_LENGTH, Split, mnist1d_splits
+from edgeadapt.data.mnist1d import (
+    DEFAULT_SEED,
+    NUM_CLASSES,
+    SIGNAL_LENGTH,
+    MNIST1DSplits,
+    Split,
+    mnist1d_splits,
+)
+from edgeadapt.errors import InputError
 from edgeadapt.exporters.torch import export_torch_family, export_torch_model
 from edgeadapt.formats.bundle import Bundle, load_bundle
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "bundles"
+RESNET = "mnist1d-resnet"
 MULTIEXIT = "mnist1d-multiexit"
 FAMILY = "mnist1d-family"
+#: Channels of the shipped residual network (`ResidualMultiExit`).
+RESNET_WIDTH = 128
 #: Fixed so that the trained weights (and so the bundles' bytes) do not depend on the machine.
 THREADS = 2
 WIDTH = 96
@@ -286,65 +301,115 @@ def step_latency_us(bundle: Bundle, repeats: int = 300) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every model's training shares: the data, where the bundles go, the log."""
+
+    splits: MNIST1DSplits
+    out_dir: Path
+    seed: int
+    force: bool
+    log: Callable[[str], None]
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.from_numpy(self.splits.train.x[:1])
+
+    @property
+    def info(self) -> dict[str, int]:
+        """The manifest's ``extra.training``."""
+        return {"seed": self.seed, "train_samples": len(self.splits.train.y), "threads": THREADS}
+
+    def accuracies(self, model: nn.Module) -> list[float]:
+        """Test accuracy of each of `model`'s exits."""
+        with torch.no_grad():
+            return [
+                _accuracy(o, self.splits.test.y)
+                for o in model(torch.from_numpy(self.splits.test.x))
+            ]
+
+
+def _train_resnet(run: _Run) -> Bundle:
+    t = time.perf_counter()
+    model = train_residual_multiexit(run.splits.train, width=RESNET_WIDTH, seed=run.seed)
+    run.log(
+        f"residual multi-exit CNN trained in {time.perf_counter() - t:.0f} s; test accuracy "
+        "per exit: " + ", ".join(f"{a:.2%}" for a in run.accuracies(model))
+    )
+    extra = {"training": run.info}
+    return export_torch_model(
+        model, run.example, run.out_dir / RESNET, extra=extra, force=run.force
+    )
+
+
+def _train_multiexit(run: _Run) -> Bundle:
+    torch.manual_seed(run.seed)
+    model = MultiExitCNN()
+    t = time.perf_counter()
+    train(model, run.splits.train, _sum_of_losses, epochs=8, lr=3e-3, seed=run.seed)
+    run.log(
+        f"multi-exit CNN trained in {time.perf_counter() - t:.0f} s; test accuracy per exit: "
+        + ", ".join(f"{a:.2%}" for a in run.accuracies(model))
+    )
+    extra = {"training": run.info}
+    return export_torch_model(
+        model, run.example, run.out_dir / MULTIEXIT, extra=extra, force=run.force
+    )
+
+
+def _train_family(run: _Run) -> Bundle:
+    torch.manual_seed(run.seed)
+    members = family_models()
+    t = time.perf_counter()
+    test = run.splits.test
+    for name, m in members.items():
+        train(m, run.splits.train, F.cross_entropy, epochs=100, lr=1e-2, seed=run.seed)
+        with torch.no_grad():
+            run.log(f"  {name}: test accuracy {_accuracy(m(torch.from_numpy(test.x)), test.y):.2%}")
+    run.log(f"family trained in {time.perf_counter() - t:.0f} s")
+    return export_torch_family(
+        list(members.values()),
+        run.example,
+        run.out_dir / FAMILY,
+        state_names=list(members),
+        extra={"training": run.info},
+        force=run.force,
+    )
+
+
+#: How each shipped bundle is trained, by name.
+TRAINERS: dict[str, Callable[[_Run], Bundle]] = {
+    RESNET: _train_resnet,
+    MULTIEXIT: _train_multiexit,
+    FAMILY: _train_family,
+}
+
+
 def train_and_export(
     out_dir: str | Path = DEFAULT_OUT,
     *,
+    names: Sequence[str] = tuple(TRAINERS),
     seed: int = DEFAULT_SEED,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Bundle]:
-    """Train both demo models from `seed` and write their bundles under `out_dir`."""
+    """Train the demo models `names` (default: all three, `TRAINERS`) from `seed` and
+    write their bundles under `out_dir`. Each model starts from a freshly seeded
+    generator, so each bundle's bytes depend on the seed alone, not on which others are
+    trained or in what order."""
+    unknown = [n for n in names if n not in TRAINERS]
+    if unknown:
+        raise InputError(f"unknown demo bundles {unknown}; known: {list(TRAINERS)}", field="names")
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
-    out_dir = Path(out_dir)
     t0 = time.perf_counter()
     splits = mnist1d_splits(seed)
     log(
         f"data: {len(splits.train.y)} train / {len(splits.calibration.y)} calibration / "
         f"{len(splits.test.y)} test samples ({time.perf_counter() - t0:.1f} s)"
     )
-    x_test = torch.from_numpy(splits.test.x)
-    example = torch.from_numpy(splits.train.x[:1])
-    info = {"seed": seed, "train_samples": len(splits.train.y), "threads": THREADS}
-
-    torch.manual_seed(seed)
-    model = MultiExitCNN()
-    t = time.perf_counter()
-    train(
-        model,
-        splits.train,
-        _sum_of_losses,
-        epochs=8,
-        lr=3e-3,
-        seed=seed,
-    )
-    with torch.no_grad():
-        acc = [_accuracy(o, splits.test.y) for o in model(x_test)]
-    log(
-        f"multi-exit CNN trained in {time.perf_counter() - t:.0f} s; test accuracy per exit: "
-        + ", ".join(f"{a:.2%}" for a in acc)
-    )
-    multiexit = export_torch_model(
-        model, example, out_dir / MULTIEXIT, extra={"training": info}, force=force
-    )
-
-    torch.manual_seed(seed)
-    members = family_models()
-    t = time.perf_counter()
-    for name, m in members.items():
-        train(m, splits.train, F.cross_entropy, epochs=100, lr=1e-2, seed=seed)
-        with torch.no_grad():
-            log(f"  {name}: test accuracy {_accuracy(m(x_test), splits.test.y):.2%}")
-    log(f"family trained in {time.perf_counter() - t:.0f} s")
-    family = export_torch_family(
-        list(members.values()),
-        example,
-        out_dir / FAMILY,
-        state_names=list(members),
-        extra={"training": info},
-        force=force,
-    )
-    return {MULTIEXIT: multiexit, FAMILY: family}
+    run = _Run(splits, Path(out_dir), seed, force, log)
+    return {name: TRAINERS[name](run) for name in names}
 
 
 def _print_bundle(name: str, bundle: Bundle, log: Callable[[str], None]) -> None:

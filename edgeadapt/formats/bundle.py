@@ -589,6 +589,10 @@ def _nonneg(v: Any) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def _not_empty(v: Any) -> str | None:
+    return "must not be empty" if v == "" else None
+
+
 #: the most values one input row may hold (cpp/runner refuses the same)
 MAX_ROW_ELEMENTS = 2**31 - 1
 
@@ -726,7 +730,9 @@ def _check_facts(
 ) -> None:
     """The manifest's facts hold for the ONNX file: each model input it reads has the
     manifest's dtype and static dimensions, and its logits are float32 [batch, num_classes]
-    (where the file declares them); axis 0 is never fixed (rows are compacted)."""
+    (where the file declares them); axis 0 of every input and output, activations
+    included, is never fixed (rows are compacted). cpp/runner/src/bundle.cpp
+    `check_step_file` checks the same."""
     specs = {i.name: i for i in bundle.inputs}
 
     def refuse(message: str) -> None:
@@ -738,19 +744,22 @@ def _check_facts(
             return None
         return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
 
+    inits = {t.name for t in model.graph.initializer}
     for v in model.graph.input:
-        spec = specs.get(v.name)
-        if spec is None:
+        if v.name in inits:
             continue
-        if v.type.tensor_type.elem_type != _ONNX_DTYPES[spec.dtype]:
+        spec = specs.get(v.name)
+        if spec is not None and v.type.tensor_type.elem_type != _ONNX_DTYPES[spec.dtype]:
             refuse(f"input {v.name!r} is not {spec.dtype}, the manifest's dtype")
         d = dims(v)
         if d is None:
             continue
-        if len(d) != len(spec.shape):
+        if spec is not None and len(d) != len(spec.shape):
             refuse(f"input {v.name!r} has rank {len(d)}, the manifest's shape {list(spec.shape)}")
-        if d[0] is not None:
+        if d and d[0] is not None:  # an activation's rows too: they are compacted
             refuse(f"input {v.name!r} has a fixed batch axis of {d[0]}; axis 0 must be dynamic")
+        if spec is None:
+            continue
         for k, (got, want) in enumerate(zip(d[1:], spec.shape[1:], strict=True), 1):
             if got is not None and got != want:
                 refuse(f"input {v.name!r} has {got} on axis {k}, the manifest's shape {want}")
@@ -887,7 +896,7 @@ def _parse_step(
     ints = {k: int(s.get(k, int, check=_nonneg)) for k in _COST_FIELDS}
     if ints["stage_flops"] + ints["head_flops"] != ints["flops"]:
         s.fail("stage_flops + head_flops must equal flops", "flops")
-    activation = s.get("activation", (str, type(None)))
+    activation = s.get("activation", (str, type(None)), check=_not_empty)
     inputs = _str_list(s, "inputs")
     first = kind in INDEPENDENT_KINDS or i == 0
     previous = (
@@ -910,7 +919,7 @@ def _parse_step(
         sha256=digest,
         inputs=inputs,
         activation=activation,
-        logits=s.get("logits", str),
+        logits=s.get("logits", str, check=_not_empty),
         unknown_ops=_str_list(s, "unknown_ops"),
         **ints,
     )

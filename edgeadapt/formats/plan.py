@@ -336,8 +336,9 @@ class Plan:
             "static_ms": self.static_ms,
             "hop_overhead_ms": self.hop_overhead_ms,
             "saving_vs_r_n": _saving(self.heldout.cost_ms, self.r_n),
-            "saving_vs_static": _saving(self.heldout.cost_ms, self.static_ms),
+            "saving_vs_static": self.saving_vs_static,
             "beats_static": self.beats_static,
+            "keeps_static": self.keeps_static,
             "promise": None if self.promise is None else self.promise.to_json(),
             "fallback": self.fallback,
             "policy": _policy_doc(self),
@@ -357,10 +358,26 @@ class Plan:
         )
 
     @property
+    def keeps_static(self) -> bool:
+        """Whether the plan is the static model itself: one kept state, the last (the one
+        the measured whole model stands for), deployed as one plain model."""
+        return self.states == (len(self.bundle_states) - 1,)
+
+    @property
+    def saving_vs_static(self) -> float | None:
+        """The share of the measured static model's cost the held-out expected cost saves
+        (None without one; 0 for a plan that is the static model)."""
+        if self.keeps_static and self.static_ms is not None:
+            return 0.0
+        return _saving(self.heldout.cost_ms, self.static_ms)
+
+    @property
     def beats_static(self) -> bool | None:
         """Whether the held-out expected cost is below the measured static model's (None
-        without one)."""
-        return None if self.static_ms is None else self.heldout.cost_ms < self.static_ms
+        without one; never for a plan that is the static model)."""
+        if self.static_ms is None:
+            return None
+        return not self.keeps_static and self.heldout.cost_ms < self.static_ms
 
 
 def _saving(cost: float, baseline: float | None) -> float | None:

@@ -20,10 +20,14 @@ File format (JSON, ``format: edgeadapt-profile``, ``version: 1``)::
                      "sha256": of the ONNX timed, "state": last state's name},
      "batches": [{"batch": 1, "steps": [{"p50_ms", "p90_ms", "p99_ms", "mean_ms",
                                           "std_ms", "min_ms", "n"}, ...],
-                  "whole": {same keys as a step}}, ...]}
+                  "whole": {same keys as a step},
+                  "full_over_whole": {"median", "p10", "p90", "rounds"}}, ...]}
 
 ``whole_model`` and each batch's ``whole`` are optional (profiles written before the
-whole model was timed, or with ``whole=False``, lack them); a missing ``settings.order``
+whole model was timed, or with ``whole=False``, lack them). ``full_over_whole``
+(`Ratio`) is the full path's cost over the whole model's, per round of the interleaved
+timing: its median and spread; it is optional, written only beside ``whole`` (profiles
+that timed the whole model in a window of its own lack it). A missing ``settings.order``
 reads as ``step``; ``settings.cascade_overhead`` (`Overhead`, what
 `AdaptiveModel.predict` costs beside the runtime calls, for the planner) is absent in
 older profiles and for branches bundles (then plans count no overhead); a missing
@@ -62,6 +66,7 @@ __all__ = [
     "DeviceMismatchWarning",
     "Overhead",
     "Profile",
+    "Ratio",
     "StepStats",
     "check_profile",
     "default_profile_path",
@@ -121,6 +126,27 @@ class StepStats:
 
 
 @dataclass(frozen=True)
+class Ratio:
+    """The full path's cost over the whole model's at one batch size: each interleaved
+    round of the profiler (the steps and the whole model timed in the same window) gives
+    one ratio; `median`, `p10` and `p90` are taken over the `rounds` of them."""
+
+    median: float
+    p10: float
+    p90: float
+    rounds: int
+
+    @classmethod
+    def from_rounds(cls, ratios: np.ndarray) -> Ratio:
+        """The median and spread of per-round ratios (at least one)."""
+        p10, median, p90 = np.percentile(np.asarray(ratios, dtype=np.float64), [10, 50, 90])
+        return cls(round(float(median), 6), round(float(p10), 6), round(float(p90), 6), len(ratios))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"median": self.median, "p10": self.p10, "p90": self.p90, "rounds": self.rounds}
+
+
+@dataclass(frozen=True)
 class Profile:
     """A measured cost table of one bundle on one device/backend (see the module docstring)."""
 
@@ -140,6 +166,9 @@ class Profile:
     whole: dict[int, StepStats] = field(default_factory=dict)
     #: Where the timed whole model came from: origin, path, sha256, state (or None).
     whole_model: dict[str, Any] | None = None
+    #: The full path over the whole model per batch, from interleaved rounds (empty when
+    #: the whole model was not timed, or timed in a window of its own).
+    full_over_whole: dict[int, Ratio] = field(default_factory=dict)
 
     @property
     def identity(self) -> BundleIdentity:
@@ -210,6 +239,8 @@ class Profile:
         entry: dict[str, Any] = {"batch": batch, "steps": [s.to_json() for s in self.steps[batch]]}
         if batch in self.whole:
             entry["whole"] = self.whole[batch].to_json()
+        if batch in self.full_over_whole:
+            entry["full_over_whole"] = self.full_over_whole[batch].to_json()
         return entry
 
 
@@ -340,6 +371,15 @@ def _stats(f: Fields) -> StepStats:
     return StepStats(n=n, **values)
 
 
+def _ratio(f: Fields) -> Ratio:
+    positive = {"minimum": 0.0, "maximum": MAX_MS}
+    p10, median, p90 = (f.number(k, **positive) for k in ("p10", "median", "p90"))
+    if not 0 < p10 <= median <= p90:
+        f.fail(f"needs 0 < p10 <= median <= p90, got {p10}, {median}, {p90}", "median")
+    rounds = f.get("rounds", int, check=lambda v: None if v >= 1 else "must be >= 1")
+    return Ratio(median, p10, p90, rounds)
+
+
 def _parse(doc: dict[str, Any], source: str) -> Profile:
     f = Fields(doc, source=source)
     b = f.child("bundle")
@@ -349,6 +389,7 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
     device = f.get("device", dict)
     steps: dict[int, tuple[StepStats, ...]] = {}
     whole: dict[int, StepStats] = {}
+    ratios: dict[int, Ratio] = {}
     entries = f.items("batches")
     if not entries:
         f.fail("no batch sizes measured", "batches")
@@ -362,6 +403,10 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         steps[batch] = tuple(_stats(s) for s in stats)
         if "whole" in e.obj:
             whole[batch] = _stats(e.child("whole"))
+        if "full_over_whole" in e.obj:
+            if batch not in whole:
+                e.fail("comes only with the whole model's timing", "full_over_whole")
+            ratios[batch] = _ratio(e.child("full_over_whole"))
     whole_model = _whole_provenance(f) if "whole_model" in f.obj else None
     if (whole_model is None) != (not whole):
         f.fail("whole_model and each batch's whole timing come together", "whole_model")
@@ -390,6 +435,7 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
         source=source,
         whole=whole,
         whole_model=whole_model,
+        full_over_whole=ratios,
     )
 
 

@@ -5,6 +5,11 @@ name its bodies use without defining; those reads are dependencies too, or a wal
 from an output would miss the nodes that feed a branch. The exporters (where a cut
 separates the graph) and the bundle (which nodes are a step's stage, which its head)
 share this one walk.
+
+Some inputs are read for their shape or type only (``Shape``, ``Size``, the second input
+of ``CastLike``): the values that flow on from there do not depend on the values read.
+`value_inputs` leaves those reads out, so an attention mask built from the *shape* of an
+activation counts as independent of that activation's values.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from collections.abc import Iterable
 
 import onnx
 
-__all__ = ["ancestors", "body_tensors", "node_inputs", "subgraphs"]
+__all__ = ["SHAPE_READS", "ancestors", "body_tensors", "node_inputs", "subgraphs", "value_inputs"]
+
+#: Inputs (by position) that an op reads for their shape or element type only.
+SHAPE_READS: dict[str, tuple[int, ...]] = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -48,6 +56,13 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
         defined, used = _body_names(sub)
         names.extend(sorted(used - defined))
     return names
+
+
+def value_inputs(node: onnx.NodeProto) -> list[str]:
+    """`node_inputs` less the inputs read only for their shape or type (`SHAPE_READS`)."""
+    skip = SHAPE_READS.get(node.op_type, ())
+    own = [x for k, x in enumerate(node.input) if x and k not in skip]
+    return own + node_inputs(node)[sum(1 for x in node.input if x) :]
 
 
 def body_tensors(model: onnx.ModelProto) -> dict[str, str]:

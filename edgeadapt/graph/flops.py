@@ -34,6 +34,8 @@ from typing import Any
 import onnx
 from onnx import shape_inference
 
+from edgeadapt.graph.shapes import symbolic_model
+
 
 def _ops(names: str) -> frozenset[str]:
     return frozenset(names.split())
@@ -143,21 +145,8 @@ def _shapes(model: onnx.ModelProto, symbolic_as_one: bool = False) -> dict[str, 
 
 def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Shapes from ONNX Runtime's symbolic shape inference ({} when it cannot run)."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        # The steps of `SymbolicShapeInference.infer_shapes`, which on a partial result
-        # writes ``sym_shape_infer_temp.onnx`` into the working directory and raises;
-        # here a partial result is kept (the rest stays unknown) and nothing is written.
-        sym = SymbolicShapeInference(2**31 - 1, True, False, 0)
-        sym._preprocess(model)
-        while sym.run_:
-            sym._infer_impl()
-        sym._update_output_from_vi()
-        inferred = sym.out_mp_
-    except Exception:  # a missing or failing optional tool only leaves shapes unknown
-        return {}
-    return _shapes(inferred, symbolic_as_one=True)
+    inferred = symbolic_model(model)
+    return {} if inferred is None else _shapes(inferred, symbolic_as_one=True)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:

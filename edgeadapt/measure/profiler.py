@@ -17,11 +17,15 @@ unsplit network a user would otherwise deploy, the static baseline every saving 
 to. By default that is `edgeadapt.exporters.compose.whole_model` (the backbone and the
 last head only, or an ensemble's last member); ``whole=PATH`` times the user's original
 ONNX instead (checked against the bundle's inputs and last logits); ``whole=False``
-skips it. The whole model is timed alone, call after call, as it runs deployed (under
-`seconds_per_state`, with the same budget as a state).
+skips it. The whole model and the steps are timed in the same window, in interleaved
+rounds (A/B, as `bench/cascade.py` compares them): each round gives the chain (or each
+step) a block of about `BLOCK_SECONDS` of calls, then the whole model one, call after
+call as it runs deployed, the order rotating, so a busy neighbour or a clock change hits
+both alike; each round also gives one ratio of the full path to the whole model, and the
+profile keeps their median and spread (``full_over_whole``).
 
 The profile holds, per batch size and step, p50/p90/p99/mean/std/n in ms, the same for
-the whole model, the device fingerprint with temperatures and clocks before and after,
+the whole model, the full path over the whole model, the device fingerprint with temperatures and clocks before and after,
 a noise flag, and the sha256 of the bundle's manifest, so it is refused for any other
 bundle.
 
@@ -31,6 +35,7 @@ The profile it writes is `edgeadapt.formats.profile`.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import tempfile
 import time
@@ -51,6 +56,7 @@ from edgeadapt.formats.profile import (
     MIN_SAMPLES,
     ORDERS,
     Profile,
+    Ratio,
     StepStats,
     default_profile_path,
     save_profile,
@@ -66,6 +72,10 @@ SPREAD_LIMIT = 1.5
 CLOCK_LIMIT = 0.10
 #: Under a time budget, warm-up stops after this share of the budget (or `warmup` calls).
 WARMUP_SHARE = 0.2
+#: The steps and the whole model take turns in blocks of about this many seconds each.
+BLOCK_SECONDS = 0.01
+#: At most this many timed iterations per block.
+MAX_BLOCK = 50
 
 Progress = Callable[[int, int], None]
 
@@ -95,80 +105,109 @@ def _random_inputs(bundle: Bundle, batch: int, rng: np.random.Generator) -> dict
     return random_batch(bundle, batch, rng)
 
 
-def _time_step(
-    run: Callable[[], Any], warmup: int, iters: int | None, min_seconds: float
-) -> np.ndarray:
-    """Warm up, then time `run` per call: `iters` calls, or until `min_seconds` have passed
-    (and at least MIN_SAMPLES calls)."""
-    for _ in range(warmup):
-        run()
-    clock = time.perf_counter_ns
-    if iters is not None:
-        out = np.empty(iters, dtype=np.int64)
-        for k in range(iters):
-            t0 = clock()
-            run()
-            out[k] = clock() - t0
-        return out
-    samples: list[int] = []
-    deadline = clock() + int(min_seconds * 1e9)
-    while len(samples) < MIN_SAMPLES or clock() < deadline:
-        t0 = clock()
-        run()
-        samples.append(clock() - t0)
-    return np.asarray(samples, dtype=np.int64)
+@dataclass(frozen=True)
+class _Stop:
+    """When the timed rounds end: after `iters` timed iterations of every unit, or with
+    `iters` None once `seconds` have passed and every unit has MIN_SAMPLES; with
+    `budget`, `seconds` count from the first warm-up call, warm-up included, and warm-up
+    stops after WARMUP_SHARE of them."""
+
+    iters: int | None
+    seconds: float
+    budget: bool
 
 
-def _time_chain(
-    runs: Sequence[Callable[[], Any]], warmup: int, iters: int | None, min_seconds: float
-) -> list[np.ndarray]:
-    """`_time_step` for the steps called in turn: `warmup` untimed rounds, then rounds of
-    one timed call per step (`iters` rounds, or until every step had `min_seconds`)."""
-    for _ in range(warmup):
-        for run in runs:
-            run()
+@dataclass(frozen=True)
+class _Timed:
+    """What `_time_rounds` measured: every run's samples (ns, the units' runs in order)
+    and each round's median per run (``rounds x runs``, ns)."""
+
+    samples: list[np.ndarray]
+    rounds: np.ndarray
+
+
+def _block_size(iteration_ns: float | None) -> int:
+    """Timed iterations per block: about BLOCK_SECONDS of the slowest unit's, 1 to
+    MAX_BLOCK (1 before an iteration has been timed)."""
+    if iteration_ns is None or iteration_ns <= 0:
+        return 1
+    return max(1, min(MAX_BLOCK, math.ceil(BLOCK_SECONDS * 1e9 / iteration_ns)))
+
+
+def _iterate(runs: Sequence[Callable[[], Any]], count: int) -> list[list[int]]:
+    """Call `runs` in turn `count` times; each run's call times (ns)."""
     clock = time.perf_counter_ns
-    samples: list[list[int]] = [[] for _ in runs]
-    rounds = 0
-    deadline = clock() + int(min_seconds * len(runs) * 1e9)
-    while (rounds < iters) if iters is not None else (rounds < MIN_SAMPLES or clock() < deadline):
-        for run, out in zip(runs, samples, strict=True):
+    got: list[list[int]] = [[] for _ in runs]
+    for _ in range(count):
+        for run, out in zip(runs, got, strict=True):
             t0 = clock()
             run()
             out.append(clock() - t0)
-        rounds += 1
-    return [np.asarray(s, dtype=np.int64) for s in samples]
+    return got
 
 
-def _time_budget(
-    runs: Sequence[Callable[[], Any]], warmup: int, seconds: float
-) -> list[np.ndarray]:
-    """Time `runs` (one step, or the steps of a chain called in turn) within `seconds`
-    per run, warm-up included.
+def _time_rounds(
+    units: Sequence[Sequence[Callable[[], Any]]],
+    warmup: int,
+    stop: _Stop,
+    tick: Callable[[float], None] = lambda share: None,
+) -> _Timed:
+    """Time every run of `units` in interleaved rounds, so that whatever else the machine
+    does in that window hits every unit alike (A/B in one window).
 
-    Warm-up rounds stop after `warmup` rounds or WARMUP_SHARE of the budget, whichever
-    comes first (at least one round when `warmup` > 0, so a first call's one-off costs
-    stay out of the samples); timed rounds go on until the budget is spent, and at least
-    MIN_SAMPLES of them are taken, so a call slower than the budget allows still gets
-    usable percentiles (and overruns the budget: the floor wins).
+    One iteration of a unit calls its runs in turn (the chain of steps, one step, or the
+    whole model) and times each call. Warm-up: up to `warmup` rounds of one untimed
+    iteration per unit (see `_Stop` for a budget). Then each round gives every unit in
+    turn, the order rotating, a block of the same number of timed iterations, about
+    BLOCK_SECONDS of the slowest unit's; with several units, a block of more than one
+    starts with one untimed iteration (it refills the caches the other units used, which
+    a model deployed alone, called after itself, does not pay). `tick(share)` reports the
+    share of the timing done after each round.
     """
     clock = time.perf_counter_ns
     start = clock()
-    budget_ns = int(seconds * len(runs) * 1e9)
-    warm_until = start + int(WARMUP_SHARE * budget_ns)
+    warm_until = start + int(WARMUP_SHARE * stop.seconds * 1e9)
+    slowest: float | None = None
     for k in range(warmup):
-        if k > 0 and clock() >= warm_until:
+        if stop.budget and k > 0 and clock() >= warm_until:
             break
-        for run in runs:
-            run()
-    deadline = start + budget_ns
-    samples: list[list[int]] = [[] for _ in runs]
-    while len(samples[0]) < MIN_SAMPLES or clock() < deadline:
-        for run, out in zip(runs, samples, strict=True):
-            t0 = clock()
-            run()
-            out.append(clock() - t0)
-    return [np.asarray(s, dtype=np.int64) for s in samples]
+        slowest = max(sum(sum(calls) for calls in _iterate(runs, 1)) for runs in units)
+    samples: list[list[int]] = [[] for runs in units for _ in runs]
+    first = np.cumsum([0, *(len(runs) for runs in units)])
+    rounds: list[list[float]] = []
+    timed = 0
+    begin = clock()
+    deadline = (start if stop.budget else begin) + int(stop.seconds * 1e9)
+    while (
+        timed < stop.iters
+        if stop.iters is not None
+        else (timed < MIN_SAMPLES or clock() < deadline)
+    ):
+        block = _block_size(slowest)
+        if stop.iters is not None:
+            block = min(block, stop.iters - timed)
+        medians = [0.0] * len(samples)
+        slowest = 0.0
+        shift = len(rounds) % len(units)
+        for u in [*range(shift, len(units)), *range(shift)]:
+            runs, at = units[u], int(first[u])
+            if len(units) > 1 and block > 1:
+                _iterate(runs, 1)
+            for j, out in enumerate(_iterate(runs, block)):
+                samples[at + j].extend(out)
+                medians[at + j] = float(np.median(out))
+            slowest = max(slowest, sum(medians[at : at + len(runs)]))
+        timed += block
+        rounds.append(medians)
+        if stop.iters is not None:
+            tick(timed / stop.iters)
+        else:
+            tick(min(1.0, (clock() - begin) / max(1, deadline - begin)))
+    tick(1.0)
+    return _Timed(
+        [np.asarray(s, dtype=np.int64) for s in samples],
+        np.asarray(rounds, dtype=np.float64).reshape(len(rounds), len(samples)),
+    )
 
 
 def _noise(
@@ -190,11 +229,18 @@ def _noise(
     return reasons
 
 
-def _whole_noise(whole: dict[int, StepStats]) -> list[str]:
-    return [
+def _whole_noise(whole: dict[int, StepStats], ratios: dict[int, Ratio]) -> list[str]:
+    """The whole model's spread, and the spread of the full path over it across rounds."""
+    reasons = [
         f"whole model at batch {batch}: p90/p50 = {s.p90 / s.p50:.2f} > {SPREAD_LIMIT}"
         for batch, s in whole.items()
         if s.p50 > 0 and s.p90 / s.p50 > SPREAD_LIMIT
+    ]
+    return reasons + [
+        f"full path / whole model at batch {batch} varied {r.p10:.2f}-{r.p90:.2f}x over "
+        f"{r.rounds} rounds (p90/p10 > {SPREAD_LIMIT})"
+        for batch, r in ratios.items()
+        if r.p90 / r.p10 > SPREAD_LIMIT
     ]
 
 
@@ -282,17 +328,27 @@ def _open_runtime(config: RuntimeConfig, chosen: Preset | None) -> Any:
         ) from None
 
 
-def _counter(progress: Progress | None, total: int) -> Callable[[int], None]:
-    """A callback that adds finished calls to a count and reports it to `progress`."""
-    done = 0
+class _Progress:
+    """Reports ``(done, total)`` to `progress` as the timing advances: `done` counts the
+    (batch, step) and (batch, whole model) timings finished, and the finished share of
+    the batch being timed (its units are timed together, in rounds)."""
 
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
 
-    return advance
+    def batch(self, k: int, per_batch: int) -> Callable[[float], None]:
+        """The `tick(share)` of the `k`-th batch, whose timing counts `per_batch`."""
+
+        def tick(share: float) -> None:
+            done = k * per_batch + min(per_batch, int(share * per_batch))
+            if done > self.done:
+                self.done = done
+                if self.progress is not None:
+                    self.progress(done, self.total)
+
+        return tick
 
 
 def _step_runs(
@@ -308,31 +364,25 @@ def _step_runs(
     return runs
 
 
-def _time_runs(
-    runs: Sequence[Callable[[], Any]], timing: _Timing, advance: Callable[[int], None]
-) -> list[np.ndarray]:
-    """Time the step calls of one batch as `timing` says: in turn (chain) or one by one,
-    by count, duration or budget; report progress after each timed unit."""
-    t = timing
-    if t.seconds_per_state is not None and t.order == "chain":
-        timed = _time_budget(runs, t.warmup, t.seconds_per_state)
-        advance(len(runs))
-        return timed
-    if t.seconds_per_state is not None:
-        timed = []
-        for run in runs:
-            timed.extend(_time_budget([run], t.warmup, t.seconds_per_state))
-            advance(1)
-        return timed
-    if t.order == "chain":
-        timed = _time_chain(runs, t.warmup, t.iters, t.min_seconds)
-        advance(len(runs))
-        return timed
-    timed = []
-    for run in runs:
-        timed.append(_time_step(run, t.warmup, t.iters, t.min_seconds))
-        advance(1)
-    return timed
+def _units(runs: Sequence[Callable[[], Any]], order: str) -> list[list[Callable[[], Any]]]:
+    """The steps as units of `_time_rounds`: one chain called in turn, or each alone."""
+    return [list(runs)] if order == "chain" else [[run] for run in runs]
+
+
+def _stop(timing: _Timing, units: int) -> _Stop:
+    """How long `units` are timed: `iters` iterations each, `min_seconds` per unit's run
+    after warm-up, or `seconds_per_state` per run, warm-up included."""
+    if timing.seconds_per_state is not None:
+        return _Stop(None, timing.seconds_per_state * units, budget=True)
+    return _Stop(timing.iters, timing.min_seconds * units, budget=False)
+
+
+def _full_over_whole(kind: str, rounds: np.ndarray) -> Ratio:
+    """Each round's full path (the sum of the steps for an early-exit bundle, else the
+    last step: `state_costs`' R_N) over its whole model (the last column)."""
+    steps, whole = rounds[:, :-1], rounds[:, -1]
+    full = steps.sum(axis=1) if kind == "early-exit" else steps[:, -1]
+    return Ratio.from_rounds(full / np.maximum(whole, 1.0))
 
 
 def _measure(
@@ -342,39 +392,38 @@ def _measure(
     batch_list: Sequence[int],
     timing: _Timing,
     rng: np.random.Generator,
-    advance: Callable[[int], None],
-) -> tuple[dict[int, tuple[StepStats, ...]], dict[int, StepStats]]:
-    """Load every step (and the whole model) in `rt` and time them at each batch size;
-    the sessions are closed however it ends."""
+    progress: _Progress,
+) -> tuple[dict[int, tuple[StepStats, ...]], dict[int, StepStats], dict[int, Ratio]]:
+    """Load every step (and the whole model) in `rt` and time them at each batch size,
+    the whole model in the same rounds as the steps; the sessions are closed however it
+    ends."""
     sessions: list[Any] = []
+    results: dict[int, tuple[StepStats, ...]] = {}
     whole_times: dict[int, StepStats] = {}
+    ratios: dict[int, Ratio] = {}
+    per_batch = len(bundle.steps) + (whole_model is not None)
     try:
         sessions.extend(rt.load(s.path) for s in bundle.steps)
         if whole_model is not None:
             load_whole(rt, bundle, whole_model)
-        results: dict[int, tuple[StepStats, ...]] = {}
-        for batch in batch_list:
+        for k, batch in enumerate(batch_list):
             tensors: dict[str, np.ndarray] = _random_inputs(bundle, batch, rng)
-            runs = _step_runs(bundle, sessions, tensors)
-            timed = _time_runs(runs, timing, advance)
-            results[batch] = tuple(StepStats.from_ns(t) for t in timed)
+            units = _units(_step_runs(bundle, sessions, tensors), timing.order)
             if whole_model is not None:
-                whole_times[batch] = _time_whole(
-                    whole_model,
-                    tensors,
-                    batch,
-                    timing.warmup,
-                    timing.iters,
-                    timing.min_seconds,
-                    timing.seconds_per_state,
-                )
-                advance(1)
+                units.append([whole_run(whole_model, tensors, batch)])
+            stop = _stop(timing, per_batch)
+            timed = _time_rounds(units, timing.warmup, stop, progress.batch(k, per_batch))
+            stats = [StepStats.from_ns(t) for t in timed.samples]
+            results[batch] = tuple(stats[: len(bundle.steps)])
+            if whole_model is not None:
+                whole_times[batch] = stats[-1]
+                ratios[batch] = _full_over_whole(bundle.kind, timed.rounds)
     finally:
         for session in sessions:
             session.close()
         if whole_model is not None and whole_model.session is not None:
             whole_model.session.close()
-    return results, whole_times
+    return results, whole_times, ratios
 
 
 def _whole_in_tmp(
@@ -438,14 +487,16 @@ def profile_bundle(
     Runtime on 1 thread. The profile records the configuration
     (`Profile.runtime_config`). Each step gets `warmup` untimed
     calls, then `iters` timed calls (at least MIN_SAMPLES), or with `iters=None` as
-    many as fit in `min_seconds` (at least MIN_SAMPLES). `order` is ``chain`` (the steps
-    called in turn, see the module docstring) or ``step`` (each step timed alone,
-    repeatedly). With `seconds_per_state`, each step (each round of the chain: that many
-    seconds per step) gets a time budget instead, warm-up included (see `_time_budget`);
-    `iters` must then be None. `whole` is True (time `exporters.compose.whole_model` of
-    the bundle), a path to the original ONNX model, or False (no whole model); it is
-    timed the same way after the steps. `progress(done, total)` is called after each
-    (batch, step) and after each batch's whole model (`profile_calls` gives the total).
+    many as fit in `min_seconds` per step (at least MIN_SAMPLES). `order` is ``chain``
+    (the steps called in turn, see the module docstring) or ``step`` (each step timed
+    alone, repeatedly). With `seconds_per_state`, each step gets a time budget instead,
+    warm-up included (`_Stop`); `iters` must then be None. `whole` is True (time
+    `exporters.compose.whole_model` of the bundle), a path to the original ONNX model,
+    or False (no whole model); it is timed like a step, in the same interleaved rounds
+    as the steps (`_time_rounds`), and the profile keeps the full path over the whole
+    model per round (`Profile.full_over_whole`). `progress(done, total)` counts
+    the (batch, step) and (batch, whole model) timings done (`profile_calls` gives the
+    total), a batch's share as its rounds go.
     With `overhead`, last, `edgeadapt.measure.overhead.measure_overhead` times what
     `AdaptiveModel.predict` itself costs on this device (a fraction of a second at batch
     1; ``settings.cascade_overhead``, which the planner counts per hop).
@@ -462,14 +513,16 @@ def profile_bundle(
     tmp, whole_model = _whole_in_tmp(bundle, whole)
     before = _snapshot()
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    advance = _counter(progress, profile_calls(bundle, batch_list, whole_model is not None))
+    counter = _Progress(progress, profile_calls(bundle, batch_list, whole_model is not None))
     try:
-        results, whole_times = _measure(bundle, rt, whole_model, batch_list, timing, rng, advance)
+        results, whole_times, ratios = _measure(
+            bundle, rt, whole_model, batch_list, timing, rng, counter
+        )
     finally:
         tmp.cleanup()
     measured = measure_overhead(bundle, config) if overhead else None
     after = _snapshot()
-    reasons = _noise(results, before, after) + _whole_noise(whole_times)
+    reasons = _noise(results, before, after) + _whole_noise(whole_times, ratios)
     return Profile(
         manifest_sha256=bundle.manifest_sha256,
         kind=bundle.kind,
@@ -485,6 +538,7 @@ def profile_bundle(
         steps=results,
         whole=whole_times,
         whole_model=None if whole_model is None else whole_model.provenance,
+        full_over_whole=ratios,
     )
 
 
@@ -554,20 +608,3 @@ def profile_calls(bundle: Bundle, batches: Sequence[int], whole: bool = True) ->
     """How many `progress` calls `profile_bundle` makes: one per (batch, step), plus one
     per batch for the whole model."""
     return len(batches) * (len(bundle.steps) + bool(whole))
-
-
-def _time_whole(
-    whole: WholeModel,
-    tensors: Mapping[str, np.ndarray],
-    batch: int,
-    warmup: int,
-    iters: int | None,
-    min_seconds: float,
-    seconds_per_state: float | None,
-) -> StepStats:
-    """The whole model at `batch`, timed alone call after call (as it runs deployed),
-    under the same budget as a state when there is one."""
-    run = whole_run(whole, tensors, batch)
-    if seconds_per_state is not None:
-        return StepStats.from_ns(_time_budget([run], warmup, seconds_per_state)[0])
-    return StepStats.from_ns(_time_step(run, warmup, iters, min_seconds))

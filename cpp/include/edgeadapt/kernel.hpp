@@ -3,7 +3,8 @@
 // What runs on every inference: the confidence of a row of logits, the batch exit
 // decision with compaction of the rows that continue, learned exit gates (gate_score,
 // gate_decide: numerics below, at their definition), and the latency-aware policy
-// (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table).
+// (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table). The
+// cascade that walks a bundle's hops with them is cascade.hpp.
 //
 // Numerics (the readable specification is edgeadapt/kernel_ref.py):
 //   t_i = x_i - max(x)                      float32
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <vector>
 
 namespace edgeadapt {
@@ -313,6 +315,24 @@ inline std::int64_t decide_rows(const float* logits, std::int64_t batch, std::in
     return k;
 }
 
+// decide_rows for a valid `measure` given at run time.
+inline std::int64_t decide_measure(const float* logits, std::int64_t batch, std::int64_t classes,
+                                   Measure measure, double threshold, std::int64_t* pred,
+                                   float* conf, std::uint8_t* exit_mask,
+                                   std::int64_t* continue_idx) noexcept {
+    switch (measure) {
+        case Measure::Margin:
+            return decide_rows<Measure::Margin>(logits, batch, classes, threshold, pred, conf,
+                                                exit_mask, continue_idx);
+        case Measure::Entropy:
+            return decide_rows<Measure::Entropy>(logits, batch, classes, threshold, pred, conf,
+                                                 exit_mask, continue_idx);
+        default:
+            return decide_rows<Measure::MaxProb>(logits, batch, classes, threshold, pred, conf,
+                                                 exit_mask, continue_idx);
+    }
+}
+
 template <Measure M>
 inline void answer_rows(const float* logits, std::int64_t batch, std::int64_t classes,
                         std::int64_t* pred, float* conf) noexcept {
@@ -374,21 +394,9 @@ inline Status decide(const float* logits, std::int64_t batch, std::int64_t class
     if (const Status s = detail::check_batch(logits, batch, classes); s != Status::Ok) return s;
     if (!pred || !conf || !exit_mask || !continue_idx || !n_continue) return Status::NullPointer;
     if (std::isnan(threshold)) return Status::BadValue;
-    switch (measure) {
-        case Measure::MaxProb:
-            *n_continue = detail::decide_rows<Measure::MaxProb>(logits, batch, classes, threshold,
-                                                                 pred, conf, exit_mask, continue_idx);
-            break;
-        case Measure::Margin:
-            *n_continue = detail::decide_rows<Measure::Margin>(logits, batch, classes, threshold,
-                                                                pred, conf, exit_mask, continue_idx);
-            break;
-        case Measure::Entropy:
-            *n_continue = detail::decide_rows<Measure::Entropy>(logits, batch, classes, threshold,
-                                                                 pred, conf, exit_mask, continue_idx);
-            break;
-        default: return Status::BadMeasure;
-    }
+    if (!detail::valid_measure(measure)) return Status::BadMeasure;
+    *n_continue = detail::decide_measure(logits, batch, classes, measure, threshold, pred, conf,
+                                         exit_mask, continue_idx);
     return Status::Ok;
 }
 
@@ -456,6 +464,34 @@ inline float gate_row(const float* x, std::int64_t classes, const Gate& g,
     return static_cast<float>(1.0 / (1.0 + std::exp(-z)));
 }
 
+// gate_decide on checked arguments; returns the number of rows that continue.
+inline std::int64_t gate_rows(const float* logits, std::int64_t batch, std::int64_t classes,
+                              const Gate& gate, double threshold, std::int64_t position,
+                              std::int64_t* history, std::int64_t stride, float* previous,
+                              std::int64_t* pred, float* score, std::uint8_t* exit_mask,
+                              std::int64_t* continue_idx) noexcept {
+    std::int64_t k = 0;
+    for (std::int64_t b = 0; b < batch; ++b) {
+        const std::int64_t* h = history + b * stride;
+        std::int64_t p = -1;
+        const float sc = gate_row(logits + b * classes, classes, gate, h, position, previous[b], &p);
+        const bool leave = static_cast<double>(sc) >= threshold;  // false for NaN
+        pred[b] = p;
+        score[b] = sc;
+        exit_mask[b] = static_cast<std::uint8_t>(leave);
+        if (!leave) {
+            // k <= b: row k was read already, so moving row b onto it loses nothing.
+            std::int64_t* dst = history + k * stride;
+            if (k != b) std::memmove(dst, h, static_cast<std::size_t>(position) * sizeof *dst);
+            dst[position] = p;
+            previous[k] = sc;
+            continue_idx[k] = b;
+            ++k;
+        }
+    }
+    return k;
+}
+
 }  // namespace detail
 
 // Gate score of one row of `classes` logits at kept position `position` (>= 0):
@@ -491,27 +527,8 @@ inline Status gate_decide(const float* logits, std::int64_t batch, std::int64_t 
         return Status::NullPointer;
     if (position < 0 || stride <= position) return Status::BadShape;
     if (std::isnan(threshold) || !detail::valid_gate(gate)) return Status::BadValue;
-    std::int64_t k = 0;
-    for (std::int64_t b = 0; b < batch; ++b) {
-        const std::int64_t* h = history + b * stride;
-        std::int64_t p = -1;
-        const float sc = detail::gate_row(logits + b * classes, classes, gate, h, position,
-                                          previous[b], &p);
-        const bool leave = static_cast<double>(sc) >= threshold;  // false for NaN
-        pred[b] = p;
-        score[b] = sc;
-        exit_mask[b] = static_cast<std::uint8_t>(leave);
-        if (!leave) {
-            // k <= b: row k was read already, so moving row b onto it loses nothing.
-            std::int64_t* dst = history + k * stride;
-            if (k != b) std::memmove(dst, h, static_cast<std::size_t>(position) * sizeof *dst);
-            dst[position] = p;
-            previous[k] = sc;
-            continue_idx[k] = b;
-            ++k;
-        }
-    }
-    *n_continue = k;
+    *n_continue = detail::gate_rows(logits, batch, classes, gate, threshold, position, history,
+                                    stride, previous, pred, score, exit_mask, continue_idx);
     return Status::Ok;
 }
 
@@ -543,6 +560,15 @@ class Policy {
             return Status::NullPointer;
         if (!detail::valid_measure(measure)) return Status::BadMeasure;
         if (!(ewma > 0.0 && ewma <= 1.0)) return Status::BadValue;
+        Policy p;
+        // Room for every value before one is read: a length past what memory can hold
+        // (a caller's wrong count, near SIZE_MAX) is std::bad_alloc, not a read past
+        // the end of the caller's arrays.
+        if (n_hops > p.costs_.max_size()) throw std::bad_alloc();
+        p.thresholds_.reserve(n_thresholds);
+        p.costs_.reserve(n_hops);
+        p.priors_.reserve(n_hops);
+        if (accuracies != nullptr) p.accuracies_.reserve(n_hops);
         for (std::size_t i = 0; i < n_thresholds; ++i)
             if (std::isnan(thresholds[i])) return Status::BadValue;
         for (std::size_t i = 0; i < n_hops; ++i)
@@ -550,7 +576,6 @@ class Policy {
         if (accuracies != nullptr)
             for (std::size_t i = 0; i < n_hops; ++i)
                 if (!(accuracies[i] >= 0.0 && accuracies[i] <= 1.0)) return Status::BadValue;
-        Policy p;
         p.thresholds_.assign(thresholds, thresholds + n_thresholds);
         p.costs_.assign(hop_costs_ms, hop_costs_ms + n_hops);
         p.priors_ = p.costs_;

@@ -92,6 +92,82 @@ InputSpec parse_input(const Fields& f) {
     return spec;
 }
 
+// ONNX TensorProto.DataType of each bundle dtype.
+std::int32_t onnx_type(const std::string& dtype) {
+    static const std::map<std::string, std::int32_t> types = {
+        {"float32", 1}, {"uint8", 2}, {"int8", 3},     {"int32", 6},
+        {"int64", 7},   {"bool", 9},  {"float16", 10}, {"float64", 11}};
+    return types.at(dtype);
+}
+
+// A Python list's repr of `names` (['a', 'b']), as bundle.py words them.
+std::string name_list(const std::vector<std::string>& names) {
+    std::string out = "[";
+    for (std::size_t k = 0; k < names.size(); ++k) out += (k ? ", '" : "'") + names[k] + "'";
+    return out + "]";
+}
+
+std::string dims_text(const detail::OnnxValue& v) {
+    std::string out = "[";
+    for (std::size_t k = 0; k < v.dims.size(); ++k)
+        out += (k ? ", " : "") + (v.dims[k] ? std::to_string(*v.dims[k]) : std::string("None"));
+    return out + "]";
+}
+
+// The manifest's facts hold for the step's ONNX file (bundle.py `_check_facts`, then its
+// I/O names): each model input it reads has the manifest's dtype, rank and static
+// dimensions; axis 0 of every input and output is dynamic (rows are compacted); logits
+// are float32 [batch, num_classes] where the file declares them; the graph's inputs and
+// outputs are the ones the manifest names.
+void check_step_file(const Bundle& b, const Step& step, const detail::OnnxIo& io,
+                     const std::string& source, const std::string& at) {
+    const auto refuse = [&](const std::string& message) {
+        fail(Code::Format, source, at, "'" + step.file + "' " + message);
+    };
+    for (const detail::OnnxValue& v : io.inputs) {
+        const auto spec = std::find_if(b.inputs.begin(), b.inputs.end(),
+                                       [&](const InputSpec& in) { return in.name == v.name; });
+        if (spec != b.inputs.end()) {
+            if (v.elem_type != onnx_type(spec->dtype))
+                refuse("input '" + v.name + "' is not " + spec->dtype + ", the manifest's dtype");
+            if (v.has_shape && v.dims.size() != spec->dims.size() + 1)
+                refuse("input '" + v.name + "' has rank " + std::to_string(v.dims.size()) +
+                       ", the manifest's shape has " + std::to_string(spec->dims.size() + 1) + " axes");
+        }
+        if (v.has_shape && !v.dims.empty() && v.dims[0])
+            refuse("input '" + v.name + "' has a fixed batch axis of " + std::to_string(*v.dims[0]) +
+                   "; axis 0 must be dynamic");
+        if (spec != b.inputs.end() && v.has_shape) {
+            for (std::size_t k = 1; k < v.dims.size(); ++k)
+                if (v.dims[k] && *v.dims[k] != spec->dims[k - 1])
+                    refuse("input '" + v.name + "' has " + std::to_string(*v.dims[k]) + " on axis " +
+                           std::to_string(k) + ", the manifest's shape " +
+                           std::to_string(spec->dims[k - 1]));
+        }
+    }
+    for (const detail::OnnxValue& v : io.outputs) {
+        if (v.has_shape && !v.dims.empty() && v.dims[0])
+            refuse("output '" + v.name + "' has a fixed batch axis of " +
+                   std::to_string(*v.dims[0]) + "; axis 0 must be dynamic");
+        if (v.name != step.logits) continue;
+        if (v.elem_type != 1) refuse("logits '" + v.name + "' are not float32");
+        if (v.has_shape && (v.dims.size() != 2 || (v.dims[1] && *v.dims[1] != b.num_classes)))
+            refuse("logits '" + v.name + "' have shape " + dims_text(v) +
+                   "; the manifest says [batch, " + std::to_string(b.num_classes) + "]");
+    }
+    std::vector<std::string> inputs, outputs, want_out;
+    for (const detail::OnnxValue& v : io.inputs) inputs.push_back(v.name);
+    for (const detail::OnnxValue& v : io.outputs) outputs.push_back(v.name);
+    if (!step.activation.empty()) want_out.push_back(step.activation);
+    want_out.push_back(step.logits);
+    std::vector<std::string> got_sorted = outputs, want_sorted = want_out;
+    std::sort(got_sorted.begin(), got_sorted.end());
+    std::sort(want_sorted.begin(), want_sorted.end());
+    if (inputs != step.inputs || got_sorted != want_sorted)
+        refuse("has inputs " + name_list(inputs) + " and outputs " + name_list(outputs) +
+               "; the manifest says " + name_list(step.inputs) + " and " + name_list(want_out));
+}
+
 std::vector<std::string> str_list(const Fields& f, const std::string& key) {
     std::vector<std::string> out;
     const detail::Json& values = f.list(key);
@@ -114,7 +190,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
     if (fs::is_symlink(fs::symlink_status(manifest, ec)))
         fail(Code::UnsafePath, source, "",
              "is a symlink; a bundle's manifest must be a regular file inside it");
-    const std::string raw = detail::read_bytes(manifest);
+    const std::string raw = detail::read_bytes(manifest, detail::kMaxTextBytes);
     const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2});
     const Fields f(doc, source);
 
@@ -206,6 +282,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         if (b.kind != "early-exit" && !step.activation.empty())
             s.fail("ensemble members and branches have no activation", "activation");
         step.logits = s.str("logits");
+        str_list(s, "unknown_ops");  // not read here, but of the type bundle.py requires
         b.steps.push_back(std::move(step));
     }
     if (verify) {
@@ -214,11 +291,11 @@ void load(const fs::path& given, Bundle& out, bool verify) {
                 fail(Code::Integrity, source, "$.files." + rel,
                      "sha256 mismatch for '" + rel + "': the file was altered");
         }
-        // a backend reads external data beside the ONNX file: it must be listed (hashed)
         for (std::size_t i = 0; i < b.steps.size(); ++i) {
             const Step& step = b.steps[i];
             const std::string at = "$.states[" + std::to_string(i) + "]";
             const std::string bytes = detail::read_bytes(step.path);
+            // a backend reads external data beside the ONNX file: it must be listed (hashed)
             for (const std::string& loc : detail::onnx_external_locations(bytes, step.path.string())) {
                 const std::string joined = (fs::path(step.file).parent_path() / loc).generic_string();
                 const std::string field = at + ".file (" + step.file + " external data)";
@@ -229,6 +306,7 @@ void load(const fs::path& given, Bundle& out, bool verify) {
                          "'" + step.file + "' references external data '" + loc +
                              "' that the manifest does not list");
             }
+            check_step_file(b, step, detail::onnx_graph_io(bytes, step.path.string()), source, at);
         }
     }
     b.manifest_sha256 = detail::sha256_hex(raw);

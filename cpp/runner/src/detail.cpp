@@ -57,15 +57,27 @@ Error guard(Code fallback, const std::string& context, const std::function<void(
     }
 }
 
-std::string read_bytes(const std::filesystem::path& path) {
+std::string read_bytes(const std::filesystem::path& path, std::uintmax_t max_bytes) {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) {
         fail(Code::Io, path.string(), "",
              std::filesystem::exists(path, ec) ? "not a regular file" : "file not found");
     }
     std::ifstream in(path, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad() || !in.is_open()) fail(Code::Io, path.string(), "", "cannot read the file");
+    if (!in.is_open()) fail(Code::Io, path.string(), "", "cannot read the file");
+    std::string bytes;
+    std::vector<char> chunk(1 << 20);
+    // at most one byte past the limit: a larger file is refused without reading it all
+    while (in && bytes.size() <= max_bytes) {
+        const std::uintmax_t left = max_bytes - bytes.size();
+        const std::size_t want = left >= chunk.size() ? chunk.size() : static_cast<std::size_t>(left) + 1;
+        in.read(chunk.data(), static_cast<std::streamsize>(want));
+        bytes.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
+    }
+    if (in.bad()) fail(Code::Io, path.string(), "", "cannot read the file");
+    if (bytes.size() > max_bytes)
+        fail(Code::Format, path.string(), "",
+             "larger than " + std::to_string(max_bytes >> 20) + " MiB");
     return bytes;
 }
 

@@ -7,6 +7,7 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -36,8 +37,13 @@ std::string where(const std::string& source, const std::string& path, const std:
 // Run `body`, turning a Failure into its Error and any other exception into `fallback`.
 Error guard(Code fallback, const std::string& context, const std::function<void()>& body) noexcept;
 
-// The whole file; Code::Io naming it when missing or unreadable.
-std::string read_bytes(const std::filesystem::path& path);
+// The largest JSON document read (edgeadapt/formats/jsonio.py MAX_TEXT_BYTES).
+constexpr std::uintmax_t kMaxTextBytes = std::uintmax_t{64} << 20;
+
+// The whole file; Code::Io naming it when missing or unreadable, Code::Format when it
+// holds more than `max_bytes`.
+std::string read_bytes(const std::filesystem::path& path,
+                       std::uintmax_t max_bytes = static_cast<std::uintmax_t>(-1));
 
 // Lowercase hex sha256 of bytes / of a file (read in chunks).
 std::string sha256_hex(const std::string& bytes);
@@ -60,6 +66,24 @@ Json parse_document(const std::string& bytes, const std::string& source, const s
 // data, subgraphs, functions and sparse tensors included ("" when it names none);
 // Code::Format naming `source` for bytes that are not a readable protobuf.
 std::vector<std::string> onnx_external_locations(const std::string& bytes, const std::string& source);
+
+// One graph input or output as the ONNX file declares it: its element type
+// (TensorProto.DataType; 0 when not a tensor) and, when it has a shape, each dimension's
+// fixed size (nullopt for a symbolic or unknown one).
+struct OnnxValue {
+    std::string name;
+    std::int32_t elem_type = 0;
+    bool has_shape = false;
+    std::vector<std::optional<std::int64_t>> dims;
+};
+
+// The main graph's inputs (initializers left out) and outputs, in order.
+struct OnnxIo {
+    std::vector<OnnxValue> inputs;
+    std::vector<OnnxValue> outputs;
+};
+
+OnnxIo onnx_graph_io(const std::string& bytes, const std::string& source);
 
 // Typed accessors over a JSON object that report the file and JSON path (as
 // edgeadapt.formats.jsonio.Fields): a bool is never a number here.

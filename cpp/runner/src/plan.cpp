@@ -116,7 +116,7 @@ RuntimeConfig parse_runtime(const Fields& f) {
 void load(const std::filesystem::path& path, Plan& out) {
     const std::string source = path.string();
     const detail::Json doc =
-        detail::parse_document(detail::read_bytes(path), source, "edgeadapt-plan", {1, 2});
+        detail::parse_document(detail::read_bytes(path, detail::kMaxTextBytes), source, "edgeadapt-plan", {1, 2});
     const Fields f(doc, source);
     Plan p;
     p.source = source;
@@ -171,6 +171,12 @@ void load(const std::filesystem::path& path, Plan& out) {
         else if (stat == "p90") p.cost_quantile = 0.9;
         else if (stat == "p99") p.cost_quantile = 0.99;
         else f.fail("must be one of p50, p90, p99, got '" + stat + "'", "cost_stat");
+    }
+
+    if (f.has("hop_overhead_ms")) {
+        p.hop_overhead_ms = f.number("hop_overhead_ms");
+        if (p.hop_overhead_ms < 0.0 || p.hop_overhead_ms > detail::kMaxMs)
+            f.fail("must be >= 0 and <= 1e12", "hop_overhead_ms");
     }
 
     const detail::Json& rows = f.list("budget");

@@ -1,8 +1,9 @@
-// The cascade: edgeadapt/cascade/model.py `AdaptiveModel.predict`, step for step, over a Backend.
+// The runner: a bundle's steps loaded into a Backend's sessions, run by the cascade
+// engine (cascade.hpp) as its hops.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "detail.hpp"
 
@@ -12,7 +13,7 @@ using detail::fail;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using Clock = Cascade::Clock;
 
 double ms_since(Clock::time_point t0) {
     return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -59,13 +60,6 @@ const char* dtype_name(DType type) noexcept {
 
 std::size_t dtype_size(DType type) noexcept { return type == DType::Int64 ? 8 : 4; }
 
-// One kept state's hop: the bundle steps it runs (those since the previous kept state).
-struct Runner::Hop {
-    std::int64_t state = 0;
-    std::vector<std::size_t> steps;
-    double threshold = 0.0;
-};
-
 // One step's feed j: model input `index` when `model_input`, else output `index` of the
 // previous step (0 = its activation, or its logits when it has none; 1 = its logits).
 struct Feed {
@@ -83,31 +77,28 @@ struct Runner::StepRun {
 Runner::Runner() = default;
 Runner::~Runner() = default;
 
-std::vector<std::int64_t> Runner::states() const {
-    std::vector<std::int64_t> out;
-    for (const Hop& h : hops_) out.push_back(h.state);
-    return out;
-}
+std::vector<std::int64_t> Runner::states() const { return cascade_.states(); }
 
 Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Backend> backend,
                      const RunnerOptions& options, std::unique_ptr<Runner>& out) noexcept {
     return detail::guard(Code::Backend, bundle.path.string(), [&] {
+        const std::string source = plan.source.empty() ? "plan" : plan.source;
         if (plan.manifest_sha256 != bundle.manifest_sha256)
-            fail(Code::Mismatch, "plan", "$.bundle.manifest_sha256",
+            fail(Code::Mismatch, source, "$.bundle.manifest_sha256",
                  "was made for another bundle (manifest sha256 " + plan.manifest_sha256.substr(0, 12) +
                      "..., " + bundle.path.string() + " has " + bundle.manifest_sha256.substr(0, 12) +
                      "...)");
         if (plan.bundle_states.size() != bundle.steps.size())
-            fail(Code::Mismatch, "plan", "$.bundle.states",
+            fail(Code::Mismatch, source, "$.bundle.states",
                  "names " + std::to_string(plan.bundle_states.size()) + " states, the bundle has " +
                      std::to_string(bundle.steps.size()));
         for (std::int64_t s : plan.states)
             if (s < 0 || s >= static_cast<std::int64_t>(bundle.steps.size()))
-                fail(Code::Input, "plan", "$.states", "state index out of range");
+                fail(Code::Input, source, "$.states", "state index out of range");
         if (plan.thresholds.size() + 1 != plan.states.size() || plan.cost_ms.size() != plan.states.size())
-            fail(Code::Input, "plan", "", "needs one threshold per kept state but the last and one cost each");
+            fail(Code::Input, source, "", "needs one threshold per kept state but the last and one cost each");
         if (!plan.gates.empty() && plan.gates.size() + 1 != plan.states.size())
-            fail(Code::Input, "plan", "$.policy.gates", "needs one gate per kept state but the last");
+            fail(Code::Input, source, "$.policy.gates", "needs one gate per kept state but the last");
         // the cost of each kept state's hop beyond the previous one, as
         // np.diff(cost_ms).clip(0); a branch plan's costs are each branch's own
         std::vector<double> hop_costs;
@@ -126,8 +117,8 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
             }
         }
         build(bundle, plan.states, plan.thresholds, plan.measure, std::move(hop_costs), true,
-              plan.cost_quantile, std::move(accuracies), plan.gates, std::move(backend), options,
-              out);
+              plan.cost_quantile, std::move(accuracies), plan.gates, plan.hop_overhead_ms,
+              std::move(backend), options, out);
     });
 }
 
@@ -148,14 +139,14 @@ Error Runner::create(const Bundle& bundle, const std::vector<double>& thresholds
         std::vector<std::int64_t> kept;
         for (std::size_t i = 0; i < n; ++i) kept.push_back(static_cast<std::int64_t>(i));
         build(bundle, std::move(kept), std::move(t), measure, std::vector<double>(n, 0.0), false,
-              0.0, {}, {}, std::move(backend), options, out);
+              0.0, {}, {}, 0.0, std::move(backend), options, out);
     });
 }
 
 void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
                    std::vector<double> thresholds, Measure measure, std::vector<double> hop_costs,
                    bool costs_known, double quantile, std::vector<double> accuracies,
-                   std::vector<Gate> gates,
+                   std::vector<Gate> gates, double hop_overhead_ms,
                    std::shared_ptr<Backend> backend, const RunnerOptions& options,
                    std::unique_ptr<Runner>& out) {
     if (!backend) fail(Code::Input, "backend", "", "no backend given");
@@ -176,13 +167,12 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
     r->bundle_ = bundle;
     const bool early_exit = bundle.kind == "early-exit";
     std::size_t start = 0;
-    for (std::size_t j = 0; j < kept.size(); ++j) {
-        Hop hop;
-        hop.state = kept[j];
-        const auto s = static_cast<std::size_t>(kept[j]);
-        for (std::size_t i = early_exit ? start : s; i <= s; ++i) hop.steps.push_back(i);
+    for (std::int64_t state : kept) {
+        const auto s = static_cast<std::size_t>(state);
+        std::vector<std::size_t> steps;
+        for (std::size_t i = early_exit ? start : s; i <= s; ++i) steps.push_back(i);
         start = s + 1;
-        r->hops_.push_back(std::move(hop));
+        r->hop_steps_.push_back(std::move(steps));
     }
     const std::vector<double>& step_costs = options.step_costs_ms;
     if (!step_costs.empty()) {
@@ -190,22 +180,19 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
             fail(Code::Input, "step_costs_ms", "",
                  "expected " + std::to_string(bundle.steps.size()) + " values (one per step), got " +
                      std::to_string(step_costs.size()));
-        for (std::size_t j = 0; j < r->hops_.size(); ++j) {
+        for (std::size_t j = 0; j < r->hop_steps_.size(); ++j) {
             hop_costs[j] = 0.0;
-            for (std::size_t i : r->hops_[j].steps) hop_costs[j] += step_costs[i];
+            for (std::size_t i : r->hop_steps_[j]) hop_costs[j] += step_costs[i];
         }
         costs_known = true;
     }
-    r->table_ = !accuracies.empty();
     const Status s = Policy::create(thresholds.data(), thresholds.size(), hop_costs.data(),
                                     hop_costs.size(), options.ewma, measure,
-                                    r->table_ ? accuracies.data() : nullptr, early_exit,
+                                    accuracies.empty() ? nullptr : accuracies.data(), early_exit,
                                     r->policy_);
     if (s != Status::Ok) fail(Code::Input, "policy", "", status_string(s));
     // costs at a plan's percentile keep tracking it; costs given as numbers, their mean
     if (step_costs.empty() && quantile > 0.0) r->policy_.set_quantile(quantile);
-    for (std::size_t j = 0; j < r->hops_.size(); ++j)
-        r->policy_.threshold(static_cast<std::int64_t>(j), &r->hops_[j].threshold);
     for (std::size_t j = 0; j < gates.size(); ++j) {
         for (double w : gates[j].weights)
             if (!std::isfinite(w))
@@ -213,14 +200,18 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
         if (!std::isfinite(gates[j].bias))
             fail(Code::Input, "plan", "$.policy.gates[" + std::to_string(j) + "]", "must be finite");
     }
-    r->gates_ = std::move(gates);
+    // a branches bundle without a budget answers with its most accurate (last) branch
+    const auto walk = bundle.kind == "branches" ? Cascade::Walk::LastAlone : Cascade::Walk::Cascade;
+    const Status c = Cascade::create(&r->policy_, std::move(kept), std::move(gates),
+                                     hop_overhead_ms, bundle.num_classes, walk, r->cascade_);
+    if (c != Status::Ok) fail(Code::Input, "plan", "", status_string(c));
     r->costs_known_ = costs_known;
     r->backend_ = std::move(backend);
 
     r->steps_.resize(bundle.steps.size());
     std::vector<bool> needed(bundle.steps.size(), false);
-    for (const Hop& hop : r->hops_)
-        for (std::size_t i : hop.steps) needed[i] = true;
+    for (const auto& steps : r->hop_steps_)
+        for (std::size_t i : steps) needed[i] = true;
     for (std::size_t i = 0; i < bundle.steps.size(); ++i) {
         if (!needed[i]) continue;
         const Step& step = bundle.steps[i];
@@ -260,6 +251,7 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
             fail(Code::Backend, step.path.string(), "", r->backend_->name() + ": " + e.what());
         }
     }
+    r->gathered_.resize(2);
     r->gathered_inputs_.resize(bundle.inputs.size());
     r->input_gathered_.assign(bundle.inputs.size(), false);
     out = std::move(r);
@@ -289,14 +281,62 @@ void Runner::check_outputs(std::size_t step, const TensorView* views, std::size_
                  "] (batch rows by the bundle's num_classes)");
 }
 
-const void* Runner::rows_of_input(std::size_t input, const void* x) {
-    if (!input_gathered_[input]) {
-        gather_bytes(x, input_bytes_[input], rows_.data(), static_cast<std::int64_t>(rows_.size()),
-                     gathered_inputs_[input]);
-        input_gathered_[input] = true;
+// The engine's hop runner: a hop runs its steps' sessions on the active rows, fed the
+// model inputs (gathered to the active rows after a compaction) and the previous step's
+// outputs, each step's outputs checked and its time recorded.
+struct Runner::HopRunner {
+    static constexpr bool kCompacts = true;
+
+    Runner& r;
+    const std::vector<const void*>& inputs;
+    TensorView prev[2];  // the last step's outputs: (activation?, logits)
+
+    const float* run(std::size_t hop, std::int64_t active, const std::int64_t* rows, Result& out) {
+        for (std::size_t i : r.hop_steps_[hop]) {
+            StepRun& s = r.steps_[i];
+            const Clock::time_point ts = Clock::now();
+            for (std::size_t j = 0; j < s.feeds.size(); ++j) {
+                const Feed& feed = s.feeds[j];
+                if (feed.model_input) {
+                    const std::size_t k = feed.index;
+                    s.session->set_input(j, rows ? input_rows(k, rows, active) : inputs[k], active,
+                                         r.bundle_.inputs[k].row_elements());
+                } else {
+                    const TensorView& v = prev[feed.index];
+                    s.session->set_input(j, v.data, v.rows, v.row_elements);
+                }
+            }
+            s.session->infer();
+            const std::size_t n_out = s.logits_out + 1;
+            for (std::size_t k = 0; k < n_out; ++k) prev[k] = s.session->output(k);
+            r.check_outputs(i, prev, n_out, s.logits_out, active);
+            out.add_step(static_cast<std::int64_t>(i), ms_since(ts), active);
+        }
+        return prev[r.steps_[r.hop_steps_[hop].back()].logits_out].data;
     }
-    return gathered_inputs_[input].data();
-}
+
+    // Carry only rows keep[0..k) of what the next hop's first step reads; model inputs
+    // are gathered again, to the new active rows, when a later step reads them.
+    void compact(std::size_t hop, const std::int64_t* keep, std::int64_t k) {
+        const StepRun& next = r.steps_[r.hop_steps_[hop + 1].front()];
+        for (const Feed& feed : next.feeds) {
+            if (feed.model_input) continue;
+            TensorView& v = prev[feed.index];
+            v.data = gather(v.data, v.row_elements, keep, k, r.gathered_[feed.index]);
+            v.rows = k;
+        }
+        r.input_gathered_.assign(inputs.size(), false);
+    }
+
+    // Model input `k`'s rows `rows[0..active)`, gathered once per compaction.
+    const void* input_rows(std::size_t k, const std::int64_t* rows, std::int64_t active) {
+        if (!r.input_gathered_[k]) {
+            gather_bytes(inputs[k], r.input_bytes_[k], rows, active, r.gathered_inputs_[k]);
+            r.input_gathered_[k] = true;
+        }
+        return r.gathered_inputs_[k].data();
+    }
+};
 
 Error Runner::predict(const float* x, std::int64_t batch, double budget_ms, Result& out) noexcept {
     if (bundle_.inputs.size() != 1 || input_types_[0] != DType::Float32)
@@ -338,161 +378,12 @@ Error Runner::predict(const std::vector<const void*>& inputs, std::int64_t batch
                 fail(Code::Input, "budget_ms", "",
                      "a budget needs predicted step costs: give step_costs_ms or a plan");
         }
-        run(inputs, batch, budget_ms, out);
+        const Clock::time_point start = Clock::now();
+        input_gathered_.assign(inputs.size(), false);
+        HopRunner hops{*this, inputs, {}};
+        if (!cascade_.run(hops, batch, budget_ms, start, out))  // a backend gave no logits
+            fail(Code::Backend, bundle_.path.string(), "", backend_->name() + ": a step returned no data");
     });
-}
-
-void Runner::run(const std::vector<const void*>& inputs, std::int64_t batch, double budget_ms,
-                 Result& out) {
-    const Clock::time_point start = Clock::now();
-    const auto B = static_cast<std::size_t>(batch);
-    out.pred.assign(B, -1);
-    out.exit_state.assign(B, -1);
-    out.conf.assign(B, std::numeric_limits<float>::quiet_NaN());
-    out.budget_exit.assign(B, 0);
-    out.step_ms.clear();
-    out.step_rows.clear();
-    out.step_index.clear();
-    gathered_.resize(2);
-    if (pred_.size() < B) {
-        pred_.resize(B);
-        keep_.resize(B);
-        next_rows_.resize(B);
-        best_pred_.resize(B);
-        conf_.resize(B);
-        best_conf_.resize(B);
-        exit_mask_.resize(B);
-    }
-    const bool budget = budget_ms != kNoBudget;
-    bool all = true;  // every row is active, in order (rows_ is then the identity)
-    std::int64_t active = batch;
-    rows_.clear();
-    input_gathered_.assign(inputs.size(), false);
-    TensorView prev[2];
-    // The route, as AdaptiveModel walks it: with a budget table, the most accurate kept
-    // state that fits (early-exit: the cascade up to it; ensemble and branches: it alone);
-    // a branch plan without a budget: its most accurate branch alone.
-    std::size_t first = 0, end = hops_.size();
-    const bool early_exit = bundle_.kind == "early-exit";
-    if (budget && table_) {
-        std::int64_t target = -1;
-        policy_.lookup(budget_ms, &target);
-        if (target >= 0) {
-            end = static_cast<std::size_t>(target) + 1;
-            if (!early_exit) first = end - 1;
-        }
-    } else if (!budget && bundle_.kind == "branches") {
-        first = end - 1;
-    }
-    const std::size_t last = end - 1;
-    // Gates read the features of every earlier kept state: they decide only on a route
-    // that starts at the first kept state (a member picked alone answers plainly).
-    const bool gated = !gates_.empty() && first == 0;
-    const auto stride = static_cast<std::int64_t>(std::max<std::size_t>(1, gates_.size()));
-    if (gated && history_.size() < B * static_cast<std::size_t>(stride)) {
-        history_.resize(B * static_cast<std::size_t>(stride));
-        previous_.resize(B);
-    }
-    const auto row_of = [&](std::int64_t b) { return all ? b : rows_[static_cast<std::size_t>(b)]; };
-
-    for (std::size_t pos = first; pos < end; ++pos) {
-        const Hop& hop = hops_[pos];
-        if (budget && pos > first) {
-            bool fits = false;
-            policy_.fits(static_cast<std::int64_t>(pos), ms_since(start), budget_ms, &fits);
-            if (!fits) {
-                // skipped, so unmeasured: drift back toward the prior (as AdaptiveModel)
-                policy_.decay(static_cast<std::int64_t>(pos));
-                for (std::int64_t b = 0; b < active; ++b) {
-                    const auto r = static_cast<std::size_t>(row_of(b));
-                    out.pred[r] = best_pred_[r];
-                    out.conf[r] = best_conf_[r];
-                    out.exit_state[r] = hops_[pos - 1].state;
-                    out.budget_exit[r] = 1;
-                }
-                break;
-            }
-        }
-        const Clock::time_point t0 = Clock::now();
-        for (std::size_t i : hop.steps) {
-            StepRun& s = steps_[i];
-            const Clock::time_point ts = Clock::now();
-            for (std::size_t j = 0; j < s.feeds.size(); ++j) {
-                const Feed& feed = s.feeds[j];
-                if (feed.model_input) {
-                    const std::size_t k = feed.index;
-                    s.session->set_input(j, all ? inputs[k] : rows_of_input(k, inputs[k]), active,
-                                         bundle_.inputs[k].row_elements());
-                } else {
-                    const TensorView& v = prev[feed.index];
-                    s.session->set_input(j, v.data, v.rows, v.row_elements);
-                }
-            }
-            s.session->infer();
-            const std::size_t n_out = s.logits_out + 1;
-            for (std::size_t k = 0; k < n_out; ++k) prev[k] = s.session->output(k);
-            check_outputs(i, prev, n_out, s.logits_out, active);
-            out.step_ms.push_back(ms_since(ts));
-            out.step_rows.push_back(active);
-            out.step_index.push_back(static_cast<std::int64_t>(i));
-        }
-        policy_.observe(static_cast<std::int64_t>(pos), ms_since(t0));
-        const StepRun& tail = steps_[hop.steps.back()];
-        const TensorView logits = prev[tail.logits_out];
-        std::int64_t k = 0;
-        Status st = Status::Ok;
-        if (gated && pos < gates_.size()) {
-            st = gate_decide(logits.data, active, logits.row_elements, gates_[pos], hop.threshold,
-                             static_cast<std::int64_t>(pos), history_.data(), stride,
-                             previous_.data(), pred_.data(), conf_.data(), exit_mask_.data(),
-                             keep_.data(), &k);
-        } else {
-            st = decide(logits.data, active, logits.row_elements, policy_.measure(), hop.threshold,
-                        pred_.data(), conf_.data(), exit_mask_.data(), keep_.data(), &k);
-        }
-        if (st != Status::Ok)
-            fail(Code::Backend, bundle_.steps[hop.steps.back()].file, "",
-                 std::string("cannot decide on its logits: ") + status_string(st));
-        if (pos == last || k == 0) {  // every active row answers here
-            for (std::int64_t b = 0; b < active; ++b) {
-                const auto r = static_cast<std::size_t>(row_of(b));
-                out.pred[r] = pred_[b];
-                out.conf[r] = conf_[b];
-                out.exit_state[r] = hop.state;
-            }
-            break;
-        }
-        if (budget) {  // the answer of the rows that continue, should the budget stop them
-            for (std::int64_t j = 0; j < k; ++j) {
-                const auto r = static_cast<std::size_t>(row_of(keep_[j]));
-                best_pred_[r] = pred_[keep_[j]];
-                best_conf_[r] = conf_[keep_[j]];
-            }
-        }
-        if (k < active) {
-            for (std::int64_t b = 0; b < active; ++b) {
-                if (!exit_mask_[b]) continue;
-                const auto r = static_cast<std::size_t>(row_of(b));
-                out.pred[r] = pred_[b];
-                out.conf[r] = conf_[b];
-                out.exit_state[r] = hop.state;
-            }
-            for (std::int64_t j = 0; j < k; ++j) next_rows_[j] = row_of(keep_[j]);
-            rows_.assign(next_rows_.begin(), next_rows_.begin() + k);
-            // carry only the rows that continue of what the next hop's first step reads
-            const StepRun& next = steps_[hops_[pos + 1].steps.front()];
-            for (const Feed& feed : next.feeds) {
-                if (feed.model_input) continue;
-                TensorView& v = prev[feed.index];
-                v.data = gather(v.data, v.row_elements, keep_.data(), k, gathered_[feed.index]);
-                v.rows = k;
-            }
-            all = false;
-            active = k;
-            input_gathered_.assign(inputs.size(), false);
-        }
-    }
-    out.total_ms = ms_since(start);
 }
 
 }  // namespace edgeadapt::runner

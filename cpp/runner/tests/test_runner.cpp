@@ -7,12 +7,14 @@
 //   test_runner MULTIEXIT_BUNDLE FAMILY_BUNDLE SCRATCH_DIR
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
 
+#include "check.hpp"
 #include "edgeadapt/runner.hpp"
 #include "npy.hpp"
 #include "zip_writer.hpp"
@@ -21,16 +23,6 @@ namespace fs = std::filesystem;
 namespace ea = edgeadapt::runner;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);        \
-            ++failures;                                                                 \
-        }                                                                               \
-    } while (0)
 
 // The error has `code` and its message contains every one of `parts`.
 bool is_error(const ea::Error& e, ea::Code code, std::initializer_list<const char*> parts) {
@@ -57,7 +49,7 @@ void replace(const fs::path& p, const std::string& from, const std::string& to) 
     const std::size_t at = text.find(from);
     if (at == std::string::npos) {
         std::printf("  '%s' not in %s\n", from.c_str(), p.c_str());
-        ++failures;
+        ++edgeadapt::testing::failures;
         return;
     }
     write(p, text.replace(at, from.size(), to));
@@ -134,7 +126,10 @@ void bundle_faults(const fs::path& src, const fs::path& scratch) {
     CHECK(b.inputs.size() == 2 && b.inputs[1].name == "m" && b.inputs[1].dtype == "int64" &&
           b.inputs[1].row_elements() == 4);
     replace(d / "manifest.json", "\"activation0\"\n      ]", "\"activation0\", \"m\"\n      ]");
-    CHECK(!ea::load_bundle(d, b));  // a later step may read a model input
+    CHECK(!ea::load_bundle(d, b, false));  // a later step may read a model input
+    // (which step1.onnx does not: verification compares the file's inputs)
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format,
+                   {"$.states[1]", "'step1.onnx' has inputs ['activation0']", "['activation0', 'm']"}));
     replace(d / "manifest.json", "\"dtype\": \"int64\"", "\"dtype\": \"complex\"");
     CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.inputs[1].dtype"}));
     replace(d / "manifest.json", "\"inputs\": [{", "\"inputs\": [], \"was\": [{");
@@ -342,23 +337,35 @@ void npy_faults(const fs::path& scratch) {
     edgeadapt::examples::NpyArray a;
     const fs::path p = scratch / "x.npy";
     std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
-    header.resize(118, ' ');
-    header += '\n';
+    header.resize(117, ' ');
+    header += '\n';  // the data starts at byte 128
     const std::string magic = std::string("\x93NUMPY\x01\x00", 8) + char(header.size()) + char(0);
-    const std::string data(24, '\0');
+    std::string data(24, '\0');
+    for (int k = 0; k < 6; ++k) {
+        const float v = static_cast<float>(k);
+        std::memcpy(&data[static_cast<std::size_t>(k) * 4], &v, 4);
+    }
     write(p, magic + header + data);
     CHECK(!edgeadapt::examples::read_npy(p, a));
     CHECK(a.shape.size() == 2 && a.shape[0] == 2 && a.shape[1] == 3 && a.data.size() == 6);
+    CHECK(a.data[1] == 1.0f && a.data[3] == 3.0f);
+    // data one byte later: not aligned to its float32 values
+    write(p, magic.substr(0, 8) + char(header.size() + 1) + char(0) + " " + header + data);
+    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"x.npy", "not aligned"}));
     write(p, magic + header + data.substr(4));
     CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"x.npy", "data bytes"}));
     std::string f8 = header;
     f8.replace(f8.find("<f4"), 3, "<f8");
     write(p, magic + f8 + data);
     CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"float32"}));
-    std::string fortran = header;
+    std::string fortran = header;  // the values 0..5 in Fortran order: [[0, 2, 4], [1, 3, 5]]
     fortran.replace(fortran.find("False"), 5, "True ");
     write(p, magic + fortran + data);
-    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"C order"}));
+    CHECK(!edgeadapt::examples::read_npy(p, a));
+    CHECK((a.data == std::vector<float>{0, 2, 4, 1, 3, 5}));
+    fortran.replace(fortran.find("True "), 5, "1    ");
+    write(p, magic + fortran + data);
+    CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"fortran_order"}));
     write(p, "not numpy at all");
     CHECK(is_error(edgeadapt::examples::read_npy(p, a), ea::Code::Format, {"magic"}));
     CHECK(is_error(edgeadapt::examples::read_npy(scratch / "none.npy", a), ea::Code::Io, {"none.npy"}));
@@ -524,11 +531,13 @@ void runs(const fs::path& multiexit, const fs::path& family, const fs::path& scr
         CHECK(!gated->predict(x.data(), n, edgeadapt::kNoBudget, out));
         for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == last && out.pred[i] == last_pred[i]);
     }
-    // a manifest whose I/O names do not match the ONNX file: refused when loaded
+    // a manifest whose I/O names do not match the ONNX file: refused when verified, and
+    // unverified, when the backend loads it
     const fs::path d = copy(multiexit, scratch, "io-names");
     replace(d / "manifest.json", "\"logits\": \"logits1\"", "\"logits\": \"other\"");
     ea::Bundle b;
-    CHECK(!ea::load_bundle(d, b));
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.states[1]", "step1.onnx", "'other'"}));
+    CHECK(!ea::load_bundle(d, b, false));
     std::unique_ptr<ea::Runner> runner;
     CHECK(is_error(ea::Runner::create(b, {0.5}, edgeadapt::Measure::MaxProb, backend, {}, runner),
                    ea::Code::Format, {"step1.onnx", "'other'"}));
@@ -549,6 +558,5 @@ int main(int argc, char** argv) {
     npy_faults(scratch);
     npz_faults(scratch);
     runs(argv[1], argv[2], scratch);
-    if (failures == 0) std::printf("runner: all checks passed\n");
-    return failures == 0 ? 0 : 1;
+    return edgeadapt::testing::checks_passed("runner");
 }

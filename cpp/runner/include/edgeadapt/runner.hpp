@@ -2,18 +2,19 @@
 //
 // The native counterpart of the Python `AdaptiveModel` (edgeadapt/cascade/model.py), with the
 // same semantics: load a bundle (manifest.json, every file's sha256 and path checked as
-// edgeadapt/formats/bundle.py does) and a plan (plan.json, edgeadapt/formats/plan.py) or plain
-// thresholds; walk the kept states in order, each kept state's hop (its run of steps
-// since the previous kept state) on the rows still active, let the decision kernel
-// (kernel.hpp) decide which rows exit, by a confidence threshold or a plan's learned
-// gates, and carry on only with the rows that continue (batch compaction). Skipped
-// early-exit states still run their steps (they produce the activation) but do not
-// decide. Each step is fed exactly the tensors its manifest entry lists: model inputs
-// by name (float32 or int64) and, along an early-exit bundle, the previous step's
-// outputs. A row whose logits hold NaN never exits early; at the last state it answers
-// with pred -1 and conf NaN. Budget: the first hop always runs; a later one starts only
-// if its predicted cost fits what is left, else every active row keeps its answer from
-// the last completed hop.
+// edgeadapt/formats/bundle.py does) and a plan (plan.json, edgeadapt/formats/plan.py) or
+// plain thresholds, and run the cascade engine (cascade.hpp, the one the Python binding's
+// batch-1 cascade runs too) with a backend's sessions as the hops: each kept state's hop
+// (its run of steps since the previous kept state) runs on the rows still active, the
+// decision kernel decides which rows exit, by a confidence threshold or a plan's learned
+// gates, and only the rows that continue go on (batch compaction). Skipped early-exit
+// states still run their steps (they produce the activation) but do not decide. Each
+// step is fed exactly the tensors its manifest entry lists: model inputs by name
+// (float32 or int64) and, along an early-exit bundle, the previous step's outputs. A row
+// whose logits hold NaN never exits early; at the last state it answers with pred -1
+// and conf NaN. Budget: the first hop always runs; a later one starts only if its
+// predicted cost, with the plan's hop overhead, fits what is left, else every active
+// row keeps its answer from the last completed hop.
 //
 // Errors: every public function is noexcept and returns an Error (code + message that
 // names the file and JSON path at fault); nothing throws across this interface.
@@ -34,7 +35,7 @@
 #include <string>
 #include <vector>
 
-#include "edgeadapt/kernel.hpp"
+#include "edgeadapt/cascade.hpp"
 
 namespace edgeadapt::runner {
 
@@ -135,6 +136,7 @@ struct Plan {
     std::vector<double> thresholds;
     std::vector<double> cost_ms;
     double cost_quantile = 0.5;  // the percentile cost_ms is at ($.cost_stat, p50 by default)
+    double hop_overhead_ms = 0.0;  // the cascade's own cost per hop a budget counts (0: absent)
     std::vector<BudgetRow> budget;
     std::vector<Gate> gates;  // kernel.hpp Gate
     bool has_runtime = false;
@@ -212,18 +214,9 @@ struct GivenSettings {
 Error apply_runtime(const Plan& plan, const std::string& backend, const GivenSettings& given,
                     BackendOptions& options, std::vector<std::string>& notes) noexcept;
 
-// Per-sample results of one predict call. `exit_state` is the bundle state that
-// answered; `step_ms`/`step_rows`/`step_index` list every step run, in order.
-struct Result {
-    std::vector<std::int64_t> pred;
-    std::vector<std::int64_t> exit_state;
-    std::vector<float> conf;
-    std::vector<std::uint8_t> budget_exit;
-    double total_ms = 0.0;
-    std::vector<double> step_ms;
-    std::vector<std::int64_t> step_rows;
-    std::vector<std::int64_t> step_index;
-};
+// Per-sample results of one predict call (cascade.hpp): `exit_state` is the bundle state
+// that answered; `step_ms`/`step_rows`/`step_index` list every step run, in order.
+using Result = CascadeResult;
 
 struct RunnerOptions {
     // Predicted latency of each bundle step for the budget (ms); empty = the plan's
@@ -258,43 +251,36 @@ class Runner {
     std::vector<std::int64_t> states() const;
     const Policy& policy() const noexcept { return policy_; }
     // Whether the plan's learned gates decide (a gate plan) rather than thresholds.
-    bool gated() const noexcept { return !gates_.empty(); }
+    bool gated() const noexcept { return cascade_.gated(); }
 
     Runner(const Runner&) = delete;
     Runner& operator=(const Runner&) = delete;
     ~Runner();
 
   private:
-    struct Hop;
     struct StepRun;
+    struct HopRunner;
     Runner();
     static void build(const Bundle& bundle, std::vector<std::int64_t> kept,
                       std::vector<double> thresholds, Measure measure,
                       std::vector<double> hop_costs, bool costs_known, double quantile,
                       std::vector<double> accuracies, std::vector<Gate> gates,
-                      std::shared_ptr<Backend> backend, const RunnerOptions& options,
-                      std::unique_ptr<Runner>& out);
-    void run(const std::vector<const void*>& inputs, std::int64_t batch, double budget_ms,
-             Result& out);
-    const void* rows_of_input(std::size_t input, const void* x);
+                      double hop_overhead_ms, std::shared_ptr<Backend> backend,
+                      const RunnerOptions& options, std::unique_ptr<Runner>& out);
     void check_outputs(std::size_t step, const TensorView* views, std::size_t count,
                        std::size_t logits, std::int64_t rows) const;
 
     Bundle bundle_;
     Policy policy_;
+    Cascade cascade_;  // the engine, over policy_
     bool costs_known_ = false;
-    bool table_ = false;  // the plan's budget table picks the route under a budget
-    std::vector<Gate> gates_;  // a gate plan's gates, one per kept state but the last
     std::shared_ptr<Backend> backend_;
-    std::vector<Hop> hops_;
+    std::vector<std::vector<std::size_t>> hop_steps_;  // the bundle steps each hop runs
     std::vector<StepRun> steps_;
     std::vector<DType> input_types_;         // of each model input
     std::vector<std::int64_t> input_bytes_;  // bytes of one row of each model input
-    // reused across calls: decision outputs, active rows, gathered rows, best answers,
-    // and a gate plan's running features (earlier argmax per row, previous score)
-    std::vector<std::int64_t> pred_, keep_, rows_, next_rows_, best_pred_, history_;
-    std::vector<float> conf_, best_conf_, previous_;
-    std::vector<std::uint8_t> exit_mask_;
+    // reused across calls: the carried activations and model inputs gathered to the
+    // rows that continue
     std::vector<std::vector<float>> gathered_;
     std::vector<std::vector<unsigned char>> gathered_inputs_;
     std::vector<bool> input_gathered_;
