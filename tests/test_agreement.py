@@ -240,8 +240,10 @@ def test_plan_command_agreement_policy_on_imported_predictions(tmp_path):
     result = CliRunner().invoke(cli, [*args, "--policy", "agreement"])
     assert result.exit_code == 0, result.output
     assert "policy: agreement" in result.output
-    assert "thresholds (agreement shares)" in result.output
     plan = load_plan(tmp_path / "plan.json")
+    # a plan that keeps one state has nothing to agree on (the family's last member alone
+    # may be the cheapest plan that keeps the promise on these costs)
+    assert ("thresholds (agreement shares)" in result.output) == (len(plan.states) > 1)
     assert plan.policy == "agreement"
     assert plan.promise is not None
     assert plan.promise.kind == "net"
