@@ -288,3 +288,49 @@ def gate_decide(
     keep = np.flatnonzero(~exit_mask).astype(np.int64)
     grown = np.concatenate([history, pred[:, None]], axis=1)
     return pred, score, exit_mask, keep, grown[keep], score[keep]
+
+
+# ---- agreement ----------------------------------------------------------------------
+
+
+def agreement_shares(pred: np.ndarray) -> np.ndarray:
+    """The agreement policy's score of every kept state, float32 ``[B, S]``: at column j,
+    the share of the earlier columns' predictions equal to column j's (counted in
+    integers, divided once in float64, rounded once to float32); 0 at column 0 and for a
+    row whose prediction at j is invalid (-1: logits holding NaN or Inf agree with
+    nothing).
+
+    The agreement policy exits at kept state j when this share is ``>= threshold[j]``
+    (compared in float64), answering state j's prediction; the last kept state always
+    answers. It reads predictions only, so it can be planned from predictions alone.
+    """
+    pred = np.asarray(pred)
+    if pred.ndim != 2:
+        raise ValueError(f"pred must be 2-D [batch, states], got shape {pred.shape}")
+    out = np.zeros(pred.shape, dtype=_F)
+    for j in range(1, pred.shape[1]):
+        share = agreement(pred[:, j], pred[:, :j])
+        out[:, j] = np.where(pred[:, j] >= 0, share, 0.0).astype(_F)
+    return out
+
+
+def agreement_decide(
+    logits: np.ndarray, threshold: float, history: np.ndarray, measure: str = "maxprob"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The agreement decision at kept state j = ``history.shape[1]`` for a batch of logits.
+
+    `history` int64 ``[B, j]`` holds each row's prediction at the earlier kept states.
+    Returns (pred int64[B] (-1 for an invalid row), share float32[B] (`agreement_shares`'
+    column j), exit_mask bool[B] = share >= threshold, continue_idx int64[K], history of
+    the rows that continue ``[K, j + 1]``, this state's prediction appended). `measure`
+    only names the confidence the last state reports (`predict_confidence`).
+    """
+    if math.isnan(threshold):
+        raise ValueError("threshold must be a number, got NaN")
+    pred = predict_confidence(_check_logits(logits), measure)[0]
+    history = np.asarray(history, dtype=np.int64).reshape(pred.shape[0], -1)
+    grown = np.concatenate([history, pred[:, None]], axis=1)
+    share = agreement_shares(grown)[:, -1]
+    exit_mask = share.astype(np.float64) >= threshold
+    keep = np.flatnonzero(~exit_mask).astype(np.int64)
+    return pred, share, exit_mask, keep, grown[keep]

@@ -69,7 +69,7 @@ def thresholds_text(plan: Plan) -> str:
     or for a plan of one state that it answers alone."""
     if not plan.thresholds:
         return "thresholds: none (one state answers every input)"
-    on = "gate scores" if plan.gates is not None else plan.measure
+    on = {"gate": "gate scores", "agreement": "agreement shares"}.get(plan.policy, plan.measure)
     return f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in plan.thresholds)
 
 

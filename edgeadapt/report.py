@@ -11,8 +11,9 @@
 - alpha_i per state (Fig. 2);
 - the best k-subset's exact-oracle R_ratio for k = 1..N (Fig. 6, `edgeadapt.oracle.subset`).
 
-Next to the plan it shows both policies, the confidence thresholds and the learned exit
-gates, planned from the same profile and evaluation with the plan's options
+Next to the plan it shows every policy (the confidence thresholds, the learned exit
+gates and the agreement of the states run so far), planned from the same profile and
+evaluation with the plan's options
 (`edgeadapt.planning.planner.compare_policies`): held-out accuracy, expected cost and oracle gap
 closure side by side, or why a policy cannot be planned (an evaluation without every
 measure's confidences has no gate policy).
@@ -102,7 +103,7 @@ class ReportData:
     plan: Plan | None
     plan_here: tuple[float, float] | None  # plan's thresholds on this evaluation: (acc, cost)
     measure: str  # confidence measure of the sweep: the plan's, else maxprob
-    #: Both policies planned from this profile and evaluation (`compare_policies`).
+    #: Every policy planned from this profile and evaluation (`compare_policies`).
     policies: tuple[PolicyOutcome, ...] = ()
 
 
@@ -474,9 +475,9 @@ def _policies_section(data: ReportData) -> str:
         if p.plan is None
     )
     return (
-        "<p>Both policies planned from this profile and evaluation"
+        "<p>Every policy planned from this profile and evaluation"
         + (" with the plan's options" if data.plan is not None else "")
-        + " (edgeadapt plan --policy threshold|gate):</p>"
+        + " (edgeadapt plan --policy threshold|gate|agreement):</p>"
         + (_table(POLICY_HEADERS, rows) if rows else "")
         + missing
     )

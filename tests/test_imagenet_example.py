@@ -201,3 +201,45 @@ def test_pipeline_writes_the_report_and_prints_the_tables(run):
         assert needle in text
     assert "where the choice differs" in text
     assert summary["profile"]["noisy"] == bool(summary["profile"]["noise_reasons"])
+
+
+# ------------------------------------------------------------------ the agreement cascade
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    with script_module("examples/imagenet-on-device/cascade.py", "imagenet_cascade") as module:
+        yield module
+
+
+def test_cascade_plans_a_promised_agreement_cascade_from_predictions(cascade, tmp_path):
+    """Three cheap models that are right together on most images and a costly one:
+    the script plans an agreement cascade from the predictions and the summary's
+    measured ms, cheapest first, and reports it against the costly model alone."""
+    import json
+
+    rng = np.random.default_rng(3)
+    n = 6000
+    labels = rng.integers(0, 20, n)
+    names = ["big", "small", "mid", "tiny"]
+    skill = {"big": 0.92, "small": 0.8, "mid": 0.85, "tiny": 0.7}
+    pred = np.stack(
+        [np.where(rng.random(n) < skill[m], labels, rng.integers(0, 20, n)) for m in names], 1
+    )
+    np.savez(tmp_path / "p.npz", pred=pred.astype(np.int16), labels=labels, models=names)
+    ms = {"big": 100.0, "small": 8.0, "mid": 12.0, "tiny": 4.0}
+    summary = {"states": [{"name": m, "p50_ms": ms[m]} for m in names]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "cascade.json"
+    args = ["--summary", str(tmp_path / "summary.json"), "--predictions", str(tmp_path / "p.npz")]
+    assert cascade.main([*args, "--max-drop", "0.02", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["order"] == ["tiny", "small", "mid", "big"]
+    (plan,) = result["plans"]
+    assert plan["reference"] == "big"
+    assert plan["states"][-1] == "big"
+    assert len(plan["states"]) > 1
+    assert plan["speedup"] > 1.5
+    assert plan["cost_ms"] == pytest.approx(100.0 / plan["speedup"])
+    assert "promise: accuracy drop <= 2.00%" in plan["statement"]
+    assert "agreement cascades" in cascade.cascade_text(result)

@@ -52,6 +52,22 @@ def test_round_trip_keeps_the_promise(tmp_path, promised):
     assert doc["promise"]["holds"] is True
     assert doc["promise"]["max_drop"] == 0.03
     assert "exchangeable" in doc["promise"]["assumption"]
+    assert doc["promise"]["kind"] == "net"
+    assert doc["promise"]["path"] in ("frontier", "shared")
+    assert doc["promise"]["gains"] >= 0
+
+
+def test_a_promise_without_kind_reads_as_the_losses_alone(tmp_path, promised):
+    """Plans written before the net promise promised the losses alone."""
+    doc = plan_to_doc(promised)
+    for key in ("kind", "gains", "path"):
+        del doc["promise"][key]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    old = load_plan(path).promise
+    assert old is not None
+    assert (old.kind, old.gains, old.path) == ("loss", None, None)
+    assert "new errors" in old.describe()
 
 
 @pytest.mark.parametrize(
@@ -61,6 +77,10 @@ def test_round_trip_keeps_the_promise(tmp_path, promised):
         ("passed", 99, r"\$\.promise\.passed"),
         ("delta", 1.5, r"\$\.promise\.delta"),
         ("n", 0, r"\$\.promise\.n"),
+        ("kind", "both", r"\$\.promise\.kind"),
+        ("gains", -1, r"\$\.promise\.gains"),
+        ("gains", 10**9, r"\$\.promise\.gains"),
+        ("path", "zigzag", r"\$\.promise\.path"),
     ],
 )
 def test_promise_faults_name_file_and_path(tmp_path, promised, key, value, where):

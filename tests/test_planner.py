@@ -143,13 +143,17 @@ def test_gap_closure_is_one_when_the_policy_is_the_oracle():
     st.integers(2, 4),
     st.integers(0, 2**31),
     st.sampled_from(["early-exit", "ensemble"]),
+    st.sampled_from(["net", "loss"]),
 )
-def test_risk_controlled_plan_promises_or_keeps_the_static_model(n, s, seed, kind):
+def test_risk_controlled_plan_promises_or_keeps_the_static_model(n, s, seed, kind, kept):
     data, cost = outcomes(n, s, seed)
     calib, held = data.split(0.5, seed)
-    plan = make_plan(calib, held, cost, manifest_sha256=SHA, kind=kind, max_drop=0.02, delta=0.1)
+    plan = make_plan(
+        calib, held, cost, manifest_sha256=SHA, kind=kind, max_drop=0.02, delta=0.1, promise=kept
+    )
     promise = plan.promise
     assert promise is not None
+    assert promise.kind == kept
     assert (promise.max_drop, promise.delta, promise.n) == (0.02, 0.1, held.n)
     assert promise.required_n == required_samples(0.02, 0.1)
     if promise.holds:
@@ -157,10 +161,9 @@ def test_risk_controlled_plan_promises_or_keeps_the_static_model(n, s, seed, kin
         assert plan.drop_bound == 0.02
         run = _simulated(plan, held)
         ref = held.correct[:, plan.reference_state]
-        lost = np.count_nonzero(
-            ref & ~held.correct[np.arange(held.n), np.array(plan.states)[run.exit_state]]
-        )
-        assert lost == promise.losses
+        right = held.correct[np.arange(held.n), np.array(plan.states)[run.exit_state]]
+        assert np.count_nonzero(ref & ~right) == promise.losses
+        assert np.count_nonzero(~ref & right) == promise.gains
     else:
         assert plan.states == (plan.reference_state,)
         assert plan.thresholds == ()
@@ -205,8 +208,16 @@ def test_from_evaluation_and_split():
     assert o.correct.tolist() == [[True, True], [True, True], [False, True], [False, True]]
     calib, held = o.split(0.5, seed=1)
     assert calib.n == held.n == 2
+    # predictions alone: the agreement policy plans them, the threshold policy cannot
+    bare = Outcomes.from_evaluation(SimpleNamespace(**{**ev.__dict__, "conf": None}))
+    assert bare.conf is None
+    np.testing.assert_array_equal(
+        bare.scores([0, 1], "agreement"), [[0, 1], [0, 1], [0, 0], [0, 0]]
+    )
     with pytest.raises(InputError, match="confidences"):
-        Outcomes.from_evaluation(SimpleNamespace(**{**ev.__dict__, "conf": None}))
+        bare.scores([0, 1])
+    with pytest.raises(InputError, match="confidences"):
+        make_plan(*bare.split(0.5, seed=1), [1.0, 2.0], manifest_sha256="0" * 64)
     assert o.measure == calib.measure == held.measure == "maxprob"
 
 
@@ -223,9 +234,12 @@ def test_from_evaluation_picks_the_measure():
     o = Outcomes.from_evaluation(ev, "margin")
     assert o.measure == "margin"
     np.testing.assert_array_equal(o.conf, margin)
-    with pytest.raises(InputError, match="needs entropy confidences") as info:
-        Outcomes.from_evaluation(ev, "entropy")
-    assert (info.value.source, info.value.field) == ("e.npz", "conf_entropy")
+    bare = Outcomes.from_evaluation(ev, "entropy")
+    assert bare.conf is None
+    assert bare.measure == "entropy"
+    with pytest.raises(InputError, match="thresholds entropy confidences") as info:
+        make_plan(*bare.split(0.5, seed=0), [1.0, 2.0], manifest_sha256="0" * 64)
+    assert info.value.field == "conf_entropy"
     with pytest.raises(InputError, match="must be one of"):
         Outcomes.from_evaluation(ev, "logits")
 

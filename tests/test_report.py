@@ -304,7 +304,7 @@ def test_cli_report_json(device, tmp_path):
     ]
     bound = bundle_bound(bundle, profile=paths["profile"], evaluation=paths["evaluation"])
     assert summary["exact"] == pytest.approx(bound.to_json()["exact"])
-    assert [p["policy"] for p in summary["policies"]] == ["threshold", "gate"]
+    assert [p["policy"] for p in summary["policies"]] == ["threshold", "gate", "agreement"]
     assert summary["policy"]["gap_closure"] is not None
 
 
@@ -324,14 +324,14 @@ def test_cli_report_finds_the_bundle_defaults(device, tmp_path):
     result = invoke("report", copy, "-o", tmp_path / "r.html")
     assert result.exit_code == 0, result.output
     assert "oracle gap closure" in result.output
-    assert "both policies planned from this profile and evaluation:" in result.output
+    assert "every policy planned from this profile and evaluation:" in result.output
     lines = result.output.splitlines()
     assert any(line.startswith("threshold  ") for line in lines)
     assert any(line.startswith(("gate  ", "gate: not planned")) for line in lines)
     assert f"wrote {tmp_path / 'r.html'}" in result.output
 
 
-def test_report_compares_both_policies_planned_from_its_inputs(device, written):
+def test_report_compares_every_policy_planned_from_its_inputs(device, written):
     from edgeadapt.formats.evaluation import load_evaluation
     from edgeadapt.formats.plan import load_plan
     from edgeadapt.formats.profile import load_profile, state_costs, static_cost
@@ -339,7 +339,7 @@ def test_report_compares_both_policies_planned_from_its_inputs(device, written):
 
     bundle, paths = device
     data = report_data(bundle, **paths)
-    assert [p.policy for p in data.policies] == ["threshold", "gate"]
+    assert [p.policy for p in data.policies] == ["threshold", "gate", "agreement"]
     plan = load_plan(paths["plan"])
     profile = load_profile(paths["profile"])
     costs, static = state_costs(profile, bundle), static_cost(profile, bundle)
@@ -371,8 +371,9 @@ def test_report_says_why_a_policy_cannot_be_planned(device, tmp_path):
     ev = load_evaluation(paths["evaluation"])
     maxprob_only = Evaluation(ev.labels, ev.pred, ev.states, ev.conf)
     data = report_data(bundle, profile=paths["profile"], evaluation=maxprob_only)
-    threshold, gate = data.policies
+    threshold, gate, agreement = data.policies
     assert threshold.plan is not None
+    assert agreement.plan is not None  # predictions are all it reads
     assert gate.plan is None
     assert "lacks what gates read" in gate.reason
     page = write_report(

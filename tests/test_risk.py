@@ -3,8 +3,9 @@
 Each resample draws a learning and a testing split i.i.d. (with replacement) from a
 finite pool, so the pool *is* the distribution: a plan's true drop is its drop over the
 whole pool, computed exactly. The promise P(true drop > eps) <= delta must hold over the
-resamples (up to binomial slack on the violation count); the old empirical calibration,
-run on the same draws, is shown to break it.
+resamples (up to binomial slack on the violation count), for the net drop (losses minus
+gains) and for the losses alone; the old empirical calibration, run on the same draws,
+is shown to break it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from hypothesis import strategies as st
 
 from edgeadapt.errors import InputError
 from edgeadapt.planning.calibrate import NEVER, calibrate, exit_states
+from edgeadapt.planning.paths import frontier_path, shared_path
+from edgeadapt.planning.pvalues import loss_p_value
 from edgeadapt.planning.risk import (
+    choose,
     fixed_sequence,
-    learn_path,
-    loss_p_value,
     required_samples,
     risk_control,
-    shared_path,
 )
 from edgeadapt.planning.stats import binom_cdf, binom_sf
 
@@ -32,7 +33,8 @@ RESAMPLES = 200
 
 
 def _synthetic_pool(m: int = 40_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Three states of rising accuracy whose confidences track correctness, noisily."""
+    """Three states of rising accuracy whose confidences track correctness, noisily (each
+    state's own noise: a cheaper state is sometimes right where the last is wrong)."""
     rng = np.random.default_rng(seed)
     hardness = rng.uniform(size=m)
     skill = np.array([0.55, 0.78, 0.9])
@@ -58,9 +60,13 @@ def _mnist1d_pool() -> tuple[np.ndarray, np.ndarray]:
     return ev.conf.astype(np.float32), ev.pred == y[:, None]
 
 
-def _true_drop(conf, correct, thresholds) -> float:
+def _true_drop(conf, correct, thresholds, promise) -> float:
+    """The promise's drop over the whole pool: the reference (last state) against the
+    policy, net (accuracy difference) or its losses alone."""
     state = exit_states(conf, thresholds)
     policy = correct[np.arange(len(state)), state]
+    if promise == "loss":
+        return float(np.mean(correct[:, -1] & ~policy))
     return float(correct[:, -1].mean() - policy.mean())
 
 
@@ -72,7 +78,7 @@ def _violation_limit(trials: int, delta: float) -> int:
     return k
 
 
-def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, shared=False):
+def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, promise, kinds):
     conf, correct = pool
     cost = np.array([1.0, 2.0, 3.0, 4.0])[: conf.shape[1]]
     learn = rng.integers(0, len(conf), n_learn)
@@ -83,21 +89,23 @@ def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, shared=False):
         cost,
         max_drop=max_drop,
         delta=delta,
-        points=6,
-        shared=shared,
+        promise=promise,
+        kinds=kinds,
     )
     both = np.concatenate([learn, test])
+    # the empirical calibration spends max_drop of the promise's drop on these samples
+    kept = correct[both] | ~correct[both, -1:] if promise == "loss" else correct[both]
     empirical = calibrate(
         conf[both],
-        correct[both],
+        kept,
         cost,
         max_drop=max_drop,
-        reference_accuracy=float(correct[both, -1].mean()),
+        reference_accuracy=1.0 if promise == "loss" else float(correct[both, -1].mean()),
         polish=False,
     )
     return (
-        _true_drop(conf, correct, chosen.thresholds),
-        _true_drop(conf, correct, empirical.thresholds),
+        _true_drop(conf, correct, chosen.thresholds, promise),
+        _true_drop(conf, correct, empirical.thresholds, promise),
         chosen,
         float(cost[exit_states(conf, chosen.thresholds)].mean()),
     )
@@ -105,20 +113,20 @@ def _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, shared=False):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("pool_name", "n_learn", "n_test", "max_drop", "delta", "shared"),
+    ("pool_name", "n_learn", "n_test", "max_drop", "delta", "promise", "kinds"),
     [
-        ("synthetic", 800, 1200, 0.02, 0.1, False),
-        ("synthetic", 800, 1200, 0.02, 0.1, True),
-        ("mnist1d", 1000, 1500, 0.01, 0.1, False),
+        ("synthetic", 800, 1200, 0.02, 0.1, "net", ("frontier", "shared")),
+        ("synthetic", 800, 1200, 0.02, 0.1, "loss", ("frontier", "shared")),
+        ("mnist1d", 1000, 1500, 0.01, 0.1, "net", ("frontier", "shared")),
     ],
 )
 def test_promise_holds_over_resamples_and_empirical_calibration_breaks_it(
-    pool_name, n_learn, n_test, max_drop, delta, shared
+    pool_name, n_learn, n_test, max_drop, delta, promise, kinds
 ):
     pool = _synthetic_pool() if pool_name == "synthetic" else _mnist1d_pool()
     rng = np.random.default_rng(7)
     trials = [
-        _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, shared)
+        _resample_trial(pool, rng, n_learn, n_test, max_drop, delta, promise, kinds)
         for _ in range(RESAMPLES)
     ]
     promised = np.array([t[0] for t in trials])
@@ -132,6 +140,7 @@ def test_promise_holds_over_resamples_and_empirical_calibration_breaks_it(
     saving = np.array([t[3] < full_cost - 1e-9 for t in trials])
     assert saving.mean() > 0.9
     assert all(t[2].promise.holds == (t[2].promise.passed > 0) for t in trials)
+    assert {t[2].promise.kind for t in trials} == {promise}
 
 
 def test_too_few_testing_samples_promise_nothing_and_say_how_many_are_needed():
@@ -168,20 +177,30 @@ def test_fixed_sequence_stops_at_the_first_failure():
     assert got.thresholds.tolist() == [0.5]
 
 
-def test_learned_path_starts_at_the_static_model_and_gets_cheaper():
+def test_frontier_path_starts_at_the_static_model_and_gets_cheaper():
     conf, correct = _synthetic_pool(4000)
     cost = np.array([1.0, 2.0, 3.0])
-    path = learn_path(conf, correct, cost, correct[:, -1], max_drop=0.03)
-    assert np.isinf(path[0]).all()
-    costs = [cost[exit_states(conf, t)].mean() for t in path]
-    assert costs[0] == 3.0
-    assert costs[-1] < costs[0]
+    for promise in ("net", "loss"):
+        path = frontier_path(conf, correct, cost, correct[:, -1], max_drop=0.03, promise=promise)
+        assert np.isinf(path[0]).all()
+        assert len(path) > 10
+        costs = [cost[exit_states(conf, t)].mean() for t in path]
+        assert costs[0] == 3.0
+        assert costs[-1] < costs[0]
+        # every threshold is a confidence of the split (or never), so float32 and
+        # float64 comparisons agree
+        for t in path[1:]:
+            for i, v in enumerate(t):
+                assert np.isinf(v) or v in conf[:, i]
+        # it ends near twice max_drop of the promise's drop here, not far past it
+        end = _true_drop(conf, correct, path[-1], promise)
+        assert 0.03 < end <= 2 * 0.03 + 0.01
 
 
 def test_shared_path_gives_every_exit_one_falling_threshold():
     conf, correct = _synthetic_pool(4000)
     cost = np.array([1.0, 2.0, 3.0])
-    path = shared_path(conf, correct, correct[:, -1], max_drop=0.03, points=8)
+    path = shared_path(conf, correct, correct[:, -1], max_drop=0.03, points=8, promise="loss")
     assert np.isinf(path[0]).all()
     assert 2 < len(path) <= 9
     levels = [float(t[0]) for t in path[1:]]
@@ -192,8 +211,28 @@ def test_shared_path_gives_every_exit_one_falling_threshold():
     state = exit_states(conf, path[-1])
     lost = correct[:, -1] & ~correct[np.arange(len(state)), state]
     assert lost.mean() <= 0.03
+    net = shared_path(conf, correct, correct[:, -1], max_drop=0.03, points=8, promise="net")
+    assert _true_drop(conf, correct, net[-1], "net") <= 0.03
     (alone,) = shared_path(conf[:, :1], correct[:, :1], correct[:, 0], max_drop=0.03)
     assert alone.size == 0
+
+
+def test_choice_reads_the_learning_split_alone():
+    """`choose` scores each path and test on the learning split alone: a loss promise
+    is tested by the binomial test, and a larger testing split (more power) never
+    predicts a costlier stop."""
+    conf, correct = _synthetic_pool(6000)
+    cost = np.array([1.0, 2.0, 3.0])
+    learn = (conf, correct, correct[:, -1])
+    got = choose(learn, cost, max_drop=0.02, delta=0.1, promise="loss", n_test=6000)
+    assert got.path in ("frontier", "shared")
+    assert got.test == "binomial"
+    assert got.predicted_cost < 3.0
+    net = choose(learn, cost, max_drop=0.02, delta=0.1, promise="net", n_test=6000)
+    assert net.test in ("binomial", "berger-boos")
+    # a larger testing split lets the walk go further: never a costlier prediction
+    more = choose(learn, cost, max_drop=0.02, delta=0.1, promise="loss", n_test=60000)
+    assert more.predicted_cost <= got.predicted_cost * 1.01
 
 
 @settings(max_examples=60, deadline=None)

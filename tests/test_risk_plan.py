@@ -1,6 +1,6 @@
 """The planner's promise over resamples: `make_plan` end to end (subset search, gates
 fitted on the calibration split, the path learned there and tested on the held-out
-split), for both policies, on data it never saw.
+split), for every policy and promise, on data it never saw.
 
 As in `tests/test_risk.py`, each resample draws its calibration and held-out splits
 i.i.d. from a finite pool, so the pool is the distribution and a plan's true drop (its
@@ -34,9 +34,14 @@ def pool() -> Outcomes:
     return Outcomes.from_evaluation(gate_evaluation(labels, logits))
 
 
-def _true_drop(plan, pool: Outcomes) -> float:
+def _true_drop(plan, pool: Outcomes, promise: str) -> float:
+    """The promise's drop over the whole pool: net, or the losses alone."""
     run = simulate_plan(plan, pool)
-    return float(pool.correct[:, plan.reference_state].mean() - run.accuracy)
+    ref = pool.correct[:, plan.reference_state]
+    if promise == "loss":
+        cols = np.asarray(plan.states)[run.exit_state]
+        return float(np.mean(ref & ~pool.correct[np.arange(pool.n), cols]))
+    return float(ref.mean() - run.accuracy)
 
 
 def _plan(calib, held, costs, **options):
@@ -44,17 +49,30 @@ def _plan(calib, held, costs, **options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["gate", "threshold"])
-def test_plan_promise_holds_over_resamples(pool, policy):
+@pytest.mark.parametrize(
+    ("policy", "promise"),
+    # (the loss promise over resamples: tests/test_risk.py)
+    [("gate", "net"), ("threshold", "net"), ("agreement", "net")],
+)
+def test_plan_promise_holds_over_resamples(pool, policy, promise):
     max_drop, delta = 0.02, 0.1
     rng = np.random.default_rng(3)
     drops, saved = [], []
     for _ in range(RESAMPLES):
         calib = pool.take(rng.integers(0, pool.n, 1000))
         held = pool.take(rng.integers(0, pool.n, 1500))
-        plan = _plan(calib, held, [1.0, 2.0, 3.0], max_drop=max_drop, delta=delta, policy=policy)
+        plan = _plan(
+            calib,
+            held,
+            [1.0, 2.0, 3.0],
+            max_drop=max_drop,
+            delta=delta,
+            policy=policy,
+            promise=promise,
+        )
         assert plan.promise is not None
-        drops.append(_true_drop(plan, pool))
+        assert plan.promise.kind == promise
+        drops.append(_true_drop(plan, pool, promise))
         saved.append(simulate_plan(plan, pool).expected_cost < 3.0 - 1e-9)
     assert np.count_nonzero(np.array(drops) > max_drop) <= _violation_limit(RESAMPLES, delta)
     # not vacuous: nearly every resample keeps a plan that saves

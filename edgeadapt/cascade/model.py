@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from edgeadapt.cascade.agreement import AgreementRun
 from edgeadapt.data.inputs import BatchCheck, warmup_batch
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import Bundle, load_bundle
@@ -271,6 +272,8 @@ class AdaptiveModel:
         #: The whole model a one-state early-exit plan runs instead of its steps.
         self.static = static
         self._gates = gates
+        #: An agreement plan's decisions (`edgeadapt.cascade.agreement.AgreementRun`), else None.
+        self.agreement: AgreementRun | None = None
         #: The runtime configuration the steps run under, and why it differs from the
         #: plan's when the caller overrode it (see `load`).
         self.runtime: RuntimeConfig | None = None
@@ -421,7 +424,7 @@ class AdaptiveModel:
         if plan is not None:
             if thresholds is not None:
                 raise InputError("give thresholds or a plan, not both", source="thresholds")
-            check_plan(plan, bundle, plan_source, policies=("threshold", "gate"))
+            check_plan(plan, bundle, plan_source, policies=("threshold", "gate", "agreement"))
             if measure is not None and measure != plan.measure:
                 raise InputError(
                     f"the plan was made for measure {plan.measure!r}, got {measure!r}",
@@ -455,7 +458,8 @@ class AdaptiveModel:
         per_step = _step_costs(bundle, step_costs_ms, profile, stat)
         if per_step is not None:
             hop_costs = [sum(per_step[i] for i in hop.steps) for hop in hops]
-        elif plan is not None and bundle.kind == "branches":  # each branch's own cost
+        elif plan is not None and bundle.kind == "branches" and not plan.agreement:
+            # each branch's own cost
             hop_costs = list(plan.cost_ms)
         elif plan is not None:
             hop_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
@@ -498,6 +502,10 @@ class AdaptiveModel:
             overhead = measured.hop_ms if measured is not None else None
         gates = None if plan is None or plan.gates is None else GateRun(plan.gates, plan.measure)
         model = cls(bundle, sessions, hops, policy, known, static, overhead or 0.0, gates)
+        if plan is not None and plan.agreement:
+            # the Python loop walks the route (a branches plan too: not one branch alone)
+            model.agreement = AgreementRun(len(plan.states), plan.measure)
+            model._one = model._cascade = None
         model.runtime, model.runtime_note = choice.config, choice.note
         try:
             model.warm_up(warmup)
@@ -688,7 +696,8 @@ class AdaptiveModel:
         start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
-        if len(self._route) == 1 or (budget is None and self.bundle.kind == "branches"):
+        walks = self.bundle.kind != "branches" or self.agreement is not None
+        if len(self._route) == 1 or (budget is None and not walks):
             return self._predict_one(inputs, self._route[-1])
         b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
@@ -705,12 +714,12 @@ class AdaptiveModel:
             target = policy.lookup(budget)
             if target is not None:  # else nothing fits: the first state, then out
                 route = self._targets[target]
-        elif self.bundle.kind == "branches":  # no budget: the most accurate branch alone
+        elif not walks:  # no budget: the most accurate branch alone
             route = route[-1:]
         last = len(route) - 1
-        # Gates read the features of every earlier kept state: they decide only on a route
-        # that starts at the first kept state (a member picked alone answers plainly).
-        gates = self.gates if route[0].slot == 0 else None
+        # Gates (and the agreement policy) read every earlier kept state: they decide only on
+        # a route that starts at the first kept state (a member picked alone answers plainly).
+        gates = (self._gates or self.agreement) if route[0].slot == 0 else None
         if gates is not None:
             gates.start(b)
         # `rows`: original indices of the active rows, None while every row is active;

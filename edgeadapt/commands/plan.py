@@ -17,7 +17,7 @@ from edgeadapt.commands.options import (
     output_option,
     seed_option,
 )
-from edgeadapt.formats.plan import COST_STATS
+from edgeadapt.formats.plan import COST_STATS, PROMISE_KINDS
 from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanSummary
 from edgeadapt.render import pct, saving, static_verdict, thresholds_text
@@ -30,7 +30,8 @@ from edgeadapt.render import pct, saving, static_verdict, thresholds_text
 )
 @file_option(
     "--evaluation",
-    "Per-sample results of every state (edgeadapt evaluate), with confidences.",
+    "Per-sample results of every state (edgeadapt evaluate; predictions alone, from "
+    "edgeadapt import-predictions, for the agreement policy).",
     required=True,
 )
 @click.option(
@@ -70,6 +71,15 @@ from edgeadapt.render import pct, saving, static_verdict, thresholds_text
     help="The promise (drop <= --max-drop on new data) holds with probability 1 - delta.",
 )
 @click.option(
+    "--promise",
+    type=click.Choice(PROMISE_KINDS),
+    default="net",
+    show_default=True,
+    help="What --max-drop bounds on new data: net, the accuracy drop against the best "
+    "single state (errors the plan adds minus errors it fixes); loss, the errors it adds "
+    "alone (inputs the best state gets right and the plan wrong), a stricter promise.",
+)
+@click.option(
     "--cost-percentile",
     "cost_stat",
     type=click.Choice(COST_STATS),
@@ -91,10 +101,14 @@ from edgeadapt.render import pct, saving, static_verdict, thresholds_text
     type=click.Choice(POLICIES),
     default="threshold",
     show_default=True,
-    help="threshold: exit where a state's confidence passes its threshold; gate: a small "
-    "learned model per kept state (its max-prob, margin, entropy, agreement with the earlier "
-    "exits, the previous gate's score) fitted on the calibration split, its scores "
-    "thresholded by the same calibration. Gate plans are plan format version 2.",
+    help="threshold: exit where a state's confidence passes its threshold (per-exit "
+    "thresholds or one shared threshold, whichever the calibration split predicts "
+    "cheaper); gate: a small learned model per kept state (its max-prob, margin, entropy, "
+    "agreement with the earlier exits, the previous gate's score) fitted on the "
+    "calibration split, its scores thresholded by the same calibration; agreement: exit "
+    "when enough of the states run so far predict the same class (how many is "
+    "calibrated), planned from predictions alone. Gate and agreement plans are plan "
+    "format version 2; agreement plans run in AdaptiveModel's Python loop.",
 )
 @output_option("Where to write plan.json (default: BUNDLE/plan.json).")
 @json_option("Print the plan's figures as JSON.")
@@ -108,6 +122,7 @@ def plan_cmd(
     seed: int,
     measure: str,
     delta: float,
+    promise: str,
     calibration: str,
     policy: str,
     cost_stat: str,
@@ -119,9 +134,11 @@ def plan_cmd(
     States are chosen on a calibration split to minimise the expected cost (the
     profile's p50 at batch 1). With --calibration risk (the default) the thresholds
     are then tested on the held-out split so that, with probability >= 1 - delta, the
-    accuracy drop on new data drawn like it is at most --max-drop (Learn then Test);
-    when the data cannot support that, the plan keeps the static model and says how
-    many samples it would need. The figures are reported on the held-out split with
+    drop on new data drawn like it is at most --max-drop (Learn then Test; --promise
+    says which drop); when the data cannot support that, the plan keeps the static
+    model and says how many samples it would need. The calibration split alone picks
+    which thresholds to test (per-exit, or one shared) and how; the held-out split
+    tests only that choice. The figures are reported on the held-out split with
     the oracle gap closure (R_N - R_policy) / (R_N - R_oracle). --measure picks the
     confidences (maxprob, margin or negative entropy, as the decision kernel computes
     them) from the evaluation; the plan records it and AdaptiveModel runs it.
@@ -146,6 +163,7 @@ def plan_cmd(
         max_states=max_states,
         max_drop=max_drop,
         delta=delta,
+        promise=promise,
         calibration=calibration,
         policy=policy,
     )

@@ -35,8 +35,8 @@ def report_cmd(
     """Write the report of BUNDLE on this device: accuracy vs measured cost with the oracle
     bounds, the policy sweep and the plan (paper Fig. 3/4), alpha_i per state (Fig. 2) and
     R_ratio vs number of states (Fig. 6), in one HTML file readable without a server.
-    Both policies (confidence thresholds and learned exit gates) are planned from the
-    same profile and evaluation and shown side by side."""
+    Every policy (confidence thresholds, learned exit gates, agreement) is planned from
+    the same profile and evaluation and shown side by side."""
     from edgeadapt.report import POLICY_HEADERS, policy_rows, report_files
 
     written = report_files(bundle, profile=profile, evaluation=evaluation, plan=plan, output=output)
@@ -71,7 +71,7 @@ def report_cmd(
             )
         )
     if data.policies:
-        click.echo("both policies planned from this profile and evaluation:")
+        click.echo("every policy planned from this profile and evaluation:")
         rows = policy_rows(data.policies)
         if rows:
             click.echo(table(POLICY_HEADERS, rows, left=(0, 1, 5)))

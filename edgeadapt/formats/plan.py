@@ -18,7 +18,8 @@ the record of how well the plan did and is shown by reports.
   "budget": [{"budget_ms": 0.11, "state": 0, "accuracy": 0.61}, ...],
   "policy": {"kind": "threshold"}                # version 2 only (optional; a version 1
           | {"kind": "gate",                     #   file is a threshold plan)
-             "gates": [{"weights": [w0, ..., w4], "bias": b}, ...]},
+             "gates": [{"weights": [w0, ..., w4], "bias": b}, ...]}
+          | {"kind": "agreement"},
   ---- the record ----
   "reference": {"state": 5, "accuracy": 0.93, "max_drop": 0.005},
   "calibration": {"n", "accuracy", "reference_accuracy", "drop", "cost_ms"},
@@ -27,8 +28,9 @@ the record of how well the plan did and is shown by reports.
   "oracle": {"r_oracle", "a_oracle", "r_n", "a_n"},
   "gap_closure": 0.71 | null,
   "search": {"method": "exhaustive", "max_states": 4, "subsets_evaluated": 12},
-  "promise": {"max_drop", "delta", "n", "tested", "passed", "p_value", "losses",
-              "required_n", "holds", "method", "assumption"},   # risk-controlled plans
+  "promise": {"kind": "net" | "loss", "max_drop", "delta", "n", "tested", "passed",
+              "p_value", "losses", "gains", "required_n", "holds", "method",
+              "assumption", "path"},                # risk-controlled plans
   "static": {"cost_ms": 0.74},                   # optional: the measured whole model
   "fallback": "no plan of several states ...",   # optional: why only the static model
   "cost_stat": "p90",                            # optional (default p50): cost percentile
@@ -46,7 +48,19 @@ runner. Both versions accept it.
 Policy ``gate`` (`edgeadapt.planning.gates`): one learned gate per kept state but the last, its
 weights over the features of `edgeadapt.kernel_ref.GATE_FEATURES`; the thresholds then
 apply to the gates' scores (in [0, 1]) and `measure` names only the confidence reported
-at the last state. Version 1 files (no ``policy``) read as the threshold policy.
+at the last state. Policy ``agreement``: the thresholds apply to the share of the
+earlier kept states whose prediction agrees with the state's own
+(`edgeadapt.kernel_ref.agreement_shares`, in [0, 1]); `measure` again names only the
+confidence reported at the last state; a state that never exits (it only votes) has the
+threshold ``AGREEMENT_NEVER`` (2). Version 1 files (no ``policy``) read as the
+threshold policy; a reader of version 2 that runs neither gates nor agreement refuses
+such a plan by its ``policy.kind``.
+
+``promise`` (risk-controlled plans) records what was promised and the evidence:
+``kind`` ``net`` bounds the accuracy drop (losses minus gains against the reference
+state), ``loss`` the losses alone; ``gains`` counts the tested samples the plan gets
+right and the reference wrong; ``path`` names the path the test walked. Runners ignore
+the block; files without ``kind`` (older ones) promised the losses alone.
 
 ``hop_overhead_ms`` is what `AdaptiveModel.predict` itself adds per hop on the device
 (the profile's `edgeadapt.formats.profile.Overhead`): a plan of several states has it counted in
@@ -89,11 +103,12 @@ if TYPE_CHECKING:
 
 FORMAT = "edgeadapt-plan"
 # Threshold plans are still written as version 1 (no policy block), so every version 1
-# reader keeps running them; only a gate plan needs version 2, which such a reader
-# refuses by its version rather than misreading gate thresholds as confidences.
+# reader keeps running them; only gate and agreement plans need version 2, which such a
+# reader refuses by its version rather than misreading their thresholds as confidences
+# (and a version 2 reader that runs only some kinds refuses the others by policy.kind).
 VERSION = 2
 VERSIONS = (1, 2)  # files of every listed version read
-POLICY_KINDS = ("threshold", "gate")
+POLICY_KINDS = ("threshold", "gate", "agreement")
 # Confidence range of each of the kernel's MEASURES (lowest, highest); thresholds are
 # checked against it.
 MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
@@ -102,6 +117,9 @@ MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
     "entropy": (None, 0.0),
 }
 KINDS = ("early-exit", "ensemble", "branches")
+#: The threshold an agreement plan writes for a kept state that never exits (it still
+#: votes: later states count its prediction). Shares are at most 1.
+AGREEMENT_NEVER = 2.0
 SEARCH_METHODS = ("exhaustive",)
 #: Profile percentiles a plan's costs may be taken at (``cost_stat``, default p50).
 COST_STATS = ("p50", "p90", "p99")
@@ -109,9 +127,19 @@ COST_STATS = ("p50", "p90", "p99")
 COST_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 
-#: How a promise was tested, and what it assumes (recorded with every promise).
+#: How a promise is tested: learn then test, the p-value of each test.
+METHODS = {
+    "binomial": "learn-then-test, fixed-sequence, binomial p-value on the losses",
+    "berger-boos": "learn-then-test, fixed-sequence, Berger-Boos p-value on losses minus gains",
+}
+#: What plans that do not say (older ones) were tested with.
 METHOD = "learn-then-test, fixed-sequence, binomial p-value"
 ASSUMPTION = "the testing split and new data are exchangeable (drawn from one distribution)"
+#: What a promise bounds (`edgeadapt.planning.paths.PROMISES`): ``net`` the accuracy drop
+#: (losses minus gains against the reference), ``loss`` the losses alone.
+PROMISE_KINDS = ("net", "loss")
+#: The paths a promise's test may walk (`edgeadapt.planning.paths`), in the order ties go.
+PROMISE_PATHS = ("frontier", "shared")
 
 
 @dataclass(frozen=True)
@@ -140,11 +168,14 @@ class Promise:
     """What a risk-controlled plan promises, and the evidence for it.
 
     P(drop on new data > `max_drop`) <= `delta`, the drop taken against the reference
-    state, under `assumption`. `n` samples were tested; `tested` path points were
-    tested in order, `passed` of them rejected their null (0: nothing could be promised,
-    the static model is kept); `p_value` is the chosen point's (or the first failed
-    point's, when none passed); `losses` counts its samples where the reference is right
-    and the policy wrong.
+    state, under `assumption`; `kind` ``net`` bounds the accuracy drop (losses minus
+    gains), ``loss`` the losses alone (new errors: samples the reference gets right and
+    the plan wrong). `n` samples were tested; `tested` path points were tested in
+    order, `passed` of them rejected their null (0: nothing could be promised, the
+    static model is kept); `p_value` is the chosen point's (or the first failed
+    point's, when none passed); `losses` and `gains` count its samples where the
+    reference is right and the policy wrong, and the other way round. `path` names the
+    path tested (`edgeadapt.planning.paths.PATH_KINDS`), chosen on the learning split.
     """
 
     max_drop: float
@@ -157,22 +188,32 @@ class Promise:
     required_n: int
     method: str = METHOD
     assumption: str = ASSUMPTION
+    kind: str = "loss"
+    gains: int | None = None
+    path: str | None = None
 
     @property
     def holds(self) -> bool:
         return self.passed > 0
 
+    @property
+    def bounds(self) -> str:
+        """What is bounded, in words."""
+        if self.kind == "net":
+            return "accuracy drop"
+        return "new errors (right by the reference, wrong by the plan)"
+
     def describe(self) -> str:
         """One line for people: what is promised, or why nothing could be."""
         if self.holds:
             return (
-                f"promise: accuracy drop <= {self.max_drop:.2%} on new data with probability "
+                f"promise: {self.bounds} <= {self.max_drop:.2%} on new data with probability "
                 f">= {1 - self.delta:.0%} (Learn then Test on {self.n} held-out samples, "
                 f"p = {self.p_value:.3g}; assumes {self.assumption})"
             )
         if self.n < self.required_n:
             return (
-                f"no promise: {self.n} held-out samples cannot show a drop <= "
+                f"no promise: {self.n} held-out samples cannot show {self.bounds} <= "
                 f"{self.max_drop:.2%} at probability {1 - self.delta:.0%}; it needs at least "
                 f"{self.required_n}. The plan keeps the static model."
             )
@@ -181,8 +222,9 @@ class Promise:
             f"(p = {self.p_value:.3g} > delta = {self.delta}). The plan keeps the static model."
         )
 
-    def to_json(self) -> dict[str, float | int | str | bool]:
-        return {
+    def to_json(self) -> dict[str, float | int | str | bool | None]:
+        doc: dict[str, float | int | str | bool | None] = {
+            "kind": self.kind,
             "max_drop": self.max_drop,
             "delta": self.delta,
             "n": self.n,
@@ -195,6 +237,11 @@ class Promise:
             "method": self.method,
             "assumption": self.assumption,
         }
+        if self.gains is not None:
+            doc["gains"] = self.gains
+        if self.path is not None:
+            doc["path"] = self.path
+        return doc
 
 
 @dataclass(frozen=True)
@@ -250,15 +297,19 @@ class Plan:
     fallback: str | None = None
     #: The profile percentile the costs (and so the budget table) are taken at.
     cost_stat: str = "p50"
-    gates: tuple[Gate, ...] | None = None  # None: the threshold policy
+    gates: tuple[Gate, ...] | None = None  # None: the threshold or agreement policy
     #: The runtime configuration the costs were measured under (None: not recorded).
     runtime: RuntimeConfig | None = None
     #: The cascade's own cost per hop counted in the expected costs (None: none counted).
     hop_overhead_ms: float | None = None
+    #: True for the agreement policy (thresholds on agreement shares; no gates).
+    agreement: bool = False
 
     @property
     def policy(self) -> str:
-        """The policy kind: ``threshold`` or ``gate``."""
+        """The policy kind: ``threshold``, ``gate`` or ``agreement``."""
+        if self.agreement:
+            return "agreement"
         return "threshold" if self.gates is None else "gate"
 
     @property
@@ -346,23 +397,23 @@ def _figures_doc(f: SplitFigures) -> dict[str, Any]:
 
 def _policy_doc(plan: Plan) -> dict[str, Any]:
     if plan.gates is None:
-        return {"kind": "threshold"}
+        return {"kind": plan.policy}
     return {"kind": "gate", "gates": [g.to_json() for g in plan.gates]}
 
 
-def _policy(f: Fields, n_states: int) -> tuple[Gate, ...] | None:
-    """The ``policy`` block: None for the threshold policy, else one gate per kept
-    state but the last."""
+def _policy(f: Fields, n_states: int) -> tuple[str, tuple[Gate, ...] | None]:
+    """The ``policy`` block: its kind, and for a gate plan one gate per kept state but
+    the last (None otherwise)."""
     kind = f.get("kind", str, check=_one_of(POLICY_KINDS))
-    if kind == "threshold":
-        return None
+    if kind != "gate":
+        return kind, None
     gates = []
     for g in f.items("gates"):
         weights = _numbers(g, "weights", len(GATE_FEATURES), minimum=None)
         gates.append(Gate(weights=weights, bias=g.number("bias")))
     if len(gates) != n_states - 1:
         f.fail(f"expected {n_states - 1} gates (one per kept state but the last)", "gates")
-    return tuple(gates)
+    return kind, tuple(gates)
 
 
 def plan_to_doc(plan: Plan) -> dict[str, Any]:
@@ -372,7 +423,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     promise = {} if plan.promise is None else {"promise": plan.promise.to_json()}
     doc: dict[str, Any] = {
         "format": FORMAT,
-        "version": 1 if plan.gates is None else VERSION,
+        "version": 1 if plan.policy == "threshold" else VERSION,
         "bundle": {
             "manifest_sha256": plan.manifest_sha256,
             "kind": plan.kind,
@@ -387,7 +438,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
             {"budget_ms": r.budget_ms, "state": r.state, "accuracy": r.accuracy}
             for r in plan.budget
         ],
-        **({} if plan.gates is None else {"policy": _policy_doc(plan)}),
+        **({} if plan.policy == "threshold" else {"policy": _policy_doc(plan)}),
         "reference": {
             "state": plan.reference_state,
             "accuracy": plan.calibration.reference_accuracy,
@@ -554,8 +605,13 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     sha, kind, names = _bundle_fields(f)
     states = _kept_states(f, names)
     measure = f.get("measure", str, check=_one_of(MEASURES))
-    gates = _policy(f.child("policy"), len(states)) if "policy" in f.obj else None
-    low, high = MEASURE_RANGES[measure] if gates is None else (0.0, 1.0)
+    policy, gates = (
+        _policy(f.child("policy"), len(states)) if "policy" in f.obj else ("threshold", None)
+    )
+    # gate scores lie in [0, 1], agreement shares too (AGREEMENT_NEVER above: never exit)
+    low, high = {"threshold": MEASURE_RANGES[measure], "gate": (0.0, 1.0)}.get(
+        policy, (0.0, AGREEMENT_NEVER)
+    )
     thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
     cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0, maximum=MAX_MS)
     budget = _budget_rows(f, states)
@@ -587,6 +643,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
         fallback=f.get("fallback", str, None),
         gates=gates,
+        agreement=policy == "agreement",
         cost_stat=f.get("cost_stat", str, "p50", check=_one_of(COST_STATS)),
         runtime=(
             RuntimeConfig.from_json(f.obj["runtime"], f.source, "$.runtime")
@@ -617,7 +674,12 @@ def _promise(f: Fields) -> Promise:
         required_n=_int(f, "required_n", minimum=1),
         method=f.get("method", str),
         assumption=f.get("assumption", str),
+        kind=f.get("kind", str, "loss", check=_one_of(PROMISE_KINDS)),
+        gains=_int(f, "gains", minimum=0, maximum=n) if "gains" in f.obj else None,
+        path=f.get("path", str, None, check=_one_of(PROMISE_PATHS)),
     )
+    if promise.losses + (promise.gains or 0) > n:
+        f.fail(f"losses and gains must sum to at most n = {n}", "gains")
     if f.get("holds", bool) != promise.holds:
         f.fail("must say whether any tested point passed (passed > 0)", "holds")
     return promise

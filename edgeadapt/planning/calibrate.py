@@ -15,6 +15,8 @@ How it searches, and what is exact:
 
 - One threshold (two states) is solved exactly: every cut between distinct confidences
   of the first state is scored at once from sorted cumulative sums.
+- Scores with few distinct values (agreement shares) are solved exactly too: every
+  combination of each exit's distinct values and "never" is scored, up to `GRID_LIMIT`.
 - With more thresholds the same exact search moves one threshold at a time (the others
   fixed: a sample that does not exit at state i has an outcome fixed by the later
   thresholds, so the line search is exact over all cuts). Coordinate descent alone
@@ -48,6 +50,8 @@ _LAMBDA_STEPS = 24
 _MAX_SWEEPS = 50
 _POLISHED = 3
 _PAIR_GRID = 33  # confidence quantiles tried per threshold in pair moves
+#: Most threshold vectors `calibrate` tries one by one when the scores take few values.
+GRID_LIMIT = 256
 
 
 class CascadeResult(NamedTuple):
@@ -162,7 +166,7 @@ def sweep(
     return Sweep(levels=lv, accuracy=acc, expected_cost=exp_cost)
 
 
-class _Search:
+class Search:
     """Exact one-threshold line searches over a fixed split (sums kept in whole samples)."""
 
     def __init__(self, conf: np.ndarray, correct: np.ndarray, cost: np.ndarray) -> None:
@@ -304,15 +308,20 @@ def calibrate(
     elif not 0.0 <= reference_accuracy <= 1.0:
         raise InputError(f"must be in [0, 1], got {reference_accuracy}", field="reference_accuracy")
     need = required_correct(reference_accuracy, n, max_drop)
-    search = _Search(conf, correct, cost)
-
-    starts = [np.full(s - 1, NEVER)]
-    if s > 2:
-        starts += _lagrangian_path(search, need)
-    best_t = min((search.descend(t, need, None) for t in starts), key=lambda t: search.key(t, need))
-    if s > 2 and polish:
-        best_t = search.pair_polish(best_t, need)
-    best_key = search.key(best_t, need)
+    grid = _grid(conf)
+    if grid is not None:  # few distinct scores: every threshold vector is tried
+        best_t, feasible = _grid_best(conf, correct, cost, grid, need)
+    else:
+        search = Search(conf, correct, cost)
+        starts = [np.full(s - 1, NEVER)]
+        if s > 2:
+            starts += _lagrangian_path(search, need)
+        best_t = min(
+            (search.descend(t, need, None) for t in starts), key=lambda t: search.key(t, need)
+        )
+        if s > 2 and polish:
+            best_t = search.pair_polish(best_t, need)
+        feasible = search.key(best_t, need)[0] == 0
     result = simulate(conf, correct, cost, best_t)
     return Calibration(
         thresholds=best_t,
@@ -320,12 +329,40 @@ def calibrate(
         expected_cost=result.expected_cost,
         reference_accuracy=reference_accuracy,
         drop=reference_accuracy - result.accuracy,
-        feasible=best_key[0] == 0,
-        exact=s <= 2,
+        feasible=feasible,
+        exact=s <= 2 or grid is not None,
     )
 
 
-def _lagrangian_path(search: _Search, need: int) -> list[np.ndarray]:
+def _grid(conf: np.ndarray) -> np.ndarray | None:
+    """Every threshold vector that makes a different policy when the exits' scores take
+    few distinct values (agreement shares: at most j + 1 at kept state j), ``[C, S-1]``:
+    each exit's distinct scores and "never", all combinations; None when there are more
+    than `GRID_LIMIT`."""
+    levels = [np.append(np.unique(conf[:, i]), NEVER) for i in range(conf.shape[1] - 1)]
+    if not levels or math.prod(len(v) for v in levels) > GRID_LIMIT:
+        return None
+    return np.array(list(itertools.product(*levels)), dtype=np.float64)
+
+
+def _grid_best(
+    conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, grid: np.ndarray, need: int
+) -> tuple[np.ndarray, bool]:
+    """The best of the `grid`'s threshold vectors by the constrained key (shortfall, then
+    cost, then more correct; the first on a tie), all scored at once, and whether it
+    meets the target."""
+    n, s = conf.shape
+    hit = conf[None, :, :-1] >= grid[:, None, :]  # [C, N, S-1]
+    state = np.where(hit.any(axis=2), hit.argmax(axis=2), s - 1)
+    total_correct = correct[np.arange(n), state].sum(axis=1)
+    total_cost = cost[state].sum(axis=1)
+    short = np.maximum(0, need - total_correct)
+    tol = 1e-9 * max(1.0, float(cost.max()) * n)
+    best = int(np.lexsort((-total_correct, np.round(total_cost / tol), short))[0])
+    return grid[best].copy(), bool(short[best] == 0)
+
+
+def _lagrangian_path(search: Search, need: int) -> list[np.ndarray]:
     """The cheapest few feasible points of cost + lam * errors, lam bisected."""
     lo, hi = 0.0, 2.0 * float(search.cost.max() - search.cost.min()) + 1e-12
     t = np.full(search.s - 1, NEVER)

@@ -17,9 +17,9 @@ also learns to let go of the samples no state gets right.
 The scores then stand in for the confidences the threshold policy compares: the same
 risk control (`edgeadapt.planning.risk.risk_control`, fixed-sequence tested on the held-out split)
 picks the gate thresholds, and the promise is unchanged (it needs nothing of the
-confidences). Every gate estimates the same probability, so the path it tests gives all
-gates one shared threshold (`edgeadapt.planning.risk.shared_path`): on the MNIST-1D bundle that
-path saves more than per-gate steps do (`bench/gates.py`). Fitting is plain Newton /
+confidences). Every gate estimates the same probability, so one shared threshold
+(`edgeadapt.planning.paths.shared_path`) is natural; the calibration split chooses between
+it and per-gate thresholds (`edgeadapt.planning.risk.choose`). Fitting is plain Newton /
 IRLS in float64 with an L2 penalty on the weights (not the bias), a few steps: five
 features leave nothing to tune.
 """

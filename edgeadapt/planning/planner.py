@@ -1,7 +1,8 @@
 """Choose a device's plan: the states to keep, their thresholds, and the budget table.
 
-`make_plan` works on two splits of an evaluation (per-sample correctness and confidence
-of every state) and the per-state costs measured on the device:
+`make_plan` works on two splits of an evaluation (per-sample correctness and confidence,
+or prediction for the agreement policy, of every state: `edgeadapt.planning.outcomes`) and
+the per-state costs measured on the device:
 
 1. Reference: the best single state on the calibration split (its accuracy minus
    `max_drop` is the accuracy every candidate must keep on that split).
@@ -13,10 +14,14 @@ of every state) and the per-state costs measured on the device:
 3. States whose calibrated threshold never fires are dropped from the winner (their
    outcomes are unchanged; an ensemble no longer pays for them).
 4. Thresholds (``calibration="risk"``, the default): the subset's thresholds are
-   chosen by Learn then Test (`edgeadapt.planning.risk`): a path learned on the calibration
-   split, tested in order on the held-out split, so that P(drop on new data >
-   max_drop) <= delta. When nothing can be promised (too few held-out samples, or no
-   point passes) the plan keeps the reference state alone: the static model.
+   chosen by Learn then Test (`edgeadapt.planning.risk`): the calibration split chooses a
+   path (per-exit frontier or one shared threshold) and a test, the path learned there
+   is tested in order on the held-out split, so that P(drop on new data > max_drop)
+   <= delta, the drop the `promise` names (``net``: losses minus gains; ``loss``:
+   losses). An agreement plan's subset is searched at several shares of max_drop
+   (`SEARCH_LEVELS`) and the calibration split picks the one it predicts cheapest once
+   tested. When nothing can be promised (too few held-out samples, or no point passes)
+   the plan keeps the reference state alone: the static model.
    ``calibration="empirical"`` keeps the thresholds that meet max_drop on the
    calibration split, with no promise.
 5. The held-out split gives the figures the plan reports: accuracy, drop against the
@@ -46,7 +51,9 @@ its step costs were timed each step alone.
 Branch bundles (``kind="branches"``, AdaInf's execution branches) are not cascaded: the
 plan keeps the device's Pareto set of branches (measured cost against calibration
 accuracy) and its budget table; without a budget the most accurate branch answers alone,
-with one the table picks the branch (their thresholds are unused placeholders).
+with one the table picks the branch (their thresholds are unused placeholders). Under
+the agreement policy a branches bundle is cascaded as an ensemble is (`cascade_kind`):
+each branch runs from the input, and a sample pays every branch run.
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
@@ -62,13 +69,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.evaluation import CONF_KEYS, check_evaluation
 from edgeadapt.formats.plan import (
+    AGREEMENT_NEVER,
     COST_STATS,
     KINDS,
     MEASURE_RANGES,
@@ -82,9 +90,11 @@ from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.kernel_ref import MEASURES, lookup
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.calibrate import NEVER, CascadeResult, calibrate, exit_states, simulate
-from edgeadapt.planning.gates import GateInputs, fit_gates, policy_confidences
-from edgeadapt.planning.risk import RiskControlled, risk_control, shared_path
-from edgeadapt.planning.search import CalibratedSubset, search_subsets, subset_costs
+from edgeadapt.planning.gates import fit_gates, policy_confidences
+from edgeadapt.planning.outcomes import POLICIES, Outcomes
+from edgeadapt.planning.paths import check_promise, shared_path
+from edgeadapt.planning.risk import MARGIN, Choice, RiskControlled, choose, risk_control
+from edgeadapt.planning.search import CalibratedSubset, Scores, search_subsets, subset_costs
 from edgeadapt.planning.stats import drop_upper_bound
 
 if TYPE_CHECKING:
@@ -95,107 +105,14 @@ if TYPE_CHECKING:
     from edgeadapt.formats.profile import Profile
 
 CALIBRATIONS = ("risk", "empirical")
-POLICIES = ("threshold", "gate")
+#: Shares of max_drop the subset search runs at for a risk-controlled agreement plan.
+#: The test passes a drop below max_drop, and an agreement path has few points (the
+#: shares take few values), so a subset chosen to spend all of max_drop on the
+#: calibration split may promise nothing where one chosen for part of it would; the
+#: learning split chooses (`edgeadapt.planning.risk.choose`). Confidence and gate paths
+#: move in small steps, and search at max_drop alone.
+SEARCH_LEVELS = (1.0, 0.75, 0.5, 0.25)
 _TOL = 1e-9
-
-
-class EvaluationLike(Protocol):
-    """What the planner reads from an evaluation (`edgeadapt.formats.evaluation`'s format)."""
-
-    @property
-    def labels(self) -> np.ndarray: ...
-    @property
-    def pred(self) -> np.ndarray: ...
-    @property
-    def conf(self) -> np.ndarray | None: ...
-    @property
-    def states(self) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Outcomes:
-    """Per-sample results of every state on one split: `correct` bool and `conf` float32
-    ``[N, S]``, states named in bundle (cost) order; `measure` names the confidences
-    (None: not said, maxprob by default); `gate_inputs`, what learned gates read (every
-    measure and the argmax), when known."""
-
-    names: tuple[str, ...]
-    correct: np.ndarray
-    conf: np.ndarray
-    measure: str | None = None
-    gate_inputs: GateInputs | None = None
-
-    def __post_init__(self) -> None:
-        n_states = len(self.names)
-        if n_states == 0 or len(set(self.names)) != n_states:
-            raise InputError("state names must be a non-empty list of unique names", field="states")
-        if self.correct.dtype != np.bool_ or self.correct.ndim != 2:
-            raise InputError("expected a bool [N, S] array", field="correct")
-        if self.correct.shape[1] != n_states or self.correct.shape[0] == 0:
-            raise InputError(
-                f"expected shape [N>0, {n_states}], got {self.correct.shape}", field="correct"
-            )
-        if self.conf.shape != self.correct.shape or self.conf.dtype.kind != "f":
-            raise InputError(f"expected a float array of shape {self.correct.shape}", field="conf")
-        if not np.isfinite(self.conf).all():
-            raise InputError("confidences must be finite", field="conf")
-        if self.measure is not None and self.measure not in MEASURES:
-            raise InputError(
-                f"must be one of {list(MEASURES)}, got {self.measure!r}", field="measure"
-            )
-        if self.gate_inputs is not None and self.gate_inputs.pred.shape != self.correct.shape:
-            raise InputError(
-                f"expected gate inputs of shape {self.correct.shape}", field="gate_inputs"
-            )
-
-    @classmethod
-    def from_evaluation(cls, evaluation: EvaluationLike, measure: str = "maxprob") -> Outcomes:
-        """Correctness (``pred == labels``) and the `measure` confidences of an evaluation
-        (``conf``, ``conf_margin`` or ``conf_entropy``, see `edgeadapt.formats.evaluation`)."""
-        if measure not in CONF_KEYS:
-            raise InputError(f"must be one of {list(CONF_KEYS)}, got {measure!r}", field="measure")
-        key = CONF_KEYS[measure]
-        conf = getattr(evaluation, key, None)
-        if conf is None:
-            raise InputError(
-                f"planning on {measure} needs {measure} confidences; this evaluation has "
-                "none (write it again with edgeadapt evaluate, which stores every measure)",
-                source=getattr(evaluation, "source", None),
-                field=key,
-            )
-        confs = [getattr(evaluation, CONF_KEYS[m], None) for m in MEASURES]
-        gate_inputs = (
-            None
-            if any(c is None for c in confs)
-            else GateInputs(np.asarray(evaluation.pred), *(np.asarray(c) for c in confs))
-        )
-        return cls(
-            names=tuple(str(s) for s in evaluation.states),
-            correct=np.asarray(evaluation.pred) == np.asarray(evaluation.labels)[:, None],
-            conf=np.asarray(conf, dtype=np.float32),
-            measure=measure,
-            gate_inputs=gate_inputs,
-        )
-
-    @property
-    def n(self) -> int:
-        """Number of samples."""
-        return int(self.correct.shape[0])
-
-    def take(self, rows: np.ndarray) -> Outcomes:
-        """The samples at `rows`."""
-        gates = None if self.gate_inputs is None else self.gate_inputs.take(rows)
-        return Outcomes(self.names, self.correct[rows], self.conf[rows], self.measure, gates)
-
-    def split(self, heldout: float = 0.5, seed: int = 0) -> tuple[Outcomes, Outcomes]:
-        """A random (calibration, held-out) split; `heldout` is the held-out share."""
-        if not 0.0 < heldout < 1.0:
-            raise InputError(f"must be in (0, 1), got {heldout}", field="heldout")
-        rows = np.random.default_rng(seed).permutation(self.n)
-        cut = self.n - round(heldout * self.n)
-        if cut < 1 or cut >= self.n:
-            raise InputError(f"{self.n} samples are too few to split", field="heldout")
-        return self.take(np.sort(rows[:cut])), self.take(np.sort(rows[cut:]))
 
 
 def pareto_states(state_costs: np.ndarray, accuracy: np.ndarray) -> tuple[int, ...]:
@@ -260,27 +177,30 @@ def _search(
     max_drop: float,
     reference_accuracy: float,
     hop_ms: float | None,
+    scores: Scores,
+    last: int | None = None,
 ) -> CalibratedSubset:
-    """`search_subsets`; with a per-hop overhead, the cheapest of its best subsets of at
-    most 1, 2, ... `max_states` states once the hops are counted (a cascade of more states
-    pays more hops), ties to fewer states."""
+    """`search_subsets` on the `scores` of each subset; with a per-hop overhead, the
+    cheapest of its best subsets of at most 1, 2, ... `max_states` states once the hops
+    are counted (a cascade of more states pays more hops), ties to fewer states."""
     sizes = range(1, max_states + 1) if hop_ms and kind != "branches" else (max_states,)
     best: tuple[float, CalibratedSubset] | None = None
     evaluated = 0
     for m in sizes:
         choice = search_subsets(
-            calib.conf,
+            scores,
             calib.correct,
             costs,
             kind=kind,
             max_states=m,
             max_drop=max_drop,
             reference_accuracy=reference_accuracy,
+            last=last,
         )
         evaluated += choice.evaluated
         cols = list(choice.states)
         cost = simulate(
-            calib.conf[:, cols],
+            scores(choice.states),
             calib.correct[:, cols],
             exit_costs(costs, choice.states, kind, hop_ms),
             choice.calibration.thresholds,
@@ -321,9 +241,22 @@ def _check_args(
     if policy == "gate" and kind == "branches":
         raise InputError(
             "branches are picked by budget, not cascaded: there is nothing for gates to "
-            "decide; plan them with the threshold policy",
+            "decide; plan them with the threshold or agreement policy",
             field="policy",
         )
+    for name, split in (("calibration", calib), ("heldout", heldout)):
+        if policy == "agreement" and split.pred is None:
+            raise InputError(
+                f"the agreement policy reads each state's predictions; the {name} split has none",
+                field="pred",
+            )
+        if policy != "agreement" and split.conf is None:
+            raise InputError(
+                f"the {policy} policy thresholds {measure} confidences; the {name} split has "
+                "none (imported predictions: plan them with --policy agreement, or write "
+                "the evaluation with edgeadapt evaluate, which stores every measure)",
+                field=CONF_KEYS[measure],
+            )
     if policy == "gate":
         for name, split in (("calibration", calib), ("heldout", heldout)):
             if split.gate_inputs is None:
@@ -353,6 +286,8 @@ def _check_args(
         raise InputError(f"must be one of {list(MEASURES)}, got {measure!r}", field="measure")
     low, high = MEASURE_RANGES[measure]
     for name, split in (("calibration", calib), ("heldout", heldout)):
+        if split.conf is None:
+            continue
         if (low is not None and split.conf.min() < low) or split.conf.max() > high:
             raise InputError(
                 f"confidences span [{split.conf.min()}, {split.conf.max()}], outside the "
@@ -379,15 +314,20 @@ def _check_args(
 
 @dataclass(frozen=True)
 class _Chosen:
-    """The kept states so far, their thresholds (one per state but the last), their gates
-    (None: the threshold policy), the promise tested on them and why the plan fell back
-    to the static model (None: it did not)."""
+    """The kept states so far, their thresholds (one per state but the last), the policy
+    (`POLICIES`) and its gates (None unless gates), the promise tested on them and why
+    the plan fell back to the static model (None: it did not)."""
 
     states: tuple[int, ...]
     thresholds: np.ndarray
     gates: tuple[Gate, ...] | None
     promise: Promise | None
     fallback: str | None
+    policy: str = "threshold"
+
+    def scores(self, split: Outcomes) -> np.ndarray:
+        """What the policy thresholds on `split` at the kept states."""
+        return split.scores(self.states, self.policy, self.gates)
 
 
 def _check_costs(static_ms: float | None, hop_overhead_ms: float | None) -> float | None:
@@ -405,17 +345,26 @@ def _check_costs(static_ms: float | None, hop_overhead_ms: float | None) -> floa
     return None if hop_overhead_ms is None else float(hop_overhead_ms)
 
 
+def cascade_kind(kind: str, policy: str) -> str:
+    """The kind whose costs a plan's cascade pays: a branches bundle under the agreement
+    policy runs its branches in turn, each from the input, as an ensemble runs members."""
+    return "ensemble" if kind == "branches" and policy == "agreement" else kind
+
+
 def _firing(chosen: _Chosen) -> _Chosen:
-    """`chosen` without the states whose threshold can never fire (they only cost)."""
+    """`chosen` without the states whose threshold can never fire (they only cost).
+
+    Gates and agreement read every earlier kept state, so such a state cannot be dropped
+    on its own: a gate plan keeps all of them or only the last (`_gated_states` leaves
+    all firing or none), an agreement plan keeps them all while any state fires."""
     fires = np.append(np.isfinite(chosen.thresholds), True)
-    if chosen.gates is not None and not fires.all():
-        # Gates are fitted on the features of every kept state, so a gated state cannot
-        # be dropped on its own; `_gated_states` leaves all firing or none.
-        fires[:] = False
+    if chosen.policy != "threshold" and not fires.all():
+        keep_all = chosen.policy == "agreement" and fires[:-1].any()
+        fires[:] = keep_all
         fires[-1] = True
     states = tuple(s for s, keep in zip(chosen.states, fires, strict=True) if keep)
     gates = None if chosen.gates is None else chosen.gates[: len(states) - 1]
-    return _Chosen(states, chosen.thresholds[fires[:-1]], gates, chosen.promise, chosen.fallback)
+    return replace(chosen, states=states, thresholds=chosen.thresholds[fires[:-1]], gates=gates)
 
 
 def _ending_at_reference(chosen: _Chosen, reference: int) -> _Chosen:
@@ -431,7 +380,7 @@ def _ending_at_reference(chosen: _Chosen, reference: int) -> _Chosen:
     if chosen.states[-1] == reference:
         return chosen
     states = (*(s for s in chosen.states if s < reference), reference)
-    return _Chosen(states, np.full(len(states) - 1, NEVER), None, None, None)
+    return _Chosen(states, np.full(len(states) - 1, NEVER), None, None, None, chosen.policy)
 
 
 def _split_figures(
@@ -447,7 +396,7 @@ def _split_figures(
     right."""
     cols = list(chosen.states)
     run = simulate(
-        _policy_conf(split, cols, chosen.gates),
+        chosen.scores(split),
         split.correct[:, cols],
         exit_costs(costs, chosen.states, kind, hop_ms),
         chosen.thresholds,
@@ -456,6 +405,109 @@ def _split_figures(
     ref = float(split.correct[:, reference].mean())
     figures = SplitFigures(split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost)
     return figures, policy_correct
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What every step of `make_plan` reads: the costs, the cascade's kind (`cascade_kind`),
+    the reference state, the drop and its confidence, the promise and the per-hop cost."""
+
+    costs: np.ndarray
+    kind: str
+    reference: int
+    max_drop: float
+    delta: float
+    promise: str
+    hop_ms: float | None
+
+
+def _candidates(
+    calib: Outcomes,
+    setting: _Setting,
+    *,
+    max_states: int,
+    policy: str,
+    calibration: str,
+) -> tuple[list[_Chosen], int]:
+    """The subsets worth testing, with their thresholds (placeholders for risk control)
+    and gates, and how many subsets were calibrated to find them: the cheapest subset
+    at max_drop, and for a risk-controlled agreement plan at each of `SEARCH_LEVELS` of it."""
+    reference_accuracy = float(calib.correct[:, setting.reference].mean())
+    search_policy = "agreement" if policy == "agreement" else "threshold"
+
+    def scores(states: tuple[int, ...]) -> np.ndarray:
+        return calib.scores(states, search_policy)
+
+    risk = calibration == "risk"
+    levels = SEARCH_LEVELS if risk and policy == "agreement" else (1.0,)
+    # An agreement plan under risk control ends at the reference (`_ending_at_reference`):
+    # its states' shares depend on which ones run, so the search sees that ending.
+    last = setting.reference if len(levels) > 1 else None
+    out: list[_Chosen] = []
+    evaluated = 0
+    for level in levels:
+        found = _search(
+            calib,
+            setting.costs,
+            setting.kind,
+            max_states,
+            setting.max_drop * level,
+            reference_accuracy,
+            setting.hop_ms,
+            scores,
+            last,
+        )
+        evaluated += found.evaluated
+        chosen = _Chosen(found.states, found.calibration.thresholds, None, None, None, policy)
+        if risk:
+            chosen = _ending_at_reference(chosen, setting.reference)
+        if policy == "gate":
+            kept, gated, gate_thresholds = _gated_states(calib, chosen.states, setting, calibration)
+            chosen = _Chosen(kept, gate_thresholds, gated, None, None, policy)
+        if all(c.states != chosen.states for c in out):
+            out.append(chosen)
+    return out, evaluated
+
+
+def _risk_controlled(
+    calib: Outcomes, heldout: Outcomes, candidates: Sequence[_Chosen], setting: _Setting
+) -> _Chosen:
+    """Learn then Test over the `candidates`: each one's path and test are chosen on
+    `calib` (`edgeadapt.planning.risk.choose`), the candidate predicted cheapest (an
+    earlier one unless a later one predicts `MARGIN` less) is tested on `heldout`; its
+    promise, or the static model when nothing passed."""
+    ref = setting.reference
+    best: tuple[_Chosen, Choice, np.ndarray] | None = None
+    for cand in candidates:
+        cost = exit_costs(setting.costs, cand.states, setting.kind, setting.hop_ms)
+        learn = (cand.scores(calib), calib.correct[:, list(cand.states)], calib.correct[:, ref])
+        choice = choose(
+            learn,
+            cost,
+            max_drop=setting.max_drop,
+            delta=setting.delta,
+            promise=setting.promise,
+            n_test=heldout.n,
+        )
+        if best is None or choice.predicted_cost < best[1].predicted_cost * (1.0 - MARGIN):
+            best = (cand, choice, cost)
+    assert best is not None
+    cand, choice, cost = best
+    cols = list(cand.states)
+    controlled: RiskControlled = risk_control(
+        (cand.scores(calib), calib.correct[:, cols], calib.correct[:, ref]),
+        (cand.scores(heldout), heldout.correct[:, cols], heldout.correct[:, ref]),
+        cost,
+        max_drop=setting.max_drop,
+        delta=setting.delta,
+        promise=setting.promise,
+        choice=choice,
+    )
+    tested = controlled.promise
+    if tested.holds:
+        return replace(cand, thresholds=controlled.thresholds, promise=tested)
+    no_gates = None if cand.gates is None else ()
+    return _Chosen((ref,), np.empty(0), no_gates, tested, tested.describe(), cand.policy)
 
 
 def make_plan(
@@ -475,6 +527,7 @@ def make_plan(
     cost_stat: str = "p50",
     runtime: RuntimeConfig | None = None,
     hop_overhead_ms: float | None = None,
+    promise: str = "net",
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
 
@@ -483,8 +536,14 @@ def make_plan(
 
     `static_ms` is the measured whole model's cost, recorded as the plan's static baseline.
     `policy` ``"gate"`` fits a learned gate per kept state but the last on `calib`
-    (`edgeadapt.planning.gates`) and thresholds the gates' scores instead of the confidences;
-    the splits need every measure's confidences (`Outcomes.gate_inputs`).
+    (`edgeadapt.planning.gates`) and thresholds the gates' scores instead of the
+    confidences; the splits need every measure's confidences (`Outcomes.gate_inputs`).
+    ``"agreement"`` thresholds the share of the earlier kept states that agree with
+    each state's prediction (`edgeadapt.kernel_ref.agreement_shares`): it reads
+    predictions only, so imported predictions can be planned.
+
+    `promise` (risk control) is what the plan bounds: ``net``, the accuracy drop
+    (losses minus gains against the reference state), or ``loss``, the losses alone.
 
     `measure` names the confidence measure of the splits (the plan records it); it
     defaults to the splits' own (`Outcomes.measure`), else maxprob, and must agree
@@ -510,45 +569,26 @@ def make_plan(
     hop_ms = _check_costs(static_ms, hop_overhead_ms)
     calib_acc = calib.correct.mean(axis=0)
     reference = int(np.argmax(calib_acc))
-    choice = _search(calib, costs, kind, max_states, max_drop, float(calib_acc[reference]), hop_ms)
-    chosen = _Chosen(choice.states, choice.calibration.thresholds, None, None, None)
-    if calibration == "risk" and kind != "branches":
-        chosen = _ending_at_reference(chosen, reference)
-    if policy == "gate":
-        kept, gated, gate_thresholds = _gated_states(
-            calib, costs, chosen.states, kind, reference, max_drop, calibration, hop_ms
-        )
-        chosen = _Chosen(kept, gate_thresholds, gated, None, None)
-    if kind == "branches":
+    paid = cascade_kind(kind, policy)
+    setting = _Setting(costs, paid, reference, max_drop, delta, check_promise(promise), hop_ms)
+    candidates, evaluated = _candidates(
+        calib, setting, max_states=max_states, policy=policy, calibration=calibration
+    )
+    cascaded = paid != "branches"
+    if not cascaded:
         # AdaInf's branches are picked by budget, not cascaded: keep the device's Pareto
         # set; without a budget the most accurate (the reference) answers alone.
         kept = pareto_states(costs, calib_acc)
-        chosen = _Chosen(kept, np.full(len(kept) - 1, math.inf), chosen.gates, None, None)
+        chosen = _Chosen(kept, np.full(len(kept) - 1, math.inf), None, None, None, policy)
     elif calibration == "risk":
-        controlled = _risk_controlled(
-            calib,
-            heldout,
-            costs,
-            chosen.states,
-            kind,
-            reference,
-            max_drop,
-            delta,
-            chosen.gates,
-            hop_ms,
-        )
-        tested = controlled.promise
-        if tested.holds:
-            chosen = _Chosen(chosen.states, controlled.thresholds, chosen.gates, tested, None)
-        else:
-            chosen = _Chosen((reference,), np.empty(0), chosen.gates, tested, tested.describe())
-    if kind != "branches":
-        chosen = _firing(chosen)
-    figures = partial(_split_figures, costs=costs, kind=kind, reference=reference, hop_ms=hop_ms)
+        chosen = _firing(_risk_controlled(calib, heldout, candidates, setting))
+    else:
+        chosen = _firing(candidates[0])
+    figures = partial(_split_figures, costs=costs, kind=paid, reference=reference, hop_ms=hop_ms)
     held_figures, held_correct = figures(heldout, chosen)
     # (a branch plan without a budget runs its last branch alone: no cascade to refuse)
     if (
-        kind != "branches"
+        cascaded
         and static_ms is not None
         and len(chosen.states) > 1
         and held_figures.cost_ms >= static_ms
@@ -560,12 +600,12 @@ def make_plan(
             "keeps the static model"
         )
         no_gates = None if chosen.gates is None else ()
-        chosen = _Chosen((reference,), np.empty(0), no_gates, chosen.promise, why)
+        chosen = _Chosen((reference,), np.empty(0), no_gates, chosen.promise, why, policy)
         held_figures, held_correct = figures(heldout, chosen)
     calib_figures, _ = figures(calib, chosen)
     states, thresholds, gates = chosen.states, chosen.thresholds, chosen.gates
-    promise, fallback = chosen.promise, chosen.fallback
-    cost_ms = subset_costs(costs, states, kind)
+    tested, fallback = chosen.promise, chosen.fallback
+    cost_ms = subset_costs(costs, states, paid)
     oracle = exact_oracle(heldout.correct, costs)
     r_n = float(costs[-1])
     return Plan(
@@ -574,18 +614,14 @@ def make_plan(
         bundle_states=calib.names,
         measure=measure,
         states=states,
-        # branches plans never exit on confidence: their thresholds are placeholders
-        thresholds=tuple(
-            float(MEASURE_RANGES[measure][1]) if kind == "branches" else float(t)
-            for t in thresholds
-        ),
+        thresholds=_written(thresholds, measure, policy, cascaded),
         cost_ms=tuple(float(c) for c in cost_ms),
         budget=budget_table(costs, calib_acc, states),
         reference_state=reference,
         max_drop=max_drop,
         calibration=calib_figures,
         heldout=held_figures,
-        drop_bound=_drop_bound(heldout, reference, held_correct, delta, promise, fallback),
+        drop_bound=_drop_bound(heldout, reference, held_correct, delta, tested, fallback),
         delta=delta,
         r_oracle=oracle.r_oracle,
         a_oracle=oracle.a_oracle,
@@ -594,15 +630,29 @@ def make_plan(
         gap_closure=gap_closure(r_n, held_figures.cost_ms, oracle.r_oracle),
         search_method="exhaustive",
         max_states=max_states,
-        subsets_evaluated=choice.evaluated,
-        promise=promise,
+        subsets_evaluated=evaluated,
+        promise=tested,
         static_ms=None if static_ms is None else float(static_ms),
         fallback=fallback,
         gates=gates,
         cost_stat=cost_stat,
         runtime=runtime,
         hop_overhead_ms=hop_ms,
+        agreement=policy == "agreement",
     )
+
+
+def _written(
+    thresholds: np.ndarray, measure: str, policy: str, cascaded: bool
+) -> tuple[float, ...]:
+    """The thresholds as the plan file holds them: a branches plan never exits on
+    confidence (placeholders), an agreement plan writes `AGREEMENT_NEVER` for a voter
+    that never exits."""
+    if not cascaded:
+        return tuple(float(MEASURE_RANGES[measure][1]) for _ in thresholds)
+    if policy == "agreement":
+        return tuple(AGREEMENT_NEVER if math.isinf(t) else float(t) for t in thresholds)
+    return tuple(float(t) for t in thresholds)
 
 
 def _drop_bound(
@@ -622,84 +672,41 @@ def _drop_bound(
     return drop_upper_bound(heldout.correct[:, reference], policy_correct, delta)
 
 
-def _policy_conf(split: Outcomes, cols: list[int], gates: tuple[Gate, ...] | None) -> np.ndarray:
-    """What the policy thresholds at the kept columns: the split's confidences, or the
-    gates' scores (a last column of zeros: the last state always answers)."""
-    if gates is None:
-        return split.conf[:, cols]
-    if split.gate_inputs is None:
-        raise InputError("a gate policy needs every measure's confidences", field="gate_inputs")
-    return policy_confidences(gates, split.gate_inputs.select(cols))
-
-
 def _gated_states(
-    calib: Outcomes,
-    costs: np.ndarray,
-    states: tuple[int, ...],
-    kind: str,
-    reference: int,
-    max_drop: float,
-    calibration: str,
-    hop_ms: float | None = None,
+    calib: Outcomes, states: tuple[int, ...], setting: _Setting, calibration: str
 ) -> tuple[tuple[int, ...], tuple[Gate, ...], np.ndarray]:
     """Gates for the kept `states`, fitted on `calib`, and their calibration-split
     thresholds (the empirical ones, or the end of the shared-threshold path for risk
     control: gate scores all estimate one probability, so one threshold serves every
-    gate, `edgeadapt.planning.risk.shared_path`).
+    gate, `edgeadapt.planning.paths.shared_path`).
 
     A state whose gate never fires there is dropped and the gates are fitted again on
     the rest (its features would otherwise still feed the later gates), until every
     gate fires or none does. Only the calibration split is read, so the held-out test
     stays a single test.
     """
+    ref = calib.correct[:, setting.reference]
     while True:
         cols = list(states)
         assert calib.gate_inputs is not None  # checked by _check_args
         inputs = calib.gate_inputs.select(cols)
-        correct, ref = calib.correct[:, cols], calib.correct[:, reference]
+        correct = calib.correct[:, cols]
         gates = fit_gates(inputs, correct, ref)
         conf = policy_confidences(gates, inputs)
-        cost = exit_costs(costs, states, kind, hop_ms)
+        cost = exit_costs(setting.costs, states, setting.kind, setting.hop_ms)
         if calibration == "risk":
-            t = shared_path(conf, correct, ref, max_drop=max_drop)[-1]
+            t = shared_path(conf, correct, ref, max_drop=setting.max_drop, promise=setting.promise)[
+                -1
+            ]
         else:
             t = calibrate(
-                conf, correct, cost, max_drop=max_drop, reference_accuracy=float(ref.mean())
+                conf, correct, cost, max_drop=setting.max_drop, reference_accuracy=float(ref.mean())
             ).thresholds
         exits = np.bincount(exit_states(conf, t), minlength=len(states))[:-1]
         fires = np.isfinite(t) & (exits > 0)
         if fires.all() or not fires.any():
             return states, gates, np.where(fires, t, NEVER)
         states = tuple(s for s, f in zip(states, [*fires, True], strict=True) if f)
-
-
-def _risk_controlled(
-    calib: Outcomes,
-    heldout: Outcomes,
-    costs: np.ndarray,
-    states: tuple[int, ...],
-    kind: str,
-    reference: int,
-    max_drop: float,
-    delta: float,
-    gates: tuple[Gate, ...] | None = None,
-    hop_ms: float | None = None,
-) -> RiskControlled:
-    """Learn-then-Test thresholds for the kept `states` (on the `gates`' scores when
-    given): learned on `calib`, tested on `heldout`, drop against the `reference` state."""
-    cols = list(states)
-    return risk_control(
-        (_policy_conf(calib, cols, gates), calib.correct[:, cols], calib.correct[:, reference]),
-        (
-            _policy_conf(heldout, cols, gates),
-            heldout.correct[:, cols],
-            heldout.correct[:, reference],
-        ),
-        exit_costs(costs, states, kind, hop_ms),
-        max_drop=max_drop,
-        delta=delta,
-        shared=gates is not None,
-    )
 
 
 def plan_bundle(
@@ -719,10 +726,20 @@ def plan_bundle(
     cost_stat: str = "p50",
     runtime: RuntimeConfig | None = None,
     hop_overhead_ms: float | None = None,
+    promise: str = "net",
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (checked to be of `bundle`, its
     columns taken in the bundle's state order: `check_evaluation`) split into a
     calibration and a held-out part, then `make_plan`."""
+    key = CONF_KEYS.get(measure)
+    if policy != "agreement" and key is not None and getattr(evaluation, key, None) is None:
+        raise InputError(
+            f"planning on {measure} needs {measure} confidences; this evaluation has none "
+            "(imported predictions: plan them with --policy agreement; or write it again "
+            "with edgeadapt evaluate, which stores every measure)",
+            source=getattr(evaluation, "source", None),
+            field=key,
+        )
     outcomes = Outcomes.from_evaluation(check_evaluation(evaluation, bundle), measure)
     calib, held = outcomes.split(heldout=heldout, seed=seed)
     return make_plan(
@@ -741,6 +758,7 @@ def plan_bundle(
         cost_stat=cost_stat,
         runtime=runtime,
         hop_overhead_ms=hop_overhead_ms,
+        promise=promise,
     )
 
 
@@ -754,11 +772,14 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
         raise InputError(
             f"states {split.names} differ from the plan's {plan.bundle_states}", field="states"
         )
-    cols = list(plan.states)
     return simulate(
-        _policy_conf(split, cols, plan.gates),
-        split.correct[:, cols],
-        _add_hops(np.asarray(plan.cost_ms, dtype=np.float64), plan.hop_overhead_ms, plan.kind),
+        split.scores(plan.states, plan.policy, plan.gates),
+        split.correct[:, list(plan.states)],
+        _add_hops(
+            np.asarray(plan.cost_ms, dtype=np.float64),
+            plan.hop_overhead_ms,
+            cascade_kind(plan.kind, plan.policy),
+        ),
         np.asarray(plan.thresholds, dtype=np.float64),
     )
 
@@ -915,6 +936,7 @@ def plan_options(plan: Plan) -> dict[str, Any]:
         "max_drop": plan.max_drop,
         "delta": plan.delta,
         "calibration": "empirical" if plan.promise is None else "risk",
+        "promise": "net" if plan.promise is None else plan.promise.kind,
         "cost_stat": plan.cost_stat,
         "hop_overhead_ms": plan.hop_overhead_ms,
     }

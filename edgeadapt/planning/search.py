@@ -9,6 +9,8 @@ correct samples pay at least their cheapest correct state), subsets whose oracle
 accuracy misses the target are dropped, and the search stops once the bound exceeds the
 cheapest calibrated cost found. Candidates are screened with single-move calibration;
 the cheapest few are calibrated fully (`edgeadapt.planning.calibrate`). Ties go to fewer states.
+The scores thresholded are each state's confidences, or a policy's scores of a subset
+(`Scores`: the agreement of the states run so far depends on which ones run).
 `subset_costs` is what a sample exiting at each kept state pays.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,9 @@ __all__ = ["CalibratedSubset", "search_subsets", "subset_costs"]
 
 _FINALISTS = 3  # screened subsets that get the full (pair-move) calibration
 _TOL = 1e-9
+
+#: A policy's scores of the states of a subset, ``[N, len(states)]``.
+Scores = Callable[[tuple[int, ...]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: str) -> n
 
 
 def _calibrate(
-    conf: np.ndarray,
+    scores: Scores,
     correct: np.ndarray,
     state_costs: np.ndarray,
     states: tuple[int, ...],
@@ -59,7 +64,7 @@ def _calibrate(
 ) -> Calibration:
     cols = list(states)
     return calibrate(
-        conf[:, cols],
+        scores(states),
         correct[:, cols],
         subset_costs(state_costs, states, kind),
         max_drop=max_drop,
@@ -69,7 +74,7 @@ def _calibrate(
 
 
 def search_subsets(
-    conf: np.ndarray,
+    conf: np.ndarray | Scores,
     correct: np.ndarray,
     state_costs: np.ndarray,
     *,
@@ -77,14 +82,21 @@ def search_subsets(
     max_states: int,
     max_drop: float,
     reference_accuracy: float,
+    last: int | None = None,
 ) -> CalibratedSubset:
     """The cheapest calibrated subset of at most `max_states` states meeting the target
-    (module docstring), on a calibration split's confidences and correctness ``[N, S]``."""
+    (module docstring), on a calibration split's confidences ``[N, S]`` (or the `Scores`
+    of each subset) and correctness ``[N, S]``; with `last`, only subsets ending at that
+    state (the others' before it, then it)."""
+    scores = conf if callable(conf) else (lambda states: conf[:, list(states)])
     n, n_states = correct.shape
     need = required_correct(reference_accuracy, n, max_drop)
     bounds = []
+    pool = range(n_states) if last is None else range(last)
+    tail = () if last is None else (last,)
     for k in range(1, min(max_states, n_states) + 1):
-        for states in itertools.combinations(range(n_states), k):
+        for head in itertools.combinations(pool, k - len(tail)):
+            states = (*head, *tail)
             sub = correct[:, states]
             if np.count_nonzero(sub.any(axis=1)) < need:
                 continue  # even the oracle on these states misses the target
@@ -103,14 +115,14 @@ def search_subsets(
         if bound > best + _TOL:
             break
         evaluated += 1
-        cal = _calibrate(conf, correct, state_costs, states, *args, False)
+        cal = _calibrate(scores, correct, state_costs, states, *args, False)
         if cal.feasible:
             screened.append((cal.expected_cost, k, states))
             best = min(best, cal.expected_cost)
     screened.sort()
     finalists = []
     for _, _, states in screened[:_FINALISTS]:
-        cal = _calibrate(conf, correct, state_costs, states, *args, True)
+        cal = _calibrate(scores, correct, state_costs, states, *args, True)
         finalists.append((round(cal.expected_cost / _TOL) * _TOL, len(states), states, cal))
     _, _, states, cal = min(finalists, key=lambda f: f[:3])
     return CalibratedSubset(states=states, calibration=cal, evaluated=evaluated)
