@@ -45,7 +45,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.formats.atomic import atomic_write_many
-from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.plan import Plan, check_plan, load_plan
 from edgeadapt.formats.profile import Profile
@@ -620,10 +620,9 @@ def report_files(
     """What ``edgeadapt report`` does: `write_report` with the bundle's own files by
     default (the profile ``BUNDLE/profiles/<device>.json``, the evaluation
     ``BUNDLE/evaluation.npz``, the plan ``BUNDLE/plan.json`` when it exists)."""
-    from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.profile import default_profile_path
 
-    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    b = as_bundle(bundle)
     profile_path = _default(
         profile, default_profile_path(b), "profile", f"run edgeadapt profile {b.path}"
     )

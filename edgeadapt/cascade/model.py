@@ -49,7 +49,7 @@ import numpy as np
 from edgeadapt.cascade.agreement import AgreementRun
 from edgeadapt.data.inputs import BatchCheck, warmup_batch
 from edgeadapt.errors import EdgeadaptError, InputError
-from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.plan import COST_QUANTILES, Plan, check_plan, load_plan
 from edgeadapt.formats.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.formats.profile import Profile, check_profile, load_profile
@@ -414,8 +414,7 @@ class AdaptiveModel:
         """
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise InputError(f"must be an integer >= 0, got {warmup!r}", source="warmup")
-        if not isinstance(bundle, Bundle):
-            bundle = load_bundle(bundle)
+        bundle = as_bundle(bundle)
         n = len(bundle.states)
         plan_source = "plan"
         if plan is not None and not isinstance(plan, Plan):

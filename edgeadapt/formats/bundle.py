@@ -839,6 +839,12 @@ def load_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         raise err from None
 
 
+def as_bundle(bundle: Bundle | str | os.PathLike[str]) -> Bundle:
+    """`bundle` itself, or the bundle loaded (and verified) from that path: the one
+    coercion every API function that takes "a bundle or its path" uses."""
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
 def _manifest_of(root: Path) -> tuple[Path, Path]:
     """The bundle directory `root` names (it or its manifest) and its manifest, which
     must be a regular file."""

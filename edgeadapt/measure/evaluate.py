@@ -34,7 +34,7 @@ from edgeadapt.data.batches import (
 )
 from edgeadapt.data.inputs import X_KEY
 from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
-from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.presets import RuntimeConfig
@@ -214,12 +214,11 @@ def evaluate_to_file(
     a batch at a time (`edgeadapt.data.batches.open_inputs`), at `batch` or the batch
     `memory` holds (`evaluate_bundle`); `EvaluateRun.batch` says which.
     """
-    from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.evaluation import save_evaluation
     from edgeadapt.formats.presets import inherit_runtime
     from edgeadapt.formats.profile import find_profile, load_profile
 
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    loaded = as_bundle(bundle)
     found = find_profile(loaded, profile)
     recorded = None if found is None else load_profile(found, loaded).runtime_config
     choice = inherit_runtime(recorded, runtime=runtime, threads=threads, what="profile")

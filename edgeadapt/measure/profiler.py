@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.device import clock_state, fingerprint, load_average, temperatures
 from edgeadapt.formats.presets import Preset, RuntimeConfig, load_preset
 from edgeadapt.formats.profile import (
@@ -577,7 +577,7 @@ def profile_to_file(
     shipped name or a preset file) and the explicit choices, saved to `output` (default
     `default_profile_path`, per preset)."""
 
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    loaded = as_bundle(bundle)
     preset = load_preset(device) if isinstance(device, (str, os.PathLike)) else device
     prof = profile_bundle(
         loaded,

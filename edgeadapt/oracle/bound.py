@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import Evaluation, check_evaluation, load_evaluation
 from edgeadapt.formats.profile import (
     Profile,
@@ -271,10 +271,6 @@ class Inputs:
         return tuple(s.name for s in self.bundle.states)
 
 
-def _bundle(bundle: Bundle | PathLike) -> Bundle:
-    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-
-
 def _profile(profile: Profile | PathLike, bundle: Bundle) -> Profile:
     if isinstance(profile, Profile):
         check_profile(profile, bundle)
@@ -302,7 +298,7 @@ def load_inputs(
     """
     if cost not in COSTS:
         raise InputError(f"must be one of {', '.join(COSTS)}, got {cost!r}", source="cost")
-    b = _bundle(bundle)
+    b = as_bundle(bundle)
     prof = None if profile is None else _profile(profile, b)
     if evaluation is None:
         raise InputError(
@@ -450,7 +446,7 @@ def bundle_bound_defaults(
     cost unit to ms with a profile and FLOPs without."""
     from edgeadapt.formats.profile import default_profile_path
 
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    loaded = as_bundle(bundle)
     if cost is not None and cost not in COSTS:
         raise InputError(f"must be one of {', '.join(COSTS)}, got {cost!r}", source="cost")
     if profile is None and cost != "flops":

@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeadapt.errors import InputError
+from edgeadapt.formats.bundle import as_bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, check_evaluation
 from edgeadapt.formats.plan import (
     AGREEMENT_NEVER,
@@ -874,12 +875,11 @@ def write_plan(
     (`Profile.cascade_overhead`) unless `options` hold ``hop_overhead_ms``."""
     from pathlib import Path
 
-    from edgeadapt.formats.bundle import Bundle, load_bundle
     from edgeadapt.formats.evaluation import Evaluation, load_evaluation
     from edgeadapt.formats.plan import save_plan
     from edgeadapt.formats.profile import Profile, check_profile, load_profile
 
-    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    b = as_bundle(bundle)
     if isinstance(profile, Profile):
         check_profile(profile, b)
         prof = profile
