@@ -74,7 +74,7 @@ __all__ = [
     "policy_rows",
     "render_report",
     "report_data",
-    "report_files",
+    "report_to_file",
     "write_report",
 ]
 
@@ -563,7 +563,7 @@ def write_report(
 
 @dataclass(frozen=True)
 class ReportFiles:
-    """A written report (`report_files`): what it was made from, the files written (HTML
+    """A written report (`report_to_file`): what it was made from, the files written (HTML
     last) and its figures; `to_json()` is what ``edgeadapt report --json`` prints."""
 
     data: ReportData
@@ -609,7 +609,7 @@ def _default(path: PathLike | None, default: Path, name: str, how: str) -> Path:
     raise InputError(f"not given and {default} does not exist; {how}", source=name)
 
 
-def report_files(
+def report_to_file(
     bundle: Bundle | PathLike,
     *,
     profile: PathLike | None = None,

@@ -2,7 +2,7 @@
 
 Every malformed file is one `InputError` naming the file (and the array), through every
 way in: `run` and `evaluate` on the command line (one ``error:`` line, exit 2, no
-traceback), `run_file`, `evaluate_to_file`, export calibration and `open_inputs`.
+traceback), `run_to_file`, `evaluate_to_file`, export calibration and `open_inputs`.
 Data that is unusual but sound (unaligned version-3 data, Fortran order, big-endian,
 float64, deflated members) reads as the plain array does.
 """
@@ -177,7 +177,7 @@ def _one_error_line(args: list[str], path: Path, field: str | None, match: str) 
     ("data", "match"), [c[1:] for c in NPY_CASES], ids=[c[0] for c in NPY_CASES]
 )
 def test_a_malformed_npy_is_one_error_naming_the_file(tmp_path, data, match):
-    from edgeadapt.cascade.run import run_file
+    from edgeadapt.cascade.run import run_to_file
 
     path = _write(tmp_path, "in.npy", data)
     with pytest.raises(InputError) as e:
@@ -185,7 +185,7 @@ def test_a_malformed_npy_is_one_error_naming_the_file(tmp_path, data, match):
     assert str(e.value).startswith(f"{path}: ")
     assert match in str(e.value)
     with pytest.raises(InputError, match="^" + str(path)):
-        run_file(MULTIEXIT, path, thresholds=0.5)
+        run_to_file(MULTIEXIT, path, thresholds=0.5)
     args = ["run", MULTIEXIT, "--input", path, "--thresholds", "0.5", "--batch", "4"]
     _one_error_line(args, path, None, match)
 

@@ -175,7 +175,7 @@ def test_measure_overhead_on_the_demo_bundles(name):
 
 
 def test_write_plan_takes_the_profiles_overhead(tmp_path):
-    from edgeadapt.planning.planner import write_plan
+    from edgeadapt.planning.planner import plan_to_file
     from tests.device_inputs import copy_multiexit, known_evaluation
 
     bundle = load_bundle(copy_multiexit(tmp_path))
@@ -183,14 +183,14 @@ def test_write_plan_takes_the_profiles_overhead(tmp_path):
     measured = Overhead(hop_ms=0.006, call_ms=0.004, hops=4)
     prof = replace(base, settings={**base.settings, "cascade_overhead": measured.to_json()})
     ev = known_evaluation()
-    got = write_plan(bundle, profile=prof, evaluation=ev, calibration="empirical")
+    got = plan_to_file(bundle, profile=prof, evaluation=ev, calibration="empirical")
     assert got.plan.hop_overhead_ms == 0.006
     assert got.to_json()["hop_overhead_ms"] == 0.006
     assert load_plan(got.path).hop_overhead_ms == 0.006
     # the caller's figure wins over the profile's; an old profile counts none
-    mine = write_plan(
+    mine = plan_to_file(
         bundle, profile=prof, evaluation=ev, calibration="empirical", hop_overhead_ms=0.0
     )
     assert mine.plan.hop_overhead_ms == 0.0
-    old = write_plan(bundle, profile=base, evaluation=ev, calibration="empirical")
+    old = plan_to_file(bundle, profile=base, evaluation=ev, calibration="empirical")
     assert old.plan.hop_overhead_ms is None

@@ -1,6 +1,6 @@
 """The Python readers on the shared table of reader cases (tests/reader_cases.json): the
 bundle reader (`load_bundle`, verification included), the plan reader (`load_plan` and
-`check_plan` against the shipped bundle) and `run`'s input reader (`run_file`) refuse
+`check_plan` against the shipped bundle) and `run`'s input reader (`run_to_file`) refuse
 what the table refuses, with an error naming the file and the field, and accept the rest.
 tests/test_native.py holds the native runner's `classify` to the same table."""
 
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from edgeadapt.cascade.run import run_file
+from edgeadapt.cascade.run import run_to_file
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.plan import check_plan, load_plan
@@ -27,7 +27,7 @@ def _read(case: Case, made) -> None:
     elif case.kind == "plan":
         check_plan(load_plan(made), load_bundle(BUNDLE), str(made), policies=("threshold", "gate"))
     else:
-        run_file(BUNDLE, made, thresholds=0.5, threads=1)
+        run_to_file(BUNDLE, made, thresholds=0.5, threads=1)
 
 
 def _params(kind: str) -> list:

@@ -6,7 +6,7 @@ the cascade `batch` rows at a time, the batch chosen from a memory budget unless
 per-sample answers (a few bytes a row) are kept, so the memory a run needs is set by
 the batch and not by the file's size. Errors about the data name the absolute row.
 
-`run_file` is `edgeadapt run`: the input file read (`read_input`), the cascade loaded
+`run_to_file` is `edgeadapt run`: the input file read (`read_input`), the cascade loaded
 (under the plan's runtime configuration unless told otherwise) and run batch by batch,
 the answers saved when asked.
 """
@@ -36,7 +36,7 @@ __all__ = [
     "RunResult",
     "predict_batches",
     "read_input",
-    "run_file",
+    "run_to_file",
 ]
 
 Progress = Callable[[int, int], None]
@@ -114,7 +114,7 @@ def read_input(path: str | os.PathLike[str], bundle: Bundle) -> Inputs:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What `run_file` computed: per sample the prediction, the state it exited at, its
+    """What `run_to_file` computed: per sample the prediction, the state it exited at, its
     confidence and whether the budget cut it short; the merged latency; the names of
     the bundle's states; the runtime configuration the steps ran under and, when it
     differs from the plan's because the caller overrode it, a line saying so; the batch
@@ -155,7 +155,7 @@ class RunResult:
         }
 
 
-def run_file(
+def run_to_file(
     bundle: Bundle | str | os.PathLike[str],
     input_path: str | os.PathLike[str],
     *,

@@ -149,9 +149,9 @@ def plan_cmd(
     deploying. Plan on a profile taken in chain order (the profiler's default): the
     costs the cascade pays.
     """
-    from edgeadapt.planning.planner import write_plan
+    from edgeadapt.planning.planner import plan_to_file
 
-    summary = write_plan(
+    summary = plan_to_file(
         bundle,
         profile=profile,
         evaluation=evaluation,

@@ -1,5 +1,5 @@
 """`edgeadapt report`: the device report as self-contained HTML plus PNGs (a thin layer
-over `edgeadapt.report.report_files`)."""
+over `edgeadapt.report.report_to_file`)."""
 
 from __future__ import annotations
 
@@ -37,9 +37,11 @@ def report_cmd(
     R_ratio vs number of states (Fig. 6), in one HTML file readable without a server.
     Every policy (confidence thresholds, learned exit gates, agreement) is planned from
     the same profile and evaluation and shown side by side."""
-    from edgeadapt.report import POLICY_HEADERS, policy_rows, report_files
+    from edgeadapt.report import POLICY_HEADERS, policy_rows, report_to_file
 
-    written = report_files(bundle, profile=profile, evaluation=evaluation, plan=plan, output=output)
+    written = report_to_file(
+        bundle, profile=profile, evaluation=evaluation, plan=plan, output=output
+    )
     if as_json:
         echo_json(written.to_json())
         return

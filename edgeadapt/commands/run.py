@@ -1,6 +1,6 @@
 """`edgeadapt run`: run a bundle's adaptive cascade on inputs from an .npz or .npy file.
 
-Parse the options, call `edgeadapt.cascade.run.run_file`, print per-sample results (a table,
+Parse the options, call `edgeadapt.cascade.run.run_to_file`, print per-sample results (a table,
 or ``--json``) or write them to an .npz (``-o``).
 """
 
@@ -120,14 +120,14 @@ def run_command(
     the batch, unless given, is the most --memory holds, and a note on stderr says which
     it is.
     """
-    from edgeadapt.cascade.run import run_file
+    from edgeadapt.cascade.run import run_to_file
     from edgeadapt.commands.progress import progress_on_first_call
 
     if (thresholds is None) == (plan_path is None):
         raise InputError("give exactly one of --thresholds and --plan", source="thresholds")
     show = not (quiet or as_json) and sys.stderr.isatty()  # a bar is for a person watching
     with progress_on_first_call("running", show=show) as progress:
-        res = run_file(
+        res = run_to_file(
             bundle,
             input_path,
             thresholds=thresholds,

@@ -860,7 +860,7 @@ class PlanSummary:
         return out
 
 
-def write_plan(
+def plan_to_file(
     bundle: Bundle | str | os.PathLike[str],
     *,
     profile: Profile | str | os.PathLike[str],
