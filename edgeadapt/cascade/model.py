@@ -662,6 +662,17 @@ class AdaptiveModel:
         native runner runs): the same answers, costs and budget exits as the loop, which
         runs every other batch.
         """
+        native = self._predict_native(x, budget_ms)
+        if native is not None:
+            return native
+        return self._predict_loop(x, budget_ms)
+
+    def _predict_native(
+        self, x: np.ndarray | Mapping[str, np.ndarray], budget_ms: float | None
+    ) -> Prediction | None:
+        """The batch answered by one native call (`OneCall` for a hop that answers alone,
+        `CascadeCall` for a cascade at batch 1), or None where the loop must run it (and
+        word any error)."""
         one = self._one
         if one is not None and budget_ms is None:
             try:
@@ -691,7 +702,13 @@ class AdaptiveModel:
                 raise failed.run_error(e) from e
             if native is not None:
                 return cast(Prediction, native)
-            # else the loop below runs the batch and words any error
+        return None
+
+    def _predict_loop(
+        self, x: np.ndarray | Mapping[str, np.ndarray], budget_ms: float | None
+    ) -> Prediction:
+        """The cascade in Python, any batch: the readable reference the native calls
+        follow (see `predict`)."""
         start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
@@ -708,13 +725,8 @@ class AdaptiveModel:
         budget_exit = np.zeros(b, dtype=np.bool_)
         step_ms: list[float] = []
         step_rows: list[int] = []
-        policy, measure, route = self.policy, self._measure, self._route
-        if budget is not None and self._targets is not None:
-            target = policy.lookup(budget)
-            if target is not None:  # else nothing fits: the first state, then out
-                route = self._targets[target]
-        elif not walks:  # no budget: the most accurate branch alone
-            route = route[-1:]
+        policy, measure = self.policy, self._measure
+        route = self._route_for(budget, walks)
         last = len(route) - 1
         # Gates (and the agreement policy) read every earlier kept state: they decide only on
         # a route that starts at the first kept state (a member picked alone answers plainly).
@@ -806,6 +818,20 @@ class AdaptiveModel:
             budget_exit,
             {"total": total, "steps": step_ms, "rows": step_rows},
         )
+
+    def _route_for(self, budget: float | None, walks: bool) -> tuple[_ResolvedHop, ...]:
+        """The hops a call walks: with a budget and a budget table, the route to the most
+        accurate state whose tracked cost fits (all of it when none fits: the first state,
+        then out); without, every kept state, or for a branches bundle that does not walk
+        its branches the most accurate one alone."""
+        route = self._route
+        if budget is not None and self._targets is not None:
+            target = self.policy.lookup(budget)
+            if target is not None:
+                return self._targets[target]
+        elif not walks:
+            return route[-1:]
+        return route
 
 
 def _open_sessions(rt: Any, bundle: Bundle, steps: Sequence[int]) -> list[Any]:
