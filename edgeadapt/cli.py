@@ -19,7 +19,7 @@ import click
 
 from edgeadapt._version import __version__
 from edgeadapt.commands.group import CommandGroup, as_flag, usage_error
-from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.errors import EdgeadaptError, InputError, UserCodeError
 from edgeadapt.formats.atomic import Terminated, signals_as_exceptions
 from edgeadapt.formats.identity import UncheckedWarning
 
@@ -85,6 +85,8 @@ class _Group(CommandGroup):
             click.echo(f"error: {as_flag(e, ctx)}", err=True)
             ctx.exit(2)
         except EdgeadaptError as e:
+            if isinstance(e, UserCodeError):  # the user's own traceback, once, then ours
+                click.echo(e.user_traceback, err=True, nl=False)
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
         except ValueError as e:  # click's Path type stats the value: os.stat refuses NUL

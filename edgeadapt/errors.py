@@ -41,3 +41,13 @@ class MissingExtraError(EdgeadaptError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class UserCodeError(EdgeadaptError):
+    """User code edgeadapt ran (a data loader script) raised: the message names the code
+    and what it was doing; `user_traceback` is the user's traceback as Python prints it,
+    from their own frames on (the CLI prints it once, then the one-line error)."""
+
+    def __init__(self, message: str, user_traceback: str) -> None:
+        super().__init__(message)
+        self.user_traceback = user_traceback

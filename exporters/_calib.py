@@ -1,11 +1,14 @@
-"""Calibration sets read from an ``.npz`` a batch at a time, never whole.
+"""Calibration sets read a batch at a time, never whole.
 
-A calibration npz holds one array per graph input, named as the input, plus ``y`` (the
-labels); a single-input model also accepts its array as ``x``. The arrays are checked
-from their ``.npy`` headers up front and streamed a batch at a time
-(`edgeadapt.data.batches`, the reader `run` and `evaluate` use, with the same rules and
-errors), so a set of 2,000 images at 224 px does not have to fit in memory next to the
-activations.
+A calibration set is any labelled data source (`edgeadapt.data.sources.open_source`): an
+npz with one array per graph input, named as the input, plus ``y`` (the labels; a
+single-input model also accepts its array as ``x``), a loader script yielding
+``(feeds, labels)``, or images in class folders or a CSV list. It is checked up front as
+far as can be done without reading samples and streamed a batch at a time (the reader
+`run` and `evaluate` use, with the same rules and errors), so a set of 2,000 images at
+224 px does not have to fit in memory next to the activations. The head fit needs the
+sample count first: a loader script is read through once to count (and check) its
+samples, then again to fit, and must yield the same samples both times.
 """
 
 from __future__ import annotations
@@ -17,22 +20,23 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeadapt.data.batches import Inputs, open_inputs, read_labels
+from edgeadapt.data.batches import Inputs
+from edgeadapt.data.sources import DataSpec, ScriptInputs, count_rows, open_source
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import InputSpec
+
+#: Where the class count of calibration labels comes from, for errors.
+_OF = "the model's logits"
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A validated calibration npz: `n` samples of every model input, labels `y`."""
+    """A validated calibration set: `n` labelled samples of every model input."""
 
     path: Path
     inputs: Inputs
-    y: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return self.inputs.rows
+    n: int
+    num_classes: int
 
     @property
     def names(self) -> list[str]:
@@ -40,18 +44,20 @@ class Calibration:
 
     def batches(self, size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """(feeds by input name, labels) for consecutive batches of at most `size`."""
-        for lo, feeds in self.inputs.batches(size):
-            yield feeds, self.y[lo : lo + next(iter(feeds.values())).shape[0]]
+        for _, feeds, y in self.inputs.labelled(size, self.num_classes, of=_OF):
+            yield feeds, y
 
 
 def open_calibration(
-    path: str | os.PathLike[str], specs: Sequence[InputSpec], num_classes: int
+    path: str | os.PathLike[str] | DataSpec, specs: Sequence[InputSpec], num_classes: int
 ) -> Calibration:
-    """Check the npz at `path` against the model inputs `specs` and the class count
-    (without reading the sample data); errors name the file and the array."""
-    path = Path(path)
-    inputs = open_inputs(path, specs)
-    y = read_labels(path, inputs.rows, num_classes, of="the model's logits")
-    if inputs.rows < 2:
-        raise InputError("needs at least 2 samples", source=path, field="y")
-    return Calibration(path, inputs, y.astype(np.int64))
+    """Check the calibration set at `path` against the model inputs `specs` and the
+    class count (an npz's labels are read now, its samples later); errors name the file
+    and the array (or the script's batch, or the image)."""
+    inputs = open_source(path, specs)
+    n = count_rows(inputs, num_classes, of=_OF)
+    if n < 2:
+        raise InputError("needs at least 2 samples", source=inputs.source, field="y")
+    if not isinstance(inputs, ScriptInputs):  # label errors before the model runs
+        inputs.labels(num_classes, _OF)
+    return Calibration(Path(str(path)), inputs, n, num_classes)

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from edgeadapt.data.memory import BatchChoice, choose_batch, sample_bytes
+from edgeadapt.data.sources import DataSpec
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters._calib import Calibration, open_calibration
@@ -281,7 +282,7 @@ def export_branches(
     source: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    calibration: str | os.PathLike[str],
+    calibration: str | os.PathLike[str] | DataSpec,
     blocks: Sequence[str] | None = None,
     max_branches: int = 8,
     seed: int = 0,
@@ -293,7 +294,8 @@ def export_branches(
     """Write the Pareto-optimal execution branches of the ONNX classifier `source`.
 
     `calibration` is an npz with ``x`` (inputs; or the array named as the model's input)
-    and ``y`` (labels) that every candidate branch is scored on, streamed `batch` samples
+    and ``y`` (labels), or any labelled source of `edgeadapt.data.sources.open_source`,
+    that every candidate branch is scored on, streamed `batch` samples
     at a time, else as many as `memory` holds (`edgeadapt.data.memory.choose_batch`; the
     manifest's ``extra["branches"]["batch"]`` says which); `blocks` names the Add nodes
     of the residual blocks that may be skipped (default: every skippable one).

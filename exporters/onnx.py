@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from edgeadapt.data.memory import choose_batch, sample_bytes
+from edgeadapt.data.sources import DataSpec
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph, _split
 from edgeadapt.exporters._calib import Calibration, open_calibration
@@ -514,7 +515,7 @@ def export_onnx(
     cuts: Sequence[str],
     heads: Mapping[str, str] | None = None,
     logits: str | None = None,
-    calibration: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | DataSpec | None = None,
     pool: str = "auto",
     mask: str | None = None,
     batch_size: int | None = None,
@@ -529,8 +530,9 @@ def export_onnx(
     """Split the classifier at `model_path` at `cuts` into an early-exit bundle.
 
     `heads` maps a cut to an existing tensor that is that exit's logits; cuts without
-    one get a trained linear head fitted on the `calibration` npz (one array per model
-    input, named as the input, or ``x`` for a one-input model; labels ``y``), streamed in
+    one get a trained linear head fitted on the `calibration` set (an npz with one array per
+    model input, named as the input, or ``x`` for a one-input model, and labels ``y``; or
+    any labelled source of `edgeadapt.data.sources.open_source`), streamed in
     batches of `batch_size`, else of as many samples as `memory` holds
     (`edgeadapt.data.memory.choose_batch`; the manifest's ``extra["calibration_batch"]``
     says which). `pool` chooses the head's features: ``gap`` (mean over the
@@ -619,7 +621,7 @@ class _Source:
 class _Options:
     """What the calibration pass and the parity check are run with."""
 
-    calibration: str | os.PathLike[str] | None
+    calibration: str | os.PathLike[str] | DataSpec | None
     untrained: list[str]
     batch_size: int
     seed: int

@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeadapt.data.batches import Inputs, array_inputs, open_inputs
+from edgeadapt.data.batches import Inputs, array_inputs
 from edgeadapt.data.budget import MAX_BATCH
 from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
+from edgeadapt.data.sources import DataSpec, open_source, script_spec
 from edgeadapt.errors import InputError
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ __all__ = [
     "run_to_file",
 ]
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int | None], None]
 
 
 def _merge(latencies: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,34 +82,38 @@ def predict_batches(
     else:
         where = "input" if source is None else str(source)
         inputs = array_inputs(model.bundle.inputs, x, source=where)
-    total = inputs.rows
-    out: dict[str, np.ndarray] = {
-        "pred": np.empty(total, dtype=np.int64),
-        "exit_state": np.empty(total, dtype=np.int64),
-        "conf": np.empty(total, dtype=np.float32),
-        "budget_exit": np.empty(total, dtype=np.bool_),
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("pred", "exit_state", "conf", "budget_exit")
     }
     latencies = []
     for lo, chunk in inputs.batches(size.batch):
         p = model.predict(chunk, budget_ms)
-        hi = lo + p.pred.shape[0]
-        for key in out:
-            out[key][lo:hi] = getattr(p, key)
+        for key, kept in parts.items():
+            kept.append(getattr(p, key))
         latencies.append(p.latency_ms)
         if progress is not None:
-            progress(hi, total)
+            progress(lo + p.pred.shape[0], inputs.rows)
+    dtypes: dict[str, Any] = {
+        "pred": np.int64,
+        "exit_state": np.int64,
+        "conf": np.float32,
+        "budget_exit": np.bool_,
+    }
+    out: dict[str, np.ndarray] = {
+        key: np.concatenate(kept).astype(dtypes[key], copy=False) for key, kept in parts.items()
+    }
     return out, _merge(latencies)
 
 
-def read_input(path: str | os.PathLike[str], bundle: Bundle) -> Inputs:
+def read_input(path: str | os.PathLike[str] | DataSpec, bundle: Bundle) -> Inputs:
     """The model inputs in `path`: an .npz with one array per input, named as the input
-    (a one-input bundle may name it ``x``), or for a one-input bundle an .npy array;
-    checked from the arrays' headers and read a batch at a time by `predict_batches`
-    (`edgeadapt.data.batches.open_inputs`)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", source=path)
-    return open_inputs(path, bundle.inputs)
+    (a one-input bundle may name it ``x``), for a one-input bundle an .npy array, a
+    loader script or images (`edgeadapt.data.sources.open_source`); checked as far as
+    can be done before reading and read a batch at a time by `predict_batches`."""
+    location = path.location if isinstance(path, DataSpec) else path
+    if not os.path.exists(location) and script_spec(location) is None:
+        raise InputError("no such file", source=location)
+    return open_source(path, bundle.inputs)
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ class RunResult:
 
 def run_to_file(
     bundle: Bundle | str | os.PathLike[str],
-    input_path: str | os.PathLike[str],
+    input_path: str | os.PathLike[str] | DataSpec,
     *,
     thresholds: float | Sequence[float] | None = None,
     plan: str | os.PathLike[str] | None = None,

@@ -7,32 +7,39 @@ stderr, print a table or (``--json``) one JSON object.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgeadapt.commands.options import (
     batch_option,
     bundle_argument,
+    data_option,
     echo_json,
     echo_note,
     file_option,
     json_option,
     memory_option,
     output_option,
+    recipe_options,
     runtime_option,
     threads_option,
 )
 from edgeadapt.commands.progress import progress_on_first_call
 
+if TYPE_CHECKING:
+    from edgeadapt.data.images import Recipe
+
 
 @click.command("evaluate")
 @bundle_argument("bundle_dir")
-@file_option(
+@data_option(
     "--data",
     "npz with one array per model input, named as the input (or x for a one-input "
     "bundle), and integer labels y.",
     required=True,
 )
+@recipe_options()
 @file_option(
     "--profile",
     "Profile whose runtime settings to run under [BUNDLE/profiles/<device>.json when it exists].",
@@ -50,7 +57,8 @@ from edgeadapt.commands.progress import progress_on_first_call
 @json_option("Print the accuracies as one JSON object.")
 def evaluate_cmd(
     bundle_dir: Path,
-    data: Path,
+    data: Path | str,
+    recipe: Recipe | None,
     profile_path: Path | None,
     runtime: str | None,
     threads: int | None,
@@ -66,13 +74,14 @@ def evaluate_cmd(
     is read a batch at a time; the batch, unless given, is the most --memory holds, and a
     note on stderr says which it is.
     """
+    from edgeadapt.data.sources import DataSpec
     from edgeadapt.measure.evaluate import evaluate_to_file
     from edgeadapt.render import pct, table
 
     with progress_on_first_call("evaluating", show=not as_json) as progress:
         done = evaluate_to_file(
             bundle_dir,
-            data,
+            DataSpec(data, recipe),
             output=output,
             profile=profile_path,
             runtime=runtime,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,11 +19,15 @@ from edgeadapt.commands.group import CommandGroup
 from edgeadapt.commands.options import (
     INPUT_FILE,
     batch_option,
+    data_option,
     echo_note,
-    file_option,
     memory_option,
+    recipe_options,
 )
 from edgeadapt.commands.progress import progress_ticker
+
+if TYPE_CHECKING:
+    from edgeadapt.data.images import Recipe
 
 
 @click.group(cls=CommandGroup)
@@ -67,11 +72,12 @@ def _heads(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     metavar="TENSOR",
     help="The final logits (default: the one graph output that is not a head).",
 )
-@file_option(
+@data_option(
     "--calibration",
     "npz to train linear heads for cuts without --head: one array per model input, "
     "named as the input (or x for a one-input model), plus labels y.",
 )
+@recipe_options()
 @click.option(
     "--pool",
     type=click.Choice(["auto", "gap", "flatten", "cls", "mean"]),
@@ -103,7 +109,8 @@ def export_onnx_cmd(
     cuts: tuple[str, ...],
     heads: dict[str, str],
     logits: str | None,
-    calibration: Path | None,
+    calibration: Path | str | None,
+    recipe: Recipe | None,
     pool: str,
     mask: str | None,
     batch_size: int | None,
@@ -131,6 +138,7 @@ def export_onnx_cmd(
         --cut /layer2/layer2.1/relu_1/Relu_output_0 --calibration calib.npz -o bundle/
     """
     from edgeadapt.data.memory import BatchChoice
+    from edgeadapt.data.sources import DataSpec
     from edgeadapt.exporters.onnx import export_onnx
 
     with contextlib.ExitStack() as stack:
@@ -145,7 +153,7 @@ def export_onnx_cmd(
             cuts=cuts,
             heads=heads,
             logits=logits,
-            calibration=calibration,
+            calibration=None if calibration is None else DataSpec(calibration, recipe),
             pool=pool,
             mask=mask,
             batch_size=batch_size,

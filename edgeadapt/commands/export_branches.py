@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,22 +14,27 @@ from edgeadapt.commands.bundles import export_options, show_written
 from edgeadapt.commands.options import (
     INPUT_FILE,
     batch_option,
+    data_option,
     echo_note,
-    file_option,
     integer,
     memory_option,
+    recipe_options,
     seed_option,
 )
 from edgeadapt.commands.progress import progress_ticker
 
+if TYPE_CHECKING:
+    from edgeadapt.data.images import Recipe
+
 
 @click.command("branches")
 @click.argument("model", type=INPUT_FILE)
-@file_option(
+@data_option(
     "--calibration",
     "npz with x (inputs) and y (labels): every candidate branch is scored on it.",
     required=True,
 )
+@recipe_options()
 @batch_option("Calibration samples per forward pass.")
 @memory_option()
 @click.option(
@@ -50,7 +56,8 @@ from edgeadapt.commands.progress import progress_ticker
 @export_options()
 def export_branches_cmd(
     model: Path,
-    calibration: Path,
+    calibration: Path | str,
+    recipe: Recipe | None,
     blocks: tuple[str, ...],
     max_branches: int,
     seed: int,
@@ -70,13 +77,14 @@ def export_branches_cmd(
     evaluate, bound and plan the bundle as any other.
     """
     from edgeadapt.data.memory import BatchChoice
+    from edgeadapt.data.sources import DataSpec
     from edgeadapt.exporters.branches import export_branches
 
     with contextlib.ExitStack() as stack:
         bundle = export_branches(
             model,
             output,
-            calibration=calibration,
+            calibration=DataSpec(calibration, recipe),
             blocks=blocks or None,
             max_branches=max_branches,
             seed=seed,

@@ -19,6 +19,7 @@ at most `INT_MAX`), floats are finite (`number`); a required option has no defau
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -46,11 +47,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = [
     "BUNDLE_DIR",
     "BUNDLE_OR_MODEL",
+    "DATA_SOURCE",
     "INPUT_FILE",
     "INT_MAX",
     "Bytes",
     "batch_option",
     "bundle_argument",
+    "data_option",
     "echo_json",
     "echo_note",
     "file_option",
@@ -60,6 +63,7 @@ __all__ = [
     "number",
     "output_option",
     "output_path",
+    "recipe_options",
     "runtime_option",
     "seed_option",
     "threads_option",
@@ -155,7 +159,26 @@ class FiniteFloat(click.FloatRange):
 
 
 #: A file read (see `InputFile`).
+class DataSource(click.ParamType):
+    """Data a command reads (`edgeadapt.data.sources`): an .npz/.npy or a CSV list (a
+    regular file), a folder of images, or a loader script ``FILE.py[:FUNCTION]``; checked
+    to exist (`check_source`), converted to a `Path` (a script: the text given)."""
+
+    name = "data"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str | Path:
+        from edgeadapt.data.sources import check_source
+
+        try:
+            return check_source(value)
+        except InputError as e:
+            self.fail(f"{os.fspath(value)!r}: {e.message}", param, ctx)
+
+
 INPUT_FILE = InputFile()
+DATA_SOURCE = DataSource()
 #: A bundle folder or an ONNX model read (see `BundleOrModel`).
 BUNDLE_OR_MODEL = BundleOrModel()
 #: A bundle folder read (see `InputDir`).
@@ -244,6 +267,83 @@ def file_option(
     `required` (an explicit ``default=None`` satisfies click's check)."""
     names = [flag] if param is None else [flag, param]
     return click.option(*names, type=INPUT_FILE, required=required, help=help)
+
+
+def data_option(
+    flag: str, help: str, *, param: str | None = None, required: bool = False
+) -> Callable[[F], F]:
+    """``FLAG DATA``, data the command reads (`DATA_SOURCE`): `help` says what it holds;
+    the sources every data option takes are added to it."""
+    names = [flag] if param is None else [flag, param]
+    return click.option(
+        *names,
+        type=DATA_SOURCE,
+        metavar="DATA",
+        required=required,
+        help=f"{help} Also a loader script FILE.py[:FUNCTION] (default function load_data), "
+        "a folder of images in class subfolders or a CSV of path,label lines (see --recipe).",
+    )
+
+
+def _floats(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[float, ...] | None:
+    """``0.485,0.456,0.406``: finite numbers, comma-separated."""
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"expected finite numbers, got {value!r}")
+    return values
+
+
+def recipe_options() -> Callable[[F], F]:
+    """``--recipe``, ``--resize``, ``--crop``, ``--mean``, ``--std``, ``--layout``: how
+    images become the model's input (`edgeadapt.data.images.Recipe`), handed to the
+    command as one parameter ``recipe`` (a `Recipe`, or None when none is given)."""
+    side = integer(1, 65_536)
+    decorators = [
+        click.option(
+            "--recipe",
+            metavar="PRESET|FILE.json",
+            help="Images: the preprocessing, a preset (imagenet: resize 256, crop 224, "
+            "ImageNet mean and std, NCHW) or a JSON file of the fields below; the options "
+            "below change it. [no resize, crop to the input, mean 0, std 1, NCHW]",
+        ),
+        click.option("--resize", type=side, help="Images: resize the shorter side to this."),
+        click.option(
+            "--crop", type=side, help="Images: centre crop side (the model input's size)."
+        ),
+        click.option(
+            "--mean",
+            callback=_floats,
+            metavar="M[,M,M]",
+            help="Images: per-channel mean, subtracted from pixels scaled to [0, 1].",
+        ),
+        click.option("--std", callback=_floats, metavar="S[,S,S]", help="Images: per-channel std."),
+        click.option(
+            "--layout", type=click.Choice(["NCHW", "NHWC"]), help="Images: the input's layout."
+        ),
+    ]
+
+    def apply(f: F) -> F:
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            from edgeadapt.data.images import make_recipe
+
+            fields = {k: kwargs.pop(k) for k in ("resize", "crop", "mean", "std", "layout")}
+            kwargs["recipe"] = make_recipe(kwargs.pop("recipe"), **fields)
+            return f(*args, **kwargs)
+
+        wrapped: Any = command
+        for decorate in reversed(decorators):
+            wrapped = decorate(wrapped)
+        return wrapped
+
+    return apply
 
 
 def batch_option(help: str, *, flag: str = "--batch", param: str = "batch") -> Callable[[F], F]:

@@ -49,15 +49,21 @@ def progress_ticker(stack: contextlib.ExitStack, label: str) -> Any:
 
 
 @contextlib.contextmanager
-def progress_on_first_call(label: str, show: bool) -> Iterator[Callable[[int, int], None]]:
+def progress_on_first_call(label: str, show: bool) -> Iterator[Callable[[int, int | None], None]]:
     """`progress_bar` for a library call that learns the total itself: the bar opens on
-    the first ``progress(done, total)`` call and follows `done`."""
+    the first ``progress(done, total)`` call and follows `done`; while the total is
+    unknown (None: a loader script's data), a line counts the samples instead."""
     with contextlib.ExitStack() as stack:
         bar: Any = None
 
-        def update(done: int, total: int) -> None:
+        def update(done: int, total: int | None) -> None:
             nonlocal bar
             if not show:
+                return
+            if total is None:
+                if bar is None:
+                    bar = stack.callback(click.echo, "", err=True)  # ends the line at exit
+                click.echo(f"\r{label}: {done} samples", err=True, nl=False)
                 return
             if bar is None:
                 bar = stack.enter_context(

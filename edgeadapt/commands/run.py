@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from edgeadapt.commands.options import (
     batch_option,
     bundle_argument,
+    data_option,
     echo_json,
     echo_note,
     file_option,
@@ -22,6 +24,7 @@ from edgeadapt.commands.options import (
     memory_option,
     number,
     output_option,
+    recipe_options,
     runtime_option,
     threads_option,
 )
@@ -29,6 +32,9 @@ from edgeadapt.errors import InputError
 from edgeadapt.formats.jsonio import MAX_MS
 from edgeadapt.formats.plan import COST_STATS
 from edgeadapt.kernel_ref import MEASURES
+
+if TYPE_CHECKING:
+    from edgeadapt.data.images import Recipe
 
 
 def _thresholds(
@@ -54,13 +60,14 @@ def _thresholds(
 
 @click.command("run")
 @bundle_argument()
-@file_option(
+@data_option(
     "--input",
     "Inputs: an .npz with one array per model input, named as the input (x for a "
     "one-input bundle also works), or an .npy array for a one-input bundle.",
     param="input_path",
     required=True,
 )
+@recipe_options()
 @runtime_option(
     None,
     "Backend: onnxruntime, openvino or tensorrt [the plan's, else onnxruntime]. "
@@ -98,7 +105,8 @@ def _thresholds(
 @output_option("Write pred/exit_state/conf/budget_exit to this .npz.")
 def run_command(
     bundle: Path,
-    input_path: Path,
+    input_path: Path | str,
+    recipe: Recipe | None,
     runtime: str | None,
     threads: int | None,
     thresholds: float | list[float] | None,
@@ -122,6 +130,7 @@ def run_command(
     """
     from edgeadapt.cascade.run import run_to_file
     from edgeadapt.commands.progress import progress_on_first_call
+    from edgeadapt.data.sources import DataSpec
 
     if (thresholds is None) == (plan_path is None):
         raise InputError("give exactly one of --thresholds and --plan", source="thresholds")
@@ -129,7 +138,7 @@ def run_command(
     with progress_on_first_call("running", show=show) as progress:
         res = run_to_file(
             bundle,
-            input_path,
+            DataSpec(input_path, recipe),
             thresholds=thresholds,
             plan=plan_path,
             profile=profile_path,

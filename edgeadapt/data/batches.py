@@ -49,6 +49,7 @@ __all__ = [
     "Inputs",
     "array_inputs",
     "check_labels",
+    "check_size",
     "open_inputs",
     "read_batch",
     "read_labelled",
@@ -56,15 +57,31 @@ __all__ = [
 ]
 
 
+def check_size(size: Any) -> int:
+    """`size` (rows a batch) as a positive int; else an error naming ``batch``."""
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise InputError(f"must be a positive integer, got {size!r}", source="batch")
+    return int(size)
+
+
 class Inputs:
     """Model inputs for the `specs` of a bundle, `rows` samples, read a batch at a time.
 
     `source` names them in errors (the file, or ``input``); `casts` has a line for each
     array read as another dtype than it holds (``"d.npz: x: float64 read as float32,
-    the model's input dtype"``)."""
+    the model's input dtype"``). `rows` is None while the count is unknown (a loader
+    script's, until it has been read through: `edgeadapt.data.sources`). `kind` says
+    what the data is (``npz``, ``npy``, ``arrays``, ``script``, ``images``), for
+    `record`."""
+
+    kind = "arrays"
 
     def __init__(
-        self, specs: Sequence[InputSpec], rows: int, source: str | Path, casts: Sequence[str]
+        self,
+        specs: Sequence[InputSpec],
+        rows: int | None,
+        source: str | Path,
+        casts: Sequence[str],
     ) -> None:
         self.specs = tuple(specs)
         self.rows = rows
@@ -74,12 +91,32 @@ class Inputs:
     def batches(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(first row, ``{input name: array}``) for consecutive batches of at most
         `size` rows, each checked (`check_batch`, errors naming the absolute row)."""
-        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-            raise InputError(f"must be a positive integer, got {size!r}", source="batch")
+        size = check_size(size)
+        assert self.rows is not None  # arrays and files know their rows
         with self._reader() as read:
-            for lo in range(0, self.rows, int(size)):
-                raw = read(lo, min(lo + int(size), self.rows))
+            for lo in range(0, self.rows, size):
+                raw = read(lo, min(lo + size, self.rows))
                 yield lo, check_batch(self.specs, raw, source=self.source, cast=True, first_row=lo)
+
+    def labelled(
+        self, size: int, num_classes: int, *, of: str = ""
+    ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+        """(first row, ``{input name: array}``, integer labels) for consecutive batches
+        of at most `size` rows; labels are class indices ``0..num_classes-1`` (`of`
+        says where the class count comes from), errors naming the sample."""
+        y = self.labels(num_classes, of)
+        for lo, feeds in self.batches(size):
+            yield lo, feeds, y[lo : lo + next(iter(feeds.values())).shape[0]]
+
+    def record(self) -> dict[str, Any]:
+        """What data this is, for the files made from it: ``kind``, ``path`` and
+        ``samples`` (None while unknown), plus what each kind adds."""
+        return {"kind": self.kind, "path": str(self.source), "samples": self.rows}
+
+    def labels(self, num_classes: int, of: str = "") -> np.ndarray:
+        """Every label at once, checked, for data that holds them apart from the samples
+        (an npz's ``y``, images' classes); a loader script's come with its batches."""
+        raise InputError("holds no labels", source=self.source)
 
     def _reader(self) -> Any:  # a context manager giving read(lo, hi) -> {name: array}
         raise NotImplementedError
@@ -160,8 +197,13 @@ class _FileInputs(Inputs):
         casts = _casts(specs, dtypes, {m.spec.name: m.key for m in members}, path)
         super().__init__(specs, rows, path, casts)
         self.path = path
+        self.kind = "npz" if npz else "npy"
         self._npz = npz
         self._members = tuple(members)
+
+    def labels(self, num_classes: int, of: str = "") -> np.ndarray:
+        assert self.rows is not None
+        return read_labels(self.path, self.rows, num_classes, of=of)
 
     def _reader(self) -> Any:
         return _FileReader(self.path, self._npz, self._members)
@@ -339,6 +381,7 @@ def read_batch(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> dict
     """Every row of the model inputs in the .npz or .npy at `path` as one checked batch
     (for sets that fit in memory; `open_inputs` reads any size a batch at a time)."""
     inputs = open_inputs(path, specs)
+    assert inputs.rows is not None  # a file knows its rows
     ((_, batch),) = inputs.batches(inputs.rows)
     return batch
 

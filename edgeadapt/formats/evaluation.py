@@ -7,7 +7,8 @@ confidence of each state in each measure of the decision kernel, float32 ``[N, S
 Version 2 adds ``version`` (int, 2), ``num_classes`` (int, the class count that labels
 and predictions lie below) and the identity of the bundle it scores
 (`edgeadapt.formats.identity`): ``bundle_manifest_sha256`` (text) and ``bundle_states``
-(unicode ``[K]``), both or neither. Files without ``version`` are version 1 and still
+(unicode ``[K]``), both or neither, and optionally ``data_source`` (text, a JSON object:
+what data made it, `Evaluation.data`). Files without ``version`` are version 1 and still
 load. Evaluations written before the margin and entropy keys existed hold ``conf`` only;
 predictions imported without logits hold none. Loaded without pickles; shapes and
 dtypes are checked with errors that name the file and the key.
@@ -33,7 +34,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.identity import BundleIdentity, check_identity
-from edgeadapt.formats.jsonio import read_text
+from edgeadapt.formats.jsonio import dumps, loads, read_text
 from edgeadapt.formats.npzio import ArraySpec, load_npz, save_npz
 from edgeadapt.kernel_ref import MEASURES
 
@@ -66,6 +67,7 @@ SPEC = {
     "num_classes": ArraySpec("iu", 0, optional=True),
     "bundle_manifest_sha256": ArraySpec("U", 0, optional=True),
     "bundle_states": ArraySpec("U", 1, optional=True),
+    "data_source": ArraySpec("U", 0, optional=True),
 }
 #: Why a file of each version without an identity cannot be checked against a bundle.
 _UNRECORDED = {
@@ -105,8 +107,10 @@ class Evaluation:
     `conf`, `conf_margin` and `conf_entropy` are the maxprob, margin and entropy
     confidences (each optional); `num_classes` the class count labels and predictions
     lie below, `bundle` the identity of the bundle scored (each None when unknown);
-    `version` the format version it was read as. Construction checks the shapes, names
-    and class indices; `source` names the file in errors.
+    `version` the format version it was read as; `data` what data made it (``kind``,
+    ``path``, ``samples``, and per kind the loader's ``function`` or the images'
+    ``list``, ``classes`` and ``recipe``; None when not recorded). Construction checks
+    the shapes, names and class indices; `source` names the file in errors.
     """
 
     labels: np.ndarray
@@ -119,6 +123,7 @@ class Evaluation:
     num_classes: int | None = None
     bundle: BundleIdentity | None = None
     version: int = VERSION
+    data: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         src = self.source
@@ -346,7 +351,21 @@ def load_evaluation(path: str | os.PathLike[str]) -> Evaluation:
         num_classes=_scalar(arrays, "num_classes"),
         bundle=_identity(arrays, str(path)),
         version=version,
+        data=_data_source(arrays, str(path)),
     )
+
+
+def _data_source(arrays: Mapping[str, np.ndarray], path: str) -> dict[str, Any] | None:
+    """``data_source``: a JSON object saying what data made the evaluation, or None."""
+    if "data_source" not in arrays:
+        return None
+    try:
+        doc = loads(str(arrays["data_source"]), path)
+    except InputError as e:
+        raise InputError(e.message, source=path, field="data_source") from None
+    if not isinstance(doc, dict):
+        raise InputError("expected a JSON object", source=path, field="data_source")
+    return doc
 
 
 def save_evaluation(path: str | os.PathLike[str], evaluation: Evaluation) -> None:
@@ -366,6 +385,8 @@ def save_evaluation(path: str | os.PathLike[str], evaluation: Evaluation) -> Non
     if evaluation.bundle is not None:
         arrays["bundle_manifest_sha256"] = np.array(evaluation.bundle.manifest_sha256)
         arrays["bundle_states"] = np.array(evaluation.bundle.states, dtype=str)
+    if evaluation.data is not None:
+        arrays["data_source"] = np.array(dumps(dict(evaluation.data)))
     save_npz(path, **arrays)
 
 

@@ -17,23 +17,17 @@ otherwise, and saves the evaluation.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeadapt.data.batches import (
-    Inputs,
-    array_inputs,
-    check_labels,
-    open_inputs,
-    read_labelled,
-    read_labels,
-)
+from edgeadapt.data.batches import Inputs, array_inputs, check_labels, read_labelled
 from edgeadapt.data.inputs import X_KEY
 from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
+from edgeadapt.data.sources import DataSpec, open_source
 from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.identity import BundleIdentity
@@ -42,7 +36,9 @@ from edgeadapt.formats.stepcheck import check_step
 
 __all__ = ["EvaluateRun", "evaluate_bundle", "evaluate_to_file", "load_dataset"]
 
-Progress = Callable[[int, int], None]
+#: ``progress(done, total)``: samples done so far, of `total` (None while unknown: a
+#: loader script's).
+Progress = Callable[[int, int | None], None]
 
 
 Data = np.ndarray | Mapping[str, np.ndarray]
@@ -73,7 +69,7 @@ def evaluate_bundle(
     runtime: str | RuntimeConfig = "onnxruntime",
     batch: int | None = None,
     threads: int | None = None,
-    progress: Progress | None = None,
+    progress: Callable[[int, int], None] | None = None,
     source: str | None = None,
     memory: int | str | None = None,
 ) -> Evaluation:
@@ -89,54 +85,68 @@ def evaluate_bundle(
     `RuntimeConfig` (`threads`, if given, replaces its threads).
     """
     choice = choose_batch(lambda: bundle_sample_bytes(bundle), batch=batch, memory=memory)
-    return _evaluate(bundle, x, y, _runtime(runtime, threads), choice.batch, progress, source)
-
-
-def _evaluate(
-    bundle: Bundle,
-    x: Data | Inputs,
-    y: np.ndarray,
-    config: RuntimeConfig,
-    batch: int,
-    progress: Progress | None,
-    source: str | None,
-) -> Evaluation:
-    from edgeadapt.kernel import confidence
-
     where = source or "input"
     inputs = (
         x
         if isinstance(x, Inputs)
         else array_inputs(bundle.inputs, x, source=where, array_field=X_KEY)
     )
-    y = check_labels(np.asarray(y), inputs.rows, bundle.num_classes, where)
+    assert inputs.rows is not None  # arrays and files know their rows
+    labels = check_labels(np.asarray(y), inputs.rows, bundle.num_classes, where)
+    batches = (
+        (lo, feeds, labels[lo : lo + next(iter(feeds.values())).shape[0]])
+        for lo, feeds in inputs.batches(choice.batch)
+    )
+    rows = inputs.rows
+
+    def tick(done: int, _total: int | None) -> None:
+        if progress is not None:
+            progress(done, rows)
+
+    return _evaluate(bundle, batches, inputs, _runtime(runtime, threads), tick)
+
+
+def _evaluate(
+    bundle: Bundle,
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+    inputs: Inputs,
+    config: RuntimeConfig,
+    progress: Progress | None,
+) -> Evaluation:
+    """Every state on each labelled batch of `batches` (read from `inputs`, whose rows
+    may be known only at the end); the per-sample results are kept, the batches not."""
+    from edgeadapt.kernel import confidence
+
     rt = config.make()
-    n, s = inputs.rows, len(bundle.steps)
-    pred = np.empty((n, s), dtype=np.int64)
-    confs = {key: np.empty((n, s), dtype=np.float32) for key in CONF_KEYS.values()}
+    s = len(bundle.steps)
+    parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
     needed = _last_reads(bundle)
     sessions = [rt.load(step.path) for step in bundle.steps]
     try:
-        for lo, tensors in inputs.batches(batch):
-            hi = lo + next(iter(tensors.values())).shape[0]
+        for lo, tensors, y in batches:
+            b = next(iter(tensors.values())).shape[0]
+            pred = np.empty((b, s), dtype=np.int64)
+            confs = {key: np.empty((b, s), dtype=np.float32) for key in CONF_KEYS.values()}
             for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
                 out = session.run({k: tensors[k] for k in step.inputs})
-                tensors.update(check_step(out, hi - lo, step.logits, bundle.num_classes, step.path))
+                tensors.update(check_step(out, b, step.logits, bundle.num_classes, step.path))
                 logits = np.ascontiguousarray(tensors.pop(step.logits))
-                pred[lo:hi, i] = logits.argmax(axis=1)
+                pred[:, i] = logits.argmax(axis=1)
                 for measure, key in CONF_KEYS.items():
-                    confs[key][lo:hi, i] = confidence(logits, measure)
+                    confs[key][:, i] = confidence(logits, measure)
                 for name in [k for k in tensors if needed.get(k, -1) <= i]:
                     del tensors[name]  # no later step reads it: its memory goes now
+            parts.append((y, pred, confs))
             if progress is not None:
-                progress(hi, n)
+                progress(lo + b, inputs.rows)
     finally:
         for session in sessions:
             session.close()
     names = np.array([st.name for st in bundle.states], dtype=str)
+    confs = {key: np.concatenate([c[key] for _, _, c in parts]) for key in CONF_KEYS.values()}
     return Evaluation(
-        y.astype(np.int64),
-        pred,
+        np.concatenate([y for y, _, _ in parts]).astype(np.int64),
+        np.concatenate([p for _, p, _ in parts]),
         names,
         confs["conf"],
         conf_margin=confs["conf_margin"],
@@ -194,7 +204,7 @@ class EvaluateRun:
 
 def evaluate_to_file(
     bundle: Bundle | str | os.PathLike[str],
-    data: str | os.PathLike[str],
+    data: str | os.PathLike[str] | DataSpec,
     *,
     output: str | os.PathLike[str] | None = None,
     profile: str | os.PathLike[str] | None = None,
@@ -204,14 +214,16 @@ def evaluate_to_file(
     memory: int | str | None = None,
     progress: Progress | None = None,
 ) -> EvaluateRun:
-    """`edgeadapt evaluate`: every state of `bundle` on the labelled npz `data`, saved
-    to `output` (default ``BUNDLE/evaluation.npz``).
+    """`edgeadapt evaluate`: every state of `bundle` on the labelled `data` (an npz, a
+    loader script, an image folder or CSV list: `edgeadapt.data.sources.open_source`),
+    saved to `output` (default ``BUNDLE/evaluation.npz``) with a record of the data
+    (`Evaluation.data`).
 
     The runtime configuration is the `profile`'s (default: this device's profile of the
     bundle, `edgeadapt.formats.profile.find_profile`, when there is one) unless `runtime` or
     `threads` override it, and then `EvaluateRun.runtime_note` says so; without a
     profile, `runtime` (default onnxruntime) with its own defaults. The data is read
-    a batch at a time (`edgeadapt.data.batches.open_inputs`), at `batch` or the batch
+    a batch at a time, at `batch` or the batch
     `memory` holds (`evaluate_bundle`); `EvaluateRun.batch` says which.
     """
     from edgeadapt.formats.evaluation import save_evaluation
@@ -222,10 +234,11 @@ def evaluate_to_file(
     found = find_profile(loaded, profile)
     recorded = None if found is None else load_profile(found, loaded).runtime_config
     choice = inherit_runtime(recorded, runtime=runtime, threads=threads, what="profile")
-    inputs = open_inputs(data, loaded.inputs)
-    y = read_labels(data, inputs.rows, loaded.num_classes)
+    inputs = open_source(data, loaded.inputs)
     size = choose_batch(lambda: bundle_sample_bytes(loaded), batch=batch, memory=memory)
-    ev = _evaluate(loaded, inputs, y, choice.config, size.batch, progress, str(data))
+    batches = inputs.labelled(size.batch, loaded.num_classes)
+    ev = _evaluate(loaded, batches, inputs, choice.config, progress)
+    ev = replace(ev, data=inputs.record())
     path = Path(output) if output is not None else loaded.path / "evaluation.npz"
     save_evaluation(path, ev)
     return EvaluateRun(ev, path, choice.config, choice.note, size, inputs.casts)
