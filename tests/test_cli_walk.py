@@ -20,10 +20,12 @@ from edgeadapt.cli import cli
 from edgeadapt.commands.options import (
     BundleOrModel,
     Bytes,
+    DataSource,
     FiniteFloat,
     InputDir,
     InputFile,
     OutputPath,
+    RecipeType,
 )
 
 #: Text parameters checked while parsing, with values each must refuse.
@@ -33,6 +35,8 @@ BAD_TEXT: dict[str, list[str]] = {
     "batch": ["0", "1,1", "x", "70000", ""],
     "heads": ["no-equals-sign", "=out", "cut="],
     "sources": ["{missing}", "{fifo}", "{folder}", "name={fifo}", "a\0b"],
+    "mean": ["x", "0.5,", "nan", "", "1,2"],
+    "std": ["x", "0", "0.5,inf", "1,2,-3"],
 }
 #: Text parameters whose values only the model or the runtime can judge (tensor and node
 #: names, state names, a Python factory, a runtime's precision): the commands' own tests
@@ -85,8 +89,10 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def _good(param: click.Parameter, places: dict[str, str]) -> str:
     """A value the parameter's type accepts."""
     t = param.type
-    if isinstance(t, InputFile):
+    if isinstance(t, (InputFile, DataSource)):
         return places["file"]
+    if isinstance(t, RecipeType):
+        return "imagenet"
     if isinstance(t, (InputDir, BundleOrModel)):
         return places["folder"]
     if isinstance(t, OutputPath):
@@ -109,6 +115,10 @@ def _bad(param: click.Parameter, places: dict[str, str]) -> list[str]:
     t = param.type
     if isinstance(t, InputFile):
         return [places["fifo"], places["folder"], places["missing"], "a\0b"]
+    if isinstance(t, DataSource):  # a folder is images
+        return [places["fifo"], places["missing"], "a\0b", places["missing"] + ".py:f"]
+    if isinstance(t, RecipeType):
+        return ["no-such-preset", places["missing"], places["fifo"], "missing.json"]
     if isinstance(t, InputDir):
         return [places["file"], places["fifo"], places["missing"], "a\0b"]
     if isinstance(t, BundleOrModel):

@@ -283,7 +283,7 @@ def test_recipe_options_are_checked_against_the_model(image_set):
     error = _error(image_set["bundle"], image_set["npz"], "--recipe", "imagenet")
     assert error.startswith("error: --recipe: a preprocessing recipe applies to image folders")
     error = _error(image_set["bundle"], image_set["folder"], "--mean", "0.5,nan")
-    assert "--mean: expected finite numbers" in error
+    assert "--mean: expected 1 or 3 finite numbers" in error
 
 
 def test_a_small_image_needs_a_resize(image_set, tmp_path):

@@ -50,6 +50,7 @@ __all__ = [
     "DATA_SOURCE",
     "INPUT_FILE",
     "INT_MAX",
+    "RECIPE",
     "Bytes",
     "batch_option",
     "bundle_argument",
@@ -177,8 +178,27 @@ class DataSource(click.ParamType):
             self.fail(f"{os.fspath(value)!r}: {e.message}", param, ctx)
 
 
+class RecipeType(click.ParamType):
+    """An image preprocessing recipe: a preset's name or a JSON file
+    (`edgeadapt.data.images.load_recipe`), read while parsing; converted to a `Recipe`."""
+
+    name = "recipe"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from edgeadapt.data.images import Recipe, load_recipe
+
+        if isinstance(value, Recipe):
+            return value
+        try:
+            return load_recipe(value)
+        except InputError as e:
+            where = f"{e.source}: {e.field}: " if e.field else ""
+            self.fail(f"{where}{e.message}", param, ctx)
+
+
 INPUT_FILE = InputFile()
 DATA_SOURCE = DataSource()
+RECIPE = RecipeType()
 #: A bundle folder or an ONNX model read (see `BundleOrModel`).
 BUNDLE_OR_MODEL = BundleOrModel()
 #: A bundle folder read (see `InputDir`).
@@ -288,15 +308,17 @@ def data_option(
 def _floats(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> tuple[float, ...] | None:
-    """``0.485,0.456,0.406``: finite numbers, comma-separated."""
+    """``0.485,0.456,0.406``: 1 or 3 finite numbers, comma-separated (``--std``: each > 0)."""
     if value is None:
         return None
     try:
         values = tuple(float(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise click.BadParameter(f"expected finite numbers, got {value!r}")
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"expected 1 or 3 finite numbers, got {value!r}")
+    if param.name == "std" and min(values) <= 0:
+        raise click.BadParameter(f"expected numbers > 0, got {value!r}")
     return values
 
 
@@ -308,6 +330,7 @@ def recipe_options() -> Callable[[F], F]:
     decorators = [
         click.option(
             "--recipe",
+            type=RECIPE,
             metavar="PRESET|FILE.json",
             help="Images: the preprocessing, a preset (imagenet: resize 256, crop 224, "
             "ImageNet mean and std, NCHW) or a JSON file of the fields below; the options "

@@ -60,7 +60,9 @@ def progress_on_first_call(label: str, show: bool) -> Iterator[Callable[[int, in
             nonlocal bar
             if not show:
                 return
-            if total is None:
+            if total is None:  # drawn on a terminal only, as click's bar
+                if not sys.stderr.isatty():
+                    return
                 if bar is None:
                     bar = stack.callback(click.echo, "", err=True)  # ends the line at exit
                 click.echo(f"\r{label}: {done} samples", err=True, nl=False)

@@ -145,7 +145,7 @@ def load_recipe(value: str | os.PathLike[str]) -> Recipe:
 
 
 def make_recipe(
-    recipe: str | os.PathLike[str] | None = None,
+    recipe: Recipe | str | os.PathLike[str] | None = None,
     *,
     resize: int | None = None,
     crop: int | None = None,
@@ -153,8 +153,8 @@ def make_recipe(
     std: Sequence[float] | None = None,
     layout: str | None = None,
 ) -> Recipe | None:
-    """The recipe `recipe` names (`load_recipe`; None: `Recipe()`) with the fields given
-    changed; None when nothing is given at all."""
+    """`recipe` (or the one it names, `load_recipe`; None: `Recipe()`) with the fields
+    given changed; None when nothing is given at all."""
     changes: dict[str, Any] = {
         "resize": resize,
         "crop": crop,
@@ -165,7 +165,9 @@ def make_recipe(
     changes = {k: v for k, v in changes.items() if v is not None}
     if recipe is None and not changes:
         return None
-    return replace(Recipe() if recipe is None else load_recipe(recipe), **changes)
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe() if recipe is None else load_recipe(recipe)
+    return replace(recipe, **changes)
 
 
 def _pil() -> Any:
