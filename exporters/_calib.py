@@ -57,7 +57,8 @@ def open_calibration(
     inputs = open_source(path, specs)
     n = count_rows(inputs, num_classes, of=_OF)
     if n < 2:
-        raise InputError("needs at least 2 samples", source=inputs.source, field="y")
+        field = "y" if inputs.kind == "npz" else None
+        raise InputError("needs at least 2 samples", source=inputs.source, field=field)
     if not isinstance(inputs, ScriptInputs):  # label errors before the model runs
         inputs.labels(num_classes, _OF)
     return Calibration(Path(str(path)), inputs, n, num_classes)

@@ -301,3 +301,18 @@ def test_without_pillow_the_error_says_what_to_install(image_set, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(MissingExtraError, match=r"edgeadapt\[images\]"):
         open_source(DataSpec(image_set["folder"]), SPECS)
+
+
+def test_export_calibration_from_a_folder_equals_the_npz(image_set, tmp_path):
+    """Heads trained on the folder (cut at the hidden layer) are those trained on the npz."""
+    model = image_set["bundle"].parent / "big.onnx"
+    files = []
+    for kind in ("npz", "folder", "csv"):
+        out = tmp_path / kind
+        result = invoke(
+            "export", "onnx", model, "--cut", "r", "--logits", "logits",
+            "--calibration", image_set[kind], "--batch-size", 64, "-o", out, "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        files.append(json.loads((out / "manifest.json").read_text())["files"])
+    assert files[0] == files[1] == files[2]

@@ -90,6 +90,29 @@ def test_run_on_a_loader_script_equals_the_npz(multiexit_copy, mnist1d_npz, tmp_
     assert len(answers[0][0]) == 40
 
 
+def test_run_takes_a_loader_without_labels(multiexit_copy, mnist1d_npz, tmp_path):
+    script = _script(
+        tmp_path,
+        f"""
+        import numpy as np
+
+        def unlabelled():
+            x = np.load({str(mnist1d_npz)!r})["x"]
+            yield x[:25]
+            yield x[25:]
+        """,
+    )
+    want = invoke("run", multiexit_copy, "--input", mnist1d_npz, "--thresholds", "0.3", "--json")
+    got = invoke(
+        "run", multiexit_copy, "--input", f"{script}:unlabelled", "--thresholds", "0.3", "--json"
+    )
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.output)["pred"] == json.loads(want.output)["pred"]
+    result = invoke("evaluate", multiexit_copy, "--data", f"{script}:unlabelled")
+    assert result.exit_code == 2
+    assert "unlabelled: batch 0: no labels" in result.output
+
+
 def test_export_calibration_from_a_loader_script_equals_the_npz(mnist1d_npz, tmp_path):
     model = tmp_path / "net.onnx"
     onnx.save(multi_exit_cnn(), model)

@@ -9,6 +9,10 @@
 - a folder of images in class subfolders, or a CSV of ``path,label`` lines, decoded
   with a preprocessing `Recipe` (`edgeadapt.data.images`).
 
+`open_source` tells them apart so: an existing folder is images; ``FILE.py`` or
+``FILE.py:FUNCTION`` a loader script; a ``.csv`` file an image list; any other file is
+read as an ``.npy``/``.npz`` (told by its first bytes).
+
 Every source is read a batch at a time: memory holds a batch, never the data set. A
 script's batches are checked as they come (names, shapes, dtypes and labels, errors
 naming the script and the batch index; data cast as files are, `check_batch`) and cut or
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -146,13 +151,16 @@ def _user_error(e: BaseException, script: Path, what: str) -> UserCodeError:
 
 def _load_function(script: Path, name: str, where: str) -> Callable[[], Any]:
     """Import `script` from its path (as a module of its own) and return its `name`."""
-    spec = importlib.util.spec_from_file_location(f"edgeadapt_data_{script.stem}", script)
+    name_in_modules = f"edgeadapt_data_{script.stem}"
+    spec = importlib.util.spec_from_file_location(name_in_modules, script)
     if spec is None or spec.loader is None:
         raise InputError("not a loadable Python file", source=script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name_in_modules] = module  # as an import would (dataclasses look it up)
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # whatever the user's module raises on import
+        del sys.modules[name_in_modules]
         raise _user_error(e, script, f"{where} failed to import") from None
     function = getattr(module, name, None)
     if not callable(function):
@@ -211,6 +219,7 @@ class ScriptInputs(Inputs):
     def __init__(self, specs: Sequence[InputSpec], script: Path, function: str) -> None:
         super().__init__(specs, None, f"{script}:{function}", ())
         self.script = script
+        self.function = function
         self._function = _load_function(script, function, str(self.source))
 
     def batches(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -314,7 +323,7 @@ class ScriptInputs(Inputs):
                 self.casts = (*self.casts, line)
 
     def record(self) -> dict[str, Any]:
-        return {**super().record(), "path": str(self.script), "function": self._function.__name__}
+        return {**super().record(), "path": str(self.script), "function": self.function}
 
 
 def _check_labels(
