@@ -220,3 +220,19 @@ def test_csv_import_faults(tmp_path, second, match):
     b = write(tmp_path / "b.csv", second)
     with pytest.raises(InputError, match=match):
         from_prediction_csvs({"a": a, "b": b})
+
+
+def test_the_data_source_record_round_trips_and_is_optional(tmp_path):
+    from dataclasses import replace
+
+    p = tmp_path / "e.npz"
+    save_evaluation(p, make())
+    assert load_evaluation(p).data is None  # files without it read as before
+    record = {"kind": "images", "path": "val", "samples": 4, "recipe": {"resize": 256}}
+    save_evaluation(p, replace(make(), data=record))
+    assert load_evaluation(p).data == record
+    arrays = dict(np.load(p))
+    for bad, why in (("[1, 2]", "expected a JSON object"), ("{", "invalid JSON")):
+        np.savez(tmp_path / "bad.npz", **{**arrays, "data_source": np.array(bad)})
+        with pytest.raises(InputError, match=f"bad.npz: data_source: {why}"):
+            load_evaluation(tmp_path / "bad.npz")

@@ -315,3 +315,12 @@ def test_the_user_error_keeps_its_traceback(tmp_path):
         list(open_source(script, SPECS).batches(2))
     assert "raise KeyError('k')" in caught.value.user_traceback
     assert "raised when called: KeyError" in str(caught.value)
+
+
+def test_evaluate_bundle_leaves_a_script_to_evaluate_to_file(multiexit_copy, mnist1d_npz, tmp_path):
+    from edgeadapt.measure.evaluate import evaluate_bundle
+
+    bundle = load_bundle(multiexit_copy)
+    inputs = open_source(_npz_loader(tmp_path, mnist1d_npz), bundle.inputs)
+    with pytest.raises(InputError, match="labels come with its batches"):
+        evaluate_bundle(bundle, inputs, np.zeros(40, np.int64))

@@ -28,6 +28,7 @@ from edgeadapt.data.batches import Inputs, array_inputs, check_labels, read_labe
 from edgeadapt.data.inputs import X_KEY
 from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
 from edgeadapt.data.sources import DataSpec, open_source
+from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.identity import BundleIdentity
@@ -91,7 +92,12 @@ def evaluate_bundle(
         if isinstance(x, Inputs)
         else array_inputs(bundle.inputs, x, source=where, array_field=X_KEY)
     )
-    assert inputs.rows is not None  # arrays and files know their rows
+    if inputs.rows is None:
+        raise InputError(
+            "a loader script's labels come with its batches: evaluate it with "
+            "evaluate_to_file (edgeadapt evaluate --data)",
+            source=where,
+        )
     labels = check_labels(np.asarray(y), inputs.rows, bundle.num_classes, where)
     batches = (
         (lo, feeds, labels[lo : lo + next(iter(feeds.values())).shape[0]])
