@@ -213,7 +213,10 @@ def _split(path: Path, cuts: list[str], calib: Path, out: Path) -> dict[str, Any
         cmd += ["--cut", c]
     cmd += ["--calibration", str(calib), "--batch-size", "16", "-o", str(out), "--json"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # '-c' puts the cwd first on sys.path: run beside the model, never in a source checkout
+    proc = subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=path.parent
+    )
     seconds = time.perf_counter() - start
     rc, stderr = proc.returncode, proc.stderr
     peaks = [int(line.split()[1]) for line in stderr.splitlines() if line.startswith("peak_kb ")]
