@@ -54,6 +54,10 @@ FIXED_SIZE = {
     "alexnet": 224,
     **{f"vgg{d}{bn}": 224 for d in (11, 13, 16, 19) for bn in ("", "_bn")},
 }
+#: Builders with training-only auxiliary heads: left out, as users exporting for
+#: inference do (the BatchNorm re-estimation runs in training mode, where inception_v3's
+#: head needs 299 px).
+AUXILIARY = ("googlenet", "inception_v3")
 #: Small configs of 18 Hugging Face architectures: (auto class, model type, overrides).
 _TEXT = {
     "hidden_size": 64,
@@ -135,7 +139,9 @@ def _torchvision_models(size: int) -> dict[str, Callable[[], tuple[Any, str, int
 
     def make(name: str) -> tuple[Any, str, int]:
         px = FIXED_SIZE.get(name, size)
-        extra = {"image_size": px} if name.startswith("vit_") else {}
+        extra: dict[str, Any] = {"image_size": px} if name.startswith("vit_") else {}
+        if name in AUXILIARY:
+            extra["aux_logits"] = False
         net = torchvision.models.get_model(name, num_classes=CLASSES, **extra)
         return net, "image", px
 
