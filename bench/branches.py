@@ -39,8 +39,8 @@ from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.data.mnist1d import DEFAULT_SEED, mnist1d_splits
 from edgeadapt.exporters.branches import export_branches
 from edgeadapt.measure.evaluate import evaluate_bundle
-from edgeadapt.measure.profiler import profile_bundle
-from edgeadapt.planning.planner import plan_bundle, profile_costs
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+from edgeadapt.planning.planner import PlanCosts, plan_bundle, profile_costs
 
 
 def _hog():  # deadline.py's neighbour; bench/ is not a package
@@ -117,12 +117,12 @@ def main() -> None:
         title = "residual CNN on MNIST-1D, 4 blocks"
     np.savez(tmp / "calib.npz", x=splits.calibration.x, y=splits.calibration.y)
     bundle = export_branches(tmp / "net.onnx", tmp / "bundle", calibration=tmp / "calib.npz")
-    profile = profile_bundle(bundle, threads=1, warmup=20, iters=200)
+    profile = profile_bundle(bundle, threads=1, timing=TimingOptions(warmup=20, iters=200))
     ev_cal = evaluate_bundle(bundle, splits.calibration.x, splits.calibration.y)
     ev_test = evaluate_bundle(bundle, splits.test.x, splits.test.y)
     costs = profile_costs(profile, bundle, stat=args.percentile)
     plan = plan_bundle(
-        bundle, ev_cal, costs.state_ms, static_ms=costs.static_ms, cost_stat=args.percentile
+        bundle, ev_cal, PlanCosts(costs.state_ms, static_ms=costs.static_ms, stat=args.percentile)
     )
     p50 = profile_costs(profile, bundle).state_ms
     test_acc = (ev_test.pred == splits.test.y[:, None]).mean(axis=0)

@@ -74,10 +74,12 @@ from edgeadapt.formats.bundle import Bundle, load_bundle
 from edgeadapt.formats.plan import Plan
 from edgeadapt.formats.profile import load_profile, state_costs
 from edgeadapt.measure.evaluate import evaluate_bundle
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.planner import (
     Outcomes,
+    PlanCosts,
+    PlanOptions,
     gap_closure,
     make_plan,
     profile_costs,
@@ -128,10 +130,12 @@ def gap_table(
                     costs,
                     manifest_sha256=bundle.manifest_sha256,
                     kind=bundle.kind,
-                    max_drop=max_drop,
-                    delta=args.delta,
-                    calibration=args.calibration,
-                    policy=policy,
+                    options=PlanOptions(
+                        max_drop=max_drop,
+                        delta=args.delta,
+                        calibration=args.calibration,
+                        policy=policy,
+                    ),
                 )
                 run = simulate_plan(plan, test)
                 test_ref = float(test.correct[:, plan.reference_state].mean())
@@ -239,7 +243,9 @@ def speed_table(
     args: argparse.Namespace,
 ) -> None:
     """Measured against expected speedup at batch 1, threshold and gate plans."""
-    profile = profile_bundle(bundle, "onnxruntime", threads=1, min_seconds=1.0)
+    profile = profile_bundle(
+        bundle, "onnxruntime", threads=1, timing=TimingOptions(min_seconds=1.0)
+    )
     costs = profile_costs(profile, bundle)
     assert costs.static_ms is not None, "the profile times the whole model"
     assert costs.hop_overhead_ms is not None, "the profile measures the cascade's overhead"
@@ -250,15 +256,15 @@ def speed_table(
         plans[policy] = make_plan(
             calib,
             held,
-            costs.state_ms,
+            PlanCosts(costs.state_ms, static_ms=costs.static_ms, hop_overhead_ms=hop_ms),
             manifest_sha256=bundle.manifest_sha256,
             kind=bundle.kind,
-            max_drop=args.max_drop[0],
-            delta=args.delta,
-            calibration=args.calibration,
-            policy=policy,
-            static_ms=costs.static_ms,
-            hop_overhead_ms=hop_ms,
+            options=PlanOptions(
+                max_drop=args.max_drop[0],
+                delta=args.delta,
+                calibration=args.calibration,
+                policy=policy,
+            ),
         )
     x = np.ascontiguousarray(x_test[: args.speed_samples])
     test = evaluation["test"].take(np.arange(len(x)))
