@@ -146,6 +146,21 @@ def _iterate(runs: Sequence[Callable[[], Any]], count: int) -> list[list[int]]:
     return got
 
 
+def _warm_up(
+    units: Sequence[Sequence[Callable[[], Any]]], warmup: int, stop: _Stop, start: int
+) -> float | None:
+    """Up to `warmup` rounds of one untimed iteration per unit (within `WARMUP_SHARE` of
+    a budget, see `_Stop`); the slowest unit's time in the last one (None without)."""
+    clock = time.perf_counter_ns
+    warm_until = start + int(WARMUP_SHARE * stop.seconds * 1e9)
+    slowest: float | None = None
+    for k in range(warmup):
+        if stop.budget and k > 0 and clock() >= warm_until:
+            break
+        slowest = max(sum(sum(calls) for calls in _iterate(runs, 1)) for runs in units)
+    return slowest
+
+
 def _time_rounds(
     units: Sequence[Sequence[Callable[[], Any]]],
     warmup: int,
@@ -166,12 +181,7 @@ def _time_rounds(
     """
     clock = time.perf_counter_ns
     start = clock()
-    warm_until = start + int(WARMUP_SHARE * stop.seconds * 1e9)
-    slowest: float | None = None
-    for k in range(warmup):
-        if stop.budget and k > 0 and clock() >= warm_until:
-            break
-        slowest = max(sum(sum(calls) for calls in _iterate(runs, 1)) for runs in units)
+    slowest = _warm_up(units, warmup, stop, start)
     samples: list[list[int]] = [[] for runs in units for _ in runs]
     first = np.cumsum([0, *(len(runs) for runs in units)])
     rounds: list[list[float]] = []
@@ -497,11 +507,9 @@ def profile_bundle(
     come from `preset` (a `Preset` or a preset name or file, see `edgeadapt.formats.presets`),
     overridden by `runtime`, `threads`, `precision` and `options`; with neither, ONNX
     Runtime on 1 thread. The profile records the configuration
-    (`Profile.runtime_config`). The whole model is timed like a step, in the same
-    interleaved rounds as the steps (`_time_rounds`), and the profile keeps the full
-    path over the whole model per round (`Profile.full_over_whole`). `progress(done,
-    total)` counts the (batch, step) and (batch, whole model) timings done
-    (`profile_calls` gives the total), a batch's share as its rounds go.
+    (`Profile.runtime_config`). The whole model is timed in the same interleaved rounds
+    as the steps (`_time_rounds`; `Profile.full_over_whole`). `progress(done, total)`
+    counts the (batch, step) and (batch, whole model) timings done (`profile_calls`).
     """
     from edgeadapt.measure.overhead import measure_overhead  # the cascade reads profiles
 
