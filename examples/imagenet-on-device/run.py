@@ -253,30 +253,12 @@ def run_pipeline(
     summary (also written to OUT/summary.json) and logs the tables."""
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.evaluation import load_evaluation
-    from edgeadapt.formats.jsonio import write_json
     from edgeadapt.formats.profile import load_profile, state_costs
 
     t0 = time.monotonic()
-
-    def stage(k: int, text: str) -> None:
-        log(f"\n[{k}/6 {time.monotonic() - t0:6.0f} s] {text}")
-
+    stage = _stager(t0, log)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_dir = out / "onnx"
-    onnx_dir.mkdir(exist_ok=True)
-    bundle_size = min(m.size for m in members)
-    stage(1, f"export {len(members)} models to ONNX (random weights, input 3x{bundle_size}^2)")
-    paths = _export_members(members, bundle_size, onnx_dir, log)
-
-    bundle_dir = out / "bundle"
-    stage(2, "one family bundle, every member parity-checked on ORT (minutes; silent until done)")
-    if (bundle_dir / "manifest.json").is_file():
-        log(f"  {bundle_dir} exists, kept")
-    else:
-        args: list[Any] = ["export", "family", *paths, "-o", bundle_dir]
-        for m in members:
-            args += ["--name", m.name]
-        edgeadapt(args, log)
+    bundle_dir = _family_bundle(members, out, stage, log)
     bundle = load_bundle(bundle_dir)
     states = [s.name for s in bundle.states]
 
@@ -302,12 +284,7 @@ def run_pipeline(
     files = (bundle_dir, profile_path, evaluation_path)
     views = _views(out, files, states, (gmacs, state_costs(prof, bundle)), ev, ks, log)
 
-    report_path = None
-    if report:
-        stage(6, "report")
-        report_path = out / "report" / "report.html"
-        given = ["--profile", profile_path, "--evaluation", evaluation_path, "-o", report_path]
-        edgeadapt(["report", bundle_dir, *given], log)
+    report_path = _report(files, out, stage, log) if report else None
     summary = {
         "format": "edgeadapt-imagenet-on-device",
         "version": 1,
@@ -317,6 +294,37 @@ def run_pipeline(
         "report": None if report_path is None else str(report_path),
         "seconds": round(time.monotonic() - t0, 1),
     }
+    return _write_summary(summary, out, ks, log)
+
+
+def _stager(t0: float, log: Log) -> Callable[[int, str], None]:
+    """`stage(k, text)`: log the start of stage k of 6, with the seconds since `t0`."""
+
+    def stage(k: int, text: str) -> None:
+        log(f"\n[{k}/6 {time.monotonic() - t0:6.0f} s] {text}")
+
+    return stage
+
+
+def _report(
+    files: tuple[Path, Path, Path], out: Path, stage: Callable[[int, str], None], log: Log
+) -> Path:
+    """Stage 6: `edgeadapt report` on the bundle, profile and evaluation `files`."""
+    bundle_dir, profile_path, evaluation_path = files
+    stage(6, "report")
+    report_path = out / "report" / "report.html"
+    given = ["--profile", profile_path, "--evaluation", evaluation_path, "-o", report_path]
+    edgeadapt(["report", bundle_dir, *given], log)
+    return report_path
+
+
+def _write_summary(
+    summary: dict[str, Any], out: Path, ks: Sequence[int], log: Log
+) -> dict[str, Any]:
+    """`summary` written to OUT/summary.json, plotted (when matplotlib is there) and
+    logged as the tables; returned with the plot's path."""
+    from edgeadapt.formats.jsonio import write_json
+
     write_json(out / "summary.json", summary)
     figure = plot_views(summary, out / "accuracy-vs-cost.png")
     if figure is not None:
@@ -324,6 +332,28 @@ def run_pipeline(
     for line in summary_text(summary, ks).splitlines():
         log(line)
     return summary
+
+
+def _family_bundle(
+    members: Sequence[Member], out: Path, stage: Callable[[int, str], None], log: Log
+) -> Path:
+    """Stages 1 and 2: every member exported to ONNX, then one family bundle of them
+    (kept when already there); its folder."""
+    onnx_dir = out / "onnx"
+    onnx_dir.mkdir(exist_ok=True)
+    bundle_size = min(m.size for m in members)
+    stage(1, f"export {len(members)} models to ONNX (random weights, input 3x{bundle_size}^2)")
+    paths = _export_members(members, bundle_size, onnx_dir, log)
+    bundle_dir = out / "bundle"
+    stage(2, "one family bundle, every member parity-checked on ORT (minutes; silent until done)")
+    if (bundle_dir / "manifest.json").is_file():
+        log(f"  {bundle_dir} exists, kept")
+    else:
+        args: list[Any] = ["export", "family", *paths, "-o", bundle_dir]
+        for m in members:
+            args += ["--name", m.name]
+        edgeadapt(args, log)
+    return bundle_dir
 
 
 def _export_members(
