@@ -38,9 +38,12 @@ import numpy as np
 from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.data.mnist1d import DEFAULT_SEED, mnist1d_splits
 from edgeadapt.exporters.branches import export_branches
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.plan import Plan
+from edgeadapt.formats.profile import Profile
 from edgeadapt.measure.evaluate import evaluate_bundle
-from edgeadapt.measure.profiler import profile_bundle
-from edgeadapt.planning.planner import plan_bundle, profile_costs
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+from edgeadapt.planning.planner import PlanCosts, plan_bundle, profile_costs
 
 
 def _hog():  # deadline.py's neighbour; bench/ is not a package
@@ -105,24 +108,15 @@ def main() -> None:
         core = None
 
     tmp = Path(tempfile.mkdtemp(prefix="edgeadapt-branches-"))
-    if args.model == "resnet18":
-        splits = resnet18_data(tmp, args.calibration, args.samples)
-        title = "ResNet-18 (random weights, 224 px), 5 identity blocks"
-    else:
-        splits = mnist1d_splits(DEFAULT_SEED)
-        from edgeadapt.demo.train import export_onnx_model, train_residual_cnn
-
-        model = train_residual_cnn(splits.train)
-        export_onnx_model(model, splits.train.x, tmp / "net.onnx")
-        title = "residual CNN on MNIST-1D, 4 blocks"
+    splits, title = _network(args, tmp)
     np.savez(tmp / "calib.npz", x=splits.calibration.x, y=splits.calibration.y)
     bundle = export_branches(tmp / "net.onnx", tmp / "bundle", calibration=tmp / "calib.npz")
-    profile = profile_bundle(bundle, threads=1, warmup=20, iters=200)
+    profile = profile_bundle(bundle, threads=1, timing=TimingOptions(warmup=20, iters=200))
     ev_cal = evaluate_bundle(bundle, splits.calibration.x, splits.calibration.y)
     ev_test = evaluate_bundle(bundle, splits.test.x, splits.test.y)
     costs = profile_costs(profile, bundle, stat=args.percentile)
     plan = plan_bundle(
-        bundle, ev_cal, costs.state_ms, static_ms=costs.static_ms, cost_stat=args.percentile
+        bundle, ev_cal, PlanCosts(costs.state_ms, static_ms=costs.static_ms, stat=args.percentile)
     )
     p50 = profile_costs(profile, bundle).state_ms
     test_acc = (ev_test.pred == splits.test.y[:, None]).mean(axis=0)
@@ -142,13 +136,34 @@ def main() -> None:
         f"budget table ({args.percentile} costs): "
         + ", ".join(f"{r.budget_ms:.3f} ms -> {names[r.state]}" for r in plan.budget)
     )
+    _sweeps(bundle, plan, profile, splits.test, args.samples, core)
+
+
+def _network(args: argparse.Namespace, tmp: Path) -> tuple[Any, str]:
+    """The network of --model written to TMP/net.onnx, its data splits and its title."""
+    if args.model == "resnet18":
+        splits = resnet18_data(tmp, args.calibration, args.samples)
+        return splits, "ResNet-18 (random weights, 224 px), 5 identity blocks"
+    splits = mnist1d_splits(DEFAULT_SEED)
+    from edgeadapt.demo.train import export_onnx_model, train_residual_cnn
+
+    model = train_residual_cnn(splits.train)
+    export_onnx_model(model, splits.train.x, tmp / "net.onnx")
+    return splits, "residual CNN on MNIST-1D, 4 blocks"
+
+
+def _sweeps(
+    bundle: Bundle, plan: Plan, profile: Profile, test: Any, samples: int, core: int | None
+) -> None:
+    """Each budget (1.1x each budget-table row, and 3x the last) swept over the first
+    `samples` test inputs, with and without a spinning neighbour on the core."""
     rows = [r.budget_ms for r in plan.budget]
     budgets = [1.1 * c for c in rows] + [3.0 * rows[-1]]
     print(
         f"{'budget ms':>9} {'neighbour':>9} {'miss %':>7} {'acc %':>6} {'mean branch':>11} "
         f"{'p50 ms':>7} {'p99 ms':>7}"
     )
-    x, y = splits.test.x[: args.samples], splits.test.y[: args.samples]
+    x, y = test.x[:samples], test.y[:samples]
     for budget in budgets:
         for hogged in (False, True):
             if hogged:

@@ -64,7 +64,7 @@ def resnet18_bundle(out_dir: Path, size: int) -> Bundle:
     from torch import nn
 
     from edgeadapt._zoo_torch import BasicBlock as Block
-    from edgeadapt.exporters.torch import export_torch
+    from edgeadapt.exporters.torch import TorchExportOptions, export_torch
 
     def layer(c_in: int, c_out: int, stride: int) -> nn.Sequential:
         return nn.Sequential(Block(c_in, c_out, stride), Block(c_out, c_out, 1))
@@ -83,7 +83,8 @@ def resnet18_bundle(out_dir: Path, size: int) -> Bundle:
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1000))
         for c in (64, 128, 256, 512)
     ]
-    return export_torch(stages, heads, torch.randn(1, 3, size, size), out_dir, force=True)
+    example = torch.randn(1, 3, size, size)
+    return export_torch(stages, heads, example, out_dir, options=TorchExportOptions(force=True))
 
 
 def _rounds(fns: dict[str, Callable[[], float]], rounds: int, block: int) -> dict[str, float]:

@@ -37,7 +37,7 @@ from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.data.mnist1d import DEFAULT_SEED, mnist1d_splits
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.profile import Profile
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spin import hog  # a script beside this one
@@ -112,7 +112,7 @@ def main() -> None:
     test = mnist1d_splits(DEFAULT_SEED).test
     x, y = test.x[: args.samples], test.y[: args.samples]
     bundle = load_bundle(DEMO)
-    profile = profile_bundle(bundle, threads=1, iters=200, warmup=20)
+    profile = profile_bundle(bundle, threads=1, timing=TimingOptions(iters=200, warmup=20))
     cum = np.cumsum([float(s.get("p50")) for s in profile.step_stats(1)])
     budgets = [1.25 * c for c in cum] + [3.0 * cum[-1]]
     print(

@@ -74,10 +74,12 @@ from edgeadapt.formats.bundle import Bundle, load_bundle
 from edgeadapt.formats.plan import Plan
 from edgeadapt.formats.profile import load_profile, state_costs
 from edgeadapt.measure.evaluate import evaluate_bundle
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.planner import (
     Outcomes,
+    PlanCosts,
+    PlanOptions,
     gap_closure,
     make_plan,
     profile_costs,
@@ -128,10 +130,12 @@ def gap_table(
                     costs,
                     manifest_sha256=bundle.manifest_sha256,
                     kind=bundle.kind,
-                    max_drop=max_drop,
-                    delta=args.delta,
-                    calibration=args.calibration,
-                    policy=policy,
+                    options=PlanOptions(
+                        max_drop=max_drop,
+                        delta=args.delta,
+                        calibration=args.calibration,
+                        policy=policy,
+                    ),
                 )
                 run = simulate_plan(plan, test)
                 test_ref = float(test.correct[:, plan.reference_state].mean())
@@ -239,27 +243,14 @@ def speed_table(
     args: argparse.Namespace,
 ) -> None:
     """Measured against expected speedup at batch 1, threshold and gate plans."""
-    profile = profile_bundle(bundle, "onnxruntime", threads=1, min_seconds=1.0)
+    profile = profile_bundle(
+        bundle, "onnxruntime", threads=1, timing=TimingOptions(min_seconds=1.0)
+    )
     costs = profile_costs(profile, bundle)
     assert costs.static_ms is not None, "the profile times the whole model"
     assert costs.hop_overhead_ms is not None, "the profile measures the cascade's overhead"
     hop_ms = costs.hop_overhead_ms
-    calib, held = evaluation["calibration"].split(heldout=0.5, seed=0)
-    plans: dict[str, Plan] = {}
-    for policy in ("threshold", "gate"):
-        plans[policy] = make_plan(
-            calib,
-            held,
-            costs.state_ms,
-            manifest_sha256=bundle.manifest_sha256,
-            kind=bundle.kind,
-            max_drop=args.max_drop[0],
-            delta=args.delta,
-            calibration=args.calibration,
-            policy=policy,
-            static_ms=costs.static_ms,
-            hop_overhead_ms=hop_ms,
-        )
+    plans = _speed_plans(bundle, evaluation["calibration"], costs, args)
     x = np.ascontiguousarray(x_test[: args.speed_samples])
     test = evaluation["test"].take(np.arange(len(x)))
     print(
@@ -285,6 +276,47 @@ def speed_table(
     finally:
         for m in (*models.values(), steps):
             m.close()
+    _print_speeds(plans, got, native, test, costs)
+
+
+def _speed_plans(
+    bundle: Bundle, calibration: Outcomes, costs: PlanCosts, args: argparse.Namespace
+) -> dict[str, Plan]:
+    """The threshold and gate plans `speed_table` runs, on the profile's `costs` (its
+    static model and per-hop overhead, p50) and the first --max-drop."""
+    calib, held = calibration.split(heldout=0.5, seed=0)
+    plans: dict[str, Plan] = {}
+    for policy in ("threshold", "gate"):
+        plans[policy] = make_plan(
+            calib,
+            held,
+            PlanCosts(
+                costs.state_ms, static_ms=costs.static_ms, hop_overhead_ms=costs.hop_overhead_ms
+            ),
+            manifest_sha256=bundle.manifest_sha256,
+            kind=bundle.kind,
+            options=PlanOptions(
+                max_drop=args.max_drop[0],
+                delta=args.delta,
+                calibration=args.calibration,
+                policy=policy,
+            ),
+        )
+    return plans
+
+
+def _print_speeds(
+    plans: dict[str, Plan],
+    got: dict[str, Timed],
+    native: dict[str, bool],
+    test: Outcomes,
+    costs: PlanCosts,
+) -> None:
+    """Each plan's measured speedup over the static model against the expected one
+    (and the one its own run's step costs predict)."""
+    assert costs.static_ms is not None
+    assert costs.hop_overhead_ms is not None
+    hop_ms = costs.hop_overhead_ms
     static_ms = float(np.median(got["static"].wall)) / 1e6
     # each state's cost in these rounds: the steps up to it, medians of the bare calls
     state_ms = np.cumsum(np.median(got["steps"].steps, axis=0)) / 1e6

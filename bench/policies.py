@@ -46,11 +46,19 @@ from edgeadapt.data.mnist1d import CALIBRATION_SEED, mnist1d_calibration, mnist1
 from edgeadapt.formats.bundle import Bundle, load_bundle
 from edgeadapt.formats.profile import Profile, load_profile, state_costs
 from edgeadapt.measure.evaluate import evaluate_bundle
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.calibrate import NEVER, calibrate, exit_states
 from edgeadapt.planning.gates import fit_gates
-from edgeadapt.planning.planner import Outcomes, exit_costs, gap_closure, make_plan, simulate_plan
+from edgeadapt.planning.planner import (
+    Outcomes,
+    PlanCosts,
+    PlanOptions,
+    exit_costs,
+    gap_closure,
+    make_plan,
+    simulate_plan,
+)
 from edgeadapt.planning.risk import risk_control
 from edgeadapt.planning.stats import binom_cdf
 
@@ -203,13 +211,10 @@ def redraw(
         plan = make_plan(
             calib,
             held,
-            costs,
+            PlanCosts(costs, hop_overhead_ms=hop),
             manifest_sha256=bundle.manifest_sha256,
             kind=bundle.kind,
-            max_drop=args.max_drop,
-            delta=DELTA,
-            hop_overhead_ms=hop,
-            **options,
+            options=PlanOptions(max_drop=args.max_drop, delta=DELTA, **options),
         )
         pay = exit_costs(costs, plan.states, bundle.kind, plan.hop_overhead_ms)
         state = simulate_plan(plan, score).exit_state
@@ -288,7 +293,7 @@ def main() -> None:
         profile = (
             load_profile(args.profile, bundle)
             if args.profile
-            else profile_bundle(bundle, min_seconds=1.0)
+            else profile_bundle(bundle, timing=TimingOptions(min_seconds=1.0))
         )
         costs, hop = _costs(bundle, profile)
         evaluation = evaluate_pool(bundle, args.pool)

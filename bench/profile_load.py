@@ -10,7 +10,7 @@ steps first and the whole model after them, each unit in a window of its own
 (``apart``, the same timing code called once per unit). Printed per profile: R_N over
 the whole model from the p50s the planner reads, the interleaved rounds' median and
 10th-90th percentile of that ratio, and the verdict of the plan made on it from the
-demo's calibration evaluation (`edgeadapt.demo.pipeline.PLAN_OPTIONS`): the kept states
+demo's calibration evaluation (the default `edgeadapt.planning.planner.PlanOptions`): the kept states
 and whether it beats the static model. Target: the interleaved verdicts identical in
 every condition.
 
@@ -25,13 +25,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 import edgeadapt.measure.profiler as profiler
 from edgeadapt.data.mnist1d import calibration_samples, mnist1d_splits
-from edgeadapt.demo.pipeline import BUNDLES, PLAN_OPTIONS
+from edgeadapt.demo.pipeline import BUNDLES
 from edgeadapt.formats.bundle import Bundle, load_bundle
 from edgeadapt.formats.evaluation import Evaluation
 from edgeadapt.formats.profile import Profile
@@ -94,14 +95,7 @@ def neighbour(condition: str, core: int | None, after_s: float) -> Iterator[None
 def verdict(bundle: Bundle, profile: Profile, evaluation: Evaluation) -> str:
     """The plan `edgeadapt plan` makes on this profile: its states and its verdict."""
     costs = profile_costs(profile, bundle)
-    plan = plan_bundle(
-        bundle,
-        evaluation,
-        costs.state_ms,
-        static_ms=costs.static_ms,
-        hop_overhead_ms=costs.hop_overhead_ms,
-        **PLAN_OPTIONS,
-    )
+    plan = plan_bundle(bundle, evaluation, replace(costs, runtime=None))
     said = (
         "is the static model"
         if plan.keeps_static
@@ -137,7 +131,9 @@ def main() -> None:
             for condition in CONDITIONS:
                 for _ in range(args.repeats):
                     with neighbour(condition, core, args.min_seconds * units / 2):
-                        prof = profiler.profile_bundle(bundle, min_seconds=args.min_seconds)
+                        prof = profiler.profile_bundle(
+                            bundle, timing=profiler.TimingOptions(min_seconds=args.min_seconds)
+                        )
                     full = profile_costs(prof, bundle).state_ms[-1]
                     p50 = full / prof.whole_stats(1).p50
                     r = prof.full_over_whole[1]

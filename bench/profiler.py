@@ -44,7 +44,7 @@ import numpy as np
 from edgeadapt.formats.bundle import Bundle, load_bundle
 from edgeadapt.formats.presets import RuntimeConfig, load_preset
 from edgeadapt.formats.profile import Profile
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
 BUNDLE = (
     Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
@@ -179,7 +179,11 @@ def main() -> None:
         runtime, options = config.runtime, config.backend_options()
 
         def profile(preset_name: str = name) -> Profile:
-            return profile_bundle(bundle, preset=preset_name, warmup=args.warmup, iters=args.iters)
+            return profile_bundle(
+                bundle,
+                preset=preset_name,
+                timing=TimingOptions(warmup=args.warmup, iters=args.iters),
+            )
 
         first = profile()
         timers = {"same call": _same_call(bundle, runtime, options, args.warmup, args.iters)}

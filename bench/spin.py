@@ -75,7 +75,7 @@ def measure(bundle_dir: Path, whole_path: Path, spin: bool, threads: int, rounds
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.presets import RuntimeConfig, load_preset
     from edgeadapt.formats.profile import state_costs, static_cost
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
     from edgeadapt.runtimes import get_runtime
 
     bundle = load_bundle(bundle_dir)
@@ -97,7 +97,11 @@ def measure(bundle_dir: Path, whole_path: Path, spin: bool, threads: int, rounds
             4,
         )
     prof = profile_bundle(
-        bundle, preset=preset, threads=threads, options={"spin": spin}, min_seconds=0.5
+        bundle,
+        preset=preset,
+        threads=threads,
+        options={"spin": spin},
+        timing=TimingOptions(min_seconds=0.5),
     )
     return {
         "whole_ms": med["whole"] / 1e6,

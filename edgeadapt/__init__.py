@@ -39,11 +39,14 @@ _PUBLIC = {
     "save_plan": "edgeadapt.formats.plan",
     "RuntimeConfig": "edgeadapt.formats.presets",
     "profile_bundle": "edgeadapt.measure.profiler",
+    "TimingOptions": "edgeadapt.measure.profiler",
     "evaluate_bundle": "edgeadapt.measure.evaluate",
     "exact_oracle": "edgeadapt.oracle.equations",
     "bound_summary": "edgeadapt.oracle.equations",
     "make_plan": "edgeadapt.planning.planner",
     "plan_bundle": "edgeadapt.planning.planner",
+    "PlanCosts": "edgeadapt.planning.planner",
+    "PlanOptions": "edgeadapt.planning.planner",
     "get_runtime": "edgeadapt.runtimes",
     "EdgeadaptError": "edgeadapt.errors",
     "InputError": "edgeadapt.errors",
@@ -56,9 +59,12 @@ __all__ = [
     "Evaluation",
     "InputError",
     "Plan",
+    "PlanCosts",
+    "PlanOptions",
     "Prediction",
     "Profile",
     "RuntimeConfig",
+    "TimingOptions",
     "__version__",
     "bound_summary",
     "evaluate_bundle",
@@ -84,9 +90,9 @@ if TYPE_CHECKING:
     from edgeadapt.formats.presets import RuntimeConfig
     from edgeadapt.formats.profile import Profile, load_profile, state_costs
     from edgeadapt.measure.evaluate import evaluate_bundle
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
     from edgeadapt.oracle.equations import bound_summary, exact_oracle
-    from edgeadapt.planning.planner import make_plan, plan_bundle
+    from edgeadapt.planning.planner import PlanCosts, PlanOptions, make_plan, plan_bundle
     from edgeadapt.runtimes import get_runtime
 
 

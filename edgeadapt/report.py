@@ -37,7 +37,7 @@ import html
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +143,13 @@ def report_data(
     if chosen is not None and conf is not None:
         run = simulate(conf[:, cols], correct[:, cols], pay, np.asarray(chosen.thresholds))
         here = (run.accuracy, run.expected_cost)
-    options = {} if chosen is None else plan_options(chosen)
     assert inputs.profile is not None  # cost="ms" needs one
-    costs = profile_costs(inputs.profile, b, stat=options.pop("cost_stat", "p50"))
-    policies = compare_policies(
-        b, ev, costs.state_ms, static_ms=costs.static_ms, cost_stat=costs.stat, **options
-    )
+    costs = profile_costs(inputs.profile, b, stat="p50" if chosen is None else chosen.cost_stat)
+    # the plan's own options and per-hop overhead; without a plan, the defaults and none
+    hop_ms = None if chosen is None else chosen.hop_overhead_ms
+    costs = replace(costs, runtime=None, hop_overhead_ms=hop_ms)
+    options = None if chosen is None else plan_options(chosen)
+    policies = compare_policies(b, ev, costs, options)
     return ReportData(inputs, bound, curve, swept, states, chosen, here, measure, policies)
 
 

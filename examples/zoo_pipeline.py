@@ -69,6 +69,22 @@ def _has_option(command: list[str], option: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    m = zoo.get(args.model, tiny=args.tiny)
+    out = args.out or Path(f"zoo-{m.name}{'-tiny' if args.tiny else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    print(f"== {m.description}")
+    print("random weights (not trained); BatchNorm statistics re-estimated on random data")
+    source = _build(m, args.seed, out)
+    _write_data(m, args, out, source)
+    _commands(m, args, out, source)
+    print(f"\ndone in {time.perf_counter() - start:.0f} s; files under {out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", choices=zoo.names(), default="resnet18")
     p.add_argument("--tiny", action="store_true", help="the reduced graph (seconds, not minutes)")
@@ -85,17 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", default="onnxruntime", help="backend to profile and run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
 
-    m = zoo.get(args.model, tiny=args.tiny)
-    out = args.out or Path(f"zoo-{m.name}{'-tiny' if args.tiny else ''}")
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
 
-    print(f"== {m.description}")
-    print("random weights (not trained); BatchNorm statistics re-estimated on random data")
+def _build(m: zoo.ZooModel, seed: int, out: Path) -> Path:
+    """The zoo model `m` built (random weights) and exported to ONNX under `out`."""
     t0 = time.perf_counter()
-    net = zoo.build(m, seed=args.seed)
+    net = zoo.build(m, seed=seed)
     source = zoo.export(m, net, out / "model.onnx")
     params = sum(p.numel() for p in net.parameters())
     print(
@@ -106,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  inputs: {inputs}; output: {zoo.LOGITS} [batch, {m.num_classes}]")
 
+    return source
+
+
+def _write_data(m: zoo.ZooModel, args: argparse.Namespace, out: Path, source: Path) -> None:
+    """The synthetic calibration and test sets under `out`, labelled as `args.labels`
+    says (the whole model's own answers, or random classes)."""
     t0 = time.perf_counter()
     sets = {}
     for name, n, seed in (
@@ -138,25 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.labels == "auto" and labels == "random":
         print(f"  (the whole model answers {distinct} class(es) on the calibration inputs)")
 
+
+def _commands(m: zoo.ZooModel, args: argparse.Namespace, out: Path, source: Path) -> None:
+    """Every edgeadapt command of the pipeline on the exported model, as printed."""
     cuts = zoo.cut_tensors(source, m.cuts)
     print("\ncuts (module -> tensor in the ONNX graph):")
     for module, tensor in zip(m.cuts, cuts, strict=True):
         print(f"  {module:<18} {tensor}")
 
     bundle = out / "bundle"
-    export = ["export", "onnx", str(source)]
-    for c in cuts:
-        export += ["--cut", c]
-    export += [
-        "--calibration",
-        str(out / "calib.npz"),
-        "--pool",
-        m.pool,
-        "-o",
-        str(bundle),
-        "--force",
-    ]
-    _cli(export)
+    export = ["export", "onnx", str(source), *(a for c in cuts for a in ("--cut", c))]
+    calib = ["--calibration", str(out / "calib.npz"), "--pool", m.pool]
+    _cli([*export, *calib, "-o", str(bundle), "--force"])
     _cli(["inspect", str(bundle)])
 
     profile = out / f"profile-{args.runtime}-{args.threads}t.json"
@@ -166,47 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         prof += ["--whole", str(source)]
     _cli(prof)
     evaluation = out / "evaluation.npz"
-    _cli(
-        [
-            "evaluate",
-            str(bundle),
-            "--data",
-            str(out / "test.npz"),
-            "--runtime",
-            args.runtime,
-            "-o",
-            str(evaluation),
-        ]
-    )
-    _cli(
-        [
-            "bound",
-            str(bundle),
-            "--profile",
-            str(profile),
-            "--evaluation",
-            str(evaluation),
-            "--envelope",
-        ]
-    )
+    test = ["--data", str(out / "test.npz"), "--runtime", args.runtime]
+    _cli(["evaluate", str(bundle), *test, "-o", str(evaluation)])
+    files = ["--profile", str(profile), "--evaluation", str(evaluation)]
+    _cli(["bound", str(bundle), *files, "--envelope"])
     plan = out / "plan.json"
-    _cli(
-        [
-            "plan",
-            str(bundle),
-            "--profile",
-            str(profile),
-            "--evaluation",
-            str(evaluation),
-            "-o",
-            str(plan),
-        ]
-    )
+    _cli(["plan", str(bundle), *files, "-o", str(plan)])
     run_input = out / "test-x.npy" if len(m.inputs) == 1 else out / "test.npz"
     run = ["run", str(bundle), "--plan", str(plan), "--input", str(run_input)]
     _cli([*run, "--runtime", args.runtime, "-o", str(out / "run.npz")])
-    print(f"\ndone in {time.perf_counter() - start:.0f} s; files under {out}")
-    return 0
 
 
 if __name__ == "__main__":

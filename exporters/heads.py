@@ -304,23 +304,17 @@ def overfit_message(head: LinearHead, where: str) -> str | None:
     )
 
 
-def head_graph(
+def _pooling(
     head: LinearHead,
     act_shape: Sequence[int | str],
-    opset: Sequence[onnx.OperatorSetIdProto],
-    ir_version: int,
-) -> onnx.ModelProto:
-    """The head as its own model: input ``act`` of shape `act_shape` (and ``mask``
-    ``[batch, tokens]`` for a masked mean), output ``logits``."""
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    inputs: list[onnx.ValueInfoProto],
+) -> str:
+    """Append the nodes, initializers and inputs of the head's pooling (``cls``, a mean
+    over tokens with or without a mask, ``gap``) to `nodes`, `inits` and `inputs`; the
+    name of the pooled tensor (``act`` itself without pooling)."""
     rank = len(act_shape)
-    nodes = []
-    inits = [
-        numpy_helper.from_array(head.mean, "mean"),
-        numpy_helper.from_array(head.scale, "scale"),
-        numpy_helper.from_array(head.weight, "weight"),
-        numpy_helper.from_array(head.bias, "bias"),
-    ]
-    inputs = [helper.make_tensor_value_info("act", onnx.TensorProto.FLOAT, list(act_shape))]
     src = "act"
     if head.pool == "cls":
         inits.append(numpy_helper.from_array(np.array(0, np.int64), "first"))
@@ -358,6 +352,26 @@ def head_graph(
     elif rank > 2 and head.pool == "gap":
         nodes.append(helper.make_node("GlobalAveragePool", [src], ["pooled"]))
         src = "pooled"
+    return src
+
+
+def head_graph(
+    head: LinearHead,
+    act_shape: Sequence[int | str],
+    opset: Sequence[onnx.OperatorSetIdProto],
+    ir_version: int,
+) -> onnx.ModelProto:
+    """The head as its own model: input ``act`` of shape `act_shape` (and ``mask``
+    ``[batch, tokens]`` for a masked mean), output ``logits``."""
+    nodes: list[onnx.NodeProto] = []
+    inits = [
+        numpy_helper.from_array(head.mean, "mean"),
+        numpy_helper.from_array(head.scale, "scale"),
+        numpy_helper.from_array(head.weight, "weight"),
+        numpy_helper.from_array(head.bias, "bias"),
+    ]
+    inputs = [helper.make_tensor_value_info("act", onnx.TensorProto.FLOAT, list(act_shape))]
+    src = _pooling(head, act_shape, nodes, inits, inputs)
     nodes += [
         helper.make_node("Flatten", [src], ["features"], axis=1),
         helper.make_node("Sub", ["features", "mean"], ["centred"]),

@@ -383,62 +383,100 @@ def _check_steps(
     return worst, num_classes
 
 
+@dataclass(frozen=True)
+class TorchExportOptions:
+    """How `export_torch` and `export_torch_family` export: the name of a one-tensor
+    example's input (`input_name`), the ONNX `opset` (>= `DEFAULT_OPSET`), what is merged
+    into the manifest's ``extra``, the tolerances the ONNX steps must match torch within
+    (`parity_rtol`, `parity_atol`) and whether an existing `out_dir` is replaced
+    (`force`)."""
+
+    input_name: str = "x"
+    opset: int = DEFAULT_OPSET
+    extra: dict[str, Any] | None = None
+    parity_rtol: float = _graph.RTOL
+    parity_atol: float = _graph.ATOL
+    force: bool = False
+
+
+def _write(
+    out_dir: str | os.PathLike[str],
+    options: TorchExportOptions,
+    modules: Sequence[Any],
+    worst: list[float],
+    **bundle: Any,
+) -> Bundle:
+    """`write_bundle` of the traced `bundle` (kind, inputs, classes, steps or models,
+    state names) with the exporter's producer record and the parity `worst` reached."""
+    torch = _torch()
+    rtol, atol = options.parity_rtol, options.parity_atol
+    return write_bundle(
+        out_dir,
+        producer={
+            "exporter": "edgeadapt.exporters.torch",
+            "torch": torch.__version__,
+            "opset": options.opset,
+            "source_sha256": model_sha256(modules),
+        },
+        extra={**(options.extra or {}), "parity": _parity_record(worst, rtol, atol)},
+        force=options.force,
+        **bundle,
+    )
+
+
+def _check_opset(opset: int) -> None:
+    if opset < DEFAULT_OPSET:
+        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", source="opset")
+
+
 def export_torch(
     stages: Sequence[torch.nn.Module],
     heads: Sequence[torch.nn.Module],
     example_input: torch.Tensor | dict[str, torch.Tensor],
     out_dir: str | os.PathLike[str],
     *,
-    input_name: str = "x",
     state_names: Sequence[str] | None = None,
-    opset: int = DEFAULT_OPSET,
-    extra: dict[str, Any] | None = None,
-    parity_rtol: float = _graph.RTOL,
-    parity_atol: float = _graph.ATOL,
-    force: bool = False,
+    options: TorchExportOptions | None = None,
 ) -> Bundle:
-    """Export a multi-exit network as an early-exit bundle in `out_dir`.
+    """Export a multi-exit network as an early-exit bundle in `out_dir`, as `options`
+    say (`TorchExportOptions`, default its defaults).
 
     State i runs `stages[0..i]` and then `heads[i]`; head i maps stage i's output to
     ``[batch, classes]`` logits. `example_input` fixes the per-sample shapes and dtypes
-    (its batch size does not matter): one tensor (the input `input_name`) or a dict of
-    named tensors for a model with several inputs (``{"input_ids": ...,
+    (its batch size does not matter): one tensor (the input ``options.input_name``) or
+    a dict of named tensors for a model with several inputs (``{"input_ids": ...,
     "attention_mask": ...}``). Stage 0 is called with every input in that order; a
     later stage or a head is called with the activation and then the model inputs its
     ``forward`` names after it (``def forward(self, h, attention_mask)``), which its
-    step then reads. `extra` is merged into the manifest's ``extra``.
+    step then reads.
     """
-    torch = _torch()
+    _torch()  # without torch, fail first and name the extra to install
+    options = options or TorchExportOptions()
     stages, heads = list(stages), list(heads)
     if not stages or len(stages) != len(heads):
         raise InputError(f"need as many heads as stages (>= 1), got {len(stages)} and {len(heads)}")
     _check_modules(stages, "stages")
     _check_modules(heads, "heads")
-    if opset < DEFAULT_OPSET:
-        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", source="opset")
-    specs, tensors = _check_example(example_input, input_name)
+    _check_opset(options.opset)
+    specs, tensors = _check_example(example_input, options.input_name)
     names = [s.name for s in specs]
     aux = _aux(stages, heads, names)
+    rtol, atol = options.parity_rtol, options.parity_atol
     with _eval_mode([*stages, *heads]):
-        steps = _trace_steps(stages, heads, names, tensors, aux, opset)
+        steps = _trace_steps(stages, heads, names, tensors, aux, options.opset)
         worst, num_classes = _check_steps(
-            stages, heads, steps, specs, names, tensors, aux, parity_rtol, parity_atol
+            stages, heads, steps, specs, names, tensors, aux, rtol, atol
         )
-    return write_bundle(
+    return _write(
         out_dir,
+        options,
+        [*stages, *heads],
+        worst,
         kind="early-exit",
         inputs=specs,
         num_classes=num_classes,
         steps=steps,
         state_names=state_names or [f"exit{i}" for i in range(len(steps))],
-        producer={
-            "exporter": "edgeadapt.exporters.torch",
-            "torch": torch.__version__,
-            "opset": opset,
-            "source_sha256": model_sha256([*stages, *heads]),
-        },
-        extra={**(extra or {}), "parity": _parity_record(worst, parity_rtol, parity_atol)},
-        force=force,
     )
 
 
@@ -446,7 +484,9 @@ def export_torch_model(
     model: torch.nn.Module,
     example_input: torch.Tensor,
     out_dir: str | os.PathLike[str],
-    **kwargs: Any,
+    *,
+    state_names: Sequence[str] | None = None,
+    options: TorchExportOptions | None = None,
 ) -> Bundle:
     """`export_torch` for a model exposing ``stages`` and ``heads`` (e.g. ModuleLists)."""
     if not hasattr(model, "stages") or not hasattr(model, "heads"):
@@ -454,7 +494,9 @@ def export_torch_model(
             f"{type(model).__name__} has no `stages` and `heads`; call export_torch with them"
         )
     stages, heads = getattr(model, "stages"), getattr(model, "heads")  # noqa: B009
-    return export_torch(stages, heads, example_input, out_dir, **kwargs)
+    return export_torch(
+        stages, heads, example_input, out_dir, state_names=state_names, options=options
+    )
 
 
 def _trace_family(
@@ -474,21 +516,18 @@ def export_torch_family(
     example_input: torch.Tensor | dict[str, torch.Tensor],
     out_dir: str | os.PathLike[str],
     *,
-    input_name: str = "x",
     state_names: Sequence[str] | None = None,
-    opset: int = DEFAULT_OPSET,
-    extra: dict[str, Any] | None = None,
-    parity_rtol: float = _graph.RTOL,
-    parity_atol: float = _graph.ATOL,
-    force: bool = False,
+    options: TorchExportOptions | None = None,
 ) -> Bundle:
-    """Export independent classifiers (a model family) as an ensemble bundle.
+    """Export independent classifiers (a model family) as an ensemble bundle, as
+    `options` say (`TorchExportOptions`, default its defaults).
 
     Every model maps the input to ``[batch, classes]`` logits. States are ordered by
     FLOPs, cheapest first (ties keep the given order); `state_names` follow the given
     order of `models` (default ``model0``, ``model1``, ...).
     """
-    torch = _torch()
+    _torch()  # without torch, fail first and name the extra to install
+    options = options or TorchExportOptions()
     models = list(models)
     if len(models) < 2:
         raise InputError(f"a family needs at least two models, got {len(models)}")
@@ -498,39 +537,33 @@ def export_torch_family(
     )
     if len(names) != len(models):
         raise InputError(f"{len(names)} names for {len(models)} models", source="state_names")
-    if opset < DEFAULT_OPSET:
-        raise InputError(f"must be >= {DEFAULT_OPSET}, got {opset}", source="opset")
-    specs, tensors = _check_example(example_input, input_name)
+    _check_opset(options.opset)
+    specs, tensors = _check_example(example_input, options.input_name)
     inputs = [s.name for s in specs]
     with _eval_mode(models):
-        models, onnx_models, names = _trace_family(models, names, tensors, inputs, opset)
+        models, onnx_models, names = _trace_family(models, names, tensors, inputs, options.opset)
         worst = _parity(
             [_graph.session(m) for m in onnx_models],
             lambda i, previous, example: dict(example),
             lambda xs: [m(*xs) for m in models],
             _graph.example_feeds(onnx_models[0], specs),
             [["logits"]] * len(models),
-            parity_rtol,
-            parity_atol,
+            options.parity_rtol,
+            options.parity_atol,
         )
         classes = {int(m(*[t[:1] for t in tensors]).shape[-1]) for m in models}
     if len(classes) != 1:
         raise InputError(f"the models disagree on the class count: {sorted(classes)}")
-    return write_bundle(
+    return _write(
         out_dir,
+        options,
+        models,
+        worst,
         kind="ensemble",
         inputs=specs,
         num_classes=classes.pop(),
         models=onnx_models,
         state_names=names,
-        producer={
-            "exporter": "edgeadapt.exporters.torch",
-            "torch": torch.__version__,
-            "opset": opset,
-            "source_sha256": model_sha256(models),
-        },
-        extra={**(extra or {}), "parity": _parity_record(worst, parity_rtol, parity_atol)},
-        force=force,
     )
 
 
@@ -575,31 +608,27 @@ def load_factory(spec: str) -> Callable[[], Any]:
 def export_from_factory(
     factory: str | Callable[[], Any],
     out_dir: str | os.PathLike[str],
-    *,
-    force: bool = False,
-    **kwargs: Any,
+    options: TorchExportOptions | None = None,
 ) -> Bundle:
     """Call `factory()` (a callable, or a spec for `load_factory`) and export what it
-    returns:
+    returns, as `options` say:
 
     - ``(stages, heads, example_input)``: an early-exit bundle (`export_torch`);
     - ``(model, example_input)`` with ``model.stages`` and ``model.heads``: the same
       (`export_torch_model`);
     - ``([model, ...], example_input)``: an ensemble bundle of a model family
       (`export_torch_family`).
-
-    `kwargs` (``parity_rtol``, ``parity_atol``, ...) go to the exporter.
     """
     build = load_factory(factory) if isinstance(factory, str) else factory
     made = build()
     if isinstance(made, tuple) and len(made) == 3:
         stages, heads, example = made
-        return export_torch(stages, heads, example, out_dir, force=force, **kwargs)
+        return export_torch(stages, heads, example, out_dir, options=options)
     if isinstance(made, tuple) and len(made) == 2:
         model, example = made
         if isinstance(model, Sequence):
-            return export_torch_family(model, example, out_dir, force=force, **kwargs)
-        return export_torch_model(model, example, out_dir, force=force, **kwargs)
+            return export_torch_family(model, example, out_dir, options=options)
+        return export_torch_model(model, example, out_dir, options=options)
     raise InputError(
         "the factory must return (stages, heads, example_input), (model, example_input) "
         f"or ([models], example_input); got {type(made).__name__}",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from edgeadapt.formats.bundle import Bundle
 from edgeadapt.formats.plan import BudgetRow, Plan, SplitFigures
-from edgeadapt.planning.planner import Outcomes, make_plan
+from edgeadapt.planning.planner import Outcomes, PlanOptions, make_plan
 
 
 def runner_plan(
@@ -64,9 +64,7 @@ def gate_plan(bundle: Bundle, outcomes: Outcomes) -> Plan:
         held,
         [0.1, 0.2, 0.3, 0.4],
         manifest_sha256=bundle.manifest_sha256,
-        max_drop=0.05,
-        calibration="empirical",
-        policy="gate",
+        options=PlanOptions(max_drop=0.05, calibration="empirical", policy="gate"),
     )
     assert plan.gates
     return plan

@@ -20,9 +20,9 @@ from edgeadapt.formats.evaluation import Evaluation, save_evaluation
 from edgeadapt.formats.plan import check_plan, load_plan, plan_from_doc, plan_to_doc
 from edgeadapt.formats.profile import save_profile
 from edgeadapt.kernel_ref import agreement_decide, agreement_shares, predict_confidence
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.planning.calibrate import exit_states
-from edgeadapt.planning.planner import Outcomes, make_plan, simulate_plan
+from edgeadapt.planning.planner import Outcomes, PlanOptions, make_plan, simulate_plan
 from edgeadapt.runtimes import get_runtime
 from tests.plans import runner_plan
 from tests.test_gates import _bundle_logits
@@ -192,7 +192,12 @@ def test_agreement_plan_from_predictions_alone_and_its_file():
     assert outcomes.conf is None
     calib, held = outcomes.split(0.5, seed=0)
     plan = make_plan(
-        calib, held, [1.0, 2.0, 10.0], manifest_sha256=SHA, kind="ensemble", policy="agreement"
+        calib,
+        held,
+        [1.0, 2.0, 10.0],
+        manifest_sha256=SHA,
+        kind="ensemble",
+        options=PlanOptions(policy="agreement"),
     )
     assert plan.policy == "agreement"
     assert plan.promise is not None
@@ -220,7 +225,9 @@ def test_plan_command_agreement_policy_on_imported_predictions(tmp_path):
     names = np.array([s.name for s in bundle.states])
     ev = _predictions_only(4000, seed=2)
     save_evaluation(tmp_path / "eval.npz", Evaluation(ev.labels, ev.pred, names))
-    save_profile(tmp_path / "profile.json", profile_bundle(bundle, warmup=1, iters=10))
+    save_profile(
+        tmp_path / "profile.json", profile_bundle(bundle, timing=TimingOptions(warmup=1, iters=10))
+    )
     args = [
         "plan",
         str(bundle.path),

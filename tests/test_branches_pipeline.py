@@ -32,7 +32,7 @@ def test_branches_evaluate_profile_and_plan_a_budget_table(trained):
     from edgeadapt.exporters.branches import export_branches
     from edgeadapt.formats.profile import state_costs
     from edgeadapt.measure.evaluate import evaluate_bundle
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
     from edgeadapt.planning.planner import Outcomes, make_plan
 
     tmp, path, calib, splits = trained
@@ -48,7 +48,7 @@ def test_branches_evaluate_profile_and_plan_a_budget_table(trained):
     assert test_acc[-1] > 0.8  # the trained full network
     assert test_acc[-1] > test_acc[0] + 0.05  # skipping blocks costs accuracy
 
-    profile = profile_bundle(bundle, batches=(1,), warmup=5, min_seconds=0.05)
+    profile = profile_bundle(bundle, timing=TimingOptions(batches=(1,), warmup=5, min_seconds=0.05))
     costs = np.asarray(state_costs(profile, bundle))
     assert costs[-1] > costs[0]  # the full branch runs more blocks
 

@@ -295,10 +295,10 @@ def test_bad_load_arguments_are_clear_errors(kwargs, match):
 
 def test_profile_seeds_the_policy_costs():
     from edgeadapt.formats.profile import MIN_SAMPLES
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
     bundle = load_bundle(MULTIEXIT)
-    profile = profile_bundle(bundle, iters=MIN_SAMPLES, warmup=2)
+    profile = profile_bundle(bundle, timing=TimingOptions(iters=MIN_SAMPLES, warmup=2))
     p50 = [s.get("p50") for s in profile.step_stats(1)]
     with AdaptiveModel.load(bundle, thresholds=2.0, profile=profile) as m:
         assert m.policy.costs_ms == pytest.approx(p50)

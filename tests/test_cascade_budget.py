@@ -14,7 +14,7 @@ from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.plan import BudgetRow
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from tests.plans import runner_plan
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
@@ -83,7 +83,7 @@ def test_an_ensemble_plan_runs_the_picked_member_alone():
 
 def test_the_plans_cost_percentile_sets_the_predicted_costs():
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
-    profile = profile_bundle(bundle, warmup=2, iters=30)
+    profile = profile_bundle(bundle, timing=TimingOptions(warmup=2, iters=30))
     for stat in ("p50", "p90"):
         plan = runner_plan(bundle, (0, 1, 2, 3), (2.0, 2.0, 2.0), COSTS, cost_stat=stat)
         with AdaptiveModel.load(bundle, plan=plan, profile=profile) as m:
@@ -140,7 +140,9 @@ def test_the_plans_hop_overhead_counts_against_the_budget():
 
 def test_a_profile_gives_costs_at_the_asked_percentile_and_its_overhead():
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
-    profile = profile_bundle(bundle, threads=1, iters=10, warmup=1, overhead=False)
+    profile = profile_bundle(
+        bundle, threads=1, timing=TimingOptions(iters=10, warmup=1, overhead=False)
+    )
     p90 = [s.get("p90") for s in profile.step_stats(1)]
     with AdaptiveModel.load(bundle, thresholds=0.9, profile=profile, cost_stat="p90") as m:
         assert m.policy.quantile == 0.9

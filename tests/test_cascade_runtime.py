@@ -83,16 +83,21 @@ def test_a_plan_made_from_a_profile_carries_its_settings_to_the_runner(bundle, t
     import numpy as np
 
     from edgeadapt.measure.evaluate import evaluate_bundle
-    from edgeadapt.measure.profiler import profile_bundle
-    from edgeadapt.planning.planner import plan_bundle, profile_costs
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+    from edgeadapt.planning.planner import PlanCosts, PlanOptions, plan_bundle, profile_costs
 
-    prof = profile_bundle(bundle, threads=2, warmup=0, iters=10, whole=False)
+    prof = profile_bundle(bundle, threads=2, timing=TimingOptions(warmup=0, iters=10, whole=False))
     x = np.random.default_rng(0).normal(size=(400, 1, 40)).astype(np.float32)
     first = evaluate_bundle(bundle, x, np.zeros(400, np.int64))
     evaluation = evaluate_bundle(bundle, x, first.pred[:, -1].astype(np.int64))
     costs = profile_costs(prof, bundle)
     assert costs.runtime == prof.runtime_config
-    plan = plan_bundle(bundle, evaluation, costs.state_ms, max_drop=0.05, runtime=costs.runtime)
+    plan = plan_bundle(
+        bundle,
+        evaluation,
+        PlanCosts(costs.state_ms, runtime=costs.runtime),
+        options=PlanOptions(max_drop=0.05),
+    )
     assert plan.runtime == prof.runtime_config
     path = tmp_path / "plan.json"
     save_plan(path, plan)

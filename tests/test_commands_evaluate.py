@@ -60,10 +60,12 @@ def _profile(multiexit_copy, threads):
     """A profile of the bundle on this device at its default place, under `threads`."""
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.profile import default_profile_path, save_profile
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
     bundle = load_bundle(multiexit_copy)
-    prof = profile_bundle(bundle, threads=threads, warmup=0, iters=10, whole=False)
+    prof = profile_bundle(
+        bundle, threads=threads, timing=TimingOptions(warmup=0, iters=10, whole=False)
+    )
     save_profile(default_profile_path(bundle), prof)
 
 

@@ -14,9 +14,9 @@ from edgeadapt.formats.evaluation import load_evaluation, save_evaluation
 from edgeadapt.formats.plan import load_plan
 from edgeadapt.formats.profile import save_profile
 from edgeadapt.measure.evaluate import evaluate_bundle
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.planning.calibrate import exit_states
-from edgeadapt.planning.planner import Outcomes
+from edgeadapt.planning.planner import Outcomes, PlanCosts
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
@@ -28,7 +28,7 @@ def artefacts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plan")
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
     profile = tmp / "profile.json"
-    save_profile(profile, profile_bundle(bundle, warmup=2, iters=20))
+    save_profile(profile, profile_bundle(bundle, timing=TimingOptions(warmup=2, iters=20)))
     x = np.random.default_rng(0).normal(size=(600, 1, 40)).astype(np.float32)
     first = evaluate_bundle(bundle, x, np.zeros(600, np.int64))
     evaluation = evaluate_bundle(bundle, x, first.pred[:, -1].astype(np.int64))
@@ -159,7 +159,9 @@ def test_plan_states_its_saving_against_both_baselines(artefacts):
 def test_plan_notes_a_profile_timed_each_step_alone(artefacts, tmp_path):
     bundle, _, evaluation, _, _ = artefacts
     profile = tmp_path / "step.json"
-    save_profile(profile, profile_bundle(bundle, iters=10, order="step", whole=False))
+    save_profile(
+        profile, profile_bundle(bundle, timing=TimingOptions(iters=10, order="step", whole=False))
+    )
     args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
     result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plan.json")])
     assert result.exit_code == 0, result.output
@@ -185,7 +187,9 @@ def test_a_plan_of_one_state_prints_no_thresholds_and_no_saving_against_itself()
     calib, held = data.split(0.5, 0)
     # too few held-out samples for a promise: the plan keeps the last state alone, and
     # the whole model was timed slower than the sum of the steps (a loaded profile)
-    plan = make_plan(calib, held, [0.1, 0.2, 0.3], manifest_sha256="0" * 64, static_ms=0.6)
+    plan = make_plan(
+        calib, held, PlanCosts([0.1, 0.2, 0.3], static_ms=0.6), manifest_sha256="0" * 64
+    )
     assert plan.state_names == ("s2",)
     text = plan_text(PlanSummary(plan))
     assert "thresholds: none (one state answers every input)" in text

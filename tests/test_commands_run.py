@@ -194,9 +194,11 @@ def test_an_old_plan_without_runtime_settings_runs_as_before(xfile, tmp_path):
 def test_a_budget_takes_the_profiles_costs_at_the_asked_percentile(xfile, tmp_path):
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.profile import save_profile
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
-    profile = profile_bundle(load_bundle(BUNDLE), threads=1, iters=10, warmup=1, overhead=False)
+    profile = profile_bundle(
+        load_bundle(BUNDLE), threads=1, timing=TimingOptions(iters=10, warmup=1, overhead=False)
+    )
     path = tmp_path / "profile.json"
     save_profile(path, profile)
     args = ["--input", xfile, "--thresholds", "2", "--profile", path, "--json"]

@@ -19,6 +19,7 @@ nn = torch.nn
 
 from edgeadapt.exporters import torch as torch_exporter  # noqa: E402
 from edgeadapt.exporters.torch import (  # noqa: E402
+    TorchExportOptions,
     export_from_factory,
     export_torch,
     export_torch_family,
@@ -340,7 +341,11 @@ def test_parity_tolerance_is_overridable(tmp_path):
     with pytest.raises(InputError, match=r"tolerance .* = max\(atol 1e-05, rtol 0\.001"):
         export_torch([nn.Identity()], [Wrong()], torch.ones(1, 1, 40), tmp_path / "b")
     bundle = export_torch(
-        [nn.Identity()], [Wrong()], torch.ones(1, 1, 40), tmp_path / "b", parity_rtol=1.0
+        [nn.Identity()],
+        [Wrong()],
+        torch.ones(1, 1, 40),
+        tmp_path / "b",
+        options=TorchExportOptions(parity_rtol=1.0),
     )
     assert bundle.extra["parity"]["rtol"] == 1.0
 

@@ -17,9 +17,9 @@ from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.plan import Gate, check_plan, load_plan, plan_to_doc, save_plan
 from edgeadapt.formats.profile import save_profile
 from edgeadapt.kernel_ref import gate_score, predict_confidence
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.planning.gates import GateInputs, fit_gates, fit_logistic, scores
-from edgeadapt.planning.planner import Outcomes, make_plan, simulate_plan
+from edgeadapt.planning.planner import Outcomes, PlanOptions, make_plan, simulate_plan
 from edgeadapt.runtimes import get_runtime
 from tests.plans import gate_plan
 from tests.synthetic import gate_evaluation, gate_logits
@@ -89,9 +89,7 @@ def test_gate_plan_keeps_its_promise_figures(synthetic, calibration):
         held,
         costs,
         manifest_sha256=SHA,
-        max_drop=0.02,
-        calibration=calibration,
-        policy="gate",
+        options=PlanOptions(max_drop=0.02, calibration=calibration, policy="gate"),
     )
     assert plan.policy == "gate"
     assert plan.gates is not None
@@ -112,14 +110,22 @@ def test_gate_plan_needs_every_measure(synthetic):
     _, _, calib, held = synthetic
     bare = Outcomes(calib.names, calib.correct, calib.conf, "maxprob")
     with pytest.raises(InputError, match="gates read"):
-        make_plan(bare, held, [1, 2, 3, 4], manifest_sha256=SHA, policy="gate")
+        make_plan(bare, held, [1, 2, 3, 4], manifest_sha256=SHA, options=PlanOptions(policy="gate"))
     with pytest.raises(InputError, match="policy"):
-        make_plan(calib, held, [1, 2, 3, 4], manifest_sha256=SHA, policy="oracle")
+        make_plan(
+            calib, held, [1, 2, 3, 4], manifest_sha256=SHA, options=PlanOptions(policy="oracle")
+        )
 
 
 def test_gate_plan_file_round_trip_and_checks(synthetic, tmp_path):
     _, _, calib, held = synthetic
-    plan = make_plan(calib, held, [1, 2, 3, 4], manifest_sha256=SHA, max_drop=0.02, policy="gate")
+    plan = make_plan(
+        calib,
+        held,
+        [1, 2, 3, 4],
+        manifest_sha256=SHA,
+        options=PlanOptions(max_drop=0.02, policy="gate"),
+    )
     path = tmp_path / "plan.json"
     save_plan(path, plan)
     doc = json.loads(path.read_text())
@@ -128,7 +134,9 @@ def test_gate_plan_file_round_trip_and_checks(synthetic, tmp_path):
     assert len(doc["policy"]["gates"]) == len(plan.states) - 1
     assert load_plan(path) == plan
 
-    threshold = make_plan(calib, held, [1, 2, 3, 4], manifest_sha256=SHA, max_drop=0.02)
+    threshold = make_plan(
+        calib, held, [1, 2, 3, 4], manifest_sha256=SHA, options=PlanOptions(max_drop=0.02)
+    )
     save_plan(path, threshold)
     doc = json.loads(path.read_text())
     assert doc["version"] == 1
@@ -156,7 +164,13 @@ def test_gate_plan_file_round_trip_and_checks(synthetic, tmp_path):
 
 def test_check_plan_refuses_a_policy_the_runner_cannot_run(synthetic):
     _, _, calib, held = synthetic
-    plan = make_plan(calib, held, [1, 2, 3, 4], manifest_sha256=SHA, max_drop=0.02, policy="gate")
+    plan = make_plan(
+        calib,
+        held,
+        [1, 2, 3, 4],
+        manifest_sha256=SHA,
+        options=PlanOptions(max_drop=0.02, policy="gate"),
+    )
     with pytest.raises(InputError, match="gate policy"):
         check_plan(plan, object(), "plan.json")  # refused before the bundle is read
 
@@ -243,7 +257,9 @@ def test_plan_command_gate_policy(tmp_path):
         bundle=BundleIdentity.of(bundle),
     )
     save_evaluation(tmp_path / "eval.npz", ev)
-    save_profile(tmp_path / "profile.json", profile_bundle(bundle, warmup=1, iters=10))
+    save_profile(
+        tmp_path / "profile.json", profile_bundle(bundle, timing=TimingOptions(warmup=1, iters=10))
+    )
     out = tmp_path / "plan.json"
     args = [
         "plan",

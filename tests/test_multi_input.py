@@ -361,10 +361,13 @@ def test_random_inputs_respect_the_embedding_table(bundle):
 @pytest.mark.parametrize("order", ["step", "chain"])
 def test_profile_times_every_step_of_a_multi_input_bundle(bundle, runtime, order):
     from edgeadapt.formats.profile import MIN_SAMPLES
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
     prof = profile_bundle(
-        bundle, runtime, batches=(1, 4), iters=MIN_SAMPLES, warmup=1, threads=1, order=order
+        bundle,
+        runtime,
+        threads=1,
+        timing=TimingOptions(batches=(1, 4), iters=MIN_SAMPLES, warmup=1, order=order),
     )
     for b in (1, 4):
         stats = prof.step_stats(b)

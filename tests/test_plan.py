@@ -7,7 +7,7 @@ import pytest
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.plan import load_plan, plan_to_doc, save_plan
-from edgeadapt.planning.planner import Outcomes, make_plan
+from edgeadapt.planning.planner import Outcomes, PlanCosts, PlanOptions, make_plan
 
 
 def _plan(n, calibration, max_drop):
@@ -25,9 +25,7 @@ def _plan(n, calibration, max_drop):
         held,
         [0.1, 0.2, 0.3, 0.4],
         manifest_sha256="0" * 64,
-        max_states=3,
-        max_drop=max_drop,
-        calibration=calibration,
+        options=PlanOptions(max_states=3, max_drop=max_drop, calibration=calibration),
     )
 
 
@@ -274,7 +272,7 @@ def test_a_plan_of_the_last_state_alone_saves_nothing_against_the_static_model()
     calib, held = data.split(0.5, 0)
     costs = [0.1, 0.2, 0.3, 0.4]
     # 20 held-out samples support no promise: the plan keeps the reference, the last state
-    plan = make_plan(calib, held, costs, manifest_sha256="0" * 64, static_ms=0.8)
+    plan = make_plan(calib, held, PlanCosts(costs, static_ms=0.8), manifest_sha256="0" * 64)
     assert plan.state_names == ("s3",)
     assert plan.thresholds == ()
     assert plan.keeps_static

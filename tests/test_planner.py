@@ -1,5 +1,6 @@
 """Planner: subset search, calibration on one split, figures on the other, budget table."""
 
+import dataclasses
 import itertools
 from types import SimpleNamespace
 
@@ -11,7 +12,15 @@ from hypothesis import strategies as st
 from edgeadapt.errors import InputError
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.calibrate import calibrate, simulate
-from edgeadapt.planning.planner import Outcomes, budget_state, budget_table, gap_closure, make_plan
+from edgeadapt.planning.planner import (
+    Outcomes,
+    PlanCosts,
+    PlanOptions,
+    budget_state,
+    budget_table,
+    gap_closure,
+    make_plan,
+)
 from edgeadapt.planning.risk import required_samples
 from edgeadapt.planning.search import subset_costs
 from tests.synthetic import nested_outcomes
@@ -54,9 +63,7 @@ def test_plan_keeps_the_drop_on_calibration_and_reports_heldout(args):
         cost,
         manifest_sha256=SHA,
         kind=kind,
-        max_states=k,
-        max_drop=max_drop,
-        calibration="empirical",
+        options=PlanOptions(max_states=k, max_drop=max_drop, calibration="empirical"),
     )
     assert plan.promise is None
     assert plan.calibration.drop <= max_drop + 1e-12
@@ -94,9 +101,7 @@ def test_search_is_no_worse_than_any_subset(n, s, seed, kind):
         cost,
         manifest_sha256=SHA,
         kind=kind,
-        max_states=s,
-        max_drop=0.02,
-        calibration="empirical",
+        options=PlanOptions(max_states=s, max_drop=0.02, calibration="empirical"),
     )
     ref = data.correct.mean(axis=0).max()
     best = np.inf
@@ -129,9 +134,7 @@ def test_gap_closure_is_one_when_the_policy_is_the_oracle():
         perfect,
         cost,
         manifest_sha256=SHA,
-        max_states=4,
-        max_drop=0.0,
-        calibration="empirical",
+        options=PlanOptions(max_states=4, max_drop=0.0, calibration="empirical"),
     )
     assert plan.heldout.cost_ms == pytest.approx(plan.r_oracle)
     assert plan.gap_closure == pytest.approx(1.0)
@@ -149,7 +152,12 @@ def test_risk_controlled_plan_promises_or_keeps_the_static_model(n, s, seed, kin
     data, cost = outcomes(n, s, seed)
     calib, held = data.split(0.5, seed)
     plan = make_plan(
-        calib, held, cost, manifest_sha256=SHA, kind=kind, max_drop=0.02, delta=0.1, promise=kept
+        calib,
+        held,
+        cost,
+        manifest_sha256=SHA,
+        kind=kind,
+        options=PlanOptions(max_drop=0.02, delta=0.1, promise=kept),
     )
     promise = plan.promise
     assert promise is not None
@@ -248,11 +256,11 @@ def test_plan_records_the_splits_measure_and_refuses_a_mix():
     data, cost = outcomes(200, 3, 0)
     entropy = Outcomes(data.names, data.correct, data.conf - 1.0, "entropy")
     calib, held = entropy.split(0.5, seed=0)
-    plan = make_plan(calib, held, cost, manifest_sha256=SHA, max_drop=0.05)
+    plan = make_plan(calib, held, cost, manifest_sha256=SHA, options=PlanOptions(max_drop=0.05))
     assert plan.measure == "entropy"
     assert all(t <= 0 for t in plan.thresholds)
     with pytest.raises(InputError, match="different measures") as info:
-        make_plan(calib, held, cost, manifest_sha256=SHA, measure="margin")
+        make_plan(calib, held, cost, manifest_sha256=SHA, options=PlanOptions(measure="margin"))
     assert info.value.field == "measure"
     maxprob = Outcomes(data.names, data.correct, data.conf, "maxprob").split(0.5, seed=0)[1]
     with pytest.raises(InputError, match="different measures"):
@@ -276,14 +284,16 @@ def test_bad_arguments(kwargs, match):
     data, cost = outcomes(50, 3, 0)
     args = {"manifest_sha256": SHA, "state_costs_ms": cost, **kwargs}
     costs = args.pop("state_costs_ms")
+    fields = {f.name for f in dataclasses.fields(PlanOptions)}
+    options = PlanOptions(**{k: args.pop(k) for k in list(args) if k in fields})
     with pytest.raises(InputError, match=match):
-        make_plan(data, data, costs, **args)
+        make_plan(data, data, costs, options=options, **args)
 
 
 def test_confidences_must_fit_the_measure():
     data, cost = outcomes(50, 3, 0)
     with pytest.raises(InputError, match="entropy range"):
-        make_plan(data, data, cost, manifest_sha256=SHA, measure="entropy")
+        make_plan(data, data, cost, manifest_sha256=SHA, options=PlanOptions(measure="entropy"))
 
 
 def test_split_names_must_agree():
@@ -296,12 +306,14 @@ def test_split_names_must_agree():
 def test_plan_records_the_static_baseline():
     data, cost = outcomes(300, 4, 5)
     calib, held = data.split(0.5, 0)
-    plan = make_plan(calib, held, cost, manifest_sha256=SHA, static_ms=float(cost[-1]) * 0.9)
+    plan = make_plan(
+        calib, held, PlanCosts(cost, static_ms=float(cost[-1]) * 0.9), manifest_sha256=SHA
+    )
     assert plan.static_ms == pytest.approx(cost[-1] * 0.9)
     assert plan.beats_static is (plan.heldout.cost_ms < plan.static_ms)
     assert make_plan(calib, held, cost, manifest_sha256=SHA).static_ms is None
     with pytest.raises(InputError, match="static_ms"):
-        make_plan(calib, held, cost, manifest_sha256=SHA, static_ms=float("nan"))
+        make_plan(calib, held, PlanCosts(cost, static_ms=float("nan")), manifest_sha256=SHA)
 
 
 def test_profile_costs_read_both_baselines_and_the_order():
@@ -323,17 +335,21 @@ def test_profile_costs_read_both_baselines_and_the_order():
 def test_a_plan_that_cannot_beat_the_static_model_keeps_it_and_says_why():
     data, cost = outcomes(2000, 3, 4)
     calib, held = data.split(0.5, 0)
-    free = make_plan(calib, held, cost, manifest_sha256=SHA, max_drop=0.05, calibration="empirical")
+    free = make_plan(
+        calib,
+        held,
+        cost,
+        manifest_sha256=SHA,
+        options=PlanOptions(max_drop=0.05, calibration="empirical"),
+    )
     assert len(free.states) > 1
     # A static model cheaper than the cascade's expected cost wins.
     slow = make_plan(
         calib,
         held,
-        cost,
+        PlanCosts(cost, static_ms=free.heldout.cost_ms * 0.99),
         manifest_sha256=SHA,
-        max_drop=0.05,
-        calibration="empirical",
-        static_ms=free.heldout.cost_ms * 0.99,
+        options=PlanOptions(max_drop=0.05, calibration="empirical"),
     )
     assert slow.states == (slow.reference_state,)
     assert slow.thresholds == ()
@@ -343,11 +359,9 @@ def test_a_plan_that_cannot_beat_the_static_model_keeps_it_and_says_why():
     fast = make_plan(
         calib,
         held,
-        cost,
+        PlanCosts(cost, static_ms=free.heldout.cost_ms * 1.01),
         manifest_sha256=SHA,
-        max_drop=0.05,
-        calibration="empirical",
-        static_ms=free.heldout.cost_ms * 1.01,
+        options=PlanOptions(max_drop=0.05, calibration="empirical"),
     )
     assert fast.states == free.states
     assert fast.fallback is None
@@ -359,7 +373,11 @@ def test_a_branch_plan_keeps_the_pareto_branches_even_when_the_full_one_is_the_s
     calib, held = data.split(0.5, 0)
     acc = calib.correct.mean(axis=0)
     plan = make_plan(
-        calib, held, cost, manifest_sha256=SHA, kind="branches", static_ms=float(cost[-1])
+        calib,
+        held,
+        PlanCosts(cost, static_ms=float(cost[-1])),
+        manifest_sha256=SHA,
+        kind="branches",
     )
     assert plan.fallback is None
     assert len(plan.budget) > 1
@@ -369,13 +387,15 @@ def test_a_branch_plan_keeps_the_pareto_branches_even_when_the_full_one_is_the_s
 
 
 def test_plan_summary_json_is_the_plans_summary_with_where_it_came_from():
-    from edgeadapt.planning.planner import PlanSummary, ProfileCosts
+    from edgeadapt.planning.planner import PlanCosts, PlanSummary
 
     data, cost = outcomes(400, 3, 0)
     calib, held = data.split()
-    plan = make_plan(calib, held, cost, manifest_sha256=SHA, calibration="empirical")
+    plan = make_plan(
+        calib, held, cost, manifest_sha256=SHA, options=PlanOptions(calibration="empirical")
+    )
     assert PlanSummary(plan).to_json() == plan.summary()
-    costs = ProfileCosts(tuple(cost), None, "chain")
+    costs = PlanCosts(tuple(cost), None, "chain")
     doc = PlanSummary(plan, costs, "p.json").to_json()
     assert doc == {**plan.summary(), "profile_order": "chain", "path": "p.json"}
     assert PlanSummary(plan).saving_vs_r_n == plan.summary()["saving_vs_r_n"]
@@ -386,18 +406,14 @@ def test_plan_options_replan_the_same_plan():
 
     data, cost = outcomes(400, 3, 1)
     calib, held = data.split()
-    plan = make_plan(calib, held, cost, manifest_sha256=SHA, max_drop=0.02, max_states=2)
-    options = plan_options(plan)
-    assert options["heldout"] == 0.5
-    assert options["calibration"] == "risk"
-    assert (options["max_drop"], options["max_states"]) == (0.02, 2)
-    again = make_plan(
-        calib,
-        held,
-        cost,
-        manifest_sha256=SHA,
-        **{k: v for k, v in options.items() if k != "heldout"},
+    plan = make_plan(
+        calib, held, cost, manifest_sha256=SHA, options=PlanOptions(max_drop=0.02, max_states=2)
     )
+    options = plan_options(plan)
+    assert options.heldout == 0.5
+    assert options.calibration == "risk"
+    assert (options.max_drop, options.max_states) == (0.02, 2)
+    again = make_plan(calib, held, cost, manifest_sha256=SHA, options=options)
     assert again == plan
 
 

@@ -13,12 +13,19 @@ from edgeadapt.formats.plan import load_plan, save_plan
 from edgeadapt.formats.profile import Overhead, load_profile, save_profile
 from edgeadapt.measure.overhead import measure_overhead
 from edgeadapt.planning.calibrate import simulate
-from edgeadapt.planning.planner import exit_costs, make_plan, profile_costs, simulate_plan
+from edgeadapt.planning.planner import (
+    PlanCosts,
+    PlanOptions,
+    exit_costs,
+    make_plan,
+    profile_costs,
+    simulate_plan,
+)
 from edgeadapt.planning.search import subset_costs
 from tests.device_inputs import BUNDLES, known_profile, multiexit
 from tests.test_planner import SHA, outcomes
 
-EMPIRICAL = {"manifest_sha256": SHA, "max_drop": 0.05, "calibration": "empirical"}
+EMPIRICAL = PlanOptions(max_drop=0.05, calibration="empirical")
 
 
 def _hops(plan, split):
@@ -41,7 +48,14 @@ def test_the_expected_cost_counts_the_hops_and_the_plan_records_it(kind):
     data, cost = outcomes(2000, 3, 4)
     calib, held = data.split(0.5, 0)
     hop = 0.01 * float(cost[0])
-    plan = make_plan(calib, held, cost, kind=kind, hop_overhead_ms=hop, **EMPIRICAL)
+    plan = make_plan(
+        calib,
+        held,
+        PlanCosts(cost, hop_overhead_ms=hop),
+        kind=kind,
+        manifest_sha256=SHA,
+        options=EMPIRICAL,
+    )
     assert len(plan.states) > 1
     assert plan.hop_overhead_ms == hop
     cols = list(plan.states)
@@ -63,7 +77,7 @@ def test_no_overhead_or_zero_plans_as_before():
     calib, held = data.split(0.5, 0)
     before = make_plan(calib, held, cost, manifest_sha256=SHA)
     assert before.hop_overhead_ms is None
-    zero = make_plan(calib, held, cost, manifest_sha256=SHA, hop_overhead_ms=0.0)
+    zero = make_plan(calib, held, PlanCosts(cost, hop_overhead_ms=0.0), manifest_sha256=SHA)
     assert replace(zero, hop_overhead_ms=None, subsets_evaluated=0) == replace(
         before, subsets_evaluated=0
     )
@@ -72,16 +86,24 @@ def test_no_overhead_or_zero_plans_as_before():
 def test_the_overhead_flips_the_decision_against_the_static_model():
     data, cost = outcomes(2000, 3, 4)
     calib, held = data.split(0.5, 0)
-    free = make_plan(calib, held, cost, **EMPIRICAL)
+    free = make_plan(calib, held, cost, manifest_sha256=SHA, options=EMPIRICAL)
     assert len(free.states) > 1
     static = free.heldout.cost_ms * 1.02  # the cascade saves 2% without its own cost
-    kept = make_plan(calib, held, cost, static_ms=static, **EMPIRICAL)
+    kept = make_plan(
+        calib, held, PlanCosts(cost, static_ms=static), manifest_sha256=SHA, options=EMPIRICAL
+    )
     assert kept.states == free.states
     assert kept.fallback is None
     assert kept.beats_static
     # An overhead per hop costing the cascade 5% of its expected cost: no longer worth it.
     hop = 0.05 * free.heldout.cost_ms / _hops(free, held)
-    flipped = make_plan(calib, held, cost, static_ms=static, hop_overhead_ms=hop, **EMPIRICAL)
+    flipped = make_plan(
+        calib,
+        held,
+        PlanCosts(cost, static_ms=static, hop_overhead_ms=hop),
+        manifest_sha256=SHA,
+        options=EMPIRICAL,
+    )
     assert flipped.states == (flipped.reference_state,)
     assert flipped.thresholds == ()
     assert flipped.fallback is not None
@@ -93,7 +115,13 @@ def test_the_overhead_flips_the_decision_against_the_static_model():
     assert flipped.heldout.cost_ms == pytest.approx(cost[flipped.reference_state])
     # A small overhead (0.5% of the cost) leaves the cascade ahead.
     small = 0.005 * free.heldout.cost_ms / _hops(free, held)
-    still = make_plan(calib, held, cost, static_ms=static, hop_overhead_ms=small, **EMPIRICAL)
+    still = make_plan(
+        calib,
+        held,
+        PlanCosts(cost, static_ms=static, hop_overhead_ms=small),
+        manifest_sha256=SHA,
+        options=EMPIRICAL,
+    )
     assert len(still.states) > 1
     assert still.fallback is None
     assert still.heldout.cost_ms < static
@@ -102,10 +130,18 @@ def test_the_overhead_flips_the_decision_against_the_static_model():
 def test_the_search_weighs_fewer_states_under_an_overhead():
     data, cost = outcomes(2000, 5, 11)
     calib, held = data.split(0.5, 0)
-    many = make_plan(calib, held, cost, max_states=5, **EMPIRICAL)
+    many = make_plan(
+        calib, held, cost, manifest_sha256=SHA, options=replace(EMPIRICAL, max_states=5)
+    )
     assert len(many.states) > 2
     # an overhead per hop as large as the first state's cost: a short cascade wins
-    short = make_plan(calib, held, cost, max_states=5, hop_overhead_ms=float(cost[-1]), **EMPIRICAL)
+    short = make_plan(
+        calib,
+        held,
+        PlanCosts(cost, hop_overhead_ms=float(cost[-1])),
+        manifest_sha256=SHA,
+        options=replace(EMPIRICAL, max_states=5),
+    )
     assert len(short.states) < len(many.states)
     assert short.calibration.cost_ms <= many.calibration.cost_ms + float(cost[-1]) * _hops(
         many, calib
@@ -117,14 +153,14 @@ def test_a_bad_overhead_is_refused(bad):
     data, cost = outcomes(200, 3, 0)
     calib, held = data.split()
     with pytest.raises(InputError, match="finite number >= 0") as e:
-        make_plan(calib, held, cost, manifest_sha256=SHA, hop_overhead_ms=bad)
+        make_plan(calib, held, PlanCosts(cost, hop_overhead_ms=bad), manifest_sha256=SHA)
     assert e.value.field == "hop_overhead_ms"
 
 
 def test_the_plan_file_keeps_the_overhead_and_an_old_one_reads_without(tmp_path):
     data, cost = outcomes(400, 3, 2)
     calib, held = data.split()
-    plan = make_plan(calib, held, cost, manifest_sha256=SHA, hop_overhead_ms=0.004)
+    plan = make_plan(calib, held, PlanCosts(cost, hop_overhead_ms=0.004), manifest_sha256=SHA)
     path = tmp_path / "plan.json"
     save_plan(path, plan)
     assert json.loads(path.read_text())["hop_overhead_ms"] == 0.004
@@ -183,14 +219,22 @@ def test_write_plan_takes_the_profiles_overhead(tmp_path):
     measured = Overhead(hop_ms=0.006, call_ms=0.004, hops=4)
     prof = replace(base, settings={**base.settings, "cascade_overhead": measured.to_json()})
     ev = known_evaluation()
-    got = plan_to_file(bundle, profile=prof, evaluation=ev, calibration="empirical")
+    got = plan_to_file(
+        bundle, profile=prof, evaluation=ev, options=PlanOptions(calibration="empirical")
+    )
     assert got.plan.hop_overhead_ms == 0.006
     assert got.to_json()["hop_overhead_ms"] == 0.006
     assert load_plan(got.path).hop_overhead_ms == 0.006
     # the caller's figure wins over the profile's; an old profile counts none
     mine = plan_to_file(
-        bundle, profile=prof, evaluation=ev, calibration="empirical", hop_overhead_ms=0.0
+        bundle,
+        profile=prof,
+        evaluation=ev,
+        hop_overhead_ms=0.0,
+        options=PlanOptions(calibration="empirical"),
     )
     assert mine.plan.hop_overhead_ms == 0.0
-    old = plan_to_file(bundle, profile=base, evaluation=ev, calibration="empirical")
+    old = plan_to_file(
+        bundle, profile=base, evaluation=ev, options=PlanOptions(calibration="empirical")
+    )
     assert old.plan.hop_overhead_ms is None

@@ -23,7 +23,7 @@ from edgeadapt.formats.presets import (
     reference_profiles,
 )
 from edgeadapt.formats.profile import MIN_SAMPLES, load_profile, state_costs
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("jetson-orin-trt-fp16", "x86-openvino", "x86-ort-1t", "x86-ort-2t")
@@ -253,20 +253,24 @@ def multiexit():
 
 
 def test_profile_with_a_preset_records_it(multiexit):
-    prof = profile_bundle(multiexit, preset="x86-ort-2t", warmup=1, iters=MIN_SAMPLES)
+    prof = profile_bundle(
+        multiexit, preset="x86-ort-2t", timing=TimingOptions(warmup=1, iters=MIN_SAMPLES)
+    )
     assert prof.settings["preset"] == "x86-ort-2t"
     assert prof.settings["threads"] == 2
     assert prof.settings["options"] == {"device": "cpu", "spin": False, "optimization": "all"}
     assert prof.device["runtime"]["spin"] is False
     assert prof.device["runtime"]["threads"] == 2
-    over = profile_bundle(multiexit, preset="x86-ort-2t", threads=1, warmup=1, iters=MIN_SAMPLES)
+    over = profile_bundle(
+        multiexit, preset="x86-ort-2t", threads=1, timing=TimingOptions(warmup=1, iters=MIN_SAMPLES)
+    )
     assert over.device["runtime"]["threads"] == 1
 
 
 def test_profile_refuses_a_preset_its_runtime_rejects(multiexit, tmp_path):
     path = write(tmp_path, {**GOOD, "options": {"bogus": 1}})
     with pytest.raises(InputError, match=r"does not fit runtime 'onnxruntime'.*bogus") as e:
-        profile_bundle(multiexit, preset=path, iters=MIN_SAMPLES)
+        profile_bundle(multiexit, preset=path, timing=TimingOptions(iters=MIN_SAMPLES))
     assert e.value.source == str(path)
     assert e.value.field == "$.options"
 

@@ -1,5 +1,6 @@
 """The profiler and the profile format: statistics, costs, validation, device warnings."""
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -24,9 +25,11 @@ from edgeadapt.formats.profile import (
     state_costs,
     static_cost,
 )
-from edgeadapt.measure.profiler import profile_bundle, profile_calls
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle, profile_calls
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
+
+TIMING_FIELDS = {f.name for f in dataclasses.fields(TimingOptions)}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,9 @@ def family():
 
 @pytest.fixture(scope="module")
 def prof(multiexit):
-    return profile_bundle(multiexit, batches=(1, 3), warmup=2, iters=MIN_SAMPLES)
+    return profile_bundle(
+        multiexit, timing=TimingOptions(batches=(1, 3), warmup=2, iters=MIN_SAMPLES)
+    )
 
 
 @pytest.fixture
@@ -80,7 +85,7 @@ def test_profile_measures_every_step_and_batch(prof, multiexit):
 
 
 def test_min_seconds_mode_takes_at_least_min_samples(multiexit):
-    p = profile_bundle(multiexit, warmup=0, min_seconds=0.001)
+    p = profile_bundle(multiexit, timing=TimingOptions(warmup=0, min_seconds=0.001))
     assert all(s.n >= MIN_SAMPLES for s in p.step_stats(1))
     assert p.settings["iters"] is None
     assert p.settings["min_seconds"] == 0.001
@@ -117,7 +122,9 @@ def test_order_decides_how_the_steps_are_called(multiexit, monkeypatch, order):
     monkeypatch.setattr(runtimes, "get_runtime", lambda *a, **k: _Recording(real(*a, **k), log))
     monkeypatch.setattr(profiler, "BLOCK_SECONDS", 60.0)  # one block of every unit
     # (overhead=False: the cascade's overhead measurement would add its own calls)
-    p = profile_bundle(multiexit, warmup=1, iters=MIN_SAMPLES, order=order, overhead=False)
+    p = profile_bundle(
+        multiexit, timing=TimingOptions(warmup=1, iters=MIN_SAMPLES, order=order, overhead=False)
+    )
     names = [s.path.name for s in multiexit.steps]
     whole = ["whole.onnx"]
     # one checked call per step, in order, to compute the activations, and the whole
@@ -135,7 +142,7 @@ def test_order_decides_how_the_steps_are_called(multiexit, monkeypatch, order):
 
 
 def test_chain_order_with_min_seconds_gives_every_step_the_time(multiexit):
-    p = profile_bundle(multiexit, warmup=0, min_seconds=0.01, order="chain")
+    p = profile_bundle(multiexit, timing=TimingOptions(warmup=0, min_seconds=0.01, order="chain"))
     counts = {s.n for s in p.step_stats(1)}
     assert len(counts) == 1  # one call of every step per round
     assert counts.pop() >= MIN_SAMPLES
@@ -145,11 +152,8 @@ def test_progress_counts_every_step_and_whole_model(multiexit):
     seen = []
     profile_bundle(
         multiexit,
-        batches=(1, 2),
-        warmup=0,
-        iters=MIN_SAMPLES,
         progress=lambda d, t: seen.append((d, t)),
-        order="step",
+        timing=TimingOptions(batches=(1, 2), warmup=0, iters=MIN_SAMPLES, order="step"),
     )
     # four steps and the whole model per batch, timed together in rounds
     done = [d for d, _ in seen]
@@ -269,7 +273,7 @@ def test_state_costs_refuse_another_bundle(prof, family):
 
 
 def test_ensemble_costs_are_each_members_own(family):
-    p = profile_bundle(family, warmup=0, iters=MIN_SAMPLES)
+    p = profile_bundle(family, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES))
     assert state_costs(p, family) == pytest.approx([s.p50 for s in p.step_stats(1)])
 
 
@@ -299,8 +303,10 @@ def test_flops_costs(multiexit, family):
     ],
 )
 def test_bad_arguments_are_refused(multiexit, kwargs):
+    timing = {k: v for k, v in kwargs.items() if k in TIMING_FIELDS}
+    rest = {k: v for k, v in kwargs.items() if k not in TIMING_FIELDS}
     with pytest.raises(InputError):
-        profile_bundle(multiexit, **{"iters": MIN_SAMPLES, **kwargs})
+        profile_bundle(multiexit, timing=TimingOptions(**{"iters": MIN_SAMPLES, **timing}), **rest)
 
 
 def test_default_path_is_in_the_bundle(multiexit):
@@ -346,7 +352,9 @@ def test_noise_flags_spread_and_clock():
 def test_two_profiles_of_one_bundle_agree_loosely(multiexit):
     """Repeatability with a bound generous enough for a shared CI machine (the 10 %
     figure itself is measured by bench/profiler.py)."""
-    first, second = (profile_bundle(multiexit, warmup=20, iters=200) for _ in range(2))
+    first, second = (
+        profile_bundle(multiexit, timing=TimingOptions(warmup=20, iters=200)) for _ in range(2)
+    )
     for a, b in zip(first.step_stats(1), second.step_stats(1), strict=True):
         assert 0.5 < b.p50 / a.p50 < 2.0
 
@@ -389,7 +397,7 @@ def test_whole_model_is_refused_for_another_bundle(saved, family):
 
 
 def test_profile_without_the_whole_model(multiexit, tmp_path):
-    p = profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=False)
+    p = profile_bundle(multiexit, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=False))
     assert p.whole == {}
     assert p.whole_model is None
     assert p.whole_stats(1) is None
@@ -439,7 +447,9 @@ def test_profile_times_a_given_whole_model(multiexit, tmp_path):
 
     path = tmp_path / "original.onnx"
     onnx.save(whole_model(multiexit), path)
-    p = profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path, batches=(1, 2))
+    p = profile_bundle(
+        multiexit, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=path, batches=(1, 2))
+    )
     assert p.whole_model == {
         "origin": "file",
         "path": str(path),
@@ -450,7 +460,7 @@ def test_profile_times_a_given_whole_model(multiexit, tmp_path):
 
 
 def test_ensemble_whole_model_is_its_last_member(family):
-    p = profile_bundle(family, warmup=0, iters=MIN_SAMPLES)
+    p = profile_bundle(family, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES))
     assert p.whole_model["state"] == family.states[-1].name
     assert static_cost(p, family) > 0
 
@@ -476,7 +486,9 @@ def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
         return rt
 
     monkeypatch.setattr(runtimes, "get_runtime", recording)
-    p = profile_bundle(multiexit, preset="x86-ort-2t", warmup=0, iters=MIN_SAMPLES)
+    p = profile_bundle(
+        multiexit, preset="x86-ort-2t", timing=TimingOptions(warmup=0, iters=MIN_SAMPLES)
+    )
     # the steps and the whole model, then the overhead measurement's cascade and its
     # merged static model, all under the profile's settings
     calls = 2 * (len(multiexit.steps) + 1)
@@ -484,7 +496,9 @@ def test_profile_sessions_do_not_spin_unless_asked(multiexit, monkeypatch):
     assert p.device["runtime"]["spin"] is False
     seen.clear()
     preset = load_preset("x86-ort-2t")
-    p = profile_bundle(multiexit, preset=preset, options={"spin": True}, iters=MIN_SAMPLES)
+    p = profile_bundle(
+        multiexit, preset=preset, options={"spin": True}, timing=TimingOptions(iters=MIN_SAMPLES)
+    )
     assert seen == ["1"] * calls
     assert p.settings["options"]["spin"] is True
 
@@ -497,7 +511,9 @@ def test_the_profile_records_its_runtime_config(prof, saved, multiexit):
     assert prof.settings["runtime_config"] == prof.runtime_config.to_json()
     assert load_profile(saved).runtime_config == prof.runtime_config
     preset = profile_bundle(
-        multiexit, warmup=0, iters=MIN_SAMPLES, whole=False, preset="x86-ort-2t"
+        multiexit,
+        preset="x86-ort-2t",
+        timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=False),
     )
     config = preset.runtime_config
     assert (config.preset, config.threads, config.options["spin"]) == ("x86-ort-2t", 2, False)
@@ -512,7 +528,9 @@ def test_a_runtime_config_is_profiled_as_given(multiexit):
     from edgeadapt.formats.presets import RuntimeConfig
 
     config = RuntimeConfig(threads=2, options={"spin": False})
-    prof = profile_bundle(multiexit, config, warmup=0, iters=MIN_SAMPLES, whole=False)
+    prof = profile_bundle(
+        multiexit, config, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=False)
+    )
     assert prof.runtime_config == config
     assert prof.device["runtime"]["threads"] == 2
     with pytest.raises(InputError, match="give a RuntimeConfig or threads, not both") as e:

@@ -14,7 +14,7 @@ from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.profile import MIN_SAMPLES, StepStats, load_profile
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
 
@@ -82,7 +82,7 @@ def test_chain_budget_gives_every_step_the_same_rounds(monkeypatch):
 
 
 def test_profile_bundle_with_a_budget(multiexit):
-    p = profile_bundle(multiexit, warmup=2, seconds_per_state=0.02)
+    p = profile_bundle(multiexit, timing=TimingOptions(warmup=2, seconds_per_state=0.02))
     assert p.settings["seconds_per_state"] == 0.02
     assert p.settings["iters"] is None
     assert p.settings["min_seconds"] is None
@@ -90,7 +90,9 @@ def test_profile_bundle_with_a_budget(multiexit):
 
 
 def test_profile_bundle_chain_order_with_a_budget(multiexit):
-    p = profile_bundle(multiexit, warmup=1, seconds_per_state=0.01, order="chain")
+    p = profile_bundle(
+        multiexit, timing=TimingOptions(warmup=1, seconds_per_state=0.01, order="chain")
+    )
     counts = {s.n for s in p.step_stats(1)}
     assert len(counts) == 1  # one call of every step per round
     assert counts.pop() >= MIN_SAMPLES
@@ -110,7 +112,7 @@ def test_profile_bundle_chain_order_with_a_budget(multiexit):
 )
 def test_bad_budgets_are_refused(multiexit, kwargs):
     with pytest.raises(InputError, match="seconds_per_state"):
-        profile_bundle(multiexit, **kwargs)
+        profile_bundle(multiexit, timing=TimingOptions(**kwargs))
 
 
 def test_cli_seconds_per_state(tmp_path):
@@ -171,7 +173,9 @@ def test_the_whole_model_gets_the_same_budget_as_a_state(multiexit, monkeypatch)
         return real(units, warmup, stop, tick)
 
     monkeypatch.setattr(profile, "_time_rounds", rounds)
-    p = profile_bundle(multiexit, warmup=1, seconds_per_state=0.01, order="chain")
+    p = profile_bundle(
+        multiexit, timing=TimingOptions(warmup=1, seconds_per_state=0.01, order="chain")
+    )
     # the chain of four steps and the whole model in the same rounds, 0.01 s per run
     steps = len(multiexit.steps)
     assert calls == [([steps, 1], profile._Stop(None, 0.01 * (steps + 1), budget=True))]

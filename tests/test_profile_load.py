@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import edgeadapt.measure.profiler as profiler
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.profile import MIN_SAMPLES, Ratio, StepStats
-from edgeadapt.measure.profiler import profile_bundle
-from edgeadapt.planning.planner import Outcomes, make_plan, profile_costs
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+from edgeadapt.planning.planner import Outcomes, PlanCosts, make_plan, profile_costs
 from tests.scripts import script_module
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
@@ -144,10 +144,10 @@ def _verdicts(profile, bundle):
         plan = make_plan(
             _outcomes(n, 1, exit0_right),
             _outcomes(n, 2, exit0_right),
-            costs.state_ms,
+            PlanCosts(
+                costs.state_ms, static_ms=costs.static_ms, hop_overhead_ms=costs.hop_overhead_ms
+            ),
             manifest_sha256=bundle.manifest_sha256,
-            static_ms=costs.static_ms,
-            hop_overhead_ms=costs.hop_overhead_ms,
         )
         out.append((plan.state_names, plan.beats_static, plan.keeps_static))
     return out
@@ -159,14 +159,14 @@ def test_the_plans_verdict_is_the_same_beside_a_busy_neighbour():
     very core the profiler runs on (it gets about half of it): the plans' verdicts are
     the same."""
     bundle = load_bundle(BUNDLES / "mnist1d-multiexit")
-    quiet = profile_bundle(bundle, min_seconds=0.1)
+    quiet = profile_bundle(bundle, timing=TimingOptions(min_seconds=0.1))
     mask = os.sched_getaffinity(0)
     core = min(mask)
     with script_module("bench/spin.py", "bench_spin") as spin:
         try:
             os.sched_setaffinity(0, {core})
             with spin.hog(core, seconds=60.0):
-                loaded = profile_bundle(bundle, min_seconds=0.1)
+                loaded = profile_bundle(bundle, timing=TimingOptions(min_seconds=0.1))
         finally:
             os.sched_setaffinity(0, mask)
     assert (

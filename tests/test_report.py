@@ -6,6 +6,7 @@ import html
 import json
 import re
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from edgeadapt.formats.evaluation import Evaluation, load_evaluation, save_evalu
 from edgeadapt.formats.plan import save_plan
 from edgeadapt.formats.profile import default_profile_path, save_profile
 from edgeadapt.oracle.bound import bundle_bound
+from edgeadapt.planning.planner import PlanCosts
 from edgeadapt.report import FIGURES, report_data, write_report
 from tests.clirun import invoke
 from tests.device_inputs import copy_multiexit, multiexit
@@ -29,21 +31,20 @@ def device(tmp_path_factory):
     from edgeadapt.data.mnist1d import mnist1d_splits
     from edgeadapt.formats.profile import state_costs, static_cost
     from edgeadapt.measure.evaluate import evaluate_bundle
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
     from edgeadapt.planning.planner import Outcomes, make_plan
 
     bundle = multiexit()
     root = tmp_path_factory.mktemp("device")
-    profile = profile_bundle(bundle, warmup=2, iters=10)
+    profile = profile_bundle(bundle, timing=TimingOptions(warmup=2, iters=10))
     data = mnist1d_splits(42, n_train=10, n_calibration=400, n_test=10).calibration
     evaluation = evaluate_bundle(bundle, data.x, data.y)
     calib, held = Outcomes.from_evaluation(evaluation).split()
     plan = make_plan(
         calib,
         held,
-        state_costs(profile, bundle),
+        PlanCosts(state_costs(profile, bundle), static_ms=static_cost(profile, bundle)),
         manifest_sha256=bundle.manifest_sha256,
-        static_ms=static_cost(profile, bundle),
     )
     paths = {"profile": root / "p.json", "evaluation": root / "e.npz", "plan": root / "plan.json"}
     save_profile(paths["profile"], profile)
@@ -335,7 +336,7 @@ def test_report_compares_every_policy_planned_from_its_inputs(device, written):
     from edgeadapt.formats.evaluation import load_evaluation
     from edgeadapt.formats.plan import load_plan
     from edgeadapt.formats.profile import load_profile, state_costs, static_cost
-    from edgeadapt.planning.planner import plan_bundle, plan_options
+    from edgeadapt.planning.planner import PlanCosts, plan_bundle, plan_options
 
     bundle, paths = device
     data = report_data(bundle, **paths)
@@ -348,7 +349,10 @@ def test_report_compares_every_policy_planned_from_its_inputs(device, written):
     for outcome in data.policies:
         assert outcome.plan is not None, outcome.reason
         # the same plan `edgeadapt plan --policy P` makes from these files and options
-        again = plan_bundle(bundle, ev, costs, static_ms=static, policy=outcome.policy, **options)
+        costs_then = PlanCosts(
+            tuple(costs), static, stat=plan.cost_stat, hop_overhead_ms=plan.hop_overhead_ms
+        )
+        again = plan_bundle(bundle, ev, costs_then, replace(options, policy=outcome.policy))
         assert outcome.plan.policy == outcome.policy
         assert outcome.plan.heldout == again.heldout
         assert outcome.plan.gap_closure == again.gap_closure

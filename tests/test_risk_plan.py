@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeadapt.planning.planner import Outcomes, make_plan, simulate_plan
+from edgeadapt.planning.planner import Outcomes, PlanOptions, make_plan, simulate_plan
 from edgeadapt.planning.stats import binom_sf
 from tests.synthetic import gate_evaluation, gate_logits
 
@@ -45,7 +45,7 @@ def _true_drop(plan, pool: Outcomes, promise: str) -> float:
 
 
 def _plan(calib, held, costs, **options):
-    return make_plan(calib, held, costs, manifest_sha256=SHA, **options)
+    return make_plan(calib, held, costs, manifest_sha256=SHA, options=PlanOptions(**options))
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.measure.evaluate import evaluate_bundle
-    from edgeadapt.measure.profiler import profile_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 
     root = tmp_path_factory.mktemp("made")
     bundle_dir = Path(
@@ -50,7 +50,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     x = rng.standard_normal((200, 1, 40)).astype(np.float32)
     y = rng.integers(0, 10, 200)
     np.savez(root / "data.npz", x=x, y=y)
-    save_profile(root / "profile.json", profile_bundle(bundle, warmup=1, iters=10))
+    save_profile(
+        root / "profile.json", profile_bundle(bundle, timing=TimingOptions(warmup=1, iters=10))
+    )
     save_evaluation(root / "eval.npz", evaluate_bundle(bundle, x, y))
     (root / "a.csv").write_text("file,predicted,truth\n1.png,1,1\n2.png,0,1\n")
     return {"root": root, "bundle": bundle_dir}

@@ -9,7 +9,7 @@ import pytest
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.profile import MIN_SAMPLES
-from edgeadapt.measure.profiler import profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.measure.whole import load_whole, prepare_whole, whole_run
 from edgeadapt.runtimes import get_runtime
 
@@ -62,14 +62,16 @@ def _model(tmp_path, in_name="x", in_type="float", in_shape=("B", 1, 40), output
 def test_a_whole_model_that_does_not_fit_names_the_file(multiexit, tmp_path, kwargs, match):
     path = _model(tmp_path, **kwargs)
     with pytest.raises(InputError, match=match) as e:
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path)
+        profile_bundle(multiexit, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=path))
     assert e.value.source == str(path)
     assert str(path) in str(e.value)
 
 
 def test_a_whole_model_that_fits_is_timed(multiexit, tmp_path):
     """The checks accept any model with the bundle's input and [batch, classes] logits."""
-    p = profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=_model(tmp_path))
+    p = profile_bundle(
+        multiexit, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=_model(tmp_path))
+    )
     assert p.whole_model["origin"] == "file"
 
 
@@ -77,10 +79,13 @@ def test_a_whole_model_that_is_not_onnx_names_the_file(multiexit, tmp_path):
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"not a model")
     with pytest.raises(InputError, match="cannot load the whole model") as e:
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path)
+        profile_bundle(multiexit, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=path))
     assert str(path) in str(e.value)
     with pytest.raises(InputError, match=r"absent\.onnx: file not found"):
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "absent.onnx")
+        profile_bundle(
+            multiexit,
+            timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "absent.onnx"),
+        )
 
 
 def test_a_whole_model_that_is_a_fifo_is_refused_before_it_is_opened(multiexit, tmp_path):
@@ -89,7 +94,10 @@ def test_a_whole_model_that_is_a_fifo_is_refused_before_it_is_opened(multiexit, 
 
     os.mkfifo(tmp_path / "model.onnx")
     with pytest.raises(InputError, match=r"model\.onnx: not a regular file"):
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "model.onnx")
+        profile_bundle(
+            multiexit,
+            timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=tmp_path / "model.onnx"),
+        )
 
 
 def test_a_fitting_model_runs_at_any_batch(multiexit, tmp_path):
@@ -107,7 +115,9 @@ def test_a_fitting_model_runs_at_any_batch(multiexit, tmp_path):
 def test_a_model_fixed_at_batch_one_is_refused_at_another_batch(multiexit, tmp_path):
     path = _model(tmp_path, in_shape=(1, 1, 40))
     with pytest.raises(InputError, match="whole model fails at batch 2") as e:
-        profile_bundle(multiexit, warmup=0, iters=MIN_SAMPLES, whole=path, batches=(1, 2))
+        profile_bundle(
+            multiexit, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=path, batches=(1, 2))
+        )
     assert e.value.source == str(path)
 
 
@@ -125,9 +135,9 @@ def test_a_branches_bundle_is_timed_against_its_source_model(tmp_path):
     calibration = tmp_path / "calib.npz"
     np.savez(calibration, x=x, y=np.zeros(60, np.int64))
     bundle = export_branches(source, tmp_path / "b", calibration=calibration, max_branches=2)
-    composed = profile_bundle(bundle, warmup=0, iters=MIN_SAMPLES)
+    composed = profile_bundle(bundle, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES))
     assert composed.whole_model["origin"] == "composed"
     assert composed.whole_model["state"] == bundle.states[-1].name
-    given = profile_bundle(bundle, warmup=0, iters=MIN_SAMPLES, whole=source)
+    given = profile_bundle(bundle, timing=TimingOptions(warmup=0, iters=MIN_SAMPLES, whole=source))
     assert given.whole_model["path"] == str(source)
     assert given.whole_stats(1).p50 > 0

@@ -51,7 +51,7 @@ from edgeadapt.data.inputs import BatchCheck, warmup_batch
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.plan import COST_QUANTILES, Plan, check_plan, load_plan
-from edgeadapt.formats.presets import RuntimeConfig, inherit_runtime
+from edgeadapt.formats.presets import RuntimeChoice, RuntimeConfig, inherit_runtime
 from edgeadapt.formats.profile import Profile, check_profile, load_profile
 from edgeadapt.formats.stepcheck import check_logits, check_rows, check_step
 from edgeadapt.kernel import (
@@ -249,6 +249,147 @@ def _budget_routes(
     return tuple((hop,) for hop in route)
 
 
+def _checked_plan(
+    plan: Plan | str | os.PathLike[str] | None,
+    bundle: Bundle,
+    thresholds: float | Sequence[float] | None,
+    measure: str | None,
+) -> Plan | None:
+    """`plan` read (from a path) and checked against `bundle` and the caller's other
+    choices (no thresholds beside it, the plan's own measure); None without one."""
+    if plan is None:
+        return None
+    source = "plan"
+    if not isinstance(plan, Plan):
+        source = str(plan)
+        plan = load_plan(plan)
+    if thresholds is not None:
+        raise InputError("give thresholds or a plan, not both", source="thresholds")
+    check_plan(plan, bundle, source, policies=("threshold", "gate", "agreement"))
+    if measure is not None and measure != plan.measure:
+        raise InputError(
+            f"the plan was made for measure {plan.measure!r}, got {measure!r}", source="measure"
+        )
+    return plan
+
+
+def _kept_states(
+    bundle: Bundle,
+    plan: Plan | None,
+    thresholds: float | Sequence[float] | None,
+    measure: str | None,
+) -> tuple[tuple[int, ...], tuple[float, ...], str]:
+    """The kept states, their thresholds and the measure: the plan's, or every state of
+    the bundle under `thresholds` and `measure` (default maxprob)."""
+    if plan is not None:
+        kept, kept_thresholds, measure = plan.states, plan.thresholds, plan.measure
+    else:
+        if thresholds is None:
+            raise InputError("give thresholds or a plan", source="thresholds")
+        n = len(bundle.states)
+        kept, kept_thresholds = tuple(range(n)), _thresholds(thresholds, n - 1)
+        measure = "maxprob" if measure is None else measure
+    if measure not in MEASURES:
+        raise InputError(f"must be one of {', '.join(MEASURES)}, got {measure!r}", source="measure")
+    return kept, kept_thresholds, measure
+
+
+def _hops(bundle: Bundle, kept: Sequence[int]) -> list[_Hop]:
+    """The hops reaching the `kept` states: the steps since the previous kept state for
+    an early-exit bundle, else each member alone."""
+    if bundle.kind != "early-exit":
+        return [_Hop(s, (s,)) for s in kept]
+    starts = [0, *(s + 1 for s in kept[:-1])]
+    return [_Hop(s, tuple(range(a, s + 1))) for a, s in zip(starts, kept, strict=True)]
+
+
+def _policy(
+    bundle: Bundle,
+    plan: Plan | None,
+    hops: Sequence[_Hop],
+    decisions: tuple[tuple[float, ...], str],
+    step_costs_ms: Sequence[float] | None,
+    profile: Profile | None,
+    stat: str,
+) -> tuple[Policy, bool]:
+    """The kernel's policy over the `hops` (`decisions`: their thresholds and measure)
+    and whether its costs are known: from `step_costs_ms`, else the `profile` at the
+    percentile `stat`, else the plan. Costs at a profile percentile (the plan's, or
+    a profile's p50) keep tracking that percentile of the measured costs; costs given
+    as numbers, their mean."""
+    per_step = _step_costs(bundle, step_costs_ms, profile, stat)
+    seeded = step_costs_ms is None and (profile is not None or plan is not None)
+    policy = Policy(
+        decisions[0],
+        _hop_costs(bundle, plan, hops, per_step),
+        measure=decisions[1],
+        accuracies=_budget_accuracies(plan, hops),
+        cumulative=bundle.kind == "early-exit",
+        quantile=COST_QUANTILES[stat] if seeded else None,
+    )
+    return policy, per_step is not None or plan is not None
+
+
+def _cost_stat(cost_stat: str | None, plan: Plan | None) -> str:
+    """The percentile the costs are read at: the caller's, else the plan's, else p50."""
+    if cost_stat is not None and cost_stat not in COST_QUANTILES:
+        raise InputError(
+            f"must be one of {', '.join(COST_QUANTILES)}, got {cost_stat!r}", source="cost_stat"
+        )
+    return cost_stat or (plan.cost_stat if plan is not None else "p50")
+
+
+def _hop_costs(
+    bundle: Bundle, plan: Plan | None, hops: Sequence[_Hop], per_step: Sequence[float] | None
+) -> list[float]:
+    """Each hop's predicted cost: its steps' costs, else the plan's (a branch's own, a
+    cascade's increments), else zeros (no budget then)."""
+    if per_step is not None:
+        return [sum(per_step[i] for i in hop.steps) for hop in hops]
+    if plan is not None and bundle.kind == "branches" and not plan.agreement:
+        return list(plan.cost_ms)  # each branch's own cost
+    if plan is not None:
+        return list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
+    return [0.0] * len(hops)
+
+
+def _budget_accuracies(plan: Plan | None, hops: Sequence[_Hop]) -> list[float] | None:
+    """Each kept state's accuracy from the plan's budget table; None without one. Kept
+    states without a row are dominated: never the most accurate that fits."""
+    if plan is None or not plan.budget:
+        return None
+    table = {row.state: row.accuracy for row in plan.budget}
+    return [table.get(hop.state, 0.0) for hop in hops]
+
+
+def _runtime_choice(
+    plan: Plan | None,
+    runtime: str | RuntimeConfig | None,
+    runtime_options: Mapping[str, Any] | None,
+    threads: int | None,
+) -> RuntimeChoice:
+    """The runtime configuration the steps run under: the plan's, unless the caller's
+    `runtime`, `runtime_options` or `threads` say otherwise (`inherit_runtime`)."""
+    recorded = plan.runtime if plan is not None else None
+    if runtime_options is not None:
+        if isinstance(runtime, RuntimeConfig):
+            raise InputError(
+                "give a RuntimeConfig or runtime_options, not both", source="runtime_options"
+            )
+        name = runtime or (recorded.runtime if recorded is not None else "onnxruntime")
+        runtime = RuntimeConfig.from_backend_options(name, runtime_options)
+    return inherit_runtime(recorded, runtime=runtime, threads=threads)
+
+
+def _hop_overhead(plan: Plan | None, profile: Profile | None) -> float:
+    """The cascade's own cost per hop: the plan's, else the profile's measured one, else 0."""
+    overhead = plan.hop_overhead_ms if plan is not None else None
+    if overhead is None and profile is not None:
+        measured = profile.cascade_overhead
+        overhead = measured.hop_ms if measured is not None else None
+    return overhead or 0.0
+
+
 class AdaptiveModel:
     """A bundle loaded into a runtime with its policy; `predict` runs the cascade."""
 
@@ -298,31 +439,10 @@ class AdaptiveModel:
         # as the plan's profile measured it: a hop fits a budget only with it included.
         self._hop_overhead_ms = hop_overhead_ms
         self._check = BatchCheck(bundle.inputs, source="input")
-        # The one hop a call without a budget runs alone (a one-state plan, or a branches
-        # plan's most accurate branch), as one native call (input check, run, answer,
-        # cost, result) when it is one call fed the bundle's one input: (OneCall,
-        # session); else None.
-        self._one: tuple[OneCall, Session] | None = None
-        alone = self._alone(bundle, self._route)
+        # The one hop a call without a budget runs alone, as one native call (input check,
+        # run, answer, cost, result) when it is one call fed the bundle's one input.
         single = self._check.single
-        if alone is not None and single is not None and len(alone.calls) == 1:
-            ((session, feeds),) = alone.calls
-            name, dtype, shape = single[:3]
-            if feeds == ((name, True),):
-                one = OneCall(
-                    session.unchecked_run,
-                    name,
-                    dtype,
-                    shape,
-                    alone.logits,
-                    bundle.num_classes,
-                    policy.measure,
-                    policy=policy,
-                    hop=alone.slot,
-                    state=alone.state,
-                    result=Prediction,
-                )
-                self._one = (one, session)
+        self._one = self._one_call(single[:3]) if single is not None else None
         # A cascade of several hops fed the bundle's one input, at batch 1, as one native
         # call: the cascade engine walks the route (budget checks, runs, output checks,
         # costs, decisions, result); None otherwise. It hands back anything it cannot
@@ -330,13 +450,39 @@ class AdaptiveModel:
         self._cascade: CascadeCall | None = None
         if len(self._route) > 1 and single is not None:
             self._cascade = self._native_cascade(single[:3])
-        # read-only exit_state / budget_exit of the last batch size the fast path saw
+        # read-only exit_state / budget_exit of the last batch size the fast path saw:
         self._constant: tuple[int, np.ndarray, np.ndarray] = (0, _EMPTY_I64, _EMPTY_BOOL)
 
     @property
     def gates(self) -> GateRun | None:
         """A gate plan's learned exit gates (`edgeadapt.kernel.GateRun`), else None."""
         return self._gates
+
+    def _one_call(self, single: tuple[Any, ...]) -> tuple[OneCall, Session] | None:
+        """The hop that answers alone (`_alone`) as one `OneCall` and its session, when it
+        is one call fed the bundle's one input (`single`: its name, dtype and shape);
+        else None."""
+        alone = self._alone(self.bundle, self._route)
+        if alone is None or len(alone.calls) != 1:
+            return None
+        ((session, feeds),) = alone.calls
+        name, dtype, shape = single
+        if feeds != ((name, True),):
+            return None
+        one = OneCall(
+            session.unchecked_run,
+            name,
+            dtype,
+            shape,
+            alone.logits,
+            self.bundle.num_classes,
+            self.policy.measure,
+            policy=self.policy,
+            hop=alone.slot,
+            state=alone.state,
+            result=Prediction,
+        )
+        return one, session
 
     def _native_cascade(self, single: tuple[Any, ...]) -> CascadeCall | None:
         """The batch-1 cascade of this model's route as a `CascadeCall`, or None when the
@@ -415,103 +561,37 @@ class AdaptiveModel:
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise InputError(f"must be an integer >= 0, got {warmup!r}", source="warmup")
         bundle = as_bundle(bundle)
-        n = len(bundle.states)
-        plan_source = "plan"
-        if plan is not None and not isinstance(plan, Plan):
-            plan_source = str(plan)
-            plan = load_plan(plan)
-        if plan is not None:
-            if thresholds is not None:
-                raise InputError("give thresholds or a plan, not both", source="thresholds")
-            check_plan(plan, bundle, plan_source, policies=("threshold", "gate", "agreement"))
-            if measure is not None and measure != plan.measure:
-                raise InputError(
-                    f"the plan was made for measure {plan.measure!r}, got {measure!r}",
-                    source="measure",
-                )
-            kept, kept_thresholds, measure = plan.states, plan.thresholds, plan.measure
-        else:
-            if thresholds is None:
-                raise InputError("give thresholds or a plan", source="thresholds")
-            kept, kept_thresholds = tuple(range(n)), _thresholds(thresholds, n - 1)
-            measure = "maxprob" if measure is None else measure
-        if measure not in MEASURES:
-            raise InputError(
-                f"must be one of {', '.join(MEASURES)}, got {measure!r}", source="measure"
-            )
-
-        if bundle.kind == "early-exit":
-            starts = [0, *(s + 1 for s in kept[:-1])]
-            hops = [_Hop(s, tuple(range(a, s + 1))) for a, s in zip(starts, kept, strict=True)]
-        else:
-            hops = [_Hop(s, (s,)) for s in kept]
-
-        if cost_stat is not None and cost_stat not in COST_QUANTILES:
-            raise InputError(
-                f"must be one of {', '.join(COST_QUANTILES)}, got {cost_stat!r}",
-                source="cost_stat",
-            )
-        stat = cost_stat or (plan.cost_stat if plan is not None else "p50")
+        plan = _checked_plan(plan, bundle, thresholds, measure)
+        kept, kept_thresholds, measure = _kept_states(bundle, plan, thresholds, measure)
+        hops = _hops(bundle, kept)
+        stat = _cost_stat(cost_stat, plan)
         if profile is not None and not isinstance(profile, Profile):
             profile = load_profile(profile, bundle)
-        per_step = _step_costs(bundle, step_costs_ms, profile, stat)
-        if per_step is not None:
-            hop_costs = [sum(per_step[i] for i in hop.steps) for hop in hops]
-        elif plan is not None and bundle.kind == "branches" and not plan.agreement:
-            # each branch's own cost
-            hop_costs = list(plan.cost_ms)
-        elif plan is not None:
-            hop_costs = list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
-        else:
-            hop_costs = [0.0] * len(hops)
-        accuracies = None
-        if plan is not None and plan.budget:
-            # Kept states without a row are dominated: never the most accurate that fits.
-            table = {row.state: row.accuracy for row in plan.budget}
-            accuracies = [table.get(hop.state, 0.0) for hop in hops]
-        # Costs at a profile percentile (the plan's, or a profile's p50) keep tracking that
-        # percentile of the measured costs; costs given as numbers, their mean.
-        seeded = step_costs_ms is None and (profile is not None or plan is not None)
-        policy = Policy(
-            kept_thresholds,
-            hop_costs,
-            measure=measure,
-            accuracies=accuracies,
-            cumulative=bundle.kind == "early-exit",
-            quantile=COST_QUANTILES[stat] if seeded else None,
+        policy, known = _policy(
+            bundle, plan, hops, (kept_thresholds, measure), step_costs_ms, profile, stat
         )
-
-        recorded = plan.runtime if plan is not None else None
-        if runtime_options is not None:
-            if isinstance(runtime, RuntimeConfig):
-                raise InputError(
-                    "give a RuntimeConfig or runtime_options, not both", source="runtime_options"
-                )
-            name = runtime or (recorded.runtime if recorded is not None else "onnxruntime")
-            runtime = RuntimeConfig.from_backend_options(name, runtime_options)
-        choice = inherit_runtime(recorded, runtime=runtime, threads=threads)
-        rt = choice.config.make()
-        static = _static_session(rt, bundle, hops)
-        needed = [] if static is not None else sorted({i for hop in hops for i in hop.steps})
-        sessions = _open_sessions(rt, bundle, needed)
-        known = per_step is not None or plan is not None
-        overhead = plan.hop_overhead_ms if plan is not None else None
-        if overhead is None and isinstance(profile, Profile):
-            measured = profile.cascade_overhead
-            overhead = measured.hop_ms if measured is not None else None
+        choice = _runtime_choice(plan, runtime, runtime_options, threads)
+        static, sessions = _open_route(choice.config.make(), bundle, hops)
         gates = None if plan is None or plan.gates is None else GateRun(plan.gates, plan.measure)
-        model = cls(bundle, sessions, hops, policy, known, static, overhead or 0.0, gates)
-        if plan is not None and plan.agreement:
-            # the Python loop walks the route (a branches plan too: not one branch alone)
-            model.agreement = AgreementRun(len(plan.states), plan.measure)
-            model._one = model._cascade = None
-        model.runtime, model.runtime_note = choice.config, choice.note
-        try:
-            model.warm_up(warmup)
-        except BaseException:
-            model.close()
-            raise
+        overhead = _hop_overhead(plan, profile)
+        model = cls(bundle, sessions, hops, policy, known, static, overhead, gates)
+        model._deploy(plan, choice, warmup)
         return model
+
+    def _deploy(self, plan: Plan | None, choice: RuntimeChoice, warmup: int) -> None:
+        """What `load` sets after the model is built: an agreement plan's run (the Python
+        loop walks its route, a branches plan's too: not one branch alone), the runtime
+        configuration and its note; then `warmup` rounds (the sessions are closed if
+        they fail)."""
+        if plan is not None and plan.agreement:
+            self.agreement = AgreementRun(len(plan.states), plan.measure)
+            self._one = self._cascade = None
+        self.runtime, self.runtime_note = choice.config, choice.note
+        try:
+            self.warm_up(warmup)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def alone(cls, bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveModel:
@@ -520,9 +600,7 @@ class AdaptiveModel:
         steps = tuple(range(state + 1)) if bundle.kind == "early-exit" else (state,)
         hops = [_Hop(state, steps)]
         policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
-        rt = config.make()
-        static = _static_session(rt, bundle, hops)
-        sessions = _open_sessions(rt, bundle, () if static is not None else steps)
+        static, sessions = _open_route(config.make(), bundle, hops)
         return cls(bundle, sessions, hops, policy, False, static)
 
     def warm_up(self, rounds: int = 1) -> None:
@@ -708,7 +786,7 @@ class AdaptiveModel:
         self, x: np.ndarray | Mapping[str, np.ndarray], budget_ms: float | None
     ) -> Prediction:
         """The cascade in Python, any batch: the readable reference the native calls
-        follow (see `predict`)."""
+        follow (see `predict`): check the batch and the budget, pick the route, walk it."""
         start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
@@ -718,39 +796,55 @@ class AdaptiveModel:
         b = next(iter(inputs.values())).shape[0]
         if self._buffers[0].shape[0] < b:
             self._buffers = decide_buffers(b)
-        pbuf, cbuf, mbuf, kbuf = self._buffers
-        pred = np.empty(b, dtype=np.int64)
-        conf = np.empty(b, dtype=np.float32)
-        exit_state = np.empty(b, dtype=np.int64)
-        budget_exit = np.zeros(b, dtype=np.bool_)
-        step_ms: list[float] = []
-        step_rows: list[int] = []
-        policy, measure = self.policy, self._measure
         route = self._route_for(budget, walks)
-        last = len(route) - 1
         # Gates (and the agreement policy) read every earlier kept state: they decide only on
         # a route that starts at the first kept state (a member picked alone answers plainly).
         gates = (self._gates or self.agreement) if route[0].slot == 0 else None
         if gates is not None:
             gates.start(b)
-        # `rows`: original indices of the active rows, None while every row is active;
-        # pred/conf always hold each active row's answer at the last completed state.
-        rows: np.ndarray | None = None
-        xs, n = inputs, b  # the model inputs' rows of the active rows, and how many
+        answers = (
+            np.empty(b, dtype=np.int64),  # pred
+            np.empty(b, dtype=np.float32),  # conf
+            np.empty(b, dtype=np.int64),  # exit_state
+            np.zeros(b, dtype=np.bool_),  # budget_exit
+        )
+        step_ms: list[float] = []
+        step_rows: list[int] = []
+        self._walk(route, inputs, budget, gates, answers, (step_ms, step_rows), start)
+        pred, conf, exit_state, budget_exit = answers
+        total = (perf_counter_ns() - start) / 1e6
+        latency = {"total": total, "steps": step_ms, "rows": step_rows}
+        return _prediction(pred, exit_state, conf, budget_exit, latency)
+
+    def _walk(
+        self,
+        route: Sequence[_ResolvedHop],
+        inputs: dict[str, np.ndarray],
+        budget: float | None,
+        gates: GateRun | AgreementRun | None,
+        answers: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        steps: tuple[list[float], list[int]],
+        start: int,
+    ) -> None:
+        """Walk `route` hop by hop, writing each row's answer into `answers` (pred, conf,
+        exit_state, budget_exit) and each step's time and rows into `steps`. Until some row
+        exits the kernel writes straight into pred and conf; after, the survivors are
+        compacted (`rows`: their original indices) and their answers scattered back."""
+        pred, conf, exit_state, budget_exit = answers
+        step_ms, step_rows = steps
+        pbuf, cbuf, mbuf, kbuf = self._buffers
+        policy, measure, num_classes = self.policy, self._measure, self.bundle.num_classes
+        last = len(route) - 1
+        rows: np.ndarray | None = None  # None while every row is active
+        xs, n = inputs, len(pred)  # the model inputs' rows of the active rows, and how many
+        out_p, out_c = pred, conf  # where the kernel writes the active rows' answers
         prev: dict[str, np.ndarray] = {}
         for pos, (state, slot, threshold, logits_name, calls, carried, refeed) in enumerate(route):
-            if (
-                budget is not None
-                and pos > 0
-                and not policy.fits(
-                    slot, (perf_counter_ns() - start) / 1e6 + self._hop_overhead_ms, budget
-                )
-            ):
-                policy.decay(slot)  # skipped, so unmeasured: drift back toward the prior
-                done: Any = slice(None) if rows is None else rows
-                exit_state[done] = route[pos - 1].state
-                budget_exit[done] = True
-                break
+            if pos and budget is not None:
+                spent = (perf_counter_ns() - start) / 1e6 + self._hop_overhead_ms
+                if not policy.fits(slot, spent, budget):
+                    self._budget_stop(slot, route[pos - 1].state, rows, exit_state, budget_exit)
+                    break
             t0 = perf_counter_ns()
             for session, feeds in calls:
                 if len(feeds) == 1:  # a dict display: cheaper than the comprehension
@@ -766,31 +860,26 @@ class AdaptiveModel:
                 step_rows.append(n)
             policy.observe(slot, (perf_counter_ns() - t0) / 1e6)
             logits = prev[logits_name]
-            check_logits(logits, n, self.bundle.num_classes, calls[-1][0].path, logits_name)
-            if rows is None:
-                if gates is not None:
+            check_logits(logits, n, num_classes, calls[-1][0].path, logits_name)
+            if gates is not None:
+                logits = np.ascontiguousarray(logits)
+                k = gates.decide_into(logits, threshold, out_p, out_c, mbuf, kbuf)
+            else:
+                try:
+                    k = decide_into(logits, threshold, out_p, out_c, mbuf, kbuf, measure)
+                except TypeError:  # not C-contiguous: the kernel reads logits in place
                     logits = np.ascontiguousarray(logits)
-                    k = gates.decide_into(logits, threshold, pred, conf, mbuf, kbuf)
-                else:
-                    try:
-                        k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)
-                    except TypeError:  # not C-contiguous: the kernel reads logits in place
-                        logits = np.ascontiguousarray(logits)
-                        k = decide_into(logits, threshold, pred, conf, mbuf, kbuf, measure)
+                    k = decide_into(logits, threshold, out_p, out_c, mbuf, kbuf, measure)
+            if rows is None:
                 if pos == last or k == 0:  # every row answers here
                     exit_state.fill(state)
                     break
                 if k == n:
                     continue
                 exit_state[mbuf[:n]] = state
-                rows = kbuf[:k].copy()
-                keep = rows
+                rows = keep = kbuf[:k].copy()
+                out_p, out_c = pbuf, cbuf
             else:
-                logits = np.ascontiguousarray(logits)
-                if gates is not None:
-                    k = gates.decide_into(logits, threshold, pbuf, cbuf, mbuf, kbuf)
-                else:
-                    k = decide_into(logits, threshold, pbuf, cbuf, mbuf, kbuf, measure)
                 p, c = pbuf[:n], cbuf[:n]
                 if pos == last or k == 0:
                     pred[rows], conf[rows], exit_state[rows] = p, c, state
@@ -810,14 +899,21 @@ class AdaptiveModel:
             if refeed:
                 xs = {name: inputs[name][rows] for name in refeed}
             prev = {name: prev[name][keep] for name in carried}
-        total = (perf_counter_ns() - start) / 1e6
-        return _prediction(
-            pred,
-            exit_state,
-            conf,
-            budget_exit,
-            {"total": total, "steps": step_ms, "rows": step_rows},
-        )
+
+    def _budget_stop(
+        self,
+        slot: int,
+        state: int,
+        rows: np.ndarray | None,
+        exit_state: np.ndarray,
+        budget_exit: np.ndarray,
+    ) -> None:
+        """The budget leaves no room for hop `slot`: the active `rows` (every row when
+        None) exit with their answers at `state`, the last completed one."""
+        self.policy.decay(slot)  # skipped, so unmeasured: drift back toward the prior
+        done: Any = slice(None) if rows is None else rows
+        exit_state[done] = state
+        budget_exit[done] = True
 
     def _route_for(self, budget: float | None, walks: bool) -> tuple[_ResolvedHop, ...]:
         """The hops a call walks: with a budget and a budget table, the route to the most
@@ -832,6 +928,14 @@ class AdaptiveModel:
         elif not walks:
             return route[-1:]
         return route
+
+
+def _open_route(rt: Any, bundle: Bundle, hops: Sequence[_Hop]) -> tuple[Session | None, list[Any]]:
+    """The sessions the `hops` run: a one-state early-exit plan's merged static model
+    (`_static_session`) and no step, else one session per step the hops name."""
+    static = _static_session(rt, bundle, hops)
+    needed = [] if static is not None else sorted({i for hop in hops for i in hop.steps})
+    return static, _open_sessions(rt, bundle, needed)
 
 
 def _open_sessions(rt: Any, bundle: Bundle, steps: Sequence[int]) -> list[Any]:

@@ -23,11 +23,10 @@ def export_torch_cmd(
     factory: str, parity_rtol: float, parity_atol: float, output: Path, force: bool, as_json: bool
 ) -> None:
     """Export a PyTorch multi-exit model (or model family) built by --factory."""
-    from edgeadapt.exporters.torch import export_from_factory
+    from edgeadapt.exporters.torch import TorchExportOptions, export_from_factory
 
-    bundle = export_from_factory(
-        factory, output, force=force, parity_rtol=parity_rtol, parity_atol=parity_atol
-    )
+    options = TorchExportOptions(parity_rtol=parity_rtol, parity_atol=parity_atol, force=force)
+    bundle = export_from_factory(factory, output, options)
     show_written(bundle, output, as_json)
     if not as_json:
         parity = bundle.extra["parity"]["max_abs_error"]

@@ -19,7 +19,7 @@ from edgeadapt.commands.options import (
 )
 from edgeadapt.formats.plan import COST_STATS, PROMISE_KINDS
 from edgeadapt.kernel_ref import MEASURES
-from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanSummary
+from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanOptions, PlanSummary
 from edgeadapt.render import pct, saving, static_verdict, thresholds_text
 
 
@@ -157,15 +157,17 @@ def plan_cmd(
         evaluation=evaluation,
         output=output,
         cost_stat=cost_stat,
-        heldout=heldout,
-        seed=seed,
-        measure=measure,
-        max_states=max_states,
-        max_drop=max_drop,
-        delta=delta,
-        promise=promise,
-        calibration=calibration,
-        policy=policy,
+        options=PlanOptions(
+            heldout=heldout,
+            seed=seed,
+            measure=measure,
+            max_states=max_states,
+            max_drop=max_drop,
+            delta=delta,
+            promise=promise,
+            calibration=calibration,
+            policy=policy,
+        ),
     )
     if as_json:
         echo_json(summary.to_json())

@@ -200,7 +200,7 @@ def profile_cmd(
     or the original model given with --whole. The profile records the runtime
     settings; evaluate and run use them unless told otherwise.
     """
-    from edgeadapt.measure.profiler import profile_to_file
+    from edgeadapt.measure.profiler import TimingOptions, profile_to_file
     from edgeadapt.render import table
 
     _check_timing(iters, min_seconds, seconds_per_state)
@@ -212,16 +212,18 @@ def profile_cmd(
             output=output,
             device=device,
             runtime=runtime,
-            batches=batch,
             threads=threads,
             precision=precision,
-            warmup=warmup,
-            iters=iters,
-            min_seconds=0.5 if min_seconds is None else min_seconds,
-            seconds_per_state=seconds_per_state,
-            order=order,
-            whole=False if no_whole else (whole_path or True),
             progress=progress,
+            timing=TimingOptions(
+                batches=batch,
+                warmup=warmup,
+                iters=iters,
+                min_seconds=0.5 if min_seconds is None else min_seconds,
+                seconds_per_state=seconds_per_state,
+                order=order,
+                whole=False if no_whole else (whole_path or True),
+            ),
         )
     if as_json:
         echo_json(done.to_json())

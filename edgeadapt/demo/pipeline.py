@@ -14,7 +14,7 @@ also times the whole model (backbone and last head), in the same interleaved rou
 the steps, so the bound and the plan state their savings against that measured static
 model as well as against R_N, the sum of the steps, and a busy machine cannot tilt the
 comparison. The plan is the one `edgeadapt plan` makes with its defaults
-(`PLAN_OPTIONS`).
+(`edgeadapt.planning.planner.PlanOptions`); the comparison plan adds ``policy="gate"``.
 
 The plan's achieved latency is measured against the *static model*: the bundle's best
 state on the calibration split as one plain model (for an early-exit bundle its
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from edgeadapt.formats.plan import Plan
     from edgeadapt.formats.profile import Profile, Ratio
     from edgeadapt.oracle.bound import BundleBound
-    from edgeadapt.planning.planner import PlanSummary
+    from edgeadapt.planning.planner import PlanCosts, PlanSummary
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles the demo runs, in the order it shows them: a compute-bound residual
@@ -51,10 +51,6 @@ DEFAULT_OUT = Path("edgeadapt-demo")
 #: small for any cascade to beat the static model (where the plan keeps it). The 4-exit
 #: ``mnist1d-multiexit`` is shipped too, for the tests, benchmarks and examples.
 BUNDLES = ("mnist1d-resnet", "mnist1d-family")
-#: The planner's options the demo plans with, beside the costs the profile gives: none,
-#: so the demo's plan is the one `edgeadapt plan` makes with its defaults (its default
-#: policy and promise); the comparison plan adds ``policy="gate"``.
-PLAN_OPTIONS: dict[str, Any] = {}
 #: Untimed calls of each model before the measured run.
 WARMUP = 20
 #: Samples the plan and the static model run in turn (see `_measure_run`).
@@ -426,16 +422,15 @@ def _cached_profile(
 ) -> tuple[Profile, bool]:
     """The bundle's chain-order profile with the whole model, reused when valid."""
     from edgeadapt.formats.profile import load_profile, save_profile
-    from edgeadapt.measure.profiler import profile_bundle, profile_calls
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle, profile_calls
 
     def make_profile() -> Profile:
         with ui.bar(f"profiling {bundle.path.name}", profile_calls(bundle, (1,))) as progress:
             return profile_bundle(
                 bundle,
                 config,
-                min_seconds=min_seconds,
                 progress=progress,
-                order=PROFILE_ORDER,
+                timing=TimingOptions(min_seconds=min_seconds, order=PROFILE_ORDER),
             )
 
     def load_profile_(path: Path) -> Profile:
@@ -486,8 +481,7 @@ def _cached_plan(
     work: Path,
     cache: _Cache[Any],
     ev_calib: Evaluation,
-    costs: list[float],
-    measured: Any,
+    measured: PlanCosts,
     stale: bool,
 ) -> Plan:
     """The plan `edgeadapt plan` makes with its defaults, reused unless its inputs were
@@ -508,37 +502,20 @@ def _cached_plan(
         work / "plan.json",
         load_plan_,
         # as `edgeadapt plan` with its defaults
-        lambda: plan_bundle(
-            bundle,
-            ev_calib,
-            costs,
-            static_ms=measured.static_ms,
-            runtime=measured.runtime,
-            hop_overhead_ms=measured.hop_overhead_ms,
-            **PLAN_OPTIONS,
-        ),
+        lambda: plan_bundle(bundle, ev_calib, measured),
         save_plan,
         stale=stale,
     )
     return plan
 
 
-def _gate_plan(
-    bundle: Bundle, ev_calib: Evaluation, costs: list[float], measured: Any
-) -> PlanSummary | None:
+def _gate_plan(bundle: Bundle, ev_calib: Evaluation, measured: PlanCosts) -> PlanSummary | None:
     """The same split and promise with learned exit gates in place of thresholds, when
     the planner finds one."""
-    from edgeadapt.planning.planner import PlanSummary, plan_bundle
+    from edgeadapt.planning.planner import PlanOptions, PlanSummary, plan_bundle
 
     try:
-        gated = plan_bundle(
-            bundle,
-            ev_calib,
-            costs,
-            static_ms=measured.static_ms,
-            hop_overhead_ms=measured.hop_overhead_ms,
-            **{**PLAN_OPTIONS, "policy": "gate"},
-        )
+        gated = plan_bundle(bundle, ev_calib, measured, PlanOptions(policy="gate"))
         return PlanSummary(gated)
     except InputError:
         return None
@@ -573,8 +550,8 @@ def _demo_bundle(
     # on the Pareto envelope: a retrained or re-split model may have a costlier state
     # that is less accurate, which the analytic bounds would otherwise refuse
     bounds = bundle_bound(bundle, profile=profile, evaluation=ev_calib, envelope=True)
-    plan = _cached_plan(bundle, work, cache, ev_calib, costs, measured, stale)
-    gate_plan = _gate_plan(bundle, ev_calib, costs, measured)
+    plan = _cached_plan(bundle, work, cache, ev_calib, measured, stale)
+    gate_plan = _gate_plan(bundle, ev_calib, measured)
     x, y = data["test"]
     if samples is not None:
         x, y = x[:samples], y[:samples]

@@ -55,7 +55,7 @@ from edgeadapt.data.mnist1d import (
     mnist1d_splits,
 )
 from edgeadapt.errors import InputError
-from edgeadapt.exporters.torch import export_torch_family, export_torch_model
+from edgeadapt.exporters.torch import TorchExportOptions, export_torch_family, export_torch_model
 from edgeadapt.formats.bundle import Bundle, load_bundle
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "bundles"
@@ -337,9 +337,8 @@ def _train_resnet(run: _Run) -> Bundle:
         "per exit: " + ", ".join(f"{a:.2%}" for a in run.accuracies(model))
     )
     extra = {"training": run.info}
-    return export_torch_model(
-        model, run.example, run.out_dir / RESNET, extra=extra, force=run.force
-    )
+    options = TorchExportOptions(extra=extra, force=run.force)
+    return export_torch_model(model, run.example, run.out_dir / RESNET, options=options)
 
 
 def _train_multiexit(run: _Run) -> Bundle:
@@ -352,9 +351,8 @@ def _train_multiexit(run: _Run) -> Bundle:
         + ", ".join(f"{a:.2%}" for a in run.accuracies(model))
     )
     extra = {"training": run.info}
-    return export_torch_model(
-        model, run.example, run.out_dir / MULTIEXIT, extra=extra, force=run.force
-    )
+    options = TorchExportOptions(extra=extra, force=run.force)
+    return export_torch_model(model, run.example, run.out_dir / MULTIEXIT, options=options)
 
 
 def _train_family(run: _Run) -> Bundle:
@@ -372,8 +370,7 @@ def _train_family(run: _Run) -> Bundle:
         run.example,
         run.out_dir / FAMILY,
         state_names=list(members),
-        extra={"training": run.info},
-        force=run.force,
+        options=TorchExportOptions(extra={"training": run.info}, force=run.force),
     )
 
 

@@ -127,76 +127,18 @@ class Evaluation:
 
     def __post_init__(self) -> None:
         src = self.source
-        labels = np.asarray(self.labels)
+        labels = _checked_labels(np.asarray(self.labels), src)
+        states = _checked_states(np.asarray(self.states), src)
         pred = np.asarray(self.pred)
-        states = np.asarray(self.states)
-        if labels.ndim != 1 or labels.size == 0 or labels.dtype.kind not in "iu":
-            raise InputError(
-                f"expected a non-empty integer [N] array, got {labels.dtype} {labels.shape}",
-                source=src,
-                field="labels",
-            )
-        if labels.min() < 0:
-            raise InputError(
-                f"labels must be class indices >= 0, got {int(labels.min())}",
-                source=src,
-                field="labels",
-            )
-        n = labels.shape[0]
-        if states.ndim != 1 or states.size == 0 or states.dtype.kind != "U":
-            raise InputError(
-                f"expected a non-empty unicode [S] array, got {states.dtype} {states.shape}",
-                source=src,
-                field="states",
-            )
-        names = [str(x) for x in states]
-        if any(not x for x in names):
-            raise InputError("empty state name", source=src, field="states")
-        dup = sorted({x for x in names if names.count(x) > 1})
-        if dup:
-            raise InputError(f"duplicate state names: {', '.join(dup)}", source=src, field="states")
-        s = states.shape[0]
-        if pred.dtype.kind not in "iu" or pred.shape != (n, s):
-            raise InputError(
-                f"expected integer [{n}, {s}] (samples x states), got {pred.dtype} {pred.shape}",
-                source=src,
-                field="pred",
-            )
-        if pred.size and pred.min() < 0:
-            raise InputError(
-                f"predictions must be class indices >= 0, got {int(pred.min())}",
-                source=src,
-                field="pred",
-            )
-        if self.num_classes is not None:
-            if isinstance(self.num_classes, bool) or self.num_classes < 2:
-                raise InputError(
-                    f"must be an integer >= 2, got {self.num_classes!r}",
-                    source=src,
-                    field="num_classes",
-                )
-            check_classes(labels, self.num_classes, source=src, field="labels")
-            check_classes(pred, self.num_classes, source=src, field="pred")
+        n, s = labels.shape[0], states.shape[0]
+        _check_pred(pred, (n, s), labels, self.num_classes, src)
         object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
         object.__setattr__(self, "pred", pred.astype(np.int64, copy=False))
         object.__setattr__(self, "states", states)
         for key in CONF_KEYS.values():
-            if getattr(self, key) is None:
-                continue
-            conf = np.asarray(getattr(self, key))
-            if conf.dtype.kind != "f" or conf.shape != (n, s):
-                raise InputError(
-                    f"expected float [{n}, {s}], got {conf.dtype} {conf.shape}",
-                    source=src,
-                    field=key,
-                )
-            with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf
-                conf = conf.astype(np.float32, copy=False)
-            if not np.all(np.isfinite(conf)):
-                raise InputError(
-                    "confidences must be finite (and within float32's range)", source=src, field=key
-                )
-            object.__setattr__(self, key, conf)
+            if getattr(self, key) is not None:
+                conf = _checked_conf(np.asarray(getattr(self, key)), (n, s), src, key)
+                object.__setattr__(self, key, conf)
 
     def confidence(self, measure: str = "maxprob") -> np.ndarray:
         """The float32 ``[N, S]`` confidences of `measure` (maxprob, margin or entropy);
@@ -254,6 +196,93 @@ class Evaluation:
             conf_margin=columns(self.conf_margin),
             conf_entropy=columns(self.conf_entropy),
         )
+
+
+def _checked_labels(labels: np.ndarray, src: str | None) -> np.ndarray:
+    """`labels` when a non-empty integer [N] array of class indices >= 0."""
+    if labels.ndim != 1 or labels.size == 0 or labels.dtype.kind not in "iu":
+        raise InputError(
+            f"expected a non-empty integer [N] array, got {labels.dtype} {labels.shape}",
+            source=src,
+            field="labels",
+        )
+    if labels.min() < 0:
+        raise InputError(
+            f"labels must be class indices >= 0, got {int(labels.min())}",
+            source=src,
+            field="labels",
+        )
+    return labels
+
+
+def _checked_states(states: np.ndarray, src: str | None) -> np.ndarray:
+    """`states` when a non-empty unicode [S] array of distinct, non-empty names."""
+    if states.ndim != 1 or states.size == 0 or states.dtype.kind != "U":
+        raise InputError(
+            f"expected a non-empty unicode [S] array, got {states.dtype} {states.shape}",
+            source=src,
+            field="states",
+        )
+    names = [str(x) for x in states]
+    if any(not x for x in names):
+        raise InputError("empty state name", source=src, field="states")
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise InputError(f"duplicate state names: {', '.join(dup)}", source=src, field="states")
+    return states
+
+
+def _check_pred(
+    pred: np.ndarray,
+    shape: tuple[int, int],
+    labels: np.ndarray,
+    num_classes: int | None,
+    src: str | None,
+) -> None:
+    """`pred` is an integer [N, S] array of class indices >= 0; with `num_classes`,
+    the labels and predictions fall below it."""
+    n, s = shape
+    if pred.dtype.kind not in "iu" or pred.shape != (n, s):
+        raise InputError(
+            f"expected integer [{n}, {s}] (samples x states), got {pred.dtype} {pred.shape}",
+            source=src,
+            field="pred",
+        )
+    if pred.size and pred.min() < 0:
+        raise InputError(
+            f"predictions must be class indices >= 0, got {int(pred.min())}",
+            source=src,
+            field="pred",
+        )
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or num_classes < 2:
+            raise InputError(
+                f"must be an integer >= 2, got {num_classes!r}",
+                source=src,
+                field="num_classes",
+            )
+        check_classes(labels, num_classes, source=src, field="labels")
+        check_classes(pred, num_classes, source=src, field="pred")
+
+
+def _checked_conf(
+    conf: np.ndarray, shape: tuple[int, int], src: str | None, key: str
+) -> np.ndarray:
+    """`conf` as float32 when a float [N, S] array of finite values (within float32's range)."""
+    n, s = shape
+    if conf.dtype.kind != "f" or conf.shape != (n, s):
+        raise InputError(
+            f"expected float [{n}, {s}], got {conf.dtype} {conf.shape}",
+            source=src,
+            field=key,
+        )
+    with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf
+        conf = conf.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(conf)):
+        raise InputError(
+            "confidences must be finite (and within float32's range)", source=src, field=key
+        )
+    return conf
 
 
 def check_evaluation(evaluation: Evaluation, bundle: Bundle) -> Evaluation:

@@ -47,6 +47,21 @@ def _number(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+def _columns(header: list[str], path: Path, line: int) -> dict[str, int]:
+    """Where each of `COLUMNS` is in the `header` (on `line`): each once."""
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise InputError(
+            f"missing column(s) {', '.join(missing)} (header: {','.join(header)})",
+            source=path,
+            field=f"line {line}",
+        )
+    dup = sorted({h for h in header if header.count(h) > 1 and h in COLUMNS})
+    if dup:
+        raise InputError(f"column(s) {', '.join(dup)} given twice", source=path)
+    return {c: header.index(c) for c in COLUMNS}
+
+
 def load_state_table(path: str | os.PathLike[str]) -> StateTable:
     """Read and check a state table (see the module docstring)."""
     path = Path(path)
@@ -60,17 +75,7 @@ def load_state_table(path: str | os.PathLike[str]) -> StateTable:
         raise InputError("empty table: need a header 'name,cost,accuracy' and rows", source=path)
     rows = [next(csv.reader([line])) for _, line in numbered]
     header = [h.strip().lower() for h in rows[0]]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise InputError(
-            f"missing column(s) {', '.join(missing)} (header: {','.join(header)})",
-            source=path,
-            field=f"line {numbered[0][0]}",
-        )
-    dup = sorted({h for h in header if header.count(h) > 1 and h in COLUMNS})
-    if dup:
-        raise InputError(f"column(s) {', '.join(dup)} given twice", source=path)
-    col = {c: header.index(c) for c in COLUMNS}
+    col = _columns(header, path, numbered[0][0])
     if len(rows) == 1:
         raise InputError("empty table: a header but no states", source=path)
     names: list[str] = []

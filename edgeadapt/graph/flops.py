@@ -156,6 +156,18 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
+#: Ops whose cost is a fixed number of flops per output element (no MACs), that number.
+_PER_ELEMENT: dict[str, int] = {
+    **dict.fromkeys(_BIAS_ACT, 2),
+    **dict.fromkeys(_NORM7, 7),
+    **dict.fromkeys(_NORM4, 4),
+    **dict.fromkeys(_NORM5, 5),
+    "BatchNormalization": 2,
+    **dict.fromkeys(_SOFTMAX, 3),
+    **dict.fromkeys(_ELEMENTWISE, 1),
+}  # (the sets are disjoint)
+
+
 def _node_cost(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int] | None:
     """(flops, macs) of one node, or None when the op or a needed shape is unknown."""
     op = node.op_type
@@ -168,20 +180,9 @@ def _node_cost(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> tupl
     if out is None:
         return None
     e = math.prod(out)
-    if op in _ELEMENTWISE:
-        return e, 0
-    if op in _SOFTMAX:
-        return 3 * e, 0
-    if op == "BatchNormalization":
-        return 2 * e, 0
-    if op in _NORM5:
-        return 5 * e, 0
-    if op in _NORM4:
-        return 4 * e, 0
-    if op in _NORM7:
-        return 7 * e, 0
-    if op in _BIAS_ACT:
-        return 2 * e, 0
+    per_element = _PER_ELEMENT.get(op)
+    if per_element is not None:
+        return per_element * e, 0
     if op == "Einsum":
         return _einsum(node, ins)
     if op in ("Attention", "MultiHeadAttention"):
@@ -191,6 +192,16 @@ def _node_cost(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> tupl
     if op in ("MaxPool", "AveragePool", "LpPool"):
         kernel = _attr(node, "kernel_shape", None)
         return None if kernel is None else (e * math.prod(kernel), 0)
+    return _dense_cost(node, ins, e)
+
+
+def _dense_cost(
+    node: onnx.NodeProto, ins: list[tuple[int, ...] | None], e: int
+) -> tuple[int, int] | None:
+    """(flops, macs) of a convolution or a matrix product with `e` output elements, or
+    None when the op or a needed shape is unknown."""
+    op = node.op_type
+    first = ins[0] if ins else None
     if op == "Conv":
         w = ins[1] if len(ins) > 1 else None
         if w is None:

@@ -40,7 +40,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,21 @@ def _iterate(runs: Sequence[Callable[[], Any]], count: int) -> list[list[int]]:
     return got
 
 
+def _warm_up(
+    units: Sequence[Sequence[Callable[[], Any]]], warmup: int, stop: _Stop, start: int
+) -> float | None:
+    """Up to `warmup` rounds of one untimed iteration per unit (within `WARMUP_SHARE` of
+    a budget, see `_Stop`); the slowest unit's time in the last one (None without)."""
+    clock = time.perf_counter_ns
+    warm_until = start + int(WARMUP_SHARE * stop.seconds * 1e9)
+    slowest: float | None = None
+    for k in range(warmup):
+        if stop.budget and k > 0 and clock() >= warm_until:
+            break
+        slowest = max(sum(sum(calls) for calls in _iterate(runs, 1)) for runs in units)
+    return slowest
+
+
 def _time_rounds(
     units: Sequence[Sequence[Callable[[], Any]]],
     warmup: int,
@@ -166,12 +181,7 @@ def _time_rounds(
     """
     clock = time.perf_counter_ns
     start = clock()
-    warm_until = start + int(WARMUP_SHARE * stop.seconds * 1e9)
-    slowest: float | None = None
-    for k in range(warmup):
-        if stop.budget and k > 0 and clock() >= warm_until:
-            break
-        slowest = max(sum(sum(calls) for calls in _iterate(runs, 1)) for runs in units)
+    slowest = _warm_up(units, warmup, stop, start)
     samples: list[list[int]] = [[] for runs in units for _ in runs]
     first = np.cumsum([0, *(len(runs) for runs in units)])
     rounds: list[list[float]] = []
@@ -249,44 +259,63 @@ def _snapshot() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Timing:
-    """How each step is timed: the checked warm-up, count, duration and order."""
+class TimingOptions:
+    """How `profile_bundle` measures (module docstring): at each of the `batches`,
+    each step gets `warmup` untimed calls, then `iters` timed calls (at least
+    MIN_SAMPLES), or with ``iters=None`` as many as fit in `min_seconds` per step (at
+    least MIN_SAMPLES); with `seconds_per_state`, a time budget per step instead, warm-up
+    included (`_Stop`; `iters` must then be None). `order` is ``chain`` (the steps
+    called in turn) or ``step`` (each step timed alone, repeatedly); `seed` draws the
+    random inputs. `whole` is True (time `exporters.compose.whole_model` of the bundle),
+    a path to the original ONNX model, or False (no whole model). With `overhead`, last,
+    `edgeadapt.measure.overhead.measure_overhead` times what `AdaptiveModel.predict`
+    itself costs on this device (``settings.cascade_overhead``, which the planner counts
+    per hop)."""
 
-    warmup: int
-    iters: int | None
-    min_seconds: float
-    seconds_per_state: float | None
-    order: str
+    batches: Sequence[int] = (1,)
+    warmup: int = 20
+    iters: int | None = None
+    min_seconds: float = 0.5
+    seconds_per_state: float | None = None
+    order: str = DEFAULT_ORDER
+    seed: int = 0
+    whole: bool | str | os.PathLike[str] = True
+    overhead: bool = True
 
 
 def _check_timing(
-    batches: Sequence[int],
-    threads: int | None,
-    warmup: int,
-    iters: int | None,
-    min_seconds: float,
-    order: str,
-    seconds_per_state: float | None,
-) -> tuple[list[int], int | None, _Timing]:
+    timing: TimingOptions, threads: int | None
+) -> tuple[list[int], int | None, TimingOptions]:
     """Refuse bad batch sizes, thread counts and timing arguments; return the batch
-    sizes, the thread count and the timing."""
+    sizes, the thread count and the checked timing."""
+    batches, iters, min_seconds = timing.batches, timing.iters, timing.min_seconds
     batch_list = [_positive(b, "batch") for b in batches]
     if not batch_list or len(set(batch_list)) != len(batch_list):
         raise InputError(f"need distinct batch sizes, got {list(batches)}", source="batch")
     if threads is not None:
         threads = _positive(threads, "threads")
-    warmup = _positive(warmup, "warmup", minimum=0)
+    warmup = _positive(timing.warmup, "warmup", minimum=0)
     if iters is not None:
         iters = _positive(iters, "iters", minimum=MIN_SAMPLES)
     if isinstance(min_seconds, bool) or not isinstance(min_seconds, (int, float)):
         raise InputError(f"must be a number, got {min_seconds!r}", source="min_seconds")
     if not (min_seconds > 0 and np.isfinite(min_seconds)):
         raise InputError(f"must be a positive number, got {min_seconds!r}", source="min_seconds")
-    if order not in ORDERS:
-        raise InputError(f"must be one of {', '.join(ORDERS)}, got {order!r}", source="order")
+    if timing.order not in ORDERS:
+        raise InputError(
+            f"must be one of {', '.join(ORDERS)}, got {timing.order!r}", source="order"
+        )
+    seconds_per_state = timing.seconds_per_state
     if seconds_per_state is not None:
         seconds_per_state = _budget(seconds_per_state, iters)
-    return batch_list, threads, _Timing(warmup, iters, min_seconds, seconds_per_state, order)
+    checked = replace(
+        timing,
+        batches=tuple(batch_list),
+        warmup=warmup,
+        iters=iters,
+        seconds_per_state=seconds_per_state,
+    )
+    return batch_list, threads, checked
 
 
 def _resolve_config(
@@ -369,7 +398,7 @@ def _units(runs: Sequence[Callable[[], Any]], order: str) -> list[list[Callable[
     return [list(runs)] if order == "chain" else [[run] for run in runs]
 
 
-def _stop(timing: _Timing, units: int) -> _Stop:
+def _stop(timing: TimingOptions, units: int) -> _Stop:
     """How long `units` are timed: `iters` iterations each, `min_seconds` per unit's run
     after warm-up, or `seconds_per_state` per run, warm-up included."""
     if timing.seconds_per_state is not None:
@@ -390,7 +419,7 @@ def _measure(
     rt: Any,
     whole_model: WholeModel | None,
     batch_list: Sequence[int],
-    timing: _Timing,
+    timing: TimingOptions,
     rng: np.random.Generator,
     progress: _Progress,
 ) -> tuple[dict[int, tuple[StepStats, ...]], dict[int, StepStats], dict[int, Ratio]]:
@@ -439,7 +468,7 @@ def _whole_in_tmp(
         raise
 
 
-def _settings(config: RuntimeConfig, timing: _Timing, seed: int) -> dict[str, Any]:
+def _settings(config: RuntimeConfig, timing: TimingOptions) -> dict[str, Any]:
     """The profile's ``settings``: the runtime configuration and how it was timed."""
     runtime_options = config.backend_options()
     t = timing
@@ -454,7 +483,7 @@ def _settings(config: RuntimeConfig, timing: _Timing, seed: int) -> dict[str, An
             None if t.iters is not None or t.seconds_per_state is not None else float(t.min_seconds)
         ),
         "seconds_per_state": t.seconds_per_state,
-        "seed": seed,
+        "seed": timing.seed,
         "order": t.order,
         "runtime_config": config.to_json(),
     }
@@ -463,64 +492,43 @@ def _settings(config: RuntimeConfig, timing: _Timing, seed: int) -> dict[str, An
 def profile_bundle(
     bundle: Bundle,
     runtime: str | RuntimeConfig | None = None,
-    batches: Sequence[int] = (1,),
-    threads: int | None = None,
-    warmup: int = 20,
-    iters: int | None = None,
-    min_seconds: float = 0.5,
+    timing: TimingOptions | None = None,
     progress: Progress | None = None,
-    seed: int = 0,
     *,
+    threads: int | None = None,
     preset: Preset | str | None = None,
     precision: str | None = None,
     options: Mapping[str, Any] | None = None,
-    order: str = DEFAULT_ORDER,
-    whole: bool | str | os.PathLike[str] = True,
-    seconds_per_state: float | None = None,
-    overhead: bool = True,
 ) -> Profile:
-    """Time every step of `bundle` at each batch size on a runtime.
+    """Time every step of `bundle` at each batch size on a runtime, as `timing` says
+    (`TimingOptions`, default its defaults).
 
     The runtime and its options are `runtime` when it is a `RuntimeConfig`; else they
     come from `preset` (a `Preset` or a preset name or file, see `edgeadapt.formats.presets`),
     overridden by `runtime`, `threads`, `precision` and `options`; with neither, ONNX
     Runtime on 1 thread. The profile records the configuration
-    (`Profile.runtime_config`). Each step gets `warmup` untimed
-    calls, then `iters` timed calls (at least MIN_SAMPLES), or with `iters=None` as
-    many as fit in `min_seconds` per step (at least MIN_SAMPLES). `order` is ``chain``
-    (the steps called in turn, see the module docstring) or ``step`` (each step timed
-    alone, repeatedly). With `seconds_per_state`, each step gets a time budget instead,
-    warm-up included (`_Stop`); `iters` must then be None. `whole` is True (time
-    `exporters.compose.whole_model` of the bundle), a path to the original ONNX model,
-    or False (no whole model); it is timed like a step, in the same interleaved rounds
-    as the steps (`_time_rounds`), and the profile keeps the full path over the whole
-    model per round (`Profile.full_over_whole`). `progress(done, total)` counts
-    the (batch, step) and (batch, whole model) timings done (`profile_calls` gives the
-    total), a batch's share as its rounds go.
-    With `overhead`, last, `edgeadapt.measure.overhead.measure_overhead` times what
-    `AdaptiveModel.predict` itself costs on this device (a fraction of a second at batch
-    1; ``settings.cascade_overhead``, which the planner counts per hop).
+    (`Profile.runtime_config`). The whole model is timed in the same interleaved rounds
+    as the steps (`_time_rounds`; `Profile.full_over_whole`). `progress(done, total)`
+    counts the (batch, step) and (batch, whole model) timings done (`profile_calls`).
     """
     from edgeadapt.measure.overhead import measure_overhead  # the cascade reads profiles
 
-    batch_list, threads, timing = _check_timing(
-        batches, threads, warmup, iters, min_seconds, order, seconds_per_state
-    )
+    batch_list, threads, timing = _check_timing(timing or TimingOptions(), threads)
     chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
     config = _resolve_config(runtime, chosen, threads, precision, options)
     rt = _open_runtime(config, chosen)
-    rng = np.random.default_rng(seed)
-    tmp, whole_model = _whole_in_tmp(bundle, whole)
+    tmp, whole_model = _whole_in_tmp(bundle, timing.whole)
     before = _snapshot()
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     counter = _Progress(progress, profile_calls(bundle, batch_list, whole_model is not None))
     try:
+        rng = np.random.default_rng(timing.seed)
         results, whole_times, ratios = _measure(
             bundle, rt, whole_model, batch_list, timing, rng, counter
         )
     finally:
         tmp.cleanup()
-    measured = measure_overhead(bundle, config) if overhead else None
+    measured = measure_overhead(bundle, config) if timing.overhead else None
     after = _snapshot()
     reasons = _noise(results, before, after) + _whole_noise(whole_times, ratios)
     return Profile(
@@ -529,7 +537,7 @@ def profile_bundle(
         states=tuple(s.name for s in bundle.states),
         device=fingerprint(rt.describe()),
         measured_at=measured_at,
-        settings=_settings(config, timing, seed)
+        settings=_settings(config, timing)
         | ({} if measured is None else {"cascade_overhead": measured.to_json()}),
         before=before,
         after=after,
@@ -562,37 +570,19 @@ def profile_to_file(
     output: str | os.PathLike[str] | None = None,
     device: Preset | str | os.PathLike[str] | None = None,
     runtime: str | None = None,
-    batches: Sequence[int] = (1,),
     threads: int | None = None,
     precision: str | None = None,
-    warmup: int = 20,
-    iters: int | None = None,
-    min_seconds: float = 0.5,
-    seconds_per_state: float | None = None,
-    order: str = DEFAULT_ORDER,
-    whole: bool | str | os.PathLike[str] = True,
+    timing: TimingOptions | None = None,
     progress: Progress | None = None,
 ) -> ProfileRun:
     """`edgeadapt profile`: `profile_bundle` under the `device` preset (a `Preset`, a
-    shipped name or a preset file) and the explicit choices, saved to `output` (default
-    `default_profile_path`, per preset)."""
+    shipped name or a preset file), the explicit choices and the `timing`, saved to
+    `output` (default `default_profile_path`, per preset)."""
 
     loaded = as_bundle(bundle)
     preset = load_preset(device) if isinstance(device, (str, os.PathLike)) else device
     prof = profile_bundle(
-        loaded,
-        runtime=runtime,
-        batches=batches,
-        threads=threads,
-        warmup=warmup,
-        iters=iters,
-        min_seconds=min_seconds,
-        progress=progress,
-        preset=preset,
-        precision=precision,
-        order=order,
-        whole=whole,
-        seconds_per_state=seconds_per_state,
+        loaded, runtime, timing, progress, threads=threads, preset=preset, precision=precision
     )
     path = (
         Path(output)

@@ -392,13 +392,7 @@ def bundle_bound(
         envelope=envelope,
         source=source,
     )
-    views: dict[str, CostView] = {}
-    if inputs.profile is not None:
-        ms = np.asarray(state_costs(inputs.profile, b, batch=BATCH, stat=STAT))
-        views["cascade_ms"] = _view(inputs, ms, "ms", envelope, source)
-    for view in ("cascade", "direct"):
-        flops = np.asarray(flops_costs(b, view), dtype=np.float64)
-        views[f"{view}_flops"] = _view(inputs, flops, "flops", envelope, source)
+    views = _views(inputs, envelope, source)
     origin = (
         f"profile {STAT} at batch {BATCH}, cascade (steps 0..i)"
         if inputs.unit == "ms"
@@ -412,22 +406,39 @@ def bundle_bound(
         states=inputs.names,
         unit=inputs.unit,
         origin=origin,
-        profile=None
-        if p is None
-        else ProfileSource(
-            p.source,
-            p.device_id,
-            p.measured_at,
-            p.settings.get("runtime"),
-            p.settings.get("threads"),
-            p.noisy,
-        ),
+        profile=None if p is None else _profile_source(p),
         evaluation_path=ev.source,
         samples=int(ev.labels.size),
         views=views,
         static=static_baseline(p, b, summary.r_n, summary.r_oracle)
         if inputs.unit == "ms"
         else None,
+    )
+
+
+def _views(inputs: Inputs, envelope: bool, source: str) -> dict[str, CostView]:
+    """The bound in each cost view: the profile's ms (when there is one), the cascade's
+    and the direct FLOPs."""
+    b = inputs.bundle
+    views: dict[str, CostView] = {}
+    if inputs.profile is not None:
+        ms = np.asarray(state_costs(inputs.profile, b, batch=BATCH, stat=STAT))
+        views["cascade_ms"] = _view(inputs, ms, "ms", envelope, source)
+    for view in ("cascade", "direct"):
+        flops = np.asarray(flops_costs(b, view), dtype=np.float64)
+        views[f"{view}_flops"] = _view(inputs, flops, "flops", envelope, source)
+    return views
+
+
+def _profile_source(p: Profile) -> ProfileSource:
+    """Where the profile's costs come from, as the bound reports it."""
+    return ProfileSource(
+        p.source,
+        p.device_id,
+        p.measured_at,
+        p.settings.get("runtime"),
+        p.settings.get("threads"),
+        p.noisy,
     )
 
 

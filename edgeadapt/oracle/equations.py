@@ -530,14 +530,8 @@ def bound_summary(
     if not envelope:
         require_monotone(space, source=source)
     alpha1 = OraclePoint.against(bound_alpha1(analytic.costs, analytic.accuracies), r_n, a_n)
-    headline, method = alpha1, "alpha=1"
-    exact = None
-    if c is not None:
-        exact = _exact_figures(c, costs, analytic, r_n, a_n)
-        headline, method = exact.point, "exact"
-    if alpha is not None:
-        at = bound_constant_alpha(analytic.costs, analytic.accuracies, alpha)
-        headline, method = OraclePoint.against(at, r_n, a_n), "constant-alpha"
+    exact = None if c is None else _exact_figures(c, costs, analytic, r_n, a_n)
+    headline, method = _headline(alpha1, exact, analytic, alpha, (r_n, a_n))
     continuous = continuous_bound(analytic.costs, analytic.accuracies)
     test = _smallest_state(analytic, classes)
     return BoundSummary(
@@ -555,6 +549,23 @@ def bound_summary(
         alpha=None if alpha is None else float(alpha),
         smallest_state=test,
     )
+
+
+def _headline(
+    alpha1: OraclePoint,
+    exact: ExactFigures | None,
+    analytic: StateSpace,
+    alpha: float | None,
+    baseline: tuple[float, float],
+) -> tuple[OraclePoint, str]:
+    """The headline bound and its method: constant alpha when `alpha` is given, else the
+    exact oracle when computed, else alpha = 1."""
+    if alpha is not None:
+        at = bound_constant_alpha(analytic.costs, analytic.accuracies, alpha)
+        return OraclePoint.against(at, *baseline), "constant-alpha"
+    if exact is not None:
+        return exact.point, "exact"
+    return alpha1, "alpha=1"
 
 
 def _exact_figures(

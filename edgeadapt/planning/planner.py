@@ -116,6 +116,58 @@ SEARCH_LEVELS = (1.0, 0.75, 0.5, 0.25)
 _TOL = 1e-9
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """What a user chooses when planning (the options of ``edgeadapt plan``; the module
+    docstring says what each does): at most `max_states` kept states, an accuracy drop of
+    at most `max_drop` promised with probability 1 - `delta` (`promise`: ``net`` or
+    ``loss``) under `calibration` (``risk`` or ``empirical``), the `policy` (`POLICIES`)
+    on the confidence `measure` (None: the splits' own, else maxprob), and the split of
+    an evaluation into calibration and held-out parts (`heldout` share, `seed`)."""
+
+    max_states: int = 4
+    max_drop: float = 0.005
+    delta: float = 0.05
+    measure: str | None = None
+    calibration: str = "risk"
+    policy: str = "threshold"
+    promise: str = "net"
+    heldout: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PlanCosts:
+    """What the planner takes from the device: each state's cost (`state_ms`, at batch 1
+    and the percentile `stat`), the measured whole model's (`static_ms`, None when not
+    timed), the order the steps were timed in, the runtime configuration they were
+    measured under and the cascade's own cost per hop (`hop_overhead_ms`, None: not
+    measured). `profile_costs` reads them from a profile."""
+
+    state_ms: tuple[float, ...]
+    static_ms: float | None = None
+    order: str = "chain"
+    stat: str = "p50"
+    runtime: RuntimeConfig | None = None
+    hop_overhead_ms: float | None = None
+
+    @property
+    def note(self) -> str | None:
+        """A caveat to show the user, None when the costs are the cascade's."""
+        if self.order == "chain":
+            return None
+        return (
+            f"the profile timed each step alone ({self.order} order): the cascade pays "
+            "more (cache refills between steps); profile with --order chain to plan on "
+            "what it pays"
+        )
+
+
+def _as_costs(costs: PlanCosts | Sequence[float] | np.ndarray) -> PlanCosts:
+    """`costs` as a `PlanCosts` record (bare per-state costs: nothing else known)."""
+    return costs if isinstance(costs, PlanCosts) else PlanCosts(tuple(costs))
+
+
 def pareto_states(state_costs: np.ndarray, accuracy: np.ndarray) -> tuple[int, ...]:
     """States no other is both as cheap and more accurate than, by rising cost."""
     kept: list[int] = []
@@ -212,8 +264,9 @@ def _search(
     return replace(best[1], evaluated=evaluated)
 
 
-def _measure(calib: Outcomes, heldout: Outcomes, measure: str | None) -> str:
+def _measure(calib: Outcomes, heldout: Outcomes, options: PlanOptions | None) -> str:
     """The one measure of both splits and the caller's choice."""
+    measure = None if options is None else options.measure
     said = {m for m in (calib.measure, heldout.measure, measure) if m is not None}
     if len(said) > 1:
         raise InputError(
@@ -230,13 +283,19 @@ def _check_args(
     costs: np.ndarray,
     manifest_sha256: str,
     kind: str,
-    max_states: int,
-    max_drop: float,
-    measure: str,
-    delta: float,
-    calibration: str,
-    policy: str,
+    options: PlanOptions,
 ) -> None:
+    """Refuse what `make_plan` cannot plan: a policy the splits cannot support, splits,
+    costs or a bundle identity that do not fit together, and bad `options` (its measure
+    resolved)."""
+    measure = options.measure or "maxprob"
+    _check_policy(calib, heldout, kind, options.policy, measure)
+    _check_splits(calib, heldout, costs, manifest_sha256, kind, measure)
+    _check_choices(options)
+
+
+def _check_policy(calib: Outcomes, heldout: Outcomes, kind: str, policy: str, measure: str) -> None:
+    """The `policy` is known, fits the bundle `kind`, and both splits hold what it reads."""
     if policy not in POLICIES:
         raise InputError(f"must be one of {list(POLICIES)}, got {policy!r}", field="policy")
     if policy == "gate" and kind == "branches":
@@ -245,7 +304,8 @@ def _check_args(
             "decide; plan them with the threshold or agreement policy",
             field="policy",
         )
-    for name, split in (("calibration", calib), ("heldout", heldout)):
+    splits = (("calibration", calib), ("heldout", heldout))
+    for name, split in splits:
         if policy == "agreement" and split.pred is None:
             raise InputError(
                 f"the agreement policy reads each state's predictions; the {name} split has none",
@@ -258,15 +318,26 @@ def _check_args(
                 "the evaluation with edgeadapt evaluate, which stores every measure)",
                 field=CONF_KEYS[measure],
             )
-    if policy == "gate":
-        for name, split in (("calibration", calib), ("heldout", heldout)):
-            if split.gate_inputs is None:
-                raise InputError(
-                    f"the {name} split lacks what gates read (the argmax and the maxprob, "
-                    "margin and entropy confidences); write the evaluation again with "
-                    "edgeadapt evaluate, which stores every measure",
-                    field="gate_inputs",
-                )
+    for name, split in splits if policy == "gate" else ():
+        if split.gate_inputs is None:
+            raise InputError(
+                f"the {name} split lacks what gates read (the argmax and the maxprob, "
+                "margin and entropy confidences); write the evaluation again with "
+                "edgeadapt evaluate, which stores every measure",
+                field="gate_inputs",
+            )
+
+
+def _check_splits(
+    calib: Outcomes,
+    heldout: Outcomes,
+    costs: np.ndarray,
+    manifest_sha256: str,
+    kind: str,
+    measure: str,
+) -> None:
+    """Both splits of the same states, one finite cost per state, a bundle identity and
+    kind, and confidences within the `measure`'s range."""
     if heldout.names != calib.names:
         raise InputError(
             f"states {heldout.names} differ from the calibration split's {calib.names}",
@@ -295,12 +366,17 @@ def _check_args(
                 f"{measure} range [{low if low is not None else '-inf'}, {high}]",
                 field=name,
             )
-    if max_states < 1:
-        raise InputError(f"must be >= 1, got {max_states}", field="max_states")
+
+
+def _check_choices(options: PlanOptions) -> None:
+    """The number of states, the drop, its confidence and the calibration are valid."""
+    max_drop, calibration = options.max_drop, options.calibration
+    if options.max_states < 1:
+        raise InputError(f"must be >= 1, got {options.max_states}", field="max_states")
     if not 0.0 <= max_drop <= 1.0:
         raise InputError(f"must be in [0, 1], got {max_drop}", field="max_drop")
-    if not 0.0 < delta < 1.0:
-        raise InputError(f"must be in (0, 1), got {delta}", field="delta")
+    if not 0.0 < options.delta < 1.0:
+        raise InputError(f"must be in (0, 1), got {options.delta}", field="delta")
     if calibration not in CALIBRATIONS:
         raise InputError(
             f"must be one of {list(CALIBRATIONS)}, got {calibration!r}", field="calibration"
@@ -514,131 +590,161 @@ def _risk_controlled(
 def make_plan(
     calib: Outcomes,
     heldout: Outcomes,
-    state_costs_ms: Sequence[float] | np.ndarray,
+    costs: PlanCosts | Sequence[float] | np.ndarray,
     *,
     manifest_sha256: str,
     kind: str = "early-exit",
-    max_states: int = 4,
-    max_drop: float = 0.005,
-    measure: str | None = None,
-    delta: float = 0.05,
-    static_ms: float | None = None,
-    calibration: str = "risk",
-    policy: str = "threshold",
-    cost_stat: str = "p50",
-    runtime: RuntimeConfig | None = None,
-    hop_overhead_ms: float | None = None,
-    promise: str = "net",
+    options: PlanOptions | None = None,
 ) -> Plan:
-    """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring).
+    """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring),
+    as `options` say (`PlanOptions`, default its defaults), on the device's `costs` (a
+    `PlanCosts`, or bare per-state costs in ms).
 
-    `hop_overhead_ms` is the cascade's own cost per hop on the device (module docstring:
-    per-hop overhead); None counts none.
+    `costs.hop_overhead_ms` is the cascade's own cost per hop on the device (module
+    docstring: per-hop overhead); None counts none. `costs.static_ms` is the measured
+    whole model's cost, recorded as the plan's static baseline; the plan also records
+    `costs.stat` and `costs.runtime`.
 
-    `static_ms` is the measured whole model's cost, recorded as the plan's static baseline.
-    `policy` ``"gate"`` fits a learned gate per kept state but the last on `calib`
-    (`edgeadapt.planning.gates`) and thresholds the gates' scores instead of the
+    `options.policy` ``"gate"`` fits a learned gate per kept state but the last on
+    `calib` (`edgeadapt.planning.gates`) and thresholds the gates' scores instead of the
     confidences; the splits need every measure's confidences (`Outcomes.gate_inputs`).
     ``"agreement"`` thresholds the share of the earlier kept states that agree with
     each state's prediction (`edgeadapt.kernel_ref.agreement_shares`): it reads
-    predictions only, so imported predictions can be planned.
-
-    `promise` (risk control) is what the plan bounds: ``net``, the accuracy drop
-    (losses minus gains against the reference state), or ``loss``, the losses alone.
-
-    `measure` names the confidence measure of the splits (the plan records it); it
-    defaults to the splits' own (`Outcomes.measure`), else maxprob, and must agree
-    with it.
+    predictions only, so imported predictions can be planned. `options.promise` (risk
+    control) is what the plan bounds: ``net``, the accuracy drop (losses minus gains
+    against the reference state), or ``loss``, the losses alone. `options.measure`
+    names the confidence measure of the splits (the plan records it); it defaults to
+    the splits' own (`Outcomes.measure`), else maxprob, and must agree with it.
     """
-    costs = np.asarray(state_costs_ms, dtype=np.float64)
-    measure = _measure(calib, heldout, measure)
-    if cost_stat not in COST_STATS:
-        raise InputError(f"must be one of {list(COST_STATS)}, got {cost_stat!r}", field="cost_stat")
-    _check_args(
-        calib,
-        heldout,
-        costs,
-        manifest_sha256,
-        kind,
-        max_states,
-        max_drop,
-        measure,
-        delta,
-        calibration,
-        policy,
+    device = _as_costs(costs)
+    options = replace(options or PlanOptions(), measure=_measure(calib, heldout, options))
+    state_ms = np.asarray(device.state_ms, dtype=np.float64)
+    if device.stat not in COST_STATS:
+        raise InputError(
+            f"must be one of {list(COST_STATS)}, got {device.stat!r}", field="cost_stat"
+        )
+    _check_args(calib, heldout, state_ms, manifest_sha256, kind, options)
+    hop_ms = _check_costs(device.static_ms, device.hop_overhead_ms)
+    reference = int(np.argmax(calib.correct.mean(axis=0)))
+    paid = cascade_kind(kind, options.policy)
+    promise = check_promise(options.promise)
+    setting = _Setting(state_ms, paid, reference, options.max_drop, options.delta, promise, hop_ms)
+    chosen, evaluated = _choose(calib, heldout, setting, options)
+    return _plan_record(
+        (calib, heldout), chosen, evaluated, (manifest_sha256, kind), options, device, setting
     )
-    hop_ms = _check_costs(static_ms, hop_overhead_ms)
-    calib_acc = calib.correct.mean(axis=0)
-    reference = int(np.argmax(calib_acc))
-    paid = cascade_kind(kind, policy)
-    setting = _Setting(costs, paid, reference, max_drop, delta, check_promise(promise), hop_ms)
+
+
+def _choose(
+    calib: Outcomes, heldout: Outcomes, setting: _Setting, options: PlanOptions
+) -> tuple[_Chosen, int]:
+    """The kept states, their thresholds, gates and promise (steps 2 to 4 of the module
+    docstring), and how many subsets were calibrated to find them."""
+    policy, calibration = options.policy, options.calibration
     candidates, evaluated = _candidates(
-        calib, setting, max_states=max_states, policy=policy, calibration=calibration
+        calib, setting, max_states=options.max_states, policy=policy, calibration=calibration
     )
-    cascaded = paid != "branches"
-    if not cascaded:
+    if setting.kind == "branches":
         # AdaInf's branches are picked by budget, not cascaded: keep the device's Pareto
         # set; without a budget the most accurate (the reference) answers alone.
-        kept = pareto_states(costs, calib_acc)
+        kept = pareto_states(setting.costs, calib.correct.mean(axis=0))
         chosen = _Chosen(kept, np.full(len(kept) - 1, math.inf), None, None, None, policy)
     elif calibration == "risk":
         chosen = _firing(_risk_controlled(calib, heldout, candidates, setting))
     else:
         chosen = _firing(candidates[0])
-    figures = partial(_split_figures, costs=costs, kind=paid, reference=reference, hop_ms=hop_ms)
-    held_figures, held_correct = figures(heldout, chosen)
+    return chosen, evaluated
+
+
+def _settled(
+    calib: Outcomes,
+    heldout: Outcomes,
+    chosen: _Chosen,
+    setting: _Setting,
+    static_ms: float | None,
+) -> tuple[_Chosen, SplitFigures, np.ndarray, SplitFigures]:
+    """`chosen`, or the static model when a cascade does not beat the measured one on
+    `heldout` (step 5 of the module docstring), with its held-out figures, the held-out
+    rows it gets right and its calibration figures."""
+    figures = partial(
+        _split_figures,
+        costs=setting.costs,
+        kind=setting.kind,
+        reference=setting.reference,
+        hop_ms=setting.hop_ms,
+    )
+    held, held_correct = figures(heldout, chosen)
     # (a branch plan without a budget runs its last branch alone: no cascade to refuse)
-    if (
-        cascaded
-        and static_ms is not None
-        and len(chosen.states) > 1
-        and held_figures.cost_ms >= static_ms
-    ):
+    cascaded = setting.kind != "branches"
+    if cascaded and static_ms is not None and len(chosen.states) > 1 and held.cost_ms >= static_ms:
+        hop_ms = setting.hop_ms
         counted = f" (the cascade's own {hop_ms:.4g} ms per hop included)" if hop_ms else ""
         why = (
             f"no plan of several states beats the measured static model: expected "
-            f"{held_figures.cost_ms:.4g} ms{counted} against {static_ms:.4g} ms; the plan "
+            f"{held.cost_ms:.4g} ms{counted} against {static_ms:.4g} ms; the plan "
             "keeps the static model"
         )
         no_gates = None if chosen.gates is None else ()
-        chosen = _Chosen((reference,), np.empty(0), no_gates, chosen.promise, why, policy)
-        held_figures, held_correct = figures(heldout, chosen)
-    calib_figures, _ = figures(calib, chosen)
-    states, thresholds, gates = chosen.states, chosen.thresholds, chosen.gates
-    tested, fallback = chosen.promise, chosen.fallback
-    cost_ms = subset_costs(costs, states, paid)
+        reference = (setting.reference,)
+        chosen = _Chosen(reference, np.empty(0), no_gates, chosen.promise, why, chosen.policy)
+        held, held_correct = figures(heldout, chosen)
+    return chosen, held, held_correct, figures(calib, chosen)[0]
+
+
+def _plan_record(
+    splits: tuple[Outcomes, Outcomes],
+    chosen: _Chosen,
+    evaluated: int,
+    identity: tuple[str, str],
+    options: PlanOptions,
+    device: PlanCosts,
+    setting: _Setting,
+) -> Plan:
+    """The `Plan` of `chosen` (its figures on both `splits`, the static fallback, the
+    budget table and the oracle) for the bundle `identity` (manifest sha256, kind)."""
+    calib, heldout = splits
+    chosen, held, held_correct, calib_figures = _settled(
+        calib, heldout, chosen, setting, device.static_ms
+    )
+    measure, policy, costs, reference = (
+        options.measure or "maxprob",
+        options.policy,
+        setting.costs,
+        setting.reference,
+    )
+    states, tested, fallback = chosen.states, chosen.promise, chosen.fallback
     oracle = exact_oracle(heldout.correct, costs)
     r_n = float(costs[-1])
     return Plan(
-        manifest_sha256=manifest_sha256,
-        kind=kind,
+        manifest_sha256=identity[0],
+        kind=identity[1],
         bundle_states=calib.names,
         measure=measure,
         states=states,
-        thresholds=_written(thresholds, measure, policy, cascaded),
-        cost_ms=tuple(float(c) for c in cost_ms),
-        budget=budget_table(costs, calib_acc, states),
+        thresholds=_written(chosen.thresholds, measure, policy, setting.kind != "branches"),
+        cost_ms=tuple(float(c) for c in subset_costs(costs, states, setting.kind)),
+        budget=budget_table(costs, calib.correct.mean(axis=0), states),
         reference_state=reference,
-        max_drop=max_drop,
+        max_drop=options.max_drop,
         calibration=calib_figures,
-        heldout=held_figures,
-        drop_bound=_drop_bound(heldout, reference, held_correct, delta, tested, fallback),
-        delta=delta,
+        heldout=held,
+        drop_bound=_drop_bound(heldout, reference, held_correct, options.delta, tested, fallback),
+        delta=options.delta,
         r_oracle=oracle.r_oracle,
         a_oracle=oracle.a_oracle,
         r_n=r_n,
         a_n=float(heldout.correct[:, -1].mean()),
-        gap_closure=gap_closure(r_n, held_figures.cost_ms, oracle.r_oracle),
+        gap_closure=gap_closure(r_n, held.cost_ms, oracle.r_oracle),
         search_method="exhaustive",
-        max_states=max_states,
+        max_states=options.max_states,
         subsets_evaluated=evaluated,
         promise=tested,
-        static_ms=None if static_ms is None else float(static_ms),
+        static_ms=None if device.static_ms is None else float(device.static_ms),
         fallback=fallback,
-        gates=gates,
-        cost_stat=cost_stat,
-        runtime=runtime,
-        hop_overhead_ms=hop_ms,
+        gates=chosen.gates,
+        cost_stat=device.stat,
+        runtime=device.runtime,
+        hop_overhead_ms=setting.hop_ms,
         agreement=policy == "agreement",
     )
 
@@ -713,27 +819,17 @@ def _gated_states(
 def plan_bundle(
     bundle: Bundle,
     evaluation: Evaluation,
-    state_costs_ms: Sequence[float] | np.ndarray,
-    *,
-    heldout: float = 0.5,
-    seed: int = 0,
-    measure: str = "maxprob",
-    max_states: int = 4,
-    max_drop: float = 0.005,
-    delta: float = 0.05,
-    static_ms: float | None = None,
-    calibration: str = "risk",
-    policy: str = "threshold",
-    cost_stat: str = "p50",
-    runtime: RuntimeConfig | None = None,
-    hop_overhead_ms: float | None = None,
-    promise: str = "net",
+    costs: PlanCosts | Sequence[float] | np.ndarray,
+    options: PlanOptions | None = None,
 ) -> Plan:
     """The plan `edgeadapt plan` makes: `evaluation` (checked to be of `bundle`, its
     columns taken in the bundle's state order: `check_evaluation`) split into a
-    calibration and a held-out part, then `make_plan`."""
+    calibration and a held-out part (`options.heldout`, `options.seed`), then
+    `make_plan` on the device's `costs` (its measure defaults to maxprob)."""
+    options = options or PlanOptions()
+    measure = options.measure or "maxprob"
     key = CONF_KEYS.get(measure)
-    if policy != "agreement" and key is not None and getattr(evaluation, key, None) is None:
+    if options.policy != "agreement" and key is not None and getattr(evaluation, key, None) is None:
         raise InputError(
             f"planning on {measure} needs {measure} confidences; this evaluation has none "
             "(imported predictions: plan them with --policy agreement; or write it again "
@@ -742,24 +838,14 @@ def plan_bundle(
             field=key,
         )
     outcomes = Outcomes.from_evaluation(check_evaluation(evaluation, bundle), measure)
-    calib, held = outcomes.split(heldout=heldout, seed=seed)
+    calib, held = outcomes.split(heldout=options.heldout, seed=options.seed)
     return make_plan(
         calib,
         held,
-        state_costs_ms,
+        costs,
         manifest_sha256=bundle.manifest_sha256,
         kind=bundle.kind,
-        max_states=max_states,
-        max_drop=max_drop,
-        measure=measure,
-        delta=delta,
-        static_ms=static_ms,
-        calibration=calibration,
-        policy=policy,
-        cost_stat=cost_stat,
-        runtime=runtime,
-        hop_overhead_ms=hop_overhead_ms,
-        promise=promise,
+        options=replace(options, measure=measure),
     )
 
 
@@ -785,34 +871,7 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
     )
 
 
-@dataclass(frozen=True)
-class ProfileCosts:
-    """What the planner takes from a profile: each state's cost (p50 at batch 1, ms),
-    the measured whole model's (None when not timed), and the order the steps were
-    timed in."""
-
-    state_ms: tuple[float, ...]
-    static_ms: float | None
-    order: str
-    stat: str = "p50"
-    #: The runtime configuration the profile was measured under (for the plan).
-    runtime: RuntimeConfig | None = None
-    #: The cascade's own cost per hop the profile measured (None: not measured).
-    hop_overhead_ms: float | None = None
-
-    @property
-    def note(self) -> str | None:
-        """A caveat to show the user, None when the costs are the cascade's."""
-        if self.order == "chain":
-            return None
-        return (
-            f"the profile timed each step alone ({self.order} order): the cascade pays "
-            "more (cache refills between steps); profile with --order chain to plan on "
-            "what it pays"
-        )
-
-
-def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> ProfileCosts:
+def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> PlanCosts:
     """The state costs and the static baseline of `profile` for `bundle` (checked), at
     batch 1 and the percentile `stat` (p50, p90 or p99: a plan made on p90 costs keeps
     budgets with fewer misses)."""
@@ -821,7 +880,7 @@ def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> Profil
     if stat not in COST_STATS:
         raise InputError(f"must be one of {list(COST_STATS)}, got {stat!r}", field="cost_stat")
     overhead = profile.cascade_overhead
-    return ProfileCosts(
+    return PlanCosts(
         state_ms=tuple(state_costs(profile, bundle, stat=stat)),
         static_ms=static_cost(profile, bundle, stat=stat),
         order=profile.order,
@@ -838,7 +897,7 @@ class PlanSummary:
     plan was written (None when not saved)."""
 
     plan: Plan
-    costs: ProfileCosts | None = None
+    costs: PlanCosts | None = None
     path: str | None = None
 
     @property
@@ -866,13 +925,14 @@ def plan_to_file(
     profile: Profile | str | os.PathLike[str],
     evaluation: Evaluation | str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
+    options: PlanOptions | None = None,
     cost_stat: str = "p50",
-    **options: Any,
+    hop_overhead_ms: float | None = None,
 ) -> PlanSummary:
     """What ``edgeadapt plan`` does: plan `bundle` on the `profile`'s costs at `cost_stat`
-    and the `evaluation` (`plan_bundle`, which takes `options`), and save the plan to
-    `output` (default ``BUNDLE/plan.json``). The per-hop overhead is the profile's
-    (`Profile.cascade_overhead`) unless `options` hold ``hop_overhead_ms``."""
+    (`profile_costs`) and the `evaluation` as `options` say (`plan_bundle`), and save the
+    plan to `output` (default ``BUNDLE/plan.json``). The per-hop overhead is the
+    profile's (`Profile.cascade_overhead`) unless `hop_overhead_ms` is given."""
     from pathlib import Path
 
     from edgeadapt.formats.evaluation import Evaluation, load_evaluation
@@ -887,16 +947,9 @@ def plan_to_file(
         prof = load_profile(profile, b)
     ev = evaluation if isinstance(evaluation, Evaluation) else load_evaluation(evaluation)
     costs = profile_costs(prof, b, stat=cost_stat)
-    options.setdefault("hop_overhead_ms", costs.hop_overhead_ms)
-    plan = plan_bundle(
-        b,
-        ev,
-        costs.state_ms,
-        static_ms=costs.static_ms,
-        cost_stat=cost_stat,
-        runtime=costs.runtime,
-        **options,
-    )
+    if hop_overhead_ms is not None:
+        costs = replace(costs, hop_overhead_ms=hop_overhead_ms)
+    plan = plan_bundle(b, ev, costs, options)
     target = Path(output) if output is not None else b.path / "plan.json"
     save_plan(target, plan)
     return PlanSummary(plan, costs, str(target))
@@ -925,37 +978,38 @@ class PolicyOutcome:
         }
 
 
-def plan_options(plan: Plan) -> dict[str, Any]:
-    """The `plan_bundle` options `plan` was made with, as far as the plan records them
-    (the held-out share from its split sizes; the seed is not recorded: the default)."""
+def plan_options(plan: Plan) -> PlanOptions:
+    """The `PlanOptions` `plan` was made with, as far as the plan records them (the
+    held-out share from its split sizes; the seed is not recorded: the default). Its
+    costs' percentile and per-hop overhead are `Plan.cost_stat` and
+    `Plan.hop_overhead_ms`."""
     held, calib = plan.heldout.n, plan.calibration.n
-    return {
-        "heldout": held / (held + calib),
-        "measure": plan.measure,
-        "max_states": plan.max_states,
-        "max_drop": plan.max_drop,
-        "delta": plan.delta,
-        "calibration": "empirical" if plan.promise is None else "risk",
-        "promise": "net" if plan.promise is None else plan.promise.kind,
-        "cost_stat": plan.cost_stat,
-        "hop_overhead_ms": plan.hop_overhead_ms,
-    }
+    return PlanOptions(
+        heldout=held / (held + calib),
+        measure=plan.measure,
+        max_states=plan.max_states,
+        max_drop=plan.max_drop,
+        delta=plan.delta,
+        calibration="empirical" if plan.promise is None else "risk",
+        promise="net" if plan.promise is None else plan.promise.kind,
+    )
 
 
 def compare_policies(
     bundle: Bundle,
     evaluation: Evaluation,
-    state_costs_ms: Sequence[float] | np.ndarray,
-    **options: Any,
+    costs: PlanCosts | Sequence[float] | np.ndarray,
+    options: PlanOptions | None = None,
 ) -> tuple[PolicyOutcome, ...]:
     """Every policy (`POLICIES`) planned by `plan_bundle` from the same inputs and
-    `options`, so they can be shown side by side; a policy the inputs cannot support
-    (an evaluation without every measure's confidences has no gates; a branch bundle is
-    not cascaded) comes with the reason instead of a plan."""
+    `options` (their policy replaced), so they can be shown side by side; a policy the
+    inputs cannot support (an evaluation without every measure's confidences has no
+    gates; a branch bundle is not cascaded) comes with the reason instead of a plan."""
+    base = options or PlanOptions()
     out = []
     for policy in POLICIES:
         try:
-            plan = plan_bundle(bundle, evaluation, state_costs_ms, policy=policy, **options)
+            plan = plan_bundle(bundle, evaluation, costs, replace(base, policy=policy))
         except InputError as e:
             out.append(PolicyOutcome(policy, None, e.message))
         else:

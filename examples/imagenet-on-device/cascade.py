@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.formats.evaluation import Evaluation, from_predictions_npz
-from edgeadapt.planning.planner import Outcomes, make_plan
+from edgeadapt.planning.planner import Outcomes, PlanOptions, make_plan
 
 HERE = Path(__file__).resolve().parent
 PREDICTIONS = HERE.parent / "imagenet-val-predictions" / "predictions.npz"
@@ -77,11 +77,13 @@ def plan_cascades(
                 cost,
                 manifest_sha256=sha,
                 kind="ensemble",
-                policy="agreement",
-                max_states=max_states,
-                max_drop=max_drop,
-                delta=delta,
-                promise=promise,
+                options=PlanOptions(
+                    policy="agreement",
+                    max_states=max_states,
+                    max_drop=max_drop,
+                    delta=delta,
+                    promise=promise,
+                ),
             )
             top = float(cost[plan.reference_state])
             p = plan.promise

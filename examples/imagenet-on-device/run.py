@@ -253,19 +253,113 @@ def run_pipeline(
     summary (also written to OUT/summary.json) and logs the tables."""
     from edgeadapt.formats.bundle import load_bundle
     from edgeadapt.formats.evaluation import load_evaluation
-    from edgeadapt.formats.jsonio import write_json
     from edgeadapt.formats.profile import load_profile, state_costs
 
     t0 = time.monotonic()
+    stage = _stager(t0, log)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle_dir = _family_bundle(members, out, stage, log)
+    bundle = load_bundle(bundle_dir)
+    states = [s.name for s in bundle.states]
+
+    profile_path = out / "profile.json"
+    if reuse_profile and profile_path.is_file():
+        stage(3, f"profile: {profile_path} exists, kept (--reuse-profile)")
+    else:
+        stage(3, f"profile on preset {device}, {seconds_per_state:g} s per state")
+        _profile(bundle_dir, device, seconds_per_state, profile_path, log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prof = load_profile(profile_path, bundle)
+
+    stage(4, "attach the real predictions")
+    evaluation_path = out / "evaluation.npz"
+    attach = ["import-predictions", predictions, "-o", evaluation_path]
+    edgeadapt([*attach, "--states", ",".join(states), "--bundle", bundle_dir], log)
+    ev = load_evaluation(evaluation_path)
+
+    stage(5, "bound and subset in each cost view")
+    gmacs = [card_gmacs[s] for s in states]
+    ks = [k for k in ks if k <= len(states)]
+    files = (bundle_dir, profile_path, evaluation_path)
+    views = _views(out, files, states, (gmacs, state_costs(prof, bundle)), ev, ks, log)
+
+    report_path = _report(files, out, stage, log) if report else None
+    summary = {
+        "format": "edgeadapt-imagenet-on-device",
+        "version": 1,
+        "states": _state_rows(members, bundle, prof, gmacs, [float(a) for a in ev.accuracies]),
+        "profile": _profile_record(prof, profile_path),
+        "views": views,
+        "report": None if report_path is None else str(report_path),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    return _write_summary(summary, out, ks, log)
+
+
+def _stager(t0: float, log: Log) -> Callable[[int, str], None]:
+    """`stage(k, text)`: log the start of stage k of 6, with the seconds since `t0`."""
 
     def stage(k: int, text: str) -> None:
         log(f"\n[{k}/6 {time.monotonic() - t0:6.0f} s] {text}")
 
-    out.mkdir(parents=True, exist_ok=True)
+    return stage
+
+
+def _report(
+    files: tuple[Path, Path, Path], out: Path, stage: Callable[[int, str], None], log: Log
+) -> Path:
+    """Stage 6: `edgeadapt report` on the bundle, profile and evaluation `files`."""
+    bundle_dir, profile_path, evaluation_path = files
+    stage(6, "report")
+    report_path = out / "report" / "report.html"
+    given = ["--profile", profile_path, "--evaluation", evaluation_path, "-o", report_path]
+    edgeadapt(["report", bundle_dir, *given], log)
+    return report_path
+
+
+def _write_summary(
+    summary: dict[str, Any], out: Path, ks: Sequence[int], log: Log
+) -> dict[str, Any]:
+    """`summary` written to OUT/summary.json, plotted (when matplotlib is there) and
+    logged as the tables; returned with the plot's path."""
+    from edgeadapt.formats.jsonio import write_json
+
+    write_json(out / "summary.json", summary)
+    figure = plot_views(summary, out / "accuracy-vs-cost.png")
+    if figure is not None:
+        summary["plot"] = str(figure)
+    for line in summary_text(summary, ks).splitlines():
+        log(line)
+    return summary
+
+
+def _family_bundle(
+    members: Sequence[Member], out: Path, stage: Callable[[int, str], None], log: Log
+) -> Path:
+    """Stages 1 and 2: every member exported to ONNX, then one family bundle of them
+    (kept when already there); its folder."""
     onnx_dir = out / "onnx"
     onnx_dir.mkdir(exist_ok=True)
     bundle_size = min(m.size for m in members)
     stage(1, f"export {len(members)} models to ONNX (random weights, input 3x{bundle_size}^2)")
+    paths = _export_members(members, bundle_size, onnx_dir, log)
+    bundle_dir = out / "bundle"
+    stage(2, "one family bundle, every member parity-checked on ORT (minutes; silent until done)")
+    if (bundle_dir / "manifest.json").is_file():
+        log(f"  {bundle_dir} exists, kept")
+    else:
+        args: list[Any] = ["export", "family", *paths, "-o", bundle_dir]
+        for m in members:
+            args += ["--name", m.name]
+        edgeadapt(args, log)
+    return bundle_dir
+
+
+def _export_members(
+    members: Sequence[Member], bundle_size: int, onnx_dir: Path, log: Log
+) -> list[Path]:
+    """Each member exported to ONNX at `bundle_size` (a file already there is kept)."""
     paths = []
     for i, m in enumerate(members, 1):
         path = onnx_dir / f"{m.name}.onnx"
@@ -280,53 +374,24 @@ def run_pipeline(
                 f"{time.monotonic() - t:.1f} s"
             )
         paths.append(path)
+    return paths
 
-    bundle_dir = out / "bundle"
-    stage(2, "one family bundle, every member parity-checked on ORT (minutes; silent until done)")
-    if (bundle_dir / "manifest.json").is_file():
-        log(f"  {bundle_dir} exists, kept")
-    else:
-        args: list[Any] = ["export", "family", *paths, "-o", bundle_dir]
-        for m in members:
-            args += ["--name", m.name]
-        edgeadapt(args, log)
-    bundle = load_bundle(bundle_dir)
-    states = [s.name for s in bundle.states]
 
-    profile_path = out / "profile.json"
-    if reuse_profile and profile_path.is_file():
-        stage(3, f"profile: {profile_path} exists, kept (--reuse-profile)")
-    else:
-        stage(3, f"profile on preset {device}, {seconds_per_state:g} s per state")
-        _profile(bundle_dir, device, seconds_per_state, profile_path, log)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        prof = load_profile(profile_path, bundle)
-    ms = state_costs(prof, bundle)
-    p90 = state_costs(prof, bundle, stat="p90")
-
-    stage(4, "attach the real predictions")
-    evaluation_path = out / "evaluation.npz"
-    edgeadapt(
-        [
-            "import-predictions",
-            predictions,
-            "-o",
-            evaluation_path,
-            "--states",
-            ",".join(states),
-            "--bundle",
-            bundle_dir,
-        ],
-        log,
-    )
-    ev = load_evaluation(evaluation_path)
+def _views(
+    out: Path,
+    files: tuple[Path, Path, Path],
+    states: list[str],
+    view_costs: tuple[list[float], list[float]],
+    ev: Any,
+    ks: Sequence[int],
+    log: Log,
+) -> dict[str, Any]:
+    """Bound and subsets in each cost view (card GMACs, measured ms, ms along the
+    chain), from the tables written under `out` and the bundle's own `files` (bundle,
+    profile, evaluation)."""
+    bundle_dir, profile_path, evaluation_path = files
+    gmacs, ms = view_costs
     accs = [float(a) for a in ev.accuracies]
-    correct = np.asarray(ev.correct, dtype=bool)
-
-    stage(5, "bound and subset in each cost view")
-    gmacs = [card_gmacs[s] for s in states]
-    counted = [s.macs / 1e9 for s in bundle.states]
     ms_order = sorted(range(len(states)), key=lambda i: (ms[i], i))
     cumulative = np.empty(len(states))
     cumulative[ms_order] = np.cumsum([ms[i] for i in ms_order])
@@ -366,9 +431,20 @@ def run_pipeline(
         log,
         as_json=True,
     )
-    top = int(np.argmax(accs))
     own = {"gmacs": gmacs, "ms-direct": ms, "ms-cascade": ms}
-    ks = [k for k in ks if k <= len(states)]
+    _keep_top(views, own, states, np.asarray(ev.correct, dtype=bool), ks)
+    return views
+
+
+def _keep_top(
+    views: dict[str, Any],
+    own: dict[str, list[float]],
+    states: list[str],
+    correct: np.ndarray,
+    ks: Sequence[int],
+) -> None:
+    """Each view's best k-subsets keeping the most accurate model, on its `own` costs."""
+    top = int(np.argmax(correct.mean(axis=0)))
     for view, costs in own.items():
         chosen = best_subsets(correct, costs, ks, view == "ms-cascade", top)
         views[view]["subset_keep_top"] = {
@@ -376,63 +452,50 @@ def run_pipeline(
             for k, (s, a, r) in chosen.items()
         }
 
-    report_path = None
-    if report:
-        stage(6, "report")
-        report_path = out / "report" / "report.html"
-        edgeadapt(
-            [
-                "report",
-                bundle_dir,
-                "--profile",
-                profile_path,
-                "--evaluation",
-                evaluation_path,
-                "-o",
-                report_path,
-            ],
-            log,
-        )
-    summary = {
-        "format": "edgeadapt-imagenet-on-device",
-        "version": 1,
-        "states": [
-            {
-                "name": s,
-                "input": next(m.size for m in members if m.name == s),
-                "card_gmacs": gmacs[i],
-                "counted_gmacs": counted[i],
-                "params_m": bundle.states[i].params / 1e6,
-                # nodes whose shapes inference left unknown count zero (see edgeadapt.graph.flops)
-                "counted_complete": not bundle.steps[i].unknown_ops,
-                "p50_ms": ms[i],
-                "p90_ms": p90[i],
-                "accuracy": accs[i],
-            }
-            for i, s in enumerate(states)
-        ],
-        "profile": {
-            "path": str(profile_path),
-            "device": prof.device_id,
-            "cpu": prof.device.get("cpu"),
-            "preset": prof.settings.get("preset"),
-            "seconds_per_state": prof.settings.get("seconds_per_state"),
-            "load_before": prof.before.get("load"),
-            "load_after": prof.after.get("load"),
-            "noisy": prof.noisy,
-            "noise_reasons": list(prof.noise_reasons),
-        },
-        "views": views,
-        "report": None if report_path is None else str(report_path),
-        "seconds": round(time.monotonic() - t0, 1),
+
+def _state_rows(
+    members: Sequence[Member],
+    bundle: Any,
+    prof: Any,
+    gmacs: list[float],
+    accs: list[float],
+) -> list[dict[str, Any]]:
+    """The summary's row per model: its input, GMACs (card and counted), size, costs
+    and accuracy."""
+    from edgeadapt.formats.profile import state_costs
+
+    ms, p90 = state_costs(prof, bundle), state_costs(prof, bundle, stat="p90")
+    counted = [s.macs / 1e9 for s in bundle.states]
+    return [
+        {
+            "name": s.name,
+            "input": next(m.size for m in members if m.name == s.name),
+            "card_gmacs": gmacs[i],
+            "counted_gmacs": counted[i],
+            "params_m": s.params / 1e6,
+            # nodes whose shapes inference left unknown count zero (see edgeadapt.graph.flops)
+            "counted_complete": not bundle.steps[i].unknown_ops,
+            "p50_ms": ms[i],
+            "p90_ms": p90[i],
+            "accuracy": accs[i],
+        }
+        for i, s in enumerate(bundle.states)
+    ]
+
+
+def _profile_record(prof: Any, path: Path) -> dict[str, Any]:
+    """What the summary says of the profile: where, on what, how noisy."""
+    return {
+        "path": str(path),
+        "device": prof.device_id,
+        "cpu": prof.device.get("cpu"),
+        "preset": prof.settings.get("preset"),
+        "seconds_per_state": prof.settings.get("seconds_per_state"),
+        "load_before": prof.before.get("load"),
+        "load_after": prof.after.get("load"),
+        "noisy": prof.noisy,
+        "noise_reasons": list(prof.noise_reasons),
     }
-    write_json(out / "summary.json", summary)
-    figure = plot_views(summary, out / "accuracy-vs-cost.png")
-    if figure is not None:
-        summary["plot"] = str(figure)
-    for line in summary_text(summary, ks).splitlines():
-        log(line)
-    return summary
 
 
 # ------------------------------------------------------------------ the printout
@@ -451,6 +514,25 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
     """The tables run.py prints at the end."""
+    views = summary["views"]
+    top = max(summary["states"], key=lambda s: s["accuracy"])
+    alone = {"gmacs": top["card_gmacs"], "ms-direct": top["p50_ms"], "ms-cascade": top["p50_ms"]}
+    parts = [
+        _models_text(summary),
+        _envelope_text(views),
+        _oracle_text(views, top["name"], alone),
+        *_subsets_text(views, ks, alone),
+        _differs_text(views, ks),
+    ]
+    if summary.get("report"):
+        parts.append(f"report: {summary['report']}")
+    if summary.get("plot"):
+        parts.append(f"plot: {summary['plot']}")
+    return "\n\n".join(parts)
+
+
+def _models_text(summary: dict[str, Any]) -> str:
+    """The profile's conditions and the models, cheapest measured first."""
     st = sorted(summary["states"], key=lambda s: s["p50_ms"])
     rows = [
         [
@@ -495,8 +577,11 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
                 for g in pairs
             )
         )
-    parts = ["\n".join(head)]
-    views = summary["views"]
+    return "\n".join(head)
+
+
+def _envelope_text(views: dict[str, Any]) -> str:
+    """Which models each cost view's Pareto envelope keeps, and where they differ."""
     lines = ["Pareto envelope (each model on it is more accurate than every cheaper one):"]
     for view in ("gmacs", "ms-direct"):
         b = views[view]["bound"]
@@ -517,9 +602,11 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
             else "no, the same models"
         )
     )
-    parts.append("\n".join(lines))
-    top = max(summary["states"], key=lambda s: s["accuracy"])
-    alone = {"gmacs": top["card_gmacs"], "ms-direct": top["p50_ms"], "ms-cascade": top["p50_ms"]}
+    return "\n".join(lines)
+
+
+def _oracle_text(views: dict[str, Any], top: str, alone: dict[str, float]) -> str:
+    """The exact oracle over all models in each cost view."""
     orows = []
     for view in ("gmacs", "ms-direct", "ms-cascade"):
         e, b = views[view]["bound"]["exact"], views[view]["bound"]
@@ -535,15 +622,21 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
                 f"{alone[view] / e['r_oracle']:.2f}x",
             ]
         )
-    parts.append(
+    return (
         "exact oracle over all models (eq. 4/5), baseline S_N = the most accurate model "
-        f"({top['name']}); in the cascade view R_N is the chain up to it, 'vs S_N alone' "
+        f"({top}); in the cascade view R_N is the chain up to it, 'vs S_N alone' "
         "compares with running only S_N\n"
         + _table(
             ["view", "unit", "R_oracle", "A_oracle %", "R_N", "A_N %", "R_ratio", "vs S_N alone"],
             orows,
         )
     )
+
+
+def _subsets_text(views: dict[str, Any], ks: Sequence[int], alone: dict[str, float]) -> list[str]:
+    """The best k-subsets in each view: keeping the top model, by accuracy first, and on
+    the Pareto envelope (alpha = 1)."""
+    parts = []
     srows = []
     for k in ks:
         for view in ("gmacs", "ms-direct", "ms-cascade"):
@@ -583,6 +676,11 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
         "Pareto envelope; keeps its top model)\n"
         + _table(["k", "view", "R_oracle", "A_oracle %", "models"], erows)
     )
+    return parts
+
+
+def _differs_text(views: dict[str, Any], ks: Sequence[int]) -> str:
+    """Where the subsets chosen differ between cost views."""
     diffs = []
     for k in ks:
         picks = {v: views[v]["subset_keep_top"][str(k)]["states"] for v in views}
@@ -607,15 +705,9 @@ def summary_text(summary: dict[str, Any], ks: Sequence[int] = KS) -> str:
                 f"  k={k} (alpha=1, envelope): "
                 + "; ".join(f"{v}: {_fmt_set(p)}" for v, p in env.items())
             )
-    parts.append(
-        "where the choice differs between cost views:\n"
-        + ("\n".join(diffs) if diffs else "  nowhere: every view picks the same models")
+    return "where the choice differs between cost views:\n" + (
+        "\n".join(diffs) if diffs else "  nowhere: every view picks the same models"
     )
-    if summary.get("report"):
-        parts.append(f"report: {summary['report']}")
-    if summary.get("plot"):
-        parts.append(f"plot: {summary['plot']}")
-    return "\n\n".join(parts)
 
 
 def plot_views(summary: dict[str, Any], path: Path) -> Path | None:
