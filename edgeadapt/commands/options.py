@@ -40,7 +40,7 @@ from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.atomic import check_path
 from edgeadapt.formats.bundle import MANIFEST
 from edgeadapt.formats.jsonio import check_regular, dumps
-from edgeadapt.formats.presets import MAX_THREADS
+from edgeadapt.formats.presets import MAX_THREADS, MAX_WORKERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +68,7 @@ __all__ = [
     "runtime_option",
     "seed_option",
     "threads_option",
+    "workers_option",
 ]
 
 #: The largest integer an option takes unless it states a smaller bound (int32's).
@@ -448,6 +449,17 @@ def threads_option(default: int | None = None, help: str | None = None) -> Calla
         default=default,
         show_default=default is not None,
         help=help or "Threads the runtime may use.",
+    )
+
+
+def workers_option(help: str) -> Callable[[F], F]:
+    """``--workers N`` (1 <= N <= `MAX_WORKERS`, default 1): worker processes."""
+    return click.option(
+        "--workers",
+        type=integer(1, MAX_WORKERS),
+        default=1,
+        show_default=True,
+        help=help,
     )
 
 

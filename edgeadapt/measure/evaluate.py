@@ -17,7 +17,7 @@ otherwise, and saves the evaluation.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,39 @@ def evaluate_bundle(
     return _evaluate(bundle, batches, inputs, _runtime(runtime, threads), tick)
 
 
+@dataclass(frozen=True)
+class StateResults:
+    """Per-sample results of every state on consecutive samples: `labels` ``[n]``,
+    `pred` ``[n, S]`` and the confidences `confs` (``{conf key: [n, S]}``,
+    `CONF_KEYS`); what a worker sends back for its shard of the data."""
+
+    labels: np.ndarray
+    pred: np.ndarray
+    confs: dict[str, np.ndarray]
+
+    @classmethod
+    def join(cls, parts: Sequence[StateResults]) -> StateResults:
+        """`parts` (consecutive runs of samples) as one, in order."""
+        return cls(
+            np.concatenate([p.labels for p in parts]).astype(np.int64),
+            np.concatenate([p.pred for p in parts]),
+            {key: np.concatenate([p.confs[key] for p in parts]) for key in CONF_KEYS.values()},
+        )
+
+    def evaluation(self, bundle: Bundle) -> Evaluation:
+        """These results as `bundle`'s evaluation."""
+        return Evaluation(
+            self.labels,
+            self.pred,
+            np.array([st.name for st in bundle.states], dtype=str),
+            self.confs["conf"],
+            conf_margin=self.confs["conf_margin"],
+            conf_entropy=self.confs["conf_entropy"],
+            num_classes=bundle.num_classes,
+            bundle=BundleIdentity.of(bundle),
+        )
+
+
 def _evaluate(
     bundle: Bundle,
     batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
@@ -121,11 +154,28 @@ def _evaluate(
 ) -> Evaluation:
     """Every state on each labelled batch of `batches` (read from `inputs`, whose rows
     may be known only at the end); the per-sample results are kept, the batches not."""
+
+    def tick(done: int) -> None:
+        if progress is not None:
+            progress(done, inputs.rows)
+
+    return run_states(bundle, batches, config, tick).evaluation(bundle)
+
+
+def run_states(
+    bundle: Bundle,
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+    config: RuntimeConfig,
+    progress: Callable[[int], None] | None = None,
+) -> StateResults:
+    """Every state of `bundle` on each labelled batch of `batches` (first row, feeds,
+    labels), under `config`; `progress(done)` after each batch with the rows done after
+    it (the batch's first row plus its size)."""
     from edgeadapt.kernel import confidence
 
     rt = config.make()
     s = len(bundle.steps)
-    parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+    parts: list[StateResults] = []
     needed = _last_reads(bundle)
     sessions = [rt.load(step.path) for step in bundle.steps]
     try:
@@ -142,24 +192,13 @@ def _evaluate(
                     confs[key][:, i] = confidence(logits, measure)
                 for name in [k for k in tensors if needed.get(k, -1) <= i]:
                     del tensors[name]  # no later step reads it: its memory goes now
-            parts.append((y, pred, confs))
+            parts.append(StateResults(y, pred, confs))
             if progress is not None:
-                progress(lo + b, inputs.rows)
+                progress(lo + b)
     finally:
         for session in sessions:
             session.close()
-    names = np.array([st.name for st in bundle.states], dtype=str)
-    confs = {key: np.concatenate([c[key] for _, _, c in parts]) for key in CONF_KEYS.values()}
-    return Evaluation(
-        np.concatenate([y for y, _, _ in parts]).astype(np.int64),
-        np.concatenate([p for _, p, _ in parts]),
-        names,
-        confs["conf"],
-        conf_margin=confs["conf_margin"],
-        conf_entropy=confs["conf_entropy"],
-        num_classes=bundle.num_classes,
-        bundle=BundleIdentity.of(bundle),
-    )
+    return StateResults.join(parts)
 
 
 def _last_reads(bundle: Bundle) -> dict[str, int]:
@@ -175,8 +214,9 @@ def _last_reads(bundle: Bundle) -> dict[str, int]:
 class EvaluateRun:
     """An evaluation made and saved (`evaluate_to_file`), the runtime configuration it
     ran under, a line saying how that differs from the profile's (None: it does not, or
-    there was no profile), the batch it ran at and why, and the data arrays it read as
-    another dtype than they hold."""
+    there was no profile), the batch it ran at and why, the data arrays it read as
+    another dtype than they hold, and the workers it ran in (a line saying how, when
+    more than one)."""
 
     evaluation: Evaluation
     path: Path
@@ -184,11 +224,14 @@ class EvaluateRun:
     runtime_note: str | None = None
     batch: BatchChoice | None = None
     casts: tuple[str, ...] = ()
+    workers: int = 1
+    workers_note: str | None = None
 
     @property
     def notes(self) -> list[str]:
-        """The lines to show beside the result (`run_notes`)."""
-        return run_notes(self.runtime_note, self.batch, self.casts)
+        """The lines to show beside the result (`run_notes`, and how the workers ran)."""
+        notes = run_notes(self.runtime_note, self.batch, self.casts)
+        return notes if self.workers_note is None else [*notes, self.workers_note]
 
     @property
     def oracle_accuracy(self) -> float:
@@ -205,6 +248,7 @@ class EvaluateRun:
             "oracle_accuracy": self.oracle_accuracy,
             "batch": None if self.batch is None else self.batch.to_json(),
             "casts": list(self.casts),
+            "workers": self.workers,
         }
 
 
@@ -219,6 +263,7 @@ def evaluate_to_file(
     batch: int | None = None,
     memory: int | str | None = None,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> EvaluateRun:
     """`edgeadapt evaluate`: every state of `bundle` on the labelled `data` (an npz, a
     loader script, an image folder or CSV list: `edgeadapt.data.sources.open_source`),
@@ -231,20 +276,82 @@ def evaluate_to_file(
     profile, `runtime` (default onnxruntime) with its own defaults. The data is read
     a batch at a time, at `batch` or the batch
     `memory` holds (`evaluate_bundle`); `EvaluateRun.batch` says which.
+
+    `workers` above 1 runs the data in that many shards in worker processes
+    (`edgeadapt.measure.shards`), the threads split among them; the file is the same,
+    bit for bit. A loader script cannot be split (it is read from its start): it takes
+    one worker. Nothing is written when a shard fails.
     """
     from edgeadapt.formats.evaluation import save_evaluation
     from edgeadapt.formats.presets import inherit_runtime
     from edgeadapt.formats.profile import find_profile, load_profile
+    from edgeadapt.measure.shards import check_workers
 
+    workers = check_workers(workers)
     loaded = as_bundle(bundle)
     found = find_profile(loaded, profile)
     recorded = None if found is None else load_profile(found, loaded).runtime_config
     choice = inherit_runtime(recorded, runtime=runtime, threads=threads, what="profile")
     inputs = open_source(data, loaded.inputs)
     size = choose_batch(lambda: bundle_sample_bytes(loaded), batch=batch, memory=memory)
-    batches = inputs.labelled(size.batch, loaded.num_classes)
-    ev = _evaluate(loaded, batches, inputs, choice.config, progress)
+    if workers == 1:
+        batches = inputs.labelled(size.batch, loaded.num_classes)
+        ev = _evaluate(loaded, batches, inputs, choice.config, progress)
+        worker_note = None
+    else:
+        ev, workers, worker_note = _evaluate_sharded(
+            loaded, data, inputs, choice.config, size.batch, workers, progress
+        )
     ev = replace(ev, data=inputs.record())
     path = Path(output) if output is not None else loaded.path / "evaluation.npz"
     save_evaluation(path, ev)
-    return EvaluateRun(ev, path, choice.config, choice.note, size, inputs.casts)
+    return EvaluateRun(
+        ev, path, choice.config, choice.note, size, inputs.casts, workers, worker_note
+    )
+
+
+def _evaluate_sharded(
+    bundle: Bundle,
+    data: str | os.PathLike[str] | DataSpec,
+    inputs: Inputs,
+    config: RuntimeConfig,
+    batch: int,
+    workers: int,
+    progress: Progress | None,
+) -> tuple[Evaluation, int, str]:
+    """`bundle` on `inputs` (opened from `data`) in shards run by `workers` worker
+    processes (`edgeadapt.measure.shards.run_local`), the processes it took (fewer when
+    there are fewer batches) and a line saying how it ran."""
+    from edgeadapt.measure.shards import ShardJob, plan_shards, run_local, worker_config
+
+    if not inputs.shardable:
+        raise InputError(
+            f"--workers splits the data by sample; a {inputs.kind} is read from its first "
+            "sample and cannot be split: evaluate it with one worker, or save its "
+            "samples as an .npz",
+            source="workers",
+        )
+    assert inputs.rows is not None  # data that can be split knows its rows
+    inputs.labels(bundle.num_classes)  # bad labels are found here, before any worker
+    spec = data if isinstance(data, DataSpec) else DataSpec(data)
+    spec = replace(spec, location=os.path.abspath(spec.location))
+    each = worker_config(config, workers)
+    shards = plan_shards(inputs.rows, batch, workers)
+    jobs = [
+        ShardJob(str(bundle.path), bundle.manifest_sha256, spec, each, batch, lo, hi)
+        for lo, hi in shards
+    ]
+    rows = inputs.rows
+
+    def tick(done: int) -> None:
+        if progress is not None:
+            progress(done, rows)
+
+    results, retried = run_local(jobs, workers, tick)
+    note = (
+        f"{len(jobs)} worker processes, {each.threads} runtime thread"
+        f"{'s' if each.threads != 1 else ''} each"
+    )
+    if retried:
+        note += f"; tried again: {', '.join(retried)}"
+    return StateResults.join(results).evaluation(bundle), len(jobs), note
