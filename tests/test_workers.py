@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -239,3 +240,15 @@ def test_a_range_of_rows_reads_as_the_whole_does(tmp_path, form):
         list(inputs.batches(4, start=21, stop=21))
     with pytest.raises(InputError, match=r"stop: must be an integer row in 0\.\.23, got 24"):
         list(inputs.batches(4, stop=24))
+
+
+def test_ray_missing_names_the_extra(multiexit_copy, mnist1d_npz, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as when not installed
+    out = multiexit_copy / "ev.npz"
+    result = invoke("evaluate", multiexit_copy, "--data", mnist1d_npz, "--ray", "-o", out)
+    assert result.exit_code == 2, result.output
+    assert (
+        "--ray (evaluation on a Ray cluster) needs the 'ray' package: pip install 'edgeadapt[ray]'"
+        in result.output
+    )
+    assert not out.exists()

@@ -21,6 +21,7 @@ from edgeadapt.commands.options import (
     json_option,
     memory_option,
     output_option,
+    ray_option,
     recipe_options,
     runtime_option,
     threads_option,
@@ -55,9 +56,14 @@ if TYPE_CHECKING:
 @batch_option("Samples per call.")
 @memory_option()
 @workers_option(
-    "Worker processes, each evaluating a contiguous shard of the data (whole batches) "
-    "with the --threads budget split among them; the file is the same as one process "
-    "writes. Not for a loader script."
+    "Worker processes (with --ray, Ray tasks), each evaluating a contiguous shard of the "
+    "data (whole batches) with the --threads budget split among them; the file is the "
+    "same as one process writes. Not for a loader script. [1; with --ray the cluster's CPUs]"
+)
+@ray_option(
+    "Run the shards as tasks on the Ray cluster at ADDRESS (HOST:PORT, ray://HOST:PORT or "
+    "auto), or alone on a local cluster; the bundle is shipped to it, the data read from "
+    "its path. Needs the ray extra."
 )
 @output_option("Evaluation file [BUNDLE/evaluation.npz].")
 @json_option("Print the accuracies as one JSON object.")
@@ -70,7 +76,8 @@ def evaluate_cmd(
     threads: int | None,
     batch: int | None,
     memory: int | None,
-    workers: int,
+    workers: int | None,
+    ray: str | None,
     output: Path | None,
     as_json: bool,
 ) -> None:
@@ -99,6 +106,7 @@ def evaluate_cmd(
             memory=memory,
             progress=progress,
             workers=workers,
+            ray=ray,
         )
     # JSON holds the rest
     echo_note([n for n in (done.runtime_note, done.workers_note) if n] if as_json else done.notes)

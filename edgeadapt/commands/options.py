@@ -52,6 +52,7 @@ __all__ = [
     "INT_MAX",
     "RECIPE",
     "Bytes",
+    "RayAddress",
     "batch_option",
     "bundle_argument",
     "data_option",
@@ -64,6 +65,7 @@ __all__ = [
     "number",
     "output_option",
     "output_path",
+    "ray_option",
     "recipe_options",
     "runtime_option",
     "seed_option",
@@ -453,12 +455,36 @@ def threads_option(default: int | None = None, help: str | None = None) -> Calla
 
 
 def workers_option(help: str) -> Callable[[F], F]:
-    """``--workers N`` (1 <= N <= `MAX_WORKERS`, default 1): worker processes."""
+    """``--workers N`` (1 <= N <= `MAX_WORKERS`; parameter ``workers``, None unset):
+    worker processes, or with `ray_option` Ray tasks."""
+    return click.option("--workers", type=integer(1, MAX_WORKERS), default=None, help=help)
+
+
+class RayAddress(click.ParamType):
+    """A Ray cluster's address as ``--ray`` takes it (`edgeadapt.measure.raywork`:
+    ``HOST:PORT``, ``ray://HOST:PORT``, ``auto``, or ``local``, given by ``--ray`` alone)."""
+
+    name = "address"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from edgeadapt.measure.raywork import check_address
+
+        try:
+            return check_address(value)
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+
+
+def ray_option(help: str) -> Callable[[F], F]:
+    """``--ray [ADDRESS]`` (parameter ``ray``): run on the Ray cluster at ADDRESS, or
+    alone on a local cluster (``local``); None unset."""
     return click.option(
-        "--workers",
-        type=integer(1, MAX_WORKERS),
-        default=1,
-        show_default=True,
+        "--ray",
+        type=RayAddress(),
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
         help=help,
     )
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.formats.stepcheck import check_step
+
+if TYPE_CHECKING:
+    from edgeadapt.measure.shards import ShardJob
 
 __all__ = ["EvaluateRun", "evaluate_bundle", "evaluate_to_file", "load_dataset"]
 
@@ -263,7 +266,8 @@ def evaluate_to_file(
     batch: int | None = None,
     memory: int | str | None = None,
     progress: Progress | None = None,
-    workers: int = 1,
+    workers: int | None = None,
+    ray: str | None = None,
 ) -> EvaluateRun:
     """`edgeadapt evaluate`: every state of `bundle` on the labelled `data` (an npz, a
     loader script, an image folder or CSV list: `edgeadapt.data.sources.open_source`),
@@ -278,80 +282,105 @@ def evaluate_to_file(
     `memory` holds (`evaluate_bundle`); `EvaluateRun.batch` says which.
 
     `workers` above 1 runs the data in that many shards in worker processes
-    (`edgeadapt.measure.shards`), the threads split among them; the file is the same,
-    bit for bit. A loader script cannot be split (it is read from its start): it takes
-    one worker. Nothing is written when a shard fails.
+    (`edgeadapt.measure.shards`), the threads split among them; `ray` (a cluster's
+    address, or ``"local"`` for a local cluster: `edgeadapt.measure.raywork`) runs the
+    shards as Ray tasks instead, `workers` of them (default: the cluster's CPUs). The
+    file is the same, bit for bit. A loader script cannot be split (it is read from its
+    start): it takes one worker. Nothing is written when a shard fails.
     """
     from edgeadapt.formats.evaluation import save_evaluation
     from edgeadapt.formats.presets import inherit_runtime
     from edgeadapt.formats.profile import find_profile, load_profile
     from edgeadapt.measure.shards import check_workers
 
-    workers = check_workers(workers)
+    if workers is not None:
+        check_workers(workers)
+    if ray is not None:
+        from edgeadapt.measure.raywork import check_address
+
+        check_address(ray)
     loaded = as_bundle(bundle)
     found = find_profile(loaded, profile)
     recorded = None if found is None else load_profile(found, loaded).runtime_config
     choice = inherit_runtime(recorded, runtime=runtime, threads=threads, what="profile")
     inputs = open_source(data, loaded.inputs)
     size = choose_batch(lambda: bundle_sample_bytes(loaded), batch=batch, memory=memory)
-    if workers == 1:
+    if ray is None and workers in (None, 1):
         batches = inputs.labelled(size.batch, loaded.num_classes)
         ev = _evaluate(loaded, batches, inputs, choice.config, progress)
-        worker_note = None
+        used, worker_note = 1, None
     else:
-        ev, workers, worker_note = _evaluate_sharded(
-            loaded, data, inputs, choice.config, size.batch, workers, progress
-        )
+        sharded = _Sharded(loaded, data, inputs, choice.config, size.batch, progress)
+        ev, used, worker_note = sharded.run(workers, ray)
     ev = replace(ev, data=inputs.record())
     path = Path(output) if output is not None else loaded.path / "evaluation.npz"
     save_evaluation(path, ev)
-    return EvaluateRun(
-        ev, path, choice.config, choice.note, size, inputs.casts, workers, worker_note
-    )
+    return EvaluateRun(ev, path, choice.config, choice.note, size, inputs.casts, used, worker_note)
 
 
-def _evaluate_sharded(
-    bundle: Bundle,
-    data: str | os.PathLike[str] | DataSpec,
-    inputs: Inputs,
-    config: RuntimeConfig,
-    batch: int,
-    workers: int,
-    progress: Progress | None,
-) -> tuple[Evaluation, int, str]:
-    """`bundle` on `inputs` (opened from `data`) in shards run by `workers` worker
-    processes (`edgeadapt.measure.shards.run_local`), the processes it took (fewer when
-    there are fewer batches) and a line saying how it ran."""
-    from edgeadapt.measure.shards import ShardJob, plan_shards, run_local, worker_config
+@dataclass(frozen=True)
+class _Sharded:
+    """`bundle` on `inputs` (opened from `data`) in shards of whole `batch`-row batches
+    (`edgeadapt.measure.shards`)."""
 
-    if not inputs.shardable:
-        raise InputError(
-            f"--workers splits the data by sample; a {inputs.kind} is read from its first "
-            "sample and cannot be split: evaluate it with one worker, or save its "
-            "samples as an .npz",
-            source="workers",
-        )
-    assert inputs.rows is not None  # data that can be split knows its rows
-    inputs.labels(bundle.num_classes)  # bad labels are found here, before any worker
-    spec = data if isinstance(data, DataSpec) else DataSpec(data)
-    spec = replace(spec, location=os.path.abspath(spec.location))
-    each = worker_config(config, workers)
-    shards = plan_shards(inputs.rows, batch, workers)
-    jobs = [
-        ShardJob(str(bundle.path), bundle.manifest_sha256, spec, each, batch, lo, hi)
-        for lo, hi in shards
-    ]
-    rows = inputs.rows
+    bundle: Bundle
+    data: str | os.PathLike[str] | DataSpec
+    inputs: Inputs
+    config: RuntimeConfig
+    batch: int
+    progress: Progress | None
 
-    def tick(done: int) -> None:
-        if progress is not None:
-            progress(done, rows)
+    def run(self, workers: int | None, ray: str | None) -> tuple[Evaluation, int, str]:
+        """The evaluation made by `workers` worker processes, or by Ray tasks on the
+        cluster at `ray`; the shards it took (fewer than asked when there are fewer
+        batches) and a line saying how it ran."""
+        from edgeadapt.measure.shards import run_local
 
-    results, retried = run_local(jobs, workers, tick)
-    note = (
-        f"{len(jobs)} worker processes, {each.threads} runtime thread"
-        f"{'s' if each.threads != 1 else ''} each"
-    )
-    if retried:
-        note += f"; tried again: {', '.join(retried)}"
-    return StateResults.join(results).evaluation(bundle), len(jobs), note
+        inputs = self.inputs
+        if not inputs.shardable:
+            raise InputError(
+                f"{'--ray' if ray is not None else '--workers'} splits the data by sample; "
+                f"a {inputs.kind} is read from its first sample and cannot be split: "
+                "evaluate it with one worker, or save its samples as an .npz",
+                source="ray" if ray is not None else "workers",
+            )
+        inputs.labels(self.bundle.num_classes)  # bad labels are found here, before any worker
+        if ray is None:
+            assert workers is not None
+            jobs = self._jobs(workers, None)
+            results, retried = run_local(jobs, workers, self._tick)
+            note = f"{len(jobs)} worker processes, {self._threads(jobs)} each"
+            if retried:
+                note += f"; tried again: {', '.join(retried)}"
+        else:
+            from edgeadapt.measure.raywork import LOCAL, ray_cluster, run_ray
+
+            with ray_cluster(ray, workers) as cpus:
+                jobs = self._jobs(workers or cpus, None if ray == LOCAL else workers or cpus)
+                results = run_ray(jobs, self.bundle, self._tick)
+            where = "a local Ray cluster" if ray == LOCAL else f"the Ray cluster at {ray}"
+            note = f"{len(jobs)} Ray tasks on {where}, {self._threads(jobs)} each"
+        return StateResults.join(results).evaluation(self.bundle), len(jobs), note
+
+    def _jobs(self, workers: int, cpus: int | None) -> list[ShardJob]:
+        from edgeadapt.measure.shards import ShardJob, plan_shards, worker_config
+
+        assert self.inputs.rows is not None  # data that can be split knows its rows
+        spec = self.data if isinstance(self.data, DataSpec) else DataSpec(self.data)
+        spec = replace(spec, location=os.path.abspath(spec.location))
+        each = worker_config(self.config, workers, cpus)
+        return [
+            ShardJob(
+                str(self.bundle.path), self.bundle.manifest_sha256, spec, each, self.batch, lo, hi
+            )
+            for lo, hi in plan_shards(self.inputs.rows, self.batch, workers)
+        ]
+
+    def _tick(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.inputs.rows)
+
+    @staticmethod
+    def _threads(jobs: Sequence[ShardJob]) -> str:
+        n = jobs[0].config.threads
+        return f"{n} runtime thread{'s' if n != 1 else ''}"

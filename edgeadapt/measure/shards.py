@@ -102,10 +102,10 @@ def plan_shards(rows: int, batch: int, workers: int) -> list[tuple[int, int]]:
     return shards
 
 
-def worker_config(config: RuntimeConfig, workers: int) -> RuntimeConfig:
-    """`config` with its threads (unset: this machine's CPUs) split among `workers`,
-    each at least 1."""
-    budget = config.threads if config.threads is not None else os.cpu_count() or 1
+def worker_config(config: RuntimeConfig, workers: int, cpus: int | None = None) -> RuntimeConfig:
+    """`config` with its threads (unset: `cpus`, by default this machine's CPUs) split
+    among `workers`, each at least 1."""
+    budget = config.threads or cpus or os.cpu_count() or 1
     return replace(config, threads=min(MAX_THREADS, max(1, budget // workers)))
 
 
