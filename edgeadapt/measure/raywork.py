@@ -5,7 +5,8 @@
 error naming it) or, for `LOCAL`, starts a local one of as many CPUs as shards; a
 connection the caller has made already (``ray.init`` before) is used as it is and left
 open. The bundle is shipped by content: its manifest and files are put in the object
-store once, and each Ray worker process writes them to a folder of its own once, checks
+store once, and each Ray worker process writes them to a folder of its own once (removed
+when the process exits), checks
 the manifest's sha256 against the run's and loads the bundle with every file verified
 (`edgeadapt.measure.shards.load_checked`). The data is read by the workers from its
 path (a shared one on a cluster: the same path on every node).
@@ -18,9 +19,11 @@ data) is the run's as it is. The results are joined in shard order.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -91,6 +94,7 @@ def _materialize(files: dict[str, bytes], manifest: str) -> Bundle:
             source=MANIFEST,
         )
     root = Path(tempfile.mkdtemp(prefix="edgeadapt-bundle-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     for name, data in files.items():
         rel = PurePosixPath(name)
         if rel.is_absolute() or ".." in rel.parts:
