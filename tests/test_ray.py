@@ -12,6 +12,7 @@ import socket
 import numpy as np
 import pytest
 
+from edgeadapt.data.sources import DataSpec
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import MANIFEST, load_bundle
 from edgeadapt.formats.evaluation import load_evaluation
@@ -97,3 +98,16 @@ def test_the_bundle_is_shipped_by_content_and_verified(multiexit_copy, monkeypat
     assert loaded.manifest_sha256 == bundle.manifest_sha256
     assert loaded.path != bundle.path
     assert raywork._materialize(files, bundle.manifest_sha256) is loaded  # once a process
+
+
+def test_a_task_that_raises_twice_is_named(cluster, multiexit_copy, mnist1d_npz):
+    from edgeadapt.measure.shards import ShardError, ShardJob
+
+    bundle = load_bundle(multiexit_copy)
+    # a job no caller makes (no runtime configuration): the task raises AttributeError,
+    # an unexpected error, on both tries
+    job = ShardJob(
+        str(multiexit_copy), bundle.manifest_sha256, DataSpec(mnist1d_npz), None, 8, 0, 40
+    )
+    with pytest.raises(ShardError, match=r"samples 0\.\.39 failed 2 times on Ray \("):
+        raywork.run_ray([job], bundle)

@@ -30,6 +30,7 @@ from edgeadapt.measure.shards import (
     evaluate_shard,
     load_checked,
     plan_shards,
+    run_local,
     worker_config,
 )
 from tests.clirun import invoke
@@ -252,3 +253,19 @@ def test_ray_missing_names_the_extra(multiexit_copy, mnist1d_npz, monkeypatch):
         in result.output
     )
     assert not out.exists()
+
+
+def test_a_worker_that_raises_is_run_again_then_named(multiexit_copy, mnist1d_npz):
+    bundle = load_bundle(multiexit_copy)
+    # a job no caller makes (no runtime configuration): the worker raises AttributeError,
+    # an unexpected error, on every try
+    job = ShardJob(
+        str(multiexit_copy), bundle.manifest_sha256, DataSpec(mnist1d_npz), None, 8, 8, 40
+    )
+    with pytest.raises(ShardError) as caught:
+        run_local([job], 1)
+    message = str(caught.value)
+    assert message.startswith(
+        "samples 8..39 failed 2 times (its worker raised AttributeError: 'NoneType' object "
+        "has no attribute 'make'); nothing was written\nTraceback"
+    )
