@@ -70,6 +70,9 @@ def test_threads_are_split_among_the_workers():
     assert worker_config(RuntimeConfig(threads=3), 2).threads == 1
     assert worker_config(RuntimeConfig(threads=1), 4).threads == 1
     assert worker_config(RuntimeConfig(), 1).threads == os.cpu_count()
+    assert worker_config(RuntimeConfig(), 2, cpus=6).threads == 3
+    assert worker_config(RuntimeConfig("openvino", threads=8), 3).threads == 2
+    assert worker_config(RuntimeConfig("tensorrt"), 2).threads is None  # it has none
 
 
 def test_an_npz_in_workers_equals_one_process(multiexit_copy, mnist1d_npz, tmp_path):

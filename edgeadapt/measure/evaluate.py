@@ -383,4 +383,4 @@ class _Sharded:
     @staticmethod
     def _threads(jobs: Sequence[ShardJob]) -> str:
         n = jobs[0].config.threads
-        return f"{n} runtime thread{'s' if n != 1 else ''}"
+        return "the runtime's threads" if n is None else f"{n} runtime thread{'s' * (n != 1)}"

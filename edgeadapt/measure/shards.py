@@ -35,7 +35,12 @@ from typing import Any
 from edgeadapt.data.sources import DataSpec, open_source
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import Bundle, load_bundle
-from edgeadapt.formats.presets import MAX_THREADS, MAX_WORKERS, RuntimeConfig
+from edgeadapt.formats.presets import (
+    MAX_THREADS,
+    MAX_WORKERS,
+    THREADED_RUNTIMES,
+    RuntimeConfig,
+)
 from edgeadapt.measure.evaluate import StateResults, run_states
 
 __all__ = [
@@ -104,7 +109,9 @@ def plan_shards(rows: int, batch: int, workers: int) -> list[tuple[int, int]]:
 
 def worker_config(config: RuntimeConfig, workers: int, cpus: int | None = None) -> RuntimeConfig:
     """`config` with its threads (unset: `cpus`, by default this machine's CPUs) split
-    among `workers`, each at least 1."""
+    among `workers`, each at least 1; as it is for a runtime without threads (TensorRT)."""
+    if config.runtime not in THREADED_RUNTIMES:
+        return config
     budget = config.threads or cpus or os.cpu_count() or 1
     return replace(config, threads=min(MAX_THREADS, max(1, budget // workers)))
 
