@@ -38,7 +38,14 @@ from edgeadapt.formats.stepcheck import check_step
 if TYPE_CHECKING:
     from edgeadapt.measure.shards import ShardJob
 
-__all__ = ["EvaluateRun", "evaluate_bundle", "evaluate_to_file", "load_dataset"]
+__all__ = [
+    "EvaluateRun",
+    "StateResults",
+    "evaluate_bundle",
+    "evaluate_to_file",
+    "load_dataset",
+    "run_states",
+]
 
 #: ``progress(done, total)``: samples done so far, of `total` (None while unknown: a
 #: loader script's).
