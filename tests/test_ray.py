@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import socket
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +116,45 @@ def test_a_task_that_raises_twice_is_named(cluster, multiexit_copy, mnist1d_npz)
     )
     with pytest.raises(ShardError, match=r"samples 0\.\.39 failed 2 times on Ray \("):
         raywork.run_ray([job], bundle)
+
+
+def _kill_a_running_task(stop) -> int | None:
+    """SIGKILL the first Ray worker process seen running a shard (its process title is
+    ``ray::_task`` while it does); its pid, or None when `stop()` came first."""
+    while not stop():
+        for path in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = path.read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::_task"):
+                pid = int(path.parent.name)
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.02)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's workers in /proc (Linux)")
+def test_a_killed_ray_worker_is_run_again_on_its_shard(cluster, multiexit_copy, tmp_path):
+    rng = np.random.default_rng(5)
+    data = tmp_path / "many.npz"
+    x = rng.standard_normal((4000, 1, 40)).astype(np.float32)
+    np.savez(data, x=x, y=rng.integers(0, 10, 4000))
+    one = evaluate_to_file(multiexit_copy, data, output=tmp_path / "1.npz", batch=1)
+    done: dict[str, object] = {}
+
+    def evaluate() -> None:
+        done["run"] = evaluate_to_file(
+            multiexit_copy, data, output=tmp_path / "ray.npz", batch=1, workers=2, ray="local"
+        )
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    killed = _kill_a_running_task(lambda: not thread.is_alive())
+    thread.join()
+    assert killed is not None
+    assert "run" in done  # Ray ran the killed shard again (max_retries=1)
+    a, b = load_evaluation(one.path), load_evaluation(tmp_path / "ray.npz")
+    for key in KEYS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
