@@ -237,6 +237,9 @@ def test_sound_but_unusual_arrays_read_as_the_plain_one(tmp_path, write):
         np.testing.assert_array_equal(got, x)
     npz = _write(tmp_path, "in.npz", npz_bytes({"x": write(x)}, zipfile.ZIP_DEFLATED))
     np.testing.assert_array_equal(read_batch(npz, SPEC)["x"], x)
+    for source in (path, npz):  # a shard of the rows, as a worker reads it
+        shard = open_inputs(source, SPEC).batches(3, start=2, stop=ROWS - 1)
+        np.testing.assert_array_equal(np.concatenate([b["x"] for _, b in shard]), x[2 : ROWS - 1])
 
 
 def test_unaligned_arrays_are_accepted_by_the_api():

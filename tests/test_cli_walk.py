@@ -25,6 +25,7 @@ from edgeadapt.commands.options import (
     InputDir,
     InputFile,
     OutputPath,
+    RayAddress,
     RecipeType,
 )
 
@@ -134,6 +135,8 @@ def _bad(param: click.Parameter, places: dict[str, str]) -> list[str]:
         return ["nan", "inf", "-inf", "1e309", "-5", *high]
     if isinstance(t, Bytes):
         return ["0", "-1MiB", "lots", "2PiB", "nan", "1e3GB"]
+    if isinstance(t, RayAddress):
+        return ["host", "host:0", "host:65536", ":6379", "ray://host", "host:x"]
     assert t == click.STRING, f"{param.name}: declare its type in edgeadapt.commands.options"
     assert param.name in BAD_TEXT, f"{param.name}: add its bad values to BAD_TEXT or FREE_TEXT"
     return [v.format(**places) for v in BAD_TEXT[param.name]]

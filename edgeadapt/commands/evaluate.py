@@ -21,9 +21,11 @@ from edgeadapt.commands.options import (
     json_option,
     memory_option,
     output_option,
+    ray_option,
     recipe_options,
     runtime_option,
     threads_option,
+    workers_option,
 )
 from edgeadapt.commands.progress import progress_on_first_call
 
@@ -53,6 +55,16 @@ if TYPE_CHECKING:
 @threads_option(help="Threads the runtime may use [the profile's, else the runtime's].")
 @batch_option("Samples per call.")
 @memory_option()
+@workers_option(
+    "Worker processes (with --ray, Ray tasks), each evaluating a contiguous shard of the "
+    "data (whole batches) with the --threads budget split among them; the file is the "
+    "same as one process writes. Not for a loader script. [1; with --ray the cluster's CPUs]"
+)
+@ray_option(
+    "Run the shards as tasks on the Ray cluster at ADDRESS (HOST:PORT, ray://HOST:PORT or "
+    "auto), or alone on a local cluster; the bundle is shipped to it, the data read from "
+    "its path. Needs the ray extra."
+)
 @output_option("Evaluation file [BUNDLE/evaluation.npz].")
 @json_option("Print the accuracies as one JSON object.")
 def evaluate_cmd(
@@ -64,6 +76,8 @@ def evaluate_cmd(
     threads: int | None,
     batch: int | None,
     memory: int | None,
+    workers: int | None,
+    ray: str | None,
     output: Path | None,
     as_json: bool,
 ) -> None:
@@ -72,7 +86,9 @@ def evaluate_cmd(
     It runs under the runtime settings of the bundle's profile on this device (the ones
     its costs were measured under) unless --runtime or --threads say otherwise. The data
     is read a batch at a time; the batch, unless given, is the most --memory holds, and a
-    note on stderr says which it is.
+    note on stderr says which it is. With --workers N, N processes each load the bundle
+    (checked against its manifest) and evaluate a shard of the data; a worker that dies
+    is started again once on its shard, and nothing is written when a shard fails.
     """
     from edgeadapt.data.sources import DataSpec
     from edgeadapt.measure.evaluate import evaluate_to_file
@@ -89,8 +105,11 @@ def evaluate_cmd(
             batch=batch,
             memory=memory,
             progress=progress,
+            workers=workers,
+            ray=ray,
         )
-    echo_note(done.runtime_note if as_json else done.notes)  # JSON holds the rest
+    # JSON holds the rest
+    echo_note([n for n in (done.runtime_note, done.workers_note) if n] if as_json else done.notes)
     if as_json:
         echo_json(done.to_json())
         return

@@ -40,7 +40,7 @@ from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.atomic import check_path
 from edgeadapt.formats.bundle import MANIFEST
 from edgeadapt.formats.jsonio import check_regular, dumps
-from edgeadapt.formats.presets import MAX_THREADS
+from edgeadapt.formats.presets import MAX_THREADS, MAX_WORKERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +52,7 @@ __all__ = [
     "INT_MAX",
     "RECIPE",
     "Bytes",
+    "RayAddress",
     "batch_option",
     "bundle_argument",
     "data_option",
@@ -64,10 +65,12 @@ __all__ = [
     "number",
     "output_option",
     "output_path",
+    "ray_option",
     "recipe_options",
     "runtime_option",
     "seed_option",
     "threads_option",
+    "workers_option",
 ]
 
 #: The largest integer an option takes unless it states a smaller bound (int32's).
@@ -448,6 +451,41 @@ def threads_option(default: int | None = None, help: str | None = None) -> Calla
         default=default,
         show_default=default is not None,
         help=help or "Threads the runtime may use.",
+    )
+
+
+def workers_option(help: str) -> Callable[[F], F]:
+    """``--workers N`` (1 <= N <= `MAX_WORKERS`; parameter ``workers``, None unset):
+    worker processes, or with `ray_option` Ray tasks."""
+    return click.option("--workers", type=integer(1, MAX_WORKERS), default=None, help=help)
+
+
+class RayAddress(click.ParamType):
+    """A Ray cluster's address as ``--ray`` takes it (`edgeadapt.measure.raywork`:
+    ``HOST:PORT``, ``ray://HOST:PORT``, ``auto``, or ``local``, given by ``--ray`` alone)."""
+
+    name = "address"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from edgeadapt.measure.raywork import check_address
+
+        try:
+            return check_address(value)
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+
+
+def ray_option(help: str) -> Callable[[F], F]:
+    """``--ray [ADDRESS]`` (parameter ``ray``): run on the Ray cluster at ADDRESS, or
+    alone on a local cluster (``local``); None unset."""
+    return click.option(
+        "--ray",
+        type=RayAddress(),
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
+        help=help,
     )
 
 

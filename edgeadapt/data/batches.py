@@ -49,12 +49,25 @@ __all__ = [
     "Inputs",
     "array_inputs",
     "check_labels",
+    "check_range",
     "check_size",
     "open_inputs",
     "read_batch",
     "read_labelled",
     "read_labels",
 ]
+
+
+def check_range(start: Any, stop: Any, rows: int) -> tuple[int, int]:
+    """(`start`, `stop`) as rows to read, ``0 <= start < stop <= rows`` (`stop` None:
+    `rows`); else an error naming ``start`` or ``stop``."""
+    stop = rows if stop is None else stop
+    for name, v in (("start", start), ("stop", stop)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 0 <= v <= rows:
+            raise InputError(f"must be an integer row in 0..{rows}, got {v!r}", source=name)
+    if start >= stop:
+        raise InputError(f"must be below stop ({stop}), got {start}", source="start")
+    return int(start), int(stop)
 
 
 def check_size(size: Any) -> int:
@@ -75,6 +88,9 @@ class Inputs:
     `record`."""
 
     kind = "arrays"
+    #: Whether a range of rows can be read alone (`batches` from `start` to `stop`), so
+    #: that workers can each read a shard of the data; a loader script cannot.
+    shardable = True
 
     def __init__(
         self,
@@ -88,24 +104,30 @@ class Inputs:
         self.source = source
         self.casts = tuple(casts)
 
-    def batches(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def batches(
+        self, size: int, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(first row, ``{input name: array}``) for consecutive batches of at most
-        `size` rows, each checked (`check_batch`, errors naming the absolute row)."""
+        `size` rows, each checked (`check_batch`, errors naming the absolute row); from
+        row `start` to `stop` (None: the end) when given (`check_range`), as a shard
+        of the data is read."""
         size = check_size(size)
         assert self.rows is not None  # arrays and files know their rows
-        with self._reader() as read:
-            for lo in range(0, self.rows, size):
-                raw = read(lo, min(lo + size, self.rows))
+        start, stop = check_range(start, stop, self.rows)
+        with self._reader(start) as read:
+            for lo in range(start, stop, size):
+                raw = read(lo, min(lo + size, stop))
                 yield lo, check_batch(self.specs, raw, source=self.source, cast=True, first_row=lo)
 
     def labelled(
-        self, size: int, num_classes: int, *, of: str = ""
+        self, size: int, num_classes: int, *, of: str = "", start: int = 0, stop: int | None = None
     ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
         """(first row, ``{input name: array}``, integer labels) for consecutive batches
-        of at most `size` rows; labels are class indices ``0..num_classes-1`` (`of`
-        says where the class count comes from), errors naming the sample."""
+        of at most `size` rows (from `start` to `stop`, as `batches`); labels are class
+        indices ``0..num_classes-1`` (`of` says where the class count comes from),
+        errors naming the sample."""
         y = self.labels(num_classes, of)
-        for lo, feeds in self.batches(size):
+        for lo, feeds in self.batches(size, start=start, stop=stop):
             yield lo, feeds, y[lo : lo + next(iter(feeds.values())).shape[0]]
 
     def record(self) -> dict[str, Any]:
@@ -118,7 +140,9 @@ class Inputs:
         (an npz's ``y``, images' classes); a loader script's come with its batches."""
         raise InputError("holds no labels", source=self.source)
 
-    def _reader(self) -> Any:  # a context manager giving read(lo, hi) -> {name: array}
+    def _reader(self, start: int) -> Any:
+        """A context manager giving ``read(lo, hi) -> {name: array}``, called for
+        consecutive row ranges from `start` on."""
         raise NotImplementedError
 
 
@@ -129,7 +153,7 @@ class _ArrayInputs(Inputs):
         super().__init__(specs, rows, source, _casts(specs, dtypes, {}, source))
         self._arrays = arrays
 
-    def _reader(self) -> Any:
+    def _reader(self, start: int) -> Any:
         arrays = self._arrays
         return nullcontext(lambda lo, hi: {k: a[lo:hi] for k, a in arrays.items()})
 
@@ -205,15 +229,17 @@ class _FileInputs(Inputs):
         assert self.rows is not None
         return read_labels(self.path, self.rows, num_classes, of=of)
 
-    def _reader(self) -> Any:
-        return _FileReader(self.path, self._npz, self._members)
+    def _reader(self, start: int) -> Any:
+        return _FileReader(self.path, self._npz, self._members, start)
 
 
 class _FileReader:
-    """Open streams over each array's data; read(lo, hi) the rows in order."""
+    """Open streams over each array's data from row `start`; read(lo, hi) the rows in
+    order."""
 
-    def __init__(self, path: Path, npz: bool, members: Sequence[_Member]) -> None:
+    def __init__(self, path: Path, npz: bool, members: Sequence[_Member], start: int) -> None:
         self._path, self._npz, self._members = path, npz, members
+        self._start = start
         self._stack = ExitStack()
 
     def __enter__(self) -> Any:
@@ -230,6 +256,8 @@ class _FileReader:
                 f = self._stack.enter_context(self._path.open("rb"))
                 f.seek(m.header.offset)
                 rows[m.spec.name] = NpyRows(f, m.header, source=self._path)
+            for r in rows.values():
+                r.skip(self._start)
         except READ_ERRORS as e:
             self._stack.close()
             if isinstance(e, InputError):

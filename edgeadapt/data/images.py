@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt.data.batches import Inputs, check_size
+from edgeadapt.data.batches import Inputs, check_range, check_size
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.formats.bundle import InputSpec
 from edgeadapt.formats.jsonio import Fields, check_regular, loads, read_text
@@ -289,8 +289,11 @@ class ImageInputs(Inputs):
         self.recipe = recipe
         self._geometry = _geometry(specs, recipe, path)
 
-    def batches(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def batches(
+        self, size: int, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         size = check_size(size)
+        start, stop = check_range(start, stop, len(self.samples))
         image = _pil()
         g = self._geometry
         shape = (
@@ -298,8 +301,8 @@ class ImageInputs(Inputs):
             if g.layout == "NCHW"
             else (g.height, g.width, g.channels)
         )
-        for lo in range(0, len(self.samples), size):
-            chunk = self.samples[lo : lo + size]
+        for lo in range(start, stop, size):
+            chunk = self.samples[lo : min(lo + size, stop)]
             out = np.empty((len(chunk), *shape), dtype=np.dtype(self.specs[0].dtype))
             for i, s in enumerate(chunk):
                 out[i] = _decode(s.path, g, self.recipe, image)

@@ -215,6 +215,7 @@ class ScriptInputs(Inputs):
     a later pass must yield as many samples (export calibration reads the data twice)."""
 
     kind = "script"
+    shardable = False
 
     def __init__(self, specs: Sequence[InputSpec], script: Path, function: str) -> None:
         super().__init__(specs, None, f"{script}:{function}", ())
@@ -222,16 +223,29 @@ class ScriptInputs(Inputs):
         self.function = function
         self._function = _load_function(script, function, str(self.source))
 
-    def batches(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def batches(
+        self, size: int, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        self._refuse_range(start, stop)
         for lo, feeds, _ in self._stream(check_size(size), None, ""):
             yield lo, feeds
 
     def labelled(
-        self, size: int, num_classes: int, *, of: str = ""
+        self, size: int, num_classes: int, *, of: str = "", start: int = 0, stop: int | None = None
     ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+        self._refuse_range(start, stop)
         for lo, feeds, y in self._stream(check_size(size), num_classes, of):
             assert y is not None
             yield lo, feeds, y
+
+    def _refuse_range(self, start: int, stop: int | None) -> None:
+        """A script is read from its first sample to its last: refuse a range of rows."""
+        if start != 0 or stop is not None:
+            raise InputError(
+                f"a loader script is read whole, from its first sample; rows {start}..{stop} "
+                "cannot be read alone",
+                source=self.source,
+            )
 
     def count(self, num_classes: int | None = None, *, of: str = "") -> int:
         """Read the data through once (each batch checked, nothing kept) to learn `rows`."""

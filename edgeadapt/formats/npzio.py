@@ -211,6 +211,22 @@ class NpyRows:
             )
         return out
 
+    def skip(self, count: int) -> None:
+        """Pass over the next `count` rows without keeping them (a seek where the stream
+        can, else read and dropped a chunk at a time, as a compressed npz member is)."""
+        rows = self.header.shape[0]
+        lo, hi = self._done, min(self._done + count, rows)
+        self._done = hi
+        if self._whole is not None or hi == lo:
+            return
+        row = self.header.dtype.itemsize * math.prod(self.header.shape[1:])
+        try:
+            self._stream.seek((hi - lo) * row, os.SEEK_CUR)
+        except READ_ERRORS as e:
+            raise InputError(
+                f"corrupt or truncated array ({e})", source=self.source, field=self.field
+            ) from None
+
     def read(self, count: int) -> np.ndarray:
         """The next `count` rows (fewer at the end of the array)."""
         rows = self.header.shape[0]

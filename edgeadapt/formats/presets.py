@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AS_EXPORTED",
     "MAX_THREADS",
+    "MAX_WORKERS",
     "Preset",
     "RuntimeChoice",
     "RuntimeConfig",
@@ -73,6 +74,8 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 #: The most threads a runtime is given: past it thread creation fails (and ONNX Runtime
 #: then hangs) long before a machine has that many cores; the native runner caps the same.
 MAX_THREADS = 1024
+#: The most worker processes (or Ray tasks) a run is split into.
+MAX_WORKERS = 256
 
 
 def _threads_problem(value: Any) -> str | None:

@@ -17,10 +17,10 @@ otherwise, and saves the evaluation.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,7 +35,17 @@ from edgeadapt.formats.identity import BundleIdentity
 from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.formats.stepcheck import check_step
 
-__all__ = ["EvaluateRun", "evaluate_bundle", "evaluate_to_file", "load_dataset"]
+if TYPE_CHECKING:
+    from edgeadapt.measure.shards import ShardJob
+
+__all__ = [
+    "EvaluateRun",
+    "StateResults",
+    "evaluate_bundle",
+    "evaluate_to_file",
+    "load_dataset",
+    "run_states",
+]
 
 #: ``progress(done, total)``: samples done so far, of `total` (None while unknown: a
 #: loader script's).
@@ -112,6 +122,39 @@ def evaluate_bundle(
     return _evaluate(bundle, batches, inputs, _runtime(runtime, threads), tick)
 
 
+@dataclass(frozen=True)
+class StateResults:
+    """Per-sample results of every state on consecutive samples: `labels` ``[n]``,
+    `pred` ``[n, S]`` and the confidences `confs` (``{conf key: [n, S]}``,
+    `CONF_KEYS`); what a worker sends back for its shard of the data."""
+
+    labels: np.ndarray
+    pred: np.ndarray
+    confs: dict[str, np.ndarray]
+
+    @classmethod
+    def join(cls, parts: Sequence[StateResults]) -> StateResults:
+        """`parts` (consecutive runs of samples) as one, in order."""
+        return cls(
+            np.concatenate([p.labels for p in parts]).astype(np.int64),
+            np.concatenate([p.pred for p in parts]),
+            {key: np.concatenate([p.confs[key] for p in parts]) for key in CONF_KEYS.values()},
+        )
+
+    def evaluation(self, bundle: Bundle) -> Evaluation:
+        """These results as `bundle`'s evaluation."""
+        return Evaluation(
+            self.labels,
+            self.pred,
+            np.array([st.name for st in bundle.states], dtype=str),
+            self.confs["conf"],
+            conf_margin=self.confs["conf_margin"],
+            conf_entropy=self.confs["conf_entropy"],
+            num_classes=bundle.num_classes,
+            bundle=BundleIdentity.of(bundle),
+        )
+
+
 def _evaluate(
     bundle: Bundle,
     batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
@@ -121,11 +164,28 @@ def _evaluate(
 ) -> Evaluation:
     """Every state on each labelled batch of `batches` (read from `inputs`, whose rows
     may be known only at the end); the per-sample results are kept, the batches not."""
+
+    def tick(done: int) -> None:
+        if progress is not None:
+            progress(done, inputs.rows)
+
+    return run_states(bundle, batches, config, tick).evaluation(bundle)
+
+
+def run_states(
+    bundle: Bundle,
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+    config: RuntimeConfig,
+    progress: Callable[[int], None] | None = None,
+) -> StateResults:
+    """Every state of `bundle` on each labelled batch of `batches` (first row, feeds,
+    labels), under `config`; `progress(done)` after each batch with the rows done after
+    it (the batch's first row plus its size)."""
     from edgeadapt.kernel import confidence
 
     rt = config.make()
     s = len(bundle.steps)
-    parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+    parts: list[StateResults] = []
     needed = _last_reads(bundle)
     sessions = [rt.load(step.path) for step in bundle.steps]
     try:
@@ -142,24 +202,13 @@ def _evaluate(
                     confs[key][:, i] = confidence(logits, measure)
                 for name in [k for k in tensors if needed.get(k, -1) <= i]:
                     del tensors[name]  # no later step reads it: its memory goes now
-            parts.append((y, pred, confs))
+            parts.append(StateResults(y, pred, confs))
             if progress is not None:
-                progress(lo + b, inputs.rows)
+                progress(lo + b)
     finally:
         for session in sessions:
             session.close()
-    names = np.array([st.name for st in bundle.states], dtype=str)
-    confs = {key: np.concatenate([c[key] for _, _, c in parts]) for key in CONF_KEYS.values()}
-    return Evaluation(
-        np.concatenate([y for y, _, _ in parts]).astype(np.int64),
-        np.concatenate([p for _, p, _ in parts]),
-        names,
-        confs["conf"],
-        conf_margin=confs["conf_margin"],
-        conf_entropy=confs["conf_entropy"],
-        num_classes=bundle.num_classes,
-        bundle=BundleIdentity.of(bundle),
-    )
+    return StateResults.join(parts)
 
 
 def _last_reads(bundle: Bundle) -> dict[str, int]:
@@ -175,8 +224,9 @@ def _last_reads(bundle: Bundle) -> dict[str, int]:
 class EvaluateRun:
     """An evaluation made and saved (`evaluate_to_file`), the runtime configuration it
     ran under, a line saying how that differs from the profile's (None: it does not, or
-    there was no profile), the batch it ran at and why, and the data arrays it read as
-    another dtype than they hold."""
+    there was no profile), the batch it ran at and why, the data arrays it read as
+    another dtype than they hold, and the workers it ran in (a line saying how, when
+    more than one)."""
 
     evaluation: Evaluation
     path: Path
@@ -184,11 +234,14 @@ class EvaluateRun:
     runtime_note: str | None = None
     batch: BatchChoice | None = None
     casts: tuple[str, ...] = ()
+    workers: int = 1
+    workers_note: str | None = None
 
     @property
     def notes(self) -> list[str]:
-        """The lines to show beside the result (`run_notes`)."""
-        return run_notes(self.runtime_note, self.batch, self.casts)
+        """The lines to show beside the result (`run_notes`, and how the workers ran)."""
+        notes = run_notes(self.runtime_note, self.batch, self.casts)
+        return notes if self.workers_note is None else [*notes, self.workers_note]
 
     @property
     def oracle_accuracy(self) -> float:
@@ -205,6 +258,7 @@ class EvaluateRun:
             "oracle_accuracy": self.oracle_accuracy,
             "batch": None if self.batch is None else self.batch.to_json(),
             "casts": list(self.casts),
+            "workers": self.workers,
         }
 
 
@@ -219,6 +273,8 @@ def evaluate_to_file(
     batch: int | None = None,
     memory: int | str | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
 ) -> EvaluateRun:
     """`edgeadapt evaluate`: every state of `bundle` on the labelled `data` (an npz, a
     loader script, an image folder or CSV list: `edgeadapt.data.sources.open_source`),
@@ -231,20 +287,107 @@ def evaluate_to_file(
     profile, `runtime` (default onnxruntime) with its own defaults. The data is read
     a batch at a time, at `batch` or the batch
     `memory` holds (`evaluate_bundle`); `EvaluateRun.batch` says which.
+
+    `workers` above 1 runs the data in that many shards in worker processes
+    (`edgeadapt.measure.shards`), the threads split among them; `ray` (a cluster's
+    address, or ``"local"`` for a local cluster: `edgeadapt.measure.raywork`) runs the
+    shards as Ray tasks instead, `workers` of them (default: the cluster's CPUs). The
+    file is the same, bit for bit. A loader script cannot be split (it is read from its
+    start): it takes one worker. Nothing is written when a shard fails.
     """
     from edgeadapt.formats.evaluation import save_evaluation
     from edgeadapt.formats.presets import inherit_runtime
     from edgeadapt.formats.profile import find_profile, load_profile
+    from edgeadapt.measure.shards import check_workers
 
+    if workers is not None:
+        check_workers(workers)
+    if ray is not None:
+        from edgeadapt.measure.raywork import check_address
+
+        check_address(ray)
     loaded = as_bundle(bundle)
     found = find_profile(loaded, profile)
     recorded = None if found is None else load_profile(found, loaded).runtime_config
     choice = inherit_runtime(recorded, runtime=runtime, threads=threads, what="profile")
     inputs = open_source(data, loaded.inputs)
     size = choose_batch(lambda: bundle_sample_bytes(loaded), batch=batch, memory=memory)
-    batches = inputs.labelled(size.batch, loaded.num_classes)
-    ev = _evaluate(loaded, batches, inputs, choice.config, progress)
+    if ray is None and workers in (None, 1):
+        batches = inputs.labelled(size.batch, loaded.num_classes)
+        ev = _evaluate(loaded, batches, inputs, choice.config, progress)
+        used, worker_note = 1, None
+    else:
+        sharded = _Sharded(loaded, data, inputs, choice.config, size.batch, progress)
+        ev, used, worker_note = sharded.run(workers, ray)
     ev = replace(ev, data=inputs.record())
     path = Path(output) if output is not None else loaded.path / "evaluation.npz"
     save_evaluation(path, ev)
-    return EvaluateRun(ev, path, choice.config, choice.note, size, inputs.casts)
+    return EvaluateRun(ev, path, choice.config, choice.note, size, inputs.casts, used, worker_note)
+
+
+@dataclass(frozen=True)
+class _Sharded:
+    """`bundle` on `inputs` (opened from `data`) in shards of whole `batch`-row batches
+    (`edgeadapt.measure.shards`)."""
+
+    bundle: Bundle
+    data: str | os.PathLike[str] | DataSpec
+    inputs: Inputs
+    config: RuntimeConfig
+    batch: int
+    progress: Progress | None
+
+    def run(self, workers: int | None, ray: str | None) -> tuple[Evaluation, int, str]:
+        """The evaluation made by `workers` worker processes, or by Ray tasks on the
+        cluster at `ray`; the shards it took (fewer than asked when there are fewer
+        batches) and a line saying how it ran."""
+        from edgeadapt.measure.shards import run_local
+
+        inputs = self.inputs
+        if not inputs.shardable:
+            raise InputError(
+                f"{'--ray' if ray is not None else '--workers'} splits the data by sample; "
+                f"a {inputs.kind} is read from its first sample and cannot be split: "
+                "evaluate it with one worker, or save its samples as an .npz",
+                source="ray" if ray is not None else "workers",
+            )
+        inputs.labels(self.bundle.num_classes)  # bad labels are found here, before any worker
+        if ray is None:
+            assert workers is not None
+            jobs = self._jobs(workers, None)
+            results, retried = run_local(jobs, workers, self._tick)
+            note = f"{len(jobs)} worker processes, {self._threads(jobs)} each"
+            if retried:
+                note += f"; tried again: {', '.join(retried)}"
+        else:
+            from edgeadapt.measure.raywork import LOCAL, ray_cluster, run_ray
+
+            with ray_cluster(ray, workers) as cpus:
+                jobs = self._jobs(workers or cpus, None if ray == LOCAL else workers or cpus)
+                results = run_ray(jobs, self.bundle, self._tick)
+            where = "a local Ray cluster" if ray == LOCAL else f"the Ray cluster at {ray}"
+            note = f"{len(jobs)} Ray tasks on {where}, {self._threads(jobs)} each"
+        return StateResults.join(results).evaluation(self.bundle), len(jobs), note
+
+    def _jobs(self, workers: int, cpus: int | None) -> list[ShardJob]:
+        from edgeadapt.measure.shards import ShardJob, plan_shards, worker_config
+
+        assert self.inputs.rows is not None  # data that can be split knows its rows
+        spec = self.data if isinstance(self.data, DataSpec) else DataSpec(self.data)
+        spec = replace(spec, location=os.path.abspath(spec.location))
+        each = worker_config(self.config, workers, cpus)
+        return [
+            ShardJob(
+                str(self.bundle.path), self.bundle.manifest_sha256, spec, each, self.batch, lo, hi
+            )
+            for lo, hi in plan_shards(self.inputs.rows, self.batch, workers)
+        ]
+
+    def _tick(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.inputs.rows)
+
+    @staticmethod
+    def _threads(jobs: Sequence[ShardJob]) -> str:
+        n = jobs[0].config.threads
+        return "the runtime's threads" if n is None else f"{n} runtime thread{'s' * (n != 1)}"

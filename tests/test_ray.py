@@ -1,0 +1,160 @@
+"""edgeadapt.measure.raywork: ``evaluate --ray`` runs the shards as Ray tasks on a local
+cluster started by the test (2 CPUs); the evaluation is the one a single process
+writes, the bundle is shipped by content and verified, and an address that does not
+answer is an error naming it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeadapt.data.sources import DataSpec
+from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.formats.bundle import MANIFEST, load_bundle
+from edgeadapt.formats.evaluation import load_evaluation
+from edgeadapt.measure import raywork
+from edgeadapt.measure.evaluate import evaluate_to_file
+from tests.clirun import invoke
+
+ray = pytest.importorskip(
+    "ray", reason="ray is not installed (the ray extra: pip install 'edgeadapt[ray]')"
+)
+
+KEYS = ("labels", "pred", "conf", "conf_margin", "conf_entropy")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_address_that_does_not_answer_is_named(multiexit_copy, mnist1d_npz, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whatever ran before
+    address = f"127.0.0.1:{_closed_port()}"
+    result = invoke("evaluate", multiexit_copy, "--data", mnist1d_npz, "--ray", address)
+    assert result.exit_code == 2, result.output
+    assert f"error: the Ray cluster at {address} does not answer within 10 s" in result.output
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 2 CPUs for the module's tests."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_ray_tasks_equal_one_process(cluster, multiexit_copy, mnist1d_npz, tmp_path):
+    one = evaluate_to_file(multiexit_copy, mnist1d_npz, output=tmp_path / "1.npz", batch=8)
+    result = invoke(
+        "evaluate", multiexit_copy, "--data", mnist1d_npz, "--batch", 8, "--ray",
+        "--workers", 3, "-o", tmp_path / "ray.npz", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["workers"] == 3
+    assert "3 Ray tasks on a local Ray cluster, 1 runtime thread each" in result.stderr
+    a, b = load_evaluation(one.path), load_evaluation(tmp_path / "ray.npz")
+    for key in KEYS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+    assert a.data == b.data
+    assert a.bundle == b.bundle
+
+
+def test_without_workers_ray_takes_the_cluster_cpus(cluster, multiexit_copy, mnist1d_npz):
+    done = evaluate_to_file(multiexit_copy, mnist1d_npz, batch=8, ray="local")
+    assert done.workers == 2
+
+
+def test_bad_data_in_a_task_is_the_error_it_is(cluster, multiexit_copy, tmp_path):
+    path = tmp_path / "nan.npz"
+    x = np.zeros((40, 1, 40), np.float32)
+    x[37, 0, 5] = np.nan  # in the last shard
+    np.savez(path, x=x, y=np.zeros(40, np.int64))
+    out = tmp_path / "ev.npz"
+    with pytest.raises(InputError, match=r"row 37") as caught:
+        evaluate_to_file(multiexit_copy, path, output=out, batch=8, workers=2, ray="local")
+    assert str(path) in str(caught.value)
+    assert not out.exists()
+
+
+def test_the_bundle_is_shipped_by_content_and_verified(multiexit_copy, monkeypatch):
+    monkeypatch.setattr(raywork, "_LOADED", {})
+    bundle = load_bundle(multiexit_copy)
+    files = raywork.bundle_files(bundle)
+    assert set(files) == {MANIFEST, *bundle.files}
+    assert hashlib.sha256(files[MANIFEST]).hexdigest() == bundle.manifest_sha256
+    with pytest.raises(InputError, match="the shipped bundle's manifest sha256 is"):
+        raywork._materialize(files, "0" * 64)
+    step = next(iter(bundle.files))
+    tampered = {**files, step: files[step] + b"\0"}
+    with pytest.raises(EdgeadaptError, match=f"sha256 mismatch for '{step}'"):
+        raywork._materialize(tampered, bundle.manifest_sha256)
+    loaded = raywork._materialize(files, bundle.manifest_sha256)
+    assert loaded.manifest_sha256 == bundle.manifest_sha256
+    assert loaded.path != bundle.path
+    assert raywork._materialize(files, bundle.manifest_sha256) is loaded  # once a process
+
+
+def test_a_task_that_raises_twice_is_named(cluster, multiexit_copy, mnist1d_npz):
+    from edgeadapt.measure.shards import ShardError, ShardJob
+
+    bundle = load_bundle(multiexit_copy)
+    # a job no caller makes (no runtime configuration): the task raises AttributeError,
+    # an unexpected error, on both tries
+    job = ShardJob(
+        str(multiexit_copy), bundle.manifest_sha256, DataSpec(mnist1d_npz), None, 8, 0, 40
+    )
+    with pytest.raises(ShardError, match=r"samples 0\.\.39 failed 2 times on Ray \("):
+        raywork.run_ray([job], bundle)
+
+
+def _kill_a_running_task(stop) -> int | None:
+    """SIGKILL the first Ray worker process seen running a shard (its process title is
+    ``ray::_task`` while it does); its pid, or None when `stop()` came first."""
+    while not stop():
+        for path in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = path.read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::_task"):
+                pid = int(path.parent.name)
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.02)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's workers in /proc (Linux)")
+def test_a_killed_ray_worker_is_run_again_on_its_shard(cluster, multiexit_copy, tmp_path):
+    rng = np.random.default_rng(5)
+    data = tmp_path / "many.npz"
+    x = rng.standard_normal((4000, 1, 40)).astype(np.float32)
+    np.savez(data, x=x, y=rng.integers(0, 10, 4000))
+    one = evaluate_to_file(multiexit_copy, data, output=tmp_path / "1.npz", batch=1)
+    done: dict[str, object] = {}
+
+    def evaluate() -> None:
+        done["run"] = evaluate_to_file(
+            multiexit_copy, data, output=tmp_path / "ray.npz", batch=1, workers=2, ray="local"
+        )
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    killed = _kill_a_running_task(lambda: not thread.is_alive())
+    thread.join()
+    assert killed is not None
+    assert "run" in done  # Ray ran the killed shard again (max_retries=1)
+    a, b = load_evaluation(one.path), load_evaluation(tmp_path / "ray.npz")
+    for key in KEYS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
