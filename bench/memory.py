@@ -66,8 +66,13 @@ print(hwm[0].split()[1] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_
 
 def peak_rss(argv: list[str]) -> float:
     """Peak RSS of the command `argv`, in MiB."""
+    # away from a source checkout: `-m edgeadapt` would import its tree, not the package
     out = subprocess.run(
-        [sys.executable, "-c", _WRAP, *argv], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _WRAP, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
     )
     code, kib = out.stdout.split()
     if code != "0":

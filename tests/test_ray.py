@@ -47,9 +47,16 @@ def test_an_address_that_does_not_answer_is_named(multiexit_copy, mnist1d_npz, m
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A local Ray cluster of 2 CPUs for the module's tests."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+def cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs for the module's tests, started from a scratch
+    folder: Ray puts the driver's folder first on its workers' sys.path, which here
+    would be the source checkout's `edgeadapt/`, not the installed package."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    finally:
+        os.chdir(here)
     yield
     ray.shutdown()
 

@@ -85,6 +85,22 @@ def test_an_npz_in_workers_equals_one_process(multiexit_copy, mnist1d_npz, tmp_p
     assert "3 worker processes" in result.stderr
 
 
+def test_workers_import_the_parents_package_past_a_shadowing_folder(
+    multiexit_copy, mnist1d_npz, tmp_path, monkeypatch
+):
+    """A folder first on sys.path that holds another `edgeadapt/` (a source checkout)
+    is not what the spawned workers import: they take the parent's package."""
+    shadow = tmp_path / "shadow" / "edgeadapt"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the shadowing edgeadapt')\n")
+    monkeypatch.syspath_prepend(str(shadow.parent))
+    one = evaluate_to_file(multiexit_copy, mnist1d_npz, output=tmp_path / "1.npz", batch=8)
+    two = evaluate_to_file(
+        multiexit_copy, mnist1d_npz, output=tmp_path / "2.npz", batch=8, workers=2
+    )
+    _same(load_evaluation(one.path), load_evaluation(two.path))
+
+
 def test_an_image_folder_in_workers_equals_one_process(tmp_path):
     Image = pytest.importorskip("PIL.Image")
     from edgeadapt.exporters.family import export_family

@@ -25,11 +25,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import sys
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 from edgeadapt.data.sources import DataSpec, open_source
@@ -187,6 +190,23 @@ class _Running:
     failure: str | None = None
 
 
+#: The folder this `edgeadapt` was imported from.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@contextmanager
+def _this_package_first() -> Iterator[None]:
+    """Spawned workers take the parent's ``sys.path`` (a ``''`` as the parent's start
+    folder): with this package's folder first they import the package the parent runs,
+    never another ``edgeadapt/`` a folder on the path holds (a source checkout)."""
+    saved = sys.path[:]
+    sys.path.insert(0, _PACKAGE_ROOT)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def run_local(
     jobs: Sequence[ShardJob], workers: int, progress: Done | None = None
 ) -> tuple[list[StateResults], list[str]]:
@@ -204,7 +224,8 @@ def run_local(
     def start(i: int) -> None:
         parent, child = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_process_main, args=(jobs[i], child), daemon=True)
-        process.start()
+        with _this_package_first():
+            process.start()
         child.close()  # the worker holds the other end: its exit closes the pipe
         tries[i] += 1
         running[parent] = _Running(i, jobs[i], process)

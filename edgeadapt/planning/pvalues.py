@@ -98,7 +98,7 @@ def trinomial_difference_cdf(t: int, n: int, *, loss: float, gain: float) -> flo
     if not (gain >= 0.0 and loss > 0.0 and loss + gain < 1.0):
         raise ValueError(f"need rates loss > 0, gain >= 0 with loss + gain < 1, got {loss}, {gain}")
     if gain == 0.0:
-        return binom_cdf(t, n, loss) if t >= 0 else 0.0
+        return binom_cdf(min(t, n), n, loss) if t >= 0 else 0.0
     k_lo, k_hi = _window(n, gain)
     if t + k_hi < 0:
         return 0.0
