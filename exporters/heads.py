@@ -11,7 +11,9 @@ The head is built as a small ONNX graph (pooling, then ``(features - mean) * sca
 then Gemm) and appended to the step under a name prefix (`onnx.compose.add_prefix`). The
 standardisation stays a separate affine op instead of being folded into the weights: a
 feature with a tiny spread would otherwise get a huge weight, and float32 inference
-would drift from the float64 fit.
+would drift from the float64 fit. No feature's spread counts as smaller than float32 can
+resolve it: a small share of the magnitude of the values it is pooled from (a mean over
+channels that cancel, as a Swin's after LayerNorm, is float32 rounding noise).
 """
 
 from __future__ import annotations
@@ -104,6 +106,14 @@ def choose_pool(tail: tuple[int, ...], pool: str, *, tokens: bool = False) -> st
     return pool
 
 
+def magnitudes(
+    act: np.ndarray, pool: str, mask: np.ndarray | None = None, prefix: int = 0
+) -> np.ndarray:
+    """The pooling of ``|act|``: per feature, the typical magnitude of the values it is
+    pooled from, to which the float32 rounding of the ONNX head's pooling is relative."""
+    return features(np.abs(np.asarray(act, dtype=np.float64)), pool, mask, prefix)
+
+
 def features(
     act: np.ndarray, pool: str, mask: np.ndarray | None = None, prefix: int = 0
 ) -> np.ndarray:
@@ -141,6 +151,7 @@ class HeadFitter:
         self._sum: np.ndarray | None = None
         self._gram: np.ndarray | None = None
         self._class_sum: np.ndarray | None = None
+        self._magnitude: np.ndarray | None = None
         self._counts = np.zeros(num_classes, dtype=np.int64)
         self._held_x: list[np.ndarray] = []
         self._held_y: list[np.ndarray] = []
@@ -149,9 +160,17 @@ class HeadFitter:
         self._kept = 0
         self._seen = 0
 
-    def add(self, feats: np.ndarray, y: np.ndarray) -> None:
-        """Fold the next batch (features `feats` [b, d], labels `y` [b]) in."""
+    def add(self, feats: np.ndarray, y: np.ndarray, magnitude: np.ndarray | None = None) -> None:
+        """Fold the next batch (features `feats` [b, d], labels `y` [b]) in; `magnitude`
+        [b, d]: `magnitudes` of the activation (default ``|feats|``, right for
+        ``flatten``), which bounds how small a spread float32 resolves."""
         feats = np.asarray(feats, dtype=np.float64)
+        mag = np.abs(feats) if magnitude is None else np.asarray(magnitude, dtype=np.float64)
+        if mag.shape != feats.shape:
+            raise ValueError(f"magnitude shape {mag.shape} differs from features {feats.shape}")
+        if self._magnitude is None:
+            self._magnitude = np.zeros(feats.shape[1])
+        self._magnitude += mag.sum(axis=0)
         held = self.heldout[self._seen : self._seen + len(feats)]
         self._seen += len(feats)
         if held.any():
@@ -190,7 +209,9 @@ class HeadFitter:
         hx = np.concatenate(self._held_x).astype(np.float64)
         hy = np.concatenate(self._held_y)
         n, s, g, cs, counts = self._n, self._sum, self._gram, self._class_sum, self._counts
-        mean, scale, corr, target, prior = _standardised(n, s, g, cs, counts)
+        assert self._magnitude is not None
+        mag = self._magnitude / self._seen
+        mean, scale, corr, target, prior = _standardised(n, s, g, cs, counts, mag)
         vals, vecs = np.linalg.eigh(corr)
         vals = np.clip(vals, 0.0, None)
         p = ((hx - mean) * scale) @ vecs
@@ -210,7 +231,7 @@ class HeadFitter:
         n_all = n + len(hx)
         counts_all = counts + np.bincount(hy, minlength=self.num_classes)
         mean, scale, corr, target, prior = _standardised(
-            n_all, s + hx.sum(axis=0), g + hx.T @ hx, cs + hx.T @ onehot, counts_all
+            n_all, s + hx.sum(axis=0), g + hx.T @ hx, cs + hx.T @ onehot, counts_all, mag
         )
         w = np.linalg.solve(corr + lam * np.eye(len(corr)), target)
         weight = (temperature * w).astype(np.float32)
@@ -235,19 +256,28 @@ class HeadFitter:
 
 
 def _standardised(
-    n: int, s: np.ndarray, gram: np.ndarray, class_sum: np.ndarray, counts: np.ndarray
+    n: int,
+    s: np.ndarray,
+    gram: np.ndarray,
+    class_sum: np.ndarray,
+    counts: np.ndarray,
+    magnitude: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """From sufficient statistics: (mean, scale, the standardised covariance (the
-    features' correlation matrix), standardised class cross-covariance, class priors)."""
+    features' correlation matrix), standardised class cross-covariance, class priors);
+    `magnitude`: the mean `magnitudes` of each feature."""
     mean = s / n
     cov = gram / n - np.outer(mean, mean)
     sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     # A feature that barely varies would get a huge scale; clamp its spread to a small
-    # share of the typical one so standardised values stay O(1), and to 1e-4 of its own
-    # magnitude: the ONNX head computes in float32 (7 digits), so a spread below that
-    # would standardise rounding errors into the logits.
+    # share of the typical one so standardised values stay O(1), and to 1e-4 of the
+    # magnitude of the values it is pooled from (at least its own): the ONNX head pools
+    # and standardises in float32 (7 digits; a mean of n values rounds to about
+    # sqrt(n) eps32 of their magnitude), so a spread below that would standardise
+    # rounding errors into the logits.
     floor = max(1e-3 * float(np.sqrt(np.mean(sd**2))), 1e-12)
-    scale = 1.0 / np.maximum(sd, np.maximum(floor, 1e-4 * np.abs(mean)))
+    resolution = 1e-4 * np.maximum(magnitude, np.abs(mean))
+    scale = 1.0 / np.maximum(sd, np.maximum(floor, resolution))
     corr = cov * np.outer(scale, scale)
     prior = counts / n
     target = (class_sum / n - np.outer(mean, prior)) * scale[:, None]
@@ -288,7 +318,9 @@ def train_linear_head(
 ) -> LinearHead:
     """Fit a head on activations held in memory (the exporter streams `HeadFitter`)."""
     fitter = HeadFitter(num_classes, pool, heldout_mask(len(act), seed))
-    fitter.add(features(act, pool, mask), np.asarray(y, dtype=np.int64))
+    fitter.add(
+        features(act, pool, mask), np.asarray(y, dtype=np.int64), magnitudes(act, pool, mask)
+    )
     return fitter.fit()
 
 

@@ -48,6 +48,7 @@ from edgeadapt.exporters.heads import (
     features,
     heldout_mask,
     is_token_sequence,
+    magnitudes,
     overfit_message,
 )
 from edgeadapt.formats.bundle import Bundle, InputSpec, Step, write_bundle
@@ -246,7 +247,8 @@ def _train_heads(
             raise _run_error(e, source, "the model on the calibration set") from None
         for cut, act in zip(cuts, acts, strict=True):
             mask = feeds[masks[cut]] if cut in masks else None
-            fitters[cut].add(features(act, pools[cut], mask, prefixes.get(cut, 0)), y)
+            pooled = (act, pools[cut], mask, prefixes.get(cut, 0))
+            fitters[cut].add(features(*pooled), y, magnitudes(*pooled))
         if not sample:
             # the parity check runs the source and every step (each its own session) on
             # these rows at once: half a batch keeps the two within the memory budget

@@ -55,6 +55,12 @@ def test_pooling_normalisation_elementwise():
         count_flops(_one("MaxPool", (2, 8), {}, kernel_shape=[2], strides=[2])).flops == 2 * 4 * 2
     )
     assert count_flops(_one("GlobalAveragePool", (3, 5, 5), {})).flops == 75
+    # HF EfficientNet's pooler: a kernel as wide as the hidden size over a 2x2 map reads
+    # the 4 values once per output, not 1280 x 1280 of them
+    wide = _one(
+        "AveragePool", (3, 2, 2), {}, kernel_shape=[1280] * 2, strides=[1280] * 2, ceil_mode=1
+    )
+    assert count_flops(wide).flops == 3 * 4
     bn = {"s": (3,), "bias": (3,), "mean": (3,), "var": (3,)}
     assert count_flops(_one("BatchNormalization", (3, 4), bn)).flops == 2 * 12
     assert count_flops(_one("Relu", (3, 4), {})).flops == 12

@@ -141,6 +141,23 @@ def test_ill_conditioned_features_stay_within_float32_parity():
     assert head.heldout_accuracy > 0.8
 
 
+def test_pooled_features_that_cancel_are_not_standardised_rounding_noise():
+    """Channel means of values that cancel (a Swin's [B, H, W, C] after LayerNorm, pooled
+    over W and C): in float64 they spread by ~1e-9, below what float32 pooling resolves
+    (~1e-7 of the values' magnitude); scaled up by their own spread, float32 rounding
+    became logit errors past the parity tolerance. The head keeps no weight on them."""
+    rng = np.random.default_rng(5)
+    n, c = 300, 4
+    act = rng.standard_normal((n, c, 1536))
+    act = (act - act.mean(axis=2, keepdims=True)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    head = train_linear_head(act, y, 3, "gap")
+    want = head.predict(features(act, "gap"))
+    err = np.abs(_run_head(head, act) - want).max()
+    assert err <= 1e-3 * np.abs(want).max(), err
+    np.testing.assert_allclose(want, np.broadcast_to(head.bias, want.shape), atol=1e-6)
+
+
 @settings(max_examples=15, deadline=None)
 @given(batch=st.integers(1, 97), seed=st.integers(0, 3))
 def test_streaming_in_batches_gives_the_same_head(batch, seed):

@@ -28,6 +28,7 @@ import pytest
 
 from edgeadapt import zoo
 from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.exporters.cutpoints import find_cuts
 from edgeadapt.exporters.onnx import export_onnx
 from edgeadapt.formats.npzio import save_npz
 from tests import graphs
@@ -302,3 +303,17 @@ def test_real_model_cuts_runs_and_matches(name, dynamo, built, tmp_path):
     for args in steps:
         result = invoke(*args)
         assert result.exit_code == 0, (args[0], result.output)
+
+
+def test_find_cuts_counts_the_flops_of_every_swin_stage(built, tmp_path):
+    """onnx's shape inference loses a Swin's H and W after patch merging; ONNX Runtime's
+    symbolic inference recovers them beside the weights find_cuts moves out, so every
+    stage's attention counts and the cut after each stage lies further along."""
+    case, net = built("swin_t")
+    source = zoo.torch_export(
+        net, _inputs(case, net, 2, seed=1), tmp_path / "model.onnx", dynamo=False
+    )
+    shares = {c.tensor: c.flops_share for c in find_cuts(source)}
+    got = [shares[t] for t in zoo.cut_tensors(source, case.modules)]
+    assert 0.0 < got[0] < got[1] < got[2] < got[3] < 1.0, got
+    assert got[2] < 0.95, got  # the last stage's two blocks are no 5% of the model

@@ -212,20 +212,25 @@ def _calib(tmp_path):
     return path
 
 
-def _lost_shape_net() -> onnx.ModelProto:
-    """``x [B, 4, 6]`` -> Relu -> Reshape to ``[B, 6, 4]`` with a target shape computed
-    through float arithmetic (``Cast``, ``Div``, ``Floor``) that onnx's data propagation
-    does not fold -> Relu (the cut) -> flatten -> Gemm."""
+def _lost_shape_net(rows: int = 4, cols: int = 6, bias: bool = False) -> onnx.ModelProto:
+    """``x [B, rows, cols]`` (`bias`: plus a bias) -> Relu -> Reshape to ``[B, cols, rows]``
+    with a target shape computed through float arithmetic (``Cast``, ``Div``, ``Floor``)
+    that onnx's data propagation does not fold -> Relu (the cut) -> flatten -> Gemm."""
     rng = np.random.default_rng(0)
     inits = [
         _init("two", np.array(2.0, np.float32)),
         _init("twelve", np.array([12.0], np.float32)),
-        _init("head_dims", np.array([6, 4], np.int64)),
+        _init("head_dims", np.array([cols, rows], np.int64)),
         _init("i0", np.array([0], np.int64)),
-        _init("fc", rng.standard_normal((CLASSES, 24)).astype(np.float32)),
+        _init("fc", rng.standard_normal((CLASSES, rows * cols)).astype(np.float32)),
     ]
+    first = "x"
+    if bias:
+        inits.append(_init("bias", rng.standard_normal((rows, cols)).astype(np.float32)))
+        first = "xb"
     nodes = [
-        helper.make_node("Relu", ["x"], ["r"]),
+        *([helper.make_node("Add", ["x", "bias"], ["xb"])] if bias else []),
+        helper.make_node("Relu", [first], ["r"]),
         helper.make_node("Shape", ["r"], ["s"]),
         helper.make_node("Gather", ["s", "i0"], ["b"]),
         helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
@@ -244,11 +249,26 @@ def _lost_shape_net() -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "lost",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows, cols])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
         initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_flops_share_counts_what_follows_a_lost_shape_beside_external_weights(tmp_path):
+    """find_cuts moves weights of at least 1 KiB out as external data; ONNX Runtime's
+    symbolic inference, which reads the bias (an Add input) in case it is shape data,
+    must still run, or the Gemm after the cut (its input shape lost by onnx) counts zero
+    and the cut sits at 100% of the FLOPs (a Swin's later stages did)."""
+    rows, cols = 16, 24  # a 1.5 KiB bias: external
+    path = tmp_path / "m.onnx"
+    onnx.save(_lost_shape_net(rows, cols, bias=True), path)
+    (cut,) = [c for c in find_cuts(path) if c.tensor == "cut"]
+    n = rows * cols
+    before, after = 3 * n, 2 * n * CLASSES + CLASSES  # Add, Relu, Relu | Gemm with bias
+    assert cut.shape == (cols, rows)
+    assert cut.flops_share == pytest.approx(before / (before + after), rel=0.01)
 
 
 @pytest.mark.parametrize("symbolic", [True, False])

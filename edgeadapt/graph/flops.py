@@ -18,7 +18,7 @@ as MatMul QK^T + Softmax + MatMul V counts through those nodes; the fused
 ``com.microsoft`` Attention (`S*D_in*3D` projection MACs + `2*S^2*D`) and
 MultiHeadAttention / ai.onnx Attention (`S*L*(D_qk + D_v)` MACs) count the same
 products and a `3 * heads * S * L` softmax; MaxPool and AveragePool `E * prod(kernel)`
-FLOPs; global pooling and reductions `I` FLOPs; BatchNormalization `2E`;
+FLOPs (each kernel axis at most the input's); global pooling and reductions `I` FLOPs; BatchNormalization `2E`;
 Layer/Instance/GroupNormalization `5E`, RMS/SimplifiedLayerNormalization `4E`,
 SkipLayerNormalization `7E`; Softmax `3E`; elementwise ops (Add, Mul, Div, Sub, Pow,
 Sqrt, Tanh, Erf, Gelu, ...) `E`, FastGelu/BiasGelu `2E`.
@@ -191,7 +191,11 @@ def _node_cost(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> tupl
         return None if first is None else (math.prod(first), 0)
     if op in ("MaxPool", "AveragePool", "LpPool"):
         kernel = _attr(node, "kernel_shape", None)
-        return None if kernel is None else (e * math.prod(kernel), 0)
+        if kernel is None or first is None or len(first) != 2 + len(kernel):
+            return None
+        # a window wider than the input (HF EfficientNet pools a 2x2 map with a
+        # 1280-wide kernel, ceil_mode) reads only the input
+        return e * math.prod(min(int(k), d) for k, d in zip(kernel, first[2:], strict=True)), 0
     return _dense_cost(node, ins, e)
 
 

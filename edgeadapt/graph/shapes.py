@@ -100,9 +100,39 @@ def _symbolic_inference() -> Any:
     return module.SymbolicShapeInference
 
 
+def _external_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, or a copy whose initializers stored as external data are graph inputs of
+    the same type and shape.
+
+    The symbolic inference reads the values of every initializer an arithmetic node
+    (Add, Mul, ...) takes, in case they are shape data, and external data it cannot open
+    (a relative location, looked up from the working directory) stops it at the first
+    such weight: a Swin's stages after the first lost their shapes that way. Weights
+    moved out as external data are not shape data; as inputs their shapes stay known
+    and their values are never loaded."""
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    moved = {t.name for t in external}
+    kept = [t for t in out.graph.initializer if t.name not in moved]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    listed = {vi.name for vi in out.graph.input}
+    out.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in external
+        if t.name not in listed
+    )
+    return out
+
+
 def symbolic_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """`model` with the value infos of ONNX Runtime's symbolic shape inference, as far as
-    it got (None when the tool is missing or fails at once)."""
+    it got (None when the tool is missing or fails at once). Initializers held as external
+    data are read as inputs of their shape (`_external_as_inputs`): the result lists them
+    as graph inputs."""
     quiet = logging.getLogger(_SYMBOLIC)
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it logs every comparison it cannot decide
@@ -111,7 +141,7 @@ def symbolic_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
         # writes ``sym_shape_infer_temp.onnx`` into the working directory and raises;
         # here a partial result is kept (the rest stays unknown) and nothing is written.
         sym = _symbolic_inference()(2**31 - 1, True, False, 0)
-        sym._preprocess(model)
+        sym._preprocess(_external_as_inputs(model))
         while sym.run_:
             sym._infer_impl()
         sym._update_output_from_vi()
