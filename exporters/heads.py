@@ -143,8 +143,9 @@ _CHANNELS_FIRST_OPS = frozenset(
         "LRN",
     ]
 )
-#: How many ops past the cut `channels_last` looks.
-LAYOUT_HOPS = 4
+#: How many ops past the cut `channels_last` looks: a Swin's patch merging reads the
+#: stage's output through a Pad, two Slices and a Concat before its LayerNorm.
+LAYOUT_HOPS = 8
 
 
 def channels_last(model: onnx.ModelProto, tensor: str, rank: int) -> bool:

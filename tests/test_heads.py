@@ -260,6 +260,7 @@ def _init(name, array):
 
 _GAMMA = [_init("gamma", np.ones(8, np.float32)), _init("beta", np.zeros(8, np.float32))]
 _CONV_W = _init("w", np.ones((8, 4, 1, 1), np.float32))
+_SLICE = {"zero": 0, "one": 1, "two": 2, "big": 1 << 30}
 
 
 @pytest.mark.parametrize(
@@ -301,6 +302,25 @@ _CONV_W = _init("w", np.ones((8, 4, 1, 1), np.float32))
             17,
             True,
         ),
+        # a Swin's patch merging: Pad, two Slices (H, then W), Concat over C, LayerNorm
+        (
+            [
+                helper.make_node("Pad", ["cut", "pads"], ["p"]),
+                helper.make_node("Slice", ["p", "zero", "big", "one", "two"], ["h"]),
+                helper.make_node("Slice", ["h", "zero", "big", "two", "two"], ["hw"]),
+                helper.make_node("Slice", ["h", "one", "big", "two", "two"], ["hw1"]),
+                helper.make_node("Concat", ["hw", "hw1"], ["cat"], axis=-1),
+                helper.make_node("LayerNormalization", ["cat", "gamma2", "beta2"], ["o"]),
+            ],
+            [
+                _init("pads", np.zeros(8, np.int64)),
+                *(_init(k, np.array([v], np.int64)) for k, v in _SLICE.items()),
+                _init("gamma2", np.ones(16, np.float32)),
+                _init("beta2", np.zeros(16, np.float32)),
+            ],
+            17,
+            True,
+        ),
         # a decomposed LayerNorm: ReduceMean over the last axis, axes an attribute...
         ([helper.make_node("ReduceMean", ["cut"], ["o"], axes=[-1])], [], 17, True),
         # ... or an input (opset 18)
@@ -336,6 +356,7 @@ _CONV_W = _init("w", np.ones((8, 4, 1, 1), np.float32))
         "conv",
         "add-matmul",
         "transpose-to-nchw",
+        "patch-merging",
         "reducemean-attr",
         "reducemean-input",
         "reducemean-hw",
