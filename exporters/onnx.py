@@ -548,8 +548,8 @@ def export_onnx(
     input: `mask`, default the one integer ``*mask*`` input) or ``auto`` (``mean`` for
     token sequences, else flatten small activations and pool large ones: ``gap_last``
     where the ops reading the cut show it channels-last (`heads.channels_last`), else
-    ``gap``). `logits` names
-    the final output (default: the one graph output that is not a head).
+    ``gap``). `logits` names the final output (default: the one graph output that is
+    not a head).
 
     What a later step needs from before its cut (masks, position ids, shape arithmetic,
     weights read on both sides) is copied into it; an activation that skips past a cut is
