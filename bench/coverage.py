@@ -8,7 +8,8 @@ each is exported with torch's TorchScript exporter (``--dynamo`` for the dynamo 
 cut at 2-3 cuts chosen by one generic rule (the valid cuts that `find_cuts` lists nearest
 30%, 55% and 80% of the model's FLOPs), and split by ``edgeadapt export onnx`` with trained
 heads in a child process that reports its own peak RSS (``VmHWM``); the heads learn the
-source model's own answers on 48 calibration inputs. A model counts as
+source model's own answers on 48 calibration inputs (each head's pooling, feature count
+and held-out accuracy are printed under its model). A model counts as
 covered when the export succeeds and the chained steps give the source's logits (max abs
 error and argmax agreement on 8 inputs the export never saw).
 
@@ -263,6 +264,16 @@ def _chain(bundle_dir: Path, path: Path, feeds: dict[str, np.ndarray]) -> tuple[
     return err, float(np.mean(got.argmax(1) == want.argmax(1)))
 
 
+def _heads(bundle_dir: Path) -> list[dict[str, Any]]:
+    """Each trained head's pooling, feature count and held-out accuracy (on the source
+    model's own answers) from the bundle's manifest."""
+    from edgeadapt.formats.bundle import load_bundle
+
+    keep = ("pool", "features", "heldout_accuracy")
+    heads = load_bundle(bundle_dir).extra.get("heads", [])
+    return [{k: h[k] for k in keep} for h in heads if h.get("kind") == "trained-linear"]
+
+
 def run_one(
     name: str, build: Callable[[], tuple[Any, str, int]], dynamo: bool, work: Path
 ) -> dict[str, Any]:
@@ -287,6 +298,7 @@ def run_one(
         out = work / "bundle"
         row.update(_split(path, cuts, calib, out))
         if row["rc"] == 0:
+            row["heads"] = _heads(out)
             err, agree = _chain(out, path, _inputs(kind, size, 8, 3))
             row["max_abs_error"], row["argmax_agreement"] = err, agree
             row["covered"] = agree == 1.0 and err < 1e-3
@@ -342,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{row.get('max_abs_error', float('nan')):.1e} {status}",
             flush=True,
         )
+        for h in row.get("heads", []):
+            print(
+                f"    head: pool {h['pool']}, {h['features']} features, "
+                f"held-out accuracy {h['heldout_accuracy']:.3f}",
+                flush=True,
+            )
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
     for label, hf in (("torchvision", False), ("Hugging Face", True)):

@@ -7,6 +7,12 @@ feature count, not by the calibration set. A held-out part of the calibration sa
 (kept as features) chooses the ridge strength and a softmax temperature, and gives the
 head's held-out accuracy next to its training accuracy.
 
+Pooling: ``gap`` averages the axes after axis 1 of a channels-first ``[B, C, ...]``
+activation (a CNN's), ``gap_last`` the axes between the batch and the last axis of a
+channels-last ``[B, ..., C]`` one (a Swin's ``[B, H, W, C]`` between stages, a
+ConvNeXt block's channels-last segment, a TF-converted NHWC model's); `channels_last`
+tells them apart from the ops that read the activation.
+
 The head is built as a small ONNX graph (pooling, then ``(features - mean) * scale``,
 then Gemm) and appended to the step under a name prefix (`onnx.compose.add_prefix`). The
 standardisation stays a separate affine op instead of being folded into the weights: a
@@ -33,7 +39,7 @@ from edgeadapt.formats.bundle import BATCH
 #: The fit costs O(features^3) (an eigendecomposition: ~2 s at 2048 on one core, ~30 s
 #: at 4096), so flattening stays at moderate sizes.
 FLATTEN_MAX_FEATURES = 2048
-POOLS = ("auto", "gap", "flatten", "cls", "mean")
+POOLS = ("auto", "gap", "gap_last", "flatten", "cls", "mean")
 #: Pools for token sequences ``[batch, tokens, hidden]``.
 TOKEN_POOLS = ("cls", "mean")
 #: Ridge strengths tried (relative to the unit variance of standardised features).
@@ -52,7 +58,7 @@ OVERFIT_GAP = 0.15
 class LinearHead:
     """A trained head: ``logits = ((features(act) - mean) * scale) @ weight + bias``."""
 
-    pool: str  # "gap", "flatten", "cls" or "mean"
+    pool: str  # "gap", "gap_last", "flatten", "cls" or "mean"
     mean: np.ndarray  # [features], float32
     scale: np.ndarray  # [features], float32
     weight: np.ndarray  # [features, classes], float32
@@ -85,9 +91,153 @@ def is_token_sequence(tail: tuple[int, ...], input_rank: int, integer_input: boo
     return integer_input or input_rank != 3
 
 
-def choose_pool(tail: tuple[int, ...], pool: str, *, tokens: bool = False) -> str:
+#: Ops that keep an activation's axes where they are (elementwise, padding, slicing,
+#: concatenation): `channels_last` looks past them for an op that tells the layout.
+_SAME_AXES = frozenset(
+    [
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Exp",
+        "Erf",
+        "Tanh",
+        "Sigmoid",
+        "Relu",
+        "LeakyRelu",
+        "Elu",
+        "Selu",
+        "Gelu",
+        "HardSigmoid",
+        "HardSwish",
+        "Softplus",
+        "Clip",
+        "Where",
+        "Max",
+        "Min",
+        "Identity",
+        "Cast",
+        "Dropout",
+        "Pad",
+        "Slice",
+        "Concat",
+    ]
+)
+#: Ops that read axis 1 as the channels.
+_CHANNELS_FIRST_OPS = frozenset(
+    [
+        "Conv",
+        "ConvTranspose",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "GroupNormalization",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "AveragePool",
+        "MaxPool",
+        "LpPool",
+        "LRN",
+    ]
+)
+#: How many ops past the cut `channels_last` looks: a Swin's patch merging reads the
+#: stage's output through a Pad, two Slices and a Concat before its LayerNorm.
+LAYOUT_HOPS = 8
+
+
+def channels_last(model: onnx.ModelProto, tensor: str, rank: int) -> bool:
+    """Whether the activation `tensor` (of `rank` axes, the batch included) holds its
+    channels on its last axis, told by the ops that read it, directly or past up to
+    `LAYOUT_HOPS` ops that keep its axes (`_SAME_AXES`): channels-last when one of them
+    is a LayerNormalization or ReduceMean over the last axis alone, a MatMul by a 2-D
+    weight (a linear layer, which contracts the last axis), or a Transpose that moves
+    the last axis to axis 1; and none reads axis 1 as channels (a Conv, BatchNorm or
+    pooling: `_CHANNELS_FIRST_OPS`). Otherwise channels-first (today's rule). A Gemm
+    reads only 2-D activations, where pooling does not apply."""
+    if rank < 3:
+        return False
+    g = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in set(node.input):
+            consumers.setdefault(name, []).append(node)
+    consts = _constants(g)
+    last, first = False, False
+    frontier, seen = [tensor], {tensor}
+    for _ in range(LAYOUT_HOPS):
+        nxt = []
+        for name in frontier:
+            for node in consumers.get(name, []):
+                op = node.op_type
+                if op in _CHANNELS_FIRST_OPS:
+                    first = True
+                elif _reads_last_axis(node, name, rank, consts):
+                    last = True
+                elif op in _SAME_AXES:
+                    nxt += [o for o in node.output if o and o not in seen]
+                    seen.update(node.output)
+        frontier = nxt
+    return last and not first
+
+
+def _constants(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The graph's constant tensors: initializers and Constant nodes' values (a
+    Transpose, Cast or Identity of one keeps its rank, and counts as one too)."""
+    consts = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = node.attribute[0].t
+        elif node.op_type in ("Transpose", "Cast", "Identity") and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+    return consts
+
+
+def _axes(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> list[int] | None:
+    """A reduction's axes: its attribute (before opset 18) or its constant second input
+    (from 18 on); None when absent or not constant."""
+    for a in node.attribute:
+        if a.name == "axes":
+            return list(a.ints)
+    if len(node.input) > 1 and node.input[1] in consts:
+        t = consts[node.input[1]]
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            return [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+    return None
+
+
+def _reads_last_axis(
+    node: onnx.NodeProto, name: str, rank: int, consts: dict[str, onnx.TensorProto]
+) -> bool:
+    """Whether `node` reads its input `name` (of `rank` axes) as channels-last."""
+    op = node.op_type
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if op == "LayerNormalization":
+        return node.input[0] == name and int(attrs.get("axis", -1)) % rank == rank - 1
+    if op == "ReduceMean":
+        axes = _axes(node, consts)
+        return axes is not None and [a % rank for a in axes] == [rank - 1]
+    if op == "MatMul":
+        return (
+            node.input[0] == name
+            and node.input[1] in consts
+            and len(consts[node.input[1]].dims) == 2
+        )
+    if op == "Transpose":
+        perm = list(attrs.get("perm", []))
+        return len(perm) == rank and perm[0] == 0 and perm[1] == rank - 1
+    return False
+
+
+def choose_pool(
+    tail: tuple[int, ...], pool: str, *, tokens: bool = False, channels_last: bool = False
+) -> str:
     """The pooling for an activation of per-sample shape `tail` (``tokens``: it is a
-    ``[tokens, hidden]`` sequence, pooled by ``auto`` as a mean over tokens)."""
+    ``[tokens, hidden]`` sequence, pooled by ``auto`` as a mean over tokens;
+    ``channels_last``: its last axis holds the channels, so ``auto`` averages the others
+    with ``gap_last`` where it would use ``gap``)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if pool in TOKEN_POOLS:
@@ -102,7 +252,9 @@ def choose_pool(tail: tuple[int, ...], pool: str, *, tokens: bool = False) -> st
     if pool == "auto":
         if tokens:
             return "mean"
-        return "flatten" if int(np.prod(tail)) <= FLATTEN_MAX_FEATURES else "gap"
+        if int(np.prod(tail)) <= FLATTEN_MAX_FEATURES:
+            return "flatten"
+        return "gap_last" if channels_last else "gap"
     return pool
 
 
@@ -134,6 +286,8 @@ def features(
         return total / count
     if act.ndim > 2 and pool == "gap":
         act = act.mean(axis=tuple(range(2, act.ndim)))
+    if act.ndim > 2 and pool == "gap_last":
+        act = act.mean(axis=tuple(range(1, act.ndim - 1)))
     return act.reshape(len(act), -1)
 
 
@@ -344,8 +498,8 @@ def _pooling(
     inputs: list[onnx.ValueInfoProto],
 ) -> str:
     """Append the nodes, initializers and inputs of the head's pooling (``cls``, a mean
-    over tokens with or without a mask, ``gap``) to `nodes`, `inits` and `inputs`; the
-    name of the pooled tensor (``act`` itself without pooling)."""
+    over tokens with or without a mask, ``gap``, ``gap_last``) to `nodes`, `inits` and
+    `inputs`; the name of the pooled tensor (``act`` itself without pooling)."""
     rank = len(act_shape)
     src = "act"
     if head.pool == "cls":
@@ -383,6 +537,13 @@ def _pooling(
         src = "pooled"
     elif rank > 2 and head.pool == "gap":
         nodes.append(helper.make_node("GlobalAveragePool", [src], ["pooled"]))
+        src = "pooled"
+    elif rank > 2 and head.pool == "gap_last":
+        # [B, ..., C] -> [B, C, ...], then a global average pool: opset-independent, as
+        # the mean over tokens above
+        perm = [0, rank - 1, *range(1, rank - 1)]
+        nodes.append(helper.make_node("Transpose", [src], ["channels_first"], perm=perm))
+        nodes.append(helper.make_node("GlobalAveragePool", ["channels_first"], ["pooled"]))
         src = "pooled"
     return src
 

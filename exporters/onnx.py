@@ -44,6 +44,7 @@ from edgeadapt.exporters.heads import (
     HeadFitter,
     LinearHead,
     attach_head,
+    channels_last,
     choose_pool,
     features,
     heldout_mask,
@@ -369,6 +370,7 @@ class _HeadInputs:
 
 
 def _head_inputs(
+    model: onnx.ModelProto,
     specs: Sequence[InputSpec],
     untrained: list[str],
     tails: Mapping[str, tuple[int, ...]],
@@ -376,8 +378,9 @@ def _head_inputs(
     mask: str | None,
     source: Path,
 ) -> _HeadInputs:
-    """Choose each trained head's pooling and, for ``mean`` over tokens, the mask input
-    and how many tokens the model prepends to it."""
+    """Choose each trained head's pooling (``auto`` tells a channels-last activation
+    from the ops of `model` that read it: `heads.channels_last`) and, for ``mean`` over
+    tokens, the mask input and how many tokens the model prepends to it."""
     mask_name = _mask_input(specs, mask, source)
     integer_input = any(np.dtype(s.dtype).kind != "f" for s in specs)
     pools: dict[str, str] = {}
@@ -385,8 +388,9 @@ def _head_inputs(
     prefixes: dict[str, int] = {}
     for cut in untrained:
         tokens = is_token_sequence(tails[cut], len(specs[0].shape), integer_input)
+        last = pool == "auto" and not tokens and channels_last(model, cut, len(tails[cut]) + 1)
         try:
-            pools[cut] = choose_pool(tails[cut], pool, tokens=tokens)
+            pools[cut] = choose_pool(tails[cut], pool, tokens=tokens, channels_last=last)
         except ValueError as e:
             raise InputError(f"cut {cut!r}: {e}", source="pool") from None
         if pools[cut] == "mean" and mask_name is not None:
@@ -538,11 +542,14 @@ def export_onnx(
     batches of `batch_size`, else of as many samples as `memory` holds
     (`edgeadapt.data.memory.choose_batch`; the manifest's ``extra["calibration_batch"]``
     says which). `pool` chooses the head's features: ``gap`` (mean over the
-    spatial axes of ``[B, C, ...]``), ``flatten``, ``cls`` (token 0 of ``[B, T, H]``),
+    spatial axes of ``[B, C, ...]``), ``gap_last`` (mean over the spatial axes of a
+    channels-last ``[B, ..., C]``), ``flatten``, ``cls`` (token 0 of ``[B, T, H]``),
     ``mean`` (mean over the tokens, over the unmasked ones when the model has a mask
     input: `mask`, default the one integer ``*mask*`` input) or ``auto`` (``mean`` for
-    token sequences, else flatten small activations and gap large ones). `logits` names
-    the final output (default: the one graph output that is not a head).
+    token sequences, else flatten small activations and pool large ones: ``gap_last``
+    where the ops reading the cut show it channels-last (`heads.channels_last`), else
+    ``gap``). `logits` names the final output (default: the one graph output that is
+    not a head).
 
     What a later step needs from before its cut (masks, position ids, shape arithmetic,
     weights read on both sides) is copied into it; an activation that skips past a cut is
@@ -581,7 +588,7 @@ def export_onnx(
         if reads:
             dims = {**dims, **_graph.resolve_dims(model, reads, specs, work)}
         _check_shape_reads(g, plans, dims, cuts)
-        hi = _head_inputs(specs, untrained, tails, pool, mask_name, source)
+        hi = _head_inputs(model, specs, untrained, tails, pool, mask_name, source)
         for p in plans:
             if p.activation in hi.masks and hi.masks[p.activation] not in p.inputs:
                 p.inputs.append(hi.masks[p.activation])

@@ -236,3 +236,17 @@ def test_export_onnx_two_input_text_model(tmp_path):
     bad = _run("export", "onnx", source, *args, "--mask", "nope", "-o", tmp_path / "b2")
     assert bad.exit_code == 2
     assert "error: --mask: 'nope' is not an input of " in bad.output
+
+
+def test_export_onnx_pool_choices_are_the_exporters():
+    """--pool lists its choices literally (the CLI imports no exporter to start): they
+    are the exporter's, gap_last included."""
+    import click
+
+    from edgeadapt.cli import cli
+    from edgeadapt.exporters.heads import POOLS
+
+    ctx = click.Context(cli)
+    onnx_cmd = cli.get_command(ctx, "export").get_command(ctx, "onnx")
+    pool = next(p for p in onnx_cmd.params if p.name == "pool")
+    assert tuple(pool.type.choices) == POOLS

@@ -491,3 +491,63 @@ def test_compressed_calibration_is_streamed(tmp_path, source, mnist1d):
     assert not auto["given"]
     assert auto["memory"] == 64 << 10
     assert 1 <= auto["batch"] * auto["bytes_per_sample"] <= 64 << 10
+
+
+def _channels_last_model(c_in=6, width=48, classes=4, seed=0):
+    """``x [B, 8, 8, c_in]`` -> MatMul (a linear layer per position) -> ``feat [B, 8, 8,
+    width]`` -> LayerNorm over the channels -> mean over H and W -> MatMul -> logits: a
+    Swin's layout. The linear layer's rows sum to zero, so each position's channels do
+    too, and a mean over W and C carries nothing."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((c_in, width))
+    w1 -= w1.mean(axis=1, keepdims=True)
+    init = onnx.numpy_helper.from_array
+    nodes = [
+        onnx.helper.make_node("MatMul", ["x", "w1"], ["feat"]),
+        onnx.helper.make_node("LayerNormalization", ["feat", "gamma", "beta"], ["ln"]),
+        onnx.helper.make_node("ReduceMean", ["ln"], ["pooled"], axes=[1, 2], keepdims=0),
+        onnx.helper.make_node("MatMul", ["pooled", "w2"], ["logits"]),
+    ]
+    inits = [
+        init(w1.astype(np.float32), "w1"),
+        init(np.ones(width, np.float32), "gamma"),
+        init(np.zeros(width, np.float32), "beta"),
+        init(rng.standard_normal((width, classes)).astype(np.float32), "w2"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "nhwc",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 8, 8, c_in])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", classes])],
+        initializer=inits,
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_channels_last_cut_gets_a_channels_last_pooling(tmp_path):
+    """auto pools [B, 8, 8, 48] (3072 values: too many to flatten) over H and W, read
+    from the LayerNorm over its last axis, so the head sees the 48 channels; the
+    channels-first gap would see 8 row means that carry nothing."""
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(_channels_last_model(), path)
+    rng = np.random.default_rng(1)
+    n, classes = 300, 4
+    y = rng.integers(0, classes, n)
+    x = rng.standard_normal((n, 8, 8, 6))
+    x[np.arange(n), ..., y] += 1.0  # channel y carries the class
+    save_npz(tmp_path / "c.npz", x=x.astype(np.float32), y=y)
+    bundle = export_onnx(path, tmp_path / "b", cuts=["feat"], calibration=tmp_path / "c.npz")
+    head = bundle.extra["heads"][0]
+    assert head["pool"] == "gap_last"
+    assert head["features"] == 48
+    assert head["heldout_accuracy"] > 0.9
+    probe = rng.standard_normal((5, 8, 8, 6)).astype(np.float32)
+    _assert_full_path_equals(bundle, path, {"x": probe})
+    gap = export_onnx(
+        path, tmp_path / "g", cuts=["feat"], calibration=tmp_path / "c.npz", pool="gap"
+    )
+    assert gap.extra["heads"][0]["features"] == 8
+    assert gap.extra["heads"][0]["heldout_accuracy"] < 0.5

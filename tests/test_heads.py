@@ -6,12 +6,13 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from edgeadapt.exporters.heads import (
     RIDGE_GRID,
     HeadFitter,
     LinearHead,
+    channels_last,
     choose_pool,
     features,
     head_graph,
@@ -22,8 +23,10 @@ from edgeadapt.exporters.heads import (
 )
 
 
-def _run_head(head: LinearHead, act: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    opset = [helper.make_opsetid("", 17)]
+def _run_head(
+    head: LinearHead, act: np.ndarray, mask: np.ndarray | None = None, opset_version: int = 17
+) -> np.ndarray:
+    opset = [helper.make_opsetid("", opset_version)]
     model = head_graph(head, ["batch", *act.shape[1:]], opset, 8)
     onnx.checker.check_model(model, full_check=True)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -190,6 +193,9 @@ def test_heldout_mask_is_seeded_and_bounded():
 def test_choose_pool():
     assert choose_pool((8, 40), "auto") == "flatten"
     assert choose_pool((64, 56, 56), "auto") == "gap"
+    assert choose_pool((4, 4, 384), "auto", channels_last=True) == "gap_last"
+    assert choose_pool((4, 4, 24), "auto", channels_last=True) == "flatten"  # small
+    assert choose_pool((64, 56, 56), "gap_last") == "gap_last"
     assert choose_pool((13, 32), "auto", tokens=True) == "mean"
     assert choose_pool((13, 32), "cls") == "cls"
     with pytest.raises(ValueError, match=r"needs a \[batch, tokens, hidden\]"):
@@ -197,3 +203,176 @@ def test_choose_pool():
     assert is_token_sequence((13, 32), input_rank=2, integer_input=True)
     assert is_token_sequence((197, 192), input_rank=4, integer_input=False)
     assert not is_token_sequence((8, 40), input_rank=3, integer_input=False)
+
+
+def _channels_last_act(n=300, hw=(4, 5), c=6, classes=3, seed=0):
+    """``[n, H, W, C]`` whose channel y carries the class; every position's channels sum
+    to zero, so a mean over W and C (``gap`` read as channels-first) carries nothing."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    act = rng.standard_normal((n, *hw, c))
+    act[np.arange(n), ..., y] += 2.0
+    act -= act.mean(axis=-1, keepdims=True)
+    return act.astype(np.float32), y
+
+
+def test_gap_last_averages_the_spatial_axes_of_a_channels_last_activation():
+    act, y = _channels_last_act()
+    feats = features(act, "gap_last")
+    assert feats.shape == (300, 6)  # one feature per channel
+    np.testing.assert_allclose(feats, act.astype(np.float64).mean(axis=(1, 2)))
+    assert train_linear_head(act, y, 3, "gap_last").heldout_accuracy > 0.9
+    # read as channels-first, the same activation leaves one feature per row, and none
+    # of them tells the classes apart
+    assert features(act, "gap").shape == (300, 4)
+    assert train_linear_head(act, y, 3, "gap").heldout_accuracy < 0.6
+
+
+@pytest.mark.parametrize("opset_version", [17, 18])
+@pytest.mark.parametrize("shape", [(4, 5), (7,), (2, 3, 2)])
+def test_onnx_gap_last_head_equals_its_float64_prediction(shape, opset_version):
+    act, y = _channels_last_act(hw=shape)
+    head = train_linear_head(act, y, 3, "gap_last")
+    want = head.predict(features(act, "gap_last"))
+    got = _run_head(head, act, opset_version=opset_version)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.mean(got.argmax(1) == y) > 0.9
+
+
+def _reader_graph(nodes, inits=(), opset=17, rank=4):
+    """``x`` -> Relu -> ``cut`` (``[B, 4, 4, 8]``, ``[B, 4, 8]`` or ``[B, 4]`` by
+    `rank`), read by `nodes`."""
+    shape = {4: ["batch", 4, 4, 8], 3: ["batch", 4, 8], 2: ["batch", 4]}[rank]
+    outs = sorted({o for n in nodes for o in n.output} - {i for n in nodes for i in n.input})
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["cut"]), *nodes],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs],
+        initializer=list(inits),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+_GAMMA = [_init("gamma", np.ones(8, np.float32)), _init("beta", np.zeros(8, np.float32))]
+_CONV_W = _init("w", np.ones((8, 4, 1, 1), np.float32))
+_SLICE = {"zero": 0, "one": 1, "two": 2, "big": 1 << 30}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "inits", "opset", "want"),
+    [
+        # a LayerNorm over the last axis (default axis -1): a Swin's or ConvNeXt's
+        (
+            [helper.make_node("LayerNormalization", ["cut", "gamma", "beta"], ["o"])],
+            _GAMMA,
+            17,
+            True,
+        ),
+        # over axes 1.. (axis 1): not the last axis alone
+        (
+            [helper.make_node("LayerNormalization", ["cut", "gamma", "beta"], ["o"], axis=1)],
+            _GAMMA,
+            17,
+            False,
+        ),
+        # a Conv reads axis 1 as channels
+        ([helper.make_node("Conv", ["cut", "w"], ["o"])], [_CONV_W], 17, False),
+        # a linear layer past a residual Add: reads the last axis
+        (
+            [
+                helper.make_node("Add", ["cut", "cut"], ["s"]),
+                helper.make_node("MatMul", ["s", "fc"], ["o"]),
+            ],
+            [_init("fc", np.ones((8, 3), np.float32))],
+            17,
+            True,
+        ),
+        # a transpose to channels-first (NHWC -> NCHW), then a Conv
+        (
+            [
+                helper.make_node("Transpose", ["cut"], ["t"], perm=[0, 3, 1, 2]),
+                helper.make_node("Conv", ["t", "w"], ["o"]),
+            ],
+            [_CONV_W],
+            17,
+            True,
+        ),
+        # a Swin's patch merging: Pad, two Slices (H, then W), Concat over C, LayerNorm
+        (
+            [
+                helper.make_node("Pad", ["cut", "pads"], ["p"]),
+                helper.make_node("Slice", ["p", "zero", "big", "one", "two"], ["h"]),
+                helper.make_node("Slice", ["h", "zero", "big", "two", "two"], ["hw"]),
+                helper.make_node("Slice", ["h", "one", "big", "two", "two"], ["hw1"]),
+                helper.make_node("Concat", ["hw", "hw1"], ["cat"], axis=-1),
+                helper.make_node("LayerNormalization", ["cat", "gamma2", "beta2"], ["o"]),
+            ],
+            [
+                _init("pads", np.zeros(8, np.int64)),
+                *(_init(k, np.array([v], np.int64)) for k, v in _SLICE.items()),
+                _init("gamma2", np.ones(16, np.float32)),
+                _init("beta2", np.zeros(16, np.float32)),
+            ],
+            17,
+            True,
+        ),
+        # a decomposed LayerNorm: ReduceMean over the last axis, axes an attribute...
+        ([helper.make_node("ReduceMean", ["cut"], ["o"], axes=[-1])], [], 17, True),
+        # ... or an input (opset 18)
+        (
+            [helper.make_node("ReduceMean", ["cut", "axes"], ["o"])],
+            [_init("axes", np.array([3], np.int64))],
+            18,
+            True,
+        ),
+        # a global average pool written as ReduceMean over H and W: channels-first
+        ([helper.make_node("ReduceMean", ["cut"], ["o"], axes=[2, 3])], [], 17, False),
+        # both kinds of reader: the layout is not clear, keep channels-first
+        (
+            [
+                helper.make_node("LayerNormalization", ["cut", "gamma", "beta"], ["o"]),
+                helper.make_node("Conv", ["cut", "w"], ["o2"]),
+            ],
+            [*_GAMMA, _CONV_W],
+            17,
+            False,
+        ),
+        # no reader that tells (a Reshape)
+        (
+            [helper.make_node("Reshape", ["cut", "shape"], ["o"])],
+            [_init("shape", np.array([0, -1], np.int64))],
+            17,
+            False,
+        ),
+    ],
+    ids=[
+        "layernorm-last",
+        "layernorm-axis1",
+        "conv",
+        "add-matmul",
+        "transpose-to-nchw",
+        "patch-merging",
+        "reducemean-attr",
+        "reducemean-input",
+        "reducemean-hw",
+        "both",
+        "reshape",
+    ],
+)
+def test_channels_last_is_told_by_the_ops_reading_the_cut(nodes, inits, opset, want):
+    assert channels_last(_reader_graph(nodes, inits, opset), "cut", 4) is want
+
+
+def test_channels_last_needs_spatial_axes():
+    """A [B, T, C] sequence read by a LayerNorm: channels-last (a mean over T); a 2-D
+    activation has nothing to pool."""
+    ln = [helper.make_node("LayerNormalization", ["cut", "gamma", "beta"], ["o"])]
+    assert channels_last(_reader_graph(ln, _GAMMA, rank=3), "cut", 3)
+    mm = [helper.make_node("MatMul", ["cut", "fc"], ["o"])]
+    fc = [_init("fc", np.ones((4, 3), np.float32))]
+    assert not channels_last(_reader_graph(mm, fc, rank=2), "cut", 2)

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from edgeadapt import zoo
 from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.exporters.cutpoints import find_cuts
+from edgeadapt.exporters.heads import channels_last
 from edgeadapt.exporters.onnx import export_onnx
 from edgeadapt.formats.npzio import save_npz
 from tests import graphs
@@ -317,3 +319,17 @@ def test_find_cuts_counts_the_flops_of_every_swin_stage(built, tmp_path):
     got = [shares[t] for t in zoo.cut_tensors(source, case.modules)]
     assert 0.0 < got[0] < got[1] < got[2] < got[3] < 1.0, got
     assert got[2] < 0.95, got  # the last stage's two blocks are no 5% of the model
+
+
+def test_swin_stages_are_channels_last(built, tmp_path):
+    """A Swin's activations between stages are [B, H, W, C]: the ops reading each cut
+    (the patch merging's Pad, Slices and Concat, then its LayerNorm over C; the final
+    LayerNorm) tell the exporter, so
+    ``--pool auto`` averages H and W (``gap_last``) instead of W and C."""
+    case, net = built("swin_t")
+    source = zoo.torch_export(
+        net, _inputs(case, net, 2, seed=1), tmp_path / "model.onnx", dynamo=False
+    )
+    model = onnx.load(str(source))
+    cuts = zoo.cut_tensors(source, case.modules)
+    assert [channels_last(model, cut, 4) for cut in cuts] == [True] * len(cuts)

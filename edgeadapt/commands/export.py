@@ -80,13 +80,16 @@ def _heads(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 @recipe_options()
 @click.option(
     "--pool",
-    type=click.Choice(["auto", "gap", "flatten", "cls", "mean"]),
+    type=click.Choice(["auto", "gap", "gap_last", "flatten", "cls", "mean"]),
     default="auto",
     show_default=True,
-    help="Trained heads' features: gap (mean over the spatial axes of [B,C,...]), flatten, "
-    "cls (token 0 of [B,T,H]), mean (mean over the tokens, the unmasked ones when the model "
-    "has a mask input). auto: mean for token sequences, else flatten small activations and "
-    "gap large ones.",
+    help="Trained heads' features: gap (mean over the spatial axes of [B,C,...]), gap_last "
+    "(mean over the spatial axes of a channels-last [B,...,C]: a Swin's [B,H,W,C], an NHWC "
+    "model's), flatten, cls (token 0 of [B,T,H]), mean (mean over the tokens, the unmasked "
+    "ones when the model has a mask input). auto: mean for token sequences, else flatten "
+    "small activations and pool large ones, with gap_last where the ops reading the cut "
+    "show it channels-last (a LayerNorm or linear layer over the last axis, a transpose "
+    "to channels-first), else gap.",
 )
 @click.option(
     "--mask",
