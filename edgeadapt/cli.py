@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+import edgeadapt.commands as pkg
 from edgeadapt._version import __version__
 from edgeadapt.commands.group import CommandGroup, as_flag, usage_error
 from edgeadapt.errors import EdgeadaptError, InputError, UserCodeError
@@ -25,8 +26,6 @@ from edgeadapt.formats.identity import UncheckedWarning
 
 
 def _discover() -> dict[str, click.Command]:
-    import edgeadapt.commands as pkg
-
     found: dict[str, click.Command] = {}
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"{pkg.__name__}.{info.name}")
