@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeadapt import runtimes
+import edgeadapt.runtimes as runtimes
 from edgeadapt.data.inputs import random_batch
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
