@@ -2,8 +2,8 @@
 execution branches that skip residual blocks; see `edgeadapt.exporters.branches`), a
 subcommand of `export` (added there).
 
-`edgeadapt.exporters.branches` and `edgeadapt.data.sources` are imported in the command: at
-the top they would add about 15 ms to `edgeadapt --help`, which imports every command module.
+`edgeadapt.exporters.branches` and the `edgeadapt.data` modules are imported in the command:
+at the top they would add about 15 ms to `edgeadapt --help`, which imports every command module.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from edgeadapt.commands.options import (
     seed_option,
 )
 from edgeadapt.commands.progress import progress_ticker
-from edgeadapt.data.memory import BatchChoice
 
 if TYPE_CHECKING:
     from edgeadapt.data.images import Recipe
@@ -81,6 +80,7 @@ def export_branches_cmd(
     branches become the bundle's states, sharing one weights file. Then profile,
     evaluate, bound and plan the bundle as any other.
     """
+    from edgeadapt.data.memory import BatchChoice
     from edgeadapt.data.sources import DataSpec
     from edgeadapt.exporters.branches import export_branches
 
