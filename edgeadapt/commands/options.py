@@ -17,7 +17,7 @@ at most `INT_MAX`), floats are finite (`number`); a required option has no defau
 (click's own ``required`` then holds).
 
 `edgeadapt.data.sources`, `edgeadapt.data.images` and `edgeadapt.measure.raywork` are
-imported where a value is converted: at the top they would add about 25 ms to
+imported where they are used: at the top they would add about 25 ms to
 `edgeadapt --help`, which imports every command module.
 """
 
