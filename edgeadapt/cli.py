@@ -2,8 +2,9 @@
 
 Each module in `edgeadapt.commands` defines its click commands and lists them in a
 module-level ``COMMANDS``; they are discovered here, so adding a command never touches
-this file. Command modules import heavy libraries (onnx, onnxruntime, torch) inside the
-command function, so `edgeadapt --help` stays fast.
+this file. Command modules import the pipeline modules (and through them onnxruntime or
+torch) inside the command function where the top would slow `edgeadapt --help`; each
+module's docstring says which.
 """
 
 from __future__ import annotations
