@@ -224,7 +224,7 @@ def _static_session(rt: Any, bundle: Bundle, hops: Sequence[_Hop]) -> Session | 
     cannot be merged (then they run one by one)."""
     if bundle.kind != "early-exit" or len(hops) != 1 or len(hops[0].steps) == 1:
         return None
-    from edgeadapt.exporters.compose import whole_model  # exporters are no floor below cascade
+    from edgeadapt.exporters.compose import whole_model  # not a floor below cascade
 
     try:
         model = whole_model(bundle, hops[0].state)

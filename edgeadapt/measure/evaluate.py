@@ -295,13 +295,12 @@ def evaluate_to_file(
     file is the same, bit for bit. A loader script cannot be split (it is read from its
     start): it takes one worker. Nothing is written when a shard fails.
     """
-    # shards and raywork import this module (run_states, StateResults): a cycle
-    from edgeadapt.measure.shards import check_workers
+    from edgeadapt.measure.shards import check_workers  # cycle: shards imports this module
 
     if workers is not None:
         check_workers(workers)
     if ray is not None:
-        from edgeadapt.measure.raywork import check_address  # cycle: raywork imports this
+        from edgeadapt.measure.raywork import check_address  # cycle: raywork imports this module
 
         check_address(ray)
     loaded = as_bundle(bundle)
@@ -358,7 +357,7 @@ class _Sharded:
             if retried:
                 note += f"; tried again: {', '.join(retried)}"
         else:
-            from edgeadapt.measure.raywork import LOCAL, ray_cluster, run_ray  # a cycle, as above
+            from edgeadapt.measure.raywork import LOCAL, ray_cluster, run_ray  # cycle, as above
 
             with ray_cluster(ray, workers) as cpus:
                 jobs = self._jobs(workers or cpus, None if ray == LOCAL else workers or cpus)
@@ -368,7 +367,7 @@ class _Sharded:
         return StateResults.join(results).evaluation(self.bundle), len(jobs), note
 
     def _jobs(self, workers: int, cpus: int | None) -> list[ShardJob]:
-        from edgeadapt.measure.shards import ShardJob, plan_shards, worker_config  # a cycle
+        from edgeadapt.measure.shards import ShardJob, plan_shards, worker_config  # cycle, as above
 
         assert self.inputs.rows is not None  # data that can be split knows its rows
         spec = self.data if isinstance(self.data, DataSpec) else DataSpec(self.data)
