@@ -2,8 +2,9 @@
 
 Each module in `edgeadapt.commands` defines its click commands and lists them in a
 module-level ``COMMANDS``; they are discovered here, so adding a command never touches
-this file. Command modules import heavy libraries (onnx, onnxruntime, torch) inside the
-command function, so `edgeadapt --help` stays fast.
+this file. Command modules import the pipeline modules (and through them onnxruntime or
+torch) inside the command function where the top would slow `edgeadapt --help`; each
+module's docstring says which.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import click
 
+import edgeadapt.commands as pkg
 from edgeadapt._version import __version__
 from edgeadapt.commands.group import CommandGroup, as_flag, usage_error
 from edgeadapt.errors import EdgeadaptError, InputError, UserCodeError
@@ -25,8 +27,6 @@ from edgeadapt.formats.identity import UncheckedWarning
 
 
 def _discover() -> dict[str, click.Command]:
-    import edgeadapt.commands as pkg
-
     found: dict[str, click.Command] = {}
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"{pkg.__name__}.{info.name}")

@@ -48,7 +48,7 @@ from edgeadapt.formats.atomic import atomic_write_many
 from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
 from edgeadapt.formats.plan import Plan, check_plan, load_plan
-from edgeadapt.formats.profile import Profile
+from edgeadapt.formats.profile import Profile, default_profile_path
 from edgeadapt.oracle.bound import (
     VIEWS_CAPTION,
     BundleBound,
@@ -621,8 +621,6 @@ def report_to_file(
     """What ``edgeadapt report`` does: `write_report` with the bundle's own files by
     default (the profile ``BUNDLE/profiles/<device>.json``, the evaluation
     ``BUNDLE/evaluation.npz``, the plan ``BUNDLE/plan.json`` when it exists)."""
-    from edgeadapt.formats.profile import default_profile_path
-
     b = as_bundle(bundle)
     profile_path = _default(
         profile, default_profile_path(b), "profile", f"run edgeadapt profile {b.path}"

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import io
 import os
 import sys
@@ -151,8 +152,6 @@ def _trace(
 def _aux_inputs(module: Any, names: Sequence[str], where: str) -> list[str]:
     """The model inputs a stage or head reads besides the activation: the parameters
     of its ``forward`` after the first, named as model inputs."""
-    import inspect
-
     try:
         params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):

@@ -78,7 +78,7 @@ def _missing_reason(name: str) -> str | None:
             install = f"pip install 'edgeadapt[{extra}]'" if extra else f"pip install {package}"
             return f"the '{package}' package is not installed: {install}"
     if name == "tensorrt":
-        from .tensorrt import gpu_missing_reason
+        from .tensorrt import gpu_missing_reason  # backends load when used
 
         return gpu_missing_reason()
     return None

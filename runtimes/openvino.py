@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edgeadapt.errors import EdgeadaptError
 from edgeadapt.formats.device import cpu_model
@@ -39,8 +40,6 @@ SHARE_BYTES = 64 * 1024
 
 
 def _onnx_io_names(path: Path) -> set[str]:
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     return {v.name for v in (*graph.input, *graph.output)}
 

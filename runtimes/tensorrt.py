@@ -25,6 +25,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx.helper import tensor_dtype_to_np_dtype
 
 from edgeadapt.data.inputs import out_of_range
 from edgeadapt.errors import EdgeadaptError, InputError
@@ -70,9 +72,6 @@ def gpu_missing_reason() -> str | None:
 
 def _onnx_input_dtypes(path: Path) -> dict[str, np.dtype[Any]]:
     """The element type each graph input of the ONNX file declares."""
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
     graph = onnx.load(str(path), load_external_data=False).graph
     return {
         v.name: np.dtype(tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))

@@ -1,5 +1,8 @@
 """The CLI shell: version, help, and the one-line error contract."""
 
+import subprocess
+import sys
+
 from click.testing import CliRunner
 
 from edgeadapt import __version__
@@ -19,6 +22,46 @@ def test_help_lists_commands():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
     assert "adaptive inference" in result.output
+
+
+#: what `edgeadapt --help` must not import: the optional packages, and the pipeline
+#: modules the command modules import lazily to keep it fast (their module docstrings)
+NOT_AT_HELP = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "onnxruntime",
+    "openvino",
+    "tensorrt",
+    "ray",
+    "PIL",
+    "matplotlib",
+    "mnist1d",
+    "onnxscript",
+    "timm",
+    "edgeadapt.cascade.run",
+    "edgeadapt.data.sources",
+    "edgeadapt.demo",
+    "edgeadapt.exporters.onnx",
+    "edgeadapt.measure.evaluate",
+    "edgeadapt.measure.profiler",
+    "edgeadapt.report",
+)
+
+
+def test_help_imports_no_optional_package_or_lazy_pipeline_module(tmp_path):
+    code = (
+        "import sys\n"
+        "from edgeadapt.cli import main\n"
+        "try:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {NOT_AT_HELP!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert "adaptive inference" in out.stdout
+    assert out.stderr.strip() == "[]"
 
 
 def test_unknown_command_exits_2():

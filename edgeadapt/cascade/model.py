@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from time import perf_counter_ns
 from typing import Any, NamedTuple, cast
 
 import numpy as np
+import onnx
 
 from edgeadapt.cascade.agreement import AgreementRun
 from edgeadapt.data.inputs import BatchCheck, warmup_batch
@@ -222,11 +224,7 @@ def _static_session(rt: Any, bundle: Bundle, hops: Sequence[_Hop]) -> Session | 
     cannot be merged (then they run one by one)."""
     if bundle.kind != "early-exit" or len(hops) != 1 or len(hops[0].steps) == 1:
         return None
-    import tempfile
-
-    import onnx
-
-    from edgeadapt.exporters.compose import whole_model
+    from edgeadapt.exporters.compose import whole_model  # not a floor below cascade
 
     try:
         model = whole_model(bundle, hops[0].state)

@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.data.batches import Inputs, array_inputs
 from edgeadapt.data.budget import MAX_BATCH
 from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch, run_notes
 from edgeadapt.data.sources import DataSpec, open_source, script_spec
 from edgeadapt.errors import InputError
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.npzio import save_npz
 
 if TYPE_CHECKING:
-    from edgeadapt.cascade.model import AdaptiveModel
-    from edgeadapt.formats.bundle import Bundle
     from edgeadapt.formats.presets import RuntimeConfig
 
 __all__ = [
@@ -181,10 +182,6 @@ def run_to_file(
     `cost_stat`) on the inputs in `input_path`, read and run `batch` rows at a time, else
     as many as `memory` holds (`RunResult.batch` says which); with `output`,
     ``pred``/``exit_state``/``conf``/``budget_exit`` are also saved there as an .npz."""
-    from edgeadapt.cascade.model import AdaptiveModel
-    from edgeadapt.formats.bundle import load_bundle
-    from edgeadapt.formats.npzio import save_npz
-
     loaded = load_bundle(bundle) if isinstance(bundle, (str, os.PathLike)) else bundle
     inputs = read_input(input_path, loaded)
     size = choose_batch(lambda: bundle_sample_bytes(loaded), batch=batch, memory=memory)

@@ -3,6 +3,9 @@
 Thin: parse options, call `edgeadapt.oracle.bound` / `edgeadapt.oracle.subset` /
 `edgeadapt.formats.evaluation`, print an aligned table (`edgeadapt.render`) or (``--json``) one
 JSON object.
+
+`edgeadapt.oracle.subset` is imported in `subset`: at the top it would add about 3 ms to
+`edgeadapt --help`, which imports every command module.
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ from edgeadapt.commands.options import (
     output_option,
 )
 from edgeadapt.errors import InputError
-from edgeadapt.oracle.bound import oracle_cells
+from edgeadapt.formats.bundle import load_bundle
+from edgeadapt.formats.evaluation import import_predictions, save_evaluation
+from edgeadapt.oracle.bound import (
+    VIEWS_CAPTION,
+    BundleBound,
+    CostView,
+    bundle_bound_defaults,
+    oracle_cells,
+    table_bound,
+    view_cells,
+)
 from edgeadapt.render import num, pct, ratio, table
 
 if TYPE_CHECKING:
-    from edgeadapt.oracle.bound import BundleBound, CostView
     from edgeadapt.oracle.equations import BoundSummary
     from edgeadapt.oracle.subset import SubsetAnalysis
 
@@ -105,8 +117,6 @@ def _baselines_text(bound: BundleBound) -> str:
 
 
 def _views_text(views: dict[str, CostView]) -> str:
-    from edgeadapt.oracle.bound import VIEWS_CAPTION, view_cells
-
     headers = ["view", "unit", "R_oracle", "R_N", "R_ratio"]
     return VIEWS_CAPTION + "\n" + table(headers, view_cells(views), left=(0, 1))
 
@@ -170,8 +180,6 @@ def bound_command(
     the table supplies the costs by state name, a BUNDLE its profile's measured
     cascade costs (--cost ms) or its manifest's FLOPs (--cost flops).
     """
-    from edgeadapt.oracle.bound import bundle_bound_defaults, table_bound
-
     if bundle is None and (profile is not None or cost is not None):
         raise InputError("--profile and --cost need BUNDLE, not --table", source="bound")
     options: dict[str, Any] = {"alpha": alpha, "classes": classes, "envelope": envelope}
@@ -300,9 +308,6 @@ def import_predictions_command(
     with --states) and the evaluation records the bundle; without it, bundle commands
     read the evaluation with a note that it cannot be checked.
     """
-    from edgeadapt.formats.bundle import load_bundle
-    from edgeadapt.formats.evaluation import import_predictions, save_evaluation
-
     names = [s.strip() for s in keep.split(",") if s.strip()] if keep else None
     bundle = None if bundle_path is None else load_bundle(bundle_path)
     evaluation = import_predictions(sources, states=names, bundle=bundle, classes=classes)

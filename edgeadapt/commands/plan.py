@@ -19,7 +19,14 @@ from edgeadapt.commands.options import (
 )
 from edgeadapt.formats.plan import COST_STATS, PROMISE_KINDS
 from edgeadapt.kernel_ref import MEASURES
-from edgeadapt.planning.planner import CALIBRATIONS, POLICIES, PlanOptions, PlanSummary
+from edgeadapt.oracle.bound import r_n_what
+from edgeadapt.planning.planner import (
+    CALIBRATIONS,
+    POLICIES,
+    PlanOptions,
+    PlanSummary,
+    plan_to_file,
+)
 from edgeadapt.render import pct, saving, static_verdict, thresholds_text
 
 
@@ -149,8 +156,6 @@ def plan_cmd(
     deploying. Plan on a profile taken in chain order (the profiler's default): the
     costs the cascade pays.
     """
-    from edgeadapt.planning.planner import plan_to_file
-
     summary = plan_to_file(
         bundle,
         profile=profile,
@@ -177,8 +182,6 @@ def plan_cmd(
 
 def plan_text(summary: PlanSummary) -> str:
     """The plan's figures as `edgeadapt plan` prints them."""
-    from edgeadapt.oracle.bound import r_n_what
-
     plan = summary.plan
     held = plan.heldout
     lines = [

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, InputSpec
@@ -245,8 +246,6 @@ def token_ranges(bundle: Bundle) -> dict[str, int]:
     """For each integer model input that directly indexes a constant table (a ``Gather``
     whose data is an initializer, as an embedding does), the table's size along the
     gathered axis: the ids that input may hold are ``0..size-1``."""
-    import onnx
-
     ints = {s.name for s in bundle.inputs if np.dtype(s.dtype).kind in "iu"}
     sizes: dict[str, int] = {}
     for step in bundle.steps:

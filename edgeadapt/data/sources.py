@@ -30,19 +30,17 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgeadapt.data.batches import Inputs, check_size, open_inputs
+from edgeadapt.data.images import Recipe, open_images
 from edgeadapt.data.inputs import check_batch
 from edgeadapt.errors import InputError, UserCodeError
 from edgeadapt.formats.bundle import InputSpec
 from edgeadapt.formats.jsonio import check_regular
 from edgeadapt.formats.npzio import array_file_kind
-
-if TYPE_CHECKING:
-    from edgeadapt.data.images import Recipe
 
 __all__ = [
     "DEFAULT_FUNCTION",
@@ -111,8 +109,6 @@ def open_source(data: str | os.PathLike[str] | DataSpec, specs: Sequence[InputSp
     location = data.location if isinstance(data, DataSpec) else data
     script = script_spec(location)
     if os.path.isdir(location) or (script is None and Path(location).suffix.lower() == ".csv"):
-        from edgeadapt.data.images import open_images
-
         check_source(location)
         return open_images(Path(location), specs, recipe)
     if recipe is not None:

@@ -24,26 +24,53 @@ runtime, interleaved sample by sample with the adaptive run so machine noise hit
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
+import onnx
 
+from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.data.mnist1d import (
+    CALIBRATION_SEED,
+    DEFAULT_SEED,
+    DEMO_CALIBRATION,
+    calibration_samples,
+    mnist1d_splits,
+)
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+from edgeadapt.exporters.compose import whole_model
 from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.device import device_id
+from edgeadapt.formats.evaluation import (
+    Evaluation,
+    check_evaluation,
+    load_evaluation,
+    save_evaluation,
+)
+from edgeadapt.formats.npzio import ArraySpec, load_npz, save_npz
+from edgeadapt.formats.plan import Plan, check_plan, load_plan, save_plan
 from edgeadapt.formats.presets import RuntimeConfig
-
-if TYPE_CHECKING:
-    from edgeadapt.formats.evaluation import Evaluation
-    from edgeadapt.formats.plan import Plan
-    from edgeadapt.formats.profile import Profile, Ratio
-    from edgeadapt.oracle.bound import BundleBound
-    from edgeadapt.planning.planner import PlanCosts, PlanSummary
+from edgeadapt.formats.profile import Profile, Ratio, load_profile, save_profile
+from edgeadapt.measure.evaluate import evaluate_bundle
+from edgeadapt.measure.profiler import TimingOptions, profile_bundle, profile_calls
+from edgeadapt.oracle.bound import BundleBound, bundle_bound
+from edgeadapt.oracle.equations import exact_oracle
+from edgeadapt.planning.planner import (
+    PlanCosts,
+    PlanOptions,
+    PlanSummary,
+    gap_closure,
+    plan_bundle,
+    profile_costs,
+)
+from edgeadapt.report import write_report
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles the demo runs, in the order it shows them: a compute-bound residual
@@ -254,15 +281,6 @@ def _data(out: Path, ui: UI, force: bool) -> dict[str, tuple[np.ndarray, np.ndar
     shipped bundles' seed, and its calibration split with an extra draw of another seed
     (`edgeadapt.data.mnist1d.calibration_samples`: a larger held-out half lets the promise
     tolerate more losses, and none of it is a training sample)."""
-    from edgeadapt.data.mnist1d import (
-        CALIBRATION_SEED,
-        DEFAULT_SEED,
-        DEMO_CALIBRATION,
-        calibration_samples,
-        mnist1d_splits,
-    )
-    from edgeadapt.formats.npzio import ArraySpec, load_npz, save_npz
-
     names = ("calibration", "test")
     tags = {
         "calibration": f"seed{DEFAULT_SEED}+{CALIBRATION_SEED}-calibration-{DEMO_CALIBRATION}",
@@ -315,13 +333,6 @@ def _measure_run(
     static model's prediction and latency. The two alternate in blocks of `BLOCK` samples
     (who goes first alternates too): within a block each runs as it would deployed, with
     its own weights in the cache, while load on the machine hits both alike."""
-    import tempfile
-
-    import onnx
-
-    from edgeadapt.cascade.model import AdaptiveModel
-    from edgeadapt.exporters.compose import whole_model
-
     with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
         static_path = Path(tmp) / "static.onnx"
         onnx.save(whole_model(bundle, reference), str(static_path))
@@ -382,9 +393,6 @@ def _run_figures(
     measured: tuple[np.ndarray, ...],
     y: np.ndarray,
 ) -> RunFigures:
-    from edgeadapt.oracle.equations import exact_oracle
-    from edgeadapt.planning.planner import gap_closure
-
     pred, exits, lat, static_pred, static_lat = measured
     n = y.shape[0]
     if len(plan.states) == 1:  # one plain model, as the static model runs
@@ -421,8 +429,6 @@ def _cached_profile(
     ui: UI,
 ) -> tuple[Profile, bool]:
     """The bundle's chain-order profile with the whole model, reused when valid."""
-    from edgeadapt.formats.profile import load_profile, save_profile
-    from edgeadapt.measure.profiler import TimingOptions, profile_bundle, profile_calls
 
     def make_profile() -> Profile:
         with ui.bar(f"profiling {bundle.path.name}", profile_calls(bundle, (1,))) as progress:
@@ -457,9 +463,6 @@ def _cached_evaluation(
 ) -> tuple[Evaluation, bool]:
     """The bundle's evaluation on one data split, reused when made for these states and
     labels."""
-    from edgeadapt.formats.evaluation import check_evaluation, load_evaluation, save_evaluation
-    from edgeadapt.measure.evaluate import evaluate_bundle
-
     names = [s.name for s in bundle.states]
     x, y = data[split]
 
@@ -486,8 +489,6 @@ def _cached_plan(
 ) -> Plan:
     """The plan `edgeadapt plan` makes with its defaults, reused unless its inputs were
     rebuilt."""
-    from edgeadapt.formats.plan import check_plan, load_plan, save_plan
-    from edgeadapt.planning.planner import plan_bundle
 
     def load_plan_(path: Path) -> Plan:
         p = load_plan(path)
@@ -512,8 +513,6 @@ def _cached_plan(
 def _gate_plan(bundle: Bundle, ev_calib: Evaluation, measured: PlanCosts) -> PlanSummary | None:
     """The same split and promise with learned exit gates in place of thresholds, when
     the planner finds one."""
-    from edgeadapt.planning.planner import PlanOptions, PlanSummary, plan_bundle
-
     try:
         gated = plan_bundle(bundle, ev_calib, measured, PlanOptions(policy="gate"))
         return PlanSummary(gated)
@@ -532,10 +531,6 @@ def _demo_bundle(
     min_seconds: float,
     ui: UI,
 ) -> BundleResult:
-    from edgeadapt.oracle.bound import bundle_bound
-    from edgeadapt.planning.planner import PlanSummary, profile_costs
-    from edgeadapt.report import write_report
-
     names = [s.name for s in bundle.states]
     reused: list[str] = []
     cache: _Cache[Any] = _Cache(ui, force, reused)
@@ -596,8 +591,6 @@ def run_demo(
     `samples` limits the measured run to the first test samples (default: all 2,500);
     `min_seconds` is how long the profiler times each step.
     """
-    from edgeadapt.formats.device import device_id
-
     ui = ui or QuietUI()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InputError(f"must be a positive integer, got {threads!r}", source="threads")

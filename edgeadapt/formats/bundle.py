@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import onnx
+from onnx import numpy_helper
 
 from edgeadapt._version import __version__
 from edgeadapt.errors import InputError
@@ -325,8 +326,6 @@ def share_weights(
     """Copies of `models` whose large initializers point, as ONNX external data, into one
     blob at `location` that holds each (by name) once; initializers of one name must be
     equal in every model."""
-    from onnx import numpy_helper
-
     blob = bytearray()
     where: dict[str, tuple[int, bytes]] = {}
     shared: list[onnx.ModelProto] = []

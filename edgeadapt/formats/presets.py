@@ -130,7 +130,7 @@ def _scalar(value: Any) -> str | None:
 
 
 def _parse(doc: dict[str, Any], source: str) -> Preset:
-    from edgeadapt.runtimes import runtime_names
+    from edgeadapt.runtimes import runtime_names  # runtimes sit above formats
 
     f = Fields(doc, source=source)
     name = f.get("name", str)
@@ -206,7 +206,7 @@ class RuntimeConfig:
 
     def make(self) -> Any:
         """The runtime (`edgeadapt.runtimes.Runtime`) this configuration describes."""
-        from edgeadapt.runtimes import get_runtime
+        from edgeadapt.runtimes import get_runtime  # runtimes sit above formats
 
         return get_runtime(self.runtime, **self.backend_options())
 
@@ -230,7 +230,7 @@ class RuntimeConfig:
     @classmethod
     def from_json(cls, doc: Any, source: str | os.PathLike[str], path: str = "$") -> RuntimeConfig:
         """Validate a JSON runtime configuration; errors name `source` and the JSON path."""
-        from edgeadapt.runtimes import runtime_names
+        from edgeadapt.runtimes import runtime_names  # runtimes sit above formats
 
         f = Fields(doc, source=source, path=path)
         runtime = f.get("runtime", str)

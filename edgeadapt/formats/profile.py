@@ -441,8 +441,6 @@ def _parse(doc: dict[str, Any], source: str) -> Profile:
 
 def _cascade_overhead(settings: Mapping[str, Any], source: str) -> Overhead | None:
     """`settings.cascade_overhead`, None when the profile did not measure it."""
-    from edgeadapt.formats.profile import Overhead  # the cascade reads profiles
-
     if "cascade_overhead" not in settings:
         return None
     return Overhead.from_json(settings["cascade_overhead"], source, "$.settings.cascade_overhead")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeadapt.errors import InputError
+from edgeadapt.formats.evaluation import check_classes, load_evaluation
 from edgeadapt.formats.jsonio import read_text
 
 __all__ = ["COLUMNS", "StateTable", "TableStates", "load_state_table", "table_states"]
@@ -139,8 +140,6 @@ def table_states(
     their costs taken from the table by name (every state must be in the table); with
     `classes`, its labels and predictions must be class indices below it (and the class
     count it records, if any, equal)."""
-    from edgeadapt.formats.evaluation import check_classes, load_evaluation
-
     rows = load_state_table(table)
     if evaluation is None:
         return TableStates(

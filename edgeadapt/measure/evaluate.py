@@ -30,10 +30,12 @@ from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch
 from edgeadapt.data.sources import DataSpec, open_source
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
-from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation, save_evaluation
 from edgeadapt.formats.identity import BundleIdentity
-from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.formats.presets import RuntimeConfig, inherit_runtime
+from edgeadapt.formats.profile import find_profile, load_profile
 from edgeadapt.formats.stepcheck import check_step
+from edgeadapt.kernel import confidence
 
 if TYPE_CHECKING:
     from edgeadapt.measure.shards import ShardJob
@@ -181,8 +183,6 @@ def run_states(
     """Every state of `bundle` on each labelled batch of `batches` (first row, feeds,
     labels), under `config`; `progress(done)` after each batch with the rows done after
     it (the batch's first row plus its size)."""
-    from edgeadapt.kernel import confidence
-
     rt = config.make()
     s = len(bundle.steps)
     parts: list[StateResults] = []
@@ -295,15 +295,12 @@ def evaluate_to_file(
     file is the same, bit for bit. A loader script cannot be split (it is read from its
     start): it takes one worker. Nothing is written when a shard fails.
     """
-    from edgeadapt.formats.evaluation import save_evaluation
-    from edgeadapt.formats.presets import inherit_runtime
-    from edgeadapt.formats.profile import find_profile, load_profile
-    from edgeadapt.measure.shards import check_workers
+    from edgeadapt.measure.shards import check_workers  # cycle: shards imports this module
 
     if workers is not None:
         check_workers(workers)
     if ray is not None:
-        from edgeadapt.measure.raywork import check_address
+        from edgeadapt.measure.raywork import check_address  # cycle: raywork imports this module
 
         check_address(ray)
     loaded = as_bundle(bundle)
@@ -341,7 +338,7 @@ class _Sharded:
         """The evaluation made by `workers` worker processes, or by Ray tasks on the
         cluster at `ray`; the shards it took (fewer than asked when there are fewer
         batches) and a line saying how it ran."""
-        from edgeadapt.measure.shards import run_local
+        from edgeadapt.measure.shards import run_local  # cycle: shards imports this module
 
         inputs = self.inputs
         if not inputs.shardable:
@@ -360,7 +357,7 @@ class _Sharded:
             if retried:
                 note += f"; tried again: {', '.join(retried)}"
         else:
-            from edgeadapt.measure.raywork import LOCAL, ray_cluster, run_ray
+            from edgeadapt.measure.raywork import LOCAL, ray_cluster, run_ray  # cycle, as above
 
             with ray_cluster(ray, workers) as cpus:
                 jobs = self._jobs(workers or cpus, None if ray == LOCAL else workers or cpus)
@@ -370,7 +367,7 @@ class _Sharded:
         return StateResults.join(results).evaluation(self.bundle), len(jobs), note
 
     def _jobs(self, workers: int, cpus: int | None) -> list[ShardJob]:
-        from edgeadapt.measure.shards import ShardJob, plan_shards, worker_config
+        from edgeadapt.measure.shards import ShardJob, plan_shards, worker_config  # cycle, as above
 
         assert self.inputs.rows is not None  # data that can be split knows its rows
         spec = self.data if isinstance(self.data, DataSpec) else DataSpec(self.data)

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+import edgeadapt.runtimes as runtimes
+from edgeadapt.data.inputs import random_batch
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.device import clock_state, fingerprint, load_average, temperatures
@@ -62,6 +64,7 @@ from edgeadapt.formats.profile import (
     save_profile,
     state_costs,
 )
+from edgeadapt.measure.overhead import measure_overhead
 from edgeadapt.measure.whole import WholeModel, load_whole, prepare_whole, whole_run
 
 __all__ = ["ProfileRun", "profile_bundle", "profile_calls", "profile_to_file"]
@@ -100,8 +103,6 @@ def _budget(seconds: Any, iters: int | None) -> float:
 def _random_inputs(bundle: Bundle, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Every model input, random with its dtype (`edgeadapt.data.inputs.random_batch`: token
     ids within the embedding table, masks all ones), made once outside the timed loop."""
-    from edgeadapt.data.inputs import random_batch
-
     return random_batch(bundle, batch, rng)
 
 
@@ -343,10 +344,8 @@ def _resolve_config(
 def _open_runtime(config: RuntimeConfig, chosen: Preset | None) -> Any:
     """The runtime backend `config` names; an option it refuses is blamed on the preset
     that set it, when there is one."""
-    from edgeadapt.runtimes import get_runtime
-
     try:
-        return get_runtime(config.runtime, **config.backend_options())
+        return runtimes.get_runtime(config.runtime, **config.backend_options())
     except InputError as e:
         if chosen is None:
             raise
@@ -511,8 +510,6 @@ def profile_bundle(
     as the steps (`_time_rounds`; `Profile.full_over_whole`). `progress(done, total)`
     counts the (batch, step) and (batch, whole model) timings done (`profile_calls`).
     """
-    from edgeadapt.measure.overhead import measure_overhead  # the cascade reads profiles
-
     batch_list, threads, timing = _check_timing(timing or TimingOptions(), threads)
     chosen = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
     config = _resolve_config(runtime, chosen, threads, precision, options)

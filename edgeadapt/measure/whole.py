@@ -54,7 +54,7 @@ def prepare_whole(
         return None
     last = bundle.states[-1].name
     if whole is True:
-        from edgeadapt.exporters.compose import whole_model
+        from edgeadapt.exporters.compose import whole_model  # not a floor below measure
 
         try:
             data = whole_model(bundle).SerializeToString()

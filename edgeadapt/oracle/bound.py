@@ -31,11 +31,13 @@ from edgeadapt.formats.evaluation import Evaluation, check_evaluation, load_eval
 from edgeadapt.formats.profile import (
     Profile,
     check_profile,
+    default_profile_path,
     flops_costs,
     load_profile,
     state_costs,
     static_cost,
 )
+from edgeadapt.formats.statetable import table_states
 from edgeadapt.oracle.equations import BoundSummary, OraclePoint, bound_summary
 from edgeadapt.render import num, pct, ratio
 
@@ -455,8 +457,6 @@ def bundle_bound_defaults(
     """`bundle_bound` as ``edgeadapt bound BUNDLE`` runs it: the profile defaults to
     ``BUNDLE/profiles/<device>.json`` when that exists (unless ``cost="flops"``), the
     cost unit to ms with a profile and FLOPs without."""
-    from edgeadapt.formats.profile import default_profile_path
-
     loaded = as_bundle(bundle)
     if cost is not None and cost not in COSTS:
         raise InputError(f"must be one of {', '.join(COSTS)}, got {cost!r}", source="cost")
@@ -496,8 +496,6 @@ def table_bound(
 ) -> TableBound:
     """Every bound of a state table (`edgeadapt.formats.statetable`); with an evaluation, the
     exact oracle on its per-sample results and the table's costs by state name."""
-    from edgeadapt.formats.statetable import table_states
-
     states = table_states(table, evaluation, classes)
     summary = bound_summary(
         states.names,

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgeadapt.errors import InputError
+from edgeadapt.formats.statetable import table_states
 from edgeadapt.oracle.equations import pareto_envelope, require_monotone, state_space
 
 __all__ = [
@@ -403,8 +404,6 @@ def table_subsets(
 ) -> SubsetAnalysis:
     """`subset_analysis` of a state table (`edgeadapt.formats.statetable.table_states`): by the
     exact oracle when an evaluation gives per-sample results."""
-    from edgeadapt.formats.statetable import table_states
-
     states = table_states(table, evaluation)
     return subset_analysis(
         states.names,

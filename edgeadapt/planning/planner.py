@@ -69,13 +69,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.formats.bundle import as_bundle
-from edgeadapt.formats.evaluation import CONF_KEYS, check_evaluation
+from edgeadapt.formats.bundle import Bundle, as_bundle
+from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation, check_evaluation, load_evaluation
 from edgeadapt.formats.plan import (
     AGREEMENT_NEVER,
     COST_STATS,
@@ -86,8 +87,10 @@ from edgeadapt.formats.plan import (
     Plan,
     Promise,
     SplitFigures,
+    save_plan,
 )
 from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.formats.profile import Profile, check_profile, load_profile, state_costs, static_cost
 from edgeadapt.kernel_ref import MEASURES, lookup
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.calibrate import NEVER, CascadeResult, calibrate, exit_states, simulate
@@ -100,10 +103,6 @@ from edgeadapt.planning.stats import drop_upper_bound
 
 if TYPE_CHECKING:
     import os
-
-    from edgeadapt.formats.bundle import Bundle
-    from edgeadapt.formats.evaluation import Evaluation
-    from edgeadapt.formats.profile import Profile
 
 CALIBRATIONS = ("risk", "empirical")
 #: Shares of max_drop the subset search runs at for a risk-controlled agreement plan.
@@ -875,8 +874,6 @@ def profile_costs(profile: Profile, bundle: Bundle, stat: str = "p50") -> PlanCo
     """The state costs and the static baseline of `profile` for `bundle` (checked), at
     batch 1 and the percentile `stat` (p50, p90 or p99: a plan made on p90 costs keeps
     budgets with fewer misses)."""
-    from edgeadapt.formats.profile import state_costs, static_cost
-
     if stat not in COST_STATS:
         raise InputError(f"must be one of {list(COST_STATS)}, got {stat!r}", field="cost_stat")
     overhead = profile.cascade_overhead
@@ -933,12 +930,6 @@ def plan_to_file(
     (`profile_costs`) and the `evaluation` as `options` say (`plan_bundle`), and save the
     plan to `output` (default ``BUNDLE/plan.json``). The per-hop overhead is the
     profile's (`Profile.cascade_overhead`) unless `hop_overhead_ms` is given."""
-    from pathlib import Path
-
-    from edgeadapt.formats.evaluation import Evaluation, load_evaluation
-    from edgeadapt.formats.plan import save_plan
-    from edgeadapt.formats.profile import Profile, check_profile, load_profile
-
     b = as_bundle(bundle)
     if isinstance(profile, Profile):
         check_profile(profile, b)
