@@ -18,6 +18,7 @@ import inspect
 from typing import Any
 
 from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.formats.presets import RuntimeConfig
 
 from .base import Runtime, Session, TensorSpec
 
@@ -26,6 +27,7 @@ __all__ = [
     "Session",
     "TensorSpec",
     "available_runtimes",
+    "from_config",
     "get_runtime",
     "runtime_names",
 ]
@@ -39,7 +41,8 @@ _BACKENDS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
 
 
 def runtime_names() -> tuple[str, ...]:
-    """Every backend name `get_runtime` knows, installed or not."""
+    """Every backend name `get_runtime` knows, installed or not: the names a file may
+    give (`edgeadapt.formats.presets.RUNTIME_NAMES`, tested equal)."""
     return tuple(_BACKENDS)
 
 
@@ -69,6 +72,11 @@ def get_runtime(name: str, **options: Any) -> Runtime:
             source="runtime",
         ) from None
     return cls(**options)
+
+
+def from_config(config: RuntimeConfig) -> Runtime:
+    """The runtime a configuration (of a preset, a profile or a plan) describes."""
+    return get_runtime(config.runtime, **config.backend_options())
 
 
 def _missing_reason(name: str) -> str | None:

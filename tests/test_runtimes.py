@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+from edgeadapt.formats.presets import RUNTIME_NAMES
 from edgeadapt.runtimes import available_runtimes, get_runtime, runtime_names
 from tests.backends import CPU_RUNTIMES, NEEDS_OPENVINO
 
@@ -108,6 +109,7 @@ def test_import_is_lazy(tmp_path) -> None:
 
 def test_registry_names_and_availability() -> None:
     assert runtime_names() == ("onnxruntime", "openvino", "tensorrt")
+    assert runtime_names() == RUNTIME_NAMES  # the names a file may give
     reasons = available_runtimes()
     assert set(reasons) == set(runtime_names())
     assert reasons["onnxruntime"] is None

@@ -65,7 +65,7 @@ from edgeadapt.kernel import (
     decide_buffers,
     decide_into,
 )
-from edgeadapt.runtimes import Session
+from edgeadapt.runtimes import Session, from_config
 
 
 @dataclass(frozen=True)
@@ -569,7 +569,7 @@ class AdaptiveModel:
             bundle, plan, hops, (kept_thresholds, measure), step_costs_ms, profile, stat
         )
         choice = _runtime_choice(plan, runtime, runtime_options, threads)
-        static, sessions = _open_route(choice.config.make(), bundle, hops)
+        static, sessions = _open_route(from_config(choice.config), bundle, hops)
         gates = None if plan is None or plan.gates is None else GateRun(plan.gates, plan.measure)
         overhead = _hop_overhead(plan, profile)
         model = cls(bundle, sessions, hops, policy, known, static, overhead, gates)
@@ -598,7 +598,7 @@ class AdaptiveModel:
         steps = tuple(range(state + 1)) if bundle.kind == "early-exit" else (state,)
         hops = [_Hop(state, steps)]
         policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
-        static, sessions = _open_route(config.make(), bundle, hops)
+        static, sessions = _open_route(from_config(config), bundle, hops)
         return cls(bundle, sessions, hops, policy, False, static)
 
     def warm_up(self, rounds: int = 1) -> None:

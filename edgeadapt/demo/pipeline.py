@@ -71,6 +71,7 @@ from edgeadapt.planning.planner import (
     profile_costs,
 )
 from edgeadapt.report import write_report
+from edgeadapt.runtimes import from_config
 
 DEFAULT_OUT = Path("edgeadapt-demo")
 #: The shipped bundles the demo runs, in the order it shows them: a compute-bound residual
@@ -336,7 +337,7 @@ def _measure_run(
     with tempfile.TemporaryDirectory(prefix="edgeadapt-static-") as tmp:
         static_path = Path(tmp) / "static.onnx"
         onnx.save(whole_model(bundle, reference), str(static_path))
-        static = config.make().load(static_path)
+        static = from_config(config).load(static_path)
     logits_name = static.outputs[0].name
     input_name = bundle.input.name
     n = x.shape[0]

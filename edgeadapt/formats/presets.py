@@ -68,6 +68,8 @@ FORMAT = "edgeadapt-device-preset"
 VERSION = 1
 #: The precision of a runtime that runs the exported model's own dtypes.
 AS_EXPORTED = "as-exported"
+#: The runtimes a file may name (`edgeadapt.runtimes` builds each one).
+RUNTIME_NAMES = ("onnxruntime", "openvino", "tensorrt")
 #: Runtimes with a `threads` option; without a preset they are profiled on 1 thread.
 THREADED_RUNTIMES = ("onnxruntime", "openvino")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -130,17 +132,13 @@ def _scalar(value: Any) -> str | None:
 
 
 def _parse(doc: dict[str, Any], source: str) -> Preset:
-    from edgeadapt.runtimes import runtime_names  # runtimes sit above formats
-
     f = Fields(doc, source=source)
     name = f.get("name", str)
     if not _NAME.fullmatch(name):
         f.fail(f"must be lowercase letters, digits, '.', '_' or '-', got {name!r}", "name")
     runtime = f.get("runtime", str)
-    if runtime not in runtime_names():
-        f.fail(
-            f"unknown runtime {runtime!r}; choose one of {', '.join(runtime_names())}", "runtime"
-        )
+    if runtime not in RUNTIME_NAMES:
+        f.fail(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_NAMES)}", "runtime")
     precision = f.get("precision", str)
     if not precision:
         f.fail("must not be empty", "precision")
@@ -204,12 +202,6 @@ class RuntimeConfig:
             out["precision"] = self.precision
         return out
 
-    def make(self) -> Any:
-        """The runtime (`edgeadapt.runtimes.Runtime`) this configuration describes."""
-        from edgeadapt.runtimes import get_runtime  # runtimes sit above formats
-
-        return get_runtime(self.runtime, **self.backend_options())
-
     def describe(self) -> str:
         """One line for people: ``onnxruntime, 2 threads, as-exported (preset x86-ort-2t)``."""
         threads = "the runtime's threads" if self.threads is None else f"{self.threads} thread"
@@ -230,13 +222,11 @@ class RuntimeConfig:
     @classmethod
     def from_json(cls, doc: Any, source: str | os.PathLike[str], path: str = "$") -> RuntimeConfig:
         """Validate a JSON runtime configuration; errors name `source` and the JSON path."""
-        from edgeadapt.runtimes import runtime_names  # runtimes sit above formats
-
         f = Fields(doc, source=source, path=path)
         runtime = f.get("runtime", str)
-        if runtime not in runtime_names():
+        if runtime not in RUNTIME_NAMES:
             f.fail(
-                f"unknown runtime {runtime!r}; choose one of {', '.join(runtime_names())}",
+                f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_NAMES)}",
                 "runtime",
             )
         preset = f.get("preset", (str, type(None)))

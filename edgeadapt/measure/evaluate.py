@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +30,12 @@ from edgeadapt.data.memory import BatchChoice, bundle_sample_bytes, choose_batch
 from edgeadapt.data.sources import DataSpec, open_source
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
-from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation, save_evaluation
-from edgeadapt.formats.identity import BundleIdentity
+from edgeadapt.formats.evaluation import Evaluation, save_evaluation
 from edgeadapt.formats.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.formats.profile import find_profile, load_profile
-from edgeadapt.formats.stepcheck import check_step
-from edgeadapt.kernel import confidence
-
-if TYPE_CHECKING:
-    from edgeadapt.measure.shards import ShardJob
+from edgeadapt.measure.raywork import LOCAL, check_address, ray_cluster, run_ray
+from edgeadapt.measure.shards import ShardJob, check_workers, plan_shards, run_local, worker_config
+from edgeadapt.measure.states import StateResults, run_states
 
 __all__ = [
     "EvaluateRun",
@@ -124,39 +121,6 @@ def evaluate_bundle(
     return _evaluate(bundle, batches, inputs, _runtime(runtime, threads), tick)
 
 
-@dataclass(frozen=True)
-class StateResults:
-    """Per-sample results of every state on consecutive samples: `labels` ``[n]``,
-    `pred` ``[n, S]`` and the confidences `confs` (``{conf key: [n, S]}``,
-    `CONF_KEYS`); what a worker sends back for its shard of the data."""
-
-    labels: np.ndarray
-    pred: np.ndarray
-    confs: dict[str, np.ndarray]
-
-    @classmethod
-    def join(cls, parts: Sequence[StateResults]) -> StateResults:
-        """`parts` (consecutive runs of samples) as one, in order."""
-        return cls(
-            np.concatenate([p.labels for p in parts]).astype(np.int64),
-            np.concatenate([p.pred for p in parts]),
-            {key: np.concatenate([p.confs[key] for p in parts]) for key in CONF_KEYS.values()},
-        )
-
-    def evaluation(self, bundle: Bundle) -> Evaluation:
-        """These results as `bundle`'s evaluation."""
-        return Evaluation(
-            self.labels,
-            self.pred,
-            np.array([st.name for st in bundle.states], dtype=str),
-            self.confs["conf"],
-            conf_margin=self.confs["conf_margin"],
-            conf_entropy=self.confs["conf_entropy"],
-            num_classes=bundle.num_classes,
-            bundle=BundleIdentity.of(bundle),
-        )
-
-
 def _evaluate(
     bundle: Bundle,
     batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
@@ -172,52 +136,6 @@ def _evaluate(
             progress(done, inputs.rows)
 
     return run_states(bundle, batches, config, tick).evaluation(bundle)
-
-
-def run_states(
-    bundle: Bundle,
-    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
-    config: RuntimeConfig,
-    progress: Callable[[int], None] | None = None,
-) -> StateResults:
-    """Every state of `bundle` on each labelled batch of `batches` (first row, feeds,
-    labels), under `config`; `progress(done)` after each batch with the rows done after
-    it (the batch's first row plus its size)."""
-    rt = config.make()
-    s = len(bundle.steps)
-    parts: list[StateResults] = []
-    needed = _last_reads(bundle)
-    sessions = [rt.load(step.path) for step in bundle.steps]
-    try:
-        for lo, tensors, y in batches:
-            b = next(iter(tensors.values())).shape[0]
-            pred = np.empty((b, s), dtype=np.int64)
-            confs = {key: np.empty((b, s), dtype=np.float32) for key in CONF_KEYS.values()}
-            for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
-                out = session.run({k: tensors[k] for k in step.inputs})
-                tensors.update(check_step(out, b, step.logits, bundle.num_classes, step.path))
-                logits = np.ascontiguousarray(tensors.pop(step.logits))
-                pred[:, i] = logits.argmax(axis=1)
-                for measure, key in CONF_KEYS.items():
-                    confs[key][:, i] = confidence(logits, measure)
-                for name in [k for k in tensors if needed.get(k, -1) <= i]:
-                    del tensors[name]  # no later step reads it: its memory goes now
-            parts.append(StateResults(y, pred, confs))
-            if progress is not None:
-                progress(lo + b)
-    finally:
-        for session in sessions:
-            session.close()
-    return StateResults.join(parts)
-
-
-def _last_reads(bundle: Bundle) -> dict[str, int]:
-    """For each tensor a step reads, the index of the last step that reads it."""
-    last: dict[str, int] = {}
-    for i, step in enumerate(bundle.steps):
-        for name in step.inputs:
-            last[name] = i
-    return last
 
 
 @dataclass(frozen=True)
@@ -295,13 +213,10 @@ def evaluate_to_file(
     file is the same, bit for bit. A loader script cannot be split (it is read from its
     start): it takes one worker. Nothing is written when a shard fails.
     """
-    from edgeadapt.measure.shards import check_workers  # cycle: shards imports this module
 
     if workers is not None:
         check_workers(workers)
     if ray is not None:
-        from edgeadapt.measure.raywork import check_address  # cycle: raywork imports this module
-
         check_address(ray)
     loaded = as_bundle(bundle)
     found = find_profile(loaded, profile)
@@ -338,7 +253,6 @@ class _Sharded:
         """The evaluation made by `workers` worker processes, or by Ray tasks on the
         cluster at `ray`; the shards it took (fewer than asked when there are fewer
         batches) and a line saying how it ran."""
-        from edgeadapt.measure.shards import run_local  # cycle: shards imports this module
 
         inputs = self.inputs
         if not inputs.shardable:
@@ -357,8 +271,6 @@ class _Sharded:
             if retried:
                 note += f"; tried again: {', '.join(retried)}"
         else:
-            from edgeadapt.measure.raywork import LOCAL, ray_cluster, run_ray  # cycle, as above
-
             with ray_cluster(ray, workers) as cpus:
                 jobs = self._jobs(workers or cpus, None if ray == LOCAL else workers or cpus)
                 results = run_ray(jobs, self.bundle, self._tick)
@@ -367,7 +279,6 @@ class _Sharded:
         return StateResults.join(results).evaluation(self.bundle), len(jobs), note
 
     def _jobs(self, workers: int, cpus: int | None) -> list[ShardJob]:
-        from edgeadapt.measure.shards import ShardJob, plan_shards, worker_config  # cycle, as above
 
         assert self.inputs.rows is not None  # data that can be split knows its rows
         spec = self.data if isinstance(self.data, DataSpec) else DataSpec(self.data)

@@ -32,8 +32,8 @@ from typing import Any
 
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
 from edgeadapt.formats.bundle import MANIFEST, Bundle
-from edgeadapt.measure.evaluate import StateResults
 from edgeadapt.measure.shards import Done, ShardError, ShardJob, evaluate_shard, load_checked
+from edgeadapt.measure.states import StateResults
 
 __all__ = ["CONNECT_TIMEOUT", "LOCAL", "bundle_files", "check_address", "ray_cluster", "run_ray"]
 

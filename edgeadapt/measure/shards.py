@@ -44,7 +44,7 @@ from edgeadapt.formats.presets import (
     THREADED_RUNTIMES,
     RuntimeConfig,
 )
-from edgeadapt.measure.evaluate import StateResults, run_states
+from edgeadapt.measure.states import StateResults, run_states
 
 __all__ = [
     "ShardError",

@@ -1,0 +1,99 @@
+"""Every state of a bundle on labelled batches, kept per sample: the loop `evaluate`
+runs in one process and each of its workers runs on a shard (`edgeadapt.measure.shards`,
+`edgeadapt.measure.raywork`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.formats.identity import BundleIdentity
+from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.formats.stepcheck import check_step
+from edgeadapt.kernel import confidence
+from edgeadapt.runtimes import from_config
+
+__all__ = ["StateResults", "run_states"]
+
+
+@dataclass(frozen=True)
+class StateResults:
+    """Per-sample results of every state on consecutive samples: `labels` ``[n]``,
+    `pred` ``[n, S]`` and the confidences `confs` (``{conf key: [n, S]}``,
+    `CONF_KEYS`); what a worker sends back for its shard of the data."""
+
+    labels: np.ndarray
+    pred: np.ndarray
+    confs: dict[str, np.ndarray]
+
+    @classmethod
+    def join(cls, parts: Sequence[StateResults]) -> StateResults:
+        """`parts` (consecutive runs of samples) as one, in order."""
+        return cls(
+            np.concatenate([p.labels for p in parts]).astype(np.int64),
+            np.concatenate([p.pred for p in parts]),
+            {key: np.concatenate([p.confs[key] for p in parts]) for key in CONF_KEYS.values()},
+        )
+
+    def evaluation(self, bundle: Bundle) -> Evaluation:
+        """These results as `bundle`'s evaluation."""
+        return Evaluation(
+            self.labels,
+            self.pred,
+            np.array([st.name for st in bundle.states], dtype=str),
+            self.confs["conf"],
+            conf_margin=self.confs["conf_margin"],
+            conf_entropy=self.confs["conf_entropy"],
+            num_classes=bundle.num_classes,
+            bundle=BundleIdentity.of(bundle),
+        )
+
+
+def run_states(
+    bundle: Bundle,
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+    config: RuntimeConfig,
+    progress: Callable[[int], None] | None = None,
+) -> StateResults:
+    """Every state of `bundle` on each labelled batch of `batches` (first row, feeds,
+    labels), under `config`; `progress(done)` after each batch with the rows done after
+    it (the batch's first row plus its size)."""
+    rt = from_config(config)
+    s = len(bundle.steps)
+    parts: list[StateResults] = []
+    needed = _last_reads(bundle)
+    sessions = [rt.load(step.path) for step in bundle.steps]
+    try:
+        for lo, tensors, y in batches:
+            b = next(iter(tensors.values())).shape[0]
+            pred = np.empty((b, s), dtype=np.int64)
+            confs = {key: np.empty((b, s), dtype=np.float32) for key in CONF_KEYS.values()}
+            for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
+                out = session.run({k: tensors[k] for k in step.inputs})
+                tensors.update(check_step(out, b, step.logits, bundle.num_classes, step.path))
+                logits = np.ascontiguousarray(tensors.pop(step.logits))
+                pred[:, i] = logits.argmax(axis=1)
+                for measure, key in CONF_KEYS.items():
+                    confs[key][:, i] = confidence(logits, measure)
+                for name in [k for k in tensors if needed.get(k, -1) <= i]:
+                    del tensors[name]  # no later step reads it: its memory goes now
+            parts.append(StateResults(y, pred, confs))
+            if progress is not None:
+                progress(lo + b)
+    finally:
+        for session in sessions:
+            session.close()
+    return StateResults.join(parts)
+
+
+def _last_reads(bundle: Bundle) -> dict[str, int]:
+    """For each tensor a step reads, the index of the last step that reads it."""
+    last: dict[str, int] = {}
+    for i, step in enumerate(bundle.steps):
+        for name in step.inputs:
+            last[name] = i
+    return last
