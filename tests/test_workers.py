@@ -286,5 +286,5 @@ def test_a_worker_that_raises_is_run_again_then_named(multiexit_copy, mnist1d_np
     message = str(caught.value)
     assert message.startswith(
         "samples 8..39 failed 2 times (its worker raised AttributeError: 'NoneType' object "
-        "has no attribute 'make'); nothing was written\nTraceback"
+        "has no attribute 'runtime'); nothing was written\nTraceback"
     )
