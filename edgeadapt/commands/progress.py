@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-__all__ = ["progress_bar", "progress_on_first_call", "progress_ticker"]
+__all__ = ["progress_bar", "progress_on_first_call", "progress_ticker", "rate_text"]
 
 
 @contextlib.contextmanager
@@ -48,29 +49,44 @@ def progress_ticker(stack: contextlib.ExitStack, label: str) -> Any:
     return tick
 
 
+def rate_text(done: int, seconds: float) -> str:
+    """``"1,234 samples/s"``: the rate of `done` samples in `seconds` ("" before any time
+    has passed)."""
+    return f"{done / seconds:,.0f} samples/s" if seconds > 0 else ""
+
+
 @contextlib.contextmanager
 def progress_on_first_call(label: str, show: bool) -> Iterator[Callable[[int, int | None], None]]:
     """`progress_bar` for a library call that learns the total itself: the bar opens on
-    the first ``progress(done, total)`` call and follows `done`; while the total is
-    unknown (None: a loader script's data), a line counts the samples instead."""
+    the first ``progress(done, total)`` call and follows `done`, with the samples per
+    second since that call (the bundle's loading not counted); while the total is unknown (None: a loader script's data), a
+    line counts the samples and their rate instead."""
     with contextlib.ExitStack() as stack:
         bar: Any = None
+        first: tuple[float, int] | None = None  # when the first call came, and its `done`
 
         def update(done: int, total: int | None) -> None:
-            nonlocal bar
+            nonlocal bar, first
             if not show:
                 return
+            now = time.monotonic()
+            if first is None:
+                first = (now, done)
+            rate = rate_text(done - first[1], now - first[0])
             if total is None:  # drawn on a terminal only, as click's bar
                 if not sys.stderr.isatty():
                     return
                 if bar is None:
                     bar = stack.callback(click.echo, "", err=True)  # ends the line at exit
-                click.echo(f"\r{label}: {done} samples", err=True, nl=False)
+                line = f"{label}: {done:,} samples" + (f", {rate}" if rate else "")
+                click.echo(f"\r{line}", err=True, nl=False)
                 return
             if bar is None:
                 bar = stack.enter_context(
-                    click.progressbar(length=total, label=label, file=sys.stderr)
+                    click.progressbar(
+                        length=total, label=label, file=sys.stderr, item_show_func=lambda r: r
+                    )
                 )
-            bar.update(done - bar.pos)
+            bar.update(done - bar.pos, rate)
 
         yield update
