@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def check_size(size: Any) -> int:
     return int(size)
 
 
-class Inputs:
+class Inputs(ABC):
     """Model inputs for the `specs` of a bundle, `rows` samples, read a batch at a time.
 
     `source` names them in errors (the file, or ``input``); `casts` has a line for each
@@ -104,6 +105,7 @@ class Inputs:
         self.source = source
         self.casts = tuple(casts)
 
+    @abstractmethod
     def batches(
         self, size: int, *, start: int = 0, stop: int | None = None
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -111,13 +113,6 @@ class Inputs:
         `size` rows, each checked (`check_batch`, errors naming the absolute row); from
         row `start` to `stop` (None: the end) when given (`check_range`), as a shard
         of the data is read."""
-        size = check_size(size)
-        assert self.rows is not None  # arrays and files know their rows
-        start, stop = check_range(start, stop, self.rows)
-        with self._reader(start) as read:
-            for lo in range(start, stop, size):
-                raw = read(lo, min(lo + size, stop))
-                yield lo, check_batch(self.specs, raw, source=self.source, cast=True, first_row=lo)
 
     def labelled(
         self, size: int, num_classes: int, *, of: str = "", start: int = 0, stop: int | None = None
@@ -140,13 +135,28 @@ class Inputs:
         (an npz's ``y``, images' classes); a loader script's come with its batches."""
         raise InputError("holds no labels", source=self.source)
 
+
+class _RowInputs(Inputs):
+    """Inputs whose rows are read by range (arrays in memory, .npy/.npz files)."""
+
+    def batches(
+        self, size: int, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        size = check_size(size)
+        assert self.rows is not None  # arrays and files know their rows
+        start, stop = check_range(start, stop, self.rows)
+        with self._reader(start) as read:
+            for lo in range(start, stop, size):
+                raw = read(lo, min(lo + size, stop))
+                yield lo, check_batch(self.specs, raw, source=self.source, cast=True, first_row=lo)
+
+    @abstractmethod
     def _reader(self, start: int) -> Any:
         """A context manager giving ``read(lo, hi) -> {name: array}``, called for
         consecutive row ranges from `start` on."""
-        raise NotImplementedError
 
 
-class _ArrayInputs(Inputs):
+class _ArrayInputs(_RowInputs):
     def __init__(self, specs: Sequence[InputSpec], arrays: dict[str, np.ndarray], source: str):
         rows = next(iter(arrays.values())).shape[0]
         dtypes = {s.name: arrays[s.name].dtype for s in specs}
@@ -214,7 +224,7 @@ class _Member:
     header: NpyHeader
 
 
-class _FileInputs(Inputs):
+class _FileInputs(_RowInputs):
     def __init__(self, path: Path, npz: bool, members: Sequence[_Member], rows: int) -> None:
         specs = [m.spec for m in members]
         dtypes = {m.spec.name: m.header.dtype for m in members}
