@@ -17,6 +17,13 @@ front (at most `max_branches`, spread along it), and always the unmodified model
 last, become the states of a bundle of kind ``branches``, each one step (one ONNX file).
 Their weights are shared on disk: one ``weights.bin`` holds every large initializer once and each branch references it as
 ONNX external data, so a bundle of eight branches costs about one model.
+
+With ``workers`` above 1 the candidates are scored in worker processes
+(`edgeadapt.measure.shards.run_processes`): the skip sets of each round (all of them, a
+greedy step's trials, the random sample) are dealt among the workers, each of which
+loads the source (checked against its sha256) and opens the calibration data itself.
+An accuracy is a count of right answers over the samples, so the bundle is the same,
+byte for byte, as one process writes.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +69,15 @@ class Block:
 
 @dataclass(frozen=True)
 class Branch:
-    """One candidate: the blocks it skips, its model, FLOPs per sample, accuracy."""
+    """One candidate: the blocks it skips, FLOPs per sample, accuracy."""
 
     skipped: tuple[str, ...]
-    model: onnx.ModelProto
     flops: int
     accuracy: float
+
+
+#: ``score(skip sets)``: the branch of each, in order.
+Score = Callable[[Sequence[tuple[str, ...]]], list[Branch]]
 
 
 def _shape(infos: dict[str, onnx.ValueInfoProto], name: str) -> tuple[int | str, ...] | None:
@@ -172,22 +182,20 @@ def _accuracy(model: onnx.ModelProto, calib: Calibration, batch: int) -> float:
     return right / calib.n
 
 
-def _skip_sets(
-    blocks: Sequence[Block], evaluate: Callable[[tuple[str, ...]], Branch], seed: int
-) -> tuple[list[Branch], str]:
-    """Every skip set for few blocks; else the greedy path and a seeded sample."""
+def _skip_sets(blocks: Sequence[Block], score: Score, seed: int) -> tuple[list[Branch], str]:
+    """Every skip set for few blocks; else the greedy path and a seeded sample. Each
+    call of `score` is a round of independent candidates."""
     names = [b.add for b in blocks]
     if len(names) <= EXHAUSTIVE_BLOCKS:
         sets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
-        return [evaluate(s) for s in sets], f"all {len(sets)} subsets of {len(names)} blocks"
-    seen: dict[tuple[str, ...], Branch] = {(): evaluate(())}
+        return score(sets), f"all {len(sets)} subsets of {len(names)} blocks"
+    seen: dict[tuple[str, ...], Branch] = {(): score([()])[0]}
     current: tuple[str, ...] = ()
     while len(current) < len(names):
-        trials = [
-            seen.setdefault(tuple(sorted((*current, n))), evaluate(tuple(sorted((*current, n)))))
-            for n in names
-            if n not in current
-        ]
+        # each step's trials skip one block more than any earlier: none was seen
+        keys = [tuple(sorted((*current, n))) for n in names if n not in current]
+        trials = score(keys)
+        seen.update(zip(keys, trials, strict=True))
         base = seen[current]
 
         def price(b: Branch, base: Branch = base) -> float:
@@ -196,10 +204,12 @@ def _skip_sets(
 
         current = min(trials, key=price).skipped
     rng = np.random.default_rng(seed)
+    picks: dict[tuple[str, ...], None] = {}
     for _ in range(SAMPLED_BRANCHES):
         pick = tuple(sorted(n for n in names if rng.random() < 0.5))
         if pick not in seen:
-            seen[pick] = evaluate(pick)
+            picks[pick] = None
+    seen.update(zip(picks, score(list(picks)), strict=True))
     return list(seen.values()), (
         f"the greedy path and {SAMPLED_BRANCHES} seeded random subsets of {len(names)} blocks "
         f"({len(seen)} distinct branches)"
@@ -245,37 +255,114 @@ def _chosen_blocks(model: onnx.ModelProto, blocks: Sequence[str] | None, path: P
     return found
 
 
+def _branch_model(
+    model: onnx.ModelProto, found: Sequence[Block], skipped: Sequence[str], path: Path
+) -> onnx.ModelProto:
+    """`model` with the blocks named in `skipped` bypassed, shapes inferred."""
+    by_add = {b.add: b for b in found}
+    return _graph.infer(skip_blocks(model, [by_add[n] for n in skipped]), path)
+
+
 def _scorer(
     model: onnx.ModelProto,
     found: Sequence[Block],
     calib: Calibration,
     batch: int,
     path: Path,
-    progress: Callable[[int, int], None] | None,
-) -> Callable[[tuple[str, ...]], Branch]:
-    """A function that builds the branch skipping the given blocks and scores its
-    FLOPs and calibration accuracy (`batch` samples a call), reporting each scored
-    candidate to `progress`."""
-    by_add = {b.add: b for b in found}
-    total = 2 ** len(found) if len(found) <= EXHAUSTIVE_BLOCKS else None
+    progress: Callable[[int], None] | None,
+) -> Score:
+    """A function that builds the branch of each skip set given and scores its FLOPs
+    and calibration accuracy (`batch` samples a call), telling `progress` the count of
+    candidates scored so far."""
     done = 0
 
-    def evaluate(skipped: tuple[str, ...]) -> Branch:
+    def score(sets: Sequence[tuple[str, ...]]) -> list[Branch]:
         nonlocal done
-        branch_model = skip_blocks(model, [by_add[n] for n in skipped])
-        branch_model = _graph.infer(branch_model, path)
-        branch = Branch(
-            skipped=skipped,
-            model=branch_model,
-            flops=count_flops(branch_model).flops,
-            accuracy=_accuracy(branch_model, calib, batch),
-        )
-        done += 1
-        if progress is not None:
-            progress(done, total or done)
-        return branch
+        branches = []
+        for skipped in sets:
+            branch_model = _branch_model(model, found, skipped, path)
+            branches.append(
+                Branch(
+                    skipped=skipped,
+                    flops=count_flops(branch_model).flops,
+                    accuracy=_accuracy(branch_model, calib, batch),
+                )
+            )
+            done += 1
+            if progress is not None:
+                progress(done)
+        return branches
 
-    return evaluate
+    return score
+
+
+@dataclass(frozen=True)
+class _ScoreJob:
+    """Skip sets scored in a worker process: the source at `source` (its sha256 must
+    be `sha256`), its blocks `blocks`, the calibration set `calibration` (`samples`
+    samples, `classes` classes), `batch` samples a call."""
+
+    source: str
+    sha256: str
+    blocks: tuple[str, ...]
+    calibration: DataSpec
+    samples: int
+    classes: int
+    batch: int
+    sets: tuple[tuple[str, ...], ...]
+
+    def where(self, done: int) -> str:
+        """The skip set being scored after `done` were."""
+        return f"scoring the branch that skips {list(self.sets[min(done, len(self.sets) - 1)])}"
+
+
+def _prepared(path: Path) -> onnx.ModelProto:
+    """The source model as it is scored: a dynamic batch axis, every node named."""
+    model = _graph.with_dynamic_batch(_graph.load_source(path), path)
+    name_nodes(model)
+    return model
+
+
+def _score_job(job: _ScoreJob, progress: Callable[[int], None]) -> list[Branch]:
+    """A `_ScoreJob`'s work in its worker process."""
+    path = Path(job.source)
+    if file_sha256(path) != job.sha256:
+        raise InputError("the model changed since the export started", source=path)
+    model = _prepared(path)
+    found = _chosen_blocks(model, job.blocks, path)
+    calib = open_calibration(job.calibration, [_graph.input_spec(model, path)], job.classes)
+    if calib.n != job.samples:
+        raise InputError(
+            f"holds {calib.n} samples, {job.samples} when the export started: the data changed",
+            source=str(job.calibration),
+        )
+    return _scorer(model, found, calib, job.batch, path, progress)(job.sets)
+
+
+def _pooled(base: _ScoreJob, workers: int, progress: Callable[[int], None] | None) -> Score:
+    """A `Score` that deals each round's skip sets in turn among `workers` processes
+    (a process each; cheap and dear candidates spread alike) and joins them in order."""
+    # measure/ is a floor above exporters/ (design.md): its worker processes are borrowed
+    from edgeadapt.measure.shards import run_processes
+
+    done = 0
+
+    def score(sets: Sequence[tuple[str, ...]]) -> list[Branch]:
+        nonlocal done
+        count = min(workers, len(sets))
+        jobs = [replace(base, sets=tuple(sets[i::count])) for i in range(count)]
+        start = done
+
+        def tick(now: int) -> None:
+            if progress is not None:
+                progress(start + now)
+
+        parts, _ = run_processes(jobs, count, _score_job, tick)
+        branches: list[Branch] = [parts[i % count][i // count] for i in range(len(sets))]
+        done += len(sets)
+        return branches
+
+    return score
 
 
 def export_branches(
@@ -290,6 +377,7 @@ def export_branches(
     progress: Callable[[int, int], None] | None = None,
     batch: int | None = None,
     memory: int | str | None = None,
+    workers: int = 1,
 ) -> Bundle:
     """Write the Pareto-optimal execution branches of the ONNX classifier `source`.
 
@@ -299,13 +387,19 @@ def export_branches(
     at a time, else as many as `memory` holds (`edgeadapt.data.memory.choose_batch`; the
     manifest's ``extra["branches"]["batch"]`` says which); `blocks` names the Add nodes
     of the residual blocks that may be skipped (default: every skippable one).
-    `progress(done, total)` is called as candidate branches are scored.
+    `progress(done, total)` is called as candidate branches are scored. `workers`
+    above 1 scores them in that many worker processes (not for a loader script); the
+    bundle is the same, byte for byte.
     """
     path = Path(source)
     if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
         raise InputError(f"must be an integer >= 2, got {max_branches!r}", source="max_branches")
-    model = _graph.with_dynamic_batch(_graph.load_source(path), path)
-    name_nodes(model)
+    # measure/ is a floor above exporters/ (design.md): its check of a worker count
+    from edgeadapt.measure.shards import check_workers
+
+    check_workers(workers)
+    sha256 = file_sha256(path)
+    model = _prepared(path)
     spec = _graph.input_spec(model, path)
     if len(model.graph.output) != 1:
         raise InputError("the model must have one output (its logits)", source=path)
@@ -315,8 +409,34 @@ def export_branches(
     found = _chosen_blocks(model, blocks, path)
     calib = open_calibration(calibration, [spec], tail[0])
     size = choose_batch(lambda: sample_bytes([model]), batch=batch, memory=memory)
-    evaluate = _scorer(model, found, calib, size.batch, path, progress)
-    candidates, enumeration = _skip_sets(found, evaluate, seed)
+    total = 2 ** len(found) if len(found) <= EXHAUSTIVE_BLOCKS else None
+
+    def tick(done: int) -> None:
+        if progress is not None:
+            progress(done, total or done)
+
+    if workers == 1:
+        score = _scorer(model, found, calib, size.batch, path, tick)
+    else:
+        if not calib.inputs.shardable:
+            raise InputError(
+                "workers each read the calibration set from its path; a loader script "
+                "cannot be: score it with one worker, or save its samples as an .npz",
+                source="workers",
+            )
+        spec_of = calibration if isinstance(calibration, DataSpec) else DataSpec(calibration)
+        job = _ScoreJob(
+            str(path.resolve()),
+            sha256,
+            tuple(b.add for b in found),
+            replace(spec_of, location=os.path.abspath(spec_of.location)),
+            calib.n,
+            tail[0],
+            size.batch,
+            (),
+        )
+        score = _pooled(job, workers, tick)
+    candidates, enumeration = _skip_sets(found, score, seed)
     full = next(b for b in candidates if not b.skipped)
     front = pareto(candidates, max_branches)
     if front[-1] is not full:  # keep the unmodified model as the last state, always
@@ -328,13 +448,13 @@ def export_branches(
         kind="branches",
         input=spec,
         num_classes=tail[0],
-        models=[b.model for b in front],
+        models=[_branch_model(model, found, b.skipped, path) for b in front],
         state_names=names,
         shared_weights=WEIGHTS_FILE,
         producer={
             "exporter": "edgeadapt.exporters.branches",
             "source": path.name,
-            "source_sha256": file_sha256(path),
+            "source_sha256": sha256,
         },
         extra={"branches": _record(found, enumeration, len(candidates), calib.n, size, front)},
         force=force,

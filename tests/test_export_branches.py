@@ -234,8 +234,8 @@ def test_unnamed_adds_get_names():
 def test_pareto_front_spreads_and_keeps_its_ends():
     from edgeadapt.exporters.branches import Branch
 
-    pts = [Branch((str(k),), onnx.ModelProto(), k, k / 10) for k in range(10)]
-    pts.append(Branch(("dominated",), onnx.ModelProto(), 5, 0.0))
+    pts = [Branch((str(k),), k, k / 10) for k in range(10)]
+    pts.append(Branch(("dominated",), 5, 0.0))
     front = pareto(pts, 4)
     assert [b.flops for b in front] == [0, 3, 6, 9]
 

@@ -24,6 +24,7 @@ from edgeadapt.commands.options import (
     memory_option,
     recipe_options,
     seed_option,
+    workers_option,
 )
 from edgeadapt.commands.progress import progress_ticker
 
@@ -57,6 +58,11 @@ if TYPE_CHECKING:
     help="Most branches kept (spread along the accuracy/FLOPs Pareto front).",
 )
 @seed_option("Seed of the sampled skip sets.")
+@workers_option(
+    "Worker processes scoring the candidate branches, each loading MODEL and reading "
+    "--calibration itself; the bundle is the same as one process writes. Not for a "
+    "loader script. [1]"
+)
 @export_options()
 def export_branches_cmd(
     model: Path,
@@ -67,6 +73,7 @@ def export_branches_cmd(
     seed: int,
     batch: int | None,
     memory: int | None,
+    workers: int | None,
     output: Path,
     force: bool,
     as_json: bool,
@@ -78,7 +85,9 @@ def export_branches_cmd(
     subset is scored on --calibration, else the greedy path (drop the block costing the
     least accuracy per saved FLOP) and 64 seeded random subsets; the Pareto-optimal
     branches become the bundle's states, sharing one weights file. Then profile,
-    evaluate, bound and plan the bundle as any other.
+    evaluate, bound and plan the bundle as any other. With --workers N the candidates
+    of each round are scored in N processes; a worker that dies is started again once,
+    and nothing is written when its candidates fail twice.
     """
     from edgeadapt.data.memory import BatchChoice
     from edgeadapt.data.sources import DataSpec
@@ -96,6 +105,7 @@ def export_branches_cmd(
             progress=progress_ticker(stack, "scoring branches"),
             batch=batch,
             memory=memory,
+            workers=workers or 1,
         )
     if not as_json:  # the manifest's extra records it
         echo_note(BatchChoice.from_json(bundle.extra["branches"]["batch"]).note)

@@ -13,7 +13,9 @@ differs), the data (`DataSpec`; it opens it itself and streams its rows `start` 
   worker that dies (killed, out of memory) or fails with an unexpected error is
   started again once on its shard; a shard that fails twice is an error naming its
   samples. An edgeadapt error (bad data: it names the file and sample) is raised as
-  it is. Workers still running when the run fails are killed.
+  it is. Workers still running when the run fails are killed. `run_processes` is the
+  same for any `Job` and work function (`edgeadapt.exporters.branches` scores skip
+  sets in it).
 - `run_ray`: the shards as Ray tasks (`edgeadapt.measure.raywork`).
 
 The threads of the runtime are split: each of `workers` workers gets ``threads //
@@ -33,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from edgeadapt.data.sources import DataSpec, open_source
 from edgeadapt.errors import EdgeadaptError, InputError
@@ -47,12 +49,14 @@ from edgeadapt.formats.presets import (
 from edgeadapt.measure.states import StateResults, run_states
 
 __all__ = [
+    "Job",
     "ShardError",
     "ShardJob",
     "check_workers",
     "evaluate_shard",
     "plan_shards",
     "run_local",
+    "run_processes",
     "worker_config",
 ]
 
@@ -64,7 +68,20 @@ Done = Callable[[int], None]
 
 
 class ShardError(EdgeadaptError):
-    """A shard of the data failed on every try (its worker died, or raised)."""
+    """A shard of the data (a `Job`) failed on every try (its worker died, or raised)."""
+
+
+class Job(Protocol):
+    """What a worker process runs: picklable, and named for messages."""
+
+    def where(self, done: int) -> str:
+        """The part of the job at work after `done` units of progress (``samples
+        0..99``), for messages."""
+        ...
+
+
+J = TypeVar("J", bound=Job)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,10 @@ class ShardJob:
     def describe(self) -> str:
         """``samples 0..99`` (inclusive, for messages)."""
         return f"samples {self.start}..{self.stop - 1}"
+
+    def where(self, done: int) -> str:
+        """The whole shard (`describe`): it is run again whole."""
+        return self.describe()
 
 
 def check_workers(workers: Any) -> int:
@@ -164,13 +185,17 @@ def _portable(e: EdgeadaptError) -> EdgeadaptError:
     return e
 
 
-def _process_main(job: ShardJob, conn: Connection) -> None:
-    """A worker process: evaluate `job`, sending ``("progress", rows)`` after each
-    batch, then ``("done", StateResults)``, ``("error", EdgeadaptError)`` or
+def _evaluate_job(job: ShardJob, progress: Callable[[int], None]) -> StateResults:
+    """A shard's work in its worker: load and check the bundle, evaluate the shard."""
+    return evaluate_shard(job, load_checked(job.bundle, job.manifest), progress)
+
+
+def _process_main(work: Callable[[J, Callable[[int], None]], R], job: J, conn: Connection) -> None:
+    """A worker process: run `work` on `job`, sending ``("progress", done)`` as it
+    reports it, then ``("done", result)``, ``("error", EdgeadaptError)`` or
     ``("failed", traceback)``."""
     try:
-        bundle = load_checked(job.bundle, job.manifest)
-        result = evaluate_shard(job, bundle, lambda done: conn.send(("progress", done)))
+        result = work(job, lambda done: conn.send(("progress", done)))
         conn.send(("done", result))
     except EdgeadaptError as e:
         conn.send(("error", _portable(e)))
@@ -183,10 +208,9 @@ def _process_main(job: ShardJob, conn: Connection) -> None:
 @dataclass
 class _Running:
     index: int
-    job: ShardJob
+    job: Any  # a Job
     process: Any  # multiprocessing's SpawnProcess
-    done: int = 0
-    result: StateResults | None = None
+    result: Any = None  # the job's result, None until it comes
     failure: str | None = None
 
 
@@ -213,17 +237,31 @@ def run_local(
     """The `StateResults` of each of `jobs`, in order, each run in a worker process of
     its own, at most `workers` at a time (see the module docstring), and a line for
     each shard tried again (its samples and why)."""
+    return run_processes(jobs, workers, _evaluate_job, progress)
+
+
+def run_processes(
+    jobs: Sequence[J],
+    workers: int,
+    work: Callable[[J, Callable[[int], None]], R],
+    progress: Done | None = None,
+) -> tuple[list[R], list[str]]:
+    """``work(job, progress)`` for each of `jobs`, in order, each in a worker process
+    of its own (`work` a module-level function, so the process can import it), at most
+    `workers` at a time, `progress` told the sum of what the jobs report; and a line for
+    each job tried again (`Job.where` and why). A job that fails twice is a
+    `ShardError` naming `Job.where`, an `EdgeadaptError` in a worker raised as it is."""
     ctx = multiprocessing.get_context("spawn")
     waiting = deque(range(len(jobs)))
     tries = [0] * len(jobs)
     done = [0] * len(jobs)
-    results: list[StateResults | None] = [None] * len(jobs)
+    results: list[R | None] = [None] * len(jobs)
     running: dict[Connection, _Running] = {}
     retried: list[str] = []
 
     def start(i: int) -> None:
         parent, child = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_process_main, args=(jobs[i], child), daemon=True)
+        process = ctx.Process(target=_process_main, args=(work, jobs[i], child), daemon=True)
         with _this_package_first():
             process.start()
         child.close()  # the worker holds the other end: its exit closes the pipe
@@ -241,12 +279,12 @@ def run_local(
             why, shown = _exit_reason(run.process.exitcode), ""
         else:
             why, shown = f"its worker raised {run.failure.splitlines()[-1]}", f"\n{run.failure}"
+        where = run.job.where(done[run.index])
         if tries[run.index] >= TRIES:
             raise ShardError(
-                f"{run.job.describe()} failed {tries[run.index]} times ({why}); "
-                f"nothing was written{shown}"
+                f"{where} failed {tries[run.index]} times ({why}); nothing was written{shown}"
             )
-        retried.append(f"{run.job.describe()} ({why})")
+        retried.append(f"{where} ({why})")
         done[run.index] = 0
         waiting.appendleft(run.index)
 
