@@ -19,7 +19,7 @@ Their weights are shared on disk: one ``weights.bin`` holds every large initiali
 ONNX external data, so a bundle of eight branches costs about one model.
 
 With ``workers`` above 1 the candidates are scored in worker processes
-(`edgeadapt.measure.shards.run_processes`): the skip sets of each round (all of them, a
+(`edgeadapt.workers.run_processes`): the skip sets of each round (all of them, a
 greedy step's trials, the random sample) are dealt among the workers, each of which
 loads the source (checked against its sha256) and opens the calibration data itself.
 An accuracy is a count of right answers over the samples, so the bundle is the same,
@@ -47,6 +47,7 @@ from edgeadapt.formats.bundle import Bundle, write_bundle
 from edgeadapt.formats.digest import file_sha256
 from edgeadapt.graph import deps as graphdeps
 from edgeadapt.graph.flops import count_flops
+from edgeadapt.workers import check_workers, run_processes
 
 #: Up to this many skippable blocks every subset is a candidate branch.
 EXHAUSTIVE_BLOCKS = 10
@@ -342,9 +343,6 @@ def _score_job(job: _ScoreJob, progress: Callable[[int], None]) -> list[Branch]:
 def _pooled(base: _ScoreJob, workers: int, progress: Callable[[int], None] | None) -> Score:
     """A `Score` that deals each round's skip sets in turn among `workers` processes
     (a process each; cheap and dear candidates spread alike) and joins them in order."""
-    # measure/ is a floor above exporters/ (design.md): its worker processes are borrowed
-    from edgeadapt.measure.shards import run_processes
-
     done = 0
 
     def score(sets: Sequence[tuple[str, ...]]) -> list[Branch]:
@@ -394,9 +392,6 @@ def export_branches(
     path = Path(source)
     if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
         raise InputError(f"must be an integer >= 2, got {max_branches!r}", source="max_branches")
-    # measure/ is a floor above exporters/ (design.md): its check of a worker count
-    from edgeadapt.measure.shards import check_workers
-
     check_workers(workers)
     sha256 = file_sha256(path)
     model = _prepared(path)

@@ -17,7 +17,7 @@ import pytest
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph, branches
 from edgeadapt.exporters.branches import export_branches
-from edgeadapt.measure.shards import ShardError
+from edgeadapt.workers import ShardError
 from tests.clirun import invoke
 from tests.test_export_branches import L, residual_cnn
 

@@ -32,8 +32,9 @@ from typing import Any
 
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
 from edgeadapt.formats.bundle import MANIFEST, Bundle
-from edgeadapt.measure.shards import Done, ShardError, ShardJob, evaluate_shard, load_checked
+from edgeadapt.measure.shards import ShardJob, evaluate_shard, load_checked
 from edgeadapt.measure.states import StateResults
+from edgeadapt.workers import Done, ShardError
 
 __all__ = ["CONNECT_TIMEOUT", "LOCAL", "bundle_files", "check_address", "ray_cluster", "run_ray"]
 
