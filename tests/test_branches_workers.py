@@ -6,8 +6,6 @@ keep failing are one error naming the skip set, and nothing is written then."""
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from edgeadapt.exporters import _graph, branches
 from edgeadapt.exporters.branches import export_branches
 from edgeadapt.workers import ShardError
 from tests.clirun import invoke
+from tests.processes import worker_killer
 from tests.test_export_branches import L, residual_cnn
 
 
@@ -104,26 +103,10 @@ def test_the_greedy_path_in_workers_is_the_bundle_one_process_writes(
     assert scored[0] == scored[1]
 
 
-def _killer(every: bool):
-    """A progress callback that kills the worker processes running (on its first call,
-    or on every call)."""
-    killed: list[int] = []
-
-    def progress(done: int, total: int) -> None:
-        if killed and not every:
-            return
-        for child in multiprocessing.active_children():
-            if child.is_alive():
-                os.kill(child.pid, signal.SIGKILL)
-                killed.append(child.pid)
-
-    return progress, killed
-
-
 def test_a_killed_worker_is_run_again(tmp_path, source):
     slow = _calibration(tmp_path, 2000)  # at batch 1 a candidate runs long enough to be killed
     export_branches(source, tmp_path / "1", calibration=slow, batch=1)
-    progress, killed = _killer(every=False)
+    progress, killed = worker_killer(every=False)
     export_branches(source, tmp_path / "2", calibration=slow, batch=1, workers=2, progress=progress)
     assert killed
     _same_bundles(tmp_path / "1", tmp_path / "2")
@@ -131,7 +114,7 @@ def test_a_killed_worker_is_run_again(tmp_path, source):
 
 def test_candidates_failing_twice_are_one_error_naming_the_skip_set(tmp_path, source):
     slow = _calibration(tmp_path, 2000)
-    progress, killed = _killer(every=True)
+    progress, killed = worker_killer(every=True)
     out = tmp_path / "out"
     with pytest.raises(
         ShardError,

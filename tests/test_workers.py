@@ -9,7 +9,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from edgeadapt.measure.shards import (
     worker_config,
 )
 from tests.clirun import invoke
+from tests.processes import worker_killer
 
 KEYS = ("labels", "pred", "conf", "conf_margin", "conf_entropy")
 
@@ -139,25 +139,9 @@ def many(tmp_path) -> Path:
     return path
 
 
-def _killer(every: bool):
-    """A progress callback that kills the worker processes running (on its first call,
-    or on `every` call)."""
-    killed: list[int] = []
-
-    def progress(done: int, total: int | None) -> None:
-        if killed and not every:
-            return
-        for child in multiprocessing.active_children():
-            if child.is_alive():
-                os.kill(child.pid, signal.SIGKILL)
-                killed.append(child.pid)
-
-    return progress, killed
-
-
 def test_a_killed_worker_is_run_again_on_its_shard(multiexit_copy, many, tmp_path):
     one = evaluate_to_file(multiexit_copy, many, output=tmp_path / "1.npz", batch=1, threads=1)
-    progress, killed = _killer(every=False)
+    progress, killed = worker_killer(every=False)
     two = evaluate_to_file(
         multiexit_copy,
         many,
@@ -176,7 +160,7 @@ def test_a_killed_worker_is_run_again_on_its_shard(multiexit_copy, many, tmp_pat
 def test_a_shard_that_fails_twice_is_one_error_and_nothing_is_written(
     multiexit_copy, many, tmp_path
 ):
-    progress, killed = _killer(every=True)
+    progress, killed = worker_killer(every=True)
     out = tmp_path / "out" / "ev.npz"
     out.parent.mkdir()
     with pytest.raises(
