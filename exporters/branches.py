@@ -419,12 +419,11 @@ def export_branches(
                 "cannot be: score it with one worker, or save its samples as an .npz",
                 source="workers",
             )
-        spec_of = calibration if isinstance(calibration, DataSpec) else DataSpec(calibration)
         job = _ScoreJob(
             str(path.resolve()),
             sha256,
             tuple(b.add for b in found),
-            replace(spec_of, location=os.path.abspath(spec_of.location)),
+            DataSpec.absolute(calibration),
             calib.n,
             tail[0],
             size.batch,

@@ -28,7 +28,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,13 @@ class DataSpec:
 
     def __str__(self) -> str:
         return os.fspath(self.location)
+
+    @classmethod
+    def absolute(cls, data: str | os.PathLike[str] | DataSpec) -> DataSpec:
+        """`data` as a spec whose location is an absolute path: what a worker process,
+        which may run in another folder, opens."""
+        spec = data if isinstance(data, DataSpec) else cls(data)
+        return replace(spec, location=os.path.abspath(spec.location))
 
 
 def script_spec(location: str | os.PathLike[str]) -> tuple[Path, str] | None:

@@ -281,8 +281,7 @@ class _Sharded:
     def _jobs(self, workers: int, cpus: int | None) -> list[ShardJob]:
 
         assert self.inputs.rows is not None  # data that can be split knows its rows
-        spec = self.data if isinstance(self.data, DataSpec) else DataSpec(self.data)
-        spec = replace(spec, location=os.path.abspath(spec.location))
+        spec = DataSpec.absolute(self.data)
         each = worker_config(self.config, workers, cpus)
         return [
             ShardJob(
