@@ -439,6 +439,13 @@ def quantize_bundle(
     be converted or the runtime cannot run it."""
     options = options or QuantizeOptions()
     src = as_bundle(bundle)
+    if "precision" in src.extra:
+        raise InputError(
+            f"is already a precision variant ({src.extra['precision'].get('precision')}); "
+            "quantize its float32 source bundle instead",
+            source=src.path / "manifest.json",
+            field="$.extra.precision",
+        )
     split = _split(open_calibration(calibration, src.inputs, src.num_classes), options)
     chain = _Chain(src)
     tick = progress or (lambda label, done, total: None)

@@ -57,6 +57,12 @@ def test_int8_bundle_keeps_the_structure_and_records_its_source(int8):
     assert record["parity"]["samples"] == 200
 
 
+def test_a_variant_is_not_quantized_again(int8, data, tmp_path):
+    with pytest.raises(InputError, match=r"already a precision variant \(int8\)") as e:
+        quantize_bundle(int8, tmp_path / "again", data[0])
+    assert e.value.field == "$.extra.precision"
+
+
 def test_int8_agrees_with_fp32_state_by_state(int8, data):
     parity = int8.extra["precision"]["parity"]["states"]
     # measured 0.995, 0.995, 1.0, 1.0 on these 200 held-out rows
