@@ -194,3 +194,19 @@ def test_int8_branches_bundle(tmp_path):
     assert parity[-1]["fp32_accuracy"] == 1.0  # labelled by the full model
     # measured 1.0, 0.983 and 1.0 on the 60 held-out rows
     assert all(s["agreement"] >= 0.95 for s in parity)
+
+
+def test_bf16_runs_where_the_runtime_has_it(data, tmp_path):
+    """OpenVINO runs the bfloat16 graph ONNX Runtime's CPU provider refuses."""
+    pytest.importorskip("openvino")
+    from edgeadapt.formats.presets import RuntimeConfig
+
+    options = QuantizeOptions(
+        precision="bf16", heldout=HELDOUT, runtime=RuntimeConfig("openvino", threads=1)
+    )
+    got = quantize_bundle(FAMILY, tmp_path / "bf", data[0], options)
+    record = got.extra["precision"]
+    assert record["precision"] == "bf16"
+    assert record["runtime"]["runtime"] == "openvino"
+    # measured 0.985 (the logistic member's near ties), 0.995 and 1.0
+    assert all(s["agreement"] >= 0.96 for s in record["parity"]["states"])
