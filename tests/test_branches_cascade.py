@@ -237,3 +237,37 @@ def test_an_older_branches_agreement_plan_still_walks(branches):
     np.testing.assert_array_equal(
         simulate_plan(older, outcomes).exit_state, simulate_plan(plan, outcomes).exit_state
     )
+
+
+def test_plan_command_branches_option_and_a_profile_with_the_cascades_overhead(branches, tmp_path):
+    """`edgeadapt plan --branches` on a profiled, evaluated branches bundle: the profile
+    measures the cascade's own cost per hop (the branches walked), the plan counts it,
+    and the text says which option the plan keeps and why."""
+    from click.testing import CliRunner
+
+    from edgeadapt.cli import cli
+    from edgeadapt.formats.evaluation import save_evaluation
+    from edgeadapt.formats.profile import save_profile
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+
+    bundle, x, _ = branches
+    y = _graph.session(residual_cnn()).run(None, {"x": x})[0].argmax(axis=1)
+    save_evaluation(tmp_path / "eval.npz", evaluate_bundle(bundle, x, y))
+    profile = profile_bundle(bundle, timing=TimingOptions(warmup=2, iters=20))
+    assert profile.cascade_overhead is not None
+    save_profile(tmp_path / "profile.json", profile)
+    args = ["plan", str(bundle.path), "--profile", str(tmp_path / "profile.json")]
+    args += ["--evaluation", str(tmp_path / "eval.npz"), "--max-drop", "0.1"]
+    for asked in ("auto", "cascade", "table"):
+        out = tmp_path / f"{asked}.json"
+        result = CliRunner().invoke(cli, [*args, "--branches", asked, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        plan = load_plan(out)
+        assert plan.branches.asked == asked
+        assert f"branches: {plan.branches.why}" in result.output
+        assert plan.hop_overhead_ms == profile.cascade_overhead.hop_ms
+        if asked != "auto":
+            assert plan.branches.run == asked
+    refused = CliRunner().invoke(cli, [*args, "--branches", "both"])
+    assert refused.exit_code == 2
+    assert "auto" in refused.output
