@@ -271,3 +271,49 @@ def test_plan_command_branches_option_and_a_profile_with_the_cascades_overhead(b
     refused = CliRunner().invoke(cli, [*args, "--branches", "both"])
     assert refused.exit_code == 2
     assert "auto" in refused.output
+
+
+def test_report_shows_the_cascade_against_the_budget_table(branches, tmp_path):
+    """For a branches bundle the report puts each policy's cascade beside the budget
+    table (held-out accuracy and expected cost of both, and which the plan keeps), and
+    the plan's own choice and why; its point on this evaluation is what the plan runs."""
+    pytest.importorskip("matplotlib", reason="the report draws with matplotlib")
+    from edgeadapt.formats.profile import state_costs, static_cost
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+    from edgeadapt.planning.planner import PlanCosts
+    from edgeadapt.report import BRANCH_HEADERS, branch_rows, report_data, write_report
+
+    bundle, x, outcomes = branches
+    y = _graph.session(residual_cnn()).run(None, {"x": x})[0].argmax(axis=1)
+    evaluation = evaluate_bundle(bundle, x, y)
+    profile = profile_bundle(bundle, timing=TimingOptions(warmup=2, iters=10))
+    calib, held = outcomes.split(0.5, 0)
+    costs = PlanCosts(state_costs(profile, bundle), static_ms=static_cost(profile, bundle))
+    plan = make_plan(
+        calib,
+        held,
+        costs,
+        manifest_sha256=bundle.manifest_sha256,
+        kind="branches",
+        options=PlanOptions(max_drop=0.1, branches="table"),
+    )
+    data = report_data(bundle, profile=profile, evaluation=evaluation, plan=plan)
+    rows = branch_rows(data.policies)
+    assert [r[0] for r in rows] == ["threshold", "gate", "agreement"]
+    for row, outcome in zip(rows, data.policies, strict=True):
+        choice = outcome.plan.branches
+        assert row[-1] == choice.run
+        assert row[3] == f"{choice.cascade.cost_ms:.4g}"
+        assert row[5] == f"{choice.table.cost_ms:.4g}"
+    last = plan.states[-1]
+    assert data.plan_here == (
+        pytest.approx(evaluation.correct[:, last].mean()),
+        pytest.approx(state_costs(profile, bundle)[last]),
+    )
+    files = write_report(
+        bundle, profile=profile, evaluation=evaluation, plan=plan, out=tmp_path / "r.html"
+    )
+    page = files[-1].read_text()
+    assert "Branches: the cascade against the budget table" in page
+    assert all(h in page for h in BRANCH_HEADERS)
+    assert "The plan keeps the table" in page
