@@ -1,8 +1,9 @@
 """Cascades over execution branches (`edgeadapt.planning.branches`): the planner plans a
 branches bundle's budget table and its cascade (threshold, gate or agreement), keeps the
 cheaper at the promise (or the one asked for) and says why; the plan file records both;
-the promise holds over resamples; `AdaptiveModel` runs a branches cascade plan row for
-row as the planner simulated it, and older branches plans still run their table."""
+the promise holds over resamples; `AdaptiveModel` runs a branches cascade plan, and the
+family's (an ensemble's) plans of every policy, row for row as the planner simulated
+them; older branches plans still run their table; `plan --branches` and the report."""
 
 from __future__ import annotations
 
@@ -179,21 +180,27 @@ def _bundle_plan(bundle, outcomes, **options):
 
 @pytest.mark.parametrize("policy", ["threshold", "gate"])
 def test_adaptive_model_runs_a_branches_cascade_as_simulated(branches, policy):
-    """At batch 1 (the native cascade engine) and batch 32 (the loop, with compaction)
-    every row exits where the plan's simulation says, with its answer, having run every
-    kept branch up to there (what the plan charges it: the cumulative cost)."""
+    """A branches cascade plan runs as planned (`_runs_as_simulated`; agreement over
+    branches: tests/test_agreement.py)."""
     bundle, x, outcomes = branches
     plan = _bundle_plan(
         bundle, outcomes, max_drop=0.1, calibration="empirical", branches="cascade", policy=policy
     )
     assert plan.walks
     assert len(plan.states) > 1
+    _runs_as_simulated(bundle, plan, outcomes, x, [s.flops / 1e6 for s in bundle.states])
+
+
+def _runs_as_simulated(bundle, plan, outcomes, x, costs):
+    """At batch 1 (the native cascade engine, but for agreement: the loop) and batch 32
+    (the loop, with compaction) every row exits where the plan's simulation says, with
+    its answer, having run every kept member up to there (what the plan charges it)."""
     want = simulate_plan(plan, outcomes).exit_state
     kept = np.asarray(plan.states)
-    assert len(np.unique(want)) > 1  # rows exit at different branches: not vacuous
+    assert len(np.unique(want)) > 1  # rows exit at different states: not vacuous
     with AdaptiveModel.load(bundle, plan=plan) as m:
         assert m.walks
-        assert m._cascade is not None  # batch 1: the native engine walks the branches
+        assert (m._cascade is not None) == (plan.policy != "agreement")  # batch 1: native
         ones = [m.predict(x[i : i + 1]) for i in range(len(x))]
         batched = [m.predict(x[i : i + 32]) for i in range(0, len(x), 32)]
     for outs in (ones, batched):
@@ -202,10 +209,36 @@ def test_adaptive_model_runs_a_branches_cascade_as_simulated(branches, policy):
             np.concatenate([o.pred for o in outs]), outcomes.pred[np.arange(len(x)), kept[want]]
         )
     runs = np.array([len(o.latency_ms["steps"]) for o in ones])
-    np.testing.assert_array_equal(runs, want + 1)  # branches run per sample
-    own = np.array([s.flops / 1e6 for s in bundle.states])[kept]
-    paid = np.array([own[:r].sum() for r in runs])  # every branch run, each its own cost
+    np.testing.assert_array_equal(runs, want + 1)  # members run per sample
+    own = np.asarray(costs)[kept]
+    paid = np.array([own[:r].sum() for r in runs])  # every member run, each its own cost
     np.testing.assert_allclose(np.asarray(plan.cost_ms)[want], paid)
+
+
+@pytest.mark.parametrize("policy", ["threshold", "gate", "agreement"])
+def test_adaptive_model_runs_the_familys_plans_of_every_policy_as_simulated(policy):
+    """The shipped family (an ensemble) on MNIST-1D cascades under each policy as
+    planned (costs where the largest member dominates, so each policy cascades)."""
+    from edgeadapt.data.mnist1d import mnist1d_splits
+    from edgeadapt.formats.bundle import load_bundle
+    from tests.test_agreement import BUNDLES
+
+    bundle = load_bundle(BUNDLES / "mnist1d-family")
+    data = mnist1d_splits(42, n_train=10, n_calibration=600, n_test=10).calibration
+    outcomes = Outcomes.from_evaluation(evaluate_bundle(bundle, data.x, data.y))
+    calib, held = outcomes.split(0.5, 0)
+    costs = [0.1, 0.2, 10.0]
+    plan = make_plan(
+        calib,
+        held,
+        costs,
+        manifest_sha256=bundle.manifest_sha256,
+        kind="ensemble",
+        options=PlanOptions(max_drop=0.1, calibration="empirical", policy=policy),
+    )
+    assert plan.policy == policy
+    assert len(plan.states) > 1
+    _runs_as_simulated(bundle, plan, outcomes, data.x, costs)
 
 
 def test_a_table_plan_and_an_older_branches_plan_run_the_most_accurate_branch(branches, tmp_path):
