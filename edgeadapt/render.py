@@ -66,9 +66,12 @@ def saving(share: float | None) -> str:
 
 def thresholds_text(plan: Plan) -> str:
     """``thresholds (maxprob): 0.2664, 0.6074`` (what they threshold, and their values),
-    or for a plan of one state that it answers alone."""
+    or for a plan of one state that it answers alone, or for a branches plan that runs its
+    budget table that none are used."""
     if not plan.thresholds:
         return "thresholds: none (one state answers every input)"
+    if not plan.walks:
+        return "thresholds: none (the budget table picks the branch; no budget: the last)"
     on = {"gate": "gate scores", "agreement": "agreement shares"}.get(plan.policy, plan.measure)
     return f"thresholds ({on}): " + ", ".join(f"{t:.4f}" for t in plan.thresholds)
 

@@ -16,7 +16,10 @@ gates and the agreement of the states run so far), planned from the same profile
 evaluation with the plan's options
 (`edgeadapt.planning.planner.compare_policies`): held-out accuracy, expected cost and oracle gap
 closure side by side, or why a policy cannot be planned (an evaluation without every
-measure's confidences has no gate policy).
+measure's confidences has no gate policy). For a branches bundle it also shows, per
+policy, the cascade over the branches against the budget table at the promise (held-out
+accuracy and expected cost of each, and which the plan keeps:
+`edgeadapt.planning.branches`).
 
 The HTML names the bundle by its manifest sha256 (its identity, which the profile, the
 evaluation and the plan are checked against) and embeds the PNGs as base64 data URIs
@@ -67,10 +70,12 @@ from edgeadapt.planning.search import subset_costs
 from edgeadapt.render import num, pct, ratio, saving, static_verdict, thresholds_text
 
 __all__ = [
+    "BRANCH_HEADERS",
     "FIGURES",
     "POLICY_HEADERS",
     "ReportData",
     "ReportFiles",
+    "branch_rows",
     "policy_rows",
     "render_report",
     "report_data",
@@ -135,12 +140,18 @@ def report_data(
     chosen = None if plan is None else _plan(plan, b)
     states = tuple(range(len(inputs.names))) if chosen is None else chosen.states
     cols = list(states)
-    pay = subset_costs(inputs.costs, states, b.kind)
+    # a sweep of thresholds is a cascade: over branches each pays every branch it runs
+    walks = chosen is None or chosen.walks
+    pay = subset_costs(
+        inputs.costs, states, "ensemble" if b.kind == "branches" and walks else b.kind
+    )
     measure = "maxprob" if chosen is None else chosen.measure
     conf = getattr(ev, CONF_KEYS[measure])
     swept = None if conf is None else sweep(conf[:, cols], correct[:, cols], pay)
     here = None
-    if chosen is not None and conf is not None:
+    if chosen is not None and not walks:  # the table: its last kept branch alone
+        here = (float(correct[:, cols[-1]].mean()), float(inputs.costs[cols[-1]]))
+    elif chosen is not None and conf is not None:
         run = simulate(conf[:, cols], correct[:, cols], pay, np.asarray(chosen.thresholds))
         here = (run.accuracy, run.expected_cost)
     assert inputs.profile is not None  # cost="ms" needs one
@@ -456,6 +467,62 @@ def policy_rows(policies: Sequence[PolicyOutcome]) -> list[list[str]]:
     return rows
 
 
+def branch_rows(policies: Sequence[PolicyOutcome]) -> list[list[str]]:
+    """A branches bundle's plans, one row per planned policy: its cascade's kept
+    branches, held-out accuracy and expected cost (ms), the budget table's (its most
+    accurate branch alone without a budget), and which the plan keeps
+    (`BRANCH_HEADERS`); plans without the choice (other kinds) are left out."""
+    rows = []
+    for p in policies:
+        plan = p.plan
+        if plan is None or plan.branches is None or plan.branches.cascade is None:
+            continue
+        names, choice = plan.bundle_states, plan.branches
+        cascade, table = plan.branches.cascade, choice.table
+        rows.append(
+            [
+                p.policy,
+                ", ".join(names[s] for s in cascade.states),
+                pct(cascade.accuracy, 2),
+                num(cascade.cost_ms),
+                pct(table.accuracy, 2),
+                num(table.cost_ms),
+                choice.run,
+            ]
+        )
+    return rows
+
+
+BRANCH_HEADERS = (
+    "policy",
+    "cascade: branches",
+    "cascade: held-out accuracy",
+    "cascade: expected cost (ms)",
+    "table: held-out accuracy",
+    "table: expected cost (ms)",
+    "kept",
+)
+
+
+def _branches_section(data: ReportData) -> str:
+    rows = branch_rows(data.policies)
+    if data.inputs.bundle.kind != "branches" or not rows:
+        return ""
+    choice = None if data.plan is None else data.plan.branches
+    why = (
+        ""
+        if choice is None
+        else f"<p>The plan keeps the {choice.run}: {html.escape(choice.why)}.</p>"
+    )
+    return (
+        "<h3>Branches: the cascade against the budget table</h3>"
+        "<p>Each policy's cascade over the branches (cheapest first, each branch from the "
+        "input, a sample paying every branch run) against the budget table (without a "
+        "budget its most accurate branch alone), at the promise, on the held-out split "
+        "(edgeadapt plan --branches auto|cascade|table):</p>" + _table(BRANCH_HEADERS, rows) + why
+    )
+
+
 POLICY_HEADERS = (
     "policy",
     "states",
@@ -524,7 +591,7 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
 Accuracies: evaluation {esc(bound.evaluation_path or "(not saved)")} ({bound.samples} samples). Written {when}.</p>
 <h2>States</h2>{_states_table(data)}
 <h2>Oracle bounds</h2>{_bounds_table(data)}
-<h2>Plan</h2>{_plan_section(data)}{_policies_section(data)}
+<h2>Plan</h2>{_plan_section(data)}{_policies_section(data)}{_branches_section(data)}
 <h2>Best k-subsets</h2>{_curve_table(data)}
 <h2>Figures</h2>{sweep_note}{figures}
 </body></html>
@@ -596,6 +663,7 @@ class ReportFiles:
                 "gap_closure": plan.gap_closure,
                 "static_ms": plan.static_ms,
                 "beats_static": plan.beats_static,
+                "branches": None if plan.branches is None else plan.branches.to_json(),
             },
             "policies": [p.to_json() for p in self.data.policies],
         }

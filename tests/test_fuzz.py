@@ -9,6 +9,7 @@ examples per test follow the hypothesis profile in conftest.py (60 in CI)."""
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from edgeadapt.errors import EdgeadaptError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.evaluation import Evaluation, load_evaluation, save_evaluation
 from edgeadapt.formats.jsonio import loads
-from edgeadapt.formats.plan import load_plan, save_plan
+from edgeadapt.formats.plan import BranchesChoice, BranchOption, load_plan, save_plan
 from edgeadapt.formats.profile import load_profile
 from tests.plans import runner_plan
 
@@ -137,7 +138,14 @@ def test_json_text(text):
 def seeds(tmp_path_factory):
     d = tmp_path_factory.mktemp("seeds")
     plan = d / "plan.json"
-    save_plan(plan, runner_plan(load_bundle(MULTIEXIT), [0, 2, 3], [0.9, 0.8], [0.1, 0.2, 0.3]))
+    made = runner_plan(load_bundle(MULTIEXIT), [0, 2, 3], [0.9, 0.8], [0.1, 0.2, 0.3])
+    save_plan(plan, made)
+    # a branches cascade plan, with the record of its choice (`Plan.branches`)
+    table = BranchOption("table", (3,), 0.9, 0.3)
+    choice = BranchesChoice(
+        "cascade", "auto", "cheaper", table, BranchOption("threshold", (0, 2, 3), 0.9, 0.2)
+    )
+    save_plan(d / "bplan.json", replace(made, kind="branches", branches=choice))
     ev = Evaluation(
         np.arange(20) % 10,
         np.zeros((20, 4), np.int64),
@@ -151,6 +159,7 @@ def seeds(tmp_path_factory):
     return {
         "manifest": (MULTIEXIT / "manifest.json").read_bytes(),
         "plan": plan.read_bytes(),
+        "branches-plan": (d / "bplan.json").read_bytes(),
         "profile": PROFILE.read_bytes(),
         "npz": npz.read_bytes(),
         "bundle": bundle,
@@ -162,12 +171,13 @@ def _readers(seeds, tmp: Path):
     return {
         "manifest": (bundle / "manifest.json", lambda p: load_bundle(bundle, verify=False)),
         "plan": (tmp / "plan.json", load_plan),
+        "branches-plan": (tmp / "plan.json", load_plan),
         "profile": (tmp / "profile.json", lambda p: load_profile(p, check_device=False)),
         "npz": (tmp / "ev.npz", load_evaluation),
     }
 
 
-@pytest.mark.parametrize("kind", ["manifest", "plan", "profile", "npz"])
+@pytest.mark.parametrize("kind", ["manifest", "plan", "branches-plan", "profile", "npz"])
 @FUZZ
 @given(ops=edits)
 def test_mutated_bytes(seeds, tmp_path, kind, ops):
@@ -176,7 +186,7 @@ def test_mutated_bytes(seeds, tmp_path, kind, ops):
     _refuses_cleanly(lambda: read(path))
 
 
-@pytest.mark.parametrize("kind", ["manifest", "plan", "profile"])
+@pytest.mark.parametrize("kind", ["manifest", "plan", "branches-plan", "profile"])
 @FUZZ
 @given(where=st.floats(0, 1), value=json_values)
 def test_a_field_replaced_by_any_json_value(seeds, tmp_path, kind, where, value):

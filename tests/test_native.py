@@ -367,6 +367,37 @@ def test_native_runs_a_branches_bundles_last_branch_alone_as_adaptive_model_does
     assert got["latency_ms"]["calls"][0]["step_index"] == [2]
 
 
+@pytest.mark.parametrize("budget", [None, 1000.0])
+def test_native_runs_a_branches_cascade_plan_as_adaptive_model_does(
+    native, inputs, branches, tmp_path, budget
+):
+    """A branches plan that keeps its cascade walks the branches in turn (each from the
+    input, costs cumulative) in both runners; with a budget the plan's table picks one
+    branch alone."""
+    from edgeadapt.formats.plan import BranchesChoice, BranchOption
+
+    bundle = load_bundle(branches)
+    rows = (BudgetRow(0.5, 0, 0.3), BudgetRow(1.0, 1, 0.6), BudgetRow(2.0, 2, 0.9))
+    plan = runner_plan(bundle, (0, 1, 2), (0.6, 0.6), (0.5, 1.5, 3.5), table=rows)
+    cascade = BranchOption("threshold", (0, 1, 2), 0.9, 1.0)
+    choice = BranchesChoice(
+        "cascade", "cascade", "asked", BranchOption("table", (2,), 0.9, 2.0), cascade
+    )
+    plan = dataclasses.replace(plan, branches=choice)
+    save_plan(tmp_path / "plan.json", plan)
+    args = ["--plan", tmp_path / "plan.json", "--threads", "1", "--batch", "16"]
+    if budget is not None:
+        args += ["--budget-ms", str(budget)]
+    got = _classify(native, branches, inputs, tmp_path / "o.json", *args)
+    with AdaptiveModel.load(branches, "openvino", plan=plan, runtime_options=OV) as m:
+        want = _python_rows(m, np.load(inputs), 16, budget)
+    _assert_same(got, want)
+    if budget is None:
+        assert len(np.unique(want["exit_state"])) > 1  # rows exit at different branches
+    else:
+        assert (want["exit_state"] == 2).all()  # the table's most accurate row fits
+
+
 # ------------------------------------------------------------------- several inputs
 
 

@@ -378,8 +378,11 @@ def test_a_branch_plan_keeps_the_pareto_branches_even_when_the_full_one_is_the_s
         PlanCosts(cost, static_ms=float(cost[-1])),
         manifest_sha256=SHA,
         kind="branches",
+        options=PlanOptions(branches="table"),
     )
     assert plan.fallback is None
+    assert plan.branches is not None
+    assert plan.branches.run == "table"
     assert len(plan.budget) > 1
     assert list(plan.states) == [
         s for s in range(4) if all(acc[s] > acc[t] for t in range(4) if cost[t] < cost[s])

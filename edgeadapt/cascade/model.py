@@ -18,8 +18,9 @@ target, the most accurate kept state whose predicted cost fits B (the kernel's
 tight picks a cheaper state). An early-exit plan then runs the cascade up to that
 state, which always answers; an ensemble or branches plan runs that one member alone
 (AdaInf's direct selection of a branch). When nothing fits, or without a plan, the
-cascade walks every kept state. A branches plan without a budget runs its most accurate
-branch alone. Either way the first state of the route always runs (there is no answer
+cascade walks every kept state. A branches plan that runs its budget table
+(`Plan.walks` false) runs its most accurate branch alone without a budget; a branches
+cascade plan walks its branches as an ensemble's members. Either way the first state of the route always runs (there is no answer
 before it); when the next one is predicted not to fit what is left, every remaining row
 exits with its answer at the last completed state (``budget_exit`` marks them).
 Predicted hop costs come from `step_costs_ms` (one per bundle step, summed over each
@@ -344,7 +345,7 @@ def _hop_costs(
     cascade's increments), else zeros (no budget then)."""
     if per_step is not None:
         return [sum(per_step[i] for i in hop.steps) for hop in hops]
-    if plan is not None and bundle.kind == "branches" and not plan.agreement:
+    if plan is not None and not plan.walks:
         return list(plan.cost_ms)  # each branch's own cost
     if plan is not None:
         return list(np.diff(plan.cost_ms, prepend=0.0).clip(min=0.0))
@@ -401,8 +402,13 @@ class AdaptiveModel:
         static: Session | None = None,
         hop_overhead_ms: float = 0.0,
         gates: GateRun | None = None,
+        walks: bool | None = None,
     ) -> None:
         self.bundle = bundle
+        #: Whether a call without a budget walks the kept states (a cascade) rather than
+        #: run the last alone (a branches plan's budget table; `Plan.walks`). None: every
+        #: kind but branches walks.
+        self.walks = bundle.kind != "branches" if walks is None else walks
         self.sessions = tuple(sessions)
         #: The kept states' hops, in order (the policy's hop i reaches kept state i).
         self.hops = tuple(hops)
@@ -460,7 +466,7 @@ class AdaptiveModel:
         """The hop that answers alone (`_alone`) as one `OneCall` and its session, when it
         is one call fed the bundle's one input (`single`: its name, dtype and shape);
         else None."""
-        alone = self._alone(self.bundle, self._route)
+        alone = self._alone()
         if alone is None or len(alone.calls) != 1:
             return None
         ((session, feeds),) = alone.calls
@@ -508,15 +514,16 @@ class AdaptiveModel:
             result=Prediction,
             hop_overhead_ms=self._hop_overhead_ms,
             costs_known=self.costs_known,
-            last_alone=bundle.kind == "branches",
+            last_alone=not self.walks,
             gates=None if self._gates is None else self._gates.gates,
         )
 
-    @staticmethod
-    def _alone(bundle: Bundle, route: Sequence[_ResolvedHop]) -> _ResolvedHop | None:
+    def _alone(self) -> _ResolvedHop | None:
         """The hop that answers alone without a budget: a route of one, or a branches
-        plan's most accurate branch; None when the cascade walks several."""
-        if len(route) == 1 or bundle.kind == "branches":
+        plan's most accurate branch (it does not walk); None when the cascade walks
+        several."""
+        route = self._route
+        if len(route) == 1 or not self.walks:
             return route[-1]
         return None
 
@@ -572,7 +579,8 @@ class AdaptiveModel:
         static, sessions = _open_route(from_config(choice.config), bundle, hops)
         gates = None if plan is None or plan.gates is None else GateRun(plan.gates, plan.measure)
         overhead = _hop_overhead(plan, profile)
-        model = cls(bundle, sessions, hops, policy, known, static, overhead, gates)
+        walks = None if plan is None else plan.walks
+        model = cls(bundle, sessions, hops, policy, known, static, overhead, gates, walks)
         model._deploy(plan, choice, warmup)
         return model
 
@@ -788,7 +796,7 @@ class AdaptiveModel:
         start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
-        walks = self.bundle.kind != "branches" or self.agreement is not None
+        walks = self.walks
         if len(self._route) == 1 or (budget is None and not walks):
             return self._predict_one(inputs, self._route[-1])
         b = next(iter(inputs.values())).shape[0]

@@ -17,7 +17,7 @@ from edgeadapt.commands.options import (
     output_option,
     seed_option,
 )
-from edgeadapt.formats.plan import COST_STATS, PROMISE_KINDS
+from edgeadapt.formats.plan import BRANCH_CHOICES, COST_STATS, PROMISE_KINDS
 from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.oracle.bound import r_n_what
 from edgeadapt.planning.planner import (
@@ -117,6 +117,18 @@ from edgeadapt.render import pct, saving, static_verdict, thresholds_text
     "calibrated), planned from predictions alone. Gate and agreement plans are plan "
     "format version 2; agreement plans run in AdaptiveModel's Python loop.",
 )
+@click.option(
+    "--branches",
+    "branch_run",
+    type=click.Choice(BRANCH_CHOICES),
+    default="auto",
+    show_default=True,
+    help="For a branches bundle: cascade (the cheapest kept branch first, --policy decides "
+    "whether to run a deeper one, each from the input), table (AdaInf's budget table: "
+    "the most accurate branch alone without a budget), or auto: both are planned and the "
+    "one cheaper at the promise on the held-out split is kept; the plan records both "
+    "and why. Either way a budget runs the plan's table. Other bundles ignore it.",
+)
 @output_option("Where to write plan.json (default: BUNDLE/plan.json).")
 @json_option("Print the plan's figures as JSON.")
 def plan_cmd(
@@ -133,6 +145,7 @@ def plan_cmd(
     calibration: str,
     policy: str,
     cost_stat: str,
+    branch_run: str,
     output: Path | None,
     as_json: bool,
 ) -> None:
@@ -172,6 +185,7 @@ def plan_cmd(
             promise=promise,
             calibration=calibration,
             policy=policy,
+            branches=branch_run,
         ),
     )
     if as_json:
@@ -213,6 +227,8 @@ def plan_text(summary: PlanSummary) -> str:
     lines.append(
         "oracle gap closure: " + ("n/a (the oracle saves nothing)" if gap is None else pct(gap))
     )
+    if plan.branches is not None:
+        lines.append(f"branches: {plan.branches.why}")
     if summary.path is not None:
         lines.append(f"wrote {summary.path}")
     return "\n".join(lines)

@@ -35,6 +35,10 @@ the record of how well the plan did and is shown by reports.
   "fallback": "no plan of several states ...",   # optional: why only the static model
   "cost_stat": "p90",                            # optional (default p50): cost percentile
   "hop_overhead_ms": 0.006,                      # optional: the cascade's own cost per hop
+  "branches": {"run": "cascade" | "table",       # optional, branches plans: what runs
+               "asked": "auto" | "cascade" | "table", "why": "...",
+               "table": {"states": [0, 2, 3], "accuracy", "cost_ms"},
+               "cascade": {"policy", "states": [0, 3], "accuracy", "cost_ms"}},
   "runtime": {"runtime": "onnxruntime", "preset": null, "precision": "as-exported",
               "threads": 1, "options": {}}        # optional: what the costs were measured
 }                                                 #   under (edgeadapt.formats.presets.RuntimeConfig)
@@ -72,6 +76,19 @@ without it (older ones, or made from costs with no measured overhead) count none
 baseline a plan must beat to be worth deploying; plans made from a profile without it
 omit the key. ``cost_ms`` of ``heldout`` against it and against ``oracle.r_n`` (the
 sum of the steps) are the plan's two savings.
+
+``branches`` (plans of a ``branches`` bundle made since it was added) says how the plan
+runs without a budget and why: ``run`` ``table`` runs the most accurate kept branch alone
+(AdaInf's budget table; the thresholds are placeholders), ``cascade`` walks the kept
+branches in turn as an ensemble's members (each from the input; a sample pays every
+branch run, so ``cost_ms`` is cumulative) under the plan's policy; ``asked`` is what the
+planner was asked for (``edgeadapt plan --branches``), ``why`` one line on the choice,
+and ``table`` / ``cascade`` each option's kept states and held-out accuracy and expected
+cost (``cascade`` absent when none was made). The kept option's ``states`` are the
+plan's. A branches plan without the block (older ones) runs the table, or under the
+agreement policy the cascade. Either way a budget runs the table's pick. A reader that
+predates the block runs a cascade plan as the table: its most accurate branch alone,
+which keeps the promise at the table's cost.
 
 Confidences are higher when surer: maxprob and margin lie in [0, 1], entropy is the
 negative entropy in [-log C, 0]; thresholds must lie in the measure's range.
@@ -253,6 +270,51 @@ class BudgetRow:
     accuracy: float
 
 
+#: How a branches plan runs without a budget (`BranchesChoice.run`), and what a user may
+#: ask the planner for (``auto``: the cheaper of the two at the promise).
+BRANCH_RUNS = ("cascade", "table")
+BRANCH_CHOICES = ("auto", *BRANCH_RUNS)
+
+
+@dataclass(frozen=True)
+class BranchOption:
+    """One way to run a branches bundle without a budget: its `policy` (``table``, or the
+    cascade's policy), kept `states`, and held-out accuracy and expected cost."""
+
+    policy: str
+    states: tuple[int, ...]
+    accuracy: float
+    cost_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {} if self.policy == "table" else {"policy": self.policy}
+        return {
+            **doc,
+            "states": list(self.states),
+            "accuracy": self.accuracy,
+            "cost_ms": self.cost_ms,
+        }
+
+
+@dataclass(frozen=True)
+class BranchesChoice:
+    """What a branches plan runs without a budget (`run`: ``cascade`` or ``table``), what
+    was `asked` (`BRANCH_CHOICES`), `why`, and the figures of both options (`cascade`
+    None when none was made)."""
+
+    run: str
+    asked: str
+    why: str
+    table: BranchOption
+    cascade: BranchOption | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"run": self.run, "asked": self.asked, "why": self.why, "table": self.table.to_json()}
+        if self.cascade is not None:
+            doc["cascade"] = self.cascade.to_json()
+        return doc
+
+
 @dataclass(frozen=True)
 class SplitFigures:
     """The policy on one split, against the reference state on the same split."""
@@ -304,6 +366,27 @@ class Plan:
     hop_overhead_ms: float | None = None
     #: True for the agreement policy (thresholds on agreement shares; no gates).
     agreement: bool = False
+    #: A branches plan's choice between the cascade and the budget table (None: other
+    #: kinds, and branches plans made before it).
+    branches: BranchesChoice | None = None
+
+    @property
+    def walks(self) -> bool:
+        """Whether a runner walks the kept states in turn without a budget (a cascade):
+        always, but for a branches plan that runs the budget table (its most accurate
+        branch alone); an older branches plan (no `branches` record) walks under the
+        agreement policy only."""
+        if self.kind != "branches":
+            return True
+        if self.branches is None:
+            return self.agreement
+        return self.branches.run == "cascade"
+
+    @property
+    def cost_kind(self) -> str:
+        """The kind whose cost rule `cost_ms` follows: a branches cascade pays as an
+        ensemble does (each branch from the input, every branch run paid)."""
+        return "ensemble" if self.kind == "branches" and self.walks else self.kind
 
     @property
     def policy(self) -> str:
@@ -343,6 +426,7 @@ class Plan:
             "fallback": self.fallback,
             "policy": _policy_doc(self),
             "statement": self.statement,
+            **({} if self.branches is None else {"branches": self.branches.to_json()}),
         }
 
     @property
@@ -470,6 +554,8 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         doc["runtime"] = plan.runtime.to_json()
     if plan.hop_overhead_ms is not None:
         doc["hop_overhead_ms"] = plan.hop_overhead_ms
+    if plan.branches is not None:
+        doc["branches"] = plan.branches.to_json()
     return doc
 
 
@@ -599,6 +685,44 @@ def _search_fields(f: Fields) -> dict[str, Any]:
     }
 
 
+def _branch_option(f: Fields, names: list[str], policy: str) -> BranchOption:
+    """``$.branches.table`` or ``$.branches.cascade``: kept states and held-out figures."""
+    states = f.get("states", list)
+    if not states:
+        f.fail("must keep at least one state", "states")
+    for j, s in enumerate(states):
+        check_value(s, int, f.source, f"{f.path}.states[{j}]")
+        if not 0 <= s < len(names) or (j and s <= states[j - 1]):
+            f.fail(f"must be increasing state indices below {len(names)}", "states")
+    return BranchOption(
+        policy=policy,
+        states=tuple(states),
+        accuracy=f.number("accuracy", minimum=0.0, maximum=1.0),
+        cost_ms=f.number("cost_ms", minimum=0.0, maximum=MAX_MS),
+    )
+
+
+def _branches(f: Fields, kind: str, names: list[str], states: list[int]) -> BranchesChoice:
+    """``$.branches``: a branches plan's run, the choice asked, why, and both options."""
+    if kind != "branches":
+        f.fail(f"only a branches plan has this block, this plan's bundle is {kind}")
+    run = f.get("run", str, check=_one_of(BRANCH_RUNS))
+    asked = f.get("asked", str, check=_one_of(BRANCH_CHOICES))
+    if asked != "auto" and asked != run:
+        f.fail(f"runs the {run}, but the {asked} was asked for", "run")
+    table = _branch_option(f.child("table"), names, "table")
+    cascade = None
+    if "cascade" in f.obj:
+        c = f.child("cascade")
+        cascade = _branch_option(c, names, c.get("policy", str, check=_one_of(POLICY_KINDS)))
+    kept = table if run == "table" else cascade
+    if kept is None:
+        f.fail("runs the cascade, but records none", "cascade")
+    elif list(kept.states) != states:
+        f.fail(f"the {run} the plan runs keeps {list(kept.states)}, $.states {states}", run)
+    return BranchesChoice(run, asked, f.get("why", str), table, cascade)
+
+
 def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Plan:
     """Validate a parsed plan document; errors name `source` and the JSON path."""
     f = Fields(doc, source=source)
@@ -655,6 +779,9 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
             if "hop_overhead_ms" in f.obj
             else None
         ),
+        branches=_branches(f.child("branches"), kind, names, states)
+        if "branches" in f.obj
+        else None,
     )
 
 

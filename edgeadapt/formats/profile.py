@@ -30,7 +30,8 @@ timing: its median and spread; it is optional, written only beside ``whole`` (pr
 that timed the whole model in a window of its own lack it). A missing ``settings.order``
 reads as ``step``; ``settings.cascade_overhead`` (`Overhead`, what
 `AdaptiveModel.predict` costs beside the runtime calls, for the planner) is absent in
-older profiles and for branches bundles (then plans count no overhead); a missing
+older profiles, a branches bundle's made before its branches could be cascaded
+included (then plans count no overhead); a missing
 ``settings.runtime_config`` is derived from ``runtime``,
 ``preset``, ``threads`` and ``options`` (which then hold the precision, as a backend
 takes it).
@@ -183,7 +184,8 @@ class Profile:
     @property
     def cascade_overhead(self) -> Overhead | None:
         """What `AdaptiveModel.predict` costs beside the runtime calls on this device
-        (`edgeadapt.formats.profile.Overhead`); None for an older profile or a branches bundle."""
+        (`edgeadapt.formats.profile.Overhead`); None for an older profile (a branches bundle's
+        made before its branches could be cascaded included)."""
         return _cascade_overhead(self.settings, self.source or "profile")
 
     @property

@@ -3,6 +3,7 @@ measured at batch 1 for the profile and the planner."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from time import perf_counter_ns
 from typing import Any
 
@@ -22,7 +23,7 @@ _BLOCK = 5
 
 def measure_overhead(
     bundle: Bundle, runtime: str | RuntimeConfig | None = None, *, calls: int = 40
-) -> Overhead | None:
+) -> Overhead:
     """`Overhead` of `bundle` on `runtime`, measured at batch 1: the cascade of every
     state with no early exit (``N`` hops) and the last state alone (the fast path; the
     merged static model for an early-exit bundle), about `calls` times each after a
@@ -32,10 +33,11 @@ def measure_overhead(
     cascade's call pays beyond the fast path's is spread over its hops (a slight
     overstatement, the conservative side for a plan against the static model).
 
-    None for a branches bundle (its branches answer alone: there is no cascade).
+    A branches bundle is measured as the cascade over its branches runs: as an ensemble's
+    members, each from the input (`edgeadapt.planning.branches`).
     """
     if bundle.kind == "branches":
-        return None
+        bundle = replace(bundle, kind="ensemble")
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
         raise InputError(f"must be an integer >= 1, got {calls!r}", source="calls")
     n = len(bundle.states)

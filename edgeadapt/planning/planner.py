@@ -48,12 +48,14 @@ The costs should be the ones the cascade pays: a profile taken in ``chain`` orde
 profiler's default). `profile_costs` reads both baselines from a profile and says when
 its step costs were timed each step alone.
 
-Branch bundles (``kind="branches"``, AdaInf's execution branches) are not cascaded: the
-plan keeps the device's Pareto set of branches (measured cost against calibration
-accuracy) and its budget table; without a budget the most accurate branch answers alone,
-with one the table picks the branch (their thresholds are unused placeholders). Under
-the agreement policy a branches bundle is cascaded as an ensemble is (`cascade_kind`):
-each branch runs from the input, and a sample pays every branch run.
+Branch bundles (``kind="branches"``, AdaInf's execution branches) get two plans
+(`edgeadapt.planning.branches`): the budget table (the device's Pareto set of branches,
+measured cost against calibration accuracy; without a budget the most accurate branch
+answers alone, with one the table picks the branch; thresholds are placeholders) and a
+cascade under the policy, planned as an ensemble's (steps 2 to 5: each branch runs from
+the input, and a sample pays every branch run). ``PlanOptions.branches`` keeps the one
+asked for, by default (``auto``) the one cheaper at the promise on the held-out split;
+the plan records both and why (`Plan.branches`).
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
@@ -82,6 +84,7 @@ from edgeadapt.formats.plan import (
     COST_STATS,
     KINDS,
     MEASURE_RANGES,
+    BranchOption,
     BudgetRow,
     Gate,
     Plan,
@@ -93,6 +96,7 @@ from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.formats.profile import Profile, check_profile, load_profile, state_costs, static_cost
 from edgeadapt.kernel_ref import MEASURES, lookup
 from edgeadapt.oracle.equations import exact_oracle
+from edgeadapt.planning.branches import check_branch_choice, keep_cheaper
 from edgeadapt.planning.calibrate import NEVER, CascadeResult, calibrate, exit_states, simulate
 from edgeadapt.planning.gates import fit_gates, policy_confidences
 from edgeadapt.planning.outcomes import POLICIES, Outcomes
@@ -121,8 +125,10 @@ class PlanOptions:
     docstring says what each does): at most `max_states` kept states, an accuracy drop of
     at most `max_drop` promised with probability 1 - `delta` (`promise`: ``net`` or
     ``loss``) under `calibration` (``risk`` or ``empirical``), the `policy` (`POLICIES`)
-    on the confidence `measure` (None: the splits' own, else maxprob), and the split of
-    an evaluation into calibration and held-out parts (`heldout` share, `seed`)."""
+    on the confidence `measure` (None: the splits' own, else maxprob), the split of
+    an evaluation into calibration and held-out parts (`heldout` share, `seed`), and for
+    a branches bundle whether to keep its cascade or its budget table (`branches`:
+    ``auto``, ``cascade`` or ``table``, `edgeadapt.planning.branches`)."""
 
     max_states: int = 4
     max_drop: float = 0.005
@@ -133,6 +139,7 @@ class PlanOptions:
     promise: str = "net"
     heldout: float = 0.5
     seed: int = 0
+    branches: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -297,12 +304,6 @@ def _check_policy(calib: Outcomes, heldout: Outcomes, kind: str, policy: str, me
     """The `policy` is known, fits the bundle `kind`, and both splits hold what it reads."""
     if policy not in POLICIES:
         raise InputError(f"must be one of {list(POLICIES)}, got {policy!r}", field="policy")
-    if policy == "gate" and kind == "branches":
-        raise InputError(
-            "branches are picked by budget, not cascaded: there is nothing for gates to "
-            "decide; plan them with the threshold or agreement policy",
-            field="policy",
-        )
     splits = (("calibration", calib), ("heldout", heldout))
     for name, split in splits:
         if policy == "agreement" and split.pred is None:
@@ -376,6 +377,7 @@ def _check_choices(options: PlanOptions) -> None:
         raise InputError(f"must be in [0, 1], got {max_drop}", field="max_drop")
     if not 0.0 < options.delta < 1.0:
         raise InputError(f"must be in (0, 1), got {options.delta}", field="delta")
+    check_branch_choice(options.branches)
     if calibration not in CALIBRATIONS:
         raise InputError(
             f"must be one of {list(CALIBRATIONS)}, got {calibration!r}", field="calibration"
@@ -419,12 +421,6 @@ def _check_costs(static_ms: float | None, hop_overhead_ms: float | None) -> floa
             f"must be a finite number >= 0, got {hop_overhead_ms!r}", field="hop_overhead_ms"
         )
     return None if hop_overhead_ms is None else float(hop_overhead_ms)
-
-
-def cascade_kind(kind: str, policy: str) -> str:
-    """The kind whose costs a plan's cascade pays: a branches bundle under the agreement
-    policy runs its branches in turn, each from the input, as an ensemble runs members."""
-    return "ensemble" if kind == "branches" and policy == "agreement" else kind
 
 
 def _firing(chosen: _Chosen) -> _Chosen:
@@ -485,7 +481,7 @@ def _split_figures(
 
 @dataclass(frozen=True)
 class _Setting:
-    """What every step of `make_plan` reads: the costs, the cascade's kind (`cascade_kind`),
+    """What every step of `make_plan` reads: the costs, the kind whose cost rule they follow,
     the reference state, the drop and its confidence, the promise and the per-hop cost."""
 
     costs: np.ndarray
@@ -625,9 +621,10 @@ def make_plan(
     _check_args(calib, heldout, state_ms, manifest_sha256, kind, options)
     hop_ms = _check_costs(device.static_ms, device.hop_overhead_ms)
     reference = int(np.argmax(calib.correct.mean(axis=0)))
-    paid = cascade_kind(kind, options.policy)
     promise = check_promise(options.promise)
-    setting = _Setting(state_ms, paid, reference, options.max_drop, options.delta, promise, hop_ms)
+    setting = _Setting(state_ms, kind, reference, options.max_drop, options.delta, promise, hop_ms)
+    if kind == "branches":
+        return _branches_plan((calib, heldout), setting, options, device, manifest_sha256)
     chosen, evaluated = _choose(calib, heldout, setting, options)
     return _plan_record(
         (calib, heldout), chosen, evaluated, (manifest_sha256, kind), options, device, setting
@@ -643,16 +640,53 @@ def _choose(
     candidates, evaluated = _candidates(
         calib, setting, max_states=options.max_states, policy=policy, calibration=calibration
     )
-    if setting.kind == "branches":
-        # AdaInf's branches are picked by budget, not cascaded: keep the device's Pareto
-        # set; without a budget the most accurate (the reference) answers alone.
-        kept = pareto_states(setting.costs, calib.correct.mean(axis=0))
-        chosen = _Chosen(kept, np.full(len(kept) - 1, math.inf), None, None, None, policy)
-    elif calibration == "risk":
+    if calibration == "risk":
         chosen = _firing(_risk_controlled(calib, heldout, candidates, setting))
     else:
         chosen = _firing(candidates[0])
     return chosen, evaluated
+
+
+def _branches_plan(
+    splits: tuple[Outcomes, Outcomes],
+    setting: _Setting,
+    options: PlanOptions,
+    device: PlanCosts,
+    manifest_sha256: str,
+) -> Plan:
+    """A branches bundle's plan (`edgeadapt.planning.branches`): its budget table (the
+    Pareto set; the most accurate branch alone without a budget) and its cascade under
+    `options.policy` (planned as an ensemble's: each branch from the input), both
+    figured on the held-out split; the one `options.branches` asks for kept, recording
+    both and why."""
+    calib, heldout = splits
+    kept = pareto_states(setting.costs, calib.correct.mean(axis=0))
+    table = _Chosen(kept, np.full(len(kept) - 1, math.inf), None, None, None)
+    table_held, _ = _split_figures(
+        heldout,
+        table,
+        costs=setting.costs,
+        kind="branches",
+        reference=setting.reference,
+        hop_ms=None,
+    )
+    flow = replace(setting, kind="ensemble")  # a sample pays every branch it runs
+    cascade, evaluated = _choose(calib, heldout, flow, options)
+    cascade, cascade_held, _, _ = _settled(calib, heldout, cascade, flow, device.static_ms)
+    choice = keep_cheaper(
+        options.branches,
+        BranchOption("table", kept, table_held.accuracy, table_held.cost_ms),
+        BranchOption(options.policy, cascade.states, cascade_held.accuracy, cascade_held.cost_ms),
+        calib.names,
+        cascade.fallback,
+    )
+    identity = (manifest_sha256, "branches")
+    if choice.run == "cascade":
+        plan = _plan_record(splits, cascade, evaluated, identity, options, device, flow)
+    else:
+        table_options = replace(options, policy="threshold")  # the table has no policy
+        plan = _plan_record(splits, table, evaluated, identity, table_options, device, setting)
+    return replace(plan, branches=choice)
 
 
 def _settled(
@@ -864,7 +898,7 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
         _add_hops(
             np.asarray(plan.cost_ms, dtype=np.float64),
             plan.hop_overhead_ms,
-            cascade_kind(plan.kind, plan.policy),
+            plan.cost_kind,
         ),
         np.asarray(plan.thresholds, dtype=np.float64),
     )
@@ -971,7 +1005,8 @@ class PolicyOutcome:
 
 def plan_options(plan: Plan) -> PlanOptions:
     """The `PlanOptions` `plan` was made with, as far as the plan records them (the
-    held-out share from its split sizes; the seed is not recorded: the default). Its
+    held-out share from its split sizes; the seed is not recorded: the default; a branches
+    plan's choice as it was asked). Its
     costs' percentile and per-hop overhead are `Plan.cost_stat` and
     `Plan.hop_overhead_ms`."""
     held, calib = plan.heldout.n, plan.calibration.n
@@ -983,6 +1018,7 @@ def plan_options(plan: Plan) -> PlanOptions:
         delta=plan.delta,
         calibration="empirical" if plan.promise is None else "risk",
         promise="net" if plan.promise is None else plan.promise.kind,
+        branches="auto" if plan.branches is None else plan.branches.asked,
     )
 
 
@@ -995,7 +1031,7 @@ def compare_policies(
     """Every policy (`POLICIES`) planned by `plan_bundle` from the same inputs and
     `options` (their policy replaced), so they can be shown side by side; a policy the
     inputs cannot support (an evaluation without every measure's confidences has no
-    gates; a branch bundle is not cascaded) comes with the reason instead of a plan."""
+    gates) comes with the reason instead of a plan."""
     base = options or PlanOptions()
     out = []
     for policy in POLICIES:

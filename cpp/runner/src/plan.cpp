@@ -173,6 +173,14 @@ void load(const std::filesystem::path& path, Plan& out) {
         else f.fail("must be one of p50, p90, p99, got '" + stat + "'", "cost_stat");
     }
 
+    if (f.has("branches")) {  // the rest of the block is the record, not read here
+        if (p.kind != "branches") f.fail("only a branches plan has this block", "branches");
+        const Fields b = f.child("branches");
+        p.branches_run = b.str("run");
+        if (p.branches_run != "cascade" && p.branches_run != "table")
+            b.fail("must be one of cascade, table, got '" + p.branches_run + "'", "run");
+    }
+
     if (f.has("hop_overhead_ms")) {
         p.hop_overhead_ms = f.number("hop_overhead_ms");
         if (p.hop_overhead_ms < 0.0 || p.hop_overhead_ms > detail::kMaxMs)

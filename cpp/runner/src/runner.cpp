@@ -100,10 +100,12 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
         if (!plan.gates.empty() && plan.gates.size() + 1 != plan.states.size())
             fail(Code::Input, source, "$.policy.gates", "needs one gate per kept state but the last");
         // the cost of each kept state's hop beyond the previous one, as
-        // np.diff(cost_ms).clip(0); a branch plan's costs are each branch's own
+        // np.diff(cost_ms).clip(0); a branch plan that runs its budget table (it does not
+        // walk its branches) has each branch's own cost
+        const bool walks = plan.kind != "branches" || plan.branches_run == "cascade";
         std::vector<double> hop_costs;
         for (std::size_t j = 0; j < plan.cost_ms.size(); ++j)
-            hop_costs.push_back(plan.kind == "branches"
+            hop_costs.push_back(!walks
                                       ? plan.cost_ms[j]
                                       : std::max(0.0, plan.cost_ms[j] - (j ? plan.cost_ms[j - 1] : 0.0)));
         // the budget table's accuracy per kept state; a state without a row is dominated
@@ -117,7 +119,7 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
             }
         }
         build(bundle, plan.states, plan.thresholds, plan.measure, std::move(hop_costs), true,
-              plan.cost_quantile, std::move(accuracies), plan.gates, plan.hop_overhead_ms,
+              plan.cost_quantile, std::move(accuracies), plan.gates, plan.hop_overhead_ms, walks,
               std::move(backend), options, out);
     });
 }
@@ -139,14 +141,14 @@ Error Runner::create(const Bundle& bundle, const std::vector<double>& thresholds
         std::vector<std::int64_t> kept;
         for (std::size_t i = 0; i < n; ++i) kept.push_back(static_cast<std::int64_t>(i));
         build(bundle, std::move(kept), std::move(t), measure, std::vector<double>(n, 0.0), false,
-              0.0, {}, {}, 0.0, std::move(backend), options, out);
+              0.0, {}, {}, 0.0, bundle.kind != "branches", std::move(backend), options, out);
     });
 }
 
 void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
                    std::vector<double> thresholds, Measure measure, std::vector<double> hop_costs,
                    bool costs_known, double quantile, std::vector<double> accuracies,
-                   std::vector<Gate> gates, double hop_overhead_ms,
+                   std::vector<Gate> gates, double hop_overhead_ms, bool walks,
                    std::shared_ptr<Backend> backend, const RunnerOptions& options,
                    std::unique_ptr<Runner>& out) {
     if (!backend) fail(Code::Input, "backend", "", "no backend given");
@@ -200,8 +202,9 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
         if (!std::isfinite(gates[j].bias))
             fail(Code::Input, "plan", "$.policy.gates[" + std::to_string(j) + "]", "must be finite");
     }
-    // a branches bundle without a budget answers with its most accurate (last) branch
-    const auto walk = bundle.kind == "branches" ? Cascade::Walk::LastAlone : Cascade::Walk::Cascade;
+    // a branches plan that runs its budget table answers, without a budget, with its most
+    // accurate (last) branch; a branches cascade walks its branches as an ensemble's members
+    const auto walk = walks ? Cascade::Walk::Cascade : Cascade::Walk::LastAlone;
     const Status c = Cascade::create(&r->policy_, std::move(kept), std::move(gates),
                                      hop_overhead_ms, bundle.num_classes, walk, r->cascade_);
     if (c != Status::Ok) fail(Code::Input, "plan", "", status_string(c));

@@ -139,6 +139,10 @@ struct Plan {
     double hop_overhead_ms = 0.0;  // the cascade's own cost per hop a budget counts (0: absent)
     std::vector<BudgetRow> budget;
     std::vector<Gate> gates;  // kernel.hpp Gate
+    // a branches plan's $.branches.run: "cascade" walks the kept branches (each from the
+    // input, cost_ms cumulative), "table" or "" (absent: an older plan) runs the most
+    // accurate kept branch alone without a budget
+    std::string branches_run;
     bool has_runtime = false;
     RuntimeConfig runtime;
     std::string source;  // the file it was read from
@@ -265,7 +269,7 @@ class Runner {
                       std::vector<double> thresholds, Measure measure,
                       std::vector<double> hop_costs, bool costs_known, double quantile,
                       std::vector<double> accuracies, std::vector<Gate> gates,
-                      double hop_overhead_ms, std::shared_ptr<Backend> backend,
+                      double hop_overhead_ms, bool walks, std::shared_ptr<Backend> backend,
                       const RunnerOptions& options, std::unique_ptr<Runner>& out);
     void check_outputs(std::size_t step, const TensorView* views, std::size_t count,
                        std::size_t logits, std::int64_t rows) const;
