@@ -156,7 +156,8 @@ def test_external_data_escaping_the_bundle_is_refused(bundle_dir):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(version=3), r"\$\.version: unsupported version 3"),
+        (lambda d: d.update(version=4), r"\$\.version: unsupported version 4"),
+        (lambda d: d.update(version=3), r"\$\.states\[0\]\.chain: missing required field"),
         (lambda d: d.update(format="other"), r"\$\.format"),
         (lambda d: d.update(kind="tree"), r"\$\.kind: must be one of"),
         (lambda d: d.update(num_classes=True), r"\$\.num_classes: expected int"),

@@ -405,11 +405,12 @@ def _stop(timing: TimingOptions, units: int) -> _Stop:
     return _Stop(timing.iters, timing.min_seconds * units, budget=False)
 
 
-def _full_over_whole(kind: str, rounds: np.ndarray) -> Ratio:
-    """Each round's full path (the sum of the steps for an early-exit bundle, else the
-    last step: `state_costs`' R_N) over its whole model (the last column)."""
+def _full_over_whole(bundle: Bundle, rounds: np.ndarray) -> Ratio:
+    """Each round's full path (the last state's chain of steps: all of a one-chain
+    early-exit bundle, an ensemble's last member: `state_costs`' R_N) over its whole
+    model (the last column)."""
     steps, whole = rounds[:, :-1], rounds[:, -1]
-    full = steps.sum(axis=1) if kind == "early-exit" else steps[:, -1]
+    full = steps[:, list(bundle.state_steps(len(bundle.steps) - 1))].sum(axis=1)
     return Ratio.from_rounds(full / np.maximum(whole, 1.0))
 
 
@@ -445,7 +446,7 @@ def _measure(
             results[batch] = tuple(stats[: len(bundle.steps)])
             if whole_model is not None:
                 whole_times[batch] = stats[-1]
-                ratios[batch] = _full_over_whole(bundle.kind, timed.rounds)
+                ratios[batch] = _full_over_whole(bundle, timed.rounds)
     finally:
         for session in sessions:
             session.close()
