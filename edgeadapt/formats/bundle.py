@@ -55,7 +55,7 @@ from edgeadapt.formats.atomic import (
     staged_directory,
     writers_lock,
 )
-from edgeadapt.formats.chains import Chains, chain_starts, layout
+from edgeadapt.formats.chains import Chains, Layout, chain_starts, layout
 from edgeadapt.formats.digest import file_sha256
 from edgeadapt.formats.jsonio import Fields, dumps, read_json
 from edgeadapt.graph.deps import ancestors
@@ -165,6 +165,13 @@ class Bundle:
         """One chain index per state (`edgeadapt.formats.chains.layout`)."""
         order = list(dict.fromkeys(self.chain_names))
         return layout(self.kind, len(self.states), [order.index(c) for c in self.chain_names])
+
+    @property
+    def cost_layout(self) -> Layout:
+        """How a cascade's costs add up over this bundle's states
+        (`edgeadapt.formats.chains.kept_costs`): its kind, or for several chains the
+        chains."""
+        return self.chains if self.chain_names else self.kind
 
     def state_steps(self, state: int) -> tuple[int, ...]:
         """The steps state `state` runs alone: its chain's steps up to it."""

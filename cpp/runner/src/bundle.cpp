@@ -191,8 +191,13 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         fail(Code::UnsafePath, source, "",
              "is a symlink; a bundle's manifest must be a regular file inside it");
     const std::string raw = detail::read_bytes(manifest, detail::kMaxTextBytes);
-    const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2});
+    const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2, 3});
     const Fields f(doc, source);
+    if (doc["version"].get<std::int64_t>() == 3)
+        f.fail("version 3 is a bundle of several chains (precision variants, edgeadapt export "
+               "variants), which this runner does not run (it reads versions 1 and 2); run it "
+               "with edgeadapt (AdaptiveModel, edgeadapt run)",
+               "version");
 
     Bundle b;
     b.path = root;
