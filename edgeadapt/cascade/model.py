@@ -9,7 +9,9 @@ decides on the kept state's logits which rows exit, and only the rows that conti
 the chain, and every model input a later step reads (ensemble members' inputs, a
 transformer's ``attention_mask``) is gathered to the surviving rows ``x[rows]``. For an early-exit plan
 that skips states, the skipped states' steps still run (they produce the activation)
-but do not decide. A row whose logits hold NaN never exits early; at the last state it
+but do not decide. In a bundle of several chains (precision variants) a hop runs its
+chain's steps after that chain's previous kept state, so a chain's first kept state
+starts from the model inputs. A row whose logits hold NaN never exits early; at the last state it
 gets ``pred = -1`` and ``conf = NaN``.
 
 Budget (``predict(x, budget_ms=B)``): with a plan, its budget table first picks the

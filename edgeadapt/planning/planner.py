@@ -59,7 +59,11 @@ Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the ca
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
 subset (steps are fused: skipped states' steps still run); for ``kind="ensemble"`` each
 model's own cost, and a sample exiting at the j-th kept state pays the sum over kept
-states up to j. The oracle and the budget table use the state's own cost.
+states up to j; for an early-exit bundle of several chains (precision variants, its
+`chains`) each state's chain's cost up to it, and a sample pays the chain rule
+(`edgeadapt.formats.chains`): each chain's deepest kept state so far, so a plan may mix
+chains. The oracle and the budget table use the state's own cost (a budget route of
+several chains, its chain rule).
 """
 
 from __future__ import annotations
