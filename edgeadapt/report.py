@@ -188,7 +188,7 @@ def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
     area_x = [*costs, ox[2], ox[1], ox[0]]
     area_y = [*accs, oy[2], oy[1], oy[0]]
     ax.fill(area_x, area_y, color="tab:green", alpha=0.15, lw=0, label="opportunity area")
-    _draw_states(ax, data.inputs.bundle, costs, accs)
+    _draw_states(ax, data.inputs.bundle, bound.names, costs, accs)
     for name, x, y in zip(bound.names, costs, accs, strict=True):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
     ax.plot(*_frontier(r1, a1, bound.alpha1, r_n), "-", color="tab:blue", label="alpha = 1 bound")
@@ -232,13 +232,17 @@ def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
     return top
 
 
-def _draw_states(ax: Any, bundle: Bundle, costs: np.ndarray, accs: np.ndarray) -> None:
-    """The states' accuracy against measured cost: one line, or one per chain (a
-    bundle of precision variants: every (exit, precision) state)."""
+def _draw_states(
+    ax: Any, bundle: Bundle, names: Sequence[str], costs: np.ndarray, accs: np.ndarray
+) -> None:
+    """The states' accuracy against measured cost (`names`, `costs` and `accs` in the
+    bound's order): one line, or one per chain (a bundle of precision variants: every
+    (exit, precision) state)."""
     if not bundle.chain_names:
         ax.plot(costs, accs, "o--", color="0.35", label="states (one state per input)", zorder=3)
         return
-    chains = np.asarray(bundle.chains)
+    chain_of = {s.name: c for s, c in zip(bundle.states, bundle.chains, strict=True)}
+    chains = np.array([chain_of[n] for n in names])
     for c, name in enumerate(dict.fromkeys(bundle.chain_names)):
         at = chains == c
         marker = "os^vD<>p"[c % 8]

@@ -26,6 +26,8 @@ from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.planning.outcomes import Outcomes
 from edgeadapt.planning.planner import PlanOptions, make_plan, simulate_plan
+from edgeadapt.render import pct
+from edgeadapt.report import _agreement, _draw_states, report_data
 from edgeadapt.runtimes import from_config
 from tests.clirun import invoke
 from tests.plans import runner_plan
@@ -231,6 +233,9 @@ def test_planner_over_both_chains_is_at_most_the_reference_chain_alone():
     assert {chains[s] for s in mixed.states} == {0, 1}  # it mixes the chains here
     # the plan's costs are the chain rule's
     np.testing.assert_allclose(mixed.cost_ms, paid_costs(costs, mixed.states, chains))
+    # a budget row's cost is the route's to its state (the cascade up to it)
+    for row in mixed.budget:
+        assert row.budget_ms == pytest.approx(mixed.cost_ms[mixed.states.index(row.state)])
 
 
 def test_planner_refuses_chains_that_are_not_contiguous():
@@ -308,3 +313,43 @@ def test_bad_v3_manifests_are_refused_by_field(stacked, tmp_path, edit, message)
     d = _manifest_edit(stacked, tmp_path, edit)
     with pytest.raises(BundleError, match=message):
         load_bundle(d, verify=False)
+
+
+# ------------------------------------------------------------------ the report
+
+
+class _Axes:
+    """Records what `plot` draws."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[list[float], list[float], str]] = []
+
+    def plot(self, x, y, fmt, label, zorder) -> None:
+        self.lines.append((list(x), list(y), label))
+
+
+def test_report_draws_each_chain_by_state_name(stacked):
+    both = stacked["both"]
+    names = [s.name for s in both.states]
+    order = [0, 4, 1, 5, 2, 6, 3, 7]  # the bound's order: by cost, chains interleaved
+    costs = np.array([float(i) for i in order])
+    ax = _Axes()
+    _draw_states(ax, both, [names[i] for i in order], costs, costs * 10)
+    (x0, _, label0), (x1, y1, label1) = ax.lines
+    assert label0 == "states of chain fp16r"
+    assert x0 == [0.0, 1.0, 2.0, 3.0]
+    assert label1 == "states of chain mnist1d-resnet"
+    assert (x1, y1) == ([4.0, 5.0, 6.0, 7.0], [40.0, 50.0, 60.0, 70.0])
+
+
+def test_report_states_agree_with_the_reference_chain(stacked, tmp_path):
+    both, x, y = stacked["both"], stacked["x"], stacked["y"]
+    ev = evaluate_bundle(both, {"x": x}, y, batch=32)
+    timing = TimingOptions(iters=10, warmup=2, whole=False, overhead=False)
+    profile = profile_bundle(both, "onnxruntime", timing)
+    data = report_data(both, profile=profile, evaluation=ev)
+    agree = _agreement(data)
+    assert agree is not None
+    assert agree["exit2@mnist1d-resnet"] == "100.00%"
+    want = float((ev.pred[:, 1] == ev.pred[:, 5]).mean())
+    assert agree["exit1@fp16r"] == pct(want, 2)
