@@ -7,23 +7,25 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeadapt.cascade.model import AdaptiveModel
+from edgeadapt.cascade.model import AdaptiveModel, _hops
 from edgeadapt.errors import InputError
 from edgeadapt.exporters.compose import whole_model
 from edgeadapt.exporters.variants import export_variants
-from edgeadapt.formats.bundle import BundleError, load_bundle
+from edgeadapt.formats.bundle import Bundle, BundleError, load_bundle
 from edgeadapt.formats.chains import chain_costs, chain_starts, kept_costs, layout, paid_costs
 from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.formats.profile import state_costs
 from edgeadapt.measure.evaluate import evaluate_bundle
-from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+from edgeadapt.measure.profiler import TimingOptions, _full_over_whole, profile_bundle
 from edgeadapt.planning.outcomes import Outcomes
 from edgeadapt.planning.planner import PlanOptions, make_plan, simulate_plan
 from edgeadapt.render import pct
@@ -71,6 +73,28 @@ def test_chain_rule_equals_a_simulated_cascade(case):
     chains, steps, kept = case
     got = paid_costs(chain_costs(steps, chains), kept, chains)
     np.testing.assert_allclose(got, _simulated(chains, steps, kept), rtol=1e-9, atol=1e-9)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What `_hops` reads of a bundle: its kind and chains."""
+
+    chains: tuple[int, ...]
+    kind: str = "early-exit"
+
+    def state_steps(self, state: int) -> tuple[int, ...]:
+        return tuple(range(chain_starts(self.chains)[state], state + 1))
+
+
+@given(_chained())
+def test_cascade_hops_pay_the_chain_rule(case):
+    chains, steps, kept = case
+    hops = _hops(cast(Bundle, _Layout(chains)), kept)
+    assert [h.state for h in hops] == list(kept)
+    paid = np.cumsum([steps[list(h.steps)].sum() for h in hops])
+    np.testing.assert_allclose(
+        paid, paid_costs(chain_costs(steps, chains), kept, chains), atol=1e-9
+    )
 
 
 @given(st.lists(st.floats(0, 10), min_size=1, max_size=8), st.data())
@@ -353,3 +377,10 @@ def test_report_states_agree_with_the_reference_chain(stacked, tmp_path):
     assert agree["exit2@mnist1d-resnet"] == "100.00%"
     want = float((ev.pred[:, 1] == ev.pred[:, 5]).mean())
     assert agree["exit1@fp16r"] == pct(want, 2)
+
+
+def test_full_path_is_the_last_chain():
+    rounds = np.array([[1.0, 2.0, 3.0, 4.0, 7.0], [1.0, 2.0, 5.0, 5.0, 5.0]])
+    # two chains of two steps: the full path is the second chain's steps
+    ratio = _full_over_whole((0, 0, 1, 1), rounds)
+    assert ratio.median == pytest.approx((7 / 7 + 10 / 5) / 2)

@@ -993,6 +993,7 @@ def _load(root: Path, verify: bool) -> Bundle:
     doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
     f = Fields(doc, source=source)
     kind = f.get("kind", str, check=lambda v: None if v in KINDS else f"must be one of {KINDS}")
+    chain_names = _parse_chains(f, f.items("states"), kind, doc["version"])
     specs = _parse_inputs(f, doc["version"])
     model_inputs = {i.name for i in specs}
     num_classes = f.get("num_classes", int, check=lambda v: None if v >= 2 else "must be >= 2")
@@ -1000,7 +1001,6 @@ def _load(root: Path, verify: bool) -> Bundle:
     state_fields = f.items("states")
     if not state_fields:
         f.fail("a bundle needs at least one state", "states")
-    chain_names = _parse_chains(f, state_fields, kind, doc["version"])
     steps: list[StepInfo] = []
     names: list[str] = []
     for i, s in enumerate(state_fields):
@@ -1048,6 +1048,11 @@ def _parse_chains(
         return ()
     if kind != "early-exit":
         f.fail(f"version {CHAINS_VERSION} is an early-exit bundle of several chains", "kind")
+    if not any(has):
+        f.fail(
+            f"version {CHAINS_VERSION} is a bundle of several chains; no state has a chain",
+            "version",
+        )
     names = tuple(s.get("chain", str, check=_state_name_problem) for s in state_fields)
     seen: list[str] = []
     for i, (s, c) in enumerate(zip(state_fields, names, strict=True)):
