@@ -46,7 +46,7 @@ def export_variants_cmd(
     cascade walks states in that order, so give the reference (usually fp32) last: a
     plan may then run cheaper variants' exits before it. The bundles must have the same
     inputs, classes, state names and step input/output names. The bundle is written as
-    manifest version 3, which older readers (and the native runner) refuse.
+    manifest version 3, which older readers refuse.
     """
     from edgeadapt.exporters.variants import export_variants
 

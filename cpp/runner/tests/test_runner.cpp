@@ -114,9 +114,9 @@ void bundle_faults(const fs::path& src, const fs::path& scratch) {
     replace(d / "manifest.json", "\"version\": 1", "\"version\": 4");
     CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "unsupported version 4"}));
 
-    d = copy(src, scratch, "chains");  // version 3: several chains, refused by name
+    d = copy(src, scratch, "chains");  // version 3 without any state's chain
     replace(d / "manifest.json", "\"version\": 1", "\"version\": 3");
-    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "several chains"}));
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "no state has a chain"}));
 
     d = copy(src, scratch, "version2");  // version 2 holds a list of inputs
     replace(d / "manifest.json", "\"version\": 1", "\"version\": 2");
