@@ -11,8 +11,8 @@ transformer's ``attention_mask``) is gathered to the surviving rows ``x[rows]``.
 that skips states, the skipped states' steps still run (they produce the activation)
 but do not decide. In a bundle of several chains (precision variants) a hop runs its
 chain's steps after that chain's previous kept state, so a chain's first kept state
-starts from the model inputs. A row whose logits hold NaN never exits early; at the last state it
-gets ``pred = -1`` and ``conf = NaN``.
+starts from the model inputs. A row whose logits hold NaN never exits early; at the
+last state it gets ``pred = -1`` and ``conf = NaN``.
 
 Budget (``predict(x, budget_ms=B)``): with a plan, its budget table first picks the
 target, the most accurate kept state whose predicted cost fits B (the kernel's

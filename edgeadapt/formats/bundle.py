@@ -14,7 +14,7 @@ external-data files those reference). ``kind`` is
 - ``ensemble``: state i is an independent model that reads the model input and outputs
   logits; for uniformity it is stored as ``steps[i]`` with no activation.
 
-- a **precision-variant** early-exit bundle (version 3, `stack_bundles`): several
+- a **precision-variant** early-exit bundle (version 3, `edgeadapt.exporters.variants`): several
   chains of steps (the same exits at several precisions), each a contiguous run of
   states whose manifest entries carry its ``chain`` name; the first step of a chain
   reads model inputs, each later one the activation of the step before it (of the same
@@ -163,8 +163,7 @@ class Bundle:
     @property
     def chains(self) -> Chains:
         """One chain index per state (`edgeadapt.formats.chains.layout`)."""
-        order = list(dict.fromkeys(self.chain_names))
-        return layout(self.kind, len(self.states), [order.index(c) for c in self.chain_names])
+        return layout(self.kind, len(self.states), _chain_indices(self.chain_names))
 
     @property
     def cost_layout(self) -> Layout:
@@ -1016,9 +1015,7 @@ def _load(root: Path, verify: bool) -> Bundle:
         steps.append(
             _parse_step(s, i, last, kind, root, source, files, model_inputs, before, start)
         )
-    chains = layout(
-        kind, len(steps), [list(dict.fromkeys(chain_names)).index(c) for c in chain_names]
-    )
+    chains = layout(kind, len(steps), _chain_indices(chain_names))
     bundle = Bundle(
         path=root,
         kind=kind,
@@ -1033,6 +1030,12 @@ def _load(root: Path, verify: bool) -> Bundle:
         chain_names=chain_names,
     )
     return verify_bundle(bundle) if verify else bundle
+
+
+def _chain_indices(names: Sequence[str]) -> list[int]:
+    """Each state's chain as an index, the chains numbered in bundle order."""
+    order = list(dict.fromkeys(names))
+    return [order.index(c) for c in names]
 
 
 def _parse_chains(
