@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
+from edgeadapt._version import __version__
 from edgeadapt.errors import InputError
 from edgeadapt.formats.atomic import check_path, fsync, staged_directory
 from edgeadapt.formats.bundle import (
@@ -123,7 +124,7 @@ def _manifest(bundles: Sequence[Bundle], names: Sequence[str]) -> dict[str, Any]
         "num_classes": first.num_classes,
         "states": states,
         "files": files,
-        "producer": {"edgeadapt": first.producer.get("edgeadapt", ""), "exporter": "variants"},
+        "producer": {"edgeadapt": __version__, "exporter": "variants"},
         "extra": {
             "chains": [
                 {"name": n, "source": str(b.path), "source_manifest_sha256": b.manifest_sha256}
