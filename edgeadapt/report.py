@@ -142,9 +142,8 @@ def report_data(
     cols = list(states)
     # a sweep of thresholds is a cascade: over branches each pays every branch it runs
     walks = chosen is None or chosen.walks
-    pay = subset_costs(
-        inputs.costs, states, "ensemble" if b.kind == "branches" and walks else b.kind
-    )
+    layout = "ensemble" if b.kind == "branches" and walks else b.cost_layout
+    pay = subset_costs(inputs.costs, states, layout)
     measure = "maxprob" if chosen is None else chosen.measure
     conf = getattr(ev, CONF_KEYS[measure])
     swept = None if conf is None else sweep(conf[:, cols], correct[:, cols], pay)
@@ -199,7 +198,7 @@ def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
     area_x = [*costs, ox[2], ox[1], ox[0]]
     area_y = [*accs, oy[2], oy[1], oy[0]]
     ax.fill(area_x, area_y, color="tab:green", alpha=0.15, lw=0, label="opportunity area")
-    ax.plot(costs, accs, "o--", color="0.35", label="states (one state per input)", zorder=3)
+    _draw_states(ax, data.inputs.bundle, bound.names, costs, accs)
     for name, x, y in zip(bound.names, costs, accs, strict=True):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
     ax.plot(*_frontier(r1, a1, bound.alpha1, r_n), "-", color="tab:blue", label="alpha = 1 bound")
@@ -241,6 +240,23 @@ def _draw_accuracy_cost(ax: Any, data: ReportData) -> list[float]:
         top.append(100 * held.accuracy)
     ax.grid(alpha=0.3)
     return top
+
+
+def _draw_states(
+    ax: Any, bundle: Bundle, names: Sequence[str], costs: np.ndarray, accs: np.ndarray
+) -> None:
+    """The states' accuracy against measured cost (`names`, `costs` and `accs` in the
+    bound's order): one line, or one per chain (a bundle of precision variants: every
+    (exit, precision) state)."""
+    if not bundle.chain_names:
+        ax.plot(costs, accs, "o--", color="0.35", label="states (one state per input)", zorder=3)
+        return
+    chain_of = {s.name: c for s, c in zip(bundle.states, bundle.chains, strict=True)}
+    chains = np.array([chain_of[n] for n in names])
+    for c, name in enumerate(dict.fromkeys(bundle.chain_names)):
+        at = chains == c
+        marker = "os^vD<>p"[c % 8]
+        ax.plot(costs[at], accs[at], f"{marker}--", label=f"states of chain {name}", zorder=3)
 
 
 def _exact(data: ReportData) -> ExactFigures:
@@ -337,7 +353,28 @@ def _states_table(data: ReportData) -> str:
         for s, a in zip(summary.states, alphas, strict=True)
     ]
     headers = ["state", "cost (ms)", "MFLOPs (manifest)", "accuracy", "alpha_i"]
+    agree = _agreement(data)
+    if agree is not None:
+        headers.append(f"agrees with @{b.chain_names[-1]}")
+        for row, s in zip(rows, summary.states, strict=True):
+            row.append(agree.get(s.name, "-"))
     return _table(headers, rows)
+
+
+def _agreement(data: ReportData) -> dict[str, str] | None:
+    """For a bundle of several chains, each state's agreement (share of samples with the
+    same prediction) with the same exit of the last chain (the reference's, e.g. fp32):
+    how far a precision variant drifts; None for one chain."""
+    b, pred = data.inputs.bundle, data.inputs.evaluation.pred
+    if not b.chain_names:
+        return None
+    col = {s.name: i for i, s in enumerate(b.states)}
+    out = {}
+    for i, (s, chain) in enumerate(zip(b.states, b.chain_names, strict=True)):
+        twin = col.get(f"{s.name.removesuffix('@' + chain)}@{b.chain_names[-1]}")
+        if twin is not None:
+            out[s.name] = pct(float((pred[:, i] == pred[:, twin]).mean()), 2)
+    return out
 
 
 def _bounds_table(data: ReportData) -> str:

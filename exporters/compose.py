@@ -90,7 +90,8 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
     """The bundle's whole model: every step chained, only the last state's logits out.
 
     With `state`, the plain model of that state instead: steps 0..state chained with
-    only its own head (an ensemble's member as it is)."""
+    only its own head (an ensemble's member as it is; for a bundle of several chains,
+    its chain's steps up to it)."""
     count = len(bundle.steps)
     if state is not None and not (0 <= state < count):
         raise InputError(f"must be a state index in [0, {count}), got {state}", source="state")
@@ -98,8 +99,9 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
     if bundle.kind != "early-exit":
         return _load(bundle, last)
     model_inputs = [spec.name for spec in bundle.inputs]
-    merged = _load(bundle, 0)
-    for i in range(1, last + 1):
+    first = bundle.state_steps(last)[0]
+    merged = _load(bundle, first)
+    for i in range(first + 1, last + 1):
         activation = bundle.steps[i - 1].activation
         step = bundle.steps[i]
         extra = [n for n in step.inputs if n != activation]
@@ -114,7 +116,7 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
                 source=bundle.path,
                 field=f"$.states[{i}].inputs",
             )
-        produced = f"step{i - 1}/{activation}" if i > 1 else activation
+        produced = f"step{i - 1}/{activation}" if i > first + 1 else activation
         try:
             merged = compose.merge_models(
                 merged, _load(bundle, i), io_map=[(produced, activation)], prefix2=f"step{i}/"
@@ -124,7 +126,9 @@ def whole_model(bundle: Bundle, state: int | None = None) -> onnx.ModelProto:
                 f"cannot chain step {i} onto the steps before it: {e}", source=step.path
             ) from None
         _share_model_inputs(merged, f"step{i}/", extra)
-    logits = f"step{last}/{bundle.steps[last].logits}" if last else bundle.steps[last].logits
+    logits = (
+        f"step{last}/{bundle.steps[last].logits}" if last > first else bundle.steps[last].logits
+    )
     read = {vi.name for vi in merged.graph.input}
     whole = Extractor(merged).extract_model([n for n in model_inputs if n in read], [logits])
     _rename_output(whole, logits, bundle.steps[last].logits)

@@ -156,7 +156,8 @@ def test_external_data_escaping_the_bundle_is_refused(bundle_dir):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(version=3), r"\$\.version: unsupported version 3"),
+        (lambda d: d.update(version=4), r"\$\.version: unsupported version 4"),
+        (lambda d: d.update(version=3), r"\$\.version: version 3 is a bundle of several chains"),
         (lambda d: d.update(format="other"), r"\$\.format"),
         (lambda d: d.update(kind="tree"), r"\$\.kind: must be one of"),
         (lambda d: d.update(num_classes=True), r"\$\.num_classes: expected int"),

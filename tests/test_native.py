@@ -21,6 +21,7 @@ import pytest
 
 from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.data.mnist1d import mnist1d_splits
+from edgeadapt.exporters.variants import export_variants
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
 from edgeadapt.measure.evaluate import evaluate_bundle
@@ -31,6 +32,7 @@ from tests.multi_input import token_batch, transformer_bundle
 from tests.plans import runner_plan
 from tests.reader_cases import Case, cases, make, make_inputs, source_of
 from tests.tiny import UNLISTED
+from tests.variants import rounded_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "edgeadapt" / "demo" / "bundles"
@@ -223,6 +225,27 @@ def test_native_matches_adaptive_model_on_every_sample(native, inputs, tmp_path,
     else:
         assert len(exits) > 1, "the case should exit at several states"
         assert not want["budget_exit"].any()
+
+
+@pytest.mark.parametrize("budget", [None, 1e-6, 1e6])
+def test_native_runs_a_bundle_of_two_chains_as_adaptive_model(native, inputs, tmp_path, budget):
+    """A version 3 bundle (an fp16-rounded chain, then the fp32 one) under a plan that
+    mixes them: each chain's first kept state starts from the model inputs."""
+    twin = rounded_variant(MULTIEXIT, tmp_path / "fp16r")
+    both = export_variants([twin.path, MULTIEXIT], tmp_path / "both")
+    plan_path = tmp_path / "plan.json"
+    # fp16r exits 0 and 1, then the fp32 last exit (chain rule costs: 0.1, 0.2, 0.2 + 0.4)
+    save_plan(plan_path, _plan(both.path, [0, 1, 7], [0.9, 0.8], "maxprob", [0.1, 0.2, 0.6]))
+    args = ["--threads", "1", "--batch", "64", "--plan", plan_path]
+    if budget is not None:
+        args += ["--budget-ms", str(budget)]
+    native_out = _classify(native, both.path, inputs, tmp_path / "out.json", *args)
+    with AdaptiveModel.load(both.path, "openvino", runtime_options=OV, plan=plan_path) as m:
+        assert [h.steps for h in m.hops] == [(0,), (1,), (4, 5, 6, 7)]
+        want = _python_rows(m, np.load(inputs), 64, budget)
+    _assert_same(native_out, want)
+    if budget is None:
+        assert set(want["exit_state"].tolist()) == {0, 1, 7}
 
 
 def _classify(native: Path, bundle: Path, data: Path, out: Path, *args) -> dict:

@@ -9,8 +9,10 @@ decides on the kept state's logits which rows exit, and only the rows that conti
 the chain, and every model input a later step reads (ensemble members' inputs, a
 transformer's ``attention_mask``) is gathered to the surviving rows ``x[rows]``. For an early-exit plan
 that skips states, the skipped states' steps still run (they produce the activation)
-but do not decide. A row whose logits hold NaN never exits early; at the last state it
-gets ``pred = -1`` and ``conf = NaN``.
+but do not decide. In a bundle of several chains (precision variants) a hop runs its
+chain's steps after that chain's previous kept state, so a chain's first kept state
+starts from the model inputs. A row whose logits hold NaN never exits early; at the
+last state it gets ``pred = -1`` and ``conf = NaN``.
 
 Budget (``predict(x, budget_ms=B)``): with a plan, its budget table first picks the
 target, the most accurate kept state whose predicted cost fits B (the kernel's
@@ -294,12 +296,20 @@ def _kept_states(
 
 
 def _hops(bundle: Bundle, kept: Sequence[int]) -> list[_Hop]:
-    """The hops reaching the `kept` states: the steps since the previous kept state for
-    an early-exit bundle, else each member alone."""
+    """The hops reaching the `kept` states: the steps of its chain since the previous
+    kept state of that chain (`edgeadapt.formats.chains`: for an early-exit bundle of one
+    chain, the steps since the previous kept state; a bundle of several chains starts
+    each chain from the model inputs), else each member alone."""
     if bundle.kind != "early-exit":
         return [_Hop(s, (s,)) for s in kept]
-    starts = [0, *(s + 1 for s in kept[:-1])]
-    return [_Hop(s, tuple(range(a, s + 1))) for a, s in zip(starts, kept, strict=True)]
+    chains, hops = bundle.chains, []
+    for j, s in enumerate(kept):
+        before = kept[j - 1] if j else None
+        if before is not None and chains[before] == chains[s]:
+            hops.append(_Hop(s, tuple(range(before + 1, s + 1))))
+        else:
+            hops.append(_Hop(s, bundle.state_steps(s)))
+    return hops
 
 
 def _policy(
@@ -603,8 +613,7 @@ class AdaptiveModel:
     def alone(cls, bundle: Bundle, config: RuntimeConfig, state: int) -> AdaptiveModel:
         """`state` of `bundle` as a one-state plan deploys it (the merged static model for
         an early-exit bundle, else the member alone), with no costs known."""
-        steps = tuple(range(state + 1)) if bundle.kind == "early-exit" else (state,)
-        hops = [_Hop(state, steps)]
+        hops = [_Hop(state, bundle.state_steps(state))]
         policy = Policy((), [0.0], measure="maxprob", cumulative=bundle.kind == "early-exit")
         static, sessions = _open_route(from_config(config), bundle, hops)
         return cls(bundle, sessions, hops, policy, False, static)

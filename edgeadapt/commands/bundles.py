@@ -102,8 +102,9 @@ def bundle_summary(bundle: Any, problem: str | None = None) -> dict[str, Any]:
                 "flops": s.flops,
                 "macs": s.macs,
                 "params": s.params,
+                **({"chain": bundle.chain_names[i]} if bundle.chain_names else {}),
             }
-            for s in bundle.states
+            for i, s in enumerate(bundle.states)
         ],
         "steps": [
             {

@@ -1,7 +1,7 @@
-"""`edgeadapt export onnx|family|torch|branches|quantize` (model -> bundle).
+"""`edgeadapt export onnx|family|torch|branches|quantize|variants` (model -> bundle).
 
 The `export` group holds `onnx` and `family` from here and the subcommands of
-`export_torch`, `export_branches` and `export_quantize`, added below by name.
+`export_torch`, `export_branches`, `export_quantize` and `export_variants`, added below by name.
 
 The exporters and `edgeadapt.data` modules are imported in the commands: at the top they
 would add about 30 ms to `edgeadapt --help`, which imports every command module.
@@ -19,6 +19,7 @@ from edgeadapt.commands.bundles import export_options, show_written
 from edgeadapt.commands.export_branches import export_branches_cmd
 from edgeadapt.commands.export_quantize import export_quantize_cmd
 from edgeadapt.commands.export_torch import export_torch_cmd
+from edgeadapt.commands.export_variants import export_variants_cmd
 from edgeadapt.commands.group import CommandGroup
 from edgeadapt.commands.options import (
     INPUT_FILE,
@@ -213,5 +214,6 @@ def export_family_cmd(
 export.add_command(export_torch_cmd)
 export.add_command(export_branches_cmd)
 export.add_command(export_quantize_cmd)
+export.add_command(export_variants_cmd)
 
 COMMANDS = [export]

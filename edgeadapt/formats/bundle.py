@@ -1,4 +1,4 @@
-"""Bundle format v2 (v1 still reads): the step (or member) ONNX files of a model's states plus a manifest.
+"""Bundle format v2 and v3 (v1 still reads): the step (or member) ONNX files of a model's states plus a manifest.
 
 A bundle is a directory holding ``manifest.json`` and one ONNX file per state (and any
 external-data files those reference). ``kind`` is
@@ -13,6 +13,12 @@ external-data files those reference). ``kind`` is
   whose weights may live in one shared external-data file.
 - ``ensemble``: state i is an independent model that reads the model input and outputs
   logits; for uniformity it is stored as ``steps[i]`` with no activation.
+
+- a **precision-variant** early-exit bundle (version 3, `edgeadapt.exporters.variants`): several
+  chains of steps (the same exits at several precisions), each a contiguous run of
+  states whose manifest entries carry its ``chain`` name; the first step of a chain
+  reads model inputs, each later one the activation of the step before it (of the same
+  chain), and the last step of each chain has logits only (`edgeadapt.formats.chains`).
 
 The manifest records the model inputs (name, shape, dtype; each shape's first axis is
 the dynamic batch axis ``"batch"``; version 1 manifests hold a single ``input``,
@@ -49,6 +55,7 @@ from edgeadapt.formats.atomic import (
     staged_directory,
     writers_lock,
 )
+from edgeadapt.formats.chains import Chains, Layout, chain_starts, layout
 from edgeadapt.formats.digest import file_sha256
 from edgeadapt.formats.jsonio import Fields, dumps, read_json
 from edgeadapt.graph.deps import ancestors
@@ -56,8 +63,11 @@ from edgeadapt.graph.flops import count_flops, count_params
 
 FORMAT = "edgeadapt-bundle"
 VERSION = 2
-#: Versions `load_bundle` reads: 1 holds one ``input`` object, 2 a list of ``inputs``.
-VERSIONS = (1, 2)
+#: Versions `load_bundle` reads: 1 holds one ``input`` object, 2 a list of ``inputs``,
+#: 3 an early-exit bundle of several chains (each state's ``chain``).
+VERSIONS = (1, 2, 3)
+#: The version written for a bundle of several chains (older readers refuse it).
+CHAINS_VERSION = 3
 MANIFEST = "manifest.json"
 KINDS = ("early-exit", "ensemble", "branches")
 #: Kinds whose states are independent models, each reading the model inputs.
@@ -147,6 +157,24 @@ class Bundle:
     extra: dict[str, Any]
     manifest_sha256: str
     verified: bool = field(default=False)
+    #: Each state's chain name (a version 3 bundle), empty for a bundle of one chain.
+    chain_names: tuple[str, ...] = ()
+
+    @property
+    def chains(self) -> Chains:
+        """One chain index per state (`edgeadapt.formats.chains.layout`)."""
+        return layout(self.kind, len(self.states), _chain_indices(self.chain_names))
+
+    @property
+    def cost_layout(self) -> Layout:
+        """How a cascade's costs add up over this bundle's states
+        (`edgeadapt.formats.chains.kept_costs`): its kind, or for several chains the
+        chains."""
+        return self.chains if self.chain_names else self.kind
+
+    def state_steps(self, state: int) -> tuple[int, ...]:
+        """The steps state `state` runs alone: its chain's steps up to it."""
+        return tuple(range(chain_starts(self.chains)[state], state + 1))
 
     @property
     def input(self) -> InputSpec:
@@ -545,12 +573,18 @@ def _write(
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
         fsync(tmp / MANIFEST)
         fsync(tmp)
-        # Swap and re-read under the lock: another writer's swap in between would make
-        # this bundle's hashes fail and pass for tampering.
-        with writers_lock(out.parent):
-            if _may_replace(tmp, out, force):
-                replace_directory(tmp, out)
-            return load_bundle(out)
+        return commit_bundle(tmp, out, force)
+
+
+def commit_bundle(tmp: Path, out: Path, force: bool) -> Bundle:
+    """Swap the finished bundle staged in `tmp` into `out` (absent, empty, the very same
+    bundle, or another only with `force`) and return it loaded and verified."""
+    # Swap and re-read under the lock: another writer's swap in between would make
+    # this bundle's hashes fail and pass for tampering.
+    with writers_lock(out.parent):
+        if _may_replace(tmp, out, force):
+            replace_directory(tmp, out)
+        return load_bundle(out)
 
 
 # --------------------------------------------------------------------------- loading
@@ -888,9 +922,10 @@ def _parse_step(
     files: Mapping[str, str],
     model_inputs: set[str],
     before: StepInfo | None,
+    chain_start: bool = False,
 ) -> StepInfo:
     """One ``$.states[i]`` entry (its name already read): file, digest, costs, and how
-    it chains to `before`, the step before it."""
+    it chains to `before`, the step before it (none: the first of its chain)."""
     rel = s.get("file", str)
     file_path = _safe_path(root, rel, source, f"{s.path}.file")
     if rel not in files:
@@ -903,7 +938,7 @@ def _parse_step(
         s.fail("stage_flops + head_flops must equal flops", "flops")
     activation = s.get("activation", (str, type(None)), check=_not_empty)
     inputs = _str_list(s, "inputs")
-    first = kind in INDEPENDENT_KINDS or i == 0
+    first = kind in INDEPENDENT_KINDS or i == 0 or chain_start
     previous = (
         [] if first or before is None else [n for n in (before.activation, before.logits) if n]
     )
@@ -912,7 +947,8 @@ def _parse_step(
         s.fail(bad, "inputs")
     if kind == "early-exit" and (activation is None) != last:
         s.fail(
-            "every early-exit step but the last has an activation; the last has none",
+            "every early-exit step but the last (of its chain) has an activation; the last "
+            "has none",
             "activation",
         )
     if kind in INDEPENDENT_KINDS and activation is not None:
@@ -930,11 +966,15 @@ def _parse_step(
     )
 
 
-def _state_infos(steps: Sequence[StepInfo], names: Sequence[str], kind: str) -> list[StateInfo]:
-    """Each state's files and summed costs: steps 0..i for early-exit, else its own."""
+def _state_infos(
+    steps: Sequence[StepInfo], names: Sequence[str], chains: Chains
+) -> list[StateInfo]:
+    """Each state's files and summed costs: its chain's steps up to it (steps 0..i of a
+    one-chain early-exit bundle, an ensemble member alone)."""
     states = []
-    for i, st in enumerate(steps):
-        chain = steps[: i + 1] if kind == "early-exit" else [st]
+    starts = chain_starts(chains)
+    for i in range(len(steps)):
+        chain = steps[starts[i] : i + 1]
         states.append(
             StateInfo(
                 name=names[i],
@@ -952,6 +992,7 @@ def _load(root: Path, verify: bool) -> Bundle:
     doc = read_json(source, fmt=FORMAT, versions=list(VERSIONS))
     f = Fields(doc, source=source)
     kind = f.get("kind", str, check=lambda v: None if v in KINDS else f"must be one of {KINDS}")
+    chain_names = _parse_chains(f, f.items("states"), kind, doc["version"])
     specs = _parse_inputs(f, doc["version"])
     model_inputs = {i.name for i in specs}
     num_classes = f.get("num_classes", int, check=lambda v: None if v >= 2 else "must be >= 2")
@@ -966,19 +1007,62 @@ def _load(root: Path, verify: bool) -> Bundle:
         if name in names:
             s.fail(f"duplicate state name {name!r}", "name")
         names.append(name)
-        last = i == len(state_fields) - 1
+        start = bool(chain_names) and (i == 0 or chain_names[i - 1] != chain_names[i])
+        last = i == len(state_fields) - 1 or (
+            bool(chain_names) and chain_names[i + 1] != chain_names[i]
+        )
         before = steps[-1] if steps else None
-        steps.append(_parse_step(s, i, last, kind, root, source, files, model_inputs, before))
+        steps.append(
+            _parse_step(s, i, last, kind, root, source, files, model_inputs, before, start)
+        )
+    chains = layout(kind, len(steps), _chain_indices(chain_names))
     bundle = Bundle(
         path=root,
         kind=kind,
         num_classes=num_classes,
         inputs=specs,
-        states=tuple(_state_infos(steps, names, kind)),
+        states=tuple(_state_infos(steps, names, chains)),
         steps=tuple(steps),
         files=files,
         producer=f.get("producer", dict),
         extra=f.get("extra", dict),
         manifest_sha256=file_sha256(source),
+        chain_names=chain_names,
     )
     return verify_bundle(bundle) if verify else bundle
+
+
+def _chain_indices(names: Sequence[str]) -> list[int]:
+    """Each state's chain as an index, the chains numbered in bundle order."""
+    order = list(dict.fromkeys(names))
+    return [order.index(c) for c in names]
+
+
+def _parse_chains(
+    f: Fields, state_fields: Sequence[Fields], kind: str, version: int
+) -> tuple[str, ...]:
+    """Each state's ``chain`` (version 3: an early-exit bundle of at least two chains,
+    each a contiguous run of states), or () for a bundle of one chain."""
+    has = ["chain" in s.obj for s in state_fields]
+    if version < CHAINS_VERSION:
+        for s, h in zip(state_fields, has, strict=True):
+            if h:
+                s.fail(f"chains need manifest version {CHAINS_VERSION}", "chain")
+        return ()
+    if kind != "early-exit":
+        f.fail(f"version {CHAINS_VERSION} is an early-exit bundle of several chains", "kind")
+    if not any(has):
+        f.fail(
+            f"version {CHAINS_VERSION} is a bundle of several chains; no state has a chain",
+            "version",
+        )
+    names = tuple(s.get("chain", str, check=_state_name_problem) for s in state_fields)
+    seen: list[str] = []
+    for i, (s, c) in enumerate(zip(state_fields, names, strict=True)):
+        if c in seen and names[i - 1] != c:
+            s.fail(f"the states of chain {c!r} must be contiguous", "chain")
+        if c not in seen:
+            seen.append(c)
+    if len(seen) < 2:
+        f.fail(f"a version {CHAINS_VERSION} bundle has at least two chains, got {seen}", "states")
+    return names

@@ -57,6 +57,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.chains import chain_costs
 from edgeadapt.formats.device import device_id
 from edgeadapt.formats.identity import BundleIdentity, check_identity, read_identity
 from edgeadapt.formats.jsonio import MAX_MS, Fields, read_json, write_json
@@ -297,15 +298,16 @@ def state_costs(
     profile: Profile, bundle: Bundle, batch: int = 1, stat: str = "p50", view: str = "cascade"
 ) -> list[float]:
     """`R_i` of each state in ms: ``cascade`` (the default) is what a sequential run pays,
-    steps 0..i for early-exit bundles and the member alone for ensembles; ``step`` is each
-    step alone."""
+    its chain's steps up to it (steps 0..i for a one-chain early-exit bundle, the member
+    alone for ensembles: `edgeadapt.formats.chains.chain_costs`); ``step`` is each step
+    alone."""
     check_profile(profile, bundle)
     if view not in VIEWS:
         raise InputError(f"must be one of {', '.join(VIEWS)}, got {view!r}", source="view")
     per_step = [s.get(stat) for s in profile.step_stats(batch)]
-    if view == "step" or bundle.kind != "early-exit":
+    if view == "step":
         return per_step
-    return [float(x) for x in np.cumsum(per_step)]
+    return [float(x) for x in chain_costs(per_step, bundle.chains)]
 
 
 def static_cost(
@@ -325,7 +327,7 @@ def flops_costs(bundle: Bundle, view: str = "cascade") -> list[float]:
         raise InputError(f"must be cascade or direct, got {view!r}", source="view")
     if bundle.kind != "early-exit" or view == "cascade":
         return [float(f) for f in bundle.flops]
-    stages = np.cumsum(bundle.stage_flops)
+    stages = chain_costs(bundle.stage_flops, bundle.chains)
     return [float(stages[i] + s.head_flops) for i, s in enumerate(bundle.steps)]
 
 

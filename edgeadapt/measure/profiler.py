@@ -51,6 +51,7 @@ import edgeadapt.runtimes as runtimes
 from edgeadapt.data.inputs import random_batch
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
+from edgeadapt.formats.chains import Layout, chain_starts, layout
 from edgeadapt.formats.device import clock_state, fingerprint, load_average, temperatures
 from edgeadapt.formats.presets import Preset, RuntimeConfig, load_preset
 from edgeadapt.formats.profile import (
@@ -405,11 +406,13 @@ def _stop(timing: TimingOptions, units: int) -> _Stop:
     return _Stop(timing.iters, timing.min_seconds * units, budget=False)
 
 
-def _full_over_whole(kind: str, rounds: np.ndarray) -> Ratio:
-    """Each round's full path (the sum of the steps for an early-exit bundle, else the
-    last step: `state_costs`' R_N) over its whole model (the last column)."""
+def _full_over_whole(how: Layout, rounds: np.ndarray) -> Ratio:
+    """Each round's full path (the last state's chain of steps under `how`, a bundle's
+    kind or chains: all steps of a one-chain early-exit bundle, an ensemble's last
+    member: `state_costs`' R_N) over its whole model (the last column)."""
     steps, whole = rounds[:, :-1], rounds[:, -1]
-    full = steps.sum(axis=1) if kind == "early-exit" else steps[:, -1]
+    chains = how if isinstance(how, tuple) else layout(how, steps.shape[1])
+    full = steps[:, chain_starts(chains)[-1] :].sum(axis=1)
     return Ratio.from_rounds(full / np.maximum(whole, 1.0))
 
 
@@ -445,7 +448,7 @@ def _measure(
             results[batch] = tuple(stats[: len(bundle.steps)])
             if whole_model is not None:
                 whole_times[batch] = stats[-1]
-                ratios[batch] = _full_over_whole(bundle.kind, timed.rounds)
+                ratios[batch] = _full_over_whole(bundle.cost_layout, timed.rounds)
     finally:
         for session in sessions:
             session.close()

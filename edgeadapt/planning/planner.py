@@ -61,7 +61,11 @@ Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the ca
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
 subset (steps are fused: skipped states' steps still run); for ``kind="ensemble"`` each
 model's own cost, and a sample exiting at the j-th kept state pays the sum over kept
-states up to j. The oracle and the budget table use the state's own cost.
+states up to j; for an early-exit bundle of several chains (precision variants, its
+`chains`) each state's chain's cost up to it, and a sample pays the chain rule
+(`edgeadapt.formats.chains`): each chain's deepest kept state so far, so a plan may mix
+chains. The oracle and the budget table use the state's own cost (a budget route of
+several chains, its chain rule).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
+from edgeadapt.formats.chains import Chains, Layout
 from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation, check_evaluation, load_evaluation
 from edgeadapt.formats.plan import (
     AGREEMENT_NEVER,
@@ -215,14 +220,14 @@ def budget_state(budget: Sequence[BudgetRow], budget_ms: float) -> int:
 
 
 def exit_costs(
-    state_costs: np.ndarray, states: Sequence[int], kind: str, hop_ms: float | None = None
+    state_costs: np.ndarray, states: Sequence[int], kind: Layout, hop_ms: float | None = None
 ) -> np.ndarray:
     """What a sample exiting at each kept state pays (`edgeadapt.planning.search.subset_costs`)
     plus, for a cascade of several states, `hop_ms` per hop run to reach it."""
     return _add_hops(subset_costs(state_costs, states, kind), hop_ms, kind)
 
 
-def _add_hops(cost: np.ndarray, hop_ms: float | None, kind: str) -> np.ndarray:
+def _add_hops(cost: np.ndarray, hop_ms: float | None, kind: Layout) -> np.ndarray:
     if not hop_ms or len(cost) < 2 or kind == "branches":
         return cost
     return cost + hop_ms * np.arange(1, len(cost) + 1)
@@ -231,7 +236,7 @@ def _add_hops(cost: np.ndarray, hop_ms: float | None, kind: str) -> np.ndarray:
 def _search(
     calib: Outcomes,
     costs: np.ndarray,
-    kind: str,
+    kind: Layout,
     max_states: int,
     max_drop: float,
     reference_accuracy: float,
@@ -460,7 +465,7 @@ def _split_figures(
     chosen: _Chosen,
     *,
     costs: np.ndarray,
-    kind: str,
+    kind: Layout,
     reference: int,
     hop_ms: float | None,
 ) -> tuple[SplitFigures, np.ndarray]:
@@ -481,11 +486,12 @@ def _split_figures(
 
 @dataclass(frozen=True)
 class _Setting:
-    """What every step of `make_plan` reads: the costs, the kind whose cost rule they follow,
-    the reference state, the drop and its confidence, the promise and the per-hop cost."""
+    """What every step of `make_plan` reads: the costs, the layout whose cost rule they
+    follow (the bundle kind; a bundle of several chains: its chains), the reference state,
+    the drop and its confidence, the promise and the per-hop cost."""
 
     costs: np.ndarray
-    kind: str
+    kind: Layout
     reference: int
     max_drop: float
     delta: float
@@ -590,6 +596,7 @@ def make_plan(
     manifest_sha256: str,
     kind: str = "early-exit",
     options: PlanOptions | None = None,
+    chains: Chains | None = None,
 ) -> Plan:
     """Pick states, calibrate thresholds on `calib`, report on `heldout` (module docstring),
     as `options` say (`PlanOptions`, default its defaults), on the device's `costs` (a
@@ -610,6 +617,8 @@ def make_plan(
     against the reference state), or ``loss``, the losses alone. `options.measure`
     names the confidence measure of the splits (the plan records it); it defaults to
     the splits' own (`Outcomes.measure`), else maxprob, and must agree with it.
+    `chains` (an early-exit bundle of several chains: `Bundle.chains`) makes each
+    subset pay the chain rule (`edgeadapt.formats.chains`), so a plan may mix chains.
     """
     device = _as_costs(costs)
     options = replace(options or PlanOptions(), measure=_measure(calib, heldout, options))
@@ -621,14 +630,30 @@ def make_plan(
     _check_args(calib, heldout, state_ms, manifest_sha256, kind, options)
     hop_ms = _check_costs(device.static_ms, device.hop_overhead_ms)
     reference = int(np.argmax(calib.correct.mean(axis=0)))
+    paid: Layout = kind
+    if chains is not None and kind == "early-exit" and len(set(chains)) > 1:
+        paid = _checked_chains(chains, len(state_ms))
     promise = check_promise(options.promise)
-    setting = _Setting(state_ms, kind, reference, options.max_drop, options.delta, promise, hop_ms)
+    setting = _Setting(state_ms, paid, reference, options.max_drop, options.delta, promise, hop_ms)
     if kind == "branches":
         return _branches_plan((calib, heldout), setting, options, device, manifest_sha256)
     chosen, evaluated = _choose(calib, heldout, setting, options)
     return _plan_record(
         (calib, heldout), chosen, evaluated, (manifest_sha256, kind), options, device, setting
     )
+
+
+def _checked_chains(chains: Chains, n_states: int) -> Chains:
+    """`chains`, one per state, each chain's states contiguous."""
+    chains = tuple(int(c) for c in chains)
+    if len(chains) != n_states or any(
+        c in chains[:i] and chains[i - 1] != c for i, c in enumerate(chains)
+    ):
+        raise InputError(
+            f"need one chain per state ({n_states}), each chain contiguous; got {chains}",
+            field="chains",
+        )
+    return chains
 
 
 def _choose(
@@ -756,7 +781,7 @@ def _plan_record(
         states=states,
         thresholds=_written(chosen.thresholds, measure, policy, setting.kind != "branches"),
         cost_ms=tuple(float(c) for c in subset_costs(costs, states, setting.kind)),
-        budget=budget_table(costs, calib.correct.mean(axis=0), states),
+        budget=budget_table(_route_costs(setting, states), calib.correct.mean(axis=0), states),
         reference_state=reference,
         max_drop=options.max_drop,
         calibration=calib_figures,
@@ -780,6 +805,16 @@ def _plan_record(
         hop_overhead_ms=setting.hop_ms,
         agreement=policy == "agreement",
     )
+
+
+def _route_costs(setting: _Setting, states: Sequence[int]) -> np.ndarray:
+    """Each state's cost as a budget route to it pays: its own, but for a kept state of
+    a bundle of several chains the cascade up to it (the chain rule)."""
+    if isinstance(setting.kind, str):
+        return setting.costs
+    out = setting.costs.copy()
+    out[list(states)] = subset_costs(setting.costs, states, setting.kind)
+    return out
 
 
 def _written(
@@ -879,6 +914,7 @@ def plan_bundle(
         manifest_sha256=bundle.manifest_sha256,
         kind=bundle.kind,
         options=replace(options, measure=measure),
+        chains=bundle.chains,
     )
 
 

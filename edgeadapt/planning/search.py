@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeadapt.formats.chains import Layout, kept_costs
 from edgeadapt.planning.calibrate import Calibration, calibrate, required_correct
 
 __all__ = ["CalibratedSubset", "search_subsets", "subset_costs"]
@@ -44,12 +45,12 @@ class CalibratedSubset:
     evaluated: int
 
 
-def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: str) -> np.ndarray:
-    """What a sample exiting at each kept state pays: the state's own cost (an early-exit
-    state's cost already holds steps 0..i), or for an ensemble the sum of the kept
-    members' costs up to it."""
-    own = np.asarray(state_costs, dtype=np.float64)[list(states)]
-    return np.cumsum(own) if kind == "ensemble" else own
+def subset_costs(state_costs: np.ndarray, states: Sequence[int], kind: Layout) -> np.ndarray:
+    """What a sample exiting at each kept state pays (`edgeadapt.formats.chains.kept_costs`,
+    the chain rule): an early-exit state's own cost (it already holds steps 0..i), for
+    an ensemble the sum of the kept members' costs up to it, for a bundle of several
+    chains (`kind` its chains) the deepest kept state's cost of each chain run so far."""
+    return kept_costs(state_costs, states, kind)
 
 
 def _calibrate(
@@ -57,7 +58,7 @@ def _calibrate(
     correct: np.ndarray,
     state_costs: np.ndarray,
     states: tuple[int, ...],
-    kind: str,
+    kind: Layout,
     max_drop: float,
     reference_accuracy: float,
     polish: bool,
@@ -78,7 +79,7 @@ def search_subsets(
     correct: np.ndarray,
     state_costs: np.ndarray,
     *,
-    kind: str,
+    kind: Layout,
     max_states: int,
     max_drop: float,
     reference_accuracy: float,

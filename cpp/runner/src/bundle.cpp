@@ -179,6 +179,38 @@ std::vector<std::string> str_list(const Fields& f, const std::string& key) {
     return out;
 }
 
+// Each state's `chain` (version 3: an early-exit bundle of at least two chains, each a
+// contiguous run of states), or none for a bundle of one chain; bundle.py's rules.
+std::vector<std::string> parse_chains(const Fields& f, const std::string& kind,
+                                      std::int64_t version) {
+    const detail::Json& states = f.list("states");
+    bool any = false;
+    for (std::size_t i = 0; i < states.size(); ++i) {
+        const Fields s = f.item("states", i);
+        if (s.has("chain") && version < 3) s.fail("chains need manifest version 3", "chain");
+        any = any || s.has("chain");
+    }
+    if (version < 3) return {};
+    if (kind != "early-exit") f.fail("version 3 is an early-exit bundle of several chains", "kind");
+    if (!any) f.fail("version 3 is a bundle of several chains; no state has a chain", "version");
+    std::vector<std::string> chains;
+    std::vector<std::string> seen;
+    for (std::size_t i = 0; i < states.size(); ++i) {
+        const Fields s = f.item("states", i);
+        const std::string chain = s.str("chain");
+        if (has_control(chain)) s.fail("must not contain control characters", "chain");
+        const bool known = std::count(seen.begin(), seen.end(), chain) > 0;
+        if (known && chains.back() != chain)
+            s.fail("the states of chain '" + chain + "' must be contiguous", "chain");
+        if (!known) seen.push_back(chain);
+        chains.push_back(chain);
+    }
+    if (seen.size() < 2)
+        f.fail("a version 3 bundle has at least two chains, got " + std::to_string(seen.size()),
+               "states");
+    return chains;
+}
+
 void load(const fs::path& given, Bundle& out, bool verify) {
     fs::path root = given;
     std::error_code ec;
@@ -191,13 +223,15 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         fail(Code::UnsafePath, source, "",
              "is a symlink; a bundle's manifest must be a regular file inside it");
     const std::string raw = detail::read_bytes(manifest, detail::kMaxTextBytes);
-    const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2});
+    const detail::Json doc = detail::parse_document(raw, source, "edgeadapt-bundle", {1, 2, 3});
     const Fields f(doc, source);
 
     Bundle b;
     b.path = root;
     b.kind = f.str("kind");
     if (!kKinds.count(b.kind)) f.fail("must be one of early-exit, ensemble, branches", "kind");
+    b.chains = parse_chains(f, b.kind, doc["version"].get<std::int64_t>());
+    const bool chained = !b.chains.empty();
     // Version 1 holds one `input` object, version 2 a list `inputs`.
     if (doc["version"].get<std::int64_t>() == 1) {
         b.inputs.push_back(parse_input(f.child("input")));
@@ -260,18 +294,20 @@ void load(const fs::path& given, Bundle& out, bool verify) {
         if (ints["stage_flops"] + ints["head_flops"] != ints["flops"]) s.fail("stage_flops + head_flops must equal flops", "flops");
         step.activation = s.optional_str("activation");
         step.inputs = str_list(s, "inputs");
-        const bool last = i + 1 == states.size();
+        // in a bundle of several chains, each chain chains as a bundle of its own
+        const bool first = i == 0 || (chained && b.chains[i - 1] != b.chains[i]);
+        const bool last = i + 1 == states.size() || (chained && b.chains[i + 1] != b.chains[i]);
         std::set<std::string> allowed = model_inputs;
-        if (b.kind == "early-exit" && i > 0) {
+        if (b.kind == "early-exit" && !first) {
             const Step& prev = b.steps.back();
             if (!prev.activation.empty()) allowed.insert(prev.activation);
             allowed.insert(prev.logits);
         }
-        const bool chained =
+        const bool reads =
             !step.inputs.empty() &&
             std::all_of(step.inputs.begin(), step.inputs.end(),
                         [&](const std::string& n) { return allowed.count(n) > 0; });
-        if (!chained) {
+        if (!reads) {
             std::string names;
             for (const auto& n : allowed) names += (names.empty() ? "'" : ", '") + n + "'";
             s.fail("inputs do not chain: allowed are [" + names + "]", "inputs");
@@ -314,6 +350,13 @@ void load(const fs::path& given, Bundle& out, bool verify) {
 }
 
 }  // namespace
+
+std::size_t Bundle::chain_start(std::size_t i) const noexcept {
+    if (kind != "early-exit") return i;
+    if (chains.empty()) return 0;
+    while (i > 0 && chains[i - 1] == chains[i]) --i;
+    return i;
+}
 
 std::int64_t InputSpec::row_elements() const noexcept {
     std::int64_t n = 1;

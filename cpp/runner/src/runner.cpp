@@ -168,12 +168,18 @@ void Runner::build(const Bundle& bundle, std::vector<std::int64_t> kept,
     }
     r->bundle_ = bundle;
     const bool early_exit = bundle.kind == "early-exit";
+    // A hop runs its chain's steps after that chain's previous kept state (from the
+    // chain's first step when none: the model inputs); an ensemble member alone.
     std::size_t start = 0;
+    const std::size_t none = bundle.steps.size();
+    std::size_t before = none;
     for (std::int64_t state : kept) {
         const auto s = static_cast<std::size_t>(state);
+        const bool same = before != none && bundle.chain_start(before) == bundle.chain_start(s);
+        start = same ? before + 1 : bundle.chain_start(s);
         std::vector<std::size_t> steps;
         for (std::size_t i = early_exit ? start : s; i <= s; ++i) steps.push_back(i);
-        start = s + 1;
+        before = s;
         r->hop_steps_.push_back(std::move(steps));
     }
     const std::vector<double>& step_costs = options.step_costs_ms;

@@ -111,8 +111,12 @@ void bundle_faults(const fs::path& src, const fs::path& scratch) {
     CHECK(!ea::load_bundle(d, b, /*verify=*/false));  // the hashes only with verify
 
     d = copy(src, scratch, "version");
+    replace(d / "manifest.json", "\"version\": 1", "\"version\": 4");
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "unsupported version 4"}));
+
+    d = copy(src, scratch, "chains");  // version 3 without any state's chain
     replace(d / "manifest.json", "\"version\": 1", "\"version\": 3");
-    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "unsupported version 3"}));
+    CHECK(is_error(ea::load_bundle(d, b), ea::Code::Format, {"$.version", "no state has a chain"}));
 
     d = copy(src, scratch, "version2");  // version 2 holds a list of inputs
     replace(d / "manifest.json", "\"version\": 1", "\"version\": 2");

@@ -76,7 +76,8 @@ struct InputSpec {
     std::int64_t row_elements() const noexcept;
 };
 
-// One step (early-exit) or member (ensemble); `activation` is empty when it has none.
+// One step (early-exit) or member (ensemble); `activation` is empty when it has none (the
+// last step of each chain).
 struct Step {
     std::string file;
     std::filesystem::path path;
@@ -93,6 +94,12 @@ struct Bundle {
     std::vector<std::string> state_names;
     std::vector<Step> steps;
     std::string manifest_sha256;
+    // Each state's chain (version 3: an early-exit bundle of several chains, e.g. one
+    // model's exits at several precisions), empty for a bundle of one chain.
+    std::vector<std::string> chains;
+    // The first step of state i's chain (0 for a one-chain early-exit bundle, i itself
+    // for an ensemble member or branch).
+    std::size_t chain_start(std::size_t i) const noexcept;
 };
 
 // Load and validate a bundle directory (or its manifest.json): the schema, the paths
