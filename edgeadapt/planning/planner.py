@@ -82,7 +82,9 @@ from edgeadapt.formats.plan import (
     COST_STATS,
     KINDS,
     MEASURE_RANGES,
+    SCHEDULER_NEVER,
     BudgetRow,
+    Estimator,
     Gate,
     Plan,
     Promise,
@@ -98,6 +100,8 @@ from edgeadapt.planning.gates import fit_gates, policy_confidences
 from edgeadapt.planning.outcomes import POLICIES, Outcomes
 from edgeadapt.planning.paths import check_promise, shared_path
 from edgeadapt.planning.risk import MARGIN, Choice, RiskControlled, choose, risk_control
+from edgeadapt.planning.scheduler import exit_costs as scheduler_costs
+from edgeadapt.planning.scheduler import policy_scores, schedule, simulate_scheduler
 from edgeadapt.planning.search import CalibratedSubset, Scores, search_subsets, subset_costs
 from edgeadapt.planning.stats import drop_upper_bound
 
@@ -212,6 +216,8 @@ def exit_costs(
 ) -> np.ndarray:
     """What a sample exiting at each kept state pays (`edgeadapt.planning.search.subset_costs`)
     plus, for a cascade of several states, `hop_ms` per hop run to reach it."""
+    if kind == "scheduler":  # the first branch, then the one picked
+        return scheduler_costs(state_costs, states, hop_ms)
     return _add_hops(subset_costs(state_costs, states, kind), hop_ms, kind)
 
 
@@ -297,6 +303,11 @@ def _check_policy(calib: Outcomes, heldout: Outcomes, kind: str, policy: str, me
     """The `policy` is known, fits the bundle `kind`, and both splits hold what it reads."""
     if policy not in POLICIES:
         raise InputError(f"must be one of {list(POLICIES)}, got {policy!r}", field="policy")
+    if policy == "scheduler" and kind != "branches":
+        raise InputError(
+            f"the scheduler policy picks the branch of a branches bundle; this bundle is {kind}",
+            field="policy",
+        )
     if policy == "gate" and kind == "branches":
         raise InputError(
             "branches are picked by budget, not cascaded: there is nothing for gates to "
@@ -317,7 +328,7 @@ def _check_policy(calib: Outcomes, heldout: Outcomes, kind: str, policy: str, me
                 "the evaluation with edgeadapt evaluate, which stores every measure)",
                 field=CONF_KEYS[measure],
             )
-    for name, split in splits if policy == "gate" else ():
+    for name, split in splits if policy in ("gate", "scheduler") else ():
         if split.gate_inputs is None:
             raise InputError(
                 f"the {name} split lacks what gates read (the argmax and the maxprob, "
@@ -400,9 +411,12 @@ class _Chosen:
     promise: Promise | None
     fallback: str | None
     policy: str = "threshold"
+    scheduler: tuple[Estimator, ...] | None = None
 
     def scores(self, split: Outcomes) -> np.ndarray:
         """What the policy thresholds on `split` at the kept states."""
+        if self.scheduler is not None:
+            return policy_scores(self.scheduler, split, self.states)
         return split.scores(self.states, self.policy, self.gates)
 
 
@@ -423,7 +437,10 @@ def _check_costs(static_ms: float | None, hop_overhead_ms: float | None) -> floa
 
 def cascade_kind(kind: str, policy: str) -> str:
     """The kind whose costs a plan's cascade pays: a branches bundle under the agreement
-    policy runs its branches in turn, each from the input, as an ensemble runs members."""
+    policy runs its branches in turn, each from the input, as an ensemble runs members;
+    under the scheduler, the first branch and then the one it picks (``scheduler``)."""
+    if kind == "branches" and policy == "scheduler":
+        return "scheduler"
     return "ensemble" if kind == "branches" and policy == "agreement" else kind
 
 
@@ -640,6 +657,8 @@ def _choose(
     """The kept states, their thresholds, gates and promise (steps 2 to 4 of the module
     docstring), and how many subsets were calibrated to find them."""
     policy, calibration = options.policy, options.calibration
+    if policy == "scheduler":
+        return _scheduled(calib, heldout, setting, calibration), 0
     candidates, evaluated = _candidates(
         calib, setting, max_states=options.max_states, policy=policy, calibration=calibration
     )
@@ -686,6 +705,8 @@ def _settled(
         no_gates = None if chosen.gates is None else ()
         reference = (setting.reference,)
         chosen = _Chosen(reference, np.empty(0), no_gates, chosen.promise, why, chosen.policy)
+        if chosen.policy == "scheduler":
+            chosen = replace(chosen, scheduler=())
         held, held_correct = figures(heldout, chosen)
     return chosen, held, held_correct, figures(calib, chosen)[0]
 
@@ -745,6 +766,7 @@ def _plan_record(
         runtime=device.runtime,
         hop_overhead_ms=setting.hop_ms,
         agreement=policy == "agreement",
+        scheduler=chosen.scheduler,
     )
 
 
@@ -756,6 +778,8 @@ def _written(
     that never exits."""
     if not cascaded:
         return tuple(float(MEASURE_RANGES[measure][1]) for _ in thresholds)
+    if policy == "scheduler":
+        return tuple(SCHEDULER_NEVER if math.isinf(t) else float(t) for t in thresholds)
     if policy == "agreement":
         return tuple(AGREEMENT_NEVER if math.isinf(t) else float(t) for t in thresholds)
     return tuple(float(t) for t in thresholds)
@@ -815,6 +839,25 @@ def _gated_states(
         states = tuple(s for s, f in zip(states, [*fires, True], strict=True) if f)
 
 
+def _scheduled(calib: Outcomes, heldout: Outcomes, setting: _Setting, calibration: str) -> _Chosen:
+    """The content-aware scheduler over the device's Pareto set of branches
+    (`edgeadapt.planning.scheduler.schedule`)."""
+    kept = pareto_states(setting.costs, calib.correct.mean(axis=0))
+    s = schedule(
+        calib,
+        heldout,
+        kept,
+        setting.costs,
+        setting.reference,
+        max_drop=setting.max_drop,
+        delta=setting.delta,
+        promise=setting.promise,
+        calibration=calibration,
+        hop_ms=setting.hop_ms,
+    )
+    return _Chosen(s.states, s.thresholds, None, s.promise, s.fallback, "scheduler", s.estimators)
+
+
 def plan_bundle(
     bundle: Bundle,
     evaluation: Evaluation,
@@ -858,6 +901,8 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
         raise InputError(
             f"states {split.names} differ from the plan's {plan.bundle_states}", field="states"
         )
+    if plan.scheduler is not None:
+        return simulate_scheduler(plan, split)
     return simulate(
         split.scores(plan.states, plan.policy, plan.gates),
         split.correct[:, list(plan.states)],

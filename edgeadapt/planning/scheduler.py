@@ -1,0 +1,208 @@
+"""AdaInf's content-aware scheduler for branches bundles: the branch to run, per input.
+
+A branches plan's budget table picks one branch by the budget alone. The scheduler
+looks at the input first, through the cheapest kept branch's own answer: that branch
+always runs, and its logits' `SCHEDULER_FEATURES` (max-prob, margin, negative entropy,
+as the decision kernel computes them) feed one logistic estimator per kept branch but
+the last, fitted on the calibration split to estimate "answering with that branch is
+not a loss" (it is right, or the reference branch is wrong too: the target the promise
+bounds, as for the gates of `edgeadapt.planning.gates`). The scheduler then
+
+- answers with the first branch when its own estimate clears its threshold;
+- else runs the cheapest kept branch whose estimate clears its threshold and whose
+  tracked cost fits what is left of the budget;
+- else the most accurate kept branch that fits (the last one without a budget);
+
+(`edgeadapt.kernel_ref.scheduler_choice`, which the C++ kernel matches). Without a
+budget that is the threshold policy on the estimates, with a sample paying the first
+branch plus the branch it picks (`exit_costs`), so the thresholds are chosen by the
+same Learn then Test as every other policy (`edgeadapt.planning.risk.risk_control`:
+the path and test chosen on the calibration split, tested on the held-out split) and
+the plan promises drop <= max_drop with probability >= 1 - delta on new data (without a
+budget; under a budget the choice is the budget's, as the budget table's is). When
+nothing passes, or the scheduler costs the calibration split at least the reference
+branch alone, the plan keeps the reference branch alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeadapt.errors import InputError
+from edgeadapt.formats.plan import Estimator, Plan, Promise
+from edgeadapt.kernel_ref import SCHEDULER_FEATURES, estimates, scheduler_choice
+from edgeadapt.planning.calibrate import CascadeResult, calibrate, simulate
+from edgeadapt.planning.gates import fit_logistic
+from edgeadapt.planning.outcomes import Outcomes
+from edgeadapt.planning.risk import risk_control
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """The kept branches (bundle indices, by rising cost), the estimators (one per kept
+    branch but the last), their thresholds (``inf``: never picked by its estimate), the
+    promise tested on them (None: empirical) and why the plan keeps the reference branch
+    alone (None: it does not)."""
+
+    states: tuple[int, ...]
+    estimators: tuple[Estimator, ...]
+    thresholds: np.ndarray
+    promise: Promise | None
+    fallback: str | None
+
+
+def exit_costs(
+    state_costs: np.ndarray, states: Sequence[int], hop_ms: float | None = None
+) -> np.ndarray:
+    """What a sample answered by each kept branch pays: the first branch alone, or the
+    first branch and then that one (each from the input); with a per-hop overhead, one
+    per branch run."""
+    own = np.asarray(state_costs, dtype=np.float64)[list(states)]
+    cost = own + np.where(np.arange(len(own)) > 0, own[0], 0.0)
+    if hop_ms and len(own) > 1:
+        cost = cost + hop_ms * np.where(np.arange(len(own)) > 0, 2.0, 1.0)
+    return cost
+
+
+def features(split: Outcomes, first: int) -> np.ndarray:
+    """The scheduler's float32 features ``[N, 3]`` at bundle state `first`."""
+    inputs = split.gate_inputs
+    if inputs is None:
+        raise InputError(
+            "the scheduler reads the first branch's maxprob, margin and entropy; these "
+            "outcomes lack them (write the evaluation with edgeadapt evaluate)",
+            field="gate_inputs",
+        )
+    return np.stack([getattr(inputs, name)[:, first] for name in SCHEDULER_FEATURES], axis=1)
+
+
+def fit_estimators(
+    x: np.ndarray, correct: np.ndarray, reference_correct: np.ndarray
+) -> tuple[Estimator, ...]:
+    """One estimator per kept branch but the last, fitted on the features `x` ``[N, 3]``
+    to predict ``correct[:, j] | ~reference_correct`` (`correct` bool ``[N, m]``)."""
+    ref = np.asarray(reference_correct, dtype=bool)
+    out = []
+    for j in range(correct.shape[1] - 1):
+        w, b = fit_logistic(x, correct[:, j] | ~ref)
+        out.append(Estimator(weights=tuple(float(v) for v in w), bias=b))
+    return tuple(out)
+
+
+def policy_scores(
+    estimators: Sequence[Estimator], split: Outcomes, states: Sequence[int]
+) -> np.ndarray:
+    """``[N, m]``: the estimators' scores at the kept `states` and a last column of zeros
+    (the last kept branch answers when no estimate clears), what the threshold machinery
+    reads."""
+    n = split.n
+    if not estimators:
+        return np.zeros((n, 1), dtype=np.float32)
+    s = estimates(
+        features(split, states[0]),
+        [e.weights for e in estimators],
+        [e.bias for e in estimators],
+    )
+    return np.concatenate([s, np.zeros((n, 1), dtype=np.float32)], axis=1)
+
+
+def _alone(reference: int, promise: Promise | None, why: str) -> Scheduled:
+    return Scheduled((reference,), (), np.empty(0), promise, why)
+
+
+def schedule(
+    calib: Outcomes,
+    heldout: Outcomes,
+    states: Sequence[int],
+    state_costs: np.ndarray,
+    reference: int,
+    *,
+    max_drop: float,
+    delta: float,
+    promise: str,
+    calibration: str,
+    hop_ms: float | None = None,
+) -> Scheduled:
+    """Fit the scheduler over the kept branches `states` on `calib` and choose its
+    thresholds (module docstring): by Learn then Test with `heldout` as the testing
+    split (``calibration="risk"``), or the cheapest meeting max_drop on `calib`
+    (``"empirical"``). The kept branches end at the `reference` one."""
+    kept = (*(s for s in states if state_costs[s] < state_costs[reference]), reference)
+    if len(kept) == 1:
+        return Scheduled(kept, (), np.empty(0), None, None)
+    cols = list(kept)
+    ref_c, ref_h = calib.correct[:, reference], heldout.correct[:, reference]
+    estimators = fit_estimators(features(calib, kept[0]), calib.correct[:, cols], ref_c)
+    cost = exit_costs(state_costs, kept, hop_ms)
+    conf_c = policy_scores(estimators, calib, kept)
+    tested: Promise | None = None
+    if calibration == "risk":
+        controlled = risk_control(
+            (conf_c, calib.correct[:, cols], ref_c),
+            (policy_scores(estimators, heldout, kept), heldout.correct[:, cols], ref_h),
+            cost,
+            max_drop=max_drop,
+            delta=delta,
+            promise=promise,
+        )
+        tested, thresholds = controlled.promise, controlled.thresholds
+        if not tested.holds:
+            return _alone(reference, tested, tested.describe())
+    else:
+        thresholds = calibrate(
+            conf_c,
+            calib.correct[:, cols],
+            cost,
+            max_drop=max_drop,
+            reference_accuracy=float(ref_c.mean()),
+        ).thresholds
+    spent = simulate(conf_c, calib.correct[:, cols], cost, thresholds).expected_cost
+    alone = float(state_costs[reference])
+    if spent >= alone:
+        why = (
+            f"the scheduler costs {spent:.4g} ms per sample on the calibration split, no "
+            f"less than the reference branch alone ({alone:.4g} ms); the plan keeps it alone"
+        )
+        return _alone(reference, tested, why)
+    return Scheduled(kept, estimators, np.asarray(thresholds, dtype=np.float64), tested, None)
+
+
+def simulate_scheduler(
+    plan: Plan, split: Outcomes, budget_ms: float | None = None
+) -> CascadeResult:
+    """A scheduler `plan` run on `split` (outcomes of every bundle state, in bundle order)
+    on the plan's costs: accuracy, mean cost and the kept-branch position answering each
+    sample; with `budget_ms`, the budget left once the first branch has run (and its
+    hop overheads) bounds the second branch, as `AdaptiveModel` runs it."""
+    if plan.scheduler is None:
+        raise InputError(f"a {plan.policy} plan has no scheduler", field="policy")
+    states = plan.states
+    cols = list(states)
+    cost = exit_costs(np.asarray(plan.cost_ms), range(len(states)), plan.hop_overhead_ms)
+    scores = policy_scores(plan.scheduler, split, states)[:, :-1]
+    available = math.inf
+    if budget_ms is not None:
+        hops = 2.0 * (plan.hop_overhead_ms or 0.0)
+        available = budget_ms - plan.cost_ms[0] - hops
+    choice = scheduler_choice(scores, plan.thresholds, plan.cost_ms, available)
+    rows = np.arange(split.n)
+    return CascadeResult(
+        accuracy=float(split.correct[:, cols][rows, choice].mean()),
+        expected_cost=float(cost[choice].mean()),
+        exit_state=choice,
+    )
+
+
+__all__ = [
+    "Scheduled",
+    "exit_costs",
+    "features",
+    "fit_estimators",
+    "policy_scores",
+    "schedule",
+    "simulate_scheduler",
+]
