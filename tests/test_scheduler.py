@@ -23,7 +23,7 @@ from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.evaluation import save_evaluation
 from edgeadapt.formats.plan import check_plan, load_plan, plan_to_doc, save_plan
 from edgeadapt.formats.profile import save_profile
-from edgeadapt.kernel_ref import SCHEDULER_NEVER, predict_confidence, scheduler_decide
+from edgeadapt.kernel_ref import SCHEDULER_NEVER, scheduler_decide
 from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.planning.planner import Outcomes, PlanOptions, make_plan, simulate_plan
@@ -34,7 +34,7 @@ from edgeadapt.planning.scheduler import (
     policy_scores,
     simulate_scheduler,
 )
-from edgeadapt.runtimes import get_runtime
+from tests.plans import scheduler_plan
 from tests.synthetic import gate_evaluation
 
 BUNDLES = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles"
@@ -254,40 +254,11 @@ def branches(tmp_path_factory) -> Path:
     return d
 
 
-def _branch_plan(bundle_dir: Path, n: int):
-    """A scheduler plan for the family-as-branches bundle on its logits for `n` random
-    inputs, labelled by the last branch: (inputs, evaluation, outcomes, plan)."""
-    bundle = load_bundle(bundle_dir)
-    x = np.random.default_rng(0).normal(size=(n, 1, 40)).astype(np.float32)
-    rt = get_runtime("onnxruntime", threads=1)
-    logits = []
-    for step in bundle.steps:
-        s = rt.load(step.path)
-        try:
-            logits.append(np.ascontiguousarray(s.run({"x": x})[step.logits], dtype=np.float32))
-        finally:
-            s.close()
-    labels = predict_confidence(logits[-1])[0]
-    ev = gate_evaluation(labels, logits, [s.name for s in bundle.states])
-    outcomes = Outcomes.from_evaluation(ev)
-    calib, held = outcomes.split(0.5, 0)
-    options = PlanOptions(policy="scheduler", calibration="empirical", max_drop=0.2)
-    plan = make_plan(
-        calib,
-        held,
-        [0.1, 0.5, 2.0],
-        manifest_sha256=bundle.manifest_sha256,
-        kind="branches",
-        options=options,
-    )
-    return x, ev, outcomes, plan
-
-
 @pytest.mark.parametrize("batch", [1, 64])
 def test_adaptive_model_runs_a_scheduler_plan_as_simulated(branches, batch, tmp_path):
     from edgeadapt.cascade.model import AdaptiveModel
 
-    x, ev, outcomes, plan = _branch_plan(branches, 320)
+    x, ev, outcomes, plan = scheduler_plan(branches, 320)
     assert plan.policy == "scheduler"
     assert len(plan.states) >= 2
     save_plan(tmp_path / "plan.json", plan)
@@ -307,7 +278,7 @@ def test_adaptive_model_runs_a_scheduler_plan_as_simulated(branches, batch, tmp_
 def test_adaptive_model_under_a_budget_with_no_room_answers_with_the_first_branch(branches):
     from edgeadapt.cascade.model import AdaptiveModel
 
-    x, ev, outcomes, plan = _branch_plan(branches, 64)
+    x, ev, outcomes, plan = scheduler_plan(branches, 64)
     free = simulate_plan(plan, outcomes).exit_state
     with AdaptiveModel.load(branches, plan=plan) as m:
         out = m.predict(x, budget_ms=1e-6)
@@ -359,6 +330,6 @@ def test_edgeadapt_plan_makes_a_scheduler_plan_and_refuses_it_for_an_ensemble(br
 
 
 def test_runners_that_do_not_run_the_scheduler_refuse_it_by_name(branches):
-    _, _, _, plan = _branch_plan(branches, 64)
+    _, _, _, plan = scheduler_plan(branches, 64)
     with pytest.raises(InputError, match="scheduler policy"):
         check_plan(plan, load_bundle(branches), "plan.json", policies=("threshold", "gate"))
