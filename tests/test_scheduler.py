@@ -20,9 +20,9 @@ from edgeadapt import kernel
 from edgeadapt.cli import cli
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
-from edgeadapt.formats.evaluation import save_evaluation
+from edgeadapt.formats.evaluation import load_evaluation, save_evaluation
 from edgeadapt.formats.plan import check_plan, load_plan, plan_to_doc, save_plan
-from edgeadapt.formats.profile import save_profile
+from edgeadapt.formats.profile import load_profile, save_profile
 from edgeadapt.kernel_ref import SCHEDULER_NEVER, scheduler_decide
 from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.measure.profiler import TimingOptions, profile_bundle
@@ -327,6 +327,44 @@ def test_edgeadapt_plan_makes_a_scheduler_plan_and_refuses_it_for_an_ensemble(br
     result = CliRunner().invoke(cli, _cli_inputs(family, tmp_path / "e"))
     assert result.exit_code == 2, result.output
     assert "scheduler policy picks the branch of a branches bundle" in result.output
+
+
+def test_the_report_sets_the_scheduler_against_the_budget_table(branches, tmp_path):
+    """On the family-as-branches bundle's measured costs (three branches of about the
+    same cost) the scheduler keeps the reference branch alone, and the report has no
+    comparison; on the synthetic costs of `scheduler_plan` it has one, which the report
+    renders: at every budget the scheduler's mean cost fits it, as the table's does."""
+    from edgeadapt.planning.planner import plan_bundle, profile_costs
+    from edgeadapt.planning.scheduler import budget_comparison
+    from edgeadapt.report import render_report, report_data
+
+    _cli_inputs(branches, tmp_path)
+    bundle = load_bundle(branches)
+    ev = load_evaluation(tmp_path / "eval.npz")
+    costs = profile_costs(load_profile(tmp_path / "profile.json", bundle), bundle)
+    options = PlanOptions(calibration="empirical", max_drop=0.2)
+    save_plan(tmp_path / "t.json", plan_bundle(bundle, ev, costs, options))
+    data = report_data(
+        bundle,
+        profile=tmp_path / "profile.json",
+        evaluation=tmp_path / "eval.npz",
+        plan=tmp_path / "t.json",
+    )
+    scheduled = next(p.plan for p in data.policies if p.policy == "scheduler")
+    assert scheduled is not None
+    assert (len(scheduled.states) > 1) == bool(data.scheduler)
+
+    _, _, outcomes, plan = scheduler_plan(branches, 320)
+    points = budget_comparison(plan, outcomes.split(0.5, 0)[1])
+    assert len(points) >= 3
+    for p in points:
+        assert p.scheduler_cost_ms <= p.budget_ms + 1e-9
+        assert p.table_cost_ms <= p.budget_ms + 1e-9
+    assert points[-1].table_state == plan.states[-1]  # the largest budget: the most accurate
+    render_report(replace(data, scheduler=points), tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert "content-aware scheduler" in html
+    assert html.count("<tr>") >= len(points)
 
 
 def test_runners_that_do_not_run_the_scheduler_refuse_it_by_name(branches):

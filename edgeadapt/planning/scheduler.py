@@ -197,8 +197,56 @@ def simulate_scheduler(
     )
 
 
+@dataclass(frozen=True)
+class BudgetPoint:
+    """At a budget of `budget_ms`: the budget table's branch (bundle index), its accuracy
+    and cost, and the scheduler's accuracy and mean cost, on one split."""
+
+    budget_ms: float
+    table_state: int
+    table_accuracy: float
+    table_cost_ms: float
+    scheduler_accuracy: float
+    scheduler_cost_ms: float
+
+
+def budgets(plan: Plan) -> tuple[float, ...]:
+    """The budgets worth comparing at: each budget-table row's, and each the scheduler
+    needs to afford a kept branch after the first (ms, rising)."""
+    hop = 2.0 * (plan.hop_overhead_ms or 0.0)
+    rows = {r.budget_ms for r in plan.budget}
+    pairs = {plan.cost_ms[0] + c + hop for c in plan.cost_ms[1:]}
+    return tuple(sorted(rows | pairs))
+
+
+def budget_comparison(
+    plan: Plan, split: Outcomes, at: Sequence[float] | None = None
+) -> tuple[BudgetPoint, ...]:
+    """The scheduler `plan` against its own budget table (AdaInf's choice by the budget
+    alone) on `split`, at the budgets `at` (default `budgets`): accuracy and mean cost."""
+    out = []
+    for b in budgets(plan) if at is None else at:
+        row = [r for r in plan.budget if r.budget_ms <= b]
+        state = (row[-1] if row else plan.budget[0]).state
+        run = simulate_scheduler(plan, split, b)
+        out.append(
+            BudgetPoint(
+                budget_ms=float(b),
+                table_state=state,
+                table_accuracy=float(split.correct[:, state].mean()),
+                table_cost_ms=float(plan.cost_ms[plan.states.index(state)]),
+                scheduler_accuracy=run.accuracy,
+                scheduler_cost_ms=run.expected_cost,
+            )
+        )
+    return tuple(out)
+
+
 __all__ = [
+    "BudgetPoint",
     "Scheduled",
+    "budget_comparison",
+    "budgets",
     "exit_costs",
     "features",
     "fit_estimators",
