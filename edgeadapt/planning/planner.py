@@ -1038,12 +1038,14 @@ def compare_policies(
     options: PlanOptions | None = None,
 ) -> tuple[PolicyOutcome, ...]:
     """Every policy (`POLICIES`) planned by `plan_bundle` from the same inputs and
-    `options` (their policy replaced), so they can be shown side by side; a policy the
-    inputs cannot support (an evaluation without every measure's confidences has no
-    gates; a branch bundle is not cascaded) comes with the reason instead of a plan."""
+    `options` (their policy replaced; the scheduler for branches bundles only), so they
+    can be shown side by side; a policy the inputs cannot support (an evaluation without
+    every measure's confidences has no gates; a branch bundle is not cascaded) comes
+    with the reason instead of a plan."""
     base = options or PlanOptions()
     out = []
-    for policy in POLICIES:
+    # the scheduler is a branches bundle's only: other kinds leave it out, no reason needed
+    for policy in (p for p in POLICIES if p != "scheduler" or bundle.kind == "branches"):
         try:
             plan = plan_bundle(bundle, evaluation, costs, replace(base, policy=policy))
         except InputError as e:
