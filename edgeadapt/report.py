@@ -168,15 +168,17 @@ def report_data(
 def _scheduler_versus_table(
     policies: Sequence[PolicyOutcome], ev: Evaluation, options: PlanOptions | None
 ) -> tuple[BudgetPoint, ...]:
-    """The scheduler plan among `policies` (a branches bundle's) against its budget
-    table, on the held-out split it was planned with; () when there is none."""
-    plan = next((p.plan for p in policies if p.policy == "scheduler" and p.plan), None)
+    """The scheduler plan among `policies` (a branches bundle's) against the budget
+    table of the threshold policy's plan (every Pareto branch), on the held-out split
+    they were planned with; () when there is no scheduler plan of several branches."""
+    plans = {p.policy: p.plan for p in policies if p.plan is not None}
+    plan, table = plans.get("scheduler"), plans.get("threshold")
     if plan is None or len(plan.states) < 2:
         return ()
     opts = options or PlanOptions()
     outcomes = Outcomes.from_evaluation(ev, plan.measure)
     held = outcomes.split(heldout=opts.heldout, seed=opts.seed)[1]
-    return budget_comparison(plan, held)
+    return budget_comparison(plan, held, table=None if table is None else table.budget)
 
 
 # ------------------------------------------------------------------ plots

@@ -193,7 +193,9 @@ def test_plan_file_round_trip_and_faults(tmp_path):
 def test_never_thresholds_are_written_and_read_as_never(tmp_path):
     calib, held = _outcomes(2000, 7).split(0.5, 0)
     plan = _plan(calib, held)
-    never = plan.__class__(**{**plan.__dict__, "thresholds": (SCHEDULER_NEVER,) * 2})
+    never = plan.__class__(
+        **{**plan.__dict__, "thresholds": (SCHEDULER_NEVER,) * len(plan.thresholds)}
+    )
     save_plan(tmp_path / "p.json", never)
     run = simulate_plan(load_plan(tmp_path / "p.json"), held)
     assert (run.exit_state == len(plan.states) - 1).all()

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeadapt.errors import InputError
-from edgeadapt.formats.plan import Estimator, Plan, Promise
+from edgeadapt.formats.plan import BudgetRow, Estimator, Plan, Promise
 from edgeadapt.kernel_ref import SCHEDULER_FEATURES, estimates, scheduler_choice
 from edgeadapt.planning.calibrate import CascadeResult, calibrate, simulate
 from edgeadapt.planning.gates import fit_logistic
 from edgeadapt.planning.outcomes import Outcomes
-from edgeadapt.planning.risk import risk_control
+from edgeadapt.planning.risk import MARGIN, choose, risk_control
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,52 @@ def _alone(reference: int, promise: Promise | None, why: str) -> Scheduled:
     return Scheduled((reference,), (), np.empty(0), promise, why)
 
 
+def _first_branch(
+    calib: Outcomes,
+    kept: tuple[int, ...],
+    state_costs: np.ndarray,
+    hop_ms: float | None,
+    *,
+    max_drop: float,
+    delta: float,
+    promise: str,
+    calibration: str,
+    n_test: int,
+) -> tuple[int, ...]:
+    """The kept branches from the first branch the calibration split predicts cheapest:
+    each branch cheaper than the reference is tried as the one that always runs (a
+    branch too weak to answer may still be too weak to tell), its estimators fitted and
+    its thresholds' cost predicted on `calib` alone (`risk.choose`'s cross-fitted
+    prediction, or the empirical thresholds' cost); an earlier start is kept unless a
+    later one predicts `MARGIN` less. Reads `calib` only, so the held-out test stays one
+    test."""
+    ref = calib.correct[:, kept[-1]]
+    best: tuple[float, tuple[int, ...]] | None = None
+    for i in range(len(kept) - 1):
+        sub = kept[i:]
+        cols = list(sub)
+        est = fit_estimators(features(calib, sub[0]), calib.correct[:, cols], ref)
+        conf = policy_scores(est, calib, sub)
+        cost = exit_costs(state_costs, sub, hop_ms)
+        if calibration == "risk":
+            predicted = choose(
+                (conf, calib.correct[:, cols], ref),
+                cost,
+                max_drop=max_drop,
+                delta=delta,
+                promise=promise,
+                n_test=n_test,
+            ).predicted_cost
+        else:
+            predicted = calibrate(
+                conf, calib.correct[:, cols], cost, max_drop=max_drop, reference_accuracy=ref.mean()
+            ).expected_cost
+        if best is None or predicted < best[0] * (1.0 - MARGIN):
+            best = (predicted, sub)
+    assert best is not None
+    return best[1]
+
+
 def schedule(
     calib: Outcomes,
     heldout: Outcomes,
@@ -130,10 +176,22 @@ def schedule(
     """Fit the scheduler over the kept branches `states` on `calib` and choose its
     thresholds (module docstring): by Learn then Test with `heldout` as the testing
     split (``calibration="risk"``), or the cheapest meeting max_drop on `calib`
-    (``"empirical"``). The kept branches end at the `reference` one."""
+    (``"empirical"``). The kept branches end at the `reference` one and start at the
+    one `_first_branch` picks."""
     kept = (*(s for s in states if state_costs[s] < state_costs[reference]), reference)
     if len(kept) == 1:
         return Scheduled(kept, (), np.empty(0), None, None)
+    kept = _first_branch(
+        calib,
+        kept,
+        state_costs,
+        hop_ms,
+        max_drop=max_drop,
+        delta=delta,
+        promise=promise,
+        calibration=calibration,
+        n_test=heldout.n,
+    )
     cols = list(kept)
     ref_c, ref_h = calib.correct[:, reference], heldout.correct[:, reference]
     estimators = fit_estimators(features(calib, kept[0]), calib.correct[:, cols], ref_c)
@@ -210,31 +268,38 @@ class BudgetPoint:
     scheduler_cost_ms: float
 
 
-def budgets(plan: Plan) -> tuple[float, ...]:
-    """The budgets worth comparing at: each budget-table row's, and each the scheduler
-    needs to afford a kept branch after the first (ms, rising)."""
+def budgets(plan: Plan, table: Sequence[BudgetRow] | None = None) -> tuple[float, ...]:
+    """The budgets worth comparing at: each row's of the budget `table` (default the
+    plan's own), and each the scheduler needs to afford a kept branch after the first
+    (ms, rising)."""
     hop = 2.0 * (plan.hop_overhead_ms or 0.0)
-    rows = {r.budget_ms for r in plan.budget}
+    rows = {r.budget_ms for r in (plan.budget if table is None else table)}
     pairs = {plan.cost_ms[0] + c + hop for c in plan.cost_ms[1:]}
     return tuple(sorted(rows | pairs))
 
 
 def budget_comparison(
-    plan: Plan, split: Outcomes, at: Sequence[float] | None = None
+    plan: Plan,
+    split: Outcomes,
+    at: Sequence[float] | None = None,
+    table: Sequence[BudgetRow] | None = None,
 ) -> tuple[BudgetPoint, ...]:
-    """The scheduler `plan` against its own budget table (AdaInf's choice by the budget
-    alone) on `split`, at the budgets `at` (default `budgets`): accuracy and mean cost."""
+    """The scheduler `plan` against a budget table (AdaInf's choice by the budget alone:
+    `table`, default the plan's own over its kept branches; a branches plan of the
+    threshold policy holds every Pareto branch's) on `split`, at the budgets `at`
+    (default `budgets`): accuracy and mean cost (a row's cost is its budget)."""
+    rows = plan.budget if table is None else tuple(table)
     out = []
-    for b in budgets(plan) if at is None else at:
-        row = [r for r in plan.budget if r.budget_ms <= b]
-        state = (row[-1] if row else plan.budget[0]).state
+    for b in budgets(plan, rows) if at is None else at:
+        fits = [r for r in rows if r.budget_ms <= b]
+        row = fits[-1] if fits else rows[0]
         run = simulate_scheduler(plan, split, b)
         out.append(
             BudgetPoint(
                 budget_ms=float(b),
-                table_state=state,
-                table_accuracy=float(split.correct[:, state].mean()),
-                table_cost_ms=float(plan.cost_ms[plan.states.index(state)]),
+                table_state=row.state,
+                table_accuracy=float(split.correct[:, row.state].mean()),
+                table_cost_ms=float(row.budget_ms),
                 scheduler_accuracy=run.accuracy,
                 scheduler_cost_ms=run.expected_cost,
             )
