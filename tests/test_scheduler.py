@@ -145,6 +145,13 @@ def test_under_a_budget_only_affordable_branches_are_picked():
     tight = simulate_scheduler(plan, held, budget_ms=plan.cost_ms[0] + 0.5)
     assert (tight.exit_state == 0).all()
     assert tight.expected_cost <= free.expected_cost
+    # room for the table's deepest pick alone, not after the first: the table's pick
+    deep = simulate_scheduler(plan, held, budget_ms=plan.cost_ms[-1] + 0.1)
+    assert (deep.exit_state == len(plan.states) - 1).all()
+    assert deep.expected_cost == plan.cost_ms[-1]
+    # room for the first, then any branch: the scheduler, its second branch bounded
+    mid = simulate_scheduler(plan, held, budget_ms=plan.cost_ms[0] + plan.cost_ms[-1])
+    np.testing.assert_array_equal(mid.exit_state, free.exit_state)
     roomy = simulate_scheduler(plan, held, budget_ms=1e6)
     np.testing.assert_array_equal(roomy.exit_state, free.exit_state)
 
@@ -277,16 +284,22 @@ def test_adaptive_model_runs_a_scheduler_plan_as_simulated(branches, batch, tmp_
     assert not np.concatenate([o.budget_exit for o in outs]).any()
 
 
-def test_adaptive_model_under_a_budget_with_no_room_answers_with_the_first_branch(branches):
+def test_adaptive_model_under_budgets(branches):
+    """No room for anything: the budget table's pick (the first kept branch) alone; a
+    budget with room for every branch: the scheduler's choices as without one."""
     from edgeadapt.cascade.model import AdaptiveModel
 
     x, ev, outcomes, plan = scheduler_plan(branches, 64)
     free = simulate_plan(plan, outcomes).exit_state
+    assert (free != 0).any()
     with AdaptiveModel.load(branches, plan=plan) as m:
-        out = m.predict(x, budget_ms=1e-6)
-    assert (out.exit_state == plan.states[0]).all()
-    np.testing.assert_array_equal(out.pred, ev.pred[:, plan.states[0]])
-    np.testing.assert_array_equal(out.budget_exit, free != 0)
+        tight = m.predict(x, budget_ms=1e-6)
+        roomy = m.predict(x, budget_ms=1e6)
+    assert (tight.exit_state == plan.states[0]).all()
+    np.testing.assert_array_equal(tight.pred, ev.pred[:, plan.states[0]])
+    assert not tight.budget_exit.any()
+    np.testing.assert_array_equal(roomy.exit_state, np.asarray(plan.states)[free])
+    assert not roomy.budget_exit.any()
 
 
 def _cli_inputs(bundle_dir: Path, tmp: Path) -> list[str]:

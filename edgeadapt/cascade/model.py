@@ -66,6 +66,7 @@ from edgeadapt.kernel import (
     decide_buffers,
     decide_into,
 )
+from edgeadapt.kernel_ref import table_first
 from edgeadapt.runtimes import Session, from_config
 
 
@@ -828,6 +829,11 @@ class AdaptiveModel:
         """A scheduler plan's call: the first branch, the kernel's choice, the branches
         picked (`edgeadapt.cascade.scheduler`)."""
         assert self.scheduler is not None
+        if budget is not None:  # the budget table's pick alone, when the scheduler cannot beat it
+            slot = self.policy.lookup(budget) or 0
+            costs = [self.policy.predicted_ms(j) for j in range(len(self._route))]
+            if table_first(costs, slot, budget, self._hop_overhead_ms):
+                return self._predict_one(inputs, self._route[slot])
         limit = None if budget is None else (budget, self._hop_overhead_ms)
         pred, conf, exit_state, budget_exit, step_ms, step_rows = self.scheduler.run(
             self._route, inputs, self.policy, self.bundle.num_classes, limit, start

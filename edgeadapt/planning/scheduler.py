@@ -19,7 +19,10 @@ branch plus the branch it picks (`exit_costs`), so the thresholds are chosen by 
 same Learn then Test as every other policy (`edgeadapt.planning.risk.risk_control`:
 the path and test chosen on the calibration split, tested on the held-out split) and
 the plan promises drop <= max_drop with probability >= 1 - delta on new data (without a
-budget; under a budget the choice is the budget's, as the budget table's is). When
+budget; under a budget the choice is the budget's, as the budget table's is). Under a
+budget that cannot pay the first branch followed by the branch the plan's budget table
+picks, that branch runs alone (`table_first`): every choice the scheduler has there is a
+less accurate branch. When
 nothing passes, or the scheduler costs the calibration split at least the reference
 branch alone, the plan keeps the reference branch alone.
 """
@@ -34,7 +37,7 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.plan import BudgetRow, Estimator, Plan, Promise
-from edgeadapt.kernel_ref import SCHEDULER_FEATURES, estimates, scheduler_choice
+from edgeadapt.kernel_ref import SCHEDULER_FEATURES, estimates, scheduler_choice, table_first
 from edgeadapt.planning.calibrate import CascadeResult, calibrate, simulate
 from edgeadapt.planning.gates import fit_logistic
 from edgeadapt.planning.outcomes import Outcomes
@@ -234,25 +237,43 @@ def simulate_scheduler(
 ) -> CascadeResult:
     """A scheduler `plan` run on `split` (outcomes of every bundle state, in bundle order)
     on the plan's costs: accuracy, mean cost and the kept-branch position answering each
-    sample; with `budget_ms`, the budget left once the first branch has run (and its
-    hop overheads) bounds the second branch, as `AdaptiveModel` runs it."""
+    sample. With `budget_ms`, as `AdaptiveModel` runs it: the budget table's pick alone
+    when the budget cannot pay the first branch followed by that pick (`table_first`),
+    else the scheduler, the budget left once the first branch ran (and the hop
+    overheads) bounding the second branch."""
     if plan.scheduler is None:
         raise InputError(f"a {plan.policy} plan has no scheduler", field="policy")
     states = plan.states
     cols = list(states)
-    cost = exit_costs(np.asarray(plan.cost_ms), range(len(states)), plan.hop_overhead_ms)
-    scores = policy_scores(plan.scheduler, split, states)[:, :-1]
+    rows = np.arange(split.n)
+    hop = plan.hop_overhead_ms or 0.0
     available = math.inf
     if budget_ms is not None:
-        hops = 2.0 * (plan.hop_overhead_ms or 0.0)
-        available = budget_ms - plan.cost_ms[0] - hops
+        slot = states.index(budget_state(plan.budget, budget_ms))
+        if table_first(plan.cost_ms, slot, budget_ms, hop):
+            choice = np.full(split.n, slot, dtype=np.int64)
+            return CascadeResult(
+                accuracy=float(split.correct[:, states[slot]].mean()),
+                expected_cost=float(plan.cost_ms[slot] + (hop if len(states) > 1 else 0.0)),
+                exit_state=choice,
+            )
+        available = budget_ms - plan.cost_ms[0] - 2.0 * hop
+    cost = exit_costs(np.asarray(plan.cost_ms), range(len(states)), plan.hop_overhead_ms)
+    scores = policy_scores(plan.scheduler, split, states)[:, :-1]
     choice = scheduler_choice(scores, plan.thresholds, plan.cost_ms, available)
-    rows = np.arange(split.n)
     return CascadeResult(
         accuracy=float(split.correct[:, cols][rows, choice].mean()),
         expected_cost=float(cost[choice].mean()),
         exit_state=choice,
     )
+
+
+def budget_state(rows: Sequence[BudgetRow], budget_ms: float) -> int:
+    """The bundle state a budget table picks under `budget_ms`: the last row that fits,
+    the first below every row (`edgeadapt.kernel_ref.lookup` on rows rising in cost and
+    accuracy)."""
+    fits = [r for r in rows if r.budget_ms <= budget_ms]
+    return (fits[-1] if fits else rows[0]).state
 
 
 @dataclass(frozen=True)
@@ -291,15 +312,14 @@ def budget_comparison(
     rows = plan.budget if table is None else tuple(table)
     out = []
     for b in budgets(plan, rows) if at is None else at:
-        fits = [r for r in rows if r.budget_ms <= b]
-        row = fits[-1] if fits else rows[0]
+        state = budget_state(rows, b)
         run = simulate_scheduler(plan, split, b)
         out.append(
             BudgetPoint(
                 budget_ms=float(b),
-                table_state=row.state,
-                table_accuracy=float(split.correct[:, row.state].mean()),
-                table_cost_ms=float(row.budget_ms),
+                table_state=state,
+                table_accuracy=float(split.correct[:, state].mean()),
+                table_cost_ms=float(next(r.budget_ms for r in rows if r.state == state)),
                 scheduler_accuracy=run.accuracy,
                 scheduler_cost_ms=run.expected_cost,
             )
@@ -311,6 +331,7 @@ __all__ = [
     "BudgetPoint",
     "Scheduled",
     "budget_comparison",
+    "budget_state",
     "budgets",
     "exit_costs",
     "features",
