@@ -437,11 +437,12 @@ def scheduler_decide(
 
 
 def table_first(
-    costs_ms: Sequence[float], table_slot: int, budget_ms: float, hop_ms: float
+    costs_ms: Sequence[float], first: int, table_slot: int, budget_ms: float, hop_ms: float
 ) -> bool:
     """Whether a scheduler plan under `budget_ms` runs its budget table's pick (kept
     position `table_slot`, `lookup`'s) alone rather than the scheduler: when the budget
-    cannot pay the first kept branch followed by that pick (each with the per-hop
-    overhead `hop_ms`), every choice the scheduler has is a less accurate branch than
-    the table's, or its first alone. `costs_ms` holds each kept branch's tracked cost."""
-    return budget_ms - 2.0 * hop_ms - costs_ms[0] < costs_ms[table_slot]
+    cannot pay the branch at kept position `first` (the one the scheduler always runs)
+    followed by that pick (each with the per-hop overhead `hop_ms`), every choice the
+    scheduler has is a less accurate branch than the table's, or its first alone.
+    `costs_ms` holds each kept branch's tracked cost."""
+    return budget_ms - 2.0 * hop_ms - costs_ms[first] < costs_ms[table_slot]

@@ -88,6 +88,9 @@ def test_exit_costs_pay_the_first_branch_then_the_one_picked():
     np.testing.assert_allclose(exit_costs(COSTS, (0, 2)), [1.0, 5.0])
     np.testing.assert_allclose(exit_costs(COSTS, (0, 1, 2), 0.5), [1.5, 4.0, 6.0])
     np.testing.assert_allclose(exit_costs(COSTS, (2,), 0.5), [4.0])
+    # starting at the second kept branch: the first alone (the table's pick under a
+    # small budget), the second alone, or the second and then the third
+    np.testing.assert_allclose(exit_costs(COSTS, (0, 1, 2), first=1), [1.0, 2.0, 6.0])
 
 
 def test_a_scheduler_plan_promises_and_saves():
@@ -97,12 +100,16 @@ def test_a_scheduler_plan_promises_and_saves():
     assert plan.promise is not None
     assert plan.promise.holds
     assert plan.states[-1] == plan.reference_state == 2
-    assert len(plan.scheduler or ()) == len(plan.states) - 1 >= 1
+    first = plan.scheduler_first
+    assert len(plan.scheduler or ()) == len(plan.states) - 1 - first >= 1
+    assert all(t == SCHEDULER_NEVER for t in plan.thresholds[:first])
     assert plan.heldout.cost_ms < COSTS[2]  # cheaper than the reference branch alone
     run = simulate_plan(plan, held)
     assert run.accuracy == pytest.approx(plan.heldout.accuracy)
     assert run.expected_cost == pytest.approx(plan.heldout.cost_ms)
-    assert 0 < np.count_nonzero(run.exit_state == 0) < held.n  # it does pick per input
+    # it does pick per input, from its first branch on
+    assert 0 < np.count_nonzero(run.exit_state == first) < held.n
+    assert (run.exit_state >= first).all()
 
 
 def test_the_promise_holds_over_many_resamples_of_new_data():
@@ -150,7 +157,8 @@ def test_under_a_budget_only_affordable_branches_are_picked():
     assert (deep.exit_state == len(plan.states) - 1).all()
     assert deep.expected_cost == plan.cost_ms[-1]
     # room for the first, then any branch: the scheduler, its second branch bounded
-    mid = simulate_scheduler(plan, held, budget_ms=plan.cost_ms[0] + plan.cost_ms[-1])
+    first = plan.scheduler_first
+    mid = simulate_scheduler(plan, held, budget_ms=plan.cost_ms[first] + plan.cost_ms[-1])
     np.testing.assert_array_equal(mid.exit_state, free.exit_state)
     roomy = simulate_scheduler(plan, held, budget_ms=1e6)
     np.testing.assert_array_equal(roomy.exit_state, free.exit_state)
@@ -195,6 +203,15 @@ def test_plan_file_round_trip_and_faults(tmp_path):
     )
     refused(lambda d: d["thresholds"].__setitem__(0, 2.5), r"\$\.thresholds")
     refused(lambda d: d["bundle"].update(kind="early-exit"), r"\$\.policy")
+    refused(lambda d: d["policy"].update(first=len(plan.states)), r"\$\.policy\.first")
+    refused(
+        lambda d: (
+            d["policy"].update(first=d["policy"]["first"] + 1)
+            if d["policy"]["first"] + 1 < len(plan.states)
+            else d["policy"].update(first=-1)
+        ),
+        r"\$\.policy\.(estimators|first)",
+    )
 
 
 def test_never_thresholds_are_written_and_read_as_never(tmp_path):

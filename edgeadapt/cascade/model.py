@@ -832,7 +832,7 @@ class AdaptiveModel:
         if budget is not None:  # the budget table's pick alone, when the scheduler cannot beat it
             slot = self.policy.lookup(budget) or 0
             costs = [self.policy.predicted_ms(j) for j in range(len(self._route))]
-            if table_first(costs, slot, budget, self._hop_overhead_ms):
+            if table_first(costs, self.scheduler.first, slot, budget, self._hop_overhead_ms):
                 return self._predict_one(inputs, self._route[slot])
         limit = None if budget is None else (budget, self._hop_overhead_ms)
         pred, conf, exit_state, budget_exit, step_ms, step_rows = self.scheduler.run(

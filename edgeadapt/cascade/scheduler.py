@@ -34,7 +34,8 @@ class SchedulerRun:
         if plan.scheduler is None:
             raise ValueError(f"a {plan.policy} plan has no scheduler")
         self.estimators = [Estimator(list(e.weights), e.bias) for e in plan.scheduler]
-        self.thresholds = list(plan.thresholds)
+        self.first = plan.scheduler_first
+        self.thresholds = list(plan.thresholds[self.first :])
         self.measure = plan.measure
 
     def run(
@@ -47,15 +48,17 @@ class SchedulerRun:
         start: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[float], list[int]]:
         """(pred, conf, exit_state, budget_exit, step_ms, step_rows) of the batch
-        `inputs` over the kept branches' resolved hops `route` (one call each).
+        `inputs` over the kept branches' resolved hops `route` (one call each) from the
+        plan's first scheduled position on.
         `budget`: the budget and the per-hop overhead (None: no budget); `start` the
         call's start (ns) the budget counts from."""
         n = next(iter(inputs.values())).shape[0]
+        route = route[self.first :]
         logits, ms = _run(route[0], inputs, n, num_classes)
-        policy.observe(0, ms)
+        policy.observe(route[0].slot, ms)
         steps, rows_run = [ms], [n]
         pred, conf = _answer(logits, self.measure)
-        costs = [policy.predicted_ms(j) for j in range(len(route))]
+        costs = [policy.predicted_ms(hop.slot) for hop in route]
         choice, budget_exit = self._choose(logits, costs, budget, start)
         for j in range(1, len(route)):
             rows = np.flatnonzero(choice == j)
@@ -63,7 +66,7 @@ class SchedulerRun:
                 continue
             x = {name: a[rows] for name, a in inputs.items()}
             out, ms = _run(route[j], x, rows.size, num_classes)
-            policy.observe(j, ms)
+            policy.observe(route[j].slot, ms)
             steps.append(ms)
             rows_run.append(int(rows.size))
             pred[rows], conf[rows] = _answer(out, self.measure)

@@ -21,8 +21,9 @@ the record of how well the plan did and is shown by reports.
              "gates": [{"weights": [w0, ..., w4], "bias": b}, ...]}
           | {"kind": "agreement"}
           | {"kind": "scheduler",                # branches bundles: the content-aware
-             "features": ["maxprob", "margin", "entropy"],   # scheduler of the first
-             "estimators": [{"weights": [w0, w1, w2], "bias": b}, ...]},  # kept branch
+             "first": 1,                         # the kept position that always runs
+             "features": ["maxprob", "margin", "entropy"],   # of its logits
+             "estimators": [{"weights": [w0, w1, w2], "bias": b}, ...]},
   ---- the record ----
   "reference": {"state": 5, "accuracy": 0.93, "max_drop": 0.005},
   "calibration": {"n", "accuracy", "reference_accuracy", "drop", "cost_ms"},
@@ -59,15 +60,19 @@ threshold ``AGREEMENT_NEVER`` (2). Version 1 files (no ``policy``) read as the
 threshold policy; a reader of version 2 that runs neither gates nor agreement refuses
 such a plan by its ``policy.kind``.
 
-Policy ``scheduler`` (`edgeadapt.planning.scheduler`, branches bundles only): the first
-kept branch always runs; one logistic estimator per kept branch but the last reads
-its logits' ``features`` (`edgeadapt.kernel_ref.SCHEDULER_FEATURES`, in that order) and
-estimates "that branch answers without a loss"; the thresholds apply to those estimates
-(in [0, 1]; ``SCHEDULER_NEVER`` (2): never picked by its estimate) and the scheduler
-answers with the first branch, or runs the cheapest kept branch whose estimate clears
-its threshold and whose tracked cost fits what is left of the budget, else the most
-accurate one that fits (`edgeadapt.kernel_ref.scheduler_choice`). ``cost_ms`` holds
-each kept branch's own cost.
+Policy ``scheduler`` (`edgeadapt.planning.scheduler`, branches bundles only): the kept
+branch at position ``first`` (default 0) always runs; one logistic estimator per kept
+branch from it on but the last reads its logits' ``features``
+(`edgeadapt.kernel_ref.SCHEDULER_FEATURES`, in that order) and estimates "that branch
+answers without a loss"; the thresholds of those positions apply to those estimates (in
+[0, 1]; ``SCHEDULER_NEVER`` (2): never picked by its estimate; the positions before
+``first`` hold 2, unused) and the scheduler answers with the first branch, or runs the
+cheapest later kept branch whose estimate clears its threshold and whose tracked cost
+fits what is left of the budget, else the most accurate one that fits
+(`edgeadapt.kernel_ref.scheduler_choice`). Under a budget that cannot pay the first
+branch followed by the budget table's pick, that pick runs alone
+(`edgeadapt.kernel_ref.table_first`); the kept branches before ``first`` serve only
+there. ``cost_ms`` holds each kept branch's own cost.
 
 ``promise`` (risk-controlled plans) records what was promised and the evidence:
 ``kind`` ``net`` bounds the accuracy drop (losses minus gains against the reference
@@ -339,9 +344,11 @@ class Plan:
     hop_overhead_ms: float | None = None
     #: True for the agreement policy (thresholds on agreement shares; no gates).
     agreement: bool = False
-    #: The scheduler's estimators, one per kept branch but the last (None: not the
-    #: scheduler policy).
+    #: The scheduler's estimators, one per kept branch from `scheduler_first` on but the
+    #: last (None: not the scheduler policy).
     scheduler: tuple[Estimator, ...] | None = None
+    #: The kept position of the branch a scheduler plan always runs.
+    scheduler_first: int = 0
 
     @property
     def policy(self) -> str:
@@ -439,6 +446,7 @@ def _policy_doc(plan: Plan) -> dict[str, Any]:
     if plan.scheduler is not None:
         return {
             "kind": "scheduler",
+            "first": plan.scheduler_first,
             "features": list(SCHEDULER_FEATURES),
             "estimators": [e.to_json() for e in plan.scheduler],
         }
@@ -447,9 +455,11 @@ def _policy_doc(plan: Plan) -> dict[str, Any]:
     return {"kind": "gate", "gates": [g.to_json() for g in plan.gates]}
 
 
-def _estimators(f: Fields, n_states: int) -> tuple[Estimator, ...]:
-    """A scheduler block's ``features`` (exactly `SCHEDULER_FEATURES`) and one estimator
-    per kept state but the last."""
+def _estimators(f: Fields, n_states: int) -> tuple[int, tuple[Estimator, ...]]:
+    """A scheduler block's ``first`` kept position, its ``features`` (exactly
+    `SCHEDULER_FEATURES`) and one estimator per kept state from ``first`` on but the
+    last."""
+    first = _int(f, "first", minimum=0, maximum=n_states - 1) if "first" in f.obj else 0
     features = f.get("features", list)
     if features != list(SCHEDULER_FEATURES):
         f.fail(f"must be {list(SCHEDULER_FEATURES)}, got {features!r}", "features")
@@ -457,31 +467,34 @@ def _estimators(f: Fields, n_states: int) -> tuple[Estimator, ...]:
     for e in f.items("estimators"):
         weights = _numbers(e, "weights", len(SCHEDULER_FEATURES), minimum=None)
         out.append(Estimator(weights=weights, bias=e.number("bias")))
-    if len(out) != n_states - 1:
+    if len(out) != n_states - 1 - first:
         f.fail(
-            f"expected {n_states - 1} estimators (one per kept branch but the last)", "estimators"
+            f"expected {n_states - 1 - first} estimators (one per kept branch from "
+            "position first on but the last)",
+            "estimators",
         )
-    return tuple(out)
+    return first, tuple(out)
 
 
 def _policy(
     f: Fields, n_states: int
-) -> tuple[str, tuple[Gate, ...] | tuple[Estimator, ...] | None]:
+) -> tuple[str, tuple[Gate, ...] | tuple[Estimator, ...] | None, int]:
     """The ``policy`` block: its kind, and for a gate plan one gate per kept state but
-    the last, for a scheduler plan one estimator per kept state but the last (None
-    otherwise)."""
+    the last, for a scheduler plan its estimators (None otherwise), and a scheduler
+    plan's first position (0 otherwise)."""
     kind = f.get("kind", str, check=_one_of(POLICY_KINDS))
     if kind == "scheduler":
-        return kind, _estimators(f, n_states)
+        first, estimators = _estimators(f, n_states)
+        return kind, estimators, first
     if kind != "gate":
-        return kind, None
+        return kind, None, 0
     gates = []
     for g in f.items("gates"):
         weights = _numbers(g, "weights", len(GATE_FEATURES), minimum=None)
         gates.append(Gate(weights=weights, bias=g.number("bias")))
     if len(gates) != n_states - 1:
         f.fail(f"expected {n_states - 1} gates (one per kept state but the last)", "gates")
-    return kind, tuple(gates)
+    return kind, tuple(gates), 0
 
 
 def plan_to_doc(plan: Plan) -> dict[str, Any]:
@@ -673,8 +686,8 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     sha, kind, names = _bundle_fields(f)
     states = _kept_states(f, names)
     measure = f.get("measure", str, check=_one_of(MEASURES))
-    policy, blocks = (
-        _policy(f.child("policy"), len(states)) if "policy" in f.obj else ("threshold", None)
+    policy, blocks, first = (
+        _policy(f.child("policy"), len(states)) if "policy" in f.obj else ("threshold", None, 0)
     )
     if policy == "scheduler" and kind != "branches":
         f.fail(f"the scheduler policy picks branches; this plan's bundle is {kind}", "policy")
@@ -718,6 +731,7 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         gates=cast("tuple[Gate, ...]", blocks) if policy == "gate" else None,
         agreement=policy == "agreement",
         scheduler=cast("tuple[Estimator, ...]", blocks) if policy == "scheduler" else None,
+        scheduler_first=first,
         cost_stat=f.get("cost_stat", str, "p50", check=_one_of(COST_STATS)),
         runtime=(
             RuntimeConfig.from_json(f.obj["runtime"], f.source, "$.runtime")

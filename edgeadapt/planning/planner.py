@@ -218,8 +218,6 @@ def exit_costs(
 ) -> np.ndarray:
     """What a sample exiting at each kept state pays (`edgeadapt.planning.search.subset_costs`)
     plus, for a cascade of several states, `hop_ms` per hop run to reach it."""
-    if kind == "scheduler":  # the first branch, then the one picked
-        return scheduler_costs(state_costs, states, hop_ms)
     return _add_hops(subset_costs(state_costs, states, kind), hop_ms, kind)
 
 
@@ -414,11 +412,12 @@ class _Chosen:
     fallback: str | None
     policy: str = "threshold"
     scheduler: tuple[Estimator, ...] | None = None
+    scheduler_first: int = 0
 
     def scores(self, split: Outcomes) -> np.ndarray:
         """What the policy thresholds on `split` at the kept states."""
         if self.scheduler is not None:
-            return policy_scores(self.scheduler, split, self.states)
+            return policy_scores(self.scheduler, split, self.states, self.scheduler_first)
         return split.scores(self.states, self.policy, self.gates)
 
 
@@ -490,12 +489,11 @@ def _split_figures(
     """The policy of `chosen` simulated on `split`: its figures and which rows it gets
     right."""
     cols = list(chosen.states)
-    run = simulate(
-        chosen.scores(split),
-        split.correct[:, cols],
-        exit_costs(costs, chosen.states, kind, hop_ms),
-        chosen.thresholds,
-    )
+    if chosen.scheduler is None:
+        paid = exit_costs(costs, chosen.states, kind, hop_ms)
+    else:  # the first branch, then the one picked
+        paid = scheduler_costs(costs, chosen.states, hop_ms, chosen.scheduler_first)
+    run = simulate(chosen.scores(split), split.correct[:, cols], paid, chosen.thresholds)
     policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
     ref = float(split.correct[:, reference].mean())
     figures = SplitFigures(split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost)
@@ -769,6 +767,7 @@ def _plan_record(
         hop_overhead_ms=setting.hop_ms,
         agreement=policy == "agreement",
         scheduler=chosen.scheduler,
+        scheduler_first=chosen.scheduler_first,
     )
 
 
@@ -857,7 +856,9 @@ def _scheduled(calib: Outcomes, heldout: Outcomes, setting: _Setting, calibratio
         calibration=calibration,
         hop_ms=setting.hop_ms,
     )
-    return _Chosen(s.states, s.thresholds, None, s.promise, s.fallback, "scheduler", s.estimators)
+    return _Chosen(
+        s.states, s.thresholds, None, s.promise, s.fallback, "scheduler", s.estimators, s.first
+    )
 
 
 def plan_bundle(

@@ -1,16 +1,18 @@
 """AdaInf's content-aware scheduler for branches bundles: the branch to run, per input.
 
 A branches plan's budget table picks one branch by the budget alone. The scheduler
-looks at the input first, through the cheapest kept branch's own answer: that branch
-always runs, and its logits' `SCHEDULER_FEATURES` (max-prob, margin, negative entropy,
-as the decision kernel computes them) feed one logistic estimator per kept branch but
-the last, fitted on the calibration split to estimate "answering with that branch is
-not a loss" (it is right, or the reference branch is wrong too: the target the promise
-bounds, as for the gates of `edgeadapt.planning.gates`). The scheduler then
+looks at the input first, through one kept branch's own answer (the plan's *first*,
+chosen on the calibration split: the cheapest branch may be too weak to tell anything):
+that branch always runs, and its logits' `SCHEDULER_FEATURES` (max-prob, margin,
+negative entropy, as the decision kernel computes them) feed one logistic estimator per
+kept branch from it on but the last, fitted on the calibration split to estimate
+"answering with that branch is not a loss" (it is right, or the reference branch is
+wrong too: the target the promise bounds, as for the gates of
+`edgeadapt.planning.gates`). The scheduler then
 
 - answers with the first branch when its own estimate clears its threshold;
-- else runs the cheapest kept branch whose estimate clears its threshold and whose
-  tracked cost fits what is left of the budget;
+- else runs the cheapest later kept branch whose estimate clears its threshold and
+  whose tracked cost fits what is left of the budget;
 - else the most accurate kept branch that fits (the last one without a budget);
 
 (`edgeadapt.kernel_ref.scheduler_choice`, which the C++ kernel matches). Without a
@@ -19,12 +21,12 @@ branch plus the branch it picks (`exit_costs`), so the thresholds are chosen by 
 same Learn then Test as every other policy (`edgeadapt.planning.risk.risk_control`:
 the path and test chosen on the calibration split, tested on the held-out split) and
 the plan promises drop <= max_drop with probability >= 1 - delta on new data (without a
-budget; under a budget the choice is the budget's, as the budget table's is). Under a
-budget that cannot pay the first branch followed by the branch the plan's budget table
-picks, that branch runs alone (`table_first`): every choice the scheduler has there is a
-less accurate branch. When
-nothing passes, or the scheduler costs the calibration split at least the reference
-branch alone, the plan keeps the reference branch alone.
+budget; under a budget the choice is the budget's, as the budget table's is). The plan
+keeps the whole Pareto set and its budget table: under a budget that cannot pay the
+first branch followed by the branch the table picks, that branch runs alone
+(`edgeadapt.kernel_ref.table_first`): every choice the scheduler has there is a less
+accurate branch. When nothing passes, or the scheduler costs the calibration split at
+least the reference branch alone, the plan keeps the reference branch alone.
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ from edgeadapt.planning.risk import MARGIN, choose, risk_control
 
 @dataclass(frozen=True)
 class Scheduled:
-    """The kept branches (bundle indices, by rising cost), the estimators (one per kept
-    branch but the last), their thresholds (``inf``: never picked by its estimate), the
-    promise tested on them (None: empirical) and why the plan keeps the reference branch
-    alone (None: it does not)."""
+    """The kept branches (bundle indices, by rising cost), the kept position of the one
+    that always runs (`first`), the estimators (one per kept branch from it on but the
+    last), the thresholds (one per kept branch but the last; ``inf``: never picked by
+    its estimate, as the positions before `first` are), the promise tested on them
+    (None: empirical) and why the plan keeps the reference branch alone (None: it does
+    not)."""
 
     states: tuple[int, ...]
+    first: int
     estimators: tuple[Estimator, ...]
     thresholds: np.ndarray
     promise: Promise | None
@@ -59,15 +64,17 @@ class Scheduled:
 
 
 def exit_costs(
-    state_costs: np.ndarray, states: Sequence[int], hop_ms: float | None = None
+    state_costs: np.ndarray, states: Sequence[int], hop_ms: float | None = None, first: int = 0
 ) -> np.ndarray:
-    """What a sample answered by each kept branch pays: the first branch alone, or the
-    first branch and then that one (each from the input); with a per-hop overhead, one
-    per branch run."""
+    """What a sample answered by each kept branch pays: the branch at kept position
+    `first` alone, or it and then a later one (each from the input); a branch before
+    `first` (the budget table's pick under a small budget) alone; with a per-hop
+    overhead, one per branch run."""
     own = np.asarray(state_costs, dtype=np.float64)[list(states)]
-    cost = own + np.where(np.arange(len(own)) > 0, own[0], 0.0)
+    pos = np.arange(len(own))
+    cost = own + np.where(pos > first, own[first], 0.0)
     if hop_ms and len(own) > 1:
-        cost = cost + hop_ms * np.where(np.arange(len(own)) > 0, 2.0, 1.0)
+        cost = cost + hop_ms * np.where(pos > first, 2.0, 1.0)
     return cost
 
 
@@ -97,24 +104,25 @@ def fit_estimators(
 
 
 def policy_scores(
-    estimators: Sequence[Estimator], split: Outcomes, states: Sequence[int]
+    estimators: Sequence[Estimator], split: Outcomes, states: Sequence[int], first: int = 0
 ) -> np.ndarray:
-    """``[N, m]``: the estimators' scores at the kept `states` and a last column of zeros
-    (the last kept branch answers when no estimate clears), what the threshold machinery
-    reads."""
+    """``[N, m]``: the estimators' scores at the kept `states` from position `first` on,
+    zeros before it (never picked there: their thresholds never clear) and in the last
+    column (the last kept branch answers when no estimate clears), what the threshold
+    machinery reads."""
     n = split.n
-    if not estimators:
-        return np.zeros((n, 1), dtype=np.float32)
-    s = estimates(
-        features(split, states[0]),
-        [e.weights for e in estimators],
-        [e.bias for e in estimators],
-    )
-    return np.concatenate([s, np.zeros((n, 1), dtype=np.float32)], axis=1)
+    out = np.zeros((n, len(states)), dtype=np.float32)
+    if estimators:
+        out[:, first:-1] = estimates(
+            features(split, states[first]),
+            [e.weights for e in estimators],
+            [e.bias for e in estimators],
+        )
+    return out
 
 
 def _alone(reference: int, promise: Promise | None, why: str) -> Scheduled:
-    return Scheduled((reference,), (), np.empty(0), promise, why)
+    return Scheduled((reference,), 0, (), np.empty(0), promise, why)
 
 
 def _first_branch(
@@ -128,8 +136,8 @@ def _first_branch(
     promise: str,
     calibration: str,
     n_test: int,
-) -> tuple[int, ...]:
-    """The kept branches from the first branch the calibration split predicts cheapest:
+) -> int:
+    """The kept position of the first branch the calibration split predicts cheapest:
     each branch cheaper than the reference is tried as the one that always runs (a
     branch too weak to answer may still be too weak to tell), its estimators fitted and
     its thresholds' cost predicted on `calib` alone (`risk.choose`'s cross-fitted
@@ -137,7 +145,7 @@ def _first_branch(
     later one predicts `MARGIN` less. Reads `calib` only, so the held-out test stays one
     test."""
     ref = calib.correct[:, kept[-1]]
-    best: tuple[float, tuple[int, ...]] | None = None
+    best: tuple[float, int] | None = None
     for i in range(len(kept) - 1):
         sub = kept[i:]
         cols = list(sub)
@@ -158,7 +166,7 @@ def _first_branch(
                 conf, calib.correct[:, cols], cost, max_drop=max_drop, reference_accuracy=ref.mean()
             ).expected_cost
         if best is None or predicted < best[0] * (1.0 - MARGIN):
-            best = (predicted, sub)
+            best = (predicted, i)
     assert best is not None
     return best[1]
 
@@ -179,12 +187,13 @@ def schedule(
     """Fit the scheduler over the kept branches `states` on `calib` and choose its
     thresholds (module docstring): by Learn then Test with `heldout` as the testing
     split (``calibration="risk"``), or the cheapest meeting max_drop on `calib`
-    (``"empirical"``). The kept branches end at the `reference` one and start at the
-    one `_first_branch` picks."""
+    (``"empirical"``). The kept branches end at the `reference` one; the scheduler
+    starts at the one `_first_branch` picks, the cheaper ones stay for the budget
+    table."""
     kept = (*(s for s in states if state_costs[s] < state_costs[reference]), reference)
     if len(kept) == 1:
-        return Scheduled(kept, (), np.empty(0), None, None)
-    kept = _first_branch(
+        return Scheduled(kept, 0, (), np.empty(0), None, None)
+    first = _first_branch(
         calib,
         kept,
         state_costs,
@@ -195,16 +204,17 @@ def schedule(
         calibration=calibration,
         n_test=heldout.n,
     )
-    cols = list(kept)
+    sub = kept[first:]
+    cols = list(sub)
     ref_c, ref_h = calib.correct[:, reference], heldout.correct[:, reference]
-    estimators = fit_estimators(features(calib, kept[0]), calib.correct[:, cols], ref_c)
-    cost = exit_costs(state_costs, kept, hop_ms)
-    conf_c = policy_scores(estimators, calib, kept)
+    estimators = fit_estimators(features(calib, sub[0]), calib.correct[:, cols], ref_c)
+    cost = exit_costs(state_costs, sub, hop_ms)
+    conf_c = policy_scores(estimators, calib, sub)
     tested: Promise | None = None
     if calibration == "risk":
         controlled = risk_control(
             (conf_c, calib.correct[:, cols], ref_c),
-            (policy_scores(estimators, heldout, kept), heldout.correct[:, cols], ref_h),
+            (policy_scores(estimators, heldout, sub), heldout.correct[:, cols], ref_h),
             cost,
             max_drop=max_drop,
             delta=delta,
@@ -229,38 +239,40 @@ def schedule(
             f"less than the reference branch alone ({alone:.4g} ms); the plan keeps it alone"
         )
         return _alone(reference, tested, why)
-    return Scheduled(kept, estimators, np.asarray(thresholds, dtype=np.float64), tested, None)
+    every = np.concatenate([np.full(first, math.inf), np.asarray(thresholds, dtype=np.float64)])
+    return Scheduled(kept, first, estimators, every, tested, None)
 
 
 def simulate_scheduler(
     plan: Plan, split: Outcomes, budget_ms: float | None = None
 ) -> CascadeResult:
     """A scheduler `plan` run on `split` (outcomes of every bundle state, in bundle order)
-    on the plan's costs: accuracy, mean cost and the kept-branch position answering each
+    on the plan's costs: accuracy, mean cost and the kept position answering each
     sample. With `budget_ms`, as `AdaptiveModel` runs it: the budget table's pick alone
-    when the budget cannot pay the first branch followed by that pick (`table_first`),
-    else the scheduler, the budget left once the first branch ran (and the hop
-    overheads) bounding the second branch."""
+    when the budget cannot pay the first branch followed by that pick
+    (`edgeadapt.kernel_ref.table_first`), else the scheduler, the budget left once the
+    first branch ran (and the hop overheads) bounding the second branch."""
     if plan.scheduler is None:
         raise InputError(f"a {plan.policy} plan has no scheduler", field="policy")
-    states = plan.states
+    states, first = plan.states, plan.scheduler_first
     cols = list(states)
     rows = np.arange(split.n)
     hop = plan.hop_overhead_ms or 0.0
     available = math.inf
     if budget_ms is not None:
         slot = states.index(budget_state(plan.budget, budget_ms))
-        if table_first(plan.cost_ms, slot, budget_ms, hop):
-            choice = np.full(split.n, slot, dtype=np.int64)
+        if table_first(plan.cost_ms, first, slot, budget_ms, hop):
             return CascadeResult(
                 accuracy=float(split.correct[:, states[slot]].mean()),
                 expected_cost=float(plan.cost_ms[slot] + (hop if len(states) > 1 else 0.0)),
-                exit_state=choice,
+                exit_state=np.full(split.n, slot, dtype=np.int64),
             )
-        available = budget_ms - plan.cost_ms[0] - 2.0 * hop
-    cost = exit_costs(np.asarray(plan.cost_ms), range(len(states)), plan.hop_overhead_ms)
-    scores = policy_scores(plan.scheduler, split, states)[:, :-1]
-    choice = scheduler_choice(scores, plan.thresholds, plan.cost_ms, available)
+        available = budget_ms - plan.cost_ms[first] - 2.0 * hop
+    cost = exit_costs(np.asarray(plan.cost_ms), range(len(states)), plan.hop_overhead_ms, first)
+    scores = policy_scores(plan.scheduler, split, states, first)[:, first:-1]
+    choice = first + scheduler_choice(
+        scores, plan.thresholds[first:], plan.cost_ms[first:], available
+    )
     return CascadeResult(
         accuracy=float(split.correct[:, cols][rows, choice].mean()),
         expected_cost=float(cost[choice].mean()),
@@ -293,9 +305,9 @@ def budgets(plan: Plan, table: Sequence[BudgetRow] | None = None) -> tuple[float
     """The budgets worth comparing at: each row's of the budget `table` (default the
     plan's own), and each the scheduler needs to afford a kept branch after the first
     (ms, rising)."""
-    hop = 2.0 * (plan.hop_overhead_ms or 0.0)
+    hop, first = 2.0 * (plan.hop_overhead_ms or 0.0), plan.scheduler_first
     rows = {r.budget_ms for r in (plan.budget if table is None else table)}
-    pairs = {plan.cost_ms[0] + c + hop for c in plan.cost_ms[1:]}
+    pairs = {plan.cost_ms[first] + c + hop for c in plan.cost_ms[first + 1 :]}
     return tuple(sorted(rows | pairs))
 
 
