@@ -280,11 +280,21 @@ def branches(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.mark.parametrize("batch", [1, 64])
-def test_adaptive_model_runs_a_scheduler_plan_as_simulated(branches, batch, tmp_path):
+@pytest.mark.parametrize(("batch", "first"), [(1, 0), (64, 0), (64, 1)])
+def test_adaptive_model_runs_a_scheduler_plan_as_simulated(branches, batch, first, tmp_path):
     from edgeadapt.cascade.model import AdaptiveModel
 
     x, ev, outcomes, plan = scheduler_plan(branches, 320)
+    if first:  # the scheduler starts at the second kept branch; the first serves budgets
+        assert plan.scheduler is not None
+        est = plan.scheduler[first:]
+        median = float(np.median(policy_scores(est, outcomes, plan.states, first)[:, first]))
+        plan = replace(
+            plan,
+            scheduler=est,
+            scheduler_first=first,
+            thresholds=(SCHEDULER_NEVER, median),  # half the rows answer at the second
+        )
     assert plan.policy == "scheduler"
     assert len(plan.states) >= 2
     save_plan(tmp_path / "plan.json", plan)
