@@ -115,9 +115,9 @@ from edgeadapt.render import pct, saving, static_verdict, thresholds_text
     "calibration split, its scores thresholded by the same calibration; agreement: exit "
     "when enough of the states run so far predict the same class (how many is "
     "calibrated), planned from predictions alone; scheduler (branches bundles only): "
-    "the cheapest branch always runs and a small learned model per kept branch reads its "
-    "max-prob, margin and entropy to pick the branch that answers (AdaInf's "
-    "content-aware scheduler), within what is left of a budget. Gate, agreement and "
+    "one branch (chosen on the calibration split) always runs and a small learned model "
+    "per deeper branch reads its max-prob, margin and entropy to pick the branch that "
+    "answers (AdaInf's content-aware scheduler), within what is left of a budget. Gate, agreement and "
     "scheduler plans are plan format version 2; agreement and scheduler plans run in "
     "AdaptiveModel's Python loop.",
 )

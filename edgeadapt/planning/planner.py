@@ -54,8 +54,9 @@ accuracy) and its budget table; without a budget the most accurate branch answer
 with one the table picks the branch (their thresholds are unused placeholders). Under
 the agreement policy a branches bundle is cascaded as an ensemble is (`cascade_kind`):
 each branch runs from the input, and a sample pays every branch run. Under the
-scheduler policy (`edgeadapt.planning.scheduler`) the first kept branch always runs and
-learned estimators over its outputs pick the branch that answers, risk-controlled.
+scheduler policy (`edgeadapt.planning.scheduler`) one kept branch (chosen on the
+calibration split) always runs and learned estimators over its outputs pick the branch
+that answers, risk-controlled; the Pareto set and its budget table stay for budgets.
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
