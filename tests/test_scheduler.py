@@ -112,6 +112,26 @@ def test_a_scheduler_plan_promises_and_saves():
     assert (run.exit_state >= first).all()
 
 
+def test_a_per_hop_overhead_is_counted_per_branch_run():
+    from edgeadapt.planning.planner import PlanCosts
+
+    calib, held = _outcomes(3000, 1).split(0.5, 0)
+    costs = PlanCosts(tuple(COSTS), hop_overhead_ms=0.25)
+    plan = make_plan(calib, held, costs, manifest_sha256=SHA, kind="branches", options=SCHEDULER)
+    assert plan.hop_overhead_ms == 0.25
+    run = simulate_plan(plan, held)
+    assert run.expected_cost == pytest.approx(plan.heldout.cost_ms)
+    first = plan.scheduler_first
+    paid = exit_costs(COSTS, plan.states, 0.25, first)
+    want = (
+        np.asarray(plan.cost_ms)
+        + 0.25
+        + np.where(np.arange(len(paid)) > first, COSTS[plan.states[first]] + 0.25, 0)
+    )
+    np.testing.assert_allclose(paid, want)
+    assert run.expected_cost == pytest.approx(paid[run.exit_state].mean())
+
+
 def test_the_promise_holds_over_many_resamples_of_new_data():
     """Plans made on 60 independent draws of calibration and held-out data: the share
     whose drop on a large fresh sample exceeds max_drop stays within delta (with the
