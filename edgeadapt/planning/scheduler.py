@@ -138,8 +138,8 @@ def _first_branch(
     n_test: int,
 ) -> int:
     """The kept position of the first branch the calibration split predicts cheapest:
-    each branch cheaper than the reference is tried as the one that always runs (a
-    branch too weak to answer may still be too weak to tell), its estimators fitted and
+    each branch cheaper than the reference is tried as the one that always runs (the
+    cheapest may be too weak to tell anything about a sample), its estimators fitted and
     its thresholds' cost predicted on `calib` alone (`risk.choose`'s cross-fitted
     prediction, or the empirical thresholds' cost); an earlier start is kept unless a
     later one predicts `MARGIN` less. Reads `calib` only, so the held-out test stays one
