@@ -72,6 +72,20 @@ class Gate:
     @property
     def bias(self) -> float: ...
 
+class Estimator:
+    def __init__(self, weights: Sequence[float], bias: float) -> None: ...
+    @property
+    def weights(self) -> list[float]: ...
+    @property
+    def bias(self) -> float: ...
+
+def schedule(
+    logits: npt.NDArray[np.float32],
+    estimators: Sequence[Estimator],
+    thresholds: Sequence[float],
+    costs_ms: Sequence[float],
+    available_ms: float = ...,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def gate_decide(
     logits: npt.NDArray[np.float32],
     gate: Gate,

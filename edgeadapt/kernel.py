@@ -35,6 +35,11 @@ while a batch is processed.
   history, previous)`` of the rows that continue; ``gate_decide_into(...)`` the same
   into caller-owned arrays, compacting the running features in place; `GateRun`, the
   per-call state a cascade keeps to run a gate plan one kept state at a time.
+- The content-aware scheduler of a branches plan (`edgeadapt.planning.scheduler`;
+  numerics and rule in `edgeadapt.kernel_ref.scheduler_scores` and `scheduler_choice`):
+  ``Estimator(weights, bias)``; ``schedule(logits, estimators, thresholds, costs_ms,
+  available_ms=inf) -> (pred, scores, choice)`` on the first kept branch's logits,
+  ``choice`` the kept position that answers.
 - ``all_finite(x) -> bool``: whether a C-contiguous native float16/32/64 array holds no
   NaN or infinity (an exact bit test on the exponent bits).
 - ``OneCall(run, input, dtype, shape, logits, classes, measure, *, policy, hop, state,
@@ -72,6 +77,7 @@ import edgeadapt._kernel as _kernel
 from edgeadapt._kernel import (
     Action,
     CascadeCall,
+    Estimator,
     Gate,
     OneCall,
     Policy,
@@ -81,6 +87,7 @@ from edgeadapt._kernel import (
     decide_into,
     gate_decide,
     gate_decide_into,
+    schedule,
     version,
 )
 from edgeadapt.errors import EdgeadaptError
@@ -90,6 +97,7 @@ __all__ = [
     "MEASURES",
     "Action",
     "CascadeCall",
+    "Estimator",
     "Gate",
     "GateRun",
     "OneCall",
@@ -102,6 +110,7 @@ __all__ = [
     "decide_into",
     "gate_decide",
     "gate_decide_into",
+    "schedule",
     "version",
 ]
 

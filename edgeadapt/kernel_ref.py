@@ -334,3 +334,115 @@ def agreement_decide(
     exit_mask = share.astype(np.float64) >= threshold
     keep = np.flatnonzero(~exit_mask).astype(np.int64)
     return pred, share, exit_mask, keep, grown[keep]
+
+
+# ---- the content-aware scheduler (branches) -------------------------------------------
+
+#: What the scheduler reads of the first kept branch's logits, in the order of each
+#: estimator's weights (`predict_confidence`'s float32 values).
+SCHEDULER_FEATURES = ("maxprob", "margin", "entropy")
+#: A threshold no estimate reaches (scores lie in [0, 1]): that branch is never picked
+#: by its estimate, only as the most accurate one that fits.
+SCHEDULER_NEVER = 2.0
+
+
+def scheduler_scores(
+    logits: np.ndarray, weights: np.ndarray | Sequence[Sequence[float]], bias: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pred int64[B], scores float32[B, E]) of the first branch's float32 logits [B, C]:
+    estimator e's logistic estimate ``sigmoid(bias[e] + sum_k w[e, k] f_k)`` over the
+    `SCHEDULER_FEATURES`, in float64 in that order, clamped and rounded once to float32
+    exactly as `gate_score` does. An invalid row (NaN or Inf logits) scores NaN."""
+    x = _check_logits(logits)
+    pred, maxprob = predict_confidence(x, "maxprob")
+    feats = (maxprob, predict_confidence(x, "margin")[1], predict_confidence(x, "entropy")[1])
+    return pred, estimates(np.stack(feats, axis=1), weights, bias)
+
+
+def estimates(
+    features: np.ndarray, weights: np.ndarray | Sequence[Sequence[float]], bias: Sequence[float]
+) -> np.ndarray:
+    """The estimators' float32 scores ``[B, E]`` of float32 `features` ``[B, 3]``
+    (`SCHEDULER_FEATURES` order; numerics in `scheduler_scores`)."""
+    f = np.asarray(features, dtype=_F).astype(np.float64)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1, len(SCHEDULER_FEATURES))
+    b = np.asarray(bias, dtype=np.float64)
+    if b.shape != (w.shape[0],):
+        raise ValueError(f"expected {w.shape[0]} biases (one per estimator), got {b.shape}")
+    out = np.empty((f.shape[0], w.shape[0]), dtype=_F)
+    for e in range(w.shape[0]):
+        z = np.full(f.shape[0], b[e], dtype=np.float64)
+        for k in range(len(SCHEDULER_FEATURES)):
+            z = z + w[e, k] * f[:, k]
+        z = np.clip(z, -_GATE_CLAMP, _GATE_CLAMP)
+        out[:, e] = (1.0 / (1.0 + np.exp(-z))).astype(_F)
+    return out
+
+
+def scheduler_choice(
+    scores: np.ndarray,
+    thresholds: Sequence[float],
+    costs_ms: Sequence[float],
+    available_ms: float = math.inf,
+) -> np.ndarray:
+    """The kept branch the scheduler picks per row, int64[B], from its `scores` [B, E]
+    (E = kept branches - 1), once the first branch has run:
+
+    - position 0 (answer with the first branch) when ``scores[:, 0] >= thresholds[0]``;
+    - else the cheapest position j in 1..E-1 whose estimate clears its threshold and
+      whose tracked cost ``costs_ms[j]`` fits `available_ms` (what is left of the budget);
+    - else the last position whose cost fits (the kept branches rise in cost and
+      accuracy: the most accurate affordable one), position 0 when none fits.
+
+    Scores compare in float64; a NaN score clears nothing. ``costs_ms`` holds one cost
+    per kept branch (``costs_ms[0]``, the first branch's, is not read: it has run).
+    Without a budget (`available_ms` inf) this is the threshold policy's
+    `edgeadapt.planning.calibrate.exit_states` on the scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    c = np.asarray(costs_ms, dtype=np.float64)
+    if math.isnan(available_ms) or np.isnan(t).any():
+        raise ValueError("thresholds and available_ms must not be NaN")
+    e = s.shape[1]
+    if t.shape != (e,) or c.shape != (e + 1,):
+        raise ValueError(f"expected {e} thresholds and {e + 1} costs, got {t.shape}, {c.shape}")
+    fits = c <= available_ms
+    fits[0] = True
+    choice = np.zeros(s.shape[0], dtype=np.int64)
+    affordable = np.flatnonzero(fits[1:])
+    fallback = 0 if affordable.size == 0 else int(affordable[-1]) + 1
+    if e == 0:
+        return choice
+    done = s[:, 0] >= t[0]
+    for j in range(1, e):
+        pick = ~done & (s[:, j] >= t[j]) & bool(fits[j])
+        choice[pick] = j
+        done |= pick
+    choice[~done] = fallback
+    return choice
+
+
+def scheduler_decide(
+    logits: np.ndarray,
+    weights: np.ndarray | Sequence[Sequence[float]],
+    bias: Sequence[float],
+    thresholds: Sequence[float],
+    costs_ms: Sequence[float],
+    available_ms: float = math.inf,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pred int64[B], scores float32[B, E], choice int64[B]): `scheduler_scores` on the
+    first branch's logits, then `scheduler_choice`."""
+    pred, scores = scheduler_scores(logits, weights, bias)
+    return pred, scores, scheduler_choice(scores, thresholds, costs_ms, available_ms)
+
+
+def table_first(
+    costs_ms: Sequence[float], first: int, table_slot: int, budget_ms: float, hop_ms: float
+) -> bool:
+    """Whether a scheduler plan under `budget_ms` runs its budget table's pick (kept
+    position `table_slot`, `lookup`'s) alone rather than the scheduler: when the budget
+    cannot pay the branch at kept position `first` (the one the scheduler always runs)
+    followed by that pick (each with the per-hop overhead `hop_ms`), every choice the
+    scheduler has is a less accurate branch than the table's, or its first alone.
+    `costs_ms` holds each kept branch's tracked cost."""
+    return budget_ms - 2.0 * hop_ms - costs_ms[first] < costs_ms[table_slot]

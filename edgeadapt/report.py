@@ -49,7 +49,7 @@ import numpy as np
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.formats.atomic import atomic_write_many
 from edgeadapt.formats.bundle import Bundle, as_bundle
-from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation
+from edgeadapt.formats.evaluation import CONF_KEYS, Evaluation, check_evaluation
 from edgeadapt.formats.plan import Plan, check_plan, load_plan
 from edgeadapt.formats.profile import Profile, default_profile_path
 from edgeadapt.oracle.bound import (
@@ -65,7 +65,15 @@ from edgeadapt.oracle.bound import (
 from edgeadapt.oracle.equations import ExactFigures, OraclePoint
 from edgeadapt.oracle.subset import SubsetChoice, subset_curve_exact
 from edgeadapt.planning.calibrate import Sweep, simulate, sweep
-from edgeadapt.planning.planner import PolicyOutcome, compare_policies, plan_options, profile_costs
+from edgeadapt.planning.planner import (
+    Outcomes,
+    PlanOptions,
+    PolicyOutcome,
+    compare_policies,
+    plan_options,
+    profile_costs,
+)
+from edgeadapt.planning.scheduler import BudgetPoint, budget_comparison
 from edgeadapt.planning.search import subset_costs
 from edgeadapt.render import num, pct, ratio, saving, static_verdict, thresholds_text
 
@@ -110,6 +118,9 @@ class ReportData:
     measure: str  # confidence measure of the sweep: the plan's, else maxprob
     #: Every policy planned from this profile and evaluation (`compare_policies`).
     policies: tuple[PolicyOutcome, ...] = ()
+    #: A branches bundle's scheduler plan against its budget table at budgets, on the
+    #: held-out split (`edgeadapt.planning.scheduler.budget_comparison`); () otherwise.
+    scheduler: tuple[BudgetPoint, ...] = ()
 
 
 def _plan(plan: Plan | PathLike, bundle: Bundle) -> Plan:
@@ -160,7 +171,24 @@ def report_data(
     costs = replace(costs, runtime=None, hop_overhead_ms=hop_ms)
     options = None if chosen is None else plan_options(chosen)
     policies = compare_policies(b, ev, costs, options)
-    return ReportData(inputs, bound, curve, swept, states, chosen, here, measure, policies)
+    versus = _scheduler_versus_table(policies, check_evaluation(ev, b), options)
+    return ReportData(inputs, bound, curve, swept, states, chosen, here, measure, policies, versus)
+
+
+def _scheduler_versus_table(
+    policies: Sequence[PolicyOutcome], ev: Evaluation, options: PlanOptions | None
+) -> tuple[BudgetPoint, ...]:
+    """The scheduler plan among `policies` (a branches bundle's) against the budget
+    table of the threshold policy's plan (every Pareto branch), on the held-out split
+    they were planned with; () when there is no scheduler plan of several branches."""
+    plans = {p.policy: p.plan for p in policies if p.plan is not None}
+    plan, table = plans.get("scheduler"), plans.get("threshold")
+    if plan is None or len(plan.states) < 2:
+        return ()
+    opts = options or PlanOptions()
+    outcomes = Outcomes.from_evaluation(ev, plan.measure)
+    held = outcomes.split(heldout=opts.heldout, seed=opts.seed)[1]
+    return budget_comparison(plan, held, table=None if table is None else table.budget)
 
 
 # ------------------------------------------------------------------ plots
@@ -582,9 +610,40 @@ def _policies_section(data: ReportData) -> str:
     return (
         "<p>Every policy planned from this profile and evaluation"
         + (" with the plan's options" if data.plan is not None else "")
-        + " (edgeadapt plan --policy threshold|gate|agreement):</p>"
+        + " (edgeadapt plan --policy threshold|gate|agreement|scheduler):</p>"
         + (_table(POLICY_HEADERS, rows) if rows else "")
         + missing
+    )
+
+
+def _scheduler_section(data: ReportData) -> str:
+    """The scheduler against the budget table's choice, at budgets (branches bundles)."""
+    if not data.scheduler:
+        return ""
+    names = data.inputs.names
+    rows = [
+        [
+            num(p.budget_ms),
+            str(names[p.table_state]),
+            pct(p.table_accuracy, 2),
+            num(p.table_cost_ms),
+            pct(p.scheduler_accuracy, 2),
+            num(p.scheduler_cost_ms),
+        ]
+        for p in data.scheduler
+    ]
+    headers = (
+        "budget (ms)",
+        "budget table: branch",
+        "accuracy",
+        "cost (ms)",
+        "scheduler: accuracy",
+        "mean cost (ms)",
+    )
+    return (
+        "<p>The content-aware scheduler (the first kept branch runs, its answer picks the "
+        "branch) against the budget table's choice by the budget alone (AdaInf), on the "
+        "held-out split, at budgets (plan costs):</p>" + _table(headers, rows)
     )
 
 
@@ -628,7 +687,7 @@ def _html(data: ReportData, images: dict[str, bytes]) -> str:
 Accuracies: evaluation {esc(bound.evaluation_path or "(not saved)")} ({bound.samples} samples). Written {when}.</p>
 <h2>States</h2>{_states_table(data)}
 <h2>Oracle bounds</h2>{_bounds_table(data)}
-<h2>Plan</h2>{_plan_section(data)}{_policies_section(data)}{_branches_section(data)}
+<h2>Plan</h2>{_plan_section(data)}{_policies_section(data)}{_branches_section(data)}{_scheduler_section(data)}
 <h2>Best k-subsets</h2>{_curve_table(data)}
 <h2>Figures</h2>{sweep_note}{figures}
 </body></html>

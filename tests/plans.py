@@ -1,13 +1,21 @@
 """Plans for the cascade, `run`, gate and native-runner tests: `runner_plan` made by hand
-(the runner block as asked, the record filler), `gate_plan` made by the planner."""
+(the runner block as asked, the record filler), `gate_plan` and `scheduler_plan` made by
+the planner."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from edgeadapt.formats.bundle import Bundle
+import numpy as np
+
+from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.evaluation import Evaluation
 from edgeadapt.formats.plan import BudgetRow, Plan, SplitFigures
+from edgeadapt.kernel_ref import predict_confidence
 from edgeadapt.planning.planner import Outcomes, PlanOptions, make_plan
+from edgeadapt.runtimes import get_runtime
+from tests.synthetic import gate_evaluation
 
 
 def runner_plan(
@@ -68,3 +76,34 @@ def gate_plan(bundle: Bundle, outcomes: Outcomes) -> Plan:
     )
     assert plan.gates
     return plan
+
+
+def scheduler_plan(bundle_dir: Path, n: int) -> tuple[np.ndarray, Evaluation, Outcomes, Plan]:
+    """A scheduler plan for a branches bundle of one input ``x`` [B, 1, 40] (the shipped
+    family bundle declared as branches), made on its logits for `n` random inputs
+    (seed 0) labelled by its last branch, on costs 0.1, 0.5 and 2 ms: (inputs,
+    evaluation, outcomes, plan)."""
+    bundle = load_bundle(bundle_dir)
+    x = np.random.default_rng(0).normal(size=(n, 1, 40)).astype(np.float32)
+    rt = get_runtime("onnxruntime", threads=1)
+    logits = []
+    for step in bundle.steps:
+        s = rt.load(step.path)
+        try:
+            logits.append(np.ascontiguousarray(s.run({"x": x})[step.logits], dtype=np.float32))
+        finally:
+            s.close()
+    labels = predict_confidence(logits[-1])[0]
+    ev = gate_evaluation(labels, logits, [s.name for s in bundle.states])
+    outcomes = Outcomes.from_evaluation(ev)
+    calib, held = outcomes.split(0.5, 0)
+    options = PlanOptions(policy="scheduler", calibration="empirical", max_drop=0.2)
+    plan = make_plan(
+        calib,
+        held,
+        [0.1, 0.5, 2.0],
+        manifest_sha256=bundle.manifest_sha256,
+        kind="branches",
+        options=options,
+    )
+    return x, ev, outcomes, plan

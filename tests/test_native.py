@@ -29,7 +29,7 @@ from edgeadapt.planning.planner import Outcomes
 from tests import plans
 from tests.device_inputs import edited_multiexit
 from tests.multi_input import token_batch, transformer_bundle
-from tests.plans import runner_plan
+from tests.plans import runner_plan, scheduler_plan
 from tests.reader_cases import Case, cases, make, make_inputs, source_of
 from tests.tiny import UNLISTED
 from tests.variants import rounded_variant
@@ -335,6 +335,20 @@ def test_native_refuses_a_gate_plan_with_a_missing_gate(native, inputs, gate_pla
     assert done.returncode == 2, done.stderr
     assert str(bad) in done.stderr
     assert "$.policy.gates" in done.stderr
+
+
+def test_native_refuses_a_scheduler_plan_by_name(native, inputs, branches, tmp_path):
+    """The native runner does not run the content-aware scheduler (yet): it refuses a
+    scheduler plan, naming the file, the field and the policy."""
+    plan = scheduler_plan(branches, 200)[3]
+    assert plan.policy == "scheduler"
+    path = tmp_path / "plan.json"
+    save_plan(path, plan)
+    done = _run([native / "examples" / "classify", branches, inputs, "--plan", path, "--quiet"])
+    assert done.returncode == 2, done.stderr
+    assert str(path) in done.stderr
+    assert "$.policy.kind" in done.stderr
+    assert "scheduler" in done.stderr
 
 
 # ------------------------------------------------------------------- the engine's rules

@@ -226,6 +226,55 @@ ea::Gate make_gate(const std::vector<double>& weights, double bias) {
     return g;
 }
 
+ea::Estimator make_estimator(const std::vector<double>& weights, double bias) {
+    if (weights.size() != static_cast<std::size_t>(ea::kSchedulerFeatures))
+        throw py::value_error("an estimator has " + std::to_string(ea::kSchedulerFeatures) +
+                              " weights (maxprob, margin, entropy), got " +
+                              std::to_string(weights.size()));
+    ea::Estimator e{};
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+        if (!std::isfinite(weights[k]))
+            throw py::value_error("weights[" + std::to_string(k) + "] must be finite");
+        e.weights[k] = weights[k];
+    }
+    if (!std::isfinite(bias)) throw py::value_error("bias must be finite");
+    e.bias = bias;
+    return e;
+}
+
+// The scheduler's choice for a batch of the first kept branch's logits:
+// (pred int64[B], scores float32[B, S - 1], choice int64[B]).
+py::tuple schedule(py::handle logits, const std::vector<ea::Estimator>& estimators,
+                   const std::vector<double>& thresholds, const std::vector<double>& costs_ms,
+                   double available_ms) {
+    const Logits x = check_logits(logits);
+    const auto n_est = static_cast<std::int64_t>(estimators.size());
+    if (thresholds.size() != estimators.size() || costs_ms.size() != estimators.size() + 1)
+        throw py::value_error("expected one threshold per estimator and one cost per kept "
+                              "branch (estimators + 1), got " +
+                              std::to_string(thresholds.size()) + " thresholds and " +
+                              std::to_string(costs_ms.size()) + " costs for " +
+                              std::to_string(n_est) + " estimators");
+    for (double t : thresholds) check_threshold(t);
+    for (double c : costs_ms)
+        if (!std::isfinite(c) || c < 0.0)
+            throw py::value_error("costs_ms must be finite and >= 0");
+    if (std::isnan(available_ms)) throw py::value_error("available_ms must not be NaN");
+    py::array_t<std::int64_t> pred(x.batch), choice(x.batch);
+    py::array_t<float> scores({x.batch, n_est});
+    std::int64_t* p = pred.mutable_data();
+    std::int64_t* c = choice.mutable_data();
+    float* sc = scores.mutable_data();
+    ea::Status s;
+    {
+        py::gil_scoped_release nogil;
+        s = ea::schedule(x.data, x.batch, x.classes, estimators.data(), thresholds.data(),
+                         costs_ms.data(), n_est + 1, available_ms, p, sc, c);
+    }
+    ensure_ok(s);
+    return py::make_tuple(std::move(pred), std::move(scores), std::move(choice));
+}
+
 // The running features: int64 [rows >= batch, stride > position], C-contiguous, writeable.
 std::int64_t* check_history(py::handle obj, std::int64_t batch, std::int64_t position,
                             std::int64_t* stride) {
@@ -994,6 +1043,21 @@ PYBIND11_MODULE(_kernel, m) {
           py::arg("pred"), py::arg("score"), py::arg("exit_mask"), py::arg("continue_idx"),
           "gate_decide() into caller-provided arrays; history and previous are compacted in "
           "place; returns K, the rows that continue.");
+
+    py::class_<ea::Estimator>(m, "Estimator", "One of a branches plan's scheduler estimators: "
+                                              "weights over (maxprob, margin, entropy) of the "
+                                              "first branch, and a bias.")
+        .def(py::init(&make_estimator), py::arg("weights"), py::arg("bias"))
+        .def_property_readonly("weights",
+                               [](const ea::Estimator& e) {
+                                   return std::vector<double>(e.weights,
+                                                              e.weights + ea::kSchedulerFeatures);
+                               })
+        .def_property_readonly("bias", [](const ea::Estimator& e) { return e.bias; });
+    m.def("schedule", &schedule, py::arg("logits"), py::arg("estimators"), py::arg("thresholds"),
+          py::arg("costs_ms"), py::arg("available_ms") = ea::kNoBudget,
+          "The scheduler's choice on the first kept branch's logits: (pred int64[B], scores "
+          "float32[B, S - 1], choice int64[B]), choice the kept position that answers.");
 
     py::native_enum<ea::Action>(m, "Action", "enum.IntEnum",
                                 "What the policy says after a state produced its answer.")

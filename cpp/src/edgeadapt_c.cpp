@@ -1,6 +1,7 @@
 // The C ABI (edgeadapt.h) over the header-only kernel: status codes, no exceptions out.
 #include "edgeadapt/edgeadapt.h"
 
+#include <cstddef>
 #include <new>
 #include <string>
 
@@ -90,6 +91,22 @@ edgeadapt_status edgeadapt_gate_decide(const float* logits, int64_t batch, int64
                                          position, history, stride, previous, pred, score,
                                          exit_mask, continue_idx, n_continue),
                   "edgeadapt_gate_decide");
+}
+
+static_assert(sizeof(edgeadapt_estimator) == sizeof(edgeadapt::Estimator) &&
+                  offsetof(edgeadapt_estimator, bias) == offsetof(edgeadapt::Estimator, bias) &&
+                  EDGEADAPT_SCHEDULER_FEATURES == edgeadapt::kSchedulerFeatures,
+              "edgeadapt_estimator must match edgeadapt::Estimator");
+
+edgeadapt_status edgeadapt_schedule(const float* logits, int64_t batch, int64_t classes,
+                                    const edgeadapt_estimator* estimators,
+                                    const double* thresholds, const double* costs_ms,
+                                    int64_t states, double available_ms, int64_t* pred,
+                                    float* scores, int64_t* choice) {
+    const auto* est = reinterpret_cast<const edgeadapt::Estimator*>(estimators);
+    return report(edgeadapt::schedule(logits, batch, classes, est, thresholds, costs_ms, states,
+                                      available_ms, pred, scores, choice),
+                  "edgeadapt_schedule");
 }
 
 edgeadapt_status edgeadapt_policy_create(const double* thresholds, size_t n_thresholds,

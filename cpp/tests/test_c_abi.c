@@ -110,6 +110,26 @@ int main(void) {
         CHECK(q == NULL);
         CHECK(strstr(edgeadapt_last_error(), "out of memory") != NULL);
     }
+    /* the scheduler: a sure row answers with the first branch, an unsure one runs the
+       branch whose estimate (always 0.9) clears; with no room, the first answers */
+    {
+        const float rows[2][3] = {{10.0f, 0.0f, 0.0f}, {1.0f, 1.0f, 1.0f}};
+        const edgeadapt_estimator est[2] = {{{20.0, 0.0, 0.0}, -10.0},
+                                            {{0.0, 0.0, 0.0}, 2.1972245773362196}};
+        const double t[2] = {0.5, 0.5}, costs[3] = {1.0, 2.0, 3.0};
+        int64_t spred[2], choice[2];
+        float sc[4];
+        CHECK(edgeadapt_schedule(&rows[0][0], 2, 3, est, t, costs, 3, INFINITY, spred, sc,
+                                 choice) == EDGEADAPT_OK);
+        CHECK(choice[0] == 0 && choice[1] == 1 && spred[0] == 0);
+        CHECK(fabsf(sc[3] - 0.9f) < 1e-6f);
+        CHECK(edgeadapt_schedule(&rows[0][0], 2, 3, est, t, costs, 3, 1.0, spred, sc, choice) ==
+              EDGEADAPT_OK);
+        CHECK(choice[0] == 0 && choice[1] == 0);
+        CHECK(edgeadapt_schedule(&rows[0][0], 2, 3, est, t, costs, 3, NAN, spred, sc, choice) ==
+              EDGEADAPT_E_VALUE);
+        CHECK(strstr(edgeadapt_last_error(), "edgeadapt_schedule") != NULL);
+    }
     CHECK(strcmp(edgeadapt_status_string(EDGEADAPT_OK), "ok") == 0);
     CHECK(strlen(edgeadapt_version()) > 0);
     if (failures == 0) printf("c_abi: all checks passed\n");

@@ -257,11 +257,69 @@ static void gates() {
     CHECK(ea::gate_score(x, 5, g, hist, -1, 0.0f, &p, &sc) == ea::Status::BadShape);
 }
 
+// The scheduler's rule on hand-set estimators (kernel.hpp, "The content-aware scheduler").
+static void scheduler() {
+    // row 0 sure, row 1 unsure, row 2 invalid (NaN)
+    const float x[3][3] = {{10.0f, 0.0f, 0.0f}, {1.0f, 1.0f, 1.0f}, {0.0f, std::nanf(""), 0.0f}};
+    // estimator 0 rises with maxprob, estimator 1 is always 0.7, estimator 2 always 0.1
+    const ea::Estimator est[3] = {{{20.0, 0.0, 0.0}, -10.0}, {{0, 0, 0}, 0.8472978603872037},
+                                  {{0, 0, 0}, -2.1972245773362196}};
+    const double t[3] = {0.5, 0.6, 0.5};
+    const double costs[4] = {1.0, 2.0, 3.0, 4.0};
+    std::int64_t pred[3], choice[3];
+    float scores[9];
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, t, costs, 4, ea::kNoBudget, pred, scores, choice) ==
+          ea::Status::Ok);
+    CHECK(pred[0] == 0 && pred[2] == -1);
+    const double mp = ea::row_confidence(x[0], 3, ea::Measure::MaxProb).conf;
+    double z = -10.0;
+    z = z + 20.0 * mp;
+    CHECK(scores[0] == static_cast<float>(1.0 / (1.0 + std::exp(-z))));
+    CHECK(near(scores[1], 0.7, 1e-6) && near(scores[2], 0.1, 1e-6));
+    CHECK(choice[0] == 0);  // sure: the first branch answers
+    CHECK(choice[1] == 1);  // the cheapest branch whose estimate clears
+    // an invalid row scores NaN everywhere, clears nothing: the most accurate branch
+    CHECK(std::isnan(scores[6]) && std::isnan(scores[7]) && choice[2] == 3);
+    // 1.5 ms left: no second branch fits, the first answers
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, t, costs, 4, 1.5, pred, scores, choice) ==
+          ea::Status::Ok);
+    CHECK(choice[0] == 0 && choice[1] == 0 && choice[2] == 0);
+    // estimator 1 never clears: the most accurate affordable (the last that fits)
+    const double never[3] = {0.5, 2.0, 0.5};
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, never, costs, 4, 3.5, pred, scores, choice) ==
+          ea::Status::Ok);
+    CHECK(choice[0] == 0 && choice[1] == 2);
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, never, costs, 4, ea::kNoBudget, pred, scores,
+                       choice) == ea::Status::Ok);
+    CHECK(choice[1] == 3);
+    // one kept branch: nothing to decide
+    CHECK(ea::schedule(&x[0][0], 3, 3, nullptr, nullptr, costs, 1, 0.0, pred, nullptr, choice) ==
+          ea::Status::Ok);
+    CHECK(choice[0] == 0 && choice[1] == 0);
+    // bad input
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, t, costs, 4, std::nan(""), pred, scores, choice) ==
+          ea::Status::BadValue);
+    const double nan_t[3] = {0.5, std::nan(""), 0.5};
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, nan_t, costs, 4, 1.0, pred, scores, choice) ==
+          ea::Status::BadValue);
+    const double bad_costs[4] = {1.0, -2.0, 3.0, 4.0};
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, t, bad_costs, 4, 1.0, pred, scores, choice) ==
+          ea::Status::BadValue);
+    const ea::Estimator inf_est[1] = {{{0, std::numeric_limits<double>::infinity(), 0}, 0.0}};
+    CHECK(ea::schedule(&x[0][0], 3, 3, inf_est, t, costs, 2, 1.0, pred, scores, choice) ==
+          ea::Status::BadValue);
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, t, costs, 0, 1.0, pred, scores, choice) ==
+          ea::Status::BadShape);
+    CHECK(ea::schedule(&x[0][0], 3, 3, est, t, costs, 4, 1.0, pred, nullptr, choice) ==
+          ea::Status::NullPointer);
+}
+
 int main() {
     exp_accuracy();
     confidence_values();
     decide_batch();
     gates();
+    scheduler();
     policy();
     return edgeadapt::testing::checks_passed("kernel");
 }

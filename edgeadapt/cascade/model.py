@@ -52,6 +52,7 @@ import numpy as np
 import onnx
 
 from edgeadapt.cascade.agreement import AgreementRun
+from edgeadapt.cascade.scheduler import SchedulerRun
 from edgeadapt.data.inputs import BatchCheck, warmup_batch
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import Bundle, as_bundle
@@ -68,6 +69,7 @@ from edgeadapt.kernel import (
     decide_buffers,
     decide_into,
 )
+from edgeadapt.kernel_ref import table_first
 from edgeadapt.runtimes import Session, from_config
 
 
@@ -266,7 +268,7 @@ def _checked_plan(
         plan = load_plan(plan)
     if thresholds is not None:
         raise InputError("give thresholds or a plan, not both", source="thresholds")
-    check_plan(plan, bundle, source, policies=("threshold", "gate", "agreement"))
+    check_plan(plan, bundle, source, policies=("threshold", "gate", "agreement", "scheduler"))
     if measure is not None and measure != plan.measure:
         raise InputError(
             f"the plan was made for measure {plan.measure!r}, got {measure!r}", source="measure"
@@ -429,6 +431,8 @@ class AdaptiveModel:
         self._gates = gates
         #: An agreement plan's decisions (`edgeadapt.cascade.agreement.AgreementRun`), else None.
         self.agreement: AgreementRun | None = None
+        #: A scheduler plan's run (`edgeadapt.cascade.scheduler.SchedulerRun`), else None.
+        self.scheduler: SchedulerRun | None = None
         #: The runtime configuration the steps run under, and why it differs from the
         #: plan's when the caller overrode it (see `load`).
         self.runtime: RuntimeConfig | None = None
@@ -601,6 +605,9 @@ class AdaptiveModel:
         they fail)."""
         if plan is not None and plan.agreement:
             self.agreement = AgreementRun(len(plan.states), plan.measure)
+            self._one = self._cascade = None
+        if plan is not None and plan.scheduler is not None and len(plan.states) > 1:
+            self.scheduler = SchedulerRun(plan)  # the Python loop runs it, at any batch
             self._one = self._cascade = None
         self.runtime, self.runtime_note = choice.config, choice.note
         try:
@@ -805,6 +812,8 @@ class AdaptiveModel:
         start = perf_counter_ns()  # a budget is for the whole call, the input check included
         inputs = self.check_inputs(x)
         budget = None if budget_ms is None else self._check_budget(budget_ms)
+        if self.scheduler is not None:
+            return self._predict_scheduled(inputs, budget, start)
         walks = self.walks
         if len(self._route) == 1 or (budget is None and not walks):
             return self._predict_one(inputs, self._route[-1])
@@ -827,6 +836,25 @@ class AdaptiveModel:
         step_rows: list[int] = []
         self._walk(route, inputs, budget, gates, answers, (step_ms, step_rows), start)
         pred, conf, exit_state, budget_exit = answers
+        total = (perf_counter_ns() - start) / 1e6
+        latency = {"total": total, "steps": step_ms, "rows": step_rows}
+        return _prediction(pred, exit_state, conf, budget_exit, latency)
+
+    def _predict_scheduled(
+        self, inputs: dict[str, np.ndarray], budget: float | None, start: int
+    ) -> Prediction:
+        """A scheduler plan's call: the first branch, the kernel's choice, the branches
+        picked (`edgeadapt.cascade.scheduler`)."""
+        assert self.scheduler is not None
+        if budget is not None:  # the budget table's pick alone, when the scheduler cannot beat it
+            slot = self.policy.lookup(budget) or 0
+            costs = [self.policy.predicted_ms(j) for j in range(len(self._route))]
+            if table_first(costs, self.scheduler.first, slot, budget, self._hop_overhead_ms):
+                return self._predict_one(inputs, self._route[slot])
+        limit = None if budget is None else (budget, self._hop_overhead_ms)
+        pred, conf, exit_state, budget_exit, step_ms, step_rows = self.scheduler.run(
+            self._route, inputs, self.policy, self.bundle.num_classes, limit, start
+        )
         total = (perf_counter_ns() - start) / 1e6
         latency = {"total": total, "steps": step_ms, "rows": step_rows}
         return _prediction(pred, exit_state, conf, budget_exit, latency)

@@ -114,8 +114,12 @@ from edgeadapt.render import pct, saving, static_verdict, thresholds_text
     "agreement with the earlier exits, the previous gate's score) fitted on the "
     "calibration split, its scores thresholded by the same calibration; agreement: exit "
     "when enough of the states run so far predict the same class (how many is "
-    "calibrated), planned from predictions alone. Gate and agreement plans are plan "
-    "format version 2; agreement plans run in AdaptiveModel's Python loop.",
+    "calibrated), planned from predictions alone; scheduler (branches bundles only): "
+    "one branch (chosen on the calibration split) always runs and a small learned model "
+    "per deeper branch reads its max-prob, margin and entropy to pick the branch that "
+    "answers (AdaInf's content-aware scheduler), within what is left of a budget. Gate, agreement and "
+    "scheduler plans are plan format version 2; agreement and scheduler plans run in "
+    "AdaptiveModel's Python loop.",
 )
 @click.option(
     "--branches",

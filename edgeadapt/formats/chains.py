@@ -61,9 +61,10 @@ def kept_costs(
 ) -> np.ndarray:
     """What a sample stopping at each kept state pays under `how` (a bundle kind or its
     chains): the chain rule (`paid_costs`), except that branches are not cascaded (a
-    branch plan runs one branch, which pays its own cost alone)."""
+    branch plan runs one branch, which pays its own cost alone, and the scheduler's
+    `cost_ms` are each branch's own: it pays its first branch and then the one picked)."""
     costs = np.asarray(state_costs, dtype=np.float64)
-    if how == "branches":
+    if how in ("branches", "scheduler"):
         return costs[list(kept)]
     chains = how if isinstance(how, tuple) else layout(how, len(costs))
     return paid_costs(costs, kept, chains)

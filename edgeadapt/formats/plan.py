@@ -19,7 +19,11 @@ the record of how well the plan did and is shown by reports.
   "policy": {"kind": "threshold"}                # version 2 only (optional; a version 1
           | {"kind": "gate",                     #   file is a threshold plan)
              "gates": [{"weights": [w0, ..., w4], "bias": b}, ...]}
-          | {"kind": "agreement"},
+          | {"kind": "agreement"}
+          | {"kind": "scheduler",                # branches bundles: the content-aware
+             "first": 1,                         # the kept position that always runs
+             "features": ["maxprob", "margin", "entropy"],   # of its logits
+             "estimators": [{"weights": [w0, w1, w2], "bias": b}, ...]},
   ---- the record ----
   "reference": {"state": 5, "accuracy": 0.93, "max_drop": 0.005},
   "calibration": {"n", "accuracy", "reference_accuracy", "drop", "cost_ms"},
@@ -59,6 +63,20 @@ confidence reported at the last state; a state that never exits (it only votes) 
 threshold ``AGREEMENT_NEVER`` (2). Version 1 files (no ``policy``) read as the
 threshold policy; a reader of version 2 that runs neither gates nor agreement refuses
 such a plan by its ``policy.kind``.
+
+Policy ``scheduler`` (`edgeadapt.planning.scheduler`, branches bundles only): the kept
+branch at position ``first`` (default 0) always runs; one logistic estimator per kept
+branch from it on but the last reads its logits' ``features``
+(`edgeadapt.kernel_ref.SCHEDULER_FEATURES`, in that order) and estimates "that branch
+answers without a loss"; the thresholds of those positions apply to those estimates (in
+[0, 1]; ``SCHEDULER_NEVER`` (2): never picked by its estimate; the positions before
+``first`` hold 2, unused) and the scheduler answers with the first branch, or runs the
+cheapest later kept branch whose estimate clears its threshold and whose tracked cost
+fits what is left of the budget, else the most accurate one that fits
+(`edgeadapt.kernel_ref.scheduler_choice`). Under a budget that cannot pay the first
+branch followed by the budget table's pick, that pick runs alone
+(`edgeadapt.kernel_ref.table_first`); the kept branches before ``first`` serve only
+there. ``cost_ms`` holds each kept branch's own cost.
 
 ``promise`` (risk-controlled plans) records what was promised and the evidence:
 ``kind`` ``net`` bounds the accuracy drop (losses minus gains against the reference
@@ -105,7 +123,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -113,7 +131,7 @@ from edgeadapt.errors import InputError
 from edgeadapt.formats.identity import BundleIdentity, check_identity, read_identity
 from edgeadapt.formats.jsonio import MAX_MS, Fields, check_value, read_json, write_json
 from edgeadapt.formats.presets import RuntimeConfig
-from edgeadapt.kernel_ref import GATE_FEATURES, MEASURES
+from edgeadapt.kernel_ref import GATE_FEATURES, MEASURES, SCHEDULER_FEATURES, SCHEDULER_NEVER
 
 if TYPE_CHECKING:
     from edgeadapt.formats.bundle import Bundle
@@ -125,7 +143,7 @@ FORMAT = "edgeadapt-plan"
 # (and a version 2 reader that runs only some kinds refuses the others by policy.kind).
 VERSION = 2
 VERSIONS = (1, 2)  # files of every listed version read
-POLICY_KINDS = ("threshold", "gate", "agreement")
+POLICY_KINDS = ("threshold", "gate", "agreement", "scheduler")
 # Confidence range of each of the kernel's MEASURES (lowest, highest); thresholds are
 # checked against it.
 MEASURE_RANGES: dict[str, tuple[float | None, float]] = {
@@ -170,6 +188,28 @@ class Gate:
         if len(self.weights) != len(GATE_FEATURES):
             raise InputError(
                 f"expected {len(GATE_FEATURES)} weights ({', '.join(GATE_FEATURES)}), "
+                f"got {len(self.weights)}",
+                field="weights",
+            )
+        if not np.isfinite([*self.weights, self.bias]).all():
+            raise InputError("weights and bias must be finite", field="weights")
+
+    def to_json(self) -> dict[str, list[float] | float]:
+        return {"weights": [float(w) for w in self.weights], "bias": float(self.bias)}
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One of a scheduler's estimators: a weight per feature (`SCHEDULER_FEATURES`
+    order) and a bias."""
+
+    weights: tuple[float, ...]
+    bias: float
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(SCHEDULER_FEATURES):
+            raise InputError(
+                f"expected {len(SCHEDULER_FEATURES)} weights ({', '.join(SCHEDULER_FEATURES)}), "
                 f"got {len(self.weights)}",
                 field="weights",
             )
@@ -366,6 +406,12 @@ class Plan:
     hop_overhead_ms: float | None = None
     #: True for the agreement policy (thresholds on agreement shares; no gates).
     agreement: bool = False
+    #: The scheduler's estimators, one per kept branch from `scheduler_first` on but the
+    #: last (None: not the scheduler policy).
+    scheduler: tuple[Estimator, ...] | None = None
+    #: The kept position of the branch a scheduler plan always runs.
+    scheduler_first: int = 0
+
     #: A branches plan's choice between the cascade and the budget table (None: other
     #: kinds, and branches plans made before it).
     branches: BranchesChoice | None = None
@@ -390,7 +436,9 @@ class Plan:
 
     @property
     def policy(self) -> str:
-        """The policy kind: ``threshold``, ``gate`` or ``agreement``."""
+        """The policy kind: ``threshold``, ``gate``, ``agreement`` or ``scheduler``."""
+        if self.scheduler is not None:
+            return "scheduler"
         if self.agreement:
             return "agreement"
         return "threshold" if self.gates is None else "gate"
@@ -480,24 +528,58 @@ def _figures_doc(f: SplitFigures) -> dict[str, Any]:
 
 
 def _policy_doc(plan: Plan) -> dict[str, Any]:
+    if plan.scheduler is not None:
+        return {
+            "kind": "scheduler",
+            "first": plan.scheduler_first,
+            "features": list(SCHEDULER_FEATURES),
+            "estimators": [e.to_json() for e in plan.scheduler],
+        }
     if plan.gates is None:
         return {"kind": plan.policy}
     return {"kind": "gate", "gates": [g.to_json() for g in plan.gates]}
 
 
-def _policy(f: Fields, n_states: int) -> tuple[str, tuple[Gate, ...] | None]:
+def _estimators(f: Fields, n_states: int) -> tuple[int, tuple[Estimator, ...]]:
+    """A scheduler block's ``first`` kept position, its ``features`` (exactly
+    `SCHEDULER_FEATURES`) and one estimator per kept state from ``first`` on but the
+    last."""
+    first = _int(f, "first", minimum=0, maximum=n_states - 1) if "first" in f.obj else 0
+    features = f.get("features", list)
+    if features != list(SCHEDULER_FEATURES):
+        f.fail(f"must be {list(SCHEDULER_FEATURES)}, got {features!r}", "features")
+    out = []
+    for e in f.items("estimators"):
+        weights = _numbers(e, "weights", len(SCHEDULER_FEATURES), minimum=None)
+        out.append(Estimator(weights=weights, bias=e.number("bias")))
+    if len(out) != n_states - 1 - first:
+        f.fail(
+            f"expected {n_states - 1 - first} estimators (one per kept branch from "
+            "position first on but the last)",
+            "estimators",
+        )
+    return first, tuple(out)
+
+
+def _policy(
+    f: Fields, n_states: int
+) -> tuple[str, tuple[Gate, ...] | tuple[Estimator, ...] | None, int]:
     """The ``policy`` block: its kind, and for a gate plan one gate per kept state but
-    the last (None otherwise)."""
+    the last, for a scheduler plan its estimators (None otherwise), and a scheduler
+    plan's first position (0 otherwise)."""
     kind = f.get("kind", str, check=_one_of(POLICY_KINDS))
+    if kind == "scheduler":
+        first, estimators = _estimators(f, n_states)
+        return kind, estimators, first
     if kind != "gate":
-        return kind, None
+        return kind, None, 0
     gates = []
     for g in f.items("gates"):
         weights = _numbers(g, "weights", len(GATE_FEATURES), minimum=None)
         gates.append(Gate(weights=weights, bias=g.number("bias")))
     if len(gates) != n_states - 1:
         f.fail(f"expected {n_states - 1} gates (one per kept state but the last)", "gates")
-    return kind, tuple(gates)
+    return kind, tuple(gates), 0
 
 
 def plan_to_doc(plan: Plan) -> dict[str, Any]:
@@ -729,13 +811,18 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
     sha, kind, names = _bundle_fields(f)
     states = _kept_states(f, names)
     measure = f.get("measure", str, check=_one_of(MEASURES))
-    policy, gates = (
-        _policy(f.child("policy"), len(states)) if "policy" in f.obj else ("threshold", None)
+    policy, blocks, first = (
+        _policy(f.child("policy"), len(states)) if "policy" in f.obj else ("threshold", None, 0)
     )
-    # gate scores lie in [0, 1], agreement shares too (AGREEMENT_NEVER above: never exit)
-    low, high = {"threshold": MEASURE_RANGES[measure], "gate": (0.0, 1.0)}.get(
-        policy, (0.0, AGREEMENT_NEVER)
-    )
+    if policy == "scheduler" and kind != "branches":
+        f.fail(f"the scheduler policy picks branches; this plan's bundle is {kind}", "policy")
+    # gate scores lie in [0, 1], agreement shares too (AGREEMENT_NEVER above: never
+    # exit), scheduler estimates too (SCHEDULER_NEVER above: never picked by its estimate)
+    low, high = {
+        "threshold": MEASURE_RANGES[measure],
+        "gate": (0.0, 1.0),
+        "scheduler": (0.0, SCHEDULER_NEVER),
+    }.get(policy, (0.0, AGREEMENT_NEVER))
     thresholds = _numbers(f, "thresholds", len(states) - 1, minimum=low, maximum=high)
     cost_ms = _numbers(f, "cost_ms", len(states), minimum=0.0, maximum=MAX_MS)
     budget = _budget_rows(f, states)
@@ -766,8 +853,10 @@ def plan_from_doc(doc: dict[str, Any], *, source: str | os.PathLike[str]) -> Pla
         static_ms=static,
         promise=_promise(f.child("promise")) if "promise" in f.obj else None,
         fallback=f.get("fallback", str, None),
-        gates=gates,
+        gates=cast("tuple[Gate, ...]", blocks) if policy == "gate" else None,
         agreement=policy == "agreement",
+        scheduler=cast("tuple[Estimator, ...]", blocks) if policy == "scheduler" else None,
+        scheduler_first=first,
         cost_stat=f.get("cost_stat", str, "p50", check=_one_of(COST_STATS)),
         runtime=(
             RuntimeConfig.from_json(f.obj["runtime"], f.source, "$.runtime")

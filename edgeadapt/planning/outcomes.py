@@ -24,8 +24,9 @@ from edgeadapt.kernel_ref import MEASURES, agreement_shares
 from edgeadapt.planning.gates import GateInputs, policy_confidences
 
 #: The exit policies a plan may use: a threshold on each state's confidence, on learned
-#: gates' scores, or on the agreement of the states run so far.
-POLICIES = ("threshold", "gate", "agreement")
+#: gates' scores, or on the agreement of the states run so far; for branches bundles
+#: also the content-aware scheduler (`edgeadapt.planning.scheduler`).
+POLICIES = ("threshold", "gate", "agreement", "scheduler")
 
 
 class EvaluationLike(Protocol):

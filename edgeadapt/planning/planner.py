@@ -56,6 +56,10 @@ cascade under the policy, planned as an ensemble's (steps 2 to 5: each branch ru
 the input, and a sample pays every branch run). ``PlanOptions.branches`` keeps the one
 asked for, by default (``auto``) the one cheaper at the promise on the held-out split;
 the plan records both and why (`Plan.branches`).
+Under the scheduler policy (`edgeadapt.planning.scheduler`) one kept branch (chosen on
+the calibration split) always runs and learned estimators over its outputs pick the
+branch that answers, risk-controlled; the Pareto set and its budget table stay for
+budgets.
 
 Costs (`state_costs_ms`, one per bundle state): for ``kind="early-exit"`` the cascade
 cost of state i (steps 0..i), which is also what a sample exiting at i pays in any kept
@@ -89,8 +93,10 @@ from edgeadapt.formats.plan import (
     COST_STATS,
     KINDS,
     MEASURE_RANGES,
+    SCHEDULER_NEVER,
     BranchOption,
     BudgetRow,
+    Estimator,
     Gate,
     Plan,
     Promise,
@@ -107,6 +113,8 @@ from edgeadapt.planning.gates import fit_gates, policy_confidences
 from edgeadapt.planning.outcomes import POLICIES, Outcomes
 from edgeadapt.planning.paths import check_promise, shared_path
 from edgeadapt.planning.risk import MARGIN, Choice, RiskControlled, choose, risk_control
+from edgeadapt.planning.scheduler import exit_costs as scheduler_costs
+from edgeadapt.planning.scheduler import policy_scores, schedule, simulate_scheduler
 from edgeadapt.planning.search import CalibratedSubset, Scores, search_subsets, subset_costs
 from edgeadapt.planning.stats import drop_upper_bound
 
@@ -309,6 +317,11 @@ def _check_policy(calib: Outcomes, heldout: Outcomes, kind: str, policy: str, me
     """The `policy` is known, fits the bundle `kind`, and both splits hold what it reads."""
     if policy not in POLICIES:
         raise InputError(f"must be one of {list(POLICIES)}, got {policy!r}", field="policy")
+    if policy == "scheduler" and kind != "branches":
+        raise InputError(
+            f"the scheduler policy picks the branch of a branches bundle; this bundle is {kind}",
+            field="policy",
+        )
     splits = (("calibration", calib), ("heldout", heldout))
     for name, split in splits:
         if policy == "agreement" and split.pred is None:
@@ -323,7 +336,7 @@ def _check_policy(calib: Outcomes, heldout: Outcomes, kind: str, policy: str, me
                 "the evaluation with edgeadapt evaluate, which stores every measure)",
                 field=CONF_KEYS[measure],
             )
-    for name, split in splits if policy == "gate" else ():
+    for name, split in splits if policy in ("gate", "scheduler") else ():
         if split.gate_inputs is None:
             raise InputError(
                 f"the {name} split lacks what gates read (the argmax and the maxprob, "
@@ -407,9 +420,13 @@ class _Chosen:
     promise: Promise | None
     fallback: str | None
     policy: str = "threshold"
+    scheduler: tuple[Estimator, ...] | None = None
+    scheduler_first: int = 0
 
     def scores(self, split: Outcomes) -> np.ndarray:
         """What the policy thresholds on `split` at the kept states."""
+        if self.scheduler is not None:
+            return policy_scores(self.scheduler, split, self.states, self.scheduler_first)
         return split.scores(self.states, self.policy, self.gates)
 
 
@@ -472,12 +489,11 @@ def _split_figures(
     """The policy of `chosen` simulated on `split`: its figures and which rows it gets
     right."""
     cols = list(chosen.states)
-    run = simulate(
-        chosen.scores(split),
-        split.correct[:, cols],
-        exit_costs(costs, chosen.states, kind, hop_ms),
-        chosen.thresholds,
-    )
+    if chosen.scheduler is None:
+        paid = exit_costs(costs, chosen.states, kind, hop_ms)
+    else:  # the first branch, then the one picked
+        paid = scheduler_costs(costs, chosen.states, hop_ms, chosen.scheduler_first)
+    run = simulate(chosen.scores(split), split.correct[:, cols], paid, chosen.thresholds)
     policy_correct = split.correct[np.arange(split.n), np.asarray(cols)[run.exit_state]]
     ref = float(split.correct[:, reference].mean())
     figures = SplitFigures(split.n, run.accuracy, ref, ref - run.accuracy, run.expected_cost)
@@ -634,8 +650,10 @@ def make_plan(
     if chains is not None and kind == "early-exit" and len(set(chains)) > 1:
         paid = _checked_chains(chains, len(state_ms))
     promise = check_promise(options.promise)
+    if options.policy == "scheduler":  # the first branch, then the one picked
+        paid = "scheduler"
     setting = _Setting(state_ms, paid, reference, options.max_drop, options.delta, promise, hop_ms)
-    if kind == "branches":
+    if kind == "branches" and options.policy != "scheduler":
         return _branches_plan((calib, heldout), setting, options, device, manifest_sha256)
     chosen, evaluated = _choose(calib, heldout, setting, options)
     return _plan_record(
@@ -662,6 +680,8 @@ def _choose(
     """The kept states, their thresholds, gates and promise (steps 2 to 4 of the module
     docstring), and how many subsets were calibrated to find them."""
     policy, calibration = options.policy, options.calibration
+    if policy == "scheduler":
+        return _scheduled(calib, heldout, setting, calibration), 0
     candidates, evaluated = _candidates(
         calib, setting, max_states=options.max_states, policy=policy, calibration=calibration
     )
@@ -745,6 +765,8 @@ def _settled(
         no_gates = None if chosen.gates is None else ()
         reference = (setting.reference,)
         chosen = _Chosen(reference, np.empty(0), no_gates, chosen.promise, why, chosen.policy)
+        if chosen.policy == "scheduler":
+            chosen = replace(chosen, scheduler=())
         held, held_correct = figures(heldout, chosen)
     return chosen, held, held_correct, figures(calib, chosen)[0]
 
@@ -804,6 +826,8 @@ def _plan_record(
         runtime=device.runtime,
         hop_overhead_ms=setting.hop_ms,
         agreement=policy == "agreement",
+        scheduler=chosen.scheduler,
+        scheduler_first=chosen.scheduler_first,
     )
 
 
@@ -825,6 +849,8 @@ def _written(
     that never exits."""
     if not cascaded:
         return tuple(float(MEASURE_RANGES[measure][1]) for _ in thresholds)
+    if policy == "scheduler":
+        return tuple(SCHEDULER_NEVER if math.isinf(t) else float(t) for t in thresholds)
     if policy == "agreement":
         return tuple(AGREEMENT_NEVER if math.isinf(t) else float(t) for t in thresholds)
     return tuple(float(t) for t in thresholds)
@@ -884,6 +910,27 @@ def _gated_states(
         states = tuple(s for s, f in zip(states, [*fires, True], strict=True) if f)
 
 
+def _scheduled(calib: Outcomes, heldout: Outcomes, setting: _Setting, calibration: str) -> _Chosen:
+    """The content-aware scheduler over the device's Pareto set of branches
+    (`edgeadapt.planning.scheduler.schedule`)."""
+    kept = pareto_states(setting.costs, calib.correct.mean(axis=0))
+    s = schedule(
+        calib,
+        heldout,
+        kept,
+        setting.costs,
+        setting.reference,
+        max_drop=setting.max_drop,
+        delta=setting.delta,
+        promise=setting.promise,
+        calibration=calibration,
+        hop_ms=setting.hop_ms,
+    )
+    return _Chosen(
+        s.states, s.thresholds, None, s.promise, s.fallback, "scheduler", s.estimators, s.first
+    )
+
+
 def plan_bundle(
     bundle: Bundle,
     evaluation: Evaluation,
@@ -928,6 +975,8 @@ def simulate_plan(plan: Plan, split: Outcomes) -> CascadeResult:
         raise InputError(
             f"states {split.names} differ from the plan's {plan.bundle_states}", field="states"
         )
+    if plan.scheduler is not None:
+        return simulate_scheduler(plan, split)
     return simulate(
         split.scores(plan.states, plan.policy, plan.gates),
         split.correct[:, list(plan.states)],
@@ -1065,12 +1114,14 @@ def compare_policies(
     options: PlanOptions | None = None,
 ) -> tuple[PolicyOutcome, ...]:
     """Every policy (`POLICIES`) planned by `plan_bundle` from the same inputs and
-    `options` (their policy replaced), so they can be shown side by side; a policy the
-    inputs cannot support (an evaluation without every measure's confidences has no
-    gates) comes with the reason instead of a plan."""
+    `options` (their policy replaced; the scheduler for branches bundles only), so they
+    can be shown side by side; a policy the inputs cannot support (an evaluation without
+    every measure's confidences has no gates) comes
+    with the reason instead of a plan."""
     base = options or PlanOptions()
     out = []
-    for policy in POLICIES:
+    # the scheduler is a branches bundle's only: other kinds leave it out, no reason needed
+    for policy in (p for p in POLICIES if p != "scheduler" or bundle.kind == "branches"):
         try:
             plan = plan_bundle(bundle, evaluation, costs, replace(base, policy=policy))
         except InputError as e:

@@ -99,6 +99,29 @@ EDGEADAPT_API edgeadapt_status edgeadapt_gate_decide(
     double threshold, int64_t position, int64_t* history, int64_t stride, float* previous,
     int64_t* pred, float* score, uint8_t* exit_mask, int64_t* continue_idx, int64_t* n_continue);
 
+/* The content-aware scheduler of a branches plan (kernel.hpp, "The content-aware
+ * scheduler"): one estimator per kept branch but the last, weights over the first
+ * branch's maxprob, margin and negative entropy, in that order; all finite. */
+#define EDGEADAPT_SCHEDULER_FEATURES 3
+typedef struct edgeadapt_estimator {
+    double weights[EDGEADAPT_SCHEDULER_FEATURES];
+    double bias;
+} edgeadapt_estimator;
+
+/* The scheduler's choice for a batch of the first kept branch's logits over `states`
+ * kept branches: estimators[states - 1], thresholds[states - 1], costs_ms[states] (each
+ * branch's tracked cost, finite and >= 0; costs_ms[0] is not read), available_ms what is
+ * left of the budget (INFINITY: none; not NaN). Writes pred[batch] (the first branch's
+ * argmax), scores[batch][states - 1] (may be NULL when states == 1) and choice[batch],
+ * the kept position that answers. */
+EDGEADAPT_API edgeadapt_status edgeadapt_schedule(const float* logits, int64_t batch,
+                                                  int64_t classes,
+                                                  const edgeadapt_estimator* estimators,
+                                                  const double* thresholds,
+                                                  const double* costs_ms, int64_t states,
+                                                  double available_ms, int64_t* pred,
+                                                  float* scores, int64_t* choice);
+
 /* Opaque latency-aware policy over N kept states (see kernel.hpp, class Policy). Hop i
  * is what runs to reach kept state i: the bundle steps since kept state i - 1. */
 typedef struct edgeadapt_policy edgeadapt_policy;

@@ -3,8 +3,9 @@
 // What runs on every inference: the confidence of a row of logits, the batch exit
 // decision with compaction of the rows that continue, learned exit gates (gate_score,
 // gate_decide: numerics below, at their definition), and the latency-aware policy
-// (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table). The
-// cascade that walks a bundle's hops with them is cascade.hpp.
+// (per-state thresholds, EWMA cost table, budget checks, AdaInf lookup table), and the
+// content-aware scheduler of a branches plan (schedule). The cascade that walks a
+// bundle's hops with them is cascade.hpp.
 //
 // Numerics (the readable specification is edgeadapt/kernel_ref.py):
 //   t_i = x_i - max(x)                      float32
@@ -529,6 +530,120 @@ inline Status gate_decide(const float* logits, std::int64_t batch, std::int64_t 
     if (std::isnan(threshold) || !detail::valid_gate(gate)) return Status::BadValue;
     *n_continue = detail::gate_rows(logits, batch, classes, gate, threshold, position, history,
                                     stride, previous, pred, score, exit_mask, continue_idx);
+    return Status::Ok;
+}
+
+// ---- The content-aware scheduler (branches) ------------------------------------------
+//
+// A branches plan's scheduler (edgeadapt/planning/scheduler.py) runs the first kept
+// branch, then reads its logits' features, in this order: maxprob, margin and negative
+// entropy (the float32 values row_confidence gives). One estimator per kept branch but
+// the last scores them exactly as a gate does (z = bias; z = z + w[k] * f_k for k =
+// 0..2, in order, no FMA contraction; clamp to [-80, 80]; 1 / (1 + exp(-z)) rounded once
+// to float32: edgeadapt/kernel_ref.py scheduler_scores). The choice among the S kept
+// branches (positions 0..S-1, rising in cost and accuracy), given what is left of the
+// budget, `available_ms` (+inf: none), and each branch's tracked cost `costs_ms[j]`
+// (costs_ms[0], the first branch's, is not read: it has run):
+//   position 0 when score[0] >= threshold[0] (answer with the first branch);
+//   else the least j in 1..S-2 with score[j] >= threshold[j] and costs_ms[j] <= available;
+//   else the last j >= 1 with costs_ms[j] <= available; else 0.
+// Scores compare in double; a NaN score (an invalid row) clears nothing
+// (kernel_ref.scheduler_choice).
+
+constexpr std::int64_t kSchedulerFeatures = 3;
+
+// One estimator: weights over the features above, and a bias. All finite.
+struct Estimator {
+    double weights[kSchedulerFeatures];
+    double bias;
+};
+
+namespace detail {
+
+inline bool valid_estimators(const Estimator* est, std::int64_t n) noexcept {
+    for (std::int64_t e = 0; e < n; ++e) {
+        for (double w : est[e].weights)
+            if (!std::isfinite(w)) return false;
+        if (!std::isfinite(est[e].bias)) return false;
+    }
+    return true;
+}
+
+// The scheduler's choice for one row of checked arguments; scores[0..states-2] and
+// *pred are written.
+inline std::int64_t schedule_row(const float* x, std::int64_t classes, const Estimator* est,
+                                 const double* thresholds, const double* costs_ms,
+                                 std::int64_t states, double available_ms, std::int64_t* pred,
+                                 float* scores) noexcept {
+    const std::int64_t n_est = states - 1;
+    const RowMax rm = row_max(x, classes);
+    float f[kSchedulerFeatures];
+    if (rm.finite) {
+        const float m = rm.max;
+        const Sums s = row_sums<true>(x, classes, m);
+        f[0] = static_cast<float>(1.0 / s.z);
+        f[1] = static_cast<float>(
+            (1.0 - static_cast<double>(exp_neg(second_max(x, classes, rm.arg) - m))) / s.z);
+        f[2] = static_cast<float>(s.zt / s.z - std::log(s.z));
+        *pred = rm.arg;
+    } else {
+        f[0] = f[1] = f[2] = std::numeric_limits<float>::quiet_NaN();
+        *pred = -1;
+    }
+    for (std::int64_t e = 0; e < n_est; ++e) {
+        double z = est[e].bias;
+        for (std::int64_t k = 0; k < kSchedulerFeatures; ++k)
+            z = z + est[e].weights[k] * static_cast<double>(f[k]);
+        z = z < -kGateClamp ? -kGateClamp : (z > kGateClamp ? kGateClamp : z);
+        scores[e] = static_cast<float>(1.0 / (1.0 + std::exp(-z)));
+    }
+    if (n_est == 0) return 0;
+    if (static_cast<double>(scores[0]) >= thresholds[0]) return 0;
+    for (std::int64_t j = 1; j < n_est; ++j)
+        if (static_cast<double>(scores[j]) >= thresholds[j] && costs_ms[j] <= available_ms)
+            return j;
+    for (std::int64_t j = states - 1; j >= 1; --j)
+        if (costs_ms[j] <= available_ms) return j;
+    return 0;
+}
+
+inline Status check_schedule(const Estimator* est, const double* thresholds,
+                             const double* costs_ms, std::int64_t states,
+                             double available_ms) noexcept {
+    if (states < 1) return Status::BadShape;
+    if (states > 1 && (!est || !thresholds)) return Status::NullPointer;
+    if (!costs_ms) return Status::NullPointer;
+    if (std::isnan(available_ms) || !valid_estimators(est, states - 1)) return Status::BadValue;
+    for (std::int64_t j = 0; j < states - 1; ++j)
+        if (std::isnan(thresholds[j])) return Status::BadValue;
+    for (std::int64_t j = 0; j < states; ++j)
+        if (!(costs_ms[j] >= 0.0) || !std::isfinite(costs_ms[j])) return Status::BadValue;
+    return Status::Ok;
+}
+
+}  // namespace detail
+
+// The scheduler's decision for a batch of the first kept branch's logits [batch, classes]
+// over `states` kept branches: `estimators` and `thresholds` hold states - 1 entries,
+// `costs_ms` states (each finite and >= 0); `available_ms` must not be NaN (it may be
+// negative: nothing fits). Writes pred [batch] (the first branch's argmax, -1 for an
+// invalid row), scores [batch, states - 1] row-major and choice [batch] (the kept
+// position to answer with).
+inline Status schedule(const float* logits, std::int64_t batch, std::int64_t classes,
+                       const Estimator* estimators, const double* thresholds,
+                       const double* costs_ms, std::int64_t states, double available_ms,
+                       std::int64_t* pred, float* scores, std::int64_t* choice) noexcept {
+    if (const Status s = detail::check_batch(logits, batch, classes); s != Status::Ok) return s;
+    if (!pred || !choice || (states > 1 && !scores)) return Status::NullPointer;
+    if (const Status s = detail::check_schedule(estimators, thresholds, costs_ms, states,
+                                                available_ms);
+        s != Status::Ok)
+        return s;
+    const std::int64_t n_est = states - 1;
+    for (std::int64_t b = 0; b < batch; ++b)
+        choice[b] = detail::schedule_row(logits + b * classes, classes, estimators, thresholds,
+                                         costs_ms, states, available_ms, pred + b,
+                                         scores + b * n_est);
     return Status::Ok;
 }
 
