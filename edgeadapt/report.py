@@ -1,7 +1,9 @@
 """The device report: one self-contained HTML page (and its PNGs) of policy vs oracle.
 
 `write_report` joins a bundle, its profile on the device and an evaluation (checked by
-`edgeadapt.oracle.bound.load_inputs`), and optionally the plan made from them, and draws:
+`edgeadapt.oracle.bound.load_inputs`), and optionally the plan made from them (of any
+policy: its point on the whole evaluation is its own policy run as
+`edgeadapt.planning.planner.simulate_plan` runs it), and draws:
 
 - accuracy vs measured cost of every state with the alpha = 1 and constant-alpha
   (alpha_min) bounds and the shaded opportunity area between the states and the
@@ -64,7 +66,8 @@ from edgeadapt.oracle.bound import (
 )
 from edgeadapt.oracle.equations import ExactFigures, OraclePoint
 from edgeadapt.oracle.subset import SubsetChoice, subset_curve_exact
-from edgeadapt.planning.calibrate import Sweep, simulate, sweep
+from edgeadapt.planning.calibrate import Sweep, sweep
+from edgeadapt.planning.outcomes import POLICIES
 from edgeadapt.planning.planner import (
     Outcomes,
     PlanOptions,
@@ -72,6 +75,7 @@ from edgeadapt.planning.planner import (
     compare_policies,
     plan_options,
     profile_costs,
+    simulate_plan,
 )
 from edgeadapt.planning.scheduler import BudgetPoint, budget_comparison
 from edgeadapt.planning.search import subset_costs
@@ -114,7 +118,9 @@ class ReportData:
     sweep: Sweep | None  # None: the evaluation has no confidences
     sweep_states: tuple[int, ...]  # bundle states the sweep runs
     plan: Plan | None
-    plan_here: tuple[float, float] | None  # plan's thresholds on this evaluation: (acc, cost)
+    #: The plan's policy run on the whole evaluation (`_plan_here`): (accuracy, cost), or
+    #: None without a plan or when the evaluation lacks what its policy reads.
+    plan_here: tuple[float, float] | None
     measure: str  # confidence measure of the sweep: the plan's, else maxprob
     #: Every policy planned from this profile and evaluation (`compare_policies`).
     policies: tuple[PolicyOutcome, ...] = ()
@@ -126,8 +132,25 @@ class ReportData:
 def _plan(plan: Plan | PathLike, bundle: Bundle) -> Plan:
     source = None if isinstance(plan, Plan) else str(plan)
     loaded = plan if isinstance(plan, Plan) else load_plan(plan)
-    check_plan(loaded, bundle, source)
+    check_plan(loaded, bundle, source, policies=POLICIES)  # the report runs every policy
     return loaded
+
+
+def _plan_here(plan: Plan, evaluation: Evaluation) -> tuple[float, float] | None:
+    """The plan's own policy (thresholds, gates, agreement or scheduler) run on the whole
+    `evaluation` (checked, in bundle order) as `simulate_plan` runs it, which is what a
+    runner reproduces row for row: (accuracy, expected cost in ms at the plan's own
+    costs and per-hop overhead); None when the evaluation lacks what the policy reads
+    (a threshold or gate plan on imported predictions)."""
+    outcomes = Outcomes.from_evaluation(evaluation, plan.measure)
+    if plan.policy in ("gate", "scheduler"):  # they read every measure's confidences
+        lacking = outcomes.gate_inputs is None
+    else:  # agreement reads the predictions alone
+        lacking = plan.policy == "threshold" and outcomes.conf is None
+    if lacking:
+        return None
+    run = simulate_plan(plan, outcomes)
+    return run.accuracy, run.expected_cost
 
 
 def report_data(
@@ -152,18 +175,12 @@ def report_data(
     states = tuple(range(len(inputs.names))) if chosen is None else chosen.states
     cols = list(states)
     # a sweep of thresholds is a cascade: over branches each pays every branch it runs
-    walks = chosen is None or chosen.walks
-    layout = "ensemble" if b.kind == "branches" and walks else b.cost_layout
+    layout = "ensemble" if b.kind == "branches" else b.cost_layout
     pay = subset_costs(inputs.costs, states, layout)
     measure = "maxprob" if chosen is None else chosen.measure
     conf = getattr(ev, CONF_KEYS[measure])
     swept = None if conf is None else sweep(conf[:, cols], correct[:, cols], pay)
-    here = None
-    if chosen is not None and not walks:  # the table: its last kept branch alone
-        here = (float(correct[:, cols[-1]].mean()), float(inputs.costs[cols[-1]]))
-    elif chosen is not None and conf is not None:
-        run = simulate(conf[:, cols], correct[:, cols], pay, np.asarray(chosen.thresholds))
-        here = (run.accuracy, run.expected_cost)
+    here = None if chosen is None else _plan_here(chosen, ev)
     assert inputs.profile is not None  # cost="ms" needs one
     costs = profile_costs(inputs.profile, b, stat="p50" if chosen is None else chosen.cost_stat)
     # the plan's own options and per-hop overhead; without a plan, the defaults and none
@@ -497,15 +514,15 @@ def _plan_section(data: ReportData) -> str:
         ["oracle (plan.json)", f"{num(plan.r_oracle)} ms at {pct(plan.a_oracle, 2)}"],
         ["oracle gap closure", gap],
     ]
-    if data.plan_here is not None:
-        acc, cost = data.plan_here
-        n = data.inputs.evaluation.labels.size
-        rows.append(
-            [
-                "plan's thresholds on this evaluation and profile",
-                f"{pct(acc, 2)} at {num(cost)} ms ({n} samples)",
-            ]
-        )
+    n = data.inputs.evaluation.labels.size
+    rows.append(
+        [
+            f"the plan's {plan.policy} policy on this evaluation (its own costs)",
+            f"not run: the evaluation lacks what the {plan.policy} policy reads"
+            if data.plan_here is None
+            else f"{pct(data.plan_here[0], 2)} at {num(data.plan_here[1])} ms ({n} samples)",
+        ]
+    )
     return _table(["plan", "value"], rows)
 
 

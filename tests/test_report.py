@@ -17,7 +17,7 @@ from edgeadapt.formats.plan import save_plan
 from edgeadapt.formats.profile import default_profile_path, save_profile
 from edgeadapt.oracle.bound import bundle_bound
 from edgeadapt.planning.planner import PlanCosts
-from edgeadapt.report import FIGURES, report_data, write_report
+from edgeadapt.report import FIGURES, render_report, report_data, write_report
 from tests.clirun import invoke
 from tests.device_inputs import copy_multiexit, multiexit
 
@@ -389,3 +389,107 @@ def test_report_says_why_a_policy_cannot_be_planned(device, tmp_path):
 def test_the_page_names_the_bundle_by_its_identity(device, written):
     bundle, _ = device
     assert f"manifest sha256 {bundle.manifest_sha256}" in written[-1].read_text()
+
+
+# ------------------------------------------------- the plan's point, any policy
+
+
+def _plan_row(page: str, plan, n: int, point: tuple[float, float]) -> None:
+    """The plan section's row of its point on this evaluation is `point`."""
+    label = f"the plan's {plan.policy} policy on this evaluation (its own costs)"
+    accuracy, cost = point
+    assert rows(page)[label] == [f"{100 * accuracy:.2f}% at {cost:.4g} ms ({n} samples)"]
+
+
+@pytest.mark.parametrize("policy", ["threshold", "gate", "agreement"])
+def test_the_plans_point_is_its_policy_as_simulate_plan_runs_it(device, tmp_path, policy):
+    """Gate and agreement plans threshold other scores than the confidences: a plan of any
+    policy, given as a file, is shown and its point on the whole evaluation is what
+    `simulate_plan` (what a runner reproduces row for row) gives."""
+    from edgeadapt.formats.profile import load_profile
+    from edgeadapt.planning.planner import (
+        Outcomes,
+        PlanOptions,
+        plan_bundle,
+        profile_costs,
+        simulate_plan,
+    )
+
+    bundle, paths = device
+    ev = load_evaluation(paths["evaluation"])
+    # no static model: a cascade is kept even where it would not beat it here
+    costs = replace(profile_costs(load_profile(paths["profile"], bundle), bundle), static_ms=None)
+    options = PlanOptions(policy=policy, max_drop=0.15)
+    plan = plan_bundle(bundle, ev, costs, options)
+    assert plan.policy == policy
+    assert len(plan.states) > 1  # a cascade: its exits depend on the policy's scores
+    save_plan(tmp_path / "plan.json", plan)
+    data = report_data(bundle, **{**paths, "plan": tmp_path / "plan.json"})
+    want = simulate_plan(plan, Outcomes.from_evaluation(ev, plan.measure))
+    assert len(np.unique(want.exit_state)) > 1
+    assert data.plan_here == (pytest.approx(want.accuracy), pytest.approx(want.expected_cost))
+    page = write_report(
+        bundle, **{**paths, "plan": tmp_path / "plan.json"}, out=tmp_path / "r.html"
+    )
+    _plan_row(page[-1].read_text(), plan, ev.labels.size, data.plan_here)
+
+
+def test_a_plan_whose_policy_the_evaluation_cannot_feed_says_so(device, tmp_path):
+    """A gate plan on an evaluation without every measure's confidences: no point, and
+    the page says why."""
+    from edgeadapt.formats.profile import load_profile
+    from edgeadapt.planning.planner import PlanOptions, plan_bundle, profile_costs
+
+    bundle, paths = device
+    ev = load_evaluation(paths["evaluation"])
+    costs = profile_costs(load_profile(paths["profile"], bundle), bundle)
+    plan = plan_bundle(bundle, ev, costs, PlanOptions(policy="gate"))
+    maxprob_only = Evaluation(ev.labels, ev.pred, ev.states, ev.conf)
+    data = report_data(bundle, profile=paths["profile"], evaluation=maxprob_only, plan=plan)
+    assert data.plan_here is None
+    page = write_report(
+        bundle,
+        profile=paths["profile"],
+        evaluation=maxprob_only,
+        plan=plan,
+        out=tmp_path / "r.html",
+    )[-1].read_text()
+    label = "the plan's gate policy on this evaluation (its own costs)"
+    assert rows(page)[label] == ["not run: the evaluation lacks what the gate policy reads"]
+
+
+@pytest.fixture(scope="module")
+def branches(tmp_path_factory):
+    """The shipped family bundle declared as execution branches, and a short profile."""
+    import shutil
+
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.measure.profiler import TimingOptions, profile_bundle
+    from tests.device_inputs import MULTIEXIT
+
+    d = tmp_path_factory.mktemp("branches") / "bundle"
+    shutil.copytree(MULTIEXIT.parent / "mnist1d-family", d)
+    manifest = d / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"kind": "ensemble"', '"kind": "branches"'))
+    bundle = load_bundle(d)
+    timing = TimingOptions(batches=(1,), warmup=1, iters=10)
+    return d, profile_bundle(bundle, timing=timing)
+
+
+def test_a_scheduler_plans_point_is_the_scheduler_run(branches, tmp_path):
+    """A scheduler plan's point is the scheduler's picks (`simulate_plan`), not its last
+    kept branch alone; the report renders it."""
+    from edgeadapt.formats.bundle import load_bundle
+    from edgeadapt.planning.planner import simulate_plan
+    from tests.plans import scheduler_plan
+
+    d, profile = branches
+    _, ev, outcomes, plan = scheduler_plan(d, 320)
+    assert plan.policy == "scheduler"
+    want = simulate_plan(plan, outcomes)
+    assert len(np.unique(want.exit_state)) > 1  # it picks per input: not its last alone
+    bundle = load_bundle(d)
+    data = report_data(bundle, profile=profile, evaluation=ev, plan=plan)
+    assert data.plan_here == (pytest.approx(want.accuracy), pytest.approx(want.expected_cost))
+    page = render_report(data, tmp_path / "r.html")[-1].read_text()
+    _plan_row(page, plan, ev.labels.size, data.plan_here)
