@@ -379,6 +379,38 @@ def test_report_states_agree_with_the_reference_chain(stacked, tmp_path):
     assert agree["exit1@fp16r"] == pct(want, 2)
 
 
+def test_r_n_is_named_by_its_chain_in_the_report_and_the_plan(stacked, tmp_path):
+    """In a bundle of several chains R_N is one chain's steps, not the sum of every step:
+    the bound names the chain of its baseline state, the plan (whose R_N is the last
+    state's cost) the last chain, in the report and in `edgeadapt plan`'s text."""
+    from edgeadapt.commands.plan import plan_text
+    from edgeadapt.oracle.bound import r_n_chain
+    from edgeadapt.planning.planner import PlanSummary, plan_bundle, profile_costs
+    from edgeadapt.report import render_report
+
+    both, x, y = stacked["both"], stacked["x"], stacked["y"]
+    ev = evaluate_bundle(both, {"x": x}, y, batch=32)
+    timing = TimingOptions(iters=10, warmup=2, whole=False, overhead=False)
+    profile = profile_bundle(both, "onnxruntime", timing)
+    plan = plan_bundle(both, ev, profile_costs(profile, both), PlanOptions(max_drop=0.5))
+    data = report_data(both, profile=profile, evaluation=ev, plan=plan)
+    summary = data.bound.summary
+    names = [s.name for s in both.states]
+    baseline = names.index(summary.baseline)
+    chain = both.chain_names[baseline]
+    steps = state_costs(profile, both, stat="p50")
+    assert summary.r_n == pytest.approx(steps[baseline])  # its chain's steps up to it alone
+    assert data.bound.r_n_what == f"the sum of chain {chain}'s steps"
+    assert r_n_chain(both) == "mnist1d-resnet"
+    assert plan.r_n == pytest.approx(steps[-1])  # the last chain's steps
+    page = render_report(data, tmp_path / "r.html")[-1].read_text()
+    assert f"R_N: the sum of chain {chain}&#x27;s steps ({summary.baseline})" in page
+    assert "vs R_N, the sum of chain mnist1d-resnet&#x27;s steps" in page
+    assert "the sum of the steps" not in page
+    text = plan_text(PlanSummary(plan), r_n_chain(both))
+    assert "vs R_N, the sum of chain mnist1d-resnet's steps:" in text
+
+
 def test_full_path_is_the_last_chain():
     rounds = np.array([[1.0, 2.0, 3.0, 4.0, 7.0], [1.0, 2.0, 5.0, 5.0, 5.0]])
     # two chains of two steps: the full path is the second chain's steps

@@ -17,9 +17,10 @@ from edgeadapt.commands.options import (
     output_option,
     seed_option,
 )
+from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.plan import BRANCH_CHOICES, COST_STATS, PROMISE_KINDS
 from edgeadapt.kernel_ref import MEASURES
-from edgeadapt.oracle.bound import r_n_what
+from edgeadapt.oracle.bound import r_n_chain, r_n_what
 from edgeadapt.planning.planner import (
     CALIBRATIONS,
     POLICIES,
@@ -173,8 +174,9 @@ def plan_cmd(
     deploying. Plan on a profile taken in chain order (the profiler's default): the
     costs the cascade pays.
     """
+    b = load_bundle(bundle)
     summary = plan_to_file(
-        bundle,
+        b,
         profile=profile,
         evaluation=evaluation,
         output=output,
@@ -195,11 +197,12 @@ def plan_cmd(
     if as_json:
         echo_json(summary.to_json())
     else:
-        click.echo(plan_text(summary))
+        click.echo(plan_text(summary, r_n_chain(b)))
 
 
-def plan_text(summary: PlanSummary) -> str:
-    """The plan's figures as `edgeadapt plan` prints them."""
+def plan_text(summary: PlanSummary, chain: str | None = None) -> str:
+    """The plan's figures as `edgeadapt plan` prints them; `chain` names the chain of
+    the bundle's last state, whose cost is R_N, in a bundle of several chains."""
     plan = summary.plan
     held = plan.heldout
     lines = [
@@ -211,7 +214,7 @@ def plan_text(summary: PlanSummary) -> str:
         plan.statement,
         f"expected cost {held.cost_ms:.4f} ms; oracle {plan.r_oracle:.4f} ms "
         f"at {pct(plan.a_oracle, 2)}",
-        f"  vs R_N, {r_n_what(plan.kind)}: {plan.r_n:.4f} ms ({saving(summary.saving_vs_r_n)})",
+        f"  vs R_N, {r_n_what(plan.kind, chain)}: {plan.r_n:.4f} ms ({saving(summary.saving_vs_r_n)})",
     ]
     if plan.static_ms is None:
         lines.append("  vs the static model: not measured (profile without the whole model)")

@@ -12,7 +12,8 @@ promises and what the device pays is visible. `load_inputs` is the shared, check
 loading step (the report uses it too).
 
 Two baselines: ``r_n`` is the sum of the steps (the full path, every state run in turn,
-what the paper's gains are against), and ``static`` the measured whole model from the
+what the paper's gains are against; in a bundle of several chains, the steps of its
+state's chain alone, `r_n_chain`), and ``static`` the measured whole model from the
 profile (the unsplit network a user would otherwise deploy; `static_baseline`). A
 saving against R_N that does not hold against the static model is no saving.
 """
@@ -55,6 +56,7 @@ __all__ = [
     "bundle_bound_defaults",
     "load_inputs",
     "oracle_cells",
+    "r_n_chain",
     "r_n_what",
     "static_baseline",
     "table_bound",
@@ -76,9 +78,24 @@ R_N_WHAT = {
 PathLike = str | os.PathLike[str]
 
 
-def r_n_what(kind: str) -> str:
-    """What R_N is for a bundle of `kind` (`R_N_WHAT`), for labels."""
+def r_n_what(kind: str, chain: str | None = None) -> str:
+    """What R_N is for a bundle of `kind` (`R_N_WHAT`), for labels; `chain` names the
+    chain of R_N's state in a bundle of several chains (`r_n_chain`), where R_N is the
+    sum of that chain's steps alone."""
+    if chain is not None:
+        return f"the sum of chain {chain}'s steps"
     return R_N_WHAT.get(kind, "the costliest state")
+
+
+def r_n_chain(bundle: Bundle, state: str | None = None) -> str | None:
+    """The chain of `bundle`'s state named `state` (default its last, whose cost is a
+    plan's R_N) in a bundle of several chains; None for one chain."""
+    if not bundle.chain_names:
+        return None
+    if state is None:
+        return bundle.chain_names[-1]
+    names = [s.name for s in bundle.states]
+    return bundle.chain_names[names.index(state)]
 
 
 #: What the cost views are, in words (the caption of every table of them).
@@ -212,11 +229,13 @@ class BundleBound:
     samples: int
     views: dict[str, CostView]
     static: StaticBaseline | None
+    #: The chain of R_N's state (`summary.baseline`) in a bundle of several chains.
+    r_n_chain: str | None = None
 
     @property
     def r_n_what(self) -> str:
-        """What R_N is for this bundle's kind."""
-        return r_n_what(self.kind)
+        """What R_N is for this bundle (its kind, or R_N's chain)."""
+        return r_n_what(self.kind, self.r_n_chain)
 
     def baselines(self) -> list[tuple[str, float, float, float | None]]:
         """(label, cost, dR, R_ratio) of the headline oracle against each baseline: R_N
@@ -415,6 +434,7 @@ def bundle_bound(
         static=static_baseline(p, b, summary.r_n, summary.r_oracle)
         if inputs.unit == "ms"
         else None,
+        r_n_chain=r_n_chain(b, summary.baseline),
     )
 
 
