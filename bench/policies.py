@@ -44,6 +44,7 @@ import numpy as np
 
 from edgeadapt.data.mnist1d import CALIBRATION_SEED, mnist1d_calibration, mnist1d_splits
 from edgeadapt.formats.bundle import Bundle, load_bundle
+from edgeadapt.formats.chains import Layout
 from edgeadapt.formats.profile import Profile, load_profile, state_costs
 from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.measure.profiler import TimingOptions, profile_bundle
@@ -200,7 +201,7 @@ def redraw(
     calib, held = cal.split(0.5, seed=r)
     reference = int(np.argmax(cal.correct.mean(axis=0)))
     every = tuple(range(len(costs)))
-    cost = exit_costs(costs, every, bundle.kind, hop)
+    cost = exit_costs(costs, every, bundle.cost_layout, hop)
     out = {}
     for name, options in (
         ("plan (default: threshold, net promise)", {}),
@@ -215,8 +216,9 @@ def redraw(
             manifest_sha256=bundle.manifest_sha256,
             kind=bundle.kind,
             options=PlanOptions(max_drop=args.max_drop, delta=DELTA, **options),
+            chains=bundle.chains,
         )
-        pay = exit_costs(costs, plan.states, bundle.kind, plan.hop_overhead_ms)
+        pay = exit_costs(costs, plan.states, bundle.cost_layout, plan.hop_overhead_ms)
         state = simulate_plan(plan, score).exit_state
         out[name] = _figures(score, reference, costs, state, plan.states, pay)
     rule = calm(calib, held, cost, reference, args.max_drop)
@@ -229,14 +231,17 @@ def redraw(
 
 
 def ceiling(
-    pool: Outcomes, costs: np.ndarray, hop: float, kind: str, max_drop: float, n_test: int
+    pool: Outcomes, costs: np.ndarray, hop: float, layout: Layout, max_drop: float, n_test: int
 ) -> str:
     """What limits the promise: per-exit thresholds and gates fitted on the whole pool and
     scored on it (in-sample: optimistic) at the loss rate the binomial test on `n_test`
     held-out samples can pass at the most."""
-    passable = max(k for k in range(n_test + 1) if binom_cdf(k, n_test, max_drop) <= DELTA) / n_test
+    passing = [k for k in range(n_test + 1) if binom_cdf(k, n_test, max_drop) <= DELTA]
+    if not passing:
+        return f"no loss rate passes a {n_test}-sample test at {max_drop:.2%}: no ceiling"
+    passable = max(passing) / n_test
     every = tuple(range(len(costs)))
-    cost = exit_costs(costs, every, kind, hop)
+    cost = exit_costs(costs, every, layout, hop)
     ref = pool.correct[:, int(np.argmax(pool.correct.mean(axis=0)))]
     kept = pool.correct | ~ref[:, None]
     r_oracle = exact_oracle(pool.correct, costs).r_oracle
@@ -322,7 +327,9 @@ def main() -> None:
             f"{name:<48} {a[:, 0].mean():>11.3f} {np.mean(bound > args.max_drop):>10.0%} "
             f"{a[:, 1].mean():>+9.2%}"
         )
-    print(ceiling(pool, costs, hop, bundle.kind, args.max_drop, args.calibration_samples // 2))
+    print(
+        ceiling(pool, costs, hop, bundle.cost_layout, args.max_drop, args.calibration_samples // 2)
+    )
     print(f"({time.monotonic() - start:.0f} s)")
 
 

@@ -748,7 +748,9 @@ def write_report(
 @dataclass(frozen=True)
 class ReportFiles:
     """A written report (`report_to_file`): what it was made from, the files written (HTML
-    last) and its figures; `to_json()` is what ``edgeadapt report --json`` prints."""
+    last) and its figures; `to_json()` is what ``edgeadapt report --json`` prints (the
+    plan's ``policy``: its kind, held-out figures and, ``on_evaluation``, its point on
+    the whole evaluation, `ReportData.plan_here`)."""
 
     data: ReportData
     paths: tuple[Path, ...]
@@ -759,7 +761,7 @@ class ReportFiles:
     def to_json(self) -> dict[str, Any]:
         summary = self.data.bound.summary
         exact = summary.exact
-        plan = self.data.plan
+        plan, here = self.data.plan, self.data.plan_here
         static = self.data.bound.static
         return {
             "html": str(self.paths[-1]),
@@ -774,12 +776,14 @@ class ReportFiles:
             "policy": None
             if plan is None
             else {
+                "kind": plan.policy,
                 "accuracy": plan.heldout.accuracy,
                 "cost": plan.heldout.cost_ms,
                 "gap_closure": plan.gap_closure,
                 "static_ms": plan.static_ms,
                 "beats_static": plan.beats_static,
                 "branches": None if plan.branches is None else plan.branches.to_json(),
+                "on_evaluation": None if here is None else {"accuracy": here[0], "cost": here[1]},
             },
             "policies": [p.to_json() for p in self.data.policies],
         }

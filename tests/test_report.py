@@ -13,10 +13,10 @@ import pytest
 
 from edgeadapt.errors import InputError, MissingExtraError
 from edgeadapt.formats.evaluation import Evaluation, load_evaluation, save_evaluation
-from edgeadapt.formats.plan import save_plan
+from edgeadapt.formats.plan import load_plan, save_plan
 from edgeadapt.formats.profile import default_profile_path, save_profile
 from edgeadapt.oracle.bound import bundle_bound
-from edgeadapt.planning.planner import PlanCosts
+from edgeadapt.planning.planner import Outcomes, PlanCosts, simulate_plan
 from edgeadapt.report import FIGURES, render_report, report_data, write_report
 from tests.clirun import invoke
 from tests.device_inputs import copy_multiexit, multiexit
@@ -307,6 +307,11 @@ def test_cli_report_json(device, tmp_path):
     assert summary["exact"] == pytest.approx(bound.to_json()["exact"])
     assert [p["policy"] for p in summary["policies"]] == ["threshold", "gate", "agreement"]
     assert summary["policy"]["gap_closure"] is not None
+    plan = load_plan(paths["plan"])
+    assert summary["policy"]["kind"] == plan.policy
+    run = simulate_plan(plan, Outcomes.from_evaluation(load_evaluation(paths["evaluation"])))
+    want = {"accuracy": run.accuracy, "cost": run.expected_cost}
+    assert summary["policy"]["on_evaluation"] == pytest.approx(want)
 
 
 def test_cli_report_finds_the_bundle_defaults(device, tmp_path):

@@ -25,7 +25,10 @@ from edgeadapt.render import pct, ratio, static_verdict, table
 @bundle_argument()
 @file_option("--profile", "Profile of the bundle on this device [BUNDLE/profiles/<device>.json].")
 @file_option("--evaluation", "Per-sample results of every state [BUNDLE/evaluation.npz].")
-@file_option("--plan", "Plan to show against the oracle [BUNDLE/plan.json when it exists].")
+@file_option(
+    "--plan",
+    "Plan of any policy to show against the oracle [BUNDLE/plan.json when it exists].",
+)
 @output_option("HTML file; PNGs go next to it.", required=True)
 @json_option("Print the paths and headline figures.")
 def report_cmd(
@@ -39,8 +42,10 @@ def report_cmd(
     """Write the report of BUNDLE on this device: accuracy vs measured cost with the oracle
     bounds, the policy sweep and the plan (paper Fig. 3/4), alpha_i per state (Fig. 2) and
     R_ratio vs number of states (Fig. 6), in one HTML file readable without a server.
-    Every policy (confidence thresholds, learned exit gates, agreement) is planned from
-    the same profile and evaluation and shown side by side."""
+    The plan (threshold, gate, agreement or scheduler policy) is also run on the whole
+    evaluation as the planner simulates it. Every policy (confidence thresholds, learned
+    exit gates, agreement; the scheduler for a branches bundle) is planned from the same
+    profile and evaluation and shown side by side."""
     from edgeadapt.report import POLICY_HEADERS, policy_rows, report_to_file
 
     written = report_to_file(
@@ -67,7 +72,7 @@ def report_cmd(
     if chosen is not None:
         gap = chosen.gap_closure
         click.echo(
-            f"plan {written.plan}: {chosen.heldout.cost_ms:.4f} ms at "
+            f"plan {written.plan} ({chosen.policy} policy): {chosen.heldout.cost_ms:.4f} ms at "
             f"{pct(chosen.heldout.accuracy, 2)} held-out, oracle gap closure "
             + ("n/a" if gap is None else pct(gap))
             + (
