@@ -409,8 +409,8 @@ def _plan_row(page: str, plan, n: int, point: tuple[float, float]) -> None:
 @pytest.mark.parametrize("policy", ["threshold", "gate", "agreement"])
 def test_the_plans_point_is_its_policy_as_simulate_plan_runs_it(device, tmp_path, policy):
     """Gate and agreement plans threshold other scores than the confidences: a plan of any
-    policy, given as a file, is shown and its point on the whole evaluation is what
-    `simulate_plan` (what a runner reproduces row for row) gives."""
+    policy, given as a file (to the CLI too), is shown and its point on the whole
+    evaluation is what `simulate_plan` (what a runner reproduces row for row) gives."""
     from edgeadapt.formats.profile import load_profile
     from edgeadapt.planning.planner import (
         Outcomes,
@@ -433,10 +433,13 @@ def test_the_plans_point_is_its_policy_as_simulate_plan_runs_it(device, tmp_path
     want = simulate_plan(plan, Outcomes.from_evaluation(ev, plan.measure))
     assert len(np.unique(want.exit_state)) > 1
     assert data.plan_here == (pytest.approx(want.accuracy), pytest.approx(want.expected_cost))
-    page = write_report(
-        bundle, **{**paths, "plan": tmp_path / "plan.json"}, out=tmp_path / "r.html"
-    )
-    _plan_row(page[-1].read_text(), plan, ev.labels.size, data.plan_here)
+    # `edgeadapt report --plan` takes it too
+    args = ["--profile", paths["profile"], "--evaluation", paths["evaluation"]]
+    out = tmp_path / "r.html"
+    result = invoke("report", bundle.path, *args, "--plan", tmp_path / "plan.json", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert f"({policy} policy)" in result.output
+    _plan_row(out.read_text(), plan, ev.labels.size, data.plan_here)
 
 
 def test_a_plan_whose_policy_the_evaluation_cannot_feed_says_so(device, tmp_path):
