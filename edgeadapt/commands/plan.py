@@ -169,7 +169,8 @@ def plan_cmd(
     them) from the evaluation; the plan records it and AdaptiveModel runs it.
 
     The expected cost is stated against two baselines: R_N (for an early-exit bundle the
-    sum of the steps, every state run in turn) and the measured static model (the whole
+    sum of the steps, every state run in turn; of the last chain alone for a bundle of
+    several chains) and the measured static model (the whole
     model timed in the profile), the plain network the plan must beat to be worth
     deploying. Plan on a profile taken in chain order (the profiler's default): the
     costs the cascade pays.
