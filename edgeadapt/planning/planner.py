@@ -1108,7 +1108,8 @@ class PolicyOutcome:
 def plan_options(plan: Plan) -> PlanOptions:
     """The `PlanOptions` `plan` was made with, as far as the plan records them (the
     held-out share from its split sizes; the seed is not recorded: the default; a branches
-    plan's choice as it was asked). Its
+    plan's choice as it was asked; its reference state, by name, so that a plan made
+    against a named reference is made again against it). Its
     costs' percentile and per-hop overhead are `Plan.cost_stat` and
     `Plan.hop_overhead_ms`."""
     held, calib = plan.heldout.n, plan.calibration.n
@@ -1121,6 +1122,7 @@ def plan_options(plan: Plan) -> PlanOptions:
         calibration="empirical" if plan.promise is None else "risk",
         promise="net" if plan.promise is None else plan.promise.kind,
         branches="auto" if plan.branches is None else plan.branches.asked,
+        reference=plan.bundle_states[plan.reference_state],
     )
 
 
