@@ -460,9 +460,9 @@ def quantize_bundle(
     if with_source and (src.kind != "early-exit" or src.chain_names):
         what = "several chains" if src.chain_names else f"kind {src.kind}"
         raise InputError(
-            f"with_source combines one-chain early-exit bundles (the exits at two "
-            f"precisions); this one has {what}: write the variant alone and evaluate and "
-            "profile the two bundles side by side",
+            "a variant is combined with its source (--with-source) only for a one-chain "
+            f"early-exit bundle (its exits at two precisions); this one has {what}: write "
+            "the variant alone and evaluate and profile the two bundles side by side",
             source=src.path / "manifest.json",
             field="$.kind",
         )
