@@ -1,83 +1,57 @@
-"""Plans over exit x precision against exits alone (fp32) and int8 alone, on one device.
+"""Plans over exit x precision against fp32 exits alone and int8 exits alone, on one device.
 
-The demo's mnist1d-resnet bundle (4 exits, fp32) gets an int8 twin: every step quantized
-with ONNX Runtime's static quantization (QDQ, per-channel weights, calibrated on
-`--quant-samples` MNIST-1D calibration samples fed through the fp32 steps before it).
-`edgeadapt export variants` combines int8 then fp32 into one bundle of two chains
-(8 states); it is evaluated on `--samples` fresh MNIST-1D samples and profiled here
-(chain order, batch 1, whole model timed alongside). Printed: each state's p50 cost and
-accuracy, the exact oracle on all 8 states and on each chain alone, and the risk-controlled
-plan (threshold policy, net promise at `--max-drop`, delta 0.05) made on the same
-evaluation and profile over all 8 states, over the fp32 exits only and over the int8
-exits only (the same split, the same promise; each subset's columns only).
+Each early-exit bundle gets its int8 twin the way a user makes it: `quantize_bundle` with
+its defaults (ONNX Runtime static quantization, QDQ, per-channel int8 weights, uint8
+activations, MinMax calibration, the last 20% of the calibration rows held out for
+parity) and ``with_source=True`` (`export quantize --with-source`), which combines the
+int8 chain (first) and the fp32 source (last, the reference) through `export variants`.
+The combined bundle is evaluated, profiled here (ONNX Runtime CPU, 1 thread, batch 1,
+chain order, p50, the cascade's per-hop overhead counted) and planned (threshold policy,
+net promise at `--max-drop` with delta 0.05, Learn then Test on a 50/50 split of the
+evaluation) three ways on the same samples, split and profile:
 
-    python bench/variants.py [--samples 10000] [--quant-samples 512] [--max-drop 0.005]
+- exit x precision: every state, the promise held against the fp32 last exit;
+- fp32 exits: the fp32 chain's states only, held against the same fp32 last exit;
+- int8 exits: the int8 chain's states only, held against the int8 last exit (the fp32
+  reference is not among its states); its drop against the fp32 last exit is printed too.
+
+The exact oracle is over the same columns. Two bundles:
+
+(a) the shipped demo mnist1d-resnet (4 exits, trained on MNIST-1D): calibration 500 rows
+    of the MNIST-1D calibration split, evaluation `--samples` fresh MNIST-1D samples
+    (real accuracy);
+(b) ResNet-18 at 224 px (`edgeadapt.zoo`'s ResNet-18 written in torch, random weights,
+    BatchNorm statistics re-estimated on random inputs), exported to ONNX and cut by
+    `export onnx` after layer2 and layer3, linear heads trained on `--r18-calib` random
+    images labelled by the fp32 model's own top-1 class: accuracy there is agreement with
+    the full fp32 model. Its int8 calibration uses 125 of those rows (100 calibrate, 25
+    measure parity), its evaluation `--r18-samples` other random images.
+
+    python bench/variants.py [--samples 10000] [--r18-samples 1000] [--skip-resnet18]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from edgeadapt.data.mnist1d import mnist1d_calibration, mnist1d_splits
 from edgeadapt.demo.train import DEFAULT_OUT as BUNDLES
-from edgeadapt.exporters.variants import export_variants
-from edgeadapt.formats.bundle import Bundle, Step, load_bundle, write_bundle
-from edgeadapt.formats.presets import RuntimeConfig
+from edgeadapt.exporters.onnx import export_onnx
+from edgeadapt.exporters.quantize import quantize_bundle
+from edgeadapt.formats.bundle import Bundle
+from edgeadapt.formats.npzio import save_npz
 from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.outcomes import Outcomes
 from edgeadapt.planning.planner import PlanOptions, make_plan, profile_costs
-from edgeadapt.runtimes import from_config
-
-
-class _Feeds(CalibrationDataReader):
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self._it = iter(feeds)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-
-def int8_bundle(source: Bundle, x: np.ndarray, out: Path, work: Path) -> Bundle:
-    """`source` with every step statically quantized (QDQ, int8, per-channel), each step
-    calibrated on its own inputs as the fp32 steps before it produce them from `x`."""
-    rt = from_config(RuntimeConfig("onnxruntime", threads=1))
-    tensors = {source.inputs[0].name: x}
-    steps = []
-    for i, st in enumerate(source.steps):
-        feeds = [{n: tensors[n][k : k + 32] for n in st.inputs} for k in range(0, len(x), 32)]
-        q = work / f"q{i}.onnx"
-        quantize_static(
-            str(st.path),
-            str(q),
-            _Feeds(feeds),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-        )
-        session = rt.load(st.path)
-        tensors.update(session.run({n: tensors[n] for n in st.inputs}))
-        session.close()
-        steps.append(Step(onnx.load(str(q)), st.logits, st.activation))
-    return write_bundle(
-        out,
-        kind="early-exit",
-        inputs=source.inputs,
-        num_classes=source.num_classes,
-        steps=steps,
-        state_names=[s.name for s in source.states],
-        producer={"exporter": "bench/variants.py", "source_sha256": source.manifest_sha256},
-        extra={"precision": "int8"},
-    )
 
 
 def _columns(o: Outcomes, cols: list[int]) -> Outcomes:
@@ -93,57 +67,104 @@ def _columns(o: Outcomes, cols: list[int]) -> Outcomes:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--samples", type=int, default=10_000)
-    ap.add_argument("--quant-samples", type=int, default=512)
-    ap.add_argument("--max-drop", type=float, default=0.005)
-    ap.add_argument("--min-seconds", type=float, default=0.5)
-    args = ap.parse_args()
+def _load() -> str:
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
-    fp32 = load_bundle(BUNDLES / "mnist1d-resnet")
+
+def measure(
+    label: str, both: Bundle, x: np.ndarray, y: np.ndarray, max_drop: float, timing: TimingOptions
+) -> None:
+    """Evaluate, profile and plan the combined bundle `both` (int8 chain, then fp32)."""
+    print(f"\n== {label}: {len(y)} evaluation samples, max drop {max_drop:.2%} ({_load()})")
+    ev = evaluate_bundle(both, {"x": x}, y, batch=64, threads=1)
+    costs = profile_costs(profile_bundle(both, "onnxruntime", timing, threads=1), both)
+    state_ms = np.asarray(costs.state_ms)
+    acc = ev.correct.mean(axis=0)
+    n = len(both.states) // 2
+    print(f"{'exit':<8} {'int8 ms':>8} {'fp32 ms':>8} {'ratio':>6} {'int8 acc':>9} {'fp32 acc':>9}")
+    for i in range(n):
+        name = both.states[i].name.split("@")[0]
+        q, f = i, n + i
+        print(
+            f"{name:<8} {state_ms[q]:8.4f} {state_ms[f]:8.4f} {state_ms[f] / state_ms[q]:5.2f}x "
+            f"{acc[q]:9.2%} {acc[f]:9.2%}"
+        )
+    hop = costs.hop_overhead_ms or 0.0
+    print(f"whole model (fp32) {costs.static_ms:.4f} ms; cascade overhead {hop:.4f} ms per hop")
+    outcomes = Outcomes.from_evaluation(ev, "maxprob")
+    calib, held = outcomes.split(heldout=0.5, seed=0)
+    names = [s.name for s in both.states]
+    fp32_ref = names[-1]
+    ref_acc = float(held.correct[:, -1].mean())
+    for what, cols, reference in (
+        ("exit x precision", list(range(2 * n)), fp32_ref),
+        ("fp32 exits", list(range(n, 2 * n)), fp32_ref),
+        ("int8 exits", list(range(n)), names[n - 1]),
+    ):
+        oracle = exact_oracle(ev.correct[:, cols], state_ms[cols])
+        plan = make_plan(
+            _columns(calib, cols),
+            _columns(held, cols),
+            replace(costs, state_ms=tuple(state_ms[cols])),
+            manifest_sha256=both.manifest_sha256,
+            options=PlanOptions(max_drop=max_drop, reference=reference),
+            chains=tuple(both.chains[c] for c in cols),
+        )
+        h = plan.heldout
+        print(
+            f"{what:<17} oracle {oracle.r_oracle:.4f} ms at {oracle.a_oracle:.2%} | plan "
+            f"{', '.join(plan.state_names)}: {h.cost_ms:.4f} ms, {h.accuracy:.2%} "
+            f"(drop {h.drop:+.2%} vs {plan.bundle_states[plan.reference_state]}; "
+            f"{ref_acc - h.accuracy:+.2%} vs {fp32_ref})"
+        )
+    print(f"({_load()})")
+
+
+def mnist1d(work: Path, samples: int) -> tuple[Bundle, np.ndarray, np.ndarray]:
     splits = mnist1d_splits()
+    save_npz(work / "calib.npz", x=splits.calibration.x[:500], y=splits.calibration.y[:500])
+    both = quantize_bundle(
+        BUNDLES / "mnist1d-resnet", work / "m1d", work / "calib.npz", with_source=True
+    )
+    data = mnist1d_calibration(samples)
+    return both, data.x, data.y
+
+
+def resnet18(work: Path, calib: int, samples: int) -> tuple[Bundle, np.ndarray, np.ndarray]:
+    from edgeadapt import zoo
+
+    spec = zoo.get("resnet18")
+    onnx_path = zoo.export(spec, zoo.build(spec), work / "r18.onnx")
+    x = zoo.random_inputs(spec, calib + samples, seed=1)["x"]
+    y = zoo.teacher_labels(onnx_path, {"x": x})
+    print(f"ResNet-18 teacher labels: {len(np.unique(y))} distinct classes in {len(y)} images")
+    zoo.write_data(work / "r18-calib.npz", {"x": x[:calib]}, y[:calib])
+    cuts = zoo.cut_tensors(onnx_path, ("layer2", "layer3"))
+    fp32 = export_onnx(onnx_path, work / "r18-fp32", cuts=cuts, calibration=work / "r18-calib.npz")
+    zoo.write_data(work / "r18-q.npz", {"x": x[:125]}, y[:125])
+    both = quantize_bundle(fp32, work / "r18", work / "r18-q.npz", with_source=True)
+    return both, x[calib:], y[calib:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--max-drop", type=float, default=0.005)
+    ap.add_argument("--r18-calib", type=int, default=600)
+    ap.add_argument("--r18-samples", type=int, default=1000)
+    ap.add_argument("--r18-max-drop", type=float, default=0.02)
+    ap.add_argument("--skip-resnet18", action="store_true")
+    args = ap.parse_args()
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        int8 = int8_bundle(fp32, splits.calibration.x[: args.quant_samples], work / "int8", work)
-        both = export_variants([int8, fp32], work / "both", names=["int8", "fp32"])
-        data = mnist1d_calibration(args.samples)
-        ev = evaluate_bundle(both, {"x": data.x}, data.y, batch=256)
-        timing = TimingOptions(min_seconds=args.min_seconds)
-        profile = profile_bundle(both, "onnxruntime", timing)
-        costs = profile_costs(profile, both)
-        state_ms = np.asarray(costs.state_ms)
-        acc = ev.correct.mean(axis=0)
-        print(f"{'state':<12} {'p50 ms':>8} {'accuracy':>9}")
-        for s, c, a in zip(both.states, state_ms, acc, strict=True):
-            print(f"{s.name:<12} {c:8.4f} {100 * a:8.2f}%")
-        print(f"whole model (fp32) {costs.static_ms:.4f} ms")
-        outcomes = Outcomes.from_evaluation(ev, "maxprob")
-        calib, held = outcomes.split(heldout=0.5, seed=0)
-        options = PlanOptions(max_drop=args.max_drop)
-        n = len(fp32.states)
-        for label, cols in (
-            ("exit x precision", list(range(2 * n))),
-            ("fp32 exits", list(range(n, 2 * n))),
-            ("int8 exits", list(range(n))),
-        ):
-            oracle = exact_oracle(ev.correct[:, cols], state_ms[cols])
-            chains = tuple(both.chains[c] for c in cols)
-            plan = make_plan(
-                _columns(calib, cols),
-                _columns(held, cols),
-                replace(costs, state_ms=tuple(state_ms[cols])),
-                manifest_sha256=both.manifest_sha256,
-                options=options,
-                chains=chains,
-            )
-            h = plan.heldout
-            print(
-                f"{label:<17} oracle {oracle.r_oracle:.4f} ms at {100 * oracle.a_oracle:.2f}% | "
-                f"plan {', '.join(plan.state_names)}: {h.cost_ms:.4f} ms, "
-                f"{100 * h.accuracy:.2f}% (drop {100 * h.drop:+.2f}% vs "
-                f"{plan.bundle_states[plan.reference_state]})"
-            )
+        both, x, y = mnist1d(work, args.samples)
+        measure("mnist1d-resnet", both, x, y, args.max_drop, TimingOptions(min_seconds=0.5))
+        if not args.skip_resnet18:
+            both, x, y = resnet18(work, args.r18_calib, args.r18_samples)
+            timing = TimingOptions(warmup=5, min_seconds=1.0)
+            measure("ResNet-18 224 px", both, x, y, args.r18_max_drop, timing)
+    print(f"\n{time.perf_counter() - start:.0f} s in all")
 
 
 if __name__ == "__main__":

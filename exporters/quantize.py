@@ -28,6 +28,10 @@ rows): each state's accuracy at both precisions and its agreement with the float
 (the share of samples where both predict the same class). The manifest's
 ``extra["precision"]`` records the precision, the method, the source bundle's manifest
 sha256 and the parity (`docs/formats.md`).
+
+With ``with_source`` an early-exit source and its variant are written as one bundle of
+two chains by `edgeadapt.exporters.variants.export_variants` (the variant first, the
+source last as the reference), so a plan may mix the precisions in one step.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from edgeadapt.data.sources import DataSpec
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.exporters import _graph
 from edgeadapt.exporters._calib import Calibration, open_calibration
+from edgeadapt.exporters.variants import export_variants
 from edgeadapt.formats.bundle import (
     INDEPENDENT_KINDS,
     Bundle,
@@ -432,11 +437,17 @@ def quantize_bundle(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    with_source: bool = False,
 ) -> Bundle:
     """Write `bundle` with every step at `options.precision` to `out_dir` (see the module
     docstring) and return the written bundle; `calibration` is labelled data as
     `edgeadapt.data.sources.open_source` reads it. Nothing is written when a step cannot
-    be converted or the runtime cannot run it."""
+    be converted or the runtime cannot run it.
+
+    `with_source` (an early-exit source only) writes instead the bundle `export variants`
+    makes of the variant and the source: two chains, the variant's (named by its
+    precision) first and the source's (``fp32``, the reference) last, with the variant's
+    record in ``extra.chains[0].precision``."""
     options = options or QuantizeOptions()
     src = as_bundle(bundle)
     if "precision" in src.extra:
@@ -446,9 +457,39 @@ def quantize_bundle(
             source=src.path / "manifest.json",
             field="$.extra.precision",
         )
+    if with_source and (src.kind != "early-exit" or src.chain_names):
+        what = "several chains" if src.chain_names else f"kind {src.kind}"
+        raise InputError(
+            "a variant is combined with its source (--with-source) only for a one-chain "
+            f"early-exit bundle (its exits at two precisions); this one has {what}: write "
+            "the variant alone and evaluate and profile the two bundles side by side",
+            source=src.path / "manifest.json",
+            field="$.kind",
+        )
     split = _split(open_calibration(calibration, src.inputs, src.num_classes), options)
+    if with_source:
+        with tempfile.TemporaryDirectory(prefix="edgeadapt-quantize-") as tmp:
+            variant = _write_variant(
+                src, Path(tmp) / options.precision, split, options, tick=progress
+            )
+            return export_variants(
+                [variant, src], out_dir, names=[options.precision, "fp32"], force=force
+            )
+    return _write_variant(src, out_dir, split, options, force=force, tick=progress)
+
+
+def _write_variant(
+    src: Bundle,
+    out_dir: str | os.PathLike[str],
+    split: _Split,
+    options: QuantizeOptions,
+    *,
+    force: bool = False,
+    tick: Progress | None = None,
+) -> Bundle:
+    """`quantize_bundle`'s variant of `src`, calibrated and checked on `split`."""
     chain = _Chain(src)
-    tick = progress or (lambda label, done, total: None)
+    tick = tick or (lambda label, done, total: None)
     with tempfile.TemporaryDirectory(prefix="edgeadapt-quantize-") as tmp:
         paths = []
         for i, step in enumerate(src.steps):

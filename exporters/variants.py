@@ -83,11 +83,31 @@ def _check_same(first: Bundle, other: Bundle) -> None:
             )
 
 
+def _precision_name(bundle: Bundle) -> str | None:
+    """A bundle's ``extra.precision``: a name, or an `export quantize` record's precision."""
+    record = bundle.extra.get("precision")
+    if isinstance(record, dict):
+        record = record.get("precision")
+    return str(record) if record else None
+
+
+def _chain(bundle: Bundle, name: str) -> dict[str, Any]:
+    """A chain's entry in ``extra.chains``: its name and source, with the source's
+    `export quantize` record (precision, calibration, parity) when it has one."""
+    entry = {
+        "name": name,
+        "source": str(bundle.path),
+        "source_manifest_sha256": bundle.manifest_sha256,
+    }
+    record = bundle.extra.get("precision")
+    return entry | {"precision": record} if isinstance(record, dict) else entry
+
+
 def _chain_names(bundles: Sequence[Bundle], names: Sequence[str] | None) -> list[str]:
     """The chains' names: `names`, else each bundle's ``extra.precision``, else its
     folder's name; distinct, one per bundle."""
     if names is None:
-        names = [str(b.extra.get("precision") or b.path.name) for b in bundles]
+        names = [_precision_name(b) or b.path.name for b in bundles]
     names = list(names)
     if len(names) != len(bundles):
         raise InputError(f"need {len(bundles)} chain names, got {names}", field="names")
@@ -125,12 +145,7 @@ def _manifest(bundles: Sequence[Bundle], names: Sequence[str]) -> dict[str, Any]
         "states": states,
         "files": files,
         "producer": {"edgeadapt": __version__, "exporter": "variants"},
-        "extra": {
-            "chains": [
-                {"name": n, "source": str(b.path), "source_manifest_sha256": b.manifest_sha256}
-                for b, n in zip(bundles, names, strict=True)
-            ]
-        },
+        "extra": {"chains": [_chain(b, n) for b, n in zip(bundles, names, strict=True)]},
     }
 
 

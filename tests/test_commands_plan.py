@@ -201,3 +201,23 @@ def test_a_plan_of_one_state_prints_no_thresholds_and_no_saving_against_itself()
     text = plan_text(PlanSummary(cascade))
     assert "thresholds (maxprob): 0.9000" in text
     assert "; the plan beats it)" in text
+
+
+def test_plan_reference_is_named_and_checked(artefacts):
+    bundle, profile, evaluation, tmp, _ = artefacts
+    out = tmp / "plan-ref.json"
+    args = ["plan", str(bundle.path), "--profile", str(profile), "--evaluation", str(evaluation)]
+    first = bundle.states[0].name
+    result = CliRunner().invoke(
+        cli, [*args, "--reference", first, "--max-drop", "0.02", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    # the labels are the last state's predictions: by default it is the reference
+    assert plan.reference_state == 0
+    assert plan.state_names == (first,)  # the cheapest state alone meets its own accuracy
+    result = CliRunner().invoke(cli, [*args, "--reference", "nope", "-o", str(tmp / "no.json")])
+    assert result.exit_code == 2
+    assert "no state named 'nope'" in result.output
+    assert "reference" in result.output
+    assert not (tmp / "no.json").exists()

@@ -418,6 +418,17 @@ def test_plan_options_replan_the_same_plan():
     assert (options.max_drop, options.max_states) == (0.02, 2)
     again = make_plan(calib, held, cost, manifest_sha256=SHA, options=options)
     assert again == plan
+    # a plan held to a named reference is made again against it
+    named = make_plan(
+        calib,
+        held,
+        cost,
+        manifest_sha256=SHA,
+        options=dataclasses.replace(options, reference=data.names[0]),
+    )
+    assert named.reference_state == 0
+    assert plan_options(named).reference == data.names[0]
+    assert make_plan(calib, held, cost, manifest_sha256=SHA, options=plan_options(named)) == named
 
 
 def test_budget_state_looks_up_through_the_kernel_reference():

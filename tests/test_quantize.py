@@ -9,6 +9,7 @@ import pytest
 from edgeadapt.data.mnist1d import mnist1d_splits
 from edgeadapt.errors import InputError
 from edgeadapt.exporters.quantize import QuantizeOptions, quantize_bundle
+from edgeadapt.exporters.variants import export_variants
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.npzio import save_npz
 from edgeadapt.measure.evaluate import evaluate_bundle
@@ -210,3 +211,52 @@ def test_bf16_runs_where_the_runtime_has_it(data, tmp_path):
     assert record["runtime"]["runtime"] == "openvino"
     # measured 0.985 (the logistic member's near ties), 0.995 and 1.0
     assert all(s["agreement"] >= 0.96 for s in record["parity"]["states"])
+
+
+def test_variants_of_quantized_bundles_are_named_by_precision(int8, tmp_path):
+    both = export_variants([int8.path, RESNET], tmp_path / "both")
+    assert both.chain_names[0] == "int8"  # the record's precision, not the record
+    assert both.extra["chains"][0]["precision"] == int8.extra["precision"]
+    assert "precision" not in both.extra["chains"][1]
+
+
+def test_with_source_writes_the_variants_bundle(int8, data, tmp_path):
+    out = tmp_path / "both"
+    r = invoke(
+        "export", "quantize", RESNET, "--calibration", data[0], "-o", out,
+        "--heldout", HELDOUT, "--with-source", "--json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    both = load_bundle(out)
+    src = load_bundle(RESNET)
+    names = [s.name for s in src.states]
+    assert [s.name for s in both.states] == [f"{n}@int8" for n in names] + [
+        f"{n}@fp32" for n in names
+    ]
+    assert both.chain_names == ("int8",) * 4 + ("fp32",) * 4
+    # what export variants writes of the int8 bundle and the source
+    same = export_variants([int8.path, RESNET], tmp_path / "v", names=["int8", "fp32"])
+    assert both.files == same.files
+    record = both.extra["chains"][0]["precision"]
+    assert doc["precision"] == record
+    assert record["source_manifest_sha256"] == src.manifest_sha256
+    assert both.extra["chains"][1]["source_manifest_sha256"] == src.manifest_sha256
+
+
+def test_with_source_refuses_other_kinds_by_name(data, tmp_path):
+    with pytest.raises(
+        InputError, match="this one has kind ensemble: write the variant alone"
+    ) as e:
+        quantize_bundle(
+            FAMILY, tmp_path / "o", data[0], QuantizeOptions(heldout=HELDOUT), with_source=True
+        )
+    assert e.value.field == "$.kind"
+    r = invoke(
+        "export", "quantize", FAMILY, "--calibration", data[0], "-o", tmp_path / "c",
+        "--heldout", HELDOUT, "--with-source",
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert "kind ensemble" in r.output
+    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "c").exists()

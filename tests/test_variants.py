@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -416,3 +416,34 @@ def test_full_path_is_the_last_chain():
     # two chains of two steps: the full path is the second chain's steps
     ratio = _full_over_whole((0, 0, 1, 1), rounds)
     assert ratio.median == pytest.approx((7 / 7 + 10 / 5) / 2)
+
+
+def test_a_named_reference_holds_plans_to_the_same_state():
+    rng = np.random.default_rng(7)
+    # the int8-like chain's last state (2) beats the fp32 last state (5) on these samples
+    acc = [0.80, 0.90, 0.97, 0.82, 0.92, 0.95]
+    costs = np.array([0.5, 1.0, 1.5, 0.8, 1.6, 2.4])
+    chains = (0, 0, 0, 1, 1, 1)
+    calib, held = _outcomes(rng, 4000, acc), _outcomes(rng, 4000, acc)
+    sha = "0" * 64
+    options = PlanOptions(max_drop=0.005, calibration="empirical", max_states=3)
+    default = make_plan(calib, held, costs, manifest_sha256=sha, options=options, chains=chains)
+    assert default.reference_state == 2
+    named = make_plan(
+        calib,
+        held,
+        costs,
+        manifest_sha256=sha,
+        options=replace(options, reference="s5"),
+        chains=chains,
+    )
+    assert named.reference_state == 5
+    ref_acc = float(held.correct[:, 5].mean())
+    assert named.heldout.drop == pytest.approx(ref_acc - named.heldout.accuracy)
+    # the constraint is the named state's accuracy: the plan is no costlier than it
+    assert named.calibration.cost_ms <= costs[5] + 1e-12
+    with pytest.raises(InputError, match=r"no state named 'fp32'; the states are \['s0'") as e:
+        make_plan(
+            calib, held, costs, manifest_sha256=sha, options=replace(options, reference="fp32")
+        )
+    assert e.value.field == "reference"

@@ -98,6 +98,13 @@ def _show_parity(precision: dict[str, Any]) -> None:
     show_default=True,
     help="Share of the calibration rows (the last ones) kept out of calibration to measure parity.",
 )
+@click.option(
+    "--with-source",
+    is_flag=True,
+    help="Write OUT as the bundle export variants makes of the variant and BUNDLE (an "
+    "early-exit bundle): states EXIT@PRECISION, then EXIT@fp32 (the reference, last), "
+    "so one plan may mix the precisions.",
+)
 @batch_option("Calibration samples per forward pass [64].")
 @runtime_option(help="Backend the variant must load and run on (else it is refused).")
 @threads_option(1)
@@ -111,6 +118,7 @@ def export_quantize_cmd(
     per_channel: bool,
     activations: str,
     heldout: float,
+    with_source: bool,
     batch: int | None,
     runtime: str,
     threads: int,
@@ -127,8 +135,13 @@ def export_quantize_cmd(
     float32 state on the held-out rows; the manifest's extra.precision records them with
     the source bundle's manifest sha256.
 
+    With --with-source (early-exit bundles only) OUT holds both precisions as one
+    bundle of two chains, written by the same code as export variants VARIANT BUNDLE;
+    the variant's record is then in extra.chains[0].precision.
+
     \b
     edgeadapt export quantize bundle/ --calibration calib.npz -o bundle-int8/
+    edgeadapt export quantize bundle/ --calibration calib.npz --with-source -o both/
     """
     from edgeadapt.data.sources import DataSpec
     from edgeadapt.exporters.quantize import QuantizeOptions, quantize_bundle
@@ -152,8 +165,9 @@ def export_quantize_cmd(
             options,
             force=force,
             progress=lambda label, done, total: tick(done, total),
+            with_source=with_source,
         )
-    record = written.extra["precision"]
+    record = written.extra["chains"][0]["precision"] if with_source else written.extra["precision"]
     if as_json:
         echo_json({**bundle_summary(written), "precision": record}, what="the bundle summary")
         return

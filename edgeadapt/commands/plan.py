@@ -134,6 +134,13 @@ from edgeadapt.render import pct, saving, static_verdict, thresholds_text
     "one cheaper at the promise on the held-out split is kept; the plan records both "
     "and why. Either way a budget runs the plan's table. Other bundles ignore it.",
 )
+@click.option(
+    "--reference",
+    metavar="STATE",
+    default=None,
+    help="The state the promise is held against, by name (e.g. exit3@fp32 in a bundle "
+    "of several precisions); default: the most accurate state on the calibration split.",
+)
 @output_option("Where to write plan.json (default: BUNDLE/plan.json).")
 @json_option("Print the plan's figures as JSON.")
 def plan_cmd(
@@ -151,6 +158,7 @@ def plan_cmd(
     policy: str,
     cost_stat: str,
     branch_run: str,
+    reference: str | None,
     output: Path | None,
     as_json: bool,
 ) -> None:
@@ -193,6 +201,7 @@ def plan_cmd(
             calibration=calibration,
             policy=policy,
             branches=branch_run,
+            reference=reference,
         ),
     )
     if as_json:

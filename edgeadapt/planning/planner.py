@@ -4,8 +4,11 @@
 or prediction for the agreement policy, of every state: `edgeadapt.planning.outcomes`) and
 the per-state costs measured on the device:
 
-1. Reference: the best single state on the calibration split (its accuracy minus
-   `max_drop` is the accuracy every candidate must keep on that split).
+1. Reference: the best single state on the calibration split, or the state
+   `PlanOptions.reference` names (its accuracy minus `max_drop` is the accuracy every
+   candidate must keep on that split). Naming it holds plans over different state sets
+   to the same reference, e.g. a mixed-precision plan and an fp32-only one to the fp32
+   last exit.
 2. Subsets: **every** subset of at most `max_states` states is a candidate (not only those
    holding the last state: the constraint decides); `edgeadapt.planning.search.search_subsets`
    finds the cheapest whose calibrated thresholds keep the target, pruned by a lower
@@ -141,7 +144,9 @@ class PlanOptions:
     on the confidence `measure` (None: the splits' own, else maxprob), the split of
     an evaluation into calibration and held-out parts (`heldout` share, `seed`), and for
     a branches bundle whether to keep its cascade or its budget table (`branches`:
-    ``auto``, ``cascade`` or ``table``, `edgeadapt.planning.branches`)."""
+    ``auto``, ``cascade`` or ``table``, `edgeadapt.planning.branches`), and the
+    `reference` state the promise is held against, by name (None: the most accurate
+    state on the calibration split)."""
 
     max_states: int = 4
     max_drop: float = 0.005
@@ -153,6 +158,7 @@ class PlanOptions:
     heldout: float = 0.5
     seed: int = 0
     branches: str = "auto"
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -645,7 +651,7 @@ def make_plan(
         )
     _check_args(calib, heldout, state_ms, manifest_sha256, kind, options)
     hop_ms = _check_costs(device.static_ms, device.hop_overhead_ms)
-    reference = int(np.argmax(calib.correct.mean(axis=0)))
+    reference = _reference(calib, options.reference)
     paid: Layout = kind
     if chains is not None and kind == "early-exit" and len(set(chains)) > 1:
         paid = _checked_chains(chains, len(state_ms))
@@ -659,6 +665,17 @@ def make_plan(
     return _plan_record(
         (calib, heldout), chosen, evaluated, (manifest_sha256, kind), options, device, setting
     )
+
+
+def _reference(calib: Outcomes, name: str | None) -> int:
+    """The reference state: the one named `name`, else the most accurate on `calib`."""
+    if name is None:
+        return int(np.argmax(calib.correct.mean(axis=0)))
+    if name not in calib.names:
+        raise InputError(
+            f"no state named {name!r}; the states are {list(calib.names)}", field="reference"
+        )
+    return calib.names.index(name)
 
 
 def _checked_chains(chains: Chains, n_states: int) -> Chains:
@@ -1091,7 +1108,8 @@ class PolicyOutcome:
 def plan_options(plan: Plan) -> PlanOptions:
     """The `PlanOptions` `plan` was made with, as far as the plan records them (the
     held-out share from its split sizes; the seed is not recorded: the default; a branches
-    plan's choice as it was asked). Its
+    plan's choice as it was asked; its reference state, by name, so that a plan made
+    against a named reference is made again against it). Its
     costs' percentile and per-hop overhead are `Plan.cost_stat` and
     `Plan.hop_overhead_ms`."""
     held, calib = plan.heldout.n, plan.calibration.n
@@ -1104,6 +1122,7 @@ def plan_options(plan: Plan) -> PlanOptions:
         calibration="empirical" if plan.promise is None else "risk",
         promise="net" if plan.promise is None else plan.promise.kind,
         branches="auto" if plan.branches is None else plan.branches.asked,
+        reference=plan.bundle_states[plan.reference_state],
     )
 
 
