@@ -30,7 +30,7 @@ from tests import plans
 from tests.device_inputs import edited_multiexit
 from tests.multi_input import token_batch, transformer_bundle
 from tests.plans import runner_plan, scheduler_plan
-from tests.reader_cases import Case, cases, make, make_inputs, source_of
+from tests.reader_cases import Case, bundle_of, cases, make, make_inputs, source_of
 from tests.tiny import UNLISTED
 from tests.variants import rounded_variant
 
@@ -1015,7 +1015,7 @@ def test_classify_follows_the_shared_table_of_reader_cases(native, tmp_path, cas
     if case.kind == "manifest":
         cmd: list = [exe, made, rows, "--thresholds", "0.5"]
     elif case.kind == "plan":
-        cmd = [exe, MULTIEXIT, rows, "--plan", made]
+        cmd = [exe, bundle_of(case, tmp_path), rows, "--plan", made]
     else:
         cmd = [exe, MULTIEXIT, made, "--thresholds", "0.5"]
     done = _run([*cmd, "--threads", "1", "--quiet"])
