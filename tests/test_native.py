@@ -343,7 +343,8 @@ def _scheduler_variant(branches: Path, variant: str) -> Plan:
     margin, so each of the three branches answers some rows; or one whose first
     scheduled branch is the second (the first serves only the budget table)."""
     plan = scheduler_plan(branches, 200)[3]
-    assert plan.policy == "scheduler" and plan.states == (0, 1, 2)
+    assert plan.policy == "scheduler"
+    assert plan.states == (0, 1, 2)
     if variant == "by-hand":
         estimators = (Estimator((1.0, 0.0, 0.0), 0.0), Estimator((0.0, 1.0, 0.0), 0.0))
         return dataclasses.replace(plan, thresholds=(0.6, 0.52), scheduler=estimators)
