@@ -432,7 +432,10 @@ const float* Runner::run_hop(HopRunner& hops, std::size_t hop, std::int64_t acti
 void Runner::answer_rows(const float* logits, std::size_t hop, std::int64_t active,
                          const std::int64_t* rows, Result& out) {
     const auto n = static_cast<std::size_t>(active);
-    if (branch_pred_.size() < n) branch_pred_.resize(n), branch_conf_.resize(n);
+    if (branch_pred_.size() < n) {
+        branch_pred_.resize(n);
+        branch_conf_.resize(n);
+    }
     const Status s = answer(logits, active, bundle_.num_classes, policy_.measure(),
                             branch_pred_.data(), branch_conf_.data());
     if (s != Status::Ok) fail(Code::Backend, bundle_.path.string(), "", status_string(s));
