@@ -4,10 +4,10 @@ shared table of reader cases (tests/reader_cases.json, which the Python readers 
 too), and parity with `AdaptiveModel` on OpenVINO: same predictions, exit states,
 confidences and budget exits on every sample of the shipped bundles, with a plan, with
 plain thresholds and with a budget; of a gate plan made by the planner; of a plan whose
-hop overhead counts against a budget; of a branches bundle; and of a BERT-style bundle
-with two int64 inputs read from an .npz. A plan's runtime block sets the runner's
-threads unless `--threads` overrides it. Both builds are made once per session (about a
-minute each on 2 cores)."""
+hop overhead counts against a budget; of a branches bundle (its last branch alone, a
+cascade plan and scheduler plans); and of a BERT-style bundle with two int64 inputs read
+from an .npz. A plan's runtime block sets the runner's threads unless `--threads`
+overrides it. Both builds are made once per session (about a minute each on 2 cores)."""
 
 import dataclasses
 import json
