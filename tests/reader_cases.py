@@ -1,8 +1,9 @@
 """The shared table of reader cases (tests/reader_cases.json) and the files it describes.
 
 Each case is a file docs/formats.md rules on: a copy of the shipped mnist1d-multiexit
-bundle with its manifest or one step's ONNX file edited, a plan for that bundle, or an
-input file. tests/test_reader_cases.py hands each file to the Python readers and
+bundle with its manifest or one step's ONNX file edited, a plan for that bundle (a
+scheduler plan: for the shipped mnist1d-family bundle declared as branches), or an input
+file. tests/test_reader_cases.py hands each file to the Python readers and
 tests/test_native.py to the native runner's `classify`; both hold them to the table's
 verdict, so the two readers agree rule for rule.
 """
@@ -22,14 +23,17 @@ import numpy as np
 import onnx
 
 from edgeadapt.formats.bundle import load_bundle
-from edgeadapt.formats.plan import Gate, plan_to_doc
+from edgeadapt.formats.plan import Estimator, Gate, plan_to_doc
 from tests.plans import runner_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-multiexit"
+FAMILY = ROOT / "edgeadapt" / "demo" / "bundles" / "mnist1d-family"
 TABLE = json.loads((Path(__file__).with_name("reader_cases.json")).read_text())
 #: the gates of the table's gate plan (one per kept state but the last)
 GATES = (Gate((6.0, 1.0, 0.5, 0.0, 0.0), -4.5), Gate((3.0, 1.0, 0.0, 2.0, 1.5), -4.0))
+#: the estimators of the table's scheduler plan (one per kept branch but the last)
+ESTIMATORS = (Estimator((4.0, 1.0, 0.5), -2.5), Estimator((1.0, 2.0, 0.0), -1.0))
 
 
 @dataclass(frozen=True)
@@ -138,11 +142,31 @@ def make_bundle(case: Case, tmp: Path) -> Path:
     return root
 
 
+def bundle_of(case: Case, tmp: Path) -> Path:
+    """The bundle a plan case's plan is for: the shipped bundle, or for a scheduler plan
+    the shipped family bundle declared as branches (copied under `tmp`, once)."""
+    if case.recipe.get("plan") != "scheduler":
+        return BUNDLE
+    root = tmp / "branches"
+    if not root.exists():
+        shutil.copytree(FAMILY, root)
+        manifest = root / "manifest.json"
+        text = manifest.read_text()
+        assert '"kind": "ensemble"' in text
+        manifest.write_text(text.replace('"kind": "ensemble"', '"kind": "branches"'))
+    return root
+
+
 def make_plan(case: Case, tmp: Path) -> Path:
-    """A plan for the shipped bundle (kept states 0, 2, 3; a threshold or a gate plan)
+    """A plan for the shipped bundle (kept states 0, 2, 3; a threshold or a gate plan),
+    or a scheduler plan for the branches bundle of `bundle_of` (kept branches 0, 1, 2),
     with the case's edits."""
-    bundle = load_bundle(BUNDLE)
-    plan = runner_plan(bundle, (0, 2, 3), (0.9, 0.8), (0.1, 0.2, 0.3))
+    if case.recipe["plan"] == "scheduler":
+        bundle = load_bundle(bundle_of(case, tmp))
+        plan = runner_plan(bundle, (0, 1, 2), (0.5, 0.6), (0.1, 0.5, 2.0))
+        plan = replace(plan, scheduler=ESTIMATORS)
+    else:
+        plan = runner_plan(load_bundle(BUNDLE), (0, 2, 3), (0.9, 0.8), (0.1, 0.2, 0.3))
     if case.recipe["plan"] == "gate":
         plan = replace(plan, gates=GATES, thresholds=(0.5, 0.5))
     path = tmp / f"plan-{case.id}.json"

@@ -4,10 +4,10 @@ shared table of reader cases (tests/reader_cases.json, which the Python readers 
 too), and parity with `AdaptiveModel` on OpenVINO: same predictions, exit states,
 confidences and budget exits on every sample of the shipped bundles, with a plan, with
 plain thresholds and with a budget; of a gate plan made by the planner; of a plan whose
-hop overhead counts against a budget; of a branches bundle; and of a BERT-style bundle
-with two int64 inputs read from an .npz. A plan's runtime block sets the runner's
-threads unless `--threads` overrides it. Both builds are made once per session (about a
-minute each on 2 cores)."""
+hop overhead counts against a budget; of a branches bundle (its last branch alone, a
+cascade plan and scheduler plans); and of a BERT-style bundle with two int64 inputs read
+from an .npz. A plan's runtime block sets the runner's threads unless `--threads`
+overrides it. Both builds are made once per session (about a minute each on 2 cores)."""
 
 import dataclasses
 import json
@@ -23,14 +23,14 @@ from edgeadapt.cascade.model import AdaptiveModel
 from edgeadapt.data.mnist1d import mnist1d_splits
 from edgeadapt.exporters.variants import export_variants
 from edgeadapt.formats.bundle import load_bundle
-from edgeadapt.formats.plan import BudgetRow, Plan, load_plan, plan_to_doc, save_plan
+from edgeadapt.formats.plan import BudgetRow, Estimator, Plan, load_plan, plan_to_doc, save_plan
 from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.planning.planner import Outcomes
 from tests import plans
 from tests.device_inputs import edited_multiexit
 from tests.multi_input import token_batch, transformer_bundle
 from tests.plans import runner_plan, scheduler_plan
-from tests.reader_cases import Case, cases, make, make_inputs, source_of
+from tests.reader_cases import Case, bundle_of, cases, make, make_inputs, source_of
 from tests.tiny import UNLISTED
 from tests.variants import rounded_variant
 
@@ -337,18 +337,64 @@ def test_native_refuses_a_gate_plan_with_a_missing_gate(native, inputs, gate_pla
     assert "$.policy.gates" in done.stderr
 
 
-def test_native_refuses_a_scheduler_plan_by_name(native, inputs, branches, tmp_path):
-    """The native runner does not run the content-aware scheduler (yet): it refuses a
-    scheduler plan, naming the file, the field and the policy."""
+def _scheduler_variant(branches: Path, variant: str) -> Plan:
+    """A scheduler plan for `branches` (kept branches 0, 1, 2 at 0.1, 0.5 and 2 ms, a
+    budget table row each): the planner's; one by hand whose estimators read maxprob and
+    margin, so each of the three branches answers some rows; or one whose first
+    scheduled branch is the second (the first serves only the budget table)."""
     plan = scheduler_plan(branches, 200)[3]
     assert plan.policy == "scheduler"
+    assert plan.states == (0, 1, 2)
+    if variant == "by-hand":
+        estimators = (Estimator((1.0, 0.0, 0.0), 0.0), Estimator((0.0, 1.0, 0.0), 0.0))
+        return dataclasses.replace(plan, thresholds=(0.6, 0.52), scheduler=estimators)
+    if variant == "from-second":
+        estimators = (Estimator((0.0, 1.0, 0.0), 0.0),)
+        return dataclasses.replace(
+            plan, thresholds=(2.0, 0.55), scheduler=estimators, scheduler_first=1
+        )
+    return plan
+
+
+@pytest.mark.parametrize(
+    ("variant", "batch"), [("planned", 1), ("planned", 64), ("by-hand", 32), ("from-second", 64)]
+)
+@pytest.mark.parametrize("budget", [None, 1e-6, 1e6])
+def test_native_runs_a_scheduler_plan_as_adaptive_model_does(
+    native, inputs, branches, tmp_path, variant, batch, budget
+):
+    """The first scheduled branch runs on every row, the kernel picks each row's branch
+    from its logits and the branches picked run on their rows, in both runners: the same
+    answers per sample without a budget and with an ample one; under a budget too small
+    for the first branch and the table's pick, the table's pick (nothing fits: the first
+    kept branch) answers alone."""
+    plan = _scheduler_variant(branches, variant)
     path = tmp_path / "plan.json"
     save_plan(path, plan)
-    done = _run([native / "examples" / "classify", branches, inputs, "--plan", path, "--quiet"])
-    assert done.returncode == 2, done.stderr
-    assert str(path) in done.stderr
-    assert "$.policy.kind" in done.stderr
-    assert "scheduler" in done.stderr
+    args = ["--plan", path, "--threads", "1", "--batch", str(batch)]
+    if budget is not None:
+        args += ["--budget-ms", str(budget)]
+    got = _classify(native, branches, inputs, tmp_path / "o.json", *args)
+    assert got["policy"] == "scheduler"
+    with AdaptiveModel.load(branches, "openvino", plan=path, runtime_options=OV) as m:
+        assert m.scheduler is not None
+        want = _python_rows(m, np.load(inputs), batch, budget)
+    _assert_same(got, want)
+    assert not want["budget_exit"].any()
+    calls = got["latency_ms"]["calls"]
+    if budget == 1e-6:
+        assert (want["exit_state"] == 0).all()
+        assert all(c["step_index"] == [0] for c in calls)
+        return
+    first = plan.states[plan.scheduler_first]
+    assert all(c["step_index"][0] == first and c["step_rows"][0] == c["rows"] for c in calls)
+    # each row the first branch does not answer pays one more branch, run once per call
+    later = sum(sum(c["step_rows"][1:]) for c in calls)
+    assert later == int((want["exit_state"] != first).sum())
+    assert all(len(set(c["step_index"])) == len(c["step_index"]) for c in calls)
+    states = set(want["exit_state"].tolist())
+    assert states <= set(plan.states[plan.scheduler_first :])
+    assert len(states) == (3 if variant == "by-hand" else 2), states
 
 
 # ------------------------------------------------------------------- the engine's rules
@@ -970,7 +1016,7 @@ def test_classify_follows_the_shared_table_of_reader_cases(native, tmp_path, cas
     if case.kind == "manifest":
         cmd: list = [exe, made, rows, "--thresholds", "0.5"]
     elif case.kind == "plan":
-        cmd = [exe, MULTIEXIT, rows, "--plan", made]
+        cmd = [exe, bundle_of(case, tmp_path), rows, "--plan", made]
     else:
         cmd = [exe, MULTIEXIT, made, "--thresholds", "0.5"]
     done = _run([*cmd, "--threads", "1", "--quiet"])

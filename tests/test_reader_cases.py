@@ -18,14 +18,18 @@ from edgeadapt.cascade.run import run_to_file
 from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import load_bundle
 from edgeadapt.formats.plan import check_plan, load_plan
-from tests.reader_cases import BUNDLE, Case, cases, make, source_of
+from tests.reader_cases import BUNDLE, Case, bundle_of, cases, make, source_of
+
+#: the policies the native runner runs
+NATIVE_POLICIES = ("threshold", "gate", "scheduler")
 
 
-def _read(case: Case, made) -> None:
+def _read(case: Case, made, tmp) -> None:
     if case.kind == "manifest":
         load_bundle(made)
     elif case.kind == "plan":
-        check_plan(load_plan(made), load_bundle(BUNDLE), str(made), policies=("threshold", "gate"))
+        bundle = load_bundle(bundle_of(case, tmp))
+        check_plan(load_plan(made), bundle, str(made), policies=NATIVE_POLICIES)
     else:
         run_to_file(BUNDLE, made, thresholds=0.5, threads=1)
 
@@ -63,10 +67,10 @@ def _pending(case: Case) -> Iterator[None]:
 def test_the_python_readers_follow_the_shared_table(case: Case, tmp_path):
     made = make(case, tmp_path)
     if not case.refused:
-        _read(case, made)
+        _read(case, made, tmp_path)
         return
     with _pending(case), pytest.raises(InputError) as e:
-        _read(case, made)
+        _read(case, made, tmp_path)
     assert str(source_of(case, made)) in str(e.value)
     if case.field is not None:
         assert e.value.field == case.field, str(e.value)

@@ -7,10 +7,10 @@
 // INPUTS holds the bundle's model inputs as `edgeadapt run --input` reads them: an .npz
 // (numpy.savez) with one array per input named as the input, [N, *input shape] of its
 // dtype (float32, or int64 token ids and masks); a one-input bundle also takes a bare
-// .npy or an .npz key `x`. A plan may be a threshold or a gate plan (version 1 or 2);
-// its runtime block, when present, sets the backend's threads and the options it
-// understands (see edgeadapt::runner::apply_runtime) unless --threads or --device is
-// given, and every setting not applied is noted on stderr. The samples run in batches
+// .npy or an .npz key `x`. A plan may be a threshold, a gate or (a branches bundle's) a
+// scheduler plan (version 1 or 2); its runtime block, when present, sets the backend's
+// threads and the options it understands (see edgeadapt::runner::apply_runtime) unless
+// --threads or --device is given, and every setting not applied is noted on stderr. The samples run in batches
 // of --batch (default: all at once), after --warmup untimed passes over them without a
 // budget: OpenVINO compiles kernels for each new shape on first use (~5 ms here), and
 // the policy folds every measured step time into its cost table, so a cold first call
@@ -287,7 +287,9 @@ int main(int argc, char** argv) {
                                     {"budget_exit", budget_exit},
                                     {"states", runner->states()},
                                     {"backend", backend->name()},
-                                    {"policy", runner->gated() ? "gate" : "threshold"},
+                                    {"policy", runner->scheduled() ? "scheduler"
+                                                                 : runner->gated() ? "gate"
+                                                                                   : "threshold"},
                                     {"threads", a.backend_options.threads},
                                     {"latency_ms", {{"calls", calls}}}};
         if (!write_atomic(a.json, doc.dump(1) + "\n"))

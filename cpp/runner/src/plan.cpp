@@ -1,5 +1,5 @@
 // Plan loading: the runner's block of plan.json (versions 1 and 2: the policy, gates
-// included, and the optional runtime block), checked as edgeadapt/formats/plan.py
+// and scheduler estimators included, and the optional runtime block), checked as edgeadapt/formats/plan.py
 // `plan_from_doc` and edgeadapt/formats/presets.py `RuntimeConfig.from_json` check it (the
 // record of how the plan did is not read here).
 #include <algorithm>
@@ -43,36 +43,75 @@ std::vector<double> numbers(const Fields& f, const std::string& key, std::size_t
 // The runtimes a plan's costs may have been measured on (edgeadapt.runtimes).
 const std::set<std::string> kRuntimes = {"onnxruntime", "openvino", "tensorrt"};
 
+// A scheduler threshold that no estimate clears (edgeadapt/kernel_ref.py SCHEDULER_NEVER):
+// the branch is never picked by its estimate.
+constexpr double kSchedulerNever = 2.0;
+
 // The largest thread count a runtime block may hold (as classify bounds --threads).
 constexpr std::int64_t kMaxThreads = 1024;
 
-// The "policy" block: no gates for the threshold policy, else one per kept state but
-// the last, each five finite weights (kernel_ref.GATE_FEATURES order) and a bias.
-std::vector<Gate> parse_policy(const Fields& f, std::size_t n_states) {
-    const std::string kind = f.str("kind");
-    if (kind != "threshold" && kind != "gate")
-        f.fail("must be one of threshold, gate, got '" + kind + "'", "kind");
-    std::vector<Gate> gates;
-    if (kind == "threshold") return gates;
-    const detail::Json& list = f.list("gates");
-    for (std::size_t j = 0; j < list.size(); ++j) {
-        const Fields g = f.item("gates", j);
-        const detail::Json& w = g.list("weights");
-        if (w.size() != static_cast<std::size_t>(kGateFeatures))
-            g.fail("expected " + std::to_string(kGateFeatures) + " numbers (maxprob, margin, " +
-                       "entropy, agreement, previous), got " + std::to_string(w.size()),
-                   "weights");
-        Gate gate{};
-        for (std::size_t k = 0; k < w.size(); ++k)
-            gate.weights[k] = detail::finite_number(w[k], g.source(), g.at("weights", k));
-        gate.bias = g.number("bias");
-        gates.push_back(gate);
+// A gate or an estimator of the policy block: `n` finite weights and a finite bias.
+template <class T>
+T weights_and_bias(const Fields& f, std::size_t n, const std::string& names) {
+    const detail::Json& w = f.list("weights");
+    if (w.size() != n)
+        f.fail("expected " + std::to_string(n) + " numbers (" + names + "), got " +
+                   std::to_string(w.size()),
+               "weights");
+    T out{};
+    for (std::size_t k = 0; k < w.size(); ++k)
+        out.weights[k] = detail::finite_number(w[k], f.source(), f.at("weights", k));
+    out.bias = f.number("bias");
+    return out;
+}
+
+// A scheduler block: its "first" kept position (0 when absent), its "features"
+// (exactly kernel_ref.SCHEDULER_FEATURES) and one estimator per kept branch from
+// "first" on but the last (edgeadapt/formats/plan.py `_estimators`).
+void parse_scheduler(const Fields& f, std::size_t n_states, Plan& p) {
+    p.scheduler_first = 0;
+    if (f.has("first")) {
+        p.scheduler_first = f.integer("first");
+        const auto top = static_cast<std::int64_t>(n_states) - 1;
+        if (p.scheduler_first < 0 || p.scheduler_first > top)
+            f.fail("must be in [0, " + std::to_string(top) + "], got " +
+                       std::to_string(p.scheduler_first),
+                   "first");
     }
-    if (gates.size() + 1 != n_states)
+    const detail::Json want = {"maxprob", "margin", "entropy"};
+    const detail::Json& features = f.list("features");
+    if (features != want) f.fail("must be " + want.dump() + ", got " + features.dump(), "features");
+    const detail::Json& list = f.list("estimators");
+    for (std::size_t j = 0; j < list.size(); ++j)
+        p.estimators.push_back(weights_and_bias<Estimator>(
+            f.item("estimators", j), static_cast<std::size_t>(kSchedulerFeatures),
+            "maxprob, margin, entropy"));
+    const std::size_t need = n_states - 1 - static_cast<std::size_t>(p.scheduler_first);
+    if (p.estimators.size() != need)
+        f.fail("expected " + std::to_string(need) +
+                   " estimators (one per kept branch from position first on but the last)",
+               "estimators");
+}
+
+// The "policy" block: the threshold policy; the gate policy, one gate per kept state but
+// the last, each five finite weights (kernel_ref.GATE_FEATURES order) and a bias; or the
+// scheduler policy (parse_scheduler).
+void parse_policy(const Fields& f, std::size_t n_states, Plan& p) {
+    const std::string kind = f.str("kind");
+    if (kind != "threshold" && kind != "gate" && kind != "scheduler")
+        f.fail("must be one of threshold, gate, scheduler, got '" + kind + "'", "kind");
+    p.scheduler = kind == "scheduler";
+    if (p.scheduler) return parse_scheduler(f, n_states, p);
+    if (kind == "threshold") return;
+    const detail::Json& list = f.list("gates");
+    for (std::size_t j = 0; j < list.size(); ++j)
+        p.gates.push_back(weights_and_bias<Gate>(f.item("gates", j),
+                                                 static_cast<std::size_t>(kGateFeatures),
+                                                 "maxprob, margin, entropy, agreement, previous"));
+    if (p.gates.size() + 1 != n_states)
         f.fail("expected " + std::to_string(n_states - 1) +
                    " gates (one per kept state but the last)",
                "gates");
-    return gates;
 }
 
 RuntimeConfig parse_runtime(const Fields& f) {
@@ -159,10 +198,13 @@ void load(const std::filesystem::path& path, Plan& out) {
     const std::string measure = f.str("measure");
     if (parse_measure(measure, p.measure))
         f.fail("must be one of maxprob, margin, entropy, got '" + measure + "'", "measure");
-    if (f.has("policy")) p.gates = parse_policy(f.child("policy"), p.states.size());
+    if (f.has("policy")) parse_policy(f.child("policy"), p.states.size(), p);
+    if (p.scheduler && p.kind != "branches")
+        f.fail("the scheduler policy picks branches; this plan's bundle is " + p.kind, "policy");
     double low = 0.0, high = 0.0;
     measure_range(p.measure, low, high);
     if (!p.gates.empty()) low = 0.0, high = 1.0;  // gate scores
+    if (p.scheduler) low = 0.0, high = kSchedulerNever;  // scheduler estimates
     p.thresholds = numbers(f, "thresholds", p.states.size() - 1, low, high);
     p.cost_ms = numbers(f, "cost_ms", p.states.size(), 0.0, detail::kMaxMs);
     if (f.has("cost_stat")) {

@@ -99,6 +99,18 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
             fail(Code::Input, source, "", "needs one threshold per kept state but the last and one cost each");
         if (!plan.gates.empty() && plan.gates.size() + 1 != plan.states.size())
             fail(Code::Input, source, "$.policy.gates", "needs one gate per kept state but the last");
+        if (plan.scheduler) {
+            if (plan.kind != "branches")
+                fail(Code::Input, source, "$.policy", "the scheduler policy picks branches");
+            const auto first = plan.scheduler_first;
+            if (first < 0 || first >= static_cast<std::int64_t>(plan.states.size()) ||
+                plan.estimators.size() + 1 + static_cast<std::size_t>(first) != plan.states.size())
+                fail(Code::Input, source, "$.policy.estimators",
+                     "needs one estimator per kept branch from position first on but the last");
+            if (!edgeadapt::detail::valid_estimators(plan.estimators.data(),
+                                                     static_cast<std::int64_t>(plan.estimators.size())))
+                fail(Code::Input, source, "$.policy.estimators", "must be finite");
+        }
         // the cost of each kept state's hop beyond the previous one, as
         // np.diff(cost_ms).clip(0); a branch plan that runs its budget table (it does not
         // walk its branches) has each branch's own cost
@@ -121,6 +133,12 @@ Error Runner::create(const Bundle& bundle, const Plan& plan, std::shared_ptr<Bac
         build(bundle, plan.states, plan.thresholds, plan.measure, std::move(hop_costs), true,
               plan.cost_quantile, std::move(accuracies), plan.gates, plan.hop_overhead_ms, walks,
               std::move(backend), options, out);
+        // a scheduler plan of one kept branch runs it alone, as any plan of one state
+        if (plan.scheduler && plan.states.size() > 1) {
+            out->scheduler_ = true;
+            out->scheduler_first_ = static_cast<std::size_t>(plan.scheduler_first);
+            out->estimators_ = plan.estimators;
+        }
     });
 }
 
@@ -390,9 +408,107 @@ Error Runner::predict(const std::vector<const void*>& inputs, std::int64_t batch
         const Clock::time_point start = Clock::now();
         input_gathered_.assign(inputs.size(), false);
         HopRunner hops{*this, inputs, {}};
+        if (scheduler_) return schedule(hops, batch, budget_ms, start, out);
         if (!cascade_.run(hops, batch, budget_ms, start, out))  // a backend gave no logits
             fail(Code::Backend, bundle_.path.string(), "", backend_->name() + ": a step returned no data");
     });
+}
+
+// Run kept position `hop` on `active` rows (`rows`: their batch indices, nullptr for the
+// whole batch, in order) and fold its time into its tracked cost: its logits.
+const float* Runner::run_hop(HopRunner& hops, std::size_t hop, std::int64_t active,
+                             const std::int64_t* rows, Result& out) {
+    input_gathered_.assign(input_gathered_.size(), false);  // these rows' inputs, gathered anew
+    const Clock::time_point h0 = Clock::now();
+    const float* logits = hops.run(hop, active, rows, out);
+    if (logits == nullptr)
+        fail(Code::Backend, bundle_.path.string(), "", backend_->name() + ": a step returned no data");
+    policy_.observe(static_cast<std::int64_t>(hop), ms_since(h0));
+    return logits;
+}
+
+// The rows (as run_hop) answer with kept position `hop`'s `logits` under the plan's
+// measure.
+void Runner::answer_rows(const float* logits, std::size_t hop, std::int64_t active,
+                         const std::int64_t* rows, Result& out) {
+    const auto n = static_cast<std::size_t>(active);
+    if (branch_pred_.size() < n) {
+        branch_pred_.resize(n);
+        branch_conf_.resize(n);
+    }
+    const Status s = answer(logits, active, bundle_.num_classes, policy_.measure(),
+                            branch_pred_.data(), branch_conf_.data());
+    if (s != Status::Ok) fail(Code::Backend, bundle_.path.string(), "", status_string(s));
+    const std::int64_t state = cascade_.states()[hop];
+    for (std::size_t j = 0; j < n; ++j) {
+        const std::size_t r = rows ? static_cast<std::size_t>(rows[j]) : j;
+        out.pred[r] = branch_pred_[j];
+        out.conf[r] = branch_conf_[j];
+        out.exit_state[r] = state;
+    }
+}
+
+// A scheduler plan's call (edgeadapt/cascade/model.py `_predict_scheduled` and
+// edgeadapt/cascade/scheduler.py): under a budget that cannot pay the first scheduled
+// branch and the budget table's pick (kernel_ref.table_first), that pick alone; else the
+// first branch on every row, the kernel's choice per row on the tracked costs and what
+// is left of the budget (its hop overhead counted once), and each later branch picked
+// once, on the rows that picked it. A row the budget moved off its choice without one
+// is a budget exit.
+void Runner::schedule(HopRunner& hops, std::int64_t batch, double budget_ms,
+                      Clock::time_point t0, Result& out) {
+    out.start(batch);
+    const bool budget = budget_ms != kNoBudget;
+    const double hop_ms = cascade_.hop_overhead_ms();
+    const std::size_t first = scheduler_first_;
+    if (budget) {
+        std::int64_t slot = -1;
+        policy_.lookup(budget_ms, &slot);
+        const std::size_t pick = slot < 0 ? 0 : static_cast<std::size_t>(slot);
+        const std::vector<double>& costs = policy_.costs_ms();
+        if (budget_ms - 2.0 * hop_ms - costs[first] < costs[pick]) {
+            answer_rows(run_hop(hops, pick, batch, nullptr, out), pick, batch, nullptr, out);
+            out.total_ms = ms_since(t0);
+            return;
+        }
+    }
+    const float* logits = run_hop(hops, first, batch, nullptr, out);
+    answer_rows(logits, first, batch, nullptr, out);
+    const std::vector<double>& tracked = policy_.costs_ms();
+    scheduler_costs_.assign(tracked.begin() + static_cast<std::ptrdiff_t>(first), tracked.end());
+    const auto states = static_cast<std::int64_t>(scheduler_costs_.size());
+    const auto n = static_cast<std::size_t>(batch);
+    if (free_choice_.size() < n) {
+        free_choice_.resize(n);
+        choice_.resize(n);
+        first_pred_.resize(n);
+        branch_rows_.resize(n);
+    }
+    scores_.resize(std::max<std::size_t>(n * static_cast<std::size_t>(states - 1), 1));
+    const double* thresholds = policy_.thresholds().data() + first;
+    const auto pick = [&](double available_ms, std::int64_t* choice) {
+        const Status s = edgeadapt::schedule(logits, batch, bundle_.num_classes, estimators_.data(),
+                                             thresholds, scheduler_costs_.data(), states,
+                                             available_ms, first_pred_.data(), scores_.data(), choice);
+        if (s != Status::Ok) fail(Code::Backend, bundle_.path.string(), "", status_string(s));
+    };
+    pick(kNoBudget, free_choice_.data());
+    const std::int64_t* choice = free_choice_.data();
+    if (budget) {
+        pick(budget_ms - (ms_since(t0) + hop_ms), choice_.data());
+        for (std::size_t b = 0; b < n; ++b)
+            out.budget_exit[b] = static_cast<std::uint8_t>(choice_[b] != free_choice_[b]);
+        choice = choice_.data();
+    }
+    for (std::int64_t j = 1; j < states; ++j) {
+        std::int64_t k = 0;
+        for (std::size_t b = 0; b < n; ++b)
+            if (choice[b] == j) branch_rows_[static_cast<std::size_t>(k++)] = static_cast<std::int64_t>(b);
+        if (k == 0) continue;
+        const std::size_t hop = first + static_cast<std::size_t>(j);
+        answer_rows(run_hop(hops, hop, k, branch_rows_.data(), out), hop, k, branch_rows_.data(), out);
+    }
+    out.total_ms = ms_since(t0);
 }
 
 }  // namespace edgeadapt::runner

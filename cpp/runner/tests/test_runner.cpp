@@ -1,8 +1,8 @@
-// ctest: the runner's loaders refuse bad bundles, plans (gate policies and runtime
-// blocks included) and .npy/.npz files with an error code and a message naming the file
-// and field (never a crash), a plan's runtime block sets the backend's options, and the
-// cascade runs the shipped bundles: with thresholds, a plan, a gate plan, a budget,
-// compaction and bad inputs.
+// ctest: the runner's loaders refuse bad bundles, plans (gate and scheduler policies and
+// runtime blocks included) and .npy/.npz files with an error code and a message naming
+// the file and field (never a crash), a plan's runtime block sets the backend's options,
+// and the cascade runs the shipped bundles: with thresholds, a plan, a gate plan, a
+// budget, compaction and bad inputs; and a scheduler plan over branches.
 //
 //   test_runner MULTIEXIT_BUNDLE FAMILY_BUNDLE SCRATCH_DIR
 #include <cmath>
@@ -242,6 +242,55 @@ void plan_faults(const fs::path& src, const fs::path& scratch) {
                    ea::Code::Format, {"$.policy.kind"}));
     CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 2, 3", "-0.5, 0.8", "0.1, 0.2, 0.3", "2", gates), plan),
                    ea::Code::Format, {"$.thresholds[0]"}));  // gate scores lie in [0, 1]
+
+    // version 2, a branches plan: the scheduler policy (one estimator per kept branch
+    // from position first on but the last), thresholds on the estimates in [0, 2]
+    {
+        ea::Bundle br = b;
+        br.kind = "branches";
+        const auto sched = [&](const std::string& first, const std::string& features,
+                               const std::string& estimators) {
+            return ", \"policy\": {\"kind\": \"scheduler\"" + first + ", \"features\": " + features +
+                   ", \"estimators\": [" + estimators + "]}";
+        };
+        const std::string feats = "[\"maxprob\", \"margin\", \"entropy\"]";
+        const std::string est = "{\"weights\": [1, 0.5, -2], \"bias\": 0.25}";
+        CHECK(!ea::load_plan(write_plan(br, dir, "0, 1, 2", "0.5, 2", "0.1, 0.2, 0.3", "2",
+                                        sched("", feats, est + ", " + est)),
+                             plan));
+        CHECK(plan.scheduler && plan.scheduler_first == 0 && plan.estimators.size() == 2 &&
+              plan.estimators[1].weights[2] == -2.0 && plan.estimators[0].bias == 0.25 &&
+              plan.gates.empty());
+        CHECK(!ea::load_plan(write_plan(br, dir, "0, 1, 2", "2, 0.5", "0.1, 0.2, 0.3", "2",
+                                        sched(", \"first\": 1", feats, est)),
+                             plan));
+        CHECK(plan.scheduler && plan.scheduler_first == 1 && plan.estimators.size() == 1);
+        CHECK(is_error(ea::load_plan(write_plan(br, dir, "0, 1, 2", "0.5, 0.5", "0.1, 0.2, 0.3", "2",
+                                                sched("", feats, est)),
+                                     plan),
+                       ea::Code::Format, {"plan.json", "$.policy.estimators", "expected 2 estimators"}));
+        CHECK(is_error(ea::load_plan(write_plan(br, dir, "0, 1, 2", "0.5, 0.5", "0.1, 0.2, 0.3", "2",
+                                                sched(", \"first\": 3", feats, "")),
+                                     plan),
+                       ea::Code::Format, {"$.policy.first", "must be in [0, 2]"}));
+        CHECK(is_error(ea::load_plan(write_plan(br, dir, "0, 1, 2", "0.5, 0.5", "0.1, 0.2, 0.3", "2",
+                                                sched("", "[\"maxprob\", \"margin\"]", est + ", " + est)),
+                                     plan),
+                       ea::Code::Format, {"$.policy.features"}));
+        CHECK(is_error(ea::load_plan(write_plan(br, dir, "0, 1, 2", "0.5, 0.5", "0.1, 0.2, 0.3", "2",
+                                                sched("", feats, est + ", {\"weights\": [1, 2], \"bias\": 0}")),
+                                     plan),
+                       ea::Code::Format, {"$.policy.estimators[1].weights", "expected 3 numbers"}));
+        CHECK(is_error(ea::load_plan(write_plan(br, dir, "0, 1, 2", "2.5, 0.5", "0.1, 0.2, 0.3", "2",
+                                                sched("", feats, est + ", " + est)),
+                                     plan),
+                       ea::Code::Format, {"$.thresholds[0]"}));  // estimates lie in [0, 1], or 2
+        // the scheduler picks among branches: an early-exit plan may not use it
+        CHECK(is_error(ea::load_plan(write_plan(b, dir, "0, 1, 2", "0.5, 0.5", "0.1, 0.2, 0.3", "2",
+                                                sched("", feats, est + ", " + est)),
+                                     plan),
+                       ea::Code::Format, {"plan.json", "$.policy", "picks branches", "early-exit"}));
+    }
 
     const auto runtime = [](const std::string& body) { return ", \"runtime\": {" + body + "}"; };
     const std::string ort = "\"runtime\": \"onnxruntime\", \"preset\": \"x86-ort-2t\", "
@@ -546,6 +595,55 @@ void runs(const fs::path& multiexit, const fs::path& family, const fs::path& scr
         CHECK(!ea::Runner::create(b, gate_plan("-80"), backend, {}, gated));
         CHECK(!gated->predict(x.data(), n, edgeadapt::kNoBudget, out));
         for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == last && out.pred[i] == last_pred[i]);
+    }
+    // a scheduler plan over the family bundle declared as branches: the first branch runs
+    // on every row; an estimate sure of every row (score 1) answers all with it, one sure
+    // of none sends every row to the last branch that fits (branch 1's threshold 2: never
+    // picked by its estimate); a budget too small for the first branch and the budget
+    // table's pick runs that pick alone (nothing fits: the first kept branch)
+    {
+        const fs::path d = copy(family, scratch, "branches");
+        replace(d / "manifest.json", "\"kind\": \"ensemble\"", "\"kind\": \"branches\"");
+        ea::Bundle b;
+        CHECK(!ea::load_bundle(d, b));
+        const std::int64_t n = 40, row = b.inputs[0].row_elements();
+        const std::vector<float> x = random_inputs(n, row, 2);
+        ea::Result out;
+        std::unique_ptr<ea::Runner> alone;  // the last branch alone answers every row
+        CHECK(!ea::Runner::create(b, {1.0}, edgeadapt::Measure::MaxProb, backend, {}, alone));
+        CHECK(!alone->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        const std::vector<std::int64_t> last_pred = out.pred;
+        const std::vector<float> last_conf = out.conf;
+        const auto sched_plan = [&](const char* bias) {
+            const std::string e = std::string("{\"weights\": [0, 0, 0], \"bias\": ") + bias + "}";
+            ea::Plan sp;
+            CHECK(!ea::load_plan(write_plan(b, scratch, "0, 1, 2", "0.5, 2", "0.1, 0.2, 0.3", "2",
+                                            ", \"policy\": {\"kind\": \"scheduler\", \"features\": "
+                                            "[\"maxprob\", \"margin\", \"entropy\"], \"estimators\": [" +
+                                                e + ", " + e + "]}"),
+                                 sp));
+            return sp;
+        };
+        std::unique_ptr<ea::Runner> sched;
+        CHECK(!ea::Runner::create(b, sched_plan("80"), backend, {}, sched));
+        CHECK(sched->scheduled() && !sched->gated());
+        CHECK(!sched->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        CHECK(out.step_index == std::vector<std::int64_t>{0} && out.step_rows == std::vector<std::int64_t>{n});
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == 0 && !out.budget_exit[i]);
+        CHECK(!ea::Runner::create(b, sched_plan("-80"), backend, {}, sched));
+        CHECK(!sched->predict(x.data(), n, edgeadapt::kNoBudget, out));
+        CHECK((out.step_index == std::vector<std::int64_t>{0, 2}) &&
+              (out.step_rows == std::vector<std::int64_t>{n, n}));
+        for (std::int64_t i = 0; i < n; ++i) {
+            const auto r = static_cast<std::size_t>(i);
+            CHECK(out.exit_state[r] == 2 && out.pred[r] == last_pred[r] && out.conf[r] == last_conf[r]);
+        }
+        // an ample budget changes nothing; a tiny one runs the first kept branch alone
+        CHECK(!sched->predict(x.data(), n, 1e6, out));
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == 2 && !out.budget_exit[i]);
+        CHECK(!sched->predict(x.data(), n, 1e-6, out));
+        CHECK(out.step_index == std::vector<std::int64_t>{0});
+        for (std::int64_t i = 0; i < n; ++i) CHECK(out.exit_state[i] == 0 && !out.budget_exit[i]);
     }
     // a manifest whose I/O names do not match the ONNX file: refused when verified, and
     // unverified, when the backend loads it

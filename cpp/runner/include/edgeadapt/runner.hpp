@@ -16,6 +16,14 @@
 // predicted cost, with the plan's hop overhead, fits what is left, else every active
 // row keeps its answer from the last completed hop.
 //
+// A scheduler plan (a branches bundle's content-aware scheduler, as
+// edgeadapt/cascade/scheduler.py runs it) instead runs its first scheduled branch on every
+// row; the kernel's `schedule` reads its logits and picks, per row, that branch's answer
+// or a later branch that fits what is left of the budget, and each later branch picked
+// runs once, from the input, on the rows that picked it. Under a budget that cannot pay
+// the first branch and the budget table's pick (each with the hop overhead), that pick
+// runs alone.
+//
 // Errors: every public function is noexcept and returns an Error (code + message that
 // names the file and JSON path at fault); nothing throws across this interface.
 //
@@ -134,6 +142,10 @@ struct RuntimeConfig {
 // The part of plan.json a runner needs (the record of how the plan did is not read).
 // `gates` is empty for the threshold policy, else one per kept state but the last
 // (plan version 2, policy "gate"): the thresholds then apply to the gates' scores.
+// `scheduler` marks the content-aware scheduler of a branches plan (policy
+// "scheduler"): the kept branch at position `scheduler_first` always runs and
+// `estimators` (one per kept branch from it on but the last, kernel.hpp Estimator)
+// score its logits; the thresholds of those positions apply to the scores.
 struct Plan {
     std::string manifest_sha256;
     std::string kind;
@@ -146,6 +158,9 @@ struct Plan {
     double hop_overhead_ms = 0.0;  // the cascade's own cost per hop a budget counts (0: absent)
     std::vector<BudgetRow> budget;
     std::vector<Gate> gates;  // kernel.hpp Gate
+    bool scheduler = false;
+    std::int64_t scheduler_first = 0;
+    std::vector<Estimator> estimators;
     // a branches plan's $.branches.run: "cascade" walks the kept branches (each from the
     // input, cost_ms cumulative), "table" or "" (absent: an older plan) runs the most
     // accurate kept branch alone without a budget
@@ -263,6 +278,9 @@ class Runner {
     const Policy& policy() const noexcept { return policy_; }
     // Whether the plan's learned gates decide (a gate plan) rather than thresholds.
     bool gated() const noexcept { return cascade_.gated(); }
+    // Whether the content-aware scheduler picks each row's branch (a scheduler plan of
+    // several kept branches).
+    bool scheduled() const noexcept { return scheduler_; }
 
     Runner(const Runner&) = delete;
     Runner& operator=(const Runner&) = delete;
@@ -280,6 +298,12 @@ class Runner {
                       const RunnerOptions& options, std::unique_ptr<Runner>& out);
     void check_outputs(std::size_t step, const TensorView* views, std::size_t count,
                        std::size_t logits, std::int64_t rows) const;
+    const float* run_hop(HopRunner& hops, std::size_t hop, std::int64_t active,
+                         const std::int64_t* rows, Result& out);
+    void answer_rows(const float* logits, std::size_t hop, std::int64_t active,
+                     const std::int64_t* rows, Result& out);
+    void schedule(HopRunner& hops, std::int64_t batch, double budget_ms,
+                  Cascade::Clock::time_point t0, Result& out);
 
     Bundle bundle_;
     Policy policy_;
@@ -296,6 +320,16 @@ class Runner {
     std::vector<std::vector<unsigned char>> gathered_inputs_;
     std::vector<bool> input_gathered_;
     std::vector<const void*> one_input_;
+    // a scheduler plan's: the kept position that always runs, the estimators, and
+    // buffers reused across calls (the tracked costs from that position on, each row's
+    // choice without and with the budget, the first branch's argmax and scores, the rows
+    // a branch runs on and their answers)
+    bool scheduler_ = false;
+    std::size_t scheduler_first_ = 0;
+    std::vector<Estimator> estimators_;
+    std::vector<double> scheduler_costs_;
+    std::vector<std::int64_t> free_choice_, choice_, first_pred_, branch_rows_, branch_pred_;
+    std::vector<float> scores_, branch_conf_;
 };
 
 }  // namespace edgeadapt::runner
