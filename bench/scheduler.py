@@ -1,4 +1,4 @@
-"""AdaInf's content-aware scheduler against the budget table alone, on a branches bundle.
+"""AdaInf's content-aware scheduler against the budget table and the cascade over branches.
 
 The shipped demo bundle mnist1d-resnet (a compute-bound residual 1D CNN trained on
 MNIST-1D) is merged back into its whole model (`exporters.compose.whole_model`), and
@@ -7,13 +7,18 @@ MNIST-1D calibration split (seed 42). The bundle is profiled (ONNX Runtime, 1 th
 batch 1, p50) and evaluated on the test split, and two plans are made from the same
 evaluation and costs (`plan_bundle`: half calibration, half held out):
 
-- the budget table alone (AdaInf: the most accurate branch whose cost fits the budget),
+- the budget table alone (AdaInf: the most accurate branch whose cost fits the budget;
+  `branches="table"`),
+- the cascade over branches (threshold policy, `branches="cascade"`: the cheapest kept
+  branch first, each deeper one from the input while the confidence is below its
+  threshold; under a budget its own table picks among its kept branches),
 - the scheduler (`--policy scheduler`: the cheapest kept branch runs, its answer picks
   the branch; risk-controlled, drop <= --max-drop w.p. >= 95%).
 
 At each budget (10% above the table's rows and above what the scheduler needs to
-afford each branch after the first, plus none) it prints both plans' held-out accuracy and mean cost as
-simulated on the plan costs, then as measured: `AdaptiveModel.predict` one held-out
+afford each branch after the first, plus none) it prints the table's and the
+scheduler's held-out accuracy and mean cost as simulated on the plan costs (the
+cascade's without a budget), then all three as measured: `AdaptiveModel.predict` one held-out
 sample at a time under that budget (accuracy, mean wall time per call, share of calls
 over the budget). About a minute on 2 cores.
 
@@ -42,7 +47,7 @@ from edgeadapt.formats.profile import Profile
 from edgeadapt.measure.evaluate import evaluate_bundle
 from edgeadapt.measure.profiler import TimingOptions, profile_bundle
 from edgeadapt.planning.outcomes import Outcomes
-from edgeadapt.planning.planner import PlanOptions, plan_bundle, profile_costs
+from edgeadapt.planning.planner import PlanOptions, plan_bundle, profile_costs, simulate_plan
 from edgeadapt.planning.scheduler import budget_comparison, budgets, simulate_scheduler
 
 DEMO = Path(__file__).resolve().parents[1] / "edgeadapt" / "demo" / "bundles" / "mnist1d-resnet"
@@ -97,7 +102,10 @@ def main() -> None:
     profile = profile_bundle(bundle, threads=1, timing=TimingOptions(warmup=20, iters=200))
     ev = evaluate_bundle(bundle, splits.test.x, splits.test.y)
     costs = profile_costs(profile, bundle)
-    table = plan_bundle(bundle, ev, costs, PlanOptions(max_drop=args.max_drop))
+    table = plan_bundle(bundle, ev, costs, PlanOptions(max_drop=args.max_drop, branches="table"))
+    cascade = plan_bundle(
+        bundle, ev, costs, PlanOptions(max_drop=args.max_drop, branches="cascade")
+    )
     sched = plan_bundle(bundle, ev, costs, PlanOptions(policy="scheduler", max_drop=args.max_drop))
     held = Outcomes.from_evaluation(ev).split(HELDOUT, SEED)[1]
     names = [s.name for s in bundle.states]
@@ -110,6 +118,12 @@ def main() -> None:
         print(f"  {name:<14} p50 {ms:.4f} ms  held-out acc {100 * acc:.2f}%")
     print(f"budget table: {[(round(r.budget_ms, 4), names[r.state]) for r in table.budget]}")
     print(f"scheduler: kept {list(sched.state_names)}; {sched.statement}")
+    free_cascade = simulate_plan(cascade, held)
+    print(
+        f"cascade: kept {list(cascade.state_names)}; no budget: held-out acc "
+        f"{100 * free_cascade.accuracy:.2f}% at {free_cascade.expected_cost:.4f} ms; "
+        f"{cascade.statement}"
+    )
     if sched.scheduler:
         free = simulate_scheduler(sched, held)
         share = np.bincount(free.exit_state, minlength=len(sched.states)) / held.n
@@ -124,6 +138,7 @@ def main() -> None:
     print(
         f"{'budget ms':>9} | {'table acc':>9} {'cost':>7} | {'sched acc':>9} {'cost':>7} |"
         f" measured: {'table acc':>9} {'ms':>6} {'miss':>5} | {'sched acc':>9} {'ms':>6} {'miss':>5}"
+        f" | {'casc acc':>9} {'ms':>6} {'miss':>5}"
     )
     # 10% above each budget that moves a choice: a budget exactly at a cost is a coin toss
     at = [1.1 * b for b in budgets(sched, table.budget)]
@@ -131,11 +146,13 @@ def main() -> None:
     for p in (*points, *budget_comparison(sched, held, [math.inf], table.budget)):
         t_acc, t_ms, t_miss = measured(bundle, table, profile, x, y, p.budget_ms)
         s_acc, s_ms, s_miss = measured(bundle, sched, profile, x, y, p.budget_ms)
+        c_acc, c_ms, c_miss = measured(bundle, cascade, profile, x, y, p.budget_ms)
         print(
             f"{p.budget_ms:9.4f} | {100 * p.table_accuracy:8.2f}% {p.table_cost_ms:7.4f} | "
             f"{100 * p.scheduler_accuracy:8.2f}% {p.scheduler_cost_ms:7.4f} |"
             f"           {100 * t_acc:8.2f}% {t_ms:6.4f} {100 * t_miss:4.1f}% |"
             f" {100 * s_acc:8.2f}% {s_ms:6.4f} {100 * s_miss:4.1f}%"
+            f" | {100 * c_acc:8.2f}% {c_ms:6.4f} {100 * c_miss:4.1f}%"
         )
 
 
