@@ -252,7 +252,7 @@ def test_ray_missing_names_the_extra(multiexit_copy, mnist1d_npz, monkeypatch):
     result = invoke("evaluate", multiexit_copy, "--data", mnist1d_npz, "--ray", "-o", out)
     assert result.exit_code == 2, result.output
     assert (
-        "--ray (evaluation on a Ray cluster) needs the 'ray' package: pip install 'edgeadapt[ray]'"
+        "--ray (work on a Ray cluster) needs the 'ray' package: pip install 'edgeadapt[ray]'"
         in result.output
     )
     assert not out.exists()

@@ -33,9 +33,10 @@ from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import Evaluation, save_evaluation
 from edgeadapt.formats.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.formats.profile import find_profile, load_profile
-from edgeadapt.measure.raywork import LOCAL, check_address, ray_cluster, run_ray
+from edgeadapt.measure.raywork import run_ray
 from edgeadapt.measure.shards import ShardJob, check_workers, plan_shards, run_local, worker_config
 from edgeadapt.measure.states import StateResults, run_states
+from edgeadapt.raytasks import LOCAL, check_address, ray_cluster
 
 __all__ = [
     "EvaluateRun",
@@ -208,7 +209,7 @@ def evaluate_to_file(
 
     `workers` above 1 runs the data in that many shards in worker processes
     (`edgeadapt.measure.shards`), the threads split among them; `ray` (a cluster's
-    address, or ``"local"`` for a local cluster: `edgeadapt.measure.raywork`) runs the
+    address, or ``"local"`` for a local cluster: `edgeadapt.raytasks`) runs the
     shards as Ray tasks instead, `workers` of them (default: the cluster's CPUs). The
     file is the same, bit for bit. A loader script cannot be split (it is read from its
     start): it takes one worker. Nothing is written when a shard fails.
