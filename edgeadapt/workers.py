@@ -232,10 +232,11 @@ def _dealt_main(
     tasks: Connection,
     results: Connection,
 ) -> None:
-    """A dealt worker process: set up once, then work each ``(index, item)`` received
-    until None, sending ``("done", index, result)``; ``("error", index,
-    EdgeadaptError)`` or ``("failed", index, traceback)`` end it. A thread receives
-    the items, so that the parent's sending never waits on this process's sending."""
+    """A dealt worker process: set up once (then ``("ready", -1, None)``), then work
+    each ``(index, item)`` received until None, sending ``("start", index, None)`` and
+    ``("done", index, result)``; ``("error", index, EdgeadaptError)`` or ``("failed",
+    index, traceback)`` end it. A thread receives the items, so that the parent's
+    sending never waits on this process's sending."""
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def receive() -> None:
@@ -251,8 +252,10 @@ def _dealt_main(
     index = -1
     try:
         state = init(setup)
+        results.send(("ready", -1, None))
         while (msg := inbox.get()) is not None:
             index, item = msg
+            results.send(("start", index, None))
             results.send(("done", index, work(state, item)))
     except EdgeadaptError as e:
         results.send(("error", index, _portable(e)))
@@ -266,7 +269,9 @@ def _dealt_main(
 class _Dealt:
     process: Any  # multiprocessing's SpawnProcess
     tasks: Connection
-    items: deque[int]  # the indices dealt to it, in order: the first is at work
+    items: deque[int]  # the indices dealt to it and not done, in order
+    ready: bool = False  # set up
+    started: int | None = None  # the index at work
     failure: str | None = None
 
 
@@ -322,20 +327,23 @@ def deal_processes(
     def deal() -> None:
         for worker in sorted(running.values(), key=lambda w: len(w.items)):
             while len(worker.items) < PER_WORKER and (i := next_index()) is not None:
-                worker.items.append(i)
                 try:
                     worker.tasks.send((i, dealt[i]))
-                except (BrokenPipeError, ConnectionResetError):
-                    break  # it died: its end of the results pipe tells why
+                except OSError:  # it died: its end of the results pipe tells why
+                    again.appendleft(i)
+                    break
+                worker.items.append(i)
 
     def ended(conn: Connection, worker: _Dealt) -> None:
         del running[conn]
         conn.close()
         worker.tasks.close()
         worker.process.join()
-        if not worker.items:
+        again.extendleft(reversed(worker.items))
+        # the item at work is charged (the first dealt, when it died setting up)
+        i = worker.started if worker.ready else (worker.items[0] if worker.items else None)
+        if i is None:
             return
-        i = worker.items[0]
         if worker.failure is None:
             why, shown = _exit_reason(worker.process.exitcode), ""
         else:
@@ -346,7 +354,6 @@ def deal_processes(
                 f"{where(dealt[i])} failed {fails[i]} times ({why}); nothing was written"
                 + (f"\n{shown}" if shown else "")
             )
-        again.extendleft(reversed(worker.items))
 
     finished = False
     try:
@@ -368,11 +375,16 @@ def deal_processes(
                 worker = running[conn]
                 try:
                     kind, i, value = conn.recv()
-                except EOFError:  # the worker has exited, its messages all read
+                except (EOFError, OSError):  # the worker has exited (perhaps mid-message)
                     ended(conn, worker)
                     continue
-                if kind == "done":
+                if kind == "ready":
+                    worker.ready = True
+                elif kind == "start":
+                    worker.started = i
+                elif kind == "done":
                     worker.items.popleft()
+                    worker.started = None
                     del dealt[i]
                     held[i] = value
                 elif kind == "error":
