@@ -304,3 +304,20 @@ def test_export_onnx_names_an_address_that_does_not_answer(net_calibration, tmp_
     assert result.exit_code == 2, result.output
     assert f"error: the Ray cluster at {address} does not answer within 10 s" in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_a_loader_script_is_dealt_to_ray_actors(cluster, multiexit_copy, mnist1d_npz, tmp_path):
+    from tests.test_workers import _loader
+
+    script = _loader(tmp_path, mnist1d_npz)
+    one = evaluate_to_file(multiexit_copy, script, output=tmp_path / "1.npz", batch=8)
+    done = evaluate_to_file(
+        multiexit_copy, script, output=tmp_path / "r.npz", batch=8, workers=2, ray="local"
+    )
+    assert (
+        done.workers_note == "2 Ray actors on a local Ray cluster, the batches of the script dealt"
+    )
+    a, b = load_evaluation(one.path), load_evaluation(tmp_path / "r.npz")
+    for key in KEYS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+    assert a.data == b.data

@@ -12,22 +12,38 @@ Each shard is one task of one CPU (`evaluate_shard`); Ray runs a task whose work
 once more (``max_retries=1``), and a task that raises an unexpected error once more too;
 a shard that fails both times is an error naming its samples. An edgeadapt error (bad
 data) is the run's as it is. The results are joined in shard order.
+
+A loader script, which cannot be cut by sample, is read by the parent and its batches
+dealt to Ray actors (`deal_ray_batches`, `edgeadapt.raytasks.deal_ray`), each loading
+the shipped bundle once.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import MANIFEST, Bundle
-from edgeadapt.measure.shards import ShardJob, evaluate_shard, load_checked
-from edgeadapt.measure.states import StateResults
-from edgeadapt.raytasks import ray_module, write_files
+from edgeadapt.measure.shards import (
+    DealtSetup,
+    ShardJob,
+    batch_where,
+    dealt_batches,
+    evaluate_shard,
+    joined,
+    load_checked,
+    run_batch,
+)
+from edgeadapt.measure.states import StateResults, StateRunner
+from edgeadapt.raytasks import deal_ray, ray_module, write_files
 from edgeadapt.workers import Done, ShardError
 
-__all__ = ["bundle_files", "run_ray"]
+__all__ = ["bundle_files", "deal_ray_batches", "run_ray"]
 
 #: Bundles this worker process has written and loaded, by manifest sha256.
 _LOADED: dict[str, Bundle] = {}
@@ -102,3 +118,24 @@ def run_ray(
         for ref in waiting:  # the run failed: the other shards are not needed
             ray.cancel(ref, force=True)
     return [r for r in results if r is not None]
+
+
+def _runner_shipped(setup: DealtSetup) -> StateRunner:
+    """A dealt Ray actor's set-up: the shipped bundle written, checked and loaded."""
+    assert setup.shipped is not None
+    return StateRunner(_materialize(setup.shipped, setup.manifest), setup.config)
+
+
+def deal_ray_batches(
+    setup: DealtSetup,
+    bundle: Bundle,
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+    workers: int,
+    progress: Done | None = None,
+) -> StateResults:
+    """Every state of `bundle` on `batches` (read here), dealt to `workers` Ray actors
+    on the cluster connected to, the bundle shipped by content; joined in order."""
+    shipped = replace(setup, shipped=bundle_files(bundle))
+    items = dealt_batches(batches)
+    parts = deal_ray(shipped, items, workers, _runner_shipped, run_batch, batch_where)
+    return joined(parts, progress)
