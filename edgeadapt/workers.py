@@ -14,9 +14,10 @@ the one next in order). A worker that dies is replaced; the item it was working 
 run again once, and failing twice it is a `ShardError` naming it.
 
 `edgeadapt evaluate --workers` runs shards of its data here
-(`edgeadapt.measure.shards`), `edgeadapt export branches --workers` its candidate
-branches (`edgeadapt.exporters.branches`), `edgeadapt export onnx --workers` its
-calibration batches (`edgeadapt.exporters._calibwork`, dealt).
+(`edgeadapt.measure.shards`; a loader script's batches dealt), `edgeadapt export
+branches --workers` its candidate branches (`edgeadapt.exporters.branches`),
+`edgeadapt export onnx --workers` its calibration batches, dealt
+(`edgeadapt.exporters._calibwork`).
 """
 
 from __future__ import annotations

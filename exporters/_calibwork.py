@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ class Batch:
     feeds: Feeds
 
     def where(self) -> str:
+        """``calibration samples 64..127``, for messages."""
         rows = len(next(iter(self.feeds.values())))
         return f"calibration samples {self.first}..{self.first + rows - 1}"
 
@@ -133,10 +134,6 @@ def _init(setup: Setup) -> _Worker:
 def _work(worker: _Worker, batch: Batch) -> Pooled:
     setup = worker.setup
     return pooled(worker.sess, batch.feeds, setup.cuts, setup.heads, setup.source)
-
-
-def _where(batch: Batch) -> str:
-    return batch.where()
 
 
 @dataclass(frozen=True)
@@ -195,13 +192,13 @@ def forward(
 def _dealt(setup: Setup, items: Iterator[Batch], scale: Scale) -> Iterator[Pooled]:
     if scale.ray is None:
         assert scale.workers is not None
-        yield from deal_processes(setup, items, scale.workers, _init, _work, _where)
+        yield from deal_processes(setup, items, scale.workers, _init, _work, Batch.where)
         return
     shipped = {name: (Path(setup.folder) / name).read_bytes() for name in setup.files}
     with ray_cluster(scale.ray, scale.workers) as cpus:
         count = scale.workers or cpus
-        ship = Setup(**{**setup.__dict__, "folder": "", "shipped": shipped})
-        yield from deal_ray(ship, items, count, _init, _work, _where)
+        ship = replace(setup, folder="", shipped=shipped)
+        yield from deal_ray(ship, items, count, _init, _work, Batch.where)
 
 
 def check_scale(scale: Scale) -> Scale:

@@ -31,8 +31,8 @@ from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import MANIFEST, Bundle
 from edgeadapt.measure.shards import (
     DealtSetup,
+    LabelledBatch,
     ShardJob,
-    batch_where,
     dealt_batches,
     evaluate_shard,
     joined,
@@ -137,5 +137,5 @@ def deal_ray_batches(
     on the cluster connected to, the bundle shipped by content; joined in order."""
     shipped = replace(setup, shipped=bundle_files(bundle))
     items = dealt_batches(batches)
-    parts = deal_ray(shipped, items, workers, _runner_shipped, run_batch, batch_where)
+    parts = deal_ray(shipped, items, workers, _runner_shipped, run_batch, LabelledBatch.where)
     return joined(parts, progress)

@@ -179,6 +179,7 @@ class LabelledBatch:
     labels: np.ndarray
 
     def where(self) -> str:
+        """``samples 64..127``, for messages."""
         return f"samples {self.first}..{self.first + len(self.labels) - 1}"
 
 
@@ -190,10 +191,6 @@ def runner_at(setup: DealtSetup) -> StateRunner:
 def run_batch(runner: StateRunner, batch: LabelledBatch) -> StateResults:
     """A dealt batch's work: every state on it."""
     return runner.run(dict(batch.feeds), batch.labels)
-
-
-def batch_where(batch: LabelledBatch) -> str:
-    return batch.where()
 
 
 def dealt_batches(
@@ -223,5 +220,5 @@ def deal_local(
     """Every state of the bundle of `setup` on `batches` (read here, a batch at a time),
     dealt to `workers` worker processes; the results joined in order."""
     items = dealt_batches(batches)
-    parts = deal_processes(setup, items, workers, runner_at, run_batch, batch_where)
+    parts = deal_processes(setup, items, workers, runner_at, run_batch, LabelledBatch.where)
     return joined(parts, progress)

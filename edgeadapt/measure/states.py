@@ -1,6 +1,6 @@
 """Every state of a bundle on labelled batches, kept per sample: the loop `evaluate`
 runs in one process and each of its workers runs on a shard (`edgeadapt.measure.shards`,
-`edgeadapt.measure.raywork`)."""
+`edgeadapt.measure.raywork`), or batch by batch when batches are dealt (`StateRunner`)."""
 
 from __future__ import annotations
 
