@@ -196,7 +196,7 @@ def run_processes(
                 run = running[conn]
                 try:
                     kind, value = conn.recv()
-                except EOFError:  # the worker has exited, its messages all read
+                except (EOFError, OSError):  # the worker has exited (perhaps mid-message)
                     ended(conn, run)
                     continue
                 if kind == "progress":
