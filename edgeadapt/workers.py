@@ -328,12 +328,11 @@ def deal_processes(
     def deal() -> None:
         for worker in sorted(running.values(), key=lambda w: len(w.items)):
             while len(worker.items) < PER_WORKER and (i := next_index()) is not None:
+                worker.items.append(i)  # sent or not, its death gives it back
                 try:
                     worker.tasks.send((i, dealt[i]))
                 except OSError:  # it died: its end of the results pipe tells why
-                    again.appendleft(i)
                     break
-                worker.items.append(i)
 
     def ended(conn: Connection, worker: _Dealt) -> None:
         del running[conn]

@@ -8,6 +8,9 @@ a batch that keeps failing is one error naming its samples, and nothing is writt
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 
 import numpy as np
@@ -148,15 +151,26 @@ def test_a_killed_worker_is_replaced_and_its_batch_run_again(tmp_path, source, c
     same_bundles(tmp_path / "1", tmp_path / "2")
 
 
-def test_a_batch_failing_twice_is_one_error_and_nothing_is_written(tmp_path, source, calibration):
-    progress, killed = _killer(every=True)
+def test_a_batch_failing_twice_is_one_error_and_nothing_is_written(
+    tmp_path, source, calibration, monkeypatch
+):
+    # every worker is killed as soon as it starts: the first batch fails on both tries
+    started = SpawnProcess.start
+    killed: list[int] = []
+
+    def start_and_kill(self):
+        started(self)
+        os.kill(self.pid, signal.SIGKILL)
+        killed.append(self.pid)
+
+    monkeypatch.setattr(SpawnProcess, "start", start_and_kill)
     out = tmp_path / "out"
     with pytest.raises(
         ShardError,
-        match=r"calibration samples \d+\.\.\d+ failed 2 times \(its worker was killed by "
+        match=r"calibration samples 0\.\.63 failed 2 times \(its worker was killed by "
         r"signal 9\); nothing was written",
     ):
-        _export(source, out, calibration, workers=2, progress=progress)
+        _export(source, out, calibration, workers=2)
     assert len(killed) >= 2
     assert not out.exists()
     assert multiprocessing.active_children() == []
