@@ -16,6 +16,14 @@ the cores the machine gives (`_capacity`) bound what two workers can gain.
   by the command (only with ``--ray``; needs the ray extra).
 
     python bench/workers.py [--samples 20000] [--rounds 3] [--ray]
+
+With ``--export`` it times `edgeadapt export onnx --calibration` instead: a ResNet-18
+(random weights, 64 px inputs: a compute-bound model) cut after layer2 and layer3, its
+two heads trained on `--samples` random labelled images at batch 32, in one process
+against `--workers 2` (and `--ray --workers 2`), every bundle checked to be the same
+bytes as the first:
+
+    python bench/workers.py --export [--samples 1000] [--rounds 3] [--ray]
 """
 
 from __future__ import annotations
@@ -81,11 +89,16 @@ def _children_cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--ray", action="store_true", help="also run --ray (needs the ray extra)")
+    parser.add_argument("--export", action="store_true", help="time export onnx's calibration")
     args = parser.parse_args()
+    if args.export:
+        export_main(args.samples or 1000, args.rounds, args.ray)
+        return
+    args.samples = args.samples or 20_000
 
     configs = _configs(args.ray)
     capacity = [_capacity()]
@@ -132,6 +145,92 @@ def main() -> None:
             f"   (runs: {runs})"
         )
     print("every evaluation file holds the same arrays")
+    print(
+        "cores this machine gave (2 spinning processes' throughput over 1's), before and "
+        f"after: {capacity[0]:.2f}, {capacity[1]:.2f}"
+    )
+
+
+#: The cuts of the ResNet-18 `export_main` splits: the outputs of layer2 and layer3.
+CUTS = ["/layer2/layer2.1/relu_1/Relu_output_0", "/layer3/layer3.1/relu_1/Relu_output_0"]
+
+
+def _resnet18(path: Path) -> None:
+    """A ResNet-18 with random weights and 10 classes, input ``[batch, 3, 64, 64]``."""
+    import torch
+
+    from edgeadapt._zoo_torch import ResNet
+
+    torch.manual_seed(0)
+    model = ResNet(num_classes=10).eval()
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, 64, 64),),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def export_main(samples: int, rounds: int, ray: bool) -> None:
+    """`edgeadapt export onnx` of a ResNet-18 with 1 worker against 2 (see the module
+    docstring), in interleaved rounds."""
+    configs = {"1 process": [], "2 workers": ["--workers", "2"]}
+    if ray:
+        configs["ray, 2 actors"] = ["--ray", "--workers", "2"]
+    capacity = [_capacity()]
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory() as tmp:
+        model, data = Path(tmp) / "resnet18.onnx", Path(tmp) / "calib.npz"
+        _resnet18(model)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((samples, 3, 64, 64)).astype(np.float32)
+        np.savez(data, x=x, y=rng.integers(0, 10, samples))
+        reference = None
+        for _ in range(rounds):
+            for i, (name, extra) in enumerate(configs.items()):
+                out = Path(tmp) / f"b{i}"
+                cuts = [a for c in CUTS for a in ("--cut", c)]
+                command = [
+                    sys.executable, "-m", "edgeadapt", "export", "onnx", str(model), *cuts,
+                    "--calibration", str(data), "--batch-size", "32", "-o", str(out),
+                    "--force", "--json", *extra,
+                ]  # fmt: skip
+                before = _children_cpu()
+                start = time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+                times[name].append(time.perf_counter() - start)
+                cpu[name].append(_children_cpu() - before)
+                if done.returncode:
+                    sys.exit(f"{name}: exit {done.returncode}\n{done.stderr}")
+                files = _files(out)
+                if reference is None:
+                    reference = files
+                if files != reference:
+                    sys.exit(f"{name}: the bundle differs from the first one's")
+    capacity.append(_capacity())
+    base = statistics.median(times["1 process"])
+    print(
+        f"export onnx resnet18 (64 px, 2 trained heads), {samples} calibration samples, "
+        f"batch 32, median of {rounds} interleaved rounds (whole command):"
+    )
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        runs = ", ".join(f"{v:.2f}" for v in ts)
+        print(
+            f"  {name:16s} {t:6.2f} s  {base / t:5.2f}x  CPU {statistics.median(cpu[name]):6.2f} s"
+            f"   (runs: {runs})"
+        )
+    print("every bundle is the same bytes")
     print(
         "cores this machine gave (2 spinning processes' throughput over 1's), before and "
         f"after: {capacity[0]:.2f}, {capacity[1]:.2f}"

@@ -6,20 +6,31 @@ once on its job; a job that fails twice is a `ShardError` naming it (`Job.where`
 edgeadapt error (bad input: it names the file and sample) is raised as it is. Workers
 still running when the run fails are killed.
 
+`deal_processes` keeps `workers` processes that each set up once (load a model) and
+deals them items one after another (a batch of data), yielding the results in the
+items' order; at most `PER_WORKER` items wait at a worker and a window of twice that
+many per worker bounds what is held (the items dealt and the results that came before
+the one next in order). A worker that dies is replaced; the item it was working on is
+run again once, and failing twice it is a `ShardError` naming it.
+
 `edgeadapt evaluate --workers` runs shards of its data here
-(`edgeadapt.measure.shards`), `edgeadapt export branches --workers` its candidate
-branches (`edgeadapt.exporters.branches`).
+(`edgeadapt.measure.shards`; a loader script's batches dealt), `edgeadapt export
+branches --workers` its candidate branches (`edgeadapt.exporters.branches`),
+`edgeadapt export onnx --workers` its calibration batches, dealt
+(`edgeadapt.exporters._calibwork`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import pickle
+import queue
 import sys
+import threading
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -28,10 +39,22 @@ from typing import Any, Protocol, TypeVar
 from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.presets import MAX_WORKERS
 
-__all__ = ["TRIES", "Done", "Job", "ShardError", "check_workers", "run_processes"]
+__all__ = [
+    "PER_WORKER",
+    "TRIES",
+    "Done",
+    "Job",
+    "ShardError",
+    "check_workers",
+    "deal_processes",
+    "run_processes",
+]
 
 #: Times a shard is run before its failure is the run's (the first try and one retry).
 TRIES = 2
+#: Items dealt to a worker at a time (`deal_processes`): the one it works on and the
+#: next, so that it never waits for the parent.
+PER_WORKER = 2
 
 #: ``progress(done)``: samples done so far over every shard.
 Done = Callable[[int], None]
@@ -52,6 +75,9 @@ class Job(Protocol):
 
 J = TypeVar("J", bound=Job)
 R = TypeVar("R")
+S = TypeVar("S")
+W = TypeVar("W")
+I = TypeVar("I")  # noqa: E741
 
 
 def check_workers(workers: Any) -> int:
@@ -100,7 +126,7 @@ class _Running:
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
-@contextmanager
+@contextlib.contextmanager
 def _this_package_first() -> Iterator[None]:
     """Spawned workers take the parent's ``sys.path`` (a ``''`` as the parent's start
     folder): with this package's folder first they import the package the parent runs,
@@ -170,7 +196,7 @@ def run_processes(
                 run = running[conn]
                 try:
                     kind, value = conn.recv()
-                except EOFError:  # the worker has exited, its messages all read
+                except (EOFError, OSError):  # the worker has exited (perhaps mid-message)
                     ended(conn, run)
                     continue
                 if kind == "progress":
@@ -195,3 +221,192 @@ def _exit_reason(code: int | None) -> str:
     if code is not None and code < 0:
         return f"its worker was killed by signal {-code}"
     return f"its worker exited with code {code}"
+
+
+# ------------------------------------------------------------------ dealt items
+
+
+def _dealt_main(
+    init: Callable[[S], W],
+    work: Callable[[W, I], R],
+    setup: S,
+    tasks: Connection,
+    results: Connection,
+) -> None:
+    """A dealt worker process: set up once (then ``("ready", -1, None)``), then work
+    each ``(index, item)`` received until None, sending ``("start", index, None)`` and
+    ``("done", index, result)``; ``("error", index, EdgeadaptError)`` or ``("failed",
+    index, traceback)`` end it. A thread receives the items, so that the parent's
+    sending never waits on this process's sending."""
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def receive() -> None:
+        try:
+            while (msg := tasks.recv()) is not None:
+                inbox.put(msg)
+        except EOFError:
+            pass
+        inbox.put(None)
+
+    threading.Thread(target=receive, daemon=True).start()
+    state: Any = None
+    index = -1
+    try:
+        state = init(setup)
+        results.send(("ready", -1, None))
+        while (msg := inbox.get()) is not None:
+            index, item = msg
+            results.send(("start", index, None))
+            results.send(("done", index, work(state, item)))
+    except EdgeadaptError as e:
+        results.send(("error", index, _portable(e)))
+    except Exception:  # anything else may pass: the item is tried again
+        results.send(("failed", index, traceback.format_exc(limit=-3).strip()))
+    finally:
+        results.close()
+
+
+@dataclass
+class _Dealt:
+    process: Any  # multiprocessing's SpawnProcess
+    tasks: Connection
+    items: deque[int]  # the indices dealt to it and not done, in order
+    ready: bool = False  # set up
+    started: int | None = None  # the index at work
+    failure: str | None = None
+
+
+def deal_processes(
+    setup: S,
+    items: Iterable[I],
+    workers: int,
+    init: Callable[[S], W],
+    work: Callable[[W, I], R],
+    where: Callable[[I], str],
+) -> Iterator[R]:
+    """``work(state, item)`` for each of `items` (taken from it as the window allows),
+    yielded in order, in `workers` spawned processes that each set up once (``state =
+    init(setup)``; `init` and `work` module-level functions). See the module docstring:
+    a dead worker is replaced and its item run again once; an item failing twice is a
+    `ShardError` naming ``where(item)``, an `EdgeadaptError` in a worker raised as it is.
+    Workers still running when it ends (or fails) are stopped."""
+    ctx = multiprocessing.get_context("spawn")
+    window = 2 * PER_WORKER * workers
+    running: dict[Connection, _Dealt] = {}
+    dealt: dict[int, I] = {}  # items sent and not yet done, to send again
+    again: deque[int] = deque()  # items of dead workers, to deal first
+    fails: dict[int, int] = {}
+    held: dict[int, R] = {}
+    source = iter(items)
+    exhausted, taken, out = False, 0, 0
+
+    def start() -> None:
+        parent, child = ctx.Pipe(duplex=False)
+        inbox, send = ctx.Pipe(duplex=False)
+        args = (init, work, setup, inbox, child)
+        process = ctx.Process(target=_dealt_main, args=args, daemon=True)
+        with _this_package_first():
+            process.start()
+        child.close()  # the worker holds the other ends: its exit closes the pipe
+        inbox.close()
+        running[parent] = _Dealt(process, send, deque())
+
+    def next_index() -> int | None:
+        nonlocal exhausted, taken
+        if again:
+            return again.popleft()
+        if exhausted or taken >= out + window:
+            return None
+        try:
+            dealt[taken] = next(source)
+        except StopIteration:
+            exhausted = True
+            return None
+        taken += 1
+        return taken - 1
+
+    def deal() -> None:
+        for worker in sorted(running.values(), key=lambda w: len(w.items)):
+            while len(worker.items) < PER_WORKER and (i := next_index()) is not None:
+                worker.items.append(i)  # sent or not, its death gives it back
+                try:
+                    worker.tasks.send((i, dealt[i]))
+                except OSError:  # it died: its end of the results pipe tells why
+                    break
+
+    def ended(conn: Connection, worker: _Dealt) -> None:
+        del running[conn]
+        conn.close()
+        worker.tasks.close()
+        worker.process.join()
+        again.extendleft(reversed(worker.items))
+        # the item at work is charged (the first dealt, when it died setting up)
+        i = worker.started if worker.ready else (worker.items[0] if worker.items else None)
+        if i is None:
+            return
+        if worker.failure is None:
+            why, shown = _exit_reason(worker.process.exitcode), ""
+        else:
+            why, shown = f"its worker raised {worker.failure.splitlines()[-1]}", worker.failure
+        fails[i] = fails.get(i, 0) + 1
+        if fails[i] >= TRIES:
+            raise ShardError(
+                f"{where(dealt[i])} failed {fails[i]} times ({why}); nothing was written"
+                + (f"\n{shown}" if shown else "")
+            )
+
+    finished = False
+    try:
+        while True:
+            wanted = len(again) + (0 if exhausted else window)
+            while len(running) < min(workers, max(wanted, 1)) and (again or not exhausted):
+                start()
+            deal()
+            while out in held:
+                yield held.pop(out)
+                out += 1
+            if not any(w.items for w in running.values()):
+                if exhausted and not again:
+                    finished = True
+                    return
+                continue
+            for conn in wait(list(running)):
+                assert isinstance(conn, Connection)
+                worker = running[conn]
+                try:
+                    kind, i, value = conn.recv()
+                except (EOFError, OSError):  # the worker has exited (perhaps mid-message)
+                    ended(conn, worker)
+                    continue
+                if kind == "ready":
+                    worker.ready = True
+                elif kind == "start":
+                    worker.started = i
+                elif kind == "done":
+                    worker.items.popleft()
+                    worker.started = None
+                    del dealt[i]
+                    held[i] = value
+                elif kind == "error":
+                    raise value
+                else:
+                    worker.failure = value
+    finally:
+        _stop(list(running.values()), finished)
+
+
+def _stop(workers: Sequence[_Dealt], finished: bool) -> None:
+    """End dealt workers: told there is no more work when the run `finished`, else
+    killed."""
+    for worker in workers:
+        if finished:
+            with contextlib.suppress(OSError):
+                worker.tasks.send(None)
+        else:
+            worker.process.kill()
+    for worker in workers:
+        worker.process.join(timeout=10)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.tasks.close()

@@ -210,6 +210,15 @@ def rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
 def session(model: onnx.ModelProto, at: Path | None = None):  # -> ort.InferenceSession
     """A single-threaded CPU ONNX Runtime session over an in-memory model, or (`at`) over
     the model saved to that path, beside the external data its initializers name."""
+    if at is None:
+        return open_session(model.SerializeToString())
+    at.write_bytes(model.SerializeToString())
+    return open_session(str(at))
+
+
+def open_session(model: str | bytes):  # -> ort.InferenceSession
+    """A single-threaded CPU ONNX Runtime session over a model's bytes or its file (a
+    calibration worker's: the same options give the same activations, bit for bit)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -219,11 +228,7 @@ def session(model: onnx.ModelProto, at: Path | None = None):  # -> ort.Inference
     # Without ORT's arena, freed activations and a deleted session's weights go back to
     # the system, so sessions over a large model one after another do not add up.
     opts.enable_cpu_mem_arena = False
-    providers = ["CPUExecutionProvider"]
-    if at is None:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-    at.write_bytes(model.SerializeToString())
-    return ort.InferenceSession(str(at), opts, providers=providers)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from edgeadapt.formats.bundle import Bundle, write_bundle
 from edgeadapt.formats.digest import file_sha256
 from edgeadapt.graph import deps as graphdeps
 from edgeadapt.graph.flops import count_flops
+from edgeadapt.raytasks import check_address, ray_cluster, run_ray_jobs
 from edgeadapt.workers import check_workers, run_processes
 
 #: Up to this many skippable blocks every subset is a candidate branch.
@@ -340,9 +342,12 @@ def _score_job(job: _ScoreJob, progress: Callable[[int], None]) -> list[Branch]:
     return _scorer(model, found, calib, job.batch, path, progress)(job.sets)
 
 
-def _pooled(base: _ScoreJob, workers: int, progress: Callable[[int], None] | None) -> Score:
+def _pooled(
+    base: _ScoreJob, workers: int, progress: Callable[[int], None] | None, ray: bool = False
+) -> Score:
     """A `Score` that deals each round's skip sets in turn among `workers` processes
-    (a process each; cheap and dear candidates spread alike) and joins them in order."""
+    (a process each; cheap and dear candidates spread alike), or Ray tasks with `ray`,
+    and joins them in order."""
     done = 0
 
     def score(sets: Sequence[tuple[str, ...]]) -> list[Branch]:
@@ -355,7 +360,16 @@ def _pooled(base: _ScoreJob, workers: int, progress: Callable[[int], None] | Non
             if progress is not None:
                 progress(start + now)
 
-        parts, _ = run_processes(jobs, count, _score_job, tick)
+        if ray:
+            finished: list[int] = []
+
+            def ended(i: int) -> None:
+                finished.append(len(jobs[i].sets))
+                tick(sum(finished))
+
+            parts = run_ray_jobs(jobs, _score_job, ended)
+        else:
+            parts, _ = run_processes(jobs, count, _score_job, tick)
         branches: list[Branch] = [parts[i % count][i // count] for i in range(len(sets))]
         done += len(sets)
         return branches
@@ -375,7 +389,8 @@ def export_branches(
     progress: Callable[[int, int], None] | None = None,
     batch: int | None = None,
     memory: int | str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
+    ray: str | None = None,
 ) -> Bundle:
     """Write the Pareto-optimal execution branches of the ONNX classifier `source`.
 
@@ -386,13 +401,19 @@ def export_branches(
     manifest's ``extra["branches"]["batch"]`` says which); `blocks` names the Add nodes
     of the residual blocks that may be skipped (default: every skippable one).
     `progress(done, total)` is called as candidate branches are scored. `workers`
-    above 1 scores them in that many worker processes (not for a loader script); the
-    bundle is the same, byte for byte.
+    above 1 scores them in that many worker processes; `ray` (a cluster's address, or
+    ``"local"``: `edgeadapt.raytasks`) as that many Ray tasks instead (default: the
+    cluster's CPUs), each reading the model and the data from their paths (the same on
+    every node of a cluster). Not for a loader script; the bundle is the same, byte for
+    byte.
     """
     path = Path(source)
     if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
         raise InputError(f"must be an integer >= 2, got {max_branches!r}", source="max_branches")
-    check_workers(workers)
+    if workers is not None:
+        check_workers(workers)
+    if ray is not None:
+        check_address(ray)
     sha256 = file_sha256(path)
     model = _prepared(path)
     spec = _graph.input_spec(model, path)
@@ -410,14 +431,16 @@ def export_branches(
         if progress is not None:
             progress(done, total or done)
 
-    if workers == 1:
-        score = _scorer(model, found, calib, size.batch, path, tick)
+    if ray is None and workers in (None, 1):
+        candidates, enumeration = _skip_sets(
+            found, _scorer(model, found, calib, size.batch, path, tick), seed
+        )
     else:
         if not calib.inputs.shardable:
             raise InputError(
                 "workers each read the calibration set from its path; a loader script "
                 "cannot be: score it with one worker, or save its samples as an .npz",
-                source="workers",
+                source="ray" if ray is not None else "workers",
             )
         job = _ScoreJob(
             str(path.resolve()),
@@ -429,8 +452,9 @@ def export_branches(
             size.batch,
             (),
         )
-        score = _pooled(job, workers, tick)
-    candidates, enumeration = _skip_sets(found, score, seed)
+        with ray_cluster(ray, workers) if ray is not None else nullcontext(workers) as count:
+            score = _pooled(job, workers or count, tick, ray=ray is not None)
+            candidates, enumeration = _skip_sets(found, score, seed)
     full = next(b for b in candidates if not b.skipped)
     front = pareto(candidates, max_branches)
     if front[-1] is not full:  # keep the unmodified model as the last state, always

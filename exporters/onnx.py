@@ -38,6 +38,7 @@ from edgeadapt.data.sources import DataSpec
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph, _split
 from edgeadapt.exporters._calib import Calibration, open_calibration
+from edgeadapt.exporters._calibwork import HeadInputs, Scale, check_scale, forward, run_error
 from edgeadapt.exporters.heads import (
     POOLS,
     TOKEN_POOLS,
@@ -49,7 +50,6 @@ from edgeadapt.exporters.heads import (
     features,
     heldout_mask,
     is_token_sequence,
-    magnitudes,
     overfit_message,
 )
 from edgeadapt.formats.bundle import Bundle, InputSpec, Step, write_bundle
@@ -59,6 +59,9 @@ from edgeadapt.graph.shapes import Dims
 
 #: progress(label, done, total): called as the export advances (for a progress bar).
 Progress = Callable[[str, int, int], None]
+#: The whole model with every cut an output, in the work folder (calibration workers
+#: load it from there).
+REFERENCE = "reference.onnx"
 #: The external-data file that holds every weight once with ``shared_weights``.
 SHARED_WEIGHTS_FILE = "weights.data"
 
@@ -116,9 +119,9 @@ def _classes(dims: Mapping[str, Dims], name: str, source: Path, what: str) -> in
 
 
 def _run_error(e: Exception, source: Path, what: str, batch: bool = False) -> InputError:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if not batch:
-        return InputError(f"ONNX Runtime cannot run {what}: {text}", source=source)
+        return run_error(e, source, what)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return InputError(
         f"this model cannot run at another batch size: ONNX Runtime fails on {what} at "
         f"batch 2 ({text}); its graph probably fixes the batch, e.g. a Reshape to a "
@@ -227,39 +230,34 @@ def _train_heads(
     ref: Any,
     calib: Calibration,
     cuts: Sequence[str],
-    hi: _HeadInputs,
+    hi: HeadInputs,
     num_classes: int,
-    batch_size: int,
-    seed: int,
-    source: Path,
+    opts: _Options,
+    src: _Source,
     tick: Callable[[str], None],
 ) -> tuple[dict[str, LinearHead], list[dict[str, np.ndarray]]]:
-    """Stream the calibration set through the model (session `ref`) in batches, fold each
-    cut's features into its head's statistics, fit the heads; also return up to 64
-    samples (half a batch at most) of the first batch for the parity check."""
-    pools, masks, prefixes = hi.pools, hi.masks, hi.prefixes
-    held = heldout_mask(calib.n, seed)
-    fitters = {c: HeadFitter(num_classes, pools[c], held) for c in cuts}
+    """Stream the calibration set through the model (session `ref`, or workers as
+    `opts.scale` says: `exporters._calibwork`) in batches, fold each cut's features into
+    its head's statistics in batch order, fit the heads; also return up to 64 samples
+    (half a batch at most) of the first batch for the parity check."""
+    held = heldout_mask(calib.n, opts.seed)
+    fitters = {c: HeadFitter(num_classes, hi.pools[c], held) for c in cuts}
     sample: list[dict[str, np.ndarray]] = []
-    for feeds, y in calib.batches(batch_size):
-        try:
-            acts = ref.run(list(cuts), feeds)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise _run_error(e, source, "the model on the calibration set") from None
-        for cut, act in zip(cuts, acts, strict=True):
-            mask = feeds[masks[cut]] if cut in masks else None
-            pooled = (act, pools[cut], mask, prefixes.get(cut, 0))
-            fitters[cut].add(features(*pooled), y, magnitudes(*pooled))
+    at = src.work / REFERENCE
+    passes = forward(ref, at, calib, opts.batch_size, cuts, hi, src.path, opts.scale)
+    for feeds, y, pooled in passes:
+        for cut, (feats, mag) in zip(cuts, pooled, strict=True):
+            fitters[cut].add(feats, y, mag)
         if not sample:
             # the parity check runs the source and every step (each its own session) on
             # these rows at once: half a batch keeps the two within the memory budget
-            rows = min(64, max(1, batch_size // 2))
+            rows = min(64, max(1, opts.batch_size // 2))
             sample.append({k: v[:rows] for k, v in feeds.items()})
         tick("calibration forward pass")
     heads = {}
     for cut in cuts:
         head = fitters[cut].fit()
-        fields = {"mask": masks.get(cut), "prefix": prefixes.get(cut, 0)}
+        fields = {"mask": hi.masks.get(cut), "prefix": hi.prefixes.get(cut, 0)}
         heads[cut] = LinearHead(**{**head.__dict__, **fields})
         tick(f"trained head at {cut}")
     return heads, sample
@@ -359,16 +357,6 @@ def _check_shape_reads(
                 )
 
 
-@dataclass(frozen=True)
-class _HeadInputs:
-    """What each trained head reads at its cut: pooling, mask input and prefix tokens."""
-
-    mask_name: str | None
-    pools: dict[str, str]
-    masks: dict[str, str]
-    prefixes: dict[str, int]
-
-
 def _head_inputs(
     model: onnx.ModelProto,
     specs: Sequence[InputSpec],
@@ -377,7 +365,7 @@ def _head_inputs(
     pool: str,
     mask: str | None,
     source: Path,
-) -> _HeadInputs:
+) -> HeadInputs:
     """Choose each trained head's pooling (``auto`` tells a channels-last activation
     from the ops of `model` that read it: `heads.channels_last`) and, for ``mean`` over
     tokens, the mask input and how many tokens the model prepends to it."""
@@ -407,7 +395,7 @@ def _head_inputs(
             prefixes[cut] = extra_tokens
     if pool in TOKEN_POOLS and not untrained:
         raise InputError(f"{pool!r} applies to trained heads; no cut has one", source="pool")
-    return _HeadInputs(mask_name, pools, masks, prefixes)
+    return HeadInputs(mask_name, pools, masks, prefixes)
 
 
 def _no_calibration(untrained: list[str]) -> InputError:
@@ -532,6 +520,8 @@ def export_onnx(
     force: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
 ) -> Bundle:
     """Split the classifier at `model_path` at `cuts` into an early-exit bundle.
 
@@ -562,8 +552,15 @@ def export_onnx(
     parity_rtol * max |value|)`` per compared tensor. Trained heads whose training
     accuracy exceeds their held-out accuracy by more than `heads.OVERFIT_GAP` are
     reported in the manifest's ``extra["warnings"]`` (the CLI prints them).
+
+    `workers` above 1 runs the calibration forward pass in that many worker processes;
+    `ray` (a cluster's address, or ``"local"``: `edgeadapt.raytasks`) on Ray actors
+    instead, `workers` of them (default: the cluster's CPUs). The batches are dealt to
+    them and their features folded in order, so the bundle is the same, byte for byte
+    (`exporters._calibwork`); nothing is written when a batch fails twice.
     """
     source = Path(model_path)
+    scale = check_scale(Scale(workers, ray))
     heads = dict(heads or {})
     cuts = list(cuts)
     _check_args(cuts, heads, pool, batch_size, parity_rtol, parity_atol)
@@ -599,7 +596,7 @@ def export_onnx(
             memory=memory,
             source="batch_size",
         )
-        opts = _Options(calibration, untrained, size.batch, seed, parity_rtol, parity_atol)
+        opts = _Options(calibration, untrained, size.batch, seed, parity_rtol, parity_atol, scale)
         steps, trained, worst = _split_steps(src, plans, hi, num_classes, opts, progress)
         extra = _manifest_extra(cuts, heads, trained, final, worst, parity_rtol, parity_atol)
         if untrained:
@@ -636,12 +633,13 @@ class _Options:
     seed: int
     rtol: float
     atol: float
+    scale: Scale
 
 
 def _split_steps(
     src: _Source,
     plans: Sequence[_split.StepPlan],
-    hi: _HeadInputs,
+    hi: HeadInputs,
     num_classes: int,
     opts: _Options,
     progress: Progress | None,
@@ -651,7 +649,7 @@ def _split_steps(
     checked one at a time. Returns the steps, the trained heads and the worst parity
     error."""
     model, specs, source = src.model, src.specs, src.path
-    ref = _graph.session(_graph.with_outputs(model, src.outs), at=src.work / "reference.onnx")
+    ref = _graph.session(_graph.with_outputs(model, src.outs), at=src.work / REFERENCE)
     _check_batch(ref, model, specs, src.final, source)
     calib = (
         open_calibration(opts.calibration, specs, num_classes)
@@ -663,9 +661,7 @@ def _split_steps(
     trained: dict[str, LinearHead] = {}
     sample: list[dict[str, np.ndarray]] = []
     if calib is not None:
-        trained, sample = _train_heads(
-            ref, calib, opts.untrained, hi, num_classes, opts.batch_size, opts.seed, source, tick
-        )
+        trained, sample = _train_heads(ref, calib, opts.untrained, hi, num_classes, opts, src, tick)
     feeds = _graph.example_feeds(model, specs, opts.seed) + sample
     names = sorted(set(src.outs))
     try:

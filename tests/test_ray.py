@@ -1,7 +1,9 @@
 """edgeadapt.measure.raywork: ``evaluate --ray`` runs the shards as Ray tasks on a local
 cluster started by the test (2 CPUs); the evaluation is the one a single process
 writes, the bundle is shipped by content and verified, and an address that does not
-answer is an error naming it."""
+answer is an error naming it. `edgeadapt.raytasks` for the exporters: ``export onnx
+--ray`` (calibration batches dealt to actors, a killed actor started again) and
+``export branches --ray`` write the bundle one process writes, byte for byte."""
 
 from __future__ import annotations
 
@@ -165,3 +167,157 @@ def test_a_killed_ray_worker_is_run_again_on_its_shard(cluster, multiexit_copy, 
     a, b = load_evaluation(one.path), load_evaluation(tmp_path / "ray.npz")
     for key in KEYS:
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+
+
+# ------------------------------------------------------------------ the exporters on Ray
+
+
+@pytest.fixture(scope="module")
+def net_calibration(tmp_path_factory):
+    """The multi-exit CNN and 600 MNIST-1D samples (10 batches of 64, the last of 24)."""
+    import onnx
+
+    from edgeadapt.data.mnist1d import mnist1d_splits
+    from edgeadapt.formats.npzio import save_npz
+    from tests.models import multi_exit_cnn
+
+    folder = tmp_path_factory.mktemp("net")
+    onnx.save(multi_exit_cnn(), folder / "net.onnx")
+    splits = mnist1d_splits(7, n_train=600, n_calibration=1, n_test=1)
+    save_npz(folder / "calib.npz", x=splits.train.x, y=splits.train.y)
+    return folder / "net.onnx", folder / "calib.npz"
+
+
+def _export_onnx(net_calibration, out, **kw):
+    from edgeadapt.exporters.onnx import export_onnx
+
+    net, calib = net_calibration
+    cuts = ["conv1_relu", "conv2_relu"]
+    kw = {"batch_size": 64, **kw}
+    return export_onnx(net, out, cuts=cuts, logits="logits", calibration=calib, **kw)
+
+
+def test_export_onnx_on_ray_writes_the_bundle_one_process_writes(
+    cluster, net_calibration, tmp_path
+):
+    from tests.test_calib_workers import same_bundles
+
+    net, calib = net_calibration
+    _export_onnx(net_calibration, tmp_path / "1")
+    _export_onnx(net_calibration, tmp_path / "2", workers=2)
+    result = invoke(
+        "export", "onnx", net, "--cut", "conv1_relu", "--cut", "conv2_relu", "--logits",
+        "logits", "--calibration", calib, "--batch-size", 64, "--ray", "-o", tmp_path / "r",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    same_bundles(tmp_path / "1", tmp_path / "2")
+    same_bundles(tmp_path / "1", tmp_path / "r")
+
+
+def _kill_an_actor(title: bytes, stop) -> int | None:
+    """SIGKILL the first process seen whose title starts with `title`; its pid, or None
+    when `stop()` came first."""
+    while not stop():
+        for path in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                seen = path.read_bytes()
+            except OSError:
+                continue
+            if seen.startswith(title):
+                pid = int(path.parent.name)
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.01)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's workers in /proc (Linux)")
+def test_a_killed_calibration_actor_is_started_again(cluster, tmp_path):
+    import onnx
+
+    from edgeadapt.formats.npzio import save_npz
+    from tests.models import multi_exit_cnn
+    from tests.test_calib_workers import same_bundles
+
+    onnx.save(multi_exit_cnn(), tmp_path / "net.onnx")
+    rng = np.random.default_rng(2)
+    save_npz(
+        tmp_path / "c.npz",
+        x=rng.standard_normal((3000, 1, 40)).astype(np.float32),
+        y=rng.integers(0, 10, 3000),
+    )
+    net_calibration = (tmp_path / "net.onnx", tmp_path / "c.npz")
+    _export_onnx(net_calibration, tmp_path / "1", batch_size=4)
+    done: dict[str, object] = {}
+
+    def export() -> None:
+        done["bundle"] = _export_onnx(net_calibration, tmp_path / "r", batch_size=4, ray="local")
+
+    thread = threading.Thread(target=export)
+    thread.start()
+    killed = _kill_an_actor(b"ray::_Dealer.run", lambda: not thread.is_alive())
+    thread.join()
+    assert killed is not None
+    assert "bundle" in done  # Ray started the actor again and ran its batches again
+    same_bundles(tmp_path / "1", tmp_path / "r")
+
+
+def test_export_branches_on_ray_writes_the_bundle_one_process_writes(cluster, tmp_path):
+    import onnx
+
+    from edgeadapt.exporters.branches import export_branches
+    from tests.test_branches_workers import _calibration
+    from tests.test_calib_workers import same_bundles
+    from tests.test_export_branches import residual_cnn
+
+    onnx.save(residual_cnn(), tmp_path / "rescnn.onnx")
+    calib = _calibration(tmp_path, 300)
+    export_branches(tmp_path / "rescnn.onnx", tmp_path / "1", calibration=calib, max_branches=4)
+    seen: list[tuple[int, int]] = []
+    result = invoke(
+        "export", "branches", tmp_path / "rescnn.onnx", "--calibration", calib,
+        "--max-branches", 4, "--ray", "-o", tmp_path / "r",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    export_branches(
+        tmp_path / "rescnn.onnx",
+        tmp_path / "w",
+        calibration=calib,
+        max_branches=4,
+        workers=3,
+        ray="local",
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    same_bundles(tmp_path / "1", tmp_path / "r")
+    same_bundles(tmp_path / "1", tmp_path / "w")
+    assert seen[-1] == (8, 8)
+
+
+def test_export_onnx_names_an_address_that_does_not_answer(net_calibration, tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whatever ran before
+    net, calib = net_calibration
+    address = f"127.0.0.1:{_closed_port()}"
+    result = invoke(
+        "export", "onnx", net, "--cut", "conv1_relu", "--logits", "logits",
+        "--calibration", calib, "--ray", address, "-o", tmp_path / "b",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"error: the Ray cluster at {address} does not answer within 10 s" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_loader_script_is_dealt_to_ray_actors(cluster, multiexit_copy, mnist1d_npz, tmp_path):
+    from tests.test_workers import _loader
+
+    script = _loader(tmp_path, mnist1d_npz)
+    one = evaluate_to_file(multiexit_copy, script, output=tmp_path / "1.npz", batch=8)
+    done = evaluate_to_file(
+        multiexit_copy, script, output=tmp_path / "r.npz", batch=8, workers=2, ray="local"
+    )
+    assert (
+        done.workers_note == "2 Ray actors on a local Ray cluster, the batches of the script dealt"
+    )
+    a, b = load_evaluation(one.path), load_evaluation(tmp_path / "r.npz")
+    for key in KEYS:
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+    assert a.data == b.data

@@ -176,18 +176,48 @@ def test_a_shard_that_fails_twice_is_one_error_and_nothing_is_written(
     assert multiprocessing.active_children() == []
 
 
-def test_a_loader_script_is_refused(multiexit_copy, mnist1d_npz, tmp_path):
+def _loader(tmp_path, npz, rows=7, bad_at=None):
+    """A loader script yielding the samples of `npz` in batches of `rows` (a label of
+    10, outside the classes, at sample `bad_at`)."""
     script = tmp_path / "loader.py"
     script.write_text(
-        f"import numpy as np\n\ndef load_data():\n    d = np.load({str(mnist1d_npz)!r})\n"
-        "    yield {'x': d['x']}, d['y']\n"
+        "import numpy as np\n\n"
+        "def load_data():\n"
+        f"    d = np.load({str(npz)!r})\n"
+        "    y = d['y'].copy()\n"
+        + (f"    y[{bad_at}] = 10\n" if bad_at is not None else "")
+        + f"    for lo in range(0, len(y), {rows}):\n"
+        f"        yield {{'x': d['x'][lo:lo + {rows}]}}, y[lo:lo + {rows}]\n"
     )
+    return script
+
+
+def test_a_loader_script_is_dealt_to_the_workers(multiexit_copy, mnist1d_npz, tmp_path):
+    # the script's batches of 7 are re-batched to 8, read here, dealt to the workers
+    script = _loader(tmp_path, mnist1d_npz)
+    one, _ = _evaluate(multiexit_copy, script, tmp_path / "1.npz", "--batch", 8)
+    got, result = _evaluate(
+        multiexit_copy, script, tmp_path / "2.npz", "--batch", 8, "--workers", 2
+    )
+    _same(one, got)
+    assert "2 worker processes, the batches of the script dealt" in result.stderr
+    assert multiprocessing.active_children() == []
+
+
+def test_a_loader_scripts_bad_label_in_workers_is_the_error_one_process_gives(
+    multiexit_copy, mnist1d_npz, tmp_path
+):
+    script = _loader(tmp_path, mnist1d_npz, bad_at=30)
     out = tmp_path / "ev.npz"
-    result = invoke("evaluate", multiexit_copy, "--data", script, "--workers", 2, "-o", out)
-    assert result.exit_code == 2, result.output
-    assert "error: --workers: " in result.output
-    assert "a script is read from its first sample and cannot be split" in result.output
+    one = invoke("evaluate", multiexit_copy, "--data", script, "--batch", 8, "-o", out)
+    two = invoke(
+        "evaluate", multiexit_copy, "--data", script, "--batch", 8, "--workers", 2, "-o", out
+    )
+    assert one.exit_code == two.exit_code == 2
+    assert "sample 30: label 10" in one.output
+    assert one.output == two.output
     assert not out.exists()
+    assert multiprocessing.active_children() == []
 
 
 def test_bad_labels_are_found_before_any_worker(multiexit_copy, tmp_path):
@@ -252,7 +282,7 @@ def test_ray_missing_names_the_extra(multiexit_copy, mnist1d_npz, monkeypatch):
     result = invoke("evaluate", multiexit_copy, "--data", mnist1d_npz, "--ray", "-o", out)
     assert result.exit_code == 2, result.output
     assert (
-        "--ray (evaluation on a Ray cluster) needs the 'ray' package: pip install 'edgeadapt[ray]'"
+        "--ray (work on a Ray cluster) needs the 'ray' package: pip install 'edgeadapt[ray]'"
         in result.output
     )
     assert not out.exists()

@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 @workers_option(
     "Worker processes (with --ray, Ray tasks), each evaluating a contiguous shard of the "
     "data (whole batches) with the --threads budget split among them; the file is the "
-    "same as one process writes. Not for a loader script. [1; with --ray the cluster's CPUs]"
+    "same as one process writes. A loader script, which cannot be cut, is read here and "
+    "its batches dealt to them. [1; with --ray the cluster's CPUs]"
 )
 @ray_option(
     "Run the shards as tasks on the Ray cluster at ADDRESS (HOST:PORT, ray://HOST:PORT or "
@@ -91,8 +92,9 @@ def evaluate_cmd(
     its costs were measured under) unless --runtime or --threads say otherwise. The data
     is read a batch at a time; the batch, unless given, is the most --memory holds, and a
     note on stderr says which it is. With --workers N, N processes each load the bundle
-    (checked against its manifest) and evaluate a shard of the data; a worker that dies
-    is started again once on its shard, and nothing is written when a shard fails.
+    (checked against its manifest) and evaluate a shard of the data (a loader script's
+    batches are dealt to them instead); a worker that dies is started again once on its
+    shard, and nothing is written when a shard fails twice.
     """
     from edgeadapt.data.sources import DataSpec
     from edgeadapt.measure.evaluate import evaluate_to_file

@@ -27,7 +27,9 @@ from edgeadapt.commands.options import (
     data_option,
     echo_note,
     memory_option,
+    ray_option,
     recipe_options,
+    workers_option,
 )
 from edgeadapt.commands.progress import progress_ticker
 
@@ -111,6 +113,17 @@ def _heads(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     help="Store every weight once, in one external-data file (weights.data) all steps "
     "read, instead of a copy in each step that reads it.",
 )
+@workers_option(
+    "Worker processes (with --ray, Ray actors) running the calibration forward pass, "
+    "each loading MODEL once; the batches are dealt to them and their features added up "
+    "in order here, so the bundle is the same as one process writes. Any --calibration "
+    "source, a loader script included. [1; with --ray the cluster's CPUs]"
+)
+@ray_option(
+    "Run the calibration forward pass on Ray actors on the cluster at ADDRESS (HOST:PORT, "
+    "ray://HOST:PORT or auto), or alone on a local cluster; the model is shipped by "
+    "content. Needs the ray extra."
+)
 @export_options(parity=True)
 def export_onnx_cmd(
     model: Path,
@@ -124,6 +137,8 @@ def export_onnx_cmd(
     batch_size: int | None,
     memory: int | None,
     shared_weights: bool,
+    workers: int | None,
+    ray: str | None,
     parity_rtol: float,
     parity_atol: float,
     output: Path,
@@ -139,7 +154,10 @@ def export_onnx_cmd(
     MODEL --cuts` lists the valid cuts. Cuts without --head get a linear head fitted
     on --calibration, streamed in batches of --batch-size (else of the most --memory
     holds, said in a note); the command prints each head's training and held-out
-    accuracy and warns when they differ a lot.
+    accuracy and warns when they differ a lot. With --workers N (or --ray) the
+    calibration batches run in N processes (or Ray actors); a worker that dies is
+    started again and its batch run again once, and nothing is written when a batch
+    fails twice.
 
     \b
     edgeadapt export onnx resnet18.onnx --cut /layer1/layer1.1/relu_1/Relu_output_0 \\
@@ -171,6 +189,8 @@ def export_onnx_cmd(
             shared_weights=shared_weights,
             force=force,
             progress=progress,
+            workers=workers,
+            ray=ray,
         )
     if "calibration_batch" in bundle.extra and not as_json:
         echo_note(BatchChoice.from_json(bundle.extra["calibration_batch"]).note)

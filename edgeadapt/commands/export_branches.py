@@ -22,6 +22,7 @@ from edgeadapt.commands.options import (
     echo_note,
     integer,
     memory_option,
+    ray_option,
     recipe_options,
     seed_option,
     workers_option,
@@ -59,9 +60,14 @@ if TYPE_CHECKING:
 )
 @seed_option("Seed of the sampled skip sets.")
 @workers_option(
-    "Worker processes scoring the candidate branches, each loading MODEL and reading "
-    "--calibration itself; the bundle is the same as one process writes. Not for a "
-    "loader script. [1]"
+    "Worker processes (with --ray, Ray tasks) scoring the candidate branches, each "
+    "loading MODEL and reading --calibration itself; the bundle is the same as one "
+    "process writes. Not for a loader script. [1; with --ray the cluster's CPUs]"
+)
+@ray_option(
+    "Score the candidates as tasks on the Ray cluster at ADDRESS (HOST:PORT, "
+    "ray://HOST:PORT or auto), or alone on a local cluster; every node reads MODEL and "
+    "--calibration from their paths. Needs the ray extra."
 )
 @export_options()
 def export_branches_cmd(
@@ -74,6 +80,7 @@ def export_branches_cmd(
     batch: int | None,
     memory: int | None,
     workers: int | None,
+    ray: str | None,
     output: Path,
     force: bool,
     as_json: bool,
@@ -86,8 +93,8 @@ def export_branches_cmd(
     least accuracy per saved FLOP) and 64 seeded random subsets; the Pareto-optimal
     branches become the bundle's states, sharing one weights file. Then profile,
     evaluate, bound and plan the bundle as any other. With --workers N the candidates
-    of each round are scored in N processes; a worker that dies is started again once,
-    and nothing is written when its candidates fail twice.
+    of each round are scored in N processes (with --ray, Ray tasks); a worker that dies
+    is started again once, and nothing is written when its candidates fail twice.
     """
     from edgeadapt.data.memory import BatchChoice
     from edgeadapt.data.sources import DataSpec
@@ -105,7 +112,8 @@ def export_branches_cmd(
             progress=progress_ticker(stack, "scoring branches"),
             batch=batch,
             memory=memory,
-            workers=workers or 1,
+            workers=workers,
+            ray=ray,
         )
     if not as_json:  # the manifest's extra records it
         echo_note(BatchChoice.from_json(bundle.extra["branches"]["batch"]).note)

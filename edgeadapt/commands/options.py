@@ -16,7 +16,7 @@ folder where a file goes (`output_path`); integers lie in stated ranges (`intege
 at most `INT_MAX`), floats are finite (`number`); a required option has no default
 (click's own ``required`` then holds).
 
-`edgeadapt.data.sources`, `edgeadapt.data.images` and `edgeadapt.measure.raywork` are
+`edgeadapt.data.sources`, `edgeadapt.data.images` and `edgeadapt.raytasks` are
 imported where they are used: at the top they would add about 25 ms to
 `edgeadapt --help`, which imports every command module.
 """
@@ -460,13 +460,13 @@ def workers_option(help: str) -> Callable[[F], F]:
 
 
 class RayAddress(click.ParamType):
-    """A Ray cluster's address as ``--ray`` takes it (`edgeadapt.measure.raywork`:
+    """A Ray cluster's address as ``--ray`` takes it (`edgeadapt.raytasks`:
     ``HOST:PORT``, ``ray://HOST:PORT``, ``auto``, or ``local``, given by ``--ray`` alone)."""
 
     name = "address"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from edgeadapt.measure.raywork import check_address
+        from edgeadapt.raytasks import check_address
 
         try:
             return check_address(value)

@@ -33,9 +33,18 @@ from edgeadapt.formats.bundle import Bundle, as_bundle
 from edgeadapt.formats.evaluation import Evaluation, save_evaluation
 from edgeadapt.formats.presets import RuntimeConfig, inherit_runtime
 from edgeadapt.formats.profile import find_profile, load_profile
-from edgeadapt.measure.raywork import LOCAL, check_address, ray_cluster, run_ray
-from edgeadapt.measure.shards import ShardJob, check_workers, plan_shards, run_local, worker_config
+from edgeadapt.measure.raywork import deal_ray_batches, run_ray
+from edgeadapt.measure.shards import (
+    DealtSetup,
+    ShardJob,
+    check_workers,
+    deal_local,
+    plan_shards,
+    run_local,
+    worker_config,
+)
 from edgeadapt.measure.states import StateResults, run_states
+from edgeadapt.raytasks import LOCAL, check_address, ray_cluster
 
 __all__ = [
     "EvaluateRun",
@@ -208,10 +217,11 @@ def evaluate_to_file(
 
     `workers` above 1 runs the data in that many shards in worker processes
     (`edgeadapt.measure.shards`), the threads split among them; `ray` (a cluster's
-    address, or ``"local"`` for a local cluster: `edgeadapt.measure.raywork`) runs the
-    shards as Ray tasks instead, `workers` of them (default: the cluster's CPUs). The
-    file is the same, bit for bit. A loader script cannot be split (it is read from its
-    start): it takes one worker. Nothing is written when a shard fails.
+    address, or ``"local"`` for a local cluster: `edgeadapt.raytasks`) runs the
+    shards as Ray tasks instead, `workers` of them (default: the cluster's CPUs). A
+    loader script cannot be split (it is read from its start): it is read here and its
+    batches dealt to the workers (or Ray actors). The file is the same, bit for bit.
+    Nothing is written when a shard (or a batch) fails twice.
     """
 
     if workers is not None:
@@ -254,15 +264,9 @@ class _Sharded:
         cluster at `ray`; the shards it took (fewer than asked when there are fewer
         batches) and a line saying how it ran."""
 
-        inputs = self.inputs
-        if not inputs.shardable:
-            raise InputError(
-                f"{'--ray' if ray is not None else '--workers'} splits the data by sample; "
-                f"a {inputs.kind} is read from its first sample and cannot be split: "
-                "evaluate it with one worker, or save its samples as an .npz",
-                source="ray" if ray is not None else "workers",
-            )
-        inputs.labels(self.bundle.num_classes)  # bad labels are found here, before any worker
+        if not self.inputs.shardable:
+            return self._dealt(workers, ray)
+        self.inputs.labels(self.bundle.num_classes)  # bad labels found before any worker
         if ray is None:
             assert workers is not None
             jobs = self._jobs(workers, None)
@@ -277,6 +281,28 @@ class _Sharded:
             where = "a local Ray cluster" if ray == LOCAL else f"the Ray cluster at {ray}"
             note = f"{len(jobs)} Ray tasks on {where}, {self._threads(jobs)} each"
         return StateResults.join(results).evaluation(self.bundle), len(jobs), note
+
+    def _dealt(self, workers: int | None, ray: str | None) -> tuple[Evaluation, int, str]:
+        """The evaluation of data that cannot be cut by sample (a loader script): read
+        here a batch at a time, the batches dealt to worker processes or Ray actors
+        that each load the bundle once (`edgeadapt.measure.shards.deal_local`)."""
+        bundle, batches = self.bundle, self.inputs.labelled(self.batch, self.bundle.num_classes)
+        if ray is None:
+            assert workers is not None
+            setup = DealtSetup(
+                str(bundle.path), bundle.manifest_sha256, worker_config(self.config, workers)
+            )
+            results = deal_local(setup, batches, workers, self._tick)
+            note = f"{workers} worker processes, the batches of the {self.inputs.kind} dealt"
+            return results.evaluation(bundle), workers, note
+        with ray_cluster(ray, workers) as cpus:
+            count = workers or cpus
+            each = worker_config(self.config, count, None if ray == LOCAL else count)
+            setup = DealtSetup(str(bundle.path), bundle.manifest_sha256, each)
+            results = deal_ray_batches(setup, bundle, batches, count, self._tick)
+        where = "a local Ray cluster" if ray == LOCAL else f"the Ray cluster at {ray}"
+        note = f"{count} Ray actors on {where}, the batches of the {self.inputs.kind} dealt"
+        return results.evaluation(bundle), count, note
 
     def _jobs(self, workers: int, cpus: int | None) -> list[ShardJob]:
 

@@ -1,80 +1,52 @@
-"""Evaluation shards as Ray tasks (``evaluate --ray [ADDRESS]``; the ``ray`` extra).
+"""Evaluation shards as Ray tasks (``evaluate --ray [ADDRESS]``; the ``ray`` extra), on
+the cluster `edgeadapt.raytasks.ray_cluster` connects to.
 
-`run_ray` connects to the cluster at an address (``host:port``, ``ray://host:port`` or
-``auto``; a ``host:port`` that does not answer within `CONNECT_TIMEOUT` seconds is an
-error naming it) or, for `LOCAL`, starts a local one of as many CPUs as shards; a
-connection the caller has made already (``ray.init`` before) is used as it is and left
-open. The bundle is shipped by content: its manifest and files are put in the object
-store once, and each Ray worker process writes them to a folder of its own once (removed
-when the process exits), checks
-the manifest's sha256 against the run's and loads the bundle with every file verified
-(`edgeadapt.measure.shards.load_checked`). The data is read by the workers from its
-path (a shared one on a cluster: the same path on every node).
+The bundle is shipped by content: its manifest and files are put in the object store
+once, and each Ray worker process writes them to a folder of its own once
+(`edgeadapt.raytasks.write_files`), checks the manifest's sha256 against the run's and
+loads the bundle with every file verified (`edgeadapt.measure.shards.load_checked`).
+The data is read by the workers from its path (a shared one on a cluster: the same path
+on every node).
 
 Each shard is one task of one CPU (`evaluate_shard`); Ray runs a task whose worker died
 once more (``max_retries=1``), and a task that raises an unexpected error once more too;
 a shard that fails both times is an error naming its samples. An edgeadapt error (bad
 data) is the run's as it is. The results are joined in shard order.
+
+A loader script, which cannot be cut by sample, is read by the parent and its batches
+dealt to Ray actors (`deal_ray_batches`, `edgeadapt.raytasks.deal_ray`), each loading
+the shipped bundle once.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import hashlib
-import os
-import shutil
-import socket
-import tempfile
-from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
+import numpy as np
+
+from edgeadapt.errors import EdgeadaptError, InputError
 from edgeadapt.formats.bundle import MANIFEST, Bundle
-from edgeadapt.measure.shards import ShardJob, evaluate_shard, load_checked
-from edgeadapt.measure.states import StateResults
+from edgeadapt.measure.shards import (
+    DealtSetup,
+    LabelledBatch,
+    ShardJob,
+    dealt_batches,
+    evaluate_shard,
+    joined,
+    load_checked,
+    run_batch,
+)
+from edgeadapt.measure.states import StateResults, StateRunner
+from edgeadapt.raytasks import deal_ray, ray_module, write_files
 from edgeadapt.workers import Done, ShardError
 
-__all__ = ["CONNECT_TIMEOUT", "LOCAL", "bundle_files", "check_address", "ray_cluster", "run_ray"]
-
-#: The address that starts a local Ray cluster (``--ray`` without an address).
-LOCAL = "local"
-#: Seconds a ``host:port`` address has to answer.
-CONNECT_TIMEOUT = 10.0
+__all__ = ["bundle_files", "deal_ray_batches", "run_ray"]
 
 #: Bundles this worker process has written and loaded, by manifest sha256.
 _LOADED: dict[str, Bundle] = {}
-
-
-def _ray() -> Any:
-    """The ray module; a clear error naming the extra when it is not installed."""
-    try:
-        import ray
-    except ImportError:
-        raise MissingExtraError("ray", "ray", "--ray (evaluation on a Ray cluster)") from None
-    return ray
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    """(host, port) of a ``host:port`` or ``ray://host:port`` address; None for `LOCAL`
-    and ``auto``; else an error naming ``ray``."""
-    if address in (LOCAL, "auto"):
-        return None
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
-        raise InputError(
-            f"expected HOST:PORT, ray://HOST:PORT, auto or nothing (a local cluster), "
-            f"got {address!r}",
-            source="ray",
-        )
-    return host.strip("[]"), int(port)
-
-
-def check_address(address: str) -> str:
-    """`address` checked as `run_ray` takes it (see the module docstring)."""
-    _host_port(address)
-    return address
 
 
 def bundle_files(bundle: Bundle) -> dict[str, bytes]:
@@ -94,15 +66,7 @@ def _materialize(files: dict[str, bytes], manifest: str) -> Bundle:
             f"the shipped bundle's manifest sha256 is {got[:12]}..., the run's {manifest[:12]}...",
             source=MANIFEST,
         )
-    root = Path(tempfile.mkdtemp(prefix="edgeadapt-bundle-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    for name, data in files.items():
-        rel = PurePosixPath(name)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise InputError("not a path inside the bundle", source=name)
-        path = root.joinpath(*rel.parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+    root = write_files(files, "edgeadapt-bundle-")
     _LOADED[manifest] = load_checked(str(root), manifest)
     return _LOADED[manifest]
 
@@ -114,47 +78,10 @@ def _task(shipped: list[Any], job: ShardJob) -> tuple[str, Any]:
     process has not loaded the bundle yet)."""
     try:
         if job.manifest not in _LOADED:
-            _materialize(_ray().get(shipped[0]), job.manifest)
+            _materialize(ray_module().get(shipped[0]), job.manifest)
         return "done", evaluate_shard(job, _LOADED[job.manifest])
     except EdgeadaptError as e:
         return "error", e
-
-
-@contextlib.contextmanager
-def ray_cluster(address: str, workers: int | None) -> Iterator[int]:
-    """Connected to the Ray cluster at `address` (or a local one of `workers` CPUs, this
-    machine's when None) while the block runs, unless connected already (then left
-    open); yields the cluster's CPUs."""
-    ray = _ray()
-    connected = False
-    if not ray.is_initialized():
-        _connect(ray, address, workers or os.cpu_count() or 1)
-        connected = True
-    try:
-        yield max(1, int(ray.cluster_resources().get("CPU", 1)))
-    finally:
-        if connected:
-            ray.shutdown()
-
-
-def _connect(ray: Any, address: str, cpus: int) -> None:
-    where = _host_port(address)
-    if where is not None:
-        try:
-            socket.create_connection(where, timeout=CONNECT_TIMEOUT).close()
-        except OSError as e:
-            raise EdgeadaptError(
-                f"the Ray cluster at {address} does not answer within {CONNECT_TIMEOUT:g} s "
-                f"({e.strerror or e})"
-            ) from None
-    options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR"}
-    try:
-        if address == LOCAL:
-            ray.init(num_cpus=cpus, **options)
-        else:
-            ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise EdgeadaptError(f"cannot connect to the Ray cluster at {address}: {e}") from None
 
 
 def run_ray(
@@ -162,7 +89,7 @@ def run_ray(
 ) -> list[StateResults]:
     """The `StateResults` of each of `jobs`, in order, each a Ray task on the cluster
     connected to (`ray_cluster`; see the module docstring)."""
-    ray = _ray()
+    ray = ray_module()
     shipped = [ray.put(bundle_files(bundle))]
     task = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=True)(_task)
     refs = [task.remote(shipped, job) for job in jobs]
@@ -191,3 +118,24 @@ def run_ray(
         for ref in waiting:  # the run failed: the other shards are not needed
             ray.cancel(ref, force=True)
     return [r for r in results if r is not None]
+
+
+def _runner_shipped(setup: DealtSetup) -> StateRunner:
+    """A dealt Ray actor's set-up: the shipped bundle written, checked and loaded."""
+    assert setup.shipped is not None
+    return StateRunner(_materialize(setup.shipped, setup.manifest), setup.config)
+
+
+def deal_ray_batches(
+    setup: DealtSetup,
+    bundle: Bundle,
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+    workers: int,
+    progress: Done | None = None,
+) -> StateResults:
+    """Every state of `bundle` on `batches` (read here), dealt to `workers` Ray actors
+    on the cluster connected to, the bundle shipped by content; joined in order."""
+    shipped = replace(setup, shipped=bundle_files(bundle))
+    items = dealt_batches(batches)
+    parts = deal_ray(shipped, items, workers, _runner_shipped, run_batch, LabelledBatch.where)
+    return joined(parts, progress)

@@ -14,6 +14,12 @@ differs), the data (`DataSpec`; it opens it itself and streams its rows `start` 
   once, and one that fails twice is an error naming its samples).
 - `run_ray`: the shards as Ray tasks (`edgeadapt.measure.raywork`).
 
+Data that cannot be cut by sample (a loader script, read from its first sample) is
+dealt instead (`deal_local`, `edgeadapt.measure.raywork.deal_ray_batches`): the parent
+reads it a batch at a time and deals the batches (`LabelledBatch`) to workers that each
+load the bundle once (`DealtSetup`) and return each batch's `StateResults`, joined in
+order (`edgeadapt.workers.deal_processes`: a bounded window of batches).
+
 The threads of the runtime are split: each of `workers` workers gets ``threads //
 workers`` (at least 1) of the run's threads (unset: the CPUs here), `worker_config`.
 """
@@ -21,8 +27,10 @@ workers`` (at least 1) of the run's threads (unset: the CPUs here), `worker_conf
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from edgeadapt.data.sources import DataSpec, open_source
 from edgeadapt.errors import InputError
@@ -32,14 +40,17 @@ from edgeadapt.formats.presets import (
     THREADED_RUNTIMES,
     RuntimeConfig,
 )
-from edgeadapt.measure.states import StateResults, run_states
-from edgeadapt.workers import Done, Job, ShardError, check_workers, run_processes
+from edgeadapt.measure.states import StateResults, StateRunner, run_states
+from edgeadapt.workers import Done, Job, ShardError, check_workers, deal_processes, run_processes
 
 __all__ = [
+    "DealtSetup",
     "Job",
+    "LabelledBatch",
     "ShardError",
     "ShardJob",
     "check_workers",
+    "deal_local",
     "evaluate_shard",
     "plan_shards",
     "run_local",
@@ -143,3 +154,71 @@ def run_local(
     its own, at most `workers` at a time (see the module docstring), and a line for
     each shard tried again (its samples and why)."""
     return run_processes(jobs, workers, _evaluate_job, progress)
+
+
+# ------------------------------------------------------------------ dealt batches
+
+
+@dataclass(frozen=True)
+class DealtSetup:
+    """What a dealt worker sets up from: the bundle at `bundle` whose manifest sha256 is
+    `manifest` (or, on Ray, its files `shipped` by content), run under `config`."""
+
+    bundle: str
+    manifest: str
+    config: RuntimeConfig
+    shipped: dict[str, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """A batch dealt to a worker: its first sample's index, its feeds and labels."""
+
+    first: int
+    feeds: dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def where(self) -> str:
+        """``samples 64..127``, for messages."""
+        return f"samples {self.first}..{self.first + len(self.labels) - 1}"
+
+
+def runner_at(setup: DealtSetup) -> StateRunner:
+    """A dealt worker's set-up in a process: the bundle loaded and checked."""
+    return StateRunner(load_checked(setup.bundle, setup.manifest), setup.config)
+
+
+def run_batch(runner: StateRunner, batch: LabelledBatch) -> StateResults:
+    """A dealt batch's work: every state on it."""
+    return runner.run(dict(batch.feeds), batch.labels)
+
+
+def dealt_batches(
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+) -> Iterator[LabelledBatch]:
+    """`batches` as the items dealt."""
+    for lo, feeds, y in batches:
+        yield LabelledBatch(lo, feeds, y)
+
+
+def joined(parts: Iterable[StateResults], progress: Callable[[int], None] | None) -> StateResults:
+    """`parts` as they come, in order, joined; `progress` told the samples done."""
+    done: list[StateResults] = []
+    for part in parts:
+        done.append(part)
+        if progress is not None:
+            progress(sum(len(p.labels) for p in done))
+    return StateResults.join(done)
+
+
+def deal_local(
+    setup: DealtSetup,
+    batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
+    workers: int,
+    progress: Callable[[int], None] | None = None,
+) -> StateResults:
+    """Every state of the bundle of `setup` on `batches` (read here, a batch at a time),
+    dealt to `workers` worker processes; the results joined in order."""
+    items = dealt_batches(batches)
+    parts = deal_processes(setup, items, workers, runner_at, run_batch, LabelledBatch.where)
+    return joined(parts, progress)

@@ -1,6 +1,6 @@
 """Every state of a bundle on labelled batches, kept per sample: the loop `evaluate`
 runs in one process and each of its workers runs on a shard (`edgeadapt.measure.shards`,
-`edgeadapt.measure.raywork`)."""
+`edgeadapt.measure.raywork`), or batch by batch when batches are dealt (`StateRunner`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from edgeadapt.formats.stepcheck import check_step
 from edgeadapt.kernel import confidence
 from edgeadapt.runtimes import from_config
 
-__all__ = ["StateResults", "run_states"]
+__all__ = ["StateResults", "StateRunner", "run_states"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,38 @@ class StateResults:
         )
 
 
+class StateRunner:
+    """Every state of `bundle` under `config`, its sessions loaded once, run on one
+    labelled batch at a time (`run`); `close` ends the sessions."""
+
+    def __init__(self, bundle: Bundle, config: RuntimeConfig) -> None:
+        self.bundle = bundle
+        self._needed = _last_reads(bundle)
+        rt = from_config(config)
+        self._sessions = [rt.load(step.path) for step in bundle.steps]
+
+    def run(self, tensors: dict[str, np.ndarray], y: np.ndarray) -> StateResults:
+        """Every state on one batch (feeds `tensors`, which it uses up; labels `y`)."""
+        bundle, s = self.bundle, len(self.bundle.steps)
+        b = next(iter(tensors.values())).shape[0]
+        pred = np.empty((b, s), dtype=np.int64)
+        confs = {key: np.empty((b, s), dtype=np.float32) for key in CONF_KEYS.values()}
+        for i, (step, session) in enumerate(zip(bundle.steps, self._sessions, strict=True)):
+            out = session.run({k: tensors[k] for k in step.inputs})
+            tensors.update(check_step(out, b, step.logits, bundle.num_classes, step.path))
+            logits = np.ascontiguousarray(tensors.pop(step.logits))
+            pred[:, i] = logits.argmax(axis=1)
+            for measure, key in CONF_KEYS.items():
+                confs[key][:, i] = confidence(logits, measure)
+            for name in [k for k in tensors if self._needed.get(k, -1) <= i]:
+                del tensors[name]  # no later step reads it: its memory goes now
+        return StateResults(y, pred, confs)
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+
+
 def run_states(
     bundle: Bundle,
     batches: Iterable[tuple[int, dict[str, np.ndarray], np.ndarray]],
@@ -62,31 +94,15 @@ def run_states(
     """Every state of `bundle` on each labelled batch of `batches` (first row, feeds,
     labels), under `config`; `progress(done)` after each batch with the rows done after
     it (the batch's first row plus its size)."""
-    rt = from_config(config)
-    s = len(bundle.steps)
+    runner = StateRunner(bundle, config)
     parts: list[StateResults] = []
-    needed = _last_reads(bundle)
-    sessions = [rt.load(step.path) for step in bundle.steps]
     try:
         for lo, tensors, y in batches:
-            b = next(iter(tensors.values())).shape[0]
-            pred = np.empty((b, s), dtype=np.int64)
-            confs = {key: np.empty((b, s), dtype=np.float32) for key in CONF_KEYS.values()}
-            for i, (step, session) in enumerate(zip(bundle.steps, sessions, strict=True)):
-                out = session.run({k: tensors[k] for k in step.inputs})
-                tensors.update(check_step(out, b, step.logits, bundle.num_classes, step.path))
-                logits = np.ascontiguousarray(tensors.pop(step.logits))
-                pred[:, i] = logits.argmax(axis=1)
-                for measure, key in CONF_KEYS.items():
-                    confs[key][:, i] = confidence(logits, measure)
-                for name in [k for k in tensors if needed.get(k, -1) <= i]:
-                    del tensors[name]  # no later step reads it: its memory goes now
-            parts.append(StateResults(y, pred, confs))
+            parts.append(runner.run(tensors, y))
             if progress is not None:
-                progress(lo + b)
+                progress(lo + len(y))
     finally:
-        for session in sessions:
-            session.close()
+        runner.close()
     return StateResults.join(parts)
 
 
