@@ -38,7 +38,14 @@ from edgeadapt.data.sources import DataSpec
 from edgeadapt.errors import InputError
 from edgeadapt.exporters import _graph, _split
 from edgeadapt.exporters._calib import Calibration, open_calibration
-from edgeadapt.exporters._calibwork import HeadInputs, Scale, check_scale, forward, run_error
+from edgeadapt.exporters._calibwork import (
+    HeadInputs,
+    Scale,
+    check_scale,
+    forward,
+    one_blas_thread,
+    run_error,
+)
 from edgeadapt.exporters.heads import (
     POOLS,
     TOKEN_POOLS,
@@ -245,15 +252,16 @@ def _train_heads(
     sample: list[dict[str, np.ndarray]] = []
     at = src.work / REFERENCE
     passes = forward(ref, at, calib, opts.batch_size, cuts, hi, src.path, opts.scale)
-    for feeds, y, pooled in passes:
-        for cut, (feats, mag) in zip(cuts, pooled, strict=True):
-            fitters[cut].add(feats, y, mag)
-        if not sample:
-            # the parity check runs the source and every step (each its own session) on
-            # these rows at once: half a batch keeps the two within the memory budget
-            rows = min(64, max(1, opts.batch_size // 2))
-            sample.append({k: v[:rows] for k, v in feeds.items()})
-        tick("calibration forward pass")
+    with one_blas_thread():  # in every mode, so that the sums are the same
+        for feeds, y, pooled in passes:
+            for cut, (feats, mag) in zip(cuts, pooled, strict=True):
+                fitters[cut].add(feats, y, mag)
+            if not sample:
+                # the parity check runs the source and every step (each its own session)
+                # on these rows at once: half a batch keeps the two within the memory budget
+                rows = min(64, max(1, opts.batch_size // 2))
+                sample.append({k: v[:rows] for k, v in feeds.items()})
+            tick("calibration forward pass")
     heads = {}
     for cut in cuts:
         head = fitters[cut].fit()
