@@ -154,7 +154,8 @@ def test_a_killed_worker_is_replaced_and_its_batch_run_again(tmp_path, source, c
 def test_a_batch_failing_twice_is_one_error_and_nothing_is_written(
     tmp_path, source, calibration, monkeypatch
 ):
-    # every worker is killed as soon as it starts: the first batch fails on both tries
+    # every worker is killed as soon as it starts: a batch fails on both tries (which of
+    # the first two batches is charged twice first is a race between the two workers)
     started = SpawnProcess.start
     killed: list[int] = []
 
@@ -167,7 +168,7 @@ def test_a_batch_failing_twice_is_one_error_and_nothing_is_written(
     out = tmp_path / "out"
     with pytest.raises(
         ShardError,
-        match=r"calibration samples 0\.\.63 failed 2 times \(its worker was killed by "
+        match=r"calibration samples (0\.\.63|64\.\.127) failed 2 times \(its worker was killed by "
         r"signal 9\); nothing was written",
     ):
         _export(source, out, calibration, workers=2)

@@ -42,7 +42,9 @@ BAD_TEXT: dict[str, list[str]] = {
 #: Text parameters whose values only the model or the runtime can judge (tensor and node
 #: names, state names, a Python factory, a runtime's precision): the commands' own tests
 #: cover their errors.
-FREE_TEXT = {"cuts", "logits", "mask", "names", "blocks", "keep", "factory", "precision"}
+FREE_TEXT = {
+    "cuts", "logits", "mask", "names", "blocks", "keep", "factory", "precision", "reference",
+}  # fmt: skip
 
 
 def _commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> Iterator[tuple]:
