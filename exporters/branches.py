@@ -22,15 +22,20 @@ With ``workers`` above 1 the candidates are scored in worker processes
 (`edgeadapt.workers.run_processes`): the skip sets of each round (all of them, a
 greedy step's trials, the random sample) are dealt among the workers, each of which
 loads the source (checked against its sha256) and opens the calibration data itself.
+On Ray (`ray`) nothing is read from a path on the cluster: the driver puts the model (as
+it loaded it, its external weights inline) and the calibration batches (read once, any
+source, a loader script included; memory holds the whole set) in Ray's object store
+once, and each worker process fetches both once and checks their sha256 before scoring.
 An accuracy is a count of right answers over the samples, so the bundle is the same,
 byte for byte, as one process writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,7 +53,7 @@ from edgeadapt.formats.bundle import Bundle, write_bundle
 from edgeadapt.formats.digest import file_sha256
 from edgeadapt.graph import deps as graphdeps
 from edgeadapt.graph.flops import count_flops
-from edgeadapt.raytasks import check_address, ray_cluster, run_ray_jobs
+from edgeadapt.raytasks import check_address, ray_cluster, ray_module, run_ray_jobs
 from edgeadapt.workers import check_workers, run_processes
 
 #: Up to this many skippable blocks every subset is a candidate branch.
@@ -81,6 +86,8 @@ class Branch:
 
 #: ``score(skip sets)``: the branch of each, in order.
 Score = Callable[[Sequence[tuple[str, ...]]], list[Branch]]
+#: A calibration batch: feeds by input name, labels.
+LabelledBatch = tuple[dict[str, np.ndarray], np.ndarray]
 
 
 def _shape(infos: dict[str, onnx.ValueInfoProto], name: str) -> tuple[int | str, ...] | None:
@@ -175,14 +182,16 @@ def skip_blocks(model: onnx.ModelProto, blocks: Sequence[Block]) -> onnx.ModelPr
     return pruned
 
 
-def _accuracy(model: onnx.ModelProto, calib: Calibration, batch: int) -> float:
-    """The share of the calibration samples `model` classifies right, `batch` at a time."""
+def _accuracy(
+    model: onnx.ModelProto, batches: Callable[[], Iterable[LabelledBatch]], n: int
+) -> float:
+    """The share of the `n` calibration samples (``batches()``) `model` classifies right."""
     sess = _graph.session(model)
     outputs = [model.graph.output[0].name]
     right = 0
-    for feeds, y in calib.batches(batch):
+    for feeds, y in batches():
         right += int(np.sum(np.argmax(sess.run(outputs, feeds)[0], axis=1) == y))
-    return right / calib.n
+    return right / n
 
 
 def _skip_sets(blocks: Sequence[Block], score: Score, seed: int) -> tuple[list[Branch], str]:
@@ -232,7 +241,9 @@ def pareto(branches: Sequence[Branch], max_branches: int) -> list[Branch]:
     return front
 
 
-def _chosen_blocks(model: onnx.ModelProto, blocks: Sequence[str] | None, path: Path) -> list[Block]:
+def _chosen_blocks(
+    model: onnx.ModelProto, blocks: Sequence[str] | None, path: Path | str
+) -> list[Block]:
     """The residual blocks a branch may skip: those named in `blocks` (each checked to be
     a skippable block), or every skippable one."""
     found = find_blocks(model)
@@ -259,7 +270,7 @@ def _chosen_blocks(model: onnx.ModelProto, blocks: Sequence[str] | None, path: P
 
 
 def _branch_model(
-    model: onnx.ModelProto, found: Sequence[Block], skipped: Sequence[str], path: Path
+    model: onnx.ModelProto, found: Sequence[Block], skipped: Sequence[str], path: Path | str
 ) -> onnx.ModelProto:
     """`model` with the blocks named in `skipped` bypassed, shapes inferred."""
     by_add = {b.add: b for b in found}
@@ -269,14 +280,14 @@ def _branch_model(
 def _scorer(
     model: onnx.ModelProto,
     found: Sequence[Block],
-    calib: Calibration,
-    batch: int,
-    path: Path,
+    batches: Callable[[], Iterable[LabelledBatch]],
+    n: int,
+    path: Path | str,
     progress: Callable[[int], None] | None,
 ) -> Score:
     """A function that builds the branch of each skip set given and scores its FLOPs
-    and calibration accuracy (`batch` samples a call), telling `progress` the count of
-    candidates scored so far."""
+    and accuracy on the `n` calibration samples of ``batches()``, telling `progress`
+    the count of candidates scored so far."""
     done = 0
 
     def score(sets: Sequence[tuple[str, ...]]) -> list[Branch]:
@@ -288,7 +299,7 @@ def _scorer(
                 Branch(
                     skipped=skipped,
                     flops=count_flops(branch_model).flops,
-                    accuracy=_accuracy(branch_model, calib, batch),
+                    accuracy=_accuracy(branch_model, batches, n),
                 )
             )
             done += 1
@@ -300,10 +311,24 @@ def _scorer(
 
 
 @dataclass(frozen=True)
+class _Shipped:
+    """The inputs of the candidates on Ray, each put in the object store once: the
+    prepared source serialized (`model`, its sha256 `model_sha256`) and the calibration
+    batches (`data`, their digest `data_sha256`, `_batches_sha256`)."""
+
+    model: Any
+    model_sha256: str
+    data: Any
+    data_sha256: str
+
+
+@dataclass(frozen=True)
 class _ScoreJob:
-    """Skip sets scored in a worker process: the source at `source` (its sha256 must
-    be `sha256`), its blocks `blocks`, the calibration set `calibration` (`samples`
-    samples, `classes` classes), `batch` samples a call."""
+    """Skip sets scored in a worker: the source at `source` (its sha256 must be
+    `sha256`), its blocks `blocks`, the calibration set `calibration` (`samples`
+    samples, `classes` classes), `batch` samples a call; with `shipped` (Ray) the
+    model and the batches come from the object store instead, `source` and
+    `calibration` only name them in messages."""
 
     source: str
     sha256: str
@@ -313,6 +338,7 @@ class _ScoreJob:
     classes: int
     batch: int
     sets: tuple[tuple[str, ...], ...]
+    shipped: _Shipped | None = None
 
     def where(self, done: int) -> str:
         """The skip set being scored after `done` were."""
@@ -326,8 +352,55 @@ def _prepared(path: Path) -> onnx.ModelProto:
     return model
 
 
+def _batches_sha256(batches: Sequence[LabelledBatch]) -> str:
+    """The sha256 over every array of `batches` in order (input names, dtypes, shapes
+    and bytes), as the driver ships them and a worker checks them."""
+    h = hashlib.sha256()
+    for feeds, y in batches:
+        for name, a in [*sorted(feeds.items()), ("", y)]:
+            h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+            h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+#: The shipped inputs a Ray worker process has fetched and checked, by their sha256s:
+#: (model, its blocks, the calibration batches); one export's at a time.
+_LOADED: dict[tuple[str, str], tuple[onnx.ModelProto, list[Block], list[LabelledBatch]]] = {}
+
+
+def _unshipped(
+    job: _ScoreJob, shipped: _Shipped
+) -> tuple[onnx.ModelProto, list[Block], list[LabelledBatch]]:
+    """The model, its blocks and the batches `shipped` holds: fetched from Ray's object
+    store and checked against their sha256 once per worker process."""
+    key = (shipped.model_sha256, shipped.data_sha256)
+    if key not in _LOADED:
+        ray = ray_module()
+        blob = ray.get(shipped.model)
+        if hashlib.sha256(blob).hexdigest() != shipped.model_sha256:
+            raise InputError(
+                "the model shipped to a Ray worker is not the export's (sha256 differs)",
+                source=job.source,
+            )
+        batches = ray.get(shipped.data)
+        if _batches_sha256(batches) != shipped.data_sha256:
+            raise InputError(
+                "the calibration batches shipped to a Ray worker are not the export's "
+                "(sha256 differs)",
+                source=str(job.calibration),
+            )
+        model = onnx.load_from_string(blob)
+        _LOADED.clear()
+        _LOADED[key] = (model, _chosen_blocks(model, job.blocks, job.source), batches)
+    return _LOADED[key]
+
+
 def _score_job(job: _ScoreJob, progress: Callable[[int], None]) -> list[Branch]:
-    """A `_ScoreJob`'s work in its worker process."""
+    """A `_ScoreJob`'s work in its worker process or Ray task."""
+    if job.shipped is not None:
+        model, found, held = _unshipped(job, job.shipped)
+        score = _scorer(model, found, lambda: held, job.samples, job.source, progress)
+        return score(job.sets)
     path = Path(job.source)
     if file_sha256(path) != job.sha256:
         raise InputError("the model changed since the export started", source=path)
@@ -339,7 +412,22 @@ def _score_job(job: _ScoreJob, progress: Callable[[int], None]) -> list[Branch]:
             f"holds {calib.n} samples, {job.samples} when the export started: the data changed",
             source=str(job.calibration),
         )
-    return _scorer(model, found, calib, job.batch, path, progress)(job.sets)
+    score = _scorer(model, found, lambda: calib.batches(job.batch), calib.n, path, progress)
+    return score(job.sets)
+
+
+def _ship(model: onnx.ModelProto, calib: Calibration, batch: int) -> _Shipped:
+    """`model` and the calibration batches (read once, `batch` samples each, as one
+    process reads them) put in the object store of the Ray cluster connected to."""
+    ray = ray_module()
+    blob = model.SerializeToString()
+    batches = list(calib.batches(batch))
+    return _Shipped(
+        ray.put(blob),
+        hashlib.sha256(blob).hexdigest(),
+        ray.put(batches),
+        _batches_sha256(batches),
+    )
 
 
 def _pooled(
@@ -401,11 +489,12 @@ def export_branches(
     manifest's ``extra["branches"]["batch"]`` says which); `blocks` names the Add nodes
     of the residual blocks that may be skipped (default: every skippable one).
     `progress(done, total)` is called as candidate branches are scored. `workers`
-    above 1 scores them in that many worker processes; `ray` (a cluster's address, or
+    above 1 scores them in that many worker processes, each reading the model and the
+    data from their paths (not a loader script); `ray` (a cluster's address, or
     ``"local"``: `edgeadapt.raytasks`) as that many Ray tasks instead (default: the
-    cluster's CPUs), each reading the model and the data from their paths (the same on
-    every node of a cluster). Not for a loader script; the bundle is the same, byte for
-    byte.
+    cluster's CPUs), the model and the calibration batches shipped by content (read
+    once here, any source; memory holds the whole set). The bundle is the same, byte
+    for byte.
     """
     path = Path(source)
     if isinstance(max_branches, bool) or not isinstance(max_branches, int) or max_branches < 2:
@@ -432,15 +521,15 @@ def export_branches(
             progress(done, total or done)
 
     if ray is None and workers in (None, 1):
-        candidates, enumeration = _skip_sets(
-            found, _scorer(model, found, calib, size.batch, path, tick), seed
-        )
+        score = _scorer(model, found, lambda: calib.batches(size.batch), calib.n, path, tick)
+        candidates, enumeration = _skip_sets(found, score, seed)
     else:
-        if not calib.inputs.shardable:
+        if ray is None and not calib.inputs.shardable:
             raise InputError(
                 "workers each read the calibration set from its path; a loader script "
-                "cannot be: score it with one worker, or save its samples as an .npz",
-                source="ray" if ray is not None else "workers",
+                "cannot be: score it with one worker or on Ray (--ray, which ships the "
+                "batches), or save its samples as an .npz",
+                source="workers",
             )
         job = _ScoreJob(
             str(path.resolve()),
@@ -453,6 +542,8 @@ def export_branches(
             (),
         )
         with ray_cluster(ray, workers) if ray is not None else nullcontext(workers) as count:
+            if ray is not None:
+                job = replace(job, shipped=_ship(model, calib, size.batch))
             score = _pooled(job, workers or count, tick, ray=ray is not None)
             candidates, enumeration = _skip_sets(found, score, seed)
     full = next(b for b in candidates if not b.skipped)

@@ -3,7 +3,9 @@ cluster started by the test (2 CPUs); the evaluation is the one a single process
 writes, the bundle is shipped by content and verified, and an address that does not
 answer is an error naming it. `edgeadapt.raytasks` for the exporters: ``export onnx
 --ray`` (calibration batches dealt to actors, a killed actor started again) and
-``export branches --ray`` write the bundle one process writes, byte for byte."""
+``export branches --ray`` write the bundle one process writes, byte for byte; the
+latter's tasks read no path (the model and the batches shipped by content, checked by
+their sha256), so it takes a loader script too."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +294,108 @@ def test_export_branches_on_ray_writes_the_bundle_one_process_writes(cluster, tm
     same_bundles(tmp_path / "1", tmp_path / "r")
     same_bundles(tmp_path / "1", tmp_path / "w")
     assert seen[-1] == (8, 8)
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-weights"])
+def test_export_branches_on_ray_reads_no_path(cluster, tmp_path, monkeypatch, external):
+    """The model (and its external weights file) and the calibration set are moved away
+    once the export has shipped them, before any task runs: the tasks score from the
+    object store alone."""
+    import onnx
+
+    from edgeadapt.exporters import branches
+    from tests.test_branches_workers import _calibration
+    from tests.test_calib_workers import same_bundles
+    from tests.test_export_branches import residual_cnn
+
+    weights = {"save_as_external_data": True, "location": "w.data", "size_threshold": 0}
+    onnx.save(residual_cnn(), tmp_path / "rescnn.onnx", **(weights if external else {}))
+    assert (tmp_path / "w.data").is_file() == external
+    calib = _calibration(tmp_path, 300)
+    branches.export_branches(
+        tmp_path / "rescnn.onnx", tmp_path / "1", calibration=calib, max_branches=4
+    )
+    run_ray_jobs = branches.run_ray_jobs
+    moved: list[Path] = []
+
+    def after_shipping(jobs, work, progress):
+        assert all(job.shipped is not None for job in jobs)
+        if not moved:
+            for path in (tmp_path / "rescnn.onnx", calib, tmp_path / "w.data"):
+                if path.exists():
+                    path.rename(path.with_suffix(".gone"))
+                moved.append(path)
+        return run_ray_jobs(jobs, work, progress)
+
+    monkeypatch.setattr(branches, "run_ray_jobs", after_shipping)
+    branches.export_branches(
+        tmp_path / "rescnn.onnx",
+        tmp_path / "r",
+        calibration=calib,
+        max_branches=4,
+        workers=2,
+        ray="local",
+    )
+    assert moved
+    assert not any(path.exists() for path in moved)
+    same_bundles(tmp_path / "1", tmp_path / "r")
+
+
+def test_export_branches_on_ray_takes_a_loader_script(cluster, tmp_path):
+    import onnx
+
+    from edgeadapt.exporters.branches import export_branches
+    from tests.test_branches_workers import _calibration
+    from tests.test_calib_workers import same_bundles
+    from tests.test_export_branches import residual_cnn
+    from tests.test_workers import _loader
+
+    onnx.save(residual_cnn(), tmp_path / "rescnn.onnx")
+    script = _loader(tmp_path, _calibration(tmp_path, 300), rows=7)
+    net = tmp_path / "rescnn.onnx"
+    export_branches(net, tmp_path / "1", calibration=script, max_branches=4, batch=16)
+    result = invoke(
+        "export", "branches", net, "--calibration", script, "--max-branches", 4,
+        "--batch", 16, "--ray", "--workers", 2, "-o", tmp_path / "r",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    same_bundles(tmp_path / "1", tmp_path / "r")
+
+
+def test_a_branches_worker_scores_shipped_content_and_checks_it(cluster, tmp_path, monkeypatch):
+    import onnx
+
+    from edgeadapt.data.sources import DataSpec
+    from edgeadapt.exporters import _graph, branches
+    from edgeadapt.exporters._calib import open_calibration
+    from tests.test_branches_workers import _calibration
+    from tests.test_export_branches import residual_cnn
+
+    monkeypatch.setattr(branches, "_LOADED", {})
+    onnx.save(residual_cnn(), tmp_path / "rescnn.onnx")
+    model = branches._prepared(tmp_path / "rescnn.onnx")
+    found = branches.find_blocks(model)
+    calib = open_calibration(_calibration(tmp_path, 300), [_graph.input_spec(model, "m")], 10)
+    shipped = branches._ship(model, calib, 64)
+    sets = ((), (found[0].add,))
+    job = branches._ScoreJob(
+        str(tmp_path / "absent.onnx"), "", tuple(b.add for b in found),
+        DataSpec(str(tmp_path / "absent.npz")), 300, 10, 64, sets, shipped,
+    )  # fmt: skip
+    want = branches._scorer(model, found, lambda: calib.batches(64), 300, "m", None)(sets)
+    assert branches._score_job(job, lambda done: None) == want
+    assert len(branches._LOADED) == 1  # fetched and checked once for this process
+
+    monkeypatch.setattr(branches, "_LOADED", {})
+    other = replace(shipped, model=ray.put(b"not the model"))
+    with pytest.raises(InputError, match="the model shipped to a Ray worker is not the export"):
+        branches._score_job(replace(job, shipped=other), lambda done: None)
+    batches = list(calib.batches(64))
+    batches[0][0]["x"][0, 0, 0] += 1.0
+    other = replace(shipped, data=ray.put(batches))
+    with pytest.raises(InputError, match=r"absent\.npz: the calibration batches shipped"):
+        branches._score_job(replace(job, shipped=other), lambda done: None)
+    assert branches._LOADED == {}
 
 
 def test_export_onnx_names_an_address_that_does_not_answer(net_calibration, tmp_path, monkeypatch):

@@ -61,13 +61,14 @@ if TYPE_CHECKING:
 @seed_option("Seed of the sampled skip sets.")
 @workers_option(
     "Worker processes (with --ray, Ray tasks) scoring the candidate branches, each "
-    "loading MODEL and reading --calibration itself; the bundle is the same as one "
-    "process writes. Not for a loader script. [1; with --ray the cluster's CPUs]"
+    "process loading MODEL and reading --calibration itself (not a loader script); the "
+    "bundle is the same as one process writes. [1; with --ray the cluster's CPUs]"
 )
 @ray_option(
     "Score the candidates as tasks on the Ray cluster at ADDRESS (HOST:PORT, "
-    "ray://HOST:PORT or auto), or alone on a local cluster; every node reads MODEL and "
-    "--calibration from their paths. Needs the ray extra."
+    "ray://HOST:PORT or auto), or alone on a local cluster; MODEL and the calibration "
+    "batches (read once here, any source; memory holds the set) are shipped to it by "
+    "content, no node reads their paths. Needs the ray extra."
 )
 @export_options()
 def export_branches_cmd(
