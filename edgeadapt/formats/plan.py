@@ -123,7 +123,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
@@ -178,16 +178,17 @@ PROMISE_PATHS = ("frontier", "shared")
 
 
 @dataclass(frozen=True)
-class Gate:
-    """One gate: a weight per feature (`GATE_FEATURES` order) and a bias."""
+class _Logistic:
+    """A weight per feature (the class's `FEATURES`, in that order) and a bias."""
 
+    FEATURES: ClassVar[tuple[str, ...]] = ()
     weights: tuple[float, ...]
     bias: float
 
     def __post_init__(self) -> None:
-        if len(self.weights) != len(GATE_FEATURES):
+        if len(self.weights) != len(self.FEATURES):
             raise InputError(
-                f"expected {len(GATE_FEATURES)} weights ({', '.join(GATE_FEATURES)}), "
+                f"expected {len(self.FEATURES)} weights ({', '.join(self.FEATURES)}), "
                 f"got {len(self.weights)}",
                 field="weights",
             )
@@ -199,25 +200,18 @@ class Gate:
 
 
 @dataclass(frozen=True)
-class Estimator:
+class Gate(_Logistic):
+    """One gate: a weight per feature (`GATE_FEATURES` order) and a bias."""
+
+    FEATURES: ClassVar[tuple[str, ...]] = tuple(GATE_FEATURES)
+
+
+@dataclass(frozen=True)
+class Estimator(_Logistic):
     """One of a scheduler's estimators: a weight per feature (`SCHEDULER_FEATURES`
     order) and a bias."""
 
-    weights: tuple[float, ...]
-    bias: float
-
-    def __post_init__(self) -> None:
-        if len(self.weights) != len(SCHEDULER_FEATURES):
-            raise InputError(
-                f"expected {len(SCHEDULER_FEATURES)} weights ({', '.join(SCHEDULER_FEATURES)}), "
-                f"got {len(self.weights)}",
-                field="weights",
-            )
-        if not np.isfinite([*self.weights, self.bias]).all():
-            raise InputError("weights and bias must be finite", field="weights")
-
-    def to_json(self) -> dict[str, list[float] | float]:
-        return {"weights": [float(w) for w in self.weights], "bias": float(self.bias)}
+    FEATURES: ClassVar[tuple[str, ...]] = tuple(SCHEDULER_FEATURES)
 
 
 @dataclass(frozen=True)
