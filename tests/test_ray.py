@@ -132,14 +132,14 @@ def test_a_task_that_raises_twice_is_named(cluster, multiexit_copy, mnist1d_npz)
 
 def _kill_a_running_task(stop) -> int | None:
     """SIGKILL the first Ray worker process seen running a shard (its process title is
-    ``ray::_task`` while it does); its pid, or None when `stop()` came first."""
+    ``ray::_job_task`` while it does: `raytasks.run_ray_jobs`); its pid, or None when `stop()` came first."""
     while not stop():
         for path in Path("/proc").glob("[0-9]*/cmdline"):
             try:
                 title = path.read_bytes()
             except OSError:
                 continue
-            if title.startswith(b"ray::_task"):
+            if title.startswith(b"ray::_job_task"):
                 pid = int(path.parent.name)
                 os.kill(pid, signal.SIGKILL)
                 return pid

@@ -8,7 +8,8 @@ loads the bundle with every file verified (`edgeadapt.measure.shards.load_checke
 The data is read by the workers from its path (a shared one on a cluster: the same path
 on every node).
 
-Each shard is one task of one CPU (`evaluate_shard`); Ray runs a task whose worker died
+Each shard is one task of one CPU (`evaluate_shard`, run by
+`edgeadapt.raytasks.run_ray_jobs`); Ray runs a task whose worker died
 once more (``max_retries=1``), and a task that raises an unexpected error once more too;
 a shard that fails both times is an error naming its samples. An edgeadapt error (bad
 data) is the run's as it is. The results are joined in shard order.
@@ -23,11 +24,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from edgeadapt.errors import EdgeadaptError, InputError
+from edgeadapt.errors import InputError
 from edgeadapt.formats.bundle import MANIFEST, Bundle
 from edgeadapt.measure.shards import (
     DealtSetup,
@@ -40,8 +42,8 @@ from edgeadapt.measure.shards import (
     run_batch,
 )
 from edgeadapt.measure.states import StateResults, StateRunner
-from edgeadapt.raytasks import deal_ray, ray_module, write_files
-from edgeadapt.workers import Done, ShardError
+from edgeadapt.raytasks import deal_ray, ray_module, run_ray_jobs, write_files
+from edgeadapt.workers import Done
 
 __all__ = ["bundle_files", "deal_ray_batches", "run_ray"]
 
@@ -71,53 +73,29 @@ def _materialize(files: dict[str, bytes], manifest: str) -> Bundle:
     return _LOADED[manifest]
 
 
-def _task(shipped: list[Any], job: ShardJob) -> tuple[str, Any]:
-    """One shard in a Ray worker: ``("done", StateResults)`` or ``("error",
-    EdgeadaptError)`` (returned, so that Ray retries only other errors). `shipped`
-    holds the object reference of `bundle_files` (in a list: fetched only when this
-    process has not loaded the bundle yet)."""
-    try:
-        if job.manifest not in _LOADED:
-            _materialize(ray_module().get(shipped[0]), job.manifest)
-        return "done", evaluate_shard(job, _LOADED[job.manifest])
-    except EdgeadaptError as e:
-        return "error", e
+def _shard(shipped: list[Any], job: ShardJob, progress: object) -> StateResults:
+    """One shard in a Ray worker (a `run_ray_jobs` job). `shipped` holds the object
+    reference of `bundle_files` (in a list: fetched only when this process has not
+    loaded the bundle yet)."""
+    if job.manifest not in _LOADED:
+        _materialize(ray_module().get(shipped[0]), job.manifest)
+    return evaluate_shard(job, _LOADED[job.manifest])
 
 
 def run_ray(
     jobs: Sequence[ShardJob], bundle: Bundle, progress: Done | None = None
 ) -> list[StateResults]:
     """The `StateResults` of each of `jobs`, in order, each a Ray task on the cluster
-    connected to (`ray_cluster`; see the module docstring)."""
-    ray = ray_module()
-    shipped = [ray.put(bundle_files(bundle))]
-    task = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=True)(_task)
-    refs = [task.remote(shipped, job) for job in jobs]
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list[StateResults | None] = [None] * len(jobs)
-    waiting = list(refs)
-    try:
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            i = index[ready[0]]
-            try:
-                kind, value = ray.get(ready[0])
-            except Exception as e:  # the task failed on both tries (died or raised)
-                text = str(e).strip()
-                first = text.splitlines()[0] if text else type(e).__name__
-                raise ShardError(
-                    f"{jobs[i].describe()} failed 2 times on Ray ({type(e).__name__}: "
-                    f"{first}); nothing was written"
-                ) from None
-            if kind == "error":
-                raise value
-            results[i] = value
-            if progress is not None:
-                progress(sum(j.stop - j.start for j, r in zip(jobs, results, strict=True) if r))
-    finally:
-        for ref in waiting:  # the run failed: the other shards are not needed
-            ray.cancel(ref, force=True)
-    return [r for r in results if r is not None]
+    connected to (`ray_cluster`, `run_ray_jobs`; see the module docstring)."""
+    shipped = [ray_module().put(bundle_files(bundle))]
+    finished: set[int] = set()
+
+    def ended(i: int) -> None:
+        finished.add(i)
+        if progress is not None:
+            progress(sum(jobs[j].stop - jobs[j].start for j in finished))
+
+    return run_ray_jobs(jobs, partial(_shard, shipped), ended)
 
 
 def _runner_shipped(setup: DealtSetup) -> StateRunner:
