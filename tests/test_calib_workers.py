@@ -212,6 +212,15 @@ def test_bad_worker_counts_on_the_cli(tmp_path, source, calibration, bad):
 # ------------------------------------------------------------------ deal_processes
 
 
+@pytest.fixture
+def dealt_importable(monkeypatch):
+    """The folder that holds tests/ first on sys.path, which spawned workers take from
+    this process: they import `tests.dealt` by name (pytest makes `tests` importable in
+    this process only), and `edgeadapt.workers` keeps the installed package first."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+
+
+@pytest.mark.usefixtures("dealt_importable")
 def test_results_come_in_order_from_every_worker_and_the_window_holds():
     taken: list[int] = []
     given = 0
@@ -234,6 +243,7 @@ def test_results_come_in_order_from_every_worker_and_the_window_holds():
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.usefixtures("dealt_importable")
 def test_an_edgeadapt_error_in_set_up_or_work_is_raised_as_it_is():
     with pytest.raises(InputError, match="a negative factor"):
         list(deal_processes(-1, range(5), 2, dealt.init, dealt.work, dealt.where))
@@ -242,6 +252,7 @@ def test_an_edgeadapt_error_in_set_up_or_work_is_raised_as_it_is():
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.usefixtures("dealt_importable")
 def test_an_item_whose_worker_dies_twice_is_named():
     with pytest.raises(
         ShardError, match=r"item -1 failed 2 times \(its worker exited with code 3\)"
@@ -250,6 +261,7 @@ def test_an_item_whose_worker_dies_twice_is_named():
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.usefixtures("dealt_importable")
 def test_an_error_of_the_items_stops_the_workers():
     def items():
         yield 1
