@@ -267,8 +267,7 @@ def deal_ray(
                 raise value
             del dealt[i]
             held[i] = value
-    finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
+    finally:  # killing an actor fails its running and pending calls (Ray refuses
+        # force-cancelling an actor's calls, which would hide the error being raised)
         for actor in actors:
             ray.kill(actor)

@@ -426,3 +426,23 @@ def test_a_loader_script_is_dealt_to_ray_actors(cluster, multiexit_copy, mnist1d
     for key in KEYS:
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
     assert a.data == b.data
+
+
+def test_an_error_of_a_dealt_item_is_raised_as_it_is(cluster):
+    """An item that raises an edgeadapt error while others are still with the actors is
+    that error (the actors stopped), not one of Ray's about stopping them."""
+    from ray import cloudpickle
+
+    from edgeadapt.raytasks import deal_ray
+    from tests import dealt
+
+    cloudpickle.register_pickle_by_value(dealt)  # the actors cannot import tests/
+    try:
+        with pytest.raises(InputError, match="item 1013 is bad"):
+            list(
+                deal_ray(
+                    1, [*range(6), 1013, *range(7, 12)], 2, dealt.init, dealt.work, dealt.where
+                )
+            )
+    finally:
+        cloudpickle.unregister_pickle_by_value(dealt)
