@@ -415,12 +415,14 @@ def _parity(
     }
 
 
-def _head_input(model: onnx.ModelProto, step: StepInfo) -> str | None:
+def _head_input(step: StepInfo) -> str | None:
     """The tensor where the source step's head starts, so that the variant's FLOPs split
     the same way: for a step with an activation that is it; for a last step whose head
-    the manifest counts apart, the tensor whose ancestors cost the source's stage FLOPs."""
+    the manifest counts apart, the tensor whose ancestors cost the source's stage FLOPs
+    (only then is the source step's model read)."""
     if step.activation is not None or step.head_flops == 0:
         return None
+    model = onnx.load(str(step.path))
     cost = count_flops(model)
     for node in model.graph.node:
         for name in node.output:
@@ -457,12 +459,18 @@ def quantize_bundle(
             source=src.path / "manifest.json",
             field="$.extra.precision",
         )
-    if with_source and (src.kind != "early-exit" or src.chain_names):
-        what = "several chains" if src.chain_names else f"kind {src.kind}"
+    if src.chain_names:
+        raise InputError(
+            f"has several chains ({', '.join(dict.fromkeys(src.chain_names))}); quantize the one-chain "
+            "bundle of one of them and combine the results with export variants",
+            source=src.path / "manifest.json",
+            field="$.version",
+        )
+    if with_source and src.kind != "early-exit":
         raise InputError(
             "a variant is combined with its source (--with-source) only for a one-chain "
-            f"early-exit bundle (its exits at two precisions); this one has {what}: write "
-            "the variant alone and evaluate and profile the two bundles side by side",
+            f"early-exit bundle (its exits at two precisions); this one has kind {src.kind}: "
+            "write the variant alone and evaluate and profile the two bundles side by side",
             source=src.path / "manifest.json",
             field="$.kind",
         )
@@ -498,7 +506,6 @@ def _write_variant(
         tick("measuring parity", len(src.steps), len(src.steps) + 1)
         parity = _parity(src, paths, split, options)
         models = [onnx.load(str(p)) for p in paths]
-    sources = [onnx.load(str(s.path)) for s in src.steps]
     precision = {
         **options.to_json(),
         "source_manifest_sha256": src.manifest_sha256,
@@ -521,7 +528,7 @@ def _write_variant(
     if src.kind in INDEPENDENT_KINDS:
         return write_bundle(out_dir, models=models, **common)
     steps = [
-        Step(m, s.logits, s.activation, _head_input(f, s))
-        for m, f, s in zip(models, sources, src.steps, strict=True)
+        Step(m, s.logits, s.activation, _head_input(s))
+        for m, s in zip(models, src.steps, strict=True)
     ]
     return write_bundle(out_dir, steps=steps, **common)

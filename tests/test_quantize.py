@@ -260,3 +260,13 @@ def test_with_source_refuses_other_kinds_by_name(data, tmp_path):
     assert "kind ensemble" in r.output
     assert not (tmp_path / "o").exists()
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_a_bundle_of_several_chains_is_refused_before_any_work(int8, data, tmp_path, precision):
+    both = export_variants([int8.path, RESNET], tmp_path / "v", names=["int8", "fp32"])
+    options = QuantizeOptions(precision=precision, heldout=HELDOUT)
+    with pytest.raises(InputError, match=r"has several chains \(int8, fp32\)") as e:
+        quantize_bundle(both, tmp_path / "o", data[0], options)
+    assert e.value.field == "$.version"
+    assert not (tmp_path / "o").exists()
