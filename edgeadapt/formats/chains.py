@@ -61,10 +61,9 @@ def kept_costs(
 ) -> np.ndarray:
     """What a sample stopping at each kept state pays under `how` (a bundle kind or its
     chains): the chain rule (`paid_costs`), except that branches are not cascaded (a
-    branch plan runs one branch, which pays its own cost alone, and the scheduler's
-    `cost_ms` are each branch's own: it pays its first branch and then the one picked)."""
+    branch plan runs one branch, which pays its own cost alone)."""
     costs = np.asarray(state_costs, dtype=np.float64)
-    if how in ("branches", "scheduler"):
+    if how == "branches":
         return costs[list(kept)]
     chains = how if isinstance(how, tuple) else layout(how, len(costs))
     return paid_costs(costs, kept, chains)

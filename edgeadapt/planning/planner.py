@@ -656,8 +656,6 @@ def make_plan(
     if chains is not None and kind == "early-exit" and len(set(chains)) > 1:
         paid = _checked_chains(chains, len(state_ms))
     promise = check_promise(options.promise)
-    if options.policy == "scheduler":  # the first branch, then the one picked
-        paid = "scheduler"
     setting = _Setting(state_ms, paid, reference, options.max_drop, options.delta, promise, hop_ms)
     if kind == "branches" and options.policy != "scheduler":
         return _branches_plan((calib, heldout), setting, options, device, manifest_sha256)
@@ -769,9 +767,13 @@ def _settled(
         hop_ms=setting.hop_ms,
     )
     held, held_correct = figures(heldout, chosen)
-    # (a branch plan without a budget runs its last branch alone: no cascade to refuse)
-    cascaded = setting.kind != "branches"
-    if cascaded and static_ms is not None and len(chosen.states) > 1 and held.cost_ms >= static_ms:
+    # (a branch table without a budget runs its last branch alone: no cascade to refuse)
+    if (
+        _decides(setting, chosen)
+        and static_ms is not None
+        and len(chosen.states) > 1
+        and held.cost_ms >= static_ms
+    ):
         hop_ms = setting.hop_ms
         counted = f" (the cascade's own {hop_ms:.4g} ms per hop included)" if hop_ms else ""
         why = (
@@ -786,6 +788,12 @@ def _settled(
             chosen = replace(chosen, scheduler=())
         held, held_correct = figures(heldout, chosen)
     return chosen, held, held_correct, figures(calib, chosen)[0]
+
+
+def _decides(setting: _Setting, chosen: _Chosen) -> bool:
+    """Whether the plan decides per sample without a budget (a cascade, or the
+    scheduler): all but a branches bundle's budget table, whose last branch answers."""
+    return setting.kind != "branches" or chosen.scheduler is not None
 
 
 def _plan_record(
@@ -818,7 +826,7 @@ def _plan_record(
         bundle_states=calib.names,
         measure=measure,
         states=states,
-        thresholds=_written(chosen.thresholds, measure, policy, setting.kind != "branches"),
+        thresholds=_written(chosen.thresholds, measure, policy, _decides(setting, chosen)),
         cost_ms=tuple(float(c) for c in subset_costs(costs, states, setting.kind)),
         budget=budget_table(_route_costs(setting, states), calib.correct.mean(axis=0), states),
         reference_state=reference,
