@@ -301,9 +301,8 @@ def _hops(bundle: Bundle, kept: Sequence[int]) -> list[_Hop]:
     """The hops reaching the `kept` states: the steps of its chain since the previous
     kept state of that chain (`edgeadapt.formats.chains`: for an early-exit bundle of one
     chain, the steps since the previous kept state; a bundle of several chains starts
-    each chain from the model inputs), else each member alone."""
-    if bundle.kind != "early-exit":
-        return [_Hop(s, (s,)) for s in kept]
+    each chain from the model inputs; an ensemble member or branch, a chain of its own,
+    runs alone)."""
     chains, hops = bundle.chains, []
     for j, s in enumerate(kept):
         before = kept[j - 1] if j else None
