@@ -60,7 +60,7 @@ def test_branches_evaluate_profile_and_plan_a_budget_table(trained):
     rows = plan.budget
     assert all(a.budget_ms < b.budget_ms for a, b in itertools.pairwise(rows))
     assert all(a.accuracy < b.accuracy for a, b in itertools.pairwise(rows))
-    from edgeadapt.planning.planner import budget_state
+    from edgeadapt.planning.scheduler import budget_state
 
     # A budget below the cheapest kept branch runs the first row; the largest budget
     # runs the most accurate row; each row is the most accurate kept branch that fits.

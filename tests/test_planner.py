@@ -16,12 +16,12 @@ from edgeadapt.planning.planner import (
     Outcomes,
     PlanCosts,
     PlanOptions,
-    budget_state,
     budget_table,
     gap_closure,
     make_plan,
 )
 from edgeadapt.planning.risk import required_samples
+from edgeadapt.planning.scheduler import budget_state
 from edgeadapt.planning.search import subset_costs
 from tests.synthetic import nested_outcomes
 

@@ -108,7 +108,7 @@ from edgeadapt.formats.plan import (
 )
 from edgeadapt.formats.presets import RuntimeConfig
 from edgeadapt.formats.profile import Profile, check_profile, load_profile, state_costs, static_cost
-from edgeadapt.kernel_ref import MEASURES, lookup
+from edgeadapt.kernel_ref import MEASURES
 from edgeadapt.oracle.equations import exact_oracle
 from edgeadapt.planning.branches import check_branch_choice, keep_cheaper
 from edgeadapt.planning.calibrate import NEVER, CascadeResult, calibrate, exit_states, simulate
@@ -224,13 +224,6 @@ def budget_table(
         else:
             rows.append(row)
     return tuple(rows)
-
-
-def budget_state(budget: Sequence[BudgetRow], budget_ms: float) -> int:
-    """Bundle state to run under `budget_ms`: the kernel's lookup over the table's rows
-    (`edgeadapt.kernel_ref.lookup`), the first row's state below every row."""
-    row = lookup([r.budget_ms for r in budget], [r.accuracy for r in budget], budget_ms)
-    return budget[0].state if row is None else budget[row].state
 
 
 def exit_costs(

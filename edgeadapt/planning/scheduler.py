@@ -39,7 +39,13 @@ import numpy as np
 
 from edgeadapt.errors import InputError
 from edgeadapt.formats.plan import BudgetRow, Estimator, Plan, Promise
-from edgeadapt.kernel_ref import SCHEDULER_FEATURES, estimates, scheduler_choice, table_first
+from edgeadapt.kernel_ref import (
+    SCHEDULER_FEATURES,
+    estimates,
+    lookup,
+    scheduler_choice,
+    table_first,
+)
 from edgeadapt.planning.calibrate import CascadeResult, calibrate, simulate
 from edgeadapt.planning.gates import fit_logistic
 from edgeadapt.planning.outcomes import Outcomes
@@ -280,12 +286,11 @@ def simulate_scheduler(
     )
 
 
-def budget_state(rows: Sequence[BudgetRow], budget_ms: float) -> int:
-    """The bundle state a budget table picks under `budget_ms`: the last row that fits,
-    the first below every row (`edgeadapt.kernel_ref.lookup` on rows rising in cost and
-    accuracy)."""
-    fits = [r for r in rows if r.budget_ms <= budget_ms]
-    return (fits[-1] if fits else rows[0]).state
+def budget_state(budget: Sequence[BudgetRow], budget_ms: float) -> int:
+    """Bundle state to run under `budget_ms`: the kernel's lookup over the table's rows
+    (`edgeadapt.kernel_ref.lookup`), the first row's state below every row."""
+    row = lookup([r.budget_ms for r in budget], [r.accuracy for r in budget], budget_ms)
+    return budget[0].state if row is None else budget[row].state
 
 
 @dataclass(frozen=True)
