@@ -123,7 +123,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
@@ -534,6 +534,16 @@ def _policy_doc(plan: Plan) -> dict[str, Any]:
     return {"kind": "gate", "gates": [g.to_json() for g in plan.gates]}
 
 
+L = TypeVar("L", Gate, Estimator)
+
+
+def _logistic(f: Fields, cls: type[L]) -> L:
+    """A gate or an estimator block: one weight per feature of `cls` and a bias."""
+    return cls(
+        weights=_numbers(f, "weights", len(cls.FEATURES), minimum=None), bias=f.number("bias")
+    )
+
+
 def _estimators(f: Fields, n_states: int) -> tuple[int, tuple[Estimator, ...]]:
     """A scheduler block's ``first`` kept position, its ``features`` (exactly
     `SCHEDULER_FEATURES`) and one estimator per kept state from ``first`` on but the
@@ -542,10 +552,7 @@ def _estimators(f: Fields, n_states: int) -> tuple[int, tuple[Estimator, ...]]:
     features = f.get("features", list)
     if features != list(SCHEDULER_FEATURES):
         f.fail(f"must be {list(SCHEDULER_FEATURES)}, got {features!r}", "features")
-    out = []
-    for e in f.items("estimators"):
-        weights = _numbers(e, "weights", len(SCHEDULER_FEATURES), minimum=None)
-        out.append(Estimator(weights=weights, bias=e.number("bias")))
+    out = [_logistic(e, Estimator) for e in f.items("estimators")]
     if len(out) != n_states - 1 - first:
         f.fail(
             f"expected {n_states - 1 - first} estimators (one per kept branch from "
@@ -567,10 +574,7 @@ def _policy(
         return kind, estimators, first
     if kind != "gate":
         return kind, None, 0
-    gates = []
-    for g in f.items("gates"):
-        weights = _numbers(g, "weights", len(GATE_FEATURES), minimum=None)
-        gates.append(Gate(weights=weights, bias=g.number("bias")))
+    gates = [_logistic(g, Gate) for g in f.items("gates")]
     if len(gates) != n_states - 1:
         f.fail(f"expected {n_states - 1} gates (one per kept state but the last)", "gates")
     return kind, tuple(gates), 0
