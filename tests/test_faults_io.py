@@ -171,6 +171,19 @@ def test_truncated_npz_is_reported_as_truncated(tmp_path):
         assert "npz" in str(e.value) or "truncated" in str(e.value)
 
 
+def test_npz_member_in_an_unsupported_compression_method_is_a_clear_error(tmp_path):
+    # zipfile raises NotImplementedError for a compression method it has no decoder for
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.arange(10.0))
+    data = bytearray(p.read_bytes())
+    for magic, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local, central headers
+        i = data.find(magic)
+        data[i + at : i + at + 2] = (99).to_bytes(2, "little")
+    p.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"d\.npz"):
+        load_npz(p, {"x": ArraySpec("f", 1)})
+
+
 def test_npz_member_claiming_a_huge_shape_allocates_nothing(tmp_path):
     p = tmp_path / "d.npz"
     header = {"descr": "<f4", "fortran_order": False, "shape": (10**12, 40)}

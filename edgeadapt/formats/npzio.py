@@ -86,6 +86,7 @@ READ_ERRORS = (
     OSError,
     zipfile.BadZipFile,
     zlib.error,
+    NotImplementedError,  # zipfile: a compression method it has no decoder for
 )
 
 
@@ -245,7 +246,14 @@ def _open(path: Path) -> np.lib.npyio.NpzFile:
     fh = path.open("rb")
     try:
         loaded = np.load(fh, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+        NotImplementedError,
+    ) as e:
         fh.close()
         raise InputError(f"not a readable .npz file ({e})", source=path) from None
     except BaseException:
