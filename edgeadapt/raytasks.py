@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from edgeadapt.errors import EdgeadaptError, InputError, MissingExtraError
-from edgeadapt.workers import PER_WORKER, Job, ShardError
+from edgeadapt.workers import PER_WORKER, TRIES, Job, ShardError
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -143,7 +143,7 @@ def _failed(what: str, e: Exception) -> ShardError:
     text = str(e).strip()
     first = text.splitlines()[0] if text else type(e).__name__
     return ShardError(
-        f"{what} failed 2 times on Ray ({type(e).__name__}: {first}); nothing was written"
+        f"{what} failed {TRIES} times on Ray ({type(e).__name__}: {first}); nothing was written"
     )
 
 
@@ -165,7 +165,7 @@ def run_ray_jobs(
     a Ray task of one CPU on the cluster connected to, results in order; `progress`
     told the index of each job done."""
     ray = ray_module()
-    task = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=True)(_job_task)
+    task = ray.remote(num_cpus=1, max_retries=TRIES - 1, retry_exceptions=True)(_job_task)
     refs = [task.remote(work, job) for job in jobs]
     index = {ref: i for i, ref in enumerate(refs)}
     results: dict[int, R] = {}
@@ -225,7 +225,7 @@ def deal_ray(
     `edgeadapt.workers.deal_processes` (the same window bounds what is held), an actor
     that dies started again once and its items run again once."""
     ray = ray_module()
-    dealer = ray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)(_Dealer)
+    dealer = ray.remote(num_cpus=1, max_restarts=TRIES - 1, max_task_retries=TRIES - 1)(_Dealer)
     shipped = [ray.put(setup)]
     actors = [dealer.remote() for _ in range(workers)]
     load = [0] * workers

@@ -174,10 +174,7 @@ def run_processes(
         if run.result is not None:
             results[run.index] = run.result
             return
-        if run.failure is None:
-            why, shown = _exit_reason(run.process.exitcode), ""
-        else:
-            why, shown = f"its worker raised {run.failure.splitlines()[-1]}", f"\n{run.failure}"
+        why, shown = _failure(run.process.exitcode, run.failure)
         where = run.job.where(done[run.index])
         if tries[run.index] >= TRIES:
             raise ShardError(
@@ -221,6 +218,15 @@ def _exit_reason(code: int | None) -> str:
     if code is not None and code < 0:
         return f"its worker was killed by signal {-code}"
     return f"its worker exited with code {code}"
+
+
+def _failure(code: int | None, failure: str | None) -> tuple[str, str]:
+    """Why a worker's job failed (its exit code, or the last line of the traceback it
+    sent), and what to show after the message (that traceback on a line of its own, or
+    nothing)."""
+    if failure is None:
+        return _exit_reason(code), ""
+    return f"its worker raised {failure.splitlines()[-1]}", f"\n{failure}"
 
 
 # ------------------------------------------------------------------ dealt items
@@ -344,15 +350,11 @@ def deal_processes(
         i = worker.started if worker.ready else (worker.items[0] if worker.items else None)
         if i is None:
             return
-        if worker.failure is None:
-            why, shown = _exit_reason(worker.process.exitcode), ""
-        else:
-            why, shown = f"its worker raised {worker.failure.splitlines()[-1]}", worker.failure
+        why, shown = _failure(worker.process.exitcode, worker.failure)
         fails[i] = fails.get(i, 0) + 1
         if fails[i] >= TRIES:
             raise ShardError(
-                f"{where(dealt[i])} failed {fails[i]} times ({why}); nothing was written"
-                + (f"\n{shown}" if shown else "")
+                f"{where(dealt[i])} failed {fails[i]} times ({why}); nothing was written{shown}"
             )
 
     finished = False
