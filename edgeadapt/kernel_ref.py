@@ -239,10 +239,15 @@ def gate_score(
     w = [float(v) for v in weights]
     if len(w) != len(GATE_FEATURES):
         raise ValueError(f"a gate has {len(GATE_FEATURES)} weights, got {len(w)}")
-    feats = (maxprob, margin, entropy, agreement, previous)
-    z = np.full(np.shape(maxprob), float(bias), dtype=np.float64)
-    for wk, fk in zip(w, feats, strict=True):
-        z = z + wk * np.asarray(fk, dtype=np.float64)
+    return _logistic((maxprob, margin, entropy, agreement, previous), w, bias)
+
+
+def _logistic(features: Sequence[np.ndarray], weights: Sequence[float], bias: float) -> np.ndarray:
+    """``sigmoid(bias + sum_k w_k f_k)`` per row, in float64 in that order, clamped and
+    rounded once to float32 (the numerics of `gate_score`, which estimates share)."""
+    z = np.full(np.shape(features[0]), float(bias), dtype=np.float64)
+    for wk, fk in zip(weights, features, strict=True):
+        z = z + float(wk) * np.asarray(fk, dtype=np.float64)
     z = np.clip(z, -_GATE_CLAMP, _GATE_CLAMP)
     return (1.0 / (1.0 + np.exp(-z))).astype(_F)
 
@@ -370,12 +375,9 @@ def estimates(
     if b.shape != (w.shape[0],):
         raise ValueError(f"expected {w.shape[0]} biases (one per estimator), got {b.shape}")
     out = np.empty((f.shape[0], w.shape[0]), dtype=_F)
+    columns = [f[:, k] for k in range(len(SCHEDULER_FEATURES))]
     for e in range(w.shape[0]):
-        z = np.full(f.shape[0], b[e], dtype=np.float64)
-        for k in range(len(SCHEDULER_FEATURES)):
-            z = z + w[e, k] * f[:, k]
-        z = np.clip(z, -_GATE_CLAMP, _GATE_CLAMP)
-        out[:, e] = (1.0 / (1.0 + np.exp(-z))).astype(_F)
+        out[:, e] = _logistic(columns, w[e], b[e])
     return out
 
 

@@ -435,34 +435,59 @@ inline bool valid_gate(const Gate& g) noexcept {
     return std::isfinite(g.bias);
 }
 
+// A row's maxprob, margin and entropy (the float32 confidences), the features gates and
+// the scheduler's estimators read.
+struct Confidences {
+    float maxprob, margin, entropy;
+};
+
+// The confidences of one row into *c and its argmax into *arg; false (and *arg = -1)
+// for a row that is not all finite.
+inline bool row_confidences(const float* x, std::int64_t classes, Confidences* c,
+                            std::int64_t* arg) noexcept {
+    const RowMax rm = row_max(x, classes);
+    if (!rm.finite) {
+        *arg = -1;
+        return false;
+    }
+    const float m = rm.max;
+    const Sums s = row_sums<true>(x, classes, m);
+    c->maxprob = static_cast<float>(1.0 / s.z);
+    c->margin = static_cast<float>(
+        (1.0 - static_cast<double>(exp_neg(second_max(x, classes, rm.arg) - m))) / s.z);
+    c->entropy = static_cast<float>(s.zt / s.z - std::log(s.z));
+    *arg = rm.arg;
+    return true;
+}
+
+// The logistic of a linear score z (in float64), clamped, rounded once to float32.
+inline float logistic(double z) noexcept {
+    z = z < -kGateClamp ? -kGateClamp : (z > kGateClamp ? kGateClamp : z);
+    return static_cast<float>(1.0 / (1.0 + std::exp(-z)));
+}
+
 // Score of one row at position j; *pred gets the row's argmax (-1 when invalid).
 inline float gate_row(const float* x, std::int64_t classes, const Gate& g,
                       const std::int64_t* history, std::int64_t j, float previous,
                       std::int64_t* pred) noexcept {
-    const RowMax rm = row_max(x, classes);
-    if (!rm.finite) {
+    Confidences c;
+    std::int64_t arg;
+    if (!row_confidences(x, classes, &c, &arg)) {
         *pred = -1;
         return std::numeric_limits<float>::quiet_NaN();
     }
-    const float m = rm.max;
-    const Sums s = row_sums<true>(x, classes, m);
-    const float maxprob = static_cast<float>(1.0 / s.z);
-    const float margin = static_cast<float>(
-        (1.0 - static_cast<double>(exp_neg(second_max(x, classes, rm.arg) - m))) / s.z);
-    const float entropy = static_cast<float>(s.zt / s.z - std::log(s.z));
     std::int64_t agree = 0;
-    for (std::int64_t i = 0; i < j; ++i) agree += static_cast<std::int64_t>(history[i] == rm.arg);
+    for (std::int64_t i = 0; i < j; ++i) agree += static_cast<std::int64_t>(history[i] == arg);
     const double agreement = j > 0 ? static_cast<double>(agree) / static_cast<double>(j) : 0.0;
     const double prev = j > 0 ? static_cast<double>(previous) : 0.0;
     double z = g.bias;
-    z = z + g.weights[0] * static_cast<double>(maxprob);
-    z = z + g.weights[1] * static_cast<double>(margin);
-    z = z + g.weights[2] * static_cast<double>(entropy);
+    z = z + g.weights[0] * static_cast<double>(c.maxprob);
+    z = z + g.weights[1] * static_cast<double>(c.margin);
+    z = z + g.weights[2] * static_cast<double>(c.entropy);
     z = z + g.weights[3] * agreement;
     z = z + g.weights[4] * prev;
-    z = z < -kGateClamp ? -kGateClamp : (z > kGateClamp ? kGateClamp : z);
-    *pred = rm.arg;
-    return static_cast<float>(1.0 / (1.0 + std::exp(-z)));
+    *pred = arg;
+    return logistic(z);
 }
 
 // gate_decide on checked arguments; returns the number of rows that continue.
@@ -576,26 +601,20 @@ inline std::int64_t schedule_row(const float* x, std::int64_t classes, const Est
                                  std::int64_t states, double available_ms, std::int64_t* pred,
                                  float* scores) noexcept {
     const std::int64_t n_est = states - 1;
-    const RowMax rm = row_max(x, classes);
+    Confidences c;
     float f[kSchedulerFeatures];
-    if (rm.finite) {
-        const float m = rm.max;
-        const Sums s = row_sums<true>(x, classes, m);
-        f[0] = static_cast<float>(1.0 / s.z);
-        f[1] = static_cast<float>(
-            (1.0 - static_cast<double>(exp_neg(second_max(x, classes, rm.arg) - m))) / s.z);
-        f[2] = static_cast<float>(s.zt / s.z - std::log(s.z));
-        *pred = rm.arg;
+    if (row_confidences(x, classes, &c, pred)) {
+        f[0] = c.maxprob;
+        f[1] = c.margin;
+        f[2] = c.entropy;
     } else {
         f[0] = f[1] = f[2] = std::numeric_limits<float>::quiet_NaN();
-        *pred = -1;
     }
     for (std::int64_t e = 0; e < n_est; ++e) {
         double z = est[e].bias;
         for (std::int64_t k = 0; k < kSchedulerFeatures; ++k)
             z = z + est[e].weights[k] * static_cast<double>(f[k]);
-        z = z < -kGateClamp ? -kGateClamp : (z > kGateClamp ? kGateClamp : z);
-        scores[e] = static_cast<float>(1.0 / (1.0 + std::exp(-z)));
+        scores[e] = logistic(z);
     }
     if (n_est == 0) return 0;
     if (static_cast<double>(scores[0]) >= thresholds[0]) return 0;
