@@ -101,12 +101,6 @@ def _budget(seconds: Any, iters: int | None) -> float:
     return float(seconds)
 
 
-def _random_inputs(bundle: Bundle, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Every model input, random with its dtype (`edgeadapt.data.inputs.random_batch`: token
-    ids within the embedding table, masks all ones), made once outside the timed loop."""
-    return random_batch(bundle, batch, rng)
-
-
 @dataclass(frozen=True)
 class _Stop:
     """When the timed rounds end: after `iters` timed iterations of every unit, or with
@@ -438,7 +432,9 @@ def _measure(
         if whole_model is not None:
             load_whole(rt, bundle, whole_model)
         for k, batch in enumerate(batch_list):
-            tensors: dict[str, np.ndarray] = _random_inputs(bundle, batch, rng)
+            # every model input, random with its dtype (token ids within the embedding
+            # table, masks all ones), made once outside the timed loop
+            tensors: dict[str, np.ndarray] = random_batch(bundle, batch, rng)
             units = _units(_step_runs(bundle, sessions, tensors), timing.order)
             if whole_model is not None:
                 units.append([whole_run(whole_model, tensors, batch)])
