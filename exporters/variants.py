@@ -29,12 +29,12 @@ from edgeadapt.formats.bundle import (
     FORMAT,
     MANIFEST,
     Bundle,
-    BundleError,
     StepInfo,
     commit_bundle,
     load_bundle,
+    writing_bundle,
 )
-from edgeadapt.formats.jsonio import dumps, read_json
+from edgeadapt.formats.jsonio import read_json
 
 __all__ = ["export_variants"]
 
@@ -176,20 +176,11 @@ def export_variants(
     chains = _chain_names(bundles, names)
     manifest = _manifest(bundles, chains)
     out = check_path(out_dir).absolute()
-    try:
-        with staged_directory(out) as tmp:
-            for k, b in enumerate(bundles):
-                for rel in b.files:
-                    target = tmp / f"chain{k}" / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(b.path / rel, target)
-                    fsync(target)
-            (tmp / MANIFEST).write_text(dumps(manifest), encoding="utf-8")
-            fsync(tmp / MANIFEST)
-            fsync(tmp)
-            return commit_bundle(tmp, out, force)
-    except OSError as e:
-        raise BundleError(
-            f"cannot write: {e.strerror or e} (an existing bundle there is left as it was)",
-            source=out,
-        ) from None
+    with writing_bundle(out), staged_directory(out) as tmp:
+        for k, b in enumerate(bundles):
+            for rel in b.files:
+                target = tmp / f"chain{k}" / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(b.path / rel, target)
+                fsync(target)
+        return commit_bundle(tmp, out, manifest, force)

@@ -35,10 +35,11 @@ inside the bundle), the hashes and that the steps chain.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -501,7 +502,7 @@ def write_bundle(
     names = _state_names(state_names, len(parts))
     entries = _entries(parts, kind, model_inputs, num_classes)
     out = check_path(out_dir).absolute()
-    try:
+    with writing_bundle(out):
         return _write(
             out,
             entries,
@@ -515,6 +516,14 @@ def write_bundle(
             force,
             shared_weights,
         )
+
+
+@contextlib.contextmanager
+def writing_bundle(out: Path) -> Iterator[None]:
+    """A bundle being written to `out`: an OSError on the way is one `BundleError` naming
+    it (the writes are staged, so a bundle already there is left as it was)."""
+    try:
+        yield
     except OSError as e:
         raise BundleError(
             f"cannot write: {e.strerror or e} (an existing bundle there is left as it was)",
@@ -566,19 +575,20 @@ def _write(
             "producer": {"edgeadapt": __version__, **producer},
             "extra": extra or {},
         }
-        try:
-            text = dumps(manifest)
-        except ValueError as e:
-            raise BundleError(f"cannot write non-finite number in the manifest ({e})") from None
-        (tmp / MANIFEST).write_text(text, encoding="utf-8")
-        fsync(tmp / MANIFEST)
-        fsync(tmp)
-        return commit_bundle(tmp, out, force)
+        return commit_bundle(tmp, out, manifest, force)
 
 
-def commit_bundle(tmp: Path, out: Path, force: bool) -> Bundle:
-    """Swap the finished bundle staged in `tmp` into `out` (absent, empty, the very same
-    bundle, or another only with `force`) and return it loaded and verified."""
+def commit_bundle(tmp: Path, out: Path, manifest: dict[str, Any], force: bool) -> Bundle:
+    """Write `manifest` beside the files staged in `tmp`, make them durable, swap the
+    bundle into `out` (absent, empty, the very same bundle, or another only with
+    `force`) and return it loaded and verified."""
+    try:
+        text = dumps(manifest)
+    except ValueError as e:
+        raise BundleError(f"cannot write non-finite number in the manifest ({e})") from None
+    (tmp / MANIFEST).write_text(text, encoding="utf-8")
+    fsync(tmp / MANIFEST)
+    fsync(tmp)
     # Swap and re-read under the lock: another writer's swap in between would make
     # this bundle's hashes fail and pass for tampering.
     with writers_lock(out.parent):
